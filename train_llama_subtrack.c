@@ -20,6 +20,8 @@ letter legend for shape comments:
     B batch, T sequence, C channels, NH heads, HS head size (C / NH),
     F intermediate (MLP), V vocab, L layers, R rank
 */
+// 64-bit file offsets even on 32-bit systems: shards may exceed 2 GB
+#define _FILE_OFFSET_BITS 64
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -28,6 +30,8 @@ letter legend for shape comments:
 #include <math.h>
 #include <time.h>
 #include <errno.h>
+#include <glob.h>
+#include <sys/types.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -1021,6 +1025,656 @@ void llama_memory_report(const LlamaConfig* c, int B, int T, FILE* out) {
     fprintf(out, "parameters:   %zu (%.2f M)\n", np, np / 1e6);
     fprintf(out, "memory:       parameters %.1f MiB, gradients %.1f MiB, activations %.1f MiB (B=%d, T=%d)\n",
             np * 4.0 / 1048576, np * 4.0 / 1048576, (na + ns) * 4.0 / 1048576, B, T);
+}
+
+// ----------------------------------------------------------------------------
+// data: token shards, the shard loader and the decoder file
+//
+//
+// A shard is llm.c's token file, little-endian:
+//     int32[256] header: [0] SHARD_MAGIC, [1] SHARD_VERSION, [2] token count N
+//     uint16[N]  token ids
+// dev/data/kjv.py and dev/data/c4.py write them, with BOS before each document.
+//
+// Windows. Shard s with N_s tokens is cut into W_s = (N_s - 1) / T windows;
+// window w is tokens [w*T, w*T + T + 1): inputs are its first T tokens, targets
+// its last T. Windows step by T, so consecutive windows share one token (the
+// last target of one is the first input of the next), as in llm.c. A window
+// never crosses a shard boundary; the last (N_s - 1) % T tokens of a shard are
+// never read.
+//
+// Order. An epoch is every window of every shard exactly once, W = sum W_s in
+// all. The epoch's order is the shards in glob order and each shard's windows
+// in order (sequential), or, when shuffling, a Fisher-Yates permutation of the
+// shards and one of each shard's windows, drawn from (seed, epoch[, shard]).
+// Shuffled epochs still visit one shard after another, so windows mix within a
+// shard and not across shards (as in llm.c); it costs one int64 per window of
+// the largest shard (3 MB for a 100M-token shard at T=256). Epochs follow each
+// other as one endless stream of windows.
+//
+// Ranks. With P processes, every step consumes P*B consecutive windows of that
+// stream: rank r reads the r-th block of B. So ranks never read the same window
+// within an epoch, together they read each window exactly once per epoch, and
+// P ranks with batch B see exactly what one rank with batch P*B would. A batch
+// that runs past the end of an epoch wraps into the next epoch's order.
+//
+// Position. All ranks hold the same position, (epoch, index in the epoch's
+// stream of the next step's first window); ShardPosition stores it with what it
+// depends on, so a checkpoint can restore it exactly and refuse other data.
+
+
+#define SHARD_MAGIC 20240520       // llm.c's token shard magic
+#define SHARD_VERSION 1
+#define SHARD_HEADER_INTS 256
+#define SHARD_HEADER_BYTES ((int64_t)SHARD_HEADER_INTS * 4)
+#define SHARD_TOKEN_BYTES 2        // uint16 ids
+#define SHARD_MAX_VOCAB 65536      // what uint16 ids can address
+#define SHARD_SCAN_TOKENS (1 << 16) // tokens read at a time when checking ids
+#define SHARD_MSG_CAP 1024         // room for one error message
+#define DEFAULT_TRAIN_DATA "data/kjv_train*.bin"
+#define DEFAULT_VAL_DATA "data/kjv_val*.bin"
+#define DEFAULT_DECODER "data/decoder.bin"
+#define DATA_HINT "regenerate it with `python dev/data/kjv.py` (data/) or `python dev/data/c4.py` (C4)"
+
+// every non-exiting data function returns one of these, and fills msg with the file, the problem and a fix
+enum {
+    SHARD_OK = 0,
+    SHARD_ERR_ARGS,           // B, T, vocab, rank or ranks out of range
+    SHARD_ERR_GLOB_EMPTY,     // the pattern matches no file
+    SHARD_ERR_GLOB,           // glob() itself failed
+    SHARD_ERR_OPEN,           // fopen failed
+    SHARD_ERR_HEADER,         // file shorter than its header
+    SHARD_ERR_MAGIC,          // not a shard (or not a decoder file)
+    SHARD_ERR_VERSION,        // a format version this code does not read
+    SHARD_ERR_SIZE,           // file size does not match the header
+    SHARD_ERR_TOO_FEW_TOKENS, // fewer than B*T+1 tokens: not one batch
+    SHARD_ERR_TOKEN_RANGE,    // a token id >= vocab size
+    SHARD_ERR_READ,           // fseeko/fread failed
+    SHARD_ERR_ALLOC,          // out of memory
+    SHARD_ERR_POSITION,       // a saved position that does not fit this data
+};
+
+// little-endian decoding, so the files read the same on any host
+static int32_t read_le_i32(const unsigned char* p) {
+    return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+static int read_le_u16(const unsigned char* p) {
+    return (int)p[0] | (int)p[1] << 8;
+}
+
+// validates one shard: magic, version, size against the header, at least
+// min_tokens tokens and every id below vocab_size (0 or SHARD_MAX_VOCAB skip
+// the id scan: no uint16 can be out of range then).
+// writes the token count to *num_tokens. never exits.
+int shard_validate(const char* path, int64_t min_tokens, int vocab_size, int64_t* num_tokens,
+                   char* msg, size_t msg_cap) {
+    *num_tokens = 0;
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(msg, msg_cap, "cannot open shard %s: %s; hint: check the path and permissions, or %s",
+                 path, strerror(errno), DATA_HINT);
+        return SHARD_ERR_OPEN;
+    }
+    int rc = SHARD_OK;
+    unsigned char* chunk = NULL;
+    unsigned char header[SHARD_HEADER_BYTES];
+    int64_t file_bytes = -1;
+    if (fseeko(f, 0, SEEK_END) == 0) { file_bytes = (int64_t)ftello(f); }
+    if (file_bytes < 0 || fseeko(f, 0, SEEK_SET) != 0) {
+        snprintf(msg, msg_cap, "cannot seek in shard %s: %s; hint: shards must be regular files", path, strerror(errno));
+        rc = SHARD_ERR_READ; goto done;
+    }
+    if (file_bytes < SHARD_HEADER_BYTES || fread(header, 1, SHARD_HEADER_BYTES, f) != SHARD_HEADER_BYTES) {
+        snprintf(msg, msg_cap, "shard %s is %lld bytes, shorter than its %lld-byte header; "
+                 "hint: the file is truncated or not a token shard; %s",
+                 path, (long long)file_bytes, (long long)SHARD_HEADER_BYTES, DATA_HINT);
+        rc = SHARD_ERR_HEADER; goto done;
+    }
+    int32_t magic = read_le_i32(header), version = read_le_i32(header + 4), count = read_le_i32(header + 8);
+    if (magic != SHARD_MAGIC) {
+        snprintf(msg, msg_cap, "shard %s has magic %d, expected %d (an llm.c token shard); "
+                 "hint: this is not a token shard (a checkpoint? a raw text file?); %s",
+                 path, (int)magic, SHARD_MAGIC, DATA_HINT);
+        rc = SHARD_ERR_MAGIC; goto done;
+    }
+    if (version != SHARD_VERSION) {
+        snprintf(msg, msg_cap, "shard %s has version %d, this code reads version %d; "
+                 "hint: %s", path, (int)version, SHARD_VERSION, DATA_HINT);
+        rc = SHARD_ERR_VERSION; goto done;
+    }
+    int64_t expected_bytes = SHARD_HEADER_BYTES + (int64_t)count * SHARD_TOKEN_BYTES;
+    if (count < 0 || file_bytes != expected_bytes) {
+        snprintf(msg, msg_cap, "shard %s is %lld bytes, but its header says %d tokens, which is %lld bytes; "
+                 "hint: the file is truncated or was not finished writing; %s",
+                 path, (long long)file_bytes, (int)count, (long long)expected_bytes, DATA_HINT);
+        rc = SHARD_ERR_SIZE; goto done;
+    }
+    if ((int64_t)count < min_tokens) {
+        snprintf(msg, msg_cap, "shard %s has %d tokens, fewer than the B*T+1 = %lld one batch needs; "
+                 "hint: lower the batch size B or the sequence length T, or merge it into bigger shards",
+                 path, (int)count, (long long)min_tokens);
+        rc = SHARD_ERR_TOO_FEW_TOKENS; goto done;
+    }
+    if (vocab_size > 0 && vocab_size < SHARD_MAX_VOCAB) {
+        chunk = (unsigned char*)malloc((size_t)SHARD_SCAN_TOKENS * SHARD_TOKEN_BYTES);
+        if (chunk == NULL) {
+            snprintf(msg, msg_cap, "out of memory checking shard %s", path);
+            rc = SHARD_ERR_ALLOC; goto done;
+        }
+        for (int64_t start = 0; start < count; start += SHARD_SCAN_TOKENS) {
+            int64_t n = count - start < SHARD_SCAN_TOKENS ? count - start : SHARD_SCAN_TOKENS;
+            if (fread(chunk, SHARD_TOKEN_BYTES, (size_t)n, f) != (size_t)n) {
+                snprintf(msg, msg_cap, "cannot read tokens %lld.. of shard %s: %s; hint: the file changed "
+                         "while being read, or the disk failed", (long long)start, path, strerror(errno));
+                rc = SHARD_ERR_READ; goto done;
+            }
+            for (int64_t i = 0; i < n; i++) {
+                int id = read_le_u16(chunk + i * SHARD_TOKEN_BYTES);
+                if (id >= vocab_size) {
+                    snprintf(msg, msg_cap, "shard %s has token id %d at index %lld, not below the model's "
+                             "vocab size %d; hint: the shard was made with another tokenizer; use data made "
+                             "for this vocab, or a model whose vocab covers it",
+                             path, id, (long long)(start + i), vocab_size);
+                    rc = SHARD_ERR_TOKEN_RANGE; goto done;
+                }
+            }
+        }
+    }
+    *num_tokens = count;
+done:
+    free(chunk);
+    fclose(f);
+    return rc;
+}
+
+// what a checkpoint saves of a loader: plain int64 fields, no padding, written as is.
+// epoch and window_in_epoch are the position; the rest guard against restoring
+// it onto different data, a different T or a different order.
+typedef struct {
+    int64_t epoch;           // epochs completed (the stream index div W)
+    int64_t window_in_epoch; // stream index, within the epoch, of the next step's first window (rank 0's)
+    int64_t num_windows;     // W: windows in one epoch of this data at this T
+    int64_t T;               // sequence length the windows were cut for
+    int64_t shuffle;         // 1 shuffled order, 0 sequential
+    int64_t seed;            // shuffle seed (as int64 bits)
+} ShardPosition;
+
+typedef struct {
+    const char* pattern; // glob of shard files, e.g. DEFAULT_TRAIN_DATA
+    const char* flag;    // the option that gave the pattern, for messages, e.g. "--train_data"
+    int B;               // windows per batch, per rank
+    int T;               // tokens per window, plus one for the shifted target
+    int vocab_size;      // every token id must be below this
+    int rank;            // this process, 0..num_ranks-1
+    int num_ranks;       // data-parallel processes
+    int shuffle;         // 0 sequential, 1 reshuffled every epoch
+    uint64_t seed;       // shuffle seed
+} ShardLoaderConfig;
+
+typedef struct {
+    ShardLoaderConfig cfg;
+    // the shards
+    int num_shards;
+    char** paths;            // (num_shards) file names, sorted by glob
+    int64_t* shard_windows;  // (num_shards) W_s = (N_s - 1) / T
+    int64_t num_windows;     // W = sum of W_s
+    // the position
+    int64_t epoch;
+    int64_t window_in_epoch;
+    // the order of the epoch order_epoch: shards in visiting order, and where each starts in the stream
+    int64_t order_epoch;
+    int* shard_order;        // (num_shards)
+    int64_t* order_start;    // (num_shards + 1) stream index of each visited shard's first window
+    // one shard's window permutation, cached because batches mostly stay in one shard
+    int64_t perm_epoch;
+    int perm_shard;
+    int64_t* window_perm;    // (max W_s)
+    // the open shard
+    int open_shard;
+    FILE* file;
+    unsigned char* window_bytes; // (T + 1) * SHARD_TOKEN_BYTES
+} ShardLoader;
+
+// splitmix64 (Vigna): a tiny, well-mixed 64-bit generator; the constants are the published ones
+static uint64_t splitmix64_next(uint64_t* state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// uniform in [0, n) without modulo bias: reject the top partial block of 2^64
+static uint64_t splitmix64_below(uint64_t* state, uint64_t n) {
+    uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+    uint64_t r;
+    do { r = splitmix64_next(state); } while (r >= limit);
+    return r % n;
+}
+
+// one independent stream per (seed, epoch, which): which = -1 for the shard order, s for shard s's windows
+static uint64_t shard_rng_state(uint64_t seed, int64_t epoch, int64_t which) {
+    uint64_t s = seed;
+    s = splitmix64_next(&s) ^ (uint64_t)epoch;
+    s = splitmix64_next(&s) ^ (uint64_t)(which + 1);
+    return splitmix64_next(&s);
+}
+
+static void fisher_yates_int64(int64_t* a, int64_t n, uint64_t* state) {
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)splitmix64_below(state, (uint64_t)(i + 1));
+        int64_t t = a[i]; a[i] = a[j]; a[j] = t;
+    }
+}
+
+static void shard_loader_build_order(ShardLoader* L, int64_t epoch) {
+    if (L->order_epoch == epoch) { return; }
+    for (int i = 0; i < L->num_shards; i++) { L->shard_order[i] = i; }
+    if (L->cfg.shuffle) {
+        uint64_t state = shard_rng_state(L->cfg.seed, epoch, -1);
+        for (int i = L->num_shards - 1; i > 0; i--) {
+            int j = (int)splitmix64_below(&state, (uint64_t)(i + 1));
+            int t = L->shard_order[i]; L->shard_order[i] = L->shard_order[j]; L->shard_order[j] = t;
+        }
+    }
+    L->order_start[0] = 0;
+    for (int i = 0; i < L->num_shards; i++) {
+        L->order_start[i + 1] = L->order_start[i] + L->shard_windows[L->shard_order[i]];
+    }
+    L->order_epoch = epoch;
+}
+
+// maps the stream index (epoch, index in epoch) to a shard and a window in it
+static void shard_loader_locate(ShardLoader* L, int64_t epoch, int64_t index, int* shard, int64_t* window) {
+    shard_loader_build_order(L, epoch);
+    // binary search: the last visited shard whose start is <= index
+    int lo = 0, hi = L->num_shards - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (L->order_start[mid] <= index) { lo = mid; } else { hi = mid - 1; }
+    }
+    int s = L->shard_order[lo];
+    int64_t j = index - L->order_start[lo];
+    if (L->cfg.shuffle) {
+        if (L->perm_epoch != epoch || L->perm_shard != s) {
+            for (int64_t w = 0; w < L->shard_windows[s]; w++) { L->window_perm[w] = w; }
+            uint64_t state = shard_rng_state(L->cfg.seed, epoch, s);
+            fisher_yates_int64(L->window_perm, L->shard_windows[s], &state);
+            L->perm_epoch = epoch;
+            L->perm_shard = s;
+        }
+        j = L->window_perm[j];
+    }
+    *shard = s;
+    *window = j;
+}
+
+void shard_loader_free(ShardLoader* L) {
+    if (L->paths != NULL) {
+        for (int i = 0; i < L->num_shards; i++) { free(L->paths[i]); }
+    }
+    free(L->paths);
+    free(L->shard_windows);
+    free(L->shard_order);
+    free(L->order_start);
+    free(L->window_perm);
+    free(L->window_bytes);
+    if (L->file != NULL) { fclose(L->file); }
+    memset(L, 0, sizeof(*L));
+}
+
+// globs cfg->pattern, validates every shard, and sets up the loader at the start
+// of epoch 0. on error returns a SHARD_ERR_* code with msg filled, and L holds
+// nothing to free. never exits.
+int shard_loader_init(ShardLoader* L, const ShardLoaderConfig* cfg, char* msg, size_t msg_cap) {
+    memset(L, 0, sizeof(*L));
+    L->cfg = *cfg;
+    const char* flag = cfg->flag != NULL ? cfg->flag : "the data option";
+    const char* pattern = cfg->pattern != NULL ? cfg->pattern : "";
+    L->cfg.pattern = NULL; // cfg's strings belong to the caller; keep no pointer to them
+    L->cfg.flag = NULL;
+    if (cfg->B < 1 || cfg->T < 1 || cfg->vocab_size < 1 || cfg->vocab_size > SHARD_MAX_VOCAB ||
+        cfg->num_ranks < 1 || cfg->rank < 0 || cfg->rank >= cfg->num_ranks) {
+        snprintf(msg, msg_cap, "bad loader settings for %s %s: B=%d T=%d vocab=%d rank=%d of %d; "
+                 "hint: B and T must be >= 1, vocab in 1..%d, 0 <= rank < ranks",
+                 flag, pattern, cfg->B, cfg->T, cfg->vocab_size, cfg->rank, cfg->num_ranks, SHARD_MAX_VOCAB);
+        return SHARD_ERR_ARGS;
+    }
+    glob_t g;
+    int grc = glob(pattern, 0, NULL, &g);
+    if (grc == GLOB_NOMATCH || (grc == 0 && g.gl_pathc == 0)) {
+        if (grc == 0) { globfree(&g); }
+        snprintf(msg, msg_cap, "no file matches %s '%s'; hint: check the path (quote the pattern so the "
+                 "shell does not expand it), or make the data: %s", flag, pattern, DATA_HINT);
+        return SHARD_ERR_GLOB_EMPTY;
+    }
+    if (grc != 0) {
+        snprintf(msg, msg_cap, "glob failed for %s '%s' (glob error %d); hint: check that the directories "
+                 "are readable", flag, pattern, grc);
+        return SHARD_ERR_GLOB;
+    }
+    int rc = SHARD_OK;
+    L->num_shards = (int)g.gl_pathc;
+    L->paths = (char**)calloc((size_t)L->num_shards, sizeof(char*));
+    L->shard_windows = (int64_t*)calloc((size_t)L->num_shards, sizeof(int64_t));
+    L->shard_order = (int*)calloc((size_t)L->num_shards, sizeof(int));
+    L->order_start = (int64_t*)calloc((size_t)L->num_shards + 1, sizeof(int64_t));
+    L->window_bytes = (unsigned char*)malloc(((size_t)cfg->T + 1) * SHARD_TOKEN_BYTES);
+    if (!L->paths || !L->shard_windows || !L->shard_order || !L->order_start || !L->window_bytes) {
+        snprintf(msg, msg_cap, "out of memory setting up %s '%s'", flag, pattern);
+        rc = SHARD_ERR_ALLOC; goto fail;
+    }
+    int64_t min_tokens = (int64_t)cfg->B * cfg->T + 1;
+    int64_t max_windows = 0;
+    for (int i = 0; i < L->num_shards; i++) {
+        L->paths[i] = strdup(g.gl_pathv[i]);
+        if (L->paths[i] == NULL) {
+            snprintf(msg, msg_cap, "out of memory setting up %s '%s'", flag, pattern);
+            rc = SHARD_ERR_ALLOC; goto fail;
+        }
+        int64_t n;
+        rc = shard_validate(L->paths[i], min_tokens, cfg->vocab_size, &n, msg, msg_cap);
+        if (rc != SHARD_OK) { goto fail; }
+        L->shard_windows[i] = (n - 1) / cfg->T;
+        L->num_windows += L->shard_windows[i];
+        if (L->shard_windows[i] > max_windows) { max_windows = L->shard_windows[i]; }
+    }
+    if (cfg->shuffle) {
+        L->window_perm = (int64_t*)malloc((size_t)max_windows * sizeof(int64_t));
+        if (L->window_perm == NULL) {
+            snprintf(msg, msg_cap, "out of memory for the window order of %s '%s' (%lld windows); "
+                     "hint: split it into smaller shards", flag, pattern, (long long)max_windows);
+            rc = SHARD_ERR_ALLOC; goto fail;
+        }
+    }
+    globfree(&g);
+    L->order_epoch = -1;
+    L->perm_epoch = -1;
+    L->perm_shard = -1;
+    L->open_shard = -1;
+    return SHARD_OK;
+fail:
+    globfree(&g);
+    shard_loader_free(L);
+    return rc;
+}
+
+// reads the next batch of this rank: inputs and targets, each (B, T), targets
+// shifted by one. advances every rank's shared position by num_ranks * B windows.
+int shard_loader_next_batch(ShardLoader* L, int* inputs, int* targets, char* msg, size_t msg_cap) {
+    const int B = L->cfg.B, T = L->cfg.T;
+    const int64_t W = L->num_windows;
+    // this rank's first window, then wrap it into its epoch (it can pass several when W < ranks * B)
+    int64_t epoch = L->epoch;
+    int64_t index = L->window_in_epoch + (int64_t)L->cfg.rank * B;
+    for (int b = 0; b < B; b++, index++) {
+        while (index >= W) { index -= W; epoch++; }
+        int s;
+        int64_t w;
+        shard_loader_locate(L, epoch, index, &s, &w);
+        if (L->open_shard != s) {
+            if (L->file != NULL) { fclose(L->file); }
+            L->file = fopen(L->paths[s], "rb");
+            L->open_shard = L->file != NULL ? s : -1;
+            if (L->file == NULL) {
+                snprintf(msg, msg_cap, "cannot reopen shard %s: %s; hint: it was there at start-up; "
+                         "do not move data while training", L->paths[s], strerror(errno));
+                return SHARD_ERR_OPEN;
+            }
+        }
+        // 64-bit offset: shards over 2 GB are fine
+        off_t offset = (off_t)(SHARD_HEADER_BYTES + w * T * SHARD_TOKEN_BYTES);
+        size_t want = (size_t)T + 1;
+        if (fseeko(L->file, offset, SEEK_SET) != 0 ||
+            fread(L->window_bytes, SHARD_TOKEN_BYTES, want, L->file) != want) {
+            snprintf(msg, msg_cap, "cannot read window %lld of shard %s; hint: the file changed or was "
+                     "truncated after it was validated; %s", (long long)w, L->paths[s], DATA_HINT);
+            return SHARD_ERR_READ;
+        }
+        for (int t = 0; t <= T; t++) {
+            int id = read_le_u16(L->window_bytes + t * SHARD_TOKEN_BYTES);
+            if (id >= L->cfg.vocab_size) { // validated at start-up, so only if the file changed since
+                snprintf(msg, msg_cap, "shard %s has token id %d in window %lld, not below the vocab size %d; "
+                         "hint: the file changed after it was validated; %s",
+                         L->paths[s], id, (long long)w, L->cfg.vocab_size, DATA_HINT);
+                return SHARD_ERR_TOKEN_RANGE;
+            }
+            if (t < T) { inputs[b * T + t] = id; }
+            if (t > 0) { targets[b * T + t - 1] = id; }
+        }
+    }
+    // every rank advances past the whole step
+    L->window_in_epoch += (int64_t)L->cfg.num_ranks * B;
+    while (L->window_in_epoch >= W) { L->window_in_epoch -= W; L->epoch++; }
+    return SHARD_OK;
+}
+
+ShardPosition shard_loader_get_position(const ShardLoader* L) {
+    ShardPosition p;
+    p.epoch = L->epoch;
+    p.window_in_epoch = L->window_in_epoch;
+    p.num_windows = L->num_windows;
+    p.T = L->cfg.T;
+    p.shuffle = L->cfg.shuffle ? 1 : 0;
+    p.seed = (int64_t)L->cfg.seed;
+    return p;
+}
+
+// restores a saved position; refuses one saved on other data, T, order or seed
+int shard_loader_set_position(ShardLoader* L, const ShardPosition* p, char* msg, size_t msg_cap) {
+    ShardPosition here = shard_loader_get_position(L);
+    if (p->num_windows != here.num_windows || p->T != here.T || p->shuffle != here.shuffle || p->seed != here.seed) {
+        snprintf(msg, msg_cap, "the saved data position (W=%lld windows, T=%lld, shuffle=%lld, seed=%lld) does not "
+                 "fit this data (%s..., W=%lld, T=%lld, shuffle=%lld, seed=%lld); hint: resume with the same "
+                 "shards, sequence length, order and seed as the run that saved it",
+                 (long long)p->num_windows, (long long)p->T, (long long)p->shuffle, (long long)p->seed,
+                 L->paths[0], (long long)here.num_windows, (long long)here.T, (long long)here.shuffle,
+                 (long long)here.seed);
+        return SHARD_ERR_POSITION;
+    }
+    if (p->epoch < 0 || p->window_in_epoch < 0 || p->window_in_epoch >= here.num_windows) {
+        snprintf(msg, msg_cap, "the saved data position (epoch %lld, window %lld) is out of range for %s... "
+                 "(%lld windows); hint: the checkpoint is corrupt", (long long)p->epoch,
+                 (long long)p->window_in_epoch, L->paths[0], (long long)here.num_windows);
+        return SHARD_ERR_POSITION;
+    }
+    L->epoch = p->epoch;
+    L->window_in_epoch = p->window_in_epoch;
+    return SHARD_OK;
+}
+
+// back to the start of epoch 0 (e.g. before every evaluation pass over val)
+void shard_loader_reset(ShardLoader* L) {
+    L->epoch = 0;
+    L->window_in_epoch = 0;
+}
+
+// the trainer's wrappers: print the message to stderr and exit
+void shard_loader_init_or_exit(ShardLoader* L, const ShardLoaderConfig* cfg) {
+    char msg[SHARD_MSG_CAP];
+    if (shard_loader_init(L, cfg, msg, sizeof(msg)) != SHARD_OK) {
+        fprintf(stderr, "error: %s\n", msg);
+        exit(EXIT_FAILURE);
+    }
+}
+
+void shard_loader_next_batch_or_exit(ShardLoader* L, int* inputs, int* targets) {
+    char msg[SHARD_MSG_CAP];
+    if (shard_loader_next_batch(L, inputs, targets, msg, sizeof(msg)) != SHARD_OK) {
+        fprintf(stderr, "error: %s\n", msg);
+        exit(EXIT_FAILURE);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the decoder file: token id -> the bytes it adds to the text (written by
+// dev/data/shard_format.py write_decoder, format in data/README.md), little-endian:
+//     int32[8] header: [0] DECODER_MAGIC, [1] DECODER_VERSION, [2] V, [3] BOS id,
+//                      [4] EOS id, [5] unk id, [6] longest entry, [7] sum of entry lengths
+//     then for id 0..V-1: uint16 length n, n raw bytes
+
+#define DECODER_MAGIC 20261103
+#define DECODER_VERSION 1
+#define DECODER_HEADER_INTS 8
+#define DECODER_HEADER_BYTES (DECODER_HEADER_INTS * 4)
+#define DECODER_MAX_VOCAB (1 << 24) // far above any tokenizer; bounds what a corrupt header can allocate
+#define DECODER_MAX_ENTRY 65535     // the length field is uint16
+
+typedef struct {
+    int vocab_size;         // V
+    int bos_id, eos_id, unk_id; // -1 when the tokenizer has none
+    int64_t* offsets;       // (V + 1) where each id's bytes start in bytes
+    unsigned char* bytes;   // (sum of entry lengths) every id's bytes, back to back
+} Decoder;
+
+void decoder_free(Decoder* d) {
+    free(d->offsets);
+    free(d->bytes);
+    memset(d, 0, sizeof(*d));
+}
+
+// reads and checks the whole decoder file. never exits.
+int decoder_load(Decoder* d, const char* path, char* msg, size_t msg_cap) {
+    memset(d, 0, sizeof(*d));
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(msg, msg_cap, "cannot open decoder file %s: %s; hint: check the path, or %s",
+                 path, strerror(errno), DATA_HINT);
+        return SHARD_ERR_OPEN;
+    }
+    int rc = SHARD_OK;
+    unsigned char* raw = NULL;
+    int64_t file_bytes = -1;
+    if (fseeko(f, 0, SEEK_END) == 0) { file_bytes = (int64_t)ftello(f); }
+    if (file_bytes < 0 || fseeko(f, 0, SEEK_SET) != 0) {
+        snprintf(msg, msg_cap, "cannot seek in decoder file %s: %s", path, strerror(errno));
+        rc = SHARD_ERR_READ; goto fail;
+    }
+    if (file_bytes < DECODER_HEADER_BYTES) {
+        snprintf(msg, msg_cap, "decoder file %s is %lld bytes, shorter than its %d-byte header; hint: %s",
+                 path, (long long)file_bytes, DECODER_HEADER_BYTES, DATA_HINT);
+        rc = SHARD_ERR_HEADER; goto fail;
+    }
+    raw = (unsigned char*)malloc((size_t)file_bytes);
+    if (raw == NULL) {
+        snprintf(msg, msg_cap, "out of memory reading decoder file %s (%lld bytes)", path, (long long)file_bytes);
+        rc = SHARD_ERR_ALLOC; goto fail;
+    }
+    if (fread(raw, 1, (size_t)file_bytes, f) != (size_t)file_bytes) {
+        snprintf(msg, msg_cap, "cannot read decoder file %s: %s", path, strerror(errno));
+        rc = SHARD_ERR_READ; goto fail;
+    }
+    int32_t h[DECODER_HEADER_INTS];
+    for (int i = 0; i < DECODER_HEADER_INTS; i++) { h[i] = read_le_i32(raw + 4 * i); }
+    if (h[0] != DECODER_MAGIC) {
+        snprintf(msg, msg_cap, "decoder file %s has magic %d, expected %d; hint: pass the decoder.bin "
+                 "written next to the shards, not a shard or tokenizer.model; %s", path, (int)h[0],
+                 DECODER_MAGIC, DATA_HINT);
+        rc = SHARD_ERR_MAGIC; goto fail;
+    }
+    if (h[1] != DECODER_VERSION) {
+        snprintf(msg, msg_cap, "decoder file %s has version %d, this code reads version %d; hint: %s",
+                 path, (int)h[1], DECODER_VERSION, DATA_HINT);
+        rc = SHARD_ERR_VERSION; goto fail;
+    }
+    int V = h[2];
+    int64_t expected = (int64_t)DECODER_HEADER_BYTES + 2 * (int64_t)V + (int64_t)h[7];
+    if (V < 1 || V > DECODER_MAX_VOCAB || h[3] < -1 || h[3] >= V || h[4] < -1 || h[4] >= V ||
+        h[5] < -1 || h[5] >= V || h[6] < 0 || h[6] > DECODER_MAX_ENTRY || h[7] < 0 || expected != file_bytes) {
+        snprintf(msg, msg_cap, "decoder file %s has a bad header (V=%d, bos=%d, eos=%d, unk=%d, longest=%d, "
+                 "total=%d) for its %lld bytes; hint: the file is corrupt or truncated; %s",
+                 path, V, (int)h[3], (int)h[4], (int)h[5], (int)h[6], (int)h[7], (long long)file_bytes, DATA_HINT);
+        rc = SHARD_ERR_SIZE; goto fail;
+    }
+    d->vocab_size = V;
+    d->bos_id = h[3];
+    d->eos_id = h[4];
+    d->unk_id = h[5];
+    d->offsets = (int64_t*)malloc(((size_t)V + 1) * sizeof(int64_t));
+    d->bytes = (unsigned char*)malloc((size_t)h[7] + 1); // +1: never malloc(0)
+    if (d->offsets == NULL || d->bytes == NULL) {
+        snprintf(msg, msg_cap, "out of memory for decoder file %s (V=%d)", path, V);
+        rc = SHARD_ERR_ALLOC; goto fail;
+    }
+    // walk the entries; every length is checked against what is left before it is used
+    int64_t pos = DECODER_HEADER_BYTES, out = 0;
+    for (int i = 0; i < V; i++) {
+        if (pos + 2 > file_bytes) {
+            snprintf(msg, msg_cap, "decoder file %s ends inside entry %d of %d; hint: the file is truncated; %s",
+                     path, i, V, DATA_HINT);
+            rc = SHARD_ERR_SIZE; goto fail;
+        }
+        int n = read_le_u16(raw + pos);
+        pos += 2;
+        if (n > h[6] || pos + n > file_bytes || out + n > h[7]) {
+            snprintf(msg, msg_cap, "decoder file %s: entry %d has length %d, past the longest (%d) or the end "
+                     "of the file; hint: the file is corrupt; %s", path, i, n, (int)h[6], DATA_HINT);
+            rc = SHARD_ERR_SIZE; goto fail;
+        }
+        d->offsets[i] = out;
+        memcpy(d->bytes + out, raw + pos, (size_t)n);
+        pos += n;
+        out += n;
+        d->offsets[i + 1] = out;
+    }
+    if (pos != file_bytes || out != h[7]) {
+        snprintf(msg, msg_cap, "decoder file %s: its %d entries take %lld bytes, the header says %d; "
+                 "hint: the file is corrupt; %s", path, V, (long long)out, (int)h[7], DATA_HINT);
+        rc = SHARD_ERR_SIZE; goto fail;
+    }
+    free(raw);
+    fclose(f);
+    return SHARD_OK;
+fail:
+    free(raw);
+    fclose(f);
+    decoder_free(d);
+    return rc;
+}
+
+void decoder_load_or_exit(Decoder* d, const char* path) {
+    char msg[SHARD_MSG_CAP];
+    if (decoder_load(d, path, msg, sizeof(msg)) != SHARD_OK) {
+        fprintf(stderr, "error: %s\n", msg);
+        exit(EXIT_FAILURE);
+    }
+}
+
+// the bytes of one id (not NUL-terminated); an id outside the vocab has none
+const unsigned char* decoder_token_bytes(const Decoder* d, int id, size_t* len) {
+    if (id < 0 || id >= d->vocab_size) { *len = 0; return (const unsigned char*)""; }
+    *len = (size_t)(d->offsets[id + 1] - d->offsets[id]);
+    return d->bytes + d->offsets[id];
+}
+
+// decodes n ids into out (always NUL-terminated when cap > 0, truncated to fit);
+// returns the full decoded length, like snprintf, so a caller can see truncation
+size_t decoder_decode(const Decoder* d, const int* ids, int n, char* out, size_t cap) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        const unsigned char* p = decoder_token_bytes(d, ids[i], &len);
+        for (size_t k = 0; k < len; k++, total++) {
+            if (total + 1 < cap) { out[total] = (char)p[k]; }
+        }
+    }
+    if (cap > 0) { out[total < cap ? total : cap - 1] = '\0'; }
+    return total;
+}
+
+// prints one token of a sample. ascii control bytes other than newline and tab
+// are shown as \xNN, so a badly trained model cannot drive the terminal;
+// bytes >= 0x80 pass through, so utf-8 split over byte tokens prints whole
+void decoder_print_token(const Decoder* d, int id, FILE* out) {
+    size_t len;
+    const unsigned char* p = decoder_token_bytes(d, id, &len);
+    for (size_t k = 0; k < len; k++) {
+        unsigned char c = p[k];
+        if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7F) {
+            fprintf(out, "\\x%02X", c);
+        } else {
+            fputc(c, out);
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------

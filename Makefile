@@ -31,11 +31,14 @@ train_llama_subtrack_cpu: train_llama_subtrack.c
 test_subtrack: test_subtrack.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-test: test_subtrack
+test: test_subtrack train_llama_subtrack_cpu
 	./test_subtrack
+
+dev/bench_subspace: dev/bench_subspace.c train_llama_subtrack.c
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 dev/bench_model: dev/bench_model.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 clean:
-	rm -f train_llama_subtrack_cpu test_subtrack dev/bench_model
+	rm -f train_llama_subtrack_cpu test_subtrack dev/bench_model dev/bench_subspace

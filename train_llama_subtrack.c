@@ -14,7 +14,9 @@ the file reads top to bottom:
     1. utilities and the matrix product (gemm)
     2. the layers, each an X_forward / X_backward pair
     3. the model: config, parameter table, activations, forward, backward
-    4. main
+    4. the data: token shards, the shard loader, the decoder file
+    5. the optimizers: AdamW, and low-rank AdamW with GaLore or SubTrack++
+    6. training: flags, schedule, evaluation, sampling, checkpoints, main
 
 letter legend for shape comments:
     B batch, T sequence, C channels, NH heads, HS head size (C / NH),
@@ -25,11 +27,13 @@ letter legend for shape comments:
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <string.h>
 #include <math.h>
 #include <time.h>
 #include <errno.h>
+#include <float.h>
 #include <glob.h>
 #include <sys/types.h>
 #ifdef _OPENMP
@@ -585,7 +589,11 @@ static const LlamaPreset LLAMA_PRESETS[] = {
     {"llama_1b",   {32000, 2048,  5461, 32, 24, 1024, 1e-6f, 10000.0f}},
     {"llama_3b",   {32000, 2560,  6848, 32, 32, 1024, 1e-6f, 10000.0f}},
     {"llama_7b",   {32000, 4096, 11008, 32, 32, 2048, 1e-6f, 10000.0f}},
-    // tiny presets (tests and the CPU default); match dev/reference/model_reference.py
+    // the CPU default: sized for the embedded corpus (data/, vocab 4096) on 2 cores
+    {"kjv_small",  { 4096,  128,   352,  4,  4,  256, 1e-6f, 10000.0f}},
+    // tiny presets for tests; kjv_test reads data/, the others match
+    // dev/reference/model_reference.py
+    {"kjv_test",   { 4096,   32,    64,  2,  2,   64, 1e-6f, 10000.0f}},
     {"tiny",       {  256,   64,   176,  4,  2,   64, 1e-6f, 10000.0f}},
     {"awkward",    {  300,   72,   200,  3,  2,   32, 1e-6f, 10000.0f}},
 };
@@ -1678,65 +1686,1993 @@ void decoder_print_token(const Decoder* d, int id, FILE* out) {
 }
 
 // ----------------------------------------------------------------------------
-// main
+// the optimizers: AdamW for plain tensors, and low-rank AdamW whose subspace is
+// refreshed by an SVD (GaLore) or tracked along a Grassmannian geodesic
+// (SubTrack++). the equations and their step numbers follow ../shared/SUBTRACK.md.
+//
+// orientation: a weight W is (m, n) in nn.Linear layout. the low-rank side is
+// the smaller one, p = min(m, n); the other side is q = max(m, n).
+//   left  (m <= n): S (m, R), the projected gradient Gt = S^T G is (R, n)
+//   right (m >  n): S (n, R), Gt = G S is (m, R)
+// M, V and N have Gt's shape. the right case is the left case on G^T, done with
+// gemm's transpose flags; G is never copied or transposed in memory.
+//
+// use, per low-rank matrix:
+//   lowrank_check_rank(msg, size, name, m, n, R)   at startup; non-NULL is the error to print
+//   lowrank_state_num_floats(m, n, R)              its checkpointed state, in one float array;
+//   lowrank_state_init(&state, m, n, R, memory)    point a LowRankState into it
+//   lowrank_scratch_num_floats(m, n, R)            scratch; one buffer of the max over matrices
+//   lowrank_adamw_step(&state, W, G, t, &cfg, lr, scratch)
+// and adamw_update() for embeddings, lm_head and norms.
+//
+// (pasted into train_llama_subtrack.c; uses gemm and wall_seconds from its
+// utilities section, and <float.h>, which can move up to the other includes)
 
-#ifndef TESTING
-static void usage(void) {
-    fprintf(stderr,
-        "usage: ./train_llama_subtrack_cpu [flags]\n"
-        "  --model_config NAME  preset (llama_9m .. llama_7b, tiny, awkward); default tiny\n"
-        "  --batch_size B       sequences per step (default 4)\n"
-        "  --max_length T       tokens per sequence (default 64)\n"
-        "  --steps N            forward+backward steps to time (default 3)\n"
-        "  --seed S             weight init seed (default 42)\n"
-        "  --help               this text\n");
+// full-rank AdamW with the spec's bias correction and decoupled weight decay:
+//   M = b1 M + (1-b1) G ; V = b2 V + (1-b2) G^2
+//   W -= lr c M / (sqrt(V) + eps),  c = sqrt(1 - b2^(t+1)) / (1 - b1^(t+1))
+//   W -= lr wd W
+// t counts the steps already taken (0 on the first step).
+void adamw_update(float* W, float* M, float* V, const float* G, size_t numel, int t,
+                  float lr, float beta1, float beta2, float eps, float weight_decay) {
+    // W, M, V, G: (numel,)
+    double c = sqrt(1.0 - pow((double)beta2, t + 1)) / (1.0 - pow((double)beta1, t + 1));
+    float step = (float)(lr * c);
+    float decay = (float)((double)lr * weight_decay);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < numel; i++) {
+        float g = G[i];
+        float m = beta1 * M[i] + (1.0f - beta1) * g;
+        float v = beta2 * V[i] + (1.0f - beta2) * g * g;
+        M[i] = m;
+        V[i] = v;
+        float w = W[i] - step * (m / (sqrtf(v) + eps));
+        W[i] = w - decay * w;
+    }
 }
 
-int main(int argc, char** argv) {
-    const char* preset = "tiny";
-    int B = 4, T = 64, steps = 3;
-    uint64_t seed = 42;
-    for (int i = 1; i < argc; i++) {
-        const char* f = argv[i];
-        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(); return 0; }
-        if (i + 1 >= argc) { usage(); fatal("flag %s needs a value", f); }
-        const char* val = argv[++i];
-        if (strcmp(f, "--model_config") == 0) { preset = val; }
-        else if (strcmp(f, "--batch_size") == 0) { B = atoi(val); }
-        else if (strcmp(f, "--max_length") == 0) { T = atoi(val); }
-        else if (strcmp(f, "--steps") == 0) { steps = atoi(val); }
-        else if (strcmp(f, "--seed") == 0) { seed = strtoull(val, NULL, 10); }
-        else { usage(); fatal("unknown flag %s", f); }
+typedef enum { SUBSPACE_GALORE = 0, SUBSPACE_SUBTRACK = 1 } SubspaceMethod;
+
+// the low-rank optimizer's settings; the flag names are the authors' torchrun_main.py
+typedef struct {
+    SubspaceMethod method;      // --subspace_update_method galore|subtrack
+    int rank;                   // --rank, R
+    float low_rank_scale;       // --low_rank_scale, alpha
+    int update_interval;        // --subspace_update_interval, k
+    float st_init_step_size;    // --st_init_step_size, eta (geodesic step size)
+    int adaptive_optimizer;     // --adaptive_optimizer: rotate M, V when S changes
+    int recovery_scaling;       // --recovery_scaling: add back the scaled discarded gradient
+    int norm_growth_limiter;    // 1 unless --norm_growth_limiter_off
+    float norm_growth_limit;    // --norm_growth_limit, zeta
+    float beta1, beta2, eps;    // --beta1 --beta2 --eps
+    float weight_decay;         // --weight_decay (decoupled)
+} LowRankConfig;
+
+// per-matrix state. everything a checkpoint must keep lives in ONE float array,
+// in this order (P = min(m, n), Q = max(m, n)):
+//   S       (P, R)                   orthonormal basis of the subspace
+//   M       (R, Q) left, (Q, R) right    first moment, in the subspace
+//   V       same shape as M          second moment, in the subspace
+//   prev    1 float                  norm of the last Lambda used (norm-growth limiter)
+//   prev_set 1 float                 1.0f once prev holds a value, else 0.0f
+// lowrank_state_num_floats() gives its length, so checkpoints save it verbatim.
+#define LOWRANK_STATE_SCALARS 2
+
+typedef struct {
+    int m, n;                   // the weight's shape, (out, in)
+    int r;                      // R
+    int right;                  // 0: left (m <= n), 1: right (m > n)
+    int p, q;                   // p = min(m, n) rows of S, q = max(m, n)
+    float* memory;              // the checkpointed array described above
+    float* S;                   // (p, R)
+    float* M;                   // (R, q) left or (q, R) right
+    float* V;                   // same as M
+    float* limiter;             // [0] prev, [1] prev_set
+    // run statistics, not checkpointed
+    double subspace_seconds;    // wall time in subspace updates (SVD, or tracking + moment rotation)
+    int subspace_updates;       // how many of them
+    int power_iterations;       // iterations the last tracking step's power iteration took
+} LowRankState;
+
+size_t lowrank_state_num_floats(int m, int n, int r) {
+    size_t p = (size_t)(m <= n ? m : n), q = (size_t)(m <= n ? n : m);
+    return p * r + 2 * q * r + LOWRANK_STATE_SCALARS;
+}
+
+// points the state into memory (lowrank_state_num_floats floats) and zeroes it
+void lowrank_state_init(LowRankState* s, int m, int n, int r, float* memory) {
+    s->m = m;
+    s->n = n;
+    s->r = r;
+    s->right = m > n;
+    s->p = m <= n ? m : n;
+    s->q = m <= n ? n : m;
+    s->memory = memory;
+    s->S = memory;
+    s->M = s->S + (size_t)s->p * r;
+    s->V = s->M + (size_t)s->q * r;
+    s->limiter = s->V + (size_t)s->q * r;
+    memset(memory, 0, lowrank_state_num_floats(m, n, r) * sizeof(float));
+    s->subspace_seconds = 0.0;
+    s->subspace_updates = 0;
+    s->power_iterations = 0;
+}
+
+// NULL if the low-rank optimizer can take the (m, n) matrix `name` at rank r;
+// otherwise an error message (written into msg) that names the matrix and its shape
+const char* lowrank_check_rank(char* msg, size_t msg_size, const char* name, int m, int n, int r) {
+    int p = m <= n ? m : n;
+    if (r < 1) {
+        snprintf(msg, msg_size, "--rank %d is invalid for matrix %s (%d x %d); hint: use a rank >= 1",
+                 r, name, m, n);
+        return msg;
     }
-    LlamaConfig cfg;
-    if (!llama_preset_find(preset, &cfg)) { fatal("unknown --model_config %s; see --help for presets", preset); }
-    Llama model;
-    llama_build(&model, &cfg);
-    llama_init_weights(&model, seed);
-    printf("model:        %s (V=%d C=%d F=%d NH=%d L=%d)\n", preset, cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L);
-    printf("threads:      %d\n", num_threads());
-    llama_memory_report(&cfg, B, T, stdout);
-    int* tokens = (int*)malloc_check((size_t)B * (T + 1) * sizeof(int), "tokens");
-    Rng rng;
-    rng_seed(&rng, seed + 1);
-    for (int i = 0; i < B * (T + 1); i++) { tokens[i] = (int)(rng_u64(&rng) % cfg.V); }
-    int* inputs = (int*)malloc_check((size_t)B * T * sizeof(int), "inputs");
-    int* targets = (int*)malloc_check((size_t)B * T * sizeof(int), "targets");
-    for (int b = 0; b < B; b++) {
-        for (int t = 0; t < T; t++) {
-            inputs[b * T + t] = tokens[b * (T + 1) + t];
-            targets[b * T + t] = tokens[b * (T + 1) + t + 1];
+    if (r > p) {
+        snprintf(msg, msg_size, "--rank %d is larger than min(m, n) = %d for matrix %s of shape %d x %d; "
+                 "hint: use --rank <= %d or a larger model", r, p, name, m, n, p);
+        return msg;
+    }
+    return NULL;
+}
+
+// ----------------------------------------------------------------------------
+// scratch: every step borrows its work arrays from one caller-owned float
+// buffer of lowrank_scratch_num_floats(m, n, r) floats (use the maximum over
+// all matrices; it only needs malloc's alignment). arrays are carved out in
+// 64-byte units so double arrays stay aligned. the size functions below run
+// the same carving with a NULL base, so sizes and layout cannot drift apart.
+
+#define SCRATCH_ALIGN_FLOATS 16
+
+typedef struct {
+    float* base;    // NULL: only count
+    size_t used;    // floats handed out so far
+} Scratch;
+
+static float* scratch_floats(Scratch* sc, size_t count) {
+    float* p = sc->base != NULL ? sc->base + sc->used : NULL;
+    sc->used += (count + SCRATCH_ALIGN_FLOATS - 1) / SCRATCH_ALIGN_FLOATS * SCRATCH_ALIGN_FLOATS;
+    return p;
+}
+
+static double* scratch_doubles(Scratch* sc, size_t count) {
+    return (double*)scratch_floats(sc, 2 * count);
+}
+
+// ----------------------------------------------------------------------------
+// linear algebra for the SVD: top-r eigenvectors of the Gram matrix K = X X^T,
+// X = op(G) (p, q), in double. the left singular vectors of X are the
+// eigenvectors of K, and forming K in double keeps them accurate to fp32 even
+// though K squares the condition number. then:
+//   1. K = Q T Q^T, T tridiagonal, by Householder reflections   O(p^3)
+//   2. the top r eigenvalues of T by bisection (Sturm counts)    O(p r)
+//   3. their eigenvectors of T by inverse iteration               O(p r)
+//   4. back to K's eigenvectors with the reflections              O(p^2 r)
+// this is the LAPACK recipe (dsytrd, dstebz, dstein, dormtr), written plainly.
+
+#define GRAM_NR 16                  // rows of X per packed panel (two zmm registers of doubles)
+#define GRAM_MR 8                   // rows per micro tile: the tile is GRAM_MR x GRAM_NR
+#define GRAM_KC 256                 // columns of X per packed chunk
+// inverse iteration's vector for an eigenvalue with gap g is off by ~ p eps ||T|| / g, so
+// vectors whose eigenvalues are closer than this * ||T|| are orthogonalised against each
+// other; 1e-6 keeps the rest orthogonal to ~1e-7 (fp32 level) at p = 2048 without the
+// O(p k^2) cost of LAPACK's 1e-3 when a decaying spectrum packs many small eigenvalues
+#define EIG_CLUSTER_TOL 1e-6
+#define EIG_INVERSE_ITERS 3         // inverse iteration sweeps; one converges for an accurate eigenvalue
+#define EIG_BISECT_MAX_ITERS 200
+
+typedef struct {
+    double* K;      // (p, p) Gram matrix; its upper triangle later holds the reflectors
+    double* panel;  // (npanels, GRAM_KC, GRAM_NR) packed chunk of X
+    double* d;      // (p,) diagonal of T
+    double* e;      // (p,) off-diagonal of T, e[i] couples i and i+1
+    double* tau;    // (p,) reflector scales
+    double* work;   // (p,) reflector work vector
+    double* eig;    // (R,) top eigenvalues, descending
+    double* Z;      // (R, p) eigenvectors, one per row
+    double* lu;     // (5, p) tridiagonal LU factors of T - lambda I, and the right-hand side
+    int* pivot;     // (p,) row swaps of that LU
+} SvdScratch;
+
+static int gram_num_panels(int p) {
+    return (p + GRAM_NR - 1) / GRAM_NR;
+}
+
+static SvdScratch svd_scratch_layout(Scratch* sc, int p, int r) {
+    SvdScratch w;
+    w.K = scratch_doubles(sc, (size_t)p * p);
+    w.panel = scratch_doubles(sc, (size_t)gram_num_panels(p) * GRAM_KC * GRAM_NR);
+    w.d = scratch_doubles(sc, p);
+    w.e = scratch_doubles(sc, p);
+    w.tau = scratch_doubles(sc, p);
+    w.work = scratch_doubles(sc, p);
+    w.eig = scratch_doubles(sc, r);
+    w.Z = scratch_doubles(sc, (size_t)r * p);
+    w.lu = scratch_doubles(sc, 5 * (size_t)p);
+    w.pivot = (int*)scratch_floats(sc, p);
+    return w;
+}
+
+// pack X[:, k0:k0+kc] into panels of GRAM_NR rows: panel[pi][kk][ii] = X[pi*NR+ii, k0+kk],
+// zero-padded. X = G (left) or G^T (right); G is (m, n) with row stride n
+static void gram_pack(double* panel, const float* G, int n, int right, int p, int k0, int kc) {
+    int npanels = gram_num_panels(p);
+    #pragma omp parallel for schedule(static)
+    for (int pi = 0; pi < npanels; pi++) {
+        double* dst = panel + (size_t)pi * GRAM_KC * GRAM_NR;
+        for (int kk = 0; kk < kc; kk++) {
+            for (int ii = 0; ii < GRAM_NR; ii++) {
+                int i = pi * GRAM_NR + ii;
+                double v = 0.0;
+                if (i < p) {
+                    v = right ? G[(size_t)(k0 + kk) * n + i] : G[(size_t)i * n + k0 + kk];
+                }
+                dst[(size_t)kk * GRAM_NR + ii] = v;
+            }
         }
     }
-    for (int s = 0; s < steps; s++) {
+}
+
+// out (MR, NR) = a b^T over kc: a is GRAM_MR rows of a packed panel (stride
+// GRAM_NR per k), b a whole panel. acc is local and the j loop is marked simd,
+// so acc lives in 16 vector registers; without the pragma gcc 12 vectorizes
+// along k with shuffles and runs 9x slower. each element is a plain in-order
+// sum (no reassociation, so no -ffast-math needed)
+static void gram_micro_kernel(double* restrict out, int kc, const double* restrict a,
+                              const double* restrict b) {
+    double acc[GRAM_MR][GRAM_NR];
+    for (int i = 0; i < GRAM_MR; i++) {
+        for (int j = 0; j < GRAM_NR; j++) { acc[i][j] = 0.0; }
+    }
+    for (int kk = 0; kk < kc; kk++) {
+        const double* ak = a + (size_t)kk * GRAM_NR;
+        const double* bk = b + (size_t)kk * GRAM_NR;
+        for (int i = 0; i < GRAM_MR; i++) {
+            #pragma omp simd
+            for (int j = 0; j < GRAM_NR; j++) { acc[i][j] += ak[i] * bk[j]; }
+        }
+    }
+    for (int i = 0; i < GRAM_MR; i++) {
+        for (int j = 0; j < GRAM_NR; j++) { out[i * GRAM_NR + j] = acc[i][j]; }
+    }
+}
+
+// K (p, p) = X X^T in double, X = op(G) (p, q)
+static void gram_double(double* K, double* panel, const float* G, int n, int right, int p, int q) {
+    int ntiles = (p + GRAM_MR - 1) / GRAM_MR;
+    memset(K, 0, (size_t)p * p * sizeof(double));
+    for (int k0 = 0; k0 < q; k0 += GRAM_KC) {
+        int kc = q - k0 < GRAM_KC ? q - k0 : GRAM_KC;
+        gram_pack(panel, G, n, right, p, k0, kc);
+        // lower triangle by tiles of GRAM_MR rows x GRAM_NR columns; rows are owned by one thread
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int ti = 0; ti < ntiles; ti++) {
+            int i0 = ti * GRAM_MR;
+            const double* a = panel + (size_t)(i0 / GRAM_NR) * GRAM_KC * GRAM_NR + i0 % GRAM_NR;
+            double out[GRAM_MR * GRAM_NR];
+            for (int j0 = 0; j0 <= i0 + GRAM_MR - 1 && j0 < p; j0 += GRAM_NR) {
+                gram_micro_kernel(out, kc, a, panel + (size_t)(j0 / GRAM_NR) * GRAM_KC * GRAM_NR);
+                for (int i = 0; i < GRAM_MR && i0 + i < p; i++) {
+                    for (int j = 0; j < GRAM_NR && j0 + j <= i0 + i; j++) {
+                        K[(size_t)(i0 + i) * p + j0 + j] += out[i * GRAM_NR + j];
+                    }
+                }
+            }
+        }
+    }
+    for (int i = 0; i < p; i++) {
+        for (int j = i + 1; j < p; j++) { K[(size_t)i * p + j] = K[(size_t)j * p + i]; }
+    }
+}
+
+// reduce symmetric K (p, p) to tridiagonal T = Q^T K Q, Q = H_0 H_1 ... H_{p-3}.
+// step j reflects row j right of the diagonal (= column j below it) onto its
+// first entry: H_j = I - tau_j v_j v_j^T acts on indices j+1..p-1, and v_j
+// (with v_j[0] = 1) is left in K[j, j+1:]. the trailing block is updated as a
+// full square (both triangles) so that rows stay contiguous for the next step.
+static void tridiagonalize(double* K, double* d, double* e, double* tau, double* w, int p) {
+    for (int j = 0; j + 2 < p; j++) {
+        int len = p - 1 - j;
+        double* x = K + (size_t)j * p + j + 1;     // (len,)
+        double alpha = x[0];
+        double xnorm2 = 0.0;
+        for (int i = 1; i < len; i++) { xnorm2 += x[i] * x[i]; }
+        d[j] = K[(size_t)j * p + j];
+        if (xnorm2 == 0.0) {
+            // already tridiagonal in this row: H_j = I
+            e[j] = alpha;
+            tau[j] = 0.0;
+            x[0] = 1.0;
+            continue;
+        }
+        double beta = -copysign(sqrt(alpha * alpha + xnorm2), alpha);
+        double t = (beta - alpha) / beta;
+        double scale = 1.0 / (alpha - beta);
+        x[0] = 1.0;
+        for (int i = 1; i < len; i++) { x[i] *= scale; }
+        e[j] = beta;
+        tau[j] = t;
+        // A <- H A H for the trailing A (len, len): w = t A v, w -= (t/2)(w.v) v, A -= v w^T + w v^T
+        double* A = K + (size_t)(j + 1) * p + j + 1;
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < len; i++) {
+            const double* Ai = A + (size_t)i * p;
+            double s = 0.0;
+            #pragma omp simd reduction(+:s)
+            for (int k = 0; k < len; k++) { s += Ai[k] * x[k]; }
+            w[i] = t * s;
+        }
+        double wv = 0.0;
+        for (int i = 0; i < len; i++) { wv += w[i] * x[i]; }
+        double shift = -0.5 * t * wv;
+        for (int i = 0; i < len; i++) { w[i] += shift * x[i]; }
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < len; i++) {
+            double* Ai = A + (size_t)i * p;
+            double xi = x[i], wi = w[i];
+            for (int k = 0; k < len; k++) { Ai[k] -= xi * w[k] + wi * x[k]; }
+        }
+    }
+    if (p >= 2) {
+        d[p - 2] = K[(size_t)(p - 2) * p + p - 2];
+        e[p - 2] = K[(size_t)(p - 2) * p + p - 1];
+        tau[p - 2] = 0.0;
+    }
+    d[p - 1] = K[(size_t)(p - 1) * p + p - 1];
+    e[p - 1] = 0.0;
+}
+
+// number of eigenvalues of T that are < x (Sturm count from the LDL^T pivots)
+static int tridiagonal_count_below(const double* d, const double* e, int p, double x, double pivmin) {
+    int count = 0;
+    double piv = d[0] - x;
+    if (fabs(piv) < pivmin) { piv = -pivmin; }
+    if (piv < 0.0) { count++; }
+    for (int i = 1; i < p; i++) {
+        piv = d[i] - x - e[i - 1] * e[i - 1] / piv;
+        if (fabs(piv) < pivmin) { piv = -pivmin; }
+        if (piv < 0.0) { count++; }
+    }
+    return count;
+}
+
+// LU with partial pivoting of T - lambda I (p, p). on return, lu rows hold
+// U's diagonal, first and second superdiagonal and L's multipliers; pivot[i]
+// says whether rows i and i+1 were swapped. tiny pivots become +-tiny: the
+// matrix is singular to working precision by design, that is what inverse
+// iteration exploits.
+static void tridiagonal_lu(double* lu, int* pivot, const double* d, const double* e, int p,
+                           double lambda, double tiny) {
+    double* u0 = lu;            // (p,) diagonal of U
+    double* u1 = lu + p;        // (p,) first superdiagonal
+    double* u2 = lu + 2 * p;    // (p,) second superdiagonal (from swaps)
+    double* mult = lu + 3 * p;  // (p,) multipliers of L
+    double diag = d[0] - lambda;
+    double sup = p > 1 ? e[0] : 0.0;
+    for (int i = 0; i + 1 < p; i++) {
+        double sub = e[i];                          // row i+1, column i
+        double next_diag = d[i + 1] - lambda;       // row i+1, column i+1
+        double next_sup = i + 2 < p ? e[i + 1] : 0.0;
+        if (fabs(diag) >= fabs(sub)) {
+            if (fabs(diag) < tiny) { diag = diag < 0.0 ? -tiny : tiny; }
+            double l = sub / diag;
+            pivot[i] = 0;
+            u0[i] = diag; u1[i] = sup; u2[i] = 0.0; mult[i] = l;
+            diag = next_diag - l * sup;
+            sup = next_sup;
+        } else {
+            double l = diag / sub;
+            pivot[i] = 1;
+            u0[i] = sub; u1[i] = next_diag; u2[i] = next_sup; mult[i] = l;
+            diag = sup - l * next_diag;
+            sup = -l * next_sup;
+        }
+    }
+    if (fabs(diag) < tiny) { diag = diag < 0.0 ? -tiny : tiny; }
+    u0[p - 1] = diag;
+    u1[p - 1] = 0.0;
+    u2[p - 1] = 0.0;
+}
+
+// solve (T - lambda I) x = b in place with the factors above
+static void tridiagonal_solve(double* b, const double* lu, const int* pivot, int p) {
+    const double* u0 = lu;
+    const double* u1 = lu + p;
+    const double* u2 = lu + 2 * p;
+    const double* mult = lu + 3 * p;
+    for (int i = 0; i + 1 < p; i++) {
+        if (pivot[i]) { double tmp = b[i]; b[i] = b[i + 1]; b[i + 1] = tmp; }
+        b[i + 1] -= mult[i] * b[i];
+    }
+    for (int i = p - 1; i >= 0; i--) {
+        double s = b[i];
+        if (i + 1 < p) { s -= u1[i] * b[i + 1]; }
+        if (i + 2 < p) { s -= u2[i] * b[i + 2]; }
+        b[i] = s / u0[i];
+    }
+}
+
+// top r eigenpairs of the tridiagonal T: eig (R,) descending, Z (R, p) rows
+static void tridiagonal_top_eigenpairs(double* eig, double* Z, double* lu, int* pivot,
+                                       const double* d, const double* e, int p, int r) {
+    // gershgorin interval and the scale of T
+    double lo = d[0], hi = d[0], emax2 = 0.0;
+    for (int i = 0; i < p; i++) {
+        double radius = (i > 0 ? fabs(e[i - 1]) : 0.0) + (i + 1 < p ? fabs(e[i]) : 0.0);
+        if (d[i] - radius < lo) { lo = d[i] - radius; }
+        if (d[i] + radius > hi) { hi = d[i] + radius; }
+        if (i + 1 < p && e[i] * e[i] > emax2) { emax2 = e[i] * e[i]; }
+    }
+    double tnorm = fmax(fabs(lo), fabs(hi));
+    if (tnorm == 0.0) {
+        // T == 0 (G == 0): every vector is an eigenvector; take the first r unit vectors
+        memset(Z, 0, (size_t)r * p * sizeof(double));
+        for (int k = 0; k < r; k++) { eig[k] = 0.0; Z[(size_t)k * p + k] = 1.0; }
+        return;
+    }
+    double pivmin = DBL_MIN * fmax(1.0, emax2);
+    // bisection for the k-th largest eigenvalue: the one with exactly p-1-k below it
+    #pragma omp parallel for schedule(dynamic, 4)
+    for (int k = 0; k < r; k++) {
+        // eigenvalues of T (and of K, which is only known to ~eps ||K||) are only
+        // defined to ~eps ||T||: bisect down to that
+        double a = lo - DBL_EPSILON * tnorm - pivmin, b = hi + DBL_EPSILON * tnorm + pivmin;
+        int target = p - 1 - k;
+        for (int it = 0; it < EIG_BISECT_MAX_ITERS; it++) {
+            double mid = 0.5 * (a + b);
+            if (b - a <= DBL_EPSILON * (fmax(fabs(a), fabs(b)) + tnorm) || mid <= a || mid >= b) { break; }
+            if (tridiagonal_count_below(d, e, p, mid, pivmin) <= target) { a = mid; } else { b = mid; }
+        }
+        eig[k] = 0.5 * (a + b);
+    }
+    // inverse iteration; vectors of close eigenvalues are orthogonalised against each other
+    double tiny = DBL_EPSILON * fmax(tnorm, DBL_MIN);
+    double separation = 10.0 * DBL_EPSILON * tnorm;
+    int cluster_start = 0;
+    double prev_shift = 0.0;
+    for (int k = 0; k < r; k++) {
+        double shift = eig[k];
+        if (k > 0 && eig[k - 1] - eig[k] > EIG_CLUSTER_TOL * tnorm) { cluster_start = k; }
+        // equal eigenvalues would give equal vectors: nudge the shift apart
+        if (k > cluster_start && shift > prev_shift - separation) { shift = prev_shift - separation; }
+        prev_shift = shift;
+        tridiagonal_lu(lu, pivot, d, e, p, shift, tiny);
+        double* z = Z + (size_t)k * p;
+        uint64_t h = 0x9E3779B97F4A7C15ull * (uint64_t)(k + 1);
+        for (int i = 0; i < p; i++) {
+            // deterministic start vector in [-1, 1)
+            h ^= h >> 33; h *= 0xFF51AFD7ED558CCDull; h ^= h >> 33;
+            z[i] = (double)(h >> 11) / 4503599627370496.0 - 1.0;
+        }
+        for (int it = 0; it < EIG_INVERSE_ITERS; it++) {
+            // scale b to ~tiny so that one near-zero pivot brings the solution to ~1, not to overflow
+            double bmax = 0.0;
+            for (int i = 0; i < p; i++) { bmax = fmax(bmax, fabs(z[i])); }
+            for (int i = 0; i < p; i++) { z[i] *= tiny / bmax; }
+            tridiagonal_solve(z, lu, pivot, p);
+            for (int c = cluster_start; c < k; c++) {
+                const double* zc = Z + (size_t)c * p;
+                double dot = 0.0;
+                for (int i = 0; i < p; i++) { dot += zc[i] * z[i]; }
+                for (int i = 0; i < p; i++) { z[i] -= dot * zc[i]; }
+            }
+            double norm = 0.0;
+            for (int i = 0; i < p; i++) { norm += z[i] * z[i]; }
+            norm = sqrt(norm);
+            if (!(norm > 0.0) || !isfinite(norm)) {
+                // cannot happen for a finite T; restart from a unit vector rather than spread NaN
+                memset(z, 0, (size_t)p * sizeof(double));
+                z[k] = 1.0;
+                norm = 1.0;
+            }
+            for (int i = 0; i < p; i++) { z[i] /= norm; }
+        }
+    }
+}
+
+// Z (R, p): eigenvectors of T -> eigenvectors of K, z <- H_0 H_1 ... H_{p-3} z.
+// vectors go in groups so each reflector is read once per group
+#define BACKTRANSFORM_GROUP 8
+static void tridiagonal_backtransform(double* Z, const double* K, const double* tau, int p, int r) {
+    int ngroups = (r + BACKTRANSFORM_GROUP - 1) / BACKTRANSFORM_GROUP;
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int g = 0; g < ngroups; g++) {
+        int k0 = g * BACKTRANSFORM_GROUP;
+        int k1 = k0 + BACKTRANSFORM_GROUP < r ? k0 + BACKTRANSFORM_GROUP : r;
+        for (int j = p - 3; j >= 0; j--) {
+            if (tau[j] == 0.0) { continue; }
+            const double* v = K + (size_t)j * p + j + 1;
+            int len = p - 1 - j;
+            for (int k = k0; k < k1; k++) {
+                double* z = Z + (size_t)k * p + j + 1;
+                double s = 0.0;
+                #pragma omp simd reduction(+:s)
+                for (int i = 0; i < len; i++) { s += v[i] * z[i]; }
+                s *= tau[j];
+                for (int i = 0; i < len; i++) { z[i] -= s * v[i]; }
+            }
+        }
+    }
+}
+
+// flip each column of S (p, R) so its largest-magnitude entry is positive (first one on ties):
+// singular vectors are only defined up to sign, and this makes C, CUDA and torch agree
+void canonical_sign(float* S, int p, int r) {
+    for (int j = 0; j < r; j++) {
+        int imax = 0;
+        float amax = fabsf(S[j]);
+        for (int i = 1; i < p; i++) {
+            float a = fabsf(S[(size_t)i * r + j]);
+            if (a > amax) { amax = a; imax = i; }
+        }
+        if (S[(size_t)imax * r + j] < 0.0f) {
+            for (int i = 0; i < p; i++) { S[(size_t)i * r + j] = -S[(size_t)i * r + j]; }
+        }
+    }
+}
+
+// S (p, R) = the top-r left singular vectors of X = op(G) (p, q), descending,
+// canonical sign. G is (m, n); X = G if !right, else G^T.
+void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, float* scratch) {
+    int right = m > n;
+    int p = right ? n : m, q = right ? m : n;
+    Scratch sc = {scratch, 0};
+    SvdScratch w = svd_scratch_layout(&sc, p, r);
+    gram_double(w.K, w.panel, G, n, right, p, q);
+    tridiagonalize(w.K, w.d, w.e, w.tau, w.work, p);
+    tridiagonal_top_eigenpairs(w.eig, w.Z, w.lu, w.pivot, w.d, w.e, p, r);
+    tridiagonal_backtransform(w.Z, w.K, w.tau, p, r);
+    for (int i = 0; i < p; i++) {
+        for (int j = 0; j < r; j++) { S[(size_t)i * r + j] = (float)w.Z[(size_t)j * p + i]; }
+    }
+    canonical_sign(S, p, r);
+}
+
+size_t svd_scratch_num_floats(int m, int n, int r) {
+    Scratch sc = {NULL, 0};
+    svd_scratch_layout(&sc, m <= n ? m : n, r);
+    return sc.used;
+}
+
+// ----------------------------------------------------------------------------
+// the low-rank step, in pieces. "project" and "back-project" hide the orientation:
+//   left:  Gt (R, q) = S^T G          D (m, n) = alpha S X + beta D
+//   right: Gt (q, R) = G S            D (m, n) = alpha X S^T + beta D
+
+static void lowrank_project(float* Gt, const LowRankState* s, const float* G) {
+    int m = s->m, n = s->n, r = s->r;
+    if (!s->right) {
+        gemm(1, 0, r, n, m, 1.0f, s->S, r, G, n, 0.0f, Gt, n);
+    } else {
+        gemm(0, 0, m, r, n, 1.0f, G, n, s->S, r, 0.0f, Gt, r);
+    }
+}
+
+static void lowrank_back_project(float* D, const LowRankState* s, const float* X, float alpha, float beta) {
+    int m = s->m, n = s->n, r = s->r;
+    if (!s->right) {
+        gemm(0, 0, m, n, r, alpha, s->S, r, X, n, beta, D, n);
+    } else {
+        gemm(0, 1, m, n, r, alpha, X, r, s->S, r, beta, D, n);
+    }
+}
+
+// the moments as q vectors of length R: element (i, j) of the left (R, q)
+// layout, or (j, i) of the right (q, R) layout. these two strides say where
+static void moment_strides(const LowRankState* s, size_t* along_r, size_t* along_q) {
+    *along_r = s->right ? 1 : (size_t)s->q;
+    *along_q = s->right ? (size_t)s->r : 1;
+}
+
+// step 3, efficient form for a rank-1 geodesic step, where C = S_new^T S_old = I - c v v^T:
+//   M_rot = M - c v (v^T M)
+//   V_rot = | (C o C)(V - M o M) + M_rot o M_rot |,
+//   (C o C) X = X - 2c diag(v o v) X + c^2 (v o v) ((v o v)^T X)
+// O(R q) work; vm and vx are (q,) double scratch
+#define ROTATE_BLOCK 256    // columns per thread chunk in the left layout
+static void moments_rotate_rank1(LowRankState* s, const double* v, double c, double* vm, double* vx) {
+    int r = s->r, q = s->q;
+    size_t sr, sq;
+    moment_strides(s, &sr, &sq);
+    float* M = s->M;
+    float* V = s->V;
+    // vm = v^T M and vx = (v o v)^T (V - M o M), one value per vector j; walked
+    // in memory order (left: row by row within a block of columns; right: row j)
+    int nblocks = (q + ROTATE_BLOCK - 1) / ROTATE_BLOCK;
+    #pragma omp parallel for schedule(static)
+    for (int bj = 0; bj < nblocks; bj++) {
+        int j0 = bj * ROTATE_BLOCK, j1 = j0 + ROTATE_BLOCK < q ? j0 + ROTATE_BLOCK : q;
+        for (int j = j0; j < j1; j++) { vm[j] = 0.0; vx[j] = 0.0; }
+        for (int i = 0; i < r; i++) {
+            for (int j = j0; j < j1; j++) {
+                size_t idx = i * sr + j * sq;
+                double mij = M[idx];
+                vm[j] += v[i] * mij;
+                vx[j] += v[i] * v[i] * (V[idx] - mij * mij);
+            }
+        }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int bj = 0; bj < nblocks; bj++) {
+        int j0 = bj * ROTATE_BLOCK, j1 = j0 + ROTATE_BLOCK < q ? j0 + ROTATE_BLOCK : q;
+        for (int i = 0; i < r; i++) {
+            double vv = v[i] * v[i];
+            for (int j = j0; j < j1; j++) {
+                size_t idx = i * sr + j * sq;
+                double mij = M[idx];
+                double x = V[idx] - mij * mij;
+                double cx = x - 2.0 * c * vv * x + c * c * vv * vx[j];
+                double mrot = mij - c * v[i] * vm[j];
+                M[idx] = (float)mrot;
+                V[idx] = (float)fabs(cx + mrot * mrot);
+            }
+        }
+    }
+}
+
+// step 3 for a general change of basis C (R, R) = S_new^T S_old (GaLore's SVD refresh):
+//   left:  M_rot = C M,   V_rot = |(C o C)(V - M o M) + M_rot o M_rot|
+//   right: the same on the transposes, M_rot = M C^T
+// CC (R, R), Mrot and X (the moments' shape) are scratch
+static void moments_rotate_general(LowRankState* s, const float* C, float* CC, float* Mrot, float* X) {
+    int r = s->r, q = s->q;
+    size_t numel = (size_t)r * q;
+    for (int i = 0; i < r * r; i++) { CC[i] = C[i] * C[i]; }
+    for (size_t i = 0; i < numel; i++) { X[i] = s->V[i] - s->M[i] * s->M[i]; }
+    float* Vrot = s->V;  // V is no longer needed once X holds V - M o M
+    if (!s->right) {
+        gemm(0, 0, r, q, r, 1.0f, C, r, s->M, q, 0.0f, Mrot, q);
+        gemm(0, 0, r, q, r, 1.0f, CC, r, X, q, 0.0f, Vrot, q);
+    } else {
+        gemm(0, 1, q, r, r, 1.0f, s->M, r, C, r, 0.0f, Mrot, r);
+        gemm(0, 1, q, r, r, 1.0f, X, r, CC, r, 0.0f, Vrot, r);
+    }
+    for (size_t i = 0; i < numel; i++) {
+        Vrot[i] = fabsf(Vrot[i] + Mrot[i] * Mrot[i]);
+        s->M[i] = Mrot[i];
+    }
+}
+
+// ---- GaLore: S = top-r singular vectors of the current gradient (+ moment rotation)
+
+typedef struct {
+    float* S_old;   // (p, R)
+    float* C;       // (R, R)
+    float* CC;      // (R, R)
+    float* Mrot;    // moments' shape
+    float* X;       // moments' shape
+    float* svd;     // svd_scratch_num_floats
+} GaloreScratch;
+
+static GaloreScratch galore_scratch_layout(Scratch* sc, int m, int n, int r) {
+    int p = m <= n ? m : n, q = m <= n ? n : m;
+    GaloreScratch w;
+    w.S_old = scratch_floats(sc, (size_t)p * r);
+    w.C = scratch_floats(sc, (size_t)r * r);
+    w.CC = scratch_floats(sc, (size_t)r * r);
+    w.Mrot = scratch_floats(sc, (size_t)q * r);
+    w.X = scratch_floats(sc, (size_t)q * r);
+    w.svd = scratch_floats(sc, svd_scratch_num_floats(m, n, r));
+    return w;
+}
+
+// step 2 (GaLore) and 3: new S from an SVD of G; with --adaptive_optimizer the
+// moments follow the change of basis, otherwise they are left as they are
+void galore_refresh_subspace(LowRankState* s, const float* G, const LowRankConfig* cfg, float* scratch) {
+    Scratch sc = {scratch, 0};
+    GaloreScratch w = galore_scratch_layout(&sc, s->m, s->n, s->r);
+    int p = s->p, r = s->r;
+    memcpy(w.S_old, s->S, (size_t)p * r * sizeof(float));
+    svd_top_left_singular_vectors(s->S, G, s->m, s->n, r, w.svd);
+    if (cfg->adaptive_optimizer) {
+        gemm(1, 0, r, r, p, 1.0f, s->S, r, w.S_old, r, 0.0f, w.C, r);
+        moments_rotate_general(s, w.C, w.CC, w.Mrot, w.X);
+    }
+}
+
+// ---- SubTrack++: one geodesic step on the Grassmannian
+
+#define POWER_ITER_MAX 300
+#define POWER_ITER_TOL 1e-10        // change of the unit vector between iterations
+#define REORTH_MIN_NORM 0.5         // u this far inside span(S) means dF is rounding noise: no step
+
+typedef struct {
+    float* X;       // (p, R): G A^T, then dF
+    float* AAt;     // (R, R) A A^T, computed as S^T X
+    float* H;       // (R, R) dF^T dF
+    float* a;       // (p,) the rank-1 step direction
+    float* aG;      // (q,) a^T G (left) or G a (right)
+    double* Hd;     // (R, R)
+    double* v;      // (R,)
+    double* v_next; // (R,)
+    double* u;      // (p,)
+    double* acc1;   // (q,) moment rotation
+    double* acc2;   // (q,)
+} TrackScratch;
+
+static TrackScratch track_scratch_layout(Scratch* sc, int m, int n, int r) {
+    int p = m <= n ? m : n, q = m <= n ? n : m;
+    TrackScratch w;
+    w.X = scratch_floats(sc, (size_t)p * r);
+    w.AAt = scratch_floats(sc, (size_t)r * r);
+    w.H = scratch_floats(sc, (size_t)r * r);
+    w.a = scratch_floats(sc, p);
+    w.aG = scratch_floats(sc, q);
+    w.Hd = scratch_doubles(sc, (size_t)r * r);
+    w.v = scratch_doubles(sc, r);
+    w.v_next = scratch_doubles(sc, r);
+    w.u = scratch_doubles(sc, p);
+    w.acc1 = scratch_doubles(sc, q);
+    w.acc2 = scratch_doubles(sc, q);
+    return w;
+}
+
+// top eigenvector of the symmetric PSD H (R, R) by power iteration, started from
+// the column with the largest diagonal (deterministic, and never orthogonal to
+// the top eigenvector unless H is degenerate). returns the iterations taken,
+// 0 if H == 0.
+static int power_iteration(double* v, double* v_next, const double* H, int r) {
+    int jmax = 0;
+    for (int j = 1; j < r; j++) {
+        if (H[(size_t)j * r + j] > H[(size_t)jmax * r + jmax]) { jmax = j; }
+    }
+    if (!(H[(size_t)jmax * r + jmax] > 0.0)) { return 0; }
+    for (int i = 0; i < r; i++) { v[i] = i == jmax ? 1.0 : 0.0; }
+    int it = 0;
+    while (it < POWER_ITER_MAX) {
+        it++;
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < r; i++) {
+            const double* Hi = H + (size_t)i * r;
+            double s = 0.0;
+            for (int k = 0; k < r; k++) { s += Hi[k] * v[k]; }
+            v_next[i] = s;
+        }
+        double norm2 = 0.0;  // serial sum: the result must not depend on the thread count
+        for (int i = 0; i < r; i++) { norm2 += v_next[i] * v_next[i]; }
+        if (!(norm2 > 0.0)) { return 0; }
+        double inv = 1.0 / sqrt(norm2), change2 = 0.0;
+        for (int i = 0; i < r; i++) {
+            double x = v_next[i] * inv;
+            change2 += (x - v[i]) * (x - v[i]);
+            v[i] = x;
+        }
+        if (change2 < POWER_ITER_TOL * POWER_ITER_TOL) { break; }
+    }
+    return it;
+}
+
+// steps 2 (SubTrack) and 3. on entry Gt holds the projection A = S^T G (left)
+// or G S (right) with the current S, which every step computes anyway; on
+// return S has taken one geodesic step, Gt is the projection with the new S,
+// and with --adaptive_optimizer the moments are rotated. efficient form:
+//   X = G A^T                             one (p, q, R) gemm, no residual matrix
+//   dF = -2 (X - S (S^T X))               S^T X = S^T G A^T = A A^T, but costs 2 p R^2
+//                                         instead of 2 q R^2, and dF is then orthogonal to S by construction
+//   dF ~ sigma u v^T                      power iteration on dF^T dF (R, R)
+//   u <- u - S (S^T u), normalised        keeps S orthonormal in fp32
+//   a = (cos(eta sigma) - 1) S v - sin(eta sigma) u,   S <- S + a v^T
+//   Gt <- A + v (a^T G)                   one gemv, not a second gemm
+//   C = I - c v v^T, c = 1 - cos(eta sigma)
+void subtrack_track_subspace(LowRankState* s, float* Gt, const float* G, const LowRankConfig* cfg,
+                             float* scratch) {
+    Scratch sc = {scratch, 0};
+    TrackScratch w = track_scratch_layout(&sc, s->m, s->n, s->r);
+    int m = s->m, n = s->n, r = s->r, p = s->p, q = s->q;
+    float* S = s->S;
+    // X = G A^T (p, R); in the right case A^T = Gt (q, R) and op(G) = G^T
+    if (!s->right) {
+        gemm(0, 1, p, r, q, 1.0f, G, n, Gt, q, 0.0f, w.X, r);
+    } else {
+        gemm(1, 0, p, r, q, 1.0f, G, n, Gt, r, 0.0f, w.X, r);
+    }
+    // dF = -2 (X - S AAt), AAt = S^T X
+    gemm(1, 0, r, r, p, 1.0f, S, r, w.X, r, 0.0f, w.AAt, r);
+    gemm(0, 0, p, r, r, 2.0f, S, r, w.AAt, r, -2.0f, w.X, r);
+    float* dF = w.X;
+    gemm(1, 0, r, r, p, 1.0f, dF, r, dF, r, 0.0f, w.H, r);
+    for (int i = 0; i < r * r; i++) { w.Hd[i] = w.H[i]; }
+    s->power_iterations = power_iteration(w.v, w.v_next, w.Hd, r);
+    if (s->power_iterations == 0) { return; }  // dF == 0: G lies in span(S), S stays
+    // u = dF v / sigma, then make u exactly orthogonal to S
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < p; i++) {
+        double x = 0.0;
+        for (int k = 0; k < r; k++) { x += (double)dF[(size_t)i * r + k] * w.v[k]; }
+        w.u[i] = x;
+    }
+    double sigma2 = 0.0;
+    for (int i = 0; i < p; i++) { sigma2 += w.u[i] * w.u[i]; }
+    double sigma = sqrt(sigma2);
+    if (sigma == 0.0) { return; }
+    for (int i = 0; i < p; i++) { w.u[i] /= sigma; }
+    double* y = w.v_next;  // (R,) S^T u, reusing power iteration scratch
+    for (int k = 0; k < r; k++) { y[k] = 0.0; }
+    for (int i = 0; i < p; i++) {
+        for (int k = 0; k < r; k++) { y[k] += (double)S[(size_t)i * r + k] * w.u[i]; }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < p; i++) {
+        double x = w.u[i];
+        for (int k = 0; k < r; k++) { x -= (double)S[(size_t)i * r + k] * y[k]; }
+        w.u[i] = x;
+    }
+    double unorm2 = 0.0;
+    for (int i = 0; i < p; i++) { unorm2 += w.u[i] * w.u[i]; }
+    if (!(sqrt(unorm2) >= REORTH_MIN_NORM)) { return; }
+    double unorm = sqrt(unorm2);
+    double theta = (double)cfg->st_init_step_size * sigma;
+    double cs = cos(theta), sn = sin(theta);
+    // a = (cos - 1) S v - sin u
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < p; i++) {
+        double sv = 0.0;
+        for (int k = 0; k < r; k++) { sv += (double)S[(size_t)i * r + k] * w.v[k]; }
+        w.a[i] = (float)((cs - 1.0) * sv - sn * w.u[i] / unorm);
+    }
+    // S <- S + a v^T
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < p; i++) {
+        for (int k = 0; k < r; k++) { S[(size_t)i * r + k] += w.a[i] * (float)w.v[k]; }
+    }
+    // Gt <- Gt + v (a^T G) (left) or Gt + (G a) v^T (right). a gemv, O(m n): a
+    // direct loop, since gemm with one row would repack all of G first
+    if (!s->right) {
+        int nblocks = (q + ROTATE_BLOCK - 1) / ROTATE_BLOCK;
+        #pragma omp parallel for schedule(static)
+        for (int bj = 0; bj < nblocks; bj++) {
+            int j0 = bj * ROTATE_BLOCK, j1 = j0 + ROTATE_BLOCK < q ? j0 + ROTATE_BLOCK : q;
+            for (int j = j0; j < j1; j++) { w.aG[j] = 0.0f; }
+            for (int i = 0; i < p; i++) {
+                const float* row = G + (size_t)i * n;
+                float ai = w.a[i];
+                for (int j = j0; j < j1; j++) { w.aG[j] += ai * row[j]; }
+            }
+        }
+        for (int k = 0; k < r; k++) {
+            float vk = (float)w.v[k];
+            float* row = Gt + (size_t)k * q;
+            for (int j = 0; j < q; j++) { row[j] += vk * w.aG[j]; }
+        }
+    } else {
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < m; i++) {
+            const float* row = G + (size_t)i * n;
+            float acc = 0.0f;
+            #pragma omp simd reduction(+:acc)
+            for (int j = 0; j < n; j++) { acc += row[j] * w.a[j]; }
+            w.aG[i] = acc;
+        }
+        for (int i = 0; i < q; i++) {
+            float* row = Gt + (size_t)i * r;
+            for (int k = 0; k < r; k++) { row[k] += w.aG[i] * (float)w.v[k]; }
+        }
+    }
+    if (cfg->adaptive_optimizer) {
+        moments_rotate_rank1(s, w.v, 1.0 - cs, w.acc1, w.acc2);
+    }
+}
+
+// ---- the whole step
+
+#define RECOVERY_PHI_EPS 1e-8f      // the 1e-8 in phi_j = ||N_j|| / (||Gt_j|| + 1e-8)
+
+typedef struct {
+    float* Gt;      // moments' shape
+    float* N;       // moments' shape
+    float* phi;     // (q,)
+    double* norm2;  // (q,) per column (left) or row (right) squared norms
+    float* rest;    // the subspace update's scratch (GaLore or tracking) ...
+    float* D;       // (m, n) ... and, later in the step, Lambda and then the update D
+} StepScratch;
+
+static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int r) {
+    int q = m <= n ? n : m;
+    StepScratch w;
+    w.Gt = scratch_floats(sc, (size_t)q * r);
+    w.N = scratch_floats(sc, (size_t)q * r);
+    w.phi = scratch_floats(sc, q);
+    w.norm2 = scratch_doubles(sc, q);
+    Scratch galore = {NULL, 0}, track = {NULL, 0};
+    galore_scratch_layout(&galore, m, n, r);
+    track_scratch_layout(&track, m, n, r);
+    size_t rest = galore.used > track.used ? galore.used : track.used;
+    size_t mn = (size_t)m * n;
+    // the subspace update is done before D is first written: they share memory
+    w.rest = scratch_floats(sc, rest > mn ? rest : mn);
+    w.D = w.rest;
+    return w;
+}
+
+// floats of scratch that lowrank_adamw_step needs for an (m, n) matrix at rank r
+size_t lowrank_scratch_num_floats(int m, int n, int r) {
+    Scratch sc = {NULL, 0};
+    step_scratch_layout(&sc, m, n, r);
+    return sc.used;
+}
+
+// one optimizer step for one matrix. W, G: (m, n). t counts the steps already
+// taken (0 on the first). lr is this step's learning rate (after the schedule).
+void lowrank_adamw_step(LowRankState* s, float* W, const float* G, int t, const LowRankConfig* cfg,
+                        float lr, float* scratch) {
+    Scratch sc = {scratch, 0};
+    StepScratch w = step_scratch_layout(&sc, s->m, s->n, s->r);
+    int m = s->m, n = s->n, r = s->r, q = s->q;
+    size_t numel = (size_t)q * r;
+    // steps 1-3: the subspace
+    if (t == 0) {
+        double t0 = wall_seconds();
+        svd_top_left_singular_vectors(s->S, G, m, n, r, w.rest);
+        memset(s->M, 0, numel * sizeof(float));
+        memset(s->V, 0, numel * sizeof(float));
+        s->subspace_seconds += wall_seconds() - t0;
+        s->subspace_updates++;
+        lowrank_project(w.Gt, s, G);
+    } else if (cfg->update_interval > 0 && t % cfg->update_interval == 0) {
+        if (cfg->method == SUBSPACE_GALORE) {
+            double t0 = wall_seconds();
+            galore_refresh_subspace(s, G, cfg, w.rest);
+            s->subspace_seconds += wall_seconds() - t0;
+            lowrank_project(w.Gt, s, G);
+        } else {
+            lowrank_project(w.Gt, s, G);  // A, reused by the tracking step
+            double t0 = wall_seconds();
+            subtrack_track_subspace(s, w.Gt, G, cfg, w.rest);
+            s->subspace_seconds += wall_seconds() - t0;
+        }
+        s->subspace_updates++;
+    } else {
+        lowrank_project(w.Gt, s, G);
+    }
+    // step 4: Adam in the subspace
+    float b1 = cfg->beta1, b2 = cfg->beta2, eps = cfg->eps;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < numel; i++) {
+        float g = w.Gt[i];
+        float mi = b1 * s->M[i] + (1.0f - b1) * g;
+        float vi = b2 * s->V[i] + (1.0f - b2) * g * g;
+        s->M[i] = mi;
+        s->V[i] = vi;
+        w.N[i] = mi / (sqrtf(vi) + eps);
+    }
+    double c = sqrt(1.0 - pow((double)b2, t + 1)) / (1.0 - pow((double)b1, t + 1));
+    float step = (float)(lr * c);
+    float decay = (float)((double)lr * cfg->weight_decay);
+    if (!cfg->recovery_scaling) {
+        // step 6 without Lambda: W -= lr c alpha S N, straight into W
+        lowrank_back_project(W, s, w.N, -step * cfg->low_rank_scale, 1.0f);
+    } else {
+        // step 5: phi_j = ||N_j|| / (||Gt_j|| + 1e-8) over the non-projected dimension
+        size_t sr, sq;
+        moment_strides(s, &sr, &sq);
+        #pragma omp parallel for schedule(static)
+        for (int j = 0; j < q; j++) {
+            double nn = 0.0, gg = 0.0;
+            for (int i = 0; i < r; i++) {
+                double x = w.N[i * sr + j * sq], g = w.Gt[i * sr + j * sq];
+                nn += x * x;
+                gg += g * g;
+            }
+            w.phi[j] = (float)sqrt(nn) / ((float)sqrt(gg) + RECOVERY_PHI_EPS);
+        }
+        // Lambda = (G - S Gt) diag(phi): the residual first, and its column (left) or row (right) norms
+        memcpy(w.D, G, (size_t)m * n * sizeof(float));
+        lowrank_back_project(w.D, s, w.Gt, -1.0f, 1.0f);
+        double lambda2 = 0.0;
+        if (!s->right) {
+            int nblocks = (n + ROTATE_BLOCK - 1) / ROTATE_BLOCK;
+            #pragma omp parallel for schedule(static)
+            for (int bj = 0; bj < nblocks; bj++) {
+                int j0 = bj * ROTATE_BLOCK, j1 = j0 + ROTATE_BLOCK < n ? j0 + ROTATE_BLOCK : n;
+                for (int j = j0; j < j1; j++) { w.norm2[j] = 0.0; }
+                for (int i = 0; i < m; i++) {
+                    const float* row = w.D + (size_t)i * n;
+                    for (int j = j0; j < j1; j++) { w.norm2[j] += (double)row[j] * row[j]; }
+                }
+            }
+        } else {
+            #pragma omp parallel for schedule(static)
+            for (int i = 0; i < m; i++) {
+                const float* row = w.D + (size_t)i * n;
+                double acc = 0.0;
+                for (int j = 0; j < n; j++) { acc += (double)row[j] * row[j]; }
+                w.norm2[i] = acc;
+            }
+        }
+        for (int j = 0; j < q; j++) { lambda2 += (double)w.phi[j] * w.phi[j] * w.norm2[j]; }
+        double lambda_norm = sqrt(lambda2);
+        // norm-growth limiter: Lambda may grow by at most zeta per step
+        float scale = 1.0f;
+        if (cfg->norm_growth_limiter) {
+            float* prev = &s->limiter[0];
+            float* prev_set = &s->limiter[1];
+            if (*prev_set == 0.0f) {
+                *prev = (float)lambda_norm;
+                *prev_set = 1.0f;
+            } else {
+                double cap = (double)cfg->norm_growth_limit * *prev;
+                if (lambda_norm > cap) {
+                    scale = (float)(cap / lambda_norm);
+                    *prev = (float)cap;
+                } else {
+                    *prev = (float)lambda_norm;
+                }
+            }
+        }
+        for (int j = 0; j < q; j++) { w.phi[j] *= scale; }
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < m; i++) {
+            float* row = w.D + (size_t)i * n;
+            if (!s->right) {
+                for (int j = 0; j < n; j++) { row[j] *= w.phi[j]; }
+            } else {
+                float f = w.phi[i];
+                for (int j = 0; j < n; j++) { row[j] *= f; }
+            }
+        }
+        // step 6: D = alpha S N + Lambda, W -= lr c D
+        lowrank_back_project(w.D, s, w.N, cfg->low_rank_scale, 1.0f);
+        size_t mn = (size_t)m * n;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < mn; i++) { W[i] -= step * w.D[i]; }
+    }
+    if (cfg->weight_decay > 0.0f) {
+        size_t mn = (size_t)m * n;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < mn; i++) { W[i] -= decay * W[i]; }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// training: settings and flags
+//
+// flag names follow the authors' torchrun_main.py, so their scripts translate
+// directly. switches (--adaptive_optimizer ...) may be given bare, as there,
+// or with a value 0/1/true/false, because here the SubTrack++ switches are on
+// by default and the baselines need a way to turn them off.
+
+typedef struct {
+    // model and data
+    char model_config[512];
+    char train_data[512];
+    char val_data[512];
+    char decoder_path[512];
+    int batch_size;          // B, sequences per micro step
+    int total_batch_size;    // sequences per optimizer step; a multiple of B
+    int max_length;          // T
+    int seed;
+    int shuffle;
+    // schedule
+    int num_training_steps;
+    int warmup_steps;
+    char scheduler[16];      // cosine | linear
+    float min_lr_ratio;
+    float lr;
+    float grad_clipping;     // max global grad norm; 0 = off
+    // optimizer
+    char optimizer[32];      // adamw | low_rank_adamw
+    char subspace_update_method[16]; // galore | subtrack
+    int rank;
+    float low_rank_scale;
+    int subspace_update_interval;
+    float st_init_step_size;
+    int adaptive_optimizer;
+    int recovery_scaling;
+    float norm_growth_limit;
+    int norm_growth_limiter_off;
+    float weight_decay;
+    float beta1, beta2, eps;
+    // evaluation, sampling, logging, checkpoints
+    int eval_every;
+    int eval_batches;
+    int sample_every;
+    int gen_tokens;
+    int top_k;
+    float temperature;
+    char log_file[512];
+    int save_every;
+    char save_dir[512];
+    char continue_from[512];
+    int print_every;
+    int stop_at_step;        // stop after this step as if interrupted (0 = run to the end)
+} TrainConfig;
+
+void train_config_defaults(TrainConfig* t) {
+    memset(t, 0, sizeof *t);
+    snprintf(t->model_config, sizeof t->model_config, "%s", "kjv_small");
+    snprintf(t->train_data, sizeof t->train_data, "%s", DEFAULT_TRAIN_DATA);
+    snprintf(t->val_data, sizeof t->val_data, "%s", DEFAULT_VAL_DATA);
+    snprintf(t->decoder_path, sizeof t->decoder_path, "%s", DEFAULT_DECODER);
+    t->batch_size = 8;
+    t->total_batch_size = 8;
+    t->max_length = 128;
+    t->seed = 0;
+    t->shuffle = 1;
+    t->num_training_steps = 600;
+    t->warmup_steps = 60;
+    snprintf(t->scheduler, sizeof t->scheduler, "%s", "cosine");
+    t->min_lr_ratio = 0.1f;
+    t->lr = 3e-3f;
+    t->grad_clipping = 1.0f;
+    snprintf(t->optimizer, sizeof t->optimizer, "%s", "low_rank_adamw");
+    snprintf(t->subspace_update_method, sizeof t->subspace_update_method, "%s", "subtrack");
+    t->rank = 32;
+    t->low_rank_scale = 0.25f;
+    t->subspace_update_interval = 50;
+    t->st_init_step_size = 10.0f;
+    t->adaptive_optimizer = 1;
+    t->recovery_scaling = 1;
+    t->norm_growth_limit = 1.01f;
+    t->norm_growth_limiter_off = 0;
+    t->weight_decay = 0.0f;
+    t->beta1 = 0.9f;
+    t->beta2 = 0.999f;
+    t->eps = 1e-6f;
+    t->eval_every = 100;
+    t->eval_batches = 20;
+    t->sample_every = 200;
+    t->gen_tokens = 64;
+    t->top_k = 40;
+    t->temperature = 1.0f;
+    t->save_every = 0;
+    t->print_every = 10;
+}
+
+typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STRING, FLAG_SWITCH } FlagKind;
+
+typedef struct {
+    const char* name;
+    FlagKind kind;
+    size_t offset;  // of the field in TrainConfig
+    size_t size;    // of a string field
+    const char* help;
+} FlagSpec;
+
+#define FLAG(name, kind, help) {"--" #name, kind, offsetof(TrainConfig, name), sizeof(((TrainConfig*)0)->name), help}
+
+static const FlagSpec TRAIN_FLAGS[] = {
+    FLAG(model_config, FLAG_STRING, "preset name (see below) or a Hugging Face LlamaConfig .json"),
+    FLAG(train_data, FLAG_STRING, "glob of training shards (llm.c format)"),
+    FLAG(val_data, FLAG_STRING, "glob of validation shards"),
+    FLAG(decoder_path, FLAG_STRING, "token decoder file, for printing samples"),
+    FLAG(batch_size, FLAG_INT, "B: sequences per micro step"),
+    FLAG(total_batch_size, FLAG_INT, "sequences per optimizer step (gradient accumulation); a multiple of B"),
+    FLAG(max_length, FLAG_INT, "T: tokens per sequence"),
+    FLAG(seed, FLAG_INT, "seed of weights, data order and sampling"),
+    FLAG(shuffle, FLAG_SWITCH, "shuffle training windows (0: sequential)"),
+    FLAG(num_training_steps, FLAG_INT, "optimizer steps; the schedule ends here"),
+    FLAG(warmup_steps, FLAG_INT, "linear warmup steps"),
+    FLAG(scheduler, FLAG_STRING, "cosine | linear decay after warmup"),
+    FLAG(min_lr_ratio, FLAG_FLOAT, "final lr as a fraction of --lr"),
+    FLAG(lr, FLAG_FLOAT, "peak learning rate"),
+    FLAG(grad_clipping, FLAG_FLOAT, "clip the global gradient norm to this; 0 = off"),
+    FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw"),
+    FLAG(subspace_update_method, FLAG_STRING, "galore (SVD) | subtrack (geodesic tracking)"),
+    FLAG(rank, FLAG_INT, "R: rank of the gradient subspace"),
+    FLAG(low_rank_scale, FLAG_FLOAT, "alpha: scale of the low-rank update"),
+    FLAG(subspace_update_interval, FLAG_INT, "k: steps between subspace updates"),
+    FLAG(st_init_step_size, FLAG_FLOAT, "eta: geodesic step size"),
+    FLAG(adaptive_optimizer, FLAG_SWITCH, "rotate Adam's moments when the subspace moves"),
+    FLAG(recovery_scaling, FLAG_SWITCH, "add back the scaled out-of-subspace gradient"),
+    FLAG(norm_growth_limit, FLAG_FLOAT, "zeta: max growth of the recovery term's norm per step"),
+    FLAG(norm_growth_limiter_off, FLAG_SWITCH, "turn the norm-growth limiter off"),
+    FLAG(weight_decay, FLAG_FLOAT, "decoupled weight decay"),
+    FLAG(beta1, FLAG_FLOAT, "Adam beta1"),
+    FLAG(beta2, FLAG_FLOAT, "Adam beta2"),
+    FLAG(eps, FLAG_FLOAT, "Adam epsilon"),
+    FLAG(eval_every, FLAG_INT, "validate every N steps; 0 = only at the end"),
+    FLAG(eval_batches, FLAG_INT, "validation batches (a fixed set)"),
+    FLAG(sample_every, FLAG_INT, "print generated text every N steps; 0 = only at the end"),
+    FLAG(gen_tokens, FLAG_INT, "tokens to generate per sample"),
+    FLAG(top_k, FLAG_INT, "sample among the k most likely tokens; 0 = all"),
+    FLAG(temperature, FLAG_FLOAT, "sampling temperature"),
+    FLAG(log_file, FLAG_STRING, "write a CSV log: step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s"),
+    FLAG(save_every, FLAG_INT, "save a checkpoint every N steps (needs --save_dir); 0 = only at the end"),
+    FLAG(save_dir, FLAG_STRING, "checkpoint directory"),
+    FLAG(continue_from, FLAG_STRING, "resume exactly from the checkpoint in this directory"),
+    FLAG(print_every, FLAG_INT, "print a progress line every N steps"),
+    FLAG(stop_at_step, FLAG_INT, "stop after this step (saving if --save_dir), as if interrupted; 0 = run to the end"),
+};
+#define NUM_TRAIN_FLAGS ((int)(sizeof(TRAIN_FLAGS) / sizeof(TRAIN_FLAGS[0])))
+
+static void flag_value_string(const FlagSpec* f, const TrainConfig* t, char* out, size_t cap) {
+    const char* base = (const char*)t + f->offset;
+    switch (f->kind) {
+        case FLAG_INT: snprintf(out, cap, "%d", *(const int*)base); break;
+        case FLAG_SWITCH: snprintf(out, cap, "%s", *(const int*)base ? "on" : "off"); break;
+        case FLAG_FLOAT: snprintf(out, cap, "%g", *(const float*)base); break;
+        case FLAG_STRING: snprintf(out, cap, "%s", base[0] ? base : "(none)"); break;
+    }
+}
+
+void train_usage(FILE* out) {
+    TrainConfig d;
+    train_config_defaults(&d);
+    fprintf(out, "usage: ./train_llama_subtrack_cpu [flags]\n"
+                 "trains a LLaMA with SubTrack++ (or a baseline) on llm.c-format token shards.\n\n");
+    for (int i = 0; i < NUM_TRAIN_FLAGS; i++) {
+        char v[64];
+        flag_value_string(&TRAIN_FLAGS[i], &d, v, sizeof v);
+        fprintf(out, "  %-28s %s (default %s)\n", TRAIN_FLAGS[i].name, TRAIN_FLAGS[i].help, v);
+    }
+    fprintf(out, "  %-28s this text\n\npresets:", "--help");
+    for (int i = 0; i < NUM_LLAMA_PRESETS; i++) { fprintf(out, " %s", LLAMA_PRESETS[i].name); }
+    fprintf(out, "\n");
+}
+
+static int parse_int(const char* s, int* out) {
+    char* end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < INT32_MIN || v > INT32_MAX) { return 0; }
+    *out = (int)v;
+    return 1;
+}
+
+static int parse_float(const char* s, float* out) {
+    char* end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !isfinite(v)) { return 0; }
+    *out = v;
+    return 1;
+}
+
+static int parse_switch_value(const char* s, int* out) {
+    if (strcmp(s, "1") == 0 || strcmp(s, "true") == 0 || strcmp(s, "on") == 0) { *out = 1; return 1; }
+    if (strcmp(s, "0") == 0 || strcmp(s, "false") == 0 || strcmp(s, "off") == 0) { *out = 0; return 1; }
+    return 0;
+}
+
+// parses argv into t (which holds the defaults). returns 0 on success, 1 if
+// --help was asked, -1 on a bad flag (with the message in err)
+int train_parse_flags(TrainConfig* t, int argc, char** argv, char* err, size_t errlen) {
+    for (int i = 1; i < argc; i++) {
+        const char* name = argv[i];
+        if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) { return 1; }
+        const FlagSpec* f = NULL;
+        for (int j = 0; j < NUM_TRAIN_FLAGS; j++) {
+            if (strcmp(name, TRAIN_FLAGS[j].name) == 0) { f = &TRAIN_FLAGS[j]; break; }
+        }
+        if (f == NULL) {
+            snprintf(err, errlen, "unknown flag '%s'; run with --help for the list", name);
+            return -1;
+        }
+        char* base = (char*)t + f->offset;
+        if (f->kind == FLAG_SWITCH) {
+            // bare, as in torchrun_main.py, or followed by 0/1/true/false
+            int v = 1;
+            if (i + 1 < argc && parse_switch_value(argv[i + 1], &v)) { i++; }
+            *(int*)base = v;
+            continue;
+        }
+        if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
+            snprintf(err, errlen, "flag %s needs a value (%s)", name, f->help);
+            return -1;
+        }
+        const char* val = argv[++i];
+        int ok = 1;
+        if (f->kind == FLAG_INT) { ok = parse_int(val, (int*)base); }
+        else if (f->kind == FLAG_FLOAT) { ok = parse_float(val, (float*)base); }
+        else {
+            if (strlen(val) >= f->size) { ok = 0; }
+            else { snprintf(base, f->size, "%s", val); }
+        }
+        if (!ok) {
+            snprintf(err, errlen, "flag %s: cannot use '%s' (%s)", name, val,
+                     f->kind == FLAG_INT ? "expected an integer" :
+                     f->kind == FLAG_FLOAT ? "expected a finite number" : "too long");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// checks the settings that do not need the model or data. returns NULL or a message
+const char* train_config_problem(const TrainConfig* t) {
+    static char msg[512];
+    if (t->batch_size <= 0 || t->max_length <= 0 || t->total_batch_size <= 0) {
+        snprintf(msg, sizeof msg, "--batch_size, --total_batch_size and --max_length must be positive");
+        return msg;
+    }
+    if (t->total_batch_size % t->batch_size != 0) {
+        snprintf(msg, sizeof msg, "--total_batch_size %d is not a multiple of --batch_size %d; "
+                 "gradient accumulation needs a whole number of micro steps", t->total_batch_size, t->batch_size);
+        return msg;
+    }
+    if (t->num_training_steps <= 0 || t->warmup_steps < 0) {
+        snprintf(msg, sizeof msg, "--num_training_steps must be positive and --warmup_steps non-negative");
+        return msg;
+    }
+    if (strcmp(t->scheduler, "cosine") != 0 && strcmp(t->scheduler, "linear") != 0) {
+        snprintf(msg, sizeof msg, "--scheduler '%s' is not cosine or linear", t->scheduler);
+        return msg;
+    }
+    if (strcmp(t->optimizer, "adamw") != 0 && strcmp(t->optimizer, "low_rank_adamw") != 0) {
+        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw or low_rank_adamw", t->optimizer);
+        return msg;
+    }
+    if (strcmp(t->subspace_update_method, "galore") != 0 && strcmp(t->subspace_update_method, "subtrack") != 0) {
+        snprintf(msg, sizeof msg, "--subspace_update_method '%s' is not galore or subtrack", t->subspace_update_method);
+        return msg;
+    }
+    if (strcmp(t->optimizer, "low_rank_adamw") == 0 && (t->rank <= 0 || t->subspace_update_interval <= 0)) {
+        snprintf(msg, sizeof msg, "--rank and --subspace_update_interval must be positive");
+        return msg;
+    }
+    if (!(t->lr > 0) || t->min_lr_ratio < 0 || t->min_lr_ratio > 1 || t->grad_clipping < 0 ||
+        t->weight_decay < 0 || t->beta1 < 0 || t->beta1 >= 1 || t->beta2 < 0 || t->beta2 >= 1 || !(t->eps > 0)) {
+        snprintf(msg, sizeof msg, "bad hyperparameter: need lr > 0, 0 <= min_lr_ratio <= 1, grad_clipping >= 0, "
+                 "weight_decay >= 0, 0 <= beta1, beta2 < 1, eps > 0");
+        return msg;
+    }
+    if (t->eval_batches <= 0 || t->gen_tokens < 0 || t->top_k < 0 || !(t->temperature > 0) || t->print_every <= 0) {
+        snprintf(msg, sizeof msg, "--eval_batches and --print_every must be positive, --temperature > 0, "
+                 "--gen_tokens and --top_k >= 0");
+        return msg;
+    }
+    if (t->stop_at_step < 0) {
+        snprintf(msg, sizeof msg, "--stop_at_step must be >= 0");
+        return msg;
+    }
+    if (t->save_every > 0 && t->save_dir[0] == '\0') {
+        snprintf(msg, sizeof msg, "--save_every needs --save_dir");
+        return msg;
+    }
+    return NULL;
+}
+
+// ----------------------------------------------------------------------------
+// training: model config from a Hugging Face LlamaConfig json
+//
+// reads the few numeric keys we need from a flat json object: enough for the
+// authors' configs/llama_*.json and for config.json files that transformers
+// writes. nested objects are skipped.
+
+static int json_find_number(const char* text, const char* key, double* out) {
+    char quoted[96];
+    snprintf(quoted, sizeof quoted, "\"%s\"", key);
+    const char* p = text;
+    while ((p = strstr(p, quoted)) != NULL) {
+        const char* q = p + strlen(quoted);
+        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r') { q++; }
+        if (*q == ':') {
+            q++;
+            char* end;
+            double v = strtod(q, &end);
+            if (end != q) { *out = v; return 1; }
+            return 0;
+        }
+        p = q;
+    }
+    return 0;
+}
+
+// returns 0 on success, else fills err
+int llama_config_from_json(LlamaConfig* c, const char* path, char* err, size_t errlen) {
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: cannot open (%s); --model_config takes a preset name or a .json file",
+                 path, strerror(errno));
+        return 1;
+    }
+    char* text = (char*)malloc_check(1 << 20, "json text");
+    size_t n = fread(text, 1, (1 << 20) - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    struct { const char* key; double value; int required; } keys[] = {
+        {"vocab_size", 0, 1}, {"hidden_size", 0, 1}, {"intermediate_size", 0, 1},
+        {"num_attention_heads", 0, 1}, {"num_hidden_layers", 0, 1},
+        {"max_position_embeddings", 1024, 0}, {"rms_norm_eps", 1e-6, 0}, {"rope_theta", 10000, 0},
+        {"max_sequence_length", 0, 0}, {"num_key_value_heads", 0, 0},
+    };
+    int nk = (int)(sizeof keys / sizeof keys[0]);
+    for (int i = 0; i < nk; i++) {
+        double v;
+        if (json_find_number(text, keys[i].key, &v)) { keys[i].value = v; }
+        else if (keys[i].required) {
+            snprintf(err, errlen, "%s: no numeric \"%s\"; expected a Hugging Face LlamaConfig json", path, keys[i].key);
+            free(text);
+            return 1;
+        }
+    }
+    free(text);
+    if (keys[9].value != 0 && keys[9].value != keys[3].value) {
+        snprintf(err, errlen, "%s: num_key_value_heads %g differs from num_attention_heads %g; "
+                 "grouped-query attention is not supported", path, keys[9].value, keys[3].value);
+        return 1;
+    }
+    c->V = (int)keys[0].value;
+    c->C = (int)keys[1].value;
+    c->F = (int)keys[2].value;
+    c->NH = (int)keys[3].value;
+    c->L = (int)keys[4].value;
+    // the authors' configs say max_sequence_length; transformers says max_position_embeddings
+    c->max_seq_len = (int)(keys[8].value > 0 ? keys[8].value : keys[5].value);
+    c->norm_eps = (float)keys[6].value;
+    c->rope_theta = (float)keys[7].value;
+    const char* problem = llama_config_problem(c);
+    if (problem != NULL) {
+        snprintf(err, errlen, "%s: %s", path, problem);
+        return 1;
+    }
+    return 0;
+}
+
+void llama_config_resolve_or_exit(LlamaConfig* c, const char* name) {
+    if (llama_preset_find(name, c)) { return; }
+    size_t n = strlen(name);
+    if (n > 5 && strcmp(name + n - 5, ".json") == 0) {
+        char err[1024];
+        if (llama_config_from_json(c, name, err, sizeof err) != 0) { fatal("%s", err); }
+        return;
+    }
+    fatal("--model_config '%s' is neither a preset nor a .json file; run with --help for the presets", name);
+}
+
+// ----------------------------------------------------------------------------
+// training: learning-rate schedule and gradient clipping
+
+// lr of optimizer step `step` (0-based): linear warmup that starts above 0,
+// then cosine or linear decay to min_lr_ratio * lr at num_training_steps
+float lr_at_step(const TrainConfig* t, int step) {
+    float lr = t->lr, min_lr = t->lr * t->min_lr_ratio;
+    if (step < t->warmup_steps) { return lr * (float)(step + 1) / (float)t->warmup_steps; }
+    int decay_steps = t->num_training_steps - t->warmup_steps;
+    float progress = decay_steps > 0 ? (float)(step - t->warmup_steps) / (float)decay_steps : 1.0f;
+    if (progress > 1.0f) { progress = 1.0f; }
+    if (strcmp(t->scheduler, "linear") == 0) { return lr - (lr - min_lr) * progress; }
+    return min_lr + 0.5f * (lr - min_lr) * (1.0f + cosf(3.14159265358979f * progress));
+}
+
+// global l2 norm of all gradients, in double and in a fixed order
+double grad_global_norm(const float* grads, size_t n) {
+    // fixed chunks, summed in order: deterministic for any thread count
+    enum { CHUNK = 1 << 16 };
+    size_t nchunks = (n + CHUNK - 1) / CHUNK;
+    double* partial = (double*)calloc_check(nchunks * sizeof(double), "norm partials");
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
+        double acc = 0.0;
+        for (size_t i = c * CHUNK; i < end; i++) { acc += (double)grads[i] * grads[i]; }
+        partial[c] = acc;
+    }
+    double total = 0.0;
+    for (size_t c = 0; c < nchunks; c++) { total += partial[c]; }
+    free(partial);
+    return sqrt(total);
+}
+
+void grad_scale(float* grads, size_t n, float s) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) { grads[i] *= s; }
+}
+
+// ----------------------------------------------------------------------------
+// training: evaluation and sampling
+
+// mean loss over the first eval_batches batches of the validation data: the
+// loader restarts each time, so every evaluation sees the same windows
+float evaluate(Llama* model, ShardLoader* val, int eval_batches, int* inputs, int* targets) {
+    shard_loader_reset(val);
+    int B = val->cfg.B, T = val->cfg.T;
+    double total = 0.0;
+    for (int i = 0; i < eval_batches; i++) {
+        shard_loader_next_batch_or_exit(val, inputs, targets);
+        total += llama_forward(model, inputs, targets, B, T);
+    }
+    return (float)(total / eval_batches);
+}
+
+// draws from softmax(logits / temperature), restricted to the top_k most
+// likely tokens when top_k > 0
+int sample_token(const float* logits, int V, float temperature, int top_k, Rng* rng, float* probs) {
+    // probs (V) scratch
+    float maxv = -INFINITY;
+    for (int j = 0; j < V; j++) { maxv = logits[j] > maxv ? logits[j] : maxv; }
+    float cutoff = -INFINITY;
+    if (top_k > 0 && top_k < V) {
+        // the k-th largest logit, by partial selection on a copy
+        for (int j = 0; j < V; j++) { probs[j] = logits[j]; }
+        for (int i = 0; i < top_k; i++) {
+            int best = i;
+            for (int j = i + 1; j < V; j++) { if (probs[j] > probs[best]) { best = j; } }
+            float tmp = probs[i]; probs[i] = probs[best]; probs[best] = tmp;
+        }
+        cutoff = probs[top_k - 1];
+    }
+    double sum = 0.0;
+    for (int j = 0; j < V; j++) {
+        probs[j] = logits[j] >= cutoff ? expf((logits[j] - maxv) / temperature) : 0.0f;
+        sum += probs[j];
+    }
+    double u = rng_uniform(rng) * sum, acc = 0.0;
+    for (int j = 0; j < V; j++) {
+        acc += probs[j];
+        if (u < acc) { return j; }
+    }
+    return V - 1;
+}
+
+// generates gen_tokens after a BOS and prints them through the decoder.
+// runs the model at B=1 over a window of the last T tokens; causal attention
+// means the zero padding after the current position does not change its logits
+void print_sample(Llama* model, const Decoder* dec, int T, int gen_tokens, int top_k, float temperature,
+                  Rng* rng, int bos_id) {
+    int V = model->config.V;
+    int* history = (int*)calloc_check((size_t)(gen_tokens + 1) * sizeof(int), "sample history");
+    int* window = (int*)calloc_check((size_t)T * sizeof(int), "sample window");
+    float* probs = (float*)malloc_check((size_t)V * sizeof(float), "sample probs");
+    history[0] = bos_id >= 0 ? bos_id : 0;
+    printf("sample: ");
+    for (int n = 1; n <= gen_tokens; n++) {
+        int len = n < T ? n : T;  // context: the last len tokens of history[0..n)
+        memcpy(window, history + (n - len), (size_t)len * sizeof(int));
+        llama_forward(model, window, NULL, 1, T);
+        int next = sample_token(model->acts.logits + (size_t)(len - 1) * V, V, temperature, top_k, rng, probs);
+        history[n] = next;
+        decoder_print_token(dec, next, stdout);
+    }
+    printf("\n");
+    free(history);
+    free(window);
+    free(probs);
+}
+
+// ----------------------------------------------------------------------------
+// the optimizer over the whole model
+//
+// with --optimizer low_rank_adamw, the 7 matrices of every layer (wq, wk, wv,
+// wo, w_gate, w_up, w_down) each get a LowRankState; every other tensor
+// (embeddings, lm_head, norms) gets AdamW. with --optimizer adamw, all get
+// AdamW. state memory, which a checkpoint saves verbatim:
+//   adam_m, adam_v  (num_adam) each: the AdamW tensors, in table order
+//   lowrank_memory  the LowRankStates, in table order then layer order
+
+typedef struct {
+    int low_rank;             // 1: low-rank AdamW on the layer matrices
+    LowRankConfig cfg;
+    float beta1, beta2, eps, weight_decay;
+    float* adam_m;            // (num_adam)
+    float* adam_v;            // (num_adam)
+    size_t num_adam;
+    LowRankState* lowrank;    // (num_lowrank)
+    int num_lowrank;
+    float* lowrank_memory;    // (lowrank_floats)
+    size_t lowrank_floats;
+    float* scratch;           // shared work buffer for lowrank_adamw_step
+    int step;                 // optimizer steps taken (t in the spec)
+} Optimizer;
+
+static int optimizer_uses_lowrank(const Optimizer* o, const TensorSpec* s) {
+    return o->low_rank && s->is_layer_matrix;
+}
+
+// returns NULL, or a message naming the matrix whose shape cannot take the rank
+const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfig* t) {
+    static char msg[512];
+    memset(o, 0, sizeof *o);
+    o->low_rank = strcmp(t->optimizer, "low_rank_adamw") == 0;
+    o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
+    LowRankConfig lc = {
+        strcmp(t->subspace_update_method, "galore") == 0 ? SUBSPACE_GALORE : SUBSPACE_SUBTRACK,
+        t->rank, t->low_rank_scale, t->subspace_update_interval, t->st_init_step_size,
+        t->adaptive_optimizer, t->recovery_scaling, !t->norm_growth_limiter_off, t->norm_growth_limit,
+        t->beta1, t->beta2, t->eps, t->weight_decay,
+    };
+    o->cfg = lc;
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, c);
+    size_t scratch_floats = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        if (!optimizer_uses_lowrank(o, &spec[i])) { o->num_adam += tensor_numel(&spec[i]); continue; }
+        if (lowrank_check_rank(msg, sizeof msg, spec[i].name, spec[i].rows, spec[i].cols, t->rank) != NULL) {
+            return msg;
+        }
+        o->num_lowrank += spec[i].layers;
+        o->lowrank_floats += (size_t)spec[i].layers * lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
+        size_t need = lowrank_scratch_num_floats(spec[i].rows, spec[i].cols, t->rank);
+        scratch_floats = need > scratch_floats ? need : scratch_floats;
+    }
+    o->adam_m = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW first moments");
+    o->adam_v = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW second moments");
+    o->lowrank = (LowRankState*)calloc_check((size_t)o->num_lowrank * sizeof(LowRankState), "low-rank states");
+    o->lowrank_memory = (float*)calloc_check(o->lowrank_floats * sizeof(float), "low-rank state memory");
+    o->scratch = (float*)malloc_check(scratch_floats * sizeof(float), "optimizer scratch");
+    float* mem = o->lowrank_memory;
+    int k = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        if (!optimizer_uses_lowrank(o, &spec[i])) { continue; }
+        for (int l = 0; l < spec[i].layers; l++) {
+            lowrank_state_init(&o->lowrank[k++], spec[i].rows, spec[i].cols, t->rank, mem);
+            mem += lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
+        }
+    }
+    return NULL;
+}
+
+void optimizer_free(Optimizer* o) {
+    free(o->adam_m); free(o->adam_v); free(o->lowrank); free(o->lowrank_memory); free(o->scratch);
+    memset(o, 0, sizeof *o);
+}
+
+size_t optimizer_state_bytes(const Optimizer* o) {
+    return (2 * o->num_adam + o->lowrank_floats) * sizeof(float);
+}
+
+// one step over every tensor, at learning rate lr
+void optimizer_step(Optimizer* o, Llama* model, float lr) {
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, &model->config);
+    float** params = parameter_pointers(&model->params);
+    float** grads = parameter_pointers(&model->grads);
+    size_t adam_off = 0;
+    int k = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = tensor_numel(&spec[i]);
+        if (!optimizer_uses_lowrank(o, &spec[i])) {
+            adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, o->step,
+                         lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+            adam_off += n;
+            continue;
+        }
+        size_t per = (size_t)spec[i].rows * spec[i].cols;
+        for (int l = 0; l < spec[i].layers; l++) {
+            lowrank_adamw_step(&o->lowrank[k++], params[i] + l * per, grads[i] + l * per, o->step,
+                               &o->cfg, lr, o->scratch);
+        }
+    }
+    o->step++;
+}
+
+double optimizer_subspace_seconds(const Optimizer* o) {
+    double s = 0.0;
+    for (int k = 0; k < o->num_lowrank; k++) { s += o->lowrank[k].subspace_seconds; }
+    return s;
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints
+//
+// one file, DIR/checkpoint.bin, little-endian:
+//   header  int64[CHECKPOINT_HEADER_INTS]
+//     [0] magic CHECKPOINT_MAGIC   [1] version CHECKPOINT_VERSION
+//     [2] V [3] C [4] F [5] NH [6] L [7] max_seq_len
+//     [8] rms_norm_eps, [9] rope_theta: float32 bits
+//     [10] optimizer: 0 adamw, 1 low_rank_adamw   [11] method: 0 galore, 1 subtrack
+//     [12] rank   [13] optimizer steps taken (the step to run next)
+//     [14] num_params   [15] num_adam   [16] lowrank_floats
+//     [17] sampling rng state (uint64 bits)
+//     [18..23] train loader position (ShardPosition: epoch, window_in_epoch,
+//              num_windows, T, shuffle, seed)
+//     the rest 0
+//   body    float32: params (num_params, parameter-table order),
+//           adam_m (num_adam), adam_v (num_adam), lowrank_memory (lowrank_floats)
+// it is written to DIR/checkpoint.bin.tmp, flushed, and renamed over
+// DIR/checkpoint.bin, so a crash mid-write never leaves a broken latest file.
+
+#define CHECKPOINT_MAGIC 20261105
+#define CHECKPOINT_VERSION 1
+#define CHECKPOINT_HEADER_INTS 64
+#define CHECKPOINT_FILE "checkpoint.bin"
+
+typedef struct {
+    Llama* model;
+    Optimizer* opt;
+    ShardLoader* train_loader;
+    Rng* sample_rng;
+} TrainState;
+
+static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainState* s) {
+    const LlamaConfig* c = &s->model->config;
+    memset(h, 0, CHECKPOINT_HEADER_INTS * sizeof(int64_t));
+    h[0] = CHECKPOINT_MAGIC;
+    h[1] = CHECKPOINT_VERSION;
+    h[2] = c->V; h[3] = c->C; h[4] = c->F; h[5] = c->NH; h[6] = c->L; h[7] = c->max_seq_len;
+    uint32_t bits;
+    memcpy(&bits, &c->norm_eps, 4); h[8] = bits;
+    memcpy(&bits, &c->rope_theta, 4); h[9] = bits;
+    h[10] = s->opt->low_rank;
+    h[11] = s->opt->cfg.method;
+    h[12] = s->opt->low_rank ? s->opt->cfg.rank : 0;
+    h[13] = s->opt->step;
+    h[14] = (int64_t)s->model->num_parameters;
+    h[15] = (int64_t)s->opt->num_adam;
+    h[16] = (int64_t)s->opt->lowrank_floats;
+    memcpy(&h[17], &s->sample_rng->state, 8);
+    ShardPosition p = shard_loader_get_position(s->train_loader);
+    h[18] = p.epoch; h[19] = p.window_in_epoch; h[20] = p.num_windows;
+    h[21] = p.T; h[22] = p.shuffle; h[23] = p.seed;
+}
+
+// returns 0 on success, else fills err (the previous checkpoint is untouched)
+int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errlen) {
+    char path[1024], tmp[1100];
+    snprintf(path, sizeof path, "%s/%s", dir, CHECKPOINT_FILE);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE* f = fopen(tmp, "wb");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot write %s (%s); check that --save_dir exists and is writable", tmp, strerror(errno));
+        return 1;
+    }
+    int64_t h[CHECKPOINT_HEADER_INTS];
+    checkpoint_header(h, s);
+    const Optimizer* o = s->opt;
+    int ok = fwrite(h, sizeof h, 1, f) == 1
+          && fwrite(s->model->params_memory, sizeof(float), s->model->num_parameters, f) == s->model->num_parameters
+          && fwrite(o->adam_m, sizeof(float), o->num_adam, f) == o->num_adam
+          && fwrite(o->adam_v, sizeof(float), o->num_adam, f) == o->num_adam
+          && fwrite(o->lowrank_memory, sizeof(float), o->lowrank_floats, f) == o->lowrank_floats;
+    ok = (fflush(f) == 0) && ok;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) {
+        snprintf(err, errlen, "writing %s failed (%s); disk full? the previous checkpoint is kept", tmp, strerror(errno));
+        remove(tmp);
+        return 1;
+    }
+    if (rename(tmp, path) != 0) {
+        snprintf(err, errlen, "cannot rename %s to %s (%s)", tmp, path, strerror(errno));
+        remove(tmp);
+        return 1;
+    }
+    return 0;
+}
+
+// restores everything a checkpoint holds into s, whose model, optimizer and
+// loader are already built from the command line. refuses a checkpoint of
+// another model config or optimizer setup. returns 0 on success, else fills err
+int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, CHECKPOINT_FILE);
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s (%s); --continue_from takes a --save_dir of an earlier run",
+                 path, strerror(errno));
+        return 1;
+    }
+    int64_t h[CHECKPOINT_HEADER_INTS], want[CHECKPOINT_HEADER_INTS];
+    if (fread(h, sizeof h, 1, f) != 1) {
+        snprintf(err, errlen, "%s: shorter than its header; the file is corrupt", path);
+        fclose(f);
+        return 1;
+    }
+    if (h[0] != CHECKPOINT_MAGIC || h[1] != CHECKPOINT_VERSION) {
+        snprintf(err, errlen, "%s: magic %lld version %lld, expected %d version %d; not a checkpoint of this trainer",
+                 path, (long long)h[0], (long long)h[1], CHECKPOINT_MAGIC, CHECKPOINT_VERSION);
+        fclose(f);
+        return 1;
+    }
+    checkpoint_header(want, s);
+    for (int i = 2; i <= 9; i++) {
+        if (h[i] != want[i]) {
+            snprintf(err, errlen, "%s: saved from another model config (V=%lld C=%lld F=%lld NH=%lld L=%lld "
+                     "max_seq_len=%lld); pass the same --model_config as that run", path, (long long)h[2],
+                     (long long)h[3], (long long)h[4], (long long)h[5], (long long)h[6], (long long)h[7]);
+            fclose(f);
+            return 1;
+        }
+    }
+    if (h[10] != want[10] || h[12] != want[12] || (h[10] && h[11] != want[11])) {
+        snprintf(err, errlen, "%s: saved with another optimizer setup (low_rank=%lld method=%lld rank=%lld); "
+                 "pass the same --optimizer, --subspace_update_method and --rank", path,
+                 (long long)h[10], (long long)h[11], (long long)h[12]);
+        fclose(f);
+        return 1;
+    }
+    if (h[14] != want[14] || h[15] != want[15] || h[16] != want[16] || h[13] < 0) {
+        snprintf(err, errlen, "%s: header sizes do not match this model; the file is corrupt", path);
+        fclose(f);
+        return 1;
+    }
+    Optimizer* o = s->opt;
+    int ok = fread(s->model->params_memory, sizeof(float), s->model->num_parameters, f) == s->model->num_parameters
+          && fread(o->adam_m, sizeof(float), o->num_adam, f) == o->num_adam
+          && fread(o->adam_v, sizeof(float), o->num_adam, f) == o->num_adam
+          && fread(o->lowrank_memory, sizeof(float), o->lowrank_floats, f) == o->lowrank_floats;
+    int extra = fgetc(f) != EOF;
+    fclose(f);
+    if (!ok || extra) {
+        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt", path, ok ? "longer" : "shorter");
+        return 1;
+    }
+    o->step = (int)h[13];
+    memcpy(&s->sample_rng->state, &h[17], 8);
+    ShardPosition p = {h[18], h[19], h[20], h[21], h[22], h[23]};
+    char lmsg[512];
+    if (shard_loader_set_position(s->train_loader, &p, lmsg, sizeof lmsg) != 0) {
+        snprintf(err, errlen, "%s: %s", path, lmsg);
+        return 1;
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// main: the training loop
+
+static void print_settings(const TrainConfig* t) {
+    printf("+------------------------------+--------------------------------------------------+\n");
+    for (int i = 0; i < NUM_TRAIN_FLAGS; i++) {
+        char v[600];
+        flag_value_string(&TRAIN_FLAGS[i], t, v, sizeof v);
+        printf("| %-28s | %-48s |\n", TRAIN_FLAGS[i].name + 2, v);
+    }
+    printf("+------------------------------+--------------------------------------------------+\n");
+}
+
+static void format_duration(double seconds, char* out, size_t cap) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) { snprintf(out, cap, "%ldh%02ldm", s / 3600, (s % 3600) / 60); }
+    else if (s >= 60) { snprintf(out, cap, "%ldm%02lds", s / 60, s % 60); }
+    else { snprintf(out, cap, "%lds", s); }
+}
+
+// checks that dir exists and takes files, before any training time is spent
+static void check_writable_dir_or_exit(const char* dir) {
+    char probe[1100];
+    snprintf(probe, sizeof probe, "%s/.write_probe", dir);
+    FILE* f = fopen(probe, "wb");
+    if (f == NULL) {
+        fatal("--save_dir %s is not a writable directory (%s); create it or pick another", dir, strerror(errno));
+    }
+    fclose(f);
+    remove(probe);
+}
+
+int train_main(int argc, char** argv) {
+    TrainConfig t;
+    train_config_defaults(&t);
+    char err[1024];
+    int parsed = train_parse_flags(&t, argc, argv, err, sizeof err);
+    if (parsed == 1) { train_usage(stdout); return 0; }
+    if (parsed < 0) { fatal("%s", err); }
+    const char* problem = train_config_problem(&t);
+    if (problem != NULL) { fatal("%s", problem); }
+    LlamaConfig cfg;
+    llama_config_resolve_or_exit(&cfg, t.model_config);
+    int B = t.batch_size, T = t.max_length;
+    if (T > cfg.max_seq_len) {
+        fatal("--max_length %d is above the model's max_seq_len %d (%s); lower --max_length",
+              T, cfg.max_seq_len, t.model_config);
+    }
+    int accum = t.total_batch_size / B;
+    if (t.save_dir[0] != '\0') { check_writable_dir_or_exit(t.save_dir); }
+
+    // data: every shard is validated here, before any step
+    Decoder dec;
+    decoder_load_or_exit(&dec, t.decoder_path);
+    if (dec.vocab_size > cfg.V) {
+        fatal("the tokenizer of %s has %d ids but the model's vocab is %d; use a model_config with vocab_size >= %d",
+              t.decoder_path, dec.vocab_size, cfg.V, dec.vocab_size);
+    }
+    ShardLoaderConfig tc = {t.train_data, "--train_data", B, T, cfg.V, 0, 1, t.shuffle, (uint64_t)t.seed};
+    ShardLoaderConfig vc = {t.val_data, "--val_data", B, T, cfg.V, 0, 1, 0, 0};
+    ShardLoader train_loader, val_loader;
+    shard_loader_init_or_exit(&train_loader, &tc);
+    shard_loader_init_or_exit(&val_loader, &vc);
+
+    Llama model;
+    llama_build(&model, &cfg);
+    llama_init_weights(&model, (uint64_t)t.seed);
+    Optimizer opt;
+    problem = optimizer_build(&opt, &cfg, &t);
+    if (problem != NULL) { fatal("%s", problem); }
+    Rng sample_rng;
+    rng_seed(&sample_rng, (uint64_t)t.seed + 1000);
+    TrainState state = {&model, &opt, &train_loader, &sample_rng};
+    if (t.continue_from[0] != '\0') {
+        if (checkpoint_load(&state, t.continue_from, err, sizeof err) != 0) { fatal("%s", err); }
+    }
+
+    // the startup report
+    print_settings(&t);
+    printf("model:        %s: V=%d C=%d F=%d NH=%d L=%d max_seq_len=%d\n", t.model_config,
+           cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L, cfg.max_seq_len);
+    printf("threads:      %d (OMP_NUM_THREADS)\n", num_threads());
+    llama_memory_report(&cfg, B, T, stdout);
+    size_t full_adamw = 2 * model.num_parameters * sizeof(float);
+    printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB); full AdamW would need %.2f MiB\n",
+           t.optimizer, opt.low_rank ? (opt.cfg.method == SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
+           optimizer_state_bytes(&opt) / 1048576.0, 2.0 * opt.num_adam * 4 / 1048576.0,
+           opt.lowrank_floats * 4.0 / 1048576.0, full_adamw / 1048576.0);
+    printf("data:         %lld train windows, %lld val windows of T+1=%d tokens; %d micro steps of B=%d per step\n",
+           (long long)train_loader.num_windows, (long long)val_loader.num_windows, T + 1, accum, B);
+    if (opt.step > 0) { printf("resumed:      from %s at step %d\n", t.continue_from, opt.step); }
+    fflush(stdout);
+
+    FILE* log = NULL;
+    if (t.log_file[0] != '\0') {
+        log = fopen(t.log_file, opt.step > 0 ? "a" : "w");
+        if (log == NULL) { fatal("cannot open --log_file %s (%s)", t.log_file, strerror(errno)); }
+        if (opt.step == 0) { fprintf(log, "step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s\n"); }
+    }
+
+    int* inputs = (int*)malloc_check((size_t)B * T * sizeof(int), "inputs");
+    int* targets = (int*)malloc_check((size_t)B * T * sizeof(int), "targets");
+    double train_seconds = 0.0;
+    int steps_timed = 0;
+    int first_step = opt.step;
+    for (int step = first_step; step < t.num_training_steps; step++) {
         double t0 = wall_seconds();
         llama_zero_grad(&model);
-        float loss = llama_forward(&model, inputs, targets, B, T);
-        llama_backward(&model, inputs, targets, 1.0f);
-        printf("step %d: loss %.4f, %.1f ms\n", s, loss, 1e3 * (wall_seconds() - t0));
+        double loss = 0.0;
+        for (int micro = 0; micro < accum; micro++) {
+            shard_loader_next_batch_or_exit(&train_loader, inputs, targets);
+            loss += llama_forward(&model, inputs, targets, B, T) / accum;
+            llama_backward(&model, inputs, targets, 1.0f / accum);
+        }
+        double norm = grad_global_norm(model.grads_memory, model.num_parameters);
+        if (!isfinite(loss) || !isfinite(norm)) {
+            fprintf(stderr, "error: the %s is %s at step %d; stopping. ", isfinite(loss) ? "gradient norm" : "loss",
+                    isnan(isfinite(loss) ? norm : loss) ? "NaN" : "Inf", step + 1);
+            if (t.save_dir[0] != '\0') {
+                fprintf(stderr, "the last good checkpoint (if any) is kept in %s/%s. ", t.save_dir, CHECKPOINT_FILE);
+            }
+            fprintf(stderr, "try a lower --lr or --grad_clipping 1\n");
+            exit(EXIT_FAILURE);
+        }
+        if (t.grad_clipping > 0 && norm > t.grad_clipping) {
+            grad_scale(model.grads_memory, model.num_parameters, (float)(t.grad_clipping / norm));
+        }
+        float lr = lr_at_step(&t, step);
+        optimizer_step(&opt, &model, lr);
+        double ms = 1e3 * (wall_seconds() - t0);
+        train_seconds += ms / 1e3;
+        steps_timed++;
+        double tokens_per_s = (double)t.total_batch_size * T / (ms / 1e3);
+        int last = step + 1 == t.num_training_steps;
+
+        if (step == first_step || (step + 1) % t.print_every == 0 || last) {
+            char eta[32];
+            format_duration(train_seconds / steps_timed * (t.num_training_steps - step - 1), eta, sizeof eta);
+            printf("step %5d/%d | loss %.4f | norm %.3f | lr %.2e | %.1f ms | %.0f tok/s | eta %s\n",
+                   step + 1, t.num_training_steps, loss, norm, lr, ms, tokens_per_s, eta);
+        }
+        float val_loss = NAN;
+        if ((t.eval_every > 0 && (step + 1) % t.eval_every == 0) || last) {
+            val_loss = evaluate(&model, &val_loader, t.eval_batches, inputs, targets);
+            printf("val loss %.4f (perplexity %.2f) at step %d\n", val_loss, exp(val_loss), step + 1);
+        }
+        if ((t.sample_every > 0 && (step + 1) % t.sample_every == 0) || last) {
+            print_sample(&model, &dec, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
+        }
+        if (log != NULL) {
+            fprintf(log, "%d,%.6f,", step + 1, loss);
+            if (!isnan(val_loss)) { fprintf(log, "%.6f", val_loss); }
+            fprintf(log, ",%.6e,%.6f,%.3f,%.1f\n", lr, norm, ms, tokens_per_s);
+            fflush(log);
+        }
+        if (t.save_dir[0] != '\0' && ((t.save_every > 0 && (step + 1) % t.save_every == 0) || last)) {
+            if (checkpoint_save(&state, t.save_dir, err, sizeof err) != 0) { fatal("%s", err); }
+            printf("saved %s/%s at step %d\n", t.save_dir, CHECKPOINT_FILE, step + 1);
+        }
+        fflush(stdout);
+        if (t.stop_at_step > 0 && step + 1 == t.stop_at_step && !last) {
+            if (t.save_dir[0] != '\0') {
+                if (checkpoint_save(&state, t.save_dir, err, sizeof err) != 0) { fatal("%s", err); }
+                printf("saved %s/%s at step %d\n", t.save_dir, CHECKPOINT_FILE, step + 1);
+            }
+            printf("stopping after step %d (--stop_at_step)\n", step + 1);
+            break;
+        }
     }
-    free(tokens); free(inputs); free(targets);
+    if (opt.low_rank) {
+        printf("subspace updates: %.2f s in total (%s)\n", optimizer_subspace_seconds(&opt),
+               opt.cfg.method == SUBSPACE_GALORE ? "SVD" : "geodesic tracking and moment rotation");
+    }
+    printf("training time: %.1f s for %d steps\n", train_seconds, steps_timed);
+    if (log != NULL) { fclose(log); }
+    free(inputs); free(targets);
+    optimizer_free(&opt);
+    shard_loader_free(&train_loader);
+    shard_loader_free(&val_loader);
+    decoder_free(&dec);
     llama_free(&model);
     return 0;
+}
+
+#ifndef TESTING
+int main(int argc, char** argv) {
+    return train_main(argc, argv);
 }
 #endif

@@ -1781,6 +1781,76 @@ static void test_trainer_resume(const char* dir, const char* method_flags, const
           rows_a, rows_b, rows_a ? la[rows_a - 1] : "-", rows_b ? lb[rows_b - 1] : "-");
 }
 
+static void test_json_config(void) {
+    // a config.json in the form of the authors' configs/llama_*.json (written
+    // here, key for key in their style) must give the matching preset
+    char path[] = "/tmp/subtrack_config_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) { check(0, "mkstemp"); return; }
+    const char* text =
+        "{\n  \"architectures\": [\n    \"LLaMAForCausalLM\"\n  ],\n  \"bos_token_id\": 0,\n"
+        "  \"eos_token_id\": 1,\n  \"hidden_act\": \"silu\",\n  \"hidden_size\": 512,\n"
+        "  \"intermediate_size\": 1376,\n  \"initializer_range\": 0.02,\n  \"max_sequence_length\": 1024,\n"
+        "  \"model_type\": \"llama\",\n  \"num_attention_heads\": 8,\n  \"num_hidden_layers\": 8,\n"
+        "  \"pad_token_id\": -1,\n  \"rms_norm_eps\": 1e-06,\n  \"use_cache\": true,\n  \"vocab_size\": 32000\n}\n";
+    if (write(fd, text, strlen(text)) != (ssize_t)strlen(text)) { check(0, "write json"); }
+    close(fd);
+    LlamaConfig got, want;
+    char err[1024];
+    int rc = llama_config_from_json(&got, path, err, sizeof err);
+    llama_preset_find("llama_60m", &want);
+    check(rc == 0 && memcmp(&got, &want, sizeof got) == 0,
+          "json config in the authors' form equals the llama_60m preset (V=%d C=%d F=%d NH=%d L=%d T=%d eps=%g theta=%g)",
+          got.V, got.C, got.F, got.NH, got.L, got.max_seq_len, got.norm_eps, got.rope_theta);
+    FILE* f = fopen(path, "w");
+    if (f) { fputs("{\"hidden_size\": 512, \"num_attention_heads\": 8}", f); fclose(f); }
+    rc = llama_config_from_json(&got, path, err, sizeof err);
+    check(rc != 0 && strstr(err, "vocab_size") != NULL, "json config without vocab_size is an error: %s", err);
+    f = fopen(path, "w");
+    if (f) {
+        fputs("{\"vocab_size\": 100, \"hidden_size\": 64, \"intermediate_size\": 96, \"num_attention_heads\": 4, "
+              "\"num_key_value_heads\": 2, \"num_hidden_layers\": 2}", f);
+        fclose(f);
+    }
+    rc = llama_config_from_json(&got, path, err, sizeof err);
+    check(rc != 0 && strstr(err, "grouped-query") != NULL, "json config with grouped-query attention is an error: %s", err);
+    remove(path);
+}
+
+static void test_optimizer_memory(void) {
+    // the optimizer-state count of the paper: per low-rank (m, n) matrix,
+    // oriented so that m <= n, m r (S) + 2 n r (M, V) floats plus our 2
+    // limiter scalars (prev and whether it is set); AdamW's 2 per parameter
+    // for everything else
+    LlamaConfig c;
+    llama_preset_find("awkward", &c);
+    TrainConfig t;
+    train_config_defaults(&t);
+    t.rank = 5;
+    Optimizer o;
+    const char* problem = optimizer_build(&o, &c, &t);
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, &c);
+    size_t expect = 0, lowrank_params = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        if (!spec[i].is_layer_matrix) { continue; }
+        size_t m = spec[i].rows < spec[i].cols ? spec[i].rows : spec[i].cols;
+        size_t n = spec[i].rows < spec[i].cols ? spec[i].cols : spec[i].rows;
+        expect += (size_t)spec[i].layers * (m * t.rank + 2 * n * t.rank + 2);
+        lowrank_params += tensor_numel(&spec[i]);
+    }
+    expect += 2 * (parameter_count(&c) - lowrank_params);
+    check(problem == NULL && optimizer_state_bytes(&o) == expect * sizeof(float),
+          "optimizer state of awkward at rank 5: %zu bytes = sum(m r + 2 n r + 2) + 2 x non-low-rank params (%zu)",
+          optimizer_state_bytes(&o), expect * sizeof(float));
+    optimizer_free(&o);
+    snprintf(t.optimizer, sizeof t.optimizer, "%s", "adamw");
+    problem = optimizer_build(&o, &c, &t);
+    check(problem == NULL && optimizer_state_bytes(&o) == 2 * parameter_count(&c) * sizeof(float),
+          "optimizer state of full AdamW: 2 floats per parameter (%zu bytes)", optimizer_state_bytes(&o));
+    optimizer_free(&o);
+}
+
 static void test_trainer(void) {
     if (access(TRAINER_BIN, X_OK) != 0) {
         check(0, "trainer binary %s exists (make test builds it)", TRAINER_BIN);
@@ -1806,6 +1876,7 @@ static void test_trainer(void) {
     check_trainer_rejects("T above max_seq_len", TRAINER_FAST " --max_length 65", "max_seq_len");
     check_trainer_rejects("a rank above min(m, n)", TRAINER_FAST " --rank 33", "larger than min(m, n)");
     check_trainer_rejects("an unknown preset", "--model_config llama_5m", "neither a preset");
+    check_trainer_rejects("a model vocab below the data's", "--model_config tiny --max_length 16", "tokenizer");
     check_trainer_rejects("a missing train shard", TRAINER_FAST " --train_data /nonexistent/x*.bin", "no file matches");
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --save_dir %s/not_a_dir/sub", dir);
     check_trainer_rejects("a non-writable save_dir", args, "not a writable directory");
@@ -1933,6 +2004,8 @@ int main(int argc, char** argv) {
     test_lowrank_optimizer("dev/reference/subtrack_trajectories.bin");
     test_lr_schedule();
     test_grad_norm_and_accumulation();
+    test_json_config();
+    test_optimizer_memory();
     if (argc > 1) {
         for (int i = 1; i < argc; i++) { test_model_reference(argv[i]); }
     } else {

@@ -39,6 +39,11 @@ letter legend for shape comments:
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __cplusplus
+// train_llama_subtrack.cu includes this file as C++, which spells these differently
+#define restrict __restrict__
+#define _Static_assert static_assert
+#endif
 
 // ----------------------------------------------------------------------------
 // utilities
@@ -1138,7 +1143,9 @@ int shard_validate(const char* path, int64_t min_tokens, int vocab_size, int64_t
                  path, (long long)file_bytes, (long long)SHARD_HEADER_BYTES, DATA_HINT);
         rc = SHARD_ERR_HEADER; goto done;
     }
-    int32_t magic = read_le_i32(header), version = read_le_i32(header + 4), count = read_le_i32(header + 8);
+    // declared apart from their values: C++ (the .cu includes this file) forbids a goto past an initialization
+    int32_t magic, version, count;
+    magic = read_le_i32(header), version = read_le_i32(header + 4), count = read_le_i32(header + 8);
     if (magic != SHARD_MAGIC) {
         snprintf(msg, msg_cap, "shard %s has magic %d, expected %d (an llm.c token shard); "
                  "hint: this is not a token shard (a checkpoint? a raw text file?); %s",
@@ -1150,7 +1157,8 @@ int shard_validate(const char* path, int64_t min_tokens, int vocab_size, int64_t
                  "hint: %s", path, (int)version, SHARD_VERSION, DATA_HINT);
         rc = SHARD_ERR_VERSION; goto done;
     }
-    int64_t expected_bytes = SHARD_HEADER_BYTES + (int64_t)count * SHARD_TOKEN_BYTES;
+    int64_t expected_bytes;
+    expected_bytes = SHARD_HEADER_BYTES + (int64_t)count * SHARD_TOKEN_BYTES;
     if (count < 0 || file_bytes != expected_bytes) {
         snprintf(msg, msg_cap, "shard %s is %lld bytes, but its header says %d tokens, which is %lld bytes; "
                  "hint: the file is truncated or was not finished writing; %s",
@@ -1371,8 +1379,9 @@ int shard_loader_init(ShardLoader* L, const ShardLoaderConfig* cfg, char* msg, s
         snprintf(msg, msg_cap, "out of memory setting up %s '%s'", flag, pattern);
         rc = SHARD_ERR_ALLOC; goto fail;
     }
-    int64_t min_tokens = (int64_t)cfg->B * cfg->T + 1;
-    int64_t max_windows = 0;
+    int64_t min_tokens, max_windows;  // assigned apart: C++ forbids a goto past an initialization
+    min_tokens = (int64_t)cfg->B * cfg->T + 1;
+    max_windows = 0;
     for (int i = 0; i < L->num_shards; i++) {
         L->paths[i] = strdup(g.gl_pathv[i]);
         if (L->paths[i] == NULL) {
@@ -1584,8 +1593,10 @@ int decoder_load(Decoder* d, const char* path, char* msg, size_t msg_cap) {
                  path, (int)h[1], DECODER_VERSION, DATA_HINT);
         rc = SHARD_ERR_VERSION; goto fail;
     }
-    int V = h[2];
-    int64_t expected = (int64_t)DECODER_HEADER_BYTES + 2 * (int64_t)V + (int64_t)h[7];
+    int V;  // assigned apart: C++ forbids a goto past an initialization
+    int64_t expected;
+    V = h[2];
+    expected = (int64_t)DECODER_HEADER_BYTES + 2 * (int64_t)V + (int64_t)h[7];
     if (V < 1 || V > DECODER_MAX_VOCAB || h[3] < -1 || h[3] >= V || h[4] < -1 || h[4] >= V ||
         h[5] < -1 || h[5] >= V || h[6] < 0 || h[6] > DECODER_MAX_ENTRY || h[7] < 0 || expected != file_bytes) {
         snprintf(msg, msg_cap, "decoder file %s has a bad header (V=%d, bos=%d, eos=%d, unk=%d, longest=%d, "
@@ -1604,7 +1615,8 @@ int decoder_load(Decoder* d, const char* path, char* msg, size_t msg_cap) {
         rc = SHARD_ERR_ALLOC; goto fail;
     }
     // walk the entries; every length is checked against what is left before it is used
-    int64_t pos = DECODER_HEADER_BYTES, out = 0;
+    int64_t pos, out;
+    pos = DECODER_HEADER_BYTES, out = 0;
     for (int i = 0; i < V; i++) {
         if (pos + 2 > file_bytes) {
             snprintf(msg, msg_cap, "decoder file %s ends inside entry %d of %d; hint: the file is truncated; %s",
@@ -2731,6 +2743,8 @@ void lowrank_adamw_step(LowRankState* s, float* W, const float* G, int t, const 
 // or with a value 0/1/true/false, because here the SubTrack++ switches are on
 // by default and the baselines need a way to turn them off.
 
+#define DEFAULT_MAX_LENGTH 128
+
 typedef struct {
     // model and data
     char model_config[512];
@@ -2739,7 +2753,7 @@ typedef struct {
     char decoder_path[512];
     int batch_size;          // B, sequences per micro step
     int total_batch_size;    // sequences per optimizer step; a multiple of B
-    int max_length;          // T
+    int max_length;          // T; 0 = min(DEFAULT_MAX_LENGTH, the model's max_seq_len)
     int seed;
     int shuffle;
     // schedule
@@ -2775,6 +2789,7 @@ typedef struct {
     char continue_from[512];
     int print_every;
     int stop_at_step;        // stop after this step as if interrupted (0 = run to the end)
+    char dtype[16];          // float32 | bfloat16 (the CUDA trainer only)
 } TrainConfig;
 
 void train_config_defaults(TrainConfig* t) {
@@ -2785,7 +2800,7 @@ void train_config_defaults(TrainConfig* t) {
     snprintf(t->decoder_path, sizeof t->decoder_path, "%s", DEFAULT_DECODER);
     t->batch_size = 8;
     t->total_batch_size = 8;
-    t->max_length = 128;
+    t->max_length = 0;
     t->seed = 0;
     t->shuffle = 1;
     t->num_training_steps = 600;
@@ -2816,6 +2831,7 @@ void train_config_defaults(TrainConfig* t) {
     t->temperature = 1.0f;
     t->save_every = 0;
     t->print_every = 10;
+    snprintf(t->dtype, sizeof t->dtype, "%s", "float32");
 }
 
 typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STRING, FLAG_SWITCH } FlagKind;
@@ -2837,7 +2853,7 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(decoder_path, FLAG_STRING, "token decoder file, for printing samples"),
     FLAG(batch_size, FLAG_INT, "B: sequences per micro step"),
     FLAG(total_batch_size, FLAG_INT, "sequences per optimizer step (gradient accumulation); a multiple of B"),
-    FLAG(max_length, FLAG_INT, "T: tokens per sequence"),
+    FLAG(max_length, FLAG_INT, "T: tokens per sequence; 0 = min(128, the model's max_seq_len)"),
     FLAG(seed, FLAG_INT, "seed of weights, data order and sampling"),
     FLAG(shuffle, FLAG_SWITCH, "shuffle training windows (0: sequential)"),
     FLAG(num_training_steps, FLAG_INT, "optimizer steps; the schedule ends here"),
@@ -2872,6 +2888,7 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(continue_from, FLAG_STRING, "resume exactly from the checkpoint in this directory"),
     FLAG(print_every, FLAG_INT, "print a progress line every N steps"),
     FLAG(stop_at_step, FLAG_INT, "stop after this step (saving if --save_dir), as if interrupted; 0 = run to the end"),
+    FLAG(dtype, FLAG_STRING, "float32 | bfloat16 (bfloat16: the CUDA trainer only)"),
 };
 #define NUM_TRAIN_FLAGS ((int)(sizeof(TRAIN_FLAGS) / sizeof(TRAIN_FLAGS[0])))
 
@@ -2971,8 +2988,8 @@ int train_parse_flags(TrainConfig* t, int argc, char** argv, char* err, size_t e
 // checks the settings that do not need the model or data. returns NULL or a message
 const char* train_config_problem(const TrainConfig* t) {
     static char msg[512];
-    if (t->batch_size <= 0 || t->max_length <= 0 || t->total_batch_size <= 0) {
-        snprintf(msg, sizeof msg, "--batch_size, --total_batch_size and --max_length must be positive");
+    if (t->batch_size <= 0 || t->max_length < 0 || t->total_batch_size <= 0) {
+        snprintf(msg, sizeof msg, "--batch_size and --total_batch_size must be positive, --max_length >= 0");
         return msg;
     }
     if (t->total_batch_size % t->batch_size != 0) {
@@ -3009,6 +3026,10 @@ const char* train_config_problem(const TrainConfig* t) {
     if (t->eval_batches <= 0 || t->gen_tokens < 0 || t->top_k < 0 || !(t->temperature > 0) || t->print_every <= 0) {
         snprintf(msg, sizeof msg, "--eval_batches and --print_every must be positive, --temperature > 0, "
                  "--gen_tokens and --top_k >= 0");
+        return msg;
+    }
+    if (strcmp(t->dtype, "float32") != 0 && strcmp(t->dtype, "bfloat16") != 0) {
+        snprintf(msg, sizeof msg, "--dtype '%s' is not float32 or bfloat16", t->dtype);
         return msg;
     }
     if (t->stop_at_step < 0) {
@@ -3528,8 +3549,15 @@ int train_main(int argc, char** argv) {
     if (parsed < 0) { fatal("%s", err); }
     const char* problem = train_config_problem(&t);
     if (problem != NULL) { fatal("%s", problem); }
+    if (strcmp(t.dtype, "float32") != 0) {
+        fatal("--dtype %s: the CPU trainer computes in float32 only; for bfloat16 use the CUDA trainer "
+              "(make train && ./train_llama_subtrack --dtype bfloat16)", t.dtype);
+    }
     LlamaConfig cfg;
     llama_config_resolve_or_exit(&cfg, t.model_config);
+    if (t.max_length == 0) {
+        t.max_length = cfg.max_seq_len < DEFAULT_MAX_LENGTH ? cfg.max_seq_len : DEFAULT_MAX_LENGTH;
+    }
     int B = t.batch_size, T = t.max_length;
     if (T > cfg.max_seq_len) {
         fatal("--max_length %d is above the model's max_seq_len %d (%s); lower --max_length",
@@ -3582,9 +3610,10 @@ int train_main(int argc, char** argv) {
 
     FILE* log = NULL;
     if (t.log_file[0] != '\0') {
+        // a fresh run starts the file; a resumed one appends (header only if empty)
         log = fopen(t.log_file, opt.step > 0 ? "a" : "w");
         if (log == NULL) { fatal("cannot open --log_file %s (%s)", t.log_file, strerror(errno)); }
-        if (opt.step == 0) { fprintf(log, "step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s\n"); }
+        if (ftello(log) == 0) { fprintf(log, "step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s\n"); }
     }
 
     int* inputs = (int*)malloc_check((size_t)B * T * sizeof(int), "inputs");

@@ -19,6 +19,10 @@ else
   $(info OpenMP: no, building single-threaded (install gcc's libgomp for threads))
 endif
 
+# the CPU execution harness for the CUDA sources (dev/cuda_emu/README.md):
+# with the CUDA headers present, make test also runs the CUDA code on the CPU
+include dev/cuda_emu/emu.mk
+
 .PHONY: all test train_cpu clean
 
 all: train_llama_subtrack_cpu test_subtrack
@@ -31,14 +35,19 @@ train_llama_subtrack_cpu: train_llama_subtrack.c
 test_subtrack: test_subtrack.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-test: test_subtrack train_llama_subtrack_cpu
-	./test_subtrack
+# every suite's output, then one line "N passed, N failed" over all of them
+test: test_subtrack train_llama_subtrack_cpu $(CUDA_EMU_TEST_DEPS)
+	@./dev/run_tests.sh ./test_subtrack $(if $(CUDA_EMU_TEST),"./dev/cuda_emu/selftest" "CUDA_EMU_THREAD_ORDER=reverse ./dev/cuda_emu/selftest")
 
 dev/bench_subspace: dev/bench_subspace.c train_llama_subtrack.c
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+dev/export_logits: dev/export_logits.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 dev/bench_model: dev/bench_model.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 clean:
-	rm -f train_llama_subtrack_cpu test_subtrack dev/bench_model dev/bench_subspace
+	rm -f train_llama_subtrack_cpu test_subtrack dev/bench_model dev/bench_subspace dev/export_logits
+	rm -rf dev/cuda_emu/build dev/cuda_emu/selftest

@@ -1,0 +1,1230 @@
+// selftest.cu: self-test of the CPU CUDA harness in dev/cuda_emu.
+//
+// Ordinary CUDA source: small kernels with known answers, cuBLAS/cuBLASLt GEMMs
+// against naive loops, and (under the harness only) kernels with planted bugs
+// that the harness must report, each run in a child process.
+//
+//   make dev/cuda_emu/selftest && ./dev/cuda_emu/selftest     # under the harness
+//   ./dev/cuda_emu/selftest --bench                            # harness speed
+//   nvcc -arch=sm_90 -o selftest dev/cuda_emu/selftest.cu -lcublas -lcublasLt   # on a GPU
+//
+// Prints one PASS/FAIL line per check and a last line "N passed, N failed";
+// exits non-zero on any failure.
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cublas_v2.h>
+#include <cublasLt.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+static int g_passed = 0, g_failed = 0;
+
+static void check(bool ok, const char* name, const char* fmt = "", ...) {
+  if (ok) {
+    printf("PASS %s\n", name);
+    g_passed++;
+  } else {
+    printf("FAIL %s", name);
+    if (fmt[0]) {
+      va_list ap;
+      va_start(ap, fmt);
+      printf(": ");
+      vprintf(fmt, ap);
+      va_end(ap);
+    }
+    printf("\n");
+    g_failed++;
+  }
+  fflush(stdout);
+}
+
+#define CUDA_CHECK(call)                                                                              \
+  do {                                                                                                \
+    cudaError_t err_ = (call);                                                                        \
+    if (err_ != cudaSuccess) {                                                                        \
+      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
+      exit(1);                                                                                        \
+    }                                                                                                 \
+  } while (0)
+#define CUBLAS_CHECK(call)                                                            \
+  do {                                                                                \
+    cublasStatus_t st_ = (call);                                                      \
+    if (st_ != CUBLAS_STATUS_SUCCESS) {                                               \
+      fprintf(stderr, "%s:%d: %s failed: status %d\n", __FILE__, __LINE__, #call, (int)st_); \
+      exit(1);                                                                        \
+    }                                                                                 \
+  } while (0)
+
+static const unsigned FULL_MASK = 0xffffffffu;
+
+// deterministic test values: small multiples of 1/8 in [-1, 1], exact in fp32 and bf16
+static float test_value(int i, int salt) {
+  unsigned h = (unsigned)i * 2654435761u + (unsigned)salt * 40503u;
+  h ^= h >> 13;
+  return (float)((int)(h % 17u) - 8) / 8.0f;
+}
+
+template <class T>
+static T* to_device(const std::vector<T>& host) {
+  T* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, host.size() * sizeof(T)));
+  CUDA_CHECK(cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+template <class T>
+static std::vector<T> to_host(const T* d, size_t n) {
+  std::vector<T> host(n);
+  CUDA_CHECK(cudaMemcpy(host.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+// ---------------------------------------------------------------------------
+// kernels with known answers
+
+static const int REDUCE_THREADS = 256;
+
+// per-block sum with a shared-memory tree and __syncthreads
+__global__ void block_sum_kernel(float* partial, const float* x, int n) {
+  __shared__ float buf[REDUCE_THREADS];
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  buf[threadIdx.x] = i < n ? x[i] : 0.0f;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if ((int)threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
+}
+
+// the same reduction with the first barrier missing: threads read slots that
+// later threads have not written yet (a race on a GPU, garbage here)
+__global__ void block_sum_missing_barrier_kernel(float* partial, const float* x, int n) {
+  __shared__ float buf[REDUCE_THREADS];
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  buf[threadIdx.x] = i < n ? x[i] : 0.0f;
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if ((int)threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
+}
+
+// every lane gets the warp's sum (butterfly with __shfl_xor_sync)
+__global__ void warp_sum_xor_kernel(float* out, const float* x) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  float v = x[i];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(FULL_MASK, v, offset);
+  out[i] = v;
+}
+
+// lane 0 gets the warp's sum (__shfl_down_sync), then broadcasts it with __shfl_sync
+__global__ void warp_sum_down_kernel(float* out, const float* x) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  float v = x[i];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(FULL_MASK, v, offset);
+  out[i] = __shfl_sync(FULL_MASK, v, 0);
+}
+
+// inclusive prefix sum within each warp (__shfl_up_sync), and votes
+__global__ void warp_scan_vote_kernel(int* scan, unsigned* ballot, int* any_all, const int* x) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  int lane = threadIdx.x % 32;
+  int v = x[i];
+  for (int offset = 1; offset < 32; offset *= 2) {
+    int up = __shfl_up_sync(FULL_MASK, v, offset);
+    if (lane >= offset) v += up;
+  }
+  scan[i] = v;
+  unsigned b = __ballot_sync(FULL_MASK, x[i] > 0);
+  int any = __any_sync(FULL_MASK, x[i] > 2);
+  int all = __all_sync(FULL_MASK, x[i] >= 0);
+  if (lane == 0) {
+    ballot[i / 32] = b;
+    any_all[i / 32] = any * 2 + all;
+  }
+}
+
+// atomics on float, int, bf16; atomicMax; a float max built from atomicCAS
+__global__ void atomics_kernel(float* fsum, int* count, __nv_bfloat16* bsum, int* imax, float* fmax_out,
+                               int* claim, int* winners, const float* x, const int* keys, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  // exactly one thread claims the slot; it must hold that thread's index
+  if (atomicCAS(claim, -1, i) == -1) {
+    atomicAdd(&winners[0], 1);
+    winners[1] = i;
+  }
+  atomicAdd(fsum, x[i]);
+  atomicAdd(count, 1);
+  atomicAdd(bsum, __float2bfloat16(1.0f));
+  atomicMax(imax, keys[i]);
+  int* address = (int*)fmax_out;
+  int old = *address, assumed;
+  do {
+    assumed = old;
+    if (__int_as_float(assumed) >= x[i]) break;
+    old = atomicCAS(address, assumed, __float_as_int(x[i]));
+  } while (old != assumed);
+}
+
+static const int TILE = 16;
+
+// C (M, N) = A (M, K) @ B (K, N), row-major, with 2D shared tiles and a 2D grid
+__global__ void tiled_matmul_kernel(float* c, const float* a, const float* b, int M, int N, int K) {
+  __shared__ float a_tile[TILE][TILE];
+  __shared__ float b_tile[TILE][TILE + 1];
+  int row = blockIdx.y * TILE + threadIdx.y;
+  int col = blockIdx.x * TILE + threadIdx.x;
+  float acc = 0.0f;
+  for (int k0 = 0; k0 < K; k0 += TILE) {
+    int ka = k0 + threadIdx.x, kb = k0 + threadIdx.y;
+    a_tile[threadIdx.y][threadIdx.x] = (row < M && ka < K) ? a[row * K + ka] : 0.0f;
+    b_tile[threadIdx.y][threadIdx.x] = (kb < K && col < N) ? b[kb * N + col] : 0.0f;
+    __syncthreads();
+    for (int kk = 0; kk < TILE; kk++) acc += a_tile[threadIdx.y][kk] * b_tile[kk][threadIdx.x];
+    __syncthreads();
+  }
+  if (row < M && col < N) c[row * N + col] = acc;
+}
+
+// each thread of a 3D grid of 3D blocks writes its global linear index once
+__global__ void index_3d_kernel(int* hits, int* owner) {
+  int block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  int thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  int id = block * (blockDim.x * blockDim.y * blockDim.z) + thread;
+  atomicAdd(&hits[id], 1);
+  owner[id] = (int)(blockIdx.x + 10 * blockIdx.y + 100 * blockIdx.z + 1000 * threadIdx.x + 10000 * threadIdx.y +
+                    100000 * threadIdx.z);
+}
+
+// dynamic shared memory (opted in above 48 KiB) next to a static array
+__global__ void dynamic_shared_kernel(float* out, int floats_per_thread) {
+  extern __shared__ float dyn[];
+  __shared__ int marker[32];
+  if (threadIdx.x < 32) marker[threadIdx.x] = (int)threadIdx.x;
+  for (int j = 0; j < floats_per_thread; j++) dyn[threadIdx.x * floats_per_thread + j] = (float)(threadIdx.x + j);
+  __syncthreads();
+  // read a neighbour's slots so a missing barrier or overlap would show
+  int other = (threadIdx.x + 1) % blockDim.x;
+  float s = 0.0f;
+  for (int j = 0; j < floats_per_thread; j++) s += dyn[other * floats_per_thread + j];
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s + (float)marker[threadIdx.x % 32];
+}
+
+__global__ void syncthreads_count_kernel(int* out) {
+  int c = __syncthreads_count(threadIdx.x % 3 == 0);
+  int a = __syncthreads_and(threadIdx.x < 1000);
+  int o = __syncthreads_or(threadIdx.x == 5);
+  if (threadIdx.x == 0) {
+    out[0] = c;
+    out[1] = a;
+    out[2] = o;
+  }
+}
+
+// integer and float intrinsics, and the rarer warp operations, with known answers
+__global__ void intrinsics_kernel(int* out) {
+  int lane = threadIdx.x % 32;
+  int up = __shfl_up_sync(FULL_MASK, lane, 1, 8);       // width 8: lanes 0, 8, ... keep their own
+  int up_at_8 = __shfl_sync(FULL_MASK, up, 8);
+  int xr = __shfl_xor_sync(FULL_MASK, lane, 4, 8);      // stays inside each group of 8
+  unsigned group = __match_any_sync(FULL_MASK, lane / 8);
+  int sum = __reduce_add_sync(FULL_MASK, lane);
+  int mx = __reduce_max_sync(FULL_MASK, lane - 16);
+  if (lane == 9) {
+    out[0] = up + 100 * up_at_8;                        // 8 from lane 8, 800 for lane 8's own
+    out[1] = xr;                                        // 13
+    out[2] = (int)group;                                // lanes 8..15
+    out[3] = sum;                                       // 0 + ... + 31 = 496
+    out[4] = mx;                                        // 15
+    out[5] = __popc(0xf0f0u) + 100 * __clz(1 << 20) + 10000 * __ffs(0x80);  // 8 + 1100 + 80000
+    out[6] = (int)__brev(1u);                           // 0x80000000
+    out[7] = __mul24(-3, 5) + __float2int_rn(2.5f) + __float2int_rn(3.5f);  // -15 + 2 + 4
+    out[8] = (int)(1000.0f * __saturatef(1.5f) + 100.0f * __saturatef(-2.0f) + 10.0f * __saturatef(0.25f));
+    out[9] = (int)(__umulhi(0x80000000u, 6u) + 10u * (unsigned)max(3, -4) + 100u * (unsigned)min(7u, 9u));
+  }
+}
+
+__global__ void scale_kernel(float* y, const float* x, float s, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = s * x[i];
+}
+
+__global__ void empty_kernel() {}
+
+// forms the rewrite step must handle: template kernels (explicit and deduced
+// arguments) and the __shared__ declaration forms used in practice
+template <typename T, int SCALE>
+__global__ void template_scale_kernel(T* y, const T* x, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = x[i] * (T)SCALE;
+}
+
+template <typename T>
+__global__ void deduced_add_kernel(T* y, const T* x, T add, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = x[i] + add;
+}
+
+template <int N>
+__global__ void shared_forms_kernel(int* out) {
+  __shared__ float first[N], second[N / 2];  // two declarators
+  __shared__ int count;                      // a scalar
+  __shared__ __align__(16) float4 quad[2];   // over-aligned
+  volatile __shared__ int flag;
+  __shared__ float tile[4][N + 1];
+  int t = threadIdx.x;
+  if (t == 0) {
+    count = 0;
+    flag = 7;
+  }
+  first[t] = (float)t;
+  if (t < N / 2) second[t] = 2.0f * t;
+  tile[t % 4][t] = 1.0f;
+  __syncthreads();
+  atomicAdd(&count, 1);
+  __syncthreads();
+  if (t == 0) {
+    quad[0] = make_float4(first[N - 1], second[N / 2 - 1], tile[1][1], 0.0f);
+    out[0] = count;
+    out[1] = flag;
+    out[2] = (int)(sizeof(first) + sizeof(second) + sizeof(tile));
+    out[3] = (int)(((size_t)&quad[0]) % 16);
+    out[4] = (int)(quad[0].x + quad[0].y + quad[0].z);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// kernels with planted bugs (the harness must report each)
+
+__global__ void oob_write_kernel(float* out, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i <= n) out[i] = 1.0f;  // off by one: writes out[n]
+}
+
+__global__ void divergent_barrier_kernel(float* out) {
+  if (threadIdx.x < 16) {
+    __syncthreads();  // only half of the block gets here
+    out[threadIdx.x] = 1.0f;
+  } else {
+    out[threadIdx.x] = 2.0f;
+  }
+}
+
+__global__ void early_exit_barrier_kernel(float* out, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;  // threads past n never reach the barrier below
+  out[i] = 1.0f;
+  __syncthreads();
+  out[i] += 1.0f;
+}
+
+__global__ void divergent_shuffle_kernel(float* out) {
+  float v = (float)threadIdx.x;
+  if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(FULL_MASK, v, 1);  // lanes 16..31 never join
+  __syncthreads();
+  out[threadIdx.x] = v;
+}
+
+__global__ void big_block_kernel(float* out) { out[threadIdx.x] = 1.0f; }
+
+__global__ void big_dynamic_shared_kernel(float* out) {
+  extern __shared__ float dyn[];
+  dyn[threadIdx.x] = 1.0f;
+  out[threadIdx.x] = dyn[threadIdx.x];
+}
+
+__global__ void static_plus_dynamic_kernel(float* out) {
+  extern __shared__ float dyn[];
+  __shared__ float table[256];  // 1 KiB static on top of the dynamic request
+  table[threadIdx.x] = 1.0f;
+  dyn[threadIdx.x] = table[threadIdx.x];
+  out[threadIdx.x] = dyn[threadIdx.x];
+}
+
+struct buffer_ref {
+  float* data;
+};
+__global__ void read_through_struct_kernel(float* out, buffer_ref in) { out[threadIdx.x] = in.data[threadIdx.x]; }
+
+// ---------------------------------------------------------------------------
+// tests with known answers
+
+static void test_block_sum() {
+  const int n = 1000;  // not a multiple of the block: the tail block is partial
+  std::vector<float> x(n);
+  double expect = 0;
+  for (int i = 0; i < n; i++) {
+    x[i] = test_value(i, 1);
+    expect += x[i];
+  }
+  int blocks = (n + REDUCE_THREADS - 1) / REDUCE_THREADS;
+  float* d_x = to_device(x);
+  float* d_partial = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_partial, blocks * sizeof(float)));
+  block_sum_kernel<<<blocks, REDUCE_THREADS>>>(d_partial, d_x, n);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> partial = to_host(d_partial, blocks);
+  double got = 0;
+  for (float p : partial) got += p;
+  // multiples of 1/8 with small sums: every partial sum is exact in fp32
+  check(got == expect, "shared-memory block reduction with __syncthreads", "got %g, expected %g", got, expect);
+#ifdef CUDA_EMU
+  // without the first barrier, thread 0 reads slots of threads that have not
+  // run yet: the harness fills shared memory with NaN bytes, so the sum is NaN.
+  // In reverse thread order the later threads run first and the race hides,
+  // as a race hides in some interleavings on a GPU: checked in thread order only.
+  const char* order = getenv("CUDA_EMU_THREAD_ORDER");
+  if (!(order && strcmp(order, "reverse") == 0)) {
+    block_sum_missing_barrier_kernel<<<blocks, REDUCE_THREADS>>>(d_partial, d_x, n);
+    partial = to_host(d_partial, blocks);
+    check(isnan(partial[0]), "a missing __syncthreads shows up as NaN (shared memory starts as garbage)",
+          "partial[0] = %g", partial[0]);
+  }
+#endif
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_partial));
+}
+
+static void test_warp_shuffles() {
+  const int threads = 64, blocks = 3, n = threads * blocks;
+  std::vector<float> x(n);
+  std::vector<int> xi(n);
+  for (int i = 0; i < n; i++) {
+    x[i] = test_value(i, 2);
+    xi[i] = (i * 7) % 5 - 1;  // -1 .. 3
+  }
+  float* d_x = to_device(x);
+  float* d_out = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_out, n * sizeof(float)));
+  std::vector<double> warp_sum(n / 32, 0.0);
+  for (int i = 0; i < n; i++) warp_sum[i / 32] += x[i];
+
+  warp_sum_xor_kernel<<<blocks, threads>>>(d_out, d_x);
+  std::vector<float> out = to_host(d_out, n);
+  int bad = 0;
+  for (int i = 0; i < n; i++) bad += out[i] != (float)warp_sum[i / 32];
+  check(bad == 0, "warp reduction with __shfl_xor_sync (every lane)", "%d lanes wrong", bad);
+
+  warp_sum_down_kernel<<<blocks, threads>>>(d_out, d_x);
+  out = to_host(d_out, n);
+  bad = 0;
+  for (int i = 0; i < n; i++) bad += out[i] != (float)warp_sum[i / 32];
+  check(bad == 0, "warp reduction with __shfl_down_sync + __shfl_sync broadcast", "%d lanes wrong", bad);
+
+  int* d_xi = to_device(xi);
+  int *d_scan = nullptr, *d_anyall = nullptr;
+  unsigned* d_ballot = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_scan, n * sizeof(int)));
+  CUDA_CHECK(cudaMalloc(&d_ballot, n / 32 * sizeof(unsigned)));
+  CUDA_CHECK(cudaMalloc(&d_anyall, n / 32 * sizeof(int)));
+  warp_scan_vote_kernel<<<blocks, threads>>>(d_scan, d_ballot, d_anyall, d_xi);
+  std::vector<int> scan = to_host(d_scan, n), anyall = to_host(d_anyall, n / 32);
+  std::vector<unsigned> ballot = to_host(d_ballot, n / 32);
+  bad = 0;
+  for (int w = 0; w < n / 32; w++) {
+    int run = 0, any = 0, all = 1;
+    unsigned b = 0;
+    for (int l = 0; l < 32; l++) {
+      int v = xi[w * 32 + l];
+      run += v;
+      bad += scan[w * 32 + l] != run;
+      if (v > 0) b |= 1u << l;
+      any |= v > 2;
+      all &= v >= 0;
+    }
+    bad += ballot[w] != b;
+    bad += anyall[w] != any * 2 + all;
+  }
+  check(bad == 0, "warp scan with __shfl_up_sync, __ballot_sync, __any_sync, __all_sync", "%d values wrong", bad);
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_out));
+  CUDA_CHECK(cudaFree(d_xi));
+  CUDA_CHECK(cudaFree(d_scan));
+  CUDA_CHECK(cudaFree(d_ballot));
+  CUDA_CHECK(cudaFree(d_anyall));
+}
+
+static void test_atomics() {
+  const int n = 200;  // bf16 counts integers exactly up to 256
+  std::vector<float> x(n);
+  std::vector<int> keys(n);
+  double fsum = 0;
+  int kmax = -1000;
+  float fmax_expect = -2.0f;
+  for (int i = 0; i < n; i++) {
+    x[i] = test_value(i, 3);
+    keys[i] = (i * 37) % 101 - 50;
+    fsum += x[i];
+    kmax = keys[i] > kmax ? keys[i] : kmax;
+    fmax_expect = x[i] > fmax_expect ? x[i] : fmax_expect;
+  }
+  float* d_x = to_device(x);
+  int* d_keys = to_device(keys);
+  std::vector<float> zero_f(1, 0.0f), start_max(1, -2.0f);
+  std::vector<int> zero_i(1, 0), low_i(1, -1000), unclaimed(1, -1);
+  std::vector<__nv_bfloat16> zero_b(1, __float2bfloat16(0.0f));
+  float* d_fsum = to_device(zero_f);
+  float* d_fmax = to_device(start_max);
+  int* d_count = to_device(zero_i);
+  int* d_imax = to_device(low_i);
+  int* d_claim = to_device(unclaimed);
+  int* d_winners = to_device(std::vector<int>(2, 0));
+  __nv_bfloat16* d_bsum = to_device(zero_b);
+  atomics_kernel<<<(n + 63) / 64, 64>>>(d_fsum, d_count, d_bsum, d_imax, d_fmax, d_claim, d_winners, d_x, d_keys,
+                                        n);
+  float got_fsum = to_host(d_fsum, 1)[0], got_fmax = to_host(d_fmax, 1)[0];
+  int got_count = to_host(d_count, 1)[0], got_imax = to_host(d_imax, 1)[0];
+  float got_bsum = __bfloat162float(to_host(d_bsum, 1)[0]);
+  check(got_fsum == (float)fsum, "atomicAdd float", "got %g, expected %g", got_fsum, fsum);
+  check(got_count == n, "atomicAdd int", "got %d, expected %d", got_count, n);
+  check(got_bsum == (float)n, "atomicAdd __nv_bfloat16", "got %g, expected %d", got_bsum, n);
+  check(got_imax == kmax, "atomicMax int", "got %d, expected %d", got_imax, kmax);
+  check(got_fmax == fmax_expect, "atomicCAS loop (float max)", "got %g, expected %g", got_fmax, fmax_expect);
+  int got_claim = to_host(d_claim, 1)[0];
+  std::vector<int> got_winners = to_host(d_winners, 2);
+  check(got_winners[0] == 1 && got_claim == got_winners[1], "atomicCAS: exactly one thread claims a slot",
+        "%d winners, slot holds %d, winner %d", got_winners[0], got_claim, got_winners[1]);
+  CUDA_CHECK(cudaFree(d_claim));
+  CUDA_CHECK(cudaFree(d_winners));
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_keys));
+  CUDA_CHECK(cudaFree(d_fsum));
+  CUDA_CHECK(cudaFree(d_fmax));
+  CUDA_CHECK(cudaFree(d_count));
+  CUDA_CHECK(cudaFree(d_imax));
+  CUDA_CHECK(cudaFree(d_bsum));
+}
+
+// fp32 accumulation of k products: the rounding error is at most about
+// k * 2^-24 * sum|a||b|; 1e-5 of that sum leaves room for any summation order
+static const double FP32_GEMM_TOL = 1e-5;
+
+static void test_tiled_matmul() {
+  const int M = 37, N = 45, K = 29;  // no multiple of the 16 x 16 tile: partial tiles everywhere
+  std::vector<float> a(M * K), b(K * N);
+  for (int i = 0; i < M * K; i++) a[i] = test_value(i, 4);
+  for (int i = 0; i < K * N; i++) b[i] = test_value(i, 5);
+  float *d_a = to_device(a), *d_b = to_device(b), *d_c = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_c, M * N * sizeof(float)));
+  dim3 grid((N + TILE - 1) / TILE, (M + TILE - 1) / TILE), block(TILE, TILE);
+  tiled_matmul_kernel<<<grid, block>>>(d_c, d_a, d_b, M, N, K);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> c = to_host(d_c, M * N);
+  double worst = 0;
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      double ref = 0, scale = 0;
+      for (int k = 0; k < K; k++) {
+        ref += (double)a[i * K + k] * b[k * N + j];
+        scale += fabs((double)a[i * K + k] * b[k * N + j]);
+      }
+      double err = fabs(c[i * N + j] - ref) / (scale > 1 ? scale : 1);
+      worst = err > worst ? err : worst;
+    }
+  check(worst <= FP32_GEMM_TOL, "tiled matmul, 2D shared tiles, 2D grid with tails (37x45x29)",
+        "worst relative error %g", worst);
+  CUDA_CHECK(cudaFree(d_a));
+  CUDA_CHECK(cudaFree(d_b));
+  CUDA_CHECK(cudaFree(d_c));
+}
+
+static void test_3d_indexing() {
+  dim3 grid(3, 2, 2), block(4, 3, 2);
+  int n = 3 * 2 * 2 * 4 * 3 * 2;
+  int *d_hits = nullptr, *d_owner = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_hits, n * sizeof(int)));
+  CUDA_CHECK(cudaMalloc(&d_owner, n * sizeof(int)));
+  CUDA_CHECK(cudaMemset(d_hits, 0, n * sizeof(int)));
+  index_3d_kernel<<<grid, block>>>(d_hits, d_owner);
+  std::vector<int> hits = to_host(d_hits, n), owner = to_host(d_owner, n);
+  int bad = 0;
+  for (unsigned bz = 0; bz < grid.z; bz++)
+    for (unsigned by = 0; by < grid.y; by++)
+      for (unsigned bx = 0; bx < grid.x; bx++)
+        for (unsigned tz = 0; tz < block.z; tz++)
+          for (unsigned ty = 0; ty < block.y; ty++)
+            for (unsigned tx = 0; tx < block.x; tx++) {
+              int blk = (bz * grid.y + by) * grid.x + bx;
+              int id = blk * 24 + (tz * block.y + ty) * block.x + tx;
+              int expect = (int)(bx + 10 * by + 100 * bz + 1000 * tx + 10000 * ty + 100000 * tz);
+              bad += hits[id] != 1 || owner[id] != expect;
+            }
+  check(bad == 0, "3D grid of 3D blocks: each thread once, right indices", "%d threads wrong", bad);
+  CUDA_CHECK(cudaFree(d_hits));
+  CUDA_CHECK(cudaFree(d_owner));
+}
+
+static void test_dynamic_shared() {
+  const int threads = 128, floats_per_thread = 200;  // 100 KiB: needs the opt-in
+  size_t bytes = (size_t)threads * floats_per_thread * sizeof(float);
+  CUDA_CHECK(cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  float* d_out = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_out, 2 * threads * sizeof(float)));
+  dynamic_shared_kernel<<<2, threads, bytes>>>(d_out, floats_per_thread);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> out = to_host(d_out, 2 * threads);
+  int bad = 0;
+  for (int b = 0; b < 2; b++)
+    for (int t = 0; t < threads; t++) {
+      int other = (t + 1) % threads;
+      double s = 0;
+      for (int j = 0; j < floats_per_thread; j++) s += other + j;
+      bad += out[b * threads + t] != (float)(s + t % 32);
+    }
+  check(bad == 0, "100 KiB dynamic shared memory (opt-in) next to static shared", "%d threads wrong", bad);
+  CUDA_CHECK(cudaFree(d_out));
+
+  int* d_counts = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_counts, 3 * sizeof(int)));
+  syncthreads_count_kernel<<<1, 100>>>(d_counts);
+  std::vector<int> counts = to_host(d_counts, 3);
+  check(counts[0] == 34 && counts[1] == 1 && counts[2] == 1, "__syncthreads_count / _and / _or",
+        "got %d %d %d, expected 34 1 1", counts[0], counts[1], counts[2]);
+  CUDA_CHECK(cudaFree(d_counts));
+}
+
+static void test_intrinsics() {
+  int* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 10 * sizeof(int)));
+  intrinsics_kernel<<<1, 32>>>(d);
+  std::vector<int> got = to_host(d, 10);
+  const int expect[10] = {808, 13, 0xff00, 496, 15, 81108, (int)0x80000000u, -9, 1002, 3 + 30 + 700};
+  int bad = 0;
+  for (int i = 0; i < 10; i++)
+    if (got[i] != expect[i]) {
+      printf("    intrinsics value %d: got %d, expected %d\n", i, got[i], expect[i]);
+      bad++;
+    }
+  check(bad == 0, "intrinsics: shuffles with width, __match_any_sync, __reduce_*_sync, bit and float ops",
+        "%d values wrong", bad);
+  CUDA_CHECK(cudaFree(d));
+}
+
+static void test_rewrite_forms() {
+  const int n = 300;
+  std::vector<float> x(n);
+  for (int i = 0; i < n; i++) x[i] = test_value(i, 6);
+  float* d_x = to_device(x);
+  float* d_y = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_y, n * sizeof(float)));
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  // explicit template arguments, a 3-argument configuration and >> in it
+  template_scale_kernel<float, 3><<<(n + 255) >> 8, 256, 0>>>(d_y, d_x, n);
+  std::vector<float> y = to_host(d_y, n);
+  int bad = 0;
+  for (int i = 0; i < n; i++) bad += y[i] != 3.0f * x[i];
+  check(bad == 0, "launch of a template kernel with explicit arguments, 3-argument config", "%d wrong", bad);
+  // deduced template arguments, spread over several lines, on a stream;
+  // __LINE__ must still count the original lines
+  int line_before = __LINE__;
+  deduced_add_kernel<<<dim3((n + 63) / 64, 1, 1),
+                       dim3(64),
+                       0, stream>>>
+      (d_y, d_x,
+       0.5f, n);
+  int line_after = __LINE__;
+  y = to_host(d_y, n);
+  bad = 0;
+  for (int i = 0; i < n; i++) bad += y[i] != x[i] + 0.5f;
+  check(bad == 0 && line_after - line_before == 6,
+        "multi-line launch of a template kernel with deduced arguments; line numbers kept",
+        "%d wrong, line difference %d (expected 6)", bad, line_after - line_before);
+  CUDA_CHECK(cudaStreamDestroy(stream));
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_y));
+
+  int* d_out = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_out, 5 * sizeof(int)));
+  shared_forms_kernel<32><<<1, 32>>>(d_out);
+  std::vector<int> out = to_host(d_out, 5);
+  int expect_bytes = (32 + 16 + 4 * 33) * (int)sizeof(float);
+  check(out[0] == 32 && out[1] == 7 && out[2] == expect_bytes && out[3] == 0 && out[4] == 31 + 30 + 1,
+        "__shared__ forms: two declarators, scalar, __align__, volatile, 2D array in a template kernel",
+        "count %d, flag %d, bytes %d (expected %d), quad misalignment %d, sum %d (expected 62)", out[0], out[1],
+        out[2], expect_bytes, out[3], out[4]);
+  CUDA_CHECK(cudaFree(d_out));
+}
+
+// ---------------------------------------------------------------------------
+// cuBLAS and cuBLASLt against naive column-major loops
+
+// C(i, j) = alpha * sum_k op(A)(i, k) op(B)(k, j) + beta * C(i, j), column-major
+static void naive_gemm(bool ta, bool tb, int m, int n, int k, double alpha, const std::vector<double>& A, int lda,
+                       const std::vector<double>& B, int ldb, double beta, std::vector<double>& C, int ldc,
+                       std::vector<double>* scale) {
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < m; i++) {
+      double acc = 0, s = 0;
+      for (int q = 0; q < k; q++) {
+        double av = ta ? A[q + (size_t)i * lda] : A[i + (size_t)q * lda];
+        double bv = tb ? B[j + (size_t)q * ldb] : B[q + (size_t)j * ldb];
+        acc += av * bv;
+        s += fabs(av * bv);
+      }
+      double c0 = C[i + (size_t)j * ldc];
+      C[i + (size_t)j * ldc] = alpha * acc + (beta != 0 ? beta * c0 : 0.0);
+      if (scale) (*scale)[i + (size_t)j * ldc] = fabs(alpha) * s + fabs(beta * c0);
+    }
+}
+
+enum class elem { f32, bf16 };
+
+static std::vector<double> make_matrix(size_t count, int salt, elem type) {
+  std::vector<double> v(count);
+  for (size_t i = 0; i < count; i++) {
+    float f = test_value((int)i, salt) * 1.375f;  // still exact in bf16 (few mantissa bits)
+    v[i] = type == elem::bf16 ? (double)__bfloat162float(__float2bfloat16(f)) : (double)f;
+  }
+  return v;
+}
+
+static void* device_copy(const std::vector<double>& v, elem type) {
+  void* d = nullptr;
+  if (type == elem::f32) {
+    std::vector<float> f(v.begin(), v.end());
+    d = to_device(f);
+  } else {
+    std::vector<__nv_bfloat16> b(v.size());
+    for (size_t i = 0; i < v.size(); i++) b[i] = __float2bfloat16((float)v[i]);
+    d = to_device(b);
+  }
+  return d;
+}
+
+static std::vector<double> host_copy(const void* d, size_t count, elem type) {
+  std::vector<double> v(count);
+  if (type == elem::f32) {
+    std::vector<float> f = to_host((const float*)d, count);
+    for (size_t i = 0; i < count; i++) v[i] = f[i];
+  } else {
+    std::vector<__nv_bfloat16> b = to_host((const __nv_bfloat16*)d, count);
+    for (size_t i = 0; i < count; i++) v[i] = __bfloat162float(b[i]);
+  }
+  return v;
+}
+
+// worst error relative to the scale of each element; bf16 outputs are rounded
+// to 8 significant bits (relative error up to 2^-9, allow 2^-8)
+static double worst_error(const std::vector<double>& got, const std::vector<double>& ref,
+                          const std::vector<double>& scale, int m, int n, int ld) {
+  double worst = 0;
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < m; i++) {
+      size_t at = i + (size_t)j * ld;
+      double denom = scale[at] > 1e-30 ? scale[at] : 1.0;
+      double e = fabs(got[at] - ref[at]) / denom;
+      if (!(e <= worst)) worst = e;  // NaN propagates
+    }
+  return worst;
+}
+static const double BF16_OUTPUT_TOL = 1.0 / 256;
+
+static void test_cublas(cublasHandle_t handle) {
+  const int m = 5, n = 7, k = 3;
+  const double alpha = 0.5, beta = 2.0;
+  for (int variant = 0; variant < 4; variant++) {
+    // 0: cublasSgemm, 1: cublasGemmEx fp32, 2: GemmEx bf16 -> bf16, 3: GemmEx bf16 -> fp32
+    elem in_type = variant >= 2 ? elem::bf16 : elem::f32;
+    elem out_type = variant == 2 ? elem::bf16 : elem::f32;
+    const char* label = variant == 0 ? "cublasSgemm" : variant == 1 ? "cublasGemmEx fp32"
+                        : variant == 2 ? "cublasGemmEx bf16->bf16" : "cublasGemmEx bf16->fp32";
+    for (int t = 0; t < 4; t++) {
+      bool ta = t & 1, tb = t & 2;
+      // leading dimensions larger than the rows: padding must be skipped
+      int lda = (ta ? k : m) + 2, ldb = (tb ? n : k) + 1, ldc = m + 3;
+      std::vector<double> A = make_matrix((size_t)lda * (ta ? m : k), 10 + t, in_type);
+      std::vector<double> B = make_matrix((size_t)ldb * (tb ? k : n), 20 + t, in_type);
+      std::vector<double> C = make_matrix((size_t)ldc * n, 30 + t, out_type);
+      void *dA = device_copy(A, in_type), *dB = device_copy(B, in_type), *dC = device_copy(C, out_type);
+      std::vector<double> ref = C, scale(C.size(), 0.0);
+      naive_gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, ref, ldc, &scale);
+      float fa = (float)alpha, fb = (float)beta;
+      cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+      cudaDataType it = in_type == elem::f32 ? CUDA_R_32F : CUDA_R_16BF;
+      cudaDataType ot = out_type == elem::f32 ? CUDA_R_32F : CUDA_R_16BF;
+      if (variant == 0)
+        CUBLAS_CHECK(cublasSgemm(handle, opa, opb, m, n, k, &fa, (float*)dA, lda, (float*)dB, ldb, &fb, (float*)dC,
+                                 ldc));
+      else
+        CUBLAS_CHECK(cublasGemmEx(handle, opa, opb, m, n, k, &fa, dA, it, lda, dB, it, ldb, &fb, dC, ot, ldc,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      std::vector<double> got = host_copy(dC, C.size(), out_type);
+      // the padding rows of C must be untouched
+      int pad_bad = 0;
+      for (int j = 0; j < n; j++)
+        for (int i = m; i < ldc; i++) pad_bad += got[i + (size_t)j * ldc] != C[i + (size_t)j * ldc];
+      double worst = worst_error(got, ref, scale, m, n, ldc);
+      double tol = out_type == elem::bf16 ? BF16_OUTPUT_TOL : FP32_GEMM_TOL;
+      char name[128];
+      snprintf(name, sizeof name, "%s op(A)=%s op(B)=%s (5x7x3, padded ld, alpha 0.5, beta 2)", label,
+               ta ? "T" : "N", tb ? "T" : "N");
+      check(worst <= tol && pad_bad == 0, name, "worst relative error %g (tolerance %g), %d padding values changed",
+            worst, tol, pad_bad);
+      CUDA_CHECK(cudaFree(dA));
+      CUDA_CHECK(cudaFree(dB));
+      CUDA_CHECK(cudaFree(dC));
+    }
+  }
+
+  // strided batched: 3 batches, matrices spaced by strides larger than needed
+  for (int variant = 0; variant < 2; variant++) {
+    const int batch = 3;
+    bool ta = variant == 0, tb = variant == 1;
+    int lda = ta ? k : m, ldb = tb ? n : k, ldc = m;
+    long long sa = (long long)lda * (ta ? m : k) + 4, sb = (long long)ldb * (tb ? k : n) + 3, sc = (long long)ldc * n + 5;
+    std::vector<double> A = make_matrix((size_t)sa * batch, 40, elem::f32);
+    std::vector<double> B = make_matrix((size_t)sb * batch, 41, elem::f32);
+    std::vector<double> C = make_matrix((size_t)sc * batch, 42, elem::f32);
+    void *dA = device_copy(A, elem::f32), *dB = device_copy(B, elem::f32), *dC = device_copy(C, elem::f32);
+    float fa = 1.5f, fb = -1.0f;
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (variant == 0)
+      CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle, opa, opb, m, n, k, &fa, dA, CUDA_R_32F, lda, sa, dB, CUDA_R_32F,
+                                              ldb, sb, &fb, dC, CUDA_R_32F, ldc, sc, batch, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT));
+    else
+      CUBLAS_CHECK(cublasSgemmStridedBatched(handle, opa, opb, m, n, k, &fa, (float*)dA, lda, sa, (float*)dB, ldb, sb,
+                                             &fb, (float*)dC, ldc, sc, batch));
+    std::vector<double> got = host_copy(dC, C.size(), elem::f32);
+    double worst = 0;
+    int gap_bad = 0;
+    for (int b = 0; b < batch; b++) {
+      std::vector<double> Ab(A.begin() + b * sa, A.begin() + b * sa + sa);
+      std::vector<double> Bb(B.begin() + b * sb, B.begin() + b * sb + sb);
+      std::vector<double> ref(C.begin() + b * sc, C.begin() + b * sc + sc), scale(ref.size(), 0.0);
+      naive_gemm(ta, tb, m, n, k, fa, Ab, lda, Bb, ldb, fb, ref, ldc, &scale);
+      std::vector<double> gb(got.begin() + b * sc, got.begin() + b * sc + sc);
+      double w = worst_error(gb, ref, scale, m, n, ldc);
+      if (!(w <= worst)) worst = w;
+      for (long long g = (long long)ldc * n; g < sc; g++) gap_bad += gb[g] != C[b * sc + g];
+    }
+    check(worst <= FP32_GEMM_TOL && gap_bad == 0,
+          variant == 0 ? "cublasGemmStridedBatchedEx fp32 op(A)=T, 3 batches with gaps"
+                       : "cublasSgemmStridedBatched op(B)=T, 3 batches with gaps",
+          "worst relative error %g, %d gap values changed", worst, gap_bad);
+    CUDA_CHECK(cudaFree(dA));
+    CUDA_CHECK(cudaFree(dB));
+    CUDA_CHECK(cudaFree(dC));
+  }
+}
+
+// D = op(A) op(B) + beta C + bias through cuBLASLt, llm.c style: A transposed
+static void test_cublaslt(cublasLtHandle_t lt) {
+  const int m = 6, n = 5, k = 4;
+  for (int variant = 0; variant < 4; variant++) {
+    // 0: fp32 BIAS with C != D and beta 1; 1: bf16 BIAS, beta 0; 2: fp32 BGRADB; 3: fp32 DEFAULT batched
+    elem type = variant == 1 ? elem::bf16 : elem::f32;
+    cudaDataType dt = type == elem::f32 ? CUDA_R_32F : CUDA_R_16BF;
+    int batch = variant == 3 ? 2 : 1;
+    bool ta = variant != 2, tb = variant == 2;
+    int lda = ta ? k : m, ldb = tb ? n : k, ldc = m;
+    long long sa = (long long)lda * (ta ? m : k), sb = (long long)ldb * (tb ? k : n), sc = (long long)ldc * n;
+    std::vector<double> A = make_matrix((size_t)sa * batch, 50, type);
+    std::vector<double> B = make_matrix((size_t)sb * batch, 51, type);
+    std::vector<double> C = make_matrix((size_t)sc * batch, 52, type);
+    std::vector<double> bias = make_matrix(variant == 2 ? n : m, 53, type);
+    std::vector<double> D0(C.size(), 0.0);
+    void *dA = device_copy(A, type), *dB = device_copy(B, type), *dC = device_copy(C, type);
+    void *dD = device_copy(D0, type), *dbias = device_copy(bias, type);
+    float alpha = 1.0f, beta = variant == 0 ? 1.0f : 0.0f;
+
+    cublasLtMatmulDesc_t desc;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    cublasLtEpilogue_t epi = variant <= 1 ? CUBLASLT_EPILOGUE_BIAS
+                             : variant == 2 ? CUBLASLT_EPILOGUE_BGRADB : CUBLASLT_EPILOGUE_DEFAULT;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    if (variant <= 2)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &dbias, sizeof dbias));
+    cublasLtMatrixLayout_t la, lb, lc, ld;
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, dt, ta ? k : m, ta ? m : k, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, dt, tb ? n : k, tb ? k : n, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, dt, m, n, ldc));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, dt, m, n, ldc));
+    if (batch > 1) {
+      cublasLtMatrixLayout_t layouts[4] = {la, lb, lc, ld};
+      long long strides[4] = {sa, sb, sc, sc};
+      for (int q = 0; q < 4; q++) {
+        int32_t bc = batch;
+        int64_t st = strides[q];
+        CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layouts[q], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+        CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layouts[q], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &st,
+                                                      sizeof st));
+      }
+    }
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t workspace = 0;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                                      sizeof workspace));
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int found = 0;
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, ld, pref, 1, &heuristic, &found));
+    bool ok = found == 1;
+    if (ok)
+      CUBLAS_CHECK(cublasLtMatmul(lt, desc, &alpha, dA, la, dB, lb, &beta, dC, lc, dD, ld, &heuristic.algo, nullptr,
+                                  0, 0));
+    std::vector<double> got = host_copy(dD, D0.size(), type), c_after = host_copy(dC, C.size(), type);
+    double worst = 0;
+    for (int b = 0; b < batch; b++) {
+      std::vector<double> Ab(A.begin() + b * sa, A.begin() + (b + 1) * sa);
+      std::vector<double> Bb(B.begin() + b * sb, B.begin() + (b + 1) * sb);
+      std::vector<double> ref(C.begin() + b * sc, C.begin() + (b + 1) * sc), scale(ref.size(), 0.0);
+      naive_gemm(ta, tb, m, n, k, alpha, Ab, lda, Bb, ldb, beta, ref, ldc, &scale);
+      if (variant <= 1)
+        for (int j = 0; j < n; j++)
+          for (int i = 0; i < m; i++) {
+            ref[i + (size_t)j * ldc] += bias[i];  // bias broadcast along the columns of D
+            scale[i + (size_t)j * ldc] += fabs(bias[i]);
+          }
+      std::vector<double> gb(got.begin() + b * sc, got.begin() + (b + 1) * sc);
+      double w = worst_error(gb, ref, scale, m, n, ldc);
+      if (!(w <= worst)) worst = w;
+    }
+    double tol = type == elem::bf16 ? BF16_OUTPUT_TOL : FP32_GEMM_TOL;
+    bool c_untouched = c_after == C;
+    const char* name = variant == 0 ? "cublasLtMatmul fp32, A transposed, BIAS epilogue, C != D, beta 1"
+                       : variant == 1 ? "cublasLtMatmul bf16 in/out, A transposed, BIAS epilogue, beta 0"
+                       : variant == 2 ? "cublasLtMatmul fp32, B transposed, BGRADB epilogue (D and bias gradient)"
+                                      : "cublasLtMatmul fp32, 2 strided batches, DEFAULT epilogue";
+    if (variant == 2) {
+      // BGRADB: bias gradient j = sum over k of op(B)(k, j)
+      std::vector<double> gbias = host_copy(dbias, n, type);
+      for (int j = 0; j < n; j++) {
+        double s = 0, sc_ = 0;
+        for (int q = 0; q < k; q++) {
+          double v = tb ? B[j + (size_t)q * ldb] : B[q + (size_t)j * ldb];
+          s += v;
+          sc_ += fabs(v);
+        }
+        double e = fabs(gbias[j] - s) / (sc_ > 0 ? sc_ : 1);
+        if (!(e <= worst)) worst = e;
+      }
+    }
+    check(ok && worst <= tol && c_untouched, name, "algos %d, worst relative error %g, C %s", found, worst,
+          c_untouched ? "untouched" : "modified");
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(desc);
+    for (void* p : {dA, dB, dC, dD, dbias}) CUDA_CHECK(cudaFree(p));
+  }
+}
+
+static double wall_ms() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static void test_events_and_device() {
+  const int n = 1 << 16;
+  std::vector<float> x(n, 1.0f);
+  float* d_x = to_device(x);
+  float* d_y = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_y, n * sizeof(float)));
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  double t0 = wall_ms();
+  CUDA_CHECK(cudaEventRecord(start, stream));
+  scale_kernel<<<n / 256, 256, 0, stream>>>(d_y, d_x, 3.0f, n);
+  CUDA_CHECK(cudaEventRecord(stop, stream));
+  CUDA_CHECK(cudaEventSynchronize(stop));
+  double t1 = wall_ms();
+  float ms = -1;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  std::vector<float> y = to_host(d_y, n);
+  bool y_ok = y[0] == 3.0f && y[n - 1] == 3.0f;
+  check(ms >= 0 && ms <= t1 - t0 + 1.0 && y_ok, "events time a kernel on a stream (4-argument launch)",
+        "elapsed %g ms, host saw %g ms, y %s", ms, t1 - t0, y_ok ? "ok" : "wrong");
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  CUDA_CHECK(cudaStreamDestroy(stream));
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_y));
+
+  int count = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&count));
+  cudaDeviceProp prop;
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  bool props_ok = count >= 1 && prop.warpSize == 32 && prop.maxThreadsPerBlock == 1024 &&
+                  prop.sharedMemPerBlock == 48 * 1024 && prop.multiProcessorCount > 0;
+#ifdef CUDA_EMU
+  props_ok = props_ok && count == 1 && strstr(prop.name, "emulator") && prop.major == 9 &&
+             prop.sharedMemPerBlockOptin == 227 * 1024;
+#endif
+  check(props_ok, "device count and properties", "count %d, name '%s', warp %d, max threads %d, smem %zu",
+        count, prop.name, prop.warpSize, prop.maxThreadsPerBlock, prop.sharedMemPerBlock);
+}
+
+#ifdef CUDA_EMU
+// errors that the real runtime returns (not fatal)
+static void test_runtime_errors() {
+  float host[4] = {0, 0, 0, 0};
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, sizeof host));
+  // swapped direction: device pointer as the host side
+  cudaError_t e = cudaMemcpy(d, host, sizeof host, cudaMemcpyDeviceToHost);
+  cudaError_t last = cudaGetLastError();
+  cudaError_t after = cudaGetLastError();
+  check(e == cudaErrorInvalidValue && last == cudaErrorInvalidValue && after == cudaSuccess,
+        "cudaMemcpy with the wrong direction fails; cudaGetLastError reports and clears it",
+        "returned %d, last %d, then %d", (int)e, (int)last, (int)after);
+  e = cudaMemcpy(d, host, 2 * sizeof host, cudaMemcpyHostToDevice);
+  check(e == cudaErrorInvalidValue, "cudaMemcpy past the end of a device allocation fails", "returned %d", (int)e);
+  (void)cudaGetLastError();
+  CUDA_CHECK(cudaFree(d));
+}
+
+// ---------------------------------------------------------------------------
+// planted bugs, each in a child process: the child must die, and its stderr
+// must name the kernel and the problem
+
+static void bug_oob_write() {
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 100 * sizeof(float)));
+  oob_write_kernel<<<1, 128>>>(d, 100);
+  cudaDeviceSynchronize();
+}
+static void bug_divergent_barrier() {
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 32 * sizeof(float)));
+  divergent_barrier_kernel<<<1, 32>>>(d);
+  cudaDeviceSynchronize();
+}
+static void bug_early_exit_barrier() {
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 100 * sizeof(float)));
+  early_exit_barrier_kernel<<<2, 64>>>(d, 100);
+  cudaDeviceSynchronize();
+}
+static void bug_divergent_shuffle() {
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 32 * sizeof(float)));
+  divergent_shuffle_kernel<<<1, 32>>>(d);
+  cudaDeviceSynchronize();
+}
+static void bug_block_too_big() {
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 1025 * sizeof(float)));
+  big_block_kernel<<<1, 1025>>>(d);
+  CUDA_CHECK(cudaGetLastError());
+}
+static void bug_dynamic_shared_no_optin() {
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 64 * sizeof(float)));
+  big_dynamic_shared_kernel<<<1, 64, 64 * 1024>>>(d);
+  CUDA_CHECK(cudaGetLastError());
+}
+static void bug_shared_over_optin() {
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 256 * sizeof(float)));
+  int optin = 227 * 1024;
+  CUDA_CHECK(cudaFuncSetAttribute(static_plus_dynamic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  static_plus_dynamic_kernel<<<1, 256, optin>>>(d);  // + 1 KiB static: over the total
+  CUDA_CHECK(cudaGetLastError());
+}
+static void bug_freed_argument() {
+  float *in = nullptr, *out = nullptr;
+  CUDA_CHECK(cudaMalloc(&in, 32 * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&out, 32 * sizeof(float)));
+  CUDA_CHECK(cudaFree(in));
+  scale_kernel<<<1, 32>>>(out, in, 2.0f, 32);
+  cudaDeviceSynchronize();
+}
+static void bug_freed_in_struct() {
+  float *in = nullptr, *out = nullptr;
+  CUDA_CHECK(cudaMalloc(&in, 32 * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&out, 32 * sizeof(float)));
+  CUDA_CHECK(cudaFree(in));
+  buffer_ref ref = {in};  // the launch cannot see this pointer: AddressSanitizer must
+  read_through_struct_kernel<<<1, 32>>>(out, ref);
+  cudaDeviceSynchronize();
+}
+static void bug_host_pointer() {
+  static float host[32];
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, 32 * sizeof(float)));
+  scale_kernel<<<1, 32>>>(out, host, 2.0f, 32);
+  cudaDeviceSynchronize();
+}
+static void bug_cublas_host_pointer(cublasHandle_t handle) {
+  static float a[16], b[16];
+  float* c = nullptr;
+  CUDA_CHECK(cudaMalloc(&c, 16 * sizeof(float)));
+  float one = 1.0f, zero = 0.0f;
+  cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, a, 4, b, 4, &zero, c, 4);
+}
+
+static void expect_failure(const char* name, void (*bug)(), std::vector<const char*> must_contain) {
+  fflush(stdout);
+  fflush(stderr);
+  char path[] = "/tmp/cuda_emu_selftest_XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) {
+    check(false, name, "cannot create a temporary file");
+    return;
+  }
+  unlink(path);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fd, 2);
+    bug();
+    fprintf(stderr, "the planted bug was not caught\n");
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::string log;
+  char buf[4096];
+  lseek(fd, 0, SEEK_SET);
+  for (ssize_t got; (got = read(fd, buf, sizeof buf)) > 0;) log.append(buf, (size_t)got);
+  close(fd);
+  bool died = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::string missing;
+  for (const char* s : must_contain)
+    if (log.find(s) == std::string::npos) missing += std::string(" '") + s + "'";
+  bool ok = died && missing.empty();
+  check(ok, name, "child %s; stderr lacks%s", died ? "died" : "exited 0", missing.c_str());
+  const char* verbose = getenv("CUDA_EMU_SELFTEST_VERBOSE");
+  if (!ok || (verbose && *verbose && strcmp(verbose, "0") != 0)) {
+    // show what the child said, indented, first lines only
+    size_t shown = 0, lines = 0;
+    while (shown < log.size() && lines < 12) {
+      size_t e = log.find('\n', shown);
+      if (e == std::string::npos) e = log.size();
+      printf("    | %s\n", log.substr(shown, e - shown).c_str());
+      shown = e + 1;
+      lines++;
+    }
+  }
+}
+
+static cublasHandle_t g_handle_for_bug;
+static void bug_cublas_host_pointer_wrapper() { bug_cublas_host_pointer(g_handle_for_bug); }
+
+static void test_planted_bugs(cublasHandle_t handle) {
+  expect_failure("planted out-of-bounds write is caught by AddressSanitizer", bug_oob_write,
+                 {"AddressSanitizer", "heap-buffer-overflow", "oob_write_kernel"});
+  expect_failure("__syncthreads in a divergent branch is reported as a deadlock", bug_divergent_barrier,
+                 {"deadlock", "divergent_barrier_kernel", "__syncthreads"});
+  expect_failure("early return before __syncthreads is reported as a deadlock", bug_early_exit_barrier,
+                 {"deadlock", "early_exit_barrier_kernel", "exited"});
+  expect_failure("warp shuffle in a divergent branch is reported as a deadlock", bug_divergent_shuffle,
+                 {"deadlock", "divergent_shuffle_kernel", "__shfl_xor_sync"});
+  expect_failure("block of 1025 threads is reported", bug_block_too_big, {"big_block_kernel", "1025 threads"});
+  expect_failure("64 KiB dynamic shared memory without opt-in is reported", bug_dynamic_shared_no_optin,
+                 {"big_dynamic_shared_kernel", "cudaFuncSetAttribute"});
+  expect_failure("static + dynamic shared memory over the opt-in maximum is reported", bug_shared_over_optin,
+                 {"static_plus_dynamic_kernel", "exceeds"});
+  expect_failure("freed device memory as a kernel argument is reported", bug_freed_argument,
+                 {"scale_kernel", "freed by cudaFree"});
+  expect_failure("use after cudaFree inside a kernel is caught by AddressSanitizer", bug_freed_in_struct,
+                 {"AddressSanitizer", "heap-use-after-free", "read_through_struct_kernel"});
+  expect_failure("host pointer as a kernel argument is reported", bug_host_pointer,
+                 {"scale_kernel", "not device memory"});
+  g_handle_for_bug = handle;
+  expect_failure("host pointer passed to cublasSgemm is reported", bug_cublas_host_pointer_wrapper,
+                 {"cublasSgemm", "matrix A", "host memory"});
+}
+
+// ---------------------------------------------------------------------------
+// harness speed (not a test): launch overhead and threads per second
+
+__global__ void barrier_heavy_kernel(float* out, const float* x) {
+  __shared__ float buf[REDUCE_THREADS];
+  buf[threadIdx.x] = x[blockIdx.x * blockDim.x + threadIdx.x];
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if ((int)threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = buf[0];
+}
+
+static void bench() {
+  const int launches = 20000;
+  double t0 = wall_ms();
+  for (int i = 0; i < launches; i++) empty_kernel<<<1, 1>>>();
+  double t1 = wall_ms();
+  printf("launch overhead (1 block of 1 thread): %.2f us per launch\n", (t1 - t0) * 1e3 / launches);
+
+  const int n = 1 << 22;
+  std::vector<float> x(n, 1.0f);
+  float* d_x = to_device(x);
+  float* d_y = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_y, n * sizeof(float)));
+  t0 = wall_ms();
+  scale_kernel<<<n / 256, 256>>>(d_y, d_x, 2.0f, n);
+  t1 = wall_ms();
+  printf("elementwise kernel, no barriers: %.1f M threads/s (%d threads in %.1f ms)\n", n / (t1 - t0) / 1e3, n,
+         t1 - t0);
+  const int nb = 1 << 20;
+  t0 = wall_ms();
+  barrier_heavy_kernel<<<nb / REDUCE_THREADS, REDUCE_THREADS>>>(d_y, d_x);
+  t1 = wall_ms();
+  printf("block reduction, 9 __syncthreads per thread: %.2f M threads/s (%d threads in %.1f ms)\n",
+         nb / (t1 - t0) / 1e3, nb, t1 - t0);
+  t0 = wall_ms();
+  warp_sum_xor_kernel<<<nb / 256, 256>>>(d_y, d_x);
+  t1 = wall_ms();
+  printf("warp reduction, 5 __shfl_xor_sync per thread: %.2f M threads/s (%d threads in %.1f ms)\n",
+         nb / (t1 - t0) / 1e3, nb, t1 - t0);
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_y));
+}
+#endif  // CUDA_EMU
+
+int main(int argc, char** argv) {
+#ifdef CUDA_EMU
+  if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
+    bench();
+    return 0;
+  }
+#else
+  (void)argc;
+  (void)argv;
+#endif
+  test_block_sum();
+  test_warp_shuffles();
+  test_atomics();
+  test_tiled_matmul();
+  test_3d_indexing();
+  test_dynamic_shared();
+  test_rewrite_forms();
+  test_intrinsics();
+  cublasHandle_t handle;
+  CUBLAS_CHECK(cublasCreate(&handle));
+  test_cublas(handle);
+  cublasLtHandle_t lt;
+  CUBLAS_CHECK(cublasLtCreate(&lt));
+  test_cublaslt(lt);
+  test_events_and_device();
+#ifdef CUDA_EMU
+  test_runtime_errors();
+  test_planted_bugs(handle);
+#endif
+  CUBLAS_CHECK(cublasLtDestroy(lt));
+  CUBLAS_CHECK(cublasDestroy(handle));
+  printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed ? 1 : 0;
+}

@@ -22,6 +22,9 @@ endif
 # the CPU execution harness for the CUDA sources (dev/cuda_emu/README.md):
 # with the CUDA headers present, make test also runs the CUDA code on the CPU
 include dev/cuda_emu/emu.mk
+# the CUDA trainer (make train) and the GPU half of the tests: on a GPU when
+# there is one, else under the harness
+include dev/cuda/gpu.mk
 
 .PHONY: all test train_cpu clean
 
@@ -36,8 +39,10 @@ test_subtrack: test_subtrack.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 # every suite's output, then one line "N passed, N failed" over all of them
-test: test_subtrack train_llama_subtrack_cpu $(CUDA_EMU_TEST_DEPS)
-	@./dev/run_tests.sh ./test_subtrack $(if $(CUDA_EMU_TEST),"./dev/cuda_emu/selftest" "CUDA_EMU_THREAD_ORDER=reverse ./dev/cuda_emu/selftest")
+test: test_subtrack train_llama_subtrack_cpu $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS)
+	@./dev/run_tests.sh ./test_subtrack \
+	  $(if $(CUDA_EMU_TEST),"./dev/cuda_emu/selftest" "CUDA_EMU_THREAD_ORDER=reverse ./dev/cuda_emu/selftest") \
+	  $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)")
 
 dev/bench_subspace: dev/bench_subspace.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)

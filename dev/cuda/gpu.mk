@@ -1,0 +1,75 @@
+# dev/cuda/gpu.mk: the CUDA trainer and the GPU half of the tests.
+# Include it from the top Makefile after dev/cuda_emu/emu.mk:
+#
+#   include dev/cuda_emu/emu.mk
+#   include dev/cuda/gpu.mk
+#   test: test_subtrack train_llama_subtrack_cpu $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS)
+#   	@./dev/run_tests.sh ./test_subtrack ... $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)")
+#
+# GPU_TEST and GPU_TEST2 are one suite each (for dev/run_tests.sh), empty when neither
+# a GPU nor the CUDA headers are there.
+#
+#   make train           ./train_llama_subtrack, built by nvcc for sm_80, sm_90
+#                        (and sm_100 when this nvcc knows it), plus PTX of the
+#                        newest of them so later GPUs can JIT it
+#   make test_gpu        the GPU tests: on a GPU when nvidia-smi sees one, else
+#                        under the CPU harness (dev/cuda_emu)
+
+NVCC ?= nvcc
+GPU_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
+# feature probes: nvcc, the architectures it can build, and a GPU to run on
+GPU_ARCHS := $(if $(GPU_NVCC),80 90 $(if $(shell $(NVCC) --list-gpu-arch 2>/dev/null | grep -x compute_100),100))
+GPU_PTX_ARCH := $(lastword $(GPU_ARCHS))
+GPU_PRESENT := $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo yes)
+# -Wall -Wextra on the host side (the C reference is compiled in, as C++);
+# OpenMP for the CPU code paths the trainer shares (loader, checkpoints)
+NVCCFLAGS ?= -O3 -std=c++17 $(foreach a,$(GPU_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+             -gencode arch=compute_$(GPU_PTX_ARCH),code=compute_$(GPU_PTX_ARCH) \
+             -Xcompiler -Wall,-Wextra,-fopenmp
+NVCC_LDLIBS := -lcublas -lcublasLt -lcusolver -lgomp -lm
+
+.PHONY: train test_gpu
+
+ifeq ($(GPU_NVCC),)
+
+$(info nvcc not found: the CUDA trainer is not built (make train_cpu builds the CPU one))
+train:
+	@echo "nvcc not found: install the CUDA toolkit to build ./train_llama_subtrack, or use make train_cpu"; exit 1
+
+else
+
+$(info nvcc found: building GPU targets for $(GPU_ARCHS:%=sm_%) (GPU present: $(if $(GPU_PRESENT),yes,no)))
+
+train: train_llama_subtrack
+
+train_llama_subtrack: train_llama_subtrack.cu train_llama_subtrack.c
+	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
+
+dev/test_gpu/%: dev/test_gpu/%.cu train_llama_subtrack.cu train_llama_subtrack.c
+	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
+
+endif
+
+# the GPU test: the real thing when there is a GPU, else the emulated build
+# (dev/cuda_emu/emu.mk's %_emu rule; its depfiles track the included files)
+# two suites: the model and trainer (test_subtrack_gpu), the optimizers (test_gpu_optim)
+ifeq ($(GPU_PRESENT),yes)
+GPU_TEST_DEPS := dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_gpu_optim
+GPU_TEST := ./dev/test_gpu/test_subtrack_gpu
+GPU_TEST2 := ./dev/test_gpu/test_gpu_optim
+else ifneq ($(CUDA_EMU_TEST),)
+GPU_TEST_DEPS := dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim_emu
+GPU_TEST := ./dev/test_gpu/test_subtrack_gpu_emu
+GPU_TEST2 := ./dev/test_gpu/test_gpu_optim_emu
+else
+GPU_TEST_DEPS :=
+GPU_TEST :=
+GPU_TEST2 :=
+endif
+
+test_gpu: $(GPU_TEST_DEPS)
+	$(if $(GPU_TEST),$(GPU_TEST) && $(GPU_TEST2),@echo "no GPU and no CUDA headers: skipping the GPU tests")
+
+.PHONY: gpu_clean
+gpu_clean:
+	rm -f train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu

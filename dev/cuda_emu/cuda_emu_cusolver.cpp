@@ -1,0 +1,216 @@
+// cuda_emu_cusolver.cpp: the few cuSOLVER dense calls this project uses, on the
+// CPU, with the real cusolverDn.h signatures (see README.md for the harness).
+//
+// Implemented: cusolverDnCreate/Destroy, cusolverDnSet/GetStream,
+// cusolverDn{S,D}syevd_bufferSize and cusolverDn{S,D}syevd (symmetric
+// eigendecomposition). Anything else is a link error, as with the rest of the
+// harness.
+//
+// syevd follows NVIDIA's documented semantics: A (n, n) column-major with
+// leading dimension lda; only the triangle named by uplo is read; on return
+// W holds the eigenvalues in ascending order and, with CUSOLVER_EIG_MODE_VECTOR,
+// column j of A holds the unit eigenvector of W[j] (A is overwritten either
+// way); *info (device memory) is 0 on success, -i when argument i is invalid.
+// The solver is cyclic Jacobi in double (accurate to ~1e-15 relative to ||A||,
+// slow: O(n^3) per sweep; meant for the small sizes of tests). Eigenvector
+// signs are whatever Jacobi gives, which is as arbitrary as cuSOLVER's: callers
+// must fix a sign convention themselves.
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+namespace cuda_emu {
+bool is_device_range(const void* p, size_t n);
+}
+
+struct cusolverDnContext {
+  cudaStream_t stream;
+};
+
+// a workspace of this many elements is asked for, so that callers that skip the
+// query (or pass a smaller lwork) are caught as on a GPU
+#define CUSOLVER_EMU_WORK_PER_N 2
+#define JACOBI_MAX_SWEEPS 100
+
+extern "C" {
+
+cusolverStatus_t CUSOLVERAPI cusolverDnCreate(cusolverDnHandle_t* handle) {
+  if (handle == nullptr) return CUSOLVER_STATUS_INVALID_VALUE;
+  *handle = new cusolverDnContext{0};
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDestroy(cusolverDnHandle_t handle) {
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  delete handle;
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnSetStream(cusolverDnHandle_t handle, cudaStream_t stream) {
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  handle->stream = stream;
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnGetStream(cusolverDnHandle_t handle, cudaStream_t* stream) {
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (stream == nullptr) return CUSOLVER_STATUS_INVALID_VALUE;
+  *stream = handle->stream;
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+}  // extern "C"
+
+static int syevd_lwork(int n) { return n < 1 ? 1 : CUSOLVER_EMU_WORK_PER_N * n; }
+
+static void syevd_check_device(const char* api, const char* what, const void* p, size_t bytes) {
+  if (!cuda_emu::is_device_range(p, bytes)) {
+    fprintf(stderr, "cuda_emu: %s: %s (%p, %zu bytes) is not inside one live device allocation\n",
+            api, what, p, bytes);
+    abort();
+  }
+}
+
+// eigenvalues ascending into W, eigenvectors into the columns of A; a is the
+// symmetric matrix in double, row i column j at a[i * n + j]
+static void jacobi_eigen(std::vector<double>& a, int n, std::vector<double>& evals, std::vector<double>& evecs) {
+  std::vector<double> v((size_t)n * n, 0.0);
+  for (int i = 0; i < n; i++) v[(size_t)i * n + i] = 1.0;
+  for (int sweep = 0; sweep < JACOBI_MAX_SWEEPS; sweep++) {
+    double off = 0.0, total = 0.0;
+    for (int i = 0; i < n; i++) {
+      for (int j = 0; j < n; j++) {
+        double x = a[(size_t)i * n + j] * a[(size_t)i * n + j];
+        total += x;
+        if (i != j) off += x;
+      }
+    }
+    if (off <= 1e-32 * total || off == 0.0) break;
+    for (int p = 0; p < n - 1; p++) {
+      for (int q = p + 1; q < n; q++) {
+        double apq = a[(size_t)p * n + q];
+        if (apq == 0.0) continue;
+        double app = a[(size_t)p * n + p], aqq = a[(size_t)q * n + q];
+        double theta = (aqq - app) / (2.0 * apq);
+        double t = (theta >= 0.0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+        double c = 1.0 / sqrt(t * t + 1.0), s = t * c;
+        // A <- J^T A J with the rotation in the (p, q) plane
+        for (int k = 0; k < n; k++) {
+          double akp = a[(size_t)k * n + p], akq = a[(size_t)k * n + q];
+          a[(size_t)k * n + p] = c * akp - s * akq;
+          a[(size_t)k * n + q] = s * akp + c * akq;
+        }
+        for (int k = 0; k < n; k++) {
+          double apk = a[(size_t)p * n + k], aqk = a[(size_t)q * n + k];
+          a[(size_t)p * n + k] = c * apk - s * aqk;
+          a[(size_t)q * n + k] = s * apk + c * aqk;
+        }
+        a[(size_t)p * n + q] = 0.0;
+        a[(size_t)q * n + p] = 0.0;
+        for (int k = 0; k < n; k++) {
+          double vkp = v[(size_t)k * n + p], vkq = v[(size_t)k * n + q];
+          v[(size_t)k * n + p] = c * vkp - s * vkq;
+          v[(size_t)k * n + q] = s * vkp + c * vkq;
+        }
+      }
+    }
+  }
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int x, int y) { return a[(size_t)x * n + x] < a[(size_t)y * n + y]; });
+  evals.resize(n);
+  evecs.resize((size_t)n * n);
+  for (int j = 0; j < n; j++) {
+    evals[j] = a[(size_t)order[j] * n + order[j]];
+    for (int i = 0; i < n; i++) evecs[(size_t)j * n + i] = v[(size_t)i * n + order[j]];  // column j
+  }
+}
+
+template <class T>
+static cusolverStatus_t syevd(const char* api, cusolverDnHandle_t handle, cusolverEigMode_t jobz,
+                              cublasFillMode_t uplo, int n, T* A, int lda, T* W, T* work, int lwork, int* info) {
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  int bad = 0;
+  if (jobz != CUSOLVER_EIG_MODE_NOVECTOR && jobz != CUSOLVER_EIG_MODE_VECTOR) bad = -2;
+  else if (uplo != CUBLAS_FILL_MODE_LOWER && uplo != CUBLAS_FILL_MODE_UPPER) bad = -3;
+  else if (n < 0) bad = -4;
+  else if (lda < (n > 1 ? n : 1)) bad = -6;
+  else if (lwork < syevd_lwork(n)) bad = -9;
+  syevd_check_device(api, "info", info, sizeof(int));
+  if (bad != 0) {
+    fprintf(stderr, "cuda_emu: %s: parameter %d is invalid\n", api, -bad);
+    *info = bad;
+    return CUSOLVER_STATUS_INVALID_VALUE;
+  }
+  if (n == 0) {
+    *info = 0;
+    return CUSOLVER_STATUS_SUCCESS;
+  }
+  syevd_check_device(api, "A", A, ((size_t)(n - 1) * lda + n) * sizeof(T));
+  syevd_check_device(api, "W", W, (size_t)n * sizeof(T));
+  syevd_check_device(api, "work", work, (size_t)lwork * sizeof(T));
+  std::vector<double> a((size_t)n * n);
+  for (int j = 0; j < n; j++) {
+    for (int i = 0; i < n; i++) {
+      // only the named triangle is read: (i, j) with i >= j (lower) or i <= j (upper)
+      bool lower = uplo == CUBLAS_FILL_MODE_LOWER;
+      int r = (lower ? i >= j : i <= j) ? i : j, c = (lower ? i >= j : i <= j) ? j : i;
+      a[(size_t)i * n + j] = (double)A[r + (size_t)c * lda];
+    }
+  }
+  // the workspace is scribbled on, as a GPU solver would
+  for (int i = 0; i < lwork; i++) work[i] = (T)NAN;
+  std::vector<double> evals, evecs;
+  jacobi_eigen(a, n, evals, evecs);
+  for (int j = 0; j < n; j++) {
+    W[j] = (T)evals[j];
+    for (int i = 0; i < n; i++) {
+      A[i + (size_t)j * lda] = jobz == CUSOLVER_EIG_MODE_VECTOR ? (T)evecs[(size_t)j * n + i] : (T)NAN;
+    }
+  }
+  *info = 0;
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+extern "C" {
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDsyevd_bufferSize(cusolverDnHandle_t handle, cusolverEigMode_t jobz,
+                                                         cublasFillMode_t uplo, int n, const double* A, int lda,
+                                                         const double* W, int* lwork) {
+  (void)jobz; (void)uplo; (void)A; (void)lda; (void)W;
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (lwork == nullptr || n < 0) return CUSOLVER_STATUS_INVALID_VALUE;
+  *lwork = syevd_lwork(n);
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnSsyevd_bufferSize(cusolverDnHandle_t handle, cusolverEigMode_t jobz,
+                                                         cublasFillMode_t uplo, int n, const float* A, int lda,
+                                                         const float* W, int* lwork) {
+  (void)jobz; (void)uplo; (void)A; (void)lda; (void)W;
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (lwork == nullptr || n < 0) return CUSOLVER_STATUS_INVALID_VALUE;
+  *lwork = syevd_lwork(n);
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDsyevd(cusolverDnHandle_t handle, cusolverEigMode_t jobz,
+                                              cublasFillMode_t uplo, int n, double* A, int lda, double* W,
+                                              double* work, int lwork, int* info) {
+  return syevd("cusolverDnDsyevd", handle, jobz, uplo, n, A, lda, W, work, lwork, info);
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnSsyevd(cusolverDnHandle_t handle, cusolverEigMode_t jobz,
+                                              cublasFillMode_t uplo, int n, float* A, int lda, float* W,
+                                              float* work, int lwork, int* info) {
+  return syevd("cusolverDnSsyevd", handle, jobz, uplo, n, A, lda, W, work, lwork, info);
+}
+
+}  // extern "C"

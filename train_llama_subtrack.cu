@@ -1,0 +1,2187 @@
+/*
+train_llama_subtrack.cu: a LLaMA trained with SubTrack++, on one NVIDIA GPU.
+
+This is the CUDA twin of train_llama_subtrack.c. It includes that file inside
+`namespace cpu`, so the flags, presets, parameter table, shard loader,
+decoder, learning-rate schedule and checkpoint format are the very same code
+(cpu::...), and every launcher below has a CPU twin of the same name and
+argument order there. dev/test_gpu/test_subtrack_gpu.cu compares the two.
+
+build and run (needs a GPU; without one, use ./train_llama_subtrack_cpu):
+    make train && ./train_llama_subtrack --help
+
+the file reads top to bottom:
+    1. utilities: error checks, the row-major cuBLAS gemm
+    2. the layers: kernels, then their launchers (X_forward / X_backward)
+    3. the model on the device: parameters, activations, forward, backward
+    4. the optimizers on the device
+    5. training: the loop, evaluation, sampling, checkpoints, main
+
+precision: --dtype float32 runs everything in fp32 (cuBLAS with
+CUBLAS_COMPUTE_32F, no TF32), for comparison with the CPU at fp32 accuracy.
+--dtype bfloat16 is NOT IMPLEMENTED YET (see dev/wip/README_cuda.md).
+
+letter legend for shape comments:
+    B batch, T sequence, C channels, NH heads, HS head size (C / NH),
+    F intermediate (MLP), V vocab, L layers, R rank
+*/
+// every system header the C file uses comes first, at global scope, so their
+// include guards keep them out of `namespace cpu` below
+#define _FILE_OFFSET_BITS 64
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <stdarg.h>
+#include <string.h>
+#include <math.h>
+#include <time.h>
+#include <errno.h>
+#include <float.h>
+#include <glob.h>
+#include <sys/types.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <cusolverDn.h>
+
+// the CPU reference and trainer, as a library: its main() is left out
+#ifndef TESTING
+#define TESTING
+#define TRAIN_CU_DEFINED_TESTING
+#endif
+namespace cpu {
+#include "train_llama_subtrack.c"
+}
+#ifdef TRAIN_CU_DEFINED_TESTING
+#undef TESTING
+#undef TRAIN_CU_DEFINED_TESTING
+#endif
+
+// ----------------------------------------------------------------------------
+// utilities
+
+static void cuda_check_at(cudaError_t err, const char* what, const char* file, int line) {
+    if (err != cudaSuccess) {
+        fprintf(stderr, "error: CUDA %s failed at %s:%d: %s\n", what, file, line, cudaGetErrorString(err));
+        exit(EXIT_FAILURE);
+    }
+}
+#define cuda_check(call) cuda_check_at((call), #call, __FILE__, __LINE__)
+
+static void cublas_check_at(cublasStatus_t st, const char* what, const char* file, int line) {
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "error: cuBLAS %s failed at %s:%d: status %d\n", what, file, line, (int)st);
+        exit(EXIT_FAILURE);
+    }
+}
+#define cublas_check(call) cublas_check_at((call), #call, __FILE__, __LINE__)
+
+// a launch error (bad configuration, too much shared memory) shows at once
+#define launch_check() cuda_check(cudaGetLastError())
+
+static int ceil_div(size_t a, size_t b) {
+    return (int)((a + b - 1) / b);
+}
+
+static void* device_malloc(size_t bytes, const char* what) {
+    void* p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
+    if (err != cudaSuccess) {
+        fprintf(stderr, "error: out of GPU memory allocating %zu bytes for %s (%s); "
+                "try a smaller --batch_size or preset\n", bytes, what, cudaGetErrorString(err));
+        exit(EXIT_FAILURE);
+    }
+    return p;
+}
+
+// one cuBLAS handle for the whole program. math mode CUBLAS_DEFAULT_MATH
+// with CUBLAS_COMPUTE_32F: fp32 products stay fp32 (no TF32)
+static cublasHandle_t g_cublas;
+
+static void cublas_init(void) {
+    if (g_cublas == NULL) {
+        cublas_check(cublasCreate(&g_cublas));
+        cublas_check(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
+    }
+}
+
+// the matrix product, row-major, with the CPU gemm's arguments (see
+// cpu::gemm), batched over `batch` matrices spaced by the given strides.
+// cuBLAS is column-major: a row-major (M, N) matrix is a column-major (N, M)
+// one, so C = op(A) op(B) becomes C^T = op(B)^T op(A)^T, i.e. the same call
+// with A and B swapped and M and N swapped; the transpose flags carry over.
+static void gemm_batched(int transA, int transB, int M, int N, int K, float alpha,
+                         const float* A, int lda, long long strideA,
+                         const float* B, int ldb, long long strideB,
+                         float beta, float* Cm, int ldc, long long strideC, int batch) {
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (batch == 1) {
+        cublas_check(cublasGemmEx(g_cublas, opB, opA, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda,
+                                  &beta, Cm, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    } else {
+        cublas_check(cublasGemmStridedBatchedEx(g_cublas, opB, opA, N, M, K, &alpha,
+                                                B, CUDA_R_32F, ldb, strideB, A, CUDA_R_32F, lda, strideA,
+                                                &beta, Cm, CUDA_R_32F, ldc, strideC, batch,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+void gemm(int transA, int transB, int M, int N, int K, float alpha,
+          const float* A, int lda, const float* B, int ldb,
+          float beta, float* Cm, int ldc) {
+    gemm_batched(transA, transB, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, Cm, ldc, 0, 1);
+}
+
+// ----------------------------------------------------------------------------
+// reductions inside a kernel. every sum has a fixed order for a given launch
+// shape (no atomics anywhere), so runs repeat bit for bit on the same device.
+
+#define WARP_SIZE 32
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = WARP_SIZE / 2; o > 0; o /= 2) { x += __shfl_xor_sync(FULL_MASK, x, o); }
+    return x;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = WARP_SIZE / 2; o > 0; o /= 2) { x = fmaxf(x, __shfl_xor_sync(FULL_MASK, x, o)); }
+    return x;
+}
+
+// sum over a block of blockDim.x threads (a multiple of 32, at most 1024);
+// every thread gets the result. shared: 32 floats of scratch
+__device__ float block_sum(float x, float* shared) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    int nwarps = blockDim.x / WARP_SIZE;
+    x = warp_sum(x);
+    __syncthreads();  // shared may still be read by a previous call
+    if (lane == 0) { shared[warp] = x; }
+    __syncthreads();
+    x = lane < nwarps ? shared[lane] : 0.0f;
+    return warp_sum(x);
+}
+
+__device__ float block_max(float x, float* shared) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    int nwarps = blockDim.x / WARP_SIZE;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) { shared[warp] = x; }
+    __syncthreads();
+    x = lane < nwarps ? shared[lane] : -INFINITY;
+    return warp_max(x);
+}
+
+// ----------------------------------------------------------------------------
+// the layers: kernels. each launcher below has the CPU twin's name and arguments.
+
+#define BLOCK_ELEMENTWISE 256
+#define BLOCK_ROWS 256      // rmsnorm and softmax: one warp per row, 8 rows per block
+#define BLOCK_CE 512        // cross-entropy: one block per row of V logits
+#define BLOCK_COLUMNS 256   // per-channel sums over rows (weight gradients)
+
+__global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, int BT, int C) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)BT * C) { return; }
+    size_t i = idx / C, c = idx % C;
+    out[idx] = wte[(size_t)inp[i] * C + c];
+}
+
+// one thread per channel walks the rows in order: no atomics, and the same
+// order of additions as the CPU, so two positions sharing a token sum
+// deterministically. (BT sequential steps per thread; it is a small part of
+// the step, and deterministic resume needs a fixed order.)
+__global__ void encoder_backward_kernel(float* dwte, const float* dout, const int* inp, int BT, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) { return; }
+    for (int i = 0; i < BT; i++) {
+        dwte[(size_t)inp[i] * C + c] += dout[(size_t)i * C + c];
+    }
+}
+
+// one warp per row
+__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp, const float* weight,
+                                       int BT, int C, float eps) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (row >= BT) { return; }  // whole warps leave together: the shuffles stay full
+    const float* x = inp + (size_t)row * C;
+    float* o = out + (size_t)row * C;
+    float ss = 0.0f;
+    for (int c = lane; c < C; c += WARP_SIZE) { ss += x[c] * x[c]; }
+    ss = warp_sum(ss);
+    float s = rsqrtf(ss / C + eps);
+    for (int c = lane; c < C; c += WARP_SIZE) { o[c] = (x[c] * s) * weight[c]; }
+    if (lane == 0) { rstd[row] = s; }
+}
+
+// in the forward pass o = w * x * s with s = (mean(x^2)+eps)^-1/2, so
+// dx = s * (w*do) - x * s^3 / C * sum(w*do*x); one warp per row, += into dinp
+__global__ void rmsnorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
+                                             const float* weight, const float* rstd, int BT, int C) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (row >= BT) { return; }
+    const float* x = inp + (size_t)row * C;
+    const float* g = dout + (size_t)row * C;
+    float* dx = dinp + (size_t)row * C;
+    float s = rstd[row];
+    float dot = 0.0f;
+    for (int c = lane; c < C; c += WARP_SIZE) { dot += weight[c] * g[c] * x[c]; }
+    dot = warp_sum(dot);
+    float k = dot * s * s * s / C;
+    for (int c = lane; c < C; c += WARP_SIZE) { dx[c] += s * weight[c] * g[c] - k * x[c]; }
+}
+
+// dweight[c] += sum over rows of dout * inp * rstd: one thread per channel,
+// rows in order (coalesced across the warp's channels), like the CPU
+__global__ void rmsnorm_backward_dweight_kernel(float* dweight, const float* dout, const float* inp,
+                                                const float* rstd, int BT, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) { return; }
+    float acc = 0.0f;
+    for (int i = 0; i < BT; i++) { acc += dout[(size_t)i * C + c] * inp[(size_t)i * C + c] * rstd[i]; }
+    dweight[c] += acc;
+}
+
+// rotate-half rope: channel i pairs with i + HS/2 in each head. one thread
+// per pair; in and out may alias (each thread reads its pair before writing)
+__global__ void rope_kernel(float* out, const float* inp, const float* cos_table, const float* sin_table,
+                            int B, int T, int NH, int HS, float direction) {
+    int half = HS / 2;
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)B * T * NH * half) { return; }
+    int i = (int)(idx % half);
+    size_t bth = idx / half;               // (b, t, h) flattened
+    int t = (int)((bth / NH) % T);
+    float cs = cos_table[(size_t)t * half + i];
+    float sn = direction * sin_table[(size_t)t * half + i];
+    const float* x = inp + bth * HS;
+    float* o = out + bth * HS;
+    float x1 = x[i], x2 = x[i + half];
+    o[i] = x1 * cs - x2 * sn;
+    o[i + half] = x2 * cs + x1 * sn;
+}
+
+// causal softmax of the scores, in place, one warp per row (b, h, t) of
+// length T: entries t2 <= t get softmax, the rest 0 (the masked triangle the
+// batched products filled)
+__global__ void causal_softmax_kernel(float* att, int rows, int T) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (row >= rows) { return; }
+    int t = row % T;
+    float* a = att + (size_t)row * T;
+    float maxv = -INFINITY;
+    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { maxv = fmaxf(maxv, a[t2]); }
+    maxv = warp_max(maxv);
+    float sum = 0.0f;
+    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) {
+        float e = expf(a[t2] - maxv);
+        a[t2] = e;
+        sum += e;
+    }
+    sum = warp_sum(sum);
+    float inv = 1.0f / sum;
+    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) { a[t2] = t2 <= t ? a[t2] * inv : 0.0f; }
+}
+
+// softmax backward in place: ds = att * (datt - sum(att * datt)); one warp per row
+__global__ void softmax_backward_kernel(float* datt, const float* att, int rows, int T) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (row >= rows) { return; }
+    int t = row % T;
+    const float* a = att + (size_t)row * T;
+    float* d = datt + (size_t)row * T;
+    float dot = 0.0f;
+    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { dot += a[t2] * d[t2]; }
+    dot = warp_sum(dot);
+    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) { d[t2] = a[t2] * (d[t2] - dot); }
+}
+
+__global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, size_t N) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) { return; }
+    float g = gate[i];
+    float sig = 1.0f / (1.0f + expf(-g));
+    out[i] = g * sig * up[i];
+}
+
+// d silu(g)/dg = sig * (1 + g * (1 - sig)); dup may alias dout
+__global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate,
+                                       const float* up, size_t N) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) { return; }
+    float g = gate[i], u = up[i], go = dout[i];
+    float sig = 1.0f / (1.0f + expf(-g));
+    dup[i] = go * g * sig;
+    dgate[i] = go * u * sig * (1.0f + g * (1.0f - sig));
+}
+
+__global__ void residual_forward_kernel(float* out, const float* inp1, const float* inp2, size_t N) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N) { out[i] = inp1[i] + inp2[i]; }
+}
+
+__global__ void residual_backward_kernel(float* dinp, const float* dout, size_t N) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N) { dinp[i] += dout[i]; }
+}
+
+// one block per row of V logits: the log-sum-exp and the row's loss. the
+// logits stay; the backward later overwrites them with their gradient
+__global__ void crossentropy_forward_kernel(float* losses, float* lse, const float* logits, const int* targets,
+                                            int BT, int V) {
+    __shared__ float scratch[WARP_SIZE];
+    int row = blockIdx.x;
+    const float* x = logits + (size_t)row * V;
+    float maxv = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) { maxv = fmaxf(maxv, x[j]); }
+    maxv = block_max(maxv, scratch);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) { sum += expf(x[j] - maxv); }
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) {
+        float l = maxv + logf(sum);
+        lse[row] = l;
+        int tgt = targets[row];
+        losses[row] = tgt == IGNORE_INDEX ? 0.0f : l - x[tgt];
+    }
+}
+
+// dlogits = (softmax - onehot) * dloss, written over the logits in place;
+// rows whose target is ignored get 0
+__global__ void crossentropy_softmax_backward_kernel(float* dlogits, const float* logits, const float* lse,
+                                                     const int* targets, float dloss, int BT, int V) {
+    int row = blockIdx.x;
+    const float* x = logits + (size_t)row * V;
+    float* d = dlogits + (size_t)row * V;
+    int tgt = targets[row];
+    float m = lse[row];
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float g = tgt == IGNORE_INDEX ? 0.0f : expf(x[j] - m) * dloss;
+        d[j] = j == tgt ? g - dloss : g;
+    }
+}
+
+// squared norm of fixed chunks of the gradient, in double; the host adds the
+// chunks in order, so the norm does not depend on scheduling
+#define NORM_CHUNK 65536
+__global__ void squared_norm_chunks_kernel(double* partial, const float* x, size_t n) {
+    __shared__ double scratch[1024];
+    size_t start = (size_t)blockIdx.x * NORM_CHUNK;
+    size_t end = start + NORM_CHUNK < n ? start + NORM_CHUNK : n;
+    double acc = 0.0;
+    for (size_t i = start + threadIdx.x; i < end; i += blockDim.x) { acc += (double)x[i] * x[i]; }
+    scratch[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s /= 2) {
+        if ((int)threadIdx.x < s) { scratch[threadIdx.x] += scratch[threadIdx.x + s]; }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) { partial[blockIdx.x] = scratch[0]; }
+}
+
+__global__ void scale_kernel(float* x, size_t n, float s) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { x[i] *= s; }
+}
+
+// ----------------------------------------------------------------------------
+// the layers: launchers, with the CPU twins' names and arguments. every
+// pointer is a device pointer.
+
+void encoder_forward(float* out, const int* inp, const float* wte, int BT, int C) {
+    // out (B,T,C), inp (B,T), wte (V,C)
+    encoder_forward_kernel<<<ceil_div((size_t)BT * C, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, wte, BT, C);
+    launch_check();
+}
+
+void encoder_backward(float* dwte, const float* dout, const int* inp, int BT, int C) {
+    // dwte (V,C) accumulated, dout (B,T,C)
+    encoder_backward_kernel<<<ceil_div(C, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(dwte, dout, inp, BT, C);
+    launch_check();
+}
+
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int BT, int C, float eps) {
+    // out (B,T,C), rstd (B,T), inp (B,T,C), weight (C)
+    int rows_per_block = BLOCK_ROWS / WARP_SIZE;
+    rmsnorm_forward_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(out, rstd, inp, weight, BT, C, eps);
+    launch_check();
+}
+
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                      const float* weight, const float* rstd, int BT, int C) {
+    // dinp (B,T,C) accumulated (+=), dweight (C) accumulated, dout, inp (B,T,C), rstd (B,T)
+    int rows_per_block = BLOCK_ROWS / WARP_SIZE;
+    rmsnorm_backward_dinp_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(dinp, dout, inp, weight, rstd, BT, C);
+    launch_check();
+    rmsnorm_backward_dweight_kernel<<<ceil_div(C, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(dweight, dout, inp, rstd, BT, C);
+    launch_check();
+}
+
+void matmul_forward(float* out, const float* inp, const float* weight, int BT, int C, int OC) {
+    // out (B,T,OC), inp (B,T,C), weight (OC,C): out = inp @ weight^T
+    gemm(0, 1, BT, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
+}
+
+void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                     const float* weight, int BT, int C, int OC) {
+    // dinp (B,T,C) written (=), dweight (OC,C) accumulated, dout (B,T,OC)
+    gemm(0, 0, BT, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
+    gemm(1, 0, OC, C, BT, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+}
+
+void rope_forward(float* out, const float* inp, const float* cos_table, const float* sin_table,
+                  int B, int T, int NH, int HS) {
+    // out, inp (B,T,NH,HS) may alias; tables (T, HS/2)
+    size_t pairs = (size_t)B * T * NH * (HS / 2);
+    rope_kernel<<<ceil_div(pairs, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, cos_table, sin_table,
+                                                                          B, T, NH, HS, 1.0f);
+    launch_check();
+}
+
+void rope_backward(float* dinp, const float* dout, const float* cos_table, const float* sin_table,
+                   int B, int T, int NH, int HS) {
+    // the rotation is orthogonal, so its backward is the rotation by the negative angle
+    size_t pairs = (size_t)B * T * NH * (HS / 2);
+    rope_kernel<<<ceil_div(pairs, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dinp, dout, cos_table, sin_table,
+                                                                          B, T, NH, HS, -1.0f);
+    launch_check();
+}
+
+// causal attention, as on the CPU: per (b, h), two matrix products around a
+// row softmax. the products are cuBLAS strided-batched gemms over the NH heads
+// of one sequence (heads are HS apart in a row of C, so one stride reaches
+// them all; sequences are T*C apart, so b is a loop of B calls). we chose this
+// over a fused (flash) kernel because it is short, exact in fp32, and mirrors
+// the CPU code line by line; it keeps the (B,NH,T,T) probabilities, which the
+// CPU model saves too. the products fill the masked upper triangle, which the
+// softmax then zeroes.
+void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                       int B, int T, int NH, int HS) {
+    // out (B,T,NH,HS), att (B,NH,T,T) probabilities; q, k, v (B,T,NH,HS)
+    int C = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    long long tt = (long long)T * T;
+    for (int b = 0; b < B; b++) {
+        size_t off = (size_t)b * T * C;
+        float* a = att + (size_t)b * NH * tt;
+        // scores (T, T) = q_h @ k_h^T * scale, for every head h
+        gemm_batched(0, 1, T, T, HS, scale, q + off, C, HS, k + off, C, HS, 0.0f, a, T, tt, NH);
+    }
+    int rows = B * NH * T, rows_per_block = BLOCK_ROWS / WARP_SIZE;
+    causal_softmax_kernel<<<ceil_div(rows, rows_per_block), BLOCK_ROWS>>>(att, rows, T);
+    launch_check();
+    for (int b = 0; b < B; b++) {
+        size_t off = (size_t)b * T * C;
+        const float* a = att + (size_t)b * NH * tt;
+        // out_h (T, HS) = att @ v_h
+        gemm_batched(0, 0, T, HS, T, 1.0f, a, T, tt, v + off, C, HS, 0.0f, out + off, C, HS, NH);
+    }
+}
+
+void attention_backward(float* dq, float* dk, float* dv, float* datt, const float* dout,
+                        const float* q, const float* k, const float* v, const float* att,
+                        int B, int T, int NH, int HS) {
+    // dq, dk, dv (B,T,NH,HS) written (=); datt (B,NH,T,T) scratch
+    int C = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    long long tt = (long long)T * T;
+    for (int b = 0; b < B; b++) {
+        size_t off = (size_t)b * T * C;
+        const float* a = att + (size_t)b * NH * tt;
+        float* da = datt + (size_t)b * NH * tt;
+        // forward was out = att @ v: datt = dout @ v^T, dv = att^T @ dout
+        gemm_batched(0, 1, T, T, HS, 1.0f, dout + off, C, HS, v + off, C, HS, 0.0f, da, T, tt, NH);
+        gemm_batched(1, 0, T, HS, T, 1.0f, a, T, tt, dout + off, C, HS, 0.0f, dv + off, C, HS, NH);
+    }
+    int rows = B * NH * T, rows_per_block = BLOCK_ROWS / WARP_SIZE;
+    softmax_backward_kernel<<<ceil_div(rows, rows_per_block), BLOCK_ROWS>>>(datt, att, rows, T);
+    launch_check();
+    for (int b = 0; b < B; b++) {
+        size_t off = (size_t)b * T * C;
+        const float* da = datt + (size_t)b * NH * tt;
+        // scores were q @ k^T * scale: dq = ds @ k * scale, dk = ds^T @ q * scale
+        gemm_batched(0, 0, T, HS, T, scale, da, T, tt, k + off, C, HS, 0.0f, dq + off, C, HS, NH);
+        gemm_batched(1, 0, T, HS, T, scale, da, T, tt, q + off, C, HS, 0.0f, dk + off, C, HS, NH);
+    }
+}
+
+void swiglu_forward(float* out, const float* gate, const float* up, size_t N) {
+    // out, gate, up (B,T,F)
+    swiglu_forward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, gate, up, N);
+    launch_check();
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, size_t N) {
+    // dgate, dup (B,T,F) written (=); dup may alias dout
+    swiglu_backward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dgate, dup, dout, gate, up, N);
+    launch_check();
+}
+
+void residual_forward(float* out, const float* inp1, const float* inp2, size_t N) {
+    residual_forward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp1, inp2, N);
+    launch_check();
+}
+
+void residual_backward(float* dinp, const float* dout, size_t N) {
+    residual_backward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dinp, dout, N);
+    launch_check();
+}
+
+// the per-row losses come back to the host (B*T floats) and are averaged
+// there in double, in row order, exactly as the CPU does. targets_host is the
+// host copy of targets (the count of non-ignored rows needs it)
+static float mean_loss_on_host(const float* losses, const int* targets_host, int BT, float* losses_host) {
+    cuda_check(cudaMemcpy(losses_host, losses, (size_t)BT * sizeof(float), cudaMemcpyDeviceToHost));
+    double total = 0.0;
+    int count = 0;
+    for (int i = 0; i < BT; i++) {
+        if (targets_host[i] != IGNORE_INDEX) { total += losses_host[i]; count++; }
+    }
+    return count > 0 ? (float)(total / count) : 0.0f;
+}
+
+float crossentropy_forward(float* losses, float* lse, const float* logits, const int* targets, int BT, int V) {
+    // losses (B,T), lse (B,T), logits (B,T,V), targets (B,T); returns the mean loss
+    crossentropy_forward_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
+    launch_check();
+    int* targets_host = (int*)cpu::malloc_check((size_t)BT * sizeof(int), "targets copy");
+    float* losses_host = (float*)cpu::malloc_check((size_t)BT * sizeof(float), "losses copy");
+    cuda_check(cudaMemcpy(targets_host, targets, (size_t)BT * sizeof(int), cudaMemcpyDeviceToHost));
+    float mean = mean_loss_on_host(losses, targets_host, BT, losses_host);
+    free(targets_host);
+    free(losses_host);
+    return mean;
+}
+
+void crossentropy_softmax_backward(float* dlogits, const float* logits, const float* lse,
+                                   const int* targets, float dloss, int BT, int V) {
+    // dlogits (B,T,V) written (=), may alias logits
+    crossentropy_softmax_backward_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V);
+    launch_check();
+}
+
+double grad_global_norm(const float* grads, size_t n) {
+    int nchunks = ceil_div(n, NORM_CHUNK);
+    double* partial = (double*)device_malloc((size_t)nchunks * sizeof(double), "norm partials");
+    squared_norm_chunks_kernel<<<nchunks, 1024>>>(partial, grads, n);
+    launch_check();
+    double* host = (double*)cpu::malloc_check((size_t)nchunks * sizeof(double), "norm partials");
+    cuda_check(cudaMemcpy(host, partial, (size_t)nchunks * sizeof(double), cudaMemcpyDeviceToHost));
+    double total = 0.0;
+    for (int c = 0; c < nchunks; c++) { total += host[c]; }
+    free(host);
+    cuda_check(cudaFree(partial));
+    return sqrt(total);
+}
+
+void grad_scale(float* grads, size_t n, float s) {
+    scale_kernel<<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(grads, n, s);
+    launch_check();
+}
+
+// ----------------------------------------------------------------------------
+// the model on the device. the same parameter table, activation table and
+// gradient scratch as the CPU model (cpu::parameter_table, activation_sizes,
+// grad_scratch_sizes), so the pointer structs are the CPU ones, pointing into
+// device memory.
+
+typedef struct {
+    cpu::LlamaConfig config;
+    int B, T;                      // the batch shape the activations are sized for
+    cpu::ParameterTensors params;  // device pointers into params_memory
+    float* params_memory;          // (num_parameters) fp32 masters
+    cpu::ParameterTensors grads;
+    float* grads_memory;           // (num_parameters)
+    size_t num_parameters;
+    cpu::ActivationTensors acts;
+    float* acts_memory;
+    size_t num_activations;
+    cpu::GradScratch scratch;
+    float* scratch_memory;
+    size_t num_scratch;
+    int* inputs;                   // (B,T) device copy of the batch
+    int* targets;                  // (B,T)
+    float* logits_host;            // (B,T,V) host copy for sampling, on demand
+    float mean_loss;
+} Llama;
+
+void llama_build(Llama* model, const cpu::LlamaConfig* c) {
+    const char* problem = cpu::llama_config_problem(c);
+    if (problem != NULL) { cpu::fatal("invalid model config: %s", problem); }
+    memset(model, 0, sizeof *model);
+    model->config = *c;
+    model->num_parameters = cpu::parameter_count(c);
+    model->params_memory = (float*)device_malloc(model->num_parameters * sizeof(float), "parameters");
+    model->grads_memory = (float*)device_malloc(model->num_parameters * sizeof(float), "gradients");
+    cuda_check(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    cpu::parameter_point_into(&model->params, model->params_memory, c);
+    cpu::parameter_point_into(&model->grads, model->grads_memory, c);
+}
+
+// the fp32 masters from the host (initialisation, checkpoints, tests)
+void llama_upload_params(Llama* model, const float* params_host) {
+    cuda_check(cudaMemcpy(model->params_memory, params_host, model->num_parameters * sizeof(float),
+                          cudaMemcpyHostToDevice));
+}
+
+void llama_download_params(const Llama* model, float* params_host) {
+    cuda_check(cudaMemcpy(params_host, model->params_memory, model->num_parameters * sizeof(float),
+                          cudaMemcpyDeviceToHost));
+}
+
+void llama_alloc_activations(Llama* model, int B, int T) {
+    const cpu::LlamaConfig* c = &model->config;
+    if (model->acts_memory != NULL && model->B == B && model->T == T) { return; }
+    if (T > c->max_seq_len) {
+        cpu::fatal("sequence length T=%d is above the model's max_seq_len=%d; lower --max_length", T, c->max_seq_len);
+    }
+    if (model->acts_memory != NULL) {
+        cuda_check(cudaFree(model->acts_memory));
+        cuda_check(cudaFree(model->scratch_memory));
+        cuda_check(cudaFree(model->inputs));
+        cuda_check(cudaFree(model->targets));
+        free(model->logits_host);
+    }
+    size_t asz[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS];
+    cpu::activation_sizes(asz, c, B, T);
+    cpu::grad_scratch_sizes(gsz, c, B, T);
+    model->num_activations = cpu::point_into(NULL, asz, NUM_ACTIVATION_TENSORS, NULL);
+    model->num_scratch = cpu::point_into(NULL, gsz, NUM_GRAD_SCRATCH_TENSORS, NULL);
+    model->acts_memory = (float*)device_malloc(model->num_activations * sizeof(float), "activations");
+    model->scratch_memory = (float*)device_malloc(model->num_scratch * sizeof(float), "gradient scratch");
+    // zeroed like the CPU's calloc: the masked triangle of att is written
+    // anyway, but nothing should ever read uninitialised memory
+    cuda_check(cudaMemset(model->acts_memory, 0, model->num_activations * sizeof(float)));
+    cuda_check(cudaMemset(model->scratch_memory, 0, model->num_scratch * sizeof(float)));
+    cpu::point_into((float**)&model->acts, asz, NUM_ACTIVATION_TENSORS, model->acts_memory);
+    cpu::point_into((float**)&model->scratch, gsz, NUM_GRAD_SCRATCH_TENSORS, model->scratch_memory);
+    model->inputs = (int*)device_malloc((size_t)B * T * sizeof(int), "inputs");
+    model->targets = (int*)device_malloc((size_t)B * T * sizeof(int), "targets");
+    model->logits_host = NULL;
+    model->B = B;
+    model->T = T;
+    // the rope tables: computed by the CPU code, so both sides use the same floats
+    int HS = c->C / c->NH;
+    size_t half_table = (size_t)T * (HS / 2);
+    float* tables = (float*)cpu::malloc_check(2 * half_table * sizeof(float), "rope tables");
+    cpu::rope_precompute(tables, tables + half_table, T, HS, c->rope_theta);
+    cuda_check(cudaMemcpy(model->acts.rope_cs, tables, 2 * half_table * sizeof(float), cudaMemcpyHostToDevice));
+    free(tables);
+}
+
+void llama_free(Llama* model) {
+    cuda_check(cudaFree(model->params_memory));
+    cuda_check(cudaFree(model->grads_memory));
+    if (model->acts_memory != NULL) {
+        cuda_check(cudaFree(model->acts_memory));
+        cuda_check(cudaFree(model->scratch_memory));
+        cuda_check(cudaFree(model->inputs));
+        cuda_check(cudaFree(model->targets));
+    }
+    free(model->logits_host);
+    memset(model, 0, sizeof *model);
+}
+
+// inputs, targets: HOST arrays (B,T), as the loader gives them; targets may
+// be NULL. returns the mean loss (0 without targets); the logits stay on the
+// device in acts.logits
+float llama_forward(Llama* model, const int* inputs, const int* targets, int B, int T) {
+    llama_alloc_activations(model, B, T);
+    const cpu::LlamaConfig* c = &model->config;
+    int L = c->L, C = c->C, F = c->F, NH = c->NH, V = c->V, HS = C / NH, BT = B * T;
+    cuda_check(cudaMemcpy(model->inputs, inputs, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets != NULL) {
+        cuda_check(cudaMemcpy(model->targets, targets, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
+    }
+    cpu::ParameterTensors p = model->params;
+    cpu::ActivationTensors a = model->acts;
+    const float* cos_t = a.rope_cs;
+    const float* sin_t = a.rope_cs + (size_t)T * (HS / 2);
+    size_t btc = (size_t)BT * C, btf = (size_t)BT * F;
+
+    encoder_forward(a.resid, model->inputs, p.tok_embeddings, BT, C);
+    for (int l = 0; l < L; l++) {
+        float* x = a.resid + l * btc;
+        float* xn = a.attn_xn + l * btc;
+        float* q = a.q + l * btc;
+        float* k = a.k + l * btc;
+        float* v = a.v + l * btc;
+        float* atty = a.atty + l * btc;
+        float* mid = a.resid_mid + l * btc;
+        float* mxn = a.mlp_xn + l * btc;
+        float* gate = a.gate + l * btf;
+        float* up = a.up + l * btf;
+        float* hidden = a.hidden + l * btf;
+        float* out = l + 1 < L ? a.resid + (l + 1) * btc : a.resid_out;
+        size_t cc = (size_t)C * C, fc = (size_t)F * C;
+
+        rmsnorm_forward(xn, a.attn_rstd + (size_t)l * BT, x, p.attn_norm + (size_t)l * C, BT, C, c->norm_eps);
+        matmul_forward(q, xn, p.wq + l * cc, BT, C, C);
+        matmul_forward(k, xn, p.wk + l * cc, BT, C, C);
+        matmul_forward(v, xn, p.wv + l * cc, BT, C, C);
+        rope_forward(q, q, cos_t, sin_t, B, T, NH, HS);
+        rope_forward(k, k, cos_t, sin_t, B, T, NH, HS);
+        attention_forward(atty, a.att + (size_t)l * B * NH * T * T, q, k, v, B, T, NH, HS);
+        matmul_forward(mid, atty, p.wo + l * cc, BT, C, C);
+        residual_forward(mid, mid, x, btc);
+
+        rmsnorm_forward(mxn, a.mlp_rstd + (size_t)l * BT, mid, p.mlp_norm + (size_t)l * C, BT, C, c->norm_eps);
+        matmul_forward(gate, mxn, p.w_gate + l * fc, BT, C, F);
+        matmul_forward(up, mxn, p.w_up + l * fc, BT, C, F);
+        swiglu_forward(hidden, gate, up, btf);
+        matmul_forward(out, hidden, p.w_down + l * fc, BT, F, C);
+        residual_forward(out, out, mid, btc);
+    }
+    rmsnorm_forward(a.final_xn, a.final_rstd, a.resid_out, p.final_norm, BT, C, c->norm_eps);
+    matmul_forward(a.logits, a.final_xn, p.lm_head, BT, C, V);
+    model->mean_loss = 0.0f;
+    if (targets != NULL) {
+        model->mean_loss = crossentropy_forward(a.losses, a.lse, a.logits, model->targets, BT, V);
+    }
+    return model->mean_loss;
+}
+
+void llama_zero_grad(Llama* model) {
+    cuda_check(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+}
+
+// backward of the mean loss times loss_scale, accumulated (+=) into
+// model->grads; targets is the HOST array given to the forward just before
+void llama_backward(Llama* model, const int* inputs, const int* targets, float loss_scale) {
+    (void)inputs;  // the forward's device copy of them is used
+    const cpu::LlamaConfig* c = &model->config;
+    int B = model->B, T = model->T;
+    int L = c->L, C = c->C, F = c->F, NH = c->NH, V = c->V, HS = C / NH, BT = B * T;
+    cpu::ParameterTensors p = model->params, g = model->grads;
+    cpu::ActivationTensors a = model->acts;
+    cpu::GradScratch s = model->scratch;
+    const float* cos_t = a.rope_cs;
+    const float* sin_t = a.rope_cs + (size_t)T * (HS / 2);
+    size_t btc = (size_t)BT * C, btf = (size_t)BT * F;
+    int count = cpu::count_targets(targets, BT);
+    float dloss = count > 0 ? loss_scale / count : 0.0f;
+
+    // logits become dlogits in place: no (B,T,V) probability buffer
+    crossentropy_softmax_backward(a.logits, a.logits, a.lse, model->targets, dloss, BT, V);
+    matmul_backward(s.dxn, g.lm_head, a.logits, a.final_xn, p.lm_head, BT, C, V);
+    cuda_check(cudaMemset(s.dresid, 0, btc * sizeof(float)));
+    rmsnorm_backward(s.dresid, g.final_norm, s.dxn, a.resid_out, p.final_norm, a.final_rstd, BT, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        float* x = a.resid + l * btc;
+        float* xn = a.attn_xn + l * btc;
+        float* q = a.q + l * btc;
+        float* k = a.k + l * btc;
+        float* v = a.v + l * btc;
+        float* atty = a.atty + l * btc;
+        float* mid = a.resid_mid + l * btc;
+        float* mxn = a.mlp_xn + l * btc;
+        float* gate = a.gate + l * btf;
+        float* up = a.up + l * btf;
+        float* hidden = a.hidden + l * btf;
+        size_t cc = (size_t)C * C, fc = (size_t)F * C;
+
+        // mlp block (see the CPU twin for the derivation)
+        matmul_backward(s.dup, g.w_down + l * fc, s.dresid, hidden, p.w_down + l * fc, BT, F, C);
+        swiglu_backward(s.dgate, s.dup, s.dup, gate, up, btf);
+        matmul_backward(s.dxn, g.w_gate + l * fc, s.dgate, mxn, p.w_gate + l * fc, BT, C, F);
+        matmul_backward(s.dq, g.w_up + l * fc, s.dup, mxn, p.w_up + l * fc, BT, C, F);
+        residual_backward(s.dxn, s.dq, btc);
+        rmsnorm_backward(s.dresid, g.mlp_norm + (size_t)l * C, s.dxn, mid, p.mlp_norm + (size_t)l * C,
+                         a.mlp_rstd + (size_t)l * BT, BT, C);
+
+        // attention block
+        matmul_backward(s.dxn, g.wo + l * cc, s.dresid, atty, p.wo + l * cc, BT, C, C);
+        attention_backward(s.dq, s.dk, s.dv, s.datt, s.dxn, q, k, v,
+                           a.att + (size_t)l * B * NH * T * T, B, T, NH, HS);
+        rope_backward(s.dq, s.dq, cos_t, sin_t, B, T, NH, HS);
+        rope_backward(s.dk, s.dk, cos_t, sin_t, B, T, NH, HS);
+        matmul_backward(s.dxn, g.wq + l * cc, s.dq, xn, p.wq + l * cc, BT, C, C);
+        matmul_backward(s.dq, g.wk + l * cc, s.dk, xn, p.wk + l * cc, BT, C, C);
+        residual_backward(s.dxn, s.dq, btc);
+        matmul_backward(s.dq, g.wv + l * cc, s.dv, xn, p.wv + l * cc, BT, C, C);
+        residual_backward(s.dxn, s.dq, btc);
+        rmsnorm_backward(s.dresid, g.attn_norm + (size_t)l * C, s.dxn, x, p.attn_norm + (size_t)l * C,
+                         a.attn_rstd + (size_t)l * BT, BT, C);
+    }
+    encoder_backward(g.tok_embeddings, s.dresid, model->inputs, BT, C);
+}
+
+// the logits of the last forward on the host (B,T,V), for sampling and tests
+const float* llama_logits_to_host(Llama* model) {
+    size_t n = (size_t)model->B * model->T * model->config.V;
+    if (model->logits_host == NULL) { model->logits_host = (float*)cpu::malloc_check(n * sizeof(float), "logits copy"); }
+    cuda_check(cudaMemcpy(model->logits_host, model->acts.logits, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return model->logits_host;
+}
+
+// ----------------------------------------------------------------------------
+// the optimizers on the device
+//
+// the same layout as the CPU Optimizer, whose struct (cpu::Optimizer) is kept
+// here as `host`: its settings, its per-matrix LowRankState table (the
+// offsets of each state in lowrank_memory) and host buffers that checkpoints
+// are written from and read into. the device holds the working copies:
+//   adam_m, adam_v  (num_adam) each, AdamW tensors in table order
+//   lowrank_memory  (lowrank_floats): each matrix's S | M | V | prev | prev_set,
+//                   in table then layer order, exactly as on the CPU
+// so a checkpoint is the same bytes whichever side wrote it.
+
+// the optimizers check errors through the two macros below, which point at
+// the trainer's own checks
+#define cudaCheck(err) cuda_check(err)
+#define cublasCheck(status) cublas_check(status)
+
+// ----------------------------------------------------------------------------
+// the optimizers on the GPU: AdamW for plain tensors, and low-rank AdamW whose
+// subspace is refreshed by an SVD (GaLore) or tracked along a Grassmannian
+// geodesic (SubTrack++). each launcher mirrors its CPU twin in
+// train_llama_subtrack.c (visible here as namespace cpu) in name and argument
+// order; the equations and step numbers are those of ../shared/SUBTRACK.md.
+//
+// orientation, as on the CPU: W (m, n), p = min(m, n), q = max(m, n).
+//   left  (m <= n): S (p, R), Gt = S^T G (R, q)
+//   right (m >  n): S (p, R), Gt = G S   (q, R)
+// the state lives in ONE device float array in the CPU layout
+//   S (p, R) | M | V | prev | prev_set
+// (cpu::lowrank_state_num_floats floats), so a checkpoint copies it verbatim.
+//
+// use, per low-rank matrix:
+//   lowrank_gpu_reserve(&ctx, m, n, R)            for every shape, then lowrank_gpu_alloc(&ctx)
+//   lowrank_state_init(&state, m, n, R, memory)   memory: device, cpu::lowrank_state_num_floats floats
+//   lowrank_adamw_step(&state, W, G, t, &cfg, lr, &ctx)
+// and adamw_update() for embeddings, lm_head and norms.
+//
+// matrix products go through gemm_gpu, which takes the CPU gemm's row-major
+// arguments unchanged and hands cuBLAS (column-major) the transposed problem:
+// row-major C (M, N) is column-major C^T (N, M) = op(B)^T op(A)^T, so A and B
+// swap places and keep their own transpose flags. every gemm below is thus
+// the CPU twin's gemm call, flag for flag; no matrix is ever transposed in memory.
+//
+// determinism: every reduction has a fixed order (shared memory trees and
+// butterfly warp shuffles, no float atomics), cuBLAS GEMMs are run-to-run
+// deterministic on one device with one stream, so resume is bit-exact.
+// accuracy: the GEMMs stay in fp32 (the optimizer's handle keeps
+// CUBLAS_DEFAULT_MATH: no TF32), reductions that the CPU does in double are
+// done in double here.
+//
+// needs: <cublas_v2.h>, <cusolverDn.h> (link -lcublas -lcusolver) and the CPU
+// file included as namespace cpu (for LowRankConfig, SUBSPACE_*, the sizes).
+
+// ---- error checks (the trainer's own cudaCheck / cublasCheck take precedence)
+
+#ifndef cudaCheck
+static void cuda_check_at(cudaError_t err, const char* file, int line) {
+    if (err != cudaSuccess) {
+        fprintf(stderr, "error: CUDA: %s at %s:%d; hint: run compute-sanitizer, or check free GPU memory\n",
+                cudaGetErrorString(err), file, line);
+        exit(EXIT_FAILURE);
+    }
+}
+#define cudaCheck(err) cuda_check_at((err), __FILE__, __LINE__)
+#endif
+#ifndef cublasCheck
+static void cublas_check_at(cublasStatus_t status, const char* file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "error: cuBLAS status %d at %s:%d\n", (int)status, file, line);
+        exit(EXIT_FAILURE);
+    }
+}
+#define cublasCheck(status) cublas_check_at((status), __FILE__, __LINE__)
+#endif
+static void cusolver_check_at(cusolverStatus_t status, const char* file, int line) {
+    if (status != CUSOLVER_STATUS_SUCCESS) {
+        fprintf(stderr, "error: cuSOLVER status %d at %s:%d\n", (int)status, file, line);
+        exit(EXIT_FAILURE);
+    }
+}
+#define cusolverCheck(status) cusolver_check_at((status), __FILE__, __LINE__)
+
+#define OPTIM_WARP 32
+#define OPTIM_BLOCK 256                 // threads of 1D elementwise / row kernels
+#define OPTIM_COLS 32                   // columns per block in the left (R, q) layout: one per lane
+#define OPTIM_ROWS 8                    // warps per block; rows of a column summed per warp
+#define OPTIM_REDUCE_BLOCK 1024         // single-block reductions (power iteration, limiter)
+#define GRAM_TILE 32                    // K = X X^T tile edge
+
+static unsigned optim_blocks(size_t n, int per_block) {
+    return (unsigned)((n + per_block - 1) / per_block);
+}
+
+// ---- reduction building blocks: fixed order, so the result is the same every run
+
+__device__ __forceinline__ double optim_warp_sum(double x) {
+    for (int offset = OPTIM_WARP / 2; offset > 0; offset /= 2) {
+        x += __shfl_xor_sync(0xffffffffu, x, offset);
+    }
+    return x;  // every lane holds the total
+}
+
+// sum over a 1D block whose size is a multiple of 32; buf: 33 shared doubles.
+// every thread gets the total; buf can be reused as soon as this returns
+__device__ double optim_block_sum(double x, double* buf) {
+    int lane = threadIdx.x % OPTIM_WARP, warp = threadIdx.x / OPTIM_WARP;
+    int num_warps = blockDim.x / OPTIM_WARP;
+    x = optim_warp_sum(x);
+    if (lane == 0) { buf[warp] = x; }
+    __syncthreads();
+    if (warp == 0) {
+        double y = lane < num_warps ? buf[lane] : 0.0;
+        y = optim_warp_sum(y);
+        if (lane == 0) { buf[OPTIM_WARP] = y; }
+    }
+    __syncthreads();
+    double total = buf[OPTIM_WARP];
+    __syncthreads();
+    return total;
+}
+
+// ---- AdamW
+
+// W, M, V, G: (numel,). one thread per element, the CPU loop's arithmetic
+__global__ void adamw_kernel(float* W, float* M, float* V, const float* G, size_t numel,
+                             float step, float decay, float beta1, float beta2, float eps) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= numel) { return; }
+    float g = G[i];
+    float m = beta1 * M[i] + (1.0f - beta1) * g;
+    float v = beta2 * V[i] + (1.0f - beta2) * g * g;
+    M[i] = m;
+    V[i] = v;
+    float w = W[i] - step * (m / (sqrtf(v) + eps));
+    W[i] = w - decay * w;
+}
+
+// ---- low-rank AdamW: the per-column kernels
+//
+// the moments are q vectors of length R ("columns" j of the non-projected
+// dimension): element (i, j) is at i * q + j in the left (R, q) layout and at
+// j * R + i in the right (q, R) layout. kernels that reduce over a column use
+// a (32, 8) block laid out to keep loads coalesced:
+//   left:  lane x owns column j = 32 blockIdx.x + x, the 8 warps split its rows
+//          i = y, y + 8, ...; partial sums meet in shared memory, summed in y order
+//   right: warp y owns row j = 8 blockIdx.x + y, its lanes split i = x, x + 32, ...;
+//          a butterfly shuffle sums them
+// so each column's reduction has one fixed order.
+
+// per-column sums for the left layout: adds 8 partials per column in order;
+// part: [count][OPTIM_ROWS][OPTIM_COLS] shared. returns the sum for this thread's column
+__device__ __forceinline__ double column_sum_left(double x, double* part, int which, int count) {
+    (void)count;
+    part[(which * OPTIM_ROWS + threadIdx.y) * OPTIM_COLS + threadIdx.x] = x;
+    __syncthreads();
+    double s = 0.0;
+    for (int y = 0; y < OPTIM_ROWS; y++) { s += part[(which * OPTIM_ROWS + y) * OPTIM_COLS + threadIdx.x]; }
+    return s;
+}
+
+// steps 4 and 5 fused, one pass over each column j of the moments:
+//   M = b1 M + (1-b1) Gt ; V = b2 V + (1-b2) Gt^2 ; N = M / (sqrt(V) + eps)
+// and with recovery scaling, the column's three squared norms:
+//   phi_j = ||N_j|| / (||Gt_j|| + 1e-8)   and   norm2_j = ||Dres_j||^2
+// where Dres = G - S Gt (m, n) is the residual (left: its column j, length p;
+// right: its row j, length p). M, V, N, Gt: the moments' shape; phi (q,); norm2 (q,) double
+__global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
+lowrank_adam_norms_kernel(float* M, float* V, float* N, float* phi, double* norm2, const float* Gt,
+                          const float* Dres, int r, int p, int q, int right, int recovery,
+                          float beta1, float beta2, float eps) {
+    __shared__ double part[3 * OPTIM_ROWS * OPTIM_COLS];
+    int lane = threadIdx.x, row = threadIdx.y;
+    int j = right ? blockIdx.x * OPTIM_ROWS + row : blockIdx.x * OPTIM_COLS + lane;
+    int first = right ? lane : row, stride = right ? OPTIM_COLS : OPTIM_ROWS;
+    size_t along_r = right ? 1 : (size_t)q, along_q = right ? (size_t)r : 1;
+    double nn = 0.0, gg = 0.0, dd = 0.0;
+    if (j < q) {
+        for (int i = first; i < r; i += stride) {
+            size_t idx = i * along_r + j * along_q;
+            float g = Gt[idx];
+            float mi = beta1 * M[idx] + (1.0f - beta1) * g;
+            float vi = beta2 * V[idx] + (1.0f - beta2) * g * g;
+            float ni = mi / (sqrtf(vi) + eps);
+            M[idx] = mi;
+            V[idx] = vi;
+            N[idx] = ni;
+            nn += (double)ni * ni;
+            gg += (double)g * g;
+        }
+        if (recovery) {
+            // residual column j (left: D[i, j], stride q = n) or row j (right: D[j, i], contiguous)
+            for (int i = first; i < p; i += stride) {
+                double d = Dres[right ? (size_t)j * p + i : (size_t)i * q + j];
+                dd += d * d;
+            }
+        }
+    }
+    if (!recovery) { return; }  // block-uniform: no barrier below is skipped by part of the block
+    if (right) {
+        nn = optim_warp_sum(nn);
+        gg = optim_warp_sum(gg);
+        dd = optim_warp_sum(dd);
+    } else {
+        nn = column_sum_left(nn, part, 0, 3);
+        gg = column_sum_left(gg, part, 1, 3);
+        dd = column_sum_left(dd, part, 2, 3);
+    }
+    if (j < q && (right ? lane == 0 : row == 0)) {
+        phi[j] = (float)sqrt(nn) / ((float)sqrt(gg) + RECOVERY_PHI_EPS);
+        norm2[j] = dd;
+    }
+}
+
+// the norm-growth limiter (step 5), one block: ||Lambda||^2 = sum_j phi_j^2 ||Dres_j||^2,
+// then the same decisions as the CPU on limiter = [prev, prev_set]; writes the
+// factor Lambda is scaled by to *scale
+__global__ void lowrank_limiter_kernel(float* scale, float* limiter, const float* phi, const double* norm2,
+                                       int q, int use_limiter, float zeta) {
+    __shared__ double buf[OPTIM_WARP + 1];
+    double acc = 0.0;
+    for (int j = threadIdx.x; j < q; j += blockDim.x) { acc += (double)phi[j] * phi[j] * norm2[j]; }
+    double lambda_norm = sqrt(optim_block_sum(acc, buf));
+    if (threadIdx.x != 0) { return; }
+    float s = 1.0f;
+    if (use_limiter) {
+        if (limiter[1] == 0.0f) {
+            limiter[0] = (float)lambda_norm;
+            limiter[1] = 1.0f;
+        } else {
+            double cap = (double)zeta * limiter[0];
+            if (lambda_norm > cap) {
+                s = (float)(cap / lambda_norm);
+                limiter[0] = (float)cap;
+            } else {
+                limiter[0] = (float)lambda_norm;
+            }
+        }
+    }
+    *scale = s;
+}
+
+// step 6 for the recovery part, after W already took -lr c alpha S N:
+//   W -= lr c (Dres diag(phi scale)) ;  W -= lr wd W
+// W, Dres: (m, n); phi (q,) scales columns (left) or rows (right)
+__global__ void lowrank_recovery_apply_kernel(float* W, const float* Dres, const float* phi, const float* scale,
+                                              int m, int n, int right, float step, float decay) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)m * n) { return; }
+    int j = right ? (int)(idx / n) : (int)(idx % n);
+    float f = phi[j] * *scale;
+    float w = W[idx] - step * (Dres[idx] * f);
+    W[idx] = w - decay * w;
+}
+
+// W -= lr wd W, (numel,)
+__global__ void weight_decay_kernel(float* W, size_t numel, float decay) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < numel) { W[i] -= decay * W[i]; }
+}
+
+// ---- SubTrack++: the geodesic step's small kernels
+//
+// scalars that the tracking kernels pass to each other on the device, so that
+// the host never waits: a kernel that finds dF == 0 (or u lost in span(S))
+// sets skip, and every later kernel of the step returns at once
+typedef struct {
+    int iterations;     // power iterations taken; 0 if dF == 0
+    int skip;           // 1: S stays, the step ends
+    double sigma;       // top singular value of dF
+    double unorm;       // ||u|| after re-orthogonalisation
+    double cs, sn;      // cos, sin of eta sigma
+} TrackScalars;
+
+// top eigenvector of H = dF^T dF (R, R) by power iteration in double, started
+// at the column with the largest diagonal (first on ties), as the CPU does.
+// one block; v (R,) double out. dynamic shared memory: 2 R doubles
+__global__ void power_iteration_kernel(double* v_out, TrackScalars* ts, const float* H, int r) {
+    extern __shared__ double power_shared[];
+    __shared__ double buf[OPTIM_WARP + 1];
+    __shared__ float best_val[OPTIM_WARP];
+    __shared__ int best_idx[OPTIM_WARP];
+    double* v = power_shared;           // (R,)
+    double* v_next = power_shared + r;  // (R,)
+    int lane = threadIdx.x % OPTIM_WARP, warp = threadIdx.x / OPTIM_WARP;
+    int num_warps = blockDim.x / OPTIM_WARP;
+    // argmax of the diagonal; ascending scan with > keeps the first maximum
+    float bv = -INFINITY;
+    int bi = r;
+    for (int j = threadIdx.x; j < r; j += blockDim.x) {
+        float d = H[(size_t)j * r + j];
+        if (d > bv || bi == r) { bv = d; bi = j; }
+    }
+    for (int offset = OPTIM_WARP / 2; offset > 0; offset /= 2) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, offset);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, offset);
+        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) { best_val[warp] = bv; best_idx[warp] = bi; }
+    __syncthreads();
+    int jmax = r;
+    float hmax = -INFINITY;
+    for (int w = 0; w < num_warps; w++) {
+        if (best_idx[w] < r && (jmax == r || best_val[w] > hmax || (best_val[w] == hmax && best_idx[w] < jmax))) {
+            hmax = best_val[w];
+            jmax = best_idx[w];
+        }
+    }
+    if (!((double)hmax > 0.0)) {
+        if (threadIdx.x == 0) { ts->iterations = 0; ts->skip = 1; }
+        return;  // block-uniform
+    }
+    for (int i = threadIdx.x; i < r; i += blockDim.x) { v[i] = i == jmax ? 1.0 : 0.0; }
+    __syncthreads();
+    int it = 0;
+    int stopped = 0;
+    while (it < POWER_ITER_MAX) {
+        it++;
+        // v_next = H v: one warp per row, lanes along the row (coalesced)
+        for (int i = warp; i < r; i += num_warps) {
+            const float* Hi = H + (size_t)i * r;
+            double s = 0.0;
+            for (int k = lane; k < r; k += OPTIM_WARP) { s += (double)Hi[k] * v[k]; }
+            s = optim_warp_sum(s);
+            if (lane == 0) { v_next[i] = s; }
+        }
+        __syncthreads();
+        double part = 0.0;
+        for (int i = threadIdx.x; i < r; i += blockDim.x) { part += v_next[i] * v_next[i]; }
+        double norm2 = optim_block_sum(part, buf);
+        if (!(norm2 > 0.0)) { stopped = 1; break; }
+        double inv = 1.0 / sqrt(norm2);
+        part = 0.0;
+        for (int i = threadIdx.x; i < r; i += blockDim.x) {
+            double x = v_next[i] * inv;
+            part += (x - v[i]) * (x - v[i]);
+        }
+        double change2 = optim_block_sum(part, buf);
+        for (int i = threadIdx.x; i < r; i += blockDim.x) { v[i] = v_next[i] * inv; }
+        __syncthreads();
+        if (change2 < POWER_ITER_TOL * POWER_ITER_TOL) { break; }
+    }
+    for (int i = threadIdx.x; i < r; i += blockDim.x) { v_out[i] = v[i]; }
+    if (threadIdx.x == 0) {
+        ts->iterations = stopped ? 0 : it;
+        ts->skip = stopped;
+    }
+}
+
+// u = dF v (p,) double: one warp per row of dF (p, R)
+__global__ void track_u_kernel(double* u, const float* dF, const double* v, const TrackScalars* ts, int p, int r) {
+    if (ts->skip) { return; }
+    int lane = threadIdx.x % OPTIM_WARP;
+    int i = blockIdx.x * (blockDim.x / OPTIM_WARP) + threadIdx.x / OPTIM_WARP;
+    if (i >= p) { return; }  // whole warps leave together
+    double s = 0.0;
+    for (int k = lane; k < r; k += OPTIM_WARP) { s += (double)dF[(size_t)i * r + k] * v[k]; }
+    s = optim_warp_sum(s);
+    if (lane == 0) { u[i] = s; }
+}
+
+// sigma = ||u||, one block. sigma == 0 ends the step
+__global__ void track_sigma_kernel(TrackScalars* ts, const double* u, int p) {
+    __shared__ double buf[OPTIM_WARP + 1];
+    if (ts->skip) { return; }
+    double part = 0.0;
+    for (int i = threadIdx.x; i < p; i += blockDim.x) { part += u[i] * u[i]; }
+    double sigma = sqrt(optim_block_sum(part, buf));
+    if (threadIdx.x == 0) {
+        ts->sigma = sigma;
+        if (sigma == 0.0) { ts->skip = 1; }
+    }
+}
+
+// y = S^T (u / sigma) (R,): column sums of S (p, R), in the left-layout pattern
+// (lane = column k, warps split the rows)
+__global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
+track_project_u_kernel(double* y, const float* S, const double* u, const TrackScalars* ts, int p, int r) {
+    __shared__ double part[OPTIM_ROWS * OPTIM_COLS];
+    if (ts->skip) { return; }
+    int k = blockIdx.x * OPTIM_COLS + threadIdx.x;
+    double sigma = ts->sigma;
+    double s = 0.0;
+    if (k < r) {
+        for (int i = threadIdx.y; i < p; i += OPTIM_ROWS) { s += (double)S[(size_t)i * r + k] * (u[i] / sigma); }
+    }
+    s = column_sum_left(s, part, 0, 1);
+    if (k < r && threadIdx.y == 0) { y[k] = s; }
+}
+
+// u <- u / sigma - S y: u made exactly orthogonal to span(S). one warp per row
+__global__ void track_orthogonalize_u_kernel(double* u, const float* S, const double* y, const TrackScalars* ts,
+                                             int p, int r) {
+    if (ts->skip) { return; }
+    int lane = threadIdx.x % OPTIM_WARP;
+    int i = blockIdx.x * (blockDim.x / OPTIM_WARP) + threadIdx.x / OPTIM_WARP;
+    if (i >= p) { return; }
+    double s = 0.0;
+    for (int k = lane; k < r; k += OPTIM_WARP) { s += (double)S[(size_t)i * r + k] * y[k]; }
+    s = optim_warp_sum(s);
+    if (lane == 0) { u[i] = u[i] / ts->sigma - s; }
+}
+
+// ||u||; a u that lost more than half its norm was rounding noise inside span(S):
+// no step. otherwise cos and sin of eta sigma for the geodesic
+__global__ void track_angle_kernel(TrackScalars* ts, const double* u, int p, float eta) {
+    __shared__ double buf[OPTIM_WARP + 1];
+    if (ts->skip) { return; }
+    double part = 0.0;
+    for (int i = threadIdx.x; i < p; i += blockDim.x) { part += u[i] * u[i]; }
+    double unorm = sqrt(optim_block_sum(part, buf));
+    if (threadIdx.x != 0) { return; }
+    if (!(unorm >= REORTH_MIN_NORM)) {
+        ts->skip = 1;
+        return;
+    }
+    double theta = (double)eta * ts->sigma;
+    ts->unorm = unorm;
+    ts->cs = cos(theta);
+    ts->sn = sin(theta);
+}
+
+// the geodesic step, one warp per row i of S (p, R):
+//   a_i = (cos - 1) (S v)_i - sin u_i / ||u||,   S[i, :] += a_i v^T
+__global__ void track_geodesic_kernel(float* S, float* a, const double* v, const double* u, const TrackScalars* ts,
+                                      int p, int r) {
+    if (ts->skip) { return; }
+    int lane = threadIdx.x % OPTIM_WARP;
+    int i = blockIdx.x * (blockDim.x / OPTIM_WARP) + threadIdx.x / OPTIM_WARP;
+    if (i >= p) { return; }
+    float* Si = S + (size_t)i * r;
+    double sv = 0.0;
+    for (int k = lane; k < r; k += OPTIM_WARP) { sv += (double)Si[k] * v[k]; }
+    sv = optim_warp_sum(sv);  // every lane has read its entries of the old row before any writes
+    float ai = (float)((ts->cs - 1.0) * sv - ts->sn * u[i] / ts->unorm);
+    for (int k = lane; k < r; k += OPTIM_WARP) { Si[k] += ai * (float)v[k]; }
+    if (lane == 0) { a[i] = ai; }
+}
+
+// the projection with the new S, from the old one by a rank-1 correction:
+//   left:  Gt (R, q) += v (a^T G), column j: (a^T G)_j = sum_i a_i G[i, j] (left-layout pattern)
+//   right: Gt (q, R) += (G a) v^T, row j: (G a)_j = sum_i G[j, i] a_i (one warp per row)
+__global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
+track_update_projection_kernel(float* Gt, const float* G, const float* a, const double* v, const TrackScalars* ts,
+                               int r, int p, int q, int right) {
+    __shared__ double part[OPTIM_ROWS * OPTIM_COLS];
+    if (ts->skip) { return; }
+    int lane = threadIdx.x, row = threadIdx.y;
+    int j = right ? blockIdx.x * OPTIM_ROWS + row : blockIdx.x * OPTIM_COLS + lane;
+    int first = right ? lane : row, stride = right ? OPTIM_COLS : OPTIM_ROWS;
+    double s = 0.0;
+    if (j < q) {
+        for (int i = first; i < p; i += stride) {
+            float g = right ? G[(size_t)j * p + i] : G[(size_t)i * q + j];
+            s += (double)a[i] * g;
+        }
+    }
+    s = right ? optim_warp_sum(s) : column_sum_left(s, part, 0, 1);
+    if (j >= q) { return; }
+    float aG = (float)s;
+    for (int i = first; i < r; i += stride) {
+        size_t idx = right ? (size_t)j * r + i : (size_t)i * q + j;
+        Gt[idx] += aG * (float)v[i];
+    }
+}
+
+// step 3, rank-1 form: C = I - c v v^T, one column j of the moments per lane/warp
+//   M_rot = M - c v (v^T M) ;  V_rot = |(C o C)(V - M o M) + M_rot o M_rot|
+//   (C o C) X = X - 2c diag(v o v) X + c^2 (v o v) ((v o v)^T X)
+__global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
+moments_rotate_rank1_kernel(float* M, float* V, const double* v, const TrackScalars* ts, int r, int q, int right) {
+    __shared__ double part[2 * OPTIM_ROWS * OPTIM_COLS];
+    if (ts->skip) { return; }
+    double c = 1.0 - ts->cs;
+    int lane = threadIdx.x, row = threadIdx.y;
+    int j = right ? blockIdx.x * OPTIM_ROWS + row : blockIdx.x * OPTIM_COLS + lane;
+    int first = right ? lane : row, stride = right ? OPTIM_COLS : OPTIM_ROWS;
+    size_t along_r = right ? 1 : (size_t)q, along_q = right ? (size_t)r : 1;
+    double vm = 0.0, vx = 0.0;
+    if (j < q) {
+        for (int i = first; i < r; i += stride) {
+            size_t idx = i * along_r + j * along_q;
+            double mij = M[idx];
+            vm += v[i] * mij;
+            vx += v[i] * v[i] * (V[idx] - mij * mij);
+        }
+    }
+    if (right) {
+        vm = optim_warp_sum(vm);
+        vx = optim_warp_sum(vx);
+    } else {
+        vm = column_sum_left(vm, part, 0, 2);
+        vx = column_sum_left(vx, part, 1, 2);
+    }
+    if (j >= q) { return; }
+    for (int i = first; i < r; i += stride) {
+        size_t idx = i * along_r + j * along_q;
+        double vv = v[i] * v[i];
+        double mij = M[idx];
+        double x = V[idx] - mij * mij;
+        double cx = x - 2.0 * c * vv * x + c * c * vv * vx;
+        double mrot = mij - c * v[i] * vm;
+        M[idx] = (float)mrot;
+        V[idx] = (float)fabs(cx + mrot * mrot);
+    }
+}
+
+// ---- the SVD (GaLore, and every method's first step)
+
+// K (p, p) = X X^T in double, X = op(G) (p, q): X = G (left) or G^T (right), G (m, n).
+// 32x32 output tiles, only those on or below the diagonal are computed, each
+// written to both triangles; every entry is a plain in-order sum over q
+__global__ void __launch_bounds__(GRAM_TILE * OPTIM_ROWS)
+gram_double_kernel(double* K, const float* G, int n, int right, int p, int q) {
+    __shared__ double tile_a[GRAM_TILE][GRAM_TILE + 1];   // rows a0.., columns k0..
+    __shared__ double tile_b[GRAM_TILE][GRAM_TILE + 1];   // rows b0.., columns k0..
+    int a0 = blockIdx.y * GRAM_TILE, b0 = blockIdx.x * GRAM_TILE;
+    if (b0 > a0) { return; }  // upper tiles come from the mirror; block-uniform
+    int tx = threadIdx.x, ty = threadIdx.y;
+    double acc[GRAM_TILE / OPTIM_ROWS];
+    for (int e = 0; e < GRAM_TILE / OPTIM_ROWS; e++) { acc[e] = 0.0; }
+    for (int k0 = 0; k0 < q; k0 += GRAM_TILE) {
+        // X[a, k] is G[a, k] (left, row stride n) or G[k, a] (right); lanes walk G's contiguous index
+        for (int e = ty; e < GRAM_TILE; e += OPTIM_ROWS) {
+            int row_a = a0 + (right ? tx : e), row_b = b0 + (right ? tx : e), k = k0 + (right ? e : tx);
+            double xa = 0.0, xb = 0.0;
+            if (k < q && row_a < p) { xa = right ? G[(size_t)k * n + row_a] : G[(size_t)row_a * n + k]; }
+            if (k < q && row_b < p) { xb = right ? G[(size_t)k * n + row_b] : G[(size_t)row_b * n + k]; }
+            if (right) {
+                tile_a[tx][e] = xa;
+                tile_b[tx][e] = xb;
+            } else {
+                tile_a[e][tx] = xa;
+                tile_b[e][tx] = xb;
+            }
+        }
+        __syncthreads();
+        for (int e = 0; e < GRAM_TILE / OPTIM_ROWS; e++) {
+            int ra = ty + e * OPTIM_ROWS;
+            double s = acc[e];
+            for (int kk = 0; kk < GRAM_TILE; kk++) { s += tile_a[ra][kk] * tile_b[tx][kk]; }
+            acc[e] = s;
+        }
+        __syncthreads();
+    }
+    for (int e = 0; e < GRAM_TILE / OPTIM_ROWS; e++) {
+        int a = a0 + ty + e * OPTIM_ROWS, b = b0 + tx;
+        if (a < p && b < p) {
+            K[(size_t)a * p + b] = acc[e];
+            K[(size_t)b * p + a] = acc[e];
+        }
+    }
+}
+
+// S (p, R) from the eigenvectors Z of K (column-major: eigenvector e in column e,
+// eigenvalues ascending as cuSOLVER returns them): S[:, k] = Z[:, p - 1 - k]
+__global__ void top_eigenvectors_kernel(float* S, const double* Z, int p, int r) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)p * r) { return; }
+    int i = (int)(idx / r), k = (int)(idx % r);
+    S[idx] = (float)Z[(size_t)(p - 1 - k) * p + i];
+}
+
+// flip each column of S (p, R) so its largest-magnitude entry is positive (first
+// one on ties), as canonical_sign on the CPU. one block per column
+__global__ void canonical_sign_kernel(float* S, int p, int r) {
+    __shared__ float best_val[OPTIM_REDUCE_BLOCK / OPTIM_WARP];
+    __shared__ int best_idx[OPTIM_REDUCE_BLOCK / OPTIM_WARP];
+    int k = blockIdx.x;
+    int lane = threadIdx.x % OPTIM_WARP, warp = threadIdx.x / OPTIM_WARP;
+    float bv = -1.0f;
+    int bi = p;
+    for (int i = threadIdx.x; i < p; i += blockDim.x) {
+        float x = fabsf(S[(size_t)i * r + k]);
+        if (x > bv) { bv = x; bi = i; }
+    }
+    for (int offset = OPTIM_WARP / 2; offset > 0; offset /= 2) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, offset);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, offset);
+        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) { best_val[warp] = bv; best_idx[warp] = bi; }
+    __syncthreads();
+    int imax = p;
+    float vmax = -1.0f;
+    for (int w = 0; w < (int)(blockDim.x / OPTIM_WARP); w++) {
+        if (best_val[w] > vmax || (best_val[w] == vmax && best_idx[w] < imax)) {
+            vmax = best_val[w];
+            imax = best_idx[w];
+        }
+    }
+    int flip = imax < p && S[(size_t)imax * r + k] < 0.0f;
+    __syncthreads();  // every thread has read the sign before any thread flips it
+    if (!flip) { return; }  // block-uniform
+    for (int i = threadIdx.x; i < p; i += blockDim.x) { S[(size_t)i * r + k] = -S[(size_t)i * r + k]; }
+}
+
+// step 3 for a general C (GaLore): the elementwise pieces around two gemms
+// X = V - M o M and CC = C o C  (X, M, V: (numel,); C, CC: (R*R,))
+__global__ void moments_rotate_prepare_kernel(float* X, float* CC, const float* M, const float* V, const float* C,
+                                              size_t numel, int rr) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < numel) { X[i] = V[i] - M[i] * M[i]; }
+    if (i < (size_t)rr) { CC[i] = C[i] * C[i]; }
+}
+
+// V = |Vrot + Mrot o Mrot| (Vrot already in V), M = Mrot
+__global__ void moments_rotate_finish_kernel(float* M, float* V, const float* Mrot, size_t numel) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= numel) { return; }
+    V[i] = fabsf(V[i] + Mrot[i] * Mrot[i]);
+    M[i] = Mrot[i];
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+// full-rank AdamW, the CPU's adamw_update on device pointers. W, M, V, G: (numel,)
+void adamw_update(float* W, float* M, float* V, const float* G, size_t numel, int t,
+                  float lr, float beta1, float beta2, float eps, float weight_decay) {
+    double c = sqrt(1.0 - pow((double)beta2, t + 1)) / (1.0 - pow((double)beta1, t + 1));
+    float step = (float)(lr * c);
+    float decay = (float)((double)lr * weight_decay);
+    if (numel == 0) { return; }
+    adamw_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(W, M, V, G, numel, step, decay,
+                                                                   beta1, beta2, eps);
+    cudaCheck(cudaGetLastError());
+}
+
+// the row-major gemm of the CPU file, on cuBLAS (see the section comment):
+// Cm (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta Cm, all row-major
+static void gemm_gpu(cublasHandle_t handle, int transA, int transB, int M, int N, int K, float alpha,
+                     const float* A, int lda, const float* B, int ldb, float beta, float* Cm, int ldc) {
+    cublasCheck(cublasSgemm(handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            N, M, K, &alpha, B, ldb, A, lda, &beta, Cm, ldc));
+}
+
+// per-matrix state on the device; the checkpointed part is memory (one array)
+typedef struct {
+    int m, n;                   // the weight's shape, (out, in)
+    int r;                      // R
+    int right;                  // 0: left (m <= n), 1: right (m > n)
+    int p, q;                   // p = min(m, n) rows of S, q = max(m, n)
+    float* memory;              // device, cpu::lowrank_state_num_floats(m, n, R) floats
+    float* S;                   // (p, R)
+    float* M;                   // (R, q) left or (q, R) right
+    float* V;                   // same as M
+    float* limiter;             // [0] prev, [1] prev_set
+    // run statistics, not checkpointed
+    double subspace_seconds;    // GPU time in subspace updates (cudaEvents, collected lazily)
+    int subspace_updates;
+    cudaEvent_t subspace_start, subspace_stop;
+    int subspace_timing_pending;    // stop recorded, elapsed time not yet added
+} LowRankStateGPU;
+
+// points the state into device memory (cpu::lowrank_state_num_floats floats) and zeroes it
+void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) {
+    s->m = m;
+    s->n = n;
+    s->r = r;
+    s->right = m > n;
+    s->p = m <= n ? m : n;
+    s->q = m <= n ? n : m;
+    s->memory = memory;
+    s->S = memory;
+    s->M = s->S + (size_t)s->p * r;
+    s->V = s->M + (size_t)s->q * r;
+    s->limiter = s->V + (size_t)s->q * r;
+    cudaCheck(cudaMemset(memory, 0, cpu::lowrank_state_num_floats(m, n, r) * sizeof(float)));
+    s->subspace_seconds = 0.0;
+    s->subspace_updates = 0;
+    cudaCheck(cudaEventCreate(&s->subspace_start));
+    cudaCheck(cudaEventCreate(&s->subspace_stop));
+    s->subspace_timing_pending = 0;
+}
+
+void lowrank_state_free(LowRankStateGPU* s) {
+    cudaCheck(cudaEventDestroy(s->subspace_start));
+    cudaCheck(cudaEventDestroy(s->subspace_stop));
+}
+
+// adds the last subspace update's time; waits for it if it is still running
+// (the previous update was k steps ago, so in training it never waits)
+static void lowrank_collect_timing(LowRankStateGPU* s) {
+    if (!s->subspace_timing_pending) { return; }
+    float ms = 0.0f;
+    cudaCheck(cudaEventSynchronize(s->subspace_stop));
+    cudaCheck(cudaEventElapsedTime(&ms, s->subspace_start, s->subspace_stop));
+    s->subspace_seconds += 1e-3 * ms;
+    s->subspace_timing_pending = 0;
+}
+
+// seconds spent in subspace updates so far
+double lowrank_subspace_seconds(LowRankStateGPU* s) {
+    lowrank_collect_timing(s);
+    return s->subspace_seconds;
+}
+
+static void lowrank_timing_begin(LowRankStateGPU* s) {
+    lowrank_collect_timing(s);
+    cudaCheck(cudaEventRecord(s->subspace_start, 0));
+}
+
+static void lowrank_timing_end(LowRankStateGPU* s) {
+    cudaCheck(cudaEventRecord(s->subspace_stop, 0));
+    s->subspace_timing_pending = 1;
+}
+
+// the handles and the device scratch every low-rank step borrows from. sized for
+// the largest matrix by lowrank_gpu_reserve over every (m, n, R), then lowrank_gpu_alloc
+typedef struct {
+    cublasHandle_t blas;        // its own handle: default math (no TF32), the default stream
+    cusolverDnHandle_t solver;
+    size_t scratch_floats;      // device floats needed
+    int eig_lwork;              // doubles of cusolverDnDsyevd workspace needed
+    float* scratch;             // device
+    double* eig_work;           // device (eig_lwork,)
+    int* eig_info;              // device, 1 int
+} LowRankGPU;
+
+// the step's device work arrays, carved out of ctx->scratch like the CPU's Scratch
+// (64-byte units; a NULL base only counts)
+typedef struct {
+    float* Gt;              // moments' shape
+    float* N;               // moments' shape
+    float* phi;             // (q,)
+    double* norm2;          // (q,)
+    float* scale;           // 1: the limiter's factor
+    float* D;               // (m, n) the residual G - S Gt
+    float* X;               // (p, R) G A^T, then dF
+    float* AAt;             // (R, R)
+    float* H;               // (R, R) dF^T dF
+    float* a;               // (p,)
+    double* v;              // (R,)
+    double* u;              // (p,)
+    double* y;              // (R,)
+    TrackScalars* track;    // 1
+    double* K;              // (p, p) Gram matrix, then its eigenvectors
+    double* eig;            // (p,) its eigenvalues
+    float* S_old;           // (p, R)
+    float* C;               // (R, R)
+    float* CC;              // (R, R)
+    float* Mrot;            // moments' shape
+    float* Xm;              // moments' shape
+} StepScratchGPU;
+
+static float* scratch_take(float* base, size_t* used, size_t count) {
+    float* p = base != NULL ? base + *used : NULL;
+    *used += (count + SCRATCH_ALIGN_FLOATS - 1) / SCRATCH_ALIGN_FLOATS * SCRATCH_ALIGN_FLOATS;
+    return p;
+}
+
+static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int r) {
+    size_t p = m <= n ? m : n, q = m <= n ? n : m;
+    StepScratchGPU w;
+    w.Gt = scratch_take(base, used, q * r);
+    w.N = scratch_take(base, used, q * r);
+    w.phi = scratch_take(base, used, q);
+    w.norm2 = (double*)scratch_take(base, used, 2 * q);
+    w.scale = scratch_take(base, used, 1);
+    w.D = scratch_take(base, used, (size_t)m * n);
+    w.X = scratch_take(base, used, p * r);
+    w.AAt = scratch_take(base, used, (size_t)r * r);
+    w.H = scratch_take(base, used, (size_t)r * r);
+    w.a = scratch_take(base, used, p);
+    w.v = (double*)scratch_take(base, used, 2 * (size_t)r);
+    w.u = (double*)scratch_take(base, used, 2 * p);
+    w.y = (double*)scratch_take(base, used, 2 * (size_t)r);
+    w.track = (TrackScalars*)scratch_take(base, used, (sizeof(TrackScalars) + sizeof(float) - 1) / sizeof(float));
+    w.K = (double*)scratch_take(base, used, 2 * p * p);
+    w.eig = (double*)scratch_take(base, used, 2 * p);
+    w.S_old = scratch_take(base, used, p * r);
+    w.C = scratch_take(base, used, (size_t)r * r);
+    w.CC = scratch_take(base, used, (size_t)r * r);
+    w.Mrot = scratch_take(base, used, q * r);
+    w.Xm = scratch_take(base, used, q * r);
+    return w;
+}
+
+void lowrank_gpu_create(LowRankGPU* ctx) {
+    memset(ctx, 0, sizeof *ctx);
+    cublasCheck(cublasCreate(&ctx->blas));
+    cublasCheck(cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH));
+    cusolverCheck(cusolverDnCreate(&ctx->solver));
+}
+
+// grows the sizes for one (m, n) matrix at rank r
+void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
+    size_t used = 0;
+    step_scratch_gpu_layout(NULL, &used, m, n, r);
+    if (used > ctx->scratch_floats) { ctx->scratch_floats = used; }
+    int p = m <= n ? m : n, lwork = 0;
+    cusolverCheck(cusolverDnDsyevd_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
+                                              p, NULL, p, NULL, &lwork));
+    if (lwork > ctx->eig_lwork) { ctx->eig_lwork = lwork; }
+}
+
+void lowrank_gpu_alloc(LowRankGPU* ctx) {
+    cudaCheck(cudaMalloc((void**)&ctx->scratch, (ctx->scratch_floats > 0 ? ctx->scratch_floats : 1) * sizeof(float)));
+    cudaCheck(cudaMalloc((void**)&ctx->eig_work, (ctx->eig_lwork > 0 ? ctx->eig_lwork : 1) * sizeof(double)));
+    cudaCheck(cudaMalloc((void**)&ctx->eig_info, sizeof(int)));
+}
+
+void lowrank_gpu_destroy(LowRankGPU* ctx) {
+    cudaCheck(cudaFree(ctx->scratch));
+    cudaCheck(cudaFree(ctx->eig_work));
+    cudaCheck(cudaFree(ctx->eig_info));
+    cublasCheck(cublasDestroy(ctx->blas));
+    cusolverCheck(cusolverDnDestroy(ctx->solver));
+}
+
+// the orientation-hiding products, as on the CPU:
+//   left:  Gt (R, q) = S^T G          D (m, n) = alpha S X + beta D
+//   right: Gt (q, R) = G S            D (m, n) = alpha X S^T + beta D
+static void lowrank_project(LowRankGPU* ctx, float* Gt, const LowRankStateGPU* s, const float* G) {
+    int m = s->m, n = s->n, r = s->r;
+    if (!s->right) {
+        gemm_gpu(ctx->blas, 1, 0, r, n, m, 1.0f, s->S, r, G, n, 0.0f, Gt, n);
+    } else {
+        gemm_gpu(ctx->blas, 0, 0, m, r, n, 1.0f, G, n, s->S, r, 0.0f, Gt, r);
+    }
+}
+
+static void lowrank_back_project(LowRankGPU* ctx, float* D, const LowRankStateGPU* s, const float* X,
+                                 float alpha, float beta) {
+    int m = s->m, n = s->n, r = s->r;
+    if (!s->right) {
+        gemm_gpu(ctx->blas, 0, 0, m, n, r, alpha, s->S, r, X, n, beta, D, n);
+    } else {
+        gemm_gpu(ctx->blas, 0, 1, m, n, r, alpha, X, r, s->S, r, beta, D, n);
+    }
+}
+
+// S (p, R) = the top-r left singular vectors of op(G), descending, canonical sign:
+// eigenvectors of the Gram matrix K = X X^T formed in double (as the CPU does;
+// fp32 would square the condition number into fp32 rounding), by cusolverDnDsyevd
+void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, LowRankGPU* ctx,
+                                   const StepScratchGPU* w) {
+    int right = m > n;
+    int p = right ? n : m, q = right ? m : n;
+    dim3 tiles(optim_blocks(p, GRAM_TILE), optim_blocks(p, GRAM_TILE));
+    gram_double_kernel<<<tiles, dim3(GRAM_TILE, OPTIM_ROWS)>>>(w->K, G, n, right, p, q);
+    cudaCheck(cudaGetLastError());
+    cusolverCheck(cusolverDnDsyevd(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p, w->K, p,
+                                   w->eig, ctx->eig_work, ctx->eig_lwork, ctx->eig_info));
+    top_eigenvectors_kernel<<<optim_blocks((size_t)p * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(S, w->K, p, r);
+    cudaCheck(cudaGetLastError());
+    canonical_sign_kernel<<<r, OPTIM_BLOCK>>>(S, p, r);
+    cudaCheck(cudaGetLastError());
+}
+
+// step 3 for a general change of basis C = S_new^T S_old (R, R)
+static void moments_rotate_general(LowRankGPU* ctx, LowRankStateGPU* s, const StepScratchGPU* w) {
+    int r = s->r, q = s->q;
+    size_t numel = (size_t)r * q;
+    size_t launch = numel > (size_t)r * r ? numel : (size_t)r * r;
+    moments_rotate_prepare_kernel<<<optim_blocks(launch, OPTIM_BLOCK), OPTIM_BLOCK>>>(w->Xm, w->CC, s->M, s->V,
+                                                                                     w->C, numel, r * r);
+    cudaCheck(cudaGetLastError());
+    float* Vrot = s->V;  // V is no longer needed once Xm holds V - M o M
+    if (!s->right) {
+        gemm_gpu(ctx->blas, 0, 0, r, q, r, 1.0f, w->C, r, s->M, q, 0.0f, w->Mrot, q);
+        gemm_gpu(ctx->blas, 0, 0, r, q, r, 1.0f, w->CC, r, w->Xm, q, 0.0f, Vrot, q);
+    } else {
+        gemm_gpu(ctx->blas, 0, 1, q, r, r, 1.0f, s->M, r, w->C, r, 0.0f, w->Mrot, r);
+        gemm_gpu(ctx->blas, 0, 1, q, r, r, 1.0f, w->Xm, r, w->CC, r, 0.0f, Vrot, r);
+    }
+    moments_rotate_finish_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(s->M, s->V, w->Mrot, numel);
+    cudaCheck(cudaGetLastError());
+}
+
+// step 2 (GaLore) and 3: new S from an SVD of G; with --adaptive_optimizer the
+// moments follow the change of basis
+void galore_refresh_subspace(LowRankStateGPU* s, const float* G, const cpu::LowRankConfig* cfg, LowRankGPU* ctx,
+                             const StepScratchGPU* w) {
+    int p = s->p, r = s->r;
+    cudaCheck(cudaMemcpyAsync(w->S_old, s->S, (size_t)p * r * sizeof(float), cudaMemcpyDeviceToDevice, 0));
+    svd_top_left_singular_vectors(s->S, G, s->m, s->n, r, ctx, w);
+    if (cfg->adaptive_optimizer) {
+        gemm_gpu(ctx->blas, 1, 0, r, r, p, 1.0f, s->S, r, w->S_old, r, 0.0f, w->C, r);
+        moments_rotate_general(ctx, s, w);
+    }
+}
+
+// steps 2 (SubTrack) and 3, the CPU's efficient form (see subtrack_track_subspace
+// there). on entry Gt = A, the projection with the current S; on return S took
+// one geodesic step, Gt is the projection with the new S, and with
+// --adaptive_optimizer the moments are rotated. the host never waits: when dF
+// is 0 or u is lost in span(S), w->track->skip turns the later kernels into no-ops
+void subtrack_track_subspace(LowRankStateGPU* s, float* Gt, const float* G, const cpu::LowRankConfig* cfg,
+                             LowRankGPU* ctx, const StepScratchGPU* w) {
+    int n = s->n, r = s->r, p = s->p, q = s->q;
+    float* S = s->S;
+    // X = G A^T (p, R); in the right case A^T = Gt (q, R) and op(G) = G^T
+    if (!s->right) {
+        gemm_gpu(ctx->blas, 0, 1, p, r, q, 1.0f, G, n, Gt, q, 0.0f, w->X, r);
+    } else {
+        gemm_gpu(ctx->blas, 1, 0, p, r, q, 1.0f, G, n, Gt, r, 0.0f, w->X, r);
+    }
+    // dF = -2 (X - S AAt), AAt = S^T X
+    gemm_gpu(ctx->blas, 1, 0, r, r, p, 1.0f, S, r, w->X, r, 0.0f, w->AAt, r);
+    gemm_gpu(ctx->blas, 0, 0, p, r, r, 2.0f, S, r, w->AAt, r, -2.0f, w->X, r);
+    const float* dF = w->X;
+    gemm_gpu(ctx->blas, 1, 0, r, r, p, 1.0f, dF, r, dF, r, 0.0f, w->H, r);
+    power_iteration_kernel<<<1, OPTIM_REDUCE_BLOCK, 2 * (size_t)r * sizeof(double)>>>(w->v, w->track, w->H, r);
+    cudaCheck(cudaGetLastError());
+    int rows_per_block = OPTIM_BLOCK / OPTIM_WARP;
+    unsigned row_blocks = optim_blocks(p, rows_per_block);
+    track_u_kernel<<<row_blocks, OPTIM_BLOCK>>>(w->u, dF, w->v, w->track, p, r);
+    track_sigma_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(w->track, w->u, p);
+    dim3 col_block(OPTIM_COLS, OPTIM_ROWS);
+    track_project_u_kernel<<<optim_blocks(r, OPTIM_COLS), col_block>>>(w->y, S, w->u, w->track, p, r);
+    track_orthogonalize_u_kernel<<<row_blocks, OPTIM_BLOCK>>>(w->u, S, w->y, w->track, p, r);
+    track_angle_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(w->track, w->u, p, cfg->st_init_step_size);
+    track_geodesic_kernel<<<row_blocks, OPTIM_BLOCK>>>(S, w->a, w->v, w->u, w->track, p, r);
+    unsigned q_blocks = optim_blocks(q, s->right ? OPTIM_ROWS : OPTIM_COLS);
+    track_update_projection_kernel<<<q_blocks, col_block>>>(Gt, G, w->a, w->v, w->track, r, p, q, s->right);
+    if (cfg->adaptive_optimizer) {
+        moments_rotate_rank1_kernel<<<q_blocks, col_block>>>(s->M, s->V, w->v, w->track, r, q, s->right);
+    }
+    cudaCheck(cudaGetLastError());
+}
+
+// one optimizer step for one matrix, the CPU's lowrank_adamw_step on device
+// pointers. W, G: (m, n). t counts the steps already taken (0 on the first).
+// lr is this step's learning rate (after the schedule)
+void lowrank_adamw_step(LowRankStateGPU* s, float* W, const float* G, int t, const cpu::LowRankConfig* cfg,
+                        float lr, LowRankGPU* ctx) {
+    size_t used = 0;
+    StepScratchGPU w = step_scratch_gpu_layout(ctx->scratch, &used, s->m, s->n, s->r);
+    if (used > ctx->scratch_floats) {
+        fprintf(stderr, "error: lowrank_adamw_step: scratch for a %d x %d matrix at rank %d was not reserved; "
+                "hint: call lowrank_gpu_reserve for every low-rank shape before lowrank_gpu_alloc\n",
+                s->m, s->n, s->r);
+        exit(EXIT_FAILURE);
+    }
+    int m = s->m, n = s->n, r = s->r, p = s->p, q = s->q;
+    size_t numel = (size_t)q * r, mn = (size_t)m * n;
+    // steps 1-3: the subspace
+    if (t == 0) {
+        lowrank_timing_begin(s);
+        svd_top_left_singular_vectors(s->S, G, m, n, r, ctx, &w);
+        cudaCheck(cudaMemsetAsync(s->M, 0, numel * sizeof(float), 0));
+        cudaCheck(cudaMemsetAsync(s->V, 0, numel * sizeof(float), 0));
+        lowrank_timing_end(s);
+        s->subspace_updates++;
+        lowrank_project(ctx, w.Gt, s, G);
+    } else if (cfg->update_interval > 0 && t % cfg->update_interval == 0) {
+        if (cfg->method == cpu::SUBSPACE_GALORE) {
+            lowrank_timing_begin(s);
+            galore_refresh_subspace(s, G, cfg, ctx, &w);
+            lowrank_timing_end(s);
+            lowrank_project(ctx, w.Gt, s, G);
+        } else {
+            lowrank_project(ctx, w.Gt, s, G);  // A, reused by the tracking step
+            lowrank_timing_begin(s);
+            cudaCheck(cudaMemsetAsync(w.track, 0, sizeof(TrackScalars), 0));
+            subtrack_track_subspace(s, w.Gt, G, cfg, ctx, &w);
+            lowrank_timing_end(s);
+        }
+        s->subspace_updates++;
+    } else {
+        lowrank_project(ctx, w.Gt, s, G);
+    }
+    double c = sqrt(1.0 - pow((double)cfg->beta2, t + 1)) / (1.0 - pow((double)cfg->beta1, t + 1));
+    float step = (float)(lr * c);
+    float decay = (float)((double)lr * cfg->weight_decay);
+    dim3 col_block(OPTIM_COLS, OPTIM_ROWS);
+    unsigned q_blocks = optim_blocks(q, s->right ? OPTIM_ROWS : OPTIM_COLS);
+    if (cfg->recovery_scaling) {
+        // Lambda's residual G - S Gt, explicitly: ||G_j||^2 - ||Gt_j||^2 would cancel in fp32
+        cudaCheck(cudaMemcpyAsync(w.D, G, mn * sizeof(float), cudaMemcpyDeviceToDevice, 0));
+        lowrank_back_project(ctx, w.D, s, w.Gt, -1.0f, 1.0f);
+    }
+    // steps 4 and 5: Adam in the subspace, phi and the residual's column norms
+    lowrank_adam_norms_kernel<<<q_blocks, col_block>>>(s->M, s->V, w.N, w.phi, w.norm2, w.Gt, w.D, r, p, q,
+                                                       s->right, cfg->recovery_scaling, cfg->beta1, cfg->beta2,
+                                                       cfg->eps);
+    cudaCheck(cudaGetLastError());
+    // step 6: W -= lr c alpha S N, straight into W
+    lowrank_back_project(ctx, W, s, w.N, -step * cfg->low_rank_scale, 1.0f);
+    if (cfg->recovery_scaling) {
+        lowrank_limiter_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(w.scale, s->limiter, w.phi, w.norm2, q,
+                                                          cfg->norm_growth_limiter, cfg->norm_growth_limit);
+        lowrank_recovery_apply_kernel<<<optim_blocks(mn, OPTIM_BLOCK), OPTIM_BLOCK>>>(
+            W, w.D, w.phi, w.scale, m, n, s->right, step, cfg->weight_decay > 0.0f ? decay : 0.0f);
+        cudaCheck(cudaGetLastError());
+    } else if (cfg->weight_decay > 0.0f) {
+        weight_decay_kernel<<<optim_blocks(mn, OPTIM_BLOCK), OPTIM_BLOCK>>>(W, mn, decay);
+        cudaCheck(cudaGetLastError());
+    }
+}
+
+typedef struct {
+    cpu::Optimizer host;      // settings, state layout, and host copies for checkpoints
+    float* adam_m;            // (num_adam) device
+    float* adam_v;            // (num_adam) device
+    float* lowrank_memory;    // (lowrank_floats) device, the CPU's layout
+    LowRankStateGPU* lowrank; // (host.num_lowrank) pointing into lowrank_memory
+    LowRankGPU ctx;           // handles and device scratch of the low-rank steps
+} Optimizer;
+
+// returns NULL, or a message naming the matrix whose shape cannot take the rank
+const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t) {
+    memset(o, 0, sizeof *o);
+    const char* problem = cpu::optimizer_build(&o->host, c, t);
+    if (problem != NULL) { return problem; }
+    o->adam_m = (float*)device_malloc(o->host.num_adam * sizeof(float), "AdamW first moments");
+    o->adam_v = (float*)device_malloc(o->host.num_adam * sizeof(float), "AdamW second moments");
+    o->lowrank_memory = (float*)device_malloc(o->host.lowrank_floats * sizeof(float), "low-rank state memory");
+    cuda_check(cudaMemset(o->adam_m, 0, o->host.num_adam * sizeof(float)));
+    cuda_check(cudaMemset(o->adam_v, 0, o->host.num_adam * sizeof(float)));
+    cuda_check(cudaMemset(o->lowrank_memory, 0, o->host.lowrank_floats * sizeof(float)));
+    // each device state sits at the offset its CPU twin has in host.lowrank_memory
+    int nl = o->host.num_lowrank;
+    o->lowrank = (LowRankStateGPU*)cpu::calloc_check((size_t)(nl > 0 ? nl : 1) * sizeof(LowRankStateGPU),
+                                                     "low-rank states");
+    lowrank_gpu_create(&o->ctx);
+    for (int k = 0; k < nl; k++) {
+        const cpu::LowRankState* hs = &o->host.lowrank[k];
+        lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->r);
+    }
+    lowrank_gpu_alloc(&o->ctx);
+    for (int k = 0; k < nl; k++) {
+        const cpu::LowRankState* hs = &o->host.lowrank[k];
+        lowrank_state_init(&o->lowrank[k], hs->m, hs->n, hs->r,
+                           o->lowrank_memory + (hs->memory - o->host.lowrank_memory));
+    }
+    return NULL;
+}
+
+void optimizer_free(Optimizer* o) {
+    for (int k = 0; k < o->host.num_lowrank; k++) { lowrank_state_free(&o->lowrank[k]); }
+    free(o->lowrank);
+    lowrank_gpu_destroy(&o->ctx);
+    cuda_check(cudaFree(o->adam_m));
+    cuda_check(cudaFree(o->adam_v));
+    cuda_check(cudaFree(o->lowrank_memory));
+    cpu::optimizer_free(&o->host);
+    memset(o, 0, sizeof *o);
+}
+
+// device <-> the host copies (for checkpoints and tests)
+void optimizer_download(Optimizer* o) {
+    cpu::Optimizer* h = &o->host;
+    cuda_check(cudaMemcpy(h->adam_m, o->adam_m, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
+    cuda_check(cudaMemcpy(h->adam_v, o->adam_v, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
+    cuda_check(cudaMemcpy(h->lowrank_memory, o->lowrank_memory, h->lowrank_floats * sizeof(float),
+                          cudaMemcpyDeviceToHost));
+}
+
+void optimizer_upload(Optimizer* o) {
+    cpu::Optimizer* h = &o->host;
+    cuda_check(cudaMemcpy(o->adam_m, h->adam_m, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
+    cuda_check(cudaMemcpy(o->adam_v, h->adam_v, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
+    cuda_check(cudaMemcpy(o->lowrank_memory, h->lowrank_memory, h->lowrank_floats * sizeof(float),
+                          cudaMemcpyHostToDevice));
+}
+
+// one step over every tensor, at learning rate lr, in the CPU's order
+void optimizer_step(Optimizer* o, Llama* model, float lr) {
+    cpu::Optimizer* h = &o->host;
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, &model->config);
+    float** params = cpu::parameter_pointers(&model->params);
+    float** grads = cpu::parameter_pointers(&model->grads);
+    size_t adam_off = 0;
+    int k = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = cpu::tensor_numel(&spec[i]);
+        if (!cpu::optimizer_uses_lowrank(h, &spec[i])) {
+            adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, h->step,
+                         lr, h->beta1, h->beta2, h->eps, h->weight_decay);
+            adam_off += n;
+            continue;
+        }
+        size_t per = (size_t)spec[i].rows * spec[i].cols;
+        for (int l = 0; l < spec[i].layers; l++) {
+            lowrank_adamw_step(&o->lowrank[k++], params[i] + l * per, grads[i] + l * per, h->step,
+                               &h->cfg, lr, &o->ctx);
+        }
+    }
+    h->step++;
+}
+
+double optimizer_subspace_seconds(Optimizer* o) {
+    double s = 0.0;
+    for (int k = 0; k < o->host.num_lowrank; k++) { s += lowrank_subspace_seconds(&o->lowrank[k]); }
+    return s;
+}
+
+// ----------------------------------------------------------------------------
+// training: evaluation, sampling, checkpoints. the CPU functions do the host
+// work; these wrap them around the device model.
+
+// mean loss over the first eval_batches batches of the validation data
+float evaluate(Llama* model, cpu::ShardLoader* val, int eval_batches, int* inputs, int* targets) {
+    cpu::shard_loader_reset(val);
+    int B = val->cfg.B, T = val->cfg.T;
+    double total = 0.0;
+    for (int i = 0; i < eval_batches; i++) {
+        cpu::shard_loader_next_batch_or_exit(val, inputs, targets);
+        total += llama_forward(model, inputs, targets, B, T);
+    }
+    return (float)(total / eval_batches);
+}
+
+// as the CPU twin: B=1 windows of the last T tokens; the logits row comes back to the host
+void print_sample(Llama* model, const cpu::Decoder* dec, int T, int gen_tokens, int top_k, float temperature,
+                  cpu::Rng* rng, int bos_id) {
+    int V = model->config.V;
+    int* history = (int*)cpu::calloc_check((size_t)(gen_tokens + 1) * sizeof(int), "sample history");
+    int* window = (int*)cpu::calloc_check((size_t)T * sizeof(int), "sample window");
+    float* probs = (float*)cpu::malloc_check((size_t)V * sizeof(float), "sample probs");
+    float* row = (float*)cpu::malloc_check((size_t)V * sizeof(float), "sample logits");
+    history[0] = bos_id >= 0 ? bos_id : 0;
+    printf("sample: ");
+    for (int n = 1; n <= gen_tokens; n++) {
+        int len = n < T ? n : T;
+        memcpy(window, history + (n - len), (size_t)len * sizeof(int));
+        llama_forward(model, window, NULL, 1, T);
+        cuda_check(cudaMemcpy(row, model->acts.logits + (size_t)(len - 1) * V, (size_t)V * sizeof(float),
+                              cudaMemcpyDeviceToHost));
+        int next = cpu::sample_token(row, V, temperature, top_k, rng, probs);
+        history[n] = next;
+        cpu::decoder_print_token(dec, next, stdout);
+    }
+    printf("\n");
+    free(history); free(window); free(probs); free(row);
+}
+
+// checkpoints: the CPU writer and reader, on host copies of the device state.
+// host_model is a cpu::Llama whose params_memory is the host copy.
+int checkpoint_save(Llama* model, Optimizer* opt, cpu::Llama* host_model, cpu::ShardLoader* loader,
+                    cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
+    llama_download_params(model, host_model->params_memory);
+    optimizer_download(opt);
+    cpu::TrainState s = {host_model, &opt->host, loader, rng};
+    return cpu::checkpoint_save(&s, dir, err, errlen);
+}
+
+int checkpoint_load(Llama* model, Optimizer* opt, cpu::Llama* host_model, cpu::ShardLoader* loader,
+                    cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
+    cpu::TrainState s = {host_model, &opt->host, loader, rng};
+    if (cpu::checkpoint_load(&s, dir, err, errlen) != 0) { return 1; }
+    llama_upload_params(model, host_model->params_memory);
+    optimizer_upload(opt);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// main: the training loop, the CPU trainer's loop on the device model
+
+// 0 devices, or no driver: say where the CPU trainer is, and exit non-zero
+static void require_gpu_or_exit(void) {
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        fprintf(stderr, "error: no CUDA GPU found (%s). ./train_llama_subtrack needs an NVIDIA GPU; "
+                "on this machine use the CPU trainer: make train_cpu && ./train_llama_subtrack_cpu "
+                "(same flags, data and checkpoints)\n",
+                err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+        exit(EXIT_FAILURE);
+    }
+}
+
+static void train_usage_gpu(FILE* out) {
+    cpu::TrainConfig d;
+    cpu::train_config_defaults(&d);
+    fprintf(out, "usage: ./train_llama_subtrack [flags]\n"
+                 "trains a LLaMA with SubTrack++ (or a baseline) on one GPU; the same flags as "
+                 "./train_llama_subtrack_cpu.\n\n");
+    int num_flags = (int)(sizeof(cpu::TRAIN_FLAGS) / sizeof(cpu::TRAIN_FLAGS[0]));
+    for (int i = 0; i < num_flags; i++) {
+        char v[64];
+        cpu::flag_value_string(&cpu::TRAIN_FLAGS[i], &d, v, sizeof v);
+        fprintf(out, "  %-28s %s (default %s)\n", cpu::TRAIN_FLAGS[i].name, cpu::TRAIN_FLAGS[i].help, v);
+    }
+    fprintf(out, "  %-28s this text\n\npresets:", "--help");
+    int num_presets = (int)(sizeof(cpu::LLAMA_PRESETS) / sizeof(cpu::LLAMA_PRESETS[0]));
+    for (int i = 0; i < num_presets; i++) { fprintf(out, " %s", cpu::LLAMA_PRESETS[i].name); }
+    fprintf(out, "\n");
+}
+
+int train_main(int argc, char** argv) {
+    cpu::TrainConfig t;
+    cpu::train_config_defaults(&t);
+    char err[1024];
+    int parsed = cpu::train_parse_flags(&t, argc, argv, err, sizeof err);
+    if (parsed == 1) { train_usage_gpu(stdout); return 0; }
+    if (parsed < 0) { cpu::fatal("%s", err); }
+    const char* problem = cpu::train_config_problem(&t);
+    if (problem != NULL) { cpu::fatal("%s", problem); }
+    if (strcmp(t.dtype, "float32") != 0) {
+        cpu::fatal("--dtype %s is not implemented in the CUDA trainer yet; use --dtype float32", t.dtype);
+    }
+    require_gpu_or_exit();
+    cpu::LlamaConfig cfg;
+    cpu::llama_config_resolve_or_exit(&cfg, t.model_config);
+    if (t.max_length == 0) {
+        t.max_length = cfg.max_seq_len < DEFAULT_MAX_LENGTH ? cfg.max_seq_len : DEFAULT_MAX_LENGTH;
+    }
+    int B = t.batch_size, T = t.max_length;
+    if (T > cfg.max_seq_len) {
+        cpu::fatal("--max_length %d is above the model's max_seq_len %d (%s); lower --max_length",
+                   T, cfg.max_seq_len, t.model_config);
+    }
+    int accum = t.total_batch_size / B;
+    if (t.save_dir[0] != '\0') { cpu::check_writable_dir_or_exit(t.save_dir); }
+
+    cpu::Decoder dec;
+    cpu::decoder_load_or_exit(&dec, t.decoder_path);
+    if (dec.vocab_size > cfg.V) {
+        cpu::fatal("the tokenizer of %s has %d ids but the model's vocab is %d; use a model_config with "
+                   "vocab_size >= %d", t.decoder_path, dec.vocab_size, cfg.V, dec.vocab_size);
+    }
+    cpu::ShardLoaderConfig tc = {t.train_data, "--train_data", B, T, cfg.V, 0, 1, t.shuffle, (uint64_t)t.seed};
+    cpu::ShardLoaderConfig vc = {t.val_data, "--val_data", B, T, cfg.V, 0, 1, 0, 0};
+    cpu::ShardLoader train_loader, val_loader;
+    cpu::shard_loader_init_or_exit(&train_loader, &tc);
+    cpu::shard_loader_init_or_exit(&val_loader, &vc);
+
+    cublas_init();
+    // the host model holds the fp32 masters for initialisation and checkpoints
+    cpu::Llama host_model;
+    cpu::llama_build(&host_model, &cfg);
+    cpu::llama_init_weights(&host_model, (uint64_t)t.seed);
+    Llama model;
+    llama_build(&model, &cfg);
+    llama_upload_params(&model, host_model.params_memory);
+    Optimizer opt;
+    problem = optimizer_build(&opt, &cfg, &t);
+    if (problem != NULL) { cpu::fatal("%s", problem); }
+    cpu::Rng sample_rng;
+    cpu::rng_seed(&sample_rng, (uint64_t)t.seed + 1000);
+    if (t.continue_from[0] != '\0') {
+        if (checkpoint_load(&model, &opt, &host_model, &train_loader, &sample_rng, t.continue_from,
+                            err, sizeof err) != 0) {
+            cpu::fatal("%s", err);
+        }
+    }
+
+    cudaDeviceProp prop;
+    int device = 0;
+    cuda_check(cudaGetDevice(&device));
+    cuda_check(cudaGetDeviceProperties(&prop, device));
+    cpu::print_settings(&t);
+    printf("model:        %s: V=%d C=%d F=%d NH=%d L=%d max_seq_len=%d\n", t.model_config,
+           cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L, cfg.max_seq_len);
+    printf("device:       %s (compute %d.%d, %d SMs), dtype %s\n", prop.name, prop.major, prop.minor,
+           prop.multiProcessorCount, t.dtype);
+    cpu::llama_memory_report(&cfg, B, T, stdout);
+    size_t full_adamw = 2 * model.num_parameters * sizeof(float);
+    printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB); full AdamW would need %.2f MiB\n",
+           t.optimizer, opt.host.low_rank ? (opt.host.cfg.method == cpu::SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
+           cpu::optimizer_state_bytes(&opt.host) / 1048576.0, 2.0 * opt.host.num_adam * 4 / 1048576.0,
+           opt.host.lowrank_floats * 4.0 / 1048576.0, full_adamw / 1048576.0);
+    printf("data:         %lld train windows, %lld val windows of T+1=%d tokens; %d micro steps of B=%d per step\n",
+           (long long)train_loader.num_windows, (long long)val_loader.num_windows, T + 1, accum, B);
+    if (opt.host.step > 0) { printf("resumed:      from %s at step %d\n", t.continue_from, opt.host.step); }
+    fflush(stdout);
+
+    FILE* log = NULL;
+    if (t.log_file[0] != '\0') {
+        log = fopen(t.log_file, opt.host.step > 0 ? "a" : "w");
+        if (log == NULL) { cpu::fatal("cannot open --log_file %s (%s)", t.log_file, strerror(errno)); }
+        if (opt.host.step == 0) { fprintf(log, "step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s\n"); }
+    }
+
+    int* inputs = (int*)cpu::malloc_check((size_t)B * T * sizeof(int), "inputs");
+    int* targets = (int*)cpu::malloc_check((size_t)B * T * sizeof(int), "targets");
+    double train_seconds = 0.0;
+    int steps_timed = 0;
+    int first_step = opt.host.step;
+    for (int step = first_step; step < t.num_training_steps; step++) {
+        double t0 = cpu::wall_seconds();
+        llama_zero_grad(&model);
+        double loss = 0.0;
+        for (int micro = 0; micro < accum; micro++) {
+            cpu::shard_loader_next_batch_or_exit(&train_loader, inputs, targets);
+            loss += llama_forward(&model, inputs, targets, B, T) / accum;
+            llama_backward(&model, inputs, targets, 1.0f / accum);
+        }
+        double norm = grad_global_norm(model.grads_memory, model.num_parameters);
+        if (!isfinite(loss) || !isfinite(norm)) {
+            fprintf(stderr, "error: the %s is %s at step %d; stopping. ", isfinite(loss) ? "gradient norm" : "loss",
+                    isnan(isfinite(loss) ? norm : loss) ? "NaN" : "Inf", step + 1);
+            if (t.save_dir[0] != '\0') {
+                fprintf(stderr, "the last good checkpoint (if any) is kept in %s/%s. ", t.save_dir, CHECKPOINT_FILE);
+            }
+            fprintf(stderr, "try a lower --lr or --grad_clipping 1\n");
+            exit(EXIT_FAILURE);
+        }
+        if (t.grad_clipping > 0 && norm > t.grad_clipping) {
+            grad_scale(model.grads_memory, model.num_parameters, (float)(t.grad_clipping / norm));
+        }
+        float lr = cpu::lr_at_step(&t, step);
+        optimizer_step(&opt, &model, lr);
+        cuda_check(cudaDeviceSynchronize());  // for the timing
+        double ms = 1e3 * (cpu::wall_seconds() - t0);
+        train_seconds += ms / 1e3;
+        steps_timed++;
+        double tokens_per_s = (double)t.total_batch_size * T / (ms / 1e3);
+        int last = step + 1 == t.num_training_steps;
+
+        if (step == first_step || (step + 1) % t.print_every == 0 || last) {
+            char eta[32];
+            cpu::format_duration(train_seconds / steps_timed * (t.num_training_steps - step - 1), eta, sizeof eta);
+            printf("step %5d/%d | loss %.4f | norm %.3f | lr %.2e | %.1f ms | %.0f tok/s | eta %s\n",
+                   step + 1, t.num_training_steps, loss, norm, lr, ms, tokens_per_s, eta);
+        }
+        float val_loss = NAN;
+        if ((t.eval_every > 0 && (step + 1) % t.eval_every == 0) || last) {
+            val_loss = evaluate(&model, &val_loader, t.eval_batches, inputs, targets);
+            printf("val loss %.4f (perplexity %.2f) at step %d\n", val_loss, exp(val_loss), step + 1);
+        }
+        if ((t.sample_every > 0 && (step + 1) % t.sample_every == 0) || last) {
+            print_sample(&model, &dec, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
+        }
+        if (log != NULL) {
+            fprintf(log, "%d,%.6f,", step + 1, loss);
+            if (!isnan(val_loss)) { fprintf(log, "%.6f", val_loss); }
+            fprintf(log, ",%.6e,%.6f,%.3f,%.1f\n", lr, norm, ms, tokens_per_s);
+            fflush(log);
+        }
+        int stop_now = t.stop_at_step > 0 && step + 1 == t.stop_at_step && !last;
+        if (t.save_dir[0] != '\0' && ((t.save_every > 0 && (step + 1) % t.save_every == 0) || last || stop_now)) {
+            if (checkpoint_save(&model, &opt, &host_model, &train_loader, &sample_rng, t.save_dir,
+                                err, sizeof err) != 0) {
+                cpu::fatal("%s", err);
+            }
+            printf("saved %s/%s at step %d\n", t.save_dir, CHECKPOINT_FILE, step + 1);
+        }
+        fflush(stdout);
+        if (stop_now) {
+            printf("stopping after step %d (--stop_at_step)\n", step + 1);
+            break;
+        }
+    }
+    if (opt.host.low_rank) {
+        printf("subspace updates: %.2f s in total (%s)\n", optimizer_subspace_seconds(&opt),
+               opt.host.cfg.method == cpu::SUBSPACE_GALORE ? "SVD" : "geodesic tracking and moment rotation");
+    }
+    printf("training time: %.1f s for %d steps\n", train_seconds, steps_timed);
+    if (log != NULL) { fclose(log); }
+    free(inputs); free(targets);
+    optimizer_free(&opt);
+    llama_free(&model);
+    cpu::llama_free(&host_model);
+    cpu::shard_loader_free(&train_loader);
+    cpu::shard_loader_free(&val_loader);
+    cpu::decoder_free(&dec);
+    cublas_check(cublasDestroy(g_cublas));
+    g_cublas = NULL;
+    return 0;
+}
+
+#ifndef TESTING
+int main(int argc, char** argv) {
+    return train_main(argc, argv);
+}
+#endif

@@ -17,9 +17,20 @@ the file reads top to bottom:
     4. the optimizers on the device
     5. training: the loop, evaluation, sampling, checkpoints, main
 
-precision: --dtype float32 runs everything in fp32 (cuBLAS with
-CUBLAS_COMPUTE_32F, no TF32), for comparison with the CPU at fp32 accuracy.
---dtype bfloat16 is NOT IMPLEMENTED YET (see dev/wip/README_cuda.md).
+precision (--dtype):
+    bfloat16 (the default here) keeps the activations and their gradients
+        (B,T,*) in bf16 and feeds cuBLAS bf16 matrices with fp32 accumulation
+        (CUBLAS_COMPUTE_32F). the weights stay fp32 masters; a bf16 copy of
+        them, refreshed after every optimizer step, feeds the products. the
+        weight gradients, the optimizer states and S are fp32, and every
+        kernel loads bf16, computes in fp32 registers and rounds once on the
+        store. the small per-row tensors (rstd, losses, log-sum-exp) and the
+        rope tables stay fp32.
+    float32 runs everything in fp32 (cuBLAS with CUBLAS_COMPUTE_32F, no
+        TF32), for comparison with the CPU at fp32 accuracy.
+the kernels of the layers are templates on the activation type X (float or
+__nv_bfloat16), so both are compiled from one source; llama_forward and
+llama_backward pick the instance once, from the model's dtype.
 
 letter legend for shape comments:
     B batch, T sequence, C channels, NH heads, HS head size (C / NH),
@@ -44,6 +55,7 @@ letter legend for shape comments:
 #include <omp.h>
 #endif
 #include <cuda_runtime.h>
+#include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
@@ -108,31 +120,62 @@ static void cublas_init(void) {
     }
 }
 
+// the element type of the activations (--dtype). the weights, their
+// gradients and the optimizer are fp32 in both
+typedef enum { DTYPE_FLOAT32, DTYPE_BFLOAT16 } Dtype;
+typedef __nv_bfloat16 bf16;
+
+static Dtype dtype_from_name(const char* name) {
+    return strcmp(name, "bfloat16") == 0 ? DTYPE_BFLOAT16 : DTYPE_FLOAT32;
+}
+
+static size_t dtype_bytes(Dtype dt) {
+    return dt == DTYPE_BFLOAT16 ? sizeof(bf16) : sizeof(float);
+}
+
+// the cuBLAS type tag of an element type, for the templated launchers
+template <typename X> struct CudaType;
+template <> struct CudaType<float> { static constexpr cudaDataType_t value = CUDA_R_32F; };
+template <> struct CudaType<bf16> { static constexpr cudaDataType_t value = CUDA_R_16BF; };
+
 // the matrix product, row-major, with the CPU gemm's arguments (see
 // cpu::gemm), batched over `batch` matrices spaced by the given strides.
 // cuBLAS is column-major: a row-major (M, N) matrix is a column-major (N, M)
 // one, so C = op(A) op(B) becomes C^T = op(B)^T op(A)^T, i.e. the same call
 // with A and B swapped and M and N swapped; the transpose flags carry over.
-static void gemm_batched(int transA, int transB, int M, int N, int K, float alpha,
-                         const float* A, int lda, long long strideA,
-                         const float* B, int ldb, long long strideB,
-                         float beta, float* Cm, int ldc, long long strideC, int batch) {
+// ab_type is the type of A and B (cuBLAS wants them equal), c_type that of C;
+// the accumulation is fp32 whatever they are (CUBLAS_COMPUTE_32F), and with
+// bf16 inputs C may be fp32 (the weight gradients) or bf16 (activations)
+static void gemm_batched_typed(int transA, int transB, int M, int N, int K, float alpha,
+                               const void* A, int lda, long long strideA,
+                               const void* B, int ldb, long long strideB,
+                               float beta, void* Cm, int ldc, long long strideC, int batch,
+                               cudaDataType_t ab_type, cudaDataType_t c_type) {
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (batch == 1) {
-        cublas_check(cublasGemmEx(g_cublas, opB, opA, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda,
-                                  &beta, Cm, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        cublas_check(cublasGemmEx(g_cublas, opB, opA, N, M, K, &alpha, B, ab_type, ldb, A, ab_type, lda,
+                                  &beta, Cm, c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     } else {
         cublas_check(cublasGemmStridedBatchedEx(g_cublas, opB, opA, N, M, K, &alpha,
-                                                B, CUDA_R_32F, ldb, strideB, A, CUDA_R_32F, lda, strideA,
-                                                &beta, Cm, CUDA_R_32F, ldc, strideC, batch,
+                                                B, ab_type, ldb, strideB, A, ab_type, lda, strideA,
+                                                &beta, Cm, c_type, ldc, strideC, batch,
                                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
 }
 
-void gemm(int transA, int transB, int M, int N, int K, float alpha,
-          const float* A, int lda, const float* B, int ldb,
-          float beta, float* Cm, int ldc) {
+// the same, typed: A, B of type X, C of type Y
+template <typename X, typename Y>
+static void gemm_batched(int transA, int transB, int M, int N, int K, float alpha,
+                         const X* A, int lda, long long strideA, const X* B, int ldb, long long strideB,
+                         float beta, Y* Cm, int ldc, long long strideC, int batch) {
+    gemm_batched_typed(transA, transB, M, N, K, alpha, A, lda, strideA, B, ldb, strideB, beta, Cm, ldc, strideC,
+                       batch, CudaType<X>::value, CudaType<Y>::value);
+}
+
+template <typename X, typename Y>
+static void gemm(int transA, int transB, int M, int N, int K, float alpha,
+                 const X* A, int lda, const X* B, int ldb, float beta, Y* Cm, int ldc) {
     gemm_batched(transA, transB, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, Cm, ldc, 0, 1);
 }
 
@@ -179,79 +222,107 @@ __device__ float block_max(float x, float* shared) {
 
 // ----------------------------------------------------------------------------
 // the layers: kernels. each launcher below has the CPU twin's name and arguments.
+//
+// the kernels are templates on X, the element type of the activations and
+// their gradients (float or bf16). every value is loaded with to_float,
+// computed on in fp32 registers and rounded once, by from_float, on the
+// store; with X = float both are the identity, so the fp32 build does the
+// very arithmetic of a float-only kernel. weights read by a kernel (norm
+// weights, the embedding table) are the fp32 masters.
 
 #define BLOCK_ELEMENTWISE 256
 #define BLOCK_ROWS 256      // rmsnorm and softmax: one warp per row, 8 rows per block
 #define BLOCK_CE 512        // cross-entropy: one block per row of V logits
 #define BLOCK_COLUMNS 256   // per-channel sums over rows (weight gradients)
 
-__global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, int BT, int C) {
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(bf16 x) { return __bfloat162float(x); }
+
+// round to nearest even (the bf16 conversion); fp32 is stored as is
+template <typename X> __device__ __forceinline__ X from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16(x); }
+
+template <typename X>
+__global__ void encoder_forward_kernel(X* out, const int* inp, const float* wte, int BT, int C) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)BT * C) { return; }
     size_t i = idx / C, c = idx % C;
-    out[idx] = wte[(size_t)inp[i] * C + c];
+    out[idx] = from_float<X>(wte[(size_t)inp[i] * C + c]);
 }
 
 // one thread per channel walks the rows in order: no atomics, and the same
 // order of additions as the CPU, so two positions sharing a token sum
 // deterministically. (BT sequential steps per thread; it is a small part of
 // the step, and deterministic resume needs a fixed order.)
-__global__ void encoder_backward_kernel(float* dwte, const float* dout, const int* inp, int BT, int C) {
+template <typename X>
+__global__ void encoder_backward_kernel(float* dwte, const X* dout, const int* inp, int BT, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) { return; }
     for (int i = 0; i < BT; i++) {
-        dwte[(size_t)inp[i] * C + c] += dout[(size_t)i * C + c];
+        dwte[(size_t)inp[i] * C + c] += to_float(dout[(size_t)i * C + c]);
     }
 }
 
 // one warp per row
-__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp, const float* weight,
+template <typename X>
+__global__ void rmsnorm_forward_kernel(X* out, float* rstd, const X* inp, const float* weight,
                                        int BT, int C, float eps) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= BT) { return; }  // whole warps leave together: the shuffles stay full
-    const float* x = inp + (size_t)row * C;
-    float* o = out + (size_t)row * C;
+    const X* x = inp + (size_t)row * C;
+    X* o = out + (size_t)row * C;
     float ss = 0.0f;
-    for (int c = lane; c < C; c += WARP_SIZE) { ss += x[c] * x[c]; }
+    for (int c = lane; c < C; c += WARP_SIZE) {
+        float xc = to_float(x[c]);
+        ss += xc * xc;
+    }
     ss = warp_sum(ss);
     float s = rsqrtf(ss / C + eps);
-    for (int c = lane; c < C; c += WARP_SIZE) { o[c] = (x[c] * s) * weight[c]; }
+    for (int c = lane; c < C; c += WARP_SIZE) { o[c] = from_float<X>((to_float(x[c]) * s) * weight[c]); }
     if (lane == 0) { rstd[row] = s; }
 }
 
 // in the forward pass o = w * x * s with s = (mean(x^2)+eps)^-1/2, so
 // dx = s * (w*do) - x * s^3 / C * sum(w*do*x); one warp per row, += into dinp
-__global__ void rmsnorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
+template <typename X>
+__global__ void rmsnorm_backward_dinp_kernel(X* dinp, const X* dout, const X* inp,
                                              const float* weight, const float* rstd, int BT, int C) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= BT) { return; }
-    const float* x = inp + (size_t)row * C;
-    const float* g = dout + (size_t)row * C;
-    float* dx = dinp + (size_t)row * C;
+    const X* x = inp + (size_t)row * C;
+    const X* g = dout + (size_t)row * C;
+    X* dx = dinp + (size_t)row * C;
     float s = rstd[row];
     float dot = 0.0f;
-    for (int c = lane; c < C; c += WARP_SIZE) { dot += weight[c] * g[c] * x[c]; }
+    for (int c = lane; c < C; c += WARP_SIZE) { dot += weight[c] * to_float(g[c]) * to_float(x[c]); }
     dot = warp_sum(dot);
     float k = dot * s * s * s / C;
-    for (int c = lane; c < C; c += WARP_SIZE) { dx[c] += s * weight[c] * g[c] - k * x[c]; }
+    for (int c = lane; c < C; c += WARP_SIZE) {
+        dx[c] = from_float<X>(to_float(dx[c]) + (s * weight[c] * to_float(g[c]) - k * to_float(x[c])));
+    }
 }
 
 // dweight[c] += sum over rows of dout * inp * rstd: one thread per channel,
 // rows in order (coalesced across the warp's channels), like the CPU
-__global__ void rmsnorm_backward_dweight_kernel(float* dweight, const float* dout, const float* inp,
+template <typename X>
+__global__ void rmsnorm_backward_dweight_kernel(float* dweight, const X* dout, const X* inp,
                                                 const float* rstd, int BT, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) { return; }
     float acc = 0.0f;
-    for (int i = 0; i < BT; i++) { acc += dout[(size_t)i * C + c] * inp[(size_t)i * C + c] * rstd[i]; }
+    for (int i = 0; i < BT; i++) {
+        acc += to_float(dout[(size_t)i * C + c]) * to_float(inp[(size_t)i * C + c]) * rstd[i];
+    }
     dweight[c] += acc;
 }
 
 // rotate-half rope: channel i pairs with i + HS/2 in each head. one thread
 // per pair; in and out may alias (each thread reads its pair before writing)
-__global__ void rope_kernel(float* out, const float* inp, const float* cos_table, const float* sin_table,
+template <typename X>
+__global__ void rope_kernel(X* out, const X* inp, const float* cos_table, const float* sin_table,
                             int B, int T, int NH, int HS, float direction) {
     int half = HS / 2;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -261,113 +332,125 @@ __global__ void rope_kernel(float* out, const float* inp, const float* cos_table
     int t = (int)((bth / NH) % T);
     float cs = cos_table[(size_t)t * half + i];
     float sn = direction * sin_table[(size_t)t * half + i];
-    const float* x = inp + bth * HS;
-    float* o = out + bth * HS;
-    float x1 = x[i], x2 = x[i + half];
-    o[i] = x1 * cs - x2 * sn;
-    o[i + half] = x2 * cs + x1 * sn;
+    const X* x = inp + bth * HS;
+    X* o = out + bth * HS;
+    float x1 = to_float(x[i]), x2 = to_float(x[i + half]);
+    o[i] = from_float<X>(x1 * cs - x2 * sn);
+    o[i + half] = from_float<X>(x2 * cs + x1 * sn);
 }
 
 // causal softmax of the scores, in place, one warp per row (b, h, t) of
 // length T: entries t2 <= t get softmax, the rest 0 (the masked triangle the
-// batched products filled)
-__global__ void causal_softmax_kernel(float* att, int rows, int T) {
+// batched products filled). the exponentials are computed twice rather than
+// stored between the passes, so a bf16 row is rounded once, at the end
+template <typename X>
+__global__ void causal_softmax_kernel(X* att, int rows, int T) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= rows) { return; }
     int t = row % T;
-    float* a = att + (size_t)row * T;
+    X* a = att + (size_t)row * T;
     float maxv = -INFINITY;
-    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { maxv = fmaxf(maxv, a[t2]); }
+    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { maxv = fmaxf(maxv, to_float(a[t2])); }
     maxv = warp_max(maxv);
     float sum = 0.0f;
-    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) {
-        float e = expf(a[t2] - maxv);
-        a[t2] = e;
-        sum += e;
-    }
+    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { sum += expf(to_float(a[t2]) - maxv); }
     sum = warp_sum(sum);
     float inv = 1.0f / sum;
-    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) { a[t2] = t2 <= t ? a[t2] * inv : 0.0f; }
+    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) {
+        a[t2] = from_float<X>(t2 <= t ? expf(to_float(a[t2]) - maxv) * inv : 0.0f);
+    }
 }
 
 // softmax backward in place: ds = att * (datt - sum(att * datt)); one warp per row
-__global__ void softmax_backward_kernel(float* datt, const float* att, int rows, int T) {
+template <typename X>
+__global__ void softmax_backward_kernel(X* datt, const X* att, int rows, int T) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= rows) { return; }
     int t = row % T;
-    const float* a = att + (size_t)row * T;
-    float* d = datt + (size_t)row * T;
+    const X* a = att + (size_t)row * T;
+    X* d = datt + (size_t)row * T;
     float dot = 0.0f;
-    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { dot += a[t2] * d[t2]; }
+    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { dot += to_float(a[t2]) * to_float(d[t2]); }
     dot = warp_sum(dot);
-    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) { d[t2] = a[t2] * (d[t2] - dot); }
+    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) { d[t2] = from_float<X>(to_float(a[t2]) * (to_float(d[t2]) - dot)); }
 }
 
-__global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, size_t N) {
+template <typename X>
+__global__ void swiglu_forward_kernel(X* out, const X* gate, const X* up, size_t N) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) { return; }
-    float g = gate[i];
+    float g = to_float(gate[i]);
     float sig = 1.0f / (1.0f + expf(-g));
-    out[i] = g * sig * up[i];
+    out[i] = from_float<X>(g * sig * to_float(up[i]));
 }
 
 // d silu(g)/dg = sig * (1 + g * (1 - sig)); dup may alias dout
-__global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate,
-                                       const float* up, size_t N) {
+template <typename X>
+__global__ void swiglu_backward_kernel(X* dgate, X* dup, const X* dout, const X* gate, const X* up, size_t N) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) { return; }
-    float g = gate[i], u = up[i], go = dout[i];
+    float g = to_float(gate[i]), u = to_float(up[i]), go = to_float(dout[i]);
     float sig = 1.0f / (1.0f + expf(-g));
-    dup[i] = go * g * sig;
-    dgate[i] = go * u * sig * (1.0f + g * (1.0f - sig));
+    dup[i] = from_float<X>(go * g * sig);
+    dgate[i] = from_float<X>(go * u * sig * (1.0f + g * (1.0f - sig)));
 }
 
-__global__ void residual_forward_kernel(float* out, const float* inp1, const float* inp2, size_t N) {
+template <typename X>
+__global__ void residual_forward_kernel(X* out, const X* inp1, const X* inp2, size_t N) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < N) { out[i] = inp1[i] + inp2[i]; }
+    if (i < N) { out[i] = from_float<X>(to_float(inp1[i]) + to_float(inp2[i])); }
 }
 
-__global__ void residual_backward_kernel(float* dinp, const float* dout, size_t N) {
+template <typename X>
+__global__ void residual_backward_kernel(X* dinp, const X* dout, size_t N) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < N) { dinp[i] += dout[i]; }
+    if (i < N) { dinp[i] = from_float<X>(to_float(dinp[i]) + to_float(dout[i])); }
 }
 
-// one block per row of V logits: the log-sum-exp and the row's loss. the
-// logits stay; the backward later overwrites them with their gradient
-__global__ void crossentropy_forward_kernel(float* losses, float* lse, const float* logits, const int* targets,
+// one block per row of V logits: the log-sum-exp and the row's loss, in fp32
+// whatever X is. the logits stay; the backward later overwrites them with their gradient
+template <typename X>
+__global__ void crossentropy_forward_kernel(float* losses, float* lse, const X* logits, const int* targets,
                                             int BT, int V) {
     __shared__ float scratch[WARP_SIZE];
     int row = blockIdx.x;
-    const float* x = logits + (size_t)row * V;
+    const X* x = logits + (size_t)row * V;
     float maxv = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) { maxv = fmaxf(maxv, x[j]); }
+    for (int j = threadIdx.x; j < V; j += blockDim.x) { maxv = fmaxf(maxv, to_float(x[j])); }
     maxv = block_max(maxv, scratch);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) { sum += expf(x[j] - maxv); }
+    for (int j = threadIdx.x; j < V; j += blockDim.x) { sum += expf(to_float(x[j]) - maxv); }
     sum = block_sum(sum, scratch);
     if (threadIdx.x == 0) {
         float l = maxv + logf(sum);
         lse[row] = l;
         int tgt = targets[row];
-        losses[row] = tgt == IGNORE_INDEX ? 0.0f : l - x[tgt];
+        losses[row] = tgt == IGNORE_INDEX ? 0.0f : l - to_float(x[tgt]);
     }
 }
 
 // dlogits = (softmax - onehot) * dloss, written over the logits in place;
 // rows whose target is ignored get 0
-__global__ void crossentropy_softmax_backward_kernel(float* dlogits, const float* logits, const float* lse,
+template <typename X>
+__global__ void crossentropy_softmax_backward_kernel(X* dlogits, const X* logits, const float* lse,
                                                      const int* targets, float dloss, int BT, int V) {
     int row = blockIdx.x;
-    const float* x = logits + (size_t)row * V;
-    float* d = dlogits + (size_t)row * V;
+    const X* x = logits + (size_t)row * V;
+    X* d = dlogits + (size_t)row * V;
     int tgt = targets[row];
     float m = lse[row];
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float g = tgt == IGNORE_INDEX ? 0.0f : expf(x[j] - m) * dloss;
-        d[j] = j == tgt ? g - dloss : g;
+        float g = tgt == IGNORE_INDEX ? 0.0f : expf(to_float(x[j]) - m) * dloss;
+        d[j] = from_float<X>(j == tgt ? g - dloss : g);
     }
+}
+
+// the bf16 copy of the fp32 masters that the matrix products read
+__global__ void float_to_bf16_kernel(bf16* out, const float* inp, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { out[i] = __float2bfloat16(inp[i]); }
 }
 
 // squared norm of fixed chunks of the gradient, in double; the host adds the
@@ -395,28 +478,35 @@ __global__ void scale_kernel(float* x, size_t n, float s) {
 
 // ----------------------------------------------------------------------------
 // the layers: launchers, with the CPU twins' names and arguments. every
-// pointer is a device pointer.
+// pointer is a device pointer. the launchers are templates on X like their
+// kernels: the activation pointers are X* (float or bf16), so the element
+// type rides on the pointers and no dtype argument is needed; weights and
+// weight gradients, per-row statistics and the rope tables are fp32 always.
 
-void encoder_forward(float* out, const int* inp, const float* wte, int BT, int C) {
-    // out (B,T,C), inp (B,T), wte (V,C)
+template <typename X>
+void encoder_forward(X* out, const int* inp, const float* wte, int BT, int C) {
+    // out (B,T,C), inp (B,T), wte (V,C) the fp32 masters
     encoder_forward_kernel<<<ceil_div((size_t)BT * C, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, wte, BT, C);
     launch_check();
 }
 
-void encoder_backward(float* dwte, const float* dout, const int* inp, int BT, int C) {
+template <typename X>
+void encoder_backward(float* dwte, const X* dout, const int* inp, int BT, int C) {
     // dwte (V,C) accumulated, dout (B,T,C)
     encoder_backward_kernel<<<ceil_div(C, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(dwte, dout, inp, BT, C);
     launch_check();
 }
 
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int BT, int C, float eps) {
+template <typename X>
+void rmsnorm_forward(X* out, float* rstd, const X* inp, const float* weight, int BT, int C, float eps) {
     // out (B,T,C), rstd (B,T), inp (B,T,C), weight (C)
     int rows_per_block = BLOCK_ROWS / WARP_SIZE;
     rmsnorm_forward_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(out, rstd, inp, weight, BT, C, eps);
     launch_check();
 }
 
-void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+template <typename X>
+void rmsnorm_backward(X* dinp, float* dweight, const X* dout, const X* inp,
                       const float* weight, const float* rstd, int BT, int C) {
     // dinp (B,T,C) accumulated (+=), dweight (C) accumulated, dout, inp (B,T,C), rstd (B,T)
     int rows_per_block = BLOCK_ROWS / WARP_SIZE;
@@ -426,19 +516,26 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
     launch_check();
 }
 
-void matmul_forward(float* out, const float* inp, const float* weight, int BT, int C, int OC) {
+// weight: the X copy of the masters (the masters themselves in fp32)
+template <typename X>
+void matmul_forward(X* out, const X* inp, const X* weight, int BT, int C, int OC) {
     // out (B,T,OC), inp (B,T,C), weight (OC,C): out = inp @ weight^T
     gemm(0, 1, BT, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
 }
 
-void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp,
-                     const float* weight, int BT, int C, int OC) {
+// the weight gradient is fp32 whatever X is: cuBLAS reads X, accumulates in
+// fp32 and adds into the fp32 dweight, so accumulation over micro-batches
+// never rounds to bf16
+template <typename X>
+void matmul_backward(X* dinp, float* dweight, const X* dout, const X* inp,
+                     const X* weight, int BT, int C, int OC) {
     // dinp (B,T,C) written (=), dweight (OC,C) accumulated, dout (B,T,OC)
     gemm(0, 0, BT, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
     gemm(1, 0, OC, C, BT, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
 }
 
-void rope_forward(float* out, const float* inp, const float* cos_table, const float* sin_table,
+template <typename X>
+void rope_forward(X* out, const X* inp, const float* cos_table, const float* sin_table,
                   int B, int T, int NH, int HS) {
     // out, inp (B,T,NH,HS) may alias; tables (T, HS/2)
     size_t pairs = (size_t)B * T * NH * (HS / 2);
@@ -447,7 +544,8 @@ void rope_forward(float* out, const float* inp, const float* cos_table, const fl
     launch_check();
 }
 
-void rope_backward(float* dinp, const float* dout, const float* cos_table, const float* sin_table,
+template <typename X>
+void rope_backward(X* dinp, const X* dout, const float* cos_table, const float* sin_table,
                    int B, int T, int NH, int HS) {
     // the rotation is orthogonal, so its backward is the rotation by the negative angle
     size_t pairs = (size_t)B * T * NH * (HS / 2);
@@ -463,8 +561,10 @@ void rope_backward(float* dinp, const float* dout, const float* cos_table, const
 // over a fused (flash) kernel because it is short, exact in fp32, and mirrors
 // the CPU code line by line; it keeps the (B,NH,T,T) probabilities, which the
 // CPU model saves too. the products fill the masked upper triangle, which the
-// softmax then zeroes.
-void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+// softmax then zeroes. in bf16 the scores are rounded to bf16 on their way
+// to the softmax, which works in fp32.
+template <typename X>
+void attention_forward(X* out, X* att, const X* q, const X* k, const X* v,
                        int B, int T, int NH, int HS) {
     // out (B,T,NH,HS), att (B,NH,T,T) probabilities; q, k, v (B,T,NH,HS)
     int C = NH * HS;
@@ -472,7 +572,7 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
     long long tt = (long long)T * T;
     for (int b = 0; b < B; b++) {
         size_t off = (size_t)b * T * C;
-        float* a = att + (size_t)b * NH * tt;
+        X* a = att + (size_t)b * NH * tt;
         // scores (T, T) = q_h @ k_h^T * scale, for every head h
         gemm_batched(0, 1, T, T, HS, scale, q + off, C, HS, k + off, C, HS, 0.0f, a, T, tt, NH);
     }
@@ -481,14 +581,15 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
     launch_check();
     for (int b = 0; b < B; b++) {
         size_t off = (size_t)b * T * C;
-        const float* a = att + (size_t)b * NH * tt;
+        const X* a = att + (size_t)b * NH * tt;
         // out_h (T, HS) = att @ v_h
         gemm_batched(0, 0, T, HS, T, 1.0f, a, T, tt, v + off, C, HS, 0.0f, out + off, C, HS, NH);
     }
 }
 
-void attention_backward(float* dq, float* dk, float* dv, float* datt, const float* dout,
-                        const float* q, const float* k, const float* v, const float* att,
+template <typename X>
+void attention_backward(X* dq, X* dk, X* dv, X* datt, const X* dout,
+                        const X* q, const X* k, const X* v, const X* att,
                         int B, int T, int NH, int HS) {
     // dq, dk, dv (B,T,NH,HS) written (=); datt (B,NH,T,T) scratch
     int C = NH * HS;
@@ -496,8 +597,8 @@ void attention_backward(float* dq, float* dk, float* dv, float* datt, const floa
     long long tt = (long long)T * T;
     for (int b = 0; b < B; b++) {
         size_t off = (size_t)b * T * C;
-        const float* a = att + (size_t)b * NH * tt;
-        float* da = datt + (size_t)b * NH * tt;
+        const X* a = att + (size_t)b * NH * tt;
+        X* da = datt + (size_t)b * NH * tt;
         // forward was out = att @ v: datt = dout @ v^T, dv = att^T @ dout
         gemm_batched(0, 1, T, T, HS, 1.0f, dout + off, C, HS, v + off, C, HS, 0.0f, da, T, tt, NH);
         gemm_batched(1, 0, T, HS, T, 1.0f, a, T, tt, dout + off, C, HS, 0.0f, dv + off, C, HS, NH);
@@ -507,31 +608,35 @@ void attention_backward(float* dq, float* dk, float* dv, float* datt, const floa
     launch_check();
     for (int b = 0; b < B; b++) {
         size_t off = (size_t)b * T * C;
-        const float* da = datt + (size_t)b * NH * tt;
+        const X* da = datt + (size_t)b * NH * tt;
         // scores were q @ k^T * scale: dq = ds @ k * scale, dk = ds^T @ q * scale
         gemm_batched(0, 0, T, HS, T, scale, da, T, tt, k + off, C, HS, 0.0f, dq + off, C, HS, NH);
         gemm_batched(1, 0, T, HS, T, scale, da, T, tt, q + off, C, HS, 0.0f, dk + off, C, HS, NH);
     }
 }
 
-void swiglu_forward(float* out, const float* gate, const float* up, size_t N) {
+template <typename X>
+void swiglu_forward(X* out, const X* gate, const X* up, size_t N) {
     // out, gate, up (B,T,F)
     swiglu_forward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, gate, up, N);
     launch_check();
 }
 
-void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, size_t N) {
+template <typename X>
+void swiglu_backward(X* dgate, X* dup, const X* dout, const X* gate, const X* up, size_t N) {
     // dgate, dup (B,T,F) written (=); dup may alias dout
     swiglu_backward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dgate, dup, dout, gate, up, N);
     launch_check();
 }
 
-void residual_forward(float* out, const float* inp1, const float* inp2, size_t N) {
+template <typename X>
+void residual_forward(X* out, const X* inp1, const X* inp2, size_t N) {
     residual_forward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp1, inp2, N);
     launch_check();
 }
 
-void residual_backward(float* dinp, const float* dout, size_t N) {
+template <typename X>
+void residual_backward(X* dinp, const X* dout, size_t N) {
     residual_backward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dinp, dout, N);
     launch_check();
 }
@@ -549,7 +654,8 @@ static float mean_loss_on_host(const float* losses, const int* targets_host, int
     return count > 0 ? (float)(total / count) : 0.0f;
 }
 
-float crossentropy_forward(float* losses, float* lse, const float* logits, const int* targets, int BT, int V) {
+template <typename X>
+float crossentropy_forward(float* losses, float* lse, const X* logits, const int* targets, int BT, int V) {
     // losses (B,T), lse (B,T), logits (B,T,V), targets (B,T); returns the mean loss
     crossentropy_forward_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
     launch_check();
@@ -562,7 +668,8 @@ float crossentropy_forward(float* losses, float* lse, const float* logits, const
     return mean;
 }
 
-void crossentropy_softmax_backward(float* dlogits, const float* logits, const float* lse,
+template <typename X>
+void crossentropy_softmax_backward(X* dlogits, const X* logits, const float* lse,
                                    const int* targets, float dloss, int BT, int V) {
     // dlogits (B,T,V) written (=), may alias logits
     crossentropy_softmax_backward_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V);
@@ -593,49 +700,144 @@ void grad_scale(float* grads, size_t n, float s) {
 // gradient scratch as the CPU model (cpu::parameter_table, activation_sizes,
 // grad_scratch_sizes), so the pointer structs are the CPU ones, pointing into
 // device memory.
+//
+// with --dtype bfloat16 the activations and the gradient scratch are bf16,
+// except the fp32 ones listed in activation_stays_fp32 below. their pointers
+// still sit in the CPU structs' float* fields, so they are read through
+// act<X>(), which gives the field its real type; in fp32 act<float> is a no-op.
 
 typedef struct {
     cpu::LlamaConfig config;
+    Dtype dtype;                   // of the activations (--dtype)
     int B, T;                      // the batch shape the activations are sized for
     cpu::ParameterTensors params;  // device pointers into params_memory
     float* params_memory;          // (num_parameters) fp32 masters
+    bf16* params_bf16;             // (num_parameters) bf16 copy the products read; NULL in fp32
     cpu::ParameterTensors grads;
-    float* grads_memory;           // (num_parameters)
+    float* grads_memory;           // (num_parameters) fp32 in both dtypes
     size_t num_parameters;
-    cpu::ActivationTensors acts;
-    float* acts_memory;
-    size_t num_activations;
-    cpu::GradScratch scratch;
-    float* scratch_memory;
-    size_t num_scratch;
+    cpu::ActivationTensors acts;   // dtype, or fp32 (activation_stays_fp32)
+    void* acts_memory;
+    size_t acts_bytes;
+    cpu::GradScratch scratch;      // dtype, all of it
+    void* scratch_memory;
+    size_t scratch_bytes;
     int* inputs;                   // (B,T) device copy of the batch
     int* targets;                  // (B,T)
     float* logits_host;            // (B,T,V) host copy for sampling, on demand
     float mean_loss;
 } Llama;
 
-void llama_build(Llama* model, const cpu::LlamaConfig* c) {
+// an activation or scratch field, as the type it really has
+template <typename X> static X* act(float* p) { return reinterpret_cast<X*>(p); }
+
+// the activations that are fp32 whatever the dtype: per-row statistics that
+// the backward divides by, the losses and log-sum-exps the loss is summed
+// from (all (B,T) or (L,B,T): small), and the rope tables
+static int activation_stays_fp32(int i) {
+    static const size_t fp32_fields[] = {
+        offsetof(cpu::ActivationTensors, attn_rstd), offsetof(cpu::ActivationTensors, mlp_rstd),
+        offsetof(cpu::ActivationTensors, final_rstd), offsetof(cpu::ActivationTensors, losses),
+        offsetof(cpu::ActivationTensors, lse), offsetof(cpu::ActivationTensors, rope_cs),
+    };
+    for (size_t k = 0; k < sizeof fp32_fields / sizeof fp32_fields[0]; k++) {
+        if (fp32_fields[k] == (size_t)i * sizeof(float*)) { return 1; }
+    }
+    return 0;
+}
+
+// cpu::point_into with an element size per tensor (bytes[i]); every tensor
+// starts 16-byte aligned. returns the total bytes
+#define TENSOR_ALIGN 16
+static size_t point_into_bytes(float** ptrs, const size_t* sizes, const size_t* bytes, int n, void* memory) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (memory != NULL) { ptrs[i] = (float*)((char*)memory + total); }
+        total += (sizes[i] * bytes[i] + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
+    }
+    return total;
+}
+
+// the device bytes of the activations and the gradient scratch at (B, T)
+static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[NUM_ACTIVATION_TENSORS],
+                              size_t gsz[NUM_GRAD_SCRATCH_TENSORS], size_t gbytes[NUM_GRAD_SCRATCH_TENSORS],
+                              const cpu::LlamaConfig* c, int B, int T, Dtype dt) {
+    cpu::activation_sizes(asz, c, B, T);
+    cpu::grad_scratch_sizes(gsz, c, B, T);
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) { abytes[i] = activation_stays_fp32(i) ? sizeof(float) : dtype_bytes(dt); }
+    for (int i = 0; i < NUM_GRAD_SCRATCH_TENSORS; i++) { gbytes[i] = dtype_bytes(dt); }
+}
+
+size_t llama_activation_bytes(const cpu::LlamaConfig* c, int B, int T, Dtype dt) {
+    size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
+           gb[NUM_GRAD_SCRATCH_TENSORS];
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt);
+    return point_into_bytes(NULL, asz, ab, NUM_ACTIVATION_TENSORS, NULL) +
+           point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS, NULL);
+}
+
+// dtype: an argument the CPU twin does not have (it is fp32 only), last
+void llama_build(Llama* model, const cpu::LlamaConfig* c, Dtype dtype) {
     const char* problem = cpu::llama_config_problem(c);
     if (problem != NULL) { cpu::fatal("invalid model config: %s", problem); }
     memset(model, 0, sizeof *model);
     model->config = *c;
+    model->dtype = dtype;
     model->num_parameters = cpu::parameter_count(c);
     model->params_memory = (float*)device_malloc(model->num_parameters * sizeof(float), "parameters");
     model->grads_memory = (float*)device_malloc(model->num_parameters * sizeof(float), "gradients");
     cuda_check(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    if (dtype == DTYPE_BFLOAT16) {
+        model->params_bf16 = (bf16*)device_malloc(model->num_parameters * sizeof(bf16), "bf16 parameter copy");
+        cuda_check(cudaMemset(model->params_bf16, 0, model->num_parameters * sizeof(bf16)));
+    }
     cpu::parameter_point_into(&model->params, model->params_memory, c);
     cpu::parameter_point_into(&model->grads, model->grads_memory, c);
+}
+
+// the bf16 copy from the masters: after every change of the masters (an
+// optimizer step, an upload). a no-op in fp32
+void llama_refresh_param_copy(Llama* model) {
+    if (model->params_bf16 == NULL) { return; }
+    size_t n = model->num_parameters;
+    float_to_bf16_kernel<<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(model->params_bf16,
+                                                                               model->params_memory, n);
+    launch_check();
+}
+
+// the weights a matrix product reads, for the master tensor `master`: the
+// master itself in fp32, its place in the bf16 copy in bf16
+template <typename X> static const X* matmul_weight(const Llama* model, const float* master);
+template <> const float* matmul_weight<float>(const Llama* model, const float* master) {
+    (void)model;
+    return master;
+}
+template <> const bf16* matmul_weight<bf16>(const Llama* model, const float* master) {
+    return model->params_bf16 + (master - model->params_memory);
 }
 
 // the fp32 masters from the host (initialisation, checkpoints, tests)
 void llama_upload_params(Llama* model, const float* params_host) {
     cuda_check(cudaMemcpy(model->params_memory, params_host, model->num_parameters * sizeof(float),
                           cudaMemcpyHostToDevice));
+    llama_refresh_param_copy(model);
 }
 
 void llama_download_params(const Llama* model, float* params_host) {
     cuda_check(cudaMemcpy(params_host, model->params_memory, model->num_parameters * sizeof(float),
                           cudaMemcpyDeviceToHost));
+}
+
+// n elements of type dt on the device to fp32 on the host (logits for sampling, tests)
+void device_to_host_float(float* host, const void* device, size_t n, Dtype dt) {
+    if (dt == DTYPE_FLOAT32) {
+        cuda_check(cudaMemcpy(host, device, n * sizeof(float), cudaMemcpyDeviceToHost));
+        return;
+    }
+    bf16* tmp = (bf16*)cpu::malloc_check(n * sizeof(bf16), "bf16 copy");
+    cuda_check(cudaMemcpy(tmp, device, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++) { host[i] = __bfloat162float(tmp[i]); }
+    free(tmp);
 }
 
 void llama_alloc_activations(Llama* model, int B, int T) {
@@ -651,19 +853,19 @@ void llama_alloc_activations(Llama* model, int B, int T) {
         cuda_check(cudaFree(model->targets));
         free(model->logits_host);
     }
-    size_t asz[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS];
-    cpu::activation_sizes(asz, c, B, T);
-    cpu::grad_scratch_sizes(gsz, c, B, T);
-    model->num_activations = cpu::point_into(NULL, asz, NUM_ACTIVATION_TENSORS, NULL);
-    model->num_scratch = cpu::point_into(NULL, gsz, NUM_GRAD_SCRATCH_TENSORS, NULL);
-    model->acts_memory = (float*)device_malloc(model->num_activations * sizeof(float), "activations");
-    model->scratch_memory = (float*)device_malloc(model->num_scratch * sizeof(float), "gradient scratch");
+    size_t asz[NUM_ACTIVATION_TENSORS], abytes[NUM_ACTIVATION_TENSORS];
+    size_t gsz[NUM_GRAD_SCRATCH_TENSORS], gbytes[NUM_GRAD_SCRATCH_TENSORS];
+    activation_layout(asz, abytes, gsz, gbytes, c, B, T, model->dtype);
+    model->acts_bytes = point_into_bytes(NULL, asz, abytes, NUM_ACTIVATION_TENSORS, NULL);
+    model->scratch_bytes = point_into_bytes(NULL, gsz, gbytes, NUM_GRAD_SCRATCH_TENSORS, NULL);
+    model->acts_memory = device_malloc(model->acts_bytes, "activations");
+    model->scratch_memory = device_malloc(model->scratch_bytes, "gradient scratch");
     // zeroed like the CPU's calloc: the masked triangle of att is written
     // anyway, but nothing should ever read uninitialised memory
-    cuda_check(cudaMemset(model->acts_memory, 0, model->num_activations * sizeof(float)));
-    cuda_check(cudaMemset(model->scratch_memory, 0, model->num_scratch * sizeof(float)));
-    cpu::point_into((float**)&model->acts, asz, NUM_ACTIVATION_TENSORS, model->acts_memory);
-    cpu::point_into((float**)&model->scratch, gsz, NUM_GRAD_SCRATCH_TENSORS, model->scratch_memory);
+    cuda_check(cudaMemset(model->acts_memory, 0, model->acts_bytes));
+    cuda_check(cudaMemset(model->scratch_memory, 0, model->scratch_bytes));
+    point_into_bytes((float**)&model->acts, asz, abytes, NUM_ACTIVATION_TENSORS, model->acts_memory);
+    point_into_bytes((float**)&model->scratch, gsz, gbytes, NUM_GRAD_SCRATCH_TENSORS, model->scratch_memory);
     model->inputs = (int*)device_malloc((size_t)B * T * sizeof(int), "inputs");
     model->targets = (int*)device_malloc((size_t)B * T * sizeof(int), "targets");
     model->logits_host = NULL;
@@ -681,6 +883,7 @@ void llama_alloc_activations(Llama* model, int B, int T) {
 void llama_free(Llama* model) {
     cuda_check(cudaFree(model->params_memory));
     cuda_check(cudaFree(model->grads_memory));
+    if (model->params_bf16 != NULL) { cuda_check(cudaFree(model->params_bf16)); }
     if (model->acts_memory != NULL) {
         cuda_check(cudaFree(model->acts_memory));
         cuda_check(cudaFree(model->scratch_memory));
@@ -691,61 +894,72 @@ void llama_free(Llama* model) {
     memset(model, 0, sizeof *model);
 }
 
-// inputs, targets: HOST arrays (B,T), as the loader gives them; targets may
-// be NULL. returns the mean loss (0 without targets); the logits stay on the
-// device in acts.logits
-float llama_forward(Llama* model, const int* inputs, const int* targets, int B, int T) {
-    llama_alloc_activations(model, B, T);
+// the forward for one activation type X; llama_forward below picks X
+template <typename X>
+static void llama_forward_typed(Llama* model, int B, int T) {
     const cpu::LlamaConfig* c = &model->config;
     int L = c->L, C = c->C, F = c->F, NH = c->NH, V = c->V, HS = C / NH, BT = B * T;
-    cuda_check(cudaMemcpy(model->inputs, inputs, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets != NULL) {
-        cuda_check(cudaMemcpy(model->targets, targets, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
-    }
     cpu::ParameterTensors p = model->params;
     cpu::ActivationTensors a = model->acts;
     const float* cos_t = a.rope_cs;
     const float* sin_t = a.rope_cs + (size_t)T * (HS / 2);
     size_t btc = (size_t)BT * C, btf = (size_t)BT * F;
 
-    encoder_forward(a.resid, model->inputs, p.tok_embeddings, BT, C);
+    encoder_forward(act<X>(a.resid), model->inputs, p.tok_embeddings, BT, C);
     for (int l = 0; l < L; l++) {
-        float* x = a.resid + l * btc;
-        float* xn = a.attn_xn + l * btc;
-        float* q = a.q + l * btc;
-        float* k = a.k + l * btc;
-        float* v = a.v + l * btc;
-        float* atty = a.atty + l * btc;
-        float* mid = a.resid_mid + l * btc;
-        float* mxn = a.mlp_xn + l * btc;
-        float* gate = a.gate + l * btf;
-        float* up = a.up + l * btf;
-        float* hidden = a.hidden + l * btf;
-        float* out = l + 1 < L ? a.resid + (l + 1) * btc : a.resid_out;
+        X* x = act<X>(a.resid) + l * btc;
+        X* xn = act<X>(a.attn_xn) + l * btc;
+        X* q = act<X>(a.q) + l * btc;
+        X* k = act<X>(a.k) + l * btc;
+        X* v = act<X>(a.v) + l * btc;
+        X* atty = act<X>(a.atty) + l * btc;
+        X* mid = act<X>(a.resid_mid) + l * btc;
+        X* mxn = act<X>(a.mlp_xn) + l * btc;
+        X* gate = act<X>(a.gate) + l * btf;
+        X* up = act<X>(a.up) + l * btf;
+        X* hidden = act<X>(a.hidden) + l * btf;
+        X* out = l + 1 < L ? act<X>(a.resid) + (l + 1) * btc : act<X>(a.resid_out);
         size_t cc = (size_t)C * C, fc = (size_t)F * C;
 
         rmsnorm_forward(xn, a.attn_rstd + (size_t)l * BT, x, p.attn_norm + (size_t)l * C, BT, C, c->norm_eps);
-        matmul_forward(q, xn, p.wq + l * cc, BT, C, C);
-        matmul_forward(k, xn, p.wk + l * cc, BT, C, C);
-        matmul_forward(v, xn, p.wv + l * cc, BT, C, C);
+        matmul_forward(q, xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
+        matmul_forward(k, xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
+        matmul_forward(v, xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
         rope_forward(q, q, cos_t, sin_t, B, T, NH, HS);
         rope_forward(k, k, cos_t, sin_t, B, T, NH, HS);
-        attention_forward(atty, a.att + (size_t)l * B * NH * T * T, q, k, v, B, T, NH, HS);
-        matmul_forward(mid, atty, p.wo + l * cc, BT, C, C);
+        attention_forward(atty, act<X>(a.att) + (size_t)l * B * NH * T * T, q, k, v, B, T, NH, HS);
+        matmul_forward(mid, atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
         residual_forward(mid, mid, x, btc);
 
         rmsnorm_forward(mxn, a.mlp_rstd + (size_t)l * BT, mid, p.mlp_norm + (size_t)l * C, BT, C, c->norm_eps);
-        matmul_forward(gate, mxn, p.w_gate + l * fc, BT, C, F);
-        matmul_forward(up, mxn, p.w_up + l * fc, BT, C, F);
+        matmul_forward(gate, mxn, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, F);
+        matmul_forward(up, mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
         swiglu_forward(hidden, gate, up, btf);
-        matmul_forward(out, hidden, p.w_down + l * fc, BT, F, C);
+        matmul_forward(out, hidden, matmul_weight<X>(model, p.w_down + l * fc), BT, F, C);
         residual_forward(out, out, mid, btc);
     }
-    rmsnorm_forward(a.final_xn, a.final_rstd, a.resid_out, p.final_norm, BT, C, c->norm_eps);
-    matmul_forward(a.logits, a.final_xn, p.lm_head, BT, C, V);
+    rmsnorm_forward(act<X>(a.final_xn), a.final_rstd, act<X>(a.resid_out), p.final_norm, BT, C, c->norm_eps);
+    matmul_forward(act<X>(a.logits), act<X>(a.final_xn), matmul_weight<X>(model, p.lm_head), BT, C, V);
+}
+
+// inputs, targets: HOST arrays (B,T), as the loader gives them; targets may
+// be NULL. returns the mean loss (0 without targets); the logits stay on the
+// device in acts.logits (of the model's dtype)
+float llama_forward(Llama* model, const int* inputs, const int* targets, int B, int T) {
+    llama_alloc_activations(model, B, T);
+    int BT = B * T, V = model->config.V;
+    cuda_check(cudaMemcpy(model->inputs, inputs, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets != NULL) {
+        cuda_check(cudaMemcpy(model->targets, targets, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
+    }
+    cpu::ActivationTensors a = model->acts;
+    if (model->dtype == DTYPE_BFLOAT16) { llama_forward_typed<bf16>(model, B, T); }
+    else { llama_forward_typed<float>(model, B, T); }
     model->mean_loss = 0.0f;
     if (targets != NULL) {
-        model->mean_loss = crossentropy_forward(a.losses, a.lse, a.logits, model->targets, BT, V);
+        model->mean_loss = model->dtype == DTYPE_BFLOAT16
+            ? crossentropy_forward(a.losses, a.lse, act<bf16>(a.logits), model->targets, BT, V)
+            : crossentropy_forward(a.losses, a.lse, act<float>(a.logits), model->targets, BT, V);
     }
     return model->mean_loss;
 }
@@ -754,10 +968,9 @@ void llama_zero_grad(Llama* model) {
     cuda_check(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
 }
 
-// backward of the mean loss times loss_scale, accumulated (+=) into
-// model->grads; targets is the HOST array given to the forward just before
-void llama_backward(Llama* model, const int* inputs, const int* targets, float loss_scale) {
-    (void)inputs;  // the forward's device copy of them is used
+// the backward for one activation type X; llama_backward below picks X
+template <typename X>
+static void llama_backward_typed(Llama* model, float dloss) {
     const cpu::LlamaConfig* c = &model->config;
     int B = model->B, T = model->T;
     int L = c->L, C = c->C, F = c->F, NH = c->NH, V = c->V, HS = C / NH, BT = B * T;
@@ -767,60 +980,78 @@ void llama_backward(Llama* model, const int* inputs, const int* targets, float l
     const float* cos_t = a.rope_cs;
     const float* sin_t = a.rope_cs + (size_t)T * (HS / 2);
     size_t btc = (size_t)BT * C, btf = (size_t)BT * F;
-    int count = cpu::count_targets(targets, BT);
-    float dloss = count > 0 ? loss_scale / count : 0.0f;
+    X* dresid = act<X>(s.dresid);
+    X* dxn = act<X>(s.dxn);
+    X* dq = act<X>(s.dq);
+    X* dk = act<X>(s.dk);
+    X* dv = act<X>(s.dv);
+    X* datt = act<X>(s.datt);
+    X* dgate = act<X>(s.dgate);
+    X* dup = act<X>(s.dup);
+    X* logits = act<X>(a.logits);
 
     // logits become dlogits in place: no (B,T,V) probability buffer
-    crossentropy_softmax_backward(a.logits, a.logits, a.lse, model->targets, dloss, BT, V);
-    matmul_backward(s.dxn, g.lm_head, a.logits, a.final_xn, p.lm_head, BT, C, V);
-    cuda_check(cudaMemset(s.dresid, 0, btc * sizeof(float)));
-    rmsnorm_backward(s.dresid, g.final_norm, s.dxn, a.resid_out, p.final_norm, a.final_rstd, BT, C);
+    crossentropy_softmax_backward(logits, logits, a.lse, model->targets, dloss, BT, V);
+    matmul_backward(dxn, g.lm_head, logits, act<X>(a.final_xn), matmul_weight<X>(model, p.lm_head), BT, C, V);
+    cuda_check(cudaMemset(dresid, 0, btc * sizeof(X)));
+    rmsnorm_backward(dresid, g.final_norm, dxn, act<X>(a.resid_out), p.final_norm, a.final_rstd, BT, C);
 
     for (int l = L - 1; l >= 0; l--) {
-        float* x = a.resid + l * btc;
-        float* xn = a.attn_xn + l * btc;
-        float* q = a.q + l * btc;
-        float* k = a.k + l * btc;
-        float* v = a.v + l * btc;
-        float* atty = a.atty + l * btc;
-        float* mid = a.resid_mid + l * btc;
-        float* mxn = a.mlp_xn + l * btc;
-        float* gate = a.gate + l * btf;
-        float* up = a.up + l * btf;
-        float* hidden = a.hidden + l * btf;
+        X* x = act<X>(a.resid) + l * btc;
+        X* xn = act<X>(a.attn_xn) + l * btc;
+        X* q = act<X>(a.q) + l * btc;
+        X* k = act<X>(a.k) + l * btc;
+        X* v = act<X>(a.v) + l * btc;
+        X* atty = act<X>(a.atty) + l * btc;
+        X* mid = act<X>(a.resid_mid) + l * btc;
+        X* mxn = act<X>(a.mlp_xn) + l * btc;
+        X* gate = act<X>(a.gate) + l * btf;
+        X* up = act<X>(a.up) + l * btf;
+        X* hidden = act<X>(a.hidden) + l * btf;
         size_t cc = (size_t)C * C, fc = (size_t)F * C;
 
         // mlp block (see the CPU twin for the derivation)
-        matmul_backward(s.dup, g.w_down + l * fc, s.dresid, hidden, p.w_down + l * fc, BT, F, C);
-        swiglu_backward(s.dgate, s.dup, s.dup, gate, up, btf);
-        matmul_backward(s.dxn, g.w_gate + l * fc, s.dgate, mxn, p.w_gate + l * fc, BT, C, F);
-        matmul_backward(s.dq, g.w_up + l * fc, s.dup, mxn, p.w_up + l * fc, BT, C, F);
-        residual_backward(s.dxn, s.dq, btc);
-        rmsnorm_backward(s.dresid, g.mlp_norm + (size_t)l * C, s.dxn, mid, p.mlp_norm + (size_t)l * C,
+        matmul_backward(dup, g.w_down + l * fc, dresid, hidden, matmul_weight<X>(model, p.w_down + l * fc), BT, F, C);
+        swiglu_backward(dgate, dup, dup, gate, up, btf);
+        matmul_backward(dxn, g.w_gate + l * fc, dgate, mxn, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, F);
+        matmul_backward(dq, g.w_up + l * fc, dup, mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
+        residual_backward(dxn, dq, btc);
+        rmsnorm_backward(dresid, g.mlp_norm + (size_t)l * C, dxn, mid, p.mlp_norm + (size_t)l * C,
                          a.mlp_rstd + (size_t)l * BT, BT, C);
 
         // attention block
-        matmul_backward(s.dxn, g.wo + l * cc, s.dresid, atty, p.wo + l * cc, BT, C, C);
-        attention_backward(s.dq, s.dk, s.dv, s.datt, s.dxn, q, k, v,
-                           a.att + (size_t)l * B * NH * T * T, B, T, NH, HS);
-        rope_backward(s.dq, s.dq, cos_t, sin_t, B, T, NH, HS);
-        rope_backward(s.dk, s.dk, cos_t, sin_t, B, T, NH, HS);
-        matmul_backward(s.dxn, g.wq + l * cc, s.dq, xn, p.wq + l * cc, BT, C, C);
-        matmul_backward(s.dq, g.wk + l * cc, s.dk, xn, p.wk + l * cc, BT, C, C);
-        residual_backward(s.dxn, s.dq, btc);
-        matmul_backward(s.dq, g.wv + l * cc, s.dv, xn, p.wv + l * cc, BT, C, C);
-        residual_backward(s.dxn, s.dq, btc);
-        rmsnorm_backward(s.dresid, g.attn_norm + (size_t)l * C, s.dxn, x, p.attn_norm + (size_t)l * C,
+        matmul_backward(dxn, g.wo + l * cc, dresid, atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
+        attention_backward(dq, dk, dv, datt, dxn, q, k, v, act<X>(a.att) + (size_t)l * B * NH * T * T,
+                           B, T, NH, HS);
+        rope_backward(dq, dq, cos_t, sin_t, B, T, NH, HS);
+        rope_backward(dk, dk, cos_t, sin_t, B, T, NH, HS);
+        matmul_backward(dxn, g.wq + l * cc, dq, xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
+        matmul_backward(dq, g.wk + l * cc, dk, xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
+        residual_backward(dxn, dq, btc);
+        matmul_backward(dq, g.wv + l * cc, dv, xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
+        residual_backward(dxn, dq, btc);
+        rmsnorm_backward(dresid, g.attn_norm + (size_t)l * C, dxn, x, p.attn_norm + (size_t)l * C,
                          a.attn_rstd + (size_t)l * BT, BT, C);
     }
-    encoder_backward(g.tok_embeddings, s.dresid, model->inputs, BT, C);
+    encoder_backward(g.tok_embeddings, dresid, model->inputs, BT, C);
 }
 
-// the logits of the last forward on the host (B,T,V), for sampling and tests
+// backward of the mean loss times loss_scale, accumulated (+=) into
+// model->grads (fp32 in both dtypes); targets is the HOST array given to the
+// forward just before
+void llama_backward(Llama* model, const int* inputs, const int* targets, float loss_scale) {
+    (void)inputs;  // the forward's device copy of them is used
+    int count = cpu::count_targets(targets, model->B * model->T);
+    float dloss = count > 0 ? loss_scale / count : 0.0f;
+    if (model->dtype == DTYPE_BFLOAT16) { llama_backward_typed<bf16>(model, dloss); }
+    else { llama_backward_typed<float>(model, dloss); }
+}
+
+// the logits of the last forward on the host (B,T,V) in fp32, for sampling and tests
 const float* llama_logits_to_host(Llama* model) {
     size_t n = (size_t)model->B * model->T * model->config.V;
     if (model->logits_host == NULL) { model->logits_host = (float*)cpu::malloc_check(n * sizeof(float), "logits copy"); }
-    cuda_check(cudaMemcpy(model->logits_host, model->acts.logits, n * sizeof(float), cudaMemcpyDeviceToHost));
+    device_to_host_float(model->logits_host, model->acts.logits, n, model->dtype);
     return model->logits_host;
 }
 
@@ -1906,6 +2137,7 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
         }
     }
     h->step++;
+    llama_refresh_param_copy(model);  // the next forward's bf16 weights (a no-op in fp32)
 }
 
 double optimizer_subspace_seconds(Optimizer* o) {
@@ -1944,8 +2176,9 @@ void print_sample(Llama* model, const cpu::Decoder* dec, int T, int gen_tokens, 
         int len = n < T ? n : T;
         memcpy(window, history + (n - len), (size_t)len * sizeof(int));
         llama_forward(model, window, NULL, 1, T);
-        cuda_check(cudaMemcpy(row, model->acts.logits + (size_t)(len - 1) * V, (size_t)V * sizeof(float),
-                              cudaMemcpyDeviceToHost));
+        const char* logits = (const char*)model->acts.logits;
+        device_to_host_float(row, logits + (size_t)(len - 1) * V * dtype_bytes(model->dtype), (size_t)V,
+                             model->dtype);
         int next = cpu::sample_token(row, V, temperature, top_k, rng, probs);
         history[n] = next;
         cpu::decoder_print_token(dec, next, stdout);
@@ -1983,15 +2216,21 @@ static void require_gpu_or_exit(void) {
     if (err != cudaSuccess || count == 0) {
         fprintf(stderr, "error: no CUDA GPU found (%s). ./train_llama_subtrack needs an NVIDIA GPU; "
                 "on this machine use the CPU trainer: make train_cpu && ./train_llama_subtrack_cpu "
-                "(same flags, data and checkpoints)\n",
+                "(same flags, data and checkpoints; it computes in float32 only)\n",
                 err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
         exit(EXIT_FAILURE);
     }
 }
 
+// the CPU trainer's defaults, but bf16 activations: what a GPU is fast at
+static void train_config_defaults_gpu(cpu::TrainConfig* t) {
+    cpu::train_config_defaults(t);
+    snprintf(t->dtype, sizeof t->dtype, "%s", "bfloat16");
+}
+
 static void train_usage_gpu(FILE* out) {
     cpu::TrainConfig d;
-    cpu::train_config_defaults(&d);
+    train_config_defaults_gpu(&d);
     fprintf(out, "usage: ./train_llama_subtrack [flags]\n"
                  "trains a LLaMA with SubTrack++ (or a baseline) on one GPU; the same flags as "
                  "./train_llama_subtrack_cpu.\n\n");
@@ -2009,16 +2248,13 @@ static void train_usage_gpu(FILE* out) {
 
 int train_main(int argc, char** argv) {
     cpu::TrainConfig t;
-    cpu::train_config_defaults(&t);
+    train_config_defaults_gpu(&t);
     char err[1024];
     int parsed = cpu::train_parse_flags(&t, argc, argv, err, sizeof err);
     if (parsed == 1) { train_usage_gpu(stdout); return 0; }
     if (parsed < 0) { cpu::fatal("%s", err); }
     const char* problem = cpu::train_config_problem(&t);
     if (problem != NULL) { cpu::fatal("%s", problem); }
-    if (strcmp(t.dtype, "float32") != 0) {
-        cpu::fatal("--dtype %s is not implemented in the CUDA trainer yet; use --dtype float32", t.dtype);
-    }
     require_gpu_or_exit();
     cpu::LlamaConfig cfg;
     cpu::llama_config_resolve_or_exit(&cfg, t.model_config);
@@ -2051,7 +2287,7 @@ int train_main(int argc, char** argv) {
     cpu::llama_build(&host_model, &cfg);
     cpu::llama_init_weights(&host_model, (uint64_t)t.seed);
     Llama model;
-    llama_build(&model, &cfg);
+    llama_build(&model, &cfg, dtype_from_name(t.dtype));
     llama_upload_params(&model, host_model.params_memory);
     Optimizer opt;
     problem = optimizer_build(&opt, &cfg, &t);
@@ -2075,6 +2311,10 @@ int train_main(int argc, char** argv) {
     printf("device:       %s (compute %d.%d, %d SMs), dtype %s\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, t.dtype);
     cpu::llama_memory_report(&cfg, B, T, stdout);
+    printf("on device:    activations and gradient scratch %.2f MiB in %s (fp32: %.2f MiB)%s\n",
+           llama_activation_bytes(&cfg, B, T, model.dtype) / 1048576.0, t.dtype,
+           llama_activation_bytes(&cfg, B, T, DTYPE_FLOAT32) / 1048576.0,
+           model.dtype == DTYPE_BFLOAT16 ? ", plus a bf16 copy of the weights" : "");
     size_t full_adamw = 2 * model.num_parameters * sizeof(float);
     printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB); full AdamW would need %.2f MiB\n",
            t.optimizer, opt.host.low_rank ? (opt.host.cfg.method == cpu::SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",

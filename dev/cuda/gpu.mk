@@ -45,6 +45,9 @@ train: train_llama_subtrack
 train_llama_subtrack: train_llama_subtrack.cu train_llama_subtrack.c
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
 
+dev/bench_gpu: dev/bench_gpu.cu train_llama_subtrack.cu train_llama_subtrack.c
+	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
+
 dev/test_gpu/%: dev/test_gpu/%.cu train_llama_subtrack.cu train_llama_subtrack.c
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
 
@@ -72,4 +75,4 @@ test_gpu: $(GPU_TEST_DEPS)
 
 .PHONY: gpu_clean
 gpu_clean:
-	rm -f train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu
+	rm -f train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu dev/bench_gpu dev/bench_gpu_emu

@@ -1,0 +1,919 @@
+/*
+bench_gpu.cu: how fast the CUDA trainer is, at the paper's model sizes and
+batch sizes: forward + backward, tokens/s, MFU, and the optimizer step of
+AdamW, GaLore and SubTrack++ as a share of the training step. it includes
+train_llama_subtrack.cu with TESTING defined, so it times the very code that
+trains (llama_forward, llama_backward, optimizer_step).
+
+build and run on a GPU (dev/bench_gpu.sh does both and keeps the output):
+    nvcc -O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra,-fopenmp -o dev/bench_gpu dev/bench_gpu.cu \
+         -lcublas -lcublasLt -lcusolver -lgomp -lm
+    ./dev/bench_gpu                                   # 60m 130m 350m 1b, the paper's batch sizes
+    ./dev/bench_gpu --dtype float32                   # the exact-fp32 mode (default: the trainer's, bf16)
+    ./dev/bench_gpu --preset 350m --B 32 --iters 20   # one size, another batch
+    ./dev/bench_gpu --help
+under the CPU harness (no GPU: proves that the code paths run; its timings
+mean nothing, and it says so loudly):
+    make dev/bench_gpu_emu && ./dev/bench_gpu_emu --preset kjv_test --B 2 --T 16 --iters 1
+
+what it measures, all with cudaEvents on the default stream, as the median
+of --iters timed calls after --warmup untimed ones:
+    fwd+bwd    one micro step: llama_forward (with the loss) + llama_backward
+    overhead   once per training step: llama_zero_grad + grad_global_norm
+               (no clipping: grad_scale runs only when the norm is above the limit)
+    plain      one optimizer_step that does not touch the subspace (t % k != 0);
+               in bf16 it includes what optimizer_step does after the update
+               (the bf16 weight copy's refresh)
+    update     one optimizer_step that updates every matrix's subspace (t % k == 0):
+               GaLore's SVDs, or SubTrack++'s geodesic steps and moment rotations
+    amortised  the optimizer's cost per step at k: ((k-1) plain + 1 update) / k
+    train step overhead + accum x fwd+bwd + amortised optimizer, where accum is
+               the paper's total batch / batch (2 at every size: one GPU
+               reaching the paper's total batch by gradient accumulation)
+the first optimizer step (t = 0), whose SVD initialises S, is skipped: S is
+set to the first R columns of the identity (orthonormal), then t is set by hand.
+and, at one matrix shape (default 2048x5461 at R=512, the 1B MLP's w_down):
+    GaLore's SVD refresh (galore_refresh_subspace, without moment rotation, as
+    in GaLore) against SubTrack++'s whole update (subtrack_track_subspace, with
+    the moment rotation), both after the projection that every step pays.
+
+FLOP accounting for MFU (per token, stated exactly):
+    matmuls    6 N, N = the matrix weights outside the embedding:
+               L (4 C^2 + 3 C F) + V C (lm_head). 2 N forward, 4 N backward.
+               the token embedding (a lookup) and the RMSNorm weights are not counted.
+    attention  12 L C T: per layer, per token, QK^T and PV are 2 T C FLOPs
+               each forward (every query against all T keys, summed over the
+               NH heads of HS channels), twice that backward: 3 x 4 T C.
+               the full T x T square is counted, not the causal half: the
+               cuBLAS products do compute the whole square (the mask is applied
+               after), and this is the usual (PaLM) convention.
+    not counted: softmax, RMSNorm, RoPE, SwiGLU, residuals, cross-entropy, the optimizer.
+    MFU = tokens/s x (6 N + 12 L C T) / peak, where peak is the device's DENSE
+    bf16 tensor rate, from its name: H100 SXM 989, H100 PCIe 756, H100 NVL 835,
+    H200 989, H200 NVL 835, GH200 989, A100 312 TFLOP/s (datasheets; the NVL
+    figures are the sparse ones halved). another device: --peak_tflops, or
+    MFU is skipped ("peak unknown"). in float32 mode the same bf16 peak is used,
+    so fp32 MFU shows how far fp32 is from the bf16 goal.
+    MFU(fb) uses the fwd+bwd time alone; MFU(step) the AdamW training step.
+
+goals (from the project's issue 7), printed PASS / FAIL / NOT MEASURED:
+    1. the SubTrack++ optimizer adds <= 5% to the AdamW training step at 1B:
+       (train step with SubTrack++ - with AdamW) / with AdamW, amortised at k
+    2. MFU(step) >= 40% at 350M and above, on an H100
+    3. GaLore's SVD refresh >= 10x slower than the SubTrack++ update at 2048x5461 R=512
+
+the inputs are not zeros (zeros can run faster): N(0, 0.02) weights and norm
+weights 1, made on the device; random tokens; gradients of a real backward.
+the one-matrix G is Gaussian, whose flat spectrum is about the worst case for
+SubTrack++'s power iteration (the count is printed).
+
+memory: a preset that would not fit (weights, gradients, the bf16 weight
+copy, full AdamW states, the trainer's own activation bytes, the low-rank
+scratch, plus 1 GiB) is skipped with a message instead of ending the run.
+*/
+#define TESTING
+#include "../train_llama_subtrack.cu"
+
+#include <ctype.h>
+#include <vector>
+
+// ----------------------------------------------------------------------------
+// settings
+
+#define BENCH_T 256                  // the paper's sequence length
+#define BENCH_K 200                  // the paper's subspace update interval
+#define BENCH_ITERS 10
+#define BENCH_WARMUP 2
+#define BENCH_UPDATE_ITERS 3         // update steps are slow (GaLore: one SVD per matrix)
+#define BENCH_BUDGET_S 30.0          // stop repeating one measurement past this many seconds
+#define BENCH_LR 1e-4f               // any small rate: the values do not matter, only the time
+#define BENCH_INIT_STD 0.02f         // the model's init, N(0, 0.02)
+#define BENCH_SEED 1337
+#define BENCH_SLACK_BYTES (1ull << 30)  // cuBLAS/cuSOLVER workspaces and fragmentation
+#define BENCH_MAX_PRESETS 16
+#define BENCH_SHAPE_DEFAULT "2048x5461r512"  // the 1B MLP's w_down at the paper's rank
+#define BENCH_SHAPE_HARNESS "64x160r16"      // what the CPU harness can do in seconds
+#define GOAL_SUBTRACK_OVERHEAD 0.05
+#define GOAL_MFU 0.40
+#define GOAL_MFU_MIN_PARAMS 300e6    // "350M and above": presets with at least this many matrix weights
+#define GOAL_SVD_RATIO 10.0
+
+// the paper's scripts (../shared/SUBTRACK.md): batch per GPU, total batch, rank
+typedef struct {
+    const char* preset;
+    int batch;
+    int total_batch;
+    int rank;
+} PaperSetting;
+
+static const PaperSetting PAPER_SETTINGS[] = {
+    {"llama_60m", 128, 256, 128},
+    {"llama_130m", 128, 256, 256},
+    {"llama_350m", 64, 128, 256},
+    {"llama_1b", 8, 16, 512},
+    {"llama_3b", 8, 16, 512},
+    {"llama_7b", 4, 16, 1024},
+};
+#define NUM_PAPER_SETTINGS ((int)(sizeof(PAPER_SETTINGS) / sizeof(PAPER_SETTINGS[0])))
+
+// dense bf16 tensor-core peaks, TFLOP/s; matched in order on the device name
+// (lowercase substrings), so the specific names come before "h100"
+typedef struct {
+    const char* name_has;
+    double tflops;
+} DevicePeak;
+
+static const DevicePeak DEVICE_PEAKS[] = {
+    {"h100 pcie", 756.0},
+    {"h100 nvl", 835.0},
+    {"h200 nvl", 835.0},
+    {"gh200", 989.0},
+    {"h100", 989.0},   // SXM5: "NVIDIA H100 80GB HBM3"
+    {"h200", 989.0},
+    {"a100", 312.0},
+};
+#define NUM_DEVICE_PEAKS ((int)(sizeof(DEVICE_PEAKS) / sizeof(DEVICE_PEAKS[0])))
+
+typedef enum { METHOD_ADAMW = 0, METHOD_GALORE = 1, METHOD_SUBTRACK = 2, NUM_METHODS = 3 } Method;
+static const char* METHOD_NAMES[NUM_METHODS] = {"adamw", "galore", "subtrack"};
+static const char* METHOD_LABELS[NUM_METHODS] = {"AdamW", "GaLore", "SubTrack++"};
+
+typedef struct {
+    char presets[BENCH_MAX_PRESETS][64];
+    int num_presets;
+    int B;              // 0: the paper's batch for the preset
+    int T;
+    int accum;          // 0: the paper's total batch / batch
+    int rank;           // 0: the paper's rank for the preset
+    int k;
+    int iters, warmup, opt_iters, update_iters;
+    double budget_s;
+    char dtype[16];
+    double peak_tflops; // 0: from the device name
+    char shape[64];     // "MxNrR", or "none"
+    int shape_given;
+    int methods[NUM_METHODS];
+} BenchConfig;
+
+// ----------------------------------------------------------------------------
+// small kernels: inputs that are not zeros (zeros can run faster than real data)
+
+__device__ __forceinline__ uint64_t bench_hash64(uint64_t x) {
+    // splitmix64's finaliser
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// x = mean + stddev * N(0, 1) by box-muller on hashed uniforms; (n,)
+__global__ void bench_fill_normal_kernel(float* x, size_t n, float mean, float stddev, uint64_t seed) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) { return; }
+    uint64_t h = bench_hash64(seed ^ bench_hash64(i));
+    float u1 = ((float)(h >> 40) + 0.5f) / 16777216.0f;                 // (0, 1)
+    float u2 = ((float)((h >> 16) & 0xFFFFFFull) + 0.5f) / 16777216.0f;
+    x[i] = mean + stddev * sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
+}
+
+// S (p, R) = the first R columns of the identity: orthonormal without an SVD
+__global__ void bench_identity_basis_kernel(float* S, int p, int r) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)p * r) { return; }
+    S[i] = (int)(i / r) == (int)(i % r) ? 1.0f : 0.0f;
+}
+
+static void bench_fill_normal(float* x, size_t n, float mean, float stddev, uint64_t seed) {
+    if (n == 0) { return; }
+    bench_fill_normal_kernel<<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(x, n, mean, stddev, seed);
+    launch_check();
+}
+
+// ----------------------------------------------------------------------------
+// timing: cudaEvents around each call, the median of the timed calls
+
+typedef void (*BenchFn)(void* arg);
+
+static int compare_double(const void* a, const void* b) {
+    double x = *(const double*)a, y = *(const double*)b;
+    return (x > y) - (x < y);
+}
+
+// median milliseconds of fn over up to `iters` timed calls, after `warmup`
+// untimed ones; setup (if any) runs before each call, outside the events.
+// stops repeating once the timed calls took budget_s (at least one is timed).
+// *timed gets how many calls were timed
+static double time_median_ms(BenchFn fn, BenchFn setup, void* arg, int warmup, int iters, double budget_s,
+                             int* timed) {
+    cudaEvent_t start, stop;
+    cuda_check(cudaEventCreate(&start));
+    cuda_check(cudaEventCreate(&stop));
+    for (int i = 0; i < warmup; i++) {
+        if (setup != NULL) { setup(arg); }
+        fn(arg);
+    }
+    cuda_check(cudaDeviceSynchronize());
+    std::vector<double> ms;
+    double total_s = 0.0;
+    for (int i = 0; i < iters; i++) {
+        if (setup != NULL) { setup(arg); }
+        cuda_check(cudaEventRecord(start, 0));
+        fn(arg);
+        cuda_check(cudaEventRecord(stop, 0));
+        cuda_check(cudaEventSynchronize(stop));
+        float e = 0.0f;
+        cuda_check(cudaEventElapsedTime(&e, start, stop));
+        ms.push_back(e);
+        total_s += e / 1e3;
+        if (total_s > budget_s) { break; }
+    }
+    cuda_check(cudaGetLastError());
+    cuda_check(cudaEventDestroy(start));
+    cuda_check(cudaEventDestroy(stop));
+    qsort(ms.data(), ms.size(), sizeof(double), compare_double);
+    size_t n = ms.size();
+    if (timed != NULL) { *timed = (int)n; }
+    return n % 2 == 1 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
+}
+
+// ----------------------------------------------------------------------------
+// the device
+
+typedef struct {
+    char name[256];
+    int harness;           // 1: the CPU harness (dev/cuda_emu), not a GPU
+    int is_h100;
+    double peak_tflops;    // 0: unknown
+    const char* peak_source;
+} DeviceInfo;
+
+static void device_info(DeviceInfo* d, double peak_override) {
+    cudaDeviceProp prop;
+    int device = 0;
+    cuda_check(cudaGetDevice(&device));
+    cuda_check(cudaGetDeviceProperties(&prop, device));
+    snprintf(d->name, sizeof d->name, "%s", prop.name);
+    char lower[256];
+    size_t n = strlen(d->name);
+    for (size_t i = 0; i <= n; i++) { lower[i] = (char)tolower((unsigned char)d->name[i]); }
+    d->harness = strstr(lower, "cuda_emu") != NULL;
+#ifdef CUDA_EMU
+    d->harness = 1;
+#endif
+    d->is_h100 = strstr(lower, "h100") != NULL;
+    d->peak_tflops = 0.0;
+    d->peak_source = "peak unknown";
+    for (int i = 0; i < NUM_DEVICE_PEAKS && !d->harness; i++) {
+        if (strstr(lower, DEVICE_PEAKS[i].name_has) != NULL) {
+            d->peak_tflops = DEVICE_PEAKS[i].tflops;
+            d->peak_source = "datasheet dense bf16, from the device name";
+            break;
+        }
+    }
+    if (peak_override > 0.0) {
+        d->peak_tflops = peak_override;
+        d->peak_source = "--peak_tflops";
+    }
+    printf("device:   %s (compute %d.%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
+           prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
+    if (d->peak_tflops > 0.0) {
+        printf("peak:     %.0f TFLOP/s (%s)\n", d->peak_tflops, d->peak_source);
+    } else {
+        printf("peak:     peak unknown: MFU is not computed (give --peak_tflops)\n");
+    }
+}
+
+static void print_harness_banner(void) {
+    printf("\n"
+           "##########################################################################\n"
+           "##  RUNNING UNDER THE CPU HARNESS (dev/cuda_emu), NOT ON A GPU.         ##\n"
+           "##  every time below is CPU time of an emulator: MEANINGLESS.           ##\n"
+           "##  this run only proves that the benchmark's code paths work.          ##\n"
+           "##  the goals are not judged here.                                      ##\n"
+           "##########################################################################\n\n");
+}
+
+// ----------------------------------------------------------------------------
+// the model benchmark
+
+typedef struct {
+    int ran;
+    char name[64];
+    char skipped[256];          // why it did not run, when it did not
+    int B, T, accum, rank;
+    double matrix_params;       // N of the FLOP accounting
+    double flops_per_token;     // 6 N + 12 L C T
+    double fb_ms;               // one micro step
+    double overhead_ms;         // zero_grad + grad norm
+    int method_ran[NUM_METHODS];
+    double plain_ms[NUM_METHODS], update_ms[NUM_METHODS];
+    int plain_timed[NUM_METHODS], update_timed[NUM_METHODS];
+} PresetResult;
+
+typedef struct {
+    Llama* model;
+    Optimizer* opt;
+    const int* inputs;    // host (B, T)
+    const int* targets;   // host (B, T)
+    int B, T, accum, k;
+    float loss;           // of the last forward
+} BenchArgs;
+
+static void bench_fwd_bwd(void* arg) {
+    BenchArgs* a = (BenchArgs*)arg;
+    a->loss = llama_forward(a->model, a->inputs, a->targets, a->B, a->T);
+    llama_backward(a->model, a->inputs, a->targets, 1.0f / a->accum);
+}
+
+static void bench_step_overhead(void* arg) {
+    BenchArgs* a = (BenchArgs*)arg;
+    llama_zero_grad(a->model);
+    (void)grad_global_norm(a->model->grads_memory, a->model->num_parameters);
+}
+
+// t = 1: no subspace work (k >= 2)
+static void bench_set_plain_step(void* arg) {
+    ((BenchArgs*)arg)->opt->host.step = 1;
+}
+
+// t = k: every matrix updates its subspace
+static void bench_set_update_step(void* arg) {
+    BenchArgs* a = (BenchArgs*)arg;
+    a->opt->host.step = a->k;
+}
+
+static void bench_optimizer_step(void* arg) {
+    BenchArgs* a = (BenchArgs*)arg;
+    optimizer_step(a->opt, a->model, BENCH_LR);
+}
+
+static const PaperSetting* paper_setting(const char* preset) {
+    for (int i = 0; i < NUM_PAPER_SETTINGS; i++) {
+        if (strcmp(PAPER_SETTINGS[i].preset, preset) == 0) { return &PAPER_SETTINGS[i]; }
+    }
+    return NULL;
+}
+
+// the full preset name ("60m" -> "llama_60m"), or NULL if unknown
+static const char* preset_full_name(const char* name) {
+    int num_presets = (int)(sizeof(cpu::LLAMA_PRESETS) / sizeof(cpu::LLAMA_PRESETS[0]));
+    for (int i = 0; i < num_presets; i++) {
+        const char* p = cpu::LLAMA_PRESETS[i].name;
+        if (strcmp(name, p) == 0 || (strncmp(p, "llama_", 6) == 0 && strcmp(name, p + 6) == 0)) { return p; }
+    }
+    return NULL;
+}
+
+// an upper bound of the device memory one preset needs (see the header)
+static double bench_bytes_needed(const cpu::LlamaConfig* c, int B, int T, int rank, Dtype dt) {
+    double np = (double)cpu::parameter_count(c);
+    double weights = 4.0 * np + 4.0 * np + (dt == DTYPE_BFLOAT16 ? 2.0 * np : 0.0);  // masters, grads, bf16 copy
+    double adamw = 8.0 * np;  // the largest optimizer state: full AdamW
+    // the low-rank step's scratch for the largest matrix: D (m, n), the Gram matrix (p, p) in double, moments
+    double p = c->C, q = c->F > c->C ? c->F : c->C;
+    double lowrank_scratch = 4.0 * p * q + 8.0 * p * p + 4.0 * 8.0 * q * rank;
+    return weights + adamw + (double)llama_activation_bytes(c, B, T, dt) + lowrank_scratch +
+           (double)BENCH_SLACK_BYTES;
+}
+
+static void bench_train_config(cpu::TrainConfig* t, Method method, int rank, int k) {
+    cpu::train_config_defaults(t);
+    t->rank = rank;
+    t->subspace_update_interval = k;
+    t->lr = BENCH_LR;
+    t->weight_decay = 0.0f;
+    if (method == METHOD_ADAMW) {
+        snprintf(t->optimizer, sizeof t->optimizer, "%s", "adamw");
+    } else if (method == METHOD_GALORE) {
+        // GaLore as published: SVD refresh, no moment rotation, no recovery scaling
+        snprintf(t->optimizer, sizeof t->optimizer, "%s", "low_rank_adamw");
+        snprintf(t->subspace_update_method, sizeof t->subspace_update_method, "%s", "galore");
+        t->adaptive_optimizer = 0;
+        t->recovery_scaling = 0;
+    } else {
+        // SubTrack++ as in the paper's runs: tracking, moment rotation, recovery scaling, limiter
+        snprintf(t->optimizer, sizeof t->optimizer, "%s", "low_rank_adamw");
+        snprintf(t->subspace_update_method, sizeof t->subspace_update_method, "%s", "subtrack");
+        t->adaptive_optimizer = 1;
+        t->recovery_scaling = 1;
+        t->norm_growth_limiter_off = 0;
+    }
+}
+
+static void bench_preset(PresetResult* res, const char* preset, const BenchConfig* bc) {
+    memset(res, 0, sizeof *res);
+    snprintf(res->name, sizeof res->name, "%s", preset);
+    cpu::LlamaConfig cfg;
+    if (!cpu::llama_preset_find(preset, &cfg)) {
+        snprintf(res->skipped, sizeof res->skipped, "unknown preset");
+        return;
+    }
+    const PaperSetting* ps = paper_setting(preset);
+    int B = bc->B > 0 ? bc->B : (ps != NULL ? ps->batch : 8);
+    int T = bc->T;
+    int accum = bc->accum > 0 ? bc->accum : (ps != NULL ? ps->total_batch / ps->batch : 1);
+    int p = cfg.C < cfg.F ? cfg.C : cfg.F;
+    int rank = bc->rank > 0 ? bc->rank : (ps != NULL ? ps->rank : (cfg.C / 4 > 0 ? cfg.C / 4 : 1));
+    if (rank > p) { rank = p; }
+    res->B = B; res->T = T; res->accum = accum; res->rank = rank;
+    if (T > cfg.max_seq_len) {
+        snprintf(res->skipped, sizeof res->skipped, "T=%d is above the model's max_seq_len %d", T, cfg.max_seq_len);
+        return;
+    }
+    double L = cfg.L, C = cfg.C, F = cfg.F, V = cfg.V;
+    res->matrix_params = L * (4.0 * C * C + 3.0 * C * F) + V * C;
+    res->flops_per_token = 6.0 * res->matrix_params + 12.0 * L * C * T;
+
+    size_t free_bytes = 0, total_bytes = 0;
+    cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes));
+    double need = bench_bytes_needed(&cfg, B, T, rank, dtype_from_name(bc->dtype));
+    if (need > (double)free_bytes) {
+        snprintf(res->skipped, sizeof res->skipped,
+                 "needs about %.1f GiB, %.1f GiB free; lower --B", need / 1073741824.0,
+                 free_bytes / 1073741824.0);
+        return;
+    }
+    printf("\n-- %s: V=%d C=%d F=%d NH=%d L=%d | B=%d T=%d accum=%d rank=%d | N=%.1fM matrix weights | "
+           "needs ~%.1f GiB\n", preset, cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L, B, T, accum, rank,
+           res->matrix_params / 1e6, need / 1073741824.0);
+    fflush(stdout);
+
+    Llama model;
+    llama_build(&model, &cfg, dtype_from_name(bc->dtype));
+    // weights: N(0, 0.02), norms 1, generated on the device (a 1B host init would take a while)
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, &cfg);
+    float** params = cpu::parameter_pointers(&model.params);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = cpu::tensor_numel(&spec[i]);
+        if (spec[i].is_norm) {
+            bench_fill_normal(params[i], n, 1.0f, 0.0f, BENCH_SEED + i);
+        } else {
+            bench_fill_normal(params[i], n, 0.0f, BENCH_INIT_STD, BENCH_SEED + i);
+        }
+    }
+    llama_refresh_param_copy(&model);  // the bf16 copy the products read (a no-op in fp32)
+    // random tokens, targets the next token of the same stream
+    std::vector<int> tokens((size_t)B * T + 1), inputs((size_t)B * T), targets((size_t)B * T);
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, BENCH_SEED);
+    for (size_t i = 0; i < tokens.size(); i++) { tokens[i] = (int)(cpu::rng_u64(&rng) % (uint64_t)cfg.V); }
+    for (size_t i = 0; i < inputs.size(); i++) { inputs[i] = tokens[i]; targets[i] = tokens[i + 1]; }
+
+    BenchArgs a;
+    memset(&a, 0, sizeof a);
+    a.model = &model;
+    a.inputs = inputs.data();
+    a.targets = targets.data();
+    a.B = B; a.T = T; a.accum = accum; a.k = bc->k;
+
+    int timed = 0;
+    res->fb_ms = time_median_ms(bench_fwd_bwd, NULL, &a, bc->warmup, bc->iters, bc->budget_s, &timed);
+    printf("fwd+bwd:  %.3f ms (median of %d), %.0f tok/s; loss %.4f (ln V = %.4f expected at init)\n",
+           res->fb_ms, timed, B * T / (res->fb_ms / 1e3), a.loss, log((double)cfg.V));
+    // a time of a broken computation is no time: stop on a loss that is not finite
+    if (!isfinite(a.loss)) {
+        fprintf(stderr, "error: bench_gpu: the loss of %s is %f in %s; the timings would be of garbage\n", preset,
+                a.loss, bc->dtype);
+        exit(EXIT_FAILURE);
+    }
+    res->overhead_ms = time_median_ms(bench_step_overhead, NULL, &a, bc->warmup, bc->iters, bc->budget_s, &timed);
+    printf("overhead: %.3f ms (zero_grad + grad norm)\n", res->overhead_ms);
+    // fresh gradients of one micro step for the optimizers
+    llama_zero_grad(&model);
+    bench_fwd_bwd(&a);
+    cuda_check(cudaDeviceSynchronize());
+
+    for (int m = 0; m < NUM_METHODS; m++) {
+        if (!bc->methods[m]) { continue; }
+        cpu::TrainConfig t;
+        bench_train_config(&t, (Method)m, rank, bc->k);
+        Optimizer opt;
+        const char* problem = optimizer_build(&opt, &cfg, &t);
+        if (problem != NULL) {
+            printf("%-10s skipped: %s\n", METHOD_LABELS[m], problem);
+            continue;
+        }
+        for (int s = 0; s < opt.host.num_lowrank; s++) {
+            LowRankStateGPU* st = &opt.lowrank[s];
+            bench_identity_basis_kernel<<<ceil_div((size_t)st->p * st->r, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(
+                st->S, st->p, st->r);
+            launch_check();
+        }
+        a.opt = &opt;
+        res->plain_ms[m] = time_median_ms(bench_optimizer_step, bench_set_plain_step, &a, bc->warmup, bc->opt_iters,
+                                          bc->budget_s, &res->plain_timed[m]);
+        if (m == METHOD_ADAMW) {
+            res->update_ms[m] = res->plain_ms[m];
+            res->update_timed[m] = res->plain_timed[m];
+        } else {
+            // one warmup: first calls of new cuBLAS shapes and of cuSOLVER stay out
+            res->update_ms[m] = time_median_ms(bench_optimizer_step, bench_set_update_step, &a, 1, bc->update_iters,
+                                               bc->budget_s, &res->update_timed[m]);
+        }
+        res->method_ran[m] = 1;
+        printf("%-10s plain %.3f ms (median of %d), update %.3f ms (median of %d)\n", METHOD_LABELS[m],
+               res->plain_ms[m], res->plain_timed[m], res->update_ms[m], res->update_timed[m]);
+        fflush(stdout);
+        a.opt = NULL;
+        optimizer_free(&opt);
+    }
+    llama_free(&model);
+    res->ran = 1;
+}
+
+static double amortised_ms(const PresetResult* r, int m, int k) {
+    return ((k - 1) * r->plain_ms[m] + r->update_ms[m]) / k;
+}
+
+static double train_step_ms(const PresetResult* r, int m, int k) {
+    return r->overhead_ms + r->accum * r->fb_ms + amortised_ms(r, m, k);
+}
+
+// ----------------------------------------------------------------------------
+// one matrix: GaLore's SVD refresh against SubTrack++'s update
+
+typedef struct {
+    int ran;
+    int m, n, r;
+    double galore_ms, subtrack_ms, plain_step_ms;
+    int galore_timed, subtrack_timed, power_iterations;
+} ShapeResult;
+
+typedef struct {
+    LowRankStateGPU* s;
+    LowRankGPU* ctx;
+    StepScratchGPU* w;
+    cpu::LowRankConfig* galore_cfg;
+    cpu::LowRankConfig* subtrack_cfg;
+    float* G;   // (m, n)
+    float* W;   // (m, n)
+} ShapeArgs;
+
+static void shape_galore_refresh(void* arg) {
+    ShapeArgs* a = (ShapeArgs*)arg;
+    galore_refresh_subspace(a->s, a->G, a->galore_cfg, a->ctx, a->w);
+}
+
+// the projection A = S^T G that every step pays, outside the timed region
+static void shape_project(void* arg) {
+    ShapeArgs* a = (ShapeArgs*)arg;
+    lowrank_project(a->ctx, a->w->Gt, a->s, a->G);
+}
+
+// what lowrank_adamw_step times as SubTrack++'s subspace update
+static void shape_subtrack_update(void* arg) {
+    ShapeArgs* a = (ShapeArgs*)arg;
+    cuda_check(cudaMemsetAsync(a->w->track, 0, sizeof(TrackScalars), 0));
+    subtrack_track_subspace(a->s, a->w->Gt, a->G, a->subtrack_cfg, a->ctx, a->w);
+}
+
+static void shape_plain_step(void* arg) {
+    ShapeArgs* a = (ShapeArgs*)arg;
+    lowrank_adamw_step(a->s, a->W, a->G, 1, a->subtrack_cfg, BENCH_LR, a->ctx);
+}
+
+static int parse_shape(const char* text, int* m, int* n, int* r) {
+    char tail = 0;
+    return sscanf(text, "%dx%dr%d%c", m, n, r, &tail) == 3 && *m > 0 && *n > 0 && *r > 0 &&
+           *r <= (*m < *n ? *m : *n);
+}
+
+static void bench_shape(ShapeResult* res, const char* shape, const BenchConfig* bc) {
+    memset(res, 0, sizeof *res);
+    int m = 0, n = 0, r = 0;
+    parse_shape(shape, &m, &n, &r);  // checked when the flags were read
+    res->m = m; res->n = n; res->r = r;
+    printf("\n-- one matrix: %d x %d, R=%d (GaLore's SVD refresh vs SubTrack++'s update)\n", m, n, r);
+    fflush(stdout);
+    cpu::TrainConfig t;
+    bench_train_config(&t, METHOD_SUBTRACK, r, bc->k);
+    cpu::LowRankConfig subtrack_cfg = {cpu::SUBSPACE_SUBTRACK, r, t.low_rank_scale, bc->k, t.st_init_step_size,
+                                       1, 1, 1, t.norm_growth_limit, t.beta1, t.beta2, t.eps, 0.0f};
+    cpu::LowRankConfig galore_cfg = subtrack_cfg;
+    galore_cfg.method = cpu::SUBSPACE_GALORE;
+    galore_cfg.adaptive_optimizer = 0;
+    galore_cfg.recovery_scaling = 0;
+
+    LowRankGPU ctx;
+    lowrank_gpu_create(&ctx);
+    lowrank_gpu_reserve(&ctx, m, n, r);
+    lowrank_gpu_alloc(&ctx);
+    float* memory = (float*)device_malloc(cpu::lowrank_state_num_floats(m, n, r) * sizeof(float), "low-rank state");
+    LowRankStateGPU s;
+    lowrank_state_init(&s, m, n, r, memory);
+    float* G = (float*)device_malloc((size_t)m * n * sizeof(float), "gradient");
+    float* W = (float*)device_malloc((size_t)m * n * sizeof(float), "weight");
+    bench_fill_normal(G, (size_t)m * n, 0.0f, 1.0f, BENCH_SEED + 100);
+    bench_fill_normal(W, (size_t)m * n, 0.0f, BENCH_INIT_STD, BENCH_SEED + 101);
+    size_t used = 0;
+    StepScratchGPU w = step_scratch_gpu_layout(ctx.scratch, &used, m, n, r);
+    // t = 0: S from the SVD of G, as in training
+    lowrank_adamw_step(&s, W, G, 0, &subtrack_cfg, BENCH_LR, &ctx);
+    cuda_check(cudaDeviceSynchronize());
+
+    ShapeArgs a = {&s, &ctx, &w, &galore_cfg, &subtrack_cfg, G, W};
+    res->plain_step_ms = time_median_ms(shape_plain_step, NULL, &a, bc->warmup, bc->opt_iters, bc->budget_s, NULL);
+    res->subtrack_ms = time_median_ms(shape_subtrack_update, shape_project, &a, bc->warmup, bc->opt_iters,
+                                      bc->budget_s, &res->subtrack_timed);
+    TrackScalars ts;
+    cuda_check(cudaMemcpy(&ts, w.track, sizeof ts, cudaMemcpyDeviceToHost));
+    res->power_iterations = ts.iterations;
+    res->galore_ms = time_median_ms(shape_galore_refresh, NULL, &a, 1, bc->update_iters, bc->budget_s,
+                                    &res->galore_timed);
+    printf("SubTrack++ plain step (whole lowrank_adamw_step): %.3f ms\n", res->plain_step_ms);
+    printf("SubTrack++ update: %.3f ms (median of %d; power iterations %d on Gaussian G)\n", res->subtrack_ms,
+           res->subtrack_timed, res->power_iterations);
+    printf("GaLore SVD refresh: %.3f ms (median of %d)\n", res->galore_ms, res->galore_timed);
+    fflush(stdout);
+
+    cuda_check(cudaFree(G));
+    cuda_check(cudaFree(W));
+    lowrank_state_free(&s);
+    cuda_check(cudaFree(memory));
+    lowrank_gpu_destroy(&ctx);
+    res->ran = 1;
+}
+
+// ----------------------------------------------------------------------------
+// flags
+
+static void bench_usage(FILE* out) {
+    cpu::TrainConfig d;
+    train_config_defaults_gpu(&d);
+    fprintf(out,
+            "usage: ./dev/bench_gpu [flags]\n"
+            "times the CUDA trainer: fwd+bwd, tokens/s, MFU, optimizer steps (see the header of dev/bench_gpu.cu)\n\n"
+            "  --preset LIST       comma-separated presets (default 60m,130m,350m,1b)\n"
+            "  --B N               batch per micro step (default: the paper's, 60m/130m 128, 350m 64, 1b 8)\n"
+            "  --T N               sequence length (default %d)\n"
+            "  --accum N           micro steps per optimizer step (default: paper total / batch = 2)\n"
+            "  --rank N            R (default: the paper's, 60m 128, 130m/350m 256, 1b 512)\n"
+            "  --k N               subspace update interval for the amortised cost (default %d, >= 2)\n"
+            "  --iters N           timed calls per measurement (default %d)\n"
+            "  --warmup N          untimed calls first (default %d)\n"
+            "  --opt_iters N       timed plain optimizer steps (default: --iters)\n"
+            "  --update_iters N    timed subspace-update steps (default: min(%d, --iters))\n"
+            "  --budget_s X        stop repeating a measurement after X seconds (default %.0f)\n"
+            "  --methods LIST      adamw,galore,subtrack (default all)\n"
+            "  --dtype D           float32 | bfloat16 (default %s, the trainer's default)\n"
+            "  --peak_tflops X     dense bf16 peak of the device, when its name is not known\n"
+            "  --shape MxNrR       the one-matrix comparison (default %s; under the harness %s); none: skip\n"
+            "  --help              this text\n",
+            BENCH_T, BENCH_K, BENCH_ITERS, BENCH_WARMUP, BENCH_UPDATE_ITERS, BENCH_BUDGET_S,
+            d.dtype, BENCH_SHAPE_DEFAULT, BENCH_SHAPE_HARNESS);
+}
+
+static void bench_flag_error(const char* flag, const char* value, const char* hint) {
+    fprintf(stderr, "error: bench_gpu: bad value '%s' for %s; %s (see --help)\n", value != NULL ? value : "(missing)",
+            flag, hint);
+    exit(EXIT_FAILURE);
+}
+
+static int bench_parse_int(const char* flag, const char* s, int min) {
+    char* end = NULL;
+    long v = s != NULL ? strtol(s, &end, 10) : 0;
+    if (s == NULL || *s == '\0' || *end != '\0' || v < min || v > 1000000000L) {
+        char hint[64];
+        snprintf(hint, sizeof hint, "expected an integer >= %d", min);
+        bench_flag_error(flag, s, hint);
+    }
+    return (int)v;
+}
+
+static double bench_parse_double(const char* flag, const char* s) {
+    char* end = NULL;
+    double v = s != NULL ? strtod(s, &end) : 0.0;
+    if (s == NULL || *s == '\0' || *end != '\0' || !(v > 0.0)) { bench_flag_error(flag, s, "expected a number > 0"); }
+    return v;
+}
+
+static void bench_parse_flags(BenchConfig* bc, int argc, char** argv) {
+    memset(bc, 0, sizeof *bc);
+    const char* preset_list = "60m,130m,350m,1b";
+    bc->T = BENCH_T;
+    bc->k = BENCH_K;
+    bc->iters = BENCH_ITERS;
+    bc->warmup = BENCH_WARMUP;
+    bc->opt_iters = 0;     // 0: --iters
+    bc->update_iters = 0;  // 0: min(BENCH_UPDATE_ITERS, --iters)
+    bc->budget_s = BENCH_BUDGET_S;
+    cpu::TrainConfig d;
+    train_config_defaults_gpu(&d);
+    snprintf(bc->dtype, sizeof bc->dtype, "%s", d.dtype);
+    snprintf(bc->shape, sizeof bc->shape, "%s", BENCH_SHAPE_DEFAULT);
+    for (int m = 0; m < NUM_METHODS; m++) { bc->methods[m] = 1; }
+    for (int i = 1; i < argc; i++) {
+        const char* f = argv[i];
+        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { bench_usage(stdout); exit(EXIT_SUCCESS); }
+        const char* v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strncmp(f, "--", 2) != 0) { bench_flag_error("an argument", f, "flags start with --"); }
+        if (v == NULL) { bench_flag_error(f, v, "every flag takes a value"); }
+        i++;
+        if (strcmp(f, "--preset") == 0) { preset_list = v; }
+        else if (strcmp(f, "--B") == 0) { bc->B = bench_parse_int(f, v, 1); }
+        else if (strcmp(f, "--T") == 0) { bc->T = bench_parse_int(f, v, 1); }
+        else if (strcmp(f, "--accum") == 0) { bc->accum = bench_parse_int(f, v, 1); }
+        else if (strcmp(f, "--rank") == 0) { bc->rank = bench_parse_int(f, v, 1); }
+        else if (strcmp(f, "--k") == 0) { bc->k = bench_parse_int(f, v, 2); }
+        else if (strcmp(f, "--iters") == 0) { bc->iters = bench_parse_int(f, v, 1); }
+        else if (strcmp(f, "--warmup") == 0) { bc->warmup = bench_parse_int(f, v, 0); }
+        else if (strcmp(f, "--opt_iters") == 0) { bc->opt_iters = bench_parse_int(f, v, 1); }
+        else if (strcmp(f, "--update_iters") == 0) { bc->update_iters = bench_parse_int(f, v, 1); }
+        else if (strcmp(f, "--budget_s") == 0) { bc->budget_s = bench_parse_double(f, v); }
+        else if (strcmp(f, "--peak_tflops") == 0) { bc->peak_tflops = bench_parse_double(f, v); }
+        else if (strcmp(f, "--dtype") == 0) {
+            if (strcmp(v, "float32") != 0 && strcmp(v, "bfloat16") != 0) {
+                bench_flag_error(f, v, "use float32 or bfloat16");
+            }
+            snprintf(bc->dtype, sizeof bc->dtype, "%s", v);
+        } else if (strcmp(f, "--shape") == 0) {
+            int m, n, r;
+            if (strcmp(v, "none") != 0 && !parse_shape(v, &m, &n, &r)) {
+                bench_flag_error(f, v, "expected MxNrR with R <= min(M, N), e.g. 2048x5461r512, or none");
+            }
+            snprintf(bc->shape, sizeof bc->shape, "%s", v);
+            bc->shape_given = 1;
+        } else if (strcmp(f, "--methods") == 0) {
+            for (int m = 0; m < NUM_METHODS; m++) { bc->methods[m] = 0; }
+            char buf[256];
+            snprintf(buf, sizeof buf, "%s", v);
+            for (char* tok = strtok(buf, ","); tok != NULL; tok = strtok(NULL, ",")) {
+                int found = 0;
+                for (int m = 0; m < NUM_METHODS; m++) {
+                    if (strcmp(tok, METHOD_NAMES[m]) == 0) { bc->methods[m] = 1; found = 1; }
+                }
+                if (!found) { bench_flag_error(f, tok, "methods are adamw, galore, subtrack"); }
+            }
+        } else {
+            bench_flag_error("a flag", f, "unknown flag");
+        }
+    }
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", preset_list);
+    for (char* tok = strtok(buf, ","); tok != NULL; tok = strtok(NULL, ",")) {
+        const char* full = preset_full_name(tok);
+        if (full == NULL) { bench_flag_error("--preset", tok, "not a preset name (./train_llama_subtrack --help lists them)"); }
+        if (bc->num_presets == BENCH_MAX_PRESETS) { bench_flag_error("--preset", preset_list, "too many presets"); }
+        snprintf(bc->presets[bc->num_presets++], sizeof bc->presets[0], "%s", full);
+    }
+    if (bc->num_presets == 0) { bench_flag_error("--preset", preset_list, "name at least one preset"); }
+    if (bc->opt_iters == 0) { bc->opt_iters = bc->iters; }
+    if (bc->update_iters == 0) { bc->update_iters = bc->iters < BENCH_UPDATE_ITERS ? bc->iters : BENCH_UPDATE_ITERS; }
+}
+
+// ----------------------------------------------------------------------------
+// the report
+
+static const PresetResult* find_result(const PresetResult* results, int n, const char* preset) {
+    for (int i = 0; i < n; i++) {
+        if (strcmp(results[i].name, preset) == 0 && results[i].ran) { return &results[i]; }
+    }
+    return NULL;
+}
+
+static void print_goal(const char* status, const char* text) {
+    printf("[%-12s] %s\n", status, text);
+}
+
+static void print_report(const PresetResult* results, int n, const ShapeResult* shape, const BenchConfig* bc,
+                         const DeviceInfo* dev) {
+    double peak = dev->peak_tflops * 1e12;
+    printf("\n================ results (%s, dtype %s, T=%d) ================\n", dev->name, bc->dtype, bc->T);
+    if (dev->harness) { printf("!! CPU HARNESS: every number below is meaningless !!\n"); }
+    printf("\nforward + backward, one micro step\n");
+    printf("%-11s %5s %9s %12s %12s %10s %8s\n", "preset", "B", "N (M)", "fwd+bwd ms", "tok/s", "TFLOP/s", "MFU(fb)");
+    for (int i = 0; i < n; i++) {
+        const PresetResult* r = &results[i];
+        if (!r->ran) {
+            printf("%-11s skipped: %s\n", r->name, r->skipped);
+            continue;
+        }
+        double tok_s = r->B * r->T / (r->fb_ms / 1e3);
+        double flops = tok_s * r->flops_per_token;
+        char mfu[32];
+        if (peak > 0.0) { snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * flops / peak); }
+        else { snprintf(mfu, sizeof mfu, "n/a"); }
+        printf("%-11s %5d %9.1f %12.3f %12.0f %10.1f %8s\n", r->name, r->B, r->matrix_params / 1e6, r->fb_ms, tok_s,
+               flops / 1e12, mfu);
+    }
+    printf("\noptimizer step; k=%d: amortised = ((k-1) plain + update) / k; "
+           "train step = overhead + accum x fwd+bwd + amortised\n", bc->k);
+    printf("%-11s %-10s %10s %11s %10s %11s %9s %9s %9s\n", "preset", "method", "plain ms", "update ms",
+           "amort. ms", "step ms", "opt/step", "vs AdamW", "MFU(step)");
+    for (int i = 0; i < n; i++) {
+        const PresetResult* r = &results[i];
+        if (!r->ran) { continue; }
+        double adamw_step = r->method_ran[METHOD_ADAMW] ? train_step_ms(r, METHOD_ADAMW, bc->k) : 0.0;
+        for (int m = 0; m < NUM_METHODS; m++) {
+            if (!r->method_ran[m]) { continue; }
+            double step = train_step_ms(r, m, bc->k);
+            double tok_s = (double)r->accum * r->B * r->T / (step / 1e3);
+            char vs[32], mfu[32];
+            if (adamw_step > 0.0) { snprintf(vs, sizeof vs, "%+.1f%%", 100.0 * (step - adamw_step) / adamw_step); }
+            else { snprintf(vs, sizeof vs, "n/a"); }
+            if (peak > 0.0) { snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * tok_s * r->flops_per_token / peak); }
+            else { snprintf(mfu, sizeof mfu, "n/a"); }
+            printf("%-11s %-10s %10.3f %11.3f %10.3f %11.3f %8.1f%% %9s %9s\n", r->name, METHOD_LABELS[m],
+                   r->plain_ms[m], r->update_ms[m], amortised_ms(r, m, bc->k), step,
+                   100.0 * amortised_ms(r, m, bc->k) / step, vs, mfu);
+        }
+    }
+    if (shape->ran) {
+        printf("\none matrix %d x %d, R=%d: GaLore SVD refresh %.3f ms, SubTrack++ update %.3f ms, ratio %.1fx\n",
+               shape->m, shape->n, shape->r, shape->galore_ms, shape->subtrack_ms,
+               shape->galore_ms / shape->subtrack_ms);
+    }
+
+    printf("\ngoals (issue 7)\n");
+    char text[512];
+    if (dev->harness) {
+        print_goal("NOT JUDGED", "under the CPU harness the timings mean nothing; run on a GPU");
+        return;
+    }
+    // 1. SubTrack++ at 1B adds <= 5% to the AdamW training step
+    const PresetResult* r1b = find_result(results, n, "llama_1b");
+    if (r1b == NULL || !r1b->method_ran[METHOD_ADAMW] || !r1b->method_ran[METHOD_SUBTRACK]) {
+        print_goal("NOT MEASURED", "SubTrack++ adds <= 5% to the AdamW training step at 1B (needs --preset 1b "
+                   "with adamw and subtrack)");
+    } else {
+        double a = train_step_ms(r1b, METHOD_ADAMW, bc->k), s = train_step_ms(r1b, METHOD_SUBTRACK, bc->k);
+        double add = (s - a) / a;
+        snprintf(text, sizeof text, "SubTrack++ adds %.1f%% (<= %.0f%%) to the AdamW training step at 1B "
+                 "(%.1f vs %.1f ms, k=%d, accum=%d, dtype %s)", 100.0 * add, 100.0 * GOAL_SUBTRACK_OVERHEAD, s, a,
+                 bc->k, r1b->accum, bc->dtype);
+        print_goal(add <= GOAL_SUBTRACK_OVERHEAD ? "PASS" : "FAIL", text);
+    }
+    // 2. MFU >= 40% at 350M and above on an H100
+    int judged = 0;
+    for (int i = 0; i < n; i++) {
+        const PresetResult* r = &results[i];
+        if (!r->ran || r->matrix_params < GOAL_MFU_MIN_PARAMS) { continue; }
+        judged = 1;
+        if (peak <= 0.0) {
+            snprintf(text, sizeof text, "MFU >= 40%% at %s: peak unknown (give --peak_tflops)", r->name);
+            print_goal("NOT MEASURED", text);
+            continue;
+        }
+        int use_step = r->method_ran[METHOD_ADAMW];
+        double ms = use_step ? train_step_ms(r, METHOD_ADAMW, bc->k) : r->fb_ms;
+        double tokens = use_step ? (double)r->accum * r->B * r->T : (double)r->B * r->T;
+        double mfu = tokens / (ms / 1e3) * r->flops_per_token / peak;
+        snprintf(text, sizeof text, "MFU %.1f%% (>= %.0f%%) at %s, %s, dtype %s%s", 100.0 * mfu, 100.0 * GOAL_MFU,
+                 r->name, use_step ? "AdamW training step" : "fwd+bwd only (AdamW not run)", bc->dtype,
+                 dev->is_h100 ? "" : " -- NOT an H100: the goal is for an H100, shown for reference");
+        print_goal(!dev->is_h100 ? "NOT H100" : mfu >= GOAL_MFU ? "PASS" : "FAIL", text);
+    }
+    if (!judged) {
+        print_goal("NOT MEASURED", "MFU >= 40% at 350M and above on an H100 (needs --preset 350m and/or 1b)");
+    }
+    // 3. GaLore's SVD refresh >= 10x slower than SubTrack++'s update at 1B shapes
+    if (!shape->ran) {
+        print_goal("NOT MEASURED", "GaLore SVD refresh >= 10x slower than the SubTrack++ update (--shape none)");
+    } else {
+        double ratio = shape->galore_ms / shape->subtrack_ms;
+        int is_1b = shape->m == 2048 && shape->n == 5461 && shape->r == 512;
+        snprintf(text, sizeof text, "GaLore SVD refresh is %.1fx (>= %.0fx) the SubTrack++ update at %dx%d R=%d%s",
+                 ratio, GOAL_SVD_RATIO, shape->m, shape->n, shape->r, is_1b ? "" : " (not the 1B shape)");
+        print_goal(!is_1b ? "NOT 1B SHAPE" : ratio >= GOAL_SVD_RATIO ? "PASS" : "FAIL", text);
+    }
+}
+
+// ----------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    BenchConfig bc;
+    bench_parse_flags(&bc, argc, argv);
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        fprintf(stderr, "error: bench_gpu: no CUDA GPU found (%s); this benchmark needs one (or build "
+                "dev/bench_gpu_emu to run it under the CPU harness)\n",
+                err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+        return EXIT_FAILURE;
+    }
+    DeviceInfo dev;
+    device_info(&dev, bc.peak_tflops);
+    if (dev.harness) {
+        print_harness_banner();
+        if (!bc.shape_given) { snprintf(bc.shape, sizeof bc.shape, "%s", BENCH_SHAPE_HARNESS); }
+    }
+    printf("settings: dtype %s, T=%d, k=%d, iters %d (warmup %d), optimizer iters %d plain / %d update, "
+           "budget %.0f s per measurement\n", bc.dtype, bc.T, bc.k, bc.iters, bc.warmup, bc.opt_iters,
+           bc.update_iters, bc.budget_s);
+    cublas_init();
+
+    ShapeResult shape;
+    memset(&shape, 0, sizeof shape);
+    if (strcmp(bc.shape, "none") != 0) { bench_shape(&shape, bc.shape, &bc); }
+    static PresetResult results[BENCH_MAX_PRESETS];
+    for (int i = 0; i < bc.num_presets; i++) {
+        bench_preset(&results[i], bc.presets[i], &bc);
+        if (!results[i].ran) { printf("\n-- %s: skipped: %s\n", results[i].name, results[i].skipped); }
+    }
+    print_report(results, bc.num_presets, &shape, &bc, &dev);
+    if (dev.harness) { print_harness_banner(); }
+    cublas_check(cublasDestroy(g_cublas));
+    g_cublas = NULL;
+    return EXIT_SUCCESS;
+}

@@ -340,10 +340,8 @@ static void test_expf_simd(void) {
 
 // ----------------------------------------------------------------------------
 // tests of the data section: the shard loader, bad shards, the decoder file and
-// the committed data/. (dev/wip/test_shard_loader.c: to be pasted into
-// test_subtrack.c; uses its check() and g_pass/g_fail.)
-// every test writes its own small shards into a fresh mkdtemp directory.
-
+// the committed data/. every test writes its own small shards into a fresh
+// mkdtemp directory.
 
 #define TEST_SHARD_VOCAB 1000   // ids in the test shards stay below this
 #define TEST_SHARD_STRIDE 100   // token i of test shard s is s*100 + i, so every window names itself
@@ -902,7 +900,7 @@ static void test_data_all(void) {
 }
 
 // ----------------------------------------------------------------------------
-// tests of the low-rank optimizer (pasted into test_subtrack.c, after check())
+// tests of the low-rank optimizer
 //
 // 1. trajectories: replay the PyTorch reference (dev/reference/subtrack_reference.py)
 //    step by step and compare S (through S S^T), M, V, W and the limiter value

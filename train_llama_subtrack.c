@@ -1716,9 +1716,6 @@ void decoder_print_token(const Decoder* d, int id, FILE* out) {
 //   lowrank_scratch_num_floats(m, n, R)            scratch; one buffer of the max over matrices
 //   lowrank_adamw_step(&state, W, G, t, &cfg, lr, scratch)
 // and adamw_update() for embeddings, lm_head and norms.
-//
-// (pasted into train_llama_subtrack.c; uses gemm and wall_seconds from its
-// utilities section, and <float.h>, which can move up to the other includes)
 
 // full-rank AdamW with the spec's bias correction and decoupled weight decay:
 //   M = b1 M + (1-b1) G ; V = b2 V + (1-b2) G^2

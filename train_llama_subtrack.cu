@@ -416,6 +416,7 @@ __global__ void crossentropy_forward_kernel(float* losses, float* lse, const X* 
                                             int BT, int V) {
     __shared__ float scratch[WARP_SIZE];
     int row = blockIdx.x;
+    if (row >= BT) { return; } // the whole block leaves, before any barrier
     const X* x = logits + (size_t)row * V;
     float maxv = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x) { maxv = fmaxf(maxv, to_float(x[j])); }
@@ -437,6 +438,7 @@ template <typename X>
 __global__ void crossentropy_softmax_backward_kernel(X* dlogits, const X* logits, const float* lse,
                                                      const int* targets, float dloss, int BT, int V) {
     int row = blockIdx.x;
+    if (row >= BT) { return; }
     const X* x = logits + (size_t)row * V;
     X* d = dlogits + (size_t)row * V;
     int tgt = targets[row];

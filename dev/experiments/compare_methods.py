@@ -88,7 +88,7 @@ PAPER_ABLATION_1B = [  # (our method key, the paper's row name, its eval loss)
 ]
 
 # settings of the full table. kjv_small is the trainer's default model; see
-# dev/wip/README_experiments.md for how the step budget was sized
+# README.md ("Results") for how the step budget was sized
 FULL = {
     "model_config": "kjv_small",
     "batch_size": 8,

@@ -581,7 +581,7 @@ int main(int argc, char** argv) {
 #else
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-        fprintf(stderr, "error: no CUDA GPU found; hint: build dev/wip/test_gpu_optim_emu to run under the harness\n");
+        fprintf(stderr, "error: no CUDA GPU found; hint: make dev/test_gpu/test_gpu_optim_emu runs it under the CPU harness\n");
         return 1;
     }
     cudaDeviceProp prop;

@@ -431,7 +431,7 @@ static void test_training_steps(GpuTestCase* tc, const char* optimizer, const ch
 //     of scale expected at worst; the tolerance is 4e-2 (that times 4: small
 //     tensors such as the norm weights' gradient take a max over few
 //     entries, the largest relative spread).
-// measured (see the PASS lines; dev/wip/README_cuda.md lists them): at most
+// measured (see the PASS lines; README.md, "How the CUDA trainer is checked", lists them): at most
 // a few 1e-3 for logits and loss, up to ~1e-2 for gradients.
 #define BF16_LOGITS_REL_TOL 2e-2
 #define BF16_LOSS_REL_TOL 2e-3
@@ -645,7 +645,7 @@ int main(int argc, char** argv) {
     test_determinism(&tcs[ncases - 1]);
     // whole trainer steps: 3 steps are the SVD at step 0 and one subspace
     // update at step 2. (beyond that the two sides drift apart on these tiny
-    // random models: see dev/wip/README_cuda.md, "open questions")
+    // random models: see README.md, "Open questions about the CUDA trainer")
     printf("--- training steps, GPU against CPU: weights and every optimizer state\n");
     for (int i = 0; i < ncases; i++) {
         test_training_steps(&tcs[i], "low_rank_adamw", "subtrack", 3, 0);

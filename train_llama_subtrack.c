@@ -3537,6 +3537,32 @@ static void check_writable_dir_or_exit(const char* dir) {
     remove(probe);
 }
 
+// the per-step report both trainers print and log (the CUDA trainer calls
+// these through namespace cpu, so the two outputs cannot drift apart)
+int train_step_is_due(int every, int step, int last) {
+    return (every > 0 && (step + 1) % every == 0) || last;
+}
+
+void train_print_step(const TrainConfig* t, int step, int first_step, double loss, double norm, float lr,
+                      double ms, double tokens_per_s, double train_seconds, int steps_timed) {
+    int last = step + 1 == t->num_training_steps;
+    if (step != first_step && (step + 1) % t->print_every != 0 && !last) { return; }
+    char eta[32];
+    format_duration(train_seconds / steps_timed * (t->num_training_steps - step - 1), eta, sizeof eta);
+    printf("step %5d/%d | loss %.4f | norm %.3f | lr %.2e | %.1f ms | %.0f tok/s | eta %s\n",
+           step + 1, t->num_training_steps, loss, norm, lr, ms, tokens_per_s, eta);
+}
+
+// one CSV row: step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s (val_loss empty when NaN)
+void train_log_step(FILE* log, int step, double loss, float val_loss, float lr, double norm, double ms,
+                    double tokens_per_s) {
+    if (log == NULL) { return; }
+    fprintf(log, "%d,%.6f,", step + 1, loss);
+    if (!isnan(val_loss)) { fprintf(log, "%.6f", val_loss); }
+    fprintf(log, ",%.6e,%.6f,%.3f,%.1f\n", lr, norm, ms, tokens_per_s);
+    fflush(log);
+}
+
 int train_main(int argc, char** argv) {
     TrainConfig t;
     train_config_defaults(&t);
@@ -3648,27 +3674,17 @@ int train_main(int argc, char** argv) {
         double tokens_per_s = (double)t.total_batch_size * T / (ms / 1e3);
         int last = step + 1 == t.num_training_steps;
 
-        if (step == first_step || (step + 1) % t.print_every == 0 || last) {
-            char eta[32];
-            format_duration(train_seconds / steps_timed * (t.num_training_steps - step - 1), eta, sizeof eta);
-            printf("step %5d/%d | loss %.4f | norm %.3f | lr %.2e | %.1f ms | %.0f tok/s | eta %s\n",
-                   step + 1, t.num_training_steps, loss, norm, lr, ms, tokens_per_s, eta);
-        }
+        train_print_step(&t, step, first_step, loss, norm, lr, ms, tokens_per_s, train_seconds, steps_timed);
         float val_loss = NAN;
-        if ((t.eval_every > 0 && (step + 1) % t.eval_every == 0) || last) {
+        if (train_step_is_due(t.eval_every, step, last)) {
             val_loss = evaluate(&model, &val_loader, t.eval_batches, inputs, targets);
             printf("val loss %.4f (perplexity %.2f) at step %d\n", val_loss, exp(val_loss), step + 1);
         }
-        if ((t.sample_every > 0 && (step + 1) % t.sample_every == 0) || last) {
+        if (train_step_is_due(t.sample_every, step, last)) {
             print_sample(&model, &dec, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
         }
-        if (log != NULL) {
-            fprintf(log, "%d,%.6f,", step + 1, loss);
-            if (!isnan(val_loss)) { fprintf(log, "%.6f", val_loss); }
-            fprintf(log, ",%.6e,%.6f,%.3f,%.1f\n", lr, norm, ms, tokens_per_s);
-            fflush(log);
-        }
-        if (t.save_dir[0] != '\0' && ((t.save_every > 0 && (step + 1) % t.save_every == 0) || last)) {
+        train_log_step(log, step, loss, val_loss, lr, norm, ms, tokens_per_s);
+        if (t.save_dir[0] != '\0' && train_step_is_due(t.save_every, step, last)) {
             if (checkpoint_save(&state, t.save_dir, err, sizeof err) != 0) { fatal("%s", err); }
             printf("saved %s/%s at step %d\n", t.save_dir, CHECKPOINT_FILE, step + 1);
         }

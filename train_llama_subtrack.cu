@@ -2370,28 +2370,18 @@ int train_main(int argc, char** argv) {
         double tokens_per_s = (double)t.total_batch_size * T / (ms / 1e3);
         int last = step + 1 == t.num_training_steps;
 
-        if (step == first_step || (step + 1) % t.print_every == 0 || last) {
-            char eta[32];
-            cpu::format_duration(train_seconds / steps_timed * (t.num_training_steps - step - 1), eta, sizeof eta);
-            printf("step %5d/%d | loss %.4f | norm %.3f | lr %.2e | %.1f ms | %.0f tok/s | eta %s\n",
-                   step + 1, t.num_training_steps, loss, norm, lr, ms, tokens_per_s, eta);
-        }
+        cpu::train_print_step(&t, step, first_step, loss, norm, lr, ms, tokens_per_s, train_seconds, steps_timed);
         float val_loss = NAN;
-        if ((t.eval_every > 0 && (step + 1) % t.eval_every == 0) || last) {
+        if (cpu::train_step_is_due(t.eval_every, step, last)) {
             val_loss = evaluate(&model, &val_loader, t.eval_batches, inputs, targets);
             printf("val loss %.4f (perplexity %.2f) at step %d\n", val_loss, exp(val_loss), step + 1);
         }
-        if ((t.sample_every > 0 && (step + 1) % t.sample_every == 0) || last) {
+        if (cpu::train_step_is_due(t.sample_every, step, last)) {
             print_sample(&model, &dec, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
         }
-        if (log != NULL) {
-            fprintf(log, "%d,%.6f,", step + 1, loss);
-            if (!isnan(val_loss)) { fprintf(log, "%.6f", val_loss); }
-            fprintf(log, ",%.6e,%.6f,%.3f,%.1f\n", lr, norm, ms, tokens_per_s);
-            fflush(log);
-        }
+        cpu::train_log_step(log, step, loss, val_loss, lr, norm, ms, tokens_per_s);
         int stop_now = t.stop_at_step > 0 && step + 1 == t.stop_at_step && !last;
-        if (t.save_dir[0] != '\0' && ((t.save_every > 0 && (step + 1) % t.save_every == 0) || last || stop_now)) {
+        if (t.save_dir[0] != '\0' && (cpu::train_step_is_due(t.save_every, step, last) || stop_now)) {
             if (checkpoint_save(&model, &opt, &host_model, &train_loader, &sample_rng, t.save_dir,
                                 err, sizeof err) != 0) {
                 cpu::fatal("%s", err);

@@ -20,6 +20,7 @@ relative error.
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <signal.h>
 
 // ----------------------------------------------------------------------------
 // the check api
@@ -726,6 +727,13 @@ static void test_shard_bad_files(void) {
     snprintf(path, sizeof(path), "%s/vocab.bin", dir);
     rc = shard_validate(path, 1, 0, &n, msg, sizeof(msg));
     check(rc == SHARD_OK && n == 20, "bad shards: vocab_size 0 skips the id check (%lld tokens)", (long long)n);
+    // a directory where a shard should be is named as one (not as a file of
+    // 2^63 bytes, which is what seeking to its end reports)
+    snprintf(path, sizeof(path), "%s/a_dir.bin", dir);
+    mkdir(path, 0755);
+    rc = shard_validate(path, 1, 0, &n, msg, sizeof(msg));
+    check(rc == SHARD_ERR_OPEN && strstr(msg, "is a directory") != NULL, "bad shards: a directory: %s", msg);
+    rmdir(path);
     test_remove_dir(dir);
 }
 
@@ -1670,10 +1678,175 @@ static void test_lowrank_optimizer(const char* trajectory_path) {
 }
 
 // ----------------------------------------------------------------------------
+// the authors' command lines: dev/reference/authors_args.txt holds, for each
+// of their C4 scripts and their README's example, what their own argparse
+// (torchrun_main.py) made of it (written by dev/reference/authors_args.py).
+// each must parse here, be accepted, and give the same value for every flag
+
+// compares one setting with the text their generator wrote for it; prefix: a
+// string prefix (for their dated --save_dir default)
+static int flag_matches(const TrainConfig* t, const char* key, const char* want, int prefix, char* got, size_t cap) {
+    char name[80];
+    snprintf(name, sizeof name, "--%s", key);
+    int j = flag_index(name);
+    if (j < 0) { snprintf(got, cap, "(no such flag here)"); return 0; }
+    const FlagSpec* f = &TRAIN_FLAGS[j];
+    const char* base = (const char*)t + f->offset;
+    flag_value_string(f, t, got, cap);
+    switch (f->kind) {
+        case FLAG_INT: {
+            long w = strcmp(want, "(none)") == 0 ? 0 : strtol(want, NULL, 10);
+            return *(const int*)base == w;
+        }
+        // their values are python floats; ours are float32 and must be the
+        // float32 nearest to theirs, exactly
+        case FLAG_FLOAT: return *(const float*)base == (float)strtod(want, NULL);
+        case FLAG_SWITCH: return *(const int*)base == (strcmp(want, "on") == 0);
+        case FLAG_STRING:
+            if (strcmp(want, "(none)") == 0) { return base[0] == '\0'; }
+            return prefix ? strncmp(base, want, strlen(want)) == 0 : strcmp(base, want) == 0;
+    }
+    return 0;
+}
+
+static void test_authors_args(const char* path) {
+    FILE* f = fopen(path, "r");
+    if (f == NULL) { check(0, "authors' command lines: open %s", path); return; }
+    char line[4096], args_line[4096] = "", case_name[128] = "";
+    int cases = 0, compared = 0;
+    TrainConfig t;
+    int parsed_ok = 0;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (line[0] == '#' || line[0] == '\0') { continue; }
+        if (strncmp(line, "case ", 5) == 0) {
+            sscanf(line + 5, "%127s", case_name);
+        } else if (strncmp(line, "args ", 5) == 0) {
+            snprintf(args_line, sizeof args_line, "%s", line + 5);
+            char* argv[256];
+            int argc = 0;
+            argv[argc++] = (char*)"train_llama_subtrack_cpu";
+            for (char* w = strtok(args_line, " "); w != NULL && argc < 256; w = strtok(NULL, " ")) { argv[argc++] = w; }
+            char err[1024] = "";
+            // float32: their dtype default on a machine without a bf16 GPU,
+            // as the file's header records, and the CPU trainer's
+            int rc = train_config_from_args(&t, argc, argv, "float32", err, sizeof err);
+            const char* problem = rc == 0 ? train_config_problem(&t) : err;
+            parsed_ok = rc == 0 && problem == NULL;
+            check(parsed_ok, "authors' command line %s: parsed and accepted (%s)", case_name,
+                  problem != NULL ? problem : "ok");
+            check(t.authors_defaults == 1, "authors' command line %s: their config, so their defaults", case_name);
+            cases++;
+        } else if (strncmp(line, "expect", 6) == 0 && parsed_ok) {
+            int prefix = strncmp(line, "expect_prefix ", 14) == 0;
+            char* rest = line + (prefix ? 14 : 7);
+            char* space = strchr(rest, ' ');
+            if (space == NULL) { continue; }
+            *space = '\0';
+            char got[600];
+            int ok = flag_matches(&t, rest, space + 1, prefix, got, sizeof got);
+            compared++;
+            if (!ok) { check(0, "authors' command line %s: --%s is %s here, %s in theirs", case_name, rest, got, space + 1); }
+        }
+    }
+    fclose(f);
+    check(cases >= 7 && compared >= 7 * 40, "authors' command lines: %d cases, %d settings compared with their "
+          "argparse's (a mismatch is reported above)", cases, compared);
+}
+
+// the no-argument run keeps its settings: the settings table of the committed
+// default run (dev/experiments/default_run.txt, printed by the trainer that
+// made the README's result, run with --log_file only) against today's
+static void test_default_settings_unchanged(void) {
+    const char* path = "dev/experiments/default_run.txt";
+    FILE* f = fopen(path, "r");
+    if (f == NULL) { check(0, "default settings: open %s", path); return; }
+    char* argv[] = {(char*)"train_llama_subtrack_cpu", (char*)"--log_file", (char*)"dev/experiments/default_run.csv"};
+    TrainConfig t;
+    char err[1024];
+    int rc = train_config_from_args(&t, 3, argv, "float32", err, sizeof err);
+    LlamaConfig c;
+    llama_preset_find(t.model_config, &c);
+    if (t.max_length == 0) { t.max_length = c.max_seq_len < DEFAULT_MAX_LENGTH ? c.max_seq_len : DEFAULT_MAX_LENGTH; }
+    char line[1024];
+    int rows = 0, same = 0;
+    while (fgets(line, sizeof line, f)) {
+        char name[128], value[600];
+        if (sscanf(line, "| %127s | %599[^|]|", name, value) != 2) { continue; }
+        for (int k = (int)strlen(value) - 1; k >= 0 && value[k] == ' '; k--) { value[k] = '\0'; }
+        char flag[140], got[600];
+        snprintf(flag, sizeof flag, "--%s", name);
+        int j = flag_index(flag);
+        if (j < 0) { check(0, "default settings: --%s of the committed run is gone", name); continue; }
+        flag_value_string(&TRAIN_FLAGS[j], &t, got, sizeof got);
+        rows++;
+        if (strcmp(got, value) == 0) { same++; }
+        else { check(0, "default settings: --%s is %s today, %s in the committed default run", name, got, value); }
+    }
+    fclose(f);
+    check(rc == 0 && t.authors_defaults == 0 && rows >= 40 && same == rows,
+          "the no-argument run keeps all %d settings of the committed default run (%d equal), with our defaults",
+          rows, same);
+}
+
+// settings of the authors' that are not built here yet are refused, each
+// with a message that names it and says what to use instead
+static void test_authors_refusals(void) {
+    struct { const char* args; const char* expect; } cases[] = {
+        {"--optimizer sgd", "not implemented yet"},
+        {"--optimizer low_rank_adamw8bit_per_layer", "not implemented yet"},
+        {"--optimizer adam --weight_decay 0.1", "L2"},
+        {"--scheduler cosine_restarts", "not implemented yet"},
+        {"--proj_type left", "not implemented yet"},
+        {"--st_step_size_scheduler iterative_decrease", "not implemented yet"},
+        {"--st_step_size_scheduler adaptive", "no implementation in the authors' code"},
+        {"--st_noise_sigma2 0.5", "never uses"},
+        {"--st_subspace_coef 2", "never uses"},
+        {"--rand_proj", "not implemented yet"},
+        {"--activation_checkpointing", "not implemented yet"},
+        {"--max_train_tokens 1B", "not implemented yet"},
+        {"--dtype float16", "not supported"},
+        {"--batch_size 8 --total_batch_size 16 --gradient_accumulation 4", "is not --total_batch_size"},
+        {"--model_config llama_60m --beta1 0.95", "only reaches SGD and Adafactor"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", cases[i].args);
+        char* argv[32];
+        int argc = 0;
+        argv[argc++] = (char*)"train_llama_subtrack_cpu";
+        for (char* w = strtok(buf, " "); w != NULL && argc < 32; w = strtok(NULL, " ")) { argv[argc++] = w; }
+        TrainConfig t;
+        char err[1024];
+        int rc = train_config_from_args(&t, argc, argv, "float32", err, sizeof err);
+        const char* problem = rc == 0 ? train_config_problem(&t) : err;
+        check(problem != NULL && strstr(problem, cases[i].expect) != NULL, "refused: %s: %s", cases[i].args,
+              problem != NULL ? problem : "(accepted)");
+    }
+    // the same flags at their accepted values, and their no-op flags
+    char* ok_argv[] = {(char*)"x", (char*)"--proj_type", (char*)"std", (char*)"--st_step_size_scheduler",
+                       (char*)"constant", (char*)"--st_step_size_coef", (char*)"3", (char*)"--single_gpu",
+                       (char*)"--use_hf_model", (char*)"--workers", (char*)"2", (char*)"--tags", (char*)"a,b",
+                       (char*)"--name", (char*)"run", (char*)"--rand_ratio", (char*)"0.5", (char*)"--dtype",
+                       (char*)"bf16", (char*)"--optimizer", (char*)"AdamW", (char*)"--lr=0.002",
+                       (char*)"--recovery_scaling=0"};
+    TrainConfig t;
+    char err[1024];
+    int rc = train_config_from_args(&t, (int)(sizeof ok_argv / sizeof ok_argv[0]), ok_argv, "float32", err, sizeof err);
+    const char* problem = rc == 0 ? train_config_problem(&t) : err;
+    check(problem == NULL && strcmp(t.dtype, "bfloat16") == 0 && strcmp(t.optimizer, "adamw") == 0 &&
+          t.lr == 0.002f && t.recovery_scaling == 0,
+          "accepted: the authors' no-op flags, bf16 as bfloat16, AdamW in any case, --flag=value (%s)",
+          problem ? problem : "ok");
+}
+
+// ----------------------------------------------------------------------------
 // the trainer as users run it: ./train_llama_subtrack_cpu in a child process
 // (make test builds it first). exit codes and stderr are what is checked.
 
-#define TRAINER_BIN "./train_llama_subtrack_cpu"
+// the trainer binary under test: the CPU trainer, or the one --trainer names
+static const char* g_trainer_bin = "./train_llama_subtrack_cpu";
+#define TRAINER_BIN g_trainer_bin
 // a fast run on the embedded data: the kjv_test preset, 2 x 16 tokens a step,
 // a subspace update every 2 steps, so 6 steps see 2 tracking updates
 #define TRAINER_FAST "--model_config kjv_test --batch_size 2 --total_batch_size 2 --max_length 16 " \
@@ -1779,6 +1952,100 @@ static void test_trainer_resume(const char* dir, const char* method_flags, const
           rows_a, rows_b, rows_a ? la[rows_a - 1] : "-", rows_b ? lb[rows_b - 1] : "-");
 }
 
+// runs the trainer with stdout and stderr into one file; returns the exit
+// status (or -1) and the output in out
+static int run_trainer_output(const char* args, char* out, size_t cap) {
+    char outfile[] = "/tmp/subtrack_stdout_XXXXXX";
+    int fd = mkstemp(outfile);
+    if (fd < 0) { snprintf(out, cap, "mkstemp failed"); return -1; }
+    close(fd);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s %s > %s 2>&1", TRAINER_BIN, args, outfile);
+    int status = system(cmd);
+    FILE* f = fopen(outfile, "rb");
+    size_t n = f ? fread(out, 1, cap - 1, f) : 0;
+    out[n] = '\0';
+    if (f) { fclose(f); }
+    remove(outfile);
+    if (status == -1 || !WIFEXITED(status)) { return -1; }
+    return WEXITSTATUS(status);
+}
+
+// a run redirected to a file shows each line as it happens: the trainer runs
+// in a child with stdout to a file, and while it is still running (it has
+// thousands of steps to go), the file must already hold the last progress
+// line of its first step's SVDs and the first step's line. stdout into a
+// file is block-buffered by default, and then those lines would sit in the
+// buffer
+static void test_trainer_progress_lines(const char* dir) {
+    char out_path[700], args[2048];
+    snprintf(out_path, sizeof out_path, "%s/progress.txt", dir);
+    // llama_9m: 28 low-rank matrices; --progress_interval 0 prints every unit
+    snprintf(args, sizeof args, "--model_config llama_9m --dtype float32 --batch_size 1 --max_length 16 --rank 8 "
+             "--optimizer low_rank_adamw --subspace_update_method subtrack --progress_interval 0 --print_every 100000 "
+             "--save_dir %s/progress_ck --save_every 0", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) { _exit(127); }
+        dup2(fd, 1);
+        dup2(fd, 2);
+        char cmd[2200];
+        snprintf(cmd, sizeof cmd, "exec %s %s", TRAINER_BIN, args);
+        execl("/bin/sh", "sh", "-c", cmd, (char*)NULL);
+        _exit(127);
+    }
+    const char* want = "initial subspaces (SVD): matrix 28/28";
+    const char* want_step = "step     1/10000";  // the first step's line, printed after the SVDs
+    int seen = 0, alive = 0;
+    for (int i = 0; i < 1200 && !seen; i++) {  // up to 120 s on a loaded machine
+        usleep(100000);
+        unsigned char* text = NULL;
+        size_t n = 0;
+        if (read_file_bytes(out_path, &text, &n)) {
+            text[n] = '\0';
+            seen = strstr((char*)text, want) != NULL && strstr((char*)text, want_step) != NULL;
+        }
+        free(text);
+        if (waitpid(pid, NULL, WNOHANG) != 0) { break; }  // it ended (or failed) early
+    }
+    alive = seen && waitpid(pid, NULL, WNOHANG) == 0;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    check(seen && alive, "progress lines reach a redirected stdout as they happen ('%s' and '%s' while the run "
+          "goes on: seen %d, still running %d)", want, want_step, seen, alive);
+}
+
+// the authors' scripts on the CPU trainer
+static void test_trainer_authors_scripts(const char* dir) {
+    static char out[1 << 16];
+    char args[2048];
+    // their 60M script as written: bfloat16 is refused, saying how to run it here
+    const char* theirs = "--model_config configs/llama_60m.json --single_gpu --lr 0.001 --low_rank_scale 0.25 "
+                         "--rank 128 --subspace_update_interval 200 --batch_size 128 --total_batch_size 256 "
+                         "--num_training_steps 10000 --warmup_steps 1000 --weight_decay 0 --dtype bfloat16 "
+                         "--eval_every 10000 --optimizer low_rank_adamw --st_init_step_size 10 "
+                         "--subspace_update_method subtrack --adaptive_optimizer --recovery_scaling";
+    check_trainer_rejects("their script with --dtype bfloat16 on the CPU", theirs, "add --dtype float32 at the end");
+    // a configs/llama_*.json that is not here runs as the preset of the same
+    // sizes; the model's 32000 ids against the tokenizer's 4096 are noted
+    snprintf(args, sizeof args, "--model_config configs/llama_9m.json --batch_size 1 --max_length 16 --rank 8 "
+             "--num_training_steps 1 --eval_batches 1 --gen_tokens 2 --dtype float32 --save_dir %s/authors_9m", dir);
+    int rc = run_trainer_output(args, out, sizeof out);
+    check(rc == 0 && strstr(out, "using the built-in preset llama_9m") != NULL,
+          "configs/llama_9m.json without the file runs as the llama_9m preset (exit %d)", rc);
+    check(strstr(out, "27904 embedding rows are never used") != NULL,
+          "a model vocab above the tokenizer's is noted: 32000 - 4096 = 27904 unused rows");
+    check(strstr(out, "the authors' torchrun_main.py") != NULL && strstr(out, "| lr                           | 0.0001") != NULL,
+          "their config gets their defaults (lr 1e-4), and the settings table says so");
+    // resuming at the end: nothing to do, and why
+    snprintf(args, sizeof args, "--model_config configs/llama_9m.json --batch_size 1 --max_length 16 --rank 8 "
+             "--num_training_steps 1 --dtype float32 --continue_from %s/authors_9m", dir);
+    rc = run_trainer_output(args, out, sizeof out);
+    check(rc == 0 && strstr(out, "nothing to do") != NULL && strstr(out, "--num_training_steps is 1") != NULL,
+          "resuming at --num_training_steps says there is nothing to do and why (exit %d)", rc);
+}
+
 static void test_json_config(void) {
     // a config.json in the form of the authors' configs/llama_*.json (written
     // here, key for key in their style) must give the matching preset
@@ -1813,6 +2080,21 @@ static void test_json_config(void) {
     rc = llama_config_from_json(&got, path, err, sizeof err);
     check(rc != 0 && strstr(err, "grouped-query") != NULL, "json config with grouped-query attention is an error: %s", err);
     remove(path);
+}
+
+// the out-of-memory hint says what can shrink: the batch for what grows
+// with it, the model for parameters, gradients and optimizer states
+static void test_memory_hints(void) {
+    check(strstr(memory_hint("activations"), "--batch_size") != NULL &&
+          strstr(memory_hint("gradient scratch"), "--batch_size") != NULL,
+          "out-of-memory hint for activations: %s", memory_hint("activations"));
+    const char* model_buffers[] = {"parameters", "gradients", "AdamW first moments", "low-rank state memory"};
+    for (int i = 0; i < 4; i++) {
+        check(strstr(memory_hint(model_buffers[i]), "batch") == NULL &&
+              strstr(memory_hint(model_buffers[i]), "--model_config") != NULL,
+              "out-of-memory hint for %s does not suggest a smaller batch: %s", model_buffers[i],
+              memory_hint(model_buffers[i]));
+    }
 }
 
 static void test_optimizer_memory(void) {
@@ -1860,6 +2142,9 @@ static void test_trainer(void) {
 
     // a short default-settings run: loss falls, val loss and a sample are printed
     check(run_trainer("--help", err, sizeof err) == 0, "trainer --help exits 0");
+    // this program's own --help: usage and exit 0, without running a check
+    int hrc = system("./test_subtrack --help | grep -q '^usage: ./test_subtrack' && ! ./test_subtrack --bad 2>/dev/null");
+    check(hrc == 0, "./test_subtrack --help prints usage and exits 0; an unknown option exits non-zero");
 
     test_trainer_resume(dir, "--total_batch_size 4", "subtrack++");
     test_trainer_resume(dir, "--subspace_update_method galore --adaptive_optimizer 0", "galore");
@@ -1876,8 +2161,20 @@ static void test_trainer(void) {
     check_trainer_rejects("an unknown preset", "--model_config llama_5m", "neither a preset");
     check_trainer_rejects("a model vocab below the data's", "--model_config tiny --max_length 16", "tokenizer");
     check_trainer_rejects("a missing train shard", TRAINER_FAST " --train_data /nonexistent/x*.bin", "no file matches");
-    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --save_dir %s/not_a_dir/sub", dir);
-    check_trainer_rejects("a non-writable save_dir", args, "not a writable directory");
+    // a --save_dir that does not exist is created (mkdir -p); one that
+    // cannot be (a path through a regular file) is refused up front
+    char afile[700];
+    snprintf(afile, sizeof afile, "%s/a_file", dir);
+    FILE* af = fopen(afile, "w");
+    if (af) { fclose(af); }
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --save_dir %s/sub", afile);
+    check_trainer_rejects("a save_dir that cannot be created", args, "cannot create");
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 1 --save_dir %s/new/deeper", dir);
+    int mk_rc = run_trainer(args, err, sizeof err);
+    char made[800];
+    snprintf(made, sizeof made, "%s/new/deeper/%s", dir, CHECKPOINT_FILE);
+    check(mk_rc == 0 && access(made, F_OK) == 0, "a missing --save_dir is created, with its parents (exit %d) %s",
+          mk_rc, mk_rc ? err : "");
 
     // a checkpoint of another model config, and a corrupt one
     char ckdir[700], ckpath[800];
@@ -1905,6 +2202,21 @@ static void test_trainer(void) {
         free(bytes);
     }
 
+    test_trainer_authors_scripts(dir);
+    test_trainer_progress_lines(dir);
+
+    // a resumed run into a new log file starts it with the CSV header
+    char newlog[700];
+    snprintf(newlog, sizeof newlog, "%s/resumed_new.csv", dir);
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 7 --continue_from %s/resumed_subtrack++ "
+             "--total_batch_size 4 --log_file %s", dir, newlog);
+    int lrc = run_trainer(args, err, sizeof err);
+    FILE* lf = fopen(newlog, "r");
+    char first[256] = "";
+    if (lf) { if (!fgets(first, sizeof first, lf)) { first[0] = '\0'; } fclose(lf); }
+    check(lrc == 0 && strncmp(first, "step,train_loss", 15) == 0, "a resumed run's new log file gets the CSV header "
+          "(exit %d, first line: %.40s)", lrc, first);
+
     // a NaN loss: a huge lr blows the weights up at the first update. the run
     // must stop with the step, and keep the last good checkpoint (step 1)
     char nandir[700];
@@ -1915,8 +2227,20 @@ static void test_trainer(void) {
     int rc = run_trainer(args, err, sizeof err);
     char* nl = strchr(err, '\n');
     if (nl) { *nl = '\0'; }
-    check(rc > 0 && (strstr(err, "NaN") || strstr(err, "Inf")) && strstr(err, "at step"),
-          "trainer stops on a NaN/Inf loss: exit %d, stderr: %s", rc, err);
+    check(rc > 0 && (strstr(err, "NaN") || strstr(err, "Inf")) && strstr(err, "at step") &&
+          strstr(err, "--grad_clipping 1") != NULL,
+          "trainer stops on a NaN/Inf loss, and suggests clipping when it is off: exit %d, stderr: %s", rc, err);
+    {
+        char cdir[700], cargs[2048], cerr[4096];
+        snprintf(cdir, sizeof cdir, "%s/nan_clipped", dir);
+        snprintf(cargs, sizeof cargs, TRAINER_FAST " --optimizer adamw --lr 1e30 --warmup_steps 0 --grad_clipping 1 "
+                 "--num_training_steps 10 --save_dir %s", cdir);
+        int crc = run_trainer(cargs, cerr, sizeof cerr);
+        char* cnl = strchr(cerr, '\n');
+        if (cnl) { *cnl = '\0'; }
+        check(crc > 0 && strstr(cerr, "at step") && strstr(cerr, "--grad_clipping") == NULL,
+              "with clipping already on, the NaN advice does not suggest it: exit %d, stderr: %s", crc, cerr);
+    }
     char nanck[800];
     snprintf(nanck, sizeof nanck, "%s/%s", nandir, CHECKPOINT_FILE);
     FILE* f = fopen(nanck, "rb");
@@ -1994,7 +2318,98 @@ static void test_grad_norm_and_accumulation(void) {
 
 // ----------------------------------------------------------------------------
 
+// --trainer BIN: the loop's checks on another trainer binary (the CUDA
+// trainer, on a GPU or under dev/cuda_emu): bit-exact resume in its default
+// dtype and in float32, the CSV header of a resumed run's new log, and a
+// checkpoint of the CPU trainer resumed by it (the format is shared)
+static void test_other_trainer(const char* bin) {
+    if (access(bin, X_OK) != 0) { check(0, "trainer binary %s exists", bin); return; }
+    char dir[] = "/tmp/subtrack_trainer_XXXXXX";
+    if (mkdtemp(dir) == NULL) { check(0, "mkdtemp"); return; }
+    char args[2048], err[4096], cpu_dir[700], log[700];
+    g_trainer_bin = bin;
+    test_trainer_resume(dir, "--total_batch_size 4", "subtrack++");
+    test_trainer_resume(dir, "--total_batch_size 4 --dtype float32", "subtrack++_float32");
+    test_trainer_resume(dir, "--optimizer adamw --dtype float32", "adamw_float32");
+    snprintf(log, sizeof log, "%s/resumed_new.csv", dir);
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 7 --continue_from '%s/resumed_subtrack++' "
+             "--total_batch_size 4 --log_file %s", dir, log);
+    int rc = run_trainer(args, err, sizeof err);
+    FILE* lf = fopen(log, "r");
+    char first[256] = "";
+    if (lf) { if (!fgets(first, sizeof first, lf)) { first[0] = '\0'; } fclose(lf); }
+    check(rc == 0 && strncmp(first, "step,train_loss", 15) == 0, "%s: a resumed run's new log file gets the CSV "
+          "header (exit %d, first line: %.40s) %s", bin, rc, first, rc ? err : "");
+    // without a GPU, or with a driver older than the build: a message that
+    // says which, and a non-zero exit. the CPU harness can play both machines
+    size_t bl = strlen(bin);
+    if (bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) {
+        char env_bin[700];
+        snprintf(env_bin, sizeof env_bin, "CUDA_EMU_DEVICES=0 %s", bin);
+        g_trainer_bin = env_bin;
+        check_trainer_rejects("a machine without a GPU", TRAINER_FAST, "no CUDA GPU found");
+        snprintf(env_bin, sizeof env_bin, "CUDA_EMU_DRIVER_VERSION=11080 %s", bin);
+        check_trainer_rejects("a driver older than the build", TRAINER_FAST, "driver is too old");
+        g_trainer_bin = bin;
+    }
+    // a CPU checkpoint, resumed here
+    snprintf(cpu_dir, sizeof cpu_dir, "%s/from_cpu", dir);
+    g_trainer_bin = "./train_llama_subtrack_cpu";
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 4 --stop_at_step 2 --save_dir %s", cpu_dir);
+    int rc1 = run_trainer(args, err, sizeof err);
+    g_trainer_bin = bin;
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 4 --dtype float32 --continue_from %s", cpu_dir);
+    int rc2 = run_trainer(args, err, sizeof err);
+    check(rc1 == 0 && rc2 == 0, "%s resumes a checkpoint of the CPU trainer (exits %d %d) %s", bin, rc1, rc2,
+          rc2 ? err : "");
+    g_trainer_bin = "./train_llama_subtrack_cpu";
+    char rm[700];
+    snprintf(rm, sizeof rm, "rm -rf %s", dir);
+    if (system(rm) != 0) { printf("note: could not remove %s\n", dir); }
+}
+
+static void test_usage(FILE* out) {
+    fprintf(out,
+            "usage: ./test_subtrack [FILE ...]\n"
+            "checks train_llama_subtrack.c against independent references; the last line is \"N passed, N failed\"\n"
+            "and the exit status is non-zero on any failure.\n\n"
+            "  (no FILE)   every check: gemm, data, optimizers, configs, the model against the committed\n"
+            "              transformers references, and the trainer binary (make test runs this)\n"
+            "  FILE ...    the unit checks, then each FILE, by its kind (read from its first bytes):\n"
+            "                a model reference (dev/reference/model_reference.py): logits, loss and gradients\n"
+            "                an optimizer trajectory file (dev/reference/subtrack_reference.py): every case\n"
+            "  --trainer BIN  only the training loop's checks, on another trainer binary (the CUDA one)\n"
+            "  --help      this text\n");
+}
+
+// what kind of reference file path is, from its magic: MODEL_REF_MAGIC,
+// TRAJ_REF_MAGIC, or 0 (with a message) when it is neither or unreadable
+static int reference_file_kind(const char* path) {
+    FILE* f = fopen(path, "rb");
+    int32_t magic = 0;
+    int ok = f != NULL && fread(&magic, sizeof magic, 1, f) == 1;
+    if (f) { fclose(f); }
+    if (ok && (magic == MODEL_REF_MAGIC || magic == TRAJ_REF_MAGIC)) { return magic; }
+    fprintf(stderr, "error: %s: %s; give a model reference file (dev/reference/model_reference.py) or an "
+            "optimizer trajectory file (dev/reference/subtrack_reference.py)\n", path,
+            f == NULL ? strerror(errno) : ok ? "not a reference file (unknown magic)" : "empty or unreadable");
+    return 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 3 && strcmp(argv[1], "--trainer") == 0) {
+        test_other_trainer(argv[2]);
+        printf("%d passed, %d failed\n", g_pass, g_fail);
+        return g_fail == 0 ? 0 : 1;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) { test_usage(stdout); return 0; }
+        if (argv[i][0] == '-') {
+            fprintf(stderr, "error: unknown option %s\n", argv[i]);
+            test_usage(stderr);
+            return 2;
+        }
+    }
     test_gemm();
     test_expf_simd();
     test_config_validation();
@@ -2004,8 +2419,17 @@ int main(int argc, char** argv) {
     test_grad_norm_and_accumulation();
     test_json_config();
     test_optimizer_memory();
+    test_memory_hints();
+    test_authors_args("dev/reference/authors_args.txt");
+    test_default_settings_unchanged();
+    test_authors_refusals();
     if (argc > 1) {
-        for (int i = 1; i < argc; i++) { test_model_reference(argv[i]); }
+        for (int i = 1; i < argc; i++) {
+            int kind = reference_file_kind(argv[i]);
+            if (kind == MODEL_REF_MAGIC) { test_model_reference(argv[i]); }
+            else if (kind == TRAJ_REF_MAGIC) { test_trajectories(argv[i]); }
+            else { check(0, "%s is a reference file of a known kind", argv[i]); }
+        }
     } else {
         test_model_reference("dev/reference/model_tiny.bin");
         test_model_reference("dev/reference/model_awkward.bin");

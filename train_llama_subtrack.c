@@ -36,6 +36,9 @@ letter legend for shape comments:
 #include <float.h>
 #include <glob.h>
 #include <sys/types.h>
+#include <sys/stat.h>
+#include <ctype.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -59,10 +62,22 @@ static void fatal(const char* fmt, ...) {
     exit(EXIT_FAILURE);
 }
 
+// what to change when an allocation fails: the buffers that grow with the
+// batch (activations, their gradients, the token batches) can shrink with
+// --batch_size; the rest (parameters, gradients, optimizer states) only with
+// a smaller model or rank
+const char* memory_hint(const char* what) {
+    static const char* const per_batch[] = {"activations", "gradient scratch", "inputs", "targets"};
+    for (size_t i = 0; i < sizeof per_batch / sizeof per_batch[0]; i++) {
+        if (strcmp(what, per_batch[i]) == 0) { return "try a smaller --batch_size or --max_length"; }
+    }
+    return "the model itself does not fit: try a smaller --model_config (or a lower --rank)";
+}
+
 void* malloc_check(size_t n, const char* what) {
     void* p = malloc(n > 0 ? n : 1);
     if (p == NULL) {
-        fatal("out of memory allocating %zu bytes for %s; try a smaller --batch_size or preset", n, what);
+        fatal("out of memory allocating %zu bytes for %s; %s", n, what, memory_hint(what));
     }
     return p;
 }
@@ -77,6 +92,51 @@ double wall_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+// ---- progress lines for phases that can take a while (building a large
+// model, the initial SVDs, a GaLore refresh, evaluation). a phase that ends
+// within g_progress_interval seconds prints nothing; a longer one prints
+// "what done/total, elapsed, eta" at most every g_progress_interval seconds,
+// and a last line when it ends. the trainer sets the interval from
+// --progress_interval; below 0 (tests, benchmarks) nothing is printed.
+
+static double g_progress_interval = -1.0;
+
+static void format_duration(double seconds, char* out, size_t cap) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) { snprintf(out, cap, "%ldh%02ldm", s / 3600, (s % 3600) / 60); }
+    else if (s >= 60) { snprintf(out, cap, "%ldm%02lds", s / 60, s % 60); }
+    else { snprintf(out, cap, "%lds", s); }
+}
+
+typedef struct {
+    const char* what;
+    long total;
+    double start, last_print;
+    int printed;
+} Progress;
+
+void progress_begin(Progress* p, const char* what, long total) {
+    p->what = what;
+    p->total = total;
+    p->start = p->last_print = wall_seconds();
+    p->printed = 0;
+}
+
+void progress_update(Progress* p, long done) {
+    if (g_progress_interval < 0 || p->total <= 0) { return; }
+    double now = wall_seconds();
+    if (done < p->total && now - p->last_print < g_progress_interval) { return; }
+    if (done >= p->total && !p->printed && now - p->start < g_progress_interval) { return; }
+    char elapsed[32], eta[32];
+    format_duration(now - p->start, elapsed, sizeof elapsed);
+    format_duration(done > 0 ? (now - p->start) / done * (p->total - done) : 0.0, eta, sizeof eta);
+    if (done >= p->total) { printf("%s %ld/%ld, done in %s\n", p->what, done, p->total, elapsed); }
+    else { printf("%s %ld/%ld, %s so far, eta %s\n", p->what, done, p->total, elapsed, eta); }
+    fflush(stdout);
+    p->printed = 1;
+    p->last_print = now;
 }
 
 int num_threads(void) {
@@ -758,13 +818,20 @@ void parameter_init(float* memory, const LlamaConfig* c, uint64_t seed) {
     parameter_table(spec, c);
     Rng rng;
     rng_seed(&rng, seed);
+    // progress in millions of parameters: one normal draw after another, so
+    // a 7B model takes minutes
+    Progress pr;
+    progress_begin(&pr, "initialising weights: M parameters", (long)((parameter_count(c) + 999999) / 1000000));
+    size_t done = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = tensor_numel(&spec[i]);
         for (size_t j = 0; j < n; j++) {
             memory[j] = spec[i].is_norm ? 1.0f : 0.02f * rng_normal(&rng);
+            if (++done % 1000000 == 0) { progress_update(&pr, (long)(done / 1000000)); }
         }
         memory += n;
     }
+    progress_update(&pr, pr.total);
 }
 
 // ----------------------------------------------------------------------------
@@ -1122,6 +1189,12 @@ static int read_le_u16(const unsigned char* p) {
 int shard_validate(const char* path, int64_t min_tokens, int vocab_size, int64_t* num_tokens,
                    char* msg, size_t msg_cap) {
     *num_tokens = 0;
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(msg, msg_cap, "shard %s is a directory, not a token shard; hint: give a glob of the shard files "
+                 "in it, e.g. '%s/*.bin'", path, path);
+        return SHARD_ERR_OPEN;
+    }
     FILE* f = fopen(path, "rb");
     if (f == NULL) {
         snprintf(msg, msg_cap, "cannot open shard %s: %s; hint: check the path and permissions, or %s",
@@ -1382,6 +1455,8 @@ int shard_loader_init(ShardLoader* L, const ShardLoaderConfig* cfg, char* msg, s
     int64_t min_tokens, max_windows;  // assigned apart: C++ forbids a goto past an initialization
     min_tokens = (int64_t)cfg->B * cfg->T + 1;
     max_windows = 0;
+    Progress pr;
+    progress_begin(&pr, cfg->flag != NULL ? cfg->flag : "shards", L->num_shards);
     for (int i = 0; i < L->num_shards; i++) {
         L->paths[i] = strdup(g.gl_pathv[i]);
         if (L->paths[i] == NULL) {
@@ -1394,6 +1469,7 @@ int shard_loader_init(ShardLoader* L, const ShardLoaderConfig* cfg, char* msg, s
         L->shard_windows[i] = (n - 1) / cfg->T;
         L->num_windows += L->shard_windows[i];
         if (L->shard_windows[i] > max_windows) { max_windows = L->shard_windows[i]; }
+        progress_update(&pr, i + 1);
     }
     if (cfg->shuffle) {
         L->window_perm = (int64_t*)malloc((size_t)max_windows * sizeof(int64_t));
@@ -1716,6 +1792,17 @@ void decoder_print_token(const Decoder* d, int id, FILE* out) {
 //   lowrank_scratch_num_floats(m, n, R)            scratch; one buffer of the max over matrices
 //   lowrank_adamw_step(&state, W, G, t, &cfg, lr, scratch)
 // and adamw_update() for embeddings, lm_head and norms.
+//
+// lowrank_adamw_step is the spec's "one step for one matrix", one function per step:
+//   1. lowrank_init_subspace       t == 0: SVD, canonical sign, M = V = 0
+//   2. galore_refresh_subspace     every k steps: an SVD (GaLore) ...
+//      subtrack_track_subspace     ... or one geodesic step (SubTrack++)
+//   3. moments_rotate_general      with --adaptive_optimizer, called by step 2's
+//      moments_rotate_rank1        function: the general and the rank-1 C
+//   4. lowrank_adam_in_subspace    M, V and N = M / (sqrt(V) + eps)
+//   5. lowrank_recovery_scaling    phi, Lambda and the norm-growth limiter
+//   6. lowrank_apply_update        W -= lr c (alpha S N + Lambda), weight decay
+// the CUDA trainer has the same functions, name for name and argument for argument.
 
 // full-rank AdamW with the spec's bias correction and decoupled weight decay:
 //   M = b1 M + (1-b1) G ; V = b2 V + (1-b2) G^2
@@ -2266,6 +2353,13 @@ static void lowrank_back_project(float* D, const LowRankState* s, const float* X
     }
 }
 
+// D (m, n) = G - S Gt (left) or G - Gt S^T (right): the part of G that the
+// projection discards, which recovery scaling (step 5) adds back
+static void lowrank_residual(float* D, const LowRankState* s, const float* G, const float* Gt) {
+    memcpy(D, G, (size_t)s->m * s->n * sizeof(float));
+    lowrank_back_project(D, s, Gt, -1.0f, 1.0f);
+}
+
 // the moments as q vectors of length R: element (i, j) of the left (R, q)
 // layout, or (j, i) of the right (q, R) layout. these two strides say where
 static void moment_strides(const LowRankState* s, size_t* along_r, size_t* along_q) {
@@ -2342,6 +2436,16 @@ static void moments_rotate_general(LowRankState* s, const float* C, float* CC, f
     }
 }
 
+// ---- step 1: the first subspace
+
+// step 1 (t == 0): S = the top-r left singular vectors of G (canonical sign), M = V = 0
+void lowrank_init_subspace(LowRankState* s, const float* G, float* scratch) {
+    size_t numel = (size_t)s->q * s->r;
+    svd_top_left_singular_vectors(s->S, G, s->m, s->n, s->r, scratch);
+    memset(s->M, 0, numel * sizeof(float));
+    memset(s->V, 0, numel * sizeof(float));
+}
+
 // ---- GaLore: S = top-r singular vectors of the current gradient (+ moment rotation)
 
 typedef struct {
@@ -2416,16 +2520,28 @@ static TrackScratch track_scratch_layout(Scratch* sc, int m, int n, int r) {
     return w;
 }
 
-// top eigenvector of the symmetric PSD H (R, R) by power iteration, started from
-// the column with the largest diagonal (deterministic, and never orthogonal to
-// the top eigenvector unless H is degenerate). returns the iterations taken,
-// 0 if H == 0.
-static int power_iteration(double* v, double* v_next, const double* H, int r) {
+// the scalars that the pieces of one tracking step hand on to each other. the
+// GPU keeps the same struct on the device, so that its host never waits for them
+typedef struct {
+    int iterations;     // power iterations taken; 0 if dF == 0
+    int skip;           // 1: S stays, the step ends
+    double sigma;       // top singular value of dF
+    double unorm;       // ||u|| after re-orthogonalisation
+    double cs, sn;      // cos, sin of eta sigma
+} TrackScalars;
+
+// top eigenvector v (R,) of the symmetric PSD H (R, R) by power iteration, started
+// from the column with the largest diagonal (deterministic, and never orthogonal to
+// the top eigenvector unless H is degenerate). sets ts->iterations, and ts->skip
+// if H == 0 (then dF == 0: G lies in span(S)). v_next (R,) is scratch
+static void power_iteration(double* v, TrackScalars* ts, const double* H, int r, double* v_next) {
+    ts->iterations = 0;
+    ts->skip = 1;
     int jmax = 0;
     for (int j = 1; j < r; j++) {
         if (H[(size_t)j * r + j] > H[(size_t)jmax * r + jmax]) { jmax = j; }
     }
-    if (!(H[(size_t)jmax * r + jmax] > 0.0)) { return 0; }
+    if (!(H[(size_t)jmax * r + jmax] > 0.0)) { return; }
     for (int i = 0; i < r; i++) { v[i] = i == jmax ? 1.0 : 0.0; }
     int it = 0;
     while (it < POWER_ITER_MAX) {
@@ -2439,7 +2555,7 @@ static int power_iteration(double* v, double* v_next, const double* H, int r) {
         }
         double norm2 = 0.0;  // serial sum: the result must not depend on the thread count
         for (int i = 0; i < r; i++) { norm2 += v_next[i] * v_next[i]; }
-        if (!(norm2 > 0.0)) { return 0; }
+        if (!(norm2 > 0.0)) { return; }
         double inv = 1.0 / sqrt(norm2), change2 = 0.0;
         for (int i = 0; i < r; i++) {
             double x = v_next[i] * inv;
@@ -2448,26 +2564,138 @@ static int power_iteration(double* v, double* v_next, const double* H, int r) {
         }
         if (change2 < POWER_ITER_TOL * POWER_ITER_TOL) { break; }
     }
-    return it;
+    ts->iterations = it;
+    ts->skip = 0;
+}
+
+// u (p,) = dF v, dF (p, R): sigma u, the top left singular vector of dF, unnormalised
+static void track_u(double* u, const float* dF, const double* v, int p, int r) {
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < p; i++) {
+        double x = 0.0;
+        for (int k = 0; k < r; k++) { x += (double)dF[(size_t)i * r + k] * v[k]; }
+        u[i] = x;
+    }
+}
+
+// sigma = ||u||, the top singular value of dF. sigma == 0 ends the step
+static void track_sigma(TrackScalars* ts, const double* u, int p) {
+    double sigma2 = 0.0;
+    for (int i = 0; i < p; i++) { sigma2 += u[i] * u[i]; }
+    ts->sigma = sqrt(sigma2);
+    if (ts->sigma == 0.0) { ts->skip = 1; }
+}
+
+// y (R,) = S^T (u / sigma), S (p, R). a serial sum over i, in a fixed order
+static void track_project_u(double* y, const float* S, const double* u, const TrackScalars* ts, int p, int r) {
+    for (int k = 0; k < r; k++) { y[k] = 0.0; }
+    for (int i = 0; i < p; i++) {
+        double ui = u[i] / ts->sigma;
+        for (int k = 0; k < r; k++) { y[k] += (double)S[(size_t)i * r + k] * ui; }
+    }
+}
+
+// u <- u / sigma - S y: the unit u made exactly orthogonal to span(S), so that
+// the geodesic keeps S orthonormal in fp32
+static void track_orthogonalize_u(double* u, const float* S, const double* y, const TrackScalars* ts, int p, int r) {
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < p; i++) {
+        double x = u[i] / ts->sigma;
+        for (int k = 0; k < r; k++) { x -= (double)S[(size_t)i * r + k] * y[k]; }
+        u[i] = x;
+    }
+}
+
+// ||u||; a u that lost more than half its norm was rounding noise inside span(S):
+// no step. otherwise cos and sin of eta sigma for the geodesic
+static void track_angle(TrackScalars* ts, const double* u, int p, float eta) {
+    double unorm2 = 0.0;
+    for (int i = 0; i < p; i++) { unorm2 += u[i] * u[i]; }
+    if (!(sqrt(unorm2) >= REORTH_MIN_NORM)) {
+        ts->skip = 1;
+        return;
+    }
+    double theta = (double)eta * ts->sigma;
+    ts->unorm = sqrt(unorm2);
+    ts->cs = cos(theta);
+    ts->sn = sin(theta);
+}
+
+// the geodesic step on S (p, R), rank 1:
+//   a = (cos - 1) S v - sin u / ||u||   (p,),   S <- S + a v^T
+// every a_i is formed from the old S before S changes
+static void track_geodesic(float* S, float* a, const double* v, const double* u, const TrackScalars* ts, int p, int r) {
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < p; i++) {
+        double sv = 0.0;
+        for (int k = 0; k < r; k++) { sv += (double)S[(size_t)i * r + k] * v[k]; }
+        a[i] = (float)((ts->cs - 1.0) * sv - ts->sn * u[i] / ts->unorm);
+    }
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < p; i++) {
+        for (int k = 0; k < r; k++) { S[(size_t)i * r + k] += a[i] * (float)v[k]; }
+    }
+}
+
+// the projection with the new S, from the old one by a rank-1 correction:
+//   left:  G (p, q), Gt (R, q) += v (a^T G)
+//   right: G (q, p), Gt (q, R) += (G a) v^T
+// a gemv, O(m n): a direct loop, since gemm with one row would repack all of G
+// first. aG (q,) is scratch
+static void track_update_projection(float* Gt, const float* G, const float* a, const double* v, int r, int p, int q,
+                                    int right, float* aG) {
+    if (!right) {
+        int nblocks = (q + ROTATE_BLOCK - 1) / ROTATE_BLOCK;
+        #pragma omp parallel for schedule(static)
+        for (int bj = 0; bj < nblocks; bj++) {
+            int j0 = bj * ROTATE_BLOCK, j1 = j0 + ROTATE_BLOCK < q ? j0 + ROTATE_BLOCK : q;
+            for (int j = j0; j < j1; j++) { aG[j] = 0.0f; }
+            for (int i = 0; i < p; i++) {
+                const float* row = G + (size_t)i * q;
+                float ai = a[i];
+                for (int j = j0; j < j1; j++) { aG[j] += ai * row[j]; }
+            }
+        }
+        for (int k = 0; k < r; k++) {
+            float vk = (float)v[k];
+            float* row = Gt + (size_t)k * q;
+            for (int j = 0; j < q; j++) { row[j] += vk * aG[j]; }
+        }
+    } else {
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < q; i++) {
+            const float* row = G + (size_t)i * p;
+            float acc = 0.0f;
+            #pragma omp simd reduction(+:acc)
+            for (int j = 0; j < p; j++) { acc += row[j] * a[j]; }
+            aG[i] = acc;
+        }
+        for (int i = 0; i < q; i++) {
+            float* row = Gt + (size_t)i * r;
+            for (int k = 0; k < r; k++) { row[k] += aG[i] * (float)v[k]; }
+        }
+    }
 }
 
 // steps 2 (SubTrack) and 3. on entry Gt holds the projection A = S^T G (left)
 // or G S (right) with the current S, which every step computes anyway; on
 // return S has taken one geodesic step, Gt is the projection with the new S,
-// and with --adaptive_optimizer the moments are rotated. efficient form:
+// and with --adaptive_optimizer the moments are rotated. efficient form, and
+// the piece that does each line (the GPU twin calls the same pieces):
 //   X = G A^T                             one (p, q, R) gemm, no residual matrix
 //   dF = -2 (X - S (S^T X))               S^T X = S^T G A^T = A A^T, but costs 2 p R^2
 //                                         instead of 2 q R^2, and dF is then orthogonal to S by construction
-//   dF ~ sigma u v^T                      power iteration on dF^T dF (R, R)
-//   u <- u - S (S^T u), normalised        keeps S orthonormal in fp32
-//   a = (cos(eta sigma) - 1) S v - sin(eta sigma) u,   S <- S + a v^T
-//   Gt <- A + v (a^T G)                   one gemv, not a second gemm
-//   C = I - c v v^T, c = 1 - cos(eta sigma)
+//   dF ~ sigma u v^T                      power_iteration on dF^T dF (R, R), track_u, track_sigma
+//   u <- u - S (S^T u), normalised        track_project_u, track_orthogonalize_u, track_angle:
+//                                         keeps S orthonormal in fp32
+//   a = (cos(eta sigma) - 1) S v - sin(eta sigma) u,   S <- S + a v^T         track_geodesic
+//   Gt <- A + v (a^T G)                   track_update_projection: one gemv, not a second gemm
+//   step 3 with C = I - c v v^T, c = 1 - cos(eta sigma)                      moments_rotate_rank1
 void subtrack_track_subspace(LowRankState* s, float* Gt, const float* G, const LowRankConfig* cfg,
                              float* scratch) {
     Scratch sc = {scratch, 0};
     TrackScratch w = track_scratch_layout(&sc, s->m, s->n, s->r);
-    int m = s->m, n = s->n, r = s->r, p = s->p, q = s->q;
+    int n = s->n, r = s->r, p = s->p, q = s->q;
     float* S = s->S;
     // X = G A^T (p, R); in the right case A^T = Gt (q, R) and op(G) = G^T
     if (!s->right) {
@@ -2481,98 +2709,160 @@ void subtrack_track_subspace(LowRankState* s, float* Gt, const float* G, const L
     float* dF = w.X;
     gemm(1, 0, r, r, p, 1.0f, dF, r, dF, r, 0.0f, w.H, r);
     for (int i = 0; i < r * r; i++) { w.Hd[i] = w.H[i]; }
-    s->power_iterations = power_iteration(w.v, w.v_next, w.Hd, r);
-    if (s->power_iterations == 0) { return; }  // dF == 0: G lies in span(S), S stays
-    // u = dF v / sigma, then make u exactly orthogonal to S
-    #pragma omp parallel for schedule(static)
-    for (int i = 0; i < p; i++) {
-        double x = 0.0;
-        for (int k = 0; k < r; k++) { x += (double)dF[(size_t)i * r + k] * w.v[k]; }
-        w.u[i] = x;
-    }
-    double sigma2 = 0.0;
-    for (int i = 0; i < p; i++) { sigma2 += w.u[i] * w.u[i]; }
-    double sigma = sqrt(sigma2);
-    if (sigma == 0.0) { return; }
-    for (int i = 0; i < p; i++) { w.u[i] /= sigma; }
+    TrackScalars ts = {0, 0, 0.0, 0.0, 0.0, 0.0};
+    power_iteration(w.v, &ts, w.Hd, r, w.v_next);
+    s->power_iterations = ts.iterations;
+    if (ts.skip) { return; }  // dF == 0: G lies in span(S), S stays
+    // u = dF v / sigma, then made exactly orthogonal to S
+    track_u(w.u, dF, w.v, p, r);
+    track_sigma(&ts, w.u, p);
+    if (ts.skip) { return; }
     double* y = w.v_next;  // (R,) S^T u, reusing power iteration scratch
-    for (int k = 0; k < r; k++) { y[k] = 0.0; }
-    for (int i = 0; i < p; i++) {
-        for (int k = 0; k < r; k++) { y[k] += (double)S[(size_t)i * r + k] * w.u[i]; }
+    track_project_u(y, S, w.u, &ts, p, r);
+    track_orthogonalize_u(w.u, S, y, &ts, p, r);
+    track_angle(&ts, w.u, p, cfg->st_init_step_size);
+    if (ts.skip) { return; }
+    track_geodesic(S, w.a, w.v, w.u, &ts, p, r);
+    track_update_projection(Gt, G, w.a, w.v, r, p, q, s->right, w.aG);
+    // step 3, with C = I - c v v^T, c = 1 - cos(eta sigma)
+    if (cfg->adaptive_optimizer) {
+        moments_rotate_rank1(s, w.v, 1.0 - ts.cs, w.acc1, w.acc2);
     }
+}
+
+// ---- steps 4-6: Adam in the subspace, recovery scaling, the update
+
+#define RECOVERY_PHI_EPS 1e-8f      // the 1e-8 in phi_j = ||N_j|| / (||Gt_j|| + 1e-8)
+
+// step 4: Adam in the subspace, elementwise over the moments' shape (M, V, N, Gt):
+//   M = b1 M + (1 - b1) Gt ;  V = b2 V + (1 - b2) Gt o Gt ;  N = M / (sqrt(V) + eps)
+// the GPU fuses this with step 5's column norms in one kernel (lowrank_adam_norms_kernel)
+void lowrank_adam_in_subspace(LowRankState* s, float* N, const float* Gt, const LowRankConfig* cfg) {
+    size_t numel = (size_t)s->q * s->r;
+    float b1 = cfg->beta1, b2 = cfg->beta2, eps = cfg->eps;
     #pragma omp parallel for schedule(static)
-    for (int i = 0; i < p; i++) {
-        double x = w.u[i];
-        for (int k = 0; k < r; k++) { x -= (double)S[(size_t)i * r + k] * y[k]; }
-        w.u[i] = x;
+    for (size_t i = 0; i < numel; i++) {
+        float g = Gt[i];
+        float mi = b1 * s->M[i] + (1.0f - b1) * g;
+        float vi = b2 * s->V[i] + (1.0f - b2) * g * g;
+        s->M[i] = mi;
+        s->V[i] = vi;
+        N[i] = mi / (sqrtf(vi) + eps);
     }
-    double unorm2 = 0.0;
-    for (int i = 0; i < p; i++) { unorm2 += w.u[i] * w.u[i]; }
-    if (!(sqrt(unorm2) >= REORTH_MIN_NORM)) { return; }
-    double unorm = sqrt(unorm2);
-    double theta = (double)cfg->st_init_step_size * sigma;
-    double cs = cos(theta), sn = sin(theta);
-    // a = (cos - 1) S v - sin u
+}
+
+// step 5: recovery scaling. on entry Lambda (m, n) holds the residual G - S Gt
+// (lowrank_residual); on return it is
+//   Lambda = (G - S Gt) diag(phi),   phi_j = ||N_j|| / (||Gt_j|| + 1e-8)
+// for each j of the non-projected dimension (left: columns, right: rows), then
+// the norm-growth limiter: ||Lambda|| may grow by at most zeta per step, and
+// s->limiter = [prev, prev_set] keeps the norm used. phi, norm2 (q,) are scratch.
+// the GPU computes phi and the residual's norms in step 4's kernel
+// (lowrank_adam_norms_kernel), and scales the residual in step 6's
+void lowrank_recovery_scaling(LowRankState* s, float* Lambda, const float* N, const float* Gt,
+                              const LowRankConfig* cfg, float* phi, double* norm2) {
+    int m = s->m, n = s->n, r = s->r, q = s->q;
+    size_t sr, sq;
+    moment_strides(s, &sr, &sq);
     #pragma omp parallel for schedule(static)
-    for (int i = 0; i < p; i++) {
-        double sv = 0.0;
-        for (int k = 0; k < r; k++) { sv += (double)S[(size_t)i * r + k] * w.v[k]; }
-        w.a[i] = (float)((cs - 1.0) * sv - sn * w.u[i] / unorm);
+    for (int j = 0; j < q; j++) {
+        double nn = 0.0, gg = 0.0;
+        for (int i = 0; i < r; i++) {
+            double x = N[i * sr + j * sq], g = Gt[i * sr + j * sq];
+            nn += x * x;
+            gg += g * g;
+        }
+        phi[j] = (float)sqrt(nn) / ((float)sqrt(gg) + RECOVERY_PHI_EPS);
     }
-    // S <- S + a v^T
-    #pragma omp parallel for schedule(static)
-    for (int i = 0; i < p; i++) {
-        for (int k = 0; k < r; k++) { S[(size_t)i * r + k] += w.a[i] * (float)w.v[k]; }
-    }
-    // Gt <- Gt + v (a^T G) (left) or Gt + (G a) v^T (right). a gemv, O(m n): a
-    // direct loop, since gemm with one row would repack all of G first
+    // ||Lambda||^2 = sum_j phi_j^2 ||residual_j||^2, from the residual's column (left) or row (right) norms
     if (!s->right) {
-        int nblocks = (q + ROTATE_BLOCK - 1) / ROTATE_BLOCK;
+        int nblocks = (n + ROTATE_BLOCK - 1) / ROTATE_BLOCK;
         #pragma omp parallel for schedule(static)
         for (int bj = 0; bj < nblocks; bj++) {
-            int j0 = bj * ROTATE_BLOCK, j1 = j0 + ROTATE_BLOCK < q ? j0 + ROTATE_BLOCK : q;
-            for (int j = j0; j < j1; j++) { w.aG[j] = 0.0f; }
-            for (int i = 0; i < p; i++) {
-                const float* row = G + (size_t)i * n;
-                float ai = w.a[i];
-                for (int j = j0; j < j1; j++) { w.aG[j] += ai * row[j]; }
+            int j0 = bj * ROTATE_BLOCK, j1 = j0 + ROTATE_BLOCK < n ? j0 + ROTATE_BLOCK : n;
+            for (int j = j0; j < j1; j++) { norm2[j] = 0.0; }
+            for (int i = 0; i < m; i++) {
+                const float* row = Lambda + (size_t)i * n;
+                for (int j = j0; j < j1; j++) { norm2[j] += (double)row[j] * row[j]; }
             }
-        }
-        for (int k = 0; k < r; k++) {
-            float vk = (float)w.v[k];
-            float* row = Gt + (size_t)k * q;
-            for (int j = 0; j < q; j++) { row[j] += vk * w.aG[j]; }
         }
     } else {
         #pragma omp parallel for schedule(static)
         for (int i = 0; i < m; i++) {
-            const float* row = G + (size_t)i * n;
-            float acc = 0.0f;
-            #pragma omp simd reduction(+:acc)
-            for (int j = 0; j < n; j++) { acc += row[j] * w.a[j]; }
-            w.aG[i] = acc;
-        }
-        for (int i = 0; i < q; i++) {
-            float* row = Gt + (size_t)i * r;
-            for (int k = 0; k < r; k++) { row[k] += w.aG[i] * (float)w.v[k]; }
+            const float* row = Lambda + (size_t)i * n;
+            double acc = 0.0;
+            for (int j = 0; j < n; j++) { acc += (double)row[j] * row[j]; }
+            norm2[i] = acc;
         }
     }
-    if (cfg->adaptive_optimizer) {
-        moments_rotate_rank1(s, w.v, 1.0 - cs, w.acc1, w.acc2);
+    double lambda2 = 0.0;
+    for (int j = 0; j < q; j++) { lambda2 += (double)phi[j] * phi[j] * norm2[j]; }
+    double lambda_norm = sqrt(lambda2);
+    // norm-growth limiter: Lambda may grow by at most zeta per step
+    float scale = 1.0f;
+    if (cfg->norm_growth_limiter) {
+        float* prev = &s->limiter[0];
+        float* prev_set = &s->limiter[1];
+        if (*prev_set == 0.0f) {
+            *prev = (float)lambda_norm;
+            *prev_set = 1.0f;
+        } else {
+            double cap = (double)cfg->norm_growth_limit * *prev;
+            if (lambda_norm > cap) {
+                scale = (float)(cap / lambda_norm);
+                *prev = (float)cap;
+            } else {
+                *prev = (float)lambda_norm;
+            }
+        }
+    }
+    for (int j = 0; j < q; j++) { phi[j] *= scale; }
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < m; i++) {
+        float* row = Lambda + (size_t)i * n;
+        if (!s->right) {
+            for (int j = 0; j < n; j++) { row[j] *= phi[j]; }
+        } else {
+            float f = phi[i];
+            for (int j = 0; j < n; j++) { row[j] *= f; }
+        }
+    }
+}
+
+// step 6: the update, W (m, n), with the bias correction c = sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)):
+//   D = alpha S N (+ Lambda) ;  W -= lr c D ;  W -= lr wd W
+// Lambda (m, n) is step 5's, and D is formed in its memory; NULL without
+// recovery scaling, and then the back-projection goes straight into W
+void lowrank_apply_update(float* W, const LowRankState* s, const float* N, float* Lambda, int t,
+                          const LowRankConfig* cfg, float lr) {
+    size_t mn = (size_t)s->m * s->n;
+    double c = sqrt(1.0 - pow((double)cfg->beta2, t + 1)) / (1.0 - pow((double)cfg->beta1, t + 1));
+    float step = (float)(lr * c);
+    float decay = (float)((double)lr * cfg->weight_decay);
+    if (Lambda == NULL) {
+        // W -= lr c alpha S N
+        lowrank_back_project(W, s, N, -step * cfg->low_rank_scale, 1.0f);
+    } else {
+        float* D = Lambda;
+        lowrank_back_project(D, s, N, cfg->low_rank_scale, 1.0f);
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < mn; i++) { W[i] -= step * D[i]; }
+    }
+    if (cfg->weight_decay > 0.0f) {
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < mn; i++) { W[i] -= decay * W[i]; }
     }
 }
 
 // ---- the whole step
-
-#define RECOVERY_PHI_EPS 1e-8f      // the 1e-8 in phi_j = ||N_j|| / (||Gt_j|| + 1e-8)
 
 typedef struct {
     float* Gt;      // moments' shape
     float* N;       // moments' shape
     float* phi;     // (q,)
     double* norm2;  // (q,) per column (left) or row (right) squared norms
-    float* rest;    // the subspace update's scratch (GaLore or tracking) ...
-    float* D;       // (m, n) ... and, later in the step, Lambda and then the update D
+    float* rest;    // the subspace update's scratch (SVD, GaLore or tracking) ...
+    float* D;       // (m, n) ... and, later in the step, the residual, Lambda and then the update D
 } StepScratch;
 
 static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int r) {
@@ -2600,147 +2890,62 @@ size_t lowrank_scratch_num_floats(int m, int n, int r) {
     return sc.used;
 }
 
-// one optimizer step for one matrix. W, G: (m, n). t counts the steps already
-// taken (0 on the first). lr is this step's learning rate (after the schedule).
+// one optimizer step for one matrix: steps 1-6 of ../shared/SUBTRACK.md in turn.
+// W, G: (m, n). t counts the steps already taken (0 on the first). lr is this
+// step's learning rate (after the schedule).
 void lowrank_adamw_step(LowRankState* s, float* W, const float* G, int t, const LowRankConfig* cfg,
                         float lr, float* scratch) {
     Scratch sc = {scratch, 0};
     StepScratch w = step_scratch_layout(&sc, s->m, s->n, s->r);
-    int m = s->m, n = s->n, r = s->r, q = s->q;
-    size_t numel = (size_t)q * r;
-    // steps 1-3: the subspace
+    // steps 1-3: the subspace, then Gt = S^T G (left) or G S (right) with the S of this step
     if (t == 0) {
         double t0 = wall_seconds();
-        svd_top_left_singular_vectors(s->S, G, m, n, r, w.rest);
-        memset(s->M, 0, numel * sizeof(float));
-        memset(s->V, 0, numel * sizeof(float));
+        lowrank_init_subspace(s, G, w.rest);                            // step 1
         s->subspace_seconds += wall_seconds() - t0;
         s->subspace_updates++;
         lowrank_project(w.Gt, s, G);
     } else if (cfg->update_interval > 0 && t % cfg->update_interval == 0) {
         if (cfg->method == SUBSPACE_GALORE) {
             double t0 = wall_seconds();
-            galore_refresh_subspace(s, G, cfg, w.rest);
+            galore_refresh_subspace(s, G, cfg, w.rest);                 // steps 2 and 3
             s->subspace_seconds += wall_seconds() - t0;
             lowrank_project(w.Gt, s, G);
         } else {
             lowrank_project(w.Gt, s, G);  // A, reused by the tracking step
             double t0 = wall_seconds();
-            subtrack_track_subspace(s, w.Gt, G, cfg, w.rest);
+            subtrack_track_subspace(s, w.Gt, G, cfg, w.rest);           // steps 2 and 3, Gt updated
             s->subspace_seconds += wall_seconds() - t0;
         }
         s->subspace_updates++;
     } else {
         lowrank_project(w.Gt, s, G);
     }
-    // step 4: Adam in the subspace
-    float b1 = cfg->beta1, b2 = cfg->beta2, eps = cfg->eps;
-    #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < numel; i++) {
-        float g = w.Gt[i];
-        float mi = b1 * s->M[i] + (1.0f - b1) * g;
-        float vi = b2 * s->V[i] + (1.0f - b2) * g * g;
-        s->M[i] = mi;
-        s->V[i] = vi;
-        w.N[i] = mi / (sqrtf(vi) + eps);
+    // step 5's residual G - S Gt comes before step 4, as on the GPU, whose step 4
+    // kernel also takes the residual's norms
+    if (cfg->recovery_scaling) { lowrank_residual(w.D, s, G, w.Gt); }
+    lowrank_adam_in_subspace(s, w.N, w.Gt, cfg);                        // step 4
+    if (cfg->recovery_scaling) {
+        lowrank_recovery_scaling(s, w.D, w.N, w.Gt, cfg, w.phi, w.norm2);   // step 5
     }
-    double c = sqrt(1.0 - pow((double)b2, t + 1)) / (1.0 - pow((double)b1, t + 1));
-    float step = (float)(lr * c);
-    float decay = (float)((double)lr * cfg->weight_decay);
-    if (!cfg->recovery_scaling) {
-        // step 6 without Lambda: W -= lr c alpha S N, straight into W
-        lowrank_back_project(W, s, w.N, -step * cfg->low_rank_scale, 1.0f);
-    } else {
-        // step 5: phi_j = ||N_j|| / (||Gt_j|| + 1e-8) over the non-projected dimension
-        size_t sr, sq;
-        moment_strides(s, &sr, &sq);
-        #pragma omp parallel for schedule(static)
-        for (int j = 0; j < q; j++) {
-            double nn = 0.0, gg = 0.0;
-            for (int i = 0; i < r; i++) {
-                double x = w.N[i * sr + j * sq], g = w.Gt[i * sr + j * sq];
-                nn += x * x;
-                gg += g * g;
-            }
-            w.phi[j] = (float)sqrt(nn) / ((float)sqrt(gg) + RECOVERY_PHI_EPS);
-        }
-        // Lambda = (G - S Gt) diag(phi): the residual first, and its column (left) or row (right) norms
-        memcpy(w.D, G, (size_t)m * n * sizeof(float));
-        lowrank_back_project(w.D, s, w.Gt, -1.0f, 1.0f);
-        double lambda2 = 0.0;
-        if (!s->right) {
-            int nblocks = (n + ROTATE_BLOCK - 1) / ROTATE_BLOCK;
-            #pragma omp parallel for schedule(static)
-            for (int bj = 0; bj < nblocks; bj++) {
-                int j0 = bj * ROTATE_BLOCK, j1 = j0 + ROTATE_BLOCK < n ? j0 + ROTATE_BLOCK : n;
-                for (int j = j0; j < j1; j++) { w.norm2[j] = 0.0; }
-                for (int i = 0; i < m; i++) {
-                    const float* row = w.D + (size_t)i * n;
-                    for (int j = j0; j < j1; j++) { w.norm2[j] += (double)row[j] * row[j]; }
-                }
-            }
-        } else {
-            #pragma omp parallel for schedule(static)
-            for (int i = 0; i < m; i++) {
-                const float* row = w.D + (size_t)i * n;
-                double acc = 0.0;
-                for (int j = 0; j < n; j++) { acc += (double)row[j] * row[j]; }
-                w.norm2[i] = acc;
-            }
-        }
-        for (int j = 0; j < q; j++) { lambda2 += (double)w.phi[j] * w.phi[j] * w.norm2[j]; }
-        double lambda_norm = sqrt(lambda2);
-        // norm-growth limiter: Lambda may grow by at most zeta per step
-        float scale = 1.0f;
-        if (cfg->norm_growth_limiter) {
-            float* prev = &s->limiter[0];
-            float* prev_set = &s->limiter[1];
-            if (*prev_set == 0.0f) {
-                *prev = (float)lambda_norm;
-                *prev_set = 1.0f;
-            } else {
-                double cap = (double)cfg->norm_growth_limit * *prev;
-                if (lambda_norm > cap) {
-                    scale = (float)(cap / lambda_norm);
-                    *prev = (float)cap;
-                } else {
-                    *prev = (float)lambda_norm;
-                }
-            }
-        }
-        for (int j = 0; j < q; j++) { w.phi[j] *= scale; }
-        #pragma omp parallel for schedule(static)
-        for (int i = 0; i < m; i++) {
-            float* row = w.D + (size_t)i * n;
-            if (!s->right) {
-                for (int j = 0; j < n; j++) { row[j] *= w.phi[j]; }
-            } else {
-                float f = w.phi[i];
-                for (int j = 0; j < n; j++) { row[j] *= f; }
-            }
-        }
-        // step 6: D = alpha S N + Lambda, W -= lr c D
-        lowrank_back_project(w.D, s, w.N, cfg->low_rank_scale, 1.0f);
-        size_t mn = (size_t)m * n;
-        #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < mn; i++) { W[i] -= step * w.D[i]; }
-    }
-    if (cfg->weight_decay > 0.0f) {
-        size_t mn = (size_t)m * n;
-        #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < mn; i++) { W[i] -= decay * W[i]; }
-    }
+    lowrank_apply_update(W, s, w.N, cfg->recovery_scaling ? w.D : NULL, t, cfg, lr);   // step 6
 }
 
 // ----------------------------------------------------------------------------
 // training: settings and flags
 //
-// flag names follow the authors' torchrun_main.py, so their scripts translate
-// directly. switches (--adaptive_optimizer ...) may be given bare, as there,
-// or with a value 0/1/true/false, because here the SubTrack++ switches are on
-// by default and the baselines need a way to turn them off.
+// flag names follow the authors' torchrun_main.py, so their scripts run as
+// written. there are two sets of defaults, chosen by --model_config:
+//   - our presets (kjv_small, kjv_test, tiny, awkward) get ours: tuned for the
+//     embedded corpus, with the SubTrack++ switches on. the no-argument run is
+//     the tuned SubTrack++ demo.
+//   - the authors' configs (a llama_* preset or a .json file) get the
+//     defaults of torchrun_main.py for every flag the command line does not
+//     give, with the switches off as their store_true flags are, so that
+//     their scripts mean here what they mean there.
+// switches may be given bare, as there, or followed by 0/1/true/false.
 
 #define DEFAULT_MAX_LENGTH 128
+#define TRAIN_MAX_FLAGS 96
 
 typedef struct {
     // model and data
@@ -2749,28 +2954,37 @@ typedef struct {
     char val_data[512];
     char decoder_path[512];
     int batch_size;          // B, sequences per micro step
-    int total_batch_size;    // sequences per optimizer step; a multiple of B
+    int total_batch_size;    // sequences per optimizer step; a multiple of B (0: B x gradient_accumulation)
+    int gradient_accumulation; // micro steps per optimizer step (0: total_batch_size / B)
     int max_length;          // T; 0 = min(DEFAULT_MAX_LENGTH, the model's max_seq_len)
     int seed;
     int shuffle;
     // schedule
     int num_training_steps;
+    char max_train_tokens[32]; // the authors' token budget: not implemented yet
     int warmup_steps;
-    char scheduler[16];      // cosine | linear
+    char scheduler[24];      // cosine | linear
     float min_lr_ratio;
     float lr;
     float grad_clipping;     // max global grad norm; 0 = off
     // optimizer
-    char optimizer[32];      // adamw | low_rank_adamw
+    char optimizer[40];      // adamw | low_rank_adamw | adam (= adamw when weight_decay is 0)
     char subspace_update_method[16]; // galore | subtrack
     int rank;
     float low_rank_scale;
     int subspace_update_interval;
+    char proj_type[16];      // std: project the smaller side
     float st_init_step_size;
+    char st_step_size_scheduler[24]; // constant
+    float st_step_size_coef;
+    float st_noise_sigma2;
+    float st_subspace_coef;
     int adaptive_optimizer;
     int recovery_scaling;
     float norm_growth_limit;
     int norm_growth_limiter_off;
+    int rand_proj;
+    float rand_ratio;
     float weight_decay;
     float beta1, beta2, eps;
     // evaluation, sampling, logging, checkpoints
@@ -2785,8 +2999,16 @@ typedef struct {
     char save_dir[512];
     char continue_from[512];
     int print_every;
+    float progress_interval; // seconds between progress lines of a long phase
     int stop_at_step;        // stop after this step as if interrupted (0 = run to the end)
     char dtype[16];          // float32 | bfloat16 (the CUDA trainer only)
+    int activation_checkpointing;
+    // the authors' flags that mean nothing in one process here
+    int single_gpu, use_hf_model, workers;
+    char tags[256], name[256];
+    // set by train_config_from_args
+    int authors_defaults;    // 1: the model is one of the authors' configs, and so are the defaults
+    unsigned char given[TRAIN_MAX_FLAGS]; // given[i]: TRAIN_FLAGS[i] was on the command line
 } TrainConfig;
 
 void train_config_defaults(TrainConfig* t) {
@@ -2797,6 +3019,7 @@ void train_config_defaults(TrainConfig* t) {
     snprintf(t->decoder_path, sizeof t->decoder_path, "%s", DEFAULT_DECODER);
     t->batch_size = 8;
     t->total_batch_size = 8;
+    t->gradient_accumulation = 0;
     t->max_length = 0;
     t->seed = 0;
     t->shuffle = 1;
@@ -2811,11 +3034,18 @@ void train_config_defaults(TrainConfig* t) {
     t->rank = 32;
     t->low_rank_scale = 0.25f;
     t->subspace_update_interval = 50;
+    snprintf(t->proj_type, sizeof t->proj_type, "%s", "std");
     t->st_init_step_size = 10.0f;
+    snprintf(t->st_step_size_scheduler, sizeof t->st_step_size_scheduler, "%s", "constant");
+    t->st_step_size_coef = 1.0f;
+    t->st_noise_sigma2 = 0.0f;
+    t->st_subspace_coef = 1.0f;
     t->adaptive_optimizer = 1;
     t->recovery_scaling = 1;
     t->norm_growth_limit = 1.01f;
     t->norm_growth_limiter_off = 0;
+    t->rand_proj = 0;
+    t->rand_ratio = 2.0f;
     t->weight_decay = 0.0f;
     t->beta1 = 0.9f;
     t->beta2 = 0.999f;
@@ -2828,7 +3058,38 @@ void train_config_defaults(TrainConfig* t) {
     t->temperature = 1.0f;
     t->save_every = 0;
     t->print_every = 10;
+    t->progress_interval = 2.0f;
     snprintf(t->dtype, sizeof t->dtype, "%s", "float32");
+    t->workers = 8;
+    snprintf(t->name, sizeof t->name, "%s", "test");
+}
+
+// the defaults of the authors' torchrun_main.py, for a run on one of their
+// configs. flags they do not have (data paths, sampling, printing) keep ours.
+// their --save_dir default, checkpoints/<config>-<date>, is set in
+// train_config_from_args, which knows the config's name
+static void train_config_authors_defaults(TrainConfig* t) {
+    t->total_batch_size = 0;          // theirs: None, then batch_size x gradient_accumulation
+    t->max_length = 256;
+    snprintf(t->optimizer, sizeof t->optimizer, "%s", "adam");  // theirs: "Adam"
+    t->lr = 1e-4f;
+    snprintf(t->scheduler, sizeof t->scheduler, "%s", "cosine");
+    t->min_lr_ratio = 0.1f;
+    t->weight_decay = 0.0f;
+    t->warmup_steps = 1000;
+    t->eval_every = 5000;
+    t->num_training_steps = 10000;
+    t->save_every = 10000;
+    t->seed = 0;
+    t->grad_clipping = 0.0f;
+    t->rank = 128;
+    t->subspace_update_interval = 50;
+    t->low_rank_scale = 1.0f;
+    t->st_init_step_size = 1e-3f;
+    t->adaptive_optimizer = 0;
+    t->recovery_scaling = 0;
+    t->norm_growth_limiter_off = 0;
+    t->norm_growth_limit = 1.01f;
 }
 
 typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STRING, FLAG_SWITCH } FlagKind;
@@ -2839,9 +3100,12 @@ typedef struct {
     size_t offset;  // of the field in TrainConfig
     size_t size;    // of a string field
     const char* help;
+    const char* note; // NULL, or what the flag does not do here (shown in the settings table)
 } FlagSpec;
 
-#define FLAG(name, kind, help) {"--" #name, kind, offsetof(TrainConfig, name), sizeof(((TrainConfig*)0)->name), help}
+#define FLAG(name, kind, help) {"--" #name, kind, offsetof(TrainConfig, name), sizeof(((TrainConfig*)0)->name), help, NULL}
+#define FLAG_NOTE(name, kind, help, note) \
+    {"--" #name, kind, offsetof(TrainConfig, name), sizeof(((TrainConfig*)0)->name), help, note}
 
 static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(model_config, FLAG_STRING, "preset name (see below) or a Hugging Face LlamaConfig .json"),
@@ -2849,30 +3113,43 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(val_data, FLAG_STRING, "glob of validation shards"),
     FLAG(decoder_path, FLAG_STRING, "token decoder file, for printing samples"),
     FLAG(batch_size, FLAG_INT, "B: sequences per micro step"),
-    FLAG(total_batch_size, FLAG_INT, "sequences per optimizer step (gradient accumulation); a multiple of B"),
+    FLAG(total_batch_size, FLAG_INT, "sequences per optimizer step, a multiple of B; 0 = B x gradient_accumulation"),
+    FLAG(gradient_accumulation, FLAG_INT, "micro steps per optimizer step; 0 = total_batch_size / B"),
     FLAG(max_length, FLAG_INT, "T: tokens per sequence; 0 = min(128, the model's max_seq_len)"),
     FLAG(seed, FLAG_INT, "seed of weights, data order and sampling"),
     FLAG(shuffle, FLAG_SWITCH, "shuffle training windows (0: sequential)"),
     FLAG(num_training_steps, FLAG_INT, "optimizer steps; the schedule ends here"),
+    FLAG(max_train_tokens, FLAG_STRING, "the authors' token budget (100M, 1B): not implemented yet"),
     FLAG(warmup_steps, FLAG_INT, "linear warmup steps"),
     FLAG(scheduler, FLAG_STRING, "cosine | linear decay after warmup"),
     FLAG(min_lr_ratio, FLAG_FLOAT, "final lr as a fraction of --lr"),
     FLAG(lr, FLAG_FLOAT, "peak learning rate"),
     FLAG(grad_clipping, FLAG_FLOAT, "clip the global gradient norm to this; 0 = off"),
-    FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw"),
+    FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (the same update as adamw at weight_decay 0)"),
     FLAG(subspace_update_method, FLAG_STRING, "galore (SVD) | subtrack (geodesic tracking)"),
     FLAG(rank, FLAG_INT, "R: rank of the gradient subspace"),
     FLAG(low_rank_scale, FLAG_FLOAT, "alpha: scale of the low-rank update"),
     FLAG(subspace_update_interval, FLAG_INT, "k: steps between subspace updates"),
+    FLAG(proj_type, FLAG_STRING, "std: project the smaller side of each matrix (the only one implemented yet)"),
     FLAG(st_init_step_size, FLAG_FLOAT, "eta: geodesic step size"),
+    FLAG(st_step_size_scheduler, FLAG_STRING, "constant (the only one implemented yet)"),
+    FLAG_NOTE(st_step_size_coef, FLAG_FLOAT, "the authors' step-size coefficient",
+              "no-op: unused by a constant step size"),
+    FLAG_NOTE(st_noise_sigma2, FLAG_FLOAT, "the authors' tracking noise; only 0",
+              "no-op: their code stores it and never uses it"),
+    FLAG_NOTE(st_subspace_coef, FLAG_FLOAT, "the authors' subspace coefficient; only 1",
+              "no-op: their code stores it and never uses it"),
     FLAG(adaptive_optimizer, FLAG_SWITCH, "rotate Adam's moments when the subspace moves"),
     FLAG(recovery_scaling, FLAG_SWITCH, "add back the scaled out-of-subspace gradient"),
     FLAG(norm_growth_limit, FLAG_FLOAT, "zeta: max growth of the recovery term's norm per step"),
     FLAG(norm_growth_limiter_off, FLAG_SWITCH, "turn the norm-growth limiter off"),
+    FLAG(rand_proj, FLAG_SWITCH, "GoLore's random projection: not implemented yet"),
+    FLAG_NOTE(rand_ratio, FLAG_FLOAT, "GoLore: random projection from rand_ratio x num_training_steps",
+              "no-op without --rand_proj"),
     FLAG(weight_decay, FLAG_FLOAT, "decoupled weight decay"),
-    FLAG(beta1, FLAG_FLOAT, "Adam beta1"),
+    FLAG(beta1, FLAG_FLOAT, "Adam beta1 (refused on the authors' configs: theirs reaches only SGD and Adafactor)"),
     FLAG(beta2, FLAG_FLOAT, "Adam beta2"),
-    FLAG(eps, FLAG_FLOAT, "Adam epsilon"),
+    FLAG(eps, FLAG_FLOAT, "Adam epsilon (on the authors' configs 1e-8 for adam and adamw, torch's default)"),
     FLAG(eval_every, FLAG_INT, "validate every N steps; 0 = only at the end"),
     FLAG(eval_batches, FLAG_INT, "validation batches (a fixed set)"),
     FLAG(sample_every, FLAG_INT, "print generated text every N steps; 0 = only at the end"),
@@ -2881,13 +3158,26 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(temperature, FLAG_FLOAT, "sampling temperature"),
     FLAG(log_file, FLAG_STRING, "write a CSV log: step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s"),
     FLAG(save_every, FLAG_INT, "save a checkpoint every N steps (needs --save_dir); 0 = only at the end"),
-    FLAG(save_dir, FLAG_STRING, "checkpoint directory"),
+    FLAG(save_dir, FLAG_STRING, "checkpoint directory (created if missing)"),
     FLAG(continue_from, FLAG_STRING, "resume exactly from the checkpoint in this directory"),
     FLAG(print_every, FLAG_INT, "print a progress line every N steps"),
+    FLAG(progress_interval, FLAG_FLOAT, "seconds between progress lines of a long phase (building, SVD, evaluation)"),
     FLAG(stop_at_step, FLAG_INT, "stop after this step (saving if --save_dir), as if interrupted; 0 = run to the end"),
-    FLAG(dtype, FLAG_STRING, "float32 | bfloat16 (bfloat16: the CUDA trainer only)"),
+    FLAG(dtype, FLAG_STRING, "float32 | bfloat16 (bf16) (bfloat16: the CUDA trainer only)"),
+    FLAG(activation_checkpointing, FLAG_SWITCH, "recompute activations in the backward: not implemented yet"),
+    FLAG_NOTE(single_gpu, FLAG_SWITCH, "the authors' switch to skip DDP", "no-op: one process"),
+    FLAG_NOTE(use_hf_model, FLAG_SWITCH, "the authors' switch for transformers' LlamaForCausalLM",
+              "no-op: the same LLaMA either way"),
+    FLAG_NOTE(workers, FLAG_INT, "the authors' data loader workers", "no-op: shards are read directly"),
+    FLAG_NOTE(tags, FLAG_STRING, "the authors' wandb tags", "no-op: no wandb"),
+    FLAG_NOTE(name, FLAG_STRING, "the authors' wandb run name", "no-op: no wandb"),
 };
 #define NUM_TRAIN_FLAGS ((int)(sizeof(TRAIN_FLAGS) / sizeof(TRAIN_FLAGS[0])))
+
+// the optimizers of torchrun_main.py that are not built here yet
+static const char* const AUTHORS_OPTIMIZERS_NOT_YET[] = {
+    "sgd", "adafactor", "low_rank_adafactor", "adam8bit", "low_rank_adamw8bit", "low_rank_adamw8bit_per_layer",
+};
 
 static void flag_value_string(const FlagSpec* f, const TrainConfig* t, char* out, size_t cap) {
     const char* base = (const char*)t + f->offset;
@@ -2899,15 +3189,42 @@ static void flag_value_string(const FlagSpec* f, const TrainConfig* t, char* out
     }
 }
 
-void train_usage(FILE* out) {
-    TrainConfig d;
+static int flag_index(const char* name) {
+    for (int j = 0; j < NUM_TRAIN_FLAGS; j++) {
+        if (strcmp(name, TRAIN_FLAGS[j].name) == 0) { return j; }
+    }
+    return -1;
+}
+
+// was --name on the command line (name with its dashes)
+int train_flag_given(const TrainConfig* t, const char* name) {
+    int j = flag_index(name);
+    return j >= 0 && t->given[j];
+}
+
+#define AUTHORS_DEFAULTS_RULE \
+    "defaults: our presets (kjv_small, kjv_test, tiny, awkward) get the defaults below, tuned for the embedded\n" \
+    "corpus with the SubTrack++ switches on; the authors' configs (a llama_* preset or a .json file) get the\n" \
+    "defaults of the authors' torchrun_main.py for every flag not given, with the switches off, so their\n" \
+    "scripts mean the same here.\n"
+
+void train_usage(FILE* out, const char* program, const char* default_dtype) {
+    TrainConfig d, a;
     train_config_defaults(&d);
-    fprintf(out, "usage: ./train_llama_subtrack_cpu [flags]\n"
-                 "trains a LLaMA with SubTrack++ (or a baseline) on llm.c-format token shards.\n\n");
+    snprintf(d.dtype, sizeof d.dtype, "%s", default_dtype);
+    a = d;
+    train_config_authors_defaults(&a);
+    fprintf(out, "usage: %s [flags]\n"
+                 "trains a LLaMA with SubTrack++ (or a baseline) on llm.c-format token shards.\n\n"
+                 AUTHORS_DEFAULTS_RULE "\n", program);
     for (int i = 0; i < NUM_TRAIN_FLAGS; i++) {
-        char v[64];
+        char v[64], va[64], theirs[96] = "";
         flag_value_string(&TRAIN_FLAGS[i], &d, v, sizeof v);
-        fprintf(out, "  %-28s %s (default %s)\n", TRAIN_FLAGS[i].name, TRAIN_FLAGS[i].help, v);
+        flag_value_string(&TRAIN_FLAGS[i], &a, va, sizeof va);
+        if (strcmp(TRAIN_FLAGS[i].name, "--save_dir") == 0) { snprintf(va, sizeof va, "%s", "checkpoints/<config>-<date>"); }
+        if (strcmp(v, va) != 0) { snprintf(theirs, sizeof theirs, "; authors' %s", va); }
+        fprintf(out, "  %-28s %s%s%s (default %s%s)\n", TRAIN_FLAGS[i].name, TRAIN_FLAGS[i].help,
+                TRAIN_FLAGS[i].note ? "; " : "", TRAIN_FLAGS[i].note ? TRAIN_FLAGS[i].note : "", v, theirs);
     }
     fprintf(out, "  %-28s this text\n\npresets:", "--help");
     for (int i = 0; i < NUM_LLAMA_PRESETS; i++) { fprintf(out, " %s", LLAMA_PRESETS[i].name); }
@@ -2938,33 +3255,46 @@ static int parse_switch_value(const char* s, int* out) {
     return 0;
 }
 
-// parses argv into t (which holds the defaults). returns 0 on success, 1 if
-// --help was asked, -1 on a bad flag (with the message in err)
+// parses argv into t (which holds the defaults) and marks each flag given.
+// returns 0 on success, 1 if --help was asked, -1 on a bad flag (message in err)
 int train_parse_flags(TrainConfig* t, int argc, char** argv, char* err, size_t errlen) {
     for (int i = 1; i < argc; i++) {
-        const char* name = argv[i];
-        if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) { return 1; }
-        const FlagSpec* f = NULL;
-        for (int j = 0; j < NUM_TRAIN_FLAGS; j++) {
-            if (strcmp(name, TRAIN_FLAGS[j].name) == 0) { f = &TRAIN_FLAGS[j]; break; }
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) { return 1; }
+        // --flag value, or --flag=value as argparse also takes it
+        char name[128];
+        const char* eq = strchr(argv[i], '=');
+        const char* inline_value = NULL;
+        if (eq != NULL && strncmp(argv[i], "--", 2) == 0 && (size_t)(eq - argv[i]) < sizeof name) {
+            snprintf(name, sizeof name, "%.*s", (int)(eq - argv[i]), argv[i]);
+            inline_value = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", argv[i]);
         }
-        if (f == NULL) {
-            snprintf(err, errlen, "unknown flag '%s'; run with --help for the list", name);
+        int j = flag_index(name);
+        if (j < 0) {
+            snprintf(err, errlen, "unknown flag '%s'; run with --help for the list", argv[i]);
             return -1;
         }
+        const FlagSpec* f = &TRAIN_FLAGS[j];
+        t->given[j] = 1;
         char* base = (char*)t + f->offset;
         if (f->kind == FLAG_SWITCH) {
             // bare, as in torchrun_main.py, or followed by 0/1/true/false
             int v = 1;
-            if (i + 1 < argc && parse_switch_value(argv[i + 1], &v)) { i++; }
+            if (inline_value != NULL) {
+                if (!parse_switch_value(inline_value, &v)) {
+                    snprintf(err, errlen, "flag %s: cannot use '%s' (expected 0/1/true/false/on/off)", name, inline_value);
+                    return -1;
+                }
+            } else if (i + 1 < argc && parse_switch_value(argv[i + 1], &v)) { i++; }
             *(int*)base = v;
             continue;
         }
-        if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
+        if (inline_value == NULL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
             snprintf(err, errlen, "flag %s needs a value (%s)", name, f->help);
             return -1;
         }
-        const char* val = argv[++i];
+        const char* val = inline_value != NULL ? inline_value : argv[++i];
         int ok = 1;
         if (f->kind == FLAG_INT) { ok = parse_int(val, (int*)base); }
         else if (f->kind == FLAG_FLOAT) { ok = parse_float(val, (float*)base); }
@@ -2982,11 +3312,83 @@ int train_parse_flags(TrainConfig* t, int argc, char** argv, char* err, size_t e
     return 0;
 }
 
+// the model config's name without a directory and a .json ending:
+// configs/llama_60m.json -> llama_60m
+static void model_config_stem(const char* model_config, char* out, size_t cap) {
+    const char* slash = strrchr(model_config, '/');
+    snprintf(out, cap, "%s", slash != NULL ? slash + 1 : model_config);
+    size_t n = strlen(out);
+    if (n > 5 && strcmp(out + n - 5, ".json") == 0) { out[n - 5] = '\0'; }
+}
+
+// 1 when the model is one of the authors' configs: a llama_* preset, or a
+// .json file (theirs, or any Hugging Face LlamaConfig)
+int model_config_is_authors(const char* model_config) {
+    size_t n = strlen(model_config);
+    if (n > 5 && strcmp(model_config + n - 5, ".json") == 0) { return 1; }
+    for (int i = 0; i < NUM_LLAMA_PRESETS; i++) {
+        const char* p = LLAMA_PRESETS[i].name;
+        if (strncmp(p, "llama_", 6) == 0 && (strcmp(model_config, p) == 0 || strcmp(model_config, p + 6) == 0)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+// the whole command line: picks the defaults by --model_config (see the top of
+// this section), parses, and resolves what depends on other flags. program
+// and default_dtype come from the trainer (float32 on the CPU, bfloat16 on the
+// GPU, as the authors' default is bfloat16 where the device supports it).
+// returns 0, 1 for --help, or -1 with a message in err
+int train_config_from_args(TrainConfig* t, int argc, char** argv, const char* default_dtype,
+                           char* err, size_t errlen) {
+    train_config_defaults(t);
+    snprintf(t->dtype, sizeof t->dtype, "%s", default_dtype);
+    // the last --model_config wins, as everywhere on the command line
+    const char* model = t->model_config;
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--model_config") == 0) { model = argv[i + 1]; }
+    }
+    if (model_config_is_authors(model)) {
+        train_config_authors_defaults(t);
+        t->authors_defaults = 1;
+        // theirs: checkpoints/<config>-<date and time>
+        char stem[600], when[32];
+        model_config_stem(model, stem, sizeof stem);
+        time_t now = time(NULL);
+        struct tm tmv;
+        localtime_r(&now, &tmv);
+        strftime(when, sizeof when, "%Y-%m-%d-%H-%M-%S", &tmv);
+        snprintf(t->save_dir, sizeof t->save_dir, "checkpoints/%s-%s", stem, when);
+    }
+    int rc = train_parse_flags(t, argc, argv, err, errlen);
+    if (rc != 0) { return rc; }
+    // names as torchrun_main.py compares them: lower case; bf16 is bfloat16
+    for (char* p = t->optimizer; *p; p++) { *p = (char)tolower((unsigned char)*p); }
+    if (strcmp(t->dtype, "bf16") == 0) { snprintf(t->dtype, sizeof t->dtype, "%s", "bfloat16"); }
+    // batch sizes, as torchrun_main.py resolves them on one process
+    int total_given = train_flag_given(t, "--total_batch_size") || (!t->authors_defaults && t->gradient_accumulation == 0);
+    if (t->batch_size > 0 && t->gradient_accumulation >= 0) {
+        if (!total_given || t->total_batch_size == 0) {
+            t->total_batch_size = t->batch_size * (t->gradient_accumulation > 0 ? t->gradient_accumulation : 1);
+        }
+        if (t->gradient_accumulation == 0) { t->gradient_accumulation = t->total_batch_size / t->batch_size; }
+    }
+    // Adam's eps: torch.optim.Adam/AdamW's default for adam and adamw, the
+    // authors' LowRankAdamW's (the same as ours) for low_rank_adamw
+    if (t->authors_defaults && !train_flag_given(t, "--eps") &&
+        (strcmp(t->optimizer, "adam") == 0 || strcmp(t->optimizer, "adamw") == 0)) {
+        t->eps = 1e-8f;
+    }
+    return 0;
+}
+
 // checks the settings that do not need the model or data. returns NULL or a message
 const char* train_config_problem(const TrainConfig* t) {
-    static char msg[512];
-    if (t->batch_size <= 0 || t->max_length < 0 || t->total_batch_size <= 0) {
-        snprintf(msg, sizeof msg, "--batch_size and --total_batch_size must be positive, --max_length >= 0");
+    static char msg[640];
+    if (t->batch_size <= 0 || t->max_length < 0 || t->total_batch_size <= 0 || t->gradient_accumulation < 0) {
+        snprintf(msg, sizeof msg, "--batch_size and --total_batch_size must be positive, --max_length and "
+                 "--gradient_accumulation >= 0");
         return msg;
     }
     if (t->total_batch_size % t->batch_size != 0) {
@@ -2994,20 +3396,88 @@ const char* train_config_problem(const TrainConfig* t) {
                  "gradient accumulation needs a whole number of micro steps", t->total_batch_size, t->batch_size);
         return msg;
     }
+    if (t->gradient_accumulation * t->batch_size != t->total_batch_size) {
+        snprintf(msg, sizeof msg, "--gradient_accumulation %d x --batch_size %d is not --total_batch_size %d; "
+                 "give two of the three, or all three consistent", t->gradient_accumulation, t->batch_size,
+                 t->total_batch_size);
+        return msg;
+    }
     if (t->num_training_steps <= 0 || t->warmup_steps < 0) {
         snprintf(msg, sizeof msg, "--num_training_steps must be positive and --warmup_steps non-negative");
+        return msg;
+    }
+    if (t->max_train_tokens[0] != '\0') {
+        snprintf(msg, sizeof msg, "--max_train_tokens is not implemented yet; give --num_training_steps instead "
+                 "(tokens / (total_batch_size x max_length) steps)");
+        return msg;
+    }
+    if (strcmp(t->scheduler, "cosine_restarts") == 0) {
+        snprintf(msg, sizeof msg, "--scheduler cosine_restarts (the authors') is not implemented yet; "
+                 "use cosine or linear");
         return msg;
     }
     if (strcmp(t->scheduler, "cosine") != 0 && strcmp(t->scheduler, "linear") != 0) {
         snprintf(msg, sizeof msg, "--scheduler '%s' is not cosine or linear", t->scheduler);
         return msg;
     }
-    if (strcmp(t->optimizer, "adamw") != 0 && strcmp(t->optimizer, "low_rank_adamw") != 0) {
-        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw or low_rank_adamw", t->optimizer);
+    for (size_t i = 0; i < sizeof AUTHORS_OPTIMIZERS_NOT_YET / sizeof AUTHORS_OPTIMIZERS_NOT_YET[0]; i++) {
+        if (strcmp(t->optimizer, AUTHORS_OPTIMIZERS_NOT_YET[i]) == 0) {
+            snprintf(msg, sizeof msg, "--optimizer %s (one of the authors') is not implemented yet; "
+                     "use adamw or low_rank_adamw", t->optimizer);
+            return msg;
+        }
+    }
+    if (strcmp(t->optimizer, "adam") == 0 && t->weight_decay != 0.0f) {
+        snprintf(msg, sizeof msg, "--optimizer adam with --weight_decay %g is not implemented yet: torch.optim.Adam "
+                 "adds the decay to the gradient (L2); --optimizer adamw decays the weights directly", t->weight_decay);
+        return msg;
+    }
+    if (strcmp(t->optimizer, "adamw") != 0 && strcmp(t->optimizer, "low_rank_adamw") != 0 &&
+        strcmp(t->optimizer, "adam") != 0) {
+        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, low_rank_adamw or adam", t->optimizer);
+        return msg;
+    }
+    if (t->authors_defaults && train_flag_given(t, "--beta1")) {
+        snprintf(msg, sizeof msg, "--beta1 on one of the authors' configs: in their torchrun_main.py --beta1 only "
+                 "reaches SGD and Adafactor, and their Adam optimizers keep beta1 0.9; drop the flag to run their "
+                 "script as they did, or use one of our presets (kjv_small, ...) to set Adam's beta1");
         return msg;
     }
     if (strcmp(t->subspace_update_method, "galore") != 0 && strcmp(t->subspace_update_method, "subtrack") != 0) {
         snprintf(msg, sizeof msg, "--subspace_update_method '%s' is not galore or subtrack", t->subspace_update_method);
+        return msg;
+    }
+    if (strcmp(t->proj_type, "std") != 0) {
+        snprintf(msg, sizeof msg, "--proj_type %s is not implemented yet; only std (project the smaller side of "
+                 "each matrix)", t->proj_type);
+        return msg;
+    }
+    if (strcmp(t->st_step_size_scheduler, "adaptive") == 0) {
+        snprintf(msg, sizeof msg, "--st_step_size_scheduler adaptive has no implementation in the authors' code "
+                 "either (their argparse accepts it, their projector never reads it); use constant");
+        return msg;
+    }
+    if (strcmp(t->st_step_size_scheduler, "iterative_decrease") == 0) {
+        snprintf(msg, sizeof msg, "--st_step_size_scheduler iterative_decrease is not implemented yet; use constant");
+        return msg;
+    }
+    if (strcmp(t->st_step_size_scheduler, "constant") != 0) {
+        snprintf(msg, sizeof msg, "--st_step_size_scheduler '%s' is not constant", t->st_step_size_scheduler);
+        return msg;
+    }
+    if (t->st_noise_sigma2 != 0.0f || t->st_subspace_coef != 1.0f) {
+        snprintf(msg, sizeof msg, "--st_noise_sigma2 %g / --st_subspace_coef %g: the authors' code stores these and "
+                 "never uses them, so only their defaults (0 and 1) are accepted", t->st_noise_sigma2,
+                 t->st_subspace_coef);
+        return msg;
+    }
+    if (t->rand_proj) {
+        snprintf(msg, sizeof msg, "--rand_proj (GoLore's random projection) is not implemented yet; leave it off");
+        return msg;
+    }
+    if (t->activation_checkpointing) {
+        snprintf(msg, sizeof msg, "--activation_checkpointing is not implemented yet; leave it off (every "
+                 "activation is kept, see the memory line at start)");
         return msg;
     }
     if (strcmp(t->optimizer, "low_rank_adamw") == 0 && (t->rank <= 0 || t->subspace_update_interval <= 0)) {
@@ -3020,13 +3490,19 @@ const char* train_config_problem(const TrainConfig* t) {
                  "weight_decay >= 0, 0 <= beta1, beta2 < 1, eps > 0");
         return msg;
     }
-    if (t->eval_batches <= 0 || t->gen_tokens < 0 || t->top_k < 0 || !(t->temperature > 0) || t->print_every <= 0) {
+    if (t->eval_batches <= 0 || t->gen_tokens < 0 || t->top_k < 0 || !(t->temperature > 0) || t->print_every <= 0 ||
+        t->progress_interval < 0) {
         snprintf(msg, sizeof msg, "--eval_batches and --print_every must be positive, --temperature > 0, "
-                 "--gen_tokens and --top_k >= 0");
+                 "--gen_tokens, --top_k and --progress_interval >= 0");
+        return msg;
+    }
+    if (strcmp(t->dtype, "float16") == 0 || strcmp(t->dtype, "fp16") == 0) {
+        snprintf(msg, sizeof msg, "--dtype %s is not supported (nor in the authors' torchrun_main.py); use bfloat16 "
+                 "or float32", t->dtype);
         return msg;
     }
     if (strcmp(t->dtype, "float32") != 0 && strcmp(t->dtype, "bfloat16") != 0) {
-        snprintf(msg, sizeof msg, "--dtype '%s' is not float32 or bfloat16", t->dtype);
+        snprintf(msg, sizeof msg, "--dtype '%s' is not float32, bfloat16 or bf16", t->dtype);
         return msg;
     }
     if (t->stop_at_step < 0) {
@@ -3121,6 +3597,15 @@ void llama_config_resolve_or_exit(LlamaConfig* c, const char* name) {
     if (llama_preset_find(name, c)) { return; }
     size_t n = strlen(name);
     if (n > 5 && strcmp(name + n - 5, ".json") == 0) {
+        // the authors' scripts name their configs/llama_*.json; without a copy
+        // of that directory, the preset of the same name has the same sizes
+        char stem[600];
+        model_config_stem(name, stem, sizeof stem);
+        if (access(name, F_OK) != 0 && strncmp(stem, "llama_", 6) == 0 && llama_preset_find(stem, c)) {
+            printf("model_config: %s does not exist; using the built-in preset %s, which has the sizes of "
+                   "the authors' configs/%s.json\n", name, stem, stem);
+            return;
+        }
         char err[1024];
         if (llama_config_from_json(c, name, err, sizeof err) != 0) { fatal("%s", err); }
         return;
@@ -3170,19 +3655,6 @@ void grad_scale(float* grads, size_t n, float s) {
 // ----------------------------------------------------------------------------
 // training: evaluation and sampling
 
-// mean loss over the first eval_batches batches of the validation data: the
-// loader restarts each time, so every evaluation sees the same windows
-float evaluate(Llama* model, ShardLoader* val, int eval_batches, int* inputs, int* targets) {
-    shard_loader_reset(val);
-    int B = val->cfg.B, T = val->cfg.T;
-    double total = 0.0;
-    for (int i = 0; i < eval_batches; i++) {
-        shard_loader_next_batch_or_exit(val, inputs, targets);
-        total += llama_forward(model, inputs, targets, B, T);
-    }
-    return (float)(total / eval_batches);
-}
-
 // draws from softmax(logits / temperature), restricted to the top_k most
 // likely tokens when top_k > 0
 int sample_token(const float* logits, int V, float temperature, int top_k, Rng* rng, float* probs) {
@@ -3211,31 +3683,6 @@ int sample_token(const float* logits, int V, float temperature, int top_k, Rng* 
         if (u < acc) { return j; }
     }
     return V - 1;
-}
-
-// generates gen_tokens after a BOS and prints them through the decoder.
-// runs the model at B=1 over a window of the last T tokens; causal attention
-// means the zero padding after the current position does not change its logits
-void print_sample(Llama* model, const Decoder* dec, int T, int gen_tokens, int top_k, float temperature,
-                  Rng* rng, int bos_id) {
-    int V = model->config.V;
-    int* history = (int*)calloc_check((size_t)(gen_tokens + 1) * sizeof(int), "sample history");
-    int* window = (int*)calloc_check((size_t)T * sizeof(int), "sample window");
-    float* probs = (float*)malloc_check((size_t)V * sizeof(float), "sample probs");
-    history[0] = bos_id >= 0 ? bos_id : 0;
-    printf("sample: ");
-    for (int n = 1; n <= gen_tokens; n++) {
-        int len = n < T ? n : T;  // context: the last len tokens of history[0..n)
-        memcpy(window, history + (n - len), (size_t)len * sizeof(int));
-        llama_forward(model, window, NULL, 1, T);
-        int next = sample_token(model->acts.logits + (size_t)(len - 1) * V, V, temperature, top_k, rng, probs);
-        history[n] = next;
-        decoder_print_token(dec, next, stdout);
-    }
-    printf("\n");
-    free(history);
-    free(window);
-    free(probs);
 }
 
 // ----------------------------------------------------------------------------
@@ -3319,6 +3766,15 @@ size_t optimizer_state_bytes(const Optimizer* o) {
     return (2 * o->num_adam + o->lowrank_floats) * sizeof(float);
 }
 
+// the name of this step's phase when every low-rank matrix takes an SVD
+// (the first step, and GaLore's refreshes), for the progress lines; else NULL
+const char* optimizer_svd_phase(const Optimizer* o) {
+    if (!o->low_rank) { return NULL; }
+    if (o->step == 0) { return "initial subspaces (SVD): matrix"; }
+    if (o->cfg.method == SUBSPACE_GALORE && o->step % o->cfg.update_interval == 0) { return "GaLore refresh (SVD): matrix"; }
+    return NULL;
+}
+
 // one step over every tensor, at learning rate lr
 void optimizer_step(Optimizer* o, Llama* model, float lr) {
     TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -3327,6 +3783,8 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
     float** grads = parameter_pointers(&model->grads);
     size_t adam_off = 0;
     int k = 0;
+    Progress pr;
+    progress_begin(&pr, optimizer_svd_phase(o), optimizer_svd_phase(o) != NULL ? o->num_lowrank : 0);
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = tensor_numel(&spec[i]);
         if (!optimizer_uses_lowrank(o, &spec[i])) {
@@ -3339,6 +3797,7 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
         for (int l = 0; l < spec[i].layers; l++) {
             lowrank_adamw_step(&o->lowrank[k++], params[i] + l * per, grads[i] + l * per, o->step,
                                &o->cfg, lr, o->scratch);
+            progress_update(&pr, k);
         }
     }
     o->step++;
@@ -3506,39 +3965,123 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
 }
 
 // ----------------------------------------------------------------------------
-// main: the training loop
+// main: the training loop, one for both trainers
+//
+// train_run owns everything that is not arithmetic: flags, data, the
+// schedule, gradient accumulation, clipping, the NaN stop, evaluation,
+// sampling, logs and checkpoints. the arithmetic comes from a TrainBackend:
+// the CPU model here (cpu_backend below), the GPU model in
+// train_llama_subtrack.cu. a fix to the loop lands in both trainers at once.
+// a backend holds one model and one optimizer, as a process trains one model.
+
+typedef struct {
+    const char* program;         // for --help and messages
+    const char* default_dtype;   // float32 on the CPU, bfloat16 on the GPU
+    // refuses what this backend cannot run (before anything is built): NULL or a message
+    const char* (*check)(const TrainConfig* t);
+    // builds the model with weights from t->seed, and its optimizer: NULL or a message
+    const char* (*build)(const LlamaConfig* c, const TrainConfig* t, int B, int T);
+    void (*report)(const TrainConfig* t, int B, int T);   // the device and memory lines at start
+    void (*zero_grad)(void);
+    float (*forward)(const int* inputs, const int* targets, int B, int T);  // mean loss (NaN without targets)
+    void (*backward)(const int* inputs, const int* targets, float loss_scale);
+    const float* (*logits_row)(int row);                 // (V) of the last forward, on the host
+    double (*grad_norm)(void);
+    void (*grad_scale)(float s);
+    void (*optimizer_step)(float lr);                   // returns when the step is done (for timing)
+    int (*steps_taken)(void);
+    const Optimizer* (*optimizer)(void);                // settings and state sizes, on the host
+    double (*subspace_seconds)(void);
+    int (*save)(ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen);
+    int (*load)(ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen);
+    void (*free)(void);
+} TrainBackend;
 
 static void print_settings(const TrainConfig* t) {
-    printf("+------------------------------+--------------------------------------------------+\n");
+    printf("+------------------------------+--------------------------------------------------------------+\n");
     for (int i = 0; i < NUM_TRAIN_FLAGS; i++) {
-        char v[600];
+        char v[600], row[700];
         flag_value_string(&TRAIN_FLAGS[i], t, v, sizeof v);
-        printf("| %-28s | %-48s |\n", TRAIN_FLAGS[i].name + 2, v);
+        if (TRAIN_FLAGS[i].note != NULL) { snprintf(row, sizeof row, "%s (%s)", v, TRAIN_FLAGS[i].note); }
+        else { snprintf(row, sizeof row, "%s", v); }
+        printf("| %-28s | %-60s |\n", TRAIN_FLAGS[i].name + 2, row);
     }
-    printf("+------------------------------+--------------------------------------------------+\n");
+    printf("+------------------------------+--------------------------------------------------------------+\n");
+    printf("defaults:     %s\n", t->authors_defaults
+           ? "the authors' torchrun_main.py (the model is one of their configs), for every flag not given"
+           : "ours, tuned for the embedded corpus (the model is one of our presets)");
 }
 
-static void format_duration(double seconds, char* out, size_t cap) {
-    long s = (long)(seconds + 0.5);
-    if (s >= 3600) { snprintf(out, cap, "%ldh%02ldm", s / 3600, (s % 3600) / 60); }
-    else if (s >= 60) { snprintf(out, cap, "%ldm%02lds", s / 60, s % 60); }
-    else { snprintf(out, cap, "%lds", s); }
-}
-
-// checks that dir exists and takes files, before any training time is spent
-static void check_writable_dir_or_exit(const char* dir) {
-    char probe[1100];
+// mkdir -p: each missing directory on the path, then a probe file, before
+// any training time is spent
+static void make_writable_dir_or_exit(const char* dir) {
+    char path[600];
+    if (strlen(dir) >= sizeof path) { fatal("--save_dir %s: the path is too long", dir); }
+    snprintf(path, sizeof path, "%s", dir);
+    for (char* p = path + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+                fatal("--save_dir %s: cannot create %s (%s); pick a directory you can write to", dir, path,
+                      strerror(errno));
+            }
+            *p = c;
+            if (c == '\0') { break; }
+        }
+    }
+    char probe[700];
     snprintf(probe, sizeof probe, "%s/.write_probe", dir);
     FILE* f = fopen(probe, "wb");
     if (f == NULL) {
-        fatal("--save_dir %s is not a writable directory (%s); create it or pick another", dir, strerror(errno));
+        fatal("--save_dir %s is not a writable directory (%s); pick a directory you can write to", dir,
+              strerror(errno));
     }
     fclose(f);
     remove(probe);
 }
 
-// the per-step report both trainers print and log (the CUDA trainer calls
-// these through namespace cpu, so the two outputs cannot drift apart)
+// mean loss over the first eval_batches batches of the validation data: the
+// loader restarts each time, so every evaluation sees the same windows
+float evaluate(const TrainBackend* be, ShardLoader* val, int eval_batches, int* inputs, int* targets) {
+    shard_loader_reset(val);
+    int B = val->cfg.B, T = val->cfg.T;
+    double total = 0.0;
+    Progress pr;
+    progress_begin(&pr, "evaluation: batch", eval_batches);
+    for (int i = 0; i < eval_batches; i++) {
+        shard_loader_next_batch_or_exit(val, inputs, targets);
+        total += be->forward(inputs, targets, B, T);
+        progress_update(&pr, i + 1);
+    }
+    return (float)(total / eval_batches);
+}
+
+// generates gen_tokens after a BOS and prints them through the decoder.
+// runs the model at B=1 over a window of the last T tokens; causal attention
+// means the zero padding after the current position does not change its logits
+void print_sample(const TrainBackend* be, const Decoder* dec, int V, int T, int gen_tokens, int top_k,
+                  float temperature, Rng* rng, int bos_id) {
+    int* history = (int*)calloc_check((size_t)(gen_tokens + 1) * sizeof(int), "sample history");
+    int* window = (int*)calloc_check((size_t)T * sizeof(int), "sample window");
+    float* probs = (float*)malloc_check((size_t)V * sizeof(float), "sample probs");
+    history[0] = bos_id >= 0 ? bos_id : 0;
+    printf("sample: ");
+    for (int n = 1; n <= gen_tokens; n++) {
+        int len = n < T ? n : T;  // context: the last len tokens of history[0..n)
+        memcpy(window, history + (n - len), (size_t)len * sizeof(int));
+        be->forward(window, NULL, 1, T);
+        int next = sample_token(be->logits_row(len - 1), V, temperature, top_k, rng, probs);
+        history[n] = next;
+        decoder_print_token(dec, next, stdout);
+    }
+    printf("\n");
+    free(history);
+    free(window);
+    free(probs);
+}
+
+// the per-step report
 int train_step_is_due(int every, int step, int last) {
     return (every > 0 && (step + 1) % every == 0) || last;
 }
@@ -3563,19 +4106,25 @@ void train_log_step(FILE* log, int step, double loss, float val_loss, float lr, 
     fflush(log);
 }
 
-int train_main(int argc, char** argv) {
-    TrainConfig t;
-    train_config_defaults(&t);
+static void train_save_or_exit(const TrainBackend* be, ShardLoader* loader, Rng* rng, const char* dir, int step) {
     char err[1024];
-    int parsed = train_parse_flags(&t, argc, argv, err, sizeof err);
-    if (parsed == 1) { train_usage(stdout); return 0; }
+    if (be->save(loader, rng, dir, err, sizeof err) != 0) { fatal("%s", err); }
+    printf("saved %s/%s at step %d\n", dir, CHECKPOINT_FILE, step);
+}
+
+int train_run(const TrainBackend* be, int argc, char** argv) {
+    // line-buffered even into a file or a pipe, so that `tail -f` shows each
+    // line as it happens
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    TrainConfig t;
+    char err[1024];
+    int parsed = train_config_from_args(&t, argc, argv, be->default_dtype, err, sizeof err);
+    if (parsed == 1) { train_usage(stdout, be->program, be->default_dtype); return 0; }
     if (parsed < 0) { fatal("%s", err); }
     const char* problem = train_config_problem(&t);
+    if (problem == NULL) { problem = be->check(&t); }
     if (problem != NULL) { fatal("%s", problem); }
-    if (strcmp(t.dtype, "float32") != 0) {
-        fatal("--dtype %s: the CPU trainer computes in float32 only; for bfloat16 use the CUDA trainer "
-              "(make train && ./train_llama_subtrack --dtype bfloat16)", t.dtype);
-    }
+    g_progress_interval = t.progress_interval;
     LlamaConfig cfg;
     llama_config_resolve_or_exit(&cfg, t.model_config);
     if (t.max_length == 0) {
@@ -3586,8 +4135,14 @@ int train_main(int argc, char** argv) {
         fatal("--max_length %d is above the model's max_seq_len %d (%s); lower --max_length",
               T, cfg.max_seq_len, t.model_config);
     }
-    int accum = t.total_batch_size / B;
-    if (t.save_dir[0] != '\0') { check_writable_dir_or_exit(t.save_dir); }
+    int accum = t.gradient_accumulation;
+    if (t.save_dir[0] != '\0') { make_writable_dir_or_exit(t.save_dir); }
+
+    // the settings first: building a large model and its first step take a while
+    print_settings(&t);
+    printf("model:        %s: V=%d C=%d F=%d NH=%d L=%d max_seq_len=%d, %zu parameters (%.2f M)\n",
+           t.model_config, cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L, cfg.max_seq_len, parameter_count(&cfg),
+           parameter_count(&cfg) / 1e6);
 
     // data: every shard is validated here, before any step
     Decoder dec;
@@ -3596,45 +4151,51 @@ int train_main(int argc, char** argv) {
         fatal("the tokenizer of %s has %d ids but the model's vocab is %d; use a model_config with vocab_size >= %d",
               t.decoder_path, dec.vocab_size, cfg.V, dec.vocab_size);
     }
+    if (dec.vocab_size < cfg.V) {
+        printf("note:         the model's vocab is %d and the tokenizer of %s has %d ids: %d embedding rows are "
+               "never used\n", cfg.V, t.decoder_path, dec.vocab_size, cfg.V - dec.vocab_size);
+    }
     ShardLoaderConfig tc = {t.train_data, "--train_data", B, T, cfg.V, 0, 1, t.shuffle, (uint64_t)t.seed};
     ShardLoaderConfig vc = {t.val_data, "--val_data", B, T, cfg.V, 0, 1, 0, 0};
     ShardLoader train_loader, val_loader;
     shard_loader_init_or_exit(&train_loader, &tc);
     shard_loader_init_or_exit(&val_loader, &vc);
 
-    Llama model;
-    llama_build(&model, &cfg);
-    llama_init_weights(&model, (uint64_t)t.seed);
-    Optimizer opt;
-    problem = optimizer_build(&opt, &cfg, &t);
+    problem = be->build(&cfg, &t, B, T);
     if (problem != NULL) { fatal("%s", problem); }
     Rng sample_rng;
     rng_seed(&sample_rng, (uint64_t)t.seed + 1000);
-    TrainState state = {&model, &opt, &train_loader, &sample_rng};
     if (t.continue_from[0] != '\0') {
-        if (checkpoint_load(&state, t.continue_from, err, sizeof err) != 0) { fatal("%s", err); }
+        if (be->load(&train_loader, &sample_rng, t.continue_from, err, sizeof err) != 0) { fatal("%s", err); }
+        if (be->steps_taken() >= t.num_training_steps) {
+            printf("nothing to do: the checkpoint in %s has taken %d steps, and --num_training_steps is %d; "
+                   "pass a larger --num_training_steps to train on\n", t.continue_from, be->steps_taken(),
+                   t.num_training_steps);
+            be->free();
+            shard_loader_free(&train_loader);
+            shard_loader_free(&val_loader);
+            decoder_free(&dec);
+            return 0;
+        }
     }
 
-    // the startup report
-    print_settings(&t);
-    printf("model:        %s: V=%d C=%d F=%d NH=%d L=%d max_seq_len=%d\n", t.model_config,
-           cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L, cfg.max_seq_len);
-    printf("threads:      %d (OMP_NUM_THREADS)\n", num_threads());
-    llama_memory_report(&cfg, B, T, stdout);
-    size_t full_adamw = 2 * model.num_parameters * sizeof(float);
+    // the rest of the startup report
+    be->report(&t, B, T);
+    const Optimizer* opt = be->optimizer();
+    size_t full_adamw = 2 * parameter_count(&cfg) * sizeof(float);
     printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB); full AdamW would need %.2f MiB\n",
-           t.optimizer, opt.low_rank ? (opt.cfg.method == SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
-           optimizer_state_bytes(&opt) / 1048576.0, 2.0 * opt.num_adam * 4 / 1048576.0,
-           opt.lowrank_floats * 4.0 / 1048576.0, full_adamw / 1048576.0);
+           t.optimizer, opt->low_rank ? (opt->cfg.method == SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
+           optimizer_state_bytes(opt) / 1048576.0, 2.0 * opt->num_adam * 4 / 1048576.0,
+           opt->lowrank_floats * 4.0 / 1048576.0, full_adamw / 1048576.0);
     printf("data:         %lld train windows, %lld val windows of T+1=%d tokens; %d micro steps of B=%d per step\n",
            (long long)train_loader.num_windows, (long long)val_loader.num_windows, T + 1, accum, B);
-    if (opt.step > 0) { printf("resumed:      from %s at step %d\n", t.continue_from, opt.step); }
-    fflush(stdout);
+    if (be->steps_taken() > 0) { printf("resumed:      from %s at step %d\n", t.continue_from, be->steps_taken()); }
 
     FILE* log = NULL;
     if (t.log_file[0] != '\0') {
-        // a fresh run starts the file; a resumed one appends (header only if empty)
-        log = fopen(t.log_file, opt.step > 0 ? "a" : "w");
+        // a fresh run starts the file; a resumed one appends. the header goes
+        // at the top of every new or empty file
+        log = fopen(t.log_file, be->steps_taken() > 0 ? "a" : "w");
         if (log == NULL) { fatal("cannot open --log_file %s (%s)", t.log_file, strerror(errno)); }
         if (ftello(log) == 0) { fprintf(log, "step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s\n"); }
     }
@@ -3643,31 +4204,29 @@ int train_main(int argc, char** argv) {
     int* targets = (int*)malloc_check((size_t)B * T * sizeof(int), "targets");
     double train_seconds = 0.0;
     int steps_timed = 0;
-    int first_step = opt.step;
+    int first_step = be->steps_taken();
     for (int step = first_step; step < t.num_training_steps; step++) {
         double t0 = wall_seconds();
-        llama_zero_grad(&model);
+        be->zero_grad();
         double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
             shard_loader_next_batch_or_exit(&train_loader, inputs, targets);
-            loss += llama_forward(&model, inputs, targets, B, T) / accum;
-            llama_backward(&model, inputs, targets, 1.0f / accum);
+            loss += be->forward(inputs, targets, B, T) / accum;
+            be->backward(inputs, targets, 1.0f / accum);
         }
-        double norm = grad_global_norm(model.grads_memory, model.num_parameters);
+        double norm = be->grad_norm();
         if (!isfinite(loss) || !isfinite(norm)) {
             fprintf(stderr, "error: the %s is %s at step %d; stopping. ", isfinite(loss) ? "gradient norm" : "loss",
                     isnan(isfinite(loss) ? norm : loss) ? "NaN" : "Inf", step + 1);
             if (t.save_dir[0] != '\0') {
                 fprintf(stderr, "the last good checkpoint (if any) is kept in %s/%s. ", t.save_dir, CHECKPOINT_FILE);
             }
-            fprintf(stderr, "try a lower --lr or --grad_clipping 1\n");
+            fprintf(stderr, "try a lower --lr%s\n", t.grad_clipping > 0 ? "" : ", or --grad_clipping 1");
             exit(EXIT_FAILURE);
         }
-        if (t.grad_clipping > 0 && norm > t.grad_clipping) {
-            grad_scale(model.grads_memory, model.num_parameters, (float)(t.grad_clipping / norm));
-        }
+        if (t.grad_clipping > 0 && norm > t.grad_clipping) { be->grad_scale((float)(t.grad_clipping / norm)); }
         float lr = lr_at_step(&t, step);
-        optimizer_step(&opt, &model, lr);
+        be->optimizer_step(lr);
         double ms = 1e3 * (wall_seconds() - t0);
         train_seconds += ms / 1e3;
         steps_timed++;
@@ -3677,44 +4236,104 @@ int train_main(int argc, char** argv) {
         train_print_step(&t, step, first_step, loss, norm, lr, ms, tokens_per_s, train_seconds, steps_timed);
         float val_loss = NAN;
         if (train_step_is_due(t.eval_every, step, last)) {
-            val_loss = evaluate(&model, &val_loader, t.eval_batches, inputs, targets);
+            val_loss = evaluate(be, &val_loader, t.eval_batches, inputs, targets);
             printf("val loss %.4f (perplexity %.2f) at step %d\n", val_loss, exp(val_loss), step + 1);
         }
         if (train_step_is_due(t.sample_every, step, last)) {
-            print_sample(&model, &dec, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
+            print_sample(be, &dec, cfg.V, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
         }
         train_log_step(log, step, loss, val_loss, lr, norm, ms, tokens_per_s);
-        if (t.save_dir[0] != '\0' && train_step_is_due(t.save_every, step, last)) {
-            if (checkpoint_save(&state, t.save_dir, err, sizeof err) != 0) { fatal("%s", err); }
-            printf("saved %s/%s at step %d\n", t.save_dir, CHECKPOINT_FILE, step + 1);
+        int stop_now = t.stop_at_step > 0 && step + 1 == t.stop_at_step && !last;
+        if (t.save_dir[0] != '\0' && (train_step_is_due(t.save_every, step, last) || stop_now)) {
+            train_save_or_exit(be, &train_loader, &sample_rng, t.save_dir, step + 1);
         }
-        fflush(stdout);
-        if (t.stop_at_step > 0 && step + 1 == t.stop_at_step && !last) {
-            if (t.save_dir[0] != '\0') {
-                if (checkpoint_save(&state, t.save_dir, err, sizeof err) != 0) { fatal("%s", err); }
-                printf("saved %s/%s at step %d\n", t.save_dir, CHECKPOINT_FILE, step + 1);
-            }
+        if (stop_now) {
             printf("stopping after step %d (--stop_at_step)\n", step + 1);
             break;
         }
     }
-    if (opt.low_rank) {
-        printf("subspace updates: %.2f s in total (%s)\n", optimizer_subspace_seconds(&opt),
-               opt.cfg.method == SUBSPACE_GALORE ? "SVD" : "geodesic tracking and moment rotation");
+    if (opt->low_rank) {
+        printf("subspace updates: %.2f s in total (%s)\n", be->subspace_seconds(),
+               opt->cfg.method == SUBSPACE_GALORE ? "SVD" : "geodesic tracking and moment rotation");
     }
     printf("training time: %.1f s for %d steps\n", train_seconds, steps_timed);
     if (log != NULL) { fclose(log); }
     free(inputs); free(targets);
-    optimizer_free(&opt);
+    be->free();
     shard_loader_free(&train_loader);
     shard_loader_free(&val_loader);
     decoder_free(&dec);
-    llama_free(&model);
     return 0;
 }
 
+// ----------------------------------------------------------------------------
+// the CPU backend: the model and optimizer above
+
+static struct { Llama model; Optimizer opt; } cpu_trainer;
+
+static const char* cpu_check(const TrainConfig* t) {
+    static char msg[512];
+    if (strcmp(t->dtype, "float32") != 0) {
+        snprintf(msg, sizeof msg, "--dtype %s: the CPU trainer computes in float32 only. To run one of the authors' "
+                 "scripts on the CPU, add --dtype float32 at the end of its line (the last value wins); for "
+                 "bfloat16 use the CUDA trainer (make train && ./train_llama_subtrack)", t->dtype);
+        return msg;
+    }
+    return NULL;
+}
+
+static const char* cpu_build(const LlamaConfig* c, const TrainConfig* t, int B, int T) {
+    (void)B; (void)T;
+    llama_build(&cpu_trainer.model, c);
+    llama_init_weights(&cpu_trainer.model, (uint64_t)t->seed);
+    return optimizer_build(&cpu_trainer.opt, c, t);
+}
+
+static void cpu_report(const TrainConfig* t, int B, int T) {
+    (void)t;
+    printf("threads:      %d (OMP_NUM_THREADS)\n", num_threads());
+    llama_memory_report(&cpu_trainer.model.config, B, T, stdout);
+}
+
+static void cpu_zero_grad(void) { llama_zero_grad(&cpu_trainer.model); }
+static float cpu_forward(const int* inputs, const int* targets, int B, int T) {
+    return llama_forward(&cpu_trainer.model, inputs, targets, B, T);
+}
+static void cpu_backward(const int* inputs, const int* targets, float loss_scale) {
+    llama_backward(&cpu_trainer.model, inputs, targets, loss_scale);
+}
+static const float* cpu_logits_row(int row) {
+    return cpu_trainer.model.acts.logits + (size_t)row * cpu_trainer.model.config.V;
+}
+static double cpu_grad_norm(void) {
+    return grad_global_norm(cpu_trainer.model.grads_memory, cpu_trainer.model.num_parameters);
+}
+static void cpu_grad_scale(float s) { grad_scale(cpu_trainer.model.grads_memory, cpu_trainer.model.num_parameters, s); }
+static void cpu_optimizer_step(float lr) { optimizer_step(&cpu_trainer.opt, &cpu_trainer.model, lr); }
+static int cpu_steps_taken(void) { return cpu_trainer.opt.step; }
+static const Optimizer* cpu_optimizer(void) { return &cpu_trainer.opt; }
+static double cpu_subspace_seconds(void) { return optimizer_subspace_seconds(&cpu_trainer.opt); }
+static int cpu_save(ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen) {
+    TrainState s = {&cpu_trainer.model, &cpu_trainer.opt, loader, rng};
+    return checkpoint_save(&s, dir, err, errlen);
+}
+static int cpu_load(ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen) {
+    TrainState s = {&cpu_trainer.model, &cpu_trainer.opt, loader, rng};
+    return checkpoint_load(&s, dir, err, errlen);
+}
+static void cpu_free(void) {
+    optimizer_free(&cpu_trainer.opt);
+    llama_free(&cpu_trainer.model);
+}
+
+static const TrainBackend cpu_backend = {
+    "./train_llama_subtrack_cpu", "float32", cpu_check, cpu_build, cpu_report, cpu_zero_grad, cpu_forward,
+    cpu_backward, cpu_logits_row, cpu_grad_norm, cpu_grad_scale, cpu_optimizer_step, cpu_steps_taken,
+    cpu_optimizer, cpu_subspace_seconds, cpu_save, cpu_load, cpu_free,
+};
+
 #ifndef TESTING
 int main(int argc, char** argv) {
-    return train_main(argc, argv);
+    return train_run(&cpu_backend, argc, argv);
 }
 #endif

@@ -51,6 +51,9 @@ letter legend for shape comments:
 #include <float.h>
 #include <glob.h>
 #include <sys/types.h>
+#include <sys/stat.h>
+#include <ctype.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -102,8 +105,8 @@ static void* device_malloc(size_t bytes, const char* what) {
     void* p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
     if (err != cudaSuccess) {
-        fprintf(stderr, "error: out of GPU memory allocating %zu bytes for %s (%s); "
-                "try a smaller --batch_size or preset\n", bytes, what, cudaGetErrorString(err));
+        fprintf(stderr, "error: out of GPU memory allocating %zu bytes for %s (%s); %s\n", bytes, what,
+                cudaGetErrorString(err), cpu::memory_hint(what));
         exit(EXIT_FAILURE);
     }
     return p;
@@ -1094,6 +1097,13 @@ const float* llama_logits_to_host(Llama* model) {
 //   lowrank_adamw_step(&state, W, G, t, &cfg, lr, &ctx)
 // and adamw_update() for embeddings, lm_head and norms.
 //
+// lowrank_adamw_step calls the CPU's step functions, by the same names (see the
+// list at the top of the CPU's optimizer section), with the scratch (ctx, w)
+// last where the CPU passes its own. two places differ, for speed: step 4's
+// kernel also takes step 5's column norms in the same pass over the moments,
+// which leaves step 5 the limiter alone; and Lambda is never formed: step 6
+// scales the residual as it subtracts it.
+//
 // matrix products go through gemm_gpu, which takes the CPU gemm's row-major
 // arguments unchanged and hands cuBLAS (column-major) the transposed problem:
 // row-major C (M, N) is column-major C^T (N, M) = op(B)^T op(A)^T, so A and B
@@ -1110,27 +1120,8 @@ const float* llama_logits_to_host(Llama* model) {
 // needs: <cublas_v2.h>, <cusolverDn.h> (link -lcublas -lcusolver) and the CPU
 // file included as namespace cpu (for LowRankConfig, SUBSPACE_*, the sizes).
 
-// ---- error checks (the trainer's own cudaCheck / cublasCheck take precedence)
+// ---- cuSOLVER's error check (cudaCheck and cublasCheck are defined above)
 
-#ifndef cudaCheck
-static void cuda_check_at(cudaError_t err, const char* file, int line) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "error: CUDA: %s at %s:%d; hint: run compute-sanitizer, or check free GPU memory\n",
-                cudaGetErrorString(err), file, line);
-        exit(EXIT_FAILURE);
-    }
-}
-#define cudaCheck(err) cuda_check_at((err), __FILE__, __LINE__)
-#endif
-#ifndef cublasCheck
-static void cublas_check_at(cublasStatus_t status, const char* file, int line) {
-    if (status != CUBLAS_STATUS_SUCCESS) {
-        fprintf(stderr, "error: cuBLAS status %d at %s:%d\n", (int)status, file, line);
-        exit(EXIT_FAILURE);
-    }
-}
-#define cublasCheck(status) cublas_check_at((status), __FILE__, __LINE__)
-#endif
 static void cusolver_check_at(cusolverStatus_t status, const char* file, int line) {
     if (status != CUSOLVER_STATUS_SUCCESS) {
         fprintf(stderr, "error: cuSOLVER status %d at %s:%d\n", (int)status, file, line);
@@ -1207,9 +1198,9 @@ __global__ void adamw_kernel(float* W, float* M, float* V, const float* G, size_
 // so each column's reduction has one fixed order.
 
 // per-column sums for the left layout: adds 8 partials per column in order;
-// part: [count][OPTIM_ROWS][OPTIM_COLS] shared. returns the sum for this thread's column
-__device__ __forceinline__ double column_sum_left(double x, double* part, int which, int count) {
-    (void)count;
+// part: [which sums][OPTIM_ROWS][OPTIM_COLS] shared, `which` picks this sum's
+// slice. returns the sum for this thread's column
+__device__ __forceinline__ double column_sum_left(double x, double* part, int which) {
     part[(which * OPTIM_ROWS + threadIdx.y) * OPTIM_COLS + threadIdx.x] = x;
     __syncthreads();
     double s = 0.0;
@@ -1217,7 +1208,9 @@ __device__ __forceinline__ double column_sum_left(double x, double* part, int wh
     return s;
 }
 
-// steps 4 and 5 fused, one pass over each column j of the moments:
+// step 4 and the start of step 5 fused, one pass over each column j of the moments
+// (launched by lowrank_adam_in_subspace; on the CPU, that function and the first
+// loops of lowrank_recovery_scaling):
 //   M = b1 M + (1-b1) Gt ; V = b2 V + (1-b2) Gt^2 ; N = M / (sqrt(V) + eps)
 // and with recovery scaling, the column's three squared norms:
 //   phi_j = ||N_j|| / (||Gt_j|| + 1e-8)   and   norm2_j = ||Dres_j||^2
@@ -1260,9 +1253,9 @@ lowrank_adam_norms_kernel(float* M, float* V, float* N, float* phi, double* norm
         gg = optim_warp_sum(gg);
         dd = optim_warp_sum(dd);
     } else {
-        nn = column_sum_left(nn, part, 0, 3);
-        gg = column_sum_left(gg, part, 1, 3);
-        dd = column_sum_left(dd, part, 2, 3);
+        nn = column_sum_left(nn, part, 0);
+        gg = column_sum_left(gg, part, 1);
+        dd = column_sum_left(dd, part, 2);
     }
     if (j < q && (right ? lane == 0 : row == 0)) {
         phi[j] = (float)sqrt(nn) / ((float)sqrt(gg) + RECOVERY_PHI_EPS);
@@ -1270,7 +1263,8 @@ lowrank_adam_norms_kernel(float* M, float* V, float* N, float* phi, double* norm
     }
 }
 
-// the norm-growth limiter (step 5), one block: ||Lambda||^2 = sum_j phi_j^2 ||Dres_j||^2,
+// the norm-growth limiter (the rest of step 5, launched by lowrank_recovery_scaling),
+// one block: ||Lambda||^2 = sum_j phi_j^2 ||Dres_j||^2,
 // then the same decisions as the CPU on limiter = [prev, prev_set]; writes the
 // factor Lambda is scaled by to *scale
 __global__ void lowrank_limiter_kernel(float* scale, float* limiter, const float* phi, const double* norm2,
@@ -1298,7 +1292,8 @@ __global__ void lowrank_limiter_kernel(float* scale, float* limiter, const float
     *scale = s;
 }
 
-// step 6 for the recovery part, after W already took -lr c alpha S N:
+// step 6 for the recovery part, after W already took -lr c alpha S N (launched
+// by lowrank_apply_update):
 //   W -= lr c (Dres diag(phi scale)) ;  W -= lr wd W
 // W, Dres: (m, n); phi (q,) scales columns (left) or rows (right)
 __global__ void lowrank_recovery_apply_kernel(float* W, const float* Dres, const float* phi, const float* scale,
@@ -1319,9 +1314,15 @@ __global__ void weight_decay_kernel(float* W, size_t numel, float decay) {
 
 // ---- SubTrack++: the geodesic step's small kernels
 //
-// scalars that the tracking kernels pass to each other on the device, so that
-// the host never waits: a kernel that finds dF == 0 (or u lost in span(S))
-// sets skip, and every later kernel of the step returns at once
+// each X_kernel here is launched by a host function X below, the twin of the
+// CPU piece X of subtrack_track_subspace.
+//
+// the CPU's TrackScalars, kept on the device: the tracking kernels pass them to
+// each other so that the host never waits. where the CPU returns early, a
+// kernel that finds dF == 0 (or u lost in span(S)) sets skip, and every later
+// kernel of the step returns at once. the same fields in a type of its own: with
+// cpu::TrackScalars, argument-dependent lookup would find the CPU piece of the
+// same name as each launcher below, and the calls would be ambiguous
 typedef struct {
     int iterations;     // power iterations taken; 0 if dF == 0
     int skip;           // 1: S stays, the step ends
@@ -1442,7 +1443,7 @@ track_project_u_kernel(double* y, const float* S, const double* u, const TrackSc
     if (k < r) {
         for (int i = threadIdx.y; i < p; i += OPTIM_ROWS) { s += (double)S[(size_t)i * r + k] * (u[i] / sigma); }
     }
-    s = column_sum_left(s, part, 0, 1);
+    s = column_sum_left(s, part, 0);
     if (k < r && threadIdx.y == 0) { y[k] = s; }
 }
 
@@ -1513,7 +1514,7 @@ track_update_projection_kernel(float* Gt, const float* G, const float* a, const 
             s += (double)a[i] * g;
         }
     }
-    s = right ? optim_warp_sum(s) : column_sum_left(s, part, 0, 1);
+    s = right ? optim_warp_sum(s) : column_sum_left(s, part, 0);
     if (j >= q) { return; }
     float aG = (float)s;
     for (int i = first; i < r; i += stride) {
@@ -1547,8 +1548,8 @@ moments_rotate_rank1_kernel(float* M, float* V, const double* v, const TrackScal
         vm = optim_warp_sum(vm);
         vx = optim_warp_sum(vx);
     } else {
-        vm = column_sum_left(vm, part, 0, 2);
-        vx = column_sum_left(vx, part, 1, 2);
+        vm = column_sum_left(vm, part, 0);
+        vx = column_sum_left(vx, part, 1);
     }
     if (j >= q) { return; }
     for (int i = first; i < r; i += stride) {
@@ -1870,7 +1871,7 @@ void lowrank_gpu_destroy(LowRankGPU* ctx) {
 // the orientation-hiding products, as on the CPU:
 //   left:  Gt (R, q) = S^T G          D (m, n) = alpha S X + beta D
 //   right: Gt (q, R) = G S            D (m, n) = alpha X S^T + beta D
-static void lowrank_project(LowRankGPU* ctx, float* Gt, const LowRankStateGPU* s, const float* G) {
+static void lowrank_project(float* Gt, const LowRankStateGPU* s, const float* G, LowRankGPU* ctx) {
     int m = s->m, n = s->n, r = s->r;
     if (!s->right) {
         gemm_gpu(ctx->blas, 1, 0, r, n, m, 1.0f, s->S, r, G, n, 0.0f, Gt, n);
@@ -1879,14 +1880,38 @@ static void lowrank_project(LowRankGPU* ctx, float* Gt, const LowRankStateGPU* s
     }
 }
 
-static void lowrank_back_project(LowRankGPU* ctx, float* D, const LowRankStateGPU* s, const float* X,
-                                 float alpha, float beta) {
+static void lowrank_back_project(float* D, const LowRankStateGPU* s, const float* X, float alpha, float beta,
+                                 LowRankGPU* ctx) {
     int m = s->m, n = s->n, r = s->r;
     if (!s->right) {
         gemm_gpu(ctx->blas, 0, 0, m, n, r, alpha, s->S, r, X, n, beta, D, n);
     } else {
         gemm_gpu(ctx->blas, 0, 1, m, n, r, alpha, X, r, s->S, r, beta, D, n);
     }
+}
+
+// D (m, n) = G - S Gt (left) or G - Gt S^T (right), explicitly: the part of G
+// that the projection discards, which recovery scaling (step 5) adds back.
+// from norms alone, ||G_j||^2 - ||Gt_j||^2 would cancel in fp32
+static void lowrank_residual(float* D, const LowRankStateGPU* s, const float* G, const float* Gt, LowRankGPU* ctx) {
+    cudaCheck(cudaMemcpyAsync(D, G, (size_t)s->m * s->n * sizeof(float), cudaMemcpyDeviceToDevice, 0));
+    lowrank_back_project(D, s, Gt, -1.0f, 1.0f, ctx);
+}
+
+// ---- the SVD (GaLore, and every method's first step)
+
+// K (p, p) = X X^T in double, X = op(G) (p, q), G (m, n). the CPU's gram_double
+// packs X into its panel scratch; here tiles of X go through shared memory
+static void gram_double(double* K, const float* G, int n, int right, int p, int q) {
+    dim3 tiles(optim_blocks(p, GRAM_TILE), optim_blocks(p, GRAM_TILE));
+    gram_double_kernel<<<tiles, dim3(GRAM_TILE, OPTIM_ROWS)>>>(K, G, n, right, p, q);
+    cudaCheck(cudaGetLastError());
+}
+
+// flip each column of S (p, R) so its largest-magnitude entry is positive (first one on ties)
+static void canonical_sign(float* S, int p, int r) {
+    canonical_sign_kernel<<<r, OPTIM_BLOCK>>>(S, p, r);
+    cudaCheck(cudaGetLastError());
 }
 
 // S (p, R) = the top-r left singular vectors of op(G), descending, canonical sign:
@@ -1896,34 +1921,47 @@ void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r
                                    const StepScratchGPU* w) {
     int right = m > n;
     int p = right ? n : m, q = right ? m : n;
-    dim3 tiles(optim_blocks(p, GRAM_TILE), optim_blocks(p, GRAM_TILE));
-    gram_double_kernel<<<tiles, dim3(GRAM_TILE, OPTIM_ROWS)>>>(w->K, G, n, right, p, q);
-    cudaCheck(cudaGetLastError());
+    gram_double(w->K, G, n, right, p, q);
     cusolverCheck(cusolverDnDsyevd(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p, w->K, p,
                                    w->eig, ctx->eig_work, ctx->eig_lwork, ctx->eig_info));
     top_eigenvectors_kernel<<<optim_blocks((size_t)p * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(S, w->K, p, r);
     cudaCheck(cudaGetLastError());
-    canonical_sign_kernel<<<r, OPTIM_BLOCK>>>(S, p, r);
-    cudaCheck(cudaGetLastError());
+    canonical_sign(S, p, r);
 }
 
-// step 3 for a general change of basis C = S_new^T S_old (R, R)
-static void moments_rotate_general(LowRankGPU* ctx, LowRankStateGPU* s, const StepScratchGPU* w) {
+// ---- step 1: the first subspace
+
+// step 1 (t == 0): S = the top-r left singular vectors of G (canonical sign), M = V = 0
+void lowrank_init_subspace(LowRankStateGPU* s, const float* G, LowRankGPU* ctx, const StepScratchGPU* w) {
+    size_t numel = (size_t)s->q * s->r;
+    svd_top_left_singular_vectors(s->S, G, s->m, s->n, s->r, ctx, w);
+    cudaCheck(cudaMemsetAsync(s->M, 0, numel * sizeof(float), 0));
+    cudaCheck(cudaMemsetAsync(s->V, 0, numel * sizeof(float), 0));
+}
+
+// ---- GaLore: S = top-r singular vectors of the current gradient (+ moment rotation)
+
+// step 3 for a general change of basis C (R, R) = S_new^T S_old (GaLore's SVD refresh):
+//   left:  M_rot = C M,   V_rot = |(C o C)(V - M o M) + M_rot o M_rot|
+//   right: the same on the transposes, M_rot = M C^T
+// CC (R, R), Mrot and X (the moments' shape) are scratch
+static void moments_rotate_general(LowRankStateGPU* s, const float* C, float* CC, float* Mrot, float* X,
+                                   LowRankGPU* ctx) {
     int r = s->r, q = s->q;
     size_t numel = (size_t)r * q;
     size_t launch = numel > (size_t)r * r ? numel : (size_t)r * r;
-    moments_rotate_prepare_kernel<<<optim_blocks(launch, OPTIM_BLOCK), OPTIM_BLOCK>>>(w->Xm, w->CC, s->M, s->V,
-                                                                                     w->C, numel, r * r);
+    moments_rotate_prepare_kernel<<<optim_blocks(launch, OPTIM_BLOCK), OPTIM_BLOCK>>>(X, CC, s->M, s->V, C, numel,
+                                                                                     r * r);
     cudaCheck(cudaGetLastError());
-    float* Vrot = s->V;  // V is no longer needed once Xm holds V - M o M
+    float* Vrot = s->V;  // V is no longer needed once X holds V - M o M
     if (!s->right) {
-        gemm_gpu(ctx->blas, 0, 0, r, q, r, 1.0f, w->C, r, s->M, q, 0.0f, w->Mrot, q);
-        gemm_gpu(ctx->blas, 0, 0, r, q, r, 1.0f, w->CC, r, w->Xm, q, 0.0f, Vrot, q);
+        gemm_gpu(ctx->blas, 0, 0, r, q, r, 1.0f, C, r, s->M, q, 0.0f, Mrot, q);
+        gemm_gpu(ctx->blas, 0, 0, r, q, r, 1.0f, CC, r, X, q, 0.0f, Vrot, q);
     } else {
-        gemm_gpu(ctx->blas, 0, 1, q, r, r, 1.0f, s->M, r, w->C, r, 0.0f, w->Mrot, r);
-        gemm_gpu(ctx->blas, 0, 1, q, r, r, 1.0f, w->Xm, r, w->CC, r, 0.0f, Vrot, r);
+        gemm_gpu(ctx->blas, 0, 1, q, r, r, 1.0f, s->M, r, C, r, 0.0f, Mrot, r);
+        gemm_gpu(ctx->blas, 0, 1, q, r, r, 1.0f, X, r, CC, r, 0.0f, Vrot, r);
     }
-    moments_rotate_finish_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(s->M, s->V, w->Mrot, numel);
+    moments_rotate_finish_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(s->M, s->V, Mrot, numel);
     cudaCheck(cudaGetLastError());
 }
 
@@ -1936,15 +1974,90 @@ void galore_refresh_subspace(LowRankStateGPU* s, const float* G, const cpu::LowR
     svd_top_left_singular_vectors(s->S, G, s->m, s->n, r, ctx, w);
     if (cfg->adaptive_optimizer) {
         gemm_gpu(ctx->blas, 1, 0, r, r, p, 1.0f, s->S, r, w->S_old, r, 0.0f, w->C, r);
-        moments_rotate_general(ctx, s, w);
+        moments_rotate_general(s, w->C, w->CC, w->Mrot, w->Xm, ctx);
     }
 }
 
-// steps 2 (SubTrack) and 3, the CPU's efficient form (see subtrack_track_subspace
-// there). on entry Gt = A, the projection with the current S; on return S took
-// one geodesic step, Gt is the projection with the new S, and with
-// --adaptive_optimizer the moments are rotated. the host never waits: when dF
-// is 0 or u is lost in span(S), w->track->skip turns the later kernels into no-ops
+// ---- SubTrack++: one geodesic step on the Grassmannian
+//
+// the launchers of the tracking kernels, each the CPU piece of the same name.
+// they take ts (device) where the CPU returns early: a skipped step turns the
+// later kernels into no-ops
+
+// top eigenvector v (R,) of H = dF^T dF (R, R); sets ts->iterations, and ts->skip if H == 0
+static void power_iteration(double* v, TrackScalars* ts, const float* H, int r) {
+    power_iteration_kernel<<<1, OPTIM_REDUCE_BLOCK, 2 * (size_t)r * sizeof(double)>>>(v, ts, H, r);
+    cudaCheck(cudaGetLastError());
+}
+
+// grid of the one-warp-per-row kernels over p rows
+static unsigned track_row_blocks(int p) {
+    return optim_blocks(p, OPTIM_BLOCK / OPTIM_WARP);
+}
+
+// u (p,) = dF v, dF (p, R)
+static void track_u(double* u, const float* dF, const double* v, const TrackScalars* ts, int p, int r) {
+    track_u_kernel<<<track_row_blocks(p), OPTIM_BLOCK>>>(u, dF, v, ts, p, r);
+    cudaCheck(cudaGetLastError());
+}
+
+// sigma = ||u||; sigma == 0 ends the step
+static void track_sigma(TrackScalars* ts, const double* u, int p) {
+    track_sigma_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(ts, u, p);
+    cudaCheck(cudaGetLastError());
+}
+
+// y (R,) = S^T (u / sigma), S (p, R)
+static void track_project_u(double* y, const float* S, const double* u, const TrackScalars* ts, int p, int r) {
+    track_project_u_kernel<<<optim_blocks(r, OPTIM_COLS), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(y, S, u, ts, p, r);
+    cudaCheck(cudaGetLastError());
+}
+
+// u <- u / sigma - S y: u made exactly orthogonal to span(S)
+static void track_orthogonalize_u(double* u, const float* S, const double* y, const TrackScalars* ts, int p, int r) {
+    track_orthogonalize_u_kernel<<<track_row_blocks(p), OPTIM_BLOCK>>>(u, S, y, ts, p, r);
+    cudaCheck(cudaGetLastError());
+}
+
+// ||u||, the skip test, cos and sin of eta sigma
+static void track_angle(TrackScalars* ts, const double* u, int p, float eta) {
+    track_angle_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(ts, u, p, eta);
+    cudaCheck(cudaGetLastError());
+}
+
+// a = (cos - 1) S v - sin u / ||u|| (p,), S <- S + a v^T
+static void track_geodesic(float* S, float* a, const double* v, const double* u, const TrackScalars* ts, int p,
+                           int r) {
+    track_geodesic_kernel<<<track_row_blocks(p), OPTIM_BLOCK>>>(S, a, v, u, ts, p, r);
+    cudaCheck(cudaGetLastError());
+}
+
+// grid of the per-column kernels over the q columns of the moments' shape
+static unsigned moment_column_blocks(int q, int right) {
+    return optim_blocks(q, right ? OPTIM_ROWS : OPTIM_COLS);
+}
+
+// the projection with the new S: left Gt (R, q) += v (a^T G), right Gt (q, R) += (G a) v^T
+static void track_update_projection(float* Gt, const float* G, const float* a, const double* v,
+                                    const TrackScalars* ts, int r, int p, int q, int right) {
+    track_update_projection_kernel<<<moment_column_blocks(q, right), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
+        Gt, G, a, v, ts, r, p, q, right);
+    cudaCheck(cudaGetLastError());
+}
+
+// step 3, rank-1 form, C = I - c v v^T with c = 1 - cos(eta sigma) read from ts
+static void moments_rotate_rank1(LowRankStateGPU* s, const double* v, const TrackScalars* ts) {
+    moments_rotate_rank1_kernel<<<moment_column_blocks(s->q, s->right), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
+        s->M, s->V, v, ts, s->r, s->q, s->right);
+    cudaCheck(cudaGetLastError());
+}
+
+// steps 2 (SubTrack) and 3, the CPU's efficient form, piece by piece as there
+// (see subtrack_track_subspace in train_llama_subtrack.c). on entry Gt = A, the
+// projection with the current S; on return S took one geodesic step, Gt is the
+// projection with the new S, and with --adaptive_optimizer the moments are
+// rotated. the host never waits: when dF is 0 or u is lost in span(S),
+// w->track->skip turns the later kernels into no-ops
 void subtrack_track_subspace(LowRankStateGPU* s, float* Gt, const float* G, const cpu::LowRankConfig* cfg,
                              LowRankGPU* ctx, const StepScratchGPU* w) {
     int n = s->n, r = s->r, p = s->p, q = s->q;
@@ -1960,28 +2073,81 @@ void subtrack_track_subspace(LowRankStateGPU* s, float* Gt, const float* G, cons
     gemm_gpu(ctx->blas, 0, 0, p, r, r, 2.0f, S, r, w->AAt, r, -2.0f, w->X, r);
     const float* dF = w->X;
     gemm_gpu(ctx->blas, 1, 0, r, r, p, 1.0f, dF, r, dF, r, 0.0f, w->H, r);
-    power_iteration_kernel<<<1, OPTIM_REDUCE_BLOCK, 2 * (size_t)r * sizeof(double)>>>(w->v, w->track, w->H, r);
-    cudaCheck(cudaGetLastError());
-    int rows_per_block = OPTIM_BLOCK / OPTIM_WARP;
-    unsigned row_blocks = optim_blocks(p, rows_per_block);
-    track_u_kernel<<<row_blocks, OPTIM_BLOCK>>>(w->u, dF, w->v, w->track, p, r);
-    track_sigma_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(w->track, w->u, p);
-    dim3 col_block(OPTIM_COLS, OPTIM_ROWS);
-    track_project_u_kernel<<<optim_blocks(r, OPTIM_COLS), col_block>>>(w->y, S, w->u, w->track, p, r);
-    track_orthogonalize_u_kernel<<<row_blocks, OPTIM_BLOCK>>>(w->u, S, w->y, w->track, p, r);
-    track_angle_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(w->track, w->u, p, cfg->st_init_step_size);
-    track_geodesic_kernel<<<row_blocks, OPTIM_BLOCK>>>(S, w->a, w->v, w->u, w->track, p, r);
-    unsigned q_blocks = optim_blocks(q, s->right ? OPTIM_ROWS : OPTIM_COLS);
-    track_update_projection_kernel<<<q_blocks, col_block>>>(Gt, G, w->a, w->v, w->track, r, p, q, s->right);
+    TrackScalars* ts = w->track;
+    cudaCheck(cudaMemsetAsync(ts, 0, sizeof(TrackScalars), 0));
+    power_iteration(w->v, ts, w->H, r);
+    // u = dF v / sigma, then made exactly orthogonal to S
+    track_u(w->u, dF, w->v, ts, p, r);
+    track_sigma(ts, w->u, p);
+    track_project_u(w->y, S, w->u, ts, p, r);
+    track_orthogonalize_u(w->u, S, w->y, ts, p, r);
+    track_angle(ts, w->u, p, cfg->st_init_step_size);
+    track_geodesic(S, w->a, w->v, w->u, ts, p, r);
+    track_update_projection(Gt, G, w->a, w->v, ts, r, p, q, s->right);
+    // step 3, with C = I - c v v^T, c = 1 - cos(eta sigma)
     if (cfg->adaptive_optimizer) {
-        moments_rotate_rank1_kernel<<<q_blocks, col_block>>>(s->M, s->V, w->v, w->track, r, q, s->right);
+        moments_rotate_rank1(s, w->v, ts);
     }
+}
+
+// ---- steps 4-6: Adam in the subspace, recovery scaling, the update
+
+// step 4: Adam in the subspace over the moments' shape (M, V, N, Gt):
+//   M = b1 M + (1 - b1) Gt ;  V = b2 V + (1 - b2) Gt o Gt ;  N = M / (sqrt(V) + eps)
+// fused with step 5's per-column norms, which need the same pass over N and Gt
+// (lowrank_adam_norms_kernel): with recovery scaling it also writes
+//   w->phi (q,) = ||N_j|| / (||Gt_j|| + 1e-8),   w->norm2 (q,) = ||residual_j||^2
+// from the residual in w->D (lowrank_residual). on the CPU, step 5 computes these
+void lowrank_adam_in_subspace(LowRankStateGPU* s, float* N, const float* Gt, const cpu::LowRankConfig* cfg,
+                              const StepScratchGPU* w) {
+    lowrank_adam_norms_kernel<<<moment_column_blocks(s->q, s->right), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
+        s->M, s->V, N, w->phi, w->norm2, Gt, w->D, s->r, s->p, s->q, s->right, cfg->recovery_scaling,
+        cfg->beta1, cfg->beta2, cfg->eps);
     cudaCheck(cudaGetLastError());
 }
 
+// step 5: recovery scaling, Lambda = (G - S Gt) diag(phi), then the norm-growth
+// limiter on ||Lambda||. step 4's kernel already computed phi and the residual's
+// norms from N and Gt, so what is left is one block: ||Lambda||, the limiter's
+// decision on s->limiter = [prev, prev_set], and its factor in w->scale. Lambda
+// (m, n) is the residual and stays it: step 6 scales it by phi and w->scale as
+// it subtracts it, which saves a pass over (m, n)
+void lowrank_recovery_scaling(LowRankStateGPU* s, float* Lambda, const float* N, const float* Gt,
+                              const cpu::LowRankConfig* cfg, const StepScratchGPU* w) {
+    (void)Lambda; (void)N; (void)Gt;  // used by step 4's kernel and by step 6
+    lowrank_limiter_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(w->scale, s->limiter, w->phi, w->norm2, s->q,
+                                                      cfg->norm_growth_limiter, cfg->norm_growth_limit);
+    cudaCheck(cudaGetLastError());
+}
+
+// step 6: the update, W (m, n), with the bias correction c = sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)):
+//   D = alpha S N (+ Lambda) ;  W -= lr c D ;  W -= lr wd W
+// in two passes: W -= lr c alpha S N straight into W (a gemm), then, with
+// Lambda (the residual, see step 5; NULL without recovery scaling), one
+// elementwise kernel subtracts lr c Lambda diag(phi scale) and applies the decay
+void lowrank_apply_update(float* W, const LowRankStateGPU* s, const float* N, const float* Lambda, int t,
+                          const cpu::LowRankConfig* cfg, float lr, LowRankGPU* ctx, const StepScratchGPU* w) {
+    int m = s->m, n = s->n;
+    size_t mn = (size_t)m * n;
+    double c = sqrt(1.0 - pow((double)cfg->beta2, t + 1)) / (1.0 - pow((double)cfg->beta1, t + 1));
+    float step = (float)(lr * c);
+    float decay = (float)((double)lr * cfg->weight_decay);
+    lowrank_back_project(W, s, N, -step * cfg->low_rank_scale, 1.0f, ctx);
+    if (Lambda != NULL) {
+        lowrank_recovery_apply_kernel<<<optim_blocks(mn, OPTIM_BLOCK), OPTIM_BLOCK>>>(
+            W, Lambda, w->phi, w->scale, m, n, s->right, step, cfg->weight_decay > 0.0f ? decay : 0.0f);
+        cudaCheck(cudaGetLastError());
+    } else if (cfg->weight_decay > 0.0f) {
+        weight_decay_kernel<<<optim_blocks(mn, OPTIM_BLOCK), OPTIM_BLOCK>>>(W, mn, decay);
+        cudaCheck(cudaGetLastError());
+    }
+}
+
+// ---- the whole step
+
 // one optimizer step for one matrix, the CPU's lowrank_adamw_step on device
-// pointers. W, G: (m, n). t counts the steps already taken (0 on the first).
-// lr is this step's learning rate (after the schedule)
+// pointers: steps 1-6 in turn. W, G: (m, n). t counts the steps already taken
+// (0 on the first). lr is this step's learning rate (after the schedule)
 void lowrank_adamw_step(LowRankStateGPU* s, float* W, const float* G, int t, const cpu::LowRankConfig* cfg,
                         float lr, LowRankGPU* ctx) {
     size_t used = 0;
@@ -1992,61 +2158,36 @@ void lowrank_adamw_step(LowRankStateGPU* s, float* W, const float* G, int t, con
                 s->m, s->n, s->r);
         exit(EXIT_FAILURE);
     }
-    int m = s->m, n = s->n, r = s->r, p = s->p, q = s->q;
-    size_t numel = (size_t)q * r, mn = (size_t)m * n;
-    // steps 1-3: the subspace
+    // steps 1-3: the subspace, then Gt = S^T G (left) or G S (right) with the S of this step
     if (t == 0) {
         lowrank_timing_begin(s);
-        svd_top_left_singular_vectors(s->S, G, m, n, r, ctx, &w);
-        cudaCheck(cudaMemsetAsync(s->M, 0, numel * sizeof(float), 0));
-        cudaCheck(cudaMemsetAsync(s->V, 0, numel * sizeof(float), 0));
+        lowrank_init_subspace(s, G, ctx, &w);                               // step 1
         lowrank_timing_end(s);
         s->subspace_updates++;
-        lowrank_project(ctx, w.Gt, s, G);
+        lowrank_project(w.Gt, s, G, ctx);
     } else if (cfg->update_interval > 0 && t % cfg->update_interval == 0) {
         if (cfg->method == cpu::SUBSPACE_GALORE) {
             lowrank_timing_begin(s);
-            galore_refresh_subspace(s, G, cfg, ctx, &w);
+            galore_refresh_subspace(s, G, cfg, ctx, &w);                    // steps 2 and 3
             lowrank_timing_end(s);
-            lowrank_project(ctx, w.Gt, s, G);
+            lowrank_project(w.Gt, s, G, ctx);
         } else {
-            lowrank_project(ctx, w.Gt, s, G);  // A, reused by the tracking step
+            lowrank_project(w.Gt, s, G, ctx);  // A, reused by the tracking step
             lowrank_timing_begin(s);
-            cudaCheck(cudaMemsetAsync(w.track, 0, sizeof(TrackScalars), 0));
-            subtrack_track_subspace(s, w.Gt, G, cfg, ctx, &w);
+            subtrack_track_subspace(s, w.Gt, G, cfg, ctx, &w);              // steps 2 and 3, Gt updated
             lowrank_timing_end(s);
         }
         s->subspace_updates++;
     } else {
-        lowrank_project(ctx, w.Gt, s, G);
+        lowrank_project(w.Gt, s, G, ctx);
     }
-    double c = sqrt(1.0 - pow((double)cfg->beta2, t + 1)) / (1.0 - pow((double)cfg->beta1, t + 1));
-    float step = (float)(lr * c);
-    float decay = (float)((double)lr * cfg->weight_decay);
-    dim3 col_block(OPTIM_COLS, OPTIM_ROWS);
-    unsigned q_blocks = optim_blocks(q, s->right ? OPTIM_ROWS : OPTIM_COLS);
+    // step 5's residual G - S Gt comes before step 4, whose kernel also takes its norms
+    if (cfg->recovery_scaling) { lowrank_residual(w.D, s, G, w.Gt, ctx); }
+    lowrank_adam_in_subspace(s, w.N, w.Gt, cfg, &w);                        // step 4 (+ step 5's norms)
     if (cfg->recovery_scaling) {
-        // Lambda's residual G - S Gt, explicitly: ||G_j||^2 - ||Gt_j||^2 would cancel in fp32
-        cudaCheck(cudaMemcpyAsync(w.D, G, mn * sizeof(float), cudaMemcpyDeviceToDevice, 0));
-        lowrank_back_project(ctx, w.D, s, w.Gt, -1.0f, 1.0f);
+        lowrank_recovery_scaling(s, w.D, w.N, w.Gt, cfg, &w);               // step 5: the limiter
     }
-    // steps 4 and 5: Adam in the subspace, phi and the residual's column norms
-    lowrank_adam_norms_kernel<<<q_blocks, col_block>>>(s->M, s->V, w.N, w.phi, w.norm2, w.Gt, w.D, r, p, q,
-                                                       s->right, cfg->recovery_scaling, cfg->beta1, cfg->beta2,
-                                                       cfg->eps);
-    cudaCheck(cudaGetLastError());
-    // step 6: W -= lr c alpha S N, straight into W
-    lowrank_back_project(ctx, W, s, w.N, -step * cfg->low_rank_scale, 1.0f);
-    if (cfg->recovery_scaling) {
-        lowrank_limiter_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(w.scale, s->limiter, w.phi, w.norm2, q,
-                                                          cfg->norm_growth_limiter, cfg->norm_growth_limit);
-        lowrank_recovery_apply_kernel<<<optim_blocks(mn, OPTIM_BLOCK), OPTIM_BLOCK>>>(
-            W, w.D, w.phi, w.scale, m, n, s->right, step, cfg->weight_decay > 0.0f ? decay : 0.0f);
-        cudaCheck(cudaGetLastError());
-    } else if (cfg->weight_decay > 0.0f) {
-        weight_decay_kernel<<<optim_blocks(mn, OPTIM_BLOCK), OPTIM_BLOCK>>>(W, mn, decay);
-        cudaCheck(cudaGetLastError());
-    }
+    lowrank_apply_update(W, s, w.N, cfg->recovery_scaling ? w.D : NULL, t, cfg, lr, ctx, &w);   // step 6
 }
 
 typedef struct {
@@ -2124,6 +2265,12 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
     float** grads = cpu::parameter_pointers(&model->grads);
     size_t adam_off = 0;
     int k = 0;
+    // the first step's SVDs (and GaLore's refreshes) can take a while: progress
+    // lines, with a sync per matrix so that their times are real
+    const char* svd_phase = cpu::optimizer_svd_phase(h);
+    int show_progress = svd_phase != NULL && cpu::g_progress_interval >= 0;
+    cpu::Progress pr;
+    cpu::progress_begin(&pr, svd_phase, show_progress ? h->num_lowrank : 0);
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = cpu::tensor_numel(&spec[i]);
         if (!cpu::optimizer_uses_lowrank(h, &spec[i])) {
@@ -2136,6 +2283,10 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
         for (int l = 0; l < spec[i].layers; l++) {
             lowrank_adamw_step(&o->lowrank[k++], params[i] + l * per, grads[i] + l * per, h->step,
                                &h->cfg, lr, &o->ctx);
+            if (show_progress) {
+                cuda_check(cudaDeviceSynchronize());
+                cpu::progress_update(&pr, k);
+            }
         }
     }
     h->step++;
@@ -2149,48 +2300,9 @@ double optimizer_subspace_seconds(Optimizer* o) {
 }
 
 // ----------------------------------------------------------------------------
-// training: evaluation, sampling, checkpoints. the CPU functions do the host
-// work; these wrap them around the device model.
+// training: checkpoints. the CPU writer and reader, on host copies of the
+// device state; host_model is a cpu::Llama whose params_memory is the host copy
 
-// mean loss over the first eval_batches batches of the validation data
-float evaluate(Llama* model, cpu::ShardLoader* val, int eval_batches, int* inputs, int* targets) {
-    cpu::shard_loader_reset(val);
-    int B = val->cfg.B, T = val->cfg.T;
-    double total = 0.0;
-    for (int i = 0; i < eval_batches; i++) {
-        cpu::shard_loader_next_batch_or_exit(val, inputs, targets);
-        total += llama_forward(model, inputs, targets, B, T);
-    }
-    return (float)(total / eval_batches);
-}
-
-// as the CPU twin: B=1 windows of the last T tokens; the logits row comes back to the host
-void print_sample(Llama* model, const cpu::Decoder* dec, int T, int gen_tokens, int top_k, float temperature,
-                  cpu::Rng* rng, int bos_id) {
-    int V = model->config.V;
-    int* history = (int*)cpu::calloc_check((size_t)(gen_tokens + 1) * sizeof(int), "sample history");
-    int* window = (int*)cpu::calloc_check((size_t)T * sizeof(int), "sample window");
-    float* probs = (float*)cpu::malloc_check((size_t)V * sizeof(float), "sample probs");
-    float* row = (float*)cpu::malloc_check((size_t)V * sizeof(float), "sample logits");
-    history[0] = bos_id >= 0 ? bos_id : 0;
-    printf("sample: ");
-    for (int n = 1; n <= gen_tokens; n++) {
-        int len = n < T ? n : T;
-        memcpy(window, history + (n - len), (size_t)len * sizeof(int));
-        llama_forward(model, window, NULL, 1, T);
-        const char* logits = (const char*)model->acts.logits;
-        device_to_host_float(row, logits + (size_t)(len - 1) * V * dtype_bytes(model->dtype), (size_t)V,
-                             model->dtype);
-        int next = cpu::sample_token(row, V, temperature, top_k, rng, probs);
-        history[n] = next;
-        cpu::decoder_print_token(dec, next, stdout);
-    }
-    printf("\n");
-    free(history); free(window); free(probs); free(row);
-}
-
-// checkpoints: the CPU writer and reader, on host copies of the device state.
-// host_model is a cpu::Llama whose params_memory is the host copy.
 int checkpoint_save(Llama* model, Optimizer* opt, cpu::Llama* host_model, cpu::ShardLoader* loader,
                     cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
     llama_download_params(model, host_model->params_memory);
@@ -2209,12 +2321,25 @@ int checkpoint_load(Llama* model, Optimizer* opt, cpu::Llama* host_model, cpu::S
 }
 
 // ----------------------------------------------------------------------------
-// main: the training loop, the CPU trainer's loop on the device model
+// main: the GPU backend of the training loop. the loop itself (flags, data,
+// schedule, accumulation, clipping, the NaN stop, evaluation, sampling, logs,
+// checkpoints) is the CPU trainer's cpu::train_run, so the two cannot drift
 
-// 0 devices, or no driver: say where the CPU trainer is, and exit non-zero
+// no device, or a driver older than this build: say which, and where the CPU trainer is
 static void require_gpu_or_exit(void) {
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
+    if (err == cudaErrorInsufficientDriver) {
+        int driver = 0, runtime = 0;
+        cudaDriverGetVersion(&driver);
+        cudaRuntimeGetVersion(&runtime);
+        fprintf(stderr, "error: the NVIDIA driver is too old for this build: it supports CUDA %d.%d, and "
+                "./train_llama_subtrack was built with CUDA %d.%d. Update the driver, or build with a CUDA "
+                "toolkit the driver supports; the CPU trainer needs neither (make train_cpu && "
+                "./train_llama_subtrack_cpu)\n", driver / 1000, (driver % 1000) / 10, runtime / 1000,
+                (runtime % 1000) / 10);
+        exit(EXIT_FAILURE);
+    }
     if (err != cudaSuccess || count == 0) {
         fprintf(stderr, "error: no CUDA GPU found (%s). ./train_llama_subtrack needs an NVIDIA GPU; "
                 "on this machine use the CPU trainer: make train_cpu && ./train_llama_subtrack_cpu "
@@ -2225,195 +2350,102 @@ static void require_gpu_or_exit(void) {
 }
 
 // the CPU trainer's defaults, but bf16 activations: what a GPU is fast at
-static void train_config_defaults_gpu(cpu::TrainConfig* t) {
+// (and the authors' default wherever the device supports bf16)
+void train_config_defaults_gpu(cpu::TrainConfig* t) {
     cpu::train_config_defaults(t);
     snprintf(t->dtype, sizeof t->dtype, "%s", "bfloat16");
 }
 
-static void train_usage_gpu(FILE* out) {
-    cpu::TrainConfig d;
-    train_config_defaults_gpu(&d);
-    fprintf(out, "usage: ./train_llama_subtrack [flags]\n"
-                 "trains a LLaMA with SubTrack++ (or a baseline) on one GPU; the same flags as "
-                 "./train_llama_subtrack_cpu.\n\n");
-    int num_flags = (int)(sizeof(cpu::TRAIN_FLAGS) / sizeof(cpu::TRAIN_FLAGS[0]));
-    for (int i = 0; i < num_flags; i++) {
-        char v[64];
-        cpu::flag_value_string(&cpu::TRAIN_FLAGS[i], &d, v, sizeof v);
-        fprintf(out, "  %-28s %s (default %s)\n", cpu::TRAIN_FLAGS[i].name, cpu::TRAIN_FLAGS[i].help, v);
-    }
-    fprintf(out, "  %-28s this text\n\npresets:", "--help");
-    int num_presets = (int)(sizeof(cpu::LLAMA_PRESETS) / sizeof(cpu::LLAMA_PRESETS[0]));
-    for (int i = 0; i < num_presets; i++) { fprintf(out, " %s", cpu::LLAMA_PRESETS[i].name); }
-    fprintf(out, "\n");
+static struct {
+    Llama model;
+    Optimizer opt;
+    cpu::Llama host_model;  // the fp32 masters on the host: initialisation and checkpoints
+    float* logits_row;      // (V) host copy of one row of logits, for sampling
+} gpu_trainer;
+
+static const char* gpu_check(const cpu::TrainConfig* t) {
+    (void)t;
+    require_gpu_or_exit();
+    return NULL;
 }
 
-int train_main(int argc, char** argv) {
-    cpu::TrainConfig t;
-    train_config_defaults_gpu(&t);
-    char err[1024];
-    int parsed = cpu::train_parse_flags(&t, argc, argv, err, sizeof err);
-    if (parsed == 1) { train_usage_gpu(stdout); return 0; }
-    if (parsed < 0) { cpu::fatal("%s", err); }
-    const char* problem = cpu::train_config_problem(&t);
-    if (problem != NULL) { cpu::fatal("%s", problem); }
-    require_gpu_or_exit();
-    cpu::LlamaConfig cfg;
-    cpu::llama_config_resolve_or_exit(&cfg, t.model_config);
-    if (t.max_length == 0) {
-        t.max_length = cfg.max_seq_len < DEFAULT_MAX_LENGTH ? cfg.max_seq_len : DEFAULT_MAX_LENGTH;
-    }
-    int B = t.batch_size, T = t.max_length;
-    if (T > cfg.max_seq_len) {
-        cpu::fatal("--max_length %d is above the model's max_seq_len %d (%s); lower --max_length",
-                   T, cfg.max_seq_len, t.model_config);
-    }
-    int accum = t.total_batch_size / B;
-    if (t.save_dir[0] != '\0') { cpu::check_writable_dir_or_exit(t.save_dir); }
-
-    cpu::Decoder dec;
-    cpu::decoder_load_or_exit(&dec, t.decoder_path);
-    if (dec.vocab_size > cfg.V) {
-        cpu::fatal("the tokenizer of %s has %d ids but the model's vocab is %d; use a model_config with "
-                   "vocab_size >= %d", t.decoder_path, dec.vocab_size, cfg.V, dec.vocab_size);
-    }
-    cpu::ShardLoaderConfig tc = {t.train_data, "--train_data", B, T, cfg.V, 0, 1, t.shuffle, (uint64_t)t.seed};
-    cpu::ShardLoaderConfig vc = {t.val_data, "--val_data", B, T, cfg.V, 0, 1, 0, 0};
-    cpu::ShardLoader train_loader, val_loader;
-    cpu::shard_loader_init_or_exit(&train_loader, &tc);
-    cpu::shard_loader_init_or_exit(&val_loader, &vc);
-
+static const char* gpu_build(const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T) {
+    (void)B; (void)T;
     cublas_init();
-    // the host model holds the fp32 masters for initialisation and checkpoints
-    cpu::Llama host_model;
-    cpu::llama_build(&host_model, &cfg);
-    cpu::llama_init_weights(&host_model, (uint64_t)t.seed);
-    Llama model;
-    llama_build(&model, &cfg, dtype_from_name(t.dtype));
-    llama_upload_params(&model, host_model.params_memory);
-    Optimizer opt;
-    problem = optimizer_build(&opt, &cfg, &t);
-    if (problem != NULL) { cpu::fatal("%s", problem); }
-    cpu::Rng sample_rng;
-    cpu::rng_seed(&sample_rng, (uint64_t)t.seed + 1000);
-    if (t.continue_from[0] != '\0') {
-        if (checkpoint_load(&model, &opt, &host_model, &train_loader, &sample_rng, t.continue_from,
-                            err, sizeof err) != 0) {
-            cpu::fatal("%s", err);
-        }
-    }
+    cpu::llama_build(&gpu_trainer.host_model, c);
+    cpu::llama_init_weights(&gpu_trainer.host_model, (uint64_t)t->seed);
+    llama_build(&gpu_trainer.model, c, dtype_from_name(t->dtype));
+    llama_upload_params(&gpu_trainer.model, gpu_trainer.host_model.params_memory);
+    gpu_trainer.logits_row = (float*)cpu::malloc_check((size_t)c->V * sizeof(float), "sample logits");
+    return optimizer_build(&gpu_trainer.opt, c, t);
+}
 
+static void gpu_report(const cpu::TrainConfig* t, int B, int T) {
     cudaDeviceProp prop;
     int device = 0;
     cuda_check(cudaGetDevice(&device));
     cuda_check(cudaGetDeviceProperties(&prop, device));
-    cpu::print_settings(&t);
-    printf("model:        %s: V=%d C=%d F=%d NH=%d L=%d max_seq_len=%d\n", t.model_config,
-           cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L, cfg.max_seq_len);
+    const cpu::LlamaConfig* c = &gpu_trainer.model.config;
     printf("device:       %s (compute %d.%d, %d SMs), dtype %s\n", prop.name, prop.major, prop.minor,
-           prop.multiProcessorCount, t.dtype);
-    cpu::llama_memory_report(&cfg, B, T, stdout);
+           prop.multiProcessorCount, t->dtype);
+    cpu::llama_memory_report(c, B, T, stdout);
     printf("on device:    activations and gradient scratch %.2f MiB in %s (fp32: %.2f MiB)%s\n",
-           llama_activation_bytes(&cfg, B, T, model.dtype) / 1048576.0, t.dtype,
-           llama_activation_bytes(&cfg, B, T, DTYPE_FLOAT32) / 1048576.0,
-           model.dtype == DTYPE_BFLOAT16 ? ", plus a bf16 copy of the weights" : "");
-    size_t full_adamw = 2 * model.num_parameters * sizeof(float);
-    printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB); full AdamW would need %.2f MiB\n",
-           t.optimizer, opt.host.low_rank ? (opt.host.cfg.method == cpu::SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
-           cpu::optimizer_state_bytes(&opt.host) / 1048576.0, 2.0 * opt.host.num_adam * 4 / 1048576.0,
-           opt.host.lowrank_floats * 4.0 / 1048576.0, full_adamw / 1048576.0);
-    printf("data:         %lld train windows, %lld val windows of T+1=%d tokens; %d micro steps of B=%d per step\n",
-           (long long)train_loader.num_windows, (long long)val_loader.num_windows, T + 1, accum, B);
-    if (opt.host.step > 0) { printf("resumed:      from %s at step %d\n", t.continue_from, opt.host.step); }
-    fflush(stdout);
+           llama_activation_bytes(c, B, T, gpu_trainer.model.dtype) / 1048576.0, t->dtype,
+           llama_activation_bytes(c, B, T, DTYPE_FLOAT32) / 1048576.0,
+           gpu_trainer.model.dtype == DTYPE_BFLOAT16 ? ", plus a bf16 copy of the weights" : "");
+}
 
-    FILE* log = NULL;
-    if (t.log_file[0] != '\0') {
-        log = fopen(t.log_file, opt.host.step > 0 ? "a" : "w");
-        if (log == NULL) { cpu::fatal("cannot open --log_file %s (%s)", t.log_file, strerror(errno)); }
-        if (opt.host.step == 0) { fprintf(log, "step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s\n"); }
-    }
-
-    int* inputs = (int*)cpu::malloc_check((size_t)B * T * sizeof(int), "inputs");
-    int* targets = (int*)cpu::malloc_check((size_t)B * T * sizeof(int), "targets");
-    double train_seconds = 0.0;
-    int steps_timed = 0;
-    int first_step = opt.host.step;
-    for (int step = first_step; step < t.num_training_steps; step++) {
-        double t0 = cpu::wall_seconds();
-        llama_zero_grad(&model);
-        double loss = 0.0;
-        for (int micro = 0; micro < accum; micro++) {
-            cpu::shard_loader_next_batch_or_exit(&train_loader, inputs, targets);
-            loss += llama_forward(&model, inputs, targets, B, T) / accum;
-            llama_backward(&model, inputs, targets, 1.0f / accum);
-        }
-        double norm = grad_global_norm(model.grads_memory, model.num_parameters);
-        if (!isfinite(loss) || !isfinite(norm)) {
-            fprintf(stderr, "error: the %s is %s at step %d; stopping. ", isfinite(loss) ? "gradient norm" : "loss",
-                    isnan(isfinite(loss) ? norm : loss) ? "NaN" : "Inf", step + 1);
-            if (t.save_dir[0] != '\0') {
-                fprintf(stderr, "the last good checkpoint (if any) is kept in %s/%s. ", t.save_dir, CHECKPOINT_FILE);
-            }
-            fprintf(stderr, "try a lower --lr or --grad_clipping 1\n");
-            exit(EXIT_FAILURE);
-        }
-        if (t.grad_clipping > 0 && norm > t.grad_clipping) {
-            grad_scale(model.grads_memory, model.num_parameters, (float)(t.grad_clipping / norm));
-        }
-        float lr = cpu::lr_at_step(&t, step);
-        optimizer_step(&opt, &model, lr);
-        cuda_check(cudaDeviceSynchronize());  // for the timing
-        double ms = 1e3 * (cpu::wall_seconds() - t0);
-        train_seconds += ms / 1e3;
-        steps_timed++;
-        double tokens_per_s = (double)t.total_batch_size * T / (ms / 1e3);
-        int last = step + 1 == t.num_training_steps;
-
-        cpu::train_print_step(&t, step, first_step, loss, norm, lr, ms, tokens_per_s, train_seconds, steps_timed);
-        float val_loss = NAN;
-        if (cpu::train_step_is_due(t.eval_every, step, last)) {
-            val_loss = evaluate(&model, &val_loader, t.eval_batches, inputs, targets);
-            printf("val loss %.4f (perplexity %.2f) at step %d\n", val_loss, exp(val_loss), step + 1);
-        }
-        if (cpu::train_step_is_due(t.sample_every, step, last)) {
-            print_sample(&model, &dec, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
-        }
-        cpu::train_log_step(log, step, loss, val_loss, lr, norm, ms, tokens_per_s);
-        int stop_now = t.stop_at_step > 0 && step + 1 == t.stop_at_step && !last;
-        if (t.save_dir[0] != '\0' && (cpu::train_step_is_due(t.save_every, step, last) || stop_now)) {
-            if (checkpoint_save(&model, &opt, &host_model, &train_loader, &sample_rng, t.save_dir,
-                                err, sizeof err) != 0) {
-                cpu::fatal("%s", err);
-            }
-            printf("saved %s/%s at step %d\n", t.save_dir, CHECKPOINT_FILE, step + 1);
-        }
-        fflush(stdout);
-        if (stop_now) {
-            printf("stopping after step %d (--stop_at_step)\n", step + 1);
-            break;
-        }
-    }
-    if (opt.host.low_rank) {
-        printf("subspace updates: %.2f s in total (%s)\n", optimizer_subspace_seconds(&opt),
-               opt.host.cfg.method == cpu::SUBSPACE_GALORE ? "SVD" : "geodesic tracking and moment rotation");
-    }
-    printf("training time: %.1f s for %d steps\n", train_seconds, steps_timed);
-    if (log != NULL) { fclose(log); }
-    free(inputs); free(targets);
-    optimizer_free(&opt);
-    llama_free(&model);
-    cpu::llama_free(&host_model);
-    cpu::shard_loader_free(&train_loader);
-    cpu::shard_loader_free(&val_loader);
-    cpu::decoder_free(&dec);
+static void gpu_zero_grad(void) { llama_zero_grad(&gpu_trainer.model); }
+static float gpu_forward(const int* inputs, const int* targets, int B, int T) {
+    return llama_forward(&gpu_trainer.model, inputs, targets, B, T);
+}
+static void gpu_backward(const int* inputs, const int* targets, float loss_scale) {
+    llama_backward(&gpu_trainer.model, inputs, targets, loss_scale);
+}
+static const float* gpu_logits_row(int row) {
+    Llama* m = &gpu_trainer.model;
+    size_t V = (size_t)m->config.V;
+    const char* logits = (const char*)m->acts.logits;
+    device_to_host_float(gpu_trainer.logits_row, logits + (size_t)row * V * dtype_bytes(m->dtype), V, m->dtype);
+    return gpu_trainer.logits_row;
+}
+static double gpu_grad_norm(void) {
+    return grad_global_norm(gpu_trainer.model.grads_memory, gpu_trainer.model.num_parameters);
+}
+static void gpu_grad_scale(float s) { grad_scale(gpu_trainer.model.grads_memory, gpu_trainer.model.num_parameters, s); }
+static void gpu_optimizer_step(float lr) {
+    optimizer_step(&gpu_trainer.opt, &gpu_trainer.model, lr);
+    cuda_check(cudaDeviceSynchronize());  // for the timing
+}
+static int gpu_steps_taken(void) { return gpu_trainer.opt.host.step; }
+static const cpu::Optimizer* gpu_optimizer(void) { return &gpu_trainer.opt.host; }
+static double gpu_subspace_seconds(void) { return optimizer_subspace_seconds(&gpu_trainer.opt); }
+static int gpu_save(cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
+    return checkpoint_save(&gpu_trainer.model, &gpu_trainer.opt, &gpu_trainer.host_model, loader, rng, dir, err,
+                           errlen);
+}
+static int gpu_load(cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
+    return checkpoint_load(&gpu_trainer.model, &gpu_trainer.opt, &gpu_trainer.host_model, loader, rng, dir, err,
+                           errlen);
+}
+static void gpu_free(void) {
+    optimizer_free(&gpu_trainer.opt);
+    llama_free(&gpu_trainer.model);
+    cpu::llama_free(&gpu_trainer.host_model);
+    free(gpu_trainer.logits_row);
+    gpu_trainer.logits_row = NULL;
     cublas_check(cublasDestroy(g_cublas));
     g_cublas = NULL;
-    return 0;
 }
+
+const cpu::TrainBackend gpu_backend = {
+    "./train_llama_subtrack", "bfloat16", gpu_check, gpu_build, gpu_report, gpu_zero_grad, gpu_forward,
+    gpu_backward, gpu_logits_row, gpu_grad_norm, gpu_grad_scale, gpu_optimizer_step, gpu_steps_taken,
+    gpu_optimizer, gpu_subspace_seconds, gpu_save, gpu_load, gpu_free,
+};
 
 #ifndef TESTING
 int main(int argc, char** argv) {
-    return train_main(argc, argv);
+    return cpu::train_run(&gpu_backend, argc, argv);
 }
 #endif

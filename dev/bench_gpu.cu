@@ -70,6 +70,15 @@ SubTrack++'s power iteration (the count is printed).
 memory: a preset that would not fit (weights, gradients, the bf16 weight
 copy, full AdamW states, the trainer's own activation bytes, the low-rank
 scratch, plus 1 GiB) is skipped with a message instead of ending the run.
+the device memory each preset used is measured: cudaMemGetInfo's used bytes
+before the model is built and after each phase (the trainer allocates its
+buffers up front, so these samples see the peak); under the harness it is the
+host's memory and means nothing.
+
+for scripts, the report ends with one line per preset and method:
+    RESULT preset=llama_60m method=adamw dtype=bfloat16 B=128 T=256 accum=2 rank=128 k=200
+           fb_ms=.. step_ms=.. tok_s=.. mfu_pct=.. vs_adamw_pct=.. mem_mib=.. harness=0
+(on one line), or SKIPPED preset=.. reason=.. for a preset that did not run.
 */
 #define TESTING
 #include "../train_llama_subtrack.cu"
@@ -308,6 +317,10 @@ typedef struct {
     int method_ran[NUM_METHODS];
     double plain_ms[NUM_METHODS], update_ms[NUM_METHODS];
     int plain_timed[NUM_METHODS], update_timed[NUM_METHODS];
+    // device memory in use above what was in use before the model was built
+    // (cudaMemGetInfo, sampled after each phase), bytes
+    double mem_model;               // weights, gradients, activations, cuBLAS workspace
+    double mem_peak[NUM_METHODS];   // that plus the method's states and scratch
 } PresetResult;
 
 typedef struct {
@@ -345,6 +358,15 @@ static void bench_set_update_step(void* arg) {
 static void bench_optimizer_step(void* arg) {
     BenchArgs* a = (BenchArgs*)arg;
     optimizer_step(a->opt, a->model, BENCH_LR);
+}
+
+// device memory in use now, device-wide: total - free. the trainer allocates
+// everything up front (no caching allocator), so samples taken after each
+// phase see its peak, but for grad_global_norm's small partials buffer
+static double device_used_bytes(void) {
+    size_t free_bytes = 0, total_bytes = 0;
+    cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return (double)total_bytes - (double)free_bytes;
 }
 
 static const PaperSetting* paper_setting(const char* preset) {
@@ -438,6 +460,7 @@ static void bench_preset(PresetResult* res, const char* preset, const BenchConfi
            res->matrix_params / 1e6, need / 1073741824.0);
     fflush(stdout);
 
+    double used_before = device_used_bytes();
     Llama model;
     llama_build(&model, &cfg, dtype_from_name(bc->dtype));
     // weights: N(0, 0.02), norms 1, generated on the device (a 1B host init would take a while)
@@ -479,6 +502,7 @@ static void bench_preset(PresetResult* res, const char* preset, const BenchConfi
     }
     res->overhead_ms = time_median_ms(bench_step_overhead, NULL, &a, bc->warmup, bc->iters, bc->budget_s, &timed);
     printf("overhead: %.3f ms (zero_grad + grad norm)\n", res->overhead_ms);
+    res->mem_model = device_used_bytes() - used_before;
     // fresh gradients of one micro step for the optimizers
     llama_zero_grad(&model);
     bench_fwd_bwd(&a);
@@ -501,8 +525,10 @@ static void bench_preset(PresetResult* res, const char* preset, const BenchConfi
             launch_check();
         }
         a.opt = &opt;
+        double peak = device_used_bytes();
         res->plain_ms[m] = time_median_ms(bench_optimizer_step, bench_set_plain_step, &a, bc->warmup, bc->opt_iters,
                                           bc->budget_s, &res->plain_timed[m]);
+        peak = fmax(peak, device_used_bytes());
         if (m == METHOD_ADAMW) {
             res->update_ms[m] = res->plain_ms[m];
             res->update_timed[m] = res->plain_timed[m];
@@ -511,9 +537,12 @@ static void bench_preset(PresetResult* res, const char* preset, const BenchConfi
             res->update_ms[m] = time_median_ms(bench_optimizer_step, bench_set_update_step, &a, 1, bc->update_iters,
                                                bc->budget_s, &res->update_timed[m]);
         }
+        peak = fmax(peak, device_used_bytes());
+        res->mem_peak[m] = fmax(peak - used_before, res->mem_model);
         res->method_ran[m] = 1;
-        printf("%-10s plain %.3f ms (median of %d), update %.3f ms (median of %d)\n", METHOD_LABELS[m],
-               res->plain_ms[m], res->plain_timed[m], res->update_ms[m], res->update_timed[m]);
+        printf("%-10s plain %.3f ms (median of %d), update %.3f ms (median of %d), device memory %.0f MiB\n",
+               METHOD_LABELS[m], res->plain_ms[m], res->plain_timed[m], res->update_ms[m], res->update_timed[m],
+               res->mem_peak[m] / 1048576.0);
         fflush(stdout);
         a.opt = NULL;
         optimizer_free(&opt);
@@ -558,13 +587,12 @@ static void shape_galore_refresh(void* arg) {
 // the projection A = S^T G that every step pays, outside the timed region
 static void shape_project(void* arg) {
     ShapeArgs* a = (ShapeArgs*)arg;
-    lowrank_project(a->ctx, a->w->Gt, a->s, a->G);
+    lowrank_project(a->w->Gt, a->s, a->G, a->ctx);
 }
 
 // what lowrank_adamw_step times as SubTrack++'s subspace update
 static void shape_subtrack_update(void* arg) {
     ShapeArgs* a = (ShapeArgs*)arg;
-    cuda_check(cudaMemsetAsync(a->w->track, 0, sizeof(TrackScalars), 0));
     subtrack_track_subspace(a->s, a->w->Gt, a->G, a->subtrack_cfg, a->ctx, a->w);
 }
 
@@ -817,6 +845,43 @@ static void print_report(const PresetResult* results, int n, const ShapeResult* 
             printf("%-11s %-10s %10.3f %11.3f %10.3f %11.3f %8.1f%% %9s %9s\n", r->name, METHOD_LABELS[m],
                    r->plain_ms[m], r->update_ms[m], amortised_ms(r, m, bc->k), step,
                    100.0 * amortised_ms(r, m, bc->k) / step, vs, mfu);
+        }
+    }
+    printf("\ndevice memory in use above what was before the model (cudaMemGetInfo after each phase), MiB\n");
+    printf("%-11s %10s", "preset", "model");
+    for (int m = 0; m < NUM_METHODS; m++) { printf(" %11s", METHOD_LABELS[m]); }
+    printf("\n");
+    for (int i = 0; i < n; i++) {
+        const PresetResult* r = &results[i];
+        if (!r->ran) { continue; }
+        printf("%-11s %10.0f", r->name, r->mem_model / 1048576.0);
+        for (int m = 0; m < NUM_METHODS; m++) {
+            if (r->method_ran[m]) { printf(" %11.0f", r->mem_peak[m] / 1048576.0); }
+            else { printf(" %11s", "-"); }
+        }
+        printf("\n");
+    }
+    // one line per preset and method, for scripts (dev/gpu_check.sh reads them).
+    // step_ms, tok_s and mfu_pct are of the whole training step (amortised at k);
+    // mfu_pct is -1 when the peak is unknown
+    printf("\n");
+    for (int i = 0; i < n; i++) {
+        const PresetResult* r = &results[i];
+        if (!r->ran) {
+            printf("SKIPPED preset=%s reason=%s\n", r->name, r->skipped);
+            continue;
+        }
+        double adamw_step = r->method_ran[METHOD_ADAMW] ? train_step_ms(r, METHOD_ADAMW, bc->k) : 0.0;
+        for (int m = 0; m < NUM_METHODS; m++) {
+            if (!r->method_ran[m]) { continue; }
+            double step = train_step_ms(r, m, bc->k);
+            double tok_s = (double)r->accum * r->B * r->T / (step / 1e3);
+            printf("RESULT preset=%s method=%s dtype=%s B=%d T=%d accum=%d rank=%d k=%d fb_ms=%.4f step_ms=%.4f "
+                   "tok_s=%.1f mfu_pct=%.2f vs_adamw_pct=%.2f mem_mib=%.1f harness=%d\n", r->name, METHOD_NAMES[m],
+                   bc->dtype, r->B, r->T, r->accum, r->rank, bc->k, r->fb_ms, step, tok_s,
+                   peak > 0.0 ? 100.0 * tok_s * r->flops_per_token / peak : -1.0,
+                   adamw_step > 0.0 ? 100.0 * (step - adamw_step) / adamw_step : 0.0, r->mem_peak[m] / 1048576.0,
+                   dev->harness);
         }
     }
     if (shape->ran) {

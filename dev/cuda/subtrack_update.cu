@@ -16,7 +16,8 @@ what the kernel does, for every column j of the non-projected dimension (q of th
 left (m <= n): the moments are (R, q) and D is (p, q): column j is strided.
 right (m > n): the moments are (q, R) and D is (q, p): row j is contiguous.
 the limiter and the W update need the sum over all columns, so they follow in
-other kernels (see gpu_optim.cuh).
+other kernels (lowrank_recovery_scaling and lowrank_apply_update in
+train_llama_subtrack.cu; this kernel is its lowrank_adam_norms_kernel).
 
 versions:
     1: one thread per column, loops over R and p. coalesced in the left layout
@@ -44,7 +45,8 @@ static void cuda_check(cudaError_t err, const char* file, int line) {
 }
 #define cudaCheck(err) cuda_check((err), __FILE__, __LINE__)
 
-// ---- CPU reference (the loops of lowrank_adamw_step in train_llama_subtrack.c)
+// ---- CPU reference (lowrank_adam_in_subspace and the norms of lowrank_recovery_scaling
+// in train_llama_subtrack.c, in one loop)
 
 void adam_norms_cpu(float* M, float* V, float* N, float* phi, double* norm2, const float* Gt, const float* D,
                     int r, int p, int q, int right, float b1, float b2, float eps) {

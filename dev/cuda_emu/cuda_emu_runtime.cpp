@@ -1316,7 +1316,19 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 // device
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
+// the machine a program sees can be varied, to test its error paths:
+// CUDA_EMU_DEVICES=0 has no GPU (cudaErrorNoDevice, as the real runtime);
+// CUDA_EMU_DRIVER_VERSION=N below this build's CUDART_VERSION is a driver too
+// old for it (cudaErrorInsufficientDriver)
+static int emu_driver_version(void) {
+  const char* v = getenv("CUDA_EMU_DRIVER_VERSION");
+  return v && *v ? atoi(v) : CUDART_VERSION;
+}
 cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 0;
+  if (emu_driver_version() < CUDART_VERSION) return set_error(cudaErrorInsufficientDriver);
+  const char* devices = getenv("CUDA_EMU_DEVICES");
+  if (devices && strcmp(devices, "0") == 0) return set_error(cudaErrorNoDevice);
   *count = 1;
   return cudaSuccess;
 }
@@ -1433,7 +1445,7 @@ cudaError_t cudaDeviceSetLimit(enum cudaLimit limit, size_t value) {
   return cudaSuccess;
 }
 cudaError_t cudaDriverGetVersion(int* driverVersion) {
-  *driverVersion = CUDART_VERSION;
+  *driverVersion = emu_driver_version();
   return cudaSuccess;
 }
 cudaError_t cudaRuntimeGetVersion(int* runtimeVersion) {

@@ -1,4 +1,4 @@
-// test_gpu_optim.cu: the GPU optimizers (gpu_optim.cuh) against their CPU twins
+// test_gpu_optim.cu: the GPU optimizers (train_llama_subtrack.cu) against their CPU twins
 // in train_llama_subtrack.c, step by step, for every method and switch, both
 // orientations and odd shapes; then the PyTorch reference trajectories replayed
 // on the GPU; then bit-exact resume.

@@ -1853,23 +1853,29 @@ static const char* g_trainer_bin = "./train_llama_subtrack_cpu";
                      "--rank 4 --subspace_update_interval 2 --warmup_steps 2 --eval_batches 2 --gen_tokens 8 " \
                      "--print_every 100 --eval_every 0 --sample_every 0"
 
-// runs a shell command with stdout to /dev/null and stderr captured into err;
-// returns its exit status (or -1 if it did not exit normally)
-static int run_trainer(const char* args, char* err, size_t errlen) {
-    char errfile[] = "/tmp/subtrack_stderr_XXXXXX";
-    int fd = mkstemp(errfile);
-    if (fd < 0) { snprintf(err, errlen, "mkstemp failed"); return -1; }
+// runs the trainer with args in a shell, capturing stderr (with_stdout: and
+// stdout, else stdout goes to /dev/null) into out; returns its exit status
+// (or -1 if it did not exit normally)
+static int run_trainer_capture(const char* args, int with_stdout, char* out, size_t cap) {
+    char outfile[] = "/tmp/subtrack_output_XXXXXX";
+    int fd = mkstemp(outfile);
+    if (fd < 0) { snprintf(out, cap, "mkstemp failed"); return -1; }
     close(fd);
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s %s > /dev/null 2> %s", TRAINER_BIN, args, errfile);
+    if (with_stdout) { snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s %s > %s 2>&1", TRAINER_BIN, args, outfile); }
+    else { snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s %s > /dev/null 2> %s", TRAINER_BIN, args, outfile); }
     int status = system(cmd);
-    FILE* f = fopen(errfile, "rb");
-    size_t n = f ? fread(err, 1, errlen - 1, f) : 0;
-    err[n] = '\0';
+    FILE* f = fopen(outfile, "rb");
+    size_t n = f ? fread(out, 1, cap - 1, f) : 0;
+    out[n] = '\0';
     if (f) { fclose(f); }
-    remove(errfile);
+    remove(outfile);
     if (status == -1 || !WIFEXITED(status)) { return -1; }
     return WEXITSTATUS(status);
+}
+
+static int run_trainer(const char* args, char* err, size_t errlen) {
+    return run_trainer_capture(args, 0, err, errlen);
 }
 
 // the run must fail with a message on stderr that contains `expect`
@@ -1952,25 +1958,6 @@ static void test_trainer_resume(const char* dir, const char* method_flags, const
           rows_a, rows_b, rows_a ? la[rows_a - 1] : "-", rows_b ? lb[rows_b - 1] : "-");
 }
 
-// runs the trainer with stdout and stderr into one file; returns the exit
-// status (or -1) and the output in out
-static int run_trainer_output(const char* args, char* out, size_t cap) {
-    char outfile[] = "/tmp/subtrack_stdout_XXXXXX";
-    int fd = mkstemp(outfile);
-    if (fd < 0) { snprintf(out, cap, "mkstemp failed"); return -1; }
-    close(fd);
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s %s > %s 2>&1", TRAINER_BIN, args, outfile);
-    int status = system(cmd);
-    FILE* f = fopen(outfile, "rb");
-    size_t n = f ? fread(out, 1, cap - 1, f) : 0;
-    out[n] = '\0';
-    if (f) { fclose(f); }
-    remove(outfile);
-    if (status == -1 || !WIFEXITED(status)) { return -1; }
-    return WEXITSTATUS(status);
-}
-
 // a run redirected to a file shows each line as it happens: the trainer runs
 // in a child with stdout to a file, and while it is still running (it has
 // thousands of steps to go), the file must already hold the last progress
@@ -2031,7 +2018,7 @@ static void test_trainer_authors_scripts(const char* dir) {
     // sizes; the model's 32000 ids against the tokenizer's 4096 are noted
     snprintf(args, sizeof args, "--model_config configs/llama_9m.json --batch_size 1 --max_length 16 --rank 8 "
              "--num_training_steps 1 --eval_batches 1 --gen_tokens 2 --dtype float32 --save_dir %s/authors_9m", dir);
-    int rc = run_trainer_output(args, out, sizeof out);
+    int rc = run_trainer_capture(args, 1, out, sizeof out);
     check(rc == 0 && strstr(out, "using the built-in preset llama_9m") != NULL,
           "configs/llama_9m.json without the file runs as the llama_9m preset (exit %d)", rc);
     check(strstr(out, "27904 embedding rows are never used") != NULL,
@@ -2041,7 +2028,7 @@ static void test_trainer_authors_scripts(const char* dir) {
     // resuming at the end: nothing to do, and why
     snprintf(args, sizeof args, "--model_config configs/llama_9m.json --batch_size 1 --max_length 16 --rank 8 "
              "--num_training_steps 1 --dtype float32 --continue_from %s/authors_9m", dir);
-    rc = run_trainer_output(args, out, sizeof out);
+    rc = run_trainer_capture(args, 1, out, sizeof out);
     check(rc == 0 && strstr(out, "nothing to do") != NULL && strstr(out, "--num_training_steps is 1") != NULL,
           "resuming at --num_training_steps says there is nothing to do and why (exit %d)", rc);
 }

@@ -4074,6 +4074,7 @@ void print_sample(const TrainBackend* be, const Decoder* dec, int V, int T, int 
         int next = sample_token(be->logits_row(len - 1), V, temperature, top_k, rng, probs);
         history[n] = next;
         decoder_print_token(dec, next, stdout);
+        fflush(stdout);  // each token as it comes: on a large model a sample takes a while
     }
     printf("\n");
     free(history);

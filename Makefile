@@ -39,10 +39,11 @@ test_subtrack: test_subtrack.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 # every suite's output, then one line "N passed, N failed" over all of them
-test: test_subtrack train_llama_subtrack_cpu $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS)
+test: test_subtrack train_llama_subtrack_cpu $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS) $(GPU_CHECK_DEPS)
 	@./dev/run_tests.sh ./test_subtrack \
 	  $(if $(CUDA_EMU_TEST),"./dev/cuda_emu/selftest" "CUDA_EMU_THREAD_ORDER=reverse ./dev/cuda_emu/selftest") \
-	  $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)")
+	  $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)" "$(GPU_TEST3)") \
+	  $(if $(GPU_CHECK_TEST),"$(GPU_CHECK_TEST)")
 
 dev/bench_subspace: dev/bench_subspace.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)

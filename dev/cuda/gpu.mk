@@ -4,16 +4,19 @@
 #   include dev/cuda_emu/emu.mk
 #   include dev/cuda/gpu.mk
 #   test: test_subtrack train_llama_subtrack_cpu $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS)
-#   	@./dev/run_tests.sh ./test_subtrack ... $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)")
+#   	@./dev/run_tests.sh ./test_subtrack ... $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)" "$(GPU_TEST3)")
 #
-# GPU_TEST and GPU_TEST2 are one suite each (for dev/run_tests.sh), empty when neither
-# a GPU nor the CUDA headers are there.
+# GPU_TEST, GPU_TEST2 and GPU_TEST3 are one suite each (for dev/run_tests.sh), empty when neither
+# a GPU nor the CUDA headers are there. GPU_CHECK_TEST is the dry run of the GPU
+# acceptance run (dev/gpu_check.sh --dry-run), with GPU_CHECK_DEPS, when the
+# CUDA headers are there.
 #
 #   make train           ./train_llama_subtrack, built by nvcc for sm_80, sm_90
 #                        (and sm_100 when this nvcc knows it), plus PTX of the
 #                        newest of them so later GPUs can JIT it
 #   make test_gpu        the GPU tests: on a GPU when nvidia-smi sees one, else
 #                        under the CPU harness (dev/cuda_emu)
+#   make GPU_ARCHS=90 train   only sm_90 (a faster build; dev/gpu_check.sh does this)
 
 NVCC ?= nvcc
 GPU_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
@@ -56,23 +59,40 @@ endif
 # the GPU test: the real thing when there is a GPU, else the emulated build
 # (dev/cuda_emu/emu.mk's %_emu rule; its depfiles track the included files)
 # two suites: the model and trainer (test_subtrack_gpu), the optimizers (test_gpu_optim)
+# a third, GPU_TEST3: the training loop's checks (test_subtrack --trainer) on the
+# CUDA trainer binary: bit-exact resume, log headers, CPU checkpoints, no GPU
 ifeq ($(GPU_PRESENT),yes)
-GPU_TEST_DEPS := dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_gpu_optim
+GPU_TEST_DEPS := dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_gpu_optim train_llama_subtrack test_subtrack
 GPU_TEST := ./dev/test_gpu/test_subtrack_gpu
 GPU_TEST2 := ./dev/test_gpu/test_gpu_optim
+GPU_TEST3 := ./test_subtrack --trainer ./train_llama_subtrack
 else ifneq ($(CUDA_EMU_TEST),)
-GPU_TEST_DEPS := dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim_emu
+GPU_TEST_DEPS := dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim_emu train_llama_subtrack_emu test_subtrack
 GPU_TEST := ./dev/test_gpu/test_subtrack_gpu_emu
 GPU_TEST2 := ./dev/test_gpu/test_gpu_optim_emu
+GPU_TEST3 := ./test_subtrack --trainer ./train_llama_subtrack_emu
 else
 GPU_TEST_DEPS :=
 GPU_TEST :=
 GPU_TEST2 :=
+GPU_TEST3 :=
+endif
+
+# the GPU acceptance run's dry run: every part of dev/gpu_check.sh at tiny
+# sizes under the harness, so that the script cannot rot before a GPU runs it
+ifneq ($(CUDA_EMU_TEST),)
+GPU_CHECK_DEPS := train_llama_subtrack_emu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim_emu \
+                  dev/test_gpu/test_sanitize_emu dev/bench_gpu_emu train_llama_subtrack_cpu
+GPU_CHECK_TEST := ./dev/gpu_check.sh --dry-run
+else
+GPU_CHECK_DEPS :=
+GPU_CHECK_TEST :=
 endif
 
 test_gpu: $(GPU_TEST_DEPS)
-	$(if $(GPU_TEST),$(GPU_TEST) && $(GPU_TEST2),@echo "no GPU and no CUDA headers: skipping the GPU tests")
+	$(if $(GPU_TEST),$(GPU_TEST) && $(GPU_TEST2) && $(GPU_TEST3),@echo "no GPU and no CUDA headers: skipping the GPU tests")
 
 .PHONY: gpu_clean
 gpu_clean:
-	rm -f train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu dev/bench_gpu dev/bench_gpu_emu
+	rm -f train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu dev/bench_gpu dev/bench_gpu_emu \
+	  dev/test_gpu/test_sanitize dev/test_gpu/test_sanitize_emu train_llama_subtrack_emu

@@ -424,10 +424,18 @@ def rewrite_file(src, dst, done):
     text = rewrite_launches(text, mask, src, template_kernel_names(text, mask))
     mask = code_mask(text)
     text = rewrite_shared(text, mask, src)
-    header = f'#line 1 "{src}"\n'
+    out = f'#line 1 "{src}"\n' + text
+    # an unchanged output keeps its time: several programs include the same
+    # rewritten file, and a fresh time on it would make make rebuild them all
+    try:
+        with open(dst, encoding="utf-8", errors="surrogateescape") as f:
+            if f.read() == out:
+                return
+    except OSError:
+        pass
     tmp = dst + ".tmp"
     with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.write(header + text)
+        f.write(out)
     os.replace(tmp, dst)
 
 

@@ -821,7 +821,7 @@ void parameter_init(float* memory, const LlamaConfig* c, uint64_t seed) {
     // progress in millions of parameters: one normal draw after another, so
     // a 7B model takes minutes
     Progress pr;
-    progress_begin(&pr, "initialising weights: M parameters", (long)((parameter_count(c) + 999999) / 1000000));
+    progress_begin(&pr, "initialising weights (millions of parameters)", (long)((parameter_count(c) + 999999) / 1000000));
     size_t done = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = tensor_numel(&spec[i]);

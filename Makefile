@@ -35,7 +35,7 @@ train_cpu: train_llama_subtrack_cpu
 train_llama_subtrack_cpu: train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-test_subtrack: test_subtrack.c train_llama_subtrack.c
+test_subtrack: test_subtrack.c train_llama_subtrack.c dev/test_check.h
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 # every suite's output, then one line "N passed, N failed" over all of them

@@ -25,18 +25,7 @@ relative error.
 // ----------------------------------------------------------------------------
 // the check api
 
-static int g_pass, g_fail;
-
-static void check(int ok, const char* fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    if (ok) { g_pass++; } else { g_fail++; }
-    fflush(stdout);
-}
+#include "dev/test_check.h"
 
 // max |a - b| over n entries, and max |b| (the reference's scale)
 static void max_errors(const float* a, const float* b, size_t n, double* max_abs, double* scale) {
@@ -2386,8 +2375,7 @@ static int reference_file_kind(const char* path) {
 int main(int argc, char** argv) {
     if (argc == 3 && strcmp(argv[1], "--trainer") == 0) {
         test_other_trainer(argv[2]);
-        printf("%d passed, %d failed\n", g_pass, g_fail);
-        return g_fail == 0 ? 0 : 1;
+        return check_summary();
     }
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) { test_usage(stdout); return 0; }
@@ -2422,6 +2410,5 @@ int main(int argc, char** argv) {
         test_model_reference("dev/reference/model_awkward.bin");
         test_trainer();
     }
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail == 0 ? 0 : 1;
+    return check_summary();
 }

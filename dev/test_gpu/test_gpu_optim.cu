@@ -31,17 +31,7 @@
 
 // ---- checks
 
-static int tests_passed = 0, tests_failed = 0;
-
-static void check(int ok, const char* fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    if (ok) { tests_passed++; } else { tests_failed++; }
-}
+#include "../test_check.h"
 
 static double max_abs(const float* x, size_t n) {
     double m = 0.0;
@@ -600,6 +590,5 @@ int main(int argc, char** argv) {
     test_resume_bit_exact(&ctx);
     test_trajectories(traj, &ctx);
     lowrank_gpu_destroy(&ctx);
-    printf("%d passed, %d failed\n", tests_passed, tests_failed);
-    return tests_failed == 0 ? 0 : 1;
+    return check_summary();
 }

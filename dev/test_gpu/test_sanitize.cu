@@ -19,18 +19,7 @@ and exits non-zero on any failure.
 #define TESTING
 #include "../../train_llama_subtrack.cu"
 
-static int g_pass, g_fail;
-
-static void check(int ok, const char* fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    if (ok) { g_pass++; } else { g_fail++; }
-    fflush(stdout);
-}
+#include "../test_check.h"
 
 #define SAN_PRESET "tiny"
 #define SAN_B 2
@@ -136,8 +125,7 @@ int main(int argc, char** argv) {
     cpu::LlamaConfig c;
     if (!cpu::llama_preset_find(SAN_PRESET, &c)) {
         check(0, "preset %s exists", SAN_PRESET);
-        printf("%d passed, %d failed\n", g_pass, g_fail);
-        return EXIT_FAILURE;
+        return check_summary();
     }
     cpu::Llama ref;
     cpu::llama_build(&ref, &c);
@@ -159,6 +147,5 @@ int main(int argc, char** argv) {
     cpu::llama_free(&ref);
     cublas_check(cublasDestroy(g_cublas));
     g_cublas = NULL;
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail == 0 ? 0 : 1;
+    return check_summary();
 }

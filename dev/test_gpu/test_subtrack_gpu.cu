@@ -18,18 +18,7 @@ runs on a GPU or under the CPU harness, prints PASS/FAIL per check, ends with
 // ----------------------------------------------------------------------------
 // the check api (as in test_subtrack.c)
 
-static int g_pass, g_fail;
-
-static void check(int ok, const char* fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    if (ok) { g_pass++; } else { g_fail++; }
-    fflush(stdout);
-}
+#include "../test_check.h"
 
 // max |a - b| over n entries, and max |b| (the reference's scale); NaN counts as an error
 static void max_errors(const float* a, const float* b, size_t n, double* max_abs, double* scale) {
@@ -666,6 +655,5 @@ int main(int argc, char** argv) {
     test_training_steps_bf16(&tcs[1], "low_rank_adamw");
     for (int i = 0; i < ncases; i++) { test_case_free(&tcs[i]); }
     cublas_check(cublasDestroy(g_cublas));
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail == 0 ? 0 : 1;
+    return check_summary();
 }

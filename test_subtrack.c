@@ -2016,7 +2016,7 @@ static void test_trainer_authors_scripts(const char* dir) {
           "their config gets their defaults (lr 1e-4), and the settings table says so");
     // resuming at the end: nothing to do, and why
     snprintf(args, sizeof args, "--model_config configs/llama_9m.json --batch_size 1 --max_length 16 --rank 8 "
-             "--num_training_steps 1 --dtype float32 --continue_from %s/authors_9m", dir);
+             "--num_training_steps 1 --dtype float32 --continue_from %s/authors_9m --save_dir %s/authors_9m", dir, dir);
     rc = run_trainer_capture(args, 1, out, sizeof out);
     check(rc == 0 && strstr(out, "nothing to do") != NULL && strstr(out, "--num_training_steps is 1") != NULL,
           "resuming at --num_training_steps says there is nothing to do and why (exit %d)", rc);
@@ -2115,6 +2115,9 @@ static void test_trainer(void) {
     char dir[] = "/tmp/subtrack_trainer_XXXXXX";
     if (mkdtemp(dir) == NULL) { check(0, "mkdtemp"); return; }
     char args[2048], err[4096];
+    // runs on the authors' configs default to --save_dir checkpoints/...: every
+    // run here names its own, so none may write into the working directory
+    int had_checkpoints = access("checkpoints", F_OK) == 0;
 
     // a short default-settings run: loss falls, val loss and a sample are printed
     check(run_trainer("--help", err, sizeof err) == 0, "trainer --help exits 0");
@@ -2225,6 +2228,8 @@ static void test_trainer(void) {
     if (f) { fclose(f); }
     check(good, "the last good checkpoint survives the NaN stop (saved at step %lld)", good ? (long long)h[13] : -1LL);
 
+    check(had_checkpoints || access("checkpoints", F_OK) != 0, "the trainer tests left no checkpoints/ in the "
+          "working directory");
     char rm[700];
     snprintf(rm, sizeof rm, "rm -rf %s", dir);
     if (system(rm) != 0) { printf("note: could not remove %s\n", dir); }

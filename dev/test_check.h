@@ -1,6 +1,6 @@
 /*
 dev/test_check.h: the check api of every test program (test_subtrack.c and
-dev/test_gpu/*.cu). one line per check, PASS or FAIL with what was compared;
+the dev/test_gpu programs). one line per check, PASS or FAIL with what was compared;
 check_summary() prints the closing "N passed, N failed" that make test sums
 (dev/run_tests.sh) and returns the exit status: non-zero on any failure.
 include it after the code under test (it needs <stdio.h> and <stdarg.h>).

@@ -1549,6 +1549,59 @@ static void test_svd_degenerate(void) {
     }
 }
 
+// the power iteration of the tracking step must find the top eigenpair of
+// H = dF^T dF even when a unit vector e_j is itself an eigenvector: with
+//   H = [[2, 0, 0], [0, 1.5, 1.4], [0, 1.4, 1.5]]
+// (eigenvalues 2.9 for (0, 1, 1)/sqrt(2), 2 for e_1, 0.1), a start at e_1 (the
+// largest diagonal, this code's old start) stays at e_1 and returns 2. also the
+// same matrix spread over R = 45 (more than a warp) among smaller diagonal
+// entries, with e_0 the largest diagonal again: H[0][0] = 2, the pair at (17, 38).
+// tolerances: the iteration stops when the unit vector moves less than
+// POWER_ITER_TOL = 1e-10 in a step; it then is within ~1e-10 rho / (1 - rho) of
+// the eigenvector, rho = lambda2 / lambda1 = 2 / 2.9 (2.2e-10): 1e-9. the
+// eigenvalue, as the Rayleigh quotient v^T H v, errs by the square of that
+// (~5e-20) plus double rounding (~1e-15): 1e-12 relative
+#define POWER_TOL_VECTOR 1e-9
+#define POWER_TOL_VALUE 1e-12
+static void power_test_matrix(double* H, int r, int* i1, int* i2) {
+    *i1 = r == 3 ? 1 : 17;
+    *i2 = r == 3 ? 2 : 38;
+    for (int i = 0; i < r * r; i++) { H[i] = 0.0; }
+    for (int i = 0; i < r; i++) { H[(size_t)i * r + i] = i == 0 ? 2.0 : 1.0 / (1.0 + i); }
+    H[(size_t)*i1 * r + *i1] = 1.5;
+    H[(size_t)*i2 * r + *i2] = 1.5;
+    H[(size_t)*i1 * r + *i2] = 1.4;
+    H[(size_t)*i2 * r + *i1] = 1.4;
+}
+
+static void test_power_iteration_start(void) {
+    const int sizes[2] = {3, 45};
+    for (int si = 0; si < 2; si++) {
+        int r = sizes[si], i1, i2;
+        double* H = (double*)malloc_check((size_t)r * r * sizeof(double), "H");
+        double* v = (double*)malloc_check((size_t)r * sizeof(double), "v");
+        double* scratch = (double*)malloc_check((size_t)r * sizeof(double), "v_next");
+        power_test_matrix(H, r, &i1, &i2);
+        TrackScalars ts = {0, 0, 0.0, 0.0, 0.0, 0.0};
+        power_iteration(v, &ts, H, r, scratch);
+        // the eigenvector (0, .., 1, .., 1, ..)/sqrt(2) up to sign, and v^T H v
+        double sign = v[i1] < 0.0 ? -1.0 : 1.0, err = 0.0, value = 0.0;
+        for (int i = 0; i < r; i++) {
+            double want = (i == i1 || i == i2) ? sign / sqrt(2.0) : 0.0;
+            err = fmax(err, fabs(v[i] - want));
+            double hv = 0.0;
+            for (int k = 0; k < r; k++) { hv += H[(size_t)i * r + k] * v[k]; }
+            value += v[i] * hv;
+        }
+        double value_err = fabs(value - 2.9) / 2.9;
+        check(!ts.skip && err <= POWER_TOL_VECTOR && value_err <= POWER_TOL_VALUE,
+              "power iteration, R=%d, e_0 an eigenvector of 2 with the largest diagonal: top eigenvalue %.15g "
+              "(2.9, rel err %.1e, tol %.0e), eigenvector err %.1e (tol %.0e), %d iterations",
+              r, value, value_err, POWER_TOL_VALUE, err, POWER_TOL_VECTOR, ts.iterations);
+        free(H); free(v); free(scratch);
+    }
+}
+
 // the state is one array of r P + 2 r Q + 2 floats, S | M | V | prev | prev_set,
 // so the optimizer-state bytes of a matrix are 4 (m r + 2 n r + 2) with m <= n
 // after orientation, against 4 (2 m n) for AdamW
@@ -1660,6 +1713,7 @@ static void test_lowrank_optimizer(const char* trajectory_path) {
     test_tracking_beats_frozen();
     test_galore_subspace(trajectory_path);
     test_svd_degenerate();
+    test_power_iteration_start();
     test_state_layout();
     test_rank_validation();
     test_adamw();
@@ -1776,6 +1830,40 @@ static void test_default_settings_unchanged(void) {
     check(rc == 0 && t.authors_defaults == 0 && rows >= 40 && same == rows,
           "the no-argument run keeps all %d settings of the committed default run (%d equal), with our defaults",
           rows, same);
+}
+
+// inputs that must be refused, or taken although strtof calls them out of range
+static void test_input_limits(void) {
+    struct { const char* args; const char* expect; } bad[] = {
+        {"--low_rank_scale -1", "must be positive"},
+        {"--st_init_step_size 0", "must be positive"},
+        {"--st_init_step_size -10", "must be positive"},
+        {"--norm_growth_limit 0", "must be positive"},
+        {"--norm_growth_limit -1", "must be positive"},
+        {"--lr 1e-50", "float32's range"},   // underflows to 0 in float32
+        {"--lr 1e39", "float32's range"},    // overflows float32
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", bad[i].args);
+        char* argv[8];
+        int argc = 0;
+        argv[argc++] = (char*)"x";
+        for (char* w = strtok(buf, " "); w != NULL && argc < 8; w = strtok(NULL, " ")) { argv[argc++] = w; }
+        TrainConfig t;
+        char err[1024];
+        int rc = train_config_from_args(&t, argc, argv, "float32", err, sizeof err);
+        const char* problem = rc == 0 ? train_config_problem(&t) : err;
+        check(problem != NULL && strstr(problem, bad[i].expect) != NULL, "refused: %s: %s", bad[i].args,
+              problem ? problem : "(accepted)");
+    }
+    // 1e-45 is a float32 (subnormal) that strtof reports as a range error
+    char* argv[] = {(char*)"x", (char*)"--lr", (char*)"1e-45"};
+    TrainConfig t;
+    char err[1024];
+    int rc = train_config_from_args(&t, 3, argv, "float32", err, sizeof err);
+    check(rc == 0 && train_config_problem(&t) == NULL && t.lr == 1e-45f && t.lr > 0,
+          "--lr 1e-45 is taken as the float32 %g", (double)t.lr);
 }
 
 // settings of the authors' that are not built here yet are refused, each
@@ -2022,6 +2110,64 @@ static void test_trainer_authors_scripts(const char* dir) {
           "resuming at --num_training_steps says there is nothing to do and why (exit %d)", rc);
 }
 
+// writes bytes to path; with fix_crc, first recomputes the trailer's CRC32C,
+// so that a test can plant contents that only the other checks can catch
+static int write_checkpoint_bytes(const char* path, unsigned char* bytes, size_t n, int fix_crc) {
+    if (fix_crc && n >= 16) {
+        uint64_t crc = crc32c_update(0, bytes, n - 16);
+        memcpy(bytes + n - 8, &crc, 8);
+    }
+    FILE* f = fopen(path, "wb");
+    if (f == NULL) { return 0; }
+    int ok = fwrite(bytes, 1, n, f) == n;
+    return (fclose(f) == 0) && ok;
+}
+
+// checkpoint integrity: the checksum, finite contents, header ranges and the
+// format version, each on a copy of a good checkpoint made bad in one way
+static void test_checkpoint_integrity(const char* dir, const char* good_dir, const char* resume_flags) {
+    unsigned char hello[] = "123456789";
+    check(crc32c_update(0, hello, 9) == 0xE3069283u && crc32c_update(crc32c_update(0, hello, 4), hello + 4, 5) ==
+          0xE3069283u, "CRC32C of \"123456789\" is the standard check value e3069283, in one piece or two");
+    char good[800];
+    snprintf(good, sizeof good, "%s/%s", good_dir, CHECKPOINT_FILE);
+    unsigned char* bytes = NULL;
+    size_t n = 0;
+    if (!read_file_bytes(good, &bytes, &n) || n < 1024) { check(0, "read %s", good); free(bytes); return; }
+    int64_t h[CHECKPOINT_HEADER_INTS];
+    memcpy(h, bytes, sizeof h);
+    size_t body = sizeof h + ((size_t)h[24] + 7) / 8 * 8;  // the first float of the params
+    size_t adam_v = body + 4 * (size_t)(h[14] + h[15]);    // the first AdamW second moment
+    struct { const char* what; size_t offset; int64_t value; int is_float_nan; int fix_crc; const char* expect; } cases[] = {
+        {"a flipped bit in a weight", body + 40, -1, 0, 0, "checksum does not match"},
+        {"a NaN in an AdamW second moment (checksum made valid)", adam_v, 0, 1, 1, "not finite"},
+        {"a NaN in an embedding row (checksum made valid)", body + 4, 0, 1, 1, "not finite"},
+        {"a step of 2^32 + 5 (checksum made valid)", 13 * 8, ((int64_t)1 << 32) + 5, 0, 1, "out of range"},
+        {"an epoch of INT64_MAX (checksum made valid)", 18 * 8, INT64_MAX, 0, 1, "out of range"},
+        {"format version 1", 8, 1, 0, 1, "version 1"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        unsigned char* copy = (unsigned char*)malloc_check(n, "checkpoint copy");
+        memcpy(copy, bytes, n);
+        if (cases[i].is_float_nan) { float nan = NAN; memcpy(copy + cases[i].offset, &nan, 4); }
+        else if (cases[i].value == -1) { copy[cases[i].offset] ^= 0x40; }
+        else { memcpy(copy + cases[i].offset, &cases[i].value, 8); }
+        char bad_dir[800], bad[900], args[2048], err[4096];
+        snprintf(bad_dir, sizeof bad_dir, "%s/integrity_%zu", dir, i);
+        mkdir(bad_dir, 0755);
+        snprintf(bad, sizeof bad, "%s/%s", bad_dir, CHECKPOINT_FILE);
+        int wrote = write_checkpoint_bytes(bad, copy, n, cases[i].fix_crc);
+        free(copy);
+        snprintf(args, sizeof args, TRAINER_FAST " %s --continue_from %s", resume_flags, bad_dir);
+        int rc = run_trainer(args, err, sizeof err);
+        char* nl = strchr(err, '\n');
+        if (nl) { *nl = '\0'; }
+        check(wrote && rc > 0 && strstr(err, cases[i].expect) != NULL && strstr(err, bad_dir) != NULL,
+              "checkpoint with %s is refused, naming the file (exit %d): %s", cases[i].what, rc, err);
+    }
+    free(bytes);
+}
+
 static void test_json_config(void) {
     // a config.json in the form of the authors' configs/llama_*.json (written
     // here, key for key in their style) must give the matching preset
@@ -2155,14 +2301,36 @@ static void test_trainer(void) {
     check(mk_rc == 0 && access(made, F_OK) == 0, "a missing --save_dir is created, with its parents (exit %d) %s",
           mk_rc, mk_rc ? err : "");
 
+    {
+        char good_dir[700];
+        snprintf(good_dir, sizeof good_dir, "%s/resumed_subtrack++", dir);
+        test_checkpoint_integrity(dir, good_dir, "--total_batch_size 4 --num_training_steps 6");
+    }
     // a checkpoint of another model config, and a corrupt one
     char ckdir[700], ckpath[800];
     snprintf(ckdir, sizeof ckdir, "%s/resumed_subtrack++", dir);
     snprintf(ckpath, sizeof ckpath, "%s/%s", ckdir, CHECKPOINT_FILE);
     snprintf(args, sizeof args, "--model_config kjv_small --batch_size 2 --max_length 16 --rank 4 --continue_from %s", ckdir);
     check_trainer_rejects("a checkpoint of another model config", args, "another model config");
-    snprintf(args, sizeof args, TRAINER_FAST " --rank 5 --continue_from %s", ckdir);
-    check_trainer_rejects("a checkpoint of another rank", args, "another optimizer setup");
+    // settings that shape the run are recorded: a resume that changes them is
+    // refused, listing each (saved and given), unless --allow_changed names it
+    snprintf(args, sizeof args, TRAINER_FAST " --total_batch_size 4 --num_training_steps 6 --rank 5 --lr 0.002 "
+             "--continue_from %s", ckdir);
+    int src = run_trainer(args, err, sizeof err);
+    check(src > 0 && strstr(err, "2 settings differ") && strstr(err, "--rank: saved 4, given 5") &&
+          strstr(err, "--lr: saved 0.00300000003, given 0.00200000009") && strstr(err, "--allow_changed"),
+          "a resume with other settings is refused, each listed (exit %d): %s", src, err);
+    snprintf(args, sizeof args, TRAINER_FAST " --total_batch_size 4 --num_training_steps 7 --lr 0.002 "
+             "--allow_changed lr,num_training_steps --continue_from %s", ckdir);
+    static char sout[1 << 16];
+    src = run_trainer_capture(args, 1, sout, sizeof sout);
+    check(src == 0 && strstr(sout, "0.002 (changed on resume: was 0.00300000003)") != NULL,
+          "--allow_changed lets a resume change named settings, and the settings table shows it (exit %d)", src);
+    snprintf(args, sizeof args, TRAINER_FAST " --total_batch_size 4 --num_training_steps 6 --subspace_update_interval 3 "
+             "--st_init_step_size 5 --low_rank_scale 0.5 --beta2 0.99 --warmup_steps 1 --continue_from %s", ckdir);
+    src = run_trainer(args, err, sizeof err);
+    check(src > 0 && strstr(err, "5 settings differ"), "every recorded setting is compared (k, eta, alpha, "
+          "beta2, warmup: exit %d): %.200s", src, err);
     unsigned char* bytes = NULL;
     size_t n = 0;
     if (read_file_bytes(ckpath, &bytes, &n)) {
@@ -2173,12 +2341,86 @@ static void test_trainer(void) {
         snprintf(badfile, sizeof badfile, "%s/%s", bad, CHECKPOINT_FILE);
         FILE* f = fopen(badfile, "wb");
         if (f) { fwrite(bytes, 1, n - 100, f); fclose(f); }
-        snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 6 --continue_from %s", bad);
+        snprintf(args, sizeof args, TRAINER_FAST " --total_batch_size 4 --num_training_steps 6 --continue_from %s", bad);
         check_trainer_rejects("a truncated checkpoint", args, "corrupt");
         f = fopen(badfile, "wb");
         if (f) { fwrite(bytes + 8, 1, n - 8, f); fclose(f); }
         check_trainer_rejects("a checkpoint with a bad magic", args, "not a checkpoint");
         free(bytes);
+    }
+
+    // inputs checked against the model and data
+    check_trainer_rejects("--gen_tokens above max_seq_len", TRAINER_FAST " --gen_tokens 65", "max_seq_len");
+    {
+        static char out[1 << 16];
+        snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 1 --eval_batches 100000000");
+        int erc = run_trainer_capture(args, 1, out, sizeof out);
+        check(erc == 0 && strstr(out, "--eval_batches 100000000 capped at the 1692 batches") != NULL,
+              "--eval_batches is capped at the validation data's batches (54164 tokens: 3385 windows of 17, "
+              "1692 batches of B=2; exit %d)", erc);
+    }
+    // writes that fail stop the run with a message: a full device, a file
+    // size limit (SIGXFSZ is ignored, so the write returns EFBIG)
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --log_file /dev/full");
+    check_trainer_rejects("a log file on a full device", args, "--log_file /dev/full failed");
+    {
+        char ldir[700], cmd[2048], lerr[4096];
+        snprintf(ldir, sizeof ldir, "%s/ulimit", dir);
+        mkdir(ldir, 0755);
+        snprintf(cmd, sizeof cmd, "(ulimit -f 8; OMP_NUM_THREADS=2 %s " TRAINER_FAST " --num_training_steps 400 "
+                 "--log_file %s/log.csv) > /dev/null 2> %s/err.txt", TRAINER_BIN, ldir, ldir);
+        int status = system(cmd);
+        char errpath[800];
+        snprintf(errpath, sizeof errpath, "%s/err.txt", ldir);
+        FILE* ef = fopen(errpath, "r");
+        size_t en = ef ? fread(lerr, 1, sizeof lerr - 1, ef) : 0;
+        lerr[en] = '\0';
+        if (ef) { fclose(ef); }
+        check(WIFEXITED(status) && WEXITSTATUS(status) == 1 && strstr(lerr, "File too large") != NULL,
+              "under a file size limit (ulimit -f 8), the log's write error stops the run with a message, not a "
+              "signal: %.200s", lerr);
+    }
+    {
+        char cmd[2048], opath[800], oerr[1024] = "";
+        snprintf(opath, sizeof opath, "%s/stdout_err.txt", dir);
+        snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s " TRAINER_FAST " --num_training_steps 3 > /dev/full 2> %s",
+                 TRAINER_BIN, opath);
+        int status = system(cmd);
+        FILE* of = fopen(opath, "r");
+        if (of) { size_t on = fread(oerr, 1, sizeof oerr - 1, of); oerr[on] = '\0'; fclose(of); }
+        check(WIFEXITED(status) && WEXITSTATUS(status) == 1 && strstr(oerr, "writing the output failed") != NULL,
+              "stdout into a full device stops the run with a message: %.160s", oerr);
+    }
+    // one run per --save_dir: a second is refused, naming the first's process
+    {
+        char ldir[700], largs[2048], lerr2[4096];
+        snprintf(ldir, sizeof ldir, "%s/locked", dir);
+        snprintf(largs, sizeof largs, "exec %s " TRAINER_FAST " --num_training_steps 100000 --save_dir %s > /dev/null "
+                 "2>&1", TRAINER_BIN, ldir);
+        pid_t pid = fork();
+        if (pid == 0) { execl("/bin/sh", "sh", "-c", largs, (char*)NULL); _exit(127); }
+        char lockfile[800];
+        snprintf(lockfile, sizeof lockfile, "%s/.lock", ldir);
+        for (int i = 0; i < 300; i++) {  // until the first run holds the lock (its pid is in the file)
+            usleep(100000);
+            FILE* lf = fopen(lockfile, "r");
+            long lp = 0;
+            int got = lf != NULL && fscanf(lf, "%ld", &lp) == 1 && lp == (long)pid;
+            if (lf) { fclose(lf); }
+            if (got) { break; }
+        }
+        snprintf(largs, sizeof largs, TRAINER_FAST " --num_training_steps 2 --save_dir %s", ldir);
+        int lrc2 = run_trainer(largs, lerr2, sizeof lerr2);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        char want[64];
+        snprintf(want, sizeof want, "process %ld", (long)pid);
+        char* lnl = strchr(lerr2, '\n');
+        if (lnl) { *lnl = '\0'; }
+        check(lrc2 > 0 && strstr(lerr2, "in use by another run") != NULL && strstr(lerr2, want) != NULL,
+              "a second run on a --save_dir in use is refused, naming the first's process (exit %d): %s", lrc2, lerr2);
+        int lrc3 = run_trainer(largs, lerr2, sizeof lerr2);
+        check(lrc3 == 0, "once the first run is gone, the directory is free again (exit %d) %s", lrc3, lrc3 ? lerr2 : "");
     }
 
     test_trainer_authors_scripts(dir);
@@ -2188,7 +2430,7 @@ static void test_trainer(void) {
     char newlog[700];
     snprintf(newlog, sizeof newlog, "%s/resumed_new.csv", dir);
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 7 --continue_from %s/resumed_subtrack++ "
-             "--total_batch_size 4 --log_file %s", dir, newlog);
+             "--total_batch_size 4 --allow_changed num_training_steps --log_file %s", dir, newlog);
     int lrc = run_trainer(args, err, sizeof err);
     FILE* lf = fopen(newlog, "r");
     char first[256] = "";
@@ -2196,19 +2438,22 @@ static void test_trainer(void) {
     check(lrc == 0 && strncmp(first, "step,train_loss", 15) == 0, "a resumed run's new log file gets the CSV header "
           "(exit %d, first line: %.40s)", lrc, first);
 
-    // a NaN loss: a huge lr blows the weights up at the first update. the run
-    // must stop with the step, and keep the last good checkpoint (step 1)
+    // divergence: a huge lr blows the weights up at the first update (to about
+    // 1e30: finite, so only the next loss shows it). the run must stop naming
+    // the step, must not save that state, and must say what it keeps
     char nandir[700];
     snprintf(nandir, sizeof nandir, "%s/nan", dir);
-    mkdir(nandir, 0755);
     snprintf(args, sizeof args, TRAINER_FAST " --optimizer adamw --lr 1e30 --warmup_steps 0 --grad_clipping 0 "
              "--num_training_steps 10 --save_every 1 --save_dir %s", nandir);
     int rc = run_trainer(args, err, sizeof err);
     char* nl = strchr(err, '\n');
     if (nl) { *nl = '\0'; }
-    check(rc > 0 && (strstr(err, "NaN") || strstr(err, "Inf")) && strstr(err, "at step") &&
-          strstr(err, "--grad_clipping 1") != NULL,
-          "trainer stops on a NaN/Inf loss, and suggests clipping when it is off: exit %d, stderr: %s", rc, err);
+    char nanck[800];
+    snprintf(nanck, sizeof nanck, "%s/%s", nandir, CHECKPOINT_FILE);
+    check(rc > 0 && (strstr(err, "NaN") || strstr(err, "Inf")) && strstr(err, "after step 1") &&
+          strstr(err, "saved no checkpoint") && strstr(err, "--grad_clipping 1") != NULL && access(nanck, F_OK) != 0,
+          "a diverged state is never saved, and the stop says so and suggests clipping when it is off: exit %d, "
+          "stderr: %s", rc, err);
     {
         char cdir[700], cargs[2048], cerr[4096];
         snprintf(cdir, sizeof cdir, "%s/nan_clipped", dir);
@@ -2220,13 +2465,28 @@ static void test_trainer(void) {
         check(crc > 0 && strstr(cerr, "at step") && strstr(cerr, "--grad_clipping") == NULL,
               "with clipping already on, the NaN advice does not suggest it: exit %d, stderr: %s", crc, cerr);
     }
-    char nanck[800];
-    snprintf(nanck, sizeof nanck, "%s/%s", nandir, CHECKPOINT_FILE);
-    FILE* f = fopen(nanck, "rb");
-    int64_t h[CHECKPOINT_HEADER_INTS];
-    int good = f != NULL && fread(h, sizeof h, 1, f) == 1 && h[0] == CHECKPOINT_MAGIC && h[13] >= 1;
-    if (f) { fclose(f); }
-    check(good, "the last good checkpoint survives the NaN stop (saved at step %lld)", good ? (long long)h[13] : -1LL);
+    // a good run saves steps 1 and 2, then goes on at lr 1e30 (changed on
+    // purpose): it diverges after step 3, keeps the checkpoint of step 2, and
+    // that checkpoint resumes with the first settings
+    {
+        char gdir[700], gargs[2048], gerr[4096];
+        snprintf(gdir, sizeof gdir, "%s/good_then_nan", dir);
+        snprintf(gargs, sizeof gargs, TRAINER_FAST " --optimizer adamw --num_training_steps 6 --save_every 1 "
+                 "--stop_at_step 2 --save_dir %s", gdir);
+        int rc1 = run_trainer(gargs, gerr, sizeof gerr);
+        snprintf(gargs, sizeof gargs, TRAINER_FAST " --optimizer adamw --num_training_steps 6 --save_every 1 "
+                 "--lr 1e30 --allow_changed lr --continue_from %s --save_dir %s", gdir, gdir);
+        int rc2 = run_trainer(gargs, gerr, sizeof gerr);
+        char* gnl = strchr(gerr, '\n');
+        if (gnl) { *gnl = '\0'; }
+        check(rc1 == 0 && rc2 > 0 && strstr(gerr, "after step 3") != NULL && strstr(gerr, "of step 2, is kept") != NULL,
+              "divergence after a resume keeps the last good checkpoint and names its step (exits %d %d): %s", rc1,
+              rc2, gerr);
+        snprintf(gargs, sizeof gargs, TRAINER_FAST " --optimizer adamw --num_training_steps 6 --save_every 1 "
+                 "--continue_from %s --save_dir %s", gdir, gdir);
+        int rc3 = run_trainer(gargs, gerr, sizeof gerr);
+        check(rc3 == 0, "the kept checkpoint resumes and finishes the run (exit %d) %s", rc3, rc3 ? gerr : "");
+    }
 
     check(had_checkpoints || access("checkpoints", F_OK) != 0, "the trainer tests left no checkpoints/ in the "
           "working directory");
@@ -2314,7 +2574,7 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--optimizer adamw --dtype float32", "adamw_float32");
     snprintf(log, sizeof log, "%s/resumed_new.csv", dir);
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 7 --continue_from '%s/resumed_subtrack++' "
-             "--total_batch_size 4 --log_file %s", dir, log);
+             "--total_batch_size 4 --allow_changed num_training_steps --log_file %s", dir, log);
     int rc = run_trainer(args, err, sizeof err);
     FILE* lf = fopen(log, "r");
     char first[256] = "";
@@ -2403,6 +2663,7 @@ int main(int argc, char** argv) {
     test_authors_args("dev/reference/authors_args.txt");
     test_default_settings_unchanged();
     test_authors_refusals();
+    test_input_limits();
     if (argc > 1) {
         for (int i = 1; i < argc; i++) {
             int kind = reference_file_kind(argv[i]);

@@ -39,6 +39,9 @@ letter legend for shape comments:
 #include <sys/stat.h>
 #include <ctype.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -153,7 +156,11 @@ int num_threads(void) {
 // parts (cephes) so r is exact enough; exp(r) by a degree-7 polynomial.
 // relative error within 2 ulp of expf on [-87, 88]; NaN stays NaN.
 static inline float expf_simd(float x) {
-    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    // the clamp is written so that NaN fails both tests and becomes -87: n
+    // then stays a small integer (converting NaN to int is undefined); the
+    // last line returns the NaN itself. every other x clamps as before
+    float xc = x > -87.0f ? x : -87.0f;
+    xc = xc < 88.0f ? xc : 88.0f;
     float n = floorf(xc * 1.44269504088896341f + 0.5f);
     float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -163,7 +170,9 @@ static inline float expf_simd(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float y = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    // n is in [-126, 127], so n + 127 is a valid exponent field in [1, 254];
+    // shifted as unsigned, which is defined for every value
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     y *= scale;
@@ -2530,19 +2539,56 @@ typedef struct {
     double cs, sn;      // cos, sin of eta sigma
 } TrackScalars;
 
+// the start of the power iteration, entry i of a fixed dense vector w (R,), before
+// normalisation: a pseudo-random sign and a magnitude in [0.5, 1.5) with 23
+// pseudo-random bits, from an integer hash of i (murmur3's finaliser), so the
+// CPU and the GPU (which calls this very function from its kernel) start from
+// the same w, and every run from the same one.
+// why not a unit vector e_j (as this code once did, from the largest diagonal):
+// power iteration finds the top eigenvector u1 only if the start has a component
+// along it, and e_j has none whenever u1_j = 0. structured H do that: with
+// H = [[2,0,0],[0,1.5,1.4],[0,1.4,1.5]], e_1 is itself an eigenvector (of 2), so
+// the iteration stays there and misses u1 = (0,1,1)/sqrt(2) (eigenvalue 2.9).
+// why w cannot be orthogonal to u1 for generic H: w^T u1 = 0 puts u1 on one
+// fixed hyperplane, a set of measure zero among unit vectors. the u1 that
+// structured matrices have (sparse, block-wise, entries equal up to sign such as
+// (1,1)/sqrt(2) or (1,-1), second differences (1,-2,1)) are orthogonal to w only
+// if a few of w's entries satisfy a small-integer relation, and pseudo-random
+// signs with 23-bit magnitudes (a dense start, never a progression such as i or
+// frac(i phi), which is orthogonal to (1,-2,1)) do not. a start with a small
+// component c along u1 still converges, with log(1/c) / log(lambda1/lambda2) more
+// iterations; a fixed-seed pseudo-random start is what LAPACK and ARPACK use too
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+static inline double power_start_entry(int i) {
+    uint32_t x = (uint32_t)i * 0x9E3779B9u + 0x7F4A7C15u;
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
+    double magnitude = 0.5 + (double)(x >> 9) * (1.0 / 8388608.0);  // x >> 9 < 2^23
+    return (x & 1u) ? -magnitude : magnitude;
+}
+
 // top eigenvector v (R,) of the symmetric PSD H (R, R) by power iteration, started
-// from the column with the largest diagonal (deterministic, and never orthogonal to
-// the top eigenvector unless H is degenerate). sets ts->iterations, and ts->skip
-// if H == 0 (then dF == 0: G lies in span(S)). v_next (R,) is scratch
+// from the dense w of power_start_entry, normalised. sets ts->iterations, and
+// ts->skip if H == 0 (then dF == 0: G lies in span(S); a PSD H with no positive
+// diagonal entry is 0). v_next (R,) is scratch
 static void power_iteration(double* v, TrackScalars* ts, const double* H, int r, double* v_next) {
     ts->iterations = 0;
     ts->skip = 1;
-    int jmax = 0;
-    for (int j = 1; j < r; j++) {
-        if (H[(size_t)j * r + j] > H[(size_t)jmax * r + jmax]) { jmax = j; }
+    double hmax = 0.0;
+    for (int j = 0; j < r; j++) { hmax = fmax(hmax, H[(size_t)j * r + j]); }
+    if (!(hmax > 0.0)) { return; }
+    double start2 = 0.0;  // serial sum, in index order (the GPU sums in another order: ~1e-16 apart)
+    for (int i = 0; i < r; i++) {
+        v[i] = power_start_entry(i);
+        start2 += v[i] * v[i];
     }
-    if (!(H[(size_t)jmax * r + jmax] > 0.0)) { return; }
-    for (int i = 0; i < r; i++) { v[i] = i == jmax ? 1.0 : 0.0; }
+    double start_inv = 1.0 / sqrt(start2);
+    for (int i = 0; i < r; i++) { v[i] *= start_inv; }
     int it = 0;
     while (it < POWER_ITER_MAX) {
         it++;
@@ -2998,6 +3044,7 @@ typedef struct {
     int save_every;
     char save_dir[512];
     char continue_from[512];
+    char allow_changed[512]; // settings a resume may change: comma-separated names
     int print_every;
     float progress_interval; // seconds between progress lines of a long phase
     int stop_at_step;        // stop after this step as if interrupted (0 = run to the end)
@@ -3160,6 +3207,7 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(save_every, FLAG_INT, "save a checkpoint every N steps (needs --save_dir); 0 = only at the end"),
     FLAG(save_dir, FLAG_STRING, "checkpoint directory (created if missing)"),
     FLAG(continue_from, FLAG_STRING, "resume exactly from the checkpoint in this directory"),
+    FLAG(allow_changed, FLAG_STRING, "settings a resume may change from the checkpoint's, e.g. lr,num_training_steps"),
     FLAG(print_every, FLAG_INT, "print a progress line every N steps"),
     FLAG(progress_interval, FLAG_FLOAT, "seconds between progress lines of a long phase (building, SVD, evaluation)"),
     FLAG(stop_at_step, FLAG_INT, "stop after this step (saving if --save_dir), as if interrupted; 0 = run to the end"),
@@ -3240,11 +3288,16 @@ static int parse_int(const char* s, int* out) {
     return 1;
 }
 
+// a finite float32. strtof flags a subnormal result (1e-45) as a range error
+// too: that one is a valid float32 and is taken; an overflow, or an underflow
+// to 0 of a nonzero number, is not
 static int parse_float(const char* s, float* out) {
     char* end;
     errno = 0;
     float v = strtof(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || !isfinite(v)) { return 0; }
+    if (end == s || *end != '\0' || !isfinite(v)) { return 0; }
+    if (errno == ERANGE && v == 0.0f) { return 0; }
+    if (errno != 0 && errno != ERANGE) { return 0; }
     *out = v;
     return 1;
 }
@@ -3305,7 +3358,7 @@ int train_parse_flags(TrainConfig* t, int argc, char** argv, char* err, size_t e
         if (!ok) {
             snprintf(err, errlen, "flag %s: cannot use '%s' (%s)", name, val,
                      f->kind == FLAG_INT ? "expected an integer" :
-                     f->kind == FLAG_FLOAT ? "expected a finite number" : "too long");
+                     f->kind == FLAG_FLOAT ? "expected a finite number within float32's range" : "too long");
             return -1;
         }
     }
@@ -3484,6 +3537,11 @@ const char* train_config_problem(const TrainConfig* t) {
         snprintf(msg, sizeof msg, "--rank and --subspace_update_interval must be positive");
         return msg;
     }
+    if (!(t->low_rank_scale > 0) || !(t->st_init_step_size > 0) || !(t->norm_growth_limit > 0)) {
+        snprintf(msg, sizeof msg, "--low_rank_scale (%g), --st_init_step_size (%g) and --norm_growth_limit (%g) "
+                 "must be positive", t->low_rank_scale, t->st_init_step_size, t->norm_growth_limit);
+        return msg;
+    }
     if (!(t->lr > 0) || t->min_lr_ratio < 0 || t->min_lr_ratio > 1 || t->grad_clipping < 0 ||
         t->weight_decay < 0 || t->beta1 < 0 || t->beta1 >= 1 || t->beta2 < 0 || t->beta2 >= 1 || !(t->eps > 0)) {
         snprintf(msg, sizeof msg, "bad hyperparameter: need lr > 0, 0 <= min_lr_ratio <= 1, grad_clipping >= 0, "
@@ -3519,26 +3577,341 @@ const char* train_config_problem(const TrainConfig* t) {
 // ----------------------------------------------------------------------------
 // training: model config from a Hugging Face LlamaConfig json
 //
-// reads the few numeric keys we need from a flat json object: enough for the
-// authors' configs/llama_*.json and for config.json files that transformers
-// writes. nested objects are skipped.
+// a config is one json object, and only its top-level keys count: a nested
+// object (a "text_config", say) is checked and skipped, never read. the reader
+// is a small scanner that checks the whole text is json (rfc 8259) and notes
+// where the value of each key we read lies; the values are checked after the
+// scan, so a malformed file is reported as malformed. it reads only the bytes
+// it is given (no terminating NUL needed), so any input is safe
+// (dev/fuzz/fuzz_config.c fuzzes it).
 
-static int json_find_number(const char* text, const char* key, double* out) {
-    char quoted[96];
-    snprintf(quoted, sizeof quoted, "\"%s\"", key);
-    const char* p = text;
-    while ((p = strstr(p, quoted)) != NULL) {
-        const char* q = p + strlen(quoted);
-        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r') { q++; }
-        if (*q == ':') {
-            q++;
-            char* end;
-            double v = strtod(q, &end);
-            if (end != q) { *out = v; return 1; }
-            return 0;
+#define JSON_CONFIG_MAX_BYTES (1 << 20) // a LlamaConfig json is about 1 KB
+#define JSON_MAX_DEPTH 64               // deeper nesting is refused, not recursed into
+
+// the kinds of json values; 0 is a syntax error
+enum { JSON_BAD, JSON_NUMBER, JSON_STRING, JSON_TRUE, JSON_FALSE, JSON_NULL, JSON_OBJECT, JSON_ARRAY };
+
+// the keys we read, and where the scan found each one's value
+typedef struct {
+    const char* key;
+    int kind;       // JSON_* of the value; JSON_BAD while not seen
+    size_t at, len; // the value's bytes in the text
+    int count;      // how often the key appeared
+} JsonField;
+
+typedef struct {
+    const char* s;       // the text, not NUL-terminated
+    size_t n, i;         // its length and the scan position
+    const char* problem; // the first syntax error, or NULL
+    JsonField* fields;   // the top-level keys to note
+    int num_fields;
+} JsonScan;
+
+static int json_fail(JsonScan* js, const char* problem) {
+    if (js->problem == NULL) { js->problem = problem; }
+    return JSON_BAD;
+}
+
+static void json_skip_space(JsonScan* js) {
+    while (js->i < js->n && (js->s[js->i] == ' ' || js->s[js->i] == '\t' || js->s[js->i] == '\n' ||
+                             js->s[js->i] == '\r')) { js->i++; }
+}
+
+// consumes c if it is the next byte
+static int json_take(JsonScan* js, char c) {
+    if (js->i < js->n && js->s[js->i] == c) { js->i++; return 1; }
+    return 0;
+}
+
+// one or more digits
+static int json_digits(JsonScan* js) {
+    size_t start = js->i;
+    while (js->i < js->n && js->s[js->i] >= '0' && js->s[js->i] <= '9') { js->i++; }
+    return js->i > start;
+}
+
+// a string, at its opening quote. escapes are checked, not decoded: the keys
+// we look for have none
+static int json_string(JsonScan* js) {
+    js->i++;
+    while (js->i < js->n) {
+        unsigned char ch = (unsigned char)js->s[js->i++];
+        if (ch == '"') { return JSON_STRING; }
+        if (ch < 0x20) { return json_fail(js, "a control character (a raw line break?) inside a string"); }
+        if (ch != '\\') { continue; }
+        if (js->i >= js->n) { break; }
+        char e = js->s[js->i++];
+        if (e == 'u') {
+            for (int k = 0; k < 4; k++, js->i++) {
+                char h = js->i < js->n ? js->s[js->i] : '\0';
+                if (!((h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F'))) {
+                    return json_fail(js, "a \\u escape without 4 hex digits");
+                }
+            }
+        } else if (e == '\0' || strchr("\"\\/bfnrt", e) == NULL) {
+            return json_fail(js, "an unknown escape in a string");
         }
-        p = q;
     }
+    return json_fail(js, "a string without its closing quote");
+}
+
+// a number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+static int json_number(JsonScan* js) {
+    json_take(js, '-');
+    if (!json_take(js, '0') && !json_digits(js)) { return json_fail(js, "a '-' without digits"); }
+    if (json_take(js, '.') && !json_digits(js)) { return json_fail(js, "a number without digits after its '.'"); }
+    if (json_take(js, 'e') || json_take(js, 'E')) {
+        if (!json_take(js, '+')) { json_take(js, '-'); }
+        if (!json_digits(js)) { return json_fail(js, "a number without digits in its exponent"); }
+    }
+    return JSON_NUMBER;
+}
+
+static int json_word(JsonScan* js, const char* word, int kind) {
+    size_t len = strlen(word);
+    if (js->n - js->i < len || memcmp(js->s + js->i, word, len) != 0) {
+        return json_fail(js, "a bare word (strings need double quotes; the literals are true, false, null)");
+    }
+    js->i += len;
+    return kind;
+}
+
+static int json_value(JsonScan* js, int depth);
+
+// an object or array, at its opening bracket. at depth 0 the keys we read are
+// noted in js->fields; deeper, everything is checked and skipped
+static int json_container(JsonScan* js, int depth) {
+    int object = js->s[js->i] == '{';
+    char close = object ? '}' : ']';
+    if (depth >= JSON_MAX_DEPTH) { return json_fail(js, "objects or arrays nested more than 64 deep"); }
+    js->i++;
+    json_skip_space(js);
+    if (json_take(js, close)) { return object ? JSON_OBJECT : JSON_ARRAY; }
+    for (;;) {
+        JsonField* field = NULL;
+        if (object) {
+            json_skip_space(js);
+            if (js->i >= js->n || js->s[js->i] != '"') { return json_fail(js, "expected a \"key\""); }
+            size_t key_at = js->i + 1;
+            if (!json_string(js)) { return JSON_BAD; }
+            size_t key_len = js->i - 1 - key_at;
+            for (int f = 0; depth == 0 && f < js->num_fields; f++) {
+                const char* k = js->fields[f].key;
+                if (strlen(k) == key_len && memcmp(k, js->s + key_at, key_len) == 0) { field = &js->fields[f]; }
+            }
+            json_skip_space(js);
+            if (!json_take(js, ':')) { return json_fail(js, "expected ':' after a key"); }
+        }
+        json_skip_space(js);
+        size_t value_at = js->i;
+        int kind = json_value(js, depth + 1);
+        if (kind == JSON_BAD) { return JSON_BAD; }
+        if (field != NULL) {
+            field->kind = kind;
+            field->at = value_at;
+            field->len = js->i - value_at;
+            field->count++;
+        }
+        json_skip_space(js);
+        if (json_take(js, close)) { return object ? JSON_OBJECT : JSON_ARRAY; }
+        if (!json_take(js, ',')) { return json_fail(js, object ? "expected ',' or '}'" : "expected ',' or ']'"); }
+    }
+}
+
+// any value, at its first byte
+static int json_value(JsonScan* js, int depth) {
+    if (js->i >= js->n) { return json_fail(js, "the text ends where a value should be"); }
+    char c = js->s[js->i];
+    if (c == '{' || c == '[') { return json_container(js, depth); }
+    if (c == '"') { return json_string(js); }
+    if (c == '-' || (c >= '0' && c <= '9')) { return json_number(js); }
+    if (c == 't') { return json_word(js, "true", JSON_TRUE); }
+    if (c == 'f') { return json_word(js, "false", JSON_FALSE); }
+    if (c == 'n') { return json_word(js, "null", JSON_NULL); }
+    return json_fail(js, "an unexpected character where a value should be");
+}
+
+// the value's text for a message: at most 40 bytes, unprintable ones as '?'
+static void json_field_text(const char* text, const JsonField* f, char* out, size_t cap) {
+    size_t n = 0;
+    for (size_t k = 0; k < f->len && k < 40 && n + 1 < cap; k++) {
+        char ch = text[f->at + k];
+        out[n++] = ch >= 0x20 && ch < 0x7f ? ch : '?';
+    }
+    if (f->len > 40 && n + 4 < cap) { memcpy(out + n, "...", 3); n += 3; }
+    out[n] = '\0';
+}
+
+// what each key may hold. sizes are json integers: python's json reads 64.0
+// or 1e3 as a float, which transformers cannot use as a size either. a key
+// that turns on something this model does not have is refused, not ignored:
+// the run would otherwise train another model than the config describes. so
+// tied embeddings are refused (our model always has its own lm_head, as the
+// authors' configs do), and so are biases, rope scaling and dropout
+enum { CFG_SIZE, CFG_POSITIVE, CFG_OFF, CFG_ACTIVATION };
+enum { K_VOCAB, K_HIDDEN, K_INTERMEDIATE, K_HEADS, K_LAYERS, K_MAX_POSITION, K_MAX_SEQUENCE, K_KV_HEADS, K_HEAD_DIM,
+       K_NORM_EPS, K_ROPE_THETA, K_TIE, K_ATTENTION_BIAS, K_MLP_BIAS, K_ROPE_SCALING, K_ROPE_PARAMETERS,
+       K_DROPOUT, K_ACTIVATION, NUM_CONFIG_KEYS };
+static const struct { const char* key; int kind; const char* why; } CONFIG_KEYS[NUM_CONFIG_KEYS] = {
+    {"vocab_size", CFG_SIZE, NULL},
+    {"hidden_size", CFG_SIZE, NULL},
+    {"intermediate_size", CFG_SIZE, NULL},
+    {"num_attention_heads", CFG_SIZE, NULL},
+    {"num_hidden_layers", CFG_SIZE, NULL},
+    {"max_position_embeddings", CFG_SIZE, NULL},
+    {"max_sequence_length", CFG_SIZE, NULL},
+    {"num_key_value_heads", CFG_SIZE, NULL},
+    {"head_dim", CFG_SIZE, NULL},
+    {"rms_norm_eps", CFG_POSITIVE, NULL},
+    {"rope_theta", CFG_POSITIVE, NULL},
+    {"tie_word_embeddings", CFG_OFF, "tied embeddings are not implemented (this model always has its own lm_head, "
+                                     "as the authors' configs do)"},
+    {"attention_bias", CFG_OFF, "attention biases are not implemented (LLaMA has none)"},
+    {"mlp_bias", CFG_OFF, "MLP biases are not implemented (LLaMA has none)"},
+    {"rope_scaling", CFG_OFF, "rope scaling is not implemented"},
+    {"rope_parameters", CFG_OFF, "rope_parameters (newer transformers' form) is not read; give rope_theta at the "
+                                 "top level instead"},
+    {"attention_dropout", CFG_OFF, "dropout is not implemented"},
+    {"hidden_act", CFG_ACTIVATION, "the MLP is SwiGLU, whose activation is silu"},
+};
+
+// checks one noted key against CONFIG_KEYS; fills *size or *value. returns 0
+// when the key is absent (or null: python's None, transformers' default), 1
+// when it holds a good value, -1 with err filled when not
+static int config_field_check(const char* text, const JsonField* f, int kind, const char* why, int* size,
+                              double* value, const char* path, char* err, size_t errlen) {
+    if (f->count > 1) {
+        // python's json would keep the last silently; which one was meant is unclear
+        snprintf(err, errlen, "%s: \"%s\" appears %d times; keep one", path, f->key, f->count);
+        return -1;
+    }
+    if (f->count == 0 || f->kind == JSON_NULL) { return 0; }
+    char shown[48];
+    json_field_text(text, f, shown, sizeof shown);
+    const char* v = text + f->at;
+    if (kind == CFG_SIZE) {
+        // digits only (no sign, '.', exponent), at most 10 of them, 1..INT32_MAX
+        int digits = f->kind == JSON_NUMBER && f->len <= 10;
+        long long x = 0;
+        for (size_t k = 0; digits && k < f->len; k++) {
+            digits = v[k] >= '0' && v[k] <= '9';
+            x = x * 10 + (v[k] - '0');
+        }
+        if (!digits || x < 1 || x > INT32_MAX) {
+            snprintf(err, errlen, "%s: \"%s\" is %s; it must be a whole number from 1 to %d, written without a '.' "
+                     "or an exponent (e.g. 512)", path, f->key, shown, INT32_MAX);
+            return -1;
+        }
+        *size = (int)x;
+        return 1;
+    }
+    if (kind == CFG_POSITIVE) {
+        // finite, and a normal float32 so the conversion neither overflows nor flushes to 0
+        char num[64];
+        double x = NAN;
+        if (f->kind == JSON_NUMBER && f->len < sizeof num) {
+            memcpy(num, v, f->len);
+            num[f->len] = '\0';
+            x = strtod(num, NULL);
+        }
+        if (!(x >= FLT_MIN && x <= FLT_MAX)) {
+            snprintf(err, errlen, "%s: \"%s\" is %s; it must be a positive number within float32's range "
+                     "(%g to %g)", path, f->key, shown, FLT_MIN, FLT_MAX);
+            return -1;
+        }
+        *value = x;
+        return 1;
+    }
+    if (kind == CFG_OFF) {
+        // off: false, or a number that is 0 (dropout 0.0)
+        int off = f->kind == JSON_FALSE;
+        if (f->kind == JSON_NUMBER && f->len < 64) {
+            char num[64];
+            memcpy(num, v, f->len);
+            num[f->len] = '\0';
+            off = strtod(num, NULL) == 0.0;
+        }
+        if (!off) {
+            snprintf(err, errlen, "%s: \"%s\" is %s, but %s; set it to false or null, or remove it",
+                     path, f->key, shown, why);
+            return -1;
+        }
+        return 1;
+    }
+    // CFG_ACTIVATION: transformers' names for silu
+    if (!(f->kind == JSON_STRING && ((f->len == 6 && memcmp(v, "\"silu\"", 6) == 0) ||
+                                     (f->len == 7 && memcmp(v, "\"swish\"", 7) == 0)))) {
+        snprintf(err, errlen, "%s: \"%s\" is %s, but %s; set it to \"silu\" or remove it", path, f->key, shown, why);
+        return -1;
+    }
+    return 1;
+}
+
+// the config in text[0..n) (the contents of path, which names it in messages).
+// returns 0 on success, else fills err and leaves c as it was
+int llama_config_from_json_text(LlamaConfig* c, const char* text, size_t n, const char* path,
+                                char* err, size_t errlen) {
+    JsonField fields[NUM_CONFIG_KEYS];
+    memset(fields, 0, sizeof fields);
+    for (int k = 0; k < NUM_CONFIG_KEYS; k++) { fields[k].key = CONFIG_KEYS[k].key; }
+    JsonScan js = {text, n, 0, NULL, fields, NUM_CONFIG_KEYS};
+    json_skip_space(&js);
+    if (js.i >= n || text[js.i] != '{') { json_fail(&js, "the text does not start with '{'"); }
+    else if (json_container(&js, 0) != JSON_BAD) {
+        json_skip_space(&js);
+        if (js.i < n) { json_fail(&js, "more text after the closing '}'"); }
+    }
+    if (js.problem != NULL) {
+        int line = 1, column = 1;
+        for (size_t k = 0; k < js.i && k < n; k++) {
+            if (text[k] == '\n') { line++; column = 1; } else { column++; }
+        }
+        snprintf(err, errlen, "%s: not valid json: %s, at line %d, column %d; a LlamaConfig json is one object "
+                 "{\"key\": value, ...}", path, js.problem, line, column);
+        return 1;
+    }
+    int size[NUM_CONFIG_KEYS] = {0};
+    double value[NUM_CONFIG_KEYS] = {0};
+    int present[NUM_CONFIG_KEYS];
+    for (int k = 0; k < NUM_CONFIG_KEYS; k++) {
+        present[k] = config_field_check(text, &fields[k], CONFIG_KEYS[k].kind, CONFIG_KEYS[k].why, &size[k],
+                                        &value[k], path, err, errlen);
+        if (present[k] < 0) { return 1; }
+    }
+    for (int k = K_VOCAB; k <= K_LAYERS; k++) {
+        if (!present[k]) {
+            snprintf(err, errlen, "%s: no numeric \"%s\"; expected a Hugging Face LlamaConfig json", path,
+                     CONFIG_KEYS[k].key);
+            return 1;
+        }
+    }
+    LlamaConfig got;
+    got.V = size[K_VOCAB];
+    got.C = size[K_HIDDEN];
+    got.F = size[K_INTERMEDIATE];
+    got.NH = size[K_HEADS];
+    got.L = size[K_LAYERS];
+    // the authors' configs say max_sequence_length; transformers says max_position_embeddings
+    got.max_seq_len = present[K_MAX_SEQUENCE] ? size[K_MAX_SEQUENCE] :
+                      present[K_MAX_POSITION] ? size[K_MAX_POSITION] : 1024;
+    got.norm_eps = present[K_NORM_EPS] ? (float)value[K_NORM_EPS] : 1e-6f;
+    got.rope_theta = present[K_ROPE_THETA] ? (float)value[K_ROPE_THETA] : 10000.0f;
+    if (present[K_KV_HEADS] && size[K_KV_HEADS] != got.NH) {
+        snprintf(err, errlen, "%s: num_key_value_heads %d differs from num_attention_heads %d; "
+                 "grouped-query attention is not supported", path, size[K_KV_HEADS], got.NH);
+        return 1;
+    }
+    const char* problem = llama_config_problem(&got);
+    if (problem != NULL) {
+        snprintf(err, errlen, "%s: %s", path, problem);
+        return 1;
+    }
+    if (present[K_HEAD_DIM] && size[K_HEAD_DIM] != got.C / got.NH) {
+        snprintf(err, errlen, "%s: head_dim %d differs from hidden_size / num_attention_heads = %d; a head size of "
+                 "its own is not supported", path, size[K_HEAD_DIM], got.C / got.NH);
+        return 1;
+    }
+    *c = got;
     return 0;
 }
 
@@ -3550,47 +3923,24 @@ int llama_config_from_json(LlamaConfig* c, const char* path, char* err, size_t e
                  path, strerror(errno));
         return 1;
     }
-    char* text = (char*)malloc_check(1 << 20, "json text");
-    size_t n = fread(text, 1, (1 << 20) - 1, f);
-    text[n] = '\0';
+    // one byte more than we take, to tell a file that fits from one that does not
+    char* text = (char*)malloc_check(JSON_CONFIG_MAX_BYTES + 1, "json text");
+    size_t n = fread(text, 1, JSON_CONFIG_MAX_BYTES + 1, f);
+    int read_error = ferror(f);
+    int saved_errno = errno;
     fclose(f);
-    struct { const char* key; double value; int required; } keys[] = {
-        {"vocab_size", 0, 1}, {"hidden_size", 0, 1}, {"intermediate_size", 0, 1},
-        {"num_attention_heads", 0, 1}, {"num_hidden_layers", 0, 1},
-        {"max_position_embeddings", 1024, 0}, {"rms_norm_eps", 1e-6, 0}, {"rope_theta", 10000, 0},
-        {"max_sequence_length", 0, 0}, {"num_key_value_heads", 0, 0},
-    };
-    int nk = (int)(sizeof keys / sizeof keys[0]);
-    for (int i = 0; i < nk; i++) {
-        double v;
-        if (json_find_number(text, keys[i].key, &v)) { keys[i].value = v; }
-        else if (keys[i].required) {
-            snprintf(err, errlen, "%s: no numeric \"%s\"; expected a Hugging Face LlamaConfig json", path, keys[i].key);
-            free(text);
-            return 1;
-        }
+    int rc = 1;
+    if (read_error) {
+        snprintf(err, errlen, "%s: cannot read (%s); --model_config takes a preset name or a .json file",
+                 path, strerror(saved_errno));
+    } else if (n > JSON_CONFIG_MAX_BYTES) {
+        snprintf(err, errlen, "%s: larger than %d bytes; a LlamaConfig json is about 1 KB: is this the right file?",
+                 path, JSON_CONFIG_MAX_BYTES);
+    } else {
+        rc = llama_config_from_json_text(c, text, n, path, err, errlen);
     }
     free(text);
-    if (keys[9].value != 0 && keys[9].value != keys[3].value) {
-        snprintf(err, errlen, "%s: num_key_value_heads %g differs from num_attention_heads %g; "
-                 "grouped-query attention is not supported", path, keys[9].value, keys[3].value);
-        return 1;
-    }
-    c->V = (int)keys[0].value;
-    c->C = (int)keys[1].value;
-    c->F = (int)keys[2].value;
-    c->NH = (int)keys[3].value;
-    c->L = (int)keys[4].value;
-    // the authors' configs say max_sequence_length; transformers says max_position_embeddings
-    c->max_seq_len = (int)(keys[8].value > 0 ? keys[8].value : keys[5].value);
-    c->norm_eps = (float)keys[6].value;
-    c->rope_theta = (float)keys[7].value;
-    const char* problem = llama_config_problem(c);
-    if (problem != NULL) {
-        snprintf(err, errlen, "%s: %s", path, problem);
-        return 1;
-    }
-    return 0;
+    return rc;
 }
 
 void llama_config_resolve_or_exit(LlamaConfig* c, const char* name) {
@@ -3813,7 +4163,7 @@ double optimizer_subspace_seconds(const Optimizer* o) {
 // checkpoints
 //
 // one file, DIR/checkpoint.bin, little-endian:
-//   header  int64[CHECKPOINT_HEADER_INTS]
+//   header    int64[CHECKPOINT_HEADER_INTS]
 //     [0] magic CHECKPOINT_MAGIC   [1] version CHECKPOINT_VERSION
 //     [2] V [3] C [4] F [5] NH [6] L [7] max_seq_len
 //     [8] rms_norm_eps, [9] rope_theta: float32 bits
@@ -3823,25 +4173,163 @@ double optimizer_subspace_seconds(const Optimizer* o) {
 //     [17] sampling rng state (uint64 bits)
 //     [18..23] train loader position (ShardPosition: epoch, window_in_epoch,
 //              num_windows, T, shuffle, seed)
+//     [24] bytes of the settings text
 //     the rest 0
-//   body    float32: params (num_params, parameter-table order),
-//           adam_m (num_adam), adam_v (num_adam), lowrank_memory (lowrank_floats)
-// it is written to DIR/checkpoint.bin.tmp, flushed, and renamed over
-// DIR/checkpoint.bin, so a crash mid-write never leaves a broken latest file.
+//   settings  text, "name=value\n" for every setting that shapes the
+//             trajectory (CHECKPOINT_SETTINGS), zero-padded to a multiple of 8
+//   body      float32: params (num_params, parameter-table order),
+//             adam_m (num_adam), adam_v (num_adam), lowrank_memory (lowrank_floats)
+//   trailer   int64 CHECKPOINT_TRAILER_MAGIC, then the CRC32C of every byte
+//             before the trailer (as a uint64)
+// the CRC is computed as the file is written and checked as it is read, in
+// one pass each. the file goes to DIR/checkpoint.bin.tmp, is fsynced, renamed
+// over DIR/checkpoint.bin, and the directory is fsynced: a crash or a power
+// loss leaves the old checkpoint or the new one, whole. nothing that is not
+// finite is ever written, and loading checks every float and header field.
 
 #define CHECKPOINT_MAGIC 20261105
-#define CHECKPOINT_VERSION 1
+#define CHECKPOINT_VERSION 2
 #define CHECKPOINT_HEADER_INTS 64
+#define CHECKPOINT_TRAILER_MAGIC 0x4352433332435452LL  // "RTC23CRC" as little-endian bytes
 #define CHECKPOINT_FILE "checkpoint.bin"
+#define CHECKPOINT_SETTINGS_MAX 4096
+
+// ---- CRC32C (Castagnoli, the polynomial of iSCSI and ext4), eight bytes a
+// step through eight tables (slice-by-8), a few GB/s on one core
+static uint32_t crc32c_table[8][256];
+
+static void crc32c_init(void) {
+    if (crc32c_table[0][1] != 0) { return; }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) { c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1; }
+        crc32c_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        for (int t = 1; t < 8; t++) {
+            uint32_t prev = crc32c_table[t - 1][n];
+            crc32c_table[t][n] = (prev >> 8) ^ crc32c_table[0][prev & 0xff];
+        }
+    }
+}
+
+// continues crc over n more bytes (start from 0); the file is little-endian,
+// and so is every machine this builds for
+uint32_t crc32c_update(uint32_t crc, const void* data, size_t n) {
+    crc32c_init();
+    const unsigned char* p = (const unsigned char*)data;
+    crc = ~crc;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= crc;
+        crc = crc32c_table[7][w & 0xff] ^ crc32c_table[6][(w >> 8) & 0xff] ^ crc32c_table[5][(w >> 16) & 0xff] ^
+              crc32c_table[4][(w >> 24) & 0xff] ^ crc32c_table[3][(w >> 32) & 0xff] ^
+              crc32c_table[2][(w >> 40) & 0xff] ^ crc32c_table[1][(w >> 48) & 0xff] ^ crc32c_table[0][w >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n-- > 0) { crc = (crc >> 8) ^ crc32c_table[0][(crc ^ *p++) & 0xff]; }
+    return ~crc;
+}
+
+// the settings that shape a run's trajectory: saved in every checkpoint, and
+// a resume that gives other values is refused unless --allow_changed names them
+static const char* const CHECKPOINT_SETTINGS[] = {
+    "optimizer", "subspace_update_method", "rank", "subspace_update_interval", "st_init_step_size",
+    "low_rank_scale", "adaptive_optimizer", "recovery_scaling", "norm_growth_limit", "norm_growth_limiter_off",
+    "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
+    "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
+};
+#define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
+
+// a setting's value as it is saved: floats with 9 digits, which read back to
+// the same float32
+static void setting_value_exact(const TrainConfig* t, const char* name, char* out, size_t cap) {
+    char flag[80];
+    snprintf(flag, sizeof flag, "--%s", name);
+    int j = flag_index(flag);
+    if (j < 0) { snprintf(out, cap, "?"); return; }
+    if (TRAIN_FLAGS[j].kind == FLAG_FLOAT) {
+        snprintf(out, cap, "%.9g", *(const float*)((const char*)t + TRAIN_FLAGS[j].offset));
+    } else {
+        flag_value_string(&TRAIN_FLAGS[j], t, out, cap);
+    }
+}
+
+// "name=value\n" for every CHECKPOINT_SETTINGS entry; returns its length
+size_t checkpoint_settings_text(const TrainConfig* t, char* out, size_t cap) {
+    size_t n = 0;
+    out[0] = '\0';
+    for (int i = 0; i < NUM_CHECKPOINT_SETTINGS && n < cap; i++) {
+        char v[600];
+        setting_value_exact(t, CHECKPOINT_SETTINGS[i], v, sizeof v);
+        n += (size_t)snprintf(out + n, cap - n, "%s=%s\n", CHECKPOINT_SETTINGS[i], v);
+    }
+    return n < cap ? n : cap - 1;
+}
+
+// the value of name in a settings text, or NULL
+static const char* settings_lookup(const char* text, const char* name, char* out, size_t cap) {
+    size_t len = strlen(name);
+    for (const char* p = text; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, name, len) == 0 && p[len] == '=') {
+            const char* v = p + len + 1;
+            size_t vl = strcspn(v, "\n");
+            snprintf(out, cap, "%.*s", (int)(vl < cap ? vl : cap - 1), v);
+            return out;
+        }
+    }
+    return NULL;
+}
+
+// is name in the comma-separated list
+static int name_in_list(const char* list, const char* name) {
+    size_t len = strlen(name);
+    for (const char* p = list; p != NULL && *p; ) {
+        size_t n = strcspn(p, ",");
+        if (n == len && strncmp(p, name, len) == 0) { return 1; }
+        p += n;
+        if (*p == ',') { p++; }
+    }
+    return 0;
+}
+
+// compares this run's settings with those a checkpoint saved. the differences
+// that --allow_changed does not name go into problems (one per line: saved and
+// given); the allowed ones into changed. returns how many were not allowed
+int checkpoint_settings_compare(const TrainConfig* t, const char* saved, char* problems, size_t pcap,
+                                char* changed, size_t ccap) {
+    int bad = 0;
+    size_t pn = 0, cn = 0;
+    problems[0] = changed[0] = '\0';
+    for (int i = 0; i < NUM_CHECKPOINT_SETTINGS; i++) {
+        const char* name = CHECKPOINT_SETTINGS[i];
+        char mine[600], theirs[600];
+        setting_value_exact(t, name, mine, sizeof mine);
+        if (settings_lookup(saved, name, theirs, sizeof theirs) == NULL) { snprintf(theirs, sizeof theirs, "(none)"); }
+        if (strcmp(mine, theirs) == 0) { continue; }
+        if (name_in_list(t->allow_changed, name)) {
+            if (cn < ccap) { cn += (size_t)snprintf(changed + cn, ccap - cn, "%s=%s\n", name, theirs); }
+        } else {
+            bad++;
+            if (pn < pcap) {
+                pn += (size_t)snprintf(problems + pn, pcap - pn, "  --%s: saved %s, given %s\n", name, theirs, mine);
+            }
+        }
+    }
+    return bad;
+}
 
 typedef struct {
     Llama* model;
     Optimizer* opt;
     ShardLoader* train_loader;
     Rng* sample_rng;
+    const TrainConfig* settings;   // recorded in the file, checked on resume
 } TrainState;
 
-static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainState* s) {
+static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainState* s, size_t settings_bytes) {
     const LlamaConfig* c = &s->model->config;
     memset(h, 0, CHECKPOINT_HEADER_INTS * sizeof(int64_t));
     h[0] = CHECKPOINT_MAGIC;
@@ -3861,10 +4349,59 @@ static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainStat
     ShardPosition p = shard_loader_get_position(s->train_loader);
     h[18] = p.epoch; h[19] = p.window_in_epoch; h[20] = p.num_windows;
     h[21] = p.T; h[22] = p.shuffle; h[23] = p.seed;
+    h[24] = (int64_t)settings_bytes;
 }
 
-// returns 0 on success, else fills err (the previous checkpoint is untouched)
+static size_t padded8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+// 1 when all n floats are finite
+int floats_are_finite(const float* x, size_t n) {
+    int ok = 1;
+    #pragma omp parallel for reduction(&&:ok) schedule(static)
+    for (size_t i = 0; i < n; i++) { ok = ok && isfinite(x[i]); }
+    return ok;
+}
+
+// 1 when the weights and every optimizer state are finite
+int train_state_is_finite(const TrainState* s) {
+    const Optimizer* o = s->opt;
+    return floats_are_finite(s->model->params_memory, s->model->num_parameters) &&
+           floats_are_finite(o->adam_m, o->num_adam) && floats_are_finite(o->adam_v, o->num_adam) &&
+           floats_are_finite(o->lowrank_memory, o->lowrank_floats);
+}
+
+// the writer and reader of the file body: every byte through the CRC
+typedef struct { FILE* f; uint32_t crc; int ok; } CheckpointStream;
+
+static void checkpoint_write(CheckpointStream* w, const void* data, size_t bytes) {
+    if (!w->ok) { return; }
+    w->crc = crc32c_update(w->crc, data, bytes);
+    w->ok = fwrite(data, 1, bytes, w->f) == bytes;
+}
+
+static void checkpoint_read(CheckpointStream* r, void* data, size_t bytes) {
+    if (!r->ok) { return; }
+    r->ok = fread(data, 1, bytes, r->f) == bytes;
+    if (r->ok) { r->crc = crc32c_update(r->crc, data, bytes); }
+}
+
+// fsync of a directory, so that a rename in it survives a power loss
+static int fsync_dir(const char* dir) {
+    int fd = open(dir, O_RDONLY);
+    if (fd < 0) { return -1; }
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+// returns 0 on success, else fills err (the previous checkpoint is untouched).
+// refuses (1) a state that is not finite
 int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errlen) {
+    if (!train_state_is_finite(s)) {
+        snprintf(err, errlen, "the weights or optimizer states after step %d are not finite; not saved (the "
+                 "checkpoint in %s is kept)", s->opt->step, dir);
+        return 1;
+    }
     char path[1024], tmp[1100];
     snprintf(path, sizeof path, "%s/%s", dir, CHECKPOINT_FILE);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -3873,18 +4410,28 @@ int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errl
         snprintf(err, errlen, "cannot write %s (%s); check that --save_dir exists and is writable", tmp, strerror(errno));
         return 1;
     }
+    char settings[CHECKPOINT_SETTINGS_MAX + 8];
+    memset(settings, 0, sizeof settings);
+    size_t settings_bytes = checkpoint_settings_text(s->settings, settings, CHECKPOINT_SETTINGS_MAX);
     int64_t h[CHECKPOINT_HEADER_INTS];
-    checkpoint_header(h, s);
+    checkpoint_header(h, s, settings_bytes);
     const Optimizer* o = s->opt;
-    int ok = fwrite(h, sizeof h, 1, f) == 1
-          && fwrite(s->model->params_memory, sizeof(float), s->model->num_parameters, f) == s->model->num_parameters
-          && fwrite(o->adam_m, sizeof(float), o->num_adam, f) == o->num_adam
-          && fwrite(o->adam_v, sizeof(float), o->num_adam, f) == o->num_adam
-          && fwrite(o->lowrank_memory, sizeof(float), o->lowrank_floats, f) == o->lowrank_floats;
+    CheckpointStream w = {f, 0, 1};
+    checkpoint_write(&w, h, sizeof h);
+    checkpoint_write(&w, settings, padded8(settings_bytes));
+    checkpoint_write(&w, s->model->params_memory, s->model->num_parameters * sizeof(float));
+    checkpoint_write(&w, o->adam_m, o->num_adam * sizeof(float));
+    checkpoint_write(&w, o->adam_v, o->num_adam * sizeof(float));
+    checkpoint_write(&w, o->lowrank_memory, o->lowrank_floats * sizeof(float));
+    int64_t trailer[2] = {CHECKPOINT_TRAILER_MAGIC, (int64_t)w.crc};
+    int ok = w.ok && fwrite(trailer, sizeof trailer, 1, f) == 1;
     ok = (fflush(f) == 0) && ok;
+    ok = (fsync(fileno(f)) == 0) && ok;
+    int saved_errno = errno;
     ok = (fclose(f) == 0) && ok;
     if (!ok) {
-        snprintf(err, errlen, "writing %s failed (%s); disk full? the previous checkpoint is kept", tmp, strerror(errno));
+        snprintf(err, errlen, "writing %s failed (%s); disk full, or a file size limit? the previous checkpoint is "
+                 "kept", tmp, strerror(saved_errno != 0 ? saved_errno : errno));
         remove(tmp);
         return 1;
     }
@@ -3893,13 +4440,17 @@ int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errl
         remove(tmp);
         return 1;
     }
+    if (fsync_dir(dir) != 0) {
+        snprintf(err, errlen, "cannot sync the directory %s after writing %s (%s)", dir, path, strerror(errno));
+        return 1;
+    }
     return 0;
 }
 
-// restores everything a checkpoint holds into s, whose model, optimizer and
-// loader are already built from the command line. refuses a checkpoint of
-// another model config or optimizer setup. returns 0 on success, else fills err
-int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
+// reads a checkpoint's header and settings text (for the resume check before
+// anything is built). returns 0, else fills err
+int checkpoint_read_settings(const char* dir, int64_t h[CHECKPOINT_HEADER_INTS], char* settings, size_t cap,
+                             char* err, size_t errlen) {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, CHECKPOINT_FILE);
     FILE* f = fopen(path, "rb");
@@ -3908,49 +4459,117 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
                  path, strerror(errno));
         return 1;
     }
-    int64_t h[CHECKPOINT_HEADER_INTS], want[CHECKPOINT_HEADER_INTS];
-    if (fread(h, sizeof h, 1, f) != 1) {
+    int rc = 0;
+    if (fread(h, sizeof(int64_t) * CHECKPOINT_HEADER_INTS, 1, f) != 1) {
         snprintf(err, errlen, "%s: shorter than its header; the file is corrupt", path);
-        fclose(f);
-        return 1;
+        rc = 1;
+    } else if (h[0] != CHECKPOINT_MAGIC) {
+        snprintf(err, errlen, "%s: magic %lld, expected %d; not a checkpoint of this trainer", path,
+                 (long long)h[0], CHECKPOINT_MAGIC);
+        rc = 1;
+    } else if (h[1] != CHECKPOINT_VERSION) {
+        snprintf(err, errlen, "%s: format version %lld; this trainer reads version %d (version 1, before "
+                 "checksums and recorded settings, is not read: resume it with the trainer that wrote it, or "
+                 "start again)", path, (long long)h[1], CHECKPOINT_VERSION);
+        rc = 1;
+    } else if (h[24] <= 0 || h[24] > CHECKPOINT_SETTINGS_MAX || (size_t)h[24] >= cap) {
+        snprintf(err, errlen, "%s: settings size %lld in the header is out of range; the file is corrupt", path,
+                 (long long)h[24]);
+        rc = 1;
+    } else if (fread(settings, 1, (size_t)h[24], f) != (size_t)h[24]) {
+        snprintf(err, errlen, "%s: shorter than its settings; the file is corrupt", path);
+        rc = 1;
+    } else {
+        settings[h[24]] = '\0';
     }
-    if (h[0] != CHECKPOINT_MAGIC || h[1] != CHECKPOINT_VERSION) {
-        snprintf(err, errlen, "%s: magic %lld version %lld, expected %d version %d; not a checkpoint of this trainer",
-                 path, (long long)h[0], (long long)h[1], CHECKPOINT_MAGIC, CHECKPOINT_VERSION);
-        fclose(f);
-        return 1;
-    }
-    checkpoint_header(want, s);
-    for (int i = 2; i <= 9; i++) {
-        if (h[i] != want[i]) {
-            snprintf(err, errlen, "%s: saved from another model config (V=%lld C=%lld F=%lld NH=%lld L=%lld "
-                     "max_seq_len=%lld); pass the same --model_config as that run", path, (long long)h[2],
-                     (long long)h[3], (long long)h[4], (long long)h[5], (long long)h[6], (long long)h[7]);
-            fclose(f);
+    fclose(f);
+    return rc;
+}
+
+// refuses a checkpoint header of another model config than c. returns 0, else fills err
+int checkpoint_check_model(const int64_t h[CHECKPOINT_HEADER_INTS], const LlamaConfig* c, const char* dir,
+                           char* err, size_t errlen) {
+    uint32_t eps_bits, theta_bits;
+    memcpy(&eps_bits, &c->norm_eps, 4);
+    memcpy(&theta_bits, &c->rope_theta, 4);
+    int64_t want[8] = {c->V, c->C, c->F, c->NH, c->L, c->max_seq_len, eps_bits, theta_bits};
+    for (int i = 0; i < 8; i++) {
+        if (h[2 + i] != want[i]) {
+            snprintf(err, errlen, "%s/%s: saved from another model config (V=%lld C=%lld F=%lld NH=%lld L=%lld "
+                     "max_seq_len=%lld); pass the same --model_config as that run", dir, CHECKPOINT_FILE,
+                     (long long)h[2], (long long)h[3], (long long)h[4], (long long)h[5], (long long)h[6],
+                     (long long)h[7]);
             return 1;
         }
     }
+    return 0;
+}
+
+// restores everything a checkpoint holds into s, whose model, optimizer and
+// loader are already built from the command line. the CRC, every header field
+// and every float are checked; a checkpoint of another model config or
+// optimizer setup is refused. (the settings were compared by the caller, with
+// checkpoint_read_settings, before anything was built.) returns 0, else fills err
+int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, CHECKPOINT_FILE);
+    int64_t h[CHECKPOINT_HEADER_INTS], want[CHECKPOINT_HEADER_INTS];
+    char settings[CHECKPOINT_SETTINGS_MAX + 8];
+    if (checkpoint_read_settings(dir, h, settings, sizeof settings, err, errlen) != 0) { return 1; }
+    checkpoint_header(want, s, 0);
+    if (checkpoint_check_model(h, &s->model->config, dir, err, errlen) != 0) { return 1; }
     if (h[10] != want[10] || h[12] != want[12] || (h[10] && h[11] != want[11])) {
         snprintf(err, errlen, "%s: saved with another optimizer setup (low_rank=%lld method=%lld rank=%lld); "
                  "pass the same --optimizer, --subspace_update_method and --rank", path,
                  (long long)h[10], (long long)h[11], (long long)h[12]);
-        fclose(f);
         return 1;
     }
-    if (h[14] != want[14] || h[15] != want[15] || h[16] != want[16] || h[13] < 0) {
+    if (h[14] != want[14] || h[15] != want[15] || h[16] != want[16]) {
         snprintf(err, errlen, "%s: header sizes do not match this model; the file is corrupt", path);
-        fclose(f);
+        return 1;
+    }
+    // every other field in range before it is used: the step is an int, and
+    // the data position must not overflow the loader's int64 stream index
+    if (h[13] < 0 || h[13] > INT32_MAX || h[17] == 0 || h[18] < 0 || h[18] > ((int64_t)1 << 31) ||
+        h[19] < 0 || h[20] <= 0 || h[21] <= 0 || h[21] > INT32_MAX || (h[22] != 0 && h[22] != 1)) {
+        snprintf(err, errlen, "%s: a header field is out of range (step %lld, rng %lld, data position epoch %lld "
+                 "window %lld of %lld, T %lld, shuffle %lld); the file is corrupt", path, (long long)h[13],
+                 (long long)h[17], (long long)h[18], (long long)h[19], (long long)h[20], (long long)h[21],
+                 (long long)h[22]);
+        return 1;
+    }
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(errno));
         return 1;
     }
     Optimizer* o = s->opt;
-    int ok = fread(s->model->params_memory, sizeof(float), s->model->num_parameters, f) == s->model->num_parameters
-          && fread(o->adam_m, sizeof(float), o->num_adam, f) == o->num_adam
-          && fread(o->adam_v, sizeof(float), o->num_adam, f) == o->num_adam
-          && fread(o->lowrank_memory, sizeof(float), o->lowrank_floats, f) == o->lowrank_floats;
-    int extra = fgetc(f) != EOF;
+    char pad[CHECKPOINT_SETTINGS_MAX + 8];
+    CheckpointStream r = {f, 0, 1};
+    int64_t hh[CHECKPOINT_HEADER_INTS];
+    checkpoint_read(&r, hh, sizeof hh);
+    checkpoint_read(&r, pad, padded8((size_t)h[24]));
+    checkpoint_read(&r, s->model->params_memory, s->model->num_parameters * sizeof(float));
+    checkpoint_read(&r, o->adam_m, o->num_adam * sizeof(float));
+    checkpoint_read(&r, o->adam_v, o->num_adam * sizeof(float));
+    checkpoint_read(&r, o->lowrank_memory, o->lowrank_floats * sizeof(float));
+    int64_t trailer[2] = {0, 0};
+    int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
+    int extra = ok && fgetc(f) != EOF;
     fclose(f);
     if (!ok || extra) {
-        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt", path, ok ? "longer" : "shorter");
+        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
+                 ok ? "longer" : "shorter");
+        return 1;
+    }
+    if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
+        snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
+                 "corrupt: resume from another copy", path, r.crc, (unsigned long long)trailer[1]);
+        return 1;
+    }
+    if (!train_state_is_finite(s)) {
+        snprintf(err, errlen, "%s: holds weights or optimizer states that are not finite (NaN or Inf); the run "
+                 "that wrote it had diverged, or the file is corrupt", path);
         return 1;
     }
     o->step = (int)h[13];
@@ -3959,6 +4578,65 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
     char lmsg[512];
     if (shard_loader_set_position(s->train_loader, &p, lmsg, sizeof lmsg) != 0) {
         snprintf(err, errlen, "%s: %s", path, lmsg);
+        return 1;
+    }
+    return 0;
+}
+
+// the model of a checkpoint file, for tools that need only the weights (the
+// HF export's logits check): builds model from the header's config and reads
+// the parameters, with the same checks as a resume (the CRC over the whole
+// file, sizes, finite weights). returns 0, else fills err
+int checkpoint_load_params(const char* path, Llama* model, char* err, size_t errlen) {
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s (%s); pass a --save_dir of a training run", path, strerror(errno));
+        return 1;
+    }
+    int64_t h[CHECKPOINT_HEADER_INTS];
+    CheckpointStream r = {f, 0, 1};
+    checkpoint_read(&r, h, sizeof h);
+    if (!r.ok || h[0] != CHECKPOINT_MAGIC || h[1] != CHECKPOINT_VERSION || h[24] <= 0 || h[24] > CHECKPOINT_SETTINGS_MAX) {
+        snprintf(err, errlen, "%s: not a version %d checkpoint of this trainer (or its header is corrupt)", path,
+                 CHECKPOINT_VERSION);
+        fclose(f);
+        return 1;
+    }
+    float eps, theta;
+    uint32_t bits = (uint32_t)h[8];
+    memcpy(&eps, &bits, 4);
+    bits = (uint32_t)h[9];
+    memcpy(&theta, &bits, 4);
+    LlamaConfig c = {(int)h[2], (int)h[3], (int)h[4], (int)h[5], (int)h[6], (int)h[7], eps, theta};
+    const char* problem = llama_config_problem(&c);
+    if (problem != NULL || h[14] != (int64_t)parameter_count(&c) || h[15] < 0 || h[16] < 0) {
+        snprintf(err, errlen, "%s: the header's model config or sizes are impossible (%s); the file is corrupt",
+                 path, problem != NULL ? problem : "sizes");
+        fclose(f);
+        return 1;
+    }
+    llama_build(model, &c);
+    char pad[CHECKPOINT_SETTINGS_MAX + 8];
+    checkpoint_read(&r, pad, padded8((size_t)h[24]));
+    checkpoint_read(&r, model->params_memory, model->num_parameters * sizeof(float));
+    // the optimizer states are not needed, but the CRC covers them
+    float chunk[4096];
+    int64_t left = 2 * h[15] + h[16];
+    while (r.ok && left > 0) {
+        size_t n = left < 4096 ? (size_t)left : 4096;
+        checkpoint_read(&r, chunk, n * sizeof(float));
+        left -= (int64_t)n;
+    }
+    int64_t trailer[2] = {0, 0};
+    int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1 && fgetc(f) == EOF;
+    fclose(f);
+    if (!ok || trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
+        snprintf(err, errlen, "%s: %s; the file is corrupt", path, ok ? "the checksum does not match"
+                 : "its length is not what the header says");
+        return 1;
+    }
+    if (!floats_are_finite(model->params_memory, model->num_parameters)) {
+        snprintf(err, errlen, "%s: holds weights that are not finite; the file is corrupt", path);
         return 1;
     }
     return 0;
@@ -3992,17 +4670,21 @@ typedef struct {
     int (*steps_taken)(void);
     const Optimizer* (*optimizer)(void);                // settings and state sizes, on the host
     double (*subspace_seconds)(void);
-    int (*save)(ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen);
-    int (*load)(ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen);
+    int (*save)(const TrainConfig* t, ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen);
+    int (*load)(const TrainConfig* t, ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen);
     void (*free)(void);
 } TrainBackend;
 
-static void print_settings(const TrainConfig* t) {
+// the settings table; changed ("name=saved value" lines) marks the settings
+// that --allow_changed let a resume change
+static void print_settings(const TrainConfig* t, const char* changed) {
     printf("+------------------------------+--------------------------------------------------------------+\n");
     for (int i = 0; i < NUM_TRAIN_FLAGS; i++) {
-        char v[600], row[700];
+        char v[600], row[1300], was[600];
         flag_value_string(&TRAIN_FLAGS[i], t, v, sizeof v);
-        if (TRAIN_FLAGS[i].note != NULL) { snprintf(row, sizeof row, "%s (%s)", v, TRAIN_FLAGS[i].note); }
+        if (settings_lookup(changed, TRAIN_FLAGS[i].name + 2, was, sizeof was) != NULL) {
+            snprintf(row, sizeof row, "%s (changed on resume: was %s)", v, was);
+        } else if (TRAIN_FLAGS[i].note != NULL) { snprintf(row, sizeof row, "%s (%s)", v, TRAIN_FLAGS[i].note); }
         else { snprintf(row, sizeof row, "%s", v); }
         printf("| %-28s | %-60s |\n", TRAIN_FLAGS[i].name + 2, row);
     }
@@ -4039,6 +4721,26 @@ static void make_writable_dir_or_exit(const char* dir) {
     }
     fclose(f);
     remove(probe);
+    // one run per directory: an advisory lock, held until the process ends,
+    // with the holder's pid in the file for the message of a second run
+    char lock_path[700];
+    snprintf(lock_path, sizeof lock_path, "%s/.lock", dir);
+    int fd = open(lock_path, O_RDWR | O_CREAT, 0644);
+    if (fd < 0) { fatal("--save_dir %s: cannot create the lock file %s (%s)", dir, lock_path, strerror(errno)); }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char holder[32] = "";
+        ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        fatal("--save_dir %s is in use by another run (process %s holds %s); wait for it to end, or pick another "
+              "--save_dir", dir, holder[0] ? holder : "unknown", lock_path);
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {
+        fatal("--save_dir %s: cannot write the lock file %s (%s)", dir, lock_path, strerror(errno));
+    }
+    // the descriptor stays open (and the lock held) for the rest of the run
 }
 
 // mean loss over the first eval_batches batches of the validation data: the
@@ -4097,26 +4799,75 @@ void train_print_step(const TrainConfig* t, int step, int first_step, double los
            step + 1, t->num_training_steps, loss, norm, lr, ms, tokens_per_s, eta);
 }
 
-// one CSV row: step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s (val_loss empty when NaN)
-void train_log_step(FILE* log, int step, double loss, float val_loss, float lr, double norm, double ms,
-                    double tokens_per_s) {
-    if (log == NULL) { return; }
-    fprintf(log, "%d,%.6f,", step + 1, loss);
-    if (!isnan(val_loss)) { fprintf(log, "%.6f", val_loss); }
-    fprintf(log, ",%.6e,%.6f,%.3f,%.1f\n", lr, norm, ms, tokens_per_s);
-    fflush(log);
+// one CSV row: step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s (val_loss
+// empty when NaN). returns 0 when the row did not reach the file
+int train_log_step(FILE* log, int step, double loss, float val_loss, float lr, double norm, double ms,
+                   double tokens_per_s) {
+    if (log == NULL) { return 1; }
+    char row[256];
+    int n = snprintf(row, sizeof row, "%d,%.6f,", step + 1, loss);
+    if (!isnan(val_loss)) { n += snprintf(row + n, sizeof row - n, "%.6f", val_loss); }
+    n += snprintf(row + n, sizeof row - n, ",%.6e,%.6f,%.3f,%.1f\n", lr, norm, ms, tokens_per_s);
+    return fputs(row, log) >= 0 && fflush(log) == 0;
 }
 
-static void train_save_or_exit(const TrainBackend* be, ShardLoader* loader, Rng* rng, const char* dir, int step) {
+// what a stop keeps: the step of the last checkpoint this run saved (or resumed from)
+static void print_kept_checkpoint(const TrainConfig* t, int last_saved) {
+    if (t->save_dir[0] == '\0') { return; }
+    if (last_saved > 0) {
+        fprintf(stderr, "the last good checkpoint, of step %d, is kept in %s/%s. ", last_saved, t->save_dir,
+                CHECKPOINT_FILE);
+    } else {
+        fprintf(stderr, "this run saved no checkpoint in %s. ", t->save_dir);
+    }
+}
+
+// a run that cannot go on: the reason (already on stderr), what is kept, exit 1
+static void train_stop(const TrainConfig* t, int last_saved, const char* advice) {
+    print_kept_checkpoint(t, last_saved);
+    fprintf(stderr, "%s\n", advice);
+    exit(EXIT_FAILURE);
+}
+
+// saves only a state shown to be good: every weight and optimizer state
+// finite (checkpoint_save checks), and a finite loss on the first validation
+// batch with these weights (weights of 1e30 are finite, and their next loss
+// is not). else the run stops and the last good checkpoint stays
+static void train_save_checked(const TrainBackend* be, const TrainConfig* t, ShardLoader* train_loader,
+                               ShardLoader* val_loader, Rng* rng, int* inputs, int* targets, int step,
+                               int* last_saved) {
+    shard_loader_reset(val_loader);
+    shard_loader_next_batch_or_exit(val_loader, inputs, targets);
+    float check_loss = be->forward(inputs, targets, val_loader->cfg.B, val_loader->cfg.T);
     char err[1024];
-    if (be->save(loader, rng, dir, err, sizeof err) != 0) { fatal("%s", err); }
-    printf("saved %s/%s at step %d\n", dir, CHECKPOINT_FILE, step);
+    if (!isfinite(check_loss)) {
+        fprintf(stderr, "error: after step %d the loss on a validation batch is %s; the run has diverged, and its "
+                "state is not saved. ", step, isnan(check_loss) ? "NaN" : "Inf");
+        train_stop(t, *last_saved, t->grad_clipping > 0 ? "try a lower --lr" : "try a lower --lr, or --grad_clipping 1");
+    }
+    if (be->save(t, train_loader, rng, t->save_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "error: %s. ", err);
+        train_stop(t, *last_saved, "");
+    }
+    *last_saved = step;
+    printf("saved %s/%s at step %d\n", t->save_dir, CHECKPOINT_FILE, step);
+}
+
+// stdout into a file (or a full disk under it) fails loudly, as the log does
+static void check_stdout_or_stop(const TrainConfig* t, int last_saved) {
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "error: writing the output failed (%s); stopping. ", strerror(errno));
+        train_stop(t, last_saved, "free some disk space, or redirect the output elsewhere");
+    }
 }
 
 int train_run(const TrainBackend* be, int argc, char** argv) {
     // line-buffered even into a file or a pipe, so that `tail -f` shows each
     // line as it happens
     setvbuf(stdout, NULL, _IOLBF, 0);
+    // a file size limit (ulimit -f) makes writes fail with EFBIG, which the
+    // checks below report, instead of killing the run without a word
+    signal(SIGXFSZ, SIG_IGN);
     TrainConfig t;
     char err[1024];
     int parsed = train_config_from_args(&t, argc, argv, be->default_dtype, err, sizeof err);
@@ -4137,10 +4888,31 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
               T, cfg.max_seq_len, t.model_config);
     }
     int accum = t.gradient_accumulation;
+    if (t.gen_tokens > cfg.max_seq_len) {
+        fatal("--gen_tokens %d is above the model's max_seq_len %d; lower --gen_tokens", t.gen_tokens, cfg.max_seq_len);
+    }
+    // a resume must continue the run it claims to: its settings against the
+    // checkpoint's, before anything is built
+    char changed[CHECKPOINT_SETTINGS_MAX] = "";
+    if (t.continue_from[0] != '\0') {
+        int64_t h[CHECKPOINT_HEADER_INTS];
+        char saved[CHECKPOINT_SETTINGS_MAX + 8], problems[4096];
+        if (checkpoint_read_settings(t.continue_from, h, saved, sizeof saved, err, sizeof err) != 0 ||
+            checkpoint_check_model(h, &cfg, t.continue_from, err, sizeof err) != 0) {
+            fatal("%s", err);
+        }
+        int bad = checkpoint_settings_compare(&t, saved, problems, sizeof problems, changed, sizeof changed);
+        if (bad > 0) {
+            fatal("--continue_from %s: %d setting%s differ%s from the checkpoint's, so this would not be the run it "
+                  "continues:\n%sgive the saved values, or name the settings you change on purpose with "
+                  "--allow_changed name,...", t.continue_from, bad, bad == 1 ? "" : "s", bad == 1 ? "s" : "",
+                  problems);
+        }
+    }
     if (t.save_dir[0] != '\0') { make_writable_dir_or_exit(t.save_dir); }
 
     // the settings first: building a large model and its first step take a while
-    print_settings(&t);
+    print_settings(&t, changed);
     printf("model:        %s: V=%d C=%d F=%d NH=%d L=%d max_seq_len=%d, %zu parameters (%.2f M)\n",
            t.model_config, cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L, cfg.max_seq_len, parameter_count(&cfg),
            parameter_count(&cfg) / 1e6);
@@ -4161,17 +4933,25 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     ShardLoader train_loader, val_loader;
     shard_loader_init_or_exit(&train_loader, &tc);
     shard_loader_init_or_exit(&val_loader, &vc);
+    // evaluation reads the same batches every time; more than the validation
+    // data holds would only repeat them
+    int64_t val_batches = val_loader.num_windows / B;
+    if (t.eval_batches > val_batches) {
+        printf("note:         --eval_batches %d capped at the %lld batches of B=%d the validation data holds\n",
+               t.eval_batches, (long long)val_batches, B);
+        t.eval_batches = (int)val_batches;
+    }
 
     problem = be->build(&cfg, &t, B, T);
     if (problem != NULL) { fatal("%s", problem); }
     Rng sample_rng;
     rng_seed(&sample_rng, (uint64_t)t.seed + 1000);
     if (t.continue_from[0] != '\0') {
-        if (be->load(&train_loader, &sample_rng, t.continue_from, err, sizeof err) != 0) { fatal("%s", err); }
+        if (be->load(&t, &train_loader, &sample_rng, t.continue_from, err, sizeof err) != 0) { fatal("%s", err); }
         if (be->steps_taken() >= t.num_training_steps) {
             printf("nothing to do: the checkpoint in %s has taken %d steps, and --num_training_steps is %d; "
-                   "pass a larger --num_training_steps to train on\n", t.continue_from, be->steps_taken(),
-                   t.num_training_steps);
+                   "to train on, pass a larger --num_training_steps with --allow_changed num_training_steps\n",
+                   t.continue_from, be->steps_taken(), t.num_training_steps);
             be->free();
             shard_loader_free(&train_loader);
             shard_loader_free(&val_loader);
@@ -4192,6 +4972,8 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
            (long long)train_loader.num_windows, (long long)val_loader.num_windows, T + 1, accum, B);
     if (be->steps_taken() > 0) { printf("resumed:      from %s at step %d\n", t.continue_from, be->steps_taken()); }
 
+    int last_saved = be->steps_taken() > 0 && t.save_dir[0] != '\0' && strcmp(t.save_dir, t.continue_from) == 0
+                     ? be->steps_taken() : 0;
     FILE* log = NULL;
     if (t.log_file[0] != '\0') {
         // a fresh run starts the file; a resumed one appends. the header goes
@@ -4199,6 +4981,9 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
         log = fopen(t.log_file, be->steps_taken() > 0 ? "a" : "w");
         if (log == NULL) { fatal("cannot open --log_file %s (%s)", t.log_file, strerror(errno)); }
         if (ftello(log) == 0) { fprintf(log, "step,train_loss,val_loss,lr,grad_norm,ms,tokens_per_s\n"); }
+        if (fflush(log) != 0) {
+            fatal("writing --log_file %s failed (%s); check the disk and the path", t.log_file, strerror(errno));
+        }
     }
 
     int* inputs = (int*)malloc_check((size_t)B * T * sizeof(int), "inputs");
@@ -4219,11 +5004,7 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
         if (!isfinite(loss) || !isfinite(norm)) {
             fprintf(stderr, "error: the %s is %s at step %d; stopping. ", isfinite(loss) ? "gradient norm" : "loss",
                     isnan(isfinite(loss) ? norm : loss) ? "NaN" : "Inf", step + 1);
-            if (t.save_dir[0] != '\0') {
-                fprintf(stderr, "the last good checkpoint (if any) is kept in %s/%s. ", t.save_dir, CHECKPOINT_FILE);
-            }
-            fprintf(stderr, "try a lower --lr%s\n", t.grad_clipping > 0 ? "" : ", or --grad_clipping 1");
-            exit(EXIT_FAILURE);
+            train_stop(&t, last_saved, t.grad_clipping > 0 ? "try a lower --lr" : "try a lower --lr, or --grad_clipping 1");
         }
         if (t.grad_clipping > 0 && norm > t.grad_clipping) { be->grad_scale((float)(t.grad_clipping / norm)); }
         float lr = lr_at_step(&t, step);
@@ -4243,11 +5024,15 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
         if (train_step_is_due(t.sample_every, step, last)) {
             print_sample(be, &dec, cfg.V, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
         }
-        train_log_step(log, step, loss, val_loss, lr, norm, ms, tokens_per_s);
+        if (!train_log_step(log, step, loss, val_loss, lr, norm, ms, tokens_per_s)) {
+            fprintf(stderr, "error: writing --log_file %s failed (%s); stopping. ", t.log_file, strerror(errno));
+            train_stop(&t, last_saved, "free some disk space, or pick another --log_file");
+        }
         int stop_now = t.stop_at_step > 0 && step + 1 == t.stop_at_step && !last;
         if (t.save_dir[0] != '\0' && (train_step_is_due(t.save_every, step, last) || stop_now)) {
-            train_save_or_exit(be, &train_loader, &sample_rng, t.save_dir, step + 1);
+            train_save_checked(be, &t, &train_loader, &val_loader, &sample_rng, inputs, targets, step + 1, &last_saved);
         }
+        check_stdout_or_stop(&t, last_saved);
         if (stop_now) {
             printf("stopping after step %d (--stop_at_step)\n", step + 1);
             break;
@@ -4314,12 +5099,12 @@ static void cpu_optimizer_step(float lr) { optimizer_step(&cpu_trainer.opt, &cpu
 static int cpu_steps_taken(void) { return cpu_trainer.opt.step; }
 static const Optimizer* cpu_optimizer(void) { return &cpu_trainer.opt; }
 static double cpu_subspace_seconds(void) { return optimizer_subspace_seconds(&cpu_trainer.opt); }
-static int cpu_save(ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen) {
-    TrainState s = {&cpu_trainer.model, &cpu_trainer.opt, loader, rng};
+static int cpu_save(const TrainConfig* t, ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen) {
+    TrainState s = {&cpu_trainer.model, &cpu_trainer.opt, loader, rng, t};
     return checkpoint_save(&s, dir, err, errlen);
 }
-static int cpu_load(ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen) {
-    TrainState s = {&cpu_trainer.model, &cpu_trainer.opt, loader, rng};
+static int cpu_load(const TrainConfig* t, ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen) {
+    TrainState s = {&cpu_trainer.model, &cpu_trainer.opt, loader, rng, t};
     return checkpoint_load(&s, dir, err, errlen);
 }
 static void cpu_free(void) {

@@ -54,6 +54,9 @@ letter legend for shape comments:
 #include <sys/stat.h>
 #include <ctype.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -1332,44 +1335,31 @@ typedef struct {
 } TrackScalars;
 
 // top eigenvector of H = dF^T dF (R, R) by power iteration in double, started
-// at the column with the largest diagonal (first on ties), as the CPU does.
-// one block; v (R,) double out. dynamic shared memory: 2 R doubles
+// from the CPU's dense w (cpu::power_start_entry, the same function; why dense
+// and not a unit vector: see there), normalised. one block; v (R,) double out.
+// dynamic shared memory: 2 R doubles
 __global__ void power_iteration_kernel(double* v_out, TrackScalars* ts, const float* H, int r) {
     extern __shared__ double power_shared[];
     __shared__ double buf[OPTIM_WARP + 1];
-    __shared__ float best_val[OPTIM_WARP];
-    __shared__ int best_idx[OPTIM_WARP];
     double* v = power_shared;           // (R,)
     double* v_next = power_shared + r;  // (R,)
     int lane = threadIdx.x % OPTIM_WARP, warp = threadIdx.x / OPTIM_WARP;
     int num_warps = blockDim.x / OPTIM_WARP;
-    // argmax of the diagonal; ascending scan with > keeps the first maximum
-    float bv = -INFINITY;
-    int bi = r;
-    for (int j = threadIdx.x; j < r; j += blockDim.x) {
-        float d = H[(size_t)j * r + j];
-        if (d > bv || bi == r) { bv = d; bi = j; }
-    }
-    for (int offset = OPTIM_WARP / 2; offset > 0; offset /= 2) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, offset);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, offset);
-        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-    }
-    if (lane == 0) { best_val[warp] = bv; best_idx[warp] = bi; }
-    __syncthreads();
-    int jmax = r;
-    float hmax = -INFINITY;
-    for (int w = 0; w < num_warps; w++) {
-        if (best_idx[w] < r && (jmax == r || best_val[w] > hmax || (best_val[w] == hmax && best_idx[w] < jmax))) {
-            hmax = best_val[w];
-            jmax = best_idx[w];
-        }
-    }
-    if (!((double)hmax > 0.0)) {
+    // H == 0 (dF == 0) unless some diagonal entry is positive (H is PSD), as the CPU
+    // tests with its max; a count needs no argmax, and NaN counts as not positive there too
+    double positive = 0.0;
+    for (int j = threadIdx.x; j < r; j += blockDim.x) { positive += H[(size_t)j * r + j] > 0.0f ? 1.0 : 0.0; }
+    if (!(optim_block_sum(positive, buf) > 0.0)) {
         if (threadIdx.x == 0) { ts->iterations = 0; ts->skip = 1; }
         return;  // block-uniform
     }
-    for (int i = threadIdx.x; i < r; i += blockDim.x) { v[i] = i == jmax ? 1.0 : 0.0; }
+    double start2 = 0.0;
+    for (int i = threadIdx.x; i < r; i += blockDim.x) {
+        v[i] = cpu::power_start_entry(i);
+        start2 += v[i] * v[i];
+    }
+    double start_inv = 1.0 / sqrt(optim_block_sum(start2, buf));  // its __syncthreads also publishes v
+    for (int i = threadIdx.x; i < r; i += blockDim.x) { v[i] *= start_inv; }
     __syncthreads();
     int it = 0;
     int stopped = 0;
@@ -1914,6 +1904,35 @@ static void canonical_sign(float* S, int p, int r) {
     cudaCheck(cudaGetLastError());
 }
 
+// cuSOLVER reports a failed factorization in devInfo, an int in device memory,
+// and not always in its status: 0 is success, -i an invalid argument i, i > 0
+// that it did not converge (syevd: i off-diagonal elements of its tridiagonal
+// form stayed nonzero; a NaN or Inf in the gradient does that, or a status of
+// CUSOLVER_STATUS_EXECUTION_FAILED). so both are read after every call: the read
+// waits for the GPU, once per SVD, which is itself O(p^3) and comes every k steps.
+// a failure stops the run, naming the call and the shapes: an S from a failed
+// eigensolver would train on garbage without a word. call: the cuSOLVER
+// function; (p, p) the Gram matrix it factorized, of a gradient (m, n)
+static void cusolver_factorization_check(cusolverStatus_t status, const int* dev_info, const char* call, int p,
+                                         int m, int n) {
+    int info = 0;
+    if (status == CUSOLVER_STATUS_SUCCESS) {
+        cudaCheck(cudaMemcpy(&info, dev_info, sizeof(int), cudaMemcpyDeviceToHost));
+    }
+    if (status == CUSOLVER_STATUS_SUCCESS && info == 0) { return; }
+    fprintf(stderr, "error: %s failed on the %d x %d Gram matrix of a %d x %d gradient (the SVD for the subspace): ",
+            call, p, p, m, n);
+    if (status != CUSOLVER_STATUS_SUCCESS) {
+        fprintf(stderr, "cuSOLVER status %d\n", (int)status);
+    } else if (info < 0) {
+        fprintf(stderr, "devInfo %d: argument %d is invalid\n", info, -info);
+    } else {
+        fprintf(stderr, "devInfo %d: %d off-diagonal elements did not converge\n", info, info);
+    }
+    fprintf(stderr, "hint: a NaN or Inf in the gradient causes this\n");
+    exit(EXIT_FAILURE);
+}
+
 // S (p, R) = the top-r left singular vectors of op(G), descending, canonical sign:
 // eigenvectors of the Gram matrix K = X X^T formed in double (as the CPU does;
 // fp32 would square the condition number into fp32 rounding), by cusolverDnDsyevd
@@ -1922,8 +1941,9 @@ void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r
     int right = m > n;
     int p = right ? n : m, q = right ? m : n;
     gram_double(w->K, G, n, right, p, q);
-    cusolverCheck(cusolverDnDsyevd(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p, w->K, p,
-                                   w->eig, ctx->eig_work, ctx->eig_lwork, ctx->eig_info));
+    cusolverStatus_t status = cusolverDnDsyevd(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p,
+                                               w->K, p, w->eig, ctx->eig_work, ctx->eig_lwork, ctx->eig_info);
+    cusolver_factorization_check(status, ctx->eig_info, "cusolverDnDsyevd", p, m, n);
     top_eigenvectors_kernel<<<optim_blocks((size_t)p * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(S, w->K, p, r);
     cudaCheck(cudaGetLastError());
     canonical_sign(S, p, r);
@@ -2303,17 +2323,17 @@ double optimizer_subspace_seconds(Optimizer* o) {
 // training: checkpoints. the CPU writer and reader, on host copies of the
 // device state; host_model is a cpu::Llama whose params_memory is the host copy
 
-int checkpoint_save(Llama* model, Optimizer* opt, cpu::Llama* host_model, cpu::ShardLoader* loader,
-                    cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
+int checkpoint_save(Llama* model, Optimizer* opt, cpu::Llama* host_model, const cpu::TrainConfig* t,
+                    cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
     llama_download_params(model, host_model->params_memory);
     optimizer_download(opt);
-    cpu::TrainState s = {host_model, &opt->host, loader, rng};
+    cpu::TrainState s = {host_model, &opt->host, loader, rng, t};
     return cpu::checkpoint_save(&s, dir, err, errlen);
 }
 
-int checkpoint_load(Llama* model, Optimizer* opt, cpu::Llama* host_model, cpu::ShardLoader* loader,
-                    cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
-    cpu::TrainState s = {host_model, &opt->host, loader, rng};
+int checkpoint_load(Llama* model, Optimizer* opt, cpu::Llama* host_model, const cpu::TrainConfig* t,
+                    cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
+    cpu::TrainState s = {host_model, &opt->host, loader, rng, t};
     if (cpu::checkpoint_load(&s, dir, err, errlen) != 0) { return 1; }
     llama_upload_params(model, host_model->params_memory);
     optimizer_upload(opt);
@@ -2420,12 +2440,14 @@ static void gpu_optimizer_step(float lr) {
 static int gpu_steps_taken(void) { return gpu_trainer.opt.host.step; }
 static const cpu::Optimizer* gpu_optimizer(void) { return &gpu_trainer.opt.host; }
 static double gpu_subspace_seconds(void) { return optimizer_subspace_seconds(&gpu_trainer.opt); }
-static int gpu_save(cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
-    return checkpoint_save(&gpu_trainer.model, &gpu_trainer.opt, &gpu_trainer.host_model, loader, rng, dir, err,
+static int gpu_save(const cpu::TrainConfig* t, cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err,
+                    size_t errlen) {
+    return checkpoint_save(&gpu_trainer.model, &gpu_trainer.opt, &gpu_trainer.host_model, t, loader, rng, dir, err,
                            errlen);
 }
-static int gpu_load(cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
-    return checkpoint_load(&gpu_trainer.model, &gpu_trainer.opt, &gpu_trainer.host_model, loader, rng, dir, err,
+static int gpu_load(const cpu::TrainConfig* t, cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err,
+                    size_t errlen) {
+    return checkpoint_load(&gpu_trainer.model, &gpu_trainer.opt, &gpu_trainer.host_model, t, loader, rng, dir, err,
                            errlen);
 }
 static void gpu_free(void) {

@@ -11,10 +11,13 @@ the path of the file itself works too). HF_DIR gets:
     model.safetensors  the weights, float32, with Hugging Face names
     tokenizer.model    a copy of the SentencePiece model (see --tokenizer)
 
-Only the header and the parameter part of the checkpoint are read (the
-optimizer state that follows is not needed), through a memory map, so models
-larger than RAM export too. Needs numpy only; dev/check_export.py checks the
-result against the C forward pass with transformers.
+Only the header, the settings and the parameter part of the checkpoint are
+read (the optimizer state that follows is not needed), through a memory map,
+so models larger than RAM export too. The file's CRC32C is checked when the
+`crc32c` package is installed (pip install crc32c; it reads the whole file),
+and said to be unchecked otherwise. Needs numpy only; dev/check_export.py
+checks the result against the C forward pass with transformers, whose C side
+(dev/export_logits) always checks the CRC.
 
 The checkpoint format is the comment above `#define CHECKPOINT_MAGIC` in
 train_llama_subtrack.c; the parameter table is `parameter_table()` there and its
@@ -32,7 +35,9 @@ import sys
 import numpy as np
 
 CHECKPOINT_MAGIC = 20261105
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+CHECKPOINT_TRAILER_MAGIC = 0x4352433332435452
+TRAILER_BYTES = 16
 CHECKPOINT_HEADER_INTS = 64  # int64 slots
 CHECKPOINT_FILE = "checkpoint.bin"
 HEADER_BYTES = CHECKPOINT_HEADER_INTS * 8
@@ -43,6 +48,7 @@ H_MAGIC, H_VERSION, H_V, H_C, H_F, H_NH, H_L, H_MAX_SEQ_LEN = range(8)
 H_NORM_EPS_BITS, H_ROPE_THETA_BITS = 8, 9        # float32 bits
 H_LOW_RANK, H_METHOD, H_RANK, H_STEP = 10, 11, 12, 13
 H_NUM_PARAMS, H_NUM_ADAM, H_LOWRANK_FLOATS = 14, 15, 16
+H_SETTINGS_BYTES = 24                             # the settings text after the header, padded to 8
 
 # the tokenizer's special ids (data/README.md); the C trainer writes BOS = 1 before every document
 BOS_TOKEN_ID = 1
@@ -117,6 +123,13 @@ def read_checkpoint_header(path):
         raise ExportError(f"{path}: rms_norm_eps={norm_eps} rope_theta={rope_theta} in the header; "
                           f"the file is corrupt")
     num_params, num_adam, lowrank_floats = (int(h[i]) for i in (H_NUM_PARAMS, H_NUM_ADAM, H_LOWRANK_FLOATS))
+    settings_bytes = int(h[H_SETTINGS_BYTES])
+    if not 0 < settings_bytes <= 4096:
+        raise ExportError(f"{path}: settings size {settings_bytes} in the header; the file is corrupt")
+    params_offset = HEADER_BYTES + (settings_bytes + 7) // 8 * 8
+    with open(path, "rb") as f:
+        f.seek(HEADER_BYTES)
+        settings = f.read(settings_bytes).decode("utf-8", "replace")
     table = parameter_table(V, C, F, L)
     expect_params = sum(math.prod(shape) for _, shape, _ in table)
     if num_params != expect_params:
@@ -124,20 +137,46 @@ def read_checkpoint_header(path):
                           f"L={L} has {expect_params}; the file is corrupt")
     if num_adam < 0 or lowrank_floats < 0:
         raise ExportError(f"{path}: negative optimizer sizes in the header; the file is corrupt")
-    expect_size = HEADER_BYTES + FLOAT_BYTES * (num_params + 2 * num_adam + lowrank_floats)
+    expect_size = params_offset + FLOAT_BYTES * (num_params + 2 * num_adam + lowrank_floats) + TRAILER_BYTES
     if size != expect_size:
         raise ExportError(f"{path}: {size} bytes, the header says {expect_size} "
                           f"({'truncated' if size < expect_size else 'trailing data'}); the file is corrupt "
                           f"(an interrupted copy?)")
+    with open(path, "rb") as f:
+        f.seek(size - TRAILER_BYTES)
+        trailer_magic, stored_crc = struct.unpack("<qQ", f.read(TRAILER_BYTES))
+    if trailer_magic != CHECKPOINT_TRAILER_MAGIC:
+        raise ExportError(f"{path}: no checksum trailer at the end; the file is corrupt (an interrupted copy?)")
+    crc_checked = verify_crc(path, size, stored_crc)
     return dict(path=path, V=V, C=C, F=F, NH=NH, L=L, max_seq_len=max_seq_len, norm_eps=norm_eps,
+                params_offset=params_offset, settings=settings, crc_checked=crc_checked,
                 rope_theta=rope_theta, num_params=num_params, step=int(h[H_STEP]),
                 optimizer="low_rank_adamw" if h[H_LOW_RANK] else "adamw",
                 method="subtrack" if h[H_METHOD] else "galore", rank=int(h[H_RANK]), table=table)
 
 
+def verify_crc(path, size, stored_crc):
+    """checks the file's CRC32C when the crc32c package is there; returns whether it could"""
+    try:
+        import crc32c
+    except ImportError:
+        return False
+    crc = 0
+    with open(path, "rb") as f:
+        left = size - TRAILER_BYTES
+        while left > 0:
+            chunk = f.read(min(left, 1 << 24))
+            crc = crc32c.crc32c(chunk, crc)
+            left -= len(chunk)
+    if crc != stored_crc:
+        raise ExportError(f"{path}: the checksum does not match (CRC32C {crc:08x}, the file says "
+                          f"{stored_crc:08x}); the file is corrupt")
+    return True
+
+
 def read_checkpoint_tensors(info):
     """(hf name, array) pairs, one per Hugging Face tensor, memory-mapped from the params part"""
-    params = np.memmap(info["path"], dtype="<f4", mode="r", offset=HEADER_BYTES, shape=(info["num_params"],))
+    params = np.memmap(info["path"], dtype="<f4", mode="r", offset=info["params_offset"], shape=(info["num_params"],))
     tensors, offset = [], 0
     for name, shape, hf_name in info["table"]:
         n = math.prod(shape)
@@ -245,7 +284,8 @@ def export_checkpoint(ckpt, out_dir, tokenizer=None, tokenizer_explicit=False, l
         shutil.copyfile(tokenizer, os.path.join(out_dir, "tokenizer.model"))
     log(f"read  {info['path']}: step {info['step']}, {info['optimizer']}, V={info['V']} C={info['C']} "
         f"F={info['F']} NH={info['NH']} L={info['L']} max_seq_len={info['max_seq_len']}, "
-        f"{info['num_params']} parameters")
+        f"{info['num_params']} parameters; CRC32C "
+        f"{'checked' if info['crc_checked'] else 'not checked (pip install crc32c to check it)'}")
     written = ["config.json", "model.safetensors"] + (["tokenizer.model"] if tokenizer else [])
     log(f"wrote {out_dir}: {', '.join(written)} ({len(tensors)} tensors)")
     return info

@@ -7,7 +7,7 @@ model that dev/export_hf.py made from the same checkpoint.
     ./dev/export_logits CKPT_DIR TOKENS.bin LOGITS.bin
 
 CKPT_DIR holds checkpoint.bin, or is that file (format: the comment above CHECKPOINT_MAGIC in
-train_llama_subtrack.c); only its header and parameters are read. TOKENS.bin is
+train_llama_subtrack.c); its parameters are read, and the whole file is checked (CRC). TOKENS.bin is
 int32 B, int32 T, then int32 tokens (B, T), little-endian. LOGITS.bin gets
 float32 logits (B, T, V), nothing else.
 
@@ -18,25 +18,10 @@ that trains.
 #include "../train_llama_subtrack.c"
 #include <sys/stat.h>
 
-// header slots used here, from the checkpoint format comment
-#define CK_SLOT_V 2
-#define CK_SLOT_EPS_BITS 8
-#define CK_SLOT_THETA_BITS 9
-#define CK_SLOT_NUM_PARAMS 14
-#define CK_SLOT_NUM_ADAM 15
-#define CK_SLOT_LOWRANK_FLOATS 16
-
-static float float_from_bits(int64_t slot) {
-    uint32_t bits = (uint32_t)slot;
-    float x;
-    memcpy(&x, &bits, 4);
-    return x;
-}
-
-// reads the header and the parameters of DIR/checkpoint.bin (or of the file
-// itself, when given one) into a freshly built model
+// reads the parameters of DIR/checkpoint.bin (or of the file itself, when
+// given one) into a freshly built model, through the trainer's own reader
 static void checkpoint_read_model(Llama* model, const char* dir_or_file) {
-    char path[1024];
+    char path[1024], err[1024];
     struct stat st;
     int is_dir = stat(dir_or_file, &st) == 0 && S_ISDIR(st.st_mode);
     if (is_dir) {
@@ -44,37 +29,7 @@ static void checkpoint_read_model(Llama* model, const char* dir_or_file) {
     } else {
         snprintf(path, sizeof path, "%s", dir_or_file);
     }
-    FILE* f = fopen(path, "rb");
-    if (f == NULL) { fatal("cannot open %s (%s); pass a --save_dir of a training run", path, strerror(errno)); }
-    int64_t h[CHECKPOINT_HEADER_INTS];
-    if (fread(h, sizeof h, 1, f) != 1) { fatal("%s: shorter than its header; the file is corrupt", path); }
-    if (h[0] != CHECKPOINT_MAGIC || h[1] != CHECKPOINT_VERSION) {
-        fatal("%s: magic %lld version %lld, expected %d version %d; not a checkpoint of this trainer",
-              path, (long long)h[0], (long long)h[1], CHECKPOINT_MAGIC, CHECKPOINT_VERSION);
-    }
-    LlamaConfig c = {(int)h[CK_SLOT_V], (int)h[3], (int)h[4], (int)h[5], (int)h[6], (int)h[7],
-                     float_from_bits(h[CK_SLOT_EPS_BITS]), float_from_bits(h[CK_SLOT_THETA_BITS])};
-    const char* problem = llama_config_problem(&c);
-    if (problem != NULL) { fatal("%s: bad model config in the header (%s); the file is corrupt", path, problem); }
-    if (h[CK_SLOT_NUM_PARAMS] != (int64_t)parameter_count(&c)) {
-        fatal("%s: header says %lld parameters, its config has %zu; the file is corrupt",
-              path, (long long)h[CK_SLOT_NUM_PARAMS], parameter_count(&c));
-    }
-    // the whole file must be as long as the header says, as the trainer requires when it resumes
-    int64_t body_floats = h[CK_SLOT_NUM_PARAMS] + 2 * h[CK_SLOT_NUM_ADAM] + h[CK_SLOT_LOWRANK_FLOATS];
-    int64_t want_bytes = (int64_t)sizeof h + body_floats * (int64_t)sizeof(float);
-    if (fseeko(f, 0, SEEK_END) != 0) { fatal("%s: cannot seek (%s)", path, strerror(errno)); }
-    int64_t got_bytes = (int64_t)ftello(f);
-    if (got_bytes != want_bytes) {
-        fatal("%s: %lld bytes, its header says %lld; the file is corrupt", path, (long long)got_bytes,
-              (long long)want_bytes);
-    }
-    fseeko(f, (off_t)sizeof h, SEEK_SET);
-    llama_build(model, &c);
-    if (fread(model->params_memory, sizeof(float), model->num_parameters, f) != model->num_parameters) {
-        fatal("%s: reading the parameters failed; the file is corrupt", path);
-    }
-    fclose(f);
+    if (checkpoint_load_params(path, model, err, sizeof err) != 0) { fatal("%s", err); }
 }
 
 // reads int32 B, T, then (B, T) token ids, each checked against the vocab and max_seq_len

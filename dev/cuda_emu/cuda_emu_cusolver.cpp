@@ -10,7 +10,10 @@
 // leading dimension lda; only the triangle named by uplo is read; on return
 // W holds the eigenvalues in ascending order and, with CUSOLVER_EIG_MODE_VECTOR,
 // column j of A holds the unit eigenvector of W[j] (A is overwritten either
-// way); *info (device memory) is 0 on success, -i when argument i is invalid.
+// way); *info (device memory) is 0 on success, -i when argument i is invalid,
+// and i > 0 when the solver did not converge: i off-diagonal elements stayed
+// nonzero (cuSOLVER counts those of its tridiagonal form, Jacobi those of the
+// full iterate). A NaN or Inf in A never converges, so it gives i > 0 too.
 // The solver is cyclic Jacobi in double (accurate to ~1e-15 relative to ||A||,
 // slow: O(n^3) per sweep; meant for the small sizes of tests). Eigenvector
 // signs are whatever Jacobi gives, which is as arbitrary as cuSOLVER's: callers
@@ -78,11 +81,14 @@ static void syevd_check_device(const char* api, const char* what, const void* p,
 }
 
 // eigenvalues ascending into W, eigenvectors into the columns of A; a is the
-// symmetric matrix in double, row i column j at a[i * n + j]
-static void jacobi_eigen(std::vector<double>& a, int n, std::vector<double>& evals, std::vector<double>& evecs) {
+// symmetric matrix in double, row i column j at a[i * n + j]. returns 0, or
+// when JACOBI_MAX_SWEEPS did not converge, the number (>= 1) of off-diagonal
+// pairs left above the convergence threshold (NaN counts as above)
+static int jacobi_eigen(std::vector<double>& a, int n, std::vector<double>& evals, std::vector<double>& evecs) {
   std::vector<double> v((size_t)n * n, 0.0);
   for (int i = 0; i < n; i++) v[(size_t)i * n + i] = 1.0;
-  for (int sweep = 0; sweep < JACOBI_MAX_SWEEPS; sweep++) {
+  int left = 0;
+  for (int sweep = 0; sweep <= JACOBI_MAX_SWEEPS; sweep++) {
     double off = 0.0, total = 0.0;
     for (int i = 0; i < n; i++) {
       for (int j = 0; j < n; j++) {
@@ -92,6 +98,17 @@ static void jacobi_eigen(std::vector<double>& a, int n, std::vector<double>& eva
       }
     }
     if (off <= 1e-32 * total || off == 0.0) break;
+    if (sweep == JACOBI_MAX_SWEEPS) {  // the test after the last sweep failed
+      double pair_limit = 1e-32 * total / ((double)n * (n - 1));
+      for (int i = 0; i < n; i++) {
+        for (int j = i + 1; j < n; j++) {
+          double x = a[(size_t)i * n + j];
+          if (!(x * x <= pair_limit)) left++;
+        }
+      }
+      if (left == 0) left = 1;
+      break;
+    }
     for (int p = 0; p < n - 1; p++) {
       for (int q = p + 1; q < n; q++) {
         double apq = a[(size_t)p * n + q];
@@ -131,6 +148,7 @@ static void jacobi_eigen(std::vector<double>& a, int n, std::vector<double>& eva
     evals[j] = a[(size_t)order[j] * n + order[j]];
     for (int i = 0; i < n; i++) evecs[(size_t)j * n + i] = v[(size_t)i * n + order[j]];  // column j
   }
+  return left;
 }
 
 template <class T>
@@ -168,14 +186,15 @@ static cusolverStatus_t syevd(const char* api, cusolverDnHandle_t handle, cusolv
   // the workspace is scribbled on, as a GPU solver would
   for (int i = 0; i < lwork; i++) work[i] = (T)NAN;
   std::vector<double> evals, evecs;
-  jacobi_eigen(a, n, evals, evecs);
+  int unconverged = jacobi_eigen(a, n, evals, evecs);
   for (int j = 0; j < n; j++) {
     W[j] = (T)evals[j];
     for (int i = 0; i < n; i++) {
       A[i + (size_t)j * lda] = jobz == CUSOLVER_EIG_MODE_VECTOR ? (T)evecs[(size_t)j * n + i] : (T)NAN;
     }
   }
-  *info = 0;
+  // as cuSOLVER: a solver that did not converge still returns success; only devInfo says so
+  *info = unconverged;
   return CUSOLVER_STATUS_SUCCESS;
 }
 

@@ -22,6 +22,8 @@
 #include <float.h>
 #include <glob.h>
 #include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cuda_runtime.h>
 
 // the CUDA trainer with TESTING defined: its optimizers, and the CPU
@@ -419,6 +421,137 @@ static void test_resume_bit_exact(LowRankGPU* ctx) {
     }
 }
 
+// ---- 4. the power iteration's start: H with e_0 an eigenvector (of 2, the
+// largest diagonal) and the top eigenpair 2.9, (0, .., 1, .., 1, ..)/sqrt(2)
+// elsewhere; test_subtrack.c's test_power_iteration_start on the CPU has the
+// matrices and the reasoning. R = 3 and R = 45 (more than a warp: the kernel's
+// rows and sums span warps). H is fp32 here (dF^T dF is): 1.4f = 1.4 - 2.4e-8,
+// so the exact top eigenvalue is 1.5 + 1.4f, with the same eigenvector; the
+// iteration itself is in double, with the CPU's stopping rule, hence its
+// tolerances: the eigenvector to 1e-9, the eigenvalue to 1e-12 relative, and the
+// GPU's v against the CPU's (same start, same H) to 1e-9
+
+#define POWER_TOL_VECTOR 1e-9
+#define POWER_TOL_VALUE 1e-12
+static void test_power_iteration_start(void) {
+    const int sizes[2] = {3, 45};
+    for (int si = 0; si < 2; si++) {
+        int r = sizes[si];
+        int i1 = r == 3 ? 1 : 17, i2 = r == 3 ? 2 : 38;
+        float* H = (float*)calloc((size_t)r * r, sizeof(float));
+        double* Hd = (double*)malloc((size_t)r * r * sizeof(double));
+        for (int i = 0; i < r; i++) { H[(size_t)i * r + i] = i == 0 ? 2.0f : 1.0f / (1.0f + i); }
+        H[(size_t)i1 * r + i1] = 1.5f;
+        H[(size_t)i2 * r + i2] = 1.5f;
+        H[(size_t)i1 * r + i2] = 1.4f;
+        H[(size_t)i2 * r + i1] = 1.4f;
+        for (int i = 0; i < r * r; i++) { Hd[i] = H[i]; }
+        float* d_H = device_copy(H, (size_t)r * r);
+        double* d_v;
+        TrackScalars* d_ts;
+        cudaCheck(cudaMalloc((void**)&d_v, (size_t)r * sizeof(double)));
+        cudaCheck(cudaMalloc((void**)&d_ts, sizeof(TrackScalars)));
+        cudaCheck(cudaMemset(d_ts, 0, sizeof(TrackScalars)));
+        power_iteration(d_v, d_ts, d_H, r);
+        double* v = (double*)malloc((size_t)r * sizeof(double));
+        TrackScalars ts;
+        cudaCheck(cudaMemcpy(v, d_v, (size_t)r * sizeof(double), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(&ts, d_ts, sizeof ts, cudaMemcpyDeviceToHost));
+        // the CPU's power iteration on the same (fp32) H
+        double* v_cpu = (double*)malloc((size_t)r * sizeof(double));
+        double* scratch = (double*)malloc((size_t)r * sizeof(double));
+        cpu::TrackScalars ts_cpu = {0, 0, 0.0, 0.0, 0.0, 0.0};
+        cpu::power_iteration(v_cpu, &ts_cpu, Hd, r, scratch);
+        double want_value = 1.5 + (double)1.4f;
+        double sign = v[i1] < 0.0 ? -1.0 : 1.0, err = 0.0, value = 0.0, err_cpu = 0.0;
+        for (int i = 0; i < r; i++) {
+            double want = (i == i1 || i == i2) ? sign / sqrt(2.0) : 0.0;
+            err = fmax(err, fabs(v[i] - want));
+            err_cpu = fmax(err_cpu, fabs(v[i] - v_cpu[i]));
+            double hv = 0.0;
+            for (int k = 0; k < r; k++) { hv += Hd[(size_t)i * r + k] * v[k]; }
+            value += v[i] * hv;
+        }
+        double value_err = fabs(value - want_value) / want_value;
+        check(!ts.skip && ts.iterations > 0 && err <= POWER_TOL_VECTOR && value_err <= POWER_TOL_VALUE &&
+              err_cpu <= POWER_TOL_VECTOR,
+              "power iteration on the GPU, R=%d, e_0 an eigenvector of 2 with the largest diagonal: top eigenvalue "
+              "%.15g (1.5 + 1.4f, rel err %.1e, tol %.0e), eigenvector err %.1e, against the CPU's v %.1e "
+              "(tol %.0e), %d iterations (CPU %d)", r, value, value_err, POWER_TOL_VALUE, err, err_cpu,
+              POWER_TOL_VECTOR, ts.iterations, ts_cpu.iterations);
+        cudaCheck(cudaFree(d_H));
+        cudaCheck(cudaFree(d_v));
+        cudaCheck(cudaFree(d_ts));
+        free(H); free(Hd); free(v); free(v_cpu); free(scratch);
+    }
+}
+
+// ---- 5. a failed cuSOLVER factorization stops the run: a gradient with a NaN
+// makes syevd fail (devInfo > 0, or an error status), and the SVD must then
+// exit non-zero with a message naming the call and the shapes, not hand on an S
+// of garbage. the SVD runs in a child process (this program, re-run with
+// --svd-failure-child; started with exec, so no CUDA context crosses a fork)
+
+#define SVD_FAILURE_CHILD_FLAG "--svd-failure-child"
+#define SVD_FAILURE_M 9
+#define SVD_FAILURE_N 23
+#define SVD_FAILURE_R 3
+
+// in the child: one SVD of a 9 x 23 gradient with one NaN; returns 0 only if it came back
+static int svd_failure_child(void) {
+    int m = SVD_FAILURE_M, n = SVD_FAILURE_N, r = SVD_FAILURE_R;
+    LowRankGPU ctx;
+    lowrank_gpu_create(&ctx);
+    lowrank_gpu_reserve(&ctx, m, n, r);
+    lowrank_gpu_alloc(&ctx);
+    size_t used = 0;
+    StepScratchGPU w = step_scratch_gpu_layout(ctx.scratch, &used, m, n, r);
+    float* G = (float*)malloc((size_t)m * n * sizeof(float));
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, 3);
+    for (int i = 0; i < m * n; i++) { G[i] = cpu::rng_normal(&rng); }
+    G[5 * n + 7] = NAN;
+    float* d_G = device_copy(G, (size_t)m * n);
+    float* d_S;
+    cudaCheck(cudaMalloc((void**)&d_S, (size_t)m * r * sizeof(float)));
+    svd_top_left_singular_vectors(d_S, d_G, m, n, r, &ctx, &w);
+    cudaCheck(cudaDeviceSynchronize());
+    printf("the SVD of a gradient with a NaN returned\n");
+    fflush(stdout);
+    cudaCheck(cudaFree(d_G));
+    cudaCheck(cudaFree(d_S));
+    lowrank_gpu_destroy(&ctx);
+    free(G);
+    return 0;
+}
+
+static void test_svd_failure_stops(void) {
+    char self[4096];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0) {
+        check(0, "cuSOLVER failure: cannot find this program (/proc/self/exe) to run the child");
+        return;
+    }
+    self[len] = '\0';
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "'%s' %s 2>&1", self, SVD_FAILURE_CHILD_FLAG);
+    FILE* pipe = popen(cmd, "r");
+    char out[4096] = "";
+    size_t got = pipe != NULL ? fread(out, 1, sizeof out - 1, pipe) : 0;
+    out[got] = '\0';
+    int status = pipe != NULL ? pclose(pipe) : -1;
+    int code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    char shapes[128];
+    snprintf(shapes, sizeof shapes, "%d x %d Gram matrix of a %d x %d gradient", SVD_FAILURE_M, SVD_FAILURE_M,
+             SVD_FAILURE_M, SVD_FAILURE_N);
+    const char* line = strstr(out, "error: cusolverDnDsyevd failed");
+    char first[256] = "(no error line)";
+    if (line != NULL) { snprintf(first, sizeof first, "%.*s", (int)strcspn(line, "\n"), line); }
+    check(code == EXIT_FAILURE && line != NULL && strstr(line, shapes) != NULL && strstr(out, "returned") == NULL,
+          "an SVD whose syevd fails (a NaN in a %dx%d gradient) exits %d (want %d) with: %s", SVD_FAILURE_M,
+          SVD_FAILURE_N, code, EXIT_FAILURE, first);
+}
+
 // reserves scratch for one more shape, reallocating if it grew
 static void lowrank_gpu_grow(LowRankGPU* ctx, int m, int n, int r) {
     size_t floats = ctx->scratch_floats;
@@ -431,7 +564,7 @@ static void lowrank_gpu_grow(LowRankGPU* ctx, int m, int n, int r) {
     lowrank_gpu_alloc(ctx);
 }
 
-// ---- 4. the PyTorch reference trajectories (dev/reference/README.md,
+// ---- 6. the PyTorch reference trajectories (dev/reference/README.md,
 // "SubTrack trajectories"; the same format test_subtrack.c reads), replayed on
 // the GPU with the tolerances test_subtrack.c uses for the CPU
 
@@ -566,6 +699,7 @@ static void test_trajectories(const char* path, LowRankGPU* ctx) {
 }
 
 int main(int argc, char** argv) {
+    if (argc == 2 && strcmp(argv[1], SVD_FAILURE_CHILD_FLAG) == 0) { return svd_failure_child(); }
 #ifdef CUDA_EMU
     printf("running under the CPU harness (dev/cuda_emu), not on a GPU\n");
 #else
@@ -588,6 +722,8 @@ int main(int argc, char** argv) {
     test_adamw();
     test_lowrank_all(&ctx);
     test_resume_bit_exact(&ctx);
+    test_power_iteration_start();
+    test_svd_failure_stops();
     test_trajectories(traj, &ctx);
     lowrank_gpu_destroy(&ctx);
     return check_summary();

@@ -3769,8 +3769,8 @@ static const struct { const char* key; int kind; const char* why; } CONFIG_KEYS[
     {"attention_bias", CFG_OFF, "attention biases are not implemented (LLaMA has none)"},
     {"mlp_bias", CFG_OFF, "MLP biases are not implemented (LLaMA has none)"},
     {"rope_scaling", CFG_OFF, "rope scaling is not implemented"},
-    {"rope_parameters", CFG_OFF, "rope_parameters (newer transformers' form) is not read; give rope_theta at the "
-                                 "top level instead"},
+    {"rope_parameters", CFG_OFF, "rope_parameters (newer transformers' form) is not read, so its rope_theta would "
+                                 "be lost: give rope_theta at the top level"},
     {"attention_dropout", CFG_OFF, "dropout is not implemented"},
     {"hidden_act", CFG_ACTIVATION, "the MLP is SwiGLU, whose activation is silu"},
 };
@@ -4602,6 +4602,25 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
         fclose(f);
         return 1;
     }
+    // sizes against the file's length before anything is allocated: a header
+    // that claims a huge model must not make us try to build one
+    for (int i = 2; i <= 7; i++) {
+        if (h[i] <= 0 || h[i] > INT32_MAX) {
+            snprintf(err, errlen, "%s: model size %lld in header slot %d is out of range; the file is corrupt", path,
+                     (long long)h[i], i);
+            fclose(f);
+            return 1;
+        }
+    }
+    const int64_t max_floats = (int64_t)1 << 40;
+    struct stat st;
+    if (h[14] <= 0 || h[14] > max_floats || h[15] < 0 || h[15] > max_floats || h[16] < 0 || h[16] > max_floats ||
+        fstat(fileno(f), &st) != 0 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) +
+        4 * (h[14] + 2 * h[15] + h[16]) + 16) {
+        snprintf(err, errlen, "%s: its length is not what the header says; the file is corrupt", path);
+        fclose(f);
+        return 1;
+    }
     float eps, theta;
     uint32_t bits = (uint32_t)h[8];
     memcpy(&eps, &bits, 4);
@@ -4633,10 +4652,12 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     if (!ok || trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
         snprintf(err, errlen, "%s: %s; the file is corrupt", path, ok ? "the checksum does not match"
                  : "its length is not what the header says");
+        llama_free(model);
         return 1;
     }
     if (!floats_are_finite(model->params_memory, model->num_parameters)) {
         snprintf(err, errlen, "%s: holds weights that are not finite; the file is corrupt", path);
+        llama_free(model);
         return 1;
     }
     return 0;

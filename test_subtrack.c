@@ -2204,6 +2204,177 @@ static void test_json_config(void) {
     remove(path);
 }
 
+// writes n bytes of text to path and reads it as a model config
+static int json_config_try(const char* path, const char* text, size_t n, LlamaConfig* got, char* err, size_t cap) {
+    err[0] = '\0';
+    FILE* f = fopen(path, "wb");
+    if (f == NULL || fwrite(text, 1, n, f) != n) { snprintf(err, cap, "cannot write %s", path); }
+    if (f) { fclose(f); }
+    return llama_config_from_json(got, path, err, cap);
+}
+
+// the keys of the "tiny" preset, in pieces so that a case can replace one
+#define JSON_V "\"vocab_size\": 256, "
+#define JSON_C "\"hidden_size\": 64, "
+#define JSON_REST "\"intermediate_size\": 176, \"num_attention_heads\": 4, \"num_hidden_layers\": 2, " \
+                  "\"max_position_embeddings\": 64"
+#define JSON_TINY JSON_V JSON_C JSON_REST
+
+// what a config json may and may not say: nothing in it may be misread
+// silently. a value that does not fit its key, a feature this model lacks,
+// malformed json, a duplicate, or a file too large is refused with a message
+// that names the file and the key; nested objects never count
+static void test_json_config_strict(void) {
+    // ends in .json, so the trainer takes it for a config file
+    char path[] = "/tmp/subtrack_config_XXXXXX.json";
+    int fd = mkstemps(path, 5);
+    if (fd < 0) { check(0, "mkstemps"); return; }
+    close(fd);
+    LlamaConfig tiny, got;
+    llama_preset_find("tiny", &tiny);
+    char err[1024];
+
+    // accepted, each must give the tiny preset exactly
+    static const struct { const char* json; const char* why; } good[] = {
+        {"{" JSON_TINY "}", "the plain form"},
+        {"{" JSON_TINY ", \"tie_word_embeddings\": false, \"attention_bias\": false, \"mlp_bias\": false, "
+         "\"rope_scaling\": null, \"hidden_act\": \"silu\", \"attention_dropout\": 0.0, \"head_dim\": 16, "
+         "\"num_key_value_heads\": 4, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000.0, \"pretraining_tp\": 1, "
+         "\"torch_dtype\": \"float32\", \"transformers_version\": \"4.46.0\", \"use_cache\": true}",
+         "transformers' config.json form, each feature switch off"},
+        // the scan must skip nested objects, arrays and strings that look like keys
+        {"{\"text_config\": {\"hidden_size\": 128, \"vocab_size\": 9, \"x\": [1, {\"hidden_size\": 2}]}, " JSON_TINY
+         ", \"note\": \"\\\"hidden_size\\\": 999 }\", \"list\": [{\"hidden_size\": 1}, [], \"]\"]}",
+         "a nested text_config and look-alike strings do not override top-level keys"},
+        {" \r\n\t{ \"name\" : \"a\\\"b\\\\c\\u00e9\\n\", " JSON_TINY " , \"e\": -0.5e+3, \"n\": null } \n",
+         "white space everywhere, escapes in strings, exponents"},
+        {"{" JSON_TINY ", \"tie_word_embeddings\": null, \"hidden_size\\u0000x\": 1}",
+         "null is python's None (the default), a key with an escape is not one of ours"},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        int rc = json_config_try(path, good[i].json, strlen(good[i].json), &got, err, sizeof err);
+        check(rc == 0 && memcmp(&got, &tiny, sizeof got) == 0, "json config accepted, %s (C=%d) %s", good[i].why,
+              rc == 0 ? got.C : -1, rc ? err : "");
+    }
+    // float keys are read as floats, and max_sequence_length (the authors') wins
+    const char* floats = "{" JSON_TINY ", \"rms_norm_eps\": 1e-5, \"rope_theta\": 500000, \"max_sequence_length\": 32}";
+    int rc = json_config_try(path, floats, strlen(floats), &got, err, sizeof err);
+    check(rc == 0 && got.norm_eps == 1e-5f && got.rope_theta == 500000.0f && got.max_seq_len == 32,
+          "json config: rms_norm_eps 1e-5, rope_theta 500000 and max_sequence_length 32 are read (%g %g %d) %s",
+          got.norm_eps, got.rope_theta, got.max_seq_len, rc ? err : "");
+
+    // transformers 5 (and dev/export_hf.py) write rope_theta inside rope_parameters
+    const char* v5 = "{" JSON_TINY ", \"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 500000.0}, "
+                     "\"head_dim\": 16, \"dtype\": \"float32\"}";
+    rc = json_config_try(path, v5, strlen(v5), &got, err, sizeof err);
+    check(rc == 0 && got.rope_theta == 500000.0f, "json config: rope_theta 500000 in transformers 5's rope_parameters "
+          "is read (%g) %s", got.rope_theta, rc ? err : "");
+
+    // refused, each with a message that names the file and contains `expect`
+    static const struct { const char* json; const char* expect; const char* why; } bad[] = {
+        // a size must be an integer, in range: the old reader truncated 64.7 to 64 and converted 1e20 to int (undefined)
+        {"{" JSON_V "\"hidden_size\": 64.7, " JSON_REST "}", "\"hidden_size\" is 64.7", "a fractional size"},
+        {"{" JSON_V "\"hidden_size\": 64.0, " JSON_REST "}", "whole number", "a size written as a float"},
+        {"{" JSON_V "\"hidden_size\": 1e20, " JSON_REST "}", "\"hidden_size\" is 1e20", "a size beyond int"},
+        {"{" JSON_V "\"hidden_size\": 2147483648, " JSON_REST "}", "whole number", "a size of 2^31"},
+        {"{" JSON_V "\"hidden_size\": -64, " JSON_REST "}", "\"hidden_size\" is -64", "a negative size"},
+        {"{\"vocab_size\": \"256\", " JSON_C JSON_REST "}", "\"vocab_size\" is \"256\"", "a size as a string"},
+        {"{" JSON_TINY ", \"num_key_value_heads\": 0}", "\"num_key_value_heads\" is 0", "a zero head count"},
+        // eps and theta: positive, finite, and a normal float32 (1e999 is inf in strtod, 1e-50 is 0 in float)
+        {"{" JSON_TINY ", \"rms_norm_eps\": 1e999}", "\"rms_norm_eps\" is 1e999", "an infinite eps"},
+        {"{" JSON_TINY ", \"rms_norm_eps\": 1e-50}", "\"rms_norm_eps\" is 1e-50", "an eps that is 0 in float32"},
+        {"{" JSON_TINY ", \"rms_norm_eps\": 0}", "\"rms_norm_eps\" is 0", "a zero eps"},
+        {"{" JSON_TINY ", \"rope_theta\": -10000}", "\"rope_theta\" is -10000", "a negative theta"},
+        {"{" JSON_TINY ", \"rope_theta\": 1e39}", "\"rope_theta\" is 1e39", "a theta beyond float32"},
+        // features this model does not have: refused, not ignored
+        {"{" JSON_TINY ", \"tie_word_embeddings\": true}", "tied embeddings are not implemented", "tied embeddings"},
+        {"{" JSON_TINY ", \"attention_bias\": true}", "attention biases", "attention biases"},
+        {"{" JSON_TINY ", \"mlp_bias\": true}", "MLP biases", "MLP biases"},
+        {"{" JSON_TINY ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}", "rope scaling", "rope scaling"},
+        {"{" JSON_TINY ", \"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0, \"rope_theta\": 1e4}}",
+         "only the default rope", "rope scaling in transformers 5's rope_parameters"},
+        {"{" JSON_TINY ", \"rope_parameters\": {\"rope_theta\": 500000.0}, \"rope_theta\": 10000}",
+         "differs from rope_parameters' rope_theta", "two different rope_theta"},
+        {"{" JSON_TINY ", \"rope_parameters\": 5}", "not an object", "rope_parameters not an object"},
+        {"{" JSON_TINY ", \"attention_dropout\": 0.1}", "dropout", "dropout"},
+        {"{" JSON_TINY ", \"hidden_act\": \"gelu\"}", "\"hidden_act\" is \"gelu\"", "another activation"},
+        {"{" JSON_TINY ", \"head_dim\": 32}", "head_dim 32", "a head size other than C / NH"},
+        {"{" JSON_TINY ", \"num_key_value_heads\": 2}", "grouped-query", "grouped-query attention"},
+        // keys: a duplicate is ambiguous; a key only inside a nested object is missing
+        {"{" JSON_TINY ", \"hidden_size\": 128}", "\"hidden_size\" appears 2 times", "a duplicate key"},
+        {"{" JSON_TINY ", \"hidden_size\": null}", "\"hidden_size\" appears 2 times", "a duplicate whose last is null"},
+        {"{\"text_config\": {" JSON_V "\"x\": 0}, " JSON_C JSON_REST "}", "no numeric \"vocab_size\"",
+         "vocab_size only in a nested object"},
+        // malformed json, each of which the old reader accepted or misread
+        {"{\"vocab_size\": 256 " JSON_C JSON_REST "}", "not valid json: expected ',' or '}'", "a missing comma"},
+        {"{" JSON_TINY ",}", "expected a \"key\"", "a trailing comma"},
+        {"{" JSON_TINY "} {\"hidden_size\": 128}", "more text after the closing '}'", "a second object"},
+        {"{" JSON_TINY ", \"name\": \"abc}", "closing quote", "an unterminated string"},
+        {"{" JSON_TINY ", 'name': 1}", "expected a \"key\"", "single quotes"},
+        {"{" JSON_TINY ", \"rope_theta\": NaN}", "where a value should be", "NaN, which python accepts"},
+        {"{" JSON_TINY ", \"x\": tru}", "bare word", "a misspelt literal"},
+        {"{" JSON_TINY ", \"x\": \"\\q\"}", "unknown escape", "a bad escape"},
+        {"{" JSON_TINY ", \"x\": \"\\u12g4\"}", "hex digits", "a bad \\u escape"},
+        {"{" JSON_TINY ", \"x\": 01}", "expected ',' or '}'", "a leading zero"},
+        {"{" JSON_TINY ", \"x\": 1.}", "after its '.'", "a number ending in '.'"},
+        {"{" JSON_TINY ", \"x\": [1, 2}", "expected ',' or ']'", "a bracket mismatch"},
+        {"[" JSON_TINY "]", "does not start with '{'", "an array at the top"},
+        {"", "does not start with '{'", "an empty file"},
+        {"{" JSON_TINY, "expected ',' or '}'", "a file cut short"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        rc = json_config_try(path, bad[i].json, strlen(bad[i].json), &got, err, sizeof err);
+        check(rc != 0 && strncmp(err, path, strlen(path)) == 0 && strstr(err, bad[i].expect) != NULL,
+              "json config refused, %s: %s", bad[i].why, err);
+    }
+
+    // bytes a text reader could trip on: a NUL inside a string, and nesting
+    // deeper than the scanner recurses (refused at 64, not a stack overflow)
+    static const char with_nul[] = "{" JSON_TINY ", \"x\": \"a\0b\"}";
+    rc = json_config_try(path, with_nul, sizeof with_nul - 1, &got, err, sizeof err);
+    check(rc != 0 && strstr(err, "control character") != NULL, "json config refused, a NUL byte in a string: %s", err);
+    char deep[600];
+    int depth = 0;
+    for (int want_depth = 63; want_depth <= 200; want_depth += 137) {
+        size_t n = (size_t)snprintf(deep, sizeof deep, "{" JSON_TINY ", \"x\": ");
+        for (depth = 0; depth < want_depth; depth++) { deep[n++] = '['; }
+        for (depth = 0; depth < want_depth; depth++) { deep[n++] = ']'; }
+        deep[n++] = '}';
+        rc = json_config_try(path, deep, n, &got, err, sizeof err);
+        if (want_depth == 63) { check(rc == 0, "json config: arrays nested 63 deep in a value are read %s", err); }
+        else { check(rc != 0 && strstr(err, "64 deep") != NULL, "json config refused, 200 nested arrays: %s", err); }
+    }
+
+    // a file above the 1 MiB buffer is refused, not cut: here valid keys,
+    // then white space past the limit (the old reader took the first MiB)
+    size_t big_n = ((size_t)1 << 20) + 16;
+    char* big = (char*)malloc_check(big_n, "big json");
+    memset(big, ' ', big_n);
+    memcpy(big, "{" JSON_TINY, strlen("{" JSON_TINY));
+    big[big_n - 1] = '}';
+    rc = json_config_try(path, big, big_n, &got, err, sizeof err);
+    check(rc != 0 && strstr(err, "larger than 1048576 bytes") != NULL, "json config refused, a file of 1 MiB + 16 "
+          "bytes: %s", err);
+    free(big);
+    // a directory opens but does not read
+    char dir[] = "/tmp/subtrack_config_dir_XXXXXX";
+    if (mkdtemp(dir) != NULL) {
+        rc = llama_config_from_json(&got, dir, err, sizeof err);
+        check(rc != 0 && strstr(err, "cannot read") != NULL, "json config refused, a directory: %s", err);
+        rmdir(dir);
+    }
+
+    // the trainer says the same on stderr and exits non-zero
+    if (access(TRAINER_BIN, X_OK) == 0) {
+        const char* tied = "{" JSON_TINY ", \"tie_word_embeddings\": true}";
+        json_config_try(path, tied, strlen(tied), &got, err, sizeof err);
+        char args[256];
+        snprintf(args, sizeof args, "--model_config %s", path);
+        check_trainer_rejects("a json config with tied embeddings", args, "tied embeddings are not implemented");
+    }
+    remove(path);
+}
+
 // the out-of-memory hint says what can shrink: the batch for what grows
 // with it, the model for parameters, gradients and optimizer states
 static void test_memory_hints(void) {
@@ -2620,6 +2791,8 @@ static void test_usage(FILE* out) {
             "                a model reference (dev/reference/model_reference.py): logits, loss and gradients\n"
             "                an optimizer trajectory file (dev/reference/subtrack_reference.py): every case\n"
             "  --trainer BIN  only the training loop's checks, on another trainer binary (the CUDA one)\n"
+            "  --trainer_bin BIN [FILE ...]  every check as above, with BIN as the trainer binary (make test\n"
+            "              gives the sanitized build, ./test_subtrack_san, the sanitized trainer)\n"
             "  --help      this text\n");
 }
 
@@ -2637,12 +2810,78 @@ static int reference_file_kind(const char* path) {
     return 0;
 }
 
-int main(int argc, char** argv) {
-    if (argc == 3 && strcmp(argv[1], "--trainer") == 0) {
-        test_other_trainer(argv[2]);
-        return check_summary();
+#ifdef SANITIZED_BUILD
+// the trainer runs in child processes, whose stderr the checks capture and
+// may not show (a rejected run fails anyway). so their sanitizer reports go to
+// files in a fresh directory (log_path), and each file found at the end is a
+// failure, printed here. leaks are checked in this process only: the trainer
+// stops on errors by exit(), leaving its buffers to the system on purpose,
+// and whether LeakSanitizer calls those leaks depends on the compiler. a
+// failed allocation returns NULL, as without ASan, so the trainer's own
+// out-of-memory message is what a test sees
+static char g_sanitizer_dir[] = "/tmp/subtrack_sanitizer_XXXXXX";
+
+static void sanitizer_reports_to_files(void) {
+    if (mkdtemp(g_sanitizer_dir) == NULL) { check(0, "mkdtemp for sanitizer reports"); return; }
+    const char* names[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS"};
+    for (int i = 0; i < 2; i++) {
+        const char* old = getenv(names[i]);
+        char opts[1024];
+        snprintf(opts, sizeof opts, "%s%s%slog_path=%s/report:print_stacktrace=1", old ? old : "", old ? ":" : "",
+                 i == 0 ? "detect_leaks=0:allocator_may_return_null=1:" : "", g_sanitizer_dir);
+        setenv(names[i], opts, 1);
     }
-    for (int i = 1; i < argc; i++) {
+}
+
+static void sanitizer_reports_check(void) {
+    DIR* d = opendir(g_sanitizer_dir);
+    int reports = 0;
+    struct dirent* e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') { continue; }
+        char path[600];
+        snprintf(path, sizeof path, "%s/%s", g_sanitizer_dir, e->d_name);
+        unsigned char* text = NULL;
+        size_t n = 0;
+        if (reports < 3 && read_file_bytes(path, &text, &n)) {
+            printf("--- %s\n%.*s", path, (int)(n < 8000 ? n : 8000), text);
+        }
+        free(text);
+        remove(path);
+        reports++;
+    }
+    if (d) { closedir(d); }
+    rmdir(g_sanitizer_dir);
+    check(reports == 0, "sanitizer reports from the trainer runs: %d%s", reports,
+          reports > 0 ? " (the first 3 printed above)" : "");
+}
+#else
+static void sanitizer_reports_to_files(void) {}
+static void sanitizer_reports_check(void) {}
+#endif
+
+// the closing line "N passed, N failed" and the exit status
+static int test_finish(void) {
+    sanitizer_reports_check();
+    return check_summary();
+}
+
+int main(int argc, char** argv) {
+#ifdef SANITIZED_BUILD
+    // make test runs this build as a suite of its own: say which it is
+    printf("sanitized build: %s\n", SANITIZED_BUILD);
+#endif
+    if (argc == 3 && strcmp(argv[1], "--trainer") == 0) {
+        sanitizer_reports_to_files();
+        test_other_trainer(argv[2]);
+        return test_finish();
+    }
+    int first = 1; // the first FILE argument
+    if (argc >= 3 && strcmp(argv[1], "--trainer_bin") == 0) {
+        g_trainer_bin = argv[2];
+        first = 3;
+    }
+    for (int i = first; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) { test_usage(stdout); return 0; }
         if (argv[i][0] == '-') {
             fprintf(stderr, "error: unknown option %s\n", argv[i]);
@@ -2650,6 +2889,7 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
+    sanitizer_reports_to_files();
     test_gemm();
     test_expf_simd();
     test_config_validation();
@@ -2658,14 +2898,15 @@ int main(int argc, char** argv) {
     test_lr_schedule();
     test_grad_norm_and_accumulation();
     test_json_config();
+    test_json_config_strict();
     test_optimizer_memory();
     test_memory_hints();
     test_authors_args("dev/reference/authors_args.txt");
     test_default_settings_unchanged();
     test_authors_refusals();
     test_input_limits();
-    if (argc > 1) {
-        for (int i = 1; i < argc; i++) {
+    if (argc > first) {
+        for (int i = first; i < argc; i++) {
             int kind = reference_file_kind(argv[i]);
             if (kind == MODEL_REF_MAGIC) { test_model_reference(argv[i]); }
             else if (kind == TRAJ_REF_MAGIC) { test_trajectories(argv[i]); }
@@ -2676,5 +2917,5 @@ int main(int argc, char** argv) {
         test_model_reference("dev/reference/model_awkward.bin");
         test_trainer();
     }
-    return check_summary();
+    return test_finish();
 }

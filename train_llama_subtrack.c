@@ -3578,12 +3578,13 @@ const char* train_config_problem(const TrainConfig* t) {
 // training: model config from a Hugging Face LlamaConfig json
 //
 // a config is one json object, and only its top-level keys count: a nested
-// object (a "text_config", say) is checked and skipped, never read. the reader
-// is a small scanner that checks the whole text is json (rfc 8259) and notes
-// where the value of each key we read lies; the values are checked after the
-// scan, so a malformed file is reported as malformed. it reads only the bytes
-// it is given (no terminating NUL needed), so any input is safe
-// (dev/fuzz/fuzz_config.c fuzzes it).
+// object (a "text_config", say) is checked and skipped, never read; the one
+// object read, transformers 5's "rope_parameters", is read as a config of its
+// own. the reader is a small scanner that checks the whole text is json (rfc
+// 8259) and notes where the value of each key we read lies; the values are
+// checked after the scan, so a malformed file is reported as malformed. it
+// reads only the bytes it is given (no terminating NUL needed), so any input
+// is safe (dev/fuzz/fuzz_config.c fuzzes it).
 
 #define JSON_CONFIG_MAX_BYTES (1 << 20) // a LlamaConfig json is about 1 KB
 #define JSON_MAX_DEPTH 64               // deeper nesting is refused, not recursed into
@@ -3605,6 +3606,7 @@ typedef struct {
     const char* problem; // the first syntax error, or NULL
     JsonField* fields;   // the top-level keys to note
     int num_fields;
+    int other_keys;      // top-level keys not among them
 } JsonScan;
 
 static int json_fail(JsonScan* js, const char* problem) {
@@ -3699,6 +3701,7 @@ static int json_container(JsonScan* js, int depth) {
                 const char* k = js->fields[f].key;
                 if (strlen(k) == key_len && memcmp(k, js->s + key_at, key_len) == 0) { field = &js->fields[f]; }
             }
+            if (depth == 0 && field == NULL) { js->other_keys++; }
             json_skip_space(js);
             if (!json_take(js, ':')) { return json_fail(js, "expected ':' after a key"); }
         }
@@ -3747,8 +3750,10 @@ static void json_field_text(const char* text, const JsonField* f, char* out, siz
 // that turns on something this model does not have is refused, not ignored:
 // the run would otherwise train another model than the config describes. so
 // tied embeddings are refused (our model always has its own lm_head, as the
-// authors' configs do), and so are biases, rope scaling and dropout
-enum { CFG_SIZE, CFG_POSITIVE, CFG_OFF, CFG_ACTIVATION };
+// authors' configs do), and so are biases, rope scaling and dropout.
+// transformers 5 writes rope_theta inside a "rope_parameters" object (so does
+// dev/export_hf.py): that one object is read too, see rope_parameters_read
+enum { CFG_SIZE, CFG_POSITIVE, CFG_OFF, CFG_ACTIVATION, CFG_OBJECT };
 enum { K_VOCAB, K_HIDDEN, K_INTERMEDIATE, K_HEADS, K_LAYERS, K_MAX_POSITION, K_MAX_SEQUENCE, K_KV_HEADS, K_HEAD_DIM,
        K_NORM_EPS, K_ROPE_THETA, K_TIE, K_ATTENTION_BIAS, K_MLP_BIAS, K_ROPE_SCALING, K_ROPE_PARAMETERS,
        K_DROPOUT, K_ACTIVATION, NUM_CONFIG_KEYS };
@@ -3769,8 +3774,7 @@ static const struct { const char* key; int kind; const char* why; } CONFIG_KEYS[
     {"attention_bias", CFG_OFF, "attention biases are not implemented (LLaMA has none)"},
     {"mlp_bias", CFG_OFF, "MLP biases are not implemented (LLaMA has none)"},
     {"rope_scaling", CFG_OFF, "rope scaling is not implemented"},
-    {"rope_parameters", CFG_OFF, "rope_parameters (newer transformers' form) is not read, so its rope_theta would "
-                                 "be lost: give rope_theta at the top level"},
+    {"rope_parameters", CFG_OBJECT, "it holds the rope's settings, {\"rope_type\": \"default\", \"rope_theta\": ...}"},
     {"attention_dropout", CFG_OFF, "dropout is not implemented"},
     {"hidden_act", CFG_ACTIVATION, "the MLP is SwiGLU, whose activation is silu"},
 };
@@ -3838,6 +3842,13 @@ static int config_field_check(const char* text, const JsonField* f, int kind, co
         }
         return 1;
     }
+    if (kind == CFG_OBJECT) {
+        if (f->kind != JSON_OBJECT) {
+            snprintf(err, errlen, "%s: \"%s\" is %s, not an object; %s", path, f->key, shown, why);
+            return -1;
+        }
+        return 1;
+    }
     // CFG_ACTIVATION: transformers' names for silu
     if (!(f->kind == JSON_STRING && ((f->len == 6 && memcmp(v, "\"silu\"", 6) == 0) ||
                                      (f->len == 7 && memcmp(v, "\"swish\"", 7) == 0)))) {
@@ -3847,6 +3858,37 @@ static int config_field_check(const char* text, const JsonField* f, int kind, co
     return 1;
 }
 
+// transformers 5's "rope_parameters" object, whose json the scan has checked:
+// only the default rope is implemented, so it may hold rope_type "default"
+// and rope_theta, nothing else. returns 0 or 1 (rope_theta given, in *theta),
+// or -1 with err filled
+static int rope_parameters_read(const char* text, const JsonField* rope, double* theta, const char* path,
+                                char* err, size_t errlen) {
+    JsonField fields[2];
+    memset(fields, 0, sizeof fields);
+    fields[0].key = "rope_type";
+    fields[1].key = "rope_theta";
+    const char* sub = text + rope->at;
+    JsonScan js = {sub, rope->len, 0, NULL, fields, 2, 0};
+    json_container(&js, 0);
+    const JsonField* type = &fields[0];
+    if (type->count > 1) {
+        snprintf(err, errlen, "%s: \"rope_type\" appears %d times in rope_parameters; keep one", path, type->count);
+        return -1;
+    }
+    int default_type = type->count == 0 || type->kind == JSON_NULL ||
+                       (type->kind == JSON_STRING && type->len == 9 && memcmp(sub + type->at, "\"default\"", 9) == 0);
+    if (!default_type || js.other_keys > 0) {
+        char shown[48];
+        json_field_text(text, rope, shown, sizeof shown);
+        snprintf(err, errlen, "%s: \"rope_parameters\" is %s, but only the default rope is implemented (rope_type "
+                 "\"default\" and rope_theta, no scaling); remove the other keys", path, shown);
+        return -1;
+    }
+    int size;
+    return config_field_check(sub, &fields[1], CFG_POSITIVE, NULL, &size, theta, path, err, errlen);
+}
+
 // the config in text[0..n) (the contents of path, which names it in messages).
 // returns 0 on success, else fills err and leaves c as it was
 int llama_config_from_json_text(LlamaConfig* c, const char* text, size_t n, const char* path,
@@ -3854,7 +3896,7 @@ int llama_config_from_json_text(LlamaConfig* c, const char* text, size_t n, cons
     JsonField fields[NUM_CONFIG_KEYS];
     memset(fields, 0, sizeof fields);
     for (int k = 0; k < NUM_CONFIG_KEYS; k++) { fields[k].key = CONFIG_KEYS[k].key; }
-    JsonScan js = {text, n, 0, NULL, fields, NUM_CONFIG_KEYS};
+    JsonScan js = {text, n, 0, NULL, fields, NUM_CONFIG_KEYS, 0};
     json_skip_space(&js);
     if (js.i >= n || text[js.i] != '{') { json_fail(&js, "the text does not start with '{'"); }
     else if (json_container(&js, 0) != JSON_BAD) {
@@ -3877,6 +3919,19 @@ int llama_config_from_json_text(LlamaConfig* c, const char* text, size_t n, cons
         present[k] = config_field_check(text, &fields[k], CONFIG_KEYS[k].kind, CONFIG_KEYS[k].why, &size[k],
                                         &value[k], path, err, errlen);
         if (present[k] < 0) { return 1; }
+    }
+    double rope_theta = 0.0;
+    int rope_given = present[K_ROPE_PARAMETERS] ?
+        rope_parameters_read(text, &fields[K_ROPE_PARAMETERS], &rope_theta, path, err, errlen) : 0;
+    if (rope_given < 0) { return 1; }
+    if (rope_given && present[K_ROPE_THETA] && rope_theta != value[K_ROPE_THETA]) {
+        snprintf(err, errlen, "%s: rope_theta %g differs from rope_parameters' rope_theta %g; give one", path,
+                 value[K_ROPE_THETA], rope_theta);
+        return 1;
+    }
+    if (rope_given) {
+        present[K_ROPE_THETA] = 1;
+        value[K_ROPE_THETA] = rope_theta;
     }
     for (int k = K_VOCAB; k <= K_LAYERS; k++) {
         if (!present[k]) {

@@ -1336,8 +1336,8 @@ typedef struct {
 
 // top eigenvector of H = dF^T dF (R, R) by power iteration in double, started
 // from the CPU's dense w (cpu::power_start_entry, the same function; why dense
-// and not a unit vector: see there), normalised. one block; v (R,) double out.
-// dynamic shared memory: 2 R doubles
+// and not a unit vector: see there), normalised. one block of 32 R threads (at
+// most 1024; a multiple of 32); v (R,) double out. dynamic shared memory: 2 R doubles
 __global__ void power_iteration_kernel(double* v_out, TrackScalars* ts, const float* H, int r) {
     extern __shared__ double power_shared[];
     __shared__ double buf[OPTIM_WARP + 1];
@@ -2004,9 +2004,12 @@ void galore_refresh_subspace(LowRankStateGPU* s, const float* G, const cpu::LowR
 // they take ts (device) where the CPU returns early: a skipped step turns the
 // later kernels into no-ops
 
-// top eigenvector v (R,) of H = dF^T dF (R, R); sets ts->iterations, and ts->skip if H == 0
+// top eigenvector v (R,) of H = dF^T dF (R, R); sets ts->iterations, and ts->skip if H == 0.
+// one warp per row of H (more would idle, and every iteration syncs the block a
+// few times): 32 R threads, at most OPTIM_REDUCE_BLOCK
 static void power_iteration(double* v, TrackScalars* ts, const float* H, int r) {
-    power_iteration_kernel<<<1, OPTIM_REDUCE_BLOCK, 2 * (size_t)r * sizeof(double)>>>(v, ts, H, r);
+    int threads = r < OPTIM_REDUCE_BLOCK / OPTIM_WARP ? OPTIM_WARP * r : OPTIM_REDUCE_BLOCK;
+    power_iteration_kernel<<<1, threads, 2 * (size_t)r * sizeof(double)>>>(v, ts, H, r);
     cudaCheck(cudaGetLastError());
 }
 

@@ -690,7 +690,7 @@ const char* llama_config_problem(const LlamaConfig* c) {
                  c->C / c->NH);
         return msg;
     }
-    if (!(c->norm_eps > 0.0f) || !(c->rope_theta > 0.0f)) {
+    if (!(c->norm_eps > 0.0f) || !(c->rope_theta > 0.0f) || !isfinite(c->norm_eps) || !isfinite(c->rope_theta)) {
         snprintf(msg, sizeof msg, "rms_norm_eps (%g) and rope_theta (%g) must be positive",
                  c->norm_eps, c->rope_theta);
         return msg;

@@ -341,6 +341,30 @@ static double run_errors_worst(const RunErrors* e) {
     return worst;
 }
 
+// the run's first moment M with the sign convention of the reference's S.
+// singular vectors have no sign, and the canonical sign (the largest-magnitude
+// entry of each column of S positive) jumps when two entries of a column are
+// nearly equal in magnitude: a 1e-7 change then flips the column, and with it
+// the matching row (left) or column (right) of M, without changing the update.
+// so each row of M takes the sign that turns the run's column of S towards the
+// reference's. V (squares) and the projector S S^T need no such care.
+// S (p, R), M the moments' shape; returns a malloc'd copy
+static const float* sign_aligned_moment(const float* S, const float* M, const cpu::LowRankState* ref) {
+    int p = ref->p, q = ref->q, r = ref->r;
+    float* out = (float*)cpu::malloc_check((size_t)q * r * sizeof(float), "aligned moment");
+    memcpy(out, M, (size_t)q * r * sizeof(float));
+    for (int k = 0; k < r; k++) {
+        double dot = 0.0;
+        for (int i = 0; i < p; i++) { dot += (double)S[(size_t)i * r + k] * ref->S[(size_t)i * r + k]; }
+        if (dot >= 0.0) { continue; }
+        for (int j = 0; j < q; j++) {
+            size_t at = ref->right ? (size_t)j * r + k : (size_t)k * q + j;
+            out[at] = -out[at];
+        }
+    }
+    return out;
+}
+
 // params, adam_m, adam_v, lowrank_memory: the run's (host copies), laid out as
 // the reference optimizer ref_opt's
 static void run_errors(RunErrors* e, const float* params, const float* adam_m, const float* adam_v,
@@ -364,7 +388,9 @@ static void run_errors(RunErrors* e, const float* params, const float* adam_m, c
         const float* g = lowrank_memory + (hs->memory - ref_opt->lowrank_memory);
         size_t sm = (size_t)hs->p * hs->r, mq = (size_t)hs->q * hs->r;
         e->proj = fmax(e->proj, projector_diff(g, hs->S, hs->p, hs->r));
-        max_errors(g + sm, hs->M, mq, &d, &s);
+        const float* M = sign_aligned_moment(g, g + sm, hs);
+        max_errors(M, hs->M, mq, &d, &s);
+        free((void*)M);
         e->m = fmax(e->m, s > 0 ? d / s : d);
         max_errors(g + sm + mq, hs->V, mq, &d, &s);
         e->v = fmax(e->v, s > 0 ? d / s : d);
@@ -384,8 +410,7 @@ static void cpu_clip(cpu::Llama* ref, const cpu::TrainConfig* t) {
 
 // the CPU alone: `steps` whole trainer steps from tc's weights, with every
 // gradient entry multiplied by (1 + perturb xi), xi uniform in [-1, 1] (from
-// seed), before clipping: the size of the GPU's own gradient differences
-// (1e-7 relative, see the forward/backward checks). perturb = 0 is the plain run
+// seed), before clipping. perturb = 0 is the plain run
 static void cpu_train_steps(cpu::Llama* ref, cpu::Optimizer* opt, GpuTestCase* tc, const cpu::TrainConfig* t,
                             int steps, double perturb, uint64_t seed) {
     cpu::llama_build(ref, &tc->cfg);
@@ -410,9 +435,11 @@ static void cpu_train_steps(cpu::Llama* ref, cpu::Optimizer* opt, GpuTestCase* t
 }
 
 // the CPU's own sensitivity: how far `steps` whole steps move under a relative
-// perturbation of every gradient by `perturb` (SENSITIVITY_PERTURB in the
-// checks), the worst over `seeds` perturbations
-#define SENSITIVITY_PERTURB 1e-7
+// perturbation of every gradient entry by `perturb` (SENSITIVITY_PERTURB in the
+// checks), the worst over `seeds` perturbations. 1e-6: the GPU's gradients
+// differ from the CPU's by 3e-8 to 6e-7 of each tensor's scale (the
+// forward/backward checks), and 1e-6 of each entry is at most 1e-6 of the scale
+#define SENSITIVITY_PERTURB 1e-6
 static RunErrors cpu_sensitivity(GpuTestCase* tc, const StepSettings* st, int steps, int seeds, double perturb) {
     cpu::TrainConfig t;
     step_train_config(&t, st, steps);
@@ -520,16 +547,17 @@ static RunErrors gpu_against_cpu(GpuTestCase* tc, const StepSettings* st, int st
 // M_rot|, cancels to a small V whose 1e-7 differences Adam's M / sqrt(V) turns
 // into large ones, and C = S_new^T S_old itself moves by (gradient error) / gap
 // for near-degenerate singular values), and the switches without the
-// norm-growth limiter. there the CPU's own sensitivity is measured, as the
-// change of its run when every gradient entry is multiplied by (1 + 1e-7 xi),
-// xi uniform in [-1, 1], the worst of SENSITIVITY_SEEDS draws, and each quantity
-// may differ by SENSITIVITY_FACTOR times that (where that is above 1e-4). why
-// 20: the GPU's gradient errors are 1 to 6 times such a perturbation (3e-8 to
-// 6e-7 of each tensor's scale), and the worst of 3 draws is up to 2.6x below the
-// worst of 10. under the harness the GPU differed by at most 8x the worst of 3
-// draws (3.5x the worst of 10); 20 leaves 2.5x for a real GPU's other rounding
-// (dev/test_gpu/README.md has the numbers). the optimizers themselves are held
-// to 1e-4 on identical gradients (same_grads below, W with
+// norm-growth limiter. where the GPU is more than 1e-4 off, the CPU's own
+// sensitivity is measured: the change of its run when every gradient entry is
+// multiplied by (1 + 1e-6 xi), xi uniform in [-1, 1] (SENSITIVITY_PERTURB: the
+// size of the GPU's gradient errors), the worst of SENSITIVITY_SEEDS draws, and
+// each quantity may then differ by SENSITIVITY_FACTOR times that. why 10: under
+// the harness, at 10 steps on these models and the reference ones, the GPU
+// differed by 0.2 to 4.6 times the worst of 3 such draws (at most 2.4 times the
+// worst of 10); 10 leaves 2x for a real GPU's other rounding. (a 1e-7
+// perturbation understates the GPU's gradient errors: the ratios are then up to
+// 12. dev/test_gpu/README.md has the numbers.) the optimizers themselves are
+// held to 1e-4 on identical gradients (same_grads below, W with
 // --adaptive_optimizer excepted; and dev/test_gpu/test_gpu_optim.cu), which a
 // wrong formula fails
 #define GPU_STEPS_REL_TOL 1e-4
@@ -539,7 +567,7 @@ static RunErrors gpu_against_cpu(GpuTestCase* tc, const StepSettings* st, int st
 // dev/test_gpu/test_gpu_optim.cu (LR_TOL_W_ADAPTIVE); S, M and V stay at 1e-4
 #define GPU_SAME_GRADS_W_ADAPTIVE_TOL 2e-3
 #define SENSITIVITY_SEEDS 3
-#define SENSITIVITY_FACTOR 20.0
+#define SENSITIVITY_FACTOR 10.0
 #define NUM_RUN_QUANTITIES 7
 
 static void run_errors_array(const RunErrors* e, double* x) {
@@ -572,12 +600,16 @@ static void test_steps_against_cpu(GpuTestCase* tc, const StepSettings* st, int 
         len += snprintf(text + len, sizeof text - len, "%s%s %.1e", i ? ", " : "", names[i], err[i]);
         if (tol[i] > GPU_STEPS_REL_TOL) { len += snprintf(text + len, sizeof text - len, " (tol %.1e)", tol[i]); }
     }
-    check(ok, "%s: %s (tol %.0e%s)%s", label, text, GPU_STEPS_REL_TOL,
-          measured ? ", or the factor times the CPU's own change under a 1e-7 gradient perturbation" : "",
+    char why[120] = "";
+    if (measured) {
+        snprintf(why, sizeof why, ", or %g x the CPU's own change under a %g gradient perturbation", SENSITIVITY_FACTOR,
+                 SENSITIVITY_PERTURB);
+    }
+    check(ok, "%s: %s (tol %.0e%s)%s", label, text, GPU_STEPS_REL_TOL, why,
           g.set_same ? "" : "; limiter flags or step counters DIFFER");
     if (measured) {
-        printf("     %s: the CPU's own change under a 1e-7 relative gradient perturbation (worst of %d): W %.1e, "
-               "AdamW m %.1e v %.1e, S %.1e, M %.1e, V %.1e, prev %.1e\n", label, SENSITIVITY_SEEDS, sens[0],
+        printf("     %s: the CPU's own change under a %g relative gradient perturbation (worst of %d): W %.1e, "
+               "AdamW m %.1e v %.1e, S %.1e, M %.1e, V %.1e, prev %.1e\n", label, SENSITIVITY_PERTURB, SENSITIVITY_SEEDS, sens[0],
                sens[1], sens[2], sens[3], sens[4], sens[5], sens[6]);
     }
 }
@@ -587,7 +619,7 @@ static void test_steps_against_cpu(GpuTestCase* tc, const StepSettings* st, int 
 // SETTINGS): how far the GPU's run is from the CPU's after STEPS whole trainer
 // steps, and how far the CPU's own run moves when every gradient entry is
 // multiplied by (1 + PERTURB xi), xi uniform in [-1, 1] (the worst of SEEDS
-// draws; defaults 6 and 1e-7). the numbers in dev/test_gpu/README.md ("Whole
+// draws; defaults 6 and SENSITIVITY_PERTURB). the numbers in dev/test_gpu/README.md ("Whole
 // trainer steps and conditioning") come from it
 static void sensitivity_table(GpuTestCase* cases, int ncases, int steps, int seeds, double perturb,
                               const char* only) {

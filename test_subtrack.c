@@ -1880,7 +1880,6 @@ static void test_authors_refusals(void) {
         {"--st_noise_sigma2 0.5", "never uses"},
         {"--st_subspace_coef 2", "never uses"},
         {"--rand_proj", "not implemented yet"},
-        {"--activation_checkpointing", "not implemented yet"},
         {"--max_train_tokens 1B", "not implemented yet"},
         {"--dtype float16", "not supported"},
         {"--batch_size 8 --total_batch_size 16 --gradient_accumulation 4", "is not --total_batch_size"},
@@ -2033,6 +2032,33 @@ static void test_trainer_resume(const char* dir, const char* method_flags, const
     for (int i = 0; same && i < rows_a; i++) { same = strcmp(la[i], lb[i]) == 0; }
     check(same, "resume %s: all %d logged losses are bitwise equal (rows %d and %d; last %s vs %s)", label, 2 * N,
           rows_a, rows_b, rows_a ? la[rows_a - 1] : "-", rows_b ? lb[rows_b - 1] : "-");
+}
+
+// --master_weights 0 against fp32 masters, 50 steps of the CPU trainer on
+// the same data: the validation loss at the end must agree within
+// u sqrt(50) of it, u = 2^-8 (bf16's relative gap): each step rounds every
+// weight by a zero-mean error of at most one gap, independent across steps,
+// so the weights' relative perturbation grows like a random walk, and the
+// loss moves with it to first order. a rounding that is biased, or that
+// drops updates, or a lost step falls outside; the unbiasedness itself is
+// tested statistically in test_stochastic_rounding
+static void test_master_weights_tracks(const char* dir) {
+    static char out[2][1 << 16];
+    double val[2] = {0, 0};
+    int rc[2];
+    for (int r = 0; r < 2; r++) {
+        char args[2048];
+        snprintf(args, sizeof args, "--model_config kjv_test --batch_size 8 --max_length 32 --rank 4 "
+                 "--num_training_steps 50 --eval_every 0 --eval_batches 4 --sample_every 0 --gen_tokens 2 "
+                 "--print_every 1000 --save_dir %s/tracks_%d%s", dir, r, r ? " --master_weights 0" : "");
+        rc[r] = run_trainer_capture(args, 1, out[r], sizeof out[r]);
+        const char* v = strstr(out[r], "val loss ");
+        val[r] = v ? atof(v + 9) : NAN;
+    }
+    double tol = ldexp(1.0, -8) * sqrt(50.0) * val[0];
+    check(rc[0] == 0 && rc[1] == 0 && fabs(val[1] - val[0]) <= tol,
+          "--master_weights 0 tracks fp32 masters over 50 steps: val loss %.4f vs %.4f (|diff| %.4f, tol u sqrt(50) "
+          "L = %.4f) (exits %d %d)", val[1], val[0], fabs(val[1] - val[0]), tol, rc[0], rc[1]);
 }
 
 // a run redirected to a file shows each line as it happens: the trainer runs
@@ -2375,6 +2401,590 @@ static void test_json_config_strict(void) {
     remove(path);
 }
 
+// stochastic rounding to bf16, for --master_weights 0 (the trainer's section
+// "bf16 weights without fp32 masters"). the expected values come from the
+// numbers themselves, not from the bit trick under test. every statistical
+// check states its false-failure probability.
+#define SR_SEED 0x5EEDC0DE12345678ull
+#define SR_FALSE_FAIL 1e-9          // per statistical check: each x of the mean test, each chi-square
+#define SR_MEAN_DRAWS (1 << 20)
+#define SR_CHI2_CELLS (1 << 16)     // every value of the 16 bits the rounding reads
+#define SR_CHI2_SAMPLES (1 << 22)   // 64 expected per cell, so the chi-square approximation is sound
+#define SR_CHI2_Z 6.1094            // standard normal quantile at 1 - SR_FALSE_FAIL / 2: each tail gets half
+
+typedef float (*SrRoundFn)(float x, uint32_t bits);
+
+// the two bf16 neighbours lo <= |x| < hi, from the value, not the bits. bf16
+// keeps 8 significant bits, so the gap is 2^(e-8) for |x| in [2^(e-1), 2^e).
+// below 2^-126 bf16 is subnormal, like fp32, with the gap of the smallest
+// normal binade, 2^-133. if |x| is a bf16 number, lo = |x|. returns the gap
+static double test_bf16_neighbours(float x, double* lo, double* hi) {
+    double a = fabs((double)x);
+    int e;
+    frexp(a, &e);
+    double gap = a < ldexp(1.0, -126) ? ldexp(1.0, -133) : ldexp(1.0, e - 8);
+    *lo = floor(a / gap) * gap;
+    *hi = *lo + gap;
+    return gap;
+}
+
+// the sharpness probe: round half away from zero, i.e. to nearest. it ignores
+// the random bits and is biased by up to half a gap
+static float test_bf16_round_half_up(float x, uint32_t bits) {
+    (void)bits;
+    return bf16_round_stochastic(x, 0x8000u);
+}
+
+// is the mean of SR_MEAN_DRAWS roundings of x, with the trainer's random bits
+// at indices 0, 1, ... of one step, within the bound of x? each draw is lo or
+// hi, hi with probability p = (|x| - lo) / gap. so the number of hi draws is
+// binomial, its standard error is sqrt(N p (1 - p)), and the mean's is
+// gap sqrt(p (1 - p) / N). the bound is Bernstein's inequality, not the
+// Gaussian tail. for N independent terms in [0, 1] of variance s2 each,
+// P(|count - N p| >= t) <= 2 exp(-t^2 / (2 (N s2 + t / 3))), which equals
+// SR_FALSE_FAIL at t = L / 3 + sqrt(L^2 / 9 + 2 N s2 L), L = ln(2 / SR_FALSE_FAIL).
+// for p away from 0 and 1 that is k = 6.6 standard errors (the Gaussian tail
+// gives 6.11). for p = 2^-16 the count is close to Poisson(16), which goes past
+// 6.11 standard errors with probability 1.3e-7. Bernstein's bound holds for every p.
+// the test resolves a bias of about k sqrt(p (1 - p) / N) gaps: 0.003 gap at p = 1/2
+static int test_sr_mean_unbiased(SrRoundFn round_fn, float x, uint64_t step, double* dev_se, double* k) {
+    double lo, hi;
+    double gap = test_bf16_neighbours(x, &lo, &hi);
+    double p = (fabs((double)x) - lo) / gap;
+    double sum = 0.0;   // exact: every term is a multiple of gap below 2^8 gap, and 2^20 of them fit in 53 bits
+    for (int i = 0; i < SR_MEAN_DRAWS; i++) { sum += round_fn(x, sr_random_bits(SR_SEED, step, (uint64_t)i)); }
+    double n = SR_MEAN_DRAWS, s2 = p * (1.0 - p);
+    double L = log(2.0 / SR_FALSE_FAIL);
+    double t = L / 3.0 + sqrt(L * L / 9.0 + 2.0 * n * s2 * L);
+    double se = sqrt(n * s2);                            // of the count
+    double dev = fabs(sum / n - (double)x) / gap * n;    // |count - N p|, in draws
+    *dev_se = dev / se;
+    *k = t / se;
+    return dev <= t;
+}
+
+// 16-bit samples for the chi-square tests, one kind per test. the pair kinds
+// join the high bytes of the rounding's 16 bits from two draws that should be
+// independent. the pairs are disjoint, so the samples are independent too
+enum { SR_ALONG_INDEX, SR_ALONG_STEP, SR_PAIR_INDEX, SR_PAIR_STEP, SR_PAIR_SEED, SR_SAMPLE_KINDS };
+static const char* sr_sample_names[SR_SAMPLE_KINDS] = {
+    "low 16 bits over 2^22 indices", "low 16 bits over 2^22 steps", "bits 8-15 of index pairs (2j, 2j+1)",
+    "bits 8-15 of step pairs (2j, 2j+1)", "bits 8-15 of seeds s and s+1"};
+static uint32_t test_sr_sample(int kind, uint64_t j) {
+    switch (kind) {
+    case SR_ALONG_INDEX: return sr_random_bits(SR_SEED, 7, j) & 0xFFFFu;
+    case SR_ALONG_STEP: return sr_random_bits(SR_SEED, j, 12345) & 0xFFFFu;
+    case SR_PAIR_INDEX:
+        return (sr_random_bits(SR_SEED, 7, 2 * j) & 0xFF00u) | ((sr_random_bits(SR_SEED, 7, 2 * j + 1) >> 8) & 0xFFu);
+    case SR_PAIR_STEP:
+        return (sr_random_bits(SR_SEED, 2 * j, 777) & 0xFF00u) | ((sr_random_bits(SR_SEED, 2 * j + 1, 777) >> 8) & 0xFFu);
+    default:
+        return (sr_random_bits(SR_SEED, 7, j) & 0xFF00u) | ((sr_random_bits(SR_SEED + 1, 7, j) >> 8) & 0xFFu);
+    }
+}
+
+static double test_sr_chi2(int kind) {
+    uint32_t* counts = (uint32_t*)calloc(SR_CHI2_CELLS, sizeof(uint32_t));
+    for (uint64_t j = 0; j < SR_CHI2_SAMPLES; j++) { counts[test_sr_sample(kind, j)]++; }
+    double expect = (double)SR_CHI2_SAMPLES / SR_CHI2_CELLS, chi2 = 0.0;
+    for (int c = 0; c < SR_CHI2_CELLS; c++) {
+        double d = counts[c] - expect;
+        chi2 += d * d / expect;
+    }
+    free(counts);
+    return chi2;
+}
+
+static void test_stochastic_rounding(void) {
+    // Philox4x32-10: the known answers of the Random123 release (kat_vectors),
+    // all four words, and the order sr_random_bits packs its inputs in:
+    // counter (index low, index high, step low, step high), key (seed low, seed high)
+    const uint32_t kat[3][10] = {
+        {0, 0, 0, 0, 0, 0, 0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8},
+        {0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff,
+         0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd},
+        {0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344, 0xa4093822, 0x299f31d0,
+         0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}};
+    int kat_ok = 1;
+    for (int v = 0; v < 3; v++) {
+        uint32_t ctr[4] = {kat[v][0], kat[v][1], kat[v][2], kat[v][3]};
+        philox4x32_10(ctr, kat[v][4], kat[v][5]);
+        for (int w = 0; w < 4; w++) { kat_ok &= ctr[w] == kat[v][6 + w]; }
+    }
+    check(kat_ok, "stochastic rounding: Philox4x32-10 gives the 3 known answers of Random123");
+    uint32_t packed = sr_random_bits(0x299f31d0a4093822ull, 0x0370734413198a2eull, 0x85a308d3243f6a88ull);
+    check(packed == 0xd16cfe09u, "stochastic rounding: sr_random_bits(seed, step, index) is Philox with "
+          "counter (index, step) and key seed: %08x (expect d16cfe09)", packed);
+
+    // determinism, and every input matters, its high half too. the bits are a
+    // fixed function, so these pass or fail for good. a random 32-bit
+    // function would collide by chance with probability 2^-32 per pair
+    uint32_t base = sr_random_bits(SR_SEED, 3, 99);
+    check(base == sr_random_bits(SR_SEED, 3, 99), "stochastic rounding: same (seed, step, index), same bits");
+    check(base != sr_random_bits(SR_SEED + 1, 3, 99) && base != sr_random_bits(SR_SEED ^ (1ull << 40), 3, 99) &&
+          base != sr_random_bits(SR_SEED, 4, 99) && base != sr_random_bits(SR_SEED, 3 + (1ull << 40), 99) &&
+          base != sr_random_bits(SR_SEED, 3, 100) && base != sr_random_bits(SR_SEED, 3, 99 + (1ull << 40)),
+          "stochastic rounding: changing the seed, the step or the index (low or high half) changes the bits");
+
+    // the low 16 bits, which the rounding reads, are uniform and independent
+    // across index, step and seed: chi-square over 2^16 cells, df = 65535. the
+    // quantiles come from Wilson-Hilferty: df (1 - h -+ z sqrt(h))^3,
+    // h = 2 / (9 df). they are 63347.3 and 67771.1, and the exact chi-square
+    // tail beyond each is 4.998e-10. the lower tail catches generators that
+    // are too even, such as a counter or a multiplicative hash of the index,
+    // whose low bits fill every cell exactly 64 times
+    double df = SR_CHI2_CELLS - 1, h = 2.0 / (9.0 * df);
+    double chi2_lo = df * pow(1.0 - h - SR_CHI2_Z * sqrt(h), 3.0);
+    double chi2_hi = df * pow(1.0 - h + SR_CHI2_Z * sqrt(h), 3.0);
+    for (int kind = 0; kind < SR_SAMPLE_KINDS; kind++) {
+        double chi2 = test_sr_chi2(kind);
+        check(chi2 > chi2_lo && chi2 < chi2_hi, "stochastic rounding bits uniform, %s: chi-square %.1f in "
+              "(%.1f, %.1f), df %.0f, false failure %.0e", sr_sample_names[kind], chi2, chi2_lo, chi2_hi, df,
+              SR_FALSE_FAIL);
+    }
+
+    // results are bf16 numbers, and one of the two neighbours of x. probes:
+    // edge bit patterns, then 1000 draws of the trainer's bits
+    const float xs[] = {
+        1.0f / 3.0f, -2.7182817f,
+        fp32_from_bits(0x3FFFB333u),    // 1.99765: just below 2, so hi is the next binade's first number
+        fp32_from_bits(0x00806666u),    // a tiny normal, 1.0031 x 2^-126
+        fp32_from_bits(0x00001234u),    // a denormal
+        -fp32_from_bits(0x007FFFFFu),   // the largest denormal, negative: hi is -FLT_MIN
+        fp32_from_bits(0x3F800003u),    // 1 + 3 2^-23: p = 3 / 2^16
+        fp32_from_bits(0x3FFFFFFFu),    // the largest float below 2: p = 1 - 2^-16
+        fp32_from_bits(0x7F7EFFFFu),    // just below the largest finite bf16
+        0.0123f, 1e30f, -1e-30f, 1.0f, -0.5f};
+    const int nx = (int)(sizeof xs / sizeof xs[0]);
+    const uint32_t probes[] = {0u, 1u, 0x7FFFu, 0x8000u, 0xFFFFu, 0xFFFF0000u, 0xFFFFFFFFu};
+    const int nprobes = (int)(sizeof probes / sizeof probes[0]);
+    int neighbour_ok = 1;
+    for (int ix = 0; ix < nx; ix++) {
+        double lo, hi;
+        test_bf16_neighbours(xs[ix], &lo, &hi);
+        for (int j = 0; j < nprobes + 1000; j++) {
+            uint32_t bits = j < nprobes ? probes[j] : sr_random_bits(SR_SEED, 1, (uint64_t)j);
+            float y = bf16_round_stochastic(xs[ix], bits);
+            double a = fabs((double)y);
+            int ok = (fp32_to_bits(y) & 0xFFFFu) == 0 && (a == lo || a == hi) && !signbit(y) == !signbit(xs[ix]);
+            if (!ok && neighbour_ok) {
+                printf("  %.9g with bits %08x gave %.9g (%08x), neighbours %.9g and %.9g\n", xs[ix], bits, y,
+                       fp32_to_bits(y), lo, hi);
+            }
+            neighbour_ok &= ok;
+        }
+    }
+    check(neighbour_ok, "stochastic rounding: results have 16 zero low bits and are the lower or upper bf16 "
+          "neighbour of x, same sign (%d x, %d bit patterns each)", nx, nprobes + 1000);
+
+    // unbiased exactly: over all 2^16 values of the bits the rounding reads,
+    // the mean is x. the sum is exact in double (terms below 2^8 gaps, 2^16 of
+    // them), so equality is exact. this catches a bias of one part in 2^16
+    // (say rounding up with probability (f + 1) / 2^16), which no sampling
+    // test can see. the high 16 bits are set, to show they are ignored
+    int exact_ok = 1;
+    for (int ix = 0; ix < nx; ix++) {
+        double sum = 0.0;
+        for (uint32_t r = 0; r < 0x10000u; r++) { sum += bf16_round_stochastic(xs[ix], 0xA5C30000u | r); }
+        if (sum / 65536.0 != (double)xs[ix]) {
+            printf("  %.9g: mean over all 2^16 bit patterns is %.17g\n", xs[ix], sum / 65536.0);
+            exact_ok = 0;
+        }
+    }
+    check(exact_ok, "stochastic rounding: the mean over all 2^16 low bit patterns is x exactly (%d x)", nx);
+
+    // unbiased statistically, with the trainer's random bits, N = 2^20 draws
+    // for each x (bound and k in test_sr_mean_unbiased). the probes are a
+    // negative, a tiny normal, a denormal, just below a power of two, and p
+    // near 0 and 1. each x gets its own step, so its own stream. then the
+    // same test on round to nearest must fail for at least one x, to show it
+    // is sharp: at x = 1/3 that rounding is off by 1/3 gap, hundreds of
+    // standard errors
+    const float mean_xs[] = {1.0f / 3.0f, -2.7182817f, fp32_from_bits(0x3FFFB333u), fp32_from_bits(0x00806666u),
+                             fp32_from_bits(0x00001234u), fp32_from_bits(0x3FFFFFFFu), fp32_from_bits(0x3F800003u)};
+    const int nmean = (int)(sizeof mean_xs / sizeof mean_xs[0]);
+    int biased_caught = 0;
+    for (int ix = 0; ix < nmean; ix++) {
+        double dev_se, k;
+        int ok = test_sr_mean_unbiased(bf16_round_stochastic, mean_xs[ix], 100 + (uint64_t)ix, &dev_se, &k);
+        check(ok, "stochastic rounding unbiased at x = %.9g: |mean - x| = %.2f standard errors <= k = %.2f "
+              "(Bernstein, false failure %.0e, N = 2^20)", mean_xs[ix], dev_se, k, SR_FALSE_FAIL);
+        if (!test_sr_mean_unbiased(test_bf16_round_half_up, mean_xs[ix], 100 + (uint64_t)ix, &dev_se, &k)) {
+            biased_caught++;
+        }
+    }
+    check(biased_caught >= 1, "stochastic rounding: the unbiasedness test is sharp: it rejects round to nearest "
+          "at %d of %d x", biased_caught, nmean);
+
+    // special values, for every probe. NaN stays NaN, including a payload
+    // that lies only in the dropped bits (0x7F800001, which truncation
+    // alone would make inf) and a negative NaN
+    const uint32_t nans[] = {0x7FC00000u, 0x7F800001u, 0xFFC00001u};
+    float bf16_max = ldexpf(255.0f, 120);   // (2 - 2^-7) 2^127, the largest finite bf16
+    float smallest_denormal = ldexpf(1.0f, -149), bf16_smallest = ldexpf(1.0f, -133);
+    int nan_ok = 1, inf_ok = 1, max_ok = 1, zero_ok = 1;
+    for (int j = 0; j < nprobes; j++) {
+        for (int v = 0; v < 3; v++) {
+            float y = bf16_round_stochastic(fp32_from_bits(nans[v]), probes[j]);
+            nan_ok &= isnan(y) && (fp32_to_bits(y) & 0xFFFFu) == 0;
+        }
+        inf_ok &= bf16_round_stochastic(INFINITY, probes[j]) == INFINITY &&
+                  bf16_round_stochastic(-INFINITY, probes[j]) == -INFINITY;
+        // past the largest finite bf16: saturate, never inf
+        max_ok &= bf16_round_stochastic(FLT_MAX, probes[j]) == bf16_max &&
+                  bf16_round_stochastic(-FLT_MAX, probes[j]) == -bf16_max &&
+                  bf16_round_stochastic(nextafterf(bf16_max, INFINITY), probes[j]) == bf16_max &&
+                  bf16_round_stochastic(bf16_max, probes[j]) == bf16_max;
+        float pz = bf16_round_stochastic(0.0f, probes[j]), nz = bf16_round_stochastic(-0.0f, probes[j]);
+        zero_ok &= pz == 0.0f && !signbit(pz) && nz == 0.0f && signbit(nz);
+    }
+    for (int v = 0; v < 3; v++) {
+        float y = bf16_round_nearest(fp32_from_bits(nans[v]));
+        nan_ok &= isnan(y) && (fp32_to_bits(y) & 0xFFFFu) == 0;
+    }
+    check(nan_ok, "stochastic rounding: NaN stays NaN with 16 zero low bits (3 payloads, %d bit patterns; "
+          "round to nearest too)", nprobes);
+    check(inf_ok, "stochastic rounding: +-inf unchanged (%d bit patterns)", nprobes);
+    check(max_ok, "stochastic rounding: +-FLT_MAX and everything above the largest finite bf16 saturates to "
+          "+-%.7g, never inf (%d bit patterns)", bf16_max, nprobes);
+    check(zero_ok, "stochastic rounding: +0 and -0 stay +0 and -0 (%d bit patterns)", nprobes);
+    // denormals: 2^-149 rounds to 0 or to 2^-133 (the smallest bf16 denormal).
+    // the largest denormal carries into the smallest normal
+    float big_denormal = fp32_from_bits(0x007FFFFFu);
+    check(bf16_round_stochastic(smallest_denormal, 0xFFFFu) == bf16_smallest &&
+          bf16_round_stochastic(smallest_denormal, 0xFFFEu) == 0.0f &&
+          bf16_round_stochastic(-smallest_denormal, 0xFFFFu) == -bf16_smallest &&
+          signbit(bf16_round_stochastic(-smallest_denormal, 0u)) &&
+          bf16_round_stochastic(big_denormal, 1u) == FLT_MIN &&
+          bf16_round_stochastic(big_denormal, 0u) == FLT_MIN - bf16_smallest &&
+          bf16_round_stochastic(FLT_MIN, 0xFFFFu) == FLT_MIN,
+          "stochastic rounding: denormals round to a multiple of 2^-133; 2^-149 to 0 or 2^-133 (sign kept), "
+          "the largest denormal up to FLT_MIN");
+
+    // round to nearest even: the ties and the overflow of __float2bfloat16
+    // (the .cu's conversion; the two were compared bit for bit over all 2^32
+    // fp32 patterns when this was written)
+    float tie_even = 1.0f + ldexpf(1.0f, -8), tie_odd = 1.0f + 3.0f * ldexpf(1.0f, -8);
+    check(bf16_round_nearest(tie_even) == 1.0f && bf16_round_nearest(tie_odd) == 1.0f + ldexpf(1.0f, -6) &&
+          bf16_round_nearest(-tie_even) == -1.0f && bf16_round_nearest(nextafterf(tie_even, 2.0f)) ==
+          1.0f + ldexpf(1.0f, -7) && bf16_round_nearest(FLT_MAX) == INFINITY &&
+          bf16_round_nearest(-FLT_MAX) == -INFINITY && bf16_round_nearest(bf16_max) == bf16_max &&
+          bf16_round_nearest(-INFINITY) == -INFINITY && bf16_round_nearest(smallest_denormal) == 0.0f,
+          "bf16 round to nearest: ties to even, FLT_MAX to inf, bf16 max and inf kept, 2^-149 to 0");
+
+    // the array form: every weight's bits come from its place in the whole
+    // buffer (offset + i), so one call, two chunks in either order and a
+    // repeat agree bit for bit, whatever the threads. another step differs
+    enum { SR_ARRAY_N = 1001, SR_ARRAY_SPLIT = 300, SR_ARRAY_OFFSET = 5000 };
+    float* x0 = (float*)malloc(4 * SR_ARRAY_N * sizeof(float));
+    float *one = x0 + SR_ARRAY_N, *chunks = x0 + 2 * SR_ARRAY_N, *again = x0 + 3 * SR_ARRAY_N;
+    Rng rng;
+    rng_seed(&rng, 11);
+    for (int i = 0; i < SR_ARRAY_N; i++) { x0[i] = 0.02f * rng_normal(&rng); }
+    memcpy(one, x0, SR_ARRAY_N * sizeof(float));
+    memcpy(chunks, x0, SR_ARRAY_N * sizeof(float));
+    memcpy(again, x0, SR_ARRAY_N * sizeof(float));
+    bf16_round_stochastic_array(one, SR_ARRAY_N, SR_SEED, 42, SR_ARRAY_OFFSET);
+    bf16_round_stochastic_array(chunks + SR_ARRAY_SPLIT, SR_ARRAY_N - SR_ARRAY_SPLIT, SR_SEED, 42,
+                                SR_ARRAY_OFFSET + SR_ARRAY_SPLIT);
+    bf16_round_stochastic_array(chunks, SR_ARRAY_SPLIT, SR_SEED, 42, SR_ARRAY_OFFSET);
+    bf16_round_stochastic_array(again, SR_ARRAY_N, SR_SEED, 42, SR_ARRAY_OFFSET);
+    int elementwise_ok = 1;
+    for (int i = 0; i < SR_ARRAY_N; i++) {
+        uint32_t bits = sr_random_bits(SR_SEED, 42, (uint64_t)(SR_ARRAY_OFFSET + i));
+        elementwise_ok &= fp32_to_bits(one[i]) == fp32_to_bits(bf16_round_stochastic(x0[i], bits));
+    }
+    check(elementwise_ok && memcmp(one, chunks, SR_ARRAY_N * sizeof(float)) == 0 &&
+          memcmp(one, again, SR_ARRAY_N * sizeof(float)) == 0,
+          "stochastic rounding of an array: element i uses the bits of (seed, step, offset + i); one call, two "
+          "chunks in reverse order and a repeat agree bit for bit");
+    memcpy(again, x0, SR_ARRAY_N * sizeof(float));
+    bf16_round_stochastic_array(again, SR_ARRAY_N, SR_SEED, 43, SR_ARRAY_OFFSET);
+    int differ = 0;
+    for (int i = 0; i < SR_ARRAY_N; i++) { differ += one[i] != again[i]; }
+    // each element differs with probability 2 p (1 - p), about 1/3 on average
+    check(differ > 0, "stochastic rounding of an array: the next step rounds %d of %d weights differently",
+          differ, SR_ARRAY_N);
+    free(x0);
+}
+
+// ----------------------------------------------------------------------------
+// 8-bit blockwise quantization against bitsandbytes
+// (format: dev/reference/README.md, written by dev/reference/quant8_reference.py)
+
+#define QUANT8_REF_MAGIC 20261108
+#define QUANT8_REF_VERSION 1
+#define QUANT8_REF_HEADER_INTS 8
+#define QUANT8_REF_NAME_BYTES 32
+
+typedef struct {
+    char name[QUANT8_REF_NAME_BYTES];
+    int is_signed;    // 1: the signed map, 0: the unsigned one
+    size_t n, blocks; // blocks = quant8_num_blocks(n)
+    float* x;         // (n) the input
+    uint8_t* codes;   // (n) bnb's codes
+    float* absmax;    // (blocks) bnb's absmax
+    float* dequant;   // (n) bnb's dequantized values
+} Quant8Vector;
+
+typedef struct {
+    float maps[2][QUANT8_MAP_SIZE];     // [is_signed]: create_dynamic_map(signed=is_signed)
+    float searched[2][QUANT8_MAP_SIZE]; // [is_signed]: the map bnb 0.49.2 searched (entry 0 set to -1.0)
+    int num_vectors;
+    Quant8Vector* vectors;
+} Quant8Reference;
+
+static void quant8_reference_free(Quant8Reference* r) {
+    for (int i = 0; i < r->num_vectors; i++) {
+        free(r->vectors[i].x);
+        free(r->vectors[i].codes);
+        free(r->vectors[i].absmax);
+        free(r->vectors[i].dequant);
+    }
+    free(r->vectors);
+    r->vectors = NULL;
+    r->num_vectors = 0;
+}
+
+// the one reader of quant8 reference files. returns 0, or 1 with the file,
+// the problem and a hint in err
+static int quant8_reference_read(Quant8Reference* r, const char* path, char* err, size_t errlen) {
+    const char* hint = "regenerate it with: python dev/reference/quant8_reference.py";
+    memset(r, 0, sizeof *r);
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: cannot open (%s); %s", path, strerror(errno), hint);
+        return 1;
+    }
+    int32_t h[QUANT8_REF_HEADER_INTS];
+    if (!read_exact(f, h, sizeof h) || h[0] != QUANT8_REF_MAGIC || h[1] != QUANT8_REF_VERSION) {
+        snprintf(err, errlen, "%s: not a version %d quant8 reference file; %s", path, QUANT8_REF_VERSION, hint);
+        fclose(f);
+        return 1;
+    }
+    if (h[2] < 1 || h[2] > 1000 || h[3] != QUANT8_BLOCK || h[4] != QUANT8_MAP_SIZE) {
+        snprintf(err, errlen, "%s: %d vectors, block size %d, map size %d; the C code has block size %d and "
+                 "map size %d; %s", path, h[2], h[3], h[4], QUANT8_BLOCK, QUANT8_MAP_SIZE, hint);
+        fclose(f);
+        return 1;
+    }
+    // file order: signed map, unsigned map, then the same two as bnb searched them
+    int ok = read_exact(f, r->maps[1], sizeof r->maps[1]) && read_exact(f, r->maps[0], sizeof r->maps[0]) &&
+             read_exact(f, r->searched[1], sizeof r->searched[1]) && read_exact(f, r->searched[0], sizeof r->searched[0]);
+    r->vectors = (Quant8Vector*)calloc_check((size_t)h[2] * sizeof(Quant8Vector), "quant8 reference vectors");
+    for (int v = 0; ok && v < h[2]; v++) {
+        Quant8Vector* q = &r->vectors[v];
+        int32_t vh[4];
+        ok = read_exact(f, vh, sizeof vh) && read_exact(f, q->name, QUANT8_REF_NAME_BYTES);
+        if (!ok) { break; }
+        q->name[QUANT8_REF_NAME_BYTES - 1] = '\0';
+        if (vh[0] < 1 || vh[0] > 10000000 || (vh[1] != 0 && vh[1] != 1) ||
+            (size_t)vh[2] != quant8_num_blocks((size_t)vh[0])) {
+            snprintf(err, errlen, "%s: vector %d has a bad header (n %d, signed %d, blocks %d); %s",
+                     path, v, vh[0], vh[1], vh[2], hint);
+            fclose(f);
+            quant8_reference_free(r);
+            return 1;
+        }
+        r->num_vectors = v + 1; // from here on free() sees this vector's buffers
+        q->n = (size_t)vh[0];
+        q->is_signed = vh[1];
+        q->blocks = (size_t)vh[2];
+        size_t padded = (q->n + 3) / 4 * 4; // the codes are zero-padded to a multiple of 4 bytes
+        q->x = (float*)malloc_check(q->n * sizeof(float), "quant8 reference x");
+        q->codes = (uint8_t*)malloc_check(padded, "quant8 reference codes");
+        q->absmax = (float*)malloc_check(q->blocks * sizeof(float), "quant8 reference absmax");
+        q->dequant = (float*)malloc_check(q->n * sizeof(float), "quant8 reference dequant");
+        ok = read_exact(f, q->x, q->n * sizeof(float)) && read_exact(f, q->codes, padded) &&
+             read_exact(f, q->absmax, q->blocks * sizeof(float)) && read_exact(f, q->dequant, q->n * sizeof(float));
+    }
+    int extra = ok && fgetc(f) != EOF;
+    fclose(f);
+    if (!ok || extra) {
+        snprintf(err, errlen, "%s: %s than its header implies; %s", path, ok ? "longer" : "shorter", hint);
+        quant8_reference_free(r);
+        return 1;
+    }
+    r->num_vectors = h[2];
+    return 0;
+}
+
+// how many of n floats differ from the reference in their bits (-0 is not +0)
+static size_t quant8_bit_differences(const float* a, const float* b, size_t n) {
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++) { d += memcmp(&a[i], &b[i], sizeof(float)) != 0; }
+    return d;
+}
+
+// one vector against bnb, then the properties of the C code on our own maps
+static void test_quant8_vector(const Quant8Vector* v, const float* ours, const float* searched) {
+    size_t n = v->n, nb = v->blocks;
+    uint8_t* codes = (uint8_t*)malloc_check(n, "quant8 codes");
+    uint8_t* codes2 = (uint8_t*)malloc_check(n, "quant8 codes");
+    float* absmax = (float*)malloc_check(nb * sizeof(float), "quant8 absmax");
+    float* absmax2 = (float*)malloc_check(nb * sizeof(float), "quant8 absmax");
+    float* deq = (float*)malloc_check(n * sizeof(float), "quant8 dequant");
+
+    // 1. on the map bnb searched, the same float operations in the same order:
+    // every code, absmax and dequantized value is equal, ties included
+    quantize_blockwise(codes, absmax, v->x, n, searched);
+    size_t dc = 0;
+    for (size_t i = 0; i < n; i++) { dc += codes[i] != v->codes[i]; }
+    check(dc == 0, "quant8 %s: codes equal bitsandbytes' exactly (%zu of %zu differ)", v->name, dc, n);
+    size_t da = quant8_bit_differences(absmax, v->absmax, nb);
+    check(da == 0, "quant8 %s: absmax equals bitsandbytes' bit for bit (%zu of %zu blocks differ)", v->name, da, nb);
+    dequantize_blockwise(deq, v->codes, v->absmax, n, searched);
+    size_t dd = quant8_bit_differences(deq, v->dequant, n);
+    check(dd == 0, "quant8 %s: dequantized values equal bitsandbytes' bit for bit (%zu of %zu differ)", v->name, dd, n);
+
+    // 2. on our map (the one create_dynamic_map returns), a code may differ from
+    // bnb's only where bnb's entry 0 of -1.0 moves the nearest entry: there x /
+    // absmax is nearer to our entry 0 (-0.99297, or 0 unsigned) than to entry 1,
+    // but nearer to entry 1 than to -1.0. we give 0, bnb gives 1
+    quantize_blockwise(codes, absmax, v->x, n, ours);
+    size_t moved = 0, unexplained = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (codes[i] == v->codes[i]) { continue; }
+        float y = v->x[i] * (1.0f / absmax[i / QUANT8_BLOCK]);
+        int explained = codes[i] == 0 && v->codes[i] == 1 && fabsf(y - ours[0]) <= fabsf(ours[1] - y) &&
+                        fabsf(ours[1] - y) < fabsf(y - searched[0]);
+        moved += explained;
+        unexplained += !explained;
+    }
+    check(unexplained == 0, "quant8 %s on our map: codes differ from bitsandbytes' only where its entry 0 "
+          "(-1.0, ours %.5g) moves the nearest entry: %zu such, %zu others", v->name, ours[0], moved, unexplained);
+
+    // 3. every code is the nearest entry, found by brute force over all 256 (ties
+    // to the lower index), and the error bound holds. bound: with y = x / absmax
+    // between entries map[k] <= y <= map[k + 1], |x - dequant| <= absmax (h + 2^-21),
+    // h = (map[k + 1] - map[k]) / 2, or map[0] - y below map[0] (the signed map
+    // stops at -0.99297). 2^-21 covers the fp32 roundings of 1 / absmax,
+    // x * (1 / absmax) and map[c] * absmax, 2^-24 relative each, with room
+    dequantize_blockwise(deq, codes, absmax, n, ours);
+    size_t not_nearest = 0, over_bound = 0, ties = 0, nonfinite = 0;
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        float am = absmax[i / QUANT8_BLOCK];
+        if (!isfinite(deq[i])) { nonfinite++; }
+        if (am == 0.0f) {
+            not_nearest += codes[i] != 0 || deq[i] != 0.0f;
+            continue;
+        }
+        float y = v->x[i] * (1.0f / am);
+        int best = 0;
+        for (int j = 1; j < QUANT8_MAP_SIZE; j++) {
+            if (fabsf(y - ours[j]) < fabsf(y - ours[best])) { best = j; }
+        }
+        for (int j = best + 1; j < QUANT8_MAP_SIZE; j++) { ties += fabsf(y - ours[j]) == fabsf(y - ours[best]); }
+        not_nearest += codes[i] != best;
+        double yd = (double)v->x[i] / am, h;
+        if (yd < ours[0]) {
+            h = ours[0] - yd;
+        } else {
+            int k = 0;
+            while (k < QUANT8_MAP_SIZE - 2 && yd > ours[k + 1]) { k++; }
+            h = ((double)ours[k + 1] - ours[k]) / 2.0;
+        }
+        double bound = am * (h + ldexp(1.0, -21)), e = fabs((double)v->x[i] - deq[i]);
+        if (!(e <= bound)) { over_bound++; }
+        if (e / bound > worst) { worst = e / bound; }
+    }
+    check(not_nearest == 0 && nonfinite == 0, "quant8 %s on our map: every code is the nearest entry by brute force, "
+          "ties to the lower (%zu of %zu not; %zu exact ties; all-zero blocks: code 0, value 0; %zu not finite)",
+          v->name, not_nearest, n, ties, nonfinite);
+    check(over_bound == 0, "quant8 %s on our map: |x - dequant| <= absmax (half the gap around x/absmax + 2^-21) "
+          "(%zu of %zu over; worst %.3f of the bound)", v->name, over_bound, n, worst);
+
+    // 4. round trip: quantize(dequantize(codes)) == codes in every block whose
+    // absmax survives. on our signed map a block whose largest |x| is negative
+    // comes back with absmax 0.99297 absmax (entry 0), and its codes may move:
+    // that is why bnb's CPU kernel sets entry 0 to -1.0. on the map bnb searched
+    // every block must survive
+    for (int pass = 0; pass < 2; pass++) {
+        const float* map = pass == 0 ? ours : searched;
+        quantize_blockwise(codes, absmax, v->x, n, map);
+        dequantize_blockwise(deq, codes, absmax, n, map);
+        quantize_blockwise(codes2, absmax2, deq, n, map);
+        size_t kept = 0, shrunk = 0, bad = 0;
+        for (size_t b = 0; b < nb; b++) {
+            size_t start = b * QUANT8_BLOCK, end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
+            if (absmax2[b] == absmax[b]) {
+                kept++;
+                bad += memcmp(codes + start, codes2 + start, end - start) != 0;
+            } else {
+                int expected = pass == 0 && v->is_signed && absmax2[b] == fabsf(map[0] * absmax[b]);
+                shrunk += expected;
+                bad += !expected;
+            }
+        }
+        check(bad == 0, "quant8 %s on %s map: quantize(dequantize(codes)) == codes in the %zu of %zu blocks that keep "
+              "their absmax; %zu come back as 0.99297 absmax (largest |x| negative); %zu wrong", v->name,
+              pass == 0 ? "our" : "bnb's searched", kept, nb, shrunk, bad);
+    }
+    free(codes);
+    free(codes2);
+    free(absmax);
+    free(absmax2);
+    free(deq);
+}
+
+// what the comments of quantize_blockwise promise where bitsandbytes gives no
+// reference: block counts, NaN and infinity, and a subnormal absmax
+static void test_quant8_edges(const float* signed_map) {
+    size_t ns[5] = {0, 1, QUANT8_BLOCK, QUANT8_BLOCK + 1, 5000}, want[5] = {0, 1, 1, 2, 3};
+    int ok = 1;
+    for (int i = 0; i < 5; i++) { ok = ok && quant8_num_blocks(ns[i]) == want[i]; }
+    check(ok, "quant8_num_blocks: 0, 1, 2048, 2049, 5000 values -> 0, 1, 1, 2, 3 blocks");
+
+    int zero = 0; // the index of the signed map's 0
+    while (zero < QUANT8_MAP_SIZE - 1 && signed_map[zero] != 0.0f) { zero++; }
+    uint8_t codes[4];
+    float absmax[1], deq[4];
+    float nan_block[3] = {0.5f, NAN, -0.25f};
+    quantize_blockwise(codes, absmax, nan_block, 3, signed_map);
+    dequantize_blockwise(deq, codes, absmax, 3, signed_map);
+    check(isnan(absmax[0]) && codes[0] == 0 && codes[2] == 0 && isnan(deq[0]) && isnan(deq[1]) && isnan(deq[2]),
+          "quant8 NaN in a block: absmax NaN, codes 0, the whole block dequantizes to NaN (absmax %g, %g %g %g)",
+          absmax[0], deq[0], deq[1], deq[2]);
+    float inf_block[3] = {0.5f, INFINITY, -0.25f};
+    quantize_blockwise(codes, absmax, inf_block, 3, signed_map);
+    dequantize_blockwise(deq, codes, absmax, 3, signed_map);
+    check(isinf(absmax[0]) && codes[0] == zero && codes[1] == 0 && codes[2] == zero &&
+          !isfinite(deq[0]) && !isfinite(deq[1]) && !isfinite(deq[2]),
+          "quant8 infinity in a block: absmax inf, finite values get the 0 entry, inf gets code 0, nothing "
+          "dequantizes finite (codes %d %d %d)", codes[0], codes[1], codes[2]);
+    // 1 / 1e-40 overflows to inf; by division the values keep their codes
+    float tiny_block[4] = {1e-40f, 0.0f, -5e-41f, 2.5e-41f};
+    quantize_blockwise(codes, absmax, tiny_block, 4, signed_map);
+    dequantize_blockwise(deq, codes, absmax, 4, signed_map);
+    ok = absmax[0] == 1e-40f && codes[0] == QUANT8_MAP_SIZE - 1 && codes[1] == zero;
+    for (int i = 0; i < 4; i++) { ok = ok && isfinite(deq[i]) && fabsf(deq[i] - tiny_block[i]) <= 0.01f * absmax[0]; }
+    check(ok, "quant8 subnormal absmax 1e-40: divides instead of multiplying by 1/absmax = inf; codes %d %d %d %d, "
+          "each within 1%% of absmax", codes[0], codes[1], codes[2], codes[3]);
+}
+
+static void test_quant8(const char* path) {
+    Quant8Reference ref;
+    char err[512];
+    if (quant8_reference_read(&ref, path, err, sizeof err) != 0) {
+        check(0, "quant8 reference file: %s", err);
+        return;
+    }
+    float ours[2][QUANT8_MAP_SIZE];
+    for (int s = 1; s >= 0; s--) {
+        quant8_dynamic_map(ours[s], s);
+        size_t d = quant8_bit_differences(ours[s], ref.maps[s], QUANT8_MAP_SIZE);
+        check(d == 0, "quant8 %s dynamic map equals bitsandbytes' create_dynamic_map(signed=%s) bit for bit "
+              "(%zu of %d entries differ)", s ? "signed" : "unsigned", s ? "True" : "False", d, QUANT8_MAP_SIZE);
+    }
+    for (int i = 0; i < ref.num_vectors; i++) {
+        const Quant8Vector* v = &ref.vectors[i];
+        test_quant8_vector(v, ours[v->is_signed], ref.searched[v->is_signed]);
+    }
+    test_quant8_edges(ours[1]);
+    quant8_reference_free(&ref);
+}
+
 // the out-of-memory hint says what can shrink: the batch for what grows
 // with it, the model for parameters, gradients and optimizer states
 static void test_memory_hints(void) {
@@ -2424,6 +3034,8 @@ static void test_optimizer_memory(void) {
     optimizer_free(&o);
 }
 
+static void test_trainer_gpu_memory(const char* dir, const char* bin);
+
 static void test_trainer(void) {
     if (access(TRAINER_BIN, X_OK) != 0) {
         check(0, "trainer binary %s exists (make test builds it)", TRAINER_BIN);
@@ -2445,6 +3057,24 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--total_batch_size 4", "subtrack++");
     test_trainer_resume(dir, "--subspace_update_method galore --adaptive_optimizer 0", "galore");
     test_trainer_resume(dir, "--optimizer adamw", "adamw");
+    test_trainer_resume(dir, "--master_weights 0", "master_weights_0");
+    test_trainer_resume(dir, "--optimizer low_rank_adamw_per_layer --grad_clipping 0", "per_layer");
+    test_master_weights_tracks(dir);
+    test_trainer_gpu_memory(dir, TRAINER_BIN);
+    {
+        // --activation_checkpointing is a no-op here, and the run says so
+        static char out[1 << 16];
+        snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 1 --activation_checkpointing");
+        int rc = run_trainer_capture(args, 1, out, sizeof out);
+        check(rc == 0 && strstr(out, "--activation_checkpointing is a no-op on the CPU trainer") != NULL,
+              "the CPU trainer runs with --activation_checkpointing and says it is a no-op there (exit %d)", rc);
+    }
+    check_trainer_rejects("--memory_plan on the CPU trainer", TRAINER_FAST " --memory_plan",
+                          "run ./train_llama_subtrack --memory_plan");
+    check_trainer_rejects("per-layer updates with gradient accumulation", TRAINER_FAST " --grad_clipping 0 "
+                          "--optimizer low_rank_adamw_per_layer --total_batch_size 4", "cannot accumulate");
+    check_trainer_rejects("per-layer updates with clipping", TRAINER_FAST " --optimizer low_rank_adamw_per_layer",
+                          "add --grad_clipping 0");
 
     // bad input: each a message on stderr and a non-zero exit
     check_trainer_rejects("an unknown flag", "--no_such_flag 1", "unknown flag");
@@ -2730,6 +3360,129 @@ static void test_grad_norm_and_accumulation(void) {
 
 // ----------------------------------------------------------------------------
 
+// the first unsigned number after `key` in text, or 0 when absent
+static unsigned long long number_after(const char* text, const char* key) {
+    const char* at = strstr(text, key);
+    return at != NULL ? strtoull(at + strlen(key), NULL, 10) : 0;
+}
+
+// the GPU trainer's memory: --activation_checkpointing trains bit for bit as
+// keeping every activation (the whole checkpoint and every logged loss), so
+// do per-layer updates (every logged loss and norm; the checkpoints differ
+// only in the optimizer's name), and, under the CPU harness, the plan
+// (--memory_plan, no device needed) equals the peak of cudaMalloc the
+// harness measures, to the byte, on four option sets, with everything freed
+// at exit; a device too small for the plan stops
+// the run at start, naming the need, the free memory and the flags that fit
+static void test_trainer_gpu_memory(const char* dir, const char* bin) {
+    static char out[1 << 16];
+    char args[2048], err[4096];
+    // recomputation: 2 runs of 4 steps with an SVD refresh (GaLore, k = 2)
+    const char* variants[2] = {"", " --activation_checkpointing"};
+    unsigned char* ck[2] = {NULL, NULL};
+    size_t nck[2] = {0, 0};
+    char losses[2][16][32];
+    int rows[2] = {0, 0}, rc[2];
+    for (int r = 0; r < 2; r++) {
+        char d[700], log[700], path[800];
+        snprintf(d, sizeof d, "%s/recompute_%d", dir, r);
+        snprintf(log, sizeof log, "%s/recompute_%d.csv", dir, r);
+        snprintf(args, sizeof args, TRAINER_FAST " --subspace_update_method galore --num_training_steps 4 "
+                 "--save_dir %s --log_file %s%s", d, log, variants[r]);
+        rc[r] = run_trainer(args, err, sizeof err);
+        snprintf(path, sizeof path, "%s/%s", d, CHECKPOINT_FILE);
+        if (!read_file_bytes(path, &ck[r], &nck[r])) { nck[r] = 0; }
+        rows[r] = read_csv_losses(log, losses[r], 16);
+    }
+    int same = rows[0] == 4 && rows[1] == 4;
+    for (int i = 0; same && i < 4; i++) { same = strcmp(losses[0][i], losses[1][i]) == 0; }
+    check(rc[0] == 0 && rc[1] == 0 && nck[0] > 0 && nck[0] == nck[1] && memcmp(ck[0], ck[1], nck[0]) == 0 && same,
+          "%s --activation_checkpointing: 4 steps give the same checkpoint, byte for byte (%zu and %zu bytes), and "
+          "the same 4 logged losses (exits %d %d)", bin, nck[0], nck[1], rc[0], rc[1]);
+    free(ck[0]);
+    free(ck[1]);
+    // per-layer updates against whole steps, clipping off: the logged rows
+    // (loss, lr, norm) must agree; the norm is summed unit by unit, so it is
+    // compared to its printed digits
+    char rows_txt[2][4096];
+    for (int r = 0; r < 2; r++) {
+        char log[700];
+        snprintf(log, sizeof log, "%s/per_layer_%d.csv", dir, r);
+        snprintf(args, sizeof args, TRAINER_FAST " --subspace_update_method galore --num_training_steps 4 "
+                 "--grad_clipping 0 --log_file %s%s", log, r ? " --optimizer low_rank_adamw_per_layer" : "");
+        rc[r] = run_trainer(args, err, sizeof err);
+        rows_txt[r][0] = '\0';
+        FILE* f = fopen(log, "r");
+        if (f) {
+            size_t got = fread(rows_txt[r], 1, sizeof rows_txt[r] - 1, f);
+            rows_txt[r][got] = '\0';
+            fclose(f);
+        }
+        // drop the ms and tokens/s columns, which are timings
+        char* line = rows_txt[r];
+        char cleaned[4096] = "";
+        while (*line) {
+            char* end = strchr(line, '\n');
+            size_t len = end ? (size_t)(end - line) : strlen(line);
+            int commas = 0;
+            size_t keep = 0;
+            while (keep < len && commas < 5) { if (line[keep] == ',') { commas++; } keep++; }
+            strncat(cleaned, line, keep);
+            strcat(cleaned, "\n");
+            line += len + (end ? 1 : 0);
+        }
+        snprintf(rows_txt[r], sizeof rows_txt[r], "%s", cleaned);
+    }
+    check(rc[0] == 0 && rc[1] == 0 && strlen(rows_txt[0]) > 40 && strcmp(rows_txt[0], rows_txt[1]) == 0,
+          "%s --optimizer low_rank_adamw_per_layer: 4 steps log the same losses, lr and norms as whole steps "
+          "(exits %d %d)", bin, rc[0], rc[1]);
+    size_t bl = strlen(bin);
+    if (!(bl > 4 && strcmp(bin + bl - 4, "_emu") == 0)) { return; }  // the rest measures with the harness
+    const char* sets[4] = {
+        "",                                                        // bf16 activations, SubTrack++
+        " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
+        " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24",
+        " --activation_checkpointing --master_weights 0 --optimizer low_rank_adamw_per_layer --grad_clipping 0",
+    };
+    size_t planned[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 4; i++) {
+        snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --eval_every 1 --sample_every 2 "
+                 "--gen_tokens 4 --save_dir %s/plan_%d%s", dir, i, sets[i]);
+        char plan_args[2100];
+        snprintf(plan_args, sizeof plan_args, "%s --memory_plan", args);
+        int prc = run_trainer_capture(plan_args, 1, out, sizeof out);
+        planned[i] = (size_t)number_after(out, "\ntotal: ");
+        const char* last = strstr(out, "\npeak device memory: ");
+        int last_ok = last != NULL && strchr(last + 1, '\n') != NULL && strchr(last + 1, '\n')[1] == '\0';
+        char env_bin[800];
+        snprintf(env_bin, sizeof env_bin, "CUDA_EMU_MEMORY=1 %s", bin);
+        g_trainer_bin = env_bin;
+        int trc = run_trainer(args, err, sizeof err);
+        g_trainer_bin = bin;
+        size_t peak = (size_t)number_after(err, "device memory: peak ");
+        size_t live = (size_t)number_after(err, "live at exit ");
+        check(prc == 0 && last_ok && trc == 0 && planned[i] > 0 && peak == planned[i] && live == 0,
+              "memory plan of%s%s: %zu bytes planned, the harness measured a peak of %zu bytes over 2 steps with "
+              "evaluation, sampling and a checkpoint, %zu bytes left at exit (exits %d %d; last line is the peak: %d)",
+              sets[i][0] ? "" : " the defaults", sets[i], planned[i], peak, live, prc, trc, last_ok);
+    }
+    // a device between the plan with and without recomputation (the first
+    // set, then the same with --activation_checkpointing): refused at start
+    snprintf(args, sizeof args, TRAINER_FAST " --activation_checkpointing --memory_plan");
+    run_trainer_capture(args, 1, out, sizeof out);
+    size_t lean = (size_t)number_after(out, "\ntotal: ");
+    char env_bin[800];
+    snprintf(env_bin, sizeof env_bin, "CUDA_EMU_DEVICE_MEMORY=%zu %s", (lean + planned[0]) / 2, bin);
+    g_trainer_bin = env_bin;
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 1");
+    int orc = run_trainer(args, err, sizeof err);
+    g_trainer_bin = bin;
+    check(orc > 0 && lean < planned[0] && strstr(err, "out of GPU memory") && strstr(err, "plans") &&
+          strstr(err, "free") && strstr(err, "to fit: add --activation_checkpointing"),
+          "a device of %zu bytes for a plan of %zu: refused at start with the need, the free memory and the flag "
+          "that fits (exit %d): %.300s", (lean + planned[0]) / 2, planned[0], orc, err);
+}
+
 // --trainer BIN: the loop's checks on another trainer binary (the CUDA
 // trainer, on a GPU or under dev/cuda_emu): bit-exact resume in its default
 // dtype and in float32, the CSV header of a resumed run's new log, and a
@@ -2743,6 +3496,11 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--total_batch_size 4", "subtrack++");
     test_trainer_resume(dir, "--total_batch_size 4 --dtype float32", "subtrack++_float32");
     test_trainer_resume(dir, "--optimizer adamw --dtype float32", "adamw_float32");
+    test_trainer_resume(dir, "--master_weights 0", "master_weights_0");
+    test_trainer_resume(dir, "--master_weights 0 --dtype float32", "master_weights_0_float32");
+    test_trainer_resume(dir, "--optimizer low_rank_adamw_per_layer --grad_clipping 0 --master_weights 0 "
+                        "--activation_checkpointing", "per_layer_lean");
+    test_trainer_gpu_memory(dir, bin);
     snprintf(log, sizeof log, "%s/resumed_new.csv", dir);
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 7 --continue_from '%s/resumed_subtrack++' "
              "--total_batch_size 4 --allow_changed num_training_steps --log_file %s", dir, log);
@@ -2900,6 +3658,8 @@ int main(int argc, char** argv) {
     test_json_config();
     test_json_config_strict();
     test_optimizer_memory();
+    test_quant8("dev/reference/quant8_reference.bin");
+    test_stochastic_rounding();
     test_memory_hints();
     test_authors_args("dev/reference/authors_args.txt");
     test_default_settings_unchanged();

@@ -3049,7 +3049,9 @@ typedef struct {
     float progress_interval; // seconds between progress lines of a long phase
     int stop_at_step;        // stop after this step as if interrupted (0 = run to the end)
     char dtype[16];          // float32 | bfloat16 (the CUDA trainer only)
-    int activation_checkpointing;
+    int activation_checkpointing; // the CUDA trainer recomputes each layer in the backward; a no-op on the CPU
+    int memory_plan;         // print the CUDA trainer's device-memory plan and exit
+    int master_weights;      // 1: fp32 master weights; 0: bf16 weights, updated with stochastic rounding
     // the authors' flags that mean nothing in one process here
     int single_gpu, use_hf_model, workers;
     char tags[256], name[256];
@@ -3107,6 +3109,7 @@ void train_config_defaults(TrainConfig* t) {
     t->print_every = 10;
     t->progress_interval = 2.0f;
     snprintf(t->dtype, sizeof t->dtype, "%s", "float32");
+    t->master_weights = 1;
     t->workers = 8;
     snprintf(t->name, sizeof t->name, "%s", "test");
 }
@@ -3212,7 +3215,12 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(progress_interval, FLAG_FLOAT, "seconds between progress lines of a long phase (building, SVD, evaluation)"),
     FLAG(stop_at_step, FLAG_INT, "stop after this step (saving if --save_dir), as if interrupted; 0 = run to the end"),
     FLAG(dtype, FLAG_STRING, "float32 | bfloat16 (bf16) (bfloat16: the CUDA trainer only)"),
-    FLAG(activation_checkpointing, FLAG_SWITCH, "recompute activations in the backward: not implemented yet"),
+    FLAG(activation_checkpointing, FLAG_SWITCH, "keep only each layer's input and recompute the layer in the "
+         "backward (the CUDA trainer; a no-op on the CPU, which keeps everything)"),
+    FLAG(master_weights, FLAG_SWITCH, "1: fp32 master weights; 0: the weights are bf16 (on the CPU and with "
+         "--dtype float32: bf16 values in fp32), each update rounded to bf16 stochastically (seeded, resumable)"),
+    FLAG(memory_plan, FLAG_SWITCH, "print every device buffer the CUDA trainer would allocate for these flags, "
+         "and the peak, then exit (needs no GPU)"),
     FLAG_NOTE(single_gpu, FLAG_SWITCH, "the authors' switch to skip DDP", "no-op: one process"),
     FLAG_NOTE(use_hf_model, FLAG_SWITCH, "the authors' switch for transformers' LlamaForCausalLM",
               "no-op: the same LLaMA either way"),
@@ -3226,6 +3234,17 @@ static const FlagSpec TRAIN_FLAGS[] = {
 static const char* const AUTHORS_OPTIMIZERS_NOT_YET[] = {
     "sgd", "adafactor", "low_rank_adafactor", "adam8bit", "low_rank_adamw8bit", "low_rank_adamw8bit_per_layer",
 };
+
+// low-rank AdamW, whole-step or per layer (the same arithmetic: each matrix
+// updated as soon as its gradient is complete, in the CUDA trainer)
+static int optimizer_name_low_rank(const char* name) {
+    return strcmp(name, "low_rank_adamw") == 0 || strcmp(name, "low_rank_adamw_per_layer") == 0;
+}
+
+static int optimizer_name_per_layer(const char* name) {
+    size_t n = strlen(name), k = strlen("_per_layer");
+    return n > k && strcmp(name + n - k, "_per_layer") == 0;
+}
 
 static void flag_value_string(const FlagSpec* f, const TrainConfig* t, char* out, size_t cap) {
     const char* base = (const char*)t + f->offset;
@@ -3485,10 +3504,30 @@ const char* train_config_problem(const TrainConfig* t) {
                  "adds the decay to the gradient (L2); --optimizer adamw decays the weights directly", t->weight_decay);
         return msg;
     }
-    if (strcmp(t->optimizer, "adamw") != 0 && strcmp(t->optimizer, "low_rank_adamw") != 0 &&
+    if (strcmp(t->optimizer, "adamw") != 0 && !optimizer_name_low_rank(t->optimizer) &&
         strcmp(t->optimizer, "adam") != 0) {
-        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, low_rank_adamw or adam", t->optimizer);
+        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, low_rank_adamw, low_rank_adamw_per_layer or adam",
+                 t->optimizer);
         return msg;
+    }
+    // per-layer updates change each weight as soon as its gradient is
+    // complete, so that no full gradient buffer exists: that is the step of
+    // one batch only when nothing needs every gradient first
+    if (optimizer_name_per_layer(t->optimizer)) {
+        int accum = t->gradient_accumulation > 0 ? t->gradient_accumulation
+                  : (t->total_batch_size > 0 ? t->total_batch_size / (t->batch_size > 0 ? t->batch_size : 1) : 1);
+        if (accum > 1) {
+            snprintf(msg, sizeof msg, "--optimizer %s updates each weight during the backward, so it cannot "
+                     "accumulate gradients over micro steps: give --total_batch_size equal to --batch_size (now %d "
+                     "and %d), or use --optimizer low_rank_adamw", t->optimizer, t->total_batch_size, t->batch_size);
+            return msg;
+        }
+        if (t->grad_clipping > 0) {
+            snprintf(msg, sizeof msg, "--optimizer %s updates each weight during the backward, before the global "
+                     "gradient norm that --grad_clipping %g needs is known: add --grad_clipping 0, or use "
+                     "--optimizer low_rank_adamw", t->optimizer, t->grad_clipping);
+            return msg;
+        }
     }
     if (t->authors_defaults && train_flag_given(t, "--beta1")) {
         snprintf(msg, sizeof msg, "--beta1 on one of the authors' configs: in their torchrun_main.py --beta1 only "
@@ -3528,12 +3567,7 @@ const char* train_config_problem(const TrainConfig* t) {
         snprintf(msg, sizeof msg, "--rand_proj (GoLore's random projection) is not implemented yet; leave it off");
         return msg;
     }
-    if (t->activation_checkpointing) {
-        snprintf(msg, sizeof msg, "--activation_checkpointing is not implemented yet; leave it off (every "
-                 "activation is kept, see the memory line at start)");
-        return msg;
-    }
-    if (strcmp(t->optimizer, "low_rank_adamw") == 0 && (t->rank <= 0 || t->subspace_update_interval <= 0)) {
+    if (optimizer_name_low_rank(t->optimizer) && (t->rank <= 0 || t->subspace_update_interval <= 0)) {
         snprintf(msg, sizeof msg, "--rank and --subspace_update_interval must be positive");
         return msg;
     }
@@ -4091,6 +4125,131 @@ int sample_token(const float* logits, int V, float temperature, int top_k, Rng* 
 }
 
 // ----------------------------------------------------------------------------
+// bf16 weights without fp32 masters: stochastic rounding
+//
+// with --master_weights 0 the weights live only in bf16, whose gap is 2^-8 to
+// 2^-7 of the weight. round to nearest would drop every update smaller than
+// half a gap, step after step. stochastic rounding keeps such updates in expectation.
+// x rounds up in magnitude with probability (|x| - lo) / gap, so E[round(x)] = x.
+// everything below is integer arithmetic on the fp32 bit pattern, with no
+// float operations, so a __device__ copy of each function matches bit for bit
+// even when the GPU build flushes denormals (--use_fast_math).
+
+#define BF16_DROPPED_BITS 0x0000FFFFu   // the fp32 mantissa bits that bf16 does not keep
+#define BF16_MAX_BITS 0x7F7F0000u       // the largest finite bf16, (2 - 2^-7) 2^127 ~ 3.39e38
+#define BF16_CANONICAL_NAN 0x7FFF0000u  // what __float2bfloat16 returns for every NaN
+#define FP32_INF_BITS 0x7F800000u
+
+// the CUDA trainer's kernels call the functions marked HOST_DEVICE too (it
+// defines HOST_DEVICE as __host__ __device__ before including this file)
+#ifndef HOST_DEVICE
+#define HOST_DEVICE
+#endif
+
+HOST_DEVICE static inline uint32_t fp32_to_bits(float x) { uint32_t u; memcpy(&u, &x, sizeof u); return u; }
+HOST_DEVICE static inline float fp32_from_bits(uint32_t u) { float x; memcpy(&x, &u, sizeof x); return x; }
+
+// the random bits come from Philox4x32-10 (Salmon et al., "Parallel random
+// numbers: as easy as 1, 2, 3", SC 2011). cuRAND, JAX and PyTorch use the
+// same counter-based generator. it has no state: the bits of a weight depend
+// on (seed, step, index) alone. so they do not depend on thread order, on how
+// the elements are split among threads or blocks, or on a resume from a
+// checkpoint. the 128-bit counter holds index and step whole, and the 64-bit
+// key holds the seed. for a fixed key Philox is a bijection of the counter,
+// so two different (step, index) pairs never get the same draw. a hash of
+// the three inputs folded into 64 bits could not promise that. with 10
+// rounds Philox passes TestU01's BigCrush (as the paper reports), on the
+// outputs of consecutive counters, which is how we use it. we use the first
+// 32-bit output word. the rounding reads its low 16 bits. test_subtrack.c
+// checks the Random123 known answers. its chi-square tests check those 16
+// bits in particular for uniformity, and for independence across index,
+// step and seed.
+#define PHILOX_M0 0xD2511F53u   // the round multipliers of Philox4x32
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u   // the key schedule: golden ratio - 1 and sqrt(3) - 1, as 0.32 fixed point
+#define PHILOX_W1 0xBB67AE85u
+#define PHILOX_ROUNDS 10
+
+// ctr is replaced by its 128 random bits
+HOST_DEVICE void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1) {
+    for (int round = 0; round < PHILOX_ROUNDS; round++) {
+        uint64_t p0 = (uint64_t)PHILOX_M0 * ctr[0];
+        uint64_t p1 = (uint64_t)PHILOX_M1 * ctr[2];
+        uint32_t c1 = ctr[1], c3 = ctr[3];
+        ctr[0] = (uint32_t)(p1 >> 32) ^ c1 ^ key0;
+        ctr[1] = (uint32_t)p1;
+        ctr[2] = (uint32_t)(p0 >> 32) ^ c3 ^ key1;
+        ctr[3] = (uint32_t)p0;
+        key0 += PHILOX_W0;
+        key1 += PHILOX_W1;
+    }
+}
+
+HOST_DEVICE uint32_t sr_random_bits(uint64_t seed, uint64_t step, uint64_t index) {
+    uint32_t ctr[4] = {(uint32_t)index, (uint32_t)(index >> 32), (uint32_t)step, (uint32_t)(step >> 32)};
+    philox4x32_10(ctr, (uint32_t)seed, (uint32_t)(seed >> 32));
+    return ctr[0];
+}
+
+// x rounded to a bf16-representable fp32 (low 16 bits zero), using the low 16
+// of bits. the sum carries into the kept bits exactly when bits & 0xFFFF >=
+// 2^16 - (x's dropped bits). so x rounds up in magnitude with probability
+// (dropped bits) / 2^16, which equals (|x| - lo) / gap. this holds because
+// the bit pattern of a non-negative float grows linearly with its value
+// across each binade, and one bf16 gap is 2^16 patterns. it holds at a
+// power of two too: the upper neighbour is 2^16 patterns up, and the gap is
+// the lower binade's. it holds for denormals and at the step from denormals
+// to normals, where the gap is 2^-133. we work on the magnitude, so negative
+// numbers round the same way as positive ones and the sign is kept, -0 too.
+// special cases:
+//   NaN: the canonical bf16 NaN. a NaN whose payload is all in the dropped
+//        bits (0x7F800001) would otherwise truncate to inf.
+//   +-inf: unchanged.
+//   past the largest finite bf16 (|x| in (BF16_MAX, FLT_MAX]): the upper
+//        neighbour would be inf, so we saturate to +-BF16_MAX. a finite
+//        weight never turns into inf through rounding. this case cannot be
+//        unbiased: we keep x finite and accept the downward bias.
+//        bf16_round_nearest goes to inf instead, as IEEE and __float2bfloat16 do.
+HOST_DEVICE float bf16_round_stochastic(float x, uint32_t bits) {
+    uint32_t u = fp32_to_bits(x);
+    uint32_t sign = u & 0x80000000u, mag = u & 0x7FFFFFFFu;
+    if (mag > FP32_INF_BITS) { return fp32_from_bits(BF16_CANONICAL_NAN); }
+    if (mag == FP32_INF_BITS) { return x; }
+    mag += bits & BF16_DROPPED_BITS;             // at most 0x7F7FFFFF + 0xFFFF: no wrap
+    if (mag >= FP32_INF_BITS) { mag = BF16_MAX_BITS; }
+    return fp32_from_bits(sign | (mag & ~BF16_DROPPED_BITS));
+}
+
+// round to nearest, ties to even, the same as __float2bfloat16 bit for bit:
+// NaN becomes the canonical NaN and overflow gives +-inf. adding 0x7FFF
+// carries for more than half a gap, and the kept lowest bit adds the last 1
+// on an exact tie only when it is odd
+HOST_DEVICE float bf16_round_nearest(float x) {
+    uint32_t u = fp32_to_bits(x);
+    if ((u & 0x7FFFFFFFu) > FP32_INF_BITS) { return fp32_from_bits(BF16_CANONICAL_NAN); }
+    u += 0x7FFFu + ((u >> 16) & 1u);             // the sign bit never changes: -inf is 0xFF800000
+    return fp32_from_bits(u & ~BF16_DROPPED_BITS);
+}
+
+// rounds x[0..n) in place. offset is where x starts in the whole parameter
+// buffer, so every weight keeps the same random stream whichever chunk,
+// thread or call it is rounded in
+void bf16_round_stochastic_array(float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        x[i] = bf16_round_stochastic(x[i], sr_random_bits(seed, step, offset + i));
+    }
+}
+
+// --master_weights 0 starts from the initial weights rounded to nearest bf16,
+// on the CPU and the GPU alike
+void llama_round_weights_bf16(Llama* model) {
+    for (size_t i = 0; i < model->num_parameters; i++) {
+        model->params_memory[i] = bf16_round_nearest(model->params_memory[i]);
+    }
+}
+
+// ----------------------------------------------------------------------------
 // the optimizer over the whole model
 //
 // with --optimizer low_rank_adamw, the 7 matrices of every layer (wq, wk, wv,
@@ -4111,7 +4270,11 @@ typedef struct {
     int num_lowrank;
     float* lowrank_memory;    // (lowrank_floats)
     size_t lowrank_floats;
-    float* scratch;           // shared work buffer for lowrank_adamw_step
+    float* scratch;           // (scratch_floats) shared work buffer for lowrank_adamw_step
+    size_t scratch_floats;
+    int per_layer;            // --optimizer *_per_layer (the CUDA trainer updates during the backward)
+    int master_weights;       // 0: every update is rounded to bf16 stochastically
+    uint64_t seed;            // of that rounding's random bits (--seed)
     int step;                 // optimizer steps taken (t in the spec)
 } Optimizer;
 
@@ -4119,11 +4282,17 @@ static int optimizer_uses_lowrank(const Optimizer* o, const TensorSpec* s) {
     return o->low_rank && s->is_layer_matrix;
 }
 
-// returns NULL, or a message naming the matrix whose shape cannot take the rank
-const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfig* t) {
+// the settings and sizes of the optimizer for model c under t, allocating
+// nothing: num_adam, num_lowrank, lowrank_floats and scratch_floats. the CUDA
+// trainer's memory plan reads them without building anything. returns NULL,
+// or a message naming the matrix whose shape cannot take the rank
+const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig* t) {
     static char msg[512];
     memset(o, 0, sizeof *o);
-    o->low_rank = strcmp(t->optimizer, "low_rank_adamw") == 0;
+    o->low_rank = optimizer_name_low_rank(t->optimizer);
+    o->per_layer = optimizer_name_per_layer(t->optimizer);
+    o->master_weights = t->master_weights;
+    o->seed = (uint64_t)t->seed;
     o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
     LowRankConfig lc = {
         strcmp(t->subspace_update_method, "galore") == 0 ? SUBSPACE_GALORE : SUBSPACE_SUBTRACK,
@@ -4134,7 +4303,6 @@ const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfi
     o->cfg = lc;
     TensorSpec spec[NUM_PARAMETER_TENSORS];
     parameter_table(spec, c);
-    size_t scratch_floats = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         if (!optimizer_uses_lowrank(o, &spec[i])) { o->num_adam += tensor_numel(&spec[i]); continue; }
         if (lowrank_check_rank(msg, sizeof msg, spec[i].name, spec[i].rows, spec[i].cols, t->rank) != NULL) {
@@ -4143,13 +4311,22 @@ const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfi
         o->num_lowrank += spec[i].layers;
         o->lowrank_floats += (size_t)spec[i].layers * lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
         size_t need = lowrank_scratch_num_floats(spec[i].rows, spec[i].cols, t->rank);
-        scratch_floats = need > scratch_floats ? need : scratch_floats;
+        o->scratch_floats = need > o->scratch_floats ? need : o->scratch_floats;
     }
+    return NULL;
+}
+
+// optimizer_plan, then the states (zeroed) and the scratch
+const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfig* t) {
+    const char* problem = optimizer_plan(o, c, t);
+    if (problem != NULL) { return problem; }
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, c);
     o->adam_m = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW first moments");
     o->adam_v = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW second moments");
     o->lowrank = (LowRankState*)calloc_check((size_t)o->num_lowrank * sizeof(LowRankState), "low-rank states");
     o->lowrank_memory = (float*)calloc_check(o->lowrank_floats * sizeof(float), "low-rank state memory");
-    o->scratch = (float*)malloc_check(scratch_floats * sizeof(float), "optimizer scratch");
+    o->scratch = (float*)malloc_check(o->scratch_floats * sizeof(float), "optimizer scratch");
     float* mem = o->lowrank_memory;
     int k = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
@@ -4192,9 +4369,13 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
     progress_begin(&pr, optimizer_svd_phase(o), optimizer_svd_phase(o) != NULL ? o->num_lowrank : 0);
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = tensor_numel(&spec[i]);
+        // without masters, the updated weights are rounded to bf16 with random
+        // bits drawn from (seed, step, index in the parameter buffer)
+        size_t first = (size_t)(params[i] - model->params_memory);
         if (!optimizer_uses_lowrank(o, &spec[i])) {
             adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, o->step,
                          lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+            if (!o->master_weights) { bf16_round_stochastic_array(params[i], n, o->seed, (uint64_t)o->step, first); }
             adam_off += n;
             continue;
         }
@@ -4202,6 +4383,9 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
         for (int l = 0; l < spec[i].layers; l++) {
             lowrank_adamw_step(&o->lowrank[k++], params[i] + l * per, grads[i] + l * per, o->step,
                                &o->cfg, lr, o->scratch);
+            if (!o->master_weights) {
+                bf16_round_stochastic_array(params[i] + l * per, per, o->seed, (uint64_t)o->step, first + l * per);
+            }
             progress_update(&pr, k);
         }
     }
@@ -4212,6 +4396,156 @@ double optimizer_subspace_seconds(const Optimizer* o) {
     double s = 0.0;
     for (int k = 0; k < o->num_lowrank; k++) { s += o->lowrank[k].subspace_seconds; }
     return s;
+}
+
+// ----------------------------------------------------------------------------
+// 8-bit optimizer states: blockwise dynamic quantization
+//
+// groundwork for AdamW moments kept in 8 bits, as bitsandbytes' 8-bit Adam keeps
+// them (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization").
+// a tensor of n floats is cut into blocks of QUANT8_BLOCK values. each block
+// keeps one float, absmax = max |x| over the block, and each value one byte:
+// the index of the entry of a 256-entry map nearest to x / absmax.
+//
+// the map is the "dynamic" (dynamic tree) data type. it has a decimal exponent
+// 10^-6 .. 10^0 and linear fraction steps inside each decade, so a value of
+// 1e-5 keeps about the same relative precision as one of 0.5. the first moment
+// uses the signed map. the second moment is never negative, so it uses the
+// unsigned map, which spends the sign bit on one more fraction bit.
+//
+// the maps, the search and its tie rule match bitsandbytes bit for bit.
+// test_subtrack.c checks them against dev/reference/quant8_reference.bin.
+
+// bitsandbytes' 8-bit optimizers used blocks of 2048 (the paper's choice)
+// until bnb 0.43; since 0.44 (Sept 2024) Optimizer1State and Optimizer2State
+// use 256. we keep 2048 for now: it needs one eighth of the absmax floats
+// (0.2% of the 8-bit state, against 1.6% at 256), and scales a little more
+// coarsely. the reference file records its block size, and the test checks it
+#define QUANT8_BLOCK 2048
+#define QUANT8_MAP_SIZE 256
+
+// point i of torch.linspace(0.1, 1, steps) in float32, computed the way
+// torch's CPU kernel does it: one float step; points in the first half are
+// counted from the start and points in the second half from the end. each
+// point is a single fused multiply-add, as torch 2.15's x86 build computes it.
+// plain start + step * i would change 42 entries of the signed map and 31 of
+// the unsigned one, each by 1 or 2 ulp
+static float quant8_linspace(int i, int steps) {
+    float step = (1.0f - 0.1f) / (float)(steps - 1);
+    if (i < steps / 2) { return fmaf(step, (float)i, 0.1f); }
+    return fmaf(-step, (float)(steps - 1 - i), 1.0f);
+}
+
+// the dynamic map (256), sorted ascending, equal to bitsandbytes'
+// create_dynamic_map(signed, max_exponent_bits=7, total_bits=8). for each decade
+// e = 0 .. 6 it holds the midpoints between neighbouring points of
+// linspace(0.1, 1, count + 1), scaled by 10^(e - 6). count is 2^e for the
+// signed map, which also holds their negatives, and 2^(e + 1) for the unsigned
+// map. both maps add 0 and 1.
+//   signed:   map[0] = -0.99297, map[126] = -5.5e-7, map[127] = 0, map[128] = 5.5e-7, map[255] = 1
+//   unsigned: map[0] = 0, map[1] = 3.25e-7, map[255] = 1
+void quant8_dynamic_map(float* map, int is_signed) {
+    // python doubles 10**(e - 6); torch rounds the scalar to float before the multiply
+    static const double decade[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+    int k = 0;
+    for (int e = 0; e < 7; e++) {
+        int count = is_signed ? 1 << e : 1 << (e + 1);
+        for (int j = 0; j < count; j++) {
+            float mean = (quant8_linspace(j, count + 1) + quant8_linspace(j + 1, count + 1)) / 2.0f;
+            float v = (float)decade[e] * mean;
+            map[k++] = v;
+            if (is_signed) { map[k++] = -v; }
+        }
+    }
+    map[k++] = 0.0f;
+    map[k++] = 1.0f; // k == QUANT8_MAP_SIZE: 2 * 127 + 2 signed, 254 + 2 unsigned
+    // insertion sort; the entries are distinct
+    for (int i = 1; i < QUANT8_MAP_SIZE; i++) {
+        float v = map[i];
+        int j = i;
+        for (; j > 0 && map[j - 1] > v; j--) { map[j] = map[j - 1]; }
+        map[j] = v;
+    }
+}
+
+// the number of blocks, and so of absmax floats, for n values: ceil(n / QUANT8_BLOCK)
+size_t quant8_num_blocks(size_t n) {
+    return n / QUANT8_BLOCK + (n % QUANT8_BLOCK != 0);
+}
+
+// the index of the map entry nearest to y. bisection finds the first entry
+// >= y, then the nearer of it and the entry below wins. distances are float
+// differences, and an exact tie goes to the lower entry, as in bitsandbytes'
+// CPU kernel (lookup_code_index, bnb 0.49). below map[0] this gives 0, above
+// map[255] 255. a NaN gives 0, as bnb's lower_bound does
+static uint8_t quant8_nearest(const float* map, float y) {
+    if (isnan(y)) { return 0; }
+    int lo = 0, hi = QUANT8_MAP_SIZE; // map[lo - 1] < y <= map[hi]
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (map[mid] < y) { lo = mid + 1; } else { hi = mid; }
+    }
+    if (lo == 0) { return 0; }
+    if (lo == QUANT8_MAP_SIZE) { return QUANT8_MAP_SIZE - 1; }
+    float below = y - map[lo - 1], above = map[lo] - y;
+    return (uint8_t)(above < below ? lo : lo - 1);
+}
+
+// x (n) -> codes (n), absmax (quant8_num_blocks(n)); map (256) sorted ascending.
+// each block of QUANT8_BLOCK values stores absmax = max |x|. the last block may
+// be shorter. each value gets the code of the entry nearest to x * (1 / absmax):
+// a reciprocal, then a multiply, as bitsandbytes' CPU and CUDA kernels do it
+// (x / absmax can differ in the last bit, and so can the code).
+// the signed map ends at -0.99297, not -1. so when a block's largest |x| is
+// negative, a round trip brings the block back with absmax 0.99297 absmax.
+// bnb 0.49's CPU quantize_blockwise writes -1.0 over map[0] for that reason;
+// the CUDA kernels and this code use the map as it is.
+// an all-zero block gets absmax 0 and codes 0, as in bnb, with no division. it
+// dequantizes to map[0] * 0 = -0 (signed) or +0 (unsigned), never NaN.
+// non-finite inputs are carried to the whole block, so that the trainer's
+// finiteness checks still see them after a round trip:
+//   - a NaN makes the block's absmax NaN, so every code is 0 and every
+//     dequantized value NaN. bnb's std::max skips NaN instead, and so hides it.
+//   - an infinity makes absmax inf. then the infinities get code 0 (inf * 0 is
+//     NaN), finite values get the zero entry, and the block dequantizes to inf
+//     or NaN.
+// an absmax below about 2.9e-39 (subnormal) makes 1 / absmax overflow to inf,
+// so there we divide by absmax instead. bnb multiplies by inf, which turns
+// 0 * inf into NaN and gives code 0
+void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
+    size_t num_blocks = quant8_num_blocks(n);
+    #pragma omp parallel for schedule(static)
+    for (size_t b = 0; b < num_blocks; b++) {
+        size_t start = b * QUANT8_BLOCK;
+        size_t end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
+        float m = 0.0f;
+        for (size_t i = start; i < end; i++) {
+            float a = fabsf(x[i]);
+            if (isnan(a)) { m = a; break; }
+            if (a > m) { m = a; }
+        }
+        absmax[b] = m;
+        if (m == 0.0f) {
+            memset(codes + start, 0, end - start);
+            continue;
+        }
+        float inv = 1.0f / m;
+        int divide = isinf(inv);
+        for (size_t i = start; i < end; i++) {
+            codes[i] = quant8_nearest(map, divide ? x[i] / m : x[i] * inv);
+        }
+    }
+}
+
+// codes (n), absmax (quant8_num_blocks(n)), map (256) -> x (n): map[code] * absmax
+void dequantize_blockwise(float* x, const uint8_t* codes, const float* absmax, size_t n, const float* map) {
+    size_t num_blocks = quant8_num_blocks(n);
+    #pragma omp parallel for schedule(static)
+    for (size_t b = 0; b < num_blocks; b++) {
+        size_t start = b * QUANT8_BLOCK;
+        size_t end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
+        for (size_t i = start; i < end; i++) { x[i] = map[codes[i]] * absmax[b]; }
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -4295,6 +4629,13 @@ static const char* const CHECKPOINT_SETTINGS[] = {
     "low_rank_scale", "adaptive_optimizer", "recovery_scaling", "norm_growth_limit", "norm_growth_limiter_off",
     "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
     "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
+    "master_weights",
+};
+
+// settings recorded only by later versions of the trainer, and the value a
+// checkpoint without them was trained with
+static const char* const CHECKPOINT_SETTINGS_ADDED[][2] = {
+    {"master_weights", "on"},
 };
 #define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
 
@@ -4362,7 +4703,14 @@ int checkpoint_settings_compare(const TrainConfig* t, const char* saved, char* p
         const char* name = CHECKPOINT_SETTINGS[i];
         char mine[600], theirs[600];
         setting_value_exact(t, name, mine, sizeof mine);
-        if (settings_lookup(saved, name, theirs, sizeof theirs) == NULL) { snprintf(theirs, sizeof theirs, "(none)"); }
+        if (settings_lookup(saved, name, theirs, sizeof theirs) == NULL) {
+            snprintf(theirs, sizeof theirs, "(none)");
+            for (size_t k = 0; k < sizeof CHECKPOINT_SETTINGS_ADDED / sizeof CHECKPOINT_SETTINGS_ADDED[0]; k++) {
+                if (strcmp(CHECKPOINT_SETTINGS_ADDED[k][0], name) == 0) {
+                    snprintf(theirs, sizeof theirs, "%s", CHECKPOINT_SETTINGS_ADDED[k][1]);
+                }
+            }
+        }
         if (strcmp(mine, theirs) == 0) { continue; }
         if (name_in_list(t->allow_changed, name)) {
             if (cn < ccap) { cn += (size_t)snprintf(changed + cn, ccap - cn, "%s=%s\n", name, theirs); }
@@ -4736,7 +5084,11 @@ typedef struct {
     // builds the model with weights from t->seed, and its optimizer: NULL or a message
     const char* (*build)(const LlamaConfig* c, const TrainConfig* t, int B, int T);
     void (*report)(const TrainConfig* t, int B, int T);   // the device and memory lines at start
+    // --memory_plan: prints the plan of device memory and returns the exit
+    // status, without a device; NULL where there is no device memory to plan
+    int (*memory_plan)(const LlamaConfig* c, const TrainConfig* t, int B, int T);
     void (*zero_grad)(void);
+    void (*begin_step)(float lr);  // the step's lr, before its backward (per-layer updates); or NULL
     float (*forward)(const int* inputs, const int* targets, int B, int T);  // mean loss (NaN without targets)
     void (*backward)(const int* inputs, const int* targets, float loss_scale);
     const float* (*logits_row)(int row);                 // (V) of the last forward, on the host
@@ -4950,7 +5302,11 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     if (parsed == 1) { train_usage(stdout, be->program, be->default_dtype); return 0; }
     if (parsed < 0) { fatal("%s", err); }
     const char* problem = train_config_problem(&t);
-    if (problem == NULL) { problem = be->check(&t); }
+    if (problem == NULL && t.memory_plan && be->memory_plan == NULL) {
+        problem = "--memory_plan plans the CUDA trainer's device memory; run ./train_llama_subtrack --memory_plan "
+                  "with the same flags (it needs no GPU)";
+    }
+    if (problem == NULL && !t.memory_plan) { problem = be->check(&t); }  // the plan needs no device
     if (problem != NULL) { fatal("%s", problem); }
     g_progress_interval = t.progress_interval;
     LlamaConfig cfg;
@@ -4967,6 +5323,7 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     if (t.gen_tokens > cfg.max_seq_len) {
         fatal("--gen_tokens %d is above the model's max_seq_len %d; lower --gen_tokens", t.gen_tokens, cfg.max_seq_len);
     }
+    if (t.memory_plan) { return be->memory_plan(&cfg, &t, B, T); }
     // a resume must continue the run it claims to: its settings against the
     // checkpoint's, before anything is built
     char changed[CHECKPOINT_SETTINGS_MAX] = "";
@@ -5069,7 +5426,9 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     int first_step = be->steps_taken();
     for (int step = first_step; step < t.num_training_steps; step++) {
         double t0 = wall_seconds();
+        float lr = lr_at_step(&t, step);
         be->zero_grad();
+        if (be->begin_step != NULL) { be->begin_step(lr); }
         double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
             shard_loader_next_batch_or_exit(&train_loader, inputs, targets);
@@ -5083,7 +5442,6 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
             train_stop(&t, last_saved, t.grad_clipping > 0 ? "try a lower --lr" : "try a lower --lr, or --grad_clipping 1");
         }
         if (t.grad_clipping > 0 && norm > t.grad_clipping) { be->grad_scale((float)(t.grad_clipping / norm)); }
-        float lr = lr_at_step(&t, step);
         be->optimizer_step(lr);
         double ms = 1e3 * (wall_seconds() - t0);
         train_seconds += ms / 1e3;
@@ -5148,13 +5506,21 @@ static const char* cpu_build(const LlamaConfig* c, const TrainConfig* t, int B, 
     (void)B; (void)T;
     llama_build(&cpu_trainer.model, c);
     llama_init_weights(&cpu_trainer.model, (uint64_t)t->seed);
+    if (!t->master_weights) { llama_round_weights_bf16(&cpu_trainer.model); }
     return optimizer_build(&cpu_trainer.opt, c, t);
 }
 
 static void cpu_report(const TrainConfig* t, int B, int T) {
-    (void)t;
     printf("threads:      %d (OMP_NUM_THREADS)\n", num_threads());
     llama_memory_report(&cpu_trainer.model.config, B, T, stdout);
+    if (t->activation_checkpointing) {
+        printf("note:         --activation_checkpointing is a no-op on the CPU trainer: it keeps every activation "
+               "(host memory above); the CUDA trainer recomputes each layer\n");
+    }
+    if (optimizer_name_per_layer(t->optimizer)) {
+        printf("note:         --optimizer %s on the CPU trainer updates every weight after the backward, as one "
+               "step: the same arithmetic and results, without the memory the CUDA trainer saves\n", t->optimizer);
+    }
 }
 
 static void cpu_zero_grad(void) { llama_zero_grad(&cpu_trainer.model); }
@@ -5189,7 +5555,7 @@ static void cpu_free(void) {
 }
 
 static const TrainBackend cpu_backend = {
-    "./train_llama_subtrack_cpu", "float32", cpu_check, cpu_build, cpu_report, cpu_zero_grad, cpu_forward,
+    "./train_llama_subtrack_cpu", "float32", cpu_check, cpu_build, cpu_report, NULL, cpu_zero_grad, NULL, cpu_forward,
     cpu_backward, cpu_logits_row, cpu_grad_norm, cpu_grad_scale, cpu_optimizer_step, cpu_steps_taken,
     cpu_optimizer, cpu_subspace_seconds, cpu_save, cpu_load, cpu_free,
 };

@@ -70,6 +70,9 @@ letter legend for shape comments:
 #define TESTING
 #define TRAIN_CU_DEFINED_TESTING
 #endif
+// the few C functions that kernels call too (the stochastic rounding's
+// integer arithmetic) are marked HOST_DEVICE there: compiled for both sides
+#define HOST_DEVICE __host__ __device__
 namespace cpu {
 #include "train_llama_subtrack.c"
 }
@@ -104,26 +107,45 @@ static int ceil_div(size_t a, size_t b) {
     return (int)((a + b - 1) / b);
 }
 
+// set by the trainer's build: what an out-of-memory message explains
+static void (*g_oom_explain)(FILE* out);
+
 static void* device_malloc(size_t bytes, const char* what) {
     void* p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
     if (err != cudaSuccess) {
         fprintf(stderr, "error: out of GPU memory allocating %zu bytes for %s (%s); %s\n", bytes, what,
                 cudaGetErrorString(err), cpu::memory_hint(what));
+        if (g_oom_explain != NULL) { g_oom_explain(stderr); }
         exit(EXIT_FAILURE);
     }
     return p;
 }
 
-// one cuBLAS handle for the whole program. math mode CUBLAS_DEFAULT_MATH
-// with CUBLAS_COMPUTE_32F: fp32 products stay fp32 (no TF32)
+// one cuBLAS handle for the model's products. math mode CUBLAS_DEFAULT_MATH
+// with CUBLAS_COMPUTE_32F: fp32 products stay fp32 (no TF32). every handle
+// gets a workspace of ours, CUBLAS_WORKSPACE_BYTES (the size NVIDIA
+// recommends for Hopper; 4 MiB elsewhere), instead of one cuBLAS would
+// allocate itself, so that the memory plan holds it
+#define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 static cublasHandle_t g_cublas;
+static void* g_cublas_workspace;
 
 static void cublas_init(void) {
     if (g_cublas == NULL) {
         cublas_check(cublasCreate(&g_cublas));
         cublas_check(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
+        g_cublas_workspace = device_malloc(CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace");
+        cublas_check(cublasSetWorkspace(g_cublas, g_cublas_workspace, CUBLAS_WORKSPACE_BYTES));
     }
+}
+
+static void cublas_free(void) {
+    if (g_cublas == NULL) { return; }
+    cublas_check(cublasDestroy(g_cublas));
+    cuda_check(cudaFree(g_cublas_workspace));
+    g_cublas = NULL;
+    g_cublas_workspace = NULL;
 }
 
 // the element type of the activations (--dtype). the weights, their
@@ -234,7 +256,8 @@ __device__ float block_max(float x, float* shared) {
 // computed on in fp32 registers and rounded once, by from_float, on the
 // store; with X = float both are the identity, so the fp32 build does the
 // very arithmetic of a float-only kernel. weights read by a kernel (norm
-// weights, the embedding table) are the fp32 masters.
+// weights, the embedding table) are the fp32 masters, or the bf16 weights
+// when there are none (WT, below).
 
 #define BLOCK_ELEMENTWISE 256
 #define BLOCK_ROWS 256      // rmsnorm and softmax: one warp per row, 8 rows per block
@@ -249,12 +272,14 @@ template <typename X> __device__ __forceinline__ X from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16(x); }
 
-template <typename X>
-__global__ void encoder_forward_kernel(X* out, const int* inp, const float* wte, int BT, int C) {
+// WT: the type of the weights a kernel reads, fp32 (the masters) or bf16
+// (--master_weights 0 with bf16 activations: the weights themselves)
+template <typename X, typename WT>
+__global__ void encoder_forward_kernel(X* out, const int* inp, const WT* wte, int BT, int C) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)BT * C) { return; }
     size_t i = idx / C, c = idx % C;
-    out[idx] = from_float<X>(wte[(size_t)inp[i] * C + c]);
+    out[idx] = from_float<X>(to_float(wte[(size_t)inp[i] * C + c]));
 }
 
 // one thread per channel walks the rows in order: no atomics, and the same
@@ -271,8 +296,8 @@ __global__ void encoder_backward_kernel(float* dwte, const X* dout, const int* i
 }
 
 // one warp per row
-template <typename X>
-__global__ void rmsnorm_forward_kernel(X* out, float* rstd, const X* inp, const float* weight,
+template <typename X, typename WT>
+__global__ void rmsnorm_forward_kernel(X* out, float* rstd, const X* inp, const WT* weight,
                                        int BT, int C, float eps) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
@@ -286,15 +311,15 @@ __global__ void rmsnorm_forward_kernel(X* out, float* rstd, const X* inp, const 
     }
     ss = warp_sum(ss);
     float s = rsqrtf(ss / C + eps);
-    for (int c = lane; c < C; c += WARP_SIZE) { o[c] = from_float<X>((to_float(x[c]) * s) * weight[c]); }
+    for (int c = lane; c < C; c += WARP_SIZE) { o[c] = from_float<X>((to_float(x[c]) * s) * to_float(weight[c])); }
     if (lane == 0) { rstd[row] = s; }
 }
 
 // in the forward pass o = w * x * s with s = (mean(x^2)+eps)^-1/2, so
 // dx = s * (w*do) - x * s^3 / C * sum(w*do*x); one warp per row, += into dinp
-template <typename X>
+template <typename X, typename WT>
 __global__ void rmsnorm_backward_dinp_kernel(X* dinp, const X* dout, const X* inp,
-                                             const float* weight, const float* rstd, int BT, int C) {
+                                             const WT* weight, const float* rstd, int BT, int C) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= BT) { return; }
@@ -303,11 +328,11 @@ __global__ void rmsnorm_backward_dinp_kernel(X* dinp, const X* dout, const X* in
     X* dx = dinp + (size_t)row * C;
     float s = rstd[row];
     float dot = 0.0f;
-    for (int c = lane; c < C; c += WARP_SIZE) { dot += weight[c] * to_float(g[c]) * to_float(x[c]); }
+    for (int c = lane; c < C; c += WARP_SIZE) { dot += to_float(weight[c]) * to_float(g[c]) * to_float(x[c]); }
     dot = warp_sum(dot);
     float k = dot * s * s * s / C;
     for (int c = lane; c < C; c += WARP_SIZE) {
-        dx[c] = from_float<X>(to_float(dx[c]) + (s * weight[c] * to_float(g[c]) - k * to_float(x[c])));
+        dx[c] = from_float<X>(to_float(dx[c]) + (s * to_float(weight[c]) * to_float(g[c]) - k * to_float(x[c])));
     }
 }
 
@@ -491,9 +516,9 @@ __global__ void scale_kernel(float* x, size_t n, float s) {
 // type rides on the pointers and no dtype argument is needed; weights and
 // weight gradients, per-row statistics and the rope tables are fp32 always.
 
-template <typename X>
-void encoder_forward(X* out, const int* inp, const float* wte, int BT, int C) {
-    // out (B,T,C), inp (B,T), wte (V,C) the fp32 masters
+template <typename X, typename WT>
+void encoder_forward(X* out, const int* inp, const WT* wte, int BT, int C) {
+    // out (B,T,C), inp (B,T), wte (V,C): the fp32 masters, or the bf16 weights
     encoder_forward_kernel<<<ceil_div((size_t)BT * C, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, wte, BT, C);
     launch_check();
 }
@@ -505,17 +530,17 @@ void encoder_backward(float* dwte, const X* dout, const int* inp, int BT, int C)
     launch_check();
 }
 
-template <typename X>
-void rmsnorm_forward(X* out, float* rstd, const X* inp, const float* weight, int BT, int C, float eps) {
+template <typename X, typename WT>
+void rmsnorm_forward(X* out, float* rstd, const X* inp, const WT* weight, int BT, int C, float eps) {
     // out (B,T,C), rstd (B,T), inp (B,T,C), weight (C)
     int rows_per_block = BLOCK_ROWS / WARP_SIZE;
     rmsnorm_forward_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(out, rstd, inp, weight, BT, C, eps);
     launch_check();
 }
 
-template <typename X>
+template <typename X, typename WT>
 void rmsnorm_backward(X* dinp, float* dweight, const X* dout, const X* inp,
-                      const float* weight, const float* rstd, int BT, int C) {
+                      const WT* weight, const float* rstd, int BT, int C) {
     // dinp (B,T,C) accumulated (+=), dweight (C) accumulated, dout, inp (B,T,C), rstd (B,T)
     int rows_per_block = BLOCK_ROWS / WARP_SIZE;
     rmsnorm_backward_dinp_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(dinp, dout, inp, weight, rstd, BT, C);
@@ -684,9 +709,33 @@ void crossentropy_softmax_backward(X* dlogits, const X* logits, const float* lse
     launch_check();
 }
 
-double grad_global_norm(const float* grads, size_t n) {
+// the per-chunk partial sums live in one device buffer, reserved when the
+// model is built (grad_norm_reserve), so that a step allocates nothing and the
+// memory plan is the peak. a call on more floats (tests) grows it
+static double* g_norm_partials;
+static size_t g_norm_partials_count;
+
+static size_t grad_norm_partials_count(size_t n) { return n > 0 ? (size_t)ceil_div(n, NORM_CHUNK) : 1; }
+
+static void grad_norm_reserve(size_t n) {
+    size_t need = grad_norm_partials_count(n);
+    if (need <= g_norm_partials_count) { return; }
+    if (g_norm_partials != NULL) { cuda_check(cudaFree(g_norm_partials)); }
+    g_norm_partials = (double*)device_malloc(need * sizeof(double), "norm partials");
+    g_norm_partials_count = need;
+}
+
+static void grad_norm_release(void) {
+    if (g_norm_partials != NULL) { cuda_check(cudaFree(g_norm_partials)); }
+    g_norm_partials = NULL;
+    g_norm_partials_count = 0;
+}
+
+// the squared norm, summed in double in a fixed order
+double grad_squared_norm(const float* grads, size_t n) {
     int nchunks = ceil_div(n, NORM_CHUNK);
-    double* partial = (double*)device_malloc((size_t)nchunks * sizeof(double), "norm partials");
+    grad_norm_reserve(n);
+    double* partial = g_norm_partials;
     squared_norm_chunks_kernel<<<nchunks, 1024>>>(partial, grads, n);
     launch_check();
     double* host = (double*)cpu::malloc_check((size_t)nchunks * sizeof(double), "norm partials");
@@ -694,9 +743,10 @@ double grad_global_norm(const float* grads, size_t n) {
     double total = 0.0;
     for (int c = 0; c < nchunks; c++) { total += host[c]; }
     free(host);
-    cuda_check(cudaFree(partial));
-    return sqrt(total);
+    return total;
 }
+
+double grad_global_norm(const float* grads, size_t n) { return sqrt(grad_squared_norm(grads, n)); }
 
 void grad_scale(float* grads, size_t n, float s) {
     scale_kernel<<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(grads, n, s);
@@ -717,19 +767,31 @@ void grad_scale(float* grads, size_t n, float s) {
 typedef struct {
     cpu::LlamaConfig config;
     Dtype dtype;                   // of the activations (--dtype)
-    int B, T;                      // the batch shape the activations are sized for
-    cpu::ParameterTensors params;  // device pointers into params_memory
-    float* params_memory;          // (num_parameters) fp32 masters
-    bf16* params_bf16;             // (num_parameters) bf16 copy the products read; NULL in fp32
+    int recompute;                 // --activation_checkpointing: one layer's activations, recomputed
+    int B, T;                      // the batch shape the activations are laid out for now
+    int B_cap, T_cap;              // the shape they were allocated for; smaller ones reuse the memory
+    int master_weights;            // 0: --master_weights 0 (see llama_build)
+    cpu::ParameterTensors params;  // device pointers into params_memory, or offsets from param_base
+    float* params_memory;          // (num_parameters) fp32 masters; NULL with bf16 weights only
+    bf16* params_bf16;             // (num_parameters) bf16 copy the products read, or the bf16 weights; NULL in fp32
+    const float* param_base;       // what params point into: params_memory, or PARAMS_OFFSET_BASE
     cpu::ParameterTensors grads;
-    float* grads_memory;           // (num_parameters) fp32 in both dtypes
+    float* grads_memory;           // (grads_floats) fp32 in both dtypes
+    size_t grads_floats;           // num_parameters, or with per-layer updates the largest unit's
     size_t num_parameters;
+    // per-layer updates (--optimizer *_per_layer): the backward hands each
+    // unit (a tensor's layer) to on_unit as soon as its gradient is complete,
+    // in the one-unit gradient buffer, and sums the units' squared norms
+    int per_layer;
+    void (*on_unit)(void* ctx, int tensor, int layer, const float* grad);
+    void* on_unit_ctx;
+    double unit_norm2;
     cpu::ActivationTensors acts;   // dtype, or fp32 (activation_stays_fp32)
     void* acts_memory;
-    size_t acts_bytes;
+    size_t acts_bytes;             // allocated, at (B_cap, T_cap)
     cpu::GradScratch scratch;      // dtype, all of it
     void* scratch_memory;
-    size_t scratch_bytes;
+    size_t scratch_bytes;          // allocated, at (B_cap, T_cap)
     int* inputs;                   // (B,T) device copy of the batch
     int* targets;                  // (B,T)
     float* logits_host;            // (B,T,V) host copy for sampling, on demand
@@ -754,6 +816,26 @@ static int activation_stays_fp32(int i) {
     return 0;
 }
 
+// the activations one layer writes and the backward reads, which
+// --activation_checkpointing keeps for one layer only (slot 0) and recomputes
+// from the layer's input. the layer inputs (resid) stay, one per layer, and so
+// do the norms' rstd (B*T floats a layer): the recomputation rewrites them with
+// the same values
+static int activation_recomputed(int i) {
+    static const size_t fields[] = {
+        offsetof(cpu::ActivationTensors, attn_xn), offsetof(cpu::ActivationTensors, q),
+        offsetof(cpu::ActivationTensors, k), offsetof(cpu::ActivationTensors, v),
+        offsetof(cpu::ActivationTensors, att), offsetof(cpu::ActivationTensors, atty),
+        offsetof(cpu::ActivationTensors, resid_mid), offsetof(cpu::ActivationTensors, mlp_xn),
+        offsetof(cpu::ActivationTensors, gate), offsetof(cpu::ActivationTensors, up),
+        offsetof(cpu::ActivationTensors, hidden),
+    };
+    for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++) {
+        if (fields[k] == (size_t)i * sizeof(float*)) { return 1; }
+    }
+    return 0;
+}
+
 // cpu::point_into with an element size per tensor (bytes[i]); every tensor
 // starts 16-byte aligned. returns the total bytes
 #define TENSOR_ALIGN 16
@@ -766,74 +848,151 @@ static size_t point_into_bytes(float** ptrs, const size_t* sizes, const size_t* 
     return total;
 }
 
-// the device bytes of the activations and the gradient scratch at (B, T)
+// the device elements and element bytes of the activations and the gradient
+// scratch at (B, T): the CPU's tables, with recompute the per-layer fields of
+// activation_recomputed for one layer
 static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[NUM_ACTIVATION_TENSORS],
                               size_t gsz[NUM_GRAD_SCRATCH_TENSORS], size_t gbytes[NUM_GRAD_SCRATCH_TENSORS],
-                              const cpu::LlamaConfig* c, int B, int T, Dtype dt) {
+                              const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute) {
     cpu::activation_sizes(asz, c, B, T);
     cpu::grad_scratch_sizes(gsz, c, B, T);
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) { abytes[i] = activation_stays_fp32(i) ? sizeof(float) : dtype_bytes(dt); }
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+        abytes[i] = activation_stays_fp32(i) ? sizeof(float) : dtype_bytes(dt);
+        if (recompute && activation_recomputed(i)) { asz[i] /= (size_t)c->L; }
+    }
     for (int i = 0; i < NUM_GRAD_SCRATCH_TENSORS; i++) { gbytes[i] = dtype_bytes(dt); }
 }
 
-size_t llama_activation_bytes(const cpu::LlamaConfig* c, int B, int T, Dtype dt) {
+size_t llama_activation_bytes(const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute) {
     size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
            gb[NUM_GRAD_SCRATCH_TENSORS];
-    activation_layout(asz, ab, gsz, gb, c, B, T, dt);
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute);
     return point_into_bytes(NULL, asz, ab, NUM_ACTIVATION_TENSORS, NULL) +
            point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS, NULL);
 }
 
-// dtype: an argument the CPU twin does not have (it is fp32 only), last
-void llama_build(Llama* model, const cpu::LlamaConfig* c, Dtype dtype) {
+// the weights' storage. with fp32 masters (the default): the masters, plus
+// in bf16 a copy that the products read, refreshed after each update. with
+// --master_weights 0 and bf16 activations: the bf16 weights alone, and
+// params holds no memory: its pointers are offsets from PARAMS_OFFSET_BASE,
+// an address no allocation has, so that a read that misses the bf16
+// accessors below faults (or the harness stops) instead of reading wrong
+// data. with --master_weights 0 in fp32: fp32 weights holding bf16 values
+// (as on the CPU)
+#define PARAMS_OFFSET_BASE ((const float*)(uintptr_t)((uint64_t)1 << 44))
+
+static int llama_weights_bf16_only(Dtype dtype, int master_weights) {
+    return !master_weights && dtype == DTYPE_BFLOAT16;
+}
+
+// the floats of the largest unit of a per-layer update: one layer of a tensor
+size_t llama_largest_unit(const cpu::LlamaConfig* c) {
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, c);
+    size_t most = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t per = (size_t)spec[i].rows * spec[i].cols;
+        if (per > most) { most = per; }
+    }
+    return most;
+}
+
+// dtype, master_weights and per_layer: arguments the CPU twin does not have
+// (it is fp32, with masters and whole gradients, only), last
+void llama_build(Llama* model, const cpu::LlamaConfig* c, Dtype dtype, int master_weights = 1, int per_layer = 0) {
     const char* problem = cpu::llama_config_problem(c);
     if (problem != NULL) { cpu::fatal("invalid model config: %s", problem); }
     memset(model, 0, sizeof *model);
     model->config = *c;
     model->dtype = dtype;
+    model->master_weights = master_weights;
+    model->per_layer = per_layer;
     model->num_parameters = cpu::parameter_count(c);
-    model->params_memory = (float*)device_malloc(model->num_parameters * sizeof(float), "parameters");
-    model->grads_memory = (float*)device_malloc(model->num_parameters * sizeof(float), "gradients");
-    cuda_check(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
-    if (dtype == DTYPE_BFLOAT16) {
-        model->params_bf16 = (bf16*)device_malloc(model->num_parameters * sizeof(bf16), "bf16 parameter copy");
-        cuda_check(cudaMemset(model->params_bf16, 0, model->num_parameters * sizeof(bf16)));
+    size_t n = model->num_parameters;
+    model->grads_floats = per_layer ? llama_largest_unit(c) : n;
+    if (!llama_weights_bf16_only(dtype, master_weights)) {
+        model->params_memory = (float*)device_malloc(n * sizeof(float), master_weights ? "parameters"
+                                                     : "parameters (bf16 values in fp32)");
     }
-    cpu::parameter_point_into(&model->params, model->params_memory, c);
-    cpu::parameter_point_into(&model->grads, model->grads_memory, c);
+    model->grads_memory = (float*)device_malloc(model->grads_floats * sizeof(float), per_layer
+                                                ? "gradient of one unit" : "gradients");
+    cuda_check(cudaMemset(model->grads_memory, 0, model->grads_floats * sizeof(float)));
+    if (dtype == DTYPE_BFLOAT16) {
+        model->params_bf16 = (bf16*)device_malloc(n * sizeof(bf16), master_weights ? "bf16 parameter copy"
+                                                  : "parameters (bf16)");
+        cuda_check(cudaMemset(model->params_bf16, 0, n * sizeof(bf16)));
+    }
+    model->param_base = model->params_memory != NULL ? model->params_memory : PARAMS_OFFSET_BASE;
+    cpu::parameter_point_into(&model->params, (float*)model->param_base, c);
+    // with per-layer updates grads is not used: grad_unit gives the one buffer
+    if (!per_layer) { cpu::parameter_point_into(&model->grads, model->grads_memory, c); }
+    grad_norm_reserve(model->grads_floats);
 }
 
+// the index of a parameter pointer in the parameter buffer
+static size_t param_index(const Llama* model, const float* p) { return (size_t)(p - model->param_base); }
+
 // the bf16 copy from the masters: after every change of the masters (an
-// optimizer step, an upload). a no-op in fp32
+// optimizer step, an upload). a no-op in fp32 and without masters (the
+// optimizer writes the bf16 weights themselves)
 void llama_refresh_param_copy(Llama* model) {
-    if (model->params_bf16 == NULL) { return; }
+    if (model->params_bf16 == NULL || model->params_memory == NULL) { return; }
     size_t n = model->num_parameters;
     float_to_bf16_kernel<<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(model->params_bf16,
                                                                                model->params_memory, n);
     launch_check();
 }
 
-// the weights a matrix product reads, for the master tensor `master`: the
-// master itself in fp32, its place in the bf16 copy in bf16
+// the weights a matrix product reads, for the parameter `master`: the fp32
+// weights themselves in fp32, their place in the bf16 copy (or the bf16
+// weights) in bf16
 template <typename X> static const X* matmul_weight(const Llama* model, const float* master);
 template <> const float* matmul_weight<float>(const Llama* model, const float* master) {
     (void)model;
     return master;
 }
 template <> const bf16* matmul_weight<bf16>(const Llama* model, const float* master) {
-    return model->params_bf16 + (master - model->params_memory);
+    return model->params_bf16 + param_index(model, master);
 }
 
-// the fp32 masters from the host (initialisation, checkpoints, tests)
+// the weights a kernel reads (norms, the embedding table), as WT: fp32
+// wherever there are fp32 weights, else the bf16 weights
+template <typename WT> static const WT* kernel_weight(const Llama* model, const float* master);
+template <> const float* kernel_weight<float>(const Llama* model, const float* master) {
+    (void)model;
+    return master;
+}
+template <> const bf16* kernel_weight<bf16>(const Llama* model, const float* master) {
+    return model->params_bf16 + param_index(model, master);
+}
+
+// the weights from fp32 on the host (initialisation, checkpoints, tests).
+// into bf16 weights alone they are rounded to nearest, which keeps the bf16
+// values that --master_weights 0 runs hold (and checkpoint) exactly
 void llama_upload_params(Llama* model, const float* params_host) {
-    cuda_check(cudaMemcpy(model->params_memory, params_host, model->num_parameters * sizeof(float),
-                          cudaMemcpyHostToDevice));
-    llama_refresh_param_copy(model);
+    size_t n = model->num_parameters;
+    if (model->params_memory != NULL) {
+        cuda_check(cudaMemcpy(model->params_memory, params_host, n * sizeof(float), cudaMemcpyHostToDevice));
+        llama_refresh_param_copy(model);
+        return;
+    }
+    bf16* tmp = (bf16*)cpu::malloc_check(n * sizeof(bf16), "bf16 weights upload");
+    for (size_t i = 0; i < n; i++) { tmp[i] = __float2bfloat16(params_host[i]); }
+    cuda_check(cudaMemcpy(model->params_bf16, tmp, n * sizeof(bf16), cudaMemcpyHostToDevice));
+    free(tmp);
 }
 
+// the weights to fp32 on the host (bf16 weights widened, exactly)
 void llama_download_params(const Llama* model, float* params_host) {
-    cuda_check(cudaMemcpy(params_host, model->params_memory, model->num_parameters * sizeof(float),
-                          cudaMemcpyDeviceToHost));
+    size_t n = model->num_parameters;
+    if (model->params_memory != NULL) {
+        cuda_check(cudaMemcpy(params_host, model->params_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
+        return;
+    }
+    bf16* tmp = (bf16*)cpu::malloc_check(n * sizeof(bf16), "bf16 weights download");
+    cuda_check(cudaMemcpy(tmp, model->params_bf16, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++) { params_host[i] = __bfloat162float(tmp[i]); }
+    free(tmp);
 }
 
 // n elements of type dt on the device to fp32 on the host (logits for sampling, tests)
@@ -848,38 +1007,53 @@ void device_to_host_float(float* host, const void* device, size_t n, Dtype dt) {
     free(tmp);
 }
 
+// lays the activations out for (B, T) in their memory. the first call
+// allocates for its shape (the trainer's build, at the training batch); a
+// later smaller shape (sampling at B=1, evaluation) reuses that memory, since
+// every tensor is then smaller, so a run allocates activations exactly once
 void llama_alloc_activations(Llama* model, int B, int T) {
     const cpu::LlamaConfig* c = &model->config;
     if (model->acts_memory != NULL && model->B == B && model->T == T) { return; }
     if (T > c->max_seq_len) {
         cpu::fatal("sequence length T=%d is above the model's max_seq_len=%d; lower --max_length", T, c->max_seq_len);
     }
-    if (model->acts_memory != NULL) {
+    size_t asz[NUM_ACTIVATION_TENSORS], abytes[NUM_ACTIVATION_TENSORS];
+    size_t gsz[NUM_GRAD_SCRATCH_TENSORS], gbytes[NUM_GRAD_SCRATCH_TENSORS];
+    activation_layout(asz, abytes, gsz, gbytes, c, B, T, model->dtype, model->recompute);
+    size_t acts_bytes = point_into_bytes(NULL, asz, abytes, NUM_ACTIVATION_TENSORS, NULL);
+    size_t scratch_bytes = point_into_bytes(NULL, gsz, gbytes, NUM_GRAD_SCRATCH_TENSORS, NULL);
+    int fits = model->acts_memory != NULL && B <= model->B_cap && T <= model->T_cap;
+    if (model->acts_memory != NULL && !fits) {
         cuda_check(cudaFree(model->acts_memory));
         cuda_check(cudaFree(model->scratch_memory));
         cuda_check(cudaFree(model->inputs));
         cuda_check(cudaFree(model->targets));
         free(model->logits_host);
+        model->logits_host = NULL;
+        model->acts_memory = NULL;
     }
-    size_t asz[NUM_ACTIVATION_TENSORS], abytes[NUM_ACTIVATION_TENSORS];
-    size_t gsz[NUM_GRAD_SCRATCH_TENSORS], gbytes[NUM_GRAD_SCRATCH_TENSORS];
-    activation_layout(asz, abytes, gsz, gbytes, c, B, T, model->dtype);
-    model->acts_bytes = point_into_bytes(NULL, asz, abytes, NUM_ACTIVATION_TENSORS, NULL);
-    model->scratch_bytes = point_into_bytes(NULL, gsz, gbytes, NUM_GRAD_SCRATCH_TENSORS, NULL);
-    model->acts_memory = device_malloc(model->acts_bytes, "activations");
-    model->scratch_memory = device_malloc(model->scratch_bytes, "gradient scratch");
-    // zeroed like the CPU's calloc: the masked triangle of att is written
-    // anyway, but nothing should ever read uninitialised memory
-    cuda_check(cudaMemset(model->acts_memory, 0, model->acts_bytes));
-    cuda_check(cudaMemset(model->scratch_memory, 0, model->scratch_bytes));
+    if (model->acts_memory == NULL) {
+        model->acts_bytes = acts_bytes;
+        model->scratch_bytes = scratch_bytes;
+        model->acts_memory = device_malloc(acts_bytes, "activations");
+        model->scratch_memory = device_malloc(scratch_bytes, "gradient scratch");
+        // zeroed like the CPU's calloc: the masked triangle of att is written
+        // anyway, but nothing should ever read uninitialised memory
+        cuda_check(cudaMemset(model->acts_memory, 0, acts_bytes));
+        cuda_check(cudaMemset(model->scratch_memory, 0, scratch_bytes));
+        model->inputs = (int*)device_malloc((size_t)B * T * sizeof(int), "inputs");
+        model->targets = (int*)device_malloc((size_t)B * T * sizeof(int), "targets");
+        model->B_cap = B;
+        model->T_cap = T;
+    }
     point_into_bytes((float**)&model->acts, asz, abytes, NUM_ACTIVATION_TENSORS, model->acts_memory);
     point_into_bytes((float**)&model->scratch, gsz, gbytes, NUM_GRAD_SCRATCH_TENSORS, model->scratch_memory);
-    model->inputs = (int*)device_malloc((size_t)B * T * sizeof(int), "inputs");
-    model->targets = (int*)device_malloc((size_t)B * T * sizeof(int), "targets");
+    free(model->logits_host);  // its size follows (B, T)
     model->logits_host = NULL;
     model->B = B;
     model->T = T;
-    // the rope tables: computed by the CPU code, so both sides use the same floats
+    // the rope tables for this T, where this layout puts them: computed by
+    // the CPU code, so both sides use the same floats
     int HS = c->C / c->NH;
     size_t half_table = (size_t)T * (HS / 2);
     float* tables = (float*)cpu::malloc_check(2 * half_table * sizeof(float), "rope tables");
@@ -902,51 +1076,90 @@ void llama_free(Llama* model) {
     memset(model, 0, sizeof *model);
 }
 
-// the forward for one activation type X; llama_forward below picks X
+// where layer l's activations are: their own slot per layer, or with
+// --activation_checkpointing slot 0 for every layer (activation_recomputed)
+// except the layer input x and the rstd of both norms
 template <typename X>
+struct LayerActivations {
+    X *x, *xn, *q, *k, *v, *att, *atty, *mid, *mxn, *gate, *up, *hidden;  // (B,T,C) or (B,T,F); att (B,NH,T,T)
+    float *attn_rstd, *mlp_rstd;                                           // (B,T)
+};
+
+template <typename X>
+static LayerActivations<X> layer_activations(const Llama* model, int l) {
+    const cpu::LlamaConfig* c = &model->config;
+    size_t BT = (size_t)model->B * model->T, btc = BT * c->C, btf = BT * c->F;
+    size_t s = model->recompute ? 0 : (size_t)l;  // the slot of the recomputed fields
+    const cpu::ActivationTensors* a = &model->acts;
+    LayerActivations<X> la;
+    la.x = act<X>(a->resid) + l * btc;
+    la.xn = act<X>(a->attn_xn) + s * btc;
+    la.q = act<X>(a->q) + s * btc;
+    la.k = act<X>(a->k) + s * btc;
+    la.v = act<X>(a->v) + s * btc;
+    la.att = act<X>(a->att) + s * model->B * c->NH * (size_t)model->T * model->T;
+    la.atty = act<X>(a->atty) + s * btc;
+    la.mid = act<X>(a->resid_mid) + s * btc;
+    la.mxn = act<X>(a->mlp_xn) + s * btc;
+    la.gate = act<X>(a->gate) + s * btf;
+    la.up = act<X>(a->up) + s * btf;
+    la.hidden = act<X>(a->hidden) + s * btf;
+    la.attn_rstd = a->attn_rstd + l * BT;
+    la.mlp_rstd = a->mlp_rstd + l * BT;
+    return la;
+}
+
+// layer l's forward from its input x: everything the backward reads, and
+// with out != NULL the layer's output (B,T,C), the next layer's input. the
+// backward's recomputation passes out = NULL: the same kernels on the same
+// input give the same bits, and the output is already kept as the next input
+template <typename X, typename WT>
+static void layer_forward(Llama* model, int l, X* out) {
+    const cpu::LlamaConfig* c = &model->config;
+    int B = model->B, T = model->T, C = c->C, F = c->F, NH = c->NH, HS = C / NH, BT = B * T;
+    cpu::ParameterTensors p = model->params;
+    const float* cos_t = model->acts.rope_cs;
+    const float* sin_t = model->acts.rope_cs + (size_t)T * (HS / 2);
+    size_t btc = (size_t)BT * C, btf = (size_t)BT * F, cc = (size_t)C * C, fc = (size_t)F * C;
+    LayerActivations<X> la = layer_activations<X>(model, l);
+
+    rmsnorm_forward(la.xn, la.attn_rstd, la.x, kernel_weight<WT>(model, p.attn_norm + (size_t)l * C), BT, C,
+                    c->norm_eps);
+    matmul_forward(la.q, la.xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
+    matmul_forward(la.k, la.xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
+    matmul_forward(la.v, la.xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
+    rope_forward(la.q, la.q, cos_t, sin_t, B, T, NH, HS);
+    rope_forward(la.k, la.k, cos_t, sin_t, B, T, NH, HS);
+    attention_forward(la.atty, la.att, la.q, la.k, la.v, B, T, NH, HS);
+    matmul_forward(la.mid, la.atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
+    residual_forward(la.mid, la.mid, la.x, btc);
+
+    rmsnorm_forward(la.mxn, la.mlp_rstd, la.mid, kernel_weight<WT>(model, p.mlp_norm + (size_t)l * C), BT, C,
+                    c->norm_eps);
+    matmul_forward(la.gate, la.mxn, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, F);
+    matmul_forward(la.up, la.mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
+    swiglu_forward(la.hidden, la.gate, la.up, btf);
+    if (out == NULL) { return; }
+    matmul_forward(out, la.hidden, matmul_weight<X>(model, p.w_down + l * fc), BT, F, C);
+    residual_forward(out, out, la.mid, btc);
+}
+
+// the forward for one activation type X and kernel-weight type WT;
+// llama_forward below picks them
+template <typename X, typename WT>
 static void llama_forward_typed(Llama* model, int B, int T) {
     const cpu::LlamaConfig* c = &model->config;
-    int L = c->L, C = c->C, F = c->F, NH = c->NH, V = c->V, HS = C / NH, BT = B * T;
+    int L = c->L, C = c->C, V = c->V, BT = B * T;
     cpu::ParameterTensors p = model->params;
     cpu::ActivationTensors a = model->acts;
-    const float* cos_t = a.rope_cs;
-    const float* sin_t = a.rope_cs + (size_t)T * (HS / 2);
-    size_t btc = (size_t)BT * C, btf = (size_t)BT * F;
+    size_t btc = (size_t)BT * C;
 
-    encoder_forward(act<X>(a.resid), model->inputs, p.tok_embeddings, BT, C);
+    encoder_forward(act<X>(a.resid), model->inputs, kernel_weight<WT>(model, p.tok_embeddings), BT, C);
     for (int l = 0; l < L; l++) {
-        X* x = act<X>(a.resid) + l * btc;
-        X* xn = act<X>(a.attn_xn) + l * btc;
-        X* q = act<X>(a.q) + l * btc;
-        X* k = act<X>(a.k) + l * btc;
-        X* v = act<X>(a.v) + l * btc;
-        X* atty = act<X>(a.atty) + l * btc;
-        X* mid = act<X>(a.resid_mid) + l * btc;
-        X* mxn = act<X>(a.mlp_xn) + l * btc;
-        X* gate = act<X>(a.gate) + l * btf;
-        X* up = act<X>(a.up) + l * btf;
-        X* hidden = act<X>(a.hidden) + l * btf;
-        X* out = l + 1 < L ? act<X>(a.resid) + (l + 1) * btc : act<X>(a.resid_out);
-        size_t cc = (size_t)C * C, fc = (size_t)F * C;
-
-        rmsnorm_forward(xn, a.attn_rstd + (size_t)l * BT, x, p.attn_norm + (size_t)l * C, BT, C, c->norm_eps);
-        matmul_forward(q, xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
-        matmul_forward(k, xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
-        matmul_forward(v, xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
-        rope_forward(q, q, cos_t, sin_t, B, T, NH, HS);
-        rope_forward(k, k, cos_t, sin_t, B, T, NH, HS);
-        attention_forward(atty, act<X>(a.att) + (size_t)l * B * NH * T * T, q, k, v, B, T, NH, HS);
-        matmul_forward(mid, atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
-        residual_forward(mid, mid, x, btc);
-
-        rmsnorm_forward(mxn, a.mlp_rstd + (size_t)l * BT, mid, p.mlp_norm + (size_t)l * C, BT, C, c->norm_eps);
-        matmul_forward(gate, mxn, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, F);
-        matmul_forward(up, mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
-        swiglu_forward(hidden, gate, up, btf);
-        matmul_forward(out, hidden, matmul_weight<X>(model, p.w_down + l * fc), BT, F, C);
-        residual_forward(out, out, mid, btc);
+        layer_forward<X, WT>(model, l, l + 1 < L ? act<X>(a.resid) + (l + 1) * btc : act<X>(a.resid_out));
     }
-    rmsnorm_forward(act<X>(a.final_xn), a.final_rstd, act<X>(a.resid_out), p.final_norm, BT, C, c->norm_eps);
+    rmsnorm_forward(act<X>(a.final_xn), a.final_rstd, act<X>(a.resid_out), kernel_weight<WT>(model, p.final_norm),
+                    BT, C, c->norm_eps);
     matmul_forward(act<X>(a.logits), act<X>(a.final_xn), matmul_weight<X>(model, p.lm_head), BT, C, V);
 }
 
@@ -961,8 +1174,9 @@ float llama_forward(Llama* model, const int* inputs, const int* targets, int B, 
         cuda_check(cudaMemcpy(model->targets, targets, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
     }
     cpu::ActivationTensors a = model->acts;
-    if (model->dtype == DTYPE_BFLOAT16) { llama_forward_typed<bf16>(model, B, T); }
-    else { llama_forward_typed<float>(model, B, T); }
+    if (model->dtype == DTYPE_FLOAT32) { llama_forward_typed<float, float>(model, B, T); }
+    else if (model->params_memory != NULL) { llama_forward_typed<bf16, float>(model, B, T); }
+    else { llama_forward_typed<bf16, bf16>(model, B, T); }
     model->mean_loss = 0.0f;
     if (targets != NULL) {
         model->mean_loss = model->dtype == DTYPE_BFLOAT16
@@ -973,11 +1187,31 @@ float llama_forward(Llama* model, const int* inputs, const int* targets, int B, 
 }
 
 void llama_zero_grad(Llama* model) {
-    cuda_check(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    cuda_check(cudaMemset(model->grads_memory, 0, model->grads_floats * sizeof(float)));
+    model->unit_norm2 = 0.0;
 }
 
-// the backward for one activation type X; llama_backward below picks X
-template <typename X>
+// where a unit's weight gradient accumulates in the backward: its place in
+// the gradient buffer (g.field + off), or with per-layer updates the one-unit
+// buffer (grads then points nowhere)
+#define GRAD_AT(field, off) (model->per_layer ? model->grads_memory : g.field + (off))
+
+#define PARAM_INDEX(field) ((int)(offsetof(cpu::ParameterTensors, field) / sizeof(float*)))
+
+// the unit (tensor, layer) of n floats has its whole gradient: with
+// per-layer updates, its norm is added up and the optimizer updates it; the
+// buffer is then zeroed for the next unit. nothing later in the backward
+// reads this unit's weights, so updating them now is the whole-step update
+static void unit_done(Llama* model, int tensor, int layer, size_t n) {
+    if (!model->per_layer) { return; }
+    model->unit_norm2 += grad_squared_norm(model->grads_memory, n);
+    model->on_unit(model->on_unit_ctx, tensor, layer, model->grads_memory);
+    cuda_check(cudaMemset(model->grads_memory, 0, n * sizeof(float)));
+}
+
+// the backward for one activation type X and kernel-weight type WT;
+// llama_backward below picks them
+template <typename X, typename WT>
 static void llama_backward_typed(Llama* model, float dloss) {
     const cpu::LlamaConfig* c = &model->config;
     int B = model->B, T = model->T;
@@ -1000,48 +1234,60 @@ static void llama_backward_typed(Llama* model, float dloss) {
 
     // logits become dlogits in place: no (B,T,V) probability buffer
     crossentropy_softmax_backward(logits, logits, a.lse, model->targets, dloss, BT, V);
-    matmul_backward(dxn, g.lm_head, logits, act<X>(a.final_xn), matmul_weight<X>(model, p.lm_head), BT, C, V);
+    size_t vc = (size_t)V * C, cc = (size_t)C * C, fc = (size_t)F * C;
+    matmul_backward(dxn, GRAD_AT(lm_head, 0), logits, act<X>(a.final_xn), matmul_weight<X>(model, p.lm_head), BT, C, V);
+    unit_done(model, PARAM_INDEX(lm_head), 0, vc);
     cuda_check(cudaMemset(dresid, 0, btc * sizeof(X)));
-    rmsnorm_backward(dresid, g.final_norm, dxn, act<X>(a.resid_out), p.final_norm, a.final_rstd, BT, C);
+    rmsnorm_backward(dresid, GRAD_AT(final_norm, 0), dxn, act<X>(a.resid_out), kernel_weight<WT>(model, p.final_norm),
+                     a.final_rstd, BT, C);
+    unit_done(model, PARAM_INDEX(final_norm), 0, C);
 
     for (int l = L - 1; l >= 0; l--) {
-        X* x = act<X>(a.resid) + l * btc;
-        X* xn = act<X>(a.attn_xn) + l * btc;
-        X* q = act<X>(a.q) + l * btc;
-        X* k = act<X>(a.k) + l * btc;
-        X* v = act<X>(a.v) + l * btc;
-        X* atty = act<X>(a.atty) + l * btc;
-        X* mid = act<X>(a.resid_mid) + l * btc;
-        X* mxn = act<X>(a.mlp_xn) + l * btc;
-        X* gate = act<X>(a.gate) + l * btf;
-        X* up = act<X>(a.up) + l * btf;
-        X* hidden = act<X>(a.hidden) + l * btf;
-        size_t cc = (size_t)C * C, fc = (size_t)F * C;
+        // with recomputation, the slot holds the last layer's activations
+        // from the forward; every other layer is recomputed from its input
+        if (model->recompute && l < L - 1) { layer_forward<X, WT>(model, l, (X*)NULL); }
+        LayerActivations<X> la = layer_activations<X>(model, l);
+        X *x = la.x, *xn = la.xn, *q = la.q, *k = la.k, *v = la.v, *atty = la.atty, *mid = la.mid;
+        X *mxn = la.mxn, *gate = la.gate, *up = la.up, *hidden = la.hidden;
+        size_t lc = (size_t)l * C;
 
-        // mlp block (see the CPU twin for the derivation)
-        matmul_backward(dup, g.w_down + l * fc, dresid, hidden, matmul_weight<X>(model, p.w_down + l * fc), BT, F, C);
+        // mlp block (see the CPU twin for the derivation). with per-layer
+        // updates each weight is updated right after the product that gives
+        // its gradient, which is also the last to read it
+        matmul_backward(dup, GRAD_AT(w_down, l * fc), dresid, hidden, matmul_weight<X>(model, p.w_down + l * fc),
+                        BT, F, C);
+        unit_done(model, PARAM_INDEX(w_down), l, fc);
         swiglu_backward(dgate, dup, dup, gate, up, btf);
-        matmul_backward(dxn, g.w_gate + l * fc, dgate, mxn, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, F);
-        matmul_backward(dq, g.w_up + l * fc, dup, mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
+        matmul_backward(dxn, GRAD_AT(w_gate, l * fc), dgate, mxn, matmul_weight<X>(model, p.w_gate + l * fc),
+                        BT, C, F);
+        unit_done(model, PARAM_INDEX(w_gate), l, fc);
+        matmul_backward(dq, GRAD_AT(w_up, l * fc), dup, mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
+        unit_done(model, PARAM_INDEX(w_up), l, fc);
         residual_backward(dxn, dq, btc);
-        rmsnorm_backward(dresid, g.mlp_norm + (size_t)l * C, dxn, mid, p.mlp_norm + (size_t)l * C,
-                         a.mlp_rstd + (size_t)l * BT, BT, C);
+        rmsnorm_backward(dresid, GRAD_AT(mlp_norm, lc), dxn, mid, kernel_weight<WT>(model, p.mlp_norm + lc),
+                         la.mlp_rstd, BT, C);
+        unit_done(model, PARAM_INDEX(mlp_norm), l, C);
 
         // attention block
-        matmul_backward(dxn, g.wo + l * cc, dresid, atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
-        attention_backward(dq, dk, dv, datt, dxn, q, k, v, act<X>(a.att) + (size_t)l * B * NH * T * T,
-                           B, T, NH, HS);
+        matmul_backward(dxn, GRAD_AT(wo, l * cc), dresid, atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
+        unit_done(model, PARAM_INDEX(wo), l, cc);
+        attention_backward(dq, dk, dv, datt, dxn, q, k, v, la.att, B, T, NH, HS);
         rope_backward(dq, dq, cos_t, sin_t, B, T, NH, HS);
         rope_backward(dk, dk, cos_t, sin_t, B, T, NH, HS);
-        matmul_backward(dxn, g.wq + l * cc, dq, xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
-        matmul_backward(dq, g.wk + l * cc, dk, xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
+        matmul_backward(dxn, GRAD_AT(wq, l * cc), dq, xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
+        unit_done(model, PARAM_INDEX(wq), l, cc);
+        matmul_backward(dq, GRAD_AT(wk, l * cc), dk, xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
+        unit_done(model, PARAM_INDEX(wk), l, cc);
         residual_backward(dxn, dq, btc);
-        matmul_backward(dq, g.wv + l * cc, dv, xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
+        matmul_backward(dq, GRAD_AT(wv, l * cc), dv, xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
+        unit_done(model, PARAM_INDEX(wv), l, cc);
         residual_backward(dxn, dq, btc);
-        rmsnorm_backward(dresid, g.attn_norm + (size_t)l * C, dxn, x, p.attn_norm + (size_t)l * C,
-                         a.attn_rstd + (size_t)l * BT, BT, C);
+        rmsnorm_backward(dresid, GRAD_AT(attn_norm, lc), dxn, x, kernel_weight<WT>(model, p.attn_norm + lc),
+                         la.attn_rstd, BT, C);
+        unit_done(model, PARAM_INDEX(attn_norm), l, C);
     }
-    encoder_backward(g.tok_embeddings, dresid, model->inputs, BT, C);
+    encoder_backward(GRAD_AT(tok_embeddings, 0), dresid, model->inputs, BT, C);
+    unit_done(model, PARAM_INDEX(tok_embeddings), 0, vc);
 }
 
 // backward of the mean loss times loss_scale, accumulated (+=) into
@@ -1051,8 +1297,9 @@ void llama_backward(Llama* model, const int* inputs, const int* targets, float l
     (void)inputs;  // the forward's device copy of them is used
     int count = cpu::count_targets(targets, model->B * model->T);
     float dloss = count > 0 ? loss_scale / count : 0.0f;
-    if (model->dtype == DTYPE_BFLOAT16) { llama_backward_typed<bf16>(model, dloss); }
-    else { llama_backward_typed<float>(model, dloss); }
+    if (model->dtype == DTYPE_FLOAT32) { llama_backward_typed<float, float>(model, dloss); }
+    else if (model->params_memory != NULL) { llama_backward_typed<bf16, float>(model, dloss); }
+    else { llama_backward_typed<bf16, bf16>(model, dloss); }
 }
 
 // the logits of the last forward on the host (B,T,V) in fp32, for sampling and tests
@@ -1313,6 +1560,50 @@ __global__ void lowrank_recovery_apply_kernel(float* W, const float* Dres, const
 __global__ void weight_decay_kernel(float* W, size_t numel, float decay) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < numel) { W[i] -= decay * W[i]; }
+}
+
+// ---- --master_weights 0: the updated weights rounded to bf16 stochastically,
+// with the CPU's own integer functions (cpu::bf16_round_stochastic on
+// cpu::sr_random_bits of (seed, step, index in the parameter buffer)), so the
+// same fp32 value rounds to the same bf16 on both sides
+
+__global__ void bf16_round_stochastic_kernel(float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { x[i] = cpu::bf16_round_stochastic(x[i], cpu::sr_random_bits(seed, step, offset + i)); }
+}
+
+__global__ void bf16_store_stochastic_kernel(bf16* out, const float* x, size_t n, uint64_t seed, uint64_t step,
+                                             uint64_t offset) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        // already a bf16 value: the conversion is exact
+        out[i] = __float2bfloat16(cpu::bf16_round_stochastic(x[i], cpu::sr_random_bits(seed, step, offset + i)));
+    }
+}
+
+__global__ void bf16_widen_kernel(float* out, const bf16* x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { out[i] = __bfloat162float(x[i]); }
+}
+
+// the CPU's twin: x (n) in place; offset is x's index in the parameter buffer
+void bf16_round_stochastic_array(float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
+    if (n == 0) { return; }
+    bf16_round_stochastic_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(x, n, seed, step, offset);
+    cudaCheck(cudaGetLastError());
+}
+
+// out (n) bf16 = x (n) fp32 rounded stochastically, as above
+void bf16_store_stochastic_array(bf16* out, const float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
+    if (n == 0) { return; }
+    bf16_store_stochastic_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(out, x, n, seed, step, offset);
+    cudaCheck(cudaGetLastError());
+}
+
+void bf16_widen_array(float* out, const bf16* x, size_t n) {
+    if (n == 0) { return; }
+    bf16_widen_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(out, x, n);
+    cudaCheck(cudaGetLastError());
 }
 
 // ---- SubTrack++: the geodesic step's small kernels
@@ -1761,10 +2052,12 @@ typedef struct {
     cublasHandle_t blas;        // its own handle: default math (no TF32), the default stream
     cusolverDnHandle_t solver;
     size_t scratch_floats;      // device floats needed
-    int eig_lwork;              // doubles of cusolverDnDsyevd workspace needed
+    int eig_lwork;              // doubles of cusolverDnDsyevd workspace: the plan's, or cuSOLVER's if larger
+    int eig_lwork_over_plan;    // how many doubles cuSOLVER asked for above the plan (0: none)
     float* scratch;             // device
     double* eig_work;           // device (eig_lwork,)
     int* eig_info;              // device, 1 int
+    void* blas_workspace;       // device, CUBLAS_WORKSPACE_BYTES, blas's
 } LowRankGPU;
 
 // the step's device work arrays, carved out of ctx->scratch like the CPU's Scratch
@@ -1833,21 +2126,47 @@ void lowrank_gpu_create(LowRankGPU* ctx) {
     cusolverCheck(cusolverDnCreate(&ctx->solver));
 }
 
-// grows the sizes for one (m, n) matrix at rank r
-void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
+// doubles of eigendecomposition workspace planned for a (p, p) Gram matrix:
+// LAPACK's dsyevd bound with eigenvectors, 1 + 6p + 2p^2. the memory plan
+// needs a number without a GPU; at build cuSOLVER is asked too, and a larger
+// answer wins (and is reported by the plan at start)
+static size_t eig_workspace_doubles(int p) { return 1 + 6 * (size_t)p + 2 * (size_t)p * p; }
+
+// the scratch floats and eigen workspace doubles of one (m, n) matrix at rank r
+static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int r) {
     size_t used = 0;
     step_scratch_gpu_layout(NULL, &used, m, n, r);
+    *scratch_floats = used;
+    *eig_doubles = eig_workspace_doubles(m <= n ? m : n);
+}
+
+// grows the sizes for one (m, n) matrix at rank r
+void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
+    size_t used = 0, planned = 0;
+    lowrank_gpu_need(&used, &planned, m, n, r);
     if (used > ctx->scratch_floats) { ctx->scratch_floats = used; }
+    if (planned > (size_t)INT_MAX) {
+        cpu::fatal("a %d x %d matrix needs %zu doubles of eigendecomposition workspace, above cuSOLVER's int range",
+                   m, n, planned);
+    }
     int p = m <= n ? m : n, lwork = 0;
     cusolverCheck(cusolverDnDsyevd_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
                                               p, NULL, p, NULL, &lwork));
-    if (lwork > ctx->eig_lwork) { ctx->eig_lwork = lwork; }
+    int need = lwork > (int)planned ? lwork : (int)planned;
+    if (lwork > (int)planned && lwork - (int)planned > ctx->eig_lwork_over_plan) {
+        ctx->eig_lwork_over_plan = lwork - (int)planned;
+    }
+    if (need > ctx->eig_lwork) { ctx->eig_lwork = need; }
 }
 
 void lowrank_gpu_alloc(LowRankGPU* ctx) {
-    cudaCheck(cudaMalloc((void**)&ctx->scratch, (ctx->scratch_floats > 0 ? ctx->scratch_floats : 1) * sizeof(float)));
-    cudaCheck(cudaMalloc((void**)&ctx->eig_work, (ctx->eig_lwork > 0 ? ctx->eig_lwork : 1) * sizeof(double)));
-    cudaCheck(cudaMalloc((void**)&ctx->eig_info, sizeof(int)));
+    ctx->scratch = (float*)device_malloc((ctx->scratch_floats > 0 ? ctx->scratch_floats : 1) * sizeof(float),
+                                         "low-rank step scratch");
+    ctx->eig_work = (double*)device_malloc((ctx->eig_lwork > 0 ? ctx->eig_lwork : 1) * sizeof(double),
+                                           "eigendecomposition workspace");
+    ctx->eig_info = (int*)device_malloc(sizeof(int), "cuSOLVER info");
+    ctx->blas_workspace = device_malloc(CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace");
+    cublasCheck(cublasSetWorkspace(ctx->blas, ctx->blas_workspace, CUBLAS_WORKSPACE_BYTES));
 }
 
 void lowrank_gpu_destroy(LowRankGPU* ctx) {
@@ -1856,6 +2175,7 @@ void lowrank_gpu_destroy(LowRankGPU* ctx) {
     cudaCheck(cudaFree(ctx->eig_info));
     cublasCheck(cublasDestroy(ctx->blas));
     cusolverCheck(cusolverDnDestroy(ctx->solver));
+    cudaCheck(cudaFree(ctx->blas_workspace));  // after the handle that used it
 }
 
 // the orientation-hiding products, as on the CPU:
@@ -2220,7 +2540,28 @@ typedef struct {
     float* lowrank_memory;    // (lowrank_floats) device, the CPU's layout
     LowRankStateGPU* lowrank; // (host.num_lowrank) pointing into lowrank_memory
     LowRankGPU ctx;           // handles and device scratch of the low-rank steps
+    float* staging;           // (staging_floats) device: bf16 weights widened for their update; or NULL
+    size_t staging_floats;
+    size_t adam_offset[NUM_PARAMETER_TENSORS];  // where each AdamW tensor's moments start
+    int lowrank_first[NUM_PARAMETER_TENSORS];   // the low-rank state of each layer matrix's layer 0
+    Llama* model;             // per-layer updates: the model whose units arrive (optimizer_attach_per_layer)
+    float lr;                 // per-layer updates: this step's learning rate
 } Optimizer;
+
+// fp32 floats to update bf16-only weights in (--master_weights 0 with bf16):
+// the largest layer matrix, whole, as a low-rank step needs it; AdamW
+// tensors, which are elementwise, go through it in chunks of this size
+size_t optimizer_staging_floats(const cpu::LlamaConfig* c, const cpu::TrainConfig* t) {
+    if (!llama_weights_bf16_only(dtype_from_name(t->dtype), t->master_weights)) { return 0; }
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, c);
+    size_t most = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t per = (size_t)spec[i].rows * spec[i].cols;
+        if (spec[i].is_layer_matrix && per > most) { most = per; }
+    }
+    return most;
+}
 
 // returns NULL, or a message naming the matrix whose shape cannot take the rank
 const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t) {
@@ -2242,7 +2583,21 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
         const cpu::LowRankState* hs = &o->host.lowrank[k];
         lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->r);
     }
-    lowrank_gpu_alloc(&o->ctx);
+    if (nl > 0) { lowrank_gpu_alloc(&o->ctx); }  // AdamW alone needs no scratch
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, c);
+    size_t adam = 0;
+    int k = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        o->adam_offset[i] = adam;
+        o->lowrank_first[i] = k;
+        if (cpu::optimizer_uses_lowrank(&o->host, &spec[i])) { k += spec[i].layers; }
+        else { adam += cpu::tensor_numel(&spec[i]); }
+    }
+    o->staging_floats = optimizer_staging_floats(c, t);
+    if (o->staging_floats > 0) {
+        o->staging = (float*)device_malloc(o->staging_floats * sizeof(float), "bf16 weights' update staging");
+    }
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
         lowrank_state_init(&o->lowrank[k], hs->m, hs->n, hs->r,
@@ -2258,6 +2613,7 @@ void optimizer_free(Optimizer* o) {
     cuda_check(cudaFree(o->adam_m));
     cuda_check(cudaFree(o->adam_v));
     cuda_check(cudaFree(o->lowrank_memory));
+    if (o->staging != NULL) { cuda_check(cudaFree(o->staging)); }
     cpu::optimizer_free(&o->host);
     memset(o, 0, sizeof *o);
 }
@@ -2279,36 +2635,76 @@ void optimizer_upload(Optimizer* o) {
                           cudaMemcpyHostToDevice));
 }
 
-// one step over every tensor, at learning rate lr, in the CPU's order
-void optimizer_step(Optimizer* o, Llama* model, float lr) {
+// the update of one unit: tensor i whole (layer -1), or its layer l, with
+// gradient G (the unit's floats), at learning rate lr. without masters the
+// updated weights are rounded to bf16 stochastically, as on the CPU;
+// bf16-only weights are widened into o->staging for the update, the same fp32
+// arithmetic, and stored back rounded (AdamW tensors in chunks of it)
+static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, const float* G, float lr) {
     cpu::Optimizer* h = &o->host;
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
     cpu::parameter_table(spec, &model->config);
     float** params = cpu::parameter_pointers(&model->params);
-    float** grads = cpu::parameter_pointers(&model->grads);
-    size_t adam_off = 0;
-    int k = 0;
-    // the first step's SVDs (and GaLore's refreshes) can take a while: progress
-    // lines, with a sync per matrix so that their times are real
-    const char* svd_phase = cpu::optimizer_svd_phase(h);
-    int show_progress = svd_phase != NULL && cpu::g_progress_interval >= 0;
-    cpu::Progress pr;
-    cpu::progress_begin(&pr, svd_phase, show_progress ? h->num_lowrank : 0);
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        size_t n = cpu::tensor_numel(&spec[i]);
-        if (!cpu::optimizer_uses_lowrank(h, &spec[i])) {
-            adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, h->step,
-                         lr, h->beta1, h->beta2, h->eps, h->weight_decay);
-            adam_off += n;
-            continue;
+    size_t per = (size_t)spec[i].rows * spec[i].cols;
+    size_t n = l < 0 ? cpu::tensor_numel(&spec[i]) : per;
+    size_t within = l < 0 ? 0 : (size_t)l * per;
+    size_t first = param_index(model, params[i]) + within;
+    float* Wp = params[i] + within;
+    int bf16_only = model->params_memory == NULL;
+    uint64_t seed = h->seed, t = (uint64_t)h->step;
+    if (!cpu::optimizer_uses_lowrank(h, &spec[i])) {
+        size_t a = o->adam_offset[i] + within;
+        if (bf16_only) {
+            for (size_t off = 0; off < n; off += o->staging_floats) {
+                size_t len = n - off < o->staging_floats ? n - off : o->staging_floats;
+                bf16_widen_array(o->staging, model->params_bf16 + first + off, len);
+                adamw_update(o->staging, o->adam_m + a + off, o->adam_v + a + off, G + off, len, h->step, lr,
+                             h->beta1, h->beta2, h->eps, h->weight_decay);
+                bf16_store_stochastic_array(model->params_bf16 + first + off, o->staging, len, seed, t, first + off);
+            }
+        } else {
+            adamw_update(Wp, o->adam_m + a, o->adam_v + a, G, n, h->step, lr, h->beta1, h->beta2, h->eps,
+                         h->weight_decay);
+            if (!h->master_weights) { bf16_round_stochastic_array(Wp, n, seed, t, first); }
         }
-        size_t per = (size_t)spec[i].rows * spec[i].cols;
-        for (int l = 0; l < spec[i].layers; l++) {
-            lowrank_adamw_step(&o->lowrank[k++], params[i] + l * per, grads[i] + l * per, h->step,
-                               &h->cfg, lr, &o->ctx);
-            if (show_progress) {
-                cuda_check(cudaDeviceSynchronize());
-                cpu::progress_update(&pr, k);
+        return;
+    }
+    float* W = bf16_only ? o->staging : Wp;
+    if (bf16_only) { bf16_widen_array(W, model->params_bf16 + first, per); }
+    lowrank_adamw_step(&o->lowrank[o->lowrank_first[i] + l], W, G, h->step, &h->cfg, lr, &o->ctx);
+    if (bf16_only) { bf16_store_stochastic_array(model->params_bf16 + first, W, per, seed, t, first); }
+    else if (!h->master_weights) { bf16_round_stochastic_array(W, per, seed, t, first); }
+}
+
+// one step over every tensor, at learning rate lr, in the CPU's order. with
+// per-layer updates the backward has done every unit already (through
+// optimizer_on_unit): only the step count and the bf16 copy are left
+void optimizer_step(Optimizer* o, Llama* model, float lr) {
+    cpu::Optimizer* h = &o->host;
+    if (!model->per_layer) {
+        cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+        cpu::parameter_table(spec, &model->config);
+        float** grads = cpu::parameter_pointers(&model->grads);
+        // the first step's SVDs (and GaLore's refreshes) can take a while:
+        // progress lines, with a sync per matrix so that their times are real
+        const char* svd_phase = cpu::optimizer_svd_phase(h);
+        int show_progress = svd_phase != NULL && cpu::g_progress_interval >= 0;
+        cpu::Progress pr;
+        cpu::progress_begin(&pr, svd_phase, show_progress ? h->num_lowrank : 0);
+        int k = 0;
+        for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+            if (!cpu::optimizer_uses_lowrank(h, &spec[i])) {
+                optimizer_update_unit(o, model, i, -1, grads[i], lr);
+                continue;
+            }
+            size_t per = (size_t)spec[i].rows * spec[i].cols;
+            for (int l = 0; l < spec[i].layers; l++) {
+                optimizer_update_unit(o, model, i, l, grads[i] + l * per, lr);
+                k++;
+                if (show_progress) {
+                    cuda_check(cudaDeviceSynchronize());
+                    cpu::progress_update(&pr, k);
+                }
             }
         }
     }
@@ -2316,10 +2712,237 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
     llama_refresh_param_copy(model);  // the next forward's bf16 weights (a no-op in fp32)
 }
 
+// the model's per-layer hook (Llama.on_unit): ctx is the Optimizer, whose
+// lr was set for this step (optimizer_begin_step)
+static void optimizer_on_unit(void* ctx, int tensor, int layer, const float* grad) {
+    Optimizer* o = (Optimizer*)ctx;
+    optimizer_update_unit(o, o->model, tensor, layer, grad, o->lr);
+}
+
+// per-layer updates: the model hands its units to this optimizer from now on
+void optimizer_attach_per_layer(Optimizer* o, Llama* model) {
+    o->model = model;
+    model->on_unit = optimizer_on_unit;
+    model->on_unit_ctx = o;
+}
+
+void optimizer_begin_step(Optimizer* o, float lr) { o->lr = lr; }
+
 double optimizer_subspace_seconds(Optimizer* o) {
     double s = 0.0;
     for (int k = 0; k < o->host.num_lowrank; k++) { s += lowrank_subspace_seconds(&o->lowrank[k]); }
     return s;
+}
+
+// ----------------------------------------------------------------------------
+// the device-memory plan: every buffer this trainer allocates on the device,
+// computed from the model and the flags alone, so that --memory_plan needs no
+// GPU. the build allocates each of them once, at start, from the same size
+// functions (the parameter count, activation_layout, cpu::optimizer_plan,
+// lowrank_gpu_need, grad_norm_partials_count), and nothing later: the plan's
+// sum is the peak of cudaMalloc, which the harness measures and the tests
+// compare. not in it: the CUDA context and cuSOLVER's handle, which the
+// driver and the library hold themselves (about 0.5 GiB on a Hopper GPU).
+
+#define PLAN_MAX_ENTRIES 48
+typedef struct {
+    char name[48];      // the buffer
+    char shape[40];     // its shape, in the legend of the file
+    size_t bytes;       // as cudaMalloc is asked for them
+    const char* holds;  // "whole run", "all L layers" or "one layer"
+} PlanEntry;
+
+typedef struct {
+    PlanEntry e[PLAN_MAX_ENTRIES];
+    int n;
+    size_t total;       // bytes, the peak
+    int buffers;        // cudaMalloc calls
+} MemoryPlan;
+
+// device_malloc turns a request of 0 bytes into 1
+static size_t plan_alloc_bytes(size_t bytes) { return bytes > 0 ? bytes : 1; }
+
+static void plan_add(MemoryPlan* p, const char* name, const char* shape, size_t bytes, const char* holds) {
+    if (p->n >= PLAN_MAX_ENTRIES) { cpu::fatal("memory plan: more than %d entries", PLAN_MAX_ENTRIES); }
+    PlanEntry* e = &p->e[p->n++];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    snprintf(e->shape, sizeof e->shape, "%s", shape);
+    e->bytes = bytes;
+    e->holds = holds;
+    p->total += bytes;
+}
+
+// one allocation (its bytes as device_malloc asks cudaMalloc for them)
+static void plan_buffer(MemoryPlan* p, const char* name, const char* shape, size_t bytes, const char* holds) {
+    plan_add(p, name, shape, plan_alloc_bytes(bytes), holds);
+    p->buffers++;
+}
+
+// the activation fields, in ActivationTensors order, for the plan's rows
+static const char* const ACTIVATION_PLAN_NAMES[NUM_ACTIVATION_TENSORS][2] = {
+    {"act: layer inputs (resid)", "(L,B,T,C)"}, {"act: attn_norm out", "(L,B,T,C)"},
+    {"act: attn_norm rstd", "(L,B,T) f32"}, {"act: q after rope", "(L,B,T,C)"}, {"act: k after rope", "(L,B,T,C)"},
+    {"act: v", "(L,B,T,C)"}, {"act: attention probs", "(L,B,NH,T,T)"}, {"act: attention out", "(L,B,T,C)"},
+    {"act: resid_mid", "(L,B,T,C)"}, {"act: mlp_norm out", "(L,B,T,C)"}, {"act: mlp_norm rstd", "(L,B,T) f32"},
+    {"act: gate", "(L,B,T,F)"}, {"act: up", "(L,B,T,F)"}, {"act: silu(gate)*up", "(L,B,T,F)"},
+    {"act: last layer out", "(B,T,C)"}, {"act: final_norm out", "(B,T,C)"}, {"act: final_norm rstd", "(B,T) f32"},
+    {"act: logits / dlogits", "(B,T,V)"}, {"act: losses", "(B,T) f32"}, {"act: log-sum-exp", "(B,T) f32"},
+    {"act: rope tables", "(2,T,HS/2) f32"},
+};
+
+// the plan of model c trained under t at (B, T); NULL, or the optimizer's
+// message when the rank does not fit a matrix
+const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T) {
+    memset(p, 0, sizeof *p);
+    Dtype dt = dtype_from_name(t->dtype);
+    int recompute = t->activation_checkpointing;
+    size_t N = cpu::parameter_count(c);
+    // the model (llama_build, grad_norm_reserve)
+    int bf16_only = llama_weights_bf16_only(dt, t->master_weights);
+    if (!bf16_only) {
+        plan_buffer(p, t->master_weights ? "weights, fp32 masters" : "weights, bf16 values in fp32", "(N)",
+                    N * sizeof(float), "whole run");
+    }
+    if (cpu::optimizer_name_per_layer(t->optimizer)) {
+        plan_buffer(p, "gradient of one unit, fp32", "largest layer tensor", llama_largest_unit(c) * sizeof(float),
+                    "one matrix");
+        plan_buffer(p, "gradient norm partials", "(unit/65536) f64",
+                    grad_norm_partials_count(llama_largest_unit(c)) * sizeof(double), "whole run");
+    } else {
+        plan_buffer(p, "gradients, fp32", "(N)", N * sizeof(float), "whole run");
+        plan_buffer(p, "gradient norm partials", "(N/65536) f64", grad_norm_partials_count(N) * sizeof(double),
+                    "whole run");
+    }
+    if (dt == DTYPE_BFLOAT16) {
+        plan_buffer(p, bf16_only ? "weights, bf16" : "weights, bf16 copy", "(N)", N * sizeof(bf16), "whole run");
+    }
+    // activations and the gradient scratch (llama_alloc_activations): one
+    // allocation each, a row per tensor of the first
+    size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
+           gb[NUM_GRAD_SCRATCH_TENSORS];
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute);
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+        size_t one = point_into_bytes(NULL, &asz[i], &ab[i], 1, NULL);
+        int per_layer = i <= (int)(offsetof(cpu::ActivationTensors, hidden) / sizeof(float*));
+        const char* holds = per_layer ? (recompute && activation_recomputed(i) ? "one layer" : "all L layers")
+                                   : "one step";
+        plan_add(p, ACTIVATION_PLAN_NAMES[i][0], ACTIVATION_PLAN_NAMES[i][1], one, holds);
+    }
+    p->buffers++;
+    plan_buffer(p, "gradient scratch", "(B,T,*), (B,NH,T,T)", point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS,
+                NULL), "one layer");
+    plan_buffer(p, "inputs", "(B,T) int", (size_t)B * T * sizeof(int), "one step");
+    plan_buffer(p, "targets", "(B,T) int", (size_t)B * T * sizeof(int), "one step");
+    plan_buffer(p, "cuBLAS workspace, model", "", CUBLAS_WORKSPACE_BYTES, "whole run");
+    // the optimizer (optimizer_build, lowrank_gpu_alloc)
+    cpu::Optimizer o;
+    const char* problem = cpu::optimizer_plan(&o, c, t);
+    if (problem != NULL) { return problem; }
+    plan_buffer(p, "AdamW first moments", "(adamw tensors)", o.num_adam * sizeof(float), "whole run");
+    plan_buffer(p, "AdamW second moments", "(adamw tensors)", o.num_adam * sizeof(float), "whole run");
+    plan_buffer(p, "low-rank states S|M|V", "per matrix (p,R)+2(R,q)", o.lowrank_floats * sizeof(float),
+                "whole run");
+    if (o.num_lowrank > 0) {
+        cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+        cpu::parameter_table(spec, c);
+        size_t scratch = 0, eig = 0;
+        for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+            if (!cpu::optimizer_uses_lowrank(&o, &spec[i])) { continue; }
+            size_t s = 0, e = 0;
+            lowrank_gpu_need(&s, &e, spec[i].rows, spec[i].cols, t->rank);
+            if (s > scratch) { scratch = s; }
+            if (e > eig) { eig = e; }
+        }
+        plan_buffer(p, "low-rank step scratch", "largest matrix", scratch * sizeof(float), "one matrix");
+        plan_buffer(p, "eigendecomposition workspace", "1+6p+2p^2 f64", eig * sizeof(double), "one matrix");
+        plan_buffer(p, "cuSOLVER info", "1 int", sizeof(int), "whole run");
+        plan_buffer(p, "cuBLAS workspace, optimizer", "", CUBLAS_WORKSPACE_BYTES, "whole run");
+    }
+    size_t staging = optimizer_staging_floats(c, t);
+    if (staging > 0) { plan_buffer(p, "bf16 weights' update staging", "largest matrix", staging * sizeof(float), "one matrix"); }
+    return NULL;
+}
+
+static double gib(size_t bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
+
+// the plan as a table; its last line is "peak device memory: X GiB"
+static void memory_plan_print(const MemoryPlan* p, const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T,
+                              FILE* out) {
+    fprintf(out, "device memory plan: %s (%zu parameters), B=%d T=%d, %s activations%s, %s", t->model_config,
+            cpu::parameter_count(c), B, T, t->dtype, t->activation_checkpointing ? " recomputed per layer" : "",
+            t->optimizer);
+    if (cpu::optimizer_name_low_rank(t->optimizer)) { fprintf(out, " (%s, R=%d)", t->subspace_update_method, t->rank); }
+    fprintf(out, "\n  %-32s %-26s %16s %11s  %s\n", "buffer", "shape", "bytes", "MiB", "holds");
+    for (int i = 0; i < p->n; i++) {
+        const PlanEntry* e = &p->e[i];
+        fprintf(out, "  %-32s %-26s %16zu %11.2f  %s\n", e->name, e->shape, e->bytes, e->bytes / 1048576.0, e->holds);
+    }
+    fprintf(out, "total: %zu bytes in %d cudaMalloc buffers, all allocated at start; not counted: the CUDA context "
+            "and cuSOLVER's handle (about 0.5 GiB), and up to 2 MiB of rounding per buffer\n", p->total, p->buffers);
+    fprintf(out, "peak device memory: %.2f GiB\n", gib(p->total));
+}
+
+// 1 when the plan of model c under t at (B, T) fits limit bytes; its peak in *need
+static int memory_plan_fits(const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T, size_t limit,
+                            size_t* need) {
+    MemoryPlan p;
+    if (memory_plan_build(&p, c, t, B, T) != NULL) { return 0; }
+    *need = p.total;
+    return p.total <= limit;
+}
+
+// writes which flags would fit in `limit` bytes into out: the first of
+// --activation_checkpointing, --dtype bfloat16, --master_weights 0 and
+// halving --batch_size (the same total batch, with more accumulation),
+// each on top of the ones before, that fits, with its peak
+static void memory_plan_suggest(const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T, size_t limit,
+                                char* out, size_t cap) {
+    cpu::TrainConfig u = *t;
+    char flags[256] = "";
+    size_t need = 0;
+    out[0] = '\0';
+    if (!u.activation_checkpointing) {
+        u.activation_checkpointing = 1;
+        snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --activation_checkpointing");
+        if (memory_plan_fits(c, &u, B, T, limit, &need)) {
+            snprintf(out, cap, "add%s (peak %.2f GiB)", flags, gib(need));
+            return;
+        }
+    }
+    if (strcmp(u.dtype, "bfloat16") != 0) {
+        snprintf(u.dtype, sizeof u.dtype, "%s", "bfloat16");
+        snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --dtype bfloat16");
+        if (memory_plan_fits(c, &u, B, T, limit, &need)) {
+            snprintf(out, cap, "add%s (peak %.2f GiB)", flags, gib(need));
+            return;
+        }
+    }
+    if (u.master_weights) {
+        u.master_weights = 0;
+        snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --master_weights 0");
+        if (memory_plan_fits(c, &u, B, T, limit, &need)) {
+            snprintf(out, cap, "add%s (peak %.2f GiB)", flags, gib(need));
+            return;
+        }
+    }
+    for (int b = B / 2; b >= 1; b /= 2) {
+        if (memory_plan_fits(c, &u, b, T, limit, &need)) {
+            snprintf(out, cap, "add%s --batch_size %d, with --total_batch_size unchanged (peak %.2f GiB)", flags, b,
+                     gib(need));
+            return;
+        }
+    }
+    snprintf(out, cap, "no flag of this build fits it (with%s --batch_size 1 it needs %.2f GiB): use a smaller "
+             "--model_config or --rank, or a larger GPU", flags, gib(need));
+}
+
+// --memory_plan: the plan, and exit status 0, without a device
+static int gpu_memory_plan(const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T) {
+    MemoryPlan p;
+    const char* problem = memory_plan_build(&p, c, t, B, T);
+    if (problem != NULL) { cpu::fatal("%s", problem); }
+    memory_plan_print(&p, c, t, B, T, stdout);
+    return 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -2392,15 +3015,56 @@ static const char* gpu_check(const cpu::TrainConfig* t) {
     return NULL;
 }
 
+// the device memory of the run: its plan, and the free memory the build saw
+static struct {
+    cpu::LlamaConfig config;
+    cpu::TrainConfig train;
+    int B, T;
+    MemoryPlan plan;
+    size_t free_at_start, device_total;
+    size_t least_free;      // cudaMemGetInfo's free bytes, the least seen after a step
+    int steps_sampled;
+} gpu_memory;
+
+// the planned need, the free memory, and the flags that would fit
+static void gpu_oom_explain(FILE* out) {
+    char fits[512];
+    memory_plan_suggest(&gpu_memory.config, &gpu_memory.train, gpu_memory.B, gpu_memory.T, gpu_memory.free_at_start,
+                        fits, sizeof fits);
+    fprintf(out, "this run plans %.2f GiB of device memory (--memory_plan lists it); the GPU had %.2f GiB free of "
+            "%.2f GiB when it started. to fit: %s\n", gib(gpu_memory.plan.total), gib(gpu_memory.free_at_start),
+            gib(gpu_memory.device_total), fits);
+}
+
 static const char* gpu_build(const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T) {
-    (void)B; (void)T;
+    // the plan against the free memory, before anything is allocated: a run
+    // that cannot fit stops here, saying what would
+    const char* problem = memory_plan_build(&gpu_memory.plan, c, t, B, T);
+    if (problem != NULL) { return problem; }
+    gpu_memory.config = *c;
+    gpu_memory.train = *t;
+    gpu_memory.B = B;
+    gpu_memory.T = T;
+    cuda_check(cudaMemGetInfo(&gpu_memory.free_at_start, &gpu_memory.device_total));
+    g_oom_explain = gpu_oom_explain;
+    if (gpu_memory.plan.total > gpu_memory.free_at_start) {
+        fprintf(stderr, "error: out of GPU memory: ");
+        gpu_oom_explain(stderr);
+        exit(EXIT_FAILURE);
+    }
     cublas_init();
     cpu::llama_build(&gpu_trainer.host_model, c);
     cpu::llama_init_weights(&gpu_trainer.host_model, (uint64_t)t->seed);
-    llama_build(&gpu_trainer.model, c, dtype_from_name(t->dtype));
+    if (!t->master_weights) { cpu::llama_round_weights_bf16(&gpu_trainer.host_model); }
+    int per_layer = cpu::optimizer_name_per_layer(t->optimizer);
+    llama_build(&gpu_trainer.model, c, dtype_from_name(t->dtype), t->master_weights, per_layer);
+    gpu_trainer.model.recompute = t->activation_checkpointing;
+    llama_alloc_activations(&gpu_trainer.model, B, T);  // once: later batches reuse it
     llama_upload_params(&gpu_trainer.model, gpu_trainer.host_model.params_memory);
     gpu_trainer.logits_row = (float*)cpu::malloc_check((size_t)c->V * sizeof(float), "sample logits");
-    return optimizer_build(&gpu_trainer.opt, c, t);
+    problem = optimizer_build(&gpu_trainer.opt, c, t);
+    if (problem == NULL && per_layer) { optimizer_attach_per_layer(&gpu_trainer.opt, &gpu_trainer.model); }
+    return problem;
 }
 
 static void gpu_report(const cpu::TrainConfig* t, int B, int T) {
@@ -2408,17 +3072,19 @@ static void gpu_report(const cpu::TrainConfig* t, int B, int T) {
     int device = 0;
     cuda_check(cudaGetDevice(&device));
     cuda_check(cudaGetDeviceProperties(&prop, device));
-    const cpu::LlamaConfig* c = &gpu_trainer.model.config;
     printf("device:       %s (compute %d.%d, %d SMs), dtype %s\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, t->dtype);
-    cpu::llama_memory_report(c, B, T, stdout);
-    printf("on device:    activations and gradient scratch %.2f MiB in %s (fp32: %.2f MiB)%s\n",
-           llama_activation_bytes(c, B, T, gpu_trainer.model.dtype) / 1048576.0, t->dtype,
-           llama_activation_bytes(c, B, T, DTYPE_FLOAT32) / 1048576.0,
-           gpu_trainer.model.dtype == DTYPE_BFLOAT16 ? ", plus a bf16 copy of the weights" : "");
+    memory_plan_print(&gpu_memory.plan, &gpu_memory.config, t, B, T, stdout);
+    if (gpu_trainer.opt.ctx.eig_lwork_over_plan > 0) {
+        printf("note:         cuSOLVER asked for %d doubles of eigendecomposition workspace above the plan's "
+               "bound; the peak is that much higher\n", gpu_trainer.opt.ctx.eig_lwork_over_plan);
+    }
+    printf("device free:  %.2f GiB of %.2f GiB before the build\n", gib(gpu_memory.free_at_start),
+           gib(gpu_memory.device_total));
 }
 
 static void gpu_zero_grad(void) { llama_zero_grad(&gpu_trainer.model); }
+static void gpu_begin_step(float lr) { optimizer_begin_step(&gpu_trainer.opt, lr); }
 static float gpu_forward(const int* inputs, const int* targets, int B, int T) {
     return llama_forward(&gpu_trainer.model, inputs, targets, B, T);
 }
@@ -2432,13 +3098,21 @@ static const float* gpu_logits_row(int row) {
     device_to_host_float(gpu_trainer.logits_row, logits + (size_t)row * V * dtype_bytes(m->dtype), V, m->dtype);
     return gpu_trainer.logits_row;
 }
+// with per-layer updates, the norm the backward summed unit by unit (the same
+// squares, summed in another order than the whole buffer's chunks)
 static double gpu_grad_norm(void) {
-    return grad_global_norm(gpu_trainer.model.grads_memory, gpu_trainer.model.num_parameters);
+    Llama* m = &gpu_trainer.model;
+    return m->per_layer ? sqrt(m->unit_norm2) : grad_global_norm(m->grads_memory, m->num_parameters);
 }
-static void gpu_grad_scale(float s) { grad_scale(gpu_trainer.model.grads_memory, gpu_trainer.model.num_parameters, s); }
+static void gpu_grad_scale(float s) { grad_scale(gpu_trainer.model.grads_memory, gpu_trainer.model.grads_floats, s); }
 static void gpu_optimizer_step(float lr) {
     optimizer_step(&gpu_trainer.opt, &gpu_trainer.model, lr);
     cuda_check(cudaDeviceSynchronize());  // for the timing
+    // the real use beside the plan: what the run took from the device's free
+    // memory, the CUDA libraries' own buffers included
+    size_t free_now = 0, total = 0;
+    cuda_check(cudaMemGetInfo(&free_now, &total));
+    if (gpu_memory.steps_sampled++ == 0 || free_now < gpu_memory.least_free) { gpu_memory.least_free = free_now; }
 }
 static int gpu_steps_taken(void) { return gpu_trainer.opt.host.step; }
 static const cpu::Optimizer* gpu_optimizer(void) { return &gpu_trainer.opt.host; }
@@ -2454,17 +3128,26 @@ static int gpu_load(const cpu::TrainConfig* t, cpu::ShardLoader* loader, cpu::Rn
                            errlen);
 }
 static void gpu_free(void) {
+    if (gpu_memory.steps_sampled > 0) {
+        size_t used = gpu_memory.free_at_start > gpu_memory.least_free ? gpu_memory.free_at_start - gpu_memory.least_free
+                                                                        : 0;
+        printf("device memory: planned %.3f GiB; used %.3f GiB by cudaMemGetInfo (free before the build minus the "
+               "least free after any of %d steps; cuBLAS's and cuSOLVER's own buffers included)\n",
+               gib(gpu_memory.plan.total), gib(used), gpu_memory.steps_sampled);
+    }
     optimizer_free(&gpu_trainer.opt);
     llama_free(&gpu_trainer.model);
     cpu::llama_free(&gpu_trainer.host_model);
     free(gpu_trainer.logits_row);
     gpu_trainer.logits_row = NULL;
-    cublas_check(cublasDestroy(g_cublas));
-    g_cublas = NULL;
+    grad_norm_release();
+    cublas_free();
+    g_oom_explain = NULL;
 }
 
 const cpu::TrainBackend gpu_backend = {
-    "./train_llama_subtrack", "bfloat16", gpu_check, gpu_build, gpu_report, gpu_zero_grad, gpu_forward,
+    "./train_llama_subtrack", "bfloat16", gpu_check, gpu_build, gpu_report, gpu_memory_plan, gpu_zero_grad,
+    gpu_begin_step, gpu_forward,
     gpu_backward, gpu_logits_row, gpu_grad_norm, gpu_grad_scale, gpu_optimizer_step, gpu_steps_taken,
     gpu_optimizer, gpu_subspace_seconds, gpu_save, gpu_load, gpu_free,
 };

@@ -394,7 +394,7 @@ static double bench_bytes_needed(const cpu::LlamaConfig* c, int B, int T, int ra
     // the low-rank step's scratch for the largest matrix: D (m, n), the Gram matrix (p, p) in double, moments
     double p = c->C, q = c->F > c->C ? c->F : c->C;
     double lowrank_scratch = 4.0 * p * q + 8.0 * p * p + 4.0 * 8.0 * q * rank;
-    return weights + adamw + (double)llama_activation_bytes(c, B, T, dt) + lowrank_scratch +
+    return weights + adamw + (double)llama_activation_bytes(c, B, T, dt, 0) + lowrank_scratch +
            (double)BENCH_SLACK_BYTES;
 }
 
@@ -978,7 +978,6 @@ int main(int argc, char** argv) {
     }
     print_report(results, bc.num_presets, &shape, &bc, &dev);
     if (dev.harness) { print_harness_banner(); }
-    cublas_check(cublasDestroy(g_cublas));
-    g_cublas = NULL;
+    cublas_free();
     return EXIT_SUCCESS;
 }

@@ -220,6 +220,13 @@ inline T from_bits(unsigned long long b) {
 
 }  // namespace cuda_emu
 
+// device memory accounting (the harness only: test `#ifdef CUDA_EMU`): bytes
+// requested by live cudaMalloc/cudaMallocManaged allocations (not pinned host
+// memory), their high-water mark since the start or the last reset, and the
+// number of live allocations. Any pointer may be NULL.
+extern "C" void cuda_emu_device_memory(size_t* live_bytes, size_t* peak_bytes, size_t* live_allocations);
+extern "C" void cuda_emu_device_memory_reset_peak(void);  // peak := live
+
 // the C++ overloads that cuda_runtime.h declares only under nvcc
 template <class T>
 inline cudaError_t cudaFuncSetAttribute(T* entry, enum cudaFuncAttribute attr, int value) {

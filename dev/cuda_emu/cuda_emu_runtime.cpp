@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <errno.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/sysinfo.h>
@@ -798,6 +799,55 @@ static std::map<uintptr_t, allocation>& g_allocations = *new std::map<uintptr_t,
 static std::map<uintptr_t, size_t>& g_freed = *new std::map<uintptr_t, size_t>();  // recently freed device ranges
 static std::deque<uintptr_t>& g_freed_order = *new std::deque<uintptr_t>();
 
+// device memory accounting: the bytes requested by live cudaMalloc and
+// cudaMallocManaged allocations (pinned host memory is not device memory),
+// their high-water mark, and how many there are
+static size_t g_device_live_bytes = 0;
+static size_t g_device_peak_bytes = 0;
+static size_t g_device_live_allocations = 0;
+static bool counts_as_device_memory(int kind) { return kind != ALLOC_PINNED; }
+
+// CUDA_EMU_DEVICE_MEMORY=<bytes>[K|M|G]: the emulated device's memory size;
+// 0 when unset (then cudaMemGetInfo reports the host's memory and cudaMalloc
+// has no limit but the host's)
+static size_t emu_device_memory_total() {
+  static const size_t total = [] {
+    const char* v = getenv("CUDA_EMU_DEVICE_MEMORY");
+    if (!v || !*v) return (size_t)0;
+    char* end = nullptr;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    unsigned long long scale = 1;
+    if (end != v && *end && !end[1]) {
+      switch (*end) {
+        case 'K': case 'k': scale = 1ull << 10; end++; break;
+        case 'M': case 'm': scale = 1ull << 20; end++; break;
+        case 'G': case 'g': scale = 1ull << 30; end++; break;
+        default: break;
+      }
+    }
+    if (end == v || *end != 0 || errno != 0 || v[0] < '0' || v[0] > '9' || x == 0 || x > SIZE_MAX / scale) {
+      fprintf(stderr, "cuda_emu: ignoring CUDA_EMU_DEVICE_MEMORY=%s (expected a positive number of bytes, "
+              "optionally with K, M or G)\n", v);
+      return (size_t)0;
+    }
+    return (size_t)(x * scale);
+  }();
+  return total;
+}
+
+static void print_device_memory() {
+  fprintf(stderr, "cuda_emu: device memory: peak %zu bytes, live at exit %zu bytes in %zu allocations\n",
+          g_device_peak_bytes, g_device_live_bytes, g_device_live_allocations);
+}
+
+// CUDA_EMU_MEMORY=1 prints the line above at exit; checked at startup, so that
+// a program that never launches a kernel (or never allocates) prints it too
+__attribute__((constructor)) static void device_memory_report_init() {
+  const char* m = getenv("CUDA_EMU_MEMORY");
+  if (m && *m && strcmp(m, "0") != 0) atexit(print_device_memory);
+}
+
 // the allocation that contains p (one past the end counts), or null
 static const allocation* find_allocation(const void* p, uintptr_t* base) {
   uintptr_t a = (uintptr_t)p;
@@ -1066,6 +1116,11 @@ static double now_ms() {
 static void register_allocation(void* p, size_t size, int kind) {
   g_allocations[(uintptr_t)p] = allocation{size, kind};
   g_freed.erase((uintptr_t)p);
+  if (counts_as_device_memory(kind)) {
+    g_device_live_bytes += size;
+    g_device_live_allocations++;
+    if (g_device_live_bytes > g_device_peak_bytes) g_device_peak_bytes = g_device_live_bytes;
+  }
 }
 
 static cudaError_t emu_alloc(void** ptr, size_t size, int kind, const char* api) {
@@ -1077,6 +1132,14 @@ static cudaError_t emu_alloc(void** ptr, size_t size, int kind, const char* api)
   if (size == 0) {
     *ptr = nullptr;
     return cudaSuccess;
+  }
+  // with CUDA_EMU_DEVICE_MEMORY set, cudaMalloc fails as on a full GPU
+  size_t total = emu_device_memory_total();
+  if (total && kind == ALLOC_DEVICE && (g_device_live_bytes > total || size > total - g_device_live_bytes)) {
+    fprintf(stderr, "cuda_emu: %s(%zu bytes): out of memory: %zu of the %zu bytes of CUDA_EMU_DEVICE_MEMORY "
+            "are in use\n", api, size, g_device_live_bytes, total);
+    *ptr = nullptr;
+    return set_error(cudaErrorMemoryAllocation);
   }
   // 256-byte alignment like cudaMalloc, and exactly `size` bytes, so that
   // AddressSanitizer's redzone starts right after the last element; fresh
@@ -1104,6 +1167,10 @@ static cudaError_t emu_free(void* p, int expected_kind, const char* api) {
     return set_error(cudaErrorInvalidValue);
   }
   size_t size = it->second.size;
+  if (counts_as_device_memory(it->second.kind)) {
+    g_device_live_bytes -= size;
+    g_device_live_allocations--;
+  }
   g_allocations.erase(it);
   g_freed[(uintptr_t)p] = size;
   g_freed_order.push_back((uintptr_t)p);
@@ -1134,6 +1201,14 @@ cudaError_t cudaHostGetDevicePointer(void** pDevice, void* pHost, unsigned int f
 }
 cudaError_t cudaFree(void* devPtr) { return emu_free(devPtr, ALLOC_DEVICE, "cudaFree"); }
 cudaError_t cudaFreeHost(void* ptr) { return emu_free(ptr, ALLOC_PINNED, "cudaFreeHost"); }
+
+// device memory accounting, for tests (declared in cuda_emu.h)
+extern "C" void cuda_emu_device_memory(size_t* live_bytes, size_t* peak_bytes, size_t* live_allocations) {
+  if (live_bytes) *live_bytes = g_device_live_bytes;
+  if (peak_bytes) *peak_bytes = g_device_peak_bytes;
+  if (live_allocations) *live_allocations = g_device_live_allocations;
+}
+extern "C" void cuda_emu_device_memory_reset_peak(void) { g_device_peak_bytes = g_device_live_bytes; }
 
 static const char* memcpy_kind_name(cudaMemcpyKind kind) {
   switch (kind) {
@@ -1234,6 +1309,11 @@ cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t 
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  if (size_t total = emu_device_memory_total()) {  // CUDA_EMU_DEVICE_MEMORY
+    *free_bytes = g_device_live_bytes < total ? total - g_device_live_bytes : 0;
+    *total_bytes = total;
+    return cudaSuccess;
+  }
   struct sysinfo si;
   sysinfo(&si);
   *free_bytes = (size_t)si.freeram * si.mem_unit;
@@ -1349,7 +1429,8 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
   snprintf(prop->name, sizeof prop->name, "cuda_emu CPU emulator (H100-like limits, not a GPU)");
   struct sysinfo si;
   sysinfo(&si);
-  prop->totalGlobalMem = (size_t)si.totalram * si.mem_unit;
+  size_t emulated_total = emu_device_memory_total();  // CUDA_EMU_DEVICE_MEMORY, as cudaMemGetInfo
+  prop->totalGlobalMem = emulated_total ? emulated_total : (size_t)si.totalram * si.mem_unit;
   prop->sharedMemPerBlock = EMU_SHARED_PER_BLOCK;
   prop->sharedMemPerBlockOptin = EMU_SHARED_PER_BLOCK_OPTIN;
   prop->sharedMemPerMultiprocessor = EMU_SHARED_PER_SM;

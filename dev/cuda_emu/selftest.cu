@@ -995,6 +995,151 @@ static void test_runtime_errors() {
   CUDA_CHECK(cudaFree(d));
 }
 
+// device memory accounting: cuda_emu_device_memory counts the bytes of live
+// cudaMalloc and cudaMallocManaged allocations (not pinned host memory), and
+// their peak since the last cuda_emu_device_memory_reset_peak
+static void test_device_memory_accounting() {
+  size_t live0 = 0, n0 = 0, live = 0, peak = 0, n = 0;
+  cuda_emu_device_memory_reset_peak();
+  cuda_emu_device_memory(&live0, &peak, &n0);
+  check(peak == live0, "cuda_emu_device_memory_reset_peak sets the peak to the live bytes", "live %zu, peak %zu",
+        live0, peak);
+  void *a = nullptr, *b = nullptr, *c = nullptr, *m = nullptr, *h = nullptr;
+  CUDA_CHECK(cudaMalloc(&a, 1000));
+  CUDA_CHECK(cudaMalloc(&b, 3000));
+  CUDA_CHECK(cudaMallocManaged(&m, 500));
+  CUDA_CHECK(cudaMallocHost(&h, 7000));
+  cuda_emu_device_memory(&live, &peak, &n);
+  check(live == live0 + 4500 && peak == live0 + 4500 && n == n0 + 3,
+        "cudaMalloc and cudaMallocManaged count as device memory, cudaMallocHost does not",
+        "live %zu (expected %zu), peak %zu, allocations %zu (expected %zu)", live, live0 + 4500, peak, n, n0 + 3);
+  CUDA_CHECK(cudaFree(a));
+  CUDA_CHECK(cudaFree(m));
+  CUDA_CHECK(cudaFreeHost(h));
+  cuda_emu_device_memory(&live, &peak, &n);
+  check(live == live0 + 3000 && peak == live0 + 4500 && n == n0 + 1, "cudaFree lowers the live bytes but not the peak",
+        "live %zu (expected %zu), peak %zu (expected %zu), allocations %zu", live, live0 + 3000, peak, live0 + 4500, n);
+  cuda_emu_device_memory_reset_peak();
+  CUDA_CHECK(cudaMalloc(&c, 200));
+  CUDA_CHECK(cudaFree(c));
+  cuda_emu_device_memory(&live, &peak, &n);
+  check(live == live0 + 3000 && peak == live0 + 3200 && n == n0 + 1,
+        "after cuda_emu_device_memory_reset_peak the peak counts from the live bytes",
+        "live %zu, peak %zu (expected %zu), allocations %zu", live, peak, live0 + 3200, n);
+  CUDA_CHECK(cudaFree(b));
+  cudaError_t e = cudaFree(b);  // a double free fails and must not count twice
+  (void)cudaGetLastError();
+  cuda_emu_device_memory(&live, nullptr, &n);
+  check(e == cudaErrorInvalidValue && live == live0 && n == n0, "freeing everything returns to the starting count",
+        "double free returned %d; live %zu (expected %zu), allocations %zu (expected %zu)", (int)e, live, live0, n,
+        n0);
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  cudaDeviceProp prop;
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  check(total_bytes == prop.totalGlobalMem && free_bytes <= total_bytes,
+        "cudaMemGetInfo's total is cudaGetDeviceProperties' totalGlobalMem", "free %zu, total %zu, totalGlobalMem %zu",
+        free_bytes, total_bytes, prop.totalGlobalMem);
+}
+
+// the child of test_device_memory_limit, run as `selftest --device-memory-child`
+// with CUDA_EMU_DEVICE_MEMORY=1M: its PASS/FAIL lines are repeated by the parent
+static const size_t CHILD_DEVICE_MEMORY = 1 << 20;
+static int device_memory_child() {
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  cudaDeviceProp prop;
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  check(total_bytes == CHILD_DEVICE_MEMORY && free_bytes == total_bytes && prop.totalGlobalMem == total_bytes,
+        "CUDA_EMU_DEVICE_MEMORY=1M: cudaMemGetInfo and totalGlobalMem report 1 MiB, all free",
+        "free %zu, total %zu, totalGlobalMem %zu", free_bytes, total_bytes, prop.totalGlobalMem);
+  void *a = nullptr, *b = nullptr, *c = nullptr, *h = nullptr;
+  CUDA_CHECK(cudaMalloc(&a, 400000));
+  CUDA_CHECK(cudaMallocHost(&h, 2 * CHILD_DEVICE_MEMORY));  // pinned host memory: neither limited nor counted
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  check(free_bytes == CHILD_DEVICE_MEMORY - 400000 && total_bytes == CHILD_DEVICE_MEMORY,
+        "CUDA_EMU_DEVICE_MEMORY: cudaMemGetInfo's free is the total less the live device bytes",
+        "free %zu (expected %zu), total %zu", free_bytes, CHILD_DEVICE_MEMORY - 400000, total_bytes);
+  cudaError_t e1 = cudaMalloc(&b, 700000);
+  cudaError_t last = cudaGetLastError();
+  cudaError_t e2 = cudaMalloc(&b, (size_t)-1);  // no overflow in the comparison
+  (void)cudaGetLastError();
+  size_t live = 0, n = 0;
+  cuda_emu_device_memory(&live, nullptr, &n);
+  check(e1 == cudaErrorMemoryAllocation && last == cudaErrorMemoryAllocation && e2 == cudaErrorMemoryAllocation &&
+            live == 400000 && n == 1,
+        "CUDA_EMU_DEVICE_MEMORY: a cudaMalloc above the free bytes fails with cudaErrorMemoryAllocation",
+        "returned %d, last error %d, SIZE_MAX returned %d; live %zu, allocations %zu", (int)e1, (int)last, (int)e2,
+        live, n);
+  cudaError_t e3 = cudaMalloc(&c, CHILD_DEVICE_MEMORY - 400000);
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  check(e3 == cudaSuccess && free_bytes == 0, "CUDA_EMU_DEVICE_MEMORY: a cudaMalloc of exactly the free bytes succeeds",
+        "returned %d, then free %zu", (int)e3, free_bytes);
+  if (e3 == cudaSuccess) CUDA_CHECK(cudaFree(c));
+  CUDA_CHECK(cudaFreeHost(h));
+  // exits with `a` live and no kernel launched: CUDA_EMU_MEMORY=1 must still
+  // print "peak 1048576 bytes, live at exit 400000 bytes in 1 allocations"
+  return g_failed ? 1 : 0;
+}
+
+// runs device_memory_child in a fresh process (the environment variables are
+// read at startup); returns its stdout and stderr together
+static std::string run_device_memory_child(const char* memory_env, int* status) {
+  fflush(stdout);
+  fflush(stderr);
+  *status = -1;
+  char path[] = "/tmp/cuda_emu_selftest_XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) return "cannot create a temporary file";
+  unlink(path);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fd, 1);
+    dup2(fd, 2);
+    setenv("CUDA_EMU_MEMORY", memory_env, 1);
+    setenv("CUDA_EMU_DEVICE_MEMORY", "1M", 1);
+    execl("/proc/self/exe", "selftest", "--device-memory-child", (char*)nullptr);
+    fprintf(stderr, "cannot re-run /proc/self/exe\n");
+    _exit(127);
+  }
+  waitpid(pid, status, 0);
+  std::string log;
+  char buf[4096];
+  lseek(fd, 0, SEEK_SET);
+  for (ssize_t got; (got = read(fd, buf, sizeof buf)) > 0;) log.append(buf, (size_t)got);
+  close(fd);
+  return log;
+}
+
+static void test_device_memory_limit() {
+  int status = 0;
+  std::string log = run_device_memory_child("1", &status);
+  int child_checks = 0;
+  for (size_t at = 0; at < log.size();) {
+    size_t e = log.find('\n', at);
+    if (e == std::string::npos) e = log.size();
+    std::string line = log.substr(at, e - at);
+    if (line.compare(0, 5, "PASS ") == 0 || line.compare(0, 5, "FAIL ") == 0) {
+      check(line[0] == 'P', ("(child) " + line.substr(5)).c_str());
+      child_checks++;
+    }
+    at = e + 1;
+  }
+  const char* expected = "cuda_emu: device memory: peak 1048576 bytes, live at exit 400000 bytes in 1 allocations\n";
+  bool exited0 = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  bool ok = exited0 && child_checks == 4 && log.find(expected) != std::string::npos;
+  check(ok, "CUDA_EMU_MEMORY=1 prints the device memory peak and what is live at exit (no kernel launched)",
+        "child %s, %d checks; expected the line %s", exited0 ? "exited 0" : "failed", child_checks, expected);
+  for (size_t at = 0; !ok && at < log.size();) {  // what the child said, indented
+    size_t e = log.find('\n', at);
+    if (e == std::string::npos) e = log.size();
+    printf("    | %s\n", log.substr(at, e - at).c_str());
+    at = e + 1;
+  }
+  std::string quiet = run_device_memory_child("0", &status);
+  check(quiet.find("device memory:") == std::string::npos, "CUDA_EMU_MEMORY=0 prints no device memory line");
+}
+
 // ---------------------------------------------------------------------------
 // planted bugs, each in a child process: the child must die, and its stderr
 // must name the kernel and the problem
@@ -1200,6 +1345,7 @@ int main(int argc, char** argv) {
     bench();
     return 0;
   }
+  if (argc > 1 && strcmp(argv[1], "--device-memory-child") == 0) return device_memory_child();
 #else
   (void)argc;
   (void)argv;
@@ -1221,6 +1367,8 @@ int main(int argc, char** argv) {
   test_events_and_device();
 #ifdef CUDA_EMU
   test_runtime_errors();
+  test_device_memory_accounting();
+  test_device_memory_limit();
   test_planted_bugs(handle);
 #endif
   CUBLAS_CHECK(cublasLtDestroy(lt));

@@ -698,6 +698,54 @@ static void test_trajectories(const char* path, LowRankGPU* ctx) {
     free(data);
 }
 
+// --master_weights 0's rounding: the GPU kernels call the CPU's own integer
+// functions, so every value, edge cases included, must round to the same
+// bits as cpu::bf16_round_stochastic_array, in place (fp32) and stored as
+// bf16, at an offset in the parameter buffer; and bf16 widens exactly
+static void test_stochastic_rounding(void) {
+    const size_t n = 70001;  // not a multiple of any block size
+    const uint64_t seed = 7, step = 12, offset = 1000003;
+    float* x = (float*)cpu::malloc_check(n * sizeof(float), "x");
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, 99);
+    const float specials[] = {0.0f, -0.0f, 1.0f, -1.0f, 1e-40f, -1e-40f, FLT_MAX, -FLT_MAX, INFINITY, -INFINITY,
+                              NAN, 3.3895e38f, 1.17549435e-38f, 0.1f, -0.1f};
+    for (size_t i = 0; i < n; i++) {
+        x[i] = i < sizeof specials / sizeof specials[0] ? specials[i]
+             : (float)((cpu::rng_uniform(&rng) - 0.5) * pow(2.0, (double)(i % 60) - 30.0));
+    }
+    float* want = (float*)cpu::malloc_check(n * sizeof(float), "want");
+    memcpy(want, x, n * sizeof(float));
+    cpu::bf16_round_stochastic_array(want, n, seed, step, offset);
+    float* d = device_copy(x, n);
+    bf16_round_stochastic_array(d, n, seed, step, offset);
+    float* got = (float*)cpu::malloc_check(n * sizeof(float), "got");
+    host_copy(got, d, n);
+    check(memcmp(got, want, n * sizeof(float)) == 0, "stochastic rounding in place: %zu values (edge cases "
+          "included) round to the CPU's bits", n);
+    float* dx = device_copy(x, n);
+    bf16* b16 = NULL;
+    cudaCheck(cudaMalloc((void**)&b16, n * sizeof(bf16)));
+    bf16_store_stochastic_array(b16, dx, n, seed, step, offset);
+    bf16_widen_array(d, b16, n);
+    host_copy(got, d, n);
+    check(memcmp(got, want, n * sizeof(float)) == 0, "stochastic rounding stored as bf16, widened back: the CPU's "
+          "bits for all %zu values", n);
+    // a different step draws different bits: most values not already bf16 round differently somewhere
+    bf16_round_stochastic_array(dx, n, seed, step + 1, offset);
+    host_copy(got, dx, n);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) { differ += memcmp(&got[i], &want[i], sizeof(float)) != 0; }
+    // a value rounds differently under two independent draws with probability
+    // 2 p (1 - p), p its fractional position: 1/3 on average; 20% is far below
+    // that mean (n = 70001) and far above 0
+    check(differ > n / 5, "the next step's bits differ: %zu of %zu values round differently", differ, n);
+    cudaCheck(cudaFree(b16));
+    cudaCheck(cudaFree(d));
+    cudaCheck(cudaFree(dx));
+    free(x); free(want); free(got);
+}
+
 int main(int argc, char** argv) {
     if (argc == 2 && strcmp(argv[1], SVD_FAILURE_CHILD_FLAG) == 0) { return svd_failure_child(); }
 #ifdef CUDA_EMU
@@ -720,6 +768,7 @@ int main(int argc, char** argv) {
     }
     lowrank_gpu_alloc(&ctx);
     test_adamw();
+    test_stochastic_rounding();
     test_lowrank_all(&ctx);
     test_resume_bit_exact(&ctx);
     test_power_iteration_start();

@@ -145,7 +145,6 @@ int main(int argc, char** argv) {
         for (int o = 0; o < 2; o++) { run_case(&ref, inputs, targets, ref_loss, dtypes[d], optimizers[o]); }
     }
     cpu::llama_free(&ref);
-    cublas_check(cublasDestroy(g_cublas));
-    g_cublas = NULL;
+    cublas_free();
     return check_summary();
 }

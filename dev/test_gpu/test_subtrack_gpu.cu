@@ -255,6 +255,42 @@ static void test_determinism(GpuTestCase* tc) {
 }
 
 
+// --activation_checkpointing: the backward recomputes each layer from its
+// input with the same kernels, so losses and every gradient must equal the
+// kept-activations run bit for bit (no tolerance: any difference is a bug),
+// over two accumulated micro-batches, with a B=1 forward (sampling) between
+// them that re-lays the activations out in the same memory
+static void test_recompute(GpuTestCase* tc, Dtype dt) {
+    const char* dname = dt == DTYPE_BFLOAT16 ? "bf16" : "fp32";
+    Llama m[2];
+    float loss[2][2];
+    float* g[2];
+    for (int r = 0; r < 2; r++) {
+        llama_build(&m[r], &tc->cfg, dt);
+        m[r].recompute = r;
+        llama_upload_params(&m[r], tc->params);
+        llama_zero_grad(&m[r]);
+        for (int micro = 0; micro < 2; micro++) {
+            loss[r][micro] = llama_forward(&m[r], tc->inputs[micro], tc->targets[micro], tc->B, tc->T);
+            llama_backward(&m[r], tc->inputs[micro], tc->targets[micro], 0.5f);
+            if (micro == 0) { llama_forward(&m[r], tc->inputs[1], NULL, 1, tc->T); }
+        }
+        g[r] = to_host(m[r].grads_memory, m[r].num_parameters);
+    }
+    size_t kept = llama_activation_bytes(&tc->cfg, tc->B, tc->T, dt, 0);
+    size_t recomputed = llama_activation_bytes(&tc->cfg, tc->B, tc->T, dt, 1);
+    int same = memcmp(loss[0], loss[1], sizeof loss[0]) == 0 &&
+               memcmp(g[0], g[1], m[0].num_parameters * sizeof(float)) == 0;
+    size_t first_diff = 0;
+    while (first_diff < m[0].num_parameters && memcmp(&g[0][first_diff], &g[1][first_diff], sizeof(float)) == 0) {
+        first_diff++;
+    }
+    check(same && recomputed < kept, "%s %s --activation_checkpointing: both losses and all %zu gradients "
+          "bit-identical to keeping every activation (first differing gradient: %zu); activations %zu -> %zu bytes",
+          tc->label, dname, m[0].num_parameters, first_diff, kept, recomputed);
+    for (int r = 0; r < 2; r++) { free(g[r]); llama_free(&m[r]); }
+}
+
 // ----------------------------------------------------------------------------
 // whole training steps (forward, backward, clipping, optimizer) on both
 // sides from the same weights and batches, then every weight and every
@@ -576,6 +612,149 @@ static void run_errors_array(const RunErrors* e, double* x) {
 
 // GPU against CPU after `steps` steps of settings st on tc, every weight and
 // optimizer state, at the tolerances above
+// --master_weights 0 on identical gradients (the CPU's, clipped), 6 steps:
+//  - the GPU with bf16 weights alone (widened into the staging buffer for the
+//    update, AdamW tensors in chunks of it) and with bf16 values in fp32 must
+//    end with the same weights, bit for bit: the same fp32 arithmetic on the
+//    same values, the same random bits;
+//  - against the CPU, whose fp32 update differs in its last bits: a weight
+//    rounds differently only when the random threshold falls between the two
+//    pre-rounding values (about 1e-6 of the update apart, against a gap of
+//    2^-8 of the weight): rare, so at most 0.1% of the weights may differ
+//    (a wrong stream of random bits, or rounding to nearest, makes a third of
+//    them differ). such a weight is then off by the bf16 gap of its
+//    magnitude at that step, which on identical gradients persists but does
+//    not grow: at most 2 gaps at the largest weight magnitude of the model
+static void test_master_weights(GpuTestCase* tc, const StepSettings* st) {
+    cpu::LlamaConfig c = tc->cfg;
+    int B = tc->B, T = tc->T;
+    const int steps = 6;
+    cpu::TrainConfig t;
+    step_train_config(&t, st, steps);
+    t.master_weights = 0;
+    cpu::Llama ref;
+    cpu::llama_build(&ref, &c);
+    memcpy(ref.params_memory, tc->params, ref.num_parameters * sizeof(float));
+    cpu::llama_round_weights_bf16(&ref);
+    cpu::Optimizer hopt;
+    if (cpu::optimizer_build(&hopt, &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
+    Llama m[2];
+    Optimizer o[2];
+    const Dtype dts[2] = {DTYPE_BFLOAT16, DTYPE_FLOAT32};
+    for (int k = 0; k < 2; k++) {
+        cpu::TrainConfig tk = t;
+        snprintf(tk.dtype, sizeof tk.dtype, "%s", k == 0 ? "bfloat16" : "float32");
+        llama_build(&m[k], &c, dts[k], 0);
+        llama_upload_params(&m[k], ref.params_memory);
+        if (optimizer_build(&o[k], &c, &tk) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
+    }
+    for (int step = 0; step < steps; step++) {
+        cpu::llama_zero_grad(&ref);
+        cpu::llama_forward(&ref, tc->inputs[step % 2], tc->targets[step % 2], B, T);
+        cpu::llama_backward(&ref, tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
+        cpu_clip(&ref, &t);
+        float lr = cpu::lr_at_step(&t, step);
+        for (int k = 0; k < 2; k++) {
+            cuda_check(cudaMemcpy(m[k].grads_memory, ref.grads_memory, ref.num_parameters * sizeof(float),
+                                  cudaMemcpyHostToDevice));
+            optimizer_step(&o[k], &m[k], lr);
+        }
+        cpu::optimizer_step(&hopt, &ref, lr);
+    }
+    size_t n = ref.num_parameters;
+    float* w[2];
+    for (int k = 0; k < 2; k++) {
+        w[k] = (float*)cpu::malloc_check(n * sizeof(float), "weights");
+        llama_download_params(&m[k], w[k]);
+    }
+    size_t staged = o[0].staging_floats;
+    check(o[1].staging == NULL && staged > 0 && memcmp(w[0], w[1], n * sizeof(float)) == 0,
+          "%s %s --master_weights 0, %d steps: bf16 weights alone (updated through a %zu-float staging buffer) "
+          "and bf16 values in fp32 end bit-identical", tc->label, st->name, steps, staged);
+    size_t differ = 0, worst_i = 0, not_bf16 = 0;
+    double worst = 0.0, largest = 0.0;
+    for (size_t i = 0; i < n; i++) { largest = fmax(largest, fabs((double)ref.params_memory[i])); }
+    int e;
+    frexp(largest, &e);                                      // largest in [2^(e-1), 2^e)
+    double gap = ldexp(1.0, e - 1 - 7);                      // bf16 keeps 7 fraction bits
+    for (size_t i = 0; i < n; i++) {
+        float a = w[1][i], b = ref.params_memory[i];
+        not_bf16 += (cpu::fp32_to_bits(a) & 0xFFFFu) != 0 || (cpu::fp32_to_bits(b) & 0xFFFFu) != 0;
+        if (a == b) { continue; }
+        differ++;
+        double gaps = fabs((double)a - b) / gap;
+        if (gaps > worst) { worst = gaps; worst_i = i; }
+    }
+    check(not_bf16 == 0 && worst <= 2.0 && differ <= n / 1000,
+          "%s %s --master_weights 0, %d steps against the CPU: all weights bf16 values, %zu of %zu differ "
+          "(at most 0.1%%), by at most %.3f bf16 gaps at the largest weight %.3g (at most 2; worst at %zu: %.9g vs "
+          "CPU %.9g)", tc->label, st->name, steps, differ, n, worst, largest, worst_i, w[1][worst_i],
+          ref.params_memory[worst_i]);
+    for (int k = 0; k < 2; k++) { free(w[k]); optimizer_free(&o[k]); llama_free(&m[k]); }
+    cpu::optimizer_free(&hopt);
+    cpu::llama_free(&ref);
+}
+
+// per-layer updates (--optimizer *_per_layer): each unit is updated during
+// the backward, right after the product that gives its gradient; nothing
+// later reads its weights, so 6 steps must leave every weight and every
+// optimizer state bit-identical to whole steps (clipping off), here with
+// recomputation and without masters too, through a one-unit gradient buffer
+static void test_per_layer(GpuTestCase* tc, const StepSettings* st, Dtype dt, int master_weights, int recompute) {
+    cpu::LlamaConfig c = tc->cfg;
+    const int steps = 6;
+    cpu::TrainConfig t;
+    step_train_config(&t, st, steps);
+    t.grad_clipping = 0.0f;
+    t.master_weights = master_weights;
+    snprintf(t.dtype, sizeof t.dtype, "%s", dt == DTYPE_BFLOAT16 ? "bfloat16" : "float32");
+    Llama m[2];
+    Optimizer o[2];
+    for (int k = 0; k < 2; k++) {
+        llama_build(&m[k], &c, dt, master_weights, k);
+        m[k].recompute = recompute;
+        llama_upload_params(&m[k], tc->params);
+        if (optimizer_build(&o[k], &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
+        if (k == 1) { optimizer_attach_per_layer(&o[k], &m[k]); }
+    }
+    float loss[2] = {0, 0};
+    double norm[2] = {0, 0};
+    for (int step = 0; step < steps; step++) {
+        float lr = cpu::lr_at_step(&t, step);
+        for (int k = 0; k < 2; k++) {
+            llama_zero_grad(&m[k]);
+            optimizer_begin_step(&o[k], lr);
+            loss[k] = llama_forward(&m[k], tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
+            llama_backward(&m[k], tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
+            norm[k] = k == 0 ? grad_global_norm(m[k].grads_memory, m[k].num_parameters) : sqrt(m[k].unit_norm2);
+            optimizer_step(&o[k], &m[k], lr);
+        }
+    }
+    size_t n = m[0].num_parameters;
+    float* w[2];
+    for (int k = 0; k < 2; k++) {
+        w[k] = (float*)cpu::malloc_check(n * sizeof(float), "weights");
+        llama_download_params(&m[k], w[k]);
+        optimizer_download(&o[k]);
+    }
+    cpu::Optimizer* h0 = &o[0].host;
+    cpu::Optimizer* h1 = &o[1].host;
+    int same = memcmp(w[0], w[1], n * sizeof(float)) == 0 && memcmp(&loss[0], &loss[1], sizeof(float)) == 0 &&
+               memcmp(h0->adam_m, h1->adam_m, h0->num_adam * sizeof(float)) == 0 &&
+               memcmp(h0->adam_v, h1->adam_v, h0->num_adam * sizeof(float)) == 0 &&
+               memcmp(h0->lowrank_memory, h1->lowrank_memory, h0->lowrank_floats * sizeof(float)) == 0 &&
+               h0->step == h1->step;
+    // the norm: the same squares summed unit by unit instead of by chunks of
+    // the whole buffer; double sums of n floats agree to n * 2^-53 relative
+    double norm_err = fabs(norm[1] - norm[0]) / norm[0];
+    check(same && norm_err <= 1e-12 && m[1].grads_floats < m[0].grads_floats,
+          "%s %s %s%s%s per-layer updates, %d steps: the last loss, every weight and every optimizer state "
+          "bit-identical to whole steps, with a gradient buffer of %zu floats instead of %zu (norm rel diff %.1e)",
+          tc->label, st->name, dt == DTYPE_BFLOAT16 ? "bf16" : "fp32", master_weights ? "" : " --master_weights 0",
+          recompute ? " --activation_checkpointing" : "", steps, m[1].grads_floats, m[0].grads_floats, norm_err);
+    for (int k = 0; k < 2; k++) { free(w[k]); optimizer_free(&o[k]); llama_free(&m[k]); }
+}
+
 static void test_steps_against_cpu(GpuTestCase* tc, const StepSettings* st, int steps, int same_grads) {
     static const char* names[NUM_RUN_QUANTITIES] = {"W", "AdamW m", "AdamW v", "S", "M", "V", "prev"};
     char label[200];
@@ -900,11 +1079,13 @@ int main(int argc, char** argv) {
         sensitivity_table(small, 3, table_steps, table_seeds, table_perturb, table_only);
         for (int i = 0; i < 3; i++) { test_case_free(&small[i]); }
         for (int i = 0; i < ncases; i++) { test_case_free(&tcs[i]); }
-        cublas_check(cublasDestroy(g_cublas));
+        cublas_free();
         return 0;
     }
     for (int i = 0; i < ncases; i++) { test_model_case(&tcs[i]); }
     test_determinism(&tcs[ncases - 1]);
+    for (int i = 0; i < ncases; i++) { test_recompute(&tcs[i], DTYPE_FLOAT32); }
+    test_recompute(&tcs[0], DTYPE_BFLOAT16);
     // whole trainer steps: 10, so the SVD at step 0 and subspace updates at
     // steps 2, 4, 6 and 8, for every method and switch, on the three small models
     printf("--- training steps, GPU against CPU: weights and every optimizer state\n");
@@ -919,6 +1100,12 @@ int main(int argc, char** argv) {
     // steps are held to 1e-4 (W with --adaptive_optimizer to 2e-3)
     for (int k = 0; k < NUM_STEP_SETTINGS; k++) { test_steps_against_cpu(&small[1], &STEP_SETTINGS[k], 10, 1); }
     test_steps_against_cpu(&tcs[0], step_settings("subtrack++"), 10, 1);
+    test_master_weights(&tcs[0], step_settings("subtrack++"));
+    test_per_layer(&tcs[0], step_settings("subtrack++"), DTYPE_FLOAT32, 1, 0);
+    test_per_layer(&tcs[1], step_settings("galore"), DTYPE_FLOAT32, 1, 0);
+    test_per_layer(&tcs[0], step_settings("adamw"), DTYPE_FLOAT32, 1, 0);
+    test_per_layer(&tcs[0], step_settings("subtrack++"), DTYPE_BFLOAT16, 0, 1);
+    test_master_weights(&tcs[0], step_settings("adamw"));
     for (int i = 0; i < 3; i++) { test_case_free(&small[i]); }
     // bf16, on the two reference models (the random one is left out to keep the harness run short)
     for (int i = 0; i < ncases && i < 2; i++) { test_model_case_bf16(&tcs[i]); }
@@ -927,6 +1114,6 @@ int main(int argc, char** argv) {
     test_training_steps_bf16(&tcs[0], "adamw");
     test_training_steps_bf16(&tcs[1], "low_rank_adamw");
     for (int i = 0; i < ncases; i++) { test_case_free(&tcs[i]); }
-    cublas_check(cublasDestroy(g_cublas));
+    cublas_free();
     return check_summary();
 }

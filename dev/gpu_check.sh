@@ -93,8 +93,11 @@ if [ "$DRY" = 1 ]; then
     BENCH_FLAGS=(--B 2 --T 16 --iters 1 --warmup 0 --methods "adamw,subtrack" --shape none)
     PEER_CONFIGS=kjv_test
     PEER_FLAGS=(--device cpu --B 2 --T 16 --accum 1 --iters 1 --warmup 1)
-    # model B total_batch rank T, for --memory_plan once the trainer has it
-    PLAN_RECIPES=("kjv_test 2 2 8 16")
+    # model B total_batch rank T, whether to train, flags (see below)
+    PLAN_RECIPES=("kjv_test 2 2 8 16 train default" "kjv_test 2 2 8 16 train lean")
+    # an emulated 8 GiB device: cudaMemGetInfo then reports the harness's own
+    # allocations, so the trainer's measured line must equal its plan
+    export CUDA_EMU_DEVICE_MEMORY=8G
 else
     SUFFIX=""
     # the whole run within 8 minutes: the caps below add up to more, so a
@@ -116,7 +119,13 @@ else
     BENCH_FLAGS=(--iters 5 --warmup 2 --budget_s 5 --methods "adamw,subtrack" --shape none)
     PEER_CONFIGS=60m,350m,1b
     PEER_FLAGS=(--iters 5 --warmup 2)
-    PLAN_RECIPES=("llama_60m 128 256 128 256" "llama_350m 64 128 256 256" "llama_1b 8 16 512 256")
+    # model B total_batch rank T, then whether to train 2 steps beside the plan
+    # (the first step's SVDs of a 1B take longer than the part's cap), and the
+    # flags: default, or lean (--activation_checkpointing --master_weights 0
+    # and per-layer updates, at a total batch of B)
+    PLAN_RECIPES=("llama_60m 128 256 128 256 train default" "llama_350m 64 128 256 256 train default"
+                  "llama_350m 64 64 256 256 train lean" "llama_1b 8 16 512 256 plan default"
+                  "llama_1b 8 8 512 256 plan lean")
 fi
 TRAIN=./train_llama_subtrack$SUFFIX
 TEST1=./dev/test_gpu/test_subtrack_gpu$SUFFIX
@@ -507,21 +516,29 @@ if have "$TRAIN" && "$TRAIN" --help 2>/dev/null | grep -q -- '--memory_plan'; th
     mrc=0
     plan_lines=()
     for recipe in "${PLAN_RECIPES[@]}"; do
-        read -r model b tb r T <<< "$recipe"
+        read -r model b tb r T measure flags <<< "$recipe"
         recipe_flags=(--model_config "$model" --batch_size "$b" --total_batch_size "$tb" --max_length "$T"
                       --rank "$r" --optimizer low_rank_adamw --subspace_update_method subtrack)
+        if [ "$flags" = lean ]; then
+            recipe_flags+=(--activation_checkpointing --master_weights 0 --optimizer low_rank_adamw_per_layer
+                           --grad_clipping 0)
+        fi
         run_capped "$CAP_PLAN" "$OUT/.part_plan_one.log" "$TRAIN" "${recipe_flags[@]}" --memory_plan 1
         cat "$OUT/.part_plan_one.log" >> "$mlog"
         [ "$RC" -ne 0 ] && mrc=$RC
         planned=$(grep '^peak device memory:' "$OUT/.part_plan_one.log" | tail -n 1)
         # the same recipe trained for 2 steps (one micro step each), for the
         # trainer's cudaMemGetInfo line beside the plan
-        run_capped "$CAP_PLAN" "$OUT/.part_plan_one.log" "$TRAIN" "${recipe_flags[@]}" --total_batch_size "$b" \
-            --num_training_steps 2 --warmup_steps 1 --eval_every 0 --eval_batches 1 --sample_every 0 --gen_tokens 1
-        cat "$OUT/.part_plan_one.log" >> "$mlog"
-        [ "$RC" -ne 0 ] && mrc=$RC
-        measured=$(grep '^device memory: planned' "$OUT/.part_plan_one.log" | tail -n 1)
-        plan_lines+=("$model B=$b T=$T R=$r: ${planned:-no plan}; ${measured:-no measurement (exit $RC)}")
+        measured="not trained here (plan only)"
+        if [ "$measure" = train ]; then
+            run_capped "$CAP_PLAN" "$OUT/.part_plan_one.log" "$TRAIN" "${recipe_flags[@]}" --total_batch_size "$b" \
+                --num_training_steps 2 --warmup_steps 1 --eval_every 0 --eval_batches 1 --sample_every 0 --gen_tokens 1
+            cat "$OUT/.part_plan_one.log" >> "$mlog"
+            [ "$RC" -ne 0 ] && mrc=$RC
+            measured=$(grep '^device memory: planned' "$OUT/.part_plan_one.log" | tail -n 1)
+            measured=${measured:-no measurement (exit $RC)}
+        fi
+        plan_lines+=("$model B=$b T=$T R=$r $flags: ${planned:-no plan}; $measured")
     done
     sec "" "Memory plan (\`$TRAIN --memory_plan\`, SubTrack++ at each recipe) beside the trainer's own cudaMemGetInfo measurement over 2 steps (compare also the device MiB above):" "" '```'
     printf '%s\n' "${plan_lines[@]}" >> "$BODY"

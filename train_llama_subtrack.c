@@ -1903,6 +1903,32 @@ void lowrank_state_init(LowRankState* s, int m, int n, int r, float* memory) {
     s->power_iterations = 0;
 }
 
+// with 8-bit states (--optimizer low_rank_adamw8bit) M and V live quantized
+// elsewhere: the float memory holds S (p, R) | prev | prev_set, and M and V
+// point at dequantized copies only during a step
+size_t lowrank_state_num_floats_q8(int m, int n, int r) {
+    size_t p = (size_t)(m <= n ? m : n);
+    return p * r + LOWRANK_STATE_SCALARS;
+}
+
+void lowrank_state_init_q8(LowRankState* s, int m, int n, int r, float* memory) {
+    s->m = m;
+    s->n = n;
+    s->r = r;
+    s->right = m > n;
+    s->p = m <= n ? m : n;
+    s->q = m <= n ? n : m;
+    s->memory = memory;
+    s->S = memory;
+    s->M = NULL;
+    s->V = NULL;
+    s->limiter = s->S + (size_t)s->p * r;
+    memset(memory, 0, lowrank_state_num_floats_q8(m, n, r) * sizeof(float));
+    s->subspace_seconds = 0.0;
+    s->subspace_updates = 0;
+    s->power_iterations = 0;
+}
+
 // NULL if the low-rank optimizer can take the (m, n) matrix `name` at rank r;
 // otherwise an error message (written into msg) that names the matrix and its shape
 const char* lowrank_check_rank(char* msg, size_t msg_size, const char* name, int m, int n, int r) {
@@ -3232,14 +3258,19 @@ static const FlagSpec TRAIN_FLAGS[] = {
 
 // the optimizers of torchrun_main.py that are not built here yet
 static const char* const AUTHORS_OPTIMIZERS_NOT_YET[] = {
-    "sgd", "adafactor", "low_rank_adafactor", "adam8bit", "low_rank_adamw8bit", "low_rank_adamw8bit_per_layer",
+    "sgd", "adafactor", "low_rank_adafactor", "adam8bit",
 };
 
 // low-rank AdamW, whole-step or per layer (the same arithmetic: each matrix
 // updated as soon as its gradient is complete, in the CUDA trainer)
 static int optimizer_name_low_rank(const char* name) {
-    return strcmp(name, "low_rank_adamw") == 0 || strcmp(name, "low_rank_adamw_per_layer") == 0;
+    return strcmp(name, "low_rank_adamw") == 0 || strcmp(name, "low_rank_adamw_per_layer") == 0 ||
+           strcmp(name, "low_rank_adamw8bit") == 0 || strcmp(name, "low_rank_adamw8bit_per_layer") == 0;
 }
+
+// 8-bit states: M and V of the low-rank matrices, and the AdamW moments of
+// the embeddings and lm_head, blockwise quantized (see quantize_blockwise)
+static int optimizer_name_8bit(const char* name) { return strstr(name, "adamw8bit") != NULL; }
 
 static int optimizer_name_per_layer(const char* name) {
     size_t n = strlen(name), k = strlen("_per_layer");
@@ -3506,8 +3537,8 @@ const char* train_config_problem(const TrainConfig* t) {
     }
     if (strcmp(t->optimizer, "adamw") != 0 && !optimizer_name_low_rank(t->optimizer) &&
         strcmp(t->optimizer, "adam") != 0) {
-        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, low_rank_adamw, low_rank_adamw_per_layer or adam",
-                 t->optimizer);
+        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, low_rank_adamw, low_rank_adamw_per_layer, "
+                 "low_rank_adamw8bit or low_rank_adamw8bit_per_layer", t->optimizer);
         return msg;
     }
     // per-layer updates change each weight as soon as its gradient is
@@ -4250,155 +4281,6 @@ void llama_round_weights_bf16(Llama* model) {
 }
 
 // ----------------------------------------------------------------------------
-// the optimizer over the whole model
-//
-// with --optimizer low_rank_adamw, the 7 matrices of every layer (wq, wk, wv,
-// wo, w_gate, w_up, w_down) each get a LowRankState; every other tensor
-// (embeddings, lm_head, norms) gets AdamW. with --optimizer adamw, all get
-// AdamW. state memory, which a checkpoint saves verbatim:
-//   adam_m, adam_v  (num_adam) each: the AdamW tensors, in table order
-//   lowrank_memory  the LowRankStates, in table order then layer order
-
-typedef struct {
-    int low_rank;             // 1: low-rank AdamW on the layer matrices
-    LowRankConfig cfg;
-    float beta1, beta2, eps, weight_decay;
-    float* adam_m;            // (num_adam)
-    float* adam_v;            // (num_adam)
-    size_t num_adam;
-    LowRankState* lowrank;    // (num_lowrank)
-    int num_lowrank;
-    float* lowrank_memory;    // (lowrank_floats)
-    size_t lowrank_floats;
-    float* scratch;           // (scratch_floats) shared work buffer for lowrank_adamw_step
-    size_t scratch_floats;
-    int per_layer;            // --optimizer *_per_layer (the CUDA trainer updates during the backward)
-    int master_weights;       // 0: every update is rounded to bf16 stochastically
-    uint64_t seed;            // of that rounding's random bits (--seed)
-    int step;                 // optimizer steps taken (t in the spec)
-} Optimizer;
-
-static int optimizer_uses_lowrank(const Optimizer* o, const TensorSpec* s) {
-    return o->low_rank && s->is_layer_matrix;
-}
-
-// the settings and sizes of the optimizer for model c under t, allocating
-// nothing: num_adam, num_lowrank, lowrank_floats and scratch_floats. the CUDA
-// trainer's memory plan reads them without building anything. returns NULL,
-// or a message naming the matrix whose shape cannot take the rank
-const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig* t) {
-    static char msg[512];
-    memset(o, 0, sizeof *o);
-    o->low_rank = optimizer_name_low_rank(t->optimizer);
-    o->per_layer = optimizer_name_per_layer(t->optimizer);
-    o->master_weights = t->master_weights;
-    o->seed = (uint64_t)t->seed;
-    o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
-    LowRankConfig lc = {
-        strcmp(t->subspace_update_method, "galore") == 0 ? SUBSPACE_GALORE : SUBSPACE_SUBTRACK,
-        t->rank, t->low_rank_scale, t->subspace_update_interval, t->st_init_step_size,
-        t->adaptive_optimizer, t->recovery_scaling, !t->norm_growth_limiter_off, t->norm_growth_limit,
-        t->beta1, t->beta2, t->eps, t->weight_decay,
-    };
-    o->cfg = lc;
-    TensorSpec spec[NUM_PARAMETER_TENSORS];
-    parameter_table(spec, c);
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        if (!optimizer_uses_lowrank(o, &spec[i])) { o->num_adam += tensor_numel(&spec[i]); continue; }
-        if (lowrank_check_rank(msg, sizeof msg, spec[i].name, spec[i].rows, spec[i].cols, t->rank) != NULL) {
-            return msg;
-        }
-        o->num_lowrank += spec[i].layers;
-        o->lowrank_floats += (size_t)spec[i].layers * lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
-        size_t need = lowrank_scratch_num_floats(spec[i].rows, spec[i].cols, t->rank);
-        o->scratch_floats = need > o->scratch_floats ? need : o->scratch_floats;
-    }
-    return NULL;
-}
-
-// optimizer_plan, then the states (zeroed) and the scratch
-const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfig* t) {
-    const char* problem = optimizer_plan(o, c, t);
-    if (problem != NULL) { return problem; }
-    TensorSpec spec[NUM_PARAMETER_TENSORS];
-    parameter_table(spec, c);
-    o->adam_m = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW first moments");
-    o->adam_v = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW second moments");
-    o->lowrank = (LowRankState*)calloc_check((size_t)o->num_lowrank * sizeof(LowRankState), "low-rank states");
-    o->lowrank_memory = (float*)calloc_check(o->lowrank_floats * sizeof(float), "low-rank state memory");
-    o->scratch = (float*)malloc_check(o->scratch_floats * sizeof(float), "optimizer scratch");
-    float* mem = o->lowrank_memory;
-    int k = 0;
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        if (!optimizer_uses_lowrank(o, &spec[i])) { continue; }
-        for (int l = 0; l < spec[i].layers; l++) {
-            lowrank_state_init(&o->lowrank[k++], spec[i].rows, spec[i].cols, t->rank, mem);
-            mem += lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
-        }
-    }
-    return NULL;
-}
-
-void optimizer_free(Optimizer* o) {
-    free(o->adam_m); free(o->adam_v); free(o->lowrank); free(o->lowrank_memory); free(o->scratch);
-    memset(o, 0, sizeof *o);
-}
-
-size_t optimizer_state_bytes(const Optimizer* o) {
-    return (2 * o->num_adam + o->lowrank_floats) * sizeof(float);
-}
-
-// the name of this step's phase when every low-rank matrix takes an SVD
-// (the first step, and GaLore's refreshes), for the progress lines; else NULL
-const char* optimizer_svd_phase(const Optimizer* o) {
-    if (!o->low_rank) { return NULL; }
-    if (o->step == 0) { return "initial subspaces (SVD): matrix"; }
-    if (o->cfg.method == SUBSPACE_GALORE && o->step % o->cfg.update_interval == 0) { return "GaLore refresh (SVD): matrix"; }
-    return NULL;
-}
-
-// one step over every tensor, at learning rate lr
-void optimizer_step(Optimizer* o, Llama* model, float lr) {
-    TensorSpec spec[NUM_PARAMETER_TENSORS];
-    parameter_table(spec, &model->config);
-    float** params = parameter_pointers(&model->params);
-    float** grads = parameter_pointers(&model->grads);
-    size_t adam_off = 0;
-    int k = 0;
-    Progress pr;
-    progress_begin(&pr, optimizer_svd_phase(o), optimizer_svd_phase(o) != NULL ? o->num_lowrank : 0);
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        size_t n = tensor_numel(&spec[i]);
-        // without masters, the updated weights are rounded to bf16 with random
-        // bits drawn from (seed, step, index in the parameter buffer)
-        size_t first = (size_t)(params[i] - model->params_memory);
-        if (!optimizer_uses_lowrank(o, &spec[i])) {
-            adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, o->step,
-                         lr, o->beta1, o->beta2, o->eps, o->weight_decay);
-            if (!o->master_weights) { bf16_round_stochastic_array(params[i], n, o->seed, (uint64_t)o->step, first); }
-            adam_off += n;
-            continue;
-        }
-        size_t per = (size_t)spec[i].rows * spec[i].cols;
-        for (int l = 0; l < spec[i].layers; l++) {
-            lowrank_adamw_step(&o->lowrank[k++], params[i] + l * per, grads[i] + l * per, o->step,
-                               &o->cfg, lr, o->scratch);
-            if (!o->master_weights) {
-                bf16_round_stochastic_array(params[i] + l * per, per, o->seed, (uint64_t)o->step, first + l * per);
-            }
-            progress_update(&pr, k);
-        }
-    }
-    o->step++;
-}
-
-double optimizer_subspace_seconds(const Optimizer* o) {
-    double s = 0.0;
-    for (int k = 0; k < o->num_lowrank; k++) { s += o->lowrank[k].subspace_seconds; }
-    return s;
-}
-
-// ----------------------------------------------------------------------------
 // 8-bit optimizer states: blockwise dynamic quantization
 //
 // groundwork for AdamW moments kept in 8 bits, as bitsandbytes' 8-bit Adam keeps
@@ -4478,7 +4360,7 @@ size_t quant8_num_blocks(size_t n) {
 // differences, and an exact tie goes to the lower entry, as in bitsandbytes'
 // CPU kernel (lookup_code_index, bnb 0.49). below map[0] this gives 0, above
 // map[255] 255. a NaN gives 0, as bnb's lower_bound does
-static uint8_t quant8_nearest(const float* map, float y) {
+HOST_DEVICE static inline uint8_t quant8_nearest(const float* map, float y) {
     if (isnan(y)) { return 0; }
     int lo = 0, hi = QUANT8_MAP_SIZE; // map[lo - 1] < y <= map[hi]
     while (lo < hi) {
@@ -4512,28 +4394,34 @@ static uint8_t quant8_nearest(const float* map, float y) {
 // an absmax below about 2.9e-39 (subnormal) makes 1 / absmax overflow to inf,
 // so there we divide by absmax instead. bnb multiplies by inf, which turns
 // 0 * inf into NaN and gives code 0
+// the code of x in a block of absmax m > 0: x / m by one multiply with 1/m,
+// as bitsandbytes does, or by a division when 1/m overflows (subnormal m)
+HOST_DEVICE static inline uint8_t quant8_code(const float* map, float x, float m) {
+    float inv = 1.0f / m;
+    return quant8_nearest(map, isinf(inv) ? x / m : x * inv);
+}
+
 void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
     size_t num_blocks = quant8_num_blocks(n);
     #pragma omp parallel for schedule(static)
     for (size_t b = 0; b < num_blocks; b++) {
         size_t start = b * QUANT8_BLOCK;
         size_t end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
-        float m = 0.0f;
+        // the largest |x| as the largest bit pattern of |x|: the same order
+        // for numbers, and a NaN (above inf) wins, so the block turns NaN.
+        // order-free, so the GPU's parallel reduction gives the same bits
+        uint32_t mbits = 0;
         for (size_t i = start; i < end; i++) {
-            float a = fabsf(x[i]);
-            if (isnan(a)) { m = a; break; }
-            if (a > m) { m = a; }
+            uint32_t a = fp32_to_bits(x[i]) & 0x7FFFFFFFu;
+            if (a > mbits) { mbits = a; }
         }
+        float m = fp32_from_bits(mbits);
         absmax[b] = m;
         if (m == 0.0f) {
             memset(codes + start, 0, end - start);
             continue;
         }
-        float inv = 1.0f / m;
-        int divide = isinf(inv);
-        for (size_t i = start; i < end; i++) {
-            codes[i] = quant8_nearest(map, divide ? x[i] / m : x[i] * inv);
-        }
+        for (size_t i = start; i < end; i++) { codes[i] = quant8_code(map, x[i], m); }
     }
 }
 
@@ -4546,6 +4434,257 @@ void dequantize_blockwise(float* x, const uint8_t* codes, const float* absmax, s
         size_t end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
         for (size_t i = start; i < end; i++) { x[i] = map[codes[i]] * absmax[b]; }
     }
+}
+
+// ----------------------------------------------------------------------------
+// the optimizer over the whole model
+//
+// with --optimizer low_rank_adamw, the 7 matrices of every layer (wq, wk, wv,
+// wo, w_gate, w_up, w_down) each get a LowRankState; every other tensor
+// (embeddings, lm_head, norms) gets AdamW. with --optimizer adamw, all get
+// AdamW. state memory, which a checkpoint saves verbatim:
+//   adam_m, adam_v  (num_adam) each: the AdamW tensors, in table order
+//   lowrank_memory  the LowRankStates, in table order then layer order
+
+typedef struct {
+    int low_rank;             // 1: low-rank AdamW on the layer matrices
+    LowRankConfig cfg;
+    float beta1, beta2, eps, weight_decay;
+    float* adam_m;            // (num_adam)
+    float* adam_v;            // (num_adam)
+    size_t num_adam;
+    LowRankState* lowrank;    // (num_lowrank)
+    int num_lowrank;
+    float* lowrank_memory;    // (lowrank_floats)
+    size_t lowrank_floats;
+    float* scratch;           // (scratch_floats) shared work buffer for lowrank_adamw_step
+    size_t scratch_floats;
+    int per_layer;            // --optimizer *_per_layer (the CUDA trainer updates during the backward)
+    // 8-bit states (--optimizer low_rank_adamw8bit): per slot (a moment of one
+    // low-rank matrix, or of an 8-bit AdamW tensor) its codes and absmax at
+    // q8 offsets; a step dequantizes a slot pair (M, V) into q8_scratch,
+    // updates it in fp32 and quantizes it back, AdamW tensors in chunks of
+    // q8_chunk (a multiple of QUANT8_BLOCK, so the blocks are the same)
+    int q8;
+    uint8_t* q8_codes;        // (q8_bytes)
+    size_t q8_bytes;
+    float* q8_absmax;         // (q8_blocks)
+    size_t q8_blocks;
+    size_t q8_code_at[NUM_PARAMETER_TENSORS];   // where each tensor's slots start (layer 0's M)
+    size_t q8_block_at[NUM_PARAMETER_TENSORS];
+    float q8_map[2][QUANT8_MAP_SIZE];          // [0] signed (M), [1] unsigned (V)
+    float* q8_scratch;        // (2 q8_chunk): M then V, dequantized
+    size_t q8_chunk;
+    int master_weights;       // 0: every update is rounded to bf16 stochastically
+    uint64_t seed;            // of that rounding's random bits (--seed)
+    int step;                 // optimizer steps taken (t in the spec)
+} Optimizer;
+
+static int optimizer_uses_lowrank(const Optimizer* o, const TensorSpec* s) {
+    return o->low_rank && s->is_layer_matrix;
+}
+
+// an AdamW tensor whose moments are 8-bit: the embeddings and lm_head (the
+// norms' few floats stay fp32)
+static int optimizer_adamw_q8(const Optimizer* o, const TensorSpec* s) {
+    return o->q8 && !s->is_layer_matrix && !s->is_norm;
+}
+
+// the settings and sizes of the optimizer for model c under t, allocating
+// nothing: num_adam, num_lowrank, lowrank_floats and scratch_floats. the CUDA
+// trainer's memory plan reads them without building anything. returns NULL,
+// or a message naming the matrix whose shape cannot take the rank
+const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig* t) {
+    static char msg[512];
+    memset(o, 0, sizeof *o);
+    o->low_rank = optimizer_name_low_rank(t->optimizer);
+    o->per_layer = optimizer_name_per_layer(t->optimizer);
+    o->q8 = optimizer_name_8bit(t->optimizer);
+    o->master_weights = t->master_weights;
+    o->seed = (uint64_t)t->seed;
+    o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
+    LowRankConfig lc = {
+        strcmp(t->subspace_update_method, "galore") == 0 ? SUBSPACE_GALORE : SUBSPACE_SUBTRACK,
+        t->rank, t->low_rank_scale, t->subspace_update_interval, t->st_init_step_size,
+        t->adaptive_optimizer, t->recovery_scaling, !t->norm_growth_limiter_off, t->norm_growth_limit,
+        t->beta1, t->beta2, t->eps, t->weight_decay,
+    };
+    o->cfg = lc;
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, c);
+    size_t most_moment = 0;  // the largest low-rank moment, R q
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        o->q8_code_at[i] = o->q8_bytes;
+        o->q8_block_at[i] = o->q8_blocks;
+        if (!optimizer_uses_lowrank(o, &spec[i])) {
+            size_t n = tensor_numel(&spec[i]);
+            if (optimizer_adamw_q8(o, &spec[i])) {
+                o->q8_bytes += 2 * n;
+                o->q8_blocks += 2 * quant8_num_blocks(n);
+            } else {
+                o->num_adam += n;
+            }
+            continue;
+        }
+        if (lowrank_check_rank(msg, sizeof msg, spec[i].name, spec[i].rows, spec[i].cols, t->rank) != NULL) {
+            return msg;
+        }
+        o->num_lowrank += spec[i].layers;
+        size_t per = o->q8 ? lowrank_state_num_floats_q8(spec[i].rows, spec[i].cols, t->rank)
+                           : lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
+        o->lowrank_floats += (size_t)spec[i].layers * per;
+        size_t need = lowrank_scratch_num_floats(spec[i].rows, spec[i].cols, t->rank);
+        o->scratch_floats = need > o->scratch_floats ? need : o->scratch_floats;
+        size_t moment = (size_t)t->rank * (spec[i].rows > spec[i].cols ? spec[i].rows : spec[i].cols);
+        if (o->q8) {
+            o->q8_bytes += (size_t)spec[i].layers * 2 * moment;
+            o->q8_blocks += (size_t)spec[i].layers * 2 * quant8_num_blocks(moment);
+        }
+        most_moment = moment > most_moment ? moment : most_moment;
+    }
+    if (o->q8) {
+        // a whole low-rank moment, and AdamW in chunks of at least one block
+        o->q8_chunk = quant8_num_blocks(most_moment > QUANT8_BLOCK ? most_moment : QUANT8_BLOCK) * QUANT8_BLOCK;
+        quant8_dynamic_map(o->q8_map[0], 1);
+        quant8_dynamic_map(o->q8_map[1], 0);
+    }
+    return NULL;
+}
+
+// the codes and absmax of the moments of slot pair (tensor i, layer l): M at
+// the returned place, V right after it (n values each)
+static void optimizer_q8_slot(const Optimizer* o, int i, int l, size_t n, size_t* code, size_t* block) {
+    *code = o->q8_code_at[i] + (size_t)l * 2 * n;
+    *block = o->q8_block_at[i] + (size_t)l * 2 * quant8_num_blocks(n);
+}
+
+// optimizer_plan, then the states (zeroed) and the scratch
+const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfig* t) {
+    const char* problem = optimizer_plan(o, c, t);
+    if (problem != NULL) { return problem; }
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, c);
+    o->adam_m = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW first moments");
+    o->adam_v = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW second moments");
+    o->lowrank = (LowRankState*)calloc_check((size_t)o->num_lowrank * sizeof(LowRankState), "low-rank states");
+    o->lowrank_memory = (float*)calloc_check(o->lowrank_floats * sizeof(float), "low-rank state memory");
+    o->scratch = (float*)malloc_check(o->scratch_floats * sizeof(float), "optimizer scratch");
+    if (o->q8) {
+        // all-zero blocks (absmax 0, codes 0) dequantize to zero moments
+        o->q8_codes = (uint8_t*)calloc_check(o->q8_bytes, "8-bit optimizer states");
+        o->q8_absmax = (float*)calloc_check(o->q8_blocks * sizeof(float), "8-bit state scales");
+        o->q8_scratch = (float*)malloc_check(2 * o->q8_chunk * sizeof(float), "8-bit state scratch");
+    }
+    float* mem = o->lowrank_memory;
+    int k = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        if (!optimizer_uses_lowrank(o, &spec[i])) { continue; }
+        for (int l = 0; l < spec[i].layers; l++) {
+            if (o->q8) {
+                lowrank_state_init_q8(&o->lowrank[k++], spec[i].rows, spec[i].cols, t->rank, mem);
+                mem += lowrank_state_num_floats_q8(spec[i].rows, spec[i].cols, t->rank);
+            } else {
+                lowrank_state_init(&o->lowrank[k++], spec[i].rows, spec[i].cols, t->rank, mem);
+                mem += lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
+            }
+        }
+    }
+    return NULL;
+}
+
+void optimizer_free(Optimizer* o) {
+    free(o->adam_m); free(o->adam_v); free(o->lowrank); free(o->lowrank_memory); free(o->scratch);
+    free(o->q8_codes); free(o->q8_absmax); free(o->q8_scratch);
+    memset(o, 0, sizeof *o);
+}
+
+size_t optimizer_state_bytes(const Optimizer* o) {
+    return (2 * o->num_adam + o->lowrank_floats + o->q8_blocks) * sizeof(float) + o->q8_bytes;
+}
+
+// the name of this step's phase when every low-rank matrix takes an SVD
+// (the first step, and GaLore's refreshes), for the progress lines; else NULL
+const char* optimizer_svd_phase(const Optimizer* o) {
+    if (!o->low_rank) { return NULL; }
+    if (o->step == 0) { return "initial subspaces (SVD): matrix"; }
+    if (o->cfg.method == SUBSPACE_GALORE && o->step % o->cfg.update_interval == 0) { return "GaLore refresh (SVD): matrix"; }
+    return NULL;
+}
+
+// one step over every tensor, at learning rate lr
+void optimizer_step(Optimizer* o, Llama* model, float lr) {
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, &model->config);
+    float** params = parameter_pointers(&model->params);
+    float** grads = parameter_pointers(&model->grads);
+    size_t adam_off = 0;
+    int k = 0;
+    Progress pr;
+    progress_begin(&pr, optimizer_svd_phase(o), optimizer_svd_phase(o) != NULL ? o->num_lowrank : 0);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = tensor_numel(&spec[i]);
+        // without masters, the updated weights are rounded to bf16 with random
+        // bits drawn from (seed, step, index in the parameter buffer)
+        size_t first = (size_t)(params[i] - model->params_memory);
+        float* Mq = o->q8_scratch;
+        float* Vq = o->q8_scratch + o->q8_chunk;
+        if (!optimizer_uses_lowrank(o, &spec[i])) {
+            if (optimizer_adamw_q8(o, &spec[i])) {
+                // 8-bit moments, dequantized a chunk at a time (whole blocks)
+                size_t code, block;
+                optimizer_q8_slot(o, i, 0, n, &code, &block);
+                size_t nb = quant8_num_blocks(n);
+                for (size_t off = 0; off < n; off += o->q8_chunk) {
+                    size_t len = n - off < o->q8_chunk ? n - off : o->q8_chunk;
+                    size_t b = off / QUANT8_BLOCK;
+                    dequantize_blockwise(Mq, o->q8_codes + code + off, o->q8_absmax + block + b, len, o->q8_map[0]);
+                    dequantize_blockwise(Vq, o->q8_codes + code + n + off, o->q8_absmax + block + nb + b, len,
+                                         o->q8_map[1]);
+                    adamw_update(params[i] + off, Mq, Vq, grads[i] + off, len, o->step, lr, o->beta1, o->beta2,
+                                 o->eps, o->weight_decay);
+                    quantize_blockwise(o->q8_codes + code + off, o->q8_absmax + block + b, Mq, len, o->q8_map[0]);
+                    quantize_blockwise(o->q8_codes + code + n + off, o->q8_absmax + block + nb + b, Vq, len,
+                                       o->q8_map[1]);
+                }
+            } else {
+                adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, o->step,
+                             lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+                adam_off += n;
+            }
+            if (!o->master_weights) { bf16_round_stochastic_array(params[i], n, o->seed, (uint64_t)o->step, first); }
+            continue;
+        }
+        size_t per = (size_t)spec[i].rows * spec[i].cols;
+        for (int l = 0; l < spec[i].layers; l++) {
+            LowRankState* st = &o->lowrank[k++];
+            size_t mn = (size_t)st->r * st->q, code = 0, block = 0, nb = quant8_num_blocks(mn);
+            if (o->q8) {
+                // the step on dequantized moments (the rotation included), requantized after
+                optimizer_q8_slot(o, i, l, mn, &code, &block);
+                dequantize_blockwise(Mq, o->q8_codes + code, o->q8_absmax + block, mn, o->q8_map[0]);
+                dequantize_blockwise(Vq, o->q8_codes + code + mn, o->q8_absmax + block + nb, mn, o->q8_map[1]);
+                st->M = Mq;
+                st->V = Vq;
+            }
+            lowrank_adamw_step(st, params[i] + l * per, grads[i] + l * per, o->step, &o->cfg, lr, o->scratch);
+            if (o->q8) {
+                quantize_blockwise(o->q8_codes + code, o->q8_absmax + block, Mq, mn, o->q8_map[0]);
+                quantize_blockwise(o->q8_codes + code + mn, o->q8_absmax + block + nb, Vq, mn, o->q8_map[1]);
+                st->M = st->V = NULL;
+            }
+            if (!o->master_weights) {
+                bf16_round_stochastic_array(params[i] + l * per, per, o->seed, (uint64_t)o->step, first + l * per);
+            }
+            progress_update(&pr, k);
+        }
+    }
+    o->step++;
+}
+
+double optimizer_subspace_seconds(const Optimizer* o) {
+    double s = 0.0;
+    for (int k = 0; k < o->num_lowrank; k++) { s += o->lowrank[k].subspace_seconds; }
+    return s;
 }
 
 // ----------------------------------------------------------------------------
@@ -4563,11 +4702,14 @@ void dequantize_blockwise(float* x, const uint8_t* codes, const float* absmax, s
 //     [18..23] train loader position (ShardPosition: epoch, window_in_epoch,
 //              num_windows, T, shuffle, seed)
 //     [24] bytes of the settings text
+//     [25] q8_bytes   [26] q8_blocks (8-bit states; 0 without them)
 //     the rest 0
 //   settings  text, "name=value\n" for every setting that shapes the
 //             trajectory (CHECKPOINT_SETTINGS), zero-padded to a multiple of 8
 //   body      float32: params (num_params, parameter-table order),
-//             adam_m (num_adam), adam_v (num_adam), lowrank_memory (lowrank_floats)
+//             adam_m (num_adam), adam_v (num_adam), lowrank_memory (lowrank_floats);
+//             with 8-bit states then uint8 q8_codes (q8_bytes, zero-padded to
+//             a multiple of 8) and float32 q8_absmax (q8_blocks, padded likewise)
 //   trailer   int64 CHECKPOINT_TRAILER_MAGIC, then the CRC32C of every byte
 //             before the trailer (as a uint64)
 // the CRC is computed as the file is written and checked as it is read, in
@@ -4753,6 +4895,8 @@ static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainStat
     h[18] = p.epoch; h[19] = p.window_in_epoch; h[20] = p.num_windows;
     h[21] = p.T; h[22] = p.shuffle; h[23] = p.seed;
     h[24] = (int64_t)settings_bytes;
+    h[25] = (int64_t)s->opt->q8_bytes;
+    h[26] = (int64_t)s->opt->q8_blocks;
 }
 
 static size_t padded8(size_t n) { return (n + 7) & ~(size_t)7; }
@@ -4770,7 +4914,7 @@ int train_state_is_finite(const TrainState* s) {
     const Optimizer* o = s->opt;
     return floats_are_finite(s->model->params_memory, s->model->num_parameters) &&
            floats_are_finite(o->adam_m, o->num_adam) && floats_are_finite(o->adam_v, o->num_adam) &&
-           floats_are_finite(o->lowrank_memory, o->lowrank_floats);
+           floats_are_finite(o->lowrank_memory, o->lowrank_floats) && floats_are_finite(o->q8_absmax, o->q8_blocks);
 }
 
 // the writer and reader of the file body: every byte through the CRC
@@ -4780,6 +4924,16 @@ static void checkpoint_write(CheckpointStream* w, const void* data, size_t bytes
     if (!w->ok) { return; }
     w->crc = crc32c_update(w->crc, data, bytes);
     w->ok = fwrite(data, 1, bytes, w->f) == bytes;
+}
+
+// the 8-bit states after the float body, each zero-padded to 8 bytes
+static void checkpoint_write_q8(CheckpointStream* w, const Optimizer* o) {
+    static const unsigned char zeros[8] = {0};
+    if (!o->q8) { return; }
+    checkpoint_write(w, o->q8_codes, o->q8_bytes);
+    checkpoint_write(w, zeros, padded8(o->q8_bytes) - o->q8_bytes);
+    checkpoint_write(w, o->q8_absmax, o->q8_blocks * sizeof(float));
+    checkpoint_write(w, zeros, padded8(o->q8_blocks * sizeof(float)) - o->q8_blocks * sizeof(float));
 }
 
 static void checkpoint_read(CheckpointStream* r, void* data, size_t bytes) {
@@ -4826,6 +4980,7 @@ int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errl
     checkpoint_write(&w, o->adam_m, o->num_adam * sizeof(float));
     checkpoint_write(&w, o->adam_v, o->num_adam * sizeof(float));
     checkpoint_write(&w, o->lowrank_memory, o->lowrank_floats * sizeof(float));
+    checkpoint_write_q8(&w, o);
     int64_t trailer[2] = {CHECKPOINT_TRAILER_MAGIC, (int64_t)w.crc};
     int ok = w.ok && fwrite(trailer, sizeof trailer, 1, f) == 1;
     ok = (fflush(f) == 0) && ok;
@@ -4927,7 +5082,7 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
                  (long long)h[10], (long long)h[11], (long long)h[12]);
         return 1;
     }
-    if (h[14] != want[14] || h[15] != want[15] || h[16] != want[16]) {
+    if (h[14] != want[14] || h[15] != want[15] || h[16] != want[16] || h[25] != want[25] || h[26] != want[26]) {
         snprintf(err, errlen, "%s: header sizes do not match this model; the file is corrupt", path);
         return 1;
     }
@@ -4956,6 +5111,13 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
     checkpoint_read(&r, o->adam_m, o->num_adam * sizeof(float));
     checkpoint_read(&r, o->adam_v, o->num_adam * sizeof(float));
     checkpoint_read(&r, o->lowrank_memory, o->lowrank_floats * sizeof(float));
+    if (o->q8) {
+        char q8pad[8];
+        checkpoint_read(&r, o->q8_codes, o->q8_bytes);
+        checkpoint_read(&r, q8pad, padded8(o->q8_bytes) - o->q8_bytes);
+        checkpoint_read(&r, o->q8_absmax, o->q8_blocks * sizeof(float));
+        checkpoint_read(&r, q8pad, padded8(o->q8_blocks * sizeof(float)) - o->q8_blocks * sizeof(float));
+    }
     int64_t trailer[2] = {0, 0};
     int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
     int extra = ok && fgetc(f) != EOF;
@@ -5397,10 +5559,12 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     be->report(&t, B, T);
     const Optimizer* opt = be->optimizer();
     size_t full_adamw = 2 * parameter_count(&cfg) * sizeof(float);
-    printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB); full AdamW would need %.2f MiB\n",
-           t.optimizer, opt->low_rank ? (opt->cfg.method == SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
+    printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB + 8-bit %.2f MiB); full AdamW "
+           "would need %.2f MiB\n", t.optimizer,
+           opt->low_rank ? (opt->cfg.method == SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
            optimizer_state_bytes(opt) / 1048576.0, 2.0 * opt->num_adam * 4 / 1048576.0,
-           opt->lowrank_floats * 4.0 / 1048576.0, full_adamw / 1048576.0);
+           opt->lowrank_floats * 4.0 / 1048576.0, (opt->q8_bytes + opt->q8_blocks * 4.0) / 1048576.0,
+           full_adamw / 1048576.0);
     printf("data:         %lld train windows, %lld val windows of T+1=%d tokens; %d micro steps of B=%d per step\n",
            (long long)train_loader.num_windows, (long long)val_loader.num_windows, T + 1, accum, B);
     if (be->steps_taken() > 0) { printf("resumed:      from %s at step %d\n", t.continue_from, be->steps_taken()); }

@@ -1606,6 +1606,59 @@ void bf16_widen_array(float* out, const bf16* x, size_t n) {
     cudaCheck(cudaGetLastError());
 }
 
+// ---- 8-bit optimizer states: the CPU's blockwise quantization, one CUDA
+// block per quantization block. absmax is the largest bit pattern of |x|
+// (order-free, so the parallel reduction gives the CPU's bits), and each
+// code is the CPU's own cpu::quant8_code, on the map copied to shared memory
+
+#define QUANT8_THREADS 256
+
+__global__ void __launch_bounds__(QUANT8_THREADS)
+quantize_blockwise_kernel(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
+    __shared__ float smap[QUANT8_MAP_SIZE];
+    __shared__ uint32_t smax[QUANT8_THREADS / WARP_SIZE];
+    size_t start = (size_t)blockIdx.x * QUANT8_BLOCK;
+    size_t end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
+    for (int i = threadIdx.x; i < QUANT8_MAP_SIZE; i += blockDim.x) { smap[i] = map[i]; }
+    uint32_t mbits = 0;
+    for (size_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+        uint32_t a = cpu::fp32_to_bits(x[i]) & 0x7FFFFFFFu;
+        mbits = a > mbits ? a : mbits;
+    }
+    for (int off = WARP_SIZE / 2; off > 0; off /= 2) {
+        uint32_t other = __shfl_down_sync(0xffffffffu, mbits, off);
+        mbits = other > mbits ? other : mbits;
+    }
+    if (threadIdx.x % WARP_SIZE == 0) { smax[threadIdx.x / WARP_SIZE] = mbits; }
+    __syncthreads();
+    mbits = 0;
+    for (int w = 0; w < QUANT8_THREADS / WARP_SIZE; w++) { mbits = smax[w] > mbits ? smax[w] : mbits; }
+    float m = cpu::fp32_from_bits(mbits);
+    if (threadIdx.x == 0) { absmax[blockIdx.x] = m; }
+    for (size_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+        codes[i] = m == 0.0f ? 0 : cpu::quant8_code(smap, x[i], m);
+    }
+}
+
+__global__ void dequantize_blockwise_kernel(float* x, const uint8_t* codes, const float* absmax, size_t n,
+                                            const float* map) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { x[i] = map[codes[i]] * absmax[i / QUANT8_BLOCK]; }
+}
+
+// the CPU's twins: codes (n), absmax (ceil(n / QUANT8_BLOCK)), x (n), map (256), all device memory
+void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
+    if (n == 0) { return; }
+    quantize_blockwise_kernel<<<(unsigned)cpu::quant8_num_blocks(n), QUANT8_THREADS>>>(codes, absmax, x, n, map);
+    cudaCheck(cudaGetLastError());
+}
+
+void dequantize_blockwise(float* x, const uint8_t* codes, const float* absmax, size_t n, const float* map) {
+    if (n == 0) { return; }
+    dequantize_blockwise_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(x, codes, absmax, n, map);
+    cudaCheck(cudaGetLastError());
+}
+
 // ---- SubTrack++: the geodesic step's small kernels
 //
 // each X_kernel here is launched by a host function X below, the twin of the
@@ -2007,6 +2060,28 @@ void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) 
     s->V = s->M + (size_t)s->q * r;
     s->limiter = s->V + (size_t)s->q * r;
     cudaCheck(cudaMemset(memory, 0, cpu::lowrank_state_num_floats(m, n, r) * sizeof(float)));
+    s->subspace_seconds = 0.0;
+    s->subspace_updates = 0;
+    cudaCheck(cudaEventCreate(&s->subspace_start));
+    cudaCheck(cudaEventCreate(&s->subspace_stop));
+    s->subspace_timing_pending = 0;
+}
+
+// the 8-bit twin (cpu::lowrank_state_init_q8): memory holds S | prev |
+// prev_set; M and V point at dequantized copies only during a step
+void lowrank_state_init_q8(LowRankStateGPU* s, int m, int n, int r, float* memory) {
+    s->m = m;
+    s->n = n;
+    s->r = r;
+    s->right = m > n;
+    s->p = m <= n ? m : n;
+    s->q = m <= n ? n : m;
+    s->memory = memory;
+    s->S = memory;
+    s->M = NULL;
+    s->V = NULL;
+    s->limiter = s->S + (size_t)s->p * r;
+    cudaCheck(cudaMemset(memory, 0, cpu::lowrank_state_num_floats_q8(m, n, r) * sizeof(float)));
     s->subspace_seconds = 0.0;
     s->subspace_updates = 0;
     cudaCheck(cudaEventCreate(&s->subspace_start));
@@ -2542,6 +2617,10 @@ typedef struct {
     LowRankGPU ctx;           // handles and device scratch of the low-rank steps
     float* staging;           // (staging_floats) device: bf16 weights widened for their update; or NULL
     size_t staging_floats;
+    uint8_t* q8_codes;        // 8-bit states (host.q8): device copies of the host layout's codes,
+    float* q8_absmax;         // scales,
+    float* q8_maps;           // (2, 256) the signed and unsigned maps,
+    float* q8_scratch;        // (2 host.q8_chunk) and the dequantized M and V of one unit
     size_t adam_offset[NUM_PARAMETER_TENSORS];  // where each AdamW tensor's moments start
     int lowrank_first[NUM_PARAMETER_TENSORS];   // the low-rank state of each layer matrix's layer 0
     Llama* model;             // per-layer updates: the model whose units arrive (optimizer_attach_per_layer)
@@ -2560,6 +2639,9 @@ size_t optimizer_staging_floats(const cpu::LlamaConfig* c, const cpu::TrainConfi
         size_t per = (size_t)spec[i].rows * spec[i].cols;
         if (spec[i].is_layer_matrix && per > most) { most = per; }
     }
+    // 8-bit AdamW tensors go through it in chunks of whole quantization blocks
+    cpu::Optimizer o;
+    if (cpu::optimizer_plan(&o, c, t) == NULL && o.q8 && o.q8_chunk > most) { most = o.q8_chunk; }
     return most;
 }
 
@@ -2592,7 +2674,17 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
         o->adam_offset[i] = adam;
         o->lowrank_first[i] = k;
         if (cpu::optimizer_uses_lowrank(&o->host, &spec[i])) { k += spec[i].layers; }
-        else { adam += cpu::tensor_numel(&spec[i]); }
+        else if (!cpu::optimizer_adamw_q8(&o->host, &spec[i])) { adam += cpu::tensor_numel(&spec[i]); }
+    }
+    if (o->host.q8) {
+        cpu::Optimizer* h = &o->host;
+        o->q8_codes = (uint8_t*)device_malloc(h->q8_bytes, "8-bit optimizer states");
+        o->q8_absmax = (float*)device_malloc(h->q8_blocks * sizeof(float), "8-bit state scales");
+        o->q8_maps = (float*)device_malloc(2 * QUANT8_MAP_SIZE * sizeof(float), "8-bit maps");
+        o->q8_scratch = (float*)device_malloc(2 * h->q8_chunk * sizeof(float), "8-bit state scratch");
+        cuda_check(cudaMemset(o->q8_codes, 0, h->q8_bytes));
+        cuda_check(cudaMemset(o->q8_absmax, 0, h->q8_blocks * sizeof(float)));
+        cuda_check(cudaMemcpy(o->q8_maps, h->q8_map, 2 * QUANT8_MAP_SIZE * sizeof(float), cudaMemcpyHostToDevice));
     }
     o->staging_floats = optimizer_staging_floats(c, t);
     if (o->staging_floats > 0) {
@@ -2600,8 +2692,9 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
     }
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
-        lowrank_state_init(&o->lowrank[k], hs->m, hs->n, hs->r,
-                           o->lowrank_memory + (hs->memory - o->host.lowrank_memory));
+        float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory);
+        if (o->host.q8) { lowrank_state_init_q8(&o->lowrank[k], hs->m, hs->n, hs->r, memory); }
+        else { lowrank_state_init(&o->lowrank[k], hs->m, hs->n, hs->r, memory); }
     }
     return NULL;
 }
@@ -2614,6 +2707,12 @@ void optimizer_free(Optimizer* o) {
     cuda_check(cudaFree(o->adam_v));
     cuda_check(cudaFree(o->lowrank_memory));
     if (o->staging != NULL) { cuda_check(cudaFree(o->staging)); }
+    if (o->host.q8) {
+        cuda_check(cudaFree(o->q8_codes));
+        cuda_check(cudaFree(o->q8_absmax));
+        cuda_check(cudaFree(o->q8_maps));
+        cuda_check(cudaFree(o->q8_scratch));
+    }
     cpu::optimizer_free(&o->host);
     memset(o, 0, sizeof *o);
 }
@@ -2625,6 +2724,10 @@ void optimizer_download(Optimizer* o) {
     cuda_check(cudaMemcpy(h->adam_v, o->adam_v, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
     cuda_check(cudaMemcpy(h->lowrank_memory, o->lowrank_memory, h->lowrank_floats * sizeof(float),
                           cudaMemcpyDeviceToHost));
+    if (h->q8) {
+        cuda_check(cudaMemcpy(h->q8_codes, o->q8_codes, h->q8_bytes, cudaMemcpyDeviceToHost));
+        cuda_check(cudaMemcpy(h->q8_absmax, o->q8_absmax, h->q8_blocks * sizeof(float), cudaMemcpyDeviceToHost));
+    }
 }
 
 void optimizer_upload(Optimizer* o) {
@@ -2633,6 +2736,10 @@ void optimizer_upload(Optimizer* o) {
     cuda_check(cudaMemcpy(o->adam_v, h->adam_v, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
     cuda_check(cudaMemcpy(o->lowrank_memory, h->lowrank_memory, h->lowrank_floats * sizeof(float),
                           cudaMemcpyHostToDevice));
+    if (h->q8) {
+        cuda_check(cudaMemcpy(o->q8_codes, h->q8_codes, h->q8_bytes, cudaMemcpyHostToDevice));
+        cuda_check(cudaMemcpy(o->q8_absmax, h->q8_absmax, h->q8_blocks * sizeof(float), cudaMemcpyHostToDevice));
+    }
 }
 
 // the update of one unit: tensor i whole (layer -1), or its layer l, with
@@ -2653,6 +2760,31 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
     int bf16_only = model->params_memory == NULL;
     uint64_t seed = h->seed, t = (uint64_t)h->step;
     if (!cpu::optimizer_uses_lowrank(h, &spec[i])) {
+        if (h->q8 && cpu::optimizer_adamw_q8(h, &spec[i])) {
+            // 8-bit moments, a chunk of whole blocks at a time, as on the CPU;
+            // a unit is a whole tensor or its layer l (per-layer updates)
+            size_t code, block, whole = cpu::tensor_numel(&spec[i]);
+            cpu::optimizer_q8_slot(h, i, 0, whole, &code, &block);
+            size_t nb = cpu::quant8_num_blocks(whole);
+            float* Mq = o->q8_scratch;
+            float* Vq = o->q8_scratch + h->q8_chunk;
+            for (size_t off = 0; off < n; off += h->q8_chunk) {
+                size_t len = n - off < h->q8_chunk ? n - off : h->q8_chunk;
+                size_t at = within + off, b = at / QUANT8_BLOCK;
+                dequantize_blockwise(Mq, o->q8_codes + code + at, o->q8_absmax + block + b, len, o->q8_maps);
+                dequantize_blockwise(Vq, o->q8_codes + code + whole + at, o->q8_absmax + block + nb + b, len,
+                                     o->q8_maps + QUANT8_MAP_SIZE);
+                float* W = Wp + off;
+                if (bf16_only) { W = o->staging; bf16_widen_array(W, model->params_bf16 + first + off, len); }
+                adamw_update(W, Mq, Vq, G + off, len, h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay);
+                if (bf16_only) { bf16_store_stochastic_array(model->params_bf16 + first + off, W, len, seed, t, first + off); }
+                else if (!h->master_weights) { bf16_round_stochastic_array(W, len, seed, t, first + off); }
+                quantize_blockwise(o->q8_codes + code + at, o->q8_absmax + block + b, Mq, len, o->q8_maps);
+                quantize_blockwise(o->q8_codes + code + whole + at, o->q8_absmax + block + nb + b, Vq, len,
+                                   o->q8_maps + QUANT8_MAP_SIZE);
+            }
+            return;
+        }
         size_t a = o->adam_offset[i] + within;
         if (bf16_only) {
             for (size_t off = 0; off < n; off += o->staging_floats) {
@@ -2671,7 +2803,23 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
     }
     float* W = bf16_only ? o->staging : Wp;
     if (bf16_only) { bf16_widen_array(W, model->params_bf16 + first, per); }
-    lowrank_adamw_step(&o->lowrank[o->lowrank_first[i] + l], W, G, h->step, &h->cfg, lr, &o->ctx);
+    LowRankStateGPU* st = &o->lowrank[o->lowrank_first[i] + l];
+    size_t mn = (size_t)st->r * st->q, code = 0, block = 0, nb = cpu::quant8_num_blocks(mn);
+    if (h->q8) {
+        // the step on dequantized moments (the rotation included), requantized after
+        cpu::optimizer_q8_slot(h, i, l, mn, &code, &block);
+        st->M = o->q8_scratch;
+        st->V = o->q8_scratch + h->q8_chunk;
+        dequantize_blockwise(st->M, o->q8_codes + code, o->q8_absmax + block, mn, o->q8_maps);
+        dequantize_blockwise(st->V, o->q8_codes + code + mn, o->q8_absmax + block + nb, mn,
+                             o->q8_maps + QUANT8_MAP_SIZE);
+    }
+    lowrank_adamw_step(st, W, G, h->step, &h->cfg, lr, &o->ctx);
+    if (h->q8) {
+        quantize_blockwise(o->q8_codes + code, o->q8_absmax + block, st->M, mn, o->q8_maps);
+        quantize_blockwise(o->q8_codes + code + mn, o->q8_absmax + block + nb, st->V, mn, o->q8_maps + QUANT8_MAP_SIZE);
+        st->M = st->V = NULL;
+    }
     if (bf16_only) { bf16_store_stochastic_array(model->params_bf16 + first, W, per, seed, t, first); }
     else if (!h->master_weights) { bf16_round_stochastic_array(W, per, seed, t, first); }
 }
@@ -2857,6 +3005,13 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         plan_buffer(p, "eigendecomposition workspace", "1+6p+2p^2 f64", eig * sizeof(double), "one matrix");
         plan_buffer(p, "cuSOLVER info", "1 int", sizeof(int), "whole run");
         plan_buffer(p, "cuBLAS workspace, optimizer", "", CUBLAS_WORKSPACE_BYTES, "whole run");
+    }
+    if (o.q8) {
+        plan_buffer(p, "8-bit states: codes", "M, V: 1 byte each", o.q8_bytes, "whole run");
+        plan_buffer(p, "8-bit states: block scales", "per 2048 codes f32", o.q8_blocks * sizeof(float), "whole run");
+        plan_buffer(p, "8-bit maps", "(2, 256) f32", 2 * QUANT8_MAP_SIZE * sizeof(float), "whole run");
+        plan_buffer(p, "8-bit states: dequantized M, V", "2 x largest moment", 2 * o.q8_chunk * sizeof(float),
+                    "one matrix");
     }
     size_t staging = optimizer_staging_floats(c, t);
     if (staging > 0) { plan_buffer(p, "bf16 weights' update staging", "largest matrix", staging * sizeof(float), "one matrix"); }

@@ -21,10 +21,13 @@ if [ -z "$TRAIN" ]; then
 fi
 ARGS=dev/reference/authors_args.txt
 # the leanest flags of this build that keep a recipe as it is (its gradient
-# accumulation included), and those that also need one micro step per
-# optimizer step (per-layer updates: --total_batch_size equal to --batch_size)
+# accumulation included: LEAN and EIGHT_BIT), and those that also need one
+# micro step per optimizer step (per-layer updates: --total_batch_size equal
+# to --batch_size)
 LEAN=(--activation_checkpointing --master_weights 0)
-PER_LAYER=(--optimizer low_rank_adamw_per_layer --grad_clipping 0)
+PER_LAYER=(--optimizer low_rank_adamw8bit_per_layer --grad_clipping 0)
+PER_LAYER_FP32_STATES=(--optimizer low_rank_adamw_per_layer --grad_clipping 0)
+EIGHT_BIT=(--optimizer low_rank_adamw8bit)
 GIB_80GB=74.50   # 80 GB = 80e9 bytes, in GiB
 
 peak() {  # the plan's last line, "peak device memory: X GiB" -> X
@@ -51,13 +54,13 @@ flag() {  # the value of flag $1 in the words that follow
     done
 }
 
-echo "| recipe (authors' script) | params | B | total batch | R | their flags (GiB) | + ${LEAN[*]} (GiB) | + per-layer updates, total batch = B (GiB) |"
+echo "| recipe (authors' script) | params | B | total batch | R | their flags (GiB) | + ${LEAN[*]} ${EIGHT_BIT[*]} (GiB) | + per-layer updates (${PER_LAYER[*]}), total batch = B (GiB) |"
 echo "|---|---|---|---|---|---|---|---|"
 for m in 60m 130m 350m 1b 3b 7b; do
     read -r -a flags <<< "$(recipe "$m")"
     b=$(flag --batch_size "${flags[@]}")
     full=$(peak "${flags[@]}")
-    lean=$(peak "${flags[@]}" "${LEAN[@]}")
+    lean=$(peak "${flags[@]}" "${LEAN[@]}" "${EIGHT_BIT[@]}")
     leanest=$(peak "${flags[@]}" "${LEAN[@]}" "${PER_LAYER[@]}" --total_batch_size "$b")
     n=$("$TRAIN" "${flags[@]}" --memory_plan 2>/dev/null | sed -n 's/.*(\([0-9]*\) parameters).*/\1/p' | head -n 1)
     printf '| llama_%s | %.0f M | %s | %s | %s | %s | %s | %s |\n' "$m" "$(awk -v n="$n" 'BEGIN { print n / 1e6 }')" \
@@ -80,9 +83,9 @@ for m in 60m 130m 350m 1b 3b; do
     worst=$(awk -v a="$worst" -v b="$p" 'BEGIN { print (b > a) ? b : a }')
 done
 row "the authors' 60M to 3B recipes under their flags (the largest)" "$GIB_80GB" "$worst"
-row "the 7B recipe at B = total = 4 keeping fp32 masters (--activation_checkpointing ${PER_LAYER[*]})" "$GIB_80GB" \
-    "$(peak "${f7[@]}" --total_batch_size 4 --activation_checkpointing "${PER_LAYER[@]}")"
+row "the 7B recipe at B = total = 4 keeping fp32 masters and fp32 states (--activation_checkpointing ${PER_LAYER_FP32_STATES[*]})" "$GIB_80GB" \
+    "$(peak "${f7[@]}" --total_batch_size 4 --activation_checkpointing "${PER_LAYER_FP32_STATES[@]}")"
 read -r -a f1 <<< "$(recipe 1b)"
 today=$(peak "${f1[@]}")
-row "the authors' 1B README recipe (B 8, total 16) with ${LEAN[*]}: half of its plan under their flags, $today GiB" \
-    "$(awk -v t="$today" 'BEGIN { printf "%.2f", t / 2 }')" "$(peak "${f1[@]}" "${LEAN[@]}")"
+row "the authors' 1B README recipe (B 8, total 16) with ${LEAN[*]} ${EIGHT_BIT[*]}: half of its plan under their flags, $today GiB" \
+    "$(awk -v t="$today" 'BEGIN { printf "%.2f", t / 2 }')" "$(peak "${f1[@]}" "${LEAN[@]}" "${EIGHT_BIT[@]}")"

@@ -746,6 +746,75 @@ static void test_stochastic_rounding(void) {
     free(x); free(want); free(got);
 }
 
+// 8-bit states: the GPU's blockwise quantization must give the CPU's codes
+// and scales bit for bit (the CPU's is checked against bitsandbytes in
+// test_subtrack.c), both maps, a tail block, an all-zero block, a block with
+// a subnormal absmax, values over many decades; and dequantization the CPU's
+// floats. no tolerance: the same operations on the same floats
+static void test_quantize_blockwise(void) {
+    const size_t n = 5 * QUANT8_BLOCK + 777;
+    float* x = (float*)cpu::malloc_check(n * sizeof(float), "x");
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, 5);
+    for (size_t i = 0; i < n; i++) {
+        double mag = pow(10.0, -8.0 * cpu::rng_uniform(&rng));
+        x[i] = (float)((cpu::rng_uniform(&rng) - 0.5) * mag);
+    }
+    // each block's largest value at another thread's element (block b: thread 255 - 50 b), so that
+    // every warp of the reduction must take part
+    for (size_t b = 0; b * QUANT8_BLOCK < n; b++) { x[b * QUANT8_BLOCK + 255 - 50 * b] = (b % 2 ? -0.75f : 0.75f); }
+    for (size_t i = QUANT8_BLOCK; i < 2 * QUANT8_BLOCK; i++) { x[i] = 0.0f; }            // all zero
+    for (size_t i = 2 * QUANT8_BLOCK; i < 3 * QUANT8_BLOCK; i++) { x[i] *= 1e-39f; }      // subnormal absmax
+    size_t nb = cpu::quant8_num_blocks(n);
+    uint8_t* dcodes = NULL;
+    float* dabs = NULL;
+    float* dmap = NULL;
+    cudaCheck(cudaMalloc((void**)&dcodes, n));
+    cudaCheck(cudaMalloc((void**)&dabs, nb * sizeof(float)));
+    cudaCheck(cudaMalloc((void**)&dmap, QUANT8_MAP_SIZE * sizeof(float)));
+    float* dx = device_copy(x, n);
+    uint8_t* codes = (uint8_t*)cpu::malloc_check(n, "codes");
+    uint8_t* gcodes = (uint8_t*)cpu::malloc_check(n, "gpu codes");
+    float* absmax = (float*)cpu::malloc_check(nb * sizeof(float), "absmax");
+    float* gabs = (float*)cpu::malloc_check(nb * sizeof(float), "gpu absmax");
+    float* y = (float*)cpu::malloc_check(n * sizeof(float), "y");
+    float* gy = (float*)cpu::malloc_check(n * sizeof(float), "gpu y");
+    for (int is_signed = 1; is_signed >= 0; is_signed--) {
+        float map[QUANT8_MAP_SIZE];
+        cpu::quant8_dynamic_map(map, is_signed);
+        float* xs = x;
+        float* xu = NULL;
+        if (!is_signed) {  // the second moment is never negative
+            xu = (float*)cpu::malloc_check(n * sizeof(float), "|x|");
+            for (size_t i = 0; i < n; i++) { xu[i] = fabsf(x[i]); }
+            xs = xu;
+            cudaCheck(cudaMemcpy(dx, xs, n * sizeof(float), cudaMemcpyHostToDevice));
+        }
+        cudaCheck(cudaMemcpy(dmap, map, sizeof map, cudaMemcpyHostToDevice));
+        cpu::quantize_blockwise(codes, absmax, xs, n, map);
+        quantize_blockwise(dcodes, dabs, dx, n, dmap);
+        cudaCheck(cudaMemcpy(gcodes, dcodes, n, cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(gabs, dabs, nb * sizeof(float), cudaMemcpyDeviceToHost));
+        size_t differ = 0;
+        for (size_t i = 0; i < n; i++) { differ += codes[i] != gcodes[i]; }
+        check(differ == 0 && memcmp(absmax, gabs, nb * sizeof(float)) == 0,
+              "8-bit quantization (%s map), %zu values in %zu blocks: codes (%zu differ) and scales equal the CPU's",
+              is_signed ? "signed" : "unsigned", n, nb, differ);
+        cpu::dequantize_blockwise(y, codes, absmax, n, map);
+        dequantize_blockwise(dx, dcodes, dabs, n, dmap);
+        host_copy(gy, dx, n);
+        check(memcmp(y, gy, n * sizeof(float)) == 0, "8-bit dequantization (%s map): the CPU's floats, all %zu",
+              is_signed ? "signed" : "unsigned", n);
+        cudaCheck(cudaMemcpy(dx, x, n * sizeof(float), cudaMemcpyHostToDevice));
+        free(xu);
+    }
+    cudaCheck(cudaFree(dcodes));
+    cudaCheck(cudaFree(dabs));
+    cudaCheck(cudaFree(dmap));
+    cudaCheck(cudaFree(dx));
+    free(x); free(codes); free(gcodes); free(absmax); free(gabs); free(y); free(gy);
+}
+
 int main(int argc, char** argv) {
     if (argc == 2 && strcmp(argv[1], SVD_FAILURE_CHILD_FLAG) == 0) { return svd_failure_child(); }
 #ifdef CUDA_EMU
@@ -769,6 +838,7 @@ int main(int argc, char** argv) {
     lowrank_gpu_alloc(&ctx);
     test_adamw();
     test_stochastic_rounding();
+    test_quantize_blockwise();
     test_lowrank_all(&ctx);
     test_resume_bit_exact(&ctx);
     test_power_iteration_start();

@@ -700,11 +700,13 @@ static void test_master_weights(GpuTestCase* tc, const StepSettings* st) {
 // later reads its weights, so 6 steps must leave every weight and every
 // optimizer state bit-identical to whole steps (clipping off), here with
 // recomputation and without masters too, through a one-unit gradient buffer
-static void test_per_layer(GpuTestCase* tc, const StepSettings* st, Dtype dt, int master_weights, int recompute) {
+static void test_per_layer(GpuTestCase* tc, const StepSettings* st, Dtype dt, int master_weights, int recompute,
+                           int q8 = 0) {
     cpu::LlamaConfig c = tc->cfg;
     const int steps = 6;
     cpu::TrainConfig t;
     step_train_config(&t, st, steps);
+    if (q8) { snprintf(t.optimizer, sizeof t.optimizer, "%s", "low_rank_adamw8bit"); }
     t.grad_clipping = 0.0f;
     t.master_weights = master_weights;
     snprintf(t.dtype, sizeof t.dtype, "%s", dt == DTYPE_BFLOAT16 ? "bfloat16" : "float32");
@@ -743,16 +745,70 @@ static void test_per_layer(GpuTestCase* tc, const StepSettings* st, Dtype dt, in
                memcmp(h0->adam_m, h1->adam_m, h0->num_adam * sizeof(float)) == 0 &&
                memcmp(h0->adam_v, h1->adam_v, h0->num_adam * sizeof(float)) == 0 &&
                memcmp(h0->lowrank_memory, h1->lowrank_memory, h0->lowrank_floats * sizeof(float)) == 0 &&
+               (h0->q8_bytes == 0 || (memcmp(h0->q8_codes, h1->q8_codes, h0->q8_bytes) == 0 &&
+                                      memcmp(h0->q8_absmax, h1->q8_absmax, h0->q8_blocks * sizeof(float)) == 0)) &&
                h0->step == h1->step;
     // the norm: the same squares summed unit by unit instead of by chunks of
     // the whole buffer; double sums of n floats agree to n * 2^-53 relative
     double norm_err = fabs(norm[1] - norm[0]) / norm[0];
     check(same && norm_err <= 1e-12 && m[1].grads_floats < m[0].grads_floats,
-          "%s %s %s%s%s per-layer updates, %d steps: the last loss, every weight and every optimizer state "
+          "%s %s%s %s%s%s per-layer updates, %d steps: the last loss, every weight and every optimizer state "
           "bit-identical to whole steps, with a gradient buffer of %zu floats instead of %zu (norm rel diff %.1e)",
-          tc->label, st->name, dt == DTYPE_BFLOAT16 ? "bf16" : "fp32", master_weights ? "" : " --master_weights 0",
+          tc->label, st->name, q8 ? " 8-bit" : "", dt == DTYPE_BFLOAT16 ? "bf16" : "fp32",
+          master_weights ? "" : " --master_weights 0",
           recompute ? " --activation_checkpointing" : "", steps, m[1].grads_floats, m[0].grads_floats, norm_err);
     for (int k = 0; k < 2; k++) { free(w[k]); optimizer_free(&o[k]); llama_free(&m[k]); }
+}
+
+// 8-bit states on identical gradients (the CPU's, clipped), 6 steps, GPU
+// against CPU. the GPU quantizes as the CPU does, bit for bit
+// (test_gpu_optim), but its fp32 moments differ in their last bits (the
+// GEMMs sum in another order), so a code flips to the next map entry only
+// when a moment sits within that difference of the midpoint between two
+// entries: at most 0.1% of the codes may differ (a wrong map, block or
+// offset changes most of them). the weights are then held to the fp32
+// states' tolerance on identical gradients, 1e-4 of their scale
+static void test_q8_against_cpu(GpuTestCase* tc, const StepSettings* st) {
+    cpu::LlamaConfig c = tc->cfg;
+    const int steps = 6;
+    cpu::TrainConfig t;
+    step_train_config(&t, st, steps);
+    snprintf(t.optimizer, sizeof t.optimizer, "%s", "low_rank_adamw8bit");
+    cpu::Llama ref;
+    cpu::llama_build(&ref, &c);
+    memcpy(ref.params_memory, tc->params, ref.num_parameters * sizeof(float));
+    cpu::Optimizer hopt;
+    if (cpu::optimizer_build(&hopt, &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
+    Llama model;
+    llama_build(&model, &c, DTYPE_FLOAT32);
+    llama_upload_params(&model, tc->params);
+    Optimizer gopt;
+    if (optimizer_build(&gopt, &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
+    for (int step = 0; step < steps; step++) {
+        cpu::llama_zero_grad(&ref);
+        cpu::llama_forward(&ref, tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
+        cpu::llama_backward(&ref, tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
+        cpu_clip(&ref, &t);
+        cuda_check(cudaMemcpy(model.grads_memory, ref.grads_memory, ref.num_parameters * sizeof(float),
+                              cudaMemcpyHostToDevice));
+        float lr = cpu::lr_at_step(&t, step);
+        cpu::optimizer_step(&hopt, &ref, lr);
+        optimizer_step(&gopt, &model, lr);
+    }
+    float* w = to_host(model.params_memory, model.num_parameters);
+    optimizer_download(&gopt);
+    double e, sc;
+    max_errors(w, ref.params_memory, model.num_parameters, &e, &sc);
+    size_t differ = 0;
+    for (size_t i = 0; i < hopt.q8_bytes; i++) { differ += hopt.q8_codes[i] != gopt.host.q8_codes[i]; }
+    check(hopt.q8_bytes > 0 && differ <= hopt.q8_bytes / 1000 && e <= 1e-4 * sc,
+          "%s %s 8-bit states, 6 steps on the CPU's gradients: %zu of %zu codes differ (at most 0.1%%), weights "
+          "rel %.2g (tol 1e-4)", tc->label, st->name, differ, hopt.q8_bytes, sc > 0 ? e / sc : 0.0);
+    free(w);
+    optimizer_free(&gopt);
+    cpu::optimizer_free(&hopt);
+    llama_free(&model);
+    cpu::llama_free(&ref);
 }
 
 static void test_steps_against_cpu(GpuTestCase* tc, const StepSettings* st, int steps, int same_grads) {
@@ -1105,6 +1161,10 @@ int main(int argc, char** argv) {
     test_per_layer(&tcs[1], step_settings("galore"), DTYPE_FLOAT32, 1, 0);
     test_per_layer(&tcs[0], step_settings("adamw"), DTYPE_FLOAT32, 1, 0);
     test_per_layer(&tcs[0], step_settings("subtrack++"), DTYPE_BFLOAT16, 0, 1);
+    test_per_layer(&tcs[0], step_settings("subtrack++"), DTYPE_FLOAT32, 1, 0, 1);
+    test_per_layer(&tcs[1], step_settings("subtrack++"), DTYPE_BFLOAT16, 0, 1, 1);
+    test_q8_against_cpu(&tcs[0], step_settings("subtrack++"));
+    test_q8_against_cpu(&tcs[1], step_settings("galore"));
     test_master_weights(&tcs[0], step_settings("adamw"));
     for (int i = 0; i < 3; i++) { test_case_free(&small[i]); }
     // bf16, on the two reference models (the random one is left out to keep the harness run short)

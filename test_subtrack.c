@@ -3089,6 +3089,16 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--master_weights 0", "master_weights_0");
     test_trainer_resume(dir, "--optimizer low_rank_adamw_per_layer --grad_clipping 0", "per_layer");
     test_trainer_resume(dir, "--optimizer low_rank_adamw8bit", "8bit");
+    {
+        // the weights-only reader (the HF export's logits check) takes a
+        // checkpoint with 8-bit states: their sections are in its length and CRC
+        char path[800], err[1024];
+        snprintf(path, sizeof path, "%s/straight_8bit/%s", dir, CHECKPOINT_FILE);
+        Llama m;
+        int rc = checkpoint_load_params(path, &m, err, sizeof err);
+        check(rc == 0, "checkpoint_load_params reads a checkpoint with 8-bit states (%s)", rc == 0 ? "ok" : err);
+        if (rc == 0) { llama_free(&m); }
+    }
     test_master_weights_tracks(dir);
     test_8bit_tracks(dir);
     test_trainer_gpu_memory(dir, TRAINER_BIN);

@@ -5179,9 +5179,12 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     }
     const int64_t max_floats = (int64_t)1 << 40;
     struct stat st;
+    int64_t q8_extra = (h[25] >= 0 && h[25] <= max_floats && h[26] >= 0 && h[26] <= max_floats)
+                     ? (int64_t)(padded8((size_t)h[25]) + padded8(4 * (size_t)h[26])) : -1;
     if (h[14] <= 0 || h[14] > max_floats || h[15] < 0 || h[15] > max_floats || h[16] < 0 || h[16] > max_floats ||
-        fstat(fileno(f), &st) != 0 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) +
-        4 * (h[14] + 2 * h[15] + h[16]) + 16) {
+        q8_extra < 0 || fstat(fileno(f), &st) != 0 ||
+        (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + 4 * (h[14] + 2 * h[15] + h[16]) +
+                               q8_extra + 16) {
         snprintf(err, errlen, "%s: its length is not what the header says; the file is corrupt", path);
         fclose(f);
         return 1;
@@ -5203,12 +5206,12 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     char pad[CHECKPOINT_SETTINGS_MAX + 8];
     checkpoint_read(&r, pad, padded8((size_t)h[24]));
     checkpoint_read(&r, model->params_memory, model->num_parameters * sizeof(float));
-    // the optimizer states are not needed, but the CRC covers them
-    float chunk[4096];
-    int64_t left = 2 * h[15] + h[16];
+    // the optimizer states (8-bit ones included) are not needed, but the CRC covers them
+    unsigned char chunk[16384];
+    int64_t left = 4 * (2 * h[15] + h[16]) + q8_extra;
     while (r.ok && left > 0) {
-        size_t n = left < 4096 ? (size_t)left : 4096;
-        checkpoint_read(&r, chunk, n * sizeof(float));
+        size_t n = left < (int64_t)sizeof chunk ? (size_t)left : sizeof chunk;
+        checkpoint_read(&r, chunk, n);
         left -= (int64_t)n;
     }
     int64_t trailer[2] = {0, 0};

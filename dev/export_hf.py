@@ -48,6 +48,7 @@ H_MAGIC, H_VERSION, H_V, H_C, H_F, H_NH, H_L, H_MAX_SEQ_LEN = range(8)
 H_NORM_EPS_BITS, H_ROPE_THETA_BITS = 8, 9        # float32 bits
 H_LOW_RANK, H_METHOD, H_RANK, H_STEP = 10, 11, 12, 13
 H_NUM_PARAMS, H_NUM_ADAM, H_LOWRANK_FLOATS = 14, 15, 16
+H_Q8_BYTES, H_Q8_BLOCKS = 25, 26                  # 8-bit optimizer states: codes, then float32 block scales
 H_SETTINGS_BYTES = 24                             # the settings text after the header, padded to 8
 
 # the tokenizer's special ids (data/README.md); the C trainer writes BOS = 1 before every document
@@ -135,9 +136,12 @@ def read_checkpoint_header(path):
     if num_params != expect_params:
         raise ExportError(f"{path}: header says {num_params} parameters, the config V={V} C={C} F={F} "
                           f"L={L} has {expect_params}; the file is corrupt")
-    if num_adam < 0 or lowrank_floats < 0:
+    q8_bytes, q8_blocks = int(h[H_Q8_BYTES]), int(h[H_Q8_BLOCKS])
+    if num_adam < 0 or lowrank_floats < 0 or q8_bytes < 0 or q8_blocks < 0:
         raise ExportError(f"{path}: negative optimizer sizes in the header; the file is corrupt")
-    expect_size = params_offset + FLOAT_BYTES * (num_params + 2 * num_adam + lowrank_floats) + TRAILER_BYTES
+    pad8 = lambda n: (n + 7) // 8 * 8
+    expect_size = (params_offset + FLOAT_BYTES * (num_params + 2 * num_adam + lowrank_floats)
+                   + pad8(q8_bytes) + pad8(FLOAT_BYTES * q8_blocks) + TRAILER_BYTES)
     if size != expect_size:
         raise ExportError(f"{path}: {size} bytes, the header says {expect_size} "
                           f"({'truncated' if size < expect_size else 'trailing data'}); the file is corrupt "

@@ -4626,8 +4626,8 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
         // without masters, the updated weights are rounded to bf16 with random
         // bits drawn from (seed, step, index in the parameter buffer)
         size_t first = (size_t)(params[i] - model->params_memory);
-        float* Mq = o->q8_scratch;
-        float* Vq = o->q8_scratch + o->q8_chunk;
+        float* Mq = o->q8 ? o->q8_scratch : NULL;               // the dequantized moments (8-bit states)
+        float* Vq = o->q8 ? o->q8_scratch + o->q8_chunk : NULL;
         if (!optimizer_uses_lowrank(o, &spec[i])) {
             if (optimizer_adamw_q8(o, &spec[i])) {
                 // 8-bit moments, dequantized a chunk at a time (whole blocks)

@@ -3565,6 +3565,8 @@ static void test_other_trainer(const char* bin) {
         check_trainer_rejects("a machine without a GPU", TRAINER_FAST, "no CUDA GPU found");
         snprintf(env_bin, sizeof env_bin, "CUDA_EMU_DRIVER_VERSION=11080 %s", bin);
         check_trainer_rejects("a driver older than the build", TRAINER_FAST, "driver is too old");
+        snprintf(env_bin, sizeof env_bin, "CUDA_EMU_DRIVER_VERSION=0 %s", bin);
+        check_trainer_rejects("a machine with no NVIDIA driver", TRAINER_FAST, "no NVIDIA driver found");
         g_trainer_bin = bin;
     }
     // a CPU checkpoint, resumed here

@@ -3130,9 +3130,18 @@ int checkpoint_load(Llama* model, Optimizer* opt, cpu::Llama* host_model, const 
 static void require_gpu_or_exit(void) {
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
+    int driver = 0;
+    cudaDriverGetVersion(&driver);
+    if (err == cudaErrorInsufficientDriver && driver == 0) {
+        // no driver at all: a machine without an NVIDIA GPU (or without its driver)
+        fprintf(stderr, "error: no NVIDIA driver found, so no CUDA GPU can be used. ./train_llama_subtrack needs an "
+                "NVIDIA GPU and its driver; on this machine use the CPU trainer: make train_cpu && "
+                "./train_llama_subtrack_cpu (same flags, data and checkpoints; it computes in float32 only). "
+                "--memory_plan works here without a GPU\n");
+        exit(EXIT_FAILURE);
+    }
     if (err == cudaErrorInsufficientDriver) {
-        int driver = 0, runtime = 0;
-        cudaDriverGetVersion(&driver);
+        int runtime = 0;
         cudaRuntimeGetVersion(&runtime);
         fprintf(stderr, "error: the NVIDIA driver is too old for this build: it supports CUDA %d.%d, and "
                 "./train_llama_subtrack was built with CUDA %d.%d. Update the driver, or build with a CUDA "

@@ -2034,60 +2034,51 @@ static void test_trainer_resume(const char* dir, const char* method_flags, const
           rows_a, rows_b, rows_a ? la[rows_a - 1] : "-", rows_b ? lb[rows_b - 1] : "-");
 }
 
-// --master_weights 0 against fp32 masters, 50 steps of the CPU trainer on
-// the same data: the validation loss at the end must agree within
-// u sqrt(50) of it, u = 2^-8 (bf16's relative gap): each step rounds every
-// weight by a zero-mean error of at most one gap, independent across steps,
-// so the weights' relative perturbation grows like a random walk, and the
-// loss moves with it to first order. a rounding that is biased, or that
-// drops updates, or a lost step falls outside; the unbiasedness itself is
-// tested statistically in test_stochastic_rounding
-static void test_master_weights_tracks(const char* dir) {
-    static char out[2][1 << 16];
-    double val[2] = {0, 0};
-    int rc[2];
-    for (int r = 0; r < 2; r++) {
-        char args[2048];
-        snprintf(args, sizeof args, "--model_config kjv_test --batch_size 8 --max_length 32 --rank 4 "
-                 "--num_training_steps 50 --eval_every 0 --eval_batches 4 --sample_every 0 --gen_tokens 2 "
-                 "--print_every 1000 --save_dir %s/tracks_%d%s", dir, r, r ? " --master_weights 0" : "");
-        rc[r] = run_trainer_capture(args, 1, out[r], sizeof out[r]);
-        const char* v = strstr(out[r], "val loss ");
-        val[r] = v ? atof(v + 9) : NAN;
-    }
-    double tol = ldexp(1.0, -8) * sqrt(50.0) * val[0];
-    check(rc[0] == 0 && rc[1] == 0 && fabs(val[1] - val[0]) <= tol,
-          "--master_weights 0 tracks fp32 masters over 50 steps: val loss %.4f vs %.4f (|diff| %.4f, tol u sqrt(50) "
-          "L = %.4f) (exits %d %d)", val[1], val[0], fabs(val[1] - val[0]), tol, rc[0], rc[1]);
+// 50 steps of the CPU trainer on kjv_test with extra flags: the final
+// validation loss, and the first step's training loss; the exit status
+static int run_50_steps(const char* dir, const char* label, const char* flags, double* val, double* first) {
+    static char out[1 << 16];
+    char args[2048];
+    snprintf(args, sizeof args, "--model_config kjv_test --batch_size 8 --max_length 32 --rank 4 "
+             "--num_training_steps 50 --eval_every 0 --eval_batches 4 --sample_every 0 --gen_tokens 2 "
+             "--print_every 1 --save_dir %s/tracks_%s %s", dir, label, flags);
+    int rc = run_trainer_capture(args, 1, out, sizeof out);
+    const char* v = strstr(out, "val loss ");
+    const char* l = strstr(out, "| loss ");
+    *val = v ? atof(v + 9) : NAN;
+    *first = l ? atof(l + 7) : NAN;
+    return rc;
 }
 
-// 8-bit states against fp32 states, 50 steps of the CPU trainer on the same
-// data: the dynamic map's entries in its top decade are 0.9/64 of absmax
-// apart, so a moment there is kept to half that, 0.007 of absmax, which is
-// at most 7% of a moment of 0.1 absmax. with every update's moments off by
-// at most that relative delta = 0.07, the loss that the updates remove,
-// L(first step) - L(end), is off by at most about delta times itself: the
-// validation losses at the end must agree within 0.07 (L0 - L_end)
-static void test_8bit_tracks(const char* dir) {
-    static char out[2][1 << 16];
-    double val[2] = {0, 0}, first = 0;
-    int rc[2];
-    for (int r = 0; r < 2; r++) {
-        char args[2048];
-        snprintf(args, sizeof args, "--model_config kjv_test --batch_size 8 --max_length 32 --rank 4 "
-                 "--num_training_steps 50 --eval_every 0 --eval_batches 4 --sample_every 0 --gen_tokens 2 "
-                 "--print_every 1 --save_dir %s/q8_tracks_%d%s", dir, r, r ? " --optimizer low_rank_adamw8bit" : "");
-        rc[r] = run_trainer_capture(args, 1, out[r], sizeof out[r]);
-        const char* v = strstr(out[r], "val loss ");
-        val[r] = v ? atof(v + 9) : NAN;
-        const char* l = strstr(out[r], "| loss ");
-        if (r == 0) { first = l ? atof(l + 7) : NAN; }
-    }
-    double tol = 0.07 * (first - val[0]);
-    check(rc[0] == 0 && rc[1] == 0 && tol > 0 && fabs(val[1] - val[0]) <= tol,
+// the lean options against fp32 masters and fp32 states, 50 steps on the
+// same data, each from the same baseline run:
+//  - --master_weights 0: the validation loss at the end must agree within
+//    u sqrt(50) of it, u = 2^-8 (bf16's relative gap): each step rounds every
+//    weight by a zero-mean error of at most one gap, independent across
+//    steps, so the weights' relative perturbation grows like a random walk,
+//    and the loss moves with it to first order. a rounding that is biased,
+//    or that drops updates, or a lost step falls outside; the unbiasedness
+//    itself is tested statistically in test_stochastic_rounding
+//  - --optimizer low_rank_adamw8bit: the dynamic map's entries in its top
+//    decade are 0.9/64 of absmax apart, so a moment there is kept to half
+//    that, 0.007 of absmax, which is at most 7% of a moment of 0.1 absmax.
+//    with every update's moments off by at most that relative delta = 0.07,
+//    the loss that the updates remove, L(first step) - L(end), is off by at
+//    most about delta times itself: the final validation losses must agree
+//    within 0.07 (L0 - L_end)
+static void test_lean_tracks(const char* dir) {
+    double base = 0, first = 0, val = 0, unused = 0;
+    int rc0 = run_50_steps(dir, "base", "", &base, &first);
+    int rc = run_50_steps(dir, "master_weights_0", "--master_weights 0", &val, &unused);
+    double tol = ldexp(1.0, -8) * sqrt(50.0) * base;
+    check(rc0 == 0 && rc == 0 && fabs(val - base) <= tol,
+          "--master_weights 0 tracks fp32 masters over 50 steps: val loss %.4f vs %.4f (|diff| %.4f, tol u sqrt(50) "
+          "L = %.4f) (exits %d %d)", val, base, fabs(val - base), tol, rc0, rc);
+    rc = run_50_steps(dir, "8bit", "--optimizer low_rank_adamw8bit", &val, &unused);
+    tol = 0.07 * (first - base);
+    check(rc0 == 0 && rc == 0 && tol > 0 && fabs(val - base) <= tol,
           "--optimizer low_rank_adamw8bit tracks fp32 states over 50 steps: val loss %.4f vs %.4f (|diff| %.4f, tol "
-          "0.07 x (first loss %.4f - final) = %.4f) (exits %d %d)", val[1], val[0], fabs(val[1] - val[0]), first, tol,
-          rc[0], rc[1]);
+          "0.07 x (first loss %.4f - final) = %.4f) (exits %d %d)", val, base, fabs(val - base), first, tol, rc0, rc);
 }
 
 // a run redirected to a file shows each line as it happens: the trainer runs
@@ -3099,8 +3090,7 @@ static void test_trainer(void) {
         check(rc == 0, "checkpoint_load_params reads a checkpoint with 8-bit states (%s)", rc == 0 ? "ok" : err);
         if (rc == 0) { llama_free(&m); }
     }
-    test_master_weights_tracks(dir);
-    test_8bit_tracks(dir);
+    test_lean_tracks(dir);
     test_trainer_gpu_memory(dir, TRAINER_BIN);
     {
         // --activation_checkpointing is a no-op here, and the run says so

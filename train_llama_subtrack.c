@@ -1884,25 +1884,6 @@ size_t lowrank_state_num_floats(int m, int n, int r) {
     return p * r + 2 * q * r + LOWRANK_STATE_SCALARS;
 }
 
-// points the state into memory (lowrank_state_num_floats floats) and zeroes it
-void lowrank_state_init(LowRankState* s, int m, int n, int r, float* memory) {
-    s->m = m;
-    s->n = n;
-    s->r = r;
-    s->right = m > n;
-    s->p = m <= n ? m : n;
-    s->q = m <= n ? n : m;
-    s->memory = memory;
-    s->S = memory;
-    s->M = s->S + (size_t)s->p * r;
-    s->V = s->M + (size_t)s->q * r;
-    s->limiter = s->V + (size_t)s->q * r;
-    memset(memory, 0, lowrank_state_num_floats(m, n, r) * sizeof(float));
-    s->subspace_seconds = 0.0;
-    s->subspace_updates = 0;
-    s->power_iterations = 0;
-}
-
 // with 8-bit states (--optimizer low_rank_adamw8bit) M and V live quantized
 // elsewhere: the float memory holds S (p, R) | prev | prev_set, and M and V
 // point at dequantized copies only during a step
@@ -1911,7 +1892,9 @@ size_t lowrank_state_num_floats_q8(int m, int n, int r) {
     return p * r + LOWRANK_STATE_SCALARS;
 }
 
-void lowrank_state_init_q8(LowRankState* s, int m, int n, int r, float* memory) {
+// points the state into memory and zeroes it: S | M | V | prev | prev_set
+// (lowrank_state_num_floats), or with q8 S | prev | prev_set
+static void lowrank_state_layout(LowRankState* s, int m, int n, int r, float* memory, int q8) {
     s->m = m;
     s->n = n;
     s->r = r;
@@ -1920,13 +1903,21 @@ void lowrank_state_init_q8(LowRankState* s, int m, int n, int r, float* memory) 
     s->q = m <= n ? n : m;
     s->memory = memory;
     s->S = memory;
-    s->M = NULL;
-    s->V = NULL;
-    s->limiter = s->S + (size_t)s->p * r;
-    memset(memory, 0, lowrank_state_num_floats_q8(m, n, r) * sizeof(float));
+    s->M = q8 ? NULL : s->S + (size_t)s->p * r;
+    s->V = q8 ? NULL : s->M + (size_t)s->q * r;
+    s->limiter = q8 ? s->S + (size_t)s->p * r : s->V + (size_t)s->q * r;
+    memset(memory, 0, (q8 ? lowrank_state_num_floats_q8(m, n, r) : lowrank_state_num_floats(m, n, r)) * sizeof(float));
     s->subspace_seconds = 0.0;
     s->subspace_updates = 0;
     s->power_iterations = 0;
+}
+
+void lowrank_state_init(LowRankState* s, int m, int n, int r, float* memory) {
+    lowrank_state_layout(s, m, n, r, memory, 0);
+}
+
+void lowrank_state_init_q8(LowRankState* s, int m, int n, int r, float* memory) {
+    lowrank_state_layout(s, m, n, r, memory, 1);
 }
 
 // NULL if the low-rank optimizer can take the (m, n) matrix `name` at rank r;

@@ -2046,8 +2046,11 @@ typedef struct {
     int subspace_timing_pending;    // stop recorded, elapsed time not yet added
 } LowRankStateGPU;
 
-// points the state into device memory (cpu::lowrank_state_num_floats floats) and zeroes it
-void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) {
+// points the state into device memory and zeroes it, in the CPU's layout
+// (cpu::lowrank_state_layout): S | M | V | prev | prev_set, or with q8
+// (8-bit states) S | prev | prev_set, M and V pointing at dequantized copies
+// only during a step
+static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float* memory, int q8) {
     s->m = m;
     s->n = n;
     s->r = r;
@@ -2056,10 +2059,11 @@ void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) 
     s->q = m <= n ? n : m;
     s->memory = memory;
     s->S = memory;
-    s->M = s->S + (size_t)s->p * r;
-    s->V = s->M + (size_t)s->q * r;
-    s->limiter = s->V + (size_t)s->q * r;
-    cudaCheck(cudaMemset(memory, 0, cpu::lowrank_state_num_floats(m, n, r) * sizeof(float)));
+    s->M = q8 ? NULL : s->S + (size_t)s->p * r;
+    s->V = q8 ? NULL : s->M + (size_t)s->q * r;
+    s->limiter = q8 ? s->S + (size_t)s->p * r : s->V + (size_t)s->q * r;
+    size_t floats = q8 ? cpu::lowrank_state_num_floats_q8(m, n, r) : cpu::lowrank_state_num_floats(m, n, r);
+    cudaCheck(cudaMemset(memory, 0, floats * sizeof(float)));
     s->subspace_seconds = 0.0;
     s->subspace_updates = 0;
     cudaCheck(cudaEventCreate(&s->subspace_start));
@@ -2067,26 +2071,12 @@ void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) 
     s->subspace_timing_pending = 0;
 }
 
-// the 8-bit twin (cpu::lowrank_state_init_q8): memory holds S | prev |
-// prev_set; M and V point at dequantized copies only during a step
+void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) {
+    lowrank_state_layout(s, m, n, r, memory, 0);
+}
+
 void lowrank_state_init_q8(LowRankStateGPU* s, int m, int n, int r, float* memory) {
-    s->m = m;
-    s->n = n;
-    s->r = r;
-    s->right = m > n;
-    s->p = m <= n ? m : n;
-    s->q = m <= n ? n : m;
-    s->memory = memory;
-    s->S = memory;
-    s->M = NULL;
-    s->V = NULL;
-    s->limiter = s->S + (size_t)s->p * r;
-    cudaCheck(cudaMemset(memory, 0, cpu::lowrank_state_num_floats_q8(m, n, r) * sizeof(float)));
-    s->subspace_seconds = 0.0;
-    s->subspace_updates = 0;
-    cudaCheck(cudaEventCreate(&s->subspace_start));
-    cudaCheck(cudaEventCreate(&s->subspace_stop));
-    s->subspace_timing_pending = 0;
+    lowrank_state_layout(s, m, n, r, memory, 1);
 }
 
 void lowrank_state_free(LowRankStateGPU* s) {
@@ -3050,6 +3040,16 @@ static int memory_plan_fits(const cpu::LlamaConfig* c, const cpu::TrainConfig* t
 // --activation_checkpointing, --dtype bfloat16, --master_weights 0 and
 // halving --batch_size (the same total batch, with more accumulation),
 // each on top of the ones before, that fits, with its peak
+// appends flag to flags (u already has it) and says, into out, whether the
+// plan of u now fits limit
+static int memory_plan_try(const cpu::LlamaConfig* c, const cpu::TrainConfig* u, int B, int T, size_t limit,
+                           char* flags, size_t fcap, const char* flag, size_t* need, char* out, size_t cap) {
+    snprintf(flags + strlen(flags), fcap - strlen(flags), " %s", flag);
+    if (!memory_plan_fits(c, u, B, T, limit, need)) { return 0; }
+    snprintf(out, cap, "add%s (peak %.2f GiB)", flags, gib(*need));
+    return 1;
+}
+
 static void memory_plan_suggest(const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T, size_t limit,
                                 char* out, size_t cap) {
     cpu::TrainConfig u = *t;
@@ -3058,27 +3058,17 @@ static void memory_plan_suggest(const cpu::LlamaConfig* c, const cpu::TrainConfi
     out[0] = '\0';
     if (!u.activation_checkpointing) {
         u.activation_checkpointing = 1;
-        snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --activation_checkpointing");
-        if (memory_plan_fits(c, &u, B, T, limit, &need)) {
-            snprintf(out, cap, "add%s (peak %.2f GiB)", flags, gib(need));
+        if (memory_plan_try(c, &u, B, T, limit, flags, sizeof flags, "--activation_checkpointing", &need, out, cap)) {
             return;
         }
     }
     if (strcmp(u.dtype, "bfloat16") != 0) {
         snprintf(u.dtype, sizeof u.dtype, "%s", "bfloat16");
-        snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --dtype bfloat16");
-        if (memory_plan_fits(c, &u, B, T, limit, &need)) {
-            snprintf(out, cap, "add%s (peak %.2f GiB)", flags, gib(need));
-            return;
-        }
+        if (memory_plan_try(c, &u, B, T, limit, flags, sizeof flags, "--dtype bfloat16", &need, out, cap)) { return; }
     }
     if (u.master_weights) {
         u.master_weights = 0;
-        snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --master_weights 0");
-        if (memory_plan_fits(c, &u, B, T, limit, &need)) {
-            snprintf(out, cap, "add%s (peak %.2f GiB)", flags, gib(need));
-            return;
-        }
+        if (memory_plan_try(c, &u, B, T, limit, flags, sizeof flags, "--master_weights 0", &need, out, cap)) { return; }
     }
     for (int b = B / 2; b >= 1; b /= 2) {
         if (memory_plan_fits(c, &u, b, T, limit, &need)) {

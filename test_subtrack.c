@@ -2050,6 +2050,68 @@ static int run_50_steps(const char* dir, const char* label, const char* flags, d
     return rc;
 }
 
+// the S of every low-rank matrix in the checkpoint of run_50_steps(label)
+// with --subspace_dtype bfloat16, after `moves` moves of S:
+//  - every entry is a bf16 value (its low 16 bits zero): what a GPU keeps;
+//  - S^T S is the identity to within moves x (2 * 2^-7 + 2^-14): rounding
+//    moves each entry by less than one bf16 gap, at most 2^-7 of it (8
+//    significant bits), so by Cauchy-Schwarz over two unit columns an entry
+//    of S^T S moves by at most 2 * 2^-7 + 2^-14 per rounding; the fp32
+//    steps in between keep S orthonormal to ~1e-6 (test_tracking_step), and
+//    a tracking step from a slightly non-orthonormal S carries the error on
+//    without growing it to first order: the errors add up, at worst. S
+//    rounded in the wrong place (another state, M or V) or not at all fails
+static void test_subspaces_bf16_saved(const char* dir, const char* label, int moves) {
+    char path[800];
+    snprintf(path, sizeof path, "%s/tracks_%s/%s", dir, label, CHECKPOINT_FILE);
+    unsigned char* bytes = NULL;
+    size_t nbytes = 0;
+    if (!read_file_bytes(path, &bytes, &nbytes) || nbytes < CHECKPOINT_HEADER_INTS * 8) {
+        check(0, "--subspace_dtype bfloat16: the checkpoint %s exists", path);
+        free(bytes);
+        return;
+    }
+    int64_t h[CHECKPOINT_HEADER_INTS];
+    memcpy(h, bytes, sizeof h);
+    LlamaConfig c;
+    TrainConfig t;
+    train_config_defaults(&t);
+    t.rank = 4;
+    snprintf(t.optimizer, sizeof t.optimizer, "%s", "low_rank_adamw");
+    snprintf(t.subspace_dtype, sizeof t.subspace_dtype, "%s", "bfloat16");
+    snprintf(t.subspace_update_method, sizeof t.subspace_update_method, "%s", "subtrack");
+    Optimizer o;
+    size_t at = CHECKPOINT_HEADER_INTS * 8 + padded8((size_t)h[24]) + ((size_t)h[14] + 2 * (size_t)h[15]) * 4;
+    if (!llama_preset_find("kjv_test", &c) || optimizer_build(&o, &c, &t) != NULL ||
+        (size_t)h[16] != o.lowrank_floats || at + o.lowrank_floats * 4 > nbytes) {
+        check(0, "--subspace_dtype bfloat16: the checkpoint %s holds the low-rank states of kjv_test at rank 4", path);
+        free(bytes);
+        return;
+    }
+    memcpy(o.lowrank_memory, bytes + at, o.lowrank_floats * sizeof(float));
+    size_t not_bf16 = 0, entries = 0;
+    double worst = 0.0;
+    for (int k = 0; k < o.num_lowrank; k++) {
+        const LowRankState* st = &o.lowrank[k];
+        for (size_t j = 0; j < (size_t)st->p * st->r; j++) { not_bf16 += (fp32_to_bits(st->S[j]) & 0xFFFFu) != 0; }
+        entries += (size_t)st->p * st->r;
+        for (int a = 0; a < st->r; a++) {
+            for (int b = 0; b < st->r; b++) {
+                double d = 0.0;
+                for (int i = 0; i < st->p; i++) { d += (double)st->S[i * st->r + a] * st->S[i * st->r + b]; }
+                worst = fmax(worst, fabs(d - (a == b)));
+            }
+        }
+    }
+    double bound = moves * (2 * ldexp(1.0, -7) + ldexp(1.0, -14));
+    check(o.num_lowrank > 0 && not_bf16 == 0 && worst <= bound,
+          "--subspace_dtype bfloat16: the saved S of %d matrices are bf16 values (%zu of %zu entries are not) and "
+          "orthonormal: max |S^T S - I| = %.2e (at most %d x (2^-6 + 2^-14) = %.3f)", o.num_lowrank, not_bf16,
+          entries, worst, moves, bound);
+    optimizer_free(&o);
+    free(bytes);
+}
+
 // the lean options against fp32 masters and fp32 states, 50 steps on the
 // same data, each from the same baseline run:
 //  - --master_weights 0: the validation loss at the end must agree within
@@ -2079,6 +2141,17 @@ static void test_lean_tracks(const char* dir) {
     check(rc0 == 0 && rc == 0 && tol > 0 && fabs(val - base) <= tol,
           "--optimizer low_rank_adamw8bit tracks fp32 states over 50 steps: val loss %.4f vs %.4f (|diff| %.4f, tol "
           "0.07 x (first loss %.4f - final) = %.4f) (exits %d %d)", val, base, fabs(val - base), first, tol, rc0, rc);
+    // --subspace_dtype bfloat16, with S moving every 5 steps (10 moves: the
+    // first SVD and 9 tracking steps), against the same with fp32 S
+    const int moves = 10;
+    rc0 = run_50_steps(dir, "subspace_fp32", "--subspace_update_interval 5", &base, &first);
+    rc = run_50_steps(dir, "subspace_bf16", "--subspace_update_interval 5 --subspace_dtype bfloat16", &val, &unused);
+    tol = ldexp(1.0, -8) * sqrt((double)moves) * (first - base);
+    check(rc0 == 0 && rc == 0 && tol > 0 && fabs(val - base) <= tol,
+          "--subspace_dtype bfloat16 tracks fp32 subspaces over 50 steps (S moved %d times): val loss %.4f vs %.4f "
+          "(|diff| %.5f, tol u sqrt(%d) (first loss %.4f - final) = %.4f) (exits %d %d)", moves, val, base,
+          fabs(val - base), moves, first, tol, rc0, rc);
+    test_subspaces_bf16_saved(dir, "subspace_bf16", moves);
 }
 
 // a run redirected to a file shows each line as it happens: the trainer runs
@@ -3080,6 +3153,7 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--master_weights 0", "master_weights_0");
     test_trainer_resume(dir, "--optimizer low_rank_adamw_per_layer --grad_clipping 0", "per_layer");
     test_trainer_resume(dir, "--optimizer low_rank_adamw8bit", "8bit");
+    test_trainer_resume(dir, "--subspace_dtype bfloat16", "subspace_bf16");
     {
         // the weights-only reader (the HF export's logits check) takes a
         // checkpoint with 8-bit states: their sections are in its length and CRC
@@ -3108,6 +3182,10 @@ static void test_trainer(void) {
                           "add --grad_clipping 0");
 
     // bad input: each a message on stderr and a non-zero exit
+    check_trainer_rejects("an unknown --subspace_dtype", TRAINER_FAST " --subspace_dtype float16",
+                          "--subspace_dtype 'float16' is not float32, bfloat16 or bf16");
+    check_trainer_rejects("--subspace_dtype bfloat16 without subspaces",
+                          TRAINER_FAST " --optimizer adamw --subspace_dtype bf16", "needs a low-rank optimizer");
     check_trainer_rejects("an unknown flag", "--no_such_flag 1", "unknown flag");
     check_trainer_rejects("a missing value", TRAINER_FAST " --lr", "needs a value");
     check_trainer_rejects("a non-numeric value", TRAINER_FAST " --lr fast", "expected a finite number");
@@ -3472,9 +3550,10 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
     const char* sets[5] = {
         "",                                                        // bf16 activations, SubTrack++
         " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
-        " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24",
+        " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24 --subspace_dtype bf16",
         " --activation_checkpointing --master_weights 0 --optimizer low_rank_adamw_per_layer --grad_clipping 0",
-        " --activation_checkpointing --master_weights 0 --optimizer low_rank_adamw8bit_per_layer --grad_clipping 0",
+        " --activation_checkpointing --master_weights 0 --optimizer low_rank_adamw8bit_per_layer --grad_clipping 0 "
+        "--subspace_dtype bfloat16",
     };
     size_t planned[5] = {0, 0, 0, 0, 0};
     for (int i = 0; i < 5; i++) {
@@ -3534,7 +3613,8 @@ static void test_other_trainer(const char* bin) {
                         "--activation_checkpointing", "per_layer_lean");
     test_trainer_resume(dir, "--optimizer low_rank_adamw8bit --dtype float32", "8bit_float32");
     test_trainer_resume(dir, "--optimizer low_rank_adamw8bit_per_layer --grad_clipping 0 --master_weights 0 "
-                        "--activation_checkpointing", "8bit_per_layer_lean");
+                        "--activation_checkpointing --subspace_dtype bfloat16", "8bit_per_layer_leanest");
+    test_trainer_resume(dir, "--subspace_dtype bfloat16 --subspace_update_method galore", "subspace_bf16_galore");
     test_trainer_gpu_memory(dir, bin);
     snprintf(log, sizeof log, "%s/resumed_new.csv", dir);
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 7 --continue_from '%s/resumed_subtrack++' "

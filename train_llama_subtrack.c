@@ -2953,6 +2953,12 @@ size_t lowrank_scratch_num_floats(int m, int n, int r) {
     return sc.used;
 }
 
+// 1 when step t (0 on the first) moves the subspace S: the first SVD, then
+// every update_interval steps (a GaLore refresh or a tracking step)
+int lowrank_subspace_moves(const LowRankConfig* cfg, int t) {
+    return t == 0 || (cfg->update_interval > 0 && t % cfg->update_interval == 0);
+}
+
 // one optimizer step for one matrix: steps 1-6 of ../shared/SUBTRACK.md in turn.
 // W, G: (m, n). t counts the steps already taken (0 on the first). lr is this
 // step's learning rate (after the schedule).
@@ -3069,6 +3075,7 @@ typedef struct {
     int activation_checkpointing; // the CUDA trainer recomputes each layer in the backward; a no-op on the CPU
     int memory_plan;         // print the CUDA trainer's device-memory plan and exit
     int master_weights;      // 1: fp32 master weights; 0: bf16 weights, updated with stochastic rounding
+    char subspace_dtype[16]; // float32 | bfloat16: how the low-rank subspaces S are kept
     // the authors' flags that mean nothing in one process here
     int single_gpu, use_hf_model, workers;
     char tags[256], name[256];
@@ -3127,6 +3134,7 @@ void train_config_defaults(TrainConfig* t) {
     t->progress_interval = 2.0f;
     snprintf(t->dtype, sizeof t->dtype, "%s", "float32");
     t->master_weights = 1;
+    snprintf(t->subspace_dtype, sizeof t->subspace_dtype, "%s", "float32");
     t->workers = 8;
     snprintf(t->name, sizeof t->name, "%s", "test");
 }
@@ -3236,6 +3244,9 @@ static const FlagSpec TRAIN_FLAGS[] = {
          "backward (the CUDA trainer; a no-op on the CPU, which keeps everything)"),
     FLAG(master_weights, FLAG_SWITCH, "1: fp32 master weights; 0: the weights are bf16 (on the CPU and with "
          "--dtype float32: bf16 values in fp32), each update rounded to bf16 stochastically (seeded, resumable)"),
+    FLAG(subspace_dtype, FLAG_STRING, "float32 | bfloat16 (bf16): the low-rank subspaces S; bfloat16 halves "
+         "them (on the CPU: bf16 values in fp32), each change of S rounded to bf16 stochastically (seeded, "
+         "resumable)"),
     FLAG(memory_plan, FLAG_SWITCH, "print every device buffer the CUDA trainer would allocate for these flags, "
          "and the peak, then exit (needs no GPU)"),
     FLAG_NOTE(single_gpu, FLAG_SWITCH, "the authors' switch to skip DDP", "no-op: one process"),
@@ -3460,6 +3471,7 @@ int train_config_from_args(TrainConfig* t, int argc, char** argv, const char* de
     // names as torchrun_main.py compares them: lower case; bf16 is bfloat16
     for (char* p = t->optimizer; *p; p++) { *p = (char)tolower((unsigned char)*p); }
     if (strcmp(t->dtype, "bf16") == 0) { snprintf(t->dtype, sizeof t->dtype, "%s", "bfloat16"); }
+    if (strcmp(t->subspace_dtype, "bf16") == 0) { snprintf(t->subspace_dtype, sizeof t->subspace_dtype, "%s", "bfloat16"); }
     // batch sizes, as torchrun_main.py resolves them on one process
     int total_given = train_flag_given(t, "--total_batch_size") || (!t->authors_defaults && t->gradient_accumulation == 0);
     if (t->batch_size > 0 && t->gradient_accumulation >= 0) {
@@ -3617,6 +3629,15 @@ const char* train_config_problem(const TrainConfig* t) {
     }
     if (strcmp(t->dtype, "float32") != 0 && strcmp(t->dtype, "bfloat16") != 0) {
         snprintf(msg, sizeof msg, "--dtype '%s' is not float32, bfloat16 or bf16", t->dtype);
+        return msg;
+    }
+    if (strcmp(t->subspace_dtype, "float32") != 0 && strcmp(t->subspace_dtype, "bfloat16") != 0) {
+        snprintf(msg, sizeof msg, "--subspace_dtype '%s' is not float32, bfloat16 or bf16", t->subspace_dtype);
+        return msg;
+    }
+    if (strcmp(t->subspace_dtype, "bfloat16") == 0 && !optimizer_name_low_rank(t->optimizer)) {
+        snprintf(msg, sizeof msg, "--subspace_dtype bfloat16 needs a low-rank optimizer (--optimizer %s keeps no "
+                 "subspaces); drop it or use --optimizer low_rank_adamw", t->optimizer);
         return msg;
     }
     if (t->stop_at_step < 0) {
@@ -4467,7 +4488,10 @@ typedef struct {
     float* q8_scratch;        // (2 q8_chunk): M then V, dequantized
     size_t q8_chunk;
     int master_weights;       // 0: every update is rounded to bf16 stochastically
-    uint64_t seed;            // of that rounding's random bits (--seed)
+    int subspace_bf16;        // --subspace_dtype bfloat16: every new S is rounded to bf16 stochastically
+    size_t subspace_floats;   // the S of every low-rank matrix, sum of p R
+    size_t subspace_most;     // the largest one's p R
+    uint64_t seed;            // of those roundings' random bits (--seed)
     int step;                 // optimizer steps taken (t in the spec)
 } Optimizer;
 
@@ -4492,6 +4516,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     o->per_layer = optimizer_name_per_layer(t->optimizer);
     o->q8 = optimizer_name_8bit(t->optimizer);
     o->master_weights = t->master_weights;
+    o->subspace_bf16 = strcmp(t->subspace_dtype, "bfloat16") == 0;
     o->seed = (uint64_t)t->seed;
     o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
     LowRankConfig lc = {
@@ -4524,6 +4549,9 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         size_t per = o->q8 ? lowrank_state_num_floats_q8(spec[i].rows, spec[i].cols, t->rank)
                            : lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
         o->lowrank_floats += (size_t)spec[i].layers * per;
+        size_t pr = (size_t)t->rank * (spec[i].rows < spec[i].cols ? spec[i].rows : spec[i].cols);
+        o->subspace_floats += (size_t)spec[i].layers * pr;
+        o->subspace_most = pr > o->subspace_most ? pr : o->subspace_most;
         size_t need = lowrank_scratch_num_floats(spec[i].rows, spec[i].cols, t->rank);
         o->scratch_floats = need > o->scratch_floats ? need : o->scratch_floats;
         size_t moment = (size_t)t->rank * (spec[i].rows > spec[i].cols ? spec[i].rows : spec[i].cols);
@@ -4602,6 +4630,25 @@ const char* optimizer_svd_phase(const Optimizer* o) {
     return NULL;
 }
 
+// --subspace_dtype bfloat16: the random bits that round low-rank state st's
+// new S come from (seed, step, SR_SUBSPACE_STREAM + where S sits in
+// lowrank_memory), a stream apart from the weights' (indices below 2^63)
+#define SR_SUBSPACE_STREAM ((uint64_t)1 << 63)
+uint64_t optimizer_subspace_stream(const Optimizer* o, const LowRankState* st) {
+    return SR_SUBSPACE_STREAM + (uint64_t)(st->memory - o->lowrank_memory);
+}
+
+// with --subspace_dtype bfloat16, every S a checkpoint brought rounded to
+// nearest bf16: a no-op on one saved with it (its S are bf16 values
+// already), and the GPU's narrowing on upload, for one saved without it
+void optimizer_round_subspaces_nearest(Optimizer* o) {
+    if (!o->subspace_bf16) { return; }
+    for (int k = 0; k < o->num_lowrank; k++) {
+        LowRankState* st = &o->lowrank[k];
+        for (size_t j = 0; j < (size_t)st->p * st->r; j++) { st->S[j] = bf16_round_nearest(st->S[j]); }
+    }
+}
+
 // one step over every tensor, at learning rate lr
 void optimizer_step(Optimizer* o, Llama* model, float lr) {
     TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -4658,6 +4705,11 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
                 st->V = Vq;
             }
             lowrank_adamw_step(st, params[i] + l * per, grads[i] + l * per, o->step, &o->cfg, lr, o->scratch);
+            if (o->subspace_bf16 && lowrank_subspace_moves(&o->cfg, o->step)) {
+                // the step ran on the fp32 S; what is kept is S rounded to bf16
+                bf16_round_stochastic_array(st->S, (size_t)st->p * st->r, o->seed, (uint64_t)o->step,
+                                            optimizer_subspace_stream(o, st));
+            }
             if (o->q8) {
                 quantize_blockwise(o->q8_codes + code, o->q8_absmax + block, Mq, mn, o->q8_map[0]);
                 quantize_blockwise(o->q8_codes + code + mn, o->q8_absmax + block + nb, Vq, mn, o->q8_map[1]);
@@ -4762,13 +4814,14 @@ static const char* const CHECKPOINT_SETTINGS[] = {
     "low_rank_scale", "adaptive_optimizer", "recovery_scaling", "norm_growth_limit", "norm_growth_limiter_off",
     "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
     "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
-    "master_weights",
+    "master_weights", "subspace_dtype",
 };
 
 // settings recorded only by later versions of the trainer, and the value a
 // checkpoint without them was trained with
 static const char* const CHECKPOINT_SETTINGS_ADDED[][2] = {
     {"master_weights", "on"},
+    {"subspace_dtype", "float32"},
 };
 #define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
 
@@ -5128,6 +5181,7 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
                  "that wrote it had diverged, or the file is corrupt", path);
         return 1;
     }
+    optimizer_round_subspaces_nearest(o);
     o->step = (int)h[13];
     memcpy(&s->sample_rng->state, &h[17], 8);
     ShardPosition p = {h[18], h[19], h[20], h[21], h[22], h[23]};

@@ -2034,8 +2034,9 @@ typedef struct {
     int r;                      // R
     int right;                  // 0: left (m <= n), 1: right (m > n)
     int p, q;                   // p = min(m, n) rows of S, q = max(m, n)
-    float* memory;              // device, cpu::lowrank_state_num_floats(m, n, R) floats
-    float* S;                   // (p, R)
+    float* memory;              // device, cpu::lowrank_state_num_floats(m, n, R) floats (less S's p R with S16)
+    float* S;                   // (p, R); with S16, a widened copy of it during a step, else NULL
+    bf16* S16;                  // (p, R) --subspace_dtype bfloat16: S as it is kept; else NULL
     float* M;                   // (R, q) left or (q, R) right
     float* V;                   // same as M
     float* limiter;             // [0] prev, [1] prev_set
@@ -2049,8 +2050,9 @@ typedef struct {
 // points the state into device memory and zeroes it, in the CPU's layout
 // (cpu::lowrank_state_layout): S | M | V | prev | prev_set, or with q8
 // (8-bit states) S | prev | prev_set, M and V pointing at dequantized copies
-// only during a step
-static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float* memory, int q8) {
+// only during a step. with S16 (--subspace_dtype bfloat16) S lives there, in
+// bf16, and memory holds the rest: M | V | prev | prev_set, or prev | prev_set
+static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float* memory, int q8, bf16* S16) {
     s->m = m;
     s->n = n;
     s->r = r;
@@ -2058,11 +2060,17 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float*
     s->p = m <= n ? m : n;
     s->q = m <= n ? n : m;
     s->memory = memory;
-    s->S = memory;
-    s->M = q8 ? NULL : s->S + (size_t)s->p * r;
+    s->S16 = S16;
+    s->S = S16 != NULL ? NULL : memory;
+    float* after_S = S16 != NULL ? memory : memory + (size_t)s->p * r;
+    s->M = q8 ? NULL : after_S;
     s->V = q8 ? NULL : s->M + (size_t)s->q * r;
-    s->limiter = q8 ? s->S + (size_t)s->p * r : s->V + (size_t)s->q * r;
+    s->limiter = q8 ? after_S : s->V + (size_t)s->q * r;
     size_t floats = q8 ? cpu::lowrank_state_num_floats_q8(m, n, r) : cpu::lowrank_state_num_floats(m, n, r);
+    if (S16 != NULL) {
+        floats -= (size_t)s->p * r;
+        cudaCheck(cudaMemset(S16, 0, (size_t)s->p * r * sizeof(bf16)));
+    }
     cudaCheck(cudaMemset(memory, 0, floats * sizeof(float)));
     s->subspace_seconds = 0.0;
     s->subspace_updates = 0;
@@ -2072,11 +2080,11 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float*
 }
 
 void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) {
-    lowrank_state_layout(s, m, n, r, memory, 0);
+    lowrank_state_layout(s, m, n, r, memory, 0, NULL);
 }
 
 void lowrank_state_init_q8(LowRankStateGPU* s, int m, int n, int r, float* memory) {
-    lowrank_state_layout(s, m, n, r, memory, 1);
+    lowrank_state_layout(s, m, n, r, memory, 1, NULL);
 }
 
 void lowrank_state_free(LowRankStateGPU* s) {
@@ -2602,8 +2610,11 @@ typedef struct {
     cpu::Optimizer host;      // settings, state layout, and host copies for checkpoints
     float* adam_m;            // (num_adam) device
     float* adam_v;            // (num_adam) device
-    float* lowrank_memory;    // (lowrank_floats) device, the CPU's layout
+    float* lowrank_memory;    // (lowrank_floats) device, the CPU's layout; with bf16 subspaces, less every S
     LowRankStateGPU* lowrank; // (host.num_lowrank) pointing into lowrank_memory
+    bf16* subspaces;          // (host.subspace_floats) device, --subspace_dtype bfloat16: every S, in state order
+    float* subspace_work;     // (host.subspace_most) device: the S of the matrix being updated, widened
+    uint16_t* subspace_host;  // (host.subspace_most) host: one S's bf16 bits, for download and upload
     LowRankGPU ctx;           // handles and device scratch of the low-rank steps
     float* staging;           // (staging_floats) device: bf16 weights widened for their update; or NULL
     size_t staging_floats;
@@ -2616,6 +2627,12 @@ typedef struct {
     Llama* model;             // per-layer updates: the model whose units arrive (optimizer_attach_per_layer)
     float lr;                 // per-layer updates: this step's learning rate
 } Optimizer;
+
+// the device floats of the low-rank states: the CPU's, less every S when
+// those are kept in bf16 apart (--subspace_dtype bfloat16)
+static size_t optimizer_device_lowrank_floats(const cpu::Optimizer* h) {
+    return h->lowrank_floats - (h->subspace_bf16 ? h->subspace_floats : 0);
+}
 
 // fp32 floats to update bf16-only weights in (--master_weights 0 with bf16):
 // the largest layer matrix, whole, as a low-rank step needs it; AdamW
@@ -2642,11 +2659,18 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
     if (problem != NULL) { return problem; }
     o->adam_m = (float*)device_malloc(o->host.num_adam * sizeof(float), "AdamW first moments");
     o->adam_v = (float*)device_malloc(o->host.num_adam * sizeof(float), "AdamW second moments");
-    o->lowrank_memory = (float*)device_malloc(o->host.lowrank_floats * sizeof(float), "low-rank state memory");
+    size_t device_floats = optimizer_device_lowrank_floats(&o->host);
+    o->lowrank_memory = (float*)device_malloc(device_floats * sizeof(float), "low-rank state memory");
     cuda_check(cudaMemset(o->adam_m, 0, o->host.num_adam * sizeof(float)));
     cuda_check(cudaMemset(o->adam_v, 0, o->host.num_adam * sizeof(float)));
-    cuda_check(cudaMemset(o->lowrank_memory, 0, o->host.lowrank_floats * sizeof(float)));
+    cuda_check(cudaMemset(o->lowrank_memory, 0, device_floats * sizeof(float)));
+    if (o->host.subspace_bf16) {
+        o->subspaces = (bf16*)device_malloc(o->host.subspace_floats * sizeof(bf16), "subspaces S, bf16");
+        o->subspace_work = (float*)device_malloc(o->host.subspace_most * sizeof(float), "subspace S widened");
+        o->subspace_host = (uint16_t*)cpu::malloc_check(o->host.subspace_most * sizeof(uint16_t), "subspace bits");
+    }
     // each device state sits at the offset its CPU twin has in host.lowrank_memory
+    // (with bf16 subspaces, less the S before it, which sit in o->subspaces)
     int nl = o->host.num_lowrank;
     o->lowrank = (LowRankStateGPU*)cpu::calloc_check((size_t)(nl > 0 ? nl : 1) * sizeof(LowRankStateGPU),
                                                      "low-rank states");
@@ -2680,11 +2704,17 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
     if (o->staging_floats > 0) {
         o->staging = (float*)device_malloc(o->staging_floats * sizeof(float), "bf16 weights' update staging");
     }
+    size_t S_before = 0;
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
-        float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory);
-        if (o->host.q8) { lowrank_state_init_q8(&o->lowrank[k], hs->m, hs->n, hs->r, memory); }
-        else { lowrank_state_init(&o->lowrank[k], hs->m, hs->n, hs->r, memory); }
+        if (o->host.subspace_bf16) {
+            float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory) - S_before;
+            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->r, memory, o->host.q8, o->subspaces + S_before);
+            S_before += (size_t)hs->p * hs->r;
+        } else {
+            float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory);
+            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->r, memory, o->host.q8, NULL);
+        }
     }
     return NULL;
 }
@@ -2696,6 +2726,11 @@ void optimizer_free(Optimizer* o) {
     cuda_check(cudaFree(o->adam_m));
     cuda_check(cudaFree(o->adam_v));
     cuda_check(cudaFree(o->lowrank_memory));
+    if (o->subspaces != NULL) {
+        cuda_check(cudaFree(o->subspaces));
+        cuda_check(cudaFree(o->subspace_work));
+        free(o->subspace_host);
+    }
     if (o->staging != NULL) { cuda_check(cudaFree(o->staging)); }
     if (o->host.q8) {
         cuda_check(cudaFree(o->q8_codes));
@@ -2707,13 +2742,49 @@ void optimizer_free(Optimizer* o) {
     memset(o, 0, sizeof *o);
 }
 
+// the low-rank states between the device and their host copies, in the CPU's
+// layout. with bf16 subspaces each state is two pieces: S (bf16 on the
+// device, fp32 on the host: widening is exact, and so is the narrowing of a
+// bf16 value; the host's S are rounded to bf16 as a checkpoint is read,
+// cpu::optimizer_round_subspaces_nearest) and the rest
+static void optimizer_lowrank_copy(Optimizer* o, int to_host) {
+    cpu::Optimizer* h = &o->host;
+    if (!h->subspace_bf16) {
+        if (to_host) {
+            cuda_check(cudaMemcpy(h->lowrank_memory, o->lowrank_memory, h->lowrank_floats * sizeof(float),
+                                  cudaMemcpyDeviceToHost));
+        } else {
+            cuda_check(cudaMemcpy(o->lowrank_memory, h->lowrank_memory, h->lowrank_floats * sizeof(float),
+                                  cudaMemcpyHostToDevice));
+        }
+        return;
+    }
+    for (int k = 0; k < h->num_lowrank; k++) {
+        cpu::LowRankState* hs = &h->lowrank[k];
+        LowRankStateGPU* ds = &o->lowrank[k];
+        size_t pr = (size_t)hs->p * hs->r;
+        size_t rest = (h->q8 ? cpu::lowrank_state_num_floats_q8(hs->m, hs->n, hs->r)
+                             : cpu::lowrank_state_num_floats(hs->m, hs->n, hs->r)) - pr;
+        if (to_host) {
+            cuda_check(cudaMemcpy(o->subspace_host, ds->S16, pr * sizeof(bf16), cudaMemcpyDeviceToHost));
+            for (size_t j = 0; j < pr; j++) { hs->S[j] = cpu::fp32_from_bits((uint32_t)o->subspace_host[j] << 16); }
+            cuda_check(cudaMemcpy(hs->memory + pr, ds->memory, rest * sizeof(float), cudaMemcpyDeviceToHost));
+        } else {
+            for (size_t j = 0; j < pr; j++) {
+                o->subspace_host[j] = (uint16_t)(cpu::fp32_to_bits(cpu::bf16_round_nearest(hs->S[j])) >> 16);
+            }
+            cuda_check(cudaMemcpy(ds->S16, o->subspace_host, pr * sizeof(bf16), cudaMemcpyHostToDevice));
+            cuda_check(cudaMemcpy(ds->memory, hs->memory + pr, rest * sizeof(float), cudaMemcpyHostToDevice));
+        }
+    }
+}
+
 // device <-> the host copies (for checkpoints and tests)
 void optimizer_download(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
     cuda_check(cudaMemcpy(h->adam_m, o->adam_m, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
     cuda_check(cudaMemcpy(h->adam_v, o->adam_v, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
-    cuda_check(cudaMemcpy(h->lowrank_memory, o->lowrank_memory, h->lowrank_floats * sizeof(float),
-                          cudaMemcpyDeviceToHost));
+    optimizer_lowrank_copy(o, 1);
     if (h->q8) {
         cuda_check(cudaMemcpy(h->q8_codes, o->q8_codes, h->q8_bytes, cudaMemcpyDeviceToHost));
         cuda_check(cudaMemcpy(h->q8_absmax, o->q8_absmax, h->q8_blocks * sizeof(float), cudaMemcpyDeviceToHost));
@@ -2724,8 +2795,7 @@ void optimizer_upload(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
     cuda_check(cudaMemcpy(o->adam_m, h->adam_m, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
     cuda_check(cudaMemcpy(o->adam_v, h->adam_v, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
-    cuda_check(cudaMemcpy(o->lowrank_memory, h->lowrank_memory, h->lowrank_floats * sizeof(float),
-                          cudaMemcpyHostToDevice));
+    optimizer_lowrank_copy(o, 0);
     if (h->q8) {
         cuda_check(cudaMemcpy(o->q8_codes, h->q8_codes, h->q8_bytes, cudaMemcpyHostToDevice));
         cuda_check(cudaMemcpy(o->q8_absmax, h->q8_absmax, h->q8_blocks * sizeof(float), cudaMemcpyHostToDevice));
@@ -2804,7 +2874,21 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
         dequantize_blockwise(st->V, o->q8_codes + code + mn, o->q8_absmax + block + nb, mn,
                              o->q8_maps + QUANT8_MAP_SIZE);
     }
+    if (st->S16 != NULL) {
+        // the step runs on S widened to fp32; a moved S is kept rounded to bf16
+        // stochastically, with the CPU's random bits
+        st->S = o->subspace_work;
+        bf16_widen_array(st->S, st->S16, (size_t)st->p * st->r);
+    }
     lowrank_adamw_step(st, W, G, h->step, &h->cfg, lr, &o->ctx);
+    if (st->S16 != NULL) {
+        if (cpu::lowrank_subspace_moves(&h->cfg, h->step)) {
+            const cpu::LowRankState* hs = &h->lowrank[o->lowrank_first[i] + l];
+            bf16_store_stochastic_array(st->S16, st->S, (size_t)st->p * st->r, seed, t,
+                                        cpu::optimizer_subspace_stream(h, hs));
+        }
+        st->S = NULL;
+    }
     if (h->q8) {
         quantize_blockwise(o->q8_codes + code, o->q8_absmax + block, st->M, mn, o->q8_maps);
         quantize_blockwise(o->q8_codes + code + mn, o->q8_absmax + block + nb, st->V, mn, o->q8_maps + QUANT8_MAP_SIZE);
@@ -2978,8 +3062,15 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     if (problem != NULL) { return problem; }
     plan_buffer(p, "AdamW first moments", "(adamw tensors)", o.num_adam * sizeof(float), "whole run");
     plan_buffer(p, "AdamW second moments", "(adamw tensors)", o.num_adam * sizeof(float), "whole run");
-    plan_buffer(p, "low-rank states S|M|V", "per matrix (p,R)+2(R,q)", o.lowrank_floats * sizeof(float),
-                "whole run");
+    if (o.subspace_bf16) {
+        plan_buffer(p, o.q8 ? "low-rank limiter state" : "low-rank states M|V", o.q8 ? "per matrix 2" :
+                    "per matrix 2(R,q)", optimizer_device_lowrank_floats(&o) * sizeof(float), "whole run");
+        plan_buffer(p, "subspaces S, bf16", "per matrix (p,R)", o.subspace_floats * sizeof(bf16), "whole run");
+        plan_buffer(p, "subspace S widened, fp32", "largest (p,R)", o.subspace_most * sizeof(float), "one matrix");
+    } else {
+        plan_buffer(p, o.q8 ? "low-rank states S" : "low-rank states S|M|V", o.q8 ? "per matrix (p,R)+2" :
+                    "per matrix (p,R)+2(R,q)", o.lowrank_floats * sizeof(float), "whole run");
+    }
     if (o.num_lowrank > 0) {
         cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
         cpu::parameter_table(spec, c);

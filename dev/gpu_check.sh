@@ -122,7 +122,8 @@ else
     # model B total_batch rank T, then whether to train 2 steps beside the plan
     # (the first step's SVDs of a 1B take longer than the part's cap), and the
     # flags: default, or lean (--activation_checkpointing --master_weights 0
-    # and per-layer updates, at a total batch of B)
+    # --subspace_dtype bfloat16 and per-layer updates with 8-bit states, at a
+    # total batch of B)
     PLAN_RECIPES=("llama_60m 128 256 128 256 train default" "llama_350m 64 128 256 256 train default"
                   "llama_350m 64 64 256 256 train lean" "llama_1b 8 16 512 256 plan default"
                   "llama_1b 8 8 512 256 plan lean")
@@ -520,8 +521,8 @@ if have "$TRAIN" && "$TRAIN" --help 2>/dev/null | grep -q -- '--memory_plan'; th
         recipe_flags=(--model_config "$model" --batch_size "$b" --total_batch_size "$tb" --max_length "$T"
                       --rank "$r" --optimizer low_rank_adamw --subspace_update_method subtrack)
         if [ "$flags" = lean ]; then
-            recipe_flags+=(--activation_checkpointing --master_weights 0 --optimizer low_rank_adamw_per_layer
-                           --grad_clipping 0)
+            recipe_flags+=(--activation_checkpointing --master_weights 0 --subspace_dtype bfloat16
+                           --optimizer low_rank_adamw8bit_per_layer --grad_clipping 0)
         fi
         run_capped "$CAP_PLAN" "$OUT/.part_plan_one.log" "$TRAIN" "${recipe_flags[@]}" --memory_plan 1
         cat "$OUT/.part_plan_one.log" >> "$mlog"

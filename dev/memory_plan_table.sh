@@ -24,7 +24,7 @@ ARGS=dev/reference/authors_args.txt
 # accumulation included: LEAN and EIGHT_BIT), and those that also need one
 # micro step per optimizer step (per-layer updates: --total_batch_size equal
 # to --batch_size)
-LEAN=(--activation_checkpointing --master_weights 0)
+LEAN=(--activation_checkpointing --master_weights 0 --subspace_dtype bfloat16)
 PER_LAYER=(--optimizer low_rank_adamw8bit_per_layer --grad_clipping 0)
 PER_LAYER_FP32_STATES=(--optimizer low_rank_adamw_per_layer --grad_clipping 0)
 EIGHT_BIT=(--optimizer low_rank_adamw8bit)

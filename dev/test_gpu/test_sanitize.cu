@@ -40,7 +40,7 @@ static int all_finite(const float* x, size_t n) {
 }
 
 // lean: the leanest memory flags (bf16 weights without masters, recomputed
-// activations, per-layer updates without clipping), so that the sanitizers
+// activations, per-layer updates without clipping, bf16 subspaces), so that the sanitizers
 // cover their kernels and buffers too
 static void run_case(const cpu::Llama* ref, const int* inputs, const int* targets, float ref_loss, Dtype dt,
                      const char* optimizer, int lean = 0) {
@@ -56,11 +56,14 @@ static void run_case(const cpu::Llama* ref, const int* inputs, const int* target
     t.weight_decay = 0.01f;
     t.master_weights = !lean;
     snprintf(t.dtype, sizeof t.dtype, "%s", dt == DTYPE_BFLOAT16 ? "bfloat16" : "float32");
-    if (lean) { t.grad_clipping = 0.0f; }
+    if (lean) {
+        t.grad_clipping = 0.0f;
+        snprintf(t.subspace_dtype, sizeof t.subspace_dtype, "%s", "bfloat16");
+    }
     int lowrank = strcmp(optimizer, "low_rank_adamw") == 0;
     char label[160];
     snprintf(label, sizeof label, "%s %s %s%s", SAN_PRESET, dt == DTYPE_BFLOAT16 ? "bf16" : "fp32",
-             lowrank ? "SubTrack++" : "AdamW", lean ? " (--master_weights 0, recomputed, per-layer)" : "");
+             lowrank ? "SubTrack++" : "AdamW", lean ? " (--master_weights 0, recomputed, per-layer, bf16 S)" : "");
 
     Llama model;
     llama_build(&model, c, dt, !lean, lean);

@@ -701,12 +701,13 @@ static void test_master_weights(GpuTestCase* tc, const StepSettings* st) {
 // optimizer state bit-identical to whole steps (clipping off), here with
 // recomputation and without masters too, through a one-unit gradient buffer
 static void test_per_layer(GpuTestCase* tc, const StepSettings* st, Dtype dt, int master_weights, int recompute,
-                           int q8 = 0) {
+                           int q8 = 0, int subspace_bf16 = 0) {
     cpu::LlamaConfig c = tc->cfg;
     const int steps = 6;
     cpu::TrainConfig t;
     step_train_config(&t, st, steps);
     if (q8) { snprintf(t.optimizer, sizeof t.optimizer, "%s", "low_rank_adamw8bit"); }
+    if (subspace_bf16) { snprintf(t.subspace_dtype, sizeof t.subspace_dtype, "%s", "bfloat16"); }
     t.grad_clipping = 0.0f;
     t.master_weights = master_weights;
     snprintf(t.dtype, sizeof t.dtype, "%s", dt == DTYPE_BFLOAT16 ? "bfloat16" : "float32");
@@ -752,10 +753,10 @@ static void test_per_layer(GpuTestCase* tc, const StepSettings* st, Dtype dt, in
     // the whole buffer; double sums of n floats agree to n * 2^-53 relative
     double norm_err = fabs(norm[1] - norm[0]) / norm[0];
     check(same && norm_err <= 1e-12 && m[1].grads_floats < m[0].grads_floats,
-          "%s %s%s %s%s%s per-layer updates, %d steps: the last loss, every weight and every optimizer state "
+          "%s %s%s %s%s%s%s per-layer updates, %d steps: the last loss, every weight and every optimizer state "
           "bit-identical to whole steps, with a gradient buffer of %zu floats instead of %zu (norm rel diff %.1e)",
           tc->label, st->name, q8 ? " 8-bit" : "", dt == DTYPE_BFLOAT16 ? "bf16" : "fp32",
-          master_weights ? "" : " --master_weights 0",
+          master_weights ? "" : " --master_weights 0", subspace_bf16 ? " --subspace_dtype bfloat16" : "",
           recompute ? " --activation_checkpointing" : "", steps, m[1].grads_floats, m[0].grads_floats, norm_err);
     for (int k = 0; k < 2; k++) { free(w[k]); optimizer_free(&o[k]); llama_free(&m[k]); }
 }
@@ -807,6 +808,129 @@ static void test_q8_against_cpu(GpuTestCase* tc, const StepSettings* st) {
     free(w);
     optimizer_free(&gopt);
     cpu::optimizer_free(&hopt);
+    llama_free(&model);
+    cpu::llama_free(&ref);
+}
+
+// run a against reference run b, both from W0: the largest difference of
+// W - W0 relative to b's, into *w, and of M and V (each relative to b's
+// largest), into *mv
+static void lowrank_run_diff(const float* wa, const cpu::Optimizer* a, const cpu::Llama* b_model,
+                             const cpu::Optimizer* b, const float* w0, double* w, double* mv) {
+    double e = 0.0, sc = 0.0;
+    for (size_t i = 0; i < b_model->num_parameters; i++) {
+        e = fmax(e, fabs((double)wa[i] - b_model->params_memory[i]));
+        sc = fmax(sc, fabs((double)b_model->params_memory[i] - w0[i]));
+    }
+    *w = sc > 0 ? e / sc : 0.0;
+    double me = 0.0, ms = 0.0, ve = 0.0, vs = 0.0;
+    for (int k = 0; k < b->num_lowrank; k++) {
+        size_t mq = (size_t)b->lowrank[k].q * b->lowrank[k].r;
+        double x, s;
+        max_errors(a->lowrank[k].M, b->lowrank[k].M, mq, &x, &s);
+        me = fmax(me, x); ms = fmax(ms, s);
+        max_errors(a->lowrank[k].V, b->lowrank[k].V, mq, &x, &s);
+        ve = fmax(ve, x); vs = fmax(vs, s);
+    }
+    *mv = fmax(ms > 0 ? me / ms : 0.0, vs > 0 ? ve / vs : 0.0);
+}
+
+// --subspace_dtype bfloat16 on identical gradients (the CPU's, clipped), 6
+// steps (S moves at steps 0, 2 and 4), GPU against CPU. the GPU keeps each S
+// in bf16 and widens it for a step; the CPU keeps bf16 values in fp32; both
+// round a moved S stochastically with the same random bits. measured:
+//  - every S on both sides is a bf16 value;
+//  - an entry of S rounds differently only when the random threshold falls
+//    between the two sides' fp32 values (1e-4 of the scale apart at most,
+//    GPU_STEPS_REL_TOL, against a gap of 2^-8 to 2^-7 of the entry): at most
+//    2% of the entries may differ (a wrong stream of random bits, or rounding
+//    to nearest on one side, makes a third of them differ). an entry that
+//    differs is one gap off, and the next move rounds the two by the same
+//    threshold, which keeps them one gap apart: at most 2 gaps of the
+//    largest entry;
+//  - W, M and V then move by what those entries change. the bound is the
+//    CPU's own spread under rounding: the same CPU run with other random bits
+//    (seed + 1, which reaches only the rounding here), which rounds every
+//    entry independently where the GPU differs in a few. W - W0, M and V may
+//    differ from the CPU's by at most that spread of their scale, or
+//    GPU_STEPS_REL_TOL where it is smaller (a wrong S, or one not widened, is
+//    off by the whole scale)
+static void test_subspace_bf16_against_cpu(GpuTestCase* tc, const StepSettings* st) {
+    cpu::LlamaConfig c = tc->cfg;
+    const int steps = 6;
+    cpu::TrainConfig t;
+    step_train_config(&t, st, steps);
+    snprintf(t.subspace_dtype, sizeof t.subspace_dtype, "%s", "bfloat16");
+    cpu::Llama ref;
+    cpu::llama_build(&ref, &c);
+    memcpy(ref.params_memory, tc->params, ref.num_parameters * sizeof(float));
+    cpu::Optimizer hopt, hother;
+    cpu::TrainConfig t_other = t;
+    t_other.seed = t.seed + 1;
+    if (cpu::optimizer_build(&hopt, &c, &t) != NULL || cpu::optimizer_build(&hother, &c, &t_other) != NULL) {
+        fprintf(stderr, "error: optimizer_build\n");
+        exit(1);
+    }
+    cpu::Llama other;  // the CPU with other random bits, on the same gradients
+    cpu::llama_build(&other, &c);
+    memcpy(other.params_memory, tc->params, other.num_parameters * sizeof(float));
+    Llama model;
+    llama_build(&model, &c, DTYPE_FLOAT32);
+    llama_upload_params(&model, tc->params);
+    Optimizer gopt;
+    if (optimizer_build(&gopt, &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
+    for (int step = 0; step < steps; step++) {
+        cpu::llama_zero_grad(&ref);
+        cpu::llama_forward(&ref, tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
+        cpu::llama_backward(&ref, tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
+        cpu_clip(&ref, &t);
+        cuda_check(cudaMemcpy(model.grads_memory, ref.grads_memory, ref.num_parameters * sizeof(float),
+                              cudaMemcpyHostToDevice));
+        memcpy(other.grads_memory, ref.grads_memory, ref.num_parameters * sizeof(float));
+        float lr = cpu::lr_at_step(&t, step);
+        cpu::optimizer_step(&hopt, &ref, lr);
+        cpu::optimizer_step(&hother, &other, lr);
+        optimizer_step(&gopt, &model, lr);
+    }
+    float* w = to_host(model.params_memory, model.num_parameters);
+    optimizer_download(&gopt);
+    size_t entries = 0, not_bf16 = 0, differ = 0;
+    double largest = 0.0, worst = 0.0;
+    for (int k = 0; k < hopt.num_lowrank; k++) {
+        const cpu::LowRankState* b = &hopt.lowrank[k];
+        for (size_t j = 0; j < (size_t)b->p * b->r; j++) { largest = fmax(largest, fabs((double)b->S[j])); }
+    }
+    int e2;
+    frexp(largest, &e2);
+    double gap = ldexp(1.0, e2 - 1 - 7);  // bf16 keeps 7 fraction bits
+    for (int k = 0; k < hopt.num_lowrank; k++) {
+        const cpu::LowRankState* a = &gopt.host.lowrank[k];
+        const cpu::LowRankState* b = &hopt.lowrank[k];
+        size_t pr = (size_t)b->p * b->r;
+        for (size_t j = 0; j < pr; j++) {
+            not_bf16 += (cpu::fp32_to_bits(a->S[j]) & 0xFFFFu) != 0 || (cpu::fp32_to_bits(b->S[j]) & 0xFFFFu) != 0;
+            differ += a->S[j] != b->S[j];
+            worst = fmax(worst, fabs((double)a->S[j] - b->S[j]) / gap);
+        }
+        entries += pr;
+    }
+    double gpu_w = 0.0, gpu_mv = 0.0, spread_w = 0.0, spread_mv = 0.0;
+    lowrank_run_diff(w, &gopt.host, &ref, &hopt, tc->params, &gpu_w, &gpu_mv);
+    lowrank_run_diff(other.params_memory, &hother, &ref, &hopt, tc->params, &spread_w, &spread_mv);
+    double tol_w = fmax(spread_w, GPU_STEPS_REL_TOL), tol_mv = fmax(spread_mv, GPU_STEPS_REL_TOL);
+    check(entries > 0 && not_bf16 == 0 && differ <= entries / 50 && worst <= 2.0,
+          "%s %s --subspace_dtype bfloat16, %d steps on the CPU's gradients: every S a bf16 value (%zu of %zu are "
+          "not), %zu differ from the CPU's (at most 2%%), by at most %.2f gaps of the largest entry (at most 2)",
+          tc->label, st->name, steps, not_bf16, entries, differ, worst);
+    check(gpu_w <= tol_w && gpu_mv <= tol_mv,
+          "%s %s --subspace_dtype bfloat16, %d steps: W - W0 rel %.2g, M and V rel %.2g against the CPU (tol: the "
+          "CPU's spread under other random bits, %.2g and %.2g, or 1e-4)", tc->label, st->name, steps, gpu_w, gpu_mv,
+          spread_w, spread_mv);
+    free(w);
+    optimizer_free(&gopt);
+    cpu::optimizer_free(&hopt);
+    cpu::optimizer_free(&hother);
+    cpu::llama_free(&other);
     llama_free(&model);
     cpu::llama_free(&ref);
 }
@@ -1163,8 +1287,11 @@ int main(int argc, char** argv) {
     test_per_layer(&tcs[0], step_settings("subtrack++"), DTYPE_BFLOAT16, 0, 1);
     test_per_layer(&tcs[0], step_settings("subtrack++"), DTYPE_FLOAT32, 1, 0, 1);
     test_per_layer(&tcs[1], step_settings("subtrack++"), DTYPE_BFLOAT16, 0, 1, 1);
+    test_per_layer(&tcs[0], step_settings("galore"), DTYPE_BFLOAT16, 0, 1, 1, 1);
     test_q8_against_cpu(&tcs[0], step_settings("subtrack++"));
     test_q8_against_cpu(&tcs[1], step_settings("galore"));
+    test_subspace_bf16_against_cpu(&tcs[0], step_settings("subtrack++"));
+    test_subspace_bf16_against_cpu(&tcs[1], step_settings("galore"));
     test_master_weights(&tcs[0], step_settings("adamw"));
     for (int i = 0; i < 3; i++) { test_case_free(&small[i]); }
     // bf16, on the two reference models (the random one is left out to keep the harness run short)

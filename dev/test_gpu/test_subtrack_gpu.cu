@@ -761,6 +761,17 @@ static void test_per_layer(GpuTestCase* tc, const StepSettings* st, Dtype dt, in
     for (int k = 0; k < 2; k++) { free(w[k]); optimizer_free(&o[k]); llama_free(&m[k]); }
 }
 
+// the CPU's gradients of step (the test case's batch step % 2), clipped as
+// the trainer clips them, in ref and copied to the GPU model's gradients
+static void cpu_clipped_grads_to(Llama* model, cpu::Llama* ref, GpuTestCase* tc, const cpu::TrainConfig* t, int step) {
+    cpu::llama_zero_grad(ref);
+    cpu::llama_forward(ref, tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
+    cpu::llama_backward(ref, tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
+    cpu_clip(ref, t);
+    cuda_check(cudaMemcpy(model->grads_memory, ref->grads_memory, ref->num_parameters * sizeof(float),
+                          cudaMemcpyHostToDevice));
+}
+
 // 8-bit states on identical gradients (the CPU's, clipped), 6 steps, GPU
 // against CPU. the GPU quantizes as the CPU does, bit for bit
 // (test_gpu_optim), but its fp32 moments differ in their last bits (the
@@ -786,12 +797,7 @@ static void test_q8_against_cpu(GpuTestCase* tc, const StepSettings* st) {
     Optimizer gopt;
     if (optimizer_build(&gopt, &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
     for (int step = 0; step < steps; step++) {
-        cpu::llama_zero_grad(&ref);
-        cpu::llama_forward(&ref, tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
-        cpu::llama_backward(&ref, tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
-        cpu_clip(&ref, &t);
-        cuda_check(cudaMemcpy(model.grads_memory, ref.grads_memory, ref.num_parameters * sizeof(float),
-                              cudaMemcpyHostToDevice));
+        cpu_clipped_grads_to(&model, &ref, tc, &t, step);
         float lr = cpu::lr_at_step(&t, step);
         cpu::optimizer_step(&hopt, &ref, lr);
         optimizer_step(&gopt, &model, lr);
@@ -880,12 +886,7 @@ static void test_subspace_bf16_against_cpu(GpuTestCase* tc, const StepSettings* 
     Optimizer gopt;
     if (optimizer_build(&gopt, &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
     for (int step = 0; step < steps; step++) {
-        cpu::llama_zero_grad(&ref);
-        cpu::llama_forward(&ref, tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
-        cpu::llama_backward(&ref, tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
-        cpu_clip(&ref, &t);
-        cuda_check(cudaMemcpy(model.grads_memory, ref.grads_memory, ref.num_parameters * sizeof(float),
-                              cudaMemcpyHostToDevice));
+        cpu_clipped_grads_to(&model, &ref, tc, &t, step);
         memcpy(other.grads_memory, ref.grads_memory, ref.num_parameters * sizeof(float));
         float lr = cpu::lr_at_step(&t, step);
         cpu::optimizer_step(&hopt, &ref, lr);

@@ -1945,13 +1945,14 @@ gram_double_kernel(double* K, const float* G, int n, int right, int p, int q) {
     }
 }
 
-// S (p, R) from the eigenvectors Z of K (column-major: eigenvector e in column e,
-// eigenvalues ascending as cuSOLVER returns them): S[:, k] = Z[:, p - 1 - k]
+// S (p, R) from the top R eigenvectors Z of K (column-major, leading dimension p:
+// eigenvector e in column e, eigenvalues ascending as cuSOLVER returns them, the
+// largest in column R - 1): S[:, k] = Z[:, R - 1 - k]
 __global__ void top_eigenvectors_kernel(float* S, const double* Z, int p, int r) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)p * r) { return; }
     int i = (int)(idx / r), k = (int)(idx % r);
-    S[idx] = (float)Z[(size_t)(p - 1 - k) * p + i];
+    S[idx] = (float)Z[(size_t)(r - 1 - k) * p + i];
 }
 
 // flip each column of S (p, R) so its largest-magnitude entry is positive (first
@@ -2123,9 +2124,10 @@ static void lowrank_timing_end(LowRankStateGPU* s) {
 // the largest matrix by lowrank_gpu_reserve over every (m, n, R), then lowrank_gpu_alloc
 typedef struct {
     cublasHandle_t blas;        // its own handle: default math (no TF32), the default stream
+    int tf32;                   // 1: the projection, back-projection and residual on TF32 tensor cores (bf16 mode)
     cusolverDnHandle_t solver;
     size_t scratch_floats;      // device floats needed
-    int eig_lwork;              // doubles of cusolverDnDsyevd workspace: the plan's, or cuSOLVER's if larger
+    int eig_lwork;              // doubles of cusolverDnDsyevdx workspace: the plan's, or cuSOLVER's if larger
     int eig_lwork_over_plan;    // how many doubles cuSOLVER asked for above the plan (0: none)
     float* scratch;             // device
     double* eig_work;           // device (eig_lwork,)
@@ -2222,9 +2224,10 @@ void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
         cpu::fatal("a %d x %d matrix needs %zu doubles of eigendecomposition workspace, above cuSOLVER's int range",
                    m, n, planned);
     }
-    int p = m <= n ? m : n, lwork = 0;
-    cusolverCheck(cusolverDnDsyevd_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
-                                              p, NULL, p, NULL, &lwork));
+    int p = m <= n ? m : n, lwork = 0, meig = 0;
+    cusolverCheck(cusolverDnDsyevdx_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                               CUBLAS_FILL_MODE_LOWER, p, NULL, p, 0.0, 0.0, p - r + 1, p, &meig,
+                                               NULL, &lwork));
     int need = lwork > (int)planned ? lwork : (int)planned;
     if (lwork > (int)planned && lwork - (int)planned > ctx->eig_lwork_over_plan) {
         ctx->eig_lwork_over_plan = lwork - (int)planned;
@@ -2251,15 +2254,29 @@ void lowrank_gpu_destroy(LowRankGPU* ctx) {
     cudaCheck(cudaFree(ctx->blas_workspace));  // after the handle that used it
 }
 
+// the three products of every step that cost 2 p q R each (projection,
+// back-projection, residual) are the optimizer's bulk: at 1B about 11% of the
+// model's FLOPs. in bf16 mode they run on TF32 tensor cores (8x the fp32 rate
+// on an H100): cuBLAS rounds S, G and the moments to TF32, 10 mantissa bits, and
+// accumulates in fp32. the error this adds is bounded in test_gpu_optim.cu
+// (test_lowrank_tf32); --dtype float32 keeps them exact fp32. the tracking
+// step's and the rotations' small products stay fp32 either way
+static void gemm_gpu_bulk(LowRankGPU* ctx, int transA, int transB, int M, int N, int K, float alpha, const float* A,
+                          int lda, const float* B, int ldb, float beta, float* Cm, int ldc) {
+    cublasCheck(cublasGemmEx(ctx->blas, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+                             N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, Cm, CUDA_R_32F, ldc,
+                             ctx->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 // the orientation-hiding products, as on the CPU:
 //   left:  Gt (R, q) = S^T G          D (m, n) = alpha S X + beta D
 //   right: Gt (q, R) = G S            D (m, n) = alpha X S^T + beta D
 static void lowrank_project(float* Gt, const LowRankStateGPU* s, const float* G, LowRankGPU* ctx) {
     int m = s->m, n = s->n, r = s->r;
     if (!s->right) {
-        gemm_gpu(ctx->blas, 1, 0, r, n, m, 1.0f, s->S, r, G, n, 0.0f, Gt, n);
+        gemm_gpu_bulk(ctx, 1, 0, r, n, m, 1.0f, s->S, r, G, n, 0.0f, Gt, n);
     } else {
-        gemm_gpu(ctx->blas, 0, 0, m, r, n, 1.0f, G, n, s->S, r, 0.0f, Gt, r);
+        gemm_gpu_bulk(ctx, 0, 0, m, r, n, 1.0f, G, n, s->S, r, 0.0f, Gt, r);
     }
 }
 
@@ -2267,9 +2284,9 @@ static void lowrank_back_project(float* D, const LowRankStateGPU* s, const float
                                  LowRankGPU* ctx) {
     int m = s->m, n = s->n, r = s->r;
     if (!s->right) {
-        gemm_gpu(ctx->blas, 0, 0, m, n, r, alpha, s->S, r, X, n, beta, D, n);
+        gemm_gpu_bulk(ctx, 0, 0, m, n, r, alpha, s->S, r, X, n, beta, D, n);
     } else {
-        gemm_gpu(ctx->blas, 0, 1, m, n, r, alpha, X, r, s->S, r, beta, D, n);
+        gemm_gpu_bulk(ctx, 0, 1, m, n, r, alpha, X, r, s->S, r, beta, D, n);
     }
 }
 
@@ -2328,15 +2345,26 @@ static void cusolver_factorization_check(cusolverStatus_t status, const int* dev
 
 // S (p, R) = the top-r left singular vectors of op(G), descending, canonical sign:
 // eigenvectors of the Gram matrix K = X X^T formed in double (as the CPU does;
-// fp32 would square the condition number into fp32 rounding), by cusolverDnDsyevd
+// fp32 would square the condition number into fp32 rounding), by
+// cusolverDnDsyevdx for the top R only (the R largest: 1-based indices p-R+1..p):
+// it still reduces K to tridiagonal form, (4/3) p^3, but computes and
+// back-transforms R eigenvectors instead of p
 void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, LowRankGPU* ctx,
                                    const StepScratchGPU* w) {
     int right = m > n;
     int p = right ? n : m, q = right ? m : n;
     gram_double(w->K, G, n, right, p, q);
-    cusolverStatus_t status = cusolverDnDsyevd(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p,
-                                               w->K, p, w->eig, ctx->eig_work, ctx->eig_lwork, ctx->eig_info);
-    cusolver_factorization_check(status, ctx->eig_info, "cusolverDnDsyevd", p, m, n);
+    int found = 0;
+    cusolverStatus_t status = cusolverDnDsyevdx(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                                CUBLAS_FILL_MODE_LOWER, p, w->K, p, 0.0, 0.0, p - r + 1, p, &found,
+                                                w->eig, ctx->eig_work, ctx->eig_lwork, ctx->eig_info);
+    cusolver_factorization_check(status, ctx->eig_info, "cusolverDnDsyevdx", p, m, n);
+    if (found != r) {
+        fprintf(stderr, "error: cusolverDnDsyevdx found %d of the top %d eigenpairs of the %d x %d Gram matrix of a "
+                "%d x %d gradient (the SVD for the subspace)\nhint: a NaN or Inf in the gradient causes this\n",
+                found, r, p, p, m, n);
+        exit(EXIT_FAILURE);
+    }
     top_eigenvectors_kernel<<<optim_blocks((size_t)p * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(S, w->K, p, r);
     cudaCheck(cudaGetLastError());
     canonical_sign(S, p, r);
@@ -2675,6 +2703,7 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
     o->lowrank = (LowRankStateGPU*)cpu::calloc_check((size_t)(nl > 0 ? nl : 1) * sizeof(LowRankStateGPU),
                                                      "low-rank states");
     lowrank_gpu_create(&o->ctx);
+    o->ctx.tf32 = dtype_from_name(t->dtype) == DTYPE_BFLOAT16;
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
         lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->r);

@@ -7,9 +7,14 @@
 //
 // Numerics: products are accumulated in double and alpha/beta applied in
 // double, then rounded once to the output type (bf16 and fp16 round to nearest
-// even). TF32 / fast-accumulation modes are treated as plain fp32, so the
-// emulator is more accurate than a GPU; tests should use tolerances that hold
-// on a GPU too. When beta == 0, C is not read (NaN in C does not propagate),
+// even). The reduced-precision input modes round A and B first, as tensor cores
+// do: CUBLAS_COMPUTE_32F_FAST_TF32 (or CUBLAS_COMPUTE_32F on a handle in
+// CUBLAS_TF32_TENSOR_OP_MATH) to TF32, 10 mantissa bits, to nearest with ties
+// away from zero (PTX cvt.rna.tf32.f32; a GPU may truncate instead, so tests
+// bound the error by TF32's 2^-10 spacing either way), and
+// CUBLAS_COMPUTE_32F_FAST_16BF to bf16, to nearest even. The accumulation stays
+// in double, more accurate than a GPU's fp32; tests should use tolerances that
+// hold on a GPU too. When beta == 0, C is not read (NaN in C does not propagate),
 // as cuBLAS documents.
 #include "cuda_emu.h"
 
@@ -157,7 +162,37 @@ struct gemm_problem {
   cudaDataType aux_type = CUDA_R_32F;
   long long aux_ld = 0, aux_batch_stride = 0;
   int bias_grad = 0;  // 1: BGRADA, 2: BGRADB
+  int input_rounding = 0;  // INPUT_* below: A and B rounded before the products
 };
+
+enum input_rounding_kind { INPUT_EXACT, INPUT_TF32, INPUT_BF16 };
+
+// x rounded to TF32 (8 exponent bits, 10 mantissa bits), to nearest, ties away
+// from zero: add half a TF32 unit to the magnitude bits and cut the 13 low bits
+// (a carry into the exponent is the right rounding up); Inf and NaN stay
+static float round_to_tf32(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return x;
+  u = (u + 0x1000u) & 0xffffe000u;
+  memcpy(&x, &u, 4);
+  return x;
+}
+
+static double round_input(int kind, double v) {
+  if (kind == INPUT_TF32) return round_to_tf32((float)v);
+  if (kind == INPUT_BF16) return __bfloat162float(__float2bfloat16((float)v));
+  return v;
+}
+
+// which rounding a compute type (and the handle's math mode) asks for, with fp32 inputs
+static int input_rounding_for(cublasComputeType_t compute, cublasMath_t math_mode, cudaDataType at) {
+  if (at != CUDA_R_32F) return INPUT_EXACT;
+  if (compute == CUBLAS_COMPUTE_32F_FAST_TF32) return INPUT_TF32;
+  if (compute == CUBLAS_COMPUTE_32F_FAST_16BF) return INPUT_BF16;
+  if (compute == CUBLAS_COMPUTE_32F && (math_mode & 0xf) == CUBLAS_TF32_TENSOR_OP_MATH) return INPUT_TF32;
+  return INPUT_EXACT;
+}
 
 static double gelu_tanh(double x) {
   // cuBLASLt's GELU is the tanh approximation
@@ -195,10 +230,12 @@ static void run_gemm(const gemm_problem& p) {
     // op(A)(i, q) is A(i, q) or A(q, i); op(B)(q, j) is B(q, j) or B(j, q)
     for (long long i = 0; i < m; i++)
       for (long long q = 0; q < k; q++)
-        opa[(size_t)(i * k + q)] = load_element(p.a.type, abase, p.trans_a ? p.a.index(q, i) : p.a.index(i, q));
+        opa[(size_t)(i * k + q)] =
+            round_input(p.input_rounding, load_element(p.a.type, abase, p.trans_a ? p.a.index(q, i) : p.a.index(i, q)));
     for (long long j = 0; j < n; j++)
       for (long long q = 0; q < k; q++)
-        opb[(size_t)(j * k + q)] = load_element(p.b.type, bbase, p.trans_b ? p.b.index(j, q) : p.b.index(q, j));
+        opb[(size_t)(j * k + q)] =
+            round_input(p.input_rounding, load_element(p.b.type, bbase, p.trans_b ? p.b.index(j, q) : p.b.index(q, j)));
     for (long long j = 0; j < n; j++) {
       const double* bj = opb.data() + j * k;
       for (long long i = 0; i < m; i++) {
@@ -258,7 +295,7 @@ cublasStatus_t cublasGetStream_v2(cublasHandle_t handle, cudaStream_t* streamId)
 }
 cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
   if (!valid_handle(handle)) return CUBLAS_STATUS_NOT_INITIALIZED;
-  handle->math_mode = mode;  // TF32 and friends compute in full precision here
+  handle->math_mode = mode;  // CUBLAS_TF32_TENSOR_OP_MATH rounds fp32 inputs to TF32 (gemm_entry)
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasGetMathMode(cublasHandle_t handle, cublasMath_t* mode) {
@@ -407,6 +444,7 @@ static cublasStatus_t gemm_entry(const char* api, cublasHandle_t handle, cublasO
   p.b = matrix_view{"B", B, bt, tb ? n : k, tb ? k : n, ldb, false, stride_b, batch};
   p.c = matrix_view{"C", C, ct, m, n, ldc, false, stride_c, batch};
   p.d = p.c;
+  p.input_rounding = input_rounding_for(compute, handle->math_mode, at);
   if (k > 0 && p.alpha != 0.0) {
     check_matrix_memory(api, p.a);
     check_matrix_memory(api, p.b);
@@ -848,6 +886,7 @@ static cublasStatus_t lt_prepare(const char* api, cublasLtMatmulDesc_t computeDe
   p->batch = batch;
   p->trans_a = ta;
   p->trans_b = tb;
+  p->input_rounding = input_rounding_for((cublasComputeType_t)d->compute_type, CUBLAS_DEFAULT_MATH, at);
   // epilogue
   uint32_t e = d->epilogue;
   p->add_bias = false;

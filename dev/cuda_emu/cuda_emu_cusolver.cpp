@@ -3,8 +3,16 @@
 //
 // Implemented: cusolverDnCreate/Destroy, cusolverDnSet/GetStream,
 // cusolverDn{S,D}syevd_bufferSize and cusolverDn{S,D}syevd (symmetric
-// eigendecomposition). Anything else is a link error, as with the rest of the
-// harness.
+// eigendecomposition), cusolverDnDsyevdx_bufferSize and cusolverDnDsyevdx (a
+// selection of eigenpairs). Anything else is a link error, as with the rest of
+// the harness.
+//
+// syevdx, as documented: range CUSOLVER_EIG_RANGE_ALL (all n), _I (the il-th
+// through the iu-th smallest, 1-based, 1 <= il <= iu <= n) or _V (those in the
+// half-open interval (vl, vu]); *meig (host memory) is how many were found, W
+// holds them ascending in its first *meig entries, and with
+// CUSOLVER_EIG_MODE_VECTOR the first *meig columns of A their eigenvectors.
+// Here the selection is cut from the whole Jacobi decomposition.
 //
 // syevd follows NVIDIA's documented semantics: A (n, n) column-major with
 // leading dimension lda; only the triangle named by uplo is read; on return
@@ -198,7 +206,81 @@ static cusolverStatus_t syevd(const char* api, cusolverDnHandle_t handle, cusolv
   return CUSOLVER_STATUS_SUCCESS;
 }
 
+static int syevdx_lwork(int n) { return n < 1 ? 1 : CUSOLVER_EMU_WORK_PER_N * n + 1; }
+
+static cusolverStatus_t syevdx(const char* api, cusolverDnHandle_t handle, cusolverEigMode_t jobz,
+                               cusolverEigRange_t range, cublasFillMode_t uplo, int n, double* A, int lda, double vl,
+                               double vu, int il, int iu, int* meig, double* W, double* work, int lwork, int* info) {
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  int bad = 0;
+  if (jobz != CUSOLVER_EIG_MODE_NOVECTOR && jobz != CUSOLVER_EIG_MODE_VECTOR) bad = -2;
+  else if (range != CUSOLVER_EIG_RANGE_ALL && range != CUSOLVER_EIG_RANGE_I && range != CUSOLVER_EIG_RANGE_V) bad = -3;
+  else if (uplo != CUBLAS_FILL_MODE_LOWER && uplo != CUBLAS_FILL_MODE_UPPER) bad = -4;
+  else if (n < 0) bad = -5;
+  else if (lda < (n > 1 ? n : 1)) bad = -7;
+  else if (range == CUSOLVER_EIG_RANGE_V && !(vl < vu)) bad = -9;
+  else if (range == CUSOLVER_EIG_RANGE_I && n > 0 && (il < 1 || il > n)) bad = -10;
+  else if (range == CUSOLVER_EIG_RANGE_I && n > 0 && (iu < il || iu > n)) bad = -11;
+  else if (meig == nullptr) bad = -12;
+  else if (lwork < syevdx_lwork(n)) bad = -15;
+  syevd_check_device(api, "info", info, sizeof(int));
+  if (bad != 0) {
+    fprintf(stderr, "cuda_emu: %s: parameter %d is invalid\n", api, -bad);
+    *info = bad;
+    return CUSOLVER_STATUS_INVALID_VALUE;
+  }
+  *meig = 0;
+  if (n == 0) {
+    *info = 0;
+    return CUSOLVER_STATUS_SUCCESS;
+  }
+  int unconverged = syevd(api, handle, jobz, uplo, n, A, lda, W, work, lwork, info);
+  if (unconverged != CUSOLVER_STATUS_SUCCESS) return (cusolverStatus_t)unconverged;
+  int first = 0, count = n;  // the selection, in ascending order
+  if (range == CUSOLVER_EIG_RANGE_I) {
+    first = il - 1;
+    count = iu - il + 1;
+  } else if (range == CUSOLVER_EIG_RANGE_V) {
+    while (first < n && !(W[first] > vl)) first++;
+    count = 0;
+    while (first + count < n && W[first + count] <= vu) count++;
+  }
+  // move the selected pairs to the front; the columns past them are scribbled on
+  for (int j = 0; j < count; j++) {
+    W[j] = W[first + j];
+    if (first > 0) {
+      for (int i = 0; i < n; i++) A[i + (size_t)j * lda] = A[i + (size_t)(first + j) * lda];
+    }
+  }
+  for (int j = count; j < n; j++) {
+    W[j] = NAN;
+    for (int i = 0; i < n; i++) A[i + (size_t)j * lda] = NAN;
+  }
+  *meig = count;
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
 extern "C" {
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDsyevdx_bufferSize(cusolverDnHandle_t handle, cusolverEigMode_t jobz,
+                                                          cusolverEigRange_t range, cublasFillMode_t uplo, int n,
+                                                          const double* A, int lda, double vl, double vu, int il,
+                                                          int iu, int* meig, const double* W, int* lwork) {
+  (void)jobz; (void)range; (void)uplo; (void)A; (void)lda; (void)vl; (void)vu; (void)il; (void)iu; (void)meig;
+  (void)W;
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (lwork == nullptr || n < 0) return CUSOLVER_STATUS_INVALID_VALUE;
+  *lwork = syevdx_lwork(n);
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDsyevdx(cusolverDnHandle_t handle, cusolverEigMode_t jobz,
+                                               cusolverEigRange_t range, cublasFillMode_t uplo, int n, double* A,
+                                               int lda, double vl, double vu, int il, int iu, int* meig, double* W,
+                                               double* work, int lwork, int* info) {
+  return syevdx("cusolverDnDsyevdx", handle, jobz, range, uplo, n, A, lda, vl, vu, il, iu, meig, W, work, lwork,
+                info);
+}
 
 cusolverStatus_t CUSOLVERAPI cusolverDnDsyevd_bufferSize(cusolverDnHandle_t handle, cusolverEigMode_t jobz,
                                                          cublasFillMode_t uplo, int n, const double* A, int lda,

@@ -821,6 +821,66 @@ static void test_cublas(cublasHandle_t handle) {
 }
 
 // D = op(A) op(B) + beta C + bias through cuBLASLt, llm.c style: A transposed
+// the reduced-precision input modes: one product a * 1 over k = 1, where a sits
+// between two TF32 values. a = 1 + 3 * 2^-12 is 0.75 of TF32's spacing 2^-10
+// above 1: TF32 to nearest gives 1 + 2^-10 (a GPU that truncates gives 1); in
+// bf16 (spacing 2^-7) it is 1. a = 1 + 2^-11 is a tie, which cvt.rna rounds away
+// from zero. fp32 compute, and TF32 math with the pedantic compute type, keep a.
+static void test_cublas_reduced_precision(cublasHandle_t handle) {
+  const float above = 1.0f + 3.0f * ldexpf(1.0f, -12), tie = 1.0f + ldexpf(1.0f, -11);
+  const float tf32_up = 1.0f + ldexpf(1.0f, -10);
+  std::vector<float> a = {above, tie, -above}, one = {1.0f};
+  float* dA = to_device(a);
+  float* dB = to_device(one);
+  std::vector<float> c0(3, 0.0f);
+  float* dC = to_device(c0);
+  const float fa = 1.0f, fb = 0.0f;
+  struct Mode {
+    const char* name;
+    cublasComputeType_t compute;
+    cublasMath_t math;
+    float expect[3];  // under the harness (round to nearest, ties away)
+    bool tf32;        // a GPU may truncate to TF32 instead
+  } modes[] = {
+      {"COMPUTE_32F, default math", CUBLAS_COMPUTE_32F, CUBLAS_DEFAULT_MATH, {above, tie, -above}, false},
+      {"COMPUTE_32F_FAST_TF32", CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_DEFAULT_MATH, {tf32_up, tf32_up, -tf32_up}, true},
+      {"COMPUTE_32F, TF32 math mode", CUBLAS_COMPUTE_32F, CUBLAS_TF32_TENSOR_OP_MATH,
+       {tf32_up, tf32_up, -tf32_up}, true},
+      {"COMPUTE_32F_PEDANTIC, TF32 math mode", CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_TF32_TENSOR_OP_MATH,
+       {above, tie, -above}, false},
+      {"COMPUTE_32F_FAST_16BF", CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_DEFAULT_MATH, {1.0f, 1.0f, -1.0f}, false},
+  };
+  for (const Mode& md : modes) {
+    CUBLAS_CHECK(cublasSetMathMode(handle, md.math));
+    // C (3, 1) = A (3, 1) B (1, 1), column-major
+    CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, 3, 1, 1, &fa, dA, CUDA_R_32F, 3, dB, CUDA_R_32F, 1,
+                              &fb, dC, CUDA_R_32F, 3, md.compute, CUBLAS_GEMM_DEFAULT));
+    std::vector<float> c = to_host(dC, 3);
+    bool ok = true;
+    for (int i = 0; i < 3; i++) {
+      bool truncated = md.tf32 && fabsf(c[i]) == 1.0f && (c[i] > 0) == (a[i] > 0);
+#ifdef CUDA_EMU
+      truncated = false;  // the harness rounds to nearest
+#endif
+      ok = ok && (c[i] == md.expect[i] || truncated);
+    }
+    check(ok, "cuBLAS input rounding", "%s: %.9g %.9g %.9g (expected %.9g %.9g %.9g)", md.name, c[0], c[1], c[2],
+          md.expect[0], md.expect[1], md.expect[2]);
+  }
+  // cublasSgemm follows the handle's math mode
+  CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH));
+  CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 3, 1, 1, &fa, dA, 3, dB, 1, &fb, dC, 3));
+  std::vector<float> c = to_host(dC, 3);
+  check(c[0] == tf32_up || c[0] == 1.0f, "cuBLAS input rounding", "cublasSgemm in TF32 math mode: %.9g", c[0]);
+  CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 3, 1, 1, &fa, dA, 3, dB, 1, &fb, dC, 3));
+  c = to_host(dC, 3);
+  check(c[0] == above, "cuBLAS input rounding", "cublasSgemm in default math: %.9g", c[0]);
+  CUDA_CHECK(cudaFree(dA));
+  CUDA_CHECK(cudaFree(dB));
+  CUDA_CHECK(cudaFree(dC));
+}
+
 static void test_cublaslt(cublasLtHandle_t lt) {
   const int m = 6, n = 5, k = 4;
   for (int variant = 0; variant < 4; variant++) {
@@ -1361,6 +1421,7 @@ int main(int argc, char** argv) {
   cublasHandle_t handle;
   CUBLAS_CHECK(cublasCreate(&handle));
   test_cublas(handle);
+  test_cublas_reduced_precision(handle);
   cublasLtHandle_t lt;
   CUBLAS_CHECK(cublasLtCreate(&lt));
   test_cublaslt(lt);

@@ -277,8 +277,18 @@ static void state_errors(double* e, const float* gpu_memory, const float* gpu_W,
     if (limiter[1] != st->limiter[1]) { e[4] = INFINITY; }
 }
 
-static void run_lowrank_case(int m, int n, int r, const MethodCase* mc, float eta, float wd, int steps,
-                             LowRankGPU* ctx, uint64_t seed) {
+// the worst errors over the steps of one case (state_errors' five), the step of
+// each, and the GPU's subspace updates
+typedef struct {
+    double err[5];
+    int err_step[5];
+    int subspace_updates;
+    double w_rms;       // max over steps of ||W_gpu - W_cpu||_F / ||W_cpu - W_0||_F
+    int w_rms_step;
+} CaseErrors;
+
+static CaseErrors lowrank_case_errors(int m, int n, int r, const MethodCase* mc, float eta, float wd, int steps,
+                                      LowRankGPU* ctx, uint64_t seed) {
     int k = 2;
     cpu::LowRankConfig cfg = make_config(mc, r, k, eta, wd);
     float lr = 1e-2f;
@@ -306,8 +316,10 @@ static void run_lowrank_case(int m, int n, int r, const MethodCase* mc, float et
     float* gpu_W = (float*)malloc(mn * sizeof(float));
     GradientSource src;
     gradient_source_init(&src, m, n, r, seed + 1);
-    double err[5] = {0, 0, 0, 0, 0};
-    int err_step[5] = {0, 0, 0, 0, 0};
+    CaseErrors ce;
+    memset(&ce, 0, sizeof ce);
+    double* err = ce.err;
+    int* err_step = ce.err_step;
     for (int t = 0; t < steps; t++) {
         gradient_at(&src, G, t);
         cudaCheck(cudaMemcpy(d_G, G, mn * sizeof(float), cudaMemcpyHostToDevice));
@@ -320,17 +332,16 @@ static void run_lowrank_case(int m, int n, int r, const MethodCase* mc, float et
         for (int i = 0; i < 5; i++) {
             if (!(e[i] <= err[i])) { err[i] = e[i]; err_step[i] = t; }
         }
+        double dd = 0.0, uu = 0.0;
+        for (size_t i = 0; i < mn; i++) {
+            double d = (double)gpu_W[i] - W[i], u = (double)W[i] - W0[i];
+            dd += d * d;
+            uu += u * u;
+        }
+        double rms = sqrt(dd) / fmax(sqrt(uu), 1e-30);
+        if (!(rms <= ce.w_rms)) { ce.w_rms = rms; ce.w_rms_step = t; }
     }
-    const double tol[5] = {LR_TOL_PROJECTOR, LR_TOL_MOMENT, LR_TOL_MOMENT, mc->adaptive ? LR_TOL_W_ADAPTIVE : LR_TOL_W,
-                           LR_TOL_LIMITER};
-    int ok = 1;
-    for (int i = 0; i < 5; i++) { ok = ok && err[i] <= tol[i]; }
-    int worst = 0;
-    for (int i = 1; i < 5; i++) { if (!(err[i] / tol[i] <= err[worst] / tol[worst])) { worst = i; } }
-    const char* what[5] = {"S S^T", "M", "V", "W", "prev"};
-    check(ok, "lowrank %3dx%-3d r%d %-27s eta %-4g wd %g, %d steps: S S^T %.1e M %.1e V %.1e W %.1e prev %.1e "
-          "(worst %s at step %d; %d subspace updates)", m, n, r, mc->name, eta, wd, steps, err[0], err[1], err[2],
-          err[3], err[4], what[worst], err_step[worst], gs.subspace_updates);
+    ce.subspace_updates = gs.subspace_updates;
     // the GPU did work: the subspace timing is collected without error
     (void)lowrank_subspace_seconds(&gs);
     lowrank_state_free(&gs);
@@ -339,6 +350,30 @@ static void run_lowrank_case(int m, int n, int r, const MethodCase* mc, float et
     cudaCheck(cudaFree(d_W));
     cudaCheck(cudaFree(d_G));
     free(cpu_memory); free(scratch); free(W); free(W0); free(G); free(gpu_memory); free(gpu_W);
+    return ce;
+}
+
+static const char* const STATE_NAMES[5] = {"S S^T", "M", "V", "W", "prev"};
+
+// the index of the error furthest over (or closest to) its tolerance
+static int worst_of(const double* err, const double* tol) {
+    int worst = 0;
+    for (int i = 1; i < 5; i++) { if (!(err[i] / tol[i] <= err[worst] / tol[worst])) { worst = i; } }
+    return worst;
+}
+
+static void run_lowrank_case(int m, int n, int r, const MethodCase* mc, float eta, float wd, int steps,
+                             LowRankGPU* ctx, uint64_t seed) {
+    CaseErrors ce = lowrank_case_errors(m, n, r, mc, eta, wd, steps, ctx, seed);
+    const double* err = ce.err;
+    const double tol[5] = {LR_TOL_PROJECTOR, LR_TOL_MOMENT, LR_TOL_MOMENT, mc->adaptive ? LR_TOL_W_ADAPTIVE : LR_TOL_W,
+                           LR_TOL_LIMITER};
+    int ok = 1;
+    for (int i = 0; i < 5; i++) { ok = ok && err[i] <= tol[i]; }
+    int worst = worst_of(err, tol);
+    check(ok, "lowrank %3dx%-3d r%d %-27s eta %-4g wd %g, %d steps: S S^T %.1e M %.1e V %.1e W %.1e prev %.1e "
+          "(worst %s at step %d; %d subspace updates)", m, n, r, mc->name, eta, wd, steps, err[0], err[1], err[2],
+          err[3], err[4], STATE_NAMES[worst], ce.err_step[worst], ce.subspace_updates);
 }
 
 static const int test_shapes[][3] = {
@@ -354,6 +389,63 @@ static void test_lowrank_all(LowRankGPU* ctx) {
             // eta 1: geodesic steps of ~a radian here (sigma is O(1)), large enough to rotate the moments visibly
             run_lowrank_case(test_shapes[si][0], test_shapes[si][1], test_shapes[si][2], &method_cases[mi], 1.0f,
                              mi % 2 ? 0.1f : 0.0f, LR_STEPS, ctx, 1000 + 17 * si + mi);
+        }
+    }
+}
+
+// ---- 2b. bf16 mode: the projection, back-projection and residual on TF32
+// tensor cores (gemm_gpu_bulk), against the CPU's fp32, after every step
+//
+// the tolerance, from TF32's unit roundoff. TF32 keeps 10 mantissa bits, so
+// rounding an input moves it by at most u = 2^-10 of itself (truncation; to
+// nearest, half that; the harness rounds to nearest). a product of two rounded
+// inputs then errs by at most 2u of |a| |b|, and a sum of them by 2u sum |a_k| |b_k|
+// <= 2u ||a|| ||b|| (Cauchy-Schwarz), which for Gt = S^T G (||s|| = 1) is 2u ||g_j||
+// per entry; fp32 accumulation adds ~K 2^-24, under 1e-5 here. what follows
+// carries that 2u: M and V are sums of Gt with weights summing to <= 1, so 2u
+// (V, quadratic: 4u); the subspace steps turn S by angles computed from Gt
+// (2u), and the rotated moments carry that; the limiter's prev is a ratio of
+// norms of rounded vectors (4u). a 3x margin over the largest: 12u = 1.2e-2,
+// relative as in state_errors, for S S^T, M, V and prev.
+// W: N = M / (sqrt(V) + eps) is Adam's per-entry normalization, sign-like in
+// the first steps, so an entry of Gt within its rounding 2u ||g_j|| of zero can
+// change N by up to its whole size; the largest entry of W's error is bounded
+// by nothing smaller than the update itself (measured: up to 30u). W is held in
+// the Frobenius norm instead, ||W_gpu - W_cpu|| / ||W_cpu - W_0||: away from
+// zero, N's relative error is M's 2u plus half V's 4u, and the back-projection
+// adds 2u, 6u per step of updates that mostly share a sign; the entries near
+// zero are a fraction ~ 2u sqrt(R) of them and weigh that share. the same 12u
+// (2x the 6u) bounds it. measured: S S^T ~1e-5, M and V ~2e-4, W ~1-6e-3.
+// TF32 must really be in use: W's largest error must be at least
+// TF32_EXERCISED_FACTOR times the fp32 path's on the same case (u differs by 2^13)
+#define TF32_U 9.765625e-4
+#define TF32_TOL (12 * TF32_U)
+#define TF32_EXERCISED_FACTOR 50.0
+
+static void test_lowrank_tf32(LowRankGPU* ctx) {
+    const int shapes[][3] = {{72, 200, 8}, {200, 72, 8}};
+    int num_methods = (int)(sizeof(method_cases) / sizeof(method_cases[0]));
+    for (int si = 0; si < 2; si++) {
+        for (int mi = 0; mi < num_methods; mi++) {
+            const MethodCase* mc = &method_cases[mi];
+            int m = shapes[si][0], n = shapes[si][1], r = shapes[si][2];
+            uint64_t seed = 5000 + 17 * si + mi;
+            ctx->tf32 = 0;
+            CaseErrors exact = lowrank_case_errors(m, n, r, mc, 1.0f, 0.0f, LR_STEPS, ctx, seed);
+            ctx->tf32 = 1;
+            CaseErrors fast = lowrank_case_errors(m, n, r, mc, 1.0f, 0.0f, LR_STEPS, ctx, seed);
+            ctx->tf32 = 0;
+            double e[5] = {fast.err[0], fast.err[1], fast.err[2], fast.w_rms, fast.err[4]};
+            double tol[5] = {TF32_TOL, TF32_TOL, TF32_TOL, TF32_TOL, TF32_TOL};
+            int ok = 1;
+            for (int i = 0; i < 5; i++) { ok = ok && e[i] <= tol[i]; }
+            int worst = worst_of(e, tol);
+            check(ok, "lowrank TF32 %3dx%-3d r%d %-27s %d steps against the CPU's fp32: S S^T %.1e M %.1e V %.1e "
+                  "W (Frobenius) %.1e prev %.1e (tol 12u = %.1e; worst %s)", m, n, r, mc->name, LR_STEPS, e[0],
+                  e[1], e[2], e[3], e[4], TF32_TOL, STATE_NAMES[worst]);
+            check(fast.err[3] >= TF32_EXERCISED_FACTOR * exact.err[3] && fast.err[3] > 0,
+                  "lowrank TF32 %3dx%-3d r%d %-27s is in use: W's largest error %.1e is at least %g x the fp32 "
+                  "path's %.1e", m, n, r, mc->name, fast.err[3], TF32_EXERCISED_FACTOR, exact.err[3]);
         }
     }
 }
@@ -486,6 +578,84 @@ static void test_power_iteration_start(void) {
     }
 }
 
+// ---- 4b. cusolverDnDsyevdx's selection, as the SVD uses it, against the whole
+// decomposition of cusolverDnDsyevd: a symmetric K (p, p) with eigenvalues
+// 1..p (K = Q diag Q^T, Q orthonormal), so every gap is 1 and each eigenvector
+// is defined to ~1e-15 in double. range I (the top R) and range V (those above
+// p - R + 0.5) must both find R pairs: the eigenvalues to 1e-12 of p, and the
+// eigenvectors (blind to sign) to 1e-10, against syevd's columns p-R..p-1
+static void test_syevdx_selection(void) {
+    const int p = 12, r = 4;
+    double* Q = (double*)malloc((size_t)p * p * sizeof(double));
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, 77);
+    for (int i = 0; i < p * p; i++) { Q[i] = cpu::rng_normal(&rng); }
+    orthonormalize(Q, p, p);  // columns of the row-major (p, p) Q
+    double* K = (double*)malloc((size_t)p * p * sizeof(double));
+    for (int i = 0; i < p; i++) {
+        for (int j = 0; j < p; j++) {
+            double x = 0.0;
+            for (int e = 0; e < p; e++) { x += Q[i * p + e] * (e + 1.0) * Q[j * p + e]; }
+            K[i * p + j] = x;  // symmetric: row- and column-major alike
+        }
+    }
+    cusolverDnHandle_t solver;
+    cusolverCheck(cusolverDnCreate(&solver));
+    int lwork = 0, lwork_x = 0, meig = 0;
+    cusolverCheck(cusolverDnDsyevd_bufferSize(solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p, NULL, p,
+                                              NULL, &lwork));
+    cusolverCheck(cusolverDnDsyevdx_bufferSize(solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                               CUBLAS_FILL_MODE_LOWER, p, NULL, p, 0.0, 0.0, p - r + 1, p, &meig, NULL,
+                                               &lwork_x));
+    if (lwork_x > lwork) { lwork = lwork_x; }
+    double *dK, *dA, *dW, *dwork;
+    int* dinfo;
+    cudaCheck(cudaMalloc((void**)&dK, (size_t)p * p * sizeof(double)));
+    cudaCheck(cudaMalloc((void**)&dA, (size_t)p * p * sizeof(double)));
+    cudaCheck(cudaMalloc((void**)&dW, (size_t)p * sizeof(double)));
+    cudaCheck(cudaMalloc((void**)&dwork, (size_t)lwork * sizeof(double)));
+    cudaCheck(cudaMalloc((void**)&dinfo, sizeof(int)));
+    cudaCheck(cudaMemcpy(dK, K, (size_t)p * p * sizeof(double), cudaMemcpyHostToDevice));
+    double* full = (double*)malloc((size_t)p * p * sizeof(double));
+    double* sel = (double*)malloc((size_t)p * p * sizeof(double));
+    double W[64], Wsel[64];
+    int info = -1;
+    cudaCheck(cudaMemcpy(dA, dK, (size_t)p * p * sizeof(double), cudaMemcpyDeviceToDevice));
+    cusolverCheck(cusolverDnDsyevd(solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p, dA, p, dW, dwork,
+                                   lwork, dinfo));
+    cudaCheck(cudaMemcpy(&info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(full, dA, (size_t)p * p * sizeof(double), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(W, dW, (size_t)p * sizeof(double), cudaMemcpyDeviceToHost));
+    for (int range = 0; range < 2; range++) {
+        cusolverEigRange_t rg = range == 0 ? CUSOLVER_EIG_RANGE_I : CUSOLVER_EIG_RANGE_V;
+        double vl = p - r + 0.5, vu = p + 0.5;
+        int found = -1, info_x = -1;
+        cudaCheck(cudaMemcpy(dA, dK, (size_t)p * p * sizeof(double), cudaMemcpyDeviceToDevice));
+        cusolverCheck(cusolverDnDsyevdx(solver, CUSOLVER_EIG_MODE_VECTOR, rg, CUBLAS_FILL_MODE_LOWER, p, dA, p, vl,
+                                        vu, p - r + 1, p, &found, dW, dwork, lwork, dinfo));
+        cudaCheck(cudaMemcpy(&info_x, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(sel, dA, (size_t)p * p * sizeof(double), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(Wsel, dW, (size_t)p * sizeof(double), cudaMemcpyDeviceToHost));
+        double ev = 0.0, vec = 0.0;
+        for (int k = 0; k < r && found == r; k++) {
+            ev = fmax(ev, fabs(Wsel[k] - (p - r + 1 + k)) / p);
+            ev = fmax(ev, fabs(W[p - r + k] - (p - r + 1 + k)) / p);
+            double dot = 0.0;
+            for (int i = 0; i < p; i++) { dot += sel[(size_t)k * p + i] * full[(size_t)(p - r + k) * p + i]; }
+            double d = 1.0 - fabs(dot);  // both unit vectors: |dot| = 1 when they agree up to sign
+            if (!(d <= vec)) { vec = d; }
+        }
+        check(info == 0 && info_x == 0 && found == r && ev <= 1e-12 && vec <= 1e-10,
+              "cusolverDnDsyevdx range %s on a %dx%d matrix finds the top %d pairs (found %d, devInfo %d/%d): "
+              "eigenvalues %.1e of p, eigenvectors 1 - |dot| %.1e against syevd's", range == 0 ? "I" : "V", p, p, r,
+              found, info, info_x, ev, vec);
+    }
+    cusolverCheck(cusolverDnDestroy(solver));
+    cudaCheck(cudaFree(dK)); cudaCheck(cudaFree(dA)); cudaCheck(cudaFree(dW)); cudaCheck(cudaFree(dwork));
+    cudaCheck(cudaFree(dinfo));
+    free(Q); free(K); free(full); free(sel);
+}
+
 // ---- 5. a failed cuSOLVER factorization stops the run: a gradient with a NaN
 // makes syevd fail (devInfo > 0, or an error status), and the SVD must then
 // exit non-zero with a message naming the call and the shapes, not hand on an S
@@ -544,7 +714,7 @@ static void test_svd_failure_stops(void) {
     char shapes[128];
     snprintf(shapes, sizeof shapes, "%d x %d Gram matrix of a %d x %d gradient", SVD_FAILURE_M, SVD_FAILURE_M,
              SVD_FAILURE_M, SVD_FAILURE_N);
-    const char* line = strstr(out, "error: cusolverDnDsyevd failed");
+    const char* line = strstr(out, "error: cusolverDnDsyevdx failed");
     char first[256] = "(no error line)";
     if (line != NULL) { snprintf(first, sizeof first, "%.*s", (int)strcspn(line, "\n"), line); }
     check(code == EXIT_FAILURE && line != NULL && strstr(line, shapes) != NULL && strstr(out, "returned") == NULL,
@@ -840,8 +1010,10 @@ int main(int argc, char** argv) {
     test_stochastic_rounding();
     test_quantize_blockwise();
     test_lowrank_all(&ctx);
+    test_lowrank_tf32(&ctx);
     test_resume_bit_exact(&ctx);
     test_power_iteration_start();
+    test_syevdx_selection();
     test_svd_failure_stops();
     test_trajectories(traj, &ctx);
     lowrank_gpu_destroy(&ctx);

@@ -62,12 +62,13 @@ test_subtrack: test_subtrack.c train_llama_subtrack.c dev/test_check.h
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 # every suite's output, then one line "N passed, N failed" over all of them
-test: test_subtrack train_llama_subtrack_cpu $(SAN_TEST_DEPS) $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS) $(GPU_CHECK_DEPS)
-	@./dev/run_tests.sh ./test_subtrack \
+test: test_subtrack train_llama_subtrack_cpu dev/perf_model $(SAN_TEST_DEPS) $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS) $(GPU_CHECK_DEPS)
+	@./dev/run_tests.sh ./test_subtrack "./dev/perf_model --check" \
 	  $(if $(SAN_TEST),"$(SAN_TEST)") \
 	  $(if $(CUDA_EMU_TEST),"./dev/cuda_emu/selftest" "CUDA_EMU_THREAD_ORDER=reverse ./dev/cuda_emu/selftest") \
 	  $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)" "$(GPU_TEST3)") \
-	  $(if $(GPU_CHECK_TEST),"$(GPU_CHECK_TEST)")
+	  $(if $(GPU_CHECK_TEST),"$(GPU_CHECK_TEST)") \
+	  $(if $(GPU_PERF_TEST),"$(GPU_PERF_TEST)")
 
 train_llama_subtrack_cpu_san: train_llama_subtrack.c
 	$(CC) $(SAN_CFLAGS) -o $@ $< $(LDLIBS)
@@ -84,6 +85,11 @@ dev/export_logits: dev/export_logits.c train_llama_subtrack.c
 dev/bench_model: dev/bench_model.c train_llama_subtrack.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
+# the performance model (dev/perf_model.h) with the trainer's preset table: no
+# CUDA, so make test checks it on every machine (dev/bench_gpu --model is the same model)
+dev/perf_model: dev/perf_model.c dev/perf_model.h train_llama_subtrack.c
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
 clean:
-	rm -f train_llama_subtrack_cpu test_subtrack train_llama_subtrack_cpu_san test_subtrack_san dev/bench_model dev/bench_subspace dev/export_logits
+	rm -f train_llama_subtrack_cpu test_subtrack train_llama_subtrack_cpu_san test_subtrack_san dev/bench_model dev/bench_subspace dev/export_logits dev/perf_model
 	rm -rf dev/cuda_emu/build dev/cuda_emu/selftest

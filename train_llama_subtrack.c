@@ -573,6 +573,16 @@ void residual_backward(float* dinp, const float* dout, size_t N) {
     for (size_t i = 0; i < N; i++) { dinp[i] += dout[i]; }
 }
 
+// out = inp @ W^T + resid: the attention and MLP outputs joining the residual
+// stream. the GPU twin does it in one product (the addition in cuBLASLt's
+// epilogue); here it is the two steps. out and resid are two buffers
+void matmul_forward_residual(float* out, const float* inp, const float* weight, const float* resid,
+                             int BT, int C, int OC) {
+    // out (B,T,OC), inp (B,T,C), weight (OC,C), resid (B,T,OC)
+    matmul_forward(out, inp, weight, BT, C, OC);
+    residual_forward(out, out, resid, (size_t)BT * OC);
+}
+
 #define IGNORE_INDEX (-100)
 
 // mean cross-entropy over the targets that are not IGNORE_INDEX. the logits
@@ -1014,15 +1024,13 @@ float llama_forward(Llama* model, const int* inputs, const int* targets, int B, 
         rope_forward(q, q, cos_t, sin_t, B, T, NH, HS);
         rope_forward(k, k, cos_t, sin_t, B, T, NH, HS);
         attention_forward(atty, a.att + (size_t)l * B * NH * T * T, q, k, v, B, T, NH, HS);
-        matmul_forward(mid, atty, p.wo + l * cc, BT, C, C);
-        residual_forward(mid, mid, x, btc);
+        matmul_forward_residual(mid, atty, p.wo + l * cc, x, BT, C, C);
 
         rmsnorm_forward(mxn, a.mlp_rstd + (size_t)l * BT, mid, p.mlp_norm + (size_t)l * C, BT, C, c->norm_eps);
         matmul_forward(gate, mxn, p.w_gate + l * fc, BT, C, F);
         matmul_forward(up, mxn, p.w_up + l * fc, BT, C, F);
         swiglu_forward(hidden, gate, up, btf);
-        matmul_forward(out, hidden, p.w_down + l * fc, BT, F, C);
-        residual_forward(out, out, mid, btc);
+        matmul_forward_residual(out, hidden, p.w_down + l * fc, mid, BT, F, C);
     }
     rmsnorm_forward(a.final_xn, a.final_rstd, a.resid_out, p.final_norm, BT, C, c->norm_eps);
     matmul_forward(a.logits, a.final_xn, p.lm_head, BT, C, V);

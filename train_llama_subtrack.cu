@@ -63,6 +63,7 @@ letter legend for shape comments:
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cusolverDn.h>
 
 // the CPU reference and trainer, as a library: its main() is left out
@@ -122,29 +123,52 @@ static void* device_malloc(size_t bytes, const char* what) {
     return p;
 }
 
-// one cuBLAS handle for the model's products. math mode CUBLAS_DEFAULT_MATH
-// with CUBLAS_COMPUTE_32F: fp32 products stay fp32 (no TF32). every handle
-// gets a workspace of ours, CUBLAS_WORKSPACE_BYTES (the size NVIDIA
-// recommends for Hopper; 4 MiB elsewhere), instead of one cuBLAS would
-// allocate itself, so that the memory plan holds it
+// one cuBLASLt handle for the model's products (gemm_lt below), with
+// CUBLAS_COMPUTE_32F: fp32 products stay fp32 (no TF32). its workspace is
+// ours, CUBLAS_WORKSPACE_BYTES (the size NVIDIA recommends for Hopper; 4 MiB
+// elsewhere), passed to every call, so that the memory plan holds it and no
+// call allocates. the optimizer's cuBLAS handle has a workspace of its own
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
-static cublasHandle_t g_cublas;
+static cublasLtHandle_t g_cublaslt;
 static void* g_cublas_workspace;
 
+// one cached cuBLASLt plan: the descriptor, the four layouts and the algorithm
+// the heuristic chose for one problem, found by its key
+#define LT_PLAN_KEY_INTS 18
+typedef struct {
+    long long key[LT_PLAN_KEY_INTS];
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c, d;
+    cublasLtMatmulAlgo_t algo;
+} LtPlan;
+static LtPlan* g_lt_plans;  // (g_lt_capacity) host; a training run has a few dozen
+static int g_lt_num_plans, g_lt_capacity;
+
 static void cublas_init(void) {
-    if (g_cublas == NULL) {
-        cublas_check(cublasCreate(&g_cublas));
-        cublas_check(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
+    if (g_cublaslt == NULL) {
         g_cublas_workspace = device_malloc(CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace");
-        cublas_check(cublasSetWorkspace(g_cublas, g_cublas_workspace, CUBLAS_WORKSPACE_BYTES));
+        cublas_check(cublasLtCreate(&g_cublaslt));
+        g_lt_plans = NULL;
+        g_lt_num_plans = g_lt_capacity = 0;
     }
 }
 
 static void cublas_free(void) {
-    if (g_cublas == NULL) { return; }
-    cublas_check(cublasDestroy(g_cublas));
+    if (g_cublaslt == NULL) { return; }
+    for (int i = 0; i < g_lt_num_plans; i++) {
+        LtPlan* pl = &g_lt_plans[i];
+        cublas_check(cublasLtMatrixLayoutDestroy(pl->a));
+        cublas_check(cublasLtMatrixLayoutDestroy(pl->b));
+        cublas_check(cublasLtMatrixLayoutDestroy(pl->c));
+        cublas_check(cublasLtMatrixLayoutDestroy(pl->d));
+        cublas_check(cublasLtMatmulDescDestroy(pl->desc));
+    }
+    free(g_lt_plans);
+    g_lt_plans = NULL;
+    g_lt_num_plans = g_lt_capacity = 0;
+    cublas_check(cublasLtDestroy(g_cublaslt));
+    g_cublaslt = NULL;
     cuda_check(cudaFree(g_cublas_workspace));
-    g_cublas = NULL;
     g_cublas_workspace = NULL;
 }
 
@@ -166,30 +190,110 @@ template <typename X> struct CudaType;
 template <> struct CudaType<float> { static constexpr cudaDataType_t value = CUDA_R_32F; };
 template <> struct CudaType<bf16> { static constexpr cudaDataType_t value = CUDA_R_16BF; };
 
+// the alignment a pointer is known to have, up to 16 bytes (what cuBLASLt's
+// tensor-core kernels load at once); it is declared to the heuristic, which
+// then only picks algorithms that need no more
+static uint32_t pointer_alignment(const void* p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t align = 16;
+    while (align > 1 && a % align != 0) { align /= 2; }
+    return align;
+}
+
+static cublasLtMatrixLayout_t lt_layout(cudaDataType_t type, int rows, int cols, int ld, int batch,
+                                        long long stride) {
+    cublasLtMatrixLayout_t l;
+    cublas_check(cublasLtMatrixLayoutCreate(&l, type, rows, cols, ld));
+    if (batch > 1) {
+        int32_t count = batch;
+        int64_t offset = stride;
+        cublas_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+        cublas_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &offset,
+                                                      sizeof offset));
+    }
+    return l;
+}
+
 // the matrix product, row-major, with the CPU gemm's arguments (see
-// cpu::gemm), batched over `batch` matrices spaced by the given strides.
+// cpu::gemm), batched over `batch` matrices spaced by the given strides:
+// Dm = alpha op(A) op(B) + beta Cm. Cm and Dm are the same matrix except
+// where an epilogue adds another one (matmul_forward_residual).
 // cuBLAS is column-major: a row-major (M, N) matrix is a column-major (N, M)
 // one, so C = op(A) op(B) becomes C^T = op(B)^T op(A)^T, i.e. the same call
 // with A and B swapped and M and N swapped; the transpose flags carry over.
-// ab_type is the type of A and B (cuBLAS wants them equal), c_type that of C;
-// the accumulation is fp32 whatever they are (CUBLAS_COMPUTE_32F), and with
-// bf16 inputs C may be fp32 (the weight gradients) or bf16 (activations)
+// ab_type is the type of A and B, c_type that of C and D; the accumulation is
+// fp32 whatever they are (CUBLAS_COMPUTE_32F, no TF32), and with bf16 inputs
+// C may be fp32 (the weight gradients) or bf16 (activations).
+// every model product goes through cuBLASLt: the first call of each problem
+// (shapes, strides, types and the alignment of the four pointers) asks the
+// heuristic for an algorithm within the fixed workspace and caches it; later
+// calls reuse it, so a step makes no heuristic query and allocates nothing
+static void gemm_lt(int transA, int transB, int M, int N, int K, float alpha,
+                    const void* A, int lda, long long strideA, const void* B, int ldb, long long strideB,
+                    float beta, const void* Cm, void* Dm, int ldc, long long strideC, int batch,
+                    cudaDataType_t ab_type, cudaDataType_t c_type) {
+    // in cuBLAS's column-major terms: first operand B (N x K, or K x N stored), second A
+    uint32_t align[4] = {pointer_alignment(B), pointer_alignment(A), pointer_alignment(Cm), pointer_alignment(Dm)};
+    long long key[LT_PLAN_KEY_INTS] = {transA, transB, M, N, K, lda, ldb, ldc, batch, strideA, strideB, strideC,
+                                       (long long)ab_type, (long long)c_type, align[0], align[1], align[2], align[3]};
+    LtPlan* plan = NULL;
+    for (int i = 0; i < g_lt_num_plans && plan == NULL; i++) {
+        if (memcmp(g_lt_plans[i].key, key, sizeof key) == 0) { plan = &g_lt_plans[i]; }
+    }
+    if (plan == NULL) {
+        if (g_lt_num_plans == g_lt_capacity) {
+            g_lt_capacity = g_lt_capacity > 0 ? 2 * g_lt_capacity : 64;
+            g_lt_plans = (LtPlan*)realloc(g_lt_plans, (size_t)g_lt_capacity * sizeof(LtPlan));
+            if (g_lt_plans == NULL) { cpu::fatal("out of host memory for %d cuBLASLt plans", g_lt_capacity); }
+        }
+        plan = &g_lt_plans[g_lt_num_plans];
+        memcpy(plan->key, key, sizeof key);
+        cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublas_check(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        cublas_check(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opB, sizeof opB));
+        cublas_check(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opA, sizeof opA));
+        plan->a = lt_layout(ab_type, transB ? K : N, transB ? N : K, ldb, batch, strideB);
+        plan->b = lt_layout(ab_type, transA ? M : K, transA ? K : M, lda, batch, strideA);
+        plan->c = lt_layout(c_type, N, M, ldc, batch, strideC);
+        plan->d = lt_layout(c_type, N, M, ldc, batch, strideC);
+        cublasLtMatmulPreference_t pref;
+        cublas_check(cublasLtMatmulPreferenceCreate(&pref));
+        uint64_t workspace = CUBLAS_WORKSPACE_BYTES;
+        cublas_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                                          sizeof workspace));
+        const cublasLtMatmulPreferenceAttributes_t which[4] = {
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        for (int i = 0; i < 4; i++) {
+            cublas_check(cublasLtMatmulPreferenceSetAttribute(pref, which[i], &align[i], sizeof align[i]));
+        }
+        cublasLtMatmulHeuristicResult_t found;
+        int count = 0;
+        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_cublaslt, plan->desc, plan->a, plan->b, plan->c,
+                                                           plan->d, pref, 1, &found, &count);
+        cublas_check(cublasLtMatmulPreferenceDestroy(pref));
+        if (st != CUBLAS_STATUS_SUCCESS || count == 0) {
+            fprintf(stderr, "error: cuBLASLt has no algorithm for the product (%d x %d) = op(%d x %d) op(%d x %d), "
+                    "batch %d, lda %d, ldb %d, ldc %d (status %d)\nhint: this is a bug in train_llama_subtrack.cu; "
+                    "please report the model config\n", M, N, transA ? K : M, transA ? M : K, transB ? N : K,
+                    transB ? K : N, batch, lda, ldb, ldc, (int)st);
+            exit(EXIT_FAILURE);
+        }
+        plan->algo = found.algo;
+        g_lt_num_plans++;
+    }
+    cublas_check(cublasLtMatmul(g_cublaslt, plan->desc, &alpha, B, plan->a, A, plan->b, &beta, Cm, plan->c, Dm,
+                                plan->d, &plan->algo, g_cublas_workspace, CUBLAS_WORKSPACE_BYTES, 0));
+}
+
 static void gemm_batched_typed(int transA, int transB, int M, int N, int K, float alpha,
                                const void* A, int lda, long long strideA,
                                const void* B, int ldb, long long strideB,
                                float beta, void* Cm, int ldc, long long strideC, int batch,
                                cudaDataType_t ab_type, cudaDataType_t c_type) {
-    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (batch == 1) {
-        cublas_check(cublasGemmEx(g_cublas, opB, opA, N, M, K, &alpha, B, ab_type, ldb, A, ab_type, lda,
-                                  &beta, Cm, c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    } else {
-        cublas_check(cublasGemmStridedBatchedEx(g_cublas, opB, opA, N, M, K, &alpha,
-                                                B, ab_type, ldb, strideB, A, ab_type, lda, strideA,
-                                                &beta, Cm, c_type, ldc, strideC, batch,
-                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
+    gemm_lt(transA, transB, M, N, K, alpha, A, lda, strideA, B, ldb, strideB, beta, Cm, Cm, ldc, strideC, batch,
+            ab_type, c_type);
 }
 
 // the same, typed: A, B of type X, C of type Y
@@ -554,6 +658,17 @@ template <typename X>
 void matmul_forward(X* out, const X* inp, const X* weight, int BT, int C, int OC) {
     // out (B,T,OC), inp (B,T,C), weight (OC,C): out = inp @ weight^T
     gemm(0, 1, BT, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
+}
+
+// out = inp @ weight^T + resid in one product: cuBLASLt adds resid (as its C,
+// beta 1) to the accumulator before the one rounding to X, so the residual
+// stream is rounded once instead of twice in bf16. out and resid are two
+// buffers, as on the CPU
+template <typename X>
+void matmul_forward_residual(X* out, const X* inp, const X* weight, const X* resid, int BT, int C, int OC) {
+    // out (B,T,OC), inp (B,T,C), weight (OC,C), resid (B,T,OC)
+    gemm_lt(0, 1, BT, OC, C, 1.0f, inp, C, 0, weight, C, 0, 1.0f, resid, out, OC, 0, 1, CudaType<X>::value,
+            CudaType<X>::value);
 }
 
 // the weight gradient is fp32 whatever X is: cuBLAS reads X, accumulates in
@@ -1120,7 +1235,7 @@ static void layer_forward(Llama* model, int l, X* out) {
     cpu::ParameterTensors p = model->params;
     const float* cos_t = model->acts.rope_cs;
     const float* sin_t = model->acts.rope_cs + (size_t)T * (HS / 2);
-    size_t btc = (size_t)BT * C, btf = (size_t)BT * F, cc = (size_t)C * C, fc = (size_t)F * C;
+    size_t btf = (size_t)BT * F, cc = (size_t)C * C, fc = (size_t)F * C;
     LayerActivations<X> la = layer_activations<X>(model, l);
 
     rmsnorm_forward(la.xn, la.attn_rstd, la.x, kernel_weight<WT>(model, p.attn_norm + (size_t)l * C), BT, C,
@@ -1131,8 +1246,7 @@ static void layer_forward(Llama* model, int l, X* out) {
     rope_forward(la.q, la.q, cos_t, sin_t, B, T, NH, HS);
     rope_forward(la.k, la.k, cos_t, sin_t, B, T, NH, HS);
     attention_forward(la.atty, la.att, la.q, la.k, la.v, B, T, NH, HS);
-    matmul_forward(la.mid, la.atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
-    residual_forward(la.mid, la.mid, la.x, btc);
+    matmul_forward_residual(la.mid, la.atty, matmul_weight<X>(model, p.wo + l * cc), la.x, BT, C, C);
 
     rmsnorm_forward(la.mxn, la.mlp_rstd, la.mid, kernel_weight<WT>(model, p.mlp_norm + (size_t)l * C), BT, C,
                     c->norm_eps);
@@ -1140,8 +1254,7 @@ static void layer_forward(Llama* model, int l, X* out) {
     matmul_forward(la.up, la.mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
     swiglu_forward(la.hidden, la.gate, la.up, btf);
     if (out == NULL) { return; }
-    matmul_forward(out, la.hidden, matmul_weight<X>(model, p.w_down + l * fc), BT, F, C);
-    residual_forward(out, out, la.mid, btc);
+    matmul_forward_residual(out, la.hidden, matmul_weight<X>(model, p.w_down + l * fc), la.mid, BT, F, C);
 }
 
 // the forward for one activation type X and kernel-weight type WT;

@@ -16,6 +16,15 @@ under the CPU harness (no GPU: proves that the code paths run; its timings
 mean nothing, and it says so loudly):
     make dev/bench_gpu_emu && ./dev/bench_gpu_emu --preset kjv_test --B 2 --T 16 --iters 1
 
+the performance model (dev/perf_model.h, plain C: no GPU and no CUDA call):
+    ./dev/bench_gpu --model                           # every kernel and GEMM of a step at 60m 350m 1b 7b:
+                                                      # FLOPs, bytes, roofline at H100 SXM and H200, estimates
+    ./dev/bench_gpu --model --attention flash --opt_gemm bf16 --svd topr   # a planned variant
+    ./dev/bench_gpu --table                           # the README's table; --model --help: every option
+    make dev/perf_model && ./dev/perf_model --check   # the same model built by gcc alone; make test runs the check
+and on a GPU, the model beside measurements, row by row:
+    ./dev/bench_gpu --per_kernel 1 --preset 1b        # each row's launcher timed alone at the recipe's shapes
+
 what it measures, all with cudaEvents on the default stream, as the median
 of --iters timed calls after --warmup untimed ones:
     fwd+bwd    one micro step: llama_forward (with the loss) + llama_backward
@@ -75,6 +84,14 @@ before the model is built and after each phase (the trainer allocates its
 buffers up front, so these samples see the peak); under the harness it is the
 host's memory and means nothing.
 
+--per_kernel 1 instead times, for each row of the performance model (one
+launch kind or GEMM of the step, in the model's order), the trainer's own
+launcher at the recipe's shape, alone (cudaEvents, the median of --iters after
+--warmup), and prints the model's roofline and estimate for that device (the
+H200's figures on an H200, else the H100 SXM's) beside the measured time per
+launch and per step. launches alone run with warm caches and no overlap, so
+their sum is not a step time; it locates where the model is wrong.
+
 for scripts, the report ends with one line per preset and method:
     RESULT preset=llama_60m method=adamw dtype=bfloat16 B=128 T=256 accum=2 rank=128 k=200
            fb_ms=.. step_ms=.. tok_s=.. mfu_pct=.. vs_adamw_pct=.. mem_mib=.. harness=0
@@ -82,6 +99,7 @@ for scripts, the report ends with one line per preset and method:
 */
 #define TESTING
 #include "../train_llama_subtrack.cu"
+#include "perf_model.h"   // the performance model: plain C, no CUDA call (--model)
 
 #include <ctype.h>
 #include <vector>
@@ -108,22 +126,8 @@ for scripts, the report ends with one line per preset and method:
 #define GOAL_SVD_RATIO 10.0
 
 // the paper's scripts (../shared/SUBTRACK.md): batch per GPU, total batch, rank
-typedef struct {
-    const char* preset;
-    int batch;
-    int total_batch;
-    int rank;
-} PaperSetting;
-
-static const PaperSetting PAPER_SETTINGS[] = {
-    {"llama_60m", 128, 256, 128},
-    {"llama_130m", 128, 256, 256},
-    {"llama_350m", 64, 128, 256},
-    {"llama_1b", 8, 16, 512},
-    {"llama_3b", 8, 16, 512},
-    {"llama_7b", 4, 16, 1024},
-};
-#define NUM_PAPER_SETTINGS ((int)(sizeof(PAPER_SETTINGS) / sizeof(PAPER_SETTINGS[0])))
+// (and k): the performance model's table, PERF_RECIPES in dev/perf_model.h
+typedef PerfRecipe PaperSetting;
 
 // dense bf16 tensor-core peaks, TFLOP/s; matched in order on the device name
 // (lowercase substrings), so the specific names come before "h100"
@@ -162,6 +166,7 @@ typedef struct {
     char shape[64];     // "MxNrR", or "none"
     int shape_given;
     int methods[NUM_METHODS];
+    int per_kernel;     // --per_kernel 1: each row of the performance model, timed, beside the model
 } BenchConfig;
 
 // ----------------------------------------------------------------------------
@@ -183,6 +188,16 @@ __global__ void bench_fill_normal_kernel(float* x, size_t n, float mean, float s
     float u1 = ((float)(h >> 40) + 0.5f) / 16777216.0f;                 // (0, 1)
     float u2 = ((float)((h >> 16) & 0xFFFFFFull) + 0.5f) / 16777216.0f;
     x[i] = mean + stddev * sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
+}
+
+// the same in bf16, mean 0
+__global__ void bench_fill_normal_bf16_kernel(bf16* x, size_t n, float stddev, uint64_t seed) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) { return; }
+    uint64_t h = bench_hash64(seed ^ bench_hash64(i));
+    float u1 = ((float)(h >> 40) + 0.5f) / 16777216.0f;
+    float u2 = ((float)((h >> 16) & 0xFFFFFFull) + 0.5f) / 16777216.0f;
+    x[i] = __float2bfloat16(stddev * sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2));
 }
 
 // S (p, R) = the first R columns of the identity: orthonormal without an SVD
@@ -370,10 +385,7 @@ static double device_used_bytes(void) {
 }
 
 static const PaperSetting* paper_setting(const char* preset) {
-    for (int i = 0; i < NUM_PAPER_SETTINGS; i++) {
-        if (strcmp(PAPER_SETTINGS[i].preset, preset) == 0) { return &PAPER_SETTINGS[i]; }
-    }
-    return NULL;
+    return perf_recipe(preset);
 }
 
 // the full preset name ("60m" -> "llama_60m"), or NULL if unknown
@@ -664,6 +676,384 @@ static void bench_shape(ShapeResult* res, const char* shape, const BenchConfig* 
 }
 
 // ----------------------------------------------------------------------------
+// --per_kernel: each row of the performance model, timed alone beside the model.
+// every row names the launcher it models (PerfLaunch in dev/perf_model.h); here
+// that launcher runs once at the row's shape, on inputs that are not zeros, as
+// the median of --iters timed calls after --warmup; the measured time per
+// training step is that times the row's launches a step. rows of planned code
+// (no kernel yet) say so. a row whose one launch would not fit the buffers
+// (the step's whole-parameter passes at 7B) is timed on a slice and scaled
+// linearly ("xN" in the output): those kernels are elementwise.
+
+typedef struct {
+    const PerfModel* m;
+    const PerfRow* row;
+    Dtype dt;
+    float* buf[5];         // (cap) floats each
+    size_t cap;
+    double* K;             // (p, p) Gram matrix for syevd, and its saved copy
+    double* K_saved;
+    double* eig;
+    int* tokens;           // (B*T) device
+    float* misc;           // small vectors: phi, scale, limiter, H, a, rstd, lse, losses, tables
+    double* dmisc;         // norm2, v, u, y
+    TrackScalars* ts;
+    LowRankGPU ctx;
+    int scale_div;         // the slice of a 1D row: its size was divided by this
+    int calls;             // launches one timed call makes (3 for the three tracking kernels)
+} KernelBench;
+
+#define KB_MISC_FLOATS ((size_t)5 << 20)   // five slots of 2^20 floats (see kb_launch)
+
+// the activation pointer type of this run
+template <typename X> static X* kb_x(float* p) { return reinterpret_cast<X*>(p); }
+
+// n elements of a 1D row, sliced to the buffers; sets scale_div
+static long long kb_slice(KernelBench* k, long long n, size_t elem_floats) {
+    long long fit = (long long)(k->cap / elem_floats);
+    k->scale_div = 1;
+    while (n > fit) { n = (n + 1) / 2; k->scale_div *= 2; }
+    return n;
+}
+
+template <typename X>
+static void kb_launch(KernelBench* k) {
+    const PerfLaunch* l = &k->row->launch;
+    const PerfDims* d = &k->m->d;
+    int B = k->m->B, T = k->m->T, C = d->C, V = d->V, NH = d->NH, HS = C / NH;
+    float** b = k->buf;
+    float* rstd = k->misc;                       // (BT) fp32 rows
+    float* weight = k->misc + (1 << 20);         // (C)
+    float* phi = k->misc + (2 << 20);            // (q)
+    float* scale = k->misc + (3 << 20);
+    float* limiter = scale + 16;
+    float* a_vec = scale + 32;                   // (p)
+    double* norm2 = k->dmisc;                    // (q)
+    double* v = k->dmisc + (1 << 20);            // (R)
+    double* u = k->dmisc + (2 << 20);            // (p)
+    double* y = k->dmisc + (3 << 20);            // (R)
+    long long M = l->c, N = l->d, Kd = l->e;
+    k->calls = 1;
+    switch (l->op) {
+        case OP_ENCODER_FWD: encoder_forward(kb_x<X>(b[0]), k->tokens, b[1], (int)l->a, (int)l->b); break;
+        case OP_RMSNORM_FWD:
+            rmsnorm_forward(kb_x<X>(b[0]), rstd, kb_x<X>(b[1]), weight, (int)l->a, (int)l->b, 1e-6f);
+            break;
+        case OP_GEMM: {
+            // row-major: op(A) (M, K), op(B) (K, N), C (M, N)
+            int lda = l->a ? (int)M : (int)Kd, ldb = l->b ? (int)Kd : (int)N;
+            if (k->row->launch.out_fp32) {
+                gemm(l->a, l->b, (int)M, (int)N, (int)Kd, 1.0f, kb_x<X>(b[0]), lda, kb_x<X>(b[1]), ldb, l->beta, b[2],
+                     (int)N);
+            } else {
+                gemm(l->a, l->b, (int)M, (int)N, (int)Kd, 1.0f, kb_x<X>(b[0]), lda, kb_x<X>(b[1]), ldb, l->beta,
+                     kb_x<X>(b[2]), (int)N);
+            }
+            break;
+        }
+        case OP_GEMM_ATTN: {
+            // one sequence's call of attention_forward / _backward: NH heads, strided
+            long long tt = (long long)T * T;
+            if (l->a == 0 && l->b == 1) {        // (T, T) = (T, HS) (T, HS)^T: scores, datt
+                gemm_batched(0, 1, T, T, HS, 1.0f, kb_x<X>(b[0]), C, HS, kb_x<X>(b[1]), C, HS, 0.0f, kb_x<X>(b[3]), T,
+                             tt, NH);
+            } else if (l->a == 0) {              // (T, HS) = (T, T) (T, HS): att v, ds k
+                gemm_batched(0, 0, T, HS, T, 1.0f, kb_x<X>(b[3]), T, tt, kb_x<X>(b[1]), C, HS, 0.0f, kb_x<X>(b[2]), C,
+                             HS, NH);
+            } else {                             // (T, HS) = (T, T)^T (T, HS): att^T dout
+                gemm_batched(1, 0, T, HS, T, 1.0f, kb_x<X>(b[3]), T, tt, kb_x<X>(b[1]), C, HS, 0.0f, kb_x<X>(b[2]), C,
+                             HS, NH);
+            }
+            break;
+        }
+        case OP_ROPE: rope_forward(kb_x<X>(b[0]), kb_x<X>(b[0]), b[1], b[1] + (size_t)T * (HS / 2), B, T, NH, HS); break;
+        case OP_SOFTMAX: {
+            int rows = (int)l->a;
+            causal_softmax_kernel<X><<<ceil_div(rows, BLOCK_ROWS / WARP_SIZE), BLOCK_ROWS>>>(kb_x<X>(b[3]), rows, T);
+            launch_check();
+            break;
+        }
+        case OP_SOFTMAX_BWD: {
+            int rows = (int)l->a;
+            softmax_backward_kernel<X><<<ceil_div(rows, BLOCK_ROWS / WARP_SIZE), BLOCK_ROWS>>>(kb_x<X>(b[2]),
+                                                                                          kb_x<X>(b[3]), rows, T);
+            launch_check();
+            break;
+        }
+        case OP_RESIDUAL_FWD: {
+            long long n = kb_slice(k, l->a, 1);
+            residual_forward(kb_x<X>(b[0]), kb_x<X>(b[1]), kb_x<X>(b[2]), (size_t)n);
+            break;
+        }
+        case OP_RESIDUAL_BWD: {
+            long long n = kb_slice(k, l->a, 1);
+            residual_backward(kb_x<X>(b[0]), kb_x<X>(b[1]), (size_t)n);
+            break;
+        }
+        case OP_SWIGLU_FWD: swiglu_forward(kb_x<X>(b[0]), kb_x<X>(b[1]), kb_x<X>(b[2]), (size_t)l->a); break;
+        case OP_SWIGLU_BWD:
+            swiglu_backward(kb_x<X>(b[0]), kb_x<X>(b[3]), kb_x<X>(b[3]), kb_x<X>(b[1]), kb_x<X>(b[2]), (size_t)l->a);
+            break;
+        case OP_CE_FWD: (void)crossentropy_forward(rstd, rstd + (1 << 19), kb_x<X>(b[0]), k->tokens, (int)l->a, V); break;
+        case OP_CE_BWD:
+            crossentropy_softmax_backward(kb_x<X>(b[0]), kb_x<X>(b[0]), rstd + (1 << 19), k->tokens, 1e-4f, (int)l->a, V);
+            break;
+        case OP_MEMSET: {
+            long long n = kb_slice(k, l->a / 4 + 1, 1);
+            cuda_check(cudaMemsetAsync(b[0], 0, (size_t)n * 4 < (size_t)l->a ? (size_t)n * 4 : (size_t)l->a, 0));
+            break;
+        }
+        case OP_RMSNORM_BWD_DINP: {
+            int BT = (int)l->a;
+            rmsnorm_backward_dinp_kernel<X, float><<<ceil_div(BT, BLOCK_ROWS / WARP_SIZE), BLOCK_ROWS>>>(
+                kb_x<X>(b[0]), kb_x<X>(b[1]), kb_x<X>(b[2]), weight, rstd, BT, (int)l->b);
+            launch_check();
+            break;
+        }
+        case OP_RMSNORM_BWD_DWEIGHT: {
+            int BT = (int)l->a, Cc = (int)l->b;
+            rmsnorm_backward_dweight_kernel<X><<<ceil_div(Cc, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(
+                weight, kb_x<X>(b[1]), kb_x<X>(b[2]), rstd, BT, Cc);
+            launch_check();
+            break;
+        }
+        case OP_ENCODER_BWD: encoder_backward(b[2], kb_x<X>(b[0]), k->tokens, (int)l->a, (int)l->b); break;
+        case OP_NORM: { long long n = kb_slice(k, l->a, 1); (void)grad_global_norm(b[0], (size_t)n); break; }
+        case OP_SCALE: { long long n = kb_slice(k, l->a, 1); grad_scale(b[0], (size_t)n, 0.5f); break; }
+        case OP_REFRESH: {
+            long long n = kb_slice(k, l->a, 1);
+            float_to_bf16_kernel<<<ceil_div((size_t)n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>((bf16*)b[1], b[0],
+                                                                                               (size_t)n);
+            launch_check();
+            break;
+        }
+        case OP_ADAMW: {
+            long long n = kb_slice(k, l->a, 1);
+            adamw_update(b[0], b[1], b[2], b[3], (size_t)n, 1, BENCH_LR, 0.9f, 0.999f, 1e-6f, 0.0f);
+            break;
+        }
+        case OP_COPY: {
+            long long n = kb_slice(k, l->a / 4 + 1, 1);
+            size_t bytes = (size_t)n * 4 < (size_t)l->a ? (size_t)n * 4 : (size_t)l->a;
+            cuda_check(cudaMemcpyAsync(b[1], b[0], bytes, cudaMemcpyDeviceToDevice, 0));
+            break;
+        }
+        case OP_SGEMM: {
+            int lda = l->a ? (int)M : (int)Kd, ldb = l->b ? (int)Kd : (int)N;
+            gemm_gpu(k->ctx.blas, l->a, l->b, (int)M, (int)N, (int)Kd, 1.0f, b[0], lda, b[1], ldb, l->beta, b[2], (int)N);
+            break;
+        }
+        // the low-rank kernels, in the left layout (S (p, R), moments (R, q)): G b[0], D b[1], W b[2], S b[3],
+        // Gt M V N in b[4] at 0, 1, 2, 3 x (R q)
+        case OP_ADAM_NORMS: {
+            int p = (int)l->a, q = (int)l->b, r = (int)l->c;
+            size_t rq = (size_t)r * q;
+            lowrank_adam_norms_kernel<<<moment_column_blocks(q, 0), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
+                b[4] + rq, b[4] + 2 * rq, b[4] + 3 * rq, phi, norm2, b[4], b[1], r, p, q, 0, l->f ? 0 : 1, 0.9f, 0.999f,
+                1e-6f);
+            launch_check();
+            break;
+        }
+        case OP_LIMITER:
+            lowrank_limiter_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(scale, limiter, phi, norm2, (int)l->a, 1, 1.01f);
+            launch_check();
+            break;
+        case OP_RECOVERY_APPLY: {
+            int p = (int)l->a, q = (int)l->b;
+            lowrank_recovery_apply_kernel<<<optim_blocks((size_t)p * q, OPTIM_BLOCK), OPTIM_BLOCK>>>(
+                b[2], b[1], phi, scale, p, q, 0, BENCH_LR, 0.0f);
+            launch_check();
+            break;
+        }
+        case OP_POWER: power_iteration(v, k->ts, k->misc + (4 << 20), (int)l->a); break;
+        case OP_TRACK_ROWS: {
+            int p = (int)M, r = (int)N;
+            if (p == 0) { p = (int)l->a; r = (int)l->b; }
+            track_u(u, b[4], v, k->ts, p, r);
+            track_project_u(y, b[3], u, k->ts, p, r);
+            track_orthogonalize_u(u, b[3], y, k->ts, p, r);
+            k->calls = 3;
+            break;
+        }
+        case OP_TRACK_REDUCE:
+            track_sigma(k->ts, u, (int)l->a);
+            track_angle(k->ts, u, (int)l->a, 10.0f);
+            k->calls = 2;
+            break;
+        case OP_GEODESIC: track_geodesic(b[3], a_vec, v, u, k->ts, (int)l->a, (int)l->b); break;
+        case OP_UPDATE_PROJECTION:
+            track_update_projection(b[4], b[0], a_vec, v, k->ts, (int)l->c, (int)l->a, (int)l->b, 0);
+            break;
+        case OP_ROTATE_RANK1: {
+            int q = (int)l->b, r = (int)l->c;
+            size_t rq = (size_t)r * q;
+            moments_rotate_rank1_kernel<<<moment_column_blocks(q, 0), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
+                b[4] + rq, b[4] + 2 * rq, v, k->ts, r, q, 0);
+            launch_check();
+            break;
+        }
+        case OP_GRAM: gram_double(k->K, b[0], (int)l->b, 0, (int)l->a, (int)l->b); break;
+        case OP_SYEVD: {
+            int p = (int)l->a;
+            cusolverStatus_t st = cusolverDnDsyevd(k->ctx.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p,
+                                                   k->K, p, k->eig, k->ctx.eig_work, k->ctx.eig_lwork, k->ctx.eig_info);
+            cusolver_factorization_check(st, k->ctx.eig_info, "cusolverDnDsyevd", p, p, p);
+            break;
+        }
+        case OP_TOP_EIG: {
+            int p = (int)l->a, r = (int)l->b;
+            top_eigenvectors_kernel<<<optim_blocks((size_t)p * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(b[3], k->K, p, r);
+            launch_check();
+            canonical_sign(b[3], p, r);
+            k->calls = 2;
+            break;
+        }
+        default: break;
+    }
+}
+
+static void kb_run(void* arg) {
+    KernelBench* k = (KernelBench*)arg;
+    if (k->dt == DTYPE_BFLOAT16) { kb_launch<bf16>(k); } else { kb_launch<float>(k); }
+}
+
+// before each timed call: syevd gets its symmetric input back (it overwrites it with eigenvectors)
+static void kb_setup(void* arg) {
+    KernelBench* k = (KernelBench*)arg;
+    if (k->row->launch.op == OP_SYEVD) {
+        size_t p = (size_t)k->row->launch.a;
+        cuda_check(cudaMemcpyAsync(k->K, k->K_saved, p * p * sizeof(double), cudaMemcpyDeviceToDevice, 0));
+    }
+    if (k->row->launch.op == OP_POWER) { cuda_check(cudaMemsetAsync(k->ts, 0, sizeof(TrackScalars), 0)); }
+}
+
+static void bench_per_kernel(const char* preset, const BenchConfig* bc, const DeviceInfo* dev) {
+    cpu::LlamaConfig cfg;
+    if (!cpu::llama_preset_find(preset, &cfg)) { return; }
+    const PaperSetting* ps = paper_setting(preset);
+    PerfDims d = {cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L};
+    int B = bc->B > 0 ? bc->B : (ps != NULL ? ps->batch : 8);
+    int accum = bc->accum > 0 ? bc->accum : (ps != NULL ? ps->total_batch / ps->batch : 1);
+    int p_min = cfg.C < cfg.F ? cfg.C : cfg.F;
+    int rank = bc->rank > 0 ? bc->rank : (ps != NULL ? ps->rank : (cfg.C / 4 > 0 ? cfg.C / 4 : 1));
+    if (rank > p_min) { rank = p_min; }
+    PerfVariant v;
+    perf_variant_today(&v);
+    Dtype dt = dtype_from_name(bc->dtype);
+    v.fp32_acts = dt == DTYPE_FLOAT32;
+    PerfAssume a;
+    perf_assume_defaults(&a);
+    static PerfModel m;
+    perf_model_build(&m, preset, &d, B, bc->T, accum, rank, bc->k, &v, &a);
+    // the model's device: the H200's figures on an H200, else the H100 SXM's
+    int di = strstr(dev->name, "H200") != NULL ? 1 : 0;
+    const PerfDevice* pd = &PERF_DEVICES[di];
+
+    // buffers: every one large enough for the largest operand of any non-1D row
+    size_t BT = (size_t)B * bc->T, C = cfg.C, F = cfg.F, V = cfg.V, q = cfg.C < cfg.F ? cfg.F : cfg.C;
+    size_t cap = BT * V;
+    size_t needs[] = {BT * F, V * C, (size_t)B * cfg.NH * bc->T * bc->T, (size_t)p_min * q, 4 * q * rank,
+                      (size_t)p_min * rank, BT * C, (size_t)cfg.NH * bc->T * bc->T};
+    for (size_t i = 0; i < sizeof needs / sizeof needs[0]; i++) { if (needs[i] > cap) { cap = needs[i]; } }
+    KernelBench k;
+    memset(&k, 0, sizeof k);
+    k.m = &m;
+    k.dt = dt;
+    k.cap = cap;
+    for (int i = 0; i < 5; i++) {
+        k.buf[i] = (float*)device_malloc(cap * sizeof(float), "per-kernel buffer");
+        bench_fill_normal(k.buf[i], cap, 0.0f, 0.02f, BENCH_SEED + 200 + i);
+    }
+    // in bf16, the activation buffers' first cap elements as bf16 values (their fp32 view stays finite)
+    if (dt == DTYPE_BFLOAT16) {
+        for (int i = 0; i < 4; i++) {
+            bench_fill_normal_bf16_kernel<<<ceil_div(cap, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(
+                (bf16*)k.buf[i], cap, 0.02f, BENCH_SEED + 250 + i);
+            launch_check();
+        }
+    }
+    k.misc = (float*)device_malloc(KB_MISC_FLOATS * sizeof(float), "per-kernel vectors");
+    bench_fill_normal(k.misc, KB_MISC_FLOATS, 1.0f, 0.1f, BENCH_SEED + 300);
+    k.dmisc = (double*)device_malloc(4 * ((size_t)1 << 20) * sizeof(double), "per-kernel doubles");
+    cuda_check(cudaMemset(k.dmisc, 0, 4 * ((size_t)1 << 20) * sizeof(double)));
+    k.ts = (TrackScalars*)device_malloc(sizeof(TrackScalars), "track scalars");
+    TrackScalars ts0 = {1, 0, 1.0, 1.0, 0.99, 0.1};
+    cuda_check(cudaMemcpy(k.ts, &ts0, sizeof ts0, cudaMemcpyHostToDevice));
+    std::vector<int> tok(BT);
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, BENCH_SEED);
+    for (size_t i = 0; i < BT; i++) { tok[i] = (int)(cpu::rng_u64(&rng) % (uint64_t)V); }
+    k.tokens = (int*)device_malloc(BT * sizeof(int), "tokens");
+    cuda_check(cudaMemcpy(k.tokens, tok.data(), BT * sizeof(int), cudaMemcpyHostToDevice));
+    // the optimizer's handles and eigensolver workspace, for the largest matrix
+    lowrank_gpu_create(&k.ctx);
+    lowrank_gpu_reserve(&k.ctx, p_min, (int)q, rank);
+    lowrank_gpu_reserve(&k.ctx, (int)C, (int)C, rank);
+    lowrank_gpu_alloc(&k.ctx);
+    size_t pp = (size_t)p_min * p_min;
+    k.K = (double*)device_malloc(pp * sizeof(double), "Gram matrix");
+    k.K_saved = (double*)device_malloc(pp * sizeof(double), "Gram matrix copy");
+    k.eig = (double*)device_malloc((size_t)p_min * sizeof(double), "eigenvalues");
+    gram_double(k.K_saved, k.buf[0], (int)q, 0, p_min, (int)q);
+    // H = dF^T dF (R, R) of a Gaussian dF, for the power iteration
+    gemm_gpu(k.ctx.blas, 1, 0, rank, rank, p_min, 1.0f, k.buf[4], rank, k.buf[4], rank, 0.0f, k.misc + (4 << 20), rank);
+    cuda_check(cudaDeviceSynchronize());
+
+    printf("\n-- %s per kernel: B=%d T=%d accum=%d rank=%d k=%d, dtype %s; the model's figures: %s\n", preset, B,
+           bc->T, accum, rank, bc->k, bc->dtype, pd->name);
+    if (dev->harness) { printf("!! CPU HARNESS: the measured column is meaningless !!\n"); }
+    printf("%-10s %-52s %-24s %10s %10s %10s %11s %11s %7s\n", "phase", "row", "one launch", "launches", "model roof",
+           "model est", "measured", "measured", "");
+    printf("%-10s %-52s %-24s %10s %10s %10s %11s %11s %7s\n", "", "", "", "/step", "ms/step", "ms/step", "us/launch",
+           "ms/step", "est/meas");
+    double sum_roof = 0.0, sum_est = 0.0, sum_meas = 0.0;
+    int timed_rows = 0, planned_rows = 0;
+    for (int i = 0; i < m.n; i++) {
+        const PerfRow* r = &m.rows[i];
+        double roof = 1e3 * perf_row_roofline(r, pd), est = 1e3 * perf_row_estimate(r, pd, &m.a);
+        if (r->launch.op == OP_NONE) {
+            printf("%-10s %-52.52s %-24.24s %10.2f %10.4f %10.4f %11s %11s\n", r->phase, r->name, r->shape,
+                   r->launches, roof, est, "planned", "-");
+            planned_rows++;
+            continue;
+        }
+        k.row = r;
+        k.scale_div = 1;
+        int timed = 0;
+        double ms = time_median_ms(kb_run, kb_setup, &k, bc->warmup, bc->iters, bc->budget_s, &timed);
+        double per_launch_ms = ms * k.scale_div / k.calls;
+        double step_ms = per_launch_ms * r->launches;
+        char note[32] = "";
+        if (k.scale_div > 1) { snprintf(note, sizeof note, " x%d", k.scale_div); }
+        if (r->launch.op == OP_POWER) {
+            TrackScalars got;
+            cuda_check(cudaMemcpy(&got, k.ts, sizeof got, cudaMemcpyDeviceToHost));
+            snprintf(note, sizeof note, " (%d it)", got.iterations);
+        }
+        printf("%-10s %-52.52s %-24.24s %10.2f %10.4f %10.4f %11.2f %11.4f %6.2fx%s\n", r->phase, r->name, r->shape,
+               r->launches, roof, est, 1e3 * per_launch_ms, step_ms, step_ms > 0.0 ? est / step_ms : 0.0, note);
+        timed_rows++;
+        if (!(r->set & (PERF_SET_INIT | PERF_SET_REFRESH | PERF_SET_ADAMW | PERF_SET_GALORE))) {
+            sum_roof += roof; sum_est += est; sum_meas += step_ms;
+        }
+        fflush(stdout);
+    }
+    printf("SubTrack++ step, rows summed (forward, backward, step, AdamW on the rest, SubTrack++'s): model roofline "
+           "%.3f ms, estimate %.3f ms; measured %.3f ms (each launch alone: no overlap, warm caches)\n", sum_roof,
+           sum_est, sum_meas);
+    printf("%d rows timed, %d rows of planned code (no kernel yet)\n", timed_rows, planned_rows);
+    for (int i = 0; i < 5; i++) { cuda_check(cudaFree(k.buf[i])); }
+    cuda_check(cudaFree(k.misc));
+    cuda_check(cudaFree(k.dmisc));
+    cuda_check(cudaFree(k.ts));
+    cuda_check(cudaFree(k.tokens));
+    cuda_check(cudaFree(k.K));
+    cuda_check(cudaFree(k.K_saved));
+    cuda_check(cudaFree(k.eig));
+    lowrank_gpu_destroy(&k.ctx);
+}
+
+// ----------------------------------------------------------------------------
 // flags
 
 static void bench_usage(FILE* out) {
@@ -687,6 +1077,9 @@ static void bench_usage(FILE* out) {
             "  --dtype D           float32 | bfloat16 (default %s, the trainer's default)\n"
             "  --peak_tflops X     dense bf16 peak of the device, when its name is not known\n"
             "  --shape MxNrR       the one-matrix comparison (default %s; under the harness %s); none: skip\n"
+            "  --per_kernel 1      instead: every row of the performance model (dev/perf_model.h) timed alone,\n"
+            "                      its launcher at the recipe's shapes (cudaEvents, median), beside the model\n"
+            "  --model [flags]     the performance model alone: no GPU needed, no CUDA call (--model --help)\n"
             "  --help              this text\n",
             BENCH_T, BENCH_K, BENCH_ITERS, BENCH_WARMUP, BENCH_UPDATE_ITERS, BENCH_BUDGET_S,
             d.dtype, BENCH_SHAPE_DEFAULT, BENCH_SHAPE_HARNESS);
@@ -750,6 +1143,10 @@ static void bench_parse_flags(BenchConfig* bc, int argc, char** argv) {
         else if (strcmp(f, "--update_iters") == 0) { bc->update_iters = bench_parse_int(f, v, 1); }
         else if (strcmp(f, "--budget_s") == 0) { bc->budget_s = bench_parse_double(f, v); }
         else if (strcmp(f, "--peak_tflops") == 0) { bc->peak_tflops = bench_parse_double(f, v); }
+        else if (strcmp(f, "--per_kernel") == 0) {
+            if (strcmp(v, "0") != 0 && strcmp(v, "1") != 0) { bench_flag_error(f, v, "use 0 or 1"); }
+            bc->per_kernel = v[0] == '1';
+        }
         else if (strcmp(f, "--dtype") == 0) {
             if (strcmp(v, "float32") != 0 && strcmp(v, "bfloat16") != 0) {
                 bench_flag_error(f, v, "use float32 or bfloat16");
@@ -946,7 +1343,31 @@ static void print_report(const PresetResult* results, int n, const ShapeResult* 
 
 // ----------------------------------------------------------------------------
 
+// the trainer's facts the performance model needs: its preset table and parameter count
+static int perf_find_preset(const char* name, PerfDims* d, char* full, size_t cap) {
+    const char* p = preset_full_name(name);
+    cpu::LlamaConfig c;
+    if (p == NULL || !cpu::llama_preset_find(p, &c)) { return 0; }
+    d->V = c.V; d->C = c.C; d->F = c.F; d->NH = c.NH; d->L = c.L;
+    snprintf(full, cap, "%s", p);
+    return 1;
+}
+
+static double perf_parameter_count(const PerfDims* d) {
+    cpu::LlamaConfig c;
+    memset(&c, 0, sizeof c);
+    c.V = d->V; c.C = d->C; c.F = d->F; c.NH = d->NH; c.L = d->L;
+    return (double)cpu::parameter_count(&c);
+}
+
 int main(int argc, char** argv) {
+    // --model: the performance model alone, before any CUDA call (it needs no GPU)
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--model") == 0 || strcmp(argv[i], "--check") == 0 || strcmp(argv[i], "--table") == 0) {
+            PerfTrainerFacts facts = {perf_find_preset, perf_parameter_count};
+            return perf_model_main(argc, argv, &facts);
+        }
+    }
     BenchConfig bc;
     bench_parse_flags(&bc, argc, argv);
     int count = 0;
@@ -968,6 +1389,12 @@ int main(int argc, char** argv) {
            bc.update_iters, bc.budget_s);
     cublas_init();
 
+    if (bc.per_kernel) {
+        for (int i = 0; i < bc.num_presets; i++) { bench_per_kernel(bc.presets[i], &bc, &dev); }
+        if (dev.harness) { print_harness_banner(); }
+        cublas_free();
+        return EXIT_SUCCESS;
+    }
     ShapeResult shape;
     memset(&shape, 0, sizeof shape);
     if (strcmp(bc.shape, "none") != 0) { bench_shape(&shape, bc.shape, &bc); }

@@ -9,7 +9,8 @@
 # GPU_TEST, GPU_TEST2 and GPU_TEST3 are one suite each (for dev/run_tests.sh), empty when neither
 # a GPU nor the CUDA headers are there. GPU_CHECK_TEST is the dry run of the GPU
 # acceptance run (dev/gpu_check.sh --dry-run), with GPU_CHECK_DEPS, when the
-# CUDA headers are there.
+# CUDA headers are there; GPU_PERF_TEST, with the same deps, runs every launcher
+# that dev/bench_gpu --per_kernel times, under the harness.
 #
 #   make train           ./train_llama_subtrack, built by nvcc for sm_80, sm_90
 #                        (and sm_100 when this nvcc knows it), plus PTX of the
@@ -48,7 +49,7 @@ train: train_llama_subtrack
 train_llama_subtrack: train_llama_subtrack.cu train_llama_subtrack.c
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
 
-dev/bench_gpu: dev/bench_gpu.cu train_llama_subtrack.cu train_llama_subtrack.c
+dev/bench_gpu: dev/bench_gpu.cu dev/perf_model.h train_llama_subtrack.cu train_llama_subtrack.c
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
 
 dev/test_gpu/%: dev/test_gpu/%.cu train_llama_subtrack.cu train_llama_subtrack.c
@@ -84,9 +85,12 @@ ifneq ($(CUDA_EMU_TEST),)
 GPU_CHECK_DEPS := train_llama_subtrack_emu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim_emu \
                   dev/test_gpu/test_sanitize_emu dev/bench_gpu_emu train_llama_subtrack_cpu
 GPU_CHECK_TEST := ./dev/gpu_check.sh --dry-run
+# and every launcher of dev/bench_gpu --per_kernel once, at tiny sizes (about a second)
+GPU_PERF_TEST := ./dev/bench_gpu_emu --per_kernel 1 --preset kjv_test --B 2 --T 16 --iters 1 --warmup 0
 else
 GPU_CHECK_DEPS :=
 GPU_CHECK_TEST :=
+GPU_PERF_TEST :=
 endif
 
 test_gpu: $(GPU_TEST_DEPS)

@@ -555,6 +555,7 @@ struct lt_preference {
   uint32_t magic;
   uint32_t search_mode;
   uint64_t max_workspace;
+  uint32_t min_alignment[4];  // MIN_ALIGNMENT_{A,B,C,D}_BYTES; 0: unset, the library's default 256
 };
 static_assert(sizeof(lt_matmul_desc) <= sizeof(cublasLtMatmulDescOpaque_t), "matmul desc does not fit");
 static_assert(sizeof(lt_layout) <= sizeof(cublasLtMatrixLayoutOpaque_t), "layout does not fit");
@@ -790,6 +791,13 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
   } else if (attr == CUBLASLT_MATMUL_PREF_SEARCH_MODE) {
     if (sizeInBytes != sizeof p->search_mode) return CUBLAS_STATUS_INVALID_VALUE;
     memcpy(&p->search_mode, buf, sizeof p->search_mode);
+  } else if (attr >= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES && attr <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES) {
+    if (sizeInBytes != sizeof(uint32_t)) {
+      fprintf(stderr, "cuda_emu: cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_*_BYTES): size %zu, expected 4\n",
+              sizeInBytes);
+      return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    memcpy(&p->min_alignment[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES], buf, sizeof(uint32_t));
   }
   return CUBLAS_STATUS_SUCCESS;  // other preferences only steer the (absent) heuristic
 }
@@ -812,6 +820,37 @@ cublasStatus_t cublasLtMatmulPreferenceGetAttribute(cublasLtMatmulPreference_t p
 static matrix_view view_of(const char* what, const void* ptr, const lt_layout& l) {
   return matrix_view{what, ptr, (cudaDataType)l.type, (long long)l.rows, (long long)l.cols, l.ld,
                      l.order == CUBLASLT_ORDER_ROW, l.batch_stride, l.batch_count};
+}
+
+// ---------------------------------------------------------------------------
+// cuBLASLt's alignment rules. the caller declares how aligned its pointers are
+// (preference MIN_ALIGNMENT_{A,B,C,D}_BYTES, default 256), and the heuristic
+// only returns algorithms that need no more than that; an algorithm that
+// loads 16-byte vectors needs every column (row, for row-major) to start on
+// 16 bytes too, i.e. the leading dimension (and the batch stride) in bytes a
+// multiple of it. so the alignment an algorithm here needs, per operand, is
+// the declared one, capped at 16 (the tensor-core kernels' vector width), and
+// halved until ld and the batch stride in bytes are multiples of it (never
+// below the element size: a declared alignment below it has no algorithm).
+// cublasLtMatmul then refuses, with CUBLAS_STATUS_NOT_SUPPORTED as the
+// library does, a pointer that is less aligned than its algorithm needs, or
+// layouts whose leading dimensions no longer allow it (an algorithm cached
+// for one shape and reused for another): on a GPU such a call fails too, or
+// faults with a misaligned address.
+static const uint32_t LT_VECTOR_BYTES = 16;
+
+static uint32_t layout_alignment_limit(const lt_layout& l, uint32_t want) {
+  uint32_t elem = (uint32_t)type_size((cudaDataType)l.type);
+  uint32_t a = want;
+  auto fits = [&](int64_t units) { return units == 0 || ((uint64_t)units * elem) % a == 0; };
+  while (a > elem && !(fits(l.ld) && (l.batch_count <= 1 || fits(l.batch_stride)))) a /= 2;
+  return a;
+}
+
+static uint32_t log2_of(uint32_t x) {
+  uint32_t k = 0;
+  while ((1u << k) < x) k++;
+  return k;
 }
 
 // checks a cublasLtMatmul problem and fills p; prints why when it is invalid
@@ -941,15 +980,30 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cubl
                                               cublasLtMatmulPreference_t preference, int requestedAlgoCount,
                                               cublasLtMatmulHeuristicResult_t heuristicResultsArray[],
                                               int* returnAlgoCount) {
-  (void)preference;
   *returnAlgoCount = 0;
   if (!lightHandle || lightHandle->magic != HANDLE_MAGIC) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (requestedAlgoCount <= 0) return CUBLAS_STATUS_INVALID_VALUE;
   gemm_problem p;
   cublasStatus_t s = lt_prepare("cublasLtMatmulAlgoGetHeuristic", operationDesc, Adesc, Bdesc, Cdesc, Ddesc, &p);
   if (s != CUBLAS_STATUS_SUCCESS) return s == CUBLAS_STATUS_INVALID_VALUE ? s : CUBLAS_STATUS_NOT_SUPPORTED;
+  // the alignment the one algorithm needs, per operand (see above)
+  lt_preference* pref = pref_of(preference);
+  const lt_layout* layouts[4] = {layout_of(Adesc), layout_of(Bdesc), layout_of(Cdesc), layout_of(Ddesc)};
+  uint64_t packed = 0;
+  for (int i = 0; i < 4; i++) {
+    uint32_t declared = pref && pref->min_alignment[i] ? pref->min_alignment[i] : 256;
+    uint32_t elem = (uint32_t)type_size((cudaDataType)layouts[i]->type);
+    if (declared < elem || (declared & (declared - 1)) != 0) {
+      fprintf(stderr, "cuda_emu: cublasLtMatmulAlgoGetHeuristic: MIN_ALIGNMENT_%c_BYTES %u is not a power of two "
+              "of at least the element size %u: no algorithm\n", "ABCD"[i], declared, elem);
+      return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    uint32_t need = layout_alignment_limit(*layouts[i], declared < LT_VECTOR_BYTES ? declared : LT_VECTOR_BYTES);
+    packed |= (uint64_t)log2_of(need) << (8 * i);
+  }
   memset(&heuristicResultsArray[0], 0, sizeof heuristicResultsArray[0]);
   heuristicResultsArray[0].algo.data[0] = LT_MAGIC;  // the one "algorithm": the CPU loop
+  heuristicResultsArray[0].algo.data[1] = packed;    // with the alignments it needs
   heuristicResultsArray[0].workspaceSize = 0;
   heuristicResultsArray[0].state = CUBLAS_STATUS_SUCCESS;
   heuristicResultsArray[0].wavesCount = 1.0f;
@@ -995,6 +1049,28 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
   }
   if (p.beta != 0.0) check_matrix_memory(api, p.c);
   check_matrix_memory(api, p.d);
+  if (algo) {
+    // the algorithm's alignments against these pointers and these layouts
+    const void* ptrs[4] = {A, B, C, D};
+    const lt_layout* layouts[4] = {layout_of(Adesc), layout_of(Bdesc), layout_of(Cdesc), layout_of(Ddesc)};
+    for (int i = 0; i < 4; i++) {
+      if (i == 2 && p.beta == 0.0) continue;  // C is not read
+      if ((i == 0 || i == 1) && p.k == 0) continue;
+      uint32_t need = 1u << ((algo->data[1] >> (8 * i)) & 0xff);
+      uint32_t allowed = layout_alignment_limit(*layouts[i], need);
+      if ((uintptr_t)ptrs[i] % need != 0 || allowed < need) {
+        fprintf(stderr,
+                "cuda_emu: error: %s: matrix %c at %p (ld %lld, batch stride %lld, %zu-byte elements): the algorithm "
+                "from cublasLtMatmulAlgoGetHeuristic needs %u-byte alignment of the pointer and of ld and the stride "
+                "in bytes (from the preference's MIN_ALIGNMENT_%c_BYTES and the layout it was chosen for); a GPU "
+                "refuses this call or faults with a misaligned address. hint: align the buffer, pad the leading "
+                "dimension, or declare the real alignment in the preference\n",
+                api, "ABCD"[i], ptrs[i], (long long)layouts[i]->ld, (long long)layouts[i]->batch_stride,
+                type_size((cudaDataType)layouts[i]->type), need, "ABCD"[i]);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+      }
+    }
+  }
   if (p.add_bias || p.bias_grad) {
     matrix_view bv{"bias", p.bias, p.bias_type, p.bias_grad == 2 ? p.n : p.m, 1, p.bias_grad == 2 ? p.n : p.m, false,
                    p.bias_batch_stride, p.batch};

@@ -881,6 +881,76 @@ static void test_cublas_reduced_precision(cublasHandle_t handle) {
   CUDA_CHECK(cudaFree(dC));
 }
 
+#ifdef CUDA_EMU
+// the harness's cuBLASLt alignment rules (cuda_emu_cublas.cpp): the heuristic's
+// algorithm needs min(declared, 16) bytes of alignment per operand, less when
+// ld in bytes is not a multiple of it; cublasLtMatmul refuses a pointer or a
+// layout below that with CUBLAS_STATUS_NOT_SUPPORTED. only under the harness:
+// on a GPU a misaligned call may instead fault and end the context
+static cublasStatus_t lt_bf16_matmul(cublasLtHandle_t lt, int m, int n, int k, int ld_heur, int ld_call,
+                                     uint32_t declared_a, const void* A, const void* B, void* D) {
+  cublasLtMatmulDesc_t desc;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasLtMatrixLayout_t la, la_call, lb, ld;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, m, k, ld_heur));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la_call, CUDA_R_16BF, m, k, ld_call));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, k));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, m));
+  cublasLtMatmulPreference_t pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  if (declared_a)
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &declared_a,
+                                                      sizeof declared_a));
+  cublasLtMatmulHeuristicResult_t h;
+  int found = 0;
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, ld, ld, pref, 1, &h, &found));
+  float alpha = 1.0f, beta = 0.0f;
+  cublasStatus_t st = found == 1 ? cublasLtMatmul(lt, desc, &alpha, A, la_call, B, lb, &beta, D, ld, D, ld, &h.algo,
+                                                  nullptr, 0, 0)
+                                 : CUBLAS_STATUS_INTERNAL_ERROR;
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatrixLayoutDestroy(la_call);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(ld);
+  cublasLtMatmulDescDestroy(desc);
+  return st;
+}
+
+static void test_cublaslt_alignment(cublasLtHandle_t lt) {
+  const int m = 16, n = 8, k = 16;
+  std::vector<__nv_bfloat16> a((size_t)(m + 1) * k + 8, __float2bfloat16(0.5f)), b((size_t)k * n, __float2bfloat16(1.0f));
+  __nv_bfloat16* dA = to_device(a);
+  __nv_bfloat16* dB = to_device(b);
+  std::vector<float> d0((size_t)m * n, 0.0f);
+  float* dD = to_device(d0);
+  // aligned pointer, ld 16 (32 bytes): runs, and the product is right (16 x 0.5)
+  cublasStatus_t st = lt_bf16_matmul(lt, m, n, k, m, m, 0, dA, dB, dD);
+  std::vector<float> d = to_host(dD, (size_t)m * n);
+  check(st == CUBLAS_STATUS_SUCCESS && d[0] == 8.0f && d[(size_t)m * n - 1] == 8.0f, "cuBLASLt alignment",
+        "aligned bf16 operands run (status %d, D[0] %g)", (int)st, d[0]);
+  // A one element (2 bytes) off: the default declaration (256) gives an algorithm that needs 16
+  st = lt_bf16_matmul(lt, m, n, k, m, m, 0, dA + 1, dB, dD);
+  check(st == CUBLAS_STATUS_NOT_SUPPORTED, "cuBLASLt alignment",
+        "a 2-byte-aligned A under the default MIN_ALIGNMENT_A_BYTES is refused (status %d)", (int)st);
+  // the same pointer, declared: an algorithm that needs 2 bytes, which runs
+  st = lt_bf16_matmul(lt, m, n, k, m, m, 2, dA + 1, dB, dD);
+  check(st == CUBLAS_STATUS_SUCCESS, "cuBLASLt alignment",
+        "the same A with MIN_ALIGNMENT_A_BYTES 2 declared runs (status %d)", (int)st);
+  // an odd leading dimension (17 bf16, 34 bytes): the heuristic picks a 2-byte algorithm, which runs
+  st = lt_bf16_matmul(lt, m, n, k, m + 1, m + 1, 0, dA, dB, dD);
+  check(st == CUBLAS_STATUS_SUCCESS, "cuBLASLt alignment", "ld 17 (bf16) gets an algorithm that runs (status %d)",
+        (int)st);
+  // an algorithm chosen for ld 16 reused on ld 17: refused
+  st = lt_bf16_matmul(lt, m, n, k, m, m + 1, 0, dA, dB, dD);
+  check(st == CUBLAS_STATUS_NOT_SUPPORTED, "cuBLASLt alignment",
+        "an algorithm chosen for ld 16 and called with ld 17 is refused (status %d)", (int)st);
+  CUDA_CHECK(cudaFree(dA));
+  CUDA_CHECK(cudaFree(dB));
+  CUDA_CHECK(cudaFree(dD));
+}
+#endif
+
 static void test_cublaslt(cublasLtHandle_t lt) {
   const int m = 6, n = 5, k = 4;
   for (int variant = 0; variant < 4; variant++) {
@@ -1425,6 +1495,9 @@ int main(int argc, char** argv) {
   cublasLtHandle_t lt;
   CUBLAS_CHECK(cublasLtCreate(&lt));
   test_cublaslt(lt);
+#ifdef CUDA_EMU
+  test_cublaslt_alignment(lt);
+#endif
   test_events_and_device();
 #ifdef CUDA_EMU
   test_runtime_errors();

@@ -1,0 +1,1466 @@
+/*
+dev/perf_model.h: a performance model of one training step of the CUDA
+trainer, that runs anywhere (no CUDA call, plain C that also compiles as C++).
+
+for the authors' recipes it lists every kernel launch kind and every GEMM of
+one training step (forward, backward, the gradient norm, the optimizer: AdamW,
+SubTrack++ and GaLore, matrix shape by matrix shape), with its FLOPs and the
+bytes it moves, and the roofline time at the H100 SXM's and the H200's peaks:
+    roofline = max(FLOPs / the peak of its arithmetic, bytes / HBM bandwidth)
+summed into a step time, tokens/s, an MFU bound, SubTrack++'s share of the
+step and its overhead over AdamW, and the SVD passes (the first step's, and a
+GaLore refresh). THESE ARE ESTIMATES, NOT MEASUREMENTS: the roofline is a
+lower bound at peak; the "estimate" columns add stated efficiencies and
+floors (below), each an assumption the output prints.
+
+used by:
+    dev/bench_gpu --model        (dev/bench_gpu.cu includes this file; --model makes no CUDA call)
+    dev/bench_gpu_emu --model    (the same under the CPU harness)
+    dev/perf_model [--check]     (a plain C build of this file and the trainer's preset
+                                  table: make dev/perf_model; make test runs --check)
+on a GPU, dev/bench_gpu --per_kernel times each row's launcher beside the model.
+
+the figures of ../shared/GPU_NUMBERS.md are embedded below as named constants
+(a clean clone has no ../shared); when that file is readable at run time,
+every embedded figure is compared with it and a difference stops the run
+(--check reports it as a FAIL).
+
+what is counted, per row (state of the trainer at 2026-12-03):
+    FLOPs    2 M N K per GEMM (batch included); the elementwise kernels' own
+             arithmetic, a few FLOPs per element (they are memory-bound anyway)
+    bytes    each input read once and each output written once, at the element
+             size of its dtype (bf16 activations 2, fp32 weights' gradients and
+             optimizer states 4, the Gram matrix 8); a GEMM with beta != 0 reads
+             its output too; re-reads that caches absorb are not counted
+    classes  bf16 GEMM (tensor cores, 989), TF32 GEMM (495), fp32 GEMM and the
+             CUDA-core kernels (67, no tensor cores: the optimizer's cublasSgemm
+             keeps CUBLAS_DEFAULT_MATH), FP64 (67: the Gram matrix in double and
+             cuSOLVER's syevd)
+the estimate per row = the largest of:
+    FLOPs / (peak x eff), eff = the measured bf16 GEMM (769-798 of 989 on an
+              H200) as a fraction of peak, for every GEMM class; flash attention
+              its own fraction; the FP64 Gram kernel its own
+    bytes / (bandwidth x the measured copy fraction, 4.3 of 4.8 TB/s)
+    launches x a launch floor (the host issues every launch in order)
+    a serial floor for the kernels whose threads walk B*T rows one after the
+              other (encoder_backward: a dependent load-add-store chain per
+              channel; rmsnorm's weight gradient: independent loads, a few in flight)
+    a one-SM floor for single-block kernels (the power iteration, the limiter)
+    cuSOLVER syevd: p one-at-a-time column steps of its tridiagonal reduction
+every one of these numbers is printed by --model, with where it comes from.
+
+model FLOPs (MFU, as ../shared/GPU_NUMBERS.md defines it): 6 N per token
+(N = L (4 C^2 + 3 C F) + V C) plus attention: the full T x T square for the
+materialized attention of today (12 L C T per token), the causal triangle
+T (T + 1) / 2 for a flash kernel that skips masked blocks (6 L C (T + 1)).
+recomputation (flash's backward recomputes the scores) is not model FLOPs.
+*/
+#ifndef PERF_MODEL_H
+#define PERF_MODEL_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <stdarg.h>
+
+// ----------------------------------------------------------------------------
+// the figures, from ../shared/GPU_NUMBERS.md (the row is named in each comment)
+
+#define PERF_NUMBERS_PATH "../shared/GPU_NUMBERS.md"
+// row "bf16 dense tensor-core peak": 989 TFLOP/s on both
+#define GPU_H100_BF16_TFLOPS 989.0
+#define GPU_H200_BF16_TFLOPS 989.0
+// row "bf16 GEMM achieved, 8192³": H200 769-798 TFLOP/s (random data, through PyTorch)
+#define GPU_H200_BF16_GEMM_LO_TFLOPS 769.0
+#define GPU_H200_BF16_GEMM_HI_TFLOPS 798.0
+// row "TF32 dense tensor-core peak": 495 TFLOP/s on both
+#define GPU_H100_TF32_TFLOPS 495.0
+#define GPU_H200_TF32_TFLOPS 495.0
+// row "FP32 (no tensor cores)": 67 TFLOP/s on both
+#define GPU_H100_FP32_TFLOPS 67.0
+#define GPU_H200_FP32_TFLOPS 67.0
+// row "FP64 (tensor cores)": 67 TFLOP/s on both
+#define GPU_H100_FP64_TFLOPS 67.0
+#define GPU_H200_FP64_TFLOPS 67.0
+// row "HBM bandwidth": 3.35 and 4.8 TB/s
+#define GPU_H100_HBM_TBS 3.35
+#define GPU_H200_HBM_TBS 4.8
+// row "device-to-device copy achieved": H200 about 4.3 TB/s (bytes read + written)
+#define GPU_H200_COPY_TBS 4.3
+// row "SMs": 132 on both
+#define GPU_H100_SMS 132
+#define GPU_H200_SMS 132
+// the text under "SubTrack++ optimizer FLOPs per step": at 1B (r = 512, 4096
+// tokens per step) the three GEMMs come to "about 11%" of the model's FLOPs;
+// sharing one GEMM "leaves about 7.5%"
+#define GPU_NUMBERS_SHARE3_PCT 11.0
+#define GPU_NUMBERS_SHARE2_PCT 7.5
+
+typedef struct {
+    const char* name;
+    double bf16, tf32, fp32, fp64;  // TFLOP/s
+    double hbm;                     // TB/s
+    int sms;
+} PerfDevice;
+
+static const PerfDevice PERF_DEVICES[2] = {
+    {"H100 SXM", GPU_H100_BF16_TFLOPS, GPU_H100_TF32_TFLOPS, GPU_H100_FP32_TFLOPS, GPU_H100_FP64_TFLOPS,
+     GPU_H100_HBM_TBS, GPU_H100_SMS},
+    {"H200", GPU_H200_BF16_TFLOPS, GPU_H200_TF32_TFLOPS, GPU_H200_FP32_TFLOPS, GPU_H200_FP64_TFLOPS,
+     GPU_H200_HBM_TBS, GPU_H200_SMS},
+};
+#define PERF_NUM_DEVICES 2
+
+// ----------------------------------------------------------------------------
+// the authors' recipes (../shared/SUBTRACK.md, "Script hyperparameters"):
+// batch per GPU, total batch (one GPU reaches it by gradient accumulation),
+// rank, subspace update interval k; T = 256 everywhere
+
+typedef struct {
+    const char* preset;
+    int batch;
+    int total_batch;
+    int rank;
+    int k;
+} PerfRecipe;
+
+static const PerfRecipe PERF_RECIPES[] = {
+    {"llama_60m", 128, 256, 128, 200},
+    {"llama_130m", 128, 256, 256, 200},
+    {"llama_350m", 64, 128, 256, 200},
+    {"llama_1b", 8, 16, 512, 200},
+    {"llama_3b", 8, 16, 512, 200},
+    {"llama_7b", 4, 16, 1024, 500},
+};
+#define PERF_NUM_RECIPES ((int)(sizeof(PERF_RECIPES) / sizeof(PERF_RECIPES[0])))
+#define PERF_T 256
+
+static const PerfRecipe* perf_recipe(const char* preset) {
+    for (int i = 0; i < PERF_NUM_RECIPES; i++) {
+        if (strcmp(PERF_RECIPES[i].preset, preset) == 0) { return &PERF_RECIPES[i]; }
+    }
+    return NULL;
+}
+
+// ----------------------------------------------------------------------------
+// assumptions that are not in GPU_NUMBERS.md, and the variants of the code
+
+typedef struct {
+    double eff_gemm;       // achieved / peak for every GEMM class
+    double eff_flash;      // achieved / bf16 peak of a flash attention kernel
+    double eff_bw;         // achieved / HBM bandwidth of the memory-bound kernels
+    double eff_gram;       // achieved / FP64 peak of the trainer's Gram kernel
+    double launch_us;      // per launch, host issuing in order
+    double latency_us;     // one dependent global load (HBM load-to-use)
+    double serial_ilp;     // loads in flight per thread in rmsnorm's weight-gradient loop
+    double sm_gbs;         // what one SM streams from L2, GB/s (single-block kernels)
+    double power_iters;    // power iterations per tracking step
+    double syevd_step_us;  // one column step of syevd's tridiagonal reduction
+    int topr_iters;        // power iterations of the randomized range finder (--svd topr)
+} PerfAssume;
+
+static void perf_assume_defaults(PerfAssume* a) {
+    a->eff_gemm = 0.5 * (GPU_H200_BF16_GEMM_LO_TFLOPS + GPU_H200_BF16_GEMM_HI_TFLOPS) / GPU_H200_BF16_TFLOPS;
+    a->eff_flash = 0.5;
+    a->eff_bw = GPU_H200_COPY_TBS / GPU_H200_HBM_TBS;
+    a->eff_gram = 0.15;
+    a->launch_us = 3.0;
+    a->latency_us = 0.5;
+    a->serial_ilp = 4.0;
+    a->sm_gbs = 100.0;
+    a->power_iters = 50.0;
+    a->syevd_step_us = 10.0;
+    a->topr_iters = 2;
+}
+
+typedef enum { PERF_GEMM_FP32 = 0, PERF_GEMM_TF32 = 1, PERF_GEMM_BF16 = 2 } PerfGemmPrecision;
+typedef enum { PERF_SVD_FULL = 0, PERF_SVD_SYEVDX = 1, PERF_SVD_TOPR = 2 } PerfSvd;
+static const char* PERF_GEMM_NAMES[3] = {"fp32", "tf32", "bf16"};
+static const char* PERF_SVD_NAMES[3] = {"full", "syevdx", "topr"};
+
+typedef struct {
+    int flash;            // attention: 0 materialized (today), 1 flash (planned)
+    int opt_gemm;         // the optimizer's GEMMs: PERF_GEMM_FP32 today
+    int svd;              // PERF_SVD_FULL today
+    int fused_recovery;   // 1: back-projection and residual share one GEMM (2 GEMMs a step, not 3)
+    int opt_batched;      // 1: each optimizer launch covers a tensor's L layers (strided-batched)
+    int fp32_acts;        // --dtype float32 (today's default is bfloat16)
+    int clip;             // gradient clipping fires (grad_scale runs); the authors' configs: off
+    int parallel_wgrad;   // 1: rmsnorm's weight gradient and encoder_backward as parallel two-pass
+                          //    reductions (fixed order, deterministic), not one thread per channel
+} PerfVariant;
+
+static void perf_variant_today(PerfVariant* v) { memset(v, 0, sizeof *v); }
+
+// ----------------------------------------------------------------------------
+// rows
+
+typedef enum {
+    PERF_BF16_GEMM, PERF_TF32_GEMM, PERF_FP32_GEMM, PERF_FP32_CORE, PERF_FP64_CORE, PERF_FP64_SYEVD,
+    PERF_FLASH, PERF_MEMORY, PERF_NUM_CLASSES
+} PerfClass;
+static const char* PERF_CLASS_NAMES[PERF_NUM_CLASSES] = {"bf16 gemm", "tf32 gemm", "fp32 gemm", "fp32 core",
+                                                         "fp64 core", "fp64 syevd", "bf16 flash", "memory"};
+
+// which steps and methods a row belongs to
+#define PERF_SET_COMMON 1     // every method: forward, backward, the step's own work
+#define PERF_SET_ADAMW 2      // full AdamW on every tensor
+#define PERF_SET_LR_ADAMW 4   // low-rank methods: AdamW on embeddings, lm_head, norms
+#define PERF_SET_SUBTRACK 8   // SubTrack++ (every step, and tracking amortised over k)
+#define PERF_SET_GALORE 16    // GaLore as published (every step, and the refresh amortised over k)
+#define PERF_SET_INIT 32      // the first step's SVD pass (once per run, not in the step time)
+#define PERF_SET_REFRESH 64   // one whole GaLore refresh pass (the rows of 16 not amortised)
+
+// the launchers dev/bench_gpu --per_kernel times, one per row kind
+typedef enum {
+    OP_NONE = 0, OP_ENCODER_FWD, OP_RMSNORM_FWD, OP_GEMM, OP_GEMM_ATTN, OP_ROPE, OP_SOFTMAX, OP_RESIDUAL_FWD,
+    OP_SWIGLU_FWD, OP_CE_FWD, OP_CE_BWD, OP_MEMSET, OP_RMSNORM_BWD_DINP, OP_RMSNORM_BWD_DWEIGHT, OP_SWIGLU_BWD,
+    OP_RESIDUAL_BWD, OP_SOFTMAX_BWD, OP_ENCODER_BWD, OP_NORM, OP_SCALE, OP_REFRESH, OP_ADAMW, OP_SGEMM, OP_COPY,
+    OP_ADAM_NORMS, OP_LIMITER, OP_RECOVERY_APPLY, OP_POWER, OP_TRACK_ROWS, OP_TRACK_REDUCE, OP_PROJECT_U,
+    OP_GEODESIC, OP_UPDATE_PROJECTION, OP_ROTATE_RANK1, OP_GRAM, OP_SYEVD, OP_TOP_EIG, OP_CANON_SIGN,
+    OP_NUM
+} PerfOp;
+
+// one launch of a row, as the trainer makes it: sizes a..f mean what the op says
+// (GEMM: transA transB M N K batch; kernels: their size arguments)
+typedef struct {
+    int op;
+    long long a, b, c, d, e, f;
+    int out_fp32;   // GEMM: C is fp32 (weight gradients), else the activation type
+    float beta;
+} PerfLaunch;
+
+typedef struct {
+    char phase[12];
+    char name[96];
+    char shape[64];
+    int cls;
+    int set;
+    double launches;     // per training step (amortised where the set says so)
+    double flops;        // per training step, all launches
+    double bytes;        // per training step, all launches
+    double model_flops;  // matrix products counted in 6 N
+    double attn_flops;   // attention products counted in the MFU
+    double serial_s;     // serial floor per step, seconds (device independent)
+    double sm_bytes;     // bytes one SM streams (single-block kernels), per step
+    PerfLaunch launch;   // one launch, for --per_kernel
+} PerfRow;
+
+#define PERF_MAX_ROWS 160
+
+typedef struct {
+    int V, C, F, NH, L;
+} PerfDims;
+
+typedef struct {
+    char preset[64];
+    PerfDims d;
+    int B, T, accum, rank, k;
+    PerfVariant v;
+    PerfAssume a;
+    PerfRow rows[PERF_MAX_ROWS];
+    int n;
+} PerfModel;
+
+static PerfRow* perf_row(PerfModel* m, const char* phase, const char* name, int set, int cls, double launches) {
+    if (m->n >= PERF_MAX_ROWS) {
+        fprintf(stderr, "error: perf_model: more than %d rows; raise PERF_MAX_ROWS in dev/perf_model.h\n",
+                PERF_MAX_ROWS);
+        exit(EXIT_FAILURE);
+    }
+    PerfRow* r = &m->rows[m->n++];
+    memset(r, 0, sizeof *r);
+    snprintf(r->phase, sizeof r->phase, "%s", phase);
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->set = set;
+    r->cls = cls;
+    r->launches = launches;
+    return r;
+}
+
+// a GEMM C (M, N) = op(A) (M, K) op(B) (K, N), batch of them per launch;
+// ab, c: element bytes of the inputs and the output; beta != 0 reads C too
+static PerfRow* perf_gemm(PerfModel* m, const char* phase, const char* name, int set, int cls, double launches,
+                          long long M, long long N, long long K, long long batch, double ab, double c, float beta) {
+    PerfRow* r = perf_row(m, phase, name, set, cls, launches);
+    double per_flops = 2.0 * M * N * K * batch;
+    double per_bytes = batch * ((double)(M * K + K * N) * ab + (double)M * N * c * (beta != 0.0f ? 2.0 : 1.0));
+    r->flops = launches * per_flops;
+    r->bytes = launches * per_bytes;
+    if (batch > 1) {
+        snprintf(r->shape, sizeof r->shape, "%lldx%lldx%lld x%lld", M, N, K, batch);
+    } else {
+        snprintf(r->shape, sizeof r->shape, "%lldx%lldx%lld", M, N, K);
+    }
+    r->launch.op = OP_GEMM;
+    r->launch.c = M; r->launch.d = N; r->launch.e = K; r->launch.f = batch;
+    r->launch.beta = beta;
+    return r;
+}
+
+// a kernel (or memset / copy): FLOPs and bytes of ONE launch
+static PerfRow* perf_kernel(PerfModel* m, const char* phase, const char* name, int set, int cls, double launches,
+                            double flops, double bytes, int op, const char* shape) {
+    PerfRow* r = perf_row(m, phase, name, set, cls, launches);
+    r->flops = launches * flops;
+    r->bytes = launches * bytes;
+    r->launch.op = op;
+    snprintf(r->shape, sizeof r->shape, "%s", shape);
+    return r;
+}
+
+// the model's matrix weights N (without the embedding lookup and the norms)
+static double perf_matrix_params(const PerfDims* d) {
+    return (double)d->L * (4.0 * d->C * d->C + 3.0 * (double)d->C * d->F) + (double)d->V * d->C;
+}
+
+// every parameter: the trainer's parameter table, counted here independently
+static double perf_all_params(const PerfDims* d) {
+    return perf_matrix_params(d) + (double)d->V * d->C + (2.0 * d->L + 1.0) * d->C;
+}
+
+// the matrix shape groups of the low-rank optimizer: (p, q) with their count.
+// wq wk wv wo are C x C; w_gate, w_up (F x C) and w_down (C x F) share p = min, q = max
+typedef struct {
+    const char* names;
+    long long p, q;
+    int count;         // matrices in the model
+    int tensors;       // parameter tensors (each holds L of them)
+    int right_count;   // of them, m > n (the right orientation)
+} PerfShapeGroup;
+
+static int perf_shape_groups(const PerfDims* d, PerfShapeGroup g[2]) {
+    long long C = d->C, F = d->F;
+    g[0].names = "wq wk wv wo";
+    g[0].p = C; g[0].q = C; g[0].count = 4 * d->L; g[0].tensors = 4; g[0].right_count = 0;
+    g[1].names = "w_gate w_up w_down";
+    g[1].p = C < F ? C : F; g[1].q = C < F ? F : C; g[1].count = 3 * d->L; g[1].tensors = 3;
+    g[1].right_count = C < F ? 2 * d->L : d->L;
+    return 2;
+}
+
+// ----------------------------------------------------------------------------
+// the rows of one training step, in the trainer's order
+
+static void perf_build_forward_backward(PerfModel* m) {
+    const PerfDims* d = &m->d;
+    long long V = d->V, C = d->C, F = d->F, NH = d->NH, L = d->L, HS = C / NH, B = m->B, T = m->T;
+    long long BT = B * T;
+    double acc = m->accum;  // micro steps per training step
+    double e = m->v.fp32_acts ? 4.0 : 2.0;   // activation bytes
+    int gemm = m->v.fp32_acts ? PERF_FP32_GEMM : PERF_BF16_GEMM;
+    double tt = (double)T * T, tri = (double)T * (T + 1) / 2.0;  // the square, and the causal triangle with its diagonal
+    char s[64];
+    PerfRow* r;
+    const int S = PERF_SET_COMMON;
+
+    // ---- forward (llama_forward_typed, layer_forward), per micro step x accum
+    snprintf(s, sizeof s, "%lldx%lld", BT, C);
+    r = perf_kernel(m, "forward", "encoder_forward", S, PERF_FP32_CORE, acc, 0.0, BT * 4.0 + BT * C * (4.0 + e),
+                    OP_ENCODER_FWD, s);
+    r->launch.a = BT; r->launch.b = C;
+    r = perf_kernel(m, "forward", "rmsnorm_forward", S, PERF_FP32_CORE, acc * (2 * L + 1), 4.0 * BT * C,
+                    2.0 * BT * C * e + C * 4.0 + BT * 4.0, OP_RMSNORM_FWD, s);
+    r->launch.a = BT; r->launch.b = C;
+    r = perf_gemm(m, "forward", "matmul q k v o (x C->C)", S, gemm, acc * 4 * L, BT, C, C, 1, e, e, 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
+    snprintf(s, sizeof s, "%lldx%lldx%lld", BT, NH, HS);
+    r = perf_kernel(m, "forward", "rope_forward (q, k)", S, PERF_FP32_CORE, acc * 2 * L, 3.0 * BT * C,
+                    2.0 * BT * C * e + T * HS * 4.0, OP_ROPE, s);
+    r->launch.a = B; r->launch.b = T; r->launch.c = NH; r->launch.d = HS;
+    if (!m->v.flash) {
+        // per sequence: one strided-batched GEMM over the NH heads (a loop of B calls)
+        r = perf_gemm(m, "forward", "attention scores q k^T", S, gemm, acc * L * B, T, T, HS, NH, e, e, 0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 0; r->launch.b = 1;
+        // the full square is written, the causal triangle read (its passes hit cache)
+        snprintf(s, sizeof s, "%lldx%lldx%lldx%lld", B, NH, T, T);
+        r = perf_kernel(m, "forward", "causal_softmax", S, PERF_FP32_CORE, acc * L, 5.0 * B * NH * tri,
+                        B * NH * (tri + tt) * e, OP_SOFTMAX, s);
+        r->launch.a = B * NH * T; r->launch.b = T;
+        r = perf_gemm(m, "forward", "attention att v", S, gemm, acc * L * B, T, HS, T, NH, e, e, 0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 0; r->launch.b = 0;
+    } else {
+        // one fused kernel, causal blocks only, no T x T buffer; reads q k v, writes out and the row lse
+        double f = 2.0 * 2.0 * B * NH * HS * tri;
+        snprintf(s, sizeof s, "%lldx%lldx%lldx%lld causal", B, NH, T, HS);
+        r = perf_kernel(m, "forward", "flash attention forward (planned)", S, PERF_FLASH, acc * L, f,
+                        4.0 * BT * C * e + B * NH * T * 4.0, OP_NONE, s);
+        r->attn_flops = r->flops;
+    }
+    snprintf(s, sizeof s, "%lldx%lld", BT, C);
+    r = perf_kernel(m, "forward", "residual_forward", S, PERF_FP32_CORE, acc * 2 * L, 1.0 * BT * C, 3.0 * BT * C * e,
+                    OP_RESIDUAL_FWD, s);
+    r->launch.a = BT * C;
+    r = perf_gemm(m, "forward", "matmul gate up (x C->F)", S, gemm, acc * 2 * L, BT, F, C, 1, e, e, 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
+    snprintf(s, sizeof s, "%lldx%lld", BT, F);
+    r = perf_kernel(m, "forward", "swiglu_forward", S, PERF_FP32_CORE, acc * L, 6.0 * BT * F, 3.0 * BT * F * e,
+                    OP_SWIGLU_FWD, s);
+    r->launch.a = BT * F;
+    r = perf_gemm(m, "forward", "matmul down (x F->C)", S, gemm, acc * L, BT, C, F, 1, e, e, 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
+    r = perf_gemm(m, "forward", "matmul lm_head (x C->V)", S, gemm, acc, BT, V, C, 1, e, e, 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
+    snprintf(s, sizeof s, "%lldx%lld", BT, V);
+    r = perf_kernel(m, "forward", "crossentropy_forward", S, PERF_FP32_CORE, acc, 3.0 * BT * V,
+                    BT * V * e + BT * 4.0 * 3.0, OP_CE_FWD, s);
+    r->launch.a = BT; r->launch.b = V;
+
+    // ---- backward (llama_backward_typed), per micro step x accum
+    r = perf_kernel(m, "backward", "crossentropy_softmax_backward", S, PERF_FP32_CORE, acc, 3.0 * BT * V,
+                    2.0 * BT * V * e + BT * 8.0, OP_CE_BWD, s);
+    r->launch.a = BT; r->launch.b = V;
+    // matmul_backward: dinp (BT, in) = dout (BT, out) W (out, in); dweight (out, in) += dout^T inp, fp32, beta 1
+    r = perf_gemm(m, "backward", "lm_head dinp", S, gemm, acc, BT, C, V, 1, e, e, 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 0;
+    r = perf_gemm(m, "backward", "lm_head dweight", S, gemm, acc, V, C, BT, 1, e, 4.0, 1.0f);
+    r->model_flops = r->flops; r->launch.a = 1; r->launch.b = 0; r->launch.out_fp32 = 1;
+    snprintf(s, sizeof s, "%lldx%lld", BT, C);
+    r = perf_kernel(m, "backward", "memset dresid", S, PERF_MEMORY, acc, 0.0, BT * C * e, OP_MEMSET, s);
+    r->launch.a = (long long)(BT * C * e);
+    r = perf_kernel(m, "backward", "rmsnorm_backward dinp (+=)", S, PERF_FP32_CORE, acc * (2 * L + 1), 8.0 * BT * C,
+                    4.0 * BT * C * e + C * 4.0 + BT * 4.0, OP_RMSNORM_BWD_DINP, s);
+    r->launch.a = BT; r->launch.b = C;
+    // one thread per channel walks the B*T rows in order: C threads in all
+    r = perf_kernel(m, "backward", m->v.parallel_wgrad ? "rmsnorm_backward dweight (planned: two-pass)"
+                    : "rmsnorm_backward dweight (serial rows)", S, PERF_FP32_CORE, acc * (2 * L + 1),
+                    3.0 * BT * C, 2.0 * BT * C * e + BT * 4.0 + 2.0 * C * 4.0,
+                    m->v.parallel_wgrad ? OP_NONE : OP_RMSNORM_BWD_DWEIGHT, s);
+    if (!m->v.parallel_wgrad) { r->serial_s = r->launches * (double)BT / m->a.serial_ilp * m->a.latency_us * 1e-6; }
+    r->launch.a = BT; r->launch.b = C;
+    r = perf_gemm(m, "backward", "down dinp", S, gemm, acc * L, BT, F, C, 1, e, e, 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 0;
+    r = perf_gemm(m, "backward", "down dweight", S, gemm, acc * L, C, F, BT, 1, e, 4.0, 1.0f);
+    r->model_flops = r->flops; r->launch.a = 1; r->launch.b = 0; r->launch.out_fp32 = 1;
+    snprintf(s, sizeof s, "%lldx%lld", BT, F);
+    r = perf_kernel(m, "backward", "swiglu_backward", S, PERF_FP32_CORE, acc * L, 10.0 * BT * F, 5.0 * BT * F * e,
+                    OP_SWIGLU_BWD, s);
+    r->launch.a = BT * F;
+    r = perf_gemm(m, "backward", "gate up dinp", S, gemm, acc * 2 * L, BT, C, F, 1, e, e, 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 0;
+    r = perf_gemm(m, "backward", "gate up dweight", S, gemm, acc * 2 * L, F, C, BT, 1, e, 4.0, 1.0f);
+    r->model_flops = r->flops; r->launch.a = 1; r->launch.b = 0; r->launch.out_fp32 = 1;
+    snprintf(s, sizeof s, "%lldx%lld", BT, C);
+    r = perf_kernel(m, "backward", "residual_backward (+=)", S, PERF_FP32_CORE, acc * 3 * L, 1.0 * BT * C,
+                    3.0 * BT * C * e, OP_RESIDUAL_BWD, s);
+    r->launch.a = BT * C;
+    r = perf_gemm(m, "backward", "q k v o dinp", S, gemm, acc * 4 * L, BT, C, C, 1, e, e, 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 0;
+    r = perf_gemm(m, "backward", "q k v o dweight", S, gemm, acc * 4 * L, C, C, BT, 1, e, 4.0, 1.0f);
+    r->model_flops = r->flops; r->launch.a = 1; r->launch.b = 0; r->launch.out_fp32 = 1;
+    if (!m->v.flash) {
+        r = perf_gemm(m, "backward", "attention datt = dout v^T", S, gemm, acc * L * B, T, T, HS, NH, e, e, 0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 0; r->launch.b = 1;
+        r = perf_gemm(m, "backward", "attention dv = att^T dout", S, gemm, acc * L * B, T, HS, T, NH, e, e, 0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 1; r->launch.b = 0;
+        snprintf(s, sizeof s, "%lldx%lldx%lldx%lld", B, NH, T, T);
+        r = perf_kernel(m, "backward", "softmax_backward", S, PERF_FP32_CORE, acc * L, 4.0 * B * NH * tri,
+                        B * NH * (2.0 * tri + tt) * e, OP_SOFTMAX_BWD, s);
+        r->launch.a = B * NH * T; r->launch.b = T;
+        r = perf_gemm(m, "backward", "attention dq = ds k, dk = ds^T q", S, gemm, acc * L * B * 2, T, HS, T, NH, e, e,
+                      0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 0; r->launch.b = 0;
+    } else {
+        // dv, dP, dq, dk over the causal blocks, plus the scores recomputed (not model FLOPs)
+        double f = 2.0 * B * NH * HS * tri;
+        snprintf(s, sizeof s, "%lldx%lldx%lldx%lld causal", B, NH, T, HS);
+        r = perf_kernel(m, "backward", "flash attention backward (planned)", S, PERF_FLASH, acc * L, 5.0 * f,
+                        8.0 * BT * C * e + 2.0 * B * NH * T * 4.0, OP_NONE, s);
+        r->attn_flops = acc * L * 4.0 * f;
+    }
+    snprintf(s, sizeof s, "%lldx%lldx%lld", BT, NH, HS);
+    r = perf_kernel(m, "backward", "rope_backward (dq, dk)", S, PERF_FP32_CORE, acc * 2 * L, 3.0 * BT * C,
+                    2.0 * BT * C * e + T * HS * 4.0, OP_ROPE, s);
+    r->launch.a = B; r->launch.b = T; r->launch.c = NH; r->launch.d = HS;
+    // one thread per channel, B*T dependent load-add-store steps into the fp32 table
+    snprintf(s, sizeof s, "%lldx%lld", BT, C);
+    r = perf_kernel(m, "backward", m->v.parallel_wgrad ? "encoder_backward (planned: two-pass)"
+                    : "encoder_backward (serial rows)", S, PERF_FP32_CORE, acc, 1.0 * BT * C,
+                    BT * C * e + BT * 4.0 + 2.0 * BT * C * 4.0, m->v.parallel_wgrad ? OP_NONE : OP_ENCODER_BWD, s);
+    if (!m->v.parallel_wgrad) { r->serial_s = r->launches * (double)BT * m->a.latency_us * 1e-6; }
+    r->launch.a = BT; r->launch.b = C;
+}
+
+static void perf_build_step(PerfModel* m) {
+    const PerfDims* d = &m->d;
+    double np = perf_all_params(d);
+    char s[64];
+    snprintf(s, sizeof s, "%.0f", np);
+    PerfRow* r;
+    r = perf_kernel(m, "step", "zero_grad (memset)", PERF_SET_COMMON, PERF_MEMORY, 1, 0.0, 4.0 * np, OP_MEMSET, s);
+    r->launch.a = (long long)(4.0 * np);
+    r = perf_kernel(m, "step", "grad norm (squared_norm_chunks)", PERF_SET_COMMON, PERF_FP32_CORE, 1, 2.0 * np,
+                    4.0 * np, OP_NORM, s);
+    r->launch.a = (long long)np;
+    if (m->v.clip) {
+        r = perf_kernel(m, "step", "grad_scale (clipping)", PERF_SET_COMMON, PERF_FP32_CORE, 1, np, 8.0 * np,
+                        OP_SCALE, s);
+        r->launch.a = (long long)np;
+    }
+    if (!m->v.fp32_acts) {
+        r = perf_kernel(m, "step", "bf16 weight copy (float_to_bf16)", PERF_SET_COMMON, PERF_FP32_CORE, 1, 0.0,
+                        6.0 * np, OP_REFRESH, s);
+        r->launch.a = (long long)np;
+    }
+}
+
+static void perf_build_optimizers(PerfModel* m) {
+    const PerfDims* d = &m->d;
+    double np = perf_all_params(d);
+    double n_lr_adam = 2.0 * d->V * d->C + (2.0 * d->L + 1.0) * d->C;  // embeddings, lm_head, norms
+    char s[64];
+    PerfRow* r;
+    // full AdamW: one launch per parameter tensor (12), 4 reads and 3 writes of fp32 per parameter
+    snprintf(s, sizeof s, "%.0f", np);
+    r = perf_kernel(m, "adamw", "adamw_kernel (every tensor)", PERF_SET_ADAMW, PERF_FP32_CORE, 12, 14.0 * np / 12,
+                    28.0 * np / 12, OP_ADAMW, s);
+    r->launch.a = (long long)(np / 12);
+    snprintf(s, sizeof s, "%.0f", n_lr_adam);
+    r = perf_kernel(m, "lowrank", "adamw_kernel (emb, lm_head, norms)", PERF_SET_LR_ADAMW, PERF_FP32_CORE, 5,
+                    14.0 * n_lr_adam / 5, 28.0 * n_lr_adam / 5, OP_ADAMW, s);
+    r->launch.a = (long long)(n_lr_adam / 5);
+
+    int gemm = m->v.opt_gemm == PERF_GEMM_BF16 ? PERF_BF16_GEMM
+             : m->v.opt_gemm == PERF_GEMM_TF32 ? PERF_TF32_GEMM : PERF_FP32_GEMM;
+    // bf16 GEMMs read bf16 copies of their fp32 operands (G, S, N), written by a cast the model
+    // folds into the producer; outputs stay fp32
+    double ge = m->v.opt_gemm == PERF_GEMM_BF16 ? 2.0 : 4.0;
+    int ST = PERF_SET_SUBTRACK, GA = PERF_SET_GALORE, BOTH = PERF_SET_SUBTRACK | PERF_SET_GALORE;
+    double k = m->k;
+    PerfShapeGroup g[2];
+    int ng = perf_shape_groups(d, g);
+    for (int gi = 0; gi < ng; gi++) {
+        long long p = g[gi].p, q = g[gi].q, R = m->rank;
+        if (R > p) { R = p; }
+        // launches per step of one per-matrix kernel: one per matrix, or one per tensor (over its L layers)
+        double per = m->v.opt_batched ? g[gi].tensors : g[gi].count;
+        double nm = g[gi].count;  // matrices: the work scales with these
+        char tag[80];
+        // every step: projection Gt = S^T G (left) or G S (right)
+        snprintf(tag, sizeof tag, "projection Gt [%s]", g[gi].names);
+        r = perf_gemm(m, "lowrank", tag, BOTH, gemm, nm, R, q, p, 1, ge, 4.0, 0.0f);
+        r->launches = per;
+        r->launch.op = OP_SGEMM; r->launch.a = 1; r->launch.b = 0;
+        if (!m->v.fused_recovery) {
+            // SubTrack++ (recovery scaling): the residual D = G - S Gt, then N back-projected into W, then
+            // W -= D diag(phi) elementwise. GaLore as published: the back-projection only
+            snprintf(s, sizeof s, "%lldx%lld", p, q);
+            snprintf(tag, sizeof tag, "residual copy D = G [%s]", g[gi].names);
+            r = perf_kernel(m, "lowrank", tag, ST, PERF_MEMORY, nm, 0.0, 8.0 * p * q, OP_COPY, s);
+            r->launches = per; r->launch.a = p * q * 4;
+            snprintf(tag, sizeof tag, "residual D -= S Gt [%s]", g[gi].names);
+            r = perf_gemm(m, "lowrank", tag, ST, gemm, nm, p, q, R, 1, ge, 4.0, 1.0f);
+            r->launches = per; r->launch.op = OP_SGEMM; r->launch.a = 0; r->launch.b = 0;
+        }
+        snprintf(s, sizeof s, "%lldx%lld", R, q);
+        snprintf(tag, sizeof tag, "adam_norms (+ residual norms) [%s]", g[gi].names);
+        // step 4 over the moments; with recovery scaling it also reads D (or, fused, G) for the column norms
+        r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 12.0 * R * q + 2.0 * p * q,
+                        24.0 * R * q + 4.0 * p * q + 12.0 * q, OP_ADAM_NORMS, s);
+        r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R;
+        snprintf(tag, sizeof tag, "adam (no recovery) [%s]", g[gi].names);
+        r = perf_kernel(m, "lowrank", tag, GA, PERF_FP32_CORE, nm, 10.0 * R * q, 24.0 * R * q, OP_ADAM_NORMS, s);
+        r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R; r->launch.f = 1;
+        snprintf(s, sizeof s, "%lld", q);
+        snprintf(tag, sizeof tag, "limiter (1 block) [%s]", g[gi].names);
+        r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 3.0 * q, 12.0 * q, OP_LIMITER, s);
+        r->launches = per; r->sm_bytes = r->bytes; r->launch.a = q;
+        if (m->v.fused_recovery) {
+            // W -= lr c (S (alpha N - Gt diag phi) + G diag phi): a small (R, q) kernel, one GEMM into W, and
+            // one elementwise pass W -= G diag(phi)
+            snprintf(s, sizeof s, "%lldx%lld", R, q);
+            snprintf(tag, sizeof tag, "alpha N - Gt diag(phi) (planned) [%s]", g[gi].names);
+            r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 3.0 * R * q, 12.0 * R * q, OP_NONE, s);
+            r->launches = per;
+        }
+        snprintf(tag, sizeof tag, "back-projection W -= S N [%s]", g[gi].names);
+        r = perf_gemm(m, "lowrank", tag, BOTH, gemm, nm, p, q, R, 1, ge, 4.0, 1.0f);
+        r->launches = per; r->launch.op = OP_SGEMM; r->launch.a = 0; r->launch.b = 0;
+        snprintf(s, sizeof s, "%lldx%lld", p, q);
+        snprintf(tag, sizeof tag, "%s [%s]", m->v.fused_recovery ? "W -= G diag(phi) (planned)"
+                 : "recovery_apply W -= D diag(phi)", g[gi].names);
+        r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 4.0 * p * q, 12.0 * p * q + 4.0 * q,
+                        m->v.fused_recovery ? OP_NONE : OP_RECOVERY_APPLY, s);
+        r->launches = per; r->launch.a = p; r->launch.b = q;
+
+        // SubTrack++'s tracking step, every k steps (subtrack_track_subspace)
+        double tk = nm / k, tper = per / k;
+        snprintf(tag, sizeof tag, "track X = G A^T [%s]", g[gi].names);
+        r = perf_gemm(m, "track", tag, ST, gemm, tk, p, R, q, 1, ge, 4.0, 0.0f);
+        r->launches = tper; r->launch.op = OP_SGEMM; r->launch.a = 0; r->launch.b = 1;
+        snprintf(tag, sizeof tag, "track AAt, dF, H (R x R x p) [%s]", g[gi].names);
+        r = perf_gemm(m, "track", tag, ST, gemm, 3 * tk, R, R, p, 1, ge, 4.0, 0.0f);
+        r->launches = 3 * tper; r->launch.op = OP_SGEMM; r->launch.a = 1; r->launch.b = 0;
+        snprintf(s, sizeof s, "%lldx%lld x%.0f it", R, R, m->a.power_iters);
+        snprintf(tag, sizeof tag, "power_iteration (1 block) [%s]", g[gi].names);
+        r = perf_kernel(m, "track", tag, ST, PERF_FP32_CORE, tk, 2.0 * R * R * m->a.power_iters,
+                        4.0 * R * R * m->a.power_iters, OP_POWER, s);
+        r->launches = tper; r->sm_bytes = r->bytes; r->launch.a = R;
+        snprintf(s, sizeof s, "%lldx%lld", p, R);
+        snprintf(tag, sizeof tag, "track u, project, orthogonalize (3 kernels) [%s]", g[gi].names);
+        r = perf_kernel(m, "track", tag, ST, PERF_FP32_CORE, 3 * tk, 2.0 * p * R, 4.0 * p * R + 16.0 * p, OP_TRACK_ROWS,
+                        s);
+        r->launches = 3 * tper; r->launch.a = p; r->launch.b = R;
+        snprintf(s, sizeof s, "%lld", p);
+        snprintf(tag, sizeof tag, "track sigma, angle (1 block each) [%s]", g[gi].names);
+        r = perf_kernel(m, "track", tag, ST, PERF_FP32_CORE, 2 * tk, 2.0 * p, 8.0 * p, OP_TRACK_REDUCE, s);
+        r->launches = 2 * tper; r->sm_bytes = r->bytes; r->launch.a = p;
+        snprintf(s, sizeof s, "%lldx%lld", p, R);
+        snprintf(tag, sizeof tag, "track_geodesic S += a v^T [%s]", g[gi].names);
+        r = perf_kernel(m, "track", tag, ST, PERF_FP32_CORE, tk, 4.0 * p * R, 8.0 * p * R, OP_GEODESIC, s);
+        r->launches = tper; r->launch.a = p; r->launch.b = R;
+        snprintf(s, sizeof s, "%lldx%lld", p, q);
+        snprintf(tag, sizeof tag, "track_update_projection Gt += v a^T G [%s]", g[gi].names);
+        r = perf_kernel(m, "track", tag, ST, PERF_FP32_CORE, tk, 2.0 * p * q + 2.0 * R * q, 4.0 * p * q + 8.0 * R * q,
+                        OP_UPDATE_PROJECTION, s);
+        r->launches = tper; r->launch.a = p; r->launch.b = q; r->launch.c = R;
+        snprintf(s, sizeof s, "%lldx%lld", R, q);
+        snprintf(tag, sizeof tag, "moments_rotate_rank1 [%s]", g[gi].names);
+        r = perf_kernel(m, "track", tag, ST, PERF_FP32_CORE, tk, 12.0 * R * q, 16.0 * R * q, OP_ROTATE_RANK1, s);
+        r->launches = tper; r->launch.a = p; r->launch.b = q; r->launch.c = R;
+
+        // the SVD: GaLore's refresh every k steps (amortised), one whole refresh pass, and the first step's
+        for (int pass = 0; pass < 3; pass++) {
+            int set = pass == 0 ? GA : pass == 1 ? PERF_SET_REFRESH : PERF_SET_INIT;
+            const char* ph = pass == 0 ? "refresh/k" : pass == 1 ? "refresh" : "init";
+            double f = pass == 0 ? 1.0 / k : 1.0;  // launches scale
+            double cnt = nm * f, lper = per * f;
+            if (pass < 2) {
+                snprintf(s, sizeof s, "%lldx%lld", p, R);
+                snprintf(tag, sizeof tag, "copy S_old [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_MEMORY, cnt, 0.0, 8.0 * p * R, OP_COPY, s);
+                r->launches = lper; r->launch.a = p * R * 4;
+            } else {
+                snprintf(s, sizeof s, "%lldx%lld", R, q);
+                snprintf(tag, sizeof tag, "memset M, V [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_MEMORY, 2 * cnt, 0.0, 4.0 * R * q, OP_MEMSET, s);
+                r->launches = 2 * lper; r->launch.a = R * q * 4;
+            }
+            if (m->v.svd == PERF_SVD_TOPR) {
+                // randomized range finder on op(G) (p, q): Y = X Omega, topr_iters x (Z = X^T Y, Y = X Z),
+                // B = Q^T X: (2 + 2 iters) GEMMs of 2 p q R at the optimizer's GEMM precision; a Cholesky QR
+                // after each product on the p side (Gram 2 p R^2 + triangular solve p R^2); then the top
+                // vectors from the R x R eigenproblem of B B^T (2 q R^2 + 14/3 R^3), batched over the
+                // matrices of one shape (cusolverDnXsyevBatched), so its latency is paid once per shape
+                int it = m->a.topr_iters;
+                snprintf(tag, sizeof tag, "topr sketch GEMMs (%d) (planned) [%s]", 2 + 2 * it, g[gi].names);
+                r = perf_gemm(m, ph, tag, set, gemm, cnt * (2 + 2 * it), p, R, q, 1, ge, 4.0, 0.0f);
+                r->launch.op = OP_NONE;
+                snprintf(tag, sizeof tag, "topr Cholesky QR x%d (planned) [%s]", it + 1, g[gi].names);
+                r = perf_gemm(m, ph, tag, set, gemm, cnt * (it + 1), R, R, p, 1, 4.0, 4.0, 0.0f);
+                r->flops *= 1.5;  // + the triangular solve
+                r->launch.op = OP_NONE;
+                snprintf(s, sizeof s, "%lldx%lld batched", R, R);
+                snprintf(tag, sizeof tag, "topr B B^T eig R x R (planned) [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, pass == 0 ? 1.0 / k : 1.0,
+                                nm * (2.0 * q * R * R + 14.0 / 3.0 * (double)R * R * R),
+                                nm * (4.0 * q * R + 16.0 * R * R), OP_NONE, s);
+                r->serial_s = r->launches * (double)R * m->a.syevd_step_us * 1e-6;
+            } else {
+                // K = op(G) op(G)^T (p, p) in double: 32 x 32 tiles on and below the diagonal, each full
+                long long nt = (p + 31) / 32;
+                snprintf(s, sizeof s, "%lldx%lld <- %lldx%lld", p, p, p, q);
+                snprintf(tag, sizeof tag, "gram_double (fp64) [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP64_CORE, cnt, 1024.0 * 2.0 * q * nt * (nt + 1) / 2.0,
+                                4.0 * p * q + 8.0 * p * p, OP_GRAM, s);
+                r->launches = lper; r->launch.a = p; r->launch.b = q;
+                // syevd with vectors: tridiagonal reduction 4/3 p^3, divide and conquer <= 4/3 p^3 (no
+                // deflation), back-transformation 2 p^3: 14/3 p^3. syevdx with a range: the reduction, and
+                // the back-transformation of R vectors 2 p^2 R. either way the reduction's p column steps
+                // run one after the other (serial floor)
+                double ef = m->v.svd == PERF_SVD_FULL ? 14.0 / 3.0 * p * p * p
+                          : 4.0 / 3.0 * p * p * p + 2.0 * (double)p * p * R;
+                snprintf(s, sizeof s, "%lldx%lld", p, p);
+                snprintf(tag, sizeof tag, "%s (fp64) [%s]", m->v.svd == PERF_SVD_FULL ? "cusolverDnDsyevd"
+                         : "cusolverDnDsyevdx range (planned)", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, cnt, ef, 8.0 * 3.0 * p * p,
+                                m->v.svd == PERF_SVD_FULL ? OP_SYEVD : OP_NONE, s);
+                r->serial_s = cnt * (double)p * m->a.syevd_step_us * 1e-6;
+                r->launch.a = p;
+                snprintf(s, sizeof s, "%lldx%lld", p, R);
+                snprintf(tag, sizeof tag, "top_eigenvectors, canonical_sign [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP32_CORE, 2 * cnt, 1.0 * p * R, 10.0 * p * R, OP_TOP_EIG, s);
+                r->launches = 2 * lper; r->launch.a = p; r->launch.b = R;
+            }
+        }
+    }
+}
+
+// every row of one recipe under one variant
+static void perf_model_build(PerfModel* m, const char* preset, const PerfDims* d, int B, int T, int accum, int rank,
+                             int k, const PerfVariant* v, const PerfAssume* a) {
+    memset(m, 0, sizeof *m);
+    snprintf(m->preset, sizeof m->preset, "%s", preset);
+    m->d = *d;
+    m->B = B; m->T = T; m->accum = accum; m->rank = rank; m->k = k;
+    m->v = *v;
+    m->a = *a;
+    perf_build_forward_backward(m);
+    perf_build_step(m);
+    perf_build_optimizers(m);
+}
+
+// ----------------------------------------------------------------------------
+// times
+
+static double perf_peak_tflops(const PerfDevice* dev, int cls) {
+    switch (cls) {
+        case PERF_BF16_GEMM: case PERF_FLASH: return dev->bf16;
+        case PERF_TF32_GEMM: return dev->tf32;
+        case PERF_FP32_GEMM: case PERF_FP32_CORE: return dev->fp32;
+        case PERF_FP64_CORE: case PERF_FP64_SYEVD: return dev->fp64;
+        default: return dev->fp32;
+    }
+}
+
+// the roofline: a lower bound at peak, seconds per step
+static double perf_row_roofline(const PerfRow* r, const PerfDevice* dev) {
+    double t_flops = r->flops / (perf_peak_tflops(dev, r->cls) * 1e12);
+    double t_bytes = r->bytes / (dev->hbm * 1e12);
+    return t_flops > t_bytes ? t_flops : t_bytes;
+}
+
+static double perf_class_eff(const PerfAssume* a, int cls) {
+    switch (cls) {
+        case PERF_FLASH: return a->eff_flash;
+        case PERF_FP64_CORE: return a->eff_gram;
+        case PERF_FP32_CORE: case PERF_MEMORY: return 1.0;  // memory-bound: eff_bw applies
+        default: return a->eff_gemm;
+    }
+}
+
+// the estimate: the roofline at the stated efficiencies, and the floors
+static double perf_row_estimate(const PerfRow* r, const PerfDevice* dev, const PerfAssume* a) {
+    double t = r->flops / (perf_peak_tflops(dev, r->cls) * 1e12 * perf_class_eff(a, r->cls));
+    double tb = r->bytes / (dev->hbm * 1e12 * a->eff_bw);
+    if (tb > t) { t = tb; }
+    double tl = r->launches * a->launch_us * 1e-6;
+    if (tl > t) { t = tl; }
+    if (r->serial_s > t) { t = r->serial_s; }
+    double ts = r->sm_bytes / (a->sm_gbs * 1e9);
+    if (ts > t) { t = ts; }
+    return t;
+}
+
+typedef struct {
+    double roof, est;
+} PerfTime;
+
+// the rows of the given sets, summed
+static PerfTime perf_sum(const PerfModel* m, int sets, const PerfDevice* dev) {
+    PerfTime t = {0.0, 0.0};
+    for (int i = 0; i < m->n; i++) {
+        if (!(m->rows[i].set & sets)) { continue; }
+        t.roof += perf_row_roofline(&m->rows[i], dev);
+        t.est += perf_row_estimate(&m->rows[i], dev, &m->a);
+    }
+    return t;
+}
+
+static double perf_sum_field(const PerfModel* m, int sets, int field) {
+    double s = 0.0;
+    for (int i = 0; i < m->n; i++) {
+        const PerfRow* r = &m->rows[i];
+        if (!(r->set & sets)) { continue; }
+        s += field == 0 ? r->flops : field == 1 ? r->model_flops : field == 2 ? r->attn_flops : r->bytes;
+    }
+    return s;
+}
+
+// the GEMM FLOPs of a set's rows whose name starts with one of the low-rank products
+static double perf_lowrank_gemm_flops(const PerfModel* m, int sets, const char* phase) {
+    double s = 0.0;
+    for (int i = 0; i < m->n; i++) {
+        const PerfRow* r = &m->rows[i];
+        if (!(r->set & sets) || strcmp(r->phase, phase) != 0) { continue; }
+        if (r->cls == PERF_BF16_GEMM || r->cls == PERF_TF32_GEMM || r->cls == PERF_FP32_GEMM) { s += r->flops; }
+    }
+    return s;
+}
+
+// one recipe under one variant on one device
+typedef struct {
+    PerfTime common, adamw, subtrack, galore, init, refresh;
+    PerfTime step_adamw, step_subtrack, step_galore;
+    double model_flops;   // per step: matrices + attention (MFU numerator)
+    double tokens;        // per step
+} PerfSummary;
+
+static PerfTime perf_add(PerfTime a, PerfTime b) {
+    PerfTime t = {a.roof + b.roof, a.est + b.est};
+    return t;
+}
+
+static PerfSummary perf_summarize(const PerfModel* m, const PerfDevice* dev) {
+    PerfSummary s;
+    s.common = perf_sum(m, PERF_SET_COMMON, dev);
+    s.adamw = perf_sum(m, PERF_SET_ADAMW, dev);
+    s.subtrack = perf_sum(m, PERF_SET_LR_ADAMW | PERF_SET_SUBTRACK, dev);
+    s.galore = perf_sum(m, PERF_SET_LR_ADAMW | PERF_SET_GALORE, dev);
+    s.init = perf_sum(m, PERF_SET_INIT, dev);
+    s.refresh = perf_sum(m, PERF_SET_REFRESH, dev);
+    s.step_adamw = perf_add(s.common, s.adamw);
+    s.step_subtrack = perf_add(s.common, s.subtrack);
+    s.step_galore = perf_add(s.common, s.galore);
+    s.model_flops = perf_sum_field(m, PERF_SET_COMMON, 1) + perf_sum_field(m, PERF_SET_COMMON, 2);
+    s.tokens = (double)m->B * m->T * m->accum;
+    return s;
+}
+
+static double perf_mfu(const PerfSummary* s, double seconds, const PerfDevice* dev) {
+    return s->model_flops / (seconds * dev->bf16 * 1e12);
+}
+
+// ----------------------------------------------------------------------------
+// the check of the embedded figures against ../shared/GPU_NUMBERS.md
+
+// the numbers in a markdown cell, in order ("769–798 TFLOP/s" -> 769, 798); returns how many
+static int perf_cell_numbers(const char* cell, double* out, int max) {
+    int n = 0;
+    const char* c = cell;
+    while (*c != '\0' && n < max) {
+        if ((*c >= '0' && *c <= '9') || (*c == '.' && c[1] >= '0' && c[1] <= '9')) {
+            char* end = NULL;
+            out[n++] = strtod(c, &end);
+            c = end;
+        } else {
+            c++;
+        }
+    }
+    return n;
+}
+
+// the cell `col` (0 = the quantity) of the table row whose quantity is `quantity`; 1 if found
+static int perf_table_cell(const char* text, const char* quantity, int col, char* cell, size_t cap) {
+    const char* line = text;
+    while (line != NULL && *line != '\0') {
+        const char* eol = strchr(line, '\n');
+        size_t len = eol != NULL ? (size_t)(eol - line) : strlen(line);
+        if (len > 2 && line[0] == '|') {
+            // the quantity: the first cell, trimmed
+            const char* q = line + 1;
+            while (*q == ' ') { q++; }
+            size_t ql = strlen(quantity);
+            if (strncmp(q, quantity, ql) == 0 && (q[ql] == ' ' || q[ql] == '|')) {
+                const char* c = line;
+                for (int i = 0; i < col; i++) {
+                    c = (const char*)memchr(c + 1, '|', len - (size_t)(c + 1 - line));
+                    if (c == NULL) { return 0; }
+                }
+                const char* end = (const char*)memchr(c + 1, '|', len - (size_t)(c + 1 - line));
+                if (end == NULL) { return 0; }
+                size_t n = (size_t)(end - c - 1) < cap - 1 ? (size_t)(end - c - 1) : cap - 1;
+                memcpy(cell, c + 1, n);
+                cell[n] = '\0';
+                return 1;
+            }
+        }
+        line = eol != NULL ? eol + 1 : NULL;
+    }
+    return 0;
+}
+
+// the number after `phrase` in the text ("come to about 11%" -> 11); 1 if found
+static int perf_text_number(const char* text, const char* phrase, double* out) {
+    const char* p = strstr(text, phrase);
+    if (p == NULL) { return 0; }
+    return perf_cell_numbers(p + strlen(phrase), out, 1) == 1;
+}
+
+typedef struct {
+    const char* what;      // for messages
+    const char* quantity;  // the table row, or NULL: a phrase in the text
+    int col;               // 1 H100, 2 H200
+    int index;             // which number of the cell
+    double embedded;
+} PerfFigure;
+
+static const PerfFigure PERF_FIGURES[] = {
+    {"GPU_H100_BF16_TFLOPS", "bf16 dense tensor-core peak", 1, 0, GPU_H100_BF16_TFLOPS},
+    {"GPU_H200_BF16_TFLOPS", "bf16 dense tensor-core peak", 2, 0, GPU_H200_BF16_TFLOPS},
+    {"GPU_H200_BF16_GEMM_LO_TFLOPS", "bf16 GEMM achieved, 8192³", 2, 0, GPU_H200_BF16_GEMM_LO_TFLOPS},
+    {"GPU_H200_BF16_GEMM_HI_TFLOPS", "bf16 GEMM achieved, 8192³", 2, 1, GPU_H200_BF16_GEMM_HI_TFLOPS},
+    {"GPU_H100_TF32_TFLOPS", "TF32 dense tensor-core peak", 1, 0, GPU_H100_TF32_TFLOPS},
+    {"GPU_H200_TF32_TFLOPS", "TF32 dense tensor-core peak", 2, 0, GPU_H200_TF32_TFLOPS},
+    {"GPU_H100_FP32_TFLOPS", "FP32 (no tensor cores)", 1, 0, GPU_H100_FP32_TFLOPS},
+    {"GPU_H200_FP32_TFLOPS", "FP32 (no tensor cores)", 2, 0, GPU_H200_FP32_TFLOPS},
+    {"GPU_H100_FP64_TFLOPS", "FP64 (tensor cores)", 1, 0, GPU_H100_FP64_TFLOPS},
+    {"GPU_H200_FP64_TFLOPS", "FP64 (tensor cores)", 2, 0, GPU_H200_FP64_TFLOPS},
+    {"GPU_H100_HBM_TBS", "HBM bandwidth", 1, 0, GPU_H100_HBM_TBS},
+    {"GPU_H200_HBM_TBS", "HBM bandwidth", 2, 0, GPU_H200_HBM_TBS},
+    {"GPU_H200_COPY_TBS", "device-to-device copy achieved", 2, 0, GPU_H200_COPY_TBS},
+    {"GPU_H100_SMS", "SMs", 1, 0, GPU_H100_SMS},
+    {"GPU_H200_SMS", "SMs", 2, 0, GPU_H200_SMS},
+    {"GPU_NUMBERS_SHARE3_PCT", NULL, 0, 0, GPU_NUMBERS_SHARE3_PCT},
+    {"GPU_NUMBERS_SHARE2_PCT", NULL, 1, 0, GPU_NUMBERS_SHARE2_PCT},
+};
+#define PERF_NUM_FIGURES ((int)(sizeof(PERF_FIGURES) / sizeof(PERF_FIGURES[0])))
+static const char* PERF_FIGURE_PHRASES[2] = {"come to about ", "leaves about "};
+
+// reads the file whole; NULL if it cannot be read
+static char* perf_read_file(const char* path) {
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) { return NULL; }
+    size_t cap = 1 << 16, n = 0;
+    char* buf = (char*)malloc(cap + 1);
+    if (buf == NULL) { fclose(f); return NULL; }
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) {
+            char* bigger = (char*)realloc(buf, 2 * cap + 1);
+            if (bigger == NULL) { free(buf); fclose(f); return NULL; }
+            buf = bigger;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+// compares every embedded figure with the file's. returns the number of
+// mismatches (a figure the file lacks counts as one); -1 if the file cannot be
+// read. each mismatch is described on `out`. report(ok, message) gets every figure
+static int perf_check_figures(const char* path, FILE* out, void (*report)(int ok, const char* msg)) {
+    char* text = perf_read_file(path);
+    if (text == NULL) { return -1; }
+    int bad = 0;
+    for (int i = 0; i < PERF_NUM_FIGURES; i++) {
+        const PerfFigure* f = &PERF_FIGURES[i];
+        double nums[4];
+        int n = 0;
+        char where[160];
+        if (f->quantity != NULL) {
+            char cell[256];
+            if (perf_table_cell(text, f->quantity, f->col, cell, sizeof cell)) { n = perf_cell_numbers(cell, nums, 4); }
+            snprintf(where, sizeof where, "row '%s', %s column", f->quantity, f->col == 1 ? "H100 SXM" : "H200");
+        } else {
+            n = perf_text_number(text, PERF_FIGURE_PHRASES[f->col], &nums[0]) ? 1 : 0;
+            snprintf(where, sizeof where, "the text '%s...%%'", PERF_FIGURE_PHRASES[f->col]);
+        }
+        int ok = n > f->index && fabs(nums[f->index] - f->embedded) <= 1e-9 * fabs(f->embedded);
+        char msg[512];
+        if (ok) {
+            snprintf(msg, sizeof msg, "embedded %s = %g matches %s, %s", f->what, f->embedded, path, where);
+        } else if (n > f->index) {
+            snprintf(msg, sizeof msg, "embedded %s = %g but %s says %g (%s): update dev/perf_model.h", f->what,
+                     f->embedded, path, nums[f->index], where);
+        } else {
+            snprintf(msg, sizeof msg, "embedded %s = %g: %s has no such figure (%s): update dev/perf_model.h",
+                     f->what, f->embedded, path, where);
+        }
+        if (!ok) {
+            bad++;
+            if (out != NULL) { fprintf(out, "error: perf_model: %s\n", msg); }
+        }
+        if (report != NULL) { report(ok, msg); }
+    }
+    free(text);
+    return bad;
+}
+
+// ----------------------------------------------------------------------------
+// the report
+
+// what the includer knows: the trainer's preset table and its parameter count
+typedef struct {
+    int (*find)(const char* name, PerfDims* d, char* full_name, size_t cap);  // 1 if found
+    double (*parameter_count)(const PerfDims* d);                             // every parameter
+} PerfTrainerFacts;
+
+typedef struct {
+    char presets[16][64];
+    int num_presets;
+    int B, T, accum, rank, k;       // 0: the recipe's
+    PerfVariant v;
+    PerfAssume a;
+    int rows;                       // print the rows (default 1); --summary 0
+    int table;                      // print the README table instead
+    int check;                      // the self-check
+    const char* numbers;            // GPU_NUMBERS.md path
+} PerfOptions;
+
+static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
+    printf("ESTIMATES, NOT MEASUREMENTS. roofline = max(FLOPs / peak of the row's arithmetic, bytes / HBM bandwidth),\n"
+           "a lower bound at peak. estimate = the largest of: FLOPs / (peak x eff), bytes / (bandwidth x %.3f),\n"
+           "launches x %.1f us, and the serial / one-SM floors below.\n", a->eff_bw, a->launch_us);
+    printf("figures (../shared/GPU_NUMBERS.md): H100 SXM bf16 %.0f, TF32 %.0f, FP32 %.0f, FP64 %.0f TFLOP/s, HBM %.2f TB/s;\n"
+           "  H200 the same peaks, HBM %.1f TB/s; bf16 GEMM achieved %.0f-%.0f TFLOP/s, copy %.1f TB/s (H200).\n",
+           GPU_H100_BF16_TFLOPS, GPU_H100_TF32_TFLOPS, GPU_H100_FP32_TFLOPS, GPU_H100_FP64_TFLOPS, GPU_H100_HBM_TBS,
+           GPU_H200_HBM_TBS, GPU_H200_BF16_GEMM_LO_TFLOPS, GPU_H200_BF16_GEMM_HI_TFLOPS, GPU_H200_COPY_TBS);
+    printf("assumptions (not in GPU_NUMBERS.md; flags in --help):\n");
+    printf("  eff_gemm   %.3f  every GEMM class at the measured bf16 GEMM's fraction of peak (small GEMMs do worse)\n",
+           a->eff_gemm);
+    printf("  eff_bw     %.3f  memory-bound kernels at the measured copy's fraction of HBM bandwidth (H200's; H100 assumed alike)\n",
+           a->eff_bw);
+    printf("  eff_flash  %.3f  flash attention's fraction of the bf16 peak (published FlashAttention-2/3 kernels at head\n"
+           "                   size 64-128 reach about half)\n", a->eff_flash);
+    printf("  eff_gram   %.3f  the trainer's FP64 Gram kernel (32x32 shared-memory tiles, 2 shared loads per DFMA, no\n"
+           "                   tensor cores: bound by shared memory, and the FP64 non-tensor rate is below the 67 figure)\n",
+           a->eff_gram);
+    printf("  launch     %.1f us per launch (the host issues each kernel and cuBLAS call in order)\n", a->launch_us);
+    printf("  latency    %.2f us per dependent global load: encoder_backward's B*T load-add-store chain per channel;\n"
+           "                   rmsnorm's weight gradient walks B*T rows with %.0f loads in flight per thread\n",
+           a->latency_us, a->serial_ilp);
+    printf("  one SM     %.0f GB/s from L2 for single-block kernels (power iteration: %.0f iterations assumed)\n",
+           a->sm_gbs, a->power_iters);
+    printf("  syevd      %.1f us per column step of the tridiagonal reduction (p steps one after the other);\n"
+           "                   FLOPs 14/3 p^3 (reduction 4/3, divide and conquer <= 4/3, back-transformation 2)\n",
+           a->syevd_step_us);
+    printf("variant: attention %s (%s), optimizer GEMMs %s, SVD %s%s%s%s%s, activations %s\n",
+           v->flash ? "flash" : "materialized", v->flash ? "MFU counts the causal triangle T(T+1)/2"
+           : "MFU counts the full T x T square", PERF_GEMM_NAMES[v->opt_gemm], PERF_SVD_NAMES[v->svd],
+           v->fused_recovery ? ", residual fused into the back-projection (2 GEMMs)" : "",
+           v->opt_batched ? ", optimizer launches batched over layers" : "", v->clip ? ", clipping on" : "",
+           v->parallel_wgrad ? ", two-pass weight-gradient reductions" : "",
+           v->fp32_acts ? "fp32" : "bf16");
+}
+
+static void perf_print_rows(const PerfModel* m) {
+    printf("\n%-10s %-52s %-24s %-10s %10s %11s %11s %9s %9s %9s %9s\n", "phase", "row", "one launch", "class",
+           "launches", "GFLOP", "MB", "H100 roof", "H200 roof", "H100 est", "H200 est");
+    printf("%-10s %-52s %-24s %-10s %10s %11s %11s %9s %9s %9s %9s\n", "", "(per training step; refresh/k, track:"
+           " amortised over k)", "", "", "/step", "/step", "/step", "ms", "ms", "ms", "ms");
+    for (int i = 0; i < m->n; i++) {
+        const PerfRow* r = &m->rows[i];
+        if (r->set & (PERF_SET_INIT | PERF_SET_REFRESH)) { continue; }
+        printf("%-10s %-52.52s %-24.24s %-10s %10.2f %11.3f %11.2f %9.4f %9.4f %9.4f %9.4f\n", r->phase, r->name,
+               r->shape, PERF_CLASS_NAMES[r->cls], r->launches, r->flops / 1e9, r->bytes / 1e6,
+               1e3 * perf_row_roofline(r, &PERF_DEVICES[0]), 1e3 * perf_row_roofline(r, &PERF_DEVICES[1]),
+               1e3 * perf_row_estimate(r, &PERF_DEVICES[0], &m->a), 1e3 * perf_row_estimate(r, &PERF_DEVICES[1], &m->a));
+    }
+    printf("(the first step's SVD pass and one whole GaLore refresh pass: rows 'init' and 'refresh', per pass)\n");
+    for (int i = 0; i < m->n; i++) {
+        const PerfRow* r = &m->rows[i];
+        if (!(r->set & (PERF_SET_INIT | PERF_SET_REFRESH))) { continue; }
+        printf("%-10s %-52.52s %-24.24s %-10s %10.2f %11.3f %11.2f %9.4f %9.4f %9.4f %9.4f\n", r->phase, r->name,
+               r->shape, PERF_CLASS_NAMES[r->cls], r->launches, r->flops / 1e9, r->bytes / 1e6,
+               1e3 * perf_row_roofline(r, &PERF_DEVICES[0]), 1e3 * perf_row_roofline(r, &PERF_DEVICES[1]),
+               1e3 * perf_row_estimate(r, &PERF_DEVICES[0], &m->a), 1e3 * perf_row_estimate(r, &PERF_DEVICES[1], &m->a));
+    }
+}
+
+// the forward and backward rows alone
+static PerfTime perf_sum_fwd_bwd(const PerfModel* m, const PerfDevice* dev) {
+    PerfTime t = {0.0, 0.0};
+    for (int i = 0; i < m->n; i++) {
+        const PerfRow* r = &m->rows[i];
+        if (strcmp(r->phase, "forward") != 0 && strcmp(r->phase, "backward") != 0) { continue; }
+        t.roof += perf_row_roofline(r, dev);
+        t.est += perf_row_estimate(r, dev, &m->a);
+    }
+    return t;
+}
+
+static void perf_print_summary(const PerfModel* m) {
+    printf("\n%-9s %-9s %9s %9s %9s %11s %11s %8s %8s %10s %9s\n", "device", "", "fwd+bwd", "AdamW", "SubTrack++",
+           "tok/s", "tok/s", "MFU", "MFU", "SubTrack++", "SubTrack++");
+    printf("%-9s %-9s %9s %9s %9s %11s %11s %8s %8s %10s %9s\n", "", "", "ms/step", "step ms", "step ms", "AdamW",
+           "SubTrack++", "AdamW", "SubTr++", "opt share", "vs AdamW");
+    for (int di = 0; di < PERF_NUM_DEVICES; di++) {
+        const PerfDevice* dev = &PERF_DEVICES[di];
+        PerfSummary s = perf_summarize(m, dev);
+        PerfTime fb = perf_sum_fwd_bwd(m, dev);
+        for (int e = 0; e < 2; e++) {
+            double a = e ? s.step_adamw.est : s.step_adamw.roof;
+            double st = e ? s.step_subtrack.est : s.step_subtrack.roof;
+            double opt = e ? s.subtrack.est : s.subtrack.roof;
+            printf("%-9s %-9s %9.3f %9.3f %9.3f %11.0f %11.0f %7.1f%% %7.1f%% %9.1f%% %+8.1f%%\n", dev->name,
+                   e ? "estimate" : "roofline", 1e3 * (e ? fb.est : fb.roof), 1e3 * a, 1e3 * st, s.tokens / a,
+                   s.tokens / st, 100.0 * perf_mfu(&s, a, dev), 100.0 * perf_mfu(&s, st, dev), 100.0 * opt / st,
+                   100.0 * (st - a) / a);
+        }
+    }
+    printf("(roofline: the MFU bound; SubTrack++ opt share: its optimizer's part of its step)\n");
+    for (int di = 0; di < PERF_NUM_DEVICES; di++) {
+        const PerfDevice* dev = &PERF_DEVICES[di];
+        PerfSummary s = perf_summarize(m, dev);
+        printf("%-9s GaLore step %.3f ms (estimate), %+.1f%% vs AdamW. SVD passes over all %d matrices: the first "
+               "step's %.3f s, one GaLore refresh %.3f s, together %.3f s (estimates; rooflines %.4f s, %.4f s)\n",
+               dev->name, 1e3 * s.step_galore.est, 100.0 * (s.step_galore.est - s.step_adamw.est) / s.step_adamw.est,
+               7 * m->d.L, s.init.est, s.refresh.est, s.init.est + s.refresh.est, s.init.roof, s.refresh.roof);
+    }
+}
+
+static void perf_print_model(const PerfModel* m, int rows) {
+    const PerfDims* d = &m->d;
+    double N = perf_matrix_params(d);
+    printf("\n==== %s: V=%d C=%d F=%d NH=%d L=%d | B=%d T=%d accum=%d (%d tokens a step) | R=%d k=%d | N=%.1fM "
+           "matrix weights\n", m->preset, d->V, d->C, d->F, d->NH, d->L, m->B, m->T, m->accum, m->B * m->T * m->accum,
+           m->rank, m->k, N / 1e6);
+    PerfSummary s = perf_summarize(m, &PERF_DEVICES[0]);
+    double lr3 = perf_lowrank_gemm_flops(m, PERF_SET_SUBTRACK, "lowrank");
+    printf("model FLOPs a step %.3f TFLOP (6N %.3f + attention %.3f, %s); SubTrack++'s optimizer GEMMs a plain step "
+           "%.3f TFLOP = %.2f%% of them\n", s.model_flops / 1e12, perf_sum_field(m, PERF_SET_COMMON, 1) / 1e12,
+           perf_sum_field(m, PERF_SET_COMMON, 2) / 1e12, m->v.flash ? "causal triangle" : "full square",
+           lr3 / 1e12, 100.0 * lr3 / s.model_flops);
+    if (rows) { perf_print_rows(m); }
+    perf_print_summary(m);
+}
+
+// ----------------------------------------------------------------------------
+// the table for the README: today's code and the planned variants
+
+typedef struct {
+    const char* label;
+    PerfVariant v;
+} PerfNamedVariant;
+
+#define PERF_NUM_TABLE_VARIANTS 5
+static int perf_table_variants(PerfNamedVariant out[PERF_NUM_TABLE_VARIANTS]) {
+    for (int i = 0; i < PERF_NUM_TABLE_VARIANTS; i++) { perf_variant_today(&out[i].v); }
+    out[0].label = "today (materialized attention, fp32 optimizer GEMMs, full syevd)";
+    out[1].label = "planned: flash + TF32 optimizer GEMMs + top-r SVD";
+    out[1].v.flash = 1; out[1].v.opt_gemm = PERF_GEMM_TF32; out[1].v.svd = PERF_SVD_TOPR;
+    out[2].label = "planned: flash + bf16 optimizer GEMMs + top-r SVD";
+    out[2].v.flash = 1; out[2].v.opt_gemm = PERF_GEMM_BF16; out[2].v.svd = PERF_SVD_TOPR;
+    out[3].label = "(c) + residual fused into the back-projection (2 GEMMs) + optimizer launches batched over layers";
+    out[3].v = out[2].v; out[3].v.fused_recovery = 1; out[3].v.opt_batched = 1;
+    out[4].label = "(d) + two-pass parallel weight-gradient reductions (rmsnorm dweight, encoder_backward)";
+    out[4].v = out[3].v; out[4].v.parallel_wgrad = 1;
+    return PERF_NUM_TABLE_VARIANTS;
+}
+
+#define PERF_GOAL_MFU 0.50            // MFU >= 50% at the 1B recipe
+#define PERF_GOAL_OVERHEAD 0.10       // SubTrack++'s step <= AdamW's + 10% at 1B
+#define PERF_GOAL_SVD_S 2.0           // GaLore refresh + the first step's SVD pass at 1B <= 2 s
+
+static int perf_build_recipe(PerfModel* m, const char* preset, const PerfOptions* o, const PerfVariant* v,
+                             const PerfTrainerFacts* facts) {
+    PerfDims d;
+    char full[64];
+    if (!facts->find(preset, &d, full, sizeof full)) { return 0; }
+    const PerfRecipe* rc = perf_recipe(full);
+    int B = o->B > 0 ? o->B : rc != NULL ? rc->batch : 8;
+    int accum = o->accum > 0 ? o->accum : rc != NULL ? rc->total_batch / rc->batch : 1;
+    int rank = o->rank > 0 ? o->rank : rc != NULL ? rc->rank : (d.C / 4 > 0 ? d.C / 4 : 1);
+    int k = o->k > 0 ? o->k : rc != NULL ? rc->k : 200;
+    int T = o->T > 0 ? o->T : PERF_T;
+    int p = d.C < d.F ? d.C : d.F;
+    if (rank > p) { rank = p; }
+    perf_model_build(m, full, &d, B, T, accum, rank, k, v, &o->a);
+    return 1;
+}
+
+static void perf_print_table(const PerfOptions* o, const PerfTrainerFacts* facts) {
+    PerfNamedVariant vs[PERF_NUM_TABLE_VARIANTS];
+    int nv = perf_table_variants(vs);
+    static PerfModel m;
+    printf("Estimates from the performance model, not measurements: a roofline lower bound at peak, and an estimate\n"
+           "with the stated efficiencies and floors (`dev/bench_gpu --model` prints every row and assumption).\n"
+           "Step: one optimizer step at the recipe's total batch (T = 256; gradient accumulation on one GPU), the\n"
+           "subspace work amortised over k. MFU: model FLOPs (6N + attention: the full T x T square with\n"
+           "materialized attention, the causal triangle with flash) / (SubTrack++ step x 989 TFLOP/s); the bound\n"
+           "uses the roofline step, the estimate the estimated one. vs AdamW: SubTrack++'s estimated step over\n"
+           "AdamW's. SVD: the first step's SVD pass plus one GaLore refresh pass over every matrix (estimate).\n"
+           "Each cell: H100 SXM / H200.\n\n");
+    for (int i = 0; i < nv; i++) { printf("- (%c) %s\n", 'a' + i, vs[i].label); }
+    printf("\n| recipe | variant | SubTrack++ step (ms) | AdamW step (ms) | MFU bound | MFU estimate | "
+           "SubTrack++ vs AdamW | SVD init + refresh (s) |\n");
+    printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for (int pi = 0; pi < o->num_presets; pi++) {
+        for (int vi = 0; vi < nv; vi++) {
+            if (!perf_build_recipe(&m, o->presets[pi], o, &vs[vi].v, facts)) { continue; }
+            PerfSummary s0 = perf_summarize(&m, &PERF_DEVICES[0]), s1 = perf_summarize(&m, &PERF_DEVICES[1]);
+            printf("| %s (B %d x %d, R %d, k %d) | (%c) | %.1f / %.1f | %.1f / %.1f | %.1f%% / %.1f%% | %.1f%% / %.1f%% | "
+                   "%+.1f%% / %+.1f%% | %.2f / %.2f |\n",
+                   m.preset + (strncmp(m.preset, "llama_", 6) == 0 ? 6 : 0), m.B, m.accum, m.rank, m.k, 'a' + vi,
+                   1e3 * s0.step_subtrack.est, 1e3 * s1.step_subtrack.est, 1e3 * s0.step_adamw.est,
+                   1e3 * s1.step_adamw.est, 100.0 * perf_mfu(&s0, s0.step_subtrack.roof, &PERF_DEVICES[0]),
+                   100.0 * perf_mfu(&s1, s1.step_subtrack.roof, &PERF_DEVICES[1]),
+                   100.0 * perf_mfu(&s0, s0.step_subtrack.est, &PERF_DEVICES[0]),
+                   100.0 * perf_mfu(&s1, s1.step_subtrack.est, &PERF_DEVICES[1]),
+                   100.0 * (s0.step_subtrack.est - s0.step_adamw.est) / s0.step_adamw.est,
+                   100.0 * (s1.step_subtrack.est - s1.step_adamw.est) / s1.step_adamw.est,
+                   s0.init.est + s0.refresh.est, s1.init.est + s1.refresh.est);
+        }
+    }
+    printf("\nGoals at the 1B recipe, judged on the estimate (the roofline bound in brackets); H100 SXM / H200:\n\n");
+    printf("| variant | MFU >= 50%% (SubTrack++ step) | SubTrack++ step <= AdamW + 10%% | SVD init + refresh <= 2 s |\n");
+    printf("|---|---|---|---|\n");
+    for (int vi = 0; vi < nv; vi++) {
+        if (!perf_build_recipe(&m, "llama_1b", o, &vs[vi].v, facts)) { continue; }
+        char cell[3][2][96];
+        for (int di = 0; di < PERF_NUM_DEVICES; di++) {
+            const PerfDevice* dev = &PERF_DEVICES[di];
+            PerfSummary s = perf_summarize(&m, dev);
+            double mfu = perf_mfu(&s, s.step_subtrack.est, dev), mfu_b = perf_mfu(&s, s.step_subtrack.roof, dev);
+            double ov = (s.step_subtrack.est - s.step_adamw.est) / s.step_adamw.est;
+            double ov_b = (s.step_subtrack.roof - s.step_adamw.roof) / s.step_adamw.roof;
+            double svd = s.init.est + s.refresh.est, svd_b = s.init.roof + s.refresh.roof;
+            snprintf(cell[0][di], sizeof cell[0][di], "%s %.1f%% (%.1f%%)", mfu >= PERF_GOAL_MFU ? "met" : "no",
+                     100.0 * mfu, 100.0 * mfu_b);
+            snprintf(cell[1][di], sizeof cell[1][di], "%s %+.1f%% (%+.1f%%)", ov <= PERF_GOAL_OVERHEAD ? "met" : "no",
+                     100.0 * ov, 100.0 * ov_b);
+            snprintf(cell[2][di], sizeof cell[2][di], "%s %.2f s (%.2f s)", svd <= PERF_GOAL_SVD_S ? "met" : "no",
+                     svd, svd_b);
+        }
+        printf("| (%c) | %s / %s | %s / %s | %s / %s |\n", 'a' + vi, cell[0][0], cell[0][1], cell[1][0], cell[1][1],
+               cell[2][0], cell[2][1]);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// --check: the model against independent closed forms, and the figures against the file
+
+static int perf_pass, perf_fail;
+
+static void perf_check(int ok, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static void perf_check(int ok, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s ", ok ? "PASS" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    if (ok) { perf_pass++; } else { perf_fail++; }
+}
+
+static void perf_check_report(int ok, const char* msg) { perf_check(ok, "%s", msg); }
+
+static int perf_close(double x, double y) { return fabs(x - y) <= 1e-12 * fabs(y) + 1e-300; }
+
+static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts) {
+    perf_pass = perf_fail = 0;
+    static PerfModel m;
+    printf("perf_model --check: the model's rows against closed forms computed apart from them, for every recipe,\n"
+           "both attention kinds and both recovery forms; then the embedded figures against %s\n\n", o->numbers);
+    for (int ri = 0; ri < PERF_NUM_RECIPES; ri++) {
+        const PerfRecipe* rc = &PERF_RECIPES[ri];
+        for (int variant = 0; variant < 4; variant++) {
+            PerfVariant v;
+            perf_variant_today(&v);
+            v.flash = variant & 1;
+            v.fused_recovery = (variant >> 1) & 1;
+            PerfOptions oo = *o;
+            oo.B = oo.T = oo.accum = oo.rank = oo.k = 0;
+            if (!perf_build_recipe(&m, rc->preset, &oo, &v, facts)) {
+                perf_check(0, "%s: the trainer has no such preset", rc->preset);
+                continue;
+            }
+            const PerfDims* d = &m.d;
+            double L = d->L, C = d->C, F = d->F, V = d->V, T = m.T, R = m.rank;
+            double tokens = (double)m.B * m.T * m.accum;
+            double N = L * (4.0 * C * C + 3.0 * C * F) + V * C;  // GPU_NUMBERS.md's N, written out again
+            char tag[160];
+            snprintf(tag, sizeof tag, "%s (attention %s, %s)", rc->preset, v.flash ? "flash" : "materialized",
+                     v.fused_recovery ? "2 optimizer GEMMs" : "3 optimizer GEMMs");
+            if (variant == 0) {
+                // the trainer's own parameter table, less the embedding and the norms
+                double from_trainer = facts->parameter_count(d) - V * C - (2.0 * L + 1.0) * C;
+                perf_check(perf_close(perf_matrix_params(d), from_trainer) && perf_close(N, from_trainer),
+                           "%s: N = %.0f from the trainer's parameter table (less embedding and norms) = L(4C^2+3CF)+VC",
+                           rc->preset, from_trainer);
+            }
+            if (variant < 2) {
+                double mm = perf_sum_field(&m, PERF_SET_COMMON, 1);
+                perf_check(perf_close(mm, 6.0 * N * tokens), "%s: forward + backward matmul FLOPs summed over the "
+                           "rows = 6 N tokens = %.6e", tag, 6.0 * N * tokens);
+                double attn = perf_sum_field(&m, PERF_SET_COMMON, 2);
+                double want = tokens * (v.flash ? 6.0 * L * C * (T + 1.0) : 12.0 * L * C * T);
+                perf_check(perf_close(attn, want), "%s: attention FLOPs summed over the rows = tokens x %s = %.6e",
+                           tag, v.flash ? "6 L C (T+1) (causal triangle)" : "12 L C T (full square)", want);
+            }
+            // the optimizer: sum over matrices of 2 p q R = 2 R sum(m n) = 2 R (N - V C)
+            double per_gemm = 2.0 * R * (N - V * C);
+            double lr = perf_lowrank_gemm_flops(&m, PERF_SET_SUBTRACK, "lowrank");
+            int ngemm = v.fused_recovery ? 2 : 3;
+            perf_check(perf_close(lr, ngemm * per_gemm), "%s: SubTrack++ GEMM FLOPs a plain step = %d x 2pqR over "
+                       "the matrices = %d x 2 R (N - V C) = %.6e", tag, ngemm, ngemm, ngemm * per_gemm);
+            if (variant == 0) {
+                double tr = perf_lowrank_gemm_flops(&m, PERF_SET_SUBTRACK, "track");
+                double pmin = C < F ? C : F;
+                double want_tr = (per_gemm + 3.0 * 2.0 * R * R * (4.0 * L * C + 3.0 * L * pmin)) / m.k;
+                perf_check(perf_close(tr, want_tr), "%s: tracking GEMM FLOPs a step = (2pqR + 3 x 2pR^2) per "
+                           "matrix / k = %.6e", rc->preset, want_tr);
+                double ab = perf_sum_field(&m, PERF_SET_ADAMW, 3);
+                double np = facts->parameter_count(d);
+                perf_check(perf_close(ab, 28.0 * np), "%s: AdamW bytes = 28 x every parameter (%.0f) = %.6e",
+                           rc->preset, np, 28.0 * np);
+                // every row: the estimate is never below the roofline, and the H200 never slower than the H100
+                int bad_est = 0, bad_dev = 0;
+                for (int i = 0; i < m.n; i++) {
+                    for (int di = 0; di < PERF_NUM_DEVICES; di++) {
+                        if (perf_row_estimate(&m.rows[i], &PERF_DEVICES[di], &m.a) <
+                            perf_row_roofline(&m.rows[i], &PERF_DEVICES[di]) * (1.0 - 1e-12)) { bad_est++; }
+                    }
+                    if (perf_row_roofline(&m.rows[i], &PERF_DEVICES[1]) >
+                        perf_row_roofline(&m.rows[i], &PERF_DEVICES[0]) * (1.0 + 1e-12)) { bad_dev++; }
+                }
+                perf_check(bad_est == 0 && bad_dev == 0, "%s: every row's estimate >= its roofline (%d below), and "
+                           "its H200 roofline <= its H100 one (%d above)", rc->preset, bad_est, bad_dev);
+                // today's rows are all measurable (--per_kernel); only planned kernels have no launcher
+                int unmeasured = 0;
+                for (int i = 0; i < m.n; i++) {
+                    if (m.rows[i].launch.op == OP_NONE && strstr(m.rows[i].name, "(planned)") == NULL) { unmeasured++; }
+                }
+                perf_check(unmeasured == 0, "%s: every row of today's code names the launcher --per_kernel times "
+                           "(%d without)", rc->preset, unmeasured);
+            }
+            if (strcmp(rc->preset, "llama_1b") == 0 && !v.flash) {
+                // GPU_NUMBERS.md: at 1B (r = 512, 4096 tokens a step) the three GEMMs are about 11% of the model's
+                // FLOPs, two about 7.5%. exactly: ngemm 2 R (N - V C) / (tokens (6 N + 12 L C T))
+                double share = lr / (perf_sum_field(&m, PERF_SET_COMMON, 1) + perf_sum_field(&m, PERF_SET_COMMON, 2));
+                double want = ngemm * 2.0 * R * (N - V * C) / (tokens * (6.0 * N + 12.0 * L * C * T));
+                double doc = v.fused_recovery ? GPU_NUMBERS_SHARE2_PCT : GPU_NUMBERS_SHARE3_PCT;
+                perf_check(perf_close(share, want) && R == 512 && tokens == 4096,
+                           "%s: the optimizer GEMMs' share of the model FLOPs = %d R (N - VC) / (3 tokens (N + 2 L C T)) "
+                           "= %.4f%% (R %.0f, %.0f tokens)", tag, ngemm, 100.0 * want, R, tokens);
+                perf_check(fabs(100.0 * share - doc) < 1.0, "%s: that share, %.2f%%, is GPU_NUMBERS.md's 'about "
+                           "%g%%' (within 1 point: the file rounds)", tag, 100.0 * share, doc);
+            }
+        }
+    }
+    int bad = perf_check_figures(o->numbers, NULL, perf_check_report);
+    if (bad < 0) {
+        printf("note: %s cannot be read (a clean clone has no ../shared): the embedded figures are not compared\n",
+               o->numbers);
+    }
+    printf("%d passed, %d failed\n", perf_pass, perf_fail);
+    return perf_fail == 0 ? 0 : 1;
+}
+
+// ----------------------------------------------------------------------------
+// flags and main
+
+static void perf_usage(FILE* out, const char* prog) {
+    PerfAssume a;
+    perf_assume_defaults(&a);
+    fprintf(out,
+            "usage: %s --model [flags]      the performance model (no GPU needed)\n"
+            "       %s --check              the model's self-check (make test runs it)\n\n"
+            "  --preset LIST       presets (default 60m,350m,1b,7b: the authors' recipes)\n"
+            "  --table             the README's markdown table (today and the planned variants), instead of the rows\n"
+            "  --rows 0|1          print every row (default 1), or the summaries only\n"
+            "  --B, --T, --accum, --rank, --k N   override the recipe's (default: the authors' script, T 256)\n"
+            "  --attention materialized|flash     (default materialized: today's cuBLAS scores + softmax + PV)\n"
+            "  --opt_gemm fp32|tf32|bf16          the optimizer's GEMMs (default fp32: cublasSgemm, no TF32)\n"
+            "  --svd full|syevdx|topr             full: today's Gram + syevd; syevdx: a range of R vectors;\n"
+            "                                     topr: a randomized range finder (GEMMs) + a batched R x R eig\n"
+            "  --fused_recovery 0|1               back-projection and residual in one GEMM (default 0)\n"
+            "  --opt_batched 0|1                  optimizer launches batched over layers (default 0)\n"
+            "  --dtype bfloat16|float32           activations (default bfloat16, the trainer's)\n"
+            "  --clip 0|1                         gradient clipping fires (default 0, the authors' configs)\n"
+            "  --parallel_wgrad 0|1               rmsnorm dweight and encoder_backward as two-pass parallel\n"
+            "                                     reductions (default 0: one thread per channel walks B*T rows)\n"
+            "  --numbers PATH      GPU_NUMBERS.md to compare the embedded figures with (default %s)\n"
+            "assumptions (defaults; see the header of dev/perf_model.h):\n"
+            "  --eff_gemm %.3f --eff_flash %.2f --eff_bw %.3f --eff_gram %.2f --launch_us %.1f --latency_us %.2f\n"
+            "  --serial_ilp %.0f --sm_gbs %.0f --power_iters %.0f --syevd_step_us %.1f --topr_iters %d\n",
+            prog, prog, PERF_NUMBERS_PATH, a.eff_gemm, a.eff_flash, a.eff_bw, a.eff_gram, a.launch_us, a.latency_us,
+            a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters);
+}
+
+static void perf_flag_error(const char* flag, const char* value, const char* hint) {
+    fprintf(stderr, "error: perf_model: bad value '%s' for %s; %s (see --help)\n", value != NULL ? value : "(missing)",
+            flag, hint);
+    exit(EXIT_FAILURE);
+}
+
+static double perf_parse_number(const char* flag, const char* v, double lo, double hi) {
+    char* end = NULL;
+    double x = v != NULL ? strtod(v, &end) : 0.0;
+    if (v == NULL || *v == '\0' || *end != '\0' || !(x >= lo && x <= hi)) {
+        char hint[96];
+        snprintf(hint, sizeof hint, "expected a number in [%g, %g]", lo, hi);
+        perf_flag_error(flag, v, hint);
+    }
+    return x;
+}
+
+static int perf_parse_choice(const char* flag, const char* v, const char* const* names, int n) {
+    for (int i = 0; v != NULL && i < n; i++) {
+        if (strcmp(v, names[i]) == 0) { return i; }
+    }
+    char hint[128] = "one of:";
+    for (int i = 0; i < n; i++) { snprintf(hint + strlen(hint), sizeof hint - strlen(hint), " %s", names[i]); }
+    perf_flag_error(flag, v, hint);
+    return 0;
+}
+
+// the whole tool: argv as given to bench_gpu or perf_model (--model and --check take no value)
+static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts) {
+    static PerfOptions o;
+    memset(&o, 0, sizeof o);
+    perf_variant_today(&o.v);
+    perf_assume_defaults(&o.a);
+    o.rows = 1;
+    o.numbers = PERF_NUMBERS_PATH;
+    const char* preset_list = "60m,350m,1b,7b";
+    static const char* const attn[2] = {"materialized", "flash"};
+    static const char* const dtypes[2] = {"bfloat16", "float32"};
+    static const char* const off_on[2] = {"0", "1"};
+    for (int i = 1; i < argc; i++) {
+        const char* f = argv[i];
+        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { perf_usage(stdout, argv[0]); return 0; }
+        if (strcmp(f, "--model") == 0) { continue; }
+        if (strcmp(f, "--check") == 0) { o.check = 1; continue; }
+        if (strcmp(f, "--table") == 0) { o.table = 1; continue; }
+        const char* v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strncmp(f, "--", 2) != 0) { perf_flag_error("an argument", f, "flags start with --"); }
+        if (v == NULL) { perf_flag_error(f, v, "this flag takes a value"); }
+        i++;
+        if (strcmp(f, "--preset") == 0) { preset_list = v; }
+        else if (strcmp(f, "--rows") == 0) { o.rows = perf_parse_choice(f, v, off_on, 2); }
+        else if (strcmp(f, "--B") == 0) { o.B = (int)perf_parse_number(f, v, 1, 1e6); }
+        else if (strcmp(f, "--T") == 0) { o.T = (int)perf_parse_number(f, v, 1, 1e6); }
+        else if (strcmp(f, "--accum") == 0) { o.accum = (int)perf_parse_number(f, v, 1, 1e6); }
+        else if (strcmp(f, "--rank") == 0) { o.rank = (int)perf_parse_number(f, v, 1, 1e6); }
+        else if (strcmp(f, "--k") == 0) { o.k = (int)perf_parse_number(f, v, 1, 1e9); }
+        else if (strcmp(f, "--attention") == 0) { o.v.flash = perf_parse_choice(f, v, attn, 2); }
+        else if (strcmp(f, "--opt_gemm") == 0) { o.v.opt_gemm = perf_parse_choice(f, v, PERF_GEMM_NAMES, 3); }
+        else if (strcmp(f, "--svd") == 0) { o.v.svd = perf_parse_choice(f, v, PERF_SVD_NAMES, 3); }
+        else if (strcmp(f, "--fused_recovery") == 0) { o.v.fused_recovery = perf_parse_choice(f, v, off_on, 2); }
+        else if (strcmp(f, "--opt_batched") == 0) { o.v.opt_batched = perf_parse_choice(f, v, off_on, 2); }
+        else if (strcmp(f, "--dtype") == 0) { o.v.fp32_acts = perf_parse_choice(f, v, dtypes, 2); }
+        else if (strcmp(f, "--clip") == 0) { o.v.clip = perf_parse_choice(f, v, off_on, 2); }
+        else if (strcmp(f, "--parallel_wgrad") == 0) { o.v.parallel_wgrad = perf_parse_choice(f, v, off_on, 2); }
+        else if (strcmp(f, "--numbers") == 0) { o.numbers = v; }
+        else if (strcmp(f, "--eff_gemm") == 0) { o.a.eff_gemm = perf_parse_number(f, v, 1e-3, 1.0); }
+        else if (strcmp(f, "--eff_flash") == 0) { o.a.eff_flash = perf_parse_number(f, v, 1e-3, 1.0); }
+        else if (strcmp(f, "--eff_bw") == 0) { o.a.eff_bw = perf_parse_number(f, v, 1e-3, 1.0); }
+        else if (strcmp(f, "--eff_gram") == 0) { o.a.eff_gram = perf_parse_number(f, v, 1e-3, 1.0); }
+        else if (strcmp(f, "--launch_us") == 0) { o.a.launch_us = perf_parse_number(f, v, 0.0, 1e3); }
+        else if (strcmp(f, "--latency_us") == 0) { o.a.latency_us = perf_parse_number(f, v, 0.0, 1e3); }
+        else if (strcmp(f, "--serial_ilp") == 0) { o.a.serial_ilp = perf_parse_number(f, v, 1.0, 1e3); }
+        else if (strcmp(f, "--sm_gbs") == 0) { o.a.sm_gbs = perf_parse_number(f, v, 1.0, 1e5); }
+        else if (strcmp(f, "--power_iters") == 0) { o.a.power_iters = perf_parse_number(f, v, 1.0, 1e4); }
+        else if (strcmp(f, "--syevd_step_us") == 0) { o.a.syevd_step_us = perf_parse_number(f, v, 0.0, 1e4); }
+        else if (strcmp(f, "--topr_iters") == 0) { o.a.topr_iters = (int)perf_parse_number(f, v, 0, 20); }
+        else { perf_flag_error("a flag", f, "unknown flag"); }
+    }
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", preset_list);
+    for (char* tok = strtok(buf, ","); tok != NULL; tok = strtok(NULL, ",")) {
+        PerfDims d;
+        char full[64];
+        if (!facts->find(tok, &d, full, sizeof full)) { perf_flag_error("--preset", tok, "not a preset name"); }
+        if (o.num_presets == 16) { perf_flag_error("--preset", preset_list, "at most 16 presets"); }
+        snprintf(o.presets[o.num_presets++], sizeof o.presets[0], "%s", full);
+    }
+    if (o.check) { return perf_model_check(&o, facts); }
+    // the embedded figures must be the file's, when it is here
+    int bad = perf_check_figures(o.numbers, stderr, NULL);
+    if (bad > 0) {
+        fprintf(stderr, "error: perf_model: %d embedded figure(s) differ from %s; the model would use stale numbers. "
+                "hint: update the constants in dev/perf_model.h (or give --numbers)\n", bad, o.numbers);
+        return 1;
+    }
+    if (o.table) {
+        perf_print_table(&o, facts);
+        return 0;
+    }
+    printf("performance model of one training step (dev/perf_model.h)\n");
+    printf("figures: embedded, %s %s\n", bad == 0 ? "equal to" : "not compared:", bad == 0 ? o.numbers
+           : "the file cannot be read (a clean clone has no ../shared)");
+    perf_print_assumptions(&o.a, &o.v);
+    static PerfModel m;
+    for (int i = 0; i < o.num_presets; i++) {
+        if (perf_build_recipe(&m, o.presets[i], &o, &o.v, facts)) { perf_print_model(&m, o.rows); }
+    }
+    return 0;
+}
+
+#endif

@@ -386,17 +386,20 @@ __global__ void encoder_forward_kernel(X* out, const int* inp, const WT* wte, in
     out[idx] = from_float<X>(to_float(wte[(size_t)inp[i] * C + c]));
 }
 
-// one thread per channel walks the rows in order: no atomics, and the same
-// order of additions as the CPU, so two positions sharing a token sum
-// deterministically. (BT sequential steps per thread; it is a small part of
-// the step, and deterministic resume needs a fixed order.)
+// one block per (token that occurs, slice of channels); the rows of a token
+// are added in row order straight into its dwte row, the CPU's order, so the
+// result is the CPU loop's bits and the same every run (no atomics).
+// rows (BT) are the positions grouped by token, bucket b's at
+// rows[starts[b] .. starts[b+1]), of token tokens[b] (encoder_backward_buckets)
 template <typename X>
-__global__ void encoder_backward_kernel(float* dwte, const X* dout, const int* inp, int BT, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
+__global__ void encoder_backward_kernel(float* dwte, const X* dout, const int* rows, const int* starts,
+                                        const int* tokens, int C) {
+    int b = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= C) { return; }
-    for (int i = 0; i < BT; i++) {
-        dwte[(size_t)inp[i] * C + c] += to_float(dout[(size_t)i * C + c]);
-    }
+    float* w = dwte + (size_t)tokens[b] * C + c;
+    float acc = *w;
+    for (int j = starts[b]; j < starts[b + 1]; j++) { acc += to_float(dout[(size_t)rows[j] * C + c]); }
+    *w = acc;
 }
 
 // one warp per row
@@ -440,18 +443,44 @@ __global__ void rmsnorm_backward_dinp_kernel(X* dinp, const X* dout, const X* in
     }
 }
 
-// dweight[c] += sum over rows of dout * inp * rstd: one thread per channel,
-// rows in order (coalesced across the warp's channels), like the CPU
+// dweight[c] += sum over rows of dout * inp * rstd.
+// the weight gradient is a sum over all B*T rows per channel: two passes, so
+// that the rows spread over many blocks and the order stays fixed. pass 1:
+// block (x, y) sums rows y*COLUMN_CHUNK_ROWS .. of COLUMN_TILE channels, each
+// of its COLUMN_ROW_LANES rows of threads walking every COLUMN_ROW_LANES-th row,
+// the lanes then added in lane order; pass 2 (column_partials_sum_kernel) adds
+// the chunks in chunk order. at 1B (BT 2048, C 2048) that is 512 blocks
+#define COLUMN_CHUNK_ROWS 256
+#define COLUMN_TILE 32
+#define COLUMN_ROW_LANES 8
 template <typename X>
-__global__ void rmsnorm_backward_dweight_kernel(float* dweight, const X* dout, const X* inp,
-                                                const float* rstd, int BT, int C) {
+__global__ void __launch_bounds__(COLUMN_TILE * COLUMN_ROW_LANES)
+rmsnorm_backward_dweight_kernel(float* partial, const X* dout, const X* inp, const float* rstd, int BT, int C) {
+    __shared__ float lanes[COLUMN_ROW_LANES][COLUMN_TILE];
+    int c = blockIdx.x * COLUMN_TILE + threadIdx.x, chunk = blockIdx.y;
+    int end = (chunk + 1) * COLUMN_CHUNK_ROWS < BT ? (chunk + 1) * COLUMN_CHUNK_ROWS : BT;
+    float acc = 0.0f;
+    if (c < C) {
+        for (int i = chunk * COLUMN_CHUNK_ROWS + threadIdx.y; i < end; i += COLUMN_ROW_LANES) {
+            acc += to_float(dout[(size_t)i * C + c]) * to_float(inp[(size_t)i * C + c]) * rstd[i];
+        }
+    }
+    lanes[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float sum = 0.0f;
+        for (int y = 0; y < COLUMN_ROW_LANES; y++) { sum += lanes[y][threadIdx.x]; }
+        partial[(size_t)chunk * C + c] = sum;
+    }
+}
+
+// pass 2 of a column sum: out[c] += the chunks' partial sums, in chunk order
+__global__ void column_partials_sum_kernel(float* out, const float* partial, int chunks, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) { return; }
-    float acc = 0.0f;
-    for (int i = 0; i < BT; i++) {
-        acc += to_float(dout[(size_t)i * C + c]) * to_float(inp[(size_t)i * C + c]) * rstd[i];
-    }
-    dweight[c] += acc;
+    float sum = 0.0f;
+    for (int k = 0; k < chunks; k++) { sum += partial[(size_t)k * C + c]; }
+    out[c] += sum;
 }
 
 // rotate-half rope: channel i pairs with i + HS/2 in each head. one thread
@@ -627,10 +656,82 @@ void encoder_forward(X* out, const int* inp, const WT* wte, int BT, int C) {
     launch_check();
 }
 
+// the positions of a batch grouped by token, for encoder_backward: sorted on
+// the host, which has the batch anyway (the loader's), by a counting sort,
+// and copied once per micro-batch into device buffers reserved with the
+// activations. rows, starts, tokens as in encoder_backward_kernel
+typedef struct {
+    int BT, buckets, V;       // prepared for BT positions: `buckets` distinct tokens
+    int* host;                // (3 BT + 1) pinned: rows, starts (buckets + 1), tokens (buckets)
+    int* device;              // (3 BT + 1) the same
+    int* counts;              // (V + 1) host scratch of the sort
+    int capacity;             // BT the buffers hold
+} EncoderBuckets;
+static EncoderBuckets g_encoder_buckets;
+
+static void encoder_buckets_reserve(int BT, int V) {
+    EncoderBuckets* e = &g_encoder_buckets;
+    if (BT <= e->capacity && V <= e->V) { return; }
+    if (e->host != NULL) { cuda_check(cudaFreeHost(e->host)); cuda_check(cudaFree(e->device)); free(e->counts); }
+    size_t n = 3 * (size_t)BT + 1;
+    cuda_check(cudaMallocHost((void**)&e->host, n * sizeof(int)));
+    e->device = (int*)device_malloc(n * sizeof(int), "embedding gradient buckets");
+    e->counts = (int*)cpu::malloc_check(((size_t)V + 1) * sizeof(int), "token counts");
+    e->capacity = BT;
+    e->V = V;
+    e->BT = -1;
+}
+
+static void encoder_buckets_release(void) {
+    EncoderBuckets* e = &g_encoder_buckets;
+    if (e->host != NULL) { cuda_check(cudaFreeHost(e->host)); cuda_check(cudaFree(e->device)); free(e->counts); }
+    memset(e, 0, sizeof *e);
+}
+
+// groups the positions of inputs (host, BT token ids < V) by token, in
+// position order within a token, and sends them to the device (async, in
+// stream order before the backward's kernel)
+void encoder_backward_buckets(const int* inputs, int BT, int V) {
+    encoder_buckets_reserve(BT, V);
+    EncoderBuckets* e = &g_encoder_buckets;
+    int* rows = e->host;
+    int* starts = rows + BT;
+    memset(e->counts, 0, ((size_t)V + 1) * sizeof(int));
+    for (int i = 0; i < BT; i++) { e->counts[inputs[i] + 1]++; }
+    int buckets = 0;
+    for (int v = 0; v < V; v++) { buckets += e->counts[v + 1] > 0; }
+    int* tokens = starts + buckets + 1;
+    // counts -> where each token's rows begin, then the buckets of tokens that occur
+    for (int v = 0; v < V; v++) { e->counts[v + 1] += e->counts[v]; }
+    int b = 0;
+    for (int v = 0; v < V; v++) {
+        if (e->counts[v + 1] > e->counts[v]) { starts[b] = e->counts[v]; tokens[b] = v; b++; }
+    }
+    starts[buckets] = BT;
+    for (int i = 0; i < BT; i++) { rows[e->counts[inputs[i]]++] = i; }
+    e->BT = BT;
+    e->buckets = buckets;
+    cuda_check(cudaMemcpyAsync(e->device, e->host, ((size_t)BT + 2 * buckets + 1) * sizeof(int),
+                               cudaMemcpyHostToDevice, 0));
+}
+
+// inp is the device copy of the batch; the kernel reads the buckets that
+// encoder_backward_buckets made of the host copy (llama_backward calls it)
 template <typename X>
 void encoder_backward(float* dwte, const X* dout, const int* inp, int BT, int C) {
     // dwte (V,C) accumulated, dout (B,T,C)
-    encoder_backward_kernel<<<ceil_div(C, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(dwte, dout, inp, BT, C);
+    (void)inp;
+    const EncoderBuckets* e = &g_encoder_buckets;
+    if (e->BT != BT) {
+        cpu::fatal("encoder_backward: the batch of %d positions was not grouped by token "
+                   "(encoder_backward_buckets must run on the host copy first)", BT);
+    }
+    if (e->buckets == 0) { return; }
+    const int* rows = e->device;
+    const int* starts = rows + BT;
+    const int* tokens = starts + e->buckets + 1;
+    encoder_backward_kernel<<<dim3(e->buckets, ceil_div(C, BLOCK_COLUMNS)), BLOCK_COLUMNS>>>(dwte, dout, rows, starts,
+                                                                                             tokens, C);
     launch_check();
 }
 
@@ -642,6 +743,38 @@ void rmsnorm_forward(X* out, float* rstd, const X* inp, const WT* weight, int BT
     launch_check();
 }
 
+// the first pass's partial sums live in one device buffer, reserved with the
+// activations (column_partials_reserve), so that a step allocates nothing
+static float* g_column_partials;
+static size_t g_column_partials_count;
+
+static size_t column_partials_floats(int BT, int C) { return (size_t)ceil_div(BT, COLUMN_CHUNK_ROWS) * C; }
+
+static void column_partials_reserve(size_t n) {
+    if (n <= g_column_partials_count) { return; }
+    if (g_column_partials != NULL) { cuda_check(cudaFree(g_column_partials)); }
+    g_column_partials = (float*)device_malloc(n * sizeof(float), "column-sum partials");
+    g_column_partials_count = n;
+}
+
+static void column_partials_release(void) {
+    if (g_column_partials != NULL) { cuda_check(cudaFree(g_column_partials)); }
+    g_column_partials = NULL;
+    g_column_partials_count = 0;
+}
+
+// dweight (C) += sum over rows of dout * inp * rstd (the norm weight's gradient)
+template <typename X>
+void rmsnorm_backward_dweight(float* dweight, const X* dout, const X* inp, const float* rstd, int BT, int C) {
+    int chunks = ceil_div(BT, COLUMN_CHUNK_ROWS);
+    column_partials_reserve(column_partials_floats(BT, C));
+    rmsnorm_backward_dweight_kernel<<<dim3(ceil_div(C, COLUMN_TILE), chunks), dim3(COLUMN_TILE, COLUMN_ROW_LANES)>>>(
+        g_column_partials, dout, inp, rstd, BT, C);
+    launch_check();
+    column_partials_sum_kernel<<<ceil_div(C, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(dweight, g_column_partials, chunks, C);
+    launch_check();
+}
+
 template <typename X, typename WT>
 void rmsnorm_backward(X* dinp, float* dweight, const X* dout, const X* inp,
                       const WT* weight, const float* rstd, int BT, int C) {
@@ -649,8 +782,7 @@ void rmsnorm_backward(X* dinp, float* dweight, const X* dout, const X* inp,
     int rows_per_block = BLOCK_ROWS / WARP_SIZE;
     rmsnorm_backward_dinp_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(dinp, dout, inp, weight, rstd, BT, C);
     launch_check();
-    rmsnorm_backward_dweight_kernel<<<ceil_div(C, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(dweight, dout, inp, rstd, BT, C);
-    launch_check();
+    rmsnorm_backward_dweight(dweight, dout, inp, rstd, BT, C);
 }
 
 // weight: the X copy of the masters (the masters themselves in fp32)
@@ -1158,6 +1290,9 @@ void llama_alloc_activations(Llama* model, int B, int T) {
         cuda_check(cudaMemset(model->scratch_memory, 0, scratch_bytes));
         model->inputs = (int*)device_malloc((size_t)B * T * sizeof(int), "inputs");
         model->targets = (int*)device_malloc((size_t)B * T * sizeof(int), "targets");
+        // the backward's column sums and token buckets, so a step allocates nothing
+        column_partials_reserve(column_partials_floats(B * T, c->C));
+        encoder_buckets_reserve(B * T, c->V);
         model->B_cap = B;
         model->T_cap = T;
     }
@@ -1407,7 +1542,8 @@ static void llama_backward_typed(Llama* model, float dloss) {
 // model->grads (fp32 in both dtypes); targets is the HOST array given to the
 // forward just before
 void llama_backward(Llama* model, const int* inputs, const int* targets, float loss_scale) {
-    (void)inputs;  // the forward's device copy of them is used
+    // the forward's device copy of inputs is used; the host copy is grouped by token for encoder_backward
+    encoder_backward_buckets(inputs, model->B * model->T, model->config.V);
     int count = cpu::count_targets(targets, model->B * model->T);
     float dloss = count > 0 ? loss_scale / count : 0.0f;
     if (model->dtype == DTYPE_FLOAT32) { llama_backward_typed<float, float>(model, dloss); }
@@ -3197,6 +3333,9 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
                 NULL), "one layer");
     plan_buffer(p, "inputs", "(B,T) int", (size_t)B * T * sizeof(int), "one step");
     plan_buffer(p, "targets", "(B,T) int", (size_t)B * T * sizeof(int), "one step");
+    plan_buffer(p, "column-sum partials", "(BT/256, C)", column_partials_floats(B * T, c->C) * sizeof(float),
+                "one kernel");
+    plan_buffer(p, "embedding gradient buckets", "(3BT+1) int", (3 * (size_t)B * T + 1) * sizeof(int), "one step");
     plan_buffer(p, "cuBLAS workspace, model", "", CUBLAS_WORKSPACE_BYTES, "whole run");
     // the optimizer (optimizer_build, lowrank_gpu_alloc)
     cpu::Optimizer o;
@@ -3528,6 +3667,8 @@ static void gpu_free(void) {
     free(gpu_trainer.logits_row);
     gpu_trainer.logits_row = NULL;
     grad_norm_release();
+    column_partials_release();
+    encoder_buckets_release();
     cublas_free();
     g_oom_explain = NULL;
 }

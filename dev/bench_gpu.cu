@@ -695,6 +695,7 @@ typedef struct {
     double* K_saved;
     double* eig;
     int* tokens;           // (B*T) device
+    int* tokens_host;      // (B*T) host, the same
     float* misc;           // small vectors: phi, scale, limiter, H, a, rstd, lse, losses, tables
     double* dmisc;         // norm2, v, u, y
     TrackScalars* ts;
@@ -812,12 +813,14 @@ static void kb_launch(KernelBench* k) {
         }
         case OP_RMSNORM_BWD_DWEIGHT: {
             int BT = (int)l->a, Cc = (int)l->b;
-            rmsnorm_backward_dweight_kernel<X><<<ceil_div(Cc, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(
-                weight, kb_x<X>(b[1]), kb_x<X>(b[2]), rstd, BT, Cc);
-            launch_check();
+            rmsnorm_backward_dweight(weight, kb_x<X>(b[1]), kb_x<X>(b[2]), rstd, BT, Cc);
             break;
         }
-        case OP_ENCODER_BWD: encoder_backward(b[2], kb_x<X>(b[0]), k->tokens, (int)l->a, (int)l->b); break;
+        case OP_ENCODER_BWD:
+            // the host's grouping by token is part of the step's cost (llama_backward does it)
+            encoder_backward_buckets(k->tokens_host, (int)l->a, V);
+            encoder_backward(b[2], kb_x<X>(b[0]), k->tokens, (int)l->a, (int)l->b);
+            break;
         case OP_NORM: { long long n = kb_slice(k, l->a, 1); (void)grad_global_norm(b[0], (size_t)n); break; }
         case OP_SCALE: { long long n = kb_slice(k, l->a, 1); grad_scale(b[0], (size_t)n, 0.5f); break; }
         case OP_REFRESH: {
@@ -984,6 +987,8 @@ static void bench_per_kernel(const char* preset, const BenchConfig* bc, const De
     cpu::rng_seed(&rng, BENCH_SEED);
     for (size_t i = 0; i < BT; i++) { tok[i] = (int)(cpu::rng_u64(&rng) % (uint64_t)V); }
     k.tokens = (int*)device_malloc(BT * sizeof(int), "tokens");
+    k.tokens_host = (int*)cpu::malloc_check(BT * sizeof(int), "tokens");
+    memcpy(k.tokens_host, tok.data(), BT * sizeof(int));
     cuda_check(cudaMemcpy(k.tokens, tok.data(), BT * sizeof(int), cudaMemcpyHostToDevice));
     // the optimizer's handles and eigensolver workspace, for the largest matrix
     lowrank_gpu_create(&k.ctx);
@@ -1047,6 +1052,7 @@ static void bench_per_kernel(const char* preset, const BenchConfig* bc, const De
     cuda_check(cudaFree(k.dmisc));
     cuda_check(cudaFree(k.ts));
     cuda_check(cudaFree(k.tokens));
+    free(k.tokens_host);
     cuda_check(cudaFree(k.K));
     cuda_check(cudaFree(k.K_saved));
     cuda_check(cudaFree(k.eig));

@@ -126,7 +126,7 @@ enum warp_op_kind {
   WARP_SYNC, WARP_SHFL, WARP_SHFL_UP, WARP_SHFL_DOWN, WARP_SHFL_XOR,
   WARP_BALLOT, WARP_ANY, WARP_ALL, WARP_MATCH_ANY, WARP_MATCH_ALL,
   WARP_REDUCE_ADD, WARP_REDUCE_MIN, WARP_REDUCE_MAX, WARP_REDUCE_UMIN, WARP_REDUCE_UMAX,
-  WARP_REDUCE_AND, WARP_REDUCE_OR, WARP_REDUCE_XOR, WARP_OP_COUNT
+  WARP_REDUCE_AND, WARP_REDUCE_OR, WARP_REDUCE_XOR, WARP_WMMA, WARP_OP_COUNT
 };
 // value: up to 8 bytes in, 8 bytes out (shuffled value or vote result)
 unsigned long long warp_op_at(int kind, unsigned mask, unsigned long long value, int value_size,

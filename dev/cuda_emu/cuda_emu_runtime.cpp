@@ -520,7 +520,7 @@ static const char* warp_op_name(int kind) {
       "__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
       "__ballot_sync", "__any_sync", "__all_sync", "__match_any_sync", "__match_all_sync",
       "__reduce_add_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_min_sync", "__reduce_max_sync",
-      "__reduce_and_sync", "__reduce_or_sync", "__reduce_xor_sync"};
+      "__reduce_and_sync", "__reduce_or_sync", "__reduce_xor_sync", "nvcuda::wmma"};
   return kind >= 0 && kind < WARP_OP_COUNT ? names[kind] : "warp operation";
 }
 

@@ -14,6 +14,7 @@
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <cublasLt.h>
+#include <mma.h>
 
 #include <math.h>
 #include <stdarg.h>
@@ -24,7 +25,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 static int g_passed = 0, g_failed = 0;
@@ -1106,6 +1109,244 @@ static void test_events_and_device() {
         count, prop.name, prop.warpSize, prop.maxThreadsPerBlock, prop.sharedMemPerBlock);
 }
 
+// ---------------------------------------------------------------------------
+// warp matrix functions (nvcuda::wmma): 16x16x16, bf16 inputs, fp32
+// accumulators. On the harness these run through cuda_emu_wmma.h.
+
+static const int WMMA_TILE = 16;
+
+// d = a b + c, one 16x16x16 problem per warp (warp w reads and writes at
+// w * stride elements); a, b bf16 in the layouts chosen by the template, with
+// leading dimensions lda, ldb; c and d row-major with ldc
+template <class LayoutA, class LayoutB>
+__global__ void wmma_mma_kernel(float* d, const __nv_bfloat16* a, const __nv_bfloat16* b, const float* c,
+                                unsigned lda, unsigned ldb, unsigned ldc, int stride) {
+  int linear = threadIdx.x + threadIdx.y * blockDim.x;
+  int warp = linear / 32;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> fa;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> fb;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  nvcuda::wmma::load_matrix_sync(fa, a + warp * stride, lda);
+  nvcuda::wmma::load_matrix_sync(fb, b + warp * stride, ldb);
+  nvcuda::wmma::load_matrix_sync(acc, c + warp * stride, ldc, nvcuda::wmma::mem_row_major);
+  nvcuda::wmma::mma_sync(acc, fa, fb, acc);  // in place, C = A B + C
+  nvcuda::wmma::store_matrix_sync(d + warp * stride, acc, ldc, nvcuda::wmma::mem_row_major);
+}
+
+// each lane writes what it holds: out[kind][lane * 8 + i] = x[i] of a fragment
+// loaded from m (16x16, row-major, element e = e as a number), kinds: matrix_a,
+// matrix_b, accumulator. Then element-wise work on the accumulator (x * 2 + 1)
+// and a store: twice m plus one, if every element is held by exactly one lane
+__global__ void wmma_mapping_kernel(float* out, float* twice_plus_one, const __nv_bfloat16* m_bf16,
+                                    const float* m) {
+  int lane = threadIdx.x % 32;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> fa;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> fb;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  nvcuda::wmma::load_matrix_sync(fa, m_bf16, 16);
+  nvcuda::wmma::load_matrix_sync(fb, m_bf16, 16);
+  nvcuda::wmma::load_matrix_sync(acc, m, 16, nvcuda::wmma::mem_row_major);
+  for (int i = 0; i < fa.num_elements; i++) out[0 * 256 + lane * fa.num_elements + i] = __bfloat162float(fa.x[i]);
+  for (int i = 0; i < fb.num_elements; i++) out[1 * 256 + lane * fb.num_elements + i] = __bfloat162float(fb.x[i]);
+  for (int i = 0; i < acc.num_elements; i++) out[2 * 256 + lane * acc.num_elements + i] = acc.x[i];
+  for (int i = 0; i < acc.num_elements; i++) acc.x[i] = acc.x[i] * 2.0f + 1.0f;
+  nvcuda::wmma::store_matrix_sync(twice_plus_one, acc, 16, nvcuda::wmma::mem_row_major);
+}
+
+// accumulator load and store in both memory layouts, and fill_fragment:
+// out0 = m^T (row-major load, column-major store), out1 = m^T (column-major
+// load, row-major store), out2 = 3 everywhere (fill, ldm 20)
+__global__ void wmma_layout_kernel(float* out0, float* out1, float* out2, const float* m) {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  nvcuda::wmma::load_matrix_sync(acc, m, 16, nvcuda::wmma::mem_row_major);
+  nvcuda::wmma::store_matrix_sync(out0, acc, 16, nvcuda::wmma::mem_col_major);
+  nvcuda::wmma::load_matrix_sync(acc, m, 16, nvcuda::wmma::mem_col_major);
+  nvcuda::wmma::store_matrix_sync(out1, acc, 16, nvcuda::wmma::mem_row_major);
+  nvcuda::wmma::fill_fragment(acc, 3);
+  nvcuda::wmma::store_matrix_sync(out2, acc, 20, nvcuda::wmma::mem_row_major);
+}
+
+// logical 16x16 matrix x (row-major, 256 values) into memory with leading
+// dimension ld, row- or column-major; padding elements get `pad`
+template <class T>
+static std::vector<T> wmma_lay_out(const std::vector<float>& x, bool col_major, unsigned ld, float pad) {
+  std::vector<T> mem((size_t)WMMA_TILE * ld, (T)pad);
+  for (int r = 0; r < WMMA_TILE; r++)
+    for (int c = 0; c < WMMA_TILE; c++) mem[col_major ? (size_t)c * ld + r : (size_t)r * ld + c] = (T)x[r * 16 + c];
+  return mem;
+}
+
+// two warps (block (32, 2): the warp index comes from threadIdx.y) each do
+// their own 16x16x16 product; a and b in the given layouts
+template <class LayoutA, class LayoutB>
+static void test_wmma_mma_case(const char* name, bool integers) {
+  const bool a_col = std::is_same<LayoutA, nvcuda::wmma::col_major>::value;
+  const bool b_col = std::is_same<LayoutB, nvcuda::wmma::col_major>::value;
+  const unsigned lda = 24, ldb = 16, ldc = 20;  // padded a and c, dense b
+  const int warps = 2, stride = 16 * 24;       // elements between the warps' problems (>= every matrix)
+  std::vector<__nv_bfloat16> a_mem((size_t)warps * stride), b_mem((size_t)warps * stride);
+  std::vector<float> c_mem((size_t)warps * stride), d_init((size_t)warps * stride, -7.0f);
+  std::vector<std::vector<float>> A(warps), B(warps), C(warps);
+  unsigned seed = 11;
+  auto next = [&seed]() {
+    seed = seed * 1664525u + 1013904223u;
+    return seed >> 8;
+  };
+  for (int w = 0; w < warps; w++) {
+    A[w].resize(256);
+    B[w].resize(256);
+    C[w].resize(256);
+    for (int i = 0; i < 256; i++) {
+      if (integers) {  // small integers: every product and sum is exact in fp32
+        A[w][i] = (float)((int)(next() % 17u) - 8);
+        B[w][i] = (float)((int)(next() % 17u) - 8);
+        C[w][i] = (float)((int)(next() % 129u) - 64);
+      } else {  // bf16 values in [-1, 1), c in fp32
+        A[w][i] = __bfloat162float(__float2bfloat16((float)next() / 8388608.0f - 1.0f));
+        B[w][i] = __bfloat162float(__float2bfloat16((float)next() / 8388608.0f - 1.0f));
+        C[w][i] = (float)next() / 8388608.0f - 1.0f;
+      }
+    }
+    float nan = NAN;  // padding: reading it makes the result NaN
+    std::vector<__nv_bfloat16> am = wmma_lay_out<__nv_bfloat16>(A[w], a_col, lda, nan);
+    std::vector<__nv_bfloat16> bm = wmma_lay_out<__nv_bfloat16>(B[w], b_col, ldb, nan);
+    std::vector<float> cm = wmma_lay_out<float>(C[w], false, ldc, nan);
+    std::copy(am.begin(), am.end(), a_mem.begin() + (size_t)w * stride);
+    std::copy(bm.begin(), bm.end(), b_mem.begin() + (size_t)w * stride);
+    std::copy(cm.begin(), cm.end(), c_mem.begin() + (size_t)w * stride);
+  }
+  __nv_bfloat16* d_a = to_device(a_mem);
+  __nv_bfloat16* d_b = to_device(b_mem);
+  float* d_c = to_device(c_mem);
+  float* d_d = to_device(d_init);
+  wmma_mma_kernel<LayoutA, LayoutB><<<1, dim3(32, warps)>>>(d_d, d_a, d_b, d_c, lda, ldb, ldc, stride);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> got = to_host(d_d, d_init.size());
+  // integers: exact. otherwise the fp32-accumulation bound that a GPU meets,
+  // |d - exact| <= 17 u (|c| + sum |a b|), u = 2^-24; the harness computes in
+  // double and rounds once, so there d is the exact result rounded to fp32
+  double worst = 0.0;
+  bool ok = true, padding_kept = true;
+  for (int w = 0; w < warps; w++) {
+    for (int r = 0; r < 16; r++) {
+      for (int col = 0; col < 16; col++) {
+        double exact = C[w][r * 16 + col], mag = fabs(exact);
+        for (int k = 0; k < 16; k++) {
+          exact += (double)A[w][r * 16 + k] * B[w][k * 16 + col];
+          mag += fabs((double)A[w][r * 16 + k] * B[w][k * 16 + col]);
+        }
+        float g = got[(size_t)w * stride + (size_t)r * ldc + col];
+        double err = fabs((double)g - exact);
+        bool good = integers ? (double)g == exact : err <= 17.0 * ldexp(1.0, -24) * mag;
+#ifdef CUDA_EMU
+        good = good && g == (float)exact;
+#endif
+        if (!good || g != g) ok = false;
+        worst = fmax(worst, err);
+      }
+      for (unsigned col = 16; col < ldc; col++)
+        if (got[(size_t)w * stride + (size_t)r * ldc + col] != -7.0f) padding_kept = false;
+    }
+  }
+  check(ok && padding_kept, name, "max |error| %.3g%s", worst, padding_kept ? "" : "; the store wrote padding");
+  CUDA_CHECK(cudaFree(d_a));
+  CUDA_CHECK(cudaFree(d_b));
+  CUDA_CHECK(cudaFree(d_c));
+  CUDA_CHECK(cudaFree(d_d));
+}
+
+static void test_wmma() {
+  using nvcuda::wmma::col_major;
+  using nvcuda::wmma::row_major;
+  test_wmma_mma_case<row_major, row_major>("wmma mma_sync 16x16x16, a row-major, b row-major (integers, exact)", true);
+  test_wmma_mma_case<row_major, col_major>("wmma mma_sync 16x16x16, a row-major, b col-major (integers, exact)", true);
+  test_wmma_mma_case<col_major, row_major>("wmma mma_sync 16x16x16, a col-major, b row-major (integers, exact)", true);
+  test_wmma_mma_case<col_major, col_major>("wmma mma_sync 16x16x16, a col-major, b col-major (integers, exact)", true);
+  test_wmma_mma_case<row_major, col_major>("wmma mma_sync 16x16x16 on bf16 values within the fp32 bound", false);
+
+  // the element-to-lane mapping: every element held by exactly one lane
+  std::vector<float> m(256);
+  for (int e = 0; e < 256; e++) m[e] = (float)e;  // integers to 255: exact in bf16
+  std::vector<__nv_bfloat16> m_bf16(256);
+  for (int e = 0; e < 256; e++) m_bf16[e] = __float2bfloat16(m[e]);
+  float* d_m = to_device(m);
+  __nv_bfloat16* d_mb = to_device(m_bf16);
+  std::vector<float> init(3 * 256, -1.0f);
+  float* d_out = to_device(init);
+  float* d_twice = to_device(init);
+  wmma_mapping_kernel<<<1, 32>>>(d_out, d_twice, d_mb, d_m);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> held = to_host(d_out, 3 * 256), twice = to_host(d_twice, 256);
+  const char* kinds[3] = {"matrix_a", "matrix_b", "accumulator"};
+  for (int kind = 0; kind < 3; kind++) {
+    std::vector<int> count(256, 0);
+    bool in_range = true;
+    for (int s = 0; s < 256; s++) {
+      int e = (int)held[kind * 256 + s];
+      if (e < 0 || e > 255 || (float)e != held[kind * 256 + s]) in_range = false;
+      else count[e]++;
+    }
+    int once = 0;
+    for (int e = 0; e < 256; e++) once += count[e] == 1;
+    char name[128];
+    snprintf(name, sizeof name, "wmma %s fragment: 8 elements per lane, each element held by exactly one lane",
+             kinds[kind]);
+    check(in_range && once == 256, name, "%d of 256 elements held once", once);
+  }
+  bool twice_ok = true;
+  for (int e = 0; e < 256; e++) twice_ok = twice_ok && twice[e] == 2.0f * e + 1.0f;
+  check(twice_ok, "wmma element-wise work on accumulator x[i] then store_matrix_sync");
+#ifdef CUDA_EMU
+  // the documented fixed mapping (g = lane / 4, t = lane % 4), or a
+  // permutation of it under CUDA_EMU_WMMA_MAPPING=scrambled
+  const char* mapping = getenv("CUDA_EMU_WMMA_MAPPING");
+  bool scrambled = mapping && strcmp(mapping, "scrambled") == 0;
+  int as_documented = 0;
+  for (int lane = 0; lane < 32; lane++) {
+    int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 8; i++) {
+      int row = g + 8 * ((i >> 1) & 1), col = 2 * t + (i & 1) + 8 * (i >> 2);
+      int kk = 2 * t + (i & 1) + 8 * ((i >> 1) & 1), nn = g + 8 * (i >> 2);
+      as_documented += held[0 * 256 + lane * 8 + i] == (float)(row * 16 + col);
+      as_documented += held[1 * 256 + lane * 8 + i] == (float)(kk * 16 + nn);
+      as_documented += held[2 * 256 + lane * 8 + i] == (float)(row * 16 + col);
+    }
+  }
+  if (scrambled)
+    check(as_documented < 3 * 256 / 8, "CUDA_EMU_WMMA_MAPPING=scrambled: lanes hold other elements",
+          "%d of 768 as in the fixed mapping", as_documented);
+  else
+    check(as_documented == 3 * 256, "wmma lanes hold the elements of the documented fixed mapping",
+          "%d of 768", as_documented);
+#endif
+  CUDA_CHECK(cudaFree(d_out));
+  CUDA_CHECK(cudaFree(d_twice));
+
+  // accumulator load/store in both memory layouts, fill_fragment
+  float* d_o0 = to_device(init);
+  float* d_o1 = to_device(init);
+  float* d_o2 = to_device(init);
+  wmma_layout_kernel<<<1, 32>>>(d_o0, d_o1, d_o2, d_m);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> o0 = to_host(d_o0, 256), o1 = to_host(d_o1, 256), o2 = to_host(d_o2, 16 * 20);
+  bool t0 = true, t1 = true, t2 = true;
+  for (int r = 0; r < 16; r++)
+    for (int c = 0; c < 16; c++) {
+      t0 = t0 && o0[r * 16 + c] == m[c * 16 + r];
+      t1 = t1 && o1[r * 16 + c] == m[c * 16 + r];
+    }
+  for (int r = 0; r < 16; r++)
+    for (int c = 0; c < 20; c++) t2 = t2 && o2[r * 20 + c] == (c < 16 ? 3.0f : -1.0f);
+  check(t0, "wmma accumulator: row-major load, column-major store gives the transpose");
+  check(t1, "wmma accumulator: column-major load, row-major store gives the transpose");
+  check(t2, "wmma fill_fragment, store with ldm 20 leaves the padding alone");
+  CUDA_CHECK(cudaFree(d_o0));
+  CUDA_CHECK(cudaFree(d_o1));
+  CUDA_CHECK(cudaFree(d_o2));
+  CUDA_CHECK(cudaFree(d_m));
+  CUDA_CHECK(cudaFree(d_mb));
+}
+
 #ifdef CUDA_EMU
 // errors that the real runtime returns (not fatal)
 static void test_runtime_errors() {
@@ -1423,6 +1664,174 @@ static void test_planted_bugs(cublasHandle_t handle) {
 }
 
 // ---------------------------------------------------------------------------
+// nvcuda::wmma misuse: each in a child process, the harness must refuse it
+
+__global__ void wmma_bad_ldm_kernel(const __nv_bfloat16* a) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> fa;
+  nvcuda::wmma::load_matrix_sync(fa, a, 12);  // 24 bytes: not a multiple of 16 bytes
+}
+__global__ void wmma_bad_float_ldm_kernel(float* c) {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  nvcuda::wmma::fill_fragment(acc, 0.0f);
+  nvcuda::wmma::store_matrix_sync(c, acc, 18, nvcuda::wmma::mem_row_major);  // 72 bytes
+}
+__global__ void wmma_misaligned_kernel(const __nv_bfloat16* a) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::col_major> fb;
+  nvcuda::wmma::load_matrix_sync(fb, a + 8, 16);  // 16 bytes past a 256-byte boundary
+}
+__global__ void wmma_lane_pointer_kernel(const __nv_bfloat16* a) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> fa;
+  int lane = threadIdx.x % 32;
+  nvcuda::wmma::load_matrix_sync(fa, a + (lane / 16) * 256, 16);  // lanes 16..31 point elsewhere
+}
+__global__ void wmma_lane_ldm_kernel(const float* c) {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  int lane = threadIdx.x % 32;
+  nvcuda::wmma::load_matrix_sync(acc, c, lane < 16 ? 16 : 20, nvcuda::wmma::mem_row_major);
+}
+__global__ void wmma_divergent_kernel(const __nv_bfloat16* a) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> fa;
+  if (threadIdx.x % 32 < 16) {
+    nvcuda::wmma::load_matrix_sync(fa, a, 16);
+  } else {
+    nvcuda::wmma::load_matrix_sync(fa, a, 16);  // same arguments, another call: not converged
+  }
+}
+__global__ void wmma_partial_warp_kernel(const float* c) {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  nvcuda::wmma::load_matrix_sync(acc, c, 16, nvcuda::wmma::mem_row_major);  // warp 1 has 16 lanes
+}
+__global__ void wmma_exited_lane_kernel(const float* c) {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  if (threadIdx.x == 3) return;
+  nvcuda::wmma::load_matrix_sync(acc, c, 16, nvcuda::wmma::mem_row_major);
+}
+__global__ void wmma_with_syncwarp_kernel(const float* c) {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  if (threadIdx.x < 16) {
+    __syncwarp();  // half the warp at another warp intrinsic under the same (full) mask
+  } else {
+    nvcuda::wmma::load_matrix_sync(acc, c, 16, nvcuda::wmma::mem_row_major);
+  }
+}
+
+static void* g_wmma_buffer;  // 4 KiB of device memory for the bugs below
+static void wmma_bug_buffer() {
+  CUDA_CHECK(cudaMalloc(&g_wmma_buffer, 4096));
+  CUDA_CHECK(cudaMemset(g_wmma_buffer, 0, 4096));
+}
+static void bug_wmma_ldm() {
+  wmma_bug_buffer();
+  wmma_bad_ldm_kernel<<<1, 32>>>((const __nv_bfloat16*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_float_ldm() {
+  wmma_bug_buffer();
+  wmma_bad_float_ldm_kernel<<<1, 32>>>((float*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_misaligned() {
+  wmma_bug_buffer();
+  wmma_misaligned_kernel<<<1, 32>>>((const __nv_bfloat16*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_lane_pointer() {
+  wmma_bug_buffer();
+  wmma_lane_pointer_kernel<<<1, 32>>>((const __nv_bfloat16*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_lane_ldm() {
+  wmma_bug_buffer();
+  wmma_lane_ldm_kernel<<<1, 32>>>((const float*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_divergent() {
+  wmma_bug_buffer();
+  wmma_divergent_kernel<<<1, 32>>>((const __nv_bfloat16*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_partial_warp() {
+  wmma_bug_buffer();
+  wmma_partial_warp_kernel<<<1, 48>>>((const float*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_exited_lane() {
+  wmma_bug_buffer();
+  wmma_exited_lane_kernel<<<1, 32>>>((const float*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_with_syncwarp() {
+  wmma_bug_buffer();
+  wmma_with_syncwarp_kernel<<<1, 32>>>((const float*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+
+static void test_wmma_refusals() {
+  expect_failure("wmma: bf16 ldm not a multiple of 8 is refused", bug_wmma_ldm,
+                 {"wmma_bad_ldm_kernel", "load_matrix_sync", "ldm 12", "multiple of 8"});
+  expect_failure("wmma: float ldm not a multiple of 4 is refused", bug_wmma_float_ldm,
+                 {"wmma_bad_float_ldm_kernel", "store_matrix_sync", "ldm 18", "multiple of 4"});
+  expect_failure("wmma: a pointer not 256-bit aligned is refused", bug_wmma_misaligned,
+                 {"wmma_misaligned_kernel", "load_matrix_sync", "256-bit"});
+  expect_failure("wmma: lanes passing different pointers are refused", bug_wmma_lane_pointer,
+                 {"wmma_lane_pointer_kernel", "lane 16 passes pointer"});
+  expect_failure("wmma: lanes passing different ldm are refused", bug_wmma_lane_ldm,
+                 {"wmma_lane_ldm_kernel", "lane 16 passes ldm 20"});
+  expect_failure("wmma: lanes at different calls (divergent) are refused", bug_wmma_divergent,
+                 {"wmma_divergent_kernel", "lane 16 is at another call", "converged"});
+  expect_failure("wmma: a partial warp is refused", bug_wmma_partial_warp,
+                 {"wmma_partial_warp_kernel", "0x0000ffff", "all 32 lanes"});
+  expect_failure("wmma: a warp with an exited lane is refused", bug_wmma_exited_lane,
+                 {"wmma_exited_lane_kernel", "0xfffffff7", "all 32 lanes"});
+  expect_failure("wmma: lanes at __syncwarp while others are in wmma are refused", bug_wmma_with_syncwarp,
+                 {"wmma_with_syncwarp_kernel", "nvcuda::wmma", "__syncwarp", "same warp intrinsic"});
+}
+
+// the wmma tests again in a child under CUDA_EMU_WMMA_MAPPING=scrambled: code
+// that does not depend on the element-to-lane mapping must give the same results
+static void test_wmma_scrambled() {
+  fflush(stdout);
+  fflush(stderr);
+  char path[] = "/tmp/cuda_emu_selftest_XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) {
+    check(false, "wmma tests under CUDA_EMU_WMMA_MAPPING=scrambled", "cannot create a temporary file");
+    return;
+  }
+  unlink(path);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fd, 1);
+    dup2(fd, 2);
+    setenv("CUDA_EMU_WMMA_MAPPING", "scrambled", 1);
+    execl("/proc/self/exe", "selftest", "--wmma-child", (char*)nullptr);
+    fprintf(stderr, "cannot re-run /proc/self/exe\n");
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::string log;
+  char buf[4096];
+  lseek(fd, 0, SEEK_SET);
+  for (ssize_t got; (got = read(fd, buf, sizeof buf)) > 0;) log.append(buf, (size_t)got);
+  close(fd);
+  int child_checks = 0;
+  for (size_t at = 0; at < log.size();) {
+    size_t e = log.find('\n', at);
+    if (e == std::string::npos) e = log.size();
+    std::string line = log.substr(at, e - at);
+    if (line.compare(0, 5, "PASS ") == 0 || line.compare(0, 5, "FAIL ") == 0) {
+      check(line[0] == 'P', ("(scrambled mapping) " + line.substr(5)).c_str());
+      child_checks++;
+    }
+    at = e + 1;
+  }
+  bool exited0 = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  check(exited0 && child_checks > 0, "wmma tests under CUDA_EMU_WMMA_MAPPING=scrambled ran",
+        "child %s, %d checks", exited0 ? "exited 0" : "failed", child_checks);
+}
+
+// ---------------------------------------------------------------------------
 // harness speed (not a test): launch overhead and threads per second
 
 __global__ void barrier_heavy_kernel(float* out, const float* x) {
@@ -1476,6 +1885,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc > 1 && strcmp(argv[1], "--device-memory-child") == 0) return device_memory_child();
+  if (argc > 1 && strcmp(argv[1], "--wmma-child") == 0) {
+    test_wmma();
+    return g_failed ? 1 : 0;
+  }
 #else
   (void)argc;
   (void)argv;
@@ -1499,7 +1912,10 @@ int main(int argc, char** argv) {
   test_cublaslt_alignment(lt);
 #endif
   test_events_and_device();
+  test_wmma();
 #ifdef CUDA_EMU
+  test_wmma_scrambled();
+  test_wmma_refusals();
   test_runtime_errors();
   test_device_memory_accounting();
   test_device_memory_limit();

@@ -1,2 +1,4 @@
 // stubs/mma.h: stands in for the CUDA header of the same name under cuda_emu.
-#error "cuda_emu: <mma.h> is not supported by the CPU harness; use the warp intrinsics (__shfl_xor_sync, ...) and __syncthreads it provides (see dev/cuda_emu/README.md)"
+// nvcuda::wmma is emulated by ../cuda_emu_wmma.h (the 16x16x16 bf16 -> fp32
+// fragments; anything else stops the build with a static_assert there).
+#include "../cuda_emu_wmma.h"

@@ -5308,9 +5308,13 @@ typedef struct {
     void (*zero_grad)(void);
     void (*begin_step)(float lr);  // the step's lr, before its backward (per-layer updates); or NULL
     float (*forward)(const int* inputs, const int* targets, int B, int T);  // mean loss (NaN without targets)
-    void (*backward)(const int* inputs, const int* targets, float loss_scale);
+    // forward and backward of a training micro-batch, one of accum in the step:
+    // its mean loss / accum joins the step's loss, where the arithmetic is
+    void (*micro_step)(const int* inputs, const int* targets, int B, int T, int accum);
     const float* (*logits_row)(int row);                 // (V) of the last forward, on the host
-    double (*grad_norm)(void);
+    // the step's loss (and then starts a new one) and its gradient norm: on the
+    // GPU the step's one read of the device before the optimizer
+    void (*step_stats)(double* loss, double* norm);
     void (*grad_scale)(float s);
     void (*optimizer_step)(float lr);                   // returns when the step is done (for timing)
     int (*steps_taken)(void);
@@ -5649,13 +5653,12 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
         float lr = lr_at_step(&t, step);
         be->zero_grad();
         if (be->begin_step != NULL) { be->begin_step(lr); }
-        double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
             shard_loader_next_batch_or_exit(&train_loader, inputs, targets);
-            loss += be->forward(inputs, targets, B, T) / accum;
-            be->backward(inputs, targets, 1.0f / accum);
+            be->micro_step(inputs, targets, B, T, accum);
         }
-        double norm = be->grad_norm();
+        double loss = 0.0, norm = 0.0;
+        be->step_stats(&loss, &norm);
         if (!isfinite(loss) || !isfinite(norm)) {
             fprintf(stderr, "error: the %s is %s at step %d; stopping. ", isfinite(loss) ? "gradient norm" : "loss",
                     isnan(isfinite(loss) ? norm : loss) ? "NaN" : "Inf", step + 1);
@@ -5747,14 +5750,18 @@ static void cpu_zero_grad(void) { llama_zero_grad(&cpu_trainer.model); }
 static float cpu_forward(const int* inputs, const int* targets, int B, int T) {
     return llama_forward(&cpu_trainer.model, inputs, targets, B, T);
 }
-static void cpu_backward(const int* inputs, const int* targets, float loss_scale) {
-    llama_backward(&cpu_trainer.model, inputs, targets, loss_scale);
+static double cpu_step_loss;  // the step's loss so far
+static void cpu_micro_step(const int* inputs, const int* targets, int B, int T, int accum) {
+    cpu_step_loss += llama_forward(&cpu_trainer.model, inputs, targets, B, T) / accum;
+    llama_backward(&cpu_trainer.model, inputs, targets, 1.0f / accum);
 }
 static const float* cpu_logits_row(int row) {
     return cpu_trainer.model.acts.logits + (size_t)row * cpu_trainer.model.config.V;
 }
-static double cpu_grad_norm(void) {
-    return grad_global_norm(cpu_trainer.model.grads_memory, cpu_trainer.model.num_parameters);
+static void cpu_step_stats(double* loss, double* norm) {
+    *loss = cpu_step_loss;
+    cpu_step_loss = 0.0;
+    *norm = grad_global_norm(cpu_trainer.model.grads_memory, cpu_trainer.model.num_parameters);
 }
 static void cpu_grad_scale(float s) { grad_scale(cpu_trainer.model.grads_memory, cpu_trainer.model.num_parameters, s); }
 static void cpu_optimizer_step(float lr) { optimizer_step(&cpu_trainer.opt, &cpu_trainer.model, lr); }
@@ -5776,7 +5783,7 @@ static void cpu_free(void) {
 
 static const TrainBackend cpu_backend = {
     "./train_llama_subtrack_cpu", "float32", cpu_check, cpu_build, cpu_report, NULL, cpu_zero_grad, NULL, cpu_forward,
-    cpu_backward, cpu_logits_row, cpu_grad_norm, cpu_grad_scale, cpu_optimizer_step, cpu_steps_taken,
+    cpu_micro_step, cpu_logits_row, cpu_step_stats, cpu_grad_scale, cpu_optimizer_step, cpu_steps_taken,
     cpu_optimizer, cpu_subspace_seconds, cpu_save, cpu_load, cpu_free,
 };
 

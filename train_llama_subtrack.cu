@@ -637,6 +637,45 @@ __global__ void squared_norm_chunks_kernel(double* partial, const float* x, size
     if (threadIdx.x == 0) { partial[blockIdx.x] = scratch[0]; }
 }
 
+// the step's statistics, on the device so that a step reads the device once
+// (llama_step_stats): STAT_LOSS the step's loss (the micro-batches' mean
+// losses over accum, added as the loop adds them), STAT_NORM2 the squared
+// gradient norm, STAT_MEAN the last forward's mean loss, STAT_SCRATCH a sum
+// for grad_squared_norm. they sit before the norm partials, in one buffer
+enum { STAT_LOSS, STAT_NORM2, STAT_MEAN, STAT_SCRATCH, NUM_STATS };
+
+// *out (or *out +) = the chunks' squared norms, added in chunk order in double
+__global__ void norm_partials_sum_kernel(double* out, const double* partial, int nchunks, int accumulate) {
+    double total = 0.0;
+    for (int c = 0; c < nchunks; c++) { total += partial[c]; }
+    *out = accumulate ? *out + total : total;
+}
+
+// the mean loss over the rows whose target counts (count of them, known on the
+// host), summed in double in a fixed tree, rounded to float as the CPU's mean;
+// with accum > 0 it also adds mean / accum (in float, as the loop's
+// forward() / accum) to the step's loss. one block of MEAN_LOSS_THREADS
+#define MEAN_LOSS_THREADS 256
+__global__ void __launch_bounds__(MEAN_LOSS_THREADS)
+mean_loss_kernel(double* stats, const float* losses, const int* targets, int BT, int count, int accum) {
+    __shared__ double part[MEAN_LOSS_THREADS];
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < BT; i += MEAN_LOSS_THREADS) {
+        if (targets[i] != IGNORE_INDEX) { sum += losses[i]; }
+    }
+    part[threadIdx.x] = sum;
+    __syncthreads();
+    for (int stride = MEAN_LOSS_THREADS / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) { part[threadIdx.x] += part[threadIdx.x + stride]; }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        float mean = count > 0 ? (float)(part[0] / count) : 0.0f;
+        stats[STAT_MEAN] = mean;
+        if (accum > 0) { stats[STAT_LOSS] += (double)(mean / (float)accum); }
+    }
+}
+
 __global__ void scale_kernel(float* x, size_t n, float s) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) { x[i] *= s; }
@@ -656,14 +695,62 @@ void encoder_forward(X* out, const int* inp, const WT* wte, int BT, int C) {
     launch_check();
 }
 
+// host-to-device copies of each micro-batch's data (tokens, targets, token
+// buckets) that do not make the host wait for the device: two pinned host
+// buffers used in turn, each copied with cudaMemcpyAsync. a buffer is refilled
+// only after the copy that last read it has run (its event), which holds the
+// host at most two micro-batches ahead of the device and never stalls a device
+// that keeps up. (a plain cudaMemcpy from pageable memory waits for all
+// earlier work: one full sync per call.)
+typedef struct {
+    void* host[2];
+    cudaEvent_t sent[2];
+    size_t bytes;            // each buffer's size
+    int next;
+} PinnedStaging;
+
+static void staging_reserve(PinnedStaging* st, size_t bytes) {
+    if (bytes <= st->bytes) { return; }
+    for (int i = 0; i < 2; i++) {
+        if (st->host[i] != NULL) { cuda_check(cudaFreeHost(st->host[i])); }
+        cuda_check(cudaMallocHost(&st->host[i], bytes));
+        if (st->sent[i] == NULL) { cuda_check(cudaEventCreateWithFlags(&st->sent[i], cudaEventDisableTiming)); }
+        cuda_check(cudaEventRecord(st->sent[i], 0));
+    }
+    st->bytes = bytes;
+}
+
+static void staging_release(PinnedStaging* st) {
+    for (int i = 0; i < 2; i++) {
+        if (st->host[i] != NULL) { cuda_check(cudaFreeHost(st->host[i])); }
+        if (st->sent[i] != NULL) { cuda_check(cudaEventDestroy(st->sent[i])); }
+    }
+    memset(st, 0, sizeof *st);
+}
+
+// the next host buffer to fill, once its last copy has run
+static void* staging_take(PinnedStaging* st) {
+    cuda_check(cudaEventSynchronize(st->sent[st->next]));
+    return st->host[st->next];
+}
+
+// copies the buffer staging_take gave (bytes of it) to dst, in stream order
+static void staging_send(PinnedStaging* st, void* dst, size_t bytes) {
+    cuda_check(cudaMemcpyAsync(dst, st->host[st->next], bytes, cudaMemcpyHostToDevice, 0));
+    cuda_check(cudaEventRecord(st->sent[st->next], 0));
+    st->next ^= 1;
+}
+
+static PinnedStaging g_batch_staging;    // inputs and targets, (2 B T) ints
+static PinnedStaging g_bucket_staging;   // token buckets, (3 B T + 1) ints
+
 // the positions of a batch grouped by token, for encoder_backward: sorted on
 // the host, which has the batch anyway (the loader's), by a counting sort,
 // and copied once per micro-batch into device buffers reserved with the
 // activations. rows, starts, tokens as in encoder_backward_kernel
 typedef struct {
     int BT, buckets, V;       // prepared for BT positions: `buckets` distinct tokens
-    int* host;                // (3 BT + 1) pinned: rows, starts (buckets + 1), tokens (buckets)
-    int* device;              // (3 BT + 1) the same
+    int* device;              // (3 BT + 1): rows, starts (buckets + 1), tokens (buckets)
     int* counts;              // (V + 1) host scratch of the sort
     int capacity;             // BT the buffers hold
 } EncoderBuckets;
@@ -672,9 +759,9 @@ static EncoderBuckets g_encoder_buckets;
 static void encoder_buckets_reserve(int BT, int V) {
     EncoderBuckets* e = &g_encoder_buckets;
     if (BT <= e->capacity && V <= e->V) { return; }
-    if (e->host != NULL) { cuda_check(cudaFreeHost(e->host)); cuda_check(cudaFree(e->device)); free(e->counts); }
+    if (e->device != NULL) { cuda_check(cudaFree(e->device)); free(e->counts); }
     size_t n = 3 * (size_t)BT + 1;
-    cuda_check(cudaMallocHost((void**)&e->host, n * sizeof(int)));
+    staging_reserve(&g_bucket_staging, n * sizeof(int));
     e->device = (int*)device_malloc(n * sizeof(int), "embedding gradient buckets");
     e->counts = (int*)cpu::malloc_check(((size_t)V + 1) * sizeof(int), "token counts");
     e->capacity = BT;
@@ -684,7 +771,8 @@ static void encoder_buckets_reserve(int BT, int V) {
 
 static void encoder_buckets_release(void) {
     EncoderBuckets* e = &g_encoder_buckets;
-    if (e->host != NULL) { cuda_check(cudaFreeHost(e->host)); cuda_check(cudaFree(e->device)); free(e->counts); }
+    if (e->device != NULL) { cuda_check(cudaFree(e->device)); free(e->counts); }
+    staging_release(&g_bucket_staging);
     memset(e, 0, sizeof *e);
 }
 
@@ -694,7 +782,7 @@ static void encoder_buckets_release(void) {
 void encoder_backward_buckets(const int* inputs, int BT, int V) {
     encoder_buckets_reserve(BT, V);
     EncoderBuckets* e = &g_encoder_buckets;
-    int* rows = e->host;
+    int* rows = (int*)staging_take(&g_bucket_staging);
     int* starts = rows + BT;
     memset(e->counts, 0, ((size_t)V + 1) * sizeof(int));
     for (int i = 0; i < BT; i++) { e->counts[inputs[i] + 1]++; }
@@ -711,8 +799,7 @@ void encoder_backward_buckets(const int* inputs, int BT, int V) {
     for (int i = 0; i < BT; i++) { rows[e->counts[inputs[i]]++] = i; }
     e->BT = BT;
     e->buckets = buckets;
-    cuda_check(cudaMemcpyAsync(e->device, e->host, ((size_t)BT + 2 * buckets + 1) * sizeof(int),
-                               cudaMemcpyHostToDevice, 0));
+    staging_send(&g_bucket_staging, e->device, ((size_t)BT + 2 * buckets + 1) * sizeof(int));
 }
 
 // inp is the device copy of the batch; the kernel reads the buckets that
@@ -921,31 +1008,33 @@ void residual_backward(X* dinp, const X* dout, size_t N) {
     launch_check();
 }
 
-// the per-row losses come back to the host (B*T floats) and are averaged
-// there in double, in row order, exactly as the CPU does. targets_host is the
-// host copy of targets (the count of non-ignored rows needs it)
-static float mean_loss_on_host(const float* losses, const int* targets_host, int BT, float* losses_host) {
-    cuda_check(cudaMemcpy(losses_host, losses, (size_t)BT * sizeof(float), cudaMemcpyDeviceToHost));
-    double total = 0.0;
-    int count = 0;
-    for (int i = 0; i < BT; i++) {
-        if (targets_host[i] != IGNORE_INDEX) { total += losses_host[i]; count++; }
-    }
-    return count > 0 ? (float)(total / count) : 0.0f;
+// the per-row losses, their mean on the device (mean_loss_kernel into the
+// step statistics) and, with accum > 0, the step's loss: nothing comes back to
+// the host, so the forward of a training step does not wait for the device.
+// count: the rows whose target is not IGNORE_INDEX (the host has the targets)
+static double* step_stats_device(void);
+
+template <typename X>
+void crossentropy_forward_async(float* losses, float* lse, const X* logits, const int* targets, int count, int accum,
+                                int BT, int V) {
+    crossentropy_forward_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
+    launch_check();
+    mean_loss_kernel<<<1, MEAN_LOSS_THREADS>>>(step_stats_device(), losses, targets, BT, count, accum);
+    launch_check();
 }
 
+// the CPU twin's launcher: the same, and the mean loss read back (a sync)
 template <typename X>
 float crossentropy_forward(float* losses, float* lse, const X* logits, const int* targets, int BT, int V) {
     // losses (B,T), lse (B,T), logits (B,T,V), targets (B,T); returns the mean loss
-    crossentropy_forward_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
-    launch_check();
     int* targets_host = (int*)cpu::malloc_check((size_t)BT * sizeof(int), "targets copy");
-    float* losses_host = (float*)cpu::malloc_check((size_t)BT * sizeof(float), "losses copy");
     cuda_check(cudaMemcpy(targets_host, targets, (size_t)BT * sizeof(int), cudaMemcpyDeviceToHost));
-    float mean = mean_loss_on_host(losses, targets_host, BT, losses_host);
+    int count = cpu::count_targets(targets_host, BT);
     free(targets_host);
-    free(losses_host);
-    return mean;
+    crossentropy_forward_async(losses, lse, logits, targets, count, 0, BT, V);
+    double mean = 0.0;
+    cuda_check(cudaMemcpy(&mean, step_stats_device() + STAT_MEAN, sizeof mean, cudaMemcpyDeviceToHost));
+    return (float)mean;
 }
 
 template <typename X>
@@ -962,14 +1051,36 @@ void crossentropy_softmax_backward(X* dlogits, const X* logits, const float* lse
 static double* g_norm_partials;
 static size_t g_norm_partials_count;
 
-static size_t grad_norm_partials_count(size_t n) { return n > 0 ? (size_t)ceil_div(n, NORM_CHUNK) : 1; }
+// the chunks of n floats, after the NUM_STATS step statistics
+static size_t grad_norm_partials_count(size_t n) { return NUM_STATS + (n > 0 ? (size_t)ceil_div(n, NORM_CHUNK) : 1); }
 
 static void grad_norm_reserve(size_t n) {
     size_t need = grad_norm_partials_count(n);
     if (need <= g_norm_partials_count) { return; }
-    if (g_norm_partials != NULL) { cuda_check(cudaFree(g_norm_partials)); }
+    double stats[NUM_STATS] = {0.0, 0.0, 0.0, 0.0};
+    if (g_norm_partials != NULL) {  // a test's larger call: the statistics move along
+        cuda_check(cudaMemcpy(stats, g_norm_partials, sizeof stats, cudaMemcpyDeviceToHost));
+        cuda_check(cudaFree(g_norm_partials));
+    }
     g_norm_partials = (double*)device_malloc(need * sizeof(double), "norm partials");
+    cuda_check(cudaMemcpy(g_norm_partials, stats, sizeof stats, cudaMemcpyHostToDevice));
     g_norm_partials_count = need;
+}
+
+static double* step_stats_device(void) {
+    grad_norm_reserve(1);
+    return g_norm_partials;
+}
+
+// *out (device; or *out +) = the squared norm of grads (n), in double, in a fixed order
+static void grad_squared_norm_on_device(double* out, const float* grads, size_t n, int accumulate) {
+    int nchunks = ceil_div(n, NORM_CHUNK);
+    grad_norm_reserve(n);
+    double* partial = g_norm_partials + NUM_STATS;
+    squared_norm_chunks_kernel<<<nchunks, 1024>>>(partial, grads, n);
+    launch_check();
+    norm_partials_sum_kernel<<<1, 1>>>(out, partial, nchunks, accumulate);
+    launch_check();
 }
 
 static void grad_norm_release(void) {
@@ -978,18 +1089,12 @@ static void grad_norm_release(void) {
     g_norm_partials_count = 0;
 }
 
-// the squared norm, summed in double in a fixed order
+// the squared norm, summed in double in a fixed order, read back (a sync)
 double grad_squared_norm(const float* grads, size_t n) {
-    int nchunks = ceil_div(n, NORM_CHUNK);
     grad_norm_reserve(n);
-    double* partial = g_norm_partials;
-    squared_norm_chunks_kernel<<<nchunks, 1024>>>(partial, grads, n);
-    launch_check();
-    double* host = (double*)cpu::malloc_check((size_t)nchunks * sizeof(double), "norm partials");
-    cuda_check(cudaMemcpy(host, partial, (size_t)nchunks * sizeof(double), cudaMemcpyDeviceToHost));
+    grad_squared_norm_on_device(g_norm_partials + STAT_SCRATCH, grads, n, 0);
     double total = 0.0;
-    for (int c = 0; c < nchunks; c++) { total += host[c]; }
-    free(host);
+    cuda_check(cudaMemcpy(&total, g_norm_partials + STAT_SCRATCH, sizeof total, cudaMemcpyDeviceToHost));
     return total;
 }
 
@@ -1032,7 +1137,6 @@ typedef struct {
     int per_layer;
     void (*on_unit)(void* ctx, int tensor, int layer, const float* grad);
     void* on_unit_ctx;
-    double unit_norm2;
     cpu::ActivationTensors acts;   // dtype, or fp32 (activation_stays_fp32)
     void* acts_memory;
     size_t acts_bytes;             // allocated, at (B_cap, T_cap)
@@ -1273,8 +1377,7 @@ void llama_alloc_activations(Llama* model, int B, int T) {
     if (model->acts_memory != NULL && !fits) {
         cuda_check(cudaFree(model->acts_memory));
         cuda_check(cudaFree(model->scratch_memory));
-        cuda_check(cudaFree(model->inputs));
-        cuda_check(cudaFree(model->targets));
+        cuda_check(cudaFree(model->inputs));  // targets with them
         free(model->logits_host);
         model->logits_host = NULL;
         model->acts_memory = NULL;
@@ -1288,11 +1391,13 @@ void llama_alloc_activations(Llama* model, int B, int T) {
         // anyway, but nothing should ever read uninitialised memory
         cuda_check(cudaMemset(model->acts_memory, 0, acts_bytes));
         cuda_check(cudaMemset(model->scratch_memory, 0, scratch_bytes));
-        model->inputs = (int*)device_malloc((size_t)B * T * sizeof(int), "inputs");
-        model->targets = (int*)device_malloc((size_t)B * T * sizeof(int), "targets");
+        // one allocation, so that one copy sends both (llama_forward_async)
+        model->inputs = (int*)device_malloc(2 * (size_t)B * T * sizeof(int), "inputs and targets");
+        model->targets = model->inputs + (size_t)B * T;
         // the backward's column sums and token buckets, so a step allocates nothing
         column_partials_reserve(column_partials_floats(B * T, c->C));
         encoder_buckets_reserve(B * T, c->V);
+        staging_reserve(&g_batch_staging, 2 * (size_t)B * T * sizeof(int));
         model->B_cap = B;
         model->T_cap = T;
     }
@@ -1319,8 +1424,7 @@ void llama_free(Llama* model) {
     if (model->acts_memory != NULL) {
         cuda_check(cudaFree(model->acts_memory));
         cuda_check(cudaFree(model->scratch_memory));
-        cuda_check(cudaFree(model->inputs));
-        cuda_check(cudaFree(model->targets));
+        cuda_check(cudaFree(model->inputs));  // targets with them
     }
     free(model->logits_host);
     memset(model, 0, sizeof *model);
@@ -1414,29 +1518,71 @@ static void llama_forward_typed(Llama* model, int B, int T) {
 // inputs, targets: HOST arrays (B,T), as the loader gives them; targets may
 // be NULL. returns the mean loss (0 without targets); the logits stay on the
 // device in acts.logits (of the model's dtype)
-float llama_forward(Llama* model, const int* inputs, const int* targets, int B, int T) {
+// the forward of a training micro-batch: the mean loss stays on the device
+// (with accum > 0, mean / accum is added to the step's loss; llama_step_stats
+// reads it), and the batch goes up through pinned staging: the host does not
+// wait for the device
+void llama_forward_async(Llama* model, const int* inputs, const int* targets, int B, int T, int accum) {
     llama_alloc_activations(model, B, T);
     int BT = B * T, V = model->config.V;
-    cuda_check(cudaMemcpy(model->inputs, inputs, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets != NULL) {
-        cuda_check(cudaMemcpy(model->targets, targets, (size_t)BT * sizeof(int), cudaMemcpyHostToDevice));
-    }
+    int* up = (int*)staging_take(&g_batch_staging);
+    memcpy(up, inputs, (size_t)BT * sizeof(int));
+    if (targets != NULL) { memcpy(up + BT, targets, (size_t)BT * sizeof(int)); }
+    // inputs and targets are adjacent on the device (llama_alloc_activations)
+    staging_send(&g_batch_staging, model->inputs, (targets != NULL ? 2 : 1) * (size_t)BT * sizeof(int));
     cpu::ActivationTensors a = model->acts;
     if (model->dtype == DTYPE_FLOAT32) { llama_forward_typed<float, float>(model, B, T); }
     else if (model->params_memory != NULL) { llama_forward_typed<bf16, float>(model, B, T); }
     else { llama_forward_typed<bf16, bf16>(model, B, T); }
+    if (targets != NULL) {
+        int count = cpu::count_targets(targets, BT);
+        if (model->dtype == DTYPE_BFLOAT16) {
+            crossentropy_forward_async(a.losses, a.lse, act<bf16>(a.logits), model->targets, count, accum, BT, V);
+        } else {
+            crossentropy_forward_async(a.losses, a.lse, act<float>(a.logits), model->targets, count, accum, BT, V);
+        }
+    }
+}
+
+// inputs, targets: HOST arrays (B,T), as the loader gives them; targets may
+// be NULL. returns the mean loss (0 without targets), read from the device;
+// the logits stay on the device in acts.logits (of the model's dtype)
+float llama_forward(Llama* model, const int* inputs, const int* targets, int B, int T) {
+    llama_forward_async(model, inputs, targets, B, T, 0);
     model->mean_loss = 0.0f;
     if (targets != NULL) {
-        model->mean_loss = model->dtype == DTYPE_BFLOAT16
-            ? crossentropy_forward(a.losses, a.lse, act<bf16>(a.logits), model->targets, BT, V)
-            : crossentropy_forward(a.losses, a.lse, act<float>(a.logits), model->targets, BT, V);
+        double mean = 0.0;
+        cuda_check(cudaMemcpy(&mean, step_stats_device() + STAT_MEAN, sizeof mean, cudaMemcpyDeviceToHost));
+        model->mean_loss = (float)mean;
     }
     return model->mean_loss;
 }
 
+// the squared norm the per-layer backward has summed since llama_zero_grad
+// (a read of the device, for tests; llama_step_stats reads it in a step)
+double llama_unit_norm2(void) {
+    double norm2 = 0.0;
+    cuda_check(cudaMemcpy(&norm2, step_stats_device() + STAT_NORM2, sizeof norm2, cudaMemcpyDeviceToHost));
+    return norm2;
+}
+
+// the step's loss and gradient norm, in one read of the device; the step's
+// loss starts again at 0. with per-layer updates the backward has summed the
+// squared norm unit by unit (the same squares, in another order than the
+// whole buffer's chunks)
+void llama_step_stats(Llama* model, double* loss, double* norm) {
+    double* stats = step_stats_device();
+    if (!model->per_layer) { grad_squared_norm_on_device(stats + STAT_NORM2, model->grads_memory, model->num_parameters, 0); }
+    double host[2];
+    cuda_check(cudaMemcpy(host, stats, sizeof host, cudaMemcpyDeviceToHost));
+    cuda_check(cudaMemsetAsync(stats, 0, sizeof host, 0));
+    *loss = host[STAT_LOSS];
+    *norm = sqrt(host[STAT_NORM2]);
+}
+
 void llama_zero_grad(Llama* model) {
-    cuda_check(cudaMemset(model->grads_memory, 0, model->grads_floats * sizeof(float)));
-    model->unit_norm2 = 0.0;
+    cuda_check(cudaMemsetAsync(model->grads_memory, 0, model->grads_floats * sizeof(float), 0));
+    if (model->per_layer) { cuda_check(cudaMemsetAsync(step_stats_device() + STAT_NORM2, 0, sizeof(double), 0)); }
 }
 
 // where a unit's weight gradient accumulates in the backward: its place in
@@ -1452,9 +1598,9 @@ void llama_zero_grad(Llama* model) {
 // reads this unit's weights, so updating them now is the whole-step update
 static void unit_done(Llama* model, int tensor, int layer, size_t n) {
     if (!model->per_layer) { return; }
-    model->unit_norm2 += grad_squared_norm(model->grads_memory, n);
+    grad_squared_norm_on_device(step_stats_device() + STAT_NORM2, model->grads_memory, n, 1);
     model->on_unit(model->on_unit_ctx, tensor, layer, model->grads_memory);
-    cuda_check(cudaMemset(model->grads_memory, 0, n * sizeof(float)));
+    cuda_check(cudaMemsetAsync(model->grads_memory, 0, n * sizeof(float), 0));
 }
 
 // the backward for one activation type X and kernel-weight type WT;
@@ -3614,8 +3760,10 @@ static void gpu_begin_step(float lr) { optimizer_begin_step(&gpu_trainer.opt, lr
 static float gpu_forward(const int* inputs, const int* targets, int B, int T) {
     return llama_forward(&gpu_trainer.model, inputs, targets, B, T);
 }
-static void gpu_backward(const int* inputs, const int* targets, float loss_scale) {
-    llama_backward(&gpu_trainer.model, inputs, targets, loss_scale);
+// a training micro-batch: nothing is read back (llama_forward_async)
+static void gpu_micro_step(const int* inputs, const int* targets, int B, int T, int accum) {
+    llama_forward_async(&gpu_trainer.model, inputs, targets, B, T, accum);
+    llama_backward(&gpu_trainer.model, inputs, targets, 1.0f / accum);
 }
 static const float* gpu_logits_row(int row) {
     Llama* m = &gpu_trainer.model;
@@ -3624,12 +3772,7 @@ static const float* gpu_logits_row(int row) {
     device_to_host_float(gpu_trainer.logits_row, logits + (size_t)row * V * dtype_bytes(m->dtype), V, m->dtype);
     return gpu_trainer.logits_row;
 }
-// with per-layer updates, the norm the backward summed unit by unit (the same
-// squares, summed in another order than the whole buffer's chunks)
-static double gpu_grad_norm(void) {
-    Llama* m = &gpu_trainer.model;
-    return m->per_layer ? sqrt(m->unit_norm2) : grad_global_norm(m->grads_memory, m->num_parameters);
-}
+static void gpu_step_stats(double* loss, double* norm) { llama_step_stats(&gpu_trainer.model, loss, norm); }
 static void gpu_grad_scale(float s) { grad_scale(gpu_trainer.model.grads_memory, gpu_trainer.model.grads_floats, s); }
 static void gpu_optimizer_step(float lr) {
     optimizer_step(&gpu_trainer.opt, &gpu_trainer.model, lr);
@@ -3669,6 +3812,7 @@ static void gpu_free(void) {
     grad_norm_release();
     column_partials_release();
     encoder_buckets_release();
+    staging_release(&g_batch_staging);
     cublas_free();
     g_oom_explain = NULL;
 }
@@ -3676,7 +3820,7 @@ static void gpu_free(void) {
 const cpu::TrainBackend gpu_backend = {
     "./train_llama_subtrack", "bfloat16", gpu_check, gpu_build, gpu_report, gpu_memory_plan, gpu_zero_grad,
     gpu_begin_step, gpu_forward,
-    gpu_backward, gpu_logits_row, gpu_grad_norm, gpu_grad_scale, gpu_optimizer_step, gpu_steps_taken,
+    gpu_micro_step, gpu_logits_row, gpu_step_stats, gpu_grad_scale, gpu_optimizer_step, gpu_steps_taken,
     gpu_optimizer, gpu_subspace_seconds, gpu_save, gpu_load, gpu_free,
 };
 

@@ -691,7 +691,7 @@ typedef struct {
     Dtype dt;
     float* buf[5];         // (cap) floats each
     size_t cap;
-    double* K;             // (p, p) Gram matrix for syevd, and its saved copy
+    double* K;             // (p, p) Gram matrix for syevdx, and its saved copy
     double* K_saved;
     double* eig;
     int* tokens;           // (B*T) device
@@ -752,6 +752,10 @@ static void kb_launch(KernelBench* k) {
             }
             break;
         }
+        case OP_GEMM_RESIDUAL:
+            // matmul_forward_residual: out (M, N) = inp (M, K) weight (N, K)^T + resid (M, N), one cuBLASLt call
+            matmul_forward_residual(kb_x<X>(b[2]), kb_x<X>(b[0]), kb_x<X>(b[1]), kb_x<X>(b[3]), (int)M, (int)Kd, (int)N);
+            break;
         case OP_GEMM_ATTN: {
             // one sequence's call of attention_forward / _backward: NH heads, strided
             long long tt = (long long)T * T;
@@ -814,12 +818,14 @@ static void kb_launch(KernelBench* k) {
         case OP_RMSNORM_BWD_DWEIGHT: {
             int BT = (int)l->a, Cc = (int)l->b;
             rmsnorm_backward_dweight(weight, kb_x<X>(b[1]), kb_x<X>(b[2]), rstd, BT, Cc);
+            k->calls = 2;  // its two kernels (the row counts launches)
             break;
         }
         case OP_ENCODER_BWD:
             // the host's grouping by token is part of the step's cost (llama_backward does it)
             encoder_backward_buckets(k->tokens_host, (int)l->a, V);
             encoder_backward(b[2], kb_x<X>(b[0]), k->tokens, (int)l->a, (int)l->b);
+            k->calls = 2;  // the bucket copy and the kernel (the row counts both)
             break;
         case OP_NORM: { long long n = kb_slice(k, l->a, 1); (void)grad_global_norm(b[0], (size_t)n); break; }
         case OP_SCALE: { long long n = kb_slice(k, l->a, 1); grad_scale(b[0], (size_t)n, 0.5f); break; }
@@ -844,6 +850,13 @@ static void kb_launch(KernelBench* k) {
         case OP_SGEMM: {
             int lda = l->a ? (int)M : (int)Kd, ldb = l->b ? (int)Kd : (int)N;
             gemm_gpu(k->ctx.blas, l->a, l->b, (int)M, (int)N, (int)Kd, 1.0f, b[0], lda, b[1], ldb, l->beta, b[2], (int)N);
+            break;
+        }
+        case OP_SGEMM_BULK: {
+            // the projection, back-projection and residual: TF32 in bf16 mode (k->ctx.tf32), fp32 in float32
+            int lda = l->a ? (int)M : (int)Kd, ldb = l->b ? (int)Kd : (int)N;
+            gemm_gpu_bulk(&k->ctx, l->a, l->b, (int)M, (int)N, (int)Kd, 1.0f, b[0], lda, b[1], ldb, l->beta, b[2],
+                          (int)N);
             break;
         }
         // the low-rank kernels, in the left layout (S (p, R), moments (R, q)): G b[0], D b[1], W b[2], S b[3],
@@ -896,11 +909,13 @@ static void kb_launch(KernelBench* k) {
             break;
         }
         case OP_GRAM: gram_double(k->K, b[0], (int)l->b, 0, (int)l->a, (int)l->b); break;
-        case OP_SYEVD: {
-            int p = (int)l->a;
-            cusolverStatus_t st = cusolverDnDsyevd(k->ctx.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, p,
-                                                   k->K, p, k->eig, k->ctx.eig_work, k->ctx.eig_lwork, k->ctx.eig_info);
-            cusolver_factorization_check(st, k->ctx.eig_info, "cusolverDnDsyevd", p, p, p);
+        case OP_SYEVDX: {
+            // as svd_top_left_singular_vectors: the top R pairs (1-based indices p-R+1..p) of the Gram matrix
+            int p = (int)l->a, r = (int)l->b, found = 0;
+            cusolverStatus_t st = cusolverDnDsyevdx(k->ctx.solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                                    CUBLAS_FILL_MODE_LOWER, p, k->K, p, 0.0, 0.0, p - r + 1, p, &found,
+                                                    k->eig, k->ctx.eig_work, k->ctx.eig_lwork, k->ctx.eig_info);
+            cusolver_factorization_check(st, k->ctx.eig_info, "cusolverDnDsyevdx", p, p, p);
             break;
         }
         case OP_TOP_EIG: {
@@ -920,10 +935,10 @@ static void kb_run(void* arg) {
     if (k->dt == DTYPE_BFLOAT16) { kb_launch<bf16>(k); } else { kb_launch<float>(k); }
 }
 
-// before each timed call: syevd gets its symmetric input back (it overwrites it with eigenvectors)
+// before each timed call: syevdx gets its symmetric input back (it overwrites it with eigenvectors)
 static void kb_setup(void* arg) {
     KernelBench* k = (KernelBench*)arg;
-    if (k->row->launch.op == OP_SYEVD) {
+    if (k->row->launch.op == OP_SYEVDX) {
         size_t p = (size_t)k->row->launch.a;
         cuda_check(cudaMemcpyAsync(k->K, k->K_saved, p * p * sizeof(double), cudaMemcpyDeviceToDevice, 0));
     }
@@ -943,7 +958,7 @@ static void bench_per_kernel(const char* preset, const BenchConfig* bc, const De
     PerfVariant v;
     perf_variant_today(&v);
     Dtype dt = dtype_from_name(bc->dtype);
-    v.fp32_acts = dt == DTYPE_FLOAT32;
+    perf_variant_set_dtype(&v, dt == DTYPE_FLOAT32);  // and the optimizer's bulk GEMMs: TF32 in bf16, fp32 in float32
     PerfAssume a;
     perf_assume_defaults(&a);
     static PerfModel m;
@@ -992,6 +1007,7 @@ static void bench_per_kernel(const char* preset, const BenchConfig* bc, const De
     cuda_check(cudaMemcpy(k.tokens, tok.data(), BT * sizeof(int), cudaMemcpyHostToDevice));
     // the optimizer's handles and eigensolver workspace, for the largest matrix
     lowrank_gpu_create(&k.ctx);
+    k.ctx.tf32 = dt == DTYPE_BFLOAT16;  // as optimizer_build
     lowrank_gpu_reserve(&k.ctx, p_min, (int)q, rank);
     lowrank_gpu_reserve(&k.ctx, (int)C, (int)C, rank);
     lowrank_gpu_alloc(&k.ctx);

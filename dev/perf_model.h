@@ -25,28 +25,40 @@ the figures of ../shared/GPU_NUMBERS.md are embedded below as named constants
 every embedded figure is compared with it and a difference stops the run
 (--check reports it as a FAIL).
 
-what is counted, per row (state of the trainer at 2026-12-03):
+what is counted, per row (the trainer as of commit e56a56e, 2026-12-03):
     FLOPs    2 M N K per GEMM (batch included); the elementwise kernels' own
              arithmetic, a few FLOPs per element (they are memory-bound anyway)
     bytes    each input read once and each output written once, at the element
              size of its dtype (bf16 activations 2, fp32 weights' gradients and
              optimizer states 4, the Gram matrix 8); a GEMM with beta != 0 reads
-             its output too; re-reads that caches absorb are not counted
-    classes  bf16 GEMM (tensor cores, 989), TF32 GEMM (495), fp32 GEMM and the
-             CUDA-core kernels (67, no tensor cores: the optimizer's cublasSgemm
-             keeps CUBLAS_DEFAULT_MATH), FP64 (67: the Gram matrix in double and
-             cuSOLVER's syevd)
+             its C too (the weight gradients' beta 1; the wo and w_down products'
+             epilogue residual: matmul_forward_residual reads the residual stream
+             as cuBLASLt's C and writes the sum, so the forward launches no
+             residual_forward); re-reads that caches absorb are not counted
+    classes  bf16 GEMM (tensor cores, 989: every model product, on cuBLASLt),
+             TF32 GEMM (495: in bf16 mode the optimizer's three bulk products,
+             projection, back-projection and residual, gemm_gpu_bulk with
+             CUBLAS_COMPUTE_32F_FAST_TF32), fp32 GEMM and the CUDA-core kernels
+             (67, no tensor cores: the tracking step's and rotations' small
+             cublasSgemm products always, the bulk ones with --dtype float32),
+             FP64 (67: the Gram matrix in double and cuSOLVER's syevdx)
 the estimate per row = the largest of:
     FLOPs / (peak x eff), eff = the measured bf16 GEMM (769-798 of 989 on an
               H200) as a fraction of peak, for every GEMM class; flash attention
               its own fraction; the FP64 Gram kernel its own
     bytes / (bandwidth x the measured copy fraction, 4.3 of 4.8 TB/s)
-    launches x a launch floor (the host issues every launch in order)
-    a serial floor for the kernels whose threads walk B*T rows one after the
-              other (encoder_backward: a dependent load-add-store chain per
-              channel; rmsnorm's weight gradient: independent loads, a few in flight)
+    launches x a launch floor (the host issues every launch in order), plus the
+              host's own work where a row has some (encoder_backward_buckets'
+              counting sort of the batch by token, O(B*T + V) per micro step)
+    a latency floor for the kernels whose threads walk rows one after the other:
+              rmsnorm's weight gradient (pass 1: 32 rows a thread, per wave of
+              blocks; pass 2: one partial per 256 rows), encoder_backward (one
+              block per token: the most frequent token's rows bound it, an
+              assumed fraction of B*T; and the waves of the blocks), plus the
+              host-to-device copy of the token buckets in stream order before it
     a one-SM floor for single-block kernels (the power iteration, the limiter)
-    cuSOLVER syevd: p one-at-a-time column steps of its tridiagonal reduction
+    cuSOLVER syevdx: p one-at-a-time column steps of its tridiagonal reduction
+              (range I asks for the top R pairs, but the reduction is of all p)
 every one of these numbers is printed by --model, with where it comes from.
 
 model FLOPs (MFU, as ../shared/GPU_NUMBERS.md defines it): 6 N per token
@@ -153,11 +165,14 @@ typedef struct {
     double eff_gram;       // achieved / FP64 peak of the trainer's Gram kernel
     double launch_us;      // per launch, host issuing in order
     double latency_us;     // one dependent global load (HBM load-to-use)
-    double serial_ilp;     // loads in flight per thread in rmsnorm's weight-gradient loop
+    double serial_ilp;     // independent loads in flight per thread in a row-walking loop
     double sm_gbs;         // what one SM streams from L2, GB/s (single-block kernels)
     double power_iters;    // power iterations per tracking step
     double syevd_step_us;  // one column step of syevd's tridiagonal reduction
     int topr_iters;        // power iterations of the randomized range finder (--svd topr)
+    double top_token;      // the most frequent token's share of a micro-batch's positions (encoder_backward)
+    double host_ns;        // the host's counting sort, per element visited (encoder_backward_buckets)
+    double h2d_gbs;        // host-to-device copy from pinned memory, GB/s (the token buckets)
 } PerfAssume;
 
 static void perf_assume_defaults(PerfAssume* a) {
@@ -172,6 +187,9 @@ static void perf_assume_defaults(PerfAssume* a) {
     a->power_iters = 50.0;
     a->syevd_step_us = 10.0;
     a->topr_iters = 2;
+    a->top_token = 0.05;
+    a->host_ns = 1.0;
+    a->h2d_gbs = 25.0;
 }
 
 typedef enum { PERF_GEMM_FP32 = 0, PERF_GEMM_TF32 = 1, PERF_GEMM_BF16 = 2 } PerfGemmPrecision;
@@ -179,19 +197,40 @@ typedef enum { PERF_SVD_FULL = 0, PERF_SVD_SYEVDX = 1, PERF_SVD_TOPR = 2 } PerfS
 static const char* PERF_GEMM_NAMES[3] = {"fp32", "tf32", "bf16"};
 static const char* PERF_SVD_NAMES[3] = {"full", "syevdx", "topr"};
 
+// "today" is the trainer at commit e56a56e; every option also shows the code
+// before a change (the commit named) or a planned one
 typedef struct {
     int flash;            // attention: 0 materialized (today), 1 flash (planned)
-    int opt_gemm;         // the optimizer's GEMMs: PERF_GEMM_FP32 today
-    int svd;              // PERF_SVD_FULL today
-    int fused_recovery;   // 1: back-projection and residual share one GEMM (2 GEMMs a step, not 3)
-    int opt_batched;      // 1: each optimizer launch covers a tensor's L layers (strided-batched)
+    int opt_gemm;         // the optimizer's three bulk GEMMs (projection, back-projection, residual):
+                          //   today PERF_GEMM_TF32 in bf16 mode, PERF_GEMM_FP32 with --dtype float32
+                          //   (before da90bbf: fp32 in both); PERF_GEMM_BF16 planned. the tracking
+                          //   step's products are fp32 in every variant
+    int svd;              // today PERF_SVD_SYEVDX (Gram in FP64 + syevdx, range I: the top R pairs);
+                          //   PERF_SVD_FULL: syevd of all p (before da90bbf); PERF_SVD_TOPR planned
+    int fused_residual;   // 1 today: the wo and w_down products add the residual in cuBLASLt's
+                          //   epilogue; 0: two residual_forward launches a layer (before ccb06c0)
+    int fused_recovery;   // 1: back-projection and residual share one GEMM (2 GEMMs a step, not 3; planned)
+    int opt_batched;      // 1: each optimizer launch covers a tensor's L layers (strided-batched; planned)
     int fp32_acts;        // --dtype float32 (today's default is bfloat16)
     int clip;             // gradient clipping fires (grad_scale runs); the authors' configs: off
-    int parallel_wgrad;   // 1: rmsnorm's weight gradient and encoder_backward as parallel two-pass
-                          //    reductions (fixed order, deterministic), not one thread per channel
+    int parallel_wgrad;   // 1 today: rmsnorm's weight gradient in two fixed-order passes over many blocks,
+                          //   encoder_backward one block per token after a host-side grouping by token;
+                          //   0: one thread per channel walks the B*T rows (before e56a56e)
 } PerfVariant;
 
-static void perf_variant_today(PerfVariant* v) { memset(v, 0, sizeof *v); }
+static void perf_variant_today(PerfVariant* v) {
+    memset(v, 0, sizeof *v);
+    v->opt_gemm = PERF_GEMM_TF32;
+    v->svd = PERF_SVD_SYEVDX;
+    v->fused_residual = 1;
+    v->parallel_wgrad = 1;
+}
+
+// today's coupling of the dtype and the optimizer's bulk GEMMs: TF32 in bf16 mode, fp32 with --dtype float32
+static void perf_variant_set_dtype(PerfVariant* v, int fp32_acts) {
+    v->fp32_acts = fp32_acts;
+    v->opt_gemm = fp32_acts ? PERF_GEMM_FP32 : PERF_GEMM_TF32;
+}
 
 // ----------------------------------------------------------------------------
 // rows
@@ -214,11 +253,11 @@ static const char* PERF_CLASS_NAMES[PERF_NUM_CLASSES] = {"bf16 gemm", "tf32 gemm
 
 // the launchers dev/bench_gpu --per_kernel times, one per row kind
 typedef enum {
-    OP_NONE = 0, OP_ENCODER_FWD, OP_RMSNORM_FWD, OP_GEMM, OP_GEMM_ATTN, OP_ROPE, OP_SOFTMAX, OP_RESIDUAL_FWD,
-    OP_SWIGLU_FWD, OP_CE_FWD, OP_CE_BWD, OP_MEMSET, OP_RMSNORM_BWD_DINP, OP_RMSNORM_BWD_DWEIGHT, OP_SWIGLU_BWD,
-    OP_RESIDUAL_BWD, OP_SOFTMAX_BWD, OP_ENCODER_BWD, OP_NORM, OP_SCALE, OP_REFRESH, OP_ADAMW, OP_SGEMM, OP_COPY,
-    OP_ADAM_NORMS, OP_LIMITER, OP_RECOVERY_APPLY, OP_POWER, OP_TRACK_ROWS, OP_TRACK_REDUCE, OP_PROJECT_U,
-    OP_GEODESIC, OP_UPDATE_PROJECTION, OP_ROTATE_RANK1, OP_GRAM, OP_SYEVD, OP_TOP_EIG, OP_CANON_SIGN,
+    OP_NONE = 0, OP_ENCODER_FWD, OP_RMSNORM_FWD, OP_GEMM, OP_GEMM_RESIDUAL, OP_GEMM_ATTN, OP_ROPE, OP_SOFTMAX,
+    OP_RESIDUAL_FWD, OP_SWIGLU_FWD, OP_CE_FWD, OP_CE_BWD, OP_MEMSET, OP_RMSNORM_BWD_DINP, OP_RMSNORM_BWD_DWEIGHT,
+    OP_SWIGLU_BWD, OP_RESIDUAL_BWD, OP_SOFTMAX_BWD, OP_ENCODER_BWD, OP_NORM, OP_SCALE, OP_REFRESH, OP_ADAMW, OP_SGEMM,
+    OP_SGEMM_BULK, OP_COPY, OP_ADAM_NORMS, OP_LIMITER, OP_RECOVERY_APPLY, OP_POWER, OP_TRACK_ROWS, OP_TRACK_REDUCE,
+    OP_PROJECT_U, OP_GEODESIC, OP_UPDATE_PROJECTION, OP_ROTATE_RANK1, OP_GRAM, OP_SYEVDX, OP_TOP_EIG, OP_CANON_SIGN,
     OP_NUM
 } PerfOp;
 
@@ -242,7 +281,8 @@ typedef struct {
     double bytes;        // per training step, all launches
     double model_flops;  // matrix products counted in 6 N
     double attn_flops;   // attention products counted in the MFU
-    double serial_s;     // serial floor per step, seconds (device independent)
+    double serial_s;     // serial (latency) floor per step, seconds (device independent)
+    double host_s;       // the host's own work per step besides issuing launches, seconds
     double sm_bytes;     // bytes one SM streams (single-block kernels), per step
     PerfLaunch launch;   // one launch, for --per_kernel
 } PerfRow;
@@ -340,6 +380,21 @@ static int perf_shape_groups(const PerfDims* d, PerfShapeGroup g[2]) {
     return 2;
 }
 
+// the launch geometry of today's column sums (train_llama_subtrack.cu: COLUMN_CHUNK_ROWS, COLUMN_TILE,
+// COLUMN_ROW_LANES, BLOCK_COLUMNS)
+#define PERF_CHUNK_ROWS 256
+#define PERF_COLUMN_TILE 32
+#define PERF_ROW_LANES 8
+#define PERF_BLOCK_COLUMNS 256
+// blocks of 256 threads resident at once: 2048 threads an SM, 132 SMs (the H100 SXM and the H200 alike)
+#define PERF_RESIDENT_BLOCKS ((double)GPU_H200_SMS * 2048.0 / 256.0)
+
+static double perf_ceil_div(double a, double b) { return ceil(a / b); }
+static double perf_waves(double blocks) { return ceil(blocks / PERF_RESIDENT_BLOCKS); }
+
+// the expected number of distinct tokens among n drawn uniformly from V
+static double perf_distinct_tokens(double n, double V) { return V * (1.0 - exp(-n / V)); }
+
 // ----------------------------------------------------------------------------
 // the rows of one training step, in the trainer's order
 
@@ -363,7 +418,8 @@ static void perf_build_forward_backward(PerfModel* m) {
     r = perf_kernel(m, "forward", "rmsnorm_forward", S, PERF_FP32_CORE, acc * (2 * L + 1), 4.0 * BT * C,
                     2.0 * BT * C * e + C * 4.0 + BT * 4.0, OP_RMSNORM_FWD, s);
     r->launch.a = BT; r->launch.b = C;
-    r = perf_gemm(m, "forward", "matmul q k v o (x C->C)", S, gemm, acc * 4 * L, BT, C, C, 1, e, e, 0.0f);
+    // every model product is one cuBLASLt call (gemm_lt, a cached plan)
+    r = perf_gemm(m, "forward", "matmul q k v (x C->C)", S, gemm, acc * 3 * L, BT, C, C, 1, e, e, 0.0f);
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
     snprintf(s, sizeof s, "%lldx%lldx%lld", BT, NH, HS);
     r = perf_kernel(m, "forward", "rope_forward (q, k)", S, PERF_FP32_CORE, acc * 2 * L, 3.0 * BT * C,
@@ -388,18 +444,29 @@ static void perf_build_forward_backward(PerfModel* m) {
                         4.0 * BT * C * e + B * NH * T * 4.0, OP_NONE, s);
         r->attn_flops = r->flops;
     }
-    snprintf(s, sizeof s, "%lldx%lld", BT, C);
-    r = perf_kernel(m, "forward", "residual_forward", S, PERF_FP32_CORE, acc * 2 * L, 1.0 * BT * C, 3.0 * BT * C * e,
-                    OP_RESIDUAL_FWD, s);
-    r->launch.a = BT * C;
+    // the attention output's projection joins the residual stream: fused, cuBLASLt reads the residual as its C
+    // (beta 1) and writes the sum (matmul_forward_residual); before ccb06c0 a residual_forward followed
+    int fr = m->v.fused_residual;
+    r = perf_gemm(m, "forward", fr ? "matmul o + residual (epilogue, x C->C)" : "matmul o (x C->C)", S, gemm, acc * L,
+                  BT, C, C, 1, e, e, fr ? 1.0f : 0.0f);
+    r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
+    if (fr) { r->launch.op = OP_GEMM_RESIDUAL; }
+    if (!fr) {
+        snprintf(s, sizeof s, "%lldx%lld", BT, C);
+        r = perf_kernel(m, "forward", "residual_forward (before ccb06c0)", S, PERF_FP32_CORE, acc * 2 * L, 1.0 * BT * C,
+                        3.0 * BT * C * e, OP_RESIDUAL_FWD, s);
+        r->launch.a = BT * C;
+    }
     r = perf_gemm(m, "forward", "matmul gate up (x C->F)", S, gemm, acc * 2 * L, BT, F, C, 1, e, e, 0.0f);
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
     snprintf(s, sizeof s, "%lldx%lld", BT, F);
     r = perf_kernel(m, "forward", "swiglu_forward", S, PERF_FP32_CORE, acc * L, 6.0 * BT * F, 3.0 * BT * F * e,
                     OP_SWIGLU_FWD, s);
     r->launch.a = BT * F;
-    r = perf_gemm(m, "forward", "matmul down (x F->C)", S, gemm, acc * L, BT, C, F, 1, e, e, 0.0f);
+    r = perf_gemm(m, "forward", fr ? "matmul down + residual (epilogue, x F->C)" : "matmul down (x F->C)", S, gemm,
+                  acc * L, BT, C, F, 1, e, e, fr ? 1.0f : 0.0f);
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
+    if (fr) { r->launch.op = OP_GEMM_RESIDUAL; }
     r = perf_gemm(m, "forward", "matmul lm_head (x C->V)", S, gemm, acc, BT, V, C, 1, e, e, 0.0f);
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
     snprintf(s, sizeof s, "%lldx%lld", BT, V);
@@ -422,12 +489,29 @@ static void perf_build_forward_backward(PerfModel* m) {
     r = perf_kernel(m, "backward", "rmsnorm_backward dinp (+=)", S, PERF_FP32_CORE, acc * (2 * L + 1), 8.0 * BT * C,
                     4.0 * BT * C * e + C * 4.0 + BT * 4.0, OP_RMSNORM_BWD_DINP, s);
     r->launch.a = BT; r->launch.b = C;
-    // one thread per channel walks the B*T rows in order: C threads in all
-    r = perf_kernel(m, "backward", m->v.parallel_wgrad ? "rmsnorm_backward dweight (planned: two-pass)"
-                    : "rmsnorm_backward dweight (serial rows)", S, PERF_FP32_CORE, acc * (2 * L + 1),
-                    3.0 * BT * C, 2.0 * BT * C * e + BT * 4.0 + 2.0 * C * 4.0,
-                    m->v.parallel_wgrad ? OP_NONE : OP_RMSNORM_BWD_DWEIGHT, s);
-    if (!m->v.parallel_wgrad) { r->serial_s = r->launches * (double)BT / m->a.serial_ilp * m->a.latency_us * 1e-6; }
+    if (m->v.parallel_wgrad) {
+        // rmsnorm_backward_dweight: two launches a call. pass 1, a (C/32, BT/256) grid of 32 x 8 threads: each
+        // thread sums 32 rows of one channel (dout, inp, rstd) and the block writes one partial per channel
+        // and chunk of 256 rows; pass 2 (column_partials_sum_kernel, C/256 blocks) adds the chunks in order
+        // into dweight (read and written). latency: pass 1 a chain of 32 rows per thread, per wave of blocks;
+        // pass 2 a chain of BT/256 partials per thread
+        double calls = acc * (2 * L + 1);
+        double chunks = perf_ceil_div(BT, PERF_CHUNK_ROWS);
+        double rows_thread = perf_ceil_div(BT < PERF_CHUNK_ROWS ? BT : PERF_CHUNK_ROWS, PERF_ROW_LANES);
+        double blocks1 = perf_ceil_div(C, PERF_COLUMN_TILE) * chunks;
+        double lat = (perf_waves(blocks1) * ceil(rows_thread / m->a.serial_ilp) + ceil(chunks / m->a.serial_ilp)) *
+                     m->a.latency_us;
+        r = perf_kernel(m, "backward", "rmsnorm_backward_dweight (2 passes)", S, PERF_FP32_CORE, 2.0 * calls, 0.0,
+                        0.0, OP_RMSNORM_BWD_DWEIGHT, s);
+        r->flops = calls * (3.0 * BT * C + chunks * C);
+        r->bytes = calls * (2.0 * BT * C * e + BT * 4.0 + 2.0 * chunks * C * 4.0 + 2.0 * C * 4.0);
+        r->serial_s = calls * lat * 1e-6;
+    } else {
+        // one thread per channel walks the B*T rows in order: C threads in all
+        r = perf_kernel(m, "backward", "rmsnorm_backward dweight (serial rows, before e56a56e)", S, PERF_FP32_CORE,
+                        acc * (2 * L + 1), 3.0 * BT * C, 2.0 * BT * C * e + BT * 4.0 + 2.0 * C * 4.0, OP_NONE, s);
+        r->serial_s = r->launches * (double)BT / m->a.serial_ilp * m->a.latency_us * 1e-6;
+    }
     r->launch.a = BT; r->launch.b = C;
     r = perf_gemm(m, "backward", "down dinp", S, gemm, acc * L, BT, F, C, 1, e, e, 0.0f);
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 0;
@@ -473,12 +557,34 @@ static void perf_build_forward_backward(PerfModel* m) {
     r = perf_kernel(m, "backward", "rope_backward (dq, dk)", S, PERF_FP32_CORE, acc * 2 * L, 3.0 * BT * C,
                     2.0 * BT * C * e + T * HS * 4.0, OP_ROPE, s);
     r->launch.a = B; r->launch.b = T; r->launch.c = NH; r->launch.d = HS;
-    // one thread per channel, B*T dependent load-add-store steps into the fp32 table
     snprintf(s, sizeof s, "%lldx%lld", BT, C);
-    r = perf_kernel(m, "backward", m->v.parallel_wgrad ? "encoder_backward (planned: two-pass)"
-                    : "encoder_backward (serial rows)", S, PERF_FP32_CORE, acc, 1.0 * BT * C,
-                    BT * C * e + BT * 4.0 + 2.0 * BT * C * 4.0, m->v.parallel_wgrad ? OP_NONE : OP_ENCODER_BWD, s);
-    if (!m->v.parallel_wgrad) { r->serial_s = r->launches * (double)BT * m->a.latency_us * 1e-6; }
+    if (m->v.parallel_wgrad) {
+        // encoder_backward_buckets on the host: a counting sort of the micro-batch by token (2 BT + 4 V element
+        // visits: counts, buckets, prefix sums, starts, rows, and the memset of V + 1 counts), then one async
+        // copy of rows, starts, tokens (BT + 2 U + 1 ints) in stream order before the kernel. encoder_backward:
+        // one block per (distinct token, 256 channels), each adding its token's rows in order into its dwte row
+        // (read once, written once). U distinct tokens: V (1 - e^(-BT/V)), the expectation for uniform tokens
+        // and about an upper bound for text. latency: the most frequent token's block walks top_token x BT rows;
+        // every block a chain of (2 + its rows / serial_ilp) loads, per wave of blocks
+        double U = perf_distinct_tokens(BT, V);
+        double top = ceil(m->a.top_token * BT), mean = BT / U;
+        if (top < 1.0) { top = 1.0; }
+        double blocks = U * perf_ceil_div(C, PERF_BLOCK_COLUMNS);
+        double chain_top = 2.0 + ceil(top / m->a.serial_ilp), chain_mean = 2.0 + ceil(mean / m->a.serial_ilp);
+        double lat = perf_waves(blocks) * chain_mean > chain_top ? perf_waves(blocks) * chain_mean : chain_top;
+        double ints = BT + 2.0 * U + 1.0;
+        r = perf_kernel(m, "backward", "encoder_backward_buckets + encoder_backward", S, PERF_FP32_CORE, 2.0 * acc,
+                        0.0, 0.0, OP_ENCODER_BWD, s);
+        r->flops = acc * (double)BT * C;
+        r->bytes = acc * (BT * C * e + ints * 4.0 + 2.0 * U * C * 4.0);
+        r->serial_s = acc * (lat * m->a.latency_us * 1e-6 + ints * 4.0 / (m->a.h2d_gbs * 1e9));
+        r->host_s = acc * (2.0 * BT + 4.0 * V) * m->a.host_ns * 1e-9;
+    } else {
+        // one thread per channel, B*T dependent load-add-store steps into the fp32 table
+        r = perf_kernel(m, "backward", "encoder_backward (serial rows, before e56a56e)", S, PERF_FP32_CORE, acc,
+                        1.0 * BT * C, BT * C * e + BT * 4.0 + 2.0 * BT * C * 4.0, OP_NONE, s);
+        r->serial_s = r->launches * (double)BT * m->a.latency_us * 1e-6;
+    }
     r->launch.a = BT; r->launch.b = C;
 }
 
@@ -521,10 +627,12 @@ static void perf_build_optimizers(PerfModel* m) {
                     14.0 * n_lr_adam / 5, 28.0 * n_lr_adam / 5, OP_ADAMW, s);
     r->launch.a = (long long)(n_lr_adam / 5);
 
+    // the three bulk products (gemm_gpu_bulk: projection, back-projection, residual) at the variant's
+    // precision: TF32 reads fp32 operands (cuBLAS rounds them), so 4 bytes; planned bf16 GEMMs read bf16
+    // copies of their fp32 operands (G, S, N), written by a cast the model folds into the producer. outputs
+    // stay fp32. the tracking step's products (gemm_gpu) are fp32 in every variant
     int gemm = m->v.opt_gemm == PERF_GEMM_BF16 ? PERF_BF16_GEMM
              : m->v.opt_gemm == PERF_GEMM_TF32 ? PERF_TF32_GEMM : PERF_FP32_GEMM;
-    // bf16 GEMMs read bf16 copies of their fp32 operands (G, S, N), written by a cast the model
-    // folds into the producer; outputs stay fp32
     double ge = m->v.opt_gemm == PERF_GEMM_BF16 ? 2.0 : 4.0;
     int ST = PERF_SET_SUBTRACK, GA = PERF_SET_GALORE, BOTH = PERF_SET_SUBTRACK | PERF_SET_GALORE;
     double k = m->k;
@@ -541,7 +649,7 @@ static void perf_build_optimizers(PerfModel* m) {
         snprintf(tag, sizeof tag, "projection Gt [%s]", g[gi].names);
         r = perf_gemm(m, "lowrank", tag, BOTH, gemm, nm, R, q, p, 1, ge, 4.0, 0.0f);
         r->launches = per;
-        r->launch.op = OP_SGEMM; r->launch.a = 1; r->launch.b = 0;
+        r->launch.op = OP_SGEMM_BULK; r->launch.a = 1; r->launch.b = 0;
         if (!m->v.fused_recovery) {
             // SubTrack++ (recovery scaling): the residual D = G - S Gt, then N back-projected into W, then
             // W -= D diag(phi) elementwise. GaLore as published: the back-projection only
@@ -551,7 +659,7 @@ static void perf_build_optimizers(PerfModel* m) {
             r->launches = per; r->launch.a = p * q * 4;
             snprintf(tag, sizeof tag, "residual D -= S Gt [%s]", g[gi].names);
             r = perf_gemm(m, "lowrank", tag, ST, gemm, nm, p, q, R, 1, ge, 4.0, 1.0f);
-            r->launches = per; r->launch.op = OP_SGEMM; r->launch.a = 0; r->launch.b = 0;
+            r->launches = per; r->launch.op = OP_SGEMM_BULK; r->launch.a = 0; r->launch.b = 0;
         }
         snprintf(s, sizeof s, "%lldx%lld", R, q);
         snprintf(tag, sizeof tag, "adam_norms (+ residual norms) [%s]", g[gi].names);
@@ -576,7 +684,7 @@ static void perf_build_optimizers(PerfModel* m) {
         }
         snprintf(tag, sizeof tag, "back-projection W -= S N [%s]", g[gi].names);
         r = perf_gemm(m, "lowrank", tag, BOTH, gemm, nm, p, q, R, 1, ge, 4.0, 1.0f);
-        r->launches = per; r->launch.op = OP_SGEMM; r->launch.a = 0; r->launch.b = 0;
+        r->launches = per; r->launch.op = OP_SGEMM_BULK; r->launch.a = 0; r->launch.b = 0;
         snprintf(s, sizeof s, "%lldx%lld", p, q);
         snprintf(tag, sizeof tag, "%s [%s]", m->v.fused_recovery ? "W -= G diag(phi) (planned)"
                  : "recovery_apply W -= D diag(phi)", g[gi].names);
@@ -587,10 +695,10 @@ static void perf_build_optimizers(PerfModel* m) {
         // SubTrack++'s tracking step, every k steps (subtrack_track_subspace)
         double tk = nm / k, tper = per / k;
         snprintf(tag, sizeof tag, "track X = G A^T [%s]", g[gi].names);
-        r = perf_gemm(m, "track", tag, ST, gemm, tk, p, R, q, 1, ge, 4.0, 0.0f);
+        r = perf_gemm(m, "track", tag, ST, PERF_FP32_GEMM, tk, p, R, q, 1, 4.0, 4.0, 0.0f);
         r->launches = tper; r->launch.op = OP_SGEMM; r->launch.a = 0; r->launch.b = 1;
         snprintf(tag, sizeof tag, "track AAt, dF, H (R x R x p) [%s]", g[gi].names);
-        r = perf_gemm(m, "track", tag, ST, gemm, 3 * tk, R, R, p, 1, ge, 4.0, 0.0f);
+        r = perf_gemm(m, "track", tag, ST, PERF_FP32_GEMM, 3 * tk, R, R, p, 1, 4.0, 4.0, 0.0f);
         r->launches = 3 * tper; r->launch.op = OP_SGEMM; r->launch.a = 1; r->launch.b = 0;
         snprintf(s, sizeof s, "%lldx%lld x%.0f it", R, R, m->a.power_iters);
         snprintf(tag, sizeof tag, "power_iteration (1 block) [%s]", g[gi].names);
@@ -665,19 +773,23 @@ static void perf_build_optimizers(PerfModel* m) {
                 r = perf_kernel(m, ph, tag, set, PERF_FP64_CORE, cnt, 1024.0 * 2.0 * q * nt * (nt + 1) / 2.0,
                                 4.0 * p * q + 8.0 * p * p, OP_GRAM, s);
                 r->launches = lper; r->launch.a = p; r->launch.b = q;
-                // syevd with vectors: tridiagonal reduction 4/3 p^3, divide and conquer <= 4/3 p^3 (no
-                // deflation), back-transformation 2 p^3: 14/3 p^3. syevdx with a range: the reduction, and
-                // the back-transformation of R vectors 2 p^2 R. either way the reduction's p column steps
-                // run one after the other (serial floor)
+                // today (svd_top_left_singular_vectors): cusolverDnDsyevdx, CUSOLVER_EIG_RANGE_I, indices
+                // p-R+1..p: the tridiagonal reduction of all of K, 4/3 p^3, the R wanted pairs of the
+                // tridiagonal matrix (O(p R), not counted), and the back-transformation of R vectors, 2 p^2 R;
+                // it returns the count found to the host (one synchronisation a matrix, inside its floor).
+                // before da90bbf, syevd with every vector: the reduction 4/3 p^3, divide and conquer <= 4/3 p^3
+                // (no deflation), the back-transformation 2 p^3: 14/3 p^3. either way the reduction's p
+                // column steps run one after the other (serial floor)
                 double ef = m->v.svd == PERF_SVD_FULL ? 14.0 / 3.0 * p * p * p
                           : 4.0 / 3.0 * p * p * p + 2.0 * (double)p * p * R;
-                snprintf(s, sizeof s, "%lldx%lld", p, p);
-                snprintf(tag, sizeof tag, "%s (fp64) [%s]", m->v.svd == PERF_SVD_FULL ? "cusolverDnDsyevd"
-                         : "cusolverDnDsyevdx range (planned)", g[gi].names);
+                snprintf(s, sizeof s, "%lldx%lld top %lld", p, p, m->v.svd == PERF_SVD_FULL ? p : R);
+                snprintf(tag, sizeof tag, "%s (fp64) [%s]", m->v.svd == PERF_SVD_FULL
+                         ? "cusolverDnDsyevd, all p (before da90bbf)" : "cusolverDnDsyevdx range I, top R",
+                         g[gi].names);
                 r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, cnt, ef, 8.0 * 3.0 * p * p,
-                                m->v.svd == PERF_SVD_FULL ? OP_SYEVD : OP_NONE, s);
+                                m->v.svd == PERF_SVD_FULL ? OP_NONE : OP_SYEVDX, s);
                 r->serial_s = cnt * (double)p * m->a.syevd_step_us * 1e-6;
-                r->launch.a = p;
+                r->launch.a = p; r->launch.b = R;
                 snprintf(s, sizeof s, "%lldx%lld", p, R);
                 snprintf(tag, sizeof tag, "top_eigenvectors, canonical_sign [%s]", g[gi].names);
                 r = perf_kernel(m, ph, tag, set, PERF_FP32_CORE, 2 * cnt, 1.0 * p * R, 10.0 * p * R, OP_TOP_EIG, s);
@@ -735,7 +847,7 @@ static double perf_row_estimate(const PerfRow* r, const PerfDevice* dev, const P
     double t = r->flops / (perf_peak_tflops(dev, r->cls) * 1e12 * perf_class_eff(a, r->cls));
     double tb = r->bytes / (dev->hbm * 1e12 * a->eff_bw);
     if (tb > t) { t = tb; }
-    double tl = r->launches * a->launch_us * 1e-6;
+    double tl = r->launches * a->launch_us * 1e-6 + r->host_s;
     if (tl > t) { t = tl; }
     if (r->serial_s > t) { t = r->serial_s; }
     double ts = r->sm_bytes / (a->sm_gbs * 1e9);
@@ -985,7 +1097,8 @@ typedef struct {
 static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
     printf("ESTIMATES, NOT MEASUREMENTS. roofline = max(FLOPs / peak of the row's arithmetic, bytes / HBM bandwidth),\n"
            "a lower bound at peak. estimate = the largest of: FLOPs / (peak x eff), bytes / (bandwidth x %.3f),\n"
-           "launches x %.1f us, and the serial / one-SM floors below.\n", a->eff_bw, a->launch_us);
+           "launches x %.1f us (+ the host's own work), and the latency / one-SM floors below.\n", a->eff_bw,
+           a->launch_us);
     printf("figures (../shared/GPU_NUMBERS.md): H100 SXM bf16 %.0f, TF32 %.0f, FP32 %.0f, FP64 %.0f TFLOP/s, HBM %.2f TB/s;\n"
            "  H200 the same peaks, HBM %.1f TB/s; bf16 GEMM achieved %.0f-%.0f TFLOP/s, copy %.1f TB/s (H200).\n",
            GPU_H100_BF16_TFLOPS, GPU_H100_TF32_TFLOPS, GPU_H100_FP32_TFLOPS, GPU_H100_FP64_TFLOPS, GPU_H100_HBM_TBS,
@@ -1001,20 +1114,28 @@ static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
            "                   tensor cores: bound by shared memory, and the FP64 non-tensor rate is below the 67 figure)\n",
            a->eff_gram);
     printf("  launch     %.1f us per launch (the host issues each kernel and cuBLAS call in order)\n", a->launch_us);
-    printf("  latency    %.2f us per dependent global load: encoder_backward's B*T load-add-store chain per channel;\n"
-           "                   rmsnorm's weight gradient walks B*T rows with %.0f loads in flight per thread\n",
-           a->latency_us, a->serial_ilp);
+    printf("  latency    %.2f us per global load round trip, %.0f independent loads in flight per thread: rmsnorm's\n"
+           "                   weight gradient walks 32 rows a thread (per wave of %.0f blocks of 256 threads), then\n"
+           "                   B*T/256 partials; encoder_backward's block of a token walks that token's rows\n",
+           a->latency_us, a->serial_ilp, PERF_RESIDENT_BLOCKS);
+    printf("  top token  %.3f  of a micro-batch's positions are its most frequent token (text: a few %%; the\n"
+           "                   per-kernel bench draws uniform tokens, far fewer repeats)\n", a->top_token);
+    printf("  host sort  %.1f ns per element visited by encoder_backward_buckets' counting sort (2 B*T + 4 V a\n"
+           "                   micro step); its bucket copy at %.0f GB/s host to device (pinned), in stream order\n",
+           a->host_ns, a->h2d_gbs);
     printf("  one SM     %.0f GB/s from L2 for single-block kernels (power iteration: %.0f iterations assumed)\n",
            a->sm_gbs, a->power_iters);
-    printf("  syevd      %.1f us per column step of the tridiagonal reduction (p steps one after the other);\n"
-           "                   FLOPs 14/3 p^3 (reduction 4/3, divide and conquer <= 4/3, back-transformation 2)\n",
-           a->syevd_step_us);
-    printf("variant: attention %s (%s), optimizer GEMMs %s, SVD %s%s%s%s%s, activations %s\n",
+    printf("  syevdx     %.1f us per column step of the tridiagonal reduction (p steps one after the other, also\n"
+           "                   when range I asks for R pairs); FLOPs 4/3 p^3 + 2 p^2 R (reduction, back-transformation\n"
+           "                   of R vectors); --svd full (syevd, before da90bbf): 14/3 p^3\n", a->syevd_step_us);
+    printf("variant: attention %s (%s), optimizer bulk GEMMs %s (tracking fp32), SVD %s, model residual adds %s,\n"
+           "  weight-gradient column sums %s%s%s%s, activations %s\n",
            v->flash ? "flash" : "materialized", v->flash ? "MFU counts the causal triangle T(T+1)/2"
            : "MFU counts the full T x T square", PERF_GEMM_NAMES[v->opt_gemm], PERF_SVD_NAMES[v->svd],
+           v->fused_residual ? "in the GEMM epilogue" : "as residual_forward launches",
+           v->parallel_wgrad ? "two-pass / per token" : "one thread per channel",
            v->fused_recovery ? ", residual fused into the back-projection (2 GEMMs)" : "",
            v->opt_batched ? ", optimizer launches batched over layers" : "", v->clip ? ", clipping on" : "",
-           v->parallel_wgrad ? ", two-pass weight-gradient reductions" : "",
            v->fp32_acts ? "fp32" : "bf16");
 }
 
@@ -1108,18 +1229,19 @@ typedef struct {
     PerfVariant v;
 } PerfNamedVariant;
 
-#define PERF_NUM_TABLE_VARIANTS 5
+#define PERF_NUM_TABLE_VARIANTS 4
 static int perf_table_variants(PerfNamedVariant out[PERF_NUM_TABLE_VARIANTS]) {
     for (int i = 0; i < PERF_NUM_TABLE_VARIANTS; i++) { perf_variant_today(&out[i].v); }
-    out[0].label = "today (materialized attention, fp32 optimizer GEMMs, full syevd)";
-    out[1].label = "planned: flash + TF32 optimizer GEMMs + top-r SVD";
-    out[1].v.flash = 1; out[1].v.opt_gemm = PERF_GEMM_TF32; out[1].v.svd = PERF_SVD_TOPR;
-    out[2].label = "planned: flash + bf16 optimizer GEMMs + top-r SVD";
-    out[2].v.flash = 1; out[2].v.opt_gemm = PERF_GEMM_BF16; out[2].v.svd = PERF_SVD_TOPR;
-    out[3].label = "(c) + residual fused into the back-projection (2 GEMMs) + optimizer launches batched over layers";
+    out[0].label = "today, commit e56a56e (bf16: materialized attention, every model product on cuBLASLt with the "
+                   "residual adds in the wo / w_down epilogue, TF32 optimizer bulk GEMMs, FP64 Gram + syevdx for the "
+                   "top R, two-pass rmsnorm weight gradient, encoder_backward one block per token)";
+    out[1].label = "planned: (a) + flash attention + top-r randomized SVD (GEMMs + a batched R x R eigensolve)";
+    out[1].v.flash = 1; out[1].v.svd = PERF_SVD_TOPR;
+    out[2].label = "planned: (b) + bf16 optimizer bulk GEMMs";
+    out[2].v = out[1].v; out[2].v.opt_gemm = PERF_GEMM_BF16;
+    out[3].label = "planned: (c) + residual fused into the back-projection (2 GEMMs) + optimizer launches batched "
+                   "over layers";
     out[3].v = out[2].v; out[3].v.fused_recovery = 1; out[3].v.opt_batched = 1;
-    out[4].label = "(d) + two-pass parallel weight-gradient reductions (rmsnorm dweight, encoder_backward)";
-    out[4].v = out[3].v; out[4].v.parallel_wgrad = 1;
     return PERF_NUM_TABLE_VARIANTS;
 }
 
@@ -1222,11 +1344,168 @@ static void perf_check_report(int ok, const char* msg) { perf_check(ok, "%s", ms
 
 static int perf_close(double x, double y) { return fabs(x - y) <= 1e-12 * fabs(y) + 1e-300; }
 
+// a field summed over the rows of the given sets that match: phase (NULL: any), class (-1: any; -2: any
+// GEMM class), op (-1: any). field: 0 FLOPs, 1 bytes, 2 launches, 3 serial floor, 4 host seconds, 5 rows
+static double perf_rows_sum(const PerfModel* m, int sets, const char* phase, int cls, int op, int field) {
+    double s = 0.0;
+    for (int i = 0; i < m->n; i++) {
+        const PerfRow* r = &m->rows[i];
+        if (!(r->set & sets) || (phase != NULL && strcmp(r->phase, phase) != 0) || (op >= 0 && r->launch.op != op)) {
+            continue;
+        }
+        int gemm = r->cls == PERF_BF16_GEMM || r->cls == PERF_TF32_GEMM || r->cls == PERF_FP32_GEMM;
+        if ((cls >= 0 && r->cls != cls) || (cls == -2 && !gemm)) { continue; }
+        s += field == 0 ? r->flops : field == 1 ? r->bytes : field == 2 ? r->launches : field == 3 ? r->serial_s
+           : field == 4 ? r->host_s : 1.0;
+    }
+    return s;
+}
+
+// the checks of what changed in the trainer since 33b6305 (da90bbf, ccb06c0, e56a56e), on today's variant
+// (attention as given) of one recipe; written out apart from the rows' own arithmetic
+static void perf_check_today(const PerfModel* m, const PerfOptions* o, const PerfTrainerFacts* facts,
+                             const char* tag) {
+    const PerfDims* d = &m->d;
+    double L = d->L, C = d->C, F = d->F, V = d->V, R = m->rank, acc = m->accum, BT = (double)m->B * m->T;
+    double e = 2.0;  // bf16 activations
+    double N = L * (4.0 * C * C + 3.0 * C * F) + V * C, pmin = C < F ? C : F;
+    const PerfAssume* a = &m->a;
+    const int ST = PERF_SET_SUBTRACK;
+
+    // da90bbf: in bf16 mode the three bulk products are TF32 (4-byte operands); the tracking ones fp32
+    double bulk = 3.0 * 2.0 * R * (N - V * C);
+    double tf32 = perf_rows_sum(m, ST, "lowrank", PERF_TF32_GEMM, OP_SGEMM_BULK, 0);
+    double other = perf_rows_sum(m, ST, "lowrank", -2, -1, 0) - tf32;
+    double track_fp32 = perf_rows_sum(m, ST, "track", PERF_FP32_GEMM, OP_SGEMM, 0);
+    double track_all = perf_rows_sum(m, ST, "track", -2, -1, 0);
+    perf_check(perf_close(tf32, bulk) && other == 0.0 && track_all > 0.0 && perf_close(track_fp32, track_all),
+               "%s: bf16 mode: the bulk GEMMs (gemm_gpu_bulk) are TF32, 3 x 2 R (N - VC) = %.6e (%.3e elsewhere); "
+               "the tracking GEMMs fp32 (gemm_gpu)", tag, bulk, other);
+    // the same bulk GEMMs read fp32 operands: projection (R p + p q) + q R out, residual and back-projection
+    // (p R + R q) in + 2 p q (beta 1) each, over the 4L (C, C) and 3L (pmin, max) matrices
+    double pq[2][3] = {{4.0 * L, C, C}, {3.0 * L, pmin, C < F ? F : C}};
+    double bulk_bytes = 0.0;
+    for (int g = 0; g < 2; g++) {
+        double cnt = pq[g][0], p = pq[g][1], q = pq[g][2];
+        bulk_bytes += cnt * 4.0 * ((R * p + p * q + R * q) + 2.0 * (p * R + R * q + 2.0 * p * q));
+    }
+    perf_check(perf_close(perf_rows_sum(m, ST, "lowrank", -2, -1, 1), bulk_bytes), "%s: the bulk GEMMs' bytes at "
+               "4 a TF32 operand = %.6e", tag, bulk_bytes);
+    {
+        PerfModel* m32 = (PerfModel*)malloc(sizeof(PerfModel));
+        PerfVariant v = m->v;
+        perf_variant_set_dtype(&v, 1);
+        PerfOptions oo = *o;
+        oo.B = oo.T = oo.accum = oo.rank = oo.k = 0;
+        if (m32 != NULL && perf_build_recipe(m32, m->preset, &oo, &v, facts)) {
+            double f32 = perf_rows_sum(m32, ST, "lowrank", PERF_FP32_GEMM, OP_SGEMM_BULK, 0);
+            double t32 = perf_rows_sum(m32, ST, "lowrank", PERF_TF32_GEMM, -1, 0);
+            perf_check(perf_close(f32, bulk) && t32 == 0.0, "%s: --dtype float32: the same bulk GEMMs stay fp32 "
+                       "(%.6e), none TF32", tag, f32);
+        } else {
+            perf_check(0, "%s: --dtype float32 model could not be built", tag);
+        }
+        free(m32);
+    }
+
+    // da90bbf: the SVD is the FP64 Gram + cusolverDnDsyevdx for the top R: per matrix 4/3 p^3 + 2 p^2 R FLOPs,
+    // p serial column steps, one launcher call (OP_SYEVDX, with R)
+    double syx = 4.0 * L * (4.0 / 3.0 * C * C * C + 2.0 * C * C * R) +
+                 3.0 * L * (4.0 / 3.0 * pmin * pmin * pmin + 2.0 * pmin * pmin * R);
+    double syx_serial = (4.0 * L * C + 3.0 * L * pmin) * a->syevd_step_us * 1e-6;
+    int bad_r = 0;
+    for (int i = 0; i < m->n; i++) {
+        if (m->rows[i].launch.op == OP_SYEVDX && m->rows[i].launch.b != (long long)R) { bad_r++; }
+    }
+    perf_check(perf_close(perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, OP_SYEVDX, 0), syx) &&
+               perf_close(perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, OP_SYEVDX, 3), syx_serial) &&
+               perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, OP_SYEVDX, 2) == 7.0 * L &&
+               perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, -1, 5) ==
+               perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, OP_SYEVDX, 5) && bad_r == 0,
+               "%s: one refresh pass's eigensolver is syevdx range I over the 7L matrices: sum (4/3 p^3 + 2 p^2 R) = "
+               "%.6e FLOPs, sum p x %.0f us = %.4f s serial, the launcher given R (%d rows without)", tag, syx,
+               a->syevd_step_us, syx_serial, bad_r);
+
+    // ccb06c0: the wo and w_down products add the residual in the epilogue: the forward's projection GEMMs
+    // (not attention) read the matrices once, their inputs, write their outputs, and read the residual twice
+    // a layer; no residual_forward launch
+    double fwd_bytes = acc * e * (L * (4.0 * C * C + 3.0 * C * F + 13.0 * BT * C + 3.0 * BT * F) + V * C +
+                                  BT * (C + V));
+    double got_bytes = 0.0;
+    for (int i = 0; i < m->n; i++) {
+        const PerfRow* r = &m->rows[i];
+        if (strcmp(r->phase, "forward") == 0 && r->model_flops > 0.0) { got_bytes += r->bytes; }
+    }
+    perf_check(perf_close(got_bytes, fwd_bytes) &&
+               perf_rows_sum(m, PERF_SET_COMMON, "forward", -2, OP_GEMM_RESIDUAL, 2) == 2.0 * L * acc,
+               "%s: the forward's projection GEMM bytes = accum x e x (L (4C^2 + 3CF + 13 BT C + 3 BT F) + VC + BT (C + V)) "
+               "= %.6e, 2 BT C e a layer of it the epilogue's residual reads (2L matmul_forward_residual a micro step)",
+               tag, fwd_bytes);
+    double elem = perf_rows_sum(m, PERF_SET_COMMON, "forward", PERF_FP32_CORE, -1, 2);
+    double want_elem = acc * ((m->v.flash ? 5.0 : 6.0) * L + 3.0);
+    perf_check(perf_close(elem, want_elem) && perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RESIDUAL_FWD, 5) == 0.0,
+               "%s: the forward's elementwise launches = accum x (%s) = %.0f: no residual_forward (2 a layer before "
+               "ccb06c0)", tag, m->v.flash ? "5L + 3" : "6L + 3", want_elem);
+
+    // e56a56e: rmsnorm_backward_dweight, two launches a call, (2L + 1) calls a micro step; pass 1 reads dout and
+    // inp (e each) and rstd, writes ceil(BT/256) x C partials that pass 2 reads, and dweight is read and written;
+    // latency: ceil(#blocks / 1056 resident) waves x ceil(32 rows / ilp) + ceil(#chunks / ilp) round trips
+    double calls = acc * (2.0 * L + 1.0), chunks = ceil(BT / 256.0), rows = ceil((BT < 256.0 ? BT : 256.0) / 8.0);
+    double waves = ceil(ceil(C / 32.0) * chunks / (132.0 * 8.0));
+    double dw_bytes = calls * (2.0 * BT * C * e + 4.0 * BT + 8.0 * chunks * C + 8.0 * C);
+    double dw_serial = calls * (waves * ceil(rows / a->serial_ilp) + ceil(chunks / a->serial_ilp)) * a->latency_us * 1e-6;
+    perf_check(perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RMSNORM_BWD_DWEIGHT, 1), dw_bytes) &&
+               perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RMSNORM_BWD_DWEIGHT, 2), 2.0 * calls) &&
+               perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RMSNORM_BWD_DWEIGHT, 3), dw_serial),
+               "%s: rmsnorm_backward_dweight: %.0f launches, bytes (2L+1) accum (2 BT C e + 4 BT + 8 ceil(BT/256) C + 8 C)"
+               " = %.6e, latency floor %.4f ms (%.0f wave(s) of pass 1)", tag, 2.0 * calls, dw_bytes, 1e3 * dw_serial,
+               waves);
+    // e56a56e: encoder_backward after the host's grouping: U = V (1 - e^(-BT/V)) buckets; reads dout once, the
+    // 3 bucket arrays, reads and writes U dwte rows; host 2 BT + 4 V visits; the copy and the kernel
+    double U = V * (1.0 - exp(-BT / V));
+    double ints = BT + 2.0 * U + 1.0;
+    double enc_bytes = acc * (BT * C * e + 4.0 * ints + 8.0 * U * C);
+    double top = ceil(a->top_token * BT) > 1.0 ? ceil(a->top_token * BT) : 1.0;
+    double lat_top = 2.0 + ceil(top / a->serial_ilp);
+    double lat_waves = ceil(U * ceil(C / 256.0) / (132.0 * 8.0)) * (2.0 + ceil(BT / U / a->serial_ilp));
+    double enc_serial = acc * ((lat_top > lat_waves ? lat_top : lat_waves) * a->latency_us * 1e-6 +
+                               4.0 * ints / (a->h2d_gbs * 1e9));
+    double enc_host = acc * (2.0 * BT + 4.0 * V) * a->host_ns * 1e-9;
+    perf_check(perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 1), enc_bytes) &&
+               perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 2), 2.0 * acc) &&
+               perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 3), enc_serial) &&
+               perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 4), enc_host),
+               "%s: encoder_backward_buckets + encoder_backward: U = %.0f tokens, bytes accum (BT C e + 4 (BT + 2U + 1)"
+               " + 8 U C) = %.6e, latency + copy %.4f ms (top token %.0f rows), host sort %.4f ms", tag, U, enc_bytes,
+               1e3 * enc_serial, top, 1e3 * enc_host);
+    // the code before each change, still an option: it differs from today exactly by the change
+    {
+        PerfModel* mo = (PerfModel*)malloc(sizeof(PerfModel));
+        PerfVariant v = m->v;
+        v.fused_residual = 0;
+        PerfOptions oo = *o;
+        oo.B = oo.T = oo.accum = oo.rank = oo.k = 0;
+        if (mo != NULL && perf_build_recipe(mo, m->preset, &oo, &v, facts)) {
+            double d_gemm = perf_rows_sum(m, PERF_SET_COMMON, "forward", -2, -1, 1) -
+                            perf_rows_sum(mo, PERF_SET_COMMON, "forward", -2, -1, 1);
+            double res = perf_rows_sum(mo, PERF_SET_COMMON, NULL, -1, OP_RESIDUAL_FWD, 2);
+            perf_check(perf_close(d_gemm, acc * 2.0 * L * BT * C * e) && perf_close(res, acc * 2.0 * L),
+                       "%s: --fused_residual 0 (before ccb06c0): %.0f residual_forward launches, and its GEMMs read "
+                       "2 L BT C e a micro step less", tag, res);
+        } else {
+            perf_check(0, "%s: --fused_residual 0 model could not be built", tag);
+        }
+        free(mo);
+    }
+}
+
 static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts) {
     perf_pass = perf_fail = 0;
     static PerfModel m;
     printf("perf_model --check: the model's rows against closed forms computed apart from them, for every recipe,\n"
-           "both attention kinds and both recovery forms; then the embedded figures against %s\n\n", o->numbers);
+           "both attention kinds and both recovery forms, and what changed in the trainer since 33b6305 (TF32 bulk\n"
+           "GEMMs, syevdx for the top R, the residual in the GEMM epilogue, the two-pass column sums); then the\n"
+           "embedded figures against %s\n\n", o->numbers);
     for (int ri = 0; ri < PERF_NUM_RECIPES; ri++) {
         const PerfRecipe* rc = &PERF_RECIPES[ri];
         for (int variant = 0; variant < 4; variant++) {
@@ -1299,6 +1578,7 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
                 perf_check(unmeasured == 0, "%s: every row of today's code names the launcher --per_kernel times "
                            "(%d without)", rc->preset, unmeasured);
             }
+            if (variant < 2) { perf_check_today(&m, o, facts, tag); }
             if (strcmp(rc->preset, "llama_1b") == 0 && !v.flash) {
                 // GPU_NUMBERS.md: at 1B (r = 512, 4096 tokens a step) the three GEMMs are about 11% of the model's
                 // FLOPs, two about 7.5%. exactly: ngemm 2 R (N - V C) / (tokens (6 N + 12 L C T))
@@ -1335,22 +1615,28 @@ static void perf_usage(FILE* out, const char* prog) {
             "  --table             the README's markdown table (today and the planned variants), instead of the rows\n"
             "  --rows 0|1          print every row (default 1), or the summaries only\n"
             "  --B, --T, --accum, --rank, --k N   override the recipe's (default: the authors' script, T 256)\n"
-            "  --attention materialized|flash     (default materialized: today's cuBLAS scores + softmax + PV)\n"
-            "  --opt_gemm fp32|tf32|bf16          the optimizer's GEMMs (default fp32: cublasSgemm, no TF32)\n"
-            "  --svd full|syevdx|topr             full: today's Gram + syevd; syevdx: a range of R vectors;\n"
+            "  --attention materialized|flash     (default materialized: today's cuBLASLt scores + softmax + PV)\n"
+            "  --opt_gemm fp32|tf32|bf16          the optimizer's bulk GEMMs (default today's: tf32 in bf16 mode,\n"
+            "                                     fp32 with --dtype float32; bf16 planned). tracking: fp32 always\n"
+            "  --svd full|syevdx|topr             syevdx (default, today): FP64 Gram + syevdx range I, top R;\n"
+            "                                     full: syevd of all p (before da90bbf);\n"
             "                                     topr: a randomized range finder (GEMMs) + a batched R x R eig\n"
-            "  --fused_recovery 0|1               back-projection and residual in one GEMM (default 0)\n"
-            "  --opt_batched 0|1                  optimizer launches batched over layers (default 0)\n"
+            "  --fused_residual 0|1               the wo / w_down products add the residual in cuBLASLt's epilogue\n"
+            "                                     (default 1, today; 0: residual_forward launches, before ccb06c0)\n"
+            "  --fused_recovery 0|1               back-projection and residual in one GEMM (default 0; planned)\n"
+            "  --opt_batched 0|1                  optimizer launches batched over layers (default 0; planned)\n"
             "  --dtype bfloat16|float32           activations (default bfloat16, the trainer's)\n"
             "  --clip 0|1                         gradient clipping fires (default 0, the authors' configs)\n"
-            "  --parallel_wgrad 0|1               rmsnorm dweight and encoder_backward as two-pass parallel\n"
-            "                                     reductions (default 0: one thread per channel walks B*T rows)\n"
+            "  --parallel_wgrad 0|1               1 (default, today): rmsnorm dweight in two passes over many blocks,\n"
+            "                                     encoder_backward one block per token; 0: one thread per channel\n"
+            "                                     walks the B*T rows (before e56a56e)\n"
             "  --numbers PATH      GPU_NUMBERS.md to compare the embedded figures with (default %s)\n"
             "assumptions (defaults; see the header of dev/perf_model.h):\n"
             "  --eff_gemm %.3f --eff_flash %.2f --eff_bw %.3f --eff_gram %.2f --launch_us %.1f --latency_us %.2f\n"
-            "  --serial_ilp %.0f --sm_gbs %.0f --power_iters %.0f --syevd_step_us %.1f --topr_iters %d\n",
+            "  --serial_ilp %.0f --sm_gbs %.0f --power_iters %.0f --syevd_step_us %.1f --topr_iters %d\n"
+            "  --top_token %.2f --host_ns %.1f --h2d_gbs %.0f\n",
             prog, prog, PERF_NUMBERS_PATH, a.eff_gemm, a.eff_flash, a.eff_bw, a.eff_gram, a.launch_us, a.latency_us,
-            a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters);
+            a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters, a.top_token, a.host_ns, a.h2d_gbs);
 }
 
 static void perf_flag_error(const char* flag, const char* value, const char* hint) {
@@ -1392,6 +1678,7 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
     static const char* const attn[2] = {"materialized", "flash"};
     static const char* const dtypes[2] = {"bfloat16", "float32"};
     static const char* const off_on[2] = {"0", "1"};
+    int opt_gemm_given = 0;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { perf_usage(stdout, argv[0]); return 0; }
@@ -1410,8 +1697,12 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--rank") == 0) { o.rank = (int)perf_parse_number(f, v, 1, 1e6); }
         else if (strcmp(f, "--k") == 0) { o.k = (int)perf_parse_number(f, v, 1, 1e9); }
         else if (strcmp(f, "--attention") == 0) { o.v.flash = perf_parse_choice(f, v, attn, 2); }
-        else if (strcmp(f, "--opt_gemm") == 0) { o.v.opt_gemm = perf_parse_choice(f, v, PERF_GEMM_NAMES, 3); }
+        else if (strcmp(f, "--opt_gemm") == 0) {
+            o.v.opt_gemm = perf_parse_choice(f, v, PERF_GEMM_NAMES, 3);
+            opt_gemm_given = 1;
+        }
         else if (strcmp(f, "--svd") == 0) { o.v.svd = perf_parse_choice(f, v, PERF_SVD_NAMES, 3); }
+        else if (strcmp(f, "--fused_residual") == 0) { o.v.fused_residual = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--fused_recovery") == 0) { o.v.fused_recovery = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--opt_batched") == 0) { o.v.opt_batched = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--dtype") == 0) { o.v.fp32_acts = perf_parse_choice(f, v, dtypes, 2); }
@@ -1429,8 +1720,13 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--power_iters") == 0) { o.a.power_iters = perf_parse_number(f, v, 1.0, 1e4); }
         else if (strcmp(f, "--syevd_step_us") == 0) { o.a.syevd_step_us = perf_parse_number(f, v, 0.0, 1e4); }
         else if (strcmp(f, "--topr_iters") == 0) { o.a.topr_iters = (int)perf_parse_number(f, v, 0, 20); }
+        else if (strcmp(f, "--top_token") == 0) { o.a.top_token = perf_parse_number(f, v, 0.0, 1.0); }
+        else if (strcmp(f, "--host_ns") == 0) { o.a.host_ns = perf_parse_number(f, v, 0.0, 1e6); }
+        else if (strcmp(f, "--h2d_gbs") == 0) { o.a.h2d_gbs = perf_parse_number(f, v, 1e-3, 1e4); }
         else { perf_flag_error("a flag", f, "unknown flag"); }
     }
+    // today's optimizer bulk GEMMs follow the dtype, unless --opt_gemm says otherwise
+    if (!opt_gemm_given) { perf_variant_set_dtype(&o.v, o.v.fp32_acts); }
     char buf[1024];
     snprintf(buf, sizeof buf, "%s", preset_list);
     for (char* tok = strtok(buf, ","); tok != NULL; tok = strtok(NULL, ",")) {

@@ -85,7 +85,7 @@ static void run_case(const cpu::Llama* ref, const int* inputs, const int* target
         optimizer_begin_step(&opt, SAN_LR);
         loss[step] = llama_forward(&model, inputs, targets, SAN_B, SAN_T);
         llama_backward(&model, inputs, targets, 1.0f);
-        double norm = lean ? sqrt(model.unit_norm2) : grad_global_norm(model.grads_memory, model.num_parameters);
+        double norm = lean ? sqrt(llama_unit_norm2()) : grad_global_norm(model.grads_memory, model.num_parameters);
         finite = finite && isfinite(loss[step]) && isfinite(norm) && norm > 0.0;
         if (!lean && norm > t.grad_clipping) {
             grad_scale(model.grads_memory, model.num_parameters, (float)(t.grad_clipping / norm));

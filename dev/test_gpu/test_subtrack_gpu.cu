@@ -736,7 +736,7 @@ static void test_per_layer(GpuTestCase* tc, const StepSettings* st, Dtype dt, in
             optimizer_begin_step(&o[k], lr);
             loss[k] = llama_forward(&m[k], tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
             llama_backward(&m[k], tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
-            norm[k] = k == 0 ? grad_global_norm(m[k].grads_memory, m[k].num_parameters) : sqrt(m[k].unit_norm2);
+            norm[k] = k == 0 ? grad_global_norm(m[k].grads_memory, m[k].num_parameters) : sqrt(llama_unit_norm2());
             optimizer_step(&o[k], &m[k], lr);
         }
     }

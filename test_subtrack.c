@@ -3129,6 +3129,36 @@ static void test_optimizer_memory(void) {
 
 static void test_trainer_gpu_memory(const char* dir, const char* bin);
 
+// another trainer binary (the CUDA one) against the CPU trainer, fp32, same
+// flags, gradient accumulation over 2 micro-batches: the first step's loss
+// (the same weights and batches; the mean of 2 micro-batch means, which the
+// CUDA trainer adds on the device) to 1e-5 relative, as fp32 paths that differ
+// in summation order. a loss that missed the 1/accum, or a micro-batch, is off
+// by O(1)
+static void test_trainer_loss_against_cpu(const char* dir) {
+    const char* cpu_bin = "./train_llama_subtrack_cpu";
+    if (strcmp(TRAINER_BIN, cpu_bin) == 0) { return; }
+    char args[2048], err[4096], paths[2][700];
+    const char* bins[2] = {TRAINER_BIN, cpu_bin};
+    const char* saved = g_trainer_bin;
+    int rc[2];
+    for (int k = 0; k < 2; k++) {
+        snprintf(paths[k], sizeof paths[k], "%s/loss_against_cpu_%d.csv", dir, k);
+        snprintf(args, sizeof args, TRAINER_FAST " --dtype float32 --total_batch_size 4 --num_training_steps 2 "
+                 "--log_file %s", paths[k]);
+        g_trainer_bin = bins[k];
+        rc[k] = run_trainer(args, err, sizeof err);
+    }
+    g_trainer_bin = saved;
+    char losses[2][4][32];
+    int rows0 = read_csv_losses(paths[0], losses[0], 4), rows1 = read_csv_losses(paths[1], losses[1], 4);
+    double a = rows0 > 0 ? atof(losses[0][0]) : NAN, b = rows1 > 0 ? atof(losses[1][0]) : NAN;
+    check(rc[0] == 0 && rc[1] == 0 && rows0 == 2 && rows1 == 2 && fabs(a - b) <= 1e-5 * fabs(b),
+          "%s with gradient accumulation (2 micro-batches), fp32: step 1's loss %s against the CPU trainer's %s "
+          "(exits %d %d; tol 1e-5 relative)", TRAINER_BIN, rows0 > 0 ? losses[0][0] : "-",
+          rows1 > 0 ? losses[1][0] : "-", rc[0], rc[1]);
+}
+
 static void test_trainer(void) {
     if (access(TRAINER_BIN, X_OK) != 0) {
         check(0, "trainer binary %s exists (make test builds it)", TRAINER_BIN);
@@ -3166,6 +3196,7 @@ static void test_trainer(void) {
     }
     test_lean_tracks(dir);
     test_trainer_gpu_memory(dir, TRAINER_BIN);
+    test_trainer_loss_against_cpu(dir);
     {
         // --activation_checkpointing is a no-op here, and the run says so
         static char out[1 << 16];

@@ -3577,7 +3577,10 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
           "%s --optimizer low_rank_adamw_per_layer: 4 steps log the same losses, lr and norms as whole steps "
           "(exits %d %d)", bin, rc[0], rc[1]);
     size_t bl = strlen(bin);
-    if (!(bl > 4 && strcmp(bin + bl - 4, "_emu") == 0)) { return; }  // the rest measures with the harness
+    // the rest measures with the harness (its AddressSanitizer or race-check build)
+    if (!((bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) || (bl > 5 && strcmp(bin + bl - 5, "_race") == 0))) {
+        return;
+    }
     const char* sets[5] = {
         "",                                                        // bf16 activations, SubTrack++
         " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
@@ -3659,7 +3662,7 @@ static void test_other_trainer(const char* bin) {
     // without a GPU, or with a driver older than the build: a message that
     // says which, and a non-zero exit. the CPU harness can play both machines
     size_t bl = strlen(bin);
-    if (bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) {
+    if ((bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) || (bl > 5 && strcmp(bin + bl - 5, "_race") == 0)) {
         char env_bin[700];
         snprintf(env_bin, sizeof env_bin, "CUDA_EMU_DEVICES=0 %s", bin);
         g_trainer_bin = env_bin;

@@ -7,7 +7,9 @@
 #   	@./dev/run_tests.sh ./test_subtrack ... $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)" "$(GPU_TEST3)")
 #
 # GPU_TEST, GPU_TEST2 and GPU_TEST3 are one suite each (for dev/run_tests.sh), empty when neither
-# a GPU nor the CUDA headers are there. GPU_CHECK_TEST is the dry run of the GPU
+# a GPU nor the CUDA headers are there. GPU_RACE_TEST .. GPU_RACE_TEST4 are the
+# race-check builds of the emulated suites (dev/cuda_emu's shared-memory race
+# detector), with GPU_RACE_TEST_DEPS, whenever the CUDA headers are there. GPU_CHECK_TEST is the dry run of the GPU
 # acceptance run (dev/gpu_check.sh --dry-run), with GPU_CHECK_DEPS, when the
 # CUDA headers are there; GPU_PERF_TEST, with the same deps, runs every launcher
 # that dev/bench_gpu --per_kernel times, under the harness.
@@ -93,10 +95,29 @@ GPU_CHECK_TEST :=
 GPU_PERF_TEST :=
 endif
 
+# the race-check builds (X_race: every kernel's shared-memory accesses checked
+# for races, no AddressSanitizer) of the emulated suites, also on a GPU machine
+ifneq ($(CUDA_EMU_RACE_TEST),)
+GPU_RACE_TEST_DEPS := dev/test_gpu/test_subtrack_gpu_race dev/test_gpu/test_gpu_optim_race train_llama_subtrack_race \
+                      dev/test_gpu/test_sanitize_race test_subtrack train_llama_subtrack_cpu
+GPU_RACE_TEST := ./dev/test_gpu/test_subtrack_gpu_race
+GPU_RACE_TEST2 := ./dev/test_gpu/test_gpu_optim_race
+GPU_RACE_TEST3 := ./test_subtrack --trainer ./train_llama_subtrack_race
+GPU_RACE_TEST4 := ./dev/test_gpu/test_sanitize_race
+else
+GPU_RACE_TEST_DEPS :=
+GPU_RACE_TEST :=
+GPU_RACE_TEST2 :=
+GPU_RACE_TEST3 :=
+GPU_RACE_TEST4 :=
+endif
+
 test_gpu: $(GPU_TEST_DEPS)
 	$(if $(GPU_TEST),$(GPU_TEST) && $(GPU_TEST2) && $(GPU_TEST3),@echo "no GPU and no CUDA headers: skipping the GPU tests")
 
 .PHONY: gpu_clean
 gpu_clean:
 	rm -f train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu dev/bench_gpu dev/bench_gpu_emu \
-	  dev/test_gpu/test_sanitize dev/test_gpu/test_sanitize_emu train_llama_subtrack_emu
+	  dev/test_gpu/test_sanitize dev/test_gpu/test_sanitize_emu train_llama_subtrack_emu \
+	  dev/test_gpu/test_subtrack_gpu_race dev/test_gpu/test_gpu_optim_race dev/test_gpu/test_sanitize_race \
+	  train_llama_subtrack_race dev/bench_gpu_race

@@ -31,23 +31,24 @@
 // __syncthreads() (deadlock), warp operations with mismatched masks, a host or
 // freed pointer passed to a kernel or to cudaMemcpy/cuBLAS, and, when built
 // with -fsanitize=address, out-of-bounds and use-after-cudaFree accesses inside
-// kernels.
+// kernels. With nvcc at build time (emu.mk), a launch a GPU would refuse for
+// its registers or __launch_bounds__ ("too many resources requested for
+// launch"). In the race-check build (X_race, -DCUDA_EMU_RACECHECK), races on
+// shared memory (cuda_emu_racecheck.cpp).
 //
 // LIMITS: what it cannot find.
-// - Data races between threads that a real GPU interleaves differently: here
-//   threads of a block run one at a time, in thread order, switching only at
-//   barriers and warp operations; blocks run one after another. A race that
-//   needs a particular interleaving, or warp-synchronous code that relies on
-//   lockstep execution without __syncwarp, may pass here and fail on a GPU.
-//   (Setting CUDA_EMU_THREAD_ORDER=reverse runs threads in reverse order, which
-//   exposes some order dependences.)
+// - Data races on global memory (and on shared memory outside the race-check
+//   build): here threads of a block run one at a time, in thread order,
+//   switching only at barriers and warp operations; blocks run one after
+//   another. A race that needs a particular interleaving may pass here and
+//   fail on a GPU. (Setting CUDA_EMU_THREAD_ORDER=reverse runs threads in
+//   reverse order, which exposes some order dependences.)
 // - Memory-model subtleties: fences, volatile, atomics' ordering, asynchronous
 //   copies (cp.async, TMA), streams running concurrently. Every operation here
 //   is sequentially consistent and synchronous.
 // - Anything about performance: occupancy, coalescing, bank conflicts,
-//   register spills. Timings are CPU timings. Nor the resource limits that
-//   make a launch fail on a GPU: more threads than __launch_bounds__, too
-//   many registers for the block size.
+//   register spills. Timings are CPU timings. The launch-resource check needs
+//   nvcc at build time.
 // - Floating-point details of the GPU: fast-math intrinsics (__expf, ...) are
 //   computed with the precise libm function; cuBLAS accumulates in double and
 //   ignores TF32 modes.
@@ -66,6 +67,9 @@
 #endif
 
 #define CUDA_EMU 1
+#if defined(__SANITIZE_THREAD__) && !defined(CUDA_EMU_RACECHECK)
+#error "cuda_emu: a -fsanitize=thread build is the race-check flavour: build it as X_race (emu.mk), which adds -DCUDA_EMU_RACECHECK and links the detector instead of ThreadSanitizer's runtime"
+#endif
 
 // qualifiers with host meanings, defined before the CUDA headers so that
 // crt/host_defines.h keeps them
@@ -140,7 +144,7 @@ struct shared_site {
   void* address;
 };
 void shared_site_place(shared_site* site, size_t size, size_t align, const char* name);
-void* dynamic_shared_memory();
+void* dynamic_shared_memory(const char* name);
 
 // one static site per declaration (the lambda tag type is unique per site)
 template <class T, class Tag>
@@ -151,7 +155,28 @@ inline T& shared_variable(Tag, const char* name, size_t align = 0) {
   return *static_cast<T*>(site.address);
 }
 template <class T>
-inline T* dynamic_shared() { return static_cast<T*>(dynamic_shared_memory()); }
+inline T* dynamic_shared(const char* name = nullptr) { return static_cast<T*>(dynamic_shared_memory(name)); }
+
+// the race detector of the race-check build (X_race; cuda_emu_racecheck.cpp):
+// the harness reports blocks, barriers, warp operations and thread switches;
+// the emulated atomics mark their accesses (atomics do not race with atomics)
+#if defined(CUDA_EMU_RACECHECK)
+void race_block_begin(const char* kernel, unsigned char* arena, size_t arena_bytes, size_t dynamic_bytes);
+void race_launch_end();
+void race_set_thread(int linear);
+void race_shared_variable(size_t offset, size_t size, const char* name);
+void race_dynamic_shared_name(const char* name);
+void race_barrier();
+void race_warp_sync(int warp, unsigned participants);
+extern int g_race_atomic;
+struct race_atomic_section {
+  race_atomic_section() { g_race_atomic++; }
+  ~race_atomic_section() { g_race_atomic--; }
+};
+#define CUDA_EMU_ATOMIC_SECTION ::cuda_emu::race_atomic_section cuda_emu_atomic_section_;
+#else
+#define CUDA_EMU_ATOMIC_SECTION
+#endif
 
 // launches
 struct launch_config {
@@ -379,6 +404,7 @@ template <class T> inline void __stwt(T* p, T v) { *p = v; }
 
 #define CUDA_EMU_ATOMIC_RMW(name, type, expr)        \
   inline type name(type* address, type val) {        \
+    CUDA_EMU_ATOMIC_SECTION                          \
     type old = *address;                             \
     *address = (expr);                               \
     return old;                                      \
@@ -419,17 +445,20 @@ CUDA_EMU_ATOMIC_RMW(atomicInc, unsigned int, old >= val ? 0u : old + 1u)
 CUDA_EMU_ATOMIC_RMW(atomicDec, unsigned int, (old == 0u || old > val) ? val : old - 1u)
 #undef CUDA_EMU_ATOMIC_RMW
 inline __nv_bfloat162 atomicAdd(__nv_bfloat162* address, __nv_bfloat162 val) {
+  CUDA_EMU_ATOMIC_SECTION
   __nv_bfloat162 old = *address;
   *address = __floats2bfloat162_rn(__low2float(old) + __low2float(val), __high2float(old) + __high2float(val));
   return old;
 }
 inline __half2 atomicAdd(__half2* address, __half2 val) {
+  CUDA_EMU_ATOMIC_SECTION
   __half2 old = *address;
   *address = __floats2half2_rn(__low2float(old) + __low2float(val), __high2float(old) + __high2float(val));
   return old;
 }
 #define CUDA_EMU_ATOMIC_CAS(type)                                        \
   inline type atomicCAS(type* address, type compare, type val) {         \
+    CUDA_EMU_ATOMIC_SECTION                                              \
     type old = *address;                                                 \
     if (old == compare) *address = val;                                  \
     return old;                                                          \

@@ -363,7 +363,7 @@ def rewrite_shared(text, mask, path):
                     raise RewriteError(f"{path}:{line}: extern __shared__ '{name}' must be declared as "
                                        f"'extern __shared__ T {name}[];' for cuda_emu")
                 pieces.append(f"{base_type}{stars}* const {name} = "
-                              f"::cuda_emu::dynamic_shared<{base_type}{stars}>();")
+                              f'::cuda_emu::dynamic_shared<{base_type}{stars}>("{name}");')
             else:
                 if "[]" in dims.replace(" ", ""):
                     raise RewriteError(f"{path}:{line}: __shared__ '{name}' has an array dimension missing")

@@ -3,7 +3,8 @@
 //
 // Execution: a launch runs its blocks one after another. In a block, each
 // CUDA thread runs on a fiber (its own small stack). A fiber runs its thread
-// until the thread finishes or waits at __syncthreads / a warp operation; a
+// until the thread finishes or waits at __syncthreads / a warp operation
+// (after a barrier the threads go on in the order they started); a
 // fiber whose thread finished takes the next thread not yet started, so
 // kernels without barriers cost no context switch per thread, and a block
 // needs only as many fibers (stacks) as threads waiting at once. Fibers and
@@ -22,6 +23,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <cxxabi.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -43,6 +46,14 @@
 #define CUDA_EMU_ASAN 1
 #endif
 #endif
+// the race-check build (X_race): the detector in cuda_emu_racecheck.cpp hears
+// of every block, barrier, warp operation, thread switch and shared variable
+#if defined(CUDA_EMU_RACECHECK)
+#define CUDA_EMU_RACE(call) ::cuda_emu::call
+#else
+#define CUDA_EMU_RACE(call) ((void)0)
+#endif
+
 #if defined(CUDA_EMU_ASAN)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
@@ -64,6 +75,8 @@ static const size_t EMU_SHARED_PER_BLOCK_OPTIN = 227 * 1024;    // cudaFuncSetAt
 static const size_t EMU_SHARED_PER_SM = 228 * 1024;
 static const int EMU_DEFAULT_SM_COUNT = 132;
 static const int EMU_WARP = 32;
+static const int EMU_REGISTERS_PER_SM = 65536;       // also the most one block may use
+static const int EMU_REGISTER_ALLOCATION_UNIT = 256;  // per warp: a warp holds 32 x regs, rounded up to this
 static const unsigned char EMU_GARBAGE_BYTE = 0xff;  // NaN in float/bf16, -1 in ints
 static const size_t EMU_SHARED_REDZONE = 64;         // poisoned gap between shared variables
 static const size_t EMU_ARENA_BYTES = 1024 * 1024;   // dynamic + static + redzones
@@ -397,6 +410,7 @@ static void fiber_loop(fiber* self) {
   for (;;) {
     while (thread_state* t = self->thread) {
       g_current_thread = t;
+      CUDA_EMU_RACE(race_set_thread(t->linear));
       g_run_thread(g_closure);
       thread_finished(t);
       block_state& b = g_block;
@@ -426,6 +440,7 @@ static void wait_here(thread_state* t) {
   fiber* next = pick_next_fiber();
   switch_fiber(t->fib, next);
   g_current_thread = t;
+  CUDA_EMU_RACE(race_set_thread(t->linear));
 }
 
 // ---------------------------------------------------------------------------
@@ -489,7 +504,10 @@ static int block_barrier(int kind, int predicate, const char* file, int line) {
   if (kind == 1) b.barrier_acc &= predicate != 0;
   if (kind == 2) b.barrier_acc |= predicate != 0;
   b.barrier_arrived++;
-  if (b.barrier_arrived == b.nthreads) {  // the last one releases the others and goes on
+  if (b.barrier_arrived == b.nthreads) {
+    // the last one releases the others and queues behind them, so that the
+    // threads go on in the order they started (thread order, or its reverse)
+    CUDA_EMU_RACE(race_barrier());
     int result = b.barrier_acc;
     for (int w : b.barrier_waiters) {
       b.threads[w].op_out = (unsigned long long)result;
@@ -497,7 +515,14 @@ static int block_barrier(int kind, int predicate, const char* file, int line) {
     }
     b.barrier_waiters.clear();
     b.barrier_arrived = 0;
-    return result;
+    if (b.nthreads == 1) return result;
+    t->op_out = (unsigned long long)result;
+    t->status = T_WAIT_BLOCK;
+    t->wait_file = file;
+    t->wait_line = line;
+    runq_push(t->linear);
+    wait_here(t);
+    return (int)t->op_out;
   }
   t->status = T_WAIT_BLOCK;
   t->wait_file = file;
@@ -533,6 +558,7 @@ static void complete_warp_op(int warp, size_t op_index) {
   w.pending.erase(w.pending.begin() + (long)op_index);
   thread_state* lanes = &b.threads[(size_t)warp * EMU_WARP];
   unsigned part = op.arrived;
+  CUDA_EMU_RACE(race_warp_sync(warp, part));
   // votes and reductions over the participating lanes
   unsigned ballot = 0;
   unsigned long long red = 0;
@@ -755,6 +781,7 @@ static void arena_begin_block() {
   g_arena_cursor = round_up(g_dynamic_shared + EMU_SHARED_REDZONE, 128);
   g_arena_high_water = g_arena_cursor;
   g_static_shared = 0;
+  CUDA_EMU_RACE(race_block_begin(g_kernel_name, g_arena, EMU_ARENA_BYTES, g_dynamic_shared));
 }
 
 void shared_site_place(shared_site* site, size_t size, size_t align, const char* name) {
@@ -780,10 +807,13 @@ void shared_site_place(shared_site* site, size_t size, size_t align, const char*
   if (g_arena_cursor > g_arena_high_water) g_arena_high_water = g_arena_cursor;
   site->address = g_arena + offset;
   site->block_serial = g_block_serial;
+  CUDA_EMU_RACE(race_shared_variable(offset, size, name));
 }
 
-void* dynamic_shared_memory() {
+void* dynamic_shared_memory(const char* name) {
   if (!g_kernel_name) fatal("extern __shared__ memory used outside a kernel");
+  (void)name;
+  CUDA_EMU_RACE(race_dynamic_shared_name(name));
   return g_arena;
 }
 
@@ -892,6 +922,149 @@ static std::unordered_map<const void*, int>& g_max_dynamic_shared =
     *new std::unordered_map<const void*, int>();  // cudaFuncSetAttribute opt-ins
 static cudaError_t g_last_error = cudaSuccess;
 
+// ---------------------------------------------------------------------------
+// registers per kernel, from ptxas: the launch-resource check. With nvcc
+// present, emu.mk compiles X.cu's device code for sm_90 as well and links a
+// table of each kernel's registers and __launch_bounds__ into X_emu
+// (cuda_emu_regs.py), which registers itself here before main. A launch is
+// matched to its kernel by the mangled name of the function it names (g++ and
+// nvcc mangle a kernel alike; dladdr finds the name, the program is linked
+// with -rdynamic); a launch that deduces a template kernel's arguments
+// names no function, and gets the largest count over the kernel's
+// instantiations (the same for a kernel whose name dladdr cannot see).
+
+struct kernel_resources {
+  int registers = 0;    // per thread
+  int max_threads = 0;  // __launch_bounds__ (ptx .maxntid), 0: none
+  bool exact = true;    // false: the largest over several instantiations
+};
+struct resource_tables {
+  std::string source, arch;
+  std::unordered_map<std::string, kernel_resources> by_mangled;
+  std::unordered_map<std::string, kernel_resources> by_name;  // by unqualified name, over instantiations
+  std::unordered_map<const void*, const kernel_resources*> by_address;  // lookups so far
+  std::unordered_map<const char*, const kernel_resources*> by_launch_name;
+};
+static resource_tables& resources() {  // a function static: tables register from static constructors
+  static resource_tables& t = *new resource_tables();
+  return t;
+}
+
+// "kernel" from "void ns::kernel<float, 4>(float*, int)" or "ns::kernel<T>" or "kernel"
+static std::string unqualified_kernel_name(std::string s) {
+  for (size_t at; (at = s.find("(anonymous namespace)::")) != std::string::npos;) s.erase(at, 23);
+  if (s.compare(0, 5, "void ") == 0) s.erase(0, 5);
+  size_t end = s.find_first_of("<(");
+  if (end != std::string::npos) s.erase(end);
+  size_t colon = s.rfind("::");
+  if (colon != std::string::npos) s.erase(0, colon + 2);
+  size_t a = s.find_first_not_of(" \t*&"), b = s.find_last_not_of(" \t");
+  return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+}
+
+}  // namespace cuda_emu
+
+extern "C" void cuda_emu_register_kernel_resources(const char* source, const char* arch, int n,
+                                                   const char* const* mangled, const int* registers,
+                                                   const int* max_threads) {
+  cuda_emu::resource_tables& t = cuda_emu::resources();
+  t.source = source;
+  t.arch = arch;
+  for (int i = 0; i < n; i++) {
+    cuda_emu::kernel_resources r;
+    r.registers = registers[i];
+    r.max_threads = max_threads[i];
+    t.by_mangled[mangled[i]] = r;
+    int status = 0;
+    char* d = abi::__cxa_demangle(mangled[i], nullptr, nullptr, &status);
+    std::string name = cuda_emu::unqualified_kernel_name(status == 0 && d ? d : mangled[i]);
+    free(d);
+    auto it = t.by_name.find(name);
+    if (it == t.by_name.end()) {
+      t.by_name[name] = r;
+    } else {  // another instantiation: the largest count, the smallest bound
+      cuda_emu::kernel_resources& m = it->second;
+      if (m.registers != r.registers || m.max_threads != r.max_threads) m.exact = false;
+      m.registers = std::max(m.registers, r.registers);
+      if (r.max_threads && (!m.max_threads || r.max_threads < m.max_threads)) m.max_threads = r.max_threads;
+    }
+  }
+}
+
+namespace cuda_emu {
+
+// the resources of the kernel a launch names, or null when there is no table
+// or the kernel is not in it
+static const kernel_resources* find_kernel_resources(const char* launch_name, const void* kernel) {
+  resource_tables& t = resources();
+  if (t.by_mangled.empty()) return nullptr;
+  if (kernel) {
+    auto cached = t.by_address.find(kernel);
+    if (cached != t.by_address.end()) return cached->second;
+  } else {
+    auto cached = t.by_launch_name.find(launch_name);
+    if (cached != t.by_launch_name.end()) return cached->second;
+  }
+  const kernel_resources* r = nullptr;
+  Dl_info info;
+  if (kernel && dladdr(kernel, &info) && info.dli_sname && info.dli_saddr == kernel) {
+    auto it = t.by_mangled.find(info.dli_sname);
+    if (it != t.by_mangled.end()) r = &it->second;
+  }
+  if (!r && launch_name) {
+    auto it = t.by_name.find(unqualified_kernel_name(launch_name));
+    if (it != t.by_name.end()) r = &it->second;
+  }
+  if (kernel)
+    t.by_address[kernel] = r;
+  else
+    t.by_launch_name[launch_name] = r;
+  return r;
+}
+
+// registers a block of `threads` threads takes: whole warps, each holding
+// 32 x regs rounded up to the allocation unit
+static long long block_registers(int registers, long long threads) {
+  long long per_warp = ((long long)registers * EMU_WARP + EMU_REGISTER_ALLOCATION_UNIT - 1) /
+                       EMU_REGISTER_ALLOCATION_UNIT * EMU_REGISTER_ALLOCATION_UNIT;
+  return (threads + EMU_WARP - 1) / EMU_WARP * per_warp;
+}
+
+// the largest block the kernel can be launched with
+static int max_block_threads(const kernel_resources& r) {
+  int limit = EMU_MAX_THREADS_PER_BLOCK;
+  if (r.max_threads) limit = std::min(limit, r.max_threads);
+  while (limit > 0 && block_registers(r.registers, limit) > EMU_REGISTERS_PER_SM) limit -= EMU_WARP;
+  return limit;
+}
+
+// a launch a GPU would refuse with cudaErrorLaunchOutOfResources
+static void check_launch_resources(const char* kernel_name, const void* kernel, const dim3& block) {
+  const kernel_resources* r = find_kernel_resources(kernel_name, kernel);
+  if (!r) return;
+  const resource_tables& t = resources();
+  long long threads = (long long)block.x * block.y * block.z;
+  std::string how = r->exact ? "" : " (the largest over the instantiations of '" + unqualified_kernel_name(kernel_name) +
+                                        "': the emulator cannot tell which one this launch runs, as it deduces the "
+                                        "template arguments or names a function the program does not export)";
+  if (r->max_threads && threads > r->max_threads)
+    fatal("kernel '%s' launched with block (%u,%u,%u) = %lld threads, above its __launch_bounds__ of %d threads%s "
+          "(ptxas for %s, %s). A GPU refuses this launch with cudaErrorLaunchOutOfResources (\"too many resources "
+          "requested for launch\"): launch at most %d threads per block, or raise the bound.",
+          kernel_name, block.x, block.y, block.z, threads, r->max_threads, how.c_str(), t.arch.c_str(),
+          t.source.c_str(), r->max_threads);
+  long long need = block_registers(r->registers, threads);
+  if (need > EMU_REGISTERS_PER_SM)
+    fatal("kernel '%s' launched with block (%u,%u,%u) = %lld threads, but it uses %d registers per thread%s "
+          "(ptxas for %s, %s): %lld warps x %lld registers = %lld registers, above the %d registers of a "
+          "multiprocessor. A GPU refuses this launch with cudaErrorLaunchOutOfResources (\"too many resources "
+          "requested for launch\"): launch at most %d threads per block, or cap the registers with "
+          "__launch_bounds__(%lld).",
+          kernel_name, block.x, block.y, block.z, threads, r->registers, how.c_str(), t.arch.c_str(),
+          t.source.c_str(), (threads + EMU_WARP - 1) / EMU_WARP, need / ((threads + EMU_WARP - 1) / EMU_WARP), need,
+          EMU_REGISTERS_PER_SM, max_block_threads(*r), threads);
+}
+
 struct kernel_stats {
   unsigned long long launches = 0, blocks = 0, threads = 0;
   double seconds = 0;
@@ -950,6 +1123,7 @@ void run_grid(const char* kernel_name, const void* kernel, const launch_config& 
           EMU_MAX_GRID_DIM_X, EMU_MAX_GRID_DIM_YZ, EMU_MAX_GRID_DIM_YZ);
   if (!is_valid_stream(cfg.stream))
     fatal("kernel '%s' launched on stream %p, which is not a live stream", kernel_name, (void*)cfg.stream);
+  check_launch_resources(kernel_name, kernel, block);
   // shared memory: 48 KiB unless the kernel opted in with cudaFuncSetAttribute
   size_t dyn_limit = EMU_SHARED_PER_BLOCK;
   g_opted_in = false;
@@ -1043,6 +1217,7 @@ void run_grid(const char* kernel_name, const void* kernel, const launch_config& 
       }
   g_kernel_name = nullptr;
   g_current_thread = nullptr;
+  CUDA_EMU_RACE(race_launch_end());
   if (g_stats) {
     kernel_stats& s = (*g_stats)[kernel_name];
     s.launches++;
@@ -1505,7 +1680,11 @@ cudaError_t cudaFuncSetCacheConfig(const void* func, enum cudaFuncCache cacheCon
 cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes* attr, const void* func) {
   memset(attr, 0, sizeof *attr);
   attr->maxThreadsPerBlock = EMU_MAX_THREADS_PER_BLOCK;
-  attr->numRegs = 32;
+  attr->numRegs = 32;  // without a ptxas table (no nvcc at build time)
+  if (const kernel_resources* r = find_kernel_resources(nullptr, func)) {
+    attr->numRegs = r->registers;
+    attr->maxThreadsPerBlock = max_block_threads(*r);
+  }
   attr->ptxVersion = 90;
   attr->binaryVersion = 90;
   auto it = g_max_dynamic_shared.find(func);
@@ -1514,9 +1693,10 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes* attr, const void* f
 }
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* numBlocks, const void* func, int blockSize,
                                                           size_t dynamicSMemSize) {
-  (void)func;
   int by_threads = blockSize > 0 ? 2048 / blockSize : 0;
   int by_smem = dynamicSMemSize > 0 ? (int)(EMU_SHARED_PER_SM / (dynamicSMemSize + 1024)) : 32;
+  if (const kernel_resources* r = find_kernel_resources(nullptr, func))
+    if (blockSize > 0) by_threads = std::min(by_threads, (int)(EMU_REGISTERS_PER_SM / block_registers(r->registers, blockSize)));
   *numBlocks = std::max(0, std::min(std::min(by_threads, by_smem), 32));
   return cudaSuccess;
 }

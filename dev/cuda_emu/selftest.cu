@@ -5,6 +5,8 @@
 // that the harness must report, each run in a child process.
 //
 //   make dev/cuda_emu/selftest && ./dev/cuda_emu/selftest     # under the harness
+//   make dev/cuda_emu/selftest_race && ./dev/cuda_emu/selftest_race   # its race-check build:
+//                                                              # also the planted shared-memory races
 //   ./dev/cuda_emu/selftest --bench                            # harness speed
 //   nvcc -arch=sm_90 -o selftest dev/cuda_emu/selftest.cu -lcublas -lcublasLt   # on a GPU
 //
@@ -361,6 +363,134 @@ struct buffer_ref {
 __global__ void read_through_struct_kernel(float* out, buffer_ref in) { out[threadIdx.x] = in.data[threadIdx.x]; }
 
 // ---------------------------------------------------------------------------
+// shared-memory races: each kernel with its barrier (correct) and without it
+// (a race that the race-check build, selftest_race, must report)
+
+// a block sum broadcast through shared memory: thread 0 writes the total, every
+// thread reads it; without the last barrier the reads race with that write
+__global__ void broadcast_sum_kernel(float* out, const float* x, int barrier) {
+  __shared__ float buf[REDUCE_THREADS];
+  __shared__ float total;
+  int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+  buf[t] = x[i];
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (t < stride) buf[t] += buf[t + stride];
+    __syncthreads();
+  }
+  if (t == 0) total = buf[0];
+  if (barrier) __syncthreads();
+  out[i] = x[i] - total;
+}
+
+// each thread reads its right neighbour's slot, then overwrites its own:
+// without the barrier between, the neighbour may overwrite a slot before it is read
+__global__ void shift_left_kernel(float* out, const float* x, int barrier) {
+  __shared__ float buf[REDUCE_THREADS];
+  int t = threadIdx.x;
+  buf[t] = x[t];
+  __syncthreads();
+  float next = buf[(t + 1) % blockDim.x];
+  if (barrier) __syncthreads();
+  buf[t] = 2.0f * next;
+  __syncthreads();
+  out[t] = buf[t];
+}
+
+// one slot per warp for the warp's sum: only lane 0 should write it
+__global__ void warp_slot_kernel(float* out, const float* x, int lane0_only) {
+  __shared__ float slot[REDUCE_THREADS / 32];
+  int t = threadIdx.x, lane = t % 32;
+  float v = x[t];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(FULL_MASK, v, offset);
+  if (lane == 0 || !lane0_only) slot[t / 32] = v;
+  __syncthreads();
+  out[t] = slot[t / 32];
+}
+
+// lanes exchange values through shared memory, ordered by __syncwarp alone
+__global__ void warp_exchange_kernel(float* out, const float* x, int sync) {
+  __shared__ float buf[REDUCE_THREADS];
+  int t = threadIdx.x, lane = t % 32, base = t - lane;
+  buf[t] = x[t];
+  if (sync) __syncwarp();
+  float v = buf[base + (lane + 1) % 32];
+  if (sync) __syncwarp();
+  buf[t] = 2.0f * v;
+  if (sync) __syncwarp();
+  out[t] = buf[base + (lane + 31) % 32];
+}
+
+// two half warps, each ordered by its own __syncwarp(mask): reading within the
+// own half is ordered, reading the other half is not
+__global__ void half_warp_exchange_kernel(float* out, const float* x, int cross) {
+  __shared__ float buf[32];
+  int lane = threadIdx.x;
+  unsigned mask = lane < 16 ? 0x0000ffffu : 0xffff0000u;
+  buf[lane] = x[lane];
+  __syncwarp(mask);
+  int src = cross ? (lane + 16) % 32 : (lane & 16) | ((lane + 1) & 15);
+  out[lane] = buf[src];
+}
+
+// lane 0 writes, lanes 0 and 1 __syncwarp, then lanes 1 and 2: lane 2's read is
+// ordered after lane 0's write through lane 1 (happens-before is transitive)
+__global__ void warp_chain_kernel(float* out) {
+  __shared__ float value;
+  int lane = threadIdx.x;
+  if (lane == 0) value = 42.0f;
+  if (lane <= 1) __syncwarp(0x3u);
+  if (lane >= 1) __syncwarp(0x6u);
+  if (lane == 2) out[0] = value;
+}
+
+// 2-byte elements: neighbours write the two halves of one 4-byte word (not a
+// race: the detector is exact to the byte), then read each other's
+__global__ void bf16_halves_kernel(float* out, const float* x, int barrier) {
+  __shared__ __nv_bfloat16 halves[REDUCE_THREADS];
+  int t = threadIdx.x;
+  halves[t] = __float2bfloat16(x[t]);
+  if (barrier) __syncthreads();
+  out[t] = __bfloat162float(halves[t ^ 1]);
+}
+
+// every thread counts itself with a shared atomicAdd (atomics do not race with
+// each other); thread 0 must wait at a barrier before it reads the count
+__global__ void shared_atomic_count_kernel(int* out, int barrier) {
+  __shared__ int count;
+  if (threadIdx.x == 0) count = 0;
+  __syncthreads();
+  atomicAdd(&count, 1);
+  if (barrier) __syncthreads();
+  if (threadIdx.x == 0) out[blockIdx.x] = count;
+}
+
+// ---------------------------------------------------------------------------
+// launch resources: a kernel that keeps REGISTER_HEAVY values live through a
+// loop, so ptxas gives it about 100 registers per thread on sm_90: 256 threads
+// a block fit the 64K registers of a multiprocessor, 1024 do not (a GPU
+// refuses the launch: "too many resources requested for launch")
+static const int REGISTER_HEAVY = 96;
+
+__global__ void register_heavy_kernel(float* out, const float* x, int rounds) {
+  int t = blockIdx.x * blockDim.x + threadIdx.x;
+  float v[REGISTER_HEAVY];
+#pragma unroll
+  for (int i = 0; i < REGISTER_HEAVY; i++) v[i] = x[(t + i) % 1024];
+  for (int r = 0; r < rounds; r++) {
+#pragma unroll
+    for (int i = 0; i < REGISTER_HEAVY; i++) v[i] = v[i] * v[(i + 1) % REGISTER_HEAVY] + v[(i + 7) % REGISTER_HEAVY];
+  }
+  float sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < REGISTER_HEAVY; i++) sum += v[i];
+  out[t] = sum;
+}
+
+// __launch_bounds__(128): ptxas may assume at most 128 threads a block
+__global__ void __launch_bounds__(128) bounded_kernel(float* out) { out[threadIdx.x] = 1.0f; }
+
+// ---------------------------------------------------------------------------
 // tests with known answers
 
 static void test_block_sum() {
@@ -382,7 +512,7 @@ static void test_block_sum() {
   for (float p : partial) got += p;
   // multiples of 1/8 with small sums: every partial sum is exact in fp32
   check(got == expect, "shared-memory block reduction with __syncthreads", "got %g, expected %g", got, expect);
-#ifdef CUDA_EMU
+#if defined(CUDA_EMU) && !defined(CUDA_EMU_RACECHECK)
   // without the first barrier, thread 0 reads slots of threads that have not
   // run yet: the harness fills shared memory with NaN bytes, so the sum is NaN.
   // In reverse thread order the later threads run first and the race hides,
@@ -1347,6 +1477,135 @@ static void test_wmma() {
   CUDA_CHECK(cudaFree(d_mb));
 }
 
+// the race-free variants of the race kernels give the right answers (and, in
+// the race-check build, no report)
+static void test_race_free_kernels() {
+  const int n = REDUCE_THREADS, blocks = 2;
+  std::vector<float> x(n * blocks);
+  for (int i = 0; i < n * blocks; i++) x[i] = test_value(i, 7);
+  float* d_x = to_device(x);
+  float* d_out = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_out, n * blocks * sizeof(float)));
+  int* d_count = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_count, blocks * sizeof(int)));
+
+  broadcast_sum_kernel<<<blocks, n>>>(d_out, d_x, 1);
+  std::vector<float> out = to_host(d_out, n * blocks);
+  int bad = 0;
+  for (int b = 0; b < blocks; b++) {
+    float total = 0.0f;  // multiples of 1/8: exact in any order
+    for (int t = 0; t < n; t++) total += x[b * n + t];
+    for (int t = 0; t < n; t++) bad += out[b * n + t] != x[b * n + t] - total;
+  }
+  check(bad == 0, "block sum broadcast through shared memory (with the barrier)", "%d wrong", bad);
+
+  shift_left_kernel<<<1, n>>>(d_out, d_x, 1);
+  out = to_host(d_out, n);
+  bad = 0;
+  for (int t = 0; t < n; t++) bad += out[t] != 2.0f * x[(t + 1) % n];
+  check(bad == 0, "read neighbour, barrier, overwrite own slot", "%d wrong", bad);
+
+  warp_slot_kernel<<<1, n>>>(d_out, d_x, 1);
+  out = to_host(d_out, n);
+  bad = 0;
+  for (int t = 0; t < n; t++) {
+    float sum = 0.0f;
+    for (int l = 0; l < 32; l++) sum += x[t / 32 * 32 + l];
+    bad += out[t] != sum;
+  }
+  check(bad == 0, "per-warp slot written by lane 0 after a shuffle reduction", "%d wrong", bad);
+
+  warp_exchange_kernel<<<1, n>>>(d_out, d_x, 1);
+  out = to_host(d_out, n);
+  bad = 0;
+  for (int t = 0; t < n; t++) bad += out[t] != 2.0f * x[t];  // the left neighbour's copy of my right-hand read
+  check(bad == 0, "lanes exchange through shared memory ordered by __syncwarp", "%d wrong", bad);
+
+  half_warp_exchange_kernel<<<1, 32>>>(d_out, d_x, 0);
+  out = to_host(d_out, 32);
+  bad = 0;
+  for (int l = 0; l < 32; l++) bad += out[l] != x[(l & 16) | ((l + 1) & 15)];
+  check(bad == 0, "half warps exchange within themselves after __syncwarp(half mask)", "%d wrong", bad);
+
+#ifdef CUDA_EMU
+  // lanes 1 and 2 may only wait at the second __syncwarp after lanes 0 and 1
+  // left the first: in reverse order lane 2 would wait first, with a mask
+  // that overlaps the other one (an error here, as masks must not overlap)
+  const char* order = getenv("CUDA_EMU_THREAD_ORDER");
+  if (!(order && strcmp(order, "reverse") == 0))
+#endif
+  {
+    warp_chain_kernel<<<1, 3>>>(d_out);
+    out = to_host(d_out, 1);
+    check(out[0] == 42.0f, "__syncwarp orders accesses transitively (lane 0 -> 1 -> 2)", "got %g", out[0]);
+  }
+
+  bf16_halves_kernel<<<1, n>>>(d_out, d_x, 1);
+  out = to_host(d_out, n);
+  bad = 0;
+  for (int t = 0; t < n; t++) bad += out[t] != x[t ^ 1];  // multiples of 1/8: exact in bf16
+  check(bad == 0, "neighbours write the two bf16 halves of a word, barrier, read each other's", "%d wrong", bad);
+
+  shared_atomic_count_kernel<<<blocks, n>>>(d_count, 1);
+  std::vector<int> counts = to_host(d_count, blocks);
+  check(counts[0] == n && counts[1] == n, "shared-memory atomicAdd from every thread, barrier, read",
+        "counts %d %d", counts[0], counts[1]);
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_out));
+  CUDA_CHECK(cudaFree(d_count));
+}
+
+// registers per thread: a block that fits runs; cudaFuncGetAttributes reports
+// ptxas's count. Under the harness this needs the table from nvcc
+// (CUDA_EMU_REGISTER_TABLE, set by emu.mk when nvcc is there)
+static void test_register_limit() {
+#if defined(CUDA_EMU) && !defined(CUDA_EMU_REGISTER_TABLE)
+  printf("(register limit checks skipped: built without nvcc, so there are no ptxas register counts)\n");
+#else
+  cudaFuncAttributes attr;
+  CUDA_CHECK(cudaFuncGetAttributes(&attr, register_heavy_kernel));
+  check(attr.numRegs > 64 && attr.numRegs <= 255 && attr.maxThreadsPerBlock < 1024 &&
+            attr.maxThreadsPerBlock >= 256 && attr.maxThreadsPerBlock % 32 == 0,
+        "cudaFuncGetAttributes: registers of a register-heavy kernel (ptxas)", "numRegs %d, maxThreadsPerBlock %d",
+        attr.numRegs, attr.maxThreadsPerBlock);
+  CUDA_CHECK(cudaFuncGetAttributes(&attr, bounded_kernel));
+  check(attr.maxThreadsPerBlock == 128, "cudaFuncGetAttributes: __launch_bounds__(128)", "maxThreadsPerBlock %d",
+        attr.maxThreadsPerBlock);
+  const int threads = 256;
+  std::vector<float> x(1024);
+  for (int i = 0; i < 1024; i++) x[i] = test_value(i, 9) * 0.5f;
+  float* d_x = to_device(x);
+  float* d_out = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_out, threads * sizeof(float)));
+  register_heavy_kernel<<<1, threads>>>(d_out, d_x, 1);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> out = to_host(d_out, threads);
+  int bad = 0;
+  for (int t = 0; t < threads; t++) {
+    float v[REGISTER_HEAVY];
+    for (int i = 0; i < REGISTER_HEAVY; i++) v[i] = x[(t + i) % 1024];
+    for (int i = 0; i < REGISTER_HEAVY; i++) v[i] = v[i] * v[(i + 1) % REGISTER_HEAVY] + v[(i + 7) % REGISTER_HEAVY];
+    float sum = 0.0f;
+    for (int i = 0; i < REGISTER_HEAVY; i++) sum += v[i];
+    bad += !(fabsf(out[t] - sum) <= 1e-4f * (1.0f + fabsf(sum)));  // a GPU contracts to fma
+  }
+  check(bad == 0, "register-heavy kernel at 256 threads a block runs", "%d wrong", bad);
+#ifndef CUDA_EMU
+  // on a GPU, the launches the harness refuses fail here
+  register_heavy_kernel<<<1, 1024>>>(d_out, d_x, 1);
+  cudaError_t e = cudaGetLastError();
+  check(e == cudaErrorLaunchOutOfResources, "register-heavy kernel at 1024 threads: too many resources",
+        "got %s", cudaGetErrorString(e));
+  bounded_kernel<<<1, 256>>>(d_out);
+  e = cudaGetLastError();
+  check(e == cudaErrorLaunchOutOfResources, "__launch_bounds__(128) kernel at 256 threads: too many resources",
+        "got %s", cudaGetErrorString(e));
+#endif
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_out));
+#endif
+}
+
 #ifdef CUDA_EMU
 // errors that the real runtime returns (not fatal)
 static void test_runtime_errors() {
@@ -1591,6 +1850,82 @@ static void bug_cublas_host_pointer(cublasHandle_t handle) {
   cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, a, 4, b, 4, &zero, c, 4);
 }
 
+
+// races (the race-check build): a barrier missing from each correct kernel above
+static float* race_input(int n) {
+  std::vector<float> x(n);
+  for (int i = 0; i < n; i++) x[i] = test_value(i, 8);
+  return to_device(x);
+}
+static void bug_race_broadcast() {
+  float* x = race_input(REDUCE_THREADS);
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, REDUCE_THREADS * sizeof(float)));
+  broadcast_sum_kernel<<<1, REDUCE_THREADS>>>(out, x, 0);
+  cudaDeviceSynchronize();
+}
+static void bug_race_tree() {
+  float* x = race_input(REDUCE_THREADS);
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, sizeof(float)));
+  block_sum_missing_barrier_kernel<<<1, REDUCE_THREADS>>>(out, x, REDUCE_THREADS);
+  cudaDeviceSynchronize();
+}
+static void bug_race_shift() {
+  float* x = race_input(REDUCE_THREADS);
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, REDUCE_THREADS * sizeof(float)));
+  shift_left_kernel<<<1, REDUCE_THREADS>>>(out, x, 0);
+  cudaDeviceSynchronize();
+}
+static void bug_race_warp_slot() {
+  float* x = race_input(REDUCE_THREADS);
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, REDUCE_THREADS * sizeof(float)));
+  warp_slot_kernel<<<1, REDUCE_THREADS>>>(out, x, 0);
+  cudaDeviceSynchronize();
+}
+static void bug_race_warp_exchange() {
+  float* x = race_input(REDUCE_THREADS);
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, REDUCE_THREADS * sizeof(float)));
+  warp_exchange_kernel<<<1, REDUCE_THREADS>>>(out, x, 0);
+  cudaDeviceSynchronize();
+}
+static void bug_race_half_warp() {
+  float* x = race_input(32);
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, 32 * sizeof(float)));
+  half_warp_exchange_kernel<<<1, 32>>>(out, x, 1);
+  cudaDeviceSynchronize();
+}
+static void bug_race_bf16() {
+  float* x = race_input(REDUCE_THREADS);
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, REDUCE_THREADS * sizeof(float)));
+  bf16_halves_kernel<<<1, REDUCE_THREADS>>>(out, x, 0);
+  cudaDeviceSynchronize();
+}
+static void bug_race_atomic() {
+  int* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, sizeof(int)));
+  shared_atomic_count_kernel<<<1, 64>>>(out, 0);
+  cudaDeviceSynchronize();
+}
+// launch resources (with the ptxas table)
+static void bug_too_many_registers() {
+  float *x = race_input(1024), *out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, 1024 * sizeof(float)));
+  register_heavy_kernel<<<1, 1024>>>(out, x, 1);
+  cudaDeviceSynchronize();
+}
+static void bug_over_launch_bounds() {
+  float* out = nullptr;
+  CUDA_CHECK(cudaMalloc(&out, 256 * sizeof(float)));
+  bounded_kernel<<<1, 256>>>(out);
+  cudaDeviceSynchronize();
+}
+
 static void expect_failure(const char* name, void (*bug)(), std::vector<const char*> must_contain) {
   fflush(stdout);
   fflush(stderr);
@@ -1639,8 +1974,10 @@ static cublasHandle_t g_handle_for_bug;
 static void bug_cublas_host_pointer_wrapper() { bug_cublas_host_pointer(g_handle_for_bug); }
 
 static void test_planted_bugs(cublasHandle_t handle) {
+#ifndef CUDA_EMU_RACECHECK  // AddressSanitizer is in the ordinary build only
   expect_failure("planted out-of-bounds write is caught by AddressSanitizer", bug_oob_write,
                  {"AddressSanitizer", "heap-buffer-overflow", "oob_write_kernel"});
+#endif
   expect_failure("__syncthreads in a divergent branch is reported as a deadlock", bug_divergent_barrier,
                  {"deadlock", "divergent_barrier_kernel", "__syncthreads"});
   expect_failure("early return before __syncthreads is reported as a deadlock", bug_early_exit_barrier,
@@ -1654,13 +1991,46 @@ static void test_planted_bugs(cublasHandle_t handle) {
                  {"static_plus_dynamic_kernel", "exceeds"});
   expect_failure("freed device memory as a kernel argument is reported", bug_freed_argument,
                  {"scale_kernel", "freed by cudaFree"});
+#ifndef CUDA_EMU_RACECHECK
   expect_failure("use after cudaFree inside a kernel is caught by AddressSanitizer", bug_freed_in_struct,
                  {"AddressSanitizer", "heap-use-after-free", "read_through_struct_kernel"});
+#endif
   expect_failure("host pointer as a kernel argument is reported", bug_host_pointer,
                  {"scale_kernel", "not device memory"});
   g_handle_for_bug = handle;
   expect_failure("host pointer passed to cublasSgemm is reported", bug_cublas_host_pointer_wrapper,
                  {"cublasSgemm", "matrix A", "host memory"});
+#ifdef CUDA_EMU_REGISTER_TABLE
+  expect_failure("launch over the register limit is refused (too many resources)", bug_too_many_registers,
+                 {"register_heavy_kernel", "1024 threads", "registers per thread", "too many resources requested"});
+  expect_failure("launch over __launch_bounds__ is refused (too many resources)", bug_over_launch_bounds,
+                 {"bounded_kernel", "256 threads", "__launch_bounds__ of 128", "too many resources requested"});
+#endif
+#ifdef CUDA_EMU_RACECHECK
+  // the hazard's kind is named by the order the emulator ran the two
+  // accesses in: some swap with CUDA_EMU_THREAD_ORDER=reverse
+  const char* order = getenv("CUDA_EMU_THREAD_ORDER");
+  bool reverse = order && strcmp(order, "reverse") == 0;
+  expect_failure("race: block sum broadcast without its barrier (RAW)", bug_race_broadcast,
+                 {"race on shared memory", reverse ? "write-after-read hazard (WAR)" : "read-after-write hazard (RAW)",
+                  "broadcast_sum_kernel", "'total'", "write by thread (0,0,0)", "read  by thread (", "selftest.cu:"});
+  expect_failure("race: tree reduction without its first barrier", bug_race_tree,
+                 {"race on shared memory", reverse ? "(RAW)" : "(WAR)", "block_sum_missing_barrier_kernel", "'buf'"});
+  expect_failure("race: read neighbour, overwrite own slot without a barrier", bug_race_shift,
+                 {"race on shared memory", reverse ? "read-after-write hazard (RAW)" : "write-after-read hazard (WAR)",
+                  "shift_left_kernel", "'buf'"});
+  expect_failure("race: every lane writes the warp's slot (WAW)", bug_race_warp_slot,
+                 {"race on shared memory", "write-after-write hazard (WAW)", "warp_slot_kernel", "'slot'",
+                  "a __syncwarp() is enough"});
+  expect_failure("race: lanes exchange through shared memory without __syncwarp", bug_race_warp_exchange,
+                 {"race on shared memory", "warp_exchange_kernel", "both threads are in one warp"});
+  expect_failure("race: half warp reads the other half after __syncwarp(own half)", bug_race_half_warp,
+                 {"race on shared memory", "half_warp_exchange_kernel", "'buf'"});
+  expect_failure("race: a bf16 read without the barrier, in half of a word", bug_race_bf16,
+                 {"race on shared memory", "bf16_halves_kernel", "'halves'", reverse ? "byte offset 508" : "byte offset 2"});
+  expect_failure("race: plain read of a shared counter while others atomicAdd", bug_race_atomic,
+                 {"race on shared memory", "shared_atomic_count_kernel", "(atomic)", "'count'"});
+#endif
 }
 
 // ---------------------------------------------------------------------------
@@ -1913,6 +2283,8 @@ int main(int argc, char** argv) {
 #endif
   test_events_and_device();
   test_wmma();
+  test_race_free_kernels();
+  test_register_limit();
 #ifdef CUDA_EMU
   test_wmma_scrambled();
   test_wmma_refusals();

@@ -65,13 +65,14 @@ test_subtrack: test_subtrack.c train_llama_subtrack.c dev/test_check.h
 # the race-check suites: the emulated suites again, built with the harness's
 # shared-memory race detector instead of AddressSanitizer (dev/cuda_emu/README.md)
 test: test_subtrack train_llama_subtrack_cpu dev/perf_model $(SAN_TEST_DEPS) $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS) \
-      $(GPU_CHECK_DEPS) $(CUDA_EMU_RACE_TEST_DEPS) $(GPU_RACE_TEST_DEPS)
+      $(GPU_CHECK_DEPS) $(CUDA_EMU_RACE_TEST_DEPS) $(GPU_RACE_TEST_DEPS) $(GPU_LADDER_DEPS)
 	@./dev/run_tests.sh ./test_subtrack "./dev/perf_model --check" \
 	  $(if $(SAN_TEST),"$(SAN_TEST)") \
 	  $(if $(CUDA_EMU_TEST),"./dev/cuda_emu/selftest" "CUDA_EMU_THREAD_ORDER=reverse ./dev/cuda_emu/selftest") \
 	  $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)" "$(GPU_TEST3)") \
 	  $(if $(GPU_CHECK_TEST),"$(GPU_CHECK_TEST)") \
 	  $(if $(GPU_PERF_TEST),"$(GPU_PERF_TEST)") \
+	  $(if $(GPU_LADDER_TEST),"$(GPU_LADDER_TEST)") \
 	  $(if $(CUDA_EMU_RACE_TEST),"$(CUDA_EMU_RACE_TEST)") \
 	  $(if $(GPU_RACE_TEST),"$(GPU_RACE_TEST)" "$(GPU_RACE_TEST2)" "$(GPU_RACE_TEST3)" "$(GPU_RACE_TEST4)")
 

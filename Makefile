@@ -73,6 +73,7 @@ test: test_subtrack train_llama_subtrack_cpu dev/perf_model $(SAN_TEST_DEPS) $(C
 	  $(if $(GPU_CHECK_TEST),"$(GPU_CHECK_TEST)") \
 	  $(if $(GPU_PERF_TEST),"$(GPU_PERF_TEST)") \
 	  $(if $(GPU_LADDER_TEST),"$(GPU_LADDER_TEST)") \
+	  $(if $(GPU_LADDER_TEST2),"$(GPU_LADDER_TEST2)") \
 	  $(if $(CUDA_EMU_RACE_TEST),"$(CUDA_EMU_RACE_TEST)") \
 	  $(if $(GPU_RACE_TEST),"$(GPU_RACE_TEST)" "$(GPU_RACE_TEST2)" "$(GPU_RACE_TEST3)" "$(GPU_RACE_TEST4)")
 

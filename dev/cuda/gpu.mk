@@ -89,8 +89,10 @@ GPU_CHECK_DEPS := train_llama_subtrack_emu dev/test_gpu/test_subtrack_gpu_emu de
 GPU_CHECK_TEST := ./dev/gpu_check.sh --dry-run
 # the flash-attention ladder (dev/cuda/flash_attention.cu: fp32 and WMMA bf16
 # kernels against the CPU reference, bit-identical reruns), about 4 s
-GPU_LADDER_DEPS := dev/cuda/flash_attention_emu
+GPU_LADDER_DEPS := dev/cuda/flash_attention_emu $(if $(CUDA_EMU_RACE_TEST),dev/cuda/flash_attention_race)
 GPU_LADDER_TEST := ./dev/cuda/flash_attention_emu
+# and its race-check build: the WMMA kernels' shared-memory tiles checked for races
+GPU_LADDER_TEST2 := $(if $(CUDA_EMU_RACE_TEST),./dev/cuda/flash_attention_race)
 # and every launcher of dev/bench_gpu --per_kernel once, at tiny sizes (about a second)
 GPU_PERF_TEST := ./dev/bench_gpu_emu --per_kernel 1 --preset kjv_test --B 2 --T 16 --iters 1 --warmup 0
 else
@@ -99,6 +101,7 @@ GPU_CHECK_TEST :=
 GPU_PERF_TEST :=
 GPU_LADDER_DEPS :=
 GPU_LADDER_TEST :=
+GPU_LADDER_TEST2 :=
 endif
 
 # the race-check builds (X_race: every kernel's shared-memory accesses checked
@@ -123,7 +126,7 @@ test_gpu: $(GPU_TEST_DEPS)
 
 .PHONY: gpu_clean
 gpu_clean:
-	rm -f dev/cuda/flash_attention_emu train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu dev/bench_gpu dev/bench_gpu_emu \
+	rm -f dev/cuda/flash_attention_emu dev/cuda/flash_attention_race train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu dev/bench_gpu dev/bench_gpu_emu \
 	  dev/test_gpu/test_sanitize dev/test_gpu/test_sanitize_emu train_llama_subtrack_emu \
 	  dev/test_gpu/test_subtrack_gpu_race dev/test_gpu/test_gpu_optim_race dev/test_gpu/test_sanitize_race \
 	  train_llama_subtrack_race dev/bench_gpu_race

@@ -1327,20 +1327,10 @@ static void perf_print_table(const PerfOptions* o, const PerfTrainerFacts* facts
 // ----------------------------------------------------------------------------
 // --check: the model against independent closed forms, and the figures against the file
 
-static int perf_pass, perf_fail;
+// the project's check api (dev/test_check.h): PASS/FAIL lines and the closing count
+#include "test_check.h"
 
-static void perf_check(int ok, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-static void perf_check(int ok, const char* fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    if (ok) { perf_pass++; } else { perf_fail++; }
-}
-
-static void perf_check_report(int ok, const char* msg) { perf_check(ok, "%s", msg); }
+static void perf_check_report(int ok, const char* msg) { check(ok, "%s", msg); }
 
 static int perf_close(double x, double y) { return fabs(x - y) <= 1e-12 * fabs(y) + 1e-300; }
 
@@ -1378,7 +1368,7 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
     double other = perf_rows_sum(m, ST, "lowrank", -2, -1, 0) - tf32;
     double track_fp32 = perf_rows_sum(m, ST, "track", PERF_FP32_GEMM, OP_SGEMM, 0);
     double track_all = perf_rows_sum(m, ST, "track", -2, -1, 0);
-    perf_check(perf_close(tf32, bulk) && other == 0.0 && track_all > 0.0 && perf_close(track_fp32, track_all),
+    check(perf_close(tf32, bulk) && other == 0.0 && track_all > 0.0 && perf_close(track_fp32, track_all),
                "%s: bf16 mode: the bulk GEMMs (gemm_gpu_bulk) are TF32, 3 x 2 R (N - VC) = %.6e (%.3e elsewhere); "
                "the tracking GEMMs fp32 (gemm_gpu)", tag, bulk, other);
     // the same bulk GEMMs read fp32 operands: projection (R p + p q) + q R out, residual and back-projection
@@ -1389,7 +1379,7 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
         double cnt = pq[g][0], p = pq[g][1], q = pq[g][2];
         bulk_bytes += cnt * 4.0 * ((R * p + p * q + R * q) + 2.0 * (p * R + R * q + 2.0 * p * q));
     }
-    perf_check(perf_close(perf_rows_sum(m, ST, "lowrank", -2, -1, 1), bulk_bytes), "%s: the bulk GEMMs' bytes at "
+    check(perf_close(perf_rows_sum(m, ST, "lowrank", -2, -1, 1), bulk_bytes), "%s: the bulk GEMMs' bytes at "
                "4 a TF32 operand = %.6e", tag, bulk_bytes);
     {
         PerfModel* m32 = (PerfModel*)malloc(sizeof(PerfModel));
@@ -1400,10 +1390,10 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
         if (m32 != NULL && perf_build_recipe(m32, m->preset, &oo, &v, facts)) {
             double f32 = perf_rows_sum(m32, ST, "lowrank", PERF_FP32_GEMM, OP_SGEMM_BULK, 0);
             double t32 = perf_rows_sum(m32, ST, "lowrank", PERF_TF32_GEMM, -1, 0);
-            perf_check(perf_close(f32, bulk) && t32 == 0.0, "%s: --dtype float32: the same bulk GEMMs stay fp32 "
+            check(perf_close(f32, bulk) && t32 == 0.0, "%s: --dtype float32: the same bulk GEMMs stay fp32 "
                        "(%.6e), none TF32", tag, f32);
         } else {
-            perf_check(0, "%s: --dtype float32 model could not be built", tag);
+            check(0, "%s: --dtype float32 model could not be built", tag);
         }
         free(m32);
     }
@@ -1417,7 +1407,7 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
     for (int i = 0; i < m->n; i++) {
         if (m->rows[i].launch.op == OP_SYEVDX && m->rows[i].launch.b != (long long)R) { bad_r++; }
     }
-    perf_check(perf_close(perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, OP_SYEVDX, 0), syx) &&
+    check(perf_close(perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, OP_SYEVDX, 0), syx) &&
                perf_close(perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, OP_SYEVDX, 3), syx_serial) &&
                perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, OP_SYEVDX, 2) == 7.0 * L &&
                perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, -1, 5) ==
@@ -1436,14 +1426,14 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
         const PerfRow* r = &m->rows[i];
         if (strcmp(r->phase, "forward") == 0 && r->model_flops > 0.0) { got_bytes += r->bytes; }
     }
-    perf_check(perf_close(got_bytes, fwd_bytes) &&
+    check(perf_close(got_bytes, fwd_bytes) &&
                perf_rows_sum(m, PERF_SET_COMMON, "forward", -2, OP_GEMM_RESIDUAL, 2) == 2.0 * L * acc,
                "%s: the forward's projection GEMM bytes = accum x e x (L (4C^2 + 3CF + 13 BT C + 3 BT F) + VC + BT (C + V)) "
                "= %.6e, 2 BT C e a layer of it the epilogue's residual reads (2L matmul_forward_residual a micro step)",
                tag, fwd_bytes);
     double elem = perf_rows_sum(m, PERF_SET_COMMON, "forward", PERF_FP32_CORE, -1, 2);
     double want_elem = acc * ((m->v.flash ? 5.0 : 6.0) * L + 3.0);
-    perf_check(perf_close(elem, want_elem) && perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RESIDUAL_FWD, 5) == 0.0,
+    check(perf_close(elem, want_elem) && perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RESIDUAL_FWD, 5) == 0.0,
                "%s: the forward's elementwise launches = accum x (%s) = %.0f: no residual_forward (2 a layer before "
                "ccb06c0)", tag, m->v.flash ? "5L + 3" : "6L + 3", want_elem);
 
@@ -1454,7 +1444,7 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
     double waves = ceil(ceil(C / 32.0) * chunks / (132.0 * 8.0));
     double dw_bytes = calls * (2.0 * BT * C * e + 4.0 * BT + 8.0 * chunks * C + 8.0 * C);
     double dw_serial = calls * (waves * ceil(rows / a->serial_ilp) + ceil(chunks / a->serial_ilp)) * a->latency_us * 1e-6;
-    perf_check(perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RMSNORM_BWD_DWEIGHT, 1), dw_bytes) &&
+    check(perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RMSNORM_BWD_DWEIGHT, 1), dw_bytes) &&
                perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RMSNORM_BWD_DWEIGHT, 2), 2.0 * calls) &&
                perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RMSNORM_BWD_DWEIGHT, 3), dw_serial),
                "%s: rmsnorm_backward_dweight: %.0f launches, bytes (2L+1) accum (2 BT C e + 4 BT + 8 ceil(BT/256) C + 8 C)"
@@ -1471,7 +1461,7 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
     double enc_serial = acc * ((lat_top > lat_waves ? lat_top : lat_waves) * a->latency_us * 1e-6 +
                                4.0 * ints / (a->h2d_gbs * 1e9));
     double enc_host = acc * (2.0 * BT + 4.0 * V) * a->host_ns * 1e-9;
-    perf_check(perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 1), enc_bytes) &&
+    check(perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 1), enc_bytes) &&
                perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 2), 2.0 * acc) &&
                perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 3), enc_serial) &&
                perf_close(perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_ENCODER_BWD, 4), enc_host),
@@ -1489,18 +1479,18 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
             double d_gemm = perf_rows_sum(m, PERF_SET_COMMON, "forward", -2, -1, 1) -
                             perf_rows_sum(mo, PERF_SET_COMMON, "forward", -2, -1, 1);
             double res = perf_rows_sum(mo, PERF_SET_COMMON, NULL, -1, OP_RESIDUAL_FWD, 2);
-            perf_check(perf_close(d_gemm, acc * 2.0 * L * BT * C * e) && perf_close(res, acc * 2.0 * L),
+            check(perf_close(d_gemm, acc * 2.0 * L * BT * C * e) && perf_close(res, acc * 2.0 * L),
                        "%s: --fused_residual 0 (before ccb06c0): %.0f residual_forward launches, and its GEMMs read "
                        "2 L BT C e a micro step less", tag, res);
         } else {
-            perf_check(0, "%s: --fused_residual 0 model could not be built", tag);
+            check(0, "%s: --fused_residual 0 model could not be built", tag);
         }
         free(mo);
     }
 }
 
 static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts) {
-    perf_pass = perf_fail = 0;
+    g_pass = g_fail = 0;
     static PerfModel m;
     printf("perf_model --check: the model's rows against closed forms computed apart from them, for every recipe,\n"
            "both attention kinds and both recovery forms, and what changed in the trainer since 33b6305 (TF32 bulk\n"
@@ -1516,7 +1506,7 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
             PerfOptions oo = *o;
             oo.B = oo.T = oo.accum = oo.rank = oo.k = 0;
             if (!perf_build_recipe(&m, rc->preset, &oo, &v, facts)) {
-                perf_check(0, "%s: the trainer has no such preset", rc->preset);
+                check(0, "%s: the trainer has no such preset", rc->preset);
                 continue;
             }
             const PerfDims* d = &m.d;
@@ -1529,34 +1519,34 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
             if (variant == 0) {
                 // the trainer's own parameter table, less the embedding and the norms
                 double from_trainer = facts->parameter_count(d) - V * C - (2.0 * L + 1.0) * C;
-                perf_check(perf_close(perf_matrix_params(d), from_trainer) && perf_close(N, from_trainer),
+                check(perf_close(perf_matrix_params(d), from_trainer) && perf_close(N, from_trainer),
                            "%s: N = %.0f from the trainer's parameter table (less embedding and norms) = L(4C^2+3CF)+VC",
                            rc->preset, from_trainer);
             }
             if (variant < 2) {
                 double mm = perf_sum_field(&m, PERF_SET_COMMON, 1);
-                perf_check(perf_close(mm, 6.0 * N * tokens), "%s: forward + backward matmul FLOPs summed over the "
+                check(perf_close(mm, 6.0 * N * tokens), "%s: forward + backward matmul FLOPs summed over the "
                            "rows = 6 N tokens = %.6e", tag, 6.0 * N * tokens);
                 double attn = perf_sum_field(&m, PERF_SET_COMMON, 2);
                 double want = tokens * (v.flash ? 6.0 * L * C * (T + 1.0) : 12.0 * L * C * T);
-                perf_check(perf_close(attn, want), "%s: attention FLOPs summed over the rows = tokens x %s = %.6e",
+                check(perf_close(attn, want), "%s: attention FLOPs summed over the rows = tokens x %s = %.6e",
                            tag, v.flash ? "6 L C (T+1) (causal triangle)" : "12 L C T (full square)", want);
             }
             // the optimizer: sum over matrices of 2 p q R = 2 R sum(m n) = 2 R (N - V C)
             double per_gemm = 2.0 * R * (N - V * C);
             double lr = perf_lowrank_gemm_flops(&m, PERF_SET_SUBTRACK, "lowrank");
             int ngemm = v.fused_recovery ? 2 : 3;
-            perf_check(perf_close(lr, ngemm * per_gemm), "%s: SubTrack++ GEMM FLOPs a plain step = %d x 2pqR over "
+            check(perf_close(lr, ngemm * per_gemm), "%s: SubTrack++ GEMM FLOPs a plain step = %d x 2pqR over "
                        "the matrices = %d x 2 R (N - V C) = %.6e", tag, ngemm, ngemm, ngemm * per_gemm);
             if (variant == 0) {
                 double tr = perf_lowrank_gemm_flops(&m, PERF_SET_SUBTRACK, "track");
                 double pmin = C < F ? C : F;
                 double want_tr = (per_gemm + 3.0 * 2.0 * R * R * (4.0 * L * C + 3.0 * L * pmin)) / m.k;
-                perf_check(perf_close(tr, want_tr), "%s: tracking GEMM FLOPs a step = (2pqR + 3 x 2pR^2) per "
+                check(perf_close(tr, want_tr), "%s: tracking GEMM FLOPs a step = (2pqR + 3 x 2pR^2) per "
                            "matrix / k = %.6e", rc->preset, want_tr);
                 double ab = perf_sum_field(&m, PERF_SET_ADAMW, 3);
                 double np = facts->parameter_count(d);
-                perf_check(perf_close(ab, 28.0 * np), "%s: AdamW bytes = 28 x every parameter (%.0f) = %.6e",
+                check(perf_close(ab, 28.0 * np), "%s: AdamW bytes = 28 x every parameter (%.0f) = %.6e",
                            rc->preset, np, 28.0 * np);
                 // every row: the estimate is never below the roofline, and the H200 never slower than the H100
                 int bad_est = 0, bad_dev = 0;
@@ -1568,14 +1558,14 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
                     if (perf_row_roofline(&m.rows[i], &PERF_DEVICES[1]) >
                         perf_row_roofline(&m.rows[i], &PERF_DEVICES[0]) * (1.0 + 1e-12)) { bad_dev++; }
                 }
-                perf_check(bad_est == 0 && bad_dev == 0, "%s: every row's estimate >= its roofline (%d below), and "
+                check(bad_est == 0 && bad_dev == 0, "%s: every row's estimate >= its roofline (%d below), and "
                            "its H200 roofline <= its H100 one (%d above)", rc->preset, bad_est, bad_dev);
                 // today's rows are all measurable (--per_kernel); only planned kernels have no launcher
                 int unmeasured = 0;
                 for (int i = 0; i < m.n; i++) {
                     if (m.rows[i].launch.op == OP_NONE && strstr(m.rows[i].name, "(planned)") == NULL) { unmeasured++; }
                 }
-                perf_check(unmeasured == 0, "%s: every row of today's code names the launcher --per_kernel times "
+                check(unmeasured == 0, "%s: every row of today's code names the launcher --per_kernel times "
                            "(%d without)", rc->preset, unmeasured);
             }
             if (variant < 2) { perf_check_today(&m, o, facts, tag); }
@@ -1585,10 +1575,10 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
                 double share = lr / (perf_sum_field(&m, PERF_SET_COMMON, 1) + perf_sum_field(&m, PERF_SET_COMMON, 2));
                 double want = ngemm * 2.0 * R * (N - V * C) / (tokens * (6.0 * N + 12.0 * L * C * T));
                 double doc = v.fused_recovery ? GPU_NUMBERS_SHARE2_PCT : GPU_NUMBERS_SHARE3_PCT;
-                perf_check(perf_close(share, want) && R == 512 && tokens == 4096,
+                check(perf_close(share, want) && R == 512 && tokens == 4096,
                            "%s: the optimizer GEMMs' share of the model FLOPs = %d R (N - VC) / (3 tokens (N + 2 L C T)) "
                            "= %.4f%% (R %.0f, %.0f tokens)", tag, ngemm, 100.0 * want, R, tokens);
-                perf_check(fabs(100.0 * share - doc) < 1.0, "%s: that share, %.2f%%, is GPU_NUMBERS.md's 'about "
+                check(fabs(100.0 * share - doc) < 1.0, "%s: that share, %.2f%%, is GPU_NUMBERS.md's 'about "
                            "%g%%' (within 1 point: the file rounds)", tag, 100.0 * share, doc);
             }
         }
@@ -1598,8 +1588,7 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
         printf("note: %s cannot be read (a clean clone has no ../shared): the embedded figures are not compared\n",
                o->numbers);
     }
-    printf("%d passed, %d failed\n", perf_pass, perf_fail);
-    return perf_fail == 0 ? 0 : 1;
+    return check_summary();
 }
 
 // ----------------------------------------------------------------------------

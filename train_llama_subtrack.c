@@ -466,22 +466,30 @@ void rope_backward(float* dinp, const float* dout, const float* cos_table, const
     }
 }
 
-// causal multi-head softmax attention, scaled by 1/sqrt(HS). each (b, h)
-// pair is two small matrix products around a row softmax; heads are read in
+// causal multi-head softmax attention, scaled by 1/sqrt(HS), which keeps
+// only each row's log-sum-exp for the backward pass: the GPU twin is flash
+// attention (flash_attention.cuh), and the two save the same tensors. each
+// (b, h) pair is two small matrix products around a row softmax, in a (T, T)
+// block of scratch per thread that lives for one call; heads are read in
 // place through the row stride C, so nothing is transposed or copied. the
-// products also fill the masked upper triangle, which the softmax then zeroes:
-// that wastes half their flops but keeps them on the fast gemm path.
-void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+// products also fill the masked upper triangle, which the softmax then
+// zeroes: that wastes half their flops but keeps them on the fast gemm path.
+// the backward recomputes the probabilities from the scores and the lse.
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        int B, int T, int NH, int HS) {
-    // out (B,T,NH,HS), att (B,NH,T,T) softmax probabilities, saved for backward
-    // (zero above the diagonal); q, k, v (B,T,NH,HS)
+    // out (B,T,NH,HS); lse (B,NH,T), saved for backward; q, k, v (B,T,NH,HS)
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
+    float* scratch = (float*)malloc_check((size_t)num_threads() * T * T * sizeof(float), "attention scores");
     #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH;
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
         size_t off = (size_t)b * T * C + (size_t)h * HS;
-        float* a = att + (size_t)bh * T * T;
+        float* a = scratch + (size_t)tid * T * T;
         // scores: (T, T) = q_h @ k_h^T * scale
         gemm(0, 1, T, T, HS, scale, q + off, C, k + off, C, 0.0f, a, T);
         for (int t = 0; t < T; t++) {
@@ -498,42 +506,63 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
             float inv = 1.0f / sum;
             for (int t2 = 0; t2 <= t; t2++) { row[t2] *= inv; }
             for (int t2 = t + 1; t2 < T; t2++) { row[t2] = 0.0f; }
+            lse[(size_t)bh * T + t] = maxv + logf(sum);
         }
         // out_h: (T, HS) = att @ v_h
         gemm(0, 0, T, HS, T, 1.0f, a, T, v + off, C, 0.0f, out + off, C);
     }
+    free(scratch);
 }
 
-void attention_backward(float* dq, float* dk, float* dv, float* datt, const float* dout,
-                        const float* q, const float* k, const float* v, const float* att,
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                        const float* q, const float* k, const float* v, float* scratch_D,
                         int B, int T, int NH, int HS) {
-    // dq, dk, dv (B,T,NH,HS) written (=); datt (B,NH,T,T) scratch
-    // dout (B,T,NH,HS); q, k, v (B,T,NH,HS); att (B,NH,T,T) from the forward pass
+    // dq, dk, dv (B,T,NH,HS) written (=); dout, out (B,T,NH,HS); lse (B,NH,T)
+    // from the forward pass; q, k, v (B,T,NH,HS); scratch_D (B,NH,T)
     int C = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
+    float* scratch = (float*)malloc_check((size_t)num_threads() * 2 * T * T * sizeof(float), "attention scores");
     #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH;
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
         size_t off = (size_t)b * T * C + (size_t)h * HS;
-        const float* a = att + (size_t)bh * T * T;
-        float* da = datt + (size_t)bh * T * T;
+        float* a = scratch + (size_t)tid * 2 * T * T;
+        float* da = a + (size_t)T * T;
+        float* D = scratch_D + (size_t)bh * T;
+        // the probabilities again: att = exp(q_h @ k_h^T * scale - lse), 0 above the diagonal
+        gemm(0, 1, T, T, HS, scale, q + off, C, k + off, C, 0.0f, a, T);
+        for (int t = 0; t < T; t++) {
+            float* row = a + (size_t)t * T;
+            float m = lse[(size_t)bh * T + t];
+            #pragma omp simd
+            for (int t2 = 0; t2 <= t; t2++) { row[t2] = expf_simd(row[t2] - m); }
+            for (int t2 = t + 1; t2 < T; t2++) { row[t2] = 0.0f; }
+            // D_t = sum(att * datt) over the row = dout_t . out_t (as out = att @ v)
+            const float* g = dout + off + (size_t)t * C;
+            const float* o = out + off + (size_t)t * C;
+            float dot = 0.0f;
+            for (int d = 0; d < HS; d++) { dot += g[d] * o[d]; }
+            D[t] = dot;
+        }
         // forward was out = att @ v: datt = dout @ v^T, dv = att^T @ dout
         gemm(0, 1, T, T, HS, 1.0f, dout + off, C, v + off, C, 0.0f, da, T);
         gemm(1, 0, T, HS, T, 1.0f, a, T, dout + off, C, 0.0f, dv + off, C);
-        // softmax backward, in place: ds = att * (datt - sum(att * datt)).
-        // above the diagonal att is 0, so ds is 0 there too
+        // softmax backward, in place: ds = att * (datt - D). above the
+        // diagonal att is 0, so ds is 0 there too
         for (int t = 0; t < T; t++) {
             const float* arow = a + (size_t)t * T;
             float* drow = da + (size_t)t * T;
-            float dot = 0.0f;
-            #pragma omp simd reduction(+:dot)
-            for (int t2 = 0; t2 <= t; t2++) { dot += arow[t2] * drow[t2]; }
-            for (int t2 = 0; t2 < T; t2++) { drow[t2] = arow[t2] * (drow[t2] - dot); }
+            for (int t2 = 0; t2 < T; t2++) { drow[t2] = arow[t2] * (drow[t2] - D[t]); }
         }
         // scores were q @ k^T * scale: dq = ds @ k * scale, dk = ds^T @ q * scale
         gemm(0, 0, T, HS, T, scale, da, T, k + off, C, 0.0f, dq + off, C);
         gemm(1, 0, T, HS, T, scale, da, T, q + off, C, 0.0f, dk + off, C);
     }
+    free(scratch);
 }
 
 // swiglu: out = silu(gate) * up, with silu(x) = x * sigmoid(x)
@@ -864,7 +893,7 @@ typedef struct {
     float* q;          // (L, B, T, C) after rope
     float* k;          // (L, B, T, C) after rope
     float* v;          // (L, B, T, C)
-    float* att;        // (L, B, NH, T, T) softmax probabilities
+    float* att_lse;    // (L, B, NH, T) log-sum-exp of each attention row
     float* atty;       // (L, B, T, C) attention output, before wo
     float* resid_mid;  // (L, B, T, C) stream after the attention block
     float* mlp_xn;     // (L, B, T, C) mlp_norm output
@@ -886,7 +915,7 @@ void activation_sizes(size_t sizes[NUM_ACTIVATION_TENSORS], const LlamaConfig* c
     size_t HS = C / NH;
     size_t s[NUM_ACTIVATION_TENSORS] = {
         L * BT * C, L * BT * C, L * BT, L * BT * C, L * BT * C, L * BT * C,
-        L * B * NH * T * T, L * BT * C, L * BT * C, L * BT * C, L * BT,
+        L * B * NH * T, L * BT * C, L * BT * C, L * BT * C, L * BT,
         L * BT * F, L * BT * F, L * BT * F,
         BT * C, BT * C, BT, BT * V, BT, BT, 2 * T * (HS / 2),
     };
@@ -901,7 +930,7 @@ typedef struct {
     float* dq;     // (B, T, C)
     float* dk;     // (B, T, C)
     float* dv;     // (B, T, C)
-    float* datt;   // (B, NH, T, T)
+    float* att_D;  // (B, NH, T) dout . out of each attention row
     float* dgate;  // (B, T, F)
     float* dup;    // (B, T, F); also holds d(hidden)
 } GradScratch;
@@ -909,7 +938,7 @@ typedef struct {
 void grad_scratch_sizes(size_t sizes[NUM_GRAD_SCRATCH_TENSORS], const LlamaConfig* c, int B, int T) {
     size_t C = c->C, F = c->F, NH = c->NH, BT = (size_t)B * T;
     size_t s[NUM_GRAD_SCRATCH_TENSORS] = {BT * C, BT * C, BT * C, BT * C, BT * C,
-                                          (size_t)B * NH * T * T, BT * F, BT * F};
+                                          (size_t)B * NH * T, BT * F, BT * F};
     memcpy(sizes, s, sizeof s);
 }
 
@@ -1023,7 +1052,7 @@ float llama_forward(Llama* model, const int* inputs, const int* targets, int B, 
         matmul_forward(v, xn, p.wv + l * cc, BT, C, C);
         rope_forward(q, q, cos_t, sin_t, B, T, NH, HS);
         rope_forward(k, k, cos_t, sin_t, B, T, NH, HS);
-        attention_forward(atty, a.att + (size_t)l * B * NH * T * T, q, k, v, B, T, NH, HS);
+        attention_forward(atty, a.att_lse + (size_t)l * B * NH * T, q, k, v, B, T, NH, HS);
         matmul_forward_residual(mid, atty, p.wo + l * cc, x, BT, C, C);
 
         rmsnorm_forward(mxn, a.mlp_rstd + (size_t)l * BT, mid, p.mlp_norm + (size_t)l * C, BT, C, c->norm_eps);
@@ -1095,8 +1124,8 @@ void llama_backward(Llama* model, const int* inputs, const int* targets, float l
 
         // attention block: mid = x + wo(attn(rope(wq xn), rope(wk xn), wv xn)), xn = norm(x)
         matmul_backward(s.dxn, g.wo + l * cc, s.dresid, atty, p.wo + l * cc, BT, C, C);
-        attention_backward(s.dq, s.dk, s.dv, s.datt, s.dxn, q, k, v,
-                           a.att + (size_t)l * B * NH * T * T, B, T, NH, HS);
+        attention_backward(s.dq, s.dk, s.dv, s.dxn, atty, a.att_lse + (size_t)l * B * NH * T, q, k, v, s.att_D,
+                           B, T, NH, HS);
         rope_backward(s.dq, s.dq, cos_t, sin_t, B, T, NH, HS);
         rope_backward(s.dk, s.dk, cos_t, sin_t, B, T, NH, HS);
         // three projections read the same xn: sum their input gradients in dxn

@@ -65,6 +65,7 @@ letter legend for shape comments:
 #include <cublas_v2.h>
 #include <cublasLt.h>
 #include <cusolverDn.h>
+#include "flash_attention.cuh"  // causal attention (flash): kernels and launchers
 
 // the CPU reference and trainer, as a library: its main() is left out
 #ifndef TESTING
@@ -501,44 +502,6 @@ __global__ void rope_kernel(X* out, const X* inp, const float* cos_table, const 
     float x1 = to_float(x[i]), x2 = to_float(x[i + half]);
     o[i] = from_float<X>(x1 * cs - x2 * sn);
     o[i + half] = from_float<X>(x2 * cs + x1 * sn);
-}
-
-// causal softmax of the scores, in place, one warp per row (b, h, t) of
-// length T: entries t2 <= t get softmax, the rest 0 (the masked triangle the
-// batched products filled). the exponentials are computed twice rather than
-// stored between the passes, so a bf16 row is rounded once, at the end
-template <typename X>
-__global__ void causal_softmax_kernel(X* att, int rows, int T) {
-    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
-    int lane = threadIdx.x % WARP_SIZE;
-    if (row >= rows) { return; }
-    int t = row % T;
-    X* a = att + (size_t)row * T;
-    float maxv = -INFINITY;
-    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { maxv = fmaxf(maxv, to_float(a[t2])); }
-    maxv = warp_max(maxv);
-    float sum = 0.0f;
-    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { sum += expf(to_float(a[t2]) - maxv); }
-    sum = warp_sum(sum);
-    float inv = 1.0f / sum;
-    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) {
-        a[t2] = from_float<X>(t2 <= t ? expf(to_float(a[t2]) - maxv) * inv : 0.0f);
-    }
-}
-
-// softmax backward in place: ds = att * (datt - sum(att * datt)); one warp per row
-template <typename X>
-__global__ void softmax_backward_kernel(X* datt, const X* att, int rows, int T) {
-    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
-    int lane = threadIdx.x % WARP_SIZE;
-    if (row >= rows) { return; }
-    int t = row % T;
-    const X* a = att + (size_t)row * T;
-    X* d = datt + (size_t)row * T;
-    float dot = 0.0f;
-    for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) { dot += to_float(a[t2]) * to_float(d[t2]); }
-    dot = warp_sum(dot);
-    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) { d[t2] = from_float<X>(to_float(a[t2]) * (to_float(d[t2]) - dot)); }
 }
 
 // 128-bit loads and stores for the elementwise kernels: a pack of 16 bytes of
@@ -1003,65 +966,24 @@ void rope_backward(X* dinp, const X* dout, const float* cos_table, const float* 
     launch_check();
 }
 
-// causal attention, as on the CPU: per (b, h), two matrix products around a
-// row softmax. the products are cuBLAS strided-batched gemms over the NH heads
-// of one sequence (heads are HS apart in a row of C, so one stride reaches
-// them all; sequences are T*C apart, so b is a loop of B calls). we chose this
-// over a fused (flash) kernel because it is short, exact in fp32, and mirrors
-// the CPU code line by line; it keeps the (B,NH,T,T) probabilities, which the
-// CPU model saves too. the products fill the masked upper triangle, which the
-// softmax then zeroes. in bf16 the scores are rounded to bf16 on their way
-// to the softmax, which works in fp32.
+// causal attention: flash attention (flash_attention.cuh, included above),
+// which keeps only each row's log-sum-exp, like its CPU twin. fp32 takes the
+// exact kernels (one warp per row, every sum in fp32); bf16 takes the tensor
+// core kernels at the head sizes they are built for and the fp32 kernels with
+// bf16 storage at the others (flash_attention_wmma). the backward is
+// deterministic (no atomics), so resume stays bit-exact
 template <typename X>
-void attention_forward(X* out, X* att, const X* q, const X* k, const X* v,
-                       int B, int T, int NH, int HS) {
-    // out (B,T,NH,HS), att (B,NH,T,T) probabilities; q, k, v (B,T,NH,HS)
-    int C = NH * HS;
-    float scale = 1.0f / sqrtf((float)HS);
-    long long tt = (long long)T * T;
-    for (int b = 0; b < B; b++) {
-        size_t off = (size_t)b * T * C;
-        X* a = att + (size_t)b * NH * tt;
-        // scores (T, T) = q_h @ k_h^T * scale, for every head h
-        gemm_batched(0, 1, T, T, HS, scale, q + off, C, HS, k + off, C, HS, 0.0f, a, T, tt, NH);
-    }
-    int rows = B * NH * T, rows_per_block = BLOCK_ROWS / WARP_SIZE;
-    causal_softmax_kernel<<<ceil_div(rows, rows_per_block), BLOCK_ROWS>>>(att, rows, T);
-    launch_check();
-    for (int b = 0; b < B; b++) {
-        size_t off = (size_t)b * T * C;
-        const X* a = att + (size_t)b * NH * tt;
-        // out_h (T, HS) = att @ v_h
-        gemm_batched(0, 0, T, HS, T, 1.0f, a, T, tt, v + off, C, HS, 0.0f, out + off, C, HS, NH);
-    }
+void attention_forward(X* out, float* lse, const X* q, const X* k, const X* v, int B, int T, int NH, int HS) {
+    // out (B,T,NH,HS); lse (B,NH,T), saved for backward; q, k, v (B,T,NH,HS)
+    flash_attention_forward(out, lse, q, k, v, B, T, NH, HS);
 }
 
 template <typename X>
-void attention_backward(X* dq, X* dk, X* dv, X* datt, const X* dout,
-                        const X* q, const X* k, const X* v, const X* att,
-                        int B, int T, int NH, int HS) {
-    // dq, dk, dv (B,T,NH,HS) written (=); datt (B,NH,T,T) scratch
-    int C = NH * HS;
-    float scale = 1.0f / sqrtf((float)HS);
-    long long tt = (long long)T * T;
-    for (int b = 0; b < B; b++) {
-        size_t off = (size_t)b * T * C;
-        const X* a = att + (size_t)b * NH * tt;
-        X* da = datt + (size_t)b * NH * tt;
-        // forward was out = att @ v: datt = dout @ v^T, dv = att^T @ dout
-        gemm_batched(0, 1, T, T, HS, 1.0f, dout + off, C, HS, v + off, C, HS, 0.0f, da, T, tt, NH);
-        gemm_batched(1, 0, T, HS, T, 1.0f, a, T, tt, dout + off, C, HS, 0.0f, dv + off, C, HS, NH);
-    }
-    int rows = B * NH * T, rows_per_block = BLOCK_ROWS / WARP_SIZE;
-    softmax_backward_kernel<<<ceil_div(rows, rows_per_block), BLOCK_ROWS>>>(datt, att, rows, T);
-    launch_check();
-    for (int b = 0; b < B; b++) {
-        size_t off = (size_t)b * T * C;
-        const X* da = datt + (size_t)b * NH * tt;
-        // scores were q @ k^T * scale: dq = ds @ k * scale, dk = ds^T @ q * scale
-        gemm_batched(0, 0, T, HS, T, scale, da, T, tt, k + off, C, HS, 0.0f, dq + off, C, HS, NH);
-        gemm_batched(1, 0, T, HS, T, scale, da, T, tt, q + off, C, HS, 0.0f, dk + off, C, HS, NH);
-    }
+void attention_backward(X* dq, X* dk, X* dv, const X* dout, const X* out, const float* lse, const X* q,
+                        const X* k, const X* v, float* scratch_D, int B, int T, int NH, int HS) {
+    // dq, dk, dv (B,T,NH,HS) written (=); dout, out (B,T,NH,HS); lse (B,NH,T)
+    // from the forward pass; q, k, v (B,T,NH,HS); scratch_D (B,NH,T)
+    flash_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, scratch_D, B, T, NH, HS);
 }
 
 // the packed kernels when N and the pointers allow (see Pack128)
@@ -1263,12 +1185,14 @@ template <typename X> static X* act(float* p) { return reinterpret_cast<X*>(p); 
 
 // the activations that are fp32 whatever the dtype: per-row statistics that
 // the backward divides by, the losses and log-sum-exps the loss is summed
-// from (all (B,T) or (L,B,T): small), and the rope tables
+// from, the attention's log-sum-exps (all (B,T), (L,B,T) or (L,B,NH,T): small),
+// and the rope tables
 static int activation_stays_fp32(int i) {
     static const size_t fp32_fields[] = {
         offsetof(cpu::ActivationTensors, attn_rstd), offsetof(cpu::ActivationTensors, mlp_rstd),
         offsetof(cpu::ActivationTensors, final_rstd), offsetof(cpu::ActivationTensors, losses),
         offsetof(cpu::ActivationTensors, lse), offsetof(cpu::ActivationTensors, rope_cs),
+        offsetof(cpu::ActivationTensors, att_lse),
     };
     for (size_t k = 0; k < sizeof fp32_fields / sizeof fp32_fields[0]; k++) {
         if (fp32_fields[k] == (size_t)i * sizeof(float*)) { return 1; }
@@ -1285,7 +1209,7 @@ static int activation_recomputed(int i) {
     static const size_t fields[] = {
         offsetof(cpu::ActivationTensors, attn_xn), offsetof(cpu::ActivationTensors, q),
         offsetof(cpu::ActivationTensors, k), offsetof(cpu::ActivationTensors, v),
-        offsetof(cpu::ActivationTensors, att), offsetof(cpu::ActivationTensors, atty),
+        offsetof(cpu::ActivationTensors, att_lse), offsetof(cpu::ActivationTensors, atty),
         offsetof(cpu::ActivationTensors, resid_mid), offsetof(cpu::ActivationTensors, mlp_xn),
         offsetof(cpu::ActivationTensors, gate), offsetof(cpu::ActivationTensors, up),
         offsetof(cpu::ActivationTensors, hidden),
@@ -1320,7 +1244,9 @@ static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[
         abytes[i] = activation_stays_fp32(i) ? sizeof(float) : dtype_bytes(dt);
         if (recompute && activation_recomputed(i)) { asz[i] /= (size_t)c->L; }
     }
-    for (int i = 0; i < NUM_GRAD_SCRATCH_TENSORS; i++) { gbytes[i] = dtype_bytes(dt); }
+    // the attention's row sums D stay fp32, like the lse they pair with
+    size_t att_D = offsetof(cpu::GradScratch, att_D) / sizeof(float*);
+    for (int i = 0; i < NUM_GRAD_SCRATCH_TENSORS; i++) { gbytes[i] = (size_t)i == att_D ? sizeof(float) : dtype_bytes(dt); }
 }
 
 size_t llama_activation_bytes(const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute) {
@@ -1544,8 +1470,9 @@ void llama_free(Llama* model) {
 // except the layer input x and the rstd of both norms
 template <typename X>
 struct LayerActivations {
-    X *x, *xn, *q, *k, *v, *att, *atty, *mid, *mxn, *gate, *up, *hidden;  // (B,T,C) or (B,T,F); att (B,NH,T,T)
-    float *attn_rstd, *mlp_rstd;                                           // (B,T)
+    X *x, *xn, *q, *k, *v, *atty, *mid, *mxn, *gate, *up, *hidden;  // (B,T,C) or (B,T,F)
+    float *attn_rstd, *mlp_rstd;                                    // (B,T)
+    float* att_lse;                                                 // (B,NH,T)
 };
 
 template <typename X>
@@ -1560,7 +1487,7 @@ static LayerActivations<X> layer_activations(const Llama* model, int l) {
     la.q = act<X>(a->q) + s * btc;
     la.k = act<X>(a->k) + s * btc;
     la.v = act<X>(a->v) + s * btc;
-    la.att = act<X>(a->att) + s * model->B * c->NH * (size_t)model->T * model->T;
+    la.att_lse = a->att_lse + s * model->B * c->NH * (size_t)model->T;
     la.atty = act<X>(a->atty) + s * btc;
     la.mid = act<X>(a->resid_mid) + s * btc;
     la.mxn = act<X>(a->mlp_xn) + s * btc;
@@ -1593,7 +1520,7 @@ static void layer_forward(Llama* model, int l, X* out) {
     matmul_forward(la.v, la.xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
     rope_forward(la.q, la.q, cos_t, sin_t, B, T, NH, HS);
     rope_forward(la.k, la.k, cos_t, sin_t, B, T, NH, HS);
-    attention_forward(la.atty, la.att, la.q, la.k, la.v, B, T, NH, HS);
+    attention_forward(la.atty, la.att_lse, la.q, la.k, la.v, B, T, NH, HS);
     matmul_forward_residual(la.mid, la.atty, matmul_weight<X>(model, p.wo + l * cc), la.x, BT, C, C);
 
     rmsnorm_forward(la.mxn, la.mlp_rstd, la.mid, kernel_weight<WT>(model, p.mlp_norm + (size_t)l * C), BT, C,
@@ -1730,7 +1657,6 @@ static void llama_backward_typed(Llama* model, float dloss) {
     X* dq = act<X>(s.dq);
     X* dk = act<X>(s.dk);
     X* dv = act<X>(s.dv);
-    X* datt = act<X>(s.datt);
     X* dgate = act<X>(s.dgate);
     X* dup = act<X>(s.dup);
     X* logits = act<X>(a.logits);
@@ -1774,7 +1700,7 @@ static void llama_backward_typed(Llama* model, float dloss) {
         // attention block
         matmul_backward(dxn, GRAD_AT(wo, l * cc), dresid, atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
         unit_done(model, PARAM_INDEX(wo), l, cc);
-        attention_backward(dq, dk, dv, datt, dxn, q, k, v, la.att, B, T, NH, HS);
+        attention_backward(dq, dk, dv, dxn, atty, la.att_lse, q, k, v, s.att_D, B, T, NH, HS);
         rope_backward(dq, dq, cos_t, sin_t, B, T, NH, HS);
         rope_backward(dk, dk, cos_t, sin_t, B, T, NH, HS);
         matmul_backward(dxn, GRAD_AT(wq, l * cc), dq, xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
@@ -3537,7 +3463,7 @@ static void plan_buffer(MemoryPlan* p, const char* name, const char* shape, size
 static const char* const ACTIVATION_PLAN_NAMES[NUM_ACTIVATION_TENSORS][2] = {
     {"act: layer inputs (resid)", "(L,B,T,C)"}, {"act: attn_norm out", "(L,B,T,C)"},
     {"act: attn_norm rstd", "(L,B,T) f32"}, {"act: q after rope", "(L,B,T,C)"}, {"act: k after rope", "(L,B,T,C)"},
-    {"act: v", "(L,B,T,C)"}, {"act: attention probs", "(L,B,NH,T,T)"}, {"act: attention out", "(L,B,T,C)"},
+    {"act: v", "(L,B,T,C)"}, {"act: attention log-sum-exp", "(L,B,NH,T) f32"}, {"act: attention out", "(L,B,T,C)"},
     {"act: resid_mid", "(L,B,T,C)"}, {"act: mlp_norm out", "(L,B,T,C)"}, {"act: mlp_norm rstd", "(L,B,T) f32"},
     {"act: gate", "(L,B,T,F)"}, {"act: up", "(L,B,T,F)"}, {"act: silu(gate)*up", "(L,B,T,F)"},
     {"act: last layer out", "(B,T,C)"}, {"act: final_norm out", "(B,T,C)"}, {"act: final_norm rstd", "(B,T) f32"},
@@ -3584,7 +3510,7 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         plan_add(p, ACTIVATION_PLAN_NAMES[i][0], ACTIVATION_PLAN_NAMES[i][1], one, holds);
     }
     p->buffers++;
-    plan_buffer(p, "gradient scratch", "(B,T,*), (B,NH,T,T)", point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS,
+    plan_buffer(p, "gradient scratch", "(B,T,*), (B,NH,T) f32", point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS,
                 NULL), "one layer");
     plan_buffer(p, "inputs", "(B,T) int", (size_t)B * T * sizeof(int), "one step");
     plan_buffer(p, "targets", "(B,T) int", (size_t)B * T * sizeof(int), "one step");

@@ -25,7 +25,7 @@ the figures of ../shared/GPU_NUMBERS.md are embedded below as named constants
 every embedded figure is compared with it and a difference stops the run
 (--check reports it as a FAIL).
 
-what is counted, per row (the trainer as of commit e56a56e, 2026-12-03):
+what is counted, per row (the trainer as of flash attention in it, 2026-12-03):
     FLOPs    2 M N K per GEMM (batch included); the elementwise kernels' own
              arithmetic, a few FLOPs per element (they are memory-bound anyway)
     bytes    each input read once and each output written once, at the element
@@ -197,10 +197,11 @@ typedef enum { PERF_SVD_FULL = 0, PERF_SVD_SYEVDX = 1, PERF_SVD_TOPR = 2 } PerfS
 static const char* PERF_GEMM_NAMES[3] = {"fp32", "tf32", "bf16"};
 static const char* PERF_SVD_NAMES[3] = {"full", "syevdx", "topr"};
 
-// "today" is the trainer at commit e56a56e; every option also shows the code
-// before a change (the commit named) or a planned one
+// "today" is the trainer at commit e56a56e plus flash attention; every option
+// also shows the code before a change (the commit named) or a planned one
 typedef struct {
-    int flash;            // attention: 0 materialized (today), 1 flash (planned)
+    int flash;            // attention: 1 flash (today: flash_attention.cuh); 0 materialized: cuBLAS scores,
+                          //   softmax and PV with a (B,NH,T,T) buffer (before flash attention)
     int opt_gemm;         // the optimizer's three bulk GEMMs (projection, back-projection, residual):
                           //   today PERF_GEMM_TF32 in bf16 mode, PERF_GEMM_FP32 with --dtype float32
                           //   (before da90bbf: fp32 in both); PERF_GEMM_BF16 planned. the tracking
@@ -220,6 +221,7 @@ typedef struct {
 
 static void perf_variant_today(PerfVariant* v) {
     memset(v, 0, sizeof *v);
+    v->flash = 1;
     v->opt_gemm = PERF_GEMM_TF32;
     v->svd = PERF_SVD_SYEVDX;
     v->fused_residual = 1;
@@ -253,9 +255,9 @@ static const char* PERF_CLASS_NAMES[PERF_NUM_CLASSES] = {"bf16 gemm", "tf32 gemm
 
 // the launchers dev/bench_gpu --per_kernel times, one per row kind
 typedef enum {
-    OP_NONE = 0, OP_ENCODER_FWD, OP_RMSNORM_FWD, OP_GEMM, OP_GEMM_RESIDUAL, OP_GEMM_ATTN, OP_ROPE, OP_SOFTMAX,
+    OP_NONE = 0, OP_ENCODER_FWD, OP_RMSNORM_FWD, OP_GEMM, OP_GEMM_RESIDUAL, OP_FLASH_FWD, OP_ROPE, OP_FLASH_BWD,
     OP_RESIDUAL_FWD, OP_SWIGLU_FWD, OP_CE_FWD, OP_CE_BWD, OP_MEMSET, OP_RMSNORM_BWD_DINP, OP_RMSNORM_BWD_DWEIGHT,
-    OP_SWIGLU_BWD, OP_RESIDUAL_BWD, OP_SOFTMAX_BWD, OP_ENCODER_BWD, OP_NORM, OP_SCALE, OP_REFRESH, OP_ADAMW, OP_SGEMM,
+    OP_SWIGLU_BWD, OP_RESIDUAL_BWD, OP_ENCODER_BWD, OP_NORM, OP_SCALE, OP_REFRESH, OP_ADAMW, OP_SGEMM,
     OP_SGEMM_BULK, OP_COPY, OP_ADAM_NORMS, OP_LIMITER, OP_RECOVERY_APPLY, OP_POWER, OP_TRACK_ROWS, OP_TRACK_REDUCE,
     OP_PROJECT_U, OP_GEODESIC, OP_UPDATE_PROJECTION, OP_ROTATE_RANK1, OP_GRAM, OP_SYEVDX, OP_TOP_EIG, OP_CANON_SIGN,
     OP_NUM
@@ -427,22 +429,24 @@ static void perf_build_forward_backward(PerfModel* m) {
     r->launch.a = B; r->launch.b = T; r->launch.c = NH; r->launch.d = HS;
     if (!m->v.flash) {
         // per sequence: one strided-batched GEMM over the NH heads (a loop of B calls)
-        r = perf_gemm(m, "forward", "attention scores q k^T", S, gemm, acc * L * B, T, T, HS, NH, e, e, 0.0f);
-        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 0; r->launch.b = 1;
+        // (before flash attention: these rows have no launcher any more)
+        r = perf_gemm(m, "forward", "attention scores q k^T (before flash)", S, gemm, acc * L * B, T, T, HS, NH, e, e,
+                      0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_NONE;
         // the full square is written, the causal triangle read (its passes hit cache)
         snprintf(s, sizeof s, "%lldx%lldx%lldx%lld", B, NH, T, T);
-        r = perf_kernel(m, "forward", "causal_softmax", S, PERF_FP32_CORE, acc * L, 5.0 * B * NH * tri,
-                        B * NH * (tri + tt) * e, OP_SOFTMAX, s);
-        r->launch.a = B * NH * T; r->launch.b = T;
-        r = perf_gemm(m, "forward", "attention att v", S, gemm, acc * L * B, T, HS, T, NH, e, e, 0.0f);
-        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 0; r->launch.b = 0;
+        r = perf_kernel(m, "forward", "causal_softmax (before flash)", S, PERF_FP32_CORE, acc * L, 5.0 * B * NH * tri,
+                        B * NH * (tri + tt) * e, OP_NONE, s);
+        r = perf_gemm(m, "forward", "attention att v (before flash)", S, gemm, acc * L * B, T, HS, T, NH, e, e, 0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_NONE;
     } else {
         // one fused kernel, causal blocks only, no T x T buffer; reads q k v, writes out and the row lse
         double f = 2.0 * 2.0 * B * NH * HS * tri;
         snprintf(s, sizeof s, "%lldx%lldx%lldx%lld causal", B, NH, T, HS);
-        r = perf_kernel(m, "forward", "flash attention forward (planned)", S, PERF_FLASH, acc * L, f,
-                        4.0 * BT * C * e + B * NH * T * 4.0, OP_NONE, s);
+        r = perf_kernel(m, "forward", "flash attention forward", S, PERF_FLASH, acc * L, f,
+                        4.0 * BT * C * e + B * NH * T * 4.0, OP_FLASH_FWD, s);
         r->attn_flops = r->flops;
+        r->launch.a = B; r->launch.b = T; r->launch.c = NH; r->launch.d = HS;
     }
     // the attention output's projection joins the residual stream: fused, cuBLASLt reads the residual as its C
     // (beta 1) and writes the sum (matmul_forward_residual); before ccb06c0 a residual_forward followed
@@ -534,24 +538,27 @@ static void perf_build_forward_backward(PerfModel* m) {
     r = perf_gemm(m, "backward", "q k v o dweight", S, gemm, acc * 4 * L, C, C, BT, 1, e, 4.0, 1.0f);
     r->model_flops = r->flops; r->launch.a = 1; r->launch.b = 0; r->launch.out_fp32 = 1;
     if (!m->v.flash) {
-        r = perf_gemm(m, "backward", "attention datt = dout v^T", S, gemm, acc * L * B, T, T, HS, NH, e, e, 0.0f);
-        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 0; r->launch.b = 1;
-        r = perf_gemm(m, "backward", "attention dv = att^T dout", S, gemm, acc * L * B, T, HS, T, NH, e, e, 0.0f);
-        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 1; r->launch.b = 0;
+        // (before flash attention: these rows have no launcher any more)
+        r = perf_gemm(m, "backward", "attention datt = dout v^T (before flash)", S, gemm, acc * L * B, T, T, HS, NH,
+                      e, e, 0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_NONE;
+        r = perf_gemm(m, "backward", "attention dv = att^T dout (before flash)", S, gemm, acc * L * B, T, HS, T, NH,
+                      e, e, 0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_NONE;
         snprintf(s, sizeof s, "%lldx%lldx%lldx%lld", B, NH, T, T);
-        r = perf_kernel(m, "backward", "softmax_backward", S, PERF_FP32_CORE, acc * L, 4.0 * B * NH * tri,
-                        B * NH * (2.0 * tri + tt) * e, OP_SOFTMAX_BWD, s);
-        r->launch.a = B * NH * T; r->launch.b = T;
-        r = perf_gemm(m, "backward", "attention dq = ds k, dk = ds^T q", S, gemm, acc * L * B * 2, T, HS, T, NH, e, e,
-                      0.0f);
-        r->attn_flops = r->flops; r->launch.op = OP_GEMM_ATTN; r->launch.a = 0; r->launch.b = 0;
+        r = perf_kernel(m, "backward", "softmax_backward (before flash)", S, PERF_FP32_CORE, acc * L,
+                        4.0 * B * NH * tri, B * NH * (2.0 * tri + tt) * e, OP_NONE, s);
+        r = perf_gemm(m, "backward", "attention dq = ds k, dk = ds^T q (before flash)", S, gemm, acc * L * B * 2, T,
+                      HS, T, NH, e, e, 0.0f);
+        r->attn_flops = r->flops; r->launch.op = OP_NONE;
     } else {
         // dv, dP, dq, dk over the causal blocks, plus the scores recomputed (not model FLOPs)
         double f = 2.0 * B * NH * HS * tri;
         snprintf(s, sizeof s, "%lldx%lldx%lldx%lld causal", B, NH, T, HS);
-        r = perf_kernel(m, "backward", "flash attention backward (planned)", S, PERF_FLASH, acc * L, 5.0 * f,
-                        8.0 * BT * C * e + 2.0 * B * NH * T * 4.0, OP_NONE, s);
+        r = perf_kernel(m, "backward", "flash attention backward", S, PERF_FLASH, acc * L, 5.0 * f,
+                        8.0 * BT * C * e + 2.0 * B * NH * T * 4.0, OP_FLASH_BWD, s);
         r->attn_flops = acc * L * 4.0 * f;
+        r->launch.a = B; r->launch.b = T; r->launch.c = NH; r->launch.d = HS;
     }
     snprintf(s, sizeof s, "%lldx%lldx%lld", BT, NH, HS);
     r = perf_kernel(m, "backward", "rope_backward (dq, dk)", S, PERF_FP32_CORE, acc * 2 * L, 3.0 * BT * C,
@@ -1232,11 +1239,11 @@ typedef struct {
 #define PERF_NUM_TABLE_VARIANTS 4
 static int perf_table_variants(PerfNamedVariant out[PERF_NUM_TABLE_VARIANTS]) {
     for (int i = 0; i < PERF_NUM_TABLE_VARIANTS; i++) { perf_variant_today(&out[i].v); }
-    out[0].label = "today, commit e56a56e (bf16: materialized attention, every model product on cuBLASLt with the "
+    out[0].label = "today (bf16: flash attention, every model product on cuBLASLt with the "
                    "residual adds in the wo / w_down epilogue, TF32 optimizer bulk GEMMs, FP64 Gram + syevdx for the "
                    "top R, two-pass rmsnorm weight gradient, encoder_backward one block per token)";
-    out[1].label = "planned: (a) + flash attention + top-r randomized SVD (GEMMs + a batched R x R eigensolve)";
-    out[1].v.flash = 1; out[1].v.svd = PERF_SVD_TOPR;
+    out[1].label = "planned: (a) + top-r randomized SVD (GEMMs + a batched R x R eigensolve)";
+    out[1].v.svd = PERF_SVD_TOPR;
     out[2].label = "planned: (b) + bf16 optimizer bulk GEMMs";
     out[2].v = out[1].v; out[2].v.opt_gemm = PERF_GEMM_BF16;
     out[3].label = "planned: (c) + residual fused into the back-projection (2 GEMMs) + optimizer launches batched "
@@ -1501,7 +1508,7 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
         for (int variant = 0; variant < 4; variant++) {
             PerfVariant v;
             perf_variant_today(&v);
-            v.flash = variant & 1;
+            v.flash = !(variant & 1);  // variant 0 is today's code
             v.fused_recovery = (variant >> 1) & 1;
             PerfOptions oo = *o;
             oo.B = oo.T = oo.accum = oo.rank = oo.k = 0;
@@ -1604,7 +1611,8 @@ static void perf_usage(FILE* out, const char* prog) {
             "  --table             the README's markdown table (today and the planned variants), instead of the rows\n"
             "  --rows 0|1          print every row (default 1), or the summaries only\n"
             "  --B, --T, --accum, --rank, --k N   override the recipe's (default: the authors' script, T 256)\n"
-            "  --attention materialized|flash     (default materialized: today's cuBLASLt scores + softmax + PV)\n"
+            "  --attention flash|materialized     (default flash: today's flash_attention.cuh; materialized: cuBLAS\n"
+            "                                      scores + softmax + PV, before it)\n"
             "  --opt_gemm fp32|tf32|bf16          the optimizer's bulk GEMMs (default today's: tf32 in bf16 mode,\n"
             "                                     fp32 with --dtype float32; bf16 planned). tracking: fp32 always\n"
             "  --svd full|syevdx|topr             syevdx (default, today): FP64 Gram + syevdx range I, top R;\n"

@@ -186,8 +186,11 @@ static void test_model_case(GpuTestCase* tc) {
     check(le <= GPU_FP32_REL_TOL * fabs(loss_cpu), "%s %-22s: %.7f vs CPU %.7f (abs err %.3g)",
           label, "loss", loss_gpu, loss_cpu, le);
     // intermediate activations, so a failure says where it starts
-    h = to_host(model.acts.att, (size_t)c.L * B * c.NH * T * T);
-    compare_tensor(label, "attention probabilities", h, ref.acts.att, (size_t)c.L * B * c.NH * T * T);
+    h = to_host(model.acts.att_lse, (size_t)c.L * B * c.NH * T);
+    compare_tensor(label, "attention log-sum-exp", h, ref.acts.att_lse, (size_t)c.L * B * c.NH * T);
+    free(h);
+    h = to_host(model.acts.atty, (size_t)c.L * BT * c.C);
+    compare_tensor(label, "attention out", h, ref.acts.atty, (size_t)c.L * BT * c.C);
     free(h);
     h = to_host(model.acts.q, (size_t)c.L * BT * c.C);
     compare_tensor(label, "q after rope", h, ref.acts.q, (size_t)c.L * BT * c.C);

@@ -588,6 +588,49 @@ __global__ void swiglu_backward_packed_kernel(X* dgate, X* dup, const X* dout, c
     store128(dgate + i, dg);
 }
 
+// SwiGLU in the fused layout (layer_forward): gu (rows, 2 cols) holds the
+// rows [gate | up] of the one product, out and dout (rows, cols). P elements
+// a thread: one 128-bit pack (cols a multiple of it, rows aligned) or one;
+// the same arithmetic per element as above, so the same bits
+template <typename X, int P>
+__global__ void swiglu_forward_fused_kernel(X* out, const X* gu, size_t rows, int cols) {
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (i >= rows * cols) { return; }
+    size_t r = i / cols, j = i - r * cols;
+    const X* g = gu + r * 2 * cols + j;
+    if constexpr (P == 1) {
+        out[i] = from_float<X>(swiglu_value(to_float(g[0]), to_float(g[cols])));
+    } else {
+        Pack128<X> a = load128(g), b = load128(g + cols), o;
+        for (int k = 0; k < P; k++) { o.x[k] = from_float<X>(swiglu_value(to_float(a.x[k]), to_float(b.x[k]))); }
+        store128(out + i, o);
+    }
+}
+
+// dgu (rows, 2 cols) = [dgate | dup] rows from dout (rows, cols) and gu
+template <typename X, int P>
+__global__ void swiglu_backward_fused_kernel(X* dgu, const X* dout, const X* gu, size_t rows, int cols) {
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (i >= rows * cols) { return; }
+    size_t r = i / cols, j = i - r * cols, at = r * 2 * cols + j;
+    if constexpr (P == 1) {
+        float dg, du;
+        swiglu_gradients(&dg, &du, to_float(gu[at]), to_float(gu[at + cols]), to_float(dout[i]));
+        dgu[at] = from_float<X>(dg);
+        dgu[at + cols] = from_float<X>(du);
+    } else {
+        Pack128<X> g = load128(gu + at), u = load128(gu + at + cols), go = load128(dout + i), dg, du;
+        for (int k = 0; k < P; k++) {
+            float a, b;
+            swiglu_gradients(&a, &b, to_float(g.x[k]), to_float(u.x[k]), to_float(go.x[k]));
+            dg.x[k] = from_float<X>(a);
+            du.x[k] = from_float<X>(b);
+        }
+        store128(dgu + at, dg);
+        store128(dgu + at + cols, du);
+    }
+}
+
 template <typename X>
 __global__ void residual_forward_kernel(X* out, const X* inp1, const X* inp2, size_t N) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -935,15 +978,29 @@ void matmul_forward_residual(X* out, const X* inp, const X* weight, const X* res
             CudaType<X>::value);
 }
 
-// the weight gradient is fp32 whatever X is: cuBLAS reads X, accumulates in
-// fp32 and adds into the fp32 dweight, so accumulation over micro-batches
-// never rounds to bf16
+// matmul_backward's two products apart, for the device layout of the MLP
+// (layer_forward): dinp (B,T,C) = dout (B,T,OC) @ weight (OC,C), written (=)
+template <typename X>
+void matmul_backward_input(X* dinp, const X* dout, const X* weight, int BT, int C, int OC) {
+    gemm(0, 0, BT, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
+}
+
+// dweight (OC,C) += dout^T @ inp, with dout's rows ld_dout apart and inp's
+// ld_inp apart (a half of a fused row, a padded row). the weight gradient is
+// fp32 whatever X is: cuBLAS reads X, accumulates in fp32 and adds into the
+// fp32 dweight, so accumulation over micro-batches never rounds to bf16
+template <typename X>
+void matmul_backward_weight(float* dweight, const X* dout, int ld_dout, const X* inp, int ld_inp, int BT, int C,
+                            int OC) {
+    gemm(1, 0, OC, C, BT, 1.0f, dout, ld_dout, inp, ld_inp, 1.0f, dweight, C);
+}
+
 template <typename X>
 void matmul_backward(X* dinp, float* dweight, const X* dout, const X* inp,
                      const X* weight, int BT, int C, int OC) {
     // dinp (B,T,C) written (=), dweight (OC,C) accumulated, dout (B,T,OC)
-    gemm(0, 0, BT, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
-    gemm(1, 0, OC, C, BT, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+    matmul_backward_input(dinp, dout, weight, BT, C, OC);
+    matmul_backward_weight(dweight, dout, OC, inp, C, BT, C, OC);
 }
 
 template <typename X>
@@ -1013,6 +1070,36 @@ void swiglu_backward(X* dgate, X* dup, const X* dout, const X* gate, const X* up
                                                                                                  gate, up, N);
     } else {
         swiglu_backward_kernel<<<ceil_div(N, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dgate, dup, dout, gate, up, N);
+    }
+    launch_check();
+}
+
+// SwiGLU in the fused layout (layer_forward): out (B,T,F) from gu (B,T,2F),
+// whose rows are [gate | up]. no CPU twin of its own: it is swiglu_forward
+// on the two halves (test_subtrack_gpu compares them)
+template <typename X>
+void swiglu_forward_fused(X* out, const X* gu, int BT, int F) {
+    constexpr int P = Pack128<X>::size;
+    size_t n = (size_t)BT * F;
+    if (F % P == 0 && aligned128(out) && aligned128(gu)) {
+        swiglu_forward_fused_kernel<X, P><<<ceil_div(n / P, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, gu, BT, F);
+    } else {
+        swiglu_forward_fused_kernel<X, 1><<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, gu, BT, F);
+    }
+    launch_check();
+}
+
+// dgu (B,T,2F) written (=), rows [dgate | dup], from dout (B,T,F) and gu:
+// swiglu_backward on the two halves
+template <typename X>
+void swiglu_backward_fused(X* dgu, const X* dout, const X* gu, int BT, int F) {
+    constexpr int P = Pack128<X>::size;
+    size_t n = (size_t)BT * F;
+    if (F % P == 0 && aligned128(dgu) && aligned128(dout) && aligned128(gu)) {
+        swiglu_backward_fused_kernel<X, P><<<ceil_div(n / P, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dgu, dout, gu,
+                                                                                                   BT, F);
+    } else {
+        swiglu_backward_fused_kernel<X, 1><<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dgu, dout, gu, BT, F);
     }
     launch_check();
 }
@@ -1147,6 +1234,92 @@ void grad_scale(float* grads, size_t n, float s) {
 // still sit in the CPU structs' float* fields, so they are read through
 // act<X>(), which gives the field its real type; in fp32 act<float> is a no-op.
 
+// ----------------------------------------------------------------------------
+// the device layout of the MLP, in bf16: the CPU's parameter table on the
+// device, except in params_bf16 (the bf16 weights the products read) and in
+// the MLP's activations, where
+//   - each layer's w_gate and w_up are one (2 Fp, C) block, [w_gate; zeros;
+//     w_up; zeros], so that one product gives both: the activation gate holds
+//     (B, T, 2 Fp) rows [gate | up], and up has no memory of its own;
+//   - F is padded to Fp, a multiple of DEVICE_F_MULTIPLE, in w_down (C, Fp)
+//     and in every (B, T, F) activation, so that every row starts 16-byte
+//     aligned (F = 5461 at 1B is odd, and cuBLASLt then has only its slow
+//     unaligned kernels).
+// the pads are zero and stay zero: the zero rows of the gate/up block make
+// zero columns, SwiGLU maps zeros to zeros, and w_down's zero columns meet
+// them; no pad ever reaches a loss or a gradient (test_device_layout shows
+// the losses and gradients bit-identical to Fp = F). the fp32 masters, the
+// gradients, the optimizer states and checkpoints keep the table's layout.
+// fp32 (--dtype float32, the exact path the tests compare) reads the fp32
+// masters and stays unfused and unpadded.
+#define DEVICE_F_MULTIPLE 64
+// a tensor's index in the parameter table
+#define PARAM_INDEX(field) ((int)(offsetof(cpu::ParameterTensors, field) / sizeof(float*)))
+// the tests switch these off to compare the layouts (dev/test_gpu)
+static int g_device_fuse_mlp = 1;
+static int g_device_pad_f = 1;
+
+static int device_fused_mlp(Dtype dt) { return dt == DTYPE_BFLOAT16 && g_device_fuse_mlp; }
+
+static int device_F(const cpu::LlamaConfig* c, Dtype dt) {
+    if (!device_fused_mlp(dt) || !g_device_pad_f) { return c->F; }
+    return (c->F + DEVICE_F_MULTIPLE - 1) / DEVICE_F_MULTIPLE * DEVICE_F_MULTIPLE;
+}
+
+// where a tensor of the table lies in params_bf16: element (l, r, c) of its
+// (layers, rows, cols) at base + l * layer_stride + r * row_stride + c
+typedef struct {
+    size_t base, layer_stride, row_stride;
+} DeviceBlock;
+
+// the blocks of every tensor and the bf16 elements they span, pads included
+static size_t device_layout(DeviceBlock blocks[NUM_PARAMETER_TENSORS], const cpu::LlamaConfig* c, int Fp,
+                            int fused) {
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, c);
+    size_t at = 0, C = c->C;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        DeviceBlock b = {at, (size_t)spec[i].rows * spec[i].cols, (size_t)spec[i].cols};
+        if (fused && i == PARAM_INDEX(w_gate)) {
+            b.layer_stride = 2 * (size_t)Fp * C;  // and w_up's rows start Fp rows in (below)
+        } else if (fused && i == PARAM_INDEX(w_up)) {
+            b = blocks[PARAM_INDEX(w_gate)];
+            b.base += (size_t)Fp * C;
+            blocks[i] = b;
+            at += (size_t)spec[i].layers * 2 * Fp * C;  // the whole gate/up block, after w_gate
+            continue;
+        } else if (i == PARAM_INDEX(w_down)) {
+            b.layer_stride = C * Fp;
+            b.row_stride = Fp;
+        }
+        blocks[i] = b;
+        at += i == PARAM_INDEX(w_gate) && fused ? 0 : (size_t)spec[i].layers * b.layer_stride;
+    }
+    return at;
+}
+
+// the moves between fp32 and a tensor's elements in params_bf16: element j
+// of the tensor (of per = rows * cols a layer) is at base + block offsets.
+// the stochastic rounding draws its bits from the element's index in the
+// table's layout (offset + i), so the layout never changes a rounding
+enum { PARAMS_BF16_FROM_FLOAT, PARAMS_BF16_WIDEN, PARAMS_BF16_STORE_STOCHASTIC };
+
+__global__ void params_bf16_kernel(int op, bf16* base, size_t j0, size_t per, size_t cols, size_t layer_stride,
+                                   size_t row_stride, float* x, size_t n, uint64_t seed, uint64_t step,
+                                   uint64_t offset) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) { return; }
+    size_t j = j0 + i, l = j / per, w = j - l * per, r = w / cols;
+    bf16* d = base + l * layer_stride + r * row_stride + (w - r * cols);
+    if (op == PARAMS_BF16_FROM_FLOAT) {
+        *d = __float2bfloat16(x[i]);
+    } else if (op == PARAMS_BF16_WIDEN) {
+        x[i] = __bfloat162float(*d);
+    } else {  // already a bf16 value: the conversion is exact
+        *d = __float2bfloat16(cpu::bf16_round_stochastic(x[i], cpu::sr_random_bits(seed, step, offset + i)));
+    }
+}
+
 typedef struct {
     cpu::LlamaConfig config;
     Dtype dtype;                   // of the activations (--dtype)
@@ -1156,7 +1329,12 @@ typedef struct {
     int master_weights;            // 0: --master_weights 0 (see llama_build)
     cpu::ParameterTensors params;  // device pointers into params_memory, or offsets from param_base
     float* params_memory;          // (num_parameters) fp32 masters; NULL with bf16 weights only
-    bf16* params_bf16;             // (num_parameters) bf16 copy the products read, or the bf16 weights; NULL in fp32
+    bf16* params_bf16;             // (params_bf16_count) bf16 copy the products read, or the bf16 weights, in
+                                   // the device layout (DeviceBlock); NULL in fp32
+    size_t params_bf16_count;
+    DeviceBlock device_blocks[NUM_PARAMETER_TENSORS];  // where each tensor of the table lies in params_bf16
+    int Fp;                        // the MLP's row length on the device: F, or F padded (device_F)
+    int fused_mlp;                 // gate and up in one product (device_fused_mlp)
     const float* param_base;       // what params point into: params_memory, or PARAMS_OFFSET_BASE
     cpu::ParameterTensors grads;
     float* grads_memory;           // (grads_floats) fp32 in both dtypes
@@ -1234,12 +1412,20 @@ static size_t point_into_bytes(float** ptrs, const size_t* sizes, const size_t* 
 
 // the device elements and element bytes of the activations and the gradient
 // scratch at (B, T): the CPU's tables, with recompute the per-layer fields of
-// activation_recomputed for one layer
+// activation_recomputed for one layer, and the MLP's device layout (row
+// length Fp; fused: gate holds [gate | up] rows and up nothing, and so do
+// the scratch's dgate and dup)
 static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[NUM_ACTIVATION_TENSORS],
                               size_t gsz[NUM_GRAD_SCRATCH_TENSORS], size_t gbytes[NUM_GRAD_SCRATCH_TENSORS],
-                              const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute) {
+                              const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute, int Fp, int fused) {
     cpu::activation_sizes(asz, c, B, T);
     cpu::grad_scratch_sizes(gsz, c, B, T);
+    size_t btf = (size_t)B * T * Fp, L = c->L;
+    asz[offsetof(cpu::ActivationTensors, gate) / sizeof(float*)] = L * btf * (fused ? 2 : 1);
+    asz[offsetof(cpu::ActivationTensors, up) / sizeof(float*)] = fused ? 0 : L * btf;
+    asz[offsetof(cpu::ActivationTensors, hidden) / sizeof(float*)] = L * btf;
+    gsz[offsetof(cpu::GradScratch, dgate) / sizeof(float*)] = btf * (fused ? 2 : 1);
+    gsz[offsetof(cpu::GradScratch, dup) / sizeof(float*)] = btf;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         abytes[i] = activation_stays_fp32(i) ? sizeof(float) : dtype_bytes(dt);
         if (recompute && activation_recomputed(i)) { asz[i] /= (size_t)c->L; }
@@ -1252,7 +1438,7 @@ static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[
 size_t llama_activation_bytes(const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute) {
     size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
            gb[NUM_GRAD_SCRATCH_TENSORS];
-    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute);
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), device_fused_mlp(dt));
     return point_into_bytes(NULL, asz, ab, NUM_ACTIVATION_TENSORS, NULL) +
            point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS, NULL);
 }
@@ -1303,10 +1489,15 @@ void llama_build(Llama* model, const cpu::LlamaConfig* c, Dtype dtype, int maste
     model->grads_memory = (float*)device_malloc(model->grads_floats * sizeof(float), per_layer
                                                 ? "gradient of one unit" : "gradients");
     cuda_check(cudaMemset(model->grads_memory, 0, model->grads_floats * sizeof(float)));
+    model->fused_mlp = device_fused_mlp(dtype);
+    model->Fp = device_F(c, dtype);
+    model->params_bf16_count = device_layout(model->device_blocks, c, model->Fp, model->fused_mlp);
     if (dtype == DTYPE_BFLOAT16) {
-        model->params_bf16 = (bf16*)device_malloc(n * sizeof(bf16), master_weights ? "bf16 parameter copy"
+        // zeroed: the layout's pads are never written again
+        size_t nb = model->params_bf16_count;
+        model->params_bf16 = (bf16*)device_malloc(nb * sizeof(bf16), master_weights ? "bf16 parameter copy"
                                                   : "parameters (bf16)");
-        cuda_check(cudaMemset(model->params_bf16, 0, n * sizeof(bf16)));
+        cuda_check(cudaMemset(model->params_bf16, 0, nb * sizeof(bf16)));
     }
     model->param_base = model->params_memory != NULL ? model->params_memory : PARAMS_OFFSET_BASE;
     cpu::parameter_point_into(&model->params, (float*)model->param_base, c);
@@ -1318,15 +1509,95 @@ void llama_build(Llama* model, const cpu::LlamaConfig* c, Dtype dtype, int maste
 // the index of a parameter pointer in the parameter buffer
 static size_t param_index(const Llama* model, const float* p) { return (size_t)(p - model->param_base); }
 
+// the tensor of the table that holds parameter index `index`, with its first index
+static int param_tensor_of(const Llama* model, size_t index, size_t* first, cpu::TensorSpec* spec_out) {
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, &model->config);
+    size_t at = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = cpu::tensor_numel(&spec[i]);
+        if (index < at + n) {
+            *first = at;
+            *spec_out = spec[i];
+            return i;
+        }
+        at += n;
+    }
+    cpu::fatal("parameter index %zu is past the %zu parameters (a bug)", index, at);
+    return -1;
+}
+
+// where parameter index `index` (the table's layout) lies in params_bf16
+static size_t param_device_index(const Llama* model, size_t index) {
+    size_t first;
+    cpu::TensorSpec sp;
+    const DeviceBlock* b = &model->device_blocks[param_tensor_of(model, index, &first, &sp)];
+    size_t j = index - first, per = (size_t)sp.rows * sp.cols, l = j / per, r = (j - l * per) / sp.cols;
+    return b->base + l * b->layer_stride + r * b->row_stride + (j - l * per - r * sp.cols);
+}
+
+// op (PARAMS_BF16_*) on parameters [first, first + n) of the table's layout
+// and x (n) fp32 on the device; n may span tensors. offset of the stochastic
+// rounding: first
+static void params_bf16_apply(const Llama* model, int op, size_t first, size_t n, float* x, uint64_t seed = 0,
+                              uint64_t step = 0) {
+    while (n > 0) {
+        size_t start;
+        cpu::TensorSpec sp;
+        int i = param_tensor_of(model, first, &start, &sp);
+        size_t len = start + cpu::tensor_numel(&sp) - first;
+        len = len < n ? len : n;
+        const DeviceBlock* b = &model->device_blocks[i];
+        params_bf16_kernel<<<ceil_div(len, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(
+            op, model->params_bf16 + b->base, first - start, (size_t)sp.rows * sp.cols, (size_t)sp.cols,
+            b->layer_stride, b->row_stride, x, len, seed, step, first);
+        launch_check();
+        first += len;
+        x += len;
+        n -= len;
+    }
+}
+
 // the bf16 copy from the masters: after every change of the masters (an
 // optimizer step, an upload). a no-op in fp32 and without masters (the
 // optimizer writes the bf16 weights themselves)
 void llama_refresh_param_copy(Llama* model) {
     if (model->params_bf16 == NULL || model->params_memory == NULL) { return; }
-    size_t n = model->num_parameters;
-    float_to_bf16_kernel<<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(model->params_bf16,
-                                                                               model->params_memory, n);
-    launch_check();
+    params_bf16_apply(model, PARAMS_BF16_FROM_FLOAT, 0, model->num_parameters, model->params_memory);
+}
+
+// the bf16 weights [first, first + n) (the table's layout) widened into out (n);
+// with --master_weights 0 the optimizer steps on these
+void params_bf16_widen(const Llama* model, float* out, size_t first, size_t n) {
+    params_bf16_apply(model, PARAMS_BF16_WIDEN, first, n, out);
+}
+
+// x (n) rounded stochastically into the bf16 weights [first, first + n), with
+// the bits of bf16_store_stochastic_array at offset first
+void params_bf16_store_stochastic(const Llama* model, const float* x, size_t first, size_t n, uint64_t seed,
+                                  uint64_t step) {
+    params_bf16_apply(model, PARAMS_BF16_STORE_STOCHASTIC, first, n, (float*)x, seed, step);
+}
+
+// the host's side of the layout: params (table layout, fp32) to or from the
+// bf16 weights' whole device image (params_bf16_count, pads zero)
+static void params_bf16_host_image(const Llama* model, bf16* image, float* params, int to_image) {
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, &model->config);
+    size_t at = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        const DeviceBlock* b = &model->device_blocks[i];
+        for (int l = 0; l < spec[i].layers; l++) {
+            for (int r = 0; r < spec[i].rows; r++) {
+                bf16* d = image + b->base + l * b->layer_stride + r * b->row_stride;
+                float* x = params + at + ((size_t)l * spec[i].rows + r) * spec[i].cols;
+                for (int c = 0; c < spec[i].cols; c++) {
+                    if (to_image) { d[c] = __float2bfloat16(x[c]); } else { x[c] = __bfloat162float(d[c]); }
+                }
+            }
+        }
+        at += cpu::tensor_numel(&spec[i]);
+    }
 }
 
 // the weights a matrix product reads, for the parameter `master`: the fp32
@@ -1338,7 +1609,7 @@ template <> const float* matmul_weight<float>(const Llama* model, const float* m
     return master;
 }
 template <> const bf16* matmul_weight<bf16>(const Llama* model, const float* master) {
-    return model->params_bf16 + param_index(model, master);
+    return model->params_bf16 + param_device_index(model, param_index(model, master));
 }
 
 // the weights a kernel reads (norms, the embedding table), as WT: fp32
@@ -1349,7 +1620,7 @@ template <> const float* kernel_weight<float>(const Llama* model, const float* m
     return master;
 }
 template <> const bf16* kernel_weight<bf16>(const Llama* model, const float* master) {
-    return model->params_bf16 + param_index(model, master);
+    return model->params_bf16 + param_device_index(model, param_index(model, master));
 }
 
 // the weights from fp32 on the host (initialisation, checkpoints, tests).
@@ -1362,9 +1633,10 @@ void llama_upload_params(Llama* model, const float* params_host) {
         llama_refresh_param_copy(model);
         return;
     }
-    bf16* tmp = (bf16*)cpu::malloc_check(n * sizeof(bf16), "bf16 weights upload");
-    for (size_t i = 0; i < n; i++) { tmp[i] = __float2bfloat16(params_host[i]); }
-    cuda_check(cudaMemcpy(model->params_bf16, tmp, n * sizeof(bf16), cudaMemcpyHostToDevice));
+    size_t nb = model->params_bf16_count;
+    bf16* tmp = (bf16*)cpu::calloc_check(nb * sizeof(bf16), "bf16 weights upload");  // the pads zero
+    params_bf16_host_image(model, tmp, (float*)params_host, 1);
+    cuda_check(cudaMemcpy(model->params_bf16, tmp, nb * sizeof(bf16), cudaMemcpyHostToDevice));
     free(tmp);
 }
 
@@ -1375,9 +1647,10 @@ void llama_download_params(const Llama* model, float* params_host) {
         cuda_check(cudaMemcpy(params_host, model->params_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
         return;
     }
-    bf16* tmp = (bf16*)cpu::malloc_check(n * sizeof(bf16), "bf16 weights download");
-    cuda_check(cudaMemcpy(tmp, model->params_bf16, n * sizeof(bf16), cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < n; i++) { params_host[i] = __bfloat162float(tmp[i]); }
+    size_t nb = model->params_bf16_count;
+    bf16* tmp = (bf16*)cpu::malloc_check(nb * sizeof(bf16), "bf16 weights download");
+    cuda_check(cudaMemcpy(tmp, model->params_bf16, nb * sizeof(bf16), cudaMemcpyDeviceToHost));
+    params_bf16_host_image(model, tmp, params_host, 0);
     free(tmp);
 }
 
@@ -1405,7 +1678,7 @@ void llama_alloc_activations(Llama* model, int B, int T) {
     }
     size_t asz[NUM_ACTIVATION_TENSORS], abytes[NUM_ACTIVATION_TENSORS];
     size_t gsz[NUM_GRAD_SCRATCH_TENSORS], gbytes[NUM_GRAD_SCRATCH_TENSORS];
-    activation_layout(asz, abytes, gsz, gbytes, c, B, T, model->dtype, model->recompute);
+    activation_layout(asz, abytes, gsz, gbytes, c, B, T, model->dtype, model->recompute, model->Fp, model->fused_mlp);
     size_t acts_bytes = point_into_bytes(NULL, asz, abytes, NUM_ACTIVATION_TENSORS, NULL);
     size_t scratch_bytes = point_into_bytes(NULL, gsz, gbytes, NUM_GRAD_SCRATCH_TENSORS, NULL);
     int fits = model->acts_memory != NULL && B <= model->B_cap && T <= model->T_cap;
@@ -1478,7 +1751,7 @@ struct LayerActivations {
 template <typename X>
 static LayerActivations<X> layer_activations(const Llama* model, int l) {
     const cpu::LlamaConfig* c = &model->config;
-    size_t BT = (size_t)model->B * model->T, btc = BT * c->C, btf = BT * c->F;
+    size_t BT = (size_t)model->B * model->T, btc = BT * c->C, btf = BT * model->Fp;
     size_t s = model->recompute ? 0 : (size_t)l;  // the slot of the recomputed fields
     const cpu::ActivationTensors* a = &model->acts;
     LayerActivations<X> la;
@@ -1491,8 +1764,9 @@ static LayerActivations<X> layer_activations(const Llama* model, int l) {
     la.atty = act<X>(a->atty) + s * btc;
     la.mid = act<X>(a->resid_mid) + s * btc;
     la.mxn = act<X>(a->mlp_xn) + s * btc;
-    la.gate = act<X>(a->gate) + s * btf;
-    la.up = act<X>(a->up) + s * btf;
+    // fused: gate holds the rows [gate | up] of the one product, up is in them
+    la.gate = act<X>(a->gate) + s * btf * (model->fused_mlp ? 2 : 1);
+    la.up = model->fused_mlp ? la.gate + model->Fp : act<X>(a->up) + s * btf;
     la.hidden = act<X>(a->hidden) + s * btf;
     la.attn_rstd = a->attn_rstd + l * BT;
     la.mlp_rstd = a->mlp_rstd + l * BT;
@@ -1525,11 +1799,20 @@ static void layer_forward(Llama* model, int l, X* out) {
 
     rmsnorm_forward(la.mxn, la.mlp_rstd, la.mid, kernel_weight<WT>(model, p.mlp_norm + (size_t)l * C), BT, C,
                     c->norm_eps);
-    matmul_forward(la.gate, la.mxn, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, F);
-    matmul_forward(la.up, la.mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
-    swiglu_forward(la.hidden, la.gate, la.up, btf);
+    int Fp = model->Fp;
+    if (model->fused_mlp) {
+        // one product for gate and up (their (2 Fp, C) block), then SwiGLU
+        // across the two halves of each row
+        matmul_forward(la.gate, la.mxn, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, 2 * Fp);
+        swiglu_forward_fused(la.hidden, la.gate, BT, Fp);
+    } else {
+        matmul_forward(la.gate, la.mxn, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, F);
+        matmul_forward(la.up, la.mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
+        swiglu_forward(la.hidden, la.gate, la.up, btf);
+    }
     if (out == NULL) { return; }
-    matmul_forward_residual(out, la.hidden, matmul_weight<X>(model, p.w_down + l * fc), la.mid, BT, F, C);
+    // over all Fp columns: hidden's pads and w_down's are zeros (Fp = F unfused)
+    matmul_forward_residual(out, la.hidden, matmul_weight<X>(model, p.w_down + l * fc), la.mid, BT, Fp, C);
 }
 
 // the forward for one activation type X and kernel-weight type WT;
@@ -1626,8 +1909,6 @@ void llama_zero_grad(Llama* model) {
 // buffer (grads then points nowhere)
 #define GRAD_AT(field, off) (model->per_layer ? model->grads_memory : g.field + (off))
 
-#define PARAM_INDEX(field) ((int)(offsetof(cpu::ParameterTensors, field) / sizeof(float*)))
-
 // the unit (tensor, layer) of n floats has its whole gradient: with
 // per-layer updates, its norm is added up and the optimizer updates it; the
 // buffer is then zeroed for the next unit. nothing later in the backward
@@ -1683,16 +1964,35 @@ static void llama_backward_typed(Llama* model, float dloss) {
         // mlp block (see the CPU twin for the derivation). with per-layer
         // updates each weight is updated right after the product that gives
         // its gradient, which is also the last to read it
-        matmul_backward(dup, GRAD_AT(w_down, l * fc), dresid, hidden, matmul_weight<X>(model, p.w_down + l * fc),
-                        BT, F, C);
-        unit_done(model, PARAM_INDEX(w_down), l, fc);
-        swiglu_backward(dgate, dup, dup, gate, up, btf);
-        matmul_backward(dxn, GRAD_AT(w_gate, l * fc), dgate, mxn, matmul_weight<X>(model, p.w_gate + l * fc),
-                        BT, C, F);
-        unit_done(model, PARAM_INDEX(w_gate), l, fc);
-        matmul_backward(dq, GRAD_AT(w_up, l * fc), dup, mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
-        unit_done(model, PARAM_INDEX(w_up), l, fc);
-        residual_backward(dxn, dq, btc);
+        if (model->fused_mlp) {
+            // the device layout: d(hidden) over Fp columns (w_down's zero
+            // columns give zeros), SwiGLU's backward into [dgate | dup] rows,
+            // one product for dxn through the whole gate/up block (one sum
+            // where the CPU adds two), and each weight gradient from its half
+            int Fp = model->Fp;
+            X* dgu = dgate;  // (B,T,2Fp)
+            X* dh = dup;     // (B,T,Fp)
+            matmul_backward_input(dh, dresid, matmul_weight<X>(model, p.w_down + l * fc), BT, Fp, C);
+            matmul_backward_weight(GRAD_AT(w_down, l * fc), dresid, C, hidden, Fp, BT, F, C);
+            unit_done(model, PARAM_INDEX(w_down), l, fc);
+            swiglu_backward_fused(dgu, dh, gate, BT, Fp);
+            matmul_backward_input(dxn, dgu, matmul_weight<X>(model, p.w_gate + l * fc), BT, C, 2 * Fp);
+            matmul_backward_weight(GRAD_AT(w_gate, l * fc), dgu, 2 * Fp, mxn, C, BT, C, F);
+            unit_done(model, PARAM_INDEX(w_gate), l, fc);
+            matmul_backward_weight(GRAD_AT(w_up, l * fc), dgu + Fp, 2 * Fp, mxn, C, BT, C, F);
+            unit_done(model, PARAM_INDEX(w_up), l, fc);
+        } else {
+            matmul_backward(dup, GRAD_AT(w_down, l * fc), dresid, hidden, matmul_weight<X>(model, p.w_down + l * fc),
+                            BT, F, C);
+            unit_done(model, PARAM_INDEX(w_down), l, fc);
+            swiglu_backward(dgate, dup, dup, gate, up, btf);
+            matmul_backward(dxn, GRAD_AT(w_gate, l * fc), dgate, mxn, matmul_weight<X>(model, p.w_gate + l * fc),
+                            BT, C, F);
+            unit_done(model, PARAM_INDEX(w_gate), l, fc);
+            matmul_backward(dq, GRAD_AT(w_up, l * fc), dup, mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
+            unit_done(model, PARAM_INDEX(w_up), l, fc);
+            residual_backward(dxn, dq, btc);
+        }
         rmsnorm_backward(dresid, GRAD_AT(mlp_norm, lc), dxn, mid, kernel_weight<WT>(model, p.mlp_norm + lc),
                          la.mlp_rstd, BT, C);
         unit_done(model, PARAM_INDEX(mlp_norm), l, C);
@@ -3294,9 +3594,9 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
                 dequantize_blockwise(Vq, o->q8_codes + code + whole + at, o->q8_absmax + block + nb + b, len,
                                      o->q8_maps + QUANT8_MAP_SIZE);
                 float* W = Wp + off;
-                if (bf16_only) { W = o->staging; bf16_widen_array(W, model->params_bf16 + first + off, len); }
+                if (bf16_only) { W = o->staging; params_bf16_widen(model, W, first + off, len); }
                 adamw_update(W, Mq, Vq, G + off, len, h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay);
-                if (bf16_only) { bf16_store_stochastic_array(model->params_bf16 + first + off, W, len, seed, t, first + off); }
+                if (bf16_only) { params_bf16_store_stochastic(model, W, first + off, len, seed, t); }
                 else if (!h->master_weights) { bf16_round_stochastic_array(W, len, seed, t, first + off); }
                 quantize_blockwise(o->q8_codes + code + at, o->q8_absmax + block + b, Mq, len, o->q8_maps);
                 quantize_blockwise(o->q8_codes + code + whole + at, o->q8_absmax + block + nb + b, Vq, len,
@@ -3308,10 +3608,10 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
         if (bf16_only) {
             for (size_t off = 0; off < n; off += o->staging_floats) {
                 size_t len = n - off < o->staging_floats ? n - off : o->staging_floats;
-                bf16_widen_array(o->staging, model->params_bf16 + first + off, len);
+                params_bf16_widen(model, o->staging, first + off, len);
                 adamw_update(o->staging, o->adam_m + a + off, o->adam_v + a + off, G + off, len, h->step, lr,
                              h->beta1, h->beta2, h->eps, h->weight_decay);
-                bf16_store_stochastic_array(model->params_bf16 + first + off, o->staging, len, seed, t, first + off);
+                params_bf16_store_stochastic(model, o->staging, first + off, len, seed, t);
             }
         } else {
             adamw_update(Wp, o->adam_m + a, o->adam_v + a, G, n, h->step, lr, h->beta1, h->beta2, h->eps,
@@ -3321,7 +3621,7 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
         return;
     }
     float* W = bf16_only ? o->staging : Wp;
-    if (bf16_only) { bf16_widen_array(W, model->params_bf16 + first, per); }
+    if (bf16_only) { params_bf16_widen(model, W, first, per); }
     LowRankStateGPU* st = &o->lowrank[o->lowrank_first[i] + l];
     size_t mn = (size_t)st->r * st->q, code = 0, block = 0, nb = cpu::quant8_num_blocks(mn);
     if (h->q8) {
@@ -3353,7 +3653,7 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
         quantize_blockwise(o->q8_codes + code + mn, o->q8_absmax + block + nb, st->V, mn, o->q8_maps + QUANT8_MAP_SIZE);
         st->M = st->V = NULL;
     }
-    if (bf16_only) { bf16_store_stochastic_array(model->params_bf16 + first, W, per, seed, t, first); }
+    if (bf16_only) { params_bf16_store_stochastic(model, W, first, per, seed, t); }
     else if (!h->master_weights) { bf16_round_stochastic_array(W, per, seed, t, first); }
 }
 
@@ -3495,19 +3795,33 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
                     "whole run");
     }
     if (dt == DTYPE_BFLOAT16) {
-        plan_buffer(p, bf16_only ? "weights, bf16" : "weights, bf16 copy", "(N)", N * sizeof(bf16), "whole run");
+        // in the device layout: the MLP's pads included (device_layout)
+        DeviceBlock blocks[NUM_PARAMETER_TENSORS];
+        size_t nb = device_layout(blocks, c, device_F(c, dt), device_fused_mlp(dt));
+        plan_buffer(p, bf16_only ? "weights, bf16" : "weights, bf16 copy", nb > N ? "(N + MLP pads)" : "(N)",
+                    nb * sizeof(bf16), "whole run");
     }
     // activations and the gradient scratch (llama_alloc_activations): one
     // allocation each, a row per tensor of the first
     size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
            gb[NUM_GRAD_SCRATCH_TENSORS];
-    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute);
+    int fused = device_fused_mlp(dt), padded = device_F(c, dt) != c->F;
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), fused);
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+        if (asz[i] == 0) { continue; }  // up, when gate holds it (fused)
         size_t one = point_into_bytes(NULL, &asz[i], &ab[i], 1, NULL);
         int per_layer = i <= (int)(offsetof(cpu::ActivationTensors, hidden) / sizeof(float*));
         const char* holds = per_layer ? (recompute && activation_recomputed(i) ? "one layer" : "all L layers")
                                    : "one step";
-        plan_add(p, ACTIVATION_PLAN_NAMES[i][0], ACTIVATION_PLAN_NAMES[i][1], one, holds);
+        const char* name = ACTIVATION_PLAN_NAMES[i][0];
+        const char* shape = ACTIVATION_PLAN_NAMES[i][1];
+        if (fused && i == (int)(offsetof(cpu::ActivationTensors, gate) / sizeof(float*))) {
+            name = "act: gate | up (one product)";
+            shape = padded ? "(L,B,T,2Fp)" : "(L,B,T,2F)";
+        } else if (padded && i == (int)(offsetof(cpu::ActivationTensors, hidden) / sizeof(float*))) {
+            shape = "(L,B,T,Fp)";
+        }
+        plan_add(p, name, shape, one, holds);
     }
     p->buffers++;
     plan_buffer(p, "gradient scratch", "(B,T,*), (B,NH,T) f32", point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS,

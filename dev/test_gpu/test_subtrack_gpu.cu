@@ -1125,6 +1125,122 @@ static void test_model_case_bf16(GpuTestCase* tc) {
     cpu::llama_free(&ref);
 }
 
+// the values of n bf16 (or fp32) elements of the device at p, widened
+static float* device_values(const void* p, size_t n, Dtype dt) { return to_host_dtype(p, n, dt); }
+
+// how many of the (rows, 2 halves of ld) row halves' columns [used, ld) are not zero
+static size_t nonzero_pads(const float* x, size_t rows, int halves, int ld, int used) {
+    size_t bad = 0;
+    for (size_t r = 0; r < rows; r++) {
+        for (int h = 0; h < halves; h++) {
+            for (int j = used; j < ld; j++) { bad += x[(r * halves + h) * ld + j] != 0.0f; }
+        }
+    }
+    return bad;
+}
+
+// the MLP's device layout in bf16 (device_layout in train_llama_subtrack.cu:
+// gate and up in one product, F padded to Fp):
+//  - the pads never reach a loss, a gradient or a weight: padded (Fp a
+//    multiple of DEVICE_F_MULTIPLE) against unpadded (Fp = F), both fused,
+//    over 3 SubTrack++ steps with --master_weights 0 (the optimizer widens and
+//    rounds the bf16 weights through the layout): every loss, every gradient
+//    norm and every weight bit-identical
+//  - fusing changes no forward value: fused against unfused, the first
+//    logits and loss bit-identical (each output of the one product is the
+//    same sum of the same products). its backward sums dxn's two parts in one
+//    product where the unfused one rounds each to bf16 and adds them:
+//    test_model_case_bf16 holds those gradients to the CPU's
+//  - the pads are zeros after the steps: in the bf16 weights, the gate/up
+//    and hidden activations of every layer and the MLP's scratch
+static void test_device_layout(GpuTestCase* tc) {
+    cpu::LlamaConfig c = tc->cfg;
+    int BT = tc->B * tc->T;
+    const int steps = 3;
+    cpu::TrainConfig t;
+    step_train_config(&t, step_settings("subtrack++"), steps);
+    t.master_weights = 0;
+    snprintf(t.dtype, sizeof t.dtype, "%s", "bfloat16");
+    const int fuse[3] = {1, 1, 0}, pad[3] = {1, 0, 0};  // the default, unpadded, unfused
+    Llama m[3];
+    Optimizer o[3];
+    float loss[3][steps];
+    double norm[3][steps];
+    float* logits[3];
+    for (int k = 0; k < 3; k++) {
+        g_device_fuse_mlp = fuse[k];
+        g_device_pad_f = pad[k];
+        llama_build(&m[k], &c, DTYPE_BFLOAT16, 0);
+        llama_upload_params(&m[k], tc->params);
+        if (optimizer_build(&o[k], &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
+    }
+    g_device_fuse_mlp = g_device_pad_f = 1;
+    int Fp = m[0].Fp, F = c.F;
+    for (int step = 0; step < steps; step++) {
+        float lr = cpu::lr_at_step(&t, step);
+        for (int k = 0; k < 3; k++) {
+            llama_zero_grad(&m[k]);
+            optimizer_begin_step(&o[k], lr);
+            loss[k][step] = llama_forward(&m[k], tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
+            if (step == 0) { logits[k] = device_values(m[k].acts.logits, (size_t)BT * c.V, DTYPE_BFLOAT16); }
+            llama_backward(&m[k], tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
+            norm[k][step] = grad_global_norm(m[k].grads_memory, m[k].num_parameters);
+            optimizer_step(&o[k], &m[k], lr);
+        }
+    }
+    size_t n = m[0].num_parameters;
+    float* w[2];
+    for (int k = 0; k < 2; k++) {
+        w[k] = (float*)cpu::malloc_check(n * sizeof(float), "weights");
+        llama_download_params(&m[k], w[k]);
+    }
+    check(m[0].fused_mlp && m[1].fused_mlp && !m[2].fused_mlp && Fp > F && m[1].Fp == F && m[2].Fp == F &&
+          memcmp(loss[0], loss[1], sizeof loss[0]) == 0 && memcmp(norm[0], norm[1], sizeof norm[0]) == 0 &&
+          memcmp(w[0], w[1], n * sizeof(float)) == 0,
+          "%s bf16 --master_weights 0, %d SubTrack++ steps: F = %d padded to %d against unpadded, both fused: "
+          "every loss, gradient norm and weight bit-identical (last loss %.6f vs %.6f)", tc->label, steps, F, Fp,
+          loss[0][steps - 1], loss[1][steps - 1]);
+    check(memcmp(&loss[0][0], &loss[2][0], sizeof(float)) == 0 &&
+          memcmp(logits[0], logits[2], (size_t)BT * c.V * sizeof(float)) == 0,
+          "%s bf16: gate and up in one product against two: the first loss (%.6f vs %.6f) and all %d x %d logits "
+          "bit-identical", tc->label, loss[0][0], loss[2][0], BT, c.V);
+    // the pads: the bf16 weights (everything outside the tensors' blocks)
+    Llama* d = &m[0];
+    float* image = device_values(d->params_bf16, d->params_bf16_count, DTYPE_BFLOAT16);
+    char* used = (char*)cpu::calloc_check(d->params_bf16_count, "layout map");
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, &c);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        const DeviceBlock* b = &d->device_blocks[i];
+        for (int l = 0; l < spec[i].layers; l++) {
+            for (int r = 0; r < spec[i].rows; r++) {
+                memset(used + b->base + l * b->layer_stride + r * b->row_stride, 1, spec[i].cols);
+            }
+        }
+    }
+    size_t weight_pads = 0, weight_bad = 0, covered = 0;
+    for (size_t i = 0; i < d->params_bf16_count; i++) {
+        covered += used[i];
+        if (!used[i]) { weight_pads++; weight_bad += image[i] != 0.0f; }
+    }
+    // the activations and scratch of the last step (all L layers are kept)
+    float* gu = device_values(d->acts.gate, (size_t)c.L * BT * 2 * Fp, DTYPE_BFLOAT16);
+    float* hid = device_values(d->acts.hidden, (size_t)c.L * BT * Fp, DTYPE_BFLOAT16);
+    float* dgu = device_values(d->scratch.dgate, (size_t)BT * 2 * Fp, DTYPE_BFLOAT16);
+    float* dh = device_values(d->scratch.dup, (size_t)BT * Fp, DTYPE_BFLOAT16);
+    size_t act_bad = nonzero_pads(gu, (size_t)c.L * BT, 2, Fp, F) + nonzero_pads(hid, (size_t)c.L * BT, 1, Fp, F) +
+                     nonzero_pads(dgu, BT, 2, Fp, F) + nonzero_pads(dh, BT, 1, Fp, F);
+    size_t act_pads = (size_t)(Fp - F) * BT * (3 * c.L + 3);
+    check(covered == n && weight_pads == d->params_bf16_count - n && weight_pads == (size_t)3 * c.L * c.C * (Fp - F) &&
+          weight_bad == 0 && act_bad == 0,
+          "%s bf16: after the steps all %zu pads of the bf16 weights (3 L C (Fp - F)) and all %zu of the MLP's "
+          "activations and scratch are zero (%zu and %zu not), and the tensors cover the other %zu", tc->label,
+          weight_pads, act_pads, weight_bad, act_bad, covered);
+    free(image); free(used); free(gu); free(hid); free(dgu); free(dh);
+    for (int k = 0; k < 2; k++) { free(w[k]); }
+    for (int k = 0; k < 3; k++) { free(logits[k]); optimizer_free(&o[k]); llama_free(&m[k]); }
+}
+
 // bf16 repeats itself bit for bit too (no atomics; cuBLAS with fixed inputs)
 static void test_determinism_bf16(GpuTestCase* tc) {
     GpuRun r[2];
@@ -1308,6 +1424,8 @@ int main(int argc, char** argv) {
     // bf16, on the two reference models (the random one is left out to keep the harness run short)
     for (int i = 0; i < ncases && i < 2; i++) { test_model_case_bf16(&tcs[i]); }
     test_determinism_bf16(&tcs[0]);
+    test_device_layout(&tcs[0]);
+    test_device_layout(&tcs[1]);
     printf("--- training steps in bf16 against the CPU's fp32: the loss\n");
     test_training_steps_bf16(&tcs[0], "adamw");
     test_training_steps_bf16(&tcs[1], "low_rank_adamw");

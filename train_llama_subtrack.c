@@ -612,6 +612,17 @@ void matmul_forward_residual(float* out, const float* inp, const float* weight, 
     residual_forward(out, out, resid, (size_t)BT * OC);
 }
 
+// rmsnorm_backward of the output gradient dout + dout2, where two branches
+// read the norm's output (the MLP's gate and up, the attention's q, k and v).
+// the GPU twin adds the two as it reads them, saving a pass over (B,T,C);
+// here it is the two steps, so dout is left holding the sum
+void rmsnorm_backward_residual(float* dinp, float* dweight, float* dout, const float* dout2, const float* inp,
+                               const float* weight, const float* rstd, int BT, int C) {
+    // dinp (B,T,C) accumulated (+=), dweight (C) accumulated, dout, dout2, inp (B,T,C), rstd (B,T)
+    residual_backward(dout, dout2, (size_t)BT * C);
+    rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, BT, C);
+}
+
 #define IGNORE_INDEX (-100)
 
 // mean cross-entropy over the targets that are not IGNORE_INDEX. the logits
@@ -1116,11 +1127,10 @@ void llama_backward(Llama* model, const int* inputs, const int* targets, float l
         swiglu_backward(s.dgate, s.dup, s.dup, gate, up, btf);
         matmul_backward(s.dxn, g.w_gate + l * fc, s.dgate, mxn, p.w_gate + l * fc, BT, C, F);
         // the up branch's input gradient adds to the gate branch's: use q's
-        // scratch for it, then sum
+        // scratch for it, summed by the norm's backward
         matmul_backward(s.dq, g.w_up + l * fc, s.dup, mxn, p.w_up + l * fc, BT, C, F);
-        residual_backward(s.dxn, s.dq, btc);
-        rmsnorm_backward(s.dresid, g.mlp_norm + (size_t)l * C, s.dxn, mid, p.mlp_norm + (size_t)l * C,
-                         a.mlp_rstd + (size_t)l * BT, BT, C);
+        rmsnorm_backward_residual(s.dresid, g.mlp_norm + (size_t)l * C, s.dxn, s.dq, mid, p.mlp_norm + (size_t)l * C,
+                                  a.mlp_rstd + (size_t)l * BT, BT, C);
 
         // attention block: mid = x + wo(attn(rope(wq xn), rope(wk xn), wv xn)), xn = norm(x)
         matmul_backward(s.dxn, g.wo + l * cc, s.dresid, atty, p.wo + l * cc, BT, C, C);
@@ -1128,14 +1138,14 @@ void llama_backward(Llama* model, const int* inputs, const int* targets, float l
                            B, T, NH, HS);
         rope_backward(s.dq, s.dq, cos_t, sin_t, B, T, NH, HS);
         rope_backward(s.dk, s.dk, cos_t, sin_t, B, T, NH, HS);
-        // three projections read the same xn: sum their input gradients in dxn
+        // three projections read the same xn: sum their input gradients in dxn,
+        // the last one in the norm's backward
         matmul_backward(s.dxn, g.wq + l * cc, s.dq, xn, p.wq + l * cc, BT, C, C);
         matmul_backward(s.dq, g.wk + l * cc, s.dk, xn, p.wk + l * cc, BT, C, C);
         residual_backward(s.dxn, s.dq, btc);
         matmul_backward(s.dq, g.wv + l * cc, s.dv, xn, p.wv + l * cc, BT, C, C);
-        residual_backward(s.dxn, s.dq, btc);
-        rmsnorm_backward(s.dresid, g.attn_norm + (size_t)l * C, s.dxn, x, p.attn_norm + (size_t)l * C,
-                         a.attn_rstd + (size_t)l * BT, BT, C);
+        rmsnorm_backward_residual(s.dresid, g.attn_norm + (size_t)l * C, s.dxn, s.dq, x, p.attn_norm + (size_t)l * C,
+                                  a.attn_rstd + (size_t)l * BT, BT, C);
     }
     encoder_backward(g.tok_embeddings, s.dresid, inputs, BT, C);
 }

@@ -377,6 +377,49 @@ template <typename X> __device__ __forceinline__ X from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16(x); }
 
+// 128-bit loads and stores: a pack of 16 bytes of X (8 bf16 or 4 floats)
+// moves with one int4 access instead of 8 or 4 narrow ones. the launchers use
+// the packed kernels when N (or a row's length) is a multiple of the pack and
+// every pointer is 16-byte aligned (the activations are), and the one-element
+// kernels otherwise; both do the same arithmetic per element (the same inline
+// functions), and the packed row kernels add up their sums in the one-element
+// kernels' order (see rmsnorm_forward_packed_kernel), so the results are the
+// same bits
+template <typename X>
+struct Pack128 {
+    static constexpr int size = 16 / sizeof(X);
+    alignas(16) X x[16 / sizeof(X)];
+};
+
+template <typename X>
+__device__ __forceinline__ Pack128<X> load128(const X* p) {
+    int4 bits = *reinterpret_cast<const int4*>(p);
+    Pack128<X> out;
+    memcpy(&out, &bits, sizeof bits);
+    return out;
+}
+
+template <typename X>
+__device__ __forceinline__ void store128(X* p, const Pack128<X>& v) {
+    int4 bits;
+    memcpy(&bits, &v, sizeof bits);
+    *reinterpret_cast<int4*>(p) = bits;
+}
+
+static int aligned128(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+// the Pack128<X>::size elements of T at p (16-byte aligned) as floats, in
+// 128-bit loads: the fp32 weights or rope tables beside a pack of bf16
+// activations take two
+template <typename X, typename T>
+__device__ __forceinline__ void load128_floats(float* out, const T* p) {
+    static_assert(sizeof(T) >= sizeof(X), "a pack of X must span whole packs of T");
+    for (int i = 0; i < Pack128<X>::size; i += Pack128<T>::size) {
+        Pack128<T> v = load128(p + i);
+        for (int k = 0; k < Pack128<T>::size; k++) { out[i + k] = to_float(v.x[k]); }
+    }
+}
+
 // WT: the type of the weights a kernel reads, fp32 (the masters) or bf16
 // (--master_weights 0 with bf16 activations: the weights themselves)
 template <typename X, typename WT>
@@ -403,6 +446,10 @@ __global__ void encoder_backward_kernel(float* dwte, const X* dout, const int* r
     *w = acc;
 }
 
+// rmsnorm's output element, and its input gradient's (below): shared by the
+// one-element and the packed kernels, so that both compute and round alike
+__device__ __forceinline__ float rmsnorm_value(float x, float s, float w) { return (x * s) * w; }
+
 // one warp per row
 template <typename X, typename WT>
 __global__ void rmsnorm_forward_kernel(X* out, float* rstd, const X* inp, const WT* weight,
@@ -419,32 +466,143 @@ __global__ void rmsnorm_forward_kernel(X* out, float* rstd, const X* inp, const 
     }
     ss = warp_sum(ss);
     float s = rsqrtf(ss / C + eps);
-    for (int c = lane; c < C; c += WARP_SIZE) { o[c] = from_float<X>((to_float(x[c]) * s) * to_float(weight[c])); }
+    for (int c = lane; c < C; c += WARP_SIZE) {
+        o[c] = from_float<X>(rmsnorm_value(to_float(x[c]), s, to_float(weight[c])));
+    }
+    if (lane == 0) { rstd[row] = s; }
+}
+
+// the same with 128-bit accesses (C a multiple of the pack). for the same
+// rstd, each lane must add the same elements in the same order as above
+// (c = lane, lane + 32, ...), but a lane's load brings a pack of neighbours.
+// so the warp loads a chunk of the row, 32 packs, into shared memory, and
+// each lane then adds its elements of the chunk from there. the second pass
+// is elementwise and works on packs straight from memory
+template <typename X, typename WT>
+__global__ void __launch_bounds__(BLOCK_ROWS)
+rmsnorm_forward_packed_kernel(X* out, float* rstd, const X* inp, const WT* weight, int BT, int C, float eps) {
+    constexpr int P = Pack128<X>::size, CHUNK = WARP_SIZE * P;
+    __shared__ alignas(16) X chunks[BLOCK_ROWS / WARP_SIZE][CHUNK];
+    int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    int row = blockIdx.x * (BLOCK_ROWS / WARP_SIZE) + warp;
+    if (row >= BT) { return; }
+    const X* x = inp + (size_t)row * C;
+    X* o = out + (size_t)row * C;
+    X* chunk = chunks[warp];
+    float ss = 0.0f;
+    for (int base = 0; base < C; base += CHUNK) {
+        if (base + lane * P < C) { store128(chunk + lane * P, load128(x + base + lane * P)); }
+        __syncwarp();
+        for (int c = lane; c < CHUNK && base + c < C; c += WARP_SIZE) {
+            float xc = to_float(chunk[c]);
+            ss += xc * xc;
+        }
+        __syncwarp();  // every lane has read the chunk before the next one overwrites it
+    }
+    ss = warp_sum(ss);
+    float s = rsqrtf(ss / C + eps);
+    for (int c = lane * P; c < C; c += CHUNK) {
+        Pack128<X> xv = load128(x + c), ov;
+        float w[P];
+        load128_floats<X>(w, weight + c);
+        for (int k = 0; k < P; k++) { ov.x[k] = from_float<X>(rmsnorm_value(to_float(xv.x[k]), s, w[k])); }
+        store128(o + c, ov);
+    }
     if (lane == 0) { rstd[row] = s; }
 }
 
 // in the forward pass o = w * x * s with s = (mean(x^2)+eps)^-1/2, so
-// dx = s * (w*do) - x * s^3 / C * sum(w*do*x); one warp per row, += into dinp
+// dx = s * (w*do) - x * s^3 / C * sum(w*do*x), added to dx
+__device__ __forceinline__ float rmsnorm_dinp_value(float dx, float s, float w, float g, float k, float x) {
+    return dx + (s * w * g - k * x);
+}
+
+// the norm's output gradient at element i: dout, or, when two branches read
+// the norm's output, dout + dout2 rounded to X: the value residual_backward
+// would have stored in dout, computed where it is read instead
+// (rmsnorm_backward_residual)
+template <typename X>
+__device__ __forceinline__ X rmsnorm_dout(const X* dout, const X* dout2, size_t i) {
+    return dout2 == NULL ? dout[i] : from_float<X>(to_float(dout[i]) + to_float(dout2[i]));
+}
+
+template <typename X>
+__device__ __forceinline__ Pack128<X> rmsnorm_dout_pack(const X* dout, const X* dout2, size_t i) {
+    Pack128<X> g = load128(dout + i);
+    if (dout2 != NULL) {
+        Pack128<X> g2 = load128(dout2 + i);
+        for (int k = 0; k < Pack128<X>::size; k++) { g.x[k] = from_float<X>(to_float(g.x[k]) + to_float(g2.x[k])); }
+    }
+    return g;
+}
+
+// one warp per row, += into dinp; dout2 may be NULL
 template <typename X, typename WT>
-__global__ void rmsnorm_backward_dinp_kernel(X* dinp, const X* dout, const X* inp,
+__global__ void rmsnorm_backward_dinp_kernel(X* dinp, const X* dout, const X* dout2, const X* inp,
                                              const WT* weight, const float* rstd, int BT, int C) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= BT) { return; }
-    const X* x = inp + (size_t)row * C;
-    const X* g = dout + (size_t)row * C;
-    X* dx = dinp + (size_t)row * C;
+    size_t r = (size_t)row * C;
     float s = rstd[row];
     float dot = 0.0f;
-    for (int c = lane; c < C; c += WARP_SIZE) { dot += to_float(weight[c]) * to_float(g[c]) * to_float(x[c]); }
+    for (int c = lane; c < C; c += WARP_SIZE) {
+        dot += to_float(weight[c]) * to_float(rmsnorm_dout(dout, dout2, r + c)) * to_float(inp[r + c]);
+    }
     dot = warp_sum(dot);
     float k = dot * s * s * s / C;
     for (int c = lane; c < C; c += WARP_SIZE) {
-        dx[c] = from_float<X>(to_float(dx[c]) + (s * to_float(weight[c]) * to_float(g[c]) - k * to_float(x[c])));
+        dinp[r + c] = from_float<X>(rmsnorm_dinp_value(to_float(dinp[r + c]), s, to_float(weight[c]),
+                                                       to_float(rmsnorm_dout(dout, dout2, r + c)), k,
+                                                       to_float(inp[r + c])));
     }
 }
 
-// dweight[c] += sum over rows of dout * inp * rstd.
+// the same with 128-bit accesses, the dot product's terms added in the
+// order above through shared memory as in rmsnorm_forward_packed_kernel (the
+// weights, the same for every row, are read one by one from cache there)
+template <typename X, typename WT>
+__global__ void __launch_bounds__(BLOCK_ROWS)
+rmsnorm_backward_dinp_packed_kernel(X* dinp, const X* dout, const X* dout2, const X* inp,
+                                    const WT* weight, const float* rstd, int BT, int C) {
+    constexpr int P = Pack128<X>::size, CHUNK = WARP_SIZE * P;
+    __shared__ alignas(16) X gchunks[BLOCK_ROWS / WARP_SIZE][CHUNK];
+    __shared__ alignas(16) X xchunks[BLOCK_ROWS / WARP_SIZE][CHUNK];
+    int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    int row = blockIdx.x * (BLOCK_ROWS / WARP_SIZE) + warp;
+    if (row >= BT) { return; }
+    size_t r = (size_t)row * C;
+    X* gchunk = gchunks[warp];
+    X* xchunk = xchunks[warp];
+    float s = rstd[row];
+    float dot = 0.0f;
+    for (int base = 0; base < C; base += CHUNK) {
+        if (base + lane * P < C) {
+            store128(gchunk + lane * P, rmsnorm_dout_pack(dout, dout2, r + base + lane * P));
+            store128(xchunk + lane * P, load128(inp + r + base + lane * P));
+        }
+        __syncwarp();
+        for (int c = lane; c < CHUNK && base + c < C; c += WARP_SIZE) {
+            dot += to_float(weight[base + c]) * to_float(gchunk[c]) * to_float(xchunk[c]);
+        }
+        __syncwarp();
+    }
+    dot = warp_sum(dot);
+    float k = dot * s * s * s / C;
+    for (int c = lane * P; c < C; c += CHUNK) {
+        Pack128<X> d = load128(dinp + r + c), g = rmsnorm_dout_pack(dout, dout2, r + c), xv = load128(inp + r + c);
+        float w[P];
+        load128_floats<X>(w, weight + c);
+        for (int j = 0; j < P; j++) {
+            d.x[j] = from_float<X>(rmsnorm_dinp_value(to_float(d.x[j]), s, w[j], to_float(g.x[j]), k,
+                                                      to_float(xv.x[j])));
+        }
+        store128(dinp + r + c, d);
+    }
+}
+
+// dweight[c] += sum over rows of dout * inp * rstd (dout: rmsnorm_dout, so
+// with dout2 the sum of both, rounded as the row kernel rounds it).
 // the weight gradient is a sum over all B*T rows per channel: two passes, so
 // that the rows spread over many blocks and the order stays fixed. pass 1:
 // block (x, y) sums rows y*COLUMN_CHUNK_ROWS .. of COLUMN_TILE channels, each
@@ -456,14 +614,15 @@ __global__ void rmsnorm_backward_dinp_kernel(X* dinp, const X* dout, const X* in
 #define COLUMN_ROW_LANES 8
 template <typename X>
 __global__ void __launch_bounds__(COLUMN_TILE * COLUMN_ROW_LANES)
-rmsnorm_backward_dweight_kernel(float* partial, const X* dout, const X* inp, const float* rstd, int BT, int C) {
+rmsnorm_backward_dweight_kernel(float* partial, const X* dout, const X* dout2, const X* inp, const float* rstd,
+                                int BT, int C) {
     __shared__ float lanes[COLUMN_ROW_LANES][COLUMN_TILE];
     int c = blockIdx.x * COLUMN_TILE + threadIdx.x, chunk = blockIdx.y;
     int end = (chunk + 1) * COLUMN_CHUNK_ROWS < BT ? (chunk + 1) * COLUMN_CHUNK_ROWS : BT;
     float acc = 0.0f;
     if (c < C) {
         for (int i = chunk * COLUMN_CHUNK_ROWS + threadIdx.y; i < end; i += COLUMN_ROW_LANES) {
-            acc += to_float(dout[(size_t)i * C + c]) * to_float(inp[(size_t)i * C + c]) * rstd[i];
+            acc += to_float(rmsnorm_dout(dout, dout2, (size_t)i * C + c)) * to_float(inp[(size_t)i * C + c]) * rstd[i];
         }
     }
     lanes[threadIdx.y][threadIdx.x] = acc;
@@ -484,6 +643,13 @@ __global__ void column_partials_sum_kernel(float* out, const float* partial, int
     out[c] += sum;
 }
 
+// one rotated pair of rotate-half rope (sn carries the direction's sign);
+// shared by the one-element and the packed kernels
+__device__ __forceinline__ void rope_rotate(float* o1, float* o2, float x1, float x2, float cs, float sn) {
+    *o1 = x1 * cs - x2 * sn;
+    *o2 = x2 * cs + x1 * sn;
+}
+
 // rotate-half rope: channel i pairs with i + HS/2 in each head. one thread
 // per pair; in and out may alias (each thread reads its pair before writing)
 template <typename X>
@@ -499,39 +665,39 @@ __global__ void rope_kernel(X* out, const X* inp, const float* cos_table, const 
     float sn = direction * sin_table[(size_t)t * half + i];
     const X* x = inp + bth * HS;
     X* o = out + bth * HS;
-    float x1 = to_float(x[i]), x2 = to_float(x[i + half]);
-    o[i] = from_float<X>(x1 * cs - x2 * sn);
-    o[i + half] = from_float<X>(x2 * cs + x1 * sn);
+    float o1, o2;
+    rope_rotate(&o1, &o2, to_float(x[i]), to_float(x[i + half]), cs, sn);
+    o[i] = from_float<X>(o1);
+    o[i + half] = from_float<X>(o2);
 }
 
-// 128-bit loads and stores for the elementwise kernels: a pack of 16 bytes of
-// X (8 bf16 or 4 floats) moves with one int4 access instead of 8 or 4 narrow
-// ones. the launchers use the packed kernels when N is a multiple of the pack
-// and every pointer is 16-byte aligned (the activations are), and the
-// one-element kernels otherwise; both do the same arithmetic per element, so
-// the results are the same bits
+// the same with 128-bit accesses (HS/2 a multiple of the pack): one thread
+// per pack of pairs, channels i .. i+P-1 and their partners i+HS/2 ..
 template <typename X>
-struct Pack128 {
-    static constexpr int size = 16 / sizeof(X);
-    alignas(16) X x[16 / sizeof(X)];
-};
-
-template <typename X>
-__device__ __forceinline__ Pack128<X> load128(const X* p) {
-    int4 bits = *reinterpret_cast<const int4*>(p);
-    Pack128<X> out;
-    memcpy(&out, &bits, sizeof bits);
-    return out;
+__global__ void rope_packed_kernel(X* out, const X* inp, const float* cos_table, const float* sin_table,
+                                   int B, int T, int NH, int HS, float direction) {
+    constexpr int P = Pack128<X>::size;
+    int half = HS / 2, packs = half / P;
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)B * T * NH * packs) { return; }
+    int i = (int)(idx % packs) * P;
+    size_t bth = idx / packs;
+    int t = (int)((bth / NH) % T);
+    float cs[P], sn[P];
+    load128_floats<X>(cs, cos_table + (size_t)t * half + i);
+    load128_floats<X>(sn, sin_table + (size_t)t * half + i);
+    const X* x = inp + bth * HS;
+    X* o = out + bth * HS;
+    Pack128<X> x1 = load128(x + i), x2 = load128(x + i + half), o1, o2;
+    for (int k = 0; k < P; k++) {
+        float a, b;
+        rope_rotate(&a, &b, to_float(x1.x[k]), to_float(x2.x[k]), cs[k], direction * sn[k]);
+        o1.x[k] = from_float<X>(a);
+        o2.x[k] = from_float<X>(b);
+    }
+    store128(o + i, o1);
+    store128(o + i + half, o2);
 }
-
-template <typename X>
-__device__ __forceinline__ void store128(X* p, const Pack128<X>& v) {
-    int4 bits;
-    memcpy(&bits, &v, sizeof bits);
-    *reinterpret_cast<int4*>(p) = bits;
-}
-
-static int aligned128(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
 // out = silu(gate) * up, per element
 __device__ __forceinline__ float swiglu_value(float g, float u) {
@@ -684,8 +850,49 @@ __global__ void crossentropy_forward_kernel(float* losses, float* lse, const X* 
     }
 }
 
-// dlogits = (softmax - onehot) * dloss, written over the logits in place;
-// rows whose target is ignored get 0
+// the same with 128-bit loads (V a multiple of the pack), BLOCK_CE threads.
+// the max is the same in any order; the sum of exponentials adds each
+// thread's elements j = thread, thread + BLOCK_CE, ... in the order above,
+// through a chunk of BLOCK_CE packs in shared memory (as rmsnorm_forward_packed_kernel)
+template <typename X>
+__global__ void __launch_bounds__(BLOCK_CE)
+crossentropy_forward_packed_kernel(float* losses, float* lse, const X* logits, const int* targets, int BT, int V) {
+    constexpr int P = Pack128<X>::size, CHUNK = BLOCK_CE * P;
+    __shared__ float scratch[WARP_SIZE];
+    __shared__ alignas(16) X chunk[CHUNK];
+    int row = blockIdx.x;
+    if (row >= BT) { return; }
+    const X* x = logits + (size_t)row * V;
+    float maxv = -INFINITY;
+    for (int j = threadIdx.x * P; j < V; j += CHUNK) {
+        Pack128<X> v = load128(x + j);
+        for (int k = 0; k < P; k++) { maxv = fmaxf(maxv, to_float(v.x[k])); }
+    }
+    maxv = block_max(maxv, scratch);
+    float sum = 0.0f;
+    for (int base = 0; base < V; base += CHUNK) {
+        if (base + (int)threadIdx.x * P < V) { store128(chunk + threadIdx.x * P, load128(x + base + threadIdx.x * P)); }
+        __syncthreads();
+        for (int j = threadIdx.x; j < CHUNK && base + j < V; j += BLOCK_CE) { sum += expf(to_float(chunk[j]) - maxv); }
+        __syncthreads();  // every thread has read the chunk before the next one overwrites it
+    }
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) {
+        float l = maxv + logf(sum);
+        lse[row] = l;
+        int tgt = targets[row];
+        losses[row] = tgt == IGNORE_INDEX ? 0.0f : l - to_float(x[tgt]);
+    }
+}
+
+// one logit's gradient, (softmax - onehot) * dloss, 0 on a row whose target
+// is ignored; shared by the one-element and the packed kernels
+__device__ __forceinline__ float crossentropy_dlogit(float x, float lse, float dloss, int is_target, int ignored) {
+    float g = ignored ? 0.0f : expf(x - lse) * dloss;
+    return is_target ? g - dloss : g;
+}
+
+// dlogits written over the logits in place, one block per row
 template <typename X>
 __global__ void crossentropy_softmax_backward_kernel(X* dlogits, const X* logits, const float* lse,
                                                      const int* targets, float dloss, int BT, int V) {
@@ -696,8 +903,27 @@ __global__ void crossentropy_softmax_backward_kernel(X* dlogits, const X* logits
     int tgt = targets[row];
     float m = lse[row];
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float g = tgt == IGNORE_INDEX ? 0.0f : expf(to_float(x[j]) - m) * dloss;
-        d[j] = from_float<X>(j == tgt ? g - dloss : g);
+        d[j] = from_float<X>(crossentropy_dlogit(to_float(x[j]), m, dloss, j == tgt, tgt == IGNORE_INDEX));
+    }
+}
+
+// the same with 128-bit accesses (V a multiple of the pack): a pack per thread
+template <typename X>
+__global__ void crossentropy_softmax_backward_packed_kernel(X* dlogits, const X* logits, const float* lse,
+                                                            const int* targets, float dloss, int BT, int V) {
+    constexpr int P = Pack128<X>::size;
+    int row = blockIdx.x;
+    if (row >= BT) { return; }
+    const X* x = logits + (size_t)row * V;
+    X* d = dlogits + (size_t)row * V;
+    int tgt = targets[row];
+    float m = lse[row];
+    for (int j = threadIdx.x * P; j < V; j += blockDim.x * P) {
+        Pack128<X> v = load128(x + j), g;
+        for (int k = 0; k < P; k++) {
+            g.x[k] = from_float<X>(crossentropy_dlogit(to_float(v.x[k]), m, dloss, j + k == tgt, tgt == IGNORE_INDEX));
+        }
+        store128(d + j, g);
     }
 }
 
@@ -831,6 +1057,7 @@ static void staging_send(PinnedStaging* st, void* dst, size_t bytes) {
 
 static PinnedStaging g_batch_staging;    // inputs and targets, (2 B T) ints
 static PinnedStaging g_bucket_staging;   // token buckets, (3 B T + 1) ints
+static PinnedStaging g_rope_staging;     // the rope tables, (2 T HS/2) floats
 
 // the positions of a batch grouped by token, for encoder_backward: sorted on
 // the host, which has the batch anyway (the loader's), by a counting sort,
@@ -910,11 +1137,22 @@ void encoder_backward(float* dwte, const X* dout, const int* inp, int BT, int C)
     launch_check();
 }
 
+// the packed kernels when N (for the row kernels: a row's length) and the
+// pointers allow (see Pack128)
+template <typename X>
+static int use_packed(size_t N, const void* a, const void* b, const void* c, const void* d = NULL) {
+    return N % Pack128<X>::size == 0 && aligned128(a) && aligned128(b) && aligned128(c) && (d == NULL || aligned128(d));
+}
+
 template <typename X, typename WT>
 void rmsnorm_forward(X* out, float* rstd, const X* inp, const WT* weight, int BT, int C, float eps) {
     // out (B,T,C), rstd (B,T), inp (B,T,C), weight (C)
     int rows_per_block = BLOCK_ROWS / WARP_SIZE;
-    rmsnorm_forward_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(out, rstd, inp, weight, BT, C, eps);
+    if (use_packed<X>(C, out, inp, weight)) {
+        rmsnorm_forward_packed_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(out, rstd, inp, weight, BT, C, eps);
+    } else {
+        rmsnorm_forward_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(out, rstd, inp, weight, BT, C, eps);
+    }
     launch_check();
 }
 
@@ -938,15 +1176,32 @@ static void column_partials_release(void) {
     g_column_partials_count = 0;
 }
 
-// dweight (C) += sum over rows of dout * inp * rstd (the norm weight's gradient)
+// dweight (C) += sum over rows of dout * inp * rstd (the norm weight's
+// gradient); with dout2 != NULL the output gradient is dout + dout2
 template <typename X>
-void rmsnorm_backward_dweight(float* dweight, const X* dout, const X* inp, const float* rstd, int BT, int C) {
+void rmsnorm_backward_dweight(float* dweight, const X* dout, const X* dout2, const X* inp, const float* rstd,
+                              int BT, int C) {
     int chunks = ceil_div(BT, COLUMN_CHUNK_ROWS);
     column_partials_reserve(column_partials_floats(BT, C));
     rmsnorm_backward_dweight_kernel<<<dim3(ceil_div(C, COLUMN_TILE), chunks), dim3(COLUMN_TILE, COLUMN_ROW_LANES)>>>(
-        g_column_partials, dout, inp, rstd, BT, C);
+        g_column_partials, dout, dout2, inp, rstd, BT, C);
     launch_check();
     column_partials_sum_kernel<<<ceil_div(C, BLOCK_COLUMNS), BLOCK_COLUMNS>>>(dweight, g_column_partials, chunks, C);
+    launch_check();
+}
+
+// dinp (B,T,C) += the input gradient; with dout2 != NULL the output gradient is dout + dout2
+template <typename X, typename WT>
+void rmsnorm_backward_dinp(X* dinp, const X* dout, const X* dout2, const X* inp, const WT* weight, const float* rstd,
+                           int BT, int C) {
+    int rows_per_block = BLOCK_ROWS / WARP_SIZE;
+    if (use_packed<X>(C, dinp, dout, inp, weight) && (dout2 == NULL || aligned128(dout2))) {
+        rmsnorm_backward_dinp_packed_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(dinp, dout, dout2, inp,
+                                                                                          weight, rstd, BT, C);
+    } else {
+        rmsnorm_backward_dinp_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(dinp, dout, dout2, inp, weight,
+                                                                                   rstd, BT, C);
+    }
     launch_check();
 }
 
@@ -954,10 +1209,23 @@ template <typename X, typename WT>
 void rmsnorm_backward(X* dinp, float* dweight, const X* dout, const X* inp,
                       const WT* weight, const float* rstd, int BT, int C) {
     // dinp (B,T,C) accumulated (+=), dweight (C) accumulated, dout, inp (B,T,C), rstd (B,T)
-    int rows_per_block = BLOCK_ROWS / WARP_SIZE;
-    rmsnorm_backward_dinp_kernel<<<ceil_div(BT, rows_per_block), BLOCK_ROWS>>>(dinp, dout, inp, weight, rstd, BT, C);
-    launch_check();
-    rmsnorm_backward_dweight(dweight, dout, inp, rstd, BT, C);
+    rmsnorm_backward_dinp(dinp, dout, (const X*)NULL, inp, weight, rstd, BT, C);
+    rmsnorm_backward_dweight(dweight, dout, (const X*)NULL, inp, rstd, BT, C);
+}
+
+// rmsnorm_backward of the output gradient dout + dout2, where two branches
+// read the norm's output (the MLP's gate and up, the attention's q, k and v):
+// the CPU twin's residual_backward(dout, dout2) fused in. both kernels add
+// the two as they read them, rounded as residual_backward rounds, so the
+// results are the same bits with one pass over (B,T,C) less: the sum is
+// never written, nor read back. dout is left as it was (the CPU twin leaves
+// the sum there; nothing reads it after)
+template <typename X, typename WT>
+void rmsnorm_backward_residual(X* dinp, float* dweight, const X* dout, const X* dout2, const X* inp,
+                               const WT* weight, const float* rstd, int BT, int C) {
+    // dinp (B,T,C) accumulated (+=), dweight (C) accumulated, dout, dout2, inp (B,T,C), rstd (B,T)
+    rmsnorm_backward_dinp(dinp, dout, dout2, inp, weight, rstd, BT, C);
+    rmsnorm_backward_dweight(dweight, dout, dout2, inp, rstd, BT, C);
 }
 
 // weight: the X copy of the masters (the masters themselves in fp32)
@@ -1003,24 +1271,35 @@ void matmul_backward(X* dinp, float* dweight, const X* dout, const X* inp,
     matmul_backward_weight(dweight, dout, OC, inp, C, BT, C, OC);
 }
 
+// rope_forward (direction 1) and rope_backward (-1): the packed kernel when
+// a head's half and the pointers allow
+template <typename X>
+static void rope_rotate_all(X* out, const X* inp, const float* cos_table, const float* sin_table,
+                            int B, int T, int NH, int HS, float direction) {
+    size_t pairs = (size_t)B * T * NH * (HS / 2);
+    if (use_packed<X>(HS / 2, out, inp, cos_table, sin_table)) {
+        size_t packs = pairs / Pack128<X>::size;
+        rope_packed_kernel<<<ceil_div(packs, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, cos_table, sin_table,
+                                                                                     B, T, NH, HS, direction);
+    } else {
+        rope_kernel<<<ceil_div(pairs, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, cos_table, sin_table,
+                                                                              B, T, NH, HS, direction);
+    }
+    launch_check();
+}
+
 template <typename X>
 void rope_forward(X* out, const X* inp, const float* cos_table, const float* sin_table,
                   int B, int T, int NH, int HS) {
     // out, inp (B,T,NH,HS) may alias; tables (T, HS/2)
-    size_t pairs = (size_t)B * T * NH * (HS / 2);
-    rope_kernel<<<ceil_div(pairs, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, cos_table, sin_table,
-                                                                          B, T, NH, HS, 1.0f);
-    launch_check();
+    rope_rotate_all(out, inp, cos_table, sin_table, B, T, NH, HS, 1.0f);
 }
 
 template <typename X>
 void rope_backward(X* dinp, const X* dout, const float* cos_table, const float* sin_table,
                    int B, int T, int NH, int HS) {
     // the rotation is orthogonal, so its backward is the rotation by the negative angle
-    size_t pairs = (size_t)B * T * NH * (HS / 2);
-    rope_kernel<<<ceil_div(pairs, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(dinp, dout, cos_table, sin_table,
-                                                                          B, T, NH, HS, -1.0f);
-    launch_check();
+    rope_rotate_all(dinp, dout, cos_table, sin_table, B, T, NH, HS, -1.0f);
 }
 
 // causal attention: flash attention (flash_attention.cuh, included above),
@@ -1041,12 +1320,6 @@ void attention_backward(X* dq, X* dk, X* dv, const X* dout, const X* out, const 
     // dq, dk, dv (B,T,NH,HS) written (=); dout, out (B,T,NH,HS); lse (B,NH,T)
     // from the forward pass; q, k, v (B,T,NH,HS); scratch_D (B,NH,T)
     flash_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, scratch_D, B, T, NH, HS);
-}
-
-// the packed kernels when N and the pointers allow (see Pack128)
-template <typename X>
-static int use_packed(size_t N, const void* a, const void* b, const void* c, const void* d = NULL) {
-    return N % Pack128<X>::size == 0 && aligned128(a) && aligned128(b) && aligned128(c) && (d == NULL || aligned128(d));
 }
 
 template <typename X>
@@ -1135,7 +1408,11 @@ static double* step_stats_device(void);
 template <typename X>
 void crossentropy_forward_async(float* losses, float* lse, const X* logits, const int* targets, int count, int accum,
                                 int BT, int V) {
-    crossentropy_forward_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
+    if (use_packed<X>(V, logits, logits, logits)) {
+        crossentropy_forward_packed_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
+    } else {
+        crossentropy_forward_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
+    }
     launch_check();
     mean_loss_kernel<<<1, MEAN_LOSS_THREADS>>>(step_stats_device(), losses, targets, BT, count, accum);
     launch_check();
@@ -1159,7 +1436,11 @@ template <typename X>
 void crossentropy_softmax_backward(X* dlogits, const X* logits, const float* lse,
                                    const int* targets, float dloss, int BT, int V) {
     // dlogits (B,T,V) written (=), may alias logits
-    crossentropy_softmax_backward_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V);
+    if (use_packed<X>(V, dlogits, logits, logits)) {
+        crossentropy_softmax_backward_packed_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V);
+    } else {
+        crossentropy_softmax_backward_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V);
+    }
     launch_check();
 }
 
@@ -1706,6 +1987,7 @@ void llama_alloc_activations(Llama* model, int B, int T) {
         column_partials_reserve(column_partials_floats(B * T, c->C));
         encoder_buckets_reserve(B * T, c->V);
         staging_reserve(&g_batch_staging, 2 * (size_t)B * T * sizeof(int));
+        staging_reserve(&g_rope_staging, 2 * (size_t)T * (c->C / c->NH / 2) * sizeof(float));
         model->B_cap = B;
         model->T_cap = T;
     }
@@ -1716,13 +1998,14 @@ void llama_alloc_activations(Llama* model, int B, int T) {
     model->B = B;
     model->T = T;
     // the rope tables for this T, where this layout puts them: computed by
-    // the CPU code, so both sides use the same floats
+    // the CPU code, so both sides use the same floats, and sent through
+    // pinned staging, so that a change of shape (a sample at B=1 between
+    // training steps) does not make the host wait for the device
     int HS = c->C / c->NH;
     size_t half_table = (size_t)T * (HS / 2);
-    float* tables = (float*)cpu::malloc_check(2 * half_table * sizeof(float), "rope tables");
+    float* tables = (float*)staging_take(&g_rope_staging);
     cpu::rope_precompute(tables, tables + half_table, T, HS, c->rope_theta);
-    cuda_check(cudaMemcpy(model->acts.rope_cs, tables, 2 * half_table * sizeof(float), cudaMemcpyHostToDevice));
-    free(tables);
+    staging_send(&g_rope_staging, model->acts.rope_cs, 2 * half_table * sizeof(float));
 }
 
 void llama_free(Llama* model) {
@@ -1981,6 +2264,8 @@ static void llama_backward_typed(Llama* model, float dloss) {
             unit_done(model, PARAM_INDEX(w_gate), l, fc);
             matmul_backward_weight(GRAD_AT(w_up, l * fc), dgu + Fp, 2 * Fp, mxn, C, BT, C, F);
             unit_done(model, PARAM_INDEX(w_up), l, fc);
+            rmsnorm_backward(dresid, GRAD_AT(mlp_norm, lc), dxn, mid, kernel_weight<WT>(model, p.mlp_norm + lc),
+                             la.mlp_rstd, BT, C);
         } else {
             matmul_backward(dup, GRAD_AT(w_down, l * fc), dresid, hidden, matmul_weight<X>(model, p.w_down + l * fc),
                             BT, F, C);
@@ -1991,10 +2276,10 @@ static void llama_backward_typed(Llama* model, float dloss) {
             unit_done(model, PARAM_INDEX(w_gate), l, fc);
             matmul_backward(dq, GRAD_AT(w_up, l * fc), dup, mxn, matmul_weight<X>(model, p.w_up + l * fc), BT, C, F);
             unit_done(model, PARAM_INDEX(w_up), l, fc);
-            residual_backward(dxn, dq, btc);
+            // dxn + dq, the two parts, added as the norm's backward reads them
+            rmsnorm_backward_residual(dresid, GRAD_AT(mlp_norm, lc), dxn, dq, mid,
+                                      kernel_weight<WT>(model, p.mlp_norm + lc), la.mlp_rstd, BT, C);
         }
-        rmsnorm_backward(dresid, GRAD_AT(mlp_norm, lc), dxn, mid, kernel_weight<WT>(model, p.mlp_norm + lc),
-                         la.mlp_rstd, BT, C);
         unit_done(model, PARAM_INDEX(mlp_norm), l, C);
 
         // attention block
@@ -2010,9 +2295,8 @@ static void llama_backward_typed(Llama* model, float dloss) {
         residual_backward(dxn, dq, btc);
         matmul_backward(dq, GRAD_AT(wv, l * cc), dv, xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
         unit_done(model, PARAM_INDEX(wv), l, cc);
-        residual_backward(dxn, dq, btc);
-        rmsnorm_backward(dresid, GRAD_AT(attn_norm, lc), dxn, x, kernel_weight<WT>(model, p.attn_norm + lc),
-                         la.attn_rstd, BT, C);
+        rmsnorm_backward_residual(dresid, GRAD_AT(attn_norm, lc), dxn, dq, x,
+                                  kernel_weight<WT>(model, p.attn_norm + lc), la.attn_rstd, BT, C);
         unit_done(model, PARAM_INDEX(attn_norm), l, C);
     }
     encoder_backward(GRAD_AT(tok_embeddings, 0), dresid, model->inputs, BT, C);
@@ -4162,6 +4446,7 @@ static void gpu_free(void) {
     column_partials_release();
     encoder_buckets_release();
     staging_release(&g_batch_staging);
+    staging_release(&g_rope_staging);
     cublas_free();
     g_oom_explain = NULL;
 }

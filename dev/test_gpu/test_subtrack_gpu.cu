@@ -1328,6 +1328,415 @@ static void test_training_steps_bf16(GpuTestCase* tc, const char* optimizer) {
 }
 
 // ----------------------------------------------------------------------------
+// the packed kernels (128-bit loads and stores) against the CPU twins, one
+// launcher at a time
+//
+// each launcher runs on a size that allows its packed kernel (a multiple of
+// the pack in both dtypes; the row kernels that go through shared memory in
+// chunks get a partial last chunk) and on an odd size, which takes the
+// one-element kernel, in fp32 and in bf16 (the inputs rounded to bf16 for
+// both sides), against the CPU twin at the model checks' tolerances:
+// GPU_FP32_REL_TOL, and in bf16 BF16_LOGITS_REL_TOL for the forward kernels
+// and BF16_GRAD_REL_TOL for the backward ones (a kernel rounds each output
+// once, by 2^-9 at most, well inside them). the aligned size runs again with
+// the activations one element off 16-byte alignment, which sends it to the
+// one-element kernels, and the two must give the same bits, as the packed
+// kernels promise. the inputs of the sums are spread over magnitudes so that
+// another order of addition shows in the bits (tried: rmsnorm's sum of
+// squares or cross-entropy's sum of exponentials added in pack order passes
+// the tolerance and fails the bits; a pack loop one element short fails both)
+
+template <typename X> static Dtype dtype_of(void) { return sizeof(X) == 2 ? DTYPE_BFLOAT16 : DTYPE_FLOAT32; }
+
+static void host_store(float* p, float v) { *p = v; }
+static void host_store(bf16* p, float v) { *p = __float2bfloat16(v); }
+static float host_load(float v) { return v; }
+static float host_load(bf16 v) { return __bfloat162float(v); }
+
+// n floats offset + scale * normal * 2^(spread * normal), rounded to T where
+// T is bf16, so that both sides read the same values. a spread of magnitudes
+// makes a sum's rounding depend on its order, which the bit-for-bit check
+// between the packed and one-element kernels must then see
+template <typename T>
+static float* random_inputs(size_t n, float offset, float scale, float spread, cpu::Rng* rng) {
+    float* h = (float*)cpu::malloc_check(n * sizeof(float), "kernel inputs");
+    for (size_t i = 0; i < n; i++) {
+        T t;
+        float z = cpu::rng_normal(rng);
+        host_store(&t, offset + scale * z * exp2f(spread * cpu::rng_normal(rng)));
+        h[i] = host_load(t);
+    }
+    return h;
+}
+
+static float* host_copy(const float* h, size_t n) {
+    float* c = (float*)cpu::malloc_check(n * sizeof(float), "kernel input copy");
+    memcpy(c, h, n * sizeof(float));
+    return c;
+}
+
+// a device copy of n host floats as T, starting shift elements into its
+// allocation (shift 1: not 16-byte aligned); freed by device_copy_free
+template <typename T>
+static T* device_copy(const float* h, size_t n, int shift) {
+    T* tmp = (T*)cpu::malloc_check((n + shift) * sizeof(T), "kernel input copy");
+    memset(tmp, 0, (n + shift) * sizeof(T));
+    for (size_t i = 0; i < n; i++) { host_store(&tmp[shift + i], h[i]); }
+    T* d = (T*)device_malloc((n + shift) * sizeof(T), "kernel test buffer");
+    cuda_check(cudaMemcpy(d, tmp, (n + shift) * sizeof(T), cudaMemcpyHostToDevice));
+    free(tmp);
+    return d + shift;
+}
+
+template <typename T>
+static void device_copy_free(T* d, int shift) { cuda_check(cudaFree(d - shift)); }
+
+// a launcher's outputs on the host, in fp32; backward[i] picks the bf16 tolerance
+#define MAX_KERNEL_OUTPUTS 6
+typedef struct {
+    int count;
+    const char* name[MAX_KERNEL_OUTPUTS];
+    float* v[MAX_KERNEL_OUTPUTS];
+    size_t n[MAX_KERNEL_OUTPUTS];
+    int backward[MAX_KERNEL_OUTPUTS];
+} KernelOutputs;
+
+static void outputs_add(KernelOutputs* o, const char* name, float* v, size_t n, int backward) {
+    o->name[o->count] = name;
+    o->v[o->count] = v;
+    o->n[o->count] = n;
+    o->backward[o->count] = backward;
+    o->count++;
+}
+
+static void outputs_free(KernelOutputs* o) {
+    for (int i = 0; i < o->count; i++) { free(o->v[i]); }
+    o->count = 0;
+}
+
+// the outputs of gpu(in, 0) against cpu_twin(in), and, where packed, against
+// gpu(in, 1) (the one-element kernels) bit for bit; one line each
+template <typename Inputs>
+static void check_launchers(const char* label, Dtype dt, int packed, const Inputs* in,
+                            KernelOutputs (*gpu)(const Inputs*, int), KernelOutputs (*cpu_twin)(const Inputs*)) {
+    KernelOutputs g = gpu(in, 0), ref = cpu_twin(in), one = {};
+    if (packed) { one = gpu(in, 1); }
+    char errs[512] = "";
+    size_t len = 0;
+    int ok = 1, same = 1;
+    for (int i = 0; i < g.count; i++) {
+        double tol = dt == DTYPE_FLOAT32 ? GPU_FP32_REL_TOL : g.backward[i] ? BF16_GRAD_REL_TOL : BF16_LOGITS_REL_TOL;
+        double e, s;
+        max_errors(g.v[i], ref.v[i], g.n[i], &e, &s);
+        ok = ok && s > 0 && e <= tol * s;
+        len += snprintf(errs + len, sizeof errs - len, "%s%s %.2g", i ? ", " : "", g.name[i], s > 0 ? e / s : 0.0);
+        if (packed) { same = same && memcmp(g.v[i], one.v[i], g.n[i] * sizeof(float)) == 0; }
+    }
+    if (dt == DTYPE_FLOAT32) {
+        check(ok, "%s against the CPU twins, rel err of scale: %s (tol %.0e)", label, errs, GPU_FP32_REL_TOL);
+    } else {
+        check(ok, "%s against the CPU twins, rel err of scale: %s (tol %.0e forward, %.0e backward)", label, errs,
+              BF16_LOGITS_REL_TOL, BF16_GRAD_REL_TOL);
+    }
+    if (packed) { check(same, "%s: all %d outputs the same bits as the one-element kernels'", label, g.count); }
+    outputs_free(&g);
+    outputs_free(&ref);
+    outputs_free(&one);
+}
+
+// ---- rmsnorm_forward, rmsnorm_backward, rmsnorm_backward_residual
+
+typedef struct {
+    int BT, C;
+    float *x, *w, *dout, *dout2;  // (BT, C), (C), (BT, C), (BT, C)
+    float *dinp, *dweight;        // what the backwards add to: (BT, C), (C)
+    float* rstd;                  // (BT) the CPU forward's, read by both backwards on both sides
+} NormInputs;
+
+template <typename X, typename WT>
+static KernelOutputs norm_gpu(const NormInputs* in, int shift) {
+    int BT = in->BT, C = in->C;
+    size_t n = (size_t)BT * C;
+    Dtype dt = dtype_of<X>();
+    X* x = device_copy<X>(in->x, n, shift);
+    X* out = device_copy<X>(in->x, n, shift);
+    X* dout = device_copy<X>(in->dout, n, shift);
+    X* dout2 = device_copy<X>(in->dout2, n, shift);
+    X* dinp[2] = {device_copy<X>(in->dinp, n, shift), device_copy<X>(in->dinp, n, shift)};
+    WT* w = device_copy<WT>(in->w, C, 0);
+    float* rstd = device_copy<float>(in->rstd, BT, 0);
+    float* rstd_out = device_copy<float>(in->rstd, BT, 0);
+    float* dweight[2] = {device_copy<float>(in->dweight, C, 0), device_copy<float>(in->dweight, C, 0)};
+    rmsnorm_forward(out, rstd_out, x, w, BT, C, 1e-6f);
+    rmsnorm_backward(dinp[0], dweight[0], dout, x, w, rstd, BT, C);
+    rmsnorm_backward_residual(dinp[1], dweight[1], dout, dout2, x, w, rstd, BT, C);
+    KernelOutputs o = {};
+    outputs_add(&o, "out", to_host_dtype(out, n, dt), n, 0);
+    outputs_add(&o, "rstd", to_host(rstd_out, BT), BT, 0);
+    outputs_add(&o, "dinp", to_host_dtype(dinp[0], n, dt), n, 1);
+    outputs_add(&o, "dweight", to_host(dweight[0], C), C, 1);
+    outputs_add(&o, "residual dinp", to_host_dtype(dinp[1], n, dt), n, 1);
+    outputs_add(&o, "residual dweight", to_host(dweight[1], C), C, 1);
+    X* acts[6] = {x, out, dout, dout2, dinp[0], dinp[1]};
+    for (int i = 0; i < 6; i++) { device_copy_free(acts[i], shift); }
+    float* f32[4] = {rstd, rstd_out, dweight[0], dweight[1]};
+    for (int i = 0; i < 4; i++) { device_copy_free(f32[i], 0); }
+    device_copy_free(w, 0);
+    return o;
+}
+
+static KernelOutputs norm_cpu(const NormInputs* in) {
+    int BT = in->BT, C = in->C;
+    size_t n = (size_t)BT * C;
+    float* out = (float*)cpu::malloc_check(n * sizeof(float), "rmsnorm out");
+    float* rstd = (float*)cpu::malloc_check(BT * sizeof(float), "rmsnorm rstd");
+    float *dinp0 = host_copy(in->dinp, n), *dinp1 = host_copy(in->dinp, n);
+    float *dw0 = host_copy(in->dweight, C), *dw1 = host_copy(in->dweight, C);
+    float* dout = host_copy(in->dout, n);  // the CPU twin leaves dout + dout2 there
+    cpu::rmsnorm_forward(out, rstd, in->x, in->w, BT, C, 1e-6f);
+    cpu::rmsnorm_backward(dinp0, dw0, in->dout, in->x, in->w, in->rstd, BT, C);
+    cpu::rmsnorm_backward_residual(dinp1, dw1, dout, in->dout2, in->x, in->w, in->rstd, BT, C);
+    free(dout);
+    KernelOutputs o = {};
+    outputs_add(&o, "out", out, n, 0);
+    outputs_add(&o, "rstd", rstd, BT, 0);
+    outputs_add(&o, "dinp", dinp0, n, 1);
+    outputs_add(&o, "dweight", dw0, C, 1);
+    outputs_add(&o, "residual dinp", dinp1, n, 1);
+    outputs_add(&o, "residual dweight", dw1, C, 1);
+    return o;
+}
+
+// 13 rows (a partial block of 8); C = 264 is 2 chunks of 256 bf16, or 3 of 128
+// floats, the last partial; C = 37 is odd
+template <typename X, typename WT>
+static void test_packed_rmsnorm(const char* dname, uint64_t seed) {
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, seed);
+    const int sizes[2] = {264, 37};
+    for (int k = 0; k < 2; k++) {
+        NormInputs in;
+        in.BT = 13;
+        in.C = sizes[k];
+        size_t n = (size_t)in.BT * in.C;
+        in.x = random_inputs<X>(n, 0.0f, 1.0f, 3.0f, &rng);
+        in.w = random_inputs<WT>(in.C, 1.0f, 0.2f, 0.0f, &rng);
+        in.dout = random_inputs<X>(n, 0.0f, 1.0f, 3.0f, &rng);
+        in.dout2 = random_inputs<X>(n, 0.0f, 1.0f, 3.0f, &rng);
+        in.dinp = random_inputs<X>(n, 0.0f, 1.0f, 0.0f, &rng);
+        in.dweight = random_inputs<float>(in.C, 0.0f, 1.0f, 0.0f, &rng);
+        float* scratch = (float*)cpu::malloc_check(n * sizeof(float), "rmsnorm out");
+        in.rstd = (float*)cpu::malloc_check(in.BT * sizeof(float), "rmsnorm rstd");
+        cpu::rmsnorm_forward(scratch, in.rstd, in.x, in.w, in.BT, in.C, 1e-6f);
+        free(scratch);
+        int packed = in.C % Pack128<X>::size == 0;
+        char label[128];
+        snprintf(label, sizeof label, "%s rmsnorm launchers, C=%d (%s)", dname, in.C,
+                 packed ? "packed" : "one-element");
+        check_launchers(label, dtype_of<X>(), packed, &in, norm_gpu<X, WT>, norm_cpu);
+        float* bufs[7] = {in.x, in.w, in.dout, in.dout2, in.dinp, in.dweight, in.rstd};
+        for (int i = 0; i < 7; i++) { free(bufs[i]); }
+    }
+}
+
+// ---- rope_forward, rope_backward (in place, as the model calls them)
+
+typedef struct {
+    int B, T, NH, HS;
+    float* x;       // (B, T, NH, HS)
+    float* tables;  // cos (T, HS/2), then sin
+} RopeInputs;
+
+template <typename X>
+static KernelOutputs rope_gpu(const RopeInputs* in, int shift) {
+    size_t n = (size_t)in->B * in->T * in->NH * in->HS, half_table = (size_t)in->T * (in->HS / 2);
+    X* f = device_copy<X>(in->x, n, shift);
+    X* b = device_copy<X>(in->x, n, shift);
+    float* tables = device_copy<float>(in->tables, 2 * half_table, 0);
+    rope_forward(f, f, tables, tables + half_table, in->B, in->T, in->NH, in->HS);
+    rope_backward(b, b, tables, tables + half_table, in->B, in->T, in->NH, in->HS);
+    KernelOutputs o = {};
+    outputs_add(&o, "forward", to_host_dtype(f, n, dtype_of<X>()), n, 0);
+    outputs_add(&o, "backward", to_host_dtype(b, n, dtype_of<X>()), n, 1);
+    device_copy_free(f, shift);
+    device_copy_free(b, shift);
+    device_copy_free(tables, 0);
+    return o;
+}
+
+static KernelOutputs rope_cpu(const RopeInputs* in) {
+    size_t n = (size_t)in->B * in->T * in->NH * in->HS, half_table = (size_t)in->T * (in->HS / 2);
+    float *f = host_copy(in->x, n), *b = host_copy(in->x, n);
+    cpu::rope_forward(f, f, in->tables, in->tables + half_table, in->B, in->T, in->NH, in->HS);
+    cpu::rope_backward(b, b, in->tables, in->tables + half_table, in->B, in->T, in->NH, in->HS);
+    KernelOutputs o = {};
+    outputs_add(&o, "forward", f, n, 0);
+    outputs_add(&o, "backward", b, n, 1);
+    return o;
+}
+
+// ---- crossentropy_forward, crossentropy_softmax_backward (in place)
+
+typedef struct {
+    int BT, V;
+    float* logits;  // (BT, V)
+    int* targets;   // (BT) host, one IGNORE_INDEX
+} CrossEntropyInputs;
+
+template <typename X>
+static KernelOutputs crossentropy_gpu(const CrossEntropyInputs* in, int shift) {
+    int BT = in->BT, V = in->V;
+    size_t n = (size_t)BT * V;
+    X* logits = device_copy<X>(in->logits, n, shift);
+    float* losses = (float*)device_malloc(BT * sizeof(float), "losses");
+    float* lse = (float*)device_malloc(BT * sizeof(float), "lse");
+    int* targets = (int*)device_malloc(BT * sizeof(int), "targets");
+    cuda_check(cudaMemcpy(targets, in->targets, BT * sizeof(int), cudaMemcpyHostToDevice));
+    float* mean = (float*)cpu::malloc_check(sizeof(float), "mean loss");
+    *mean = crossentropy_forward(losses, lse, logits, targets, BT, V);
+    crossentropy_softmax_backward(logits, logits, lse, targets, 1.0f / cpu::count_targets(in->targets, BT), BT, V);
+    KernelOutputs o = {};
+    outputs_add(&o, "losses", to_host(losses, BT), BT, 0);
+    outputs_add(&o, "lse", to_host(lse, BT), BT, 0);
+    outputs_add(&o, "mean", mean, 1, 0);
+    outputs_add(&o, "dlogits", to_host_dtype(logits, n, dtype_of<X>()), n, 1);
+    device_copy_free(logits, shift);
+    cuda_check(cudaFree(losses));
+    cuda_check(cudaFree(lse));
+    cuda_check(cudaFree(targets));
+    return o;
+}
+
+static KernelOutputs crossentropy_cpu(const CrossEntropyInputs* in) {
+    int BT = in->BT, V = in->V;
+    size_t n = (size_t)BT * V;
+    float* logits = host_copy(in->logits, n);
+    float* losses = (float*)cpu::malloc_check(BT * sizeof(float), "losses");
+    float* lse = (float*)cpu::malloc_check(BT * sizeof(float), "lse");
+    float* mean = (float*)cpu::malloc_check(sizeof(float), "mean loss");
+    *mean = cpu::crossentropy_forward(losses, lse, logits, in->targets, BT, V);
+    cpu::crossentropy_softmax_backward(logits, logits, lse, in->targets, 1.0f / cpu::count_targets(in->targets, BT),
+                                       BT, V);
+    KernelOutputs o = {};
+    outputs_add(&o, "losses", losses, BT, 0);
+    outputs_add(&o, "lse", lse, BT, 0);
+    outputs_add(&o, "mean", mean, 1, 0);
+    outputs_add(&o, "dlogits", logits, n, 1);
+    return o;
+}
+
+// ---- swiglu_forward, swiglu_backward (dup over dout, as in the model),
+// residual_forward, residual_backward
+
+typedef struct {
+    size_t N;
+    float *a, *b, *c;  // gate or inp1, up or inp2, dout
+} ElementwiseInputs;
+
+template <typename X>
+static KernelOutputs elementwise_gpu(const ElementwiseInputs* in, int shift) {
+    size_t N = in->N;
+    Dtype dt = dtype_of<X>();
+    X* a = device_copy<X>(in->a, N, shift);
+    X* b = device_copy<X>(in->b, N, shift);
+    X* out = device_copy<X>(in->a, N, shift);
+    X* dgate = device_copy<X>(in->a, N, shift);
+    X* dup = device_copy<X>(in->c, N, shift);
+    X* sum = device_copy<X>(in->a, N, shift);
+    X* dinp = device_copy<X>(in->a, N, shift);
+    swiglu_forward(out, a, b, N);
+    swiglu_backward(dgate, dup, dup, a, b, N);
+    residual_forward(sum, a, b, N);
+    residual_backward(dinp, b, N);
+    KernelOutputs o = {};
+    outputs_add(&o, "swiglu out", to_host_dtype(out, N, dt), N, 0);
+    outputs_add(&o, "dgate", to_host_dtype(dgate, N, dt), N, 1);
+    outputs_add(&o, "dup", to_host_dtype(dup, N, dt), N, 1);
+    outputs_add(&o, "residual out", to_host_dtype(sum, N, dt), N, 0);
+    outputs_add(&o, "residual dinp", to_host_dtype(dinp, N, dt), N, 1);
+    X* bufs[7] = {a, b, out, dgate, dup, sum, dinp};
+    for (int i = 0; i < 7; i++) { device_copy_free(bufs[i], shift); }
+    return o;
+}
+
+static KernelOutputs elementwise_cpu(const ElementwiseInputs* in) {
+    size_t N = in->N;
+    float* out = (float*)cpu::malloc_check(N * sizeof(float), "swiglu out");
+    float* dgate = (float*)cpu::malloc_check(N * sizeof(float), "dgate");
+    float* dup = host_copy(in->c, N);
+    float* sum = (float*)cpu::malloc_check(N * sizeof(float), "residual out");
+    float* dinp = host_copy(in->a, N);
+    cpu::swiglu_forward(out, in->a, in->b, N);
+    cpu::swiglu_backward(dgate, dup, dup, in->a, in->b, N);
+    cpu::residual_forward(sum, in->a, in->b, N);
+    cpu::residual_backward(dinp, in->b, N);
+    KernelOutputs o = {};
+    outputs_add(&o, "swiglu out", out, N, 0);
+    outputs_add(&o, "dgate", dgate, N, 1);
+    outputs_add(&o, "dup", dup, N, 1);
+    outputs_add(&o, "residual out", sum, N, 0);
+    outputs_add(&o, "residual dinp", dinp, N, 1);
+    return o;
+}
+
+// rope: head sizes 32 (pairs in packs) and 12 (6 pairs: no pack of 4 or 8);
+// cross-entropy: V = 4104 is 2 chunks of 4096 bf16, or 3 of 2048 floats, the
+// last partial, with targets in the first and the last pack, and V = 301;
+// swiglu and residual: N = 1000 and 999
+template <typename X>
+static void test_packed_kernels(const char* dname, uint64_t seed) {
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, seed);
+    Dtype dt = dtype_of<X>();
+    const int P = Pack128<X>::size;
+    char label[128];
+    const int head_sizes[2] = {32, 12};
+    for (int k = 0; k < 2; k++) {
+        RopeInputs in = {2, 3, 2, head_sizes[k], NULL, NULL};
+        size_t n = (size_t)in.B * in.T * in.NH * in.HS, half_table = (size_t)in.T * (in.HS / 2);
+        in.x = random_inputs<X>(n, 0.0f, 1.0f, 0.0f, &rng);
+        in.tables = (float*)cpu::malloc_check(2 * half_table * sizeof(float), "rope tables");
+        cpu::rope_precompute(in.tables, in.tables + half_table, in.T, in.HS, 10000.0f);
+        int packed = (in.HS / 2) % P == 0;
+        snprintf(label, sizeof label, "%s rope launchers, HS=%d (%s)", dname, in.HS, packed ? "packed" : "one-element");
+        check_launchers(label, dt, packed, &in, rope_gpu<X>, rope_cpu);
+        free(in.x);
+        free(in.tables);
+    }
+    const int vocabs[2] = {4104, 301};
+    for (int k = 0; k < 2; k++) {
+        CrossEntropyInputs in = {16, vocabs[k], NULL, NULL};
+        // shifted so that the log-sum-exp is near 2 (E exp(3 z) = e^4.5), where
+        // its last bits show the sum's, and so its order
+        in.logits = random_inputs<X>((size_t)in.BT * in.V, -logf((float)in.V) - 2.5f, 3.0f, 0.0f, &rng);
+        int targets[16];
+        for (int i = 0; i < in.BT; i++) { targets[i] = i == 2 ? IGNORE_INDEX : (int)(cpu::rng_u64(&rng) % in.V); }
+        targets[0] = 0;
+        targets[1] = in.V - 1;
+        in.targets = targets;
+        int packed = in.V % P == 0;
+        snprintf(label, sizeof label, "%s cross-entropy launchers, V=%d (%s)", dname, in.V,
+                 packed ? "packed" : "one-element");
+        check_launchers(label, dt, packed, &in, crossentropy_gpu<X>, crossentropy_cpu);
+        free(in.logits);
+    }
+    const size_t lengths[2] = {1000, 999};
+    for (int k = 0; k < 2; k++) {
+        ElementwiseInputs in = {lengths[k], NULL, NULL, NULL};
+        in.a = random_inputs<X>(in.N, 0.0f, 2.0f, 0.0f, &rng);
+        in.b = random_inputs<X>(in.N, 0.0f, 1.0f, 0.0f, &rng);
+        in.c = random_inputs<X>(in.N, 0.0f, 1.0f, 0.0f, &rng);
+        int packed = in.N % P == 0;
+        snprintf(label, sizeof label, "%s swiglu and residual launchers, N=%zu (%s)", dname, in.N,
+                 packed ? "packed" : "one-element");
+        check_launchers(label, dt, packed, &in, elementwise_gpu<X>, elementwise_cpu);
+        free(in.a);
+        free(in.b);
+        free(in.c);
+    }
+}
+
+// ----------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
     int table_steps = 0, table_seeds = 6;
@@ -1389,6 +1798,13 @@ int main(int argc, char** argv) {
         cublas_free();
         return 0;
     }
+    printf("--- the packed kernels and the one-element ones against their CPU twins\n");
+    test_packed_kernels<float>("fp32", 21);
+    test_packed_kernels<bf16>("bf16", 22);
+    test_packed_rmsnorm<float, float>("fp32", 23);
+    test_packed_rmsnorm<bf16, float>("bf16", 24);
+    test_packed_rmsnorm<bf16, bf16>("bf16 (bf16 weights)", 25);
+
     for (int i = 0; i < ncases; i++) { test_model_case(&tcs[i]); }
     test_determinism(&tcs[ncases - 1]);
     for (int i = 0; i < ncases; i++) { test_recompute(&tcs[i], DTYPE_FLOAT32); }

@@ -2355,18 +2355,37 @@ const float* llama_logits_to_host(Llama* model) {
 //   S (p, R) | M | V | prev | prev_set
 // (cpu::lowrank_state_num_floats floats), so a checkpoint copies it verbatim.
 //
-// use, per low-rank matrix:
+// use, one low-rank matrix at a time (the reference path, and per-layer updates):
 //   lowrank_gpu_reserve(&ctx, m, n, R)            for every shape, then lowrank_gpu_alloc(&ctx)
 //   lowrank_state_init(&state, m, n, R, memory)   memory: device, cpu::lowrank_state_num_floats floats
 //   lowrank_adamw_step(&state, W, G, t, &cfg, lr, &ctx)
+// or every matrix of a model at once, grouped by shape (the trainer's step):
+//   lowrank_gpu_reserve_group(&ctx, m, n, R, count) as well, for each shape, before lowrank_gpu_alloc
+//   lowrank_groups_build(&groups, states, count, &ctx, 0)   batches and their pointer tables, once
+//   lowrank_groups_bind(&groups, W, G)            each matrix's weight and gradient, once
+//   lowrank_groups_step(&groups, t, &cfg, lr, &ctx)
 // and adamw_update() for embeddings, lm_head and norms.
 //
-// lowrank_adamw_step calls the CPU's step functions, by the same names (see the
-// list at the top of the CPU's optimizer section), with the scratch (ctx, w)
-// last where the CPU passes its own. two places differ, for speed: step 4's
-// kernel also takes step 5's column norms in the same pass over the moments,
-// which leaves step 5 the limiter alone; and Lambda is never formed: step 6
-// scales the residual as it subtracts it.
+// why groups: a LLaMA has 7 matrices per layer in 3 shapes ((C, C) for wq wk
+// wv wo, (F, C) for w_gate w_up, (C, F) for w_down), and one at a time a step
+// issues ~15 launches per matrix, most of them far too small to fill a GPU
+// (R x R products, one-block reductions), and on SVD steps a sync per matrix
+// for cuSOLVER's devInfo. a batch of matrices of one shape runs each product
+// as one batched cuBLAS call over device tables of pointers, and each small
+// kernel as one launch whose blockIdx.y picks the matrix (PerMatrix below); the
+// SVD's status is read back once per step, for every matrix together.
+//
+// the step runs on a LowRankBatchGPU: one matrix (lowrank_adamw_step), or a
+// batch of matrices of one shape and orientation. its pieces are the CPU's
+// step functions, by the same names (see the list at the top of the CPU's
+// optimizer section), taking the batch, which holds the state, the arrays and
+// the scratch the CPU passes one by one. the kernel launchers below keep the
+// CPU's names and argument order, with the number of matrices last. a batch
+// computes each of its matrices exactly as a step on that matrix alone does:
+// the same kernels, the same products. two places differ from the CPU, for
+// speed: step 4's kernel also takes step 5's column norms in the same pass
+// over the moments, which leaves step 5 the limiter alone; and Lambda is never
+// formed: step 6 scales the residual as it subtracts it.
 //
 // matrix products go through gemm_gpu, which takes the CPU gemm's row-major
 // arguments unchanged and hands cuBLAS (column-major) the transposed problem:
@@ -2404,6 +2423,26 @@ static void cusolver_check_at(cusolverStatus_t status, const char* file, int lin
 static unsigned optim_blocks(size_t n, int per_block) {
     return (unsigned)((n + per_block - 1) / per_block);
 }
+
+// ---- one array per matrix: the low-rank kernels' pointer arguments
+//
+// a launch for one matrix passes its pointer (converted implicitly: `one`); a
+// launch for a batch of matrices of one shape passes a device table with an
+// entry per matrix, and block (x, e) works on matrix e (blockIdx.y). the table's
+// host copy serves what the host does per matrix (the SVD, zeroing a state).
+// the same kernel either way, so each matrix of a batch gets the bits it gets
+// alone
+template <typename T> struct PerMatrix {
+    T* one;
+    T* const* table;    // device (batch), or NULL
+    T* const* host;     // host copy of table
+    PerMatrix(T* p = NULL) : one(p), table(NULL), host(NULL) {}
+    // a PerMatrix<float> is a PerMatrix<const float>, as float* is const float*
+    template <typename U> PerMatrix(const PerMatrix<U>& x)
+        : one(x.one), table((T* const*)x.table), host((T* const*)x.host) {}
+    __device__ T* at(int e) const { return table != NULL ? table[e] : one; }
+    T* on_host(int e) const { return table != NULL ? host[e] : one; }
+};
 
 // ---- reduction building blocks: fixed order, so the result is the same every run
 
@@ -2459,7 +2498,7 @@ __global__ void adamw_kernel(float* W, float* M, float* V, const float* G, size_
 //          i = y, y + 8, ...; partial sums meet in shared memory, summed in y order
 //   right: warp y owns row j = 8 blockIdx.x + y, its lanes split i = x, x + 32, ...;
 //          a butterfly shuffle sums them
-// so each column's reduction has one fixed order.
+// so each column's reduction has one fixed order. in a batch, blockIdx.y is the matrix.
 
 // per-column sums for the left layout: adds 8 partials per column in order;
 // part: [which sums][OPTIM_ROWS][OPTIM_COLS] shared, `which` picks this sum's
@@ -2481,10 +2520,15 @@ __device__ __forceinline__ double column_sum_left(double x, double* part, int wh
 // where Dres = G - S Gt (m, n) is the residual (left: its column j, length p;
 // right: its row j, length p). M, V, N, Gt: the moments' shape; phi (q,); norm2 (q,) double
 __global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
-lowrank_adam_norms_kernel(float* M, float* V, float* N, float* phi, double* norm2, const float* Gt,
-                          const float* Dres, int r, int p, int q, int right, int recovery,
+lowrank_adam_norms_kernel(PerMatrix<float> M_of, PerMatrix<float> V_of, PerMatrix<float> N_of,
+                          PerMatrix<float> phi_of, PerMatrix<double> norm2_of, PerMatrix<const float> Gt_of,
+                          PerMatrix<const float> Dres_of, int r, int p, int q, int right, int recovery,
                           float beta1, float beta2, float eps) {
     __shared__ double part[3 * OPTIM_ROWS * OPTIM_COLS];
+    int e = blockIdx.y;
+    float *M = M_of.at(e), *V = V_of.at(e), *N = N_of.at(e), *phi = phi_of.at(e);
+    double* norm2 = norm2_of.at(e);
+    const float *Gt = Gt_of.at(e), *Dres = Dres_of.at(e);
     int lane = threadIdx.x, row = threadIdx.y;
     int j = right ? blockIdx.x * OPTIM_ROWS + row : blockIdx.x * OPTIM_COLS + lane;
     int first = right ? lane : row, stride = right ? OPTIM_COLS : OPTIM_ROWS;
@@ -2528,12 +2572,17 @@ lowrank_adam_norms_kernel(float* M, float* V, float* N, float* phi, double* norm
 }
 
 // the norm-growth limiter (the rest of step 5, launched by lowrank_recovery_scaling),
-// one block: ||Lambda||^2 = sum_j phi_j^2 ||Dres_j||^2,
+// one block per matrix: ||Lambda||^2 = sum_j phi_j^2 ||Dres_j||^2,
 // then the same decisions as the CPU on limiter = [prev, prev_set]; writes the
 // factor Lambda is scaled by to *scale
-__global__ void lowrank_limiter_kernel(float* scale, float* limiter, const float* phi, const double* norm2,
+__global__ void lowrank_limiter_kernel(PerMatrix<float> scale_of, PerMatrix<float> limiter_of,
+                                       PerMatrix<const float> phi_of, PerMatrix<const double> norm2_of,
                                        int q, int use_limiter, float zeta) {
     __shared__ double buf[OPTIM_WARP + 1];
+    int e = blockIdx.y;
+    float *scale = scale_of.at(e), *limiter = limiter_of.at(e);
+    const float* phi = phi_of.at(e);
+    const double* norm2 = norm2_of.at(e);
     double acc = 0.0;
     for (int j = threadIdx.x; j < q; j += blockDim.x) { acc += (double)phi[j] * phi[j] * norm2[j]; }
     double lambda_norm = sqrt(optim_block_sum(acc, buf));
@@ -2560,10 +2609,14 @@ __global__ void lowrank_limiter_kernel(float* scale, float* limiter, const float
 // by lowrank_apply_update):
 //   W -= lr c (Dres diag(phi scale)) ;  W -= lr wd W
 // W, Dres: (m, n); phi (q,) scales columns (left) or rows (right)
-__global__ void lowrank_recovery_apply_kernel(float* W, const float* Dres, const float* phi, const float* scale,
+__global__ void lowrank_recovery_apply_kernel(PerMatrix<float> W_of, PerMatrix<const float> Dres_of,
+                                              PerMatrix<const float> phi_of, PerMatrix<const float> scale_of,
                                               int m, int n, int right, float step, float decay) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)m * n) { return; }
+    int e = blockIdx.y;
+    float* W = W_of.at(e);
+    const float *Dres = Dres_of.at(e), *phi = phi_of.at(e), *scale = scale_of.at(e);
     int j = right ? (int)(idx / n) : (int)(idx % n);
     float f = phi[j] * *scale;
     float w = W[idx] - step * (Dres[idx] * f);
@@ -2571,9 +2624,20 @@ __global__ void lowrank_recovery_apply_kernel(float* W, const float* Dres, const
 }
 
 // W -= lr wd W, (numel,)
-__global__ void weight_decay_kernel(float* W, size_t numel, float decay) {
+__global__ void weight_decay_kernel(PerMatrix<float> W_of, size_t numel, float decay) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float* W = W_of.at(blockIdx.y);
     if (i < numel) { W[i] -= decay * W[i]; }
+}
+
+// dst = src, or 0 with src NULL, (numel,): a batch's copies and zeroings as one
+// launch (one matrix's go through cudaMemcpyAsync / cudaMemsetAsync)
+__global__ void copy_kernel(PerMatrix<float> dst_of, PerMatrix<const float> src_of, size_t numel) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int e = blockIdx.y;
+    float* dst = dst_of.at(e);
+    const float* src = src_of.at(e);
+    if (i < numel) { dst[i] = src != NULL ? src[i] : 0.0f; }
 }
 
 // ---- --master_weights 0: the updated weights rounded to bf16 stochastically,
@@ -2676,7 +2740,7 @@ void dequantize_blockwise(float* x, const uint8_t* codes, const float* absmax, s
 // ---- SubTrack++: the geodesic step's small kernels
 //
 // each X_kernel here is launched by a host function X below, the twin of the
-// CPU piece X of subtrack_track_subspace.
+// CPU piece X of subtrack_track_subspace. in a batch, blockIdx.y is the matrix.
 //
 // the CPU's TrackScalars, kept on the device: the tracking kernels pass them to
 // each other so that the host never waits. where the CPU returns early, a
@@ -2695,10 +2759,17 @@ typedef struct {
 // top eigenvector of H = dF^T dF (R, R) by power iteration in double, started
 // from the CPU's dense w (cpu::power_start_entry, the same function; why dense
 // and not a unit vector: see there), normalised. one block of 32 R threads (at
-// most 1024; a multiple of 32); v (R,) double out. dynamic shared memory: 2 R doubles
-__global__ void power_iteration_kernel(double* v_out, TrackScalars* ts, const float* H, int r) {
+// most 1024; a multiple of 32) per matrix; v (R,) double out. dynamic shared
+// memory: 2 R doubles. it starts the step's TrackScalars: every field is written
+// here or, when skip stays 0, by a later kernel before it is read
+__global__ void power_iteration_kernel(PerMatrix<double> v_of, PerMatrix<TrackScalars> ts_of,
+                                       PerMatrix<const float> H_of, int r) {
     extern __shared__ double power_shared[];
     __shared__ double buf[OPTIM_WARP + 1];
+    int e = blockIdx.y;
+    double* v_out = v_of.at(e);
+    TrackScalars* ts = ts_of.at(e);
+    const float* H = H_of.at(e);
     double* v = power_shared;           // (R,)
     double* v_next = power_shared + r;  // (R,)
     int lane = threadIdx.x % OPTIM_WARP, warp = threadIdx.x / OPTIM_WARP;
@@ -2708,7 +2779,7 @@ __global__ void power_iteration_kernel(double* v_out, TrackScalars* ts, const fl
     double positive = 0.0;
     for (int j = threadIdx.x; j < r; j += blockDim.x) { positive += H[(size_t)j * r + j] > 0.0f ? 1.0 : 0.0; }
     if (!(optim_block_sum(positive, buf) > 0.0)) {
-        if (threadIdx.x == 0) { ts->iterations = 0; ts->skip = 1; }
+        if (threadIdx.x == 0) { *ts = {0, 1, 0.0, 0.0, 0.0, 0.0}; }
         return;  // block-uniform
     }
     double start2 = 0.0;
@@ -2748,15 +2819,18 @@ __global__ void power_iteration_kernel(double* v_out, TrackScalars* ts, const fl
         if (change2 < POWER_ITER_TOL * POWER_ITER_TOL) { break; }
     }
     for (int i = threadIdx.x; i < r; i += blockDim.x) { v_out[i] = v[i]; }
-    if (threadIdx.x == 0) {
-        ts->iterations = stopped ? 0 : it;
-        ts->skip = stopped;
-    }
+    if (threadIdx.x == 0) { *ts = {stopped ? 0 : it, stopped, 0.0, 0.0, 0.0, 0.0}; }
 }
 
 // u = dF v (p,) double: one warp per row of dF (p, R)
-__global__ void track_u_kernel(double* u, const float* dF, const double* v, const TrackScalars* ts, int p, int r) {
+__global__ void track_u_kernel(PerMatrix<double> u_of, PerMatrix<const float> dF_of, PerMatrix<const double> v_of,
+                               PerMatrix<const TrackScalars> ts_of, int p, int r) {
+    int e = blockIdx.y;
+    const TrackScalars* ts = ts_of.at(e);
     if (ts->skip) { return; }
+    double* u = u_of.at(e);
+    const float* dF = dF_of.at(e);
+    const double* v = v_of.at(e);
     int lane = threadIdx.x % OPTIM_WARP;
     int i = blockIdx.x * (blockDim.x / OPTIM_WARP) + threadIdx.x / OPTIM_WARP;
     if (i >= p) { return; }  // whole warps leave together
@@ -2766,10 +2840,12 @@ __global__ void track_u_kernel(double* u, const float* dF, const double* v, cons
     if (lane == 0) { u[i] = s; }
 }
 
-// sigma = ||u||, one block. sigma == 0 ends the step
-__global__ void track_sigma_kernel(TrackScalars* ts, const double* u, int p) {
+// sigma = ||u||, one block per matrix. sigma == 0 ends the step
+__global__ void track_sigma_kernel(PerMatrix<TrackScalars> ts_of, PerMatrix<const double> u_of, int p) {
     __shared__ double buf[OPTIM_WARP + 1];
+    TrackScalars* ts = ts_of.at(blockIdx.y);
     if (ts->skip) { return; }
+    const double* u = u_of.at(blockIdx.y);
     double part = 0.0;
     for (int i = threadIdx.x; i < p; i += blockDim.x) { part += u[i] * u[i]; }
     double sigma = sqrt(optim_block_sum(part, buf));
@@ -2782,9 +2858,15 @@ __global__ void track_sigma_kernel(TrackScalars* ts, const double* u, int p) {
 // y = S^T (u / sigma) (R,): column sums of S (p, R), in the left-layout pattern
 // (lane = column k, warps split the rows)
 __global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
-track_project_u_kernel(double* y, const float* S, const double* u, const TrackScalars* ts, int p, int r) {
+track_project_u_kernel(PerMatrix<double> y_of, PerMatrix<const float> S_of, PerMatrix<const double> u_of,
+                       PerMatrix<const TrackScalars> ts_of, int p, int r) {
     __shared__ double part[OPTIM_ROWS * OPTIM_COLS];
+    int e = blockIdx.y;
+    const TrackScalars* ts = ts_of.at(e);
     if (ts->skip) { return; }
+    double* y = y_of.at(e);
+    const float* S = S_of.at(e);
+    const double* u = u_of.at(e);
     int k = blockIdx.x * OPTIM_COLS + threadIdx.x;
     double sigma = ts->sigma;
     double s = 0.0;
@@ -2796,9 +2878,15 @@ track_project_u_kernel(double* y, const float* S, const double* u, const TrackSc
 }
 
 // u <- u / sigma - S y: u made exactly orthogonal to span(S). one warp per row
-__global__ void track_orthogonalize_u_kernel(double* u, const float* S, const double* y, const TrackScalars* ts,
+__global__ void track_orthogonalize_u_kernel(PerMatrix<double> u_of, PerMatrix<const float> S_of,
+                                             PerMatrix<const double> y_of, PerMatrix<const TrackScalars> ts_of,
                                              int p, int r) {
+    int e = blockIdx.y;
+    const TrackScalars* ts = ts_of.at(e);
     if (ts->skip) { return; }
+    double* u = u_of.at(e);
+    const float* S = S_of.at(e);
+    const double* y = y_of.at(e);
     int lane = threadIdx.x % OPTIM_WARP;
     int i = blockIdx.x * (blockDim.x / OPTIM_WARP) + threadIdx.x / OPTIM_WARP;
     if (i >= p) { return; }
@@ -2810,9 +2898,11 @@ __global__ void track_orthogonalize_u_kernel(double* u, const float* S, const do
 
 // ||u||; a u that lost more than half its norm was rounding noise inside span(S):
 // no step. otherwise cos and sin of eta sigma for the geodesic
-__global__ void track_angle_kernel(TrackScalars* ts, const double* u, int p, float eta) {
+__global__ void track_angle_kernel(PerMatrix<TrackScalars> ts_of, PerMatrix<const double> u_of, int p, float eta) {
     __shared__ double buf[OPTIM_WARP + 1];
+    TrackScalars* ts = ts_of.at(blockIdx.y);
     if (ts->skip) { return; }
+    const double* u = u_of.at(blockIdx.y);
     double part = 0.0;
     for (int i = threadIdx.x; i < p; i += blockDim.x) { part += u[i] * u[i]; }
     double unorm = sqrt(optim_block_sum(part, buf));
@@ -2829,9 +2919,13 @@ __global__ void track_angle_kernel(TrackScalars* ts, const double* u, int p, flo
 
 // the geodesic step, one warp per row i of S (p, R):
 //   a_i = (cos - 1) (S v)_i - sin u_i / ||u||,   S[i, :] += a_i v^T
-__global__ void track_geodesic_kernel(float* S, float* a, const double* v, const double* u, const TrackScalars* ts,
-                                      int p, int r) {
+__global__ void track_geodesic_kernel(PerMatrix<float> S_of, PerMatrix<float> a_of, PerMatrix<const double> v_of,
+                                      PerMatrix<const double> u_of, PerMatrix<const TrackScalars> ts_of, int p, int r) {
+    int e = blockIdx.y;
+    const TrackScalars* ts = ts_of.at(e);
     if (ts->skip) { return; }
+    float *S = S_of.at(e), *a = a_of.at(e);
+    const double *v = v_of.at(e), *u = u_of.at(e);
     int lane = threadIdx.x % OPTIM_WARP;
     int i = blockIdx.x * (blockDim.x / OPTIM_WARP) + threadIdx.x / OPTIM_WARP;
     if (i >= p) { return; }
@@ -2848,10 +2942,16 @@ __global__ void track_geodesic_kernel(float* S, float* a, const double* v, const
 //   left:  Gt (R, q) += v (a^T G), column j: (a^T G)_j = sum_i a_i G[i, j] (left-layout pattern)
 //   right: Gt (q, R) += (G a) v^T, row j: (G a)_j = sum_i G[j, i] a_i (one warp per row)
 __global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
-track_update_projection_kernel(float* Gt, const float* G, const float* a, const double* v, const TrackScalars* ts,
+track_update_projection_kernel(PerMatrix<float> Gt_of, PerMatrix<const float> G_of, PerMatrix<const float> a_of,
+                               PerMatrix<const double> v_of, PerMatrix<const TrackScalars> ts_of,
                                int r, int p, int q, int right) {
     __shared__ double part[OPTIM_ROWS * OPTIM_COLS];
+    int e = blockIdx.y;
+    const TrackScalars* ts = ts_of.at(e);
     if (ts->skip) { return; }
+    float* Gt = Gt_of.at(e);
+    const float *G = G_of.at(e), *a = a_of.at(e);
+    const double* v = v_of.at(e);
     int lane = threadIdx.x, row = threadIdx.y;
     int j = right ? blockIdx.x * OPTIM_ROWS + row : blockIdx.x * OPTIM_COLS + lane;
     int first = right ? lane : row, stride = right ? OPTIM_COLS : OPTIM_ROWS;
@@ -2875,9 +2975,14 @@ track_update_projection_kernel(float* Gt, const float* G, const float* a, const 
 //   M_rot = M - c v (v^T M) ;  V_rot = |(C o C)(V - M o M) + M_rot o M_rot|
 //   (C o C) X = X - 2c diag(v o v) X + c^2 (v o v) ((v o v)^T X)
 __global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
-moments_rotate_rank1_kernel(float* M, float* V, const double* v, const TrackScalars* ts, int r, int q, int right) {
+moments_rotate_rank1_kernel(PerMatrix<float> M_of, PerMatrix<float> V_of, PerMatrix<const double> v_of,
+                            PerMatrix<const TrackScalars> ts_of, int r, int q, int right) {
     __shared__ double part[2 * OPTIM_ROWS * OPTIM_COLS];
+    int e = blockIdx.y;
+    const TrackScalars* ts = ts_of.at(e);
     if (ts->skip) { return; }
+    float *M = M_of.at(e), *V = V_of.at(e);
+    const double* v = v_of.at(e);
     double c = 1.0 - ts->cs;
     int lane = threadIdx.x, row = threadIdx.y;
     int j = right ? blockIdx.x * OPTIM_ROWS + row : blockIdx.x * OPTIM_COLS + lane;
@@ -3005,16 +3110,24 @@ __global__ void canonical_sign_kernel(float* S, int p, int r) {
 
 // step 3 for a general C (GaLore): the elementwise pieces around two gemms
 // X = V - M o M and CC = C o C  (X, M, V: (numel,); C, CC: (R*R,))
-__global__ void moments_rotate_prepare_kernel(float* X, float* CC, const float* M, const float* V, const float* C,
-                                              size_t numel, int rr) {
+__global__ void moments_rotate_prepare_kernel(PerMatrix<float> X_of, PerMatrix<float> CC_of,
+                                              PerMatrix<const float> M_of, PerMatrix<const float> V_of,
+                                              PerMatrix<const float> C_of, size_t numel, int rr) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int e = blockIdx.y;
+    float *X = X_of.at(e), *CC = CC_of.at(e);
+    const float *M = M_of.at(e), *V = V_of.at(e), *C = C_of.at(e);
     if (i < numel) { X[i] = V[i] - M[i] * M[i]; }
     if (i < (size_t)rr) { CC[i] = C[i] * C[i]; }
 }
 
 // V = |Vrot + Mrot o Mrot| (Vrot already in V), M = Mrot
-__global__ void moments_rotate_finish_kernel(float* M, float* V, const float* Mrot, size_t numel) {
+__global__ void moments_rotate_finish_kernel(PerMatrix<float> M_of, PerMatrix<float> V_of,
+                                             PerMatrix<const float> Mrot_of, size_t numel) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int e = blockIdx.y;
+    float *M = M_of.at(e), *V = V_of.at(e);
+    const float* Mrot = Mrot_of.at(e);
     if (i >= numel) { return; }
     V[i] = fabsf(V[i] + Mrot[i] * Mrot[i]);
     M[i] = Mrot[i];
@@ -3043,6 +3156,49 @@ static void gemm_gpu(cublasHandle_t handle, int transA, int transB, int M, int N
                             N, M, K, &alpha, B, ldb, A, lda, &beta, Cm, ldc));
 }
 
+// GPU time in subspace updates (cudaEvents, collected lazily), of one matrix
+// (lowrank_adamw_step) or of one batch (the grouped step); not checkpointed
+typedef struct {
+    double seconds;
+    int updates;
+    cudaEvent_t start, stop;
+    int pending;                // stop recorded, elapsed time not yet added
+} SubspaceTiming;
+
+static void subspace_timing_init(SubspaceTiming* st) {
+    st->seconds = 0.0;
+    st->updates = 0;
+    cudaCheck(cudaEventCreate(&st->start));
+    cudaCheck(cudaEventCreate(&st->stop));
+    st->pending = 0;
+}
+
+static void subspace_timing_free(SubspaceTiming* st) {
+    cudaCheck(cudaEventDestroy(st->start));
+    cudaCheck(cudaEventDestroy(st->stop));
+}
+
+// adds the last subspace update's time; waits for it if it is still running
+// (the previous update was k steps ago, so in training it never waits)
+static void subspace_timing_collect(SubspaceTiming* st) {
+    if (!st->pending) { return; }
+    float ms = 0.0f;
+    cudaCheck(cudaEventSynchronize(st->stop));
+    cudaCheck(cudaEventElapsedTime(&ms, st->start, st->stop));
+    st->seconds += 1e-3 * ms;
+    st->pending = 0;
+}
+
+static void lowrank_timing_begin(SubspaceTiming* st) {
+    subspace_timing_collect(st);
+    cudaCheck(cudaEventRecord(st->start, 0));
+}
+
+static void lowrank_timing_end(SubspaceTiming* st) {
+    cudaCheck(cudaEventRecord(st->stop, 0));
+    st->pending = 1;
+}
+
 // per-matrix state on the device; the checkpointed part is memory (one array)
 typedef struct {
     int m, n;                   // the weight's shape, (out, in)
@@ -3055,11 +3211,7 @@ typedef struct {
     float* M;                   // (R, q) left or (q, R) right
     float* V;                   // same as M
     float* limiter;             // [0] prev, [1] prev_set
-    // run statistics, not checkpointed
-    double subspace_seconds;    // GPU time in subspace updates (cudaEvents, collected lazily)
-    int subspace_updates;
-    cudaEvent_t subspace_start, subspace_stop;
-    int subspace_timing_pending;    // stop recorded, elapsed time not yet added
+    SubspaceTiming timing;      // its subspace updates when it steps alone
 } LowRankStateGPU;
 
 // points the state into device memory and zeroes it, in the CPU's layout
@@ -3087,11 +3239,7 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float*
         cudaCheck(cudaMemset(S16, 0, (size_t)s->p * r * sizeof(bf16)));
     }
     cudaCheck(cudaMemset(memory, 0, floats * sizeof(float)));
-    s->subspace_seconds = 0.0;
-    s->subspace_updates = 0;
-    cudaCheck(cudaEventCreate(&s->subspace_start));
-    cudaCheck(cudaEventCreate(&s->subspace_stop));
-    s->subspace_timing_pending = 0;
+    subspace_timing_init(&s->timing);
 }
 
 void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) {
@@ -3102,40 +3250,17 @@ void lowrank_state_init_q8(LowRankStateGPU* s, int m, int n, int r, float* memor
     lowrank_state_layout(s, m, n, r, memory, 1, NULL);
 }
 
-void lowrank_state_free(LowRankStateGPU* s) {
-    cudaCheck(cudaEventDestroy(s->subspace_start));
-    cudaCheck(cudaEventDestroy(s->subspace_stop));
-}
+void lowrank_state_free(LowRankStateGPU* s) { subspace_timing_free(&s->timing); }
 
-// adds the last subspace update's time; waits for it if it is still running
-// (the previous update was k steps ago, so in training it never waits)
-static void lowrank_collect_timing(LowRankStateGPU* s) {
-    if (!s->subspace_timing_pending) { return; }
-    float ms = 0.0f;
-    cudaCheck(cudaEventSynchronize(s->subspace_stop));
-    cudaCheck(cudaEventElapsedTime(&ms, s->subspace_start, s->subspace_stop));
-    s->subspace_seconds += 1e-3 * ms;
-    s->subspace_timing_pending = 0;
-}
-
-// seconds spent in subspace updates so far
+// seconds this matrix spent in subspace updates so far, stepping alone
 double lowrank_subspace_seconds(LowRankStateGPU* s) {
-    lowrank_collect_timing(s);
-    return s->subspace_seconds;
-}
-
-static void lowrank_timing_begin(LowRankStateGPU* s) {
-    lowrank_collect_timing(s);
-    cudaCheck(cudaEventRecord(s->subspace_start, 0));
-}
-
-static void lowrank_timing_end(LowRankStateGPU* s) {
-    cudaCheck(cudaEventRecord(s->subspace_stop, 0));
-    s->subspace_timing_pending = 1;
+    subspace_timing_collect(&s->timing);
+    return s->timing.seconds;
 }
 
 // the handles and the device scratch every low-rank step borrows from. sized for
-// the largest matrix by lowrank_gpu_reserve over every (m, n, R), then lowrank_gpu_alloc
+// the largest matrix by lowrank_gpu_reserve over every (m, n, R), and for the
+// largest batch by lowrank_gpu_reserve_group, then lowrank_gpu_alloc
 typedef struct {
     cublasHandle_t blas;        // its own handle: default math (no TF32), the default stream
     int tf32;                   // 1: the projection, back-projection and residual on TF32 tensor cores (bf16 mode)
@@ -3145,7 +3270,7 @@ typedef struct {
     int eig_lwork_over_plan;    // how many doubles cuSOLVER asked for above the plan (0: none)
     float* scratch;             // device
     double* eig_work;           // device (eig_lwork,)
-    int* eig_info;              // device, 1 int
+    int* eig_info;              // device, 1 int: devInfo of lowrank_adamw_step's SVD
     void* blas_workspace;       // device, CUBLAS_WORKSPACE_BYTES, blas's
 } LowRankGPU;
 
@@ -3166,13 +3291,13 @@ typedef struct {
     double* u;              // (p,)
     double* y;              // (R,)
     TrackScalars* track;    // 1
-    double* K;              // (p, p) Gram matrix, then its eigenvectors
-    double* eig;            // (p,) its eigenvalues
     float* S_old;           // (p, R)
     float* C;               // (R, R)
     float* CC;              // (R, R)
     float* Mrot;            // moments' shape
     float* Xm;              // moments' shape
+    double* K;              // (p, p) Gram matrix, then its eigenvectors
+    double* eig;            // (p,) its eigenvalues
 } StepScratchGPU;
 
 static float* scratch_take(float* base, size_t* used, size_t count) {
@@ -3181,7 +3306,9 @@ static float* scratch_take(float* base, size_t* used, size_t count) {
     return p;
 }
 
-static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int r) {
+// one matrix's own arrays: all of StepScratchGPU but K and eig, which a batch's
+// SVDs share (they run one matrix at a time); those are left NULL
+static StepScratchGPU step_scratch_matrix_layout(float* base, size_t* used, int m, int n, int r) {
     size_t p = m <= n ? m : n, q = m <= n ? n : m;
     StepScratchGPU w;
     w.Gt = scratch_take(base, used, q * r);
@@ -3198,14 +3325,59 @@ static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, 
     w.u = (double*)scratch_take(base, used, 2 * p);
     w.y = (double*)scratch_take(base, used, 2 * (size_t)r);
     w.track = (TrackScalars*)scratch_take(base, used, (sizeof(TrackScalars) + sizeof(float) - 1) / sizeof(float));
-    w.K = (double*)scratch_take(base, used, 2 * p * p);
-    w.eig = (double*)scratch_take(base, used, 2 * p);
     w.S_old = scratch_take(base, used, p * r);
     w.C = scratch_take(base, used, (size_t)r * r);
     w.CC = scratch_take(base, used, (size_t)r * r);
     w.Mrot = scratch_take(base, used, q * r);
     w.Xm = scratch_take(base, used, q * r);
+    w.K = NULL;
+    w.eig = NULL;
     return w;
+}
+
+// the SVD's arrays, for a (p, p) Gram matrix
+static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used, int p) {
+    w->K = (double*)scratch_take(base, used, 2 * (size_t)p * p);
+    w->eig = (double*)scratch_take(base, used, 2 * (size_t)p);
+}
+
+// the whole scratch of one matrix stepping alone
+static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int r) {
+    StepScratchGPU w = step_scratch_matrix_layout(base, used, m, n, r);
+    step_scratch_svd_layout(&w, base, used, m <= n ? m : n);
+    return w;
+}
+
+// the scratch floats of a batch of b matrices (m, n) at rank r: b matrices' own
+// arrays, then one SVD's (b = 1: one matrix stepping alone)
+static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b) {
+    size_t one = 0, svd = 0;
+    StepScratchGPU w = step_scratch_matrix_layout(NULL, &one, m, n, r);
+    step_scratch_svd_layout(&w, NULL, &svd, m <= n ? m : n);
+    return (size_t)b * one + svd;
+}
+
+// the grouped step's batches take as many matrices of one shape as fit in
+// LOWRANK_BATCH_SCRATCH_BYTES of scratch (or in one matrix's, if that is more):
+// every matrix of a shape at once up to the authors' 60M recipe (about 100 MiB
+// per shape), 15 to 30 at 130M and 350M, 5 (C, C) matrices at 1B, where each
+// product alone is large enough to fill a GPU. the scratch is allocated once
+// (lowrank_gpu_reserve_group), and the memory plan counts it
+#define LOWRANK_BATCH_SCRATCH_BYTES ((size_t)256 << 20)
+
+// how many of count matrices (m, n) at rank r one batch holds
+static int lowrank_batch_size(int m, int n, int r, int count) {
+    size_t svd = lowrank_batch_scratch_floats(m, n, r, 0);
+    size_t one = lowrank_batch_scratch_floats(m, n, r, 1);
+    size_t room = LOWRANK_BATCH_SCRATCH_BYTES / sizeof(float);
+    if (room < one) { room = one; }
+    size_t b = (room - svd) / (one - svd);
+    return b >= (size_t)count ? count : (int)b;
+}
+
+// the scratch floats the grouped step needs for count matrices (m, n) at rank r
+static size_t lowrank_group_scratch_floats(int m, int n, int r, int count) {
+    return lowrank_batch_scratch_floats(m, n, r, lowrank_batch_size(m, n, r, count));
 }
 
 void lowrank_gpu_create(LowRankGPU* ctx) {
@@ -3223,9 +3395,7 @@ static size_t eig_workspace_doubles(int p) { return 1 + 6 * (size_t)p + 2 * (siz
 
 // the scratch floats and eigen workspace doubles of one (m, n) matrix at rank r
 static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int r) {
-    size_t used = 0;
-    step_scratch_gpu_layout(NULL, &used, m, n, r);
-    *scratch_floats = used;
+    *scratch_floats = lowrank_batch_scratch_floats(m, n, r, 1);
     *eig_doubles = eig_workspace_doubles(m <= n ? m : n);
 }
 
@@ -3247,6 +3417,13 @@ void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
         ctx->eig_lwork_over_plan = lwork - (int)planned;
     }
     if (need > ctx->eig_lwork) { ctx->eig_lwork = need; }
+}
+
+// grows the sizes for the grouped step of count matrices (m, n) at rank r
+void lowrank_gpu_reserve_group(LowRankGPU* ctx, int m, int n, int r, int count) {
+    lowrank_gpu_reserve(ctx, m, n, r);
+    size_t floats = lowrank_group_scratch_floats(m, n, r, count);
+    if (floats > ctx->scratch_floats) { ctx->scratch_floats = floats; }
 }
 
 void lowrank_gpu_alloc(LowRankGPU* ctx) {
@@ -3275,41 +3452,148 @@ void lowrank_gpu_destroy(LowRankGPU* ctx) {
 // accumulates in fp32. the error this adds is bounded in test_gpu_optim.cu
 // (test_lowrank_tf32); --dtype float32 keeps them exact fp32. the tracking
 // step's and the rotations' small products stay fp32 either way
+static cublasComputeType_t gemm_bulk_compute(const LowRankGPU* ctx) {
+    return ctx->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
 static void gemm_gpu_bulk(LowRankGPU* ctx, int transA, int transB, int M, int N, int K, float alpha, const float* A,
                           int lda, const float* B, int ldb, float beta, float* Cm, int ldc) {
     cublasCheck(cublasGemmEx(ctx->blas, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
                              N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, Cm, CUDA_R_32F, ldc,
-                             ctx->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                             gemm_bulk_compute(ctx), CUBLAS_GEMM_DEFAULT));
+}
+
+// gemm_gpu (bulk 0) or gemm_gpu_bulk (bulk 1) on each of count matrices: for
+// one matrix the single call; for a batch one cublasSgemmBatched or
+// cublasGemmBatchedEx over the device tables, the same product per matrix
+// with the same compute type
+static void gemm_each(LowRankGPU* ctx, int bulk, int transA, int transB, int M, int N, int K, float alpha,
+                      PerMatrix<const float> A, int lda, PerMatrix<const float> B, int ldb, float beta,
+                      PerMatrix<float> Cm, int ldc, int count) {
+    if (Cm.table == NULL) {
+        if (bulk) {
+            gemm_gpu_bulk(ctx, transA, transB, M, N, K, alpha, A.one, lda, B.one, ldb, beta, Cm.one, ldc);
+        } else {
+            gemm_gpu(ctx->blas, transA, transB, M, N, K, alpha, A.one, lda, B.one, ldb, beta, Cm.one, ldc);
+        }
+        return;
+    }
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N, opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (bulk) {
+        cublasCheck(cublasGemmBatchedEx(ctx->blas, opB, opA, N, M, K, &alpha,
+                                        reinterpret_cast<const void* const*>(B.table), CUDA_R_32F, ldb,
+                                        reinterpret_cast<const void* const*>(A.table), CUDA_R_32F, lda, &beta,
+                                        reinterpret_cast<void* const*>(Cm.table), CUDA_R_32F, ldc, count,
+                                        gemm_bulk_compute(ctx), CUBLAS_GEMM_DEFAULT));
+    } else {
+        cublasCheck(cublasSgemmBatched(ctx->blas, opB, opA, N, M, K, &alpha, B.table, ldb, A.table, lda, &beta,
+                                       Cm.table, ldc, count));
+    }
+}
+
+// dst = src (or 0 for src NULL), (numel,) floats of each of count matrices
+static void copy_each(PerMatrix<float> dst, PerMatrix<const float> src, size_t numel, int count) {
+    if (dst.table == NULL) {
+        if (src.one != NULL) {
+            cudaCheck(cudaMemcpyAsync(dst.one, src.one, numel * sizeof(float), cudaMemcpyDeviceToDevice, 0));
+        } else {
+            cudaCheck(cudaMemsetAsync(dst.one, 0, numel * sizeof(float), 0));
+        }
+        return;
+    }
+    copy_kernel<<<dim3(optim_blocks(numel, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(dst, src, numel);
+    cudaCheck(cudaGetLastError());
+}
+
+// cuSOLVER's verdict on one matrix's SVD as the host gets it; with its devInfo
+// (device memory) it is checked after the step (lowrank_svd_check)
+typedef struct {
+    cusolverStatus_t status;
+    int found;                  // eigenpairs syevdx found; R wanted
+} SvdOutcome;
+
+// what a step works on: one matrix (lowrank_batch_of_one, plain pointers), or
+// a batch of count matrices of one shape and orientation (lowrank_groups_build:
+// every field a device table, the same scratch layout per matrix)
+typedef struct {
+    int m, n, r, right, p, q;   // the shape they share, as in LowRankStateGPU
+    int count;
+    PerMatrix<float> S, M, V, limiter;  // the states, as in LowRankStateGPU
+    PerMatrix<float> W;                 // (m, n) the weights
+    PerMatrix<const float> G;           // (m, n) their gradients
+    // each matrix's scratch, as in StepScratchGPU
+    PerMatrix<float> Gt, N, phi, scale, D, X, AAt, H, a, S_old, C, CC, Mrot, Xm;
+    PerMatrix<double> norm2, v, u, y;
+    PerMatrix<TrackScalars> track;
+    double* K;                  // the SVD's (p, p) and (p,): one matrix at a time, so shared
+    double* eig;
+    int* info;                  // device (count): cuSOLVER's devInfo, one per matrix
+    SvdOutcome* svd;            // host (count)
+    SubspaceTiming* timing;     // the batch's subspace updates
+} LowRankBatchGPU;
+
+#define LOWRANK_BATCH_FIELDS 25 // PerMatrix fields of LowRankBatchGPU
+
+// one matrix as a batch of one: its state s, W and G, its scratch w (NULL: no
+// scratch), devInfo at info, the host's verdict in *svd
+static LowRankBatchGPU lowrank_batch_of_one(LowRankStateGPU* s, float* W, const float* G, const StepScratchGPU* w,
+                                            int* info, SvdOutcome* svd) {
+    LowRankBatchGPU b;
+    b.m = s->m; b.n = s->n; b.r = s->r; b.right = s->right; b.p = s->p; b.q = s->q;
+    b.count = 1;
+    b.S = s->S; b.M = s->M; b.V = s->V; b.limiter = s->limiter;
+    b.W = W;
+    b.G = G;
+    StepScratchGPU none;
+    memset(&none, 0, sizeof none);
+    if (w == NULL) { w = &none; }
+    b.Gt = w->Gt; b.N = w->N; b.phi = w->phi; b.scale = w->scale; b.D = w->D; b.X = w->X; b.AAt = w->AAt;
+    b.H = w->H; b.a = w->a; b.S_old = w->S_old; b.C = w->C; b.CC = w->CC; b.Mrot = w->Mrot; b.Xm = w->Xm;
+    b.norm2 = w->norm2; b.v = w->v; b.u = w->u; b.y = w->y;
+    b.track = w->track;
+    b.K = w->K;
+    b.eig = w->eig;
+    b.info = info;
+    b.svd = svd;
+    b.timing = &s->timing;
+    return b;
 }
 
 // the orientation-hiding products, as on the CPU:
 //   left:  Gt (R, q) = S^T G          D (m, n) = alpha S X + beta D
 //   right: Gt (q, R) = G S            D (m, n) = alpha X S^T + beta D
-static void lowrank_project(float* Gt, const LowRankStateGPU* s, const float* G, LowRankGPU* ctx) {
-    int m = s->m, n = s->n, r = s->r;
-    if (!s->right) {
-        gemm_gpu_bulk(ctx, 1, 0, r, n, m, 1.0f, s->S, r, G, n, 0.0f, Gt, n);
+static void lowrank_project(LowRankBatchGPU* b, LowRankGPU* ctx) {
+    int m = b->m, n = b->n, r = b->r;
+    if (!b->right) {
+        gemm_each(ctx, 1, 1, 0, r, n, m, 1.0f, b->S, r, b->G, n, 0.0f, b->Gt, n, b->count);
     } else {
-        gemm_gpu_bulk(ctx, 0, 0, m, r, n, 1.0f, G, n, s->S, r, 0.0f, Gt, r);
+        gemm_each(ctx, 1, 0, 0, m, r, n, 1.0f, b->G, n, b->S, r, 0.0f, b->Gt, r, b->count);
     }
 }
 
-static void lowrank_back_project(float* D, const LowRankStateGPU* s, const float* X, float alpha, float beta,
-                                 LowRankGPU* ctx) {
-    int m = s->m, n = s->n, r = s->r;
-    if (!s->right) {
-        gemm_gpu_bulk(ctx, 0, 0, m, n, r, alpha, s->S, r, X, n, beta, D, n);
+// Gt (the moments' shape) = the projection of one matrix's G with S
+void lowrank_project(float* Gt, LowRankStateGPU* s, const float* G, LowRankGPU* ctx) {
+    LowRankBatchGPU b = lowrank_batch_of_one(s, NULL, G, NULL, NULL, NULL);
+    b.Gt = Gt;
+    lowrank_project(&b, ctx);
+}
+
+static void lowrank_back_project(PerMatrix<float> D, const LowRankBatchGPU* b, PerMatrix<const float> X, float alpha,
+                                 float beta, LowRankGPU* ctx) {
+    int m = b->m, n = b->n, r = b->r;
+    if (!b->right) {
+        gemm_each(ctx, 1, 0, 0, m, n, r, alpha, b->S, r, X, n, beta, D, n, b->count);
     } else {
-        gemm_gpu_bulk(ctx, 0, 1, m, n, r, alpha, X, r, s->S, r, beta, D, n);
+        gemm_each(ctx, 1, 0, 1, m, n, r, alpha, X, r, b->S, r, beta, D, n, b->count);
     }
 }
 
 // D (m, n) = G - S Gt (left) or G - Gt S^T (right), explicitly: the part of G
 // that the projection discards, which recovery scaling (step 5) adds back.
 // from norms alone, ||G_j||^2 - ||Gt_j||^2 would cancel in fp32
-static void lowrank_residual(float* D, const LowRankStateGPU* s, const float* G, const float* Gt, LowRankGPU* ctx) {
-    cudaCheck(cudaMemcpyAsync(D, G, (size_t)s->m * s->n * sizeof(float), cudaMemcpyDeviceToDevice, 0));
-    lowrank_back_project(D, s, Gt, -1.0f, 1.0f, ctx);
+static void lowrank_residual(LowRankBatchGPU* b, LowRankGPU* ctx) {
+    copy_each(b->D, b->G, (size_t)b->m * b->n, b->count);
+    lowrank_back_project(b->D, b, b->Gt, -1.0f, 1.0f, ctx);
 }
 
 // ---- the SVD (GaLore, and every method's first step)
@@ -3332,20 +3616,16 @@ static void canonical_sign(float* S, int p, int r) {
 // and not always in its status: 0 is success, -i an invalid argument i, i > 0
 // that it did not converge (syevd: i off-diagonal elements of its tridiagonal
 // form stayed nonzero; a NaN or Inf in the gradient does that, or a status of
-// CUSOLVER_STATUS_EXECUTION_FAILED). so both are read after every call: the read
-// waits for the GPU, once per SVD, which is itself O(p^3) and comes every k steps.
-// a failure stops the run, naming the call and the shapes: an S from a failed
-// eigensolver would train on garbage without a word. call: the cuSOLVER
-// function; (p, p) the Gram matrix it factorized, of a gradient (m, n)
-static void cusolver_factorization_check(cusolverStatus_t status, const int* dev_info, const char* call, int p,
-                                         int m, int n) {
-    int info = 0;
-    if (status == CUSOLVER_STATUS_SUCCESS) {
-        cudaCheck(cudaMemcpy(&info, dev_info, sizeof(int), cudaMemcpyDeviceToHost));
-    }
+// CUSOLVER_STATUS_EXECUTION_FAILED). so both are checked: a failure stops the
+// run, naming the call, the shapes and, in a batch, the matrix (which, or
+// NULL): an S from a failed eigensolver would train on garbage without a
+// word. call: the cuSOLVER function; (p, p) the Gram matrix it factorized, of a
+// gradient (m, n); info: devInfo, read back (meaningless unless status is success)
+static void cusolver_factorization_report(cusolverStatus_t status, int info, const char* call, int p, int m, int n,
+                                          const char* which) {
     if (status == CUSOLVER_STATUS_SUCCESS && info == 0) { return; }
-    fprintf(stderr, "error: %s failed on the %d x %d Gram matrix of a %d x %d gradient (the SVD for the subspace): ",
-            call, p, p, m, n);
+    fprintf(stderr, "error: %s failed on the %d x %d Gram matrix of a %d x %d gradient (%s%sthe SVD for the "
+            "subspace): ", call, p, p, m, n, which != NULL ? which : "", which != NULL ? "; " : "");
     if (status != CUSOLVER_STATUS_SUCCESS) {
         fprintf(stderr, "cuSOLVER status %d\n", (int)status);
     } else if (info < 0) {
@@ -3357,41 +3637,75 @@ static void cusolver_factorization_check(cusolverStatus_t status, const int* dev
     exit(EXIT_FAILURE);
 }
 
-// S (p, R) = the top-r left singular vectors of op(G), descending, canonical sign:
-// eigenvectors of the Gram matrix K = X X^T formed in double (as the CPU does;
-// fp32 would square the condition number into fp32 rounding), by
-// cusolverDnDsyevdx for the top R only (the R largest: 1-based indices p-R+1..p):
-// it still reduces K to tridiagonal form, (4/3) p^3, but computes and
-// back-transforms R eigenvectors instead of p
-void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, LowRankGPU* ctx,
-                                   const StepScratchGPU* w) {
-    int right = m > n;
-    int p = right ? n : m, q = right ? m : n;
-    gram_double(w->K, G, n, right, p, q);
-    int found = 0;
-    cusolverStatus_t status = cusolverDnDsyevdx(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
-                                                CUBLAS_FILL_MODE_LOWER, p, w->K, p, 0.0, 0.0, p - r + 1, p, &found,
-                                                w->eig, ctx->eig_work, ctx->eig_lwork, ctx->eig_info);
-    cusolver_factorization_check(status, ctx->eig_info, "cusolverDnDsyevdx", p, m, n);
-    if (found != r) {
+// the check of one cuSOLVER call at once: reads devInfo, which waits for the GPU
+void cusolver_factorization_check(cusolverStatus_t status, const int* dev_info, const char* call, int p,
+                                         int m, int n) {
+    int info = 0;
+    if (status == CUSOLVER_STATUS_SUCCESS) {
+        cudaCheck(cudaMemcpy(&info, dev_info, sizeof(int), cudaMemcpyDeviceToHost));
+    }
+    cusolver_factorization_report(status, info, call, p, m, n, NULL);
+}
+
+// one matrix's SVD as svd_top_left_singular_vectors left it: its status and
+// devInfo, then the eigenpairs syevdx found (R wanted)
+static void svd_outcome_check(const SvdOutcome* outcome, int info, int m, int n, int r, const char* which) {
+    int p = m <= n ? m : n;
+    cusolver_factorization_report(outcome->status, info, "cusolverDnDsyevdx", p, m, n, which);
+    if (outcome->found != r) {
         fprintf(stderr, "error: cusolverDnDsyevdx found %d of the top %d eigenpairs of the %d x %d Gram matrix of a "
-                "%d x %d gradient (the SVD for the subspace)\nhint: a NaN or Inf in the gradient causes this\n",
-                found, r, p, p, m, n);
+                "%d x %d gradient (%s%sthe SVD for the subspace)\nhint: a NaN or Inf in the gradient causes this\n",
+                outcome->found, r, p, p, m, n, which != NULL ? which : "", which != NULL ? "; " : "");
         exit(EXIT_FAILURE);
     }
-    top_eigenvectors_kernel<<<optim_blocks((size_t)p * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(S, w->K, p, r);
+}
+
+// S (p, R) = the top-r left singular vectors of op(G), descending, canonical sign:
+// eigenvectors of the Gram matrix K (p, p) = X X^T formed in double (as the CPU
+// does; fp32 would square the condition number into fp32 rounding), by
+// cusolverDnDsyevdx for the top R only (the R largest: 1-based indices p-R+1..p):
+// it still reduces K to tridiagonal form, (4/3) p^3, but computes and
+// back-transforms R eigenvectors instead of p. eig (p,) takes the eigenvalues.
+// the verdict is left in *outcome and dev_info, not read here: reading devInfo
+// waits for the GPU, so a step reads every matrix's at once, after all of them
+// (lowrank_svd_check); until then a failed S is garbage that the step goes on with
+void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, LowRankGPU* ctx, double* K,
+                                   double* eig, int* dev_info, SvdOutcome* outcome) {
+    int right = m > n;
+    int p = right ? n : m, q = right ? m : n;
+    gram_double(K, G, n, right, p, q);
+    outcome->found = 0;
+    outcome->status = cusolverDnDsyevdx(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                        CUBLAS_FILL_MODE_LOWER, p, K, p, 0.0, 0.0, p - r + 1, p, &outcome->found,
+                                        eig, ctx->eig_work, ctx->eig_lwork, dev_info);
+    top_eigenvectors_kernel<<<optim_blocks((size_t)p * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(S, K, p, r);
     cudaCheck(cudaGetLastError());
     canonical_sign(S, p, r);
+}
+
+// 1 when step t takes an SVD of every matrix (the first step, GaLore's refreshes)
+static int lowrank_svd_step(const cpu::LowRankConfig* cfg, int t) {
+    return t == 0 || (cfg->method == cpu::SUBSPACE_GALORE && cfg->update_interval > 0 && t % cfg->update_interval == 0);
+}
+
+// the SVD verdicts of one matrix stepping alone: one read of its devInfo
+static void lowrank_svd_check(const LowRankBatchGPU* b) {
+    int info = 0;
+    cudaCheck(cudaMemcpy(&info, b->info, sizeof(int), cudaMemcpyDeviceToHost));
+    svd_outcome_check(&b->svd[0], info, b->m, b->n, b->r, NULL);
 }
 
 // ---- step 1: the first subspace
 
 // step 1 (t == 0): S = the top-r left singular vectors of G (canonical sign), M = V = 0
-void lowrank_init_subspace(LowRankStateGPU* s, const float* G, LowRankGPU* ctx, const StepScratchGPU* w) {
-    size_t numel = (size_t)s->q * s->r;
-    svd_top_left_singular_vectors(s->S, G, s->m, s->n, s->r, ctx, w);
-    cudaCheck(cudaMemsetAsync(s->M, 0, numel * sizeof(float), 0));
-    cudaCheck(cudaMemsetAsync(s->V, 0, numel * sizeof(float), 0));
+void lowrank_init_subspace(LowRankBatchGPU* b, LowRankGPU* ctx) {
+    for (int e = 0; e < b->count; e++) {
+        svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->r, ctx, b->K, b->eig,
+                                      b->info + e, &b->svd[e]);
+    }
+    size_t numel = (size_t)b->q * b->r;
+    copy_each(b->M, PerMatrix<const float>(), numel, b->count);
+    copy_each(b->V, PerMatrix<const float>(), numel, b->count);
 }
 
 // ---- GaLore: S = top-r singular vectors of the current gradient (+ moment rotation)
@@ -3399,52 +3713,64 @@ void lowrank_init_subspace(LowRankStateGPU* s, const float* G, LowRankGPU* ctx, 
 // step 3 for a general change of basis C (R, R) = S_new^T S_old (GaLore's SVD refresh):
 //   left:  M_rot = C M,   V_rot = |(C o C)(V - M o M) + M_rot o M_rot|
 //   right: the same on the transposes, M_rot = M C^T
-// CC (R, R), Mrot and X (the moments' shape) are scratch
-static void moments_rotate_general(LowRankStateGPU* s, const float* C, float* CC, float* Mrot, float* X,
-                                   LowRankGPU* ctx) {
-    int r = s->r, q = s->q;
+// from b's C, with its CC (R, R), Mrot and Xm (the moments' shape) as scratch
+static void moments_rotate_general(LowRankBatchGPU* b, LowRankGPU* ctx) {
+    int r = b->r, q = b->q, count = b->count;
     size_t numel = (size_t)r * q;
     size_t launch = numel > (size_t)r * r ? numel : (size_t)r * r;
-    moments_rotate_prepare_kernel<<<optim_blocks(launch, OPTIM_BLOCK), OPTIM_BLOCK>>>(X, CC, s->M, s->V, C, numel,
-                                                                                     r * r);
+    moments_rotate_prepare_kernel<<<dim3(optim_blocks(launch, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(
+        b->Xm, b->CC, b->M, b->V, b->C, numel, r * r);
     cudaCheck(cudaGetLastError());
-    float* Vrot = s->V;  // V is no longer needed once X holds V - M o M
-    if (!s->right) {
-        gemm_gpu(ctx->blas, 0, 0, r, q, r, 1.0f, C, r, s->M, q, 0.0f, Mrot, q);
-        gemm_gpu(ctx->blas, 0, 0, r, q, r, 1.0f, CC, r, X, q, 0.0f, Vrot, q);
+    PerMatrix<float> Vrot = b->V;  // V is no longer needed once Xm holds V - M o M
+    if (!b->right) {
+        gemm_each(ctx, 0, 0, 0, r, q, r, 1.0f, b->C, r, b->M, q, 0.0f, b->Mrot, q, count);
+        gemm_each(ctx, 0, 0, 0, r, q, r, 1.0f, b->CC, r, b->Xm, q, 0.0f, Vrot, q, count);
     } else {
-        gemm_gpu(ctx->blas, 0, 1, q, r, r, 1.0f, s->M, r, C, r, 0.0f, Mrot, r);
-        gemm_gpu(ctx->blas, 0, 1, q, r, r, 1.0f, X, r, CC, r, 0.0f, Vrot, r);
+        gemm_each(ctx, 0, 0, 1, q, r, r, 1.0f, b->M, r, b->C, r, 0.0f, b->Mrot, r, count);
+        gemm_each(ctx, 0, 0, 1, q, r, r, 1.0f, b->Xm, r, b->CC, r, 0.0f, Vrot, r, count);
     }
-    moments_rotate_finish_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(s->M, s->V, Mrot, numel);
+    moments_rotate_finish_kernel<<<dim3(optim_blocks(numel, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(b->M, b->V, b->Mrot,
+                                                                                                 numel);
     cudaCheck(cudaGetLastError());
 }
 
 // step 2 (GaLore) and 3: new S from an SVD of G; with --adaptive_optimizer the
 // moments follow the change of basis
+void galore_refresh_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
+    int p = b->p, r = b->r;
+    copy_each(b->S_old, b->S, (size_t)p * r, b->count);
+    for (int e = 0; e < b->count; e++) {
+        svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, r, ctx, b->K, b->eig,
+                                      b->info + e, &b->svd[e]);
+    }
+    if (cfg->adaptive_optimizer) {
+        gemm_each(ctx, 0, 1, 0, r, r, p, 1.0f, b->S, r, b->S_old, r, 0.0f, b->C, r, b->count);
+        moments_rotate_general(b, ctx);
+    }
+}
+
+// the same for one matrix, its SVD checked at once
 void galore_refresh_subspace(LowRankStateGPU* s, const float* G, const cpu::LowRankConfig* cfg, LowRankGPU* ctx,
                              const StepScratchGPU* w) {
-    int p = s->p, r = s->r;
-    cudaCheck(cudaMemcpyAsync(w->S_old, s->S, (size_t)p * r * sizeof(float), cudaMemcpyDeviceToDevice, 0));
-    svd_top_left_singular_vectors(s->S, G, s->m, s->n, r, ctx, w);
-    if (cfg->adaptive_optimizer) {
-        gemm_gpu(ctx->blas, 1, 0, r, r, p, 1.0f, s->S, r, w->S_old, r, 0.0f, w->C, r);
-        moments_rotate_general(s, w->C, w->CC, w->Mrot, w->Xm, ctx);
-    }
+    SvdOutcome outcome;
+    LowRankBatchGPU b = lowrank_batch_of_one(s, NULL, G, w, ctx->eig_info, &outcome);
+    galore_refresh_subspace(&b, cfg, ctx);
+    lowrank_svd_check(&b);
 }
 
 // ---- SubTrack++: one geodesic step on the Grassmannian
 //
-// the launchers of the tracking kernels, each the CPU piece of the same name.
-// they take ts (device) where the CPU returns early: a skipped step turns the
-// later kernels into no-ops
+// the launchers of the tracking kernels, each the CPU piece of the same name,
+// for count matrices (1 by default: plain pointers). they take ts (device)
+// where the CPU returns early: a skipped step turns the later kernels into no-ops
 
-// top eigenvector v (R,) of H = dF^T dF (R, R); sets ts->iterations, and ts->skip if H == 0.
+// top eigenvector v (R,) of H = dF^T dF (R, R); starts ts, and sets ts->skip if H == 0.
 // one warp per row of H (more would idle, and every iteration syncs the block a
-// few times): 32 R threads, at most OPTIM_REDUCE_BLOCK
-static void power_iteration(double* v, TrackScalars* ts, const float* H, int r) {
+// few times): 32 R threads, at most OPTIM_REDUCE_BLOCK, per matrix
+static void power_iteration(PerMatrix<double> v, PerMatrix<TrackScalars> ts, PerMatrix<const float> H, int r,
+                            int count = 1) {
     int threads = r < OPTIM_REDUCE_BLOCK / OPTIM_WARP ? OPTIM_WARP * r : OPTIM_REDUCE_BLOCK;
-    power_iteration_kernel<<<1, threads, 2 * (size_t)r * sizeof(double)>>>(v, ts, H, r);
+    power_iteration_kernel<<<dim3(1, count), threads, 2 * (size_t)r * sizeof(double)>>>(v, ts, H, r);
     cudaCheck(cudaGetLastError());
 }
 
@@ -3454,39 +3780,43 @@ static unsigned track_row_blocks(int p) {
 }
 
 // u (p,) = dF v, dF (p, R)
-static void track_u(double* u, const float* dF, const double* v, const TrackScalars* ts, int p, int r) {
-    track_u_kernel<<<track_row_blocks(p), OPTIM_BLOCK>>>(u, dF, v, ts, p, r);
+static void track_u(PerMatrix<double> u, PerMatrix<const float> dF, PerMatrix<const double> v,
+                    PerMatrix<const TrackScalars> ts, int p, int r, int count = 1) {
+    track_u_kernel<<<dim3(track_row_blocks(p), count), OPTIM_BLOCK>>>(u, dF, v, ts, p, r);
     cudaCheck(cudaGetLastError());
 }
 
 // sigma = ||u||; sigma == 0 ends the step
-static void track_sigma(TrackScalars* ts, const double* u, int p) {
-    track_sigma_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(ts, u, p);
+static void track_sigma(PerMatrix<TrackScalars> ts, PerMatrix<const double> u, int p, int count = 1) {
+    track_sigma_kernel<<<dim3(1, count), OPTIM_REDUCE_BLOCK>>>(ts, u, p);
     cudaCheck(cudaGetLastError());
 }
 
 // y (R,) = S^T (u / sigma), S (p, R)
-static void track_project_u(double* y, const float* S, const double* u, const TrackScalars* ts, int p, int r) {
-    track_project_u_kernel<<<optim_blocks(r, OPTIM_COLS), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(y, S, u, ts, p, r);
+static void track_project_u(PerMatrix<double> y, PerMatrix<const float> S, PerMatrix<const double> u,
+                            PerMatrix<const TrackScalars> ts, int p, int r, int count = 1) {
+    track_project_u_kernel<<<dim3(optim_blocks(r, OPTIM_COLS), count), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(y, S, u, ts,
+                                                                                                     p, r);
     cudaCheck(cudaGetLastError());
 }
 
 // u <- u / sigma - S y: u made exactly orthogonal to span(S)
-static void track_orthogonalize_u(double* u, const float* S, const double* y, const TrackScalars* ts, int p, int r) {
-    track_orthogonalize_u_kernel<<<track_row_blocks(p), OPTIM_BLOCK>>>(u, S, y, ts, p, r);
+static void track_orthogonalize_u(PerMatrix<double> u, PerMatrix<const float> S, PerMatrix<const double> y,
+                                  PerMatrix<const TrackScalars> ts, int p, int r, int count = 1) {
+    track_orthogonalize_u_kernel<<<dim3(track_row_blocks(p), count), OPTIM_BLOCK>>>(u, S, y, ts, p, r);
     cudaCheck(cudaGetLastError());
 }
 
 // ||u||, the skip test, cos and sin of eta sigma
-static void track_angle(TrackScalars* ts, const double* u, int p, float eta) {
-    track_angle_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(ts, u, p, eta);
+static void track_angle(PerMatrix<TrackScalars> ts, PerMatrix<const double> u, int p, float eta, int count = 1) {
+    track_angle_kernel<<<dim3(1, count), OPTIM_REDUCE_BLOCK>>>(ts, u, p, eta);
     cudaCheck(cudaGetLastError());
 }
 
 // a = (cos - 1) S v - sin u / ||u|| (p,), S <- S + a v^T
-static void track_geodesic(float* S, float* a, const double* v, const double* u, const TrackScalars* ts, int p,
-                           int r) {
-    track_geodesic_kernel<<<track_row_blocks(p), OPTIM_BLOCK>>>(S, a, v, u, ts, p, r);
+static void track_geodesic(PerMatrix<float> S, PerMatrix<float> a, PerMatrix<const double> v,
+                           PerMatrix<const double> u, PerMatrix<const TrackScalars> ts, int p, int r, int count = 1) {
+    track_geodesic_kernel<<<dim3(track_row_blocks(p), count), OPTIM_BLOCK>>>(S, a, v, u, ts, p, r);
     cudaCheck(cudaGetLastError());
 }
 
@@ -3496,17 +3826,18 @@ static unsigned moment_column_blocks(int q, int right) {
 }
 
 // the projection with the new S: left Gt (R, q) += v (a^T G), right Gt (q, R) += (G a) v^T
-static void track_update_projection(float* Gt, const float* G, const float* a, const double* v,
-                                    const TrackScalars* ts, int r, int p, int q, int right) {
-    track_update_projection_kernel<<<moment_column_blocks(q, right), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
+static void track_update_projection(PerMatrix<float> Gt, PerMatrix<const float> G, PerMatrix<const float> a,
+                                    PerMatrix<const double> v, PerMatrix<const TrackScalars> ts, int r, int p, int q,
+                                    int right, int count = 1) {
+    track_update_projection_kernel<<<dim3(moment_column_blocks(q, right), count), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
         Gt, G, a, v, ts, r, p, q, right);
     cudaCheck(cudaGetLastError());
 }
 
-// step 3, rank-1 form, C = I - c v v^T with c = 1 - cos(eta sigma) read from ts
-static void moments_rotate_rank1(LowRankStateGPU* s, const double* v, const TrackScalars* ts) {
-    moments_rotate_rank1_kernel<<<moment_column_blocks(s->q, s->right), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
-        s->M, s->V, v, ts, s->r, s->q, s->right);
+// step 3, rank-1 form, C = I - c v v^T with c = 1 - cos(eta sigma) read from b's track
+static void moments_rotate_rank1(LowRankBatchGPU* b) {
+    moments_rotate_rank1_kernel<<<dim3(moment_column_blocks(b->q, b->right), b->count),
+                                  dim3(OPTIM_COLS, OPTIM_ROWS)>>>(b->M, b->V, b->v, b->track, b->r, b->q, b->right);
     cudaCheck(cudaGetLastError());
 }
 
@@ -3515,37 +3846,41 @@ static void moments_rotate_rank1(LowRankStateGPU* s, const double* v, const Trac
 // projection with the current S; on return S took one geodesic step, Gt is the
 // projection with the new S, and with --adaptive_optimizer the moments are
 // rotated. the host never waits: when dF is 0 or u is lost in span(S),
-// w->track->skip turns the later kernels into no-ops
-void subtrack_track_subspace(LowRankStateGPU* s, float* Gt, const float* G, const cpu::LowRankConfig* cfg,
-                             LowRankGPU* ctx, const StepScratchGPU* w) {
-    int n = s->n, r = s->r, p = s->p, q = s->q;
-    float* S = s->S;
+// the matrix's track->skip turns the later kernels into no-ops for it
+void subtrack_track_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
+    int n = b->n, r = b->r, p = b->p, q = b->q, count = b->count;
     // X = G A^T (p, R); in the right case A^T = Gt (q, R) and op(G) = G^T
-    if (!s->right) {
-        gemm_gpu(ctx->blas, 0, 1, p, r, q, 1.0f, G, n, Gt, q, 0.0f, w->X, r);
+    if (!b->right) {
+        gemm_each(ctx, 0, 0, 1, p, r, q, 1.0f, b->G, n, b->Gt, q, 0.0f, b->X, r, count);
     } else {
-        gemm_gpu(ctx->blas, 1, 0, p, r, q, 1.0f, G, n, Gt, r, 0.0f, w->X, r);
+        gemm_each(ctx, 0, 1, 0, p, r, q, 1.0f, b->G, n, b->Gt, r, 0.0f, b->X, r, count);
     }
     // dF = -2 (X - S AAt), AAt = S^T X
-    gemm_gpu(ctx->blas, 1, 0, r, r, p, 1.0f, S, r, w->X, r, 0.0f, w->AAt, r);
-    gemm_gpu(ctx->blas, 0, 0, p, r, r, 2.0f, S, r, w->AAt, r, -2.0f, w->X, r);
-    const float* dF = w->X;
-    gemm_gpu(ctx->blas, 1, 0, r, r, p, 1.0f, dF, r, dF, r, 0.0f, w->H, r);
-    TrackScalars* ts = w->track;
-    cudaCheck(cudaMemsetAsync(ts, 0, sizeof(TrackScalars), 0));
-    power_iteration(w->v, ts, w->H, r);
+    gemm_each(ctx, 0, 1, 0, r, r, p, 1.0f, b->S, r, b->X, r, 0.0f, b->AAt, r, count);
+    gemm_each(ctx, 0, 0, 0, p, r, r, 2.0f, b->S, r, b->AAt, r, -2.0f, b->X, r, count);
+    PerMatrix<float> dF = b->X;
+    gemm_each(ctx, 0, 1, 0, r, r, p, 1.0f, dF, r, dF, r, 0.0f, b->H, r, count);
+    power_iteration(b->v, b->track, b->H, r, count);
     // u = dF v / sigma, then made exactly orthogonal to S
-    track_u(w->u, dF, w->v, ts, p, r);
-    track_sigma(ts, w->u, p);
-    track_project_u(w->y, S, w->u, ts, p, r);
-    track_orthogonalize_u(w->u, S, w->y, ts, p, r);
-    track_angle(ts, w->u, p, cfg->st_init_step_size);
-    track_geodesic(S, w->a, w->v, w->u, ts, p, r);
-    track_update_projection(Gt, G, w->a, w->v, ts, r, p, q, s->right);
+    track_u(b->u, dF, b->v, b->track, p, r, count);
+    track_sigma(b->track, b->u, p, count);
+    track_project_u(b->y, b->S, b->u, b->track, p, r, count);
+    track_orthogonalize_u(b->u, b->S, b->y, b->track, p, r, count);
+    track_angle(b->track, b->u, p, cfg->st_init_step_size, count);
+    track_geodesic(b->S, b->a, b->v, b->u, b->track, p, r, count);
+    track_update_projection(b->Gt, b->G, b->a, b->v, b->track, r, p, q, b->right, count);
     // step 3, with C = I - c v v^T, c = 1 - cos(eta sigma)
     if (cfg->adaptive_optimizer) {
-        moments_rotate_rank1(s, w->v, ts);
+        moments_rotate_rank1(b);
     }
+}
+
+// the same for one matrix, with Gt (the moments' shape) for w's
+void subtrack_track_subspace(LowRankStateGPU* s, float* Gt, const float* G, const cpu::LowRankConfig* cfg,
+                             LowRankGPU* ctx, const StepScratchGPU* w) {
+    LowRankBatchGPU b = lowrank_batch_of_one(s, NULL, G, w, NULL, NULL);
+    b.Gt = Gt;
+    subtrack_track_subspace(&b, cfg, ctx);
 }
 
 // ---- steps 4-6: Adam in the subspace, recovery scaling, the update
@@ -3554,58 +3889,88 @@ void subtrack_track_subspace(LowRankStateGPU* s, float* Gt, const float* G, cons
 //   M = b1 M + (1 - b1) Gt ;  V = b2 V + (1 - b2) Gt o Gt ;  N = M / (sqrt(V) + eps)
 // fused with step 5's per-column norms, which need the same pass over N and Gt
 // (lowrank_adam_norms_kernel): with recovery scaling it also writes
-//   w->phi (q,) = ||N_j|| / (||Gt_j|| + 1e-8),   w->norm2 (q,) = ||residual_j||^2
-// from the residual in w->D (lowrank_residual). on the CPU, step 5 computes these
-void lowrank_adam_in_subspace(LowRankStateGPU* s, float* N, const float* Gt, const cpu::LowRankConfig* cfg,
-                              const StepScratchGPU* w) {
-    lowrank_adam_norms_kernel<<<moment_column_blocks(s->q, s->right), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
-        s->M, s->V, N, w->phi, w->norm2, Gt, w->D, s->r, s->p, s->q, s->right, cfg->recovery_scaling,
+//   phi (q,) = ||N_j|| / (||Gt_j|| + 1e-8),   norm2 (q,) = ||residual_j||^2
+// from the residual in D (lowrank_residual). on the CPU, step 5 computes these
+void lowrank_adam_in_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg) {
+    lowrank_adam_norms_kernel<<<dim3(moment_column_blocks(b->q, b->right), b->count), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
+        b->M, b->V, b->N, b->phi, b->norm2, b->Gt, b->D, b->r, b->p, b->q, b->right, cfg->recovery_scaling,
         cfg->beta1, cfg->beta2, cfg->eps);
     cudaCheck(cudaGetLastError());
 }
 
 // step 5: recovery scaling, Lambda = (G - S Gt) diag(phi), then the norm-growth
 // limiter on ||Lambda||. step 4's kernel already computed phi and the residual's
-// norms from N and Gt, so what is left is one block: ||Lambda||, the limiter's
-// decision on s->limiter = [prev, prev_set], and its factor in w->scale. Lambda
-// (m, n) is the residual and stays it: step 6 scales it by phi and w->scale as
-// it subtracts it, which saves a pass over (m, n)
-void lowrank_recovery_scaling(LowRankStateGPU* s, float* Lambda, const float* N, const float* Gt,
-                              const cpu::LowRankConfig* cfg, const StepScratchGPU* w) {
-    (void)Lambda; (void)N; (void)Gt;  // used by step 4's kernel and by step 6
-    lowrank_limiter_kernel<<<1, OPTIM_REDUCE_BLOCK>>>(w->scale, s->limiter, w->phi, w->norm2, s->q,
-                                                      cfg->norm_growth_limiter, cfg->norm_growth_limit);
+// norms from N and Gt, so what is left is one block per matrix: ||Lambda||, the
+// limiter's decision on limiter = [prev, prev_set], and its factor in scale.
+// Lambda (m, n) is the residual D and stays it: step 6 scales it by phi and
+// scale as it subtracts it, which saves a pass over (m, n)
+void lowrank_recovery_scaling(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg) {
+    lowrank_limiter_kernel<<<dim3(1, b->count), OPTIM_REDUCE_BLOCK>>>(b->scale, b->limiter, b->phi, b->norm2, b->q,
+                                                                      cfg->norm_growth_limiter,
+                                                                      cfg->norm_growth_limit);
     cudaCheck(cudaGetLastError());
 }
 
 // step 6: the update, W (m, n), with the bias correction c = sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)):
 //   D = alpha S N (+ Lambda) ;  W -= lr c D ;  W -= lr wd W
 // in two passes: W -= lr c alpha S N straight into W (a gemm), then, with
-// Lambda (the residual, see step 5; NULL without recovery scaling), one
-// elementwise kernel subtracts lr c Lambda diag(phi scale) and applies the decay
-void lowrank_apply_update(float* W, const LowRankStateGPU* s, const float* N, const float* Lambda, int t,
-                          const cpu::LowRankConfig* cfg, float lr, LowRankGPU* ctx, const StepScratchGPU* w) {
-    int m = s->m, n = s->n;
-    size_t mn = (size_t)m * n;
+// recovery scaling (Lambda: the residual, see step 5), one elementwise kernel
+// subtracts lr c Lambda diag(phi scale) and applies the decay
+void lowrank_apply_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg, float lr, LowRankGPU* ctx) {
+    size_t mn = (size_t)b->m * b->n;
     double c = sqrt(1.0 - pow((double)cfg->beta2, t + 1)) / (1.0 - pow((double)cfg->beta1, t + 1));
     float step = (float)(lr * c);
     float decay = (float)((double)lr * cfg->weight_decay);
-    lowrank_back_project(W, s, N, -step * cfg->low_rank_scale, 1.0f, ctx);
-    if (Lambda != NULL) {
-        lowrank_recovery_apply_kernel<<<optim_blocks(mn, OPTIM_BLOCK), OPTIM_BLOCK>>>(
-            W, Lambda, w->phi, w->scale, m, n, s->right, step, cfg->weight_decay > 0.0f ? decay : 0.0f);
+    lowrank_back_project(b->W, b, b->N, -step * cfg->low_rank_scale, 1.0f, ctx);
+    dim3 grid(optim_blocks(mn, OPTIM_BLOCK), b->count);
+    if (cfg->recovery_scaling) {
+        lowrank_recovery_apply_kernel<<<grid, OPTIM_BLOCK>>>(b->W, b->D, b->phi, b->scale, b->m, b->n, b->right,
+                                                             step, cfg->weight_decay > 0.0f ? decay : 0.0f);
         cudaCheck(cudaGetLastError());
     } else if (cfg->weight_decay > 0.0f) {
-        weight_decay_kernel<<<optim_blocks(mn, OPTIM_BLOCK), OPTIM_BLOCK>>>(W, mn, decay);
+        weight_decay_kernel<<<grid, OPTIM_BLOCK>>>(b->W, mn, decay);
         cudaCheck(cudaGetLastError());
     }
 }
 
 // ---- the whole step
 
-// one optimizer step for one matrix, the CPU's lowrank_adamw_step on device
-// pointers: steps 1-6 in turn. W, G: (m, n). t counts the steps already taken
-// (0 on the first). lr is this step's learning rate (after the schedule)
+// one optimizer step for the matrices of b, the CPU's lowrank_adamw_step on
+// device pointers: steps 1-6 in turn. t counts the steps already taken (0 on
+// the first). lr is this step's learning rate (after the schedule). the SVD's
+// verdicts (lowrank_svd_step) are left in b->info and b->svd for the caller
+void lowrank_adamw_step(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg, float lr, LowRankGPU* ctx) {
+    // steps 1-3: the subspace, then Gt = S^T G (left) or G S (right) with the S of this step
+    if (t == 0) {
+        lowrank_timing_begin(b->timing);
+        lowrank_init_subspace(b, ctx);                                     // step 1
+        lowrank_timing_end(b->timing);
+        b->timing->updates++;
+        lowrank_project(b, ctx);
+    } else if (cfg->update_interval > 0 && t % cfg->update_interval == 0) {
+        if (cfg->method == cpu::SUBSPACE_GALORE) {
+            lowrank_timing_begin(b->timing);
+            galore_refresh_subspace(b, cfg, ctx);                          // steps 2 and 3
+            lowrank_timing_end(b->timing);
+            lowrank_project(b, ctx);
+        } else {
+            lowrank_project(b, ctx);  // A, reused by the tracking step
+            lowrank_timing_begin(b->timing);
+            subtrack_track_subspace(b, cfg, ctx);                          // steps 2 and 3, Gt updated
+            lowrank_timing_end(b->timing);
+        }
+        b->timing->updates++;
+    } else {
+        lowrank_project(b, ctx);
+    }
+    // step 5's residual G - S Gt comes before step 4, whose kernel also takes its norms
+    if (cfg->recovery_scaling) { lowrank_residual(b, ctx); }
+    lowrank_adam_in_subspace(b, cfg);                                      // step 4 (+ step 5's norms)
+    if (cfg->recovery_scaling) { lowrank_recovery_scaling(b, cfg); }       // step 5: the limiter
+    lowrank_apply_update(b, t, cfg, lr, ctx);                              // step 6
+}
+
+// one optimizer step for one matrix: W, G (m, n), its SVD checked at once
 void lowrank_adamw_step(LowRankStateGPU* s, float* W, const float* G, int t, const cpu::LowRankConfig* cfg,
                         float lr, LowRankGPU* ctx) {
     size_t used = 0;
@@ -3616,36 +3981,203 @@ void lowrank_adamw_step(LowRankStateGPU* s, float* W, const float* G, int t, con
                 s->m, s->n, s->r);
         exit(EXIT_FAILURE);
     }
-    // steps 1-3: the subspace, then Gt = S^T G (left) or G S (right) with the S of this step
-    if (t == 0) {
-        lowrank_timing_begin(s);
-        lowrank_init_subspace(s, G, ctx, &w);                               // step 1
-        lowrank_timing_end(s);
-        s->subspace_updates++;
-        lowrank_project(w.Gt, s, G, ctx);
-    } else if (cfg->update_interval > 0 && t % cfg->update_interval == 0) {
-        if (cfg->method == cpu::SUBSPACE_GALORE) {
-            lowrank_timing_begin(s);
-            galore_refresh_subspace(s, G, cfg, ctx, &w);                    // steps 2 and 3
-            lowrank_timing_end(s);
-            lowrank_project(w.Gt, s, G, ctx);
-        } else {
-            lowrank_project(w.Gt, s, G, ctx);  // A, reused by the tracking step
-            lowrank_timing_begin(s);
-            subtrack_track_subspace(s, w.Gt, G, cfg, ctx, &w);              // steps 2 and 3, Gt updated
-            lowrank_timing_end(s);
+    SvdOutcome outcome;
+    LowRankBatchGPU b = lowrank_batch_of_one(s, W, G, &w, ctx->eig_info, &outcome);
+    lowrank_adamw_step(&b, t, cfg, lr, ctx);
+    if (lowrank_svd_step(cfg, t)) { lowrank_svd_check(&b); }
+}
+
+// ---- the grouped step: every low-rank matrix of a model, in batches of one shape
+
+#define LOWRANK_NAME_BYTES 64
+
+typedef struct {
+    int count;                  // matrices
+    int num_batches;
+    LowRankBatchGPU* batch;     // (num_batches) host
+    int* matrix;                // (count) host: the matrix of each entry (batch by batch, in order)
+    void** tables;              // device (LOWRANK_BATCH_FIELDS, count): each field's pointer per entry
+    void** tables_host;         // host copy
+    int* info;                  // device (count): each entry's devInfo
+    SvdOutcome* svd;            // host (count)
+    SubspaceTiming* timing;     // (num_batches)
+    char (*names)[LOWRANK_NAME_BYTES];  // (count) host: what errors call each matrix
+    int bound;                  // lowrank_groups_bind done
+} LowRankGroupsGPU;
+
+// points field f of entries offset.. at the next field's row of g's tables
+template <typename T> static void batch_field(PerMatrix<T>* f, LowRankGroupsGPU* g, int* field, int offset) {
+    size_t at = (size_t)(*field)++ * g->count + offset;
+    f->one = NULL;
+    f->table = (T* const*)(g->tables + at);
+    f->host = (T* const*)(g->tables_host + at);
+}
+
+// entry e of a field is p (on the host: lowrank_groups_bind sends the tables)
+template <typename T> static void batch_set(PerMatrix<T>* f, int e, T* p) { ((T**)f->host)[e] = p; }
+
+// groups matrices 0..count-1 (states[k]) by shape (m, n, R), in order of first
+// appearance, into batches of lowrank_batch_size of them (at most
+// most_per_batch; 0: no limit), and fills the tables with the states and the
+// scratch; every batch's matrices lay their arrays out one after another
+// from ctx->scratch (the batches run one after another), then one SVD's
+void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int count, LowRankGPU* ctx,
+                          int most_per_batch) {
+    memset(g, 0, sizeof *g);
+    g->count = count;
+    g->matrix = (int*)cpu::malloc_check((size_t)count * sizeof(int), "low-rank batch entries");
+    g->batch = (LowRankBatchGPU*)cpu::malloc_check((size_t)count * sizeof(LowRankBatchGPU), "low-rank batches");
+    g->timing = (SubspaceTiming*)cpu::malloc_check((size_t)count * sizeof(SubspaceTiming), "batch timings");
+    g->names = (char (*)[LOWRANK_NAME_BYTES])cpu::malloc_check((size_t)count * LOWRANK_NAME_BYTES, "matrix names");
+    g->svd = (SvdOutcome*)cpu::calloc_check((size_t)count * sizeof(SvdOutcome), "SVD outcomes");
+    size_t table_bytes = (size_t)LOWRANK_BATCH_FIELDS * count * sizeof(void*);
+    g->tables = (void**)device_malloc(table_bytes, "low-rank pointer tables");
+    g->tables_host = (void**)cpu::calloc_check(table_bytes, "low-rank pointer tables");
+    g->info = (int*)device_malloc((size_t)count * sizeof(int), "cuSOLVER info per matrix");
+    int* taken = (int*)cpu::calloc_check((size_t)count * sizeof(int), "grouped matrices");
+    int entries = 0;
+    for (int k = 0; k < count; k++) {
+        snprintf(g->names[k], LOWRANK_NAME_BYTES, "low-rank matrix %d", k);
+        if (taken[k]) { continue; }
+        const LowRankStateGPU* s = &states[k];
+        if (s->S == NULL || s->M == NULL) {
+            cpu::fatal("lowrank_groups_build: matrix %d has no fp32 S or moments (8-bit states or bf16 subspaces "
+                       "step one matrix at a time)", k);
         }
-        s->subspace_updates++;
-    } else {
-        lowrank_project(w.Gt, s, G, ctx);
+        int first = entries;
+        for (int k2 = k; k2 < count; k2++) {
+            const LowRankStateGPU* s2 = &states[k2];
+            if (!taken[k2] && s2->m == s->m && s2->n == s->n && s2->r == s->r) {
+                taken[k2] = 1;
+                g->matrix[entries++] = k2;
+            }
+        }
+        int per = lowrank_batch_size(s->m, s->n, s->r, entries - first);
+        if (most_per_batch > 0 && per > most_per_batch) { per = most_per_batch; }
+        for (int offset = first; offset < entries; offset += per) {
+            int j = g->num_batches++;
+            LowRankBatchGPU* b = &g->batch[j];
+            b->m = s->m; b->n = s->n; b->r = s->r; b->right = s->right; b->p = s->p; b->q = s->q;
+            b->count = entries - offset < per ? entries - offset : per;
+            size_t need = lowrank_batch_scratch_floats(b->m, b->n, b->r, b->count);
+            if (need > ctx->scratch_floats || ctx->scratch == NULL) {
+                cpu::fatal("lowrank_groups_build: scratch for %d matrices %d x %d at rank %d was not reserved; "
+                           "hint: call lowrank_gpu_reserve_group for every shape before lowrank_gpu_alloc",
+                           b->count, b->m, b->n, b->r);
+            }
+            int field = 0;
+            PerMatrix<float>* floats[] = {&b->S, &b->M, &b->V, &b->limiter, &b->W, &b->Gt, &b->N, &b->phi,
+                                          &b->scale, &b->D, &b->X, &b->AAt, &b->H, &b->a, &b->S_old, &b->C,
+                                          &b->CC, &b->Mrot, &b->Xm};
+            for (size_t f = 0; f < sizeof floats / sizeof floats[0]; f++) {
+                batch_field(floats[f], g, &field, offset);
+            }
+            batch_field(&b->G, g, &field, offset);
+            PerMatrix<double>* doubles[] = {&b->norm2, &b->v, &b->u, &b->y};
+            for (size_t f = 0; f < sizeof doubles / sizeof doubles[0]; f++) {
+                batch_field(doubles[f], g, &field, offset);
+            }
+            batch_field(&b->track, g, &field, offset);
+            if (field != LOWRANK_BATCH_FIELDS) {
+                cpu::fatal("LOWRANK_BATCH_FIELDS is %d, but a batch has %d tables", LOWRANK_BATCH_FIELDS, field);
+            }
+            size_t used = 0;
+            for (int e = 0; e < b->count; e++) {
+                const LowRankStateGPU* se = &states[g->matrix[offset + e]];
+                StepScratchGPU w = step_scratch_matrix_layout(ctx->scratch, &used, b->m, b->n, b->r);
+                batch_set(&b->S, e, se->S); batch_set(&b->M, e, se->M); batch_set(&b->V, e, se->V);
+                batch_set(&b->limiter, e, se->limiter);
+                batch_set(&b->Gt, e, w.Gt); batch_set(&b->N, e, w.N); batch_set(&b->phi, e, w.phi);
+                batch_set(&b->scale, e, w.scale); batch_set(&b->D, e, w.D); batch_set(&b->X, e, w.X);
+                batch_set(&b->AAt, e, w.AAt); batch_set(&b->H, e, w.H); batch_set(&b->a, e, w.a);
+                batch_set(&b->S_old, e, w.S_old); batch_set(&b->C, e, w.C); batch_set(&b->CC, e, w.CC);
+                batch_set(&b->Mrot, e, w.Mrot); batch_set(&b->Xm, e, w.Xm);
+                batch_set(&b->norm2, e, w.norm2); batch_set(&b->v, e, w.v); batch_set(&b->u, e, w.u);
+                batch_set(&b->y, e, w.y); batch_set(&b->track, e, w.track);
+            }
+            StepScratchGPU svd;
+            step_scratch_svd_layout(&svd, ctx->scratch, &used, b->p);
+            b->K = svd.K;
+            b->eig = svd.eig;
+            b->info = g->info + offset;
+            b->svd = g->svd + offset;
+            subspace_timing_init(&g->timing[j]);
+            b->timing = &g->timing[j];
+        }
     }
-    // step 5's residual G - S Gt comes before step 4, whose kernel also takes its norms
-    if (cfg->recovery_scaling) { lowrank_residual(w.D, s, G, w.Gt, ctx); }
-    lowrank_adam_in_subspace(s, w.N, w.Gt, cfg, &w);                        // step 4 (+ step 5's norms)
-    if (cfg->recovery_scaling) {
-        lowrank_recovery_scaling(s, w.D, w.N, w.Gt, cfg, &w);               // step 5: the limiter
+    free(taken);
+}
+
+// each matrix k's weight W[k] and gradient G[k] (device, (m, n)); then the
+// tables go to the device, whole, once: nothing in them moves after this
+void lowrank_groups_bind(LowRankGroupsGPU* g, float* const* W, const float* const* G) {
+    for (int j = 0; j < g->num_batches; j++) {
+        LowRankBatchGPU* b = &g->batch[j];
+        int offset = (int)(b->info - g->info);
+        for (int e = 0; e < b->count; e++) {
+            int k = g->matrix[offset + e];
+            batch_set(&b->W, e, W[k]);
+            batch_set(&b->G, e, G[k]);
+        }
     }
-    lowrank_apply_update(W, s, w.N, cfg->recovery_scaling ? w.D : NULL, t, cfg, lr, ctx, &w);   // step 6
+    cudaCheck(cudaMemcpy(g->tables, g->tables_host, (size_t)LOWRANK_BATCH_FIELDS * g->count * sizeof(void*),
+                         cudaMemcpyHostToDevice));
+    g->bound = 1;
+}
+
+// one step of every matrix (the per-matrix step's results, bit for bit), batch
+// by batch; with pr, a progress line's count after each batch (a sync each: the
+// SVD phases, where a line every few seconds is worth it). on an SVD step every
+// matrix's devInfo comes back in one read, after all of them, and the first
+// failure stops the run, naming the matrix (g->names)
+void lowrank_groups_step(LowRankGroupsGPU* g, int t, const cpu::LowRankConfig* cfg, float lr, LowRankGPU* ctx,
+                         cpu::Progress* pr) {
+    if (!g->bound) {
+        cpu::fatal("lowrank_groups_step: the weights and gradients were not bound (lowrank_groups_bind)");
+    }
+    int done = 0;
+    for (int j = 0; j < g->num_batches; j++) {
+        lowrank_adamw_step(&g->batch[j], t, cfg, lr, ctx);
+        done += g->batch[j].count;
+        if (pr != NULL) {
+            cudaCheck(cudaDeviceSynchronize());
+            cpu::progress_update(pr, done);
+        }
+    }
+    if (!lowrank_svd_step(cfg, t)) { return; }
+    int* info = (int*)cpu::malloc_check((size_t)g->count * sizeof(int), "cuSOLVER info");
+    cudaCheck(cudaMemcpy(info, g->info, (size_t)g->count * sizeof(int), cudaMemcpyDeviceToHost));
+    for (int j = 0; j < g->num_batches; j++) {
+        const LowRankBatchGPU* b = &g->batch[j];
+        int offset = (int)(b->info - g->info);
+        for (int e = 0; e < b->count; e++) {
+            svd_outcome_check(&b->svd[e], info[offset + e], b->m, b->n, b->r, g->names[g->matrix[offset + e]]);
+        }
+    }
+    free(info);
+}
+
+// seconds the batches spent in subspace updates so far
+double lowrank_groups_subspace_seconds(LowRankGroupsGPU* g) {
+    double s = 0.0;
+    for (int j = 0; j < g->num_batches; j++) {
+        subspace_timing_collect(&g->timing[j]);
+        s += g->timing[j].seconds;
+    }
+    return s;
+}
+
+void lowrank_groups_free(LowRankGroupsGPU* g) {
+    for (int j = 0; j < g->num_batches; j++) { subspace_timing_free(&g->timing[j]); }
+    cudaCheck(cudaFree(g->tables));
+    cudaCheck(cudaFree(g->info));
+    free(g->tables_host);
+    free(g->matrix);
+    free(g->batch);
+    free(g->timing);
+    free(g->names);
+    free(g->svd);
+    memset(g, 0, sizeof *g);
 }
 
 typedef struct {
@@ -3666,6 +4198,10 @@ typedef struct {
     float* q8_scratch;        // (2 host.q8_chunk) and the dequantized M and V of one unit
     size_t adam_offset[NUM_PARAMETER_TENSORS];  // where each AdamW tensor's moments start
     int lowrank_first[NUM_PARAMETER_TENSORS];   // the low-rank state of each layer matrix's layer 0
+    int grouped;              // 1: whole steps update the low-rank matrices in batches of one shape (groups)
+    LowRankGroupsGPU groups;
+    const float* bound_params;  // the model buffers the groups' tables point into (bound at a step)
+    const float* bound_grads;
     Llama* model;             // per-layer updates: the model whose units arrive (optimizer_attach_per_layer)
     float lr;                 // per-layer updates: this step's learning rate
 } Optimizer;
@@ -3692,6 +4228,34 @@ size_t optimizer_staging_floats(const cpu::LlamaConfig* c, const cpu::TrainConfi
     cpu::Optimizer o;
     if (cpu::optimizer_plan(&o, c, t) == NULL && o.q8 && o.q8_chunk > most) { most = o.q8_chunk; }
     return most;
+}
+
+// whether whole steps update the low-rank matrices of h in batches of one shape
+// (lowrank_groups_step). not with per-layer updates, whose matrices arrive one
+// by one in the backward, nor when a step stages each matrix through a buffer
+// of one (8-bit moments, bf16 subspaces, bf16-only weights): those flags exist
+// to save memory, which batches of staged matrices would spend
+static int optimizer_grouped(const cpu::Optimizer* h, int bf16_only) {
+    return h->num_lowrank > 0 && !h->per_layer && !h->q8 && !h->subspace_bf16 && !bf16_only;
+}
+
+#define MAX_LOWRANK_SHAPES NUM_PARAMETER_TENSORS
+
+// the distinct shapes (m, n) of the low-rank matrices of model c under h, in
+// table order, with how many matrices have each: shapes[i] = {m, n, count}
+static int optimizer_lowrank_shapes(int shapes[MAX_LOWRANK_SHAPES][3], const cpu::Optimizer* h,
+                                    const cpu::LlamaConfig* c) {
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, c);
+    int num = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        if (!cpu::optimizer_uses_lowrank(h, &spec[i])) { continue; }
+        int s = 0;
+        while (s < num && !(shapes[s][0] == spec[i].rows && shapes[s][1] == spec[i].cols)) { s++; }
+        if (s == num) { shapes[num][0] = spec[i].rows; shapes[num][1] = spec[i].cols; shapes[num++][2] = 0; }
+        shapes[s][2] += spec[i].layers;
+    }
+    return num;
 }
 
 // returns NULL, or a message naming the matrix whose shape cannot take the rank
@@ -3721,6 +4285,12 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
         lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->r);
+    }
+    o->grouped = optimizer_grouped(&o->host, llama_weights_bf16_only(dtype_from_name(t->dtype), t->master_weights));
+    int shapes[MAX_LOWRANK_SHAPES][3];
+    int num_shapes = o->grouped ? optimizer_lowrank_shapes(shapes, &o->host, c) : 0;
+    for (int s = 0; s < num_shapes; s++) {
+        lowrank_gpu_reserve_group(&o->ctx, shapes[s][0], shapes[s][1], t->rank, shapes[s][2]);
     }
     if (nl > 0) { lowrank_gpu_alloc(&o->ctx); }  // AdamW alone needs no scratch
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -3759,10 +4329,22 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
             lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->r, memory, o->host.q8, NULL);
         }
     }
+    if (o->grouped) {
+        lowrank_groups_build(&o->groups, o->lowrank, nl, &o->ctx, 0);
+        for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+            if (!cpu::optimizer_uses_lowrank(&o->host, &spec[i])) { continue; }
+            for (int l = 0; l < spec[i].layers; l++) {
+                int matrix = o->lowrank_first[i] + l;
+                snprintf(o->groups.names[matrix], LOWRANK_NAME_BYTES, "low-rank matrix %d: %s, layer %d", matrix,
+                         spec[i].name, l);
+            }
+        }
+    }
     return NULL;
 }
 
 void optimizer_free(Optimizer* o) {
+    if (o->grouped) { lowrank_groups_free(&o->groups); }
     for (int k = 0; k < o->host.num_lowrank; k++) { lowrank_state_free(&o->lowrank[k]); }
     free(o->lowrank);
     lowrank_gpu_destroy(&o->ctx);
@@ -3941,7 +4523,49 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
     else if (!h->master_weights) { bf16_round_stochastic_array(W, per, seed, t, first); }
 }
 
-// one step over every tensor, at learning rate lr, in the CPU's order. with
+// the low-rank matrices of a whole step, in batches of one shape
+// (lowrank_groups_step). the groups' tables point at the model's weights and
+// gradients, which stay where llama_build put them: they are bound at the
+// first step, and again only for another model's buffers
+static void optimizer_step_groups(Optimizer* o, Llama* model, float lr, cpu::Progress* pr) {
+    cpu::Optimizer* h = &o->host;
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, &model->config);
+    float** params = cpu::parameter_pointers(&model->params);
+    float** grads = cpu::parameter_pointers(&model->grads);
+    if (o->bound_params != model->params_memory || o->bound_grads != model->grads_memory) {
+        float** W = (float**)cpu::malloc_check((size_t)h->num_lowrank * sizeof(float*), "weight pointers");
+        const float** G = (const float**)cpu::malloc_check((size_t)h->num_lowrank * sizeof(float*),
+                                                           "gradient pointers");
+        for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+            if (!cpu::optimizer_uses_lowrank(h, &spec[i])) { continue; }
+            size_t per = (size_t)spec[i].rows * spec[i].cols;
+            for (int l = 0; l < spec[i].layers; l++) {
+                W[o->lowrank_first[i] + l] = params[i] + l * per;
+                G[o->lowrank_first[i] + l] = grads[i] + l * per;
+            }
+        }
+        lowrank_groups_bind(&o->groups, W, G);
+        free(W);
+        free(G);
+        o->bound_params = model->params_memory;
+        o->bound_grads = model->grads_memory;
+    }
+    lowrank_groups_step(&o->groups, h->step, &h->cfg, lr, &o->ctx, pr);
+    if (h->master_weights) { return; }
+    // without masters, each updated matrix rounded to bf16, as optimizer_update_unit does
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        if (!cpu::optimizer_uses_lowrank(h, &spec[i])) { continue; }
+        size_t per = (size_t)spec[i].rows * spec[i].cols;
+        for (int l = 0; l < spec[i].layers; l++) {
+            float* W = params[i] + l * per;
+            bf16_round_stochastic_array(W, per, h->seed, (uint64_t)h->step, param_index(model, W));
+        }
+    }
+}
+
+// one step over every tensor, at learning rate lr, in the CPU's order (the
+// grouped low-rank matrices after the rest: no update depends on another). with
 // per-layer updates the backward has done every unit already (through
 // optimizer_on_unit): only the step count and the bf16 copy are left
 void optimizer_step(Optimizer* o, Llama* model, float lr) {
@@ -3951,7 +4575,8 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
         cpu::parameter_table(spec, &model->config);
         float** grads = cpu::parameter_pointers(&model->grads);
         // the first step's SVDs (and GaLore's refreshes) can take a while:
-        // progress lines, with a sync per matrix so that their times are real
+        // progress lines, with a sync per matrix (per batch, grouped) so that
+        // their times are real
         const char* svd_phase = cpu::optimizer_svd_phase(h);
         int show_progress = svd_phase != NULL && cpu::g_progress_interval >= 0;
         cpu::Progress pr;
@@ -3962,6 +4587,7 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
                 optimizer_update_unit(o, model, i, -1, grads[i], lr);
                 continue;
             }
+            if (o->grouped) { continue; }
             size_t per = (size_t)spec[i].rows * spec[i].cols;
             for (int l = 0; l < spec[i].layers; l++) {
                 optimizer_update_unit(o, model, i, l, grads[i] + l * per, lr);
@@ -3972,6 +4598,7 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
                 }
             }
         }
+        if (o->grouped) { optimizer_step_groups(o, model, lr, show_progress ? &pr : NULL); }
     }
     h->step++;
     llama_refresh_param_copy(model);  // the next forward's bf16 weights (a no-op in fp32)
@@ -3994,7 +4621,7 @@ void optimizer_attach_per_layer(Optimizer* o, Llama* model) {
 void optimizer_begin_step(Optimizer* o, float lr) { o->lr = lr; }
 
 double optimizer_subspace_seconds(Optimizer* o) {
-    double s = 0.0;
+    double s = o->grouped ? lowrank_groups_subspace_seconds(&o->groups) : 0.0;
     for (int k = 0; k < o->host.num_lowrank; k++) { s += lowrank_subspace_seconds(&o->lowrank[k]); }
     return s;
 }
@@ -4142,10 +4769,25 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
             if (s > scratch) { scratch = s; }
             if (e > eig) { eig = e; }
         }
-        plan_buffer(p, "low-rank step scratch", "largest matrix", scratch * sizeof(float), "one matrix");
+        // the grouped step's batches (optimizer_build: lowrank_gpu_reserve_group)
+        int grouped = optimizer_grouped(&o, bf16_only);
+        int shapes[MAX_LOWRANK_SHAPES][3];
+        int num_shapes = grouped ? optimizer_lowrank_shapes(shapes, &o, c) : 0;
+        for (int s = 0; s < num_shapes; s++) {
+            size_t need = lowrank_group_scratch_floats(shapes[s][0], shapes[s][1], t->rank, shapes[s][2]);
+            if (need > scratch) { scratch = need; }
+        }
+        plan_buffer(p, "low-rank step scratch", grouped ? "largest batch of one shape" : "largest matrix",
+                    scratch * sizeof(float), grouped ? "one batch" : "one matrix");
         plan_buffer(p, "eigendecomposition workspace", "1+6p+2p^2 f64", eig * sizeof(double), "one matrix");
         plan_buffer(p, "cuSOLVER info", "1 int", sizeof(int), "whole run");
         plan_buffer(p, "cuBLAS workspace, optimizer", "", CUBLAS_WORKSPACE_BYTES, "whole run");
+        if (grouped) {
+            plan_buffer(p, "low-rank pointer tables", "(fields, matrices) ptr",
+                        (size_t)LOWRANK_BATCH_FIELDS * o.num_lowrank * sizeof(void*), "whole run");
+            plan_buffer(p, "cuSOLVER info per matrix", "per matrix int", (size_t)o.num_lowrank * sizeof(int),
+                        "whole run");
+        }
     }
     if (o.q8) {
         plan_buffer(p, "8-bit states: codes", "M, V: 1 byte each", o.q8_bytes, "whole run");

@@ -492,12 +492,32 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                     Btype, ldb, strideB, beta, C, Ctype, ldc, strideC, batchCount, computeType);
 }
 
+// the pointer-array entry points: cuBLAS reads Aarray, Barray and Carray on the
+// device (a host array of device pointers is a classic mistake, which a GPU
+// answers with an illegal address), so each must be device memory of
+// batchCount pointers; then entry i is the single GEMM on Aarray[i], Barray[i],
+// Carray[i], each checked as one
+static void check_pointer_arrays(const char* api, const void* a, const void* b, const void* c, int batch) {
+  if (batch <= 0) return;
+  size_t bytes = (size_t)batch * sizeof(void*);
+  const void* arrays[3] = {a, b, c};
+  for (int i = 0; i < 3; i++) {
+    if (!is_device_range(arrays[i], bytes)) {
+      fprintf(stderr, "cuda_emu: error: %s: the pointer array %s (%d pointers, %zu bytes) must be device memory, but "
+              "its pointer is %s\n", api, i == 0 ? "Aarray" : i == 1 ? "Barray" : "Carray", batch, bytes,
+              describe_pointer(arrays[i], bytes).c_str());
+      abort();
+    }
+  }
+}
+
 cublasStatus_t cublasGemmBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m,
                                    int n, int k, const void* alpha, const void* const Aarray[], cudaDataType Atype,
                                    int lda, const void* const Barray[], cudaDataType Btype, int ldb, const void* beta,
                                    void* const Carray[], cudaDataType Ctype, int ldc, int batchCount,
                                    cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
   (void)algo;
+  check_pointer_arrays("cublasGemmBatchedEx", Aarray, Barray, Carray, batchCount);
   for (int i = 0; i < batchCount; i++) {
     cublasStatus_t s = gemm_entry("cublasGemmBatchedEx", handle, transa, transb, m, n, k, alpha, Aarray[i], Atype, lda,
                                   0, Barray[i], Btype, ldb, 0, beta, Carray[i], Ctype, ldc, 0, 1, computeType);
@@ -510,6 +530,7 @@ cublasStatus_t cublasSgemmBatched(cublasHandle_t handle, cublasOperation_t trans
                                   int n, int k, const float* alpha, const float* const Aarray[], int lda,
                                   const float* const Barray[], int ldb, const float* beta, float* const Carray[],
                                   int ldc, int batchCount) {
+  check_pointer_arrays("cublasSgemmBatched", Aarray, Barray, Carray, batchCount);
   for (int i = 0; i < batchCount; i++) {
     cublasStatus_t s = gemm_entry("cublasSgemmBatched", handle, transa, transb, m, n, k, alpha, Aarray[i], CUDA_R_32F,
                                   lda, 0, Barray[i], CUDA_R_32F, ldb, 0, beta, Carray[i], CUDA_R_32F, ldc, 0, 1,

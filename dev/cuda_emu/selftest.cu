@@ -951,6 +951,82 @@ static void test_cublas(cublasHandle_t handle) {
     CUDA_CHECK(cudaFree(dB));
     CUDA_CHECK(cudaFree(dC));
   }
+
+  // pointer-array batched (cublasGemmBatchedEx, cublasSgemmBatched): 3 problems,
+  // each matrix its own allocation, the arrays in device memory and not in
+  // allocation order (entry i is problem 2 - i). cuBLAS documents entry i as
+  // the GEMM on Aarray[i], Barray[i], Carray[i]: each must equal, bit for bit,
+  // the single call on the same matrices (cublasGemmEx / cublasSgemm; fp32,
+  // and TF32 for GemmBatchedEx), and the naive product within tolerance. the
+  // inputs have few mantissa bits, so every product and sum is exact in fp32
+  // and TF32 alike: the same bits on a GPU too, in any summation order
+  for (int variant = 0; variant < 3; variant++) {
+    const int batch = 3;
+    bool ta = variant != 1, tb = variant != 0;
+    int lda = (ta ? k : m) + 1, ldb = (tb ? n : k) + 2, ldc = m + 3;
+    cublasComputeType_t compute = variant == 2 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    float fa = -0.75f, fb = 0.5f;
+    std::vector<double> A[batch], B[batch], C[batch];
+    void *dA[batch], *dB[batch], *dC[batch], *dC1[batch];
+    for (int b = 0; b < batch; b++) {
+      A[b] = make_matrix((size_t)lda * (ta ? m : k), 50 + b, elem::f32);
+      B[b] = make_matrix((size_t)ldb * (tb ? k : n), 60 + b, elem::f32);
+      C[b] = make_matrix((size_t)ldc * n, 70 + b, elem::f32);
+      dA[b] = device_copy(A[b], elem::f32);
+      dB[b] = device_copy(B[b], elem::f32);
+      dC[b] = device_copy(C[b], elem::f32);
+      dC1[b] = device_copy(C[b], elem::f32);
+    }
+    std::vector<void*> pa(batch), pb(batch), pc(batch);
+    for (int i = 0; i < batch; i++) {
+      pa[i] = dA[batch - 1 - i];
+      pb[i] = dB[batch - 1 - i];
+      pc[i] = dC[batch - 1 - i];
+    }
+    void** arrays = to_device(pa);
+    void** barrays = to_device(pb);
+    void** carrays = to_device(pc);
+    if (variant == 1)
+      CUBLAS_CHECK(cublasSgemmBatched(handle, opa, opb, m, n, k, &fa, (const float* const*)arrays, lda,
+                                      (const float* const*)barrays, ldb, &fb, (float* const*)carrays, ldc, batch));
+    else
+      CUBLAS_CHECK(cublasGemmBatchedEx(handle, opa, opb, m, n, k, &fa, (const void* const*)arrays, CUDA_R_32F, lda,
+                                       (const void* const*)barrays, CUDA_R_32F, ldb, &fb, (void* const*)carrays,
+                                       CUDA_R_32F, ldc, batch, compute, CUBLAS_GEMM_DEFAULT));
+    double worst = 0;
+    int differ = 0;
+    for (int b = 0; b < batch; b++) {
+      if (variant == 1)
+        CUBLAS_CHECK(cublasSgemm(handle, opa, opb, m, n, k, &fa, (float*)dA[b], lda, (float*)dB[b], ldb, &fb,
+                                 (float*)dC1[b], ldc));
+      else
+        CUBLAS_CHECK(cublasGemmEx(handle, opa, opb, m, n, k, &fa, dA[b], CUDA_R_32F, lda, dB[b], CUDA_R_32F, ldb, &fb,
+                                  dC1[b], CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+      std::vector<float> got = to_host((const float*)dC[b], C[b].size());
+      std::vector<float> one = to_host((const float*)dC1[b], C[b].size());
+      differ += memcmp(got.data(), one.data(), got.size() * sizeof(float)) != 0;
+      std::vector<double> ref = C[b], scale(ref.size(), 0.0);
+      naive_gemm(ta, tb, m, n, k, fa, A[b], lda, B[b], ldb, fb, ref, ldc, &scale);
+      double w = worst_error(std::vector<double>(got.begin(), got.end()), ref, scale, m, n, ldc);
+      if (!(w <= worst)) worst = w;
+    }
+    check(differ == 0 && worst <= FP32_GEMM_TOL,
+          variant == 0   ? "cublasGemmBatchedEx fp32 op(A)=T op(B)=T, 3 pointer-array entries"
+          : variant == 1 ? "cublasSgemmBatched op(B)=T, 3 pointer-array entries"
+                         : "cublasGemmBatchedEx TF32 op(A)=T op(B)=T, 3 pointer-array entries",
+          "%d entries differ from their single call (want 0), worst relative error %g (tolerance %g)", differ, worst,
+          FP32_GEMM_TOL);
+    for (int b = 0; b < batch; b++) {
+      CUDA_CHECK(cudaFree(dA[b]));
+      CUDA_CHECK(cudaFree(dB[b]));
+      CUDA_CHECK(cudaFree(dC[b]));
+      CUDA_CHECK(cudaFree(dC1[b]));
+    }
+    CUDA_CHECK(cudaFree(arrays));
+    CUDA_CHECK(cudaFree(barrays));
+    CUDA_CHECK(cudaFree(carrays));
+  }
 }
 
 // D = op(A) op(B) + beta C + bias through cuBLASLt, llm.c style: A transposed
@@ -1849,6 +1925,16 @@ static void bug_cublas_host_pointer(cublasHandle_t handle) {
   float one = 1.0f, zero = 0.0f;
   cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, a, 4, b, 4, &zero, c, 4);
 }
+// device matrices, but the array of their pointers in host memory
+static void bug_cublas_host_pointer_array(cublasHandle_t handle) {
+  float* m = nullptr;
+  CUDA_CHECK(cudaMalloc(&m, 3 * 16 * sizeof(float)));
+  const float* a[1] = {m};
+  const float* b[1] = {m + 16};
+  float* c[1] = {m + 32};
+  float one = 1.0f, zero = 0.0f;
+  cublasSgemmBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, a, 4, b, 4, &zero, c, 4, 1);
+}
 
 
 // races (the race-check build): a barrier missing from each correct kernel above
@@ -1972,6 +2058,7 @@ static void expect_failure(const char* name, void (*bug)(), std::vector<const ch
 
 static cublasHandle_t g_handle_for_bug;
 static void bug_cublas_host_pointer_wrapper() { bug_cublas_host_pointer(g_handle_for_bug); }
+static void bug_cublas_host_pointer_array_wrapper() { bug_cublas_host_pointer_array(g_handle_for_bug); }
 
 static void test_planted_bugs(cublasHandle_t handle) {
 #ifndef CUDA_EMU_RACECHECK  // AddressSanitizer is in the ordinary build only
@@ -2000,6 +2087,8 @@ static void test_planted_bugs(cublasHandle_t handle) {
   g_handle_for_bug = handle;
   expect_failure("host pointer passed to cublasSgemm is reported", bug_cublas_host_pointer_wrapper,
                  {"cublasSgemm", "matrix A", "host memory"});
+  expect_failure("host array of pointers passed to cublasSgemmBatched is reported",
+                 bug_cublas_host_pointer_array_wrapper, {"cublasSgemmBatched", "pointer array Aarray", "host memory"});
 #ifdef CUDA_EMU_REGISTER_TABLE
   expect_failure("launch over the register limit is refused (too many resources)", bug_too_many_registers,
                  {"register_heavy_kernel", "1024 threads", "registers per thread", "too many resources requested"});

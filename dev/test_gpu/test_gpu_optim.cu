@@ -341,7 +341,7 @@ static CaseErrors lowrank_case_errors(int m, int n, int r, const MethodCase* mc,
         double rms = sqrt(dd) / fmax(sqrt(uu), 1e-30);
         if (!(rms <= ce.w_rms)) { ce.w_rms = rms; ce.w_rms_step = t; }
     }
-    ce.subspace_updates = gs.subspace_updates;
+    ce.subspace_updates = gs.timing.updates;
     // the GPU did work: the subspace timing is collected without error
     (void)lowrank_subspace_seconds(&gs);
     lowrank_state_free(&gs);
@@ -448,6 +448,125 @@ static void test_lowrank_tf32(LowRankGPU* ctx) {
                   "path's %.1e", m, n, r, mc->name, fast.err[3], TF32_EXERCISED_FACTOR, exact.err[3]);
         }
     }
+}
+
+// ---- 2c. the grouped step (lowrank_groups_step), which the trainer runs,
+// against each matrix stepping alone (lowrank_adamw_step, checked against the
+// CPU above): 7 matrices of two shapes, one per orientation (3 of 24x56, 4 of
+// 56x24), interleaved, so the groups must gather them by shape; in batches as
+// large as the scratch allows (one per shape), and of at most 2 (a shape split
+// over batches, the last one short); every method and switch, 6 steps with k
+// = 2 (the SVD at 0, subspace updates at 2 and 4). compared after every step:
+// each matrix's whole state (S, M, V, the limiter's prev and prev_set) and its
+// W. under the harness a batched product computes each matrix as the single
+// call does, and a batched kernel runs each matrix's blocks as the single
+// launch does, so all of it must be bit for bit the same. on a GPU batched
+// cuBLAS may choose other kernels than single calls: there the state is held
+// to section 2's moment tolerance (of its max |x|), and W to section 2's W
+// tolerances, taken of max |W| (a bound looser than of the update)
+
+#define GROUP_MATRICES 7
+#define GROUP_STEPS 6
+static const int group_shapes[2][3] = {{24, 56, 5}, {56, 24, 5}};
+static const int group_shape_of[GROUP_MATRICES] = {0, 1, 1, 0, 1, 0, 1};
+
+// the largest difference of a against b relative to max |b| (0 when equal bit for bit),
+// and how many floats differ in their bits
+static double group_diff(const float* a, const float* b, size_t n, size_t* differ) {
+    for (size_t i = 0; i < n; i++) { *differ += memcmp(&a[i], &b[i], sizeof(float)) != 0; }
+    return memcmp(a, b, n * sizeof(float)) == 0 ? 0.0 : rel_diff(a, b, n);
+}
+
+static void test_lowrank_groups(void) {
+    LowRankGPU ctx;
+    lowrank_gpu_create(&ctx);
+    int per_shape[2] = {0, 0};
+    for (int k = 0; k < GROUP_MATRICES; k++) { per_shape[group_shape_of[k]]++; }
+    for (int s = 0; s < 2; s++) {
+        lowrank_gpu_reserve_group(&ctx, group_shapes[s][0], group_shapes[s][1], group_shapes[s][2], per_shape[s]);
+    }
+    lowrank_gpu_alloc(&ctx);
+    int num_methods = (int)(sizeof(method_cases) / sizeof(method_cases[0]));
+    for (int most = 0; most <= 2; most += 2) {
+        for (int mi = 0; mi < num_methods; mi++) {
+            const MethodCase* mc = &method_cases[mi];
+            cpu::LowRankConfig cfg = make_config(mc, group_shapes[0][2], 2, 1.0f, mi % 2 ? 0.1f : 0.0f);
+            // run 0: each matrix alone, run 1: grouped; the same gradients
+            LowRankStateGPU states[2][GROUP_MATRICES];
+            float* d_memory[2][GROUP_MATRICES];
+            float* d_W[2][GROUP_MATRICES];
+            float* d_G[GROUP_MATRICES];
+            float* host[2][GROUP_MATRICES];
+            GradientSource src[GROUP_MATRICES];
+            size_t floats[GROUP_MATRICES], mn[GROUP_MATRICES];
+            cpu::Rng rng;
+            cpu::rng_seed(&rng, 300 + mi);
+            for (int k = 0; k < GROUP_MATRICES; k++) {
+                const int* sh = group_shapes[group_shape_of[k]];
+                mn[k] = (size_t)sh[0] * sh[1];
+                floats[k] = cpu::lowrank_state_num_floats(sh[0], sh[1], sh[2]);
+                float* W0 = (float*)malloc(mn[k] * sizeof(float));
+                for (size_t i = 0; i < mn[k]; i++) { W0[i] = 0.1f * cpu::rng_normal(&rng); }
+                for (int run = 0; run < 2; run++) {
+                    cudaCheck(cudaMalloc((void**)&d_memory[run][k], floats[k] * sizeof(float)));
+                    lowrank_state_init(&states[run][k], sh[0], sh[1], sh[2], d_memory[run][k]);
+                    d_W[run][k] = device_copy(W0, mn[k]);
+                    host[run][k] = (float*)malloc((floats[k] + mn[k]) * sizeof(float));
+                }
+                d_G[k] = device_copy(W0, mn[k]);
+                gradient_source_init(&src[k], sh[0], sh[1], sh[2], 400 + 10 * mi + k);
+                free(W0);
+            }
+            LowRankGroupsGPU g;
+            lowrank_groups_build(&g, states[1], GROUP_MATRICES, &ctx, most);
+            lowrank_groups_bind(&g, d_W[1], d_G);
+            int want_batches = most == 0 ? 2 : (per_shape[0] + 1) / 2 + (per_shape[1] + 1) / 2;
+            double worst[2] = {0.0, 0.0};  // state, W
+            size_t differ = 0, compared = 0;
+            for (int t = 0; t < GROUP_STEPS; t++) {
+                for (int k = 0; k < GROUP_MATRICES; k++) {
+                    float* G = (float*)malloc(mn[k] * sizeof(float));
+                    gradient_at(&src[k], G, t);
+                    cudaCheck(cudaMemcpy(d_G[k], G, mn[k] * sizeof(float), cudaMemcpyHostToDevice));
+                    free(G);
+                    lowrank_adamw_step(&states[0][k], d_W[0][k], d_G[k], t, &cfg, 1e-2f, &ctx);
+                }
+                lowrank_groups_step(&g, t, &cfg, 1e-2f, &ctx, NULL);
+                for (int k = 0; k < GROUP_MATRICES; k++) {
+                    for (int run = 0; run < 2; run++) {
+                        host_copy(host[run][k], d_memory[run][k], floats[k]);
+                        host_copy(host[run][k] + floats[k], d_W[run][k], mn[k]);
+                    }
+                    double d[2] = {group_diff(host[1][k], host[0][k], floats[k], &differ),
+                                   group_diff(host[1][k] + floats[k], host[0][k] + floats[k], mn[k], &differ)};
+                    compared += floats[k] + mn[k];
+                    for (int i = 0; i < 2; i++) { if (!(d[i] <= worst[i])) { worst[i] = d[i]; } }
+                }
+            }
+#ifdef CUDA_EMU
+            int ok = differ == 0;
+#else
+            int ok = worst[0] <= LR_TOL_MOMENT && worst[1] <= (mc->adaptive ? LR_TOL_W_ADAPTIVE : LR_TOL_W);
+#endif
+            check(ok && g.num_batches == want_batches,
+                  "grouped step %-27s batches of %s: 3 of 24x56 and 4 of 56x24 r5 in %d batches (want %d), %d steps: "
+                  "states and W against each matrix alone, %zu of %zu floats differ (state %.1e, W %.1e)",
+                  mc->name, most ? "<= 2" : "any ", g.num_batches, want_batches, GROUP_STEPS, differ, compared,
+                  worst[0], worst[1]);
+            lowrank_groups_free(&g);
+            for (int k = 0; k < GROUP_MATRICES; k++) {
+                for (int run = 0; run < 2; run++) {
+                    lowrank_state_free(&states[run][k]);
+                    cudaCheck(cudaFree(d_memory[run][k]));
+                    cudaCheck(cudaFree(d_W[run][k]));
+                    free(host[run][k]);
+                }
+                cudaCheck(cudaFree(d_G[k]));
+                gradient_source_free(&src[k]);
+            }
+        }
+    }
+    lowrank_gpu_destroy(&ctx);
 }
 
 // ---- 3. bit-exact resume: copy the state out after step 3, restore it into a
@@ -657,39 +776,65 @@ static void test_syevdx_selection(void) {
 }
 
 // ---- 5. a failed cuSOLVER factorization stops the run: a gradient with a NaN
-// makes syevd fail (devInfo > 0, or an error status), and the SVD must then
-// exit non-zero with a message naming the call and the shapes, not hand on an S
-// of garbage. the SVD runs in a child process (this program, re-run with
-// --svd-failure-child; started with exec, so no CUDA context crosses a fork)
+// makes syevd fail (devInfo > 0, or an error status), and the step must then
+// exit non-zero with a message naming the call and the shapes (and, grouped,
+// the matrix), not hand on an S of garbage. the step runs in a child process
+// (this program, re-run with --svd-failure-child; started with exec, so no
+// CUDA context crosses a fork): the first step of one matrix alone
+// (lowrank_adamw_step), or of SVD_FAILURE_MATRICES grouped with the NaN in
+// matrix SVD_FAILURE_BAD, whose devInfo is read back with the others' after
+// all of them
 
 #define SVD_FAILURE_CHILD_FLAG "--svd-failure-child"
 #define SVD_FAILURE_M 9
 #define SVD_FAILURE_N 23
 #define SVD_FAILURE_R 3
+#define SVD_FAILURE_MATRICES 3
+#define SVD_FAILURE_BAD 1
 
-// in the child: one SVD of a 9 x 23 gradient with one NaN; returns 0 only if it came back
-static int svd_failure_child(void) {
-    int m = SVD_FAILURE_M, n = SVD_FAILURE_N, r = SVD_FAILURE_R;
+// in the child: returns 0 only if the step came back
+static int svd_failure_child(int grouped) {
+    int m = SVD_FAILURE_M, n = SVD_FAILURE_N, r = SVD_FAILURE_R, count = grouped ? SVD_FAILURE_MATRICES : 1;
+    int bad = grouped ? SVD_FAILURE_BAD : 0;
+    size_t mn = (size_t)m * n, state_floats = cpu::lowrank_state_num_floats(m, n, r);
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
-    lowrank_gpu_reserve(&ctx, m, n, r);
+    lowrank_gpu_reserve_group(&ctx, m, n, r, count);
     lowrank_gpu_alloc(&ctx);
-    size_t used = 0;
-    StepScratchGPU w = step_scratch_gpu_layout(ctx.scratch, &used, m, n, r);
-    float* G = (float*)malloc((size_t)m * n * sizeof(float));
+    float* G = (float*)malloc(mn * sizeof(float));
     cpu::Rng rng;
     cpu::rng_seed(&rng, 3);
-    for (int i = 0; i < m * n; i++) { G[i] = cpu::rng_normal(&rng); }
-    G[5 * n + 7] = NAN;
-    float* d_G = device_copy(G, (size_t)m * n);
-    float* d_S;
-    cudaCheck(cudaMalloc((void**)&d_S, (size_t)m * r * sizeof(float)));
-    svd_top_left_singular_vectors(d_S, d_G, m, n, r, &ctx, &w);
+    LowRankStateGPU states[SVD_FAILURE_MATRICES];
+    float* d_W[SVD_FAILURE_MATRICES];
+    float* d_G[SVD_FAILURE_MATRICES];
+    float* d_memory;
+    cudaCheck(cudaMalloc((void**)&d_memory, count * state_floats * sizeof(float)));
+    for (int k = 0; k < count; k++) {
+        for (size_t i = 0; i < mn; i++) { G[i] = cpu::rng_normal(&rng); }
+        if (k == bad) { G[5 * n + 7] = NAN; }
+        d_G[k] = device_copy(G, mn);
+        d_W[k] = device_copy(G, mn);
+        lowrank_state_init(&states[k], m, n, r, d_memory + k * state_floats);
+    }
+    cpu::LowRankConfig cfg = make_config(&method_cases[6], r, 2, 1.0f, 0.0f);
+    if (grouped) {
+        LowRankGroupsGPU g;
+        lowrank_groups_build(&g, states, count, &ctx, 0);
+        lowrank_groups_bind(&g, d_W, d_G);
+        lowrank_groups_step(&g, 0, &cfg, 1e-2f, &ctx, NULL);
+        lowrank_groups_free(&g);
+    } else {
+        lowrank_adamw_step(&states[0], d_W[0], d_G[0], 0, &cfg, 1e-2f, &ctx);
+    }
     cudaCheck(cudaDeviceSynchronize());
-    printf("the SVD of a gradient with a NaN returned\n");
+    printf("the step of a gradient with a NaN returned\n");
     fflush(stdout);
-    cudaCheck(cudaFree(d_G));
-    cudaCheck(cudaFree(d_S));
+    for (int k = 0; k < count; k++) {
+        lowrank_state_free(&states[k]);
+        cudaCheck(cudaFree(d_G[k]));
+        cudaCheck(cudaFree(d_W[k]));
+    }
+    cudaCheck(cudaFree(d_memory));
     lowrank_gpu_destroy(&ctx);
     free(G);
     return 0;
@@ -703,23 +848,28 @@ static void test_svd_failure_stops(void) {
         return;
     }
     self[len] = '\0';
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "'%s' %s 2>&1", self, SVD_FAILURE_CHILD_FLAG);
-    FILE* pipe = popen(cmd, "r");
-    char out[4096] = "";
-    size_t got = pipe != NULL ? fread(out, 1, sizeof out - 1, pipe) : 0;
-    out[got] = '\0';
-    int status = pipe != NULL ? pclose(pipe) : -1;
-    int code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    char shapes[128];
-    snprintf(shapes, sizeof shapes, "%d x %d Gram matrix of a %d x %d gradient", SVD_FAILURE_M, SVD_FAILURE_M,
-             SVD_FAILURE_M, SVD_FAILURE_N);
-    const char* line = strstr(out, "error: cusolverDnDsyevdx failed");
-    char first[256] = "(no error line)";
-    if (line != NULL) { snprintf(first, sizeof first, "%.*s", (int)strcspn(line, "\n"), line); }
-    check(code == EXIT_FAILURE && line != NULL && strstr(line, shapes) != NULL && strstr(out, "returned") == NULL,
-          "an SVD whose syevd fails (a NaN in a %dx%d gradient) exits %d (want %d) with: %s", SVD_FAILURE_M,
-          SVD_FAILURE_N, code, EXIT_FAILURE, first);
+    for (int grouped = 0; grouped < 2; grouped++) {
+        char cmd[4200];
+        snprintf(cmd, sizeof cmd, "'%s' %s %d 2>&1", self, SVD_FAILURE_CHILD_FLAG, grouped);
+        FILE* pipe = popen(cmd, "r");
+        char out[4096] = "";
+        size_t got = pipe != NULL ? fread(out, 1, sizeof out - 1, pipe) : 0;
+        out[got] = '\0';
+        int status = pipe != NULL ? pclose(pipe) : -1;
+        int code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        char shapes[128], which[64];
+        snprintf(shapes, sizeof shapes, "%d x %d Gram matrix of a %d x %d gradient", SVD_FAILURE_M, SVD_FAILURE_M,
+                 SVD_FAILURE_M, SVD_FAILURE_N);
+        snprintf(which, sizeof which, grouped ? "(low-rank matrix %d; the SVD" : "(the SVD", SVD_FAILURE_BAD);
+        const char* line = strstr(out, "error: cusolverDnDsyevdx failed");
+        char first[256] = "(no error line)";
+        if (line != NULL) { snprintf(first, sizeof first, "%.*s", (int)strcspn(line, "\n"), line); }
+        check(code == EXIT_FAILURE && line != NULL && strstr(line, shapes) != NULL && strstr(line, which) != NULL &&
+              strstr(out, "returned") == NULL,
+              "%s whose syevd fails (a NaN in a %dx%d gradient) exits %d (want %d) with: %s",
+              grouped ? "a grouped first step of 3 matrices, the second" : "the first step of a matrix",
+              SVD_FAILURE_M, SVD_FAILURE_N, code, EXIT_FAILURE, first);
+    }
 }
 
 // reserves scratch for one more shape, reallocating if it grew
@@ -986,7 +1136,7 @@ static void test_quantize_blockwise(void) {
 }
 
 int main(int argc, char** argv) {
-    if (argc == 2 && strcmp(argv[1], SVD_FAILURE_CHILD_FLAG) == 0) { return svd_failure_child(); }
+    if (argc == 3 && strcmp(argv[1], SVD_FAILURE_CHILD_FLAG) == 0) { return svd_failure_child(atoi(argv[2])); }
 #ifdef CUDA_EMU
     printf("running under the CPU harness (dev/cuda_emu), not on a GPU\n");
 #else
@@ -1011,6 +1161,7 @@ int main(int argc, char** argv) {
     test_quantize_blockwise();
     test_lowrank_all(&ctx);
     test_lowrank_tf32(&ctx);
+    test_lowrank_groups();
     test_resume_bit_exact(&ctx);
     test_power_iteration_start();
     test_syevdx_selection();

@@ -831,11 +831,11 @@ __global__ void residual_backward_packed_kernel(X* dinp, const X* dout, size_t N
 // whatever X is. the logits stay; the backward later overwrites them with their gradient
 template <typename X>
 __global__ void crossentropy_forward_kernel(float* losses, float* lse, const X* logits, const int* targets,
-                                            int BT, int V) {
+                                            int BT, int V, int ld) {
     __shared__ float scratch[WARP_SIZE];
     int row = blockIdx.x;
     if (row >= BT) { return; } // the whole block leaves, before any barrier
-    const X* x = logits + (size_t)row * V;
+    const X* x = logits + (size_t)row * ld;
     float maxv = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x) { maxv = fmaxf(maxv, to_float(x[j])); }
     maxv = block_max(maxv, scratch);
@@ -850,23 +850,26 @@ __global__ void crossentropy_forward_kernel(float* losses, float* lse, const X* 
     }
 }
 
-// the same with 128-bit loads (V a multiple of the pack), BLOCK_CE threads.
-// the max is the same in any order; the sum of exponentials adds each
-// thread's elements j = thread, thread + BLOCK_CE, ... in the order above,
-// through a chunk of BLOCK_CE packs in shared memory (as rmsnorm_forward_packed_kernel)
+// the same with 128-bit loads (rows ld apart, ld a multiple of the pack; the
+// last pack of a padded row reads pads, which are left out), BLOCK_CE
+// threads. the max is the same in any order; the sum of exponentials adds
+// each thread's elements j = thread, thread + BLOCK_CE, ... in the order
+// above, through a chunk of BLOCK_CE packs in shared memory (as
+// rmsnorm_forward_packed_kernel)
 template <typename X>
 __global__ void __launch_bounds__(BLOCK_CE)
-crossentropy_forward_packed_kernel(float* losses, float* lse, const X* logits, const int* targets, int BT, int V) {
+crossentropy_forward_packed_kernel(float* losses, float* lse, const X* logits, const int* targets, int BT, int V,
+                                   int ld) {
     constexpr int P = Pack128<X>::size, CHUNK = BLOCK_CE * P;
     __shared__ float scratch[WARP_SIZE];
     __shared__ alignas(16) X chunk[CHUNK];
     int row = blockIdx.x;
     if (row >= BT) { return; }
-    const X* x = logits + (size_t)row * V;
+    const X* x = logits + (size_t)row * ld;
     float maxv = -INFINITY;
     for (int j = threadIdx.x * P; j < V; j += CHUNK) {
         Pack128<X> v = load128(x + j);
-        for (int k = 0; k < P; k++) { maxv = fmaxf(maxv, to_float(v.x[k])); }
+        for (int k = 0; k < P && j + k < V; k++) { maxv = fmaxf(maxv, to_float(v.x[k])); }
     }
     maxv = block_max(maxv, scratch);
     float sum = 0.0f;
@@ -895,11 +898,11 @@ __device__ __forceinline__ float crossentropy_dlogit(float x, float lse, float d
 // dlogits written over the logits in place, one block per row
 template <typename X>
 __global__ void crossentropy_softmax_backward_kernel(X* dlogits, const X* logits, const float* lse,
-                                                     const int* targets, float dloss, int BT, int V) {
+                                                     const int* targets, float dloss, int BT, int V, int ld) {
     int row = blockIdx.x;
     if (row >= BT) { return; }
-    const X* x = logits + (size_t)row * V;
-    X* d = dlogits + (size_t)row * V;
+    const X* x = logits + (size_t)row * ld;
+    X* d = dlogits + (size_t)row * ld;
     int tgt = targets[row];
     float m = lse[row];
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
@@ -907,21 +910,24 @@ __global__ void crossentropy_softmax_backward_kernel(X* dlogits, const X* logits
     }
 }
 
-// the same with 128-bit accesses (V a multiple of the pack): a pack per thread
+// the same with 128-bit accesses (ld a multiple of the pack): a pack per
+// thread; a padded row's pads in its last pack stay zero
 template <typename X>
 __global__ void crossentropy_softmax_backward_packed_kernel(X* dlogits, const X* logits, const float* lse,
-                                                            const int* targets, float dloss, int BT, int V) {
+                                                            const int* targets, float dloss, int BT, int V, int ld) {
     constexpr int P = Pack128<X>::size;
     int row = blockIdx.x;
     if (row >= BT) { return; }
-    const X* x = logits + (size_t)row * V;
-    X* d = dlogits + (size_t)row * V;
+    const X* x = logits + (size_t)row * ld;
+    X* d = dlogits + (size_t)row * ld;
     int tgt = targets[row];
     float m = lse[row];
     for (int j = threadIdx.x * P; j < V; j += blockDim.x * P) {
         Pack128<X> v = load128(x + j), g;
         for (int k = 0; k < P; k++) {
-            g.x[k] = from_float<X>(crossentropy_dlogit(to_float(v.x[k]), m, dloss, j + k == tgt, tgt == IGNORE_INDEX));
+            g.x[k] = j + k < V ? from_float<X>(crossentropy_dlogit(to_float(v.x[k]), m, dloss, j + k == tgt,
+                                                                   tgt == IGNORE_INDEX))
+                               : from_float<X>(0.0f);
         }
         store128(d + j, g);
     }
@@ -1405,13 +1411,16 @@ void residual_backward(X* dinp, const X* dout, size_t N) {
 // count: the rows whose target is not IGNORE_INDEX (the host has the targets)
 static double* step_stats_device(void);
 
+// ld: the logits' row stride on the device (Vp, device_V), V by default, the
+// CPU twin's; the last argument, which the twin does not have
 template <typename X>
 void crossentropy_forward_async(float* losses, float* lse, const X* logits, const int* targets, int count, int accum,
-                                int BT, int V) {
-    if (use_packed<X>(V, logits, logits, logits)) {
-        crossentropy_forward_packed_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
+                                int BT, int V, int ld = 0) {
+    ld = ld > 0 ? ld : V;
+    if (use_packed<X>(ld, logits, logits, logits)) {
+        crossentropy_forward_packed_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V, ld);
     } else {
-        crossentropy_forward_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V);
+        crossentropy_forward_kernel<<<BT, BLOCK_CE>>>(losses, lse, logits, targets, BT, V, ld);
     }
     launch_check();
     mean_loss_kernel<<<1, MEAN_LOSS_THREADS>>>(step_stats_device(), losses, targets, BT, count, accum);
@@ -1420,13 +1429,14 @@ void crossentropy_forward_async(float* losses, float* lse, const X* logits, cons
 
 // the CPU twin's launcher: the same, and the mean loss read back (a sync)
 template <typename X>
-float crossentropy_forward(float* losses, float* lse, const X* logits, const int* targets, int BT, int V) {
-    // losses (B,T), lse (B,T), logits (B,T,V), targets (B,T); returns the mean loss
+float crossentropy_forward(float* losses, float* lse, const X* logits, const int* targets, int BT, int V,
+                           int ld = 0) {
+    // losses (B,T), lse (B,T), logits (B,T,V) rows ld apart, targets (B,T); returns the mean loss
     int* targets_host = (int*)cpu::malloc_check((size_t)BT * sizeof(int), "targets copy");
     cuda_check(cudaMemcpy(targets_host, targets, (size_t)BT * sizeof(int), cudaMemcpyDeviceToHost));
     int count = cpu::count_targets(targets_host, BT);
     free(targets_host);
-    crossentropy_forward_async(losses, lse, logits, targets, count, 0, BT, V);
+    crossentropy_forward_async(losses, lse, logits, targets, count, 0, BT, V, ld);
     double mean = 0.0;
     cuda_check(cudaMemcpy(&mean, step_stats_device() + STAT_MEAN, sizeof mean, cudaMemcpyDeviceToHost));
     return (float)mean;
@@ -1434,12 +1444,14 @@ float crossentropy_forward(float* losses, float* lse, const X* logits, const int
 
 template <typename X>
 void crossentropy_softmax_backward(X* dlogits, const X* logits, const float* lse,
-                                   const int* targets, float dloss, int BT, int V) {
-    // dlogits (B,T,V) written (=), may alias logits
-    if (use_packed<X>(V, dlogits, logits, logits)) {
-        crossentropy_softmax_backward_packed_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V);
+                                   const int* targets, float dloss, int BT, int V, int ld = 0) {
+    // dlogits (B,T,V) written (=), may alias logits; rows ld apart (V by default)
+    ld = ld > 0 ? ld : V;
+    if (use_packed<X>(ld, dlogits, logits, logits)) {
+        crossentropy_softmax_backward_packed_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V,
+                                                                      ld);
     } else {
-        crossentropy_softmax_backward_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V);
+        crossentropy_softmax_backward_kernel<<<BT, BLOCK_CE>>>(dlogits, logits, lse, targets, dloss, BT, V, ld);
     }
     launch_check();
 }
@@ -1525,26 +1537,36 @@ void grad_scale(float* grads, size_t n, float s) {
 //   - F is padded to Fp, a multiple of DEVICE_F_MULTIPLE, in w_down (C, Fp)
 //     and in every (B, T, F) activation, so that every row starts 16-byte
 //     aligned (F = 5461 at 1B is odd, and cuBLASLt then has only its slow
-//     unaligned kernels).
-// the pads are zero and stay zero: the zero rows of the gate/up block make
-// zero columns, SwiGLU maps zeros to zeros, and w_down's zero columns meet
-// them; no pad ever reaches a loss or a gradient (test_device_layout shows
-// the losses and gradients bit-identical to Fp = F). the fp32 masters, the
-// gradients, the optimizer states and checkpoints keep the table's layout.
-// fp32 (--dtype float32, the exact path the tests compare) reads the fp32
-// masters and stays unfused and unpadded.
+//     unaligned kernels);
+//   - V is padded to Vp, a multiple of DEVICE_V_MULTIPLE, in lm_head (Vp, C)
+//     and the logits (B, T, Vp), as llm.c pads V (V = 32100 in the 100M
+//     config is not a multiple of 8).
+// the pads are zero and stay zero: the zero rows of the gate/up block and of
+// lm_head make zero columns, SwiGLU maps zeros to zeros, w_down's zero
+// columns meet them, and the cross-entropy reads V columns and writes zeros
+// to the rest; no pad ever reaches a loss or a gradient (test_device_layout
+// shows the losses, gradients and weights bit-identical to Fp = F, Vp = V).
+// the fp32 masters, the gradients, the optimizer states and checkpoints keep
+// the table's layout. fp32 (--dtype float32, the exact path the tests
+// compare) reads the fp32 masters and stays unfused and unpadded.
 #define DEVICE_F_MULTIPLE 64
+#define DEVICE_V_MULTIPLE 128
 // a tensor's index in the parameter table
 #define PARAM_INDEX(field) ((int)(offsetof(cpu::ParameterTensors, field) / sizeof(float*)))
 // the tests switch these off to compare the layouts (dev/test_gpu)
 static int g_device_fuse_mlp = 1;
-static int g_device_pad_f = 1;
+static int g_device_pad = 1;
 
 static int device_fused_mlp(Dtype dt) { return dt == DTYPE_BFLOAT16 && g_device_fuse_mlp; }
 
 static int device_F(const cpu::LlamaConfig* c, Dtype dt) {
-    if (!device_fused_mlp(dt) || !g_device_pad_f) { return c->F; }
+    if (!device_fused_mlp(dt) || !g_device_pad) { return c->F; }
     return (c->F + DEVICE_F_MULTIPLE - 1) / DEVICE_F_MULTIPLE * DEVICE_F_MULTIPLE;
+}
+
+static int device_V(const cpu::LlamaConfig* c, Dtype dt) {
+    if (dt != DTYPE_BFLOAT16 || !g_device_pad) { return c->V; }
+    return (c->V + DEVICE_V_MULTIPLE - 1) / DEVICE_V_MULTIPLE * DEVICE_V_MULTIPLE;
 }
 
 // where a tensor of the table lies in params_bf16: element (l, r, c) of its
@@ -1555,7 +1577,7 @@ typedef struct {
 
 // the blocks of every tensor and the bf16 elements they span, pads included
 static size_t device_layout(DeviceBlock blocks[NUM_PARAMETER_TENSORS], const cpu::LlamaConfig* c, int Fp,
-                            int fused) {
+                            int fused, int Vp) {
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
     cpu::parameter_table(spec, c);
     size_t at = 0, C = c->C;
@@ -1572,6 +1594,8 @@ static size_t device_layout(DeviceBlock blocks[NUM_PARAMETER_TENSORS], const cpu
         } else if (i == PARAM_INDEX(w_down)) {
             b.layer_stride = C * Fp;
             b.row_stride = Fp;
+        } else if (i == PARAM_INDEX(lm_head)) {
+            b.layer_stride = (size_t)Vp * C;  // rows V .. Vp - 1 are the pads
         }
         blocks[i] = b;
         at += i == PARAM_INDEX(w_gate) && fused ? 0 : (size_t)spec[i].layers * b.layer_stride;
@@ -1615,6 +1639,7 @@ typedef struct {
     size_t params_bf16_count;
     DeviceBlock device_blocks[NUM_PARAMETER_TENSORS];  // where each tensor of the table lies in params_bf16
     int Fp;                        // the MLP's row length on the device: F, or F padded (device_F)
+    int Vp;                        // the logits' row length on the device: V, or V padded (device_V)
     int fused_mlp;                 // gate and up in one product (device_fused_mlp)
     const float* param_base;       // what params point into: params_memory, or PARAMS_OFFSET_BASE
     cpu::ParameterTensors grads;
@@ -1698,10 +1723,12 @@ static size_t point_into_bytes(float** ptrs, const size_t* sizes, const size_t* 
 // the scratch's dgate and dup)
 static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[NUM_ACTIVATION_TENSORS],
                               size_t gsz[NUM_GRAD_SCRATCH_TENSORS], size_t gbytes[NUM_GRAD_SCRATCH_TENSORS],
-                              const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute, int Fp, int fused) {
+                              const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute, int Fp, int fused,
+                              int Vp) {
     cpu::activation_sizes(asz, c, B, T);
     cpu::grad_scratch_sizes(gsz, c, B, T);
     size_t btf = (size_t)B * T * Fp, L = c->L;
+    asz[offsetof(cpu::ActivationTensors, logits) / sizeof(float*)] = (size_t)B * T * Vp;
     asz[offsetof(cpu::ActivationTensors, gate) / sizeof(float*)] = L * btf * (fused ? 2 : 1);
     asz[offsetof(cpu::ActivationTensors, up) / sizeof(float*)] = fused ? 0 : L * btf;
     asz[offsetof(cpu::ActivationTensors, hidden) / sizeof(float*)] = L * btf;
@@ -1719,7 +1746,7 @@ static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[
 size_t llama_activation_bytes(const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute) {
     size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
            gb[NUM_GRAD_SCRATCH_TENSORS];
-    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), device_fused_mlp(dt));
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), device_fused_mlp(dt), device_V(c, dt));
     return point_into_bytes(NULL, asz, ab, NUM_ACTIVATION_TENSORS, NULL) +
            point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS, NULL);
 }
@@ -1772,7 +1799,8 @@ void llama_build(Llama* model, const cpu::LlamaConfig* c, Dtype dtype, int maste
     cuda_check(cudaMemset(model->grads_memory, 0, model->grads_floats * sizeof(float)));
     model->fused_mlp = device_fused_mlp(dtype);
     model->Fp = device_F(c, dtype);
-    model->params_bf16_count = device_layout(model->device_blocks, c, model->Fp, model->fused_mlp);
+    model->Vp = device_V(c, dtype);
+    model->params_bf16_count = device_layout(model->device_blocks, c, model->Fp, model->fused_mlp, model->Vp);
     if (dtype == DTYPE_BFLOAT16) {
         // zeroed: the layout's pads are never written again
         size_t nb = model->params_bf16_count;
@@ -1959,7 +1987,8 @@ void llama_alloc_activations(Llama* model, int B, int T) {
     }
     size_t asz[NUM_ACTIVATION_TENSORS], abytes[NUM_ACTIVATION_TENSORS];
     size_t gsz[NUM_GRAD_SCRATCH_TENSORS], gbytes[NUM_GRAD_SCRATCH_TENSORS];
-    activation_layout(asz, abytes, gsz, gbytes, c, B, T, model->dtype, model->recompute, model->Fp, model->fused_mlp);
+    activation_layout(asz, abytes, gsz, gbytes, c, B, T, model->dtype, model->recompute, model->Fp, model->fused_mlp,
+                      model->Vp);
     size_t acts_bytes = point_into_bytes(NULL, asz, abytes, NUM_ACTIVATION_TENSORS, NULL);
     size_t scratch_bytes = point_into_bytes(NULL, gsz, gbytes, NUM_GRAD_SCRATCH_TENSORS, NULL);
     int fits = model->acts_memory != NULL && B <= model->B_cap && T <= model->T_cap;
@@ -2103,7 +2132,7 @@ static void layer_forward(Llama* model, int l, X* out) {
 template <typename X, typename WT>
 static void llama_forward_typed(Llama* model, int B, int T) {
     const cpu::LlamaConfig* c = &model->config;
-    int L = c->L, C = c->C, V = c->V, BT = B * T;
+    int L = c->L, C = c->C, BT = B * T;
     cpu::ParameterTensors p = model->params;
     cpu::ActivationTensors a = model->acts;
     size_t btc = (size_t)BT * C;
@@ -2114,7 +2143,8 @@ static void llama_forward_typed(Llama* model, int B, int T) {
     }
     rmsnorm_forward(act<X>(a.final_xn), a.final_rstd, act<X>(a.resid_out), kernel_weight<WT>(model, p.final_norm),
                     BT, C, c->norm_eps);
-    matmul_forward(act<X>(a.logits), act<X>(a.final_xn), matmul_weight<X>(model, p.lm_head), BT, C, V);
+    // all Vp rows: lm_head's pad rows are zeros, and so are the pads of the logits
+    matmul_forward(act<X>(a.logits), act<X>(a.final_xn), matmul_weight<X>(model, p.lm_head), BT, C, model->Vp);
 }
 
 // inputs, targets: HOST arrays (B,T), as the loader gives them; targets may
@@ -2139,9 +2169,11 @@ void llama_forward_async(Llama* model, const int* inputs, const int* targets, in
     if (targets != NULL) {
         int count = cpu::count_targets(targets, BT);
         if (model->dtype == DTYPE_BFLOAT16) {
-            crossentropy_forward_async(a.losses, a.lse, act<bf16>(a.logits), model->targets, count, accum, BT, V);
+            crossentropy_forward_async(a.losses, a.lse, act<bf16>(a.logits), model->targets, count, accum, BT, V,
+                                       model->Vp);
         } else {
-            crossentropy_forward_async(a.losses, a.lse, act<float>(a.logits), model->targets, count, accum, BT, V);
+            crossentropy_forward_async(a.losses, a.lse, act<float>(a.logits), model->targets, count, accum, BT, V,
+                                       model->Vp);
         }
     }
 }
@@ -2226,9 +2258,12 @@ static void llama_backward_typed(Llama* model, float dloss) {
     X* logits = act<X>(a.logits);
 
     // logits become dlogits in place: no (B,T,V) probability buffer
-    crossentropy_softmax_backward(logits, logits, a.lse, model->targets, dloss, BT, V);
+    int Vp = model->Vp;
+    crossentropy_softmax_backward(logits, logits, a.lse, model->targets, dloss, BT, V, Vp);
     size_t vc = (size_t)V * C, cc = (size_t)C * C, fc = (size_t)F * C;
-    matmul_backward(dxn, GRAD_AT(lm_head, 0), logits, act<X>(a.final_xn), matmul_weight<X>(model, p.lm_head), BT, C, V);
+    // dxn over all Vp columns (the pads are zeros on both sides), dlm_head from the V real ones
+    matmul_backward_input(dxn, logits, matmul_weight<X>(model, p.lm_head), BT, C, Vp);
+    matmul_backward_weight(GRAD_AT(lm_head, 0), logits, Vp, act<X>(a.final_xn), C, BT, C, V);
     unit_done(model, PARAM_INDEX(lm_head), 0, vc);
     cuda_check(cudaMemset(dresid, 0, btc * sizeof(X)));
     rmsnorm_backward(dresid, GRAD_AT(final_norm, 0), dxn, act<X>(a.resid_out), kernel_weight<WT>(model, p.final_norm),
@@ -2317,10 +2352,16 @@ void llama_backward(Llama* model, const int* inputs, const int* targets, float l
 }
 
 // the logits of the last forward on the host (B,T,V) in fp32, for sampling and tests
+// (the device rows are Vp long: the pads are left out)
 const float* llama_logits_to_host(Llama* model) {
-    size_t n = (size_t)model->B * model->T * model->config.V;
-    if (model->logits_host == NULL) { model->logits_host = (float*)cpu::malloc_check(n * sizeof(float), "logits copy"); }
-    device_to_host_float(model->logits_host, model->acts.logits, n, model->dtype);
+    size_t BT = (size_t)model->B * model->T, V = model->config.V, Vp = model->Vp;
+    if (model->logits_host == NULL) {
+        model->logits_host = (float*)cpu::malloc_check(BT * Vp * sizeof(float), "logits copy");
+    }
+    device_to_host_float(model->logits_host, model->acts.logits, BT * Vp, model->dtype);
+    for (size_t r = 1; r < BT && Vp != V; r++) {
+        memmove(model->logits_host + r * V, model->logits_host + r * Vp, V * sizeof(float));
+    }
     return model->logits_host;
 }
 
@@ -4708,16 +4749,16 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     if (dt == DTYPE_BFLOAT16) {
         // in the device layout: the MLP's pads included (device_layout)
         DeviceBlock blocks[NUM_PARAMETER_TENSORS];
-        size_t nb = device_layout(blocks, c, device_F(c, dt), device_fused_mlp(dt));
-        plan_buffer(p, bf16_only ? "weights, bf16" : "weights, bf16 copy", nb > N ? "(N + MLP pads)" : "(N)",
+        size_t nb = device_layout(blocks, c, device_F(c, dt), device_fused_mlp(dt), device_V(c, dt));
+        plan_buffer(p, bf16_only ? "weights, bf16" : "weights, bf16 copy", nb > N ? "(N + pads)" : "(N)",
                     nb * sizeof(bf16), "whole run");
     }
     // activations and the gradient scratch (llama_alloc_activations): one
     // allocation each, a row per tensor of the first
     size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
            gb[NUM_GRAD_SCRATCH_TENSORS];
-    int fused = device_fused_mlp(dt), padded = device_F(c, dt) != c->F;
-    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), fused);
+    int fused = device_fused_mlp(dt), padded = device_F(c, dt) != c->F, padded_v = device_V(c, dt) != c->V;
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), fused, device_V(c, dt));
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         if (asz[i] == 0) { continue; }  // up, when gate holds it (fused)
         size_t one = point_into_bytes(NULL, &asz[i], &ab[i], 1, NULL);
@@ -4731,6 +4772,8 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
             shape = padded ? "(L,B,T,2Fp)" : "(L,B,T,2F)";
         } else if (padded && i == (int)(offsetof(cpu::ActivationTensors, hidden) / sizeof(float*))) {
             shape = "(L,B,T,Fp)";
+        } else if (padded_v && i == (int)(offsetof(cpu::ActivationTensors, logits) / sizeof(float*))) {
+            shape = "(B,T,Vp)";
         }
         plan_add(p, name, shape, one, holds);
     }
@@ -5044,7 +5087,7 @@ static const float* gpu_logits_row(int row) {
     Llama* m = &gpu_trainer.model;
     size_t V = (size_t)m->config.V;
     const char* logits = (const char*)m->acts.logits;
-    device_to_host_float(gpu_trainer.logits_row, logits + (size_t)row * V * dtype_bytes(m->dtype), V, m->dtype);
+    device_to_host_float(gpu_trainer.logits_row, logits + (size_t)row * m->Vp * dtype_bytes(m->dtype), V, m->dtype);
     return gpu_trainer.logits_row;
 }
 static void gpu_step_stats(double* loss, double* norm) { llama_step_stats(&gpu_trainer.model, loss, norm); }

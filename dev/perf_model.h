@@ -211,7 +211,11 @@ typedef struct {
     int fused_residual;   // 1 today: the wo and w_down products add the residual in cuBLASLt's
                           //   epilogue; 0: two residual_forward launches a layer (before ccb06c0)
     int fused_recovery;   // 1: back-projection and residual share one GEMM (2 GEMMs a step, not 3; planned)
-    int opt_batched;      // 1: each optimizer launch covers a tensor's L layers (strided-batched; planned)
+    int opt_batched;      // optimizer launches: 0 one per matrix (before 1aac24b); 2 today: one per batch of
+                          //   matrices of a shape, as many as fit in 256 MiB of scratch (lowrank_batch_size);
+                          //   1: one per tensor, over its L layers (planned)
+    int fused_mlp;        // 1 today in bf16: gate and up in one product, the MLP's dinp one product with K = 2F
+                          //   (the padding of F to Fp is not modelled: under 1% more FLOPs); 0 in fp32 and before
     int fp32_acts;        // --dtype float32 (today's default is bfloat16)
     int clip;             // gradient clipping fires (grad_scale runs); the authors' configs: off
     int parallel_wgrad;   // 1 today: rmsnorm's weight gradient in two fixed-order passes over many blocks,
@@ -226,12 +230,15 @@ static void perf_variant_today(PerfVariant* v) {
     v->svd = PERF_SVD_SYEVDX;
     v->fused_residual = 1;
     v->parallel_wgrad = 1;
+    v->opt_batched = 2;
+    v->fused_mlp = 1;
 }
 
 // today's coupling of the dtype and the optimizer's bulk GEMMs: TF32 in bf16 mode, fp32 with --dtype float32
 static void perf_variant_set_dtype(PerfVariant* v, int fp32_acts) {
     v->fp32_acts = fp32_acts;
     v->opt_gemm = fp32_acts ? PERF_GEMM_FP32 : PERF_GEMM_TF32;
+    v->fused_mlp = !fp32_acts;
 }
 
 // ----------------------------------------------------------------------------
@@ -363,6 +370,18 @@ static double perf_all_params(const PerfDims* d) {
 }
 
 // the matrix shape groups of the low-rank optimizer: (p, q) with their count.
+// matrices of one shape that the trainer's grouped step takes in one batch (lowrank_batch_size): as many as
+// fit in 256 MiB of scratch, one matrix's own arrays (D p q, Gt N Mrot Xm 4 q R, X S_old 2 p R, three R x R,
+// and a few vectors) each, after one SVD's (a double p x p Gram matrix); alignment left out
+#define PERF_BATCH_SCRATCH_FLOATS ((double)((size_t)256 << 20) / 4.0)
+static double perf_lowrank_batch(double p, double q, double R) {
+    double one = p * q + 4.0 * q * R + 2.0 * p * R + 3.0 * R * R + 5.0 * q + 5.0 * p + 6.0 * R;
+    double svd = 2.0 * p * p + 2.0 * p;
+    double room = PERF_BATCH_SCRATCH_FLOATS > one + svd ? PERF_BATCH_SCRATCH_FLOATS : one + svd;
+    double b = floor((room - svd) / one);
+    return b < 1.0 ? 1.0 : b;
+}
+
 // wq wk wv wo are C x C; w_gate, w_up (F x C) and w_down (C x F) share p = min, q = max
 typedef struct {
     const char* names;
@@ -461,7 +480,12 @@ static void perf_build_forward_backward(PerfModel* m) {
                         3.0 * BT * C * e, OP_RESIDUAL_FWD, s);
         r->launch.a = BT * C;
     }
-    r = perf_gemm(m, "forward", "matmul gate up (x C->F)", S, gemm, acc * 2 * L, BT, F, C, 1, e, e, 0.0f);
+    if (m->v.fused_mlp) {
+        r = perf_gemm(m, "forward", "matmul gate|up, one product (x C->2F)", S, gemm, acc * L, BT, 2 * F, C, 1, e, e,
+                      0.0f);
+    } else {
+        r = perf_gemm(m, "forward", "matmul gate up (x C->F)", S, gemm, acc * 2 * L, BT, F, C, 1, e, e, 0.0f);
+    }
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
     snprintf(s, sizeof s, "%lldx%lld", BT, F);
     r = perf_kernel(m, "forward", "swiglu_forward", S, PERF_FP32_CORE, acc * L, 6.0 * BT * F, 3.0 * BT * F * e,
@@ -493,6 +517,9 @@ static void perf_build_forward_backward(PerfModel* m) {
     r = perf_kernel(m, "backward", "rmsnorm_backward dinp (+=)", S, PERF_FP32_CORE, acc * (2 * L + 1), 8.0 * BT * C,
                     4.0 * BT * C * e + C * 4.0 + BT * 4.0, OP_RMSNORM_BWD_DINP, s);
     r->launch.a = BT; r->launch.b = C;
+    // rmsnorm_backward_residual reads a second dout where a residual add was (the attention norm's; the mlp
+    // norm's too unless the MLP is fused, whose dinp is one product)
+    r->bytes += acc * (m->v.fused_mlp ? 1.0 : 2.0) * L * BT * C * e;
     if (m->v.parallel_wgrad) {
         // rmsnorm_backward_dweight: two launches a call. pass 1, a (C/32, BT/256) grid of 32 x 8 threads: each
         // thread sums 32 rows of one channel (dout, inp, rstd) and the block writes one partial per channel
@@ -525,12 +552,19 @@ static void perf_build_forward_backward(PerfModel* m) {
     r = perf_kernel(m, "backward", "swiglu_backward", S, PERF_FP32_CORE, acc * L, 10.0 * BT * F, 5.0 * BT * F * e,
                     OP_SWIGLU_BWD, s);
     r->launch.a = BT * F;
-    r = perf_gemm(m, "backward", "gate up dinp", S, gemm, acc * 2 * L, BT, C, F, 1, e, e, 0.0f);
+    if (m->v.fused_mlp) {
+        r = perf_gemm(m, "backward", "gate|up dinp, one product (K = 2F)", S, gemm, acc * L, BT, C, 2 * F, 1, e, e,
+                      0.0f);
+    } else {
+        r = perf_gemm(m, "backward", "gate up dinp", S, gemm, acc * 2 * L, BT, C, F, 1, e, e, 0.0f);
+    }
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 0;
     r = perf_gemm(m, "backward", "gate up dweight", S, gemm, acc * 2 * L, F, C, BT, 1, e, 4.0, 1.0f);
     r->model_flops = r->flops; r->launch.a = 1; r->launch.b = 0; r->launch.out_fp32 = 1;
     snprintf(s, sizeof s, "%lldx%lld", BT, C);
-    r = perf_kernel(m, "backward", "residual_backward (+=)", S, PERF_FP32_CORE, acc * 3 * L, 1.0 * BT * C,
+    // one a layer (the attention's dxn of wq and wk; wv's part is added in the attention norm's backward,
+    // rmsnorm_backward_residual, which reads it once more, as does the mlp norm's unfused)
+    r = perf_kernel(m, "backward", "residual_backward (+=)", S, PERF_FP32_CORE, acc * L, 1.0 * BT * C,
                     3.0 * BT * C * e, OP_RESIDUAL_BWD, s);
     r->launch.a = BT * C;
     r = perf_gemm(m, "backward", "q k v o dinp", S, gemm, acc * 4 * L, BT, C, C, 1, e, e, 0.0f);
@@ -648,8 +682,10 @@ static void perf_build_optimizers(PerfModel* m) {
     for (int gi = 0; gi < ng; gi++) {
         long long p = g[gi].p, q = g[gi].q, R = m->rank;
         if (R > p) { R = p; }
-        // launches per step of one per-matrix kernel: one per matrix, or one per tensor (over its L layers)
-        double per = m->v.opt_batched ? g[gi].tensors : g[gi].count;
+        // launches per step of one per-matrix kernel: one per matrix, one per batch of a shape (today), or
+        // one per tensor (over its L layers)
+        double per = m->v.opt_batched == 1 ? g[gi].tensors
+                   : m->v.opt_batched == 2 ? perf_ceil_div(g[gi].count, perf_lowrank_batch(p, q, R)) : g[gi].count;
         double nm = g[gi].count;  // matrices: the work scales with these
         char tag[80];
         // every step: projection Gt = S^T G (left) or G S (right)
@@ -1136,13 +1172,15 @@ static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
            "                   when range I asks for R pairs); FLOPs 4/3 p^3 + 2 p^2 R (reduction, back-transformation\n"
            "                   of R vectors); --svd full (syevd, before da90bbf): 14/3 p^3\n", a->syevd_step_us);
     printf("variant: attention %s (%s), optimizer bulk GEMMs %s (tracking fp32), SVD %s, model residual adds %s,\n"
-           "  weight-gradient column sums %s%s%s%s, activations %s\n",
+           "  weight-gradient column sums %s%s%s%s%s, activations %s\n",
            v->flash ? "flash" : "materialized", v->flash ? "MFU counts the causal triangle T(T+1)/2"
            : "MFU counts the full T x T square", PERF_GEMM_NAMES[v->opt_gemm], PERF_SVD_NAMES[v->svd],
            v->fused_residual ? "in the GEMM epilogue" : "as residual_forward launches",
            v->parallel_wgrad ? "two-pass / per token" : "one thread per channel",
            v->fused_recovery ? ", residual fused into the back-projection (2 GEMMs)" : "",
-           v->opt_batched ? ", optimizer launches batched over layers" : "", v->clip ? ", clipping on" : "",
+           v->fused_mlp ? ", gate and up in one product" : "",
+           v->opt_batched == 1 ? ", optimizer launches batched over layers"
+           : v->opt_batched == 2 ? ", optimizer launches per batch of a shape" : "", v->clip ? ", clipping on" : "",
            v->fp32_acts ? "fp32" : "bf16");
 }
 
@@ -1239,7 +1277,8 @@ typedef struct {
 #define PERF_NUM_TABLE_VARIANTS 4
 static int perf_table_variants(PerfNamedVariant out[PERF_NUM_TABLE_VARIANTS]) {
     for (int i = 0; i < PERF_NUM_TABLE_VARIANTS; i++) { perf_variant_today(&out[i].v); }
-    out[0].label = "today (bf16: flash attention, every model product on cuBLASLt with the "
+    out[0].label = "today (bf16: flash attention, gate and up in one product, the optimizer's launches per batch "
+                   "of a shape, every model product on cuBLASLt with the "
                    "residual adds in the wo / w_down epilogue, TF32 optimizer bulk GEMMs, FP64 Gram + syevdx for the "
                    "top R, two-pass rmsnorm weight gradient, encoder_backward one block per token)";
     out[1].label = "planned: (a) + top-r randomized SVD (GEMMs + a batched R x R eigensolve)";
@@ -1425,8 +1464,18 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
 
     // ccb06c0: the wo and w_down products add the residual in the epilogue: the forward's projection GEMMs
     // (not attention) read the matrices once, their inputs, write their outputs, and read the residual twice
-    // a layer; no residual_forward launch
-    double fwd_bytes = acc * e * (L * (4.0 * C * C + 3.0 * C * F + 13.0 * BT * C + 3.0 * BT * F) + V * C +
+    // a layer; no residual_forward launch. 85bd595: in bf16 gate and up are one product, which reads its
+    // input once, not twice (12 BT C a layer instead of 13)
+    double xs = m->v.fused_mlp ? 12.0 : 13.0;
+    // 1aac24b: the optimizer's batches (lowrank_batch_size, whose comment gives 5 (C, C) matrices a batch at 1B
+    // and every matrix of a shape at 60M)
+    if (strcmp(m->preset, "llama_1b") == 0 || strcmp(m->preset, "llama_60m") == 0) {
+        int is_1b = strcmp(m->preset, "llama_1b") == 0;
+        double b = perf_lowrank_batch(C, C, R), want = is_1b ? 5.0 : 4.0 * L;
+        check(is_1b ? b == want : b >= want, "%s: the grouped optimizer step takes %.0f (C, C) matrices a batch "
+              "(%s %.0f)", tag, b, is_1b ? "the trainer's comment:" : "all of them:", want);
+    }
+    double fwd_bytes = acc * e * (L * (4.0 * C * C + 3.0 * C * F + xs * BT * C + 3.0 * BT * F) + V * C +
                                   BT * (C + V));
     double got_bytes = 0.0;
     for (int i = 0; i < m->n; i++) {
@@ -1435,9 +1484,9 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
     }
     check(perf_close(got_bytes, fwd_bytes) &&
                perf_rows_sum(m, PERF_SET_COMMON, "forward", -2, OP_GEMM_RESIDUAL, 2) == 2.0 * L * acc,
-               "%s: the forward's projection GEMM bytes = accum x e x (L (4C^2 + 3CF + 13 BT C + 3 BT F) + VC + BT (C + V)) "
-               "= %.6e, 2 BT C e a layer of it the epilogue's residual reads (2L matmul_forward_residual a micro step)",
-               tag, fwd_bytes);
+               "%s: the forward's projection GEMM bytes = accum x e x (L (4C^2 + 3CF + %.0f BT C + 3 BT F) + VC + "
+               "BT (C + V)) = %.6e, 2 BT C e a layer of it the epilogue's residual reads (2L matmul_forward_residual "
+               "a micro step)", tag, xs, fwd_bytes);
     double elem = perf_rows_sum(m, PERF_SET_COMMON, "forward", PERF_FP32_CORE, -1, 2);
     double want_elem = acc * ((m->v.flash ? 5.0 : 6.0) * L + 3.0);
     check(perf_close(elem, want_elem) && perf_rows_sum(m, PERF_SET_COMMON, NULL, -1, OP_RESIDUAL_FWD, 5) == 0.0,
@@ -1618,10 +1667,13 @@ static void perf_usage(FILE* out, const char* prog) {
             "  --svd full|syevdx|topr             syevdx (default, today): FP64 Gram + syevdx range I, top R;\n"
             "                                     full: syevd of all p (before da90bbf);\n"
             "                                     topr: a randomized range finder (GEMMs) + a batched R x R eig\n"
+            "  --fused_mlp 0|1                    gate and up in one product (default 1 in bf16, today; 0: two, as\n"
+            "                                      --dtype float32 and the code before 85bd595)\n"
             "  --fused_residual 0|1               the wo / w_down products add the residual in cuBLASLt's epilogue\n"
             "                                     (default 1, today; 0: residual_forward launches, before ccb06c0)\n"
             "  --fused_recovery 0|1               back-projection and residual in one GEMM (default 0; planned)\n"
-            "  --opt_batched 0|1                  optimizer launches batched over layers (default 0; planned)\n"
+            "  --opt_batched 0|1|2                optimizer launches: 0 per matrix, 2 per batch of a shape (default,\n"
+            "                                      today), 1 per tensor over its L layers (planned)\n"
             "  --dtype bfloat16|float32           activations (default bfloat16, the trainer's)\n"
             "  --clip 0|1                         gradient clipping fires (default 0, the authors' configs)\n"
             "  --parallel_wgrad 0|1               1 (default, today): rmsnorm dweight in two passes over many blocks,\n"
@@ -1675,6 +1727,7 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
     static const char* const attn[2] = {"materialized", "flash"};
     static const char* const dtypes[2] = {"bfloat16", "float32"};
     static const char* const off_on[2] = {"0", "1"};
+    static const char* const batched[3] = {"0", "1", "2"};
     int opt_gemm_given = 0;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
@@ -1701,7 +1754,8 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--svd") == 0) { o.v.svd = perf_parse_choice(f, v, PERF_SVD_NAMES, 3); }
         else if (strcmp(f, "--fused_residual") == 0) { o.v.fused_residual = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--fused_recovery") == 0) { o.v.fused_recovery = perf_parse_choice(f, v, off_on, 2); }
-        else if (strcmp(f, "--opt_batched") == 0) { o.v.opt_batched = perf_parse_choice(f, v, off_on, 2); }
+        else if (strcmp(f, "--opt_batched") == 0) { o.v.opt_batched = perf_parse_choice(f, v, batched, 3); }
+        else if (strcmp(f, "--fused_mlp") == 0) { o.v.fused_mlp = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--dtype") == 0) { o.v.fp32_acts = perf_parse_choice(f, v, dtypes, 2); }
         else if (strcmp(f, "--clip") == 0) { o.v.clip = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--parallel_wgrad") == 0) { o.v.parallel_wgrad = perf_parse_choice(f, v, off_on, 2); }

@@ -1064,7 +1064,9 @@ static GpuRun gpu_forward_backward(GpuTestCase* tc, Dtype dt) {
     llama_upload_params(&model, tc->params);
     GpuRun r;
     r.loss = llama_forward(&model, tc->inputs[0], tc->targets[0], B, T);
-    r.logits = to_host_dtype(model.acts.logits, (size_t)B * T * tc->cfg.V, dt);
+    size_t nl = (size_t)B * T * tc->cfg.V;
+    r.logits = (float*)cpu::malloc_check(nl * sizeof(float), "logits");
+    memcpy(r.logits, llama_logits_to_host(&model), nl * sizeof(float));  // (B,T,V): the device rows are Vp long
     llama_zero_grad(&model);
     llama_backward(&model, tc->inputs[0], tc->targets[0], 0.5f);
     llama_forward(&model, tc->inputs[1], tc->targets[1], B, T);
@@ -1142,7 +1144,8 @@ static size_t nonzero_pads(const float* x, size_t rows, int halves, int ld, int 
 // the MLP's device layout in bf16 (device_layout in train_llama_subtrack.cu:
 // gate and up in one product, F padded to Fp):
 //  - the pads never reach a loss, a gradient or a weight: padded (Fp a
-//    multiple of DEVICE_F_MULTIPLE) against unpadded (Fp = F), both fused,
+//    multiple of DEVICE_F_MULTIPLE, Vp of DEVICE_V_MULTIPLE) against
+//    unpadded (Fp = F, Vp = V), both fused,
 //    over 3 SubTrack++ steps with --master_weights 0 (the optimizer widens and
 //    rounds the bf16 weights through the layout): every loss, every gradient
 //    norm and every weight bit-identical
@@ -1152,7 +1155,8 @@ static size_t nonzero_pads(const float* x, size_t rows, int halves, int ld, int 
 //    product where the unfused one rounds each to bf16 and adds them:
 //    test_model_case_bf16 holds those gradients to the CPU's
 //  - the pads are zeros after the steps: in the bf16 weights, the gate/up
-//    and hidden activations of every layer and the MLP's scratch
+//    and hidden activations of every layer, the MLP's scratch and the
+//    logits (their gradient, after the backward)
 static void test_device_layout(GpuTestCase* tc) {
     cpu::LlamaConfig c = tc->cfg;
     int BT = tc->B * tc->T;
@@ -1169,20 +1173,23 @@ static void test_device_layout(GpuTestCase* tc) {
     float* logits[3];
     for (int k = 0; k < 3; k++) {
         g_device_fuse_mlp = fuse[k];
-        g_device_pad_f = pad[k];
+        g_device_pad = pad[k];
         llama_build(&m[k], &c, DTYPE_BFLOAT16, 0);
         llama_upload_params(&m[k], tc->params);
         if (optimizer_build(&o[k], &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
     }
-    g_device_fuse_mlp = g_device_pad_f = 1;
-    int Fp = m[0].Fp, F = c.F;
+    g_device_fuse_mlp = g_device_pad = 1;
+    int Fp = m[0].Fp, F = c.F, Vp = m[0].Vp, V = c.V;
     for (int step = 0; step < steps; step++) {
         float lr = cpu::lr_at_step(&t, step);
         for (int k = 0; k < 3; k++) {
             llama_zero_grad(&m[k]);
             optimizer_begin_step(&o[k], lr);
             loss[k][step] = llama_forward(&m[k], tc->inputs[step % 2], tc->targets[step % 2], tc->B, tc->T);
-            if (step == 0) { logits[k] = device_values(m[k].acts.logits, (size_t)BT * c.V, DTYPE_BFLOAT16); }
+            if (step == 0) {
+                logits[k] = (float*)cpu::malloc_check((size_t)BT * c.V * sizeof(float), "logits");
+                memcpy(logits[k], llama_logits_to_host(&m[k]), (size_t)BT * c.V * sizeof(float));
+            }
             llama_backward(&m[k], tc->inputs[step % 2], tc->targets[step % 2], 1.0f);
             norm[k][step] = grad_global_norm(m[k].grads_memory, m[k].num_parameters);
             optimizer_step(&o[k], &m[k], lr);
@@ -1194,12 +1201,15 @@ static void test_device_layout(GpuTestCase* tc) {
         w[k] = (float*)cpu::malloc_check(n * sizeof(float), "weights");
         llama_download_params(&m[k], w[k]);
     }
+    // (model_tiny's V = 256 needs no pad; model_awkward's 300 does)
+    int Vp_want = (V + DEVICE_V_MULTIPLE - 1) / DEVICE_V_MULTIPLE * DEVICE_V_MULTIPLE;
     check(m[0].fused_mlp && m[1].fused_mlp && !m[2].fused_mlp && Fp > F && m[1].Fp == F && m[2].Fp == F &&
+          Vp == Vp_want && m[1].Vp == V &&
           memcmp(loss[0], loss[1], sizeof loss[0]) == 0 && memcmp(norm[0], norm[1], sizeof norm[0]) == 0 &&
           memcmp(w[0], w[1], n * sizeof(float)) == 0,
-          "%s bf16 --master_weights 0, %d SubTrack++ steps: F = %d padded to %d against unpadded, both fused: "
-          "every loss, gradient norm and weight bit-identical (last loss %.6f vs %.6f)", tc->label, steps, F, Fp,
-          loss[0][steps - 1], loss[1][steps - 1]);
+          "%s bf16 --master_weights 0, %d SubTrack++ steps: F = %d padded to %d and V = %d to %d against unpadded, "
+          "both fused: every loss, gradient norm and weight bit-identical (last loss %.6f vs %.6f)", tc->label, steps,
+          F, Fp, V, Vp, loss[0][steps - 1], loss[1][steps - 1]);
     check(memcmp(&loss[0][0], &loss[2][0], sizeof(float)) == 0 &&
           memcmp(logits[0], logits[2], (size_t)BT * c.V * sizeof(float)) == 0,
           "%s bf16: gate and up in one product against two: the first loss (%.6f vs %.6f) and all %d x %d logits "
@@ -1228,15 +1238,18 @@ static void test_device_layout(GpuTestCase* tc) {
     float* hid = device_values(d->acts.hidden, (size_t)c.L * BT * Fp, DTYPE_BFLOAT16);
     float* dgu = device_values(d->scratch.dgate, (size_t)BT * 2 * Fp, DTYPE_BFLOAT16);
     float* dh = device_values(d->scratch.dup, (size_t)BT * Fp, DTYPE_BFLOAT16);
+    float* lg = device_values(d->acts.logits, (size_t)BT * Vp, DTYPE_BFLOAT16);
     size_t act_bad = nonzero_pads(gu, (size_t)c.L * BT, 2, Fp, F) + nonzero_pads(hid, (size_t)c.L * BT, 1, Fp, F) +
-                     nonzero_pads(dgu, BT, 2, Fp, F) + nonzero_pads(dh, BT, 1, Fp, F);
-    size_t act_pads = (size_t)(Fp - F) * BT * (3 * c.L + 3);
-    check(covered == n && weight_pads == d->params_bf16_count - n && weight_pads == (size_t)3 * c.L * c.C * (Fp - F) &&
+                     nonzero_pads(dgu, BT, 2, Fp, F) + nonzero_pads(dh, BT, 1, Fp, F) + nonzero_pads(lg, BT, 1, Vp, V);
+    size_t act_pads = (size_t)(Fp - F) * BT * (3 * c.L + 3) + (size_t)(Vp - V) * BT;
+    check(covered == n && weight_pads == d->params_bf16_count - n &&
+          weight_pads == (size_t)3 * c.L * c.C * (Fp - F) + (size_t)(Vp - V) * c.C &&
           weight_bad == 0 && act_bad == 0,
-          "%s bf16: after the steps all %zu pads of the bf16 weights (3 L C (Fp - F)) and all %zu of the MLP's "
-          "activations and scratch are zero (%zu and %zu not), and the tensors cover the other %zu", tc->label,
+          "%s bf16: after the steps all %zu pads of the bf16 weights (3 L C (Fp - F) + (Vp - V) C) and all %zu of "
+          "the MLP's activations and scratch and of the logits are zero (%zu and %zu not), and the tensors cover the "
+          "other %zu", tc->label,
           weight_pads, act_pads, weight_bad, act_bad, covered);
-    free(image); free(used); free(gu); free(hid); free(dgu); free(dh);
+    free(image); free(used); free(gu); free(hid); free(dgu); free(dh); free(lg);
     for (int k = 0; k < 2; k++) { free(w[k]); }
     for (int k = 0; k < 3; k++) { free(logits[k]); optimizer_free(&o[k]); llama_free(&m[k]); }
 }

@@ -19,8 +19,10 @@ backward, with D_i = sum_d dout_id out_id (= sum_j P_ij dP_ij):
 dq, dk, dv are written (=), not accumulated, like the trainer's attention_backward.
 
 launchers (the trainer's X is float or __nv_bfloat16):
-    flash_attention_forward<X>(out, lse, q, k, v, B, T, NH, HS)
-    flash_attention_backward<X>(dq, dk, dv, dout, out, lse, q, k, v, scratch_D, B, T, NH, HS)
+    flash_attention_forward<X>(out, lse, q, k, v, B, T, NH, HS[, ldq, ldo])
+    flash_attention_backward<X>(dq, dk, dv, dout, out, lse, q, k, v, scratch_D, B, T, NH, HS[, ldq, ldo])
+    (ldq: the row stride of q, k, v, dq, dk, dv; ldo: of out, dout; both C
+    by default. the trainer's fused product writes rows [q | k | v]: ldq 3C)
     flash_attention_supported<X>(HS)   // HS 1..256
     flash_attention_wmma<X>(HS)        // true: version 2 runs, else version 1
 
@@ -113,12 +115,13 @@ template <> __device__ __forceinline__ bf16 fa_from_float<bf16>(float x) { retur
 
 // D_i = sum_d dout_id out_id, one warp per row (b, h, t); D (B,NH,T). both versions
 template <typename X>
-__global__ void flash_backward_rowdot_kernel(float* D, const X* dout, const X* out, int B, int T, int NH, int HS) {
+__global__ void flash_backward_rowdot_kernel(float* D, const X* dout, const X* out, int B, int T, int NH, int HS,
+                                             int ldo) {
     int row = blockIdx.x * (blockDim.x / FA_WARP) + threadIdx.x / FA_WARP;  // (b, h, t)
     int lane = threadIdx.x % FA_WARP;
     if (row >= B * NH * T) { return; }  // whole warps leave together
     int t = row % T, h = (row / T) % NH, b = row / (T * NH);
-    size_t off = (((size_t)b * T + t) * NH + h) * HS;
+    size_t off = ((size_t)b * T + t) * ldo + (size_t)h * HS;
     float acc = 0.0f;
     for (int d = lane; d < HS; d += FA_WARP) { acc += fa_to_float(dout[off + d]) * fa_to_float(out[off + d]); }
     acc = fa_warp_sum(acc);
@@ -131,18 +134,17 @@ __global__ void flash_backward_rowdot_kernel(float* D, const X* dout, const X* o
 // head dimensions d = lane + 32 r for out. smem per warp: q row (HS), p (32)
 template <typename X>
 __global__ void flash_forward_fp32_kernel(X* out, float* lse, const X* q, const X* k, const X* v,
-                                          int B, int T, int NH, int HS, float scale) {
+                                          int B, int T, int NH, int HS, float scale, int ldq, int ldo) {
     extern __shared__ float fa1_smem[];
     int warp = threadIdx.x / FA_WARP, lane = threadIdx.x % FA_WARP;
     int row = blockIdx.x * FA1_WARPS + warp;  // (b, h, t)
     if (row >= B * NH * T) { return; }  // no block barriers below: whole warps may leave
     int t = row % T, h = (row / T) % NH, b = row / (T * NH);
-    size_t C = (size_t)NH * HS;
-    const X* kh = k + (size_t)b * T * C + (size_t)h * HS;  // key j at kh + j * C
-    const X* vh = v + (size_t)b * T * C + (size_t)h * HS;
+    const X* kh = k + (size_t)b * T * ldq + (size_t)h * HS;  // key j at kh + j * ldq
+    const X* vh = v + (size_t)b * T * ldq + (size_t)h * HS;
     float* qs = fa1_smem + warp * (HS + FA_WARP);
     float* ps = qs + HS;
-    for (int d = lane; d < HS; d += FA_WARP) { qs[d] = fa_to_float(q[((size_t)b * T + t) * C + (size_t)h * HS + d]); }
+    for (int d = lane; d < HS; d += FA_WARP) { qs[d] = fa_to_float(q[((size_t)b * T + t) * ldq + (size_t)h * HS + d]); }
     __syncwarp();
     float o[FA1_HS_MAX / FA_WARP];
     for (int r = 0; r < FA1_HS_MAX / FA_WARP; r++) { o[r] = 0.0f; }
@@ -152,7 +154,7 @@ __global__ void flash_forward_fp32_kernel(X* out, float* lse, const X* q, const 
         float s = -INFINITY;
         if (j <= t) {
             float acc = 0.0f;
-            for (int d = 0; d < HS; d++) { acc += qs[d] * fa_to_float(kh[(size_t)j * C + d]); }
+            for (int d = 0; d < HS; d++) { acc += qs[d] * fa_to_float(kh[(size_t)j * ldq + d]); }
             s = acc * scale;
         }
         // key j0 <= t is in every step, so m_new is finite; exp(-inf) = 0 on the first step
@@ -168,7 +170,7 @@ __global__ void flash_forward_fp32_kernel(X* out, float* lse, const X* q, const 
             int d = lane + r * FA_WARP;
             if (d < HS) {
                 float acc = o[r] * alpha;
-                for (int jj = 0; jj < nj; jj++) { acc += ps[jj] * fa_to_float(vh[(size_t)(j0 + jj) * C + d]); }
+                for (int jj = 0; jj < nj; jj++) { acc += ps[jj] * fa_to_float(vh[(size_t)(j0 + jj) * ldq + d]); }
                 o[r] = acc;
             }
         }
@@ -177,7 +179,7 @@ __global__ void flash_forward_fp32_kernel(X* out, float* lse, const X* q, const 
     float inv = 1.0f / l;
     for (int r = 0; r < FA1_HS_MAX / FA_WARP; r++) {
         int d = lane + r * FA_WARP;
-        if (d < HS) { out[((size_t)b * T + t) * C + (size_t)h * HS + d] = fa_from_float<X>(o[r] * inv); }
+        if (d < HS) { out[((size_t)b * T + t) * ldo + (size_t)h * HS + d] = fa_from_float<X>(o[r] * inv); }
     }
     if (lane == 0) { lse[row] = m + logf(l); }
 }
@@ -188,21 +190,20 @@ __global__ void flash_forward_fp32_kernel(X* out, float* lse, const X* q, const 
 template <typename X>
 __global__ void flash_backward_dq_fp32_kernel(X* dq, const X* dout, const float* lse, const float* D,
                                               const X* q, const X* k, const X* v,
-                                              int B, int T, int NH, int HS, float scale) {
+                                              int B, int T, int NH, int HS, float scale, int ldq, int ldo) {
     extern __shared__ float fa1_smem[];
     int warp = threadIdx.x / FA_WARP, lane = threadIdx.x % FA_WARP;
     int row = blockIdx.x * FA1_WARPS + warp;
     if (row >= B * NH * T) { return; }
     int t = row % T, h = (row / T) % NH, b = row / (T * NH);
-    size_t C = (size_t)NH * HS;
-    const X* kh = k + (size_t)b * T * C + (size_t)h * HS;
-    const X* vh = v + (size_t)b * T * C + (size_t)h * HS;
+    const X* kh = k + (size_t)b * T * ldq + (size_t)h * HS;
+    const X* vh = v + (size_t)b * T * ldq + (size_t)h * HS;
     float* qs = fa1_smem + warp * (2 * HS + FA_WARP);
     float* gs = qs + HS;
     float* dss = gs + HS;
     for (int d = lane; d < HS; d += FA_WARP) {
-        qs[d] = fa_to_float(q[((size_t)b * T + t) * C + (size_t)h * HS + d]);
-        gs[d] = fa_to_float(dout[((size_t)b * T + t) * C + (size_t)h * HS + d]);
+        qs[d] = fa_to_float(q[((size_t)b * T + t) * ldq + (size_t)h * HS + d]);
+        gs[d] = fa_to_float(dout[((size_t)b * T + t) * ldo + (size_t)h * HS + d]);
     }
     __syncwarp();
     float lse_i = lse[row], D_i = D[row];
@@ -214,8 +215,8 @@ __global__ void flash_backward_dq_fp32_kernel(X* dq, const X* dout, const float*
         if (j <= t) {
             float s = 0.0f, dp = 0.0f;
             for (int d = 0; d < HS; d++) {
-                s += qs[d] * fa_to_float(kh[(size_t)j * C + d]);
-                dp += gs[d] * fa_to_float(vh[(size_t)j * C + d]);
+                s += qs[d] * fa_to_float(kh[(size_t)j * ldq + d]);
+                dp += gs[d] * fa_to_float(vh[(size_t)j * ldq + d]);
             }
             float p = expf(s * scale - lse_i);
             ds = p * (dp - D_i);
@@ -227,7 +228,7 @@ __global__ void flash_backward_dq_fp32_kernel(X* dq, const X* dout, const float*
             int d = lane + r * FA_WARP;
             if (d < HS) {
                 float a = acc[r];
-                for (int jj = 0; jj < nj; jj++) { a += dss[jj] * fa_to_float(kh[(size_t)(j0 + jj) * C + d]); }
+                for (int jj = 0; jj < nj; jj++) { a += dss[jj] * fa_to_float(kh[(size_t)(j0 + jj) * ldq + d]); }
                 acc[r] = a;
             }
         }
@@ -235,7 +236,7 @@ __global__ void flash_backward_dq_fp32_kernel(X* dq, const X* dout, const float*
     }
     for (int r = 0; r < FA1_HS_MAX / FA_WARP; r++) {
         int d = lane + r * FA_WARP;
-        if (d < HS) { dq[((size_t)b * T + t) * C + (size_t)h * HS + d] = fa_from_float<X>(acc[r] * scale); }
+        if (d < HS) { dq[((size_t)b * T + t) * ldq + (size_t)h * HS + d] = fa_from_float<X>(acc[r] * scale); }
     }
 }
 
@@ -245,15 +246,14 @@ __global__ void flash_backward_dq_fp32_kernel(X* dq, const X* dout, const float*
 template <typename X>
 __global__ void flash_backward_dkdv_fp32_kernel(X* dk, X* dv, const X* dout, const float* lse,
                                                 const float* D, const X* q, const X* k, const X* v,
-                                                int B, int T, int NH, int HS, float scale) {
+                                                int B, int T, int NH, int HS, float scale, int ldq, int ldo) {
     extern __shared__ float fa1_smem[];
     int warp = threadIdx.x / FA_WARP, lane = threadIdx.x % FA_WARP;
     int row = blockIdx.x * FA1_WARPS + warp;  // (b, h, j)
     if (row >= B * NH * T) { return; }
     int j = row % T, h = (row / T) % NH, b = row / (T * NH);
-    size_t C = (size_t)NH * HS;
-    const X* qh = q + (size_t)b * T * C + (size_t)h * HS;  // query i at qh + i * C
-    const X* gh = dout + (size_t)b * T * C + (size_t)h * HS;
+    const X* qh = q + (size_t)b * T * ldq + (size_t)h * HS;  // query i at qh + i * ldq
+    const X* gh = dout + (size_t)b * T * ldo + (size_t)h * HS;
     const float* lse_h = lse + (size_t)(row - j);  // (b, h, 0)
     const float* D_h = D + (size_t)(row - j);
     float* ks = fa1_smem + warp * (2 * HS + 2 * FA_WARP);
@@ -261,8 +261,8 @@ __global__ void flash_backward_dkdv_fp32_kernel(X* dk, X* dv, const X* dout, con
     float* ps = vs + HS;
     float* dss = ps + FA_WARP;
     for (int d = lane; d < HS; d += FA_WARP) {
-        ks[d] = fa_to_float(k[((size_t)b * T + j) * C + (size_t)h * HS + d]);
-        vs[d] = fa_to_float(v[((size_t)b * T + j) * C + (size_t)h * HS + d]);
+        ks[d] = fa_to_float(k[((size_t)b * T + j) * ldq + (size_t)h * HS + d]);
+        vs[d] = fa_to_float(v[((size_t)b * T + j) * ldq + (size_t)h * HS + d]);
     }
     __syncwarp();
     float ak[FA1_HS_MAX / FA_WARP], av[FA1_HS_MAX / FA_WARP];
@@ -273,8 +273,8 @@ __global__ void flash_backward_dkdv_fp32_kernel(X* dk, X* dv, const X* dout, con
         if (i < T) {
             float s = 0.0f, dp = 0.0f;
             for (int d = 0; d < HS; d++) {
-                s += fa_to_float(qh[(size_t)i * C + d]) * ks[d];
-                dp += fa_to_float(gh[(size_t)i * C + d]) * vs[d];
+                s += fa_to_float(qh[(size_t)i * ldq + d]) * ks[d];
+                dp += fa_to_float(gh[(size_t)i * ldo + d]) * vs[d];
             }
             p = expf(s * scale - lse_h[i]);
             ds = p * (dp - D_h[i]);
@@ -288,8 +288,8 @@ __global__ void flash_backward_dkdv_fp32_kernel(X* dk, X* dv, const X* dout, con
             if (d < HS) {
                 float a = ak[r], c = av[r];
                 for (int ii = 0; ii < ni; ii++) {
-                    a += dss[ii] * fa_to_float(qh[(size_t)(i0 + ii) * C + d]);
-                    c += ps[ii] * fa_to_float(gh[(size_t)(i0 + ii) * C + d]);
+                    a += dss[ii] * fa_to_float(qh[(size_t)(i0 + ii) * ldq + d]);
+                    c += ps[ii] * fa_to_float(gh[(size_t)(i0 + ii) * ldo + d]);
                 }
                 ak[r] = a;
                 av[r] = c;
@@ -300,8 +300,8 @@ __global__ void flash_backward_dkdv_fp32_kernel(X* dk, X* dv, const X* dout, con
     for (int r = 0; r < FA1_HS_MAX / FA_WARP; r++) {
         int d = lane + r * FA_WARP;
         if (d < HS) {
-            dk[((size_t)b * T + j) * C + (size_t)h * HS + d] = fa_from_float<X>(ak[r] * scale);
-            dv[((size_t)b * T + j) * C + (size_t)h * HS + d] = fa_from_float<X>(av[r]);
+            dk[((size_t)b * T + j) * ldq + (size_t)h * HS + d] = fa_from_float<X>(ak[r] * scale);
+            dv[((size_t)b * T + j) * ldq + (size_t)h * HS + d] = fa_from_float<X>(av[r]);
         }
     }
 }
@@ -363,7 +363,7 @@ struct fa_forward_smem {
 template <int HS>
 __global__ void __launch_bounds__(FA_THREADS)
 flash_forward_wmma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int T, int NH,
-                          float scale) {
+                          float scale, int ldq, int ldo) {
     typedef fa_forward_smem<HS> L;
     constexpr int LDH = HS + 8, NT = HS / 16;
     extern __shared__ __align__(128) unsigned char fa_smem[];
@@ -377,13 +377,13 @@ flash_forward_wmma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, c
     int warp = threadIdx.x / FA_WARP, lane = threadIdx.x % FA_WARP;
     int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     int q0 = (gridDim.x - 1 - blockIdx.x) * FA_ROWS;  // the longest (last) query blocks start first
-    size_t C = (size_t)NH * HS;
-    size_t head = (size_t)b * T * C + (size_t)h * HS;  // row t of this head at + t * C
+    size_t head = (size_t)b * T * ldq + (size_t)h * HS;  // row t of this head's q, k, v at + t * ldq
+    size_t head_o = (size_t)b * T * ldo + (size_t)h * HS;  // of its out, dout at + t * ldo
     float* sSw = sS + warp * 16 * FA_LDS;
     bf16* sPw = sP + warp * 16 * FA_LDP;
     float* sRoww = sRow + warp * 16;
 
-    fa_stage_rows<HS>(sQ, q + head, C, q0, FA_ROWS, T);
+    fa_stage_rows<HS>(sQ, q + head, ldq, q0, FA_ROWS, T);
     for (int e = threadIdx.x; e < 256; e += FA_THREADS) { sIdx[e] = (float)e; }
     __syncthreads();
     frag_a qf[NT];
@@ -402,8 +402,8 @@ flash_forward_wmma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, c
     int kend = min(T, q0 + FA_ROWS);  // keys 0 .. kend - 1 are needed by some query of the block
     __syncthreads();  // every warp has its Q fragments: the space now holds S and P
     for (int k0 = 0; k0 < kend; k0 += FA_STEP) {
-        fa_stage_rows<HS>(sK, k + head, C, k0, FA_STEP, T);
-        fa_stage_rows<HS>(sV, v + head, C, k0, FA_STEP, T);
+        fa_stage_rows<HS>(sK, k + head, ldq, k0, FA_STEP, T);
+        fa_stage_rows<HS>(sV, v + head, ldq, k0, FA_STEP, T);
         __syncthreads();
         if (warp_live && k0 <= w0 + 15) {  // else every key of this step is above the warp's rows
             // S (16 x 32) = Q K^T: K^T is K read column-major
@@ -478,7 +478,7 @@ flash_forward_wmma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, c
         for (int i = 0; i < o[c].num_elements; i++) { o[c].x[i] *= sRoww[fa_row(idx, i)]; }
         wmma::store_matrix_sync(sSw, o[c], FA_LDS, wmma::mem_row_major);
         __syncwarp();
-        fa_write_tile(out + head, C, w0, c * 16, T, sSw);
+        fa_write_tile(out + head_o, ldo, w0, c * 16, T, sSw);
         __syncwarp();
     }
 }
@@ -500,7 +500,7 @@ struct fa_dq_smem {
 template <int HS>
 __global__ void __launch_bounds__(FA_THREADS)
 flash_backward_dq_wmma_kernel(bf16* dq, const bf16* dout, const float* lse, const float* D, const bf16* q,
-                              const bf16* k, const bf16* v, int T, int NH, float scale) {
+                              const bf16* k, const bf16* v, int T, int NH, float scale, int ldq, int ldo) {
     typedef fa_dq_smem<HS> L;
     constexpr int LDH = HS + 8, NT = HS / 16;
     extern __shared__ __align__(128) unsigned char fa_smem[];
@@ -517,13 +517,13 @@ flash_backward_dq_wmma_kernel(bf16* dq, const bf16* dout, const float* lse, cons
     int warp = threadIdx.x / FA_WARP, lane = threadIdx.x % FA_WARP;
     int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     int q0 = (gridDim.x - 1 - blockIdx.x) * FA_ROWS;
-    size_t C = (size_t)NH * HS;
-    size_t head = (size_t)b * T * C + (size_t)h * HS;
+    size_t head = (size_t)b * T * ldq + (size_t)h * HS;
+    size_t head_o = (size_t)b * T * ldo + (size_t)h * HS;
     float* sSw = sS + warp * 16 * FA_LDS;
     bf16* sPw = sP + warp * 16 * FA_LDP;
 
-    fa_stage_rows<HS>(sQ, q + head, C, q0, FA_ROWS, T);
-    fa_stage_rows<HS>(sG, dout + head, C, q0, FA_ROWS, T);
+    fa_stage_rows<HS>(sQ, q + head, ldq, q0, FA_ROWS, T);
+    fa_stage_rows<HS>(sG, dout + head_o, ldo, q0, FA_ROWS, T);
     for (int e = threadIdx.x; e < 256; e += FA_THREADS) { sIdx[e] = (float)e; }
     for (int e = threadIdx.x; e < FA_ROWS; e += FA_THREADS) {
         bool in = q0 + e < T;
@@ -543,8 +543,8 @@ flash_backward_dq_wmma_kernel(bf16* dq, const bf16* dout, const float* lse, cons
     const bf16* sGw = sG + warp * 16 * LDH;
     int kend = min(T, q0 + FA_ROWS);
     for (int k0 = 0; k0 < kend; k0 += FA_STEP) {
-        fa_stage_rows<HS>(sK, k + head, C, k0, FA_STEP, T);
-        fa_stage_rows<HS>(sV, v + head, C, k0, FA_STEP, T);
+        fa_stage_rows<HS>(sK, k + head, ldq, k0, FA_STEP, T);
+        fa_stage_rows<HS>(sV, v + head, ldq, k0, FA_STEP, T);
         __syncthreads();
         if (warp_live && k0 <= w0 + 15) {
             // S = Q K^T (16 x 32)
@@ -618,7 +618,7 @@ flash_backward_dq_wmma_kernel(bf16* dq, const bf16* dout, const float* lse, cons
         for (int i = 0; i < acc[c].num_elements; i++) { acc[c].x[i] *= scale; }
         wmma::store_matrix_sync(sSw, acc[c], FA_LDS, wmma::mem_row_major);
         __syncwarp();
-        fa_write_tile(dq + head, C, w0, c * 16, T, sSw);
+        fa_write_tile(dq + head, ldq, w0, c * 16, T, sSw);
         __syncwarp();
     }
 }
@@ -650,7 +650,8 @@ static constexpr bool fa_dkdv_split(int HS) { return HS > 80; }
 template <int HS, int PARTS>
 __global__ void __launch_bounds__(FA_THREADS, 1)
 flash_backward_dkdv_wmma_kernel(bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* D,
-                                const bf16* q, const bf16* k, const bf16* v, int T, int NH, float scale) {
+                                const bf16* q, const bf16* k, const bf16* v, int T, int NH, float scale, int ldq,
+                                int ldo) {
     typedef fa_dkdv_smem<HS> L;
     constexpr int LDH = HS + 8, NT = HS / 16;
     extern __shared__ __align__(128) unsigned char fa_smem[];
@@ -667,13 +668,13 @@ flash_backward_dkdv_wmma_kernel(bf16* dk, bf16* dv, const bf16* dout, const floa
     int warp = threadIdx.x / FA_WARP, lane = threadIdx.x % FA_WARP;
     int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     int k0 = blockIdx.x * FA_ROWS;  // the first key blocks have the most queries: they start first
-    size_t C = (size_t)NH * HS;
-    size_t head = (size_t)b * T * C + (size_t)h * HS;
+    size_t head = (size_t)b * T * ldq + (size_t)h * HS;
+    size_t head_o = (size_t)b * T * ldo + (size_t)h * HS;
     float* sSw = sS + warp * 16 * FA_LDS;
     bf16* sPw = sP + warp * 16 * FA_LDP;
 
-    fa_stage_rows<HS>(sK, k + head, C, k0, FA_ROWS, T);
-    fa_stage_rows<HS>(sV, v + head, C, k0, FA_ROWS, T);
+    fa_stage_rows<HS>(sK, k + head, ldq, k0, FA_ROWS, T);
+    fa_stage_rows<HS>(sV, v + head, ldq, k0, FA_ROWS, T);
     for (int e = threadIdx.x; e < 256; e += FA_THREADS) { sIdx[e] = (float)e; }
     __syncthreads();
     frag_acc idx;
@@ -690,8 +691,8 @@ flash_backward_dkdv_wmma_kernel(bf16* dk, bf16* dv, const bf16* dout, const floa
     const bf16* sKw = sK + warp * 16 * LDH;
     const bf16* sVw = sV + warp * 16 * LDH;
     for (int i0 = k0; i0 < T; i0 += FA_STEP) {  // queries before k0 see none of these keys
-        fa_stage_rows<HS>(sQ, q + head, C, i0, FA_STEP, T);
-        fa_stage_rows<HS>(sG, dout + head, C, i0, FA_STEP, T);
+        fa_stage_rows<HS>(sQ, q + head, ldq, i0, FA_STEP, T);
+        fa_stage_rows<HS>(sG, dout + head_o, ldo, i0, FA_STEP, T);
         for (int e = threadIdx.x; e < FA_STEP; e += FA_THREADS) {
             bool in = i0 + e < T;
             sLse[e] = in ? lse[(size_t)bh * T + i0 + e] : 0.0f;
@@ -789,13 +790,13 @@ flash_backward_dkdv_wmma_kernel(bf16* dk, bf16* dv, const bf16* dout, const floa
             for (int i = 0; i < adk[c].num_elements; i++) { adk[c].x[i] *= scale; }
             wmma::store_matrix_sync(sSw, adk[c], FA_LDS, wmma::mem_row_major);
             __syncwarp();
-            fa_write_tile(dk + head, C, w0, c * 16, T, sSw);
+            fa_write_tile(dk + head, ldq, w0, c * 16, T, sSw);
             __syncwarp();
         }
         if (PARTS & FA_DV) {
             wmma::store_matrix_sync(sSw, adv[c], FA_LDS, wmma::mem_row_major);
             __syncwarp();
-            fa_write_tile(dv + head, C, w0, c * 16, T, sSw);
+            fa_write_tile(dv + head, ldq, w0, c * 16, T, sSw);
             __syncwarp();
         }
     }
@@ -828,10 +829,18 @@ bool flash_attention_supported(int HS) {
 }
 
 template <typename X>
-static void fa_check_arguments(const char* who, const X* const* ptrs, int n, int B, int T, int NH, int HS) {
+static void fa_check_arguments(const char* who, const X* const* ptrs, int n, int B, int T, int NH, int HS, int ldq,
+                               int ldo) {
     if (B < 1 || T < 1 || NH < 1 || !flash_attention_supported<X>(HS)) {
         fprintf(stderr, "error: %s: unsupported shape B %d T %d NH %d HS %d; hint: see "
                 "flash_attention_supported(): HS 1..256\n", who, B, T, NH, HS);
+        exit(EXIT_FAILURE);
+    }
+    // rows at least NH * HS long; the tensor-core kernels stage rows 16 bytes at a time
+    int rows16 = flash_attention_wmma<X>(HS) ? 16 / (int)sizeof(X) : 1;
+    if (ldq < NH * HS || ldo < NH * HS || ldq % rows16 != 0 || ldo % rows16 != 0) {
+        fprintf(stderr, "error: %s: row strides %d (q, k, v) and %d (out) for NH %d x HS %d; hint: each must be at "
+                "least NH * HS%s\n", who, ldq, ldo, NH, HS, rows16 > 1 ? " and a multiple of 8" : "");
         exit(EXIT_FAILURE);
     }
     for (int i = 0; i < n; i++) {
@@ -852,48 +861,57 @@ static void fa_set_smem(K* kernel, size_t bytes) {
 
 template <int HS>
 static void fa_forward_wmma(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-                            int B, int T, int NH, float scale) {
+                            int B, int T, int NH, float scale, int ldq, int ldo) {
     size_t smem = fa_forward_smem<HS>::bytes;
     fa_set_smem(flash_forward_wmma_kernel<HS>, smem);
     dim3 grid((T + FA_ROWS - 1) / FA_ROWS, B * NH);
-    flash_forward_wmma_kernel<HS><<<grid, FA_THREADS, smem>>>(out, lse, q, k, v, T, NH, scale);
+    flash_forward_wmma_kernel<HS><<<grid, FA_THREADS, smem>>>(out, lse, q, k, v, T, NH, scale, ldq, ldo);
     fa_check(cudaGetLastError());
 }
 
 template <int HS>
 static void fa_backward_wmma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* D,
-                             const bf16* q, const bf16* k, const bf16* v, int B, int T, int NH, float scale) {
+                             const bf16* q, const bf16* k, const bf16* v, int B, int T, int NH, float scale,
+                             int ldq, int ldo) {
     dim3 grid((T + FA_ROWS - 1) / FA_ROWS, B * NH);
     size_t smem = fa_dq_smem<HS>::bytes;
     fa_set_smem(flash_backward_dq_wmma_kernel<HS>, smem);
-    flash_backward_dq_wmma_kernel<HS><<<grid, FA_THREADS, smem>>>(dq, dout, lse, D, q, k, v, T, NH, scale);
+    flash_backward_dq_wmma_kernel<HS><<<grid, FA_THREADS, smem>>>(dq, dout, lse, D, q, k, v, T, NH, scale, ldq,
+                                                                                 ldo);
     fa_check(cudaGetLastError());
     smem = fa_dkdv_smem<HS>::bytes;
     if constexpr (fa_dkdv_split(HS)) {
         fa_set_smem(flash_backward_dkdv_wmma_kernel<HS, FA_DV>, smem);
         flash_backward_dkdv_wmma_kernel<HS, FA_DV><<<grid, FA_THREADS, smem>>>(dk, dv, dout, lse, D, q, k, v, T, NH,
-                                                                             scale);
+                                                                             scale, ldq, ldo);
         fa_check(cudaGetLastError());
         fa_set_smem(flash_backward_dkdv_wmma_kernel<HS, FA_DK>, smem);
         flash_backward_dkdv_wmma_kernel<HS, FA_DK><<<grid, FA_THREADS, smem>>>(dk, dv, dout, lse, D, q, k, v, T, NH,
-                                                                             scale);
+                                                                             scale, ldq, ldo);
     } else {
         fa_set_smem(flash_backward_dkdv_wmma_kernel<HS, FA_DV | FA_DK>, smem);
         flash_backward_dkdv_wmma_kernel<HS, FA_DV | FA_DK><<<grid, FA_THREADS, smem>>>(dk, dv, dout, lse, D, q, k, v,
-                                                                                     T, NH, scale);
+                                                                                     T, NH, scale, ldq, ldo);
     }
     fa_check(cudaGetLastError());
 }
 
-// out (B,T,NH,HS), lse (B,NH,T); q, k, v (B,T,NH,HS), q and k after RoPE
+// out (B,T,NH,HS), lse (B,NH,T); q, k, v (B,T,NH,HS), q and k after RoPE.
+// ldq, ldo: the row strides of q, k, v (and dq, dk, dv) and of out (and
+// dout), NH * HS by default (0); 3 NH HS when q, k, v are the thirds of
+// one product's rows [q | k | v]. the last arguments, which the CPU twin
+// does not have
 template <typename X>
-void flash_attention_forward(X* out, float* lse, const X* q, const X* k, const X* v, int B, int T, int NH, int HS) {
+void flash_attention_forward(X* out, float* lse, const X* q, const X* k, const X* v, int B, int T, int NH, int HS,
+                             int ldq = 0, int ldo = 0) {
     const X* ptrs[4] = {out, q, k, v};
-    fa_check_arguments("flash_attention_forward", ptrs, 4, B, T, NH, HS);
+    ldq = ldq > 0 ? ldq : NH * HS;
+    ldo = ldo > 0 ? ldo : NH * HS;
+    fa_check_arguments("flash_attention_forward", ptrs, 4, B, T, NH, HS, ldq, ldo);
     float scale = 1.0f / sqrtf((float)HS);
     if constexpr (std::is_same<X, bf16>::value) {
         if (fa_wmma_head_size(HS)) {
-#define FA_CASE(n) if (HS == n) { fa_forward_wmma<n>(out, lse, q, k, v, B, T, NH, scale); }
+#define FA_CASE(n) if (HS == n) { fa_forward_wmma<n>(out, lse, q, k, v, B, T, NH, scale, ldq, ldo); }
             FA_WMMA_HEAD_SIZES(FA_CASE)
 #undef FA_CASE
             return;
@@ -902,7 +920,7 @@ void flash_attention_forward(X* out, float* lse, const X* q, const X* k, const X
     int rows = B * NH * T;
     size_t smem = (size_t)FA1_WARPS * (HS + FA_WARP) * sizeof(float);
     flash_forward_fp32_kernel<X><<<(rows + FA1_WARPS - 1) / FA1_WARPS, FA1_WARPS * FA_WARP, smem>>>(
-        out, lse, q, k, v, B, T, NH, HS, scale);
+        out, lse, q, k, v, B, T, NH, HS, scale, ldq, ldo);
     fa_check(cudaGetLastError());
 }
 
@@ -910,16 +928,20 @@ void flash_attention_forward(X* out, float* lse, const X* q, const X* k, const X
 // from the forward pass; scratch_D (B,NH,T) floats
 template <typename X>
 void flash_attention_backward(X* dq, X* dk, X* dv, const X* dout, const X* out, const float* lse, const X* q,
-                              const X* k, const X* v, float* scratch_D, int B, int T, int NH, int HS) {
+                              const X* k, const X* v, float* scratch_D, int B, int T, int NH, int HS, int ldq = 0,
+                              int ldo = 0) {
     const X* ptrs[8] = {dq, dk, dv, dout, out, q, k, v};
-    fa_check_arguments("flash_attention_backward", ptrs, 8, B, T, NH, HS);
+    ldq = ldq > 0 ? ldq : NH * HS;
+    ldo = ldo > 0 ? ldo : NH * HS;
+    fa_check_arguments("flash_attention_backward", ptrs, 8, B, T, NH, HS, ldq, ldo);
     float scale = 1.0f / sqrtf((float)HS);
     int rows = B * NH * T;
-    flash_backward_rowdot_kernel<<<(rows + 7) / 8, 8 * FA_WARP>>>(scratch_D, dout, out, B, T, NH, HS);
+    flash_backward_rowdot_kernel<<<(rows + 7) / 8, 8 * FA_WARP>>>(scratch_D, dout, out, B, T, NH, HS, ldo);
     fa_check(cudaGetLastError());
     if constexpr (std::is_same<X, bf16>::value) {
         if (fa_wmma_head_size(HS)) {
-#define FA_CASE(n) if (HS == n) { fa_backward_wmma<n>(dq, dk, dv, dout, lse, scratch_D, q, k, v, B, T, NH, scale); }
+#define FA_CASE(n) if (HS == n) { fa_backward_wmma<n>(dq, dk, dv, dout, lse, scratch_D, q, k, v, B, T, NH, scale, \
+                                                     ldq, ldo); }
             FA_WMMA_HEAD_SIZES(FA_CASE)
 #undef FA_CASE
             return;
@@ -928,10 +950,10 @@ void flash_attention_backward(X* dq, X* dk, X* dv, const X* dout, const X* out, 
     int blocks = (rows + FA1_WARPS - 1) / FA1_WARPS;
     size_t smem = (size_t)FA1_WARPS * (2 * HS + FA_WARP) * sizeof(float);
     flash_backward_dq_fp32_kernel<X><<<blocks, FA1_WARPS * FA_WARP, smem>>>(dq, dout, lse, scratch_D, q, k, v,
-                                                                        B, T, NH, HS, scale);
+                                                                        B, T, NH, HS, scale, ldq, ldo);
     fa_check(cudaGetLastError());
     smem = (size_t)FA1_WARPS * (2 * HS + 2 * FA_WARP) * sizeof(float);
     flash_backward_dkdv_fp32_kernel<X><<<blocks, FA1_WARPS * FA_WARP, smem>>>(dk, dv, dout, lse, scratch_D, q, k, v,
-                                                                          B, T, NH, HS, scale);
+                                                                          B, T, NH, HS, scale, ldq, ldo);
     fa_check(cudaGetLastError());
 }

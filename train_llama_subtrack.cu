@@ -654,7 +654,7 @@ __device__ __forceinline__ void rope_rotate(float* o1, float* o2, float x1, floa
 // per pair; in and out may alias (each thread reads its pair before writing)
 template <typename X>
 __global__ void rope_kernel(X* out, const X* inp, const float* cos_table, const float* sin_table,
-                            int B, int T, int NH, int HS, float direction) {
+                            int B, int T, int NH, int HS, float direction, int ld) {
     int half = HS / 2;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)B * T * NH * half) { return; }
@@ -663,8 +663,9 @@ __global__ void rope_kernel(X* out, const X* inp, const float* cos_table, const 
     int t = (int)((bth / NH) % T);
     float cs = cos_table[(size_t)t * half + i];
     float sn = direction * sin_table[(size_t)t * half + i];
-    const X* x = inp + bth * HS;
-    X* o = out + bth * HS;
+    size_t at = bth / NH * ld + bth % NH * HS;  // rows of the heads ld apart
+    const X* x = inp + at;
+    X* o = out + at;
     float o1, o2;
     rope_rotate(&o1, &o2, to_float(x[i]), to_float(x[i + half]), cs, sn);
     o[i] = from_float<X>(o1);
@@ -675,7 +676,7 @@ __global__ void rope_kernel(X* out, const X* inp, const float* cos_table, const 
 // per pack of pairs, channels i .. i+P-1 and their partners i+HS/2 ..
 template <typename X>
 __global__ void rope_packed_kernel(X* out, const X* inp, const float* cos_table, const float* sin_table,
-                                   int B, int T, int NH, int HS, float direction) {
+                                   int B, int T, int NH, int HS, float direction, int ld) {
     constexpr int P = Pack128<X>::size;
     int half = HS / 2, packs = half / P;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -686,8 +687,9 @@ __global__ void rope_packed_kernel(X* out, const X* inp, const float* cos_table,
     float cs[P], sn[P];
     load128_floats<X>(cs, cos_table + (size_t)t * half + i);
     load128_floats<X>(sn, sin_table + (size_t)t * half + i);
-    const X* x = inp + bth * HS;
-    X* o = out + bth * HS;
+    size_t at = bth / NH * ld + bth % NH * HS;  // rows of the heads ld apart
+    const X* x = inp + at;
+    X* o = out + at;
     Pack128<X> x1 = load128(x + i), x2 = load128(x + i + half), o1, o2;
     for (int k = 0; k < P; k++) {
         float a, b;
@@ -1278,34 +1280,38 @@ void matmul_backward(X* dinp, float* dweight, const X* dout, const X* inp,
 }
 
 // rope_forward (direction 1) and rope_backward (-1): the packed kernel when
-// a head's half and the pointers allow
+// a head's half, the row stride and the pointers allow
 template <typename X>
 static void rope_rotate_all(X* out, const X* inp, const float* cos_table, const float* sin_table,
-                            int B, int T, int NH, int HS, float direction) {
+                            int B, int T, int NH, int HS, float direction, int ld) {
     size_t pairs = (size_t)B * T * NH * (HS / 2);
-    if (use_packed<X>(HS / 2, out, inp, cos_table, sin_table)) {
+    ld = ld > 0 ? ld : NH * HS;
+    if (use_packed<X>(HS / 2, out, inp, cos_table, sin_table) && ld % Pack128<X>::size == 0) {
         size_t packs = pairs / Pack128<X>::size;
         rope_packed_kernel<<<ceil_div(packs, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, cos_table, sin_table,
-                                                                                     B, T, NH, HS, direction);
+                                                                                     B, T, NH, HS, direction, ld);
     } else {
         rope_kernel<<<ceil_div(pairs, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(out, inp, cos_table, sin_table,
-                                                                              B, T, NH, HS, direction);
+                                                                              B, T, NH, HS, direction, ld);
     }
     launch_check();
 }
 
+// ld: the row stride of out and inp, NH * HS by default (0); 3 NH HS for q
+// or k as a third of the fused product's rows [q | k | v]. the last
+// argument, which the CPU twin does not have
 template <typename X>
 void rope_forward(X* out, const X* inp, const float* cos_table, const float* sin_table,
-                  int B, int T, int NH, int HS) {
+                  int B, int T, int NH, int HS, int ld = 0) {
     // out, inp (B,T,NH,HS) may alias; tables (T, HS/2)
-    rope_rotate_all(out, inp, cos_table, sin_table, B, T, NH, HS, 1.0f);
+    rope_rotate_all(out, inp, cos_table, sin_table, B, T, NH, HS, 1.0f, ld);
 }
 
 template <typename X>
 void rope_backward(X* dinp, const X* dout, const float* cos_table, const float* sin_table,
-                   int B, int T, int NH, int HS) {
+                   int B, int T, int NH, int HS, int ld = 0) {
     // the rotation is orthogonal, so its backward is the rotation by the negative angle
-    rope_rotate_all(dinp, dout, cos_table, sin_table, B, T, NH, HS, -1.0f);
+    rope_rotate_all(dinp, dout, cos_table, sin_table, B, T, NH, HS, -1.0f, ld);
 }
 
 // causal attention: flash attention (flash_attention.cuh, included above),
@@ -1315,17 +1321,20 @@ void rope_backward(X* dinp, const X* dout, const float* cos_table, const float* 
 // bf16 storage at the others (flash_attention_wmma). the backward is
 // deterministic (no atomics), so resume stays bit-exact
 template <typename X>
-void attention_forward(X* out, float* lse, const X* q, const X* k, const X* v, int B, int T, int NH, int HS) {
-    // out (B,T,NH,HS); lse (B,NH,T), saved for backward; q, k, v (B,T,NH,HS)
-    flash_attention_forward(out, lse, q, k, v, B, T, NH, HS);
+void attention_forward(X* out, float* lse, const X* q, const X* k, const X* v, int B, int T, int NH, int HS,
+                       int ldq = 0) {
+    // out (B,T,NH,HS); lse (B,NH,T), saved for backward; q, k, v (B,T,NH,HS),
+    // rows ldq apart (NH * HS by default; 3 NH HS in the fused layout)
+    flash_attention_forward(out, lse, q, k, v, B, T, NH, HS, ldq);
 }
 
 template <typename X>
 void attention_backward(X* dq, X* dk, X* dv, const X* dout, const X* out, const float* lse, const X* q,
-                        const X* k, const X* v, float* scratch_D, int B, int T, int NH, int HS) {
+                        const X* k, const X* v, float* scratch_D, int B, int T, int NH, int HS, int ldq = 0) {
     // dq, dk, dv (B,T,NH,HS) written (=); dout, out (B,T,NH,HS); lse (B,NH,T)
-    // from the forward pass; q, k, v (B,T,NH,HS); scratch_D (B,NH,T)
-    flash_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, scratch_D, B, T, NH, HS);
+    // from the forward pass; q, k, v (B,T,NH,HS); scratch_D (B,NH,T); q, k, v,
+    // dq, dk, dv rows ldq apart
+    flash_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, scratch_D, B, T, NH, HS, ldq);
 }
 
 template <typename X>
@@ -1528,9 +1537,13 @@ void grad_scale(float* grads, size_t n, float s) {
 // act<X>(), which gives the field its real type; in fp32 act<float> is a no-op.
 
 // ----------------------------------------------------------------------------
-// the device layout of the MLP, in bf16: the CPU's parameter table on the
-// device, except in params_bf16 (the bf16 weights the products read) and in
-// the MLP's activations, where
+// the device layout, in bf16: the CPU's parameter table on the device,
+// except in params_bf16 (the bf16 weights the products read) and in the
+// activations, where
+//   - each layer's wq, wk and wv are one (3C, C) block, so that one product
+//     gives the rows [q | k | v] (the activation q holds them, k and v have
+//     no memory of their own; RoPE and flash attention read q, k and v rows
+//     3C apart), and one product with K = 3C gives their input gradient;
 //   - each layer's w_gate and w_up are one (2 Fp, C) block, [w_gate; zeros;
 //     w_up; zeros], so that one product gives both: the activation gate holds
 //     (B, T, 2 Fp) rows [gate | up], and up has no memory of its own;
@@ -1554,10 +1567,16 @@ void grad_scale(float* grads, size_t n, float s) {
 // a tensor's index in the parameter table
 #define PARAM_INDEX(field) ((int)(offsetof(cpu::ParameterTensors, field) / sizeof(float*)))
 // the tests switch these off to compare the layouts (dev/test_gpu)
-static int g_device_fuse_mlp = 1;
+static int g_device_fuse = 1;  // both fusions
 static int g_device_pad = 1;
 
-static int device_fused_mlp(Dtype dt) { return dt == DTYPE_BFLOAT16 && g_device_fuse_mlp; }
+static int device_fused_mlp(Dtype dt) { return dt == DTYPE_BFLOAT16 && g_device_fuse; }
+
+// q, k, v in one product: in bf16, when C keeps each third of a row 16-byte
+// aligned (C a multiple of 8; every preset's is)
+static int device_fused_qkv(const cpu::LlamaConfig* c, Dtype dt) {
+    return dt == DTYPE_BFLOAT16 && g_device_fuse && c->C % 8 == 0;
+}
 
 static int device_F(const cpu::LlamaConfig* c, Dtype dt) {
     if (!device_fused_mlp(dt) || !g_device_pad) { return c->F; }
@@ -1577,12 +1596,21 @@ typedef struct {
 
 // the blocks of every tensor and the bf16 elements they span, pads included
 static size_t device_layout(DeviceBlock blocks[NUM_PARAMETER_TENSORS], const cpu::LlamaConfig* c, int Fp,
-                            int fused, int Vp) {
+                            int fused, int Vp, int fused_qkv) {
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
     cpu::parameter_table(spec, c);
     size_t at = 0, C = c->C;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         DeviceBlock b = {at, (size_t)spec[i].rows * spec[i].cols, (size_t)spec[i].cols};
+        if (fused_qkv && (i == PARAM_INDEX(wq) || i == PARAM_INDEX(wk) || i == PARAM_INDEX(wv))) {
+            // [wq; wk; wv] a layer: wk's and wv's rows C and 2C rows in
+            int third = i - PARAM_INDEX(wq);
+            b.base = (third == 0 ? at : blocks[PARAM_INDEX(wq)].base) + (size_t)third * C * C;
+            b.layer_stride = 3 * C * C;
+            blocks[i] = b;
+            if (third == 2) { at += (size_t)spec[i].layers * 3 * C * C; }
+            continue;
+        }
         if (fused && i == PARAM_INDEX(w_gate)) {
             b.layer_stride = 2 * (size_t)Fp * C;  // and w_up's rows start Fp rows in (below)
         } else if (fused && i == PARAM_INDEX(w_up)) {
@@ -1641,6 +1669,7 @@ typedef struct {
     int Fp;                        // the MLP's row length on the device: F, or F padded (device_F)
     int Vp;                        // the logits' row length on the device: V, or V padded (device_V)
     int fused_mlp;                 // gate and up in one product (device_fused_mlp)
+    int fused_qkv;                 // q, k and v in one product (device_fused_qkv)
     const float* param_base;       // what params point into: params_memory, or PARAMS_OFFSET_BASE
     cpu::ParameterTensors grads;
     float* grads_memory;           // (grads_floats) fp32 in both dtypes
@@ -1724,10 +1753,17 @@ static size_t point_into_bytes(float** ptrs, const size_t* sizes, const size_t* 
 static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[NUM_ACTIVATION_TENSORS],
                               size_t gsz[NUM_GRAD_SCRATCH_TENSORS], size_t gbytes[NUM_GRAD_SCRATCH_TENSORS],
                               const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute, int Fp, int fused,
-                              int Vp) {
+                              int Vp, int fused_qkv) {
     cpu::activation_sizes(asz, c, B, T);
     cpu::grad_scratch_sizes(gsz, c, B, T);
-    size_t btf = (size_t)B * T * Fp, L = c->L;
+    size_t btf = (size_t)B * T * Fp, L = c->L, btc = (size_t)B * T * c->C;
+    // fused q, k, v: q holds the rows [q | k | v], and so does the scratch's dq
+    asz[offsetof(cpu::ActivationTensors, q) / sizeof(float*)] = L * btc * (fused_qkv ? 3 : 1);
+    asz[offsetof(cpu::ActivationTensors, k) / sizeof(float*)] = fused_qkv ? 0 : L * btc;
+    asz[offsetof(cpu::ActivationTensors, v) / sizeof(float*)] = fused_qkv ? 0 : L * btc;
+    gsz[offsetof(cpu::GradScratch, dq) / sizeof(float*)] = btc * (fused_qkv ? 3 : 1);
+    gsz[offsetof(cpu::GradScratch, dk) / sizeof(float*)] = fused_qkv ? 0 : btc;
+    gsz[offsetof(cpu::GradScratch, dv) / sizeof(float*)] = fused_qkv ? 0 : btc;
     asz[offsetof(cpu::ActivationTensors, logits) / sizeof(float*)] = (size_t)B * T * Vp;
     asz[offsetof(cpu::ActivationTensors, gate) / sizeof(float*)] = L * btf * (fused ? 2 : 1);
     asz[offsetof(cpu::ActivationTensors, up) / sizeof(float*)] = fused ? 0 : L * btf;
@@ -1746,7 +1782,8 @@ static void activation_layout(size_t asz[NUM_ACTIVATION_TENSORS], size_t abytes[
 size_t llama_activation_bytes(const cpu::LlamaConfig* c, int B, int T, Dtype dt, int recompute) {
     size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
            gb[NUM_GRAD_SCRATCH_TENSORS];
-    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), device_fused_mlp(dt), device_V(c, dt));
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), device_fused_mlp(dt), device_V(c, dt),
+                      device_fused_qkv(c, dt));
     return point_into_bytes(NULL, asz, ab, NUM_ACTIVATION_TENSORS, NULL) +
            point_into_bytes(NULL, gsz, gb, NUM_GRAD_SCRATCH_TENSORS, NULL);
 }
@@ -1798,9 +1835,11 @@ void llama_build(Llama* model, const cpu::LlamaConfig* c, Dtype dtype, int maste
                                                 ? "gradient of one unit" : "gradients");
     cuda_check(cudaMemset(model->grads_memory, 0, model->grads_floats * sizeof(float)));
     model->fused_mlp = device_fused_mlp(dtype);
+    model->fused_qkv = device_fused_qkv(c, dtype);
     model->Fp = device_F(c, dtype);
     model->Vp = device_V(c, dtype);
-    model->params_bf16_count = device_layout(model->device_blocks, c, model->Fp, model->fused_mlp, model->Vp);
+    model->params_bf16_count = device_layout(model->device_blocks, c, model->Fp, model->fused_mlp, model->Vp,
+                                             model->fused_qkv);
     if (dtype == DTYPE_BFLOAT16) {
         // zeroed: the layout's pads are never written again
         size_t nb = model->params_bf16_count;
@@ -1988,7 +2027,7 @@ void llama_alloc_activations(Llama* model, int B, int T) {
     size_t asz[NUM_ACTIVATION_TENSORS], abytes[NUM_ACTIVATION_TENSORS];
     size_t gsz[NUM_GRAD_SCRATCH_TENSORS], gbytes[NUM_GRAD_SCRATCH_TENSORS];
     activation_layout(asz, abytes, gsz, gbytes, c, B, T, model->dtype, model->recompute, model->Fp, model->fused_mlp,
-                      model->Vp);
+                      model->Vp, model->fused_qkv);
     size_t acts_bytes = point_into_bytes(NULL, asz, abytes, NUM_ACTIVATION_TENSORS, NULL);
     size_t scratch_bytes = point_into_bytes(NULL, gsz, gbytes, NUM_GRAD_SCRATCH_TENSORS, NULL);
     int fits = model->acts_memory != NULL && B <= model->B_cap && T <= model->T_cap;
@@ -2069,9 +2108,10 @@ static LayerActivations<X> layer_activations(const Llama* model, int l) {
     LayerActivations<X> la;
     la.x = act<X>(a->resid) + l * btc;
     la.xn = act<X>(a->attn_xn) + s * btc;
-    la.q = act<X>(a->q) + s * btc;
-    la.k = act<X>(a->k) + s * btc;
-    la.v = act<X>(a->v) + s * btc;
+    // fused: q holds the rows [q | k | v] of the one product
+    la.q = act<X>(a->q) + s * btc * (model->fused_qkv ? 3 : 1);
+    la.k = model->fused_qkv ? la.q + c->C : act<X>(a->k) + s * btc;
+    la.v = model->fused_qkv ? la.q + 2 * c->C : act<X>(a->v) + s * btc;
     la.att_lse = a->att_lse + s * model->B * c->NH * (size_t)model->T;
     la.atty = act<X>(a->atty) + s * btc;
     la.mid = act<X>(a->resid_mid) + s * btc;
@@ -2101,12 +2141,18 @@ static void layer_forward(Llama* model, int l, X* out) {
 
     rmsnorm_forward(la.xn, la.attn_rstd, la.x, kernel_weight<WT>(model, p.attn_norm + (size_t)l * C), BT, C,
                     c->norm_eps);
-    matmul_forward(la.q, la.xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
-    matmul_forward(la.k, la.xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
-    matmul_forward(la.v, la.xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
-    rope_forward(la.q, la.q, cos_t, sin_t, B, T, NH, HS);
-    rope_forward(la.k, la.k, cos_t, sin_t, B, T, NH, HS);
-    attention_forward(la.atty, la.att_lse, la.q, la.k, la.v, B, T, NH, HS);
+    int ldq = model->fused_qkv ? 3 * C : C;  // the row stride of q, k, v
+    if (model->fused_qkv) {
+        // one product for q, k and v (their (3C, C) block): rows [q | k | v]
+        matmul_forward(la.q, la.xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, 3 * C);
+    } else {
+        matmul_forward(la.q, la.xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
+        matmul_forward(la.k, la.xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
+        matmul_forward(la.v, la.xn, matmul_weight<X>(model, p.wv + l * cc), BT, C, C);
+    }
+    rope_forward(la.q, la.q, cos_t, sin_t, B, T, NH, HS, ldq);
+    rope_forward(la.k, la.k, cos_t, sin_t, B, T, NH, HS, ldq);
+    attention_forward(la.atty, la.att_lse, la.q, la.k, la.v, B, T, NH, HS, ldq);
     matmul_forward_residual(la.mid, la.atty, matmul_weight<X>(model, p.wo + l * cc), la.x, BT, C, C);
 
     rmsnorm_forward(la.mxn, la.mlp_rstd, la.mid, kernel_weight<WT>(model, p.mlp_norm + (size_t)l * C), BT, C,
@@ -2251,8 +2297,10 @@ static void llama_backward_typed(Llama* model, float dloss) {
     X* dresid = act<X>(s.dresid);
     X* dxn = act<X>(s.dxn);
     X* dq = act<X>(s.dq);
-    X* dk = act<X>(s.dk);
-    X* dv = act<X>(s.dv);
+    // fused: dq holds the rows [dq | dk | dv], as q does [q | k | v]
+    X* dk = model->fused_qkv ? dq + C : act<X>(s.dk);
+    X* dv = model->fused_qkv ? dq + 2 * C : act<X>(s.dv);
+    int ldq = model->fused_qkv ? 3 * C : C;
     X* dgate = act<X>(s.dgate);
     X* dup = act<X>(s.dup);
     X* logits = act<X>(a.logits);
@@ -2320,9 +2368,24 @@ static void llama_backward_typed(Llama* model, float dloss) {
         // attention block
         matmul_backward(dxn, GRAD_AT(wo, l * cc), dresid, atty, matmul_weight<X>(model, p.wo + l * cc), BT, C, C);
         unit_done(model, PARAM_INDEX(wo), l, cc);
-        attention_backward(dq, dk, dv, dxn, atty, la.att_lse, q, k, v, s.att_D, B, T, NH, HS);
-        rope_backward(dq, dq, cos_t, sin_t, B, T, NH, HS);
-        rope_backward(dk, dk, cos_t, sin_t, B, T, NH, HS);
+        attention_backward(dq, dk, dv, dxn, atty, la.att_lse, q, k, v, s.att_D, B, T, NH, HS, ldq);
+        rope_backward(dq, dq, cos_t, sin_t, B, T, NH, HS, ldq);
+        rope_backward(dk, dk, cos_t, sin_t, B, T, NH, HS, ldq);
+        if (model->fused_qkv) {
+            // one product for dxn through the whole (3C, C) block (one sum
+            // where the CPU adds three), each weight gradient from its third
+            matmul_backward_input(dxn, dq, matmul_weight<X>(model, p.wq + l * cc), BT, C, 3 * C);
+            matmul_backward_weight(GRAD_AT(wq, l * cc), dq, 3 * C, xn, C, BT, C, C);
+            unit_done(model, PARAM_INDEX(wq), l, cc);
+            matmul_backward_weight(GRAD_AT(wk, l * cc), dk, 3 * C, xn, C, BT, C, C);
+            unit_done(model, PARAM_INDEX(wk), l, cc);
+            matmul_backward_weight(GRAD_AT(wv, l * cc), dv, 3 * C, xn, C, BT, C, C);
+            unit_done(model, PARAM_INDEX(wv), l, cc);
+            rmsnorm_backward(dresid, GRAD_AT(attn_norm, lc), dxn, x, kernel_weight<WT>(model, p.attn_norm + lc),
+                             la.attn_rstd, BT, C);
+            unit_done(model, PARAM_INDEX(attn_norm), l, C);
+            continue;
+        }
         matmul_backward(dxn, GRAD_AT(wq, l * cc), dq, xn, matmul_weight<X>(model, p.wq + l * cc), BT, C, C);
         unit_done(model, PARAM_INDEX(wq), l, cc);
         matmul_backward(dq, GRAD_AT(wk, l * cc), dk, xn, matmul_weight<X>(model, p.wk + l * cc), BT, C, C);
@@ -4749,7 +4812,8 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     if (dt == DTYPE_BFLOAT16) {
         // in the device layout: the MLP's pads included (device_layout)
         DeviceBlock blocks[NUM_PARAMETER_TENSORS];
-        size_t nb = device_layout(blocks, c, device_F(c, dt), device_fused_mlp(dt), device_V(c, dt));
+        size_t nb = device_layout(blocks, c, device_F(c, dt), device_fused_mlp(dt), device_V(c, dt),
+                                  device_fused_qkv(c, dt));
         plan_buffer(p, bf16_only ? "weights, bf16" : "weights, bf16 copy", nb > N ? "(N + pads)" : "(N)",
                     nb * sizeof(bf16), "whole run");
     }
@@ -4758,7 +4822,8 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     size_t asz[NUM_ACTIVATION_TENSORS], ab[NUM_ACTIVATION_TENSORS], gsz[NUM_GRAD_SCRATCH_TENSORS],
            gb[NUM_GRAD_SCRATCH_TENSORS];
     int fused = device_fused_mlp(dt), padded = device_F(c, dt) != c->F, padded_v = device_V(c, dt) != c->V;
-    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), fused, device_V(c, dt));
+    int fused_qkv = device_fused_qkv(c, dt);
+    activation_layout(asz, ab, gsz, gb, c, B, T, dt, recompute, device_F(c, dt), fused, device_V(c, dt), fused_qkv);
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         if (asz[i] == 0) { continue; }  // up, when gate holds it (fused)
         size_t one = point_into_bytes(NULL, &asz[i], &ab[i], 1, NULL);
@@ -4767,7 +4832,10 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
                                    : "one step";
         const char* name = ACTIVATION_PLAN_NAMES[i][0];
         const char* shape = ACTIVATION_PLAN_NAMES[i][1];
-        if (fused && i == (int)(offsetof(cpu::ActivationTensors, gate) / sizeof(float*))) {
+        if (fused_qkv && i == (int)(offsetof(cpu::ActivationTensors, q) / sizeof(float*))) {
+            name = "act: q | k | v (one product; q, k after rope)";
+            shape = "(L,B,T,3C)";
+        } else if (fused && i == (int)(offsetof(cpu::ActivationTensors, gate) / sizeof(float*))) {
             name = "act: gate | up (one product)";
             shape = padded ? "(L,B,T,2Fp)" : "(L,B,T,2F)";
         } else if (padded && i == (int)(offsetof(cpu::ActivationTensors, hidden) / sizeof(float*))) {

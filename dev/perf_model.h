@@ -214,8 +214,9 @@ typedef struct {
     int opt_batched;      // optimizer launches: 0 one per matrix (before 1aac24b); 2 today: one per batch of
                           //   matrices of a shape, as many as fit in 256 MiB of scratch (lowrank_batch_size);
                           //   1: one per tensor, over its L layers (planned)
-    int fused_mlp;        // 1 today in bf16: gate and up in one product, the MLP's dinp one product with K = 2F
-                          //   (the padding of F to Fp is not modelled: under 1% more FLOPs); 0 in fp32 and before
+    int fused;            // 1 today in bf16: q, k, v in one product and gate, up in one, and their input
+                          //   gradients one product each (K = 3C, 2F); the padding of F to Fp is not modelled
+                          //   (under 1% more FLOPs); 0 in fp32 and before
     int fp32_acts;        // --dtype float32 (today's default is bfloat16)
     int clip;             // gradient clipping fires (grad_scale runs); the authors' configs: off
     int parallel_wgrad;   // 1 today: rmsnorm's weight gradient in two fixed-order passes over many blocks,
@@ -231,14 +232,14 @@ static void perf_variant_today(PerfVariant* v) {
     v->fused_residual = 1;
     v->parallel_wgrad = 1;
     v->opt_batched = 2;
-    v->fused_mlp = 1;
+    v->fused = 1;
 }
 
 // today's coupling of the dtype and the optimizer's bulk GEMMs: TF32 in bf16 mode, fp32 with --dtype float32
 static void perf_variant_set_dtype(PerfVariant* v, int fp32_acts) {
     v->fp32_acts = fp32_acts;
     v->opt_gemm = fp32_acts ? PERF_GEMM_FP32 : PERF_GEMM_TF32;
-    v->fused_mlp = !fp32_acts;
+    v->fused = !fp32_acts;
 }
 
 // ----------------------------------------------------------------------------
@@ -440,7 +441,12 @@ static void perf_build_forward_backward(PerfModel* m) {
                     2.0 * BT * C * e + C * 4.0 + BT * 4.0, OP_RMSNORM_FWD, s);
     r->launch.a = BT; r->launch.b = C;
     // every model product is one cuBLASLt call (gemm_lt, a cached plan)
-    r = perf_gemm(m, "forward", "matmul q k v (x C->C)", S, gemm, acc * 3 * L, BT, C, C, 1, e, e, 0.0f);
+    if (m->v.fused) {
+        r = perf_gemm(m, "forward", "matmul q|k|v, one product (x C->3C)", S, gemm, acc * L, BT, 3 * C, C, 1, e, e,
+                      0.0f);
+    } else {
+        r = perf_gemm(m, "forward", "matmul q k v (x C->C)", S, gemm, acc * 3 * L, BT, C, C, 1, e, e, 0.0f);
+    }
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 1;
     snprintf(s, sizeof s, "%lldx%lldx%lld", BT, NH, HS);
     r = perf_kernel(m, "forward", "rope_forward (q, k)", S, PERF_FP32_CORE, acc * 2 * L, 3.0 * BT * C,
@@ -480,7 +486,7 @@ static void perf_build_forward_backward(PerfModel* m) {
                         3.0 * BT * C * e, OP_RESIDUAL_FWD, s);
         r->launch.a = BT * C;
     }
-    if (m->v.fused_mlp) {
+    if (m->v.fused) {
         r = perf_gemm(m, "forward", "matmul gate|up, one product (x C->2F)", S, gemm, acc * L, BT, 2 * F, C, 1, e, e,
                       0.0f);
     } else {
@@ -517,9 +523,9 @@ static void perf_build_forward_backward(PerfModel* m) {
     r = perf_kernel(m, "backward", "rmsnorm_backward dinp (+=)", S, PERF_FP32_CORE, acc * (2 * L + 1), 8.0 * BT * C,
                     4.0 * BT * C * e + C * 4.0 + BT * 4.0, OP_RMSNORM_BWD_DINP, s);
     r->launch.a = BT; r->launch.b = C;
-    // rmsnorm_backward_residual reads a second dout where a residual add was (the attention norm's; the mlp
-    // norm's too unless the MLP is fused, whose dinp is one product)
-    r->bytes += acc * (m->v.fused_mlp ? 1.0 : 2.0) * L * BT * C * e;
+    // rmsnorm_backward_residual reads a second dout where a residual add was (both norms', unless the products
+    // are fused, whose input gradients are then one product each)
+    r->bytes += acc * (m->v.fused ? 0.0 : 2.0) * L * BT * C * e;
     if (m->v.parallel_wgrad) {
         // rmsnorm_backward_dweight: two launches a call. pass 1, a (C/32, BT/256) grid of 32 x 8 threads: each
         // thread sums 32 rows of one channel (dout, inp, rstd) and the block writes one partial per channel
@@ -552,7 +558,7 @@ static void perf_build_forward_backward(PerfModel* m) {
     r = perf_kernel(m, "backward", "swiglu_backward", S, PERF_FP32_CORE, acc * L, 10.0 * BT * F, 5.0 * BT * F * e,
                     OP_SWIGLU_BWD, s);
     r->launch.a = BT * F;
-    if (m->v.fused_mlp) {
+    if (m->v.fused) {
         r = perf_gemm(m, "backward", "gate|up dinp, one product (K = 2F)", S, gemm, acc * L, BT, C, 2 * F, 1, e, e,
                       0.0f);
     } else {
@@ -564,10 +570,19 @@ static void perf_build_forward_backward(PerfModel* m) {
     snprintf(s, sizeof s, "%lldx%lld", BT, C);
     // one a layer (the attention's dxn of wq and wk; wv's part is added in the attention norm's backward,
     // rmsnorm_backward_residual, which reads it once more, as does the mlp norm's unfused)
-    r = perf_kernel(m, "backward", "residual_backward (+=)", S, PERF_FP32_CORE, acc * L, 1.0 * BT * C,
-                    3.0 * BT * C * e, OP_RESIDUAL_BWD, s);
-    r->launch.a = BT * C;
-    r = perf_gemm(m, "backward", "q k v o dinp", S, gemm, acc * 4 * L, BT, C, C, 1, e, e, 0.0f);
+    if (!m->v.fused) {  // fused, the attention's dxn is one product too
+        r = perf_kernel(m, "backward", "residual_backward (+=)", S, PERF_FP32_CORE, acc * L, 1.0 * BT * C,
+                        3.0 * BT * C * e, OP_RESIDUAL_BWD, s);
+        r->launch.a = BT * C;
+    }
+    if (m->v.fused) {
+        r = perf_gemm(m, "backward", "q|k|v dinp, one product (K = 3C)", S, gemm, acc * L, BT, C, 3 * C, 1, e, e,
+                      0.0f);
+        r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 0;
+        r = perf_gemm(m, "backward", "o dinp", S, gemm, acc * L, BT, C, C, 1, e, e, 0.0f);
+    } else {
+        r = perf_gemm(m, "backward", "q k v o dinp", S, gemm, acc * 4 * L, BT, C, C, 1, e, e, 0.0f);
+    }
     r->model_flops = r->flops; r->launch.a = 0; r->launch.b = 0;
     r = perf_gemm(m, "backward", "q k v o dweight", S, gemm, acc * 4 * L, C, C, BT, 1, e, 4.0, 1.0f);
     r->model_flops = r->flops; r->launch.a = 1; r->launch.b = 0; r->launch.out_fp32 = 1;
@@ -1178,7 +1193,7 @@ static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
            v->fused_residual ? "in the GEMM epilogue" : "as residual_forward launches",
            v->parallel_wgrad ? "two-pass / per token" : "one thread per channel",
            v->fused_recovery ? ", residual fused into the back-projection (2 GEMMs)" : "",
-           v->fused_mlp ? ", gate and up in one product" : "",
+           v->fused ? ", q|k|v and gate|up in one product each" : "",
            v->opt_batched == 1 ? ", optimizer launches batched over layers"
            : v->opt_batched == 2 ? ", optimizer launches per batch of a shape" : "", v->clip ? ", clipping on" : "",
            v->fp32_acts ? "fp32" : "bf16");
@@ -1464,9 +1479,9 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
 
     // ccb06c0: the wo and w_down products add the residual in the epilogue: the forward's projection GEMMs
     // (not attention) read the matrices once, their inputs, write their outputs, and read the residual twice
-    // a layer; no residual_forward launch. 85bd595: in bf16 gate and up are one product, which reads its
-    // input once, not twice (12 BT C a layer instead of 13)
-    double xs = m->v.fused_mlp ? 12.0 : 13.0;
+    // a layer; no residual_forward launch. in bf16, q|k|v and gate|up are one product each, which read their
+    // input once, not three times and twice (10 BT C a layer instead of 13)
+    double xs = m->v.fused ? 10.0 : 13.0;
     // 1aac24b: the optimizer's batches (lowrank_batch_size, whose comment gives 5 (C, C) matrices a batch at 1B
     // and every matrix of a shape at 60M)
     if (strcmp(m->preset, "llama_1b") == 0 || strcmp(m->preset, "llama_60m") == 0) {
@@ -1667,8 +1682,8 @@ static void perf_usage(FILE* out, const char* prog) {
             "  --svd full|syevdx|topr             syevdx (default, today): FP64 Gram + syevdx range I, top R;\n"
             "                                     full: syevd of all p (before da90bbf);\n"
             "                                     topr: a randomized range finder (GEMMs) + a batched R x R eig\n"
-            "  --fused_mlp 0|1                    gate and up in one product (default 1 in bf16, today; 0: two, as\n"
-            "                                      --dtype float32 and the code before 85bd595)\n"
+            "  --fused 0|1                        q, k, v in one product and gate, up in one (default 1 in bf16,\n"
+            "                                      today; 0: apart, as --dtype float32 and the code before 85bd595)\n"
             "  --fused_residual 0|1               the wo / w_down products add the residual in cuBLASLt's epilogue\n"
             "                                     (default 1, today; 0: residual_forward launches, before ccb06c0)\n"
             "  --fused_recovery 0|1               back-projection and residual in one GEMM (default 0; planned)\n"
@@ -1755,7 +1770,7 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--fused_residual") == 0) { o.v.fused_residual = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--fused_recovery") == 0) { o.v.fused_recovery = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--opt_batched") == 0) { o.v.opt_batched = perf_parse_choice(f, v, batched, 3); }
-        else if (strcmp(f, "--fused_mlp") == 0) { o.v.fused_mlp = perf_parse_choice(f, v, off_on, 2); }
+        else if (strcmp(f, "--fused") == 0) { o.v.fused = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--dtype") == 0) { o.v.fp32_acts = perf_parse_choice(f, v, dtypes, 2); }
         else if (strcmp(f, "--clip") == 0) { o.v.clip = perf_parse_choice(f, v, off_on, 2); }
         else if (strcmp(f, "--parallel_wgrad") == 0) { o.v.parallel_wgrad = perf_parse_choice(f, v, off_on, 2); }

@@ -1141,8 +1141,8 @@ static size_t nonzero_pads(const float* x, size_t rows, int halves, int ld, int 
     return bad;
 }
 
-// the MLP's device layout in bf16 (device_layout in train_llama_subtrack.cu:
-// gate and up in one product, F padded to Fp):
+// the device layout in bf16 (device_layout in train_llama_subtrack.cu: q, k
+// and v in one product, gate and up in one product, F padded to Fp, V to Vp):
 //  - the pads never reach a loss, a gradient or a weight: padded (Fp a
 //    multiple of DEVICE_F_MULTIPLE, Vp of DEVICE_V_MULTIPLE) against
 //    unpadded (Fp = F, Vp = V), both fused,
@@ -1151,7 +1151,8 @@ static size_t nonzero_pads(const float* x, size_t rows, int halves, int ld, int 
 //    norm and every weight bit-identical
 //  - fusing changes no forward value: fused against unfused, the first
 //    logits and loss bit-identical (each output of the one product is the
-//    same sum of the same products). its backward sums dxn's two parts in one
+//    same sum of the same products, and RoPE and attention read rows 3C
+//    apart with the same arithmetic). the backward sums dxn's parts in one
 //    product where the unfused one rounds each to bf16 and adds them:
 //    test_model_case_bf16 holds those gradients to the CPU's
 //  - the pads are zeros after the steps: in the bf16 weights, the gate/up
@@ -1172,13 +1173,13 @@ static void test_device_layout(GpuTestCase* tc) {
     double norm[3][steps];
     float* logits[3];
     for (int k = 0; k < 3; k++) {
-        g_device_fuse_mlp = fuse[k];
+        g_device_fuse = fuse[k];
         g_device_pad = pad[k];
         llama_build(&m[k], &c, DTYPE_BFLOAT16, 0);
         llama_upload_params(&m[k], tc->params);
         if (optimizer_build(&o[k], &c, &t) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
     }
-    g_device_fuse_mlp = g_device_pad = 1;
+    g_device_fuse = g_device_pad = 1;
     int Fp = m[0].Fp, F = c.F, Vp = m[0].Vp, V = c.V;
     for (int step = 0; step < steps; step++) {
         float lr = cpu::lr_at_step(&t, step);
@@ -1203,7 +1204,8 @@ static void test_device_layout(GpuTestCase* tc) {
     }
     // (model_tiny's V = 256 needs no pad; model_awkward's 300 does)
     int Vp_want = (V + DEVICE_V_MULTIPLE - 1) / DEVICE_V_MULTIPLE * DEVICE_V_MULTIPLE;
-    check(m[0].fused_mlp && m[1].fused_mlp && !m[2].fused_mlp && Fp > F && m[1].Fp == F && m[2].Fp == F &&
+    check(m[0].fused_mlp && m[1].fused_mlp && !m[2].fused_mlp && m[0].fused_qkv && !m[2].fused_qkv && Fp > F &&
+          m[1].Fp == F && m[2].Fp == F &&
           Vp == Vp_want && m[1].Vp == V &&
           memcmp(loss[0], loss[1], sizeof loss[0]) == 0 && memcmp(norm[0], norm[1], sizeof norm[0]) == 0 &&
           memcmp(w[0], w[1], n * sizeof(float)) == 0,
@@ -1212,8 +1214,8 @@ static void test_device_layout(GpuTestCase* tc) {
           F, Fp, V, Vp, loss[0][steps - 1], loss[1][steps - 1]);
     check(memcmp(&loss[0][0], &loss[2][0], sizeof(float)) == 0 &&
           memcmp(logits[0], logits[2], (size_t)BT * c.V * sizeof(float)) == 0,
-          "%s bf16: gate and up in one product against two: the first loss (%.6f vs %.6f) and all %d x %d logits "
-          "bit-identical", tc->label, loss[0][0], loss[2][0], BT, c.V);
+          "%s bf16: q, k, v in one product against three and gate, up in one against two: the first loss (%.6f "
+          "vs %.6f) and all %d x %d logits bit-identical", tc->label, loss[0][0], loss[2][0], BT, c.V);
     // the pads: the bf16 weights (everything outside the tensors' blocks)
     Llama* d = &m[0];
     float* image = device_values(d->params_bf16, d->params_bf16_count, DTYPE_BFLOAT16);

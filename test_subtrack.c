@@ -1549,6 +1549,259 @@ static void test_svd_degenerate(void) {
     }
 }
 
+// --svd randomized (svd_randomized_top_left_singular_vectors) on G = U diag(s) V^T
+// with a prescribed spectrum, p x q with p = 200, q = 300, R = 16, o = 8 (l = 24):
+//
+// (a) the subspace-iteration bound. with X = op(G) = U S V^T, Omega (q, l) and
+//     Omega_1 = V_R^T Omega (R, l), Omega_2 = V_2^T Omega (p - R, l) (V_2 the other
+//     right singular vectors), X (X^T X)^k Omega Omega_1^+ = U_R + U_2 S_2^(2k+1)
+//     Omega_2 Omega_1^+ S_R^-(2k+1) lies in range(Q), so (HMT 2011, proof of thm
+//     9.1; Gu 2015, thm 4.3)
+//         tan theta_max(range Q, U_R) <= rho^(2k+1) ||Omega_2 Omega_1^+||,
+//     rho = s_(R+1) / s_R, k power iterations. the test computes ||Omega_2
+//     Omega_1^+|| for the very Omega the code drew (svd_sketch_normal), so the
+//     bound is that of this draw, not a probabilistic one. the Rayleigh-Ritz
+//     vectors S of range(Q) add at most a factor sqrt(1 + (||P A P_perp|| /
+//     delta)^2) (Knyazev), A = X X^T, delta >= s_R^2 - s_(R+1)^2 = 6.2 here, and
+//     ||P A P_perp|| <= s_1^2 sin theta <= 0.1 s_1^2 sin theta / 0.1, below delta
+//     wherever the bound is below 0.06: we allow a factor 2, plus 1e-5 for fp32
+//     (SVD_TOL_EXACT: G rounded to fp32 moves the exact vectors by ~1e-6).
+//     spectrum: s = 10 - 0.5 j for the top R (s_R = 2.5), then 0.25 * 0.98^(j-R):
+//     rho = 0.1. checked at k = 1, 2, 3, where the bound is meaningful (< 1);
+//     with k = 0 it is not (~2), and a code that skips the power iterations or
+//     orthonormalises badly fails k >= 1.
+// (b) a large gap (tail 0.002, rho 8e-4, k = 2: rho^5 ||..|| ~ 1e-14): S equals
+//     the exact path's S to SVD_TOL_EXACT, column by column, canonical sign.
+// (c) a gradient of rank 3 < l: S orthonormal and holding the range of G.
+// (d) the same (seed, step, matrix) gives the same bits; another matrix index
+//     another Omega (so not the same bits) but the same subspace.
+#define RSVD_BOUND_FACTOR 2.0
+#define RSVD_FP32_SLACK 1e-5
+
+// sin of the largest principal angle between span(S) (p, r, orthonormal) and
+// span of the first r columns of U (p, k): ||(I - U_r U_r^T) S||_2
+static double largest_principal_angle_sin(const float* S, const double* U, int p, int k, int r) {
+    double* E = (double*)malloc_check((size_t)p * r * sizeof(double), "E");
+    double* c = (double*)malloc_check((size_t)r * sizeof(double), "c");
+    for (int j = 0; j < r; j++) {
+        for (int a = 0; a < r; a++) {
+            double d = 0.0;
+            for (int i = 0; i < p; i++) { d += U[(size_t)i * k + a] * S[(size_t)i * r + j]; }
+            c[a] = d;
+        }
+        for (int i = 0; i < p; i++) {
+            double x = S[(size_t)i * r + j];
+            for (int a = 0; a < r; a++) { x -= U[(size_t)i * k + a] * c[a]; }
+            E[(size_t)i * r + j] = x;
+        }
+    }
+    // ||E||_2 by power iteration on E^T E
+    double* v = (double*)malloc_check((size_t)r * sizeof(double), "v");
+    double* w = (double*)malloc_check((size_t)p * sizeof(double), "w");
+    for (int j = 0; j < r; j++) { v[j] = 1.0 + 0.01 * j; }
+    double lambda = 0.0;
+    for (int it = 0; it < 500; it++) {
+        for (int i = 0; i < p; i++) {
+            double x = 0.0;
+            for (int j = 0; j < r; j++) { x += E[(size_t)i * r + j] * v[j]; }
+            w[i] = x;
+        }
+        double norm = 0.0;
+        for (int j = 0; j < r; j++) {
+            double x = 0.0;
+            for (int i = 0; i < p; i++) { x += E[(size_t)i * r + j] * w[i]; }
+            c[j] = x;
+            norm += x * x;
+        }
+        norm = sqrt(norm);
+        double vn = 0.0;
+        for (int j = 0; j < r; j++) { vn += v[j] * v[j]; }
+        lambda = norm / sqrt(vn);
+        if (norm == 0.0) { break; }
+        for (int j = 0; j < r; j++) { v[j] = c[j] / norm; }
+    }
+    free(E); free(c); free(v); free(w);
+    return sqrt(lambda);
+}
+
+// ||Omega_2 Omega_1^+||_2 for the sketch that svd_randomized_top_left_singular_vectors
+// draws (entry (c, j) of Omega is svd_sketch_normal(..., j q + c)), V (q, k)
+static double sketch_ratio_norm(const SvdSketch* sk, const double* V, int q, int k, int r, int l) {
+    double* O1 = (double*)calloc_check((size_t)r * l * sizeof(double), "O1");
+    double* O2 = (double*)calloc_check((size_t)(k - r) * l * sizeof(double), "O2");
+    for (int j = 0; j < l; j++) {
+        for (int c = 0; c < q; c++) {
+            double w = svd_sketch_normal(sk->seed, sk->step, sk->stream, (uint64_t)j * q + c);
+            for (int a = 0; a < k; a++) {
+                double x = V[(size_t)c * k + a] * w;
+                if (a < r) { O1[(size_t)a * l + j] += x; } else { O2[(size_t)(a - r) * l + j] += x; }
+            }
+        }
+    }
+    // F = Omega_2 Omega_1^T (Omega_1 Omega_1^T)^-1, (k - r, r), by Gauss-Jordan on (r, r)
+    double* M = (double*)calloc_check((size_t)r * 2 * r * sizeof(double), "M");
+    for (int a = 0; a < r; a++) {
+        for (int b = 0; b < r; b++) {
+            double s = 0.0;
+            for (int j = 0; j < l; j++) { s += O1[(size_t)a * l + j] * O1[(size_t)b * l + j]; }
+            M[(size_t)a * 2 * r + b] = s;
+        }
+        M[(size_t)a * 2 * r + r + a] = 1.0;
+    }
+    for (int col = 0; col < r; col++) {
+        int piv = col;
+        for (int a = col + 1; a < r; a++) {
+            if (fabs(M[(size_t)a * 2 * r + col]) > fabs(M[(size_t)piv * 2 * r + col])) { piv = a; }
+        }
+        for (int b = 0; b < 2 * r; b++) {
+            double t = M[(size_t)col * 2 * r + b];
+            M[(size_t)col * 2 * r + b] = M[(size_t)piv * 2 * r + b];
+            M[(size_t)piv * 2 * r + b] = t;
+        }
+        double d = M[(size_t)col * 2 * r + col];
+        for (int b = 0; b < 2 * r; b++) { M[(size_t)col * 2 * r + b] /= d; }
+        for (int a = 0; a < r; a++) {
+            if (a == col) { continue; }
+            double f = M[(size_t)a * 2 * r + col];
+            for (int b = 0; b < 2 * r; b++) { M[(size_t)a * 2 * r + b] -= f * M[(size_t)col * 2 * r + b]; }
+        }
+    }
+    int k2 = k - r;
+    double* B = (double*)malloc_check((size_t)k2 * r * sizeof(double), "B");
+    double* F = (double*)malloc_check((size_t)k2 * r * sizeof(double), "F");
+    for (int a = 0; a < k2; a++) {
+        for (int b = 0; b < r; b++) {
+            double s = 0.0;
+            for (int j = 0; j < l; j++) { s += O2[(size_t)a * l + j] * O1[(size_t)b * l + j]; }
+            B[(size_t)a * r + b] = s;
+        }
+        for (int b = 0; b < r; b++) {
+            double s = 0.0;
+            for (int c = 0; c < r; c++) { s += B[(size_t)a * r + c] * M[(size_t)c * 2 * r + r + b]; }
+            F[(size_t)a * r + b] = s;
+        }
+    }
+    // ||F||_2 by power iteration on F^T F
+    double* v = (double*)malloc_check((size_t)r * sizeof(double), "v");
+    double* u = (double*)malloc_check((size_t)k2 * sizeof(double), "u");
+    double* y = (double*)malloc_check((size_t)r * sizeof(double), "y");
+    for (int b = 0; b < r; b++) { v[b] = 1.0 + 0.01 * b; }
+    double sigma2 = 0.0;
+    for (int it = 0; it < 500; it++) {
+        for (int a = 0; a < k2; a++) {
+            double s = 0.0;
+            for (int b = 0; b < r; b++) { s += F[(size_t)a * r + b] * v[b]; }
+            u[a] = s;
+        }
+        double norm = 0.0, vn = 0.0;
+        for (int b = 0; b < r; b++) {
+            double s = 0.0;
+            for (int a = 0; a < k2; a++) { s += F[(size_t)a * r + b] * u[a]; }
+            y[b] = s;
+            norm += s * s;
+            vn += v[b] * v[b];
+        }
+        norm = sqrt(norm);
+        sigma2 = norm / sqrt(vn);
+        for (int b = 0; b < r; b++) { v[b] = y[b] / norm; }
+    }
+    free(O1); free(O2); free(M); free(B); free(F); free(v); free(u); free(y);
+    return sqrt(sigma2);
+}
+
+// G (m, n) = U diag(s) V^T for the p x q orientation of (m, n); U (p, k), V (q, k)
+static void build_spectrum_gradient(float* G, const double* U, const double* V, const double* s, int m, int n, int k) {
+    int p = m <= n ? m : n, q = m <= n ? n : m;
+    for (int a = 0; a < p; a++) {
+        for (int b = 0; b < q; b++) {
+            double g = 0.0;
+            for (int j = 0; j < k; j++) { g += U[(size_t)a * k + j] * s[j] * V[(size_t)b * k + j]; }
+            if (m <= n) { G[(size_t)a * n + b] = (float)g; } else { G[(size_t)b * n + a] = (float)g; }
+        }
+    }
+}
+
+static void test_svd_randomized(void) {
+    const int shapes[2][2] = {{200, 300}, {300, 200}};
+    const int r = 16, o = SVD_OVERSAMPLE_DEFAULT;
+    for (int si = 0; si < 2; si++) {
+        int m = shapes[si][0], n = shapes[si][1];
+        int p = m < n ? m : n, q = m < n ? n : m, k = p, l = svd_sketch_cols(m, n, r, o);
+        Rng rng;
+        rng_seed(&rng, 4242 + si);
+        double* U = (double*)malloc_check((size_t)p * k * sizeof(double), "U");
+        double* V = (double*)malloc_check((size_t)q * k * sizeof(double), "V");
+        double* s = (double*)malloc_check((size_t)k * sizeof(double), "s");
+        random_orthonormal(U, p, k, &rng);
+        random_orthonormal(V, q, k, &rng);
+        float* G = (float*)malloc_check((size_t)m * n * sizeof(float), "G");
+        float* S = (float*)malloc_check((size_t)p * r * sizeof(float), "S");
+        float* S2 = (float*)malloc_check((size_t)p * r * sizeof(float), "S2");
+        float* Sx = (float*)malloc_check((size_t)p * r * sizeof(float), "S exact");
+        size_t need = svd_randomized_scratch_num_floats(m, n, r, o);
+        size_t need_exact = svd_scratch_num_floats(m, n, r);
+        float* scratch = (float*)malloc_check((need > need_exact ? need : need_exact) * sizeof(float), "scratch");
+        SvdSketch sk = {o, 0, 12345, 7, (uint64_t)(3 + si)};
+        // (a) the bound, at k = 1, 2, 3 power iterations
+        for (int j = 0; j < k; j++) { s[j] = j < r ? 10.0 - 0.5 * j : 0.25 * pow(0.98, j - r); }
+        build_spectrum_gradient(G, U, V, s, m, n, k);
+        double rho = s[r] / s[r - 1];
+        double ratio = sketch_ratio_norm(&sk, V, q, k, r, l);
+        for (int iters = 1; iters <= 3; iters++) {
+            sk.power_iters = iters;
+            svd_randomized_top_left_singular_vectors(S, G, m, n, r, &sk, scratch);
+            double sin_theta = largest_principal_angle_sin(S, U, p, k, r);
+            double bound = RSVD_BOUND_FACTOR * pow(rho, 2 * iters + 1) * ratio + RSVD_FP32_SLACK;
+            double e_orth = orthonormality_error(S, p, r);
+            check(sin_theta <= bound && e_orth <= SVD_TOL_EXACT,
+                  "randomized svd %dx%d r%d o%d, %d power iterations: sin theta_max %.2e <= 2 rho^%d "
+                  "||Omega_2 Omega_1^+|| + 1e-5 = %.2e (rho %.2f, ||Omega_2 Omega_1^+|| %.1f); max|S^T S - I| %.1e",
+                  m, n, r, o, iters, sin_theta, 2 * iters + 1, bound, rho, ratio, e_orth);
+        }
+        // (b) a large gap: the exact path's S, column by column
+        for (int j = r; j < k; j++) { s[j] = 0.002 * pow(0.98, j - r); }
+        build_spectrum_gradient(G, U, V, s, m, n, k);
+        sk.power_iters = SVD_POWER_ITERS_DEFAULT;
+        svd_randomized_top_left_singular_vectors(S, G, m, n, r, &sk, scratch);
+        svd_top_left_singular_vectors(Sx, G, m, n, r, scratch);
+        double e_col = tensor_max_abs_diff(S, Sx, (size_t)p * r);
+        check(e_col <= SVD_TOL_EXACT, "randomized svd %dx%d r%d, gap s_R/s_(R+1) = %.0f: S vs the exact path's, "
+              "columns %.1e (tol %.0e)", m, n, r, s[r - 1] / s[r], e_col, SVD_TOL_EXACT);
+        // (d) deterministic in (seed, step, matrix); another matrix: another Omega, the same subspace
+        svd_randomized_top_left_singular_vectors(S2, G, m, n, r, &sk, scratch);
+        int same_bits = memcmp(S, S2, (size_t)p * r * sizeof(float)) == 0;
+        SvdSketch other = sk;
+        other.stream += 1;
+        svd_randomized_top_left_singular_vectors(S2, G, m, n, r, &other, scratch);
+        int other_bits = memcmp(S, S2, (size_t)p * r * sizeof(float)) != 0;
+        double e_other = projector_diff(S, S2, p, r);
+        check(same_bits && other_bits && e_other <= SVD_TOL_EXACT,
+              "randomized svd %dx%d: same draw same bits (%d), another matrix's draw other bits (%d) and the same "
+              "subspace (projector %.1e)", m, n, same_bits, other_bits, e_other);
+        // (c) rank 3 < l: orthonormal, and the range of G inside span(S)
+        for (int j = 0; j < k; j++) { s[j] = j < 3 ? 3.0 - j : 0.0; }
+        build_spectrum_gradient(G, U, V, s, m, n, k);
+        svd_randomized_top_left_singular_vectors(S, G, m, n, r, &sk, scratch);
+        double e_orth = orthonormality_error(S, p, r);
+        double e_range = 0.0;   // max |U_3 - S S^T U_3|
+        for (int j = 0; j < 3; j++) {
+            for (int a = 0; a < p; a++) {
+                double proj = 0.0;
+                for (int c = 0; c < r; c++) {
+                    double d = 0.0;
+                    for (int b = 0; b < p; b++) { d += (double)S[(size_t)b * r + c] * U[(size_t)b * k + j]; }
+                    proj += S[(size_t)a * r + c] * d;
+                }
+                e_range = fmax(e_range, fabs(U[(size_t)a * k + j] - proj));
+            }
+        }
+        check(e_orth <= SVD_TOL_DEGENERATE && e_range <= SVD_TOL_DEGENERATE,
+              "randomized svd %dx%d r%d of a rank-3 gradient: max|S^T S - I| %.1e, range of G outside span(S) %.1e "
+              "(tol %.0e)", m, n, r, e_orth, e_range, SVD_TOL_DEGENERATE);
+        free(U); free(V); free(s); free(G); free(S); free(S2); free(Sx); free(scratch);
+    }
+}
+
 // the power iteration of the tracking step must find the top eigenpair of
 // H = dF^T dF even when a unit vector e_j is itself an eigenvector: with
 //   H = [[2, 0, 0], [0, 1.5, 1.4], [0, 1.4, 1.5]]
@@ -1713,6 +1966,7 @@ static void test_lowrank_optimizer(const char* trajectory_path) {
     test_tracking_beats_frozen();
     test_galore_subspace(trajectory_path);
     test_svd_degenerate();
+    test_svd_randomized();
     test_power_iteration_start();
     test_state_layout();
     test_rank_validation();
@@ -3129,6 +3383,44 @@ static void test_optimizer_memory(void) {
 
 static void test_trainer_gpu_memory(const char* dir, const char* bin);
 
+// --svd randomized in a trainer (g_trainer_bin): a GaLore run (an SVD at
+// steps 0, 2, 4) resumes bit for bit; its losses are not the exact SVD's
+// (the option reaches the optimizer), though the first step's is (it comes
+// before any update); a resume that drops the option is refused; bad values
+// are refused. extra: flags every run gets (the CUDA trainer's --dtype)
+static void test_svd_randomized_trainer(const char* dir, const char* extra) {
+    char flags[512], label[64], args[2048], err[4096];
+    const char* gal = "--subspace_update_method galore --adaptive_optimizer 0";
+    snprintf(flags, sizeof flags, "%s %s", gal, extra);
+    snprintf(label, sizeof label, "svd_exact%s", extra[0] ? "_x" : "");
+    test_trainer_resume(dir, flags, label);
+    snprintf(flags, sizeof flags, "%s --svd randomized --svd_power_iters 1 %s", gal, extra);
+    snprintf(label, sizeof label, "svd_randomized%s", extra[0] ? "_x" : "");
+    test_trainer_resume(dir, flags, label);
+    char la[16][32], lb[16][32], pa[700], pb[700];
+    snprintf(pa, sizeof pa, "%s/straight_svd_exact%s.csv", dir, extra[0] ? "_x" : "");
+    snprintf(pb, sizeof pb, "%s/straight_svd_randomized%s.csv", dir, extra[0] ? "_x" : "");
+    int na = read_csv_losses(pa, la, 16), nb = read_csv_losses(pb, lb, 16), differ = 0;
+    for (int i = 1; i < na && i < nb; i++) { differ |= strcmp(la[i], lb[i]) != 0; }
+    check(na == 6 && nb == 6 && strcmp(la[0], lb[0]) == 0 && differ,
+          "--svd randomized: the first loss equals the exact SVD run's (%s, %s), a later one differs (rows %d %d)",
+          na ? la[0] : "-", nb ? lb[0] : "-", na, nb);
+    snprintf(args, sizeof args, TRAINER_FAST " %s %s --svd_power_iters 1 --num_training_steps 6 --continue_from "
+             "%s/straight_svd_randomized%s",
+             gal, extra, dir, extra[0] ? "_x" : "");
+    int rc = run_trainer(args, err, sizeof err);
+    check(rc > 0 && strstr(err, "1 setting differs") != NULL && strstr(err, "--svd: saved randomized, given exact"),
+          "trainer refuses a resume without the checkpoint's --svd randomized (exit %d): %.300s", rc, err);
+    snprintf(args, sizeof args, TRAINER_FAST " %s --svd fast", extra);
+    check_trainer_rejects("an unknown --svd", args, "--svd 'fast' is not exact or randomized");
+    snprintf(args, sizeof args, TRAINER_FAST " %s --svd randomized --svd_power_iters 11", extra);
+    check_trainer_rejects("--svd_power_iters 11", args, "--svd_power_iters 11 is outside 0..10");
+    snprintf(args, sizeof args, TRAINER_FAST " %s --svd randomized --svd_oversample 257", extra);
+    check_trainer_rejects("--svd_oversample 257", args, "--svd_oversample 257 is outside 0..256");
+    snprintf(args, sizeof args, TRAINER_FAST " %s --svd randomized --optimizer adamw", extra);
+    check_trainer_rejects("--svd randomized with adamw", args, "--svd randomized needs a low-rank optimizer");
+}
+
 // another trainer binary (the CUDA one) against the CPU trainer, fp32, same
 // flags, gradient accumulation over 2 micro-batches: the first step's loss
 // (the same weights and batches; the mean of 2 micro-batch means, which the
@@ -3184,6 +3476,7 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--optimizer low_rank_adamw_per_layer --grad_clipping 0", "per_layer");
     test_trainer_resume(dir, "--optimizer low_rank_adamw8bit", "8bit");
     test_trainer_resume(dir, "--subspace_dtype bfloat16", "subspace_bf16");
+    test_svd_randomized_trainer(dir, "");
     {
         // the weights-only reader (the HF export's logits check) takes a
         // checkpoint with 8-bit states: their sections are in its length and CRC
@@ -3581,16 +3874,18 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
     if (!((bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) || (bl > 5 && strcmp(bin + bl - 5, "_race") == 0))) {
         return;
     }
-    const char* sets[5] = {
+    const char* sets[7] = {
         "",                                                        // bf16 activations, SubTrack++
         " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
         " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24 --subspace_dtype bf16",
         " --activation_checkpointing --master_weights 0 --optimizer low_rank_adamw_per_layer --grad_clipping 0",
         " --activation_checkpointing --master_weights 0 --optimizer low_rank_adamw8bit_per_layer --grad_clipping 0 "
         "--subspace_dtype bfloat16",
+        " --subspace_update_method galore --svd randomized",     // its arrays, in the grouped step's scratch
+        " --dtype float32 --svd randomized --svd_oversample 3 --subspace_dtype bf16",  // one matrix at a time
     };
-    size_t planned[5] = {0, 0, 0, 0, 0};
-    for (int i = 0; i < 5; i++) {
+    size_t planned[7] = {0, 0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 7; i++) {
         snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --eval_every 1 --sample_every 2 "
                  "--gen_tokens 4 --save_dir %s/plan_%d%s", dir, i, sets[i]);
         char plan_args[2100];
@@ -3649,6 +3944,7 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--optimizer low_rank_adamw8bit_per_layer --grad_clipping 0 --master_weights 0 "
                         "--activation_checkpointing --subspace_dtype bfloat16", "8bit_per_layer_leanest");
     test_trainer_resume(dir, "--subspace_dtype bfloat16 --subspace_update_method galore", "subspace_bf16_galore");
+    test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);
     snprintf(log, sizeof log, "%s/resumed_new.csv", dir);
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 7 --continue_from '%s/resumed_subtrack++' "

@@ -1898,6 +1898,12 @@ typedef struct {
     float norm_growth_limit;    // --norm_growth_limit, zeta
     float beta1, beta2, eps;    // --beta1 --beta2 --eps
     float weight_decay;         // --weight_decay (decoupled)
+    // the subspace SVD (the first step, GaLore's refreshes): 0 exact, 1 randomized (--svd)
+    int svd_randomized;
+    int svd_power_iters;        // --svd_power_iters q: subspace iterations of the randomized SVD
+    int svd_oversample;         // --svd_oversample o: the sketch has R + o columns (at most p)
+    uint64_t svd_seed;          // --seed: the sketch's Gaussian Omega is drawn from (seed, step, matrix)
+    int svd_step;               // the step being taken (lowrank_adamw_step sets it on its copy)
 } LowRankConfig;
 
 // per-matrix state. everything a checkpoint must keep lives in ONE float array,
@@ -1924,6 +1930,7 @@ typedef struct {
     double subspace_seconds;    // wall time in subspace updates (SVD, or tracking + moment rotation)
     int subspace_updates;       // how many of them
     int power_iterations;       // iterations the last tracking step's power iteration took
+    uint64_t svd_stream;        // which matrix this is, for the randomized SVD's Omega (optimizer_build sets it)
 } LowRankState;
 
 size_t lowrank_state_num_floats(int m, int n, int r) {
@@ -1957,6 +1964,7 @@ static void lowrank_state_layout(LowRankState* s, int m, int n, int r, float* me
     s->subspace_seconds = 0.0;
     s->subspace_updates = 0;
     s->power_iterations = 0;
+    s->svd_stream = 0;
 }
 
 void lowrank_state_init(LowRankState* s, int m, int n, int r, float* memory) {
@@ -2403,6 +2411,211 @@ size_t svd_scratch_num_floats(int m, int n, int r) {
     return sc.used;
 }
 
+// ---- the randomized top-R SVD (--svd randomized)
+//
+// Halko, Martinsson and Tropp, "Finding structure with randomness" (SIAM
+// Review 2011), algorithms 4.4 (randomized subspace iteration) and 5.1
+// (direct SVD by Rayleigh-Ritz), on X = op(G) (p, q), p <= q:
+//   Omega (q, l) Gaussian, l = min(R + o, p)
+//   Y = X Omega,                 Q = orth(Y)           (p, l)
+//   q_iters times: Z = orth(X^T Q) (q, l),  Q = orth(X Z)
+//   Z = X^T Q (q, l),  K = Z^T Z = Q^T X X^T Q (l, l) in double,
+//   U = its top R eigenvectors,  S = Q U (p, R), canonical sign.
+// the exact path costs (4/3) p^3 for the Gram matrix's eigensolver; this one
+// 2 (2 q_iters + 2) p q l of products, O((p + q) l^2) of QR and O(l^3).
+// the error of span(S) against the exact top-R subspace falls like
+// (s_{l+1} / s_R)^(2 q_iters + 1) (HMT section 10.4); for a given Omega,
+// tan theta <= (s_{R+1} / s_R)^(2 q_iters + 1) ||Omega_2 Omega_1^+|| holds
+// outright, and test_subtrack.c (test_svd_randomized) checks that.
+// every basis is kept transposed, one vector per row (Qt (l, p), Zt (l, q)):
+// that is cuSOLVER's column-major (p, l), so the GPU twin factors the same
+// arrays in place. orth is Householder QR in double (LAPACK's dgeqr2 + dorg2r),
+// which stays orthonormal when Y is rank deficient (G of rank < l).
+
+#ifndef HOST_DEVICE
+#define HOST_DEVICE
+#endif
+HOST_DEVICE void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1);
+
+#define SVD_OVERSAMPLE_DEFAULT 8
+#define SVD_OVERSAMPLE_MAX 256
+#define SVD_POWER_ITERS_DEFAULT 2
+#define SVD_POWER_ITERS_MAX 10
+// Omega's draws: Philox counter (SVD_SKETCH_STREAM + matrix << 40 + entry, step),
+// key the seed. bit 62 keeps them apart from the stochastic rounding's streams
+// (weights below 2^40, subspaces at bit 63); an entry index is below 2^40
+#define SVD_SKETCH_STREAM ((uint64_t)1 << 62)
+#define SVD_SKETCH_MATRIX_SHIFT 40
+
+// entry index of the sketch of matrix `stream` at step `step`: a standard
+// normal by Box-Muller in double on two 53-bit uniforms in (0, 1), then fp32.
+// the GPU's kernel calls this very function, so both draw the same Omega
+HOST_DEVICE static inline float svd_sketch_normal(uint64_t seed, uint64_t step, uint64_t stream, uint64_t index) {
+    uint64_t at = SVD_SKETCH_STREAM + (stream << SVD_SKETCH_MATRIX_SHIFT) + index;
+    uint32_t ctr[4] = {(uint32_t)at, (uint32_t)(at >> 32), (uint32_t)step, (uint32_t)(step >> 32)};
+    philox4x32_10(ctr, (uint32_t)seed, (uint32_t)(seed >> 32));
+    uint64_t a = ((uint64_t)(ctr[0] >> 5) << 26) | (ctr[1] >> 6);
+    uint64_t b = ((uint64_t)(ctr[2] >> 5) << 26) | (ctr[3] >> 6);
+    double u1 = ((double)a + 0.5) * (1.0 / 9007199254740992.0);
+    double u2 = ((double)b + 0.5) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+// what the randomized SVD of one matrix needs beyond (S, G, m, n, r)
+typedef struct {
+    int oversample;     // o: the sketch has l = min(R + o, p) columns
+    int power_iters;    // q_iters
+    uint64_t seed, step, stream;  // Omega's draws (svd_sketch_normal)
+} SvdSketch;
+
+// the sketch's width for a (m, n) matrix at rank r
+int svd_sketch_cols(int m, int n, int r, int oversample) {
+    int p = m <= n ? m : n;
+    return r + oversample < p ? r + oversample : p;
+}
+
+typedef struct {
+    float* Wt;      // (l, q) Omega^T, then Z^T
+    float* Qt;      // (l, p) Y^T, then Q^T
+    double* A;      // (l, q) a basis being orthonormalized, one vector per row
+    double* tau;    // (l,) its reflector scales
+    float* U;       // (R, l) the top eigenvectors of K, one per row
+    SvdScratch eig; // K (l, l) and the eigensolver's arrays, as the exact path's with p = l
+} RsvdScratch;
+
+static RsvdScratch rsvd_scratch_layout(Scratch* sc, int p, int q, int r, int l) {
+    RsvdScratch w;
+    w.Wt = scratch_floats(sc, (size_t)l * q);
+    w.Qt = scratch_floats(sc, (size_t)l * p);
+    w.A = scratch_doubles(sc, (size_t)l * q);
+    w.tau = scratch_doubles(sc, l);
+    w.U = scratch_floats(sc, (size_t)r * l);
+    w.eig = svd_scratch_layout(sc, l, r);
+    return w;
+}
+
+size_t svd_randomized_scratch_num_floats(int m, int n, int r, int oversample) {
+    Scratch sc = {NULL, 0};
+    int p = m <= n ? m : n, q = m <= n ? n : m;
+    rsvd_scratch_layout(&sc, p, q, r, svd_sketch_cols(m, n, r, oversample));
+    return sc.used;
+}
+
+// the l rows of Vt (l, len) <- an orthonormal basis of their span, in place:
+// Householder QR of the column-major (len, l) matrix they form (dgeqr2), then
+// its explicit thin Q (dorg2r). A (l, len) double and tau (l,) are scratch
+void orthonormalize_rows(float* Vt, int l, int len, double* A, double* tau) {
+    for (size_t i = 0; i < (size_t)l * len; i++) { A[i] = Vt[i]; }
+    for (int j = 0; j < l; j++) {
+        double* x = A + (size_t)j * len + j;        // column j from row j down, (len - j,)
+        int n = len - j;
+        double xnorm2 = 0.0;
+        for (int i = 1; i < n; i++) { xnorm2 += x[i] * x[i]; }
+        double alpha = x[0];
+        if (xnorm2 == 0.0) { tau[j] = 0.0; continue; }  // H_j = I, as dlarfg
+        double beta = -copysign(sqrt(alpha * alpha + xnorm2), alpha);
+        tau[j] = (beta - alpha) / beta;
+        double scale = 1.0 / (alpha - beta);
+        for (int i = 1; i < n; i++) { x[i] *= scale; }
+        x[0] = beta;
+        // H_j on the columns right of j: c -= tau (v^T c) v, v = (1, x[1:])
+        #pragma omp parallel for schedule(static)
+        for (int k = j + 1; k < l; k++) {
+            double* c = A + (size_t)k * len + j;
+            double s = c[0];
+            for (int i = 1; i < n; i++) { s += x[i] * c[i]; }
+            s *= tau[j];
+            c[0] -= s;
+            for (int i = 1; i < n; i++) { c[i] -= s * x[i]; }
+        }
+    }
+    // Q = H_0 ... H_{l-1} I[:, :l], built from the last reflector back (dorg2r)
+    for (int j = l - 1; j >= 0; j--) {
+        double* v = A + (size_t)j * len + j;
+        int n = len - j;
+        #pragma omp parallel for schedule(static)
+        for (int k = j + 1; k < l; k++) {
+            double* c = A + (size_t)k * len + j;
+            double s = c[0];
+            for (int i = 1; i < n; i++) { s += v[i] * c[i]; }
+            s *= tau[j];
+            c[0] -= s;
+            for (int i = 1; i < n; i++) { c[i] -= s * v[i]; }
+        }
+        for (int i = 1; i < n; i++) { v[i] *= -tau[j]; }
+        v[0] = 1.0 - tau[j];
+        for (int i = 0; i < j; i++) { A[(size_t)j * len + i] = 0.0; }
+    }
+    for (size_t i = 0; i < (size_t)l * len; i++) { Vt[i] = (float)A[i]; }
+}
+
+// the two products of the iteration, X = op(G) (p, q), G (m, n):
+//   Qt (l, p) = Wt X^T        Wt (l, q) = Qt X
+static void rsvd_times_xt(float* Qt, const float* Wt, const float* G, int m, int n, int l) {
+    if (m <= n) { gemm(0, 1, l, m, n, 1.0f, Wt, n, G, n, 0.0f, Qt, m); }
+    else        { gemm(0, 0, l, n, m, 1.0f, Wt, m, G, n, 0.0f, Qt, n); }
+}
+
+static void rsvd_times_x(float* Wt, const float* Qt, const float* G, int m, int n, int l) {
+    if (m <= n) { gemm(0, 0, l, n, m, 1.0f, Qt, m, G, n, 0.0f, Wt, n); }
+    else        { gemm(0, 1, l, m, n, 1.0f, Qt, n, G, n, 0.0f, Wt, m); }
+}
+
+// S (p, R) = the top-r left singular vectors of X = op(G), approximately (above),
+// canonical sign. the twin of svd_top_left_singular_vectors
+void svd_randomized_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, const SvdSketch* sk,
+                                              float* scratch) {
+    int p = m <= n ? m : n, q = m <= n ? n : m;
+    int l = svd_sketch_cols(m, n, r, sk->oversample);
+    Scratch sc = {scratch, 0};
+    RsvdScratch w = rsvd_scratch_layout(&sc, p, q, r, l);
+    #pragma omp parallel for schedule(static)
+    for (int j = 0; j < l; j++) {
+        for (int c = 0; c < q; c++) {
+            size_t at = (size_t)j * q + c;
+            w.Wt[at] = svd_sketch_normal(sk->seed, sk->step, sk->stream, at);
+        }
+    }
+    rsvd_times_xt(w.Qt, w.Wt, G, m, n, l);                      // Y^T = Omega^T X^T
+    orthonormalize_rows(w.Qt, l, p, w.A, w.tau);
+    for (int it = 0; it < sk->power_iters; it++) {
+        rsvd_times_x(w.Wt, w.Qt, G, m, n, l);                   // Z^T = Q^T X
+        orthonormalize_rows(w.Wt, l, q, w.A, w.tau);
+        rsvd_times_xt(w.Qt, w.Wt, G, m, n, l);                  // Y^T = Z^T X^T
+        orthonormalize_rows(w.Qt, l, p, w.A, w.tau);
+    }
+    rsvd_times_x(w.Wt, w.Qt, G, m, n, l);                       // Z^T = Q^T X
+    // K (l, l) = Z^T Z in double: its eigenvalues are s_i^2, so fp32 would
+    // square the condition number into fp32 rounding (as the exact path's Gram)
+    gram_double(w.eig.K, w.eig.panel, w.Wt, q, 0, l, q);        // the exact path's Gram, of Z^T (l, q)
+    tridiagonalize(w.eig.K, w.eig.d, w.eig.e, w.eig.tau, w.eig.work, l);
+    tridiagonal_top_eigenpairs(w.eig.eig, w.eig.Z, w.eig.lu, w.eig.pivot, w.eig.d, w.eig.e, l, r);
+    tridiagonal_backtransform(w.eig.Z, w.eig.K, w.eig.tau, l, r);
+    for (size_t i = 0; i < (size_t)r * l; i++) { w.U[i] = (float)w.eig.Z[i]; }
+    // S (p, R) = Q U = Qt^T U^T
+    gemm(1, 1, p, r, l, 1.0f, w.Qt, p, w.U, l, 0.0f, S, r);
+    canonical_sign(S, p, r);
+}
+
+// the subspace SVD that cfg asks for (--svd), of matrix s at step cfg->svd_step
+static void lowrank_subspace_svd(LowRankState* s, const float* G, const LowRankConfig* cfg, float* scratch) {
+    if (!cfg->svd_randomized) {
+        svd_top_left_singular_vectors(s->S, G, s->m, s->n, s->r, scratch);
+        return;
+    }
+    SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step, s->svd_stream};
+    svd_randomized_top_left_singular_vectors(s->S, G, s->m, s->n, s->r, &sk, scratch);
+}
+
+// floats of scratch of the SVD that cfg asks for (the larger of the two: a
+// randomized one of l = p can outgrow the exact one)
+static size_t svd_any_scratch_num_floats(int m, int n, int r, int sketch_oversample) {
+    size_t exact = svd_scratch_num_floats(m, n, r);
+    if (sketch_oversample < 0) { return exact; }
+    size_t rnd = svd_randomized_scratch_num_floats(m, n, r, sketch_oversample);
+    return rnd > exact ? rnd : exact;
+}
+
 // ----------------------------------------------------------------------------
 // the low-rank step, in pieces. "project" and "back-project" hide the orientation:
 //   left:  Gt (R, q) = S^T G          D (m, n) = alpha S X + beta D
@@ -2512,9 +2725,9 @@ static void moments_rotate_general(LowRankState* s, const float* C, float* CC, f
 // ---- step 1: the first subspace
 
 // step 1 (t == 0): S = the top-r left singular vectors of G (canonical sign), M = V = 0
-void lowrank_init_subspace(LowRankState* s, const float* G, float* scratch) {
+void lowrank_init_subspace(LowRankState* s, const float* G, const LowRankConfig* cfg, float* scratch) {
     size_t numel = (size_t)s->q * s->r;
-    svd_top_left_singular_vectors(s->S, G, s->m, s->n, s->r, scratch);
+    lowrank_subspace_svd(s, G, cfg, scratch);
     memset(s->M, 0, numel * sizeof(float));
     memset(s->V, 0, numel * sizeof(float));
 }
@@ -2530,7 +2743,9 @@ typedef struct {
     float* svd;     // svd_scratch_num_floats
 } GaloreScratch;
 
-static GaloreScratch galore_scratch_layout(Scratch* sc, int m, int n, int r) {
+// sketch_oversample: --svd_oversample with --svd randomized, -1 with exact (the
+// SVD's scratch is last, so the carving does not depend on it, only the size)
+static GaloreScratch galore_scratch_layout(Scratch* sc, int m, int n, int r, int sketch_oversample) {
     int p = m <= n ? m : n, q = m <= n ? n : m;
     GaloreScratch w;
     w.S_old = scratch_floats(sc, (size_t)p * r);
@@ -2538,7 +2753,7 @@ static GaloreScratch galore_scratch_layout(Scratch* sc, int m, int n, int r) {
     w.CC = scratch_floats(sc, (size_t)r * r);
     w.Mrot = scratch_floats(sc, (size_t)q * r);
     w.X = scratch_floats(sc, (size_t)q * r);
-    w.svd = scratch_floats(sc, svd_scratch_num_floats(m, n, r));
+    w.svd = scratch_floats(sc, svd_any_scratch_num_floats(m, n, r, sketch_oversample));
     return w;
 }
 
@@ -2546,10 +2761,10 @@ static GaloreScratch galore_scratch_layout(Scratch* sc, int m, int n, int r) {
 // moments follow the change of basis, otherwise they are left as they are
 void galore_refresh_subspace(LowRankState* s, const float* G, const LowRankConfig* cfg, float* scratch) {
     Scratch sc = {scratch, 0};
-    GaloreScratch w = galore_scratch_layout(&sc, s->m, s->n, s->r);
+    GaloreScratch w = galore_scratch_layout(&sc, s->m, s->n, s->r, -1);
     int p = s->p, r = s->r;
     memcpy(w.S_old, s->S, (size_t)p * r * sizeof(float));
-    svd_top_left_singular_vectors(s->S, G, s->m, s->n, r, w.svd);
+    lowrank_subspace_svd(s, G, cfg, w.svd);
     if (cfg->adaptive_optimizer) {
         gemm(1, 0, r, r, p, 1.0f, s->S, r, w.S_old, r, 0.0f, w.C, r);
         moments_rotate_general(s, w.C, w.CC, w.Mrot, w.X);
@@ -2975,7 +3190,7 @@ typedef struct {
     float* D;       // (m, n) ... and, later in the step, the residual, Lambda and then the update D
 } StepScratch;
 
-static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int r) {
+static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int r, int sketch_oversample) {
     int q = m <= n ? n : m;
     StepScratch w;
     w.Gt = scratch_floats(sc, (size_t)q * r);
@@ -2983,9 +3198,11 @@ static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int r) {
     w.phi = scratch_floats(sc, q);
     w.norm2 = scratch_doubles(sc, q);
     Scratch galore = {NULL, 0}, track = {NULL, 0};
-    galore_scratch_layout(&galore, m, n, r);
+    galore_scratch_layout(&galore, m, n, r, sketch_oversample);
     track_scratch_layout(&track, m, n, r);
     size_t rest = galore.used > track.used ? galore.used : track.used;
+    size_t first_svd = svd_any_scratch_num_floats(m, n, r, sketch_oversample);  // step 1's, at w.rest
+    rest = first_svd > rest ? first_svd : rest;
     size_t mn = (size_t)m * n;
     // the subspace update is done before D is first written: they share memory
     w.rest = scratch_floats(sc, rest > mn ? rest : mn);
@@ -2996,7 +3213,14 @@ static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int r) {
 // floats of scratch that lowrank_adamw_step needs for an (m, n) matrix at rank r
 size_t lowrank_scratch_num_floats(int m, int n, int r) {
     Scratch sc = {NULL, 0};
-    step_scratch_layout(&sc, m, n, r);
+    step_scratch_layout(&sc, m, n, r, -1);
+    return sc.used;
+}
+
+// the same with the SVD that cfg asks for (--svd)
+size_t lowrank_scratch_num_floats_cfg(int m, int n, int r, const LowRankConfig* cfg) {
+    Scratch sc = {NULL, 0};
+    step_scratch_layout(&sc, m, n, r, cfg->svd_randomized ? cfg->svd_oversample : -1);
     return sc.used;
 }
 
@@ -3012,11 +3236,14 @@ int lowrank_subspace_moves(const LowRankConfig* cfg, int t) {
 void lowrank_adamw_step(LowRankState* s, float* W, const float* G, int t, const LowRankConfig* cfg,
                         float lr, float* scratch) {
     Scratch sc = {scratch, 0};
-    StepScratch w = step_scratch_layout(&sc, s->m, s->n, s->r);
+    StepScratch w = step_scratch_layout(&sc, s->m, s->n, s->r, -1);
+    LowRankConfig at_t = *cfg;      // the SVD's Omega is drawn for this step
+    at_t.svd_step = t;
+    cfg = &at_t;
     // steps 1-3: the subspace, then Gt = S^T G (left) or G S (right) with the S of this step
     if (t == 0) {
         double t0 = wall_seconds();
-        lowrank_init_subspace(s, G, w.rest);                            // step 1
+        lowrank_init_subspace(s, G, cfg, w.rest);                       // step 1
         s->subspace_seconds += wall_seconds() - t0;
         s->subspace_updates++;
         lowrank_project(w.Gt, s, G);
@@ -3123,6 +3350,9 @@ typedef struct {
     int memory_plan;         // print the CUDA trainer's device-memory plan and exit
     int master_weights;      // 1: fp32 master weights; 0: bf16 weights, updated with stochastic rounding
     char subspace_dtype[16]; // float32 | bfloat16: how the low-rank subspaces S are kept
+    char svd[16];            // exact | randomized: the subspace SVD (first step, GaLore refresh)
+    int svd_power_iters;     // --svd randomized: subspace (power) iterations
+    int svd_oversample;      // --svd randomized: extra sketch columns beyond R
     // the authors' flags that mean nothing in one process here
     int single_gpu, use_hf_model, workers;
     char tags[256], name[256];
@@ -3182,6 +3412,9 @@ void train_config_defaults(TrainConfig* t) {
     snprintf(t->dtype, sizeof t->dtype, "%s", "float32");
     t->master_weights = 1;
     snprintf(t->subspace_dtype, sizeof t->subspace_dtype, "%s", "float32");
+    snprintf(t->svd, sizeof t->svd, "%s", "exact");
+    t->svd_power_iters = SVD_POWER_ITERS_DEFAULT;
+    t->svd_oversample = SVD_OVERSAMPLE_DEFAULT;
     t->workers = 8;
     snprintf(t->name, sizeof t->name, "%s", "test");
 }
@@ -3294,6 +3527,11 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(subspace_dtype, FLAG_STRING, "float32 | bfloat16 (bf16): the low-rank subspaces S; bfloat16 halves "
          "them (on the CPU: bf16 values in fp32), each change of S rounded to bf16 stochastically (seeded, "
          "resumable)"),
+    FLAG(svd, FLAG_STRING, "exact | randomized: the subspace SVD (every low-rank method's first step, GaLore's "
+         "refreshes); randomized: a Gaussian sketch of R + svd_oversample columns, svd_power_iters subspace "
+         "iterations and Rayleigh-Ritz (Halko-Martinsson-Tropp), seeded, resumable"),
+    FLAG(svd_power_iters, FLAG_INT, "--svd randomized: subspace (power) iterations, 0..10"),
+    FLAG(svd_oversample, FLAG_INT, "--svd randomized: sketch columns beyond R (capped at min(m, n)), 0..256"),
     FLAG(memory_plan, FLAG_SWITCH, "print every device buffer the CUDA trainer would allocate for these flags, "
          "and the peak, then exit (needs no GPU)"),
     FLAG_NOTE(single_gpu, FLAG_SWITCH, "the authors' switch to skip DDP", "no-op: one process"),
@@ -3685,6 +3923,25 @@ const char* train_config_problem(const TrainConfig* t) {
     if (strcmp(t->subspace_dtype, "bfloat16") == 0 && !optimizer_name_low_rank(t->optimizer)) {
         snprintf(msg, sizeof msg, "--subspace_dtype bfloat16 needs a low-rank optimizer (--optimizer %s keeps no "
                  "subspaces); drop it or use --optimizer low_rank_adamw", t->optimizer);
+        return msg;
+    }
+    if (strcmp(t->svd, "exact") != 0 && strcmp(t->svd, "randomized") != 0) {
+        snprintf(msg, sizeof msg, "--svd '%s' is not exact or randomized", t->svd);
+        return msg;
+    }
+    if (strcmp(t->svd, "randomized") == 0 && !optimizer_name_low_rank(t->optimizer)) {
+        snprintf(msg, sizeof msg, "--svd randomized needs a low-rank optimizer (--optimizer %s takes no SVD); drop it "
+                 "or use --optimizer low_rank_adamw", t->optimizer);
+        return msg;
+    }
+    if (t->svd_power_iters < 0 || t->svd_power_iters > SVD_POWER_ITERS_MAX) {
+        snprintf(msg, sizeof msg, "--svd_power_iters %d is outside 0..%d (2 is the usual choice; each one costs two "
+                 "more products with the gradient)", t->svd_power_iters, SVD_POWER_ITERS_MAX);
+        return msg;
+    }
+    if (t->svd_oversample < 0 || t->svd_oversample > SVD_OVERSAMPLE_MAX) {
+        snprintf(msg, sizeof msg, "--svd_oversample %d is outside 0..%d (%d is the usual choice)", t->svd_oversample,
+                 SVD_OVERSAMPLE_MAX, SVD_OVERSAMPLE_DEFAULT);
         return msg;
     }
     if (t->stop_at_step < 0) {
@@ -4571,6 +4828,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         t->rank, t->low_rank_scale, t->subspace_update_interval, t->st_init_step_size,
         t->adaptive_optimizer, t->recovery_scaling, !t->norm_growth_limiter_off, t->norm_growth_limit,
         t->beta1, t->beta2, t->eps, t->weight_decay,
+        strcmp(t->svd, "randomized") == 0, t->svd_power_iters, t->svd_oversample, (uint64_t)t->seed, 0,
     };
     o->cfg = lc;
     TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -4599,7 +4857,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         size_t pr = (size_t)t->rank * (spec[i].rows < spec[i].cols ? spec[i].rows : spec[i].cols);
         o->subspace_floats += (size_t)spec[i].layers * pr;
         o->subspace_most = pr > o->subspace_most ? pr : o->subspace_most;
-        size_t need = lowrank_scratch_num_floats(spec[i].rows, spec[i].cols, t->rank);
+        size_t need = lowrank_scratch_num_floats_cfg(spec[i].rows, spec[i].cols, t->rank, &o->cfg);
         o->scratch_floats = need > o->scratch_floats ? need : o->scratch_floats;
         size_t moment = (size_t)t->rank * (spec[i].rows > spec[i].cols ? spec[i].rows : spec[i].cols);
         if (o->q8) {
@@ -4653,6 +4911,7 @@ const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfi
                 lowrank_state_init(&o->lowrank[k++], spec[i].rows, spec[i].cols, t->rank, mem);
                 mem += lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
             }
+            o->lowrank[k - 1].svd_stream = (uint64_t)(k - 1);
         }
     }
     return NULL;
@@ -4861,7 +5120,7 @@ static const char* const CHECKPOINT_SETTINGS[] = {
     "low_rank_scale", "adaptive_optimizer", "recovery_scaling", "norm_growth_limit", "norm_growth_limiter_off",
     "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
     "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
-    "master_weights", "subspace_dtype",
+    "master_weights", "subspace_dtype", "svd", "svd_power_iters", "svd_oversample",
 };
 
 // settings recorded only by later versions of the trainer, and the value a
@@ -4869,6 +5128,9 @@ static const char* const CHECKPOINT_SETTINGS[] = {
 static const char* const CHECKPOINT_SETTINGS_ADDED[][2] = {
     {"master_weights", "on"},
     {"subspace_dtype", "float32"},
+    {"svd", "exact"},
+    {"svd_power_iters", "2"},
+    {"svd_oversample", "8"},
 };
 #define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
 

@@ -3178,6 +3178,25 @@ __global__ void top_eigenvectors_kernel(float* S, const double* Z, int p, int r)
     S[idx] = (float)Z[(size_t)(r - 1 - k) * p + i];
 }
 
+// --svd randomized: the sketch Omega^T (l, q), entry at = j q + c, drawn by the
+// CPU's own svd_sketch_normal, so that both draw the same Omega
+__global__ void svd_sketch_kernel(float* Wt, size_t numel, uint64_t seed, uint64_t step, uint64_t stream) {
+    size_t at = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= numel) { return; }
+    Wt[at] = cpu::svd_sketch_normal(seed, step, stream, at);
+}
+
+// out (n,) = x widened to double, or narrowed back (the QR runs in double)
+__global__ void widen_to_double_kernel(double* out, const float* x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { out[i] = (double)x[i]; }
+}
+
+__global__ void narrow_to_float_kernel(float* out, const double* x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { out[i] = (float)x[i]; }
+}
+
 // flip each column of S (p, R) so its largest-magnitude entry is positive (first
 // one on ties), as canonical_sign on the CPU. one block per column
 __global__ void canonical_sign_kernel(float* S, int p, int r) {
@@ -3316,6 +3335,7 @@ typedef struct {
     float* V;                   // same as M
     float* limiter;             // [0] prev, [1] prev_set
     SubspaceTiming timing;      // its subspace updates when it steps alone
+    uint64_t svd_stream;        // which matrix this is, for --svd randomized's Omega (as cpu::LowRankState's)
 } LowRankStateGPU;
 
 // points the state into device memory and zeroes it, in the CPU's layout
@@ -3344,6 +3364,7 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float*
     }
     cudaCheck(cudaMemset(memory, 0, floats * sizeof(float)));
     subspace_timing_init(&s->timing);
+    s->svd_stream = 0;
 }
 
 void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) {
@@ -3370,6 +3391,7 @@ typedef struct {
     int tf32;                   // 1: the projection, back-projection and residual on TF32 tensor cores (bf16 mode)
     cusolverDnHandle_t solver;
     size_t scratch_floats;      // device floats needed
+    int svd_oversample;         // -1: the exact SVD; else --svd randomized's oversampling (set before reserving)
     int eig_lwork;              // doubles of cusolverDnDsyevdx workspace: the plan's, or cuSOLVER's if larger
     int eig_lwork_over_plan;    // how many doubles cuSOLVER asked for above the plan (0: none)
     float* scratch;             // device
@@ -3400,8 +3422,14 @@ typedef struct {
     float* CC;              // (R, R)
     float* Mrot;            // moments' shape
     float* Xm;              // moments' shape
-    double* K;              // (p, p) Gram matrix, then its eigenvectors
-    double* eig;            // (p,) its eigenvalues
+    double* K;              // (p, p) Gram matrix, then its eigenvectors; randomized: (l, l)
+    double* eig;            // (p,) its eigenvalues; randomized: (l,)
+    // --svd randomized only (else NULL), l = cpu::svd_sketch_cols
+    float* Wt;              // (l, q) Omega^T, then Z^T
+    float* Qt;              // (l, p) Y^T, then Q^T
+    double* A;              // (l, q) the basis being orthonormalized, in double
+    double* tau;            // (l,) its reflector scales
+    float* U;               // (l, R) the top eigenvectors of K
 } StepScratchGPU;
 
 static float* scratch_take(float* base, size_t* used, size_t count) {
@@ -3436,28 +3464,46 @@ static StepScratchGPU step_scratch_matrix_layout(float* base, size_t* used, int 
     w.Xm = scratch_take(base, used, q * r);
     w.K = NULL;
     w.eig = NULL;
+    w.Wt = w.Qt = w.U = NULL;
+    w.A = w.tau = NULL;
     return w;
 }
 
-// the SVD's arrays, for a (p, p) Gram matrix
-static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used, int p) {
-    w->K = (double*)scratch_take(base, used, 2 * (size_t)p * p);
-    w->eig = (double*)scratch_take(base, used, 2 * (size_t)p);
+// the SVD's arrays, for an (m, n) gradient at rank r: the exact SVD's (p, p)
+// Gram matrix (oversample -1), or the randomized one's (--svd randomized)
+static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used, int m, int n, int r,
+                                    int oversample = -1) {
+    size_t p = m <= n ? m : n, q = m <= n ? n : m;
+    if (oversample < 0) {
+        w->K = (double*)scratch_take(base, used, 2 * p * p);
+        w->eig = (double*)scratch_take(base, used, 2 * p);
+        w->Wt = w->Qt = w->U = NULL;
+        w->A = w->tau = NULL;
+        return;
+    }
+    size_t l = (size_t)cpu::svd_sketch_cols(m, n, r, oversample);
+    w->K = (double*)scratch_take(base, used, 2 * l * l);
+    w->eig = (double*)scratch_take(base, used, 2 * l);
+    w->Wt = scratch_take(base, used, l * q);
+    w->Qt = scratch_take(base, used, l * p);
+    w->A = (double*)scratch_take(base, used, 2 * l * q);
+    w->tau = (double*)scratch_take(base, used, 2 * l);
+    w->U = scratch_take(base, used, l * r);
 }
 
 // the whole scratch of one matrix stepping alone
-static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int r) {
+static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int r, int oversample = -1) {
     StepScratchGPU w = step_scratch_matrix_layout(base, used, m, n, r);
-    step_scratch_svd_layout(&w, base, used, m <= n ? m : n);
+    step_scratch_svd_layout(&w, base, used, m, n, r, oversample);
     return w;
 }
 
 // the scratch floats of a batch of b matrices (m, n) at rank r: b matrices' own
 // arrays, then one SVD's (b = 1: one matrix stepping alone)
-static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b) {
+static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b, int oversample = -1) {
     size_t one = 0, svd = 0;
     StepScratchGPU w = step_scratch_matrix_layout(NULL, &one, m, n, r);
-    step_scratch_svd_layout(&w, NULL, &svd, m <= n ? m : n);
+    step_scratch_svd_layout(&w, NULL, &svd, m, n, r, oversample);
     return (size_t)b * one + svd;
 }
 
@@ -3470,9 +3516,9 @@ static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b) {
 #define LOWRANK_BATCH_SCRATCH_BYTES ((size_t)256 << 20)
 
 // how many of count matrices (m, n) at rank r one batch holds
-static int lowrank_batch_size(int m, int n, int r, int count) {
-    size_t svd = lowrank_batch_scratch_floats(m, n, r, 0);
-    size_t one = lowrank_batch_scratch_floats(m, n, r, 1);
+static int lowrank_batch_size(int m, int n, int r, int count, int oversample = -1) {
+    size_t svd = lowrank_batch_scratch_floats(m, n, r, 0, oversample);
+    size_t one = lowrank_batch_scratch_floats(m, n, r, 1, oversample);
     size_t room = LOWRANK_BATCH_SCRATCH_BYTES / sizeof(float);
     if (room < one) { room = one; }
     size_t b = (room - svd) / (one - svd);
@@ -3480,8 +3526,8 @@ static int lowrank_batch_size(int m, int n, int r, int count) {
 }
 
 // the scratch floats the grouped step needs for count matrices (m, n) at rank r
-static size_t lowrank_group_scratch_floats(int m, int n, int r, int count) {
-    return lowrank_batch_scratch_floats(m, n, r, lowrank_batch_size(m, n, r, count));
+static size_t lowrank_group_scratch_floats(int m, int n, int r, int count, int oversample = -1) {
+    return lowrank_batch_scratch_floats(m, n, r, lowrank_batch_size(m, n, r, count, oversample), oversample);
 }
 
 void lowrank_gpu_create(LowRankGPU* ctx) {
@@ -3489,6 +3535,7 @@ void lowrank_gpu_create(LowRankGPU* ctx) {
     cublasCheck(cublasCreate(&ctx->blas));
     cublasCheck(cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH));
     cusolverCheck(cusolverDnCreate(&ctx->solver));
+    ctx->svd_oversample = -1;
 }
 
 // doubles of eigendecomposition workspace planned for a (p, p) Gram matrix:
@@ -3497,25 +3544,43 @@ void lowrank_gpu_create(LowRankGPU* ctx) {
 // answer wins (and is reported by the plan at start)
 static size_t eig_workspace_doubles(int p) { return 1 + 6 * (size_t)p + 2 * (size_t)p * p; }
 
-// the scratch floats and eigen workspace doubles of one (m, n) matrix at rank r
-static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int r) {
-    *scratch_floats = lowrank_batch_scratch_floats(m, n, r, 1);
-    *eig_doubles = eig_workspace_doubles(m <= n ? m : n);
+// the scratch floats and eigen workspace doubles of one (m, n) matrix at rank r;
+// --svd randomized (oversample >= 0): its arrays, and syevdx on (l, l), whose
+// bound also covers geqrf's and orgqr's workspaces (a few blocks of l columns)
+static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int r, int oversample = -1) {
+    *scratch_floats = lowrank_batch_scratch_floats(m, n, r, 1, oversample);
+    *eig_doubles = eig_workspace_doubles(oversample < 0 ? (m <= n ? m : n) : cpu::svd_sketch_cols(m, n, r, oversample));
 }
 
 // grows the sizes for one (m, n) matrix at rank r
 void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
     size_t used = 0, planned = 0;
-    lowrank_gpu_need(&used, &planned, m, n, r);
+    lowrank_gpu_need(&used, &planned, m, n, r, ctx->svd_oversample);
     if (used > ctx->scratch_floats) { ctx->scratch_floats = used; }
     if (planned > (size_t)INT_MAX) {
         cpu::fatal("a %d x %d matrix needs %zu doubles of eigendecomposition workspace, above cuSOLVER's int range",
                    m, n, planned);
     }
     int p = m <= n ? m : n, lwork = 0, meig = 0;
-    cusolverCheck(cusolverDnDsyevdx_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
-                                               CUBLAS_FILL_MODE_LOWER, p, NULL, p, 0.0, 0.0, p - r + 1, p, &meig,
-                                               NULL, &lwork));
+    if (ctx->svd_oversample >= 0) {
+        // the randomized SVD's syevdx on (l, l), and its QRs of (p, l) and (q, l)
+        int l = cpu::svd_sketch_cols(m, n, r, ctx->svd_oversample), q = m <= n ? n : m;
+        cusolverCheck(cusolverDnDsyevdx_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                                   CUBLAS_FILL_MODE_LOWER, l, NULL, l, 0.0, 0.0, l - r + 1, l, &meig,
+                                                   NULL, &lwork));
+        int sides[2] = {p, q};
+        for (int k = 0; k < 2; k++) {
+            int lq = 0, lo = 0;
+            cusolverCheck(cusolverDnDgeqrf_bufferSize(ctx->solver, sides[k], l, NULL, sides[k], &lq));
+            cusolverCheck(cusolverDnDorgqr_bufferSize(ctx->solver, sides[k], l, l, NULL, sides[k], NULL, &lo));
+            if (lq > lwork) { lwork = lq; }
+            if (lo > lwork) { lwork = lo; }
+        }
+    } else {
+        cusolverCheck(cusolverDnDsyevdx_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                                   CUBLAS_FILL_MODE_LOWER, p, NULL, p, 0.0, 0.0, p - r + 1, p, &meig,
+                                                   NULL, &lwork));
+    }
     int need = lwork > (int)planned ? lwork : (int)planned;
     if (lwork > (int)planned && lwork - (int)planned > ctx->eig_lwork_over_plan) {
         ctx->eig_lwork_over_plan = lwork - (int)planned;
@@ -3526,7 +3591,7 @@ void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
 // grows the sizes for the grouped step of count matrices (m, n) at rank r
 void lowrank_gpu_reserve_group(LowRankGPU* ctx, int m, int n, int r, int count) {
     lowrank_gpu_reserve(ctx, m, n, r);
-    size_t floats = lowrank_group_scratch_floats(m, n, r, count);
+    size_t floats = lowrank_group_scratch_floats(m, n, r, count, ctx->svd_oversample);
     if (floats > ctx->scratch_floats) { ctx->scratch_floats = floats; }
 }
 
@@ -3614,6 +3679,7 @@ static void copy_each(PerMatrix<float> dst, PerMatrix<const float> src, size_t n
 typedef struct {
     cusolverStatus_t status;
     int found;                  // eigenpairs syevdx found; R wanted
+    const char* call;           // the cuSOLVER call whose status failed (NULL: syevdx's, or none)
 } SvdOutcome;
 
 // what a step works on: one matrix (lowrank_batch_of_one, plain pointers), or
@@ -3634,6 +3700,8 @@ typedef struct {
     int* info;                  // device (count): cuSOLVER's devInfo, one per matrix
     SvdOutcome* svd;            // host (count)
     SubspaceTiming* timing;     // the batch's subspace updates
+    StepScratchGPU rsvd;        // the SVD's shared arrays (K, eig, and --svd randomized's); the rest unused
+    const uint64_t* svd_stream; // host (count): each matrix's stream for --svd randomized's Omega
 } LowRankBatchGPU;
 
 #define LOWRANK_BATCH_FIELDS 25 // PerMatrix fields of LowRankBatchGPU
@@ -3660,6 +3728,8 @@ static LowRankBatchGPU lowrank_batch_of_one(LowRankStateGPU* s, float* W, const 
     b.info = info;
     b.svd = svd;
     b.timing = &s->timing;
+    b.rsvd = *w;
+    b.svd_stream = &s->svd_stream;
     return b;
 }
 
@@ -3755,7 +3825,8 @@ void cusolver_factorization_check(cusolverStatus_t status, const int* dev_info, 
 // devInfo, then the eigenpairs syevdx found (R wanted)
 static void svd_outcome_check(const SvdOutcome* outcome, int info, int m, int n, int r, const char* which) {
     int p = m <= n ? m : n;
-    cusolver_factorization_report(outcome->status, info, "cusolverDnDsyevdx", p, m, n, which);
+    cusolver_factorization_report(outcome->status, info, outcome->call != NULL ? outcome->call : "cusolverDnDsyevdx",
+                                  p, m, n, which);
     if (outcome->found != r) {
         fprintf(stderr, "error: cusolverDnDsyevdx found %d of the top %d eigenpairs of the %d x %d Gram matrix of a "
                 "%d x %d gradient (%s%sthe SVD for the subspace)\nhint: a NaN or Inf in the gradient causes this\n",
@@ -3779,6 +3850,7 @@ void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r
     int p = right ? n : m, q = right ? m : n;
     gram_double(K, G, n, right, p, q);
     outcome->found = 0;
+    outcome->call = NULL;
     outcome->status = cusolverDnDsyevdx(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
                                         CUBLAS_FILL_MODE_LOWER, p, K, p, 0.0, 0.0, p - r + 1, p, &outcome->found,
                                         eig, ctx->eig_work, ctx->eig_lwork, dev_info);
@@ -3799,14 +3871,106 @@ static void lowrank_svd_check(const LowRankBatchGPU* b) {
     svd_outcome_check(&b->svd[0], info, b->m, b->n, b->r, NULL);
 }
 
+// ---- the randomized top-R SVD (--svd randomized), the CPU's twin: the same
+// Omega (svd_sketch_kernel), the same fp32 products (cuBLAS, no TF32), the QR
+// in double by cusolverDnDgeqrf + cusolverDnDorgqr (LAPACK's dgeqrf + dorgqr,
+// the CPU's dgeqr2 + dorg2r), K = Z^T Z by the exact path's gram_double, and its
+// top R eigenvectors by the exact path's cusolverDnDsyevdx, on (l, l). each
+// matrix of a batch in turn, in one shared set of arrays (as the exact path's K).
+// the verdicts: the first failing status among the calls (and its call's name)
+// in *outcome; devInfo is syevdx's, the last written (geqrf and orgqr only
+// report invalid arguments there, which their status reports too)
+
+static void cusolver_note(SvdOutcome* outcome, cusolverStatus_t status, const char* call) {
+    if (status != CUSOLVER_STATUS_SUCCESS && outcome->status == CUSOLVER_STATUS_SUCCESS) {
+        outcome->status = status;
+        outcome->call = call;
+    }
+}
+
+// the l rows of Vt (l, len) <- an orthonormal basis of their span, in place:
+// Householder QR of the column-major (len, l) matrix they form. A (l, len)
+// double and tau (l,) are scratch
+void orthonormalize_rows(float* Vt, int l, int len, double* A, double* tau, LowRankGPU* ctx, int* dev_info,
+                         SvdOutcome* outcome) {
+    size_t numel = (size_t)l * len;
+    widen_to_double_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(A, Vt, numel);
+    cudaCheck(cudaGetLastError());
+    cusolver_note(outcome, cusolverDnDgeqrf(ctx->solver, len, l, A, len, tau, ctx->eig_work, ctx->eig_lwork, dev_info),
+                  "cusolverDnDgeqrf");
+    cusolver_note(outcome, cusolverDnDorgqr(ctx->solver, len, l, l, A, len, tau, ctx->eig_work, ctx->eig_lwork,
+                                            dev_info), "cusolverDnDorgqr");
+    narrow_to_float_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(Vt, A, numel);
+    cudaCheck(cudaGetLastError());
+}
+
+// Qt (l, p) = Wt X^T  and  Wt (l, q) = Qt X, X = op(G) (p, q), G (m, n)
+static void rsvd_times_xt(float* Qt, const float* Wt, const float* G, int m, int n, int l, LowRankGPU* ctx) {
+    if (m <= n) { gemm_gpu(ctx->blas, 0, 1, l, m, n, 1.0f, Wt, n, G, n, 0.0f, Qt, m); }
+    else        { gemm_gpu(ctx->blas, 0, 0, l, n, m, 1.0f, Wt, m, G, n, 0.0f, Qt, n); }
+}
+
+static void rsvd_times_x(float* Wt, const float* Qt, const float* G, int m, int n, int l, LowRankGPU* ctx) {
+    if (m <= n) { gemm_gpu(ctx->blas, 0, 0, l, n, m, 1.0f, Qt, m, G, n, 0.0f, Wt, n); }
+    else        { gemm_gpu(ctx->blas, 0, 1, l, m, n, 1.0f, Qt, n, G, n, 0.0f, Wt, m); }
+}
+
+// S (p, R), approximately the top-r left singular vectors of op(G), canonical
+// sign; w holds the arrays (step_scratch_svd_layout with the sketch's width)
+void svd_randomized_top_left_singular_vectors(float* S, const float* G, int m, int n, int r,
+                                              const cpu::SvdSketch* sk, LowRankGPU* ctx, const StepScratchGPU* w,
+                                              int* dev_info, SvdOutcome* outcome) {
+    int p = m <= n ? m : n, q = m <= n ? n : m;
+    int l = cpu::svd_sketch_cols(m, n, r, sk->oversample);
+    outcome->found = 0;
+    outcome->status = CUSOLVER_STATUS_SUCCESS;
+    outcome->call = NULL;
+    size_t numel = (size_t)l * q;
+    svd_sketch_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(w->Wt, numel, sk->seed, sk->step, sk->stream);
+    cudaCheck(cudaGetLastError());
+    rsvd_times_xt(w->Qt, w->Wt, G, m, n, l, ctx);                    // Y^T = Omega^T X^T
+    orthonormalize_rows(w->Qt, l, p, w->A, w->tau, ctx, dev_info, outcome);
+    for (int it = 0; it < sk->power_iters; it++) {
+        rsvd_times_x(w->Wt, w->Qt, G, m, n, l, ctx);                 // Z^T = Q^T X
+        orthonormalize_rows(w->Wt, l, q, w->A, w->tau, ctx, dev_info, outcome);
+        rsvd_times_xt(w->Qt, w->Wt, G, m, n, l, ctx);                // Y^T = Z^T X^T
+        orthonormalize_rows(w->Qt, l, p, w->A, w->tau, ctx, dev_info, outcome);
+    }
+    rsvd_times_x(w->Wt, w->Qt, G, m, n, l, ctx);                     // Z^T = Q^T X
+    gram_double(w->K, w->Wt, q, 0, l, q);                            // K (l, l) = Z^T Z, in double
+    cusolverStatus_t st = cusolverDnDsyevdx(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                            CUBLAS_FILL_MODE_LOWER, l, w->K, l, 0.0, 0.0, l - r + 1, l,
+                                            &outcome->found, w->eig, ctx->eig_work, ctx->eig_lwork, dev_info);
+    cusolver_note(outcome, st, "cusolverDnDsyevdx");
+    top_eigenvectors_kernel<<<optim_blocks((size_t)l * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(w->U, w->K, l, r);
+    cudaCheck(cudaGetLastError());
+    gemm_gpu(ctx->blas, 1, 0, p, r, l, 1.0f, w->Qt, p, w->U, r, 0.0f, S, r);   // S = Q U
+    canonical_sign(S, p, r);
+}
+
+// the subspace SVD that cfg asks for (--svd) of matrix e of b, at step cfg->svd_step
+static void lowrank_subspace_svd(LowRankBatchGPU* b, int e, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
+    if (!cfg->svd_randomized) {
+        svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->r, ctx, b->K, b->eig,
+                                      b->info + e, &b->svd[e]);
+        return;
+    }
+    if (ctx->svd_oversample != cfg->svd_oversample || b->rsvd.Wt == NULL) {
+        cpu::fatal("lowrank_subspace_svd: the scratch was not reserved for --svd randomized with oversampling %d "
+                   "(reserved: %d); hint: set ctx.svd_oversample before lowrank_gpu_reserve", cfg->svd_oversample,
+                   ctx->svd_oversample);
+    }
+    cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step,
+                         b->svd_stream[e]};
+    svd_randomized_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->r, &sk, ctx, &b->rsvd,
+                                             b->info + e, &b->svd[e]);
+}
+
 // ---- step 1: the first subspace
 
 // step 1 (t == 0): S = the top-r left singular vectors of G (canonical sign), M = V = 0
-void lowrank_init_subspace(LowRankBatchGPU* b, LowRankGPU* ctx) {
-    for (int e = 0; e < b->count; e++) {
-        svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->r, ctx, b->K, b->eig,
-                                      b->info + e, &b->svd[e]);
-    }
+void lowrank_init_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
+    for (int e = 0; e < b->count; e++) { lowrank_subspace_svd(b, e, cfg, ctx); }
     size_t numel = (size_t)b->q * b->r;
     copy_each(b->M, PerMatrix<const float>(), numel, b->count);
     copy_each(b->V, PerMatrix<const float>(), numel, b->count);
@@ -3843,10 +4007,7 @@ static void moments_rotate_general(LowRankBatchGPU* b, LowRankGPU* ctx) {
 void galore_refresh_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
     int p = b->p, r = b->r;
     copy_each(b->S_old, b->S, (size_t)p * r, b->count);
-    for (int e = 0; e < b->count; e++) {
-        svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, r, ctx, b->K, b->eig,
-                                      b->info + e, &b->svd[e]);
-    }
+    for (int e = 0; e < b->count; e++) { lowrank_subspace_svd(b, e, cfg, ctx); }
     if (cfg->adaptive_optimizer) {
         gemm_each(ctx, 0, 1, 0, r, r, p, 1.0f, b->S, r, b->S_old, r, 0.0f, b->C, r, b->count);
         moments_rotate_general(b, ctx);
@@ -4044,10 +4205,13 @@ void lowrank_apply_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* c
 // the first). lr is this step's learning rate (after the schedule). the SVD's
 // verdicts (lowrank_svd_step) are left in b->info and b->svd for the caller
 void lowrank_adamw_step(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg, float lr, LowRankGPU* ctx) {
+    cpu::LowRankConfig at_t = *cfg;     // the SVD's Omega is drawn for this step
+    at_t.svd_step = t;
+    cfg = &at_t;
     // steps 1-3: the subspace, then Gt = S^T G (left) or G S (right) with the S of this step
     if (t == 0) {
         lowrank_timing_begin(b->timing);
-        lowrank_init_subspace(b, ctx);                                     // step 1
+        lowrank_init_subspace(b, cfg, ctx);                                // step 1
         lowrank_timing_end(b->timing);
         b->timing->updates++;
         lowrank_project(b, ctx);
@@ -4078,7 +4242,7 @@ void lowrank_adamw_step(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg
 void lowrank_adamw_step(LowRankStateGPU* s, float* W, const float* G, int t, const cpu::LowRankConfig* cfg,
                         float lr, LowRankGPU* ctx) {
     size_t used = 0;
-    StepScratchGPU w = step_scratch_gpu_layout(ctx->scratch, &used, s->m, s->n, s->r);
+    StepScratchGPU w = step_scratch_gpu_layout(ctx->scratch, &used, s->m, s->n, s->r, ctx->svd_oversample);
     if (used > ctx->scratch_floats) {
         fprintf(stderr, "error: lowrank_adamw_step: scratch for a %d x %d matrix at rank %d was not reserved; "
                 "hint: call lowrank_gpu_reserve for every low-rank shape before lowrank_gpu_alloc\n",
@@ -4104,6 +4268,7 @@ typedef struct {
     void** tables_host;         // host copy
     int* info;                  // device (count): each entry's devInfo
     SvdOutcome* svd;            // host (count)
+    uint64_t* svd_stream;       // host (count): each entry's stream for --svd randomized's Omega
     SubspaceTiming* timing;     // (num_batches)
     char (*names)[LOWRANK_NAME_BYTES];  // (count) host: what errors call each matrix
     int bound;                  // lowrank_groups_bind done
@@ -4134,6 +4299,7 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
     g->timing = (SubspaceTiming*)cpu::malloc_check((size_t)count * sizeof(SubspaceTiming), "batch timings");
     g->names = (char (*)[LOWRANK_NAME_BYTES])cpu::malloc_check((size_t)count * LOWRANK_NAME_BYTES, "matrix names");
     g->svd = (SvdOutcome*)cpu::calloc_check((size_t)count * sizeof(SvdOutcome), "SVD outcomes");
+    g->svd_stream = (uint64_t*)cpu::calloc_check((size_t)count * sizeof(uint64_t), "SVD sketch streams");
     size_t table_bytes = (size_t)LOWRANK_BATCH_FIELDS * count * sizeof(void*);
     g->tables = (void**)device_malloc(table_bytes, "low-rank pointer tables");
     g->tables_host = (void**)cpu::calloc_check(table_bytes, "low-rank pointer tables");
@@ -4156,14 +4322,14 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
                 g->matrix[entries++] = k2;
             }
         }
-        int per = lowrank_batch_size(s->m, s->n, s->r, entries - first);
+        int per = lowrank_batch_size(s->m, s->n, s->r, entries - first, ctx->svd_oversample);
         if (most_per_batch > 0 && per > most_per_batch) { per = most_per_batch; }
         for (int offset = first; offset < entries; offset += per) {
             int j = g->num_batches++;
             LowRankBatchGPU* b = &g->batch[j];
             b->m = s->m; b->n = s->n; b->r = s->r; b->right = s->right; b->p = s->p; b->q = s->q;
             b->count = entries - offset < per ? entries - offset : per;
-            size_t need = lowrank_batch_scratch_floats(b->m, b->n, b->r, b->count);
+            size_t need = lowrank_batch_scratch_floats(b->m, b->n, b->r, b->count, ctx->svd_oversample);
             if (need > ctx->scratch_floats || ctx->scratch == NULL) {
                 cpu::fatal("lowrank_groups_build: scratch for %d matrices %d x %d at rank %d was not reserved; "
                            "hint: call lowrank_gpu_reserve_group for every shape before lowrank_gpu_alloc",
@@ -4198,11 +4364,15 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
                 batch_set(&b->Mrot, e, w.Mrot); batch_set(&b->Xm, e, w.Xm);
                 batch_set(&b->norm2, e, w.norm2); batch_set(&b->v, e, w.v); batch_set(&b->u, e, w.u);
                 batch_set(&b->y, e, w.y); batch_set(&b->track, e, w.track);
+                g->svd_stream[offset + e] = se->svd_stream;
             }
             StepScratchGPU svd;
-            step_scratch_svd_layout(&svd, ctx->scratch, &used, b->p);
+            memset(&svd, 0, sizeof svd);    // only the SVD's fields are set
+            step_scratch_svd_layout(&svd, ctx->scratch, &used, b->m, b->n, b->r, ctx->svd_oversample);
             b->K = svd.K;
             b->eig = svd.eig;
+            b->rsvd = svd;
+            b->svd_stream = g->svd_stream + offset;
             b->info = g->info + offset;
             b->svd = g->svd + offset;
             subspace_timing_init(&g->timing[j]);
@@ -4281,6 +4451,7 @@ void lowrank_groups_free(LowRankGroupsGPU* g) {
     free(g->timing);
     free(g->names);
     free(g->svd);
+    free(g->svd_stream);
     memset(g, 0, sizeof *g);
 }
 
@@ -4386,6 +4557,7 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
                                                      "low-rank states");
     lowrank_gpu_create(&o->ctx);
     o->ctx.tf32 = dtype_from_name(t->dtype) == DTYPE_BFLOAT16;
+    o->ctx.svd_oversample = o->host.cfg.svd_randomized ? o->host.cfg.svd_oversample : -1;
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
         lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->r);
@@ -4432,6 +4604,7 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
             float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory);
             lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->r, memory, o->host.q8, NULL);
         }
+        o->lowrank[k].svd_stream = hs->svd_stream;
     }
     if (o->grouped) {
         lowrank_groups_build(&o->groups, o->lowrank, nl, &o->ctx, 0);
@@ -4873,10 +5046,11 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
         cpu::parameter_table(spec, c);
         size_t scratch = 0, eig = 0;
+        int oversample = o.cfg.svd_randomized ? o.cfg.svd_oversample : -1;   // as optimizer_build's ctx
         for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
             if (!cpu::optimizer_uses_lowrank(&o, &spec[i])) { continue; }
             size_t s = 0, e = 0;
-            lowrank_gpu_need(&s, &e, spec[i].rows, spec[i].cols, t->rank);
+            lowrank_gpu_need(&s, &e, spec[i].rows, spec[i].cols, t->rank, oversample);
             if (s > scratch) { scratch = s; }
             if (e > eig) { eig = e; }
         }
@@ -4885,12 +5059,13 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         int shapes[MAX_LOWRANK_SHAPES][3];
         int num_shapes = grouped ? optimizer_lowrank_shapes(shapes, &o, c) : 0;
         for (int s = 0; s < num_shapes; s++) {
-            size_t need = lowrank_group_scratch_floats(shapes[s][0], shapes[s][1], t->rank, shapes[s][2]);
+            size_t need = lowrank_group_scratch_floats(shapes[s][0], shapes[s][1], t->rank, shapes[s][2], oversample);
             if (need > scratch) { scratch = need; }
         }
         plan_buffer(p, "low-rank step scratch", grouped ? "largest batch of one shape" : "largest matrix",
                     scratch * sizeof(float), grouped ? "one batch" : "one matrix");
-        plan_buffer(p, "eigendecomposition workspace", "1+6p+2p^2 f64", eig * sizeof(double), "one matrix");
+        plan_buffer(p, "eigendecomposition workspace", oversample < 0 ? "1+6p+2p^2 f64" : "1+6l+2l^2 f64, l = R+o",
+                    eig * sizeof(double), "one matrix");
         plan_buffer(p, "cuSOLVER info", "1 int", sizeof(int), "whole run");
         plan_buffer(p, "cuBLAS workspace, optimizer", "", CUBLAS_WORKSPACE_BYTES, "whole run");
         if (grouped) {

@@ -169,7 +169,11 @@ typedef struct {
     double sm_gbs;         // what one SM streams from L2, GB/s (single-block kernels)
     double power_iters;    // power iterations per tracking step
     double syevd_step_us;  // one column step of syevd's tridiagonal reduction
-    int topr_iters;        // power iterations of the randomized range finder (--svd topr)
+    int topr_iters;        // power iterations of the randomized range finder (--svd topr; the trainer's
+                           //   --svd_power_iters)
+    int topr_oversample;   // its sketch's columns beyond R (the trainer's --svd_oversample)
+    double qr_step_us;     // one column step of cusolverDnDgeqrf / cusolverDnDorgqr (unmeasured: a norm, a
+                           //   scale and a panel update, about two dependent launches)
     double top_token;      // the most frequent token's share of a micro-batch's positions (encoder_backward)
     double host_ns;        // the host's counting sort, per element visited (encoder_backward_buckets)
     double h2d_gbs;        // host-to-device copy from pinned memory, GB/s (the token buckets)
@@ -187,6 +191,8 @@ static void perf_assume_defaults(PerfAssume* a) {
     a->power_iters = 50.0;
     a->syevd_step_us = 10.0;
     a->topr_iters = 2;
+    a->topr_oversample = 8;
+    a->qr_step_us = 5.0;
     a->top_token = 0.05;
     a->host_ns = 1.0;
     a->h2d_gbs = 25.0;
@@ -207,7 +213,7 @@ typedef struct {
                           //   (before da90bbf: fp32 in both); PERF_GEMM_BF16 planned. the tracking
                           //   step's products are fp32 in every variant
     int svd;              // today PERF_SVD_SYEVDX (Gram in FP64 + syevdx, range I: the top R pairs);
-                          //   PERF_SVD_FULL: syevd of all p (before da90bbf); PERF_SVD_TOPR planned
+                          //   PERF_SVD_FULL: syevd of all p (before da90bbf); PERF_SVD_TOPR: --svd randomized
     int fused_residual;   // 1 today: the wo and w_down products add the residual in cuBLASLt's
                           //   epilogue; 0: two residual_forward launches a layer (before ccb06c0)
     int fused_recovery;   // 1: back-projection and residual share one GEMM (2 GEMMs a step, not 3; planned)
@@ -804,25 +810,42 @@ static void perf_build_optimizers(PerfModel* m) {
                 r->launches = 2 * lper; r->launch.a = R * q * 4;
             }
             if (m->v.svd == PERF_SVD_TOPR) {
-                // randomized range finder on op(G) (p, q): Y = X Omega, topr_iters x (Z = X^T Y, Y = X Z),
-                // B = Q^T X: (2 + 2 iters) GEMMs of 2 p q R at the optimizer's GEMM precision; a Cholesky QR
-                // after each product on the p side (Gram 2 p R^2 + triangular solve p R^2); then the top
-                // vectors from the R x R eigenproblem of B B^T (2 q R^2 + 14/3 R^3), batched over the
-                // matrices of one shape (cusolverDnXsyevBatched), so its latency is paid once per shape
+                // --svd randomized (svd_randomized_top_left_singular_vectors), each matrix in turn, l = min(R + o, p):
+                // (2 + 2 it) fp32 GEMMs of 2 p q l (gemm_gpu: the sketch X Omega, it x (X^T Q, X Z), Z^T = Q^T X);
+                // a Householder QR in FP64 (cusolverDnDgeqrf + cusolverDnDorgqr) after each but the last, it + 1
+                // of (p, l) and it of (q, l), each 2 x (2 len l^2 - 2/3 l^3) with 2 l dependent column steps
+                // (qr_step_us each); K = Z^T Z (l, l) by gram_double; cusolverDnDsyevdx for its top R pairs, as
+                // the exact path on (l, l): 4/3 l^3 + 2 l^2 R, l column steps (syevd_step_us)
                 int it = m->a.topr_iters;
-                snprintf(tag, sizeof tag, "topr sketch GEMMs (%d) (planned) [%s]", 2 + 2 * it, g[gi].names);
-                r = perf_gemm(m, ph, tag, set, gemm, cnt * (2 + 2 * it), p, R, q, 1, ge, 4.0, 0.0f);
+                long long l = R + m->a.topr_oversample < p ? R + m->a.topr_oversample : p;
+                snprintf(tag, sizeof tag, "topr sketch GEMMs (%d) (fp32) [%s]", 2 + 2 * it, g[gi].names);
+                r = perf_gemm(m, ph, tag, set, PERF_FP32_GEMM, cnt * (2 + 2 * it), p, l, q, 1, 4.0, 4.0, 0.0f);
                 r->launch.op = OP_NONE;
-                snprintf(tag, sizeof tag, "topr Cholesky QR x%d (planned) [%s]", it + 1, g[gi].names);
-                r = perf_gemm(m, ph, tag, set, gemm, cnt * (it + 1), R, R, p, 1, 4.0, 4.0, 0.0f);
-                r->flops *= 1.5;  // + the triangular solve
+                for (int side = 0; side < 2; side++) {
+                    long long len = side == 0 ? p : q;
+                    int nqr = side == 0 ? it + 1 : it;
+                    if (nqr == 0) { continue; }
+                    snprintf(s, sizeof s, "%lldx%lld", len, l);
+                    snprintf(tag, sizeof tag, "topr Householder QR x%d, geqrf + orgqr (fp64) [%s]", nqr, g[gi].names);
+                    r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, cnt * nqr,
+                                    2.0 * (2.0 * len * l * l - 2.0 / 3.0 * (double)l * l * l),
+                                    2.0 * 8.0 * 2.0 * len * l, OP_NONE, s);
+                    r->serial_s = cnt * nqr * 2.0 * (double)l * m->a.qr_step_us * 1e-6;
+                }
+                long long nt = (l + 31) / 32;
+                snprintf(s, sizeof s, "%dx%d <- %dx%d", (int)l, (int)l, (int)l, (int)q);
+                snprintf(tag, sizeof tag, "topr gram_double K = Z^T Z (fp64) [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP64_CORE, cnt, 1024.0 * 2.0 * q * nt * (nt + 1) / 2.0,
+                                4.0 * l * q + 8.0 * l * l, OP_NONE, s);
+                snprintf(s, sizeof s, "%dx%d top %d", (int)l, (int)l, (int)R);
+                snprintf(tag, sizeof tag, "topr cusolverDnDsyevdx l x l, top R (fp64) [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, cnt,
+                                4.0 / 3.0 * l * l * l + 2.0 * (double)l * l * R, 8.0 * 3.0 * l * l, OP_NONE, s);
+                r->serial_s = cnt * (double)l * m->a.syevd_step_us * 1e-6;
+                snprintf(s, sizeof s, "%lldx%lld", p, R);
+                snprintf(tag, sizeof tag, "topr S = Q U, top_eigenvectors, canonical_sign [%s]", g[gi].names);
+                r = perf_gemm(m, ph, tag, set, PERF_FP32_GEMM, cnt, p, R, l, 1, 4.0, 4.0, 0.0f);
                 r->launch.op = OP_NONE;
-                snprintf(s, sizeof s, "%lldx%lld batched", R, R);
-                snprintf(tag, sizeof tag, "topr B B^T eig R x R (planned) [%s]", g[gi].names);
-                r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, pass == 0 ? 1.0 / k : 1.0,
-                                nm * (2.0 * q * R * R + 14.0 / 3.0 * (double)R * R * R),
-                                nm * (4.0 * q * R + 16.0 * R * R), OP_NONE, s);
-                r->serial_s = r->launches * (double)R * m->a.syevd_step_us * 1e-6;
             } else {
                 // K = op(G) op(G)^T (p, p) in double: 32 x 32 tiles on and below the diagonal, each full
                 long long nt = (p + 31) / 32;
@@ -1296,7 +1319,7 @@ static int perf_table_variants(PerfNamedVariant out[PERF_NUM_TABLE_VARIANTS]) {
                    "of a shape, every model product on cuBLASLt with the "
                    "residual adds in the wo / w_down epilogue, TF32 optimizer bulk GEMMs, FP64 Gram + syevdx for the "
                    "top R, two-pass rmsnorm weight gradient, encoder_backward one block per token)";
-    out[1].label = "planned: (a) + top-r randomized SVD (GEMMs + a batched R x R eigensolve)";
+    out[1].label = "(a) + --svd randomized (sketch GEMMs, Householder QRs, syevdx on (R+o) x (R+o))";
     out[1].v.svd = PERF_SVD_TOPR;
     out[2].label = "planned: (b) + bf16 optimizer bulk GEMMs";
     out[2].v = out[1].v; out[2].v.opt_gemm = PERF_GEMM_BF16;
@@ -1681,7 +1704,8 @@ static void perf_usage(FILE* out, const char* prog) {
             "                                     fp32 with --dtype float32; bf16 planned). tracking: fp32 always\n"
             "  --svd full|syevdx|topr             syevdx (default, today): FP64 Gram + syevdx range I, top R;\n"
             "                                     full: syevd of all p (before da90bbf);\n"
-            "                                     topr: a randomized range finder (GEMMs) + a batched R x R eig\n"
+            "                                     topr: --svd randomized: sketch GEMMs, Householder QRs (fp64),\n"
+            "                                     syevdx on (R+o) x (R+o), each matrix in turn\n"
             "  --fused 0|1                        q, k, v in one product and gate, up in one (default 1 in bf16,\n"
             "                                      today; 0: apart, as --dtype float32 and the code before 85bd595)\n"
             "  --fused_residual 0|1               the wo / w_down products add the residual in cuBLASLt's epilogue\n"
@@ -1698,9 +1722,10 @@ static void perf_usage(FILE* out, const char* prog) {
             "assumptions (defaults; see the header of dev/perf_model.h):\n"
             "  --eff_gemm %.3f --eff_flash %.2f --eff_bw %.3f --eff_gram %.2f --launch_us %.1f --latency_us %.2f\n"
             "  --serial_ilp %.0f --sm_gbs %.0f --power_iters %.0f --syevd_step_us %.1f --topr_iters %d\n"
-            "  --top_token %.2f --host_ns %.1f --h2d_gbs %.0f\n",
+            "  --topr_oversample %d --qr_step_us %.1f --top_token %.2f --host_ns %.1f --h2d_gbs %.0f\n",
             prog, prog, PERF_NUMBERS_PATH, a.eff_gemm, a.eff_flash, a.eff_bw, a.eff_gram, a.launch_us, a.latency_us,
-            a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters, a.top_token, a.host_ns, a.h2d_gbs);
+            a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters, a.topr_oversample, a.qr_step_us,
+            a.top_token, a.host_ns, a.h2d_gbs);
 }
 
 static void perf_flag_error(const char* flag, const char* value, const char* hint) {
@@ -1786,6 +1811,8 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--power_iters") == 0) { o.a.power_iters = perf_parse_number(f, v, 1.0, 1e4); }
         else if (strcmp(f, "--syevd_step_us") == 0) { o.a.syevd_step_us = perf_parse_number(f, v, 0.0, 1e4); }
         else if (strcmp(f, "--topr_iters") == 0) { o.a.topr_iters = (int)perf_parse_number(f, v, 0, 20); }
+        else if (strcmp(f, "--topr_oversample") == 0) { o.a.topr_oversample = (int)perf_parse_number(f, v, 0, 256); }
+        else if (strcmp(f, "--qr_step_us") == 0) { o.a.qr_step_us = perf_parse_number(f, v, 0.0, 1e4); }
         else if (strcmp(f, "--top_token") == 0) { o.a.top_token = perf_parse_number(f, v, 0.0, 1.0); }
         else if (strcmp(f, "--host_ns") == 0) { o.a.host_ns = perf_parse_number(f, v, 0.0, 1e6); }
         else if (strcmp(f, "--h2d_gbs") == 0) { o.a.h2d_gbs = perf_parse_number(f, v, 1e-3, 1e4); }

@@ -4,8 +4,8 @@
 // Implemented: cusolverDnCreate/Destroy, cusolverDnSet/GetStream,
 // cusolverDn{S,D}syevd_bufferSize and cusolverDn{S,D}syevd (symmetric
 // eigendecomposition), cusolverDnDsyevdx_bufferSize and cusolverDnDsyevdx (a
-// selection of eigenpairs). Anything else is a link error, as with the rest of
-// the harness.
+// selection of eigenpairs), cusolverDnD{geqrf,orgqr}{_bufferSize,} (QR, below).
+// Anything else is a link error, as with the rest of the harness.
 //
 // syevdx, as documented: range CUSOLVER_EIG_RANGE_ALL (all n), _I (the il-th
 // through the iu-th smallest, 1-based, 1 <= il <= iu <= n) or _V (those in the
@@ -312,6 +312,128 @@ cusolverStatus_t CUSOLVERAPI cusolverDnSsyevd(cusolverDnHandle_t handle, cusolve
                                               cublasFillMode_t uplo, int n, float* A, int lda, float* W,
                                               float* work, int lwork, int* info) {
   return syevd("cusolverDnSsyevd", handle, jobz, uplo, n, A, lda, W, work, lwork, info);
+}
+
+}  // extern "C"
+
+// geqrf and orgqr, as NVIDIA documents them (cuSOLVER's dense LAPACK-style
+// QR, the semantics of LAPACK's dgeqrf and dorgqr):
+//   geqrf(m, n, A, lda, TAU, work, lwork, devInfo): A (m, n) column-major = Q R;
+//     on return R is on and above the diagonal, and below it the Householder
+//     vectors: Q = H(0) H(1) ... H(k-1), k = min(m, n), H(i) = I - TAU[i] v v^T
+//     with v[0:i] = 0, v[i] = 1 and v[i+1:m] in A[i+1:m, i].
+//   orgqr(m, n, k, A, lda, tau, work, lwork, devInfo), m >= n >= k >= 0: the
+//     first n columns of H(0) ... H(k-1), from geqrf's output, overwrite A.
+//   *devInfo (device memory) is 0, or -i when argument i is invalid (with
+//   CUSOLVER_STATUS_INVALID_VALUE). They do not fail on a finite matrix.
+// The reflectors follow LAPACK's dlarfg: beta = -sign(alpha) ||(alpha, x)||,
+// tau = (beta - alpha) / beta, v = x / (alpha - beta); tau = 0 (H = I) when x
+// is zero. Unblocked (dgeqr2, dorg2r), in double; the workspace is scribbled on.
+static int qr_lwork(int n) { return n < 1 ? 1 : CUSOLVER_EMU_WORK_PER_N * n; }
+
+static cusolverStatus_t qr_invalid(const char* api, int* info, int arg) {
+  syevd_check_device(api, "devInfo", info, sizeof(int));
+  fprintf(stderr, "cuda_emu: %s: parameter %d is invalid\n", api, arg);
+  *info = -arg;
+  return CUSOLVER_STATUS_INVALID_VALUE;
+}
+
+extern "C" {
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDgeqrf_bufferSize(cusolverDnHandle_t handle, int m, int n, double* A, int lda,
+                                                         int* lwork) {
+  (void)A; (void)lda;
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (lwork == nullptr || m < 0 || n < 0) return CUSOLVER_STATUS_INVALID_VALUE;
+  *lwork = qr_lwork(n);
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDgeqrf(cusolverDnHandle_t handle, int m, int n, double* A, int lda,
+                                              double* TAU, double* work, int lwork, int* info) {
+  const char* api = "cusolverDnDgeqrf";
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (m < 0) return qr_invalid(api, info, 2);
+  if (n < 0) return qr_invalid(api, info, 3);
+  if (lda < (m > 1 ? m : 1)) return qr_invalid(api, info, 5);
+  if (lwork < qr_lwork(n)) return qr_invalid(api, info, 8);
+  syevd_check_device(api, "devInfo", info, sizeof(int));
+  int k = m < n ? m : n;
+  if (k == 0) { *info = 0; return CUSOLVER_STATUS_SUCCESS; }
+  syevd_check_device(api, "A", A, ((size_t)(n - 1) * lda + m) * sizeof(double));
+  syevd_check_device(api, "TAU", TAU, (size_t)k * sizeof(double));
+  syevd_check_device(api, "work", work, (size_t)lwork * sizeof(double));
+  for (int i = 0; i < lwork; i++) work[i] = NAN;
+  for (int j = 0; j < k; j++) {
+    double* x = A + (size_t)j * lda + j;  // column j from row j, (m - j,)
+    int len = m - j;
+    double xnorm2 = 0.0;
+    for (int i = 1; i < len; i++) xnorm2 += x[i] * x[i];
+    double alpha = x[0];
+    if (xnorm2 == 0.0) { TAU[j] = 0.0; continue; }
+    double beta = -copysign(sqrt(alpha * alpha + xnorm2), alpha);
+    TAU[j] = (beta - alpha) / beta;
+    double scale = 1.0 / (alpha - beta);
+    for (int i = 1; i < len; i++) x[i] *= scale;
+    x[0] = beta;
+    for (int c = j + 1; c < n; c++) {  // H(j) on the columns to the right
+      double* y = A + (size_t)c * lda + j;
+      double s = y[0];
+      for (int i = 1; i < len; i++) s += x[i] * y[i];
+      s *= TAU[j];
+      y[0] -= s;
+      for (int i = 1; i < len; i++) y[i] -= s * x[i];
+    }
+  }
+  *info = 0;
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDorgqr_bufferSize(cusolverDnHandle_t handle, int m, int n, int k,
+                                                         const double* A, int lda, const double* tau, int* lwork) {
+  (void)A; (void)lda; (void)tau;
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (lwork == nullptr || m < 0 || n < 0 || n > m || k < 0 || k > n) return CUSOLVER_STATUS_INVALID_VALUE;
+  *lwork = qr_lwork(n);
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDorgqr(cusolverDnHandle_t handle, int m, int n, int k, double* A, int lda,
+                                              const double* tau, double* work, int lwork, int* info) {
+  const char* api = "cusolverDnDorgqr";
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (m < 0) return qr_invalid(api, info, 2);
+  if (n < 0 || n > m) return qr_invalid(api, info, 3);
+  if (k < 0 || k > n) return qr_invalid(api, info, 4);
+  if (lda < (m > 1 ? m : 1)) return qr_invalid(api, info, 6);
+  if (lwork < qr_lwork(n)) return qr_invalid(api, info, 9);
+  syevd_check_device(api, "devInfo", info, sizeof(int));
+  if (n == 0) { *info = 0; return CUSOLVER_STATUS_SUCCESS; }
+  syevd_check_device(api, "A", A, ((size_t)(n - 1) * lda + m) * sizeof(double));
+  if (k > 0) syevd_check_device(api, "tau", tau, (size_t)k * sizeof(double));
+  syevd_check_device(api, "work", work, (size_t)lwork * sizeof(double));
+  for (int i = 0; i < lwork; i++) work[i] = NAN;
+  // columns k..n-1 start as those of the identity (dorg2r)
+  for (int c = k; c < n; c++) {
+    for (int i = 0; i < m; i++) A[(size_t)c * lda + i] = i == c ? 1.0 : 0.0;
+  }
+  for (int j = k - 1; j >= 0; j--) {
+    double* v = A + (size_t)j * lda + j;
+    int len = m - j;
+    for (int c = j + 1; c < n; c++) {
+      double* y = A + (size_t)c * lda + j;
+      double s = y[0];
+      for (int i = 1; i < len; i++) s += v[i] * y[i];
+      s *= tau[j];
+      y[0] -= s;
+      for (int i = 1; i < len; i++) y[i] -= s * v[i];
+    }
+    for (int i = 1; i < len; i++) v[i] *= -tau[j];
+    v[0] = 1.0 - tau[j];
+    for (int i = 0; i < j; i++) A[(size_t)j * lda + i] = 0.0;
+  }
+  *info = 0;
+  return CUSOLVER_STATUS_SUCCESS;
 }
 
 }  // extern "C"

@@ -8,7 +8,7 @@
 //   make dev/cuda_emu/selftest_race && ./dev/cuda_emu/selftest_race   # its race-check build:
 //                                                              # also the planted shared-memory races
 //   ./dev/cuda_emu/selftest --bench                            # harness speed
-//   nvcc -arch=sm_90 -o selftest dev/cuda_emu/selftest.cu -lcublas -lcublasLt   # on a GPU
+//   nvcc -arch=sm_90 -o selftest dev/cuda_emu/selftest.cu -lcublas -lcublasLt -lcusolver   # on a GPU
 //
 // Prints one PASS/FAIL line per check and a last line "N passed, N failed";
 // exits non-zero on any failure.
@@ -16,6 +16,7 @@
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <cublasLt.h>
+#include <cusolverDn.h>
 #include <mma.h>
 
 #include <math.h>
@@ -2337,6 +2338,74 @@ static void bench() {
 }
 #endif  // CUDA_EMU
 
+// cusolverDnDgeqrf + cusolverDnDorgqr, as documented: a (9, 5) column-major A
+// (lda 11) with a zero column and a repeated one (rank 3) gives Q (9, 5) with
+// orthonormal columns (to 1e-14) and Q R = A (R from geqrf's upper triangle, to
+// 1e-13 of ||A||), tau in [1, 2] or 0 (LAPACK's dlarfg), rows past m untouched
+// (lda > m), devInfo 0; an lda below m is parameter 5 (-5, INVALID_VALUE)
+static void test_cusolver_qr(void) {
+  const int m = 9, n = 5, lda = 11;
+  std::vector<double> a((size_t)lda * n, 7.0);
+  unsigned x = 12345;
+  for (int j = 0; j < n; j++) {
+    for (int i = 0; i < m; i++) {
+      x = x * 1664525u + 1013904223u;
+      a[(size_t)j * lda + i] = j == 2 ? 0.0 : (double)(x >> 8) / 16777216.0 - 0.5;
+    }
+  }
+  for (int i = 0; i < m; i++) a[(size_t)4 * lda + i] = a[(size_t)1 * lda + i];  // column 4 = column 1
+  cusolverDnHandle_t h;
+  bool ok = cusolverDnCreate(&h) == CUSOLVER_STATUS_SUCCESS;
+  int lq = 0, lo = 0;
+  ok = ok && cusolverDnDgeqrf_bufferSize(h, m, n, NULL, lda, &lq) == CUSOLVER_STATUS_SUCCESS;
+  ok = ok && cusolverDnDorgqr_bufferSize(h, m, n, n, NULL, lda, NULL, &lo) == CUSOLVER_STATUS_SUCCESS;
+  int lwork = std::max(lq, lo);
+  double *dA, *dtau, *dwork;
+  int* dinfo;
+  cudaMalloc((void**)&dA, a.size() * sizeof(double));
+  cudaMalloc((void**)&dtau, n * sizeof(double));
+  cudaMalloc((void**)&dwork, (size_t)lwork * sizeof(double));
+  cudaMalloc((void**)&dinfo, sizeof(int));
+  cudaMemcpy(dA, a.data(), a.size() * sizeof(double), cudaMemcpyHostToDevice);
+  int info1 = -99, info2 = -99;
+  ok = ok && cusolverDnDgeqrf(h, m, n, dA, lda, dtau, dwork, lwork, dinfo) == CUSOLVER_STATUS_SUCCESS;
+  cudaMemcpy(&info1, dinfo, sizeof(int), cudaMemcpyDeviceToHost);
+  std::vector<double> r((size_t)lda * n), tau(n), q((size_t)lda * n);
+  cudaMemcpy(r.data(), dA, r.size() * sizeof(double), cudaMemcpyDeviceToHost);
+  cudaMemcpy(tau.data(), dtau, n * sizeof(double), cudaMemcpyDeviceToHost);
+  ok = ok && cusolverDnDorgqr(h, m, n, n, dA, lda, dtau, dwork, lwork, dinfo) == CUSOLVER_STATUS_SUCCESS;
+  cudaMemcpy(&info2, dinfo, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaMemcpy(q.data(), dA, q.size() * sizeof(double), cudaMemcpyDeviceToHost);
+  double orth = 0.0, recon = 0.0, norm = 0.0;
+  bool tau_ok = true, pad_ok = true;
+  for (int j = 0; j < n; j++) {
+    tau_ok = tau_ok && (tau[j] == 0.0 || (tau[j] >= 1.0 && tau[j] <= 2.0));
+    for (int i = m; i < lda; i++) pad_ok = pad_ok && q[(size_t)j * lda + i] == 7.0;
+    for (int k = 0; k < n; k++) {
+      double d = 0.0;
+      for (int i = 0; i < m; i++) d += q[(size_t)j * lda + i] * q[(size_t)k * lda + i];
+      orth = std::max(orth, fabs(d - (j == k ? 1.0 : 0.0)));
+    }
+    for (int i = 0; i < m; i++) {
+      double s = 0.0;
+      for (int k = 0; k <= j; k++) s += q[(size_t)k * lda + i] * r[(size_t)j * lda + k];
+      recon = std::max(recon, fabs(s - a[(size_t)j * lda + i]));
+      norm = std::max(norm, fabs(a[(size_t)j * lda + i]));
+    }
+  }
+  check(ok && info1 == 0 && info2 == 0 && orth <= 1e-14 && recon <= 1e-13 * norm && tau_ok && pad_ok,
+        "cusolverDnDgeqrf + cusolverDnDorgqr: Q R = A, Q^T Q = I on a rank-3 (9, 5) matrix",
+        "status ok %d, devInfo %d %d, |Q^T Q - I| %.1e, |Q R - A| %.1e, tau ok %d, padding kept %d", ok, info1,
+        info2, orth, recon, tau_ok, pad_ok);
+  int bad_info = 0;
+  cusolverStatus_t st = cusolverDnDgeqrf(h, m, n, dA, m - 1, dtau, dwork, lwork, dinfo);
+  cudaMemcpy(&bad_info, dinfo, sizeof(int), cudaMemcpyDeviceToHost);
+  check(st == CUSOLVER_STATUS_INVALID_VALUE && bad_info == -5, "cusolverDnDgeqrf: lda < m is parameter 5",
+        "status %d, devInfo %d", (int)st, bad_info);
+  cudaFree(dA); cudaFree(dtau); cudaFree(dwork); cudaFree(dinfo);
+  cusolverDnDestroy(h);
+}
+
 int main(int argc, char** argv) {
 #ifdef CUDA_EMU
   if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
@@ -2371,6 +2440,7 @@ int main(int argc, char** argv) {
   test_cublaslt_alignment(lt);
 #endif
   test_events_and_device();
+  test_cusolver_qr();
   test_wmma();
   test_race_free_kernels();
   test_register_limit();

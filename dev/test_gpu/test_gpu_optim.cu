@@ -234,9 +234,18 @@ static const MethodCase method_cases[] = {
     {"subtrack+both, limiter off", cpu::SUBSPACE_SUBTRACK, 1, 1, 0},
 };
 
+// --svd randomized for the cases make_config builds (test_svd_randomized_twin): -1, the exact SVD
+static int g_svd_oversample = -1;
+
 static cpu::LowRankConfig make_config(const MethodCase* mc, int r, int k, float eta, float wd) {
     cpu::LowRankConfig cfg;
     memset(&cfg, 0, sizeof cfg);
+    if (g_svd_oversample >= 0) {
+        cfg.svd_randomized = 1;
+        cfg.svd_oversample = g_svd_oversample;
+        cfg.svd_power_iters = SVD_POWER_ITERS_DEFAULT;
+        cfg.svd_seed = 77;
+    }
     cfg.method = mc->method;
     cfg.rank = r;
     cfg.low_rank_scale = 0.25f;
@@ -296,7 +305,7 @@ static CaseErrors lowrank_case_errors(int m, int n, int r, const MethodCase* mc,
     // CPU side
     cpu::LowRankState st;
     float* cpu_memory = (float*)malloc(state_floats * sizeof(float));
-    float* scratch = (float*)malloc(cpu::lowrank_scratch_num_floats(m, n, r) * sizeof(float));
+    float* scratch = (float*)malloc(cpu::lowrank_scratch_num_floats_cfg(m, n, r, &cfg) * sizeof(float));
     float* W = (float*)malloc(mn * sizeof(float));
     float* W0 = (float*)malloc(mn * sizeof(float));
     float* G = (float*)malloc(mn * sizeof(float));
@@ -477,9 +486,13 @@ static double group_diff(const float* a, const float* b, size_t n, size_t* diffe
     return memcmp(a, b, n * sizeof(float)) == 0 ? 0.0 : rel_diff(a, b, n);
 }
 
-static void test_lowrank_groups(void) {
+// oversample >= 0: --svd randomized (the GaLore cases only), every matrix with
+// its own Omega stream, so a batch that hands a matrix another's stream differs
+static void test_lowrank_groups(int oversample = -1) {
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
+    ctx.svd_oversample = oversample;
+    g_svd_oversample = oversample;
     int per_shape[2] = {0, 0};
     for (int k = 0; k < GROUP_MATRICES; k++) { per_shape[group_shape_of[k]]++; }
     for (int s = 0; s < 2; s++) {
@@ -490,6 +503,7 @@ static void test_lowrank_groups(void) {
     for (int most = 0; most <= 2; most += 2) {
         for (int mi = 0; mi < num_methods; mi++) {
             const MethodCase* mc = &method_cases[mi];
+            if (oversample >= 0 && mc->method != cpu::SUBSPACE_GALORE) { continue; }
             cpu::LowRankConfig cfg = make_config(mc, group_shapes[0][2], 2, 1.0f, mi % 2 ? 0.1f : 0.0f);
             // run 0: each matrix alone, run 1: grouped; the same gradients
             LowRankStateGPU states[2][GROUP_MATRICES];
@@ -510,6 +524,7 @@ static void test_lowrank_groups(void) {
                 for (int run = 0; run < 2; run++) {
                     cudaCheck(cudaMalloc((void**)&d_memory[run][k], floats[k] * sizeof(float)));
                     lowrank_state_init(&states[run][k], sh[0], sh[1], sh[2], d_memory[run][k]);
+                    states[run][k].svd_stream = 10 + (uint64_t)k;
                     d_W[run][k] = device_copy(W0, mn[k]);
                     host[run][k] = (float*)malloc((floats[k] + mn[k]) * sizeof(float));
                 }
@@ -549,9 +564,9 @@ static void test_lowrank_groups(void) {
             int ok = worst[0] <= LR_TOL_MOMENT && worst[1] <= (mc->adaptive ? LR_TOL_W_ADAPTIVE : LR_TOL_W);
 #endif
             check(ok && g.num_batches == want_batches,
-                  "grouped step %-27s batches of %s: 3 of 24x56 and 4 of 56x24 r5 in %d batches (want %d), %d steps: "
-                  "states and W against each matrix alone, %zu of %zu floats differ (state %.1e, W %.1e)",
-                  mc->name, most ? "<= 2" : "any ", g.num_batches, want_batches, GROUP_STEPS, differ, compared,
+                  "grouped step %-27s%s batches of %s: 3 of 24x56 and 4 of 56x24 r5 in %d batches (want %d), %d "
+                  "steps: states and W against each matrix alone, %zu of %zu floats differ (state %.1e, W %.1e)",
+                  mc->name, oversample >= 0 ? " --svd randomized" : "", most ? "<= 2" : "any ", g.num_batches, want_batches, GROUP_STEPS, differ, compared,
                   worst[0], worst[1]);
             lowrank_groups_free(&g);
             for (int k = 0; k < GROUP_MATRICES; k++) {
@@ -567,6 +582,7 @@ static void test_lowrank_groups(void) {
         }
     }
     lowrank_gpu_destroy(&ctx);
+    g_svd_oversample = -1;
 }
 
 // ---- 3. bit-exact resume: copy the state out after step 3, restore it into a
@@ -1135,6 +1151,102 @@ static void test_quantize_blockwise(void) {
     free(x); free(codes); free(gcodes); free(absmax); free(gabs); free(y); free(gy);
 }
 
+// ---- 4c. --svd randomized: the GPU's svd_randomized_top_left_singular_vectors
+// against the CPU's, on G = sum_j (10 - j) a_j b_j^T + 0.01 noise (a, b
+// Gaussian; R terms, so the top-R subspace is well separated):
+//  - the same Omega: svd_sketch_kernel's draws against cpu::svd_sketch_normal,
+//    bit for bit under the harness (one libm); on a GPU its double log, cos and
+//    sqrt may differ from glibc's in the last place, which survives the
+//    rounding to fp32 at most as one fp32 ulp: held to 2^-22 relative;
+//  - the same S, column by column (canonical sign) and as a projector, to the
+//    SVD twin checks' LR_TOL_PROJECTOR (fp32 products of length <= 200 and a
+//    gap of ~1 in s_R: ~1e-6);
+//  - whole steps (galore, SVDs at t = 0, 2, 4) through lowrank_adamw_step on a
+//    context reserved for it, to the tolerances of test_lowrank_all (4a).
+static void test_svd_randomized_twin(void) {
+    const int shapes[][3] = {{72, 200, 8}, {200, 72, 8}, {23, 9, 3}, {16, 16, 5}};
+    const int nshapes = (int)(sizeof shapes / sizeof shapes[0]), o = SVD_OVERSAMPLE_DEFAULT;
+    LowRankGPU ctx;
+    lowrank_gpu_create(&ctx);
+    ctx.svd_oversample = o;
+    for (int si = 0; si < nshapes; si++) { lowrank_gpu_reserve(&ctx, shapes[si][0], shapes[si][1], shapes[si][2]); }
+    lowrank_gpu_alloc(&ctx);
+    for (int si = 0; si < nshapes; si++) {
+        int m = shapes[si][0], n = shapes[si][1], r = shapes[si][2];
+        int p = m <= n ? m : n, q = m <= n ? n : m, l = cpu::svd_sketch_cols(m, n, r, o);
+        size_t mn = (size_t)m * n;
+        cpu::Rng rng;
+        cpu::rng_seed(&rng, 900 + si);
+        float* G = (float*)malloc(mn * sizeof(float));
+        for (size_t i = 0; i < mn; i++) { G[i] = 0.01f * cpu::rng_normal(&rng); }
+        float* a = (float*)malloc((size_t)m * sizeof(float));
+        float* b = (float*)malloc((size_t)n * sizeof(float));
+        for (int j = 0; j < r; j++) {
+            for (int i = 0; i < m; i++) { a[i] = cpu::rng_normal(&rng) / sqrtf((float)m); }
+            for (int i = 0; i < n; i++) { b[i] = cpu::rng_normal(&rng) / sqrtf((float)n); }
+            for (int i = 0; i < m; i++) {
+                for (int k = 0; k < n; k++) { G[(size_t)i * n + k] += (10.0f - j) * a[i] * b[k]; }
+            }
+        }
+        cpu::SvdSketch sk = {o, SVD_POWER_ITERS_DEFAULT, 4242, 6, (uint64_t)(5 + si)};
+        float* S_cpu = (float*)malloc((size_t)p * r * sizeof(float));
+        float* S_gpu = (float*)malloc((size_t)p * r * sizeof(float));
+        float* scratch = (float*)malloc(cpu::svd_randomized_scratch_num_floats(m, n, r, o) * sizeof(float));
+        cpu::svd_randomized_top_left_singular_vectors(S_cpu, G, m, n, r, &sk, scratch);
+        float* d_G = device_copy(G, mn);
+        float* d_S;
+        cudaCheck(cudaMalloc((void**)&d_S, (size_t)p * r * sizeof(float)));
+        size_t used = 0;
+        StepScratchGPU w = step_scratch_gpu_layout(ctx.scratch, &used, m, n, r, o);
+        // Omega, as the GPU draws it into the sketch's array
+        size_t numel = (size_t)l * q;
+        svd_sketch_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(w.Wt, numel, sk.seed, sk.step, sk.stream);
+        cudaCheck(cudaGetLastError());
+        float* omega = (float*)malloc(numel * sizeof(float));
+        host_copy(omega, w.Wt, numel);
+        size_t same = 0;
+        double worst = 0.0;
+        for (size_t i = 0; i < numel; i++) {
+            float want = cpu::svd_sketch_normal(sk.seed, sk.step, sk.stream, i);
+            same += memcmp(&want, &omega[i], sizeof(float)) == 0;
+            worst = fmax(worst, fabs((double)omega[i] - want) / fmax(fabs((double)want), 1e-30));
+        }
+        SvdOutcome outcome;
+        svd_randomized_top_left_singular_vectors(d_S, d_G, m, n, r, &sk, &ctx, &w, ctx.eig_info, &outcome);
+        int info = -1;
+        cudaCheck(cudaMemcpy(&info, ctx.eig_info, sizeof(int), cudaMemcpyDeviceToHost));
+        host_copy(S_gpu, d_S, (size_t)p * r);
+        double e_col = 0.0;
+        for (size_t i = 0; i < (size_t)p * r; i++) { e_col = fmax(e_col, fabs((double)S_gpu[i] - S_cpu[i])); }
+        double e_proj = projector_diff(S_gpu, S_cpu, p, r);
+#ifdef CUDA_EMU
+        int omega_ok = same == numel;
+#else
+        int omega_ok = worst <= 2.384185791015625e-07;
+#endif
+        check(omega_ok && outcome.status == CUSOLVER_STATUS_SUCCESS && info == 0 && outcome.found == r &&
+              e_col <= LR_TOL_PROJECTOR && e_proj <= LR_TOL_PROJECTOR,
+              "randomized svd %3dx%-3d r%d o%d: Omega (%d x %d) %zu of %zu entries bit-equal (worst %.1e rel), "
+              "S vs CPU columns %.1e, projector %.1e (tol %.0e); devInfo %d, found %d", m, n, r, o, q, l, same, numel,
+              worst, e_col, e_proj, LR_TOL_PROJECTOR, info, outcome.found);
+        cudaCheck(cudaFree(d_G));
+        cudaCheck(cudaFree(d_S));
+        free(G); free(a); free(b); free(S_cpu); free(S_gpu); free(scratch); free(omega);
+    }
+    // whole steps: galore (SVD every 2 steps)
+    g_svd_oversample = o;
+    MethodCase randomized = method_cases[0];
+    randomized.name = "galore --svd randomized";
+    for (int si = 0; si < nshapes; si++) {
+        run_lowrank_case(shapes[si][0], shapes[si][1], shapes[si][2], &randomized, 1.0f, 0.0f, LR_STEPS, &ctx,
+                         3000 + si);
+    }
+    g_svd_oversample = -1;
+    lowrank_gpu_destroy(&ctx);
+    // the grouped step: each matrix's own Omega
+    test_lowrank_groups(o);
+}
+
 int main(int argc, char** argv) {
     if (argc == 3 && strcmp(argv[1], SVD_FAILURE_CHILD_FLAG) == 0) { return svd_failure_child(atoi(argv[2])); }
 #ifdef CUDA_EMU
@@ -1165,6 +1277,7 @@ int main(int argc, char** argv) {
     test_resume_bit_exact(&ctx);
     test_power_iteration_start();
     test_syevdx_selection();
+    test_svd_randomized_twin();
     test_svd_failure_stops();
     test_trajectories(traj, &ctx);
     lowrank_gpu_destroy(&ctx);

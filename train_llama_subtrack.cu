@@ -829,6 +829,17 @@ __global__ void residual_backward_packed_kernel(X* dinp, const X* dout, size_t N
     store128(dinp + i, a);
 }
 
+// a row's log-sum-exp and loss from its max and sum of exponentials (both
+// cross-entropy kernels; one thread)
+template <typename X>
+__device__ __forceinline__ void crossentropy_row_loss(float* losses, float* lse, const X* x, const int* targets,
+                                                      int row, float maxv, float sum) {
+    float l = maxv + logf(sum);
+    lse[row] = l;
+    int tgt = targets[row];
+    losses[row] = tgt == IGNORE_INDEX ? 0.0f : l - to_float(x[tgt]);
+}
+
 // one block per row of V logits: the log-sum-exp and the row's loss, in fp32
 // whatever X is. the logits stay; the backward later overwrites them with their gradient
 template <typename X>
@@ -844,12 +855,7 @@ __global__ void crossentropy_forward_kernel(float* losses, float* lse, const X* 
     float sum = 0.0f;
     for (int j = threadIdx.x; j < V; j += blockDim.x) { sum += expf(to_float(x[j]) - maxv); }
     sum = block_sum(sum, scratch);
-    if (threadIdx.x == 0) {
-        float l = maxv + logf(sum);
-        lse[row] = l;
-        int tgt = targets[row];
-        losses[row] = tgt == IGNORE_INDEX ? 0.0f : l - to_float(x[tgt]);
-    }
+    if (threadIdx.x == 0) { crossentropy_row_loss(losses, lse, x, targets, row, maxv, sum); }
 }
 
 // the same with 128-bit loads (rows ld apart, ld a multiple of the pack; the
@@ -882,12 +888,7 @@ crossentropy_forward_packed_kernel(float* losses, float* lse, const X* logits, c
         __syncthreads();  // every thread has read the chunk before the next one overwrites it
     }
     sum = block_sum(sum, scratch);
-    if (threadIdx.x == 0) {
-        float l = maxv + logf(sum);
-        lse[row] = l;
-        int tgt = targets[row];
-        losses[row] = tgt == IGNORE_INDEX ? 0.0f : l - to_float(x[tgt]);
-    }
+    if (threadIdx.x == 0) { crossentropy_row_loss(losses, lse, x, targets, row, maxv, sum); }
 }
 
 // one logit's gradient, (softmax - onehot) * dloss, 0 on a row whose target

@@ -3302,12 +3302,17 @@ static void subspace_timing_free(SubspaceTiming* st) {
     cudaCheck(cudaEventDestroy(st->stop));
 }
 
-// adds the last subspace update's time; waits for it if it is still running
-// (the previous update was k steps ago, so in training it never waits)
+// adds the last subspace update's time; waits for it only if it is still
+// running (the previous update was k steps ago, so in training it has run:
+// cudaEventQuery says so without a wait)
 static void subspace_timing_collect(SubspaceTiming* st) {
     if (!st->pending) { return; }
     float ms = 0.0f;
-    cudaCheck(cudaEventSynchronize(st->stop));
+    cudaError_t done = cudaEventQuery(st->stop);
+    if (done == cudaErrorNotReady) {
+        done = cudaEventSynchronize(st->stop);
+    }
+    cudaCheck(done);
     cudaCheck(cudaEventElapsedTime(&ms, st->start, st->stop));
     st->seconds += 1e-3 * ms;
     st->pending = 0;
@@ -5337,8 +5342,11 @@ static const float* gpu_logits_row(int row) {
 static void gpu_step_stats(double* loss, double* norm) { llama_step_stats(&gpu_trainer.model, loss, norm); }
 static void gpu_grad_scale(float s) { grad_scale(gpu_trainer.model.grads_memory, gpu_trainer.model.grads_floats, s); }
 static void gpu_optimizer_step(float lr) {
+    // no wait for the device here: the step's one wait is the read of its loss
+    // and norm (gpu_step_stats), which the next step's makes after this
+    // update, so a step's wall time (train_run) still counts one step of
+    // device work in the steady state
     optimizer_step(&gpu_trainer.opt, &gpu_trainer.model, lr);
-    cuda_check(cudaDeviceSynchronize());  // for the timing
     // the real use beside the plan: what the run took from the device's free
     // memory, the CUDA libraries' own buffers included
     size_t free_now = 0, total = 0;
@@ -5365,6 +5373,7 @@ static void gpu_free(void) {
         printf("device memory: planned %.3f GiB; used %.3f GiB by cudaMemGetInfo (free before the build minus the "
                "least free after any of %d steps; cuBLAS's and cuSOLVER's own buffers included)\n",
                gib(gpu_memory.plan.total), gib(used), gpu_memory.steps_sampled);
+        gpu_memory.steps_sampled = 0;  // a later build in the same process starts its own count
     }
     optimizer_free(&gpu_trainer.opt);
     llama_free(&gpu_trainer.model);

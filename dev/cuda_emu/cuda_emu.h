@@ -252,6 +252,19 @@ inline T from_bits(unsigned long long b) {
 extern "C" void cuda_emu_device_memory(size_t* live_bytes, size_t* peak_bytes, size_t* live_allocations);
 extern "C" void cuda_emu_device_memory_reset_peak(void);  // peak := live
 
+// what a training step must not do, counted since the start or the last
+// cuda_emu_api_counts_reset (the harness only;
+// cuda_emu_runtime.cpp says which calls count): allocations and frees (device,
+// managed, pinned), calls that make the host wait for the device, and waits
+// for one event. cuda_emu_api_counts_print lists each call's count by name,
+// one a line after indent, for a test's failure message
+typedef struct {
+  long long allocations, frees, host_waits, event_waits;
+} CudaEmuApiCounts;
+extern "C" void cuda_emu_api_counts(CudaEmuApiCounts* out);
+extern "C" void cuda_emu_api_counts_print(FILE* f, const char* indent);
+extern "C" void cuda_emu_api_counts_reset(void);
+
 // the C++ overloads that cuda_runtime.h declares only under nvcc
 template <class T>
 inline cudaError_t cudaFuncSetAttribute(T* entry, enum cudaFuncAttribute attr, int value) {

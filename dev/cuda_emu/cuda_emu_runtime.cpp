@@ -837,6 +837,22 @@ static size_t g_device_peak_bytes = 0;
 static size_t g_device_live_allocations = 0;
 static bool counts_as_device_memory(int kind) { return kind != ALLOC_PINNED; }
 
+// the host-side calls a training step should not make (cuda_emu.h,
+// cuda_emu_api_counts): allocations and frees of any kind, and the calls that
+// make the host wait for the device, as the CUDA runtime API's "API
+// synchronization behavior" describes them: cudaDeviceSynchronize,
+// cudaStreamSynchronize, cudaMemcpy between host and device (device to device
+// does not wait), cudaMemcpyAsync from the device into pageable host memory,
+// cudaMemcpyTo/FromSymbol. cudaEventSynchronize is counted apart: it waits
+// for one earlier point of a stream, not for all work. each count also by the
+// call's name, for the message of a test that finds one
+static CudaEmuApiCounts g_api_counts;
+static std::map<std::string, long long>& g_api_count_names = *new std::map<std::string, long long>();
+static void count_api(long long* counter, const char* api) {
+  (*counter)++;
+  g_api_count_names[api]++;
+}
+
 // CUDA_EMU_DEVICE_MEMORY=<bytes>[K|M|G]: the emulated device's memory size;
 // 0 when unset (then cudaMemGetInfo reports the host's memory and cudaMalloc
 // has no limit but the host's)
@@ -1324,6 +1340,7 @@ static cudaError_t emu_alloc(void** ptr, size_t size, int kind, const char* api)
   if (posix_memalign(&p, 256, size) != 0 || !p) return set_error(cudaErrorMemoryAllocation);
   memset(p, EMU_GARBAGE_BYTE, size);
   register_allocation(p, size, kind);
+  count_api(&g_api_counts.allocations, api);
   *ptr = p;
   return cudaSuccess;
 }
@@ -1347,6 +1364,7 @@ static cudaError_t emu_free(void* p, int expected_kind, const char* api) {
     g_device_live_allocations--;
   }
   g_allocations.erase(it);
+  count_api(&g_api_counts.frees, api);
   g_freed[(uintptr_t)p] = size;
   g_freed_order.push_back((uintptr_t)p);
   if (g_freed_order.size() > EMU_FREED_RANGES_KEPT) {
@@ -1384,6 +1402,15 @@ extern "C" void cuda_emu_device_memory(size_t* live_bytes, size_t* peak_bytes, s
   if (live_allocations) *live_allocations = g_device_live_allocations;
 }
 extern "C" void cuda_emu_device_memory_reset_peak(void) { g_device_peak_bytes = g_device_live_bytes; }
+
+extern "C" void cuda_emu_api_counts(CudaEmuApiCounts* out) { *out = g_api_counts; }
+extern "C" void cuda_emu_api_counts_reset(void) {
+  g_api_counts = CudaEmuApiCounts{};
+  g_api_count_names.clear();
+}
+extern "C" void cuda_emu_api_counts_print(FILE* f, const char* indent) {
+  for (const auto& kv : g_api_count_names) fprintf(f, "%s%s: %lld\n", indent, kv.first.c_str(), kv.second);
+}
 
 static const char* memcpy_kind_name(cudaMemcpyKind kind) {
   switch (kind) {
@@ -1442,22 +1469,36 @@ static cudaError_t emu_memcpy(void* dst, const void* src, size_t count, cudaMemc
   return cudaSuccess;
 }
 
+// true when p is device or managed memory (a copy's device side)
+static bool is_device_side(const void* p) {
+  uintptr_t base = 0;
+  const allocation* a = find_allocation(p, &base);
+  return a && a->kind != ALLOC_PINNED;
+}
+
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
+  bool dst_dev = is_device_side(dst), src_dev = is_device_side(src);
+  if (count > 0 && dst_dev != src_dev) count_api(&g_api_counts.host_waits, "cudaMemcpy");
   return emu_memcpy(dst, src, count, kind, "cudaMemcpy");
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind, cudaStream_t stream) {
   if (!is_valid_stream(stream)) return set_error(cudaErrorInvalidResourceHandle);
+  uintptr_t base = 0;
+  if (count > 0 && is_device_side(src) && !is_device_side(dst) && !find_allocation(dst, &base))
+    count_api(&g_api_counts.host_waits, "cudaMemcpyAsync into pageable host memory");
   return emu_memcpy(dst, src, count, kind, "cudaMemcpyAsync");
 }
 cudaError_t cudaMemcpyToSymbol(const void* symbol, const void* src, size_t count, size_t offset,
                                enum cudaMemcpyKind kind) {
   (void)kind;
+  count_api(&g_api_counts.host_waits, "cudaMemcpyToSymbol");
   memmove((char*)symbol + offset, src, count);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyFromSymbol(void* dst, const void* symbol, size_t count, size_t offset,
                                  enum cudaMemcpyKind kind) {
   (void)kind;
+  count_api(&g_api_counts.host_waits, "cudaMemcpyFromSymbol");
   memmove(dst, (const char*)symbol + offset, count);
   return cudaSuccess;
 }
@@ -1526,6 +1567,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  count_api(&g_api_counts.host_waits, "cudaStreamSynchronize");
   return is_valid_stream(stream) ? cudaSuccess : set_error(cudaErrorInvalidResourceHandle);
 }
 cudaError_t cudaStreamQuery(cudaStream_t stream) {
@@ -1550,6 +1592,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  count_api(&g_api_counts.event_waits, "cudaEventSynchronize");
   return g_events.count(event) ? cudaSuccess : set_error(cudaErrorInvalidResourceHandle);
 }
 cudaError_t cudaEventQuery(cudaEvent_t event) {
@@ -1569,7 +1612,10 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 }
 
 // device
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  count_api(&g_api_counts.host_waits, "cudaDeviceSynchronize");
+  return cudaSuccess;
+}
 cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
 // the machine a program sees can be varied, to test its error paths:
 // CUDA_EMU_DEVICES=0 has no GPU (cudaErrorNoDevice, as the real runtime);

@@ -1702,6 +1702,78 @@ static void test_runtime_errors() {
   CUDA_CHECK(cudaFree(d));
 }
 
+// the counts of what a training step must not do (cuda_emu_api_counts): each
+// call moves exactly its own counter, and the asynchronous calls move none
+__global__ void api_counts_fill_kernel(float* x, int n, float v) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = v;
+}
+
+static void test_api_counts() {
+  CudaEmuApiCounts a, b;
+  float *d = nullptr, *d2 = nullptr, *pinned = nullptr, pageable[4] = {1, 2, 3, 4};
+  cudaStream_t s;
+  cudaEvent_t ev;
+  CUDA_CHECK(cudaStreamCreate(&s));
+  CUDA_CHECK(cudaEventCreate(&ev));
+  cuda_emu_api_counts(&a);
+  CUDA_CHECK(cudaMalloc(&d, sizeof pageable));
+  CUDA_CHECK(cudaMalloc(&d2, sizeof pageable));
+  CUDA_CHECK(cudaMallocHost(&pinned, sizeof pageable));
+  cuda_emu_api_counts(&b);
+  check(b.allocations - a.allocations == 3 && b.frees == a.frees && b.host_waits == a.host_waits,
+        "api counts: cudaMalloc and cudaMallocHost count as allocations, nothing else", "%lld allocations",
+        b.allocations - a.allocations);
+  a = b;
+  // none of these waits: async copies from pinned memory, to pinned memory,
+  // device to device, memsets, event records, a kernel launch
+  CUDA_CHECK(cudaMemcpyAsync(d, pinned, sizeof pageable, cudaMemcpyHostToDevice, s));
+  CUDA_CHECK(cudaMemcpyAsync(pinned, d, sizeof pageable, cudaMemcpyDeviceToHost, s));
+  CUDA_CHECK(cudaMemcpyAsync(d2, d, sizeof pageable, cudaMemcpyDeviceToDevice, s));
+  CUDA_CHECK(cudaMemcpy(d2, d, sizeof pageable, cudaMemcpyDeviceToDevice));
+  CUDA_CHECK(cudaMemcpyAsync(d, pageable, sizeof pageable, cudaMemcpyHostToDevice, s));
+  CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof pageable, s));
+  CUDA_CHECK(cudaEventRecord(ev, s));
+  api_counts_fill_kernel<<<1, 4>>>(d, 4, 1.0f);
+  CUDA_CHECK(cudaGetLastError());
+  cuda_emu_api_counts(&b);
+  check(b.host_waits == a.host_waits && b.event_waits == a.event_waits && b.allocations == a.allocations,
+        "api counts: asynchronous copies, device-to-device copies, memsets and launches do not wait", "%lld waits",
+        b.host_waits - a.host_waits);
+  // each of these waits for the device, once
+  struct { const char* name; int which; } waits[] = {
+      {"cudaMemcpy device to host", 0}, {"cudaMemcpy host to device", 1}, {"cudaMemcpyAsync to pageable memory", 2},
+      {"cudaDeviceSynchronize", 3}, {"cudaStreamSynchronize", 4}};
+  for (const auto& w : waits) {
+    cuda_emu_api_counts(&a);
+    switch (w.which) {
+      case 0: CUDA_CHECK(cudaMemcpy(pageable, d, sizeof pageable, cudaMemcpyDeviceToHost)); break;
+      case 1: CUDA_CHECK(cudaMemcpy(d, pageable, sizeof pageable, cudaMemcpyHostToDevice)); break;
+      case 2: CUDA_CHECK(cudaMemcpyAsync(pageable, d, sizeof pageable, cudaMemcpyDeviceToHost, s)); break;
+      case 3: CUDA_CHECK(cudaDeviceSynchronize()); break;
+      default: CUDA_CHECK(cudaStreamSynchronize(s)); break;
+    }
+    cuda_emu_api_counts(&b);
+    char name[128];
+    snprintf(name, sizeof name, "api counts: %s is one host wait", w.name);
+    check(b.host_waits - a.host_waits == 1 && b.event_waits == a.event_waits, name, "%lld", b.host_waits - a.host_waits);
+  }
+  cuda_emu_api_counts(&a);
+  CUDA_CHECK(cudaEventSynchronize(ev));
+  cuda_emu_api_counts(&b);
+  check(b.event_waits - a.event_waits == 1 && b.host_waits == a.host_waits,
+        "api counts: cudaEventSynchronize is an event wait, not a host wait");
+  a = b;
+  CUDA_CHECK(cudaFree(d));
+  CUDA_CHECK(cudaFree(d2));
+  CUDA_CHECK(cudaFreeHost(pinned));
+  cuda_emu_api_counts(&b);
+  check(b.frees - a.frees == 3 && b.allocations == a.allocations, "api counts: cudaFree and cudaFreeHost count as frees",
+        "%lld", b.frees - a.frees);
+  CUDA_CHECK(cudaEventDestroy(ev));
+  CUDA_CHECK(cudaStreamDestroy(s));
+}
+
 // device memory accounting: cuda_emu_device_memory counts the bytes of live
 // cudaMalloc and cudaMallocManaged allocations (not pinned host memory), and
 // their peak since the last cuda_emu_device_memory_reset_peak
@@ -2449,6 +2521,7 @@ int main(int argc, char** argv) {
   test_wmma_refusals();
   test_runtime_errors();
   test_device_memory_accounting();
+  test_api_counts();
   test_device_memory_limit();
   test_planted_bugs(handle);
 #endif

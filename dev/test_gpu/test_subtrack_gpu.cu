@@ -1753,6 +1753,86 @@ static void test_packed_kernels(const char* dname, uint64_t seed) {
 
 // ----------------------------------------------------------------------------
 
+#ifdef CUDA_EMU
+// item 4 of the GPU-speed issue: after start-up (gpu_build), a training step
+// allocates and frees nothing, and makes the host wait for the device once:
+// the read of its loss and gradient norm (gpu_step_stats), which the progress
+// line prints. its only other waits are on the pinned staging buffers' events
+// (at most one per buffer taken: the inputs and targets, and the token buckets,
+// each micro-batch), which hold the host a bounded distance ahead. steps are
+// driven as train_run drives them (train_llama_subtrack.c), with the
+// subspace updates of SubTrack++ (tracking) inside the window; an SVD step
+// (the first, GaLore's refreshes) is left out: there the exact path reads
+// cuSOLVER's count of eigenpairs found back per matrix
+static void test_step_host_calls(GpuTestCase* tc, const char* optimizer, const char* method, const char* dtype,
+                                 int accum) {
+    cpu::LlamaConfig c = tc->cfg;
+    int B = tc->B, T = tc->T;
+    cpu::TrainConfig t;
+    cpu::train_config_defaults(&t);
+    snprintf(t.optimizer, sizeof t.optimizer, "%s", optimizer);
+    snprintf(t.subspace_update_method, sizeof t.subspace_update_method, "%s", method);
+    snprintf(t.dtype, sizeof t.dtype, "%s", dtype);
+    t.rank = 4;
+    t.subspace_update_interval = strcmp(method, "galore") == 0 ? 1000 : 2;  // tracking at steps 2 and 4
+    t.batch_size = B;
+    t.total_batch_size = B * accum;
+    t.gradient_accumulation = accum;
+    int per_layer = cpu::optimizer_name_per_layer(optimizer);
+    if (per_layer) { t.grad_clipping = 0.0f; }
+    t.num_training_steps = 6;
+    t.warmup_steps = 1;
+    char label[160];
+    snprintf(label, sizeof label, "%s %s %s %s, accumulation %d", tc->label, optimizer, method, dtype, accum);
+    const char* problem = gpu_check(&t);
+    if (problem == NULL) { problem = gpu_build(&c, &t, B, T); }
+    if (problem != NULL) {
+        check(0, "%s: step host calls: build: %s", label, problem);
+        return;
+    }
+    CudaEmuApiCounts before, after;
+    long long allocations = 0, frees = 0, waits_over = 0, event_over = 0;
+    int first_bad = -1;
+    for (int step = 0; step < t.num_training_steps; step++) {
+        cuda_emu_api_counts_reset();
+        cuda_emu_api_counts(&before);
+        float lr = cpu::lr_at_step(&t, step);
+        gpu_zero_grad();
+        gpu_begin_step(lr);
+        for (int micro = 0; micro < accum; micro++) {
+            gpu_micro_step(tc->inputs[micro % 2], tc->targets[micro % 2], B, T, accum);
+        }
+        double loss = 0.0, norm = 0.0;
+        gpu_step_stats(&loss, &norm);
+        if (t.grad_clipping > 0 && norm > t.grad_clipping) { gpu_grad_scale((float)(t.grad_clipping / norm)); }
+        gpu_optimizer_step(lr);
+        cuda_emu_api_counts(&after);
+        if (step == 0) { continue; }  // the SVD step
+        long long a = after.allocations - before.allocations, f = after.frees - before.frees;
+        long long w = after.host_waits - before.host_waits, e = after.event_waits - before.event_waits;
+        allocations += a;
+        frees += f;
+        waits_over += w > 1 ? w - 1 : 0;
+        event_over += e > 2 * accum ? e - 2 * accum : 0;
+        if (first_bad < 0 && (a != 0 || f != 0 || w != 1 || e > 2 * accum)) {
+            first_bad = step;
+            printf("  %s: step %d: %lld allocations, %lld frees, %lld host waits, %lld event waits; the step's "
+                   "calls:\n", label, step + 1, a, f, w, e);
+            cuda_emu_api_counts_print(stdout, "    ");
+        }
+    }
+    gpu_free();
+    cublas_init();  // gpu_free released the cuBLAS handle that the later checks use
+    check(allocations == 0 && frees == 0, "%s: steps 2-6 allocate and free nothing (%lld allocations, %lld frees)",
+          label, allocations, frees);
+    check(waits_over == 0 && first_bad < 0,
+          "%s: steps 2-6 make the host wait for the device once a step, for the loss and norm (%lld extra waits; "
+          "first step off: %d)", label, waits_over, first_bad + 1);
+    check(event_over == 0, "%s: steps 2-6 wait on at most two staging events a micro-batch (%lld over)", label,
+          event_over);
+}
+#endif
+
 int main(int argc, char** argv) {
     int table_steps = 0, table_seeds = 6;
     double table_perturb = SENSITIVITY_PERTURB;
@@ -1860,6 +1940,15 @@ int main(int argc, char** argv) {
     printf("--- training steps in bf16 against the CPU's fp32: the loss\n");
     test_training_steps_bf16(&tcs[0], "adamw");
     test_training_steps_bf16(&tcs[1], "low_rank_adamw");
+#ifdef CUDA_EMU
+    printf("--- the host's calls in a training step: no allocation, one wait\n");
+    test_step_host_calls(&tcs[0], "low_rank_adamw", "subtrack", "bfloat16", 2);
+    test_step_host_calls(&tcs[0], "low_rank_adamw", "subtrack", "float32", 1);
+    test_step_host_calls(&tcs[1], "low_rank_adamw", "galore", "bfloat16", 2);
+    test_step_host_calls(&tcs[0], "adamw", "subtrack", "bfloat16", 2);
+    test_step_host_calls(&tcs[0], "low_rank_adamw_per_layer", "subtrack", "bfloat16", 1);
+    test_step_host_calls(&tcs[1], "low_rank_adamw8bit", "subtrack", "bfloat16", 1);
+#endif
     for (int i = 0; i < ncases; i++) { test_case_free(&tcs[i]); }
     cublas_free();
     return check_summary();

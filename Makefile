@@ -74,6 +74,8 @@ test: test_subtrack train_llama_subtrack_cpu dev/perf_model $(SAN_TEST_DEPS) $(C
 	  $(if $(GPU_PERF_TEST),"$(GPU_PERF_TEST)") \
 	  $(if $(GPU_LADDER_TEST),"$(GPU_LADDER_TEST)") \
 	  $(if $(GPU_LADDER_TEST2),"$(GPU_LADDER_TEST2)") \
+	  $(if $(GPU_LADDER_TEST3),"$(GPU_LADDER_TEST3)") \
+	  $(if $(GPU_LADDER_TEST4),"$(GPU_LADDER_TEST4)") \
 	  $(if $(CUDA_EMU_RACE_TEST),"$(CUDA_EMU_RACE_TEST)") \
 	  $(if $(GPU_RACE_TEST),"$(GPU_RACE_TEST)" "$(GPU_RACE_TEST2)" "$(GPU_RACE_TEST3)" "$(GPU_RACE_TEST4)")
 

@@ -2549,6 +2549,14 @@ template <typename T> struct PerMatrix {
     T* on_host(int e) const { return table != NULL ? host[e] : one; }
 };
 
+// the same memory as another element type (scratch that holds doubles in a float slot)
+template <typename T, typename U> static PerMatrix<T> per_matrix_cast(const PerMatrix<U>& x) {
+    PerMatrix<T> y((T*)x.one);
+    y.table = (T* const*)x.table;
+    y.host = (T* const*)x.host;
+    return y;
+}
+
 // ---- reduction building blocks: fixed order, so the result is the same every run
 
 __device__ __forceinline__ double optim_warp_sum(double x) {
@@ -2623,17 +2631,20 @@ __device__ __forceinline__ double column_sum_left(double x, double* part, int wh
 // and with recovery scaling, the column's three squared norms:
 //   phi_j = ||N_j|| / (||Gt_j|| + 1e-8)   and   norm2_j = ||Dres_j||^2
 // where Dres = G - S Gt (m, n) is the residual (left: its column j, length p;
-// right: its row j, length p). M, V, N, Gt: the moments' shape; phi (q,); norm2 (q,) double
+// right: its row j, length p). M, V, N, Gt: the moments' shape; phi (q,); norm2 (q,) double.
+// with tiles > 0 (bf16 mode), Dres is not there: norm2_j is the sum of the
+// residual's per-tile partial sums parts (tiles, q) (lowrank_residual_norms_kernel), in tile order
 __global__ void __launch_bounds__(OPTIM_COLS * OPTIM_ROWS)
 lowrank_adam_norms_kernel(PerMatrix<float> M_of, PerMatrix<float> V_of, PerMatrix<float> N_of,
                           PerMatrix<float> phi_of, PerMatrix<double> norm2_of, PerMatrix<const float> Gt_of,
-                          PerMatrix<const float> Dres_of, int r, int p, int q, int right, int recovery,
-                          float beta1, float beta2, float eps) {
+                          PerMatrix<const float> Dres_of, PerMatrix<const double> parts_of, int tiles, int r, int p,
+                          int q, int right, int recovery, float beta1, float beta2, float eps) {
     __shared__ double part[3 * OPTIM_ROWS * OPTIM_COLS];
     int e = blockIdx.y;
     float *M = M_of.at(e), *V = V_of.at(e), *N = N_of.at(e), *phi = phi_of.at(e);
     double* norm2 = norm2_of.at(e);
     const float *Gt = Gt_of.at(e), *Dres = Dres_of.at(e);
+    const double* parts = parts_of.at(e);
     int lane = threadIdx.x, row = threadIdx.y;
     int j = right ? blockIdx.x * OPTIM_ROWS + row : blockIdx.x * OPTIM_COLS + lane;
     int first = right ? lane : row, stride = right ? OPTIM_COLS : OPTIM_ROWS;
@@ -2652,7 +2663,10 @@ lowrank_adam_norms_kernel(PerMatrix<float> M_of, PerMatrix<float> V_of, PerMatri
             nn += (double)ni * ni;
             gg += (double)g * g;
         }
-        if (recovery) {
+        if (recovery && tiles > 0) {
+            // the residual's partial sums of column j, tile t at t q + j
+            for (int t = first; t < tiles; t += stride) { dd += parts[(size_t)t * q + j]; }
+        } else if (recovery) {
             // residual column j (left: D[i, j], stride q = n) or row j (right: D[j, i], contiguous)
             for (int i = first; i < p; i += stride) {
                 double d = Dres[right ? (size_t)j * p + i : (size_t)i * q + j];
@@ -2726,6 +2740,204 @@ __global__ void lowrank_recovery_apply_kernel(PerMatrix<float> W_of, PerMatrix<c
     float f = phi[j] * *scale;
     float w = W[idx] - step * (Dres[idx] * f);
     W[idx] = w - decay * w;
+}
+
+// ---- bf16 mode: the residual's norms and the update as tiled TF32 products
+//
+// with recovery scaling, today's unfused step passes over (m, n) five times
+// after the projection: D = G, D -= S Gt, ||D_j||^2, W -= a S N, W -= f D.
+// in bf16 mode two kernels do it in two passes, never forming D:
+//   lowrank_residual_norms_kernel: parts[t][j] = sum over the rows i of tile t
+//       of (G - S Gt)_ij^2 (left frame), from one tile of the product S Gt
+//       held in shared memory: it reads G once;
+//   lowrank_fused_update_kernel: W = (1 - wd lr) (W - lr c (S N' + G diag(f)))
+//       with N' = alpha N - Gt diag(f), f = scale phi (lowrank_update_moments_kernel),
+//       which is alpha S N + (G - S Gt) diag(f): step 6 with step 5's Lambda,
+//       from one tile of S N': it reads G and W and writes W.
+// both in the left frame: element (i, j), i < p (rows of S), j < q. left: G,
+// W (m, n) = (p, q) at i q + j, the moments (R, q) at k q + j; right: G, W (m,
+// n) = (q, p) at j p + i, the moments (q, R) at j R + k. S (p, R) at i R + k.
+// a block of LOWRANK_TILE_THREADS (4 warps) computes a LOWRANK_TILE x
+// LOWRANK_TILE tile of S X (X: Gt or N', R x q in the left frame), each warp a
+// 32 x 32 quarter of 2 x 2 wmma 16x16x8 tf32 tiles with fp32 accumulators; R
+// goes through in chunks of LOWRANK_TILE_K, each staged in shared memory as
+// tf32 (__float_to_tf32, to nearest) and zero-padded past p, q and R, so any
+// shape and rank work (R need not be a multiple of 8). the staged chunks are
+// laid out so the global loads are coalesced in both orientations (the
+// moments chunk as (k, j) rows on the left, (j, k) rows on the right, read as
+// a row- or column-major matrix_b). the finished tile goes to shared memory
+// (over the chunks: the same bytes) with its rows along the contiguous
+// dimension of G and W, so the epilogue's loads and stores are coalesced too
+#define LOWRANK_TILE 64                             // rows i and columns j of a block's tile
+#define LOWRANK_TILE_K 32                           // rank chunk staged at a time
+#define LOWRANK_TILE_THREADS 128                    // 4 warps, 2 x 2 quarters of 32 x 32
+#define LOWRANK_TILE_LDA (LOWRANK_TILE_K + 4)       // S chunk (64, 32) row-major; +4 staggers the banks
+#define LOWRANK_TILE_LDB (LOWRANK_TILE + 4)         // left: X chunk (32, 64) row-major
+#define LOWRANK_TILE_LDBT (LOWRANK_TILE_K + 4)      // right: X chunk as (64, 32) rows of j
+#define LOWRANK_TILE_LDC (LOWRANK_TILE + 4)         // the finished tile (64, 64)
+#define LOWRANK_TILE_A_FLOATS (LOWRANK_TILE * LOWRANK_TILE_LDA)
+#define LOWRANK_TILE_B_FLOATS (LOWRANK_TILE * LOWRANK_TILE_LDBT > LOWRANK_TILE_K * LOWRANK_TILE_LDB ? \
+                               LOWRANK_TILE * LOWRANK_TILE_LDBT : LOWRANK_TILE_K * LOWRANK_TILE_LDB)
+#define LOWRANK_TILE_SMEM_FLOATS (LOWRANK_TILE_A_FLOATS + LOWRANK_TILE_B_FLOATS)
+
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> tf32_frag_a;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> tf32_frag_b_row;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> tf32_frag_b_col;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> tf32_frag_acc;
+
+// the row-tiles of p a residual-norm partials buffer has: (lowrank_residual_tiles(p), q) doubles
+static inline int lowrank_residual_tiles(int p) { return (p + LOWRANK_TILE - 1) / LOWRANK_TILE; }
+
+// the tile (i0.., j0..) of S X in the left frame into C (shared, LOWRANK_TILE_SMEM_FLOATS):
+// left, C[ii * LDC + jj]; right, C[jj * LDC + ii]. every thread of the block calls it
+__device__ void lowrank_tile_product(float* C, const float* S, const float* X, int r, int p, int q, int right,
+                                     int i0, int j0) {
+    float* As = C;
+    float* Bs = C + LOWRANK_TILE_A_FLOATS;
+    int tid = threadIdx.x, warp = tid / OPTIM_WARP;
+    int wi = (warp / 2) * 32, wj = (warp % 2) * 32;  // this warp's quarter
+    tf32_frag_acc acc[2][2];
+    #pragma unroll
+    for (int a = 0; a < 2; a++) {
+        #pragma unroll
+        for (int b = 0; b < 2; b++) { wmma::fill_fragment(acc[a][b], 0.0f); }
+    }
+    for (int k0 = 0; k0 < r; k0 += LOWRANK_TILE_K) {
+        // stage S (i0.., k0..) and X (k0.., j0..) as tf32, zeros outside
+        for (int e = tid; e < LOWRANK_TILE * LOWRANK_TILE_K; e += LOWRANK_TILE_THREADS) {
+            int ii = e / LOWRANK_TILE_K, kk = e % LOWRANK_TILE_K;
+            int i = i0 + ii, k = k0 + kk;
+            float s = i < p && k < r ? S[(size_t)i * r + k] : 0.0f;
+            As[ii * LOWRANK_TILE_LDA + kk] = wmma::__float_to_tf32(s);
+        }
+        for (int e = tid; e < LOWRANK_TILE * LOWRANK_TILE_K; e += LOWRANK_TILE_THREADS) {
+            if (!right) {   // X (R, q): rows k, contiguous along j
+                int kk = e / LOWRANK_TILE, jj = e % LOWRANK_TILE;
+                int k = k0 + kk, j = j0 + jj;
+                float x = k < r && j < q ? X[(size_t)k * q + j] : 0.0f;
+                Bs[kk * LOWRANK_TILE_LDB + jj] = wmma::__float_to_tf32(x);
+            } else {        // X (q, R): rows j, contiguous along k
+                int jj = e / LOWRANK_TILE_K, kk = e % LOWRANK_TILE_K;
+                int k = k0 + kk, j = j0 + jj;
+                float x = k < r && j < q ? X[(size_t)j * r + k] : 0.0f;
+                Bs[jj * LOWRANK_TILE_LDBT + kk] = wmma::__float_to_tf32(x);
+            }
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int ks = 0; ks < LOWRANK_TILE_K; ks += 8) {
+            tf32_frag_a fa[2];
+            #pragma unroll
+            for (int a = 0; a < 2; a++) {
+                wmma::load_matrix_sync(fa[a], As + (wi + 16 * a) * LOWRANK_TILE_LDA + ks, LOWRANK_TILE_LDA);
+            }
+            #pragma unroll
+            for (int b = 0; b < 2; b++) {
+                if (!right) {   // block-uniform branch: the warp stays converged
+                    tf32_frag_b_row fb;
+                    wmma::load_matrix_sync(fb, Bs + ks * LOWRANK_TILE_LDB + wj + 16 * b, LOWRANK_TILE_LDB);
+                    #pragma unroll
+                    for (int a = 0; a < 2; a++) { wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]); }
+                } else {        // element (k, j) at j LDBT + k: column-major
+                    tf32_frag_b_col fb;
+                    wmma::load_matrix_sync(fb, Bs + (wj + 16 * b) * LOWRANK_TILE_LDBT + ks, LOWRANK_TILE_LDBT);
+                    #pragma unroll
+                    for (int a = 0; a < 2; a++) { wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]); }
+                }
+            }
+        }
+        __syncthreads();    // the chunk is used up before the next is staged (or C overwrites it)
+    }
+    #pragma unroll
+    for (int a = 0; a < 2; a++) {
+        #pragma unroll
+        for (int b = 0; b < 2; b++) {
+            int ii = wi + 16 * a, jj = wj + 16 * b;
+            if (!right) {
+                wmma::store_matrix_sync(C + ii * LOWRANK_TILE_LDC + jj, acc[a][b], LOWRANK_TILE_LDC,
+                                        wmma::mem_row_major);
+            } else {
+                wmma::store_matrix_sync(C + jj * LOWRANK_TILE_LDC + ii, acc[a][b], LOWRANK_TILE_LDC,
+                                        wmma::mem_col_major);
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// step 5's residual norms in bf16 mode (launched by lowrank_residual_norms):
+//   parts[t * q + j] = sum over i in [64 t, 64 t + 64) of (G - S Gt)_ij^2   (left frame)
+// in double, rows summed in order; lowrank_adam_norms_kernel adds the tiles
+// of each column in order. grid (tiles of p, tiles of q, matrices)
+__global__ void __launch_bounds__(LOWRANK_TILE_THREADS)
+lowrank_residual_norms_kernel(PerMatrix<double> parts_of, PerMatrix<const float> G_of, PerMatrix<const float> S_of,
+                              PerMatrix<const float> Gt_of, int r, int p, int q, int right) {
+    __shared__ __align__(32) float tile[LOWRANK_TILE_SMEM_FLOATS];
+    int e = blockIdx.z;
+    double* parts = parts_of.at(e);
+    const float *G = G_of.at(e), *S = S_of.at(e), *Gt = Gt_of.at(e);
+    int i0 = blockIdx.x * LOWRANK_TILE, j0 = blockIdx.y * LOWRANK_TILE;
+    lowrank_tile_product(tile, S, Gt, r, p, q, right, i0, j0);
+    // the residual in place of the product, walking G along its contiguous dimension
+    for (int x = threadIdx.x; x < LOWRANK_TILE * LOWRANK_TILE; x += LOWRANK_TILE_THREADS) {
+        int outer = x / LOWRANK_TILE, inner = x % LOWRANK_TILE;
+        int i = i0 + (right ? inner : outer), j = j0 + (right ? outer : inner);
+        float* c = &tile[outer * LOWRANK_TILE_LDC + inner];
+        float d = 0.0f;
+        if (i < p && j < q) { d = G[right ? (size_t)j * p + i : (size_t)i * q + j] - *c; }
+        *c = d;
+    }
+    __syncthreads();
+    int jj = threadIdx.x, j = j0 + jj;
+    if (jj < LOWRANK_TILE && j < q) {
+        double s = 0.0;
+        for (int ii = 0; ii < LOWRANK_TILE; ii++) {
+            double d = tile[right ? jj * LOWRANK_TILE_LDC + ii : ii * LOWRANK_TILE_LDC + jj];
+            s += d * d;
+        }
+        parts[(size_t)blockIdx.x * q + j] = s;
+    }
+}
+
+// N' = alpha N - Gt diag(f), f_j = scale phi_j, over the moments' shape
+// (launched by lowrank_fused_update, after the limiter wrote scale)
+__global__ void lowrank_update_moments_kernel(PerMatrix<float> N_of, PerMatrix<const float> Gt_of,
+                                              PerMatrix<const float> phi_of, PerMatrix<const float> scale_of,
+                                              int r, int q, int right, float alpha) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)r * q) { return; }
+    int e = blockIdx.y;
+    float* N = N_of.at(e);
+    const float *Gt = Gt_of.at(e), *phi = phi_of.at(e), *scale = scale_of.at(e);
+    int j = right ? (int)(idx / r) : (int)(idx % q);
+    float f = phi[j] * *scale;
+    N[idx] = alpha * N[idx] - f * Gt[idx];
+}
+
+// step 6 with step 5's Lambda in bf16 mode (launched by lowrank_fused_update):
+//   w = W - step (S N' + f_j G)_ij ;  W = w - decay w
+// with N' from lowrank_update_moments_kernel. grid (tiles of p, tiles of q, matrices)
+__global__ void __launch_bounds__(LOWRANK_TILE_THREADS)
+lowrank_fused_update_kernel(PerMatrix<float> W_of, PerMatrix<const float> G_of, PerMatrix<const float> S_of,
+                            PerMatrix<const float> Nf_of, PerMatrix<const float> phi_of,
+                            PerMatrix<const float> scale_of, int r, int p, int q, int right, float step,
+                            float decay) {
+    __shared__ __align__(32) float tile[LOWRANK_TILE_SMEM_FLOATS];
+    int e = blockIdx.z;
+    float* W = W_of.at(e);
+    const float *G = G_of.at(e), *S = S_of.at(e), *Nf = Nf_of.at(e), *phi = phi_of.at(e);
+    float scale = *scale_of.at(e);
+    int i0 = blockIdx.x * LOWRANK_TILE, j0 = blockIdx.y * LOWRANK_TILE;
+    lowrank_tile_product(tile, S, Nf, r, p, q, right, i0, j0);
+    for (int x = threadIdx.x; x < LOWRANK_TILE * LOWRANK_TILE; x += LOWRANK_TILE_THREADS) {
+        int outer = x / LOWRANK_TILE, inner = x % LOWRANK_TILE;
+        int i = i0 + (right ? inner : outer), j = j0 + (right ? outer : inner);
+        if (i >= p || j >= q) { continue; }
+        size_t idx = right ? (size_t)j * p + i : (size_t)i * q + j;
+        float f = phi[j] * scale;
+        float w = W[idx] - step * (tile[outer * LOWRANK_TILE_LDC + inner] + f * G[idx]);
+        W[idx] = w - decay * w;
+    }
 }
 
 // W -= lr wd W, (numel,)
@@ -3395,6 +3607,7 @@ double lowrank_subspace_seconds(LowRankStateGPU* s) {
 typedef struct {
     cublasHandle_t blas;        // its own handle: default math (no TF32), the default stream
     int tf32;                   // 1: the projection, back-projection and residual on TF32 tensor cores (bf16 mode)
+    int unfused;                // 1: bf16 mode without the fused residual norms and update (tests compare the two)
     cusolverDnHandle_t solver;
     size_t scratch_floats;      // device floats needed
     int svd_oversample;         // -1: the exact SVD; else --svd randomized's oversampling (set before reserving)
@@ -3414,7 +3627,7 @@ typedef struct {
     float* phi;             // (q,)
     double* norm2;          // (q,)
     float* scale;           // 1: the limiter's factor
-    float* D;               // (m, n) the residual G - S Gt
+    float* D;               // (m, n) the residual G - S Gt; bf16 mode: (tiles of p, q) doubles, its partial norms
     float* X;               // (p, R) G A^T, then dF
     float* AAt;             // (R, R)
     float* H;               // (R, R) dF^T dF
@@ -3454,7 +3667,10 @@ static StepScratchGPU step_scratch_matrix_layout(float* base, size_t* used, int 
     w.phi = scratch_take(base, used, q);
     w.norm2 = (double*)scratch_take(base, used, 2 * q);
     w.scale = scratch_take(base, used, 1);
-    w.D = scratch_take(base, used, (size_t)m * n);
+    // bf16 mode keeps the residual's per-tile norms there, (tiles, q) doubles: as
+    // large as (m, n) only for p = 1
+    size_t parts = 2 * (size_t)((p + LOWRANK_TILE - 1) / LOWRANK_TILE) * q;
+    w.D = scratch_take(base, used, (size_t)m * n > parts ? (size_t)m * n : parts);
     w.X = scratch_take(base, used, p * r);
     w.AAt = scratch_take(base, used, (size_t)r * r);
     w.H = scratch_take(base, used, (size_t)r * r);
@@ -3626,7 +3842,9 @@ void lowrank_gpu_destroy(LowRankGPU* ctx) {
 // on an H100): cuBLAS rounds S, G and the moments to TF32, 10 mantissa bits, and
 // accumulates in fp32. the error this adds is bounded in test_gpu_optim.cu
 // (test_lowrank_tf32); --dtype float32 keeps them exact fp32. the tracking
-// step's and the rotations' small products stay fp32 either way
+// step's and the rotations' small products stay fp32 either way. with
+// recovery scaling, bf16 mode computes the residual and the back-projection
+// in the fused TF32 WMMA kernels instead (lowrank_fused), bounded in test_lowrank_fused
 static cublasComputeType_t gemm_bulk_compute(const LowRankGPU* ctx) {
     return ctx->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
@@ -4162,10 +4380,12 @@ void subtrack_track_subspace(LowRankStateGPU* s, float* Gt, const float* G, cons
 // (lowrank_adam_norms_kernel): with recovery scaling it also writes
 //   phi (q,) = ||N_j|| / (||Gt_j|| + 1e-8),   norm2 (q,) = ||residual_j||^2
 // from the residual in D (lowrank_residual). on the CPU, step 5 computes these
-void lowrank_adam_in_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg) {
+// (the fused path: the residual's per-tile norms in D's memory, residual_tiles
+// of them per column, from lowrank_residual_norms)
+void lowrank_adam_in_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, int residual_tiles = 0) {
     lowrank_adam_norms_kernel<<<dim3(moment_column_blocks(b->q, b->right), b->count), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
-        b->M, b->V, b->N, b->phi, b->norm2, b->Gt, b->D, b->r, b->p, b->q, b->right, cfg->recovery_scaling,
-        cfg->beta1, cfg->beta2, cfg->eps);
+        b->M, b->V, b->N, b->phi, b->norm2, b->Gt, b->D, per_matrix_cast<const double>(b->D), residual_tiles,
+        b->r, b->p, b->q, b->right, cfg->recovery_scaling, cfg->beta1, cfg->beta2, cfg->eps);
     cudaCheck(cudaGetLastError());
 }
 
@@ -4204,6 +4424,56 @@ void lowrank_apply_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* c
     }
 }
 
+// ---- steps 5-6 fused (bf16 mode with recovery scaling): no residual in memory
+//
+// the unfused path above costs, per element of (m, n), 44 bytes after the
+// projection: D = G (8), D -= S Gt (8), its norms (4), W -= a S N (8), W -= f D
+// (12, with the decay). in bf16 mode, where the products are TF32 anyway, two
+// tiled tensor-core kernels (lowrank_residual_norms_kernel, lowrank_fused_update_kernel)
+// do the same in 4 + 12 bytes: the residual's column norms from tiles of S Gt
+// that never leave shared memory, and the update as one product S N' whose
+// epilogue adds f_j G_ij and the decay, with
+//   alpha S N + (G - S Gt) diag(f) = S (alpha N - Gt diag(f)) + G diag(f) = S N' + G diag(f)
+// f = scale phi: Lambda = (G - S Gt) diag(phi) scaled by the limiter's factor.
+// the CPU twins are lowrank_recovery_scaling and lowrank_apply_update of
+// train_llama_subtrack.c, which form Lambda (they stay the reference); the
+// limiter (lowrank_limiter_kernel), the bias correction and the decay are
+// the unfused path's. --dtype float32 keeps the unfused path: exact fp32
+// products that the fp32 twin tests hold to fp32 accuracy
+
+// the fused path runs for this step: TF32 products, recovery scaling, and not turned off
+static int lowrank_fused(const LowRankGPU* ctx, const cpu::LowRankConfig* cfg) {
+    return ctx->tf32 && !ctx->unfused && cfg->recovery_scaling;
+}
+
+// parts (in D's memory, (tiles of p, q) doubles) = the residual's per-tile
+// column norms; returns the tiles per column, for lowrank_adam_in_subspace
+static int lowrank_residual_norms(LowRankBatchGPU* b) {
+    int tiles = lowrank_residual_tiles(b->p);
+    dim3 grid(tiles, (b->q + LOWRANK_TILE - 1) / LOWRANK_TILE, b->count);
+    lowrank_residual_norms_kernel<<<grid, LOWRANK_TILE_THREADS>>>(per_matrix_cast<double>(b->D), b->G, b->S, b->Gt,
+                                                                   b->r, b->p, b->q, b->right);
+    cudaCheck(cudaGetLastError());
+    return tiles;
+}
+
+// step 6 with Lambda, after the limiter: N = alpha N - Gt diag(scale phi) in
+// place (N is scratch, used up here), then W -= lr c (S N + G diag(scale phi)), W -= lr wd W
+static void lowrank_fused_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg, float lr) {
+    double c = sqrt(1.0 - pow((double)cfg->beta2, t + 1)) / (1.0 - pow((double)cfg->beta1, t + 1));
+    float step = (float)(lr * c);
+    float decay = (float)((double)lr * cfg->weight_decay);
+    size_t rq = (size_t)b->r * b->q;
+    lowrank_update_moments_kernel<<<dim3(optim_blocks(rq, OPTIM_BLOCK), b->count), OPTIM_BLOCK>>>(
+        b->N, b->Gt, b->phi, b->scale, b->r, b->q, b->right, cfg->low_rank_scale);
+    cudaCheck(cudaGetLastError());
+    dim3 grid(lowrank_residual_tiles(b->p), (b->q + LOWRANK_TILE - 1) / LOWRANK_TILE, b->count);
+    lowrank_fused_update_kernel<<<grid, LOWRANK_TILE_THREADS>>>(b->W, b->G, b->S, b->N, b->phi, b->scale, b->r,
+                                                                 b->p, b->q, b->right, step,
+                                                                 cfg->weight_decay > 0.0f ? decay : 0.0f);
+    cudaCheck(cudaGetLastError());
+}
+
 // ---- the whole step
 
 // one optimizer step for the matrices of b, the CPU's lowrank_adamw_step on
@@ -4236,6 +4506,14 @@ void lowrank_adamw_step(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg
         b->timing->updates++;
     } else {
         lowrank_project(b, ctx);
+    }
+    if (lowrank_fused(ctx, cfg)) {
+        // bf16 mode: the residual's norms from tiles of S Gt, the update in one product
+        int tiles = lowrank_residual_norms(b);
+        lowrank_adam_in_subspace(b, cfg, tiles);                           // step 4 (+ step 5's norms)
+        lowrank_recovery_scaling(b, cfg);                                  // step 5: the limiter
+        lowrank_fused_update(b, t, cfg, lr);                               // step 6 with Lambda
+        return;
     }
     // step 5's residual G - S Gt comes before step 4, whose kernel also takes its norms
     if (cfg->recovery_scaling) { lowrank_residual(b, ctx); }

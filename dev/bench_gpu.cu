@@ -851,9 +851,11 @@ static void kb_launch(KernelBench* k) {
         case OP_ADAM_NORMS: {
             int p = (int)l->a, q = (int)l->b, r = (int)l->c;
             size_t rq = (size_t)r * q;
+            // fused recovery (launch.e): the residual's per-tile norms in b[1] instead of the residual
+            int tiles = l->e ? lowrank_residual_tiles(p) : 0;
             lowrank_adam_norms_kernel<<<moment_column_blocks(q, 0), dim3(OPTIM_COLS, OPTIM_ROWS)>>>(
-                b[4] + rq, b[4] + 2 * rq, b[4] + 3 * rq, phi, norm2, b[4], b[1], r, p, q, 0, l->f ? 0 : 1, 0.9f, 0.999f,
-                1e-6f);
+                b[4] + rq, b[4] + 2 * rq, b[4] + 3 * rq, phi, norm2, b[4], b[1], (const double*)b[1], tiles, r, p, q,
+                0, l->f ? 0 : 1, 0.9f, 0.999f, 1e-6f);
             launch_check();
             break;
         }
@@ -865,6 +867,30 @@ static void kb_launch(KernelBench* k) {
             int p = (int)l->a, q = (int)l->b;
             lowrank_recovery_apply_kernel<<<optim_blocks((size_t)p * q, OPTIM_BLOCK), OPTIM_BLOCK>>>(
                 b[2], b[1], phi, scale, p, q, 0, BENCH_LR, 0.0f);
+            launch_check();
+            break;
+        }
+        case OP_RESIDUAL_NORMS: {
+            int p = (int)l->a, q = (int)l->b, r = (int)l->c;
+            dim3 grid(lowrank_residual_tiles(p), (q + LOWRANK_TILE - 1) / LOWRANK_TILE, 1);
+            lowrank_residual_norms_kernel<<<grid, LOWRANK_TILE_THREADS>>>((double*)b[1], b[0], b[3], b[4], r, p, q, 0);
+            launch_check();
+            break;
+        }
+        case OP_UPDATE_MOMENTS: {
+            int r = (int)l->a, q = (int)l->b;
+            size_t rq = (size_t)r * q;
+            lowrank_update_moments_kernel<<<dim3(optim_blocks(rq, OPTIM_BLOCK), 1), OPTIM_BLOCK>>>(
+                b[4] + 3 * rq, b[4], phi, scale, r, q, 0, 0.25f);
+            launch_check();
+            break;
+        }
+        case OP_FUSED_UPDATE: {
+            int p = (int)l->a, q = (int)l->b, r = (int)l->c;
+            size_t rq = (size_t)r * q;
+            dim3 grid(lowrank_residual_tiles(p), (q + LOWRANK_TILE - 1) / LOWRANK_TILE, 1);
+            lowrank_fused_update_kernel<<<grid, LOWRANK_TILE_THREADS>>>(b[2], b[0], b[3], b[4] + 3 * rq, phi, scale, r,
+                                                                         p, q, 0, BENCH_LR, 0.0f);
             launch_check();
             break;
         }

@@ -161,6 +161,8 @@ static const PerfRecipe* perf_recipe(const char* preset) {
 typedef struct {
     double eff_gemm;       // achieved / peak for every GEMM class
     double eff_flash;      // achieved / bf16 peak of a flash attention kernel
+    double eff_wmma;       // achieved / TF32 peak of the trainer's own WMMA kernels (the fused low-rank residual
+                           //   norms and update: 64x64 tiles, no cp.async pipeline; an estimate, unmeasured)
     double eff_bw;         // achieved / HBM bandwidth of the memory-bound kernels
     double eff_gram;       // achieved / FP64 peak of the trainer's Gram kernel
     double launch_us;      // per launch, host issuing in order
@@ -182,6 +184,7 @@ typedef struct {
 static void perf_assume_defaults(PerfAssume* a) {
     a->eff_gemm = 0.5 * (GPU_H200_BF16_GEMM_LO_TFLOPS + GPU_H200_BF16_GEMM_HI_TFLOPS) / GPU_H200_BF16_TFLOPS;
     a->eff_flash = 0.5;
+    a->eff_wmma = 0.5;
     a->eff_bw = GPU_H200_COPY_TBS / GPU_H200_HBM_TBS;
     a->eff_gram = 0.15;
     a->launch_us = 3.0;
@@ -216,7 +219,11 @@ typedef struct {
                           //   PERF_SVD_FULL: syevd of all p (before da90bbf); PERF_SVD_TOPR: --svd randomized
     int fused_residual;   // 1 today: the wo and w_down products add the residual in cuBLASLt's
                           //   epilogue; 0: two residual_forward launches a layer (before ccb06c0)
-    int fused_recovery;   // 1: back-projection and residual share one GEMM (2 GEMMs a step, not 3; planned)
+    int fused_recovery;   // 1 today in bf16: recovery scaling's residual never formed: its column norms from
+                          //   tiles of S Gt in lowrank_residual_norms_kernel (TF32 WMMA, reads G), the update in one
+                          //   WMMA product S (alpha N - Gt diag f) whose epilogue adds G diag(f) and the decay
+                          //   (reads G, W, writes W); 0 in fp32 and before: D = G, D -= S Gt, the norms read D,
+                          //   W -= alpha S N (cuBLAS), W -= D diag(f) (44 bytes an element against 20)
     int opt_batched;      // optimizer launches: 0 one per matrix (before 1aac24b); 2 today: one per batch of
                           //   matrices of a shape, as many as fit in 256 MiB of scratch (lowrank_batch_size);
                           //   1: one per tensor, over its L layers (planned)
@@ -239,13 +246,16 @@ static void perf_variant_today(PerfVariant* v) {
     v->parallel_wgrad = 1;
     v->opt_batched = 2;
     v->fused = 1;
+    v->fused_recovery = 1;
 }
 
-// today's coupling of the dtype and the optimizer's bulk GEMMs: TF32 in bf16 mode, fp32 with --dtype float32
+// today's coupling of the dtype and the optimizer's bulk GEMMs: TF32 in bf16 mode (and the fused recovery
+// kernels), fp32 with --dtype float32 (the three cuBLAS products, unfused)
 static void perf_variant_set_dtype(PerfVariant* v, int fp32_acts) {
     v->fp32_acts = fp32_acts;
     v->opt_gemm = fp32_acts ? PERF_GEMM_FP32 : PERF_GEMM_TF32;
     v->fused = !fp32_acts;
+    v->fused_recovery = !fp32_acts;
 }
 
 // ----------------------------------------------------------------------------
@@ -253,10 +263,16 @@ static void perf_variant_set_dtype(PerfVariant* v, int fp32_acts) {
 
 typedef enum {
     PERF_BF16_GEMM, PERF_TF32_GEMM, PERF_FP32_GEMM, PERF_FP32_CORE, PERF_FP64_CORE, PERF_FP64_SYEVD,
-    PERF_FLASH, PERF_MEMORY, PERF_NUM_CLASSES
+    PERF_FLASH, PERF_MEMORY, PERF_TF32_WMMA, PERF_NUM_CLASSES
 } PerfClass;
+// tf32 wmma: a product on TF32 tensor cores in our own kernel (eff_wmma instead of cuBLAS's eff_gemm)
 static const char* PERF_CLASS_NAMES[PERF_NUM_CLASSES] = {"bf16 gemm", "tf32 gemm", "fp32 gemm", "fp32 core",
-                                                         "fp64 core", "fp64 syevd", "bf16 flash", "memory"};
+                                                         "fp64 core", "fp64 syevd", "bf16 flash", "memory",
+                                                         "tf32 wmma"};
+// a row that is a matrix product (cuBLAS or our own tensor-core kernel)
+static int perf_class_is_gemm(int cls) {
+    return cls == PERF_BF16_GEMM || cls == PERF_TF32_GEMM || cls == PERF_FP32_GEMM || cls == PERF_TF32_WMMA;
+}
 
 // which steps and methods a row belongs to
 #define PERF_SET_COMMON 1     // every method: forward, backward, the step's own work
@@ -274,7 +290,7 @@ typedef enum {
     OP_SWIGLU_BWD, OP_RESIDUAL_BWD, OP_ENCODER_BWD, OP_NORM, OP_SCALE, OP_REFRESH, OP_ADAMW, OP_SGEMM,
     OP_SGEMM_BULK, OP_COPY, OP_ADAM_NORMS, OP_LIMITER, OP_RECOVERY_APPLY, OP_POWER, OP_TRACK_ROWS, OP_TRACK_REDUCE,
     OP_PROJECT_U, OP_GEODESIC, OP_UPDATE_PROJECTION, OP_ROTATE_RANK1, OP_GRAM, OP_SYEVDX, OP_TOP_EIG, OP_CANON_SIGN,
-    OP_NUM
+    OP_RESIDUAL_NORMS, OP_UPDATE_MOMENTS, OP_FUSED_UPDATE, OP_NUM
 } PerfOp;
 
 // one launch of a row, as the trainer makes it: sizes a..f mean what the op says
@@ -418,6 +434,9 @@ static int perf_shape_groups(const PerfDims* d, PerfShapeGroup g[2]) {
 #define PERF_RESIDENT_BLOCKS ((double)GPU_H200_SMS * 2048.0 / 256.0)
 
 static double perf_ceil_div(double a, double b) { return ceil(a / b); }
+
+// the trainer's LOWRANK_TILE: rows of p per tile of the fused residual norms and update
+#define PERF_WMMA_TILE 64.0
 static double perf_waves(double blocks) { return ceil(blocks / PERF_RESIDENT_BLOCKS); }
 
 // the expected number of distinct tokens among n drawn uniformly from V
@@ -714,6 +733,8 @@ static void perf_build_optimizers(PerfModel* m) {
         r = perf_gemm(m, "lowrank", tag, BOTH, gemm, nm, R, q, p, 1, ge, 4.0, 0.0f);
         r->launches = per;
         r->launch.op = OP_SGEMM_BULK; r->launch.a = 1; r->launch.b = 0;
+        // recovery scaling's residual tiles of p: the partial norms kernel writes (tiles, q) doubles
+        double tiles = perf_ceil_div(p, PERF_WMMA_TILE);
         if (!m->v.fused_recovery) {
             // SubTrack++ (recovery scaling): the residual D = G - S Gt, then N back-projected into W, then
             // W -= D diag(phi) elementwise. GaLore as published: the back-projection only
@@ -724,13 +745,22 @@ static void perf_build_optimizers(PerfModel* m) {
             snprintf(tag, sizeof tag, "residual D -= S Gt [%s]", g[gi].names);
             r = perf_gemm(m, "lowrank", tag, ST, gemm, nm, p, q, R, 1, ge, 4.0, 1.0f);
             r->launches = per; r->launch.op = OP_SGEMM_BULK; r->launch.a = 0; r->launch.b = 0;
+        } else {
+            // bf16 mode: the residual's per-tile column norms from 64 x 64 tiles of S Gt (TF32 WMMA) that stay
+            // in shared memory; reads G once, S and Gt per tile (from L2), writes (tiles, q) doubles
+            snprintf(s, sizeof s, "%lldx%lldx%lld", p, q, R);
+            snprintf(tag, sizeof tag, "residual_norms ||G - S Gt||^2 tiles [%s]", g[gi].names);
+            r = perf_kernel(m, "lowrank", tag, ST, PERF_TF32_WMMA, nm, 2.0 * p * q * R,
+                            4.0 * p * q + 4.0 * p * R + 4.0 * R * q + 8.0 * tiles * q, OP_RESIDUAL_NORMS, s);
+            r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R;
         }
         snprintf(s, sizeof s, "%lldx%lld", R, q);
         snprintf(tag, sizeof tag, "adam_norms (+ residual norms) [%s]", g[gi].names);
-        // step 4 over the moments; with recovery scaling it also reads D (or, fused, G) for the column norms
-        r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 12.0 * R * q + 2.0 * p * q,
-                        24.0 * R * q + 4.0 * p * q + 12.0 * q, OP_ADAM_NORMS, s);
-        r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R;
+        // step 4 over the moments; with recovery scaling it also reads D (fused: the residual's partial norms)
+        double norms_in = m->v.fused_recovery ? 8.0 * tiles * q : 4.0 * p * q;
+        r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 12.0 * R * q + norms_in / 2.0,
+                        24.0 * R * q + norms_in + 12.0 * q, OP_ADAM_NORMS, s);
+        r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R; r->launch.e = m->v.fused_recovery;
         snprintf(tag, sizeof tag, "adam (no recovery) [%s]", g[gi].names);
         r = perf_kernel(m, "lowrank", tag, GA, PERF_FP32_CORE, nm, 10.0 * R * q, 24.0 * R * q, OP_ADAM_NORMS, s);
         r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R; r->launch.f = 1;
@@ -739,22 +769,30 @@ static void perf_build_optimizers(PerfModel* m) {
         r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 3.0 * q, 12.0 * q, OP_LIMITER, s);
         r->launches = per; r->sm_bytes = r->bytes; r->launch.a = q;
         if (m->v.fused_recovery) {
-            // W -= lr c (S (alpha N - Gt diag phi) + G diag phi): a small (R, q) kernel, one GEMM into W, and
-            // one elementwise pass W -= G diag(phi)
+            // W = (1 - lr wd) (W - lr c (S N' + G diag f)), N' = alpha N - Gt diag f, f = scale phi: the small
+            // (R, q) kernel for N', then one WMMA product into W whose epilogue reads G and W and writes W
             snprintf(s, sizeof s, "%lldx%lld", R, q);
-            snprintf(tag, sizeof tag, "alpha N - Gt diag(phi) (planned) [%s]", g[gi].names);
-            r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 3.0 * R * q, 12.0 * R * q, OP_NONE, s);
-            r->launches = per;
+            snprintf(tag, sizeof tag, "update_moments N' = alpha N - Gt diag(f) [%s]", g[gi].names);
+            r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 3.0 * R * q, 12.0 * R * q + 4.0 * q,
+                            OP_UPDATE_MOMENTS, s);
+            r->launches = per; r->launch.a = R; r->launch.b = q;
+            snprintf(s, sizeof s, "%lldx%lldx%lld", p, q, R);
+            snprintf(tag, sizeof tag, "fused_update W -= S N' + G diag(f) [%s]", g[gi].names);
+            r = perf_kernel(m, "lowrank", tag, ST, PERF_TF32_WMMA, nm, 2.0 * p * q * R,
+                            12.0 * p * q + 4.0 * p * R + 4.0 * R * q + 4.0 * q, OP_FUSED_UPDATE, s);
+            r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R;
         }
+        // GaLore's back-projection (and SubTrack++'s, unfused)
         snprintf(tag, sizeof tag, "back-projection W -= S N [%s]", g[gi].names);
-        r = perf_gemm(m, "lowrank", tag, BOTH, gemm, nm, p, q, R, 1, ge, 4.0, 1.0f);
+        r = perf_gemm(m, "lowrank", tag, m->v.fused_recovery ? GA : BOTH, gemm, nm, p, q, R, 1, ge, 4.0, 1.0f);
         r->launches = per; r->launch.op = OP_SGEMM_BULK; r->launch.a = 0; r->launch.b = 0;
-        snprintf(s, sizeof s, "%lldx%lld", p, q);
-        snprintf(tag, sizeof tag, "%s [%s]", m->v.fused_recovery ? "W -= G diag(phi) (planned)"
-                 : "recovery_apply W -= D diag(phi)", g[gi].names);
-        r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 4.0 * p * q, 12.0 * p * q + 4.0 * q,
-                        m->v.fused_recovery ? OP_NONE : OP_RECOVERY_APPLY, s);
-        r->launches = per; r->launch.a = p; r->launch.b = q;
+        if (!m->v.fused_recovery) {
+            snprintf(s, sizeof s, "%lldx%lld", p, q);
+            snprintf(tag, sizeof tag, "recovery_apply W -= D diag(phi) [%s]", g[gi].names);
+            r = perf_kernel(m, "lowrank", tag, ST, PERF_FP32_CORE, nm, 4.0 * p * q, 12.0 * p * q + 4.0 * q,
+                            OP_RECOVERY_APPLY, s);
+            r->launches = per; r->launch.a = p; r->launch.b = q;
+        }
 
         // SubTrack++'s tracking step, every k steps (subtrack_track_subspace)
         double tk = nm / k, tper = per / k;
@@ -900,7 +938,7 @@ static void perf_model_build(PerfModel* m, const char* preset, const PerfDims* d
 static double perf_peak_tflops(const PerfDevice* dev, int cls) {
     switch (cls) {
         case PERF_BF16_GEMM: case PERF_FLASH: return dev->bf16;
-        case PERF_TF32_GEMM: return dev->tf32;
+        case PERF_TF32_GEMM: case PERF_TF32_WMMA: return dev->tf32;
         case PERF_FP32_GEMM: case PERF_FP32_CORE: return dev->fp32;
         case PERF_FP64_CORE: case PERF_FP64_SYEVD: return dev->fp64;
         default: return dev->fp32;
@@ -917,6 +955,7 @@ static double perf_row_roofline(const PerfRow* r, const PerfDevice* dev) {
 static double perf_class_eff(const PerfAssume* a, int cls) {
     switch (cls) {
         case PERF_FLASH: return a->eff_flash;
+        case PERF_TF32_WMMA: return a->eff_wmma;
         case PERF_FP64_CORE: return a->eff_gram;
         case PERF_FP32_CORE: case PERF_MEMORY: return 1.0;  // memory-bound: eff_bw applies
         default: return a->eff_gemm;
@@ -967,7 +1006,7 @@ static double perf_lowrank_gemm_flops(const PerfModel* m, int sets, const char* 
     for (int i = 0; i < m->n; i++) {
         const PerfRow* r = &m->rows[i];
         if (!(r->set & sets) || strcmp(r->phase, phase) != 0) { continue; }
-        if (r->cls == PERF_BF16_GEMM || r->cls == PERF_TF32_GEMM || r->cls == PERF_FP32_GEMM) { s += r->flops; }
+        if (perf_class_is_gemm(r->cls)) { s += r->flops; }
     }
     return s;
 }
@@ -1191,6 +1230,9 @@ static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
            a->eff_bw);
     printf("  eff_flash  %.3f  flash attention's fraction of the bf16 peak (published FlashAttention-2/3 kernels at head\n"
            "                   size 64-128 reach about half)\n", a->eff_flash);
+    printf("  eff_wmma   %.3f  the trainer's own TF32 WMMA kernels (fused residual norms, fused update: 64x64 tiles,\n"
+           "                   4 warps, no asynchronous-copy pipeline) against the TF32 peak; an estimate, not\n"
+           "                   measured (cuBLAS reaches eff_gemm)\n", a->eff_wmma);
     printf("  eff_gram   %.3f  the trainer's FP64 Gram kernel (32x32 shared-memory tiles, 2 shared loads per DFMA, no\n"
            "                   tensor cores: bound by shared memory, and the FP64 non-tensor rate is below the 67 figure)\n",
            a->eff_gram);
@@ -1215,7 +1257,7 @@ static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
            : "MFU counts the full T x T square", PERF_GEMM_NAMES[v->opt_gemm], PERF_SVD_NAMES[v->svd],
            v->fused_residual ? "in the GEMM epilogue" : "as residual_forward launches",
            v->parallel_wgrad ? "two-pass / per token" : "one thread per channel",
-           v->fused_recovery ? ", residual fused into the back-projection (2 GEMMs)" : "",
+           v->fused_recovery ? ", recovery residual never formed (TF32 WMMA norms and update)" : "",
            v->fused ? ", q|k|v and gate|up in one product each" : "",
            v->opt_batched == 1 ? ", optimizer launches batched over layers"
            : v->opt_batched == 2 ? ", optimizer launches per batch of a shape" : "", v->clip ? ", clipping on" : "",
@@ -1317,15 +1359,15 @@ static int perf_table_variants(PerfNamedVariant out[PERF_NUM_TABLE_VARIANTS]) {
     for (int i = 0; i < PERF_NUM_TABLE_VARIANTS; i++) { perf_variant_today(&out[i].v); }
     out[0].label = "today (bf16: flash attention, gate and up in one product, the optimizer's launches per batch "
                    "of a shape, every model product on cuBLASLt with the "
-                   "residual adds in the wo / w_down epilogue, TF32 optimizer bulk GEMMs, FP64 Gram + syevdx for the "
-                   "top R, two-pass rmsnorm weight gradient, encoder_backward one block per token)";
+                   "residual adds in the wo / w_down epilogue, TF32 optimizer projection GEMM, recovery scaling's "
+                   "residual norms and update as two fused TF32 WMMA kernels (no residual in memory), FP64 Gram + "
+                   "syevdx for the top R, two-pass rmsnorm weight gradient, encoder_backward one block per token)";
     out[1].label = "(a) + --svd randomized (sketch GEMMs, Householder QRs, syevdx on (R+o) x (R+o))";
     out[1].v.svd = PERF_SVD_TOPR;
-    out[2].label = "planned: (b) + bf16 optimizer bulk GEMMs";
+    out[2].label = "planned: (b) + bf16 optimizer cuBLAS GEMMs (the projection)";
     out[2].v = out[1].v; out[2].v.opt_gemm = PERF_GEMM_BF16;
-    out[3].label = "planned: (c) + residual fused into the back-projection (2 GEMMs) + optimizer launches batched "
-                   "over layers";
-    out[3].v = out[2].v; out[3].v.fused_recovery = 1; out[3].v.opt_batched = 1;
+    out[3].label = "planned: (c) + optimizer launches batched over layers";
+    out[3].v = out[2].v; out[3].v.opt_batched = 1;
     return PERF_NUM_TABLE_VARIANTS;
 }
 
@@ -1427,7 +1469,7 @@ static double perf_rows_sum(const PerfModel* m, int sets, const char* phase, int
         if (!(r->set & sets) || (phase != NULL && strcmp(r->phase, phase) != 0) || (op >= 0 && r->launch.op != op)) {
             continue;
         }
-        int gemm = r->cls == PERF_BF16_GEMM || r->cls == PERF_TF32_GEMM || r->cls == PERF_FP32_GEMM;
+        int gemm = perf_class_is_gemm(r->cls);
         if ((cls >= 0 && r->cls != cls) || (cls == -2 && !gemm)) { continue; }
         s += field == 0 ? r->flops : field == 1 ? r->bytes : field == 2 ? r->launches : field == 3 ? r->serial_s
            : field == 4 ? r->host_s : 1.0;
@@ -1446,25 +1488,61 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
     const PerfAssume* a = &m->a;
     const int ST = PERF_SET_SUBTRACK;
 
-    // da90bbf: in bf16 mode the three bulk products are TF32 (4-byte operands); the tracking ones fp32
+    // da90bbf: in bf16 mode the three bulk products are TF32 (4-byte operands); the tracking ones fp32.
+    // fused recovery (today in bf16): the projection stays a cuBLAS TF32 GEMM, the residual and the
+    // back-projection are the two WMMA kernels (TF32 too), with the same 2 p q R FLOPs each
     double bulk = 3.0 * 2.0 * R * (N - V * C);
+    int fr = m->v.fused_recovery;
     double tf32 = perf_rows_sum(m, ST, "lowrank", PERF_TF32_GEMM, OP_SGEMM_BULK, 0);
-    double other = perf_rows_sum(m, ST, "lowrank", -2, -1, 0) - tf32;
+    double wmma = perf_rows_sum(m, ST, "lowrank", PERF_TF32_WMMA, -1, 0);
+    double other = perf_rows_sum(m, ST, "lowrank", -2, -1, 0) - tf32 - wmma;
     double track_fp32 = perf_rows_sum(m, ST, "track", PERF_FP32_GEMM, OP_SGEMM, 0);
     double track_all = perf_rows_sum(m, ST, "track", -2, -1, 0);
-    check(perf_close(tf32, bulk) && other == 0.0 && track_all > 0.0 && perf_close(track_fp32, track_all),
-               "%s: bf16 mode: the bulk GEMMs (gemm_gpu_bulk) are TF32, 3 x 2 R (N - VC) = %.6e (%.3e elsewhere); "
-               "the tracking GEMMs fp32 (gemm_gpu)", tag, bulk, other);
-    // the same bulk GEMMs read fp32 operands: projection (R p + p q) + q R out, residual and back-projection
-    // (p R + R q) in + 2 p q (beta 1) each, over the 4L (C, C) and 3L (pmin, max) matrices
+    check(perf_close(tf32, fr ? bulk / 3.0 : bulk) && (fr ? perf_close(wmma, 2.0 * bulk / 3.0) : wmma == 0.0) &&
+               other == 0.0 && track_all > 0.0 && perf_close(track_fp32, track_all),
+               "%s: bf16 mode: the bulk products are TF32, 3 x 2 R (N - VC) = %.6e (%s; %.3e elsewhere); the "
+               "tracking GEMMs fp32 (gemm_gpu)", tag, bulk, fr ? "the projection on cuBLAS, the residual norms and "
+               "the update on WMMA" : "all three on cuBLAS", other);
+    // their bytes: the projection reads S, G and writes Gt (R p + p q + q R). unfused: residual and
+    // back-projection (p R + R q) in + 2 p q (beta 1) each. fused: the norms kernel reads G, S, Gt and writes
+    // (tiles, q) doubles; the update kernel reads S, N', G, W, phi and writes W. over the 4L (C, C) and 3L
+    // (pmin, max) matrices. the (m, n) passes a step: 4 + 8 + 4 + 8 ... = 20 bytes an element unfused (the
+    // copy, the norms' read of D and recovery_apply are other rows), 4 + 4 + 12 fused
     double pq[2][3] = {{4.0 * L, C, C}, {3.0 * L, pmin, C < F ? F : C}};
-    double bulk_bytes = 0.0;
+    double bulk_bytes = 0.0, mn_bytes = 0.0, mn_want = 0.0;
     for (int g = 0; g < 2; g++) {
-        double cnt = pq[g][0], p = pq[g][1], q = pq[g][2];
-        bulk_bytes += cnt * 4.0 * ((R * p + p * q + R * q) + 2.0 * (p * R + R * q + 2.0 * p * q));
+        double cnt = pq[g][0], p = pq[g][1], q = pq[g][2], tiles = ceil(p / PERF_WMMA_TILE);
+        double proj = R * p + p * q + R * q;
+        bulk_bytes += cnt * 4.0 * (fr ? proj + (p * q + p * R + R * q + 2.0 * tiles * q) +
+                                            (3.0 * p * q + p * R + R * q + q)
+                                      : proj + 2.0 * (p * R + R * q + 2.0 * p * q));
+        mn_want += cnt * p * q * (fr ? 4.0 + 4.0 + 12.0 : 44.0);
     }
-    check(perf_close(perf_rows_sum(m, ST, "lowrank", -2, -1, 1), bulk_bytes), "%s: the bulk GEMMs' bytes at "
+    check(perf_close(perf_rows_sum(m, ST, "lowrank", -2, -1, 1), bulk_bytes), "%s: the bulk products' bytes at "
                "4 a TF32 operand = %.6e", tag, bulk_bytes);
+    // the (m, n)-sized traffic of the SubTrack++ rows (every row's bytes less its (R, q), (p, R) and (q,) terms,
+    // written out per kind): 44 bytes an element unfused, 20 fused
+    {
+        double rq = 0.0, small = 0.0;
+        for (int g = 0; g < 2; g++) {
+            double cnt = pq[g][0], p = pq[g][1], q = pq[g][2], tiles = ceil(p / PERF_WMMA_TILE);
+            // projection (R p + R q), adam_norms (24 R q + 12 q, fused: + 8 tiles q), limiter 12 q; fused: the
+            // norms kernel 4 (p R + R q) + 8 tiles q, update_moments 12 R q + 4 q, the update 4 (p R + R q + q);
+            // unfused: residual and back-projection 4 (p R + R q) each, recovery_apply 4 q
+            rq += cnt * (4.0 * (R * p + R * q) + 24.0 * R * q + 12.0 * q + 12.0 * q +
+                         (fr ? 8.0 * tiles * q + 4.0 * (p * R + R * q) + 8.0 * tiles * q + 12.0 * R * q + 4.0 * q +
+                               4.0 * (p * R + R * q + q)
+                             : 8.0 * (p * R + R * q) + 4.0 * q));
+        }
+        small = rq;
+        double lr_rows = perf_rows_sum(m, ST, "lowrank", -1, -1, 1) - perf_rows_sum(m, ST, "lowrank", -1, OP_ADAMW, 1);
+        mn_bytes = lr_rows - small;
+        check(perf_close(mn_bytes, mn_want) && (fr ? perf_rows_sum(m, ST, "lowrank", -1, OP_COPY, 5) == 0.0 &&
+                                                     perf_rows_sum(m, ST, "lowrank", -1, OP_RECOVERY_APPLY, 5) == 0.0
+                                                   : 1),
+              "%s: SubTrack++'s (m, n) passes a step: %s bytes an element (%.6e)%s", tag, fr ? "4 + 4 + 12 = 20"
+              : "4 + 8 + 8 + 4 + 8 + 12 = 44", mn_want, fr ? "; no residual copy, no recovery_apply" : "");
+    }
     {
         PerfModel* m32 = (PerfModel*)malloc(sizeof(PerfModel));
         PerfVariant v = m->v;
@@ -1596,7 +1674,7 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
             PerfVariant v;
             perf_variant_today(&v);
             v.flash = !(variant & 1);  // variant 0 is today's code
-            v.fused_recovery = (variant >> 1) & 1;
+            v.fused_recovery = !((variant >> 1) & 1);  // 1 today (bf16); 0: the unfused path
             PerfOptions oo = *o;
             oo.B = oo.T = oo.accum = oo.rank = oo.k = 0;
             if (!perf_build_recipe(&m, rc->preset, &oo, &v, facts)) {
@@ -1609,7 +1687,7 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
             double N = L * (4.0 * C * C + 3.0 * C * F) + V * C;  // GPU_NUMBERS.md's N, written out again
             char tag[160];
             snprintf(tag, sizeof tag, "%s (attention %s, %s)", rc->preset, v.flash ? "flash" : "materialized",
-                     v.fused_recovery ? "2 optimizer GEMMs" : "3 optimizer GEMMs");
+                     v.fused_recovery ? "fused recovery" : "unfused recovery");
             if (variant == 0) {
                 // the trainer's own parameter table, less the embedding and the norms
                 double from_trainer = facts->parameter_count(d) - V * C - (2.0 * L + 1.0) * C;
@@ -1629,7 +1707,7 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
             // the optimizer: sum over matrices of 2 p q R = 2 R sum(m n) = 2 R (N - V C)
             double per_gemm = 2.0 * R * (N - V * C);
             double lr = perf_lowrank_gemm_flops(&m, PERF_SET_SUBTRACK, "lowrank");
-            int ngemm = v.fused_recovery ? 2 : 3;
+            int ngemm = 3;  // fused or not: projection, residual (its norms), back-projection (the update)
             check(perf_close(lr, ngemm * per_gemm), "%s: SubTrack++ GEMM FLOPs a plain step = %d x 2pqR over "
                        "the matrices = %d x 2 R (N - V C) = %.6e", tag, ngemm, ngemm, ngemm * per_gemm);
             if (variant == 0) {
@@ -1662,13 +1740,13 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
                 check(unmeasured == 0, "%s: every row of today's code names the launcher --per_kernel times "
                            "(%d without)", rc->preset, unmeasured);
             }
-            if (variant < 2) { perf_check_today(&m, o, facts, tag); }
+            perf_check_today(&m, o, facts, tag);  // today's, and the unfused recovery (--fused_recovery 0)
             if (strcmp(rc->preset, "llama_1b") == 0 && !v.flash) {
                 // GPU_NUMBERS.md: at 1B (r = 512, 4096 tokens a step) the three GEMMs are about 11% of the model's
                 // FLOPs, two about 7.5%. exactly: ngemm 2 R (N - V C) / (tokens (6 N + 12 L C T))
                 double share = lr / (perf_sum_field(&m, PERF_SET_COMMON, 1) + perf_sum_field(&m, PERF_SET_COMMON, 2));
                 double want = ngemm * 2.0 * R * (N - V * C) / (tokens * (6.0 * N + 12.0 * L * C * T));
-                double doc = v.fused_recovery ? GPU_NUMBERS_SHARE2_PCT : GPU_NUMBERS_SHARE3_PCT;
+                double doc = GPU_NUMBERS_SHARE3_PCT;
                 check(perf_close(share, want) && R == 512 && tokens == 4096,
                            "%s: the optimizer GEMMs' share of the model FLOPs = %d R (N - VC) / (3 tokens (N + 2 L C T)) "
                            "= %.4f%% (R %.0f, %.0f tokens)", tag, ngemm, 100.0 * want, R, tokens);
@@ -1710,7 +1788,8 @@ static void perf_usage(FILE* out, const char* prog) {
             "                                      today; 0: apart, as --dtype float32 and the code before 85bd595)\n"
             "  --fused_residual 0|1               the wo / w_down products add the residual in cuBLASLt's epilogue\n"
             "                                     (default 1, today; 0: residual_forward launches, before ccb06c0)\n"
-            "  --fused_recovery 0|1               back-projection and residual in one GEMM (default 0; planned)\n"
+            "  --fused_recovery 0|1               bf16 mode's fused residual norms and update, no residual in memory\n"
+            "                                     (default 1 in bf16, 0 with --dtype float32; 0: the unfused path)\n"
             "  --opt_batched 0|1|2                optimizer launches: 0 per matrix, 2 per batch of a shape (default,\n"
             "                                      today), 1 per tensor over its L layers (planned)\n"
             "  --dtype bfloat16|float32           activations (default bfloat16, the trainer's)\n"
@@ -1802,6 +1881,7 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--numbers") == 0) { o.numbers = v; }
         else if (strcmp(f, "--eff_gemm") == 0) { o.a.eff_gemm = perf_parse_number(f, v, 1e-3, 1.0); }
         else if (strcmp(f, "--eff_flash") == 0) { o.a.eff_flash = perf_parse_number(f, v, 1e-3, 1.0); }
+        else if (strcmp(f, "--eff_wmma") == 0) { o.a.eff_wmma = perf_parse_number(f, v, 1e-3, 1.0); }
         else if (strcmp(f, "--eff_bw") == 0) { o.a.eff_bw = perf_parse_number(f, v, 1e-3, 1.0); }
         else if (strcmp(f, "--eff_gram") == 0) { o.a.eff_gram = perf_parse_number(f, v, 1e-3, 1.0); }
         else if (strcmp(f, "--launch_us") == 0) { o.a.launch_us = perf_parse_number(f, v, 0.0, 1e3); }

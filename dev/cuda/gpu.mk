@@ -93,6 +93,11 @@ GPU_LADDER_DEPS := dev/cuda/flash_attention_emu $(if $(CUDA_EMU_RACE_TEST),dev/c
 GPU_LADDER_TEST := ./dev/cuda/flash_attention_emu
 # and its race-check build: the WMMA kernels' shared-memory tiles checked for races
 GPU_LADDER_TEST2 := $(if $(CUDA_EMU_RACE_TEST),./dev/cuda/flash_attention_race)
+# the fused low-rank ladder (dev/cuda/lowrank_fused.cu: the residual norms and the update, fp32 and TF32 WMMA,
+# against the CPU's double within TF32's bound, both orientations, reruns bit-identical), and its race check
+GPU_LADDER_DEPS += dev/cuda/lowrank_fused_emu $(if $(CUDA_EMU_RACE_TEST),dev/cuda/lowrank_fused_race)
+GPU_LADDER_TEST3 := ./dev/cuda/lowrank_fused_emu 1 && ./dev/cuda/lowrank_fused_emu 2
+GPU_LADDER_TEST4 := $(if $(CUDA_EMU_RACE_TEST),./dev/cuda/lowrank_fused_race 2)
 # and every launcher of dev/bench_gpu --per_kernel once, at tiny sizes (about a second)
 GPU_PERF_TEST := ./dev/bench_gpu_emu --per_kernel 1 --preset kjv_test --B 2 --T 16 --iters 1 --warmup 0
 else
@@ -102,6 +107,8 @@ GPU_PERF_TEST :=
 GPU_LADDER_DEPS :=
 GPU_LADDER_TEST :=
 GPU_LADDER_TEST2 :=
+GPU_LADDER_TEST3 :=
+GPU_LADDER_TEST4 :=
 endif
 
 # the race-check builds (X_race: every kernel's shared-memory accesses checked
@@ -126,7 +133,7 @@ test_gpu: $(GPU_TEST_DEPS)
 
 .PHONY: gpu_clean
 gpu_clean:
-	rm -f dev/cuda/flash_attention_emu dev/cuda/flash_attention_race train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu dev/bench_gpu dev/bench_gpu_emu \
+	rm -f dev/cuda/flash_attention_emu dev/cuda/flash_attention_race dev/cuda/lowrank_fused_emu dev/cuda/lowrank_fused_race train_llama_subtrack dev/test_gpu/test_subtrack_gpu dev/test_gpu/test_subtrack_gpu_emu dev/test_gpu/test_gpu_optim dev/test_gpu/test_gpu_optim_emu dev/bench_gpu dev/bench_gpu_emu \
 	  dev/test_gpu/test_sanitize dev/test_gpu/test_sanitize_emu train_llama_subtrack_emu \
 	  dev/test_gpu/test_subtrack_gpu_race dev/test_gpu/test_gpu_optim_race dev/test_gpu/test_sanitize_race \
 	  train_llama_subtrack_race dev/bench_gpu_race

@@ -3,13 +3,18 @@
 // stubs/mma.h; it needs cuda_emu.h (passed with -include) first.
 //
 // What is implemented: the 16x16x16 shape with __nv_bfloat16 inputs and float
-// accumulators (what dev/cuda/flash_attention.cu uses):
+// accumulators (what dev/cuda/flash_attention.cu uses), and the 16x16x8 shape
+// with TF32 inputs (what the low-rank step's kernels in train_llama_subtrack.cu use):
 //
 //   fragment<matrix_a, 16, 16, 16, __nv_bfloat16, row_major | col_major>
 //   fragment<matrix_b, 16, 16, 16, __nv_bfloat16, row_major | col_major>
 //   fragment<accumulator, 16, 16, 16, float>
+//   fragment<matrix_a, 16, 16, 8, precision::tf32, row_major | col_major>   (16 x 8)
+//   fragment<matrix_b, 16, 16, 8, precision::tf32, row_major | col_major>   (8 x 16)
+//   fragment<accumulator, 16, 16, 8, float>
 //   fill_fragment, load_matrix_sync (the accumulator overload takes a layout_t),
-//   store_matrix_sync, mma_sync (bf16 x bf16 + fp32 -> fp32), num_elements, x[i]
+//   store_matrix_sync, mma_sync (bf16 x bf16 + fp32 -> fp32, tf32 x tf32 + fp32
+//   -> fp32), num_elements, x[i], __float_to_tf32
 //
 // Any other fragment is a compile-time error (static_assert below).
 //
@@ -27,7 +32,15 @@
 //   under the same mask (reported by the harness), a lane that exits while the
 //   others wait.
 // - the pointer must be 256-bit (32-byte) aligned, and ldm a multiple of 16
-//   bytes: 8 elements for __nv_bfloat16, 4 for float. Checked in every lane.
+//   bytes: 8 elements for __nv_bfloat16, 4 for float and tf32. Checked in every lane.
+// - tf32 (the CUDA C++ Programming Guide, "Alternate Floating Point"): a tf32
+//   fragment's elements are floats in memory and in x[i] (storage_element_type
+//   float, element_type precision::tf32); load_matrix_sync loads the floats as
+//   they are, and mma_sync uses only the top 19 bits of each (sign, 8 exponent
+//   bits, 10 mantissa bits): the low 13 mantissa bits are ignored, so an input
+//   not converted is truncated toward zero. __float_to_tf32 (PTX
+//   cvt.rna.tf32.f32) rounds to nearest, ties away from zero, and leaves the
+//   low 13 bits zero; kernels convert x[i] after a load (or before staging).
 // - fill_fragment is not a _sync function: each lane fills its own elements.
 // - the mapping of matrix elements to lanes is unspecified by CUDA. Here it is
 //   fixed, 8 elements per lane for every fragment (as on sm_80+ hardware), each
@@ -36,6 +49,9 @@
 //                                             col 2t + (i&1) + 8*(i>>2))
 //     matrix_b (k x n):      x[i] is element (k 2t + (i&1) + 8*((i>>1)&1),
 //                                             n g + 8*(i>>2))
+//   and 4 elements per lane for the tf32 inputs (as the m16n8k8 tf32 mma of sm_80+):
+//     matrix_a (16 x 8):     x[i] is element (row g + 8*(i&1), col t + 4*(i>>1))
+//     matrix_b (8 x 16):     x[i] is element (k t + 4*(i&1), n g + 8*(i>>1))
 //   so element-wise work on x[i] (scaling, activation) behaves as on a GPU.
 //   CUDA_EMU_WMMA_MAPPING=scrambled composes it with a fixed pseudo-random
 //   permutation of the 256 elements (a different one per fragment kind): code
@@ -52,6 +68,11 @@
 //   unspecified internal rounding; tests must use the fp32-accumulation bound
 //   |D - exact| <= k u (|C| + sum |a b|) with u = 2^-24 and k = 16 + 1, which
 //   the harness's result also satisfies.
+// - mma_sync on tf32 (16x16x8): each input cut to its top 19 bits (above), then
+//   as for bf16: products of two 11-bit significands are exact in double, the
+//   8-term sum plus C is rounded once to float. tests bound a GPU's result by
+//   the same fp32-accumulation rule with k = 8 + 1, after the inputs' own
+//   rounding to tf32 (u_tf32 = 2^-11 per converted input).
 #ifndef CUDA_EMU_WMMA_H
 #define CUDA_EMU_WMMA_H
 
@@ -70,6 +91,22 @@ struct matrix_a {};
 struct matrix_b {};
 struct accumulator {};
 enum layout_t { mem_row_major, mem_col_major };
+namespace precision {
+struct tf32 {};
+}
+
+// x rounded to tf32 (8 exponent bits, 10 mantissa bits) to nearest, ties away
+// from zero, as PTX cvt.rna.tf32.f32: add half a tf32 unit to the magnitude
+// bits and cut the low 13 bits (a carry into the exponent is the right
+// result; the largest floats round to infinity). NaN and infinity pass
+__device__ inline float __float_to_tf32(float in) {
+  unsigned bits;
+  memcpy(&bits, &in, sizeof bits);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  float out;
+  memcpy(&out, &bits, sizeof out);
+  return out;
+}
 
 template <class T, int size>
 struct cuda_emu_fragment_base {
@@ -80,6 +117,15 @@ struct cuda_emu_fragment_base {
   T x[size];
 };
 
+// a tf32 input fragment: floats, 4 per lane
+struct cuda_emu_tf32_fragment_base {
+  enum { num_elements = 4 };
+  enum { num_storage_elements = 4 };
+  typedef precision::tf32 element_type;
+  typedef float storage_element_type;
+  float x[4];
+};
+
 template <class>
 struct cuda_emu_unsupported : std::false_type {};
 
@@ -88,7 +134,8 @@ class fragment {
   static_assert(cuda_emu_unsupported<Use>::value,
                 "cuda_emu: this nvcuda::wmma fragment is not implemented by the CPU harness; implemented: "
                 "fragment<matrix_a|matrix_b, 16, 16, 16, __nv_bfloat16, row_major|col_major> and "
-                "fragment<accumulator, 16, 16, 16, float> (dev/cuda_emu/cuda_emu_wmma.h)");
+                "fragment<accumulator, 16, 16, 16, float>, fragment<matrix_a|matrix_b, 16, 16, 8, precision::tf32, "
+                "row_major|col_major> and fragment<accumulator, 16, 16, 8, float> (dev/cuda_emu/cuda_emu_wmma.h)");
 };
 template <>
 class fragment<matrix_a, 16, 16, 16, __nv_bfloat16, row_major> : public cuda_emu_fragment_base<__nv_bfloat16, 8> {};
@@ -100,6 +147,16 @@ template <>
 class fragment<matrix_b, 16, 16, 16, __nv_bfloat16, col_major> : public cuda_emu_fragment_base<__nv_bfloat16, 8> {};
 template <>
 class fragment<accumulator, 16, 16, 16, float> : public cuda_emu_fragment_base<float, 8> {};
+template <>
+class fragment<matrix_a, 16, 16, 8, precision::tf32, row_major> : public cuda_emu_tf32_fragment_base {};
+template <>
+class fragment<matrix_a, 16, 16, 8, precision::tf32, col_major> : public cuda_emu_tf32_fragment_base {};
+template <>
+class fragment<matrix_b, 16, 16, 8, precision::tf32, row_major> : public cuda_emu_tf32_fragment_base {};
+template <>
+class fragment<matrix_b, 16, 16, 8, precision::tf32, col_major> : public cuda_emu_tf32_fragment_base {};
+template <>
+class fragment<accumulator, 16, 16, 8, float> : public cuda_emu_fragment_base<float, 8> {};
 
 }  // namespace wmma
 }  // namespace nvcuda
@@ -110,7 +167,9 @@ namespace wmma_impl {
 static const int TILE = 16;         // 16x16 matrices
 static const int PER_LANE = 8;      // elements per lane: 256 / 32
 static const int WARPS_MAX = 32;    // 1024 threads per block
-enum use_kind { USE_A, USE_B, USE_ACC };
+static const int TF32_K = 8;        // tf32: a is 16 x 8, b is 8 x 16
+static const int TF32_PER_LANE = 4; // 128 / 32
+enum use_kind { USE_A, USE_B, USE_ACC, USE_A_TF32, USE_B_TF32, USE_KINDS };
 enum op_kind { OP_LOAD_A, OP_LOAD_B, OP_LOAD_ACC, OP_STORE, OP_MMA };
 
 inline const char* op_name(int op) {
@@ -121,11 +180,15 @@ inline const char* op_name(int op) {
   }
 }
 
-// element (row, col) of the 16x16 matrix held by x[i] of a lane, per fragment
-// kind: row = index / 16, col = index % 16
+// element (row, col) of the matrix held by x[i] of a lane, per fragment kind:
+// row = index / cols, col = index % cols, cols = use_cols(kind)
 struct lane_mapping {
-  unsigned char index[3][32][PER_LANE];
+  unsigned char index[USE_KINDS][32][PER_LANE];
 };
+
+// columns and elements per lane of each kind's matrix
+inline int use_cols(int use) { return use == USE_A_TF32 ? TF32_K : TILE; }
+inline int use_per_lane(int use) { return use == USE_A_TF32 || use == USE_B_TF32 ? TF32_PER_LANE : PER_LANE; }
 
 inline lane_mapping make_mapping() {
   lane_mapping m;
@@ -139,15 +202,22 @@ inline lane_mapping make_mapping() {
       int kk = 2 * t + b0 + 8 * b1, nn = g + 8 * b2;  // matrix_b is k x n
       m.index[USE_B][lane][i] = (unsigned char)(kk * TILE + nn);
     }
+    for (int i = 0; i < TF32_PER_LANE; i++) {
+      int b0 = i & 1, b1 = i >> 1;
+      m.index[USE_A_TF32][lane][i] = (unsigned char)((g + 8 * b0) * TF32_K + t + 4 * b1);  // a is 16 x 8
+      m.index[USE_B_TF32][lane][i] = (unsigned char)((t + 4 * b0) * TILE + g + 8 * b1);    // b is 8 x 16
+    }
   }
   const char* v = getenv("CUDA_EMU_WMMA_MAPPING");
   if (v && strcmp(v, "scrambled") == 0) {
-    for (int u = 0; u < 3; u++) {
-      // a fixed permutation of the 256 elements per kind (Fisher-Yates, LCG)
+    for (int u = 0; u < USE_KINDS; u++) {
+      // a fixed permutation of the elements (256, or 128 for tf32 inputs) per
+      // kind (Fisher-Yates, LCG)
+      int count = 32 * use_per_lane(u);
       unsigned char perm[256];
-      for (int e = 0; e < 256; e++) perm[e] = (unsigned char)e;
+      for (int e = 0; e < count; e++) perm[e] = (unsigned char)e;
       unsigned s = 12345u + 777u * (unsigned)u;
-      for (int e = 255; e > 0; e--) {
+      for (int e = count - 1; e > 0; e--) {
         s = s * 1664525u + 1013904223u;
         int j = (int)((s >> 8) % (unsigned)(e + 1));
         unsigned char tmp = perm[e];
@@ -155,7 +225,7 @@ inline lane_mapping make_mapping() {
         perm[j] = tmp;
       }
       for (int lane = 0; lane < 32; lane++)
-        for (int i = 0; i < PER_LANE; i++) m.index[u][lane][i] = perm[m.index[u][lane][i]];
+        for (int i = 0; i < use_per_lane(u); i++) m.index[u][lane][i] = perm[m.index[u][lane][i]];
     }
   } else if (v && *v && strcmp(v, "hardware") != 0) {
     fprintf(stderr, "cuda_emu: ignoring CUDA_EMU_WMMA_MAPPING=%s (expected hardware or scrambled)\n", v);
@@ -252,11 +322,12 @@ inline void perform_load(warp_calls& w, int use) {
   const lane_mapping& m = mapping();
   const lane_call& c0 = w.calls[0];
   const T* mem = static_cast<const T*>(c0.mem);
+  int cols = use_cols(use), per_lane = use_per_lane(use);
   for (int l = 0; l < 32; l++) {
     T* x = static_cast<T*>(w.calls[l].frag);
-    for (int i = 0; i < PER_LANE; i++) {
+    for (int i = 0; i < per_lane; i++) {
       int e = m.index[use][l][i];
-      x[i] = mem[memory_offset(e / TILE, e % TILE, c0.ldm, c0.layout)];
+      x[i] = mem[memory_offset(e / cols, e % cols, c0.ldm, c0.layout)];
     }
   }
 }
@@ -297,6 +368,47 @@ inline void perform_mma(warp_calls& w) {
       int e = m.index[USE_ACC][l][i], r = e / TILE, c = e % TILE;
       double acc = C[r][c];
       for (int k = 0; k < TILE; k++) acc += A[r][k] * B[k][c];
+      d[i] = (float)acc;
+    }
+  }
+}
+
+// a float as a tf32 input is read by the tensor cores: its low 13 mantissa
+// bits ignored (truncation toward zero of an unconverted value)
+inline double tf32_input(float v) {
+  unsigned bits;
+  memcpy(&bits, &v, sizeof bits);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits &= 0xffffe000u;  // NaN keeps its payload
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return (double)f;
+}
+
+// D = A B + C for a tf32 16x16x8 product: inputs cut to tf32, each element in
+// double, rounded once to float
+inline void perform_mma_tf32(warp_calls& w) {
+  const lane_mapping& m = mapping();
+  double A[TILE][TF32_K], B[TF32_K][TILE], C[TILE][TILE];
+  for (int l = 0; l < 32; l++) {
+    const float* a = static_cast<const float*>(w.calls[l].a);
+    const float* b = static_cast<const float*>(w.calls[l].b);
+    const float* c = static_cast<const float*>(w.calls[l].c);
+    for (int i = 0; i < TF32_PER_LANE; i++) {
+      int ea = m.index[USE_A_TF32][l][i], eb = m.index[USE_B_TF32][l][i];
+      A[ea / TF32_K][ea % TF32_K] = tf32_input(a[i]);
+      B[eb / TILE][eb % TILE] = tf32_input(b[i]);
+    }
+    for (int i = 0; i < PER_LANE; i++) {
+      int ec = m.index[USE_ACC][l][i];
+      C[ec / TILE][ec % TILE] = (double)c[i];
+    }
+  }
+  for (int l = 0; l < 32; l++) {
+    float* d = static_cast<float*>(w.calls[l].frag);
+    for (int i = 0; i < PER_LANE; i++) {
+      int e = m.index[USE_ACC][l][i], r = e / TILE, c = e % TILE;
+      double acc = C[r][c];
+      for (int k = 0; k < TF32_K; k++) acc += A[r][k] * B[k][c];
       d[i] = (float)acc;
     }
   }
@@ -369,6 +481,10 @@ inline void fill_fragment(cuda_emu_fragment_base<T, size>& f, const typename std
   for (int i = 0; i < f.num_elements; i++) f.x[i] = v;
 }
 
+inline void fill_fragment(cuda_emu_tf32_fragment_base& f, const float& v) {
+  for (int i = 0; i < f.num_elements; i++) f.x[i] = v;
+}
+
 #define CUDA_EMU_WMMA_LOAD_INPUT(use_tag, use, op, layout_tag, col_major)                                      \
   inline void load_matrix_sync(fragment<use_tag, 16, 16, 16, __nv_bfloat16, layout_tag>& a,                    \
                                const __nv_bfloat16* p, unsigned ldm, const char* file = __builtin_FILE(),     \
@@ -382,14 +498,35 @@ CUDA_EMU_WMMA_LOAD_INPUT(matrix_b, USE_B, OP_LOAD_B, row_major, 0)
 CUDA_EMU_WMMA_LOAD_INPUT(matrix_b, USE_B, OP_LOAD_B, col_major, 1)
 #undef CUDA_EMU_WMMA_LOAD_INPUT
 
+#define CUDA_EMU_WMMA_LOAD_TF32(use_tag, use, op, layout_tag, col_major)                                        \
+  inline void load_matrix_sync(fragment<use_tag, 16, 16, 8, precision::tf32, layout_tag>& a, const float* p,    \
+                               unsigned ldm, const char* file = __builtin_FILE(), int line = __builtin_LINE()) { \
+    ::cuda_emu::wmma_impl::load_input<float>(::cuda_emu::wmma_impl::use, ::cuda_emu::wmma_impl::op, a, p, ldm,  \
+                                             col_major, file, line);                                           \
+  }
+CUDA_EMU_WMMA_LOAD_TF32(matrix_a, USE_A_TF32, OP_LOAD_A, row_major, 0)
+CUDA_EMU_WMMA_LOAD_TF32(matrix_a, USE_A_TF32, OP_LOAD_A, col_major, 1)
+CUDA_EMU_WMMA_LOAD_TF32(matrix_b, USE_B_TF32, OP_LOAD_B, row_major, 0)
+CUDA_EMU_WMMA_LOAD_TF32(matrix_b, USE_B_TF32, OP_LOAD_B, col_major, 1)
+#undef CUDA_EMU_WMMA_LOAD_TF32
+
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 8, float>& a, const float* p, unsigned ldm,
+                             layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  ::cuda_emu::wmma_impl::load_input<float>(::cuda_emu::wmma_impl::USE_ACC, ::cuda_emu::wmma_impl::OP_LOAD_ACC, a, p,
+                                           ldm, layout == mem_col_major, file, line);
+}
+
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& a, const float* p, unsigned ldm,
                              layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   ::cuda_emu::wmma_impl::load_input<float>(::cuda_emu::wmma_impl::USE_ACC, ::cuda_emu::wmma_impl::OP_LOAD_ACC, a, p,
                                            ldm, layout == mem_col_major, file, line);
 }
 
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& a, unsigned ldm,
-                              layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+// the accumulators of both shapes (16x16x16 and 16x16x8) are 16x16 floats
+template <int K>
+inline typename std::enable_if<K == 16 || K == 8>::type
+store_matrix_sync(float* p, const fragment<accumulator, 16, 16, K, float>& a, unsigned ldm, layout_t layout,
+                  const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   using namespace ::cuda_emu::wmma_impl;
   lane_call c = make_call(OP_STORE, file, line);
   c.mem = p;
@@ -413,6 +550,21 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
   call.b = b.x;
   call.c = c.x;
   collective(call, [](warp_calls& w) { perform_mma<__nv_bfloat16>(w); });
+}
+
+template <class LayoutA, class LayoutB>
+inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
+                     const fragment<matrix_a, 16, 16, 8, precision::tf32, LayoutA>& a,
+                     const fragment<matrix_b, 16, 16, 8, precision::tf32, LayoutB>& b,
+                     const fragment<accumulator, 16, 16, 8, float>& c, const char* file = __builtin_FILE(),
+                     int line = __builtin_LINE()) {
+  using namespace ::cuda_emu::wmma_impl;
+  lane_call call = make_call(OP_MMA, file, line);
+  call.frag = d.x;
+  call.a = a.x;
+  call.b = b.x;
+  call.c = c.x;
+  collective(call, [](warp_calls& w) { perform_mma_tf32(w); });
 }
 
 }  // namespace wmma

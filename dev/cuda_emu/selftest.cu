@@ -1554,6 +1554,243 @@ static void test_wmma() {
   CUDA_CHECK(cudaFree(d_mb));
 }
 
+// ---------------------------------------------------------------------------
+// warp matrix functions on TF32 (16x16x8): float storage, 10 mantissa bits in
+// the product. a (16 x 8) and b (8 x 16) in the layouts chosen by the
+// template; convert: the kernel rounds every loaded element with
+// __float_to_tf32 first (as the guide asks), else the raw floats go in (the
+// tensor cores then ignore their low 13 bits)
+template <class LayoutA, class LayoutB>
+__global__ void wmma_tf32_kernel(float* d, const float* a, const float* b, const float* c, unsigned lda,
+                                 unsigned ldb, unsigned ldc, int convert) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32, LayoutA> fa;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32, LayoutB> fb;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> acc;
+  nvcuda::wmma::load_matrix_sync(fa, a, lda);
+  nvcuda::wmma::load_matrix_sync(fb, b, ldb);
+  nvcuda::wmma::load_matrix_sync(acc, c, ldc, nvcuda::wmma::mem_row_major);
+  if (convert) {
+    for (int i = 0; i < fa.num_elements; i++) fa.x[i] = nvcuda::wmma::__float_to_tf32(fa.x[i]);
+    for (int i = 0; i < fb.num_elements; i++) fb.x[i] = nvcuda::wmma::__float_to_tf32(fb.x[i]);
+  }
+  nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+  nvcuda::wmma::store_matrix_sync(d, acc, ldc, nvcuda::wmma::mem_row_major);
+}
+
+// out[i] = __float_to_tf32(x[i])
+__global__ void float_to_tf32_kernel(float* out, const float* x, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = nvcuda::wmma::__float_to_tf32(x[i]);
+}
+
+// what each lane holds of a tf32 a (16 x 8, element e = e) and b (8 x 16);
+// out[kind][lane * 4 + i] = x[i], then a product with the accumulator
+__global__ void wmma_tf32_mapping_kernel(float* out, const float* m) {
+  int lane = threadIdx.x % 32;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::row_major> fa;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::row_major> fb;
+  nvcuda::wmma::load_matrix_sync(fa, m, 8);
+  nvcuda::wmma::load_matrix_sync(fb, m, 16);
+  for (int i = 0; i < fa.num_elements; i++) out[0 * 128 + lane * fa.num_elements + i] = fa.x[i];
+  for (int i = 0; i < fb.num_elements; i++) out[1 * 128 + lane * fb.num_elements + i] = fb.x[i];
+}
+
+// the exact product of the logical matrices A (16 x 8) and B (8 x 16), row-major, plus C
+static void tf32_reference(double* exact, double* mag, const std::vector<float>& A, const std::vector<float>& B,
+                           const std::vector<float>& C) {
+  for (int r = 0; r < 16; r++)
+    for (int col = 0; col < 16; col++) {
+      double e = C[r * 16 + col], g = fabs(e);
+      for (int k = 0; k < 8; k++) {
+        e += (double)A[r * 8 + k] * B[k * 16 + col];
+        g += fabs((double)A[r * 8 + k] * B[k * 16 + col]);
+      }
+      exact[r * 16 + col] = e;
+      mag[r * 16 + col] = g;
+    }
+}
+
+// host twins of the tf32 conversions, for the references: to nearest, ties
+// away (cvt.rna), and the truncation the tensor cores apply to raw floats
+static float host_tf32_round(float x) {
+  unsigned bits;
+  memcpy(&bits, &x, 4);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  memcpy(&x, &bits, 4);
+  return x;
+}
+static float host_tf32_truncate(float x) {
+  unsigned bits;
+  memcpy(&bits, &x, 4);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits &= 0xffffe000u;
+  memcpy(&x, &bits, 4);
+  return x;
+}
+
+// one 16x16x8 tf32 product with padded lda and ldc, inputs random floats in
+// [-1, 1) (all 23 mantissa bits), converted in the kernel: the result must be
+// within the fp32-accumulation bound 9 u (|c| + sum |a b|), u = 2^-24, of the
+// exact product of the rounded inputs (the harness: that product rounded once)
+template <class LayoutA, class LayoutB>
+static void test_wmma_tf32_case(const char* name) {
+  const bool a_col = std::is_same<LayoutA, nvcuda::wmma::col_major>::value;
+  const bool b_col = std::is_same<LayoutB, nvcuda::wmma::col_major>::value;
+  const unsigned lda = a_col ? 20 : 12, ldb = b_col ? 12 : 20, ldc = 20;  // every one padded
+  std::vector<float> A(128), B(128), C(256);
+  unsigned seed = 29;
+  auto next = [&seed]() {
+    seed = seed * 1664525u + 1013904223u;
+    return (float)(seed >> 8) / 8388608.0f - 1.0f;
+  };
+  for (float& v : A) v = next();
+  for (float& v : B) v = next();
+  for (float& v : C) v = next();
+  float nan = NAN;
+  std::vector<float> am(a_col ? 8 * lda : 16 * lda, nan), bm(b_col ? 16 * ldb : 8 * ldb, nan), cm(16 * ldc, nan);
+  for (int r = 0; r < 16; r++)
+    for (int k = 0; k < 8; k++) am[a_col ? k * lda + r : r * lda + k] = A[r * 8 + k];
+  for (int k = 0; k < 8; k++)
+    for (int col = 0; col < 16; col++) bm[b_col ? col * ldb + k : k * ldb + col] = B[k * 16 + col];
+  for (int r = 0; r < 16; r++)
+    for (int col = 0; col < 16; col++) cm[r * ldc + col] = C[r * 16 + col];
+  float *d_a = to_device(am), *d_b = to_device(bm), *d_c = to_device(cm);
+  float* d_d = to_device(std::vector<float>(16 * ldc, -7.0f));
+  wmma_tf32_kernel<LayoutA, LayoutB><<<1, 32>>>(d_d, d_a, d_b, d_c, lda, ldb, ldc, 1);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> got = to_host(d_d, 16 * ldc);
+  std::vector<float> Ar(128), Br(128);
+  for (int i = 0; i < 128; i++) {
+    Ar[i] = host_tf32_round(A[i]);
+    Br[i] = host_tf32_round(B[i]);
+  }
+  double exact[256], mag[256], exact_raw[256], mag_raw[256];
+  tf32_reference(exact, mag, Ar, Br, C);
+  tf32_reference(exact_raw, mag_raw, A, B, C);
+  double worst = 0.0, worst_raw = 0.0;
+  bool ok = true, padding_kept = true;
+  for (int r = 0; r < 16; r++) {
+    for (int col = 0; col < 16; col++) {
+      float g = got[r * ldc + col];
+      double err = fabs((double)g - exact[r * 16 + col]);
+      bool good = err <= 9.0 * ldexp(1.0, -24) * mag[r * 16 + col];
+#ifdef CUDA_EMU
+      good = good && g == (float)exact[r * 16 + col];
+#endif
+      if (!good || g != g) ok = false;
+      worst = fmax(worst, err);
+      worst_raw = fmax(worst_raw, fabs((double)g - exact_raw[r * 16 + col]));
+    }
+    for (unsigned col = 16; col < ldc; col++) padding_kept = padding_kept && got[r * ldc + col] == -7.0f;
+  }
+  // and tf32 is really in use: against the unrounded inputs the error is
+  // far above fp32's (8 products of 2^-11-rounded values: ~1e-3)
+  check(ok && padding_kept && worst_raw > 1e-5, name, "max |error| %.3g against the rounded inputs, %.3g against "
+        "the fp32 inputs%s", worst, worst_raw, padding_kept ? "" : "; the store wrote padding");
+  CUDA_CHECK(cudaFree(d_a));
+  CUDA_CHECK(cudaFree(d_b));
+  CUDA_CHECK(cudaFree(d_c));
+  CUDA_CHECK(cudaFree(d_d));
+}
+
+static void test_wmma_tf32() {
+  using nvcuda::wmma::col_major;
+  using nvcuda::wmma::row_major;
+  test_wmma_tf32_case<row_major, row_major>("wmma tf32 mma_sync 16x16x8, a row-major, b row-major, padded ldm");
+  test_wmma_tf32_case<row_major, col_major>("wmma tf32 mma_sync 16x16x8, a row-major, b col-major, padded ldm");
+  test_wmma_tf32_case<col_major, row_major>("wmma tf32 mma_sync 16x16x8, a col-major, b row-major, padded ldm");
+  test_wmma_tf32_case<col_major, col_major>("wmma tf32 mma_sync 16x16x8, a col-major, b col-major, padded ldm");
+
+  // __float_to_tf32: to nearest, ties away from zero (cvt.rna); 10 mantissa
+  // bits kept; infinity and NaN pass
+  const float u10 = ldexpf(1.0f, -10), u11 = ldexpf(1.0f, -11), u12 = ldexpf(1.0f, -12);
+  std::vector<float> x = {1.0f + u11, -(1.0f + u11), 1.0f + u12, 1.0f + 3 * u12, 1.0f + u10 + u11,
+                          3.0f, INFINITY, NAN};
+  std::vector<float> want = {1.0f + u10, -(1.0f + u10), 1.0f, 1.0f + u10, 1.0f + 2 * u10, 3.0f, INFINITY, NAN};
+  float* d_x = to_device(x);
+  float* d_out = to_device(std::vector<float>(x.size(), 0.0f));
+  float_to_tf32_kernel<<<1, 32>>>(d_out, d_x, (int)x.size());
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> got = to_host(d_out, x.size());
+  bool conv_ok = true;
+  for (size_t i = 0; i < x.size(); i++)
+    conv_ok = conv_ok && (want[i] != want[i] ? got[i] != got[i] : got[i] == want[i]);
+  check(conv_ok, "wmma __float_to_tf32 rounds to nearest, ties away from zero (1 + 2^-11 -> 1 + 2^-10)",
+        "1 + 2^-11 -> 1 + %.6g 2^-10, -(1 + 2^-11) -> %.9g", (got[0] - 1.0f) / u10, got[1]);
+  CUDA_CHECK(cudaFree(d_x));
+  CUDA_CHECK(cudaFree(d_out));
+
+  // an unconverted input: the tensor cores ignore its low 13 mantissa bits
+  // (truncation toward zero), as documented. a = x e_0 e_0^T, b = ones: row 0
+  // of d is x as the hardware reads it, once raw (1 + 3 2^-12 -> 1, -(...) -> -1)
+  // and once converted (-> 1 + 2^-10)
+  std::vector<float> a(16 * 8, 0.0f), b(8 * 16, 1.0f), c(256, 0.0f);
+  a[0] = 1.0f + 3 * u12;
+  a[1 * 8] = -(1.0f + 3 * u12);  // row 1
+  float *d_a = to_device(a), *d_b = to_device(b), *d_c = to_device(c);
+  float* d_d = to_device(std::vector<float>(256, -7.0f));
+  float raw[2], converted[2];
+  for (int conv = 0; conv < 2; conv++) {
+    wmma_tf32_kernel<row_major, row_major><<<1, 32>>>(d_d, d_a, d_b, d_c, 8, 16, 16, conv);
+    CUDA_CHECK(cudaGetLastError());
+    std::vector<float> d = to_host(d_d, 256);
+    (conv ? converted : raw)[0] = d[0];
+    (conv ? converted : raw)[1] = d[16];
+  }
+  check(raw[0] == 1.0f && raw[1] == -1.0f && host_tf32_truncate(a[0]) == 1.0f,
+        "wmma tf32: an input not converted is truncated toward zero (1 + 3 2^-12 reads as 1)",
+        "got %.9g and %.9g", raw[0], raw[1]);
+  check(converted[0] == 1.0f + u10 && converted[1] == -(1.0f + u10),
+        "wmma tf32: the same input after __float_to_tf32 reads as 1 + 2^-10", "got %.9g and %.9g", converted[0],
+        converted[1]);
+  CUDA_CHECK(cudaFree(d_a));
+  CUDA_CHECK(cudaFree(d_b));
+  CUDA_CHECK(cudaFree(d_c));
+  CUDA_CHECK(cudaFree(d_d));
+
+  // the mapping of the tf32 inputs: 4 elements per lane, each held once
+  std::vector<float> m(128);
+  for (int e = 0; e < 128; e++) m[e] = (float)e;
+  float* d_m = to_device(m);
+  float* d_held = to_device(std::vector<float>(256, -1.0f));
+  wmma_tf32_mapping_kernel<<<1, 32>>>(d_held, d_m);
+  CUDA_CHECK(cudaGetLastError());
+  std::vector<float> held = to_host(d_held, 256);
+  const char* kinds[2] = {"matrix_a (16 x 8)", "matrix_b (8 x 16)"};
+  for (int kind = 0; kind < 2; kind++) {
+    std::vector<int> count(128, 0);
+    for (int s = 0; s < 128; s++) {
+      int e = (int)held[kind * 128 + s];
+      if (e >= 0 && e < 128 && (float)e == held[kind * 128 + s]) count[e]++;
+    }
+    int once = 0;
+    for (int e = 0; e < 128; e++) once += count[e] == 1;
+    char name[128];
+    snprintf(name, sizeof name, "wmma tf32 %s fragment: 4 elements per lane, each held by exactly one lane",
+             kinds[kind]);
+    check(once == 128, name, "%d of 128 elements held once", once);
+  }
+#ifdef CUDA_EMU
+  const char* mapping = getenv("CUDA_EMU_WMMA_MAPPING");
+  bool scrambled = mapping && strcmp(mapping, "scrambled") == 0;
+  int as_documented = 0;
+  for (int lane = 0; lane < 32; lane++) {
+    int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; i++) {
+      as_documented += held[0 * 128 + lane * 4 + i] == (float)((g + 8 * (i & 1)) * 8 + t + 4 * (i >> 1));
+      as_documented += held[1 * 128 + lane * 4 + i] == (float)((t + 4 * (i & 1)) * 16 + g + 8 * (i >> 1));
+    }
+  }
+  if (scrambled)
+    check(as_documented < 256 / 8, "CUDA_EMU_WMMA_MAPPING=scrambled: lanes hold other tf32 elements",
+          "%d of 256 as in the fixed mapping", as_documented);
+  else
+    check(as_documented == 256, "wmma tf32 lanes hold the elements of the documented fixed mapping", "%d of 256",
+          as_documented);
+#endif
+  CUDA_CHECK(cudaFree(d_m));
+  CUDA_CHECK(cudaFree(d_held));
+}
+
 // the race-free variants of the race kernels give the right answers (and, in
 // the race-check build, no report)
 static void test_race_free_kernels() {
@@ -2247,6 +2484,15 @@ __global__ void wmma_with_syncwarp_kernel(const float* c) {
   }
 }
 
+__global__ void wmma_tf32_bad_ldm_kernel(const float* a) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::row_major> fa;
+  nvcuda::wmma::load_matrix_sync(fa, a, 10);  // 40 bytes: not a multiple of 16 bytes
+}
+__global__ void wmma_tf32_misaligned_kernel(const float* b) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::col_major> fb;
+  nvcuda::wmma::load_matrix_sync(fb, b + 4, 8);  // 16 bytes past a 256-byte boundary
+}
+
 static void* g_wmma_buffer;  // 4 KiB of device memory for the bugs below
 static void wmma_bug_buffer() {
   CUDA_CHECK(cudaMalloc(&g_wmma_buffer, 4096));
@@ -2298,6 +2544,17 @@ static void bug_wmma_with_syncwarp() {
   cudaDeviceSynchronize();
 }
 
+static void bug_wmma_tf32_ldm() {
+  wmma_bug_buffer();
+  wmma_tf32_bad_ldm_kernel<<<1, 32>>>((const float*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+static void bug_wmma_tf32_misaligned() {
+  wmma_bug_buffer();
+  wmma_tf32_misaligned_kernel<<<1, 32>>>((const float*)g_wmma_buffer);
+  cudaDeviceSynchronize();
+}
+
 static void test_wmma_refusals() {
   expect_failure("wmma: bf16 ldm not a multiple of 8 is refused", bug_wmma_ldm,
                  {"wmma_bad_ldm_kernel", "load_matrix_sync", "ldm 12", "multiple of 8"});
@@ -2305,6 +2562,10 @@ static void test_wmma_refusals() {
                  {"wmma_bad_float_ldm_kernel", "store_matrix_sync", "ldm 18", "multiple of 4"});
   expect_failure("wmma: a pointer not 256-bit aligned is refused", bug_wmma_misaligned,
                  {"wmma_misaligned_kernel", "load_matrix_sync", "256-bit"});
+  expect_failure("wmma: tf32 ldm not a multiple of 4 is refused", bug_wmma_tf32_ldm,
+                 {"wmma_tf32_bad_ldm_kernel", "load_matrix_sync", "ldm 10", "multiple of 4"});
+  expect_failure("wmma: a tf32 pointer not 256-bit aligned is refused", bug_wmma_tf32_misaligned,
+                 {"wmma_tf32_misaligned_kernel", "load_matrix_sync", "256-bit"});
   expect_failure("wmma: lanes passing different pointers are refused", bug_wmma_lane_pointer,
                  {"wmma_lane_pointer_kernel", "lane 16 passes pointer"});
   expect_failure("wmma: lanes passing different ldm are refused", bug_wmma_lane_ldm,
@@ -2487,6 +2748,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && strcmp(argv[1], "--device-memory-child") == 0) return device_memory_child();
   if (argc > 1 && strcmp(argv[1], "--wmma-child") == 0) {
     test_wmma();
+    test_wmma_tf32();
     return g_failed ? 1 : 0;
   }
 #else
@@ -2514,6 +2776,7 @@ int main(int argc, char** argv) {
   test_events_and_device();
   test_cusolver_qr();
   test_wmma();
+  test_wmma_tf32();
   test_race_free_kernels();
   test_register_limit();
 #ifdef CUDA_EMU

@@ -459,6 +459,281 @@ static void test_lowrank_tf32(LowRankGPU* ctx) {
     }
 }
 
+// ---- 2d. bf16 mode's fused steps 5-6 (lowrank_residual_norms_kernel,
+// lowrank_update_moments_kernel, lowrank_fused_update_kernel) against the
+// unfused TF32 path (ctx->unfused) and against the CPU's steps 4-6
+// (cpu::lowrank_adam_in_subspace, lowrank_residual, lowrank_recovery_scaling,
+// lowrank_apply_update), batched: 3 matrices of a shape in one grouped batch
+// (the kernels' tables), both orientations, ranks 13 and 40 (not multiples of
+// 8 or 16; 40 crosses the 32-wide rank chunk) and 24 (a multiple of 8 only),
+// sizes no 64-tile divides. from states set by hand (no SVD): S random
+// orthonormal, M, V random, and the limiter of matrix 0 unset (it stores), of
+// 1 set far below (it fires), of 2 far above (it does not); step 2's gradient
+// is twice step 1's, so there every limiter fires. weight decay 0.1 in half
+// the cases, the limiter off in one. the CPU twin gets the GPU's Gt (the
+// projection is the existing TF32 path, bounded in 2b): M, V and N then agree
+// to fp32 rounding, and what is left is the fused kernels' own error.
+//
+// the tolerance, per element of W, from TF32's unit roundoff u = 2^-11 (to
+// nearest with 10 stored mantissa bits; the kernels convert with
+// __float_to_tf32). with f_j = scale phi_j and N' = alpha N - Gt diag(f), the
+// fused update computes W - lr c (S N' + f_j G); the CPU lr c (alpha S N + f_j
+// (G - S Gt)) in fp32. a product of two rounded inputs errs by 2u + u^2 of |a b|, and
+// fp32 accumulation over R terms adds (R + 2) 2^-24 on each side, so with
+//   A_ij = sum_k |S_ik| (|alpha N_kj| + |f_j Gt_kj|)   (the product's magnitude)
+//   c1 = 2u + u^2 + 2 (R + 2) 2^-24
+// the products differ by c1 A_ij. the limiter's scale follows ||Lambda||,
+// whose residual G - S Gt the norms kernel also forms from a TF32 product: its
+// column j errs relatively by at most
+//   d_lambda = c1 max_j ||P_j|| / ||res_j||,  P_ij = sum_k |S_ik| |Gt_kj|
+// and f_j by that plus phi's own rounding (2 ulp, 2^-22). the epilogue's fp32
+// operations add 8 ulp of the magnitudes involved. so
+//   |W_gpu - W_cpu|_ij <= lr c (c1 A_ij + (d_lambda + 2^-22) |f_j| |res_ij|)
+//                        + 8 2^-24 (|W_ij| + lr c (A_ij + |f_j| (|G_ij| + |res_ij|)))
+// and prev (= ||Lambda||, or the cap) within d_lambda + 2^-22 relative. against
+// the unfused TF32 path both sides carry their own TF32 error: twice the
+// bound. over steps the bounds add up: a step starts from W and the
+// limiter's prev as the last one left them (prev's relative error enters the
+// next cap, so d_lambda of earlier steps goes into f too). M and V see the same Gt on all three and must agree to 2 ulp of their
+// largest entry (fp32 expressions contracted to FMAs on a GPU)
+#define FUSED_U (1.0 / 2048.0)
+#define FUSED_MATRICES 3
+#define FUSED_STEPS 2
+
+typedef struct {
+    double w_ratio;     // max over elements of |diff| / bound
+    double prev_ratio;
+    double mv;          // max |M, V diff| / max |M, V|
+    int fired;          // limiter decisions that cut Lambda
+} FusedErrors;
+
+static void fused_errors_merge(FusedErrors* into, const FusedErrors* e) {
+    into->w_ratio = fmax(into->w_ratio, e->w_ratio);
+    into->prev_ratio = fmax(into->prev_ratio, e->prev_ratio);
+    into->mv = fmax(into->mv, e->mv);
+}
+
+// this step's bound on |W_gpu - W_ref| (unscaled), added into bound (m, n), from W before
+// the step Wb, S (p, R), Gt and N (the moments' shape), f (q,) = scale phi, G (m, n), as
+// the CPU had them; returns d_lambda
+static double fused_step_bound(double* bound, const float* Wb, const float* S, const float* Gt, const float* N,
+                               const float* f, const float* G, const cpu::LowRankState* st, float alpha,
+                               double step, double d_scale_before) {
+    int p = st->p, q = st->q, r = st->r, right = st->right;
+    double c1 = 2 * FUSED_U + FUSED_U * FUSED_U + 2.0 * (r + 2) * ldexp(1.0, -24);
+    size_t sr = right ? 1 : (size_t)q, sq = right ? (size_t)r : 1;
+    // the residual and P, column by column (left frame), and d_lambda
+    double* res = (double*)malloc((size_t)p * q * sizeof(double));
+    double* A = (double*)malloc((size_t)p * q * sizeof(double));
+    double d_lambda = 0.0;
+    for (int j = 0; j < q; j++) {
+        double rr = 0.0, pp = 0.0;
+        for (int i = 0; i < p; i++) {
+            double sg = 0.0, pa = 0.0, aa = 0.0;
+            for (int k = 0; k < r; k++) {
+                double s = S[(size_t)i * r + k], gt = Gt[k * sr + j * sq], n = N[k * sr + j * sq];
+                sg += s * gt;
+                pa += fabs(s) * fabs(gt);
+                aa += fabs(s) * (fabs(alpha * n) + fabs(f[j] * gt));
+            }
+            size_t idx = right ? (size_t)j * p + i : (size_t)i * q + j;
+            res[(size_t)i * q + j] = G[idx] - sg;
+            A[(size_t)i * q + j] = aa;
+            rr += (G[idx] - sg) * (G[idx] - sg);
+            pp += pa * pa;
+        }
+        if (rr > 0.0) { d_lambda = fmax(d_lambda, c1 * sqrt(pp / rr)); }
+    }
+    // f_j's relative error: this step's d_lambda, phi's 2 ulp, and the
+    // limiter's cap zeta prev from earlier steps (d_scale_before)
+    double d_f = d_lambda + ldexp(1.0, -22) + d_scale_before;
+    for (int j = 0; j < q; j++) {
+        for (int i = 0; i < p; i++) {
+            size_t idx = right ? (size_t)j * p + i : (size_t)i * q + j;
+            double a = A[(size_t)i * q + j], rs = fabs(res[(size_t)i * q + j]), fj = fabs(f[j]);
+            bound[idx] += step * (c1 * a + d_f * fj * rs) +
+                          8 * ldexp(1.0, -24) * (fabs(Wb[idx]) + step * (a + fj * (fabs(G[idx]) + rs)));
+        }
+    }
+    free(res);
+    free(A);
+    return d_lambda;
+}
+
+// max |Wg - Wr| / (factor bound), NaN wins
+static double fused_w_ratio(const float* Wg, const float* Wr, const double* bound, size_t mn, double factor) {
+    double ratio = 0.0;
+    for (size_t i = 0; i < mn; i++) {
+        double x = fabs((double)Wg[i] - Wr[i]) / (factor * bound[i]);
+        if (!(x <= ratio)) { ratio = x; }
+    }
+    return ratio;
+}
+
+static double fused_mv_diff(const float* a, const float* b, size_t n) {
+    double d = 0.0, big = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double x = fabs((double)a[i] - b[i]);
+        if (!(x <= d)) { d = x; }
+        big = fmax(big, fabs((double)b[i]));
+    }
+    return d / fmax(big, 1e-30);
+}
+
+static void test_lowrank_fused_case(int m, int n, int r, int limiter, float wd, uint64_t seed) {
+    cpu::LowRankConfig cfg = make_config(&method_cases[6], r, 1000, 1.0f, wd);  // subtrack+both: k 1000, no update
+    cfg.norm_growth_limiter = limiter;
+    float lr = 1e-2f;
+    size_t mn = (size_t)m * n, floats = cpu::lowrank_state_num_floats(m, n, r);
+    int p = m <= n ? m : n, q = m <= n ? n : m;
+    size_t pr = (size_t)p * r, qr = (size_t)q * r;
+    LowRankGPU ctx[2];           // 0: fused, 1: unfused, both TF32
+    LowRankStateGPU states[2][FUSED_MATRICES];
+    float *d_memory[2][FUSED_MATRICES], *d_W[2][FUSED_MATRICES], *d_G[FUSED_MATRICES];
+    float *cpu_memory[FUSED_MATRICES], *W[FUSED_MATRICES], *G[FUSED_MATRICES];
+    cpu::LowRankState st[FUSED_MATRICES];
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, seed);
+    LowRankGroupsGPU g[2];
+    for (int run = 0; run < 2; run++) {
+        lowrank_gpu_create(&ctx[run]);
+        ctx[run].tf32 = 1;
+        ctx[run].unfused = run;
+        lowrank_gpu_reserve_group(&ctx[run], m, n, r, FUSED_MATRICES);
+        lowrank_gpu_alloc(&ctx[run]);
+    }
+    for (int k = 0; k < FUSED_MATRICES; k++) {
+        cpu_memory[k] = (float*)malloc(floats * sizeof(float));
+        cpu::lowrank_state_init(&st[k], m, n, r, cpu_memory[k]);
+        double* Q = (double*)malloc(pr * sizeof(double));   // S: orthonormal columns
+        for (size_t i = 0; i < pr; i++) { Q[i] = cpu::rng_normal(&rng); }
+        orthonormalize(Q, p, r);
+        for (size_t i = 0; i < pr; i++) { st[k].S[i] = (float)Q[i]; }
+        free(Q);
+        for (size_t i = 0; i < qr; i++) {
+            st[k].M[i] = 0.01f * cpu::rng_normal(&rng);
+            st[k].V[i] = 1e-4f * (0.1f + fabsf(cpu::rng_normal(&rng)));
+        }
+        // limiter: unset, far below (fires), far above (does not)
+        st[k].limiter[0] = k == 1 ? 1e-3f : 1e3f;
+        st[k].limiter[1] = k == 0 ? 0.0f : 1.0f;
+        W[k] = (float*)malloc(mn * sizeof(float));
+        G[k] = (float*)malloc(mn * sizeof(float));
+        for (size_t i = 0; i < mn; i++) { W[k][i] = 0.1f * cpu::rng_normal(&rng); }
+        d_G[k] = device_copy(W[k], mn);
+        for (int run = 0; run < 2; run++) {
+            cudaCheck(cudaMalloc((void**)&d_memory[run][k], floats * sizeof(float)));
+            lowrank_state_init(&states[run][k], m, n, r, d_memory[run][k]);
+            cudaCheck(cudaMemcpy(d_memory[run][k], cpu_memory[k], floats * sizeof(float), cudaMemcpyHostToDevice));
+            d_W[run][k] = device_copy(W[k], mn);
+        }
+    }
+    for (int run = 0; run < 2; run++) {
+        lowrank_groups_build(&g[run], states[run], FUSED_MATRICES, &ctx[run], 0);
+        lowrank_groups_bind(&g[run], d_W[run], d_G);
+    }
+    float* Gt = (float*)malloc(qr * sizeof(float));
+    float* N = (float*)malloc(qr * sizeof(float));
+    float* D = (float*)malloc(mn * sizeof(float));
+    float* phi = (float*)malloc(q * sizeof(float));
+    double* norm2 = (double*)malloc(q * sizeof(double));
+    float* Wb = (float*)malloc(mn * sizeof(float));
+    float* host[2];
+    for (int run = 0; run < 2; run++) { host[run] = (float*)malloc((floats + mn) * sizeof(float)); }
+    FusedErrors vs_cpu, vs_unfused;
+    memset(&vs_cpu, 0, sizeof vs_cpu);
+    memset(&vs_unfused, 0, sizeof vs_unfused);
+    size_t bits_differ = 0;
+    double* bound[FUSED_MATRICES];
+    double d_prev[FUSED_MATRICES];
+    for (int k = 0; k < FUSED_MATRICES; k++) {
+        bound[k] = (double*)calloc(mn, sizeof(double));
+        d_prev[k] = 0.0;
+    }
+    for (int t = 1; t <= FUSED_STEPS; t++) {
+        for (int k = 0; k < FUSED_MATRICES; k++) {
+            for (size_t i = 0; i < mn; i++) { G[k][i] = (float)t * 0.05f * cpu::rng_normal(&rng); }
+            cudaCheck(cudaMemcpy(d_G[k], G[k], mn * sizeof(float), cudaMemcpyHostToDevice));
+        }
+        for (int run = 0; run < 2; run++) { lowrank_groups_step(&g[run], t, &cfg, lr, &ctx[run], NULL); }
+        double c = sqrt(1.0 - pow((double)cfg.beta2, t + 1)) / (1.0 - pow((double)cfg.beta1, t + 1));
+        double step = (float)(lr * c);
+        for (int k = 0; k < FUSED_MATRICES; k++) {
+            // the CPU's steps 4-6 from the fused run's Gt (its scratch, still there after the step)
+            host_copy(Gt, g[0].batch[0].Gt.on_host(k), qr);
+            memcpy(Wb, W[k], mn * sizeof(float));
+            float prev_before = st[k].limiter[0], prev_set_before = st[k].limiter[1];
+            cpu::lowrank_adam_in_subspace(&st[k], N, Gt, &cfg);
+            cpu::lowrank_residual(D, &st[k], G[k], Gt);
+            cpu::lowrank_recovery_scaling(&st[k], D, N, Gt, &cfg, phi, norm2);    // phi becomes f = scale phi
+            cpu::lowrank_apply_update(W[k], &st[k], N, D, t, &cfg, lr);
+            if (limiter && prev_set_before != 0.0f && st[k].limiter[0] < (float)(cfg.norm_growth_limit * prev_before) * 1.0001f &&
+                st[k].limiter[0] > (float)(cfg.norm_growth_limit * prev_before) * 0.9999f) {
+                vs_cpu.fired++;
+            }
+            for (int run = 0; run < 2; run++) {
+                host_copy(host[run], d_memory[run][k], floats);
+                host_copy(host[run] + floats, d_W[run][k], mn);
+            }
+            for (size_t i = 0; i < mn; i++) {
+                bits_differ += memcmp(&host[0][floats + i], &host[1][floats + i], sizeof(float)) != 0;
+            }
+            double d_lambda = fused_step_bound(bound[k], Wb, st[k].S, Gt, N, phi, G[k], &st[k], cfg.low_rank_scale,
+                                               step, d_prev[k]);
+            d_prev[k] += d_lambda + ldexp(1.0, -22);
+            for (int run = 0; run < 2; run++) {
+                FusedErrors e;
+                memset(&e, 0, sizeof e);
+                const float* Wref = run == 0 ? W[k] : host[1] + floats;
+                e.w_ratio = fused_w_ratio(host[0] + floats, Wref, bound[k], mn, run == 0 ? 1.0 : 2.0);
+                const float* ref_mem = run == 0 ? cpu_memory[k] : host[1];
+                e.mv = fmax(fused_mv_diff(host[0] + pr, ref_mem + pr, qr),
+                            fused_mv_diff(host[0] + pr + qr, ref_mem + pr + qr, qr));
+                double prev_ref = ref_mem[pr + 2 * qr], prev_got = host[0][pr + 2 * qr];
+                e.prev_ratio = fabs(prev_got - prev_ref) /
+                               (fmax(fabs(prev_ref), 1e-30) * (run == 0 ? 1.0 : 2.0) * d_prev[k]);
+                if (host[0][pr + 2 * qr + 1] != ref_mem[pr + 2 * qr + 1]) { e.prev_ratio = INFINITY; }
+                fused_errors_merge(run == 0 ? &vs_cpu : &vs_unfused, &e);
+            }
+        }
+    }
+    double mv_tol = ldexp(1.0, -22);
+    int want_fired = limiter ? 1 + FUSED_MATRICES : 0;   // matrix 1 at step 1, every matrix at step 2
+    check(vs_cpu.w_ratio <= 1.0 && vs_cpu.prev_ratio <= 1.0 && vs_cpu.mv <= mv_tol && vs_cpu.fired == want_fired,
+          "lowrank fused %3dx%-3d r%-2d %s wd %g, %d x %d steps against the CPU's steps 4-6: W %.2f of its bound, "
+          "prev %.2f, M V %.1e (tol 2^-22), limiter fired %d times (want %d)", m, n, r,
+          limiter ? "limiter on " : "limiter off", wd, FUSED_MATRICES, FUSED_STEPS, vs_cpu.w_ratio, vs_cpu.prev_ratio,
+          vs_cpu.mv, vs_cpu.fired, want_fired);
+    check(vs_unfused.w_ratio <= 1.0 && vs_unfused.prev_ratio <= 1.0 && vs_unfused.mv <= mv_tol && bits_differ > 0,
+          "lowrank fused %3dx%-3d r%-2d %s wd %g against the unfused TF32 path: W %.2f of twice the bound, prev %.2f, "
+          "M V %.1e; %zu floats of W differ in their bits (the fused path ran)", m, n, r,
+          limiter ? "limiter on " : "limiter off", wd, vs_unfused.w_ratio, vs_unfused.prev_ratio, vs_unfused.mv,
+          bits_differ);
+    for (int run = 0; run < 2; run++) {
+        lowrank_groups_free(&g[run]);
+        for (int k = 0; k < FUSED_MATRICES; k++) {
+            lowrank_state_free(&states[run][k]);
+            cudaCheck(cudaFree(d_memory[run][k]));
+            cudaCheck(cudaFree(d_W[run][k]));
+        }
+        lowrank_gpu_destroy(&ctx[run]);
+        free(host[run]);
+    }
+    for (int k = 0; k < FUSED_MATRICES; k++) {
+        cudaCheck(cudaFree(d_G[k]));
+        free(cpu_memory[k]); free(W[k]); free(G[k]); free(bound[k]);
+    }
+    free(Gt); free(N); free(D); free(phi); free(norm2); free(Wb);
+}
+
+static void test_lowrank_fused(void) {
+    test_lowrank_fused_case(72, 200, 13, 1, 0.0f, 7001);    // left, R odd
+    test_lowrank_fused_case(200, 72, 13, 1, 0.1f, 7002);    // right, weight decay
+    test_lowrank_fused_case(70, 130, 24, 1, 0.1f, 7003);    // left, R a multiple of 8 only
+    test_lowrank_fused_case(150, 40, 40, 1, 0.0f, 7004);    // right, R = p: chunk 32 + 8
+    test_lowrank_fused_case(100, 96, 24, 0, 0.1f, 7005);    // right, limiter off
+}
+
 // ---- 2c. the grouped step (lowrank_groups_step), which the trainer runs,
 // against each matrix stepping alone (lowrank_adamw_step, checked against the
 // CPU above): 7 matrices of two shapes, one per orientation (3 of 24x56, 4 of
@@ -1273,6 +1548,7 @@ int main(int argc, char** argv) {
     test_quantize_blockwise();
     test_lowrank_all(&ctx);
     test_lowrank_tf32(&ctx);
+    test_lowrank_fused();
     test_lowrank_groups();
     test_resume_bit_exact(&ctx);
     test_power_iteration_start();

@@ -2413,24 +2413,65 @@ size_t svd_scratch_num_floats(int m, int n, int r) {
 
 // ---- the randomized top-R SVD (--svd randomized)
 //
-// Halko, Martinsson and Tropp, "Finding structure with randomness" (SIAM
-// Review 2011), algorithms 4.4 (randomized subspace iteration) and 5.1
-// (direct SVD by Rayleigh-Ritz), on X = op(G) (p, q), p <= q:
-//   Omega (q, l) Gaussian, l = min(R + o, p)
-//   Y = X Omega,                 Q = orth(Y)           (p, l)
-//   q_iters times: Z = orth(X^T Q) (q, l),  Q = orth(X Z)
-//   Z = X^T Q (q, l),  K = Z^T Z = Q^T X X^T Q (l, l) in double,
-//   U = its top R eigenvectors,  S = Q U (p, R), canonical sign.
-// the exact path costs (4/3) p^3 for the Gram matrix's eigensolver; this one
-// 2 (2 q_iters + 2) p q l of products, O((p + q) l^2) of QR and O(l^3).
-// the error of span(S) against the exact top-R subspace falls like
-// (s_{l+1} / s_R)^(2 q_iters + 1) (HMT section 10.4); for a given Omega,
-// tan theta <= (s_{R+1} / s_R)^(2 q_iters + 1) ||Omega_2 Omega_1^+|| holds
-// outright, and test_subtrack.c (test_svd_randomized) checks that.
-// every basis is kept transposed, one vector per row (Qt (l, p), Zt (l, q)):
-// that is cuSOLVER's column-major (p, l), so the GPU twin factors the same
-// arrays in place. orth is Householder QR in double (LAPACK's dgeqr2 + dorg2r),
-// which stays orthonormal when Y is rank deficient (G of rank < l).
+// the exact path above pays for the whole eigendecomposition of the (p, p)
+// Gram matrix, whose tridiagonal reduction is p column steps one after the
+// other. this one finds only the top-R subspace, by randomized subspace
+// iteration (Halko, Martinsson and Tropp, "Finding structure with
+// randomness", SIAM Review 2011: algorithm 4.4, the randomized subspace
+// iteration, and 5.1, the SVD by Rayleigh-Ritz), run on the Gram matrix, so
+// that everything but a few small (l, l) eigenproblems is a matrix product,
+// and the eigenproblems of many matrices can be solved in one batched call on
+// a GPU. on X = op(G) (p, q), p <= q, l = min(R + o, p) columns:
+//
+//   1. K = X X^T (p, p) in double (the exact path's gram_double). its
+//      eigenvectors are X's left singular vectors, its eigenvalues s_i^2.
+//   2. A = K + mu I, mu > 0 from trace(K) (below). A has K's eigenvectors, and
+//      every A Q with orthonormal Q has full rank, even when G has rank < l.
+//   3. Omega (p, l) Gaussian; Q = orth(Omega); then (power_iters + 1) times
+//      Q = orth(A Q). span(Q) = span(A^(it+1) Omega): the range finder, whose
+//      powers of A push span(Q) towards the top eigenvectors.
+//   4. Rayleigh-Ritz: B = Q^T A Q (l, l), its top R eigenvectors U, S = Q U
+//      (p, R), narrowed to fp32, canonical sign. B's eigenvectors are those of
+//      Q^T K Q, as Q^T Q = I: the shift only adds mu to every eigenvalue.
+//
+// orth(Y), Y (p, l): W = Y^T Y (l, l) = V Lambda V^T, Q = Y V Lambda^-1/2, so
+// that Q^T Q = I; done twice. this is CholeskyQR2 (Fukaya, Nakatsukasa,
+// Yanagisawa, Yamamoto 2014) with an eigendecomposition in place of the
+// Cholesky factor: forming W squares the condition number, so one pass leaves
+// ||Q^T Q - I|| ~ u kappa(Y)^2 (u = 2^-53; the proven bound has a factor
+// polynomial in p and l, which in practice does not show); the second pass
+// starts from kappa(Q) ~ 1 + u kappa(Y)^2 and leaves ~u, as long as the first
+// one's error stays below 1. eigenvalues below ORTH_EIG_FLOOR Lambda_max
+// (roundoff) are raised to it, so a rounding error cannot divide by zero.
+//
+// the shift. for orthonormal Q, the singular values of A Q lie between A's
+// smallest and largest eigenvalues, so
+//     kappa(A Q) <= (s_1^2 + mu) / mu <= (trace(K) + mu) / mu = 1 + 2^20
+// with mu = RSVD_SHIFT trace(K), RSVD_SHIFT = 2^-20: u kappa^2 <= 1.2e-4, well
+// inside CholeskyQR2's range. the first orth sees Omega itself, a Gaussian
+// (p, l) matrix, whose kappa is ~ (sqrt p + sqrt l) / (sqrt p - sqrt l) and
+// exceeds t (sqrt p + sqrt l) / (sqrt p - sqrt(l - 1)) with probability below
+// (C / t)^(p - l + 1) (Rudelson and Vershynin 2009): for l < p it stays far
+// below u^-1/2 ~ 1e8. for l == p there is nothing to find (any basis spans
+// everything): Q = I and step 4 is the exact eigenproblem of K.
+// the shift does not move the eigenvectors; it only slows the iteration, whose
+// ratio per application of A becomes (s_(R+1)^2 + mu) / (s_R^2 + mu). mu is
+// 16 times the fp32 noise of K (G in fp32 moves K by up to ~2 u32 trace(K),
+// u32 = 2^-24), so it only matters where s_R^2 is itself near that noise and
+// the top-R subspace of G is not defined to fp32 anyway. K == 0 (G == 0): mu
+// = 1, A = I, and any orthonormal basis is a correct answer.
+//
+// accuracy: for the Omega drawn, with Omega_1 = U_R^T Omega (R, l) and Omega_2
+// = U_perp^T Omega, U the eigenvectors of K (HMT 2011, theorem 9.1; Gu 2015):
+//     tan theta_max(span Q, U_R) <= ((s_(R+1)^2 + mu) / (s_R^2 + mu))^(it + 1)
+//                                   ||Omega_2 Omega_1^+||
+// i.e. the singular value ratio to the power 2 (it + 1); Rayleigh-Ritz then
+// adds at most a factor sqrt(1 + (||P_Q A P_perp|| / gap)^2) (Knyazev).
+// test_subtrack.c (test_svd_randomized) checks this bound.
+// cost: the Gram p^2 q, (it + 2) products A Q of 2 p^2 l, 2 (it + 2) orth
+// passes of 2 x 2 p l^2 and one (l, l) eigenproblem each, one for step 4.
+// every basis is kept transposed, one vector per row (Qt (l, p)), which is
+// cuBLAS's column-major (p, l): the GPU twin uses the same arrays.
 
 #ifndef HOST_DEVICE
 #define HOST_DEVICE
@@ -2441,6 +2482,8 @@ HOST_DEVICE void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1);
 #define SVD_OVERSAMPLE_MAX 256
 #define SVD_POWER_ITERS_DEFAULT 2
 #define SVD_POWER_ITERS_MAX 10
+#define RSVD_SHIFT 9.5367431640625e-07      // 2^-20: mu = RSVD_SHIFT trace(K) (above)
+#define ORTH_EIG_FLOOR 1e-15                // orth's eigenvalues below this x the largest are roundoff
 // Omega's draws: Philox counter (SVD_SKETCH_STREAM + matrix << 40 + entry, step),
 // key the seed. bit 62 keeps them apart from the stochastic rounding's streams
 // (weights below 2^40, subspaces at bit 63); an entry index is below 2^40
@@ -2449,7 +2492,9 @@ HOST_DEVICE void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1);
 
 // entry index of the sketch of matrix `stream` at step `step`: a standard
 // normal by Box-Muller in double on two 53-bit uniforms in (0, 1), then fp32.
-// the GPU's kernel calls this very function, so both draw the same Omega
+// Omega (p, l) has entry (i, j) at index j p + i (column j is row j of
+// Omega^T, the layout of every basis here). the GPU's kernel calls this very
+// function, so both draw the same Omega
 HOST_DEVICE static inline float svd_sketch_normal(uint64_t seed, uint64_t step, uint64_t stream, uint64_t index) {
     uint64_t at = SVD_SKETCH_STREAM + (stream << SVD_SKETCH_MATRIX_SHIFT) + index;
     uint32_t ctr[4] = {(uint32_t)at, (uint32_t)(at >> 32), (uint32_t)step, (uint32_t)(step >> 32)};
@@ -2461,10 +2506,15 @@ HOST_DEVICE static inline float svd_sketch_normal(uint64_t seed, uint64_t step, 
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+// the shift of step 2 for a Gram matrix of trace `trace` (the GPU's kernel calls it too)
+HOST_DEVICE static inline double rsvd_shift(double trace) {
+    return trace > 0.0 ? RSVD_SHIFT * trace : 1.0;
+}
+
 // what the randomized SVD of one matrix needs beyond (S, G, m, n, r)
 typedef struct {
     int oversample;     // o: the sketch has l = min(R + o, p) columns
-    int power_iters;    // q_iters
+    int power_iters;    // it
     uint64_t seed, step, stream;  // Omega's draws (svd_sketch_normal)
 } SvdSketch;
 
@@ -2475,125 +2525,146 @@ int svd_sketch_cols(int m, int n, int r, int oversample) {
 }
 
 typedef struct {
-    float* Wt;      // (l, q) Omega^T, then Z^T
-    float* Qt;      // (l, p) Y^T, then Q^T
-    double* A;      // (l, q) a basis being orthonormalized, one vector per row
-    double* tau;    // (l,) its reflector scales
-    float* U;       // (R, l) the top eigenvectors of K, one per row
-    SvdScratch eig; // K (l, l) and the eigensolver's arrays, as the exact path's with p = l
+    double* Qt;     // (l, p) the basis Q, one vector per row
+    double* Yt;     // (l, p) Omega or A Q, then the other pass's basis
+    SvdScratch eig; // K (p, p) as A, the Gram panel, and the eigensolver's arrays for (l, l)
+    double* W;      // (l, l) Y^T Y, then B = Q^T A Q
 } RsvdScratch;
 
-static RsvdScratch rsvd_scratch_layout(Scratch* sc, int p, int q, int r, int l) {
+static RsvdScratch rsvd_scratch_layout(Scratch* sc, int p, int l) {
     RsvdScratch w;
-    w.Wt = scratch_floats(sc, (size_t)l * q);
-    w.Qt = scratch_floats(sc, (size_t)l * p);
-    w.A = scratch_doubles(sc, (size_t)l * q);
-    w.tau = scratch_doubles(sc, l);
-    w.U = scratch_floats(sc, (size_t)r * l);
-    w.eig = svd_scratch_layout(sc, l, r);
+    w.Qt = scratch_doubles(sc, (size_t)l * p);
+    w.Yt = scratch_doubles(sc, (size_t)l * p);
+    w.eig = svd_scratch_layout(sc, p, l);   // K (p, p) and X's panel; the rest is used at size l
+    w.W = scratch_doubles(sc, (size_t)l * l);
     return w;
 }
 
 size_t svd_randomized_scratch_num_floats(int m, int n, int r, int oversample) {
     Scratch sc = {NULL, 0};
-    int p = m <= n ? m : n, q = m <= n ? n : m;
-    rsvd_scratch_layout(&sc, p, q, r, svd_sketch_cols(m, n, r, oversample));
+    rsvd_scratch_layout(&sc, m <= n ? m : n, svd_sketch_cols(m, n, r, oversample));
     return sc.used;
 }
 
-// the l rows of Vt (l, len) <- an orthonormal basis of their span, in place:
-// Householder QR of the column-major (len, l) matrix they form (dgeqr2), then
-// its explicit thin Q (dorg2r). A (l, len) double and tau (l,) are scratch
-void orthonormalize_rows(float* Vt, int l, int len, double* A, double* tau) {
-    for (size_t i = 0; i < (size_t)l * len; i++) { A[i] = Vt[i]; }
-    for (int j = 0; j < l; j++) {
-        double* x = A + (size_t)j * len + j;        // column j from row j down, (len - j,)
-        int n = len - j;
-        double xnorm2 = 0.0;
-        for (int i = 1; i < n; i++) { xnorm2 += x[i] * x[i]; }
-        double alpha = x[0];
-        if (xnorm2 == 0.0) { tau[j] = 0.0; continue; }  // H_j = I, as dlarfg
-        double beta = -copysign(sqrt(alpha * alpha + xnorm2), alpha);
-        tau[j] = (beta - alpha) / beta;
-        double scale = 1.0 / (alpha - beta);
-        for (int i = 1; i < n; i++) { x[i] *= scale; }
-        x[0] = beta;
-        // H_j on the columns right of j: c -= tau (v^T c) v, v = (1, x[1:])
-        #pragma omp parallel for schedule(static)
-        for (int k = j + 1; k < l; k++) {
-            double* c = A + (size_t)k * len + j;
-            double s = c[0];
-            for (int i = 1; i < n; i++) { s += x[i] * c[i]; }
-            s *= tau[j];
-            c[0] -= s;
-            for (int i = 1; i < n; i++) { c[i] -= s * x[i]; }
+// Yt (l, p) = Qt (l, p) A, A (p, p) symmetric: row a of Yt is (A q_a)^T
+static void rsvd_times_a(double* Yt, const double* Qt, const double* A, int p, int l) {
+    #pragma omp parallel for schedule(static)
+    for (int a = 0; a < l; a++) {
+        const double* q = Qt + (size_t)a * p;
+        double* y = Yt + (size_t)a * p;
+        for (int j = 0; j < p; j++) { y[j] = 0.0; }
+        for (int i = 0; i < p; i++) {
+            double qi = q[i];
+            const double* Ai = A + (size_t)i * p;
+            #pragma omp simd
+            for (int j = 0; j < p; j++) { y[j] += qi * Ai[j]; }
         }
     }
-    // Q = H_0 ... H_{l-1} I[:, :l], built from the last reflector back (dorg2r)
-    for (int j = l - 1; j >= 0; j--) {
-        double* v = A + (size_t)j * len + j;
-        int n = len - j;
-        #pragma omp parallel for schedule(static)
-        for (int k = j + 1; k < l; k++) {
-            double* c = A + (size_t)k * len + j;
-            double s = c[0];
-            for (int i = 1; i < n; i++) { s += v[i] * c[i]; }
-            s *= tau[j];
-            c[0] -= s;
-            for (int i = 1; i < n; i++) { c[i] -= s * v[i]; }
+}
+
+// W (l, l) = Xt Yt^T: W[a][b] = x_a . y_b, rows of length p
+static void rsvd_cross(double* W, const double* Xt, const double* Yt, int p, int l) {
+    #pragma omp parallel for schedule(static)
+    for (int a = 0; a < l; a++) {
+        for (int b = 0; b < l; b++) {
+            double s = 0.0;
+            #pragma omp simd reduction(+:s)
+            for (int i = 0; i < p; i++) { s += Xt[(size_t)a * p + i] * Yt[(size_t)b * p + i]; }
+            W[(size_t)a * l + b] = s;
         }
-        for (int i = 1; i < n; i++) { v[i] *= -tau[j]; }
-        v[0] = 1.0 - tau[j];
-        for (int i = 0; i < j; i++) { A[(size_t)j * len + i] = 0.0; }
     }
-    for (size_t i = 0; i < (size_t)l * len; i++) { Vt[i] = (float)A[i]; }
 }
 
-// the two products of the iteration, X = op(G) (p, q), G (m, n):
-//   Qt (l, p) = Wt X^T        Wt (l, q) = Qt X
-static void rsvd_times_xt(float* Qt, const float* Wt, const float* G, int m, int n, int l) {
-    if (m <= n) { gemm(0, 1, l, m, n, 1.0f, Wt, n, G, n, 0.0f, Qt, m); }
-    else        { gemm(0, 0, l, n, m, 1.0f, Wt, m, G, n, 0.0f, Qt, n); }
+// Out (k, p) = Z (k, l) Yt (l, p): row a of Out = sum_b Z[a][b] y_b
+static void rsvd_combine(double* Out, const double* Z, const double* Yt, int p, int l, int k) {
+    #pragma omp parallel for schedule(static)
+    for (int a = 0; a < k; a++) {
+        double* o = Out + (size_t)a * p;
+        for (int i = 0; i < p; i++) { o[i] = 0.0; }
+        for (int b = 0; b < l; b++) {
+            double z = Z[(size_t)a * l + b];
+            const double* y = Yt + (size_t)b * p;
+            #pragma omp simd
+            for (int i = 0; i < p; i++) { o[i] += z * y[i]; }
+        }
+    }
 }
 
-static void rsvd_times_x(float* Wt, const float* Qt, const float* G, int m, int n, int l) {
-    if (m <= n) { gemm(0, 0, l, n, m, 1.0f, Qt, m, G, n, 0.0f, Wt, n); }
-    else        { gemm(0, 1, l, m, n, 1.0f, Qt, n, G, n, 0.0f, Wt, m); }
+// the eigenpairs of W (l, l) symmetric, the k largest: w.eig.eig (k,) descending,
+// w.eig.Z (k, l) one vector per row (the exact path's eigensolver; W is overwritten)
+static void rsvd_eigen(RsvdScratch* w, int l, int k) {
+    SvdScratch* e = &w->eig;
+    tridiagonalize(w->W, e->d, e->e, e->tau, e->work, l);
+    tridiagonal_top_eigenpairs(e->eig, e->Z, e->lu, e->pivot, e->d, e->e, l, k);
+    tridiagonal_backtransform(e->Z, w->W, e->tau, l, k);
+}
+
+// one orth pass: Out (l, p) = an orthonormal basis of the rows of In (l, p),
+// In^T V Lambda^-1/2 with Lambda, V the eigenpairs of In In^T (l, l)
+static void orthonormalize_rows_pass(double* Out, const double* In, RsvdScratch* w, int p, int l) {
+    rsvd_cross(w->W, In, In, p, l);
+    rsvd_eigen(w, l, l);
+    double* lambda = w->eig.eig;
+    double lowest = fmax(lambda[0] * ORTH_EIG_FLOOR, DBL_MIN);   // lambda[0] is the largest
+    for (int k = 0; k < l; k++) {
+        double inv = 1.0 / sqrt(fmax(lambda[k], lowest));
+        for (int b = 0; b < l; b++) { w->eig.Z[(size_t)k * l + b] *= inv; }
+    }
+    rsvd_combine(Out, w->eig.Z, In, p, l, l);
+}
+
+// the l rows of Yt (l, p) <- an orthonormal basis of their span (two passes,
+// CholeskyQR2-like, above); Qt (l, p) is scratch
+void orthonormalize_rows(double* Yt, double* Qt, RsvdScratch* w, int p, int l) {
+    orthonormalize_rows_pass(Qt, Yt, w, p, l);
+    orthonormalize_rows_pass(Yt, Qt, w, p, l);
 }
 
 // S (p, R) = the top-r left singular vectors of X = op(G), approximately (above),
 // canonical sign. the twin of svd_top_left_singular_vectors
 void svd_randomized_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, const SvdSketch* sk,
                                               float* scratch) {
-    int p = m <= n ? m : n, q = m <= n ? n : m;
+    int right = m > n;
+    int p = right ? n : m, q = right ? m : n;
     int l = svd_sketch_cols(m, n, r, sk->oversample);
     Scratch sc = {scratch, 0};
-    RsvdScratch w = rsvd_scratch_layout(&sc, p, q, r, l);
-    #pragma omp parallel for schedule(static)
-    for (int j = 0; j < l; j++) {
-        for (int c = 0; c < q; c++) {
-            size_t at = (size_t)j * q + c;
-            w.Wt[at] = svd_sketch_normal(sk->seed, sk->step, sk->stream, at);
+    RsvdScratch w = rsvd_scratch_layout(&sc, p, l);
+    double* A = w.eig.K;
+    // steps 1-2: A = X X^T + mu I
+    gram_double(A, w.eig.panel, G, n, right, p, q);
+    double trace = 0.0;
+    for (int i = 0; i < p; i++) { trace += A[(size_t)i * p + i]; }
+    double mu = rsvd_shift(trace);
+    for (int i = 0; i < p; i++) { A[(size_t)i * p + i] += mu; }
+    // step 3: the basis Q (rows of Qt); Yt is the other buffer, and the two swap
+    double* Qt = w.Qt;
+    double* Yt = w.Yt;
+    if (l == p) {
+        memset(Qt, 0, (size_t)l * p * sizeof(double));
+        for (int i = 0; i < p; i++) { Qt[(size_t)i * p + i] = 1.0; }
+    } else {
+        #pragma omp parallel for schedule(static)
+        for (int j = 0; j < l; j++) {
+            for (int i = 0; i < p; i++) {
+                size_t at = (size_t)j * p + i;
+                Qt[at] = svd_sketch_normal(sk->seed, sk->step, sk->stream, at);
+            }
+        }
+        orthonormalize_rows(Qt, Yt, &w, p, l);                  // Q = orth(Omega)
+        for (int it = 0; it <= sk->power_iters; it++) {
+            rsvd_times_a(Yt, Qt, A, p, l);                      // Y = A Q
+            orthonormalize_rows(Yt, Qt, &w, p, l);              // Q = orth(Y)
+            double* t = Qt; Qt = Yt; Yt = t;
         }
     }
-    rsvd_times_xt(w.Qt, w.Wt, G, m, n, l);                      // Y^T = Omega^T X^T
-    orthonormalize_rows(w.Qt, l, p, w.A, w.tau);
-    for (int it = 0; it < sk->power_iters; it++) {
-        rsvd_times_x(w.Wt, w.Qt, G, m, n, l);                   // Z^T = Q^T X
-        orthonormalize_rows(w.Wt, l, q, w.A, w.tau);
-        rsvd_times_xt(w.Qt, w.Wt, G, m, n, l);                  // Y^T = Z^T X^T
-        orthonormalize_rows(w.Qt, l, p, w.A, w.tau);
+    // step 4: B = Q^T A Q, its top r eigenvectors U (r, l), S = Q U
+    rsvd_times_a(Yt, Qt, A, p, l);
+    rsvd_cross(w.W, Qt, Yt, p, l);
+    rsvd_eigen(&w, l, r);
+    rsvd_combine(Yt, w.eig.Z, Qt, p, l, r);                     // S^T (r, p)
+    for (int i = 0; i < p; i++) {
+        for (int k = 0; k < r; k++) { S[(size_t)i * r + k] = (float)Yt[(size_t)k * p + i]; }
     }
-    rsvd_times_x(w.Wt, w.Qt, G, m, n, l);                       // Z^T = Q^T X
-    // K (l, l) = Z^T Z in double: its eigenvalues are s_i^2, so fp32 would
-    // square the condition number into fp32 rounding (as the exact path's Gram)
-    gram_double(w.eig.K, w.eig.panel, w.Wt, q, 0, l, q);        // the exact path's Gram, of Z^T (l, q)
-    tridiagonalize(w.eig.K, w.eig.d, w.eig.e, w.eig.tau, w.eig.work, l);
-    tridiagonal_top_eigenpairs(w.eig.eig, w.eig.Z, w.eig.lu, w.eig.pivot, w.eig.d, w.eig.e, l, r);
-    tridiagonal_backtransform(w.eig.Z, w.eig.K, w.eig.tau, l, r);
-    for (size_t i = 0; i < (size_t)r * l; i++) { w.U[i] = (float)w.eig.Z[i]; }
-    // S (p, R) = Q U = Qt^T U^T
-    gemm(1, 1, p, r, l, 1.0f, w.Qt, p, w.U, l, 0.0f, S, r);
     canonical_sign(S, p, r);
 }
 

@@ -3338,11 +3338,14 @@ moments_rotate_rank1_kernel(PerMatrix<float> M_of, PerMatrix<float> V_of, PerMat
 
 // K (p, p) = X X^T in double, X = op(G) (p, q): X = G (left) or G^T (right), G (m, n).
 // 32x32 output tiles, only those on or below the diagonal are computed, each
-// written to both triangles; every entry is a plain in-order sum over q
+// written to both triangles; every entry is a plain in-order sum over q. a
+// batch: blockIdx.z is the matrix, its K at K + z k_stride
 __global__ void __launch_bounds__(GRAM_TILE * OPTIM_ROWS)
-gram_double_kernel(double* K, const float* G, int n, int right, int p, int q) {
+gram_double_kernel(double* K, size_t k_stride, PerMatrix<const float> G_of, int n, int right, int p, int q) {
     __shared__ double tile_a[GRAM_TILE][GRAM_TILE + 1];   // rows a0.., columns k0..
     __shared__ double tile_b[GRAM_TILE][GRAM_TILE + 1];   // rows b0.., columns k0..
+    const float* G = G_of.at(blockIdx.z);
+    K += blockIdx.z * k_stride;
     int a0 = blockIdx.y * GRAM_TILE, b0 = blockIdx.x * GRAM_TILE;
     if (b0 > a0) { return; }  // upper tiles come from the mirror; block-uniform
     int tx = threadIdx.x, ty = threadIdx.y;
@@ -3391,30 +3394,83 @@ __global__ void top_eigenvectors_kernel(float* S, const double* Z, int p, int r)
     S[idx] = (float)Z[(size_t)(r - 1 - k) * p + i];
 }
 
-// --svd randomized: the sketch Omega^T (l, q), entry at = j q + c, drawn by the
-// CPU's own svd_sketch_normal, so that both draw the same Omega
-__global__ void svd_sketch_kernel(float* Wt, size_t numel, uint64_t seed, uint64_t step, uint64_t stream) {
+// --svd randomized (svd_randomized_top_left_singular_vectors below). every
+// launch covers a batch of count matrices, blockIdx.y the matrix, whose arrays
+// lie one after another (RsvdArraysGPU); bases are column-major (p, l), the
+// CPU's Qt (l, p).
+
+// Omega (p, l) of each matrix into Y, entry at = j p + i drawn by the CPU's own
+// svd_sketch_normal, so that both draw the same Omega; matrix e's stream is
+// streams[e] (device), or stream0 for a batch of one (streams NULL)
+__global__ void svd_sketch_kernel(double* Y, size_t numel, uint64_t seed, uint64_t step, uint64_t stream0,
+                                  const uint64_t* streams) {
     size_t at = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (at >= numel) { return; }
-    Wt[at] = cpu::svd_sketch_normal(seed, step, stream, at);
+    uint64_t stream = streams != NULL ? streams[blockIdx.y] : stream0;
+    Y[blockIdx.y * numel + at] = cpu::svd_sketch_normal(seed, step, stream, at);
 }
 
-// out (n,) = x widened to double, or narrowed back (the QR runs in double)
-__global__ void widen_to_double_kernel(double* out, const float* x, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { out[i] = (double)x[i]; }
+// A = K + mu I in place, mu = cpu::rsvd_shift(trace K), trace summed in a fixed
+// order (no host sync: the shift stays on the device). one block per matrix
+__global__ void rsvd_shift_kernel(double* A, int p) {
+    __shared__ double buf[OPTIM_WARP + 1];
+    A += (size_t)blockIdx.x * p * p;
+    double t = 0.0;
+    for (int i = threadIdx.x; i < p; i += blockDim.x) { t += A[(size_t)i * p + i]; }
+    double mu = cpu::rsvd_shift(optim_block_sum(t, buf));
+    for (int i = threadIdx.x; i < p; i += blockDim.x) { A[(size_t)i * p + i] += mu; }
 }
 
-__global__ void narrow_to_float_kernel(float* out, const double* x, size_t n) {
+// Q (p, p) = I for each matrix (l == p: the sketch spans everything)
+__global__ void rsvd_identity_kernel(double* Q, int p) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t numel = (size_t)p * p;
+    if (idx >= numel) { return; }
+    Q[blockIdx.y * numel + idx] = idx / p == idx % p ? 1.0 : 0.0;
+}
+
+// orth's scaling: column j of V (l, l) times Lambda_j^-1/2, Lambda (l,) ascending
+// as cuSOLVER returns it (the largest last), raised to ORTH_EIG_FLOOR times the
+// largest, as the CPU's orthonormalize_rows_pass
+__global__ void orth_scale_kernel(double* V, const double* lambda, int l) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t numel = (size_t)l * l;
+    if (idx >= numel) { return; }
+    V += blockIdx.y * numel;
+    lambda += (size_t)blockIdx.y * l;
+    double lowest = fmax(lambda[l - 1] * ORTH_EIG_FLOOR, DBL_MIN);
+    V[idx] *= 1.0 / sqrt(fmax(lambda[idx / l], lowest));
+}
+
+// the verdicts: acc[e] keeps the first nonzero devInfo of matrix e's calls
+__global__ void info_fold_kernel(int* acc, const int* call, int count) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < count && acc[e] == 0) { acc[e] = call[e]; }
+}
+
+// S (p, R) fp32 row-major from QU (p, R) column-major, whose columns hold the
+// top R Ritz vectors ascending: S[:, k] = QU[:, R - 1 - k]; QU of matrix e at
+// QU + e qu_stride
+__global__ void rsvd_top_vectors_kernel(float* S, const double* QU, size_t qu_stride, int p, int r) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)p * r) { return; }
+    int i = (int)(idx / r), k = (int)(idx % r);
+    S[blockIdx.y * (size_t)p * r + idx] = (float)QU[blockIdx.y * qu_stride + (size_t)(r - 1 - k) * p + i];
+}
+
+// S of each matrix of a batch = its row of src (numel each, one after another)
+__global__ void svd_result_copy_kernel(PerMatrix<float> S_of, const float* src, size_t numel) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { out[i] = (float)x[i]; }
+    if (i < numel) { S_of.at(blockIdx.y)[i] = src[blockIdx.y * numel + i]; }
 }
 
 // flip each column of S (p, R) so its largest-magnitude entry is positive (first
-// one on ties), as canonical_sign on the CPU. one block per column
-__global__ void canonical_sign_kernel(float* S, int p, int r) {
+// one on ties), as canonical_sign on the CPU. one block per column; a batch:
+// blockIdx.y is the matrix, its S at S + y stride
+__global__ void canonical_sign_kernel(float* S, int p, int r, size_t stride) {
     __shared__ float best_val[OPTIM_REDUCE_BLOCK / OPTIM_WARP];
     __shared__ int best_idx[OPTIM_REDUCE_BLOCK / OPTIM_WARP];
+    S += blockIdx.y * stride;
     int k = blockIdx.x;
     int lane = threadIdx.x % OPTIM_WARP, warp = threadIdx.x / OPTIM_WARP;
     float bv = -1.0f;
@@ -3609,15 +3665,34 @@ typedef struct {
     int tf32;                   // 1: the projection, back-projection and residual on TF32 tensor cores (bf16 mode)
     int unfused;                // 1: bf16 mode without the fused residual norms and update (tests compare the two)
     cusolverDnHandle_t solver;
+    cusolverDnParams_t params;  // the 64-bit API's options (cusolverDnXsyevBatched), defaults
     size_t scratch_floats;      // device floats needed
     int svd_oversample;         // -1: the exact SVD; else --svd randomized's oversampling (set before reserving)
-    int eig_lwork;              // doubles of cusolverDnDsyevdx workspace: the plan's, or cuSOLVER's if larger
+    int eig_lwork;              // doubles of eigensolver workspace (cusolverDnDsyevdx, or --svd randomized's
+                                //   cusolverDnXsyevBatched): the plan's, or cuSOLVER's if larger
     int eig_lwork_over_plan;    // how many doubles cuSOLVER asked for above the plan (0: none)
     float* scratch;             // device
     double* eig_work;           // device (eig_lwork,)
+    size_t eig_host_bytes;      // host workspace of cusolverDnXsyevBatched
+    void* eig_host_work;        // host (eig_host_bytes)
     int* eig_info;              // device, 1 int: devInfo of lowrank_adamw_step's SVD
     void* blas_workspace;       // device, CUBLAS_WORKSPACE_BYTES, blas's
 } LowRankGPU;
+
+// --svd randomized's arrays for a batch of count matrices (m, n) at rank r, l =
+// cpu::svd_sketch_cols: each array holds count matrices' one after another,
+// so that every product is one strided-batched DGEMM and every eigenproblem
+// one batched call
+typedef struct {
+    int count;
+    double* A;              // (count, p, p) the Gram matrix K, then A = K + mu I
+    double* Q;              // (count, p, l) column-major: a basis (the CPU's Qt (l, p))
+    double* Y;              // (count, p, l) the other basis buffer (the CPU's Yt)
+    double* W;              // (count, l, l) Y^T Y or Q^T A Q, then its eigenvectors
+    double* lambda;         // (count, l) their eigenvalues, ascending
+    int* call_info;         // (count) devInfo of the last eigensolver call
+    float* S;               // (count, p, R) the result, fp32, canonical sign
+} RsvdArraysGPU;
 
 // the step's device work arrays, carved out of ctx->scratch like the CPU's Scratch
 // (64-byte units; a NULL base only counts)
@@ -3641,14 +3716,9 @@ typedef struct {
     float* CC;              // (R, R)
     float* Mrot;            // moments' shape
     float* Xm;              // moments' shape
-    double* K;              // (p, p) Gram matrix, then its eigenvectors; randomized: (l, l)
-    double* eig;            // (p,) its eigenvalues; randomized: (l,)
-    // --svd randomized only (else NULL), l = cpu::svd_sketch_cols
-    float* Wt;              // (l, q) Omega^T, then Z^T
-    float* Qt;              // (l, p) Y^T, then Q^T
-    double* A;              // (l, q) the basis being orthonormalized, in double
-    double* tau;            // (l,) its reflector scales
-    float* U;               // (l, R) the top eigenvectors of K
+    double* K;              // (p, p) Gram matrix, then its eigenvectors (the exact SVD; else NULL)
+    double* eig;            // (p,) its eigenvalues
+    RsvdArraysGPU rsvd;     // --svd randomized's arrays, for this one matrix (else all NULL)
 } StepScratchGPU;
 
 static float* scratch_take(float* base, size_t* used, size_t count) {
@@ -3686,31 +3756,45 @@ static StepScratchGPU step_scratch_matrix_layout(float* base, size_t* used, int 
     w.Xm = scratch_take(base, used, q * r);
     w.K = NULL;
     w.eig = NULL;
-    w.Wt = w.Qt = w.U = NULL;
-    w.A = w.tau = NULL;
+    memset(&w.rsvd, 0, sizeof w.rsvd);
     return w;
 }
 
+// --svd randomized's arrays for count matrices (m, n) at rank r
+static RsvdArraysGPU rsvd_arrays_layout(float* base, size_t* used, int m, int n, int r, int oversample, int count) {
+    size_t p = m <= n ? m : n, l = (size_t)cpu::svd_sketch_cols(m, n, r, oversample), c = (size_t)count;
+    RsvdArraysGPU w;
+    w.count = count;
+    w.A = (double*)scratch_take(base, used, 2 * c * p * p);
+    w.Q = (double*)scratch_take(base, used, 2 * c * p * l);
+    w.Y = (double*)scratch_take(base, used, 2 * c * p * l);
+    w.W = (double*)scratch_take(base, used, 2 * c * l * l);
+    w.lambda = (double*)scratch_take(base, used, 2 * c * l);
+    w.call_info = (int*)scratch_take(base, used, c);
+    w.S = scratch_take(base, used, c * p * r);
+    return w;
+}
+
+static size_t rsvd_scratch_floats(int m, int n, int r, int oversample, int count) {
+    size_t used = 0;
+    rsvd_arrays_layout(NULL, &used, m, n, r, oversample, count);
+    return used;
+}
+
 // the SVD's arrays, for an (m, n) gradient at rank r: the exact SVD's (p, p)
-// Gram matrix (oversample -1), or the randomized one's (--svd randomized)
+// Gram matrix (oversample -1), or the randomized one's (--svd randomized) for
+// svd_count matrices
 static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used, int m, int n, int r,
-                                    int oversample = -1) {
-    size_t p = m <= n ? m : n, q = m <= n ? n : m;
+                                    int oversample = -1, int svd_count = 1) {
+    size_t p = m <= n ? m : n;
+    w->K = w->eig = NULL;
+    memset(&w->rsvd, 0, sizeof w->rsvd);
     if (oversample < 0) {
         w->K = (double*)scratch_take(base, used, 2 * p * p);
         w->eig = (double*)scratch_take(base, used, 2 * p);
-        w->Wt = w->Qt = w->U = NULL;
-        w->A = w->tau = NULL;
         return;
     }
-    size_t l = (size_t)cpu::svd_sketch_cols(m, n, r, oversample);
-    w->K = (double*)scratch_take(base, used, 2 * l * l);
-    w->eig = (double*)scratch_take(base, used, 2 * l);
-    w->Wt = scratch_take(base, used, l * q);
-    w->Qt = scratch_take(base, used, l * p);
-    w->A = (double*)scratch_take(base, used, 2 * l * q);
-    w->tau = (double*)scratch_take(base, used, 2 * l);
-    w->U = scratch_take(base, used, l * r);
+    w->rsvd = rsvd_arrays_layout(base, used, m, n, r, oversample, svd_count);
 }
 
 // the whole scratch of one matrix stepping alone
@@ -3721,11 +3805,13 @@ static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, 
 }
 
 // the scratch floats of a batch of b matrices (m, n) at rank r: b matrices' own
-// arrays, then one SVD's (b = 1: one matrix stepping alone)
-static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b, int oversample = -1) {
+// arrays, then one exact SVD's (shared: they run one matrix at a time), or
+// the randomized SVD's arrays for svd_count matrices (b = 1: one matrix
+// stepping alone)
+static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b, int oversample = -1, int svd_count = 1) {
     size_t one = 0, svd = 0;
     StepScratchGPU w = step_scratch_matrix_layout(NULL, &one, m, n, r);
-    step_scratch_svd_layout(&w, NULL, &svd, m, n, r, oversample);
+    step_scratch_svd_layout(&w, NULL, &svd, m, n, r, oversample, svd_count);
     return (size_t)b * one + svd;
 }
 
@@ -3737,19 +3823,44 @@ static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b, int overs
 // (lowrank_gpu_reserve_group), and the memory plan counts it
 #define LOWRANK_BATCH_SCRATCH_BYTES ((size_t)256 << 20)
 
-// how many of count matrices (m, n) at rank r one batch holds
+// how many of count matrices (m, n) at rank r one batch holds. with --svd
+// randomized the SVD's arrays are sized apart (lowrank_svd_chunk), so the
+// batch counts its matrices' own arrays only
 static int lowrank_batch_size(int m, int n, int r, int count, int oversample = -1) {
-    size_t svd = lowrank_batch_scratch_floats(m, n, r, 0, oversample);
-    size_t one = lowrank_batch_scratch_floats(m, n, r, 1, oversample);
+    size_t exact_svd = lowrank_batch_scratch_floats(m, n, r, 0, -1);
+    size_t own = lowrank_batch_scratch_floats(m, n, r, 1, -1) - exact_svd;   // one matrix's own arrays
+    size_t svd = oversample < 0 ? exact_svd : 0;
     size_t room = LOWRANK_BATCH_SCRATCH_BYTES / sizeof(float);
-    if (room < one) { room = one; }
-    size_t b = (room - svd) / (one - svd);
+    if (room < own + svd) { room = own + svd; }
+    size_t b = (room - svd) / own;
     return b >= (size_t)count ? count : (int)b;
 }
 
-// the scratch floats the grouped step needs for count matrices (m, n) at rank r
+// --svd randomized batches its SVDs wider than the step: the matrices of one
+// shape go through it in chunks of whole batches (of per matrices), as many
+// as fit in LOWRANK_SVD_BATCH_BYTES of arrays (at least one batch). each
+// chunk's eigenproblems are one cusolverDnXsyevBatched call each, whose
+// dependent steps are paid once per call, not per matrix: at 1B a chunk holds
+// 35 (C, C) or 36 (F, C) matrices (about 57 MiB each, mostly the (p, p) double
+// Gram matrix), against 5 and 2 in a step's batch, so a pass over the model is
+// 5 chunks (dev/perf_model.h models this, PERF_SVD_CHUNK_FLOATS)
+#define LOWRANK_SVD_BATCH_BYTES ((size_t)2 << 30)
+
+static int lowrank_svd_chunk(int m, int n, int r, int oversample, int per, int count) {
+    size_t one = rsvd_scratch_floats(m, n, r, oversample, 1);
+    size_t most = LOWRANK_SVD_BATCH_BYTES / sizeof(float) / one;
+    size_t batches = most / (size_t)per;
+    size_t c = (batches > 0 ? batches : 1) * (size_t)per;
+    return c >= (size_t)count ? count : (int)c;
+}
+
+// the scratch floats the grouped step needs for count matrices (m, n) at rank
+// r: its largest batch's own arrays, then the exact SVD's (p, p), or the
+// randomized SVD's arrays for a chunk
 static size_t lowrank_group_scratch_floats(int m, int n, int r, int count, int oversample = -1) {
-    return lowrank_batch_scratch_floats(m, n, r, lowrank_batch_size(m, n, r, count, oversample), oversample);
+    int per = lowrank_batch_size(m, n, r, count, oversample);
+    int chunk = oversample < 0 ? 1 : lowrank_svd_chunk(m, n, r, oversample, per, count);
+    return lowrank_batch_scratch_floats(m, n, r, per, oversample, chunk);
 }
 
 void lowrank_gpu_create(LowRankGPU* ctx) {
@@ -3757,6 +3868,7 @@ void lowrank_gpu_create(LowRankGPU* ctx) {
     cublasCheck(cublasCreate(&ctx->blas));
     cublasCheck(cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH));
     cusolverCheck(cusolverDnCreate(&ctx->solver));
+    cusolverCheck(cusolverDnCreateParams(&ctx->params));
     ctx->svd_oversample = -1;
 }
 
@@ -3766,12 +3878,50 @@ void lowrank_gpu_create(LowRankGPU* ctx) {
 // answer wins (and is reported by the plan at start)
 static size_t eig_workspace_doubles(int p) { return 1 + 6 * (size_t)p + 2 * (size_t)p * p; }
 
-// the scratch floats and eigen workspace doubles of one (m, n) matrix at rank r;
-// --svd randomized (oversample >= 0): its arrays, and syevdx on (l, l), whose
-// bound also covers geqrf's and orgqr's workspaces (a few blocks of l columns)
+// the scratch floats and eigen workspace doubles of the SVDs of svd_count
+// matrices (m, n) at rank r: the exact SVD's syevdx on (p, p) (svd_count 1),
+// or --svd randomized's (oversample >= 0) cusolverDnXsyevBatched on svd_count
+// (l, l) matrices at once, planned as svd_count times the (l, l) bound
 static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int r, int oversample = -1) {
-    *scratch_floats = lowrank_batch_scratch_floats(m, n, r, 1, oversample);
+    *scratch_floats = lowrank_batch_scratch_floats(m, n, r, 1, oversample, 1);
     *eig_doubles = eig_workspace_doubles(oversample < 0 ? (m <= n ? m : n) : cpu::svd_sketch_cols(m, n, r, oversample));
+}
+
+// the same for the grouped step of count matrices (m, n) at rank r
+static void lowrank_gpu_need_group(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int r, int count,
+                                   int oversample = -1) {
+    *scratch_floats = lowrank_group_scratch_floats(m, n, r, count, oversample);
+    if (oversample < 0) {
+        *eig_doubles = eig_workspace_doubles(m <= n ? m : n);
+        return;
+    }
+    int chunk = lowrank_svd_chunk(m, n, r, oversample, lowrank_batch_size(m, n, r, count, oversample), count);
+    *eig_doubles = (size_t)chunk * eig_workspace_doubles(cpu::svd_sketch_cols(m, n, r, oversample));
+}
+
+// grows the eigensolver workspace to the plan's `planned` doubles, or cuSOLVER's
+// `lwork` if larger (noted as over the plan)
+static void lowrank_gpu_reserve_eig(LowRankGPU* ctx, size_t planned, size_t lwork, int m, int n) {
+    if (planned > (size_t)INT_MAX || lwork > (size_t)INT_MAX) {
+        cpu::fatal("a %d x %d matrix needs %zu doubles of eigendecomposition workspace, above cuSOLVER's int range",
+                   m, n, planned > lwork ? planned : lwork);
+    }
+    int need = lwork > planned ? (int)lwork : (int)planned;
+    if (lwork > planned && (int)(lwork - planned) > ctx->eig_lwork_over_plan) {
+        ctx->eig_lwork_over_plan = (int)(lwork - planned);
+    }
+    if (need > ctx->eig_lwork) { ctx->eig_lwork = need; }
+}
+
+// cuSOLVER's workspace for --svd randomized's batched eigensolver on count
+// (l, l) matrices: device doubles (rounded up), and the host bytes (grown in ctx)
+static size_t rsvd_eig_lwork(LowRankGPU* ctx, int l, int count) {
+    size_t dev = 0, host = 0;
+    cusolverCheck(cusolverDnXsyevBatched_bufferSize(ctx->solver, ctx->params, CUSOLVER_EIG_MODE_VECTOR,
+                                                    CUBLAS_FILL_MODE_LOWER, l, CUDA_R_64F, NULL, l, CUDA_R_64F, NULL,
+                                                    CUDA_R_64F, &dev, &host, count));
+    if (host > ctx->eig_host_bytes) { ctx->eig_host_bytes = host; }
+    return (dev + sizeof(double) - 1) / sizeof(double);
 }
 
 // grows the sizes for one (m, n) matrix at rank r
@@ -3779,42 +3929,30 @@ void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
     size_t used = 0, planned = 0;
     lowrank_gpu_need(&used, &planned, m, n, r, ctx->svd_oversample);
     if (used > ctx->scratch_floats) { ctx->scratch_floats = used; }
-    if (planned > (size_t)INT_MAX) {
-        cpu::fatal("a %d x %d matrix needs %zu doubles of eigendecomposition workspace, above cuSOLVER's int range",
-                   m, n, planned);
-    }
     int p = m <= n ? m : n, lwork = 0, meig = 0;
     if (ctx->svd_oversample >= 0) {
-        // the randomized SVD's syevdx on (l, l), and its QRs of (p, l) and (q, l)
-        int l = cpu::svd_sketch_cols(m, n, r, ctx->svd_oversample), q = m <= n ? n : m;
-        cusolverCheck(cusolverDnDsyevdx_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
-                                                   CUBLAS_FILL_MODE_LOWER, l, NULL, l, 0.0, 0.0, l - r + 1, l, &meig,
-                                                   NULL, &lwork));
-        int sides[2] = {p, q};
-        for (int k = 0; k < 2; k++) {
-            int lq = 0, lo = 0;
-            cusolverCheck(cusolverDnDgeqrf_bufferSize(ctx->solver, sides[k], l, NULL, sides[k], &lq));
-            cusolverCheck(cusolverDnDorgqr_bufferSize(ctx->solver, sides[k], l, l, NULL, sides[k], NULL, &lo));
-            if (lq > lwork) { lwork = lq; }
-            if (lo > lwork) { lwork = lo; }
-        }
-    } else {
-        cusolverCheck(cusolverDnDsyevdx_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
-                                                   CUBLAS_FILL_MODE_LOWER, p, NULL, p, 0.0, 0.0, p - r + 1, p, &meig,
-                                                   NULL, &lwork));
+        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, r, ctx->svd_oversample),
+                                                             1), m, n);
+        return;
     }
-    int need = lwork > (int)planned ? lwork : (int)planned;
-    if (lwork > (int)planned && lwork - (int)planned > ctx->eig_lwork_over_plan) {
-        ctx->eig_lwork_over_plan = lwork - (int)planned;
-    }
-    if (need > ctx->eig_lwork) { ctx->eig_lwork = need; }
+    cusolverCheck(cusolverDnDsyevdx_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
+                                               CUBLAS_FILL_MODE_LOWER, p, NULL, p, 0.0, 0.0, p - r + 1, p, &meig,
+                                               NULL, &lwork));
+    lowrank_gpu_reserve_eig(ctx, planned, (size_t)lwork, m, n);
 }
 
 // grows the sizes for the grouped step of count matrices (m, n) at rank r
 void lowrank_gpu_reserve_group(LowRankGPU* ctx, int m, int n, int r, int count) {
     lowrank_gpu_reserve(ctx, m, n, r);
-    size_t floats = lowrank_group_scratch_floats(m, n, r, count, ctx->svd_oversample);
+    size_t floats = 0, planned = 0;
+    lowrank_gpu_need_group(&floats, &planned, m, n, r, count, ctx->svd_oversample);
     if (floats > ctx->scratch_floats) { ctx->scratch_floats = floats; }
+    if (ctx->svd_oversample >= 0) {
+        int chunk = lowrank_svd_chunk(m, n, r, ctx->svd_oversample,
+                                      lowrank_batch_size(m, n, r, count, ctx->svd_oversample), count);
+        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, r, ctx->svd_oversample),
+                                                             chunk), m, n);
+    }
 }
 
 void lowrank_gpu_alloc(LowRankGPU* ctx) {
@@ -3825,13 +3963,19 @@ void lowrank_gpu_alloc(LowRankGPU* ctx) {
     ctx->eig_info = (int*)device_malloc(sizeof(int), "cuSOLVER info");
     ctx->blas_workspace = device_malloc(CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace");
     cublasCheck(cublasSetWorkspace(ctx->blas, ctx->blas_workspace, CUBLAS_WORKSPACE_BYTES));
+    free(ctx->eig_host_work);   // (a test's context may be allocated again, larger)
+    ctx->eig_host_work = cpu::malloc_check(ctx->eig_host_bytes > 0 ? ctx->eig_host_bytes : 1,
+                                           "eigensolver host workspace");
 }
 
 void lowrank_gpu_destroy(LowRankGPU* ctx) {
     cudaCheck(cudaFree(ctx->scratch));
     cudaCheck(cudaFree(ctx->eig_work));
     cudaCheck(cudaFree(ctx->eig_info));
+    free(ctx->eig_host_work);
+    ctx->eig_host_work = NULL;
     cublasCheck(cublasDestroy(ctx->blas));
+    cusolverCheck(cusolverDnDestroyParams(ctx->params));
     cusolverCheck(cusolverDnDestroy(ctx->solver));
     cudaCheck(cudaFree(ctx->blas_workspace));  // after the handle that used it
 }
@@ -3903,7 +4047,8 @@ static void copy_each(PerMatrix<float> dst, PerMatrix<const float> src, size_t n
 typedef struct {
     cusolverStatus_t status;
     int found;                  // eigenpairs syevdx found; R wanted
-    const char* call;           // the cuSOLVER call whose status failed (NULL: syevdx's, or none)
+    const char* call;           // the cuSOLVER call whose status or devInfo failed (NULL: syevdx)
+    int order;                  // the order of the matrices it factorized (0: the Gram matrix's, p)
 } SvdOutcome;
 
 // what a step works on: one matrix (lowrank_batch_of_one, plain pointers), or
@@ -3924,8 +4069,12 @@ typedef struct {
     int* info;                  // device (count): cuSOLVER's devInfo, one per matrix
     SvdOutcome* svd;            // host (count)
     SubspaceTiming* timing;     // the batch's subspace updates
-    StepScratchGPU rsvd;        // the SVD's shared arrays (K, eig, and --svd randomized's); the rest unused
+    RsvdArraysGPU rsvd;         // --svd randomized's arrays for these count matrices, if they compute it (or
+                                //   none: count 0)
+    const float* svd_result;    // --svd randomized: (count, p, R) the S this step's chunk computed
+                                //   (lowrank_groups_step), or NULL: computed in rsvd
     const uint64_t* svd_stream; // host (count): each matrix's stream for --svd randomized's Omega
+    const uint64_t* svd_stream_dev;  // device copy (count), or NULL for one matrix (svd_stream[0] then)
 } LowRankBatchGPU;
 
 #define LOWRANK_BATCH_FIELDS 25 // PerMatrix fields of LowRankBatchGPU
@@ -3952,8 +4101,10 @@ static LowRankBatchGPU lowrank_batch_of_one(LowRankStateGPU* s, float* W, const 
     b.info = info;
     b.svd = svd;
     b.timing = &s->timing;
-    b.rsvd = *w;
+    b.rsvd = w->rsvd;
+    b.svd_result = NULL;
     b.svd_stream = &s->svd_stream;
+    b.svd_stream_dev = NULL;
     return b;
 }
 
@@ -3998,15 +4149,18 @@ static void lowrank_residual(LowRankBatchGPU* b, LowRankGPU* ctx) {
 
 // K (p, p) = X X^T in double, X = op(G) (p, q), G (m, n). the CPU's gram_double
 // packs X into its panel scratch; here tiles of X go through shared memory
-static void gram_double(double* K, const float* G, int n, int right, int p, int q) {
-    dim3 tiles(optim_blocks(p, GRAM_TILE), optim_blocks(p, GRAM_TILE));
-    gram_double_kernel<<<tiles, dim3(GRAM_TILE, OPTIM_ROWS)>>>(K, G, n, right, p, q);
+// a batch: count matrices' G (a table), their K at K + e k_stride, one launch
+static void gram_double(double* K, PerMatrix<const float> G, int n, int right, int p, int q, size_t k_stride = 0,
+                        int count = 1) {
+    dim3 tiles(optim_blocks(p, GRAM_TILE), optim_blocks(p, GRAM_TILE), count);
+    gram_double_kernel<<<tiles, dim3(GRAM_TILE, OPTIM_ROWS)>>>(K, k_stride, G, n, right, p, q);
     cudaCheck(cudaGetLastError());
 }
 
-// flip each column of S (p, R) so its largest-magnitude entry is positive (first one on ties)
-static void canonical_sign(float* S, int p, int r) {
-    canonical_sign_kernel<<<r, OPTIM_BLOCK>>>(S, p, r);
+// flip each column of S (p, R) so its largest-magnitude entry is positive (first
+// one on ties); a batch: count of them, one after another
+static void canonical_sign(float* S, int p, int r, int count = 1) {
+    canonical_sign_kernel<<<dim3(r, count), OPTIM_BLOCK>>>(S, p, r, (size_t)p * r);
     cudaCheck(cudaGetLastError());
 }
 
@@ -4022,8 +4176,9 @@ static void canonical_sign(float* S, int p, int r) {
 static void cusolver_factorization_report(cusolverStatus_t status, int info, const char* call, int p, int m, int n,
                                           const char* which) {
     if (status == CUSOLVER_STATUS_SUCCESS && info == 0) { return; }
-    fprintf(stderr, "error: %s failed on the %d x %d Gram matrix of a %d x %d gradient (%s%sthe SVD for the "
-            "subspace): ", call, p, p, m, n, which != NULL ? which : "", which != NULL ? "; " : "");
+    fprintf(stderr, "error: %s failed on the %d x %d %sGram matrix of a %d x %d gradient (%s%sthe SVD for the "
+            "subspace): ", call, p, p, p == (m <= n ? m : n) ? "" : "projected ", m, n, which != NULL ? which : "",
+            which != NULL ? "; " : "");
     if (status != CUSOLVER_STATUS_SUCCESS) {
         fprintf(stderr, "cuSOLVER status %d\n", (int)status);
     } else if (info < 0) {
@@ -4048,7 +4203,7 @@ void cusolver_factorization_check(cusolverStatus_t status, const int* dev_info, 
 // one matrix's SVD as svd_top_left_singular_vectors left it: its status and
 // devInfo, then the eigenpairs syevdx found (R wanted)
 static void svd_outcome_check(const SvdOutcome* outcome, int info, int m, int n, int r, const char* which) {
-    int p = m <= n ? m : n;
+    int p = outcome->order > 0 ? outcome->order : m <= n ? m : n;
     cusolver_factorization_report(outcome->status, info, outcome->call != NULL ? outcome->call : "cusolverDnDsyevdx",
                                   p, m, n, which);
     if (outcome->found != r) {
@@ -4075,6 +4230,7 @@ void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r
     gram_double(K, G, n, right, p, q);
     outcome->found = 0;
     outcome->call = NULL;
+    outcome->order = 0;
     outcome->status = cusolverDnDsyevdx(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
                                         CUBLAS_FILL_MODE_LOWER, p, K, p, 0.0, 0.0, p - r + 1, p, &outcome->found,
                                         eig, ctx->eig_work, ctx->eig_lwork, dev_info);
@@ -4095,15 +4251,35 @@ static void lowrank_svd_check(const LowRankBatchGPU* b) {
     svd_outcome_check(&b->svd[0], info, b->m, b->n, b->r, NULL);
 }
 
-// ---- the randomized top-R SVD (--svd randomized), the CPU's twin: the same
-// Omega (svd_sketch_kernel), the same fp32 products (cuBLAS, no TF32), the QR
-// in double by cusolverDnDgeqrf + cusolverDnDorgqr (LAPACK's dgeqrf + dorgqr,
-// the CPU's dgeqr2 + dorg2r), K = Z^T Z by the exact path's gram_double, and its
-// top R eigenvectors by the exact path's cusolverDnDsyevdx, on (l, l). each
-// matrix of a batch in turn, in one shared set of arrays (as the exact path's K).
-// the verdicts: the first failing status among the calls (and its call's name)
-// in *outcome; devInfo is syevdx's, the last written (geqrf and orgqr only
-// report invalid arguments there, which their status reports too)
+// ---- the randomized top-R SVD (--svd randomized), the CPU's twin (see
+// svd_randomized_top_left_singular_vectors there for the algorithm and its
+// accuracy): the same Omega (svd_sketch_kernel), the same steps, every array
+// in double. differences, for speed: a batch of count matrices of one shape
+// goes through together, each product one cublasDgemmStridedBatched and each
+// eigenproblem one cusolverDnXsyevBatched call (2 (it + 2) + 1 of them), so
+// the eigensolver's dependent steps are paid once per batch, not per matrix,
+// and nothing waits for the host. the Gram matrix stays the exact path's
+// gram_double_kernel (FP64 CUDA cores, batched over blockIdx.z) and is not a
+// DGEMM on tensor cores: that would need G widened to double, (p, q) doubles
+// per matrix of the batch (45 MiB each for a 1B (F, C) matrix), for a product
+// done once per SVD; the p^2 l products A Q, done it + 2 times, are DGEMMs.
+// cusolverDnXsyevBatched (cuSOLVER >= 11.7, CUDA 12.6.2) documents no limit on
+// n (unlike syevjBatched's n <= 32): it takes l = R + o directly (520 at 1B).
+// its eigenvalues come ascending: orth's scaling and the Ritz vectors' order
+// follow that (the CPU's eigensolver returns them descending; the spans and
+// S are the same). verdicts: every call's devInfo is folded into the batch's
+// info (the first nonzero per matrix), read by the caller once per step.
+
+// one batch of the randomized SVD: count matrices (m, n) at rank r
+typedef struct {
+    int count, m, n, r;
+    PerMatrix<const float> G;       // (m, n) each: one pointer, or a table of count
+    uint64_t stream0;               // Omega's stream for a batch of one
+    const uint64_t* streams;        // device (count), or NULL (stream0)
+    RsvdArraysGPU w;                // arrays for at least count matrices; S the result
+    int* info;                      // device (count): the verdicts
+    SvdOutcome* outcome;            // host (count)
+} RsvdBatchGPU;
 
 static void cusolver_note(SvdOutcome* outcome, cusolverStatus_t status, const char* call) {
     if (status != CUSOLVER_STATUS_SUCCESS && outcome->status == CUSOLVER_STATUS_SUCCESS) {
@@ -4112,89 +4288,130 @@ static void cusolver_note(SvdOutcome* outcome, cusolverStatus_t status, const ch
     }
 }
 
-// the l rows of Vt (l, len) <- an orthonormal basis of their span, in place:
-// Householder QR of the column-major (len, l) matrix they form. A (l, len)
-// double and tau (l,) are scratch
-void orthonormalize_rows(float* Vt, int l, int len, double* A, double* tau, LowRankGPU* ctx, int* dev_info,
-                         SvdOutcome* outcome) {
-    size_t numel = (size_t)l * len;
-    widen_to_double_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(A, Vt, numel);
-    cudaCheck(cudaGetLastError());
-    cusolver_note(outcome, cusolverDnDgeqrf(ctx->solver, len, l, A, len, tau, ctx->eig_work, ctx->eig_lwork, dev_info),
-                  "cusolverDnDgeqrf");
-    cusolver_note(outcome, cusolverDnDorgqr(ctx->solver, len, l, l, A, len, tau, ctx->eig_work, ctx->eig_lwork,
-                                            dev_info), "cusolverDnDorgqr");
-    narrow_to_float_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(Vt, A, numel);
-    cudaCheck(cudaGetLastError());
+// C_e = alpha op(A_e) op(B_e) + beta C_e for the count matrices, column-major
+// (cuBLAS's own convention: the bases here are column-major (p, l) already)
+static void dgemm_each(LowRankGPU* ctx, int transA, int transB, int M, int N, int K, const double* A, int lda,
+                       size_t sa, const double* B, int ldb, size_t sb, double* Cm, int ldc, size_t sc, int count) {
+    const double one = 1.0, zero = 0.0;
+    cublasCheck(cublasDgemmStridedBatched(ctx->blas, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                          transB ? CUBLAS_OP_T : CUBLAS_OP_N, M, N, K, &one, A, lda, (long long)sa,
+                                          B, ldb, (long long)sb, &zero, Cm, ldc, (long long)sc, count));
 }
 
-// Qt (l, p) = Wt X^T  and  Wt (l, q) = Qt X, X = op(G) (p, q), G (m, n)
-static void rsvd_times_xt(float* Qt, const float* Wt, const float* G, int m, int n, int l, LowRankGPU* ctx) {
-    if (m <= n) { gemm_gpu(ctx->blas, 0, 1, l, m, n, 1.0f, Wt, n, G, n, 0.0f, Qt, m); }
-    else        { gemm_gpu(ctx->blas, 0, 0, l, n, m, 1.0f, Wt, m, G, n, 0.0f, Qt, n); }
-}
-
-static void rsvd_times_x(float* Wt, const float* Qt, const float* G, int m, int n, int l, LowRankGPU* ctx) {
-    if (m <= n) { gemm_gpu(ctx->blas, 0, 0, l, n, m, 1.0f, Qt, m, G, n, 0.0f, Wt, n); }
-    else        { gemm_gpu(ctx->blas, 0, 1, l, m, n, 1.0f, Qt, n, G, n, 0.0f, Wt, m); }
-}
-
-// S (p, R), approximately the top-r left singular vectors of op(G), canonical
-// sign; w holds the arrays (step_scratch_svd_layout with the sketch's width)
-void svd_randomized_top_left_singular_vectors(float* S, const float* G, int m, int n, int r,
-                                              const cpu::SvdSketch* sk, LowRankGPU* ctx, const StepScratchGPU* w,
-                                              int* dev_info, SvdOutcome* outcome) {
-    int p = m <= n ? m : n, q = m <= n ? n : m;
-    int l = cpu::svd_sketch_cols(m, n, r, sk->oversample);
-    outcome->found = 0;
-    outcome->status = CUSOLVER_STATUS_SUCCESS;
-    outcome->call = NULL;
-    size_t numel = (size_t)l * q;
-    svd_sketch_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(w->Wt, numel, sk->seed, sk->step, sk->stream);
-    cudaCheck(cudaGetLastError());
-    rsvd_times_xt(w->Qt, w->Wt, G, m, n, l, ctx);                    // Y^T = Omega^T X^T
-    orthonormalize_rows(w->Qt, l, p, w->A, w->tau, ctx, dev_info, outcome);
-    for (int it = 0; it < sk->power_iters; it++) {
-        rsvd_times_x(w->Wt, w->Qt, G, m, n, l, ctx);                 // Z^T = Q^T X
-        orthonormalize_rows(w->Wt, l, q, w->A, w->tau, ctx, dev_info, outcome);
-        rsvd_times_xt(w->Qt, w->Wt, G, m, n, l, ctx);                // Y^T = Z^T X^T
-        orthonormalize_rows(w->Qt, l, p, w->A, w->tau, ctx, dev_info, outcome);
+// the eigenpairs of every W (l, l) of the batch, in place (vectors in the
+// columns, lambda ascending), one call; its devInfo folded into c->info
+static void rsvd_eigen(RsvdBatchGPU* c, int l, LowRankGPU* ctx) {
+    cusolverStatus_t st = cusolverDnXsyevBatched(ctx->solver, ctx->params, CUSOLVER_EIG_MODE_VECTOR,
+                                                 CUBLAS_FILL_MODE_LOWER, l, CUDA_R_64F, c->w.W, l, CUDA_R_64F,
+                                                 c->w.lambda, CUDA_R_64F, ctx->eig_work,
+                                                 (size_t)ctx->eig_lwork * sizeof(double), ctx->eig_host_work,
+                                                 ctx->eig_host_bytes, c->w.call_info, c->count);
+    for (int e = 0; e < c->count; e++) { cusolver_note(&c->outcome[e], st, "cusolverDnXsyevBatched"); }
+    if (st == CUSOLVER_STATUS_SUCCESS) {
+        info_fold_kernel<<<optim_blocks(c->count, OPTIM_BLOCK), OPTIM_BLOCK>>>(c->info, c->w.call_info, c->count);
+        cudaCheck(cudaGetLastError());
     }
-    rsvd_times_x(w->Wt, w->Qt, G, m, n, l, ctx);                     // Z^T = Q^T X
-    gram_double(w->K, w->Wt, q, 0, l, q);                            // K (l, l) = Z^T Z, in double
-    cusolverStatus_t st = cusolverDnDsyevdx(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
-                                            CUBLAS_FILL_MODE_LOWER, l, w->K, l, 0.0, 0.0, l - r + 1, l,
-                                            &outcome->found, w->eig, ctx->eig_work, ctx->eig_lwork, dev_info);
-    cusolver_note(outcome, st, "cusolverDnDsyevdx");
-    top_eigenvectors_kernel<<<optim_blocks((size_t)l * r, OPTIM_BLOCK), OPTIM_BLOCK>>>(w->U, w->K, l, r);
-    cudaCheck(cudaGetLastError());
-    gemm_gpu(ctx->blas, 1, 0, p, r, l, 1.0f, w->Qt, p, w->U, r, 0.0f, S, r);   // S = Q U
-    canonical_sign(S, p, r);
 }
 
-// the subspace SVD that cfg asks for (--svd) of matrix e of b, at step cfg->svd_step
-static void lowrank_subspace_svd(LowRankBatchGPU* b, int e, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
+// one orth pass: Out (p, l) = In V Lambda^-1/2, V Lambda V^T = In^T In (l, l)
+static void orthonormalize_rows_pass(double* Out, const double* In, RsvdBatchGPU* c, int p, int l, LowRankGPU* ctx) {
+    size_t pl = (size_t)p * l, ll = (size_t)l * l;
+    dgemm_each(ctx, 1, 0, l, l, p, In, p, pl, In, p, pl, c->w.W, l, ll, c->count);
+    rsvd_eigen(c, l, ctx);
+    orth_scale_kernel<<<dim3(optim_blocks(ll, OPTIM_BLOCK), c->count), OPTIM_BLOCK>>>(c->w.W, c->w.lambda, l);
+    cudaCheck(cudaGetLastError());
+    dgemm_each(ctx, 0, 0, p, l, l, In, p, pl, c->w.W, l, ll, Out, p, pl, c->count);
+}
+
+// Y <- an orthonormal basis of its columns (two passes); Q is scratch
+void orthonormalize_rows(double* Y, double* Q, RsvdBatchGPU* c, int p, int l, LowRankGPU* ctx) {
+    orthonormalize_rows_pass(Q, Y, c, p, l, ctx);
+    orthonormalize_rows_pass(Y, Q, c, p, l, ctx);
+}
+
+// c->w.S (count, p, R) = approximately the top-r left singular vectors of each
+// op(G), canonical sign; sk gives (oversample, power_iters, seed, step), each
+// matrix's stream from c. the verdicts in c->info and c->outcome, not read here
+void svd_randomized_top_left_singular_vectors(RsvdBatchGPU* c, const cpu::SvdSketch* sk, LowRankGPU* ctx) {
+    int m = c->m, n = c->n, r = c->r, count = c->count, right = m > n;
+    int p = right ? n : m, q = right ? m : n;
+    int l = cpu::svd_sketch_cols(m, n, r, sk->oversample);
+    size_t pl = (size_t)p * l, ll = (size_t)l * l, pp = (size_t)p * p;
+    for (int e = 0; e < count; e++) {
+        c->outcome[e].status = CUSOLVER_STATUS_SUCCESS;
+        c->outcome[e].call = "cusolverDnXsyevBatched";   // the only solver call; devInfo is its
+        c->outcome[e].found = r;
+        c->outcome[e].order = l;
+    }
+    cudaCheck(cudaMemsetAsync(c->info, 0, (size_t)count * sizeof(int), 0));
+    // steps 1-2: A = X X^T + mu I
+    double* A = c->w.A;
+    gram_double(A, c->G, n, right, p, q, pp, count);
+    rsvd_shift_kernel<<<count, OPTIM_BLOCK>>>(A, p);
+    cudaCheck(cudaGetLastError());
+    // step 3: the basis Q; Y the other buffer, and the two swap
+    double* Q = c->w.Q;
+    double* Y = c->w.Y;
+    if (l == p) {
+        rsvd_identity_kernel<<<dim3(optim_blocks(pp, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(Q, p);
+        cudaCheck(cudaGetLastError());
+    } else {
+        svd_sketch_kernel<<<dim3(optim_blocks(pl, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(Q, pl, sk->seed, sk->step,
+                                                                                       c->stream0, c->streams);
+        cudaCheck(cudaGetLastError());
+        orthonormalize_rows(Q, Y, c, p, l, ctx);                            // Q = orth(Omega)
+        for (int it = 0; it <= sk->power_iters; it++) {
+            dgemm_each(ctx, 0, 0, p, l, p, A, p, pp, Q, p, pl, Y, p, pl, count);   // Y = A Q
+            orthonormalize_rows(Y, Q, c, p, l, ctx);                        // Q = orth(Y)
+            double* t = Q; Q = Y; Y = t;
+        }
+    }
+    // step 4: B = Q^T A Q, its top r eigenvectors (the last r columns), S = Q U
+    dgemm_each(ctx, 0, 0, p, l, p, A, p, pp, Q, p, pl, Y, p, pl, count);
+    dgemm_each(ctx, 1, 0, l, l, p, Q, p, pl, Y, p, pl, c->w.W, l, ll, count);
+    rsvd_eigen(c, l, ctx);
+    dgemm_each(ctx, 0, 0, p, r, l, Q, p, pl, c->w.W + (size_t)(l - r) * l, l, ll, Y, p, pl, count);
+    rsvd_top_vectors_kernel<<<dim3(optim_blocks((size_t)p * r, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(c->w.S, Y, pl, p,
+                                                                                                    r);
+    cudaCheck(cudaGetLastError());
+    canonical_sign(c->w.S, p, r, count);
+}
+
+// the subspace SVD that cfg asks for (--svd) of every matrix of b, at step cfg->svd_step, into b->S:
+// the exact path one matrix at a time; --svd randomized as a batch, or copied
+// from the chunk lowrank_groups_step ran (b->svd_result)
+static void lowrank_subspace_svd(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
     if (!cfg->svd_randomized) {
-        svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->r, ctx, b->K, b->eig,
-                                      b->info + e, &b->svd[e]);
+        for (int e = 0; e < b->count; e++) {
+            svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->r, ctx, b->K, b->eig,
+                                          b->info + e, &b->svd[e]);
+        }
         return;
     }
-    if (ctx->svd_oversample != cfg->svd_oversample || b->rsvd.Wt == NULL) {
-        cpu::fatal("lowrank_subspace_svd: the scratch was not reserved for --svd randomized with oversampling %d "
-                   "(reserved: %d); hint: set ctx.svd_oversample before lowrank_gpu_reserve", cfg->svd_oversample,
-                   ctx->svd_oversample);
+    const float* result = b->svd_result;
+    if (result == NULL) {
+        if (ctx->svd_oversample != cfg->svd_oversample || b->rsvd.count < b->count || b->rsvd.A == NULL ||
+            (b->count > 1 && b->svd_stream_dev == NULL)) {
+            cpu::fatal("lowrank_subspace_svd: the scratch was not reserved for --svd randomized with oversampling %d "
+                       "(reserved: %d); hint: set ctx.svd_oversample before lowrank_gpu_reserve", cfg->svd_oversample,
+                       ctx->svd_oversample);
+        }
+        RsvdBatchGPU c = {b->count, b->m, b->n, b->r, b->G, b->svd_stream[0], b->svd_stream_dev, b->rsvd, b->info,
+                          b->svd};
+        cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step, 0};
+        svd_randomized_top_left_singular_vectors(&c, &sk, ctx);
+        result = c.w.S;
     }
-    cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step,
-                         b->svd_stream[e]};
-    svd_randomized_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->r, &sk, ctx, &b->rsvd,
-                                             b->info + e, &b->svd[e]);
+    size_t numel = (size_t)b->p * b->r;
+    svd_result_copy_kernel<<<dim3(optim_blocks(numel, OPTIM_BLOCK), b->count), OPTIM_BLOCK>>>(b->S, result, numel);
+    cudaCheck(cudaGetLastError());
 }
 
 // ---- step 1: the first subspace
 
 // step 1 (t == 0): S = the top-r left singular vectors of G (canonical sign), M = V = 0
 void lowrank_init_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
-    for (int e = 0; e < b->count; e++) { lowrank_subspace_svd(b, e, cfg, ctx); }
+    lowrank_subspace_svd(b, cfg, ctx);
     size_t numel = (size_t)b->q * b->r;
     copy_each(b->M, PerMatrix<const float>(), numel, b->count);
     copy_each(b->V, PerMatrix<const float>(), numel, b->count);
@@ -4231,7 +4448,7 @@ static void moments_rotate_general(LowRankBatchGPU* b, LowRankGPU* ctx) {
 void galore_refresh_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
     int p = b->p, r = b->r;
     copy_each(b->S_old, b->S, (size_t)p * r, b->count);
-    for (int e = 0; e < b->count; e++) { lowrank_subspace_svd(b, e, cfg, ctx); }
+    lowrank_subspace_svd(b, cfg, ctx);
     if (cfg->adaptive_optimizer) {
         gemm_each(ctx, 0, 1, 0, r, r, p, 1.0f, b->S, r, b->S_old, r, 0.0f, b->C, r, b->count);
         moments_rotate_general(b, ctx);
@@ -4543,6 +4760,15 @@ void lowrank_adamw_step(LowRankStateGPU* s, float* W, const float* G, int t, con
 
 #define LOWRANK_NAME_BYTES 64
 
+// --svd randomized's SVD chunk: consecutive batches of one shape, whose SVDs
+// run as one batch at the start of the first's step
+typedef struct {
+    int first_batch;            // its first batch
+    int offset, count;          // its entries
+    RsvdArraysGPU w;            // its arrays (after its shape's batch arrays in the scratch)
+    SubspaceTiming timing;      // its SVDs (the batches' own timings hold the rest of their updates)
+} RsvdChunkGPU;
+
 typedef struct {
     int count;                  // matrices
     int num_batches;
@@ -4553,6 +4779,10 @@ typedef struct {
     int* info;                  // device (count): each entry's devInfo
     SvdOutcome* svd;            // host (count)
     uint64_t* svd_stream;       // host (count): each entry's stream for --svd randomized's Omega
+    uint64_t* svd_stream_dev;   // device copy
+    int num_chunks;             // --svd randomized: the SVD's chunks (lowrank_svd_chunk), else 0
+    RsvdChunkGPU* chunks;       // (num_chunks) host
+    int* batch_chunk;           // (num_batches) host: each batch's chunk, or -1
     SubspaceTiming* timing;     // (num_batches)
     char (*names)[LOWRANK_NAME_BYTES];  // (count) host: what errors call each matrix
     int bound;                  // lowrank_groups_bind done
@@ -4588,6 +4818,9 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
     g->tables = (void**)device_malloc(table_bytes, "low-rank pointer tables");
     g->tables_host = (void**)cpu::calloc_check(table_bytes, "low-rank pointer tables");
     g->info = (int*)device_malloc((size_t)count * sizeof(int), "cuSOLVER info per matrix");
+    g->svd_stream_dev = (uint64_t*)device_malloc((size_t)count * sizeof(uint64_t), "SVD sketch streams");
+    g->chunks = (RsvdChunkGPU*)cpu::calloc_check((size_t)count * sizeof(RsvdChunkGPU), "SVD chunks");
+    g->batch_chunk = (int*)cpu::malloc_check((size_t)count * sizeof(int), "SVD chunk of each batch");
     int* taken = (int*)cpu::calloc_check((size_t)count * sizeof(int), "grouped matrices");
     int entries = 0;
     for (int k = 0; k < count; k++) {
@@ -4608,8 +4841,10 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
         }
         int per = lowrank_batch_size(s->m, s->n, s->r, entries - first, ctx->svd_oversample);
         if (most_per_batch > 0 && per > most_per_batch) { per = most_per_batch; }
+        int first_batch = g->num_batches;
         for (int offset = first; offset < entries; offset += per) {
             int j = g->num_batches++;
+            g->batch_chunk[j] = -1;
             LowRankBatchGPU* b = &g->batch[j];
             b->m = s->m; b->n = s->n; b->r = s->r; b->right = s->right; b->p = s->p; b->q = s->q;
             b->count = entries - offset < per ? entries - offset : per;
@@ -4651,19 +4886,54 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
                 g->svd_stream[offset + e] = se->svd_stream;
             }
             StepScratchGPU svd;
-            memset(&svd, 0, sizeof svd);    // only the SVD's fields are set
-            step_scratch_svd_layout(&svd, ctx->scratch, &used, b->m, b->n, b->r, ctx->svd_oversample);
+            if (ctx->svd_oversample < 0) {
+                step_scratch_svd_layout(&svd, ctx->scratch, &used, b->m, b->n, b->r, -1);
+            } else {
+                memset(&svd, 0, sizeof svd);  // the SVD's arrays are its chunk's (below)
+            }
             b->K = svd.K;
             b->eig = svd.eig;
-            b->rsvd = svd;
+            b->rsvd = svd.rsvd;
+            b->svd_result = NULL;
             b->svd_stream = g->svd_stream + offset;
+            b->svd_stream_dev = g->svd_stream_dev + offset;
             b->info = g->info + offset;
             b->svd = g->svd + offset;
             subspace_timing_init(&g->timing[j]);
             b->timing = &g->timing[j];
         }
+        if (ctx->svd_oversample < 0) { continue; }
+        // --svd randomized: chunks of whole batches, their arrays after the batch arrays of this shape
+        // (at most the reserved chunk: a smaller per could round to a larger multiple)
+        int chunk = lowrank_svd_chunk(s->m, s->n, s->r, ctx->svd_oversample, per, entries - first);
+        int reserved = lowrank_svd_chunk(s->m, s->n, s->r, ctx->svd_oversample,
+                                         lowrank_batch_size(s->m, s->n, s->r, entries - first, ctx->svd_oversample),
+                                         entries - first);
+        if (chunk > reserved) { chunk = reserved; }
+        size_t base = lowrank_batch_scratch_floats(s->m, s->n, s->r, per, -1) -
+                      lowrank_batch_scratch_floats(s->m, s->n, s->r, 0, -1);
+        for (int j = first_batch; j < g->num_batches;) {
+            RsvdChunkGPU* c = &g->chunks[g->num_chunks];
+            c->first_batch = j;
+            c->offset = (int)(g->batch[j].info - g->info);
+            c->count = 0;
+            while (j < g->num_batches && (c->count == 0 || c->count + g->batch[j].count <= chunk)) {
+                c->count += g->batch[j].count;
+                g->batch_chunk[j++] = g->num_chunks;
+            }
+            size_t used = base;
+            c->w = rsvd_arrays_layout(ctx->scratch, &used, s->m, s->n, s->r, ctx->svd_oversample, c->count);
+            if (used > ctx->scratch_floats) {
+                cpu::fatal("lowrank_groups_build: scratch for the SVDs of %d matrices %d x %d at rank %d was not "
+                           "reserved; hint: call lowrank_gpu_reserve_group for every shape before lowrank_gpu_alloc",
+                           c->count, s->m, s->n, s->r);
+            }
+            subspace_timing_init(&c->timing);
+            g->num_chunks++;
+        }
     }
     free(taken);
+    cudaCheck(cudaMemcpy(g->svd_stream_dev, g->svd_stream, (size_t)count * sizeof(uint64_t), cudaMemcpyHostToDevice));
 }
 
 // each matrix k's weight W[k] and gradient G[k] (device, (m, n)); then the
@@ -4695,7 +4965,24 @@ void lowrank_groups_step(LowRankGroupsGPU* g, int t, const cpu::LowRankConfig* c
     }
     int done = 0;
     for (int j = 0; j < g->num_batches; j++) {
-        lowrank_adamw_step(&g->batch[j], t, cfg, lr, ctx);
+        LowRankBatchGPU* b = &g->batch[j];
+        b->svd_result = NULL;
+        if (cfg->svd_randomized && lowrank_svd_step(cfg, t) && g->batch_chunk[j] >= 0) {
+            // the SVDs of this batch's chunk, as one batch, when its first batch comes; each
+            // batch's step then takes its S from there (lowrank_subspace_svd)
+            RsvdChunkGPU* c = &g->chunks[g->batch_chunk[j]];
+            if (c->first_batch == j) {
+                RsvdBatchGPU rb = {c->count, b->m, b->n, b->r, b->G, 0, g->svd_stream_dev + c->offset, c->w,
+                                   g->info + c->offset, g->svd + c->offset};
+                cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)t, 0};
+                lowrank_timing_begin(&c->timing);
+                svd_randomized_top_left_singular_vectors(&rb, &sk, ctx);
+                lowrank_timing_end(&c->timing);
+            }
+            int offset = (int)(b->info - g->info);
+            b->svd_result = c->w.S + (size_t)(offset - c->offset) * b->p * b->r;
+        }
+        lowrank_adamw_step(b, t, cfg, lr, ctx);
         done += g->batch[j].count;
         if (pr != NULL) {
             cudaCheck(cudaDeviceSynchronize());
@@ -4722,13 +5009,21 @@ double lowrank_groups_subspace_seconds(LowRankGroupsGPU* g) {
         subspace_timing_collect(&g->timing[j]);
         s += g->timing[j].seconds;
     }
+    for (int c = 0; c < g->num_chunks; c++) {
+        subspace_timing_collect(&g->chunks[c].timing);
+        s += g->chunks[c].timing.seconds;
+    }
     return s;
 }
 
 void lowrank_groups_free(LowRankGroupsGPU* g) {
     for (int j = 0; j < g->num_batches; j++) { subspace_timing_free(&g->timing[j]); }
+    for (int c = 0; c < g->num_chunks; c++) { subspace_timing_free(&g->chunks[c].timing); }
     cudaCheck(cudaFree(g->tables));
     cudaCheck(cudaFree(g->info));
+    cudaCheck(cudaFree(g->svd_stream_dev));
+    free(g->chunks);
+    free(g->batch_chunk);
     free(g->tables_host);
     free(g->matrix);
     free(g->batch);
@@ -5343,13 +5638,16 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         int shapes[MAX_LOWRANK_SHAPES][3];
         int num_shapes = grouped ? optimizer_lowrank_shapes(shapes, &o, c) : 0;
         for (int s = 0; s < num_shapes; s++) {
-            size_t need = lowrank_group_scratch_floats(shapes[s][0], shapes[s][1], t->rank, shapes[s][2], oversample);
+            size_t need = 0, need_eig = 0;
+            lowrank_gpu_need_group(&need, &need_eig, shapes[s][0], shapes[s][1], t->rank, shapes[s][2], oversample);
             if (need > scratch) { scratch = need; }
+            if (need_eig > eig) { eig = need_eig; }
         }
         plan_buffer(p, "low-rank step scratch", grouped ? "largest batch of one shape" : "largest matrix",
                     scratch * sizeof(float), grouped ? "one batch" : "one matrix");
-        plan_buffer(p, "eigendecomposition workspace", oversample < 0 ? "1+6p+2p^2 f64" : "1+6l+2l^2 f64, l = R+o",
-                    eig * sizeof(double), "one matrix");
+        plan_buffer(p, "eigendecomposition workspace", oversample < 0 ? "1+6p+2p^2 f64"
+                    : grouped ? "chunk x (1+6l+2l^2) f64, l = R+o" : "1+6l+2l^2 f64, l = R+o",
+                    eig * sizeof(double), oversample >= 0 && grouped ? "one SVD chunk" : "one matrix");
         plan_buffer(p, "cuSOLVER info", "1 int", sizeof(int), "whole run");
         plan_buffer(p, "cuBLAS workspace, optimizer", "", CUBLAS_WORKSPACE_BYTES, "whole run");
         if (grouped) {
@@ -5357,6 +5655,8 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
                         (size_t)LOWRANK_BATCH_FIELDS * o.num_lowrank * sizeof(void*), "whole run");
             plan_buffer(p, "cuSOLVER info per matrix", "per matrix int", (size_t)o.num_lowrank * sizeof(int),
                         "whole run");
+            plan_buffer(p, "SVD sketch streams per matrix", "per matrix u64",
+                        (size_t)o.num_lowrank * sizeof(uint64_t), "whole run");
         }
     }
     if (o.q8) {

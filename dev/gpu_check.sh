@@ -80,7 +80,7 @@ if [ "$DRY" = 1 ]; then
     # a sum no dry run reaches; each part's cap is what catches a hang
     DEADLINE=3600
     CAP_BUILD=1800          # the first emulated build (AddressSanitizer) is slow; make test has built it already
-    CAP_TEST=300; CAP_MEMCHECK=120; CAP_RACECHECK=120; CAP_SAN=120; CAP_TRAIN=120; CAP_FP32=120; CAP_BENCH=120; CAP_PEER=120; CAP_PLAN=30
+    CAP_TEST=600; CAP_MEMCHECK=120; CAP_RACECHECK=120; CAP_SAN=120; CAP_TRAIN=120; CAP_FP32=120; CAP_BENCH=120; CAP_PEER=120; CAP_PLAN=30; CAP_KERNEL=120
     # kjv_test (V=4096, C=32, L=2) at B=2, T=16: a step under the harness takes about 0.2 s
     TINY=(--model_config kjv_test --batch_size 2 --total_batch_size 2 --max_length 16)
     DEMO_FLAGS=("${TINY[@]}" --num_training_steps 4 --warmup_steps 1 --eval_every 2 --eval_batches 2
@@ -106,7 +106,7 @@ else
     DEADLINE=460
     CAP_BUILD=150
     # racecheck slows shared-memory kernels the most
-    CAP_TEST=60; CAP_MEMCHECK=45; CAP_RACECHECK=75; CAP_SAN=30; CAP_TRAIN=60; CAP_FP32=40; CAP_BENCH=90; CAP_PEER=90; CAP_PLAN=20
+    CAP_TEST=60; CAP_MEMCHECK=45; CAP_RACECHECK=75; CAP_SAN=30; CAP_TRAIN=60; CAP_FP32=40; CAP_BENCH=90; CAP_PEER=90; CAP_PLAN=20; CAP_KERNEL=30
     DEMO_FLAGS=()            # the no-argument demo: kjv_small, 600 steps, bf16
     DEMO_STEPS=600
     # the default model (kjv_small, B=8, T=128), fast on the CPU trainer too (about 0.1 s a step);
@@ -550,6 +550,30 @@ else
     echo "$TRAIN --help does not mention --memory_plan" > "$mlog"
     sec "" "Memory plan: not yet available (\`$TRAIN --help\` has no --memory_plan)."
     record 5c "memory plan (--memory_plan)" "SKIP:not yet available" $((SECONDS - t0)) "the trainer has no --memory_plan yet"
+fi
+
+# 5d. every row of the performance model timed alone at the 1B recipe, beside
+# the model's estimate: where the measured time and the estimate part, an
+# assumption is wrong (--eff_wmma for the fused SubTrack++ kernels, --eff_flash
+# for attention, the launch and serial floors). the dry run skips it: make
+# test's GPU_PERF_TEST runs the same launchers under the harness
+t0=$SECONDS
+klog="$OUT/per_kernel.log"
+KERNEL_FLAGS=(--per_kernel 1 --preset 1b --iters 5 --warmup 2)
+if [ "$DRY" = 1 ]; then
+    echo "dry run: not run (make test's GPU_PERF_TEST runs these launchers under the harness)" > "$klog"
+    sec "### 5d. Per kernel" "" "Skipped in the dry run: \`$BENCH ${KERNEL_FLAGS[*]}\` on a GPU."
+    record 5d "per kernel vs the model (dev/bench_gpu --per_kernel)" "SKIP:skipped (dry run)" $((SECONDS - t0)) \
+        "make test's GPU_PERF_TEST runs the launchers under the harness"
+else
+    if have "$BENCH"; then run_capped "$CAP_KERNEL" "$klog" "$BENCH" "${KERNEL_FLAGS[@]}"; krc=$RC
+    else echo "$BENCH: not built" > "$klog"; krc=127; fi
+    sec "### 5d. Per kernel (\`$BENCH ${KERNEL_FLAGS[*]}\`)" "" \
+        "Each row of the performance model (dev/perf_model.h) timed alone at the 1B recipe's shapes, beside the model's roofline and estimate. Launches alone run with warm caches and no overlap, so the column's sum is not a step time; a row far from its estimate names the assumption to correct." "" '```'
+    tail -n 120 "$klog" >> "$BODY"
+    sec '```'
+    if is_cut "$krc"; then st=CUT; elif [ "$krc" -ne 0 ]; then st=FAIL; else st=PASS; fi
+    record 5d "per kernel vs the model (dev/bench_gpu --per_kernel)" "$st" $((SECONDS - t0)) "exit $krc; see per_kernel.log"
 fi
 sec ""
 

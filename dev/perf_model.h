@@ -174,8 +174,9 @@ typedef struct {
     int topr_iters;        // power iterations of the randomized range finder (--svd topr; the trainer's
                            //   --svd_power_iters)
     int topr_oversample;   // its sketch's columns beyond R (the trainer's --svd_oversample)
-    double qr_step_us;     // one column step of cusolverDnDgeqrf / cusolverDnDorgqr (unmeasured: a norm, a
-                           //   scale and a panel update, about two dependent launches)
+    double batched_step_us; // one column step of cusolverDnXsyevBatched on n = l (--svd topr), paid once per
+                           //   call for its whole batch of matrices (unmeasured estimate: the batched
+                           //   tridiagonal reduction's steps as long as syevd's)
     double top_token;      // the most frequent token's share of a micro-batch's positions (encoder_backward)
     double host_ns;        // the host's counting sort, per element visited (encoder_backward_buckets)
     double h2d_gbs;        // host-to-device copy from pinned memory, GB/s (the token buckets)
@@ -195,7 +196,7 @@ static void perf_assume_defaults(PerfAssume* a) {
     a->syevd_step_us = 10.0;
     a->topr_iters = 2;
     a->topr_oversample = 8;
-    a->qr_step_us = 5.0;
+    a->batched_step_us = 10.0;
     a->top_token = 0.05;
     a->host_ns = 1.0;
     a->h2d_gbs = 25.0;
@@ -263,12 +264,12 @@ static void perf_variant_set_dtype(PerfVariant* v, int fp32_acts) {
 
 typedef enum {
     PERF_BF16_GEMM, PERF_TF32_GEMM, PERF_FP32_GEMM, PERF_FP32_CORE, PERF_FP64_CORE, PERF_FP64_SYEVD,
-    PERF_FLASH, PERF_MEMORY, PERF_TF32_WMMA, PERF_NUM_CLASSES
+    PERF_FLASH, PERF_MEMORY, PERF_TF32_WMMA, PERF_FP64_GEMM, PERF_NUM_CLASSES
 } PerfClass;
 // tf32 wmma: a product on TF32 tensor cores in our own kernel (eff_wmma instead of cuBLAS's eff_gemm)
 static const char* PERF_CLASS_NAMES[PERF_NUM_CLASSES] = {"bf16 gemm", "tf32 gemm", "fp32 gemm", "fp32 core",
                                                          "fp64 core", "fp64 syevd", "bf16 flash", "memory",
-                                                         "tf32 wmma"};
+                                                         "tf32 wmma", "fp64 gemm"};
 // a row that is a matrix product (cuBLAS or our own tensor-core kernel)
 static int perf_class_is_gemm(int cls) {
     return cls == PERF_BF16_GEMM || cls == PERF_TF32_GEMM || cls == PERF_FP32_GEMM || cls == PERF_TF32_WMMA;
@@ -397,6 +398,8 @@ static double perf_all_params(const PerfDims* d) {
 // fit in 256 MiB of scratch, one matrix's own arrays (D p q, Gt N Mrot Xm 4 q R, X S_old 2 p R, three R x R,
 // and a few vectors) each, after one SVD's (a double p x p Gram matrix); alignment left out
 #define PERF_BATCH_SCRATCH_FLOATS ((double)((size_t)256 << 20) / 4.0)
+// --svd randomized's SVD chunks: up to 2 GiB of arrays (the trainer's LOWRANK_SVD_BATCH_BYTES)
+#define PERF_SVD_CHUNK_FLOATS ((double)((size_t)2 << 30) / 4.0)
 static double perf_lowrank_batch(double p, double q, double R) {
     double one = p * q + 4.0 * q * R + 2.0 * p * R + 3.0 * R * R + 5.0 * q + 5.0 * p + 6.0 * R;
     double svd = 2.0 * p * p + 2.0 * p;
@@ -848,42 +851,73 @@ static void perf_build_optimizers(PerfModel* m) {
                 r->launches = 2 * lper; r->launch.a = R * q * 4;
             }
             if (m->v.svd == PERF_SVD_TOPR) {
-                // --svd randomized (svd_randomized_top_left_singular_vectors), each matrix in turn, l = min(R + o, p):
-                // (2 + 2 it) fp32 GEMMs of 2 p q l (gemm_gpu: the sketch X Omega, it x (X^T Q, X Z), Z^T = Q^T X);
-                // a Householder QR in FP64 (cusolverDnDgeqrf + cusolverDnDorgqr) after each but the last, it + 1
-                // of (p, l) and it of (q, l), each 2 x (2 len l^2 - 2/3 l^3) with 2 l dependent column steps
-                // (qr_step_us each); K = Z^T Z (l, l) by gram_double; cusolverDnDsyevdx for its top R pairs, as
-                // the exact path on (l, l): 4/3 l^3 + 2 l^2 R, l column steps (syevd_step_us)
+                // --svd randomized (svd_randomized_top_left_singular_vectors): randomized subspace iteration on
+                // A = K + mu I, K = X X^T (p, p) in double, l = min(R + o, p), it power iterations, the matrices
+                // of a shape in chunks (lowrank_svd_chunk), each chunk one batch: every launch and every
+                // eigensolver call below is one per chunk. the Gram by gram_double_kernel (FP64 CUDA cores,
+                // eff_gram; batched over blockIdx.z); then it + 2 DGEMMs Y = A Q (2 p^2 l; the last one for
+                // Rayleigh-Ritz), it + 2 orths of two passes, each W = Y^T Y and Q = Y V (2 p l^2 each), B =
+                // Q^T (A Q) (2 p l^2) and S = Q U (2 p l R): cublasDgemmStridedBatched (FP64 tensor cores, at
+                // eff_gemm). 2 (it + 2) + 1 cusolverDnXsyevBatched calls on (l, l): 14/3 l^3 each matrix
+                // (reduction, divide and conquer, all vectors), and l dependent column steps once per call
+                // (batched_step_us), not per matrix. l == p: Q = I, no orth and one DGEMM A Q
                 int it = m->a.topr_iters;
                 long long l = R + m->a.topr_oversample < p ? R + m->a.topr_oversample : p;
-                snprintf(tag, sizeof tag, "topr sketch GEMMs (%d) (fp32) [%s]", 2 + 2 * it, g[gi].names);
-                r = perf_gemm(m, ph, tag, set, PERF_FP32_GEMM, cnt * (2 + 2 * it), p, l, q, 1, 4.0, 4.0, 0.0f);
-                r->launch.op = OP_NONE;
-                for (int side = 0; side < 2; side++) {
-                    long long len = side == 0 ? p : q;
-                    int nqr = side == 0 ? it + 1 : it;
-                    if (nqr == 0) { continue; }
-                    snprintf(s, sizeof s, "%lldx%lld", len, l);
-                    snprintf(tag, sizeof tag, "topr Householder QR x%d, geqrf + orgqr (fp64) [%s]", nqr, g[gi].names);
-                    r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, cnt * nqr,
-                                    2.0 * (2.0 * len * l * l - 2.0 / 3.0 * (double)l * l * l),
-                                    2.0 * 8.0 * 2.0 * len * l, OP_NONE, s);
-                    r->serial_s = cnt * nqr * 2.0 * (double)l * m->a.qr_step_us * 1e-6;
-                }
-                long long nt = (l + 31) / 32;
-                snprintf(s, sizeof s, "%dx%d <- %dx%d", (int)l, (int)l, (int)l, (int)q);
-                snprintf(tag, sizeof tag, "topr gram_double K = Z^T Z (fp64) [%s]", g[gi].names);
+                int orths = l == p ? 0 : it + 2, aq = l == p ? 1 : it + 2, calls = 2 * orths + 1;
+                // the chunks: whole step batches (their own arrays, no SVD's, in 256 MiB) up to 2 GiB of SVD
+                // arrays (A p^2, Q Y p l, W l^2 doubles, lambda, S p R floats); alignment left out
+                double own = p * q + 4.0 * q * R + 2.0 * p * R + 3.0 * R * R + 5.0 * q + 5.0 * p + 6.0 * R;
+                double per_b = floor(PERF_BATCH_SCRATCH_FLOATS / own);
+                if (per_b < 1.0) { per_b = 1.0; }
+                if (per_b > nm) { per_b = nm; }
+                double svd_one = 2.0 * p * p + 4.0 * p * l + 2.0 * l * l + 2.0 * l + 1.0 + (double)p * R;
+                double fit = floor(PERF_SVD_CHUNK_FLOATS / svd_one / per_b);
+                double chunk = (fit > 1.0 ? fit : 1.0) * per_b;
+                if (chunk > nm) { chunk = nm; }
+                double nch = perf_ceil_div(nm, chunk) * f;   // chunk batches per pass (refresh/k: amortised)
+                long long nt = (p + 31) / 32;
+                snprintf(s, sizeof s, "%lldx%lld <- %lldx%lld x%.0f", p, p, p, q, chunk);
+                snprintf(tag, sizeof tag, "topr gram_double K (fp64 core, batched) [%s]", g[gi].names);
                 r = perf_kernel(m, ph, tag, set, PERF_FP64_CORE, cnt, 1024.0 * 2.0 * q * nt * (nt + 1) / 2.0,
-                                4.0 * l * q + 8.0 * l * l, OP_NONE, s);
-                snprintf(s, sizeof s, "%dx%d top %d", (int)l, (int)l, (int)R);
-                snprintf(tag, sizeof tag, "topr cusolverDnDsyevdx l x l, top R (fp64) [%s]", g[gi].names);
-                r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, cnt,
-                                4.0 / 3.0 * l * l * l + 2.0 * (double)l * l * R, 8.0 * 3.0 * l * l, OP_NONE, s);
-                r->serial_s = cnt * (double)l * m->a.syevd_step_us * 1e-6;
+                                4.0 * p * q + 8.0 * p * p, OP_NONE, s);
+                r->launches = nch;
+                snprintf(s, sizeof s, "%lld + %lldx%lld", p, p, l);
+                snprintf(tag, sizeof tag, "topr shift A = K + mu I, sketch Omega (2 kernels) [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_MEMORY, cnt, 2.0 * p, 16.0 * p + (l == p ? 8.0 * p * p : 8.0 * p * l),
+                                OP_NONE, s);
+                r->launches = 2 * nch;
+                snprintf(s, sizeof s, "%lldx%lldx%lld x%.0f", p, l, p, chunk);
+                snprintf(tag, sizeof tag, "topr DGEMM Y = A Q (%d) [%s]", aq, g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP64_GEMM, cnt * aq, 2.0 * p * p * l,
+                                8.0 * ((double)p * p + 2.0 * p * l), OP_NONE, s);
+                r->launches = aq * nch;
+                if (orths > 0) {
+                    snprintf(s, sizeof s, "%lldx%lldx%lld x%.0f", l, l, p, chunk);
+                    snprintf(tag, sizeof tag, "topr DGEMM orth W = Y^T Y, Q = Y V (%d) [%s]", 4 * orths, g[gi].names);
+                    r = perf_kernel(m, ph, tag, set, PERF_FP64_GEMM, cnt * 4 * orths, 2.0 * p * l * l,
+                                    8.0 * (1.5 * p * l + 1.5 * l * l), OP_NONE, s);
+                    r->launches = 4 * orths * nch;
+                }
+                snprintf(s, sizeof s, "%lldx%lldx%lld x%.0f", l, l, p, chunk);
+                snprintf(tag, sizeof tag, "topr DGEMM B = Q^T A Q, S = Q U (2) [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP64_GEMM, cnt, 2.0 * p * l * l + 2.0 * p * l * R,
+                                8.0 * (3.0 * p * l + 2.0 * l * l + p * R), OP_NONE, s);
+                r->launches = 2 * nch;
+                snprintf(s, sizeof s, "%lldx%lld x%.0f", l, l, chunk);
+                snprintf(tag, sizeof tag, "topr cusolverDnXsyevBatched l x l (%d calls) [%s]", calls, g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP64_SYEVD, cnt * calls, 14.0 / 3.0 * l * l * l,
+                                8.0 * 3.0 * l * l, OP_NONE, s);
+                r->launches = calls * nch;
+                r->serial_s = calls * nch * (double)l * m->a.batched_step_us * 1e-6;
+                snprintf(s, sizeof s, "%lldx%lld", l, l);
+                snprintf(tag, sizeof tag, "topr orth scale, devInfo fold (small kernels) [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_MEMORY, cnt * calls, (double)l * l, 16.0 * l * l, OP_NONE, s);
+                r->launches = (2 * orths + calls) * nch;
                 snprintf(s, sizeof s, "%lldx%lld", p, R);
-                snprintf(tag, sizeof tag, "topr S = Q U, top_eigenvectors, canonical_sign [%s]", g[gi].names);
-                r = perf_gemm(m, ph, tag, set, PERF_FP32_GEMM, cnt, p, R, l, 1, 4.0, 4.0, 0.0f);
-                r->launch.op = OP_NONE;
+                snprintf(tag, sizeof tag, "topr top vectors, canonical_sign, copy to S [%s]", g[gi].names);
+                r = perf_kernel(m, ph, tag, set, PERF_FP32_CORE, cnt, 2.0 * p * R, 8.0 * p * R + 12.0 * p * R,
+                                OP_NONE, s);
+                r->launches = 2 * nch + lper;
             } else {
                 // K = op(G) op(G)^T (p, p) in double: 32 x 32 tiles on and below the diagonal, each full
                 long long nt = (p + 31) / 32;
@@ -940,7 +974,7 @@ static double perf_peak_tflops(const PerfDevice* dev, int cls) {
         case PERF_BF16_GEMM: case PERF_FLASH: return dev->bf16;
         case PERF_TF32_GEMM: case PERF_TF32_WMMA: return dev->tf32;
         case PERF_FP32_GEMM: case PERF_FP32_CORE: return dev->fp32;
-        case PERF_FP64_CORE: case PERF_FP64_SYEVD: return dev->fp64;
+        case PERF_FP64_CORE: case PERF_FP64_SYEVD: case PERF_FP64_GEMM: return dev->fp64;
         default: return dev->fp32;
     }
 }
@@ -1251,6 +1285,13 @@ static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
     printf("  syevdx     %.1f us per column step of the tridiagonal reduction (p steps one after the other, also\n"
            "                   when range I asks for R pairs); FLOPs 4/3 p^3 + 2 p^2 R (reduction, back-transformation\n"
            "                   of R vectors); --svd full (syevd, before da90bbf): 14/3 p^3\n", a->syevd_step_us);
+    if (v->svd == PERF_SVD_TOPR) {
+        printf("  topr       %d power iterations, oversampling %d (l = R + o); the matrices of a shape in SVD chunks of\n"
+               "                   up to 2 GiB, each chunk one batch; cusolverDnXsyevBatched: %.1f us per column step\n"
+               "                   (l steps) once per call for the whole chunk (estimate, unmeasured), 14/3 l^3 FLOPs a\n"
+               "                   matrix; the DGEMMs on FP64 tensor cores at eff_gemm; the Gram at eff_gram\n",
+               a->topr_iters, a->topr_oversample, a->batched_step_us);
+    }
     printf("variant: attention %s (%s), optimizer bulk GEMMs %s (tracking fp32), SVD %s, model residual adds %s,\n"
            "  weight-gradient column sums %s%s%s%s%s, activations %s\n",
            v->flash ? "flash" : "materialized", v->flash ? "MFU counts the causal triangle T(T+1)/2"
@@ -1362,7 +1403,8 @@ static int perf_table_variants(PerfNamedVariant out[PERF_NUM_TABLE_VARIANTS]) {
                    "residual adds in the wo / w_down epilogue, TF32 optimizer projection GEMM, recovery scaling's "
                    "residual norms and update as two fused TF32 WMMA kernels (no residual in memory), FP64 Gram + "
                    "syevdx for the top R, two-pass rmsnorm weight gradient, encoder_backward one block per token)";
-    out[1].label = "(a) + --svd randomized (sketch GEMMs, Householder QRs, syevdx on (R+o) x (R+o))";
+    out[1].label = "(a) + --svd randomized (FP64 Gram, batched DGEMMs and cusolverDnXsyevBatched on (R+o) x (R+o) "
+                   "per chunk of up to 2 GiB)";
     out[1].v.svd = PERF_SVD_TOPR;
     out[2].label = "planned: (b) + bf16 optimizer cuBLAS GEMMs (the projection)";
     out[2].v = out[1].v; out[2].v.opt_gemm = PERF_GEMM_BF16;
@@ -1475,6 +1517,31 @@ static double perf_rows_sum(const PerfModel* m, int sets, const char* phase, int
            : field == 4 ? r->host_s : 1.0;
     }
     return s;
+}
+
+// --svd randomized (the batched rewrite), at 1B, written out apart from the rows: one refresh pass's DGEMM
+// FLOPs sum over the 4L (C, C) and 3L (C, F) matrices of (it + 2) 2 p^2 l (A Q) + 4 (it + 2) 2 p l^2 (orth) +
+// 2 p l^2 + 2 p l R (Rayleigh-Ritz); the SVD chunks hold 35 and 36 matrices (the trainer's comment at
+// LOWRANK_SVD_BATCH_BYTES), so 3 + 2 chunks, each 2 (it + 2) + 1 eigensolver calls with l column steps
+static void perf_check_topr(const PerfModel* m, const char* tag) {
+    double L = m->d.L, C = m->d.C, F = m->d.F, R = m->rank, it = m->a.topr_iters;
+    double pmin = C < F ? C : F, l = R + m->a.topr_oversample;
+    double pc[2][2] = {{4.0 * L, C}, {3.0 * L, pmin}};
+    double dgemm = 0.0;
+    for (int g = 0; g < 2; g++) {
+        double cnt = pc[g][0], p = pc[g][1];
+        dgemm += cnt * ((it + 2.0) * 2.0 * p * p * l + 4.0 * (it + 2.0) * 2.0 * p * l * l + 2.0 * p * l * l +
+                        2.0 * p * l * R);
+    }
+    double calls = 2.0 * (it + 2.0) + 1.0;
+    double chunks = ceil(4.0 * L / 35.0) + ceil(3.0 * L / 36.0);
+    double serial = chunks * calls * l * m->a.batched_step_us * 1e-6;
+    check(perf_close(perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_GEMM, -1, 0), dgemm) &&
+          perf_close(perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, -1, 2), chunks * calls) &&
+          perf_close(perf_rows_sum(m, PERF_SET_REFRESH, NULL, PERF_FP64_SYEVD, -1, 3), serial),
+          "%s: --svd randomized's refresh pass: DGEMMs sum((it+2) 2p^2 l + 4(it+2) 2pl^2 + 2pl^2 + 2plR) = %.6e "
+          "FLOPs; %.0f SVD chunks (35 (C, C), 36 (F, C) a chunk) x %.0f batched eigensolver calls, %.4f s of "
+          "column steps", tag, dgemm, chunks, calls, serial);
 }
 
 // the checks of what changed in the trainer since 33b6305 (da90bbf, ccb06c0, e56a56e), on today's variant
@@ -1741,6 +1808,17 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
                            "(%d without)", rc->preset, unmeasured);
             }
             perf_check_today(&m, o, facts, tag);  // today's, and the unfused recovery (--fused_recovery 0)
+            if (variant == 0 && strcmp(rc->preset, "llama_1b") == 0) {
+                PerfModel* mt = (PerfModel*)malloc(sizeof(PerfModel));
+                PerfVariant vt = v;
+                vt.svd = PERF_SVD_TOPR;
+                if (mt != NULL && perf_build_recipe(mt, rc->preset, &oo, &vt, facts)) {
+                    perf_check_topr(mt, tag);
+                } else {
+                    check(0, "%s: --svd topr model could not be built", tag);
+                }
+                free(mt);
+            }
             if (strcmp(rc->preset, "llama_1b") == 0 && !v.flash) {
                 // GPU_NUMBERS.md: at 1B (r = 512, 4096 tokens a step) the three GEMMs are about 11% of the model's
                 // FLOPs, two about 7.5%. exactly: ngemm 2 R (N - V C) / (tokens (6 N + 12 L C T))
@@ -1782,8 +1860,8 @@ static void perf_usage(FILE* out, const char* prog) {
             "                                     fp32 with --dtype float32; bf16 planned). tracking: fp32 always\n"
             "  --svd full|syevdx|topr             syevdx (default, today): FP64 Gram + syevdx range I, top R;\n"
             "                                     full: syevd of all p (before da90bbf);\n"
-            "                                     topr: --svd randomized: sketch GEMMs, Householder QRs (fp64),\n"
-            "                                     syevdx on (R+o) x (R+o), each matrix in turn\n"
+            "                                     topr: --svd randomized: FP64 Gram, subspace iteration by batched\n"
+            "                                     DGEMMs and cusolverDnXsyevBatched on (R+o) x (R+o), per SVD chunk\n"
             "  --fused 0|1                        q, k, v in one product and gate, up in one (default 1 in bf16,\n"
             "                                      today; 0: apart, as --dtype float32 and the code before 85bd595)\n"
             "  --fused_residual 0|1               the wo / w_down products add the residual in cuBLASLt's epilogue\n"
@@ -1801,9 +1879,9 @@ static void perf_usage(FILE* out, const char* prog) {
             "assumptions (defaults; see the header of dev/perf_model.h):\n"
             "  --eff_gemm %.3f --eff_flash %.2f --eff_bw %.3f --eff_gram %.2f --launch_us %.1f --latency_us %.2f\n"
             "  --serial_ilp %.0f --sm_gbs %.0f --power_iters %.0f --syevd_step_us %.1f --topr_iters %d\n"
-            "  --topr_oversample %d --qr_step_us %.1f --top_token %.2f --host_ns %.1f --h2d_gbs %.0f\n",
+            "  --topr_oversample %d --batched_step_us %.1f --top_token %.2f --host_ns %.1f --h2d_gbs %.0f\n",
             prog, prog, PERF_NUMBERS_PATH, a.eff_gemm, a.eff_flash, a.eff_bw, a.eff_gram, a.launch_us, a.latency_us,
-            a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters, a.topr_oversample, a.qr_step_us,
+            a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters, a.topr_oversample, a.batched_step_us,
             a.top_token, a.host_ns, a.h2d_gbs);
 }
 
@@ -1892,7 +1970,7 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--syevd_step_us") == 0) { o.a.syevd_step_us = perf_parse_number(f, v, 0.0, 1e4); }
         else if (strcmp(f, "--topr_iters") == 0) { o.a.topr_iters = (int)perf_parse_number(f, v, 0, 20); }
         else if (strcmp(f, "--topr_oversample") == 0) { o.a.topr_oversample = (int)perf_parse_number(f, v, 0, 256); }
-        else if (strcmp(f, "--qr_step_us") == 0) { o.a.qr_step_us = perf_parse_number(f, v, 0.0, 1e4); }
+        else if (strcmp(f, "--batched_step_us") == 0) { o.a.batched_step_us = perf_parse_number(f, v, 0.0, 1e4); }
         else if (strcmp(f, "--top_token") == 0) { o.a.top_token = perf_parse_number(f, v, 0.0, 1.0); }
         else if (strcmp(f, "--host_ns") == 0) { o.a.host_ns = perf_parse_number(f, v, 0.0, 1e6); }
         else if (strcmp(f, "--h2d_gbs") == 0) { o.a.h2d_gbs = perf_parse_number(f, v, 1e-3, 1e4); }

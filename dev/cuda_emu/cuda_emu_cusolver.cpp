@@ -4,7 +4,9 @@
 // Implemented: cusolverDnCreate/Destroy, cusolverDnSet/GetStream,
 // cusolverDn{S,D}syevd_bufferSize and cusolverDn{S,D}syevd (symmetric
 // eigendecomposition), cusolverDnDsyevdx_bufferSize and cusolverDnDsyevdx (a
-// selection of eigenpairs), cusolverDnD{geqrf,orgqr}{_bufferSize,} (QR, below).
+// selection of eigenpairs), cusolverDnD{geqrf,orgqr}{_bufferSize,} (QR, below),
+// cusolverDnCreateParams/DestroyParams and cusolverDnXsyevBatched{_bufferSize,}
+// (a batch of symmetric eigenproblems, at the end).
 // Anything else is a link error, as with the rest of the harness.
 //
 // syevdx, as documented: range CUSOLVER_EIG_RANGE_ALL (all n), _I (the il-th
@@ -433,6 +435,149 @@ cusolverStatus_t CUSOLVERAPI cusolverDnDorgqr(cusolverDnHandle_t handle, int m, 
     for (int i = 0; i < j; i++) A[(size_t)j * lda + i] = 0.0;
   }
   *info = 0;
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+}  // extern "C"
+
+// the 64-bit generic API's batched eigensolver, as NVIDIA documents it:
+//   cusolverDnXsyevBatched(handle, params, jobz, uplo, n, dataTypeA, A, lda,
+//     dataTypeW, W, computeType, bufferOnDevice, workspaceInBytesOnDevice,
+//     bufferOnHost, workspaceInBytesOnHost, info, batchSize)
+// computes the eigenpairs of batchSize symmetric n x n matrices packed one after
+// another: matrix k's element (i, j) is A[i + lda j + lda n k] (column-major,
+// leading dimension lda >= max(1, n)), only the uplo triangle read; its
+// eigenvalues, ascending, are W[j + n k], and with CUSOLVER_EIG_MODE_VECTOR
+// column j of matrix k then holds the unit eigenvector of W[j + n k] (A is
+// overwritten either way). info is an array of batchSize ints in device
+// memory: on CUSOLVER_STATUS_INVALID_VALUE, info[0] = -i for the invalid
+// argument i; otherwise info[k] = 0, or > 0 when matrix k did not converge. the
+// workspaces are the sizes cusolverDnXsyevBatched_bufferSize returns (device,
+// and host memory). types: real, A, W and the compute type alike; the harness
+// does CUDA_R_64F and CUDA_R_32F (and the pair 32F data / 64F compute is not
+// accepted: NOT_SUPPORTED). params: from cusolverDnCreateParams.
+// Each matrix is solved alone by the Jacobi solver above, in double.
+
+struct cusolverDnParams {
+  int magic;
+};
+#define PARAMS_MAGIC 0x5e7a
+
+static size_t syev_batched_device_bytes(int64_t n, int64_t batch, size_t elem) {
+  return (size_t)(n < 1 ? 1 : CUSOLVER_EMU_WORK_PER_N * n) * (size_t)(batch < 1 ? 1 : batch) * elem;
+}
+static size_t syev_batched_host_bytes(int64_t n) { return (size_t)(n < 1 ? 1 : n) * sizeof(double); }
+
+static bool syev_batched_types(cudaDataType a, cudaDataType w, cudaDataType c) {
+  return (a == CUDA_R_64F || a == CUDA_R_32F) && w == a && c == a;
+}
+
+extern "C" {
+
+cusolverStatus_t CUSOLVERAPI cusolverDnCreateParams(cusolverDnParams_t* params) {
+  if (params == nullptr) return CUSOLVER_STATUS_INVALID_VALUE;
+  *params = new cusolverDnParams{PARAMS_MAGIC};
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnDestroyParams(cusolverDnParams_t params) {
+  if (params == nullptr || params->magic != PARAMS_MAGIC) return CUSOLVER_STATUS_INVALID_VALUE;
+  params->magic = 0;
+  delete params;
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnXsyevBatched_bufferSize(
+    cusolverDnHandle_t handle, cusolverDnParams_t params, cusolverEigMode_t jobz, cublasFillMode_t uplo, int64_t n,
+    cudaDataType dataTypeA, const void* A, int64_t lda, cudaDataType dataTypeW, const void* W,
+    cudaDataType computeType, size_t* workspaceInBytesOnDevice, size_t* workspaceInBytesOnHost, int64_t batchSize) {
+  (void)jobz; (void)uplo; (void)A; (void)lda; (void)W;
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  if (params == nullptr || params->magic != PARAMS_MAGIC) return CUSOLVER_STATUS_INVALID_VALUE;
+  if (workspaceInBytesOnDevice == nullptr || workspaceInBytesOnHost == nullptr || n < 0 || batchSize < 0) {
+    return CUSOLVER_STATUS_INVALID_VALUE;
+  }
+  if (!syev_batched_types(dataTypeA, dataTypeW, computeType)) return CUSOLVER_STATUS_NOT_SUPPORTED;
+  size_t elem = dataTypeA == CUDA_R_64F ? sizeof(double) : sizeof(float);
+  *workspaceInBytesOnDevice = syev_batched_device_bytes(n, batchSize, elem);
+  *workspaceInBytesOnHost = syev_batched_host_bytes(n);
+  return CUSOLVER_STATUS_SUCCESS;
+}
+
+cusolverStatus_t CUSOLVERAPI cusolverDnXsyevBatched(
+    cusolverDnHandle_t handle, cusolverDnParams_t params, cusolverEigMode_t jobz, cublasFillMode_t uplo, int64_t n,
+    cudaDataType dataTypeA, void* A, int64_t lda, cudaDataType dataTypeW, void* W, cudaDataType computeType,
+    void* bufferOnDevice, size_t workspaceInBytesOnDevice, void* bufferOnHost, size_t workspaceInBytesOnHost,
+    int* info, int64_t batchSize) {
+  const char* api = "cusolverDnXsyevBatched";
+  if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
+  int bad = 0;
+  if (params == nullptr || params->magic != PARAMS_MAGIC) bad = 2;
+  else if (jobz != CUSOLVER_EIG_MODE_NOVECTOR && jobz != CUSOLVER_EIG_MODE_VECTOR) bad = 3;
+  else if (uplo != CUBLAS_FILL_MODE_LOWER && uplo != CUBLAS_FILL_MODE_UPPER) bad = 4;
+  else if (n < 0) bad = 5;
+  else if (lda < (n > 1 ? n : 1)) bad = 8;
+  else if (batchSize < 0) bad = 17;
+  if (bad == 0 && !syev_batched_types(dataTypeA, dataTypeW, computeType)) {
+    fprintf(stderr, "cuda_emu: %s: unsupported types (A %d, W %d, compute %d; the harness does CUDA_R_64F or "
+            "CUDA_R_32F throughout)\n", api, (int)dataTypeA, (int)dataTypeW, (int)computeType);
+    return CUSOLVER_STATUS_NOT_SUPPORTED;
+  }
+  size_t elem = dataTypeA == CUDA_R_64F ? sizeof(double) : sizeof(float);
+  if (bad == 0 && workspaceInBytesOnDevice < syev_batched_device_bytes(n, batchSize, elem)) bad = 13;
+  else if (bad == 0 && workspaceInBytesOnHost < syev_batched_host_bytes(n)) bad = 15;
+  syevd_check_device(api, "info", info, (size_t)(batchSize > 0 ? batchSize : 1) * sizeof(int));
+  if (bad != 0) {
+    fprintf(stderr, "cuda_emu: %s: parameter %d is invalid\n", api, bad);
+    info[0] = -bad;
+    return CUSOLVER_STATUS_INVALID_VALUE;
+  }
+  if (n == 0 || batchSize == 0) {
+    for (int64_t k = 0; k < batchSize; k++) info[k] = 0;
+    return CUSOLVER_STATUS_SUCCESS;
+  }
+  syevd_check_device(api, "A", A, ((size_t)(lda * n) * (batchSize - 1) + (size_t)(n - 1) * lda + n) * elem);
+  syevd_check_device(api, "W", W, (size_t)(n * batchSize) * elem);
+  syevd_check_device(api, "bufferOnDevice", bufferOnDevice, workspaceInBytesOnDevice);
+  if (bufferOnHost == nullptr) {
+    fprintf(stderr, "cuda_emu: %s: bufferOnHost is NULL but %zu bytes of host workspace are needed\n", api,
+            syev_batched_host_bytes(n));
+    abort();
+  }
+  if (cuda_emu::is_device_range(bufferOnHost, 1)) {
+    fprintf(stderr, "cuda_emu: %s: bufferOnHost (%p) is device memory; it must be host memory\n", api, bufferOnHost);
+    abort();
+  }
+  // the workspaces are scribbled on, as a GPU solver would
+  memset(bufferOnDevice, 0xff, workspaceInBytesOnDevice);
+  memset(bufferOnHost, 0xff, syev_batched_host_bytes(n));
+  bool lower = uplo == CUBLAS_FILL_MODE_LOWER;
+  for (int64_t k = 0; k < batchSize; k++) {
+    size_t base = (size_t)(lda * n * k);
+    std::vector<double> a((size_t)(n * n));
+    for (int64_t j = 0; j < n; j++) {
+      for (int64_t i = 0; i < n; i++) {
+        bool in = lower ? i >= j : i <= j;
+        int64_t r = in ? i : j, c = in ? j : i;
+        size_t at = base + (size_t)(r + c * lda);
+        a[(size_t)(i * n + j)] = dataTypeA == CUDA_R_64F ? ((double*)A)[at] : (double)((float*)A)[at];
+      }
+    }
+    std::vector<double> evals, evecs;
+    int unconverged = jacobi_eigen(a, (int)n, evals, evecs);
+    for (int64_t j = 0; j < n; j++) {
+      size_t wat = (size_t)(j + n * k);
+      if (dataTypeW == CUDA_R_64F) ((double*)W)[wat] = evals[(size_t)j];
+      else ((float*)W)[wat] = (float)evals[(size_t)j];
+      for (int64_t i = 0; i < n; i++) {
+        size_t at = base + (size_t)(i + j * lda);
+        double v = jobz == CUSOLVER_EIG_MODE_VECTOR ? evecs[(size_t)(j * n + i)] : NAN;
+        if (dataTypeA == CUDA_R_64F) ((double*)A)[at] = v;
+        else ((float*)A)[at] = (float)v;
+      }
+    }
+    info[k] = unconverged;
+  }
   return CUSOLVER_STATUS_SUCCESS;
 }
 

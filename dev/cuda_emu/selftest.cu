@@ -2739,6 +2739,145 @@ static void test_cusolver_qr(void) {
   cusolverDnDestroy(h);
 }
 
+// cublasDgemmStridedBatched, as documented (column-major, C_k = alpha op(A_k)
+// op(B_k) + beta C_k, operand k at base + k stride): 3 batches of
+// C (5, 4) = 0.5 A^T (5 x 6, stored 6 x 5 with lda 7) B (6, 4) (ldb 6) + 2 C
+// (ldc 6), strides with gaps, against a loop in double: products of small
+// integers and halves, exact; the padding row of C untouched; ldc < m is
+// parameter 14 (CUBLAS_STATUS_INVALID_VALUE)
+static void test_cublas_dgemm_batched(cublasHandle_t handle) {
+  const int m = 5, n = 4, k = 6, lda = 7, ldb = 6, ldc = 6, batch = 3;
+  const long long sa = (long long)lda * m + 3, sb = (long long)ldb * n + 1, sc = (long long)ldc * n + 2;
+  std::vector<double> a((size_t)(sa * batch)), b((size_t)(sb * batch)), c((size_t)(sc * batch)), want;
+  for (size_t i = 0; i < a.size(); i++) a[i] = (double)((int)(i * 7 % 11) - 5);
+  for (size_t i = 0; i < b.size(); i++) b[i] = (double)((int)(i * 5 % 9) - 4) * 0.5;
+  for (size_t i = 0; i < c.size(); i++) c[i] = (double)((int)(i % 5) - 2);
+  want = c;
+  for (int t = 0; t < batch; t++) {
+    for (int j = 0; j < n; j++) {
+      for (int i = 0; i < m; i++) {
+        double s = 0.0;
+        for (int q = 0; q < k; q++) s += a[(size_t)(t * sa + q + i * lda)] * b[(size_t)(t * sb + q + j * ldb)];
+        want[(size_t)(t * sc + i + j * ldc)] = 0.5 * s + 2.0 * c[(size_t)(t * sc + i + j * ldc)];
+      }
+    }
+  }
+  double *dA, *dB, *dC;
+  CUDA_CHECK(cudaMalloc((void**)&dA, a.size() * sizeof(double)));
+  CUDA_CHECK(cudaMalloc((void**)&dB, b.size() * sizeof(double)));
+  CUDA_CHECK(cudaMalloc((void**)&dC, c.size() * sizeof(double)));
+  CUDA_CHECK(cudaMemcpy(dA, a.data(), a.size() * sizeof(double), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dB, b.data(), b.size() * sizeof(double), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dC, c.data(), c.size() * sizeof(double), cudaMemcpyHostToDevice));
+  const double alpha = 0.5, beta = 2.0;
+  cublasStatus_t st = cublasDgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, dA, lda, sa, dB,
+                                                ldb, sb, &beta, dC, ldc, sc, batch);
+  std::vector<double> got(c.size());
+  CUDA_CHECK(cudaMemcpy(got.data(), dC, got.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  size_t wrong = 0;
+  for (size_t i = 0; i < got.size(); i++) wrong += got[i] != want[i];
+  check(st == CUBLAS_STATUS_SUCCESS && wrong == 0, "cublasDgemmStridedBatched op(A)=T, 3 batches with gaps",
+        "status %d, %zu of %zu doubles differ from the loop (padding included)", (int)st, wrong, got.size());
+  st = cublasDgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, dA, lda, sa, dB, ldb, sb, &beta,
+                                 dC, m - 1, sc, batch);
+  check(st == CUBLAS_STATUS_INVALID_VALUE, "cublasDgemmStridedBatched: ldc < m is refused", "status %d", (int)st);
+  CUDA_CHECK(cudaFree(dA));
+  CUDA_CHECK(cudaFree(dB));
+  CUDA_CHECK(cudaFree(dC));
+}
+
+// cusolverDnXsyevBatched, as documented: 3 symmetric 4 x 4 matrices packed one
+// after another with lda 5 (matrix k's (i, j) at i + 5 j + 20 k), only the
+// lower triangle filled (the upper holds garbage, which must not be read):
+// the eigenvalues ascending in W[j + 4 k] and unit eigenvectors in the
+// columns, A_k V_k = V_k diag(W_k) and V_k^T V_k = I to 1e-13; matrix 1 is
+// diag(4, 1, 3, 2) (eigenvalues 1 2 3 4 exactly, to 1e-14), matrix 2 has a NaN
+// and reports info[2] > 0 while info[0] = info[1] = 0; under the harness, a
+// too small device workspace is parameter 13 (info[0] = -13, INVALID_VALUE)
+static void test_cusolver_syev_batched(void) {
+  const int n = 4, lda = 5, batch = 3;
+  static const double diag1[4] = {4.0, 1.0, 3.0, 2.0};
+  std::vector<double> a((size_t)lda * n * batch, 1e30), full((size_t)n * n * batch);
+  unsigned x = 777;
+  for (int t = 0; t < batch; t++) {
+    for (int j = 0; j < n; j++) {
+      for (int i = j; i < n; i++) {
+        x = x * 1664525u + 1013904223u;
+        double v = (double)(x >> 8) / 16777216.0 - 0.5;
+        if (t == 1) v = i == j ? diag1[i] : 0.0;
+        a[(size_t)(i + j * lda + lda * n * t)] = v;
+        full[(size_t)(i + j * n + n * n * t)] = v;
+        full[(size_t)(j + i * n + n * n * t)] = v;
+      }
+    }
+  }
+  a[(size_t)(3 + 1 * lda + lda * n * 2)] = NAN;
+  cusolverDnHandle_t h;
+  cusolverDnParams_t params;
+  bool ok = cusolverDnCreate(&h) == CUSOLVER_STATUS_SUCCESS && cusolverDnCreateParams(&params) == CUSOLVER_STATUS_SUCCESS;
+  size_t dev_bytes = 0, host_bytes = 0;
+  ok = ok && cusolverDnXsyevBatched_bufferSize(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n,
+                                               CUDA_R_64F, NULL, lda, CUDA_R_64F, NULL, CUDA_R_64F, &dev_bytes,
+                                               &host_bytes, batch) == CUSOLVER_STATUS_SUCCESS;
+  double *dA, *dW;
+  void* dwork;
+  int* dinfo;
+  CUDA_CHECK(cudaMalloc((void**)&dA, a.size() * sizeof(double)));
+  CUDA_CHECK(cudaMalloc((void**)&dW, (size_t)n * batch * sizeof(double)));
+  CUDA_CHECK(cudaMalloc(&dwork, dev_bytes > 0 ? dev_bytes : 1));
+  CUDA_CHECK(cudaMalloc((void**)&dinfo, batch * sizeof(int)));
+  std::vector<char> hwork(host_bytes > 0 ? host_bytes : 1);
+  CUDA_CHECK(cudaMemcpy(dA, a.data(), a.size() * sizeof(double), cudaMemcpyHostToDevice));
+  ok = ok && cusolverDnXsyevBatched(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, CUDA_R_64F, dA,
+                                    lda, CUDA_R_64F, dW, CUDA_R_64F, dwork, dev_bytes, hwork.data(), host_bytes, dinfo,
+                                    batch) == CUSOLVER_STATUS_SUCCESS;
+  std::vector<double> v(a.size()), w((size_t)n * batch);
+  int info[3] = {-9, -9, -9};
+  CUDA_CHECK(cudaMemcpy(v.data(), dA, v.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(w.data(), dW, w.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(info, dinfo, sizeof info, cudaMemcpyDeviceToHost));
+  double resid = 0.0, orth = 0.0, diag_err = 0.0;
+  bool ascending = true;
+  for (int t = 0; t < 2; t++) {
+    for (int j = 0; j < n; j++) {
+      if (j > 0) ascending = ascending && w[(size_t)(j - 1 + n * t)] <= w[(size_t)(j + n * t)];
+      for (int i = 0; i < n; i++) {
+        double s = 0.0;
+        for (int q = 0; q < n; q++) s += full[(size_t)(i + q * n + n * n * t)] * v[(size_t)(q + j * lda + lda * n * t)];
+        resid = std::max(resid, fabs(s - w[(size_t)(j + n * t)] * v[(size_t)(i + j * lda + lda * n * t)]));
+      }
+      for (int k2 = 0; k2 < n; k2++) {
+        double d = 0.0;
+        for (int i = 0; i < n; i++) d += v[(size_t)(i + j * lda + lda * n * t)] * v[(size_t)(i + k2 * lda + lda * n * t)];
+        orth = std::max(orth, fabs(d - (j == k2 ? 1.0 : 0.0)));
+      }
+    }
+  }
+  for (int j = 0; j < n; j++) diag_err = std::max(diag_err, fabs(w[(size_t)(j + n)] - (j + 1)));
+  check(ok && info[0] == 0 && info[1] == 0 && info[2] > 0 && ascending && resid <= 1e-13 && orth <= 1e-13 &&
+            diag_err <= 1e-14,
+        "cusolverDnXsyevBatched: 3 packed 4x4 (lda 5, lower), eigenpairs ascending, a NaN matrix's info alone",
+        "status ok %d, info %d %d %d, ascending %d, |A V - V W| %.1e, |V^T V - I| %.1e, diag(4,1,3,2) %.1e", ok,
+        info[0], info[1], info[2], ascending, resid, orth, diag_err);
+#ifdef CUDA_EMU
+  // (the harness's refusal; NVIDIA documents the sizes, not whether a smaller one is refused)
+  cusolverStatus_t st = cusolverDnXsyevBatched(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n,
+                                               CUDA_R_64F, dA, lda, CUDA_R_64F, dW, CUDA_R_64F, dwork, 0, hwork.data(),
+                                               host_bytes, dinfo, batch);
+  int bad = 0;
+  CUDA_CHECK(cudaMemcpy(&bad, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
+  check(st == CUSOLVER_STATUS_INVALID_VALUE && bad == -13,
+        "cusolverDnXsyevBatched: a device workspace below bufferSize's is parameter 13", "status %d, info[0] %d",
+        (int)st, bad);
+#endif
+  CUDA_CHECK(cudaFree(dA));
+  CUDA_CHECK(cudaFree(dW));
+  CUDA_CHECK(cudaFree(dwork));
+  CUDA_CHECK(cudaFree(dinfo));
+  cusolverDnDestroyParams(params);
+  cusolverDnDestroy(h);
+}
+
 int main(int argc, char** argv) {
 #ifdef CUDA_EMU
   if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
@@ -2775,6 +2914,8 @@ int main(int argc, char** argv) {
 #endif
   test_events_and_device();
   test_cusolver_qr();
+  test_cublas_dgemm_batched(handle);
+  test_cusolver_syev_batched();
   test_wmma();
   test_wmma_tf32();
   test_race_free_kernels();

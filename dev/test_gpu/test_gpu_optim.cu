@@ -1074,7 +1074,10 @@ static void test_syevdx_selection(void) {
 // CUDA context crosses a fork): the first step of one matrix alone
 // (lowrank_adamw_step), or of SVD_FAILURE_MATRICES grouped with the NaN in
 // matrix SVD_FAILURE_BAD, whose devInfo is read back with the others' after
-// all of them
+// all of them; and the same grouped step with --svd randomized, whose batched
+// eigensolver (cusolverDnXsyevBatched) then fails on that matrix (the shift's
+// trace is NaN, so every iterate is), with l = p = 9 (the Rayleigh-Ritz
+// problem is the Gram matrix itself)
 
 #define SVD_FAILURE_CHILD_FLAG "--svd-failure-child"
 #define SVD_FAILURE_M 9
@@ -1083,13 +1086,19 @@ static void test_syevdx_selection(void) {
 #define SVD_FAILURE_MATRICES 3
 #define SVD_FAILURE_BAD 1
 
-// in the child: returns 0 only if the step came back
-static int svd_failure_child(int grouped) {
+// in the child: returns 0 only if the step came back. mode 0: one matrix, 1:
+// grouped, 2: grouped with --svd randomized
+static int svd_failure_child(int mode) {
+    int grouped = mode >= 1;
     int m = SVD_FAILURE_M, n = SVD_FAILURE_N, r = SVD_FAILURE_R, count = grouped ? SVD_FAILURE_MATRICES : 1;
     int bad = grouped ? SVD_FAILURE_BAD : 0;
     size_t mn = (size_t)m * n, state_floats = cpu::lowrank_state_num_floats(m, n, r);
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
+    if (mode == 2) {
+        ctx.svd_oversample = SVD_OVERSAMPLE_DEFAULT;
+        g_svd_oversample = SVD_OVERSAMPLE_DEFAULT;
+    }
     lowrank_gpu_reserve_group(&ctx, m, n, r, count);
     lowrank_gpu_alloc(&ctx);
     float* G = (float*)malloc(mn * sizeof(float));
@@ -1106,6 +1115,7 @@ static int svd_failure_child(int grouped) {
         d_G[k] = device_copy(G, mn);
         d_W[k] = device_copy(G, mn);
         lowrank_state_init(&states[k], m, n, r, d_memory + k * state_floats);
+        states[k].svd_stream = (uint64_t)k;
     }
     cpu::LowRankConfig cfg = make_config(&method_cases[6], r, 2, 1.0f, 0.0f);
     if (grouped) {
@@ -1139,9 +1149,10 @@ static void test_svd_failure_stops(void) {
         return;
     }
     self[len] = '\0';
-    for (int grouped = 0; grouped < 2; grouped++) {
+    for (int mode = 0; mode < 3; mode++) {
+        int grouped = mode >= 1;
         char cmd[4200];
-        snprintf(cmd, sizeof cmd, "'%s' %s %d 2>&1", self, SVD_FAILURE_CHILD_FLAG, grouped);
+        snprintf(cmd, sizeof cmd, "'%s' %s %d 2>&1", self, SVD_FAILURE_CHILD_FLAG, mode);
         FILE* pipe = popen(cmd, "r");
         char out[4096] = "";
         size_t got = pipe != NULL ? fread(out, 1, sizeof out - 1, pipe) : 0;
@@ -1152,13 +1163,15 @@ static void test_svd_failure_stops(void) {
         snprintf(shapes, sizeof shapes, "%d x %d Gram matrix of a %d x %d gradient", SVD_FAILURE_M, SVD_FAILURE_M,
                  SVD_FAILURE_M, SVD_FAILURE_N);
         snprintf(which, sizeof which, grouped ? "(low-rank matrix %d; the SVD" : "(the SVD", SVD_FAILURE_BAD);
-        const char* line = strstr(out, "error: cusolverDnDsyevdx failed");
+        const char* line = strstr(out, mode == 2 ? "error: cusolverDnXsyevBatched failed"
+                                                 : "error: cusolverDnDsyevdx failed");
         char first[256] = "(no error line)";
         if (line != NULL) { snprintf(first, sizeof first, "%.*s", (int)strcspn(line, "\n"), line); }
         check(code == EXIT_FAILURE && line != NULL && strstr(line, shapes) != NULL && strstr(line, which) != NULL &&
               strstr(out, "returned") == NULL,
-              "%s whose syevd fails (a NaN in a %dx%d gradient) exits %d (want %d) with: %s",
-              grouped ? "a grouped first step of 3 matrices, the second" : "the first step of a matrix",
+              "%s whose eigensolver fails (a NaN in a %dx%d gradient) exits %d (want %d) with: %s",
+              mode == 2 ? "a grouped --svd randomized first step of 3 matrices, the second"
+              : grouped ? "a grouped first step of 3 matrices, the second" : "the first step of a matrix",
               SVD_FAILURE_M, SVD_FAILURE_N, code, EXIT_FAILURE, first);
     }
 }
@@ -1426,86 +1439,126 @@ static void test_quantize_blockwise(void) {
     free(x); free(codes); free(gcodes); free(absmax); free(gabs); free(y); free(gy);
 }
 
-// ---- 4c. --svd randomized: the GPU's svd_randomized_top_left_singular_vectors
-// against the CPU's, on G = sum_j (10 - j) a_j b_j^T + 0.01 noise (a, b
-// Gaussian; R terms, so the top-R subspace is well separated):
+// ---- 4c. --svd randomized: the GPU's svd_randomized_top_left_singular_vectors,
+// a batch of RSVD_TWIN_MATRICES matrices of one shape at once (each with its
+// own Omega stream), against the CPU's, matrix by matrix, on G = sum_j (10 - j)
+// a_j b_j^T + 0.01 noise (a, b Gaussian; R terms, so the top-R subspace is
+// well separated), both orientations, l < p and l = p:
 //  - the same Omega: svd_sketch_kernel's draws against cpu::svd_sketch_normal,
 //    bit for bit under the harness (one libm); on a GPU its double log, cos and
 //    sqrt may differ from glibc's in the last place, which survives the
 //    rounding to fp32 at most as one fp32 ulp: held to 2^-22 relative;
-//  - the same S, column by column (canonical sign) and as a projector, to the
-//    SVD twin checks' LR_TOL_PROJECTOR (fp32 products of length <= 200 and a
-//    gap of ~1 in s_R: ~1e-6);
+//  - the same S, column by column (canonical sign) and as a projector, to
+//    RSVD_TWIN_TOL: both compute in double from the same fp32 G (the same
+//    in-order Gram sums) and differ only in the order of DGEMM sums and in
+//    the eigensolvers (Jacobi here, tridiagonal + inverse iteration on the
+//    CPU), ~1e-15 relative on bases orthonormal to ~1e-15, i.e. ~1e-15 / gap
+//    on the Ritz vectors, gap (s_R^2 - s_(R+1)^2) / s_1^2 >= 1e-2 here; then
+//    each side rounds to fp32 once: an entry may round the other way, 2^-24
+//    of |S| <= 1. so 2^-23 (two fp32 half-ulps) + 1e-12;
+//  - devInfo 0 for every matrix, the status a success;
 //  - whole steps (galore, SVDs at t = 0, 2, 4) through lowrank_adamw_step on a
-//    context reserved for it, to the tolerances of test_lowrank_all (4a).
+//    context reserved for it, to the tolerances of test_lowrank_all (4a);
+//  - the grouped step, in chunks, against each matrix alone (test_lowrank_groups).
+#define RSVD_TWIN_MATRICES 3
+#define RSVD_TWIN_TOL (1.1920928955078125e-07 + 1e-12)
 static void test_svd_randomized_twin(void) {
     const int shapes[][3] = {{72, 200, 8}, {200, 72, 8}, {23, 9, 3}, {16, 16, 5}};
-    const int nshapes = (int)(sizeof shapes / sizeof shapes[0]), o = SVD_OVERSAMPLE_DEFAULT;
+    const int nshapes = (int)(sizeof shapes / sizeof shapes[0]), o = SVD_OVERSAMPLE_DEFAULT, nb = RSVD_TWIN_MATRICES;
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
     ctx.svd_oversample = o;
-    for (int si = 0; si < nshapes; si++) { lowrank_gpu_reserve(&ctx, shapes[si][0], shapes[si][1], shapes[si][2]); }
+    for (int si = 0; si < nshapes; si++) {
+        lowrank_gpu_reserve_group(&ctx, shapes[si][0], shapes[si][1], shapes[si][2], nb);
+    }
     lowrank_gpu_alloc(&ctx);
     for (int si = 0; si < nshapes; si++) {
         int m = shapes[si][0], n = shapes[si][1], r = shapes[si][2];
-        int p = m <= n ? m : n, q = m <= n ? n : m, l = cpu::svd_sketch_cols(m, n, r, o);
-        size_t mn = (size_t)m * n;
-        cpu::Rng rng;
-        cpu::rng_seed(&rng, 900 + si);
+        int p = m <= n ? m : n, l = cpu::svd_sketch_cols(m, n, r, o);
+        size_t mn = (size_t)m * n, pr = (size_t)p * r;
+        cpu::SvdSketch sk = {o, SVD_POWER_ITERS_DEFAULT, 4242, 6, 0};
+        uint64_t streams[RSVD_TWIN_MATRICES];
+        float* d_G[RSVD_TWIN_MATRICES];
+        float* S_cpu = (float*)malloc(nb * pr * sizeof(float));
+        float* S_gpu = (float*)malloc(nb * pr * sizeof(float));
         float* G = (float*)malloc(mn * sizeof(float));
-        for (size_t i = 0; i < mn; i++) { G[i] = 0.01f * cpu::rng_normal(&rng); }
         float* a = (float*)malloc((size_t)m * sizeof(float));
         float* b = (float*)malloc((size_t)n * sizeof(float));
-        for (int j = 0; j < r; j++) {
-            for (int i = 0; i < m; i++) { a[i] = cpu::rng_normal(&rng) / sqrtf((float)m); }
-            for (int i = 0; i < n; i++) { b[i] = cpu::rng_normal(&rng) / sqrtf((float)n); }
-            for (int i = 0; i < m; i++) {
-                for (int k = 0; k < n; k++) { G[(size_t)i * n + k] += (10.0f - j) * a[i] * b[k]; }
+        float* scratch = (float*)malloc(cpu::svd_randomized_scratch_num_floats(m, n, r, o) * sizeof(float));
+        for (int k = 0; k < nb; k++) {
+            cpu::Rng rng;
+            cpu::rng_seed(&rng, 900 + 10 * si + k);
+            for (size_t i = 0; i < mn; i++) { G[i] = 0.01f * cpu::rng_normal(&rng); }
+            for (int j = 0; j < r; j++) {
+                for (int i = 0; i < m; i++) { a[i] = cpu::rng_normal(&rng) / sqrtf((float)m); }
+                for (int i = 0; i < n; i++) { b[i] = cpu::rng_normal(&rng) / sqrtf((float)n); }
+                for (int i = 0; i < m; i++) {
+                    for (int c = 0; c < n; c++) { G[(size_t)i * n + c] += (10.0f - j) * a[i] * b[c]; }
+                }
+            }
+            streams[k] = 5 + 7 * (uint64_t)si + k;
+            sk.stream = streams[k];
+            cpu::svd_randomized_top_left_singular_vectors(S_cpu + k * pr, G, m, n, r, &sk, scratch);
+            d_G[k] = device_copy(G, mn);
+        }
+        // the batch: G as a device table, each matrix's stream on the device, arrays for nb matrices
+        const float** d_table;
+        uint64_t* d_streams;
+        int* d_info;
+        cudaCheck(cudaMalloc((void**)&d_table, nb * sizeof(float*)));
+        cudaCheck(cudaMemcpy(d_table, d_G, nb * sizeof(float*), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMalloc((void**)&d_streams, nb * sizeof(uint64_t)));
+        cudaCheck(cudaMemcpy(d_streams, streams, nb * sizeof(uint64_t), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMalloc((void**)&d_info, nb * sizeof(int)));
+        size_t used = 0;
+        RsvdArraysGPU w = rsvd_arrays_layout(ctx.scratch, &used, m, n, r, o, nb);
+        PerMatrix<const float> Gs;
+        Gs.table = d_table;
+        Gs.host = (const float* const*)d_G;
+        SvdOutcome outcome[RSVD_TWIN_MATRICES];
+        RsvdBatchGPU c = {nb, m, n, r, Gs, 0, d_streams, w, d_info, outcome};
+        // Omega, as the GPU draws it (into the basis array, as the SVD does first)
+        size_t numel = (size_t)p * l, same = 0;
+        double worst = 0.0;
+        svd_sketch_kernel<<<dim3(optim_blocks(numel, OPTIM_BLOCK), nb), OPTIM_BLOCK>>>(w.Q, numel, sk.seed, sk.step,
+                                                                                      0, d_streams);
+        cudaCheck(cudaGetLastError());
+        double* omega = (double*)malloc(nb * numel * sizeof(double));
+        cudaCheck(cudaMemcpy(omega, w.Q, nb * numel * sizeof(double), cudaMemcpyDeviceToHost));
+        for (int k = 0; k < nb; k++) {
+            for (size_t i = 0; i < numel; i++) {
+                float want = cpu::svd_sketch_normal(sk.seed, sk.step, streams[k], i);
+                float got = (float)omega[k * numel + i];
+                same += memcmp(&want, &got, sizeof(float)) == 0;
+                worst = fmax(worst, fabs((double)got - want) / fmax(fabs((double)want), 1e-30));
             }
         }
-        cpu::SvdSketch sk = {o, SVD_POWER_ITERS_DEFAULT, 4242, 6, (uint64_t)(5 + si)};
-        float* S_cpu = (float*)malloc((size_t)p * r * sizeof(float));
-        float* S_gpu = (float*)malloc((size_t)p * r * sizeof(float));
-        float* scratch = (float*)malloc(cpu::svd_randomized_scratch_num_floats(m, n, r, o) * sizeof(float));
-        cpu::svd_randomized_top_left_singular_vectors(S_cpu, G, m, n, r, &sk, scratch);
-        float* d_G = device_copy(G, mn);
-        float* d_S;
-        cudaCheck(cudaMalloc((void**)&d_S, (size_t)p * r * sizeof(float)));
-        size_t used = 0;
-        StepScratchGPU w = step_scratch_gpu_layout(ctx.scratch, &used, m, n, r, o);
-        // Omega, as the GPU draws it into the sketch's array
-        size_t numel = (size_t)l * q;
-        svd_sketch_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(w.Wt, numel, sk.seed, sk.step, sk.stream);
-        cudaCheck(cudaGetLastError());
-        float* omega = (float*)malloc(numel * sizeof(float));
-        host_copy(omega, w.Wt, numel);
-        size_t same = 0;
-        double worst = 0.0;
-        for (size_t i = 0; i < numel; i++) {
-            float want = cpu::svd_sketch_normal(sk.seed, sk.step, sk.stream, i);
-            same += memcmp(&want, &omega[i], sizeof(float)) == 0;
-            worst = fmax(worst, fabs((double)omega[i] - want) / fmax(fabs((double)want), 1e-30));
+        svd_randomized_top_left_singular_vectors(&c, &sk, &ctx);
+        int info[RSVD_TWIN_MATRICES];
+        cudaCheck(cudaMemcpy(info, d_info, sizeof info, cudaMemcpyDeviceToHost));
+        host_copy(S_gpu, w.S, nb * pr);
+        double e_col = 0.0, e_proj = 0.0;
+        int ok_solver = 1;
+        for (int k = 0; k < nb; k++) {
+            for (size_t i = 0; i < pr; i++) {
+                e_col = fmax(e_col, fabs((double)S_gpu[k * pr + i] - S_cpu[k * pr + i]));
+            }
+            e_proj = fmax(e_proj, projector_diff(S_gpu + k * pr, S_cpu + k * pr, p, r));
+            ok_solver &= outcome[k].status == CUSOLVER_STATUS_SUCCESS && info[k] == 0 && outcome[k].found == r;
         }
-        SvdOutcome outcome;
-        svd_randomized_top_left_singular_vectors(d_S, d_G, m, n, r, &sk, &ctx, &w, ctx.eig_info, &outcome);
-        int info = -1;
-        cudaCheck(cudaMemcpy(&info, ctx.eig_info, sizeof(int), cudaMemcpyDeviceToHost));
-        host_copy(S_gpu, d_S, (size_t)p * r);
-        double e_col = 0.0;
-        for (size_t i = 0; i < (size_t)p * r; i++) { e_col = fmax(e_col, fabs((double)S_gpu[i] - S_cpu[i])); }
-        double e_proj = projector_diff(S_gpu, S_cpu, p, r);
 #ifdef CUDA_EMU
-        int omega_ok = same == numel;
+        int omega_ok = same == nb * numel;
 #else
         int omega_ok = worst <= 2.384185791015625e-07;
 #endif
-        check(omega_ok && outcome.status == CUSOLVER_STATUS_SUCCESS && info == 0 && outcome.found == r &&
-              e_col <= LR_TOL_PROJECTOR && e_proj <= LR_TOL_PROJECTOR,
-              "randomized svd %3dx%-3d r%d o%d: Omega (%d x %d) %zu of %zu entries bit-equal (worst %.1e rel), "
-              "S vs CPU columns %.1e, projector %.1e (tol %.0e); devInfo %d, found %d", m, n, r, o, q, l, same, numel,
-              worst, e_col, e_proj, LR_TOL_PROJECTOR, info, outcome.found);
-        cudaCheck(cudaFree(d_G));
-        cudaCheck(cudaFree(d_S));
+        check(omega_ok && ok_solver && e_col <= RSVD_TWIN_TOL && e_proj <= RSVD_TWIN_TOL,
+              "randomized svd %3dx%-3d r%d o%d (l %d), a batch of %d: Omega %zu of %zu entries bit-equal (worst %.1e "
+              "rel), S vs CPU columns %.1e, projector %.1e (tol %.2e); every devInfo 0 %d", m, n, r, o, l, nb, same,
+              nb * numel, worst, e_col, e_proj, RSVD_TWIN_TOL, ok_solver);
+        for (int k = 0; k < nb; k++) { cudaCheck(cudaFree(d_G[k])); }
+        cudaCheck(cudaFree(d_table));
+        cudaCheck(cudaFree(d_streams));
+        cudaCheck(cudaFree(d_info));
         free(G); free(a); free(b); free(S_cpu); free(S_gpu); free(scratch); free(omega);
     }
     // whole steps: galore (SVD every 2 steps)

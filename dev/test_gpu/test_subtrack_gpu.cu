@@ -1761,11 +1761,13 @@ static void test_packed_kernels(const char* dname, uint64_t seed) {
 // (at most one per buffer taken: the inputs and targets, and the token buckets,
 // each micro-batch), which hold the host a bounded distance ahead. steps are
 // driven as train_run drives them (train_llama_subtrack.c), with the
-// subspace updates of SubTrack++ (tracking) inside the window; an SVD step
-// (the first, GaLore's refreshes) is left out: there the exact path reads
-// cuSOLVER's count of eigenpairs found back per matrix
+// subspace updates of SubTrack++ (tracking) inside the window. an SVD step
+// (the first, GaLore's refreshes) with --svd exact is left out: there
+// cuSOLVER's count of eigenpairs found comes back per matrix. with --svd
+// randomized (svd "randomized") the first step is checked too: two waits, the
+// loss and norm and one read of every matrix's cuSOLVER verdicts
 static void test_step_host_calls(GpuTestCase* tc, const char* optimizer, const char* method, const char* dtype,
-                                 int accum) {
+                                 int accum, const char* svd = "exact") {
     cpu::LlamaConfig c = tc->cfg;
     int B = tc->B, T = tc->T;
     cpu::TrainConfig t;
@@ -1773,8 +1775,12 @@ static void test_step_host_calls(GpuTestCase* tc, const char* optimizer, const c
     snprintf(t.optimizer, sizeof t.optimizer, "%s", optimizer);
     snprintf(t.subspace_update_method, sizeof t.subspace_update_method, "%s", method);
     snprintf(t.dtype, sizeof t.dtype, "%s", dtype);
+    snprintf(t.svd, sizeof t.svd, "%s", svd);
+    int svd_checked = strcmp(svd, "randomized") == 0;
     t.rank = 4;
-    t.subspace_update_interval = strcmp(method, "galore") == 0 ? 1000 : 2;  // tracking at steps 2 and 4
+    // SubTrack++: tracking at steps 3 and 5; GaLore: no refresh, or (randomized) one at step 4
+    int galore = strcmp(method, "galore") == 0;
+    t.subspace_update_interval = galore ? (svd_checked ? 3 : 1000) : 2;
     t.batch_size = B;
     t.total_batch_size = B * accum;
     t.gradient_accumulation = accum;
@@ -1783,7 +1789,8 @@ static void test_step_host_calls(GpuTestCase* tc, const char* optimizer, const c
     t.num_training_steps = 6;
     t.warmup_steps = 1;
     char label[160];
-    snprintf(label, sizeof label, "%s %s %s %s, accumulation %d", tc->label, optimizer, method, dtype, accum);
+    snprintf(label, sizeof label, "%s %s %s %s, accumulation %d, --svd %s", tc->label, optimizer, method, dtype,
+             accum, svd);
     const char* problem = gpu_check(&t);
     if (problem == NULL) { problem = gpu_build(&c, &t, B, T); }
     if (problem != NULL) {
@@ -1807,14 +1814,16 @@ static void test_step_host_calls(GpuTestCase* tc, const char* optimizer, const c
         if (t.grad_clipping > 0 && norm > t.grad_clipping) { gpu_grad_scale((float)(t.grad_clipping / norm)); }
         gpu_optimizer_step(lr);
         cuda_emu_api_counts(&after);
-        if (step == 0) { continue; }  // the SVD step
+        int svd_step = step == 0 || (galore && step % t.subspace_update_interval == 0);
+        if (svd_step && !svd_checked) { continue; }  // the exact SVD step
+        long long waits = svd_step ? 2 : 1;          // a randomized SVD step: + its verdicts
         long long a = after.allocations - before.allocations, f = after.frees - before.frees;
         long long w = after.host_waits - before.host_waits, e = after.event_waits - before.event_waits;
         allocations += a;
         frees += f;
-        waits_over += w > 1 ? w - 1 : 0;
+        waits_over += w > waits ? w - waits : 0;
         event_over += e > 2 * accum ? e - 2 * accum : 0;
-        if (first_bad < 0 && (a != 0 || f != 0 || w != 1 || e > 2 * accum)) {
+        if (first_bad < 0 && (a != 0 || f != 0 || w != waits || e > 2 * accum)) {
             first_bad = step;
             printf("  %s: step %d: %lld allocations, %lld frees, %lld host waits, %lld event waits; the step's "
                    "calls:\n", label, step + 1, a, f, w, e);
@@ -1823,12 +1832,14 @@ static void test_step_host_calls(GpuTestCase* tc, const char* optimizer, const c
     }
     gpu_free();
     cublas_init();  // gpu_free released the cuBLAS handle that the later checks use
-    check(allocations == 0 && frees == 0, "%s: steps 2-6 allocate and free nothing (%lld allocations, %lld frees)",
-          label, allocations, frees);
+    const char* steps = svd_checked ? "steps 1-6" : "steps 2-6";
+    check(allocations == 0 && frees == 0, "%s: %s allocate and free nothing (%lld allocations, %lld frees)",
+          label, steps, allocations, frees);
     check(waits_over == 0 && first_bad < 0,
-          "%s: steps 2-6 make the host wait for the device once a step, for the loss and norm (%lld extra waits; "
-          "first step off: %d)", label, waits_over, first_bad + 1);
-    check(event_over == 0, "%s: steps 2-6 wait on at most two staging events a micro-batch (%lld over)", label,
+          "%s: %s make the host wait for the device once a step, for the loss and norm%s (%lld extra waits; "
+          "first step off: %d)", label, steps, svd_checked ? " (an SVD step twice: + the verdicts)" : "",
+          waits_over, first_bad + 1);
+    check(event_over == 0, "%s: %s wait on at most two staging events a micro-batch (%lld over)", label, steps,
           event_over);
 }
 #endif
@@ -1948,6 +1959,8 @@ int main(int argc, char** argv) {
     test_step_host_calls(&tcs[0], "adamw", "subtrack", "bfloat16", 2);
     test_step_host_calls(&tcs[0], "low_rank_adamw_per_layer", "subtrack", "bfloat16", 1);
     test_step_host_calls(&tcs[1], "low_rank_adamw8bit", "subtrack", "bfloat16", 1);
+    test_step_host_calls(&tcs[0], "low_rank_adamw", "subtrack", "bfloat16", 2, "randomized");
+    test_step_host_calls(&tcs[1], "low_rank_adamw", "galore", "bfloat16", 1, "randomized");
 #endif
     for (int i = 0; i < ncases; i++) { test_case_free(&tcs[i]); }
     cublas_free();

@@ -2742,7 +2742,8 @@ __global__ void lowrank_recovery_apply_kernel(PerMatrix<float> W_of, PerMatrix<c
     W[idx] = w - decay * w;
 }
 
-// ---- bf16 mode: the residual's norms and the update as tiled TF32 products
+// ---- bf16 mode: the projection, the residual's norms and the update as tiled
+// tensor-core products (bf16 inputs by default, TF32 kept for the tests)
 //
 // with recovery scaling, today's unfused step passes over (m, n) five times
 // after the projection: D = G, D -= S Gt, ||D_j||^2, W -= a S N, W -= f D.
@@ -2754,121 +2755,247 @@ __global__ void lowrank_recovery_apply_kernel(PerMatrix<float> W_of, PerMatrix<c
 //       with N' = alpha N - Gt diag(f), f = scale phi (lowrank_update_moments_kernel),
 //       which is alpha S N + (G - S Gt) diag(f): step 6 with step 5's Lambda,
 //       from one tile of S N': it reads G and W and writes W.
-// both in the left frame: element (i, j), i < p (rows of S), j < q. left: G,
+// a third, lowrank_project_kernel, is the projection Gt = S^T G itself (every
+// method, every step), in place of cuBLAS: the same tiles, reduced over p.
+// all in the left frame: element (i, j), i < p (rows of S), j < q. left: G,
 // W (m, n) = (p, q) at i q + j, the moments (R, q) at k q + j; right: G, W (m,
 // n) = (q, p) at j p + i, the moments (q, R) at j R + k. S (p, R) at i R + k.
 // a block of LOWRANK_TILE_THREADS (4 warps) computes a LOWRANK_TILE x
-// LOWRANK_TILE tile of S X (X: Gt or N', R x q in the left frame), each warp a
-// 32 x 32 quarter of 2 x 2 wmma 16x16x8 tf32 tiles with fp32 accumulators; R
-// goes through in chunks of LOWRANK_TILE_K, each staged in shared memory as
-// tf32 (__float_to_tf32, to nearest) and zero-padded past p, q and R, so any
-// shape and rank work (R need not be a multiple of 8). the staged chunks are
-// laid out so the global loads are coalesced in both orientations (the
-// moments chunk as (k, j) rows on the left, (j, k) rows on the right, read as
-// a row- or column-major matrix_b). the finished tile goes to shared memory
-// (over the chunks: the same bytes) with its rows along the contiguous
-// dimension of G and W, so the epilogue's loads and stores are coalesced too
+// LOWRANK_TILE tile of a product, each warp a 32 x 32 quarter of 2 x 2 wmma
+// tiles with fp32 accumulators. the reduction dimension goes through in
+// chunks, each staged in shared memory already rounded to the tensor cores'
+// input precision and zero-padded past p, q and R, so any shape and rank work:
+// G and W are read once as fp32 from global memory and converted on the way,
+// with no extra pass. the two precisions (LowRankTF32, LowRankBF16):
+//   tf32: wmma 16x16x8, inputs rounded to nearest with 10 stored mantissa
+//         bits (wmma::__float_to_tf32), u = 2^-11; 8x the fp32 rate, half bf16's;
+//   bf16: wmma 16x16x16, inputs rounded to nearest even with 7 stored bits
+//         (__float2bfloat16_rn), u = 2^-8; the full tensor-core rate.
+// the bf16 chunk is 64 deep, the tf32 one 32: the same 18 KiB of shared memory.
+// the staged chunks are laid out so the global loads are coalesced in both
+// orientations (the moments chunk as (k, j) rows on the left, (j, k) rows on
+// the right, read as a row- or column-major matrix_b). the finished tile goes
+// to shared memory (over the chunks: the same bytes) with its rows along the
+// contiguous dimension of G and W, so the epilogue's loads and stores are
+// coalesced too
 #define LOWRANK_TILE 64                             // rows i and columns j of a block's tile
-#define LOWRANK_TILE_K 32                           // rank chunk staged at a time
 #define LOWRANK_TILE_THREADS 128                    // 4 warps, 2 x 2 quarters of 32 x 32
-#define LOWRANK_TILE_LDA (LOWRANK_TILE_K + 4)       // S chunk (64, 32) row-major; +4 staggers the banks
-#define LOWRANK_TILE_LDB (LOWRANK_TILE + 4)         // left: X chunk (32, 64) row-major
-#define LOWRANK_TILE_LDBT (LOWRANK_TILE_K + 4)      // right: X chunk as (64, 32) rows of j
-#define LOWRANK_TILE_LDC (LOWRANK_TILE + 4)         // the finished tile (64, 64)
-#define LOWRANK_TILE_A_FLOATS (LOWRANK_TILE * LOWRANK_TILE_LDA)
-#define LOWRANK_TILE_B_FLOATS (LOWRANK_TILE * LOWRANK_TILE_LDBT > LOWRANK_TILE_K * LOWRANK_TILE_LDB ? \
-                               LOWRANK_TILE * LOWRANK_TILE_LDBT : LOWRANK_TILE_K * LOWRANK_TILE_LDB)
-#define LOWRANK_TILE_SMEM_FLOATS (LOWRANK_TILE_A_FLOATS + LOWRANK_TILE_B_FLOATS)
+#define LOWRANK_TILE_LDC (LOWRANK_TILE + 4)         // the finished tile (64, 64) of floats
+#define LOWRANK_TILE_SMEM_FLOATS 4608               // 18 KiB: a staged chunk of either precision, or the tile
 
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> tf32_frag_a;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> tf32_frag_b_row;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> tf32_frag_b_col;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> tf32_frag_acc;
+// the input precision of the tiled products: its wmma shape (16 x 16 x K), how
+// an fp32 input is rounded as it is staged, and the reduction chunk staged at
+// a time. rows of a staged chunk are padded by PAD elements (16 bytes), which
+// staggers the banks and keeps every fragment's pointer 256-bit aligned
+struct LowRankTF32 {
+    typedef float staged;                           // a tf32 element is a float in memory
+    typedef wmma::precision::tf32 element;
+    static constexpr int K = 8;
+    static constexpr int CHUNK = 32;
+    static constexpr int PAD = 4;
+    __device__ static float convert(float x) { return wmma::__float_to_tf32(x); }
+};
+struct LowRankBF16 {
+    typedef bf16 staged;
+    typedef bf16 element;
+    static constexpr int K = 16;
+    static constexpr int CHUNK = 64;
+    static constexpr int PAD = 8;
+    __device__ static bf16 convert(float x) { return __float2bfloat16_rn(x); }
+};
+
+// a staged chunk of a product: A (LOWRANK_TILE rows of the output, CHUNK deep)
+// and B (CHUNK deep, LOWRANK_TILE columns), each stored along whichever of its
+// two dimensions is contiguous in global memory (row stride LD_WIDE along the
+// tile's 64, LD_DEEP along the chunk)
+template <typename P> struct LowRankChunk {
+    static constexpr int LD_WIDE = LOWRANK_TILE + P::PAD;
+    static constexpr int LD_DEEP = P::CHUNK + P::PAD;
+    static constexpr int PART = (LOWRANK_TILE * LD_DEEP > P::CHUNK * LD_WIDE ? LOWRANK_TILE * LD_DEEP
+                                                                             : P::CHUNK * LD_WIDE);
+    static_assert(2 * PART * sizeof(typename P::staged) <= LOWRANK_TILE_SMEM_FLOATS * sizeof(float),
+                  "a staged chunk fits in the tile's shared memory");
+};
+static_assert(LOWRANK_TILE * LOWRANK_TILE_LDC <= LOWRANK_TILE_SMEM_FLOATS, "the finished tile fits");
 
 // the row-tiles of p a residual-norm partials buffer has: (lowrank_residual_tiles(p), q) doubles
 static inline int lowrank_residual_tiles(int p) { return (p + LOWRANK_TILE - 1) / LOWRANK_TILE; }
 
-// the tile (i0.., j0..) of S X in the left frame into C (shared, LOWRANK_TILE_SMEM_FLOATS):
-// left, C[ii * LDC + jj]; right, C[jj * LDC + ii]. every thread of the block calls it
-__device__ void lowrank_tile_product(float* C, const float* S, const float* X, int r, int p, int q, int right,
-                                     int i0, int j0) {
-    float* As = C;
-    float* Bs = C + LOWRANK_TILE_A_FLOATS;
-    int tid = threadIdx.x, warp = tid / OPTIM_WARP;
-    int wi = (warp / 2) * 32, wj = (warp % 2) * 32;  // this warp's quarter
-    tf32_frag_acc acc[2][2];
+// acc[a][b] += A (wi + 16 a.., the chunk) B (the chunk, wj + 16 b..) for one
+// staged chunk: A_COL: A's element (ii, kk) at kk lda + ii (else ii lda + kk);
+// B_COL: B's element (kk, jj) at jj ldb + kk (else kk ldb + jj)
+template <typename P, bool A_COL, bool B_COL>
+__device__ __forceinline__ void
+lowrank_chunk_mma(wmma::fragment<wmma::accumulator, 16, 16, P::K, float> (&acc)[2][2], const typename P::staged* As,
+                  int lda, const typename P::staged* Bs, int ldb, int wi, int wj) {
+    typedef typename std::conditional<A_COL, wmma::col_major, wmma::row_major>::type LayoutA;
+    typedef typename std::conditional<B_COL, wmma::col_major, wmma::row_major>::type LayoutB;
     #pragma unroll
-    for (int a = 0; a < 2; a++) {
+    for (int ks = 0; ks < P::CHUNK; ks += P::K) {
+        wmma::fragment<wmma::matrix_a, 16, 16, P::K, typename P::element, LayoutA> fa[2];
         #pragma unroll
-        for (int b = 0; b < 2; b++) { wmma::fill_fragment(acc[a][b], 0.0f); }
-    }
-    for (int k0 = 0; k0 < r; k0 += LOWRANK_TILE_K) {
-        // stage S (i0.., k0..) and X (k0.., j0..) as tf32, zeros outside
-        for (int e = tid; e < LOWRANK_TILE * LOWRANK_TILE_K; e += LOWRANK_TILE_THREADS) {
-            int ii = e / LOWRANK_TILE_K, kk = e % LOWRANK_TILE_K;
-            int i = i0 + ii, k = k0 + kk;
-            float s = i < p && k < r ? S[(size_t)i * r + k] : 0.0f;
-            As[ii * LOWRANK_TILE_LDA + kk] = wmma::__float_to_tf32(s);
+        for (int a = 0; a < 2; a++) {
+            int ii = wi + 16 * a;
+            wmma::load_matrix_sync(fa[a], As + (A_COL ? ks * lda + ii : ii * lda + ks), lda);
         }
-        for (int e = tid; e < LOWRANK_TILE * LOWRANK_TILE_K; e += LOWRANK_TILE_THREADS) {
-            if (!right) {   // X (R, q): rows k, contiguous along j
-                int kk = e / LOWRANK_TILE, jj = e % LOWRANK_TILE;
-                int k = k0 + kk, j = j0 + jj;
-                float x = k < r && j < q ? X[(size_t)k * q + j] : 0.0f;
-                Bs[kk * LOWRANK_TILE_LDB + jj] = wmma::__float_to_tf32(x);
-            } else {        // X (q, R): rows j, contiguous along k
-                int jj = e / LOWRANK_TILE_K, kk = e % LOWRANK_TILE_K;
-                int k = k0 + kk, j = j0 + jj;
-                float x = k < r && j < q ? X[(size_t)j * r + k] : 0.0f;
-                Bs[jj * LOWRANK_TILE_LDBT + kk] = wmma::__float_to_tf32(x);
-            }
-        }
-        __syncthreads();
         #pragma unroll
-        for (int ks = 0; ks < LOWRANK_TILE_K; ks += 8) {
-            tf32_frag_a fa[2];
+        for (int b = 0; b < 2; b++) {
+            int jj = wj + 16 * b;
+            wmma::fragment<wmma::matrix_b, 16, 16, P::K, typename P::element, LayoutB> fb;
+            wmma::load_matrix_sync(fb, Bs + (B_COL ? jj * ldb + ks : ks * ldb + jj), ldb);
             #pragma unroll
-            for (int a = 0; a < 2; a++) {
-                wmma::load_matrix_sync(fa[a], As + (wi + 16 * a) * LOWRANK_TILE_LDA + ks, LOWRANK_TILE_LDA);
-            }
-            #pragma unroll
-            for (int b = 0; b < 2; b++) {
-                if (!right) {   // block-uniform branch: the warp stays converged
-                    tf32_frag_b_row fb;
-                    wmma::load_matrix_sync(fb, Bs + ks * LOWRANK_TILE_LDB + wj + 16 * b, LOWRANK_TILE_LDB);
-                    #pragma unroll
-                    for (int a = 0; a < 2; a++) { wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]); }
-                } else {        // element (k, j) at j LDBT + k: column-major
-                    tf32_frag_b_col fb;
-                    wmma::load_matrix_sync(fb, Bs + (wj + 16 * b) * LOWRANK_TILE_LDBT + ks, LOWRANK_TILE_LDBT);
-                    #pragma unroll
-                    for (int a = 0; a < 2; a++) { wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]); }
-                }
-            }
+            for (int a = 0; a < 2; a++) { wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]); }
         }
-        __syncthreads();    // the chunk is used up before the next is staged (or C overwrites it)
     }
+}
+
+// the accumulators into C (shared floats): element (ii, jj) of the tile at
+// ii LDC + jj, or with C_COL at jj LDC + ii; then a barrier, the tile complete
+template <typename P, bool C_COL>
+__device__ __forceinline__ void lowrank_tile_store(float* C, wmma::fragment<wmma::accumulator, 16, 16, P::K, float>
+                                                   (&acc)[2][2], int wi, int wj) {
     #pragma unroll
     for (int a = 0; a < 2; a++) {
         #pragma unroll
         for (int b = 0; b < 2; b++) {
             int ii = wi + 16 * a, jj = wj + 16 * b;
-            if (!right) {
-                wmma::store_matrix_sync(C + ii * LOWRANK_TILE_LDC + jj, acc[a][b], LOWRANK_TILE_LDC,
-                                        wmma::mem_row_major);
-            } else {
-                wmma::store_matrix_sync(C + jj * LOWRANK_TILE_LDC + ii, acc[a][b], LOWRANK_TILE_LDC,
-                                        wmma::mem_col_major);
-            }
+            wmma::store_matrix_sync(C + (C_COL ? jj * LOWRANK_TILE_LDC + ii : ii * LOWRANK_TILE_LDC + jj), acc[a][b],
+                                    LOWRANK_TILE_LDC, C_COL ? wmma::mem_col_major : wmma::mem_row_major);
         }
     }
     __syncthreads();
+}
+
+// the tile (i0.., j0..) of S X in the left frame into C (shared, LOWRANK_TILE_SMEM_FLOATS):
+// left, C[ii * LDC + jj]; right, C[jj * LDC + ii]. every thread of the block calls it.
+// R in chunks: S (i0.., k0..) staged as rows ii, X as rows kk (left, X (R, q)
+// contiguous along j) or rows jj (right, X (q, R) contiguous along k)
+template <typename P>
+__device__ void lowrank_tile_product(float* C, const float* S, const float* X, int r, int p, int q, int right,
+                                     int i0, int j0) {
+    typedef LowRankChunk<P> Ch;
+    typename P::staged* As = reinterpret_cast<typename P::staged*>(C);
+    typename P::staged* Bs = As + Ch::PART;
+    int tid = threadIdx.x, warp = tid / OPTIM_WARP;
+    int wi = (warp / 2) * 32, wj = (warp % 2) * 32;  // this warp's quarter
+    wmma::fragment<wmma::accumulator, 16, 16, P::K, float> acc[2][2];
+    #pragma unroll
+    for (int a = 0; a < 2; a++) {
+        #pragma unroll
+        for (int b = 0; b < 2; b++) { wmma::fill_fragment(acc[a][b], 0.0f); }
+    }
+    for (int k0 = 0; k0 < r; k0 += P::CHUNK) {
+        // stage S (i0.., k0..) and X (k0.., j0..) at P's precision, zeros outside
+        for (int e = tid; e < LOWRANK_TILE * P::CHUNK; e += LOWRANK_TILE_THREADS) {
+            int ii = e / P::CHUNK, kk = e % P::CHUNK;
+            int i = i0 + ii, k = k0 + kk;
+            float s = i < p && k < r ? S[(size_t)i * r + k] : 0.0f;
+            As[ii * Ch::LD_DEEP + kk] = P::convert(s);
+        }
+        for (int e = tid; e < LOWRANK_TILE * P::CHUNK; e += LOWRANK_TILE_THREADS) {
+            if (!right) {   // X (R, q): rows k, contiguous along j
+                int kk = e / LOWRANK_TILE, jj = e % LOWRANK_TILE;
+                int k = k0 + kk, j = j0 + jj;
+                float x = k < r && j < q ? X[(size_t)k * q + j] : 0.0f;
+                Bs[kk * Ch::LD_WIDE + jj] = P::convert(x);
+            } else {        // X (q, R): rows j, contiguous along k
+                int jj = e / P::CHUNK, kk = e % P::CHUNK;
+                int k = k0 + kk, j = j0 + jj;
+                float x = k < r && j < q ? X[(size_t)j * r + k] : 0.0f;
+                Bs[jj * Ch::LD_DEEP + kk] = P::convert(x);
+            }
+        }
+        __syncthreads();
+        if (!right) {   // block-uniform branch: the warps stay converged
+            lowrank_chunk_mma<P, false, false>(acc, As, Ch::LD_DEEP, Bs, Ch::LD_WIDE, wi, wj);
+        } else {        // element (k, j) at j LD_DEEP + k: column-major
+            lowrank_chunk_mma<P, false, true>(acc, As, Ch::LD_DEEP, Bs, Ch::LD_DEEP, wi, wj);
+        }
+        __syncthreads();    // the chunk is used up before the next is staged (or C overwrites it)
+    }
+    if (!right) {
+        lowrank_tile_store<P, false>(C, acc, wi, wj);
+    } else {
+        lowrank_tile_store<P, true>(C, acc, wi, wj);
+    }
+}
+
+// step 4's projection in bf16 mode (launched by lowrank_project), the cuBLAS
+// product's twin: Gt = S^T G (left, (R, q)) or G S (right, (q, R)); in the
+// left frame Gt_kj = sum_i S_ik G_ij. a block per 64 x 64 tile (k0.., j0..)
+// of Gt, p in chunks, reduced in order within the block (no split of p, no
+// atomics: the same bits every run). the chunk of S is staged as rows i,
+// contiguous along k (a column-major matrix_a of S^T); the chunk of G as rows
+// i along j (left) or rows j along i (right, a column-major matrix_b). blocks
+// of one j0 are neighbours in launch order, so the R / 64 of them that read a
+// slab of G find it in L2. grid (tiles of R, tiles of q, matrices)
+template <typename P>
+__global__ void __launch_bounds__(LOWRANK_TILE_THREADS)
+lowrank_project_kernel(PerMatrix<float> Gt_of, PerMatrix<const float> G_of, PerMatrix<const float> S_of, int r,
+                       int p, int q, int right) {
+    typedef LowRankChunk<P> Ch;
+    __shared__ __align__(32) float tile[LOWRANK_TILE_SMEM_FLOATS];
+    int e = blockIdx.z;
+    float* Gt = Gt_of.at(e);
+    const float *G = G_of.at(e), *S = S_of.at(e);
+    int k0 = blockIdx.x * LOWRANK_TILE, j0 = blockIdx.y * LOWRANK_TILE;
+    typename P::staged* As = reinterpret_cast<typename P::staged*>(tile);
+    typename P::staged* Bs = As + Ch::PART;
+    int tid = threadIdx.x, warp = tid / OPTIM_WARP;
+    int wk = (warp / 2) * 32, wj = (warp % 2) * 32;  // this warp's quarter
+    wmma::fragment<wmma::accumulator, 16, 16, P::K, float> acc[2][2];
+    #pragma unroll
+    for (int a = 0; a < 2; a++) {
+        #pragma unroll
+        for (int b = 0; b < 2; b++) { wmma::fill_fragment(acc[a][b], 0.0f); }
+    }
+    for (int i0 = 0; i0 < p; i0 += P::CHUNK) {
+        // stage S (i0.., k0..) as rows ii, and G's (i0.., j0..) at P's precision, zeros outside
+        for (int x = tid; x < LOWRANK_TILE * P::CHUNK; x += LOWRANK_TILE_THREADS) {
+            int ii = x / LOWRANK_TILE, kk = x % LOWRANK_TILE;
+            int i = i0 + ii, k = k0 + kk;
+            float s = i < p && k < r ? S[(size_t)i * r + k] : 0.0f;
+            As[ii * Ch::LD_WIDE + kk] = P::convert(s);
+        }
+        for (int x = tid; x < LOWRANK_TILE * P::CHUNK; x += LOWRANK_TILE_THREADS) {
+            if (!right) {   // G (p, q): rows i, contiguous along j
+                int ii = x / LOWRANK_TILE, jj = x % LOWRANK_TILE;
+                int i = i0 + ii, j = j0 + jj;
+                float g = i < p && j < q ? G[(size_t)i * q + j] : 0.0f;
+                Bs[ii * Ch::LD_WIDE + jj] = P::convert(g);
+            } else {        // G (q, p): rows j, contiguous along i
+                int jj = x / P::CHUNK, ii = x % P::CHUNK;
+                int i = i0 + ii, j = j0 + jj;
+                float g = i < p && j < q ? G[(size_t)j * p + i] : 0.0f;
+                Bs[jj * Ch::LD_DEEP + ii] = P::convert(g);
+            }
+        }
+        __syncthreads();
+        if (!right) {
+            lowrank_chunk_mma<P, true, false>(acc, As, Ch::LD_WIDE, Bs, Ch::LD_WIDE, wk, wj);
+        } else {
+            lowrank_chunk_mma<P, true, true>(acc, As, Ch::LD_WIDE, Bs, Ch::LD_DEEP, wk, wj);
+        }
+        __syncthreads();
+    }
+    // the tile with rows along Gt's contiguous dimension: left (k, j) rows k, right rows j
+    if (!right) {
+        lowrank_tile_store<P, false>(tile, acc, wk, wj);
+    } else {
+        lowrank_tile_store<P, true>(tile, acc, wk, wj);
+    }
+    for (int x = tid; x < LOWRANK_TILE * LOWRANK_TILE; x += LOWRANK_TILE_THREADS) {
+        int outer = x / LOWRANK_TILE, inner = x % LOWRANK_TILE;
+        int k = k0 + (right ? inner : outer), j = j0 + (right ? outer : inner);
+        if (k < r && j < q) { Gt[right ? (size_t)j * r + k : (size_t)k * q + j] = tile[outer * LOWRANK_TILE_LDC + inner]; }
+    }
 }
 
 // step 5's residual norms in bf16 mode (launched by lowrank_residual_norms):
 //   parts[t * q + j] = sum over i in [64 t, 64 t + 64) of (G - S Gt)_ij^2   (left frame)
 // in double, rows summed in order; lowrank_adam_norms_kernel adds the tiles
 // of each column in order. grid (tiles of p, tiles of q, matrices)
+template <typename P>
 __global__ void __launch_bounds__(LOWRANK_TILE_THREADS)
 lowrank_residual_norms_kernel(PerMatrix<double> parts_of, PerMatrix<const float> G_of, PerMatrix<const float> S_of,
                               PerMatrix<const float> Gt_of, int r, int p, int q, int right) {
@@ -2877,7 +3004,7 @@ lowrank_residual_norms_kernel(PerMatrix<double> parts_of, PerMatrix<const float>
     double* parts = parts_of.at(e);
     const float *G = G_of.at(e), *S = S_of.at(e), *Gt = Gt_of.at(e);
     int i0 = blockIdx.x * LOWRANK_TILE, j0 = blockIdx.y * LOWRANK_TILE;
-    lowrank_tile_product(tile, S, Gt, r, p, q, right, i0, j0);
+    lowrank_tile_product<P>(tile, S, Gt, r, p, q, right, i0, j0);
     // the residual in place of the product, walking G along its contiguous dimension
     for (int x = threadIdx.x; x < LOWRANK_TILE * LOWRANK_TILE; x += LOWRANK_TILE_THREADS) {
         int outer = x / LOWRANK_TILE, inner = x % LOWRANK_TILE;
@@ -2917,6 +3044,7 @@ __global__ void lowrank_update_moments_kernel(PerMatrix<float> N_of, PerMatrix<c
 // step 6 with step 5's Lambda in bf16 mode (launched by lowrank_fused_update):
 //   w = W - step (S N' + f_j G)_ij ;  W = w - decay w
 // with N' from lowrank_update_moments_kernel. grid (tiles of p, tiles of q, matrices)
+template <typename P>
 __global__ void __launch_bounds__(LOWRANK_TILE_THREADS)
 lowrank_fused_update_kernel(PerMatrix<float> W_of, PerMatrix<const float> G_of, PerMatrix<const float> S_of,
                             PerMatrix<const float> Nf_of, PerMatrix<const float> phi_of,
@@ -2928,7 +3056,7 @@ lowrank_fused_update_kernel(PerMatrix<float> W_of, PerMatrix<const float> G_of, 
     const float *G = G_of.at(e), *S = S_of.at(e), *Nf = Nf_of.at(e), *phi = phi_of.at(e);
     float scale = *scale_of.at(e);
     int i0 = blockIdx.x * LOWRANK_TILE, j0 = blockIdx.y * LOWRANK_TILE;
-    lowrank_tile_product(tile, S, Nf, r, p, q, right, i0, j0);
+    lowrank_tile_product<P>(tile, S, Nf, r, p, q, right, i0, j0);
     for (int x = threadIdx.x; x < LOWRANK_TILE * LOWRANK_TILE; x += LOWRANK_TILE_THREADS) {
         int outer = x / LOWRANK_TILE, inner = x % LOWRANK_TILE;
         int i = i0 + (right ? inner : outer), j = j0 + (right ? outer : inner);
@@ -3657,12 +3785,20 @@ double lowrank_subspace_seconds(LowRankStateGPU* s) {
     return s->timing.seconds;
 }
 
+// the precision of the optimizer's three bulk products (projection, residual,
+// back-projection), which cost 2 p q R each: see gemm_bulk_compute
+typedef enum {
+    LOWRANK_FP32 = 0,           // --dtype float32: cuBLAS, exact fp32
+    LOWRANK_BF16 = 1,           // bf16 mode: our WMMA kernels on bf16 inputs, fp32 accumulation
+    LOWRANK_TF32 = 2,           // bf16 mode before: cuBLAS's projection and the WMMA kernels on TF32 (kept for tests)
+} LowRankProducts;
+
 // the handles and the device scratch every low-rank step borrows from. sized for
 // the largest matrix by lowrank_gpu_reserve over every (m, n, R), and for the
 // largest batch by lowrank_gpu_reserve_group, then lowrank_gpu_alloc
 typedef struct {
     cublasHandle_t blas;        // its own handle: default math (no TF32), the default stream
-    int tf32;                   // 1: the projection, back-projection and residual on TF32 tensor cores (bf16 mode)
+    LowRankProducts products;   // the bulk products' precision: LOWRANK_BF16 in bf16 mode, LOWRANK_FP32 in float32
     int unfused;                // 1: bf16 mode without the fused residual norms and update (tests compare the two)
     cusolverDnHandle_t solver;
     cusolverDnParams_t params;  // the 64-bit API's options (cusolverDnXsyevBatched), defaults
@@ -3982,15 +4118,22 @@ void lowrank_gpu_destroy(LowRankGPU* ctx) {
 
 // the three products of every step that cost 2 p q R each (projection,
 // back-projection, residual) are the optimizer's bulk: at 1B about 11% of the
-// model's FLOPs. in bf16 mode they run on TF32 tensor cores (8x the fp32 rate
-// on an H100): cuBLAS rounds S, G and the moments to TF32, 10 mantissa bits, and
-// accumulates in fp32. the error this adds is bounded in test_gpu_optim.cu
-// (test_lowrank_tf32); --dtype float32 keeps them exact fp32. the tracking
-// step's and the rotations' small products stay fp32 either way. with
-// recovery scaling, bf16 mode computes the residual and the back-projection
-// in the fused TF32 WMMA kernels instead (lowrank_fused), bounded in test_lowrank_fused
+// model's FLOPs. in bf16 mode (ctx->products LOWRANK_BF16) they run on bf16
+// tensor cores (16x the fp32 rate on an H100) in our own WMMA kernels, which
+// round S, G and the moments to bf16 (to nearest even, 7 stored mantissa bits)
+// as they stage them and accumulate in fp32: the projection
+// (lowrank_project_kernel) and, with recovery scaling, the residual's norms
+// and the update (lowrank_fused). LOWRANK_TF32, bf16 mode's earlier path, has
+// cuBLAS round them to TF32 (10 bits, 8x the fp32 rate) instead, and runs the
+// same WMMA kernels on TF32. the error either adds is bounded in
+// test_gpu_optim.cu (test_lowrank_fast_products, test_lowrank_fused,
+// test_lowrank_project); --dtype float32 keeps them exact fp32. the products
+// the fused path leaves to cuBLAS (without recovery scaling, the
+// back-projection; ctx->unfused, the residual too) run on TF32 in both bf16
+// mode's precisions. the tracking step's and the rotations' small products
+// stay fp32 either way
 static cublasComputeType_t gemm_bulk_compute(const LowRankGPU* ctx) {
-    return ctx->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    return ctx->products != LOWRANK_FP32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
 static void gemm_gpu_bulk(LowRankGPU* ctx, int transA, int transB, int M, int N, int K, float alpha, const float* A,
@@ -4111,9 +4254,15 @@ static LowRankBatchGPU lowrank_batch_of_one(LowRankStateGPU* s, float* W, const 
 // the orientation-hiding products, as on the CPU:
 //   left:  Gt (R, q) = S^T G          D (m, n) = alpha S X + beta D
 //   right: Gt (q, R) = G S            D (m, n) = alpha X S^T + beta D
+// in bf16 mode the projection is our bf16 WMMA kernel (lowrank_project_kernel)
 static void lowrank_project(LowRankBatchGPU* b, LowRankGPU* ctx) {
     int m = b->m, n = b->n, r = b->r;
-    if (!b->right) {
+    if (ctx->products == LOWRANK_BF16) {
+        dim3 grid((r + LOWRANK_TILE - 1) / LOWRANK_TILE, (b->q + LOWRANK_TILE - 1) / LOWRANK_TILE, b->count);
+        lowrank_project_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(b->Gt, b->G, b->S, r, b->p, b->q,
+                                                                             b->right);
+        cudaCheck(cudaGetLastError());
+    } else if (!b->right) {
         gemm_each(ctx, 1, 1, 0, r, n, m, 1.0f, b->S, r, b->G, n, 0.0f, b->Gt, n, b->count);
     } else {
         gemm_each(ctx, 1, 0, 0, m, r, n, 1.0f, b->G, n, b->S, r, 0.0f, b->Gt, r, b->count);
@@ -4645,9 +4794,9 @@ void lowrank_apply_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* c
 //
 // the unfused path above costs, per element of (m, n), 44 bytes after the
 // projection: D = G (8), D -= S Gt (8), its norms (4), W -= a S N (8), W -= f D
-// (12, with the decay). in bf16 mode, where the products are TF32 anyway, two
-// tiled tensor-core kernels (lowrank_residual_norms_kernel, lowrank_fused_update_kernel)
-// do the same in 4 + 12 bytes: the residual's column norms from tiles of S Gt
+// (12, with the decay). in bf16 mode, where the products are on tensor cores
+// anyway (bf16 inputs; TF32 with LOWRANK_TF32), two tiled kernels
+// (lowrank_residual_norms_kernel, lowrank_fused_update_kernel) do the same in 4 + 12 bytes: the residual's column norms from tiles of S Gt
 // that never leave shared memory, and the update as one product S N' whose
 // epilogue adds f_j G_ij and the decay, with
 //   alpha S N + (G - S Gt) diag(f) = S (alpha N - Gt diag(f)) + G diag(f) = S N' + G diag(f)
@@ -4658,25 +4807,33 @@ void lowrank_apply_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* c
 // the unfused path's. --dtype float32 keeps the unfused path: exact fp32
 // products that the fp32 twin tests hold to fp32 accuracy
 
-// the fused path runs for this step: TF32 products, recovery scaling, and not turned off
+// the fused path runs for this step: bf16 mode's products (bf16 or TF32),
+// recovery scaling, and not turned off
 static int lowrank_fused(const LowRankGPU* ctx, const cpu::LowRankConfig* cfg) {
-    return ctx->tf32 && !ctx->unfused && cfg->recovery_scaling;
+    return ctx->products != LOWRANK_FP32 && !ctx->unfused && cfg->recovery_scaling;
 }
 
 // parts (in D's memory, (tiles of p, q) doubles) = the residual's per-tile
 // column norms; returns the tiles per column, for lowrank_adam_in_subspace
-static int lowrank_residual_norms(LowRankBatchGPU* b) {
+static int lowrank_residual_norms(LowRankBatchGPU* b, const LowRankGPU* ctx) {
     int tiles = lowrank_residual_tiles(b->p);
     dim3 grid(tiles, (b->q + LOWRANK_TILE - 1) / LOWRANK_TILE, b->count);
-    lowrank_residual_norms_kernel<<<grid, LOWRANK_TILE_THREADS>>>(per_matrix_cast<double>(b->D), b->G, b->S, b->Gt,
-                                                                   b->r, b->p, b->q, b->right);
+    PerMatrix<double> parts = per_matrix_cast<double>(b->D);
+    if (ctx->products == LOWRANK_BF16) {
+        lowrank_residual_norms_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(parts, b->G, b->S, b->Gt, b->r,
+                                                                                    b->p, b->q, b->right);
+    } else {
+        lowrank_residual_norms_kernel<LowRankTF32><<<grid, LOWRANK_TILE_THREADS>>>(parts, b->G, b->S, b->Gt, b->r,
+                                                                                    b->p, b->q, b->right);
+    }
     cudaCheck(cudaGetLastError());
     return tiles;
 }
 
 // step 6 with Lambda, after the limiter: N = alpha N - Gt diag(scale phi) in
 // place (N is scratch, used up here), then W -= lr c (S N + G diag(scale phi)), W -= lr wd W
-static void lowrank_fused_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg, float lr) {
+static void lowrank_fused_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg, float lr,
+                                 const LowRankGPU* ctx) {
     double c = sqrt(1.0 - pow((double)cfg->beta2, t + 1)) / (1.0 - pow((double)cfg->beta1, t + 1));
     float step = (float)(lr * c);
     float decay = (float)((double)lr * cfg->weight_decay);
@@ -4685,9 +4842,16 @@ static void lowrank_fused_update(LowRankBatchGPU* b, int t, const cpu::LowRankCo
         b->N, b->Gt, b->phi, b->scale, b->r, b->q, b->right, cfg->low_rank_scale);
     cudaCheck(cudaGetLastError());
     dim3 grid(lowrank_residual_tiles(b->p), (b->q + LOWRANK_TILE - 1) / LOWRANK_TILE, b->count);
-    lowrank_fused_update_kernel<<<grid, LOWRANK_TILE_THREADS>>>(b->W, b->G, b->S, b->N, b->phi, b->scale, b->r,
-                                                                 b->p, b->q, b->right, step,
-                                                                 cfg->weight_decay > 0.0f ? decay : 0.0f);
+    float dec = cfg->weight_decay > 0.0f ? decay : 0.0f;
+    if (ctx->products == LOWRANK_BF16) {
+        lowrank_fused_update_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(b->W, b->G, b->S, b->N, b->phi,
+                                                                                  b->scale, b->r, b->p, b->q,
+                                                                                  b->right, step, dec);
+    } else {
+        lowrank_fused_update_kernel<LowRankTF32><<<grid, LOWRANK_TILE_THREADS>>>(b->W, b->G, b->S, b->N, b->phi,
+                                                                                  b->scale, b->r, b->p, b->q,
+                                                                                  b->right, step, dec);
+    }
     cudaCheck(cudaGetLastError());
 }
 
@@ -4726,10 +4890,10 @@ void lowrank_adamw_step(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg
     }
     if (lowrank_fused(ctx, cfg)) {
         // bf16 mode: the residual's norms from tiles of S Gt, the update in one product
-        int tiles = lowrank_residual_norms(b);
+        int tiles = lowrank_residual_norms(b, ctx);
         lowrank_adam_in_subspace(b, cfg, tiles);                           // step 4 (+ step 5's norms)
         lowrank_recovery_scaling(b, cfg);                                  // step 5: the limiter
-        lowrank_fused_update(b, t, cfg, lr);                               // step 6 with Lambda
+        lowrank_fused_update(b, t, cfg, lr, ctx);                          // step 6 with Lambda
         return;
     }
     // step 5's residual G - S Gt comes before step 4, whose kernel also takes its norms
@@ -5135,7 +5299,7 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
     o->lowrank = (LowRankStateGPU*)cpu::calloc_check((size_t)(nl > 0 ? nl : 1) * sizeof(LowRankStateGPU),
                                                      "low-rank states");
     lowrank_gpu_create(&o->ctx);
-    o->ctx.tf32 = dtype_from_name(t->dtype) == DTYPE_BFLOAT16;
+    o->ctx.products = dtype_from_name(t->dtype) == DTYPE_BFLOAT16 ? LOWRANK_BF16 : LOWRANK_FP32;
     o->ctx.svd_oversample = o->host.cfg.svd_randomized ? o->host.cfg.svd_oversample : -1;
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];

@@ -840,7 +840,8 @@ static void kb_launch(KernelBench* k) {
             break;
         }
         case OP_SGEMM_BULK: {
-            // the projection, back-projection and residual: TF32 in bf16 mode (k->ctx.tf32), fp32 in float32
+            // cuBLAS's bulk products (the projection and residual in float32, the back-projection without
+            // recovery scaling): TF32 in bf16 mode (k->ctx.products), fp32 in float32
             int lda = l->a ? (int)M : (int)Kd, ldb = l->b ? (int)Kd : (int)N;
             gemm_gpu_bulk(&k->ctx, l->a, l->b, (int)M, (int)N, (int)Kd, 1.0f, b[0], lda, b[1], ldb, l->beta, b[2],
                           (int)N);
@@ -873,7 +874,8 @@ static void kb_launch(KernelBench* k) {
         case OP_RESIDUAL_NORMS: {
             int p = (int)l->a, q = (int)l->b, r = (int)l->c;
             dim3 grid(lowrank_residual_tiles(p), (q + LOWRANK_TILE - 1) / LOWRANK_TILE, 1);
-            lowrank_residual_norms_kernel<<<grid, LOWRANK_TILE_THREADS>>>((double*)b[1], b[0], b[3], b[4], r, p, q, 0);
+            lowrank_residual_norms_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>((double*)b[1], b[0], b[3], b[4],
+                                                                                        r, p, q, 0);
             launch_check();
             break;
         }
@@ -889,8 +891,17 @@ static void kb_launch(KernelBench* k) {
             int p = (int)l->a, q = (int)l->b, r = (int)l->c;
             size_t rq = (size_t)r * q;
             dim3 grid(lowrank_residual_tiles(p), (q + LOWRANK_TILE - 1) / LOWRANK_TILE, 1);
-            lowrank_fused_update_kernel<<<grid, LOWRANK_TILE_THREADS>>>(b[2], b[0], b[3], b[4] + 3 * rq, phi, scale, r,
-                                                                         p, q, 0, BENCH_LR, 0.0f);
+            lowrank_fused_update_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(b[2], b[0], b[3], b[4] + 3 * rq,
+                                                                                      phi, scale, r, p, q, 0,
+                                                                                      BENCH_LR, 0.0f);
+            launch_check();
+            break;
+        }
+        case OP_PROJECT: {
+            // bf16 mode's projection Gt = S^T G (lowrank_project_kernel): G b[0], S b[3], Gt b[4]
+            int p = (int)l->a, q = (int)l->b, r = (int)l->c;
+            dim3 grid((r + LOWRANK_TILE - 1) / LOWRANK_TILE, (q + LOWRANK_TILE - 1) / LOWRANK_TILE, 1);
+            lowrank_project_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(b[4], b[0], b[3], r, p, q, 0);
             launch_check();
             break;
         }
@@ -1020,7 +1031,7 @@ static void bench_per_kernel(const char* preset, const BenchConfig* bc, const De
     cuda_check(cudaMemcpy(k.tokens, tok.data(), BT * sizeof(int), cudaMemcpyHostToDevice));
     // the optimizer's handles and eigensolver workspace, for the largest matrix
     lowrank_gpu_create(&k.ctx);
-    k.ctx.tf32 = dt == DTYPE_BFLOAT16;  // as optimizer_build
+    k.ctx.products = dt == DTYPE_BFLOAT16 ? LOWRANK_BF16 : LOWRANK_FP32;  // as optimizer_build
     lowrank_gpu_reserve(&k.ctx, p_min, (int)q, rank);
     lowrank_gpu_reserve(&k.ctx, (int)C, (int)C, rank);
     lowrank_gpu_alloc(&k.ctx);

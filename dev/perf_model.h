@@ -36,9 +36,12 @@ what is counted, per row (the trainer as of flash attention in it, 2026-12-03):
              as cuBLASLt's C and writes the sum, so the forward launches no
              residual_forward); re-reads that caches absorb are not counted
     classes  bf16 GEMM (tensor cores, 989: every model product, on cuBLASLt),
-             TF32 GEMM (495: in bf16 mode the optimizer's three bulk products,
-             projection, back-projection and residual, gemm_gpu_bulk with
-             CUBLAS_COMPUTE_32F_FAST_TF32), fp32 GEMM and the CUDA-core kernels
+             bf16 WMMA (989: in bf16 mode the optimizer's three bulk products,
+             projection, residual norms and update, in the trainer's own tiled
+             kernels on bf16 inputs, at eff_wmma), TF32 GEMM (495: GaLore's
+             back-projection in bf16 mode, gemm_gpu_bulk with
+             CUBLAS_COMPUTE_32F_FAST_TF32; bf16 mode's bulk products before),
+             TF32 WMMA (495: the fused kernels on TF32, before), fp32 GEMM and the CUDA-core kernels
              (67, no tensor cores: the tracking step's and rotations' small
              cublasSgemm products always, the bulk ones with --dtype float32),
              FP64 (67: the Gram matrix in double and cuSOLVER's syevdx)
@@ -161,8 +164,9 @@ static const PerfRecipe* perf_recipe(const char* preset) {
 typedef struct {
     double eff_gemm;       // achieved / peak for every GEMM class
     double eff_flash;      // achieved / bf16 peak of a flash attention kernel
-    double eff_wmma;       // achieved / TF32 peak of the trainer's own WMMA kernels (the fused low-rank residual
-                           //   norms and update: 64x64 tiles, no cp.async pipeline; an estimate, unmeasured)
+    double eff_wmma;       // achieved / peak (bf16's, or TF32's) of the trainer's own WMMA kernels (the low-rank
+                           //   projection, fused residual norms and update: 64x64 tiles, no cp.async pipeline, fp32
+                           //   operands converted as they are staged; an estimate, unmeasured)
     double eff_bw;         // achieved / HBM bandwidth of the memory-bound kernels
     double eff_gram;       // achieved / FP64 peak of the trainer's Gram kernel
     double launch_us;      // per launch, host issuing in order
@@ -213,8 +217,11 @@ typedef struct {
     int flash;            // attention: 1 flash (today: flash_attention.cuh); 0 materialized: cuBLAS scores,
                           //   softmax and PV with a (B,NH,T,T) buffer (before flash attention)
     int opt_gemm;         // the optimizer's three bulk GEMMs (projection, back-projection, residual):
-                          //   today PERF_GEMM_TF32 in bf16 mode, PERF_GEMM_FP32 with --dtype float32
-                          //   (before da90bbf: fp32 in both); PERF_GEMM_BF16 planned. the tracking
+                          //   today PERF_GEMM_BF16 in bf16 mode: the trainer's own WMMA kernels on bf16 inputs
+                          //   (lowrank_project_kernel; the fused recovery's two), reading fp32 operands that they
+                          //   round as they stage them, GaLore's back-projection on cuBLAS TF32;
+                          //   PERF_GEMM_FP32 with --dtype float32. before: PERF_GEMM_TF32 in bf16 mode (cuBLAS
+                          //   TF32 and the fused kernels on TF32; before da90bbf fp32 in both). the tracking
                           //   step's products are fp32 in every variant
     int svd;              // today PERF_SVD_SYEVDX (Gram in FP64 + syevdx, range I: the top R pairs);
                           //   PERF_SVD_FULL: syevd of all p (before da90bbf); PERF_SVD_TOPR: --svd randomized
@@ -241,7 +248,7 @@ typedef struct {
 static void perf_variant_today(PerfVariant* v) {
     memset(v, 0, sizeof *v);
     v->flash = 1;
-    v->opt_gemm = PERF_GEMM_TF32;
+    v->opt_gemm = PERF_GEMM_BF16;
     v->svd = PERF_SVD_SYEVDX;
     v->fused_residual = 1;
     v->parallel_wgrad = 1;
@@ -250,11 +257,11 @@ static void perf_variant_today(PerfVariant* v) {
     v->fused_recovery = 1;
 }
 
-// today's coupling of the dtype and the optimizer's bulk GEMMs: TF32 in bf16 mode (and the fused recovery
-// kernels), fp32 with --dtype float32 (the three cuBLAS products, unfused)
+// today's coupling of the dtype and the optimizer's bulk GEMMs: bf16 WMMA kernels in bf16 mode (the
+// projection and the fused recovery kernels), fp32 with --dtype float32 (the three cuBLAS products, unfused)
 static void perf_variant_set_dtype(PerfVariant* v, int fp32_acts) {
     v->fp32_acts = fp32_acts;
-    v->opt_gemm = fp32_acts ? PERF_GEMM_FP32 : PERF_GEMM_TF32;
+    v->opt_gemm = fp32_acts ? PERF_GEMM_FP32 : PERF_GEMM_BF16;
     v->fused = !fp32_acts;
     v->fused_recovery = !fp32_acts;
 }
@@ -264,15 +271,17 @@ static void perf_variant_set_dtype(PerfVariant* v, int fp32_acts) {
 
 typedef enum {
     PERF_BF16_GEMM, PERF_TF32_GEMM, PERF_FP32_GEMM, PERF_FP32_CORE, PERF_FP64_CORE, PERF_FP64_SYEVD,
-    PERF_FLASH, PERF_MEMORY, PERF_TF32_WMMA, PERF_FP64_GEMM, PERF_NUM_CLASSES
+    PERF_FLASH, PERF_MEMORY, PERF_TF32_WMMA, PERF_FP64_GEMM, PERF_BF16_WMMA, PERF_NUM_CLASSES
 } PerfClass;
-// tf32 wmma: a product on TF32 tensor cores in our own kernel (eff_wmma instead of cuBLAS's eff_gemm)
+// tf32 wmma, bf16 wmma: a product on TF32 or bf16 tensor cores in our own kernel (eff_wmma instead of cuBLAS's
+// eff_gemm, against that precision's peak)
 static const char* PERF_CLASS_NAMES[PERF_NUM_CLASSES] = {"bf16 gemm", "tf32 gemm", "fp32 gemm", "fp32 core",
                                                          "fp64 core", "fp64 syevd", "bf16 flash", "memory",
-                                                         "tf32 wmma", "fp64 gemm"};
+                                                         "tf32 wmma", "fp64 gemm", "bf16 wmma"};
 // a row that is a matrix product (cuBLAS or our own tensor-core kernel)
 static int perf_class_is_gemm(int cls) {
-    return cls == PERF_BF16_GEMM || cls == PERF_TF32_GEMM || cls == PERF_FP32_GEMM || cls == PERF_TF32_WMMA;
+    return cls == PERF_BF16_GEMM || cls == PERF_TF32_GEMM || cls == PERF_FP32_GEMM || cls == PERF_TF32_WMMA ||
+           cls == PERF_BF16_WMMA;
 }
 
 // which steps and methods a row belongs to
@@ -291,7 +300,7 @@ typedef enum {
     OP_SWIGLU_BWD, OP_RESIDUAL_BWD, OP_ENCODER_BWD, OP_NORM, OP_SCALE, OP_REFRESH, OP_ADAMW, OP_SGEMM,
     OP_SGEMM_BULK, OP_COPY, OP_ADAM_NORMS, OP_LIMITER, OP_RECOVERY_APPLY, OP_POWER, OP_TRACK_ROWS, OP_TRACK_REDUCE,
     OP_PROJECT_U, OP_GEODESIC, OP_UPDATE_PROJECTION, OP_ROTATE_RANK1, OP_GRAM, OP_SYEVDX, OP_TOP_EIG, OP_CANON_SIGN,
-    OP_RESIDUAL_NORMS, OP_UPDATE_MOMENTS, OP_FUSED_UPDATE, OP_NUM
+    OP_RESIDUAL_NORMS, OP_UPDATE_MOMENTS, OP_FUSED_UPDATE, OP_PROJECT, OP_NUM
 } PerfOp;
 
 // one launch of a row, as the trainer makes it: sizes a..f mean what the op says
@@ -711,13 +720,16 @@ static void perf_build_optimizers(PerfModel* m) {
                     14.0 * n_lr_adam / 5, 28.0 * n_lr_adam / 5, OP_ADAMW, s);
     r->launch.a = (long long)(n_lr_adam / 5);
 
-    // the three bulk products (gemm_gpu_bulk: projection, back-projection, residual) at the variant's
-    // precision: TF32 reads fp32 operands (cuBLAS rounds them), so 4 bytes; planned bf16 GEMMs read bf16
-    // copies of their fp32 operands (G, S, N), written by a cast the model folds into the producer. outputs
-    // stay fp32. the tracking step's products (gemm_gpu) are fp32 in every variant
-    int gemm = m->v.opt_gemm == PERF_GEMM_BF16 ? PERF_BF16_GEMM
-             : m->v.opt_gemm == PERF_GEMM_TF32 ? PERF_TF32_GEMM : PERF_FP32_GEMM;
-    double ge = m->v.opt_gemm == PERF_GEMM_BF16 ? 2.0 : 4.0;
+    // the three bulk products (projection, back-projection, residual) at the variant's precision. every
+    // variant reads fp32 operands, 4 bytes: cuBLAS's TF32 rounds them, and the bf16 WMMA kernels round
+    // them as they stage them in shared memory. bf16 (today in bf16 mode): the projection is
+    // lowrank_project_kernel, the residual norms and the update the fused kernels, all bf16 WMMA; what
+    // stays on cuBLAS (GaLore's back-projection; the unfused recovery's residual and back-projection) is
+    // TF32. outputs stay fp32. the tracking step's products (gemm_gpu) are fp32 in every variant
+    int bf16_wmma = m->v.opt_gemm == PERF_GEMM_BF16;
+    int gemm = m->v.opt_gemm == PERF_GEMM_FP32 ? PERF_FP32_GEMM : PERF_TF32_GEMM;
+    int wmma = bf16_wmma ? PERF_BF16_WMMA : PERF_TF32_WMMA;
+    double ge = 4.0;
     int ST = PERF_SET_SUBTRACK, GA = PERF_SET_GALORE, BOTH = PERF_SET_SUBTRACK | PERF_SET_GALORE;
     double k = m->k;
     PerfShapeGroup g[2];
@@ -731,11 +743,19 @@ static void perf_build_optimizers(PerfModel* m) {
                    : m->v.opt_batched == 2 ? perf_ceil_div(g[gi].count, perf_lowrank_batch(p, q, R)) : g[gi].count;
         double nm = g[gi].count;  // matrices: the work scales with these
         char tag[80];
-        // every step: projection Gt = S^T G (left) or G S (right)
+        // every step: projection Gt = S^T G (left) or G S (right); in bf16 mode 64 x 64 tiles of Gt (R, q),
+        // each reducing over p: reads S and G (from L2 after the first of the R / 64 tiles of a slab), writes Gt
         snprintf(tag, sizeof tag, "projection Gt [%s]", g[gi].names);
-        r = perf_gemm(m, "lowrank", tag, BOTH, gemm, nm, R, q, p, 1, ge, 4.0, 0.0f);
-        r->launches = per;
-        r->launch.op = OP_SGEMM_BULK; r->launch.a = 1; r->launch.b = 0;
+        if (bf16_wmma) {
+            snprintf(s, sizeof s, "%lldx%lldx%lld", p, q, R);
+            r = perf_kernel(m, "lowrank", tag, BOTH, PERF_BF16_WMMA, nm, 2.0 * p * q * R,
+                            4.0 * p * R + 4.0 * p * q + 4.0 * R * q, OP_PROJECT, s);
+            r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R;
+        } else {
+            r = perf_gemm(m, "lowrank", tag, BOTH, gemm, nm, R, q, p, 1, ge, 4.0, 0.0f);
+            r->launches = per;
+            r->launch.op = OP_SGEMM_BULK; r->launch.a = 1; r->launch.b = 0;
+        }
         // recovery scaling's residual tiles of p: the partial norms kernel writes (tiles, q) doubles
         double tiles = perf_ceil_div(p, PERF_WMMA_TILE);
         if (!m->v.fused_recovery) {
@@ -749,11 +769,12 @@ static void perf_build_optimizers(PerfModel* m) {
             r = perf_gemm(m, "lowrank", tag, ST, gemm, nm, p, q, R, 1, ge, 4.0, 1.0f);
             r->launches = per; r->launch.op = OP_SGEMM_BULK; r->launch.a = 0; r->launch.b = 0;
         } else {
-            // bf16 mode: the residual's per-tile column norms from 64 x 64 tiles of S Gt (TF32 WMMA) that stay
-            // in shared memory; reads G once, S and Gt per tile (from L2), writes (tiles, q) doubles
+            // bf16 mode: the residual's per-tile column norms from 64 x 64 tiles of S Gt (bf16 WMMA; TF32
+            // before) that stay in shared memory; reads G once, S and Gt per tile (from L2), writes (tiles, q)
+            // doubles
             snprintf(s, sizeof s, "%lldx%lldx%lld", p, q, R);
             snprintf(tag, sizeof tag, "residual_norms ||G - S Gt||^2 tiles [%s]", g[gi].names);
-            r = perf_kernel(m, "lowrank", tag, ST, PERF_TF32_WMMA, nm, 2.0 * p * q * R,
+            r = perf_kernel(m, "lowrank", tag, ST, wmma, nm, 2.0 * p * q * R,
                             4.0 * p * q + 4.0 * p * R + 4.0 * R * q + 8.0 * tiles * q, OP_RESIDUAL_NORMS, s);
             r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R;
         }
@@ -781,7 +802,7 @@ static void perf_build_optimizers(PerfModel* m) {
             r->launches = per; r->launch.a = R; r->launch.b = q;
             snprintf(s, sizeof s, "%lldx%lldx%lld", p, q, R);
             snprintf(tag, sizeof tag, "fused_update W -= S N' + G diag(f) [%s]", g[gi].names);
-            r = perf_kernel(m, "lowrank", tag, ST, PERF_TF32_WMMA, nm, 2.0 * p * q * R,
+            r = perf_kernel(m, "lowrank", tag, ST, wmma, nm, 2.0 * p * q * R,
                             12.0 * p * q + 4.0 * p * R + 4.0 * R * q + 4.0 * q, OP_FUSED_UPDATE, s);
             r->launches = per; r->launch.a = p; r->launch.b = q; r->launch.c = R;
         }
@@ -972,6 +993,7 @@ static void perf_model_build(PerfModel* m, const char* preset, const PerfDims* d
 static double perf_peak_tflops(const PerfDevice* dev, int cls) {
     switch (cls) {
         case PERF_BF16_GEMM: case PERF_FLASH: return dev->bf16;
+        case PERF_BF16_WMMA: return dev->bf16;
         case PERF_TF32_GEMM: case PERF_TF32_WMMA: return dev->tf32;
         case PERF_FP32_GEMM: case PERF_FP32_CORE: return dev->fp32;
         case PERF_FP64_CORE: case PERF_FP64_SYEVD: case PERF_FP64_GEMM: return dev->fp64;
@@ -989,7 +1011,7 @@ static double perf_row_roofline(const PerfRow* r, const PerfDevice* dev) {
 static double perf_class_eff(const PerfAssume* a, int cls) {
     switch (cls) {
         case PERF_FLASH: return a->eff_flash;
-        case PERF_TF32_WMMA: return a->eff_wmma;
+        case PERF_TF32_WMMA: case PERF_BF16_WMMA: return a->eff_wmma;
         case PERF_FP64_CORE: return a->eff_gram;
         case PERF_FP32_CORE: case PERF_MEMORY: return 1.0;  // memory-bound: eff_bw applies
         default: return a->eff_gemm;
@@ -1264,9 +1286,10 @@ static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
            a->eff_bw);
     printf("  eff_flash  %.3f  flash attention's fraction of the bf16 peak (published FlashAttention-2/3 kernels at head\n"
            "                   size 64-128 reach about half)\n", a->eff_flash);
-    printf("  eff_wmma   %.3f  the trainer's own TF32 WMMA kernels (fused residual norms, fused update: 64x64 tiles,\n"
-           "                   4 warps, no asynchronous-copy pipeline) against the TF32 peak; an estimate, not\n"
-           "                   measured (cuBLAS reaches eff_gemm)\n", a->eff_wmma);
+    printf("  eff_wmma   %.3f  the trainer's own WMMA kernels (projection, fused residual norms, fused update: 64x64\n"
+           "                   tiles, 4 warps, no asynchronous-copy pipeline, fp32 operands rounded as staged) against\n"
+           "                   their precision's peak (bf16; TF32 before); an estimate, not measured (cuBLAS reaches\n"
+           "                   eff_gemm)\n", a->eff_wmma);
     printf("  eff_gram   %.3f  the trainer's FP64 Gram kernel (32x32 shared-memory tiles, 2 shared loads per DFMA, no\n"
            "                   tensor cores: bound by shared memory, and the FP64 non-tensor rate is below the 67 figure)\n",
            a->eff_gram);
@@ -1298,7 +1321,8 @@ static void perf_print_assumptions(const PerfAssume* a, const PerfVariant* v) {
            : "MFU counts the full T x T square", PERF_GEMM_NAMES[v->opt_gemm], PERF_SVD_NAMES[v->svd],
            v->fused_residual ? "in the GEMM epilogue" : "as residual_forward launches",
            v->parallel_wgrad ? "two-pass / per token" : "one thread per channel",
-           v->fused_recovery ? ", recovery residual never formed (TF32 WMMA norms and update)" : "",
+           v->fused_recovery ? (v->opt_gemm == PERF_GEMM_BF16 ? ", recovery residual never formed (bf16 WMMA norms "
+                                "and update)" : ", recovery residual never formed (TF32 WMMA norms and update)") : "",
            v->fused ? ", q|k|v and gate|up in one product each" : "",
            v->opt_batched == 1 ? ", optimizer launches batched over layers"
            : v->opt_batched == 2 ? ", optimizer launches per batch of a shape" : "", v->clip ? ", clipping on" : "",
@@ -1400,16 +1424,16 @@ static int perf_table_variants(PerfNamedVariant out[PERF_NUM_TABLE_VARIANTS]) {
     for (int i = 0; i < PERF_NUM_TABLE_VARIANTS; i++) { perf_variant_today(&out[i].v); }
     out[0].label = "today (bf16: flash attention, gate and up in one product, the optimizer's launches per batch "
                    "of a shape, every model product on cuBLASLt with the "
-                   "residual adds in the wo / w_down epilogue, TF32 optimizer projection GEMM, recovery scaling's "
-                   "residual norms and update as two fused TF32 WMMA kernels (no residual in memory), FP64 Gram + "
+                   "residual adds in the wo / w_down epilogue, the optimizer's projection, recovery scaling's "
+                   "residual norms and update as three bf16 WMMA kernels (no residual in memory), FP64 Gram + "
                    "syevdx for the top R, two-pass rmsnorm weight gradient, encoder_backward one block per token)";
     out[1].label = "(a) + --svd randomized (FP64 Gram, batched DGEMMs and cusolverDnXsyevBatched on (R+o) x (R+o) "
                    "per chunk of up to 2 GiB)";
     out[1].v.svd = PERF_SVD_TOPR;
-    out[2].label = "planned: (b) + bf16 optimizer cuBLAS GEMMs (the projection)";
-    out[2].v = out[1].v; out[2].v.opt_gemm = PERF_GEMM_BF16;
-    out[3].label = "planned: (c) + optimizer launches batched over layers";
-    out[3].v = out[2].v; out[3].v.opt_batched = 1;
+    out[2].label = "before: (a) with the optimizer's bulk products on TF32 (cuBLAS's projection, TF32 WMMA)";
+    out[2].v = out[0].v; out[2].v.opt_gemm = PERF_GEMM_TF32;
+    out[3].label = "planned: (b) + optimizer launches batched over layers";
+    out[3].v = out[1].v; out[3].v.opt_batched = 1;
     return PERF_NUM_TABLE_VARIANTS;
 }
 
@@ -1555,21 +1579,30 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
     const PerfAssume* a = &m->a;
     const int ST = PERF_SET_SUBTRACK;
 
-    // da90bbf: in bf16 mode the three bulk products are TF32 (4-byte operands); the tracking ones fp32.
-    // fused recovery (today in bf16): the projection stays a cuBLAS TF32 GEMM, the residual and the
-    // back-projection are the two WMMA kernels (TF32 too), with the same 2 p q R FLOPs each
+    // da90bbf: in bf16 mode the three bulk products were TF32 (4-byte operands); the tracking ones fp32.
+    // today in bf16 mode (opt_gemm bf16): the projection is lowrank_project_kernel (bf16 WMMA); with the
+    // fused recovery the residual norms and the update are the two WMMA kernels on bf16 too, with the same
+    // 2 p q R FLOPs each; unfused (--fused_recovery 0) the residual and the back-projection stay cuBLAS TF32.
+    // with --opt_gemm tf32 (bf16 mode before): the projection on cuBLAS TF32, the two kernels on TF32 WMMA
     double bulk = 3.0 * 2.0 * R * (N - V * C);
-    int fr = m->v.fused_recovery;
+    int fr = m->v.fused_recovery, b16 = m->v.opt_gemm == PERF_GEMM_BF16;
     double tf32 = perf_rows_sum(m, ST, "lowrank", PERF_TF32_GEMM, OP_SGEMM_BULK, 0);
-    double wmma = perf_rows_sum(m, ST, "lowrank", PERF_TF32_WMMA, -1, 0);
+    double wmma = perf_rows_sum(m, ST, "lowrank", b16 ? PERF_BF16_WMMA : PERF_TF32_WMMA, -1, 0);
+    double proj = perf_rows_sum(m, ST, "lowrank", PERF_BF16_WMMA, OP_PROJECT, 0);
     double other = perf_rows_sum(m, ST, "lowrank", -2, -1, 0) - tf32 - wmma;
     double track_fp32 = perf_rows_sum(m, ST, "track", PERF_FP32_GEMM, OP_SGEMM, 0);
     double track_all = perf_rows_sum(m, ST, "track", -2, -1, 0);
-    check(perf_close(tf32, fr ? bulk / 3.0 : bulk) && (fr ? perf_close(wmma, 2.0 * bulk / 3.0) : wmma == 0.0) &&
-               other == 0.0 && track_all > 0.0 && perf_close(track_fp32, track_all),
-               "%s: bf16 mode: the bulk products are TF32, 3 x 2 R (N - VC) = %.6e (%s; %.3e elsewhere); the "
-               "tracking GEMMs fp32 (gemm_gpu)", tag, bulk, fr ? "the projection on cuBLAS, the residual norms and "
-               "the update on WMMA" : "all three on cuBLAS", other);
+    double want_wmma = (b16 ? 1.0 : 0.0) + (fr ? 2.0 : 0.0);
+    check(perf_close(tf32, bulk - want_wmma * bulk / 3.0) &&
+               (want_wmma > 0.0 ? perf_close(wmma, want_wmma * bulk / 3.0) : wmma == 0.0) &&
+               (b16 ? perf_close(proj, bulk / 3.0) : proj == 0.0) && other == 0.0 && track_all > 0.0 &&
+               perf_close(track_fp32, track_all),
+               "%s: bf16 mode (--opt_gemm %s): the bulk products, 3 x 2 R (N - VC) = %.6e, with %s (%.3e "
+               "elsewhere); the tracking GEMMs fp32 (gemm_gpu)", tag, PERF_GEMM_NAMES[m->v.opt_gemm], bulk,
+               b16 ? (fr ? "all three on bf16 WMMA (the projection, the residual norms, the update)"
+                         : "the projection on bf16 WMMA, the residual and the back-projection on cuBLAS TF32")
+                   : (fr ? "the projection on cuBLAS TF32, the residual norms and the update on TF32 WMMA"
+                         : "all three on cuBLAS TF32"), other);
     // their bytes: the projection reads S, G and writes Gt (R p + p q + q R). unfused: residual and
     // back-projection (p R + R q) in + 2 p q (beta 1) each. fused: the norms kernel reads G, S, Gt and writes
     // (tiles, q) doubles; the update kernel reads S, N', G, W, phi and writes W. over the 4L (C, C) and 3L
@@ -1586,7 +1619,7 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
         mn_want += cnt * p * q * (fr ? 4.0 + 4.0 + 12.0 : 44.0);
     }
     check(perf_close(perf_rows_sum(m, ST, "lowrank", -2, -1, 1), bulk_bytes), "%s: the bulk products' bytes at "
-               "4 a TF32 operand = %.6e", tag, bulk_bytes);
+               "4 an fp32 operand (rounded to TF32 or bf16 on the way) = %.6e", tag, bulk_bytes);
     // the (m, n)-sized traffic of the SubTrack++ rows (every row's bytes less its (R, q), (p, R) and (q,) terms,
     // written out per kind): 44 bytes an element unfused, 20 fused
     {
@@ -1618,9 +1651,11 @@ static void perf_check_today(const PerfModel* m, const PerfOptions* o, const Per
         oo.B = oo.T = oo.accum = oo.rank = oo.k = 0;
         if (m32 != NULL && perf_build_recipe(m32, m->preset, &oo, &v, facts)) {
             double f32 = perf_rows_sum(m32, ST, "lowrank", PERF_FP32_GEMM, OP_SGEMM_BULK, 0);
-            double t32 = perf_rows_sum(m32, ST, "lowrank", PERF_TF32_GEMM, -1, 0);
+            double t32 = perf_rows_sum(m32, ST, "lowrank", PERF_TF32_GEMM, -1, 0) +
+                         perf_rows_sum(m32, ST, "lowrank", PERF_TF32_WMMA, -1, 0) +
+                         perf_rows_sum(m32, ST, "lowrank", PERF_BF16_WMMA, -1, 0);
             check(perf_close(f32, bulk) && t32 == 0.0, "%s: --dtype float32: the same bulk GEMMs stay fp32 "
-                       "(%.6e), none TF32", tag, f32);
+                       "(%.6e), none TF32 or bf16", tag, f32);
         } else {
             check(0, "%s: --dtype float32 model could not be built", tag);
         }
@@ -1856,8 +1891,9 @@ static void perf_usage(FILE* out, const char* prog) {
             "  --B, --T, --accum, --rank, --k N   override the recipe's (default: the authors' script, T 256)\n"
             "  --attention flash|materialized     (default flash: today's flash_attention.cuh; materialized: cuBLAS\n"
             "                                      scores + softmax + PV, before it)\n"
-            "  --opt_gemm fp32|tf32|bf16          the optimizer's bulk GEMMs (default today's: tf32 in bf16 mode,\n"
-            "                                     fp32 with --dtype float32; bf16 planned). tracking: fp32 always\n"
+            "  --opt_gemm fp32|tf32|bf16          the optimizer's bulk GEMMs (default today's: bf16 in bf16 mode, the\n"
+            "                                     trainer's WMMA kernels; fp32 with --dtype float32; tf32: bf16 mode\n"
+            "                                     before, cuBLAS TF32 and TF32 WMMA). tracking: fp32 always\n"
             "  --svd full|syevdx|topr             syevdx (default, today): FP64 Gram + syevdx range I, top R;\n"
             "                                     full: syevd of all p (before da90bbf);\n"
             "                                     topr: --svd randomized: FP64 Gram, subspace iteration by batched\n"

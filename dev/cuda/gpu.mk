@@ -93,11 +93,12 @@ GPU_LADDER_DEPS := dev/cuda/flash_attention_emu $(if $(CUDA_EMU_RACE_TEST),dev/c
 GPU_LADDER_TEST := ./dev/cuda/flash_attention_emu
 # and its race-check build: the WMMA kernels' shared-memory tiles checked for races
 GPU_LADDER_TEST2 := $(if $(CUDA_EMU_RACE_TEST),./dev/cuda/flash_attention_race)
-# the fused low-rank ladder (dev/cuda/lowrank_fused.cu: the residual norms and the update, fp32 and TF32 WMMA,
-# against the CPU's double within TF32's bound, both orientations, reruns bit-identical), and its race check
+# the low-rank tile ladder (dev/cuda/lowrank_fused.cu: the projection, the residual norms and the update, fp32,
+# TF32 and bf16 WMMA, against the CPU's double within each precision's bound, both orientations, reruns
+# bit-identical), and its race check (both WMMA versions)
 GPU_LADDER_DEPS += dev/cuda/lowrank_fused_emu $(if $(CUDA_EMU_RACE_TEST),dev/cuda/lowrank_fused_race)
-GPU_LADDER_TEST3 := ./dev/cuda/lowrank_fused_emu 1 && ./dev/cuda/lowrank_fused_emu 2
-GPU_LADDER_TEST4 := $(if $(CUDA_EMU_RACE_TEST),./dev/cuda/lowrank_fused_race 2)
+GPU_LADDER_TEST3 := ./dev/cuda/lowrank_fused_emu 1 && ./dev/cuda/lowrank_fused_emu 2 && ./dev/cuda/lowrank_fused_emu 3
+GPU_LADDER_TEST4 := $(if $(CUDA_EMU_RACE_TEST),./dev/cuda/lowrank_fused_race 2 && ./dev/cuda/lowrank_fused_race 3)
 # and every launcher of dev/bench_gpu --per_kernel once, at tiny sizes (about a second)
 GPU_PERF_TEST := ./dev/bench_gpu_emu --per_kernel 1 --preset kjv_test --B 2 --T 16 --iters 1 --warmup 0
 else

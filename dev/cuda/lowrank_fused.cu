@@ -1,50 +1,61 @@
 /*
-lowrank_fused.cu: the fused kernels of the SubTrack++ step in bf16 mode (recovery
-scaling without the residual in memory), standalone, with a CPU reference,
-kernel versions, validation and a benchmark.
+lowrank_fused.cu: the tiled kernels of the SubTrack++ step in bf16 mode (the
+projection, and recovery scaling without the residual in memory), standalone,
+with a CPU reference, kernel versions, validation and a benchmark.
 
 build and run on a GPU:
     nvcc -O3 -arch=sm_90 -o dev/cuda/lowrank_fused dev/cuda/lowrank_fused.cu
-    ./dev/cuda/lowrank_fused 2        # kernel version 1 or 2 (default 2)
+    ./dev/cuda/lowrank_fused 3        # kernel version 1, 2 or 3 (default 3)
 under the CPU harness (no GPU; small sizes, validation only, timings are CPU's):
     make dev/cuda/lowrank_fused_emu && ./dev/cuda/lowrank_fused_emu
 
-what the two kernels do, for W, G (m, n), S (p, R) orthonormal columns, Gt the
+what the three kernels do, for W, G (m, n), S (p, R) orthonormal columns, Gt the
 projection (left m <= n: S^T G, (R, q); right: G S, (q, R)), in the left frame
 (element (i, j), i < p, j < q; right: W and G transposed, by index):
+    projection:     Gt_kj = sum_i S_ik G_ij                   (reduced over p)
     residual norms: norm2_j = ||G_j - (S Gt)_j||^2           (never forming G - S Gt)
     update:         W_ij = (1 - decay) (W_ij - step ((S N')_ij + f_j G_ij))
 with N' = alpha N - Gt diag(f), f_j = scale phi_j: that is
 W -= step (alpha S N + (G - S Gt) diag(f)), step 6 with step 5's Lambda. the
-trainer (train_llama_subtrack.cu: lowrank_residual_norms_kernel,
-lowrank_fused_update_kernel) runs them batched over matrices, and sums the
-norms' per-tile partials in lowrank_adam_norms_kernel; here one matrix, and
-version 2 sums its tiles in a small kernel.
+trainer (train_llama_subtrack.cu: lowrank_project_kernel,
+lowrank_residual_norms_kernel, lowrank_fused_update_kernel) runs them batched
+over matrices, and sums the norms' per-tile partials in
+lowrank_adam_norms_kernel; here one matrix, and versions 2 and 3 sum its
+tiles in a small kernel.
 
 versions:
-    1: one thread per element (update) or per column (norms), fp32 dot
-       products over R from global memory: the naive port, exact fp32.
-    2: the trainer's: 64 x 64 tiles of S X on tensor cores (nvcuda::wmma
-       16x16x8 TF32, fp32 accumulation), 4 warps a block of 32 x 32 quarters,
-       R in chunks of 32 staged in shared memory as TF32 and zero-padded (any
-       R); the finished tile in shared memory for a coalesced epilogue; norms
-       as per-tile partial sums in double, added in tile order (deterministic).
+    1: one thread per element (projection, update) or per column (norms),
+       fp32 dot products from global memory: the naive port, exact fp32.
+    2: 64 x 64 tiles on tensor cores (nvcuda::wmma 16x16x8 TF32, fp32
+       accumulation), 4 warps a block of 32 x 32 quarters, the reduction
+       dimension (R; p for the projection) in chunks of 32 staged in shared
+       memory as TF32 and zero-padded (any shape); the finished tile in shared
+       memory for a coalesced epilogue; norms as per-tile partial sums in
+       double, added in tile order (deterministic).
+    3: the trainer's (bf16 mode): version 2's code with bf16 inputs (wmma
+       16x16x16), rounded to nearest even as they are staged, chunks of 64
+       (the same 18 KiB of shared memory): the full bf16 tensor-core rate.
 
-the tolerance, against the CPU's double: TF32 rounds each input to nearest
-with 10 stored mantissa bits, u = 2^-11 of it, so a product term errs by 2u +
-u^2 and fp32 accumulation adds (R + 2) 2^-24:
+the tolerance, against the CPU's double: the tiles round each input to the
+tensor cores' precision, u = 2^-11 of it for TF32 (to nearest, 10 stored
+mantissa bits), 2^-8 for bf16 (to nearest even, 7 stored bits), u = 0 for
+version 1, so a product term errs by 2u + u^2 and fp32 accumulation over K
+terms adds (K + 2) 2^-24:
     |(S X)_ij - exact| <= c1 P_ij,  c1 = 2u + u^2 + (R + 2) 2^-24,  P_ij = sum_k |S_ik| |X_kj|
+    projection: the same with K = p: c1p = 2u + u^2 + (p + 2) 2^-24, P_kj = sum_i |S_ik| |G_ij|
     norms: |norm2_j - exact| <= 2 c1 ||P_j|| ||res_j|| + (c1 ||P_j||)^2 + p 2^-23 ||res_j||^2 (the
            squares and their sum in double from fp32 residuals)
     update: |W_ij - exact| <= step (c1 P'_ij) + 8 2^-24 (|W_ij| + step (P'_ij + |f_j G_ij|)),
             P'_ij = sum_k |S_ik| |N'_kj|
-version 1 (fp32) meets them too. a second run must give the same bits.
+a second run must give the same bits.
 */
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>
 #include <string.h>
+#include <type_traits>
 #include <cuda_runtime.h>
+#include <cuda_bf16.h>
 #include <mma.h>
 
 static void cuda_check(cudaError_t err, const char* file, int line) {
@@ -68,6 +79,24 @@ static void product_cpu(double* y, double* mag, const float* S, const float* X, 
     }
     *y = s;
     *mag = a;
+}
+
+// Gt (the moments' layout) = the projection in double, and each entry's bound c1 P_kj (see the top)
+void project_cpu(double* Gt, double* bound, const float* G, const float* S, int r, int p, int q, int right,
+                 double c1) {
+    for (int k = 0; k < r; k++) {
+        for (int j = 0; j < q; j++) {
+            double y = 0.0, a = 0.0;
+            for (int i = 0; i < p; i++) {
+                double t = (double)S[(size_t)i * r + k] * G[right ? (size_t)j * p + i : (size_t)i * q + j];
+                y += t;
+                a += fabs(t);
+            }
+            size_t idx = right ? (size_t)j * r + k : (size_t)k * q + j;
+            Gt[idx] = y;
+            bound[idx] = c1 * a;
+        }
+    }
 }
 
 // norm2 (q,) = the residual's column norms, and each column's bound (see the top)
@@ -105,6 +134,16 @@ void fused_update_cpu(double* W, double* bound, const float* G, const float* S, 
 
 // ---- version 1: one thread per element or column, fp32
 
+// Gt (left (R, q) at k q + j, right (q, R) at j R + k), one thread per element
+__global__ void project_kernel1(float* Gt, const float* G, const float* S, int r, int p, int q, int right) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (size_t)r * q) { return; }
+    int k = right ? (int)(x % r) : (int)(x / q), j = right ? (int)(x / r) : (int)(x % q);
+    float y = 0.0f;
+    for (int i = 0; i < p; i++) { y += S[(size_t)i * r + k] * G[right ? (size_t)j * p + i : (size_t)i * q + j]; }
+    Gt[x] = y;
+}
+
 __global__ void residual_norms_kernel1(double* norm2, const float* G, const float* S, const float* Gt, int r, int p,
                                        int q, int right) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
@@ -132,109 +171,219 @@ __global__ void fused_update_kernel1(float* W, const float* G, const float* S, c
     W[x] = w - decay * w;
 }
 
-// ---- version 2: tiled TF32 tensor-core products (the trainer's kernels, one matrix)
+// ---- versions 2 and 3: tiled tensor-core products (the trainer's kernels, one
+// matrix), on TF32 (2) or bf16 (3) inputs: the same code, templated on the
+// precision (LowRankTF32, LowRankBF16), as in train_llama_subtrack.cu
 
 #define LOWRANK_TILE 64                             // rows i and columns j of a block's tile
-#define LOWRANK_TILE_K 32                           // rank chunk staged at a time
 #define LOWRANK_TILE_THREADS 128                    // 4 warps, 2 x 2 quarters of 32 x 32
-#define LOWRANK_TILE_LDA (LOWRANK_TILE_K + 4)       // S chunk (64, 32) row-major; +4 staggers the banks
-#define LOWRANK_TILE_LDB (LOWRANK_TILE + 4)         // left: X chunk (32, 64) row-major
-#define LOWRANK_TILE_LDBT (LOWRANK_TILE_K + 4)      // right: X chunk as (64, 32) rows of j
-#define LOWRANK_TILE_LDC (LOWRANK_TILE + 4)         // the finished tile (64, 64)
-#define LOWRANK_TILE_A_FLOATS (LOWRANK_TILE * LOWRANK_TILE_LDA)
-#define LOWRANK_TILE_B_FLOATS (LOWRANK_TILE * LOWRANK_TILE_LDBT > LOWRANK_TILE_K * LOWRANK_TILE_LDB ? \
-                               LOWRANK_TILE * LOWRANK_TILE_LDBT : LOWRANK_TILE_K * LOWRANK_TILE_LDB)
-#define LOWRANK_TILE_SMEM_FLOATS (LOWRANK_TILE_A_FLOATS + LOWRANK_TILE_B_FLOATS)
+#define LOWRANK_TILE_LDC (LOWRANK_TILE + 4)         // the finished tile (64, 64) of floats
+#define LOWRANK_TILE_SMEM_FLOATS 4608               // 18 KiB: a staged chunk of either precision, or the tile
 
-typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::row_major> tf32_frag_a;
-typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::row_major> tf32_frag_b_row;
-typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::col_major> tf32_frag_b_col;
-typedef nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> tf32_frag_acc;
+// the input precision of the tiled products: its wmma shape (16 x 16 x K), how
+// an fp32 input is rounded as it is staged, and the reduction chunk staged at
+// a time. rows of a staged chunk are padded by PAD elements (16 bytes), which
+// staggers the banks and keeps every fragment's pointer 256-bit aligned
+struct LowRankTF32 {
+    typedef float staged;                           // a tf32 element is a float in memory
+    typedef nvcuda::wmma::precision::tf32 element;
+    static constexpr int K = 8;
+    static constexpr int CHUNK = 32;
+    static constexpr int PAD = 4;
+    __device__ static float convert(float x) { return nvcuda::wmma::__float_to_tf32(x); }
+};
+struct LowRankBF16 {
+    typedef __nv_bfloat16 staged;
+    typedef __nv_bfloat16 element;
+    static constexpr int K = 16;
+    static constexpr int CHUNK = 64;
+    static constexpr int PAD = 8;
+    __device__ static __nv_bfloat16 convert(float x) { return __float2bfloat16_rn(x); }
+};
 
-// the tile (i0.., j0..) of S X in the left frame into C (shared, LOWRANK_TILE_SMEM_FLOATS):
-// left, C[ii * LDC + jj]; right, C[jj * LDC + ii]. every thread of the block calls it
-__device__ void lowrank_tile_product(float* C, const float* S, const float* X, int r, int p, int q, int right,
-                                     int i0, int j0) {
-    float* As = C;
-    float* Bs = C + LOWRANK_TILE_A_FLOATS;
-    int tid = threadIdx.x, warp = tid / 32;
-    int wi = (warp / 2) * 32, wj = (warp % 2) * 32;  // this warp's quarter
-    tf32_frag_acc acc[2][2];
+// a staged chunk of a product: A (LOWRANK_TILE rows of the output, CHUNK deep)
+// and B (CHUNK deep, LOWRANK_TILE columns), each stored along whichever of its
+// two dimensions is contiguous in global memory (row stride LD_WIDE along the
+// tile's 64, LD_DEEP along the chunk)
+template <typename P> struct LowRankChunk {
+    static constexpr int LD_WIDE = LOWRANK_TILE + P::PAD;
+    static constexpr int LD_DEEP = P::CHUNK + P::PAD;
+    static constexpr int PART = (LOWRANK_TILE * LD_DEEP > P::CHUNK * LD_WIDE ? LOWRANK_TILE * LD_DEEP
+                                                                             : P::CHUNK * LD_WIDE);
+    static_assert(2 * PART * sizeof(typename P::staged) <= LOWRANK_TILE_SMEM_FLOATS * sizeof(float),
+                  "a staged chunk fits in the tile's shared memory");
+};
+static_assert(LOWRANK_TILE * LOWRANK_TILE_LDC <= LOWRANK_TILE_SMEM_FLOATS, "the finished tile fits");
+
+// acc[a][b] += A (wi + 16 a.., the chunk) B (the chunk, wj + 16 b..) for one
+// staged chunk: A_COL: A's element (ii, kk) at kk lda + ii (else ii lda + kk);
+// B_COL: B's element (kk, jj) at jj ldb + kk (else kk ldb + jj)
+template <typename P, bool A_COL, bool B_COL>
+__device__ __forceinline__ void
+lowrank_chunk_mma(nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, P::K, float> (&acc)[2][2], const typename P::staged* As,
+                  int lda, const typename P::staged* Bs, int ldb, int wi, int wj) {
+    typedef typename std::conditional<A_COL, nvcuda::wmma::col_major, nvcuda::wmma::row_major>::type LayoutA;
+    typedef typename std::conditional<B_COL, nvcuda::wmma::col_major, nvcuda::wmma::row_major>::type LayoutB;
     #pragma unroll
-    for (int a = 0; a < 2; a++) {
+    for (int ks = 0; ks < P::CHUNK; ks += P::K) {
+        nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, P::K, typename P::element, LayoutA> fa[2];
         #pragma unroll
-        for (int b = 0; b < 2; b++) { nvcuda::wmma::fill_fragment(acc[a][b], 0.0f); }
-    }
-    for (int k0 = 0; k0 < r; k0 += LOWRANK_TILE_K) {
-        // stage S (i0.., k0..) and X (k0.., j0..) as tf32, zeros outside
-        for (int e = tid; e < LOWRANK_TILE * LOWRANK_TILE_K; e += LOWRANK_TILE_THREADS) {
-            int ii = e / LOWRANK_TILE_K, kk = e % LOWRANK_TILE_K;
-            int i = i0 + ii, k = k0 + kk;
-            float s = i < p && k < r ? S[(size_t)i * r + k] : 0.0f;
-            As[ii * LOWRANK_TILE_LDA + kk] = nvcuda::wmma::__float_to_tf32(s);
+        for (int a = 0; a < 2; a++) {
+            int ii = wi + 16 * a;
+            nvcuda::wmma::load_matrix_sync(fa[a], As + (A_COL ? ks * lda + ii : ii * lda + ks), lda);
         }
-        for (int e = tid; e < LOWRANK_TILE * LOWRANK_TILE_K; e += LOWRANK_TILE_THREADS) {
-            if (!right) {   // X (R, q): rows k, contiguous along j
-                int kk = e / LOWRANK_TILE, jj = e % LOWRANK_TILE;
-                int k = k0 + kk, j = j0 + jj;
-                float x = k < r && j < q ? X[(size_t)k * q + j] : 0.0f;
-                Bs[kk * LOWRANK_TILE_LDB + jj] = nvcuda::wmma::__float_to_tf32(x);
-            } else {        // X (q, R): rows j, contiguous along k
-                int jj = e / LOWRANK_TILE_K, kk = e % LOWRANK_TILE_K;
-                int k = k0 + kk, j = j0 + jj;
-                float x = k < r && j < q ? X[(size_t)j * r + k] : 0.0f;
-                Bs[jj * LOWRANK_TILE_LDBT + kk] = nvcuda::wmma::__float_to_tf32(x);
-            }
-        }
-        __syncthreads();
         #pragma unroll
-        for (int ks = 0; ks < LOWRANK_TILE_K; ks += 8) {
-            tf32_frag_a fa[2];
+        for (int b = 0; b < 2; b++) {
+            int jj = wj + 16 * b;
+            nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, P::K, typename P::element, LayoutB> fb;
+            nvcuda::wmma::load_matrix_sync(fb, Bs + (B_COL ? jj * ldb + ks : ks * ldb + jj), ldb);
             #pragma unroll
-            for (int a = 0; a < 2; a++) {
-                nvcuda::wmma::load_matrix_sync(fa[a], As + (wi + 16 * a) * LOWRANK_TILE_LDA + ks, LOWRANK_TILE_LDA);
-            }
-            #pragma unroll
-            for (int b = 0; b < 2; b++) {
-                if (!right) {   // block-uniform branch: the warp stays converged
-                    tf32_frag_b_row fb;
-                    nvcuda::wmma::load_matrix_sync(fb, Bs + ks * LOWRANK_TILE_LDB + wj + 16 * b, LOWRANK_TILE_LDB);
-                    #pragma unroll
-                    for (int a = 0; a < 2; a++) { nvcuda::wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]); }
-                } else {        // element (k, j) at j LDBT + k: column-major
-                    tf32_frag_b_col fb;
-                    nvcuda::wmma::load_matrix_sync(fb, Bs + (wj + 16 * b) * LOWRANK_TILE_LDBT + ks, LOWRANK_TILE_LDBT);
-                    #pragma unroll
-                    for (int a = 0; a < 2; a++) { nvcuda::wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]); }
-                }
-            }
+            for (int a = 0; a < 2; a++) { nvcuda::wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]); }
         }
-        __syncthreads();    // the chunk is used up before the next is staged (or C overwrites it)
     }
+}
+
+// the accumulators into C (shared floats): element (ii, jj) of the tile at
+// ii LDC + jj, or with C_COL at jj LDC + ii; then a barrier, the tile complete
+template <typename P, bool C_COL>
+__device__ __forceinline__ void lowrank_tile_store(float* C, nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, P::K, float>
+                                                   (&acc)[2][2], int wi, int wj) {
     #pragma unroll
     for (int a = 0; a < 2; a++) {
         #pragma unroll
         for (int b = 0; b < 2; b++) {
             int ii = wi + 16 * a, jj = wj + 16 * b;
-            if (!right) {
-                nvcuda::wmma::store_matrix_sync(C + ii * LOWRANK_TILE_LDC + jj, acc[a][b], LOWRANK_TILE_LDC,
-                                        nvcuda::wmma::mem_row_major);
-            } else {
-                nvcuda::wmma::store_matrix_sync(C + jj * LOWRANK_TILE_LDC + ii, acc[a][b], LOWRANK_TILE_LDC,
-                                        nvcuda::wmma::mem_col_major);
-            }
+            nvcuda::wmma::store_matrix_sync(C + (C_COL ? jj * LOWRANK_TILE_LDC + ii : ii * LOWRANK_TILE_LDC + jj), acc[a][b],
+                                    LOWRANK_TILE_LDC, C_COL ? nvcuda::wmma::mem_col_major : nvcuda::wmma::mem_row_major);
         }
     }
     __syncthreads();
 }
 
+// the tile (i0.., j0..) of S X in the left frame into C (shared, LOWRANK_TILE_SMEM_FLOATS):
+// left, C[ii * LDC + jj]; right, C[jj * LDC + ii]. every thread of the block calls it.
+// R in chunks: S (i0.., k0..) staged as rows ii, X as rows kk (left, X (R, q)
+// contiguous along j) or rows jj (right, X (q, R) contiguous along k)
+template <typename P>
+__device__ void lowrank_tile_product(float* C, const float* S, const float* X, int r, int p, int q, int right,
+                                     int i0, int j0) {
+    typedef LowRankChunk<P> Ch;
+    typename P::staged* As = reinterpret_cast<typename P::staged*>(C);
+    typename P::staged* Bs = As + Ch::PART;
+    int tid = threadIdx.x, warp = tid / 32;
+    int wi = (warp / 2) * 32, wj = (warp % 2) * 32;  // this warp's quarter
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, P::K, float> acc[2][2];
+    #pragma unroll
+    for (int a = 0; a < 2; a++) {
+        #pragma unroll
+        for (int b = 0; b < 2; b++) { nvcuda::wmma::fill_fragment(acc[a][b], 0.0f); }
+    }
+    for (int k0 = 0; k0 < r; k0 += P::CHUNK) {
+        // stage S (i0.., k0..) and X (k0.., j0..) at P's precision, zeros outside
+        for (int e = tid; e < LOWRANK_TILE * P::CHUNK; e += LOWRANK_TILE_THREADS) {
+            int ii = e / P::CHUNK, kk = e % P::CHUNK;
+            int i = i0 + ii, k = k0 + kk;
+            float s = i < p && k < r ? S[(size_t)i * r + k] : 0.0f;
+            As[ii * Ch::LD_DEEP + kk] = P::convert(s);
+        }
+        for (int e = tid; e < LOWRANK_TILE * P::CHUNK; e += LOWRANK_TILE_THREADS) {
+            if (!right) {   // X (R, q): rows k, contiguous along j
+                int kk = e / LOWRANK_TILE, jj = e % LOWRANK_TILE;
+                int k = k0 + kk, j = j0 + jj;
+                float x = k < r && j < q ? X[(size_t)k * q + j] : 0.0f;
+                Bs[kk * Ch::LD_WIDE + jj] = P::convert(x);
+            } else {        // X (q, R): rows j, contiguous along k
+                int jj = e / P::CHUNK, kk = e % P::CHUNK;
+                int k = k0 + kk, j = j0 + jj;
+                float x = k < r && j < q ? X[(size_t)j * r + k] : 0.0f;
+                Bs[jj * Ch::LD_DEEP + kk] = P::convert(x);
+            }
+        }
+        __syncthreads();
+        if (!right) {   // block-uniform branch: the warps stay converged
+            lowrank_chunk_mma<P, false, false>(acc, As, Ch::LD_DEEP, Bs, Ch::LD_WIDE, wi, wj);
+        } else {        // element (k, j) at j LD_DEEP + k: column-major
+            lowrank_chunk_mma<P, false, true>(acc, As, Ch::LD_DEEP, Bs, Ch::LD_DEEP, wi, wj);
+        }
+        __syncthreads();    // the chunk is used up before the next is staged (or C overwrites it)
+    }
+    if (!right) {
+        lowrank_tile_store<P, false>(C, acc, wi, wj);
+    } else {
+        lowrank_tile_store<P, true>(C, acc, wi, wj);
+    }
+}
 
+// the projection Gt = S^T G (left, (R, q)) or G S (right, (q, R)), in the left
+// frame Gt_kj = sum_i S_ik G_ij: a block per 64 x 64 tile of Gt, p in chunks
+// reduced in order (no split, no atomics: the same bits every run); S staged as
+// rows i along k (a column-major matrix_a of S^T), G as rows i along j (left)
+// or rows j along i (right, a column-major matrix_b)
+template <typename P>
 __global__ void __launch_bounds__(LOWRANK_TILE_THREADS)
-residual_norms_kernel2(double* parts, const float* G, const float* S, const float* Gt, int r, int p, int q,
+project_tiled(float* Gt, const float* G, const float* S, int r, int p, int q, int right) {
+    typedef LowRankChunk<P> Ch;
+    __shared__ __align__(32) float tile[LOWRANK_TILE_SMEM_FLOATS];
+    int k0 = blockIdx.x * LOWRANK_TILE, j0 = blockIdx.y * LOWRANK_TILE;
+    typename P::staged* As = reinterpret_cast<typename P::staged*>(tile);
+    typename P::staged* Bs = As + Ch::PART;
+    int tid = threadIdx.x, warp = tid / 32;
+    int wk = (warp / 2) * 32, wj = (warp % 2) * 32;  // this warp's quarter
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, P::K, float> acc[2][2];
+    #pragma unroll
+    for (int a = 0; a < 2; a++) {
+        #pragma unroll
+        for (int b = 0; b < 2; b++) { nvcuda::wmma::fill_fragment(acc[a][b], 0.0f); }
+    }
+    for (int i0 = 0; i0 < p; i0 += P::CHUNK) {
+        // stage S (i0.., k0..) as rows ii, and G's (i0.., j0..) at P's precision, zeros outside
+        for (int x = tid; x < LOWRANK_TILE * P::CHUNK; x += LOWRANK_TILE_THREADS) {
+            int ii = x / LOWRANK_TILE, kk = x % LOWRANK_TILE;
+            int i = i0 + ii, k = k0 + kk;
+            float s = i < p && k < r ? S[(size_t)i * r + k] : 0.0f;
+            As[ii * Ch::LD_WIDE + kk] = P::convert(s);
+        }
+        for (int x = tid; x < LOWRANK_TILE * P::CHUNK; x += LOWRANK_TILE_THREADS) {
+            if (!right) {   // G (p, q): rows i, contiguous along j
+                int ii = x / LOWRANK_TILE, jj = x % LOWRANK_TILE;
+                int i = i0 + ii, j = j0 + jj;
+                float g = i < p && j < q ? G[(size_t)i * q + j] : 0.0f;
+                Bs[ii * Ch::LD_WIDE + jj] = P::convert(g);
+            } else {        // G (q, p): rows j, contiguous along i
+                int jj = x / P::CHUNK, ii = x % P::CHUNK;
+                int i = i0 + ii, j = j0 + jj;
+                float g = i < p && j < q ? G[(size_t)j * p + i] : 0.0f;
+                Bs[jj * Ch::LD_DEEP + ii] = P::convert(g);
+            }
+        }
+        __syncthreads();
+        if (!right) {
+            lowrank_chunk_mma<P, true, false>(acc, As, Ch::LD_WIDE, Bs, Ch::LD_WIDE, wk, wj);
+        } else {
+            lowrank_chunk_mma<P, true, true>(acc, As, Ch::LD_WIDE, Bs, Ch::LD_DEEP, wk, wj);
+        }
+        __syncthreads();
+    }
+    // the tile with rows along Gt's contiguous dimension: left (k, j) rows k, right rows j
+    if (!right) {
+        lowrank_tile_store<P, false>(tile, acc, wk, wj);
+    } else {
+        lowrank_tile_store<P, true>(tile, acc, wk, wj);
+    }
+    for (int x = tid; x < LOWRANK_TILE * LOWRANK_TILE; x += LOWRANK_TILE_THREADS) {
+        int outer = x / LOWRANK_TILE, inner = x % LOWRANK_TILE;
+        int k = k0 + (right ? inner : outer), j = j0 + (right ? outer : inner);
+        if (k < r && j < q) { Gt[right ? (size_t)j * r + k : (size_t)k * q + j] = tile[outer * LOWRANK_TILE_LDC + inner]; }
+    }
+}
+
+template <typename P>
+__global__ void __launch_bounds__(LOWRANK_TILE_THREADS)
+residual_norms_tiled(double* parts, const float* G, const float* S, const float* Gt, int r, int p, int q,
                        int right) {
     __shared__ __align__(32) float tile[LOWRANK_TILE_SMEM_FLOATS];
     int i0 = blockIdx.x * LOWRANK_TILE, j0 = blockIdx.y * LOWRANK_TILE;
-    lowrank_tile_product(tile, S, Gt, r, p, q, right, i0, j0);
+    lowrank_tile_product<P>(tile, S, Gt, r, p, q, right, i0, j0);
     for (int x = threadIdx.x; x < LOWRANK_TILE * LOWRANK_TILE; x += LOWRANK_TILE_THREADS) {
         int outer = x / LOWRANK_TILE, inner = x % LOWRANK_TILE;
         int i = i0 + (right ? inner : outer), j = j0 + (right ? outer : inner);
@@ -264,13 +413,14 @@ __global__ void residual_norms_sum_kernel(double* norm2, const double* parts, in
     norm2[j] = s;
 }
 
+template <typename P>
 __global__ void __launch_bounds__(LOWRANK_TILE_THREADS)
-fused_update_kernel2(float* W, const float* G, const float* S, const float* Nf, const float* phi,
+fused_update_tiled(float* W, const float* G, const float* S, const float* Nf, const float* phi,
                      const float* scale_p, int r, int p, int q, int right, float step, float decay) {
     __shared__ __align__(32) float tile[LOWRANK_TILE_SMEM_FLOATS];
     float scale = *scale_p;
     int i0 = blockIdx.x * LOWRANK_TILE, j0 = blockIdx.y * LOWRANK_TILE;
-    lowrank_tile_product(tile, S, Nf, r, p, q, right, i0, j0);
+    lowrank_tile_product<P>(tile, S, Nf, r, p, q, right, i0, j0);
     for (int x = threadIdx.x; x < LOWRANK_TILE * LOWRANK_TILE; x += LOWRANK_TILE_THREADS) {
         int outer = x / LOWRANK_TILE, inner = x % LOWRANK_TILE;
         int i = i0 + (right ? inner : outer), j = j0 + (right ? outer : inner);
@@ -284,6 +434,19 @@ fused_update_kernel2(float* W, const float* G, const float* S, const float* Nf, 
 
 // ---- launchers
 
+static void project(int version, float* Gt, const float* G, const float* S, int r, int p, int q, int right) {
+    dim3 grid((r + LOWRANK_TILE - 1) / LOWRANK_TILE, (q + LOWRANK_TILE - 1) / LOWRANK_TILE);
+    if (version == 1) {
+        size_t n = (size_t)r * q;
+        project_kernel1<<<(unsigned)((n + 255) / 256), 256>>>(Gt, G, S, r, p, q, right);
+    } else if (version == 2) {
+        project_tiled<LowRankTF32><<<grid, LOWRANK_TILE_THREADS>>>(Gt, G, S, r, p, q, right);
+    } else {
+        project_tiled<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(Gt, G, S, r, p, q, right);
+    }
+    cudaCheck(cudaGetLastError());
+}
+
 static void residual_norms(int version, double* norm2, double* parts, const float* G, const float* S,
                            const float* Gt, int r, int p, int q, int right) {
     if (version == 1) {
@@ -291,7 +454,11 @@ static void residual_norms(int version, double* norm2, double* parts, const floa
     } else {
         int tiles = (p + LOWRANK_TILE - 1) / LOWRANK_TILE;
         dim3 grid(tiles, (q + LOWRANK_TILE - 1) / LOWRANK_TILE);
-        residual_norms_kernel2<<<grid, LOWRANK_TILE_THREADS>>>(parts, G, S, Gt, r, p, q, right);
+        if (version == 2) {
+            residual_norms_tiled<LowRankTF32><<<grid, LOWRANK_TILE_THREADS>>>(parts, G, S, Gt, r, p, q, right);
+        } else {
+            residual_norms_tiled<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(parts, G, S, Gt, r, p, q, right);
+        }
         cudaCheck(cudaGetLastError());
         residual_norms_sum_kernel<<<(q + 127) / 128, 128>>>(norm2, parts, tiles, q);
     }
@@ -305,7 +472,13 @@ static void fused_update(int version, float* W, const float* G, const float* S, 
         fused_update_kernel1<<<(unsigned)((n + 255) / 256), 256>>>(W, G, S, Nf, phi, scale, r, p, q, right, step, decay);
     } else {
         dim3 grid((p + LOWRANK_TILE - 1) / LOWRANK_TILE, (q + LOWRANK_TILE - 1) / LOWRANK_TILE);
-        fused_update_kernel2<<<grid, LOWRANK_TILE_THREADS>>>(W, G, S, Nf, phi, scale, r, p, q, right, step, decay);
+        if (version == 2) {
+            fused_update_tiled<LowRankTF32><<<grid, LOWRANK_TILE_THREADS>>>(W, G, S, Nf, phi, scale, r, p, q, right,
+                                                                           step, decay);
+        } else {
+            fused_update_tiled<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(W, G, S, Nf, phi, scale, r, p, q, right,
+                                                                           step, decay);
+        }
     }
     cudaCheck(cudaGetLastError());
 }
@@ -336,26 +509,29 @@ static double elapsed_ms(cudaEvent_t start, cudaEvent_t stop) {
 }
 
 int main(int argc, char** argv) {
-    int version = argc > 1 ? atoi(argv[1]) : 2;
-    if (version < 1 || version > 2) {
-        fprintf(stderr, "error: unknown kernel version %d; hint: use 1 (naive fp32) or 2 (TF32 WMMA tiles)\n", version);
+    int version = argc > 1 ? atoi(argv[1]) : 3;
+    if (version < 1 || version > 3) {
+        fprintf(stderr, "error: unknown kernel version %d; hint: use 1 (naive fp32), 2 (TF32 WMMA tiles) or 3 (bf16 "
+                "WMMA tiles)\n", version);
         return 1;
     }
 #ifdef CUDA_EMU
     // the harness runs kernels on the CPU: small odd shapes (R not a multiple of 8, p and q of no tile), validation
-    const int shapes[][3] = {{70, 150, 13}, {40, 97, 40}}, nshapes = 2, reps = 1;
+    const int shapes[][3] = {{70, 150, 13}, {40, 97, 40}, {90, 130, 72}}, nshapes = 3, reps = 1;
     printf("under the CPU harness (dev/cuda_emu): timings are CPU timings\n");
 #else
     // 1B's w_up at rank 512: p = 2048, q = 5461, and an odd one
     const int shapes[][3] = {{2048, 5461, 512}, {70, 150, 13}}, nshapes = 2, reps = 20;
 #endif
     int failures = 0;
-    const double u = ldexp(1.0, -11);
+    // the inputs' unit roundoff: fp32 products (0: the accumulation term covers them), TF32, bf16
+    const double u = version == 1 ? 0.0 : version == 2 ? ldexp(1.0, -11) : ldexp(1.0, -8);
     for (int si = 0; si < nshapes; si++) {
         for (int right = 0; right < 2; right++) {
             int p = shapes[si][0], q = shapes[si][1], r = shapes[si][2];
             size_t pq = (size_t)p * q, pr = (size_t)p * r, rq = (size_t)r * q;
             double c1 = 2.0 * u + u * u + (r + 2) * ldexp(1.0, -24);
+            double c1p = 2.0 * u + u * u + (p + 2) * ldexp(1.0, -24);   // the projection reduces over p
             unsigned seed = 7 + 10 * si + right;
             float* G = random_floats(pq, &seed, -1.0f, 1.0f);
             float* W = random_floats(pq, &seed, -0.1f, 0.1f);
@@ -370,6 +546,9 @@ int main(int argc, char** argv) {
             double* Wref = (double*)malloc(pq * sizeof(double));
             double* wbound = (double*)malloc(pq * sizeof(double));
             for (size_t i = 0; i < pq; i++) { Wref[i] = W[i]; }
+            double* Gtref = (double*)malloc(rq * sizeof(double));
+            double* pbound = (double*)malloc(rq * sizeof(double));
+            project_cpu(Gtref, pbound, G, S, r, p, q, right, c1p);
             residual_norms_cpu(norm2, nbound, G, S, Gt, r, p, q, right, c1);
             fused_update_cpu(Wref, wbound, G, S, Nf, phi, scale, r, p, q, right, step, decay, c1);
             float *d_G = to_device(G, pq * 4), *d_W = to_device(W, pq * 4), *d_S = to_device(S, pr * 4);
@@ -378,6 +557,14 @@ int main(int argc, char** argv) {
             double *d_norm2, *d_parts;
             cudaCheck(cudaMalloc((void**)&d_norm2, q * sizeof(double)));
             cudaCheck(cudaMalloc((void**)&d_parts, (size_t)((p + 63) / 64) * q * sizeof(double)));
+            float* d_Gtp;
+            cudaCheck(cudaMalloc((void**)&d_Gtp, rq * 4));
+            float* got_p = (float*)malloc(rq * 4);
+            float* got_p2 = (float*)malloc(rq * 4);
+            project(version, d_Gtp, d_G, d_S, r, p, q, right);
+            cudaCheck(cudaMemcpy(got_p, d_Gtp, rq * 4, cudaMemcpyDeviceToHost));
+            project(version, d_Gtp, d_G, d_S, r, p, q, right);
+            cudaCheck(cudaMemcpy(got_p2, d_Gtp, rq * 4, cudaMemcpyDeviceToHost));
             double* got_n = (double*)malloc(q * sizeof(double));
             double* got_n2 = (double*)malloc(q * sizeof(double));
             float* got_w = (float*)malloc(pq * 4);
@@ -391,7 +578,11 @@ int main(int argc, char** argv) {
             cudaCheck(cudaMemcpy(d_W, W, pq * 4, cudaMemcpyHostToDevice));
             fused_update(version, d_W, d_G, d_S, d_Nf, d_phi, d_scale, r, p, q, right, step, decay);
             cudaCheck(cudaMemcpy(got_w2, d_W, pq * 4, cudaMemcpyDeviceToHost));
-            double rn = 0.0, rw = 0.0;
+            double rn = 0.0, rw = 0.0, rp = 0.0;
+            for (size_t i = 0; i < rq; i++) {
+                double x = fabs((double)got_p[i] - Gtref[i]) / pbound[i];
+                if (!(x <= rp)) { rp = x; }
+            }
             for (int j = 0; j < q; j++) {
                 double x = fabs(got_n[j] - norm2[j]) / nbound[j];
                 if (!(x <= rn)) { rn = x; }
@@ -400,9 +591,12 @@ int main(int argc, char** argv) {
                 double x = fabs((double)got_w[i] - Wref[i]) / wbound[i];
                 if (!(x <= rw)) { rw = x; }
             }
-            int same = memcmp(got_n, got_n2, q * 8) == 0 && memcmp(got_w, got_w2, pq * 4) == 0;
-            int ok_n = rn <= 1.0, ok_w = rw <= 1.0;
-            failures += !ok_n + !ok_w + !same;
+            int same = memcmp(got_n, got_n2, q * 8) == 0 && memcmp(got_w, got_w2, pq * 4) == 0 &&
+                       memcmp(got_p, got_p2, rq * 4) == 0;
+            int ok_n = rn <= 1.0, ok_w = rw <= 1.0, ok_p = rp <= 1.0;
+            failures += !ok_n + !ok_w + !same + !ok_p;
+            printf("%s %s (p %d, q %d, R %d), version %d: projection at %.2f of its bound\n",
+                   ok_p ? "PASS" : "FAIL", right ? "right" : "left ", p, q, r, version, rp);
             printf("%s %s (p %d, q %d, R %d), version %d: residual norms at %.2f of their bound\n",
                    ok_n ? "PASS" : "FAIL", right ? "right" : "left ", p, q, r, version, rn);
             printf("%s %s (p %d, q %d, R %d), version %d: update at %.2f of its bound\n", ok_w ? "PASS" : "FAIL",
@@ -414,6 +608,10 @@ int main(int argc, char** argv) {
             cudaCheck(cudaEventCreate(&start));
             cudaCheck(cudaEventCreate(&stop));
             cudaCheck(cudaEventRecord(start));
+            for (int it = 0; it < reps; it++) { project(version, d_Gtp, d_G, d_S, r, p, q, right); }
+            cudaCheck(cudaEventRecord(stop));
+            double ms_p = elapsed_ms(start, stop) / reps;
+            cudaCheck(cudaEventRecord(start));
             for (int it = 0; it < reps; it++) { residual_norms(version, d_norm2, d_parts, d_G, d_S, d_Gt, r, p, q, right); }
             cudaCheck(cudaEventRecord(stop));
             double ms_n = elapsed_ms(start, stop) / reps;
@@ -424,6 +622,8 @@ int main(int argc, char** argv) {
             cudaCheck(cudaEventRecord(stop));
             double ms_w = elapsed_ms(start, stop) / reps;
             double flops = 2.0 * pq * r;
+            printf("version %d, %s: projection %.4f ms (%.1f TFLOP/s, %.0f GB/s of G)\n", version,
+                   right ? "right" : "left", ms_p, flops / (ms_p * 1e-3) / 1e12, 4.0 * pq / (ms_p * 1e-3) / 1e9);
             printf("version %d, %s: residual norms %.4f ms (%.1f TFLOP/s, %.0f GB/s of G), update %.4f ms "
                    "(%.1f TFLOP/s, %.0f GB/s of G, W)\n", version, right ? "right" : "left", ms_n,
                    flops / (ms_n * 1e-3) / 1e12, 4.0 * pq / (ms_n * 1e-3) / 1e9, ms_w, flops / (ms_w * 1e-3) / 1e12,
@@ -431,7 +631,8 @@ int main(int argc, char** argv) {
             cudaCheck(cudaEventDestroy(start));
             cudaCheck(cudaEventDestroy(stop));
             free(G); free(W); free(S); free(Gt); free(Nf); free(phi); free(norm2); free(nbound); free(Wref);
-            free(wbound); free(got_n); free(got_n2); free(got_w); free(got_w2);
+            free(wbound); free(Gtref); free(pbound); free(got_p); free(got_p2); cudaCheck(cudaFree(d_Gtp));
+            free(got_n); free(got_n2); free(got_w); free(got_w2);
             cudaCheck(cudaFree(d_G)); cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_S)); cudaCheck(cudaFree(d_Gt));
             cudaCheck(cudaFree(d_Nf)); cudaCheck(cudaFree(d_phi)); cudaCheck(cudaFree(d_scale));
             cudaCheck(cudaFree(d_norm2)); cudaCheck(cudaFree(d_parts));

@@ -402,20 +402,25 @@ static void test_lowrank_all(LowRankGPU* ctx) {
     }
 }
 
-// ---- 2b. bf16 mode: the projection, back-projection and residual on TF32
-// tensor cores (gemm_gpu_bulk), against the CPU's fp32, after every step
+// ---- 2b. bf16 mode: the projection, back-projection and residual on tensor
+// cores, against the CPU's fp32, after every step. both of bf16 mode's
+// precisions: LOWRANK_BF16 (the default: our WMMA kernels on bf16 inputs) and
+// LOWRANK_TF32 (cuBLAS and the same kernels on TF32)
 //
-// the tolerance, from TF32's unit roundoff. TF32 keeps 10 mantissa bits, so
-// rounding an input moves it by at most u = 2^-10 of itself (truncation; to
-// nearest, half that; the harness rounds to nearest). a product of two rounded
+// the tolerance, from the inputs' unit roundoff u: TF32 keeps 10 mantissa
+// bits, so rounding an input moves it by at most u = 2^-10 of itself
+// (truncation, which a GPU's cuBLAS may do; to nearest, half that; the harness
+// rounds to nearest); bf16 keeps 7, and our kernels round to nearest even
+// (__float2bfloat16_rn), u = 2^-8 (the cuBLAS products the bf16 path keeps,
+// GaLore's back-projection, are TF32: smaller). a product of two rounded
 // inputs then errs by at most 2u of |a| |b|, and a sum of them by 2u sum |a_k| |b_k|
 // <= 2u ||a|| ||b|| (Cauchy-Schwarz), which for Gt = S^T G (||s|| = 1) is 2u ||g_j||
 // per entry; fp32 accumulation adds ~K 2^-24, under 1e-5 here. what follows
 // carries that 2u: M and V are sums of Gt with weights summing to <= 1, so 2u
 // (V, quadratic: 4u); the subspace steps turn S by angles computed from Gt
 // (2u), and the rotated moments carry that; the limiter's prev is a ratio of
-// norms of rounded vectors (4u). a 3x margin over the largest: 12u = 1.2e-2,
-// relative as in state_errors, for S S^T, M, V and prev.
+// norms of rounded vectors (4u). a 3x margin over the largest: 12u (TF32
+// 1.2e-2, bf16 4.7e-2), relative as in state_errors, for S S^T, M, V and prev.
 // W: N = M / (sqrt(V) + eps) is Adam's per-entry normalization, sign-like in
 // the first steps, so an entry of Gt within its rounding 2u ||g_j|| of zero can
 // change N by up to its whole size; the largest entry of W's error is bounded
@@ -424,66 +429,87 @@ static void test_lowrank_all(LowRankGPU* ctx) {
 // zero, N's relative error is M's 2u plus half V's 4u, and the back-projection
 // adds 2u, 6u per step of updates that mostly share a sign; the entries near
 // zero are a fraction ~ 2u sqrt(R) of them and weigh that share. the same 12u
-// (2x the 6u) bounds it. measured: S S^T ~1e-5, M and V ~2e-4, W ~1-6e-3.
-// TF32 must really be in use: W's largest error must be at least
-// TF32_EXERCISED_FACTOR times the fp32 path's on the same case (u differs by 2^13)
+// (2x the 6u) bounds it. measured (harness, rounding to nearest): TF32 S S^T
+// ~1e-5, M and V ~2e-4, W ~1-6e-3; bf16 S S^T ~5e-5, M ~1e-3, V ~1-4e-3, W
+// ~0.8-3e-2 (at most 0.62 of its 12u).
+// the precision must really be in use: W's largest error must be at least
+// FAST_EXERCISED_FACTOR times the fp32 path's on the same case (u differs by
+// 2^13 or more), and bf16's above TF32's (its u is 8x larger, 4x if a GPU's
+// cuBLAS truncates to TF32; measured here: 2.2x to 10x. the rounding itself is
+// pinned in 2e)
 #define TF32_U 9.765625e-4
-#define TF32_TOL (12 * TF32_U)
-#define TF32_EXERCISED_FACTOR 50.0
+#define BF16_U 3.90625e-3
+#define FAST_EXERCISED_FACTOR 50.0
 
-static void test_lowrank_tf32(LowRankGPU* ctx) {
+static void test_lowrank_fast_products(LowRankGPU* ctx) {
     const int shapes[][3] = {{72, 200, 8}, {200, 72, 8}};
+    const LowRankProducts fast[2] = {LOWRANK_TF32, LOWRANK_BF16};
+    const char* names[2] = {"TF32", "bf16"};
+    const double us[2] = {TF32_U, BF16_U};
     int num_methods = (int)(sizeof(method_cases) / sizeof(method_cases[0]));
     for (int si = 0; si < 2; si++) {
         for (int mi = 0; mi < num_methods; mi++) {
             const MethodCase* mc = &method_cases[mi];
             int m = shapes[si][0], n = shapes[si][1], r = shapes[si][2];
             uint64_t seed = 5000 + 17 * si + mi;
-            ctx->tf32 = 0;
+            ctx->products = LOWRANK_FP32;
             CaseErrors exact = lowrank_case_errors(m, n, r, mc, 1.0f, 0.0f, LR_STEPS, ctx, seed);
-            ctx->tf32 = 1;
-            CaseErrors fast = lowrank_case_errors(m, n, r, mc, 1.0f, 0.0f, LR_STEPS, ctx, seed);
-            ctx->tf32 = 0;
-            double e[5] = {fast.err[0], fast.err[1], fast.err[2], fast.w_rms, fast.err[4]};
-            double tol[5] = {TF32_TOL, TF32_TOL, TF32_TOL, TF32_TOL, TF32_TOL};
-            int ok = 1;
-            for (int i = 0; i < 5; i++) { ok = ok && e[i] <= tol[i]; }
-            int worst = worst_of(e, tol);
-            check(ok, "lowrank TF32 %3dx%-3d r%d %-27s %d steps against the CPU's fp32: S S^T %.1e M %.1e V %.1e "
-                  "W (Frobenius) %.1e prev %.1e (tol 12u = %.1e; worst %s)", m, n, r, mc->name, LR_STEPS, e[0],
-                  e[1], e[2], e[3], e[4], TF32_TOL, STATE_NAMES[worst]);
-            check(fast.err[3] >= TF32_EXERCISED_FACTOR * exact.err[3] && fast.err[3] > 0,
-                  "lowrank TF32 %3dx%-3d r%d %-27s is in use: W's largest error %.1e is at least %g x the fp32 "
-                  "path's %.1e", m, n, r, mc->name, fast.err[3], TF32_EXERCISED_FACTOR, exact.err[3]);
+            double w_largest[2];
+            for (int fi = 0; fi < 2; fi++) {
+                ctx->products = fast[fi];
+                CaseErrors e_fast = lowrank_case_errors(m, n, r, mc, 1.0f, 0.0f, LR_STEPS, ctx, seed);
+                ctx->products = LOWRANK_FP32;
+                double e[5] = {e_fast.err[0], e_fast.err[1], e_fast.err[2], e_fast.w_rms, e_fast.err[4]};
+                double t = 12 * us[fi];
+                double tol[5] = {t, t, t, t, t};
+                int ok = 1;
+                for (int i = 0; i < 5; i++) { ok = ok && e[i] <= tol[i]; }
+                int worst = worst_of(e, tol);
+                check(ok, "lowrank %s %3dx%-3d r%d %-27s %d steps against the CPU's fp32: S S^T %.1e M %.1e V "
+                      "%.1e W (Frobenius) %.1e prev %.1e (tol 12u = %.1e; worst %s)", names[fi], m, n, r, mc->name,
+                      LR_STEPS, e[0], e[1], e[2], e[3], e[4], t, STATE_NAMES[worst]);
+                check(e_fast.err[3] >= FAST_EXERCISED_FACTOR * exact.err[3] && e_fast.err[3] > 0,
+                      "lowrank %s %3dx%-3d r%d %-27s is in use: W's largest error %.1e is at least %g x the fp32 "
+                      "path's %.1e", names[fi], m, n, r, mc->name, e_fast.err[3], FAST_EXERCISED_FACTOR,
+                      exact.err[3]);
+                w_largest[fi] = e_fast.err[3];
+            }
+            check(w_largest[1] > w_largest[0], "lowrank bf16 %3dx%-3d r%d %-27s rounds to bf16, not TF32: "
+                  "W's largest error %.1e is above TF32's %.1e", m, n, r, mc->name, w_largest[1], w_largest[0]);
         }
     }
 }
 
 // ---- 2d. bf16 mode's fused steps 5-6 (lowrank_residual_norms_kernel,
-// lowrank_update_moments_kernel, lowrank_fused_update_kernel) against the
-// unfused TF32 path (ctx->unfused) and against the CPU's steps 4-6
-// (cpu::lowrank_adam_in_subspace, lowrank_residual, lowrank_recovery_scaling,
-// lowrank_apply_update), batched: 3 matrices of a shape in one grouped batch
-// (the kernels' tables), both orientations, ranks 13 and 40 (not multiples of
-// 8 or 16; 40 crosses the 32-wide rank chunk) and 24 (a multiple of 8 only),
-// sizes no 64-tile divides. from states set by hand (no SVD): S random
+// lowrank_update_moments_kernel, lowrank_fused_update_kernel), in both of its
+// precisions (bf16, the default, and TF32), against the unfused path
+// (ctx->unfused: the residual and the back-projection by cuBLAS on TF32) and
+// against the CPU's steps 4-6 (cpu::lowrank_adam_in_subspace,
+// lowrank_residual, lowrank_recovery_scaling, lowrank_apply_update), batched:
+// 3 matrices of a shape in one grouped batch (the kernels' tables), both
+// orientations, ranks 13 and 40 (not multiples of 8 or 16; 40 crosses TF32's
+// 32-wide rank chunk), 24 (a multiple of 8 only) and 72 (crosses bf16's
+// 64-wide chunk), sizes no 64-tile divides. from states set by hand (no SVD): S random
 // orthonormal, M, V random, and the limiter of matrix 0 unset (it stores), of
 // 1 set far below (it fires), of 2 far above (it does not); step 2's gradient
 // is twice step 1's, so there every limiter fires. weight decay 0.1 in half
 // the cases, the limiter off in one. the CPU twin gets the GPU's Gt (the
-// projection is the existing TF32 path, bounded in 2b): M, V and N then agree
-// to fp32 rounding, and what is left is the fused kernels' own error.
+// projection: cuBLAS on TF32, or in bf16 lowrank_project_kernel, bounded in 2b
+// and 2e), and so does the unfused path (the same projection, deterministic):
+// M, V and N then agree to fp32 rounding, and what is left is the fused
+// kernels' own error.
 //
-// the tolerance, per element of W, from TF32's unit roundoff u = 2^-11 (to
-// nearest with 10 stored mantissa bits; the kernels convert with
-// __float_to_tf32). with f_j = scale phi_j and N' = alpha N - Gt diag(f), the
+// the tolerance, per element of W, from the inputs' unit roundoff u: TF32's
+// 2^-11 (to nearest with 10 stored mantissa bits; the kernels convert with
+// __float_to_tf32), bf16's 2^-8 (to nearest even with 7, __float2bfloat16_rn).
+// with f_j = scale phi_j and N' = alpha N - Gt diag(f), the
 // fused update computes W - lr c (S N' + f_j G); the CPU lr c (alpha S N + f_j
 // (G - S Gt)) in fp32. a product of two rounded inputs errs by 2u + u^2 of |a b|, and
 // fp32 accumulation over R terms adds (R + 2) 2^-24 on each side, so with
 //   A_ij = sum_k |S_ik| (|alpha N_kj| + |f_j Gt_kj|)   (the product's magnitude)
 //   c1 = 2u + u^2 + 2 (R + 2) 2^-24
 // the products differ by c1 A_ij. the limiter's scale follows ||Lambda||,
-// whose residual G - S Gt the norms kernel also forms from a TF32 product: its
+// whose residual G - S Gt the norms kernel also forms from a rounded product: its
 // column j errs relatively by at most
 //   d_lambda = c1 max_j ||P_j|| / ||res_j||,  P_ij = sum_k |S_ik| |Gt_kj|
 // and f_j by that plus phi's own rounding (2 ulp, 2^-22). the epilogue's fp32
@@ -491,12 +517,15 @@ static void test_lowrank_tf32(LowRankGPU* ctx) {
 //   |W_gpu - W_cpu|_ij <= lr c (c1 A_ij + (d_lambda + 2^-22) |f_j| |res_ij|)
 //                        + 8 2^-24 (|W_ij| + lr c (A_ij + |f_j| (|G_ij| + |res_ij|)))
 // and prev (= ||Lambda||, or the cap) within d_lambda + 2^-22 relative. against
-// the unfused TF32 path both sides carry their own TF32 error: twice the
-// bound. over steps the bounds add up: a step starts from W and the
+// the unfused path both sides carry their own error: the sum of this bound and
+// the same bound for cuBLAS's TF32 with u = 2^-10 (it may truncate; the bf16
+// side's own bound is the larger). over steps the bounds add up: a step starts from W and the
 // limiter's prev as the last one left them (prev's relative error enters the
 // next cap, so d_lambda of earlier steps goes into f too). M and V see the same Gt on all three and must agree to 2 ulp of their
 // largest entry (fp32 expressions contracted to FMAs on a GPU)
-#define FUSED_U (1.0 / 2048.0)
+#define FUSED_U_TF32 (1.0 / 2048.0)
+#define FUSED_U_BF16 (1.0 / 256.0)
+#define FUSED_U_CUBLAS (1.0 / 1024.0)
 #define FUSED_MATRICES 3
 #define FUSED_STEPS 2
 
@@ -518,9 +547,9 @@ static void fused_errors_merge(FusedErrors* into, const FusedErrors* e) {
 // the CPU had them; returns d_lambda
 static double fused_step_bound(double* bound, const float* Wb, const float* S, const float* Gt, const float* N,
                                const float* f, const float* G, const cpu::LowRankState* st, float alpha,
-                               double step, double d_scale_before) {
+                               double step, double d_scale_before, double u) {
     int p = st->p, q = st->q, r = st->r, right = st->right;
-    double c1 = 2 * FUSED_U + FUSED_U * FUSED_U + 2.0 * (r + 2) * ldexp(1.0, -24);
+    double c1 = 2 * u + u * u + 2.0 * (r + 2) * ldexp(1.0, -24);
     size_t sr = right ? 1 : (size_t)q, sq = right ? (size_t)r : 1;
     // the residual and P, column by column (left frame), and d_lambda
     double* res = (double*)malloc((size_t)p * q * sizeof(double));
@@ -580,14 +609,17 @@ static double fused_mv_diff(const float* a, const float* b, size_t n) {
     return d / fmax(big, 1e-30);
 }
 
-static void test_lowrank_fused_case(int m, int n, int r, int limiter, float wd, uint64_t seed) {
+static void test_lowrank_fused_case(LowRankProducts products, int m, int n, int r, int limiter, float wd,
+                                    uint64_t seed) {
+    const char* prec = products == LOWRANK_BF16 ? "bf16" : "TF32";
+    double u = products == LOWRANK_BF16 ? FUSED_U_BF16 : FUSED_U_TF32;
     cpu::LowRankConfig cfg = make_config(&method_cases[6], r, 1000, 1.0f, wd);  // subtrack+both: k 1000, no update
     cfg.norm_growth_limiter = limiter;
     float lr = 1e-2f;
     size_t mn = (size_t)m * n, floats = cpu::lowrank_state_num_floats(m, n, r);
     int p = m <= n ? m : n, q = m <= n ? n : m;
     size_t pr = (size_t)p * r, qr = (size_t)q * r;
-    LowRankGPU ctx[2];           // 0: fused, 1: unfused, both TF32
+    LowRankGPU ctx[2];           // 0: fused, 1: unfused, both at `products`
     LowRankStateGPU states[2][FUSED_MATRICES];
     float *d_memory[2][FUSED_MATRICES], *d_W[2][FUSED_MATRICES], *d_G[FUSED_MATRICES];
     float *cpu_memory[FUSED_MATRICES], *W[FUSED_MATRICES], *G[FUSED_MATRICES];
@@ -597,7 +629,7 @@ static void test_lowrank_fused_case(int m, int n, int r, int limiter, float wd, 
     LowRankGroupsGPU g[2];
     for (int run = 0; run < 2; run++) {
         lowrank_gpu_create(&ctx[run]);
-        ctx[run].tf32 = 1;
+        ctx[run].products = products;
         ctx[run].unfused = run;
         lowrank_gpu_reserve_group(&ctx[run], m, n, r, FUSED_MATRICES);
         lowrank_gpu_alloc(&ctx[run]);
@@ -644,12 +676,15 @@ static void test_lowrank_fused_case(int m, int n, int r, int limiter, float wd, 
     memset(&vs_cpu, 0, sizeof vs_cpu);
     memset(&vs_unfused, 0, sizeof vs_unfused);
     size_t bits_differ = 0;
-    double* bound[FUSED_MATRICES];
-    double d_prev[FUSED_MATRICES];
+    double* bound[FUSED_MATRICES];      // this precision's, and cuBLAS TF32's (the unfused path's)
+    double* bound_cublas[FUSED_MATRICES];
+    double d_prev[FUSED_MATRICES], d_prev_cublas[FUSED_MATRICES];
     for (int k = 0; k < FUSED_MATRICES; k++) {
         bound[k] = (double*)calloc(mn, sizeof(double));
-        d_prev[k] = 0.0;
+        bound_cublas[k] = (double*)calloc(mn, sizeof(double));
+        d_prev[k] = d_prev_cublas[k] = 0.0;
     }
+    double* bound_sum = (double*)malloc(mn * sizeof(double));
     for (int t = 1; t <= FUSED_STEPS; t++) {
         for (int k = 0; k < FUSED_MATRICES; k++) {
             for (size_t i = 0; i < mn; i++) { G[k][i] = (float)t * 0.05f * cpu::rng_normal(&rng); }
@@ -679,19 +714,23 @@ static void test_lowrank_fused_case(int m, int n, int r, int limiter, float wd, 
                 bits_differ += memcmp(&host[0][floats + i], &host[1][floats + i], sizeof(float)) != 0;
             }
             double d_lambda = fused_step_bound(bound[k], Wb, st[k].S, Gt, N, phi, G[k], &st[k], cfg.low_rank_scale,
-                                               step, d_prev[k]);
+                                               step, d_prev[k], u);
             d_prev[k] += d_lambda + ldexp(1.0, -22);
+            double d_lambda_cublas = fused_step_bound(bound_cublas[k], Wb, st[k].S, Gt, N, phi, G[k], &st[k],
+                                                      cfg.low_rank_scale, step, d_prev_cublas[k], FUSED_U_CUBLAS);
+            d_prev_cublas[k] += d_lambda_cublas + ldexp(1.0, -22);
+            for (size_t i = 0; i < mn; i++) { bound_sum[i] = bound[k][i] + bound_cublas[k][i]; }
             for (int run = 0; run < 2; run++) {
                 FusedErrors e;
                 memset(&e, 0, sizeof e);
                 const float* Wref = run == 0 ? W[k] : host[1] + floats;
-                e.w_ratio = fused_w_ratio(host[0] + floats, Wref, bound[k], mn, run == 0 ? 1.0 : 2.0);
+                e.w_ratio = fused_w_ratio(host[0] + floats, Wref, run == 0 ? bound[k] : bound_sum, mn, 1.0);
                 const float* ref_mem = run == 0 ? cpu_memory[k] : host[1];
                 e.mv = fmax(fused_mv_diff(host[0] + pr, ref_mem + pr, qr),
                             fused_mv_diff(host[0] + pr + qr, ref_mem + pr + qr, qr));
                 double prev_ref = ref_mem[pr + 2 * qr], prev_got = host[0][pr + 2 * qr];
                 e.prev_ratio = fabs(prev_got - prev_ref) /
-                               (fmax(fabs(prev_ref), 1e-30) * (run == 0 ? 1.0 : 2.0) * d_prev[k]);
+                               (fmax(fabs(prev_ref), 1e-30) * (run == 0 ? d_prev[k] : d_prev[k] + d_prev_cublas[k]));
                 if (host[0][pr + 2 * qr + 1] != ref_mem[pr + 2 * qr + 1]) { e.prev_ratio = INFINITY; }
                 fused_errors_merge(run == 0 ? &vs_cpu : &vs_unfused, &e);
             }
@@ -700,14 +739,14 @@ static void test_lowrank_fused_case(int m, int n, int r, int limiter, float wd, 
     double mv_tol = ldexp(1.0, -22);
     int want_fired = limiter ? 1 + FUSED_MATRICES : 0;   // matrix 1 at step 1, every matrix at step 2
     check(vs_cpu.w_ratio <= 1.0 && vs_cpu.prev_ratio <= 1.0 && vs_cpu.mv <= mv_tol && vs_cpu.fired == want_fired,
-          "lowrank fused %3dx%-3d r%-2d %s wd %g, %d x %d steps against the CPU's steps 4-6: W %.2f of its bound, "
-          "prev %.2f, M V %.1e (tol 2^-22), limiter fired %d times (want %d)", m, n, r,
+          "lowrank fused %s %3dx%-3d r%-2d %s wd %g, %d x %d steps against the CPU's steps 4-6: W %.2f of its "
+          "bound, prev %.2f, M V %.1e (tol 2^-22), limiter fired %d times (want %d)", prec, m, n, r,
           limiter ? "limiter on " : "limiter off", wd, FUSED_MATRICES, FUSED_STEPS, vs_cpu.w_ratio, vs_cpu.prev_ratio,
           vs_cpu.mv, vs_cpu.fired, want_fired);
     check(vs_unfused.w_ratio <= 1.0 && vs_unfused.prev_ratio <= 1.0 && vs_unfused.mv <= mv_tol && bits_differ > 0,
-          "lowrank fused %3dx%-3d r%-2d %s wd %g against the unfused TF32 path: W %.2f of twice the bound, prev %.2f, "
-          "M V %.1e; %zu floats of W differ in their bits (the fused path ran)", m, n, r,
-          limiter ? "limiter on " : "limiter off", wd, vs_unfused.w_ratio, vs_unfused.prev_ratio, vs_unfused.mv,
+          "lowrank fused %s %3dx%-3d r%-2d %s wd %g against the unfused path (cuBLAS TF32): W %.2f of the two "
+          "bounds' sum, prev %.2f, M V %.1e; %zu floats of W differ in their bits (the fused path ran)", prec, m, n,
+          r, limiter ? "limiter on " : "limiter off", wd, vs_unfused.w_ratio, vs_unfused.prev_ratio, vs_unfused.mv,
           bits_differ);
     for (int run = 0; run < 2; run++) {
         lowrank_groups_free(&g[run]);
@@ -721,17 +760,138 @@ static void test_lowrank_fused_case(int m, int n, int r, int limiter, float wd, 
     }
     for (int k = 0; k < FUSED_MATRICES; k++) {
         cudaCheck(cudaFree(d_G[k]));
-        free(cpu_memory[k]); free(W[k]); free(G[k]); free(bound[k]);
+        free(cpu_memory[k]); free(W[k]); free(G[k]); free(bound[k]); free(bound_cublas[k]);
     }
+    free(bound_sum);
     free(Gt); free(N); free(D); free(phi); free(norm2); free(Wb);
 }
 
 static void test_lowrank_fused(void) {
-    test_lowrank_fused_case(72, 200, 13, 1, 0.0f, 7001);    // left, R odd
-    test_lowrank_fused_case(200, 72, 13, 1, 0.1f, 7002);    // right, weight decay
-    test_lowrank_fused_case(70, 130, 24, 1, 0.1f, 7003);    // left, R a multiple of 8 only
-    test_lowrank_fused_case(150, 40, 40, 1, 0.0f, 7004);    // right, R = p: chunk 32 + 8
-    test_lowrank_fused_case(100, 96, 24, 0, 0.1f, 7005);    // right, limiter off
+    const LowRankProducts precisions[2] = {LOWRANK_BF16, LOWRANK_TF32};
+    for (int pi = 0; pi < 2; pi++) {
+        LowRankProducts pr = precisions[pi];
+        test_lowrank_fused_case(pr, 72, 200, 13, 1, 0.0f, 7001);    // left, R odd
+        test_lowrank_fused_case(pr, 200, 72, 13, 1, 0.1f, 7002);    // right, weight decay
+        test_lowrank_fused_case(pr, 70, 130, 24, 1, 0.1f, 7003);    // left, R a multiple of 8 only
+        test_lowrank_fused_case(pr, 150, 40, 40, 1, 0.0f, 7004);    // right, R = p: TF32's chunk 32 + 8
+        test_lowrank_fused_case(pr, 100, 96, 24, 0, 0.1f, 7005);    // right, limiter off
+    }
+    test_lowrank_fused_case(LOWRANK_BF16, 90, 150, 72, 1, 0.1f, 7006);   // left, bf16's chunk 64 + 8
+}
+
+// ---- 2e. bf16 mode's projection alone (lowrank_project_kernel<LowRankBF16>,
+// what lowrank_project runs with ctx->products LOWRANK_BF16): Gt = S^T G
+// (left, (R, q)) or G S (right, (q, R)) against double references, both
+// orientations, ranks not multiples of 16 (13, 72: two tiles of R, the second
+// partial), p across several 64-deep chunks and no 64-tile dividing p, q or R.
+// with P_kj = sum_i |S_ik| |G_ij| (left frame), two bounds:
+//   against the exact product of the fp32 inputs, the bf16 rounding of both
+//   inputs (to nearest even, u = 2^-8) and fp32 accumulation over p terms:
+//     |Gt - exact|_kj <= (2u + u^2 + (p + 2) 2^-24) P_kj
+//   against the exact product of the inputs rounded to bf16 on the host
+//   (__float2bfloat16_rn), fp32 accumulation alone:
+//     |Gt - exact_bf16|_kj <= (p + 2) 2^-24 P_kj
+// the second pins the rounding: TF32 inputs, or bf16 by truncation, miss it by
+// far (errors of 2^-11 or 2^-8 of the terms, against 2^-16 here). a second
+// launch gives the same bits, and so does a batch of 3 matrices in one launch
+// (the grid's z, through a device table of pointers) for each of its matrices
+static void test_lowrank_project_case(int m, int n, int r, uint64_t seed) {
+    const int count = 3;
+    int right = m > n, p = right ? n : m, q = right ? m : n;
+    size_t mn = (size_t)m * n, pr = (size_t)p * r, qr = (size_t)q * r;
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, seed);
+    float *S[count], *G[count], *d_S[count], *d_G[count], *d_Gt[count];
+    for (int e = 0; e < count; e++) {
+        S[e] = (float*)malloc(pr * sizeof(float));
+        G[e] = (float*)malloc(mn * sizeof(float));
+        double* Q = (double*)malloc(pr * sizeof(double));
+        for (size_t i = 0; i < pr; i++) { Q[i] = cpu::rng_normal(&rng); }
+        orthonormalize(Q, p, r);
+        for (size_t i = 0; i < pr; i++) { S[e][i] = (float)Q[i]; }
+        free(Q);
+        for (size_t i = 0; i < mn; i++) { G[e][i] = 0.05f * cpu::rng_normal(&rng); }
+        d_S[e] = device_copy(S[e], pr);
+        d_G[e] = device_copy(G[e], mn);
+        cudaCheck(cudaMalloc((void**)&d_Gt[e], qr * sizeof(float)));
+    }
+    dim3 grid((r + LOWRANK_TILE - 1) / LOWRANK_TILE, (q + LOWRANK_TILE - 1) / LOWRANK_TILE, 1);
+    // matrix 0 alone, twice
+    float* Gt = (float*)malloc(qr * sizeof(float));
+    float* again = (float*)malloc(qr * sizeof(float));
+    lowrank_project_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(d_Gt[0], d_G[0], d_S[0], r, p, q, right);
+    cudaCheck(cudaGetLastError());
+    host_copy(Gt, d_Gt[0], qr);
+    lowrank_project_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(d_Gt[0], d_G[0], d_S[0], r, p, q, right);
+    cudaCheck(cudaGetLastError());
+    host_copy(again, d_Gt[0], qr);
+    int same = memcmp(Gt, again, qr * sizeof(float)) == 0;
+    // the bounds, in the left frame (k < R, j < q)
+    double u = 1.0 / 256.0, acc = (p + 2) * ldexp(1.0, -24);
+    double c1 = 2 * u + u * u + acc, ratio = 0.0, ratio_bf16 = 0.0;
+    for (int k = 0; k < r; k++) {
+        for (int j = 0; j < q; j++) {
+            double exact = 0.0, exact_bf16 = 0.0, mag = 0.0;
+            for (int i = 0; i < p; i++) {
+                float s = S[0][(size_t)i * r + k], g = G[0][right ? (size_t)j * p + i : (size_t)i * q + j];
+                exact += (double)s * g;
+                exact_bf16 += (double)__bfloat162float(__float2bfloat16_rn(s)) *
+                              (double)__bfloat162float(__float2bfloat16_rn(g));
+                mag += fabs((double)s * g);
+            }
+            double got = Gt[right ? (size_t)j * r + k : (size_t)k * q + j];
+            double x = fabs(got - exact) / (c1 * mag), y = fabs(got - exact_bf16) / (acc * mag);
+            if (!(x <= ratio)) { ratio = x; }
+            if (!(y <= ratio_bf16)) { ratio_bf16 = y; }
+        }
+    }
+    // the batch: a device table of the 3 matrices' pointers
+    float** tables[3];
+    float* const* host_tables[3] = {d_Gt, d_G, d_S};
+    for (int t = 0; t < 3; t++) {
+        cudaCheck(cudaMalloc((void**)&tables[t], count * sizeof(float*)));
+        cudaCheck(cudaMemcpy(tables[t], host_tables[t], count * sizeof(float*), cudaMemcpyHostToDevice));
+    }
+    PerMatrix<float> Gt_of;
+    PerMatrix<const float> G_of, S_of;
+    Gt_of.table = tables[0];
+    G_of.table = (const float* const*)tables[1];
+    S_of.table = (const float* const*)tables[2];
+    for (int e = 0; e < count; e++) { cudaCheck(cudaMemset(d_Gt[e], 0xff, qr * sizeof(float))); }
+    grid.z = count;
+    lowrank_project_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(Gt_of, G_of, S_of, r, p, q, right);
+    cudaCheck(cudaGetLastError());
+    int batch_same = 1;
+    grid.z = 1;
+    for (int e = 0; e < count; e++) {
+        host_copy(again, d_Gt[e], qr);
+        float* one = (float*)malloc(qr * sizeof(float));
+        lowrank_project_kernel<LowRankBF16><<<grid, LOWRANK_TILE_THREADS>>>(d_Gt[e], d_G[e], d_S[e], r, p, q, right);
+        cudaCheck(cudaGetLastError());
+        host_copy(one, d_Gt[e], qr);
+        batch_same = batch_same && memcmp(one, again, qr * sizeof(float)) == 0;
+        free(one);
+    }
+    check(ratio <= 1.0 && ratio_bf16 <= 1.0 && same && batch_same,
+          "lowrank_project_kernel bf16 %3dx%-3d r%-2d (%s): %.2f of the bound against the exact product "
+          "(2u + u^2 + (p + 2) 2^-24 of P, u = 2^-8), %.2f of (p + 2) 2^-24 P against the exact product of the "
+          "bf16-rounded inputs; a second launch %s, a batch of %d %s", m, n, r, right ? "right" : "left", ratio,
+          ratio_bf16, same ? "the same bits" : "DIFFERENT bits", count,
+          batch_same ? "the same bits as each alone" : "DIFFERENT bits");
+    for (int t = 0; t < 3; t++) { cudaCheck(cudaFree(tables[t])); }
+    for (int e = 0; e < count; e++) {
+        cudaCheck(cudaFree(d_S[e])); cudaCheck(cudaFree(d_G[e])); cudaCheck(cudaFree(d_Gt[e]));
+        free(S[e]); free(G[e]);
+    }
+    free(Gt); free(again);
+}
+
+static void test_lowrank_project(void) {
+    test_lowrank_project_case(72, 200, 13, 7101);     // left: one tile of R, p = 64 + 8
+    test_lowrank_project_case(200, 72, 13, 7102);     // right
+    test_lowrank_project_case(150, 300, 72, 7103);    // left: R = 64 + 8, p three chunks, q = 4 64 + 44
+    test_lowrank_project_case(300, 150, 72, 7104);    // right
+    test_lowrank_project_case(40, 40, 40, 7105);      // square (left), everything one partial tile
 }
 
 // ---- 2c. the grouped step (lowrank_groups_step), which the trainer runs,
@@ -1600,8 +1760,9 @@ int main(int argc, char** argv) {
     test_stochastic_rounding();
     test_quantize_blockwise();
     test_lowrank_all(&ctx);
-    test_lowrank_tf32(&ctx);
+    test_lowrank_fast_products(&ctx);
     test_lowrank_fused();
+    test_lowrank_project();
     test_lowrank_groups();
     test_resume_bit_exact(&ctx);
     test_power_iteration_start();

@@ -651,13 +651,15 @@ static void test_master_weights(GpuTestCase* tc, const StepSettings* st) {
         llama_upload_params(&m[k], ref.params_memory);
         if (optimizer_build(&o[k], &c, &tk) != NULL) { fprintf(stderr, "error: optimizer_build\n"); exit(1); }
     }
-    // bf16 mode puts the low-rank steps' bulk products on TF32 (test_gpu_optim's
-    // test_lowrank_tf32 bounds that); --dtype float32 keeps them fp32. this test
-    // is about how bf16-only weights are stored and updated, so both sides use fp32
-    // products here, and the CPU comparison below keeps its bf16-gap tolerance
-    check(o[0].ctx.tf32 == 1 && o[1].ctx.tf32 == 0, "%s %s: --dtype bfloat16 runs the optimizer's bulk products on "
-          "TF32, --dtype float32 on fp32 (tf32 %d and %d)", tc->label, st->name, o[0].ctx.tf32, o[1].ctx.tf32);
-    o[0].ctx.tf32 = 0;
+    // bf16 mode puts the low-rank steps' bulk products on bf16 tensor cores
+    // (test_gpu_optim's test_lowrank_fast_products bounds that); --dtype float32
+    // keeps them fp32. this test is about how bf16-only weights are stored and
+    // updated, so both sides use fp32 products here, and the CPU comparison
+    // below keeps its bf16-gap tolerance
+    check(o[0].ctx.products == LOWRANK_BF16 && o[1].ctx.products == LOWRANK_FP32, "%s %s: --dtype bfloat16 runs "
+          "the optimizer's bulk products on bf16 tensor cores, --dtype float32 on fp32 (products %d and %d)",
+          tc->label, st->name, (int)o[0].ctx.products, (int)o[1].ctx.products);
+    o[0].ctx.products = LOWRANK_FP32;
     for (int step = 0; step < steps; step++) {
         cpu::llama_zero_grad(&ref);
         cpu::llama_forward(&ref, tc->inputs[step % 2], tc->targets[step % 2], B, T);

@@ -314,6 +314,105 @@ static void test_config_validation(void) {
           "config: llama_60m has 58073600 parameters (transformers' count for configs/llama_60m.json)");
 }
 
+// ---- the process group (process_group_resolve): launchers' variables and flags
+
+// a fake environment: NULL-terminated name, value pairs
+static const char* const* g_fake_env;
+static const char* fake_env(const char* name) {
+    for (const char* const* e = g_fake_env; e[0] != NULL; e += 2) {
+        if (strcmp(e[0], name) == 0) { return e[1]; }
+    }
+    return NULL;
+}
+
+// resolves with env and the flags, returns the problem (NULL when accepted)
+static const char* resolve_with(ProcessGroup* pg, const char* const* env, int num_processes, int process_rank,
+                                int gpus_per_node, const char* init_method) {
+    static char msg[600];
+    TrainConfig t;
+    train_config_defaults(&t);
+    t.num_processes = num_processes;
+    t.process_rank = process_rank;
+    t.gpus_per_node = gpus_per_node;
+    snprintf(t.init_method, sizeof t.init_method, "%s", init_method);
+    g_fake_env = env;
+    return process_group_resolve(pg, &t, fake_env, msg, sizeof msg);
+}
+
+static void test_process_group(void) {
+    ProcessGroup pg;
+    const char* none[] = {NULL};
+    const char* p = resolve_with(&pg, none, 0, -1, 0, "");
+    check(p == NULL && pg.size == 1 && pg.rank == 0 && pg.local_rank == -1 && pg.init_method[0] == '\0',
+          "process group: no launcher and no flags is one process");
+    // each launcher, as it sets its variables
+    const char* torch[] = {"RANK", "5", "WORLD_SIZE", "8", "LOCAL_RANK", "1", "MASTER_ADDR", "node0",
+                           "MASTER_PORT", "29500", NULL};
+    p = resolve_with(&pg, torch, 0, -1, 0, "");
+    check(p == NULL && pg.rank == 5 && pg.size == 8 && pg.local_rank == 1 &&
+          strcmp(pg.init_method, "tcp:node0:29500") == 0,
+          "process group: torchrun's RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR:PORT (%s)", p ? p : pg.source);
+    const char* ompi[] = {"OMPI_COMM_WORLD_RANK", "2", "OMPI_COMM_WORLD_SIZE", "3", "OMPI_COMM_WORLD_LOCAL_RANK", "2",
+                          NULL};
+    p = resolve_with(&pg, ompi, 0, -1, 0, "fs:/shared/run1");
+    check(p == NULL && pg.rank == 2 && pg.size == 3 && pg.local_rank == 2 &&
+          strcmp(pg.init_method, "fs:/shared/run1") == 0, "process group: mpirun's OMPI_COMM_WORLD_* and fs:DIR (%s)",
+          p ? p : pg.source);
+    const char* slurm[] = {"SLURM_PROCID", "7", "SLURM_NTASKS", "16", "SLURM_LOCALID", "3", NULL};
+    p = resolve_with(&pg, slurm, 0, -1, 4, "tcp:10.0.0.1:6000");
+    check(p == NULL && pg.rank == 7 && pg.size == 16 && pg.local_rank == 3 && pg.gpus_per_node == 4,
+          "process group: srun's SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (%s)", p ? p : pg.source);
+    // an sbatch script (SLURM_NTASKS, no SLURM_PROCID) is one process
+    const char* sbatch[] = {"SLURM_NTASKS", "16", "SLURM_JOB_ID", "123", NULL};
+    p = resolve_with(&pg, sbatch, 0, -1, 0, "");
+    check(p == NULL && pg.size == 1 && pg.rank == 0, "process group: an sbatch script without srun is one process");
+    // the innermost launcher wins: torchrun or mpirun started inside srun's allocation
+    const char* nested[] = {"SLURM_PROCID", "0", "SLURM_NTASKS", "2", "RANK", "3", "WORLD_SIZE", "4",
+                            "MASTER_ADDR", "a", "MASTER_PORT", "1", NULL};
+    p = resolve_with(&pg, nested, 0, -1, 0, "");
+    check(p == NULL && pg.rank == 3 && pg.size == 4, "process group: torchrun inside srun: torchrun's variables");
+    const char* nested2[] = {"SLURM_PROCID", "1", "SLURM_NTASKS", "2", "OMPI_COMM_WORLD_RANK", "5",
+                             "OMPI_COMM_WORLD_SIZE", "6", NULL};
+    p = resolve_with(&pg, nested2, 0, -1, 0, "fs:/d");
+    check(p == NULL && pg.rank == 5 && pg.size == 6, "process group: mpirun inside srun: mpirun's variables");
+    // the flags override the launcher, and work without one
+    p = resolve_with(&pg, torch, 2, 1, 0, "");
+    check(p == NULL && pg.rank == 1 && pg.size == 2, "process group: --num_processes and --process_rank override "
+          "the launcher's");
+    p = resolve_with(&pg, none, 2, 1, 0, "fs:/tmp/x");
+    check(p == NULL && pg.rank == 1 && pg.size == 2 && pg.local_rank == -1,
+          "process group: --num_processes 2 --process_rank 1 without a launcher");
+    // what is refused, each with a message naming the problem
+    struct { const char* const* env; int n, r, g; const char* im; const char* needle; const char* what; } bad[] = {
+        {none, 2, -1, 0, "fs:/d", "--process_rank", "--num_processes without --process_rank"},
+        {none, 0, 1, 0, "fs:/d", "--num_processes", "--process_rank without --num_processes"},
+        {none, 2, 2, 0, "fs:/d", "rank 2 of 2", "a rank past the size"},
+        {none, 2, 0, 0, "", "--init_method", "two processes with nowhere to meet"},
+        {none, 2, 0, 0, "tcp:host", "tcp:HOST:PORT", "a tcp address without a port"},
+        {none, 2, 0, 0, "tcp:host:70000", "tcp:HOST:PORT", "a port past 65535"},
+        {none, 2, 0, 0, "fs:", "fs:DIR", "fs: without a directory"},
+        {none, 2, 0, 0, "udp:h:1", "fs:DIR or tcp:HOST:PORT", "an unknown method"},
+        {none, -1, -1, 0, "", ">= 0", "a negative --num_processes"},
+        {torch, 0, -1, 1, "", "--gpus_per_node 1", "a local rank past --gpus_per_node"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        p = resolve_with(&pg, bad[i].env, bad[i].n, bad[i].r, bad[i].g, bad[i].im);
+        check(p != NULL && strstr(p, bad[i].needle) != NULL, "process group: %s is refused, naming %s (%s)",
+              bad[i].what, bad[i].needle, p ? p : "accepted");
+    }
+    const char* half[] = {"RANK", "0", NULL};
+    p = resolve_with(&pg, half, 0, -1, 0, "");
+    check(p != NULL && strstr(p, "WORLD_SIZE") != NULL, "process group: RANK without WORLD_SIZE is refused (%s)",
+          p ? p : "accepted");
+    const char* junk[] = {"RANK", "1x", "WORLD_SIZE", "2", NULL};
+    p = resolve_with(&pg, junk, 0, -1, 0, "fs:/d");
+    check(p != NULL && strstr(p, "RANK=1x") != NULL, "process group: RANK=1x is refused (%s)", p ? p : "accepted");
+    const char* zero[] = {"SLURM_PROCID", "0", "SLURM_NTASKS", "0", NULL};
+    p = resolve_with(&pg, zero, 0, -1, 0, "");
+    check(p != NULL && strstr(p, "SLURM_NTASKS=0") != NULL, "process group: SLURM_NTASKS=0 is refused (%s)",
+          p ? p : "accepted");
+}
+
 static void test_expf_simd(void) {
     // against double exp over the range softmax uses; 2 ulp = 2.4e-7 relative
     double worst = 0.0;
@@ -4144,6 +4243,7 @@ int main(int argc, char** argv) {
     test_gemm();
     test_expf_simd();
     test_config_validation();
+    test_process_group();
     test_data_all();
     test_lowrank_optimizer("dev/reference/subtrack_trajectories.bin");
     test_lr_schedule();

@@ -3424,6 +3424,12 @@ typedef struct {
     char svd[16];            // exact | randomized: the subspace SVD (first step, GaLore refresh)
     int svd_power_iters;     // --svd randomized: subspace (power) iterations
     int svd_oversample;      // --svd randomized: extra sketch columns beyond R
+    // data parallel: which process this is, of how many (process_group_resolve);
+    // 0, -1 and "" take them from the launcher's environment
+    int num_processes;       // ranks in all
+    int process_rank;        // this one, 0..num_processes-1
+    int gpus_per_node;       // GPUs a node gives its ranks
+    char init_method[256];   // how the ranks find each other: fs:DIR | tcp:HOST:PORT
     // the authors' flags that mean nothing in one process here
     int single_gpu, use_hf_model, workers;
     char tags[256], name[256];
@@ -3440,6 +3446,7 @@ void train_config_defaults(TrainConfig* t) {
     snprintf(t->decoder_path, sizeof t->decoder_path, "%s", DEFAULT_DECODER);
     t->batch_size = 8;
     t->total_batch_size = 8;
+    t->process_rank = -1;
     t->gradient_accumulation = 0;
     t->max_length = 0;
     t->seed = 0;
@@ -3605,6 +3612,13 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(svd_oversample, FLAG_INT, "--svd randomized: sketch columns beyond R (capped at min(m, n)), 0..256"),
     FLAG(memory_plan, FLAG_SWITCH, "print every device buffer the CUDA trainer would allocate for these flags, "
          "and the peak, then exit (needs no GPU)"),
+    FLAG(num_processes, FLAG_INT, "data-parallel processes (0: from the launcher: WORLD_SIZE of torchrun, "
+         "OMPI_COMM_WORLD_SIZE of mpirun, SLURM_NTASKS of srun; else 1)"),
+    FLAG(process_rank, FLAG_INT, "this process's rank (-1: RANK, OMPI_COMM_WORLD_RANK or SLURM_PROCID; else 0)"),
+    FLAG(gpus_per_node, FLAG_INT, "GPUs each node gives its ranks (0: every GPU the process sees); a rank uses "
+         "GPU LOCAL_RANK (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID), else its rank modulo the GPUs"),
+    FLAG(init_method, FLAG_STRING, "how the ranks meet: fs:DIR (a directory every rank sees) or tcp:HOST:PORT "
+         "(default with more than one process: tcp:MASTER_ADDR:MASTER_PORT)"),
     FLAG_NOTE(single_gpu, FLAG_SWITCH, "the authors' switch to skip DDP", "no-op: one process"),
     FLAG_NOTE(use_hf_model, FLAG_SWITCH, "the authors' switch for transformers' LlamaForCausalLM",
               "no-op: the same LLaMA either way"),
@@ -3846,6 +3860,145 @@ int train_config_from_args(TrainConfig* t, int argc, char** argv, const char* de
 }
 
 // checks the settings that do not need the model or data. returns NULL or a message
+// ---- the process group: which rank this process is, of how many
+//
+// a data-parallel run is one process per GPU, started by a launcher that
+// tells each process its place in environment variables. the first launcher
+// found, innermost first, gives the rank and the world size; the flags
+// override either:
+//   torchrun (--no-python):  RANK, WORLD_SIZE, LOCAL_RANK
+//   mpirun (Open MPI):       OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK
+//   srun (Slurm):            SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID
+// torchrun and mpirun come first because they often run inside a Slurm
+// allocation, whose variables then describe the launcher's own processes.
+// Slurm counts only under srun: an sbatch script has SLURM_NTASKS but no
+// SLURM_PROCID, and is one process. with more than one process the ranks meet
+// through --init_method (fs:DIR, or tcp:HOST:PORT, by default torchrun's
+// MASTER_ADDR and MASTER_PORT)
+
+typedef const char* (*EnvLookup)(const char* name);
+
+typedef struct {
+    int rank, size;
+    int local_rank;          // the GPU among the node's; -1 not given (then rank modulo the GPUs seen)
+    int gpus_per_node;       // 0 not given
+    char init_method[300];   // "" for one process
+    char source[96];         // where rank and size came from, for messages
+} ProcessGroup;
+
+typedef struct {
+    const char* launcher;
+    const char* rank, *size, *local;
+} LauncherEnv;
+
+static const LauncherEnv LAUNCHER_ENVS[] = {
+    {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"},
+    {"mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"},
+    {"srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"},
+};
+
+// a whole decimal integer in 0..max, else -1
+static long env_int(const char* v, long max) {
+    if (v == NULL || *v == '\0') { return -1; }
+    long x = 0;
+    for (const char* c = v; *c; c++) {
+        if (*c < '0' || *c > '9' || x > max / 10) { return -1; }
+        x = x * 10 + (*c - '0');
+    }
+    return x <= max ? x : -1;
+}
+
+// the process's environment, as an EnvLookup
+static const char* env_process(const char* name) { return getenv(name); }
+
+// pg from the flags of t and the environment env (getenv in the trainers; a
+// table in the tests). returns NULL, or what is wrong, in msg
+const char* process_group_resolve(ProcessGroup* pg, const TrainConfig* t, EnvLookup env, char* msg, size_t cap) {
+    memset(pg, 0, sizeof *pg);
+    pg->size = 1;
+    pg->local_rank = -1;
+    snprintf(pg->source, sizeof pg->source, "one process (no launcher's variables)");
+    const LauncherEnv* found = NULL;
+    for (size_t i = 0; i < sizeof LAUNCHER_ENVS / sizeof LAUNCHER_ENVS[0] && found == NULL; i++) {
+        const LauncherEnv* l = &LAUNCHER_ENVS[i];
+        const char* r = env(l->rank);
+        const char* n = env(l->size);
+        int is_slurm = strcmp(l->launcher, "srun") == 0;
+        if (is_slurm ? r == NULL : (r == NULL && n == NULL)) { continue; }
+        if (r == NULL || n == NULL) {
+            snprintf(msg, cap, "%s sets %s but not %s: both are needed to know this process's place; run under "
+                     "%s as documented, or give --num_processes and --process_rank", l->launcher,
+                     r != NULL ? l->rank : l->size, r != NULL ? l->size : l->rank, l->launcher);
+            return msg;
+        }
+        long rv = env_int(r, 1L << 30), nv = env_int(n, 1L << 30);
+        if (rv < 0 || nv < 1) {
+            snprintf(msg, cap, "%s=%s, %s=%s (%s): expected whole numbers, rank >= 0 and size >= 1", l->rank, r,
+                     l->size, n, l->launcher);
+            return msg;
+        }
+        pg->rank = (int)rv;
+        pg->size = (int)nv;
+        const char* lr = env(l->local);
+        if (lr != NULL) {
+            long lv = env_int(lr, 1L << 30);
+            if (lv < 0) {
+                snprintf(msg, cap, "%s=%s (%s): expected a whole number >= 0", l->local, lr, l->launcher);
+                return msg;
+            }
+            pg->local_rank = (int)lv;
+        }
+        snprintf(pg->source, sizeof pg->source, "%s (%s=%s, %s=%s)", l->launcher, l->rank, r, l->size, n);
+        found = l;
+    }
+    if (t->num_processes < 0 || t->process_rank < -1 || t->gpus_per_node < 0) {
+        snprintf(msg, cap, "--num_processes %d, --process_rank %d, --gpus_per_node %d: expected >= 0 (0 or -1: "
+                 "from the launcher)", t->num_processes, t->process_rank, t->gpus_per_node);
+        return msg;
+    }
+    if (found == NULL && (t->num_processes > 1) != (t->process_rank >= 0)) {
+        snprintf(msg, cap, "--num_processes %d with --process_rank %d and no launcher's variables: give both, or "
+                 "start the processes with torchrun, mpirun or srun", t->num_processes, t->process_rank);
+        return msg;
+    }
+    if (t->num_processes > 0) { pg->size = t->num_processes; }
+    if (t->process_rank >= 0) { pg->rank = t->process_rank; }
+    if (t->num_processes > 0 || t->process_rank >= 0) {
+        snprintf(pg->source, sizeof pg->source, "--num_processes %d --process_rank %d%s%s", pg->size, pg->rank,
+                 found != NULL ? " over " : "", found != NULL ? found->launcher : "");
+    }
+    if (pg->rank >= pg->size) {
+        snprintf(msg, cap, "rank %d of %d processes (%s): a rank is 0..size-1", pg->rank, pg->size, pg->source);
+        return msg;
+    }
+    pg->gpus_per_node = t->gpus_per_node;
+    if (pg->gpus_per_node > 0 && pg->local_rank >= pg->gpus_per_node) {
+        snprintf(msg, cap, "local rank %d with --gpus_per_node %d: a node's ranks use GPUs 0..%d; start at most %d "
+                 "processes a node", pg->local_rank, pg->gpus_per_node, pg->gpus_per_node - 1, pg->gpus_per_node);
+        return msg;
+    }
+    if (pg->size == 1) { return NULL; }
+    const char* im = t->init_method;
+    if (im[0] == '\0') {
+        const char* addr = env("MASTER_ADDR");
+        const char* port = env("MASTER_PORT");
+        if (addr == NULL || port == NULL) {
+            snprintf(msg, cap, "%d processes (%s) need a place to meet: give --init_method fs:DIR (a directory "
+                     "every rank sees) or tcp:HOST:PORT, or set MASTER_ADDR and MASTER_PORT", pg->size, pg->source);
+            return msg;
+        }
+        snprintf(pg->init_method, sizeof pg->init_method, "tcp:%s:%s", addr, port);
+    } else {
+        snprintf(pg->init_method, sizeof pg->init_method, "%s", im);
+    }
+    im = pg->init_method;
+    if (strncmp(im, "fs:", 3) == 0 && im[3] != '\0') { return NULL; }
+    const char* colon = strncmp(im, "tcp:", 4) == 0 ? strrchr(im + 4, ':') : NULL;
+    if (colon != NULL && colon > im + 4 && env_int(colon + 1, 65535) >= 1) { return NULL; }
+    snprintf(msg, cap, "--init_method %s: expected fs:DIR or tcp:HOST:PORT (a port 1..65535)", im);
+    return msg;
+}
+
 const char* train_config_problem(const TrainConfig* t) {
     static char msg[640];
     if (t->batch_size <= 0 || t->max_length < 0 || t->total_batch_size <= 0 || t->gradient_accumulation < 0) {
@@ -5902,6 +6055,14 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     }
     if (problem == NULL && !t.memory_plan) { problem = be->check(&t); }  // the plan needs no device
     if (problem != NULL) { fatal("%s", problem); }
+    ProcessGroup pg;
+    problem = process_group_resolve(&pg, &t, env_process, err, sizeof err);
+    if (problem != NULL) { fatal("%s", problem); }
+    if (pg.size > 1) {
+        fatal("this is rank %d of %d processes (%s), but this build trains in one process: data parallel on "
+              "NCCL is being built (README, \"Many GPUs\"). Run one process, without torchrun, mpirun or srun",
+              pg.rank, pg.size, pg.source);
+    }
     g_progress_interval = t.progress_interval;
     LlamaConfig cfg;
     llama_config_resolve_or_exit(&cfg, t.model_config);

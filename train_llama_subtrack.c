@@ -5099,6 +5099,160 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     return NULL;
 }
 
+// ---- ZeRO-1 ownership (issue [5/6], the design; the trainers do not shard yet)
+//
+// with N data-parallel ranks, each optimizer state and fp32 master lives on one
+// rank, its owner, which alone updates those weights and then sends them to
+// the others. SubTrack++'s state is per matrix (S, M, V, the limiter), so a
+// low-rank matrix (a tensor's layer) is owned whole. AdamW is elementwise, so
+// an AdamW tensor's layer is cut into at most N contiguous pieces of whole
+// 8-bit blocks (QUANT8_BLOCK elements, so that 8-bit moments split exactly)
+// when it is large. the pieces go to ranks largest first, each to the rank
+// holding the fewest bytes so far (ties: the lower rank): the longest-
+// processing-time rule, which leaves the largest rank within one piece of the
+// mean. state_bytes is what optimizer_plan counts for the piece, plus its fp32
+// master with --master_weights 1
+
+typedef struct {
+    int tensor, layer;      // the parameter table's tensor and layer
+    size_t first, count;    // the piece: elements [first, first + count) of that layer's slice
+    int low_rank;           // a low-rank matrix (whole), else an AdamW piece
+    size_t state_bytes;     // its optimizer states and fp32 master, on its owner
+    int owner;              // 0..N-1
+} ShardPiece;
+
+typedef struct {
+    int num_ranks;
+    int num_pieces;
+    ShardPiece* pieces;     // (num_pieces) in the parameter table's order
+    size_t* rank_bytes;     // (num_ranks) the states each rank holds
+    size_t total_bytes;     // all of them: what one rank holds alone
+} ShardPlan;
+
+// AdamW layers below this many elements stay whole: cutting the norms' few
+// floats would only add messages
+#define SHARD_MIN_PIECE ((size_t)QUANT8_BLOCK * 16)
+
+// the state bytes of an AdamW piece of count elements (whole 8-bit blocks but the last)
+static size_t shard_adamw_bytes(const Optimizer* o, const TensorSpec* s, size_t count) {
+    size_t b = optimizer_adamw_q8(o, s) ? 2 * count + 2 * quant8_num_blocks(count) * sizeof(float)
+                                        : 2 * count * sizeof(float);
+    return b + (o->master_weights ? count * sizeof(float) : 0);
+}
+
+// the state bytes of one low-rank matrix (m, n) at rank r
+static size_t shard_lowrank_bytes(const Optimizer* o, int m, int n, int r) {
+    size_t b;
+    if (o->q8) {
+        size_t moment = (size_t)r * (m > n ? m : n);
+        b = lowrank_state_num_floats_q8(m, n, r) * sizeof(float) + 2 * moment +
+            2 * quant8_num_blocks(moment) * sizeof(float);
+    } else {
+        b = lowrank_state_num_floats(m, n, r) * sizeof(float);
+    }
+    return b + (o->master_weights ? (size_t)m * n * sizeof(float) : 0);
+}
+
+static int shard_piece_larger(const void* a, const void* b) {
+    const ShardPiece* x = *(const ShardPiece* const*)a;
+    const ShardPiece* y = *(const ShardPiece* const*)b;
+    if (x->state_bytes != y->state_bytes) { return x->state_bytes > y->state_bytes ? -1 : 1; }
+    return x < y ? -1 : x > y;  // the table's order: deterministic
+}
+
+void shard_plan_free(ShardPlan* sp) {
+    free(sp->pieces);
+    free(sp->rank_bytes);
+    memset(sp, 0, sizeof *sp);
+}
+
+// the pieces of model c under t and their owners among num_ranks ranks.
+// returns NULL, or what is wrong (a rank that does not fit a matrix's shape)
+const char* shard_plan_build(ShardPlan* sp, const LlamaConfig* c, const TrainConfig* t, int num_ranks) {
+    memset(sp, 0, sizeof *sp);
+    Optimizer o;
+    const char* problem = optimizer_plan(&o, c, t);
+    if (problem != NULL) { return problem; }
+    if (num_ranks < 1) { return "shard_plan_build: num_ranks must be >= 1"; }
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, c);
+    // count, then fill
+    int n = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        n = 0;
+        for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+            size_t per = (size_t)spec[i].rows * spec[i].cols;
+            for (int l = 0; l < spec[i].layers; l++) {
+                if (optimizer_uses_lowrank(&o, &spec[i])) {
+                    if (pass == 1) {
+                        ShardPiece pc = {i, l, 0, per, 1, shard_lowrank_bytes(&o, spec[i].rows, spec[i].cols,
+                                                                              t->rank), 0};
+                        sp->pieces[n] = pc;
+                    }
+                    n++;
+                    continue;
+                }
+                // up to num_ranks pieces of whole blocks, none below SHARD_MIN_PIECE (but a small layer's one)
+                size_t k = per / SHARD_MIN_PIECE;
+                k = k < 1 ? 1 : k > (size_t)num_ranks ? (size_t)num_ranks : k;
+                size_t step = (per + k - 1) / k;
+                step = (step + QUANT8_BLOCK - 1) / QUANT8_BLOCK * QUANT8_BLOCK;
+                for (size_t first = 0; first < per; first += step) {
+                    if (pass == 1) {
+                        size_t count = per - first < step ? per - first : step;
+                        ShardPiece pc = {i, l, first, count, 0, shard_adamw_bytes(&o, &spec[i], count), 0};
+                        sp->pieces[n] = pc;
+                    }
+                    n++;
+                }
+            }
+        }
+        if (pass == 0) {
+            sp->pieces = (ShardPiece*)calloc_check((size_t)n * sizeof(ShardPiece), "shard plan");
+            sp->rank_bytes = (size_t*)calloc_check((size_t)num_ranks * sizeof(size_t), "shard plan");
+        }
+    }
+    sp->num_pieces = n;
+    sp->num_ranks = num_ranks;
+    ShardPiece** order = (ShardPiece**)malloc_check((size_t)n * sizeof(ShardPiece*), "shard plan order");
+    for (int k = 0; k < n; k++) { order[k] = &sp->pieces[k]; sp->total_bytes += sp->pieces[k].state_bytes; }
+    qsort(order, (size_t)n, sizeof *order, shard_piece_larger);
+    for (int k = 0; k < n; k++) {
+        int least = 0;
+        for (int r = 1; r < num_ranks; r++) { if (sp->rank_bytes[r] < sp->rank_bytes[least]) { least = r; } }
+        order[k]->owner = least;
+        sp->rank_bytes[least] += order[k]->state_bytes;
+    }
+    free(order);
+    return NULL;
+}
+
+// --memory_plan --num_processes N: what ZeRO-1 would leave each rank of the
+// optimizer states and fp32 masters (the plan above holds all of them)
+void shard_plan_print(const LlamaConfig* c, const TrainConfig* t, int num_ranks, FILE* f);
+
+// the rank holding the most state bytes (the lowest of equals)
+int shard_plan_largest_rank(const ShardPlan* sp) {
+    int most = 0;
+    for (int r = 1; r < sp->num_ranks; r++) { if (sp->rank_bytes[r] > sp->rank_bytes[most]) { most = r; } }
+    return most;
+}
+
+void shard_plan_print(const LlamaConfig* c, const TrainConfig* t, int num_ranks, FILE* f) {
+    ShardPlan sp;
+    const char* problem = shard_plan_build(&sp, c, t, num_ranks);
+    if (problem != NULL) { fprintf(f, "ZeRO-1 plan: %s\n", problem); return; }
+    int most = shard_plan_largest_rank(&sp);
+    double gib = 1024.0 * 1024.0 * 1024.0;
+    fprintf(f, "ZeRO-1 at %d processes (the design of issue [5/6]; this build does not shard yet): the optimizer "
+            "states%s, %.3f GiB in all above, in %d pieces (whole low-rank matrices, AdamW cut at most %d ways); "
+            "the largest rank, %d, would hold %.3f GiB (1/%d = %.3f GiB), %.3f GiB less than the plan above\n",
+            num_ranks, t->master_weights ? " and fp32 masters" : "", sp.total_bytes / gib, sp.num_pieces,
+            num_ranks, most, sp.rank_bytes[most] / gib, num_ranks, sp.total_bytes / gib / num_ranks,
+            (sp.total_bytes - sp.rank_bytes[most]) / gib);
+    shard_plan_free(&sp);
+}
+
 // the codes and absmax of the moments of slot pair (tensor i, layer l): M at
 // the returned place, V right after it (n values each)
 static void optimizer_q8_slot(const Optimizer* o, int i, int l, size_t n, size_t* code, size_t* block) {
@@ -6055,10 +6209,12 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     }
     if (problem == NULL && !t.memory_plan) { problem = be->check(&t); }  // the plan needs no device
     if (problem != NULL) { fatal("%s", problem); }
+    // the place of this process among the ranks; --memory_plan plans one rank
+    // of --num_processes and starts nothing
     ProcessGroup pg;
-    problem = process_group_resolve(&pg, &t, env_process, err, sizeof err);
+    problem = t.memory_plan ? NULL : process_group_resolve(&pg, &t, env_process, err, sizeof err);
     if (problem != NULL) { fatal("%s", problem); }
-    if (pg.size > 1) {
+    if (!t.memory_plan && pg.size > 1) {
         fatal("this is rank %d of %d processes (%s), but this build trains in one process: data parallel on "
               "NCCL is being built (README, \"Many GPUs\"). Run one process, without torchrun, mpirun or srun",
               pg.rank, pg.size, pg.source);
@@ -6078,7 +6234,11 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     if (t.gen_tokens > cfg.max_seq_len) {
         fatal("--gen_tokens %d is above the model's max_seq_len %d; lower --gen_tokens", t.gen_tokens, cfg.max_seq_len);
     }
-    if (t.memory_plan) { return be->memory_plan(&cfg, &t, B, T); }
+    if (t.memory_plan) {
+        int rc = be->memory_plan(&cfg, &t, B, T);
+        if (rc == 0 && t.num_processes > 1) { shard_plan_print(&cfg, &t, t.num_processes, stdout); }
+        return rc;
+    }
     // a resume must continue the run it claims to: its settings against the
     // checkpoint's, before anything is built
     char changed[CHECKPOINT_SETTINGS_MAX] = "";

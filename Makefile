@@ -64,11 +64,12 @@ test_subtrack: test_subtrack.c train_llama_subtrack.c dev/test_check.h
 # every suite's output, then one line "N passed, N failed" over all of them
 # the race-check suites: the emulated suites again, built with the harness's
 # shared-memory race detector instead of AddressSanitizer (dev/cuda_emu/README.md)
-test: test_subtrack train_llama_subtrack_cpu dev/perf_model $(SAN_TEST_DEPS) $(CUDA_EMU_TEST_DEPS) $(GPU_TEST_DEPS) \
+test: test_subtrack train_llama_subtrack_cpu dev/perf_model $(SAN_TEST_DEPS) $(CUDA_EMU_TEST_DEPS) $(CUDA_EMU_NCCL_TEST_DEPS) $(GPU_TEST_DEPS) \
       $(GPU_CHECK_DEPS) $(CUDA_EMU_RACE_TEST_DEPS) $(GPU_RACE_TEST_DEPS) $(GPU_LADDER_DEPS)
 	@./dev/run_tests.sh ./test_subtrack "./dev/perf_model --check" \
 	  $(if $(SAN_TEST),"$(SAN_TEST)") \
 	  $(if $(CUDA_EMU_TEST),"./dev/cuda_emu/selftest" "CUDA_EMU_THREAD_ORDER=reverse ./dev/cuda_emu/selftest") \
+	  $(if $(CUDA_EMU_NCCL_TEST),"$(CUDA_EMU_NCCL_TEST)") \
 	  $(if $(GPU_TEST),"$(GPU_TEST)" "$(GPU_TEST2)" "$(GPU_TEST3)") \
 	  $(if $(GPU_CHECK_TEST),"$(GPU_CHECK_TEST)") \
 	  $(if $(GPU_PERF_TEST),"$(GPU_PERF_TEST)") \
@@ -101,4 +102,4 @@ dev/perf_model: dev/perf_model.c dev/perf_model.h train_llama_subtrack.c
 
 clean:
 	rm -f train_llama_subtrack_cpu test_subtrack train_llama_subtrack_cpu_san test_subtrack_san dev/bench_model dev/bench_subspace dev/export_logits dev/perf_model
-	rm -rf dev/cuda_emu/build dev/cuda_emu/selftest dev/cuda_emu/selftest_race
+	rm -rf dev/cuda_emu/build dev/cuda_emu/selftest dev/cuda_emu/selftest_race dev/cuda_emu/nccl_selftest

@@ -7,6 +7,8 @@
 #   	$(CUDA_EMU_TEST)
 #
 #   make dev/cuda_emu/selftest     the harness self-test ($(CUDA_EMU_TEST) runs it)
+#   make dev/cuda_emu/nccl_selftest  the NCCL emulation's self-test ($(CUDA_EMU_NCCL_TEST);
+#                                  needs nccl.h where the compiler finds it, else skipped)
 #   make path/to/X_emu             any path/to/X.cu as an emulated executable
 #   make path/to/X_race            the same with the shared-memory race detector
 #                                  (no AddressSanitizer: the two cannot be combined)
@@ -32,6 +34,13 @@ CUDA_EMU_INCLUDE ?= $(firstword $(foreach d,$(CUDA_EMU_CANDIDATES),$(if $(wildca
 CUDA_EMU_PYTHON := $(shell command -v python3 2>/dev/null)
 
 CUDA_EMU_CXX ?= $(CXX)
+# NCCL's header, where the harness's compile finds it (beside the CUDA headers,
+# or in a system directory: cuda_emu_nccl.cpp asks __has_include and compiles
+# to nothing without it); the preprocessor only, no header is read
+ifeq ($(origin CUDA_EMU_NCCL_HEADER),undefined)
+CUDA_EMU_NCCL_HEADER := $(if $(CUDA_EMU_INCLUDE),$(shell printf '\043if __has_include(<nccl.h>)\nyes\n\043endif\n' | \
+                        $(CUDA_EMU_CXX) -x c++ -std=c++17 -E -P -I$(CUDA_EMU_INCLUDE) - 2>/dev/null))
+endif
 # AddressSanitizer catches out-of-bounds and use-after-cudaFree accesses in
 # kernels; UBSan stops at the first undefined behaviour instead of going on
 CUDA_EMU_SANITIZE ?= -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -77,8 +86,10 @@ CUDA_EMU_TEST_DEPS :=
 CUDA_EMU_TEST :=
 CUDA_EMU_RACE_TEST_DEPS :=
 CUDA_EMU_RACE_TEST :=
-.PHONY: $(CUDA_EMU_DIR)/selftest
-$(CUDA_EMU_DIR)/selftest cuda_emu_test:
+CUDA_EMU_NCCL_TEST_DEPS :=
+CUDA_EMU_NCCL_TEST :=
+.PHONY: $(CUDA_EMU_DIR)/selftest $(CUDA_EMU_DIR)/nccl_selftest
+$(CUDA_EMU_DIR)/selftest $(CUDA_EMU_DIR)/nccl_selftest cuda_emu_test:
 	@echo "CUDA headers not found: skipping the emulated CUDA tests"
 %_emu: %.cu
 	@echo "CUDA headers not found: cannot build $@ for the CPU harness"; exit 1
@@ -102,6 +113,20 @@ CUDA_EMU_TEST := ./$(CUDA_EMU_DIR)/selftest && CUDA_EMU_THREAD_ORDER=reverse ./$
 # the self-test of the race detector (and of the rest, without AddressSanitizer)
 CUDA_EMU_RACE_TEST_DEPS := $(CUDA_EMU_DIR)/selftest_race
 CUDA_EMU_RACE_TEST := ./$(CUDA_EMU_DIR)/selftest_race
+# the NCCL emulation's self-test: ranks as processes, bit-exact collectives,
+# planted mismatches, dead and late ranks (about 6 s)
+ifeq ($(CUDA_EMU_NCCL_HEADER),)
+$(info nccl.h not found: skipping the NCCL emulation's self-test)
+CUDA_EMU_NCCL_TEST_DEPS :=
+CUDA_EMU_NCCL_TEST :=
+.PHONY: $(CUDA_EMU_DIR)/nccl_selftest
+$(CUDA_EMU_DIR)/nccl_selftest:
+	@echo "nccl.h not found: skipping the NCCL emulation's self-test"
+else
+$(info nccl.h: yes (the NCCL emulation's self-test runs in make test))
+CUDA_EMU_NCCL_TEST_DEPS := $(CUDA_EMU_DIR)/nccl_selftest
+CUDA_EMU_NCCL_TEST := ./$(CUDA_EMU_DIR)/nccl_selftest
+endif
 
 $(CUDA_EMU_BUILD)/%.o: $(CUDA_EMU_DIR)/%.cpp $(CUDA_EMU_DIR)/cuda_emu.h
 	@mkdir -p $(CUDA_EMU_BUILD)
@@ -158,12 +183,18 @@ $(CUDA_EMU_DIR)/selftest: $(CUDA_EMU_DIR)/selftest.cu $(CUDA_EMU_DEPS) \
                           $(if $(CUDA_EMU_NVCC),$(CUDA_EMU_REGS_BUILD)/$(CUDA_EMU_DIR)/selftest.regs.o)
 	$(CUDA_EMU_LINK)
 
-cuda_emu_test: $(CUDA_EMU_TEST_DEPS) $(CUDA_EMU_RACE_TEST_DEPS)
-	$(CUDA_EMU_TEST) && $(CUDA_EMU_RACE_TEST)
+ifneq ($(CUDA_EMU_NCCL_HEADER),)
+$(CUDA_EMU_DIR)/nccl_selftest: $(CUDA_EMU_DIR)/nccl_selftest.cu $(CUDA_EMU_DEPS) \
+                               $(if $(CUDA_EMU_NVCC),$(CUDA_EMU_REGS_BUILD)/$(CUDA_EMU_DIR)/nccl_selftest.regs.o)
+	$(CUDA_EMU_LINK)
+endif
+
+cuda_emu_test: $(CUDA_EMU_TEST_DEPS) $(CUDA_EMU_RACE_TEST_DEPS) $(CUDA_EMU_NCCL_TEST_DEPS)
+	$(CUDA_EMU_TEST) && $(CUDA_EMU_RACE_TEST) $(if $(CUDA_EMU_NCCL_TEST),&& $(CUDA_EMU_NCCL_TEST))
 
 endif
 
 cuda_emu_clean:
-	rm -rf $(CUDA_EMU_BUILD) $(CUDA_EMU_DIR)/selftest $(CUDA_EMU_DIR)/selftest_race
+	rm -rf $(CUDA_EMU_BUILD) $(CUDA_EMU_DIR)/selftest $(CUDA_EMU_DIR)/selftest_race $(CUDA_EMU_DIR)/nccl_selftest
 
 .DEFAULT_GOAL := $(CUDA_EMU_SAVED_GOAL)

@@ -5112,8 +5112,10 @@ void lowrank_groups_bind(LowRankGroupsGPU* g, float* const* W, const float* cons
             batch_set(&b->G, e, G[k]);
         }
     }
-    cudaCheck(cudaMemcpy(g->tables, g->tables_host, (size_t)LOWRANK_BATCH_FIELDS * g->count * sizeof(void*),
-                         cudaMemcpyHostToDevice));
+    // in stream order, without a wait: the first step binds, and tables_host
+    // lives as long as the tables (a pageable source is staged at the call)
+    cudaCheck(cudaMemcpyAsync(g->tables, g->tables_host, (size_t)LOWRANK_BATCH_FIELDS * g->count * sizeof(void*),
+                              cudaMemcpyHostToDevice, 0));
     g->bound = 1;
 }
 

@@ -420,6 +420,32 @@ __device__ __forceinline__ void load128_floats(float* out, const T* p) {
     }
 }
 
+// the other way: Pack128<X>::size floats from v to p (16-byte aligned), in
+// 128-bit stores (a pack of bf16 widened takes two)
+template <typename X>
+__device__ __forceinline__ void store128_floats(float* p, const float* v) {
+    for (int i = 0; i < Pack128<X>::size; i += Pack128<float>::size) {
+        Pack128<float> o;
+        for (int k = 0; k < Pack128<float>::size; k++) { o.x[k] = v[i + k]; }
+        store128(p + i, o);
+    }
+}
+
+// the step's and the optimizer's elementwise kernels (gradient norm and
+// clipping, AdamW, the bf16 copies, the low-rank step's elementwise passes)
+// are one kernel each, a pack a thread: 4 floats, or 8 elements where bf16
+// meets fp32 (one 128-bit bf16 access, two fp32 ones). vec is the launcher's
+// verdict that every pointer is 16-byte aligned (aligned128_all); a whole
+// pack then moves with 128-bit accesses, and the tail (a pack past n), or
+// every pack when vec is 0, goes element by element. both paths call the
+// same inline function per element, in the same order, so the results are
+// the same bits either way, and the same as the one-element kernels' before
+// them (but for the gradient norm, which now sums in pack order: see
+// squared_norm_chunks_kernel). NULL (an absent operand) counts as aligned
+static int aligned128_all(const void* a, const void* b = NULL, const void* c = NULL, const void* d = NULL) {
+    return aligned128(a) && aligned128(b) && aligned128(c) && aligned128(d);
+}
+
 // WT: the type of the weights a kernel reads, fp32 (the masters) or bf16
 // (--master_weights 0 with bf16 activations: the weights themselves)
 template <typename X, typename WT>
@@ -936,21 +962,50 @@ __global__ void crossentropy_softmax_backward_packed_kernel(X* dlogits, const X*
     }
 }
 
-// the bf16 copy of the fp32 masters that the matrix products read
-__global__ void float_to_bf16_kernel(bf16* out, const float* inp, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { out[i] = __float2bfloat16(inp[i]); }
+// the bf16 copy of the fp32 masters that the matrix products read (the
+// benchmark's stand-in for llama_refresh_param_copy); 8 elements a thread
+// (see aligned128_all)
+__global__ void float_to_bf16_kernel(bf16* out, const float* inp, size_t n, int vec) {
+    constexpr int P = Pack128<bf16>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (i >= n) { return; }
+    if (vec && i + P <= n) {
+        float x[P];
+        Pack128<bf16> o;
+        load128_floats<bf16>(x, inp + i);
+        for (int k = 0; k < P; k++) { o.x[k] = __float2bfloat16(x[k]); }
+        store128(out + i, o);
+    } else {
+        for (int k = 0; k < P && i + k < n; k++) { out[i + k] = __float2bfloat16(inp[i + k]); }
+    }
 }
 
 // squared norm of fixed chunks of the gradient, in double; the host adds the
-// chunks in order, so the norm does not depend on scheduling
+// chunks in order, so the norm does not depend on scheduling. within a chunk
+// thread t adds the packs of 4 at 4 t, 4 t + 4 blockDim, ... (each pack's
+// elements in order), then the block adds the threads' sums in a fixed tree:
+// one fixed order whether a pack is loaded whole or element by element (the
+// tail, an unaligned x), so both give the same bits. (the CPU twin,
+// grad_global_norm, adds each chunk serially: the two agree to rounding in
+// double, which the tests allow for)
 #define NORM_CHUNK 65536
-__global__ void squared_norm_chunks_kernel(double* partial, const float* x, size_t n) {
+__device__ __forceinline__ double square_add(double acc, float x) { return acc + (double)x * x; }
+
+__global__ void squared_norm_chunks_kernel(double* partial, const float* x, size_t n, int vec) {
+    constexpr int P = Pack128<float>::size;
+    static_assert(NORM_CHUNK % P == 0, "a chunk must hold whole packs, so that its packs stay aligned");
     __shared__ double scratch[1024];
     size_t start = (size_t)blockIdx.x * NORM_CHUNK;
     size_t end = start + NORM_CHUNK < n ? start + NORM_CHUNK : n;
     double acc = 0.0;
-    for (size_t i = start + threadIdx.x; i < end; i += blockDim.x) { acc += (double)x[i] * x[i]; }
+    for (size_t i = start + threadIdx.x * P; i < end; i += (size_t)blockDim.x * P) {
+        if (vec && i + P <= end) {
+            Pack128<float> v = load128(x + i);
+            for (int k = 0; k < P; k++) { acc = square_add(acc, v.x[k]); }
+        } else {
+            for (int k = 0; k < P && i + k < end; k++) { acc = square_add(acc, x[i + k]); }
+        }
+    }
     scratch[threadIdx.x] = acc;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s /= 2) {
@@ -999,9 +1054,18 @@ mean_loss_kernel(double* stats, const float* losses, const int* targets, int BT,
     }
 }
 
-__global__ void scale_kernel(float* x, size_t n, float s) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { x[i] *= s; }
+// gradient clipping: x *= s, 4 elements a thread (see aligned128_all)
+__global__ void scale_kernel(float* x, size_t n, float s, int vec) {
+    constexpr int P = Pack128<float>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (i >= n) { return; }
+    if (vec && i + P <= n) {
+        Pack128<float> v = load128(x + i);
+        for (int k = 0; k < P; k++) { v.x[k] *= s; }
+        store128(x + i, v);
+    } else {
+        for (int k = 0; k < P && i + k < n; k++) { x[i + k] *= s; }
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -1498,7 +1562,7 @@ static void grad_squared_norm_on_device(double* out, const float* grads, size_t 
     int nchunks = ceil_div(n, NORM_CHUNK);
     grad_norm_reserve(n);
     double* partial = g_norm_partials + NUM_STATS;
-    squared_norm_chunks_kernel<<<nchunks, 1024>>>(partial, grads, n);
+    squared_norm_chunks_kernel<<<nchunks, 1024>>>(partial, grads, n, aligned128(grads));
     launch_check();
     norm_partials_sum_kernel<<<1, 1>>>(out, partial, nchunks, accumulate);
     launch_check();
@@ -1522,7 +1586,16 @@ double grad_squared_norm(const float* grads, size_t n) {
 double grad_global_norm(const float* grads, size_t n) { return sqrt(grad_squared_norm(grads, n)); }
 
 void grad_scale(float* grads, size_t n, float s) {
-    scale_kernel<<<ceil_div(n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(grads, n, s);
+    scale_kernel<<<ceil_div(n, (size_t)BLOCK_ELEMENTWISE * Pack128<float>::size), BLOCK_ELEMENTWISE>>>(
+        grads, n, s, aligned128(grads));
+    launch_check();
+}
+
+// out (n) bf16 = inp (n) rounded to nearest even (the benchmark's refresh)
+void float_to_bf16(bf16* out, const float* inp, size_t n) {
+    if (n == 0) { return; }
+    float_to_bf16_kernel<<<ceil_div(n, (size_t)BLOCK_ELEMENTWISE * Pack128<bf16>::size), BLOCK_ELEMENTWISE>>>(
+        out, inp, n, aligned128_all(out, inp));
     launch_check();
 }
 
@@ -1638,20 +1711,75 @@ static size_t device_layout(DeviceBlock blocks[NUM_PARAMETER_TENSORS], const cpu
 // table's layout (offset + i), so the layout never changes a rounding
 enum { PARAMS_BF16_FROM_FLOAT, PARAMS_BF16_WIDEN, PARAMS_BF16_STORE_STOCHASTIC };
 
-__global__ void params_bf16_kernel(int op, bf16* base, size_t j0, size_t per, size_t cols, size_t layer_stride,
-                                   size_t row_stride, float* x, size_t n, uint64_t seed, uint64_t step,
-                                   uint64_t offset) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) { return; }
-    size_t j = j0 + i, l = j / per, w = j - l * per, r = w / cols;
-    bf16* d = base + l * layer_stride + r * row_stride + (w - r * cols);
+// x rounded to bf16 stochastically with the CPU's own integer functions
+// (cpu::bf16_round_stochastic on cpu::sr_random_bits of (seed, step, index in
+// the parameter buffer)), so the same fp32 value rounds to the same bf16 on
+// both sides; the result is a bf16 value, so storing it as bf16 is exact
+__device__ __forceinline__ float bf16_stochastic_value(float x, uint64_t seed, uint64_t step, uint64_t index) {
+    return cpu::bf16_round_stochastic(x, cpu::sr_random_bits(seed, step, index));
+}
+
+// one element of params_bf16_kernel: d its place in params_bf16, x its fp32
+// value, index its index in the table's layout
+__device__ __forceinline__ void params_bf16_element(int op, bf16* d, float* x, uint64_t index, uint64_t seed,
+                                                    uint64_t step) {
     if (op == PARAMS_BF16_FROM_FLOAT) {
-        *d = __float2bfloat16(x[i]);
+        *d = __float2bfloat16(*x);
     } else if (op == PARAMS_BF16_WIDEN) {
-        x[i] = __bfloat162float(*d);
-    } else {  // already a bf16 value: the conversion is exact
-        *d = __float2bfloat16(cpu::bf16_round_stochastic(x[i], cpu::sr_random_bits(seed, step, offset + i)));
+        *x = __bfloat162float(*d);
+    } else {
+        *d = __float2bfloat16(bf16_stochastic_value(*x, seed, step, index));
     }
+}
+
+// 8 elements a thread (see aligned128_all). the map from j to the device
+// layout costs two divisions; within a row it is affine, so with vec (the
+// launcher saw cols, j0 and both strides multiples of 8 and both pointers
+// 16-byte aligned) a whole pack lies in one row, 16-byte aligned, and maps
+// once. the per-element path maps every element, as the pack may cross rows
+__global__ void params_bf16_kernel(int op, bf16* base, size_t j0, size_t per, size_t cols, size_t layer_stride,
+                                   size_t row_stride, float* x, size_t n, int vec, uint64_t seed, uint64_t step,
+                                   uint64_t offset) {
+    constexpr int P = Pack128<bf16>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (i >= n) { return; }
+    if (vec && i + P <= n) {
+        size_t j = j0 + i, l = j / per, w = j - l * per, r = w / cols;
+        bf16* d = base + l * layer_stride + r * row_stride + (w - r * cols);
+        Pack128<bf16> b;
+        float f[P];
+        if (op == PARAMS_BF16_WIDEN) {
+            b = load128(d);
+        } else {
+            load128_floats<bf16>(f, x + i);
+        }
+        for (int k = 0; k < P; k++) { params_bf16_element(op, &b.x[k], &f[k], offset + i + k, seed, step); }
+        if (op == PARAMS_BF16_WIDEN) {
+            store128_floats<bf16>(x + i, f);
+        } else {
+            store128(d, b);
+        }
+    } else {
+        for (int k = 0; k < P && i + k < n; k++) {
+            size_t j = j0 + i + k, l = j / per, w = j - l * per, r = w / cols;
+            bf16* d = base + l * layer_stride + r * row_stride + (w - r * cols);
+            params_bf16_element(op, d, x + i + k, offset + i + k, seed, step);
+        }
+    }
+}
+
+// op on elements [j0, j0 + n) of one tensor whose layer l, row r, column c is
+// at base[l layer_stride + r row_stride + c] (rows of cols, per elements a
+// layer), with x (n) fp32; offset: element j0's index in the table's layout
+static void params_bf16_block(int op, bf16* base, size_t j0, size_t per, size_t cols, size_t layer_stride,
+                              size_t row_stride, float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
+    if (n == 0) { return; }
+    const size_t P = Pack128<bf16>::size;
+    int vec = cols % P == 0 && j0 % P == 0 && layer_stride % P == 0 && row_stride % P == 0 &&
+              aligned128_all(base, x);
+    params_bf16_kernel<<<ceil_div(n, BLOCK_ELEMENTWISE * P), BLOCK_ELEMENTWISE>>>(
+        op, base, j0, per, cols, layer_stride, row_stride, x, n, vec, seed, step, offset);
+    launch_check();
 }
 
 typedef struct {
@@ -1897,10 +2025,8 @@ static void params_bf16_apply(const Llama* model, int op, size_t first, size_t n
         size_t len = start + cpu::tensor_numel(&sp) - first;
         len = len < n ? len : n;
         const DeviceBlock* b = &model->device_blocks[i];
-        params_bf16_kernel<<<ceil_div(len, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>(
-            op, model->params_bf16 + b->base, first - start, (size_t)sp.rows * sp.cols, (size_t)sp.cols,
-            b->layer_stride, b->row_stride, x, len, seed, step, first);
-        launch_check();
+        params_bf16_block(op, model->params_bf16 + b->base, first - start, (size_t)sp.rows * sp.cols,
+                          (size_t)sp.cols, b->layer_stride, b->row_stride, x, len, seed, step, first);
         first += len;
         x += len;
         n -= len;
@@ -2557,6 +2683,15 @@ template <typename T, typename U> static PerMatrix<T> per_matrix_cast(const PerM
     return y;
 }
 
+// every matrix's array 16-byte aligned (from the host copy of a table): the
+// per-matrix elementwise kernels' vec (see aligned128_all); NULL counts as aligned
+template <typename T> static int per_matrix_aligned128(const PerMatrix<T>& x, int count) {
+    for (int e = 0; e < count; e++) {
+        if (!aligned128(x.on_host(e))) { return 0; }
+    }
+    return 1;
+}
+
 // ---- reduction building blocks: fixed order, so the result is the same every run
 
 __device__ __forceinline__ double optim_warp_sum(double x) {
@@ -2587,18 +2722,35 @@ __device__ double optim_block_sum(double x, double* buf) {
 
 // ---- AdamW
 
-// W, M, V, G: (numel,). one thread per element, the CPU loop's arithmetic
-__global__ void adamw_kernel(float* W, float* M, float* V, const float* G, size_t numel,
+// one element, the CPU loop's arithmetic (adamw_update in train_llama_subtrack.c)
+__device__ __forceinline__ void adamw_element(float* W, float* M, float* V, float g, float step, float decay,
+                                              float beta1, float beta2, float eps) {
+    float m = beta1 * *M + (1.0f - beta1) * g;
+    float v = beta2 * *V + (1.0f - beta2) * g * g;
+    *M = m;
+    *V = v;
+    float w = *W - step * (m / (sqrtf(v) + eps));
+    *W = w - decay * w;
+}
+
+// W, M, V, G: (numel,). 4 elements a thread (see aligned128_all): 28 bytes an
+// element, the step's largest pass over memory at full rank
+__global__ void adamw_kernel(float* W, float* M, float* V, const float* G, size_t numel, int vec,
                              float step, float decay, float beta1, float beta2, float eps) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    constexpr int P = Pack128<float>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
     if (i >= numel) { return; }
-    float g = G[i];
-    float m = beta1 * M[i] + (1.0f - beta1) * g;
-    float v = beta2 * V[i] + (1.0f - beta2) * g * g;
-    M[i] = m;
-    V[i] = v;
-    float w = W[i] - step * (m / (sqrtf(v) + eps));
-    W[i] = w - decay * w;
+    if (vec && i + P <= numel) {
+        Pack128<float> w = load128(W + i), m = load128(M + i), v = load128(V + i), g = load128(G + i);
+        for (int k = 0; k < P; k++) { adamw_element(&w.x[k], &m.x[k], &v.x[k], g.x[k], step, decay, beta1, beta2, eps); }
+        store128(M + i, m);
+        store128(V + i, v);
+        store128(W + i, w);
+    } else {
+        for (int k = 0; k < P && i + k < numel; k++) {
+            adamw_element(W + i + k, M + i + k, V + i + k, G[i + k], step, decay, beta1, beta2, eps);
+        }
+    }
 }
 
 // ---- low-rank AdamW: the per-column kernels
@@ -2727,19 +2879,38 @@ __global__ void lowrank_limiter_kernel(PerMatrix<float> scale_of, PerMatrix<floa
 // step 6 for the recovery part, after W already took -lr c alpha S N (launched
 // by lowrank_apply_update):
 //   W -= lr c (Dres diag(phi scale)) ;  W -= lr wd W
-// W, Dres: (m, n); phi (q,) scales columns (left) or rows (right)
+// W, Dres: (m, n); phi (q,) scales columns (left) or rows (right). one
+// element idx (the CPU twin: the last loop of lowrank_apply_update)
+__device__ __forceinline__ float recovery_apply_element(float w, float d, size_t idx, const float* phi, float scale,
+                                                        int n, int right, float step, float decay) {
+    int j = right ? (int)(idx / n) : (int)(idx % n);
+    float f = phi[j] * scale;
+    float x = w - step * (d * f);
+    return x - decay * x;
+}
+
+// 4 elements a thread (see aligned128_all)
 __global__ void lowrank_recovery_apply_kernel(PerMatrix<float> W_of, PerMatrix<const float> Dres_of,
                                               PerMatrix<const float> phi_of, PerMatrix<const float> scale_of,
-                                              int m, int n, int right, float step, float decay) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)m * n) { return; }
+                                              int m, int n, int right, float step, float decay, int vec) {
+    constexpr int P = Pack128<float>::size;
+    size_t idx = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P, mn = (size_t)m * n;
+    if (idx >= mn) { return; }
     int e = blockIdx.y;
     float* W = W_of.at(e);
-    const float *Dres = Dres_of.at(e), *phi = phi_of.at(e), *scale = scale_of.at(e);
-    int j = right ? (int)(idx / n) : (int)(idx % n);
-    float f = phi[j] * *scale;
-    float w = W[idx] - step * (Dres[idx] * f);
-    W[idx] = w - decay * w;
+    const float *Dres = Dres_of.at(e), *phi = phi_of.at(e);
+    float scale = *scale_of.at(e);
+    if (vec && idx + P <= mn) {
+        Pack128<float> w = load128(W + idx), d = load128(Dres + idx);
+        for (int k = 0; k < P; k++) {
+            w.x[k] = recovery_apply_element(w.x[k], d.x[k], idx + k, phi, scale, n, right, step, decay);
+        }
+        store128(W + idx, w);
+    } else {
+        for (size_t i = idx; i < idx + P && i < mn; i++) {
+            W[i] = recovery_apply_element(W[i], Dres[i], i, phi, scale, n, right, step, decay);
+        }
+    }
 }
 
 // ---- bf16 mode: the projection, the residual's norms and the update as tiled
@@ -3027,18 +3198,38 @@ lowrank_residual_norms_kernel(PerMatrix<double> parts_of, PerMatrix<const float>
 }
 
 // N' = alpha N - Gt diag(f), f_j = scale phi_j, over the moments' shape
-// (launched by lowrank_fused_update, after the limiter wrote scale)
+// (launched by lowrank_fused_update, after the limiter wrote scale). one
+// element idx; no CPU twin of its own (the CPU forms Lambda instead: see
+// lowrank_fused_update)
+__device__ __forceinline__ float update_moment_element(float nv, float gt, size_t idx, const float* phi, float scale,
+                                                       int r, int q, int right, float alpha) {
+    int j = right ? (int)(idx / r) : (int)(idx % q);
+    float f = phi[j] * scale;
+    return alpha * nv - f * gt;
+}
+
+// 4 elements a thread (see aligned128_all)
 __global__ void lowrank_update_moments_kernel(PerMatrix<float> N_of, PerMatrix<const float> Gt_of,
                                               PerMatrix<const float> phi_of, PerMatrix<const float> scale_of,
-                                              int r, int q, int right, float alpha) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)r * q) { return; }
+                                              int r, int q, int right, float alpha, int vec) {
+    constexpr int P = Pack128<float>::size;
+    size_t idx = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P, rq = (size_t)r * q;
+    if (idx >= rq) { return; }
     int e = blockIdx.y;
     float* N = N_of.at(e);
-    const float *Gt = Gt_of.at(e), *phi = phi_of.at(e), *scale = scale_of.at(e);
-    int j = right ? (int)(idx / r) : (int)(idx % q);
-    float f = phi[j] * *scale;
-    N[idx] = alpha * N[idx] - f * Gt[idx];
+    const float *Gt = Gt_of.at(e), *phi = phi_of.at(e);
+    float scale = *scale_of.at(e);
+    if (vec && idx + P <= rq) {
+        Pack128<float> nv = load128(N + idx), g = load128(Gt + idx);
+        for (int k = 0; k < P; k++) {
+            nv.x[k] = update_moment_element(nv.x[k], g.x[k], idx + k, phi, scale, r, q, right, alpha);
+        }
+        store128(N + idx, nv);
+    } else {
+        for (size_t i = idx; i < idx + P && i < rq; i++) {
+            N[i] = update_moment_element(N[i], Gt[i], i, phi, scale, r, q, right, alpha);
+        }
+    }
 }
 
 // step 6 with step 5's Lambda in bf16 mode (launched by lowrank_fused_update):
@@ -3068,64 +3259,115 @@ lowrank_fused_update_kernel(PerMatrix<float> W_of, PerMatrix<const float> G_of, 
     }
 }
 
-// W -= lr wd W, (numel,)
-__global__ void weight_decay_kernel(PerMatrix<float> W_of, size_t numel, float decay) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+// W -= lr wd W, (numel,); 4 elements a thread (see aligned128_all). the
+// same expression as adamw_element's and recovery_apply_element's decay
+__device__ __forceinline__ float decayed(float w, float decay) { return w - decay * w; }
+
+__global__ void weight_decay_kernel(PerMatrix<float> W_of, size_t numel, float decay, int vec) {
+    constexpr int P = Pack128<float>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
     float* W = W_of.at(blockIdx.y);
-    if (i < numel) { W[i] -= decay * W[i]; }
-}
-
-// dst = src, or 0 with src NULL, (numel,): a batch's copies and zeroings as one
-// launch (one matrix's go through cudaMemcpyAsync / cudaMemsetAsync)
-__global__ void copy_kernel(PerMatrix<float> dst_of, PerMatrix<const float> src_of, size_t numel) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int e = blockIdx.y;
-    float* dst = dst_of.at(e);
-    const float* src = src_of.at(e);
-    if (i < numel) { dst[i] = src != NULL ? src[i] : 0.0f; }
-}
-
-// ---- --master_weights 0: the updated weights rounded to bf16 stochastically,
-// with the CPU's own integer functions (cpu::bf16_round_stochastic on
-// cpu::sr_random_bits of (seed, step, index in the parameter buffer)), so the
-// same fp32 value rounds to the same bf16 on both sides
-
-__global__ void bf16_round_stochastic_kernel(float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { x[i] = cpu::bf16_round_stochastic(x[i], cpu::sr_random_bits(seed, step, offset + i)); }
-}
-
-__global__ void bf16_store_stochastic_kernel(bf16* out, const float* x, size_t n, uint64_t seed, uint64_t step,
-                                             uint64_t offset) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        // already a bf16 value: the conversion is exact
-        out[i] = __float2bfloat16(cpu::bf16_round_stochastic(x[i], cpu::sr_random_bits(seed, step, offset + i)));
+    if (i >= numel) { return; }
+    if (vec && i + P <= numel) {
+        Pack128<float> w = load128(W + i);
+        for (int k = 0; k < P; k++) { w.x[k] = decayed(w.x[k], decay); }
+        store128(W + i, w);
+    } else {
+        for (int k = 0; k < P && i + k < numel; k++) { W[i + k] = decayed(W[i + k], decay); }
     }
 }
 
-__global__ void bf16_widen_kernel(float* out, const bf16* x, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { out[i] = __bfloat162float(x[i]); }
+// dst = src, or 0 with src NULL, (numel,): a batch's copies and zeroings as one
+// launch (one matrix's go through cudaMemcpyAsync / cudaMemsetAsync); 4
+// elements a thread (see aligned128_all)
+__global__ void copy_kernel(PerMatrix<float> dst_of, PerMatrix<const float> src_of, size_t numel, int vec) {
+    constexpr int P = Pack128<float>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    int e = blockIdx.y;
+    float* dst = dst_of.at(e);
+    const float* src = src_of.at(e);
+    if (i >= numel) { return; }
+    if (vec && i + P <= numel) {
+        Pack128<float> v = {};
+        if (src != NULL) { v = load128(src + i); }
+        store128(dst + i, v);
+    } else {
+        for (int k = 0; k < P && i + k < numel; k++) { dst[i + k] = src != NULL ? src[i + k] : 0.0f; }
+    }
+}
+
+// ---- --master_weights 0: the updated weights rounded to bf16 stochastically
+// (bf16_stochastic_value: the CPU's own integer functions, with the bits of
+// the element's index in the parameter buffer, offset + i, whichever path
+// moves it); 4 floats a thread in place, 8 elements where bf16 meets fp32
+// (see aligned128_all)
+
+__global__ void bf16_round_stochastic_kernel(float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset,
+                                             int vec) {
+    constexpr int P = Pack128<float>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (i >= n) { return; }
+    if (vec && i + P <= n) {
+        Pack128<float> v = load128(x + i);
+        for (int k = 0; k < P; k++) { v.x[k] = bf16_stochastic_value(v.x[k], seed, step, offset + i + k); }
+        store128(x + i, v);
+    } else {
+        for (int k = 0; k < P && i + k < n; k++) { x[i + k] = bf16_stochastic_value(x[i + k], seed, step, offset + i + k); }
+    }
+}
+
+__global__ void bf16_store_stochastic_kernel(bf16* out, const float* x, size_t n, uint64_t seed, uint64_t step,
+                                             uint64_t offset, int vec) {
+    constexpr int P = Pack128<bf16>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (i >= n) { return; }
+    if (vec && i + P <= n) {
+        float f[P];
+        Pack128<bf16> o;
+        load128_floats<bf16>(f, x + i);
+        for (int k = 0; k < P; k++) { o.x[k] = __float2bfloat16(bf16_stochastic_value(f[k], seed, step, offset + i + k)); }
+        store128(out + i, o);
+    } else {
+        for (int k = 0; k < P && i + k < n; k++) {
+            out[i + k] = __float2bfloat16(bf16_stochastic_value(x[i + k], seed, step, offset + i + k));
+        }
+    }
+}
+
+__global__ void bf16_widen_kernel(float* out, const bf16* x, size_t n, int vec) {
+    constexpr int P = Pack128<bf16>::size;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (i >= n) { return; }
+    if (vec && i + P <= n) {
+        Pack128<bf16> v = load128(x + i);
+        float f[P];
+        for (int k = 0; k < P; k++) { f[k] = __bfloat162float(v.x[k]); }
+        store128_floats<bf16>(out + i, f);
+    } else {
+        for (int k = 0; k < P && i + k < n; k++) { out[i + k] = __bfloat162float(x[i + k]); }
+    }
 }
 
 // the CPU's twin: x (n) in place; offset is x's index in the parameter buffer
 void bf16_round_stochastic_array(float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
     if (n == 0) { return; }
-    bf16_round_stochastic_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(x, n, seed, step, offset);
+    bf16_round_stochastic_kernel<<<optim_blocks(n, OPTIM_BLOCK * Pack128<float>::size), OPTIM_BLOCK>>>(
+        x, n, seed, step, offset, aligned128(x));
     cudaCheck(cudaGetLastError());
 }
 
 // out (n) bf16 = x (n) fp32 rounded stochastically, as above
 void bf16_store_stochastic_array(bf16* out, const float* x, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
     if (n == 0) { return; }
-    bf16_store_stochastic_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(out, x, n, seed, step, offset);
+    bf16_store_stochastic_kernel<<<optim_blocks(n, OPTIM_BLOCK * Pack128<bf16>::size), OPTIM_BLOCK>>>(
+        out, x, n, seed, step, offset, aligned128_all(out, x));
     cudaCheck(cudaGetLastError());
 }
 
 void bf16_widen_array(float* out, const bf16* x, size_t n) {
     if (n == 0) { return; }
-    bf16_widen_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(out, x, n);
+    bf16_widen_kernel<<<optim_blocks(n, OPTIM_BLOCK * Pack128<bf16>::size), OPTIM_BLOCK>>>(out, x, n,
+                                                                                         aligned128_all(out, x));
     cudaCheck(cudaGetLastError());
 }
 
@@ -3663,8 +3905,8 @@ void adamw_update(float* W, float* M, float* V, const float* G, size_t numel, in
     float step = (float)(lr * c);
     float decay = (float)((double)lr * weight_decay);
     if (numel == 0) { return; }
-    adamw_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(W, M, V, G, numel, step, decay,
-                                                                   beta1, beta2, eps);
+    adamw_kernel<<<optim_blocks(numel, OPTIM_BLOCK * Pack128<float>::size), OPTIM_BLOCK>>>(
+        W, M, V, G, numel, aligned128_all(W, M, V, G), step, decay, beta1, beta2, eps);
     cudaCheck(cudaGetLastError());
 }
 
@@ -4181,7 +4423,9 @@ static void copy_each(PerMatrix<float> dst, PerMatrix<const float> src, size_t n
         }
         return;
     }
-    copy_kernel<<<dim3(optim_blocks(numel, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(dst, src, numel);
+    int vec = per_matrix_aligned128(dst, count) && per_matrix_aligned128(src, count);
+    copy_kernel<<<dim3(optim_blocks(numel, OPTIM_BLOCK * Pack128<float>::size), count), OPTIM_BLOCK>>>(dst, src,
+                                                                                                    numel, vec);
     cudaCheck(cudaGetLastError());
 }
 
@@ -4768,6 +5012,35 @@ void lowrank_recovery_scaling(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg)
     cudaCheck(cudaGetLastError());
 }
 
+// the elementwise passes of steps 5-6 on count matrices (lowrank_apply_update,
+// lowrank_fused_update): 4 floats a thread, vectorized when every matrix's
+// arrays are 16-byte aligned (see aligned128_all)
+static void recovery_apply_each(PerMatrix<float> W, PerMatrix<const float> D, PerMatrix<const float> phi,
+                                PerMatrix<const float> scale, int m, int n, int right, float step, float decay,
+                                int count) {
+    size_t mn = (size_t)m * n;
+    int vec = per_matrix_aligned128(W, count) && per_matrix_aligned128(D, count);
+    lowrank_recovery_apply_kernel<<<dim3(optim_blocks(mn, OPTIM_BLOCK * Pack128<float>::size), count), OPTIM_BLOCK>>>(
+        W, D, phi, scale, m, n, right, step, decay, vec);
+    cudaCheck(cudaGetLastError());
+}
+
+static void weight_decay_each(PerMatrix<float> W, size_t numel, float decay, int count) {
+    int vec = per_matrix_aligned128(W, count);
+    weight_decay_kernel<<<dim3(optim_blocks(numel, OPTIM_BLOCK * Pack128<float>::size), count), OPTIM_BLOCK>>>(
+        W, numel, decay, vec);
+    cudaCheck(cudaGetLastError());
+}
+
+static void update_moments_each(PerMatrix<float> N, PerMatrix<const float> Gt, PerMatrix<const float> phi,
+                                PerMatrix<const float> scale, int r, int q, int right, float alpha, int count) {
+    size_t rq = (size_t)r * q;
+    int vec = per_matrix_aligned128(N, count) && per_matrix_aligned128(Gt, count);
+    lowrank_update_moments_kernel<<<dim3(optim_blocks(rq, OPTIM_BLOCK * Pack128<float>::size), count),
+                                    OPTIM_BLOCK>>>(N, Gt, phi, scale, r, q, right, alpha, vec);
+    cudaCheck(cudaGetLastError());
+}
+
 // step 6: the update, W (m, n), with the bias correction c = sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)):
 //   D = alpha S N (+ Lambda) ;  W -= lr c D ;  W -= lr wd W
 // in two passes: W -= lr c alpha S N straight into W (a gemm), then, with
@@ -4779,14 +5052,11 @@ void lowrank_apply_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* c
     float step = (float)(lr * c);
     float decay = (float)((double)lr * cfg->weight_decay);
     lowrank_back_project(b->W, b, b->N, -step * cfg->low_rank_scale, 1.0f, ctx);
-    dim3 grid(optim_blocks(mn, OPTIM_BLOCK), b->count);
     if (cfg->recovery_scaling) {
-        lowrank_recovery_apply_kernel<<<grid, OPTIM_BLOCK>>>(b->W, b->D, b->phi, b->scale, b->m, b->n, b->right,
-                                                             step, cfg->weight_decay > 0.0f ? decay : 0.0f);
-        cudaCheck(cudaGetLastError());
+        recovery_apply_each(b->W, b->D, b->phi, b->scale, b->m, b->n, b->right, step,
+                            cfg->weight_decay > 0.0f ? decay : 0.0f, b->count);
     } else if (cfg->weight_decay > 0.0f) {
-        weight_decay_kernel<<<grid, OPTIM_BLOCK>>>(b->W, mn, decay);
-        cudaCheck(cudaGetLastError());
+        weight_decay_each(b->W, mn, decay, b->count);
     }
 }
 
@@ -4837,10 +5107,7 @@ static void lowrank_fused_update(LowRankBatchGPU* b, int t, const cpu::LowRankCo
     double c = sqrt(1.0 - pow((double)cfg->beta2, t + 1)) / (1.0 - pow((double)cfg->beta1, t + 1));
     float step = (float)(lr * c);
     float decay = (float)((double)lr * cfg->weight_decay);
-    size_t rq = (size_t)b->r * b->q;
-    lowrank_update_moments_kernel<<<dim3(optim_blocks(rq, OPTIM_BLOCK), b->count), OPTIM_BLOCK>>>(
-        b->N, b->Gt, b->phi, b->scale, b->r, b->q, b->right, cfg->low_rank_scale);
-    cudaCheck(cudaGetLastError());
+    update_moments_each(b->N, b->Gt, b->phi, b->scale, b->r, b->q, b->right, cfg->low_rank_scale, b->count);
     dim3 grid(lowrank_residual_tiles(b->p), (b->q + LOWRANK_TILE - 1) / LOWRANK_TILE, b->count);
     float dec = cfg->weight_decay > 0.0f ? decay : 0.0f;
     if (ctx->products == LOWRANK_BF16) {

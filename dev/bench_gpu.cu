@@ -818,9 +818,7 @@ static void kb_launch(KernelBench* k) {
         case OP_SCALE: { long long n = kb_slice(k, l->a, 1); grad_scale(b[0], (size_t)n, 0.5f); break; }
         case OP_REFRESH: {
             long long n = kb_slice(k, l->a, 1);
-            float_to_bf16_kernel<<<ceil_div((size_t)n, BLOCK_ELEMENTWISE), BLOCK_ELEMENTWISE>>>((bf16*)b[1], b[0],
-                                                                                               (size_t)n);
-            launch_check();
+            float_to_bf16((bf16*)b[1], b[0], (size_t)n);
             break;
         }
         case OP_ADAMW: {
@@ -866,9 +864,7 @@ static void kb_launch(KernelBench* k) {
             break;
         case OP_RECOVERY_APPLY: {
             int p = (int)l->a, q = (int)l->b;
-            lowrank_recovery_apply_kernel<<<optim_blocks((size_t)p * q, OPTIM_BLOCK), OPTIM_BLOCK>>>(
-                b[2], b[1], phi, scale, p, q, 0, BENCH_LR, 0.0f);
-            launch_check();
+            recovery_apply_each(b[2], b[1], phi, scale, p, q, 0, BENCH_LR, 0.0f, 1);
             break;
         }
         case OP_RESIDUAL_NORMS: {
@@ -882,9 +878,7 @@ static void kb_launch(KernelBench* k) {
         case OP_UPDATE_MOMENTS: {
             int r = (int)l->a, q = (int)l->b;
             size_t rq = (size_t)r * q;
-            lowrank_update_moments_kernel<<<dim3(optim_blocks(rq, OPTIM_BLOCK), 1), OPTIM_BLOCK>>>(
-                b[4] + 3 * rq, b[4], phi, scale, r, q, 0, 0.25f);
-            launch_check();
+            update_moments_each(b[4] + 3 * rq, b[4], phi, scale, r, q, 0, 0.25f, 1);
             break;
         }
         case OP_FUSED_UPDATE: {

@@ -1735,6 +1735,403 @@ static void test_svd_randomized_twin(void) {
     test_lowrank_groups(o);
 }
 
+// ---- 128-bit packs: every elementwise kernel of the step and the optimizers
+// moves a whole pack of 4 floats (8 elements where bf16 meets fp32) with
+// 128-bit accesses when its launcher finds every pointer 16-byte aligned,
+// and element by element otherwise (the tail past the last whole pack, or
+// pointers one element off). each launcher runs on the same values at
+// offset 0 (vector path, and the per-element tail when the size is not a
+// multiple of the pack) and at offset 1 element (per-element path
+// throughout): the two must give the same bits, and the CPU twin's (or, for
+// kernels without one, the same fp32 expression on the host) bit for bit
+// under the harness; on a GPU nvcc may fuse a multiply and an add in the
+// kernels with products, so there ADAMW_TOL of the scale. the gradient norm
+// sums in its own fixed order: bit for bit between the paths, and within
+// 1e-12 (double sums of n floats: n 2^-53) of the CPU twin's serial chunks
+
+static const size_t vec_sizes[] = {1, 3, 4, 5, 1023, 4097};
+#define NUM_VEC_SIZES (int)(sizeof vec_sizes / sizeof vec_sizes[0])
+
+typedef struct {
+    int ok;
+    char first[200];  // the first failure
+} PathCheck;
+
+static void path_expect(PathCheck* pc, int ok, const char* fmt, ...) {
+    if (ok || !pc->ok) {
+        pc->ok = pc->ok && ok;
+        return;
+    }
+    pc->ok = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pc->first, sizeof pc->first, fmt, ap);
+    va_end(ap);
+}
+
+static void path_report(const PathCheck* pc, const char* what) {
+    check(pc->ok, "%s: sizes 1, 3, 4, 5, 1023, 4097 at offsets 0 and 1 element: vector and per-element paths "
+          "bit-identical, and the twin's values%s%s", what, pc->ok ? "" : "; first failure: ", pc->ok ? "" : pc->first);
+}
+
+// the host's fp32 expressions against the kernels' (see the section comment)
+static int twin_agrees(const float* got, const float* want, size_t n) {
+#ifdef CUDA_EMU
+    return memcmp(got, want, n * sizeof(float)) == 0;
+#else
+    return memcmp(got, want, n * sizeof(float)) == 0 || rel_diff(got, want, n) <= ADAMW_TOL;
+#endif
+}
+
+static int same_bits(const void* a, const void* b, size_t bytes) { return memcmp(a, b, bytes) == 0; }
+
+// n random values ~ N(0, scale), the first few the stochastic rounding's edge cases
+static float* vec_inputs(size_t n, float scale, int specials, cpu::Rng* rng) {
+    static const float edge[] = {0.0f, -0.0f, 1e-40f, 3.3895e38f, -1.17549435e-38f, 0.1f};
+    float* x = (float*)cpu::malloc_check(n * sizeof(float), "inputs");
+    for (size_t i = 0; i < n; i++) {
+        x[i] = specials && i < sizeof edge / sizeof edge[0] ? edge[i] : scale * (float)cpu::rng_normal(rng);
+    }
+    return x;
+}
+
+// a device buffer of n + 8 elements of `bytes_each`, and the place `off` elements in
+static void* vec_device(size_t n, size_t bytes_each, int off, void** alloc) {
+    cudaCheck(cudaMalloc(alloc, (n + 8) * bytes_each));
+    cudaCheck(cudaMemset(*alloc, 0, (n + 8) * bytes_each));
+    return (char*)*alloc + off * bytes_each;
+}
+
+static float* vec_upload(const float* host, size_t n, int off, void** alloc) {
+    float* d = (float*)vec_device(n, sizeof(float), off, alloc);
+    cudaCheck(cudaMemcpy(d, host, n * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
+}
+
+static float* vec_download(const float* d, size_t n) {
+    float* h = (float*)cpu::malloc_check((n > 0 ? n : 1) * sizeof(float), "outputs");
+    host_copy(h, d, n);
+    return h;
+}
+
+static void test_vector_adamw(cpu::Rng* rng) {
+    PathCheck pc = {1, ""};
+    for (int s = 0; s < NUM_VEC_SIZES; s++) {
+        size_t n = vec_sizes[s];
+        float* in[4];
+        for (int k = 0; k < 4; k++) { in[k] = vec_inputs(n, k == 3 ? 1.0f : 0.1f, 0, rng); }
+        for (size_t i = 0; i < n; i++) { in[2][i] = fabsf(in[2][i]) * 0.01f; }  // V >= 0
+        float* want[3];
+        for (int k = 0; k < 3; k++) {
+            want[k] = (float*)cpu::malloc_check(n * sizeof(float), "want");
+            memcpy(want[k], in[k], n * sizeof(float));
+        }
+        cpu::adamw_update(want[0], want[1], want[2], in[3], n, 3, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f);
+        float* got[2][3];
+        for (int off = 0; off < 2; off++) {
+            void* alloc[4];
+            float* d[4];
+            for (int k = 0; k < 4; k++) { d[k] = vec_upload(in[k], n, off, &alloc[k]); }
+            adamw_update(d[0], d[1], d[2], d[3], n, 3, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f);
+            for (int k = 0; k < 3; k++) { got[off][k] = vec_download(d[k], n); }
+            for (int k = 0; k < 4; k++) { cudaCheck(cudaFree(alloc[k])); }
+        }
+        const char* names[3] = {"W", "M", "V"};
+        for (int k = 0; k < 3; k++) {
+            path_expect(&pc, same_bits(got[0][k], got[1][k], n * sizeof(float)), "n=%zu %s: offset 0 vs 1", n, names[k]);
+            path_expect(&pc, twin_agrees(got[0][k], want[k], n), "n=%zu %s: against the CPU twin", n, names[k]);
+            free(got[0][k]);
+            free(got[1][k]);
+            free(want[k]);
+        }
+        for (int k = 0; k < 4; k++) { free(in[k]); }
+    }
+    path_report(&pc, "adamw_update (adamw_kernel)");
+}
+
+static void test_vector_grad_scale_norm(cpu::Rng* rng) {
+    PathCheck scale = {1, ""}, norm = {1, ""};
+    for (int s = 0; s <= NUM_VEC_SIZES; s++) {
+        // and three chunks of the norm, the last partial
+        size_t n = s < NUM_VEC_SIZES ? vec_sizes[s] : 2 * NORM_CHUNK + 5;
+        float* x = vec_inputs(n, 1.0f, 0, rng);
+        double norm2[2];
+        float* got[2];
+        for (int off = 0; off < 2; off++) {
+            void* alloc;
+            float* d = vec_upload(x, n, off, &alloc);
+            norm2[off] = grad_squared_norm(d, n);
+            grad_scale(d, n, 0.37f);
+            got[off] = vec_download(d, n);
+            cudaCheck(cudaFree(alloc));
+        }
+        double want = cpu::grad_global_norm(x, n);
+        want *= want;
+        path_expect(&norm, same_bits(&norm2[0], &norm2[1], sizeof(double)), "n=%zu: offset 0 %.17g vs 1 %.17g", n,
+                    norm2[0], norm2[1]);
+        path_expect(&norm, fabs(norm2[0] - want) <= 1e-12 * want, "n=%zu: %.17g vs the CPU twin's %.17g", n,
+                    norm2[0], want);
+        cpu::grad_scale(x, n, 0.37f);
+        path_expect(&scale, same_bits(got[0], got[1], n * sizeof(float)), "n=%zu: offset 0 vs 1", n);
+        path_expect(&scale, same_bits(got[0], x, n * sizeof(float)), "n=%zu: against the CPU twin", n);
+        free(got[0]);
+        free(got[1]);
+        free(x);
+    }
+    path_report(&norm, "grad_squared_norm (squared_norm_chunks_kernel; also n = 2 chunks + 5)");
+    path_report(&scale, "grad_scale (scale_kernel; also n = 2 chunks + 5)");
+}
+
+// float_to_bf16, the stochastic roundings in place and stored as bf16, and widening
+static void test_vector_bf16(cpu::Rng* rng) {
+    PathCheck conv = {1, ""}, round = {1, ""}, store = {1, ""}, widen = {1, ""};
+    const uint64_t seed = 5, step = 9, offset = 4093;
+    for (int s = 0; s < NUM_VEC_SIZES; s++) {
+        size_t n = vec_sizes[s];
+        float* x = vec_inputs(n, 3.0f, 1, rng);
+        bf16* want16 = (bf16*)cpu::malloc_check(n * sizeof(bf16), "want");
+        for (size_t i = 0; i < n; i++) { want16[i] = __float2bfloat16(x[i]); }
+        float* want_sr = (float*)cpu::malloc_check(n * sizeof(float), "want");
+        memcpy(want_sr, x, n * sizeof(float));
+        cpu::bf16_round_stochastic_array(want_sr, n, seed, step, offset);
+        bf16* got16[2];
+        float *got_round[2], *got_widen[2];
+        bf16* got_store[2];
+        for (int off = 0; off < 2; off++) {
+            void *ax, *a16, *aw;
+            float* dx = vec_upload(x, n, off, &ax);
+            bf16* d16 = (bf16*)vec_device(n, sizeof(bf16), off, &a16);
+            float* dw = (float*)vec_device(n, sizeof(float), off, &aw);
+            float_to_bf16(d16, dx, n);
+            got16[off] = (bf16*)cpu::malloc_check(n * sizeof(bf16), "got");
+            cudaCheck(cudaMemcpy(got16[off], d16, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+            bf16_store_stochastic_array(d16, dx, n, seed, step, offset);
+            got_store[off] = (bf16*)cpu::malloc_check(n * sizeof(bf16), "got");
+            cudaCheck(cudaMemcpy(got_store[off], d16, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+            bf16_widen_array(dw, d16, n);
+            got_widen[off] = vec_download(dw, n);
+            bf16_round_stochastic_array(dx, n, seed, step, offset);
+            got_round[off] = vec_download(dx, n);
+            cudaCheck(cudaFree(ax));
+            cudaCheck(cudaFree(a16));
+            cudaCheck(cudaFree(aw));
+        }
+        // the stored bf16 are the rounded floats' top halves
+        bf16* want_store = (bf16*)cpu::malloc_check(n * sizeof(bf16), "want");
+        for (size_t i = 0; i < n; i++) { want_store[i] = __float2bfloat16(want_sr[i]); }
+        path_expect(&conv, same_bits(got16[0], got16[1], n * sizeof(bf16)), "n=%zu: offset 0 vs 1", n);
+        path_expect(&conv, same_bits(got16[0], want16, n * sizeof(bf16)), "n=%zu: against __float2bfloat16", n);
+        path_expect(&round, same_bits(got_round[0], got_round[1], n * sizeof(float)), "n=%zu: offset 0 vs 1", n);
+        path_expect(&round, same_bits(got_round[0], want_sr, n * sizeof(float)), "n=%zu: against the CPU twin", n);
+        path_expect(&store, same_bits(got_store[0], got_store[1], n * sizeof(bf16)), "n=%zu: offset 0 vs 1", n);
+        path_expect(&store, same_bits(got_store[0], want_store, n * sizeof(bf16)), "n=%zu: against the CPU twin", n);
+        path_expect(&widen, same_bits(got_widen[0], got_widen[1], n * sizeof(float)), "n=%zu: offset 0 vs 1", n);
+        path_expect(&widen, same_bits(got_widen[0], want_sr, n * sizeof(float)), "n=%zu: the CPU twin's rounded "
+                    "values back", n);
+        for (int off = 0; off < 2; off++) { free(got16[off]); free(got_store[off]); free(got_round[off]); free(got_widen[off]); }
+        free(x); free(want16); free(want_sr); free(want_store);
+    }
+    path_report(&conv, "float_to_bf16 (float_to_bf16_kernel)");
+    path_report(&round, "bf16_round_stochastic_array (bf16_round_stochastic_kernel)");
+    path_report(&store, "bf16_store_stochastic_array (bf16_store_stochastic_kernel)");
+    path_report(&widen, "bf16_widen_array (bf16_widen_kernel)");
+}
+
+// params_bf16_block on a tensor of `layers` layers of (rows, cols), rows
+// row_stride apart and layers layer_stride apart (the gaps untouched), from
+// element j0: the three ops against the map computed on the host
+static void test_vector_params_bf16(cpu::Rng* rng) {
+    typedef struct { size_t layers, rows, cols, row_stride, layer_stride, j0; } Layout;
+    const Layout layouts[] = {
+        {5, 64, 16, 24, 64 * 24 + 8, 0},    // packs whole: vector path at offset 0
+        {5, 64, 16, 24, 64 * 24 + 8, 8},    // from the second pack of a row
+        {5, 64, 16, 24, 64 * 24 + 8, 3},    // j0 mid-pack: per-element
+        {4, 100, 12, 16, 1608, 0},          // rows of 12: a pack would cross rows
+        {4, 100, 12, 12, 1200, 0},          // and contiguous
+        {3, 700, 8, 8, 5600, 16},           // rows of one pack, contiguous
+    };
+    const uint64_t seed = 3, step = 17, offset = 123457;
+    PathCheck pc[3] = {{1, ""}, {1, ""}, {1, ""}};
+    for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; li++) {
+        const Layout* L = &layouts[li];
+        size_t per = L->rows * L->cols, total = L->layers * per, span = L->layers * L->layer_stride;
+        for (int s = 0; s < NUM_VEC_SIZES; s++) {
+            size_t n = vec_sizes[s];
+            if (L->j0 + n > total) { continue; }
+            float* x = vec_inputs(n, 2.0f, 1, rng);
+            bf16* init = (bf16*)cpu::malloc_check(span * sizeof(bf16), "layout");
+            for (size_t i = 0; i < span; i++) { init[i] = __float2bfloat16((float)cpu::rng_normal(rng)); }
+            size_t* at = (size_t*)cpu::malloc_check(n * sizeof(size_t), "map");
+            for (size_t i = 0; i < n; i++) {
+                size_t j = L->j0 + i, l = j / per, r = (j - l * per) / L->cols, c = j - l * per - r * L->cols;
+                at[i] = l * L->layer_stride + r * L->row_stride + c;
+            }
+            for (int op = 0; op < 3; op++) {
+                bf16* want = (bf16*)cpu::malloc_check(span * sizeof(bf16), "want");
+                float* want_x = (float*)cpu::malloc_check(n * sizeof(float), "want");
+                memcpy(want, init, span * sizeof(bf16));
+                memcpy(want_x, x, n * sizeof(float));
+                for (size_t i = 0; i < n; i++) {
+                    if (op == PARAMS_BF16_FROM_FLOAT) {
+                        want[at[i]] = __float2bfloat16(x[i]);
+                    } else if (op == PARAMS_BF16_WIDEN) {
+                        want_x[i] = __bfloat162float(init[at[i]]);
+                    } else {
+                        want[at[i]] = __float2bfloat16(cpu::bf16_round_stochastic(
+                            x[i], cpu::sr_random_bits(seed, step, offset + i)));
+                    }
+                }
+                bf16* got[2];
+                float* got_x[2];
+                for (int off = 0; off < 2; off++) {
+                    void *ab, *ax;
+                    bf16* base = (bf16*)vec_device(span, sizeof(bf16), off, &ab);
+                    cudaCheck(cudaMemcpy(base, init, span * sizeof(bf16), cudaMemcpyHostToDevice));
+                    float* dx = vec_upload(x, n, off, &ax);
+                    params_bf16_block(op, base, L->j0, per, L->cols, L->layer_stride, L->row_stride, dx, n, seed,
+                                      step, offset);
+                    got[off] = (bf16*)cpu::malloc_check(span * sizeof(bf16), "got");
+                    cudaCheck(cudaMemcpy(got[off], base, span * sizeof(bf16), cudaMemcpyDeviceToHost));
+                    got_x[off] = vec_download(dx, n);
+                    cudaCheck(cudaFree(ab));
+                    cudaCheck(cudaFree(ax));
+                }
+                path_expect(&pc[op], same_bits(got[0], got[1], span * sizeof(bf16)) &&
+                                     same_bits(got_x[0], got_x[1], n * sizeof(float)),
+                            "layout %zu, n=%zu: offset 0 vs 1", li, n);
+                path_expect(&pc[op], same_bits(got[0], want, span * sizeof(bf16)) &&
+                                     same_bits(got_x[0], want_x, n * sizeof(float)),
+                            "layout %zu, n=%zu: against the host's map", li, n);
+                for (int off = 0; off < 2; off++) { free(got[off]); free(got_x[off]); }
+                free(want);
+                free(want_x);
+            }
+            free(x);
+            free(init);
+            free(at);
+        }
+    }
+    path_report(&pc[PARAMS_BF16_FROM_FLOAT], "params_bf16_kernel PARAMS_BF16_FROM_FLOAT, 6 layouts with row and "
+                "layer gaps");
+    path_report(&pc[PARAMS_BF16_WIDEN], "params_bf16_kernel PARAMS_BF16_WIDEN, 6 layouts");
+    path_report(&pc[PARAMS_BF16_STORE_STOCHASTIC], "params_bf16_kernel PARAMS_BF16_STORE_STOCHASTIC, 6 layouts "
+                "(the CPU twin's rounding)");
+}
+
+// a (rows, cols) shape of n elements, rows > 1 where n has a factor
+static size_t vec_rows(size_t n) {
+    for (size_t f = 2; f * f <= n; f++) {
+        if (n % f == 0) { return f; }
+    }
+    return 1;
+}
+
+// the low-rank step's elementwise passes: a batch of two matrices through a
+// device table (copy_kernel runs only for a batch), the second at the
+// offset; the others one matrix at the offset, in both orientations
+static void test_vector_lowrank(cpu::Rng* rng) {
+    PathCheck copy = {1, ""}, zero = {1, ""}, decay = {1, ""}, apply = {1, ""}, moments = {1, ""};
+    const float step = 0.013f, dec = 0.002f, alpha = 0.25f;
+    for (int s = 0; s < NUM_VEC_SIZES; s++) {
+        size_t n = vec_sizes[s];
+        int rows = (int)vec_rows(n), cols = (int)(n / rows);
+        float* a = vec_inputs(n, 1.0f, 0, rng);
+        float* b = vec_inputs(n, 1.0f, 0, rng);
+        int nphi = rows > cols ? rows : cols;
+        float* phi = vec_inputs((size_t)nphi, 1.0f, 0, rng);
+        float scale_h = 0.75f;
+        float* got[2][8];  // copy, zero, decay, apply left/right, moments left/right
+        for (int off = 0; off < 2; off++) {
+            void *aa[2], *ab[2], *ap, *as, *at, *atb;
+            float *da[2], *db[2];
+            for (int e = 0; e < 2; e++) {
+                da[e] = vec_upload(a, n, e == 1 ? off : 0, &aa[e]);
+                db[e] = vec_upload(b, n, e == 1 ? off : 0, &ab[e]);
+            }
+            float* dphi = vec_upload(phi, (size_t)nphi, 0, &ap);
+            float* dscale = vec_upload(&scale_h, 1, 0, &as);
+            float** table;
+            cudaCheck(cudaMalloc(&at, 2 * sizeof(float*)));
+            cudaCheck(cudaMalloc(&atb, 2 * sizeof(float*)));
+            table = (float**)at;
+            cudaCheck(cudaMemcpy(table, da, sizeof da, cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(atb, db, sizeof db, cudaMemcpyHostToDevice));
+            PerMatrix<float> dst, src;
+            dst.table = table;
+            dst.host = da;
+            src.table = (float**)atb;
+            src.host = db;
+            copy_each(dst, src, n, 2);  // a := b in both
+            got[off][0] = vec_download(da[1], n);
+            copy_each(dst, PerMatrix<const float>(), n, 2);  // zeroed
+            got[off][1] = vec_download(da[1], n);
+            // the single-matrix passes on matrix 1 (at the offset)
+            cudaCheck(cudaMemcpy(da[1], a, n * sizeof(float), cudaMemcpyHostToDevice));
+            weight_decay_each(PerMatrix<float>(da[1]), n, dec, 1);
+            got[off][2] = vec_download(da[1], n);
+            for (int right = 0; right < 2; right++) {
+                cudaCheck(cudaMemcpy(da[1], a, n * sizeof(float), cudaMemcpyHostToDevice));
+                recovery_apply_each(PerMatrix<float>(da[1]), PerMatrix<const float>(db[1]), PerMatrix<const float>(dphi),
+                                    PerMatrix<const float>(dscale), rows, cols, right, step, dec, 1);
+                got[off][3 + right] = vec_download(da[1], n);
+                cudaCheck(cudaMemcpy(da[1], a, n * sizeof(float), cudaMemcpyHostToDevice));
+                // the moments' (r, q) = (rows, cols)
+                update_moments_each(PerMatrix<float>(da[1]), PerMatrix<const float>(db[1]), PerMatrix<const float>(dphi),
+                                    PerMatrix<const float>(dscale), rows, cols, right, alpha, 1);
+                got[off][5 + right] = vec_download(da[1], n);
+            }
+            got[off][7] = NULL;
+            for (int e = 0; e < 2; e++) { cudaCheck(cudaFree(aa[e])); cudaCheck(cudaFree(ab[e])); }
+            cudaCheck(cudaFree(ap)); cudaCheck(cudaFree(as)); cudaCheck(cudaFree(at)); cudaCheck(cudaFree(atb));
+        }
+        // the same expressions on the host
+        float* want[7];
+        for (int k = 0; k < 7; k++) { want[k] = (float*)cpu::malloc_check(n * sizeof(float), "want"); }
+        for (size_t i = 0; i < n; i++) {
+            want[0][i] = b[i];
+            want[1][i] = 0.0f;
+            want[2][i] = a[i] - dec * a[i];
+            for (int right = 0; right < 2; right++) {
+                int j = right ? (int)(i / cols) : (int)(i % cols);
+                float f = phi[j] * scale_h;
+                float w = a[i] - step * (b[i] * f);
+                want[3 + right][i] = w - dec * w;
+                int jm = right ? (int)(i / rows) : (int)(i % cols);
+                float fm = phi[jm] * scale_h;
+                want[5 + right][i] = alpha * a[i] - fm * b[i];
+            }
+        }
+        PathCheck* pcs[7] = {&copy, &zero, &decay, &apply, &apply, &moments, &moments};
+        for (int k = 0; k < 7; k++) {
+            path_expect(pcs[k], same_bits(got[0][k], got[1][k], n * sizeof(float)), "n=%zu (%d, %d)%s: offset 0 "
+                        "vs 1", n, rows, cols, k == 4 || k == 6 ? " right" : "");
+            path_expect(pcs[k], k < 2 ? same_bits(got[0][k], want[k], n * sizeof(float))
+                                      : twin_agrees(got[0][k], want[k], n),
+                        "n=%zu (%d, %d)%s: against the host's expression", n, rows, cols,
+                        k == 4 || k == 6 ? " right" : "");
+            free(got[0][k]);
+            free(got[1][k]);
+            free(want[k]);
+        }
+        free(a); free(b); free(phi);
+    }
+    path_report(&copy, "copy_each (copy_kernel), a batch of 2, the second at the offset");
+    path_report(&zero, "copy_each zeroing (copy_kernel, src NULL), a batch of 2");
+    path_report(&decay, "weight_decay_kernel");
+    path_report(&apply, "lowrank_recovery_apply_kernel, left and right (the CPU's lowrank_apply_update expression)");
+    path_report(&moments, "lowrank_update_moments_kernel, left and right");
+}
+
+static void test_vector_kernels(void) {
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, 128);
+    test_vector_adamw(&rng);
+    test_vector_grad_scale_norm(&rng);
+    test_vector_bf16(&rng);
+    test_vector_params_bf16(&rng);
+    test_vector_lowrank(&rng);
+}
+
 int main(int argc, char** argv) {
     if (argc == 3 && strcmp(argv[1], SVD_FAILURE_CHILD_FLAG) == 0) { return svd_failure_child(atoi(argv[2])); }
 #ifdef CUDA_EMU
@@ -1758,6 +2155,7 @@ int main(int argc, char** argv) {
     lowrank_gpu_alloc(&ctx);
     test_adamw();
     test_stochastic_rounding();
+    test_vector_kernels();
     test_quantize_blockwise();
     test_lowrank_all(&ctx);
     test_lowrank_fast_products(&ctx);

@@ -21,6 +21,7 @@ the performance model (dev/perf_model.h, plain C: no GPU and no CUDA call):
                                                       # FLOPs, bytes, roofline at H100 SXM and H200, estimates
     ./dev/bench_gpu --model --attention flash --opt_gemm bf16 --svd topr   # a planned variant
     ./dev/bench_gpu --table                           # the README's table; --model --help: every option
+    ./dev/bench_gpu --scale                           # many GPUs: DDP and ZeRO-1 communication (estimates)
     make dev/perf_model && ./dev/perf_model --check   # the same model built by gcc alone; make test runs the check
 and on a GPU, the model beside measurements, row by row:
     ./dev/bench_gpu --per_kernel 1 --preset 1b        # each row's launcher timed alone at the recipe's shapes
@@ -1120,6 +1121,7 @@ static void bench_usage(FILE* out) {
             "  --per_kernel 1      instead: every row of the performance model (dev/perf_model.h) timed alone,\n"
             "                      its launcher at the recipe's shapes (cudaEvents, median), beside the model\n"
             "  --model [flags]     the performance model alone: no GPU needed, no CUDA call (--model --help)\n"
+            "  --scale [flags]     its many-GPU part: DDP and ZeRO-1 communication, step, scaling efficiency\n"
             "  --help              this text\n",
             BENCH_T, BENCH_K, BENCH_ITERS, BENCH_WARMUP, BENCH_UPDATE_ITERS, BENCH_BUDGET_S,
             d.dtype, BENCH_SHAPE_DEFAULT, BENCH_SHAPE_HARNESS);
@@ -1403,7 +1405,8 @@ static double perf_parameter_count(const PerfDims* d) {
 int main(int argc, char** argv) {
     // --model: the performance model alone, before any CUDA call (it needs no GPU)
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--model") == 0 || strcmp(argv[i], "--check") == 0 || strcmp(argv[i], "--table") == 0) {
+        if (strcmp(argv[i], "--model") == 0 || strcmp(argv[i], "--check") == 0 || strcmp(argv[i], "--table") == 0 ||
+            strcmp(argv[i], "--scale") == 0) {
             PerfTrainerFacts facts = {perf_find_preset, perf_parameter_count};
             return perf_model_main(argc, argv, &facts);
         }

@@ -8,6 +8,8 @@ model's self-check on any machine (gcc alone, about two seconds to build).
     ./dev/perf_model --model                  # every row and summary, the authors' 60m 350m 1b 7b recipes
     ./dev/perf_model --table                  # the README's table
     ./dev/perf_model --check                  # the self-check; ends with "N passed, N failed"
+    ./dev/perf_model --scale                  # many GPUs (issue [5/6]): DDP and ZeRO-1, 1 to 512 GPUs (estimates)
+    ./dev/perf_model --scale --table --preset 1b,7b   # the README's scale table
     ./dev/perf_model --help
 */
 #define TESTING

@@ -13,6 +13,12 @@ GaLore refresh). THESE ARE ESTIMATES, NOT MEASUREMENTS: the roofline is a
 lower bound at peak; the "estimate" columns add stated efficiencies and
 floors (below), each an assumption the output prints.
 
+--scale adds many GPUs (issue [5/6]): the bytes each GPU sends per step, the
+communication's time and what of it the backward cannot hide, the step and
+the scaling efficiency of AdamW DDP, SubTrack++ DDP and SubTrack++ ZeRO-1, on
+NVLink and InfiniBand (the design and every assumption: the comment above
+perf_scale).
+
 used by:
     dev/bench_gpu --model        (dev/bench_gpu.cu includes this file; --model makes no CUDA call)
     dev/bench_gpu_emu --model    (the same under the CPU harness)
@@ -111,6 +117,10 @@ recomputation (flash's backward recomputes the scores) is not model FLOPs.
 // sharing one GEMM "leaves about 7.5%"
 #define GPU_NUMBERS_SHARE3_PCT 11.0
 #define GPU_NUMBERS_SHARE2_PCT 7.5
+// row "NVLink (per GPU, all links)": 900 GB/s, both directions together (450 GB/s each way)
+#define GPU_H100_NVLINK_GBS 900.0
+// row "InfiniBand NDR per port": 400 Gb/s = 50 GB/s (each way)
+#define GPU_IB_NDR_PORT_GBS 50.0
 
 typedef struct {
     const char* name;
@@ -184,6 +194,16 @@ typedef struct {
     double top_token;      // the most frequent token's share of a micro-batch's positions (encoder_backward)
     double host_ns;        // the host's counting sort, per element visited (encoder_backward_buckets)
     double h2d_gbs;        // host-to-device copy from pinned memory, GB/s (the token buckets)
+    // many GPUs (--scale; estimates, unmeasured: no session has had more than one GPU)
+    double eff_nvlink;     // NCCL's ring bus bandwidth / NVLink's bandwidth each way (450 GB/s an H100)
+    double eff_ib;         // the same over InfiniBand (50 GB/s a port each way)
+    double ib_ports;       // InfiniBand ports (NICs) per GPU
+    int gpus_per_node;     // GPUs joined by NVLink in one node (an HGX H100: 8)
+    double coll_base_us;   // a ring collective's fixed latency (NCCL 2.8's tuning model, ring / Simple: 8.4)
+    double nvlink_hop_us;  // each ring step over NVLink (the same table: 3.4)
+    double ib_hop_us;      // each ring step between nodes (the same table: 9.6)
+    double op_us;          // each further collective of an ncclGroup (ZeRO-1's per-unit reduces and broadcasts)
+    double bucket_mb;      // MB of gradient (fp32) or weights (bf16) per bucket (PyTorch DDP's default cap: 25)
 } PerfAssume;
 
 static void perf_assume_defaults(PerfAssume* a) {
@@ -204,6 +224,15 @@ static void perf_assume_defaults(PerfAssume* a) {
     a->top_token = 0.05;
     a->host_ns = 1.0;
     a->h2d_gbs = 25.0;
+    a->eff_nvlink = 0.8;
+    a->eff_ib = 0.8;
+    a->ib_ports = 1.0;
+    a->gpus_per_node = 8;
+    a->coll_base_us = 8.4;
+    a->nvlink_hop_us = 3.4;
+    a->ib_hop_us = 9.6;
+    a->op_us = 2.0;
+    a->bucket_mb = 25.0;
 }
 
 typedef enum { PERF_GEMM_FP32 = 0, PERF_GEMM_TF32 = 1, PERF_GEMM_BF16 = 2 } PerfGemmPrecision;
@@ -1182,6 +1211,8 @@ static const PerfFigure PERF_FIGURES[] = {
     {"GPU_H200_SMS", "SMs", 2, 0, GPU_H200_SMS},
     {"GPU_NUMBERS_SHARE3_PCT", NULL, 0, 0, GPU_NUMBERS_SHARE3_PCT},
     {"GPU_NUMBERS_SHARE2_PCT", NULL, 1, 0, GPU_NUMBERS_SHARE2_PCT},
+    {"GPU_H100_NVLINK_GBS", "NVLink (per GPU, all links)", 1, 0, GPU_H100_NVLINK_GBS},
+    {"GPU_IB_NDR_PORT_GBS", "InfiniBand NDR per port", 1, 1, GPU_IB_NDR_PORT_GBS},
 };
 #define PERF_NUM_FIGURES ((int)(sizeof(PERF_FIGURES) / sizeof(PERF_FIGURES[0])))
 static const char* PERF_FIGURE_PHRASES[2] = {"come to about ", "leaves about "};
@@ -1266,6 +1297,7 @@ typedef struct {
     PerfAssume a;
     int rows;                       // print the rows (default 1); --summary 0
     int table;                      // print the README table instead
+    int scale;                      // the many-GPU scale model (with table: its README table)
     int check;                      // the self-check
     const char* numbers;            // GPU_NUMBERS.md path
 } PerfOptions;
@@ -1517,6 +1549,388 @@ static void perf_print_table(const PerfOptions* o, const PerfTrainerFacts* facts
 }
 
 // ----------------------------------------------------------------------------
+// many GPUs (issue [5/6]): the scale model. ESTIMATES: no session has had more than one GPU, and nothing of
+// this has been measured
+//
+// the design being built: one process per GPU. each rank runs forward and backward on its own micro-batches
+// with the full bf16 weights and a full fp32 gradient buffer. three methods:
+//   AdamW DDP, SubTrack++ DDP: the fp32 gradients are ring all-reduced (2 (N-1)/N x 4 P bytes sent per rank)
+//       in buckets that overlap the backward; then every rank runs the whole optimizer, and its own grad norm
+//       on the full reduced gradient (no message); the loss: one scalar all-reduce
+//   SubTrack++ ZeRO-1: the gradients are reduced to each state's owner (ncclReduce per owned unit, in one
+//       ncclGroup per bucket: about a reduce-scatter's volume, (N-1)/N x 4 P, in fp32) in buckets that
+//       overlap the backward; the owner runs the optimizer for its units only (shard_plan_build in
+//       train_llama_subtrack.c: whole low-rank matrices, AdamW layers cut into at most N pieces, largest
+//       first onto the least loaded rank, so a rank's optimizer is about 1/N of one GPU's plus one unit at
+//       most), and converts only its units to bf16; the updated bf16 weights go back to every rank
+//       (ncclBroadcast per unit in groups: about an all-gather's volume, (N-1)/N x 2 P), NOT overlapped with
+//       anything in the first version (overlapping it with the next forward is the obvious next step); the
+//       clipping norm (of each rank's owned gradients) and the loss: one scalar all-reduce each
+// weak scaling: each rank keeps the single-GPU recipe's batch per GPU and accumulation (the total batch grows
+// N times); efficiency = the single-GPU step / the N-GPU step, of the same method. ZeRO-1's can pass 100%:
+// it divides the optimizer's work by N. strong scaling (the recipe's total batch over N ranks, fewer micro
+// steps or smaller micro-batches on each) is shown where the total batch has a sequence for every rank.
+// with accumulation, only the last micro step's backward can hide the reduction (the earlier ones add into
+// the local buffer without a message, as DDP's no_sync).
+// compute: the H100 SXM estimates of the single-GPU model above, unchanged (NCCL's kernels take SMs and HBM
+// from the backward they overlap: not modelled).
+// the fabrics: N <= gpus_per_node: one node, a ring over NVLink at 450 GB/s each way x eff_nvlink (NCCL's
+// maintainers: about 370 GB/s of the 450 line rate, nccl-tests issue 212). more: rings through every node,
+// NVLink inside, InfiniBand between. NCCL lays one ring (channel) through each NIC, so each ring leaves a node
+// through its own port and carries 1/(NICs a node) of the data: every GPU's NVLink carries all of its 2 (N-1)/N
+// x S, and every port 1/(gpus_per_node x ib_ports) of it. a rank's bytes go at the slowest of the two:
+// min(450 x eff_nvlink, gpus_per_node x ib_ports x 50 x eff_ib) (nccl-tests issue 290: 46-48 GB/s a NDR
+// NIC). --ib_ports 0.125 is one NIC a node (a single ring through one port). simplifications: NCCL's trees,
+// PXN, NVLink SHARP and in-network reductions are not modelled, nor congestion in the switches beyond one
+// hop. time of a collective: the bytes a rank sends / that
+// bandwidth + coll_base_us + its ring steps inside a node x nvlink_hop_us + its steps between nodes x
+// ib_hop_us (all-reduce 2 (N-1) steps, 2 (nodes-1) between nodes; reduce-scatter, all-gather and the
+// per-owner reduce and broadcast groups N-1 and nodes-1); a group's further collectives op_us each; a scalar
+// all-reduce the latency of a tree: coll_base_us + 2 (log2 (N in a node) x nvlink_hop_us + log2 nodes x
+// ib_hop_us). with N = 1 there is no message at all.
+// overlap: nb buckets of equal size, the backward's window W produces them at an even rate, the link takes
+// them one after another: the last one leaves at max over buckets i of (W i / nb + (nb - i + 1) Tc / nb), so
+// exposed = max(Tc / nb, Tc - W (1 - 1 / nb)) (the last bucket never overlaps)
+
+typedef enum { PERF_ADAMW_DDP = 0, PERF_SUBTRACK_DDP = 1, PERF_SUBTRACK_ZERO1 = 2, PERF_NUM_SCALE_METHODS = 3 }
+    PerfScaleMethod;
+static const char* PERF_SCALE_METHOD_NAMES[PERF_NUM_SCALE_METHODS] = {"AdamW DDP", "SubTrack++ DDP",
+                                                                      "SubTrack++ ZeRO-1"};
+
+// train_llama_subtrack.c's SHARD_MIN_PIECE (QUANT8_BLOCK 2048 x 16): AdamW layers below it stay whole
+#define PERF_SHARD_MIN_PIECE 32768.0
+#define PERF_GOAL_SCALE 0.90          // scaling efficiency >= 90% on 8x H100 over NVLink at 1B (ZeRO-1)
+
+typedef struct {
+    int gpus, nodes;
+    double gbs;            // the ring's bus bandwidth per rank each way, GB/s: the slowest link at its efficiency
+} PerfFabric;
+
+static PerfFabric perf_fabric(const PerfAssume* a, int gpus) {
+    PerfFabric f;
+    f.gpus = gpus;
+    f.nodes = (gpus + a->gpus_per_node - 1) / a->gpus_per_node;
+    f.gbs = GPU_H100_NVLINK_GBS / 2.0 * a->eff_nvlink;
+    double ib = a->gpus_per_node * a->ib_ports * GPU_IB_NDR_PORT_GBS * a->eff_ib;
+    if (f.nodes > 1 && ib < f.gbs) { f.gbs = ib; }
+    return f;
+}
+
+// the latency of one ring collective of `steps` steps, `inter` of them between nodes (seconds)
+static double perf_ring_latency(const PerfFabric* f, const PerfAssume* a, int steps, int inter) {
+    if (f->gpus <= 1) { return 0.0; }
+    return (a->coll_base_us + (steps - inter) * a->nvlink_hop_us + inter * a->ib_hop_us) * 1e-6;
+}
+
+// a scalar all-reduce (the loss, the clipping norm): latency only, a tree's up and down
+static double perf_scalar_allreduce(const PerfFabric* f, const PerfAssume* a) {
+    if (f->gpus <= 1) { return 0.0; }
+    int in_node = f->gpus < a->gpus_per_node ? f->gpus : a->gpus_per_node;
+    return (a->coll_base_us + 2.0 * (ceil(log2((double)in_node)) * a->nvlink_hop_us +
+                                     ceil(log2((double)f->nodes)) * a->ib_hop_us)) * 1e-6;
+}
+
+// what is exposed of Tc seconds of messages in nb buckets behind a window of W seconds of backward
+static double perf_exposed(double Tc, double W, double nb) {
+    if (Tc <= 0.0) { return 0.0; }
+    double last = Tc / nb, rest = Tc - W * (1.0 - 1.0 / nb);
+    return last > rest ? last : rest;
+}
+
+// the units of the ZeRO-1 plan (shard_plan_build's rule): the 7 L low-rank matrices whole; the embedding,
+// lm_head (V x C each) and the 2 L + 1 norms (C) cut into min(N, elements / SHARD_MIN_PIECE) pieces, at least 1
+static double perf_shard_pieces(double elements, int N) {
+    double k = floor(elements / PERF_SHARD_MIN_PIECE);
+    if (k < 1.0) { k = 1.0; }
+    if (k > N) { k = N; }
+    return k;
+}
+static double perf_shard_units(const PerfDims* d, int N) {
+    return 7.0 * d->L + 2.0 * perf_shard_pieces((double)d->V * d->C, N) +
+           (2.0 * d->L + 1.0) * perf_shard_pieces((double)d->C, N);
+}
+
+typedef struct {
+    int method, gpus, nodes;
+    double gbs;               // the ring's bandwidth, GB/s
+    double params;            // P, every parameter
+    double grad_bytes;        // sent per rank per step for the gradient (all-reduce, or reduce to owners)
+    double weight_bytes;      // sent per rank per step for the weights (ZeRO-1's bf16 broadcast)
+    double buckets;           // of the gradient
+    double messages;          // collectives per step (scalars included)
+    double fwd, bwd, window;  // seconds: forward, backward, and the last micro step's backward
+    double t_grad, lat_grad;  // the gradient's messages: all of it, and its latency part
+    double exposed_grad;      // after overlap with the backward
+    double t_weights, lat_weights;  // ZeRO-1's broadcast (all exposed)
+    double t_scalars;         // the scalar all-reduces
+    double step_rows;         // zero_grad, grad norm, bf16 copy (the rank's share)
+    double opt, opt1;         // the rank's optimizer, and one GPU's
+    double unit_max;          // the largest unit's optimizer (ZeRO-1's imbalance bound)
+    double step1, step;       // single-GPU step, N-GPU step
+    double exposed;           // exposed communication
+    double eff;               // step1 / step
+} PerfScale;
+
+// the estimate of the rows of `sets` in `phase` (NULL: any) whose name contains `tag` (NULL: any)
+static double perf_rows_est(const PerfModel* m, int sets, const char* phase, const char* tag, const PerfDevice* dev) {
+    double t = 0.0;
+    for (int i = 0; i < m->n; i++) {
+        const PerfRow* r = &m->rows[i];
+        if (!(r->set & sets) || (phase != NULL && strcmp(r->phase, phase) != 0) ||
+            (tag != NULL && strstr(r->name, tag) == NULL)) { continue; }
+        t += perf_row_estimate(r, dev, &m->a);
+    }
+    return t;
+}
+
+// one method on N GPUs (weak scaling at m's batch per GPU), on the H100 SXM's estimates
+static PerfScale perf_scale(const PerfModel* m, int method, int N) {
+    const PerfDevice* dev = &PERF_DEVICES[0];
+    const PerfAssume* a = &m->a;
+    PerfScale s;
+    memset(&s, 0, sizeof s);
+    PerfFabric f = perf_fabric(a, N);
+    s.method = method; s.gpus = N; s.nodes = f.nodes; s.gbs = f.gbs;
+    double P = perf_all_params(&m->d), Nd = N, bw = f.gbs * 1e9, bucket = a->bucket_mb * 1e6;
+    int zero1 = method == PERF_SUBTRACK_ZERO1;
+    s.params = P;
+    s.fwd = perf_rows_est(m, PERF_SET_COMMON, "forward", NULL, dev);
+    s.bwd = perf_rows_est(m, PERF_SET_COMMON, "backward", NULL, dev);
+    s.window = s.bwd / m->accum;
+    int opt_sets = method == PERF_ADAMW_DDP ? PERF_SET_ADAMW : PERF_SET_LR_ADAMW | PERF_SET_SUBTRACK;
+    s.opt1 = perf_rows_est(m, opt_sets, NULL, NULL, dev);
+    double step_all = perf_rows_est(m, PERF_SET_COMMON, "step", NULL, dev);
+    s.step1 = s.fwd + s.bwd + step_all + s.opt1;
+    s.buckets = ceil(4.0 * P / bucket);
+    if (N > 1) {
+        int rs_steps = N - 1, rs_inter = f.nodes - 1;
+        if (!zero1) {
+            // ring all-reduce of the fp32 gradient, bucket by bucket
+            s.grad_bytes = 2.0 * (Nd - 1.0) / Nd * 4.0 * P;
+            s.lat_grad = s.buckets * perf_ring_latency(&f, a, 2 * rs_steps, 2 * rs_inter);
+            s.messages = s.buckets + 1;  // + the loss
+            s.t_scalars = perf_scalar_allreduce(&f, a);
+        } else {
+            // reduce to the owners, one group of ncclReduce a bucket; the bf16 broadcast the same way back
+            double units = perf_shard_units(&m->d, N), wbuckets = ceil(2.0 * P / bucket);
+            s.grad_bytes = (Nd - 1.0) / Nd * 4.0 * P;
+            s.weight_bytes = (Nd - 1.0) / Nd * 2.0 * P;
+            s.lat_grad = s.buckets * perf_ring_latency(&f, a, rs_steps, rs_inter) +
+                         (units > s.buckets ? units - s.buckets : 0.0) * a->op_us * 1e-6;
+            s.lat_weights = wbuckets * perf_ring_latency(&f, a, rs_steps, rs_inter) +
+                            (units > wbuckets ? units - wbuckets : 0.0) * a->op_us * 1e-6;
+            s.t_weights = s.weight_bytes / bw + s.lat_weights;
+            s.messages = 2.0 * units + 2;  // + the norm and the loss
+            s.t_scalars = 2.0 * perf_scalar_allreduce(&f, a);
+        }
+        s.t_grad = s.grad_bytes / bw + s.lat_grad;
+    }
+    s.exposed_grad = perf_exposed(s.t_grad, s.window, s.buckets);
+    if (!zero1) {
+        s.opt = s.opt1;
+        s.step_rows = step_all;
+    } else {
+        // the owner's share: zero_grad stays whole (every rank accumulates every gradient), the norm and the bf16
+        // copy only over its units; its optimizer about 1/N plus the largest unit at most
+        double zero = 0.0;
+        for (int i = 0; i < m->n; i++) {
+            const PerfRow* r = &m->rows[i];
+            if ((r->set & PERF_SET_COMMON) && strcmp(r->phase, "step") == 0 && r->launch.op == OP_MEMSET) {
+                zero += perf_row_estimate(r, dev, a);
+            }
+        }
+        s.step_rows = zero + (step_all - zero) / Nd;
+        PerfShapeGroup g[2];
+        int ng = perf_shape_groups(&m->d, g);
+        for (int gi = 0; gi < ng; gi++) {
+            char tag[64];
+            snprintf(tag, sizeof tag, "[%s]", g[gi].names);
+            double one = perf_rows_est(m, PERF_SET_SUBTRACK, NULL, tag, dev) / g[gi].count;
+            if (one > s.unit_max) { s.unit_max = one; }
+        }
+        double n_lr_adam = 2.0 * m->d.V * m->d.C + (2.0 * m->d.L + 1.0) * m->d.C;
+        double piece = (double)m->d.V * m->d.C / perf_shard_pieces((double)m->d.V * m->d.C, N);
+        double adam_piece = perf_rows_est(m, PERF_SET_LR_ADAMW, NULL, NULL, dev) * piece / n_lr_adam;
+        if (adam_piece > s.unit_max) { s.unit_max = adam_piece; }
+        s.opt = s.opt1 / Nd + s.unit_max;
+        if (s.opt > s.opt1) { s.opt = s.opt1; }
+    }
+    s.exposed = s.exposed_grad + s.t_weights + s.t_scalars;
+    s.step = s.fwd + s.bwd + s.exposed_grad + s.step_rows + s.opt + s.t_weights + s.t_scalars;
+    s.eff = s.step1 / s.step;
+    return s;
+}
+
+// strong scaling: the recipe's total batch over N ranks. builds into `work` the per-rank recipe (the largest
+// micro-batch <= the recipe's that divides the rank's sequences); 0 when N does not divide the total batch
+static int perf_scale_strong(PerfModel* work, const PerfModel* m, int method, int N, PerfScale* out) {
+    int total = m->B * m->accum;
+    if (N < 1 || total % N != 0) { return 0; }
+    int seqs = total / N, B = m->B < seqs ? m->B : seqs;
+    while (seqs % B != 0) { B--; }
+    perf_model_build(work, m->preset, &m->d, B, m->T, seqs / B, m->rank, m->k, &m->v, &m->a);
+    *out = perf_scale(work, method, N);
+    // the single-GPU step of the whole batch, and the efficiency speedup / N
+    PerfScale one = perf_scale(m, method, 1);
+    out->step1 = one.step1;
+    out->eff = one.step1 / (N * out->step);
+    return 1;
+}
+
+static const int PERF_SCALE_GPUS[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+#define PERF_NUM_SCALE_GPUS ((int)(sizeof(PERF_SCALE_GPUS) / sizeof(PERF_SCALE_GPUS[0])))
+static const int PERF_SCALE_FABRICS[2] = {8, 64};  // 8x H100 over NVLink, 64 over InfiniBand
+
+static const char* perf_fabric_name(const PerfAssume* a, int N) {
+    return N <= a->gpus_per_node ? "NVLink" : "IB";
+}
+
+// what the N-GPU step adds: its exposed parts, and how much of the messages' time is ring latency
+static const char* perf_scale_exposed_text(const PerfScale* s, char* buf, size_t cap) {
+    double all = s->t_grad + s->t_weights + s->t_scalars;
+    double lat = s->lat_grad + s->lat_weights + s->t_scalars;
+    snprintf(buf, cap, "exposed %.1f ms = gradient %s %.1f ms (of %.1f) + bf16 broadcast %.1f ms + scalars %.2f ms; "
+             "%.0f%% of the messages' time is latency", 1e3 * s->exposed,
+             s->method == PERF_SUBTRACK_ZERO1 ? "reduce" : "all-reduce", 1e3 * s->exposed_grad, 1e3 * s->t_grad,
+             1e3 * s->t_weights, 1e3 * s->t_scalars, all > 0.0 ? 100.0 * lat / all : 0.0);
+    return buf;
+}
+
+static void perf_print_scale_assumptions(const PerfAssume* a) {
+    PerfFabric nv = perf_fabric(a, a->gpus_per_node), ib = perf_fabric(a, 8 * a->gpus_per_node);
+    printf("ESTIMATES, NOT MEASUREMENTS (no session has had more than one GPU). the many-GPU model (issue [5/6]):\n"
+           "  compute: the single-GPU model's H100 SXM estimates (forward, backward, step rows, optimizer)\n"
+           "  weak scaling: each rank keeps the recipe's batch per GPU and accumulation; efficiency = the\n"
+           "    single-GPU step / the N-GPU step of the same method (ZeRO-1 can pass 100%%: it divides the optimizer)\n"
+           "  AdamW DDP, SubTrack++ DDP: ring all-reduce of the fp32 gradient, 2 (N-1)/N x 4 P bytes sent a rank,\n"
+           "    in buckets behind the last micro step's backward; every rank runs the whole optimizer\n"
+           "  SubTrack++ ZeRO-1: ncclReduce to each unit's owner (whole low-rank matrices; AdamW layers in <= N\n"
+           "    pieces), (N-1)/N x 4 P, in groups behind the backward; the owner's optimizer ~ 1/N + one unit;\n"
+           "    ncclBroadcast of bf16 weights, (N-1)/N x 2 P, NOT overlapped (the first version)\n"
+           "  scalars: the loss all-reduce (every method), the clipping norm's (ZeRO-1: each owner has part of it)\n"
+           "fabric (GPU_NUMBERS.md: NVLink %.0f GB/s a GPU both ways, so %.0f each way; IB NDR %.0f GB/s a port):\n"
+           "  eff_nvlink %.2f  NCCL's bus bandwidth on NVLink as a fraction: ring at %.0f GB/s inside a node\n"
+           "  eff_ib     %.2f  the same on InfiniBand, %g port(s) a GPU. NCCL lays one ring through each NIC, so a\n"
+           "                   node's %g ports share the data leaving it; a rank's bytes go at the slower of NVLink\n"
+           "                   and the node's ports: %.0f GB/s over nodes (a simplification: NCCL's trees, PXN,\n"
+           "                   NVLink SHARP, in-network reduction, switch congestion: not modelled)\n"
+           "  latency    %.1f us a collective + %.1f us a ring step over NVLink + %.1f us a step between nodes\n"
+           "                   (NCCL 2.8's tuning table, ring / Simple); %.1f us each further collective of a group;\n"
+           "                   scalars: a tree's latency, base + 2 (log2 GPUs a node x NVLink + log2 nodes x IB)\n"
+           "  buckets    %.0f MB (fp32 gradient, bf16 weights); %d GPUs a node\n"
+           "  overlap    the last micro step's backward W hides the first buckets: exposed = max(Tc/nb, Tc - W (1 -\n"
+           "                   1/nb)); NCCL's kernels slowing the backward they overlap: not modelled\n",
+           GPU_H100_NVLINK_GBS, GPU_H100_NVLINK_GBS / 2.0, GPU_IB_NDR_PORT_GBS, a->eff_nvlink, nv.gbs, a->eff_ib,
+           a->ib_ports, a->ib_ports * a->gpus_per_node, ib.gbs, a->coll_base_us, a->nvlink_hop_us, a->ib_hop_us, a->op_us, a->bucket_mb,
+           a->gpus_per_node);
+}
+
+static void perf_print_scale_recipe(const PerfModel* m) {
+    static PerfModel work;
+    printf("\n==== %s: P = %.1fM parameters | B=%d x accum %d per GPU (%d tokens a GPU a step) | H100 SXM\n",
+           m->preset, perf_all_params(&m->d) / 1e6, m->B, m->accum, m->B * m->T * m->accum);
+    PerfScale one = perf_scale(m, PERF_ADAMW_DDP, 1);
+    printf("forward %.2f ms, backward %.2f ms (the last micro step's, the overlap window: %.2f ms)\n", 1e3 * one.fwd,
+           1e3 * one.bwd, 1e3 * one.window);
+    printf("\n%-18s %5s %-6s %9s %9s %7s %9s %9s %9s %9s %9s %8s %9s %8s\n", "method", "GPUs", "fabric", "GB sent",
+           "GB sent", "msgs", "grad msg", "exposed", "weights", "optimizer", "step", "weak", "step 1", "strong");
+    printf("%-18s %5s %-6s %9s %9s %7s %9s %9s %9s %9s %9s %8s %9s %8s\n", "", "", "", "gradient", "weights", "",
+           "ms", "grad ms", "bcast ms", "ms", "ms", "eff", "GPU ms", "eff");
+    for (int me = 0; me < PERF_NUM_SCALE_METHODS; me++) {
+        for (int gi = 0; gi < PERF_NUM_SCALE_GPUS; gi++) {
+            int N = PERF_SCALE_GPUS[gi];
+            PerfScale s = perf_scale(m, me, N), st;
+            char strong[16] = "-";
+            if (perf_scale_strong(&work, m, me, N, &st)) { snprintf(strong, sizeof strong, "%.1f%%", 100.0 * st.eff); }
+            printf("%-18s %5d %-6s %9.3f %9.3f %7.0f %9.2f %9.2f %9.2f %9.2f %9.2f %7.1f%% %9.2f %8s\n",
+                   PERF_SCALE_METHOD_NAMES[me], N, N == 1 ? "-" : perf_fabric_name(&m->a, N), s.grad_bytes / 1e9,
+                   s.weight_bytes / 1e9, s.messages, 1e3 * s.t_grad, 1e3 * s.exposed_grad, 1e3 * s.t_weights,
+                   1e3 * s.opt, 1e3 * s.step, 100.0 * s.eff, 1e3 * s.step1, strong);
+        }
+    }
+    printf("(strong: the recipe's total batch, %d sequences, over N ranks: speedup / N; '-' where N does not divide "
+           "it)\n", m->B * m->accum);
+}
+
+// the smallest GPU count of the curve past one node where the weak-scaling efficiency falls below the goal; 0 if none
+static int perf_scale_falls(const PerfModel* m, int method, PerfScale* at) {
+    for (int gi = 0; gi < PERF_NUM_SCALE_GPUS; gi++) {
+        int N = PERF_SCALE_GPUS[gi];
+        PerfScale s = perf_scale(m, method, N);
+        if (s.eff < PERF_GOAL_SCALE) { *at = s; return N; }
+    }
+    return 0;
+}
+
+static void perf_print_scale_verdict(const PerfOptions* o, const PerfTrainerFacts* facts, int markdown) {
+    static PerfModel m;
+    const char* bullet = markdown ? "- " : "";
+    if (perf_build_recipe(&m, "llama_1b", o, &o->v, facts)) {
+        PerfScale s = perf_scale(&m, PERF_SUBTRACK_ZERO1, PERF_SCALE_FABRICS[0]);
+        printf("\n%sgoal: SubTrack++ ZeRO-1 on 8x H100 over NVLink at 1B, efficiency >= %.0f%%: %s, %.1f%% (step %.2f "
+               "ms against %.2f ms on one GPU; estimate)\n", bullet, 100.0 * PERF_GOAL_SCALE,
+               s.eff >= PERF_GOAL_SCALE ? "met" : "NOT met", 100.0 * s.eff, 1e3 * s.step, 1e3 * s.step1);
+    }
+    for (int pi = 0; pi < o->num_presets; pi++) {
+        if (!perf_build_recipe(&m, o->presets[pi], o, &o->v, facts)) { continue; }
+        for (int me = 0; me < PERF_NUM_SCALE_METHODS; me++) {
+            PerfScale at, big = perf_scale(&m, me, PERF_SCALE_FABRICS[1]);
+            char why[320], falls[96];
+            int N = perf_scale_falls(&m, me, &at);
+            const char* name = m.preset + (strncmp(m.preset, "llama_", 6) == 0 ? 6 : 0);
+            if (N == 0) {
+                snprintf(falls, sizeof falls, "at or above %.0f%% up to %d GPUs", 100.0 * PERF_GOAL_SCALE,
+                         PERF_SCALE_GPUS[PERF_NUM_SCALE_GPUS - 1]);
+            } else {
+                snprintf(falls, sizeof falls, "below %.0f%% from %d GPUs (%s, %.1f%%)", 100.0 * PERF_GOAL_SCALE, N,
+                         perf_fabric_name(&m.a, N), 100.0 * at.eff);
+            }
+            printf("%s%s, %s: %s; at %d GPUs over IB %.1f%%: %s\n", bullet, name, PERF_SCALE_METHOD_NAMES[me], falls,
+                   PERF_SCALE_FABRICS[1], 100.0 * big.eff, perf_scale_exposed_text(&big, why, sizeof why));
+        }
+    }
+}
+
+static void perf_print_scale(const PerfOptions* o, const PerfTrainerFacts* facts) {
+    static PerfModel m;
+    perf_print_scale_assumptions(&o->a);
+    for (int pi = 0; pi < o->num_presets; pi++) {
+        if (perf_build_recipe(&m, o->presets[pi], o, &o->v, facts)) { perf_print_scale_recipe(&m); }
+    }
+    perf_print_scale_verdict(o, facts, 0);
+}
+
+// the README's table: each recipe, method, and the two fabrics
+static void perf_print_scale_table(const PerfOptions* o, const PerfTrainerFacts* facts) {
+    static PerfModel m;
+    PerfFabric nv = perf_fabric(&o->a, PERF_SCALE_FABRICS[0]), ib = perf_fabric(&o->a, PERF_SCALE_FABRICS[1]);
+    printf("Estimates from the scale model, not measurements (`./dev/perf_model --scale` prints the assumptions and\n"
+           "every GPU count from 1 to %d). Weak scaling: each GPU keeps the recipe's batch and accumulation; compute\n"
+           "from the single-GPU model's H100 SXM estimates; rings at %.0f GB/s a GPU each way on NVLink (450 x %.2f)\n"
+           "and %.0f GB/s across nodes (one ring per NIC, one NDR port a GPU at 50 x %.2f: the node's ports share\n"
+           "the data leaving it), NCCL's ring latencies per step; gradient buckets of %.0f MB\n"
+           "behind the last micro step's backward; ZeRO-1's bf16 broadcast not overlapped. GB: sent per GPU per step\n"
+           "(gradient + weights). Efficiency: the one-GPU step / the N-GPU step, same method.\n\n",
+           PERF_SCALE_GPUS[PERF_NUM_SCALE_GPUS - 1], nv.gbs, o->a.eff_nvlink, ib.gbs, o->a.eff_ib, o->a.bucket_mb);
+    printf("| recipe | method | GPUs | GB sent | exposed comm (ms) | step (ms) | 1 GPU step (ms) | efficiency |\n");
+    printf("|---|---|---|---:|---:|---:|---:|---:|\n");
+    for (int pi = 0; pi < o->num_presets; pi++) {
+        if (!perf_build_recipe(&m, o->presets[pi], o, &o->v, facts)) { continue; }
+        for (int me = 0; me < PERF_NUM_SCALE_METHODS; me++) {
+            for (int fi = 0; fi < 2; fi++) {
+                int N = PERF_SCALE_FABRICS[fi];
+                PerfScale s = perf_scale(&m, me, N);
+                printf("| %s | %s | %d %s | %.2f | %.1f | %.1f | %.1f | %.1f%% |\n",
+                       m.preset + (strncmp(m.preset, "llama_", 6) == 0 ? 6 : 0), PERF_SCALE_METHOD_NAMES[me], N,
+                       perf_fabric_name(&m.a, N), (s.grad_bytes + s.weight_bytes) / 1e9, 1e3 * s.exposed,
+                       1e3 * s.step, 1e3 * s.step1, 100.0 * s.eff);
+            }
+        }
+    }
+    perf_print_scale_verdict(o, facts, 1);
+}
+
+// ----------------------------------------------------------------------------
 // --check: the model against independent closed forms, and the figures against the file
 
 // the project's check api (dev/test_check.h): PASS/FAIL lines and the closing count
@@ -1566,6 +1980,114 @@ static void perf_check_topr(const PerfModel* m, const char* tag) {
           "%s: --svd randomized's refresh pass: DGEMMs sum((it+2) 2p^2 l + 4(it+2) 2pl^2 + 2pl^2 + 2plR) = %.6e "
           "FLOPs; %.0f SVD chunks (35 (C, C), 36 (F, C) a chunk) x %.0f batched eigensolver calls, %.4f s of "
           "column steps", tag, dgemm, chunks, calls, serial);
+}
+
+// the scale model (issue [5/6]) against closed forms written apart from perf_scale: the bytes of a ring
+// all-reduce, reduce-scatter and all-gather, the ring's time, the overlap (by an event simulation of the
+// buckets), and what must hold at N = 1 and as N grows
+static void perf_check_scale(const PerfModel* m) {
+    const PerfAssume* a = &m->a;
+    double P = perf_all_params(&m->d);
+    const char* name = m->preset;
+    // N = 1: no message, and the single-GPU model's own step (perf_summarize), for every method
+    PerfSummary sum = perf_summarize(m, &PERF_DEVICES[0]);
+    for (int me = 0; me < PERF_NUM_SCALE_METHODS; me++) {
+        PerfScale s = perf_scale(m, me, 1);
+        double want = me == PERF_ADAMW_DDP ? sum.step_adamw.est : sum.step_subtrack.est;
+        check(s.grad_bytes == 0.0 && s.weight_bytes == 0.0 && s.exposed == 0.0 && perf_close(s.step, want) &&
+              perf_close(s.step1, want) && fabs(s.eff - 1.0) < 1e-12,
+              "%s, %s: on 1 GPU no byte sent, the step %.3f ms is the single-GPU model's %.3f ms, efficiency %.6f",
+              name, PERF_SCALE_METHOD_NAMES[me], 1e3 * s.step, 1e3 * want, s.eff);
+    }
+    // the volumes: DDP's ring all-reduce 2 (N-1)/N x 4 P; ZeRO-1's reduce-scatter (N-1)/N x 4 P plus
+    // all-gather (N-1)/N x 2 P, 3/4 of DDP's and less
+    static const int Ns[3] = {2, 8, 64};
+    for (int i = 0; i < 3; i++) {
+        double N = Ns[i];
+        PerfScale ad = perf_scale(m, PERF_ADAMW_DDP, Ns[i]), sd = perf_scale(m, PERF_SUBTRACK_DDP, Ns[i]);
+        PerfScale z = perf_scale(m, PERF_SUBTRACK_ZERO1, Ns[i]);
+        double allreduce = 2.0 * (N - 1.0) / N * 4.0 * P;
+        double rs = (N - 1.0) / N * 4.0 * P, ag = (N - 1.0) / N * 2.0 * P;
+        check(perf_close(ad.grad_bytes, allreduce) && perf_close(sd.grad_bytes, allreduce) &&
+              ad.weight_bytes == 0.0 && sd.weight_bytes == 0.0,
+              "%s, %d GPUs: DDP sends 2 (N-1)/N x 4 P = %.4f GB a rank (ring all-reduce of fp32 gradients)", name,
+              Ns[i], allreduce / 1e9);
+        double zt = z.grad_bytes + z.weight_bytes, dt = sd.grad_bytes + sd.weight_bytes;
+        check(perf_close(z.grad_bytes, rs) && perf_close(z.weight_bytes, ag) && perf_close(zt, 0.75 * dt) &&
+              zt < dt, "%s, %d GPUs: ZeRO-1 sends (N-1)/N x 4 P + (N-1)/N x 2 P = %.4f + %.4f GB (reduce-scatter + "
+              "all-gather), 3/4 of DDP's %.4f GB", name, Ns[i], rs / 1e9, ag / 1e9, dt / 1e9);
+    }
+    // the fabrics and the ring's time, written out: one node at 450 x eff_nvlink; over nodes the slower of that
+    // and a node's ports, 8 x ib_ports x 50 x eff_ib; DDP's time = bytes / bandwidth + buckets x (base +
+    // 2 (N-1) steps: 2 (nodes-1) of them between nodes)
+    {
+        PerfScale s8 = perf_scale(m, PERF_SUBTRACK_DDP, 8), s64 = perf_scale(m, PERF_SUBTRACK_DDP, 64);
+        double nv = 450.0 * a->eff_nvlink, ib = a->gpus_per_node * a->ib_ports * 50.0 * a->eff_ib;
+        double over = ib < nv ? ib : nv, nb = ceil(4.0 * P / (a->bucket_mb * 1e6));
+        int nodes64 = (64 + a->gpus_per_node - 1) / a->gpus_per_node, nodes8 = (8 + a->gpus_per_node - 1) / a->gpus_per_node;
+        double lat8 = a->coll_base_us + (14 - 2 * (nodes8 - 1)) * a->nvlink_hop_us + 2 * (nodes8 - 1) * a->ib_hop_us;
+        double lat64 = a->coll_base_us + (126 - 2 * (nodes64 - 1)) * a->nvlink_hop_us + 2 * (nodes64 - 1) * a->ib_hop_us;
+        double t8 = 2.0 * 7.0 / 8.0 * 4.0 * P / ((nodes8 > 1 ? over : nv) * 1e9) + nb * lat8 * 1e-6;
+        double t64 = 2.0 * 63.0 / 64.0 * 4.0 * P / (over * 1e9) + nb * lat64 * 1e-6;
+        check(perf_close(s8.t_grad, t8) && perf_close(s64.t_grad, t64) && s8.buckets == nb,
+              "%s: DDP's all-reduce time %.3f ms on 8 GPUs (%.0f GB/s), %.3f ms on 64 (%.0f GB/s): bytes / "
+              "bandwidth + %.0f buckets x the ring's latency (%.1f, %.1f us)", name, 1e3 * t8,
+              nodes8 > 1 ? over : nv, 1e3 * t64, over, nb, lat8, lat64);
+    }
+    // the overlap against an event simulation: bucket i ready at W i / nb, the link takes them in turn
+    {
+        PerfScale s = perf_scale(m, PERF_SUBTRACK_DDP, 8), z = perf_scale(m, PERF_SUBTRACK_ZERO1, 64);
+        const PerfScale* two[2] = {&s, &z};
+        int ok = 1;
+        double sim[2];
+        for (int k = 0; k < 2; k++) {
+            double nb = two[k]->buckets, piece = two[k]->t_grad / nb, W = two[k]->window, done = 0.0;
+            for (double i = 1.0; i <= nb; i += 1.0) {
+                double ready = W * i / nb;
+                done = (done > ready ? done : ready) + piece;
+            }
+            sim[k] = done - W;
+            ok = ok && fabs(two[k]->exposed_grad - sim[k]) <= 1e-9 * two[k]->t_grad + 1e-12;
+        }
+        check(ok && perf_close(perf_exposed(1.0, 0.0, 10.0), 1.0) && perf_close(perf_exposed(1.0, 1e9, 10.0), 0.1),
+              "%s: exposed gradient messages = an event simulation of the buckets (DDP, 8 GPUs: %.3f ms; ZeRO-1, 64: "
+              "%.3f ms); no window: all of them; a long one: the last bucket", name, 1e3 * sim[0], 1e3 * sim[1]);
+    }
+    // as N grows: the bytes and the messages' time never fall; DDP's efficiency never rises
+    for (int me = 0; me < PERF_NUM_SCALE_METHODS; me++) {
+        PerfScale prev = perf_scale(m, me, 1);
+        int ok = 1, bad_n = 0;
+        for (int gi = 1; gi < PERF_NUM_SCALE_GPUS; gi++) {
+            PerfScale s = perf_scale(m, me, PERF_SCALE_GPUS[gi]);
+            double t = s.t_grad + s.t_weights + s.t_scalars, tp = prev.t_grad + prev.t_weights + prev.t_scalars;
+            int good = s.grad_bytes + s.weight_bytes >= prev.grad_bytes + prev.weight_bytes && t >= tp &&
+                       s.exposed >= prev.exposed && (me == PERF_SUBTRACK_ZERO1 || s.eff <= prev.eff);
+            if (!good && ok) { bad_n = PERF_SCALE_GPUS[gi]; }
+            ok = ok && good;
+            prev = s;
+        }
+        check(ok, "%s, %s: from 1 to %d GPUs the bytes, the messages' time and the exposed part never fall%s "
+              "(first break: %d)", name, PERF_SCALE_METHOD_NAMES[me], PERF_SCALE_GPUS[PERF_NUM_SCALE_GPUS - 1],
+              me == PERF_SUBTRACK_ZERO1 ? "" : ", the efficiency never rises", bad_n);
+    }
+    // ZeRO-1's optimizer: 1/N of one GPU's plus the largest unit at most, and never more than one GPU's;
+    // the units as shard_plan_build cuts them
+    {
+        int ok = 1;
+        for (int gi = 1; gi < PERF_NUM_SCALE_GPUS; gi++) {
+            PerfScale z = perf_scale(m, PERF_SUBTRACK_ZERO1, PERF_SCALE_GPUS[gi]);
+            double lo = z.opt1 / PERF_SCALE_GPUS[gi];
+            ok = ok && z.opt >= lo * (1.0 - 1e-12) && z.opt <= lo + z.unit_max + 1e-15 && z.opt <= z.opt1 &&
+                 z.unit_max > 0.0;
+        }
+        double L = m->d.L, VC = (double)m->d.V * m->d.C;
+        double k8 = floor(VC / 32768.0) < 8.0 ? floor(VC / 32768.0) : 8.0;
+        double units8 = 7.0 * L + 2.0 * (k8 < 1.0 ? 1.0 : k8) + (2.0 * L + 1.0) * (m->d.C >= 2 * 32768 ? 2.0 : 1.0);
+        check(ok && perf_close(perf_shard_units(&m->d, 8), units8),
+              "%s: ZeRO-1's optimizer on a rank lies in [1/N, 1/N + one unit] of one GPU's, for 2 to %d GPUs; "
+              "%.0f units at 8 (7L matrices whole, embedding and lm_head in 8 pieces, norms whole)", name,
+              PERF_SCALE_GPUS[PERF_NUM_SCALE_GPUS - 1], units8);
+    }
 }
 
 // the checks of what changed in the trainer since 33b6305 (da90bbf, ccb06c0, e56a56e), on today's variant
@@ -1843,6 +2365,7 @@ static int perf_model_check(const PerfOptions* o, const PerfTrainerFacts* facts)
                            "(%d without)", rc->preset, unmeasured);
             }
             perf_check_today(&m, o, facts, tag);  // today's, and the unfused recovery (--fused_recovery 0)
+            if (variant == 0) { perf_check_scale(&m); }
             if (variant == 0 && strcmp(rc->preset, "llama_1b") == 0) {
                 PerfModel* mt = (PerfModel*)malloc(sizeof(PerfModel));
                 PerfVariant vt = v;
@@ -1887,6 +2410,9 @@ static void perf_usage(FILE* out, const char* prog) {
             "       %s --check              the model's self-check (make test runs it)\n\n"
             "  --preset LIST       presets (default 60m,350m,1b,7b: the authors' recipes)\n"
             "  --table             the README's markdown table (today and the planned variants), instead of the rows\n"
+            "  --scale             many GPUs (issue [5/6]): bytes sent a GPU, exposed communication, step and scaling\n"
+            "                      efficiency of AdamW DDP, SubTrack++ DDP and SubTrack++ ZeRO-1, 1 to 512 GPUs;\n"
+            "                      with --table: the README's table (8 GPUs over NVLink, 64 over InfiniBand)\n"
             "  --rows 0|1          print every row (default 1), or the summaries only\n"
             "  --B, --T, --accum, --rank, --k N   override the recipe's (default: the authors' script, T 256)\n"
             "  --attention flash|materialized     (default flash: today's flash_attention.cuh; materialized: cuBLAS\n"
@@ -1915,10 +2441,14 @@ static void perf_usage(FILE* out, const char* prog) {
             "assumptions (defaults; see the header of dev/perf_model.h):\n"
             "  --eff_gemm %.3f --eff_flash %.2f --eff_bw %.3f --eff_gram %.2f --launch_us %.1f --latency_us %.2f\n"
             "  --serial_ilp %.0f --sm_gbs %.0f --power_iters %.0f --syevd_step_us %.1f --topr_iters %d\n"
-            "  --topr_oversample %d --batched_step_us %.1f --top_token %.2f --host_ns %.1f --h2d_gbs %.0f\n",
+            "  --topr_oversample %d --batched_step_us %.1f --top_token %.2f --host_ns %.1f --h2d_gbs %.0f\n"
+            "many GPUs (--scale; estimates, see the comment above perf_scale):\n"
+            "  --eff_nvlink %.2f --eff_ib %.2f --ib_ports %.0f --gpus_per_node %d --coll_base_us %.1f\n"
+            "  --nvlink_hop_us %.1f --ib_hop_us %.1f --op_us %.1f --bucket_mb %.0f\n",
             prog, prog, PERF_NUMBERS_PATH, a.eff_gemm, a.eff_flash, a.eff_bw, a.eff_gram, a.launch_us, a.latency_us,
             a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters, a.topr_oversample, a.batched_step_us,
-            a.top_token, a.host_ns, a.h2d_gbs);
+            a.top_token, a.host_ns, a.h2d_gbs, a.eff_nvlink, a.eff_ib, a.ib_ports, a.gpus_per_node, a.coll_base_us,
+            a.nvlink_hop_us, a.ib_hop_us, a.op_us, a.bucket_mb);
 }
 
 static void perf_flag_error(const char* flag, const char* value, const char* hint) {
@@ -1968,6 +2498,7 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         if (strcmp(f, "--model") == 0) { continue; }
         if (strcmp(f, "--check") == 0) { o.check = 1; continue; }
         if (strcmp(f, "--table") == 0) { o.table = 1; continue; }
+        if (strcmp(f, "--scale") == 0) { o.scale = 1; continue; }
         const char* v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strncmp(f, "--", 2) != 0) { perf_flag_error("an argument", f, "flags start with --"); }
         if (v == NULL) { perf_flag_error(f, v, "this flag takes a value"); }
@@ -2010,6 +2541,15 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--top_token") == 0) { o.a.top_token = perf_parse_number(f, v, 0.0, 1.0); }
         else if (strcmp(f, "--host_ns") == 0) { o.a.host_ns = perf_parse_number(f, v, 0.0, 1e6); }
         else if (strcmp(f, "--h2d_gbs") == 0) { o.a.h2d_gbs = perf_parse_number(f, v, 1e-3, 1e4); }
+        else if (strcmp(f, "--eff_nvlink") == 0) { o.a.eff_nvlink = perf_parse_number(f, v, 1e-3, 1.0); }
+        else if (strcmp(f, "--eff_ib") == 0) { o.a.eff_ib = perf_parse_number(f, v, 1e-3, 1.0); }
+        else if (strcmp(f, "--ib_ports") == 0) { o.a.ib_ports = perf_parse_number(f, v, 0.125, 16.0); }
+        else if (strcmp(f, "--gpus_per_node") == 0) { o.a.gpus_per_node = (int)perf_parse_number(f, v, 1, 64); }
+        else if (strcmp(f, "--coll_base_us") == 0) { o.a.coll_base_us = perf_parse_number(f, v, 0.0, 1e4); }
+        else if (strcmp(f, "--nvlink_hop_us") == 0) { o.a.nvlink_hop_us = perf_parse_number(f, v, 0.0, 1e4); }
+        else if (strcmp(f, "--ib_hop_us") == 0) { o.a.ib_hop_us = perf_parse_number(f, v, 0.0, 1e4); }
+        else if (strcmp(f, "--op_us") == 0) { o.a.op_us = perf_parse_number(f, v, 0.0, 1e4); }
+        else if (strcmp(f, "--bucket_mb") == 0) { o.a.bucket_mb = perf_parse_number(f, v, 0.01, 1e5); }
         else { perf_flag_error("a flag", f, "unknown flag"); }
     }
     // today's optimizer bulk GEMMs follow the dtype, unless --opt_gemm says otherwise
@@ -2030,6 +2570,10 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         fprintf(stderr, "error: perf_model: %d embedded figure(s) differ from %s; the model would use stale numbers. "
                 "hint: update the constants in dev/perf_model.h (or give --numbers)\n", bad, o.numbers);
         return 1;
+    }
+    if (o.scale) {
+        if (o.table) { perf_print_scale_table(&o, facts); } else { perf_print_scale(&o, facts); }
+        return 0;
     }
     if (o.table) {
         perf_print_table(&o, facts);

@@ -48,13 +48,13 @@ $(info nvcc found: building GPU targets for $(GPU_ARCHS:%=sm_%) (GPU present: $(
 
 train: train_llama_subtrack
 
-train_llama_subtrack: train_llama_subtrack.cu train_llama_subtrack.c flash_attention.cuh
+train_llama_subtrack: train_llama_subtrack.cu train_llama_subtrack.c flash_attention.cuh lowrank_tiles.cuh
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
 
-dev/bench_gpu: dev/bench_gpu.cu dev/perf_model.h train_llama_subtrack.cu train_llama_subtrack.c flash_attention.cuh
+dev/bench_gpu: dev/bench_gpu.cu dev/perf_model.h train_llama_subtrack.cu train_llama_subtrack.c flash_attention.cuh lowrank_tiles.cuh
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
 
-dev/test_gpu/%: dev/test_gpu/%.cu train_llama_subtrack.cu train_llama_subtrack.c flash_attention.cuh
+dev/test_gpu/%: dev/test_gpu/%.cu train_llama_subtrack.cu train_llama_subtrack.c flash_attention.cuh lowrank_tiles.cuh
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(NVCC_LDLIBS)
 
 endif

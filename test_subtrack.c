@@ -411,6 +411,146 @@ static void test_process_group(void) {
     p = resolve_with(&pg, zero, 0, -1, 0, "");
     check(p != NULL && strstr(p, "SLURM_NTASKS=0") != NULL, "process group: SLURM_NTASKS=0 is refused (%s)",
           p ? p : "accepted");
+    // torchrun's agent holds MASTER_PORT itself (TORCHELASTIC_USE_AGENT_STORE=True,
+    // as torchrun 2.x sets it): the ranks meet one port above
+    const char* agent[] = {"RANK", "1", "WORLD_SIZE", "2", "LOCAL_RANK", "1", "MASTER_ADDR", "localhost",
+                           "MASTER_PORT", "33059", "TORCHELASTIC_USE_AGENT_STORE", "True", NULL};
+    p = resolve_with(&pg, agent, 0, -1, 0, "");
+    check(p == NULL && strcmp(pg.init_method, "tcp:localhost:33060") == 0, "process group: under torchrun's agent "
+          "store the ranks meet on MASTER_PORT + 1 (%s)", p ? p : pg.init_method);
+    TrainConfig t;
+    train_config_defaults(&t);
+    t.collective_timeout = 5;
+    char msg[600];
+    g_fake_env = none;
+    p = process_group_resolve(&pg, &t, fake_env, msg, sizeof msg);
+    check(p != NULL && strstr(p, "--collective_timeout 5") != NULL, "process group: --collective_timeout 5 is "
+          "refused (%s)", p ? p : "accepted");
+}
+
+// the batch across ranks: --total_batch_size counts every rank's sequences
+static void test_batch_for_ranks(void) {
+    struct { const char* flags; int ranks; int accum, total; const char* needle; const char* what; } cases[] = {
+        {"--batch_size 2 --total_batch_size 8", 2, 2, 8, NULL, "a total over 2 ranks of B=2: 2 micro steps"},
+        {"--batch_size 2 --total_batch_size 8", 4, 1, 8, NULL, "a total over 4 ranks of B=2: 1 micro step"},
+        {"--batch_size 2 --total_batch_size 8", 1, 4, 8, NULL, "one rank: the total over B"},
+        {"--batch_size 2", 2, 2, 8, NULL, "our default total of 8 over 2 ranks"},
+        {"--batch_size 2 --total_batch_size 8", 3, 0, 0, "multiple of 6", "a total that 3 ranks of B=2 cannot split"},
+        {"--batch_size 2 --total_batch_size 8 --gradient_accumulation 4", 2, 0, 0, "x 2 processes is not",
+         "an accumulation that contradicts the total over ranks"},
+        {"--batch_size 2 --gradient_accumulation 3", 2, 3, 12, NULL,
+         "an accumulation without a total: per rank, the total grows with the ranks"},
+        {"--model_config llama_60m --batch_size 4 --gradient_accumulation 2", 2, 2, 16, NULL,
+         "the authors' defaults with an accumulation: per rank"},
+        {"--model_config llama_60m --batch_size 4 --total_batch_size 32", 2, 4, 32, NULL,
+         "the authors' defaults with a total: over the ranks"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char copy[400], err[600], msg[600];
+        snprintf(copy, sizeof copy, "train %s", cases[i].flags);
+        char* argv[32];
+        int argc = 0;
+        for (char* tok = strtok(copy, " "); tok != NULL && argc < 32; tok = strtok(NULL, " ")) { argv[argc++] = tok; }
+        TrainConfig t;
+        int rc = train_config_from_args(&t, argc, argv, "float32", err, sizeof err);
+        const char* p = rc == 0 ? train_config_for_ranks(&t, cases[i].ranks, msg, sizeof msg) : err;
+        if (p == NULL) { p = train_config_problem(&t); }
+        if (cases[i].needle == NULL) {
+            check(p == NULL && t.gradient_accumulation == cases[i].accum && t.total_batch_size == cases[i].total,
+                  "batch over ranks: %s (%s over %d ranks: accumulation %d, total %d) %s", cases[i].what,
+                  cases[i].flags, cases[i].ranks, t.gradient_accumulation, t.total_batch_size, p ? p : "");
+        } else {
+            check(p != NULL && strstr(p, cases[i].needle) != NULL, "batch over ranks: %s is refused, saying \"%s\" "
+                  "(%s)", cases[i].what, cases[i].needle, p ? p : "accepted");
+        }
+    }
+}
+
+// a free TCP port on the loopback: bind port 0, read it, close
+static int free_port(void) {
+    int port = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof a;
+    if (fd >= 0 && bind(fd, (struct sockaddr*)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr*)&a, &al) == 0) {
+        port = ntohs(a.sin_port);
+    }
+    if (fd >= 0) { close(fd); }
+    return port;
+}
+
+// the rendezvous (rendezvous_share): rank 0's bytes reach every rank, through
+// a directory and through TCP, as separate processes; a rank 0 that never
+// comes is reported after the timeout
+static void test_rendezvous(void) {
+    char dir[] = "/tmp/subtrack_rendezvous_XXXXXX";
+    if (mkdtemp(dir) == NULL) { check(0, "mkdtemp"); return; }
+    int port = free_port();
+    for (int method = 0; method < 2; method++) {
+        const int n = 3;
+        ProcessGroup pg;
+        memset(&pg, 0, sizeof pg);
+        pg.size = n;
+        pg.timeout = 20;
+        if (method == 0) { snprintf(pg.init_method, sizeof pg.init_method, "fs:%s", dir); }
+        else { snprintf(pg.init_method, sizeof pg.init_method, "tcp:127.0.0.1:%d", port); }
+        pid_t pids[3];
+        for (int r = n - 1; r >= 0; r--) {  // the others first: they must wait for rank 0
+            pids[r] = fork();
+            if (pids[r] == 0) {
+                pg.rank = r;
+                unsigned char id[128];
+                for (int i = 0; i < 128; i++) { id[i] = r == 0 ? (unsigned char)(i * 7 + 3) : 0; }
+                char msg[1024];
+                if (rendezvous_share(&pg, id, sizeof id, msg, sizeof msg) != 0) { fprintf(stderr, "%s\n", msg); _exit(2); }
+                for (int i = 0; i < 128; i++) { if (id[i] != (unsigned char)(i * 7 + 3)) { _exit(3); } }
+                _exit(0);
+            }
+            if (r == n - 1) { usleep(200 * 1000); }
+        }
+        int good = 0;
+        for (int r = 0; r < n; r++) {
+            int status = 0;
+            waitpid(pids[r], &status, 0);
+            good += WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        }
+        pg.rank = 0;
+        rendezvous_finish(&pg);
+        char path[600];
+        snprintf(path, sizeof path, "%s/%s", dir, RENDEZVOUS_FILE);
+        check(good == n && (method == 1 || access(path, F_OK) != 0), "rendezvous over %s: rank 0's 128 bytes reach "
+              "all %d ranks (%d did)%s", method == 0 ? "fs:DIR" : "tcp:127.0.0.1:PORT", n, good,
+              method == 0 ? ", and rank 0 removes the file" : "");
+        // rank 1 alone: a message after the timeout, naming what it waited for
+        pg.rank = 1;
+        pg.timeout = 1;
+        char msg[1024] = "";
+        int rc = rendezvous_share(&pg, NULL, 0, msg, sizeof msg);
+        check(rc != 0 && strstr(msg, "waited 1 s") != NULL && strstr(msg, "rank 0") != NULL,
+              "rendezvous over %s: without rank 0, rank 1 stops after the timeout (%s)",
+              method == 0 ? "fs:DIR" : "tcp", msg);
+    }
+    // an earlier run's file with another key (another number of processes) is not read
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", dir, RENDEZVOUS_FILE);
+    FILE* f = fopen(path, "w");
+    if (f) { fprintf(f, "subtrack rendezvous\nsize=5\n00\n"); fclose(f); }
+    ProcessGroup pg;
+    memset(&pg, 0, sizeof pg);
+    pg.size = 2;
+    pg.rank = 1;
+    pg.timeout = 1;
+    snprintf(pg.init_method, sizeof pg.init_method, "fs:%s", dir);
+    unsigned char one = 0;
+    char msg[1024] = "";
+    int rc = rendezvous_share(&pg, &one, 1, msg, sizeof msg);
+    check(rc != 0 && strstr(msg, "another run") != NULL, "rendezvous over fs:DIR: another run's file is not read "
+          "(%s)", msg);
+    remove(path);
+    rmdir(dir);
 }
 
 // ---- the ZeRO-1 ownership plan (shard_plan_build)
@@ -3728,7 +3868,7 @@ static void test_trainer(void) {
                           "run ./train_llama_subtrack --memory_plan");
     {
         // started as several processes: each stops at once, naming its place
-        // (data parallel is not built yet), instead of training N copies
+        // (the CPU trainer trains in one process), instead of training N copies
         const char* saved = g_trainer_bin;
         char env_bin[800];
         snprintf(env_bin, sizeof env_bin, "RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 %s", saved);
@@ -4175,6 +4315,322 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
 // trainer, on a GPU or under dev/cuda_emu): bit-exact resume in its default
 // dtype and in float32, the CSV header of a resumed run's new log, and a
 // checkpoint of the CPU trainer resumed by it (the format is shared)
+// ---- data parallel (issue [5/6]): ranks as processes under the CPU harness
+//
+// n ranks of g_trainer_bin at once, meeting through fs:dir; rank r's output in
+// dir/<tag>.rank<r>.txt; rcs[r] its exit status (-1: killed). with kill_after
+// > 0 and kill_when (a file path), rank kill_rank gets SIGKILL (or SIGSTOP with
+// stop = 1) once kill_when exists and kill_after seconds more have passed
+typedef struct { int rank; const char* when; double after; int stop; } RankFault;
+
+static void run_ranks(int n, const char* args, const char* dir, const char* tag, int* rcs, const RankFault* fault) {
+    pid_t pids[8];
+    char meet[700];
+    snprintf(meet, sizeof meet, "%s/meet_%s", dir, tag);
+    mkdir(meet, 0755);
+    for (int r = 0; r < n; r++) {
+        char cmd[6000];
+        // fs:DIR unless args name another way
+        char init[800] = "";
+        if (strstr(args, "--init_method") == NULL) { snprintf(init, sizeof init, "--init_method fs:%s", meet); }
+        snprintf(cmd, sizeof cmd, "exec env OMP_NUM_THREADS=1 %s %s --num_processes %d --process_rank %d %s "
+                 "> %s/%s.rank%d.txt 2>&1", g_trainer_bin, args, n, r, init, dir, tag, r);
+        pids[r] = fork();
+        if (pids[r] == 0) { execl("/bin/sh", "sh", "-c", cmd, (char*)NULL); _exit(127); }
+    }
+    int faulted = 0;
+    double seen = -1.0;
+    for (int left = n; left > 0; ) {
+        int status = 0;
+        pid_t p = waitpid(-1, &status, fault != NULL ? WNOHANG : 0);
+        if (p < 0 && errno == ECHILD) { break; }
+        if (p > 0) {
+            for (int r = 0; r < n; r++) {
+                if (pids[r] == p) { rcs[r] = WIFEXITED(status) ? WEXITSTATUS(status) : -1; pids[r] = 0; left--; }
+            }
+            continue;
+        }
+        if (fault != NULL && !faulted) {
+            if (seen < 0 && access(fault->when, F_OK) == 0) { seen = wall_seconds(); }
+            if (seen >= 0 && wall_seconds() - seen >= fault->after && pids[fault->rank] > 0) {
+                kill(pids[fault->rank], fault->stop ? SIGSTOP : SIGKILL);
+                faulted = 1;
+                if (fault->stop) {  // a hung rank: the others must give up on it; then it is killed
+                    for (double t0 = wall_seconds(); wall_seconds() - t0 < 120; usleep(100 * 1000)) {
+                        int others = 0;
+                        for (int r = 0; r < n; r++) {
+                            if (r != fault->rank && pids[r] > 0 && waitpid(pids[r], &status, WNOHANG) == 0) {
+                                others++;
+                            } else if (r != fault->rank && pids[r] > 0) {
+                                rcs[r] = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+                                pids[r] = 0;
+                                left--;
+                            }
+                        }
+                        if (others == 0) { break; }
+                    }
+                    kill(pids[fault->rank], SIGKILL);
+                    kill(pids[fault->rank], SIGCONT);
+                }
+            }
+        }
+        usleep(50 * 1000);
+    }
+}
+
+// a checkpoint's weights and optimizer states, loaded on the CPU with the
+// flags of the run that wrote it; 0 on success
+static int load_checkpoint_state(const char* dir, const char* flags, Llama* m, Optimizer* o, char* err, size_t cap) {
+    char copy[2048];
+    snprintf(copy, sizeof copy, "train %s", flags);
+    char* argv[128];
+    int argc = 0;
+    for (char* tok = strtok(copy, " "); tok != NULL && argc < 128; tok = strtok(NULL, " ")) { argv[argc++] = tok; }
+    TrainConfig t;
+    if (train_config_from_args(&t, argc, argv, "float32", err, cap) != 0) { return 1; }
+    LlamaConfig c;
+    llama_config_resolve_or_exit(&c, t.model_config);
+    llama_build(m, &c);
+    if (optimizer_build(o, &c, &t) != NULL) { snprintf(err, cap, "optimizer_build"); return 1; }
+    ShardLoaderConfig lc = {t.train_data, "--train_data", t.batch_size, t.max_length, c.V, 0, 1, t.shuffle,
+                            (uint64_t)t.seed};
+    ShardLoader loader;
+    char msg[512];
+    if (shard_loader_init(&loader, &lc, msg, sizeof msg) != 0) { snprintf(err, cap, "%s", msg); return 1; }
+    Rng rng;
+    rng_seed(&rng, 0);
+    TrainState st = {m, o, &loader, &rng, &t};
+    int rc = checkpoint_load(&st, dir, err, cap);
+    shard_loader_free(&loader);
+    return rc;
+}
+
+// the largest |a - b| over the largest |a|: 0 for equal arrays
+static double relative_max_difference(const float* a, const float* b, size_t n) {
+    double most = 0.0, diff = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        most = fmax(most, fabs((double)a[i]));
+        diff = fmax(diff, fabs((double)a[i] - (double)b[i]));
+    }
+    return most > 0 ? diff / most : diff;
+}
+
+// the two checkpoints' weights and every optimizer state within rel of each
+// other (relative_max_difference); what differs most in *worst
+static int checkpoint_states_close(const char* dir_a, const char* flags_a, const char* dir_b, const char* flags_b,
+                                   double rel, double* worst, char* err, size_t cap) {
+    Llama ma, mb;
+    Optimizer oa, ob;
+    memset(&ma, 0, sizeof ma); memset(&mb, 0, sizeof mb); memset(&oa, 0, sizeof oa); memset(&ob, 0, sizeof ob);
+    *worst = INFINITY;
+    if (load_checkpoint_state(dir_a, flags_a, &ma, &oa, err, cap) != 0 ||
+        load_checkpoint_state(dir_b, flags_b, &mb, &ob, err, cap) != 0) {
+        return 0;
+    }
+    double d[5] = {
+        relative_max_difference(ma.params_memory, mb.params_memory, ma.num_parameters),
+        relative_max_difference(oa.adam_m, ob.adam_m, oa.num_adam),
+        relative_max_difference(oa.adam_v, ob.adam_v, oa.num_adam),
+        relative_max_difference(oa.lowrank_memory, ob.lowrank_memory, oa.lowrank_floats),
+        oa.step == ob.step ? 0.0 : INFINITY,
+    };
+    *worst = 0.0;
+    for (int k = 0; k < 5; k++) { *worst = fmax(*worst, d[k]); }
+    snprintf(err, cap, "weights %.2e, AdamW M %.2e V %.2e, low-rank states %.2e, steps %d and %d", d[0], d[1], d[2],
+             d[3], oa.step, ob.step);
+    llama_free(&ma); llama_free(&mb); optimizer_free(&oa); optimizer_free(&ob);
+    return *worst <= rel;
+}
+
+// column col of a log's rows (step,train_loss,val_loss,lr,grad_norm,...),
+// as numbers (NaN where empty)
+static int read_csv_column(const char* path, int col, double* values, int max_rows) {
+    FILE* f = fopen(path, "r");
+    if (f == NULL) { return 0; }
+    char line[512];
+    int rows = 0;
+    while (fgets(line, sizeof line, f) && rows < max_rows) {
+        if (strncmp(line, "step", 4) == 0) { continue; }
+        char* field = line;
+        for (int c = 0; c < col && field != NULL; c++) { field = strchr(field, ','); field = field ? field + 1 : NULL; }
+        values[rows++] = field != NULL && *field != ',' && *field != '\n' ? atof(field) : NAN;
+    }
+    fclose(f);
+    return rows;
+}
+
+static int file_contains(const char* path, const char* needle) {
+    unsigned char* data = NULL;
+    size_t n = 0;
+    if (!read_file_bytes(path, &data, &n)) { return 0; }
+    data[n] = '\0';
+    int found = strstr((const char*)data, needle) != NULL;
+    free(data);
+    return found;
+}
+
+#define DP_STEPS 6
+// fp32 (--dtype float32) throughout: the sums over ranks add the same
+// micro-batch gradients as one process does, in another order (its
+// accumulation, or its one larger batch), so each step differs by fp32
+// rounding, which six AdamW-normalised updates carry into the weights and
+// states. the bounds: 2^-19 of each array's largest for the states (the
+// harness measures 2.2e-7, a few units of fp32's 2^-24 per step, so 8x room)
+// and 2^-20 relative for the losses (measured 1.2e-7). a bug (a rank's
+// gradient dropped or scaled twice, a wrong window) moves them by 1e-3 and more
+#define DP_STATE_REL 0x1p-19
+#define DP_LOSS_REL 0x1p-20
+
+// N ranks x B=1 a micro step against one process of B=N, 6 steps of accum
+// micro steps each, for one optimizer
+static void test_data_parallel_equivalence(const char* dir, int n, int accum, const char* method, const char* label) {
+    char one[2048], many[2048], tag[64], one_dir[700], many_dir[700], one_log[700], many_log[700], err[1024];
+    snprintf(tag, sizeof tag, "%s_%d", label, n);
+    snprintf(one_dir, sizeof one_dir, "%s/dp1_%s", dir, tag);
+    snprintf(many_dir, sizeof many_dir, "%s/dpn_%s", dir, tag);
+    snprintf(one_log, sizeof one_log, "%s/dp1_%s.csv", dir, tag);
+    snprintf(many_log, sizeof many_log, "%s/dpn_%s.csv", dir, tag);
+    const char* common = "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
+                         "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 3 --sample_every 0 "
+                         "--dtype float32";
+    snprintf(one, sizeof one, "%s %s --num_training_steps %d --batch_size %d --total_batch_size %d --save_dir %s "
+             "--log_file %s", common, method, DP_STEPS, n, accum * n, one_dir, one_log);
+    snprintf(many, sizeof many, "%s %s --num_training_steps %d --batch_size 1 --total_batch_size %d --save_dir %s "
+             "--log_file %s", common, method, DP_STEPS, accum * n, many_dir, many_log);
+    int rc1 = run_trainer(one, err, sizeof err);
+    int rcs[8] = {0};
+    run_ranks(n, many, dir, tag, rcs, NULL);
+    int all_ok = rc1 == 0;
+    for (int r = 0; r < n; r++) { all_ok &= rcs[r] == 0; }
+    check(all_ok, "data parallel %s, %d ranks: every run exits 0 (one process %d, rank 0 %d, rank 1 %d) %s", label, n,
+          rc1, rcs[0], rcs[1], rc1 ? err : "");
+    // the logged train loss, val loss (rank 0's: the ranks' shards summed) and
+    // gradient norm (before clipping: a gradient summed but not divided by N shows here)
+    static const char* const columns[] = {"", "train loss", "val loss", "", "gradient norm"};
+    for (int col = 1; col <= 4; col++) {
+        if (columns[col][0] == '\0') { continue; }
+        double la[DP_STEPS + 1], lb[DP_STEPS + 1];
+        int ra = read_csv_column(one_log, col, la, DP_STEPS + 1), rb = read_csv_column(many_log, col, lb, DP_STEPS + 1);
+        double worst = ra == DP_STEPS && rb == DP_STEPS ? 0.0 : INFINITY;
+        int compared = 0;
+        for (int i = 0; i < DP_STEPS && worst < INFINITY; i++) {
+            if (isnan(la[i]) && isnan(lb[i])) { continue; }
+            worst = fmax(worst, fabs(la[i] - lb[i]) / fabs(la[i]));
+            if (isnan(worst)) { worst = INFINITY; }
+            compared++;
+        }
+        check(worst <= DP_LOSS_REL && compared >= 2, "data parallel %s: %d ranks x B=1 give the %s of one process of "
+              "B=%d (%d values, largest relative difference %.2e <= 2^-20)", label, n, columns[col], n, compared,
+              worst);
+    }
+    // the val losses printed by rank 0 (sharded evaluation, summed) and the state
+    char flags_one[2100], flags_many[2100];
+    snprintf(flags_one, sizeof flags_one, "%s %s --num_training_steps %d --batch_size %d --total_batch_size %d",
+             common, method, DP_STEPS, n, accum * n);
+    snprintf(flags_many, sizeof flags_many, "%s %s --num_training_steps %d --batch_size 1 --total_batch_size %d",
+             common, method, DP_STEPS, accum * n);
+    double worst = INFINITY;
+    int close = checkpoint_states_close(one_dir, flags_one, many_dir, flags_many, DP_STATE_REL, &worst, err, sizeof err);
+    check(close, "data parallel %s, %d ranks: the final weights and every optimizer state match one process's "
+          "within 2^-19 of each array's largest (%s)", label, n, err);
+}
+
+// resume: bit-exact on the same number of ranks; across numbers, close
+static void test_data_parallel_resume(const char* dir) {
+    const char* common = "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
+                         "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 0 --sample_every 0 "
+                         "--dtype float32 --batch_size 1 --total_batch_size 4 --num_training_steps 6";
+    char args[2048], a_dir[700], b_dir[700], c_dir[700], d_dir[700], err[1024];
+    int rcs[8] = {0}, rcs2[8] = {0}, rcs3[8] = {0};
+    snprintf(a_dir, sizeof a_dir, "%s/dpr_straight", dir);
+    snprintf(b_dir, sizeof b_dir, "%s/dpr_resumed", dir);
+    snprintf(args, sizeof args, "%s --save_dir %s", common, a_dir);
+    run_ranks(2, args, dir, "resume_a", rcs, NULL);
+    snprintf(args, sizeof args, "%s --save_dir %s --stop_at_step 3", common, b_dir);
+    run_ranks(2, args, dir, "resume_b", rcs2, NULL);
+    snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s", common, b_dir, b_dir);
+    run_ranks(2, args, dir, "resume_c", rcs3, NULL);
+    char pa[800], pb[800];
+    snprintf(pa, sizeof pa, "%s/%s", a_dir, CHECKPOINT_FILE);
+    snprintf(pb, sizeof pb, "%s/%s", b_dir, CHECKPOINT_FILE);
+    unsigned char *da = NULL, *db = NULL;
+    size_t na = 0, nb = 0;
+    int ok = rcs[0] == 0 && rcs[1] == 0 && rcs2[0] == 0 && rcs2[1] == 0 && rcs3[0] == 0 && rcs3[1] == 0;
+    int ra = read_file_bytes(pa, &da, &na), rb = read_file_bytes(pb, &db, &nb);
+    check(ok && ra && rb && na == nb && memcmp(da, db, na) == 0, "data parallel resume on 2 ranks: 6 steps straight "
+          "and 3 + 3 resumed give bitwise equal checkpoints (exits %d %d %d %d %d %d, %zu and %zu bytes)", rcs[0],
+          rcs[1], rcs2[0], rcs2[1], rcs3[0], rcs3[1], na, nb);
+    free(da);
+    free(db);
+    // 1 rank -> 2 ranks -> 1 rank: the global batch is the same (total 4 of B=1),
+    // so the run is the one above, up to the order of the gradient sums
+    snprintf(c_dir, sizeof c_dir, "%s/dpr_across", dir);
+    snprintf(args, sizeof args, "%s --save_dir %s --stop_at_step 2", common, c_dir);
+    int rc1 = run_trainer(args, err, sizeof err);
+    snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s --stop_at_step 4", common, c_dir, c_dir);
+    run_ranks(2, args, dir, "resume_d", rcs, NULL);
+    snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s", common, c_dir, c_dir);
+    int rc3 = run_trainer(args, err, sizeof err);
+    double worst = INFINITY;
+    snprintf(d_dir, sizeof d_dir, "%s", a_dir);
+    int close = rc1 == 0 && rcs[0] == 0 && rcs[1] == 0 && rc3 == 0 &&
+                checkpoint_states_close(d_dir, common, c_dir, common, DP_STATE_REL, &worst, err, sizeof err);
+    check(close, "data parallel resume across ranks: 2 steps on 1 rank, 2 on 2 ranks, 2 on 1 rank match 6 steps on "
+          "2 ranks within 2^-19 (exits %d %d %d %d; %s)", rc1, rcs[0], rcs[1], rc3, err);
+}
+
+// a rank that dies or hangs: the others stop with a message, and the last
+// checkpoint stays whole and loadable
+static void test_data_parallel_failure(const char* dir) {
+    const char* common = "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
+                         "--warmup_steps 2 --eval_batches 2 --print_every 1 --eval_every 0 --sample_every 0 "
+                         "--dtype float32 --batch_size 1 --total_batch_size 2 --num_training_steps 400 "
+                         "--save_every 2 --collective_timeout 10";
+    for (int stop = 0; stop < 2; stop++) {
+        char args[2048], save[700], ckpt[800], tag[32], out0[800], err[1024];
+        snprintf(tag, sizeof tag, "fail_%s", stop ? "hang" : "kill");
+        snprintf(save, sizeof save, "%s/dp_%s", dir, tag);
+        snprintf(ckpt, sizeof ckpt, "%s/%s", save, CHECKPOINT_FILE);
+        snprintf(args, sizeof args, "%s --save_dir %s", common, save);
+        RankFault fault = {1, ckpt, 0.5, stop};
+        int rcs[8] = {0};
+        double t0 = wall_seconds();
+        run_ranks(2, args, dir, tag, rcs, &fault);
+        double took = wall_seconds() - t0;
+        snprintf(out0, sizeof out0, "%s/%s.rank0.txt", dir, tag);
+        const char* expect = stop ? "waited 10 s (--collective_timeout) for the other ranks" : "another rank has stopped";
+        check(rcs[0] != 0 && rcs[0] != -1 && file_contains(out0, expect) && took < 90,
+              "data parallel: with rank 1 %s mid-run, rank 0 exits %d within %.0f s saying \"%s\"",
+              stop ? "hung (SIGSTOP)" : "killed", rcs[0], took, expect);
+        // the checkpoint on disk is whole: one process resumes it for one step
+        Llama m;
+        Optimizer o;
+        memset(&m, 0, sizeof m);
+        memset(&o, 0, sizeof o);
+        char flags[2100];
+        snprintf(flags, sizeof flags, "%s", common);
+        int loaded = load_checkpoint_state(save, flags, &m, &o, err, sizeof err) == 0;
+        check(loaded && o.step >= 2 && o.step % 2 == 0, "data parallel: after rank 1 %s, the last checkpoint loads "
+              "(step %d) %s", stop ? "hung" : "was killed", o.step, loaded ? "" : err);
+        llama_free(&m);
+        optimizer_free(&o);
+    }
+}
+
+static void test_data_parallel(const char* dir) {
+    test_data_parallel_equivalence(dir, 2, 2, "", "subtrack++");
+    test_data_parallel_equivalence(dir, 2, 2, "--subspace_update_method galore --adaptive_optimizer 0", "galore");
+    test_data_parallel_equivalence(dir, 2, 2, "--optimizer adamw", "adamw");
+    // per-layer updates: each unit's gradient summed over the ranks in the backward
+    test_data_parallel_equivalence(dir, 2, 1, "--optimizer low_rank_adamw_per_layer --grad_clipping 0", "per_layer");
+    // 3 ranks meeting over TCP on the loopback
+    char tcp[64];
+    snprintf(tcp, sizeof tcp, "--init_method tcp:127.0.0.1:%d", free_port());
+    test_data_parallel_equivalence(dir, 3, 2, tcp, "subtrack++");
+    test_data_parallel_resume(dir);
+    test_data_parallel_failure(dir);
+}
+
 static void test_other_trainer(const char* bin) {
     if (access(bin, X_OK) != 0) { check(0, "trainer binary %s exists", bin); return; }
     char dir[] = "/tmp/subtrack_trainer_XXXXXX";
@@ -4194,6 +4650,11 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--subspace_dtype bfloat16 --subspace_update_method galore", "subspace_bf16_galore");
     test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);
+    // ranks as processes: under the harness (a real GPU per rank needs a machine of several)
+    size_t n_bin = strlen(bin);
+    if ((n_bin > 4 && strcmp(bin + n_bin - 4, "_emu") == 0) || getenv("SUBTRACK_TEST_DATA_PARALLEL") != NULL) {
+        test_data_parallel(dir);
+    }
     snprintf(log, sizeof log, "%s/resumed_new.csv", dir);
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 7 --continue_from '%s/resumed_subtrack++' "
              "--total_batch_size 4 --allow_changed num_training_steps --log_file %s", dir, log);
@@ -4347,6 +4808,8 @@ int main(int argc, char** argv) {
     test_expf_simd();
     test_config_validation();
     test_process_group();
+    test_batch_for_ranks();
+    test_rendezvous();
     test_shard_plan();
     test_data_all();
     test_lowrank_optimizer("dev/reference/subtrack_trajectories.bin");

@@ -42,6 +42,11 @@ letter legend for shape comments:
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/socket.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -3430,11 +3435,13 @@ typedef struct {
     int process_rank;        // this one, 0..num_processes-1
     int gpus_per_node;       // GPUs a node gives its ranks
     char init_method[256];   // how the ranks find each other: fs:DIR | tcp:HOST:PORT
+    int collective_timeout;  // seconds a rank waits for the others (meeting, collectives) before it stops
     // the authors' flags that mean nothing in one process here
     int single_gpu, use_hf_model, workers;
     char tags[256], name[256];
     // set by train_config_from_args
     int authors_defaults;    // 1: the model is one of the authors' configs, and so are the defaults
+    int ranks;               // set by train_run: the data-parallel processes (train_config_for_ranks)
     unsigned char given[TRAIN_MAX_FLAGS]; // given[i]: TRAIN_FLAGS[i] was on the command line
 } TrainConfig;
 
@@ -3447,6 +3454,8 @@ void train_config_defaults(TrainConfig* t) {
     t->batch_size = 8;
     t->total_batch_size = 8;
     t->process_rank = -1;
+    t->collective_timeout = 900;
+    t->ranks = 1;
     t->gradient_accumulation = 0;
     t->max_length = 0;
     t->seed = 0;
@@ -3618,7 +3627,10 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(gpus_per_node, FLAG_INT, "GPUs each node gives its ranks (0: every GPU the process sees); a rank uses "
          "GPU LOCAL_RANK (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID), else its rank modulo the GPUs"),
     FLAG(init_method, FLAG_STRING, "how the ranks meet: fs:DIR (a directory every rank sees) or tcp:HOST:PORT "
-         "(default with more than one process: tcp:MASTER_ADDR:MASTER_PORT)"),
+         "(default with more than one process: tcp:MASTER_ADDR:MASTER_PORT; under torchrun, whose agent "
+         "holds MASTER_PORT, MASTER_PORT + 1)"),
+    FLAG(collective_timeout, FLAG_INT, "seconds a rank waits for the others (to meet, in a collective) before it "
+         "stops with a message: a dead or hung rank ends the run instead of hanging it; >= 10"),
     FLAG_NOTE(single_gpu, FLAG_SWITCH, "the authors' switch to skip DDP", "no-op: one process"),
     FLAG_NOTE(use_hf_model, FLAG_SWITCH, "the authors' switch for transformers' LlamaForCausalLM",
               "no-op: the same LLaMA either way"),
@@ -3884,6 +3896,7 @@ typedef struct {
     int gpus_per_node;       // 0 not given
     char init_method[300];   // "" for one process
     char source[96];         // where rank and size came from, for messages
+    int timeout;             // --collective_timeout, seconds
 } ProcessGroup;
 
 typedef struct {
@@ -3951,6 +3964,12 @@ const char* process_group_resolve(ProcessGroup* pg, const TrainConfig* t, EnvLoo
         snprintf(pg->source, sizeof pg->source, "%s (%s=%s, %s=%s)", l->launcher, l->rank, r, l->size, n);
         found = l;
     }
+    pg->timeout = t->collective_timeout;
+    if (t->collective_timeout < 10) {
+        snprintf(msg, cap, "--collective_timeout %d: expected >= 10 seconds (a rank waits that long for the others "
+                 "before it stops)", t->collective_timeout);
+        return msg;
+    }
     if (t->num_processes < 0 || t->process_rank < -1 || t->gpus_per_node < 0) {
         snprintf(msg, cap, "--num_processes %d, --process_rank %d, --gpus_per_node %d: expected >= 0 (0 or -1: "
                  "from the launcher)", t->num_processes, t->process_rank, t->gpus_per_node);
@@ -3987,7 +4006,15 @@ const char* process_group_resolve(ProcessGroup* pg, const TrainConfig* t, EnvLoo
                      "every rank sees) or tcp:HOST:PORT, or set MASTER_ADDR and MASTER_PORT", pg->size, pg->source);
             return msg;
         }
-        snprintf(pg->init_method, sizeof pg->init_method, "tcp:%s:%s", addr, port);
+        // torchrun's agent hosts its own store on MASTER_PORT (and says so in
+        // TORCHELASTIC_USE_AGENT_STORE), so the ranks meet one port above it
+        long pv = env_int(port, 65535);
+        const char* agent = env("TORCHELASTIC_USE_AGENT_STORE");
+        if (agent != NULL && strcmp(agent, "True") == 0 && pv >= 1 && pv < 65535) {
+            snprintf(pg->init_method, sizeof pg->init_method, "tcp:%s:%ld", addr, pv + 1);
+        } else {
+            snprintf(pg->init_method, sizeof pg->init_method, "tcp:%s:%s", addr, port);
+        }
     } else {
         snprintf(pg->init_method, sizeof pg->init_method, "%s", im);
     }
@@ -3999,6 +4026,280 @@ const char* process_group_resolve(ProcessGroup* pg, const TrainConfig* t, EnvLoo
     return msg;
 }
 
+// ---- the batch across ranks
+//
+// --total_batch_size counts the sequences of a step over all ranks, as the
+// authors' torchrun_main.py does: with N processes of --batch_size B each,
+// a step is total / (B N) micro steps. where the total was not given (the
+// authors' defaults with --gradient_accumulation), each rank keeps its micro
+// steps and the total is B x accumulation x N. rank r's micro-batch is the
+// r-th B windows of the step's N B (shard_loader_next_batch), so N ranks of B
+// see the same windows as one of N B, or one of B with N times the micro steps
+
+// sets t's gradient_accumulation (and total_batch_size) for num_ranks ranks;
+// NULL or what is wrong
+const char* train_config_for_ranks(TrainConfig* t, int num_ranks, char* msg, size_t cap) {
+    t->ranks = num_ranks > 1 ? num_ranks : 1;
+    if (num_ranks <= 1 || t->batch_size <= 0 || t->total_batch_size <= 0 || t->gradient_accumulation < 0) {
+        return NULL;  // one rank, or train_config_problem's to report
+    }
+    int accum_given = train_flag_given(t, "--gradient_accumulation");
+    int total_given = train_flag_given(t, "--total_batch_size") || (!t->authors_defaults && !accum_given);
+    if (!total_given) {
+        t->total_batch_size = t->batch_size * t->gradient_accumulation * num_ranks;
+        return NULL;
+    }
+    long per_step = (long)t->batch_size * num_ranks;
+    if (t->total_batch_size % per_step != 0) {
+        snprintf(msg, cap, "--total_batch_size %d is not a multiple of --batch_size %d x %d processes; every rank "
+                 "takes --batch_size sequences a micro step: give a total that is a multiple of %ld",
+                 t->total_batch_size, t->batch_size, num_ranks, per_step);
+        return msg;
+    }
+    int accum = (int)(t->total_batch_size / per_step);
+    if (accum_given && t->gradient_accumulation != accum) {
+        snprintf(msg, cap, "--gradient_accumulation %d x --batch_size %d x %d processes is not --total_batch_size "
+                 "%d; give two of the three (the total counts every rank's sequences)", t->gradient_accumulation,
+                 t->batch_size, num_ranks, t->total_batch_size);
+        return msg;
+    }
+    t->gradient_accumulation = accum;
+    return NULL;
+}
+
+// ---- the rendezvous: rank 0's bytes (NCCL's unique id) to every other rank
+//
+// fs:DIR: rank 0 writes DIR/subtrack_rendezvous through a temporary file and
+// a rename, so that no reader sees half of one; the others poll for it. the
+// file names the run (the launcher's job id where there is one, and the
+// number of processes), and a reader takes only its own run's, written after
+// it started (less a minute of clock skew between nodes): an earlier run's
+// leftover is not read. rank 0 removes it once every rank has joined
+// (rendezvous_finish).
+// tcp:HOST:PORT: rank 0 listens on PORT; every other rank connects (again
+// and again until rank 0 is up), sends its rank and the number of processes,
+// and reads the bytes.
+// every wait gives up after pg->timeout seconds, with a message that names
+// what it waited for
+
+#define RENDEZVOUS_FILE "subtrack_rendezvous"
+#define RENDEZVOUS_MAGIC 0x53545256u  // "STRV"
+
+// what names this run: the launcher's job (torchrun, Slurm, Open MPI) and the size
+static void rendezvous_key(const ProcessGroup* pg, char* key, size_t cap) {
+    static const char* const ids[] = {"TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID", "OMPI_MCA_ess_base_jobid",
+                                      "PMIX_NAMESPACE"};
+    size_t n = (size_t)snprintf(key, cap, "size=%d", pg->size);
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0] && n < cap; i++) {
+        const char* v = getenv(ids[i]);
+        if (v != NULL) { n += (size_t)snprintf(key + n, cap - n, " %s=%.60s", ids[i], v); }
+    }
+}
+
+static void rendezvous_file_path(const ProcessGroup* pg, char* path, size_t cap) {
+    snprintf(path, cap, "%s/%s", pg->init_method + 3, RENDEZVOUS_FILE);
+}
+
+static int rendezvous_fs(const ProcessGroup* pg, unsigned char* data, size_t bytes, char* msg, size_t cap) {
+    char path[400], tmp[450], key[400];
+    rendezvous_file_path(pg, path, sizeof path);
+    rendezvous_key(pg, key, sizeof key);
+    const char* dir = pg->init_method + 3;
+    if (pg->rank == 0) {
+        snprintf(tmp, sizeof tmp, "%s/.%s.%ld.tmp", dir, RENDEZVOUS_FILE, (long)getpid());
+        FILE* f = fopen(tmp, "wb");
+        if (f == NULL) {
+            snprintf(msg, cap, "--init_method %s: cannot write %s (%s); give a directory every rank can write and "
+                     "read", pg->init_method, tmp, strerror(errno));
+            return 1;
+        }
+        fprintf(f, "subtrack rendezvous\n%s\n", key);
+        for (size_t i = 0; i < bytes; i++) { fprintf(f, "%02x", data[i]); }
+        fprintf(f, "\n");
+        int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+        bad |= fclose(f) != 0;
+        if (bad || rename(tmp, path) != 0) {
+            snprintf(msg, cap, "--init_method %s: cannot write %s (%s)", pg->init_method, path, strerror(errno));
+            remove(tmp);
+            return 1;
+        }
+        return 0;
+    }
+    time_t start = time(NULL);
+    double t0 = wall_seconds();
+    int seen_other = 0;
+    while (wall_seconds() - t0 < pg->timeout) {
+        struct stat st;
+        FILE* f = stat(path, &st) == 0 && st.st_mtime >= start - 60 ? fopen(path, "rb") : NULL;
+        if (f != NULL) {
+            char line1[64] = "", line2[400] = "";
+            int ok = fgets(line1, sizeof line1, f) != NULL && fgets(line2, sizeof line2, f) != NULL &&
+                     strcmp(line1, "subtrack rendezvous\n") == 0;
+            line2[strcspn(line2, "\n")] = '\0';
+            if (ok && strcmp(line2, key) == 0) {
+                size_t i = 0;
+                unsigned v;
+                while (i < bytes && fscanf(f, "%2x", &v) == 1) { data[i++] = (unsigned char)v; }
+                fclose(f);
+                if (i == bytes) { return 0; }
+                snprintf(msg, cap, "--init_method %s: %s is cut short (%zu of %zu bytes)", pg->init_method, path,
+                         i, bytes);
+                return 1;
+            }
+            fclose(f);
+            seen_other = ok;
+        }
+        usleep(50 * 1000);
+    }
+    snprintf(msg, cap, "rank %d waited %d s (--collective_timeout) for rank 0 to write %s%s; check that rank 0 "
+             "started, and that every rank sees the same directory", pg->rank, pg->timeout, path,
+             seen_other ? " (a file of another run is there; remove it if no run is starting)" : "");
+    return 1;
+}
+
+// the whole of a buffer, through a socket; 0 on success
+static int socket_send_all(int fd, const void* p, size_t n) {
+    const char* c = (const char*)p;
+    while (n > 0) {
+        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+        if (k <= 0) { if (k < 0 && errno == EINTR) { continue; } return 1; }
+        c += k; n -= (size_t)k;
+    }
+    return 0;
+}
+
+// the whole of a buffer, waiting at most until the deadline (wall_seconds); 0 on success
+static int socket_recv_all(int fd, void* p, size_t n, double deadline) {
+    char* c = (char*)p;
+    while (n > 0) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        int left_ms = (int)((deadline - wall_seconds()) * 1e3);
+        if (left_ms <= 0 || poll(&pf, 1, left_ms) <= 0) { return 1; }
+        ssize_t k = recv(fd, c, n, 0);
+        if (k <= 0) { if (k < 0 && errno == EINTR) { continue; } return 1; }
+        c += k; n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int rendezvous_tcp(const ProcessGroup* pg, unsigned char* data, size_t bytes, char* msg, size_t cap) {
+    char host[300];
+    const char* colon = strrchr(pg->init_method + 4, ':');
+    snprintf(host, sizeof host, "%.*s", (int)(colon - (pg->init_method + 4)), pg->init_method + 4);
+    const char* port = colon + 1;
+    double deadline = wall_seconds() + pg->timeout;
+    if (pg->rank == 0) {
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_INET6;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE;
+        int fd = -1;
+        // IPv6 with IPv4 mapped in where the host has IPv6, else IPv4
+        for (int family = 0; family < 2 && fd < 0; family++) {
+            hints.ai_family = family == 0 ? AF_INET6 : AF_INET;
+            if (getaddrinfo(NULL, port, &hints, &res) != 0) { continue; }
+            fd = socket(res->ai_family, SOCK_STREAM, 0);
+            int on = 1, off = 0;
+            if (fd >= 0) { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on); }
+            if (fd >= 0 && family == 0) { setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off); }
+            if (fd >= 0 && (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, pg->size) != 0)) {
+                int e = errno;
+                close(fd);
+                fd = -1;
+                errno = e;
+            }
+            freeaddrinfo(res);
+        }
+        if (fd < 0) {
+            snprintf(msg, cap, "--init_method %s: rank 0 cannot listen on port %s (%s); pick a free port (under "
+                     "torchrun the ranks use MASTER_PORT + 1), or use --init_method fs:DIR", pg->init_method, port,
+                     strerror(errno));
+            return 1;
+        }
+        unsigned char* joined = (unsigned char*)calloc_check((size_t)pg->size, "rendezvous ranks");
+        int waiting = pg->size - 1, failed = 0;
+        while (waiting > 0 && !failed) {
+            struct pollfd pf = {fd, POLLIN, 0};
+            int left_ms = (int)((deadline - wall_seconds()) * 1e3);
+            if (left_ms <= 0 || poll(&pf, 1, left_ms) <= 0) {
+                int r = 1;
+                while (r < pg->size && joined[r]) { r++; }
+                snprintf(msg, cap, "rank 0 waited %d s (--collective_timeout) on port %s for %d of %d ranks (rank %d "
+                         "among them) to connect; check that every rank started with --init_method %s, and that "
+                         "the port is reachable", pg->timeout, port, waiting, pg->size - 1, r, pg->init_method);
+                failed = 1;
+                break;
+            }
+            int c = accept(fd, NULL, NULL);
+            if (c < 0) { continue; }
+            uint32_t hello[3];
+            if (socket_recv_all(c, hello, sizeof hello, wall_seconds() + 10) == 0 && hello[0] == RENDEZVOUS_MAGIC) {
+                if ((int)hello[2] != pg->size || hello[1] == 0 || (int)hello[1] >= pg->size || joined[hello[1]]) {
+                    snprintf(msg, cap, "rank 0 (of %d processes) was reached on port %s by a rank %u of %u "
+                             "processes; start every rank with the same number of processes, and each rank once",
+                             pg->size, port, hello[1], hello[2]);
+                    failed = 1;
+                } else if (socket_send_all(c, data, bytes) == 0) {
+                    joined[hello[1]] = 1;
+                    waiting--;
+                }
+            }
+            close(c);  // a stranger (no hello) is dropped
+        }
+        free(joined);
+        close(fd);
+        return failed;
+    }
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai != 0) {
+        snprintf(msg, cap, "--init_method %s: cannot resolve %s (%s); give rank 0's host name or address",
+                 pg->init_method, host, gai_strerror(gai));
+        return 1;
+    }
+    int done = 0;
+    while (!done && wall_seconds() < deadline) {
+        for (struct addrinfo* a = res; a != NULL && !done; a = a->ai_next) {
+            int fd = socket(a->ai_family, SOCK_STREAM, 0);
+            if (fd < 0) { continue; }
+            if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+                uint32_t hello[3] = {RENDEZVOUS_MAGIC, (uint32_t)pg->rank, (uint32_t)pg->size};
+                done = socket_send_all(fd, hello, sizeof hello) == 0 && socket_recv_all(fd, data, bytes, deadline) == 0;
+            }
+            close(fd);
+        }
+        if (!done) { usleep(100 * 1000); }
+    }
+    freeaddrinfo(res);
+    if (!done) {
+        snprintf(msg, cap, "rank %d waited %d s (--collective_timeout) to reach rank 0 at %s:%s; check that rank 0 "
+                 "started with the same --init_method, and that the address and port are reachable from here",
+                 pg->rank, pg->timeout, host, port);
+        return 1;
+    }
+    return 0;
+}
+
+// rank 0's data (bytes) to every rank of pg; returns 0, or 1 with a message
+int rendezvous_share(const ProcessGroup* pg, void* data, size_t bytes, char* msg, size_t cap) {
+    if (pg->size == 1) { return 0; }
+    if (strncmp(pg->init_method, "fs:", 3) == 0) { return rendezvous_fs(pg, (unsigned char*)data, bytes, msg, cap); }
+    return rendezvous_tcp(pg, (unsigned char*)data, bytes, msg, cap);
+}
+
+// after every rank has joined: rank 0 removes the fs: file
+void rendezvous_finish(const ProcessGroup* pg) {
+    if (pg->size > 1 && pg->rank == 0 && strncmp(pg->init_method, "fs:", 3) == 0) {
+        char path[400];
+        rendezvous_file_path(pg, path, sizeof path);
+        remove(path);
+    }
+}
+
 const char* train_config_problem(const TrainConfig* t) {
     static char msg[640];
     if (t->batch_size <= 0 || t->max_length < 0 || t->total_batch_size <= 0 || t->gradient_accumulation < 0) {
@@ -4006,12 +4307,13 @@ const char* train_config_problem(const TrainConfig* t) {
                  "--gradient_accumulation >= 0");
         return msg;
     }
-    if (t->total_batch_size % t->batch_size != 0) {
+    // with more than one rank, train_config_for_ranks has checked the batch against the ranks
+    if (t->ranks <= 1 && t->total_batch_size % t->batch_size != 0) {
         snprintf(msg, sizeof msg, "--total_batch_size %d is not a multiple of --batch_size %d; "
                  "gradient accumulation needs a whole number of micro steps", t->total_batch_size, t->batch_size);
         return msg;
     }
-    if (t->gradient_accumulation * t->batch_size != t->total_batch_size) {
+    if (t->ranks <= 1 && t->gradient_accumulation * t->batch_size != t->total_batch_size) {
         snprintf(msg, sizeof msg, "--gradient_accumulation %d x --batch_size %d is not --total_batch_size %d; "
                  "give two of the three, or all three consistent", t->gradient_accumulation, t->batch_size,
                  t->total_batch_size);
@@ -6002,7 +6304,21 @@ typedef struct {
     int (*save)(const TrainConfig* t, ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen);
     int (*load)(const TrainConfig* t, ShardLoader* loader, Rng* rng, const char* dir, char* err, size_t errlen);
     void (*free)(void);
+    // data parallel, NULL where the backend trains in one process only.
+    // join: this process joins the ranks of pg, before build (it picks the
+    // device); NULL or a message. from then on micro_step scales its gradient
+    // by 1 / ranks, and step_stats sums the gradients and the loss over the
+    // ranks: every rank gets the same step
+    const char* (*join)(const ProcessGroup* pg, const TrainConfig* t);
+    double (*sum_over_ranks)(double x);  // x summed over the ranks; every rank gets the same bits
 } TrainBackend;
+
+// the rank of this process (0 in one process): only rank 0 prints and writes
+static int g_train_rank = 0;
+
+static double ranks_sum(const TrainBackend* be, double x) {
+    return be->sum_over_ranks != NULL ? be->sum_over_ranks(x) : x;
+}
 
 // the settings table; changed ("name=saved value" lines) marks the settings
 // that --allow_changed let a resume change
@@ -6081,11 +6397,13 @@ float evaluate(const TrainBackend* be, ShardLoader* val, int eval_batches, int* 
     Progress pr;
     progress_begin(&pr, "evaluation: batch", eval_batches);
     for (int i = 0; i < eval_batches; i++) {
+        // with N ranks each takes its B windows of the batch's N B, and the
+        // means of the ranks are summed below
         shard_loader_next_batch_or_exit(val, inputs, targets);
         total += be->forward(inputs, targets, B, T);
         progress_update(&pr, i + 1);
     }
-    return (float)(total / eval_batches);
+    return (float)(ranks_sum(be, total) / (eval_batches * val->cfg.num_ranks));
 }
 
 // generates gen_tokens after a BOS and prints them through the decoder.
@@ -6142,7 +6460,7 @@ int train_log_step(FILE* log, int step, double loss, float val_loss, float lr, d
 
 // what a stop keeps: the step of the last checkpoint this run saved (or resumed from)
 static void print_kept_checkpoint(const TrainConfig* t, int last_saved) {
-    if (t->save_dir[0] == '\0') { return; }
+    if (t->save_dir[0] == '\0' || g_train_rank != 0) { return; }
     if (last_saved > 0) {
         fprintf(stderr, "the last good checkpoint, of step %d, is kept in %s/%s. ", last_saved, t->save_dir,
                 CHECKPOINT_FILE);
@@ -6154,7 +6472,7 @@ static void print_kept_checkpoint(const TrainConfig* t, int last_saved) {
 // a run that cannot go on: the reason (already on stderr), what is kept, exit 1
 static void train_stop(const TrainConfig* t, int last_saved, const char* advice) {
     print_kept_checkpoint(t, last_saved);
-    fprintf(stderr, "%s\n", advice);
+    if (g_train_rank == 0) { fprintf(stderr, "%s\n", advice); }
     exit(EXIT_FAILURE);
 }
 
@@ -6167,15 +6485,21 @@ static void train_save_checked(const TrainBackend* be, const TrainConfig* t, Sha
                                int* last_saved) {
     shard_loader_reset(val_loader);
     shard_loader_next_batch_or_exit(val_loader, inputs, targets);
-    float check_loss = be->forward(inputs, targets, val_loader->cfg.B, val_loader->cfg.T);
+    // every rank's batch: a NaN on any one makes the sum NaN on all
+    float check_loss = (float)ranks_sum(be, be->forward(inputs, targets, val_loader->cfg.B, val_loader->cfg.T));
     char err[1024];
     if (!isfinite(check_loss)) {
-        fprintf(stderr, "error: after step %d the loss on a validation batch is %s; the run has diverged, and its "
-                "state is not saved. ", step, isnan(check_loss) ? "NaN" : "Inf");
+        if (g_train_rank == 0) {
+            fprintf(stderr, "error: after step %d the loss on a validation batch is %s; the run has diverged, and "
+                    "its state is not saved. ", step, isnan(check_loss) ? "NaN" : "Inf");
+        }
         train_stop(t, *last_saved, t->grad_clipping > 0 ? "try a lower --lr" : "try a lower --lr, or --grad_clipping 1");
     }
-    if (be->save(t, train_loader, rng, t->save_dir, err, sizeof err) != 0) {
-        fprintf(stderr, "error: %s. ", err);
+    // every rank holds the whole state (data parallel replicates it): rank 0
+    // writes it, and the others learn whether that worked
+    int failed = g_train_rank == 0 ? be->save(t, train_loader, rng, t->save_dir, err, sizeof err) != 0 : 0;
+    if (ranks_sum(be, failed) != 0) {
+        if (g_train_rank == 0) { fprintf(stderr, "error: %s. ", err); }
         train_stop(t, *last_saved, "");
     }
     *last_saved = step;
@@ -6202,22 +6526,29 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     int parsed = train_config_from_args(&t, argc, argv, be->default_dtype, err, sizeof err);
     if (parsed == 1) { train_usage(stdout, be->program, be->default_dtype); return 0; }
     if (parsed < 0) { fatal("%s", err); }
-    const char* problem = train_config_problem(&t);
+    // the place of this process among the ranks, and the batch across them;
+    // --memory_plan plans one rank of --num_processes and starts nothing
+    ProcessGroup pg;
+    const char* problem = t.memory_plan ? NULL : process_group_resolve(&pg, &t, env_process, err, sizeof err);
+    if (problem == NULL && !t.memory_plan && pg.size > 1 && be->join == NULL) {
+        snprintf(err, sizeof err, "this is rank %d of %d processes (%s), but %s trains in one process; data "
+                 "parallel is the CUDA trainer's (./train_llama_subtrack, same flags). Run one process, without "
+                 "torchrun, mpirun or srun", pg.rank, pg.size, pg.source, be->program);
+        problem = err;
+    }
+    if (problem == NULL && !t.memory_plan) { problem = train_config_for_ranks(&t, pg.size, err, sizeof err); }
+    if (problem == NULL) { problem = train_config_problem(&t); }
     if (problem == NULL && t.memory_plan && be->memory_plan == NULL) {
         problem = "--memory_plan plans the CUDA trainer's device memory; run ./train_llama_subtrack --memory_plan "
                   "with the same flags (it needs no GPU)";
     }
     if (problem == NULL && !t.memory_plan) { problem = be->check(&t); }  // the plan needs no device
     if (problem != NULL) { fatal("%s", problem); }
-    // the place of this process among the ranks; --memory_plan plans one rank
-    // of --num_processes and starts nothing
-    ProcessGroup pg;
-    problem = t.memory_plan ? NULL : process_group_resolve(&pg, &t, env_process, err, sizeof err);
-    if (problem != NULL) { fatal("%s", problem); }
-    if (!t.memory_plan && pg.size > 1) {
-        fatal("this is rank %d of %d processes (%s), but this build trains in one process: data parallel on "
-              "NCCL is being built (README, \"Many GPUs\"). Run one process, without torchrun, mpirun or srun",
-              pg.rank, pg.size, pg.source);
+    // only rank 0 prints and writes: the others' standard output goes
+    // nowhere (their errors still reach stderr)
+    if (!t.memory_plan && pg.rank != 0) {
+        g_train_rank = pg.rank;
+        if (freopen("/dev/null", "w", stdout) == NULL) { fatal("rank %d: cannot silence stdout", pg.rank); }
     }
     g_progress_interval = t.progress_interval;
     LlamaConfig cfg;
@@ -6257,7 +6588,7 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
                   problems);
         }
     }
-    if (t.save_dir[0] != '\0') { make_writable_dir_or_exit(t.save_dir); }
+    if (t.save_dir[0] != '\0' && g_train_rank == 0) { make_writable_dir_or_exit(t.save_dir); }
 
     // the settings first: building a large model and its first step take a while
     print_settings(&t, changed);
@@ -6276,20 +6607,26 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
         printf("note:         the model's vocab is %d and the tokenizer of %s has %d ids: %d embedding rows are "
                "never used\n", cfg.V, t.decoder_path, dec.vocab_size, cfg.V - dec.vocab_size);
     }
-    ShardLoaderConfig tc = {t.train_data, "--train_data", B, T, cfg.V, 0, 1, t.shuffle, (uint64_t)t.seed};
-    ShardLoaderConfig vc = {t.val_data, "--val_data", B, T, cfg.V, 0, 1, 0, 0};
+    ShardLoaderConfig tc = {t.train_data, "--train_data", B, T, cfg.V, pg.rank, pg.size, t.shuffle, (uint64_t)t.seed};
+    ShardLoaderConfig vc = {t.val_data, "--val_data", B, T, cfg.V, pg.rank, pg.size, 0, 0};
     ShardLoader train_loader, val_loader;
     shard_loader_init_or_exit(&train_loader, &tc);
     shard_loader_init_or_exit(&val_loader, &vc);
     // evaluation reads the same batches every time; more than the validation
     // data holds would only repeat them
-    int64_t val_batches = val_loader.num_windows / B;
+    int64_t val_batches = val_loader.num_windows / ((int64_t)B * pg.size);
     if (t.eval_batches > val_batches) {
-        printf("note:         --eval_batches %d capped at the %lld batches of B=%d the validation data holds\n",
-               t.eval_batches, (long long)val_batches, B);
+        printf("note:         --eval_batches %d capped at the %lld batches of B=%d%s the validation data holds\n",
+               t.eval_batches, (long long)val_batches, B, pg.size > 1 ? " per rank" : "");
         t.eval_batches = (int)val_batches;
     }
 
+    if (pg.size > 1) {
+        problem = be->join(&pg, &t);
+        if (problem != NULL) { fatal("rank %d of %d: %s", pg.rank, pg.size, problem); }
+        printf("ranks:        %d processes (%s), meeting through %s; data parallel, every rank holding the whole "
+               "state\n", pg.size, pg.source, pg.init_method);
+    }
     problem = be->build(&cfg, &t, B, T);
     if (problem != NULL) { fatal("%s", problem); }
     Rng sample_rng;
@@ -6325,7 +6662,7 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     int last_saved = be->steps_taken() > 0 && t.save_dir[0] != '\0' && strcmp(t.save_dir, t.continue_from) == 0
                      ? be->steps_taken() : 0;
     FILE* log = NULL;
-    if (t.log_file[0] != '\0') {
+    if (t.log_file[0] != '\0' && g_train_rank == 0) {
         // a fresh run starts the file; a resumed one appends. the header goes
         // at the top of every new or empty file
         log = fopen(t.log_file, be->steps_taken() > 0 ? "a" : "w");
@@ -6352,9 +6689,11 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
         }
         double loss = 0.0, norm = 0.0;
         be->step_stats(&loss, &norm);
-        if (!isfinite(loss) || !isfinite(norm)) {
-            fprintf(stderr, "error: the %s is %s at step %d; stopping. ", isfinite(loss) ? "gradient norm" : "loss",
-                    isnan(isfinite(loss) ? norm : loss) ? "NaN" : "Inf", step + 1);
+        if (!isfinite(loss) || !isfinite(norm)) {  // the same on every rank: they stop together
+            if (g_train_rank == 0) {
+                fprintf(stderr, "error: the %s is %s at step %d; stopping. ", isfinite(loss) ? "gradient norm" : "loss",
+                        isnan(isfinite(loss) ? norm : loss) ? "NaN" : "Inf", step + 1);
+            }
             train_stop(&t, last_saved, t.grad_clipping > 0 ? "try a lower --lr" : "try a lower --lr, or --grad_clipping 1");
         }
         if (t.grad_clipping > 0 && norm > t.grad_clipping) { be->grad_scale((float)(t.grad_clipping / norm)); }
@@ -6371,7 +6710,7 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
             val_loss = evaluate(be, &val_loader, t.eval_batches, inputs, targets);
             printf("val loss %.4f (perplexity %.2f) at step %d\n", val_loss, exp(val_loss), step + 1);
         }
-        if (train_step_is_due(t.sample_every, step, last)) {
+        if (train_step_is_due(t.sample_every, step, last) && g_train_rank == 0) {
             print_sample(be, &dec, cfg.V, T, t.gen_tokens, t.top_k, t.temperature, &sample_rng, dec.bos_id);
         }
         if (!train_log_step(log, step, loss, val_loss, lr, norm, ms, tokens_per_s)) {
@@ -6477,7 +6816,7 @@ static void cpu_free(void) {
 static const TrainBackend cpu_backend = {
     "./train_llama_subtrack_cpu", "float32", cpu_check, cpu_build, cpu_report, NULL, cpu_zero_grad, NULL, cpu_forward,
     cpu_micro_step, cpu_logits_row, cpu_step_stats, cpu_grad_scale, cpu_optimizer_step, cpu_steps_taken,
-    cpu_optimizer, cpu_subspace_seconds, cpu_save, cpu_load, cpu_free,
+    cpu_optimizer, cpu_subspace_seconds, cpu_save, cpu_load, cpu_free, NULL, NULL,
 };
 
 #ifndef TESTING

@@ -57,6 +57,12 @@ letter legend for shape comments:
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/socket.h>  // the rendezvous of the ranks (in the C file, included below in a namespace)
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>     // the collectives' watchdog
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -66,6 +72,14 @@ letter legend for shape comments:
 #include <cublasLt.h>
 #include <cusolverDn.h>
 #include "flash_attention.cuh"  // causal attention (flash): kernels and launchers
+// NCCL for data parallel: where its header is, the build links it (make
+// train); without it the trainer runs one process and says so to a launcher
+#if __has_include(<nccl.h>) && !defined(SUBTRACK_NO_NCCL)
+#include <nccl.h>
+#define HAVE_NCCL 1
+#else
+#define HAVE_NCCL 0
+#endif
 
 // the CPU reference and trainer, as a library: its main() is left out
 #ifndef TESTING
@@ -2401,8 +2415,13 @@ void llama_zero_grad(Llama* model) {
 // per-layer updates, its norm is added up and the optimizer updates it; the
 // buffer is then zeroed for the next unit. nothing later in the backward
 // reads this unit's weights, so updating them now is the whole-step update
+// data parallel: sums a unit's gradient over the ranks before its norm and
+// its update (NULL in one process)
+static void (*g_unit_grad_sum)(float* grad, size_t n) = NULL;
+
 static void unit_done(Llama* model, int tensor, int layer, size_t n) {
     if (!model->per_layer) { return; }
+    if (g_unit_grad_sum != NULL) { g_unit_grad_sum(model->grads_memory, n); }
     grad_squared_norm_on_device(step_stats_device() + STAT_NORM2, model->grads_memory, n, 1);
     model->on_unit(model->on_unit_ctx, tensor, layer, model->grads_memory);
     cuda_check(cudaMemsetAsync(model->grads_memory, 0, n * sizeof(float), 0));
@@ -6119,6 +6138,173 @@ static struct {
     float* logits_row;      // (V) host copy of one row of logits, for sampling
 } gpu_trainer;
 
+// ---- data parallel over NCCL: one process per GPU
+//
+// the design (README, "Many GPUs"): every rank holds the whole model and the
+// whole optimizer state, as PyTorch's DDP does. a rank's micro-batches are
+// its B windows of the step's N B (the loader), its backward scales the
+// gradient by 1 / N, and before the step's statistics one all-reduce sums the
+// gradients (fp32) and the loss over the ranks. every rank then has the same
+// gradient bits, computes the same norm, clips alike, and runs the same
+// optimizer step (same seeds for the stochastic roundings), so the ranks'
+// weights and states stay equal without being sent. with per-layer updates
+// each unit's gradient is summed in the backward, before its update. ZeRO-1
+// (each state on one owner, shard_plan_build) is the next step.
+//
+// a dead or hung rank must not hang the others: every wait on the others (the
+// meeting, a step's sums) is timed by a watchdog thread, which stops the
+// process with a message after --collective_timeout seconds
+
+static struct {
+    int rank = 0, size = 1;
+    int timeout = 900;           // seconds
+#if HAVE_NCCL
+    ncclComm_t comm = NULL;
+#endif
+    double* sum = NULL;          // (1) device: sum_over_ranks's value
+    pthread_t watchdog;
+    int watchdog_running = 0;
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    double wait_since = 0.0;     // wall_seconds() when the wait began; guarded by lock
+    const char* waiting_for = NULL;  // NULL: not waiting
+    int step = 0;                // for messages
+} g_dp;
+
+// the watchdog: wakes a few times a second; a wait past the timeout ends the
+// process (its state on disk is the last checkpoint, written whole or not at all)
+static void* dp_watchdog(void* arg) {
+    (void)arg;
+    for (;;) {
+        usleep(200 * 1000);
+        pthread_mutex_lock(&g_dp.lock);
+        const char* what = g_dp.waiting_for;
+        double waited = what != NULL ? cpu::wall_seconds() - g_dp.wait_since : 0.0;
+        int step = g_dp.step;
+        pthread_mutex_unlock(&g_dp.lock);
+        if (what != NULL && waited > g_dp.timeout) {
+            fprintf(stderr, "error: rank %d of %d waited %d s (--collective_timeout) for the other ranks in %s of "
+                    "step %d; a rank has stopped or hangs (see its messages above). stopping this rank too; the "
+                    "last checkpoint written whole is kept\n", g_dp.rank, g_dp.size, g_dp.timeout, what, step);
+            fflush(stderr);
+            _exit(EXIT_FAILURE);
+        }
+    }
+    return NULL;
+}
+
+static void dp_wait_begin(const char* what) {
+    if (g_dp.size == 1) { return; }
+    pthread_mutex_lock(&g_dp.lock);
+    g_dp.waiting_for = what;
+    g_dp.wait_since = cpu::wall_seconds();
+    pthread_mutex_unlock(&g_dp.lock);
+}
+
+static void dp_wait_end(void) {
+    if (g_dp.size == 1) { return; }
+    pthread_mutex_lock(&g_dp.lock);
+    g_dp.waiting_for = NULL;
+    pthread_mutex_unlock(&g_dp.lock);
+}
+
+#if HAVE_NCCL
+// an NCCL call that failed: most often another rank is gone
+static void nccl_check_at(ncclResult_t r, const char* what, const char* file, int line) {
+    if (r == ncclSuccess) { return; }
+    const char* last = ncclGetLastError(g_dp.comm);
+    fprintf(stderr, "error: rank %d of %d: NCCL %s failed at %s:%d: %s%s%s. %s\n", g_dp.rank, g_dp.size, what, file,
+            line, ncclGetErrorString(r), last != NULL && last[0] ? ": " : "", last != NULL ? last : "",
+            r == ncclRemoteError || r == ncclSystemError
+                ? "another rank has stopped or cannot be reached (see its messages); stopping this rank too"
+                : "stopping");
+    exit(EXIT_FAILURE);
+}
+#define nccl_check(call) nccl_check_at((call), #call, __FILE__, __LINE__)
+
+// the sum over the ranks, in place, of n floats on the device
+static void dp_sum_floats(float* x, size_t n) {
+    nccl_check(ncclAllReduce(x, x, n, ncclFloat, ncclSum, g_dp.comm, 0));
+}
+#endif
+
+static const char* gpu_join(const cpu::ProcessGroup* pg, const cpu::TrainConfig* t) {
+    static char msg[1024];
+    (void)t;
+#if !HAVE_NCCL
+    snprintf(msg, sizeof msg, "this ./train_llama_subtrack was built without NCCL (nccl.h was not found), so it "
+             "trains in one process; install NCCL (libnccl-dev, or NVIDIA's nccl packages) and rebuild with make "
+             "train, or run one process");
+    (void)pg;
+    return msg;
+#else
+    int count = 0;
+    cuda_check(cudaGetDeviceCount(&count));
+    int device = pg->local_rank >= 0 ? pg->local_rank : pg->rank % count;
+    if (device >= count) {
+        const char* visible = getenv("CUDA_VISIBLE_DEVICES");
+        snprintf(msg, sizeof msg, "local rank %d (%s) would use GPU %d, but this process sees %d GPU%s%s%s; start at "
+                 "most %d processes a node, or give --gpus_per_node", device, pg->source, device, count,
+                 count == 1 ? "" : "s", visible ? " (CUDA_VISIBLE_DEVICES=" : "", visible ? visible : "", count);
+        if (visible) { strncat(msg, ")", sizeof msg - strlen(msg) - 1); }
+        return msg;
+    }
+    cuda_check(cudaSetDevice(device));
+    g_dp.rank = pg->rank;
+    g_dp.size = pg->size;
+    g_dp.timeout = pg->timeout;
+    if (pthread_create(&g_dp.watchdog, NULL, dp_watchdog, NULL) != 0) {
+        snprintf(msg, sizeof msg, "cannot start the collectives' watchdog thread (%s)", strerror(errno));
+        return msg;
+    }
+    g_dp.watchdog_running = 1;
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (pg->rank == 0) { nccl_check(ncclGetUniqueId(&id)); }
+    char err[1024];
+    if (cpu::rendezvous_share(pg, &id, sizeof id, err, sizeof err) != 0) {
+        snprintf(msg, sizeof msg, "%s", err);
+        return msg;
+    }
+    dp_wait_begin("the meeting (ncclCommInitRank)");
+    nccl_check(ncclCommInitRank(&g_dp.comm, pg->size, id, pg->rank));
+    dp_wait_end();
+    cpu::rendezvous_finish(pg);
+    cuda_check(cudaMalloc((void**)&g_dp.sum, sizeof(double)));
+    g_unit_grad_sum = dp_sum_floats;
+    return NULL;
+#endif
+}
+
+// x summed over the ranks: for evaluation, the saved-state check and agreement
+static double gpu_sum_over_ranks(double x) {
+    if (g_dp.size == 1) { return x; }
+#if HAVE_NCCL
+    dp_wait_begin("a sum over the ranks");
+    cuda_check(cudaMemcpy(g_dp.sum, &x, sizeof x, cudaMemcpyHostToDevice));
+    nccl_check(ncclAllReduce(g_dp.sum, g_dp.sum, 1, ncclDouble, ncclSum, g_dp.comm, 0));
+    cuda_check(cudaMemcpy(&x, g_dp.sum, sizeof x, cudaMemcpyDeviceToHost));
+    dp_wait_end();
+#endif
+    return x;
+}
+
+static void gpu_leave(void) {
+    if (g_dp.size == 1) { return; }
+#if HAVE_NCCL
+    g_unit_grad_sum = NULL;
+    cuda_check(cudaFree(g_dp.sum));
+    g_dp.sum = NULL;
+    nccl_check(ncclCommDestroy(g_dp.comm));
+#endif
+    if (g_dp.watchdog_running) {
+        pthread_cancel(g_dp.watchdog);
+        pthread_join(g_dp.watchdog, NULL);
+        g_dp.watchdog_running = 0;
+    }
+    g_dp.size = 1;
+    g_dp.rank = 0;
+}
+
 static const char* gpu_check(const cpu::TrainConfig* t) {
     (void)t;
     require_gpu_or_exit();
@@ -6193,7 +6379,11 @@ static void gpu_report(const cpu::TrainConfig* t, int B, int T) {
            gib(gpu_memory.device_total));
 }
 
-static void gpu_zero_grad(void) { llama_zero_grad(&gpu_trainer.model); }
+static void gpu_zero_grad(void) {
+    llama_zero_grad(&gpu_trainer.model);
+    // with per-layer updates the backward sums each unit over the ranks
+    if (gpu_trainer.model.per_layer) { dp_wait_begin("the backward's gradient sums"); }
+}
 static void gpu_begin_step(float lr) { optimizer_begin_step(&gpu_trainer.opt, lr); }
 static float gpu_forward(const int* inputs, const int* targets, int B, int T) {
     return llama_forward(&gpu_trainer.model, inputs, targets, B, T);
@@ -6201,7 +6391,8 @@ static float gpu_forward(const int* inputs, const int* targets, int B, int T) {
 // a training micro-batch: nothing is read back (llama_forward_async)
 static void gpu_micro_step(const int* inputs, const int* targets, int B, int T, int accum) {
     llama_forward_async(&gpu_trainer.model, inputs, targets, B, T, accum);
-    llama_backward(&gpu_trainer.model, inputs, targets, 1.0f / accum);
+    // each rank's share of the step's mean: 1 / (accum N)
+    llama_backward(&gpu_trainer.model, inputs, targets, 1.0f / ((float)accum * g_dp.size));
 }
 static const float* gpu_logits_row(int row) {
     Llama* m = &gpu_trainer.model;
@@ -6210,7 +6401,25 @@ static const float* gpu_logits_row(int row) {
     device_to_host_float(gpu_trainer.logits_row, logits + (size_t)row * m->Vp * dtype_bytes(m->dtype), V, m->dtype);
     return gpu_trainer.logits_row;
 }
-static void gpu_step_stats(double* loss, double* norm) { llama_step_stats(&gpu_trainer.model, loss, norm); }
+static void gpu_step_stats(double* loss, double* norm) {
+    Llama* m = &gpu_trainer.model;
+    g_dp.step = gpu_trainer.opt.host.step + 1;
+    if (g_dp.size > 1) {
+#if HAVE_NCCL
+        if (!m->per_layer) { dp_wait_begin("the gradient sum"); }
+        // the gradients (done in the backward with per-layer updates), then
+        // the loss: one group, on the stream after the backward
+        nccl_check(ncclGroupStart());
+        if (!m->per_layer) { dp_sum_floats(m->grads_memory, m->grads_floats); }
+        nccl_check(ncclAllReduce(step_stats_device() + STAT_LOSS, step_stats_device() + STAT_LOSS, 1, ncclDouble,
+                                 ncclSum, g_dp.comm, 0));
+        nccl_check(ncclGroupEnd());
+#endif
+    }
+    llama_step_stats(m, loss, norm);  // the one read of the device: the sums have arrived
+    dp_wait_end();
+    *loss /= g_dp.size;  // the mean of the ranks' means
+}
 static void gpu_grad_scale(float s) { grad_scale(gpu_trainer.model.grads_memory, gpu_trainer.model.grads_floats, s); }
 static void gpu_optimizer_step(float lr) {
     // no wait for the device here: the step's one wait is the read of its loss
@@ -6258,13 +6467,14 @@ static void gpu_free(void) {
     staging_release(&g_rope_staging);
     cublas_free();
     g_oom_explain = NULL;
+    gpu_leave();
 }
 
 const cpu::TrainBackend gpu_backend = {
     "./train_llama_subtrack", "bfloat16", gpu_check, gpu_build, gpu_report, gpu_memory_plan, gpu_zero_grad,
     gpu_begin_step, gpu_forward,
     gpu_micro_step, gpu_logits_row, gpu_step_stats, gpu_grad_scale, gpu_optimizer_step, gpu_steps_taken,
-    gpu_optimizer, gpu_subspace_seconds, gpu_save, gpu_load, gpu_free,
+    gpu_optimizer, gpu_subspace_seconds, gpu_save, gpu_load, gpu_free, gpu_join, gpu_sum_over_ranks,
 };
 
 #ifndef TESTING

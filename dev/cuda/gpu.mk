@@ -32,7 +32,10 @@ GPU_PRESENT := $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo yes)
 NVCCFLAGS ?= -O3 -std=c++17 $(foreach a,$(GPU_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
              -gencode arch=compute_$(GPU_PTX_ARCH),code=compute_$(GPU_PTX_ARCH) \
              -Xcompiler -Wall,-Wextra,-fopenmp
-NVCC_LDLIBS := -lcublas -lcublasLt -lcusolver -lgomp -lm
+# NCCL, for data parallel, where its header is (emu.mk probes it): without it
+# the trainer builds for one process and says so to a launcher
+GPU_NCCL := $(CUDA_EMU_NCCL_HEADER)
+NVCC_LDLIBS := -lcublas -lcublasLt -lcusolver $(if $(GPU_NCCL),-lnccl) -lgomp -lm
 
 .PHONY: train test_gpu
 
@@ -44,7 +47,7 @@ train:
 
 else
 
-$(info nvcc found: building GPU targets for $(GPU_ARCHS:%=sm_%) (GPU present: $(if $(GPU_PRESENT),yes,no)))
+$(info nvcc found: building GPU targets for $(GPU_ARCHS:%=sm_%) (GPU present: $(if $(GPU_PRESENT),yes,no); NCCL: $(if $(GPU_NCCL),yes,no)))
 
 train: train_llama_subtrack
 

@@ -4323,7 +4323,12 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
 // stop = 1) once kill_when exists and kill_after seconds more have passed
 typedef struct { int rank; const char* when; double after; int stop; } RankFault;
 
-static void run_ranks(int n, const char* args, const char* dir, const char* tag, int* rcs, const RankFault* fault) {
+// with torchrun_port > 0 the ranks get torchrun's variables instead of the
+// flags (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1, MASTER_PORT =
+// torchrun_port - 1, its agent store's, TORCHELASTIC_USE_AGENT_STORE=True),
+// on an emulated node of n GPUs
+static void run_ranks_as(int n, const char* args, const char* dir, const char* tag, int* rcs, const RankFault* fault,
+                         int torchrun_port) {
     pid_t pids[8];
     char meet[700];
     snprintf(meet, sizeof meet, "%s/meet_%s", dir, tag);
@@ -4331,10 +4336,19 @@ static void run_ranks(int n, const char* args, const char* dir, const char* tag,
     for (int r = 0; r < n; r++) {
         char cmd[6000];
         // fs:DIR unless args name another way
-        char init[800] = "";
+        char init[800] = "", place[400];
         if (strstr(args, "--init_method") == NULL) { snprintf(init, sizeof init, "--init_method fs:%s", meet); }
-        snprintf(cmd, sizeof cmd, "exec env OMP_NUM_THREADS=1 %s %s --num_processes %d --process_rank %d %s "
-                 "> %s/%s.rank%d.txt 2>&1", g_trainer_bin, args, n, r, init, dir, tag, r);
+        if (torchrun_port > 0) {
+            init[0] = '\0';
+            snprintf(place, sizeof place, "RANK=%d WORLD_SIZE=%d LOCAL_RANK=%d MASTER_ADDR=127.0.0.1 MASTER_PORT=%d "
+                     "TORCHELASTIC_USE_AGENT_STORE=True CUDA_EMU_DEVICES=%d", r, n, r, torchrun_port - 1, n);
+        } else {
+            snprintf(place, sizeof place, "X=0");
+        }
+        char ranks[100] = "";
+        if (torchrun_port == 0) { snprintf(ranks, sizeof ranks, "--num_processes %d --process_rank %d", n, r); }
+        snprintf(cmd, sizeof cmd, "exec env OMP_NUM_THREADS=1 %s %s %s %s %s > %s/%s.rank%d.txt 2>&1", place,
+                 g_trainer_bin, args, ranks, init, dir, tag, r);
         pids[r] = fork();
         if (pids[r] == 0) { execl("/bin/sh", "sh", "-c", cmd, (char*)NULL); _exit(127); }
     }
@@ -4376,6 +4390,10 @@ static void run_ranks(int n, const char* args, const char* dir, const char* tag,
         }
         usleep(50 * 1000);
     }
+}
+
+static void run_ranks(int n, const char* args, const char* dir, const char* tag, int* rcs, const RankFault* fault) {
+    run_ranks_as(n, args, dir, tag, rcs, fault, 0);
 }
 
 // a checkpoint's weights and optimizer states, loaded on the CPU with the
@@ -4617,7 +4635,31 @@ static void test_data_parallel_failure(const char* dir) {
     }
 }
 
+// started as torchrun starts it: RANK, WORLD_SIZE, LOCAL_RANK (a GPU each),
+// MASTER_ADDR and MASTER_PORT held by torchrun's agent (the ranks take the
+// port above); and a local rank past the node's GPUs is refused
+static void test_data_parallel_torchrun(const char* dir) {
+    const char* args = "--model_config kjv_test --max_length 16 --rank 4 --warmup_steps 2 --eval_batches 2 "
+                       "--print_every 1 --eval_every 0 --sample_every 0 --batch_size 1 --total_batch_size 2 "
+                       "--num_training_steps 2";
+    int rcs[8] = {0};
+    run_ranks_as(2, args, dir, "torchrun", rcs, NULL, free_port());
+    char out0[800];
+    snprintf(out0, sizeof out0, "%s/torchrun.rank0.txt", dir);
+    check(rcs[0] == 0 && rcs[1] == 0 && file_contains(out0, "2 processes (torchrun (RANK=0, WORLD_SIZE=2)") &&
+          file_contains(out0, "step     2/2"), "data parallel under torchrun's variables: 2 ranks on 2 GPUs meet on "
+          "MASTER_PORT + 1 and train (exits %d %d)", rcs[0], rcs[1]);
+    const char* saved = g_trainer_bin;
+    char env_bin[800];
+    snprintf(env_bin, sizeof env_bin, "RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 CUDA_EMU_DEVICES=1 %s", saved);
+    g_trainer_bin = env_bin;
+    check_trainer_rejects("local rank 1 on a node of one GPU", TRAINER_FAST " --total_batch_size 4 --init_method fs:/tmp",
+                          "would use GPU 1, but this process sees 1 GPU");
+    g_trainer_bin = saved;
+}
+
 static void test_data_parallel(const char* dir) {
+    test_data_parallel_torchrun(dir);
     test_data_parallel_equivalence(dir, 2, 2, "", "subtrack++");
     test_data_parallel_equivalence(dir, 2, 2, "--subspace_update_method galore --adaptive_optimizer 0", "galore");
     test_data_parallel_equivalence(dir, 2, 2, "--optimizer adamw", "adamw");

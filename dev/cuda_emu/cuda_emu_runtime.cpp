@@ -1619,33 +1619,43 @@ cudaError_t cudaDeviceSynchronize(void) {
 cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
 // the machine a program sees can be varied, to test its error paths:
 // CUDA_EMU_DEVICES=0 has no GPU (cudaErrorNoDevice, as the real runtime);
-// CUDA_EMU_DRIVER_VERSION=N below this build's CUDART_VERSION is a driver too
-// old for it (cudaErrorInsufficientDriver)
+// CUDA_EMU_DEVICES=K (1..64) has K devices, as a node of K GPUs for a
+// data-parallel launcher's LOCAL_RANK (they are all this CPU and its memory:
+// the device number changes nothing else); CUDA_EMU_DRIVER_VERSION=N below
+// this build's CUDART_VERSION is a driver too old for it (cudaErrorInsufficientDriver)
 static int emu_driver_version(void) {
   const char* v = getenv("CUDA_EMU_DRIVER_VERSION");
   return v && *v ? atoi(v) : CUDART_VERSION;
 }
+static int emu_device_count(void) {
+  const char* devices = getenv("CUDA_EMU_DEVICES");
+  if (devices == NULL || *devices == '\0') return 1;
+  int k = atoi(devices);
+  return k < 0 ? 0 : k > 64 ? 64 : k;
+}
+static int g_current_device = 0;
 cudaError_t cudaGetDeviceCount(int* count) {
   *count = 0;
   if (emu_driver_version() < CUDART_VERSION) return set_error(cudaErrorInsufficientDriver);
-  const char* devices = getenv("CUDA_EMU_DEVICES");
-  if (devices && strcmp(devices, "0") == 0) return set_error(cudaErrorNoDevice);
-  *count = 1;
+  if (emu_device_count() == 0) return set_error(cudaErrorNoDevice);
+  *count = emu_device_count();
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int device) {
-  if (device != 0) {
-    fprintf(stderr, "cuda_emu: cudaSetDevice(%d): the emulator has one device, 0\n", device);
+  if (device < 0 || device >= emu_device_count()) {
+    fprintf(stderr, "cuda_emu: cudaSetDevice(%d): the emulator has %d device(s) (CUDA_EMU_DEVICES)\n", device,
+            emu_device_count());
     return set_error(cudaErrorInvalidDevice);
   }
+  g_current_device = device;
   return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = g_current_device;
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
-  if (device != 0) return set_error(cudaErrorInvalidDevice);
+  if (device < 0 || device >= emu_device_count()) return set_error(cudaErrorInvalidDevice);
   memset(prop, 0, sizeof *prop);
   snprintf(prop->name, sizeof prop->name, "cuda_emu CPU emulator (H100-like limits, not a GPU)");
   struct sysinfo si;
@@ -1683,7 +1693,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
-  if (device != 0) return set_error(cudaErrorInvalidDevice);
+  if (device < 0 || device >= emu_device_count()) return set_error(cudaErrorInvalidDevice);
   switch (attr) {
     case cudaDevAttrMaxThreadsPerBlock: *value = EMU_MAX_THREADS_PER_BLOCK; break;
     case cudaDevAttrMaxBlockDimX: *value = EMU_MAX_BLOCK_DIM_XY; break;

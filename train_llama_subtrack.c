@@ -5401,7 +5401,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     return NULL;
 }
 
-// ---- ZeRO-1 ownership (issue [5/6], the design; the trainers do not shard yet)
+// ---- ZeRO-1 ownership (issue [5/6], the next step: data parallel today replicates the states)
 //
 // with N data-parallel ranks, each optimizer state and fp32 master lives on one
 // rank, its owner, which alone updates those weights and then sends them to
@@ -5546,7 +5546,8 @@ void shard_plan_print(const LlamaConfig* c, const TrainConfig* t, int num_ranks,
     if (problem != NULL) { fprintf(f, "ZeRO-1 plan: %s\n", problem); return; }
     int most = shard_plan_largest_rank(&sp);
     double gib = 1024.0 * 1024.0 * 1024.0;
-    fprintf(f, "ZeRO-1 at %d processes (the design of issue [5/6]; this build does not shard yet): the optimizer "
+    fprintf(f, "ZeRO-1 at %d processes (the next step of issue [5/6]; data parallel today keeps the whole state on "
+            "every rank): the optimizer "
             "states%s, %.3f GiB in all above, in %d pieces (whole low-rank matrices, AdamW cut at most %d ways); "
             "the largest rank, %d, would hold %.3f GiB (1/%d = %.3f GiB), %.3f GiB less than the plan above\n",
             num_ranks, t->master_weights ? " and fp32 masters" : "", sp.total_bytes / gib, sp.num_pieces,

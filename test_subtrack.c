@@ -4499,18 +4499,30 @@ static int file_contains(const char* path, const char* needle) {
 #define DP_STATE_REL 0x1p-19
 #define DP_LOSS_REL 0x1p-20
 
+// the default bf16 run (bf16 activations and weight copies, fp32 masters):
+// the same fp32 differences can flip a weight's bf16 rounding (u = 2^-8)
+// between the runs, which moves the next losses by far less than u (the
+// mean over every token) and a gradient norm by up to about u. measured:
+// 3e-6 and 1.3e-4. the bounds: 2^-10 relative for the losses, 2^-8 for the
+// norms; the states are compared in the fp32 runs only
+#define DP_LOSS_REL_BF16 0x1p-10
+#define DP_NORM_REL_BF16 0x1p-8
+
 // N ranks x B=1 a micro step against one process of B=N, 6 steps of accum
-// micro steps each, for one optimizer
-static void test_data_parallel_equivalence(const char* dir, int n, int accum, const char* method, const char* label) {
+// micro steps each, for one optimizer; in fp32 (bf16 = 0) or the default bf16
+static void test_data_parallel_equivalence(const char* dir, int n, int accum, const char* method, const char* label,
+                                           int bf16) {
     char one[2048], many[2048], tag[64], one_dir[700], many_dir[700], one_log[700], many_log[700], err[1024];
     snprintf(tag, sizeof tag, "%s_%d", label, n);
     snprintf(one_dir, sizeof one_dir, "%s/dp1_%s", dir, tag);
     snprintf(many_dir, sizeof many_dir, "%s/dpn_%s", dir, tag);
     snprintf(one_log, sizeof one_log, "%s/dp1_%s.csv", dir, tag);
     snprintf(many_log, sizeof many_log, "%s/dpn_%s.csv", dir, tag);
-    const char* common = "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
-                         "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 3 --sample_every 0 "
-                         "--dtype float32";
+    const char* common = bf16 ? "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
+                                "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 3 --sample_every 0"
+                              : "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
+                                "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 3 --sample_every 0 "
+                                "--dtype float32";
     snprintf(one, sizeof one, "%s %s --num_training_steps %d --batch_size %d --total_batch_size %d --save_dir %s "
              "--log_file %s", common, method, DP_STEPS, n, accum * n, one_dir, one_log);
     snprintf(many, sizeof many, "%s %s --num_training_steps %d --batch_size 1 --total_batch_size %d --save_dir %s "
@@ -4537,10 +4549,12 @@ static void test_data_parallel_equivalence(const char* dir, int n, int accum, co
             if (isnan(worst)) { worst = INFINITY; }
             compared++;
         }
-        check(worst <= DP_LOSS_REL && compared >= 2, "data parallel %s: %d ranks x B=1 give the %s of one process of "
-              "B=%d (%d values, largest relative difference %.2e <= 2^-20)", label, n, columns[col], n, compared,
-              worst);
+        double bound = !bf16 ? DP_LOSS_REL : col == 4 ? DP_NORM_REL_BF16 : DP_LOSS_REL_BF16;
+        check(worst <= bound && compared >= 2, "data parallel %s: %d ranks x B=1 give the %s of one process of "
+              "B=%d (%d values, largest relative difference %.2e <= %.2e)", label, n, columns[col], n, compared,
+              worst, bound);
     }
+    if (bf16) { return; }
     // the val losses printed by rank 0 (sharded evaluation, summed) and the state
     char flags_one[2100], flags_many[2100];
     snprintf(flags_one, sizeof flags_one, "%s %s --num_training_steps %d --batch_size %d --total_batch_size %d",
@@ -4660,15 +4674,18 @@ static void test_data_parallel_torchrun(const char* dir) {
 
 static void test_data_parallel(const char* dir) {
     test_data_parallel_torchrun(dir);
-    test_data_parallel_equivalence(dir, 2, 2, "", "subtrack++");
-    test_data_parallel_equivalence(dir, 2, 2, "--subspace_update_method galore --adaptive_optimizer 0", "galore");
-    test_data_parallel_equivalence(dir, 2, 2, "--optimizer adamw", "adamw");
+    test_data_parallel_equivalence(dir, 2, 2, "", "subtrack++", 0);
+    test_data_parallel_equivalence(dir, 2, 2, "--subspace_update_method galore --adaptive_optimizer 0", "galore", 0);
+    test_data_parallel_equivalence(dir, 2, 2, "--optimizer adamw", "adamw", 0);
     // per-layer updates: each unit's gradient summed over the ranks in the backward
-    test_data_parallel_equivalence(dir, 2, 1, "--optimizer low_rank_adamw_per_layer --grad_clipping 0", "per_layer");
+    test_data_parallel_equivalence(dir, 2, 1, "--optimizer low_rank_adamw_per_layer --grad_clipping 0", "per_layer",
+                                   0);
+    // the default bf16 run
+    test_data_parallel_equivalence(dir, 2, 2, "", "subtrack++_bf16", 1);
     // 3 ranks meeting over TCP on the loopback
     char tcp[64];
     snprintf(tcp, sizeof tcp, "--init_method tcp:127.0.0.1:%d", free_port());
-    test_data_parallel_equivalence(dir, 3, 2, tcp, "subtrack++");
+    test_data_parallel_equivalence(dir, 3, 2, tcp, "subtrack++", 0);
     test_data_parallel_resume(dir);
     test_data_parallel_failure(dir);
 }

@@ -2411,16 +2411,27 @@ void llama_zero_grad(Llama* model) {
 // buffer (grads then points nowhere)
 #define GRAD_AT(field, off) (model->per_layer ? model->grads_memory : g.field + (off))
 
+// data parallel (NULL in one process). g_unit_grad_sum: sums a unit's
+// gradient over the ranks, now (per-layer updates: before its norm and its
+// update). g_unit_grad_ready: the unit's gradient in the whole buffer is
+// final (the last micro step's backward has written it), so its sum can
+// start behind the rest of the backward
+static void (*g_unit_grad_sum)(float* grad, size_t n) = NULL;
+static void (*g_unit_grad_ready)(float* grad, size_t n) = NULL;
+
 // the unit (tensor, layer) of n floats has its whole gradient: with
 // per-layer updates, its norm is added up and the optimizer updates it; the
 // buffer is then zeroed for the next unit. nothing later in the backward
-// reads this unit's weights, so updating them now is the whole-step update
-// data parallel: sums a unit's gradient over the ranks before its norm and
-// its update (NULL in one process)
-static void (*g_unit_grad_sum)(float* grad, size_t n) = NULL;
-
+// reads this unit's weights, so updating them now is the whole-step update.
+// nor does anything later write this unit's gradient, so with data parallel
+// its sum over the ranks can start here
 static void unit_done(Llama* model, int tensor, int layer, size_t n) {
-    if (!model->per_layer) { return; }
+    if (!model->per_layer) {
+        if (g_unit_grad_ready != NULL) {
+            g_unit_grad_ready(cpu::parameter_pointers(&model->grads)[tensor] + (size_t)layer * n, n);
+        }
+        return;
+    }
     if (g_unit_grad_sum != NULL) { g_unit_grad_sum(model->grads_memory, n); }
     grad_squared_norm_on_device(step_stats_device() + STAT_NORM2, model->grads_memory, n, 1);
     model->on_unit(model->on_unit_ctx, tensor, layer, model->grads_memory);
@@ -6151,6 +6162,13 @@ static struct {
 // each unit's gradient is summed in the backward, before its update. ZeRO-1
 // (each state on one owner, shard_plan_build) is the next step.
 //
+// the sums overlap the backward: as the last micro step's backward finishes a
+// unit's gradient (unit_done), the unit's all-reduce is queued on a stream of
+// its own behind an event, so the messages of the last layers travel while
+// the first layers' backward runs. the loss's sum follows on that stream, and
+// the step's statistics wait for it. every gradient float is summed once: the
+// step checks that the units add up to the whole buffer
+//
 // a dead or hung rank must not hang the others: every wait on the others (the
 // meeting, a step's sums) is timed by a watchdog thread, which stops the
 // process with a message after --collective_timeout seconds
@@ -6168,6 +6186,12 @@ static struct {
     double wait_since = 0.0;     // wall_seconds() when the wait began; guarded by lock
     const char* waiting_for = NULL;  // NULL: not waiting
     int step = 0;                // for messages
+    // the overlapped sums (whole-step updates)
+    cudaStream_t stream = NULL;  // the stream of the gradient messages
+    cudaEvent_t ready = NULL;    // recorded on stream 0 when a unit's gradient is final
+    cudaEvent_t done = NULL;     // recorded on comm after the step's last message
+    int micro = 0, accum = 1;    // the micro step of the step, and how many it has
+    size_t queued = 0;           // floats of gradient queued for summing in this step
 } g_dp;
 
 // the watchdog: wakes a few times a second; a wait past the timeout ends the
@@ -6225,6 +6249,16 @@ static void nccl_check_at(ncclResult_t r, const char* what, const char* file, in
 static void dp_sum_floats(float* x, size_t n) {
     nccl_check(ncclAllReduce(x, x, n, ncclFloat, ncclSum, g_dp.comm, 0));
 }
+
+// a unit's gradient is final (on stream 0): its sum, queued on the comm
+// stream behind it, on the last micro step only (the earlier ones keep adding)
+static void dp_sum_when_ready(float* grad, size_t n) {
+    if (g_dp.micro != g_dp.accum) { return; }
+    cuda_check(cudaEventRecord(g_dp.ready, 0));
+    cuda_check(cudaStreamWaitEvent(g_dp.stream, g_dp.ready, 0));
+    nccl_check(ncclAllReduce(grad, grad, n, ncclFloat, ncclSum, g_dp.comm, g_dp.stream));
+    g_dp.queued += n;
+}
 #endif
 
 static const char* gpu_join(const cpu::ProcessGroup* pg, const cpu::TrainConfig* t) {
@@ -6270,7 +6304,11 @@ static const char* gpu_join(const cpu::ProcessGroup* pg, const cpu::TrainConfig*
     dp_wait_end();
     cpu::rendezvous_finish(pg);
     cuda_check(cudaMalloc((void**)&g_dp.sum, sizeof(double)));
+    cuda_check(cudaStreamCreateWithFlags(&g_dp.stream, cudaStreamNonBlocking));
+    cuda_check(cudaEventCreateWithFlags(&g_dp.ready, cudaEventDisableTiming));
+    cuda_check(cudaEventCreateWithFlags(&g_dp.done, cudaEventDisableTiming));
     g_unit_grad_sum = dp_sum_floats;
+    g_unit_grad_ready = dp_sum_when_ready;
     return NULL;
 #endif
 }
@@ -6292,6 +6330,10 @@ static void gpu_leave(void) {
     if (g_dp.size == 1) { return; }
 #if HAVE_NCCL
     g_unit_grad_sum = NULL;
+    g_unit_grad_ready = NULL;
+    cuda_check(cudaEventDestroy(g_dp.ready));
+    cuda_check(cudaEventDestroy(g_dp.done));
+    cuda_check(cudaStreamDestroy(g_dp.stream));
     cuda_check(cudaFree(g_dp.sum));
     g_dp.sum = NULL;
     nccl_check(ncclCommDestroy(g_dp.comm));
@@ -6381,8 +6423,12 @@ static void gpu_report(const cpu::TrainConfig* t, int B, int T) {
 
 static void gpu_zero_grad(void) {
     llama_zero_grad(&gpu_trainer.model);
-    // with per-layer updates the backward sums each unit over the ranks
-    if (gpu_trainer.model.per_layer) { dp_wait_begin("the backward's gradient sums"); }
+    g_dp.micro = 0;
+    g_dp.queued = 0;
+    // the backward sums the gradients over the ranks (per unit, or queued
+    // behind it): the watchdog times the step's work from here (a step is
+    // far shorter than --collective_timeout)
+    dp_wait_begin("the backward's gradient sums");
 }
 static void gpu_begin_step(float lr) { optimizer_begin_step(&gpu_trainer.opt, lr); }
 static float gpu_forward(const int* inputs, const int* targets, int B, int T) {
@@ -6391,6 +6437,8 @@ static float gpu_forward(const int* inputs, const int* targets, int B, int T) {
 // a training micro-batch: nothing is read back (llama_forward_async)
 static void gpu_micro_step(const int* inputs, const int* targets, int B, int T, int accum) {
     llama_forward_async(&gpu_trainer.model, inputs, targets, B, T, accum);
+    g_dp.micro++;  // the last one's backward queues the gradient sums (dp_sum_when_ready)
+    g_dp.accum = accum;
     // each rank's share of the step's mean: 1 / (accum N)
     llama_backward(&gpu_trainer.model, inputs, targets, 1.0f / ((float)accum * g_dp.size));
 }
@@ -6406,14 +6454,25 @@ static void gpu_step_stats(double* loss, double* norm) {
     g_dp.step = gpu_trainer.opt.host.step + 1;
     if (g_dp.size > 1) {
 #if HAVE_NCCL
-        if (!m->per_layer) { dp_wait_begin("the gradient sum"); }
-        // the gradients (done in the backward with per-layer updates), then
-        // the loss: one group, on the stream after the backward
-        nccl_check(ncclGroupStart());
-        if (!m->per_layer) { dp_sum_floats(m->grads_memory, m->grads_floats); }
-        nccl_check(ncclAllReduce(step_stats_device() + STAT_LOSS, step_stats_device() + STAT_LOSS, 1, ncclDouble,
-                                 ncclSum, g_dp.comm, 0));
-        nccl_check(ncclGroupEnd());
+        if (m->per_layer) {
+            // the gradients were summed unit by unit in the backward: the loss
+            nccl_check(ncclAllReduce(step_stats_device() + STAT_LOSS, step_stats_device() + STAT_LOSS, 1, ncclDouble,
+                                     ncclSum, g_dp.comm, 0));
+        } else {
+            dp_wait_begin("the gradient sum");
+            if (g_dp.queued != m->num_parameters) {
+                fprintf(stderr, "error: internal: the backward queued %zu gradient floats for summing over the ranks, "
+                        "of %zu; please report this\n", g_dp.queued, m->num_parameters);
+                exit(EXIT_FAILURE);
+            }
+            // the loss behind the gradients on their stream, then stream 0 waits for both
+            cuda_check(cudaEventRecord(g_dp.ready, 0));
+            cuda_check(cudaStreamWaitEvent(g_dp.stream, g_dp.ready, 0));
+            nccl_check(ncclAllReduce(step_stats_device() + STAT_LOSS, step_stats_device() + STAT_LOSS, 1, ncclDouble,
+                                     ncclSum, g_dp.comm, g_dp.stream));
+            cuda_check(cudaEventRecord(g_dp.done, g_dp.stream));
+            cuda_check(cudaStreamWaitEvent(0, g_dp.done, 0));
+        }
 #endif
     }
     llama_step_stats(m, loss, norm);  // the one read of the device: the sums have arrived

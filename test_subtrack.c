@@ -4499,9 +4499,10 @@ static int file_contains(const char* path, const char* needle) {
 #define DP_STATE_REL 0x1p-19
 #define DP_LOSS_REL 0x1p-20
 
-// the default bf16 run (bf16 activations and weight copies, fp32 masters):
-// the same fp32 differences can flip a weight's bf16 rounding (u = 2^-8)
-// between the runs, which moves the next losses by far less than u (the
+// the default bf16 run (bf16 activations and weight copies, fp32 masters),
+// and fp32 weights rounded to bf16 stochastically (--master_weights 0): the
+// same fp32 differences can flip a weight's bf16 rounding (u = 2^-8) between
+// the runs, which moves the next losses by far less than u (the
 // mean over every token) and a gradient norm by up to about u. measured:
 // 3e-6 and 1.3e-4. the bounds: 2^-10 relative for the losses, 2^-8 for the
 // norms; the states are compared in the fp32 runs only
@@ -4509,7 +4510,9 @@ static int file_contains(const char* path, const char* needle) {
 #define DP_NORM_REL_BF16 0x1p-8
 
 // N ranks x B=1 a micro step against one process of B=N, 6 steps of accum
-// micro steps each, for one optimizer; in fp32 (bf16 = 0) or the default bf16
+// micro steps each, for one optimizer; in fp32 (bf16 = 0), the default bf16
+// (1), or fp32 with weights rounded to bf16 (2: --master_weights 0, whose
+// stochastic rounding flips alike)
 static void test_data_parallel_equivalence(const char* dir, int n, int accum, const char* method, const char* label,
                                            int bf16) {
     char one[2048], many[2048], tag[64], one_dir[700], many_dir[700], one_log[700], many_log[700], err[1024];
@@ -4518,7 +4521,7 @@ static void test_data_parallel_equivalence(const char* dir, int n, int accum, co
     snprintf(many_dir, sizeof many_dir, "%s/dpn_%s", dir, tag);
     snprintf(one_log, sizeof one_log, "%s/dp1_%s.csv", dir, tag);
     snprintf(many_log, sizeof many_log, "%s/dpn_%s.csv", dir, tag);
-    const char* common = bf16 ? "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
+    const char* common = bf16 == 1 ? "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
                                 "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 3 --sample_every 0"
                               : "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
                                 "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 3 --sample_every 0 "
@@ -4567,21 +4570,27 @@ static void test_data_parallel_equivalence(const char* dir, int n, int accum, co
           "within 2^-19 of each array's largest (%s)", label, n, err);
 }
 
-// resume: bit-exact on the same number of ranks; across numbers, close
-static void test_data_parallel_resume(const char* dir) {
+// resume: bit-exact on the same number of ranks; across numbers, close.
+// zero: the 2-rank runs with --zero_stage 1
+static void test_data_parallel_resume(const char* dir, int zero) {
     const char* common = "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
                          "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 0 --sample_every 0 "
                          "--dtype float32 --batch_size 1 --total_batch_size 4 --num_training_steps 6";
-    char args[2048], a_dir[700], b_dir[700], c_dir[700], d_dir[700], err[1024];
+    const char* label = zero ? "ZeRO-1 " : "";
+    const char* z = zero ? " --zero_stage 1" : "";
+    char args[2048], a_dir[700], b_dir[700], c_dir[700], d_dir[700], err[1024], tag[64];
     int rcs[8] = {0}, rcs2[8] = {0}, rcs3[8] = {0};
-    snprintf(a_dir, sizeof a_dir, "%s/dpr_straight", dir);
-    snprintf(b_dir, sizeof b_dir, "%s/dpr_resumed", dir);
-    snprintf(args, sizeof args, "%s --save_dir %s", common, a_dir);
-    run_ranks(2, args, dir, "resume_a", rcs, NULL);
-    snprintf(args, sizeof args, "%s --save_dir %s --stop_at_step 3", common, b_dir);
-    run_ranks(2, args, dir, "resume_b", rcs2, NULL);
-    snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s", common, b_dir, b_dir);
-    run_ranks(2, args, dir, "resume_c", rcs3, NULL);
+    snprintf(a_dir, sizeof a_dir, "%s/dpr_straight%d", dir, zero);
+    snprintf(b_dir, sizeof b_dir, "%s/dpr_resumed%d", dir, zero);
+    snprintf(args, sizeof args, "%s%s --save_dir %s", common, z, a_dir);
+    snprintf(tag, sizeof tag, "resume_a%d", zero);
+    run_ranks(2, args, dir, tag, rcs, NULL);
+    snprintf(args, sizeof args, "%s%s --save_dir %s --stop_at_step 3", common, z, b_dir);
+    snprintf(tag, sizeof tag, "resume_b%d", zero);
+    run_ranks(2, args, dir, tag, rcs2, NULL);
+    snprintf(args, sizeof args, "%s%s --save_dir %s --continue_from %s", common, z, b_dir, b_dir);
+    snprintf(tag, sizeof tag, "resume_c%d", zero);
+    run_ranks(2, args, dir, tag, rcs3, NULL);
     char pa[800], pb[800];
     snprintf(pa, sizeof pa, "%s/%s", a_dir, CHECKPOINT_FILE);
     snprintf(pb, sizeof pb, "%s/%s", b_dir, CHECKPOINT_FILE);
@@ -4589,26 +4598,27 @@ static void test_data_parallel_resume(const char* dir) {
     size_t na = 0, nb = 0;
     int ok = rcs[0] == 0 && rcs[1] == 0 && rcs2[0] == 0 && rcs2[1] == 0 && rcs3[0] == 0 && rcs3[1] == 0;
     int ra = read_file_bytes(pa, &da, &na), rb = read_file_bytes(pb, &db, &nb);
-    check(ok && ra && rb && na == nb && memcmp(da, db, na) == 0, "data parallel resume on 2 ranks: 6 steps straight "
-          "and 3 + 3 resumed give bitwise equal checkpoints (exits %d %d %d %d %d %d, %zu and %zu bytes)", rcs[0],
-          rcs[1], rcs2[0], rcs2[1], rcs3[0], rcs3[1], na, nb);
+    check(ok && ra && rb && na == nb && memcmp(da, db, na) == 0, "data parallel %sresume on 2 ranks: 6 steps "
+          "straight and 3 + 3 resumed give bitwise equal checkpoints (exits %d %d %d %d %d %d, %zu and %zu bytes)",
+          label, rcs[0], rcs[1], rcs2[0], rcs2[1], rcs3[0], rcs3[1], na, nb);
     free(da);
     free(db);
     // 1 rank -> 2 ranks -> 1 rank: the global batch is the same (total 4 of B=1),
     // so the run is the one above, up to the order of the gradient sums
-    snprintf(c_dir, sizeof c_dir, "%s/dpr_across", dir);
+    snprintf(c_dir, sizeof c_dir, "%s/dpr_across%d", dir, zero);
     snprintf(args, sizeof args, "%s --save_dir %s --stop_at_step 2", common, c_dir);
     int rc1 = run_trainer(args, err, sizeof err);
-    snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s --stop_at_step 4", common, c_dir, c_dir);
-    run_ranks(2, args, dir, "resume_d", rcs, NULL);
+    snprintf(args, sizeof args, "%s%s --save_dir %s --continue_from %s --stop_at_step 4", common, z, c_dir, c_dir);
+    snprintf(tag, sizeof tag, "resume_d%d", zero);
+    run_ranks(2, args, dir, tag, rcs, NULL);
     snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s", common, c_dir, c_dir);
     int rc3 = run_trainer(args, err, sizeof err);
     double worst = INFINITY;
     snprintf(d_dir, sizeof d_dir, "%s", a_dir);
     int close = rc1 == 0 && rcs[0] == 0 && rcs[1] == 0 && rc3 == 0 &&
                 checkpoint_states_close(d_dir, common, c_dir, common, DP_STATE_REL, &worst, err, sizeof err);
-    check(close, "data parallel resume across ranks: 2 steps on 1 rank, 2 on 2 ranks, 2 on 1 rank match 6 steps on "
-          "2 ranks within 2^-19 (exits %d %d %d %d; %s)", rc1, rcs[0], rcs[1], rc3, err);
+    check(close, "data parallel %sresume across ranks: 2 steps on 1 rank, 2 on 2 ranks, 2 on 1 rank match 6 steps on "
+          "2 ranks within 2^-19 (exits %d %d %d %d; %s)", label, rc1, rcs[0], rcs[1], rc3, err);
 }
 
 // a rank that dies or hangs: the others stop with a message, and the last
@@ -4672,7 +4682,47 @@ static void test_data_parallel_torchrun(const char* dir) {
     g_trainer_bin = saved;
 }
 
+// ZeRO-1 at 3 ranks: each rank's device memory, measured by the harness, is
+// its plan (rank 0 prints its own), and the largest is what --memory_plan
+// --num_processes 3 --zero_stage 1 plans
+static void test_data_parallel_memory(const char* dir) {
+    static char out[1 << 16];
+    char args[2048], plan_args[2100], path[800];
+    snprintf(args, sizeof args, "--model_config kjv_test --max_length 16 --rank 4 --warmup_steps 2 --eval_batches 2 "
+             "--print_every 1 --eval_every 1 --sample_every 2 --gen_tokens 4 --batch_size 1 --total_batch_size 3 "
+             "--num_training_steps 2 --zero_stage 1 --save_dir %s/zero_memory", dir);
+    snprintf(plan_args, sizeof plan_args, "%s --memory_plan --num_processes 3", args);
+    int prc = run_trainer_capture(plan_args, 1, out, sizeof out);
+    size_t largest = (size_t)number_after(out, "\ntotal: ");
+    const char* saved = g_trainer_bin;
+    char env_bin[800];
+    snprintf(env_bin, sizeof env_bin, "CUDA_EMU_MEMORY=1 %s", saved);
+    g_trainer_bin = env_bin;
+    int rcs[8] = {0};
+    run_ranks(3, args, dir, "zero_memory", rcs, NULL);
+    g_trainer_bin = saved;
+    size_t peak[3] = {0, 0, 0}, most = 0, own = 0, live = 0;
+    for (int r = 0; r < 3; r++) {
+        snprintf(path, sizeof path, "%s/zero_memory.rank%d.txt", dir, r);
+        unsigned char* data = NULL;
+        size_t n = 0;
+        if (read_file_bytes(path, &data, &n)) {
+            data[n] = '\0';
+            peak[r] = (size_t)number_after((const char*)data, "device memory: peak ");
+            live += (size_t)number_after((const char*)data, "live at exit ");
+            if (r == 0) { own = (size_t)number_after((const char*)data, "\ntotal: "); }
+            free(data);
+        }
+        most = peak[r] > most ? peak[r] : most;
+    }
+    check(prc == 0 && rcs[0] == 0 && rcs[1] == 0 && rcs[2] == 0 && own > 0 && peak[0] == own && most == largest &&
+          live == 0, "ZeRO-1 memory at 3 ranks: rank 0 measured %zu bytes at its peak, its plan %zu; the ranks' "
+          "largest peak %zu is --memory_plan's %zu (peaks %zu %zu %zu, %zu left at exit; exits %d %d %d %d)",
+          peak[0], own, most, largest, peak[0], peak[1], peak[2], live, prc, rcs[0], rcs[1], rcs[2]);
+}
+
 static void test_data_parallel(const char* dir) {
+    test_data_parallel_memory(dir);
     test_data_parallel_torchrun(dir);
     test_data_parallel_equivalence(dir, 2, 2, "", "subtrack++", 0);
     test_data_parallel_equivalence(dir, 2, 2, "--subspace_update_method galore --adaptive_optimizer 0", "galore", 0);
@@ -4682,11 +4732,29 @@ static void test_data_parallel(const char* dir) {
                                    0);
     // the default bf16 run
     test_data_parallel_equivalence(dir, 2, 2, "", "subtrack++_bf16", 1);
+    // ZeRO-1: each state on one rank, weights broadcast by their owners; the
+    // checkpoint gathers every state to rank 0
+    test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1", "zero1_subtrack++", 0);
+    test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1 --subspace_update_method galore --adaptive_optimizer 0",
+                                   "zero1_galore", 0);
+    test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1 --optimizer adamw", "zero1_adamw", 0);
+    test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1 --master_weights 0", "zero1_master_weights_0", 2);
+    test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1", "zero1_subtrack++_bf16", 1);
     // 3 ranks meeting over TCP on the loopback
     char tcp[64];
     snprintf(tcp, sizeof tcp, "--init_method tcp:127.0.0.1:%d", free_port());
     test_data_parallel_equivalence(dir, 3, 2, tcp, "subtrack++", 0);
-    test_data_parallel_resume(dir);
+    snprintf(tcp, sizeof tcp, "--zero_stage 1 --init_method tcp:127.0.0.1:%d", free_port());
+    test_data_parallel_equivalence(dir, 3, 2, tcp, "zero1_subtrack++", 0);
+    char out0[800];
+    snprintf(out0, sizeof out0, "%s/zero1_subtrack++_3.rank0.txt", dir);
+    check(file_contains(out0, "ZeRO-1:       rank 0 keeps") && file_contains(out0, "of 14 low-rank matrices"),
+          "ZeRO-1 at 3 ranks: rank 0 says which share of the states it keeps");
+    test_data_parallel_resume(dir, 0);
+    test_data_parallel_resume(dir, 1);
+    check_trainer_rejects("--zero_stage 1 with per-layer updates", TRAINER_FAST " --zero_stage 1 --optimizer "
+                          "low_rank_adamw_per_layer --grad_clipping 0", "--zero_stage 1 does not shard per-layer");
+    check_trainer_rejects("--zero_stage 2", TRAINER_FAST " --zero_stage 2", "--zero_stage 2: expected 0");
     test_data_parallel_failure(dir);
 }
 

@@ -3436,12 +3436,14 @@ typedef struct {
     int gpus_per_node;       // GPUs a node gives its ranks
     char init_method[256];   // how the ranks find each other: fs:DIR | tcp:HOST:PORT
     int collective_timeout;  // seconds a rank waits for the others (meeting, collectives) before it stops
+    int zero_stage;          // 1: the optimizer states sharded over the ranks (ZeRO-1); 0: on every rank
     // the authors' flags that mean nothing in one process here
     int single_gpu, use_hf_model, workers;
     char tags[256], name[256];
     // set by train_config_from_args
     int authors_defaults;    // 1: the model is one of the authors' configs, and so are the defaults
     int ranks;               // set by train_run: the data-parallel processes (train_config_for_ranks)
+    int this_rank;           // set by train_run: this process's place among them
     unsigned char given[TRAIN_MAX_FLAGS]; // given[i]: TRAIN_FLAGS[i] was on the command line
 } TrainConfig;
 
@@ -3629,6 +3631,9 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(init_method, FLAG_STRING, "how the ranks meet: fs:DIR (a directory every rank sees) or tcp:HOST:PORT "
          "(default with more than one process: tcp:MASTER_ADDR:MASTER_PORT; under torchrun, whose agent "
          "holds MASTER_PORT, MASTER_PORT + 1)"),
+    FLAG(zero_stage, FLAG_INT, "with several processes: 1 = each optimizer state lives on one rank, its owner, which "
+         "alone updates its weights and sends them to the others (ZeRO stage 1: about 1/N of the states a rank); "
+         "0 = every rank holds every state (as DDP)"),
     FLAG(collective_timeout, FLAG_INT, "seconds a rank waits for the others (to meet, in a collective) before it "
          "stops with a message: a dead or hung rank ends the run instead of hanging it; >= 10"),
     FLAG_NOTE(single_gpu, FLAG_SWITCH, "the authors' switch to skip DDP", "no-op: one process"),
@@ -4318,6 +4323,24 @@ const char* train_config_problem(const TrainConfig* t) {
                  "give two of the three, or all three consistent", t->gradient_accumulation, t->batch_size,
                  t->total_batch_size);
         return msg;
+    }
+    if (t->zero_stage != 0 && t->zero_stage != 1) {
+        snprintf(msg, sizeof msg, "--zero_stage %d: expected 0 (every rank holds every optimizer state) or 1 (each "
+                 "state on one rank)", t->zero_stage);
+        return msg;
+    }
+    if (t->zero_stage == 1) {
+        // the first version shards the states that whole steps update in batches
+        const char* lean = optimizer_name_per_layer(t->optimizer) ? "per-layer updates (--optimizer *_per_layer)"
+                         : optimizer_name_8bit(t->optimizer) ? "8-bit states (--optimizer *8bit)"
+                         : strcmp(t->subspace_dtype, "bfloat16") == 0 ? "bf16 subspaces (--subspace_dtype bfloat16)"
+                         : !t->master_weights && strcmp(t->dtype, "bfloat16") == 0 ? "bf16-only weights "
+                           "(--master_weights 0 with --dtype bfloat16)" : NULL;
+        if (lean != NULL) {
+            snprintf(msg, sizeof msg, "--zero_stage 1 does not shard %s yet; use --zero_stage 0 (every rank holds "
+                     "every state) or drop that option", lean);
+            return msg;
+        }
     }
     if (t->num_training_steps <= 0 || t->warmup_steps < 0) {
         snprintf(msg, sizeof msg, "--num_training_steps must be positive and --warmup_steps non-negative");
@@ -5401,7 +5424,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     return NULL;
 }
 
-// ---- ZeRO-1 ownership (issue [5/6], the next step: data parallel today replicates the states)
+// ---- ZeRO-1 ownership (issue [5/6]: --zero_stage 1 in the CUDA trainer)
 //
 // with N data-parallel ranks, each optimizer state and fp32 master lives on one
 // rank, its owner, which alone updates those weights and then sends them to
@@ -5418,6 +5441,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
 typedef struct {
     int tensor, layer;      // the parameter table's tensor and layer
     size_t first, count;    // the piece: elements [first, first + count) of that layer's slice
+    size_t per_layer;       // the floats of one layer of the tensor: its layer starts at layer x per_layer
     int low_rank;           // a low-rank matrix (whole), else an AdamW piece
     size_t state_bytes;     // its optimizer states and fp32 master, on its owner
     int owner;              // 0..N-1
@@ -5487,8 +5511,8 @@ const char* shard_plan_build(ShardPlan* sp, const LlamaConfig* c, const TrainCon
             for (int l = 0; l < spec[i].layers; l++) {
                 if (optimizer_uses_lowrank(&o, &spec[i])) {
                     if (pass == 1) {
-                        ShardPiece pc = {i, l, 0, per, 1, shard_lowrank_bytes(&o, spec[i].rows, spec[i].cols,
-                                                                              t->rank), 0};
+                        ShardPiece pc = {i, l, 0, per, per, 1, shard_lowrank_bytes(&o, spec[i].rows, spec[i].cols,
+                                                                                   t->rank), 0};
                         sp->pieces[n] = pc;
                     }
                     n++;
@@ -5502,7 +5526,7 @@ const char* shard_plan_build(ShardPlan* sp, const LlamaConfig* c, const TrainCon
                 for (size_t first = 0; first < per; first += step) {
                     if (pass == 1) {
                         size_t count = per - first < step ? per - first : step;
-                        ShardPiece pc = {i, l, first, count, 0, shard_adamw_bytes(&o, &spec[i], count), 0};
+                        ShardPiece pc = {i, l, first, count, per, 0, shard_adamw_bytes(&o, &spec[i], count), 0};
                         sp->pieces[n] = pc;
                     }
                     n++;
@@ -5546,13 +5570,12 @@ void shard_plan_print(const LlamaConfig* c, const TrainConfig* t, int num_ranks,
     if (problem != NULL) { fprintf(f, "ZeRO-1 plan: %s\n", problem); return; }
     int most = shard_plan_largest_rank(&sp);
     double gib = 1024.0 * 1024.0 * 1024.0;
-    fprintf(f, "ZeRO-1 at %d processes (the next step of issue [5/6]; data parallel today keeps the whole state on "
-            "every rank): the optimizer "
-            "states%s, %.3f GiB in all above, in %d pieces (whole low-rank matrices, AdamW cut at most %d ways); "
-            "the largest rank, %d, would hold %.3f GiB (1/%d = %.3f GiB), %.3f GiB less than the plan above\n",
-            num_ranks, t->master_weights ? " and fp32 masters" : "", sp.total_bytes / gib, sp.num_pieces,
-            num_ranks, most, sp.rank_bytes[most] / gib, num_ranks, sp.total_bytes / gib / num_ranks,
-            (sp.total_bytes - sp.rank_bytes[most]) / gib);
+    fprintf(f, "ZeRO-1 at %d processes (--zero_stage 1 shards the optimizer states; the fp32 masters, counted here, "
+            "stay on every rank in this version): the optimizer states%s, %.3f GiB in all, in %d pieces (whole "
+            "low-rank matrices, AdamW cut at most %d ways); the largest rank, %d, holds %.3f GiB of them (1/%d = "
+            "%.3f GiB), %.3f GiB less than one process alone\n", num_ranks, t->master_weights ? " and fp32 masters" : "",
+            sp.total_bytes / gib, sp.num_pieces, num_ranks, most, sp.rank_bytes[most] / gib, num_ranks,
+            sp.total_bytes / gib / num_ranks, (sp.total_bytes - sp.rank_bytes[most]) / gib);
     shard_plan_free(&sp);
 }
 
@@ -6496,9 +6519,10 @@ static void train_save_checked(const TrainBackend* be, const TrainConfig* t, Sha
         }
         train_stop(t, *last_saved, t->grad_clipping > 0 ? "try a lower --lr" : "try a lower --lr, or --grad_clipping 1");
     }
-    // every rank holds the whole state (data parallel replicates it): rank 0
-    // writes it, and the others learn whether that worked
-    int failed = g_train_rank == 0 ? be->save(t, train_loader, rng, t->save_dir, err, sizeof err) != 0 : 0;
+    // every rank calls save (with ZeRO-1 the states gather to rank 0); rank 0
+    // writes, and the others learn whether that worked
+    err[0] = '\0';
+    int failed = be->save(t, train_loader, rng, t->save_dir, err, sizeof err) != 0;
     if (ranks_sum(be, failed) != 0) {
         if (g_train_rank == 0) { fprintf(stderr, "error: %s. ", err); }
         train_stop(t, *last_saved, "");
@@ -6537,7 +6561,10 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
                  "torchrun, mpirun or srun", pg.rank, pg.size, pg.source, be->program);
         problem = err;
     }
-    if (problem == NULL && !t.memory_plan) { problem = train_config_for_ranks(&t, pg.size, err, sizeof err); }
+    if (problem == NULL && !t.memory_plan) {
+        problem = train_config_for_ranks(&t, pg.size, err, sizeof err);
+        t.this_rank = pg.rank;
+    }
     if (problem == NULL) { problem = train_config_problem(&t); }
     if (problem == NULL && t.memory_plan && be->memory_plan == NULL) {
         problem = "--memory_plan plans the CUDA trainer's device memory; run ./train_llama_subtrack --memory_plan "

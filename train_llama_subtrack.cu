@@ -5381,7 +5381,28 @@ typedef struct {
     const float* bound_grads;
     Llama* model;             // per-layer updates: the model whose units arrive (optimizer_attach_per_layer)
     float lr;                 // per-layer updates: this step's learning rate
+    // ZeRO-1 (--zero_stage 1 over zero_ranks > 1 ranks): this rank keeps and
+    // updates only the pieces of cpu::shard_plan_build it owns; after a step
+    // each owner broadcasts its pieces' weights. the host copies stay whole
+    // (a checkpoint gathers them to rank 0). otherwise every state is here
+    int zero_rank, zero_ranks;
+    cpu::ShardPlan shards;
+    int num_owned;            // the low-rank states on this device: lowrank[0..num_owned)
+    int* matrix_slot;         // (host.num_lowrank) matrix k's place in lowrank, or -1: another rank's
+    size_t* slot_at;          // (num_owned) where each sits in lowrank_memory
+    size_t* piece_adam;       // (shards.num_pieces) an owned AdamW piece's offset in adam_m and adam_v
+    size_t adam_floats;       // floats of adam_m and adam_v on this device
+    size_t lowrank_device_floats;  // floats of lowrank_memory on this device
+    float* gather;            // (gather_floats) device: one piece's states on their way to rank 0
+    size_t gather_floats;
 } Optimizer;
+
+// data parallel (defined with the trainer's ranks below): a group of
+// collectives, and count floats from rank root to every rank, in place
+static void dp_group_start(void);
+static void dp_group_end(void);
+static void dp_broadcast_floats(float* x, size_t count, int root);
+static int dp_rank(void);
 
 // the device floats of the low-rank states: the CPU's, less every S when
 // those are kept in bf16 apart (--subspace_dtype bfloat16)
@@ -5435,17 +5456,114 @@ static int optimizer_lowrank_shapes(int shapes[MAX_LOWRANK_SHAPES][3], const cpu
     return num;
 }
 
+// ZeRO-1: the sizes of what rank keeps of plan sp (model c under t): its
+// AdamW floats (each of M and V), its low-rank states' floats, how many
+// low-rank matrices of each of the shapes (optimizer_lowrank_shapes), and
+// the checkpoint gather buffer (the largest piece's states)
+typedef struct {
+    size_t adam_floats, lowrank_floats, gather_floats;
+    int owned;
+    int per_shape[MAX_LOWRANK_SHAPES];
+} ZeroShare;
+
+static size_t zero_piece_floats(const cpu::ShardPiece* pc, const cpu::TensorSpec* spec, int r) {
+    return pc->low_rank ? cpu::lowrank_state_num_floats(spec[pc->tensor].rows, spec[pc->tensor].cols, r)
+                        : 2 * pc->count;  // M then V, on their way to rank 0
+}
+
+static void zero_share(ZeroShare* z, const cpu::ShardPlan* sp, const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
+                       int rank, const int shapes[][3], int num_shapes) {
+    memset(z, 0, sizeof *z);
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, c);
+    for (int p = 0; p < sp->num_pieces; p++) {
+        const cpu::ShardPiece* pc = &sp->pieces[p];
+        size_t floats = zero_piece_floats(pc, spec, t->rank);
+        z->gather_floats = floats > z->gather_floats ? floats : z->gather_floats;
+        if (pc->owner != rank) { continue; }
+        if (!pc->low_rank) { z->adam_floats += pc->count; continue; }
+        z->lowrank_floats += floats;
+        z->owned++;
+        for (int s = 0; s < num_shapes; s++) {
+            z->per_shape[s] += shapes[s][0] == spec[pc->tensor].rows && shapes[s][1] == spec[pc->tensor].cols;
+        }
+    }
+}
+
+// the states this device keeps: all of them, or with ZeRO-1 the low-rank
+// matrices and AdamW pieces that rank owns (whole steps in batches only:
+// train_config_problem refuses --zero_stage 1 with the lean modes)
+static const char* optimizer_place_states(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
+                                          int rank, int ranks) {
+    cpu::Optimizer* h = &o->host;
+    int nl = h->num_lowrank;
+    o->zero_rank = rank;
+    o->zero_ranks = ranks > 1 ? ranks : 0;
+    o->matrix_slot = (int*)cpu::malloc_check((size_t)(nl > 0 ? nl : 1) * sizeof(int), "matrix slots");
+    o->slot_at = (size_t*)cpu::malloc_check((size_t)(nl > 0 ? nl : 1) * sizeof(size_t), "slot offsets");
+    o->lowrank_device_floats = optimizer_device_lowrank_floats(h);
+    o->adam_floats = h->num_adam;
+    if (o->zero_ranks == 0) {
+        for (int k = 0; k < nl; k++) { o->matrix_slot[k] = k; }
+        o->num_owned = nl;
+        return NULL;
+    }
+    if (h->q8 || h->subspace_bf16 || h->per_layer) { return "--zero_stage 1 shards whole-step fp32 states only"; }
+    const char* problem = cpu::shard_plan_build(&o->shards, c, t, ranks);
+    if (problem != NULL) { return problem; }
+    o->piece_adam = (size_t*)cpu::malloc_check((size_t)o->shards.num_pieces * sizeof(size_t), "piece offsets");
+    for (int k = 0; k < nl; k++) { o->matrix_slot[k] = -1; }
+    int first[NUM_PARAMETER_TENSORS], k = 0;
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, c);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        first[i] = k;
+        if (cpu::optimizer_uses_lowrank(h, &spec[i])) { k += spec[i].layers; }
+    }
+    o->num_owned = 0;
+    o->adam_floats = 0;
+    o->lowrank_device_floats = 0;
+    for (int p = 0; p < o->shards.num_pieces; p++) {
+        const cpu::ShardPiece* pc = &o->shards.pieces[p];
+        size_t floats = zero_piece_floats(pc, spec, t->rank);
+        o->gather_floats = floats > o->gather_floats ? floats : o->gather_floats;
+        o->piece_adam[p] = SIZE_MAX;
+        if (pc->owner != rank) { continue; }
+        if (pc->low_rank) {
+            int matrix = first[pc->tensor] + pc->layer;
+            o->matrix_slot[matrix] = o->num_owned;
+            o->slot_at[o->num_owned++] = o->lowrank_device_floats;
+            o->lowrank_device_floats += floats;
+        } else {
+            o->piece_adam[p] = o->adam_floats;
+            o->adam_floats += pc->count;
+        }
+    }
+    o->gather = (float*)device_malloc(o->gather_floats * sizeof(float), "ZeRO-1 checkpoint gather");
+    return NULL;
+}
+
+const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int rank,
+                                    int ranks);
+
 // returns NULL, or a message naming the matrix whose shape cannot take the rank
 const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t) {
+    return optimizer_build_sharded(o, c, t, 0, 0);
+}
+
+// optimizer_build for rank of ranks: with ranks > 1 (ZeRO-1), only the states rank owns
+const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int rank,
+                                    int ranks) {
     memset(o, 0, sizeof *o);
     const char* problem = cpu::optimizer_build(&o->host, c, t);
+    if (problem == NULL) { problem = optimizer_place_states(o, c, t, rank, ranks); }
     if (problem != NULL) { return problem; }
-    o->adam_m = (float*)device_malloc(o->host.num_adam * sizeof(float), "AdamW first moments");
-    o->adam_v = (float*)device_malloc(o->host.num_adam * sizeof(float), "AdamW second moments");
-    size_t device_floats = optimizer_device_lowrank_floats(&o->host);
+    o->adam_m = (float*)device_malloc(o->adam_floats * sizeof(float), "AdamW first moments");
+    o->adam_v = (float*)device_malloc(o->adam_floats * sizeof(float), "AdamW second moments");
+    size_t device_floats = o->lowrank_device_floats;
     o->lowrank_memory = (float*)device_malloc(device_floats * sizeof(float), "low-rank state memory");
-    cuda_check(cudaMemset(o->adam_m, 0, o->host.num_adam * sizeof(float)));
-    cuda_check(cudaMemset(o->adam_v, 0, o->host.num_adam * sizeof(float)));
+    cuda_check(cudaMemset(o->adam_m, 0, o->adam_floats * sizeof(float)));
+    cuda_check(cudaMemset(o->adam_v, 0, o->adam_floats * sizeof(float)));
     cuda_check(cudaMemset(o->lowrank_memory, 0, device_floats * sizeof(float)));
     if (o->host.subspace_bf16) {
         o->subspaces = (bf16*)device_malloc(o->host.subspace_floats * sizeof(bf16), "subspaces S, bf16");
@@ -5455,22 +5573,28 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
     // each device state sits at the offset its CPU twin has in host.lowrank_memory
     // (with bf16 subspaces, less the S before it, which sit in o->subspaces)
     int nl = o->host.num_lowrank;
-    o->lowrank = (LowRankStateGPU*)cpu::calloc_check((size_t)(nl > 0 ? nl : 1) * sizeof(LowRankStateGPU),
+    int owned = o->num_owned;
+    o->lowrank = (LowRankStateGPU*)cpu::calloc_check((size_t)(owned > 0 ? owned : 1) * sizeof(LowRankStateGPU),
                                                      "low-rank states");
     lowrank_gpu_create(&o->ctx);
     o->ctx.products = dtype_from_name(t->dtype) == DTYPE_BFLOAT16 ? LOWRANK_BF16 : LOWRANK_FP32;
     o->ctx.svd_oversample = o->host.cfg.svd_randomized ? o->host.cfg.svd_oversample : -1;
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
-        lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->r);
+        if (o->matrix_slot[k] >= 0) { lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->r); }
     }
     o->grouped = optimizer_grouped(&o->host, llama_weights_bf16_only(dtype_from_name(t->dtype), t->master_weights));
     int shapes[MAX_LOWRANK_SHAPES][3];
     int num_shapes = o->grouped ? optimizer_lowrank_shapes(shapes, &o->host, c) : 0;
     for (int s = 0; s < num_shapes; s++) {
-        lowrank_gpu_reserve_group(&o->ctx, shapes[s][0], shapes[s][1], t->rank, shapes[s][2]);
+        int here = 0;  // the matrices of this shape on this device
+        for (int k = 0; k < nl; k++) {
+            const cpu::LowRankState* hs = &o->host.lowrank[k];
+            here += o->matrix_slot[k] >= 0 && hs->m == shapes[s][0] && hs->n == shapes[s][1];
+        }
+        if (here > 0) { lowrank_gpu_reserve_group(&o->ctx, shapes[s][0], shapes[s][1], t->rank, here); }
     }
-    if (nl > 0) { lowrank_gpu_alloc(&o->ctx); }  // AdamW alone needs no scratch
+    if (owned > 0) { lowrank_gpu_alloc(&o->ctx); }  // AdamW alone needs no scratch
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
     cpu::parameter_table(spec, c);
     size_t adam = 0;
@@ -5498,6 +5622,14 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
     size_t S_before = 0;
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
+        if (o->zero_ranks > 0) {  // ZeRO-1: fp32 states, packed
+            int slot = o->matrix_slot[k];
+            if (slot < 0) { continue; }
+            lowrank_state_layout(&o->lowrank[slot], hs->m, hs->n, hs->r, o->lowrank_memory + o->slot_at[slot], 0,
+                                 NULL);
+            o->lowrank[slot].svd_stream = hs->svd_stream;
+            continue;
+        }
         if (o->host.subspace_bf16) {
             float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory) - S_before;
             lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->r, memory, o->host.q8, o->subspaces + S_before);
@@ -5508,14 +5640,15 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
         }
         o->lowrank[k].svd_stream = hs->svd_stream;
     }
-    if (o->grouped) {
-        lowrank_groups_build(&o->groups, o->lowrank, nl, &o->ctx, 0);
+    if (o->grouped && owned > 0) {
+        lowrank_groups_build(&o->groups, o->lowrank, owned, &o->ctx, 0);
         for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
             if (!cpu::optimizer_uses_lowrank(&o->host, &spec[i])) { continue; }
             for (int l = 0; l < spec[i].layers; l++) {
                 int matrix = o->lowrank_first[i] + l;
-                snprintf(o->groups.names[matrix], LOWRANK_NAME_BYTES, "low-rank matrix %d: %s, layer %d", matrix,
-                         spec[i].name, l);
+                if (o->matrix_slot[matrix] < 0) { continue; }
+                snprintf(o->groups.names[o->matrix_slot[matrix]], LOWRANK_NAME_BYTES, "low-rank matrix %d: %s, "
+                         "layer %d", matrix, spec[i].name, l);
             }
         }
     }
@@ -5523,9 +5656,14 @@ const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::
 }
 
 void optimizer_free(Optimizer* o) {
-    if (o->grouped) { lowrank_groups_free(&o->groups); }
-    for (int k = 0; k < o->host.num_lowrank; k++) { lowrank_state_free(&o->lowrank[k]); }
+    if (o->grouped && o->num_owned > 0) { lowrank_groups_free(&o->groups); }
+    for (int k = 0; k < o->num_owned; k++) { lowrank_state_free(&o->lowrank[k]); }
     free(o->lowrank);
+    free(o->matrix_slot);
+    free(o->slot_at);
+    free(o->piece_adam);
+    if (o->gather != NULL) { cuda_check(cudaFree(o->gather)); }
+    cpu::shard_plan_free(&o->shards);
     lowrank_gpu_destroy(&o->ctx);
     cuda_check(cudaFree(o->adam_m));
     cuda_check(cudaFree(o->adam_v));
@@ -5583,9 +5721,64 @@ static void optimizer_lowrank_copy(Optimizer* o, int to_host) {
     }
 }
 
-// device <-> the host copies (for checkpoints and tests)
+// where piece p's states are on the host (whole layout) and on this device;
+// floats: how many (an AdamW piece: M, then V as many again)
+static void optimizer_piece_places(Optimizer* o, int p, float** host_m, float** host_v, float** dev_m,
+                                   float** dev_v, size_t* floats) {
+    const cpu::ShardPiece* pc = &o->shards.pieces[p];
+    cpu::Optimizer* h = &o->host;
+    if (pc->low_rank) {
+        int matrix = o->lowrank_first[pc->tensor] + pc->layer;
+        const cpu::LowRankState* hs = &h->lowrank[matrix];
+        *floats = cpu::lowrank_state_num_floats(hs->m, hs->n, hs->r);
+        *host_m = hs->memory;
+        *host_v = NULL;
+        int slot = o->matrix_slot[matrix];
+        *dev_m = slot >= 0 ? o->lowrank_memory + o->slot_at[slot] : NULL;
+        *dev_v = NULL;
+        return;
+    }
+    size_t at = o->adam_offset[pc->tensor] + pc->layer * pc->per_layer + pc->first;
+    *floats = pc->count;
+    *host_m = h->adam_m + at;
+    *host_v = h->adam_v + at;
+    *dev_m = o->piece_adam[p] != SIZE_MAX ? o->adam_m + o->piece_adam[p] : NULL;
+    *dev_v = o->piece_adam[p] != SIZE_MAX ? o->adam_v + o->piece_adam[p] : NULL;
+}
+
+// ZeRO-1: every piece's states from its owner to rank 0's host copies (a
+// collective: every rank calls it), or from the host copies (whole on every
+// rank, as a checkpoint is read) to the owner's device
+static void optimizer_zero_copy(Optimizer* o, int to_host) {
+    for (int p = 0; p < o->shards.num_pieces; p++) {
+        const cpu::ShardPiece* pc = &o->shards.pieces[p];
+        float *hm, *hv, *dm, *dv;
+        size_t n;
+        optimizer_piece_places(o, p, &hm, &hv, &dm, &dv, &n);
+        if (!to_host) {
+            if (dm == NULL) { continue; }
+            cuda_check(cudaMemcpy(dm, hm, n * sizeof(float), cudaMemcpyHostToDevice));
+            if (dv != NULL) { cuda_check(cudaMemcpy(dv, hv, n * sizeof(float), cudaMemcpyHostToDevice)); }
+            continue;
+        }
+        size_t total = hv != NULL ? 2 * n : n;
+        if (dm != NULL) {
+            cuda_check(cudaMemcpy(o->gather, dm, n * sizeof(float), cudaMemcpyDeviceToDevice));
+            if (dv != NULL) { cuda_check(cudaMemcpy(o->gather + n, dv, n * sizeof(float), cudaMemcpyDeviceToDevice)); }
+        }
+        dp_broadcast_floats(o->gather, total, pc->owner);
+        if (dp_rank() == 0) {
+            cuda_check(cudaMemcpy(hm, o->gather, n * sizeof(float), cudaMemcpyDeviceToHost));
+            if (hv != NULL) { cuda_check(cudaMemcpy(hv, o->gather + n, n * sizeof(float), cudaMemcpyDeviceToHost)); }
+        }
+    }
+}
+
+// device <-> the host copies (for checkpoints and tests); with ZeRO-1 the
+// download is a collective that fills rank 0's host copies
 void optimizer_download(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
+    if (o->zero_ranks > 0) { optimizer_zero_copy(o, 1); return; }
     cuda_check(cudaMemcpy(h->adam_m, o->adam_m, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
     cuda_check(cudaMemcpy(h->adam_v, o->adam_v, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
     optimizer_lowrank_copy(o, 1);
@@ -5597,6 +5790,7 @@ void optimizer_download(Optimizer* o) {
 
 void optimizer_upload(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
+    if (o->zero_ranks > 0) { optimizer_zero_copy(o, 0); return; }
     cuda_check(cudaMemcpy(o->adam_m, h->adam_m, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
     cuda_check(cudaMemcpy(o->adam_v, h->adam_v, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
     optimizer_lowrank_copy(o, 0);
@@ -5667,7 +5861,7 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
     }
     float* W = bf16_only ? o->staging : Wp;
     if (bf16_only) { params_bf16_widen(model, W, first, per); }
-    LowRankStateGPU* st = &o->lowrank[o->lowrank_first[i] + l];
+    LowRankStateGPU* st = &o->lowrank[o->matrix_slot[o->lowrank_first[i] + l]];
     size_t mn = (size_t)st->r * st->q, code = 0, block = 0, nb = cpu::quant8_num_blocks(mn);
     if (h->q8) {
         // the step on dequantized moments (the rotation included), requantized after
@@ -5713,15 +5907,17 @@ static void optimizer_step_groups(Optimizer* o, Llama* model, float lr, cpu::Pro
     float** params = cpu::parameter_pointers(&model->params);
     float** grads = cpu::parameter_pointers(&model->grads);
     if (o->bound_params != model->params_memory || o->bound_grads != model->grads_memory) {
-        float** W = (float**)cpu::malloc_check((size_t)h->num_lowrank * sizeof(float*), "weight pointers");
-        const float** G = (const float**)cpu::malloc_check((size_t)h->num_lowrank * sizeof(float*),
-                                                           "gradient pointers");
+        int owned = o->num_owned;
+        float** W = (float**)cpu::malloc_check((size_t)owned * sizeof(float*), "weight pointers");
+        const float** G = (const float**)cpu::malloc_check((size_t)owned * sizeof(float*), "gradient pointers");
         for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
             if (!cpu::optimizer_uses_lowrank(h, &spec[i])) { continue; }
             size_t per = (size_t)spec[i].rows * spec[i].cols;
             for (int l = 0; l < spec[i].layers; l++) {
-                W[o->lowrank_first[i] + l] = params[i] + l * per;
-                G[o->lowrank_first[i] + l] = grads[i] + l * per;
+                int slot = o->matrix_slot[o->lowrank_first[i] + l];
+                if (slot < 0) { continue; }  // another rank's (ZeRO-1)
+                W[slot] = params[i] + l * per;
+                G[slot] = grads[i] + l * per;
             }
         }
         lowrank_groups_bind(&o->groups, W, G);
@@ -5737,6 +5933,7 @@ static void optimizer_step_groups(Optimizer* o, Llama* model, float lr, cpu::Pro
         if (!cpu::optimizer_uses_lowrank(h, &spec[i])) { continue; }
         size_t per = (size_t)spec[i].rows * spec[i].cols;
         for (int l = 0; l < spec[i].layers; l++) {
+            if (o->matrix_slot[o->lowrank_first[i] + l] < 0) { continue; }
             float* W = params[i] + l * per;
             bf16_round_stochastic_array(W, per, h->seed, (uint64_t)h->step, param_index(model, W));
         }
@@ -5747,9 +5944,37 @@ static void optimizer_step_groups(Optimizer* o, Llama* model, float lr, cpu::Pro
 // grouped low-rank matrices after the rest: no update depends on another). with
 // per-layer updates the backward has done every unit already (through
 // optimizer_on_unit): only the step count and the bf16 copy are left
+// ZeRO-1: this rank's pieces (its AdamW pieces, then its low-rank matrices in
+// batches), then every piece's weights from its owner to every rank
+static void optimizer_step_owned(Optimizer* o, Llama* model, float lr) {
+    cpu::Optimizer* h = &o->host;
+    float** params = cpu::parameter_pointers(&model->params);
+    float** grads = cpu::parameter_pointers(&model->grads);
+    for (int p = 0; p < o->shards.num_pieces; p++) {
+        const cpu::ShardPiece* pc = &o->shards.pieces[p];
+        if (pc->low_rank || pc->owner != o->zero_rank) { continue; }
+        size_t at = pc->layer * pc->per_layer + pc->first;
+        float* W = params[pc->tensor] + at;
+        adamw_update(W, o->adam_m + o->piece_adam[p], o->adam_v + o->piece_adam[p], grads[pc->tensor] + at, pc->count,
+                     h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay);
+        if (!h->master_weights) {
+            bf16_round_stochastic_array(W, pc->count, h->seed, (uint64_t)h->step, param_index(model, W));
+        }
+    }
+    if (o->num_owned > 0) { optimizer_step_groups(o, model, lr, NULL); }
+    dp_group_start();
+    for (int p = 0; p < o->shards.num_pieces; p++) {
+        const cpu::ShardPiece* pc = &o->shards.pieces[p];
+        dp_broadcast_floats(params[pc->tensor] + pc->layer * pc->per_layer + pc->first, pc->count, pc->owner);
+    }
+    dp_group_end();
+}
+
 void optimizer_step(Optimizer* o, Llama* model, float lr) {
     cpu::Optimizer* h = &o->host;
-    if (!model->per_layer) {
+    if (o->zero_ranks > 0) {
+        optimizer_step_owned(o, model, lr);
+    } else if (!model->per_layer) {
         cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
         cpu::parameter_table(spec, &model->config);
         float** grads = cpu::parameter_pointers(&model->grads);
@@ -5801,7 +6026,7 @@ void optimizer_begin_step(Optimizer* o, float lr) { o->lr = lr; }
 
 double optimizer_subspace_seconds(Optimizer* o) {
     double s = o->grouped ? lowrank_groups_subspace_seconds(&o->groups) : 0.0;
-    for (int k = 0; k < o->host.num_lowrank; k++) { s += lowrank_subspace_seconds(&o->lowrank[k]); }
+    for (int k = 0; k < o->num_owned; k++) { s += lowrank_subspace_seconds(&o->lowrank[k]); }
     return s;
 }
 
@@ -5828,6 +6053,7 @@ typedef struct {
     int n;
     size_t total;       // bytes, the peak
     int buffers;        // cudaMalloc calls
+    int zero_rank, zero_ranks;  // ZeRO-1: the plan of this rank of zero_ranks (else -1, 0)
 } MemoryPlan;
 
 // device_malloc turns a request of 0 bytes into 1
@@ -5864,6 +6090,20 @@ static const char* const ACTIVATION_PLAN_NAMES[NUM_ACTIVATION_TENSORS][2] = {
 // the plan of model c trained under t at (B, T); NULL, or the optimizer's
 // message when the rank does not fit a matrix
 const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int B, int T) {
+    if (t->zero_stage == 1 && t->ranks <= 1 && t->num_processes > 1) {
+        // --memory_plan of ZeRO-1: each rank's plan (their states and scratch
+        // differ); the largest is the one that must fit
+        static MemoryPlan one;
+        cpu::TrainConfig u = *t;
+        u.ranks = t->num_processes;
+        for (int r = 0; r < u.ranks; r++) {
+            u.this_rank = r;
+            const char* problem = memory_plan_build(&one, c, &u, B, T);
+            if (problem != NULL) { return problem; }
+            if (r == 0 || one.total > p->total) { *p = one; }
+        }
+        return NULL;
+    }
     memset(p, 0, sizeof *p);
     Dtype dt = dtype_from_name(t->dtype);
     int recompute = t->activation_checkpointing;
@@ -5933,8 +6173,35 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     cpu::Optimizer o;
     const char* problem = cpu::optimizer_plan(&o, c, t);
     if (problem != NULL) { return problem; }
-    plan_buffer(p, "AdamW first moments", "(adamw tensors)", o.num_adam * sizeof(float), "whole run");
-    plan_buffer(p, "AdamW second moments", "(adamw tensors)", o.num_adam * sizeof(float), "whole run");
+    // ZeRO-1: this rank's share
+    int shapes[MAX_LOWRANK_SHAPES][3];
+    int grouped = o.num_lowrank > 0 && optimizer_grouped(&o, bf16_only);
+    int num_shapes = grouped ? optimizer_lowrank_shapes(shapes, &o, c) : 0;
+    int zero_ranks = t->zero_stage == 1 && t->ranks > 1 ? t->ranks : 0;
+    ZeroShare z;
+    p->zero_rank = -1;
+    if (zero_ranks > 1) {
+        cpu::ShardPlan sp;
+        problem = cpu::shard_plan_build(&sp, c, t, zero_ranks);
+        if (problem != NULL) { return problem; }
+        zero_share(&z, &sp, c, t, t->this_rank, shapes, num_shapes);
+        p->zero_rank = t->this_rank;
+        p->zero_ranks = zero_ranks;
+        cpu::shard_plan_free(&sp);
+        o.num_adam = z.adam_floats;
+        o.lowrank_floats = z.lowrank_floats;
+        o.num_lowrank = z.owned;
+        for (int s = 0; s < num_shapes; s++) { shapes[s][2] = z.per_shape[s]; }
+        plan_buffer(p, "ZeRO-1 checkpoint gather", "largest piece's states", z.gather_floats * sizeof(float),
+                    "a checkpoint");
+    }
+    if (t->ranks > 1 || t->num_processes > 1) {
+        plan_buffer(p, "sum over the ranks", "1 f64", sizeof(double), "whole run");  // gpu_join's
+    }
+    plan_buffer(p, "AdamW first moments", zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)",
+                o.num_adam * sizeof(float), "whole run");
+    plan_buffer(p, "AdamW second moments", zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)",
+                o.num_adam * sizeof(float), "whole run");
     if (o.subspace_bf16) {
         plan_buffer(p, o.q8 ? "low-rank limiter state" : "low-rank states M|V", o.q8 ? "per matrix 2" :
                     "per matrix 2(R,q)", optimizer_device_lowrank_floats(&o) * sizeof(float), "whole run");
@@ -5951,16 +6218,19 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         int oversample = o.cfg.svd_randomized ? o.cfg.svd_oversample : -1;   // as optimizer_build's ctx
         for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
             if (!cpu::optimizer_uses_lowrank(&o, &spec[i])) { continue; }
+            int here = 1;  // ZeRO-1: only the shapes this rank has a matrix of
+            for (int s = 0; s < num_shapes && zero_ranks > 1; s++) {
+                if (shapes[s][0] == spec[i].rows && shapes[s][1] == spec[i].cols) { here = shapes[s][2] > 0; }
+            }
+            if (!here) { continue; }
             size_t s = 0, e = 0;
             lowrank_gpu_need(&s, &e, spec[i].rows, spec[i].cols, t->rank, oversample);
             if (s > scratch) { scratch = s; }
             if (e > eig) { eig = e; }
         }
         // the grouped step's batches (optimizer_build: lowrank_gpu_reserve_group)
-        int grouped = optimizer_grouped(&o, bf16_only);
-        int shapes[MAX_LOWRANK_SHAPES][3];
-        int num_shapes = grouped ? optimizer_lowrank_shapes(shapes, &o, c) : 0;
         for (int s = 0; s < num_shapes; s++) {
+            if (shapes[s][2] == 0) { continue; }  // ZeRO-1: none of this shape here
             size_t need = 0, need_eig = 0;
             lowrank_gpu_need_group(&need, &need_eig, shapes[s][0], shapes[s][1], t->rank, shapes[s][2], oversample);
             if (need > scratch) { scratch = need; }
@@ -6003,7 +6273,12 @@ static void memory_plan_print(const MemoryPlan* p, const cpu::LlamaConfig* c, co
             cpu::parameter_count(c), B, T, t->dtype, t->activation_checkpointing ? " recomputed per layer" : "",
             t->optimizer);
     if (cpu::optimizer_name_low_rank(t->optimizer)) { fprintf(out, " (%s, R=%d)", t->subspace_update_method, t->rank); }
-    fprintf(out, "\n  %-32s %-26s %16s %11s  %s\n", "buffer", "shape", "bytes", "MiB", "holds");
+    fprintf(out, "\n");
+    if (p->zero_ranks > 1) {
+        fprintf(out, "  ZeRO-1 over %d ranks: the plan of rank %d (%s); NCCL's own buffers are not counted\n",
+                p->zero_ranks, p->zero_rank, t->ranks > 1 ? "this process" : "the largest plan of them");
+    }
+    fprintf(out, "  %-32s %-26s %16s %11s  %s\n", "buffer", "shape", "bytes", "MiB", "holds");
     for (int i = 0; i < p->n; i++) {
         const PlanEntry* e = &p->e[i];
         fprintf(out, "  %-32s %-26s %16zu %11.2f  %s\n", e->name, e->shape, e->bytes, e->bytes / 1048576.0, e->holds);
@@ -6080,10 +6355,13 @@ static int gpu_memory_plan(const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
 // training: checkpoints. the CPU writer and reader, on host copies of the
 // device state; host_model is a cpu::Llama whose params_memory is the host copy
 
+// with several ranks every rank calls it (ZeRO-1 gathers the states to rank
+// 0, a collective), and rank 0 alone writes: the ranks' weights are equal
 int checkpoint_save(Llama* model, Optimizer* opt, cpu::Llama* host_model, const cpu::TrainConfig* t,
                     cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
-    llama_download_params(model, host_model->params_memory);
     optimizer_download(opt);
+    if (dp_rank() != 0) { return 0; }
+    llama_download_params(model, host_model->params_memory);
     cpu::TrainState s = {host_model, &opt->host, loader, rng, t};
     return cpu::checkpoint_save(&s, dir, err, errlen);
 }
@@ -6313,6 +6591,26 @@ static const char* gpu_join(const cpu::ProcessGroup* pg, const cpu::TrainConfig*
 #endif
 }
 
+// the optimizer's collectives (ZeRO-1), on stream 0 after its step
+static void dp_group_start(void) {
+#if HAVE_NCCL
+    if (g_dp.size > 1) { nccl_check(ncclGroupStart()); }
+#endif
+}
+static void dp_group_end(void) {
+#if HAVE_NCCL
+    if (g_dp.size > 1) { nccl_check(ncclGroupEnd()); }
+#endif
+}
+static void dp_broadcast_floats(float* x, size_t count, int root) {
+#if HAVE_NCCL
+    if (g_dp.size > 1) { nccl_check(ncclBroadcast(x, x, count, ncclFloat, root, g_dp.comm, 0)); }
+#else
+    (void)x; (void)count; (void)root;
+#endif
+}
+static int dp_rank(void) { return g_dp.rank; }
+
 // x summed over the ranks: for evaluation, the saved-state check and agreement
 static double gpu_sum_over_ranks(double x) {
     if (g_dp.size == 1) { return x; }
@@ -6400,7 +6698,8 @@ static const char* gpu_build(const cpu::LlamaConfig* c, const cpu::TrainConfig* 
     llama_alloc_activations(&gpu_trainer.model, B, T);  // once: later batches reuse it
     llama_upload_params(&gpu_trainer.model, gpu_trainer.host_model.params_memory);
     gpu_trainer.logits_row = (float*)cpu::malloc_check((size_t)c->V * sizeof(float), "sample logits");
-    problem = optimizer_build(&gpu_trainer.opt, c, t);
+    // ZeRO-1 over the ranks (--zero_stage 1), else every state here
+    problem = optimizer_build_sharded(&gpu_trainer.opt, c, t, g_dp.rank, t->zero_stage == 1 ? g_dp.size : 0);
     if (problem == NULL && per_layer) { optimizer_attach_per_layer(&gpu_trainer.opt, &gpu_trainer.model); }
     return problem;
 }
@@ -6413,6 +6712,14 @@ static void gpu_report(const cpu::TrainConfig* t, int B, int T) {
     printf("device:       %s (compute %d.%d, %d SMs), dtype %s\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, t->dtype);
     memory_plan_print(&gpu_memory.plan, &gpu_memory.config, t, B, T, stdout);
+    const Optimizer* o = &gpu_trainer.opt;
+    if (o->zero_ranks > 0) {
+        double mine = (2.0 * o->adam_floats + o->lowrank_device_floats) * 4 / 1048576.0;
+        double all = (2.0 * o->host.num_adam + o->host.lowrank_floats) * 4 / 1048576.0;
+        printf("ZeRO-1:       rank %d keeps %.2f MiB of the %.2f MiB of optimizer states (%d of %d low-rank "
+               "matrices, %zu of %zu AdamW floats); the plan above counts them all\n", o->zero_rank, mine, all,
+               o->num_owned, o->host.num_lowrank, o->adam_floats, o->host.num_adam);
+    }
     if (gpu_trainer.opt.ctx.eig_lwork_over_plan > 0) {
         printf("note:         cuSOLVER asked for %d doubles of eigendecomposition workspace above the plan's "
                "bound; the peak is that much higher\n", gpu_trainer.opt.ctx.eig_lwork_over_plan);

@@ -2417,7 +2417,7 @@ void llama_zero_grad(Llama* model) {
 // final (the last micro step's backward has written it), so its sum can
 // start behind the rest of the backward
 static void (*g_unit_grad_sum)(float* grad, size_t n) = NULL;
-static void (*g_unit_grad_ready)(float* grad, size_t n) = NULL;
+static void (*g_unit_grad_ready)(int tensor, int layer, float* grad, size_t n) = NULL;
 
 // the unit (tensor, layer) of n floats has its whole gradient: with
 // per-layer updates, its norm is added up and the optimizer updates it; the
@@ -2428,7 +2428,7 @@ static void (*g_unit_grad_ready)(float* grad, size_t n) = NULL;
 static void unit_done(Llama* model, int tensor, int layer, size_t n) {
     if (!model->per_layer) {
         if (g_unit_grad_ready != NULL) {
-            g_unit_grad_ready(cpu::parameter_pointers(&model->grads)[tensor] + (size_t)layer * n, n);
+            g_unit_grad_ready(tensor, layer, cpu::parameter_pointers(&model->grads)[tensor] + (size_t)layer * n, n);
         }
         return;
     }
@@ -6530,12 +6530,28 @@ static void dp_sum_floats(float* x, size_t n) {
 
 // a unit's gradient is final (on stream 0): its sum, queued on the comm
 // stream behind it, on the last micro step only (the earlier ones keep adding)
-static void dp_sum_when_ready(float* grad, size_t n) {
+// with ZeRO-1 each piece of the unit goes to its owner only (ncclReduce: the
+// volume of a reduce-scatter, half an all-reduce's); the other ranks' copy
+// of that piece keeps their own part, which nothing reads
+static void dp_sum_when_ready(int tensor, int layer, float* grad, size_t n) {
     if (g_dp.micro != g_dp.accum) { return; }
     cuda_check(cudaEventRecord(g_dp.ready, 0));
     cuda_check(cudaStreamWaitEvent(g_dp.stream, g_dp.ready, 0));
-    nccl_check(ncclAllReduce(grad, grad, n, ncclFloat, ncclSum, g_dp.comm, g_dp.stream));
-    g_dp.queued += n;
+    const Optimizer* o = &gpu_trainer.opt;
+    if (o->zero_ranks == 0) {
+        nccl_check(ncclAllReduce(grad, grad, n, ncclFloat, ncclSum, g_dp.comm, g_dp.stream));
+        g_dp.queued += n;
+        return;
+    }
+    nccl_check(ncclGroupStart());
+    for (int p = 0; p < o->shards.num_pieces; p++) {
+        const cpu::ShardPiece* pc = &o->shards.pieces[p];
+        if (pc->tensor != tensor || pc->layer != layer) { continue; }
+        nccl_check(ncclReduce(grad + pc->first, grad + pc->first, pc->count, ncclFloat, ncclSum, pc->owner, g_dp.comm,
+                              g_dp.stream));
+        g_dp.queued += pc->count;
+    }
+    nccl_check(ncclGroupEnd());
 }
 #endif
 
@@ -6771,6 +6787,31 @@ static void gpu_step_stats(double* loss, double* norm) {
                 fprintf(stderr, "error: internal: the backward queued %zu gradient floats for summing over the ranks, "
                         "of %zu; please report this\n", g_dp.queued, m->num_parameters);
                 exit(EXIT_FAILURE);
+            }
+            const Optimizer* o = &gpu_trainer.opt;
+            if (o->zero_ranks > 0) {
+                // ZeRO-1: each rank has the whole sum of its own pieces only:
+                // their squares, summed over the ranks with the loss
+                cuda_check(cudaEventRecord(g_dp.done, g_dp.stream));
+                cuda_check(cudaStreamWaitEvent(0, g_dp.done, 0));
+                double* stats = step_stats_device();
+                cuda_check(cudaMemsetAsync(stats + STAT_NORM2, 0, sizeof(double), 0));
+                float** grads = cpu::parameter_pointers(&m->grads);
+                for (int p = 0; p < o->shards.num_pieces; p++) {
+                    const cpu::ShardPiece* pc = &o->shards.pieces[p];
+                    if (pc->owner != g_dp.rank) { continue; }
+                    grad_squared_norm_on_device(stats + STAT_NORM2, grads[pc->tensor] + pc->layer * pc->per_layer +
+                                                pc->first, pc->count, 1);
+                }
+                static_assert(STAT_NORM2 == STAT_LOSS + 1, "the loss and the squared norm side by side");
+                nccl_check(ncclAllReduce(stats + STAT_LOSS, stats + STAT_LOSS, 2, ncclDouble, ncclSum, g_dp.comm, 0));
+                double host[2];
+                cuda_check(cudaMemcpy(host, stats, sizeof host, cudaMemcpyDeviceToHost));
+                cuda_check(cudaMemsetAsync(stats, 0, sizeof host, 0));
+                dp_wait_end();
+                *loss = host[STAT_LOSS] / g_dp.size;
+                *norm = sqrt(host[STAT_NORM2]);
+                return;
             }
             // the loss behind the gradients on their stream, then stream 0 waits for both
             cuda_check(cudaEventRecord(g_dp.ready, 0));

@@ -204,6 +204,8 @@ typedef struct {
     double ib_hop_us;      // each ring step between nodes (the same table: 9.6)
     double op_us;          // each further collective of an ncclGroup (ZeRO-1's per-unit reduces and broadcasts)
     double bucket_mb;      // MB of gradient (fp32) or weights (bf16) per bucket (PyTorch DDP's default cap: 25)
+    double bcast_bytes;    // ZeRO-1's broadcast, bytes a weight: 2 (bf16, with sharded masters: the design), 4 (fp32:
+                           // --zero_stage 1 today, whose masters are on every rank)
 } PerfAssume;
 
 static void perf_assume_defaults(PerfAssume* a) {
@@ -233,6 +235,7 @@ static void perf_assume_defaults(PerfAssume* a) {
     a->ib_hop_us = 9.6;
     a->op_us = 2.0;
     a->bucket_mb = 25.0;
+    a->bcast_bytes = 2.0;
 }
 
 typedef enum { PERF_GEMM_FP32 = 0, PERF_GEMM_TF32 = 1, PERF_GEMM_BF16 = 2 } PerfGemmPrecision;
@@ -1712,9 +1715,9 @@ static PerfScale perf_scale(const PerfModel* m, int method, int N) {
             s.t_scalars = perf_scalar_allreduce(&f, a);
         } else {
             // reduce to the owners, one group of ncclReduce a bucket; the bf16 broadcast the same way back
-            double units = perf_shard_units(&m->d, N), wbuckets = ceil(2.0 * P / bucket);
+            double units = perf_shard_units(&m->d, N), wbuckets = ceil(a->bcast_bytes * P / bucket);
             s.grad_bytes = (Nd - 1.0) / Nd * 4.0 * P;
-            s.weight_bytes = (Nd - 1.0) / Nd * 2.0 * P;
+            s.weight_bytes = (Nd - 1.0) / Nd * a->bcast_bytes * P;
             s.lat_grad = s.buckets * perf_ring_latency(&f, a, rs_steps, rs_inter) +
                          (units > s.buckets ? units - s.buckets : 0.0) * a->op_us * 1e-6;
             s.lat_weights = wbuckets * perf_ring_latency(&f, a, rs_steps, rs_inter) +
@@ -1789,7 +1792,7 @@ static const char* perf_fabric_name(const PerfAssume* a, int N) {
 static const char* perf_scale_exposed_text(const PerfScale* s, char* buf, size_t cap) {
     double all = s->t_grad + s->t_weights + s->t_scalars;
     double lat = s->lat_grad + s->lat_weights + s->t_scalars;
-    snprintf(buf, cap, "exposed %.1f ms = gradient %s %.1f ms (of %.1f) + bf16 broadcast %.1f ms + scalars %.2f ms; "
+    snprintf(buf, cap, "exposed %.1f ms = gradient %s %.1f ms (of %.1f) + weight broadcast %.1f ms + scalars %.2f ms; "
              "%.0f%% of the messages' time is latency", 1e3 * s->exposed,
              s->method == PERF_SUBTRACK_ZERO1 ? "reduce" : "all-reduce", 1e3 * s->exposed_grad, 1e3 * s->t_grad,
              1e3 * s->t_weights, 1e3 * s->t_scalars, all > 0.0 ? 100.0 * lat / all : 0.0);
@@ -1909,9 +1912,10 @@ static void perf_print_scale_table(const PerfOptions* o, const PerfTrainerFacts*
            "from the single-GPU model's H100 SXM estimates; rings at %.0f GB/s a GPU each way on NVLink (450 x %.2f)\n"
            "and %.0f GB/s across nodes (one ring per NIC, one NDR port a GPU at 50 x %.2f: the node's ports share\n"
            "the data leaving it), NCCL's ring latencies per step; gradient buckets of %.0f MB\n"
-           "behind the last micro step's backward; ZeRO-1's bf16 broadcast not overlapped. GB: sent per GPU per step\n"
-           "(gradient + weights). Efficiency: the one-GPU step / the N-GPU step, same method.\n\n",
-           PERF_SCALE_GPUS[PERF_NUM_SCALE_GPUS - 1], nv.gbs, o->a.eff_nvlink, ib.gbs, o->a.eff_ib, o->a.bucket_mb);
+           "behind the last micro step's backward; ZeRO-1's %s weights broadcast, not overlapped. GB: sent per GPU per\n"
+           "step (gradient + weights). Efficiency: the one-GPU step / the N-GPU step, same method.\n\n",
+           PERF_SCALE_GPUS[PERF_NUM_SCALE_GPUS - 1], nv.gbs, o->a.eff_nvlink, ib.gbs, o->a.eff_ib, o->a.bucket_mb,
+           o->a.bcast_bytes > 2.0 ? "fp32" : "bf16");
     printf("| recipe | method | GPUs | GB sent | exposed comm (ms) | step (ms) | 1 GPU step (ms) | efficiency |\n");
     printf("|---|---|---|---:|---:|---:|---:|---:|\n");
     for (int pi = 0; pi < o->num_presets; pi++) {
@@ -2444,11 +2448,11 @@ static void perf_usage(FILE* out, const char* prog) {
             "  --topr_oversample %d --batched_step_us %.1f --top_token %.2f --host_ns %.1f --h2d_gbs %.0f\n"
             "many GPUs (--scale; estimates, see the comment above perf_scale):\n"
             "  --eff_nvlink %.2f --eff_ib %.2f --ib_ports %.0f --gpus_per_node %d --coll_base_us %.1f\n"
-            "  --nvlink_hop_us %.1f --ib_hop_us %.1f --op_us %.1f --bucket_mb %.0f\n",
+            "  --nvlink_hop_us %.1f --ib_hop_us %.1f --op_us %.1f --bucket_mb %.0f --bcast_bytes %.0f\n",
             prog, prog, PERF_NUMBERS_PATH, a.eff_gemm, a.eff_flash, a.eff_bw, a.eff_gram, a.launch_us, a.latency_us,
             a.serial_ilp, a.sm_gbs, a.power_iters, a.syevd_step_us, a.topr_iters, a.topr_oversample, a.batched_step_us,
             a.top_token, a.host_ns, a.h2d_gbs, a.eff_nvlink, a.eff_ib, a.ib_ports, a.gpus_per_node, a.coll_base_us,
-            a.nvlink_hop_us, a.ib_hop_us, a.op_us, a.bucket_mb);
+            a.nvlink_hop_us, a.ib_hop_us, a.op_us, a.bucket_mb, a.bcast_bytes);
 }
 
 static void perf_flag_error(const char* flag, const char* value, const char* hint) {
@@ -2547,6 +2551,7 @@ static int perf_model_main(int argc, char** argv, const PerfTrainerFacts* facts)
         else if (strcmp(f, "--gpus_per_node") == 0) { o.a.gpus_per_node = (int)perf_parse_number(f, v, 1, 64); }
         else if (strcmp(f, "--coll_base_us") == 0) { o.a.coll_base_us = perf_parse_number(f, v, 0.0, 1e4); }
         else if (strcmp(f, "--nvlink_hop_us") == 0) { o.a.nvlink_hop_us = perf_parse_number(f, v, 0.0, 1e4); }
+        else if (strcmp(f, "--bcast_bytes") == 0) { o.a.bcast_bytes = perf_parse_number(f, v, 2.0, 4.0); }
         else if (strcmp(f, "--ib_hop_us") == 0) { o.a.ib_hop_us = perf_parse_number(f, v, 0.0, 1e4); }
         else if (strcmp(f, "--op_us") == 0) { o.a.op_us = perf_parse_number(f, v, 0.0, 1e4); }
         else if (strcmp(f, "--bucket_mb") == 0) { o.a.bucket_mb = perf_parse_number(f, v, 0.01, 1e5); }

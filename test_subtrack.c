@@ -4721,7 +4721,30 @@ static void test_data_parallel_memory(const char* dir) {
           peak[0], own, most, largest, peak[0], peak[1], peak[2], live, prc, rcs[0], rcs[1], rcs[2]);
 }
 
+// ranks started with different settings stop, each naming the problem
+static void test_data_parallel_mismatch(const char* dir) {
+    const char* args = "--model_config kjv_test --max_length 16 --rank 4 --warmup_steps 2 --eval_batches 2 "
+                       "--print_every 1 --eval_every 0 --sample_every 0 --batch_size 1 --total_batch_size 2 "
+                       "--num_training_steps 2";
+    char meet[700], cmd[4096], out0[800], out1[800];
+    snprintf(meet, sizeof meet, "%s/meet_mismatch", dir);
+    mkdir(meet, 0755);
+    snprintf(out0, sizeof out0, "%s/mismatch.rank0.txt", dir);
+    snprintf(out1, sizeof out1, "%s/mismatch.rank1.txt", dir);
+    // rank 1 with another --lr
+    snprintf(cmd, sizeof cmd, "(OMP_NUM_THREADS=1 %s %s --num_processes 2 --process_rank 0 --init_method fs:%s > %s 2>&1; "
+             "echo $? >> %s) & (OMP_NUM_THREADS=1 %s %s --lr 0.002 --num_processes 2 --process_rank 1 "
+             "--init_method fs:%s > %s 2>&1; echo $? >> %s) & wait", g_trainer_bin, args, meet, out0, out0,
+             g_trainer_bin, args, meet, out1, out1);
+    int rc = system(cmd);
+    check(rc == 0 && file_contains(out1, "rank 1 of 2: the settings or the data differ from rank 0's") &&
+          file_contains(out0, "1 rank started with other settings or data than rank 0") &&
+          file_contains(out0, "\n1\n") && file_contains(out1, "\n1\n"),
+          "data parallel: a rank started with another --lr stops every rank, naming itself (exit 1 each)");
+}
+
 static void test_data_parallel(const char* dir) {
+    test_data_parallel_mismatch(dir);
     test_data_parallel_memory(dir);
     test_data_parallel_torchrun(dir);
     test_data_parallel_equivalence(dir, 2, 2, "", "subtrack++", 0);

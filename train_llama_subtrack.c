@@ -60,10 +60,13 @@ letter legend for shape comments:
 // utilities
 
 // every user-facing failure goes through here: stderr, a hint, exit 1
+// with several ranks, "rank R of N: " before each fatal message (train_run sets it)
+static char g_fatal_prefix[48] = "";
+
 static void fatal(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "error: ");
+    fprintf(stderr, "error: %s", g_fatal_prefix);
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
@@ -6539,6 +6542,55 @@ static void check_stdout_or_stop(const TrainConfig* t, int last_saved) {
     }
 }
 
+// the ranks must train the same run: every setting but the ranks' own
+// (rank, meeting place, timeout) and the data each rank found, hashed
+// (FNV-1a, 64 bits) and compared with rank 0's. a rank given another --lr,
+// or another node's different shards, stops every rank, naming itself
+static uint64_t fnv1a(uint64_t h, const char* text) {
+    for (const unsigned char* c = (const unsigned char*)text; *c; c++) { h = (h ^ *c) * 0x100000001b3ull; }
+    return h;
+}
+
+static void ranks_agree_or_exit(const TrainBackend* be, const TrainConfig* t, const ShardLoader* train_loader,
+                                const ShardLoader* val_loader) {
+    static const char* const own[] = {"--num_processes", "--process_rank", "--gpus_per_node", "--init_method",
+                                      "--collective_timeout", "--log_file", "--print_every", "--progress_interval",
+                                      "--save_dir"};  // its default carries the second each rank started
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < NUM_TRAIN_FLAGS; i++) {
+        int skip = 0;
+        for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) { skip |= strcmp(TRAIN_FLAGS[i].name, own[k]) == 0; }
+        if (skip) { continue; }
+        char v[600];
+        flag_value_string(&TRAIN_FLAGS[i], t, v, sizeof v);
+        h = fnv1a(fnv1a(h, TRAIN_FLAGS[i].name), v);
+    }
+    char data[96];
+    snprintf(data, sizeof data, "%lld %lld %d %d", (long long)train_loader->num_windows,
+             (long long)val_loader->num_windows, t->gradient_accumulation, t->save_dir[0] != '\0');
+    h = fnv1a(h, data);
+    // rank 0's hash to every rank, in three exact 22-bit parts, then whether any differs
+    double part[3];
+    int differs = 0;
+    for (int k = 0; k < 3; k++) {
+        double mine = (double)((h >> (22 * k)) & 0x3fffff);
+        part[k] = ranks_sum(be, g_train_rank == 0 ? mine : 0.0);
+        differs |= part[k] != mine;
+    }
+    double differing = ranks_sum(be, differs);
+    if (differing > 0) {
+        if (differs) {
+            fprintf(stderr, "error: %sthe settings or the data differ from rank 0's (a flag, or the shards this "
+                    "node sees: %lld train and %lld val windows here); start every rank with the same flags and "
+                    "data\n", g_fatal_prefix, (long long)train_loader->num_windows, (long long)val_loader->num_windows);
+        } else if (g_train_rank == 0) {
+            fprintf(stderr, "error: %.0f rank%s started with other settings or data than rank 0 (each says so); "
+                    "stopping\n", differing, differing == 1 ? "" : "s");
+        }
+        exit(EXIT_FAILURE);
+    }
+}
+
 int train_run(const TrainBackend* be, int argc, char** argv) {
     // line-buffered even into a file or a pipe, so that `tail -f` shows each
     // line as it happens
@@ -6573,7 +6625,10 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     if (problem == NULL && !t.memory_plan) { problem = be->check(&t); }  // the plan needs no device
     if (problem != NULL) { fatal("%s", problem); }
     // only rank 0 prints and writes: the others' standard output goes
-    // nowhere (their errors still reach stderr)
+    // nowhere (their errors still reach stderr, naming the rank)
+    if (!t.memory_plan && pg.size > 1) {
+        snprintf(g_fatal_prefix, sizeof g_fatal_prefix, "rank %d of %d: ", pg.rank, pg.size);
+    }
     if (!t.memory_plan && pg.rank != 0) {
         g_train_rank = pg.rank;
         if (freopen("/dev/null", "w", stdout) == NULL) { fatal("rank %d: cannot silence stdout", pg.rank); }
@@ -6651,7 +6706,8 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
 
     if (pg.size > 1) {
         problem = be->join(&pg, &t);
-        if (problem != NULL) { fatal("rank %d of %d: %s", pg.rank, pg.size, problem); }
+        if (problem != NULL) { fatal("%s", problem); }
+        ranks_agree_or_exit(be, &t, &train_loader, &val_loader);
         printf("ranks:        %d processes (%s), meeting through %s; data parallel, every rank holding the whole "
                "state\n", pg.size, pg.source, pg.init_method);
     }

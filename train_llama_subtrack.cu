@@ -6437,8 +6437,12 @@ static struct {
 // gradient bits, computes the same norm, clips alike, and runs the same
 // optimizer step (same seeds for the stochastic roundings), so the ranks'
 // weights and states stay equal without being sent. with per-layer updates
-// each unit's gradient is summed in the backward, before its update. ZeRO-1
-// (each state on one owner, shard_plan_build) is the next step.
+// each unit's gradient is summed in the backward, before its update.
+// with --zero_stage 1 (ZeRO-1) each optimizer state lives on one rank (the
+// Optimizer's zero_ranks; pieces of cpu::shard_plan_build): each gradient
+// piece is reduced to its owner, the owner steps its pieces and broadcasts
+// their weights (optimizer_step_owned), and a checkpoint gathers the states
+// to rank 0 (optimizer_zero_copy).
 //
 // the sums overlap the backward: as the last micro step's backward finishes a
 // unit's gradient (unit_done), the unit's all-reduce is queued on a stream of

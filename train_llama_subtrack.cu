@@ -6359,9 +6359,10 @@ static int gpu_memory_plan(const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
 // 0, a collective), and rank 0 alone writes: the ranks' weights are equal
 int checkpoint_save(Llama* model, Optimizer* opt, cpu::Llama* host_model, const cpu::TrainConfig* t,
                     cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
-    optimizer_download(opt);
+    if (opt->zero_ranks > 0) { optimizer_download(opt); }  // a collective: every rank
     if (dp_rank() != 0) { return 0; }
     llama_download_params(model, host_model->params_memory);
+    if (opt->zero_ranks == 0) { optimizer_download(opt); }
     cpu::TrainState s = {host_model, &opt->host, loader, rng, t};
     return cpu::checkpoint_save(&s, dir, err, errlen);
 }

@@ -4721,6 +4721,39 @@ static void test_data_parallel_memory(const char* dir) {
           peak[0], own, most, largest, peak[0], peak[1], peak[2], live, prc, rcs[0], rcs[1], rcs[2]);
 }
 
+// ZeRO-1 against DDP on the same 2 ranks, clipping off (the norm's summation
+// order differs, and with clipping it would scale the gradient): the owners
+// get the same gradient sums (both reductions add rank 0's, then rank 1's),
+// step the same pieces as DDP's every rank steps the whole, and broadcast
+// the same bits, so the checkpoints must be equal byte for byte; in fp32, and
+// in the default bf16
+static void test_zero1_against_ddp(const char* dir) {
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        char args[2048], d[2][700], tag[64], path[2][800];
+        int rcs[2][8];
+        for (int zero = 0; zero < 2; zero++) {
+            snprintf(d[zero], sizeof d[zero], "%s/zero_vs_ddp_%d_%d", dir, bf16, zero);
+            snprintf(args, sizeof args, "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
+                     "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 0 --sample_every 0 "
+                     "--batch_size 1 --total_batch_size 4 --num_training_steps 6 --grad_clipping 0 --zero_stage %d%s "
+                     "--save_dir %s", zero, bf16 ? "" : " --dtype float32", d[zero]);
+            snprintf(tag, sizeof tag, "zero_vs_ddp_%d_%d", bf16, zero);
+            memset(rcs[zero], 0, sizeof rcs[zero]);
+            run_ranks(2, args, dir, tag, rcs[zero], NULL);
+            snprintf(path[zero], sizeof path[zero], "%s/%s", d[zero], CHECKPOINT_FILE);
+        }
+        unsigned char *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        int ra = read_file_bytes(path[0], &a, &na), rb = read_file_bytes(path[1], &b, &nb);
+        check(rcs[0][0] == 0 && rcs[0][1] == 0 && rcs[1][0] == 0 && rcs[1][1] == 0 && ra && rb && na == nb &&
+              memcmp(a, b, na) == 0, "ZeRO-1 against DDP on 2 ranks (%s, no clipping): 6 steps give the same "
+              "checkpoint byte for byte (%zu and %zu bytes; exits %d %d %d %d)", bf16 ? "bf16" : "fp32", na, nb,
+              rcs[0][0], rcs[0][1], rcs[1][0], rcs[1][1]);
+        free(a);
+        free(b);
+    }
+}
+
 // ranks started with different settings stop, each naming the problem
 static void test_data_parallel_mismatch(const char* dir) {
     const char* args = "--model_config kjv_test --max_length 16 --rank 4 --warmup_steps 2 --eval_batches 2 "
@@ -4744,6 +4777,7 @@ static void test_data_parallel_mismatch(const char* dir) {
 }
 
 static void test_data_parallel(const char* dir) {
+    test_zero1_against_ddp(dir);
     test_data_parallel_mismatch(dir);
     test_data_parallel_memory(dir);
     test_data_parallel_torchrun(dir);

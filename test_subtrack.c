@@ -4721,15 +4721,17 @@ static void test_data_parallel_memory(const char* dir) {
           peak[0], own, most, largest, peak[0], peak[1], peak[2], live, prc, rcs[0], rcs[1], rcs[2]);
 }
 
-// ZeRO-1 against DDP on the same 2 ranks, clipping off (the norm's summation
-// order differs, and with clipping it would scale the gradient): the owners
-// get the same gradient sums (both reductions add rank 0's, then rank 1's),
-// step the same pieces as DDP's every rank steps the whole, and broadcast
-// the same bits, so the checkpoints must be equal byte for byte; in fp32, and
-// in the default bf16
+// ZeRO-1 against DDP on the same 2 ranks in fp32, clipping off (the norm's
+// summation order differs, and with clipping it would scale the gradient):
+// the owners get the same gradient sums (both reductions add rank 0's, then
+// rank 1's), step the same pieces as DDP's every rank steps the whole, and
+// broadcast the same bits, so the checkpoints must be equal byte for byte.
+// (in bf16, ZeRO-1 shards the fp32 masters too, and the forward then reads
+// the embedding and norm weights in bf16: bf16 runs are compared with one
+// process at bf16 tolerances, test_data_parallel_equivalence)
 static void test_zero1_against_ddp(const char* dir) {
-    for (int bf16 = 0; bf16 < 2; bf16++) {
-        char args[2048], d[2][700], tag[64], path[2][800];
+    for (int bf16 = 0; bf16 < 1; bf16++) {
+        char args[2048], d[2][700], tag[64], path[2][1600];
         int rcs[2][8];
         for (int zero = 0; zero < 2; zero++) {
             snprintf(d[zero], sizeof d[zero], "%s/zero_vs_ddp_%d_%d", dir, bf16, zero);
@@ -4759,7 +4761,7 @@ static void test_data_parallel_mismatch(const char* dir) {
     const char* args = "--model_config kjv_test --max_length 16 --rank 4 --warmup_steps 2 --eval_batches 2 "
                        "--print_every 1 --eval_every 0 --sample_every 0 --batch_size 1 --total_batch_size 2 "
                        "--num_training_steps 2";
-    char meet[700], cmd[4096], out0[800], out1[800];
+    char meet[700], cmd[16384], out0[1600], out1[1600];
     snprintf(meet, sizeof meet, "%s/meet_mismatch", dir);
     mkdir(meet, 0755);
     snprintf(out0, sizeof out0, "%s/mismatch.rank0.txt", dir);

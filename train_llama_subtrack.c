@@ -3634,9 +3634,9 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(init_method, FLAG_STRING, "how the ranks meet: fs:DIR (a directory every rank sees) or tcp:HOST:PORT "
          "(default with more than one process: tcp:MASTER_ADDR:MASTER_PORT; under torchrun, whose agent "
          "holds MASTER_PORT, MASTER_PORT + 1)"),
-    FLAG(zero_stage, FLAG_INT, "with several processes: 1 = each optimizer state lives on one rank, its owner, which "
-         "alone updates its weights and sends them to the others (ZeRO stage 1: about 1/N of the states a rank); "
-         "0 = every rank holds every state (as DDP)"),
+    FLAG(zero_stage, FLAG_INT, "with several processes: 1 = each optimizer state (and with bf16 weights its fp32 "
+         "master) lives on one rank, its owner, which alone updates those weights and sends them to the others "
+         "(ZeRO stage 1: about 1/N of the states a rank); 0 = every rank holds every state (as DDP)"),
     FLAG(collective_timeout, FLAG_INT, "seconds a rank waits for the others (to meet, in a collective) before it "
          "stops with a message: a dead or hung rank ends the run instead of hanging it; >= 10"),
     FLAG_NOTE(single_gpu, FLAG_SWITCH, "the authors' switch to skip DDP", "no-op: one process"),
@@ -5573,8 +5573,8 @@ void shard_plan_print(const LlamaConfig* c, const TrainConfig* t, int num_ranks,
     if (problem != NULL) { fprintf(f, "ZeRO-1 plan: %s\n", problem); return; }
     int most = shard_plan_largest_rank(&sp);
     double gib = 1024.0 * 1024.0 * 1024.0;
-    fprintf(f, "ZeRO-1 at %d processes (--zero_stage 1 shards the optimizer states; the fp32 masters, counted here, "
-            "stay on every rank in this version): the optimizer states%s, %.3f GiB in all, in %d pieces (whole "
+    fprintf(f, "ZeRO-1 at %d processes (--zero_stage 1: each optimizer state, and with bf16 weights each fp32 "
+            "master, on its owner only): the optimizer states%s, %.3f GiB in all, in %d pieces (whole "
             "low-rank matrices, AdamW cut at most %d ways); the largest rank, %d, holds %.3f GiB of them (1/%d = "
             "%.3f GiB), %.3f GiB less than one process alone\n", num_ranks, t->master_weights ? " and fp32 masters" : "",
             sp.total_bytes / gib, sp.num_pieces, num_ranks, most, sp.rank_bytes[most] / gib, num_ranks,

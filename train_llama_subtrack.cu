@@ -5395,7 +5395,19 @@ typedef struct {
     size_t lowrank_device_floats;  // floats of lowrank_memory on this device
     float* gather;            // (gather_floats) device: one piece's states on their way to rank 0
     size_t gather_floats;
+    // ZeRO-1 in bf16 with masters: the fp32 masters are sharded too. the model
+    // keeps bf16 weights only; this rank's pieces' masters live here, and a
+    // step rounds them to the bf16 weights (to nearest, as the copy of whole
+    // masters is) before the owners broadcast those bf16 weights
+    float* masters;           // (masters_floats) device, or NULL: the model's fp32 weights are the masters
+    size_t masters_floats;
+    size_t* piece_master;     // (shards.num_pieces) an owned piece's offset in masters
+    int* slot_piece;          // (num_owned) the piece of each low-rank slot
+    float* host_params;       // the host's fp32 masters (whole, table layout): checkpoints go through them
+    size_t tensor_at[NUM_PARAMETER_TENSORS];  // each tensor's offset in the table layout
 } Optimizer;
+
+static void dp_broadcast_bf16(bf16* x, size_t count, int root);
 
 // data parallel (defined with the trainer's ranks below): a group of
 // collectives, and count floats from rank root to every rank, in place
@@ -5462,6 +5474,7 @@ static int optimizer_lowrank_shapes(int shapes[MAX_LOWRANK_SHAPES][3], const cpu
 // the checkpoint gather buffer (the largest piece's states)
 typedef struct {
     size_t adam_floats, lowrank_floats, gather_floats;
+    size_t masters_floats;    // the fp32 masters of its pieces (when they are sharded)
     int owned;
     int per_shape[MAX_LOWRANK_SHAPES];
 } ZeroShare;
@@ -5480,7 +5493,9 @@ static void zero_share(ZeroShare* z, const cpu::ShardPlan* sp, const cpu::LlamaC
         const cpu::ShardPiece* pc = &sp->pieces[p];
         size_t floats = zero_piece_floats(pc, spec, t->rank);
         z->gather_floats = floats > z->gather_floats ? floats : z->gather_floats;
+        z->gather_floats = pc->count > z->gather_floats ? pc->count : z->gather_floats;  // its masters
         if (pc->owner != rank) { continue; }
+        z->masters_floats += pc->count;
         if (!pc->low_rank) { z->adam_floats += pc->count; continue; }
         z->lowrank_floats += floats;
         z->owned++;
@@ -5494,7 +5509,7 @@ static void zero_share(ZeroShare* z, const cpu::ShardPlan* sp, const cpu::LlamaC
 // matrices and AdamW pieces that rank owns (whole steps in batches only:
 // train_config_problem refuses --zero_stage 1 with the lean modes)
 static const char* optimizer_place_states(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
-                                          int rank, int ranks) {
+                                          int rank, int ranks, int shard_masters) {
     cpu::Optimizer* h = &o->host;
     int nl = h->num_lowrank;
     o->zero_rank = rank;
@@ -5512,13 +5527,18 @@ static const char* optimizer_place_states(Optimizer* o, const cpu::LlamaConfig* 
     const char* problem = cpu::shard_plan_build(&o->shards, c, t, ranks);
     if (problem != NULL) { return problem; }
     o->piece_adam = (size_t*)cpu::malloc_check((size_t)o->shards.num_pieces * sizeof(size_t), "piece offsets");
+    o->piece_master = (size_t*)cpu::malloc_check((size_t)o->shards.num_pieces * sizeof(size_t), "master offsets");
+    o->slot_piece = (int*)cpu::malloc_check((size_t)(nl > 0 ? nl : 1) * sizeof(int), "slot pieces");
     for (int k = 0; k < nl; k++) { o->matrix_slot[k] = -1; }
     int first[NUM_PARAMETER_TENSORS], k = 0;
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
     cpu::parameter_table(spec, c);
+    size_t at = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         first[i] = k;
         if (cpu::optimizer_uses_lowrank(h, &spec[i])) { k += spec[i].layers; }
+        o->tensor_at[i] = at;
+        at += cpu::tensor_numel(&spec[i]);
     }
     o->num_owned = 0;
     o->adam_floats = 0;
@@ -5527,11 +5547,18 @@ static const char* optimizer_place_states(Optimizer* o, const cpu::LlamaConfig* 
         const cpu::ShardPiece* pc = &o->shards.pieces[p];
         size_t floats = zero_piece_floats(pc, spec, t->rank);
         o->gather_floats = floats > o->gather_floats ? floats : o->gather_floats;
+        o->gather_floats = pc->count > o->gather_floats ? pc->count : o->gather_floats;  // its masters
         o->piece_adam[p] = SIZE_MAX;
+        o->piece_master[p] = SIZE_MAX;
         if (pc->owner != rank) { continue; }
+        if (shard_masters) {
+            o->piece_master[p] = o->masters_floats;
+            o->masters_floats += pc->count;
+        }
         if (pc->low_rank) {
             int matrix = first[pc->tensor] + pc->layer;
             o->matrix_slot[matrix] = o->num_owned;
+            o->slot_piece[o->num_owned] = p;
             o->slot_at[o->num_owned++] = o->lowrank_device_floats;
             o->lowrank_device_floats += floats;
         } else {
@@ -5540,23 +5567,33 @@ static const char* optimizer_place_states(Optimizer* o, const cpu::LlamaConfig* 
         }
     }
     o->gather = (float*)device_malloc(o->gather_floats * sizeof(float), "ZeRO-1 checkpoint gather");
+    if (shard_masters) {
+        o->masters = (float*)device_malloc(o->masters_floats * sizeof(float), "fp32 masters, this rank's pieces");
+    }
     return NULL;
 }
 
 const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int rank,
-                                    int ranks);
+                                    int ranks, int shard_masters);
 
 // returns NULL, or a message naming the matrix whose shape cannot take the rank
 const char* optimizer_build(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t) {
-    return optimizer_build_sharded(o, c, t, 0, 0);
+    return optimizer_build_sharded(o, c, t, 0, 0, 0);
 }
 
-// optimizer_build for rank of ranks: with ranks > 1 (ZeRO-1), only the states rank owns
+// the fp32 masters are sharded with the states (ZeRO-1 over ranks > 1, bf16
+// weights with masters): the model is then built with bf16 weights only
+static int zero_shards_masters(const cpu::TrainConfig* t, int ranks) {
+    return t->zero_stage == 1 && ranks > 1 && t->master_weights && dtype_from_name(t->dtype) == DTYPE_BFLOAT16;
+}
+
+// optimizer_build for rank of ranks: with ranks > 1 (ZeRO-1), only the states
+// rank owns, and with shard_masters (zero_shards_masters) their fp32 masters
 const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, const cpu::TrainConfig* t, int rank,
-                                    int ranks) {
+                                    int ranks, int shard_masters) {
     memset(o, 0, sizeof *o);
     const char* problem = cpu::optimizer_build(&o->host, c, t);
-    if (problem == NULL) { problem = optimizer_place_states(o, c, t, rank, ranks); }
+    if (problem == NULL) { problem = optimizer_place_states(o, c, t, rank, ranks, shard_masters); }
     if (problem != NULL) { return problem; }
     o->adam_m = (float*)device_malloc(o->adam_floats * sizeof(float), "AdamW first moments");
     o->adam_v = (float*)device_malloc(o->adam_floats * sizeof(float), "AdamW second moments");
@@ -5662,7 +5699,10 @@ void optimizer_free(Optimizer* o) {
     free(o->matrix_slot);
     free(o->slot_at);
     free(o->piece_adam);
+    free(o->piece_master);
+    free(o->slot_piece);
     if (o->gather != NULL) { cuda_check(cudaFree(o->gather)); }
+    if (o->masters != NULL) { cuda_check(cudaFree(o->masters)); }
     cpu::shard_plan_free(&o->shards);
     lowrank_gpu_destroy(&o->ctx);
     cuda_check(cudaFree(o->adam_m));
@@ -5750,6 +5790,21 @@ static void optimizer_piece_places(Optimizer* o, int p, float** host_m, float** 
 // collective: every rank calls it), or from the host copies (whole on every
 // rank, as a checkpoint is read) to the owner's device
 static void optimizer_zero_copy(Optimizer* o, int to_host) {
+    for (int p = 0; p < o->shards.num_pieces && o->masters != NULL; p++) {
+        // the sharded fp32 masters, between the owners and the host's whole copy
+        const cpu::ShardPiece* pc = &o->shards.pieces[p];
+        float* host = o->host_params + o->tensor_at[pc->tensor] + pc->layer * pc->per_layer + pc->first;
+        float* mine = o->piece_master[p] != SIZE_MAX ? o->masters + o->piece_master[p] : NULL;
+        if (!to_host) {
+            if (mine != NULL) { cuda_check(cudaMemcpy(mine, host, pc->count * sizeof(float), cudaMemcpyHostToDevice)); }
+            continue;
+        }
+        if (mine != NULL) { cuda_check(cudaMemcpy(o->gather, mine, pc->count * sizeof(float), cudaMemcpyDeviceToDevice)); }
+        dp_broadcast_floats(o->gather, pc->count, pc->owner);
+        if (dp_rank() == 0) {
+            cuda_check(cudaMemcpy(host, o->gather, pc->count * sizeof(float), cudaMemcpyDeviceToHost));
+        }
+    }
     for (int p = 0; p < o->shards.num_pieces; p++) {
         const cpu::ShardPiece* pc = &o->shards.pieces[p];
         float *hm, *hv, *dm, *dv;
@@ -5916,7 +5971,7 @@ static void optimizer_step_groups(Optimizer* o, Llama* model, float lr, cpu::Pro
             for (int l = 0; l < spec[i].layers; l++) {
                 int slot = o->matrix_slot[o->lowrank_first[i] + l];
                 if (slot < 0) { continue; }  // another rank's (ZeRO-1)
-                W[slot] = params[i] + l * per;
+                W[slot] = o->masters != NULL ? o->masters + o->piece_master[o->slot_piece[slot]] : params[i] + l * per;
                 G[slot] = grads[i] + l * per;
             }
         }
@@ -5954,7 +6009,7 @@ static void optimizer_step_owned(Optimizer* o, Llama* model, float lr) {
         const cpu::ShardPiece* pc = &o->shards.pieces[p];
         if (pc->low_rank || pc->owner != o->zero_rank) { continue; }
         size_t at = pc->layer * pc->per_layer + pc->first;
-        float* W = params[pc->tensor] + at;
+        float* W = o->masters != NULL ? o->masters + o->piece_master[p] : params[pc->tensor] + at;
         adamw_update(W, o->adam_m + o->piece_adam[p], o->adam_v + o->piece_adam[p], grads[pc->tensor] + at, pc->count,
                      h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay);
         if (!h->master_weights) {
@@ -5962,6 +6017,37 @@ static void optimizer_step_owned(Optimizer* o, Llama* model, float lr) {
         }
     }
     if (o->num_owned > 0) { optimizer_step_groups(o, model, lr, NULL); }
+    if (o->masters != NULL) {
+        // the owned pieces' bf16 weights from their masters, to nearest (as
+        // llama_refresh_param_copy makes the copy of whole masters); then the
+        // owners send those bf16 weights, each piece's contiguous block (a
+        // padded matrix's block with its pads, zero everywhere)
+        cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+        cpu::parameter_table(spec, &model->config);
+        for (int p = 0; p < o->shards.num_pieces; p++) {
+            const cpu::ShardPiece* pc = &o->shards.pieces[p];
+            if (pc->owner != o->zero_rank) { continue; }
+            params_bf16_apply(model, PARAMS_BF16_FROM_FLOAT, param_index(model, params[pc->tensor]) + pc->layer *
+                              pc->per_layer + pc->first, pc->count, o->masters + o->piece_master[p]);
+        }
+        dp_group_start();
+        for (int p = 0; p < o->shards.num_pieces; p++) {
+            const cpu::ShardPiece* pc = &o->shards.pieces[p];
+            const DeviceBlock* b = &model->device_blocks[pc->tensor];
+            size_t cols = (size_t)spec[pc->tensor].cols, rows = (size_t)spec[pc->tensor].rows;
+            bf16* block = model->params_bf16 + b->base + pc->layer * b->layer_stride;
+            if (b->row_stride == cols) {
+                dp_broadcast_bf16(block + pc->first, pc->count, pc->owner);
+            } else if (pc->first == 0 && pc->count == rows * cols) {
+                dp_broadcast_bf16(block, (rows - 1) * b->row_stride + cols, pc->owner);
+            } else {
+                cpu::fatal("internal: a ZeRO-1 piece of part of a padded matrix (%s); please report this",
+                           spec[pc->tensor].name);
+            }
+        }
+        dp_group_end();
+        return;
+    }
     dp_group_start();
     for (int p = 0; p < o->shards.num_pieces; p++) {
         const cpu::ShardPiece* pc = &o->shards.pieces[p];
@@ -6108,8 +6194,10 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     Dtype dt = dtype_from_name(t->dtype);
     int recompute = t->activation_checkpointing;
     size_t N = cpu::parameter_count(c);
-    // the model (llama_build, grad_norm_reserve)
-    int bf16_only = llama_weights_bf16_only(dt, t->master_weights);
+    // the model (llama_build, grad_norm_reserve); ZeRO-1 in bf16 keeps bf16
+    // weights only there, and this rank's masters in the optimizer (below)
+    int shard_masters = zero_shards_masters(t, t->ranks);
+    int bf16_only = llama_weights_bf16_only(dt, t->master_weights) || shard_masters;
     if (!bf16_only) {
         plan_buffer(p, t->master_weights ? "weights, fp32 masters" : "weights, bf16 values in fp32", "(N)",
                     N * sizeof(float), "whole run");
@@ -6175,7 +6263,7 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     if (problem != NULL) { return problem; }
     // ZeRO-1: this rank's share
     int shapes[MAX_LOWRANK_SHAPES][3];
-    int grouped = o.num_lowrank > 0 && optimizer_grouped(&o, bf16_only);
+    int grouped = o.num_lowrank > 0 && optimizer_grouped(&o, llama_weights_bf16_only(dt, t->master_weights));
     int num_shapes = grouped ? optimizer_lowrank_shapes(shapes, &o, c) : 0;
     int zero_ranks = t->zero_stage == 1 && t->ranks > 1 ? t->ranks : 0;
     ZeroShare z;
@@ -6194,6 +6282,10 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         for (int s = 0; s < num_shapes; s++) { shapes[s][2] = z.per_shape[s]; }
         plan_buffer(p, "ZeRO-1 checkpoint gather", "largest piece's states", z.gather_floats * sizeof(float),
                     "a checkpoint");
+        if (shard_masters) {
+            plan_buffer(p, "fp32 masters, this rank's pieces", "(this rank's pieces)",
+                        z.masters_floats * sizeof(float), "whole run");
+        }
     }
     if (t->ranks > 1 || t->num_processes > 1) {
         plan_buffer(p, "sum over the ranks", "1 f64", sizeof(double), "whole run");  // gpu_join's
@@ -6359,9 +6451,9 @@ static int gpu_memory_plan(const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
 // 0, a collective), and rank 0 alone writes: the ranks' weights are equal
 int checkpoint_save(Llama* model, Optimizer* opt, cpu::Llama* host_model, const cpu::TrainConfig* t,
                     cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
-    if (opt->zero_ranks > 0) { optimizer_download(opt); }  // a collective: every rank
+    if (opt->zero_ranks > 0) { optimizer_download(opt); }  // a collective: every rank (sharded masters too)
     if (dp_rank() != 0) { return 0; }
-    llama_download_params(model, host_model->params_memory);
+    if (opt->masters == NULL) { llama_download_params(model, host_model->params_memory); }
     if (opt->zero_ranks == 0) { optimizer_download(opt); }
     cpu::TrainState s = {host_model, &opt->host, loader, rng, t};
     return cpu::checkpoint_save(&s, dir, err, errlen);
@@ -6443,7 +6535,8 @@ static struct {
 // Optimizer's zero_ranks; pieces of cpu::shard_plan_build): each gradient
 // piece is reduced to its owner, the owner steps its pieces and broadcasts
 // their weights (optimizer_step_owned), and a checkpoint gathers the states
-// to rank 0 (optimizer_zero_copy).
+// to rank 0 (optimizer_zero_copy). with bf16 weights the fp32 masters are
+// sharded too (Optimizer.masters; the model keeps bf16 weights only).
 //
 // the sums overlap the backward: as the last micro step's backward finishes a
 // unit's gradient (unit_done), the unit's all-reduce is queued on a stream of
@@ -6630,6 +6723,13 @@ static void dp_broadcast_floats(float* x, size_t count, int root) {
     (void)x; (void)count; (void)root;
 #endif
 }
+static void dp_broadcast_bf16(bf16* x, size_t count, int root) {
+#if HAVE_NCCL
+    if (g_dp.size > 1) { nccl_check(ncclBroadcast(x, x, count, ncclBfloat16, root, g_dp.comm, 0)); }
+#else
+    (void)x; (void)count; (void)root;
+#endif
+}
 static int dp_rank(void) { return g_dp.rank; }
 
 // x summed over the ranks: for evaluation, the saved-state check and agreement
@@ -6714,13 +6814,18 @@ static const char* gpu_build(const cpu::LlamaConfig* c, const cpu::TrainConfig* 
     cpu::llama_init_weights(&gpu_trainer.host_model, (uint64_t)t->seed);
     if (!t->master_weights) { cpu::llama_round_weights_bf16(&gpu_trainer.host_model); }
     int per_layer = cpu::optimizer_name_per_layer(t->optimizer);
-    llama_build(&gpu_trainer.model, c, dtype_from_name(t->dtype), t->master_weights, per_layer);
+    // ZeRO-1 in bf16 shards the fp32 masters too: the model keeps bf16 weights only
+    int shard_masters = zero_shards_masters(t, g_dp.size);
+    llama_build(&gpu_trainer.model, c, dtype_from_name(t->dtype), t->master_weights && !shard_masters, per_layer);
     gpu_trainer.model.recompute = t->activation_checkpointing;
     llama_alloc_activations(&gpu_trainer.model, B, T);  // once: later batches reuse it
     llama_upload_params(&gpu_trainer.model, gpu_trainer.host_model.params_memory);
     gpu_trainer.logits_row = (float*)cpu::malloc_check((size_t)c->V * sizeof(float), "sample logits");
     // ZeRO-1 over the ranks (--zero_stage 1), else every state here
-    problem = optimizer_build_sharded(&gpu_trainer.opt, c, t, g_dp.rank, t->zero_stage == 1 ? g_dp.size : 0);
+    problem = optimizer_build_sharded(&gpu_trainer.opt, c, t, g_dp.rank, t->zero_stage == 1 ? g_dp.size : 0,
+                                      shard_masters);
+    gpu_trainer.opt.host_params = gpu_trainer.host_model.params_memory;
+    if (problem == NULL && shard_masters) { optimizer_zero_copy(&gpu_trainer.opt, 0); }  // the initial masters
     if (problem == NULL && per_layer) { optimizer_attach_per_layer(&gpu_trainer.opt, &gpu_trainer.model); }
     return problem;
 }

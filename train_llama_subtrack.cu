@@ -2391,14 +2391,21 @@ double llama_unit_norm2(void) {
 // loss starts again at 0. with per-layer updates the backward has summed the
 // squared norm unit by unit (the same squares, in another order than the
 // whole buffer's chunks)
-void llama_step_stats(Llama* model, double* loss, double* norm) {
+// the step's loss and gradient norm as they stand on the device, in one
+// read; both start again at 0 (llama_step_stats; ZeRO-1 sums its own norm)
+static void step_stats_take(double* loss, double* norm) {
     double* stats = step_stats_device();
-    if (!model->per_layer) { grad_squared_norm_on_device(stats + STAT_NORM2, model->grads_memory, model->num_parameters, 0); }
     double host[2];
     cuda_check(cudaMemcpy(host, stats, sizeof host, cudaMemcpyDeviceToHost));
     cuda_check(cudaMemsetAsync(stats, 0, sizeof host, 0));
     *loss = host[STAT_LOSS];
     *norm = sqrt(host[STAT_NORM2]);
+}
+
+void llama_step_stats(Llama* model, double* loss, double* norm) {
+    double* stats = step_stats_device();
+    if (!model->per_layer) { grad_squared_norm_on_device(stats + STAT_NORM2, model->grads_memory, model->num_parameters, 0); }
+    step_stats_take(loss, norm);
 }
 
 void llama_zero_grad(Llama* model) {
@@ -6915,12 +6922,9 @@ static void gpu_step_stats(double* loss, double* norm) {
                 }
                 static_assert(STAT_NORM2 == STAT_LOSS + 1, "the loss and the squared norm side by side");
                 nccl_check(ncclAllReduce(stats + STAT_LOSS, stats + STAT_LOSS, 2, ncclDouble, ncclSum, g_dp.comm, 0));
-                double host[2];
-                cuda_check(cudaMemcpy(host, stats, sizeof host, cudaMemcpyDeviceToHost));
-                cuda_check(cudaMemsetAsync(stats, 0, sizeof host, 0));
+                step_stats_take(loss, norm);
                 dp_wait_end();
-                *loss = host[STAT_LOSS] / g_dp.size;
-                *norm = sqrt(host[STAT_NORM2]);
+                *loss /= g_dp.size;
                 return;
             }
             // the loss behind the gradients on their stream, then stream 0 waits for both

@@ -6011,6 +6011,420 @@ static int fsync_dir(const char* dir) {
     return rc;
 }
 
+// ---- sharded checkpoints (--zero_stage 1 in the CUDA trainer)
+//
+// under ZeRO-1 no rank holds every optimizer state, so each rank writes the
+// pieces it owns (shard_plan_build) to a file of its own, and rank 0 then
+// writes a manifest over DIR/checkpoint.bin:
+//   DIR/checkpoint.bin                                   the manifest
+//   DIR/shards-SSSSSSSS-IIIIIIIIIIII/rank-RRRRR-of-NNNNN.bin  one per rank
+// (S the step, I the save's id in hex, R the rank, N the ranks). manifest:
+//   header    int64[CHECKPOINT_HEADER_INTS], a checkpoint's, but [0] is
+//             CHECKPOINT_MANIFEST_MAGIC, and [27] N, [28] P the pieces,
+//             [29] the save's id (48 bits, drawn by rank 0 for each save)
+//   settings  as in a checkpoint
+//   pieces    int64[P][6]: tensor, layer, first, count, owner, state floats
+//             (a low-rank matrix's state; an AdamW piece's M and V, 2 count),
+//             in the parameter table's order, tiling every layer of every tensor
+//   trailer   as in a checkpoint: the CRC32C of every byte before it
+// the shard of rank r:
+//   header    int64[CHECKPOINT_SHARD_INTS]: CHECKPOINT_SHARD_MAGIC, version,
+//             step, r, N, id, the pieces r owns, the floats of the body
+//   body      float32, each piece r owns in the table's order: its fp32
+//             weights (count; the masters), then its state floats (M then V)
+//   trailer   as in a checkpoint
+// every file goes through a .tmp, fsync and rename. rank 0 writes the manifest
+// only after every rank has written and synced its shard, and the shards'
+// directory is new for each save (its name holds the step and the id), so a
+// save that stops halfway leaves the previous manifest and its shards whole:
+// a sharded checkpoint is complete when its manifest is. after the manifest,
+// rank 0 removes every other shards directory (and a one-file save removes
+// them all). reading assembles the whole state from the N shards, so a
+// checkpoint of N ranks resumes on any number of ranks, with or without
+// ZeRO-1, and on the CPU trainer (re-sharding is a new plan over the whole)
+
+#define CHECKPOINT_MANIFEST_MAGIC 20261203
+#define CHECKPOINT_SHARD_MAGIC 20261204
+#define CHECKPOINT_SHARD_INTS 8
+#define CHECKPOINT_PIECE_INTS 6
+#define CHECKPOINT_ID_MAX (((int64_t)1 << 48) - 1)
+
+// a new save's id, 48 bits from the clock and the process id. rank 0 draws
+// it for each save; it only has to differ from earlier saves' in the directory
+int64_t checkpoint_new_id(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^ ((uint64_t)getpid() << 40);
+    return (int64_t)(splitmix64_next(&x) & (uint64_t)CHECKPOINT_ID_MAX);
+}
+
+// the directory of the shards of the save (step, id) in dir
+static void checkpoint_shards_dir(char* out, size_t cap, const char* dir, int64_t step, int64_t id) {
+    snprintf(out, cap, "%s/shards-%08lld-%012llx", dir, (long long)step, (unsigned long long)id);
+}
+
+static void checkpoint_shard_path(char* out, size_t cap, const char* dir, int64_t step, int64_t id, int rank,
+                                  int ranks) {
+    char sd[1100];
+    checkpoint_shards_dir(sd, sizeof sd, dir, step, id);
+    snprintf(out, cap, "%s/rank-%05d-of-%05d.bin", sd, rank, ranks);
+}
+
+// where tensor i starts in the parameter table's layout
+static size_t tensor_offset(const TensorSpec spec[NUM_PARAMETER_TENSORS], int i) {
+    size_t at = 0;
+    for (int k = 0; k < i; k++) { at += tensor_numel(&spec[k]); }
+    return at;
+}
+
+// where piece pc of model c lives in the whole state: its weights in params
+// (NULL: not asked), its states in o (m, and v for an AdamW piece, else NULL),
+// n floats each
+static void checkpoint_piece_places(Optimizer* o, const LlamaConfig* c, float* params, const ShardPiece* pc,
+                                    float** w, float** m, float** v, size_t* n) {
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, c);
+    size_t adam = 0;
+    int matrix = 0;
+    for (int i = 0; i < pc->tensor; i++) {
+        if (optimizer_uses_lowrank(o, &spec[i])) { matrix += spec[i].layers; } else { adam += tensor_numel(&spec[i]); }
+    }
+    size_t within = (size_t)pc->layer * pc->per_layer + pc->first;
+    *w = params != NULL ? params + tensor_offset(spec, pc->tensor) + within : NULL;
+    if (pc->low_rank) {
+        const LowRankState* ls = &o->lowrank[matrix + pc->layer];
+        *m = ls->memory;
+        *v = NULL;
+        *n = lowrank_state_num_floats(ls->m, ls->n, ls->r);
+    } else {
+        *m = o->adam_m + adam + within;
+        *v = o->adam_v + adam + within;
+        *n = pc->count;
+    }
+}
+
+// the state floats a checkpoint holds for piece pc: M and V of an AdamW piece
+static size_t checkpoint_piece_state_floats(Optimizer* o, const LlamaConfig* c, const ShardPiece* pc) {
+    float *w, *m, *v;
+    size_t n;
+    checkpoint_piece_places(o, c, NULL, pc, &w, &m, &v, &n);
+    return v != NULL ? 2 * n : n;
+}
+
+// writes the trailer, syncs and closes f, renames tmp to path and syncs dir.
+// returns 0, else fills err (tmp removed, path untouched)
+static int checkpoint_file_finish(FILE* f, CheckpointStream* w, const char* tmp, const char* path, const char* dir,
+                                  char* err, size_t errlen) {
+    int64_t trailer[2] = {CHECKPOINT_TRAILER_MAGIC, (int64_t)w->crc};
+    int ok = w->ok && fwrite(trailer, sizeof trailer, 1, f) == 1;
+    ok = (fflush(f) == 0) && ok;
+    ok = (fsync(fileno(f)) == 0) && ok;
+    int saved_errno = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) {
+        snprintf(err, errlen, "writing %s failed (%s); disk full, or a file size limit? the previous checkpoint is "
+                 "kept", tmp, strerror(saved_errno != 0 ? saved_errno : errno));
+        remove(tmp);
+        return 1;
+    }
+    if (rename(tmp, path) != 0) {
+        snprintf(err, errlen, "cannot rename %s to %s (%s)", tmp, path, strerror(errno));
+        remove(tmp);
+        return 1;
+    }
+    if (fsync_dir(dir) != 0) {
+        snprintf(err, errlen, "cannot sync the directory %s after writing %s (%s)", dir, path, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+// removes every shards directory in dir but keep (a path, or NULL: all):
+// their rank files and .tmp files, then the directory (left if it holds
+// anything else)
+static void checkpoint_remove_other_shards(const char* dir, const char* keep) {
+    char pattern[1100];
+    snprintf(pattern, sizeof pattern, "%s/shards-*", dir);
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) != 0) { return; }
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        if (keep != NULL && strcmp(g.gl_pathv[i], keep) == 0) { continue; }
+        char files[1200];
+        snprintf(files, sizeof files, "%s/rank-*-of-*.bin*", g.gl_pathv[i]);
+        glob_t gf;
+        if (glob(files, 0, NULL, &gf) == 0) {
+            for (size_t k = 0; k < gf.gl_pathc; k++) { remove(gf.gl_pathv[k]); }
+            globfree(&gf);
+        }
+        rmdir(g.gl_pathv[i]);
+    }
+    globfree(&g);
+}
+
+// rank's shard of the save (step of s, id) into dir: the weights and states of
+// the pieces of sp it owns, read from s's whole-layout copies (where the
+// caller put them). returns 0, else fills err. refuses a piece that is not finite
+int checkpoint_save_shard(const TrainState* s, const ShardPlan* sp, int rank, int64_t id, const char* dir, char* err,
+                          size_t errlen) {
+    Optimizer* o = s->opt;
+    const LlamaConfig* c = &s->model->config;
+    int64_t sh[CHECKPOINT_SHARD_INTS] = {CHECKPOINT_SHARD_MAGIC, CHECKPOINT_VERSION, o->step, rank, sp->num_ranks, id,
+                                         0, 0};
+    for (int p = 0; p < sp->num_pieces; p++) {
+        const ShardPiece* pc = &sp->pieces[p];
+        if (pc->owner != rank) { continue; }
+        float *w, *m, *v;
+        size_t n;
+        checkpoint_piece_places(o, c, s->model->params_memory, pc, &w, &m, &v, &n);
+        if (!floats_are_finite(w, pc->count) || !floats_are_finite(m, n) || (v != NULL && !floats_are_finite(v, n))) {
+            snprintf(err, errlen, "the weights or optimizer states after step %d are not finite (rank %d's piece of "
+                     "tensor %d, layer %d); not saved (the checkpoint in %s is kept)", o->step, rank, pc->tensor,
+                     pc->layer, dir);
+            return 1;
+        }
+        sh[6]++;
+        sh[7] += (int64_t)(pc->count + (v != NULL ? 2 * n : n));
+    }
+    char sd[1100], path[1300], tmp[1400];
+    checkpoint_shards_dir(sd, sizeof sd, dir, o->step, id);
+    checkpoint_shard_path(path, sizeof path, dir, o->step, id, rank, sp->num_ranks);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (mkdir(sd, 0755) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create %s (%s); check that --save_dir is writable", sd, strerror(errno));
+        return 1;
+    }
+    FILE* f = fopen(tmp, "wb");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot write %s (%s); check that --save_dir is writable", tmp, strerror(errno));
+        return 1;
+    }
+    CheckpointStream w = {f, 0, 1};
+    checkpoint_write(&w, sh, sizeof sh);
+    for (int p = 0; p < sp->num_pieces; p++) {
+        const ShardPiece* pc = &sp->pieces[p];
+        if (pc->owner != rank) { continue; }
+        float *wt, *m, *v;
+        size_t n;
+        checkpoint_piece_places(o, c, s->model->params_memory, pc, &wt, &m, &v, &n);
+        checkpoint_write(&w, wt, pc->count * sizeof(float));
+        checkpoint_write(&w, m, n * sizeof(float));
+        if (v != NULL) { checkpoint_write(&w, v, n * sizeof(float)); }
+    }
+    if (checkpoint_file_finish(f, &w, tmp, path, sd, err, errlen) != 0) { return 1; }
+    if (fsync_dir(dir) != 0) {  // the shards directory's own entry
+        snprintf(err, errlen, "cannot sync the directory %s after creating %s (%s)", dir, sd, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+// rank 0, once every rank's shard of the save (step of s, id) is written and
+// synced: the manifest, renamed over dir/checkpoint.bin, which completes the
+// checkpoint; then every other shards directory is removed. returns 0, else
+// fills err (the previous checkpoint is untouched)
+int checkpoint_save_manifest(const TrainState* s, const ShardPlan* sp, int64_t id, const char* dir, char* err,
+                             size_t errlen) {
+    char path[1024], tmp[1100];
+    snprintf(path, sizeof path, "%s/%s", dir, CHECKPOINT_FILE);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE* f = fopen(tmp, "wb");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot write %s (%s); check that --save_dir exists and is writable", tmp, strerror(errno));
+        return 1;
+    }
+    char settings[CHECKPOINT_SETTINGS_MAX + 8];
+    memset(settings, 0, sizeof settings);
+    size_t settings_bytes = checkpoint_settings_text(s->settings, settings, CHECKPOINT_SETTINGS_MAX);
+    int64_t h[CHECKPOINT_HEADER_INTS];
+    checkpoint_header(h, s, settings_bytes);
+    h[0] = CHECKPOINT_MANIFEST_MAGIC;
+    h[27] = sp->num_ranks;
+    h[28] = sp->num_pieces;
+    h[29] = id;
+    CheckpointStream w = {f, 0, 1};
+    checkpoint_write(&w, h, sizeof h);
+    checkpoint_write(&w, settings, padded8(settings_bytes));
+    for (int p = 0; p < sp->num_pieces; p++) {
+        const ShardPiece* pc = &sp->pieces[p];
+        int64_t row[CHECKPOINT_PIECE_INTS] = {pc->tensor, pc->layer, (int64_t)pc->first, (int64_t)pc->count, pc->owner,
+                                              (int64_t)checkpoint_piece_state_floats(s->opt, &s->model->config, pc)};
+        checkpoint_write(&w, row, sizeof row);
+    }
+    if (checkpoint_file_finish(f, &w, tmp, path, dir, err, errlen) != 0) { return 1; }
+    char keep[1100];
+    checkpoint_shards_dir(keep, sizeof keep, dir, h[13], id);
+    checkpoint_remove_other_shards(dir, keep);
+    return 0;
+}
+
+// reads and checks a manifest's piece table (the file's header h and
+// settings are read): every piece of model c in place, tiling each layer of
+// each tensor in the table's order, owners in range; with o, the same
+// optimizer layout (low-rank matrices whole, state sizes). returns the table
+// (P rows of CHECKPOINT_PIECE_INTS, malloc'd), or NULL with err filled
+static int64_t* checkpoint_read_pieces(const char* path, const int64_t h[CHECKPOINT_HEADER_INTS], const LlamaConfig* c,
+                                       Optimizer* o, char* err, size_t errlen) {
+    int64_t ranks = h[27], P = h[28];
+    if (ranks < 1 || ranks > 100000 || P < 1 || P > ((int64_t)1 << 24) || h[29] < 0 || h[29] > CHECKPOINT_ID_MAX ||
+        h[25] != 0 || h[26] != 0) {
+        snprintf(err, errlen, "%s: a manifest field is out of range (ranks %lld, pieces %lld, id %lld, 8-bit sizes "
+                 "%lld %lld); the file is corrupt", path, (long long)ranks, (long long)P, (long long)h[29],
+                 (long long)h[25], (long long)h[26]);
+        return NULL;
+    }
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(errno));
+        return NULL;
+    }
+    int64_t* rows = (int64_t*)malloc_check((size_t)P * CHECKPOINT_PIECE_INTS * sizeof(int64_t), "manifest pieces");
+    char pad[CHECKPOINT_SETTINGS_MAX + 8];
+    int64_t hh[CHECKPOINT_HEADER_INTS];
+    CheckpointStream r = {f, 0, 1};
+    checkpoint_read(&r, hh, sizeof hh);
+    checkpoint_read(&r, pad, padded8((size_t)h[24]));
+    checkpoint_read(&r, rows, (size_t)P * CHECKPOINT_PIECE_INTS * sizeof(int64_t));
+    int64_t trailer[2] = {0, 0};
+    int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
+    int extra = ok && fgetc(f) != EOF;
+    fclose(f);
+    if (!ok || extra) {
+        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
+                 ok ? "longer" : "shorter");
+        free(rows);
+        return NULL;
+    }
+    if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
+        snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
+                 "corrupt: resume from another copy", path, r.crc, (unsigned long long)trailer[1]);
+        free(rows);
+        return NULL;
+    }
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, c);
+    int64_t k = 0;
+    int matrix = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        int64_t per = (int64_t)spec[i].rows * spec[i].cols;
+        int low_rank = o != NULL && optimizer_uses_lowrank(o, &spec[i]);
+        for (int l = 0; l < spec[i].layers; l++) {
+            for (int64_t pos = 0; pos < per; k++) {
+                const int64_t* x = rows + k * CHECKPOINT_PIECE_INTS;
+                int64_t want_state = -1;
+                if (o != NULL) {
+                    const LowRankState* ls = low_rank ? &o->lowrank[matrix + l] : NULL;
+                    want_state = ls != NULL ? (int64_t)lowrank_state_num_floats(ls->m, ls->n, ls->r) : 2 * x[3];
+                }
+                if (k >= P || x[0] != i || x[1] != l || x[2] != pos || x[3] <= 0 || x[3] > per - pos ||
+                    x[4] < 0 || x[4] >= ranks || x[5] < 0 || x[5] > ((int64_t)1 << 40) ||
+                    (o != NULL && (x[5] != want_state || (low_rank && x[3] != per)))) {
+                    snprintf(err, errlen, "%s: piece %lld does not fit %s (tensor %d, %s, layer %d at element %lld); "
+                             "the file is corrupt, or of another --optimizer or --rank", path, (long long)k,
+                             k < P ? "its place" : "(missing)", i, spec[i].name, l, (long long)pos);
+                    free(rows);
+                    return NULL;
+                }
+                pos += x[3];
+            }
+        }
+        if (low_rank) { matrix += spec[i].layers; }
+    }
+    if (k != P) {
+        snprintf(err, errlen, "%s: %lld pieces, the model has %lld; the file is corrupt", path, (long long)P,
+                 (long long)k);
+        free(rows);
+        return NULL;
+    }
+    return rows;
+}
+
+// reads every shard of a manifest (header h, pieces from
+// checkpoint_read_pieces) of the checkpoint in dir: the weights into params
+// (table layout), and with o the states into o's whole layout. each shard's
+// header must name this save (step, id), its rank and N, and its CRC must
+// match. returns 0, else fills err
+static int checkpoint_read_shards(const char* dir, const int64_t h[CHECKPOINT_HEADER_INTS], const int64_t* rows,
+                                  const LlamaConfig* c, float* params, Optimizer* o, char* err, size_t errlen) {
+    int64_t ranks = h[27], P = h[28], id = h[29];
+    size_t skip_floats = 0;
+    float* skip = NULL;
+    if (o == NULL) {
+        for (int64_t k = 0; k < P; k++) {
+            size_t n = (size_t)rows[k * CHECKPOINT_PIECE_INTS + 5];
+            skip_floats = n > skip_floats ? n : skip_floats;
+        }
+        skip = (float*)malloc_check((skip_floats > 0 ? skip_floats : 1) * sizeof(float), "checkpoint states");
+    }
+    int rc = 0;
+    for (int rank = 0; rank < ranks && rc == 0; rank++) {
+        char path[1300];
+        checkpoint_shard_path(path, sizeof path, dir, h[13], id, rank, (int)ranks);
+        int64_t want[CHECKPOINT_SHARD_INTS] = {CHECKPOINT_SHARD_MAGIC, CHECKPOINT_VERSION, h[13], rank, ranks, id, 0, 0};
+        for (int64_t k = 0; k < P; k++) {
+            const int64_t* x = rows + k * CHECKPOINT_PIECE_INTS;
+            if (x[4] == rank) { want[6]++; want[7] += x[3] + x[5]; }
+        }
+        FILE* f = fopen(path, "rb");
+        if (f == NULL) {
+            snprintf(err, errlen, "cannot open %s (%s), a shard that %s/%s names; the checkpoint is incomplete (its "
+                     "shards were moved or removed): resume from a whole copy of the directory", path,
+                     strerror(errno), dir, CHECKPOINT_FILE);
+            rc = 1;
+            break;
+        }
+        CheckpointStream r = {f, 0, 1};
+        int64_t sh[CHECKPOINT_SHARD_INTS];
+        checkpoint_read(&r, sh, sizeof sh);
+        if (!r.ok || memcmp(sh, want, sizeof sh) != 0) {
+            snprintf(err, errlen, "%s: its header does not match the manifest %s/%s (magic %lld, step %lld, rank %lld "
+                     "of %lld, id %llx, %lld pieces, %lld floats; expected step %lld, rank %d of %lld, id %llx, %lld "
+                     "pieces, %lld floats); the file is corrupt or of another save", path, dir, CHECKPOINT_FILE,
+                     (long long)sh[0], (long long)sh[2], (long long)sh[3], (long long)sh[4],
+                     (unsigned long long)sh[5], (long long)sh[6], (long long)sh[7], (long long)h[13], rank,
+                     (long long)ranks, (unsigned long long)id, (long long)want[6], (long long)want[7]);
+            fclose(f);
+            rc = 1;
+            break;
+        }
+        TensorSpec spec[NUM_PARAMETER_TENSORS];
+        parameter_table(spec, c);
+        for (int64_t k = 0; k < P && r.ok; k++) {
+            const int64_t* x = rows + k * CHECKPOINT_PIECE_INTS;
+            if (x[4] != rank) { continue; }
+            ShardPiece pc = {(int)x[0], (int)x[1], (size_t)x[2], (size_t)x[3],
+                             (size_t)spec[x[0]].rows * spec[x[0]].cols, 0, 0, rank};
+            pc.low_rank = o != NULL && optimizer_uses_lowrank(o, &spec[x[0]]);
+            if (o == NULL) {
+                size_t at = tensor_offset(spec, pc.tensor);
+                checkpoint_read(&r, params + at + (size_t)pc.layer * pc.per_layer + pc.first, pc.count * sizeof(float));
+                checkpoint_read(&r, skip, (size_t)x[5] * sizeof(float));
+                continue;
+            }
+            float *w, *m, *v;
+            size_t n;
+            checkpoint_piece_places(o, c, params, &pc, &w, &m, &v, &n);
+            checkpoint_read(&r, w, pc.count * sizeof(float));
+            checkpoint_read(&r, m, n * sizeof(float));
+            if (v != NULL) { checkpoint_read(&r, v, n * sizeof(float)); }
+        }
+        int64_t trailer[2] = {0, 0};
+        int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
+        int extra = ok && fgetc(f) != EOF;
+        fclose(f);
+        if (!ok || extra) {
+            snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
+                     ok ? "longer" : "shorter");
+            rc = 1;
+        } else if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
+            snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
+                     "corrupt: resume from another copy", path, r.crc, (unsigned long long)trailer[1]);
+            rc = 1;
+        }
+    }
+    free(skip);
+    return rc;
+}
+
 // returns 0 on success, else fills err (the previous checkpoint is untouched).
 // refuses (1) a state that is not finite
 int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errlen) {
@@ -6041,27 +6455,8 @@ int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errl
     checkpoint_write(&w, o->adam_v, o->num_adam * sizeof(float));
     checkpoint_write(&w, o->lowrank_memory, o->lowrank_floats * sizeof(float));
     checkpoint_write_q8(&w, o);
-    int64_t trailer[2] = {CHECKPOINT_TRAILER_MAGIC, (int64_t)w.crc};
-    int ok = w.ok && fwrite(trailer, sizeof trailer, 1, f) == 1;
-    ok = (fflush(f) == 0) && ok;
-    ok = (fsync(fileno(f)) == 0) && ok;
-    int saved_errno = errno;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) {
-        snprintf(err, errlen, "writing %s failed (%s); disk full, or a file size limit? the previous checkpoint is "
-                 "kept", tmp, strerror(saved_errno != 0 ? saved_errno : errno));
-        remove(tmp);
-        return 1;
-    }
-    if (rename(tmp, path) != 0) {
-        snprintf(err, errlen, "cannot rename %s to %s (%s)", tmp, path, strerror(errno));
-        remove(tmp);
-        return 1;
-    }
-    if (fsync_dir(dir) != 0) {
-        snprintf(err, errlen, "cannot sync the directory %s after writing %s (%s)", dir, path, strerror(errno));
-        return 1;
-    }
+    if (checkpoint_file_finish(f, &w, tmp, path, dir, err, errlen) != 0) { return 1; }
+    checkpoint_remove_other_shards(dir, NULL);  // an earlier sharded save's, now replaced
     return 0;
 }
 
@@ -6081,9 +6476,9 @@ int checkpoint_read_settings(const char* dir, int64_t h[CHECKPOINT_HEADER_INTS],
     if (fread(h, sizeof(int64_t) * CHECKPOINT_HEADER_INTS, 1, f) != 1) {
         snprintf(err, errlen, "%s: shorter than its header; the file is corrupt", path);
         rc = 1;
-    } else if (h[0] != CHECKPOINT_MAGIC) {
-        snprintf(err, errlen, "%s: magic %lld, expected %d; not a checkpoint of this trainer", path,
-                 (long long)h[0], CHECKPOINT_MAGIC);
+    } else if (h[0] != CHECKPOINT_MAGIC && h[0] != CHECKPOINT_MANIFEST_MAGIC) {
+        snprintf(err, errlen, "%s: magic %lld, expected %d (or %d, a sharded checkpoint's manifest); not a "
+                 "checkpoint of this trainer", path, (long long)h[0], CHECKPOINT_MAGIC, CHECKPOINT_MANIFEST_MAGIC);
         rc = 1;
     } else if (h[1] != CHECKPOINT_VERSION) {
         snprintf(err, errlen, "%s: format version %lld; this trainer reads version %d (version 1, before "
@@ -6123,6 +6518,49 @@ int checkpoint_check_model(const int64_t h[CHECKPOINT_HEADER_INTS], const LlamaC
     return 0;
 }
 
+// the body of a one-file checkpoint at path (header h, checked) into s.
+// returns 0, else fills err
+static int checkpoint_read_body(TrainState* s, const char* path, const int64_t h[CHECKPOINT_HEADER_INTS], char* err,
+                                size_t errlen) {
+    Optimizer* o = s->opt;
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(errno));
+        return 1;
+    }
+    char pad[CHECKPOINT_SETTINGS_MAX + 8];
+    CheckpointStream r = {f, 0, 1};
+    int64_t hh[CHECKPOINT_HEADER_INTS];
+    checkpoint_read(&r, hh, sizeof hh);
+    checkpoint_read(&r, pad, padded8((size_t)h[24]));
+    checkpoint_read(&r, s->model->params_memory, s->model->num_parameters * sizeof(float));
+    checkpoint_read(&r, o->adam_m, o->num_adam * sizeof(float));
+    checkpoint_read(&r, o->adam_v, o->num_adam * sizeof(float));
+    checkpoint_read(&r, o->lowrank_memory, o->lowrank_floats * sizeof(float));
+    if (o->q8) {
+        char q8pad[8];
+        checkpoint_read(&r, o->q8_codes, o->q8_bytes);
+        checkpoint_read(&r, q8pad, padded8(o->q8_bytes) - o->q8_bytes);
+        checkpoint_read(&r, o->q8_absmax, o->q8_blocks * sizeof(float));
+        checkpoint_read(&r, q8pad, padded8(o->q8_blocks * sizeof(float)) - o->q8_blocks * sizeof(float));
+    }
+    int64_t trailer[2] = {0, 0};
+    int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
+    int extra = ok && fgetc(f) != EOF;
+    fclose(f);
+    if (!ok || extra) {
+        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
+                 ok ? "longer" : "shorter");
+        return 1;
+    }
+    if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
+        snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
+                 "corrupt: resume from another copy", path, r.crc, (unsigned long long)trailer[1]);
+        return 1;
+    }
+    return 0;
+}
+
 // restores everything a checkpoint holds into s, whose model, optimizer and
 // loader are already built from the command line. the CRC, every header field
 // and every float are checked; a checkpoint of another model config or
@@ -6156,40 +6594,14 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
                  (long long)h[22]);
         return 1;
     }
-    FILE* f = fopen(path, "rb");
-    if (f == NULL) {
-        snprintf(err, errlen, "cannot open %s (%s)", path, strerror(errno));
-        return 1;
-    }
     Optimizer* o = s->opt;
-    char pad[CHECKPOINT_SETTINGS_MAX + 8];
-    CheckpointStream r = {f, 0, 1};
-    int64_t hh[CHECKPOINT_HEADER_INTS];
-    checkpoint_read(&r, hh, sizeof hh);
-    checkpoint_read(&r, pad, padded8((size_t)h[24]));
-    checkpoint_read(&r, s->model->params_memory, s->model->num_parameters * sizeof(float));
-    checkpoint_read(&r, o->adam_m, o->num_adam * sizeof(float));
-    checkpoint_read(&r, o->adam_v, o->num_adam * sizeof(float));
-    checkpoint_read(&r, o->lowrank_memory, o->lowrank_floats * sizeof(float));
-    if (o->q8) {
-        char q8pad[8];
-        checkpoint_read(&r, o->q8_codes, o->q8_bytes);
-        checkpoint_read(&r, q8pad, padded8(o->q8_bytes) - o->q8_bytes);
-        checkpoint_read(&r, o->q8_absmax, o->q8_blocks * sizeof(float));
-        checkpoint_read(&r, q8pad, padded8(o->q8_blocks * sizeof(float)) - o->q8_blocks * sizeof(float));
-    }
-    int64_t trailer[2] = {0, 0};
-    int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
-    int extra = ok && fgetc(f) != EOF;
-    fclose(f);
-    if (!ok || extra) {
-        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
-                 ok ? "longer" : "shorter");
-        return 1;
-    }
-    if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
-        snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
-                 "corrupt: resume from another copy", path, r.crc, (unsigned long long)trailer[1]);
+    if (h[0] == CHECKPOINT_MANIFEST_MAGIC) {  // sharded: the whole state from every shard
+        int64_t* rows = checkpoint_read_pieces(path, h, &s->model->config, o, err, errlen);
+        if (rows == NULL) { return 1; }
+        int rc = checkpoint_read_shards(dir, h, rows, &s->model->config, s->model->params_memory, o, err, errlen);
+        free(rows);
+        if (rc != 0) { return 1; }
+    } else if (checkpoint_read_body(s, path, h, err, errlen) != 0) {
         return 1;
     }
     if (!train_state_is_finite(s)) {
@@ -6209,6 +6621,16 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
     return 0;
 }
 
+// 0 when the weights read from path are finite, else frees model and fills err
+static int checkpoint_params_finite(Llama* model, const char* path, char* err, size_t errlen) {
+    if (!floats_are_finite(model->params_memory, model->num_parameters)) {
+        snprintf(err, errlen, "%s: holds weights that are not finite; the file is corrupt", path);
+        llama_free(model);
+        return 1;
+    }
+    return 0;
+}
+
 // the model of a checkpoint file, for tools that need only the weights (the
 // HF export's logits check): builds model from the header's config and reads
 // the parameters, with the same checks as a resume (the CRC over the whole
@@ -6222,7 +6644,9 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     int64_t h[CHECKPOINT_HEADER_INTS];
     CheckpointStream r = {f, 0, 1};
     checkpoint_read(&r, h, sizeof h);
-    if (!r.ok || h[0] != CHECKPOINT_MAGIC || h[1] != CHECKPOINT_VERSION || h[24] <= 0 || h[24] > CHECKPOINT_SETTINGS_MAX) {
+    int manifest = r.ok && h[0] == CHECKPOINT_MANIFEST_MAGIC;  // a sharded checkpoint: the shards hold the weights
+    if (!r.ok || (h[0] != CHECKPOINT_MAGIC && !manifest) || h[1] != CHECKPOINT_VERSION || h[24] <= 0 ||
+        h[24] > CHECKPOINT_SETTINGS_MAX) {
         snprintf(err, errlen, "%s: not a version %d checkpoint of this trainer (or its header is corrupt)", path,
                  CHECKPOINT_VERSION);
         fclose(f);
@@ -6242,10 +6666,11 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     struct stat st;
     int64_t q8_extra = (h[25] >= 0 && h[25] <= max_floats && h[26] >= 0 && h[26] <= max_floats)
                      ? (int64_t)(padded8((size_t)h[25]) + padded8(4 * (size_t)h[26])) : -1;
+    int64_t body = manifest ? (h[28] > 0 && h[28] <= ((int64_t)1 << 24) ? 8 * CHECKPOINT_PIECE_INTS * h[28] : -1)
+                            : 4 * (h[14] + 2 * h[15] + h[16]) + q8_extra;
     if (h[14] <= 0 || h[14] > max_floats || h[15] < 0 || h[15] > max_floats || h[16] < 0 || h[16] > max_floats ||
-        q8_extra < 0 || fstat(fileno(f), &st) != 0 ||
-        (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + 4 * (h[14] + 2 * h[15] + h[16]) +
-                               q8_extra + 16) {
+        q8_extra < 0 || body < 0 || fstat(fileno(f), &st) != 0 ||
+        (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
         snprintf(err, errlen, "%s: its length is not what the header says; the file is corrupt", path);
         fclose(f);
         return 1;
@@ -6264,6 +6689,18 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
         return 1;
     }
     llama_build(model, &c);
+    if (manifest) {
+        fclose(f);
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s", path);
+        char* slash = strrchr(dir, '/');
+        if (slash != NULL) { *slash = '\0'; } else { snprintf(dir, sizeof dir, "."); }
+        int64_t* rows = checkpoint_read_pieces(path, h, &c, NULL, err, errlen);
+        int rc = rows == NULL || checkpoint_read_shards(dir, h, rows, &c, model->params_memory, NULL, err, errlen) != 0;
+        free(rows);
+        if (rc != 0) { llama_free(model); return 1; }
+        return checkpoint_params_finite(model, path, err, errlen);
+    }
     char pad[CHECKPOINT_SETTINGS_MAX + 8];
     checkpoint_read(&r, pad, padded8((size_t)h[24]));
     checkpoint_read(&r, model->params_memory, model->num_parameters * sizeof(float));
@@ -6284,12 +6721,7 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
         llama_free(model);
         return 1;
     }
-    if (!floats_are_finite(model->params_memory, model->num_parameters)) {
-        snprintf(err, errlen, "%s: holds weights that are not finite; the file is corrupt", path);
-        llama_free(model);
-        return 1;
-    }
-    return 0;
+    return checkpoint_params_finite(model, path, err, errlen);
 }
 
 // ----------------------------------------------------------------------------

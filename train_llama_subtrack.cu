@@ -5391,7 +5391,8 @@ typedef struct {
     // ZeRO-1 (--zero_stage 1 over zero_ranks > 1 ranks): this rank keeps and
     // updates only the pieces of cpu::shard_plan_build it owns; after a step
     // each owner broadcasts its pieces' weights. the host copies stay whole
-    // (a checkpoint gathers them to rank 0). otherwise every state is here
+    // (each rank writes its pieces to a checkpoint shard of its own, and a
+    // resume reads every shard). otherwise every state is here
     int zero_rank, zero_ranks;
     cpu::ShardPlan shards;
     int num_owned;            // the low-rank states on this device: lowrank[0..num_owned)
@@ -5400,8 +5401,6 @@ typedef struct {
     size_t* piece_adam;       // (shards.num_pieces) an owned AdamW piece's offset in adam_m and adam_v
     size_t adam_floats;       // floats of adam_m and adam_v on this device
     size_t lowrank_device_floats;  // floats of lowrank_memory on this device
-    float* gather;            // (gather_floats) device: one piece's states on their way to rank 0
-    size_t gather_floats;
     // ZeRO-1 in bf16 with masters: the fp32 masters are sharded too. the model
     // keeps bf16 weights only; this rank's pieces' masters live here, and a
     // step rounds them to the bf16 weights (to nearest, as the copy of whole
@@ -5477,10 +5476,9 @@ static int optimizer_lowrank_shapes(int shapes[MAX_LOWRANK_SHAPES][3], const cpu
 
 // ZeRO-1: the sizes of what rank keeps of plan sp (model c under t): its
 // AdamW floats (each of M and V), its low-rank states' floats, how many
-// low-rank matrices of each of the shapes (optimizer_lowrank_shapes), and
-// the checkpoint gather buffer (the largest piece's states)
+// low-rank matrices of each of the shapes (optimizer_lowrank_shapes)
 typedef struct {
-    size_t adam_floats, lowrank_floats, gather_floats;
+    size_t adam_floats, lowrank_floats;
     size_t masters_floats;    // the fp32 masters of its pieces (when they are sharded)
     int owned;
     int per_shape[MAX_LOWRANK_SHAPES];
@@ -5488,7 +5486,7 @@ typedef struct {
 
 static size_t zero_piece_floats(const cpu::ShardPiece* pc, const cpu::TensorSpec* spec, int r) {
     return pc->low_rank ? cpu::lowrank_state_num_floats(spec[pc->tensor].rows, spec[pc->tensor].cols, r)
-                        : 2 * pc->count;  // M then V, on their way to rank 0
+                        : 2 * pc->count;  // M then V
 }
 
 static void zero_share(ZeroShare* z, const cpu::ShardPlan* sp, const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
@@ -5499,8 +5497,6 @@ static void zero_share(ZeroShare* z, const cpu::ShardPlan* sp, const cpu::LlamaC
     for (int p = 0; p < sp->num_pieces; p++) {
         const cpu::ShardPiece* pc = &sp->pieces[p];
         size_t floats = zero_piece_floats(pc, spec, t->rank);
-        z->gather_floats = floats > z->gather_floats ? floats : z->gather_floats;
-        z->gather_floats = pc->count > z->gather_floats ? pc->count : z->gather_floats;  // its masters
         if (pc->owner != rank) { continue; }
         z->masters_floats += pc->count;
         if (!pc->low_rank) { z->adam_floats += pc->count; continue; }
@@ -5553,8 +5549,6 @@ static const char* optimizer_place_states(Optimizer* o, const cpu::LlamaConfig* 
     for (int p = 0; p < o->shards.num_pieces; p++) {
         const cpu::ShardPiece* pc = &o->shards.pieces[p];
         size_t floats = zero_piece_floats(pc, spec, t->rank);
-        o->gather_floats = floats > o->gather_floats ? floats : o->gather_floats;
-        o->gather_floats = pc->count > o->gather_floats ? pc->count : o->gather_floats;  // its masters
         o->piece_adam[p] = SIZE_MAX;
         o->piece_master[p] = SIZE_MAX;
         if (pc->owner != rank) { continue; }
@@ -5573,7 +5567,6 @@ static const char* optimizer_place_states(Optimizer* o, const cpu::LlamaConfig* 
             o->adam_floats += pc->count;
         }
     }
-    o->gather = (float*)device_malloc(o->gather_floats * sizeof(float), "ZeRO-1 checkpoint gather");
     if (shard_masters) {
         o->masters = (float*)device_malloc(o->masters_floats * sizeof(float), "fp32 masters, this rank's pieces");
     }
@@ -5708,7 +5701,6 @@ void optimizer_free(Optimizer* o) {
     free(o->piece_adam);
     free(o->piece_master);
     free(o->slot_piece);
-    if (o->gather != NULL) { cuda_check(cudaFree(o->gather)); }
     if (o->masters != NULL) { cuda_check(cudaFree(o->masters)); }
     cpu::shard_plan_free(&o->shards);
     lowrank_gpu_destroy(&o->ctx);
@@ -5793,51 +5785,30 @@ static void optimizer_piece_places(Optimizer* o, int p, float** host_m, float** 
     *dev_v = o->piece_adam[p] != SIZE_MAX ? o->adam_v + o->piece_adam[p] : NULL;
 }
 
-// ZeRO-1: every piece's states from its owner to rank 0's host copies (a
-// collective: every rank calls it), or from the host copies (whole on every
-// rank, as a checkpoint is read) to the owner's device
+// ZeRO-1: this rank's pieces' states (and sharded masters) between its
+// device and their places in the host's whole-layout copies, which hold the
+// other ranks' pieces too only after a checkpoint is read. no collective: a
+// checkpoint's shard is written from them (cpu::checkpoint_save_shard)
 static void optimizer_zero_copy(Optimizer* o, int to_host) {
-    for (int p = 0; p < o->shards.num_pieces && o->masters != NULL; p++) {
-        // the sharded fp32 masters, between the owners and the host's whole copy
-        const cpu::ShardPiece* pc = &o->shards.pieces[p];
-        float* host = o->host_params + o->tensor_at[pc->tensor] + pc->layer * pc->per_layer + pc->first;
-        float* mine = o->piece_master[p] != SIZE_MAX ? o->masters + o->piece_master[p] : NULL;
-        if (!to_host) {
-            if (mine != NULL) { cuda_check(cudaMemcpy(mine, host, pc->count * sizeof(float), cudaMemcpyHostToDevice)); }
-            continue;
-        }
-        if (mine != NULL) { cuda_check(cudaMemcpy(o->gather, mine, pc->count * sizeof(float), cudaMemcpyDeviceToDevice)); }
-        dp_broadcast_floats(o->gather, pc->count, pc->owner);
-        if (dp_rank() == 0) {
-            cuda_check(cudaMemcpy(host, o->gather, pc->count * sizeof(float), cudaMemcpyDeviceToHost));
-        }
-    }
+    cudaMemcpyKind kind = to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
     for (int p = 0; p < o->shards.num_pieces; p++) {
         const cpu::ShardPiece* pc = &o->shards.pieces[p];
+        if (pc->owner != o->zero_rank) { continue; }
+        if (o->masters != NULL) {
+            float* host = o->host_params + o->tensor_at[pc->tensor] + pc->layer * pc->per_layer + pc->first;
+            float* mine = o->masters + o->piece_master[p];
+            cuda_check(cudaMemcpy(to_host ? host : mine, to_host ? mine : host, pc->count * sizeof(float), kind));
+        }
         float *hm, *hv, *dm, *dv;
         size_t n;
         optimizer_piece_places(o, p, &hm, &hv, &dm, &dv, &n);
-        if (!to_host) {
-            if (dm == NULL) { continue; }
-            cuda_check(cudaMemcpy(dm, hm, n * sizeof(float), cudaMemcpyHostToDevice));
-            if (dv != NULL) { cuda_check(cudaMemcpy(dv, hv, n * sizeof(float), cudaMemcpyHostToDevice)); }
-            continue;
-        }
-        size_t total = hv != NULL ? 2 * n : n;
-        if (dm != NULL) {
-            cuda_check(cudaMemcpy(o->gather, dm, n * sizeof(float), cudaMemcpyDeviceToDevice));
-            if (dv != NULL) { cuda_check(cudaMemcpy(o->gather + n, dv, n * sizeof(float), cudaMemcpyDeviceToDevice)); }
-        }
-        dp_broadcast_floats(o->gather, total, pc->owner);
-        if (dp_rank() == 0) {
-            cuda_check(cudaMemcpy(hm, o->gather, n * sizeof(float), cudaMemcpyDeviceToHost));
-            if (hv != NULL) { cuda_check(cudaMemcpy(hv, o->gather + n, n * sizeof(float), cudaMemcpyDeviceToHost)); }
-        }
+        cuda_check(cudaMemcpy(to_host ? hm : dm, to_host ? dm : hm, n * sizeof(float), kind));
+        if (dv != NULL) { cuda_check(cudaMemcpy(to_host ? hv : dv, to_host ? dv : hv, n * sizeof(float), kind)); }
     }
 }
 
-// device <-> the host copies (for checkpoints and tests); with ZeRO-1 the
-// download is a collective that fills rank 0's host copies
+// device <-> the host copies (for checkpoints and tests); with ZeRO-1 only
+// this rank's pieces
 void optimizer_download(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
     if (o->zero_ranks > 0) { optimizer_zero_copy(o, 1); return; }
@@ -6287,8 +6258,6 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         o.lowrank_floats = z.lowrank_floats;
         o.num_lowrank = z.owned;
         for (int s = 0; s < num_shapes; s++) { shapes[s][2] = z.per_shape[s]; }
-        plan_buffer(p, "ZeRO-1 checkpoint gather", "largest piece's states", z.gather_floats * sizeof(float),
-                    "a checkpoint");
         if (shard_masters) {
             plan_buffer(p, "fp32 masters, this rank's pieces", "(this rank's pieces)",
                         z.masters_floats * sizeof(float), "whole run");
@@ -6454,15 +6423,36 @@ static int gpu_memory_plan(const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
 // training: checkpoints. the CPU writer and reader, on host copies of the
 // device state; host_model is a cpu::Llama whose params_memory is the host copy
 
-// with several ranks every rank calls it (ZeRO-1 gathers the states to rank
-// 0, a collective), and rank 0 alone writes: the ranks' weights are equal
+static double gpu_sum_over_ranks(double x);
+
+// with several ranks every rank calls it. without ZeRO-1 rank 0 alone writes
+// (the ranks' weights and states are equal); with it each rank writes the
+// shard of its pieces, and once all have, rank 0 the manifest that completes
+// the checkpoint (cpu::checkpoint_save_shard, the format above it)
 int checkpoint_save(Llama* model, Optimizer* opt, cpu::Llama* host_model, const cpu::TrainConfig* t,
                     cpu::ShardLoader* loader, cpu::Rng* rng, const char* dir, char* err, size_t errlen) {
-    if (opt->zero_ranks > 0) { optimizer_download(opt); }  // a collective: every rank (sharded masters too)
+    cpu::TrainState s = {host_model, &opt->host, loader, rng, t};
+    if (opt->zero_ranks > 0) {
+        if (opt->masters == NULL) { llama_download_params(model, host_model->params_memory); }
+        optimizer_download(opt);
+        // the save's id, drawn by rank 0 (exact in a double: 48 bits)
+        int64_t id = (int64_t)gpu_sum_over_ranks(dp_rank() == 0 ? (double)cpu::checkpoint_new_id() : 0.0);
+        int failed = cpu::checkpoint_save_shard(&s, &opt->shards, opt->zero_rank, id, dir, err, errlen) != 0;
+        if (failed && dp_rank() != 0) { fprintf(stderr, "error: rank %d of %d: %s\n", dp_rank(), opt->zero_ranks, err); }
+        int failures = (int)gpu_sum_over_ranks(failed);
+        if (failures > 0) {
+            if (!failed) {
+                snprintf(err, errlen, "%d of the %d ranks could not write their shard of the checkpoint of step %d "
+                         "(each says why above); the previous checkpoint in %s is kept", failures, opt->zero_ranks,
+                         opt->host.step, dir);
+            }
+            return 1;
+        }
+        return dp_rank() == 0 ? cpu::checkpoint_save_manifest(&s, &opt->shards, id, dir, err, errlen) : 0;
+    }
     if (dp_rank() != 0) { return 0; }
     if (opt->masters == NULL) { llama_download_params(model, host_model->params_memory); }
-    if (opt->zero_ranks == 0) { optimizer_download(opt); }
-    cpu::TrainState s = {host_model, &opt->host, loader, rng, t};
+    optimizer_download(opt);
     return cpu::checkpoint_save(&s, dir, err, errlen);
 }
 

@@ -13,7 +13,10 @@ the path of the file itself works too). HF_DIR gets:
 
 Only the header, the settings and the parameter part of the checkpoint are
 read (the optimizer state that follows is not needed), through a memory map,
-so models larger than RAM export too. The file's CRC32C is checked when the
+so models larger than RAM export too. A sharded checkpoint (written by
+--zero_stage 1 on several GPUs: checkpoint.bin is then a manifest, and each
+rank's weights and states are in shards-*/rank-R-of-N.bin beside it) is read
+too: its pieces' weights are gathered into one array in memory. The file's CRC32C is checked when the
 `crc32c` package is installed (pip install crc32c; it reads the whole file),
 and said to be unchecked otherwise. Needs numpy only; dev/check_export.py
 checks the result against the C forward pass with transformers, whose C side
@@ -35,6 +38,10 @@ import sys
 import numpy as np
 
 CHECKPOINT_MAGIC = 20261105
+CHECKPOINT_MANIFEST_MAGIC = 20261203  # a sharded checkpoint's manifest
+CHECKPOINT_SHARD_MAGIC = 20261204
+CHECKPOINT_SHARD_INTS = 8
+CHECKPOINT_PIECE_INTS = 6  # tensor, layer, first, count, owner, state floats
 CHECKPOINT_VERSION = 2
 CHECKPOINT_TRAILER_MAGIC = 0x4352433332435452
 TRAILER_BYTES = 16
@@ -50,6 +57,7 @@ H_LOW_RANK, H_METHOD, H_RANK, H_STEP = 10, 11, 12, 13
 H_NUM_PARAMS, H_NUM_ADAM, H_LOWRANK_FLOATS = 14, 15, 16
 H_Q8_BYTES, H_Q8_BLOCKS = 25, 26                  # 8-bit optimizer states: codes, then float32 block scales
 H_SETTINGS_BYTES = 24                             # the settings text after the header, padded to 8
+H_RANKS, H_PIECES, H_ID = 27, 28, 29              # a manifest's: the ranks (shards), the pieces, the save's id
 
 # the tokenizer's special ids (data/README.md); the C trainer writes BOS = 1 before every document
 BOS_TOKEN_ID = 1
@@ -108,9 +116,10 @@ def read_checkpoint_header(path):
                           f"the file is corrupt or not a checkpoint")
     with open(path, "rb") as f:
         h = np.frombuffer(f.read(HEADER_BYTES), dtype="<i8")
-    if h[H_MAGIC] != CHECKPOINT_MAGIC:
-        raise ExportError(f"{path}: magic {h[H_MAGIC]}, expected {CHECKPOINT_MAGIC}; "
-                          f"not a checkpoint of train_llama_subtrack")
+    if h[H_MAGIC] not in (CHECKPOINT_MAGIC, CHECKPOINT_MANIFEST_MAGIC):
+        raise ExportError(f"{path}: magic {h[H_MAGIC]}, expected {CHECKPOINT_MAGIC} (or {CHECKPOINT_MANIFEST_MAGIC}, "
+                          f"a sharded checkpoint's manifest); not a checkpoint of train_llama_subtrack")
+    sharded = h[H_MAGIC] == CHECKPOINT_MANIFEST_MAGIC
     if h[H_VERSION] != CHECKPOINT_VERSION:
         raise ExportError(f"{path}: format version {h[H_VERSION]}, this script reads version "
                           f"{CHECKPOINT_VERSION}; use the export_hf.py of the trainer that wrote it")
@@ -140,8 +149,14 @@ def read_checkpoint_header(path):
     if num_adam < 0 or lowrank_floats < 0 or q8_bytes < 0 or q8_blocks < 0:
         raise ExportError(f"{path}: negative optimizer sizes in the header; the file is corrupt")
     pad8 = lambda n: (n + 7) // 8 * 8
-    expect_size = (params_offset + FLOAT_BYTES * (num_params + 2 * num_adam + lowrank_floats)
-                   + pad8(q8_bytes) + pad8(FLOAT_BYTES * q8_blocks) + TRAILER_BYTES)
+    ranks, num_pieces = int(h[H_RANKS]), int(h[H_PIECES])
+    if sharded and not (0 < ranks <= 100000 and 0 < num_pieces <= 1 << 24):
+        raise ExportError(f"{path}: {ranks} ranks and {num_pieces} pieces in the manifest; the file is corrupt")
+    if sharded:
+        expect_size = params_offset + 8 * CHECKPOINT_PIECE_INTS * num_pieces + TRAILER_BYTES
+    else:
+        expect_size = (params_offset + FLOAT_BYTES * (num_params + 2 * num_adam + lowrank_floats)
+                       + pad8(q8_bytes) + pad8(FLOAT_BYTES * q8_blocks) + TRAILER_BYTES)
     if size != expect_size:
         raise ExportError(f"{path}: {size} bytes, the header says {expect_size} "
                           f"({'truncated' if size < expect_size else 'trailing data'}); the file is corrupt "
@@ -152,11 +167,79 @@ def read_checkpoint_header(path):
     if trailer_magic != CHECKPOINT_TRAILER_MAGIC:
         raise ExportError(f"{path}: no checksum trailer at the end; the file is corrupt (an interrupted copy?)")
     crc_checked = verify_crc(path, size, stored_crc)
-    return dict(path=path, V=V, C=C, F=F, NH=NH, L=L, max_seq_len=max_seq_len, norm_eps=norm_eps,
+    shards = None
+    if sharded:
+        with open(path, "rb") as f:
+            f.seek(params_offset)
+            pieces = np.frombuffer(f.read(8 * CHECKPOINT_PIECE_INTS * num_pieces), dtype="<i8")
+        pieces = pieces.reshape(num_pieces, CHECKPOINT_PIECE_INTS)
+        check_pieces(path, pieces, table, ranks)
+        shards = dict(ranks=ranks, pieces=pieces, id=int(h[H_ID]),
+                      dir=os.path.join(os.path.dirname(path), f"shards-{int(h[H_STEP]):08d}-{int(h[H_ID]):012x}"))
+        crc_checked = crc_checked and all(verify_shard(path, shards, r, int(h[H_STEP])) for r in range(ranks))
+    return dict(path=path, shards=shards, V=V, C=C, F=F, NH=NH, L=L, max_seq_len=max_seq_len, norm_eps=norm_eps,
                 params_offset=params_offset, settings=settings, crc_checked=crc_checked,
                 rope_theta=rope_theta, num_params=num_params, step=int(h[H_STEP]),
                 optimizer="low_rank_adamw" if h[H_LOW_RANK] else "adamw",
                 method="subtrack" if h[H_METHOD] else "galore", rank=int(h[H_RANK]), table=table)
+
+
+def layers_and_size(shape, hf_name):
+    """a table tensor's layers and the floats of one: layer tensors are stacked on their first axis"""
+    return (shape[0], math.prod(shape[1:])) if "{i}" in hf_name else (1, math.prod(shape))
+
+
+def check_pieces(path, pieces, table, ranks):
+    """the manifest's pieces must tile every layer of every tensor, in the table's order"""
+    k = 0
+    for i, (name, shape, hf_name) in enumerate(table):
+        layers, per = layers_and_size(shape, hf_name)
+        for layer in range(layers):
+            pos = 0
+            while pos < per:
+                if k >= len(pieces):
+                    raise ExportError(f"{path}: the pieces end before {name} layer {layer}; the file is corrupt")
+                tensor, lay, first, count, owner, state = (int(x) for x in pieces[k])
+                if (tensor, lay, first) != (i, layer, pos) or not 0 < count <= per - pos or not 0 <= owner < ranks \
+                        or state < 0:
+                    raise ExportError(f"{path}: piece {k} does not fit its place ({name} layer {layer} at element "
+                                      f"{pos}); the file is corrupt")
+                pos += count
+                k += 1
+    if k != len(pieces):
+        raise ExportError(f"{path}: {len(pieces)} pieces, the model has {k}; the file is corrupt")
+
+
+def shard_path(shards, rank):
+    return os.path.join(shards["dir"], f"rank-{rank:05d}-of-{shards['ranks']:05d}.bin")
+
+
+def verify_shard(manifest, shards, rank, step):
+    """checks rank's shard file against the manifest (header, length, trailer; the CRC32C when the
+    crc32c package is there); returns whether the CRC could be checked"""
+    path = shard_path(shards, rank)
+    if not os.path.exists(path):
+        raise ExportError(f"{path} does not exist, a shard that {manifest} names; the checkpoint is incomplete "
+                          f"(its shards were moved or removed): export a whole copy of the directory")
+    mine = shards["pieces"][shards["pieces"][:, 4] == rank]
+    floats = int(mine[:, 3].sum() + mine[:, 5].sum())
+    want = [CHECKPOINT_SHARD_MAGIC, CHECKPOINT_VERSION, step, rank, shards["ranks"], shards["id"], len(mine), floats]
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = np.frombuffer(f.read(8 * CHECKPOINT_SHARD_INTS), dtype="<i8")
+    if len(head) != CHECKPOINT_SHARD_INTS or [int(x) for x in head] != want:
+        raise ExportError(f"{path}: its header does not match the manifest {manifest}; the file is corrupt or of "
+                          f"another save")
+    expect = 8 * CHECKPOINT_SHARD_INTS + FLOAT_BYTES * floats + TRAILER_BYTES
+    if size != expect:
+        raise ExportError(f"{path}: {size} bytes, the manifest says {expect}; the file is corrupt "
+                          f"(an interrupted copy?)")
+    with open(path, "rb") as f:
+        f.seek(size - TRAILER_BYTES)
+        trailer_magic, stored_crc = struct.unpack("<qQ", f.read(TRAILER_BYTES))
+    if trailer_magic != CHECKPOINT_TRAILER_MAGIC:
+        raise ExportError(f"{path}: no checksum trailer at the end; the file is corrupt")
+    return verify_crc(path, size, stored_crc)
 
 
 def verify_crc(path, size, stored_crc):
@@ -178,9 +261,32 @@ def verify_crc(path, size, stored_crc):
     return True
 
 
+def gather_shards(info):
+    """a sharded checkpoint's weights, in the parameter table's layout: each piece from its rank's shard"""
+    shards, table = info["shards"], info["table"]
+    params = np.empty(info["num_params"], dtype="<f4")
+    starts = np.cumsum([0] + [math.prod(shape) for _, shape, _ in table])
+    for rank in range(shards["ranks"]):
+        body = np.memmap(shard_path(shards, rank), dtype="<f4", mode="r", offset=8 * CHECKPOINT_SHARD_INTS)
+        at = 0
+        for tensor, layer, first, count, owner, state in shards["pieces"]:
+            if owner != rank:
+                continue
+            _, per = layers_and_size(*table[tensor][1:])
+            begin = int(starts[tensor] + layer * per + first)
+            params[begin:begin + count] = body[at:at + count]
+            at += int(count + state)
+    return params
+
+
 def read_checkpoint_tensors(info):
-    """(hf name, array) pairs, one per Hugging Face tensor, memory-mapped from the params part"""
-    params = np.memmap(info["path"], dtype="<f4", mode="r", offset=info["params_offset"], shape=(info["num_params"],))
+    """(hf name, array) pairs, one per Hugging Face tensor, memory-mapped from the params part
+    (gathered from the shards of a sharded checkpoint)"""
+    if info["shards"] is not None:
+        params = gather_shards(info)
+    else:
+        params = np.memmap(info["path"], dtype="<f4", mode="r", offset=info["params_offset"],
+                           shape=(info["num_params"],))
     tensors, offset = [], 0
     for name, shape, hf_name in info["table"]:
         n = math.prod(shape)

@@ -3383,9 +3383,11 @@ typedef struct {
     int shuffle;
     // schedule
     int num_training_steps;
-    char max_train_tokens[32]; // the authors' token budget: not implemented yet
+    char max_train_tokens[32]; // a token budget (N, NM, NB): sets num_training_steps (train_config_token_budget)
     int warmup_steps;
-    char scheduler[24];      // cosine | linear
+    char scheduler[24];      // cosine | linear | cosine_restarts
+    int cycle_length;        // cosine_restarts: steps between restarts (the authors' restart_every); 0 not given
+    int restart_warmup_steps; // cosine_restarts: the warmup after each restart
     float min_lr_ratio;
     float lr;
     float grad_clipping;     // max global grad norm; 0 = off
@@ -3566,9 +3568,13 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(seed, FLAG_INT, "seed of weights, data order and sampling"),
     FLAG(shuffle, FLAG_SWITCH, "shuffle training windows (0: sequential)"),
     FLAG(num_training_steps, FLAG_INT, "optimizer steps; the schedule ends here"),
-    FLAG(max_train_tokens, FLAG_STRING, "the authors' token budget (100M, 1B): not implemented yet"),
+    FLAG(max_train_tokens, FLAG_STRING, "a token budget, N or with M or B (100M, 1B): sets --num_training_steps to "
+         "N / (total_batch_size x max_length)"),
     FLAG(warmup_steps, FLAG_INT, "linear warmup steps"),
-    FLAG(scheduler, FLAG_STRING, "cosine | linear decay after warmup"),
+    FLAG(scheduler, FLAG_STRING, "after warmup: cosine (to min_lr_ratio x lr) | linear (to 0) | cosine_restarts "
+         "(the cosine, restarted every --cycle_length steps)"),
+    FLAG(cycle_length, FLAG_INT, "cosine_restarts: steps between restarts, a divisor of --num_training_steps"),
+    FLAG(restart_warmup_steps, FLAG_INT, "cosine_restarts: the linear warmup after each restart"),
     FLAG(min_lr_ratio, FLAG_FLOAT, "final lr as a fraction of --lr"),
     FLAG(lr, FLAG_FLOAT, "peak learning rate"),
     FLAG(grad_clipping, FLAG_FLOAT, "clip the global gradient norm to this; 0 = off"),
@@ -3877,6 +3883,78 @@ int train_config_from_args(TrainConfig* t, int argc, char** argv, const char* de
         t->eps = 1e-8f;
     }
     return 0;
+}
+
+// the tokens of a --max_train_tokens value: digits, then optionally M (10^6)
+// or B (10^9), as the authors' max_train_tokens_to_number reads it; -1 when
+// it is not one, or above 2^62
+int64_t token_budget_parse(const char* s) {
+    int64_t n = 0;
+    const char* p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (n > ((int64_t)1 << 62) / 10) { return -1; }
+        n = n * 10 + (*p - '0');
+    }
+    if (p == s) { return -1; }
+    int64_t unit = *p == 'M' ? 1000000 : *p == 'B' ? 1000000000 : 1;
+    if (unit > 1) { p++; }
+    if (*p != '\0' || n > ((int64_t)1 << 62) / unit) { return -1; }
+    return n * unit;
+}
+
+// the schedule's settings against num_training_steps. returns NULL or what is wrong (in msg)
+static const char* schedule_problem(const TrainConfig* t, char* msg, size_t cap) {
+    int restarts = strcmp(t->scheduler, "cosine_restarts") == 0;
+    if (strcmp(t->scheduler, "cosine") != 0 && strcmp(t->scheduler, "linear") != 0 && !restarts) {
+        snprintf(msg, cap, "--scheduler '%s' is not cosine, linear or cosine_restarts", t->scheduler);
+        return msg;
+    }
+    if (!restarts) {
+        if (t->cycle_length != 0 || train_flag_given(t, "--restart_warmup_steps")) {
+            snprintf(msg, cap, "--cycle_length and --restart_warmup_steps belong to --scheduler cosine_restarts; "
+                     "add it, or drop them");
+            return msg;
+        }
+        return NULL;
+    }
+    // the authors' get_cosine_schedule_with_multiple_warmups asserts the same
+    // (their torchrun_main.py passes neither value, so there it always stops)
+    if (t->cycle_length <= 0 || !train_flag_given(t, "--restart_warmup_steps") || t->restart_warmup_steps < 0) {
+        snprintf(msg, cap, "--scheduler cosine_restarts needs --cycle_length N (steps between restarts, > 0) and "
+                 "--restart_warmup_steps M (the warmup after each restart, >= 0)");
+        return msg;
+    }
+    if (t->num_training_steps % t->cycle_length != 0) {
+        snprintf(msg, cap, "--num_training_steps %d is not a multiple of --cycle_length %d; cosine_restarts "
+                 "restarts whole cycles", t->num_training_steps, t->cycle_length);
+        return msg;
+    }
+    if (t->warmup_steps >= t->cycle_length || t->warmup_steps >= t->num_training_steps) {
+        snprintf(msg, cap, "--warmup_steps %d must be below --cycle_length %d (the first restart must come after "
+                 "the warmup) and below --num_training_steps %d", t->warmup_steps, t->cycle_length,
+                 t->num_training_steps);
+        return msg;
+    }
+    return NULL;
+}
+
+// --max_train_tokens: num_training_steps = tokens / (total_batch_size x T),
+// once T is known; then the schedule's checks. (the authors' args_utils
+// divides by total_batch_size alone, counting sequences as tokens.) returns
+// NULL or what is wrong (in msg)
+const char* train_config_token_budget(TrainConfig* t, int T, char* msg, size_t cap) {
+    if (t->max_train_tokens[0] == '\0') { return NULL; }
+    int64_t tokens = token_budget_parse(t->max_train_tokens);
+    int64_t per_step = (int64_t)t->total_batch_size * T;
+    int64_t steps = tokens / per_step;
+    if (steps < 1 || steps > INT32_MAX) {
+        snprintf(msg, cap, "--max_train_tokens %s is %s one step of %d sequences x %d tokens (%lld tokens)",
+                 t->max_train_tokens, steps < 1 ? "less than" : "more than 2^31 steps of", t->total_batch_size, T,
+                 (long long)per_step);
+        return msg;
+    }
+    t->num_training_steps = (int)steps;
+    return schedule_problem(t, msg, cap);
 }
 
 // checks the settings that do not need the model or data. returns NULL or a message
@@ -4349,20 +4427,14 @@ const char* train_config_problem(const TrainConfig* t) {
         snprintf(msg, sizeof msg, "--num_training_steps must be positive and --warmup_steps non-negative");
         return msg;
     }
-    if (t->max_train_tokens[0] != '\0') {
-        snprintf(msg, sizeof msg, "--max_train_tokens is not implemented yet; give --num_training_steps instead "
-                 "(tokens / (total_batch_size x max_length) steps)");
+    if (t->max_train_tokens[0] != '\0' && token_budget_parse(t->max_train_tokens) < 0) {
+        snprintf(msg, sizeof msg, "--max_train_tokens %s: expected a whole number of tokens, alone or followed by M "
+                 "(millions) or B (billions), as 100M or 1B", t->max_train_tokens);
         return msg;
     }
-    if (strcmp(t->scheduler, "cosine_restarts") == 0) {
-        snprintf(msg, sizeof msg, "--scheduler cosine_restarts (the authors') is not implemented yet; "
-                 "use cosine or linear");
-        return msg;
-    }
-    if (strcmp(t->scheduler, "cosine") != 0 && strcmp(t->scheduler, "linear") != 0) {
-        snprintf(msg, sizeof msg, "--scheduler '%s' is not cosine or linear", t->scheduler);
-        return msg;
-    }
+    // with a token budget the steps are known once T is (train_config_token_budget checks the schedule then)
+    const char* schedule = t->max_train_tokens[0] == '\0' ? schedule_problem(t, msg, sizeof msg) : NULL;
+    if (schedule != NULL) { return schedule; }
     for (size_t i = 0; i < sizeof AUTHORS_OPTIMIZERS_NOT_YET / sizeof AUTHORS_OPTIMIZERS_NOT_YET[0]; i++) {
         if (strcmp(t->optimizer, AUTHORS_OPTIMIZERS_NOT_YET[i]) == 0) {
             snprintf(msg, sizeof msg, "--optimizer %s (one of the authors') is not implemented yet; "
@@ -4954,15 +5026,32 @@ void llama_config_resolve_or_exit(LlamaConfig* c, const char* name) {
 // ----------------------------------------------------------------------------
 // training: learning-rate schedule and gradient clipping
 
-// lr of optimizer step `step` (0-based): linear warmup that starts above 0,
-// then cosine or linear decay to min_lr_ratio * lr at num_training_steps
+// lr of optimizer step `step` (0-based): linear warmup that starts above 0
+// (the authors' first step runs at lr 0), then
+//   cosine:          to min_lr_ratio * lr at num_training_steps
+//   linear:          to 0 at num_training_steps, as transformers'
+//                    get_linear_schedule_with_warmup (min_lr_ratio unused)
+//   cosine_restarts: ReLoRA's, as the authors define it
+//                    (get_cosine_schedule_with_multiple_warmups): the cosine,
+//                    but at every multiple of cycle_length the lr drops to 0
+//                    and climbs linearly over restart_warmup_steps back to it
 float lr_at_step(const TrainConfig* t, int step) {
     float lr = t->lr, min_lr = t->lr * t->min_lr_ratio;
     if (step < t->warmup_steps) { return lr * (float)(step + 1) / (float)t->warmup_steps; }
     int decay_steps = t->num_training_steps - t->warmup_steps;
     float progress = decay_steps > 0 ? (float)(step - t->warmup_steps) / (float)decay_steps : 1.0f;
     if (progress > 1.0f) { progress = 1.0f; }
-    if (strcmp(t->scheduler, "linear") == 0) { return lr - (lr - min_lr) * progress; }
+    if (strcmp(t->scheduler, "linear") == 0) { return lr * (1.0f - progress); }
+    if (strcmp(t->scheduler, "cosine_restarts") == 0) {
+        int cycle = step % t->cycle_length, restart = step / t->cycle_length;
+        if (cycle < t->restart_warmup_steps) {
+            // a restart: from 0 up to the cosine's value at the restart's
+            // step, whose progress the authors count without the first warmup
+            float at = (float)(restart * t->cycle_length) / (float)(decay_steps > 0 ? decay_steps : 1);
+            float peak = min_lr + 0.5f * (lr - min_lr) * (1.0f + cosf(3.14159265358979f * at));
+            return peak * (float)cycle / (float)t->restart_warmup_steps;
+        }
+    }
     return min_lr + 0.5f * (lr - min_lr) * (1.0f + cosf(3.14159265358979f * progress));
 }
 
@@ -5827,7 +5916,8 @@ static const char* const CHECKPOINT_SETTINGS[] = {
     "low_rank_scale", "adaptive_optimizer", "recovery_scaling", "norm_growth_limit", "norm_growth_limiter_off",
     "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
     "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
-    "master_weights", "subspace_dtype", "svd", "svd_power_iters", "svd_oversample",
+    "master_weights", "subspace_dtype", "svd", "svd_power_iters", "svd_oversample", "cycle_length",
+    "restart_warmup_steps",
 };
 
 // settings recorded only by later versions of the trainer, and the value a
@@ -5838,6 +5928,8 @@ static const char* const CHECKPOINT_SETTINGS_ADDED[][2] = {
     {"svd", "exact"},
     {"svd_power_iters", "2"},
     {"svd_oversample", "8"},
+    {"cycle_length", "0"},
+    {"restart_warmup_steps", "0"},
 };
 #define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
 
@@ -7072,6 +7164,13 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
         t.max_length = cfg.max_seq_len < DEFAULT_MAX_LENGTH ? cfg.max_seq_len : DEFAULT_MAX_LENGTH;
     }
     int B = t.batch_size, T = t.max_length;
+    if (train_config_token_budget(&t, T, err, sizeof err) != NULL) { fatal("%s", err); }
+    if (t.max_train_tokens[0] != '\0') {
+        printf("budget:       --max_train_tokens %s: %d steps of %d sequences x %d tokens (it sets "
+               "--num_training_steps; the authors' script divides by the sequences alone, %lld steps)\n",
+               t.max_train_tokens, t.num_training_steps, t.total_batch_size, T,
+               (long long)(token_budget_parse(t.max_train_tokens) / t.total_batch_size));
+    }
     if (T > cfg.max_seq_len) {
         fatal("--max_length %d is above the model's max_seq_len %d (%s); lower --max_length",
               T, cfg.max_seq_len, t.model_config);

@@ -1359,9 +1359,11 @@ static int trajectory_file_read(TrajectoryFile* tf, const char* path) {
         c->cfg.beta2 = float_from_bits(h[14]);
         c->cfg.eps = float_from_bits(h[15]);
         c->cfg.norm_growth_limit = float_from_bits(h[16]);
+        c->cfg.st_step_size_iterative = h[17];  // --st_step_size_scheduler iterative_decrease (0: constant)
         memcpy(c->name, (const char*)h + TRAJ_CASE_HEADER_INTS * sizeof(int32_t), TRAJ_CASE_NAME_BYTES);
         c->name[TRAJ_CASE_NAME_BYTES - 1] = '\0';
         if (c->m < 1 || c->n < 1 || c->m > 4096 || c->n > 4096 || c->steps < 1 || h[4] < 0 || h[4] > 1 ||
+            h[17] < 0 || h[17] > 1 ||
             c->cfg.rank < 1 || c->cfg.rank > (c->m <= c->n ? c->m : c->n) || c->cfg.update_interval < 1) {
             fprintf(stderr, "error: trajectory file %s, case %d has an invalid header (m %d n %d r %d steps %d); %s\n",
                     path, i, c->m, c->n, c->cfg.rank, c->steps, hint);
@@ -2503,7 +2505,7 @@ static void test_authors_refusals(void) {
         {"--max_train_tokens 1.5B", "a whole number of tokens"},
         {"--max_train_tokens 100k", "a whole number of tokens"},
         {"--proj_type left", "not implemented yet"},
-        {"--st_step_size_scheduler iterative_decrease", "not implemented yet"},
+        {"--st_step_size_scheduler linear", "is not constant or iterative_decrease"},
         {"--st_step_size_scheduler adaptive", "no implementation in the authors' code"},
         {"--st_noise_sigma2 0.5", "never uses"},
         {"--st_subspace_coef 2", "never uses"},
@@ -2541,6 +2543,24 @@ static void test_authors_refusals(void) {
           t.lr == 0.002f && t.recovery_scaling == 0,
           "accepted: the authors' no-op flags, bf16 as bfloat16, AdamW in any case, --flag=value (%s)",
           problem ? problem : "ok");
+    // --st_step_size_scheduler reaches the optimizer's config (the trajectories check its arithmetic)
+    for (int iterative = 0; iterative < 2; iterative++) {
+        char* st_argv[] = {(char*)"x", (char*)"--st_step_size_scheduler",
+                           (char*)(iterative ? "iterative_decrease" : "constant")};
+        TrainConfig ts;
+        Optimizer o;
+        LlamaConfig c;
+        llama_config_resolve_or_exit(&c, "tiny");
+        int prc = train_config_from_args(&ts, 3, st_argv, "float32", err, sizeof err);
+        const char* pp = prc == 0 ? train_config_problem(&ts) : err;
+        const char* op = pp == NULL ? optimizer_plan(&o, &c, &ts) : pp;
+        LowRankConfig at = o.cfg;
+        at.svd_step = 6;
+        float want = iterative ? ts.st_init_step_size / 6.0f : ts.st_init_step_size;
+        check(pp == NULL && op == NULL && o.cfg.st_step_size_iterative == iterative && lowrank_track_eta(&at) == want,
+              "--st_step_size_scheduler %s: the tracking step at step 6 uses eta%s (%g)", st_argv[2],
+              iterative ? " / 6" : "", (double)lowrank_track_eta(&at));
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -3907,6 +3927,7 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--optimizer low_rank_adamw8bit", "8bit");
     test_trainer_resume(dir, "--subspace_dtype bfloat16", "subspace_bf16");
     test_trainer_schedules(dir);
+    test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
     test_svd_randomized_trainer(dir, "");
     {
         // the weights-only reader (the HF export's logits check) takes a
@@ -5161,6 +5182,7 @@ static void test_other_trainer(const char* bin) {
                         "--activation_checkpointing --subspace_dtype bfloat16", "8bit_per_layer_leanest");
     test_trainer_resume(dir, "--subspace_dtype bfloat16 --subspace_update_method galore", "subspace_bf16_galore");
     test_trainer_schedules(dir);
+    test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
     test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);
     // ranks as processes: under the harness (a real GPU per rank needs a machine of several)

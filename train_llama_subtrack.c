@@ -1912,7 +1912,16 @@ typedef struct {
     int svd_oversample;         // --svd_oversample o: the sketch has R + o columns (at most p)
     uint64_t svd_seed;          // --seed: the sketch's Gaussian Omega is drawn from (seed, step, matrix)
     int svd_step;               // the step being taken (lowrank_adamw_step sets it on its copy)
+    int st_step_size_iterative; // --st_step_size_scheduler iterative_decrease: the tracking step at step t uses eta / t
 } LowRankConfig;
+
+// the geodesic step size of a tracking step at step cfg->svd_step: eta, or
+// with iterative_decrease eta / t (the authors' projector divides
+// st_init_step_size by the step count at each tracking step: k, 2k, ...)
+static float lowrank_track_eta(const LowRankConfig* cfg) {
+    if (cfg->st_step_size_iterative && cfg->svd_step > 0) { return cfg->st_init_step_size / (float)cfg->svd_step; }
+    return cfg->st_init_step_size;
+}
 
 // per-matrix state. everything a checkpoint must keep lives in ONE float array,
 // in this order (P = min(m, n), Q = max(m, n)):
@@ -3124,7 +3133,7 @@ void subtrack_track_subspace(LowRankState* s, float* Gt, const float* G, const L
     double* y = w.v_next;  // (R,) S^T u, reusing power iteration scratch
     track_project_u(y, S, w.u, &ts, p, r);
     track_orthogonalize_u(w.u, S, y, &ts, p, r);
-    track_angle(&ts, w.u, p, cfg->st_init_step_size);
+    track_angle(&ts, w.u, p, lowrank_track_eta(cfg));
     if (ts.skip) { return; }
     track_geodesic(S, w.a, w.v, w.u, &ts, p, r);
     track_update_projection(Gt, G, w.a, w.v, r, p, q, s->right, w.aG);
@@ -3399,7 +3408,7 @@ typedef struct {
     int subspace_update_interval;
     char proj_type[16];      // std: project the smaller side
     float st_init_step_size;
-    char st_step_size_scheduler[24]; // constant
+    char st_step_size_scheduler[24]; // constant | iterative_decrease
     float st_step_size_coef;
     float st_noise_sigma2;
     float st_subspace_coef;
@@ -3585,9 +3594,10 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(subspace_update_interval, FLAG_INT, "k: steps between subspace updates"),
     FLAG(proj_type, FLAG_STRING, "std: project the smaller side of each matrix (the only one implemented yet)"),
     FLAG(st_init_step_size, FLAG_FLOAT, "eta: geodesic step size"),
-    FLAG(st_step_size_scheduler, FLAG_STRING, "constant (the only one implemented yet)"),
+    FLAG(st_step_size_scheduler, FLAG_STRING, "constant (eta) | iterative_decrease (eta / t at the tracking step "
+         "of step t, as the authors' projector)"),
     FLAG_NOTE(st_step_size_coef, FLAG_FLOAT, "the authors' step-size coefficient",
-              "no-op: unused by a constant step size"),
+              "no-op: their code stores it and never uses it"),
     FLAG_NOTE(st_noise_sigma2, FLAG_FLOAT, "the authors' tracking noise; only 0",
               "no-op: their code stores it and never uses it"),
     FLAG_NOTE(st_subspace_coef, FLAG_FLOAT, "the authors' subspace coefficient; only 1",
@@ -4492,12 +4502,9 @@ const char* train_config_problem(const TrainConfig* t) {
                  "either (their argparse accepts it, their projector never reads it); use constant");
         return msg;
     }
-    if (strcmp(t->st_step_size_scheduler, "iterative_decrease") == 0) {
-        snprintf(msg, sizeof msg, "--st_step_size_scheduler iterative_decrease is not implemented yet; use constant");
-        return msg;
-    }
-    if (strcmp(t->st_step_size_scheduler, "constant") != 0) {
-        snprintf(msg, sizeof msg, "--st_step_size_scheduler '%s' is not constant", t->st_step_size_scheduler);
+    if (strcmp(t->st_step_size_scheduler, "constant") != 0 && strcmp(t->st_step_size_scheduler, "iterative_decrease") != 0) {
+        snprintf(msg, sizeof msg, "--st_step_size_scheduler '%s' is not constant or iterative_decrease",
+                 t->st_step_size_scheduler);
         return msg;
     }
     if (t->st_noise_sigma2 != 0.0f || t->st_subspace_coef != 1.0f) {
@@ -5470,6 +5477,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         t->adaptive_optimizer, t->recovery_scaling, !t->norm_growth_limiter_off, t->norm_growth_limit,
         t->beta1, t->beta2, t->eps, t->weight_decay,
         strcmp(t->svd, "randomized") == 0, t->svd_power_iters, t->svd_oversample, (uint64_t)t->seed, 0,
+        strcmp(t->st_step_size_scheduler, "iterative_decrease") == 0,
     };
     o->cfg = lc;
     TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -5917,7 +5925,7 @@ static const char* const CHECKPOINT_SETTINGS[] = {
     "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
     "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
     "master_weights", "subspace_dtype", "svd", "svd_power_iters", "svd_oversample", "cycle_length",
-    "restart_warmup_steps",
+    "restart_warmup_steps", "st_step_size_scheduler",
 };
 
 // settings recorded only by later versions of the trainer, and the value a
@@ -5930,6 +5938,7 @@ static const char* const CHECKPOINT_SETTINGS_ADDED[][2] = {
     {"svd_oversample", "8"},
     {"cycle_length", "0"},
     {"restart_warmup_steps", "0"},
+    {"st_step_size_scheduler", "constant"},
 };
 #define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
 

@@ -4862,7 +4862,7 @@ void subtrack_track_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, 
     track_sigma(b->track, b->u, p, count);
     track_project_u(b->y, b->S, b->u, b->track, p, r, count);
     track_orthogonalize_u(b->u, b->S, b->y, b->track, p, r, count);
-    track_angle(b->track, b->u, p, cfg->st_init_step_size, count);
+    track_angle(b->track, b->u, p, cpu::lowrank_track_eta(cfg), count);
     track_geodesic(b->S, b->a, b->v, b->u, b->track, p, r, count);
     track_update_projection(b->Gt, b->G, b->a, b->v, b->track, r, p, q, b->right, count);
     // step 3, with C = I - c v v^T, c = 1 - cos(eta sigma)

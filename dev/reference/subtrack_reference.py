@@ -70,9 +70,12 @@ class LowRankReference:
         self.prev_set = False
         self.log = []        # per step diagnostics for the generator's checks
 
-    def track_subspace(self, Gw):
-        """one geodesic step on the Grassmannian (plain form). returns the new S."""
+    def track_subspace(self, Gw, t):
+        """one geodesic step on the Grassmannian (plain form) at step t. returns the new S."""
         cfg = self.cfg
+        # the step size: eta, or eta / t with the authors' iterative_decrease
+        # (their projector divides st_init_step_size by the step count), in float32
+        eta = f32(cfg["eta"] / t) if cfg.get("st_sched", 0) == 1 else cfg["eta"]
         S = self.S
         A = S.T @ Gw                          # (R, Q), least squares because S is orthonormal
         R = Gw - S @ A                        # (P, Q), residual, orthogonal to span(S)
@@ -80,7 +83,7 @@ class LowRankReference:
         U, sv, Vh = torch.linalg.svd(dF, full_matrices=False)
         sigma = float(sv[0])
         second = float(sv[1]) if sv.numel() > 1 else 0.0
-        self.log.append(("track", sigma, second, cfg["eta"] * sigma))
+        self.log.append(("track", sigma, second, eta * sigma))
         if sigma == 0.0:
             return S.clone()
         u = U[:, 0]
@@ -90,7 +93,7 @@ class LowRankReference:
         if float(unorm) == 0.0:
             return S.clone()
         u = u / unorm
-        theta = cfg["eta"] * sigma
+        theta = eta * sigma
         step = (math.cos(theta) - 1.0) * (S @ v) - math.sin(theta) * u
         return S + torch.outer(step, v)
 
@@ -118,7 +121,7 @@ class LowRankReference:
                 S_new = top_left_singular_vectors(Gw, r)
                 self.log.append(("svd", svd_margins(Gw, r, S_new)))
             else:
-                S_new = self.track_subspace(Gw)
+                S_new = self.track_subspace(Gw, t)
             if cfg["adaptive"]:
                 self.rotate_moments(S_new, S_old)
             self.S = S_new
@@ -233,6 +236,14 @@ COMBOS = [  # (name, method, adaptive, recovery, limiter)
     ("subtrack+both-nolim", METHOD_SUBTRACK, 1, 1, 0),
 ]
 
+# the tracking step size eta / t (--st_step_size_scheduler iterative_decrease), on
+# two shapes, each with SubTrack++ whole; eta is larger so that eta / t sigma
+# stays inside the angle bounds at t = k, 2k, 3k
+ITERATIVE_CASES = [  # (shape index, combo name, eta)
+    (0, "subtrack+both", 0.15),
+    (1, "subtrack+both", 0.12),
+]
+
 STEPS = 10
 GRAD_SCALE = 4.0      # top singular value of G: entries of Gt stay well above Adam's eps
 ETA = 0.03            # sigma ~ s^2 sin(2 angle), so eta * sigma is 0.3 .. 0.45 rad on tracking steps
@@ -312,12 +323,13 @@ def pack_case(m, n, cfg, W0, grads, rows):
     ints = [0] * CASE_HEADER_INTS
     ints[0:9] = [m, n, cfg["r"], len(grads), cfg["method"], cfg["adaptive"], cfg["recovery"],
                  cfg["limiter"], cfg["k"]]
+    ints[17] = cfg.get("st_sched", 0)
     floats = [cfg["alpha"], cfg["eta"], cfg["lr"], cfg["wd"], cfg["beta1"], cfg["beta2"],
               cfg["eps"], cfg["zeta"]]
     for i, f in enumerate(floats):
         ints[9 + i] = struct.unpack("<i", struct.pack("<f", f))[0]
     out = bytearray(struct.pack("<%di" % CASE_HEADER_INTS, *ints))
-    label = ("%s %dx%d" % (cfg["name"], m, n)).encode("ascii")
+    label = ("%s%s %dx%d" % (cfg["name"], "/t" if cfg.get("st_sched", 0) else "", m, n)).encode("ascii")
     assert len(label) < CASE_NAME_BYTES
     out += label + b"\0" * (CASE_NAME_BYTES - len(label))
 
@@ -347,44 +359,50 @@ def main():
     # float64 run by at most MAX_ULP_RESPONSE: then any correct fp32
     # implementation can match the file at a tolerance of a few 1e-5
     blobs = []
-    for si, (m, n, r, k, wd) in enumerate(SHAPES):
-        for ci, combo in enumerate(COMBOS):
-            cfg = base_config(m, n, r, k, wd, combo)
-            for attempt in range(200):
-                seed = 1000 * si + 17 * ci + 100003 * attempt
-                grads = gradient_stream(m, n, r, STEPS, seed, GRAD_SCALE)
-                gW = torch.Generator().manual_seed(seed + 1)
-                W0 = (0.02 * torch.randn(m, n, generator=gW, dtype=torch.float64)).to(torch.float32)
-                rows, log = run_case(m, n, cfg, grads, W0, dtype)
-                rows64, _ = run_case(m, n, cfg, grads, W0, torch.float64)
-                gap = precision_gap(rows, rows64, W0)
-                # condition check: how far does a one-ulp change of every G move the states?
-                gp = torch.Generator().manual_seed(seed + 2)
-                grads_ulp = [G.double() * (1.0 + 2.0 ** -23 * torch.randn(G.shape, generator=gp, dtype=torch.float64))
-                             for G in grads]
-                rows_ulp, _ = run_case(m, n, cfg, grads_ulp, W0, torch.float64)
-                response = precision_gap(rows_ulp, rows64, W0)
-                if max(response.values()) > MAX_ULP_RESPONSE:
-                    continue
-                if case_ok(log, cfg, gap):
-                    break
-            else:
-                sys.exit("error: no seed gives a well-conditioned case for %s %dx%d; "
-                         "relax the MIN_/MAX_ conditions" % (cfg["name"], m, n))
-            n_track = sum(1 for e in log if e[0] == "track")
-            n_svd = sum(1 for e in log if e[0] == "svd")
-            n_clip = sum(1 for e in log if e == ("limiter", "clipped"))
-            n_free = sum(1 for e in log if e == ("limiter", "free"))
-            angles = [e[3] for e in log if e[0] == "track"]
-            msg = "%-22s %2dx%-2d r%d k%d seed %7d: svd %d, track %d, limiter clipped %d free %d" % (
-                cfg["name"], m, n, r, k, seed, n_svd, n_track, n_clip, n_free)
-            if angles:
-                msg += ", eta*sigma %.2f..%.2f" % (min(angles), max(angles))
-            if args.verbose:
-                msg += "  | f32 vs f64: " + " ".join("%s %.1e" % kv for kv in gap.items())
-                msg += "  | ulp response: " + " ".join("%s %.1e" % kv for kv in response.items())
-                print(msg)
-            blobs.append(pack_case(m, n, cfg, W0, grads, rows))
+    plan = [(si, ci, base_config(*SHAPES[si], combo)) for si in range(len(SHAPES))
+            for ci, combo in enumerate(COMBOS)]
+    for j, (si, name, eta) in enumerate(ITERATIVE_CASES):
+        ci = [c[0] for c in COMBOS].index(name)
+        cfg = base_config(*SHAPES[si], COMBOS[ci])
+        cfg.update(eta=f32(eta), st_sched=1)
+        plan.append((si, len(COMBOS) + j, cfg))
+    for si, ci, cfg in plan:
+        m, n, r, k, wd = SHAPES[si]
+        for attempt in range(200):
+            seed = 1000 * si + 17 * ci + 100003 * attempt
+            grads = gradient_stream(m, n, r, STEPS, seed, GRAD_SCALE)
+            gW = torch.Generator().manual_seed(seed + 1)
+            W0 = (0.02 * torch.randn(m, n, generator=gW, dtype=torch.float64)).to(torch.float32)
+            rows, log = run_case(m, n, cfg, grads, W0, dtype)
+            rows64, _ = run_case(m, n, cfg, grads, W0, torch.float64)
+            gap = precision_gap(rows, rows64, W0)
+            # condition check: how far does a one-ulp change of every G move the states?
+            gp = torch.Generator().manual_seed(seed + 2)
+            grads_ulp = [G.double() * (1.0 + 2.0 ** -23 * torch.randn(G.shape, generator=gp, dtype=torch.float64))
+                         for G in grads]
+            rows_ulp, _ = run_case(m, n, cfg, grads_ulp, W0, torch.float64)
+            response = precision_gap(rows_ulp, rows64, W0)
+            if max(response.values()) > MAX_ULP_RESPONSE:
+                continue
+            if case_ok(log, cfg, gap):
+                break
+        else:
+            sys.exit("error: no seed gives a well-conditioned case for %s %dx%d; "
+                     "relax the MIN_/MAX_ conditions" % (cfg["name"], m, n))
+        n_track = sum(1 for e in log if e[0] == "track")
+        n_svd = sum(1 for e in log if e[0] == "svd")
+        n_clip = sum(1 for e in log if e == ("limiter", "clipped"))
+        n_free = sum(1 for e in log if e == ("limiter", "free"))
+        angles = [e[3] for e in log if e[0] == "track"]
+        msg = "%-22s %2dx%-2d r%d k%d seed %7d: svd %d, track %d, limiter clipped %d free %d" % (
+            cfg["name"], m, n, r, k, seed, n_svd, n_track, n_clip, n_free)
+        if angles:
+            msg += ", eta*sigma %.2f..%.2f" % (min(angles), max(angles))
+        if args.verbose:
+            msg += "  | f32 vs f64: " + " ".join("%s %.1e" % kv for kv in gap.items())
+            msg += "  | ulp response: " + " ".join("%s %.1e" % kv for kv in response.items())
+            print(msg)
+        blobs.append(pack_case(m, n, cfg, W0, grads, rows))
     header = [0] * FILE_HEADER_INTS
     header[0:3] = [TRAJ_REF_MAGIC, TRAJ_REF_VERSION, len(blobs)]
     data = struct.pack("<%di" % FILE_HEADER_INTS, *header) + b"".join(blobs)

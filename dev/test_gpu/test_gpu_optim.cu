@@ -1412,6 +1412,7 @@ static void test_trajectories(const char* path, LowRankGPU* ctx) {
         cfg.beta2 = bits_to_float(h[14]);
         cfg.eps = bits_to_float(h[15]);
         cfg.norm_growth_limit = bits_to_float(h[16]);
+        cfg.st_step_size_iterative = h[17];  // --st_step_size_scheduler iterative_decrease (0: constant)
         char name[TRAJ_CASE_NAME_BYTES];
         memcpy(name, (const char*)h + TRAJ_CASE_HEADER_INTS * 4, TRAJ_CASE_NAME_BYTES);
         name[TRAJ_CASE_NAME_BYTES - 1] = '\0';

@@ -2273,7 +2273,7 @@ static void test_adamw(void) {
     double err = 0.0;
     for (int t = 0; t < STEPS; t++) {
         for (int i = 0; i < N; i++) { G[i] = rng_normal(&rng); }
-        adamw_update(W, M, V, G, N, t, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd);
+        adamw_update(W, M, V, G, N, t, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, 0);
         double c = sqrt(1.0 - pow(b2, t + 1)) / (1.0 - pow(b1, t + 1));
         for (int i = 0; i < N; i++) {
             Md[i] = b1 * Md[i] + (1 - b1) * G[i];
@@ -2494,7 +2494,6 @@ static void test_authors_refusals(void) {
     struct { const char* args; const char* expect; } cases[] = {
         {"--optimizer sgd", "not implemented yet"},
         {"--optimizer adam8bit", "not implemented yet"},
-        {"--optimizer adam --weight_decay 0.1", "L2"},
         {"--scheduler cosine_restarts", "needs --cycle_length N"},
         {"--scheduler cosine_restarts --cycle_length 100", "needs --cycle_length N"},
         {"--scheduler cosine_restarts --cycle_length 7 --restart_warmup_steps 5", "is not a multiple of --cycle_length"},
@@ -3928,6 +3927,7 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--subspace_dtype bfloat16", "subspace_bf16");
     test_trainer_schedules(dir);
     test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
+    test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
     test_svd_randomized_trainer(dir, "");
     {
         // the weights-only reader (the HF export's logits check) takes a
@@ -4195,6 +4195,74 @@ static void test_trainer(void) {
     char rm[700];
     snprintf(rm, sizeof rm, "rm -rf %s", dir);
     if (system(rm) != 0) { printf("note: could not remove %s\n", dir); }
+}
+
+// --optimizer adam against torch.optim.Adam (dev/reference/adam_reference.bin,
+// from dev/reference/adam_reference.py): its weight decay is L2 (wd W joins
+// the gradient before the moments), which adamw_update does with l2 on. the
+// bounds, each relative to the array's largest |x| at that step: M and V
+// within 2^-20 (each step rounds a few products and sums at fp32's 2^-24, and
+// the moments average them: a dozen steps stay within a few units of 2^-24;
+// measured 2e-7). W within 2^-19 of its largest |W|: the two sides round
+// each step's update and W itself in another order (our bias correction
+// multiplies the step, torch's divides M and V), at most about two roundings
+// of 2^-24 |W| a step over 12 steps, 24 x 2^-24 < 2^-19 (measured 2e-7).
+// dropping the L2 term moves M by about wd |W| / |G|, 5% here
+#define ADAM_REF_MAGIC 20261205
+#define ADAM_MOMENT_TOL 0x1p-20
+#define ADAM_W_TOL 0x1p-19
+static void test_adam_l2_reference(const char* path) {
+    unsigned char* data = NULL;
+    size_t bytes = 0;
+    if (!read_file_bytes(path, &data, &bytes) || bytes < 16) {
+        check(0, "%s opens (regenerate it with dev/reference/adam_reference.py)", path);
+        free(data);
+        return;
+    }
+    const int32_t* h = (const int32_t*)data;
+    int cases = h[0] == ADAM_REF_MAGIC && h[1] == 1 ? h[2] : -1;
+    size_t at = 16;
+    int done = 0;
+    for (int c = 0; c < cases; c++) {
+        if (at + 48 > bytes) { break; }
+        const int32_t* ch = (const int32_t*)(data + at);
+        const float* hp = (const float*)(data + at + 16);
+        int n = ch[0], steps = ch[1];
+        float lr = hp[0], b1 = hp[1], b2 = hp[2], eps = hp[3], wd = hp[4];
+        at += 48;
+        if (n <= 0 || steps <= 0 || at + (size_t)n * 4 * (1 + 4 * (size_t)steps) > bytes) { break; }
+        const float* W0 = (const float*)(data + at);
+        float* W = (float*)malloc((size_t)n * sizeof(float));
+        float* M = (float*)calloc((size_t)n, sizeof(float));
+        float* V = (float*)calloc((size_t)n, sizeof(float));
+        memcpy(W, W0, (size_t)n * sizeof(float));
+        double err[3] = {0, 0, 0};
+        for (int t = 0; t < steps; t++) {
+            const float* row = W0 + (size_t)n * (1 + 4 * (size_t)t);
+            const float *G = row, *Wt = row + n, *Mt = row + 2 * n, *Vt = row + 3 * n;
+            adamw_update(W, M, V, G, (size_t)n, t, lr, b1, b2, eps, wd, 1);
+            double most[3] = {0, 0, 0}, diff[3] = {0, 0, 0};
+            for (int i = 0; i < n; i++) {
+                most[0] = fmax(most[0], fabs((double)Wt[i]));
+                most[1] = fmax(most[1], fabs((double)Mt[i]));
+                most[2] = fmax(most[2], fabs((double)Vt[i]));
+                diff[0] = fmax(diff[0], fabs((double)W[i] - Wt[i]));
+                diff[1] = fmax(diff[1], fabs((double)M[i] - Mt[i]));
+                diff[2] = fmax(diff[2], fabs((double)V[i] - Vt[i]));
+            }
+            for (int k = 0; k < 3; k++) { err[k] = fmax(err[k], most[k] > 0 ? diff[k] / most[k] : diff[k]); }
+        }
+        check(err[0] <= ADAM_W_TOL && err[1] <= ADAM_MOMENT_TOL && err[2] <= ADAM_MOMENT_TOL,
+              "--optimizer adam against torch.optim.Adam, %d elements, %d steps, lr %g betas (%g, %g) wd %g (L2): W "
+              "%.1e (tol 2^-19) M %.1e V %.1e (tol 2^-20)", n, steps, lr, b1, b2, wd, err[0], err[1],
+              err[2]);
+        at += (size_t)n * 4 * (1 + 4 * (size_t)steps);
+        done++;
+        free(W); free(M); free(V);
+    }
+    check(cases >= 3 && done == cases && at == bytes, "%s: %d of %d cases read, the file read to its end", path, done,
+          cases);
+    free(data);
 }
 
 // the authors' schedules and token budgets: dev/reference/schedules.txt holds
@@ -5183,6 +5251,7 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--subspace_dtype bfloat16 --subspace_update_method galore", "subspace_bf16_galore");
     test_trainer_schedules(dir);
     test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
+    test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
     test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);
     // ranks as processes: under the harness (a real GPU per rank needs a machine of several)
@@ -5350,6 +5419,7 @@ int main(int argc, char** argv) {
     test_lowrank_optimizer("dev/reference/subtrack_trajectories.bin");
     test_lr_schedule();
     test_schedules_against_authors("dev/reference/schedules.txt");
+    test_adam_l2_reference("dev/reference/adam_reference.bin");
     test_grad_norm_and_accumulation();
     test_json_config();
     test_json_config_strict();

@@ -1872,16 +1872,19 @@ void decoder_print_token(const Decoder* d, int id, FILE* out) {
 //   M = b1 M + (1-b1) G ; V = b2 V + (1-b2) G^2
 //   W -= lr c M / (sqrt(V) + eps),  c = sqrt(1 - b2^(t+1)) / (1 - b1^(t+1))
 //   W -= lr wd W
-// t counts the steps already taken (0 on the first step).
+// t counts the steps already taken (0 on the first step). with l2 (--optimizer
+// adam, as torch.optim.Adam) the decay is L2 instead: G + wd W (the W before
+// the step) goes into the moments, and W is not decayed directly
 void adamw_update(float* W, float* M, float* V, const float* G, size_t numel, int t,
-                  float lr, float beta1, float beta2, float eps, float weight_decay) {
+                  float lr, float beta1, float beta2, float eps, float weight_decay, int l2) {
     // W, M, V, G: (numel,)
     double c = sqrt(1.0 - pow((double)beta2, t + 1)) / (1.0 - pow((double)beta1, t + 1));
     float step = (float)(lr * c);
-    float decay = (float)((double)lr * weight_decay);
+    float decay = l2 ? 0.0f : (float)((double)lr * weight_decay);
+    float l2_decay = l2 ? weight_decay : 0.0f;
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < numel; i++) {
-        float g = G[i];
+        float g = G[i] + l2_decay * W[i];
         float m = beta1 * M[i] + (1.0f - beta1) * g;
         float v = beta2 * V[i] + (1.0f - beta2) * g * g;
         M[i] = m;
@@ -3587,7 +3590,7 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(min_lr_ratio, FLAG_FLOAT, "final lr as a fraction of --lr"),
     FLAG(lr, FLAG_FLOAT, "peak learning rate"),
     FLAG(grad_clipping, FLAG_FLOAT, "clip the global gradient norm to this; 0 = off"),
-    FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (the same update as adamw at weight_decay 0)"),
+    FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (weight decay as L2 on the gradient, as torch.optim.Adam)"),
     FLAG(subspace_update_method, FLAG_STRING, "galore (SVD) | subtrack (geodesic tracking)"),
     FLAG(rank, FLAG_INT, "R: rank of the gradient subspace"),
     FLAG(low_rank_scale, FLAG_FLOAT, "alpha: scale of the low-rank update"),
@@ -4451,11 +4454,6 @@ const char* train_config_problem(const TrainConfig* t) {
                      "use adamw or low_rank_adamw", t->optimizer);
             return msg;
         }
-    }
-    if (strcmp(t->optimizer, "adam") == 0 && t->weight_decay != 0.0f) {
-        snprintf(msg, sizeof msg, "--optimizer adam with --weight_decay %g is not implemented yet: torch.optim.Adam "
-                 "adds the decay to the gradient (L2); --optimizer adamw decays the weights directly", t->weight_decay);
-        return msg;
     }
     if (strcmp(t->optimizer, "adamw") != 0 && !optimizer_name_low_rank(t->optimizer) &&
         strcmp(t->optimizer, "adam") != 0) {
@@ -5414,6 +5412,7 @@ typedef struct {
     int low_rank;             // 1: low-rank AdamW on the layer matrices
     LowRankConfig cfg;
     float beta1, beta2, eps, weight_decay;
+    int l2;                   // --optimizer adam: weight decay as L2 on the gradient (torch.optim.Adam's)
     float* adam_m;            // (num_adam)
     float* adam_v;            // (num_adam)
     size_t num_adam;
@@ -5471,6 +5470,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     o->subspace_bf16 = strcmp(t->subspace_dtype, "bfloat16") == 0;
     o->seed = (uint64_t)t->seed;
     o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
+    o->l2 = strcmp(t->optimizer, "adam") == 0;
     LowRankConfig lc = {
         strcmp(t->subspace_update_method, "galore") == 0 ? SUBSPACE_GALORE : SUBSPACE_SUBTRACK,
         t->rank, t->low_rank_scale, t->subspace_update_interval, t->st_init_step_size,
@@ -5789,14 +5789,14 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
                     dequantize_blockwise(Vq, o->q8_codes + code + n + off, o->q8_absmax + block + nb + b, len,
                                          o->q8_map[1]);
                     adamw_update(params[i] + off, Mq, Vq, grads[i] + off, len, o->step, lr, o->beta1, o->beta2,
-                                 o->eps, o->weight_decay);
+                                 o->eps, o->weight_decay, o->l2);
                     quantize_blockwise(o->q8_codes + code + off, o->q8_absmax + block + b, Mq, len, o->q8_map[0]);
                     quantize_blockwise(o->q8_codes + code + n + off, o->q8_absmax + block + nb + b, Vq, len,
                                        o->q8_map[1]);
                 }
             } else {
                 adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, o->step,
-                             lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+                             lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->l2);
                 adam_off += n;
             }
             if (!o->master_weights) { bf16_round_stochastic_array(params[i], n, o->seed, (uint64_t)o->step, first); }

@@ -2761,7 +2761,8 @@ __device__ double optim_block_sum(double x, double* buf) {
 
 // one element, the CPU loop's arithmetic (adamw_update in train_llama_subtrack.c)
 __device__ __forceinline__ void adamw_element(float* W, float* M, float* V, float g, float step, float decay,
-                                              float beta1, float beta2, float eps) {
+                                              float l2_decay, float beta1, float beta2, float eps) {
+    g = g + l2_decay * *W;
     float m = beta1 * *M + (1.0f - beta1) * g;
     float v = beta2 * *V + (1.0f - beta2) * g * g;
     *M = m;
@@ -2773,19 +2774,21 @@ __device__ __forceinline__ void adamw_element(float* W, float* M, float* V, floa
 // W, M, V, G: (numel,). 4 elements a thread (see aligned128_all): 28 bytes an
 // element, the step's largest pass over memory at full rank
 __global__ void adamw_kernel(float* W, float* M, float* V, const float* G, size_t numel, int vec,
-                             float step, float decay, float beta1, float beta2, float eps) {
+                             float step, float decay, float l2_decay, float beta1, float beta2, float eps) {
     constexpr int P = Pack128<float>::size;
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;
     if (i >= numel) { return; }
     if (vec && i + P <= numel) {
         Pack128<float> w = load128(W + i), m = load128(M + i), v = load128(V + i), g = load128(G + i);
-        for (int k = 0; k < P; k++) { adamw_element(&w.x[k], &m.x[k], &v.x[k], g.x[k], step, decay, beta1, beta2, eps); }
+        for (int k = 0; k < P; k++) {
+            adamw_element(&w.x[k], &m.x[k], &v.x[k], g.x[k], step, decay, l2_decay, beta1, beta2, eps);
+        }
         store128(M + i, m);
         store128(V + i, v);
         store128(W + i, w);
     } else {
         for (int k = 0; k < P && i + k < numel; k++) {
-            adamw_element(W + i + k, M + i + k, V + i + k, G[i + k], step, decay, beta1, beta2, eps);
+            adamw_element(W + i + k, M + i + k, V + i + k, G[i + k], step, decay, l2_decay, beta1, beta2, eps);
         }
     }
 }
@@ -3797,13 +3800,14 @@ __global__ void moments_rotate_finish_kernel(PerMatrix<float> M_of, PerMatrix<fl
 
 // full-rank AdamW, the CPU's adamw_update on device pointers. W, M, V, G: (numel,)
 void adamw_update(float* W, float* M, float* V, const float* G, size_t numel, int t,
-                  float lr, float beta1, float beta2, float eps, float weight_decay) {
+                  float lr, float beta1, float beta2, float eps, float weight_decay, int l2) {
     double c = sqrt(1.0 - pow((double)beta2, t + 1)) / (1.0 - pow((double)beta1, t + 1));
     float step = (float)(lr * c);
-    float decay = (float)((double)lr * weight_decay);
+    float decay = l2 ? 0.0f : (float)((double)lr * weight_decay);
+    float l2_decay = l2 ? weight_decay : 0.0f;
     if (numel == 0) { return; }
     adamw_kernel<<<optim_blocks(numel, OPTIM_BLOCK * Pack128<float>::size), OPTIM_BLOCK>>>(
-        W, M, V, G, numel, aligned128_all(W, M, V, G), step, decay, beta1, beta2, eps);
+        W, M, V, G, numel, aligned128_all(W, M, V, G), step, decay, l2_decay, beta1, beta2, eps);
     cudaCheck(cudaGetLastError());
 }
 
@@ -5867,7 +5871,8 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
                                      o->q8_maps + QUANT8_MAP_SIZE);
                 float* W = Wp + off;
                 if (bf16_only) { W = o->staging; params_bf16_widen(model, W, first + off, len); }
-                adamw_update(W, Mq, Vq, G + off, len, h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay);
+                adamw_update(W, Mq, Vq, G + off, len, h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay,
+                             h->l2);
                 if (bf16_only) { params_bf16_store_stochastic(model, W, first + off, len, seed, t); }
                 else if (!h->master_weights) { bf16_round_stochastic_array(W, len, seed, t, first + off); }
                 quantize_blockwise(o->q8_codes + code + at, o->q8_absmax + block + b, Mq, len, o->q8_maps);
@@ -5882,12 +5887,12 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
                 size_t len = n - off < o->staging_floats ? n - off : o->staging_floats;
                 params_bf16_widen(model, o->staging, first + off, len);
                 adamw_update(o->staging, o->adam_m + a + off, o->adam_v + a + off, G + off, len, h->step, lr,
-                             h->beta1, h->beta2, h->eps, h->weight_decay);
+                             h->beta1, h->beta2, h->eps, h->weight_decay, h->l2);
                 params_bf16_store_stochastic(model, o->staging, first + off, len, seed, t);
             }
         } else {
             adamw_update(Wp, o->adam_m + a, o->adam_v + a, G, n, h->step, lr, h->beta1, h->beta2, h->eps,
-                         h->weight_decay);
+                         h->weight_decay, h->l2);
             if (!h->master_weights) { bf16_round_stochastic_array(Wp, n, seed, t, first); }
         }
         return;
@@ -5989,7 +5994,7 @@ static void optimizer_step_owned(Optimizer* o, Llama* model, float lr) {
         size_t at = pc->layer * pc->per_layer + pc->first;
         float* W = o->masters != NULL ? o->masters + o->piece_master[p] : params[pc->tensor] + at;
         adamw_update(W, o->adam_m + o->piece_adam[p], o->adam_v + o->piece_adam[p], grads[pc->tensor] + at, pc->count,
-                     h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay);
+                     h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay, h->l2);
         if (!h->master_weights) {
             bf16_round_stochastic_array(W, pc->count, h->seed, (uint64_t)h->step, param_index(model, W));
         }

@@ -824,7 +824,7 @@ static void kb_launch(KernelBench* k) {
         }
         case OP_ADAMW: {
             long long n = kb_slice(k, l->a, 1);
-            adamw_update(b[0], b[1], b[2], b[3], (size_t)n, 1, BENCH_LR, 0.9f, 0.999f, 1e-6f, 0.0f);
+            adamw_update(b[0], b[1], b[2], b[3], (size_t)n, 1, BENCH_LR, 0.9f, 0.999f, 1e-6f, 0.0f, 0);
             break;
         }
         case OP_COPY: {

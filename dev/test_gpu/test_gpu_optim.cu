@@ -157,7 +157,8 @@ static void gradient_at(GradientSource* gs, float* G, int t) {
 
 // the same fp32 expressions on both sides; only fused multiply-adds may differ: 1e-6 of the scale
 #define ADAMW_TOL 1e-6
-static void test_adamw(void) {
+// l2: --optimizer adam's decay (L2 on the gradient), else AdamW's decoupled one
+static void test_adamw_mode(int l2) {
     const size_t numel = 1031;  // not a multiple of the block
     float* host[4];
     cpu::Rng rng;
@@ -176,8 +177,8 @@ static void test_adamw(void) {
     for (int t = 0; t < 4; t++) {
         for (size_t i = 0; i < numel; i++) { host[3][i] = cpu::rng_normal(&rng); }
         cudaCheck(cudaMemcpy(G, host[3], numel * sizeof(float), cudaMemcpyHostToDevice));
-        cpu::adamw_update(host[0], host[1], host[2], host[3], numel, t, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f);
-        adamw_update(W, M, V, G, numel, t, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f);
+        cpu::adamw_update(host[0], host[1], host[2], host[3], numel, t, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f, l2);
+        adamw_update(W, M, V, G, numel, t, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f, l2);
         const float* dev[3] = {W, M, V};
         for (int k = 0; k < 3; k++) {
             host_copy(out, dev[k], numel);
@@ -185,14 +186,19 @@ static void test_adamw(void) {
         }
     }
     check(err[0] <= ADAMW_TOL && err[1] <= ADAMW_TOL && err[2] <= ADAMW_TOL,
-          "adamw_update %zu elements, 4 steps, wd 0.1: W %.1e M %.1e V %.1e (tol %.0e)",
-          numel, err[0], err[1], err[2], ADAMW_TOL);
+          "adamw_update %zu elements, 4 steps, wd 0.1 %s: W %.1e M %.1e V %.1e (tol %.0e)",
+          numel, l2 ? "as L2 (--optimizer adam)" : "decoupled", err[0], err[1], err[2], ADAMW_TOL);
     cudaCheck(cudaFree(W));
     cudaCheck(cudaFree(M));
     cudaCheck(cudaFree(V));
     cudaCheck(cudaFree(G));
     for (int k = 0; k < 4; k++) { free(host[k]); }
     free(out);
+}
+
+static void test_adamw(void) {
+    test_adamw_mode(0);
+    test_adamw_mode(1);
 }
 
 // ---- 2. low-rank AdamW, GPU vs CPU after every step
@@ -1827,13 +1833,13 @@ static void test_vector_adamw(cpu::Rng* rng) {
             want[k] = (float*)cpu::malloc_check(n * sizeof(float), "want");
             memcpy(want[k], in[k], n * sizeof(float));
         }
-        cpu::adamw_update(want[0], want[1], want[2], in[3], n, 3, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f);
+        cpu::adamw_update(want[0], want[1], want[2], in[3], n, 3, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f, 0);
         float* got[2][3];
         for (int off = 0; off < 2; off++) {
             void* alloc[4];
             float* d[4];
             for (int k = 0; k < 4; k++) { d[k] = vec_upload(in[k], n, off, &alloc[k]); }
-            adamw_update(d[0], d[1], d[2], d[3], n, 3, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f);
+            adamw_update(d[0], d[1], d[2], d[3], n, 3, 1e-2f, 0.9f, 0.999f, 1e-6f, 0.1f, 0);
             for (int k = 0; k < 3; k++) { got[off][k] = vec_download(d[k], n); }
             for (int k = 0; k < 4; k++) { cudaCheck(cudaFree(alloc[k])); }
         }

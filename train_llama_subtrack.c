@@ -6112,6 +6112,26 @@ static int fsync_dir(const char* dir) {
     return rc;
 }
 
+// the end of a file read through r: the trailer, its CRC against r's, and
+// nothing after it. closes f. returns 0, else fills err (naming path)
+static int checkpoint_read_end(FILE* f, const CheckpointStream* r, const char* path, char* err, size_t errlen) {
+    int64_t trailer[2] = {0, 0};
+    int ok = r->ok && fread(trailer, sizeof trailer, 1, f) == 1;
+    int extra = ok && fgetc(f) != EOF;
+    fclose(f);
+    if (!ok || extra) {
+        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
+                 ok ? "longer" : "shorter");
+        return 1;
+    }
+    if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r->crc) {
+        snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
+                 "corrupt: resume from another copy", path, r->crc, (unsigned long long)trailer[1]);
+        return 1;
+    }
+    return 0;
+}
+
 // ---- sharded checkpoints (--zero_stage 1 in the CUDA trainer)
 //
 // under ZeRO-1 no rank holds every optimizer state, so each rank writes the
@@ -6319,15 +6339,14 @@ int checkpoint_save_shard(const TrainState* s, const ShardPlan* sp, int rank, in
     return 0;
 }
 
-// rank 0, once every rank's shard of the save (step of s, id) is written and
-// synced: the manifest, renamed over dir/checkpoint.bin, which completes the
-// checkpoint; then every other shards directory is removed. returns 0, else
-// fills err (the previous checkpoint is untouched)
-int checkpoint_save_manifest(const TrainState* s, const ShardPlan* sp, int64_t id, const char* dir, char* err,
-                             size_t errlen) {
-    char path[1024], tmp[1100];
-    snprintf(path, sizeof path, "%s/%s", dir, CHECKPOINT_FILE);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+// opens dir/checkpoint.bin.tmp (path and tmp: 1024 and 1100 bytes) and writes
+// the header of s and the settings text into w. manifest: NULL for a
+// one-file checkpoint, else a manifest's ranks, pieces and id (slots 27..29).
+// returns 0, else fills err
+static int checkpoint_begin(const TrainState* s, const char* dir, const int64_t manifest[3], char* path, char* tmp,
+                            CheckpointStream* w, char* err, size_t errlen) {
+    snprintf(path, 1024, "%s/%s", dir, CHECKPOINT_FILE);
+    snprintf(tmp, 1100, "%s.tmp", path);
     FILE* f = fopen(tmp, "wb");
     if (f == NULL) {
         snprintf(err, errlen, "cannot write %s (%s); check that --save_dir exists and is writable", tmp, strerror(errno));
@@ -6338,13 +6357,30 @@ int checkpoint_save_manifest(const TrainState* s, const ShardPlan* sp, int64_t i
     size_t settings_bytes = checkpoint_settings_text(s->settings, settings, CHECKPOINT_SETTINGS_MAX);
     int64_t h[CHECKPOINT_HEADER_INTS];
     checkpoint_header(h, s, settings_bytes);
-    h[0] = CHECKPOINT_MANIFEST_MAGIC;
-    h[27] = sp->num_ranks;
-    h[28] = sp->num_pieces;
-    h[29] = id;
-    CheckpointStream w = {f, 0, 1};
-    checkpoint_write(&w, h, sizeof h);
-    checkpoint_write(&w, settings, padded8(settings_bytes));
+    if (manifest != NULL) {
+        h[0] = CHECKPOINT_MANIFEST_MAGIC;
+        h[27] = manifest[0];
+        h[28] = manifest[1];
+        h[29] = manifest[2];
+    }
+    CheckpointStream begun = {f, 0, 1};
+    *w = begun;
+    checkpoint_write(w, h, sizeof h);
+    checkpoint_write(w, settings, padded8(settings_bytes));
+    return 0;
+}
+
+// rank 0, once every rank's shard of the save (step of s, id) is written and
+// synced: the manifest, renamed over dir/checkpoint.bin, which completes the
+// checkpoint; then every other shards directory is removed. returns 0, else
+// fills err (the previous checkpoint is untouched)
+int checkpoint_save_manifest(const TrainState* s, const ShardPlan* sp, int64_t id, const char* dir, char* err,
+                             size_t errlen) {
+    char path[1024], tmp[1100];
+    int64_t manifest[3] = {sp->num_ranks, sp->num_pieces, id};
+    CheckpointStream w;
+    if (checkpoint_begin(s, dir, manifest, path, tmp, &w, err, errlen) != 0) { return 1; }
+    FILE* f = w.f;
     for (int p = 0; p < sp->num_pieces; p++) {
         const ShardPiece* pc = &sp->pieces[p];
         int64_t row[CHECKPOINT_PIECE_INTS] = {pc->tensor, pc->layer, (int64_t)pc->first, (int64_t)pc->count, pc->owner,
@@ -6353,7 +6389,7 @@ int checkpoint_save_manifest(const TrainState* s, const ShardPlan* sp, int64_t i
     }
     if (checkpoint_file_finish(f, &w, tmp, path, dir, err, errlen) != 0) { return 1; }
     char keep[1100];
-    checkpoint_shards_dir(keep, sizeof keep, dir, h[13], id);
+    checkpoint_shards_dir(keep, sizeof keep, dir, s->opt->step, id);
     checkpoint_remove_other_shards(dir, keep);
     return 0;
 }
@@ -6385,19 +6421,7 @@ static int64_t* checkpoint_read_pieces(const char* path, const int64_t h[CHECKPO
     checkpoint_read(&r, hh, sizeof hh);
     checkpoint_read(&r, pad, padded8((size_t)h[24]));
     checkpoint_read(&r, rows, (size_t)P * CHECKPOINT_PIECE_INTS * sizeof(int64_t));
-    int64_t trailer[2] = {0, 0};
-    int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
-    int extra = ok && fgetc(f) != EOF;
-    fclose(f);
-    if (!ok || extra) {
-        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
-                 ok ? "longer" : "shorter");
-        free(rows);
-        return NULL;
-    }
-    if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
-        snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
-                 "corrupt: resume from another copy", path, r.crc, (unsigned long long)trailer[1]);
+    if (checkpoint_read_end(f, &r, path, err, errlen) != 0) {
         free(rows);
         return NULL;
     }
@@ -6508,19 +6532,7 @@ static int checkpoint_read_shards(const char* dir, const int64_t h[CHECKPOINT_HE
             checkpoint_read(&r, m, n * sizeof(float));
             if (v != NULL) { checkpoint_read(&r, v, n * sizeof(float)); }
         }
-        int64_t trailer[2] = {0, 0};
-        int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
-        int extra = ok && fgetc(f) != EOF;
-        fclose(f);
-        if (!ok || extra) {
-            snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
-                     ok ? "longer" : "shorter");
-            rc = 1;
-        } else if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
-            snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
-                     "corrupt: resume from another copy", path, r.crc, (unsigned long long)trailer[1]);
-            rc = 1;
-        }
+        rc = checkpoint_read_end(f, &r, path, err, errlen);
     }
     free(skip);
     return rc;
@@ -6535,22 +6547,10 @@ int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errl
         return 1;
     }
     char path[1024], tmp[1100];
-    snprintf(path, sizeof path, "%s/%s", dir, CHECKPOINT_FILE);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE* f = fopen(tmp, "wb");
-    if (f == NULL) {
-        snprintf(err, errlen, "cannot write %s (%s); check that --save_dir exists and is writable", tmp, strerror(errno));
-        return 1;
-    }
-    char settings[CHECKPOINT_SETTINGS_MAX + 8];
-    memset(settings, 0, sizeof settings);
-    size_t settings_bytes = checkpoint_settings_text(s->settings, settings, CHECKPOINT_SETTINGS_MAX);
-    int64_t h[CHECKPOINT_HEADER_INTS];
-    checkpoint_header(h, s, settings_bytes);
+    CheckpointStream w;
+    if (checkpoint_begin(s, dir, NULL, path, tmp, &w, err, errlen) != 0) { return 1; }
+    FILE* f = w.f;
     const Optimizer* o = s->opt;
-    CheckpointStream w = {f, 0, 1};
-    checkpoint_write(&w, h, sizeof h);
-    checkpoint_write(&w, settings, padded8(settings_bytes));
     checkpoint_write(&w, s->model->params_memory, s->model->num_parameters * sizeof(float));
     checkpoint_write(&w, o->adam_m, o->num_adam * sizeof(float));
     checkpoint_write(&w, o->adam_v, o->num_adam * sizeof(float));
@@ -6645,21 +6645,7 @@ static int checkpoint_read_body(TrainState* s, const char* path, const int64_t h
         checkpoint_read(&r, o->q8_absmax, o->q8_blocks * sizeof(float));
         checkpoint_read(&r, q8pad, padded8(o->q8_blocks * sizeof(float)) - o->q8_blocks * sizeof(float));
     }
-    int64_t trailer[2] = {0, 0};
-    int ok = r.ok && fread(trailer, sizeof trailer, 1, f) == 1;
-    int extra = ok && fgetc(f) != EOF;
-    fclose(f);
-    if (!ok || extra) {
-        snprintf(err, errlen, "%s: %s than its header says; the file is corrupt (an interrupted copy?)", path,
-                 ok ? "longer" : "shorter");
-        return 1;
-    }
-    if (trailer[0] != CHECKPOINT_TRAILER_MAGIC || (uint64_t)trailer[1] != (uint64_t)r.crc) {
-        snprintf(err, errlen, "%s: the checksum does not match (CRC32C %08x, the file says %08llx); the file is "
-                 "corrupt: resume from another copy", path, r.crc, (unsigned long long)trailer[1]);
-        return 1;
-    }
-    return 0;
+    return checkpoint_read_end(f, &r, path, err, errlen);
 }
 
 // restores everything a checkpoint holds into s, whose model, optimizer and

@@ -161,12 +161,7 @@ def read_checkpoint_header(path):
         raise ExportError(f"{path}: {size} bytes, the header says {expect_size} "
                           f"({'truncated' if size < expect_size else 'trailing data'}); the file is corrupt "
                           f"(an interrupted copy?)")
-    with open(path, "rb") as f:
-        f.seek(size - TRAILER_BYTES)
-        trailer_magic, stored_crc = struct.unpack("<qQ", f.read(TRAILER_BYTES))
-    if trailer_magic != CHECKPOINT_TRAILER_MAGIC:
-        raise ExportError(f"{path}: no checksum trailer at the end; the file is corrupt (an interrupted copy?)")
-    crc_checked = verify_crc(path, size, stored_crc)
+    crc_checked = verify_trailer(path, size)
     shards = None
     if sharded:
         with open(path, "rb") as f:
@@ -234,11 +229,16 @@ def verify_shard(manifest, shards, rank, step):
     if size != expect:
         raise ExportError(f"{path}: {size} bytes, the manifest says {expect}; the file is corrupt "
                           f"(an interrupted copy?)")
+    return verify_trailer(path, size)
+
+
+def verify_trailer(path, size):
+    """the file's trailer must be there; then its CRC32C (verify_crc). returns whether the CRC was checked"""
     with open(path, "rb") as f:
         f.seek(size - TRAILER_BYTES)
         trailer_magic, stored_crc = struct.unpack("<qQ", f.read(TRAILER_BYTES))
     if trailer_magic != CHECKPOINT_TRAILER_MAGIC:
-        raise ExportError(f"{path}: no checksum trailer at the end; the file is corrupt")
+        raise ExportError(f"{path}: no checksum trailer at the end; the file is corrupt (an interrupted copy?)")
     return verify_crc(path, size, stored_crc)
 
 

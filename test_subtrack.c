@@ -5060,6 +5060,13 @@ static void test_data_parallel_resume(const char* dir, int zero) {
                 checkpoint_states_close(d_dir, common, c_dir, common, DP_STATE_REL, &worst, err, sizeof err);
     check(close, "data parallel %sresume across ranks: 2 steps on 1 rank, 2 on 2 ranks, 2 on 1 rank match 6 steps on "
           "2 ranks within 2^-19 (exits %d %d %d %d; %s)", label, rc1, rcs[0], rcs[1], rc3, err);
+    if (zero) {  // the last save, one file, removed the sharded save's shards
+        char pattern[800];
+        snprintf(pattern, sizeof pattern, "%s/shards-*", c_dir);
+        int left = count_matches(pattern);
+        check(rc3 == 0 && left == 0, "a one-file save after a sharded one removes the shards (%d directories left)",
+              left);
+    }
 }
 
 // a rank that dies or hangs: the others stop with a message, and the last

@@ -2492,7 +2492,8 @@ static void test_input_limits(void) {
 // with a message that names it and says what to use instead
 static void test_authors_refusals(void) {
     struct { const char* args; const char* expect; } cases[] = {
-        {"--optimizer sgd", "not implemented yet"},
+        {"--optimizer sgd --zero_stage 1", "does not shard --optimizer sgd"},
+        {"--model_config llama_60m --optimizer sgd --beta1 1.5", "beta1"},
         {"--optimizer adam8bit", "not implemented yet"},
         {"--scheduler cosine_restarts", "needs --cycle_length N"},
         {"--scheduler cosine_restarts --cycle_length 100", "needs --cycle_length N"},
@@ -2542,6 +2543,16 @@ static void test_authors_refusals(void) {
           t.lr == 0.002f && t.recovery_scaling == 0,
           "accepted: the authors' no-op flags, bf16 as bfloat16, AdamW in any case, --flag=value (%s)",
           problem ? problem : "ok");
+    // --optimizer sgd's momentum is --beta1: on the authors' configs their default 0, and given, what is given
+    for (int given = 0; given < 2; given++) {
+        char* sgd_argv[] = {(char*)"x", (char*)"--model_config", (char*)"llama_60m", (char*)"--optimizer",
+                            (char*)"sgd", (char*)"--beta1", (char*)"0.9"};
+        TrainConfig ts;
+        int prc = train_config_from_args(&ts, given ? 7 : 5, sgd_argv, "float32", err, sizeof err);
+        const char* pp = prc == 0 ? train_config_problem(&ts) : err;
+        check(pp == NULL && ts.beta1 == (given ? 0.9f : 0.0f), "--optimizer sgd on an authors' config%s: momentum "
+              "%g (%s)", given ? " with --beta1 0.9" : "", (double)ts.beta1, pp ? pp : "ok");
+    }
     // --st_step_size_scheduler reaches the optimizer's config (the trajectories check its arithmetic)
     for (int iterative = 0; iterative < 2; iterative++) {
         char* st_argv[] = {(char*)"x", (char*)"--st_step_size_scheduler",
@@ -3928,6 +3939,7 @@ static void test_trainer(void) {
     test_trainer_schedules(dir);
     test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
     test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
+    test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
     test_svd_randomized_trainer(dir, "");
     {
         // the weights-only reader (the HF export's logits check) takes a
@@ -4197,40 +4209,43 @@ static void test_trainer(void) {
     if (system(rm) != 0) { printf("note: could not remove %s\n", dir); }
 }
 
-// --optimizer adam against torch.optim.Adam (dev/reference/adam_reference.bin,
-// from dev/reference/adam_reference.py): its weight decay is L2 (wd W joins
-// the gradient before the moments), which adamw_update does with l2 on. the
-// bounds, each relative to the array's largest |x| at that step: M and V
-// within 2^-20 (each step rounds a few products and sums at fp32's 2^-24, and
-// the moments average them: a dozen steps stay within a few units of 2^-24;
+// --optimizer adam and sgd against torch.optim.Adam and torch.optim.SGD
+// (dev/reference/fullrank_reference.bin, from dev/reference/fullrank_reference.py).
+// both decay by L2 (wd W joins the gradient before the moments): adamw_update
+// with l2 on, and sgd_update. the bounds, each relative to the array's
+// largest |x| at that step: the moments (Adam's M and V, SGD's buffer) within
+// 2^-20 (each step rounds a few products and sums at fp32's 2^-24, and the
+// moments average them: a dozen steps stay within a few units of 2^-24;
 // measured 2e-7). W within 2^-19 of its largest |W|: the two sides round
-// each step's update and W itself in another order (our bias correction
+// each step's update and W itself in another order (our Adam bias correction
 // multiplies the step, torch's divides M and V), at most about two roundings
-// of 2^-24 |W| a step over 12 steps, 24 x 2^-24 < 2^-19 (measured 2e-7).
+// of 2^-24 |W| a step over 12 steps, 24 x 2^-24 < 2^-19 (measured 8e-8).
 // dropping the L2 term moves M by about wd |W| / |G|, 5% here
-#define ADAM_REF_MAGIC 20261205
-#define ADAM_MOMENT_TOL 0x1p-20
-#define ADAM_W_TOL 0x1p-19
-static void test_adam_l2_reference(const char* path) {
+#define FULLRANK_REF_MAGIC 20261205
+#define FULLRANK_MOMENT_TOL 0x1p-20
+#define FULLRANK_W_TOL 0x1p-19
+static void test_fullrank_reference(const char* path) {
     unsigned char* data = NULL;
     size_t bytes = 0;
     if (!read_file_bytes(path, &data, &bytes) || bytes < 16) {
-        check(0, "%s opens (regenerate it with dev/reference/adam_reference.py)", path);
+        check(0, "%s opens (regenerate it with dev/reference/fullrank_reference.py)", path);
         free(data);
         return;
     }
     const int32_t* h = (const int32_t*)data;
-    int cases = h[0] == ADAM_REF_MAGIC && h[1] == 1 ? h[2] : -1;
+    int cases = h[0] == FULLRANK_REF_MAGIC && h[1] == 1 ? h[2] : -1;
     size_t at = 16;
-    int done = 0;
+    int done = 0, kinds[2] = {0, 0};
     for (int c = 0; c < cases; c++) {
         if (at + 48 > bytes) { break; }
         const int32_t* ch = (const int32_t*)(data + at);
         const float* hp = (const float*)(data + at + 16);
-        int n = ch[0], steps = ch[1];
+        int n = ch[0], steps = ch[1], sgd = ch[2];
         float lr = hp[0], b1 = hp[1], b2 = hp[2], eps = hp[3], wd = hp[4];
         at += 48;
-        if (n <= 0 || steps <= 0 || at + (size_t)n * 4 * (1 + 4 * (size_t)steps) > bytes) { break; }
+        if (n <= 0 || steps <= 0 || sgd < 0 || sgd > 1 || at + (size_t)n * 4 * (1 + 4 * (size_t)steps) > bytes) {
+            break;
+        }
         const float* W0 = (const float*)(data + at);
         float* W = (float*)malloc((size_t)n * sizeof(float));
         float* M = (float*)calloc((size_t)n, sizeof(float));
@@ -4240,7 +4255,11 @@ static void test_adam_l2_reference(const char* path) {
         for (int t = 0; t < steps; t++) {
             const float* row = W0 + (size_t)n * (1 + 4 * (size_t)t);
             const float *G = row, *Wt = row + n, *Mt = row + 2 * n, *Vt = row + 3 * n;
-            adamw_update(W, M, V, G, (size_t)n, t, lr, b1, b2, eps, wd, 1);
+            if (sgd) {
+                sgd_update(W, M, G, (size_t)n, lr, b1, wd);
+            } else {
+                adamw_update(W, M, V, G, (size_t)n, t, lr, b1, b2, eps, wd, 1);
+            }
             double most[3] = {0, 0, 0}, diff[3] = {0, 0, 0};
             for (int i = 0; i < n; i++) {
                 most[0] = fmax(most[0], fabs((double)Wt[i]));
@@ -4252,16 +4271,18 @@ static void test_adam_l2_reference(const char* path) {
             }
             for (int k = 0; k < 3; k++) { err[k] = fmax(err[k], most[k] > 0 ? diff[k] / most[k] : diff[k]); }
         }
-        check(err[0] <= ADAM_W_TOL && err[1] <= ADAM_MOMENT_TOL && err[2] <= ADAM_MOMENT_TOL,
-              "--optimizer adam against torch.optim.Adam, %d elements, %d steps, lr %g betas (%g, %g) wd %g (L2): W "
-              "%.1e (tol 2^-19) M %.1e V %.1e (tol 2^-20)", n, steps, lr, b1, b2, wd, err[0], err[1],
-              err[2]);
+        check(err[0] <= FULLRANK_W_TOL && err[1] <= FULLRANK_MOMENT_TOL && err[2] <= FULLRANK_MOMENT_TOL,
+              "--optimizer %s against %s, %d elements, %d steps, lr %g %s %g wd %g (L2): W %.1e (tol 2^-19) %s "
+              "%.1e %s %.1e (tol 2^-20)", sgd ? "sgd" : "adam", sgd ? "torch.optim.SGD" : "torch.optim.Adam", n,
+              steps, lr, sgd ? "momentum" : "beta1", b1, wd, err[0], sgd ? "buffer" : "M", err[1],
+              sgd ? "(none)" : "V", err[2]);
         at += (size_t)n * 4 * (1 + 4 * (size_t)steps);
         done++;
+        kinds[sgd]++;
         free(W); free(M); free(V);
     }
-    check(cases >= 3 && done == cases && at == bytes, "%s: %d of %d cases read, the file read to its end", path, done,
-          cases);
+    check(cases >= 6 && done == cases && at == bytes && kinds[0] >= 3 && kinds[1] >= 3, "%s: %d of %d cases read "
+          "(%d adam, %d sgd), the file read to its end", path, done, cases, kinds[0], kinds[1]);
     free(data);
 }
 
@@ -4669,7 +4690,7 @@ static int checkpoint_states_close(const char* dir_a, const char* flags_a, const
     double d[5] = {
         relative_max_difference(ma.params_memory, mb.params_memory, ma.num_parameters),
         relative_max_difference(oa.adam_m, ob.adam_m, oa.num_adam),
-        relative_max_difference(oa.adam_v, ob.adam_v, oa.num_adam),
+        relative_max_difference(oa.adam_v, ob.adam_v, oa.num_adam_v),
         relative_max_difference(oa.lowrank_memory, ob.lowrank_memory, oa.lowrank_floats),
         oa.step == ob.step ? 0.0 : INFINITY,
     };
@@ -5285,6 +5306,7 @@ static void test_other_trainer(const char* bin) {
     test_trainer_schedules(dir);
     test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
     test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
+    test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
     test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);
     // ranks as processes: under the harness (a real GPU per rank needs a machine of several)
@@ -5452,7 +5474,7 @@ int main(int argc, char** argv) {
     test_lowrank_optimizer("dev/reference/subtrack_trajectories.bin");
     test_lr_schedule();
     test_schedules_against_authors("dev/reference/schedules.txt");
-    test_adam_l2_reference("dev/reference/adam_reference.bin");
+    test_fullrank_reference("dev/reference/fullrank_reference.bin");
     test_grad_norm_and_accumulation();
     test_json_config();
     test_json_config_strict();

@@ -1894,6 +1894,22 @@ void adamw_update(float* W, float* M, float* V, const float* G, size_t numel, in
     }
 }
 
+// SGD with momentum, as torch.optim.SGD (dampening 0, not Nesterov): the
+// weight decay is L2 (D = G + wd W), the buffer B = momentum B + D (B starts
+// at 0, so the first step's B is D, as torch's clone), then W -= lr B. with
+// momentum 0 the step is W -= lr D and B is left as it is
+void sgd_update(float* W, float* B, const float* G, size_t numel, float lr, float momentum, float weight_decay) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < numel; i++) {
+        float d = G[i] + weight_decay * W[i];
+        if (momentum != 0.0f) {
+            d = momentum * B[i] + d;
+            B[i] = d;
+        }
+        W[i] = W[i] - lr * d;
+    }
+}
+
 typedef enum { SUBSPACE_GALORE = 0, SUBSPACE_SUBTRACK = 1 } SubspaceMethod;
 
 // the low-rank optimizer's settings; the flag names are the authors' torchrun_main.py
@@ -3590,7 +3606,8 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(min_lr_ratio, FLAG_FLOAT, "final lr as a fraction of --lr"),
     FLAG(lr, FLAG_FLOAT, "peak learning rate"),
     FLAG(grad_clipping, FLAG_FLOAT, "clip the global gradient norm to this; 0 = off"),
-    FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (weight decay as L2 on the gradient, as torch.optim.Adam)"),
+    FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (weight decay as L2 on the gradient, as "
+         "torch.optim.Adam) | sgd (momentum --beta1, L2 decay, as torch.optim.SGD)"),
     FLAG(subspace_update_method, FLAG_STRING, "galore (SVD) | subtrack (geodesic tracking)"),
     FLAG(rank, FLAG_INT, "R: rank of the gradient subspace"),
     FLAG(low_rank_scale, FLAG_FLOAT, "alpha: scale of the low-rank update"),
@@ -3669,7 +3686,7 @@ static const FlagSpec TRAIN_FLAGS[] = {
 
 // the optimizers of torchrun_main.py that are not built here yet
 static const char* const AUTHORS_OPTIMIZERS_NOT_YET[] = {
-    "sgd", "adafactor", "low_rank_adafactor", "adam8bit",
+    "adafactor", "low_rank_adafactor", "adam8bit",
 };
 
 // low-rank AdamW, whole-step or per layer (the same arithmetic: each matrix
@@ -3888,6 +3905,10 @@ int train_config_from_args(TrainConfig* t, int argc, char** argv, const char* de
             t->total_batch_size = t->batch_size * (t->gradient_accumulation > 0 ? t->gradient_accumulation : 1);
         }
         if (t->gradient_accumulation == 0) { t->gradient_accumulation = t->total_batch_size / t->batch_size; }
+    }
+    // SGD's momentum is their --beta1, whose default is 0 (ours: 0.9, Adam's)
+    if (t->authors_defaults && strcmp(t->optimizer, "sgd") == 0 && !train_flag_given(t, "--beta1")) {
+        t->beta1 = 0.0f;
     }
     // Adam's eps: torch.optim.Adam/AdamW's default for adam and adamw, the
     // authors' LowRankAdamW's (the same as ours) for low_rank_adamw
@@ -4425,7 +4446,8 @@ const char* train_config_problem(const TrainConfig* t) {
     }
     if (t->zero_stage == 1) {
         // the first version shards the states that whole steps update in batches
-        const char* lean = optimizer_name_per_layer(t->optimizer) ? "per-layer updates (--optimizer *_per_layer)"
+        const char* lean = strcmp(t->optimizer, "sgd") == 0 ? "--optimizer sgd's momentum"
+                         : optimizer_name_per_layer(t->optimizer) ? "per-layer updates (--optimizer *_per_layer)"
                          : optimizer_name_8bit(t->optimizer) ? "8-bit states (--optimizer *8bit)"
                          : strcmp(t->subspace_dtype, "bfloat16") == 0 ? "bf16 subspaces (--subspace_dtype bfloat16)"
                          : !t->master_weights && strcmp(t->dtype, "bfloat16") == 0 ? "bf16-only weights "
@@ -4456,8 +4478,8 @@ const char* train_config_problem(const TrainConfig* t) {
         }
     }
     if (strcmp(t->optimizer, "adamw") != 0 && !optimizer_name_low_rank(t->optimizer) &&
-        strcmp(t->optimizer, "adam") != 0) {
-        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, low_rank_adamw, low_rank_adamw_per_layer, "
+        strcmp(t->optimizer, "adam") != 0 && strcmp(t->optimizer, "sgd") != 0) {
+        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, sgd, low_rank_adamw, low_rank_adamw_per_layer, "
                  "low_rank_adamw8bit or low_rank_adamw8bit_per_layer", t->optimizer);
         return msg;
     }
@@ -4480,7 +4502,7 @@ const char* train_config_problem(const TrainConfig* t) {
             return msg;
         }
     }
-    if (t->authors_defaults && train_flag_given(t, "--beta1")) {
+    if (t->authors_defaults && train_flag_given(t, "--beta1") && strcmp(t->optimizer, "sgd") != 0) {
         snprintf(msg, sizeof msg, "--beta1 on one of the authors' configs: in their torchrun_main.py --beta1 only "
                  "reaches SGD and Adafactor, and their Adam optimizers keep beta1 0.9; drop the flag to run their "
                  "script as they did, or use one of our presets (kjv_small, ...) to set Adam's beta1");
@@ -5413,9 +5435,11 @@ typedef struct {
     LowRankConfig cfg;
     float beta1, beta2, eps, weight_decay;
     int l2;                   // --optimizer adam: weight decay as L2 on the gradient (torch.optim.Adam's)
+    int sgd;                  // --optimizer sgd: adam_m is the momentum buffer (beta1), and there is no adam_v
     float* adam_m;            // (num_adam)
-    float* adam_v;            // (num_adam)
+    float* adam_v;            // (num_adam_v)
     size_t num_adam;
+    size_t num_adam_v;        // num_adam, or 0 with --optimizer sgd
     LowRankState* lowrank;    // (num_lowrank)
     int num_lowrank;
     float* lowrank_memory;    // (lowrank_floats)
@@ -5471,6 +5495,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     o->seed = (uint64_t)t->seed;
     o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
     o->l2 = strcmp(t->optimizer, "adam") == 0;
+    o->sgd = strcmp(t->optimizer, "sgd") == 0;
     LowRankConfig lc = {
         strcmp(t->subspace_update_method, "galore") == 0 ? SUBSPACE_GALORE : SUBSPACE_SUBTRACK,
         t->rank, t->low_rank_scale, t->subspace_update_interval, t->st_init_step_size,
@@ -5493,6 +5518,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
                 o->q8_blocks += 2 * quant8_num_blocks(n);
             } else {
                 o->num_adam += n;
+                o->num_adam_v += o->sgd ? 0 : n;
             }
             continue;
         }
@@ -5693,7 +5719,8 @@ const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfi
     TensorSpec spec[NUM_PARAMETER_TENSORS];
     parameter_table(spec, c);
     o->adam_m = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW first moments");
-    o->adam_v = (float*)calloc_check(o->num_adam * sizeof(float), "AdamW second moments");
+    o->adam_v = o->num_adam_v > 0 ? (float*)calloc_check(o->num_adam_v * sizeof(float), "AdamW second moments")
+                                   : NULL;
     o->lowrank = (LowRankState*)calloc_check((size_t)o->num_lowrank * sizeof(LowRankState), "low-rank states");
     o->lowrank_memory = (float*)calloc_check(o->lowrank_floats * sizeof(float), "low-rank state memory");
     o->scratch = (float*)malloc_check(o->scratch_floats * sizeof(float), "optimizer scratch");
@@ -5728,7 +5755,7 @@ void optimizer_free(Optimizer* o) {
 }
 
 size_t optimizer_state_bytes(const Optimizer* o) {
-    return (2 * o->num_adam + o->lowrank_floats + o->q8_blocks) * sizeof(float) + o->q8_bytes;
+    return (o->num_adam + o->num_adam_v + o->lowrank_floats + o->q8_blocks) * sizeof(float) + o->q8_bytes;
 }
 
 // the name of this step's phase when every low-rank matrix takes an SVD
@@ -5795,8 +5822,12 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
                                        o->q8_map[1]);
                 }
             } else {
-                adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, o->step,
-                             lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->l2);
+                if (o->sgd) {
+                    sgd_update(params[i], o->adam_m + adam_off, grads[i], n, lr, o->beta1, o->weight_decay);
+                } else {
+                    adamw_update(params[i], o->adam_m + adam_off, o->adam_v + adam_off, grads[i], n, o->step,
+                                 lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->l2);
+                }
                 adam_off += n;
             }
             if (!o->master_weights) { bf16_round_stochastic_array(params[i], n, o->seed, (uint64_t)o->step, first); }
@@ -5848,7 +5879,7 @@ double optimizer_subspace_seconds(const Optimizer* o) {
 //     [0] magic CHECKPOINT_MAGIC   [1] version CHECKPOINT_VERSION
 //     [2] V [3] C [4] F [5] NH [6] L [7] max_seq_len
 //     [8] rms_norm_eps, [9] rope_theta: float32 bits
-//     [10] optimizer: 0 adamw, 1 low_rank_adamw   [11] method: 0 galore, 1 subtrack
+//     [10] optimizer: 0 adamw (or adam), 1 low_rank_adamw, 2 sgd   [11] method: 0 galore, 1 subtrack
 //     [12] rank   [13] optimizer steps taken (the step to run next)
 //     [14] num_params   [15] num_adam   [16] lowrank_floats
 //     [17] sampling rng state (uint64 bits)
@@ -5860,7 +5891,7 @@ double optimizer_subspace_seconds(const Optimizer* o) {
 //   settings  text, "name=value\n" for every setting that shapes the
 //             trajectory (CHECKPOINT_SETTINGS), zero-padded to a multiple of 8
 //   body      float32: params (num_params, parameter-table order),
-//             adam_m (num_adam), adam_v (num_adam), lowrank_memory (lowrank_floats);
+//             adam_m (num_adam), adam_v (num_adam; absent with sgd, [10] = 2), lowrank_memory (lowrank_floats);
 //             with 8-bit states then uint8 q8_codes (q8_bytes, zero-padded to
 //             a multiple of 8) and float32 q8_absmax (q8_blocks, padded likewise)
 //   trailer   int64 CHECKPOINT_TRAILER_MAGIC, then the CRC32C of every byte
@@ -6044,7 +6075,7 @@ static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainStat
     uint32_t bits;
     memcpy(&bits, &c->norm_eps, 4); h[8] = bits;
     memcpy(&bits, &c->rope_theta, 4); h[9] = bits;
-    h[10] = s->opt->low_rank;
+    h[10] = s->opt->sgd ? 2 : s->opt->low_rank;
     h[11] = s->opt->cfg.method;
     h[12] = s->opt->low_rank ? s->opt->cfg.rank : 0;
     h[13] = s->opt->step;
@@ -6074,7 +6105,7 @@ int floats_are_finite(const float* x, size_t n) {
 int train_state_is_finite(const TrainState* s) {
     const Optimizer* o = s->opt;
     return floats_are_finite(s->model->params_memory, s->model->num_parameters) &&
-           floats_are_finite(o->adam_m, o->num_adam) && floats_are_finite(o->adam_v, o->num_adam) &&
+           floats_are_finite(o->adam_m, o->num_adam) && floats_are_finite(o->adam_v, o->num_adam_v) &&
            floats_are_finite(o->lowrank_memory, o->lowrank_floats) && floats_are_finite(o->q8_absmax, o->q8_blocks);
 }
 
@@ -6082,7 +6113,7 @@ int train_state_is_finite(const TrainState* s) {
 typedef struct { FILE* f; uint32_t crc; int ok; } CheckpointStream;
 
 static void checkpoint_write(CheckpointStream* w, const void* data, size_t bytes) {
-    if (!w->ok) { return; }
+    if (!w->ok || bytes == 0) { return; }  // (an absent section: data may be NULL)
     w->crc = crc32c_update(w->crc, data, bytes);
     w->ok = fwrite(data, 1, bytes, w->f) == bytes;
 }
@@ -6098,7 +6129,7 @@ static void checkpoint_write_q8(CheckpointStream* w, const Optimizer* o) {
 }
 
 static void checkpoint_read(CheckpointStream* r, void* data, size_t bytes) {
-    if (!r->ok) { return; }
+    if (!r->ok || bytes == 0) { return; }  // (an absent section: data may be NULL)
     r->ok = fread(data, 1, bytes, r->f) == bytes;
     if (r->ok) { r->crc = crc32c_update(r->crc, data, bytes); }
 }
@@ -6219,7 +6250,7 @@ static void checkpoint_piece_places(Optimizer* o, const LlamaConfig* c, float* p
         *n = lowrank_state_num_floats(ls->m, ls->n, ls->r);
     } else {
         *m = o->adam_m + adam + within;
-        *v = o->adam_v + adam + within;
+        *v = o->adam_v != NULL ? o->adam_v + adam + within : NULL;
         *n = pc->count;
     }
 }
@@ -6553,7 +6584,7 @@ int checkpoint_save(const TrainState* s, const char* dir, char* err, size_t errl
     const Optimizer* o = s->opt;
     checkpoint_write(&w, s->model->params_memory, s->model->num_parameters * sizeof(float));
     checkpoint_write(&w, o->adam_m, o->num_adam * sizeof(float));
-    checkpoint_write(&w, o->adam_v, o->num_adam * sizeof(float));
+    checkpoint_write(&w, o->adam_v, o->num_adam_v * sizeof(float));
     checkpoint_write(&w, o->lowrank_memory, o->lowrank_floats * sizeof(float));
     checkpoint_write_q8(&w, o);
     if (checkpoint_file_finish(f, &w, tmp, path, dir, err, errlen) != 0) { return 1; }
@@ -6636,7 +6667,7 @@ static int checkpoint_read_body(TrainState* s, const char* path, const int64_t h
     checkpoint_read(&r, pad, padded8((size_t)h[24]));
     checkpoint_read(&r, s->model->params_memory, s->model->num_parameters * sizeof(float));
     checkpoint_read(&r, o->adam_m, o->num_adam * sizeof(float));
-    checkpoint_read(&r, o->adam_v, o->num_adam * sizeof(float));
+    checkpoint_read(&r, o->adam_v, o->num_adam_v * sizeof(float));
     checkpoint_read(&r, o->lowrank_memory, o->lowrank_floats * sizeof(float));
     if (o->q8) {
         char q8pad[8];
@@ -6753,11 +6784,12 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     struct stat st;
     int64_t q8_extra = (h[25] >= 0 && h[25] <= max_floats && h[26] >= 0 && h[26] <= max_floats)
                      ? (int64_t)(padded8((size_t)h[25]) + padded8(4 * (size_t)h[26])) : -1;
+    int64_t moments = h[10] == 2 ? 1 : 2;  // --optimizer sgd keeps one moment
     int64_t body = manifest ? (h[28] > 0 && h[28] <= ((int64_t)1 << 24) ? 8 * CHECKPOINT_PIECE_INTS * h[28] : -1)
-                            : 4 * (h[14] + 2 * h[15] + h[16]) + q8_extra;
+                            : 4 * (h[14] + moments * h[15] + h[16]) + q8_extra;
     if (h[14] <= 0 || h[14] > max_floats || h[15] < 0 || h[15] > max_floats || h[16] < 0 || h[16] > max_floats ||
         q8_extra < 0 || body < 0 || fstat(fileno(f), &st) != 0 ||
-        (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
+        h[10] < 0 || h[10] > 2 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
         snprintf(err, errlen, "%s: its length is not what the header says; the file is corrupt", path);
         fclose(f);
         return 1;
@@ -6793,7 +6825,7 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     checkpoint_read(&r, model->params_memory, model->num_parameters * sizeof(float));
     // the optimizer states (8-bit ones included) are not needed, but the CRC covers them
     unsigned char chunk[16384];
-    int64_t left = 4 * (2 * h[15] + h[16]) + q8_extra;
+    int64_t left = 4 * (moments * h[15] + h[16]) + q8_extra;
     while (r.ok && left > 0) {
         size_t n = left < (int64_t)sizeof chunk ? (size_t)left : sizeof chunk;
         checkpoint_read(&r, chunk, n);
@@ -7262,7 +7294,7 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB + 8-bit %.2f MiB); full AdamW "
            "would need %.2f MiB\n", t.optimizer,
            opt->low_rank ? (opt->cfg.method == SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
-           optimizer_state_bytes(opt) / 1048576.0, 2.0 * opt->num_adam * 4 / 1048576.0,
+           optimizer_state_bytes(opt) / 1048576.0, (opt->num_adam + opt->num_adam_v) * 4.0 / 1048576.0,
            opt->lowrank_floats * 4.0 / 1048576.0, (opt->q8_bytes + opt->q8_blocks * 4.0) / 1048576.0,
            full_adamw / 1048576.0);
     printf("data:         %lld train windows, %lld val windows of T+1=%d tokens; %d micro steps of B=%d per step\n",

@@ -2793,6 +2793,19 @@ __global__ void adamw_kernel(float* W, float* M, float* V, const float* G, size_
     }
 }
 
+// ---- SGD (--optimizer sgd): the CPU's sgd_update (train_llama_subtrack.c), an element a thread
+__global__ void sgd_kernel(float* W, float* B, const float* G, size_t numel, float lr, float momentum,
+                           float weight_decay) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= numel) { return; }
+    float d = G[i] + weight_decay * W[i];
+    if (momentum != 0.0f) {
+        d = momentum * B[i] + d;
+        B[i] = d;
+    }
+    W[i] = W[i] - lr * d;
+}
+
 // ---- low-rank AdamW: the per-column kernels
 //
 // the moments are q vectors of length R ("columns" j of the non-projected
@@ -3809,6 +3822,24 @@ void adamw_update(float* W, float* M, float* V, const float* G, size_t numel, in
     adamw_kernel<<<optim_blocks(numel, OPTIM_BLOCK * Pack128<float>::size), OPTIM_BLOCK>>>(
         W, M, V, G, numel, aligned128_all(W, M, V, G), step, decay, l2_decay, beta1, beta2, eps);
     cudaCheck(cudaGetLastError());
+}
+
+// SGD with momentum, the CPU's sgd_update on device pointers. W, B, G: (numel,)
+void sgd_update(float* W, float* B, const float* G, size_t numel, float lr, float momentum, float weight_decay) {
+    if (numel == 0) { return; }
+    sgd_kernel<<<optim_blocks(numel, OPTIM_BLOCK), OPTIM_BLOCK>>>(W, B, G, numel, lr, momentum, weight_decay);
+    cudaCheck(cudaGetLastError());
+}
+
+// the update of an AdamW tensor (or its chunk) under h: AdamW's, or with
+// --optimizer sgd SGD's with M the momentum buffer (V is NULL)
+static void optimizer_moments_update(const cpu::Optimizer* h, float* W, float* M, float* V, const float* G, size_t n,
+                                     float lr) {
+    if (h->sgd) {
+        sgd_update(W, M, G, n, lr, h->beta1, h->weight_decay);
+    } else {
+        adamw_update(W, M, V, G, n, h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay, h->l2);
+    }
 }
 
 // the row-major gemm of the CPU file, on cuBLAS (see the section comment):
@@ -5600,11 +5631,12 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
     if (problem == NULL) { problem = optimizer_place_states(o, c, t, rank, ranks, shard_masters); }
     if (problem != NULL) { return problem; }
     o->adam_m = (float*)device_malloc(o->adam_floats * sizeof(float), "AdamW first moments");
-    o->adam_v = (float*)device_malloc(o->adam_floats * sizeof(float), "AdamW second moments");
+    size_t v_floats = o->host.num_adam_v > 0 ? o->adam_floats : 0;  // none with --optimizer sgd
+    o->adam_v = v_floats > 0 ? (float*)device_malloc(v_floats * sizeof(float), "AdamW second moments") : NULL;
     size_t device_floats = o->lowrank_device_floats;
     o->lowrank_memory = (float*)device_malloc(device_floats * sizeof(float), "low-rank state memory");
     cuda_check(cudaMemset(o->adam_m, 0, o->adam_floats * sizeof(float)));
-    cuda_check(cudaMemset(o->adam_v, 0, o->adam_floats * sizeof(float)));
+    if (o->adam_v != NULL) { cuda_check(cudaMemset(o->adam_v, 0, v_floats * sizeof(float))); }
     cuda_check(cudaMemset(o->lowrank_memory, 0, device_floats * sizeof(float)));
     if (o->host.subspace_bf16) {
         o->subspaces = (bf16*)device_malloc(o->host.subspace_floats * sizeof(bf16), "subspaces S, bf16");
@@ -5709,7 +5741,7 @@ void optimizer_free(Optimizer* o) {
     cpu::shard_plan_free(&o->shards);
     lowrank_gpu_destroy(&o->ctx);
     cuda_check(cudaFree(o->adam_m));
-    cuda_check(cudaFree(o->adam_v));
+    if (o->adam_v != NULL) { cuda_check(cudaFree(o->adam_v)); }
     cuda_check(cudaFree(o->lowrank_memory));
     if (o->subspaces != NULL) {
         cuda_check(cudaFree(o->subspaces));
@@ -5817,7 +5849,9 @@ void optimizer_download(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
     if (o->zero_ranks > 0) { optimizer_zero_copy(o, 1); return; }
     cuda_check(cudaMemcpy(h->adam_m, o->adam_m, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
-    cuda_check(cudaMemcpy(h->adam_v, o->adam_v, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
+    if (h->num_adam_v > 0) {
+        cuda_check(cudaMemcpy(h->adam_v, o->adam_v, h->num_adam_v * sizeof(float), cudaMemcpyDeviceToHost));
+    }
     optimizer_lowrank_copy(o, 1);
     if (h->q8) {
         cuda_check(cudaMemcpy(h->q8_codes, o->q8_codes, h->q8_bytes, cudaMemcpyDeviceToHost));
@@ -5829,7 +5863,9 @@ void optimizer_upload(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
     if (o->zero_ranks > 0) { optimizer_zero_copy(o, 0); return; }
     cuda_check(cudaMemcpy(o->adam_m, h->adam_m, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
-    cuda_check(cudaMemcpy(o->adam_v, h->adam_v, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
+    if (h->num_adam_v > 0) {
+        cuda_check(cudaMemcpy(o->adam_v, h->adam_v, h->num_adam_v * sizeof(float), cudaMemcpyHostToDevice));
+    }
     optimizer_lowrank_copy(o, 0);
     if (h->q8) {
         cuda_check(cudaMemcpy(o->q8_codes, h->q8_codes, h->q8_bytes, cudaMemcpyHostToDevice));
@@ -5886,13 +5922,12 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
             for (size_t off = 0; off < n; off += o->staging_floats) {
                 size_t len = n - off < o->staging_floats ? n - off : o->staging_floats;
                 params_bf16_widen(model, o->staging, first + off, len);
-                adamw_update(o->staging, o->adam_m + a + off, o->adam_v + a + off, G + off, len, h->step, lr,
-                             h->beta1, h->beta2, h->eps, h->weight_decay, h->l2);
+                optimizer_moments_update(h, o->staging, o->adam_m + a + off, o->adam_v ? o->adam_v + a + off : NULL,
+                                         G + off, len, lr);
                 params_bf16_store_stochastic(model, o->staging, first + off, len, seed, t);
             }
         } else {
-            adamw_update(Wp, o->adam_m + a, o->adam_v + a, G, n, h->step, lr, h->beta1, h->beta2, h->eps,
-                         h->weight_decay, h->l2);
+            optimizer_moments_update(h, Wp, o->adam_m + a, o->adam_v ? o->adam_v + a : NULL, G, n, lr);
             if (!h->master_weights) { bf16_round_stochastic_array(Wp, n, seed, t, first); }
         }
         return;
@@ -6271,10 +6306,12 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     if (t->ranks > 1 || t->num_processes > 1) {
         plan_buffer(p, "sum over the ranks", "1 f64", sizeof(double), "whole run");  // gpu_join's
     }
-    plan_buffer(p, "AdamW first moments", zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)",
-                o.num_adam * sizeof(float), "whole run");
-    plan_buffer(p, "AdamW second moments", zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)",
-                o.num_adam * sizeof(float), "whole run");
+    plan_buffer(p, o.sgd ? "SGD momentum" : "AdamW first moments",
+                zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)", o.num_adam * sizeof(float), "whole run");
+    if (!o.sgd) {
+        plan_buffer(p, "AdamW second moments", zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)",
+                    o.num_adam * sizeof(float), "whole run");
+    }
     if (o.subspace_bf16) {
         plan_buffer(p, o.q8 ? "low-rank limiter state" : "low-rank states M|V", o.q8 ? "per matrix 2" :
                     "per matrix 2(R,q)", optimizer_device_lowrank_floats(&o) * sizeof(float), "whole run");
@@ -6843,7 +6880,7 @@ static void gpu_report(const cpu::TrainConfig* t, int B, int T) {
     const Optimizer* o = &gpu_trainer.opt;
     if (o->zero_ranks > 0) {
         double mine = (2.0 * o->adam_floats + o->lowrank_device_floats) * 4 / 1048576.0;
-        double all = (2.0 * o->host.num_adam + o->host.lowrank_floats) * 4 / 1048576.0;
+        double all = ((double)o->host.num_adam + o->host.num_adam_v + o->host.lowrank_floats) * 4 / 1048576.0;
         printf("ZeRO-1:       rank %d keeps %.2f MiB of the %.2f MiB of optimizer states (%d of %d low-rank "
                "matrices, %zu of %zu AdamW floats); the plan above counts them all\n", o->zero_rank, mine, all,
                o->num_owned, o->host.num_lowrank, o->adam_floats, o->host.num_adam);

@@ -196,9 +196,47 @@ static void test_adamw_mode(int l2) {
     free(out);
 }
 
+// --optimizer sgd: the GPU's sgd_update against the CPU's, with momentum and
+// without (the buffer then untouched), 4 steps (tolerance: ADAMW_TOL's)
+static void test_sgd(float momentum) {
+    const size_t numel = 1031;
+    float* host[3];
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, 8);
+    for (int k = 0; k < 3; k++) {
+        host[k] = (float*)malloc(numel * sizeof(float));
+        for (size_t i = 0; i < numel; i++) { host[k][i] = k == 1 ? 0.0f : 0.1f * cpu::rng_normal(&rng); }
+    }
+    float* W = device_copy(host[0], numel);
+    float* B = device_copy(host[1], numel);
+    float* G = device_copy(host[2], numel);
+    float* out = (float*)malloc(numel * sizeof(float));
+    double err[2] = {0, 0};
+    for (int t = 0; t < 4; t++) {
+        for (size_t i = 0; i < numel; i++) { host[2][i] = cpu::rng_normal(&rng); }
+        cudaCheck(cudaMemcpy(G, host[2], numel * sizeof(float), cudaMemcpyHostToDevice));
+        cpu::sgd_update(host[0], host[1], host[2], numel, 1e-2f, momentum, 0.1f);
+        sgd_update(W, B, G, numel, 1e-2f, momentum, 0.1f);
+        const float* dev[2] = {W, B};
+        for (int k = 0; k < 2; k++) {
+            host_copy(out, dev[k], numel);
+            err[k] = fmax(err[k], rel_diff(out, host[k], numel));
+        }
+    }
+    check(err[0] <= ADAMW_TOL && err[1] <= ADAMW_TOL, "sgd_update %zu elements, 4 steps, momentum %g, wd 0.1 (L2): "
+          "W %.1e buffer %.1e (tol %.0e)", numel, momentum, err[0], err[1], ADAMW_TOL);
+    cudaCheck(cudaFree(W));
+    cudaCheck(cudaFree(B));
+    cudaCheck(cudaFree(G));
+    for (int k = 0; k < 3; k++) { free(host[k]); }
+    free(out);
+}
+
 static void test_adamw(void) {
     test_adamw_mode(0);
     test_adamw_mode(1);
+    test_sgd(0.9f);
+    test_sgd(0.0f);
 }
 
 // ---- 2. low-rank AdamW, GPU vs CPU after every step

@@ -7291,10 +7291,11 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     be->report(&t, B, T);
     const Optimizer* opt = be->optimizer();
     size_t full_adamw = 2 * parameter_count(&cfg) * sizeof(float);
-    printf("optimizer:    %s%s: states %.2f MiB (AdamW %.2f MiB + low-rank %.2f MiB + 8-bit %.2f MiB); full AdamW "
+    printf("optimizer:    %s%s: states %.2f MiB (%s %.2f MiB + low-rank %.2f MiB + 8-bit %.2f MiB); full AdamW "
            "would need %.2f MiB\n", t.optimizer,
            opt->low_rank ? (opt->cfg.method == SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
-           optimizer_state_bytes(opt) / 1048576.0, (opt->num_adam + opt->num_adam_v) * 4.0 / 1048576.0,
+           optimizer_state_bytes(opt) / 1048576.0, opt->sgd ? "SGD momentum" : "AdamW",
+           (opt->num_adam + opt->num_adam_v) * 4.0 / 1048576.0,
            opt->lowrank_floats * 4.0 / 1048576.0, (opt->q8_bytes + opt->q8_blocks * 4.0) / 1048576.0,
            full_adamw / 1048576.0);
     printf("data:         %lld train windows, %lld val windows of T+1=%d tokens; %d micro steps of B=%d per step\n",

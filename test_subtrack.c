@@ -4969,6 +4969,36 @@ static void test_sharded_checkpoints(const char* dir, const char* straight, cons
     }
 }
 
+// the resume pattern of the multi-rank tests: common's steps straight on n1
+// ranks into straight_dir, and the first 3 on n1 ranks then the rest resumed
+// on n2 ranks into split_dir (tags tag_a, _b, _c). the exit codes go into
+// exits as text; returns 1 when every rank of every run exited 0
+static int run_straight_and_split(const char* dir, const char* common, const char* tag, const char* straight_dir,
+                                  const char* split_dir, int n1, int n2, char* exits, size_t cap) {
+    char args[2400], t[96];
+    int rcs[3][8];
+    memset(rcs, 0, sizeof rcs);
+    snprintf(args, sizeof args, "%s --save_dir %s", common, straight_dir);
+    snprintf(t, sizeof t, "%s_a", tag);
+    run_ranks(n1, args, dir, t, rcs[0], NULL);
+    snprintf(args, sizeof args, "%s --save_dir %s --stop_at_step 3", common, split_dir);
+    snprintf(t, sizeof t, "%s_b", tag);
+    run_ranks(n1, args, dir, t, rcs[1], NULL);
+    snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s", common, split_dir, split_dir);
+    snprintf(t, sizeof t, "%s_c", tag);
+    run_ranks(n2, args, dir, t, rcs[2], NULL);
+    int ok = 1;
+    size_t used = 0;
+    exits[0] = '\0';
+    for (int run = 0; run < 3; run++) {
+        for (int r = 0; r < (run < 2 ? n1 : n2); r++) {
+            ok &= rcs[run][r] == 0;
+            if (used < cap) { used += (size_t)snprintf(exits + used, cap - used, "%s%d", used ? " " : "", rcs[run][r]); }
+        }
+    }
+    return ok;
+}
+
 // ZeRO-1 in the default bf16: the fp32 masters are sharded, each owner's
 // saved into its shard and restored from it (the bf16 weights rounded to
 // nearest from them, as in the run). 3 + 3 steps resumed on 2 ranks must
@@ -4977,21 +5007,13 @@ static void test_sharded_resume_bf16(const char* dir) {
     const char* common = "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
                          "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 0 --sample_every 0 "
                          "--batch_size 1 --total_batch_size 4 --num_training_steps 6 --zero_stage 1";
-    char args[2400], a_dir[700], b_dir[700], err[1024];
+    char a_dir[700], b_dir[700], err[1024], exits[128];
     snprintf(a_dir, sizeof a_dir, "%s/bf16_zero_straight", dir);
     snprintf(b_dir, sizeof b_dir, "%s/bf16_zero_resumed", dir);
-    int a[8] = {0}, b[8] = {0}, c[8] = {0};
-    snprintf(args, sizeof args, "%s --save_dir %s", common, a_dir);
-    run_ranks(2, args, dir, "bf16_zero_a", a, NULL);
-    snprintf(args, sizeof args, "%s --save_dir %s --stop_at_step 3", common, b_dir);
-    run_ranks(2, args, dir, "bf16_zero_b", b, NULL);
-    snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s", common, b_dir, b_dir);
-    run_ranks(2, args, dir, "bf16_zero_c", c, NULL);
-    int ok = a[0] == 0 && a[1] == 0 && b[0] == 0 && b[1] == 0 && c[0] == 0 && c[1] == 0;
+    int ok = run_straight_and_split(dir, common, "bf16_zero", a_dir, b_dir, 2, 2, exits, sizeof exits);
     int same = ok && checkpoints_same(a_dir, b_dir, common, err, sizeof err);
     check(same, "ZeRO-1 in bf16 (sharded fp32 masters): 6 steps straight and 3 + 3 resumed on 2 ranks give the same "
-          "header, masters and optimizer states bit for bit (exits %d %d %d %d %d %d; %s)", a[0], a[1], b[0], b[1],
-          c[0], c[1], ok ? err : "");
+          "header, masters and optimizer states bit for bit (exits %s; %s)", exits, ok ? err : "");
 }
 
 // re-sharding: 3 steps of ZeRO-1 on 2 ranks, then 3 on 3 ranks, against 6 on
@@ -5000,26 +5022,18 @@ static void test_sharded_reshard(const char* dir) {
     const char* common = "--model_config kjv_test --max_length 16 --rank 4 --subspace_update_interval 2 "
                          "--warmup_steps 2 --eval_batches 2 --print_every 100 --eval_every 0 --sample_every 0 "
                          "--dtype float32 --batch_size 1 --total_batch_size 6 --num_training_steps 6 --zero_stage 1";
-    char args[2400], straight[700], moved[700], err[1024];
+    char straight[700], moved[700], err[1024], exits[128];
     snprintf(straight, sizeof straight, "%s/reshard_straight", dir);
     snprintf(moved, sizeof moved, "%s/reshard_moved", dir);
-    int a[8] = {0}, b[8] = {0}, c[8] = {0};
-    snprintf(args, sizeof args, "%s --save_dir %s", common, straight);
-    run_ranks(2, args, dir, "reshard_a", a, NULL);
-    snprintf(args, sizeof args, "%s --save_dir %s --stop_at_step 3", common, moved);
-    run_ranks(2, args, dir, "reshard_b", b, NULL);
-    snprintf(args, sizeof args, "%s --save_dir %s --continue_from %s", common, moved, moved);
-    run_ranks(3, args, dir, "reshard_c", c, NULL);
+    int ok = run_straight_and_split(dir, common, "reshard", straight, moved, 2, 3, exits, sizeof exits);
     int64_t h[CHECKPOINT_HEADER_INTS];
     char settings[CHECKPOINT_SETTINGS_MAX + 8];
     int read = checkpoint_read_settings(moved, h, settings, sizeof settings, err, sizeof err) == 0;
     double worst = INFINITY;
-    int close = a[0] == 0 && a[1] == 0 && b[0] == 0 && b[1] == 0 && c[0] == 0 && c[1] == 0 && c[2] == 0 && read &&
-                h[27] == 3 && checkpoint_states_close(straight, common, moved, common, DP_STATE_REL, &worst, err,
-                                                      sizeof err);
+    int close = ok && read && h[27] == 3 &&
+                checkpoint_states_close(straight, common, moved, common, DP_STATE_REL, &worst, err, sizeof err);
     check(close, "ZeRO-1 re-sharding: 3 steps on 2 ranks resumed for 3 on 3 ranks (a manifest of %lld ranks) match 6 "
-          "on 2 ranks within 2^-19 (exits %d %d %d %d %d %d %d; %s)", read ? (long long)h[27] : -1LL, a[0], a[1],
-          b[0], b[1], c[0], c[1], c[2], err);
+          "on 2 ranks within 2^-19 (exits %s; %s)", read ? (long long)h[27] : -1LL, exits, err);
 }
 
 // resume: bit-exact on the same number of ranks; across numbers, close.

@@ -3982,9 +3982,9 @@ const char* train_config_token_budget(TrainConfig* t, int T, char* msg, size_t c
     int64_t per_step = (int64_t)t->total_batch_size * T;
     int64_t steps = tokens / per_step;
     if (steps < 1 || steps > INT32_MAX) {
-        snprintf(msg, cap, "--max_train_tokens %s is %s one step of %d sequences x %d tokens (%lld tokens)",
-                 t->max_train_tokens, steps < 1 ? "less than" : "more than 2^31 steps of", t->total_batch_size, T,
-                 (long long)per_step);
+        snprintf(msg, cap, "--max_train_tokens %s is %s of %d sequences x %d tokens (%lld tokens a step)",
+                 t->max_train_tokens, steps < 1 ? "less than one step" : "more than 2^31 steps", t->total_batch_size,
+                 T, (long long)per_step);
         return msg;
     }
     t->num_training_steps = (int)steps;
@@ -4463,8 +4463,8 @@ const char* train_config_problem(const TrainConfig* t) {
         return msg;
     }
     if (t->max_train_tokens[0] != '\0' && token_budget_parse(t->max_train_tokens) < 0) {
-        snprintf(msg, sizeof msg, "--max_train_tokens %s: expected a whole number of tokens, alone or followed by M "
-                 "(millions) or B (billions), as 100M or 1B", t->max_train_tokens);
+        snprintf(msg, sizeof msg, "--max_train_tokens %s: expected a whole number of tokens (at most 2^62), alone or "
+                 "followed by M (millions) or B (billions), as 100M or 1B", t->max_train_tokens);
         return msg;
     }
     // with a token budget the steps are known once T is (train_config_token_budget checks the schedule then)

@@ -1236,6 +1236,7 @@ static void test_data_all(void) {
 typedef struct {
     char name[TRAJ_CASE_NAME_BYTES];
     int m, n, steps;
+    int right;              // the projected side: lowrank_right(m, n, cfg.proj_type)
     LowRankConfig cfg;
     float lr;
     const float* W0;        // (m, n)
@@ -1259,13 +1260,13 @@ typedef struct {
 
 static size_t trajectory_record_floats(const TrajectoryCase* c) {
     size_t m = c->m, n = c->n, r = c->cfg.rank;
-    size_t p = m <= n ? m : n, q = m <= n ? n : m;
+    size_t p = c->right ? n : m, q = c->right ? m : n;
     return 2 * m * n + p * r + 2 * q * r + 1;
 }
 
 static TrajectoryStep trajectory_step(const TrajectoryCase* c, int t) {
     size_t m = c->m, n = c->n, r = c->cfg.rank;
-    size_t p = m <= n ? m : n, q = m <= n ? n : m;
+    size_t p = c->right ? n : m, q = c->right ? m : n;
     const float* rec = c->records + (size_t)t * trajectory_record_floats(c);
     TrajectoryStep s;
     s.G = rec;
@@ -1360,10 +1361,12 @@ static int trajectory_file_read(TrajectoryFile* tf, const char* path) {
         c->cfg.eps = float_from_bits(h[15]);
         c->cfg.norm_growth_limit = float_from_bits(h[16]);
         c->cfg.st_step_size_iterative = h[17];  // --st_step_size_scheduler iterative_decrease (0: constant)
+        c->cfg.proj_type = (ProjType)h[18];     // --proj_type: 0 std, 1 reverse_std, 2 left, 3 right
+        c->right = lowrank_right(c->m, c->n, c->cfg.proj_type);
         memcpy(c->name, (const char*)h + TRAJ_CASE_HEADER_INTS * sizeof(int32_t), TRAJ_CASE_NAME_BYTES);
         c->name[TRAJ_CASE_NAME_BYTES - 1] = '\0';
         if (c->m < 1 || c->n < 1 || c->m > 4096 || c->n > 4096 || c->steps < 1 || h[4] < 0 || h[4] > 1 ||
-            h[17] < 0 || h[17] > 1 ||
+            h[17] < 0 || h[17] > 1 || h[18] < 0 || h[18] > 3 ||
             c->cfg.rank < 1 || c->cfg.rank > (c->m <= c->n ? c->m : c->n) || c->cfg.update_interval < 1) {
             fprintf(stderr, "error: trajectory file %s, case %d has an invalid header (m %d n %d r %d steps %d); %s\n",
                     path, i, c->m, c->n, c->cfg.rank, c->steps, hint);
@@ -1490,13 +1493,13 @@ static void test_trajectories(const char* path) {
     double worst[5] = {0, 0, 0, 0, 0};
     for (int ci = 0; ci < tf.num_cases; ci++) {
         const TrajectoryCase* c = &tf.cases[ci];
-        int m = c->m, n = c->n, r = c->cfg.rank;
-        int p = m <= n ? m : n, q = m <= n ? n : m;
+        int m = c->m, n = c->n, r = c->cfg.rank, right = c->right;
+        int p = right ? n : m, q = right ? m : n;
         LowRankState st;
-        float* memory = (float*)malloc_check(lowrank_state_num_floats(m, n, r) * sizeof(float), "state");
-        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
+        float* memory = (float*)malloc_check(lowrank_state_num_floats(m, n, right, r) * sizeof(float), "state");
+        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, right, r) * sizeof(float), "scratch");
         float* W = (float*)malloc_check((size_t)m * n * sizeof(float), "W");
-        lowrank_state_init(&st, m, n, r, memory);
+        lowrank_state_init(&st, m, n, right, r, memory);
         memcpy(W, c->W0, (size_t)m * n * sizeof(float));
         double err[5] = {0, 0, 0, 0, 0};   // projector, M, V, W, prev
         int err_step[5] = {0, 0, 0, 0, 0};
@@ -1545,16 +1548,16 @@ static void test_geodesic_orthonormality(void) {
         LowRankConfig cfg = lowrank_test_config(SUBSPACE_SUBTRACK, r, 1, 0.01f);
         cfg.adaptive_optimizer = 0;
         LowRankState st;
-        float* memory = (float*)malloc_check(lowrank_state_num_floats(m, n, r) * sizeof(float), "state");
-        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
+        float* memory = (float*)malloc_check(lowrank_state_num_floats(m, n, m > n, r) * sizeof(float), "state");
+        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, m > n, r) * sizeof(float), "scratch");
         float* G = (float*)malloc_check((size_t)m * n * sizeof(float), "G");
         float* Gt = (float*)malloc_check((size_t)(m > n ? m : n) * r * sizeof(float), "Gt");
         float* S_before = (float*)malloc_check((size_t)(m < n ? m : n) * r * sizeof(float), "S");
-        lowrank_state_init(&st, m, n, r, memory);
+        lowrank_state_init(&st, m, n, m > n, r, memory);
         Rng rng;
         rng_seed(&rng, 1234 + si);
         for (size_t i = 0; i < (size_t)m * n; i++) { G[i] = rng_normal(&rng); }
-        svd_top_left_singular_vectors(st.S, G, m, n, r, scratch);
+        svd_top_left_singular_vectors(st.S, G, m, n, m > n, r, scratch);
         double angle_sum = 0.0, moved_max = 0.0;
         for (int step = 0; step < ORTHONORMAL_STEPS; step++) {
             for (size_t i = 0; i < (size_t)m * n; i++) { G[i] = rng_normal(&rng); }
@@ -1586,12 +1589,12 @@ static void test_rotation_identity(void) {
         int m = shapes[si][0], n = shapes[si][1], r = 3;
         LowRankConfig cfg = lowrank_test_config(SUBSPACE_SUBTRACK, r, 1, 1.0f);
         LowRankState st;
-        float* memory = (float*)malloc_check(lowrank_state_num_floats(m, n, r) * sizeof(float), "state");
-        float* saved = (float*)malloc_check(lowrank_state_num_floats(m, n, r) * sizeof(float), "saved");
-        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
+        float* memory = (float*)malloc_check(lowrank_state_num_floats(m, n, m > n, r) * sizeof(float), "state");
+        float* saved = (float*)malloc_check(lowrank_state_num_floats(m, n, m > n, r) * sizeof(float), "saved");
+        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, m > n, r) * sizeof(float), "scratch");
         float* G = (float*)calloc_check((size_t)m * n * sizeof(float), "G");
         float* Gt = (float*)malloc_check((size_t)(m > n ? m : n) * r * sizeof(float), "Gt");
-        lowrank_state_init(&st, m, n, r, memory);
+        lowrank_state_init(&st, m, n, m > n, r, memory);
         int p = st.p, q = st.q;
         Rng rng;
         rng_seed(&rng, 99 + si);
@@ -1607,7 +1610,7 @@ static void test_rotation_identity(void) {
             st.M[i] = rng_normal(&rng);
             st.V[i] = st.M[i] * st.M[i] + fabsf(rng_normal(&rng));
         }
-        size_t nstate = lowrank_state_num_floats(m, n, r);
+        size_t nstate = lowrank_state_num_floats(m, n, m > n, r);
         memcpy(saved, memory, nstate * sizeof(float));
         lowrank_project(Gt, &st, G);
         subtrack_track_subspace(&st, Gt, G, &cfg, scratch);
@@ -1677,14 +1680,14 @@ static void test_tracking_beats_frozen(void) {
         LowRankConfig cfg = lowrank_test_config(SUBSPACE_SUBTRACK, r, TRACK_STREAM_INTERVAL, TRACK_STREAM_ETA);
         cfg.adaptive_optimizer = 0;
         LowRankState st;
-        float* memory = (float*)malloc_check(lowrank_state_num_floats(m, n, r) * sizeof(float), "state");
-        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
+        float* memory = (float*)malloc_check(lowrank_state_num_floats(m, n, m > n, r) * sizeof(float), "state");
+        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, m > n, r) * sizeof(float), "scratch");
         float* G = (float*)malloc_check((size_t)m * n * sizeof(float), "G");
         float* Gt = (float*)malloc_check((size_t)q * r * sizeof(float), "Gt");
         float* S0 = (float*)malloc_check((size_t)p * r * sizeof(float), "S0");
         double* U = (double*)malloc_check((size_t)p * (2 * r) * sizeof(double), "U");
         double* Vq = (double*)malloc_check((size_t)q * r * sizeof(double), "V");
-        lowrank_state_init(&st, m, n, r, memory);
+        lowrank_state_init(&st, m, n, m > n, r, memory);
         Rng rng;
         rng_seed(&rng, 4242 + si);
         random_orthonormal(U, p, 2 * r, &rng);   // columns 0..r-1 the signal, r..2r-1 where it rotates to
@@ -1706,7 +1709,7 @@ static void test_tracking_beats_frozen(void) {
                 }
             }
             if (t == 0) {
-                svd_top_left_singular_vectors(st.S, G, m, n, r, scratch);
+                svd_top_left_singular_vectors(st.S, G, m, n, m > n, r, scratch);
                 memcpy(S0, st.S, (size_t)p * r * sizeof(float));
             }
             lowrank_project(Gt, &st, G);
@@ -1761,13 +1764,13 @@ static void test_galore_subspace(const char* path) {
         for (int ci = 0; ci < tf.num_cases; ci++) {
             const TrajectoryCase* c = &tf.cases[ci];
             if (c->cfg.method != SUBSPACE_GALORE) { continue; }
-            int m = c->m, n = c->n, r = c->cfg.rank, p = m <= n ? m : n;
+            int m = c->m, n = c->n, r = c->cfg.rank, right = c->right, p = right ? n : m;
             float* S = (float*)malloc_check((size_t)p * r * sizeof(float), "S");
-            float* scratch = (float*)malloc_check(svd_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
+            float* scratch = (float*)malloc_check(svd_scratch_num_floats(m, n, right, r) * sizeof(float), "scratch");
             for (int t = 0; t < c->steps; t++) {
                 if (t != 0 && t % c->cfg.update_interval != 0) { continue; }
                 TrajectoryStep ref = trajectory_step(c, t);
-                svd_top_left_singular_vectors(S, ref.G, m, n, r, scratch);
+                svd_top_left_singular_vectors(S, ref.G, m, n, right, r, scratch);
                 worst_proj = fmax(worst_proj, projector_diff(S, ref.S, p, r));
                 worst_col = fmax(worst_col, tensor_max_abs_diff(S, ref.S, (size_t)p * r));
                 count++;
@@ -1806,8 +1809,8 @@ static void test_galore_subspace(const char* path) {
         }
         canonical_sign(expect, p, r);
         float* S = (float*)malloc_check((size_t)p * r * sizeof(float), "S");
-        float* scratch = (float*)malloc_check(svd_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
-        svd_top_left_singular_vectors(S, G, m, n, r, scratch);
+        float* scratch = (float*)malloc_check(svd_scratch_num_floats(m, n, m > n, r) * sizeof(float), "scratch");
+        svd_top_left_singular_vectors(S, G, m, n, m > n, r, scratch);
         double e_col = tensor_max_abs_diff(S, expect, (size_t)p * r);
         double e_proj = projector_diff(S, expect, p, r);
         double e_orth = orthonormality_error(S, p, r);
@@ -1835,7 +1838,7 @@ static void test_svd_degenerate(void) {
         random_orthonormal(V, q, rank, &rng);
         float* G = (float*)calloc_check((size_t)m * n * sizeof(float), "G");
         float* S = (float*)malloc_check((size_t)p * r * sizeof(float), "S");
-        float* scratch = (float*)malloc_check(svd_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
+        float* scratch = (float*)malloc_check(svd_scratch_num_floats(m, n, m > n, r) * sizeof(float), "scratch");
         for (int pass = 0; pass < 2; pass++) {
             if (pass == 1) {
                 for (int a = 0; a < p; a++) {
@@ -1846,7 +1849,7 @@ static void test_svd_degenerate(void) {
                     }
                 }
             }
-            svd_top_left_singular_vectors(S, G, m, n, r, scratch);
+            svd_top_left_singular_vectors(S, G, m, n, m > n, r, scratch);
             double e_orth = orthonormality_error(S, p, r);
             // the range of G (the columns of U) must lie in span(S): ||U - S S^T U||
             double e_range = 0.0;
@@ -2059,7 +2062,7 @@ static void test_svd_randomized(void) {
     const int r = 16, o = SVD_OVERSAMPLE_DEFAULT;
     for (int si = 0; si < 2; si++) {
         int m = shapes[si][0], n = shapes[si][1];
-        int p = m < n ? m : n, q = m < n ? n : m, k = p, l = svd_sketch_cols(m, n, r, o);
+        int p = m < n ? m : n, q = m < n ? n : m, k = p, l = svd_sketch_cols(m, n, m > n, r, o);
         Rng rng;
         rng_seed(&rng, 4242 + si);
         double* U = (double*)malloc_check((size_t)p * k * sizeof(double), "U");
@@ -2071,8 +2074,8 @@ static void test_svd_randomized(void) {
         float* S = (float*)malloc_check((size_t)p * r * sizeof(float), "S");
         float* S2 = (float*)malloc_check((size_t)p * r * sizeof(float), "S2");
         float* Sx = (float*)malloc_check((size_t)p * r * sizeof(float), "S exact");
-        size_t need = svd_randomized_scratch_num_floats(m, n, r, o);
-        size_t need_exact = svd_scratch_num_floats(m, n, r);
+        size_t need = svd_randomized_scratch_num_floats(m, n, m > n, r, o);
+        size_t need_exact = svd_scratch_num_floats(m, n, m > n, r);
         float* scratch = (float*)malloc_check((need > need_exact ? need : need_exact) * sizeof(float), "scratch");
         SvdSketch sk = {o, 0, 12345, 7, (uint64_t)(3 + si)};
         // (a) the bound, at k = 0, 1, 2 power iterations
@@ -2089,11 +2092,11 @@ static void test_svd_randomized(void) {
             if (iters == 0) {
                 SvdSketch other = sk;
                 other.stream += 1;
-                svd_randomized_top_left_singular_vectors(S, G, m, n, r, &other, scratch);
-                svd_randomized_top_left_singular_vectors(S2, G, m, n, r, &sk, scratch);
+                svd_randomized_top_left_singular_vectors(S, G, m, n, m > n, r, &other, scratch);
+                svd_randomized_top_left_singular_vectors(S2, G, m, n, m > n, r, &sk, scratch);
                 other_bits = memcmp(S, S2, (size_t)p * r * sizeof(float)) != 0;
             }
-            svd_randomized_top_left_singular_vectors(S, G, m, n, r, &sk, scratch);
+            svd_randomized_top_left_singular_vectors(S, G, m, n, m > n, r, &sk, scratch);
             double sin_theta = largest_principal_angle_sin(S, U, p, k, r);
             double bound = RSVD_BOUND_FACTOR * pow(rho, iters + 1) * ratio + RSVD_FP32_SLACK;
             double e_orth = orthonormality_error(S, p, r);
@@ -2106,17 +2109,17 @@ static void test_svd_randomized(void) {
         for (int j = r; j < k; j++) { s[j] = 0.002 * pow(0.98, j - r); }
         build_spectrum_gradient(G, U, V, s, m, n, k);
         sk.power_iters = SVD_POWER_ITERS_DEFAULT;
-        svd_randomized_top_left_singular_vectors(S, G, m, n, r, &sk, scratch);
-        svd_top_left_singular_vectors(Sx, G, m, n, r, scratch);
+        svd_randomized_top_left_singular_vectors(S, G, m, n, m > n, r, &sk, scratch);
+        svd_top_left_singular_vectors(Sx, G, m, n, m > n, r, scratch);
         double e_col = tensor_max_abs_diff(S, Sx, (size_t)p * r);
         check(e_col <= SVD_TOL_EXACT, "randomized svd %dx%d r%d, gap s_R/s_(R+1) = %.0f: S vs the exact path's, "
               "columns %.1e (tol %.0e)", m, n, r, s[r - 1] / s[r], e_col, SVD_TOL_EXACT);
         // (d) deterministic in (seed, step, matrix); another matrix: another Omega, the same subspace
-        svd_randomized_top_left_singular_vectors(S2, G, m, n, r, &sk, scratch);
+        svd_randomized_top_left_singular_vectors(S2, G, m, n, m > n, r, &sk, scratch);
         int same_bits = memcmp(S, S2, (size_t)p * r * sizeof(float)) == 0;
         SvdSketch other = sk;
         other.stream += 1;
-        svd_randomized_top_left_singular_vectors(S2, G, m, n, r, &other, scratch);
+        svd_randomized_top_left_singular_vectors(S2, G, m, n, m > n, r, &other, scratch);
         double e_other = projector_diff(S, S2, p, r);
         check(same_bits && other_bits && e_other <= SVD_TOL_EXACT,
               "randomized svd %dx%d: same draw same bits (%d); another matrix's draw other bits at 0 power iterations "
@@ -2124,7 +2127,7 @@ static void test_svd_randomized(void) {
         // (c) rank 3 < l: orthonormal, and the range of G inside span(S); then G = 0
         for (int j = 0; j < k; j++) { s[j] = j < 3 ? 3.0 - j : 0.0; }
         build_spectrum_gradient(G, U, V, s, m, n, k);
-        svd_randomized_top_left_singular_vectors(S, G, m, n, r, &sk, scratch);
+        svd_randomized_top_left_singular_vectors(S, G, m, n, m > n, r, &sk, scratch);
         double e_orth = orthonormality_error(S, p, r);
         double e_range = 0.0;   // max |U_3 - S S^T U_3|
         for (int j = 0; j < 3; j++) {
@@ -2139,7 +2142,7 @@ static void test_svd_randomized(void) {
             }
         }
         memset(G, 0, (size_t)m * n * sizeof(float));
-        svd_randomized_top_left_singular_vectors(S2, G, m, n, r, &sk, scratch);
+        svd_randomized_top_left_singular_vectors(S2, G, m, n, m > n, r, &sk, scratch);
         double e_orth0 = orthonormality_error(S2, p, r);
         check(e_orth <= RSVD_TOL_ORTH && e_range <= SVD_TOL_DEGENERATE && e_orth0 <= RSVD_TOL_ORTH,
               "randomized svd %dx%d r%d of a rank-3 gradient: max|S^T S - I| %.2e (tol %.2e), range of G outside "
@@ -2156,14 +2159,14 @@ static void test_svd_randomized(void) {
         for (int i = 0; i < m * n; i++) { G[i] = rng_normal(&rng); }
         float* S = (float*)malloc_check((size_t)p * rr * sizeof(float), "S");
         float* Sx = (float*)malloc_check((size_t)p * rr * sizeof(float), "S exact");
-        size_t need = svd_randomized_scratch_num_floats(m, n, rr, o);
-        size_t need_exact = svd_scratch_num_floats(m, n, rr);
+        size_t need = svd_randomized_scratch_num_floats(m, n, m > n, rr, o);
+        size_t need_exact = svd_scratch_num_floats(m, n, m > n, rr);
         float* scratch = (float*)malloc_check((need > need_exact ? need : need_exact) * sizeof(float), "scratch");
         SvdSketch sk = {o, SVD_POWER_ITERS_DEFAULT, 5, 1, 2};
-        svd_randomized_top_left_singular_vectors(S, G, m, n, rr, &sk, scratch);
-        svd_top_left_singular_vectors(Sx, G, m, n, rr, scratch);
+        svd_randomized_top_left_singular_vectors(S, G, m, n, m > n, rr, &sk, scratch);
+        svd_top_left_singular_vectors(Sx, G, m, n, m > n, rr, scratch);
         double e_proj = projector_diff(S, Sx, p, rr), e_orth = orthonormality_error(S, p, rr);
-        check(svd_sketch_cols(m, n, rr, o) == p && e_proj <= SVD_TOL_EXACT && e_orth <= RSVD_TOL_ORTH,
+        check(svd_sketch_cols(m, n, m > n, rr, o) == p && e_proj <= SVD_TOL_EXACT && e_orth <= RSVD_TOL_ORTH,
               "randomized svd %dx%d r%d o%d (l = p = %d: the exact eigenproblem): projector vs the exact path's "
               "%.1e (tol %.0e), max|S^T S - I| %.2e", m, n, rr, o, p, e_proj, SVD_TOL_EXACT, e_orth);
         free(G); free(S); free(Sx); free(scratch);
@@ -2232,12 +2235,12 @@ static void test_state_layout(void) {
         int m = shapes[i][0], n = shapes[i][1], r = shapes[i][2];
         size_t mo = m <= n ? m : n, no = m <= n ? n : m;   // oriented: mo <= no
         size_t expect = mo * r + 2 * no * r + LOWRANK_STATE_SCALARS;
-        size_t got = lowrank_state_num_floats(m, n, r);
+        size_t got = lowrank_state_num_floats(m, n, m > n, r);
         int layout_ok = 1;
         if (m * (size_t)n <= 100000) {
             float* memory = (float*)malloc_check(got * sizeof(float), "state");
             LowRankState st;
-            lowrank_state_init(&st, m, n, r, memory);
+            lowrank_state_init(&st, m, n, m > n, r, memory);
             layout_ok = st.S == memory && st.M == st.S + mo * r && st.V == st.M + no * r &&
                         st.limiter == st.V + no * r && st.limiter + LOWRANK_STATE_SCALARS == memory + got &&
                         st.p == (int)mo && st.q == (int)no && st.right == (m > n);
@@ -2299,13 +2302,13 @@ static void test_thread_independence(void) {
         for (int pass = 0; pass < 2; pass++) {
             omp_set_num_threads(pass == 0 ? 1 : max_threads);
             LowRankState st;
-            size_t nstate = lowrank_state_num_floats(m, n, r);
+            size_t nstate = lowrank_state_num_floats(m, n, m > n, r);
             float* memory = (float*)malloc_check(nstate * sizeof(float), "state");
-            float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
+            float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, m > n, r) * sizeof(float), "scratch");
             result[pass] = (float*)malloc_check(((size_t)m * n + nstate) * sizeof(float), "result");
             float* W = result[pass];
             float* G = (float*)malloc_check((size_t)m * n * sizeof(float), "G");
-            lowrank_state_init(&st, m, n, r, memory);
+            lowrank_state_init(&st, m, n, m > n, r, memory);
             Rng rng;
             rng_seed(&rng, 31);
             for (size_t i = 0; i < (size_t)m * n; i++) { W[i] = 0.02f * rng_normal(&rng); }
@@ -2317,7 +2320,7 @@ static void test_thread_independence(void) {
             free(memory); free(scratch); free(G);
         }
         omp_set_num_threads(max_threads);
-        size_t total = (size_t)m * n + lowrank_state_num_floats(m, n, r);
+        size_t total = (size_t)m * n + lowrank_state_num_floats(m, n, m > n, r);
         check(memcmp(result[0], result[1], total * sizeof(float)) == 0,
               "%s: W and state bit-identical with 1 and %d threads", method ? "subtrack++" : "galore", max_threads);
         free(result[0]); free(result[1]);
@@ -2504,7 +2507,8 @@ static void test_authors_refusals(void) {
         {"--scheduler exponential", "is not cosine, linear or cosine_restarts"},
         {"--max_train_tokens 1.5B", "a whole number of tokens"},
         {"--max_train_tokens 100k", "a whole number of tokens"},
-        {"--proj_type left", "not implemented yet"},
+        {"--proj_type full", "use std, reverse_std, left or right"},
+        {"--proj_type up", "is not std, reverse_std, left or right"},
         {"--st_step_size_scheduler linear", "is not constant or iterative_decrease"},
         {"--st_step_size_scheduler adaptive", "no implementation in the authors' code"},
         {"--st_noise_sigma2 0.5", "never uses"},
@@ -2668,6 +2672,7 @@ static int read_csv_column(const char* path, int col, double* values, int max_ro
 }
 
 static void test_trainer_resume(const char* dir, const char* method_flags, const char* label);
+static void test_trainer_proj_type(const char* dir);
 
 // the schedules and the token budget in a trainer: cosine_restarts resumes
 // bit-exactly across a restart (a resume at step 3 of cycles of 3), its
@@ -2705,6 +2710,18 @@ static void test_trainer_schedules(const char* dir) {
           "so (exit %d)", rc);
     check_trainer_rejects("a token budget below one step", TRAINER_FAST " --max_train_tokens 16",
                           "is less than one step of 2 sequences x 16 tokens");
+}
+
+// --proj_type reverse_std (every matrix projected on its other side) resumes
+// bit-exactly, and a resume that asks for another side is refused: the
+// states' shapes belong to the side
+static void test_trainer_proj_type(const char* dir) {
+    test_trainer_resume(dir, "--proj_type reverse_std", "reverse_std");
+    char args[2048], err[4096];
+    snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 6 --continue_from %s/straight_reverse_std", dir);
+    int rc = run_trainer(args, err, sizeof err);
+    check(rc > 0 && strstr(err, "1 setting differs") != NULL && strstr(err, "--proj_type: saved reverse_std, given std"),
+          "trainer refuses a resume without the checkpoint's --proj_type reverse_std (exit %d): %.300s", rc, err);
 }
 
 static void test_trainer_resume(const char* dir, const char* method_flags, const char* label) {
@@ -3940,6 +3957,7 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
     test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
     test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
+    test_trainer_proj_type(dir);
     test_svd_randomized_trainer(dir, "");
     {
         // the weights-only reader (the HF export's logits check) takes a
@@ -4428,7 +4446,7 @@ static unsigned long long number_after(const char* text, const char* key) {
 // do per-layer updates (every logged loss and norm; the checkpoints differ
 // only in the optimizer's name), and, under the CPU harness, the plan
 // (--memory_plan, no device needed) equals the peak of cudaMalloc the
-// harness measures, to the byte, on five option sets, with everything freed
+// harness measures, to the byte, on nine option sets, with everything freed
 // at exit; a device too small for the plan stops
 // the run at start, naming the need, the free memory and the flags that fit
 static void test_trainer_gpu_memory(const char* dir, const char* bin) {
@@ -4498,7 +4516,7 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
     if (!((bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) || (bl > 5 && strcmp(bin + bl - 5, "_race") == 0))) {
         return;
     }
-    const char* sets[7] = {
+    const char* sets[9] = {
         "",                                                        // bf16 activations, SubTrack++
         " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
         " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24 --subspace_dtype bf16",
@@ -4507,9 +4525,11 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
         "--subspace_dtype bfloat16",
         " --subspace_update_method galore --svd randomized",     // its arrays, in the grouped step's scratch
         " --dtype float32 --svd randomized --svd_oversample 3 --subspace_dtype bf16",  // one matrix at a time
+        " --proj_type reverse_std",                                 // the larger sides: S (q, R), Gram (q, q)
+        " --proj_type left --subspace_update_method galore --svd randomized",
     };
-    size_t planned[7] = {0, 0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < 7; i++) {
+    size_t planned[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 9; i++) {
         snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --eval_every 1 --sample_every 2 "
                  "--gen_tokens 4 --save_dir %s/plan_%d%s", dir, i, sets[i]);
         char plan_args[2100];
@@ -5321,6 +5341,7 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
     test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
     test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
+    test_trainer_proj_type(dir);
     test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);
     // ranks as processes: under the harness (a real GPU per rank needs a machine of several)

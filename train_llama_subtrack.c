@@ -1842,18 +1842,21 @@ void decoder_print_token(const Decoder* d, int id, FILE* out) {
 // refreshed by an SVD (GaLore) or tracked along a Grassmannian geodesic
 // (SubTrack++). the equations and their step numbers follow ../shared/SUBTRACK.md.
 //
-// orientation: a weight W is (m, n) in nn.Linear layout. the low-rank side is
-// the smaller one, p = min(m, n); the other side is q = max(m, n).
-//   left  (m <= n): S (m, R), the projected gradient Gt = S^T G is (R, n)
-//   right (m >  n): S (n, R), Gt = G S is (m, R)
+// orientation: a weight W is (m, n) in nn.Linear layout. S spans R directions
+// of one side of it, the projected side, of p rows; q is the other side:
+//   left:  S (m, R), the projected gradient Gt = S^T G is (R, n); p = m, q = n
+//   right: S (n, R), Gt = G S is (m, R);                          p = n, q = m
+// --proj_type picks the side (lowrank_right): std (the default) the smaller
+// one, left if m <= n; reverse_std the other one; left or right always.
 // M, V and N have Gt's shape. the right case is the left case on G^T, done with
 // gemm's transpose flags; G is never copied or transposed in memory.
 //
 // use, per low-rank matrix:
 //   lowrank_check_rank(msg, size, name, m, n, R)   at startup; non-NULL is the error to print
-//   lowrank_state_num_floats(m, n, R)              its checkpointed state, in one float array;
-//   lowrank_state_init(&state, m, n, R, memory)    point a LowRankState into it
-//   lowrank_scratch_num_floats(m, n, R)            scratch; one buffer of the max over matrices
+//   right = lowrank_right(m, n, proj_type)          the projected side
+//   lowrank_state_num_floats(m, n, right, R)       its checkpointed state, in one float array;
+//   lowrank_state_init(&state, m, n, right, R, memory)  point a LowRankState into it
+//   lowrank_scratch_num_floats(m, n, right, R)     scratch; one buffer of the max over matrices
 //   lowrank_adamw_step(&state, W, G, t, &cfg, lr, scratch)
 // and adamw_update() for embeddings, lm_head and norms.
 //
@@ -1912,6 +1915,33 @@ void sgd_update(float* W, float* B, const float* G, size_t numel, float lr, floa
 
 typedef enum { SUBSPACE_GALORE = 0, SUBSPACE_SUBTRACK = 1 } SubspaceMethod;
 
+// --proj_type: which side of each matrix is projected (the authors' names)
+typedef enum { PROJ_STD = 0, PROJ_REVERSE_STD = 1, PROJ_LEFT = 2, PROJ_RIGHT = 3 } ProjType;
+
+// 1 when the (m, n) matrix is projected on its right side (S spans columns of
+// W's rows: S (n, R)), 0 on its left (S (m, R)). std takes the smaller side,
+// and the left one of a square matrix; reverse_std takes the other side of
+// every matrix, so the right one of a square matrix. (the authors' std
+// projects a square matrix on its right and their reverse_std on its left:
+// both the other way round from ours, for square matrices only)
+static inline int lowrank_right(int m, int n, ProjType proj) {
+    switch (proj) {
+        case PROJ_REVERSE_STD: return m <= n;
+        case PROJ_LEFT: return 0;
+        case PROJ_RIGHT: return 1;
+        default: return m > n;
+    }
+}
+
+// the ProjType of a --proj_type name, or -1 for a name that is not one
+static int proj_type_parse(const char* name) {
+    static const char* const names[] = {"std", "reverse_std", "left", "right"};
+    for (int i = 0; i < 4; i++) {
+        if (strcmp(name, names[i]) == 0) { return i; }
+    }
+    return -1;
+}
+
 // the low-rank optimizer's settings; the flag names are the authors' torchrun_main.py
 typedef struct {
     SubspaceMethod method;      // --subspace_update_method galore|subtrack
@@ -1932,6 +1962,7 @@ typedef struct {
     uint64_t svd_seed;          // --seed: the sketch's Gaussian Omega is drawn from (seed, step, matrix)
     int svd_step;               // the step being taken (lowrank_adamw_step sets it on its copy)
     int st_step_size_iterative; // --st_step_size_scheduler iterative_decrease: the tracking step at step t uses eta / t
+    ProjType proj_type;         // --proj_type: the side each matrix projects (lowrank_right)
 } LowRankConfig;
 
 // the geodesic step size of a tracking step at step cfg->svd_step: eta, or
@@ -1943,7 +1974,8 @@ static float lowrank_track_eta(const LowRankConfig* cfg) {
 }
 
 // per-matrix state. everything a checkpoint must keep lives in ONE float array,
-// in this order (P = min(m, n), Q = max(m, n)):
+// in this order (P the projected side's length, Q the other's: P = min(m, n)
+// and Q = max(m, n) with --proj_type std):
 //   S       (P, R)                   orthonormal basis of the subspace
 //   M       (R, Q) left, (Q, R) right    first moment, in the subspace
 //   V       same shape as M          second moment, in the subspace
@@ -1955,8 +1987,8 @@ static float lowrank_track_eta(const LowRankConfig* cfg) {
 typedef struct {
     int m, n;                   // the weight's shape, (out, in)
     int r;                      // R
-    int right;                  // 0: left (m <= n), 1: right (m > n)
-    int p, q;                   // p = min(m, n) rows of S, q = max(m, n)
+    int right;                  // 0: left, 1: right (lowrank_right)
+    int p, q;                   // p rows of S (m left, n right), q the other side
     float* memory;              // the checkpointed array described above
     float* S;                   // (p, R)
     float* M;                   // (R, q) left or (q, R) right
@@ -1969,46 +2001,47 @@ typedef struct {
     uint64_t svd_stream;        // which matrix this is, for the randomized SVD's Omega (optimizer_build sets it)
 } LowRankState;
 
-size_t lowrank_state_num_floats(int m, int n, int r) {
-    size_t p = (size_t)(m <= n ? m : n), q = (size_t)(m <= n ? n : m);
+size_t lowrank_state_num_floats(int m, int n, int right, int r) {
+    size_t p = (size_t)(right ? n : m), q = (size_t)(right ? m : n);
     return p * r + 2 * q * r + LOWRANK_STATE_SCALARS;
 }
 
 // with 8-bit states (--optimizer low_rank_adamw8bit) M and V live quantized
 // elsewhere: the float memory holds S (p, R) | prev | prev_set, and M and V
 // point at dequantized copies only during a step
-size_t lowrank_state_num_floats_q8(int m, int n, int r) {
-    size_t p = (size_t)(m <= n ? m : n);
+size_t lowrank_state_num_floats_q8(int m, int n, int right, int r) {
+    size_t p = (size_t)(right ? n : m);
     return p * r + LOWRANK_STATE_SCALARS;
 }
 
 // points the state into memory and zeroes it: S | M | V | prev | prev_set
 // (lowrank_state_num_floats), or with q8 S | prev | prev_set
-static void lowrank_state_layout(LowRankState* s, int m, int n, int r, float* memory, int q8) {
+static void lowrank_state_layout(LowRankState* s, int m, int n, int right, int r, float* memory, int q8) {
     s->m = m;
     s->n = n;
     s->r = r;
-    s->right = m > n;
-    s->p = m <= n ? m : n;
-    s->q = m <= n ? n : m;
+    s->right = right;
+    s->p = right ? n : m;
+    s->q = right ? m : n;
     s->memory = memory;
     s->S = memory;
     s->M = q8 ? NULL : s->S + (size_t)s->p * r;
     s->V = q8 ? NULL : s->M + (size_t)s->q * r;
     s->limiter = q8 ? s->S + (size_t)s->p * r : s->V + (size_t)s->q * r;
-    memset(memory, 0, (q8 ? lowrank_state_num_floats_q8(m, n, r) : lowrank_state_num_floats(m, n, r)) * sizeof(float));
+    memset(memory, 0, (q8 ? lowrank_state_num_floats_q8(m, n, right, r) : lowrank_state_num_floats(m, n, right, r)) *
+                      sizeof(float));
     s->subspace_seconds = 0.0;
     s->subspace_updates = 0;
     s->power_iterations = 0;
     s->svd_stream = 0;
 }
 
-void lowrank_state_init(LowRankState* s, int m, int n, int r, float* memory) {
-    lowrank_state_layout(s, m, n, r, memory, 0);
+void lowrank_state_init(LowRankState* s, int m, int n, int right, int r, float* memory) {
+    lowrank_state_layout(s, m, n, right, r, memory, 0);
 }
 
-void lowrank_state_init_q8(LowRankState* s, int m, int n, int r, float* memory) {
-    lowrank_state_layout(s, m, n, r, memory, 1);
+void lowrank_state_init_q8(LowRankState* s, int m, int n, int right, int r, float* memory) {
+    lowrank_state_layout(s, m, n, right, r, memory, 1);
 }
 
 // NULL if the low-rank optimizer can take the (m, n) matrix `name` at rank r;
@@ -2426,8 +2459,7 @@ void canonical_sign(float* S, int p, int r) {
 
 // S (p, R) = the top-r left singular vectors of X = op(G) (p, q), descending,
 // canonical sign. G is (m, n); X = G if !right, else G^T.
-void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, float* scratch) {
-    int right = m > n;
+void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int right, int r, float* scratch) {
     int p = right ? n : m, q = right ? m : n;
     Scratch sc = {scratch, 0};
     SvdScratch w = svd_scratch_layout(&sc, p, r);
@@ -2441,9 +2473,9 @@ void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r
     canonical_sign(S, p, r);
 }
 
-size_t svd_scratch_num_floats(int m, int n, int r) {
+size_t svd_scratch_num_floats(int m, int n, int right, int r) {
     Scratch sc = {NULL, 0};
-    svd_scratch_layout(&sc, m <= n ? m : n, r);
+    svd_scratch_layout(&sc, right ? n : m, r);
     return sc.used;
 }
 
@@ -2554,9 +2586,9 @@ typedef struct {
     uint64_t seed, step, stream;  // Omega's draws (svd_sketch_normal)
 } SvdSketch;
 
-// the sketch's width for a (m, n) matrix at rank r
-int svd_sketch_cols(int m, int n, int r, int oversample) {
-    int p = m <= n ? m : n;
+// the sketch's width for a (m, n) matrix at rank r, projected on the right side or not
+int svd_sketch_cols(int m, int n, int right, int r, int oversample) {
+    int p = right ? n : m;
     return r + oversample < p ? r + oversample : p;
 }
 
@@ -2576,9 +2608,9 @@ static RsvdScratch rsvd_scratch_layout(Scratch* sc, int p, int l) {
     return w;
 }
 
-size_t svd_randomized_scratch_num_floats(int m, int n, int r, int oversample) {
+size_t svd_randomized_scratch_num_floats(int m, int n, int right, int r, int oversample) {
     Scratch sc = {NULL, 0};
-    rsvd_scratch_layout(&sc, m <= n ? m : n, svd_sketch_cols(m, n, r, oversample));
+    rsvd_scratch_layout(&sc, right ? n : m, svd_sketch_cols(m, n, right, r, oversample));
     return sc.used;
 }
 
@@ -2658,11 +2690,10 @@ void orthonormalize_rows(double* Yt, double* Qt, RsvdScratch* w, int p, int l) {
 
 // S (p, R) = the top-r left singular vectors of X = op(G), approximately (above),
 // canonical sign. the twin of svd_top_left_singular_vectors
-void svd_randomized_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, const SvdSketch* sk,
-                                              float* scratch) {
-    int right = m > n;
+void svd_randomized_top_left_singular_vectors(float* S, const float* G, int m, int n, int right, int r,
+                                              const SvdSketch* sk, float* scratch) {
     int p = right ? n : m, q = right ? m : n;
-    int l = svd_sketch_cols(m, n, r, sk->oversample);
+    int l = svd_sketch_cols(m, n, right, r, sk->oversample);
     Scratch sc = {scratch, 0};
     RsvdScratch w = rsvd_scratch_layout(&sc, p, l);
     double* A = w.eig.K;
@@ -2707,19 +2738,19 @@ void svd_randomized_top_left_singular_vectors(float* S, const float* G, int m, i
 // the subspace SVD that cfg asks for (--svd), of matrix s at step cfg->svd_step
 static void lowrank_subspace_svd(LowRankState* s, const float* G, const LowRankConfig* cfg, float* scratch) {
     if (!cfg->svd_randomized) {
-        svd_top_left_singular_vectors(s->S, G, s->m, s->n, s->r, scratch);
+        svd_top_left_singular_vectors(s->S, G, s->m, s->n, s->right, s->r, scratch);
         return;
     }
     SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step, s->svd_stream};
-    svd_randomized_top_left_singular_vectors(s->S, G, s->m, s->n, s->r, &sk, scratch);
+    svd_randomized_top_left_singular_vectors(s->S, G, s->m, s->n, s->right, s->r, &sk, scratch);
 }
 
 // floats of scratch of the SVD that cfg asks for (the larger of the two: a
 // randomized one of l = p can outgrow the exact one)
-static size_t svd_any_scratch_num_floats(int m, int n, int r, int sketch_oversample) {
-    size_t exact = svd_scratch_num_floats(m, n, r);
+static size_t svd_any_scratch_num_floats(int m, int n, int right, int r, int sketch_oversample) {
+    size_t exact = svd_scratch_num_floats(m, n, right, r);
     if (sketch_oversample < 0) { return exact; }
-    size_t rnd = svd_randomized_scratch_num_floats(m, n, r, sketch_oversample);
+    size_t rnd = svd_randomized_scratch_num_floats(m, n, right, r, sketch_oversample);
     return rnd > exact ? rnd : exact;
 }
 
@@ -2852,15 +2883,15 @@ typedef struct {
 
 // sketch_oversample: --svd_oversample with --svd randomized, -1 with exact (the
 // SVD's scratch is last, so the carving does not depend on it, only the size)
-static GaloreScratch galore_scratch_layout(Scratch* sc, int m, int n, int r, int sketch_oversample) {
-    int p = m <= n ? m : n, q = m <= n ? n : m;
+static GaloreScratch galore_scratch_layout(Scratch* sc, int m, int n, int right, int r, int sketch_oversample) {
+    int p = right ? n : m, q = right ? m : n;
     GaloreScratch w;
     w.S_old = scratch_floats(sc, (size_t)p * r);
     w.C = scratch_floats(sc, (size_t)r * r);
     w.CC = scratch_floats(sc, (size_t)r * r);
     w.Mrot = scratch_floats(sc, (size_t)q * r);
     w.X = scratch_floats(sc, (size_t)q * r);
-    w.svd = scratch_floats(sc, svd_any_scratch_num_floats(m, n, r, sketch_oversample));
+    w.svd = scratch_floats(sc, svd_any_scratch_num_floats(m, n, right, r, sketch_oversample));
     return w;
 }
 
@@ -2868,7 +2899,7 @@ static GaloreScratch galore_scratch_layout(Scratch* sc, int m, int n, int r, int
 // moments follow the change of basis, otherwise they are left as they are
 void galore_refresh_subspace(LowRankState* s, const float* G, const LowRankConfig* cfg, float* scratch) {
     Scratch sc = {scratch, 0};
-    GaloreScratch w = galore_scratch_layout(&sc, s->m, s->n, s->r, -1);
+    GaloreScratch w = galore_scratch_layout(&sc, s->m, s->n, s->right, s->r, -1);
     int p = s->p, r = s->r;
     memcpy(w.S_old, s->S, (size_t)p * r * sizeof(float));
     lowrank_subspace_svd(s, G, cfg, w.svd);
@@ -2898,8 +2929,8 @@ typedef struct {
     double* acc2;   // (q,)
 } TrackScratch;
 
-static TrackScratch track_scratch_layout(Scratch* sc, int m, int n, int r) {
-    int p = m <= n ? m : n, q = m <= n ? n : m;
+static TrackScratch track_scratch_layout(Scratch* sc, int m, int n, int right, int r) {
+    int p = right ? n : m, q = right ? m : n;
     TrackScratch w;
     w.X = scratch_floats(sc, (size_t)p * r);
     w.AAt = scratch_floats(sc, (size_t)r * r);
@@ -3126,7 +3157,7 @@ static void track_update_projection(float* Gt, const float* G, const float* a, c
 void subtrack_track_subspace(LowRankState* s, float* Gt, const float* G, const LowRankConfig* cfg,
                              float* scratch) {
     Scratch sc = {scratch, 0};
-    TrackScratch w = track_scratch_layout(&sc, s->m, s->n, s->r);
+    TrackScratch w = track_scratch_layout(&sc, s->m, s->n, s->right, s->r);
     int n = s->n, r = s->r, p = s->p, q = s->q;
     float* S = s->S;
     // X = G A^T (p, R); in the right case A^T = Gt (q, R) and op(G) = G^T
@@ -3297,18 +3328,18 @@ typedef struct {
     float* D;       // (m, n) ... and, later in the step, the residual, Lambda and then the update D
 } StepScratch;
 
-static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int r, int sketch_oversample) {
-    int q = m <= n ? n : m;
+static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int right, int r, int sketch_oversample) {
+    int q = right ? m : n;
     StepScratch w;
     w.Gt = scratch_floats(sc, (size_t)q * r);
     w.N = scratch_floats(sc, (size_t)q * r);
     w.phi = scratch_floats(sc, q);
     w.norm2 = scratch_doubles(sc, q);
     Scratch galore = {NULL, 0}, track = {NULL, 0};
-    galore_scratch_layout(&galore, m, n, r, sketch_oversample);
-    track_scratch_layout(&track, m, n, r);
+    galore_scratch_layout(&galore, m, n, right, r, sketch_oversample);
+    track_scratch_layout(&track, m, n, right, r);
     size_t rest = galore.used > track.used ? galore.used : track.used;
-    size_t first_svd = svd_any_scratch_num_floats(m, n, r, sketch_oversample);  // step 1's, at w.rest
+    size_t first_svd = svd_any_scratch_num_floats(m, n, right, r, sketch_oversample);  // step 1's, at w.rest
     rest = first_svd > rest ? first_svd : rest;
     size_t mn = (size_t)m * n;
     // the subspace update is done before D is first written: they share memory
@@ -3318,16 +3349,16 @@ static StepScratch step_scratch_layout(Scratch* sc, int m, int n, int r, int ske
 }
 
 // floats of scratch that lowrank_adamw_step needs for an (m, n) matrix at rank r
-size_t lowrank_scratch_num_floats(int m, int n, int r) {
+size_t lowrank_scratch_num_floats(int m, int n, int right, int r) {
     Scratch sc = {NULL, 0};
-    step_scratch_layout(&sc, m, n, r, -1);
+    step_scratch_layout(&sc, m, n, right, r, -1);
     return sc.used;
 }
 
 // the same with the SVD that cfg asks for (--svd)
-size_t lowrank_scratch_num_floats_cfg(int m, int n, int r, const LowRankConfig* cfg) {
+size_t lowrank_scratch_num_floats_cfg(int m, int n, int right, int r, const LowRankConfig* cfg) {
     Scratch sc = {NULL, 0};
-    step_scratch_layout(&sc, m, n, r, cfg->svd_randomized ? cfg->svd_oversample : -1);
+    step_scratch_layout(&sc, m, n, right, r, cfg->svd_randomized ? cfg->svd_oversample : -1);
     return sc.used;
 }
 
@@ -3343,7 +3374,7 @@ int lowrank_subspace_moves(const LowRankConfig* cfg, int t) {
 void lowrank_adamw_step(LowRankState* s, float* W, const float* G, int t, const LowRankConfig* cfg,
                         float lr, float* scratch) {
     Scratch sc = {scratch, 0};
-    StepScratch w = step_scratch_layout(&sc, s->m, s->n, s->r, -1);
+    StepScratch w = step_scratch_layout(&sc, s->m, s->n, s->right, s->r, -1);
     LowRankConfig at_t = *cfg;      // the SVD's Omega is drawn for this step
     at_t.svd_step = t;
     cfg = &at_t;
@@ -3612,7 +3643,8 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(rank, FLAG_INT, "R: rank of the gradient subspace"),
     FLAG(low_rank_scale, FLAG_FLOAT, "alpha: scale of the low-rank update"),
     FLAG(subspace_update_interval, FLAG_INT, "k: steps between subspace updates"),
-    FLAG(proj_type, FLAG_STRING, "std: project the smaller side of each matrix (the only one implemented yet)"),
+    FLAG(proj_type, FLAG_STRING, "the side of each matrix that is projected: std (the smaller one; the left of a "
+         "square one), reverse_std (the other one), left or right"),
     FLAG(st_init_step_size, FLAG_FLOAT, "eta: geodesic step size"),
     FLAG(st_step_size_scheduler, FLAG_STRING, "constant (eta) | iterative_decrease (eta / t at the tracking step "
          "of step t, as the authors' projector)"),
@@ -4512,9 +4544,16 @@ const char* train_config_problem(const TrainConfig* t) {
         snprintf(msg, sizeof msg, "--subspace_update_method '%s' is not galore or subtrack", t->subspace_update_method);
         return msg;
     }
-    if (strcmp(t->proj_type, "std") != 0) {
-        snprintf(msg, sizeof msg, "--proj_type %s is not implemented yet; only std (project the smaller side of "
-                 "each matrix)", t->proj_type);
+    if (strcmp(t->proj_type, "full") == 0) {
+        snprintf(msg, sizeof msg, "--proj_type full (two-sided, S_l^T G S_r) is not implemented: SubTrack++ tracks "
+                 "one side's subspace, and the authors' code stops with an error on it (GaLore at its first "
+                 "subspace refresh, SubTrack or --recovery_scaling at the first step); use std, reverse_std, left "
+                 "or right");
+        return msg;
+    }
+    if (proj_type_parse(t->proj_type) < 0) {
+        snprintf(msg, sizeof msg, "--proj_type '%s' is not std, reverse_std, left or right (the side of each "
+                 "matrix that is projected)", t->proj_type);
         return msg;
     }
     if (strcmp(t->st_step_size_scheduler, "adaptive") == 0) {
@@ -5503,6 +5542,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         t->beta1, t->beta2, t->eps, t->weight_decay,
         strcmp(t->svd, "randomized") == 0, t->svd_power_iters, t->svd_oversample, (uint64_t)t->seed, 0,
         strcmp(t->st_step_size_scheduler, "iterative_decrease") == 0,
+        proj_type_parse(t->proj_type) < 0 ? PROJ_STD : (ProjType)proj_type_parse(t->proj_type),
     };
     o->cfg = lc;
     TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -5526,15 +5566,16 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
             return msg;
         }
         o->num_lowrank += spec[i].layers;
-        size_t per = o->q8 ? lowrank_state_num_floats_q8(spec[i].rows, spec[i].cols, t->rank)
-                           : lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
+        int m = spec[i].rows, n = spec[i].cols, right = lowrank_right(m, n, o->cfg.proj_type);
+        size_t per = o->q8 ? lowrank_state_num_floats_q8(m, n, right, t->rank)
+                           : lowrank_state_num_floats(m, n, right, t->rank);
         o->lowrank_floats += (size_t)spec[i].layers * per;
-        size_t pr = (size_t)t->rank * (spec[i].rows < spec[i].cols ? spec[i].rows : spec[i].cols);
+        size_t pr = (size_t)t->rank * (right ? n : m);
         o->subspace_floats += (size_t)spec[i].layers * pr;
         o->subspace_most = pr > o->subspace_most ? pr : o->subspace_most;
-        size_t need = lowrank_scratch_num_floats_cfg(spec[i].rows, spec[i].cols, t->rank, &o->cfg);
+        size_t need = lowrank_scratch_num_floats_cfg(m, n, right, t->rank, &o->cfg);
         o->scratch_floats = need > o->scratch_floats ? need : o->scratch_floats;
-        size_t moment = (size_t)t->rank * (spec[i].rows > spec[i].cols ? spec[i].rows : spec[i].cols);
+        size_t moment = (size_t)t->rank * (right ? m : n);
         if (o->q8) {
             o->q8_bytes += (size_t)spec[i].layers * 2 * moment;
             o->q8_blocks += (size_t)spec[i].layers * 2 * quant8_num_blocks(moment);
@@ -5595,12 +5636,13 @@ static size_t shard_adamw_bytes(const Optimizer* o, const TensorSpec* s, size_t 
 // the state bytes of one low-rank matrix (m, n) at rank r
 static size_t shard_lowrank_bytes(const Optimizer* o, int m, int n, int r) {
     size_t b;
+    int right = lowrank_right(m, n, o->cfg.proj_type);
     if (o->q8) {
-        size_t moment = (size_t)r * (m > n ? m : n);
-        b = lowrank_state_num_floats_q8(m, n, r) * sizeof(float) + 2 * moment +
+        size_t moment = (size_t)r * (right ? m : n);
+        b = lowrank_state_num_floats_q8(m, n, right, r) * sizeof(float) + 2 * moment +
             2 * quant8_num_blocks(moment) * sizeof(float);
     } else {
-        b = lowrank_state_num_floats(m, n, r) * sizeof(float);
+        b = lowrank_state_num_floats(m, n, right, r) * sizeof(float);
     }
     return b + (o->master_weights ? (size_t)m * n * sizeof(float) : 0);
 }
@@ -5734,13 +5776,14 @@ const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfi
     int k = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         if (!optimizer_uses_lowrank(o, &spec[i])) { continue; }
+        int m = spec[i].rows, n = spec[i].cols, right = lowrank_right(m, n, o->cfg.proj_type);
         for (int l = 0; l < spec[i].layers; l++) {
             if (o->q8) {
-                lowrank_state_init_q8(&o->lowrank[k++], spec[i].rows, spec[i].cols, t->rank, mem);
-                mem += lowrank_state_num_floats_q8(spec[i].rows, spec[i].cols, t->rank);
+                lowrank_state_init_q8(&o->lowrank[k++], m, n, right, t->rank, mem);
+                mem += lowrank_state_num_floats_q8(m, n, right, t->rank);
             } else {
-                lowrank_state_init(&o->lowrank[k++], spec[i].rows, spec[i].cols, t->rank, mem);
-                mem += lowrank_state_num_floats(spec[i].rows, spec[i].cols, t->rank);
+                lowrank_state_init(&o->lowrank[k++], m, n, right, t->rank, mem);
+                mem += lowrank_state_num_floats(m, n, right, t->rank);
             }
             o->lowrank[k - 1].svd_stream = (uint64_t)(k - 1);
         }
@@ -5956,7 +5999,7 @@ static const char* const CHECKPOINT_SETTINGS[] = {
     "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
     "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
     "master_weights", "subspace_dtype", "svd", "svd_power_iters", "svd_oversample", "cycle_length",
-    "restart_warmup_steps", "st_step_size_scheduler",
+    "restart_warmup_steps", "st_step_size_scheduler", "proj_type",
 };
 
 // settings recorded only by later versions of the trainer, and the value a
@@ -5970,6 +6013,7 @@ static const char* const CHECKPOINT_SETTINGS_ADDED[][2] = {
     {"cycle_length", "0"},
     {"restart_warmup_steps", "0"},
     {"st_step_size_scheduler", "constant"},
+    {"proj_type", "std"},
 };
 #define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
 
@@ -6247,7 +6291,7 @@ static void checkpoint_piece_places(Optimizer* o, const LlamaConfig* c, float* p
         const LowRankState* ls = &o->lowrank[matrix + pc->layer];
         *m = ls->memory;
         *v = NULL;
-        *n = lowrank_state_num_floats(ls->m, ls->n, ls->r);
+        *n = lowrank_state_num_floats(ls->m, ls->n, ls->right, ls->r);
     } else {
         *m = o->adam_m + adam + within;
         *v = o->adam_v != NULL ? o->adam_v + adam + within : NULL;
@@ -6469,7 +6513,7 @@ static int64_t* checkpoint_read_pieces(const char* path, const int64_t h[CHECKPO
                 int64_t want_state = -1;
                 if (o != NULL) {
                     const LowRankState* ls = low_rank ? &o->lowrank[matrix + l] : NULL;
-                    want_state = ls != NULL ? (int64_t)lowrank_state_num_floats(ls->m, ls->n, ls->r) : 2 * x[3];
+                    want_state = ls != NULL ? (int64_t)lowrank_state_num_floats(ls->m, ls->n, ls->right, ls->r) : 2 * x[3];
                 }
                 if (k >= P || x[0] != i || x[1] != l || x[2] != pos || x[3] <= 0 || x[3] > per - pos ||
                     x[4] < 0 || x[4] >= ranks || x[5] < 0 || x[5] > ((int64_t)1 << 40) ||

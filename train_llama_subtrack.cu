@@ -2616,19 +2616,20 @@ const float* llama_logits_to_host(Llama* model) {
 // train_llama_subtrack.c (visible here as namespace cpu) in name and argument
 // order; the equations and step numbers are those of ../shared/SUBTRACK.md.
 //
-// orientation, as on the CPU: W (m, n), p = min(m, n), q = max(m, n).
-//   left  (m <= n): S (p, R), Gt = S^T G (R, q)
-//   right (m >  n): S (p, R), Gt = G S   (q, R)
+// orientation, as on the CPU: W (m, n); right = cpu::lowrank_right(m, n,
+// --proj_type), p the projected side's length (m left, n right), q the other's.
+//   left:  S (p, R), Gt = S^T G (R, q)
+//   right: S (p, R), Gt = G S   (q, R)
 // the state lives in ONE device float array in the CPU layout
 //   S (p, R) | M | V | prev | prev_set
 // (cpu::lowrank_state_num_floats floats), so a checkpoint copies it verbatim.
 //
 // use, one low-rank matrix at a time (the reference path, and per-layer updates):
-//   lowrank_gpu_reserve(&ctx, m, n, R)            for every shape, then lowrank_gpu_alloc(&ctx)
-//   lowrank_state_init(&state, m, n, R, memory)   memory: device, cpu::lowrank_state_num_floats floats
+//   lowrank_gpu_reserve(&ctx, m, n, right, R)     for every shape, then lowrank_gpu_alloc(&ctx)
+//   lowrank_state_init(&state, m, n, right, R, memory)   memory: device, cpu::lowrank_state_num_floats floats
 //   lowrank_adamw_step(&state, W, G, t, &cfg, lr, &ctx)
 // or every matrix of a model at once, grouped by shape (the trainer's step):
-//   lowrank_gpu_reserve_group(&ctx, m, n, R, count) as well, for each shape, before lowrank_gpu_alloc
+//   lowrank_gpu_reserve_group(&ctx, m, n, right, R, count) as well, for each shape, before lowrank_gpu_alloc
 //   lowrank_groups_build(&groups, states, count, &ctx, 0)   batches and their pointer tables, once
 //   lowrank_groups_bind(&groups, W, G)            each matrix's weight and gradient, once
 //   lowrank_groups_step(&groups, t, &cfg, lr, &ctx)
@@ -3902,9 +3903,9 @@ static void lowrank_timing_end(SubspaceTiming* st) {
 typedef struct {
     int m, n;                   // the weight's shape, (out, in)
     int r;                      // R
-    int right;                  // 0: left (m <= n), 1: right (m > n)
-    int p, q;                   // p = min(m, n) rows of S, q = max(m, n)
-    float* memory;              // device, cpu::lowrank_state_num_floats(m, n, R) floats (less S's p R with S16)
+    int right;                  // 0: left, 1: right (cpu::lowrank_right)
+    int p, q;                   // p rows of S (m left, n right), q the other side
+    float* memory;              // device, cpu::lowrank_state_num_floats(m, n, right, R) floats (less S's p R with S16)
     float* S;                   // (p, R); with S16, a widened copy of it during a step, else NULL
     bf16* S16;                  // (p, R) --subspace_dtype bfloat16: S as it is kept; else NULL
     float* M;                   // (R, q) left or (q, R) right
@@ -3919,13 +3920,13 @@ typedef struct {
 // (8-bit states) S | prev | prev_set, M and V pointing at dequantized copies
 // only during a step. with S16 (--subspace_dtype bfloat16) S lives there, in
 // bf16, and memory holds the rest: M | V | prev | prev_set, or prev | prev_set
-static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float* memory, int q8, bf16* S16) {
+static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int right, int r, float* memory, int q8, bf16* S16) {
     s->m = m;
     s->n = n;
     s->r = r;
-    s->right = m > n;
-    s->p = m <= n ? m : n;
-    s->q = m <= n ? n : m;
+    s->right = right;
+    s->p = right ? n : m;
+    s->q = right ? m : n;
     s->memory = memory;
     s->S16 = S16;
     s->S = S16 != NULL ? NULL : memory;
@@ -3933,7 +3934,7 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float*
     s->M = q8 ? NULL : after_S;
     s->V = q8 ? NULL : s->M + (size_t)s->q * r;
     s->limiter = q8 ? after_S : s->V + (size_t)s->q * r;
-    size_t floats = q8 ? cpu::lowrank_state_num_floats_q8(m, n, r) : cpu::lowrank_state_num_floats(m, n, r);
+    size_t floats = q8 ? cpu::lowrank_state_num_floats_q8(m, n, right, r) : cpu::lowrank_state_num_floats(m, n, right, r);
     if (S16 != NULL) {
         floats -= (size_t)s->p * r;
         cudaCheck(cudaMemset(S16, 0, (size_t)s->p * r * sizeof(bf16)));
@@ -3943,12 +3944,12 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int r, float*
     s->svd_stream = 0;
 }
 
-void lowrank_state_init(LowRankStateGPU* s, int m, int n, int r, float* memory) {
-    lowrank_state_layout(s, m, n, r, memory, 0, NULL);
+void lowrank_state_init(LowRankStateGPU* s, int m, int n, int right, int r, float* memory) {
+    lowrank_state_layout(s, m, n, right, r, memory, 0, NULL);
 }
 
-void lowrank_state_init_q8(LowRankStateGPU* s, int m, int n, int r, float* memory) {
-    lowrank_state_layout(s, m, n, r, memory, 1, NULL);
+void lowrank_state_init_q8(LowRankStateGPU* s, int m, int n, int right, int r, float* memory) {
+    lowrank_state_layout(s, m, n, right, r, memory, 1, NULL);
 }
 
 void lowrank_state_free(LowRankStateGPU* s) { subspace_timing_free(&s->timing); }
@@ -4039,8 +4040,8 @@ static float* scratch_take(float* base, size_t* used, size_t count) {
 
 // one matrix's own arrays: all of StepScratchGPU but K and eig, which a batch's
 // SVDs share (they run one matrix at a time); those are left NULL
-static StepScratchGPU step_scratch_matrix_layout(float* base, size_t* used, int m, int n, int r) {
-    size_t p = m <= n ? m : n, q = m <= n ? n : m;
+static StepScratchGPU step_scratch_matrix_layout(float* base, size_t* used, int m, int n, int right, int r) {
+    size_t p = right ? n : m, q = right ? m : n;
     StepScratchGPU w;
     w.Gt = scratch_take(base, used, q * r);
     w.N = scratch_take(base, used, q * r);
@@ -4071,8 +4072,8 @@ static StepScratchGPU step_scratch_matrix_layout(float* base, size_t* used, int 
 }
 
 // --svd randomized's arrays for count matrices (m, n) at rank r
-static RsvdArraysGPU rsvd_arrays_layout(float* base, size_t* used, int m, int n, int r, int oversample, int count) {
-    size_t p = m <= n ? m : n, l = (size_t)cpu::svd_sketch_cols(m, n, r, oversample), c = (size_t)count;
+static RsvdArraysGPU rsvd_arrays_layout(float* base, size_t* used, int m, int n, int right, int r, int oversample, int count) {
+    size_t p = right ? n : m, l = (size_t)cpu::svd_sketch_cols(m, n, right, r, oversample), c = (size_t)count;
     RsvdArraysGPU w;
     w.count = count;
     w.A = (double*)scratch_take(base, used, 2 * c * p * p);
@@ -4085,18 +4086,18 @@ static RsvdArraysGPU rsvd_arrays_layout(float* base, size_t* used, int m, int n,
     return w;
 }
 
-static size_t rsvd_scratch_floats(int m, int n, int r, int oversample, int count) {
+static size_t rsvd_scratch_floats(int m, int n, int right, int r, int oversample, int count) {
     size_t used = 0;
-    rsvd_arrays_layout(NULL, &used, m, n, r, oversample, count);
+    rsvd_arrays_layout(NULL, &used, m, n, right, r, oversample, count);
     return used;
 }
 
 // the SVD's arrays, for an (m, n) gradient at rank r: the exact SVD's (p, p)
 // Gram matrix (oversample -1), or the randomized one's (--svd randomized) for
 // svd_count matrices
-static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used, int m, int n, int r,
+static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used, int m, int n, int right, int r,
                                     int oversample = -1, int svd_count = 1) {
-    size_t p = m <= n ? m : n;
+    size_t p = right ? n : m;
     w->K = w->eig = NULL;
     memset(&w->rsvd, 0, sizeof w->rsvd);
     if (oversample < 0) {
@@ -4104,13 +4105,13 @@ static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used
         w->eig = (double*)scratch_take(base, used, 2 * p);
         return;
     }
-    w->rsvd = rsvd_arrays_layout(base, used, m, n, r, oversample, svd_count);
+    w->rsvd = rsvd_arrays_layout(base, used, m, n, right, r, oversample, svd_count);
 }
 
 // the whole scratch of one matrix stepping alone
-static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int r, int oversample = -1) {
-    StepScratchGPU w = step_scratch_matrix_layout(base, used, m, n, r);
-    step_scratch_svd_layout(&w, base, used, m, n, r, oversample);
+static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int right, int r, int oversample = -1) {
+    StepScratchGPU w = step_scratch_matrix_layout(base, used, m, n, right, r);
+    step_scratch_svd_layout(&w, base, used, m, n, right, r, oversample);
     return w;
 }
 
@@ -4118,10 +4119,10 @@ static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, 
 // arrays, then one exact SVD's (shared: they run one matrix at a time), or
 // the randomized SVD's arrays for svd_count matrices (b = 1: one matrix
 // stepping alone)
-static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b, int oversample = -1, int svd_count = 1) {
+static size_t lowrank_batch_scratch_floats(int m, int n, int right, int r, int b, int oversample = -1, int svd_count = 1) {
     size_t one = 0, svd = 0;
-    StepScratchGPU w = step_scratch_matrix_layout(NULL, &one, m, n, r);
-    step_scratch_svd_layout(&w, NULL, &svd, m, n, r, oversample, svd_count);
+    StepScratchGPU w = step_scratch_matrix_layout(NULL, &one, m, n, right, r);
+    step_scratch_svd_layout(&w, NULL, &svd, m, n, right, r, oversample, svd_count);
     return (size_t)b * one + svd;
 }
 
@@ -4136,9 +4137,9 @@ static size_t lowrank_batch_scratch_floats(int m, int n, int r, int b, int overs
 // how many of count matrices (m, n) at rank r one batch holds. with --svd
 // randomized the SVD's arrays are sized apart (lowrank_svd_chunk), so the
 // batch counts its matrices' own arrays only
-static int lowrank_batch_size(int m, int n, int r, int count, int oversample = -1) {
-    size_t exact_svd = lowrank_batch_scratch_floats(m, n, r, 0, -1);
-    size_t own = lowrank_batch_scratch_floats(m, n, r, 1, -1) - exact_svd;   // one matrix's own arrays
+static int lowrank_batch_size(int m, int n, int right, int r, int count, int oversample = -1) {
+    size_t exact_svd = lowrank_batch_scratch_floats(m, n, right, r, 0, -1);
+    size_t own = lowrank_batch_scratch_floats(m, n, right, r, 1, -1) - exact_svd;   // one matrix's own arrays
     size_t svd = oversample < 0 ? exact_svd : 0;
     size_t room = LOWRANK_BATCH_SCRATCH_BYTES / sizeof(float);
     if (room < own + svd) { room = own + svd; }
@@ -4156,8 +4157,8 @@ static int lowrank_batch_size(int m, int n, int r, int count, int oversample = -
 // 5 chunks (dev/perf_model.h models this, PERF_SVD_CHUNK_FLOATS)
 #define LOWRANK_SVD_BATCH_BYTES ((size_t)2 << 30)
 
-static int lowrank_svd_chunk(int m, int n, int r, int oversample, int per, int count) {
-    size_t one = rsvd_scratch_floats(m, n, r, oversample, 1);
+static int lowrank_svd_chunk(int m, int n, int right, int r, int oversample, int per, int count) {
+    size_t one = rsvd_scratch_floats(m, n, right, r, oversample, 1);
     size_t most = LOWRANK_SVD_BATCH_BYTES / sizeof(float) / one;
     size_t batches = most / (size_t)per;
     size_t c = (batches > 0 ? batches : 1) * (size_t)per;
@@ -4167,10 +4168,10 @@ static int lowrank_svd_chunk(int m, int n, int r, int oversample, int per, int c
 // the scratch floats the grouped step needs for count matrices (m, n) at rank
 // r: its largest batch's own arrays, then the exact SVD's (p, p), or the
 // randomized SVD's arrays for a chunk
-static size_t lowrank_group_scratch_floats(int m, int n, int r, int count, int oversample = -1) {
-    int per = lowrank_batch_size(m, n, r, count, oversample);
-    int chunk = oversample < 0 ? 1 : lowrank_svd_chunk(m, n, r, oversample, per, count);
-    return lowrank_batch_scratch_floats(m, n, r, per, oversample, chunk);
+static size_t lowrank_group_scratch_floats(int m, int n, int right, int r, int count, int oversample = -1) {
+    int per = lowrank_batch_size(m, n, right, r, count, oversample);
+    int chunk = oversample < 0 ? 1 : lowrank_svd_chunk(m, n, right, r, oversample, per, count);
+    return lowrank_batch_scratch_floats(m, n, right, r, per, oversample, chunk);
 }
 
 void lowrank_gpu_create(LowRankGPU* ctx) {
@@ -4192,21 +4193,21 @@ static size_t eig_workspace_doubles(int p) { return 1 + 6 * (size_t)p + 2 * (siz
 // matrices (m, n) at rank r: the exact SVD's syevdx on (p, p) (svd_count 1),
 // or --svd randomized's (oversample >= 0) cusolverDnXsyevBatched on svd_count
 // (l, l) matrices at once, planned as svd_count times the (l, l) bound
-static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int r, int oversample = -1) {
-    *scratch_floats = lowrank_batch_scratch_floats(m, n, r, 1, oversample, 1);
-    *eig_doubles = eig_workspace_doubles(oversample < 0 ? (m <= n ? m : n) : cpu::svd_sketch_cols(m, n, r, oversample));
+static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int right, int r, int oversample = -1) {
+    *scratch_floats = lowrank_batch_scratch_floats(m, n, right, r, 1, oversample, 1);
+    *eig_doubles = eig_workspace_doubles(oversample < 0 ? (right ? n : m) : cpu::svd_sketch_cols(m, n, right, r, oversample));
 }
 
 // the same for the grouped step of count matrices (m, n) at rank r
-static void lowrank_gpu_need_group(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int r, int count,
+static void lowrank_gpu_need_group(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int right, int r, int count,
                                    int oversample = -1) {
-    *scratch_floats = lowrank_group_scratch_floats(m, n, r, count, oversample);
+    *scratch_floats = lowrank_group_scratch_floats(m, n, right, r, count, oversample);
     if (oversample < 0) {
-        *eig_doubles = eig_workspace_doubles(m <= n ? m : n);
+        *eig_doubles = eig_workspace_doubles(right ? n : m);
         return;
     }
-    int chunk = lowrank_svd_chunk(m, n, r, oversample, lowrank_batch_size(m, n, r, count, oversample), count);
-    *eig_doubles = (size_t)chunk * eig_workspace_doubles(cpu::svd_sketch_cols(m, n, r, oversample));
+    int chunk = lowrank_svd_chunk(m, n, right, r, oversample, lowrank_batch_size(m, n, right, r, count, oversample), count);
+    *eig_doubles = (size_t)chunk * eig_workspace_doubles(cpu::svd_sketch_cols(m, n, right, r, oversample));
 }
 
 // grows the eigensolver workspace to the plan's `planned` doubles, or cuSOLVER's
@@ -4235,13 +4236,13 @@ static size_t rsvd_eig_lwork(LowRankGPU* ctx, int l, int count) {
 }
 
 // grows the sizes for one (m, n) matrix at rank r
-void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
+void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int right, int r) {
     size_t used = 0, planned = 0;
-    lowrank_gpu_need(&used, &planned, m, n, r, ctx->svd_oversample);
+    lowrank_gpu_need(&used, &planned, m, n, right, r, ctx->svd_oversample);
     if (used > ctx->scratch_floats) { ctx->scratch_floats = used; }
-    int p = m <= n ? m : n, lwork = 0, meig = 0;
+    int p = right ? n : m, lwork = 0, meig = 0;
     if (ctx->svd_oversample >= 0) {
-        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, r, ctx->svd_oversample),
+        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, right, r, ctx->svd_oversample),
                                                              1), m, n);
         return;
     }
@@ -4252,15 +4253,15 @@ void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int r) {
 }
 
 // grows the sizes for the grouped step of count matrices (m, n) at rank r
-void lowrank_gpu_reserve_group(LowRankGPU* ctx, int m, int n, int r, int count) {
-    lowrank_gpu_reserve(ctx, m, n, r);
+void lowrank_gpu_reserve_group(LowRankGPU* ctx, int m, int n, int right, int r, int count) {
+    lowrank_gpu_reserve(ctx, m, n, right, r);
     size_t floats = 0, planned = 0;
-    lowrank_gpu_need_group(&floats, &planned, m, n, r, count, ctx->svd_oversample);
+    lowrank_gpu_need_group(&floats, &planned, m, n, right, r, count, ctx->svd_oversample);
     if (floats > ctx->scratch_floats) { ctx->scratch_floats = floats; }
     if (ctx->svd_oversample >= 0) {
-        int chunk = lowrank_svd_chunk(m, n, r, ctx->svd_oversample,
-                                      lowrank_batch_size(m, n, r, count, ctx->svd_oversample), count);
-        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, r, ctx->svd_oversample),
+        int chunk = lowrank_svd_chunk(m, n, right, r, ctx->svd_oversample,
+                                      lowrank_batch_size(m, n, right, r, count, ctx->svd_oversample), count);
+        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, right, r, ctx->svd_oversample),
                                                              chunk), m, n);
     }
 }
@@ -4502,7 +4503,7 @@ static void cusolver_factorization_report(cusolverStatus_t status, int info, con
                                           const char* which) {
     if (status == CUSOLVER_STATUS_SUCCESS && info == 0) { return; }
     fprintf(stderr, "error: %s failed on the %d x %d %sGram matrix of a %d x %d gradient (%s%sthe SVD for the "
-            "subspace): ", call, p, p, p == (m <= n ? m : n) ? "" : "projected ", m, n, which != NULL ? which : "",
+            "subspace): ", call, p, p, p == m || p == n ? "" : "projected ", m, n, which != NULL ? which : "",
             which != NULL ? "; " : "");
     if (status != CUSOLVER_STATUS_SUCCESS) {
         fprintf(stderr, "cuSOLVER status %d\n", (int)status);
@@ -4527,8 +4528,8 @@ void cusolver_factorization_check(cusolverStatus_t status, const int* dev_info, 
 
 // one matrix's SVD as svd_top_left_singular_vectors left it: its status and
 // devInfo, then the eigenpairs syevdx found (R wanted)
-static void svd_outcome_check(const SvdOutcome* outcome, int info, int m, int n, int r, const char* which) {
-    int p = outcome->order > 0 ? outcome->order : m <= n ? m : n;
+static void svd_outcome_check(const SvdOutcome* outcome, int info, int m, int n, int right, int r, const char* which) {
+    int p = outcome->order > 0 ? outcome->order : right ? n : m;
     cusolver_factorization_report(outcome->status, info, outcome->call != NULL ? outcome->call : "cusolverDnDsyevdx",
                                   p, m, n, which);
     if (outcome->found != r) {
@@ -4548,9 +4549,8 @@ static void svd_outcome_check(const SvdOutcome* outcome, int info, int m, int n,
 // the verdict is left in *outcome and dev_info, not read here: reading devInfo
 // waits for the GPU, so a step reads every matrix's at once, after all of them
 // (lowrank_svd_check); until then a failed S is garbage that the step goes on with
-void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int r, LowRankGPU* ctx, double* K,
+void svd_top_left_singular_vectors(float* S, const float* G, int m, int n, int right, int r, LowRankGPU* ctx, double* K,
                                    double* eig, int* dev_info, SvdOutcome* outcome) {
-    int right = m > n;
     int p = right ? n : m, q = right ? m : n;
     gram_double(K, G, n, right, p, q);
     outcome->found = 0;
@@ -4573,7 +4573,7 @@ static int lowrank_svd_step(const cpu::LowRankConfig* cfg, int t) {
 static void lowrank_svd_check(const LowRankBatchGPU* b) {
     int info = 0;
     cudaCheck(cudaMemcpy(&info, b->info, sizeof(int), cudaMemcpyDeviceToHost));
-    svd_outcome_check(&b->svd[0], info, b->m, b->n, b->r, NULL);
+    svd_outcome_check(&b->svd[0], info, b->m, b->n, b->right, b->r, NULL);
 }
 
 // ---- the randomized top-R SVD (--svd randomized), the CPU's twin (see
@@ -4595,9 +4595,9 @@ static void lowrank_svd_check(const LowRankBatchGPU* b) {
 // S are the same). verdicts: every call's devInfo is folded into the batch's
 // info (the first nonzero per matrix), read by the caller once per step.
 
-// one batch of the randomized SVD: count matrices (m, n) at rank r
+// one batch of the randomized SVD: count matrices (m, n) at rank r, projected on the right side or not
 typedef struct {
-    int count, m, n, r;
+    int count, m, n, right, r;
     PerMatrix<const float> G;       // (m, n) each: one pointer, or a table of count
     uint64_t stream0;               // Omega's stream for a batch of one
     const uint64_t* streams;        // device (count), or NULL (stream0)
@@ -4658,9 +4658,9 @@ void orthonormalize_rows(double* Y, double* Q, RsvdBatchGPU* c, int p, int l, Lo
 // op(G), canonical sign; sk gives (oversample, power_iters, seed, step), each
 // matrix's stream from c. the verdicts in c->info and c->outcome, not read here
 void svd_randomized_top_left_singular_vectors(RsvdBatchGPU* c, const cpu::SvdSketch* sk, LowRankGPU* ctx) {
-    int m = c->m, n = c->n, r = c->r, count = c->count, right = m > n;
+    int m = c->m, n = c->n, r = c->r, count = c->count, right = c->right;
     int p = right ? n : m, q = right ? m : n;
-    int l = cpu::svd_sketch_cols(m, n, r, sk->oversample);
+    int l = cpu::svd_sketch_cols(m, n, right, r, sk->oversample);
     size_t pl = (size_t)p * l, ll = (size_t)l * l, pp = (size_t)p * p;
     for (int e = 0; e < count; e++) {
         c->outcome[e].status = CUSOLVER_STATUS_SUCCESS;
@@ -4708,7 +4708,7 @@ void svd_randomized_top_left_singular_vectors(RsvdBatchGPU* c, const cpu::SvdSke
 static void lowrank_subspace_svd(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
     if (!cfg->svd_randomized) {
         for (int e = 0; e < b->count; e++) {
-            svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->r, ctx, b->K, b->eig,
+            svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->right, b->r, ctx, b->K, b->eig,
                                           b->info + e, &b->svd[e]);
         }
         return;
@@ -4721,7 +4721,7 @@ static void lowrank_subspace_svd(LowRankBatchGPU* b, const cpu::LowRankConfig* c
                        "(reserved: %d); hint: set ctx.svd_oversample before lowrank_gpu_reserve", cfg->svd_oversample,
                        ctx->svd_oversample);
         }
-        RsvdBatchGPU c = {b->count, b->m, b->n, b->r, b->G, b->svd_stream[0], b->svd_stream_dev, b->rsvd, b->info,
+        RsvdBatchGPU c = {b->count, b->m, b->n, b->right, b->r, b->G, b->svd_stream[0], b->svd_stream_dev, b->rsvd, b->info,
                           b->svd};
         cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step, 0};
         svd_randomized_top_left_singular_vectors(&c, &sk, ctx);
@@ -5106,7 +5106,7 @@ void lowrank_adamw_step(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg
 void lowrank_adamw_step(LowRankStateGPU* s, float* W, const float* G, int t, const cpu::LowRankConfig* cfg,
                         float lr, LowRankGPU* ctx) {
     size_t used = 0;
-    StepScratchGPU w = step_scratch_gpu_layout(ctx->scratch, &used, s->m, s->n, s->r, ctx->svd_oversample);
+    StepScratchGPU w = step_scratch_gpu_layout(ctx->scratch, &used, s->m, s->n, s->right, s->r, ctx->svd_oversample);
     if (used > ctx->scratch_floats) {
         fprintf(stderr, "error: lowrank_adamw_step: scratch for a %d x %d matrix at rank %d was not reserved; "
                 "hint: call lowrank_gpu_reserve for every low-rank shape before lowrank_gpu_alloc\n",
@@ -5202,7 +5202,7 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
                 g->matrix[entries++] = k2;
             }
         }
-        int per = lowrank_batch_size(s->m, s->n, s->r, entries - first, ctx->svd_oversample);
+        int per = lowrank_batch_size(s->m, s->n, s->right, s->r, entries - first, ctx->svd_oversample);
         if (most_per_batch > 0 && per > most_per_batch) { per = most_per_batch; }
         int first_batch = g->num_batches;
         for (int offset = first; offset < entries; offset += per) {
@@ -5211,7 +5211,7 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
             LowRankBatchGPU* b = &g->batch[j];
             b->m = s->m; b->n = s->n; b->r = s->r; b->right = s->right; b->p = s->p; b->q = s->q;
             b->count = entries - offset < per ? entries - offset : per;
-            size_t need = lowrank_batch_scratch_floats(b->m, b->n, b->r, b->count, ctx->svd_oversample);
+            size_t need = lowrank_batch_scratch_floats(b->m, b->n, b->right, b->r, b->count, ctx->svd_oversample);
             if (need > ctx->scratch_floats || ctx->scratch == NULL) {
                 cpu::fatal("lowrank_groups_build: scratch for %d matrices %d x %d at rank %d was not reserved; "
                            "hint: call lowrank_gpu_reserve_group for every shape before lowrank_gpu_alloc",
@@ -5236,7 +5236,7 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
             size_t used = 0;
             for (int e = 0; e < b->count; e++) {
                 const LowRankStateGPU* se = &states[g->matrix[offset + e]];
-                StepScratchGPU w = step_scratch_matrix_layout(ctx->scratch, &used, b->m, b->n, b->r);
+                StepScratchGPU w = step_scratch_matrix_layout(ctx->scratch, &used, b->m, b->n, b->right, b->r);
                 batch_set(&b->S, e, se->S); batch_set(&b->M, e, se->M); batch_set(&b->V, e, se->V);
                 batch_set(&b->limiter, e, se->limiter);
                 batch_set(&b->Gt, e, w.Gt); batch_set(&b->N, e, w.N); batch_set(&b->phi, e, w.phi);
@@ -5250,7 +5250,7 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
             }
             StepScratchGPU svd;
             if (ctx->svd_oversample < 0) {
-                step_scratch_svd_layout(&svd, ctx->scratch, &used, b->m, b->n, b->r, -1);
+                step_scratch_svd_layout(&svd, ctx->scratch, &used, b->m, b->n, b->right, b->r, -1);
             } else {
                 memset(&svd, 0, sizeof svd);  // the SVD's arrays are its chunk's (below)
             }
@@ -5268,13 +5268,13 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
         if (ctx->svd_oversample < 0) { continue; }
         // --svd randomized: chunks of whole batches, their arrays after the batch arrays of this shape
         // (at most the reserved chunk: a smaller per could round to a larger multiple)
-        int chunk = lowrank_svd_chunk(s->m, s->n, s->r, ctx->svd_oversample, per, entries - first);
-        int reserved = lowrank_svd_chunk(s->m, s->n, s->r, ctx->svd_oversample,
-                                         lowrank_batch_size(s->m, s->n, s->r, entries - first, ctx->svd_oversample),
+        int chunk = lowrank_svd_chunk(s->m, s->n, s->right, s->r, ctx->svd_oversample, per, entries - first);
+        int reserved = lowrank_svd_chunk(s->m, s->n, s->right, s->r, ctx->svd_oversample,
+                                         lowrank_batch_size(s->m, s->n, s->right, s->r, entries - first, ctx->svd_oversample),
                                          entries - first);
         if (chunk > reserved) { chunk = reserved; }
-        size_t base = lowrank_batch_scratch_floats(s->m, s->n, s->r, per, -1) -
-                      lowrank_batch_scratch_floats(s->m, s->n, s->r, 0, -1);
+        size_t base = lowrank_batch_scratch_floats(s->m, s->n, s->right, s->r, per, -1) -
+                      lowrank_batch_scratch_floats(s->m, s->n, s->right, s->r, 0, -1);
         for (int j = first_batch; j < g->num_batches;) {
             RsvdChunkGPU* c = &g->chunks[g->num_chunks];
             c->first_batch = j;
@@ -5285,7 +5285,7 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
                 g->batch_chunk[j++] = g->num_chunks;
             }
             size_t used = base;
-            c->w = rsvd_arrays_layout(ctx->scratch, &used, s->m, s->n, s->r, ctx->svd_oversample, c->count);
+            c->w = rsvd_arrays_layout(ctx->scratch, &used, s->m, s->n, s->right, s->r, ctx->svd_oversample, c->count);
             if (used > ctx->scratch_floats) {
                 cpu::fatal("lowrank_groups_build: scratch for the SVDs of %d matrices %d x %d at rank %d was not "
                            "reserved; hint: call lowrank_gpu_reserve_group for every shape before lowrank_gpu_alloc",
@@ -5337,7 +5337,7 @@ void lowrank_groups_step(LowRankGroupsGPU* g, int t, const cpu::LowRankConfig* c
             // batch's step then takes its S from there (lowrank_subspace_svd)
             RsvdChunkGPU* c = &g->chunks[g->batch_chunk[j]];
             if (c->first_batch == j) {
-                RsvdBatchGPU rb = {c->count, b->m, b->n, b->r, b->G, 0, g->svd_stream_dev + c->offset, c->w,
+                RsvdBatchGPU rb = {c->count, b->m, b->n, b->right, b->r, b->G, 0, g->svd_stream_dev + c->offset, c->w,
                                    g->info + c->offset, g->svd + c->offset};
                 cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)t, 0};
                 lowrank_timing_begin(&c->timing);
@@ -5361,7 +5361,7 @@ void lowrank_groups_step(LowRankGroupsGPU* g, int t, const cpu::LowRankConfig* c
         const LowRankBatchGPU* b = &g->batch[j];
         int offset = (int)(b->info - g->info);
         for (int e = 0; e < b->count; e++) {
-            svd_outcome_check(&b->svd[e], info[offset + e], b->m, b->n, b->r, g->names[g->matrix[offset + e]]);
+            svd_outcome_check(&b->svd[e], info[offset + e], b->m, b->n, b->right, b->r, g->names[g->matrix[offset + e]]);
         }
     }
     free(info);
@@ -5519,9 +5519,10 @@ typedef struct {
     int per_shape[MAX_LOWRANK_SHAPES];
 } ZeroShare;
 
-static size_t zero_piece_floats(const cpu::ShardPiece* pc, const cpu::TensorSpec* spec, int r) {
-    return pc->low_rank ? cpu::lowrank_state_num_floats(spec[pc->tensor].rows, spec[pc->tensor].cols, r)
-                        : 2 * pc->count;  // M then V
+static size_t zero_piece_floats(const cpu::ShardPiece* pc, const cpu::TensorSpec* spec, const cpu::TrainConfig* t) {
+    int m = spec[pc->tensor].rows, n = spec[pc->tensor].cols;
+    int right = cpu::lowrank_right(m, n, (cpu::ProjType)cpu::proj_type_parse(t->proj_type));
+    return pc->low_rank ? cpu::lowrank_state_num_floats(m, n, right, t->rank) : 2 * pc->count;  // M then V
 }
 
 static void zero_share(ZeroShare* z, const cpu::ShardPlan* sp, const cpu::LlamaConfig* c, const cpu::TrainConfig* t,
@@ -5531,7 +5532,7 @@ static void zero_share(ZeroShare* z, const cpu::ShardPlan* sp, const cpu::LlamaC
     cpu::parameter_table(spec, c);
     for (int p = 0; p < sp->num_pieces; p++) {
         const cpu::ShardPiece* pc = &sp->pieces[p];
-        size_t floats = zero_piece_floats(pc, spec, t->rank);
+        size_t floats = zero_piece_floats(pc, spec, t);
         if (pc->owner != rank) { continue; }
         z->masters_floats += pc->count;
         if (!pc->low_rank) { z->adam_floats += pc->count; continue; }
@@ -5583,7 +5584,7 @@ static const char* optimizer_place_states(Optimizer* o, const cpu::LlamaConfig* 
     o->lowrank_device_floats = 0;
     for (int p = 0; p < o->shards.num_pieces; p++) {
         const cpu::ShardPiece* pc = &o->shards.pieces[p];
-        size_t floats = zero_piece_floats(pc, spec, t->rank);
+        size_t floats = zero_piece_floats(pc, spec, t);
         o->piece_adam[p] = SIZE_MAX;
         o->piece_master[p] = SIZE_MAX;
         if (pc->owner != rank) { continue; }
@@ -5654,7 +5655,7 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
     o->ctx.svd_oversample = o->host.cfg.svd_randomized ? o->host.cfg.svd_oversample : -1;
     for (int k = 0; k < nl; k++) {
         const cpu::LowRankState* hs = &o->host.lowrank[k];
-        if (o->matrix_slot[k] >= 0) { lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->r); }
+        if (o->matrix_slot[k] >= 0) { lowrank_gpu_reserve(&o->ctx, hs->m, hs->n, hs->right, hs->r); }
     }
     o->grouped = optimizer_grouped(&o->host, llama_weights_bf16_only(dtype_from_name(t->dtype), t->master_weights));
     int shapes[MAX_LOWRANK_SHAPES][3];
@@ -5665,7 +5666,10 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
             const cpu::LowRankState* hs = &o->host.lowrank[k];
             here += o->matrix_slot[k] >= 0 && hs->m == shapes[s][0] && hs->n == shapes[s][1];
         }
-        if (here > 0) { lowrank_gpu_reserve_group(&o->ctx, shapes[s][0], shapes[s][1], t->rank, here); }
+        if (here > 0) {
+            int m = shapes[s][0], n = shapes[s][1];
+            lowrank_gpu_reserve_group(&o->ctx, m, n, cpu::lowrank_right(m, n, o->host.cfg.proj_type), t->rank, here);
+        }
     }
     if (owned > 0) { lowrank_gpu_alloc(&o->ctx); }  // AdamW alone needs no scratch
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -5698,18 +5702,18 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
         if (o->zero_ranks > 0) {  // ZeRO-1: fp32 states, packed
             int slot = o->matrix_slot[k];
             if (slot < 0) { continue; }
-            lowrank_state_layout(&o->lowrank[slot], hs->m, hs->n, hs->r, o->lowrank_memory + o->slot_at[slot], 0,
+            lowrank_state_layout(&o->lowrank[slot], hs->m, hs->n, hs->right, hs->r, o->lowrank_memory + o->slot_at[slot], 0,
                                  NULL);
             o->lowrank[slot].svd_stream = hs->svd_stream;
             continue;
         }
         if (o->host.subspace_bf16) {
             float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory) - S_before;
-            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->r, memory, o->host.q8, o->subspaces + S_before);
+            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->right, hs->r, memory, o->host.q8, o->subspaces + S_before);
             S_before += (size_t)hs->p * hs->r;
         } else {
             float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory);
-            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->r, memory, o->host.q8, NULL);
+            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->right, hs->r, memory, o->host.q8, NULL);
         }
         o->lowrank[k].svd_stream = hs->svd_stream;
     }
@@ -5780,8 +5784,8 @@ static void optimizer_lowrank_copy(Optimizer* o, int to_host) {
         cpu::LowRankState* hs = &h->lowrank[k];
         LowRankStateGPU* ds = &o->lowrank[k];
         size_t pr = (size_t)hs->p * hs->r;
-        size_t rest = (h->q8 ? cpu::lowrank_state_num_floats_q8(hs->m, hs->n, hs->r)
-                             : cpu::lowrank_state_num_floats(hs->m, hs->n, hs->r)) - pr;
+        size_t rest = (h->q8 ? cpu::lowrank_state_num_floats_q8(hs->m, hs->n, hs->right, hs->r)
+                             : cpu::lowrank_state_num_floats(hs->m, hs->n, hs->right, hs->r)) - pr;
         if (to_host) {
             cuda_check(cudaMemcpy(o->subspace_host, ds->S16, pr * sizeof(bf16), cudaMemcpyDeviceToHost));
             for (size_t j = 0; j < pr; j++) { hs->S[j] = cpu::fp32_from_bits((uint32_t)o->subspace_host[j] << 16); }
@@ -5805,7 +5809,7 @@ static void optimizer_piece_places(Optimizer* o, int p, float** host_m, float** 
     if (pc->low_rank) {
         int matrix = o->lowrank_first[pc->tensor] + pc->layer;
         const cpu::LowRankState* hs = &h->lowrank[matrix];
-        *floats = cpu::lowrank_state_num_floats(hs->m, hs->n, hs->r);
+        *floats = cpu::lowrank_state_num_floats(hs->m, hs->n, hs->right, hs->r);
         *host_m = hs->memory;
         *host_v = NULL;
         int slot = o->matrix_slot[matrix];
@@ -6334,7 +6338,8 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
             }
             if (!here) { continue; }
             size_t s = 0, e = 0;
-            lowrank_gpu_need(&s, &e, spec[i].rows, spec[i].cols, t->rank, oversample);
+            int m = spec[i].rows, n = spec[i].cols;
+            lowrank_gpu_need(&s, &e, m, n, cpu::lowrank_right(m, n, o.cfg.proj_type), t->rank, oversample);
             if (s > scratch) { scratch = s; }
             if (e > eig) { eig = e; }
         }
@@ -6342,7 +6347,9 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         for (int s = 0; s < num_shapes; s++) {
             if (shapes[s][2] == 0) { continue; }  // ZeRO-1: none of this shape here
             size_t need = 0, need_eig = 0;
-            lowrank_gpu_need_group(&need, &need_eig, shapes[s][0], shapes[s][1], t->rank, shapes[s][2], oversample);
+            int m = shapes[s][0], n = shapes[s][1];
+            lowrank_gpu_need_group(&need, &need_eig, m, n, cpu::lowrank_right(m, n, o.cfg.proj_type), t->rank,
+                                   shapes[s][2], oversample);
             if (need > scratch) { scratch = need; }
             if (need_eig > eig) { eig = need_eig; }
         }

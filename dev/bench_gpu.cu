@@ -631,7 +631,7 @@ static void bench_shape(ShapeResult* res, const char* shape, const BenchConfig* 
     bench_train_config(&t, METHOD_SUBTRACK, r, bc->k);
     cpu::LowRankConfig subtrack_cfg = {cpu::SUBSPACE_SUBTRACK, r, t.low_rank_scale, bc->k, t.st_init_step_size,
                                        1, 1, 1, t.norm_growth_limit, t.beta1, t.beta2, t.eps, 0.0f,
-                                       0, 0, 0, 0, 0, 0};  // the exact SVD (--svd exact), a constant eta
+                                       0, 0, 0, 0, 0, 0, cpu::PROJ_STD};  // the exact SVD, a constant eta, std
     cpu::LowRankConfig galore_cfg = subtrack_cfg;
     galore_cfg.method = cpu::SUBSPACE_GALORE;
     galore_cfg.adaptive_optimizer = 0;
@@ -639,17 +639,17 @@ static void bench_shape(ShapeResult* res, const char* shape, const BenchConfig* 
 
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
-    lowrank_gpu_reserve(&ctx, m, n, r);
+    lowrank_gpu_reserve(&ctx, m, n, m > n, r);
     lowrank_gpu_alloc(&ctx);
-    float* memory = (float*)device_malloc(cpu::lowrank_state_num_floats(m, n, r) * sizeof(float), "low-rank state");
+    float* memory = (float*)device_malloc(cpu::lowrank_state_num_floats(m, n, m > n, r) * sizeof(float), "low-rank state");
     LowRankStateGPU s;
-    lowrank_state_init(&s, m, n, r, memory);
+    lowrank_state_init(&s, m, n, m > n, r, memory);
     float* G = (float*)device_malloc((size_t)m * n * sizeof(float), "gradient");
     float* W = (float*)device_malloc((size_t)m * n * sizeof(float), "weight");
     bench_fill_normal(G, (size_t)m * n, 0.0f, 1.0f, BENCH_SEED + 100);
     bench_fill_normal(W, (size_t)m * n, 0.0f, BENCH_INIT_STD, BENCH_SEED + 101);
     size_t used = 0;
-    StepScratchGPU w = step_scratch_gpu_layout(ctx.scratch, &used, m, n, r);
+    StepScratchGPU w = step_scratch_gpu_layout(ctx.scratch, &used, m, n, m > n, r);
     // t = 0: S from the SVD of G, as in training
     lowrank_adamw_step(&s, W, G, 0, &subtrack_cfg, BENCH_LR, &ctx);
     cuda_check(cudaDeviceSynchronize());
@@ -1027,8 +1027,8 @@ static void bench_per_kernel(const char* preset, const BenchConfig* bc, const De
     // the optimizer's handles and eigensolver workspace, for the largest matrix
     lowrank_gpu_create(&k.ctx);
     k.ctx.products = dt == DTYPE_BFLOAT16 ? LOWRANK_BF16 : LOWRANK_FP32;  // as optimizer_build
-    lowrank_gpu_reserve(&k.ctx, p_min, (int)q, rank);
-    lowrank_gpu_reserve(&k.ctx, (int)C, (int)C, rank);
+    lowrank_gpu_reserve(&k.ctx, p_min, (int)q, p_min > ((int)q), rank);
+    lowrank_gpu_reserve(&k.ctx, (int)C, (int)C, ((int)C) > ((int)C), rank);
     lowrank_gpu_alloc(&k.ctx);
     size_t pp = (size_t)p_min * p_min;
     k.K = (double*)device_malloc(pp * sizeof(double), "Gram matrix");

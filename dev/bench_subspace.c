@@ -66,13 +66,13 @@ int main(void) {
     for (size_t si = 0; si < sizeof(BENCH_SHAPES) / sizeof(BENCH_SHAPES[0]); si++) {
         const BenchShape* b = &BENCH_SHAPES[si];
         int m = b->m, n = b->n, r = b->r;
-        size_t mn = (size_t)m * n, nstate = lowrank_state_num_floats(m, n, r);
+        size_t mn = (size_t)m * n, nstate = lowrank_state_num_floats(m, n, m > n, r);
         float* G = (float*)malloc_check(mn * sizeof(float), "G");
         float* G2 = (float*)malloc_check(mn * sizeof(float), "G2");
         float* W = (float*)calloc_check(mn * sizeof(float), "W");
         float* memory = (float*)malloc_check(nstate * sizeof(float), "state");
         float* saved = (float*)malloc_check(nstate * sizeof(float), "saved state");
-        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, r) * sizeof(float), "scratch");
+        float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, m > n, r) * sizeof(float), "scratch");
         float* Gt = (float*)malloc_check((size_t)(m > n ? m : n) * r * sizeof(float), "Gt");
         float* D = (float*)malloc_check(mn * sizeof(float), "D");
         bench_gradient(G, m, n, 1 + si, 0.05f);
@@ -85,7 +85,7 @@ int main(void) {
         cfg.norm_growth_limiter = 1; cfg.norm_growth_limit = 1.01f;
         cfg.beta1 = 0.9f; cfg.beta2 = 0.999f; cfg.eps = 1e-6f;
         LowRankState st;
-        lowrank_state_init(&st, m, n, r, memory);
+        lowrank_state_init(&st, m, n, m > n, r, memory);
         // a first step (SVD + Adam) so S, M and V hold realistic values
         lowrank_adamw_step(&st, W, G, 0, &cfg, 1e-3f, scratch);
         memcpy(saved, memory, nstate * sizeof(float));

@@ -38,8 +38,24 @@ RECOVERY_PHI_EPS = 1e-8  # the 1e-8 in phi_j = ||N_j|| / (||Gt_j|| + 1e-8)
 
 
 # ----------------------------------------------------------------------------
-# the optimizer, for one matrix, in the "left" orientation (rows <= cols).
-# a "right" matrix (m > n) is handled by running all of it on the transpose.
+# the optimizer, for one matrix, in the "left" orientation (S (m, R) spans
+# directions of G's column space). a matrix projected on its right side is
+# handled by running all of it on the transpose. which
+# side, by --proj_type (the authors' names): std projects the smaller side and
+# a square matrix's left one, reverse_std the other side, left and right
+# always that side.
+
+PROJ_NAMES = ["std", "reverse_std", "left", "right"]
+
+
+def projects_right(m, n, proj):
+    name = PROJ_NAMES[proj]
+    if name == "left":
+        return False
+    if name == "right":
+        return True
+    smaller_is_left = m <= n
+    return not smaller_is_left if name == "std" else smaller_is_left
 
 def canonical_sign(S):
     # each column's largest-magnitude entry positive; torch.argmax returns the
@@ -56,11 +72,11 @@ def top_left_singular_vectors(G, r):
 
 
 class LowRankReference:
-    """state of one matrix, kept in the left orientation (P = min(m, n) rows)."""
+    """state of one matrix, kept in the left orientation (P rows: the projected side)."""
 
     def __init__(self, m, n, cfg, dtype):
         self.m, self.n = m, n
-        self.right = m > n
+        self.right = projects_right(m, n, cfg.get("proj", 0))
         self.cfg = cfg
         self.dtype = dtype
         self.S = None        # (P, R)
@@ -182,16 +198,22 @@ def svd_margins(Gw, r, S):
 # sign (R and A flip together), but it keeps M^2 from dwarfing V, whose
 # cancellation in V - M o M would otherwise make the test ill-conditioned.
 
-def gradient_stream(m, n, r, steps, seed, scale):
+def gradient_stream(m, n, r, steps, seed, scale, other_side_fast=False):
     g = torch.Generator().manual_seed(seed)
     P, Q = min(m, n), max(m, n)
     Up, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
     Uq, _ = torch.linalg.qr(torch.randn(Q, Q, generator=g, dtype=torch.float64))
     nsig = r + 1
     s = scale * torch.tensor([0.72 ** i for i in range(r)] + [0.25 * 0.72 ** (r - 1)], dtype=torch.float64)
-    # the top direction rotates fastest, the second one slower, towards unused directions
+    # the top direction rotates fastest, the second one slower, towards unused
+    # directions; faster on the side std projects (the smaller one, a square
+    # matrix's left) than on the other, unless the other side is the projected
+    # one (other_side_fast), which then needs the faster turn for its tracking
+    # steps to move S well clear of rounding
     theta_p = [0.16, 0.07]
     theta_q = [0.05, 0.03]
+    if other_side_fast:
+        theta_p, theta_q = theta_q, theta_p
     noise = 0.02 * scale * 0.72 ** (r - 1) / (math.sqrt(P) + math.sqrt(Q))
     out = []
     for t in range(steps):
@@ -242,6 +264,18 @@ COMBOS = [  # (name, method, adaptive, recovery, limiter)
 ITERATIVE_CASES = [  # (shape index, combo name, eta)
     (0, "subtrack+both", 0.15),
     (1, "subtrack+both", 0.12),
+]
+
+# the other sides (--proj_type), each on a shape where it differs from std:
+# a tall matrix projected on its left (p = m > q), a wide one on its right,
+# and reverse_std on a square, a wide and a tall one
+PROJ_CASES = [  # (shape index, combo name, proj_type)
+    (1, "subtrack+both", "left"),
+    (0, "subtrack+both", "right"),
+    (2, "subtrack+both", "reverse_std"),
+    (3, "galore+both", "reverse_std"),
+    (4, "galore+recovery", "left"),
+    (0, "galore", "reverse_std"),
 ]
 
 STEPS = 10
@@ -324,12 +358,15 @@ def pack_case(m, n, cfg, W0, grads, rows):
     ints[0:9] = [m, n, cfg["r"], len(grads), cfg["method"], cfg["adaptive"], cfg["recovery"],
                  cfg["limiter"], cfg["k"]]
     ints[17] = cfg.get("st_sched", 0)
+    ints[18] = cfg.get("proj", 0)
     floats = [cfg["alpha"], cfg["eta"], cfg["lr"], cfg["wd"], cfg["beta1"], cfg["beta2"],
               cfg["eps"], cfg["zeta"]]
     for i, f in enumerate(floats):
         ints[9 + i] = struct.unpack("<i", struct.pack("<f", f))[0]
     out = bytearray(struct.pack("<%di" % CASE_HEADER_INTS, *ints))
-    label = ("%s%s %dx%d" % (cfg["name"], "/t" if cfg.get("st_sched", 0) else "", m, n)).encode("ascii")
+    proj = cfg.get("proj", 0)
+    label = ("%s%s%s %dx%d" % (cfg["name"], "/t" if cfg.get("st_sched", 0) else "",
+                               "@" + PROJ_NAMES[proj] if proj else "", m, n)).encode("ascii")
     assert len(label) < CASE_NAME_BYTES
     out += label + b"\0" * (CASE_NAME_BYTES - len(label))
 
@@ -366,11 +403,17 @@ def main():
         cfg = base_config(*SHAPES[si], COMBOS[ci])
         cfg.update(eta=f32(eta), st_sched=1)
         plan.append((si, len(COMBOS) + j, cfg))
+    for j, (si, name, proj) in enumerate(PROJ_CASES):
+        ci = [c[0] for c in COMBOS].index(name)
+        cfg = base_config(*SHAPES[si], COMBOS[ci])
+        cfg.update(proj=PROJ_NAMES.index(proj))
+        plan.append((si, len(COMBOS) + len(ITERATIVE_CASES) + j, cfg))
     for si, ci, cfg in plan:
         m, n, r, k, wd = SHAPES[si]
         for attempt in range(200):
             seed = 1000 * si + 17 * ci + 100003 * attempt
-            grads = gradient_stream(m, n, r, STEPS, seed, GRAD_SCALE)
+            other = projects_right(m, n, cfg.get("proj", 0)) != projects_right(m, n, 0)
+            grads = gradient_stream(m, n, r, STEPS, seed, GRAD_SCALE, other_side_fast=other)
             gW = torch.Generator().manual_seed(seed + 1)
             W0 = (0.02 * torch.randn(m, n, generator=gW, dtype=torch.float64)).to(torch.float32)
             rows, log = run_case(m, n, cfg, grads, W0, dtype)

@@ -345,15 +345,15 @@ static CaseErrors lowrank_case_errors(int m, int n, int r, const MethodCase* mc,
     int k = 2;
     cpu::LowRankConfig cfg = make_config(mc, r, k, eta, wd);
     float lr = 1e-2f;
-    size_t mn = (size_t)m * n, state_floats = cpu::lowrank_state_num_floats(m, n, r);
+    size_t mn = (size_t)m * n, state_floats = cpu::lowrank_state_num_floats(m, n, m > n, r);
     // CPU side
     cpu::LowRankState st;
     float* cpu_memory = (float*)malloc(state_floats * sizeof(float));
-    float* scratch = (float*)malloc(cpu::lowrank_scratch_num_floats_cfg(m, n, r, &cfg) * sizeof(float));
+    float* scratch = (float*)malloc(cpu::lowrank_scratch_num_floats_cfg(m, n, m > n, r, &cfg) * sizeof(float));
     float* W = (float*)malloc(mn * sizeof(float));
     float* W0 = (float*)malloc(mn * sizeof(float));
     float* G = (float*)malloc(mn * sizeof(float));
-    cpu::lowrank_state_init(&st, m, n, r, cpu_memory);
+    cpu::lowrank_state_init(&st, m, n, m > n, r, cpu_memory);
     cpu::Rng rng;
     cpu::rng_seed(&rng, seed);
     for (size_t i = 0; i < mn; i++) { W0[i] = 0.1f * cpu::rng_normal(&rng); }
@@ -362,7 +362,7 @@ static CaseErrors lowrank_case_errors(int m, int n, int r, const MethodCase* mc,
     LowRankStateGPU gs;
     float* d_memory;
     cudaCheck(cudaMalloc((void**)&d_memory, state_floats * sizeof(float)));
-    lowrank_state_init(&gs, m, n, r, d_memory);
+    lowrank_state_init(&gs, m, n, m > n, r, d_memory);
     float* d_W = device_copy(W0, mn);
     float* d_G = device_copy(W0, mn);
     float* gpu_memory = (float*)malloc(state_floats * sizeof(float));
@@ -653,15 +653,15 @@ static double fused_mv_diff(const float* a, const float* b, size_t n) {
     return d / fmax(big, 1e-30);
 }
 
-static void test_lowrank_fused_case(LowRankProducts products, int m, int n, int r, int limiter, float wd,
+static void test_lowrank_fused_case(LowRankProducts products, int m, int n, int right, int r, int limiter, float wd,
                                     uint64_t seed) {
     const char* prec = products == LOWRANK_BF16 ? "bf16" : "TF32";
     double u = products == LOWRANK_BF16 ? FUSED_U_BF16 : FUSED_U_TF32;
     cpu::LowRankConfig cfg = make_config(&method_cases[6], r, 1000, 1.0f, wd);  // subtrack+both: k 1000, no update
     cfg.norm_growth_limiter = limiter;
     float lr = 1e-2f;
-    size_t mn = (size_t)m * n, floats = cpu::lowrank_state_num_floats(m, n, r);
-    int p = m <= n ? m : n, q = m <= n ? n : m;
+    size_t mn = (size_t)m * n, floats = cpu::lowrank_state_num_floats(m, n, right, r);
+    int p = right ? n : m, q = right ? m : n;
     size_t pr = (size_t)p * r, qr = (size_t)q * r;
     LowRankGPU ctx[2];           // 0: fused, 1: unfused, both at `products`
     LowRankStateGPU states[2][FUSED_MATRICES];
@@ -675,12 +675,12 @@ static void test_lowrank_fused_case(LowRankProducts products, int m, int n, int 
         lowrank_gpu_create(&ctx[run]);
         ctx[run].products = products;
         ctx[run].unfused = run;
-        lowrank_gpu_reserve_group(&ctx[run], m, n, r, FUSED_MATRICES);
+        lowrank_gpu_reserve_group(&ctx[run], m, n, right, r, FUSED_MATRICES);
         lowrank_gpu_alloc(&ctx[run]);
     }
     for (int k = 0; k < FUSED_MATRICES; k++) {
         cpu_memory[k] = (float*)malloc(floats * sizeof(float));
-        cpu::lowrank_state_init(&st[k], m, n, r, cpu_memory[k]);
+        cpu::lowrank_state_init(&st[k], m, n, right, r, cpu_memory[k]);
         double* Q = (double*)malloc(pr * sizeof(double));   // S: orthonormal columns
         for (size_t i = 0; i < pr; i++) { Q[i] = cpu::rng_normal(&rng); }
         orthonormalize(Q, p, r);
@@ -699,7 +699,7 @@ static void test_lowrank_fused_case(LowRankProducts products, int m, int n, int 
         d_G[k] = device_copy(W[k], mn);
         for (int run = 0; run < 2; run++) {
             cudaCheck(cudaMalloc((void**)&d_memory[run][k], floats * sizeof(float)));
-            lowrank_state_init(&states[run][k], m, n, r, d_memory[run][k]);
+            lowrank_state_init(&states[run][k], m, n, right, r, d_memory[run][k]);
             cudaCheck(cudaMemcpy(d_memory[run][k], cpu_memory[k], floats * sizeof(float), cudaMemcpyHostToDevice));
             d_W[run][k] = device_copy(W[k], mn);
         }
@@ -783,14 +783,15 @@ static void test_lowrank_fused_case(LowRankProducts products, int m, int n, int 
     double mv_tol = ldexp(1.0, -22);
     int want_fired = limiter ? 1 + FUSED_MATRICES : 0;   // matrix 1 at step 1, every matrix at step 2
     check(vs_cpu.w_ratio <= 1.0 && vs_cpu.prev_ratio <= 1.0 && vs_cpu.mv <= mv_tol && vs_cpu.fired == want_fired,
-          "lowrank fused %s %3dx%-3d r%-2d %s wd %g, %d x %d steps against the CPU's steps 4-6: W %.2f of its "
-          "bound, prev %.2f, M V %.1e (tol 2^-22), limiter fired %d times (want %d)", prec, m, n, r,
+          "lowrank fused %s %3dx%-3d %-5s r%-2d %s wd %g, %d x %d steps against the CPU's steps 4-6: W %.2f of "
+          "its bound, prev %.2f, M V %.1e (tol 2^-22), limiter fired %d times (want %d)", prec, m, n,
+          right ? "right" : "left", r,
           limiter ? "limiter on " : "limiter off", wd, FUSED_MATRICES, FUSED_STEPS, vs_cpu.w_ratio, vs_cpu.prev_ratio,
           vs_cpu.mv, vs_cpu.fired, want_fired);
     check(vs_unfused.w_ratio <= 1.0 && vs_unfused.prev_ratio <= 1.0 && vs_unfused.mv <= mv_tol && bits_differ > 0,
-          "lowrank fused %s %3dx%-3d r%-2d %s wd %g against the unfused path (cuBLAS TF32): W %.2f of the two "
-          "bounds' sum, prev %.2f, M V %.1e; %zu floats of W differ in their bits (the fused path ran)", prec, m, n,
-          r, limiter ? "limiter on " : "limiter off", wd, vs_unfused.w_ratio, vs_unfused.prev_ratio, vs_unfused.mv,
+          "lowrank fused %s %3dx%-3d %-5s r%-2d %s wd %g against the unfused path (cuBLAS TF32): W %.2f of the "
+          "two bounds' sum, prev %.2f, M V %.1e; %zu floats of W differ in their bits (the fused path ran)", prec,
+          m, n, right ? "right" : "left", r, limiter ? "limiter on " : "limiter off", wd, vs_unfused.w_ratio, vs_unfused.prev_ratio, vs_unfused.mv,
           bits_differ);
     for (int run = 0; run < 2; run++) {
         lowrank_groups_free(&g[run]);
@@ -814,13 +815,16 @@ static void test_lowrank_fused(void) {
     const LowRankProducts precisions[2] = {LOWRANK_BF16, LOWRANK_TF32};
     for (int pi = 0; pi < 2; pi++) {
         LowRankProducts pr = precisions[pi];
-        test_lowrank_fused_case(pr, 72, 200, 13, 1, 0.0f, 7001);    // left, R odd
-        test_lowrank_fused_case(pr, 200, 72, 13, 1, 0.1f, 7002);    // right, weight decay
-        test_lowrank_fused_case(pr, 70, 130, 24, 1, 0.1f, 7003);    // left, R a multiple of 8 only
-        test_lowrank_fused_case(pr, 150, 40, 40, 1, 0.0f, 7004);    // right, R = p: TF32's chunk 32 + 8
-        test_lowrank_fused_case(pr, 100, 96, 24, 0, 0.1f, 7005);    // right, limiter off
+        test_lowrank_fused_case(pr, 72, 200, 0, 13, 1, 0.0f, 7001);    // left, R odd
+        test_lowrank_fused_case(pr, 200, 72, 1, 13, 1, 0.1f, 7002);    // right, weight decay
+        test_lowrank_fused_case(pr, 70, 130, 0, 24, 1, 0.1f, 7003);    // left, R a multiple of 8 only
+        test_lowrank_fused_case(pr, 150, 40, 1, 40, 1, 0.0f, 7004);    // right, R = p: TF32's chunk 32 + 8
+        test_lowrank_fused_case(pr, 100, 96, 1, 24, 0, 0.1f, 7005);    // right, limiter off
+        // the larger side projected (--proj_type reverse_std, left, right): p > q
+        test_lowrank_fused_case(pr, 72, 200, 1, 13, 1, 0.1f, 7007);    // right of a wide matrix, p = 200
+        test_lowrank_fused_case(pr, 200, 72, 0, 13, 1, 0.0f, 7008);    // left of a tall one, p = 200
     }
-    test_lowrank_fused_case(LOWRANK_BF16, 90, 150, 72, 1, 0.1f, 7006);   // left, bf16's chunk 64 + 8
+    test_lowrank_fused_case(LOWRANK_BF16, 90, 150, 0, 72, 1, 0.1f, 7006);   // left, bf16's chunk 64 + 8
 }
 
 // ---- 2e. bf16 mode's projection alone (lowrank_project_kernel<LowRankBF16>,
@@ -975,7 +979,7 @@ static void test_lowrank_groups(int oversample = -1) {
     int per_shape[2] = {0, 0};
     for (int k = 0; k < GROUP_MATRICES; k++) { per_shape[group_shape_of[k]]++; }
     for (int s = 0; s < 2; s++) {
-        lowrank_gpu_reserve_group(&ctx, group_shapes[s][0], group_shapes[s][1], group_shapes[s][2], per_shape[s]);
+        lowrank_gpu_reserve_group(&ctx, group_shapes[s][0], group_shapes[s][1], group_shapes[s][0] > group_shapes[s][1], group_shapes[s][2], per_shape[s]);
     }
     lowrank_gpu_alloc(&ctx);
     int num_methods = (int)(sizeof(method_cases) / sizeof(method_cases[0]));
@@ -997,12 +1001,12 @@ static void test_lowrank_groups(int oversample = -1) {
             for (int k = 0; k < GROUP_MATRICES; k++) {
                 const int* sh = group_shapes[group_shape_of[k]];
                 mn[k] = (size_t)sh[0] * sh[1];
-                floats[k] = cpu::lowrank_state_num_floats(sh[0], sh[1], sh[2]);
+                floats[k] = cpu::lowrank_state_num_floats(sh[0], sh[1], sh[0] > sh[1], sh[2]);
                 float* W0 = (float*)malloc(mn[k] * sizeof(float));
                 for (size_t i = 0; i < mn[k]; i++) { W0[i] = 0.1f * cpu::rng_normal(&rng); }
                 for (int run = 0; run < 2; run++) {
                     cudaCheck(cudaMalloc((void**)&d_memory[run][k], floats[k] * sizeof(float)));
-                    lowrank_state_init(&states[run][k], sh[0], sh[1], sh[2], d_memory[run][k]);
+                    lowrank_state_init(&states[run][k], sh[0], sh[1], sh[0] > sh[1], sh[2], d_memory[run][k]);
                     states[run][k].svd_stream = 10 + (uint64_t)k;
                     d_W[run][k] = device_copy(W0, mn[k]);
                     host[run][k] = (float*)malloc((floats[k] + mn[k]) * sizeof(float));
@@ -1072,7 +1076,7 @@ static void test_resume_bit_exact(LowRankGPU* ctx) {
     for (int orient = 0; orient < 2; orient++) {
         int mm = orient ? n : m, nn = orient ? m : n;
         cpu::LowRankConfig cfg = make_config(&method_cases[6], r, 2, 1.0f, 0.1f);
-        size_t mn = (size_t)mm * nn, state_floats = cpu::lowrank_state_num_floats(mm, nn, r);
+        size_t mn = (size_t)mm * nn, state_floats = cpu::lowrank_state_num_floats(mm, nn, mm > nn, r);
         float* G = (float*)malloc((size_t)steps * mn * sizeof(float));
         GradientSource src;
         gradient_source_init(&src, mm, nn, r, 99 + orient);
@@ -1088,7 +1092,7 @@ static void test_resume_bit_exact(LowRankGPU* ctx) {
         float* out_W[2];
         for (int run = 0; run < 2; run++) {
             cudaCheck(cudaMalloc((void**)&d_mem[run], state_floats * sizeof(float)));
-            lowrank_state_init(&s[run], mm, nn, r, d_mem[run]);
+            lowrank_state_init(&s[run], mm, nn, mm > nn, r, d_mem[run]);
             d_W[run] = device_copy(W0, mn);
             for (int t = 0; t < steps; t++) {
                 if (run == 1 && t == cut) {
@@ -1099,7 +1103,7 @@ static void test_resume_bit_exact(LowRankGPU* ctx) {
                     cudaCheck(cudaFree(d_mem[1]));
                     cudaCheck(cudaFree(d_W[1]));
                     cudaCheck(cudaMalloc((void**)&d_mem[1], state_floats * sizeof(float)));
-                    lowrank_state_init(&s[1], mm, nn, r, d_mem[1]);
+                    lowrank_state_init(&s[1], mm, nn, mm > nn, r, d_mem[1]);
                     cudaCheck(cudaMemcpy(d_mem[1], saved_mem, state_floats * sizeof(float), cudaMemcpyHostToDevice));
                     d_W[1] = device_copy(saved_W, mn);
                 }
@@ -1296,14 +1300,14 @@ static int svd_failure_child(int mode) {
     int grouped = mode >= 1;
     int m = SVD_FAILURE_M, n = SVD_FAILURE_N, r = SVD_FAILURE_R, count = grouped ? SVD_FAILURE_MATRICES : 1;
     int bad = grouped ? SVD_FAILURE_BAD : 0;
-    size_t mn = (size_t)m * n, state_floats = cpu::lowrank_state_num_floats(m, n, r);
+    size_t mn = (size_t)m * n, state_floats = cpu::lowrank_state_num_floats(m, n, m > n, r);
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
     if (mode == 2) {
         ctx.svd_oversample = SVD_OVERSAMPLE_DEFAULT;
         g_svd_oversample = SVD_OVERSAMPLE_DEFAULT;
     }
-    lowrank_gpu_reserve_group(&ctx, m, n, r, count);
+    lowrank_gpu_reserve_group(&ctx, m, n, m > n, r, count);
     lowrank_gpu_alloc(&ctx);
     float* G = (float*)malloc(mn * sizeof(float));
     cpu::Rng rng;
@@ -1318,7 +1322,7 @@ static int svd_failure_child(int mode) {
         if (k == bad) { G[5 * n + 7] = NAN; }
         d_G[k] = device_copy(G, mn);
         d_W[k] = device_copy(G, mn);
-        lowrank_state_init(&states[k], m, n, r, d_memory + k * state_floats);
+        lowrank_state_init(&states[k], m, n, m > n, r, d_memory + k * state_floats);
         states[k].svd_stream = (uint64_t)k;
     }
     cpu::LowRankConfig cfg = make_config(&method_cases[6], r, 2, 1.0f, 0.0f);
@@ -1381,10 +1385,10 @@ static void test_svd_failure_stops(void) {
 }
 
 // reserves scratch for one more shape, reallocating if it grew
-static void lowrank_gpu_grow(LowRankGPU* ctx, int m, int n, int r) {
+static void lowrank_gpu_grow(LowRankGPU* ctx, int m, int n, int right, int r) {
     size_t floats = ctx->scratch_floats;
     int lwork = ctx->eig_lwork;
-    lowrank_gpu_reserve(ctx, m, n, r);
+    lowrank_gpu_reserve(ctx, m, n, right, r);
     if (ctx->scratch_floats == floats && ctx->eig_lwork == lwork) { return; }
     cudaCheck(cudaFree(ctx->scratch));
     cudaCheck(cudaFree(ctx->eig_work));
@@ -1457,26 +1461,29 @@ static void test_trajectories(const char* path, LowRankGPU* ctx) {
         cfg.eps = bits_to_float(h[15]);
         cfg.norm_growth_limit = bits_to_float(h[16]);
         cfg.st_step_size_iterative = h[17];  // --st_step_size_scheduler iterative_decrease (0: constant)
+        cfg.proj_type = (cpu::ProjType)(h[18] >= 0 && h[18] <= 3 ? h[18] : 0);   // --proj_type (checked below)
+        int right = cpu::lowrank_right(m, n, cfg.proj_type);
         char name[TRAJ_CASE_NAME_BYTES];
         memcpy(name, (const char*)h + TRAJ_CASE_HEADER_INTS * 4, TRAJ_CASE_NAME_BYTES);
         name[TRAJ_CASE_NAME_BYTES - 1] = '\0';
         offset += case_header;
-        size_t mn = (size_t)m * n, p = m <= n ? m : n, q = m <= n ? n : m;
+        size_t mn = (size_t)m * n, p = right ? n : m, q = right ? m : n;
         size_t record = 2 * mn + p * r + 2 * q * r + 1;
         size_t body = (mn + (size_t)steps * record) * sizeof(float);
-        if (m < 1 || n < 1 || r < 1 || r > (int)p || steps < 1 || offset + body > (size_t)size) {
+        if (m < 1 || n < 1 || r < 1 || r > (m <= n ? m : n) || steps < 1 || h[18] < 0 || h[18] > 3 ||
+            offset + body > (size_t)size) {
             check(0, "trajectories: %s, case %d has a bad header or is truncated", path, ci);
             break;
         }
         const float* W0 = (const float*)(data + offset);
         const float* records = W0 + mn;
         offset += body;
-        lowrank_gpu_grow(ctx, m, n, r);
-        size_t state_floats = cpu::lowrank_state_num_floats(m, n, r);
+        lowrank_gpu_grow(ctx, m, n, right, r);
+        size_t state_floats = cpu::lowrank_state_num_floats(m, n, right, r);
         LowRankStateGPU gs;
         float* d_memory;
         cudaCheck(cudaMalloc((void**)&d_memory, state_floats * sizeof(float)));
-        lowrank_state_init(&gs, m, n, r, d_memory);
+        lowrank_state_init(&gs, m, n, right, r, d_memory);
         float* d_W = device_copy(W0, mn);
         float* d_G = device_copy(W0, mn);
         float* memory = (float*)malloc(state_floats * sizeof(float));
@@ -1668,18 +1675,20 @@ static void test_quantize_blockwise(void) {
 #define RSVD_TWIN_MATRICES 3
 #define RSVD_TWIN_TOL (1.1920928955078125e-07 + 1e-12)
 static void test_svd_randomized_twin(void) {
-    const int shapes[][3] = {{72, 200, 8}, {200, 72, 8}, {23, 9, 3}, {16, 16, 5}};
+    // (m, n, R, right): the side std projects, and the larger side (--proj_type reverse_std, left, right)
+    const int shapes[][4] = {{72, 200, 8, 0}, {200, 72, 8, 1}, {23, 9, 3, 1}, {16, 16, 5, 0}, {72, 200, 8, 1},
+                             {23, 9, 3, 0}};
     const int nshapes = (int)(sizeof shapes / sizeof shapes[0]), o = SVD_OVERSAMPLE_DEFAULT, nb = RSVD_TWIN_MATRICES;
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
     ctx.svd_oversample = o;
     for (int si = 0; si < nshapes; si++) {
-        lowrank_gpu_reserve_group(&ctx, shapes[si][0], shapes[si][1], shapes[si][2], nb);
+        lowrank_gpu_reserve_group(&ctx, shapes[si][0], shapes[si][1], shapes[si][3], shapes[si][2], nb);
     }
     lowrank_gpu_alloc(&ctx);
     for (int si = 0; si < nshapes; si++) {
-        int m = shapes[si][0], n = shapes[si][1], r = shapes[si][2];
-        int p = m <= n ? m : n, l = cpu::svd_sketch_cols(m, n, r, o);
+        int m = shapes[si][0], n = shapes[si][1], r = shapes[si][2], right = shapes[si][3];
+        int p = right ? n : m, l = cpu::svd_sketch_cols(m, n, right, r, o);
         size_t mn = (size_t)m * n, pr = (size_t)p * r;
         cpu::SvdSketch sk = {o, SVD_POWER_ITERS_DEFAULT, 4242, 6, 0};
         uint64_t streams[RSVD_TWIN_MATRICES];
@@ -1689,7 +1698,7 @@ static void test_svd_randomized_twin(void) {
         float* G = (float*)malloc(mn * sizeof(float));
         float* a = (float*)malloc((size_t)m * sizeof(float));
         float* b = (float*)malloc((size_t)n * sizeof(float));
-        float* scratch = (float*)malloc(cpu::svd_randomized_scratch_num_floats(m, n, r, o) * sizeof(float));
+        float* scratch = (float*)malloc(cpu::svd_randomized_scratch_num_floats(m, n, right, r, o) * sizeof(float));
         for (int k = 0; k < nb; k++) {
             cpu::Rng rng;
             cpu::rng_seed(&rng, 900 + 10 * si + k);
@@ -1703,7 +1712,7 @@ static void test_svd_randomized_twin(void) {
             }
             streams[k] = 5 + 7 * (uint64_t)si + k;
             sk.stream = streams[k];
-            cpu::svd_randomized_top_left_singular_vectors(S_cpu + k * pr, G, m, n, r, &sk, scratch);
+            cpu::svd_randomized_top_left_singular_vectors(S_cpu + k * pr, G, m, n, right, r, &sk, scratch);
             d_G[k] = device_copy(G, mn);
         }
         // the batch: G as a device table, each matrix's stream on the device, arrays for nb matrices
@@ -1716,12 +1725,12 @@ static void test_svd_randomized_twin(void) {
         cudaCheck(cudaMemcpy(d_streams, streams, nb * sizeof(uint64_t), cudaMemcpyHostToDevice));
         cudaCheck(cudaMalloc((void**)&d_info, nb * sizeof(int)));
         size_t used = 0;
-        RsvdArraysGPU w = rsvd_arrays_layout(ctx.scratch, &used, m, n, r, o, nb);
+        RsvdArraysGPU w = rsvd_arrays_layout(ctx.scratch, &used, m, n, right, r, o, nb);
         PerMatrix<const float> Gs;
         Gs.table = d_table;
         Gs.host = (const float* const*)d_G;
         SvdOutcome outcome[RSVD_TWIN_MATRICES];
-        RsvdBatchGPU c = {nb, m, n, r, Gs, 0, d_streams, w, d_info, outcome};
+        RsvdBatchGPU c = {nb, m, n, right, r, Gs, 0, d_streams, w, d_info, outcome};
         // Omega, as the GPU draws it (into the basis array, as the SVD does first)
         size_t numel = (size_t)p * l, same = 0;
         double worst = 0.0;
@@ -1757,8 +1766,9 @@ static void test_svd_randomized_twin(void) {
         int omega_ok = worst <= 2.384185791015625e-07;
 #endif
         check(omega_ok && ok_solver && e_col <= RSVD_TWIN_TOL && e_proj <= RSVD_TWIN_TOL,
-              "randomized svd %3dx%-3d r%d o%d (l %d), a batch of %d: Omega %zu of %zu entries bit-equal (worst %.1e "
-              "rel), S vs CPU columns %.1e, projector %.1e (tol %.2e); every devInfo 0 %d", m, n, r, o, l, nb, same,
+              "randomized svd %3dx%-3d %-5s r%d o%d (l %d), a batch of %d: Omega %zu of %zu entries bit-equal (worst "
+              "%.1e rel), S vs CPU columns %.1e, projector %.1e (tol %.2e); every devInfo 0 %d", m, n,
+              right ? "right" : "left", r, o, l, nb, same,
               nb * numel, worst, e_col, e_proj, RSVD_TWIN_TOL, ok_solver);
         for (int k = 0; k < nb; k++) { cudaCheck(cudaFree(d_G[k])); }
         cudaCheck(cudaFree(d_table));
@@ -1771,6 +1781,7 @@ static void test_svd_randomized_twin(void) {
     MethodCase randomized = method_cases[0];
     randomized.name = "galore --svd randomized";
     for (int si = 0; si < nshapes; si++) {
+        if (shapes[si][3] != (shapes[si][0] > shapes[si][1])) { continue; }   // std's side (run_lowrank_case's)
         run_lowrank_case(shapes[si][0], shapes[si][1], shapes[si][2], &randomized, 1.0f, 0.0f, LR_STEPS, &ctx,
                          3000 + si);
     }
@@ -2195,7 +2206,7 @@ int main(int argc, char** argv) {
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
     for (int si = 0; si < NUM_TEST_SHAPES; si++) {
-        lowrank_gpu_reserve(&ctx, test_shapes[si][0], test_shapes[si][1], test_shapes[si][2]);
+        lowrank_gpu_reserve(&ctx, test_shapes[si][0], test_shapes[si][1], test_shapes[si][0] > test_shapes[si][1], test_shapes[si][2]);
     }
     lowrank_gpu_alloc(&ctx);
     test_adamw();

@@ -1363,10 +1363,13 @@ static int trajectory_file_read(TrajectoryFile* tf, const char* path) {
         c->cfg.st_step_size_iterative = h[17];  // --st_step_size_scheduler iterative_decrease (0: constant)
         c->cfg.proj_type = (ProjType)h[18];     // --proj_type: 0 std, 1 reverse_std, 2 left, 3 right
         c->right = lowrank_right(c->m, c->n, c->cfg.proj_type);
+        c->cfg.golore = h[19];                  // --rand_proj: GoLore's random subspaces ...
+        c->cfg.golore_from_step = h[20];        // ... from this step on
+        c->cfg.svd_seed = (uint32_t)h[21];      // their draws' seed (each case's matrix is stream 0)
         memcpy(c->name, (const char*)h + TRAJ_CASE_HEADER_INTS * sizeof(int32_t), TRAJ_CASE_NAME_BYTES);
         c->name[TRAJ_CASE_NAME_BYTES - 1] = '\0';
         if (c->m < 1 || c->n < 1 || c->m > 4096 || c->n > 4096 || c->steps < 1 || h[4] < 0 || h[4] > 1 ||
-            h[17] < 0 || h[17] > 1 || h[18] < 0 || h[18] > 3 ||
+            h[17] < 0 || h[17] > 1 || h[18] < 0 || h[18] > 3 || h[19] < 0 || h[19] > 1 || h[20] < 0 ||
             c->cfg.rank < 1 || c->cfg.rank > (c->m <= c->n ? c->m : c->n) || c->cfg.update_interval < 1) {
             fprintf(stderr, "error: trajectory file %s, case %d has an invalid header (m %d n %d r %d steps %d); %s\n",
                     path, i, c->m, c->n, c->cfg.rank, c->steps, hint);
@@ -1769,6 +1772,7 @@ static void test_galore_subspace(const char* path) {
             float* scratch = (float*)malloc_check(svd_scratch_num_floats(m, n, right, r) * sizeof(float), "scratch");
             for (int t = 0; t < c->steps; t++) {
                 if (t != 0 && t % c->cfg.update_interval != 0) { continue; }
+                if (c->cfg.golore && t >= c->cfg.golore_from_step) { continue; }  // GoLore's random S
                 TrajectoryStep ref = trajectory_step(c, t);
                 svd_top_left_singular_vectors(S, ref.G, m, n, right, r, scratch);
                 worst_proj = fmax(worst_proj, projector_diff(S, ref.S, p, r));
@@ -2513,7 +2517,7 @@ static void test_authors_refusals(void) {
         {"--st_step_size_scheduler adaptive", "no implementation in the authors' code"},
         {"--st_noise_sigma2 0.5", "never uses"},
         {"--st_subspace_coef 2", "never uses"},
-        {"--rand_proj", "not implemented yet"},
+        {"--rand_proj --optimizer adamw", "needs a low-rank optimizer"},
         {"--dtype float16", "not supported"},
         {"--batch_size 8 --total_batch_size 16 --gradient_accumulation 4", "is not --total_batch_size"},
         {"--model_config llama_60m --beta1 0.95", "only reaches SGD and Adafactor"},
@@ -2574,6 +2578,28 @@ static void test_authors_refusals(void) {
         check(pp == NULL && op == NULL && o.cfg.st_step_size_iterative == iterative && lowrank_track_eta(&at) == want,
               "--st_step_size_scheduler %s: the tracking step at step 6 uses eta%s (%g)", st_argv[2],
               iterative ? " / 6" : "", (double)lowrank_track_eta(&at));
+    }
+    // --rand_proj --rand_ratio x reaches the optimizer: random subspaces at the steps t >= x N, the
+    // authors' test (x N = 3.5 here: from step 4); none without --rand_proj
+    for (int on = 0; on < 2; on++) {
+        char* rp_argv[] = {(char*)"x", (char*)"--num_training_steps", (char*)"7", (char*)"--rand_ratio",
+                           (char*)"0.5", (char*)"--rand_proj"};
+        TrainConfig ts;
+        Optimizer o;
+        LlamaConfig c;
+        llama_config_resolve_or_exit(&c, "tiny");
+        int prc = train_config_from_args(&ts, on ? 6 : 5, rp_argv, "float32", err, sizeof err);
+        const char* pp = prc == 0 ? train_config_problem(&ts) : err;
+        const char* op = pp == NULL ? optimizer_plan(&o, &c, &ts) : pp;
+        int random[7];
+        int want = 1;
+        for (int t = 0; t < 7; t++) {
+            random[t] = op == NULL && lowrank_golore_at(&o.cfg, t);
+            want = want && random[t] == (on && t >= 4);
+        }
+        check(pp == NULL && op == NULL && want, "--rand_ratio 0.5 of 7 steps%s: random subspaces at steps "
+              "%d%d%d%d%d%d%d (want %s)", on ? " with --rand_proj" : " without --rand_proj", random[0], random[1],
+              random[2], random[3], random[4], random[5], random[6], on ? "0000111" : "0000000");
     }
 }
 
@@ -2712,11 +2738,14 @@ static void test_trainer_schedules(const char* dir) {
                           "is less than one step of 2 sequences x 16 tokens");
 }
 
-// --proj_type reverse_std (every matrix projected on its other side) resumes
-// bit-exactly, and a resume that asks for another side is refused: the
-// states' shapes belong to the side
+// --proj_type reverse_std (every matrix projected on its other side) and
+// --rand_proj (GoLore) resume bit-exactly, and a resume that asks for
+// another side is refused: the states' shapes belong to the side
 static void test_trainer_proj_type(const char* dir) {
     test_trainer_resume(dir, "--proj_type reverse_std", "reverse_std");
+    // GoLore: GaLore's refreshes at steps 2 and 4 of 6 take random subspaces (from 0.3 x 6, rounded up)
+    test_trainer_resume(dir, "--subspace_update_method galore --subspace_update_interval 2 --rand_proj "
+                        "--rand_ratio 0.3", "golore");
     char args[2048], err[4096];
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 6 --continue_from %s/straight_reverse_std", dir);
     int rc = run_trainer(args, err, sizeof err);
@@ -4446,7 +4475,7 @@ static unsigned long long number_after(const char* text, const char* key) {
 // do per-layer updates (every logged loss and norm; the checkpoints differ
 // only in the optimizer's name), and, under the CPU harness, the plan
 // (--memory_plan, no device needed) equals the peak of cudaMalloc the
-// harness measures, to the byte, on nine option sets, with everything freed
+// harness measures, to the byte, on ten option sets, with everything freed
 // at exit; a device too small for the plan stops
 // the run at start, naming the need, the free memory and the flags that fit
 static void test_trainer_gpu_memory(const char* dir, const char* bin) {
@@ -4516,7 +4545,7 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
     if (!((bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) || (bl > 5 && strcmp(bin + bl - 5, "_race") == 0))) {
         return;
     }
-    const char* sets[9] = {
+    const char* sets[10] = {
         "",                                                        // bf16 activations, SubTrack++
         " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
         " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24 --subspace_dtype bf16",
@@ -4527,9 +4556,10 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
         " --dtype float32 --svd randomized --svd_oversample 3 --subspace_dtype bf16",  // one matrix at a time
         " --proj_type reverse_std",                                 // the larger sides: S (q, R), Gram (q, q)
         " --proj_type left --subspace_update_method galore --svd randomized",
+        " --subspace_update_method galore --svd randomized --rand_proj --rand_ratio 0",   // GoLore in the chunks
     };
-    size_t planned[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < 9; i++) {
+    size_t planned[10] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 10; i++) {
         snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --eval_every 1 --sample_every 2 "
                  "--gen_tokens 4 --save_dir %s/plan_%d%s", dir, i, sets[i]);
         char plan_args[2100];

@@ -34,6 +34,7 @@ letter legend for shape comments:
 #include <time.h>
 #include <errno.h>
 #include <float.h>
+#include <limits.h>
 #include <glob.h>
 #include <sys/types.h>
 #include <sys/stat.h>
@@ -1963,6 +1964,8 @@ typedef struct {
     int svd_step;               // the step being taken (lowrank_adamw_step sets it on its copy)
     int st_step_size_iterative; // --st_step_size_scheduler iterative_decrease: the tracking step at step t uses eta / t
     ProjType proj_type;         // --proj_type: the side each matrix projects (lowrank_right)
+    int golore;                 // --rand_proj: GoLore's random subspaces ...
+    int golore_from_step;       // ... at the SVD steps from this step on: ceil(rand_ratio x num_training_steps)
 } LowRankConfig;
 
 // the geodesic step size of a tracking step at step cfg->svd_step: eta, or
@@ -2735,8 +2738,77 @@ void svd_randomized_top_left_singular_vectors(float* S, const float* G, int m, i
     canonical_sign(S, p, r);
 }
 
+// ---- GoLore (--rand_proj): a random subspace in place of the SVD's
+//
+// from step golore_from_step on, every step that would take an SVD (the
+// first, and GaLore's refreshes) takes S = Z (Z^T Z)^-1/2 instead: the polar
+// factor of a Gaussian Z (p, R), an orthonormal basis drawn uniformly from
+// the Stiefel manifold, whose span is a uniformly random R-dimensional
+// subspace. this is the authors' get_random_orthogonal_matrix (their Z
+// (Z^T Z)^-1/2 by an SVD of Z^T Z), with our draws: Z is the randomized SVD's
+// sketch Omega (svd_sketch_normal) of this matrix and step, its first R
+// columns, so the GPU draws the same Z. Z^T Z is formed and inverted in
+// double; no canonical sign (the polar factor is unique)
+
+static RsvdScratch golore_scratch_layout(Scratch* sc, int p, int r) {
+    RsvdScratch w;
+    w.Qt = scratch_doubles(sc, (size_t)r * p);    // Z^T, one column of Z per row
+    w.Yt = scratch_doubles(sc, (size_t)r * p);    // S^T
+    w.eig = svd_scratch_layout(sc, r, r);         // the (R, R) eigenproblem's arrays
+    w.W = scratch_doubles(sc, (size_t)r * r);     // Z^T Z, then (Z^T Z)^-1/2
+    return w;
+}
+
+size_t golore_scratch_num_floats(int m, int n, int right, int r) {
+    Scratch sc = {NULL, 0};
+    golore_scratch_layout(&sc, right ? n : m, r);
+    return sc.used;
+}
+
+// S (p, R) = the polar factor of Z (p, R), Z drawn as the sketch of sk (above)
+void golore_random_basis(float* S, int p, int r, const SvdSketch* sk, float* scratch) {
+    Scratch sc = {scratch, 0};
+    RsvdScratch w = golore_scratch_layout(&sc, p, r);
+    for (int j = 0; j < r; j++) {
+        for (int i = 0; i < p; i++) {
+            size_t at = (size_t)j * p + i;
+            w.Qt[at] = svd_sketch_normal(sk->seed, sk->step, sk->stream, at);
+        }
+    }
+    // H = Z^T Z = V Lambda V^T; H^-1/2 = V Lambda^-1/2 V^T (rows of eig.Z are the v_k)
+    rsvd_cross(w.W, w.Qt, w.Qt, p, r);
+    rsvd_eigen(&w, r, r);
+    const double* lambda = w.eig.eig;
+    const double* V = w.eig.Z;
+    for (int a = 0; a < r; a++) {
+        for (int b = 0; b < r; b++) {
+            double h = 0.0;
+            for (int k = 0; k < r; k++) {
+                h += V[(size_t)k * r + a] * V[(size_t)k * r + b] / sqrt(fmax(lambda[k], DBL_MIN));
+            }
+            w.W[(size_t)a * r + b] = h;
+        }
+    }
+    rsvd_combine(w.Yt, w.W, w.Qt, p, r, r);      // S^T = H^-1/2 Z^T (H^-1/2 is symmetric)
+    for (int i = 0; i < p; i++) {
+        for (int k = 0; k < r; k++) { S[(size_t)i * r + k] = (float)w.Yt[(size_t)k * p + i]; }
+    }
+}
+
+// 1 when step t takes GoLore's random subspace instead of an SVD
+int lowrank_golore_at(const LowRankConfig* cfg, int t) {
+    return cfg->golore && t >= cfg->golore_from_step;
+}
+
 // the subspace SVD that cfg asks for (--svd), of matrix s at step cfg->svd_step
+// (or, with --rand_proj from its step on, GoLore's random subspace)
 static void lowrank_subspace_svd(LowRankState* s, const float* G, const LowRankConfig* cfg, float* scratch) {
+    if (lowrank_golore_at(cfg, cfg->svd_step)) {
+        SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step,
+                        s->svd_stream};
+        golore_random_basis(s->S, s->p, s->r, &sk, scratch);
+        return;
+    }
     if (!cfg->svd_randomized) {
         svd_top_left_singular_vectors(s->S, G, s->m, s->n, s->right, s->r, scratch);
         return;
@@ -2746,9 +2818,11 @@ static void lowrank_subspace_svd(LowRankState* s, const float* G, const LowRankC
 }
 
 // floats of scratch of the SVD that cfg asks for (the larger of the two: a
-// randomized one of l = p can outgrow the exact one)
+// randomized one of l = p can outgrow the exact one), or of GoLore's basis
 static size_t svd_any_scratch_num_floats(int m, int n, int right, int r, int sketch_oversample) {
     size_t exact = svd_scratch_num_floats(m, n, right, r);
+    size_t golore = golore_scratch_num_floats(m, n, right, r);
+    exact = golore > exact ? golore : exact;
     if (sketch_oversample < 0) { return exact; }
     size_t rnd = svd_randomized_scratch_num_floats(m, n, right, r, sketch_oversample);
     return rnd > exact ? rnd : exact;
@@ -3658,9 +3732,10 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(recovery_scaling, FLAG_SWITCH, "add back the scaled out-of-subspace gradient"),
     FLAG(norm_growth_limit, FLAG_FLOAT, "zeta: max growth of the recovery term's norm per step"),
     FLAG(norm_growth_limiter_off, FLAG_SWITCH, "turn the norm-growth limiter off"),
-    FLAG(rand_proj, FLAG_SWITCH, "GoLore's random projection: not implemented yet"),
-    FLAG_NOTE(rand_ratio, FLAG_FLOAT, "GoLore: random projection from rand_ratio x num_training_steps",
-              "no-op without --rand_proj"),
+    FLAG(rand_proj, FLAG_SWITCH, "GoLore: random subspaces in place of the SVD's from step rand_ratio x "
+         "num_training_steps on (GaLore's refreshes; SubTrack++ takes an SVD only at its first step)"),
+    FLAG(rand_ratio, FLAG_FLOAT, "GoLore: its random subspaces start at step rand_ratio x num_training_steps "
+         "(with --rand_proj)"),
     FLAG(weight_decay, FLAG_FLOAT, "decoupled weight decay"),
     FLAG(beta1, FLAG_FLOAT, "Adam beta1 (refused on the authors' configs: theirs reaches only SGD and Adafactor)"),
     FLAG(beta2, FLAG_FLOAT, "Adam beta2"),
@@ -4572,8 +4647,9 @@ const char* train_config_problem(const TrainConfig* t) {
                  t->st_subspace_coef);
         return msg;
     }
-    if (t->rand_proj) {
-        snprintf(msg, sizeof msg, "--rand_proj (GoLore's random projection) is not implemented yet; leave it off");
+    if (t->rand_proj && !optimizer_name_low_rank(t->optimizer)) {
+        snprintf(msg, sizeof msg, "--rand_proj (GoLore's random subspaces) needs a low-rank optimizer (--optimizer %s "
+                 "keeps no subspace); drop it or use --optimizer low_rank_adamw", t->optimizer);
         return msg;
     }
     if (optimizer_name_low_rank(t->optimizer) && (t->rank <= 0 || t->subspace_update_interval <= 0)) {
@@ -5519,6 +5595,13 @@ static int optimizer_adamw_q8(const Optimizer* o, const TensorSpec* s) {
     return o->q8 && !s->is_layer_matrix && !s->is_norm;
 }
 
+// --rand_proj's first random step: the authors' test step >= rand_ratio x
+// num_training_steps, for whole steps the ceiling (0 at most, INT_MAX at least)
+static int golore_from_step(const TrainConfig* t) {
+    double at = ceil((double)t->rand_ratio * (double)t->num_training_steps);
+    return at <= 0.0 ? 0 : at >= (double)INT_MAX ? INT_MAX : (int)at;
+}
+
 // the settings and sizes of the optimizer for model c under t, allocating
 // nothing: num_adam, num_lowrank, lowrank_floats and scratch_floats. the CUDA
 // trainer's memory plan reads them without building anything. returns NULL,
@@ -5543,6 +5626,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         strcmp(t->svd, "randomized") == 0, t->svd_power_iters, t->svd_oversample, (uint64_t)t->seed, 0,
         strcmp(t->st_step_size_scheduler, "iterative_decrease") == 0,
         proj_type_parse(t->proj_type) < 0 ? PROJ_STD : (ProjType)proj_type_parse(t->proj_type),
+        t->rand_proj, golore_from_step(t),
     };
     o->cfg = lc;
     TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -5999,7 +6083,7 @@ static const char* const CHECKPOINT_SETTINGS[] = {
     "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
     "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
     "master_weights", "subspace_dtype", "svd", "svd_power_iters", "svd_oversample", "cycle_length",
-    "restart_warmup_steps", "st_step_size_scheduler", "proj_type",
+    "restart_warmup_steps", "st_step_size_scheduler", "proj_type", "rand_proj", "rand_ratio",
 };
 
 // settings recorded only by later versions of the trainer, and the value a
@@ -6014,6 +6098,8 @@ static const char* const CHECKPOINT_SETTINGS_ADDED[][2] = {
     {"restart_warmup_steps", "0"},
     {"st_step_size_scheduler", "constant"},
     {"proj_type", "std"},
+    {"rand_proj", "off"},
+    {"rand_ratio", "2"},
 };
 #define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
 
@@ -7342,6 +7428,16 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
            (opt->num_adam + opt->num_adam_v) * 4.0 / 1048576.0,
            opt->lowrank_floats * 4.0 / 1048576.0, (opt->q8_bytes + opt->q8_blocks * 4.0) / 1048576.0,
            full_adamw / 1048576.0);
+    if (opt->low_rank && opt->cfg.golore) {
+        int from = opt->cfg.golore_from_step;
+        if (opt->cfg.method == SUBSPACE_GALORE) {
+            printf("GoLore:       random subspaces in place of the SVD's, from step %d on (of %d)\n", from,
+                   t.num_training_steps);
+        } else {
+            printf("GoLore:       %s (SubTrack++ takes an SVD only at its first step; the rest are tracked)\n",
+                   from == 0 ? "a random first subspace" : "no effect: it starts after step 0");
+        }
+    }
     printf("data:         %lld train windows, %lld val windows of T+1=%d tokens; %d micro steps of B=%d per step\n",
            (long long)train_loader.num_windows, (long long)val_loader.num_windows, T + 1, accum, B);
     if (be->steps_taken() > 0) { printf("resumed:      from %s at step %d\n", t.continue_from, be->steps_taken()); }

@@ -3742,6 +3742,15 @@ __global__ void rsvd_top_vectors_kernel(float* S, const double* QU, size_t qu_st
     S[blockIdx.y * (size_t)p * r + idx] = (float)QU[blockIdx.y * qu_stride + (size_t)(r - 1 - k) * p + i];
 }
 
+// GoLore's bases: S (p, R) row-major of each matrix from Y (p, R) column-major
+// (stride y_stride between matrices); no reordering, no canonical sign
+__global__ void golore_store_kernel(float* S, const double* Y, size_t y_stride, int p, int r) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)p * r) { return; }
+    int i = (int)(idx / r), k = (int)(idx % r);
+    S[blockIdx.y * (size_t)p * r + idx] = (float)Y[blockIdx.y * y_stride + (size_t)k * p + i];
+}
+
 // S of each matrix of a batch = its row of src (numel each, one after another)
 __global__ void svd_result_copy_kernel(PerMatrix<float> S_of, const float* src, size_t numel) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -4092,6 +4101,12 @@ static size_t rsvd_scratch_floats(int m, int n, int right, int r, int oversample
     return used;
 }
 
+// doubles of GoLore's arrays for one matrix (p, R) carved from the exact SVD's
+// K (golore_random_basis_one): A (R, R), Q and Y (p, R), W (R, R), lambda (R), a devInfo
+static size_t golore_one_doubles(int p, int r) {
+    return 2 * (size_t)p * r + 2 * (size_t)r * r + (size_t)r + 1;
+}
+
 // the SVD's arrays, for an (m, n) gradient at rank r: the exact SVD's (p, p)
 // Gram matrix (oversample -1), or the randomized one's (--svd randomized) for
 // svd_count matrices
@@ -4101,7 +4116,9 @@ static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used
     w->K = w->eig = NULL;
     memset(&w->rsvd, 0, sizeof w->rsvd);
     if (oversample < 0) {
-        w->K = (double*)scratch_take(base, used, 2 * p * p);
+        // GoLore's arrays (golore_random_basis_one) take K's place when larger
+        size_t k = p * p, golore = golore_one_doubles((int)p, r);
+        w->K = (double*)scratch_take(base, used, 2 * (k > golore ? k : golore));
         w->eig = (double*)scratch_take(base, used, 2 * p);
         return;
     }
@@ -4241,6 +4258,7 @@ void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int right, int r) {
     lowrank_gpu_need(&used, &planned, m, n, right, r, ctx->svd_oversample);
     if (used > ctx->scratch_floats) { ctx->scratch_floats = used; }
     int p = right ? n : m, lwork = 0, meig = 0;
+    lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, r, 1), m, n);   // GoLore's (R, R) (--rand_proj)
     if (ctx->svd_oversample >= 0) {
         lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, right, r, ctx->svd_oversample),
                                                              1), m, n);
@@ -4263,6 +4281,7 @@ void lowrank_gpu_reserve_group(LowRankGPU* ctx, int m, int n, int right, int r, 
                                       lowrank_batch_size(m, n, right, r, count, ctx->svd_oversample), count);
         lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, right, r, ctx->svd_oversample),
                                                              chunk), m, n);
+        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, r, chunk), m, n);   // GoLore's
     }
 }
 
@@ -4702,12 +4721,67 @@ void svd_randomized_top_left_singular_vectors(RsvdBatchGPU* c, const cpu::SvdSke
     canonical_sign(c->w.S, p, r, count);
 }
 
+// GoLore (--rand_proj), the twin of cpu::golore_random_basis: c->w.S (count, p,
+// R) = the polar factor Z (Z^T Z)^-1/2 of each matrix's Gaussian Z, the
+// sketch's first R columns (the draws of svd_sketch_kernel: the CPU's Z).
+// the arrays are the randomized SVD's (l >= R, p >= R), used at R: Z in Q,
+// Z^T Z = V Lambda V^T in W (cusolverDnXsyevBatched), a copy of V in Y, then
+// (Z^T Z)^-1/2 = (V Lambda^-1/2) V^T in A, and Z (Z^T Z)^-1/2 in Y. the
+// verdicts go to c->info and c->outcome, as the SVD's
+void golore_random_basis(RsvdBatchGPU* c, const cpu::SvdSketch* sk, LowRankGPU* ctx) {
+    int r = c->r, count = c->count, p = c->right ? c->n : c->m;
+    size_t pr = (size_t)p * r, rr = (size_t)r * r;
+    for (int e = 0; e < count; e++) {
+        c->outcome[e].status = CUSOLVER_STATUS_SUCCESS;
+        c->outcome[e].call = "cusolverDnXsyevBatched";
+        c->outcome[e].found = r;
+        c->outcome[e].order = r;
+    }
+    cudaCheck(cudaMemsetAsync(c->info, 0, (size_t)count * sizeof(int), 0));
+    svd_sketch_kernel<<<dim3(optim_blocks(pr, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(c->w.Q, pr, sk->seed, sk->step,
+                                                                                   c->stream0, c->streams);
+    cudaCheck(cudaGetLastError());
+    dgemm_each(ctx, 1, 0, r, r, p, c->w.Q, p, pr, c->w.Q, p, pr, c->w.W, r, rr, count);     // W = Z^T Z
+    rsvd_eigen(c, r, ctx);                                                                 // W = V
+    cudaCheck(cudaMemcpyAsync(c->w.Y, c->w.W, (size_t)count * rr * sizeof(double), cudaMemcpyDeviceToDevice, 0));
+    orth_scale_kernel<<<dim3(optim_blocks(rr, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(c->w.W, c->w.lambda, r);
+    cudaCheck(cudaGetLastError());
+    dgemm_each(ctx, 0, 1, r, r, r, c->w.W, r, rr, c->w.Y, r, rr, c->w.A, r, rr, count);     // A = (Z^T Z)^-1/2
+    dgemm_each(ctx, 0, 0, p, r, r, c->w.Q, p, pr, c->w.A, r, rr, c->w.Y, p, pr, count);     // Y = Z A
+    golore_store_kernel<<<dim3(optim_blocks(pr, OPTIM_BLOCK), count), OPTIM_BLOCK>>>(c->w.S, c->w.Y, pr, p, r);
+    cudaCheck(cudaGetLastError());
+}
+
+// GoLore for matrix e of b alone, with the exact SVD's K as its arrays
+// (golore_one_doubles; step_scratch_svd_layout sizes K for it), into b->S
+static void golore_random_basis_one(LowRankBatchGPU* b, int e, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
+    size_t pr = (size_t)b->p * b->r, rr = (size_t)b->r * b->r;
+    RsvdArraysGPU w;
+    memset(&w, 0, sizeof w);
+    w.count = 1;
+    w.A = b->K;
+    w.Q = w.A + rr;
+    w.Y = w.Q + pr;
+    w.W = w.Y + pr;
+    w.lambda = w.W + rr;
+    w.call_info = (int*)(w.lambda + b->r);
+    w.S = b->S.on_host(e);
+    RsvdBatchGPU c = {1, b->m, b->n, b->right, b->r, b->G, b->svd_stream[e], NULL, w, b->info + e, &b->svd[e]};
+    cpu::SvdSketch sk = {0, 0, cfg->svd_seed, (uint64_t)cfg->svd_step, b->svd_stream[e]};
+    golore_random_basis(&c, &sk, ctx);
+}
+
 // the subspace SVD that cfg asks for (--svd) of every matrix of b, at step cfg->svd_step, into b->S:
 // the exact path one matrix at a time; --svd randomized as a batch, or copied
 // from the chunk lowrank_groups_step ran (b->svd_result)
 static void lowrank_subspace_svd(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
+    int golore = cpu::lowrank_golore_at(cfg, cfg->svd_step);   // --rand_proj: a random S instead
     if (!cfg->svd_randomized) {
         for (int e = 0; e < b->count; e++) {
+            if (golore) {
+                golore_random_basis_one(b, e, cfg, ctx);
+                continue;
+            }
             svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->right, b->r, ctx, b->K, b->eig,
                                           b->info + e, &b->svd[e]);
         }
@@ -4724,7 +4798,11 @@ static void lowrank_subspace_svd(LowRankBatchGPU* b, const cpu::LowRankConfig* c
         RsvdBatchGPU c = {b->count, b->m, b->n, b->right, b->r, b->G, b->svd_stream[0], b->svd_stream_dev, b->rsvd, b->info,
                           b->svd};
         cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step, 0};
-        svd_randomized_top_left_singular_vectors(&c, &sk, ctx);
+        if (golore) {
+            golore_random_basis(&c, &sk, ctx);
+        } else {
+            svd_randomized_top_left_singular_vectors(&c, &sk, ctx);
+        }
         result = c.w.S;
     }
     size_t numel = (size_t)b->p * b->r;
@@ -5341,7 +5419,11 @@ void lowrank_groups_step(LowRankGroupsGPU* g, int t, const cpu::LowRankConfig* c
                                    g->info + c->offset, g->svd + c->offset};
                 cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)t, 0};
                 lowrank_timing_begin(&c->timing);
-                svd_randomized_top_left_singular_vectors(&rb, &sk, ctx);
+                if (cpu::lowrank_golore_at(cfg, t)) {
+                    golore_random_basis(&rb, &sk, ctx);        // --rand_proj: random subspaces instead
+                } else {
+                    svd_randomized_top_left_singular_vectors(&rb, &sk, ctx);
+                }
                 lowrank_timing_end(&c->timing);
             }
             int offset = (int)(b->info - g->info);

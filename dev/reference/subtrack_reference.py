@@ -25,6 +25,7 @@ import os
 import struct
 import sys
 
+import numpy as np
 import torch
 
 TRAJ_REF_MAGIC = 20261102
@@ -64,6 +65,56 @@ def canonical_sign(S):
     signs = torch.sign(S[idx, torch.arange(S.shape[1])])
     signs[signs == 0] = 1
     return S * signs[None, :]
+
+
+# ----------------------------------------------------------------------------
+# GoLore's random subspace (--rand_proj): the trainer draws Z (P, R) from its
+# Philox4x32-10 stream (the randomized SVD's sketch Omega of this matrix and
+# step: a standard normal per entry by Box-Muller on two 53-bit uniforms, in
+# double, rounded to float32), and takes the polar factor Z (Z^T Z)^-1/2.
+# Philox4x32-10 is Salmon et al.'s (SC 2011, Random123), written here from
+# its definition; the polar factor is computed as the authors' projector
+# does, from an SVD of Z^T Z
+
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+MASK32 = 0xFFFFFFFF
+SKETCH_STREAM = 1 << 62
+SKETCH_MATRIX_SHIFT = 40
+
+
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """ten Philox4x32 rounds on numpy uint64 arrays holding 32-bit words"""
+    k0, k1 = np.uint64(k0), np.uint64(k1)
+    for _ in range(10):
+        p0 = np.uint64(PHILOX_M[0]) * c0
+        p1 = np.uint64(PHILOX_M[1]) * c2
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & np.uint64(MASK32),
+                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & np.uint64(MASK32))
+        k0 = (k0 + np.uint64(PHILOX_W[0])) & np.uint64(MASK32)
+        k1 = (k1 + np.uint64(PHILOX_W[1])) & np.uint64(MASK32)
+    return c0, c1, c2, c3
+
+
+def sketch_normals(seed, step, stream, count):
+    """entries 0 .. count-1 of the trainer's sketch stream, as float32 values in float64"""
+    at = np.uint64(SKETCH_STREAM + (stream << SKETCH_MATRIX_SHIFT)) + np.arange(count, dtype=np.uint64)
+    c0, c1, c2, c3 = philox4x32_10(at & np.uint64(MASK32), at >> np.uint64(32),
+                                   np.full(count, step & MASK32, dtype=np.uint64),
+                                   np.full(count, step >> 32, dtype=np.uint64), seed & MASK32, seed >> 32)
+    a = ((c0 >> np.uint64(5)) << np.uint64(26)) | (c1 >> np.uint64(6))
+    b = ((c2 >> np.uint64(5)) << np.uint64(26)) | (c3 >> np.uint64(6))
+    u1 = (a.astype(np.float64) + 0.5) / 9007199254740992.0
+    u2 = (b.astype(np.float64) + 0.5) / 9007199254740992.0
+    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+    return z.astype(np.float32).astype(np.float64)
+
+
+def random_orthonormal_basis(P, r, seed, step, stream, dtype):
+    """S (P, R): the polar factor of Z, whose column j holds entries j P .. j P + P - 1"""
+    Z = torch.from_numpy(sketch_normals(seed, step, stream, P * r).reshape(r, P).T.copy()).to(dtype)
+    U, sv, Vh = torch.linalg.svd(Z.T @ Z)
+    return Z @ U @ torch.diag(1.0 / torch.sqrt(sv)) @ Vh
 
 
 def top_left_singular_vectors(G, r):
@@ -126,14 +177,22 @@ class LowRankReference:
         Ww = W.T if self.right else W
         P, Q = Gw.shape
         r = cfg["r"]
+        golore = cfg.get("golore", 0) and t >= cfg["golore_from"]
         if t == 0:
-            self.S = top_left_singular_vectors(Gw, r)
+            if golore:
+                self.S = random_orthonormal_basis(P, r, cfg["seed"], t, 0, self.dtype)
+                self.log.append(("random",))
+            else:
+                self.S = top_left_singular_vectors(Gw, r)
+                self.log.append(("svd", svd_margins(Gw, r, self.S)))
             self.M = torch.zeros(r, Q, dtype=self.dtype)
             self.V = torch.zeros(r, Q, dtype=self.dtype)
-            self.log.append(("svd", svd_margins(Gw, r, self.S)))
         elif t % cfg["k"] == 0:
             S_old = self.S
-            if cfg["method"] == METHOD_GALORE:
+            if cfg["method"] == METHOD_GALORE and golore:
+                S_new = random_orthonormal_basis(P, r, cfg["seed"], t, 0, self.dtype)
+                self.log.append(("random",))
+            elif cfg["method"] == METHOD_GALORE:
                 S_new = top_left_singular_vectors(Gw, r)
                 self.log.append(("svd", svd_margins(Gw, r, S_new)))
             else:
@@ -278,6 +337,17 @@ PROJ_CASES = [  # (shape index, combo name, proj_type)
     (0, "galore", "reverse_std"),
 ]
 
+# GoLore (--rand_proj): random subspaces at the SVD steps from golore_from on;
+# GaLore's refreshes, and SubTrack++'s first subspace (its only SVD) when it
+# starts at 0. the draws' seed is SKETCH_SEED, the matrix's stream 0
+GOLORE_CASES = [  # (shape index, combo name, golore_from)
+    (0, "galore", 4),           # k 3: an SVD at 0 and 3, random at 6 and 9
+    (1, "galore+both", 3),      # k 2: SVDs at 0 and 2, random at 4, 6, 8, rotating the moments
+    (3, "galore+recovery", 0),  # k 2: random from the first step
+    (0, "subtrack+both", 0),    # a random first subspace, then tracked
+]
+SKETCH_SEED = 20261203
+
 STEPS = 10
 GRAD_SCALE = 4.0      # top singular value of G: entries of Gt stay well above Adam's eps
 ETA = 0.03            # sigma ~ s^2 sin(2 angle), so eta * sigma is 0.3 .. 0.45 rad on tracking steps
@@ -359,14 +429,18 @@ def pack_case(m, n, cfg, W0, grads, rows):
                  cfg["limiter"], cfg["k"]]
     ints[17] = cfg.get("st_sched", 0)
     ints[18] = cfg.get("proj", 0)
+    ints[19] = cfg.get("golore", 0)
+    ints[20] = cfg.get("golore_from", 0)
+    ints[21] = cfg.get("seed", 0)
     floats = [cfg["alpha"], cfg["eta"], cfg["lr"], cfg["wd"], cfg["beta1"], cfg["beta2"],
               cfg["eps"], cfg["zeta"]]
     for i, f in enumerate(floats):
         ints[9 + i] = struct.unpack("<i", struct.pack("<f", f))[0]
     out = bytearray(struct.pack("<%di" % CASE_HEADER_INTS, *ints))
     proj = cfg.get("proj", 0)
-    label = ("%s%s%s %dx%d" % (cfg["name"], "/t" if cfg.get("st_sched", 0) else "",
-                               "@" + PROJ_NAMES[proj] if proj else "", m, n)).encode("ascii")
+    label = ("%s%s%s%s %dx%d" % (cfg["name"], "/t" if cfg.get("st_sched", 0) else "",
+                                 "@" + PROJ_NAMES[proj] if proj else "",
+                                 "/golore%d" % cfg["golore_from"] if cfg.get("golore", 0) else "", m, n)).encode("ascii")
     assert len(label) < CASE_NAME_BYTES
     out += label + b"\0" * (CASE_NAME_BYTES - len(label))
 
@@ -408,6 +482,11 @@ def main():
         cfg = base_config(*SHAPES[si], COMBOS[ci])
         cfg.update(proj=PROJ_NAMES.index(proj))
         plan.append((si, len(COMBOS) + len(ITERATIVE_CASES) + j, cfg))
+    for j, (si, name, start) in enumerate(GOLORE_CASES):
+        ci = [c[0] for c in COMBOS].index(name)
+        cfg = base_config(*SHAPES[si], COMBOS[ci])
+        cfg.update(golore=1, golore_from=start, seed=SKETCH_SEED)
+        plan.append((si, len(COMBOS) + len(ITERATIVE_CASES) + len(PROJ_CASES) + j, cfg))
     for si, ci, cfg in plan:
         m, n, r, k, wd = SHAPES[si]
         for attempt in range(200):

@@ -1463,6 +1463,9 @@ static void test_trajectories(const char* path, LowRankGPU* ctx) {
         cfg.st_step_size_iterative = h[17];  // --st_step_size_scheduler iterative_decrease (0: constant)
         cfg.proj_type = (cpu::ProjType)(h[18] >= 0 && h[18] <= 3 ? h[18] : 0);   // --proj_type (checked below)
         int right = cpu::lowrank_right(m, n, cfg.proj_type);
+        cfg.golore = h[19];                  // --rand_proj: GoLore's random subspaces ...
+        cfg.golore_from_step = h[20];        // ... from this step on
+        cfg.svd_seed = (uint32_t)h[21];      // their draws' seed (each case's matrix is stream 0)
         char name[TRAJ_CASE_NAME_BYTES];
         memcpy(name, (const char*)h + TRAJ_CASE_HEADER_INTS * 4, TRAJ_CASE_NAME_BYTES);
         name[TRAJ_CASE_NAME_BYTES - 1] = '\0';
@@ -1470,7 +1473,8 @@ static void test_trajectories(const char* path, LowRankGPU* ctx) {
         size_t mn = (size_t)m * n, p = right ? n : m, q = right ? m : n;
         size_t record = 2 * mn + p * r + 2 * q * r + 1;
         size_t body = (mn + (size_t)steps * record) * sizeof(float);
-        if (m < 1 || n < 1 || r < 1 || r > (m <= n ? m : n) || steps < 1 || h[18] < 0 || h[18] > 3 ||
+        if (m < 1 || n < 1 || r < 1 || r > (m <= n ? m : n) || steps < 1 || h[18] < 0 || h[18] > 3 || h[19] < 0 || h[19] > 1 ||
+            h[20] < 0 ||
             offset + body > (size_t)size) {
             check(0, "trajectories: %s, case %d has a bad header or is truncated", path, ci);
             break;
@@ -1674,6 +1678,10 @@ static void test_quantize_blockwise(void) {
 //  - the grouped step, in chunks, against each matrix alone (test_lowrank_groups).
 #define RSVD_TWIN_MATRICES 3
 #define RSVD_TWIN_TOL (1.1920928955078125e-07 + 1e-12)
+// S^T S = I of an fp32 S whose double form is orthonormal: each entry rounds by at most 2^-24 of itself, so
+// an entry of S^T S moves by at most 2^-23 sum_i |s_ia s_ib| <= 2^-23 (Cauchy-Schwarz, unit columns); the
+// double polar factor's own error is ~1e-15. so 2^-22, twice the bound
+#define RSVD_TOL_ORTH_GOLORE 2.384185791015625e-07
 static void test_svd_randomized_twin(void) {
     // (m, n, R, right): the side std projects, and the larger side (--proj_type reverse_std, left, right)
     const int shapes[][4] = {{72, 200, 8, 0}, {200, 72, 8, 1}, {23, 9, 3, 1}, {16, 16, 5, 0}, {72, 200, 8, 1},
@@ -1770,6 +1778,37 @@ static void test_svd_randomized_twin(void) {
               "%.1e rel), S vs CPU columns %.1e, projector %.1e (tol %.2e); every devInfo 0 %d", m, n,
               right ? "right" : "left", r, o, l, nb, same,
               nb * numel, worst, e_col, e_proj, RSVD_TWIN_TOL, ok_solver);
+        // GoLore's random bases (--rand_proj) of the same batch, in the same arrays: the CPU's
+        // cpu::golore_random_basis, each in double to fp32, so within the same tolerance
+        float* golore_scratch = (float*)malloc(cpu::golore_scratch_num_floats(m, n, right, r) * sizeof(float));
+        for (int k = 0; k < nb; k++) {
+            sk.stream = streams[k];
+            cpu::golore_random_basis(S_cpu + k * pr, p, r, &sk, golore_scratch);
+        }
+        free(golore_scratch);
+        golore_random_basis(&c, &sk, &ctx);
+        cudaCheck(cudaMemcpy(info, d_info, sizeof info, cudaMemcpyDeviceToHost));
+        host_copy(S_gpu, w.S, nb * pr);
+        double g_col = 0.0, g_orth = 0.0;
+        int g_solver = 1;
+        for (int k = 0; k < nb; k++) {
+            for (size_t i = 0; i < pr; i++) {
+                g_col = fmax(g_col, fabs((double)S_gpu[k * pr + i] - S_cpu[k * pr + i]));
+            }
+            for (int a = 0; a < r; a++) {   // S^T S = I: the polar factor is orthonormal
+                for (int b2 = 0; b2 < r; b2++) {
+                    double d = 0.0;
+                    const float* Sk = S_gpu + k * pr;
+                    for (int i = 0; i < p; i++) { d += (double)Sk[(size_t)i * r + a] * Sk[(size_t)i * r + b2]; }
+                    g_orth = fmax(g_orth, fabs(d - (a == b2)));
+                }
+            }
+            g_solver &= outcome[k].status == CUSOLVER_STATUS_SUCCESS && info[k] == 0 && outcome[k].found == r;
+        }
+        check(g_solver && g_col <= RSVD_TWIN_TOL && g_orth <= RSVD_TOL_ORTH_GOLORE,
+              "golore basis %3dx%-3d %-5s r%d, a batch of %d: S vs the CPU's %.1e (tol %.2e), |S^T S - I| %.1e "
+              "(tol %.1e); every devInfo 0 %d", m, n, right ? "right" : "left", r, nb, g_col, RSVD_TWIN_TOL, g_orth,
+              RSVD_TOL_ORTH_GOLORE, g_solver);
         for (int k = 0; k < nb; k++) { cudaCheck(cudaFree(d_G[k])); }
         cudaCheck(cudaFree(d_table));
         cudaCheck(cudaFree(d_streams));

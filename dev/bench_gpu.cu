@@ -631,7 +631,7 @@ static void bench_shape(ShapeResult* res, const char* shape, const BenchConfig* 
     bench_train_config(&t, METHOD_SUBTRACK, r, bc->k);
     cpu::LowRankConfig subtrack_cfg = {cpu::SUBSPACE_SUBTRACK, r, t.low_rank_scale, bc->k, t.st_init_step_size,
                                        1, 1, 1, t.norm_growth_limit, t.beta1, t.beta2, t.eps, 0.0f,
-                                       0, 0, 0, 0, 0, 0, cpu::PROJ_STD};  // the exact SVD, a constant eta, std
+                                       0, 0, 0, 0, 0, 0, cpu::PROJ_STD, 0, 0};  // exact SVD, constant eta, std
     cpu::LowRankConfig galore_cfg = subtrack_cfg;
     galore_cfg.method = cpu::SUBSPACE_GALORE;
     galore_cfg.adaptive_optimizer = 0;

@@ -1677,6 +1677,22 @@ static void test_quantize_blockwise(void) {
 //    context reserved for it, to the tolerances of test_lowrank_all (4a);
 //  - the grouped step, in chunks, against each matrix alone (test_lowrank_groups).
 #define RSVD_TWIN_MATRICES 3
+
+// a batch's bases S_gpu (nb, p R), read back from c->w.S, against the CPU's S_cpu: the largest
+// entry difference; *ok_solver cleared unless every matrix's status is a success, its devInfo
+// 0 and its eigenpairs all found
+static double batch_against_cpu(float* S_gpu, const float* S_cpu, const RsvdBatchGPU* c, int nb, size_t pr,
+                                int* ok_solver) {
+    int info[RSVD_TWIN_MATRICES];
+    cudaCheck(cudaMemcpy(info, c->info, nb * sizeof(int), cudaMemcpyDeviceToHost));
+    host_copy(S_gpu, c->w.S, nb * pr);
+    double col = 0.0;
+    for (int k = 0; k < nb; k++) {
+        for (size_t i = 0; i < pr; i++) { col = fmax(col, fabs((double)S_gpu[k * pr + i] - S_cpu[k * pr + i])); }
+        *ok_solver &= c->outcome[k].status == CUSOLVER_STATUS_SUCCESS && info[k] == 0 && c->outcome[k].found == c->r;
+    }
+    return col;
+}
 #define RSVD_TWIN_TOL (1.1920928955078125e-07 + 1e-12)
 // S^T S = I of an fp32 S whose double form is orthonormal: each entry rounds by at most 2^-24 of itself, so
 // an entry of S^T S moves by at most 2^-23 sum_i |s_ia s_ib| <= 2^-23 (Cauchy-Schwarz, unit columns); the
@@ -1756,18 +1772,9 @@ static void test_svd_randomized_twin(void) {
             }
         }
         svd_randomized_top_left_singular_vectors(&c, &sk, &ctx);
-        int info[RSVD_TWIN_MATRICES];
-        cudaCheck(cudaMemcpy(info, d_info, sizeof info, cudaMemcpyDeviceToHost));
-        host_copy(S_gpu, w.S, nb * pr);
-        double e_col = 0.0, e_proj = 0.0;
         int ok_solver = 1;
-        for (int k = 0; k < nb; k++) {
-            for (size_t i = 0; i < pr; i++) {
-                e_col = fmax(e_col, fabs((double)S_gpu[k * pr + i] - S_cpu[k * pr + i]));
-            }
-            e_proj = fmax(e_proj, projector_diff(S_gpu + k * pr, S_cpu + k * pr, p, r));
-            ok_solver &= outcome[k].status == CUSOLVER_STATUS_SUCCESS && info[k] == 0 && outcome[k].found == r;
-        }
+        double e_col = batch_against_cpu(S_gpu, S_cpu, &c, nb, pr, &ok_solver), e_proj = 0.0;
+        for (int k = 0; k < nb; k++) { e_proj = fmax(e_proj, projector_diff(S_gpu + k * pr, S_cpu + k * pr, p, r)); }
 #ifdef CUDA_EMU
         int omega_ok = same == nb * numel;
 #else
@@ -1787,14 +1794,9 @@ static void test_svd_randomized_twin(void) {
         }
         free(golore_scratch);
         golore_random_basis(&c, &sk, &ctx);
-        cudaCheck(cudaMemcpy(info, d_info, sizeof info, cudaMemcpyDeviceToHost));
-        host_copy(S_gpu, w.S, nb * pr);
-        double g_col = 0.0, g_orth = 0.0;
         int g_solver = 1;
+        double g_col = batch_against_cpu(S_gpu, S_cpu, &c, nb, pr, &g_solver), g_orth = 0.0;
         for (int k = 0; k < nb; k++) {
-            for (size_t i = 0; i < pr; i++) {
-                g_col = fmax(g_col, fabs((double)S_gpu[k * pr + i] - S_cpu[k * pr + i]));
-            }
             for (int a = 0; a < r; a++) {   // S^T S = I: the polar factor is orthonormal
                 for (int b2 = 0; b2 < r; b2++) {
                     double d = 0.0;
@@ -1803,7 +1805,6 @@ static void test_svd_randomized_twin(void) {
                     g_orth = fmax(g_orth, fabs(d - (a == b2)));
                 }
             }
-            g_solver &= outcome[k].status == CUSOLVER_STATUS_SUCCESS && info[k] == 0 && outcome[k].found == r;
         }
         check(g_solver && g_col <= RSVD_TWIN_TOL && g_orth <= RSVD_TOL_ORTH_GOLORE,
               "golore basis %3dx%-3d %-5s r%d, a batch of %d: S vs the CPU's %.1e (tol %.2e), |S^T S - I| %.1e "

@@ -323,22 +323,28 @@ typedef struct {
     const char* optimizer;      // adamw | low_rank_adamw
     const char* method;         // galore | subtrack
     int adaptive, recovery, limiter;
+    const char* proj_type;      // --proj_type
+    float rand_ratio;           // --rand_proj --rand_ratio x (GoLore) when above 0
 } StepSettings;
 
 static const StepSettings STEP_SETTINGS[] = {
-    {"adamw", "adamw", "subtrack", 0, 0, 1},
-    {"galore", "low_rank_adamw", "galore", 0, 0, 1},
-    {"galore+adaptive", "low_rank_adamw", "galore", 1, 0, 1},
-    {"galore+recovery", "low_rank_adamw", "galore", 0, 1, 1},
-    {"galore+recovery, no limiter", "low_rank_adamw", "galore", 0, 1, 0},
-    {"galore+both", "low_rank_adamw", "galore", 1, 1, 1},
-    {"galore+both, no limiter", "low_rank_adamw", "galore", 1, 1, 0},
-    {"subtrack", "low_rank_adamw", "subtrack", 0, 0, 1},
-    {"subtrack+adaptive", "low_rank_adamw", "subtrack", 1, 0, 1},
-    {"subtrack+recovery", "low_rank_adamw", "subtrack", 0, 1, 1},
-    {"subtrack+recovery, no limiter", "low_rank_adamw", "subtrack", 0, 1, 0},
-    {"subtrack++", "low_rank_adamw", "subtrack", 1, 1, 1},
-    {"subtrack++, no limiter", "low_rank_adamw", "subtrack", 1, 1, 0},
+    {"adamw", "adamw", "subtrack", 0, 0, 1, "std", 0.0f},
+    {"galore", "low_rank_adamw", "galore", 0, 0, 1, "std", 0.0f},
+    {"galore+adaptive", "low_rank_adamw", "galore", 1, 0, 1, "std", 0.0f},
+    {"galore+recovery", "low_rank_adamw", "galore", 0, 1, 1, "std", 0.0f},
+    {"galore+recovery, no limiter", "low_rank_adamw", "galore", 0, 1, 0, "std", 0.0f},
+    {"galore+both", "low_rank_adamw", "galore", 1, 1, 1, "std", 0.0f},
+    {"galore+both, no limiter", "low_rank_adamw", "galore", 1, 1, 0, "std", 0.0f},
+    {"subtrack", "low_rank_adamw", "subtrack", 0, 0, 1, "std", 0.0f},
+    {"subtrack+adaptive", "low_rank_adamw", "subtrack", 1, 0, 1, "std", 0.0f},
+    {"subtrack+recovery", "low_rank_adamw", "subtrack", 0, 1, 1, "std", 0.0f},
+    {"subtrack+recovery, no limiter", "low_rank_adamw", "subtrack", 0, 1, 0, "std", 0.0f},
+    {"subtrack++", "low_rank_adamw", "subtrack", 1, 1, 1, "std", 0.0f},
+    {"subtrack++, no limiter", "low_rank_adamw", "subtrack", 1, 1, 0, "std", 0.0f},
+    // the other sides (--proj_type), and GoLore's random subspaces from step 3 (refreshes at 4, 6, 8)
+    {"subtrack++ reverse_std", "low_rank_adamw", "subtrack", 1, 1, 1, "reverse_std", 0.0f},
+    {"galore+recovery left", "low_rank_adamw", "galore", 0, 1, 1, "left", 0.0f},
+    {"golore", "low_rank_adamw", "galore", 0, 0, 1, "std", 0.3f},
 };
 #define NUM_STEP_SETTINGS (int)(sizeof(STEP_SETTINGS) / sizeof(STEP_SETTINGS[0]))
 
@@ -357,6 +363,9 @@ static void step_train_config(cpu::TrainConfig* t, const StepSettings* st, int s
     t->adaptive_optimizer = st->adaptive;
     t->recovery_scaling = st->recovery;
     t->norm_growth_limiter_off = !st->limiter;
+    snprintf(t->proj_type, sizeof t->proj_type, "%s", st->proj_type);
+    t->rand_proj = st->rand_ratio > 0.0f;
+    t->rand_ratio = st->rand_ratio > 0.0f ? st->rand_ratio : 2.0f;
     t->rank = 4;
     t->subspace_update_interval = 2;   // subspace updates at steps 2, 4, ..., after the SVD at step 0
     t->num_training_steps = steps;

@@ -5330,6 +5330,9 @@ static void test_data_parallel(const char* dir) {
     test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1 --subspace_update_method galore --adaptive_optimizer 0",
                                    "zero1_galore", 0);
     test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1 --optimizer adamw", "zero1_adamw", 0);
+    // the other side's states and GoLore's random subspaces (each matrix's own draws) on their owners
+    test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1 --proj_type reverse_std --subspace_update_method galore "
+                                   "--rand_proj --rand_ratio 0.3", "zero1_reverse_std_golore", 0);
     test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1 --master_weights 0", "zero1_master_weights_0", 2);
     test_data_parallel_equivalence(dir, 2, 2, "--zero_stage 1", "zero1_subtrack++_bf16", 1);
     // 3 ranks meeting over TCP on the loopback

@@ -1,7 +1,7 @@
 """
 Reproduces the paper's comparison at small scale with the C trainer: full-rank
-AdamW, GaLore, Fira-like, SubTrack-Grad, the two one-switch ablations and
-SubTrack++, on the embedded KJV corpus, one model, one step budget, the same
+AdamW, GaLore, GoLore, Fira-like, SubTrack-Grad, the two one-switch ablations
+and SubTrack++, on the embedded KJV corpus, one model, one step budget, the same
 seeds. For each method it picks the learning rate from one grid on a shorter
 run (one seed, not one of the final seeds), then trains every final seed at
 that lr, and records the final validation loss, wall time, the time spent in
@@ -47,13 +47,18 @@ DEFAULT_TRAINER = os.path.join(REPO_ROOT, "train_llama_subtrack_cpu")
 MIB = 1 << 20
 BYTES_PER_FLOAT = 4
 
-# the seven configurations; flags as in the trainer's --help. the low-rank ones
+# the eight configurations; flags as in the trainer's --help. the low-rank ones
 # share every other setting (rank, alpha, k, eta) through low_rank_args().
 METHODS = [
     {"key": "adamw", "label": "full-rank AdamW", "low_rank": False,
      "args": ["--optimizer", "adamw"]},
     {"key": "galore", "label": "GaLore", "low_rank": True,
      "args": ["--subspace_update_method", "galore", "--adaptive_optimizer", "0", "--recovery_scaling", "0"]},
+    # GoLore: GaLore whose refreshes from half way on take random subspaces (--rand_proj; the authors'
+    # default --rand_ratio 2 never reaches them)
+    {"key": "golore", "label": "GoLore (GaLore, random subspaces from half way)", "low_rank": True,
+     "args": ["--subspace_update_method", "galore", "--adaptive_optimizer", "0", "--recovery_scaling", "0",
+              "--rand_proj", "--rand_ratio", "0.5"]},
     {"key": "fira", "label": "Fira-like (GaLore + recovery scaling)", "low_rank": True,
      "args": ["--subspace_update_method", "galore", "--adaptive_optimizer", "0", "--recovery_scaling", "1"]},
     {"key": "subtrack_grad", "label": "SubTrack-Grad (tracking only)", "low_rank": True,

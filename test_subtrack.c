@@ -2500,6 +2500,8 @@ static void test_input_limits(void) {
 static void test_authors_refusals(void) {
     struct { const char* args; const char* expect; } cases[] = {
         {"--optimizer sgd --zero_stage 1", "does not shard --optimizer sgd"},
+        {"--optimizer adafactor --zero_stage 1", "does not shard --optimizer adafactor"},
+        {"--optimizer adafactor --master_weights 0 --dtype bfloat16", "bf16-only weights"},
         {"--model_config llama_60m --optimizer sgd --beta1 1.5", "beta1"},
         {"--optimizer adam8bit", "not implemented yet"},
         {"--scheduler cosine_restarts", "needs --cycle_length N"},
@@ -2551,15 +2553,17 @@ static void test_authors_refusals(void) {
           t.lr == 0.002f && t.recovery_scaling == 0,
           "accepted: the authors' no-op flags, bf16 as bfloat16, AdamW in any case, --flag=value (%s)",
           problem ? problem : "ok");
-    // --optimizer sgd's momentum is --beta1: on the authors' configs their default 0, and given, what is given
-    for (int given = 0; given < 2; given++) {
+    // --optimizer sgd's momentum and adafactor's first moment are --beta1: on the authors' configs their
+    // default 0 (adafactor: none), and given, what is given
+    for (int given = 0; given < 4; given++) {
+        const char* name = given < 2 ? "sgd" : "adafactor";
         char* sgd_argv[] = {(char*)"x", (char*)"--model_config", (char*)"llama_60m", (char*)"--optimizer",
-                            (char*)"sgd", (char*)"--beta1", (char*)"0.9"};
+                            (char*)name, (char*)"--beta1", (char*)"0.9"};
         TrainConfig ts;
-        int prc = train_config_from_args(&ts, given ? 7 : 5, sgd_argv, "float32", err, sizeof err);
+        int prc = train_config_from_args(&ts, given % 2 ? 7 : 5, sgd_argv, "float32", err, sizeof err);
         const char* pp = prc == 0 ? train_config_problem(&ts) : err;
-        check(pp == NULL && ts.beta1 == (given ? 0.9f : 0.0f), "--optimizer sgd on an authors' config%s: momentum "
-              "%g (%s)", given ? " with --beta1 0.9" : "", (double)ts.beta1, pp ? pp : "ok");
+        check(pp == NULL && ts.beta1 == (given % 2 ? 0.9f : 0.0f), "--optimizer %s on an authors' config%s: beta1 "
+              "%g (%s)", name, given % 2 ? " with --beta1 0.9" : "", (double)ts.beta1, pp ? pp : "ok");
     }
     // --st_step_size_scheduler reaches the optimizer's config (the trajectories check its arithmetic)
     for (int iterative = 0; iterative < 2; iterative++) {
@@ -3986,6 +3990,7 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
     test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
     test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
+    test_trainer_resume(dir, "--optimizer adafactor --weight_decay 0.1", "adafactor");
     test_trainer_proj_type(dir);
     test_svd_randomized_trainer(dir, "");
     {
@@ -4333,6 +4338,81 @@ static void test_fullrank_reference(const char* path) {
     free(data);
 }
 
+// --optimizer adafactor against transformers.optimization.Adafactor with the
+// authors' settings (dev/reference/adafactor_reference.bin, from
+// dev/reference/adafactor_reference.py): adafactor_update on each case, W, the
+// first moment and the statistics compared after every step, each relative to
+// the array's largest |x| at that step. the bounds: the statistics (running
+// means of G^2) within 2^-20: a mean is one rounding of a sum that torch
+// accumulates in fp32 and we in double, a few 2^-24, and the running mean
+// adds one rounding a step (measured below); the first moment too (it
+// averages the updates, each a few roundings: the clipping scale's
+// sqrt and divisions, and r_i c_j). W within 2^-19 of its largest |W|, as
+// the other full-rank references: about two roundings of 2^-24 |W| a step
+// over 10 steps
+#define ADAFACTOR_REF_MAGIC 20261206
+static void test_adafactor_reference(const char* path) {
+    unsigned char* data = NULL;
+    size_t bytes = 0;
+    if (!read_file_bytes(path, &data, &bytes) || bytes < 16) {
+        check(0, "%s opens (regenerate it with dev/reference/adafactor_reference.py)", path);
+        free(data);
+        return;
+    }
+    const int32_t* h = (const int32_t*)data;
+    int cases = h[0] == ADAFACTOR_REF_MAGIC && h[1] == 1 ? h[2] : -1;
+    size_t at = 16;
+    int done = 0, vectors = 0, with_m = 0;
+    for (int c = 0; c < cases; c++) {
+        if (at + 32 > bytes) { break; }
+        const int32_t* ch = (const int32_t*)(data + at);
+        const float* hp = (const float*)(data + at + 16);
+        int rows = ch[0], cols = ch[1], steps = ch[2];
+        float lr = hp[0], b1 = hp[1], wd = hp[2];
+        at += 32;
+        if (rows <= 0 || cols <= 0 || steps <= 0) { break; }
+        size_t n = (size_t)rows * cols, ns = adafactor_stats_floats(rows, cols), per_step = 3 * n + ns;
+        if (at + 4 * (n + (size_t)steps * per_step) > bytes) { break; }
+        const float* W0 = (const float*)(data + at);
+        float* W = (float*)malloc(n * sizeof(float));
+        float* M = (float*)calloc(n, sizeof(float));
+        float* S = (float*)calloc(ns, sizeof(float));
+        double* sums = (double*)malloc((size_t)rows * sizeof(double));
+        memcpy(W, W0, n * sizeof(float));
+        double err[3] = {0, 0, 0};
+        for (int t = 0; t < steps; t++) {
+            const float* row = W0 + n + (size_t)t * per_step;
+            const float *G = row, *Wt = row + n, *Mt = row + 2 * n, *St = row + 3 * n;
+            adafactor_update(W, b1 != 0.0f ? M : NULL, S, G, rows, cols, t, lr, b1, wd, sums);
+            double most[3] = {0, 0, 0}, diff[3] = {0, 0, 0};
+            for (size_t i = 0; i < n; i++) {
+                most[0] = fmax(most[0], fabs((double)Wt[i]));
+                most[1] = fmax(most[1], fabs((double)Mt[i]));
+                diff[0] = fmax(diff[0], fabs((double)W[i] - Wt[i]));
+                diff[1] = fmax(diff[1], fabs((double)M[i] - Mt[i]));
+            }
+            for (size_t i = 0; i < ns; i++) {
+                most[2] = fmax(most[2], fabs((double)St[i]));
+                diff[2] = fmax(diff[2], fabs((double)S[i] - St[i]));
+            }
+            for (int k = 0; k < 3; k++) { err[k] = fmax(err[k], most[k] > 0 ? diff[k] / most[k] : diff[k]); }
+        }
+        check(err[0] <= FULLRANK_W_TOL && err[1] <= FULLRANK_MOMENT_TOL && err[2] <= FULLRANK_MOMENT_TOL,
+              "--optimizer adafactor against transformers' Adafactor, %s %dx%d, %d steps, lr %g beta1 %g wd %g: W "
+              "%.1e (tol 2^-19), first moment %.1e, %s %.1e (tol 2^-20)", rows > 1 ? "factored" : "a vector",
+              rows, cols, steps, lr, b1, wd, err[0], err[1], rows > 1 ? "row and column statistics" : "second moment",
+              err[2]);
+        at += 4 * (n + (size_t)steps * per_step);
+        done++;
+        vectors += rows == 1;
+        with_m += b1 != 0.0f;
+        free(W); free(M); free(S); free(sums);
+    }
+    check(cases >= 5 && done == cases && at == bytes && vectors >= 2 && with_m >= 2, "%s: %d of %d cases read (%d "
+          "vectors, %d with a first moment), the file read to its end", path, done, cases, vectors, with_m);
+    free(data);
+}
+
 // the authors' schedules and token budgets: dev/reference/schedules.txt holds
 // the lr of every step of each case from their own get_scheduler (through
 // torch's LambdaLR; linear from transformers), and what their
@@ -4475,7 +4555,7 @@ static unsigned long long number_after(const char* text, const char* key) {
 // do per-layer updates (every logged loss and norm; the checkpoints differ
 // only in the optimizer's name), and, under the CPU harness, the plan
 // (--memory_plan, no device needed) equals the peak of cudaMalloc the
-// harness measures, to the byte, on ten option sets, with everything freed
+// harness measures, to the byte, on eleven option sets, with everything freed
 // at exit; a device too small for the plan stops
 // the run at start, naming the need, the free memory and the flags that fit
 static void test_trainer_gpu_memory(const char* dir, const char* bin) {
@@ -4545,7 +4625,7 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
     if (!((bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) || (bl > 5 && strcmp(bin + bl - 5, "_race") == 0))) {
         return;
     }
-    const char* sets[10] = {
+    const char* sets[11] = {
         "",                                                        // bf16 activations, SubTrack++
         " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
         " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24 --subspace_dtype bf16",
@@ -4557,9 +4637,10 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
         " --proj_type reverse_std",                                 // the larger sides: S (q, R), Gram (q, q)
         " --proj_type left --subspace_update_method galore --svd randomized",
         " --subspace_update_method galore --svd randomized --rand_proj --rand_ratio 0",   // GoLore in the chunks
+        " --optimizer adafactor --beta1 0",                         // Adafactor's statistics, no first moment
     };
-    size_t planned[10] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < 10; i++) {
+    size_t planned[11] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 11; i++) {
         snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --eval_every 1 --sample_every 2 "
                  "--gen_tokens 4 --save_dir %s/plan_%d%s", dir, i, sets[i]);
         char plan_args[2100];
@@ -5374,6 +5455,7 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--st_step_size_scheduler iterative_decrease", "iterative_decrease");
     test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
     test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
+    test_trainer_resume(dir, "--optimizer adafactor --weight_decay 0.1", "adafactor");
     test_trainer_proj_type(dir);
     test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);
@@ -5543,6 +5625,7 @@ int main(int argc, char** argv) {
     test_lr_schedule();
     test_schedules_against_authors("dev/reference/schedules.txt");
     test_fullrank_reference("dev/reference/fullrank_reference.bin");
+    test_adafactor_reference("dev/reference/adafactor_reference.bin");
     test_grad_norm_and_accumulation();
     test_json_config();
     test_json_config_strict();

@@ -1914,6 +1914,133 @@ void sgd_update(float* W, float* B, const float* G, size_t numel, float lr, floa
     }
 }
 
+// Adafactor (--optimizer adafactor): transformers.optimization.Adafactor with
+// the authors' settings (lr external: relative_step, scale_parameter and
+// warmup_init off; eps (1e-30, 1e-3), whose 1e-3 only scale_parameter reads;
+// clip_threshold 1; decay_rate -0.8), one weight at a time. a matrix (rows,
+// cols > 1) keeps factored statistics, R (rows) and C (cols): running means of
+// the rows and the columns of G^2 + eps1; a vector (rows 1) keeps V (cols), a
+// running mean of G^2 + eps1. with t the steps already taken:
+//   b = 1 - (t + 1)^-0.8
+//   R = b R + (1 - b) rowmean(G^2 + eps1);  C = b C + (1 - b) colmean(G^2 + eps1)
+//   U = (r_i c_j) G,  r_i = 1 / sqrt(R_i / mean(R)),  c_j = 1 / sqrt(C_j)
+//   (a vector: V = b V + (1 - b) (G^2 + eps1); U = (1 / sqrt(V)) G)
+//   U = U / max(1, rms(U) / clip) * lr
+//   M = b1 M + (1 - b1) U; U = M                      (a first moment: beta1 > 0)
+//   W = W - lr wd W;  W = W - U
+// in the fp32 operations of transformers' code, in its order; the sums in
+// double (the means of R's rows and columns, rms(U)), each row's in
+// parallel, then the rows' in order, so that a run resumes bit for bit.
+// sums: cols doubles of scratch at least
+#ifndef HOST_DEVICE
+#define HOST_DEVICE
+#endif
+#define ADAFACTOR_EPS1 1e-30f
+#define ADAFACTOR_DECAY_RATE -0.8
+#define ADAFACTOR_CLIP 1.0
+
+// 1 when a weight of rows x cols keeps factored statistics (transformers: two or more dimensions)
+static inline int adafactor_factored(int rows, int cols) { return rows > 1 && cols > 1; }
+
+// floats of statistics of one rows x cols weight: R and C, or V
+static inline size_t adafactor_stats_floats(int rows, int cols) {
+    return adafactor_factored(rows, cols) ? (size_t)rows + cols : (size_t)rows * cols;
+}
+
+// the decay of step t (0 on the first): b, and 1 - b, each rounded once to fp32 as torch's scalars
+static inline void adafactor_decay(int t, float* b, float* one_minus_b) {
+    double beta2t = 1.0 - pow((double)(t + 1), ADAFACTOR_DECAY_RATE);
+    *b = (float)beta2t;
+    *one_minus_b = (float)(1.0 - beta2t);
+}
+
+// the scale of U (before lr), from its sum of squares over numel elements: max(1, rms / clip), in fp32 as torch's
+HOST_DEVICE static inline float adafactor_clip_scale(double sum_squares, size_t numel) {
+    float rms = (float)sqrt(sum_squares) / (float)sqrt((double)numel);
+    float s = rms / (float)ADAFACTOR_CLIP;
+    return s > 1.0f ? s : 1.0f;
+}
+
+// the last part, on element i: U = u / scale * lr through M (or not), then the decay and the step
+HOST_DEVICE static inline float adafactor_apply(float w, float* m, float u, float scale, float lr, float beta1,
+                                                float weight_decay) {
+    u = u / scale * lr;
+    if (m != NULL) {
+        *m = *m * beta1 + u * (1.0f - beta1);
+        u = *m;
+    }
+    if (weight_decay != 0.0f) { w = w + w * (float)(-(double)weight_decay * lr); }
+    return w - u;
+}
+
+void adafactor_update(float* W, float* M, float* stats, const float* G, int rows, int cols, int t, float lr,
+                      float beta1, float weight_decay, double* sums) {
+    // W, M, G: (rows, cols); M NULL without a first moment; stats: R (rows) | C (cols), or V (rows cols)
+    size_t numel = (size_t)rows * cols;
+    float b, a;
+    adafactor_decay(t, &b, &a);
+    double total = 0.0;
+    if (adafactor_factored(rows, cols)) {
+        float* R = stats;
+        float* C = stats + rows;
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < rows; i++) {
+            double s = 0.0;
+            for (int j = 0; j < cols; j++) {
+                float g = G[(size_t)i * cols + j];
+                s += (double)(g * g + ADAFACTOR_EPS1);
+            }
+            R[i] = R[i] * b + (float)(s / cols) * a;
+        }
+        #pragma omp parallel for schedule(static)
+        for (int j = 0; j < cols; j++) {
+            double s = 0.0;
+            for (int i = 0; i < rows; i++) {
+                float g = G[(size_t)i * cols + j];
+                s += (double)(g * g + ADAFACTOR_EPS1);
+            }
+            C[j] = C[j] * b + (float)(s / rows) * a;
+        }
+        double rs = 0.0;
+        for (int i = 0; i < rows; i++) { rs += R[i]; }
+        float mean_r = (float)(rs / rows);
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < rows; i++) {
+            float ri = 1.0f / sqrtf(R[i] / mean_r);
+            double s = 0.0;
+            for (int j = 0; j < cols; j++) {
+                float u = ri * (1.0f / sqrtf(C[j])) * G[(size_t)i * cols + j];
+                s += (double)u * u;
+            }
+            sums[i] = s;
+        }
+        for (int i = 0; i < rows; i++) { total += sums[i]; }
+        float scale = adafactor_clip_scale(total, numel);
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < rows; i++) {
+            float ri = 1.0f / sqrtf(R[i] / mean_r);
+            for (int j = 0; j < cols; j++) {
+                size_t k = (size_t)i * cols + j;
+                float u = ri * (1.0f / sqrtf(C[j])) * G[k];
+                W[k] = adafactor_apply(W[k], M != NULL ? M + k : NULL, u, scale, lr, beta1, weight_decay);
+            }
+        }
+        return;
+    }
+    float* V = stats;
+    for (size_t k = 0; k < numel; k++) {
+        float g = G[k];
+        V[k] = V[k] * b + (g * g + ADAFACTOR_EPS1) * a;
+        float u = (1.0f / sqrtf(V[k])) * g;
+        total += (double)u * u;
+    }
+    float scale = adafactor_clip_scale(total, numel);
+    for (size_t k = 0; k < numel; k++) {
+        float u = (1.0f / sqrtf(V[k])) * G[k];
+        W[k] = adafactor_apply(W[k], M != NULL ? M + k : NULL, u, scale, lr, beta1, weight_decay);
+    }
+}
+
 typedef enum { SUBSPACE_GALORE = 0, SUBSPACE_SUBTRACK = 1 } SubspaceMethod;
 
 // --proj_type: which side of each matrix is projected (the authors' names)
@@ -3712,7 +3839,8 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(lr, FLAG_FLOAT, "peak learning rate"),
     FLAG(grad_clipping, FLAG_FLOAT, "clip the global gradient norm to this; 0 = off"),
     FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (weight decay as L2 on the gradient, as "
-         "torch.optim.Adam) | sgd (momentum --beta1, L2 decay, as torch.optim.SGD)"),
+         "torch.optim.Adam) | sgd (momentum --beta1, L2 decay, as torch.optim.SGD) | adafactor "
+         "(transformers' Adafactor as the authors set it; a first moment only with --beta1 above 0)"),
     FLAG(subspace_update_method, FLAG_STRING, "galore (SVD) | subtrack (geodesic tracking)"),
     FLAG(rank, FLAG_INT, "R: rank of the gradient subspace"),
     FLAG(low_rank_scale, FLAG_FLOAT, "alpha: scale of the low-rank update"),
@@ -3793,7 +3921,7 @@ static const FlagSpec TRAIN_FLAGS[] = {
 
 // the optimizers of torchrun_main.py that are not built here yet
 static const char* const AUTHORS_OPTIMIZERS_NOT_YET[] = {
-    "adafactor", "low_rank_adafactor", "adam8bit",
+    "low_rank_adafactor", "adam8bit",
 };
 
 // low-rank AdamW, whole-step or per layer (the same arithmetic: each matrix
@@ -4013,8 +4141,9 @@ int train_config_from_args(TrainConfig* t, int argc, char** argv, const char* de
         }
         if (t->gradient_accumulation == 0) { t->gradient_accumulation = t->total_batch_size / t->batch_size; }
     }
-    // SGD's momentum is their --beta1, whose default is 0 (ours: 0.9, Adam's)
-    if (t->authors_defaults && strcmp(t->optimizer, "sgd") == 0 && !train_flag_given(t, "--beta1")) {
+    // SGD's momentum and Adafactor's first moment are their --beta1, whose default is 0 (ours: 0.9, Adam's)
+    if (t->authors_defaults && (strcmp(t->optimizer, "sgd") == 0 || strcmp(t->optimizer, "adafactor") == 0) &&
+        !train_flag_given(t, "--beta1")) {
         t->beta1 = 0.0f;
     }
     // Adam's eps: torch.optim.Adam/AdamW's default for adam and adamw, the
@@ -4554,6 +4683,7 @@ const char* train_config_problem(const TrainConfig* t) {
     if (t->zero_stage == 1) {
         // the first version shards the states that whole steps update in batches
         const char* lean = strcmp(t->optimizer, "sgd") == 0 ? "--optimizer sgd's momentum"
+                         : strcmp(t->optimizer, "adafactor") == 0 ? "--optimizer adafactor's statistics"
                          : optimizer_name_per_layer(t->optimizer) ? "per-layer updates (--optimizer *_per_layer)"
                          : optimizer_name_8bit(t->optimizer) ? "8-bit states (--optimizer *8bit)"
                          : strcmp(t->subspace_dtype, "bfloat16") == 0 ? "bf16 subspaces (--subspace_dtype bfloat16)"
@@ -4585,9 +4715,9 @@ const char* train_config_problem(const TrainConfig* t) {
         }
     }
     if (strcmp(t->optimizer, "adamw") != 0 && !optimizer_name_low_rank(t->optimizer) &&
-        strcmp(t->optimizer, "adam") != 0 && strcmp(t->optimizer, "sgd") != 0) {
-        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, sgd, low_rank_adamw, low_rank_adamw_per_layer, "
-                 "low_rank_adamw8bit or low_rank_adamw8bit_per_layer", t->optimizer);
+        strcmp(t->optimizer, "adam") != 0 && strcmp(t->optimizer, "sgd") != 0 && strcmp(t->optimizer, "adafactor") != 0) {
+        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, sgd, adafactor, low_rank_adamw, "
+                 "low_rank_adamw_per_layer, low_rank_adamw8bit or low_rank_adamw8bit_per_layer", t->optimizer);
         return msg;
     }
     // per-layer updates change each weight as soon as its gradient is
@@ -4609,7 +4739,8 @@ const char* train_config_problem(const TrainConfig* t) {
             return msg;
         }
     }
-    if (t->authors_defaults && train_flag_given(t, "--beta1") && strcmp(t->optimizer, "sgd") != 0) {
+    if (t->authors_defaults && train_flag_given(t, "--beta1") && strcmp(t->optimizer, "sgd") != 0 &&
+        strcmp(t->optimizer, "adafactor") != 0) {
         snprintf(msg, sizeof msg, "--beta1 on one of the authors' configs: in their torchrun_main.py --beta1 only "
                  "reaches SGD and Adafactor, and their Adam optimizers keep beta1 0.9; drop the flag to run their "
                  "script as they did, or use one of our presets (kjv_small, ...) to set Adam's beta1");
@@ -4645,6 +4776,12 @@ const char* train_config_problem(const TrainConfig* t) {
         snprintf(msg, sizeof msg, "--st_noise_sigma2 %g / --st_subspace_coef %g: the authors' code stores these and "
                  "never uses them, so only their defaults (0 and 1) are accepted", t->st_noise_sigma2,
                  t->st_subspace_coef);
+        return msg;
+    }
+    if (strcmp(t->optimizer, "adafactor") == 0 && !t->master_weights && strcmp(t->dtype, "bfloat16") == 0) {
+        snprintf(msg, sizeof msg, "--optimizer adafactor with bf16-only weights (--master_weights 0 --dtype bfloat16) "
+                 "is not built yet (each weight's update needs it whole in fp32); keep the masters (drop "
+                 "--master_weights 0) or use --dtype float32");
         return msg;
     }
     if (t->rand_proj && !optimizer_name_low_rank(t->optimizer)) {
@@ -5551,10 +5688,12 @@ typedef struct {
     float beta1, beta2, eps, weight_decay;
     int l2;                   // --optimizer adam: weight decay as L2 on the gradient (torch.optim.Adam's)
     int sgd;                  // --optimizer sgd: adam_m is the momentum buffer (beta1), and there is no adam_v
+    int adafactor;            // --optimizer adafactor: adam_m the first moment (none with beta1 0), adam_v the
+                              // statistics of each weight (adafactor_stats_floats), every weight one after another
     float* adam_m;            // (num_adam)
     float* adam_v;            // (num_adam_v)
     size_t num_adam;
-    size_t num_adam_v;        // num_adam, or 0 with --optimizer sgd
+    size_t num_adam_v;        // num_adam, 0 with --optimizer sgd, the statistics with adafactor
     LowRankState* lowrank;    // (num_lowrank)
     int num_lowrank;
     float* lowrank_memory;    // (lowrank_floats)
@@ -5618,6 +5757,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
     o->l2 = strcmp(t->optimizer, "adam") == 0;
     o->sgd = strcmp(t->optimizer, "sgd") == 0;
+    o->adafactor = strcmp(t->optimizer, "adafactor") == 0;
     LowRankConfig lc = {
         strcmp(t->subspace_update_method, "galore") == 0 ? SUBSPACE_GALORE : SUBSPACE_SUBTRACK,
         t->rank, t->low_rank_scale, t->subspace_update_interval, t->st_init_step_size,
@@ -5640,6 +5780,11 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
             if (optimizer_adamw_q8(o, &spec[i])) {
                 o->q8_bytes += 2 * n;
                 o->q8_blocks += 2 * quant8_num_blocks(n);
+            } else if (o->adafactor) {
+                o->num_adam += o->beta1 != 0.0f ? n : 0;
+                o->num_adam_v += (size_t)spec[i].layers * adafactor_stats_floats(spec[i].rows, spec[i].cols);
+                size_t sums = 2 * (size_t)spec[i].rows;   // adafactor_update's row sums, doubles
+                o->scratch_floats = sums > o->scratch_floats ? sums : o->scratch_floats;
             } else {
                 o->num_adam += n;
                 o->num_adam_v += o->sgd ? 0 : n;
@@ -5919,7 +6064,7 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
     parameter_table(spec, &model->config);
     float** params = parameter_pointers(&model->params);
     float** grads = parameter_pointers(&model->grads);
-    size_t adam_off = 0;
+    size_t adam_off = 0, v_off = 0;   // v_off: adafactor's statistics
     int k = 0;
     Progress pr;
     progress_begin(&pr, optimizer_svd_phase(o), optimizer_svd_phase(o) != NULL ? o->num_lowrank : 0);
@@ -5948,6 +6093,17 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
                     quantize_blockwise(o->q8_codes + code + n + off, o->q8_absmax + block + nb + b, Vq, len,
                                        o->q8_map[1]);
                 }
+            } else if (o->adafactor) {
+                size_t per = (size_t)spec[i].rows * spec[i].cols;
+                size_t stats = adafactor_stats_floats(spec[i].rows, spec[i].cols);
+                for (int l = 0; l < spec[i].layers; l++) {
+                    float* M = o->num_adam > 0 ? o->adam_m + adam_off + l * per : NULL;
+                    adafactor_update(params[i] + l * per, M, o->adam_v + v_off + l * stats, grads[i] + l * per,
+                                     spec[i].rows, spec[i].cols, o->step, lr, o->beta1, o->weight_decay,
+                                     (double*)o->scratch);
+                }
+                adam_off += o->num_adam > 0 ? n : 0;
+                v_off += spec[i].layers * stats;
             } else {
                 if (o->sgd) {
                     sgd_update(params[i], o->adam_m + adam_off, grads[i], n, lr, o->beta1, o->weight_decay);
@@ -6205,13 +6361,14 @@ static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainStat
     uint32_t bits;
     memcpy(&bits, &c->norm_eps, 4); h[8] = bits;
     memcpy(&bits, &c->rope_theta, 4); h[9] = bits;
-    h[10] = s->opt->sgd ? 2 : s->opt->low_rank;
+    h[10] = s->opt->adafactor ? 3 : s->opt->sgd ? 2 : s->opt->low_rank;
     h[11] = s->opt->cfg.method;
     h[12] = s->opt->low_rank ? s->opt->cfg.rank : 0;
     h[13] = s->opt->step;
     h[14] = (int64_t)s->model->num_parameters;
     h[15] = (int64_t)s->opt->num_adam;
     h[16] = (int64_t)s->opt->lowrank_floats;
+    h[30] = s->opt->adafactor ? (int64_t)s->opt->num_adam_v : 0;   // adafactor's statistics
     memcpy(&h[17], &s->sample_rng->state, 8);
     ShardPosition p = shard_loader_get_position(s->train_loader);
     h[18] = p.epoch; h[19] = p.window_in_epoch; h[20] = p.num_windows;
@@ -6828,7 +6985,8 @@ int checkpoint_load(TrainState* s, const char* dir, char* err, size_t errlen) {
                  (long long)h[10], (long long)h[11], (long long)h[12]);
         return 1;
     }
-    if (h[14] != want[14] || h[15] != want[15] || h[16] != want[16] || h[25] != want[25] || h[26] != want[26]) {
+    if (h[14] != want[14] || h[15] != want[15] || h[16] != want[16] || h[25] != want[25] || h[26] != want[26] ||
+        h[30] != want[30]) {
         snprintf(err, errlen, "%s: header sizes do not match this model; the file is corrupt", path);
         return 1;
     }
@@ -6914,12 +7072,14 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     struct stat st;
     int64_t q8_extra = (h[25] >= 0 && h[25] <= max_floats && h[26] >= 0 && h[26] <= max_floats)
                      ? (int64_t)(padded8((size_t)h[25]) + padded8(4 * (size_t)h[26])) : -1;
-    int64_t moments = h[10] == 2 ? 1 : 2;  // --optimizer sgd keeps one moment
+    // the moments' floats: two of num_adam, one (--optimizer sgd), or adafactor's first moment and statistics
+    int64_t moments = h[10] == 2 ? h[15] : h[10] == 3 ? h[15] + h[30] : 2 * h[15];
     int64_t body = manifest ? (h[28] > 0 && h[28] <= ((int64_t)1 << 24) ? 8 * CHECKPOINT_PIECE_INTS * h[28] : -1)
-                            : 4 * (h[14] + moments * h[15] + h[16]) + q8_extra;
+                            : 4 * (h[14] + moments + h[16]) + q8_extra;
     if (h[14] <= 0 || h[14] > max_floats || h[15] < 0 || h[15] > max_floats || h[16] < 0 || h[16] > max_floats ||
+        h[30] < 0 || h[30] > max_floats || (h[10] != 3 && h[30] != 0) ||
         q8_extra < 0 || body < 0 || fstat(fileno(f), &st) != 0 ||
-        h[10] < 0 || h[10] > 2 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
+        h[10] < 0 || h[10] > 3 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
         snprintf(err, errlen, "%s: its length is not what the header says; the file is corrupt", path);
         fclose(f);
         return 1;
@@ -6955,7 +7115,7 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     checkpoint_read(&r, model->params_memory, model->num_parameters * sizeof(float));
     // the optimizer states (8-bit ones included) are not needed, but the CRC covers them
     unsigned char chunk[16384];
-    int64_t left = 4 * (moments * h[15] + h[16]) + q8_extra;
+    int64_t left = 4 * (moments + h[16]) + q8_extra;
     while (r.ok && left > 0) {
         size_t n = left < (int64_t)sizeof chunk ? (size_t)left : sizeof chunk;
         checkpoint_read(&r, chunk, n);
@@ -7424,7 +7584,8 @@ int train_run(const TrainBackend* be, int argc, char** argv) {
     printf("optimizer:    %s%s: states %.2f MiB (%s %.2f MiB + low-rank %.2f MiB + 8-bit %.2f MiB); full AdamW "
            "would need %.2f MiB\n", t.optimizer,
            opt->low_rank ? (opt->cfg.method == SUBSPACE_GALORE ? " (galore)" : " (subtrack)") : "",
-           optimizer_state_bytes(opt) / 1048576.0, opt->sgd ? "SGD momentum" : "AdamW",
+           optimizer_state_bytes(opt) / 1048576.0,
+           opt->sgd ? "SGD momentum" : opt->adafactor ? "Adafactor" : "AdamW",
            (opt->num_adam + opt->num_adam_v) * 4.0 / 1048576.0,
            opt->lowrank_floats * 4.0 / 1048576.0, (opt->q8_bytes + opt->q8_blocks * 4.0) / 1048576.0,
            full_adamw / 1048576.0);

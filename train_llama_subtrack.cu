@@ -3841,6 +3841,117 @@ void sgd_update(float* W, float* B, const float* G, size_t numel, float lr, floa
     cudaCheck(cudaGetLastError());
 }
 
+// ---- Adafactor (--optimizer adafactor), the CPU's adafactor_update on device
+// pointers, one weight at a time: the row statistics (one block per row), the
+// column ones (one thread per column), mean(R) (one block), the squares of U
+// summed by ADAFACTOR_PARTIALS blocks and then in order by one (the clipping
+// scale), and the elementwise step. sums: ADAFACTOR_SUMS doubles of device
+// scratch: the partial sums, then mean(R) and the scale (fp32 values)
+#define ADAFACTOR_PARTIALS 256
+#define ADAFACTOR_SUMS (ADAFACTOR_PARTIALS + 2)
+
+__global__ void adafactor_rows_kernel(float* R, const float* G, int cols, float b, float a) {
+    __shared__ double buf[OPTIM_WARP + 1];
+    const float* g = G + (size_t)blockIdx.x * cols;
+    double s = 0.0;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) { s += (double)(g[j] * g[j] + ADAFACTOR_EPS1); }
+    s = optim_block_sum(s, buf);
+    if (threadIdx.x == 0) { R[blockIdx.x] = R[blockIdx.x] * b + (float)(s / cols) * a; }
+}
+
+__global__ void adafactor_cols_kernel(float* C, const float* G, int rows, int cols, float b, float a) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols) { return; }
+    double s = 0.0;
+    for (int i = 0; i < rows; i++) {
+        float g = G[(size_t)i * cols + j];
+        s += (double)(g * g + ADAFACTOR_EPS1);
+    }
+    C[j] = C[j] * b + (float)(s / rows) * a;
+}
+
+// a vector's statistics: V = V b + (G^2 + eps1) a
+__global__ void adafactor_vector_kernel(float* V, const float* G, size_t n, float b, float a) {
+    size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k < n) { V[k] = V[k] * b + (G[k] * G[k] + ADAFACTOR_EPS1) * a; }
+}
+
+// one block: sums[ADAFACTOR_PARTIALS] = mean(R), rounded to fp32
+__global__ void adafactor_mean_kernel(double* sums, const float* R, int rows) {
+    __shared__ double buf[OPTIM_WARP + 1];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) { s += R[i]; }
+    s = optim_block_sum(s, buf);
+    if (threadIdx.x == 0) { sums[ADAFACTOR_PARTIALS] = (double)(float)(s / rows); }
+}
+
+// element k of U before the scale: r_i c_j G (factored; V NULL) or G / sqrt(V_k)
+__device__ __forceinline__ float adafactor_u(const float* G, const float* R, const float* C, const float* V,
+                                             float mean_r, int cols, size_t k) {
+    if (V != NULL) { return (1.0f / sqrtf(V[k])) * G[k]; }
+    int i = (int)(k / cols), j = (int)(k % cols);
+    return (1.0f / sqrtf(R[i] / mean_r)) * (1.0f / sqrtf(C[j])) * G[k];
+}
+
+__global__ void adafactor_sumsq_kernel(double* sums, const float* G, const float* R, const float* C, const float* V,
+                                       int cols, size_t n) {
+    __shared__ double buf[OPTIM_WARP + 1];
+    float mean_r = V != NULL ? 1.0f : (float)sums[ADAFACTOR_PARTIALS];
+    double s = 0.0;
+    for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
+        float u = adafactor_u(G, R, C, V, mean_r, cols, k);
+        s += (double)u * u;
+    }
+    s = optim_block_sum(s, buf);
+    if (threadIdx.x == 0) { sums[blockIdx.x] = s; }
+}
+
+// one block: the partial sums in order, then sums[ADAFACTOR_PARTIALS + 1] = the scale
+__global__ void adafactor_scale_kernel(double* sums, int parts, size_t n) {
+    __shared__ double buf[OPTIM_WARP + 1];
+    double s = threadIdx.x < parts ? sums[threadIdx.x] : 0.0;
+    s = optim_block_sum(s, buf);
+    if (threadIdx.x == 0) { sums[ADAFACTOR_PARTIALS + 1] = (double)cpu::adafactor_clip_scale(s, n); }
+}
+
+__global__ void adafactor_apply_kernel(float* W, float* M, const float* G, const float* R, const float* C,
+                                       const float* V, const double* sums, int cols, size_t n, float lr, float beta1,
+                                       float weight_decay) {
+    size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n) { return; }
+    float mean_r = V != NULL ? 1.0f : (float)sums[ADAFACTOR_PARTIALS];
+    float u = adafactor_u(G, R, C, V, mean_r, cols, k);
+    W[k] = cpu::adafactor_apply(W[k], M != NULL ? M + k : NULL, u, (float)sums[ADAFACTOR_PARTIALS + 1], lr, beta1,
+                                weight_decay);
+}
+
+// W, M (NULL without a first moment), G: (rows, cols) on the device; stats: R | C or V; sums: ADAFACTOR_SUMS doubles
+void adafactor_update(float* W, float* M, float* stats, const float* G, int rows, int cols, int t, float lr,
+                      float beta1, float weight_decay, double* sums) {
+    size_t n = (size_t)rows * cols;
+    float b, a;
+    cpu::adafactor_decay(t, &b, &a);
+    const float *R = NULL, *C = NULL, *V = NULL;
+    if (cpu::adafactor_factored(rows, cols)) {
+        float* Rw = stats;
+        float* Cw = stats + rows;
+        adafactor_rows_kernel<<<rows, OPTIM_BLOCK>>>(Rw, G, cols, b, a);
+        adafactor_cols_kernel<<<optim_blocks((size_t)cols, OPTIM_BLOCK), OPTIM_BLOCK>>>(Cw, G, rows, cols, b, a);
+        adafactor_mean_kernel<<<1, OPTIM_BLOCK>>>(sums, Rw, rows);
+        R = Rw;
+        C = Cw;
+    } else {
+        adafactor_vector_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(stats, G, n, b, a);
+        V = stats;
+    }
+    size_t blocks = optim_blocks(n, OPTIM_BLOCK);
+    int parts = blocks < ADAFACTOR_PARTIALS ? (int)blocks : ADAFACTOR_PARTIALS;
+    adafactor_sumsq_kernel<<<parts, OPTIM_BLOCK>>>(sums, G, R, C, V, cols, n);
+    adafactor_scale_kernel<<<1, ADAFACTOR_PARTIALS>>>(sums, parts, n);
+    adafactor_apply_kernel<<<blocks, OPTIM_BLOCK>>>(W, M, G, R, C, V, sums, cols, n, lr, beta1, weight_decay);
+    cudaCheck(cudaGetLastError());
+}
+
 // the update of an AdamW tensor (or its chunk) under h: AdamW's, or with
 // --optimizer sgd SGD's with M the momentum buffer (V is NULL)
 static void optimizer_moments_update(const cpu::Optimizer* h, float* W, float* M, float* V, const float* G, size_t n,
@@ -5483,8 +5594,8 @@ void lowrank_groups_free(LowRankGroupsGPU* g) {
 
 typedef struct {
     cpu::Optimizer host;      // settings, state layout, and host copies for checkpoints
-    float* adam_m;            // (num_adam) device
-    float* adam_v;            // (num_adam) device
+    float* adam_m;            // (num_adam) device; NULL when there is none (adafactor without a first moment)
+    float* adam_v;            // (num_adam, or adafactor's num_adam_v) device
     float* lowrank_memory;    // (lowrank_floats) device, the CPU's layout; with bf16 subspaces, less every S
     LowRankStateGPU* lowrank; // (host.num_lowrank) pointing into lowrank_memory
     bf16* subspaces;          // (host.subspace_floats) device, --subspace_dtype bfloat16: every S, in state order
@@ -5498,6 +5609,8 @@ typedef struct {
     float* q8_maps;           // (2, 256) the signed and unsigned maps,
     float* q8_scratch;        // (2 host.q8_chunk) and the dequantized M and V of one unit
     size_t adam_offset[NUM_PARAMETER_TENSORS];  // where each AdamW tensor's moments start
+    size_t stats_offset[NUM_PARAMETER_TENSORS]; // --optimizer adafactor: where each tensor's statistics start
+    double* adafactor_sums;   // (ADAFACTOR_SUMS) device, adafactor_update's sums; else NULL
     int lowrank_first[NUM_PARAMETER_TENSORS];   // the low-rank state of each layer matrix's layer 0
     int grouped;              // 1: whole steps update the low-rank matrices in batches of one shape (groups)
     LowRankGroupsGPU groups;
@@ -5713,12 +5826,17 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
     const char* problem = cpu::optimizer_build(&o->host, c, t);
     if (problem == NULL) { problem = optimizer_place_states(o, c, t, rank, ranks, shard_masters); }
     if (problem != NULL) { return problem; }
-    o->adam_m = (float*)device_malloc(o->adam_floats * sizeof(float), "AdamW first moments");
-    size_t v_floats = o->host.num_adam_v > 0 ? o->adam_floats : 0;  // none with --optimizer sgd
+    // none without moments (adafactor with beta1 0); V none with --optimizer sgd, adafactor's statistics
+    o->adam_m = o->adam_floats > 0 ? (float*)device_malloc(o->adam_floats * sizeof(float), "AdamW first moments")
+                                   : NULL;
+    size_t v_floats = o->host.adafactor ? o->host.num_adam_v : o->host.num_adam_v > 0 ? o->adam_floats : 0;
     o->adam_v = v_floats > 0 ? (float*)device_malloc(v_floats * sizeof(float), "AdamW second moments") : NULL;
+    if (o->host.adafactor) {
+        o->adafactor_sums = (double*)device_malloc(ADAFACTOR_SUMS * sizeof(double), "Adafactor sums");
+    }
     size_t device_floats = o->lowrank_device_floats;
     o->lowrank_memory = (float*)device_malloc(device_floats * sizeof(float), "low-rank state memory");
-    cuda_check(cudaMemset(o->adam_m, 0, o->adam_floats * sizeof(float)));
+    if (o->adam_m != NULL) { cuda_check(cudaMemset(o->adam_m, 0, o->adam_floats * sizeof(float))); }
     if (o->adam_v != NULL) { cuda_check(cudaMemset(o->adam_v, 0, v_floats * sizeof(float))); }
     cuda_check(cudaMemset(o->lowrank_memory, 0, device_floats * sizeof(float)));
     if (o->host.subspace_bf16) {
@@ -5756,13 +5874,20 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
     if (owned > 0) { lowrank_gpu_alloc(&o->ctx); }  // AdamW alone needs no scratch
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
     cpu::parameter_table(spec, c);
-    size_t adam = 0;
+    size_t adam = 0, stats = 0;
     int k = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         o->adam_offset[i] = adam;
+        o->stats_offset[i] = stats;
         o->lowrank_first[i] = k;
-        if (cpu::optimizer_uses_lowrank(&o->host, &spec[i])) { k += spec[i].layers; }
-        else if (!cpu::optimizer_adamw_q8(&o->host, &spec[i])) { adam += cpu::tensor_numel(&spec[i]); }
+        if (cpu::optimizer_uses_lowrank(&o->host, &spec[i])) {
+            k += spec[i].layers;
+        } else if (o->host.adafactor) {   // the CPU's layout (cpu::optimizer_step)
+            adam += o->host.num_adam > 0 ? cpu::tensor_numel(&spec[i]) : 0;
+            stats += (size_t)spec[i].layers * cpu::adafactor_stats_floats(spec[i].rows, spec[i].cols);
+        } else if (!cpu::optimizer_adamw_q8(&o->host, &spec[i])) {
+            adam += cpu::tensor_numel(&spec[i]);
+        }
     }
     if (o->host.q8) {
         cpu::Optimizer* h = &o->host;
@@ -5826,8 +5951,9 @@ void optimizer_free(Optimizer* o) {
     if (o->masters != NULL) { cuda_check(cudaFree(o->masters)); }
     cpu::shard_plan_free(&o->shards);
     lowrank_gpu_destroy(&o->ctx);
-    cuda_check(cudaFree(o->adam_m));
+    if (o->adam_m != NULL) { cuda_check(cudaFree(o->adam_m)); }
     if (o->adam_v != NULL) { cuda_check(cudaFree(o->adam_v)); }
+    if (o->adafactor_sums != NULL) { cuda_check(cudaFree(o->adafactor_sums)); }
     cuda_check(cudaFree(o->lowrank_memory));
     if (o->subspaces != NULL) {
         cuda_check(cudaFree(o->subspaces));
@@ -5934,7 +6060,9 @@ static void optimizer_zero_copy(Optimizer* o, int to_host) {
 void optimizer_download(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
     if (o->zero_ranks > 0) { optimizer_zero_copy(o, 1); return; }
-    cuda_check(cudaMemcpy(h->adam_m, o->adam_m, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
+    if (h->num_adam > 0) {
+        cuda_check(cudaMemcpy(h->adam_m, o->adam_m, h->num_adam * sizeof(float), cudaMemcpyDeviceToHost));
+    }
     if (h->num_adam_v > 0) {
         cuda_check(cudaMemcpy(h->adam_v, o->adam_v, h->num_adam_v * sizeof(float), cudaMemcpyDeviceToHost));
     }
@@ -5948,7 +6076,9 @@ void optimizer_download(Optimizer* o) {
 void optimizer_upload(Optimizer* o) {
     cpu::Optimizer* h = &o->host;
     if (o->zero_ranks > 0) { optimizer_zero_copy(o, 0); return; }
-    cuda_check(cudaMemcpy(o->adam_m, h->adam_m, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
+    if (h->num_adam > 0) {
+        cuda_check(cudaMemcpy(o->adam_m, h->adam_m, h->num_adam * sizeof(float), cudaMemcpyHostToDevice));
+    }
     if (h->num_adam_v > 0) {
         cuda_check(cudaMemcpy(o->adam_v, h->adam_v, h->num_adam_v * sizeof(float), cudaMemcpyHostToDevice));
     }
@@ -6001,6 +6131,18 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
                 quantize_blockwise(o->q8_codes + code + whole + at, o->q8_absmax + block + nb + b, Vq, len,
                                    o->q8_maps + QUANT8_MAP_SIZE);
             }
+            return;
+        }
+        if (h->adafactor) {
+            // each layer's weight whole (a unit is a whole tensor: adafactor has no per-layer updates)
+            size_t stats = cpu::adafactor_stats_floats(spec[i].rows, spec[i].cols);
+            for (int ll = 0; ll < spec[i].layers; ll++) {
+                float* M = o->adam_m != NULL ? o->adam_m + o->adam_offset[i] + ll * per : NULL;
+                adafactor_update(Wp + ll * per, M, o->adam_v + o->stats_offset[i] + ll * stats, G + ll * per,
+                                 spec[i].rows, spec[i].cols, h->step, lr, h->beta1, h->weight_decay,
+                                 o->adafactor_sums);
+            }
+            if (!h->master_weights) { bf16_round_stochastic_array(Wp, n, seed, t, first); }
             return;
         }
         size_t a = o->adam_offset[i] + within;
@@ -6392,9 +6534,20 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
     if (t->ranks > 1 || t->num_processes > 1) {
         plan_buffer(p, "sum over the ranks", "1 f64", sizeof(double), "whole run");  // gpu_join's
     }
-    plan_buffer(p, o.sgd ? "SGD momentum" : "AdamW first moments",
-                zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)", o.num_adam * sizeof(float), "whole run");
-    if (!o.sgd) {
+    if (o.adafactor) {
+        if (o.num_adam > 0) {
+            plan_buffer(p, "AdamW first moments", "(adafactor's, every weight)", o.num_adam * sizeof(float),
+                        "whole run");
+        }
+        plan_buffer(p, "AdamW second moments", "(adafactor's statistics)", o.num_adam_v * sizeof(float),
+                    "whole run");
+        plan_buffer(p, "Adafactor sums", "f64", ADAFACTOR_SUMS * sizeof(double), "whole run");
+    } else {
+        plan_buffer(p, o.sgd ? "SGD momentum" : "AdamW first moments",
+                    zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)", o.num_adam * sizeof(float),
+                    "whole run");
+    }
+    if (!o.sgd && !o.adafactor) {
         plan_buffer(p, "AdamW second moments", zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)",
                     o.num_adam * sizeof(float), "whole run");
     }

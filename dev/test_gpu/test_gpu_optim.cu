@@ -232,11 +232,61 @@ static void test_sgd(float momentum) {
     free(out);
 }
 
+// adafactor_update on the device against the CPU's, 4 steps: the same fp32
+// expressions; the sums (the statistics' means, mean(R), the update's RMS)
+// add in another order, so ADAMW_TOL of each array's scale
+static void test_adafactor(int rows, int cols, float beta1, float weight_decay, float grad_scale) {
+    size_t n = (size_t)rows * cols, ns = cpu::adafactor_stats_floats(rows, cols);
+    float* host_w = (float*)malloc(n * sizeof(float));
+    float* host_m = (float*)calloc(n, sizeof(float));
+    float* host_s = (float*)calloc(ns, sizeof(float));
+    float* host_g = (float*)malloc(n * sizeof(float));
+    double* sums = (double*)malloc((size_t)rows * sizeof(double));
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, 9 + (uint64_t)rows);
+    for (size_t i = 0; i < n; i++) { host_w[i] = 0.1f * cpu::rng_normal(&rng); }
+    float* W = device_copy(host_w, n);
+    float* M = device_copy(host_m, n);
+    float* S = device_copy(host_s, ns);
+    float* G = device_copy(host_w, n);
+    double* d_sums;
+    cudaCheck(cudaMalloc((void**)&d_sums, ADAFACTOR_SUMS * sizeof(double)));
+    float* out = (float*)malloc(n * sizeof(float));
+    double err[3] = {0, 0, 0};
+    for (int t = 0; t < 4; t++) {
+        for (size_t i = 0; i < n; i++) { host_g[i] = grad_scale * cpu::rng_normal(&rng); }
+        cudaCheck(cudaMemcpy(G, host_g, n * sizeof(float), cudaMemcpyHostToDevice));
+        cpu::adafactor_update(host_w, beta1 != 0.0f ? host_m : NULL, host_s, host_g, rows, cols, t, 1e-2f, beta1,
+                              weight_decay, sums);
+        adafactor_update(W, beta1 != 0.0f ? M : NULL, S, G, rows, cols, t, 1e-2f, beta1, weight_decay, d_sums);
+        host_copy(out, W, n);
+        err[0] = fmax(err[0], rel_diff(out, host_w, n));
+        host_copy(out, M, n);
+        err[1] = fmax(err[1], rel_diff(out, host_m, n));
+        host_copy(out, S, ns);
+        err[2] = fmax(err[2], rel_diff(out, host_s, ns));
+    }
+    check(err[0] <= ADAMW_TOL && err[1] <= ADAMW_TOL && err[2] <= ADAMW_TOL, "adafactor_update %s %dx%d, 4 steps, "
+          "beta1 %g, wd %g, |G| ~ %g: W %.1e first moment %.1e statistics %.1e (tol %.0e)",
+          cpu::adafactor_factored(rows, cols) ? "factored" : "a vector", rows, cols, beta1, weight_decay, grad_scale,
+          err[0], err[1], err[2], ADAMW_TOL);
+    cudaCheck(cudaFree(W));
+    cudaCheck(cudaFree(M));
+    cudaCheck(cudaFree(S));
+    cudaCheck(cudaFree(G));
+    cudaCheck(cudaFree(d_sums));
+    free(host_w); free(host_m); free(host_s); free(host_g); free(sums); free(out);
+}
+
 static void test_adamw(void) {
     test_adamw_mode(0);
     test_adamw_mode(1);
     test_sgd(0.9f);
     test_sgd(0.0f);
+    test_adafactor(37, 53, 0.0f, 0.0f, 1.0f);        // the authors' configs: no first moment
+    test_adafactor(300, 290, 0.9f, 0.1f, 100.0f);    // more blocks than ADAFACTOR_PARTIALS; clipping
+    test_adafactor(1, 1031, 0.9f, 0.1f, 0.01f);      // a vector
+    test_adafactor(1, 5, 0.0f, 0.0f, 1.0f);
 }
 
 // ---- 2. low-rank AdamW, GPU vs CPU after every step

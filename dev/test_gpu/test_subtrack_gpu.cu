@@ -345,6 +345,7 @@ static const StepSettings STEP_SETTINGS[] = {
     {"subtrack++ reverse_std", "low_rank_adamw", "subtrack", 1, 1, 1, "reverse_std", 0.0f},
     {"galore+recovery left", "low_rank_adamw", "galore", 0, 1, 1, "left", 0.0f},
     {"golore", "low_rank_adamw", "galore", 0, 0, 1, "std", 0.3f},
+    {"adafactor", "adafactor", "subtrack", 0, 0, 1, "std", 0.0f},
 };
 #define NUM_STEP_SETTINGS (int)(sizeof(STEP_SETTINGS) / sizeof(STEP_SETTINGS[0]))
 
@@ -429,7 +430,7 @@ static void run_errors(RunErrors* e, const float* params, const float* adam_m, c
     e->w = s > 0 ? e->w / s : INFINITY;
     max_errors(adam_m, ref_opt->adam_m, ref_opt->num_adam, &d, &s);
     e->adam_m = s > 0 ? d / s : d;
-    max_errors(adam_v, ref_opt->adam_v, ref_opt->num_adam, &d, &s);
+    max_errors(adam_v, ref_opt->adam_v, ref_opt->num_adam_v, &d, &s);   // adafactor's statistics: their own size
     e->adam_v = s > 0 ? d / s : d;
     for (int k = 0; k < ref_opt->num_lowrank; k++) {
         const cpu::LowRankState* hs = &ref_opt->lowrank[k];

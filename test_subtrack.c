@@ -2308,7 +2308,8 @@ static void test_thread_independence(void) {
             LowRankState st;
             size_t nstate = lowrank_state_num_floats(m, n, m > n, r);
             float* memory = (float*)malloc_check(nstate * sizeof(float), "state");
-            float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, m > n, r) * sizeof(float), "scratch");
+            float* scratch = (float*)malloc_check(lowrank_scratch_num_floats(m, n, m > n, r) * sizeof(float),
+                                                  "scratch");
             result[pass] = (float*)malloc_check(((size_t)m * n + nstate) * sizeof(float), "result");
             float* W = result[pass];
             float* G = (float*)malloc_check((size_t)m * n * sizeof(float), "G");
@@ -2753,7 +2754,8 @@ static void test_trainer_proj_type(const char* dir) {
     char args[2048], err[4096];
     snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 6 --continue_from %s/straight_reverse_std", dir);
     int rc = run_trainer(args, err, sizeof err);
-    check(rc > 0 && strstr(err, "1 setting differs") != NULL && strstr(err, "--proj_type: saved reverse_std, given std"),
+    int named = strstr(err, "--proj_type: saved reverse_std, given std") != NULL;
+    check(rc > 0 && strstr(err, "1 setting differs") != NULL && named,
           "trainer refuses a resume without the checkpoint's --proj_type reverse_std (exit %d): %.300s", rc, err);
 }
 

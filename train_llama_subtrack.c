@@ -1931,7 +1931,7 @@ void sgd_update(float* W, float* B, const float* G, size_t numel, float lr, floa
 // in the fp32 operations of transformers' code, in its order; the sums in
 // double (the means of R's rows and columns, rms(U)), each row's in
 // parallel, then the rows' in order, so that a run resumes bit for bit.
-// sums: cols doubles of scratch at least
+// sums: rows doubles of scratch at least
 #ifndef HOST_DEVICE
 #define HOST_DEVICE
 #endif
@@ -2046,9 +2046,9 @@ typedef enum { SUBSPACE_GALORE = 0, SUBSPACE_SUBTRACK = 1 } SubspaceMethod;
 // --proj_type: which side of each matrix is projected (the authors' names)
 typedef enum { PROJ_STD = 0, PROJ_REVERSE_STD = 1, PROJ_LEFT = 2, PROJ_RIGHT = 3 } ProjType;
 
-// 1 when the (m, n) matrix is projected on its right side (S spans columns of
-// W's rows: S (n, R)), 0 on its left (S (m, R)). std takes the smaller side,
-// and the left one of a square matrix; reverse_std takes the other side of
+// 1 when the (m, n) matrix is projected on its right side (S (n, R) spans
+// directions of W's rows), 0 on its left (S (m, R), of its columns). std
+// takes the smaller side, and the left one of a square matrix; reverse_std takes the other side of
 // every matrix, so the right one of a square matrix. (the authors' std
 // projects a square matrix on its right and their reverse_std on its left:
 // both the other way round from ours, for square matrices only)
@@ -4715,7 +4715,8 @@ const char* train_config_problem(const TrainConfig* t) {
         }
     }
     if (strcmp(t->optimizer, "adamw") != 0 && !optimizer_name_low_rank(t->optimizer) &&
-        strcmp(t->optimizer, "adam") != 0 && strcmp(t->optimizer, "sgd") != 0 && strcmp(t->optimizer, "adafactor") != 0) {
+        strcmp(t->optimizer, "adam") != 0 && strcmp(t->optimizer, "sgd") != 0 &&
+        strcmp(t->optimizer, "adafactor") != 0) {
         snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, sgd, adafactor, low_rank_adamw, "
                  "low_rank_adamw_per_layer, low_rank_adamw8bit or low_rank_adamw8bit_per_layer", t->optimizer);
         return msg;
@@ -6756,7 +6757,8 @@ static int64_t* checkpoint_read_pieces(const char* path, const int64_t h[CHECKPO
                 int64_t want_state = -1;
                 if (o != NULL) {
                     const LowRankState* ls = low_rank ? &o->lowrank[matrix + l] : NULL;
-                    want_state = ls != NULL ? (int64_t)lowrank_state_num_floats(ls->m, ls->n, ls->right, ls->r) : 2 * x[3];
+                    want_state = ls != NULL ? (int64_t)lowrank_state_num_floats(ls->m, ls->n, ls->right, ls->r)
+                                            : 2 * x[3];
                 }
                 if (k >= P || x[0] != i || x[1] != l || x[2] != pos || x[3] <= 0 || x[3] > per - pos ||
                     x[4] < 0 || x[4] >= ranks || x[5] < 0 || x[5] > ((int64_t)1 << 40) ||

@@ -4054,7 +4054,8 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int right, in
     s->M = q8 ? NULL : after_S;
     s->V = q8 ? NULL : s->M + (size_t)s->q * r;
     s->limiter = q8 ? after_S : s->V + (size_t)s->q * r;
-    size_t floats = q8 ? cpu::lowrank_state_num_floats_q8(m, n, right, r) : cpu::lowrank_state_num_floats(m, n, right, r);
+    size_t floats = q8 ? cpu::lowrank_state_num_floats_q8(m, n, right, r)
+                       : cpu::lowrank_state_num_floats(m, n, right, r);
     if (S16 != NULL) {
         floats -= (size_t)s->p * r;
         cudaCheck(cudaMemset(S16, 0, (size_t)s->p * r * sizeof(bf16)));
@@ -4192,7 +4193,8 @@ static StepScratchGPU step_scratch_matrix_layout(float* base, size_t* used, int 
 }
 
 // --svd randomized's arrays for count matrices (m, n) at rank r
-static RsvdArraysGPU rsvd_arrays_layout(float* base, size_t* used, int m, int n, int right, int r, int oversample, int count) {
+static RsvdArraysGPU rsvd_arrays_layout(float* base, size_t* used, int m, int n, int right, int r, int oversample,
+                                        int count) {
     size_t p = right ? n : m, l = (size_t)cpu::svd_sketch_cols(m, n, right, r, oversample), c = (size_t)count;
     RsvdArraysGPU w;
     w.count = count;
@@ -4237,7 +4239,8 @@ static void step_scratch_svd_layout(StepScratchGPU* w, float* base, size_t* used
 }
 
 // the whole scratch of one matrix stepping alone
-static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int right, int r, int oversample = -1) {
+static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, int n, int right, int r,
+                                              int oversample = -1) {
     StepScratchGPU w = step_scratch_matrix_layout(base, used, m, n, right, r);
     step_scratch_svd_layout(&w, base, used, m, n, right, r, oversample);
     return w;
@@ -4247,7 +4250,8 @@ static StepScratchGPU step_scratch_gpu_layout(float* base, size_t* used, int m, 
 // arrays, then one exact SVD's (shared: they run one matrix at a time), or
 // the randomized SVD's arrays for svd_count matrices (b = 1: one matrix
 // stepping alone)
-static size_t lowrank_batch_scratch_floats(int m, int n, int right, int r, int b, int oversample = -1, int svd_count = 1) {
+static size_t lowrank_batch_scratch_floats(int m, int n, int right, int r, int b, int oversample = -1,
+                                           int svd_count = 1) {
     size_t one = 0, svd = 0;
     StepScratchGPU w = step_scratch_matrix_layout(NULL, &one, m, n, right, r);
     step_scratch_svd_layout(&w, NULL, &svd, m, n, right, r, oversample, svd_count);
@@ -4321,20 +4325,23 @@ static size_t eig_workspace_doubles(int p) { return 1 + 6 * (size_t)p + 2 * (siz
 // matrices (m, n) at rank r: the exact SVD's syevdx on (p, p) (svd_count 1),
 // or --svd randomized's (oversample >= 0) cusolverDnXsyevBatched on svd_count
 // (l, l) matrices at once, planned as svd_count times the (l, l) bound
-static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int right, int r, int oversample = -1) {
+static void lowrank_gpu_need(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int right, int r,
+                             int oversample = -1) {
     *scratch_floats = lowrank_batch_scratch_floats(m, n, right, r, 1, oversample, 1);
-    *eig_doubles = eig_workspace_doubles(oversample < 0 ? (right ? n : m) : cpu::svd_sketch_cols(m, n, right, r, oversample));
+    *eig_doubles = eig_workspace_doubles(oversample < 0 ? (right ? n : m)
+                                                        : cpu::svd_sketch_cols(m, n, right, r, oversample));
 }
 
 // the same for the grouped step of count matrices (m, n) at rank r
-static void lowrank_gpu_need_group(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int right, int r, int count,
-                                   int oversample = -1) {
+static void lowrank_gpu_need_group(size_t* scratch_floats, size_t* eig_doubles, int m, int n, int right, int r,
+                                   int count, int oversample = -1) {
     *scratch_floats = lowrank_group_scratch_floats(m, n, right, r, count, oversample);
     if (oversample < 0) {
         *eig_doubles = eig_workspace_doubles(right ? n : m);
         return;
     }
-    int chunk = lowrank_svd_chunk(m, n, right, r, oversample, lowrank_batch_size(m, n, right, r, count, oversample), count);
+    int chunk = lowrank_svd_chunk(m, n, right, r, oversample, lowrank_batch_size(m, n, right, r, count, oversample),
+                                  count);
     *eig_doubles = (size_t)chunk * eig_workspace_doubles(cpu::svd_sketch_cols(m, n, right, r, oversample));
 }
 
@@ -4371,8 +4378,8 @@ void lowrank_gpu_reserve(LowRankGPU* ctx, int m, int n, int right, int r) {
     int p = right ? n : m, lwork = 0, meig = 0;
     lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, r, 1), m, n);   // GoLore's (R, R) (--rand_proj)
     if (ctx->svd_oversample >= 0) {
-        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, right, r, ctx->svd_oversample),
-                                                             1), m, n);
+        int l = cpu::svd_sketch_cols(m, n, right, r, ctx->svd_oversample);
+        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, l, 1), m, n);
         return;
     }
     cusolverCheck(cusolverDnDsyevdx_bufferSize(ctx->solver, CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
@@ -4390,8 +4397,8 @@ void lowrank_gpu_reserve_group(LowRankGPU* ctx, int m, int n, int right, int r, 
     if (ctx->svd_oversample >= 0) {
         int chunk = lowrank_svd_chunk(m, n, right, r, ctx->svd_oversample,
                                       lowrank_batch_size(m, n, right, r, count, ctx->svd_oversample), count);
-        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, cpu::svd_sketch_cols(m, n, right, r, ctx->svd_oversample),
-                                                             chunk), m, n);
+        int l = cpu::svd_sketch_cols(m, n, right, r, ctx->svd_oversample);
+        lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, l, chunk), m, n);
         lowrank_gpu_reserve_eig(ctx, planned, rsvd_eig_lwork(ctx, r, chunk), m, n);   // GoLore's
     }
 }
@@ -4893,8 +4900,8 @@ static void lowrank_subspace_svd(LowRankBatchGPU* b, const cpu::LowRankConfig* c
                 golore_random_basis_one(b, e, cfg, ctx);
                 continue;
             }
-            svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->right, b->r, ctx, b->K, b->eig,
-                                          b->info + e, &b->svd[e]);
+            svd_top_left_singular_vectors(b->S.on_host(e), b->G.on_host(e), b->m, b->n, b->right, b->r, ctx, b->K,
+                                          b->eig, b->info + e, &b->svd[e]);
         }
         return;
     }
@@ -4906,8 +4913,8 @@ static void lowrank_subspace_svd(LowRankBatchGPU* b, const cpu::LowRankConfig* c
                        "(reserved: %d); hint: set ctx.svd_oversample before lowrank_gpu_reserve", cfg->svd_oversample,
                        ctx->svd_oversample);
         }
-        RsvdBatchGPU c = {b->count, b->m, b->n, b->right, b->r, b->G, b->svd_stream[0], b->svd_stream_dev, b->rsvd, b->info,
-                          b->svd};
+        RsvdBatchGPU c = {b->count, b->m, b->n, b->right, b->r, b->G, b->svd_stream[0], b->svd_stream_dev, b->rsvd,
+                          b->info, b->svd};
         cpu::SvdSketch sk = {cfg->svd_oversample, cfg->svd_power_iters, cfg->svd_seed, (uint64_t)cfg->svd_step, 0};
         if (golore) {
             golore_random_basis(&c, &sk, ctx);
@@ -5458,9 +5465,8 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
         // --svd randomized: chunks of whole batches, their arrays after the batch arrays of this shape
         // (at most the reserved chunk: a smaller per could round to a larger multiple)
         int chunk = lowrank_svd_chunk(s->m, s->n, s->right, s->r, ctx->svd_oversample, per, entries - first);
-        int reserved = lowrank_svd_chunk(s->m, s->n, s->right, s->r, ctx->svd_oversample,
-                                         lowrank_batch_size(s->m, s->n, s->right, s->r, entries - first, ctx->svd_oversample),
-                                         entries - first);
+        int most = lowrank_batch_size(s->m, s->n, s->right, s->r, entries - first, ctx->svd_oversample);
+        int reserved = lowrank_svd_chunk(s->m, s->n, s->right, s->r, ctx->svd_oversample, most, entries - first);
         if (chunk > reserved) { chunk = reserved; }
         size_t base = lowrank_batch_scratch_floats(s->m, s->n, s->right, s->r, per, -1) -
                       lowrank_batch_scratch_floats(s->m, s->n, s->right, s->r, 0, -1);
@@ -5554,7 +5560,8 @@ void lowrank_groups_step(LowRankGroupsGPU* g, int t, const cpu::LowRankConfig* c
         const LowRankBatchGPU* b = &g->batch[j];
         int offset = (int)(b->info - g->info);
         for (int e = 0; e < b->count; e++) {
-            svd_outcome_check(&b->svd[e], info[offset + e], b->m, b->n, b->right, b->r, g->names[g->matrix[offset + e]]);
+            svd_outcome_check(&b->svd[e], info[offset + e], b->m, b->n, b->right, b->r,
+                              g->names[g->matrix[offset + e]]);
         }
     }
     free(info);
@@ -5909,14 +5916,15 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
         if (o->zero_ranks > 0) {  // ZeRO-1: fp32 states, packed
             int slot = o->matrix_slot[k];
             if (slot < 0) { continue; }
-            lowrank_state_layout(&o->lowrank[slot], hs->m, hs->n, hs->right, hs->r, o->lowrank_memory + o->slot_at[slot], 0,
-                                 NULL);
+            lowrank_state_layout(&o->lowrank[slot], hs->m, hs->n, hs->right, hs->r,
+                                 o->lowrank_memory + o->slot_at[slot], 0, NULL);
             o->lowrank[slot].svd_stream = hs->svd_stream;
             continue;
         }
         if (o->host.subspace_bf16) {
             float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory) - S_before;
-            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->right, hs->r, memory, o->host.q8, o->subspaces + S_before);
+            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->right, hs->r, memory, o->host.q8,
+                                 o->subspaces + S_before);
             S_before += (size_t)hs->p * hs->r;
         } else {
             float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory);

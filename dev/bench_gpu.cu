@@ -641,7 +641,8 @@ static void bench_shape(ShapeResult* res, const char* shape, const BenchConfig* 
     lowrank_gpu_create(&ctx);
     lowrank_gpu_reserve(&ctx, m, n, m > n, r);
     lowrank_gpu_alloc(&ctx);
-    float* memory = (float*)device_malloc(cpu::lowrank_state_num_floats(m, n, m > n, r) * sizeof(float), "low-rank state");
+    float* memory = (float*)device_malloc(cpu::lowrank_state_num_floats(m, n, m > n, r) * sizeof(float),
+                                          "low-rank state");
     LowRankStateGPU s;
     lowrank_state_init(&s, m, n, m > n, r, memory);
     float* G = (float*)device_malloc((size_t)m * n * sizeof(float), "gradient");

@@ -61,7 +61,8 @@ static int memory_accounting_row(const char* arg) {
             fprintf(stderr, "memory_accounting: %s: %s\n", name, msg);
             return 1;
         }
-        lowrank_matrix += (size_t)spec[i].layers * lowrank_state_num_floats(spec[i].rows, spec[i].cols, spec[i].rows > spec[i].cols, (int)rank);
+        lowrank_matrix += (size_t)spec[i].layers * lowrank_state_num_floats(spec[i].rows, spec[i].cols,
+                                                                            spec[i].rows > spec[i].cols, (int)rank);
     }
     size_t params = parameter_count(&cfg);
     printf("%s\t%d\t%d\t%d\t%d\t%d\t%ld\t%zu\t%zu\t%zu\t%zu\t%zu\n", name, cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L,

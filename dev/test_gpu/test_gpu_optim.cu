@@ -841,8 +841,8 @@ static void test_lowrank_fused_case(LowRankProducts products, int m, int n, int 
     check(vs_unfused.w_ratio <= 1.0 && vs_unfused.prev_ratio <= 1.0 && vs_unfused.mv <= mv_tol && bits_differ > 0,
           "lowrank fused %s %3dx%-3d %-5s r%-2d %s wd %g against the unfused path (cuBLAS TF32): W %.2f of the "
           "two bounds' sum, prev %.2f, M V %.1e; %zu floats of W differ in their bits (the fused path ran)", prec,
-          m, n, right ? "right" : "left", r, limiter ? "limiter on " : "limiter off", wd, vs_unfused.w_ratio, vs_unfused.prev_ratio, vs_unfused.mv,
-          bits_differ);
+          m, n, right ? "right" : "left", r, limiter ? "limiter on " : "limiter off", wd, vs_unfused.w_ratio,
+          vs_unfused.prev_ratio, vs_unfused.mv, bits_differ);
     for (int run = 0; run < 2; run++) {
         lowrank_groups_free(&g[run]);
         for (int k = 0; k < FUSED_MATRICES; k++) {
@@ -1029,7 +1029,8 @@ static void test_lowrank_groups(int oversample = -1) {
     int per_shape[2] = {0, 0};
     for (int k = 0; k < GROUP_MATRICES; k++) { per_shape[group_shape_of[k]]++; }
     for (int s = 0; s < 2; s++) {
-        lowrank_gpu_reserve_group(&ctx, group_shapes[s][0], group_shapes[s][1], group_shapes[s][0] > group_shapes[s][1], group_shapes[s][2], per_shape[s]);
+        lowrank_gpu_reserve_group(&ctx, group_shapes[s][0], group_shapes[s][1],
+                                  group_shapes[s][0] > group_shapes[s][1], group_shapes[s][2], per_shape[s]);
     }
     lowrank_gpu_alloc(&ctx);
     int num_methods = (int)(sizeof(method_cases) / sizeof(method_cases[0]));
@@ -1523,9 +1524,8 @@ static void test_trajectories(const char* path, LowRankGPU* ctx) {
         size_t mn = (size_t)m * n, p = right ? n : m, q = right ? m : n;
         size_t record = 2 * mn + p * r + 2 * q * r + 1;
         size_t body = (mn + (size_t)steps * record) * sizeof(float);
-        if (m < 1 || n < 1 || r < 1 || r > (m <= n ? m : n) || steps < 1 || h[18] < 0 || h[18] > 3 || h[19] < 0 || h[19] > 1 ||
-            h[20] < 0 ||
-            offset + body > (size_t)size) {
+        if (m < 1 || n < 1 || r < 1 || r > (m <= n ? m : n) || steps < 1 || h[18] < 0 || h[18] > 3 || h[19] < 0 ||
+            h[19] > 1 || h[20] < 0 || offset + body > (size_t)size) {
             check(0, "trajectories: %s, case %d has a bad header or is truncated", path, ci);
             break;
         }
@@ -2296,7 +2296,8 @@ int main(int argc, char** argv) {
     LowRankGPU ctx;
     lowrank_gpu_create(&ctx);
     for (int si = 0; si < NUM_TEST_SHAPES; si++) {
-        lowrank_gpu_reserve(&ctx, test_shapes[si][0], test_shapes[si][1], test_shapes[si][0] > test_shapes[si][1], test_shapes[si][2]);
+        lowrank_gpu_reserve(&ctx, test_shapes[si][0], test_shapes[si][1], test_shapes[si][0] > test_shapes[si][1],
+                            test_shapes[si][2]);
     }
     lowrank_gpu_alloc(&ctx);
     test_adamw();

@@ -2501,8 +2501,14 @@ static void test_input_limits(void) {
 static void test_authors_refusals(void) {
     struct { const char* args; const char* expect; } cases[] = {
         {"--optimizer sgd --zero_stage 1", "does not shard --optimizer sgd"},
-        {"--optimizer adafactor --zero_stage 1", "does not shard --optimizer adafactor"},
+        {"--optimizer adafactor --zero_stage 1", "does not shard Adafactor's statistics"},
+        {"--optimizer low_rank_adafactor --zero_stage 1", "does not shard Adafactor's statistics"},
         {"--optimizer adafactor --master_weights 0 --dtype bfloat16", "bf16-only weights"},
+        {"--optimizer low_rank_adafactor --master_weights 0 --dtype bfloat16", "bf16-only weights"},
+        {"--optimizer low_rank_adafactor --recovery_scaling", "no moment rotation and no recovery scaling"},
+        {"--optimizer low_rank_adafactor --adaptive_optimizer 1", "no moment rotation and no recovery scaling"},
+        {"--model_config llama_60m --optimizer low_rank_adafactor --recovery_scaling", "use --optimizer "
+         "low_rank_adamw for SubTrack++"},
         {"--model_config llama_60m --optimizer sgd --beta1 1.5", "beta1"},
         {"--optimizer adam8bit", "not implemented yet"},
         {"--scheduler cosine_restarts", "needs --cycle_length N"},
@@ -2556,8 +2562,8 @@ static void test_authors_refusals(void) {
           problem ? problem : "ok");
     // --optimizer sgd's momentum and adafactor's first moment are --beta1: on the authors' configs their
     // default 0 (adafactor: none), and given, what is given
-    for (int given = 0; given < 4; given++) {
-        const char* name = given < 2 ? "sgd" : "adafactor";
+    for (int given = 0; given < 6; given++) {
+        const char* name = given < 2 ? "sgd" : given < 4 ? "adafactor" : "low_rank_adafactor";
         char* sgd_argv[] = {(char*)"x", (char*)"--model_config", (char*)"llama_60m", (char*)"--optimizer",
                             (char*)name, (char*)"--beta1", (char*)"0.9"};
         TrainConfig ts;
@@ -2565,6 +2571,23 @@ static void test_authors_refusals(void) {
         const char* pp = prc == 0 ? train_config_problem(&ts) : err;
         check(pp == NULL && ts.beta1 == (given % 2 ? 0.9f : 0.0f), "--optimizer %s on an authors' config%s: beta1 "
               "%g (%s)", name, given % 2 ? " with --beta1 0.9" : "", (double)ts.beta1, pp ? pp : "ok");
+    }
+    // low_rank_adafactor on our preset: the SubTrack++ switches that it refuses go off unless given, Adam's
+    // beta1 stays, and the plan lays out Adafactor's states in the subspace
+    {
+        char* af_argv[] = {(char*)"x", (char*)"--model_config", (char*)"tiny", (char*)"--optimizer",
+                           (char*)"low_rank_adafactor"};
+        TrainConfig ts;
+        Optimizer o;
+        LlamaConfig c;
+        llama_config_resolve_or_exit(&c, "tiny");
+        int prc = train_config_from_args(&ts, 5, af_argv, "float32", err, sizeof err);
+        const char* pp = prc == 0 ? train_config_problem(&ts) : err;
+        const char* op = pp == NULL ? optimizer_plan(&o, &c, &ts) : pp;
+        check(op == NULL && !ts.adaptive_optimizer && !ts.recovery_scaling && ts.beta1 == 0.9f && o.low_rank &&
+              o.adafactor && o.cfg.adafactor && optimizer_lowrank_states(&o) == STATES_ADAFACTOR_M,
+              "--optimizer low_rank_adafactor on our preset: no rotation, no recovery, beta1 %g, Adafactor's "
+              "states in the subspace (%s)", (double)ts.beta1, op ? op : "ok");
     }
     // --st_step_size_scheduler reaches the optimizer's config (the trajectories check its arithmetic)
     for (int iterative = 0; iterative < 2; iterative++) {

@@ -2093,6 +2093,7 @@ typedef struct {
     ProjType proj_type;         // --proj_type: the side each matrix projects (lowrank_right)
     int golore;                 // --rand_proj: GoLore's random subspaces ...
     int golore_from_step;       // ... at the SVD steps from this step on: ceil(rand_ratio x num_training_steps)
+    int adafactor;              // --optimizer low_rank_adafactor: Adafactor in the subspace instead of Adam
 } LowRankConfig;
 
 // the geodesic step size of a tracking step at step cfg->svd_step: eta, or
@@ -2122,8 +2123,9 @@ typedef struct {
     float* memory;              // the checkpointed array described above
     float* S;                   // (p, R)
     float* M;                   // (R, q) left or (q, R) right
-    float* V;                   // same as M
+    float* V;                   // same as M; with Adafactor its statistics (lowrank_state_init_adafactor)
     float* limiter;             // [0] prev, [1] prev_set
+    size_t num_floats;          // of memory
     // run statistics, not checkpointed
     double subspace_seconds;    // wall time in subspace updates (SVD, or tracking + moment rotation)
     int subspace_updates;       // how many of them
@@ -2144,9 +2146,60 @@ size_t lowrank_state_num_floats_q8(int m, int n, int right, int r) {
     return p * r + LOWRANK_STATE_SCALARS;
 }
 
-// points the state into memory and zeroes it: S | M | V | prev | prev_set
-// (lowrank_state_num_floats), or with q8 S | prev | prev_set
-static void lowrank_state_layout(LowRankState* s, int m, int n, int right, int r, float* memory, int q8) {
+// with Adafactor in the subspace (--optimizer low_rank_adafactor) its states
+// take the place of M and V: S (p, R) | M (the moments' shape, only with a
+// first moment: --beta1 above 0) | the statistics of an Adafactor weight of the
+// moments' shape (adafactor_stats_floats: R + q floats) | prev | prev_set
+static inline void lowrank_moment_shape(int m, int n, int right, int r, int* rows, int* cols) {
+    *rows = right ? m : r;      // left (R, q), right (q, R): q the side that is not projected
+    *cols = right ? r : n;
+}
+
+size_t lowrank_state_num_floats_adafactor(int m, int n, int right, int r, int first_moment) {
+    int rows, cols;
+    lowrank_moment_shape(m, n, right, r, &rows, &cols);
+    size_t p = (size_t)(right ? n : m);
+    return p * r + (first_moment ? (size_t)rows * cols : 0) + adafactor_stats_floats(rows, cols) +
+           LOWRANK_STATE_SCALARS;
+}
+
+// the states' layouts: Adam's fp32 moments, 8-bit moments elsewhere, Adafactor without and with a first moment
+typedef enum { STATES_ADAM = 0, STATES_Q8 = 1, STATES_ADAFACTOR = 2, STATES_ADAFACTOR_M = 3 } LowRankStates;
+
+static size_t lowrank_state_floats_of(int m, int n, int right, int r, LowRankStates kind) {
+    switch (kind) {
+        case STATES_Q8: return lowrank_state_num_floats_q8(m, n, right, r);
+        case STATES_ADAFACTOR: return lowrank_state_num_floats_adafactor(m, n, right, r, 0);
+        case STATES_ADAFACTOR_M: return lowrank_state_num_floats_adafactor(m, n, right, r, 1);
+        default: return lowrank_state_num_floats(m, n, right, r);
+    }
+}
+
+// where M, V and the limiter start in a state's memory, in floats after S's p R
+// (LOWRANK_NONE: no such array there): S | M | V | prev | prev_set
+// (lowrank_state_num_floats), with q8 S | prev | prev_set, with Adafactor as above
+#define LOWRANK_NONE ((size_t)-1)
+typedef struct { size_t M, V, limiter; } LowRankOffsets;
+
+static LowRankOffsets lowrank_state_offsets(int m, int n, int right, int r, LowRankStates kind) {
+    size_t moment = (size_t)(right ? m : n) * r;
+    LowRankOffsets o = {LOWRANK_NONE, LOWRANK_NONE, 0};
+    if (kind == STATES_ADAM) {
+        o.M = 0;
+        o.V = moment;
+        o.limiter = 2 * moment;
+    } else if (kind != STATES_Q8) {
+        int rows, cols;
+        lowrank_moment_shape(m, n, right, r, &rows, &cols);
+        o.M = kind == STATES_ADAFACTOR_M ? 0 : LOWRANK_NONE;
+        o.V = kind == STATES_ADAFACTOR_M ? moment : 0;
+        o.limiter = o.V + adafactor_stats_floats(rows, cols);
+    }
+    return o;
+}
+
+// points the state into memory and zeroes it (lowrank_state_offsets)
+static void lowrank_state_layout(LowRankState* s, int m, int n, int right, int r, float* memory, LowRankStates kind) {
     s->m = m;
     s->n = n;
     s->r = r;
@@ -2155,11 +2208,13 @@ static void lowrank_state_layout(LowRankState* s, int m, int n, int right, int r
     s->q = right ? m : n;
     s->memory = memory;
     s->S = memory;
-    s->M = q8 ? NULL : s->S + (size_t)s->p * r;
-    s->V = q8 ? NULL : s->M + (size_t)s->q * r;
-    s->limiter = q8 ? s->S + (size_t)s->p * r : s->V + (size_t)s->q * r;
-    memset(memory, 0, (q8 ? lowrank_state_num_floats_q8(m, n, right, r) : lowrank_state_num_floats(m, n, right, r)) *
-                      sizeof(float));
+    float* after_s = s->S + (size_t)s->p * r;
+    LowRankOffsets at = lowrank_state_offsets(m, n, right, r, kind);
+    s->M = at.M != LOWRANK_NONE ? after_s + at.M : NULL;
+    s->V = at.V != LOWRANK_NONE ? after_s + at.V : NULL;
+    s->limiter = after_s + at.limiter;
+    s->num_floats = lowrank_state_floats_of(m, n, right, r, kind);
+    memset(memory, 0, s->num_floats * sizeof(float));
     s->subspace_seconds = 0.0;
     s->subspace_updates = 0;
     s->power_iterations = 0;
@@ -2167,11 +2222,15 @@ static void lowrank_state_layout(LowRankState* s, int m, int n, int right, int r
 }
 
 void lowrank_state_init(LowRankState* s, int m, int n, int right, int r, float* memory) {
-    lowrank_state_layout(s, m, n, right, r, memory, 0);
+    lowrank_state_layout(s, m, n, right, r, memory, STATES_ADAM);
 }
 
 void lowrank_state_init_q8(LowRankState* s, int m, int n, int right, int r, float* memory) {
-    lowrank_state_layout(s, m, n, right, r, memory, 1);
+    lowrank_state_layout(s, m, n, right, r, memory, STATES_Q8);
+}
+
+void lowrank_state_init_adafactor(LowRankState* s, int m, int n, int right, int r, int first_moment, float* memory) {
+    lowrank_state_layout(s, m, n, right, r, memory, first_moment ? STATES_ADAFACTOR_M : STATES_ADAFACTOR);
 }
 
 // NULL if the low-rank optimizer can take the (m, n) matrix `name` at rank r;
@@ -3064,10 +3123,16 @@ static void moments_rotate_general(LowRankState* s, const float* C, float* CC, f
 // ---- step 1: the first subspace
 
 // step 1 (t == 0): S = the top-r left singular vectors of G (canonical sign), M = V = 0
+// (with Adafactor: its first moment, if any, and its statistics)
 void lowrank_init_subspace(LowRankState* s, const float* G, const LowRankConfig* cfg, float* scratch) {
     size_t numel = (size_t)s->q * s->r;
     lowrank_subspace_svd(s, G, cfg, scratch);
-    memset(s->M, 0, numel * sizeof(float));
+    if (s->M != NULL) { memset(s->M, 0, numel * sizeof(float)); }
+    if (cfg->adafactor) {
+        int rows, cols;
+        lowrank_moment_shape(s->m, s->n, s->right, s->r, &rows, &cols);
+        numel = adafactor_stats_floats(rows, cols);
+    }
     memset(s->V, 0, numel * sizeof(float));
 }
 
@@ -3518,6 +3583,30 @@ void lowrank_apply_update(float* W, const LowRankState* s, const float* N, float
     }
 }
 
+// steps 4 and 6 with Adafactor in the subspace (--optimizer low_rank_adafactor;
+// the authors' LowRankAdafactor as its code reads, which stops with an error at its
+// first step): transformers' Adafactor step (adafactor_update) on Gt, for a weight of the
+// moments' shape that is 0 before the step, leaves -U in N, U the update with lr and
+// clipping in it (through the first moment when there is one). then, in the order of
+// the authors' class (the decay, then the update):
+//   W = W - lr wd W ;  W = W - alpha S U
+// (the decay as low-rank AdamW's, lowrank_apply_update). there is no recovery scaling and no moment rotation (their class has neither, and
+// the trainers refuse them with it). sums: rows doubles (R left, q right; R <= q)
+void lowrank_adafactor_in_subspace(float* W, LowRankState* s, float* N, const float* Gt, int t,
+                                   const LowRankConfig* cfg, float lr, double* sums) {
+    int rows, cols;
+    lowrank_moment_shape(s->m, s->n, s->right, s->r, &rows, &cols);
+    memset(N, 0, (size_t)rows * cols * sizeof(float));
+    adafactor_update(N, s->M, s->V, Gt, rows, cols, t, lr, cfg->beta1, 0.0f, sums);
+    if (cfg->weight_decay > 0.0f) {
+        size_t mn = (size_t)s->m * s->n;
+        float decay = (float)((double)lr * cfg->weight_decay);
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < mn; i++) { W[i] -= decay * W[i]; }
+    }
+    lowrank_back_project(W, s, N, cfg->low_rank_scale, 1.0f);
+}
+
 // ---- the whole step
 
 typedef struct {
@@ -3601,6 +3690,10 @@ void lowrank_adamw_step(LowRankState* s, float* W, const float* G, int t, const 
         s->subspace_updates++;
     } else {
         lowrank_project(w.Gt, s, G);
+    }
+    if (cfg->adafactor) {
+        lowrank_adafactor_in_subspace(W, s, w.N, w.Gt, t, cfg, lr, w.norm2);   // steps 4 and 6, Adafactor's
+        return;
     }
     // step 5's residual G - S Gt comes before step 4, as on the GPU, whose step 4
     // kernel also takes the residual's norms
@@ -3840,7 +3933,8 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(grad_clipping, FLAG_FLOAT, "clip the global gradient norm to this; 0 = off"),
     FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (weight decay as L2 on the gradient, as "
          "torch.optim.Adam) | sgd (momentum --beta1, L2 decay, as torch.optim.SGD) | adafactor "
-         "(transformers' Adafactor as the authors set it; a first moment only with --beta1 above 0)"),
+         "(transformers' Adafactor as the authors set it; a first moment only with --beta1 above 0) | "
+         "low_rank_adafactor (that Adafactor in the subspace; no moment rotation or recovery scaling)"),
     FLAG(subspace_update_method, FLAG_STRING, "galore (SVD) | subtrack (geodesic tracking)"),
     FLAG(rank, FLAG_INT, "R: rank of the gradient subspace"),
     FLAG(low_rank_scale, FLAG_FLOAT, "alpha: scale of the low-rank update"),
@@ -3921,13 +4015,14 @@ static const FlagSpec TRAIN_FLAGS[] = {
 
 // the optimizers of torchrun_main.py that are not built here yet
 static const char* const AUTHORS_OPTIMIZERS_NOT_YET[] = {
-    "low_rank_adafactor", "adam8bit",
+    "adam8bit",
 };
 
 // low-rank AdamW, whole-step or per layer (the same arithmetic: each matrix
 // updated as soon as its gradient is complete, in the CUDA trainer)
 static int optimizer_name_low_rank(const char* name) {
     return strcmp(name, "low_rank_adamw") == 0 || strcmp(name, "low_rank_adamw_per_layer") == 0 ||
+           strcmp(name, "low_rank_adafactor") == 0 ||
            strcmp(name, "low_rank_adamw8bit") == 0 || strcmp(name, "low_rank_adamw8bit_per_layer") == 0;
 }
 
@@ -4142,9 +4237,16 @@ int train_config_from_args(TrainConfig* t, int argc, char** argv, const char* de
         if (t->gradient_accumulation == 0) { t->gradient_accumulation = t->total_batch_size / t->batch_size; }
     }
     // SGD's momentum and Adafactor's first moment are their --beta1, whose default is 0 (ours: 0.9, Adam's)
-    if (t->authors_defaults && (strcmp(t->optimizer, "sgd") == 0 || strcmp(t->optimizer, "adafactor") == 0) &&
+    if (t->authors_defaults && (strcmp(t->optimizer, "sgd") == 0 || strstr(t->optimizer, "adafactor") != NULL) &&
         !train_flag_given(t, "--beta1")) {
         t->beta1 = 0.0f;
+    }
+    // Adafactor in the subspace has no moment rotation and no recovery scaling (the
+    // authors' LowRankAdafactor has neither): our presets' SubTrack++ switches go off
+    // with it, unless they are given (then train_config_problem refuses them)
+    if (strcmp(t->optimizer, "low_rank_adafactor") == 0) {
+        if (!train_flag_given(t, "--adaptive_optimizer")) { t->adaptive_optimizer = 0; }
+        if (!train_flag_given(t, "--recovery_scaling")) { t->recovery_scaling = 0; }
     }
     // Adam's eps: torch.optim.Adam/AdamW's default for adam and adamw, the
     // authors' LowRankAdamW's (the same as ours) for low_rank_adamw
@@ -4683,7 +4785,7 @@ const char* train_config_problem(const TrainConfig* t) {
     if (t->zero_stage == 1) {
         // the first version shards the states that whole steps update in batches
         const char* lean = strcmp(t->optimizer, "sgd") == 0 ? "--optimizer sgd's momentum"
-                         : strcmp(t->optimizer, "adafactor") == 0 ? "--optimizer adafactor's statistics"
+                         : strstr(t->optimizer, "adafactor") != NULL ? "Adafactor's statistics (--optimizer *adafactor)"
                          : optimizer_name_per_layer(t->optimizer) ? "per-layer updates (--optimizer *_per_layer)"
                          : optimizer_name_8bit(t->optimizer) ? "8-bit states (--optimizer *8bit)"
                          : strcmp(t->subspace_dtype, "bfloat16") == 0 ? "bf16 subspaces (--subspace_dtype bfloat16)"
@@ -4718,7 +4820,8 @@ const char* train_config_problem(const TrainConfig* t) {
         strcmp(t->optimizer, "adam") != 0 && strcmp(t->optimizer, "sgd") != 0 &&
         strcmp(t->optimizer, "adafactor") != 0) {
         snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, sgd, adafactor, low_rank_adamw, "
-                 "low_rank_adamw_per_layer, low_rank_adamw8bit or low_rank_adamw8bit_per_layer", t->optimizer);
+                 "low_rank_adamw_per_layer, low_rank_adamw8bit, low_rank_adamw8bit_per_layer or low_rank_adafactor",
+                 t->optimizer);
         return msg;
     }
     // per-layer updates change each weight as soon as its gradient is
@@ -4741,7 +4844,7 @@ const char* train_config_problem(const TrainConfig* t) {
         }
     }
     if (t->authors_defaults && train_flag_given(t, "--beta1") && strcmp(t->optimizer, "sgd") != 0 &&
-        strcmp(t->optimizer, "adafactor") != 0) {
+        strstr(t->optimizer, "adafactor") == NULL) {
         snprintf(msg, sizeof msg, "--beta1 on one of the authors' configs: in their torchrun_main.py --beta1 only "
                  "reaches SGD and Adafactor, and their Adam optimizers keep beta1 0.9; drop the flag to run their "
                  "script as they did, or use one of our presets (kjv_small, ...) to set Adam's beta1");
@@ -4779,10 +4882,17 @@ const char* train_config_problem(const TrainConfig* t) {
                  t->st_subspace_coef);
         return msg;
     }
-    if (strcmp(t->optimizer, "adafactor") == 0 && !t->master_weights && strcmp(t->dtype, "bfloat16") == 0) {
-        snprintf(msg, sizeof msg, "--optimizer adafactor with bf16-only weights (--master_weights 0 --dtype bfloat16) "
+    if (strstr(t->optimizer, "adafactor") != NULL && !t->master_weights && strcmp(t->dtype, "bfloat16") == 0) {
+        snprintf(msg, sizeof msg, "--optimizer %s with bf16-only weights (--master_weights 0 --dtype bfloat16) "
                  "is not built yet (each weight's update needs it whole in fp32); keep the masters (drop "
-                 "--master_weights 0) or use --dtype float32");
+                 "--master_weights 0) or use --dtype float32", t->optimizer);
+        return msg;
+    }
+    if (strcmp(t->optimizer, "low_rank_adafactor") == 0 && (t->adaptive_optimizer || t->recovery_scaling)) {
+        snprintf(msg, sizeof msg, "--optimizer low_rank_adafactor with %s: Adafactor in the subspace has no moment "
+                 "rotation and no recovery scaling (the authors' LowRankAdafactor has neither); drop the flag, or "
+                 "use --optimizer low_rank_adamw for SubTrack++", t->adaptive_optimizer ? "--adaptive_optimizer"
+                 : "--recovery_scaling");
         return msg;
     }
     if (t->rand_proj && !optimizer_name_low_rank(t->optimizer)) {
@@ -5690,7 +5800,8 @@ typedef struct {
     int l2;                   // --optimizer adam: weight decay as L2 on the gradient (torch.optim.Adam's)
     int sgd;                  // --optimizer sgd: adam_m is the momentum buffer (beta1), and there is no adam_v
     int adafactor;            // --optimizer adafactor: adam_m the first moment (none with beta1 0), adam_v the
-                              // statistics of each weight (adafactor_stats_floats), every weight one after another
+                              // statistics of each weight (adafactor_stats_floats), every weight one after another;
+                              // with low_rank (low_rank_adafactor) those of the tensors that are not low-rank
     float* adam_m;            // (num_adam)
     float* adam_v;            // (num_adam_v)
     size_t num_adam;
@@ -5729,6 +5840,12 @@ static int optimizer_uses_lowrank(const Optimizer* o, const TensorSpec* s) {
     return o->low_rank && s->is_layer_matrix;
 }
 
+// the layout of the low-rank states (lowrank_state_layout)
+static LowRankStates optimizer_lowrank_states(const Optimizer* o) {
+    return o->q8 ? STATES_Q8 : !o->cfg.adafactor ? STATES_ADAM : o->beta1 != 0.0f ? STATES_ADAFACTOR_M
+                                                                                   : STATES_ADAFACTOR;
+}
+
 // an AdamW tensor whose moments are 8-bit: the embeddings and lm_head (the
 // norms' few floats stay fp32)
 static int optimizer_adamw_q8(const Optimizer* o, const TensorSpec* s) {
@@ -5758,7 +5875,8 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     o->beta1 = t->beta1; o->beta2 = t->beta2; o->eps = t->eps; o->weight_decay = t->weight_decay;
     o->l2 = strcmp(t->optimizer, "adam") == 0;
     o->sgd = strcmp(t->optimizer, "sgd") == 0;
-    o->adafactor = strcmp(t->optimizer, "adafactor") == 0;
+    int low_rank_adafactor = strcmp(t->optimizer, "low_rank_adafactor") == 0;
+    o->adafactor = strcmp(t->optimizer, "adafactor") == 0 || low_rank_adafactor;
     LowRankConfig lc = {
         strcmp(t->subspace_update_method, "galore") == 0 ? SUBSPACE_GALORE : SUBSPACE_SUBTRACK,
         t->rank, t->low_rank_scale, t->subspace_update_interval, t->st_init_step_size,
@@ -5767,7 +5885,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         strcmp(t->svd, "randomized") == 0, t->svd_power_iters, t->svd_oversample, (uint64_t)t->seed, 0,
         strcmp(t->st_step_size_scheduler, "iterative_decrease") == 0,
         proj_type_parse(t->proj_type) < 0 ? PROJ_STD : (ProjType)proj_type_parse(t->proj_type),
-        t->rand_proj, golore_from_step(t),
+        t->rand_proj, golore_from_step(t), low_rank_adafactor,
     };
     o->cfg = lc;
     TensorSpec spec[NUM_PARAMETER_TENSORS];
@@ -5797,8 +5915,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         }
         o->num_lowrank += spec[i].layers;
         int m = spec[i].rows, n = spec[i].cols, right = lowrank_right(m, n, o->cfg.proj_type);
-        size_t per = o->q8 ? lowrank_state_num_floats_q8(m, n, right, t->rank)
-                           : lowrank_state_num_floats(m, n, right, t->rank);
+        size_t per = lowrank_state_floats_of(m, n, right, t->rank, optimizer_lowrank_states(o));
         o->lowrank_floats += (size_t)spec[i].layers * per;
         size_t pr = (size_t)t->rank * (right ? n : m);
         o->subspace_floats += (size_t)spec[i].layers * pr;
@@ -6008,13 +6125,8 @@ const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfi
         if (!optimizer_uses_lowrank(o, &spec[i])) { continue; }
         int m = spec[i].rows, n = spec[i].cols, right = lowrank_right(m, n, o->cfg.proj_type);
         for (int l = 0; l < spec[i].layers; l++) {
-            if (o->q8) {
-                lowrank_state_init_q8(&o->lowrank[k++], m, n, right, t->rank, mem);
-                mem += lowrank_state_num_floats_q8(m, n, right, t->rank);
-            } else {
-                lowrank_state_init(&o->lowrank[k++], m, n, right, t->rank, mem);
-                mem += lowrank_state_num_floats(m, n, right, t->rank);
-            }
+            lowrank_state_layout(&o->lowrank[k++], m, n, right, t->rank, mem, optimizer_lowrank_states(o));
+            mem += o->lowrank[k - 1].num_floats;
             o->lowrank[k - 1].svd_stream = (uint64_t)(k - 1);
         }
     }
@@ -6362,7 +6474,7 @@ static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainStat
     uint32_t bits;
     memcpy(&bits, &c->norm_eps, 4); h[8] = bits;
     memcpy(&bits, &c->rope_theta, 4); h[9] = bits;
-    h[10] = s->opt->adafactor ? 3 : s->opt->sgd ? 2 : s->opt->low_rank;
+    h[10] = s->opt->adafactor ? (s->opt->low_rank ? 4 : 3) : s->opt->sgd ? 2 : s->opt->low_rank;
     h[11] = s->opt->cfg.method;
     h[12] = s->opt->low_rank ? s->opt->cfg.rank : 0;
     h[13] = s->opt->step;
@@ -7074,14 +7186,15 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     struct stat st;
     int64_t q8_extra = (h[25] >= 0 && h[25] <= max_floats && h[26] >= 0 && h[26] <= max_floats)
                      ? (int64_t)(padded8((size_t)h[25]) + padded8(4 * (size_t)h[26])) : -1;
-    // the moments' floats: two of num_adam, one (--optimizer sgd), or adafactor's first moment and statistics
-    int64_t moments = h[10] == 2 ? h[15] : h[10] == 3 ? h[15] + h[30] : 2 * h[15];
+    // the moments' floats: two of num_adam, one (--optimizer sgd), or (low-rank) adafactor's first moment and
+    // statistics of the tensors that are not low-rank
+    int64_t moments = h[10] == 2 ? h[15] : h[10] >= 3 ? h[15] + h[30] : 2 * h[15];
     int64_t body = manifest ? (h[28] > 0 && h[28] <= ((int64_t)1 << 24) ? 8 * CHECKPOINT_PIECE_INTS * h[28] : -1)
                             : 4 * (h[14] + moments + h[16]) + q8_extra;
     if (h[14] <= 0 || h[14] > max_floats || h[15] < 0 || h[15] > max_floats || h[16] < 0 || h[16] > max_floats ||
-        h[30] < 0 || h[30] > max_floats || (h[10] != 3 && h[30] != 0) ||
+        h[30] < 0 || h[30] > max_floats || (h[10] < 3 && h[30] != 0) ||
         q8_extra < 0 || body < 0 || fstat(fileno(f), &st) != 0 ||
-        h[10] < 0 || h[10] > 3 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
+        h[10] < 0 || h[10] > 4 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
         snprintf(err, errlen, "%s: its length is not what the header says; the file is corrupt", path);
         fclose(f);
         return 1;

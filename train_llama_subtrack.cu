@@ -4029,7 +4029,7 @@ typedef struct {
     float* S;                   // (p, R); with S16, a widened copy of it during a step, else NULL
     bf16* S16;                  // (p, R) --subspace_dtype bfloat16: S as it is kept; else NULL
     float* M;                   // (R, q) left or (q, R) right
-    float* V;                   // same as M
+    float* V;                   // same as M; with Adafactor its statistics (cpu::lowrank_state_layout)
     float* limiter;             // [0] prev, [1] prev_set
     SubspaceTiming timing;      // its subspace updates when it steps alone
     uint64_t svd_stream;        // which matrix this is, for --svd randomized's Omega (as cpu::LowRankState's)
@@ -4038,9 +4038,11 @@ typedef struct {
 // points the state into device memory and zeroes it, in the CPU's layout
 // (cpu::lowrank_state_layout): S | M | V | prev | prev_set, or with q8
 // (8-bit states) S | prev | prev_set, M and V pointing at dequantized copies
-// only during a step. with S16 (--subspace_dtype bfloat16) S lives there, in
-// bf16, and memory holds the rest: M | V | prev | prev_set, or prev | prev_set
-static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int right, int r, float* memory, int q8, bf16* S16) {
+// only during a step, or with Adafactor S | M (if any) | statistics | prev |
+// prev_set. with S16 (--subspace_dtype bfloat16) S lives there, in bf16, and
+// memory holds the rest
+static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int right, int r, float* memory,
+                                 cpu::LowRankStates kind, bf16* S16) {
     s->m = m;
     s->n = n;
     s->r = r;
@@ -4051,11 +4053,11 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int right, in
     s->S16 = S16;
     s->S = S16 != NULL ? NULL : memory;
     float* after_S = S16 != NULL ? memory : memory + (size_t)s->p * r;
-    s->M = q8 ? NULL : after_S;
-    s->V = q8 ? NULL : s->M + (size_t)s->q * r;
-    s->limiter = q8 ? after_S : s->V + (size_t)s->q * r;
-    size_t floats = q8 ? cpu::lowrank_state_num_floats_q8(m, n, right, r)
-                       : cpu::lowrank_state_num_floats(m, n, right, r);
+    cpu::LowRankOffsets at = cpu::lowrank_state_offsets(m, n, right, r, kind);
+    s->M = at.M != LOWRANK_NONE ? after_S + at.M : NULL;
+    s->V = at.V != LOWRANK_NONE ? after_S + at.V : NULL;
+    s->limiter = after_S + at.limiter;
+    size_t floats = cpu::lowrank_state_floats_of(m, n, right, r, kind);
     if (S16 != NULL) {
         floats -= (size_t)s->p * r;
         cudaCheck(cudaMemset(S16, 0, (size_t)s->p * r * sizeof(bf16)));
@@ -4066,11 +4068,17 @@ static void lowrank_state_layout(LowRankStateGPU* s, int m, int n, int right, in
 }
 
 void lowrank_state_init(LowRankStateGPU* s, int m, int n, int right, int r, float* memory) {
-    lowrank_state_layout(s, m, n, right, r, memory, 0, NULL);
+    lowrank_state_layout(s, m, n, right, r, memory, cpu::STATES_ADAM, NULL);
 }
 
 void lowrank_state_init_q8(LowRankStateGPU* s, int m, int n, int right, int r, float* memory) {
-    lowrank_state_layout(s, m, n, right, r, memory, 1, NULL);
+    lowrank_state_layout(s, m, n, right, r, memory, cpu::STATES_Q8, NULL);
+}
+
+void lowrank_state_init_adafactor(LowRankStateGPU* s, int m, int n, int right, int r, int first_moment,
+                                  float* memory) {
+    lowrank_state_layout(s, m, n, right, r, memory, first_moment ? cpu::STATES_ADAFACTOR_M : cpu::STATES_ADAFACTOR,
+                         NULL);
 }
 
 void lowrank_state_free(LowRankStateGPU* s) { subspace_timing_free(&s->timing); }
@@ -4109,6 +4117,8 @@ typedef struct {
     void* eig_host_work;        // host (eig_host_bytes)
     int* eig_info;              // device, 1 int: devInfo of lowrank_adamw_step's SVD
     void* blas_workspace;       // device, CUBLAS_WORKSPACE_BYTES, blas's
+    double* adafactor_sums;     // device (ADAFACTOR_SUMS) with Adafactor in the subspace (--optimizer
+                                //   low_rank_adafactor): adafactor_update's sums, the optimizer's; else NULL
 } LowRankGPU;
 
 // --svd randomized's arrays for a batch of count matrices (m, n) at rank r, l =
@@ -4934,7 +4944,12 @@ static void lowrank_subspace_svd(LowRankBatchGPU* b, const cpu::LowRankConfig* c
 void lowrank_init_subspace(LowRankBatchGPU* b, const cpu::LowRankConfig* cfg, LowRankGPU* ctx) {
     lowrank_subspace_svd(b, cfg, ctx);
     size_t numel = (size_t)b->q * b->r;
-    copy_each(b->M, PerMatrix<const float>(), numel, b->count);
+    if (b->M.on_host(0) != NULL) { copy_each(b->M, PerMatrix<const float>(), numel, b->count); }
+    if (cfg->adafactor) {   // Adafactor's statistics, as on the CPU
+        int rows, cols;
+        cpu::lowrank_moment_shape(b->m, b->n, b->right, b->r, &rows, &cols);
+        numel = cpu::adafactor_stats_floats(rows, cols);
+    }
     copy_each(b->V, PerMatrix<const float>(), numel, b->count);
 }
 
@@ -5188,6 +5203,27 @@ void lowrank_apply_update(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* c
     }
 }
 
+// steps 4 and 6 with Adafactor in the subspace (--optimizer low_rank_adafactor), the CPU's
+// lowrank_adafactor_in_subspace: adafactor_update of each matrix in turn (they share ctx's
+// sums), leaving -U in N, then the decay and W += alpha S N for the whole batch
+void lowrank_adafactor_in_subspace(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg, float lr,
+                                   LowRankGPU* ctx) {
+    if (ctx->adafactor_sums == NULL) {
+        cpu::fatal("lowrank_adafactor_in_subspace: no Adafactor sums (set LowRankGPU.adafactor_sums)");
+    }
+    int rows, cols;
+    cpu::lowrank_moment_shape(b->m, b->n, b->right, b->r, &rows, &cols);
+    copy_each(b->N, PerMatrix<const float>(), (size_t)rows * cols, b->count);
+    for (int e = 0; e < b->count; e++) {
+        adafactor_update(b->N.on_host(e), b->M.on_host(e), b->V.on_host(e), b->Gt.on_host(e), rows, cols, t, lr,
+                         cfg->beta1, 0.0f, ctx->adafactor_sums);
+    }
+    if (cfg->weight_decay > 0.0f) {
+        weight_decay_each(b->W, (size_t)b->m * b->n, (float)((double)lr * cfg->weight_decay), b->count);
+    }
+    lowrank_back_project(b->W, b, b->N, cfg->low_rank_scale, 1.0f, ctx);
+}
+
 // ---- steps 5-6 fused (bf16 mode with recovery scaling): no residual in memory
 //
 // the unfused path above costs, per element of (m, n), 44 bytes after the
@@ -5282,6 +5318,10 @@ void lowrank_adamw_step(LowRankBatchGPU* b, int t, const cpu::LowRankConfig* cfg
         b->timing->updates++;
     } else {
         lowrank_project(b, ctx);
+    }
+    if (cfg->adafactor) {
+        lowrank_adafactor_in_subspace(b, t, cfg, lr, ctx);                 // steps 4 and 6, Adafactor's
+        return;
     }
     if (lowrank_fused(ctx, cfg)) {
         // bf16 mode: the residual's norms from tiles of S Gt, the update in one product
@@ -5858,6 +5898,7 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
     o->lowrank = (LowRankStateGPU*)cpu::calloc_check((size_t)(owned > 0 ? owned : 1) * sizeof(LowRankStateGPU),
                                                      "low-rank states");
     lowrank_gpu_create(&o->ctx);
+    o->ctx.adafactor_sums = o->adafactor_sums;   // low_rank_adafactor's steps in the subspace
     o->ctx.products = dtype_from_name(t->dtype) == DTYPE_BFLOAT16 ? LOWRANK_BF16 : LOWRANK_FP32;
     o->ctx.svd_oversample = o->host.cfg.svd_randomized ? o->host.cfg.svd_oversample : -1;
     for (int k = 0; k < nl; k++) {
@@ -5917,18 +5958,19 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
             int slot = o->matrix_slot[k];
             if (slot < 0) { continue; }
             lowrank_state_layout(&o->lowrank[slot], hs->m, hs->n, hs->right, hs->r,
-                                 o->lowrank_memory + o->slot_at[slot], 0, NULL);
+                                 o->lowrank_memory + o->slot_at[slot], cpu::STATES_ADAM, NULL);
             o->lowrank[slot].svd_stream = hs->svd_stream;
             continue;
         }
         if (o->host.subspace_bf16) {
             float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory) - S_before;
-            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->right, hs->r, memory, o->host.q8,
-                                 o->subspaces + S_before);
+            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->right, hs->r, memory,
+                                 cpu::optimizer_lowrank_states(&o->host), o->subspaces + S_before);
             S_before += (size_t)hs->p * hs->r;
         } else {
             float* memory = o->lowrank_memory + (hs->memory - o->host.lowrank_memory);
-            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->right, hs->r, memory, o->host.q8, NULL);
+            lowrank_state_layout(&o->lowrank[k], hs->m, hs->n, hs->right, hs->r, memory,
+                                 cpu::optimizer_lowrank_states(&o->host), NULL);
         }
         o->lowrank[k].svd_stream = hs->svd_stream;
     }
@@ -6000,8 +6042,7 @@ static void optimizer_lowrank_copy(Optimizer* o, int to_host) {
         cpu::LowRankState* hs = &h->lowrank[k];
         LowRankStateGPU* ds = &o->lowrank[k];
         size_t pr = (size_t)hs->p * hs->r;
-        size_t rest = (h->q8 ? cpu::lowrank_state_num_floats_q8(hs->m, hs->n, hs->right, hs->r)
-                             : cpu::lowrank_state_num_floats(hs->m, hs->n, hs->right, hs->r)) - pr;
+        size_t rest = hs->num_floats - pr;
         if (to_host) {
             cuda_check(cudaMemcpy(o->subspace_host, ds->S16, pr * sizeof(bf16), cudaMemcpyDeviceToHost));
             for (size_t j = 0; j < pr; j++) { hs->S[j] = cpu::fp32_from_bits((uint32_t)o->subspace_host[j] << 16); }

@@ -4016,6 +4016,9 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
     test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
     test_trainer_resume(dir, "--optimizer adafactor --weight_decay 0.1", "adafactor");
+    test_trainer_resume(dir, "--optimizer low_rank_adafactor --weight_decay 0.1", "low_rank_adafactor");
+    test_trainer_resume(dir, "--optimizer low_rank_adafactor --subspace_update_method galore --beta1 0",
+                        "low_rank_adafactor_galore");
     test_trainer_proj_type(dir);
     test_svd_randomized_trainer(dir, "");
     {
@@ -4438,6 +4441,102 @@ static void test_adafactor_reference(const char* path) {
     free(data);
 }
 
+// --optimizer low_rank_adafactor against dev/reference/lowrank_adafactor_reference.bin
+// (lowrank_adafactor_reference.py: the subspace from the PyTorch reference of
+// SUBTRACK.md, transformers' Adafactor in it). each case is replayed through
+// lowrank_adamw_step with Adafactor in the subspace. the generator keeps a case
+// only when its fp32 run is within 1e-5 of its float64 run, relative to each
+// tensor's max (W: to the update W - W0), as the trajectories' generator does, so
+// the trajectories' tolerances hold here too: S through its projector (2e-5),
+// the first moment and the statistics 4e-5 of their max, W 4e-5 of the update's
+#define LOWRANK_ADAFACTOR_REF_MAGIC 20261207
+static void test_lowrank_adafactor_reference(const char* path) {
+    unsigned char* data = NULL;
+    size_t bytes = 0;
+    if (!read_file_bytes(path, &data, &bytes) || bytes < 16) {
+        check(0, "%s opens (regenerate it with dev/reference/lowrank_adafactor_reference.py)", path);
+        free(data);
+        return;
+    }
+    const int32_t* h = (const int32_t*)data;
+    int cases = h[0] == LOWRANK_ADAFACTOR_REF_MAGIC && h[1] == 1 ? h[2] : -1;
+    size_t at = 16;
+    int done = 0, with_m = 0, tracked = 0, rank_one = 0, sides[2] = {0, 0};
+    for (int c = 0; c < cases; c++) {
+        if (at + 96 > bytes) { break; }
+        const int32_t* ch = (const int32_t*)(data + at);
+        const float* hp = (const float*)(data + at + 32);
+        char name[33];
+        memcpy(name, data + at + 64, 32);
+        name[32] = '\0';
+        int m = ch[0], n = ch[1], r = ch[2], steps = ch[3], method = ch[4], k = ch[5], proj = ch[6];
+        at += 96;
+        if (m <= 0 || n <= 0 || r <= 0 || r > (m < n ? m : n) || steps <= 0 || k <= 0 || proj < 0 || proj > 3 ||
+            (method != SUBSPACE_GALORE && method != SUBSPACE_SUBTRACK)) {
+            break;
+        }
+        LowRankConfig cfg = lowrank_test_config((SubspaceMethod)method, r, k, hp[1]);
+        cfg.proj_type = (ProjType)proj;
+        cfg.low_rank_scale = hp[0];
+        float lr = hp[2];
+        cfg.weight_decay = hp[3];
+        cfg.beta1 = hp[4];
+        cfg.adaptive_optimizer = cfg.recovery_scaling = 0;
+        cfg.adafactor = 1;
+        int right = lowrank_right(m, n, cfg.proj_type), rows, cols;
+        lowrank_moment_shape(m, n, right, r, &rows, &cols);
+        size_t mn = (size_t)m * n, p = (size_t)(right ? n : m), mom = (size_t)rows * cols;
+        size_t ns = adafactor_stats_floats(rows, cols), per_step = 2 * mn + p * r + mom + ns;
+        if (at + 4 * (mn + (size_t)steps * per_step) > bytes) { break; }
+        const float* W0 = (const float*)(data + at);
+        LowRankState st;
+        float* memory = (float*)malloc(lowrank_state_num_floats_adafactor(m, n, right, r, cfg.beta1 != 0.0f) *
+                                       sizeof(float));
+        lowrank_state_init_adafactor(&st, m, n, right, r, cfg.beta1 != 0.0f, memory);
+        float* scratch = (float*)malloc(lowrank_scratch_num_floats(m, n, right, r) * sizeof(float));
+        float* W = (float*)malloc(mn * sizeof(float));
+        memcpy(W, W0, mn * sizeof(float));
+        double err[4] = {0, 0, 0, 0};
+        for (int t = 0; t < steps; t++) {
+            const float* G = W0 + mn + (size_t)t * per_step;
+            const float *St = G + mn, *Mt = St + p * r, *Vt = Mt + mom, *Wt = Vt + ns;
+            lowrank_adamw_step(&st, W, G, t, &cfg, lr, scratch);
+            err[0] = fmax(err[0], projector_diff(st.S, St, (int)p, r));
+            double most[3] = {0, 0, 0}, diff[3] = {0, 0, 0};
+            for (size_t i = 0; i < mom; i++) {
+                most[0] = fmax(most[0], fabs((double)Mt[i]));
+                diff[0] = fmax(diff[0], fabs((st.M != NULL ? (double)st.M[i] : 0.0) - Mt[i]));
+            }
+            for (size_t i = 0; i < ns; i++) {
+                most[1] = fmax(most[1], fabs((double)Vt[i]));
+                diff[1] = fmax(diff[1], fabs((double)st.V[i] - Vt[i]));
+            }
+            for (size_t i = 0; i < mn; i++) {
+                most[2] = fmax(most[2], fabs((double)Wt[i] - W0[i]));
+                diff[2] = fmax(diff[2], fabs((double)W[i] - Wt[i]));
+            }
+            for (int j = 0; j < 3; j++) { err[j + 1] = fmax(err[j + 1], most[j] > 0 ? diff[j] / most[j] : diff[j]); }
+        }
+        check(err[0] <= TRAJ_TOL_PROJECTOR && err[1] <= TRAJ_TOL_MOMENT && err[2] <= TRAJ_TOL_MOMENT &&
+              err[3] <= TRAJ_TOL_UPDATE, "--optimizer low_rank_adafactor against transformers' Adafactor in the "
+              "reference's subspace, %s, %d steps, lr %g beta1 %g wd %g: S S^T %.1e (tol 2e-5), first moment %.1e, "
+              "statistics %.1e, W %.1e (tol 4e-5)", name, steps, lr, cfg.beta1, cfg.weight_decay, err[0], err[1],
+              err[2], err[3]);
+        at += 4 * (mn + (size_t)steps * per_step);
+        done++;
+        with_m += cfg.beta1 != 0.0f;
+        tracked += method == SUBSPACE_SUBTRACK;
+        rank_one += r == 1;
+        sides[right]++;
+        free(memory); free(scratch); free(W);
+    }
+    check(cases >= 6 && done == cases && at == bytes && with_m >= 2 && tracked >= 2 && rank_one >= 2 &&
+          sides[0] >= 2 && sides[1] >= 2, "%s: %d of %d cases read (%d with a first moment, %d tracked, %d of rank "
+          "1, %d left and %d right), the file read to its end", path, done, cases, with_m, tracked, rank_one,
+          sides[0], sides[1]);
+    free(data);
+}
+
 // the authors' schedules and token budgets: dev/reference/schedules.txt holds
 // the lr of every step of each case from their own get_scheduler (through
 // torch's LambdaLR; linear from transformers), and what their
@@ -4650,7 +4749,7 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
     if (!((bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) || (bl > 5 && strcmp(bin + bl - 5, "_race") == 0))) {
         return;
     }
-    const char* sets[11] = {
+    const char* sets[12] = {
         "",                                                        // bf16 activations, SubTrack++
         " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
         " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24 --subspace_dtype bf16",
@@ -4663,9 +4762,10 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
         " --proj_type left --subspace_update_method galore --svd randomized",
         " --subspace_update_method galore --svd randomized --rand_proj --rand_ratio 0",   // GoLore in the chunks
         " --optimizer adafactor --beta1 0",                         // Adafactor's statistics, no first moment
+        " --optimizer low_rank_adafactor --subspace_dtype bf16",    // in the subspace: S | M | statistics
     };
-    size_t planned[11] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < 11; i++) {
+    size_t planned[12] = {0};
+    for (int i = 0; i < 12; i++) {
         snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --eval_every 1 --sample_every 2 "
                  "--gen_tokens 4 --save_dir %s/plan_%d%s", dir, i, sets[i]);
         char plan_args[2100];
@@ -5481,6 +5581,9 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--optimizer adam --weight_decay 0.1", "adam_l2");
     test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
     test_trainer_resume(dir, "--optimizer adafactor --weight_decay 0.1", "adafactor");
+    test_trainer_resume(dir, "--optimizer low_rank_adafactor --weight_decay 0.1", "low_rank_adafactor");
+    test_trainer_resume(dir, "--optimizer low_rank_adafactor --subspace_update_method galore --beta1 0 "
+                        "--subspace_dtype bfloat16", "low_rank_adafactor_galore_s16");
     test_trainer_proj_type(dir);
     test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);
@@ -5651,6 +5754,7 @@ int main(int argc, char** argv) {
     test_schedules_against_authors("dev/reference/schedules.txt");
     test_fullrank_reference("dev/reference/fullrank_reference.bin");
     test_adafactor_reference("dev/reference/adafactor_reference.bin");
+    test_lowrank_adafactor_reference("dev/reference/lowrank_adafactor_reference.bin");
     test_grad_norm_and_accumulation();
     test_json_config();
     test_json_config_strict();

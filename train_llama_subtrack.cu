@@ -6600,14 +6600,22 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         plan_buffer(p, "AdamW second moments", zero_ranks > 1 ? "(this rank's pieces)" : "(adamw tensors)",
                     o.num_adam * sizeof(float), "whole run");
     }
+    // the low-rank states besides S: Adam's M and V, with 8-bit states the limiter alone, with Adafactor
+    // in the subspace its first moment (if any) and its statistics
+    int af = o.cfg.adafactor, af_m = af && o.beta1 != 0.0f;
+    const char* rest = o.q8 ? "low-rank limiter state" : !af ? "low-rank states M|V" : af_m ? "low-rank states M|stats"
+                     : "low-rank states stats";
+    const char* rest_shape = o.q8 ? "per matrix 2" : !af ? "per matrix 2(R,q)" : af_m ? "per matrix (R,q)+R+q"
+                           : "per matrix R+q";
     if (o.subspace_bf16) {
-        plan_buffer(p, o.q8 ? "low-rank limiter state" : "low-rank states M|V", o.q8 ? "per matrix 2" :
-                    "per matrix 2(R,q)", optimizer_device_lowrank_floats(&o) * sizeof(float), "whole run");
+        plan_buffer(p, rest, rest_shape, optimizer_device_lowrank_floats(&o) * sizeof(float), "whole run");
         plan_buffer(p, "subspaces S, bf16", "per matrix (p,R)", o.subspace_floats * sizeof(bf16), "whole run");
         plan_buffer(p, "subspace S widened, fp32", "largest (p,R)", o.subspace_most * sizeof(float), "one matrix");
     } else {
-        plan_buffer(p, o.q8 ? "low-rank states S" : "low-rank states S|M|V", o.q8 ? "per matrix (p,R)+2" :
-                    "per matrix (p,R)+2(R,q)", o.lowrank_floats * sizeof(float), "whole run");
+        char name[64], shape[64];
+        snprintf(name, sizeof name, "low-rank states S%s%s", o.q8 ? "" : "|", o.q8 ? "" : rest + strlen("low-rank states "));
+        snprintf(shape, sizeof shape, "per matrix (p,R)+%s", rest_shape + strlen("per matrix "));
+        plan_buffer(p, name, shape, o.lowrank_floats * sizeof(float), "whole run");
     }
     if (o.num_lowrank > 0) {
         cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];

@@ -170,35 +170,39 @@ class LowRankReference:
         V_rot = torch.abs((C * C) @ (self.V - self.M * self.M) + M_rot * M_rot)
         self.M, self.V = M_rot, V_rot
 
+    def new_subspace(self, Gw, t):
+        """the S of step t (the first one, a GaLore refresh or a tracking step), or None when S stays.
+        Gw: (P, Q), the gradient in the left orientation."""
+        cfg = self.cfg
+        P = Gw.shape[0]
+        r = cfg["r"]
+        golore = cfg.get("golore", 0) and t >= cfg["golore_from"]
+        if t != 0 and t % cfg["k"] != 0:
+            return None
+        if golore and (t == 0 or cfg["method"] == METHOD_GALORE):
+            self.log.append(("random",))
+            return random_orthonormal_basis(P, r, cfg["seed"], t, 0, self.dtype)
+        if t == 0 or cfg["method"] == METHOD_GALORE:
+            S_new = top_left_singular_vectors(Gw, r)
+            self.log.append(("svd", svd_margins(Gw, r, S_new)))
+            return S_new
+        return self.track_subspace(Gw, t)
+
     def step(self, W, G, t):
         """one optimizer step. W, G: (m, n) in nn.Linear layout. returns the new W."""
         cfg = self.cfg
         Gw = G.T if self.right else G         # (P, Q)
         Ww = W.T if self.right else W
-        P, Q = Gw.shape
+        Q = Gw.shape[1]
         r = cfg["r"]
-        golore = cfg.get("golore", 0) and t >= cfg["golore_from"]
+        S_new = self.new_subspace(Gw, t)
         if t == 0:
-            if golore:
-                self.S = random_orthonormal_basis(P, r, cfg["seed"], t, 0, self.dtype)
-                self.log.append(("random",))
-            else:
-                self.S = top_left_singular_vectors(Gw, r)
-                self.log.append(("svd", svd_margins(Gw, r, self.S)))
+            self.S = S_new
             self.M = torch.zeros(r, Q, dtype=self.dtype)
             self.V = torch.zeros(r, Q, dtype=self.dtype)
-        elif t % cfg["k"] == 0:
-            S_old = self.S
-            if cfg["method"] == METHOD_GALORE and golore:
-                S_new = random_orthonormal_basis(P, r, cfg["seed"], t, 0, self.dtype)
-                self.log.append(("random",))
-            elif cfg["method"] == METHOD_GALORE:
-                S_new = top_left_singular_vectors(Gw, r)
-                self.log.append(("svd", svd_margins(Gw, r, S_new)))
-            else:
-                S_new = self.track_subspace(Gw, t)
+        elif S_new is not None:
             if cfg["adaptive"]:
-                self.rotate_moments(S_new, S_old)
+                self.rotate_moments(S_new, self.S)
             self.S = S_new
         S = self.S
         b1, b2, eps = cfg["beta1"], cfg["beta2"], cfg["eps"]

@@ -346,6 +346,8 @@ static const StepSettings STEP_SETTINGS[] = {
     {"galore+recovery left", "low_rank_adamw", "galore", 0, 1, 1, "left", 0.0f},
     {"golore", "low_rank_adamw", "galore", 0, 0, 1, "std", 0.3f},
     {"adafactor", "adafactor", "subtrack", 0, 0, 1, "std", 0.0f},
+    {"low_rank_adafactor", "low_rank_adafactor", "subtrack", 0, 0, 1, "std", 0.0f},
+    {"low_rank_adafactor galore right", "low_rank_adafactor", "galore", 0, 0, 1, "right", 0.0f},
 };
 #define NUM_STEP_SETTINGS (int)(sizeof(STEP_SETTINGS) / sizeof(STEP_SETTINGS[0]))
 
@@ -435,15 +437,19 @@ static void run_errors(RunErrors* e, const float* params, const float* adam_m, c
     for (int k = 0; k < ref_opt->num_lowrank; k++) {
         const cpu::LowRankState* hs = &ref_opt->lowrank[k];
         const float* g = lowrank_memory + (hs->memory - ref_opt->lowrank_memory);
-        size_t sm = (size_t)hs->p * hs->r, mq = (size_t)hs->q * hs->r;
+        // M, V and the limiter where the reference's layout has them (with Adafactor in the
+        // subspace: its first moment, if any, and its statistics, whose floats end at the limiter)
+        size_t mq = (size_t)hs->q * hs->r, nv = (size_t)(hs->limiter - hs->V);
         e->proj = fmax(e->proj, projector_diff(g, hs->S, hs->p, hs->r));
-        const float* M = sign_aligned_moment(g, g + sm, hs);
-        max_errors(M, hs->M, mq, &d, &s);
-        free((void*)M);
-        e->m = fmax(e->m, s > 0 ? d / s : d);
-        max_errors(g + sm + mq, hs->V, mq, &d, &s);
+        if (hs->M != NULL) {
+            const float* M = sign_aligned_moment(g, g + (hs->M - hs->memory), hs);
+            max_errors(M, hs->M, mq, &d, &s);
+            free((void*)M);
+            e->m = fmax(e->m, s > 0 ? d / s : d);
+        }
+        max_errors(g + (hs->V - hs->memory), hs->V, nv, &d, &s);
         e->v = fmax(e->v, s > 0 ? d / s : d);
-        const float* lim = g + sm + 2 * mq;
+        const float* lim = g + (hs->limiter - hs->memory);
         if (recovery) {
             e->lim = fmax(e->lim, fabs((double)lim[0] - hs->limiter[0]) / fmax(fabs((double)hs->limiter[0]), 1e-30));
         }

@@ -69,6 +69,11 @@ METHODS = [
      "args": ["--subspace_update_method", "subtrack", "--adaptive_optimizer", "0", "--recovery_scaling", "1"]},
     {"key": "subtrack_pp", "label": "SubTrack++ (both)", "low_rank": True,
      "args": ["--subspace_update_method", "subtrack", "--adaptive_optimizer", "1", "--recovery_scaling", "1"]},
+    # transformers' Adafactor in the tracked subspace, as the authors set it (no first moment: their --beta1 0);
+    # it has no moment rotation or recovery scaling
+    {"key": "lowrank_adafactor", "label": "low-rank Adafactor (tracking, no first moment)", "low_rank": True,
+     "state": "lowrank_adafactor",
+     "args": ["--optimizer", "low_rank_adafactor", "--subspace_update_method", "subtrack", "--beta1", "0"]},
 ]
 METHOD_BY_KEY = {m["key"]: m for m in METHODS}
 
@@ -320,7 +325,8 @@ def model_accounting(model_config, rank):
         if rank is None:  # rank 1 is valid for any model
             rank = max(1, memory_table.run_memory_accounting(binary, [(model_config, 1)])[0]["C"] // 4)
         row = memory_table.run_memory_accounting(binary, [(model_config, rank)])[0]
-    state_bytes = {"adamw": row["adamw_floats"] * BYTES_PER_FLOAT, "low_rank": row["lowrank_floats"] * BYTES_PER_FLOAT}
+    state_bytes = {"adamw": row["adamw_floats"] * BYTES_PER_FLOAT, "low_rank": row["lowrank_floats"] * BYTES_PER_FLOAT,
+                   "lowrank_adafactor": row["lowrank_adafactor_floats"] * BYTES_PER_FLOAT}
     return rank, row, state_bytes
 
 
@@ -504,7 +510,7 @@ def results_markdown(ctx, sweep, picks, summary, claims, extra, state_bytes, acc
             loss = f"{s['val_mean']:.4f}"
         if s["n_diverged"]:
             loss += f", {s['n_diverged']} diverged"
-        sb = state_bytes["low_rank" if m["low_rank"] else "adamw"]
+        sb = state_bytes[m.get("state", "low_rank" if m["low_rank"] else "adamw")]
         add(f"| {m['label']} | {fmt_lr(picks[m['key']])} | {loss} | {fmt(s['perplexity'], '.2f')} "
             f"| {fmt(s['wall_s_mean'], '.1f')} | {fmt(s['train_s_mean'], '.1f')} "
             f"| {fmt(s['ms_per_step_median_mean'], '.1f')} "
@@ -571,7 +577,7 @@ def results_markdown(ctx, sweep, picks, summary, claims, extra, state_bytes, acc
             f"load during their runs {fmt(summary['subtrack_pp']['load_mean'], '.1f')} and "
             f"{fmt(summary['galore']['load_mean'], '.1f')}: above ~2 the ratio is mostly noise).")
     if "state_bytes_equal" in extra:
-        add(f"- Keeps GaLore's optimizer memory: yes, {state_bytes['low_rank']:,} bytes for every low-rank "
+        add(f"- Keeps GaLore's optimizer memory: yes, {state_bytes['low_rank']:,} bytes for every low-rank AdamW "
             f"method (the same state layout), against {state_bytes['adamw']:,} for AdamW "
             f"({state_bytes['low_rank'] / state_bytes['adamw']:.2f} x).")
     add("\n![loss curves](loss_curves.png)\n")

@@ -20,6 +20,10 @@ columns (all counts are float32 values; multiply by 4 for bytes):
     lowrank_adam     the part of lowrank_floats that is plain AdamW moments
                      (embeddings, lm_head, norms)
     lowrank_matrix   the part that is the 7 layer matrices' S, M, V, scalars
+    lowrank_adafactor_floats  states of low_rank_adafactor without a first moment
+                     (the authors' beta1 0): Adafactor's statistics of the
+                     embeddings, lm_head and norms, and each layer matrix's S,
+                     statistics (lowrank_state_num_floats_adafactor) and scalars
 dev/experiments/memory_table.py builds and runs this.
 */
 #include <limits.h>
@@ -50,11 +54,12 @@ static int memory_accounting_row(const char* arg) {
     Optimizer rule;  // only its low_rank switch is read, by optimizer_uses_lowrank()
     memset(&rule, 0, sizeof rule);
     rule.low_rank = 1;
-    size_t lowrank_adam = 0, lowrank_matrix = 0;
+    size_t lowrank_adam = 0, lowrank_matrix = 0, adafactor = 0;
     char msg[512];
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         if (!optimizer_uses_lowrank(&rule, &spec[i])) {
             lowrank_adam += 2 * tensor_numel(&spec[i]);
+            adafactor += (size_t)spec[i].layers * adafactor_stats_floats(spec[i].rows, spec[i].cols);
             continue;
         }
         if (lowrank_check_rank(msg, sizeof msg, spec[i].name, spec[i].rows, spec[i].cols, (int)rank) != NULL) {
@@ -63,11 +68,13 @@ static int memory_accounting_row(const char* arg) {
         }
         lowrank_matrix += (size_t)spec[i].layers * lowrank_state_num_floats(spec[i].rows, spec[i].cols,
                                                                             spec[i].rows > spec[i].cols, (int)rank);
+        adafactor += (size_t)spec[i].layers * lowrank_state_num_floats_adafactor(spec[i].rows, spec[i].cols,
+                                                                                 spec[i].rows > spec[i].cols,
+                                                                                 (int)rank, 0);
     }
     size_t params = parameter_count(&cfg);
-    printf("%s\t%d\t%d\t%d\t%d\t%d\t%ld\t%zu\t%zu\t%zu\t%zu\t%zu\n", name, cfg.V, cfg.C, cfg.F, cfg.NH, cfg.L,
-           rank, params, 2 * params,
-           lowrank_adam + lowrank_matrix, lowrank_adam, lowrank_matrix);
+    printf("%s\t%d\t%d\t%d\t%d\t%d\t%ld\t%zu\t%zu\t%zu\t%zu\t%zu\t%zu\n", name, cfg.V, cfg.C, cfg.F, cfg.NH,
+           cfg.L, rank, params, 2 * params, lowrank_adam + lowrank_matrix, lowrank_adam, lowrank_matrix, adafactor);
     return 0;
 }
 
@@ -76,7 +83,8 @@ int main(int argc, char** argv) {
         fprintf(stderr, "usage: %s CONFIG:RANK [CONFIG:RANK ...]   (CONFIG: a preset or a .json)\n", argv[0]);
         return 1;
     }
-    printf("config\tV\tC\tF\tNH\tL\trank\tparams\tadamw_floats\tlowrank_floats\tlowrank_adam\tlowrank_matrix\n");
+    printf("config\tV\tC\tF\tNH\tL\trank\tparams\tadamw_floats\tlowrank_floats\tlowrank_adam\tlowrank_matrix\t"
+           "lowrank_adafactor_floats\n");
     int failed = 0;
     for (int i = 1; i < argc; i++) { failed |= memory_accounting_row(argv[i]); }
     return failed;

@@ -2510,7 +2510,10 @@ static void test_authors_refusals(void) {
         {"--model_config llama_60m --optimizer low_rank_adafactor --recovery_scaling", "use --optimizer "
          "low_rank_adamw for SubTrack++"},
         {"--model_config llama_60m --optimizer sgd --beta1 1.5", "beta1"},
-        {"--optimizer adam8bit", "not implemented yet"},
+        {"--optimizer adam8bit --zero_stage 1", "does not shard 8-bit states"},
+        {"--optimizer adam8bit --master_weights 0 --dtype bfloat16", "bf16-only weights"},
+        {"--model_config llama_60m --optimizer adam8bit --beta1 0.95", "only reaches SGD and Adafactor"},
+        {"--optimizer adam9bit", "is not adamw, adam, adam8bit"},
         {"--scheduler cosine_restarts", "needs --cycle_length N"},
         {"--scheduler cosine_restarts --cycle_length 100", "needs --cycle_length N"},
         {"--scheduler cosine_restarts --cycle_length 7 --restart_warmup_steps 5", "is not a multiple of --cycle_length"},
@@ -4537,6 +4540,155 @@ static void test_lowrank_adafactor_reference(const char* path) {
     free(data);
 }
 
+// --optimizer adam8bit against dev/reference/adam8bit_reference.bin: bnb's
+// Adam8bit class, stepped on the CPU by bnb's own pure-PyTorch reference of its
+// 8-bit step (adam8bit_reference.py). every step starts from the reference's
+// state before it (its W, and its codes and absmax or fp32 moments), so each
+// step is checked alone, and the tolerances come from one step's roundings:
+//   - the fp32 moments before quantization: ours and torch's order differ by a
+//     rounding of each product and sum, so |M - M_ref| <= 2^-21 (b1 |M_in| +
+//     (1 - b1) |G|), and |V - V_ref| <= 2^-21 (b2 V_in + (1 - b2) G^2);
+//   - absmax: the largest |M| of a block moves by at most its element's bound.
+//     bnb stores 1 for an all-zero block (ours 0): both dequantize to 0;
+//   - codes: equal, except where the reference's M / absmax sits within
+//     2^-20 (the moments' bound over absmax, and the division it does where
+//     we multiply by 1 / absmax, as bnb's CUDA kernel does) of the midpoint of
+//     two neighbouring entries: there either neighbour is right. counted;
+//   - W: |W - W_ref| <= 2^-21 (|W_in| + |lr / (1 - b1^t) M / d|): a rounding of
+//     the decay, of the step and of their sum
+#define ADAM8BIT_REF_MAGIC 20261208
+static void test_adam8bit_reference(const char* path) {
+    unsigned char* data = NULL;
+    size_t bytes = 0;
+    if (!read_file_bytes(path, &data, &bytes) || bytes < 16) {
+        check(0, "%s opens (regenerate it with dev/reference/adam8bit_reference.py)", path);
+        free(data);
+        return;
+    }
+    const int32_t* h = (const int32_t*)data;
+    int cases = h[0] == ADAM8BIT_REF_MAGIC && h[1] == 1 ? h[2] : -1;
+    size_t at = 16;
+    int done = 0, q8_cases = 0, zero_blocks = 0, short_blocks = 0;
+    float maps[2][QUANT8_MAP_SIZE];
+    quant8_dynamic_map(maps[0], 1);
+    quant8_dynamic_map(maps[1], 0);
+    for (int c = 0; c < cases; c++) {
+        if (at + 64 > bytes) { break; }
+        const int32_t* ch = (const int32_t*)(data + at);
+        const float* hp = (const float*)(data + at + 32);
+        int rows = ch[0], cols = ch[1], steps = ch[2], q8 = ch[3];
+        size_t n = (size_t)rows * cols, blocks = (size_t)ch[4];
+        float lr = hp[0], b1 = hp[1], b2 = hp[2], eps = hp[3], wd = hp[4];
+        at += 64;
+        size_t padded = (n + 3) / 4 * 4;
+        if (rows <= 0 || cols <= 0 || steps <= 0 || (q8 != 0 && q8 != 1) || (q8 && blocks != adam8bit_blocks(n)) ||
+            (n >= ADAM8BIT_MIN_SIZE) != q8) {
+            break;
+        }
+        size_t per_step = q8 ? 4 * 4 * n + 2 * padded + 2 * 4 * blocks : 4 * 4 * n;
+        if (at + 4 * n + (size_t)steps * per_step > bytes) { break; }
+        const float* W_in = (const float*)(data + at);
+        const unsigned char* step_at = data + at + 4 * n;
+        float* W = (float*)malloc(n * sizeof(float));
+        uint8_t* codes = (uint8_t*)calloc(2 * n, 1);
+        float* absmax = (float*)calloc(2 * (blocks + 1), sizeof(float));
+        float* mv_in = (float*)calloc(2 * n, sizeof(float));     // the moments before the step (dequantized)
+        float* mv = (float*)calloc(2 * n, sizeof(float));
+        size_t chunk = adam8bit_blocks(n) * ADAM8BIT_BLOCK;
+        float* scratch = (float*)calloc(2 * chunk, sizeof(float));
+        double err_state = 0.0, err_absmax = 0.0, err_w = 0.0;   // each as a fraction of its bound
+        int code_ties = 0, code_bad = 0;
+        for (int t = 0; t < steps; t++) {
+            const float* G = (const float*)step_at;
+            const float* Wt = G + n;
+            memcpy(W, W_in, n * sizeof(float));
+            if (q8) {
+                for (int k = 0; k < 2; k++) {
+                    dequantize_blockwise_sized(mv_in + k * n, codes + k * n, absmax + k * blocks, n, maps[k],
+                                               ADAM8BIT_BLOCK);
+                }
+                adam8bit_update_q8(W, codes, absmax, codes + n, absmax + blocks, G, n, t, lr, b1, b2, eps, wd,
+                                   (const float (*)[QUANT8_MAP_SIZE])maps, scratch, chunk);
+                memcpy(mv, scratch, n * sizeof(float));
+                memcpy(mv + n, scratch + chunk, n * sizeof(float));
+            } else {
+                memcpy(mv, mv_in, 2 * n * sizeof(float));
+                adam8bit_update(W, mv, mv + n, G, n, t, lr, b1, b2, eps, wd);
+            }
+            const float* mv_ref = Wt + n;   // q8: the fp32 moments that were quantized; else the new moments
+            Adam8bitStep k8 = adam8bit_constants(t, lr, b1, b2, eps, wd);
+            for (size_t i = 0; i < n; i++) {
+                double bound_m = 0x1p-21 * (b1 * fabs(mv_in[i]) + (1.0 - b1) * fabs(G[i]));
+                double bound_v = 0x1p-21 * (b2 * fabs(mv_in[n + i]) + (1.0 - b2) * (double)G[i] * G[i]);
+                double em = fabs((double)mv[i] - mv_ref[i]), ev = fabs((double)mv[n + i] - mv_ref[n + i]);
+                err_state = fmax(err_state, bound_m > 0 ? em / bound_m : (em > 0 ? INFINITY : 0.0));
+                err_state = fmax(err_state, bound_v > 0 ? ev / bound_v : (ev > 0 ? INFINITY : 0.0));
+                double d = sqrt(mv_ref[n + i]) / k8.sqrt_c2 + eps;
+                double bound_w = 0x1p-21 * (fabs(W_in[i]) + fabs((double)k8.value * mv_ref[i] / d)) + 1e-30;
+                err_w = fmax(err_w, fabs((double)W[i] - Wt[i]) / bound_w);
+            }
+            if (q8) {
+                const uint8_t* codes_ref = (const uint8_t*)(mv_ref + 2 * n);
+                const float* absmax_ref = (const float*)(codes_ref + 2 * padded);
+                for (int k = 0; k < 2; k++) {
+                    for (size_t b = 0; b < blocks; b++) {
+                        size_t i0 = b * ADAM8BIT_BLOCK, i1 = i0 + ADAM8BIT_BLOCK < n ? i0 + ADAM8BIT_BLOCK : n;
+                        double bound = 0.0, ref_max = 0.0;
+                        for (size_t i = i0; i < i1; i++) {
+                            double x = k == 0 ? b1 * fabs(mv_in[i]) + (1.0 - b1) * fabs(G[i])
+                                              : b2 * fabs(mv_in[n + i]) + (1.0 - b2) * (double)G[i] * G[i];
+                            bound = fmax(bound, 0x1p-21 * x);
+                            ref_max = fmax(ref_max, fabs(mv_ref[k * n + i]));
+                        }
+                        float a = absmax[k * blocks + b], a_ref = absmax_ref[k * blocks + b];
+                        if (ref_max == 0.0) {   // an all-zero block: bnb keeps absmax 1, ours 0
+                            zero_blocks += k == 0 && t == steps - 1;
+                            if (a != 0.0f || a_ref != 1.0f) { err_absmax = INFINITY; }
+                        } else {
+                            double e = fabs((double)a - a_ref);
+                            err_absmax = fmax(err_absmax, bound > 0 ? e / bound : (e > 0 ? INFINITY : 0.0));
+                        }
+                        short_blocks += k == 0 && t == 0 && i1 - i0 < ADAM8BIT_BLOCK;
+                        for (size_t i = i0; i < i1; i++) {
+                            int ours = codes[k * n + i], ref = codes_ref[k * padded + i];
+                            if (ref_max == 0.0) {
+                                code_bad += maps[k][ref] * a_ref != 0.0f || maps[k][ours] * a != 0.0f;
+                                continue;
+                            }
+                            if (ours == ref) { continue; }
+                            int lo = ours < ref ? ours : ref;
+                            double mid = 0.5 * ((double)maps[k][lo] + maps[k][lo + 1]);
+                            double z = (double)mv_ref[k * n + i] / a_ref;
+                            if (abs(ours - ref) == 1 && fabs(z - mid) <= 0x1p-20) { code_ties++; } else { code_bad++; }
+                        }
+                    }
+                }
+                memcpy(codes, codes_ref, n);
+                memcpy(codes + n, codes_ref + padded, n);
+                memcpy(absmax, absmax_ref, 2 * blocks * sizeof(float));
+                step_at += per_step;
+            } else {
+                memcpy(mv_in, mv_ref, 2 * n * sizeof(float));
+                step_at += per_step;
+            }
+            W_in = Wt;
+        }
+        check(err_state <= 1.0 && err_absmax <= 1.0 && err_w <= 1.0 && code_bad == 0,
+              "--optimizer adam8bit against bitsandbytes' Adam8bit (its PyTorch step), %s %dx%d, %d steps, lr %g "
+              "wd %g: fp32 moments %.2f of their bound, absmax %.2f, W %.2f (bounds 2^-21 of each step's terms); "
+              "codes equal but %d near-ties, %d others", q8 ? "8-bit moments" : "fp32 moments", rows, cols, steps, lr,
+              wd, err_state, err_absmax, err_w, code_ties, code_bad);
+        at += 4 * n + (size_t)steps * per_step;
+        done++;
+        q8_cases += q8;
+        free(W); free(codes); free(absmax); free(mv_in); free(mv); free(scratch);
+    }
+    check(cases >= 8 && done == cases && at == bytes && q8_cases >= 4 && zero_blocks >= 2 && short_blocks >= 2,
+          "%s: %d of %d cases read (%d with 8-bit moments, %d all-zero blocks, %d short last blocks), the file read "
+          "to its end", path, done, cases, q8_cases, zero_blocks, short_blocks);
+    free(data);
+}
+
 // the authors' schedules and token budgets: dev/reference/schedules.txt holds
 // the lr of every step of each case from their own get_scheduler (through
 // torch's LambdaLR; linear from transformers), and what their
@@ -5755,6 +5907,7 @@ int main(int argc, char** argv) {
     test_fullrank_reference("dev/reference/fullrank_reference.bin");
     test_adafactor_reference("dev/reference/adafactor_reference.bin");
     test_lowrank_adafactor_reference("dev/reference/lowrank_adafactor_reference.bin");
+    test_adam8bit_reference("dev/reference/adam8bit_reference.bin");
     test_grad_norm_and_accumulation();
     test_json_config();
     test_json_config_strict();

@@ -3934,7 +3934,8 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (weight decay as L2 on the gradient, as "
          "torch.optim.Adam) | sgd (momentum --beta1, L2 decay, as torch.optim.SGD) | adafactor "
          "(transformers' Adafactor as the authors set it; a first moment only with --beta1 above 0) | "
-         "low_rank_adafactor (that Adafactor in the subspace; no moment rotation or recovery scaling)"),
+         "low_rank_adafactor (that Adafactor in the subspace; no moment rotation or recovery scaling) | adam8bit "
+         "(bitsandbytes' Adam8bit: 8-bit moments in blocks of 256, fp32 below 4096 values)"),
     FLAG(subspace_update_method, FLAG_STRING, "galore (SVD) | subtrack (geodesic tracking)"),
     FLAG(rank, FLAG_INT, "R: rank of the gradient subspace"),
     FLAG(low_rank_scale, FLAG_FLOAT, "alpha: scale of the low-rank update"),
@@ -4012,11 +4013,6 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG_NOTE(name, FLAG_STRING, "the authors' wandb run name", "no-op: no wandb"),
 };
 #define NUM_TRAIN_FLAGS ((int)(sizeof(TRAIN_FLAGS) / sizeof(TRAIN_FLAGS[0])))
-
-// the optimizers of torchrun_main.py that are not built here yet
-static const char* const AUTHORS_OPTIMIZERS_NOT_YET[] = {
-    "adam8bit",
-};
 
 // low-rank AdamW, whole-step or per layer (the same arithmetic: each matrix
 // updated as soon as its gradient is complete, in the CUDA trainer)
@@ -4251,7 +4247,8 @@ int train_config_from_args(TrainConfig* t, int argc, char** argv, const char* de
     // Adam's eps: torch.optim.Adam/AdamW's default for adam and adamw, the
     // authors' LowRankAdamW's (the same as ours) for low_rank_adamw
     if (t->authors_defaults && !train_flag_given(t, "--eps") &&
-        (strcmp(t->optimizer, "adam") == 0 || strcmp(t->optimizer, "adamw") == 0)) {
+        (strcmp(t->optimizer, "adam") == 0 || strcmp(t->optimizer, "adamw") == 0 ||
+         strcmp(t->optimizer, "adam8bit") == 0)) {
         t->eps = 1e-8f;
     }
     return 0;
@@ -4787,7 +4784,7 @@ const char* train_config_problem(const TrainConfig* t) {
         const char* lean = strcmp(t->optimizer, "sgd") == 0 ? "--optimizer sgd's momentum"
                          : strstr(t->optimizer, "adafactor") != NULL ? "Adafactor's statistics (--optimizer *adafactor)"
                          : optimizer_name_per_layer(t->optimizer) ? "per-layer updates (--optimizer *_per_layer)"
-                         : optimizer_name_8bit(t->optimizer) ? "8-bit states (--optimizer *8bit)"
+                         : strstr(t->optimizer, "8bit") != NULL ? "8-bit states (--optimizer *8bit)"
                          : strcmp(t->subspace_dtype, "bfloat16") == 0 ? "bf16 subspaces (--subspace_dtype bfloat16)"
                          : !t->master_weights && strcmp(t->dtype, "bfloat16") == 0 ? "bf16-only weights "
                            "(--master_weights 0 with --dtype bfloat16)" : NULL;
@@ -4809,17 +4806,10 @@ const char* train_config_problem(const TrainConfig* t) {
     // with a token budget the steps are known once T is (train_config_token_budget checks the schedule then)
     const char* schedule = t->max_train_tokens[0] == '\0' ? schedule_problem(t, msg, sizeof msg) : NULL;
     if (schedule != NULL) { return schedule; }
-    for (size_t i = 0; i < sizeof AUTHORS_OPTIMIZERS_NOT_YET / sizeof AUTHORS_OPTIMIZERS_NOT_YET[0]; i++) {
-        if (strcmp(t->optimizer, AUTHORS_OPTIMIZERS_NOT_YET[i]) == 0) {
-            snprintf(msg, sizeof msg, "--optimizer %s (one of the authors') is not implemented yet; "
-                     "use adamw or low_rank_adamw", t->optimizer);
-            return msg;
-        }
-    }
     if (strcmp(t->optimizer, "adamw") != 0 && !optimizer_name_low_rank(t->optimizer) &&
         strcmp(t->optimizer, "adam") != 0 && strcmp(t->optimizer, "sgd") != 0 &&
-        strcmp(t->optimizer, "adafactor") != 0) {
-        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, sgd, adafactor, low_rank_adamw, "
+        strcmp(t->optimizer, "adafactor") != 0 && strcmp(t->optimizer, "adam8bit") != 0) {
+        snprintf(msg, sizeof msg, "--optimizer '%s' is not adamw, adam, adam8bit, sgd, adafactor, low_rank_adamw, "
                  "low_rank_adamw_per_layer, low_rank_adamw8bit, low_rank_adamw8bit_per_layer or low_rank_adafactor",
                  t->optimizer);
         return msg;
@@ -4882,7 +4872,8 @@ const char* train_config_problem(const TrainConfig* t) {
                  t->st_subspace_coef);
         return msg;
     }
-    if (strstr(t->optimizer, "adafactor") != NULL && !t->master_weights && strcmp(t->dtype, "bfloat16") == 0) {
+    if ((strstr(t->optimizer, "adafactor") != NULL || strcmp(t->optimizer, "adam8bit") == 0) && !t->master_weights &&
+        strcmp(t->dtype, "bfloat16") == 0) {
         snprintf(msg, sizeof msg, "--optimizer %s with bf16-only weights (--master_weights 0 --dtype bfloat16) "
                  "is not built yet (each weight's update needs it whole in fp32); keep the masters (drop "
                  "--master_weights 0) or use --dtype float32", t->optimizer);
@@ -5748,12 +5739,14 @@ HOST_DEVICE static inline uint8_t quant8_code(const float* map, float x, float m
     return quant8_nearest(map, isinf(inv) ? x / m : x * inv);
 }
 
-void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
-    size_t num_blocks = quant8_num_blocks(n);
+// the same in blocks of `block` values (--optimizer adam8bit: ADAM8BIT_BLOCK, bitsandbytes' optimizers')
+void quantize_blockwise_sized(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map,
+                              size_t block) {
+    size_t num_blocks = n / block + (n % block != 0);
     #pragma omp parallel for schedule(static)
     for (size_t b = 0; b < num_blocks; b++) {
-        size_t start = b * QUANT8_BLOCK;
-        size_t end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
+        size_t start = b * block;
+        size_t end = start + block < n ? start + block : n;
         // the largest |x| as the largest bit pattern of |x|: the same order
         // for numbers, and a NaN (above inf) wins, so the block turns NaN.
         // order-free, so the GPU's parallel reduction gives the same bits
@@ -5772,16 +5765,94 @@ void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, size_t n,
     }
 }
 
+void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
+    quantize_blockwise_sized(codes, absmax, x, n, map, QUANT8_BLOCK);
+}
+
 // codes (n), absmax (quant8_num_blocks(n)), map (256) -> x (n): map[code] * absmax
-void dequantize_blockwise(float* x, const uint8_t* codes, const float* absmax, size_t n, const float* map) {
-    size_t num_blocks = quant8_num_blocks(n);
+void dequantize_blockwise_sized(float* x, const uint8_t* codes, const float* absmax, size_t n, const float* map,
+                                size_t block) {
     #pragma omp parallel for schedule(static)
-    for (size_t b = 0; b < num_blocks; b++) {
-        size_t start = b * QUANT8_BLOCK;
-        size_t end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
-        for (size_t i = start; i < end; i++) { x[i] = map[codes[i]] * absmax[b]; }
+    for (size_t i = 0; i < n; i++) { x[i] = map[codes[i]] * absmax[i / block]; }
+}
+
+void dequantize_blockwise(float* x, const uint8_t* codes, const float* absmax, size_t n, const float* map) {
+    dequantize_blockwise_sized(x, codes, absmax, n, map, QUANT8_BLOCK);
+}
+
+// ---- --optimizer adam8bit: bitsandbytes' Adam8bit (bnb.optim.Adam8bit, as the
+// authors' torchrun_main.py builds it: betas 0.9 0.999 there, eps 1e-8, their
+// weight decay), on the 8-bit state code above. as bnb's Optimizer2State: a
+// weight of fewer than ADAM8BIT_MIN_SIZE values (a tensor's one layer: a bnb
+// parameter) keeps fp32 moments, every other one 8-bit moments in blocks of
+// ADAM8BIT_BLOCK values, M on the signed dynamic map and V on the unsigned one.
+// each step dequantizes the moments, updates them in fp32 and quantizes them
+// again. the update is bnb's pure-PyTorch reference for the step
+// (optimizer_update_8bit_blockwise_pytorch, bnb 0.49), in its order, with t the
+// steps already taken:
+//   M = b1 M + (1 - b1) G ;  V = b2 V + (1 - b2) G^2
+//   d = sqrt(V) / sqrt(1 - b2^(t+1)) + eps
+//   W = W (1 - lr wd) ;  W = W + (-lr / (1 - b1^(t+1))) M / d
+// (decoupled decay first: bnb's Adam with weight decay is AdamW). the constants
+// are rounded to fp32 once, as torch rounds its Python scalars
+#define ADAM8BIT_BLOCK 256
+#define ADAM8BIT_MIN_SIZE 4096
+#define ADAM8BIT_CHUNK ((size_t)ADAM8BIT_BLOCK * 256)   // values dequantized at a time: whole blocks
+
+typedef struct { float b1, a1, b2, a2, sqrt_c2, eps, keep, value; } Adam8bitStep;
+
+static inline Adam8bitStep adam8bit_constants(int t, float lr, float beta1, float beta2, float eps, float wd) {
+    Adam8bitStep c;
+    c.b1 = beta1;
+    c.a1 = (float)(1.0 - (double)beta1);
+    c.b2 = beta2;
+    c.a2 = (float)(1.0 - (double)beta2);
+    c.sqrt_c2 = (float)sqrt(1.0 - pow((double)beta2, t + 1));
+    c.eps = eps;
+    c.keep = wd > 0.0f ? (float)(1.0 - (double)lr * wd) : 1.0f;
+    c.value = (float)(-(double)lr / (1.0 - pow((double)beta1, t + 1)));
+    return c;
+}
+
+// one element: M, V updated in place; returns the new weight
+HOST_DEVICE static inline float adam8bit_element(float w, float* m, float* v, float g, const Adam8bitStep* c) {
+    float mm = *m * c->b1 + c->a1 * g;
+    float vv = *v * c->b2 + c->a2 * g * g;
+    *m = mm;
+    *v = vv;
+    float d = sqrtf(vv) / c->sqrt_c2 + c->eps;
+    return w * c->keep + c->value * mm / d;
+}
+
+// a weight with fp32 moments: W, M, V, G (n)
+void adam8bit_update(float* W, float* M, float* V, const float* G, size_t n, int t, float lr, float beta1,
+                     float beta2, float eps, float weight_decay) {
+    Adam8bitStep c = adam8bit_constants(t, lr, beta1, beta2, eps, weight_decay);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) { W[i] = adam8bit_element(W[i], M + i, V + i, G[i], &c); }
+}
+
+// a weight with 8-bit moments: codes (n) and absmax (ceil(n / ADAM8BIT_BLOCK)) of M and of V, maps [0]
+// signed and [1] unsigned, scratch (2 chunk) with chunk a multiple of ADAM8BIT_BLOCK. on return scratch
+// holds the fp32 M then V of the last chunk (as they were quantized)
+void adam8bit_update_q8(float* W, uint8_t* codes_m, float* absmax_m, uint8_t* codes_v, float* absmax_v,
+                        const float* G, size_t n, int t, float lr, float beta1, float beta2, float eps,
+                        float weight_decay, const float (*maps)[QUANT8_MAP_SIZE], float* scratch, size_t chunk) {
+    float* Mq = scratch;
+    float* Vq = scratch + chunk;
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t len = n - off < chunk ? n - off : chunk, b = off / ADAM8BIT_BLOCK;
+        dequantize_blockwise_sized(Mq, codes_m + off, absmax_m + b, len, maps[0], ADAM8BIT_BLOCK);
+        dequantize_blockwise_sized(Vq, codes_v + off, absmax_v + b, len, maps[1], ADAM8BIT_BLOCK);
+        adam8bit_update(W + off, Mq, Vq, G + off, len, t, lr, beta1, beta2, eps, weight_decay);
+        quantize_blockwise_sized(codes_m + off, absmax_m + b, Mq, len, maps[0], ADAM8BIT_BLOCK);
+        quantize_blockwise_sized(codes_v + off, absmax_v + b, Vq, len, maps[1], ADAM8BIT_BLOCK);
     }
 }
+
+// 1 when one layer of s keeps 8-bit moments under adam8bit; its blocks
+static inline int adam8bit_q8(const TensorSpec* s) { return (size_t)s->rows * s->cols >= ADAM8BIT_MIN_SIZE; }
+static inline size_t adam8bit_blocks(size_t n) { return n / ADAM8BIT_BLOCK + (n % ADAM8BIT_BLOCK != 0); }
 
 // ----------------------------------------------------------------------------
 // the optimizer over the whole model
@@ -5819,6 +5890,8 @@ typedef struct {
     // updates it in fp32 and quantizes it back, AdamW tensors in chunks of
     // q8_chunk (a multiple of QUANT8_BLOCK, so the blocks are the same)
     int q8;
+    int adam8bit;             // --optimizer adam8bit: every weight's moments in q8 slots (adam8bit_q8), or in
+                              //   adam_m and adam_v when it is small; blocks of ADAM8BIT_BLOCK, q8 stays 0
     uint8_t* q8_codes;        // (q8_bytes)
     size_t q8_bytes;
     float* q8_absmax;         // (q8_blocks)
@@ -5838,6 +5911,16 @@ typedef struct {
 
 static int optimizer_uses_lowrank(const Optimizer* o, const TensorSpec* s) {
     return o->low_rank && s->is_layer_matrix;
+}
+
+// 8-bit state sections (q8_codes, q8_absmax): low-rank 8-bit states or adam8bit
+static int optimizer_has_q8(const Optimizer* o) { return o->q8 || o->adam8bit; }
+
+// where layer l's 8-bit M of tensor i starts (its V follows, n codes later): the
+// tensor's slots are its layers' M then V, one after another, as optimizer_q8_slot
+static void adam8bit_slot(const Optimizer* o, int i, int l, size_t n, size_t* code, size_t* block) {
+    *code = o->q8_code_at[i] + (size_t)l * 2 * n;
+    *block = o->q8_block_at[i] + (size_t)l * 2 * adam8bit_blocks(n);
 }
 
 // the layout of the low-rank states (lowrank_state_layout)
@@ -5869,6 +5952,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     o->low_rank = optimizer_name_low_rank(t->optimizer);
     o->per_layer = optimizer_name_per_layer(t->optimizer);
     o->q8 = optimizer_name_8bit(t->optimizer);
+    o->adam8bit = strcmp(t->optimizer, "adam8bit") == 0;
     o->master_weights = t->master_weights;
     o->subspace_bf16 = strcmp(t->subspace_dtype, "bfloat16") == 0;
     o->seed = (uint64_t)t->seed;
@@ -5896,7 +5980,10 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
         o->q8_block_at[i] = o->q8_blocks;
         if (!optimizer_uses_lowrank(o, &spec[i])) {
             size_t n = tensor_numel(&spec[i]);
-            if (optimizer_adamw_q8(o, &spec[i])) {
+            if (o->adam8bit && adam8bit_q8(&spec[i])) {
+                o->q8_bytes += 2 * n;
+                o->q8_blocks += (size_t)spec[i].layers * 2 * adam8bit_blocks((size_t)spec[i].rows * spec[i].cols);
+            } else if (optimizer_adamw_q8(o, &spec[i])) {
                 o->q8_bytes += 2 * n;
                 o->q8_blocks += 2 * quant8_num_blocks(n);
             } else if (o->adafactor) {
@@ -5932,6 +6019,11 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     if (o->q8) {
         // a whole low-rank moment, and AdamW in chunks of at least one block
         o->q8_chunk = quant8_num_blocks(most_moment > QUANT8_BLOCK ? most_moment : QUANT8_BLOCK) * QUANT8_BLOCK;
+        quant8_dynamic_map(o->q8_map[0], 1);
+        quant8_dynamic_map(o->q8_map[1], 0);
+    }
+    if (o->adam8bit) {
+        o->q8_chunk = ADAM8BIT_CHUNK;
         quant8_dynamic_map(o->q8_map[0], 1);
         quant8_dynamic_map(o->q8_map[1], 0);
     }
@@ -6113,7 +6205,7 @@ const char* optimizer_build(Optimizer* o, const LlamaConfig* c, const TrainConfi
     o->lowrank = (LowRankState*)calloc_check((size_t)o->num_lowrank * sizeof(LowRankState), "low-rank states");
     o->lowrank_memory = (float*)calloc_check(o->lowrank_floats * sizeof(float), "low-rank state memory");
     o->scratch = (float*)malloc_check(o->scratch_floats * sizeof(float), "optimizer scratch");
-    if (o->q8) {
+    if (optimizer_has_q8(o)) {
         // all-zero blocks (absmax 0, codes 0) dequantize to zero moments
         o->q8_codes = (uint8_t*)calloc_check(o->q8_bytes, "8-bit optimizer states");
         o->q8_absmax = (float*)calloc_check(o->q8_blocks * sizeof(float), "8-bit state scales");
@@ -6189,7 +6281,27 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
         float* Mq = o->q8 ? o->q8_scratch : NULL;               // the dequantized moments (8-bit states)
         float* Vq = o->q8 ? o->q8_scratch + o->q8_chunk : NULL;
         if (!optimizer_uses_lowrank(o, &spec[i])) {
-            if (optimizer_adamw_q8(o, &spec[i])) {
+            if (o->adam8bit) {
+                // each layer a bnb parameter: 8-bit moments, or fp32 ones when it is small
+                size_t per = (size_t)spec[i].rows * spec[i].cols;
+                for (int l = 0; l < spec[i].layers; l++) {
+                    float* W = params[i] + l * per;
+                    if (adam8bit_q8(&spec[i])) {
+                        size_t code, block;
+                        adam8bit_slot(o, i, l, per, &code, &block);
+                        adam8bit_update_q8(W, o->q8_codes + code, o->q8_absmax + block, o->q8_codes + code + per,
+                                           o->q8_absmax + block + adam8bit_blocks(per), grads[i] + l * per, per,
+                                           o->step, lr, o->beta1, o->beta2, o->eps, o->weight_decay,
+                                           (const float (*)[QUANT8_MAP_SIZE])o->q8_map, o->q8_scratch,
+                                           o->q8_chunk);
+                    } else {
+                        adam8bit_update(W, o->adam_m + adam_off + l * per, o->adam_v + adam_off + l * per,
+                                        grads[i] + l * per, per, o->step, lr, o->beta1, o->beta2, o->eps,
+                                        o->weight_decay);
+                    }
+                }
+                adam_off += adam8bit_q8(&spec[i]) ? 0 : n;
+            } else if (optimizer_adamw_q8(o, &spec[i])) {
                 // 8-bit moments, dequantized a chunk at a time (whole blocks)
                 size_t code, block;
                 optimizer_q8_slot(o, i, 0, n, &code, &block);
@@ -6474,7 +6586,7 @@ static void checkpoint_header(int64_t h[CHECKPOINT_HEADER_INTS], const TrainStat
     uint32_t bits;
     memcpy(&bits, &c->norm_eps, 4); h[8] = bits;
     memcpy(&bits, &c->rope_theta, 4); h[9] = bits;
-    h[10] = s->opt->adafactor ? (s->opt->low_rank ? 4 : 3) : s->opt->sgd ? 2 : s->opt->low_rank;
+    h[10] = s->opt->adam8bit ? 5 : s->opt->adafactor ? (s->opt->low_rank ? 4 : 3) : s->opt->sgd ? 2 : s->opt->low_rank;
     h[11] = s->opt->cfg.method;
     h[12] = s->opt->low_rank ? s->opt->cfg.rank : 0;
     h[13] = s->opt->step;
@@ -6521,7 +6633,7 @@ static void checkpoint_write(CheckpointStream* w, const void* data, size_t bytes
 // the 8-bit states after the float body, each zero-padded to 8 bytes
 static void checkpoint_write_q8(CheckpointStream* w, const Optimizer* o) {
     static const unsigned char zeros[8] = {0};
-    if (!o->q8) { return; }
+    if (!optimizer_has_q8(o)) { return; }
     checkpoint_write(w, o->q8_codes, o->q8_bytes);
     checkpoint_write(w, zeros, padded8(o->q8_bytes) - o->q8_bytes);
     checkpoint_write(w, o->q8_absmax, o->q8_blocks * sizeof(float));
@@ -7070,7 +7182,7 @@ static int checkpoint_read_body(TrainState* s, const char* path, const int64_t h
     checkpoint_read(&r, o->adam_m, o->num_adam * sizeof(float));
     checkpoint_read(&r, o->adam_v, o->num_adam_v * sizeof(float));
     checkpoint_read(&r, o->lowrank_memory, o->lowrank_floats * sizeof(float));
-    if (o->q8) {
+    if (optimizer_has_q8(o)) {
         char q8pad[8];
         checkpoint_read(&r, o->q8_codes, o->q8_bytes);
         checkpoint_read(&r, q8pad, padded8(o->q8_bytes) - o->q8_bytes);
@@ -7194,7 +7306,7 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
     if (h[14] <= 0 || h[14] > max_floats || h[15] < 0 || h[15] > max_floats || h[16] < 0 || h[16] > max_floats ||
         h[30] < 0 || h[30] > max_floats || (h[10] < 3 && h[30] != 0) ||
         q8_extra < 0 || body < 0 || fstat(fileno(f), &st) != 0 ||
-        h[10] < 0 || h[10] > 4 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
+        h[10] < 0 || h[10] > 5 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
         snprintf(err, errlen, "%s: its length is not what the header says; the file is corrupt", path);
         fclose(f);
         return 1;

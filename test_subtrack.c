@@ -4022,6 +4022,7 @@ static void test_trainer(void) {
     test_trainer_resume(dir, "--optimizer low_rank_adafactor --weight_decay 0.1", "low_rank_adafactor");
     test_trainer_resume(dir, "--optimizer low_rank_adafactor --subspace_update_method galore --beta1 0",
                         "low_rank_adafactor_galore");
+    test_trainer_resume(dir, "--optimizer adam8bit --weight_decay 0.1", "adam8bit");
     test_trainer_proj_type(dir);
     test_svd_randomized_trainer(dir, "");
     {
@@ -4901,7 +4902,7 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
     if (!((bl > 4 && strcmp(bin + bl - 4, "_emu") == 0) || (bl > 5 && strcmp(bin + bl - 5, "_race") == 0))) {
         return;
     }
-    const char* sets[12] = {
+    const char* sets[13] = {
         "",                                                        // bf16 activations, SubTrack++
         " --dtype float32 --optimizer adamw --batch_size 3 --total_batch_size 6",
         " --activation_checkpointing --subspace_update_method galore --rank 6 --max_length 24 --subspace_dtype bf16",
@@ -4915,9 +4916,10 @@ static void test_trainer_gpu_memory(const char* dir, const char* bin) {
         " --subspace_update_method galore --svd randomized --rand_proj --rand_ratio 0",   // GoLore in the chunks
         " --optimizer adafactor --beta1 0",                         // Adafactor's statistics, no first moment
         " --optimizer low_rank_adafactor --subspace_dtype bf16",    // in the subspace: S | M | statistics
+        " --optimizer adam8bit",                                    // 8-bit moments in blocks of 256, fp32 below 4096
     };
-    size_t planned[12] = {0};
-    for (int i = 0; i < 12; i++) {
+    size_t planned[13] = {0};
+    for (int i = 0; i < 13; i++) {
         snprintf(args, sizeof args, TRAINER_FAST " --num_training_steps 2 --eval_every 1 --sample_every 2 "
                  "--gen_tokens 4 --save_dir %s/plan_%d%s", dir, i, sets[i]);
         char plan_args[2100];
@@ -5736,6 +5738,7 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--optimizer low_rank_adafactor --weight_decay 0.1", "low_rank_adafactor");
     test_trainer_resume(dir, "--optimizer low_rank_adafactor --subspace_update_method galore --beta1 0 "
                         "--subspace_dtype bfloat16", "low_rank_adafactor_galore_s16");
+    test_trainer_resume(dir, "--optimizer adam8bit --weight_decay 0.1", "adam8bit");
     test_trainer_proj_type(dir);
     test_svd_randomized_trainer(dir, "");
     test_trainer_gpu_memory(dir, bin);

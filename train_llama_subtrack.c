@@ -7300,11 +7300,12 @@ int checkpoint_load_params(const char* path, Llama* model, char* err, size_t err
                      ? (int64_t)(padded8((size_t)h[25]) + padded8(4 * (size_t)h[26])) : -1;
     // the moments' floats: two of num_adam, one (--optimizer sgd), or (low-rank) adafactor's first moment and
     // statistics of the tensors that are not low-rank
-    int64_t moments = h[10] == 2 ? h[15] : h[10] >= 3 ? h[15] + h[30] : 2 * h[15];
+    int adafactor = h[10] == 3 || h[10] == 4;
+    int64_t moments = h[10] == 2 ? h[15] : adafactor ? h[15] + h[30] : 2 * h[15];
     int64_t body = manifest ? (h[28] > 0 && h[28] <= ((int64_t)1 << 24) ? 8 * CHECKPOINT_PIECE_INTS * h[28] : -1)
                             : 4 * (h[14] + moments + h[16]) + q8_extra;
     if (h[14] <= 0 || h[14] > max_floats || h[15] < 0 || h[15] > max_floats || h[16] < 0 || h[16] > max_floats ||
-        h[30] < 0 || h[30] > max_floats || (h[10] < 3 && h[30] != 0) ||
+        h[30] < 0 || h[30] > max_floats || (!adafactor && h[30] != 0) ||
         q8_extra < 0 || body < 0 || fstat(fileno(f), &st) != 0 ||
         h[10] < 0 || h[10] > 5 || (int64_t)st.st_size != (int64_t)(sizeof h + padded8((size_t)h[24])) + body + 16) {
         snprintf(err, errlen, "%s: its length is not what the header says; the file is corrupt", path);

@@ -3293,11 +3293,11 @@ void bf16_widen_array(float* out, const bf16* x, size_t n) {
 #define QUANT8_THREADS 256
 
 __global__ void __launch_bounds__(QUANT8_THREADS)
-quantize_blockwise_kernel(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
+quantize_blockwise_kernel(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map, size_t block) {
     __shared__ float smap[QUANT8_MAP_SIZE];
     __shared__ uint32_t smax[QUANT8_THREADS / WARP_SIZE];
-    size_t start = (size_t)blockIdx.x * QUANT8_BLOCK;
-    size_t end = start + QUANT8_BLOCK < n ? start + QUANT8_BLOCK : n;
+    size_t start = (size_t)blockIdx.x * block;
+    size_t end = start + block < n ? start + block : n;
     for (int i = threadIdx.x; i < QUANT8_MAP_SIZE; i += blockDim.x) { smap[i] = map[i]; }
     uint32_t mbits = 0;
     for (size_t i = start + threadIdx.x; i < end; i += blockDim.x) {
@@ -3320,22 +3320,64 @@ quantize_blockwise_kernel(uint8_t* codes, float* absmax, const float* x, size_t 
 }
 
 __global__ void dequantize_blockwise_kernel(float* x, const uint8_t* codes, const float* absmax, size_t n,
-                                            const float* map) {
+                                            const float* map, size_t block) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { x[i] = map[codes[i]] * absmax[i / QUANT8_BLOCK]; }
+    if (i < n) { x[i] = map[codes[i]] * absmax[i / block]; }
 }
 
-// the CPU's twins: codes (n), absmax (ceil(n / QUANT8_BLOCK)), x (n), map (256), all device memory
-void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
+// the CPU's twins: codes (n), absmax (ceil(n / block)), x (n), map (256), all device memory
+void quantize_blockwise_sized(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map,
+                              size_t block) {
     if (n == 0) { return; }
-    quantize_blockwise_kernel<<<(unsigned)cpu::quant8_num_blocks(n), QUANT8_THREADS>>>(codes, absmax, x, n, map);
+    unsigned blocks = (unsigned)(n / block + (n % block != 0));
+    quantize_blockwise_kernel<<<blocks, QUANT8_THREADS>>>(codes, absmax, x, n, map, block);
+    cudaCheck(cudaGetLastError());
+}
+
+void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, size_t n, const float* map) {
+    quantize_blockwise_sized(codes, absmax, x, n, map, QUANT8_BLOCK);
+}
+
+void dequantize_blockwise_sized(float* x, const uint8_t* codes, const float* absmax, size_t n, const float* map,
+                                size_t block) {
+    if (n == 0) { return; }
+    dequantize_blockwise_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(x, codes, absmax, n, map, block);
     cudaCheck(cudaGetLastError());
 }
 
 void dequantize_blockwise(float* x, const uint8_t* codes, const float* absmax, size_t n, const float* map) {
+    dequantize_blockwise_sized(x, codes, absmax, n, map, QUANT8_BLOCK);
+}
+
+// ---- --optimizer adam8bit: the CPU's adam8bit_update and adam8bit_update_q8 on device
+
+__global__ void adam8bit_kernel(float* W, float* M, float* V, const float* G, size_t n, cpu::Adam8bitStep c) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { W[i] = cpu::adam8bit_element(W[i], M + i, V + i, G[i], &c); }
+}
+
+void adam8bit_update(float* W, float* M, float* V, const float* G, size_t n, int t, float lr, float beta1,
+                     float beta2, float eps, float weight_decay) {
     if (n == 0) { return; }
-    dequantize_blockwise_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(x, codes, absmax, n, map);
+    cpu::Adam8bitStep c = cpu::adam8bit_constants(t, lr, beta1, beta2, eps, weight_decay);
+    adam8bit_kernel<<<optim_blocks(n, OPTIM_BLOCK), OPTIM_BLOCK>>>(W, M, V, G, n, c);
     cudaCheck(cudaGetLastError());
+}
+
+// maps: device (2, 256), signed then unsigned; scratch: device (2 chunk)
+void adam8bit_update_q8(float* W, uint8_t* codes_m, float* absmax_m, uint8_t* codes_v, float* absmax_v,
+                        const float* G, size_t n, int t, float lr, float beta1, float beta2, float eps,
+                        float weight_decay, const float* maps, float* scratch, size_t chunk) {
+    float* Mq = scratch;
+    float* Vq = scratch + chunk;
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t len = n - off < chunk ? n - off : chunk, b = off / ADAM8BIT_BLOCK;
+        dequantize_blockwise_sized(Mq, codes_m + off, absmax_m + b, len, maps, ADAM8BIT_BLOCK);
+        dequantize_blockwise_sized(Vq, codes_v + off, absmax_v + b, len, maps + QUANT8_MAP_SIZE, ADAM8BIT_BLOCK);
+        adam8bit_update(W + off, Mq, Vq, G + off, len, t, lr, beta1, beta2, eps, weight_decay);
+        quantize_blockwise_sized(codes_m + off, absmax_m + b, Mq, len, maps, ADAM8BIT_BLOCK);
+        quantize_blockwise_sized(codes_v + off, absmax_v + b, Vq, len, maps + QUANT8_MAP_SIZE, ADAM8BIT_BLOCK);
+    }
 }
 
 // ---- SubTrack++: the geodesic step's small kernels
@@ -5933,11 +5975,13 @@ const char* optimizer_build_sharded(Optimizer* o, const cpu::LlamaConfig* c, con
         } else if (o->host.adafactor) {   // the CPU's layout (cpu::optimizer_step)
             adam += o->host.num_adam > 0 ? cpu::tensor_numel(&spec[i]) : 0;
             stats += (size_t)spec[i].layers * cpu::adafactor_stats_floats(spec[i].rows, spec[i].cols);
+        } else if (o->host.adam8bit) {   // the CPU's layout: fp32 moments for the small ones only
+            adam += cpu::adam8bit_q8(&spec[i]) ? 0 : cpu::tensor_numel(&spec[i]);
         } else if (!cpu::optimizer_adamw_q8(&o->host, &spec[i])) {
             adam += cpu::tensor_numel(&spec[i]);
         }
     }
-    if (o->host.q8) {
+    if (cpu::optimizer_has_q8(&o->host)) {
         cpu::Optimizer* h = &o->host;
         o->q8_codes = (uint8_t*)device_malloc(h->q8_bytes, "8-bit optimizer states");
         o->q8_absmax = (float*)device_malloc(h->q8_blocks * sizeof(float), "8-bit state scales");
@@ -6011,7 +6055,7 @@ void optimizer_free(Optimizer* o) {
         free(o->subspace_host);
     }
     if (o->staging != NULL) { cuda_check(cudaFree(o->staging)); }
-    if (o->host.q8) {
+    if (cpu::optimizer_has_q8(&o->host)) {
         cuda_check(cudaFree(o->q8_codes));
         cuda_check(cudaFree(o->q8_absmax));
         cuda_check(cudaFree(o->q8_maps));
@@ -6116,7 +6160,7 @@ void optimizer_download(Optimizer* o) {
         cuda_check(cudaMemcpy(h->adam_v, o->adam_v, h->num_adam_v * sizeof(float), cudaMemcpyDeviceToHost));
     }
     optimizer_lowrank_copy(o, 1);
-    if (h->q8) {
+    if (cpu::optimizer_has_q8(h)) {
         cuda_check(cudaMemcpy(h->q8_codes, o->q8_codes, h->q8_bytes, cudaMemcpyDeviceToHost));
         cuda_check(cudaMemcpy(h->q8_absmax, o->q8_absmax, h->q8_blocks * sizeof(float), cudaMemcpyDeviceToHost));
     }
@@ -6132,7 +6176,7 @@ void optimizer_upload(Optimizer* o) {
         cuda_check(cudaMemcpy(o->adam_v, h->adam_v, h->num_adam_v * sizeof(float), cudaMemcpyHostToDevice));
     }
     optimizer_lowrank_copy(o, 0);
-    if (h->q8) {
+    if (cpu::optimizer_has_q8(h)) {
         cuda_check(cudaMemcpy(o->q8_codes, h->q8_codes, h->q8_bytes, cudaMemcpyHostToDevice));
         cuda_check(cudaMemcpy(o->q8_absmax, h->q8_absmax, h->q8_blocks * sizeof(float), cudaMemcpyHostToDevice));
     }
@@ -6156,6 +6200,27 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
     int bf16_only = model->params_memory == NULL;
     uint64_t seed = h->seed, t = (uint64_t)h->step;
     if (!cpu::optimizer_uses_lowrank(h, &spec[i])) {
+        if (h->adam8bit) {
+            // each layer a bnb parameter, as on the CPU (bf16-only weights are refused with it)
+            for (int ll = l < 0 ? 0 : l; ll < (l < 0 ? spec[i].layers : l + 1); ll++) {
+                float* W = params[i] + (size_t)ll * per;
+                const float* Gl = G + (size_t)(ll - (l < 0 ? 0 : l)) * per;
+                if (cpu::adam8bit_q8(&spec[i])) {
+                    size_t code, block;
+                    cpu::adam8bit_slot(h, i, ll, per, &code, &block);
+                    adam8bit_update_q8(W, o->q8_codes + code, o->q8_absmax + block, o->q8_codes + code + per,
+                                       o->q8_absmax + block + cpu::adam8bit_blocks(per), Gl, per, h->step, lr,
+                                       h->beta1, h->beta2, h->eps, h->weight_decay, o->q8_maps, o->q8_scratch,
+                                       h->q8_chunk);
+                } else {
+                    size_t a = o->adam_offset[i] + (size_t)ll * per;
+                    adam8bit_update(W, o->adam_m + a, o->adam_v + a, Gl, per, h->step, lr, h->beta1, h->beta2,
+                                    h->eps, h->weight_decay);
+                }
+            }
+            if (!h->master_weights) { bf16_round_stochastic_array(Wp, n, seed, t, first); }
+            return;
+        }
         if (h->q8 && cpu::optimizer_adamw_q8(h, &spec[i])) {
             // 8-bit moments, a chunk of whole blocks at a time, as on the CPU;
             // a unit is a whole tensor or its layer l (per-layer updates)
@@ -6661,12 +6726,13 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
                         (size_t)o.num_lowrank * sizeof(uint64_t), "whole run");
         }
     }
-    if (o.q8) {
+    if (cpu::optimizer_has_q8(&o)) {
         plan_buffer(p, "8-bit states: codes", "M, V: 1 byte each", o.q8_bytes, "whole run");
-        plan_buffer(p, "8-bit states: block scales", "per 2048 codes f32", o.q8_blocks * sizeof(float), "whole run");
+        plan_buffer(p, "8-bit states: block scales", o.adam8bit ? "per 256 codes f32" : "per 2048 codes f32",
+                    o.q8_blocks * sizeof(float), "whole run");
         plan_buffer(p, "8-bit maps", "(2, 256) f32", 2 * QUANT8_MAP_SIZE * sizeof(float), "whole run");
-        plan_buffer(p, "8-bit states: dequantized M, V", "2 x largest moment", 2 * o.q8_chunk * sizeof(float),
-                    "one matrix");
+        plan_buffer(p, "8-bit states: dequantized M, V", o.adam8bit ? "2 x chunk of 65536" : "2 x largest moment",
+                    2 * o.q8_chunk * sizeof(float), "one matrix");
     }
     size_t staging = optimizer_staging_floats(c, t);
     if (staging > 0) { plan_buffer(p, "bf16 weights' update staging", "largest matrix", staging * sizeof(float), "one matrix"); }

@@ -54,7 +54,7 @@ FLOAT_BYTES = 4
 H_MAGIC, H_VERSION, H_V, H_C, H_F, H_NH, H_L, H_MAX_SEQ_LEN = range(8)
 H_NORM_EPS_BITS, H_ROPE_THETA_BITS = 8, 9        # float32 bits
 H_LOW_RANK, H_METHOD, H_RANK, H_STEP = 10, 11, 12, 13   # optimizer: 0 adamw/adam, 1 low_rank_adamw, 2 sgd, 3 adafactor,
-                                                  # 4 low_rank_adafactor
+                                                  # 4 low_rank_adafactor, 5 adam8bit
 H_NUM_PARAMS, H_NUM_ADAM, H_LOWRANK_FLOATS = 14, 15, 16
 H_Q8_BYTES, H_Q8_BLOCKS = 25, 26                  # 8-bit optimizer states: codes, then float32 block scales
 H_ADAFACTOR_STATS = 30                            # --optimizer adafactor: floats of its statistics
@@ -180,7 +180,8 @@ def read_checkpoint_header(path):
     return dict(path=path, shards=shards, V=V, C=C, F=F, NH=NH, L=L, max_seq_len=max_seq_len, norm_eps=norm_eps,
                 params_offset=params_offset, settings=settings, crc_checked=crc_checked,
                 rope_theta=rope_theta, num_params=num_params, step=int(h[H_STEP]),
-                optimizer={0: "adamw", 1: "low_rank_adamw", 2: "sgd", 3: "adafactor", 4: "low_rank_adafactor"}.get(int(h[H_LOW_RANK]), "?"),
+                optimizer={0: "adamw", 1: "low_rank_adamw", 2: "sgd", 3: "adafactor", 4: "low_rank_adafactor",
+                           5: "adam8bit"}.get(int(h[H_LOW_RANK]), "?"),
                 method="subtrack" if h[H_METHOD] else "galore", rank=int(h[H_RANK]), table=table)
 
 

@@ -1705,6 +1705,74 @@ static void test_quantize_blockwise(void) {
     free(x); free(codes); free(gcodes); free(absmax); free(gabs); free(y); free(gy);
 }
 
+// --optimizer adam8bit: the GPU's adam8bit_update_q8 against the CPU's, 4 steps on
+// one weight of 4 chunks and a short last block (4 x 65536 + 300 values, whose
+// first block keeps a zero gradient), with decay, and adam8bit_update on fp32
+// moments. no tolerance: the same operations on the same floats, codes, scales
+// and weights bit for bit
+static void test_adam8bit(void) {
+    const size_t n = 4 * ADAM8BIT_CHUNK + 300, nb = cpu::adam8bit_blocks(n);
+    float maps[2][QUANT8_MAP_SIZE];
+    cpu::quant8_dynamic_map(maps[0], 1);
+    cpu::quant8_dynamic_map(maps[1], 0);
+    float* W = (float*)cpu::malloc_check(n * sizeof(float), "W");
+    float* G = (float*)cpu::malloc_check(n * sizeof(float), "G");
+    uint8_t* codes = (uint8_t*)cpu::calloc_check(2 * n, "codes");
+    float* absmax = (float*)cpu::calloc_check(2 * nb * sizeof(float), "absmax");
+    float* M = (float*)cpu::calloc_check(n * sizeof(float), "M");
+    float* V = (float*)cpu::calloc_check(n * sizeof(float), "V");
+    float* scratch = (float*)cpu::malloc_check(2 * ADAM8BIT_CHUNK * sizeof(float), "scratch");
+    cpu::Rng rng;
+    cpu::rng_seed(&rng, 8);
+    for (size_t i = 0; i < n; i++) { W[i] = (float)(cpu::rng_uniform(&rng) - 0.5); }
+    float* dW = device_copy(W, n);
+    float* dW32 = device_copy(W, n);
+    float* W32 = (float*)cpu::malloc_check(n * sizeof(float), "W32");
+    memcpy(W32, W, n * sizeof(float));
+    float* dM = device_copy(M, n);
+    float* dV = device_copy(V, n);
+    float* dG = device_copy(G, n);
+    float* dmaps = device_copy(&maps[0][0], 2 * QUANT8_MAP_SIZE);
+    float* dscratch = device_copy(scratch, 2 * ADAM8BIT_CHUNK);
+    uint8_t* dcodes = NULL;
+    float* dabs = device_copy(absmax, 2 * nb);
+    cudaCheck(cudaMalloc((void**)&dcodes, 2 * n));
+    cudaCheck(cudaMemset(dcodes, 0, 2 * n));
+    int same = 1;
+    for (int t = 0; t < 4; t++) {
+        for (size_t i = 0; i < n; i++) {
+            G[i] = i < ADAM8BIT_BLOCK ? 0.0f : (float)((cpu::rng_uniform(&rng) - 0.5) * pow(10.0, -3.0 * (i % 7) / 6.0));
+        }
+        cudaCheck(cudaMemcpy(dG, G, n * sizeof(float), cudaMemcpyHostToDevice));
+        cpu::adam8bit_update_q8(W, codes, absmax, codes + n, absmax + nb, G, n, t, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f,
+                                (const float (*)[QUANT8_MAP_SIZE])maps, scratch, ADAM8BIT_CHUNK);
+        adam8bit_update_q8(dW, dcodes, dabs, dcodes + n, dabs + nb, dG, n, t, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f,
+                           dmaps, dscratch, ADAM8BIT_CHUNK);
+        cpu::adam8bit_update(W32, M, V, G, n, t, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f);
+        adam8bit_update(dW32, dM, dV, dG, n, t, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f);
+        float* gW = (float*)cpu::malloc_check(n * sizeof(float), "gpu W");
+        uint8_t* gcodes = (uint8_t*)cpu::malloc_check(2 * n, "gpu codes");
+        float* gabs = (float*)cpu::malloc_check(2 * nb * sizeof(float), "gpu absmax");
+        host_copy(gW, dW, n);
+        cudaCheck(cudaMemcpy(gcodes, dcodes, 2 * n, cudaMemcpyDeviceToHost));
+        host_copy(gabs, dabs, 2 * nb);
+        same &= memcmp(gW, W, n * sizeof(float)) == 0 && memcmp(gcodes, codes, 2 * n) == 0 &&
+                memcmp(gabs, absmax, 2 * nb * sizeof(float)) == 0;
+        host_copy(gW, dW32, n);
+        same &= memcmp(gW, W32, n * sizeof(float)) == 0;
+        host_copy(gW, dM, n);
+        same &= memcmp(gW, M, n * sizeof(float)) == 0;
+        free(gW); free(gcodes); free(gabs);
+    }
+    check(same && absmax[0] == 0.0f && absmax[nb - 1] > 0.0f,
+          "adam8bit_update_q8 and adam8bit_update: 4 steps of %zu values (4 chunks, a short last block, a zero "
+          "block), the CPU's weights, codes, scales and fp32 moments bit for bit", n);
+    cudaCheck(cudaFree(dW)); cudaCheck(cudaFree(dW32)); cudaCheck(cudaFree(dM)); cudaCheck(cudaFree(dV));
+    cudaCheck(cudaFree(dG)); cudaCheck(cudaFree(dmaps)); cudaCheck(cudaFree(dscratch)); cudaCheck(cudaFree(dcodes));
+    cudaCheck(cudaFree(dabs));
+    free(W); free(G); free(codes); free(absmax); free(M); free(V); free(scratch); free(W32);
+}
+
 // ---- 4c. --svd randomized: the GPU's svd_randomized_top_left_singular_vectors,
 // a batch of RSVD_TWIN_MATRICES matrices of one shape at once (each with its
 // own Omega stream), against the CPU's, matrix by matrix, on G = sum_j (10 - j)
@@ -2304,6 +2372,7 @@ int main(int argc, char** argv) {
     test_stochastic_rounding();
     test_vector_kernels();
     test_quantize_blockwise();
+    test_adam8bit();
     test_lowrank_all(&ctx);
     test_lowrank_fast_products(&ctx);
     test_lowrank_fused();

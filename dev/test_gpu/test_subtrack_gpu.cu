@@ -348,6 +348,7 @@ static const StepSettings STEP_SETTINGS[] = {
     {"adafactor", "adafactor", "subtrack", 0, 0, 1, "std", 0.0f},
     {"low_rank_adafactor", "low_rank_adafactor", "subtrack", 0, 0, 1, "std", 0.0f},
     {"low_rank_adafactor galore right", "low_rank_adafactor", "galore", 0, 0, 1, "right", 0.0f},
+    {"adam8bit", "adam8bit", "subtrack", 0, 0, 1, "std", 0.0f},
 };
 #define NUM_STEP_SETTINGS (int)(sizeof(STEP_SETTINGS) / sizeof(STEP_SETTINGS[0]))
 

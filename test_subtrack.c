@@ -5736,6 +5736,8 @@ static void test_other_trainer(const char* bin) {
     test_trainer_resume(dir, "--optimizer sgd --lr 0.1 --weight_decay 0.1", "sgd");
     test_trainer_resume(dir, "--optimizer adafactor --weight_decay 0.1", "adafactor");
     test_trainer_resume(dir, "--optimizer low_rank_adafactor --weight_decay 0.1", "low_rank_adafactor");
+    test_trainer_resume(dir, "--optimizer low_rank_adafactor --subspace_update_method galore --beta1 0",
+                        "low_rank_adafactor_galore");   // grouped batches whose states have no first moment
     test_trainer_resume(dir, "--optimizer low_rank_adafactor --subspace_update_method galore --beta1 0 "
                         "--subspace_dtype bfloat16", "low_rank_adafactor_galore_s16");
     test_trainer_resume(dir, "--optimizer adam8bit --weight_decay 0.1", "adam8bit");

@@ -5468,7 +5468,7 @@ void lowrank_groups_build(LowRankGroupsGPU* g, LowRankStateGPU* states, int coun
         snprintf(g->names[k], LOWRANK_NAME_BYTES, "low-rank matrix %d", k);
         if (taken[k]) { continue; }
         const LowRankStateGPU* s = &states[k];
-        if (s->S == NULL || s->M == NULL) {
+        if (s->S == NULL || s->V == NULL) {   // (M is NULL with Adafactor's states and no first moment)
             cpu::fatal("lowrank_groups_build: matrix %d has no fp32 S or moments (8-bit states or bf16 subspaces "
                        "step one matrix at a time)", k);
         }

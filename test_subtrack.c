@@ -4777,6 +4777,56 @@ static void test_lr_schedule(void) {
     (void)ok;
 }
 
+// --lr_non_matrix: one adamw step with the embeddings', lm_head's and norms' lr
+// at 3 x --lr moves those tensors exactly as a step at 3 x lr does, and the layer
+// matrices exactly as a step at lr does (bit for bit: the same operations on the
+// same floats, the lr product exact); the same for low_rank_adamw's AdamW tensors
+static void test_lr_non_matrix(void) {
+    LlamaConfig c;
+    llama_preset_find("tiny", &c);
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, &c);
+    const char* optimizers[2] = {"adamw", "low_rank_adamw"};
+    for (int oi = 0; oi < 2; oi++) {
+        Llama m[3];
+        Optimizer o[3];
+        const float lr = 1e-3f;
+        const float lrs[3] = {lr, 3 * lr, lr};     // [0] with --lr_non_matrix 3 lr, [1] all at 3 lr, [2] all at lr
+        for (int r = 0; r < 3; r++) {
+            TrainConfig t;
+            train_config_defaults(&t);
+            snprintf(t.optimizer, sizeof t.optimizer, "%s", optimizers[oi]);
+            t.rank = 4;
+            t.lr = lrs[r];
+            t.lr_non_matrix = r == 0 ? 3 * lr : 0.0f;
+            t.gradient_accumulation = 1;
+            llama_build(&m[r], &c);
+            llama_init_weights(&m[r], 7);
+            Rng rng;
+            rng_seed(&rng, 11);
+            for (size_t i = 0; i < m[r].num_parameters; i++) { m[r].grads_memory[i] = (float)(rng_uniform(&rng) - 0.5); }
+            const char* problem = train_config_problem(&t);
+            if (problem == NULL) { problem = optimizer_build(&o[r], &c, &t); }
+            if (problem != NULL) { check(0, "--lr_non_matrix setup: %s", problem); return; }
+            optimizer_step(&o[r], &m[r], lrs[r]);
+        }
+        float** p[3] = {parameter_pointers(&m[0].params), parameter_pointers(&m[1].params),
+                        parameter_pointers(&m[2].params)};
+        int same_fast = 1, same_slow = 1, moved = 1;
+        for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+            size_t n = tensor_numel(&spec[i]);
+            int other = spec[i].is_layer_matrix ? 2 : 1;
+            int differ = memcmp(p[0][i], p[other][i], n * sizeof(float)) != 0;
+            if (spec[i].is_layer_matrix) { same_slow &= !differ; } else { same_fast &= !differ; }
+            moved &= memcmp(p[0][i], p[3 - other][i], n * sizeof(float)) != 0;
+        }
+        check(same_fast && same_slow && moved, "--optimizer %s --lr_non_matrix 3 x --lr: the embeddings, lm_head and "
+              "norms take the step of 3 x lr, the layer matrices that of lr, bit for bit (%d %d), and differ from "
+              "the other run (%d)", optimizers[oi], same_fast, same_slow, moved);
+        for (int r = 0; r < 3; r++) { optimizer_free(&o[r]); llama_free(&m[r]); }
+    }
+}
+
 static void test_grad_norm_and_accumulation(void) {
     // gradient accumulation: two micro batches of B=2 with loss_scale 1/2 give
     // the gradient of one batch of B=4 (no ignored targets, so the means match).
@@ -5912,6 +5962,7 @@ int main(int argc, char** argv) {
     test_fullrank_reference("dev/reference/fullrank_reference.bin");
     test_adafactor_reference("dev/reference/adafactor_reference.bin");
     test_lowrank_adafactor_reference("dev/reference/lowrank_adafactor_reference.bin");
+    test_lr_non_matrix();
     test_adam8bit_reference("dev/reference/adam8bit_reference.bin");
     test_grad_norm_and_accumulation();
     test_json_config();

@@ -3743,6 +3743,7 @@ typedef struct {
     int restart_warmup_steps; // cosine_restarts: the warmup after each restart
     float min_lr_ratio;
     float lr;
+    float lr_non_matrix;     // ours: the peak lr of the embeddings, lm_head and norms; 0: lr
     float grad_clipping;     // max global grad norm; 0 = off
     // optimizer
     char optimizer[40];      // adamw | low_rank_adamw | adam (= adamw when weight_decay is 0)
@@ -3825,6 +3826,7 @@ void train_config_defaults(TrainConfig* t) {
     snprintf(t->scheduler, sizeof t->scheduler, "%s", "cosine");
     t->min_lr_ratio = 0.1f;
     t->lr = 3e-3f;
+    t->lr_non_matrix = 0.0f;
     t->grad_clipping = 1.0f;
     snprintf(t->optimizer, sizeof t->optimizer, "%s", "low_rank_adamw");
     snprintf(t->subspace_update_method, sizeof t->subspace_update_method, "%s", "subtrack");
@@ -3930,6 +3932,8 @@ static const FlagSpec TRAIN_FLAGS[] = {
     FLAG(restart_warmup_steps, FLAG_INT, "cosine_restarts: the linear warmup after each restart"),
     FLAG(min_lr_ratio, FLAG_FLOAT, "final lr as a fraction of --lr"),
     FLAG(lr, FLAG_FLOAT, "peak learning rate"),
+    FLAG(lr_non_matrix, FLAG_FLOAT, "ours (experiments): the peak lr of the embeddings, lm_head and norms, "
+         "scheduled as --lr, with any optimizer; 0 = --lr"),
     FLAG(grad_clipping, FLAG_FLOAT, "clip the global gradient norm to this; 0 = off"),
     FLAG(optimizer, FLAG_STRING, "adamw | low_rank_adamw | adam (weight decay as L2 on the gradient, as "
          "torch.optim.Adam) | sgd (momentum --beta1, L2 decay, as torch.optim.SGD) | adafactor "
@@ -4900,9 +4904,11 @@ const char* train_config_problem(const TrainConfig* t) {
                  "must be positive", t->low_rank_scale, t->st_init_step_size, t->norm_growth_limit);
         return msg;
     }
-    if (!(t->lr > 0) || t->min_lr_ratio < 0 || t->min_lr_ratio > 1 || t->grad_clipping < 0 ||
+    if (!(t->lr > 0) || !(t->lr_non_matrix >= 0) || isinf(t->lr_non_matrix) || t->min_lr_ratio < 0 ||
+        t->min_lr_ratio > 1 || t->grad_clipping < 0 ||
         t->weight_decay < 0 || t->beta1 < 0 || t->beta1 >= 1 || t->beta2 < 0 || t->beta2 >= 1 || !(t->eps > 0)) {
-        snprintf(msg, sizeof msg, "bad hyperparameter: need lr > 0, 0 <= min_lr_ratio <= 1, grad_clipping >= 0, "
+        snprintf(msg, sizeof msg, "bad hyperparameter: need lr > 0, lr_non_matrix >= 0 (finite), "
+                 "0 <= min_lr_ratio <= 1, grad_clipping >= 0, "
                  "weight_decay >= 0, 0 <= beta1, beta2 < 1, eps > 0");
         return msg;
     }
@@ -5901,6 +5907,7 @@ typedef struct {
     float q8_map[2][QUANT8_MAP_SIZE];          // [0] signed (M), [1] unsigned (V)
     float* q8_scratch;        // (2 q8_chunk): M then V, dequantized
     size_t q8_chunk;
+    double non_matrix_lr;     // --lr_non_matrix: the embeddings', lm_head's and norms' lr over the step's lr (1)
     int master_weights;       // 0: every update is rounded to bf16 stochastically
     int subspace_bf16;        // --subspace_dtype bfloat16: every new S is rounded to bf16 stochastically
     size_t subspace_floats;   // the S of every low-rank matrix, sum of p R
@@ -5911,6 +5918,11 @@ typedef struct {
 
 static int optimizer_uses_lowrank(const Optimizer* o, const TensorSpec* s) {
     return o->low_rank && s->is_layer_matrix;
+}
+
+// the lr of tensor s at a step whose lr is lr: --lr_non_matrix's share for the embeddings, lm_head and norms
+static float optimizer_tensor_lr(const Optimizer* o, const TensorSpec* s, float lr) {
+    return s->is_layer_matrix || o->non_matrix_lr == 1.0 ? lr : (float)((double)lr * o->non_matrix_lr);
 }
 
 // 8-bit state sections (q8_codes, q8_absmax): low-rank 8-bit states or adam8bit
@@ -5953,6 +5965,7 @@ const char* optimizer_plan(Optimizer* o, const LlamaConfig* c, const TrainConfig
     o->per_layer = optimizer_name_per_layer(t->optimizer);
     o->q8 = optimizer_name_8bit(t->optimizer);
     o->adam8bit = strcmp(t->optimizer, "adam8bit") == 0;
+    o->non_matrix_lr = t->lr_non_matrix > 0.0f ? (double)t->lr_non_matrix / t->lr : 1.0;
     o->master_weights = t->master_weights;
     o->subspace_bf16 = strcmp(t->subspace_dtype, "bfloat16") == 0;
     o->seed = (uint64_t)t->seed;
@@ -6264,7 +6277,7 @@ void optimizer_round_subspaces_nearest(Optimizer* o) {
 }
 
 // one step over every tensor, at learning rate lr
-void optimizer_step(Optimizer* o, Llama* model, float lr) {
+void optimizer_step(Optimizer* o, Llama* model, float step_lr) {
     TensorSpec spec[NUM_PARAMETER_TENSORS];
     parameter_table(spec, &model->config);
     float** params = parameter_pointers(&model->params);
@@ -6275,6 +6288,7 @@ void optimizer_step(Optimizer* o, Llama* model, float lr) {
     progress_begin(&pr, optimizer_svd_phase(o), optimizer_svd_phase(o) != NULL ? o->num_lowrank : 0);
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = tensor_numel(&spec[i]);
+        float lr = optimizer_tensor_lr(o, &spec[i], step_lr);
         // without masters, the updated weights are rounded to bf16 with random
         // bits drawn from (seed, step, index in the parameter buffer)
         size_t first = (size_t)(params[i] - model->params_memory);
@@ -6464,7 +6478,7 @@ static const char* const CHECKPOINT_SETTINGS[] = {
     "beta1", "beta2", "eps", "weight_decay", "lr", "scheduler", "warmup_steps", "min_lr_ratio",
     "num_training_steps", "grad_clipping", "batch_size", "total_batch_size", "max_length", "seed", "shuffle",
     "master_weights", "subspace_dtype", "svd", "svd_power_iters", "svd_oversample", "cycle_length",
-    "restart_warmup_steps", "st_step_size_scheduler", "proj_type", "rand_proj", "rand_ratio",
+    "restart_warmup_steps", "st_step_size_scheduler", "proj_type", "rand_proj", "rand_ratio", "lr_non_matrix",
 };
 
 // settings recorded only by later versions of the trainer, and the value a
@@ -6481,6 +6495,7 @@ static const char* const CHECKPOINT_SETTINGS_ADDED[][2] = {
     {"proj_type", "std"},
     {"rand_proj", "off"},
     {"rand_ratio", "2"},
+    {"lr_non_matrix", "0"},
 };
 #define NUM_CHECKPOINT_SETTINGS ((int)(sizeof(CHECKPOINT_SETTINGS) / sizeof(CHECKPOINT_SETTINGS[0])))
 

@@ -6187,10 +6187,11 @@ void optimizer_upload(Optimizer* o) {
 // updated weights are rounded to bf16 stochastically, as on the CPU;
 // bf16-only weights are widened into o->staging for the update, the same fp32
 // arithmetic, and stored back rounded (AdamW tensors in chunks of it)
-static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, const float* G, float lr) {
+static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, const float* G, float step_lr) {
     cpu::Optimizer* h = &o->host;
     cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
     cpu::parameter_table(spec, &model->config);
+    float lr = cpu::optimizer_tensor_lr(h, &spec[i], step_lr);   // --lr_non_matrix
     float** params = cpu::parameter_pointers(&model->params);
     size_t per = (size_t)spec[i].rows * spec[i].cols;
     size_t n = l < 0 ? cpu::tensor_numel(&spec[i]) : per;
@@ -6365,13 +6366,16 @@ static void optimizer_step_owned(Optimizer* o, Llama* model, float lr) {
     cpu::Optimizer* h = &o->host;
     float** params = cpu::parameter_pointers(&model->params);
     float** grads = cpu::parameter_pointers(&model->grads);
+    cpu::TensorSpec spec[NUM_PARAMETER_TENSORS];
+    cpu::parameter_table(spec, &model->config);
     for (int p = 0; p < o->shards.num_pieces; p++) {
         const cpu::ShardPiece* pc = &o->shards.pieces[p];
         if (pc->low_rank || pc->owner != o->zero_rank) { continue; }
         size_t at = pc->layer * pc->per_layer + pc->first;
         float* W = o->masters != NULL ? o->masters + o->piece_master[p] : params[pc->tensor] + at;
         adamw_update(W, o->adam_m + o->piece_adam[p], o->adam_v + o->piece_adam[p], grads[pc->tensor] + at, pc->count,
-                     h->step, lr, h->beta1, h->beta2, h->eps, h->weight_decay, h->l2);
+                     h->step, cpu::optimizer_tensor_lr(h, &spec[pc->tensor], lr), h->beta1, h->beta2, h->eps,
+                     h->weight_decay, h->l2);
         if (!h->master_weights) {
             bf16_round_stochastic_array(W, pc->count, h->seed, (uint64_t)h->step, param_index(model, W));
         }

@@ -325,6 +325,7 @@ typedef struct {
     int adaptive, recovery, limiter;
     const char* proj_type;      // --proj_type
     float rand_ratio;           // --rand_proj --rand_ratio x (GoLore) when above 0
+    float lr_non_matrix;        // --lr_non_matrix (0: --lr)
 } StepSettings;
 
 static const StepSettings STEP_SETTINGS[] = {
@@ -349,6 +350,7 @@ static const StepSettings STEP_SETTINGS[] = {
     {"low_rank_adafactor", "low_rank_adafactor", "subtrack", 0, 0, 1, "std", 0.0f},
     {"low_rank_adafactor galore right", "low_rank_adafactor", "galore", 0, 0, 1, "right", 0.0f},
     {"adam8bit", "adam8bit", "subtrack", 0, 0, 1, "std", 0.0f},
+    {"adamw, lr_non_matrix 3 lr", "adamw", "subtrack", 0, 0, 1, "std", 0.0f, 3e-2f},
 };
 #define NUM_STEP_SETTINGS (int)(sizeof(STEP_SETTINGS) / sizeof(STEP_SETTINGS[0]))
 
@@ -375,6 +377,7 @@ static void step_train_config(cpu::TrainConfig* t, const StepSettings* st, int s
     t->num_training_steps = steps;
     t->warmup_steps = 2;
     t->lr = 1e-2f;
+    t->lr_non_matrix = st->lr_non_matrix;
     t->weight_decay = 0.01f;
 }
 

@@ -8,7 +8,7 @@ that lr, and records the final validation loss, wall time, the time spent in
 subspace updates, the optimizer-state bytes and the process's peak memory.
 
 usage (from the repository root):
-    python dev/experiments/compare_methods.py                 # the full table, ~60 min on 2 quiet cores
+    python dev/experiments/compare_methods.py                 # the full table, about 2 h on 2 quiet cores
     python dev/experiments/compare_methods.py --quick         # ~5 min check that everything works
     python dev/experiments/compare_methods.py --calibrate     # time a few steps, project the full run
     python dev/experiments/compare_methods.py --dry_run       # print the plan and the commands
@@ -52,6 +52,11 @@ BYTES_PER_FLOAT = 4
 METHODS = [
     {"key": "adamw", "label": "full-rank AdamW", "low_rank": False,
      "args": ["--optimizer", "adamw"]},
+    # the AdamW anomaly: under the low-rank methods the embeddings, lm_head and norms train with AdamW at
+    # the method's lr (their picks: 1e-2 to 3e-2); here full-rank AdamW gives them 1e-2 (--lr_non_matrix)
+    # while the sweep sets the layer matrices' lr
+    {"key": "adamw_nm", "label": "full-rank AdamW, non-matrix lr 1e-2", "low_rank": False,
+     "args": ["--optimizer", "adamw", "--lr_non_matrix", "1e-2"]},
     {"key": "galore", "label": "GaLore", "low_rank": True,
      "args": ["--subspace_update_method", "galore", "--adaptive_optimizer", "0", "--recovery_scaling", "0"]},
     # GoLore: GaLore whose refreshes from half way on take random subspaces (--rand_proj; the authors'
@@ -106,7 +111,7 @@ FULL = {
     "steps": 1000,
     "sweep_steps": 250,
     "lrs": [1e-3, 3e-3, 1e-2, 3e-2],
-    "seeds": [1, 2],
+    "seeds": [1, 2, 3],
     "sweep_seed": 0,
     "evals_per_run": 10,
     "eval_batches": 20,
@@ -122,6 +127,7 @@ QUICK = {
     "interval": 6,  # steps/50 would refresh the subspace every step
 }
 SWEEP_FRACTION_INVERSE = 4    # an lr run is a quarter of a final run
+MAX_WIDEN = 3                 # ladder steps a method's grid may grow past its edge
 CALIBRATION_STEPS = 30
 CALIBRATION_METHODS = ["adamw", "galore", "subtrack_pp"]
 CALIBRATION_SKIP_STEPS = 3    # the first steps include page faults and the initial SVD
@@ -431,11 +437,47 @@ def fmt(x, spec=".4f", missing="–"):
     return missing if x is None else format(x, spec)
 
 
-def edge_picks(methods, picks, lrs):
-    """labels of the methods whose lr pick is the grid's smallest or largest value"""
-    if len(lrs) < 2:
-        return []
-    return [m["label"] for m in methods if picks[m["key"]] in (min(lrs), max(lrs))]
+def edge_picks(methods, picks, swept):
+    """labels of the methods whose lr pick is the smallest or largest lr swept for it"""
+    return [m["label"] for m in methods
+            if len(swept[m["key"]]) >= 2 and picks[m["key"]] in (min(swept[m["key"]]), max(swept[m["key"]]))]
+
+
+def ladder_neighbours(lr):
+    """the lrs below and above lr on the 1-3-10 ladder of the default grid (1e-3, 3e-3, 1e-2, ...)"""
+    mantissa = float(f"{lr:.1e}".split("e")[0])
+    down = lr / 3 if abs(mantissa - 3) < 0.05 else lr * 0.3
+    up = lr * 3 if abs(mantissa - 1) < 0.05 else lr * 10 / 3
+    return float(f"{down:.1e}"), float(f"{up:.1e}")
+
+
+def best_lr(runs):
+    """the lr of the lowest final val loss among the runs that did not diverge, or None"""
+    ok = [(r["final_val_loss"], lr) for lr, r in runs.items() if r["status"] == "ok"]
+    return min(ok)[1] if ok else None
+
+
+def refine_lr(ctx, m, runs, st, track):
+    """widens one method's grid while its pick is at an edge (one ladder step at a time, at most
+    MAX_WIDEN times), then sweeps the half-steps (geometric midpoints) on either side of the pick;
+    runs: {lr: run} of the grid, extended in place. returns the pick"""
+    for _ in range(MAX_WIDEN):
+        pick = best_lr(runs)
+        if pick is None or pick not in (min(runs), max(runs)):
+            break
+        down, up = ladder_neighbours(pick)
+        lr = down if pick == min(runs) else up
+        runs[lr] = train_one(ctx, "sweep", m["key"], lr, st["sweep_seed"], st["sweep_steps"], 0)
+        track(runs[lr], f"sweep {m['key']} lr {fmt_lr(lr)} (widened)")
+    pick = best_lr(runs)
+    if pick is None:
+        return None
+    for other in ladder_neighbours(pick):
+        half = float(f"{math.sqrt(pick * other):.1e}")
+        if half not in runs:
+            runs[half] = train_one(ctx, "sweep", m["key"], half, st["sweep_seed"], st["sweep_steps"], 0)
+            track(runs[half], f"sweep {m['key']} lr {fmt_lr(half)} (half-step)")
+    return best_lr(runs)
 
 
 def results_markdown(ctx, sweep, picks, summary, claims, extra, state_bytes, accounting, quick):
@@ -465,22 +507,29 @@ def results_markdown(ctx, sweep, picks, summary, claims, extra, state_bytes, acc
         add(f"Each method's lr is the one with the lowest final val loss on a {st['sweep_steps']}-step run "
             f"(seed {st['sweep_seed']}, not a final seed; same warmup fraction and k) over the grid "
             f"{', '.join(fmt_lr(lr) for lr in st['lrs'])}.\n")
-        add("| method | " + " | ".join(f"lr {fmt_lr(lr)}" for lr in st["lrs"]) + " | pick |")
-        add("|---|" + "---|" * (len(st["lrs"]) + 1))
+        swept = {m["key"]: list(sweep[m["key"]]) for m in ctx["methods"]}
+        all_lrs = sorted({lr for lrs in swept.values() for lr in lrs})
+        add(f"Each pick at an edge of its method's lrs widened them by one step of the 1-3-10 ladder (at most "
+            f"{MAX_WIDEN} times); then the half-steps on either side of the pick (geometric midpoints) were "
+            f"swept too. – : not run for that method.\n")
+        add("| method | " + " | ".join(f"lr {fmt_lr(lr)}" for lr in all_lrs) + " | pick |")
+        add("|---|" + "---|" * (len(all_lrs) + 1))
         for m in ctx["methods"]:
             cells = []
-            for lr in st["lrs"]:
-                r = sweep[m["key"]][lr]
-                if r["status"] == "diverged":
+            for lr in all_lrs:
+                r = sweep[m["key"]].get(lr)
+                if r is None:
+                    cell = "–"
+                elif r["status"] == "diverged":
                     cell = f"diverged (NaN/Inf at step {r['diverged_at_step']})"
                 elif r["final_val_loss"] > math.log(accounting["V"]):
                     cell = f"{r['final_val_loss']:.3g} (diverged: worse than uniform)"
                 else:
                     cell = f"{r['final_val_loss']:.4f}"
                 cells.append(f"**{cell}**" if lr == picks[m["key"]] else cell)
-            edge = " (grid edge)" if m["label"] in edge_picks([m], picks, st["lrs"]) else ""
+            edge = " (grid edge)" if m["label"] in edge_picks([m], picks, swept) else ""
             add(f"| {m['label']} | " + " | ".join(cells) + f" | {fmt_lr(picks[m['key']])}{edge} |")
-        edges = edge_picks(ctx["methods"], picks, st["lrs"])
+        edges = edge_picks(ctx["methods"], picks, swept)
         if edges:
             add(f"\nAt the grid's edge: {', '.join(edges)}; a wider grid could still lower their loss.")
         add("")
@@ -723,7 +772,7 @@ def main():
     parser.add_argument("--steps", type=int, help=f"steps of the final runs (default {FULL['steps']})")
     parser.add_argument("--sweep_steps", type=int, help="steps of the lr runs; 0 = no sweep (default steps/4)")
     parser.add_argument("--lrs", help="comma-separated lr grid (default 1e-3,3e-3,1e-2,3e-2)")
-    parser.add_argument("--seeds", help="comma-separated final seeds (default 1,2)")
+    parser.add_argument("--seeds", help="comma-separated final seeds (default 1,2,3)")
     parser.add_argument("--rank", type=int, help="R (default C/4)")
     parser.add_argument("--interval", type=int, help="k (default steps/50)")
     parser.add_argument("--methods", help="comma-separated subset of " + ",".join(m["key"] for m in METHODS))
@@ -768,7 +817,8 @@ def main():
            "machine": machine_description()}
 
     sweeping = st["sweep_steps"] > 0 and len(st["lrs"]) > 1
-    n_sweep = len(methods) * len(st["lrs"]) if sweeping else 0
+    # the grid, and each method's two half-steps (widening at an edge adds more, not counted here)
+    n_sweep = len(methods) * (len(st["lrs"]) + 2) if sweeping else 0
     plan_steps = n_sweep * st["sweep_steps"] + len(methods) * len(st["seeds"]) * st["steps"]
     plan_evals = n_sweep + len(methods) * len(st["seeds"]) * math.ceil(st["steps"] / st["eval_every"])
     sweep_text = (f" on {st['sweep_steps']}-step runs (seed {st['sweep_seed']})" if sweeping else " (no sweep)")
@@ -801,11 +851,10 @@ def main():
             print("(the final runs use each method's pick; shown here with the grid's first lr)")
         else:
             for m in methods:
-                ok = [(r["final_val_loss"], lr) for lr, r in sweep[m["key"]].items() if r["status"] == "ok"]
-                if not ok:
+                picks[m["key"]] = refine_lr(ctx, m, sweep[m["key"]], st, track)
+                if picks[m["key"]] is None:
                     fail(f"{m['label']} diverged at every lr of the grid; widen --lrs downwards")
-                picks[m["key"]] = min(ok)[1]
-            for label in edge_picks(methods, picks, st["lrs"]):
+            for label in edge_picks(methods, picks, {k: list(v) for k, v in sweep.items()}):
                 print(f"warning: the lr pick of {label} is at the edge of the grid; consider widening --lrs",
                       file=sys.stderr)
     else:
@@ -826,7 +875,7 @@ def main():
     summary = {m["key"]: summarize(final_runs[m["key"]]) for m in methods}
     for m in methods:  # the startup line rounds to 0.01 MiB; the exact count must agree with it
         printed = summary[m["key"]]["state_mib_printed"]
-        exact = state_bytes["low_rank" if m["low_rank"] else "adamw"] / MIB
+        exact = state_bytes[m.get("state", "low_rank" if m["low_rank"] else "adamw")] / MIB
         if printed is not None and abs(printed - exact) > 0.006:
             print(f"warning: {m['key']}: the trainer printed {printed} MiB of optimizer states but "
                   f"memory_accounting counts {exact:.4f} MiB", file=sys.stderr)

@@ -4804,7 +4804,9 @@ static void test_lr_non_matrix(void) {
             llama_init_weights(&m[r], 7);
             Rng rng;
             rng_seed(&rng, 11);
-            for (size_t i = 0; i < m[r].num_parameters; i++) { m[r].grads_memory[i] = (float)(rng_uniform(&rng) - 0.5); }
+            for (size_t i = 0; i < m[r].num_parameters; i++) {
+                m[r].grads_memory[i] = (float)(rng_uniform(&rng) - 0.5);
+            }
             const char* problem = train_config_problem(&t);
             if (problem == NULL) { problem = optimizer_build(&o[r], &c, &t); }
             if (problem != NULL) { check(0, "--lr_non_matrix setup: %s", problem); return; }

@@ -3590,8 +3590,9 @@ void lowrank_apply_update(float* W, const LowRankState* s, const float* N, float
 // clipping in it (through the first moment when there is one). then, in the order of
 // the authors' class (the decay, then the update):
 //   W = W - lr wd W ;  W = W - alpha S U
-// (the decay as low-rank AdamW's, lowrank_apply_update). there is no recovery scaling and no moment rotation (their class has neither, and
-// the trainers refuse them with it). sums: rows doubles (R left, q right; R <= q)
+// (the decay as low-rank AdamW's, lowrank_apply_update). there is no recovery
+// scaling and no moment rotation (their class has neither, and the trainers
+// refuse them with it). sums: rows doubles (R left, q right; R <= q)
 void lowrank_adafactor_in_subspace(float* W, LowRankState* s, float* N, const float* Gt, int t,
                                    const LowRankConfig* cfg, float lr, double* sums) {
     int rows, cols;

@@ -6682,7 +6682,8 @@ const char* memory_plan_build(MemoryPlan* p, const cpu::LlamaConfig* c, const cp
         plan_buffer(p, "subspace S widened, fp32", "largest (p,R)", o.subspace_most * sizeof(float), "one matrix");
     } else {
         char name[64], shape[64];
-        snprintf(name, sizeof name, "low-rank states S%s%s", o.q8 ? "" : "|", o.q8 ? "" : rest + strlen("low-rank states "));
+        const char* kept = o.q8 ? "" : rest + strlen("low-rank states ");
+        snprintf(name, sizeof name, "low-rank states S%s%s", o.q8 ? "" : "|", kept);
         snprintf(shape, sizeof shape, "per matrix (p,R)+%s", rest_shape + strlen("per matrix "));
         plan_buffer(p, name, shape, o.lowrank_floats * sizeof(float), "whole run");
     }

@@ -1741,7 +1741,8 @@ static void test_adam8bit(void) {
     int same = 1;
     for (int t = 0; t < 4; t++) {
         for (size_t i = 0; i < n; i++) {
-            G[i] = i < ADAM8BIT_BLOCK ? 0.0f : (float)((cpu::rng_uniform(&rng) - 0.5) * pow(10.0, -3.0 * (i % 7) / 6.0));
+            double scale = pow(10.0, -3.0 * (i % 7) / 6.0);   // over three decades
+            G[i] = i < ADAM8BIT_BLOCK ? 0.0f : (float)((cpu::rng_uniform(&rng) - 0.5) * scale);
         }
         cudaCheck(cudaMemcpy(dG, G, n * sizeof(float), cudaMemcpyHostToDevice));
         cpu::adam8bit_update_q8(W, codes, absmax, codes + n, absmax + nb, G, n, t, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f,

@@ -77,8 +77,8 @@ METHODS = [
     # transformers' Adafactor in the tracked subspace, as the authors set it (no first moment: their --beta1 0);
     # it has no moment rotation or recovery scaling
     {"key": "lowrank_adafactor", "label": "low-rank Adafactor (tracking, no first moment)", "low_rank": True,
-     "state": "lowrank_adafactor",
-     "args": ["--optimizer", "low_rank_adafactor", "--subspace_update_method", "subtrack", "--beta1", "0"]},
+     "state": "lowrank_adafactor", "optimizer": "low_rank_adafactor",
+     "args": ["--subspace_update_method", "subtrack", "--beta1", "0"]},
 ]
 METHOD_BY_KEY = {m["key"]: m for m in METHODS}
 
@@ -218,7 +218,7 @@ def trainer_args(settings, method, lr, seed, steps, eval_every, log_file):
         "--log_file", log_file,
     ]
     if method["low_rank"]:
-        args += ["--optimizer", "low_rank_adamw"] + method["args"] + [
+        args += ["--optimizer", method.get("optimizer", "low_rank_adamw")] + method["args"] + [
             "--rank", str(settings["rank"]),
             "--low_rank_scale", repr(LOW_RANK_SCALE),
             "--subspace_update_interval", str(settings["interval"]),
@@ -418,6 +418,12 @@ def check_claims(summary, state_bytes):
         extra["subtrack_pp_minus_adamw"] = val("subtrack_pp") - val("adamw")
         # only meaningful when galore is behind adamw
         extra["gap_closed"] = (val("galore") - val("subtrack_pp")) / gap if gap > 0 else None
+    # full-rank AdamW whose non-matrix tensors train at the low-rank methods' lrs (the AdamW anomaly)
+    nm = lower("subtrack_pp", "adamw_nm")
+    if nm is not None:
+        extra["subtrack_pp_minus_adamw_nm"] = nm
+        if val("galore") is not None and val("galore") > val("adamw_nm"):
+            extra["gap_closed_nm"] = (val("galore") - val("subtrack_pp")) / (val("galore") - val("adamw_nm"))
     for key in ("galore", "subtrack_pp"):
         if key not in summary:
             break
@@ -443,12 +449,44 @@ def edge_picks(methods, picks, swept):
             if len(swept[m["key"]]) >= 2 and picks[m["key"]] in (min(swept[m["key"]]), max(swept[m["key"]]))]
 
 
-def ladder_neighbours(lr):
-    """the lrs below and above lr on the 1-3-10 ladder of the default grid (1e-3, 3e-3, 1e-2, ...)"""
+def on_ladder(lr):
+    """whether lr is a point of the 1-3-10 ladder of the default grid (1e-3, 3e-3, 1e-2, ...)"""
     mantissa = float(f"{lr:.1e}".split("e")[0])
-    down = lr / 3 if abs(mantissa - 3) < 0.05 else lr * 0.3
-    up = lr * 3 if abs(mantissa - 1) < 0.05 else lr * 10 / 3
-    return float(f"{down:.1e}"), float(f"{up:.1e}")
+    return abs(mantissa - 1) < 0.05 or abs(mantissa - 3) < 0.05
+
+
+def ladder_neighbours(lr):
+    """the nearest points of the 1-3-10 ladder strictly below and above lr (lr itself may be off it)"""
+    exponent = math.floor(math.log10(lr)) - 1
+    points = [float(f"{m}e{e}") for e in range(exponent, exponent + 3) for m in (1, 3)]
+    return (max(p for p in points if p < lr * (1 - 1e-6)), min(p for p in points if p > lr * (1 + 1e-6)))
+
+
+def half_steps(lr):
+    """the geometric midpoints between a ladder point and its two ladder neighbours (3e-3 -> 1.7e-3, 5.5e-3)"""
+    return [float(f"{math.sqrt(lr * other):.1e}") for other in ladder_neighbours(lr)]
+
+
+def lr_grids_from(directory, methods):
+    """{method: [lower half-step, pick, upper half-step]} from the lr picks of an earlier table in directory"""
+    path = os.path.join(directory, "results.json")
+    try:
+        with open(path) as f:
+            picks = json.load(f)["lr_picks"]
+    except (OSError, ValueError, KeyError) as e:
+        fail(f"--lrs_from: cannot read the lr picks of {path} ({e}); give a --out directory of an earlier table")
+    missing = [m["key"] for m in methods if not isinstance(picks.get(m["key"]), (int, float))]
+    if missing:
+        fail(f"--lrs_from: {path} has no lr pick for {missing}; run those methods there first or leave them out")
+    grids = {}
+    for m in methods:
+        pick = float(picks[m["key"]])
+        if on_ladder(pick):
+            low, high = half_steps(pick)
+        else:  # a half-step pick: its ladder neighbours
+            low, high = ladder_neighbours(pick)
+        grids[m["key"]] = [pick, low, high]
+    return grids
 
 
 def best_lr(runs):
@@ -472,8 +510,8 @@ def refine_lr(ctx, m, runs, st, track):
     pick = best_lr(runs)
     if pick is None:
         return None
-    for other in ladder_neighbours(pick):
-        half = float(f"{math.sqrt(pick * other):.1e}")
+    # a pick off the ladder is a half-step itself, between two ladder points already swept
+    for half in half_steps(pick) if on_ladder(pick) else []:
         if half not in runs:
             runs[half] = train_one(ctx, "sweep", m["key"], half, st["sweep_seed"], st["sweep_steps"], 0)
             track(runs[half], f"sweep {m['key']} lr {fmt_lr(half)} (half-step)")
@@ -504,9 +542,10 @@ def results_markdown(ctx, sweep, picks, summary, claims, extra, state_bytes, acc
 
     add("## Learning rate\n")
     if sweep:
+        grid_text = (f"its own grid: its lr pick in `{st['lrs_from']}` and the half-steps on either side"
+                     if st.get("lrs_from") else f"the grid {', '.join(fmt_lr(lr) for lr in st['lrs'])}")
         add(f"Each method's lr is the one with the lowest final val loss on a {st['sweep_steps']}-step run "
-            f"(seed {st['sweep_seed']}, not a final seed; same warmup fraction and k) over the grid "
-            f"{', '.join(fmt_lr(lr) for lr in st['lrs'])}.\n")
+            f"(seed {st['sweep_seed']}, not a final seed; same warmup fraction and k) over {grid_text}.\n")
         swept = {m["key"]: list(sweep[m["key"]]) for m in ctx["methods"]}
         all_lrs = sorted({lr for lrs in swept.values() for lr in lrs})
         add(f"Each pick at an edge of its method's lrs widened them by one step of the 1-3-10 ladder (at most "
@@ -609,7 +648,10 @@ def results_markdown(ctx, sweep, picks, summary, claims, extra, state_bytes, acc
         "and on how many seeds the claim holds. With this few seeds, take a difference as real only when it "
         "has the same sign on every seed.\n")
     for c in claims:
-        verdict = "holds" if c["holds"] else "does NOT hold"
+        # the verdict follows the seeds: a mean carried by some seeds against the others settles nothing
+        n_seeds = len(c["seed_deltas"])
+        verdict = ("holds" if c["seeds_holding"] == n_seeds else "does NOT hold" if c["seeds_holding"] == 0
+                   else "not settled (the seeds disagree)")
         per_seed = ", ".join(f"{d:+.4f}" for d in c["seed_deltas"].values())
         add(f"- {c['claim']}: {verdict} ({METHOD_BY_KEY[c['a']]['label']} minus "
             f"{METHOD_BY_KEY[c['b']]['label']}: {c['delta']:+.4f}; per seed {per_seed}, holds on "
@@ -620,6 +662,13 @@ def results_markdown(ctx, sweep, picks, summary, claims, extra, state_bytes, acc
                   else "GaLore is not behind AdamW here, so there is no gap to close")
         add(f"- SubTrack++ close to full-rank AdamW: SubTrack++ minus AdamW {extra['subtrack_pp_minus_adamw']:+.4f}; "
             f"{closed} (theirs: 60M +0.02 and 97%, 1B -0.09 and 105%).")
+    if "subtrack_pp_minus_adamw_nm" in extra:
+        c = extra["subtrack_pp_minus_adamw_nm"]
+        per_seed = ", ".join(f"{d:+.4f}" for d in c["seed_deltas"].values())
+        add(f"- SubTrack++ against {METHOD_BY_KEY['adamw_nm']['label']}: {c['delta']:+.4f}; per seed {per_seed}, "
+            f"SubTrack++ lower on {c['seeds_holding']} of {len(c['seed_deltas'])}"
+            + (f"; it closes {100 * extra['gap_closed_nm']:.0f}% of GaLore's gap to it"
+               if extra.get("gap_closed_nm") is not None else "") + ".")
     if "subspace_time_ratio" in extra:
         add(f"- Subspace updates cost less than GaLore's SVD: SubTrack++'s total is "
             f"{extra['subspace_time_ratio']:.2f} x GaLore's (both include one SVD per matrix at step 0; "
@@ -772,6 +821,9 @@ def main():
     parser.add_argument("--steps", type=int, help=f"steps of the final runs (default {FULL['steps']})")
     parser.add_argument("--sweep_steps", type=int, help="steps of the lr runs; 0 = no sweep (default steps/4)")
     parser.add_argument("--lrs", help="comma-separated lr grid (default 1e-3,3e-3,1e-2,3e-2)")
+    parser.add_argument("--lrs_from", metavar="DIR",
+                        help="each method's grid is its lr pick in DIR/results.json (an earlier table, e.g. "
+                             "a shorter budget) and the half-steps on either side, instead of --lrs")
     parser.add_argument("--seeds", help="comma-separated final seeds (default 1,2,3)")
     parser.add_argument("--rank", type=int, help="R (default C/4)")
     parser.add_argument("--interval", type=int, help="k (default steps/50)")
@@ -794,8 +846,6 @@ def main():
         st["seeds"] = parse_list(args.seeds, int, "--seeds")
     if st["steps"] < 2 or st["batch_size"] < 1 or st["max_length"] < 1 or args.threads < 1:
         fail("--steps must be >= 2, and --batch_size, --max_length, --threads >= 1")
-    if st["sweep_steps"] == 0 and len(st["lrs"]) > 1:
-        fail("--sweep_steps 0 (no sweep) needs a single lr in --lrs")
     methods = METHODS
     if args.methods:
         keys = parse_list(args.methods, str, "--methods")
@@ -803,12 +853,27 @@ def main():
         if unknown:
             fail(f"unknown method(s) {unknown}; choose from {[m['key'] for m in METHODS]}")
         methods = [m for m in METHODS if m["key"] in keys]
+    # each method's lr grid: --lrs, or its earlier pick and the half-steps on either side (--lrs_from)
+    grids = {m["key"]: list(st["lrs"]) for m in methods}
+    if args.lrs_from:
+        if args.lrs:
+            fail("--lrs_from and --lrs both set the grid; give one")
+        grids = lr_grids_from(args.lrs_from, methods)
+        st["lrs_from"] = show_path(args.lrs_from)
     st["interval"] = args.interval or st.get("interval") or max(1, round(INTERVAL_FRACTION * st["steps"]))
+    if st["sweep_steps"] == 0 and any(len(g) > 1 for g in grids.values()):
+        fail("--sweep_steps 0 (no sweep) needs a single lr in --lrs")
     st["eval_every"] = max(1, st["steps"] // st["evals_per_run"])
     out = args.out or os.path.join(SCRIPT_DIR, "results_quick" if args.quick else "results")
     if not args.dry_run:
         os.makedirs(out, exist_ok=True)
 
+    if not args.dry_run:  # the plot comes last: without matplotlib, fail before an hour of runs, not after
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            fail(f"matplotlib is missing for {sys.executable}; install it (pip install matplotlib) "
+                 f"or run this script with a Python that has it")
     ensure_trainer(args.trainer)
     st["rank"], accounting, state_bytes = model_accounting(st["model_config"], args.rank)
     ctx = {"settings": st, "methods": methods, "out": out, "trainer": os.path.abspath(args.trainer),
@@ -816,13 +881,14 @@ def main():
            "command": "python " + " ".join([os.path.relpath(os.path.abspath(sys.argv[0]), REPO_ROOT)] + sys.argv[1:]),
            "machine": machine_description()}
 
-    sweeping = st["sweep_steps"] > 0 and len(st["lrs"]) > 1
-    # the grid, and each method's two half-steps (widening at an edge adds more, not counted here)
-    n_sweep = len(methods) * (len(st["lrs"]) + 2) if sweeping else 0
+    sweeping = st["sweep_steps"] > 0 and any(len(g) > 1 for g in grids.values())
+    # the grids, and each method's two half-steps (widening at an edge adds more, not counted here)
+    n_sweep = sum(len(g) + (0 if args.lrs_from else 2) for g in grids.values()) if sweeping else 0
     plan_steps = n_sweep * st["sweep_steps"] + len(methods) * len(st["seeds"]) * st["steps"]
     plan_evals = n_sweep + len(methods) * len(st["seeds"]) * math.ceil(st["steps"] / st["eval_every"])
     sweep_text = (f" on {st['sweep_steps']}-step runs (seed {st['sweep_seed']})" if sweeping else " (no sweep)")
-    print(f"plan: {len(methods)} methods; lr grid {[fmt_lr(lr) for lr in st['lrs']]}{sweep_text}; "
+    grid_text = (f"lr grids from {st['lrs_from']}" if args.lrs_from else f"lr grid {[fmt_lr(lr) for lr in st['lrs']]}")
+    print(f"plan: {len(methods)} methods; {grid_text}{sweep_text}; "
           f"final seeds {st['seeds']} x {st['steps']} steps; rank {st['rank']}, k {st['interval']}; "
           f"{plan_steps} training steps in all; output {show_path(out)}", flush=True)
     if args.calibrate:
@@ -841,13 +907,16 @@ def main():
     # the lr sweep, lr-major so that a change in machine load spreads over all methods
     sweep, picks = {m["key"]: {} for m in methods}, {}
     if sweeping:
-        for lr in st["lrs"]:
+        for i in range(max(len(g) for g in grids.values())):
             for m in methods:
+                if i >= len(grids[m["key"]]):
+                    continue
+                lr = grids[m["key"]][i]
                 r = train_one(ctx, "sweep", m["key"], lr, st["sweep_seed"], st["sweep_steps"], 0)
                 sweep[m["key"]][lr] = r
                 track(r, f"sweep {m['key']} lr {fmt_lr(lr)}")
         if any(r is None for v in sweep.values() for r in v.values()):  # a dry run, before the sweep ran
-            picks = {m["key"]: st["lrs"][0] for m in methods}
+            picks = {m["key"]: grids[m["key"]][0] for m in methods}
             print("(the final runs use each method's pick; shown here with the grid's first lr)")
         else:
             for m in methods:
@@ -858,7 +927,7 @@ def main():
                 print(f"warning: the lr pick of {label} is at the edge of the grid; consider widening --lrs",
                       file=sys.stderr)
     else:
-        picks = {m["key"]: st["lrs"][0] for m in methods}
+        picks = {m["key"]: grids[m["key"]][0] for m in methods}
 
     # the final runs, seed-major for the same reason
     final_runs = {m["key"]: [] for m in methods}

@@ -4829,6 +4829,94 @@ static void test_lr_non_matrix(void) {
     }
 }
 
+// --optimizer adam8bit across a whole model: each layer of each weight is its
+// own bnb parameter, with its own 8-bit moments (blocks of 256 restarting at
+// the layer) or fp32 ones below 4096 values. three optimizer_step calls on the
+// tiny model, against the same steps replayed layer by layer on separate
+// buffers with adam8bit_update_q8 / adam8bit_update (whole-layer chunks, not the
+// optimizer's). both run the same float operations in the same order, so W
+// must agree bit for bit; a slot or block offset that overlaps two layers or
+// M and V reads another's scales from the second step on
+static void test_adam8bit_layers(void) {
+    LlamaConfig c;
+    llama_preset_find("tiny", &c);
+    TensorSpec spec[NUM_PARAMETER_TENSORS];
+    parameter_table(spec, &c);
+    TrainConfig t;
+    train_config_defaults(&t);
+    snprintf(t.optimizer, sizeof t.optimizer, "adam8bit");
+    t.weight_decay = 0.1f;
+    t.gradient_accumulation = 1;
+    Llama m;
+    Optimizer o;
+    llama_build(&m, &c);
+    llama_init_weights(&m, 3);
+    const char* problem = train_config_problem(&t);
+    if (problem == NULL) { problem = optimizer_build(&o, &c, &t); }
+    if (problem != NULL) { check(0, "adam8bit across the model: setup: %s", problem); llama_free(&m); return; }
+    // the replay: a copy of W, and per layer its own moments
+    float* W = (float*)malloc_check(m.num_parameters * sizeof(float), "replayed W");
+    memcpy(W, m.params_memory, m.num_parameters * sizeof(float));
+    float** w = parameter_pointers(&m.params);
+    float** g = parameter_pointers(&m.grads);
+    size_t most = 0, q8_layers = 0, fp32_layers = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t per = (size_t)spec[i].rows * spec[i].cols;
+        most = per > most ? per : most;
+    }
+    size_t chunk = adam8bit_blocks(most) * ADAM8BIT_BLOCK;
+    float* scratch = (float*)malloc_check(2 * chunk * sizeof(float), "replay scratch");
+    uint8_t* codes[NUM_PARAMETER_TENSORS];
+    float* scales[NUM_PARAMETER_TENSORS];
+    float* moments[NUM_PARAMETER_TENSORS];
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = tensor_numel(&spec[i]), per = (size_t)spec[i].rows * spec[i].cols;
+        codes[i] = (uint8_t*)calloc_check(2 * n, "codes");         // per layer: M codes, V codes
+        scales[i] = (float*)calloc_check((size_t)spec[i].layers * 2 * adam8bit_blocks(per) * sizeof(float), "scales");
+        moments[i] = (float*)calloc_check(2 * n * sizeof(float), "moments"); // per layer: M, V
+        if (adam8bit_q8(&spec[i])) { q8_layers += spec[i].layers; } else { fp32_layers += spec[i].layers; }
+    }
+    Rng rng;
+    rng_seed(&rng, 21);
+    const float lr = 2e-3f;
+    int steps = 3;
+    for (int step = 0; step < steps; step++) {     // 0-based, as o->step
+        for (size_t i = 0; i < m.num_parameters; i++) { m.grads_memory[i] = (float)(rng_uniform(&rng) - 0.5); }
+        optimizer_step(&o, &m, lr);
+        for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+            size_t per = (size_t)spec[i].rows * spec[i].cols, nb = adam8bit_blocks(per);
+            size_t off = (size_t)(w[i] - m.params_memory);
+            for (int l = 0; l < spec[i].layers; l++) {
+                float* Wl = W + off + (size_t)l * per;
+                const float* G = g[i] + (size_t)l * per;
+                if (adam8bit_q8(&spec[i])) {
+                    uint8_t* cm = codes[i] + (size_t)l * 2 * per;
+                    float* sm = scales[i] + (size_t)l * 2 * nb;
+                    adam8bit_update_q8(Wl, cm, sm, cm + per, sm + nb, G, per, step, lr, t.beta1, t.beta2, t.eps,
+                                       t.weight_decay, (const float (*)[QUANT8_MAP_SIZE])o.q8_map, scratch, chunk);
+                } else {
+                    float* M = moments[i] + (size_t)l * 2 * per;
+                    adam8bit_update(Wl, M, M + per, G, per, step, lr, t.beta1, t.beta2, t.eps, t.weight_decay);
+                }
+            }
+        }
+    }
+    size_t differ = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = tensor_numel(&spec[i]), at = (size_t)(w[i] - m.params_memory);
+        for (size_t k = 0; k < n; k++) { differ += memcmp(&W[at + k], &w[i][k], sizeof(float)) != 0; }
+    }
+    check(differ == 0 && q8_layers > 0 && fp32_layers > 0,
+          "--optimizer adam8bit, %d steps of the tiny model: the optimizer's W equals a replay with separate "
+          "moments per layer (%zu layers 8-bit, %zu fp32), bit for bit (%zu of %zu values differ)",
+          steps, q8_layers, fp32_layers, differ, m.num_parameters);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) { free(codes[i]); free(scales[i]); free(moments[i]); }
+    free(scratch);
+    free(W);
+    optimizer_free(&o);
+    llama_free(&m);
+}
+
 static void test_grad_norm_and_accumulation(void) {
     // gradient accumulation: two micro batches of B=2 with loss_scale 1/2 give
     // the gradient of one batch of B=4 (no ignored targets, so the means match).
@@ -5965,6 +6053,7 @@ int main(int argc, char** argv) {
     test_adafactor_reference("dev/reference/adafactor_reference.bin");
     test_lowrank_adafactor_reference("dev/reference/lowrank_adafactor_reference.bin");
     test_lr_non_matrix();
+    test_adam8bit_layers();
     test_adam8bit_reference("dev/reference/adam8bit_reference.bin");
     test_grad_norm_and_accumulation();
     test_json_config();

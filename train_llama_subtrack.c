@@ -5929,13 +5929,6 @@ static float optimizer_tensor_lr(const Optimizer* o, const TensorSpec* s, float 
 // 8-bit state sections (q8_codes, q8_absmax): low-rank 8-bit states or adam8bit
 static int optimizer_has_q8(const Optimizer* o) { return o->q8 || o->adam8bit; }
 
-// where layer l's 8-bit M of tensor i starts (its V follows, n codes later): the
-// tensor's slots are its layers' M then V, one after another, as optimizer_q8_slot
-static void adam8bit_slot(const Optimizer* o, int i, int l, size_t n, size_t* code, size_t* block) {
-    *code = o->q8_code_at[i] + (size_t)l * 2 * n;
-    *block = o->q8_block_at[i] + (size_t)l * 2 * adam8bit_blocks(n);
-}
-
 // the layout of the low-rank states (lowrank_state_layout)
 static LowRankStates optimizer_lowrank_states(const Optimizer* o) {
     return o->q8 ? STATES_Q8 : !o->cfg.adafactor ? STATES_ADAM : o->beta1 != 0.0f ? STATES_ADAFACTOR_M
@@ -6201,10 +6194,12 @@ void shard_plan_print(const LlamaConfig* c, const TrainConfig* t, int num_ranks,
 }
 
 // the codes and absmax of the moments of slot pair (tensor i, layer l): M at
-// the returned place, V right after it (n values each)
-static void optimizer_q8_slot(const Optimizer* o, int i, int l, size_t n, size_t* code, size_t* block) {
+// the returned place, V right after it (n values and nb blocks each; nb is
+// quant8_num_blocks(n), or adam8bit_blocks(n) under adam8bit's smaller blocks)
+static void optimizer_q8_slot(const Optimizer* o, int i, int l, size_t n, size_t nb, size_t* code,
+                              size_t* block) {
     *code = o->q8_code_at[i] + (size_t)l * 2 * n;
-    *block = o->q8_block_at[i] + (size_t)l * 2 * quant8_num_blocks(n);
+    *block = o->q8_block_at[i] + (size_t)l * 2 * nb;
 }
 
 // optimizer_plan, then the states (zeroed) and the scratch
@@ -6302,10 +6297,10 @@ void optimizer_step(Optimizer* o, Llama* model, float step_lr) {
                 for (int l = 0; l < spec[i].layers; l++) {
                     float* W = params[i] + l * per;
                     if (adam8bit_q8(&spec[i])) {
-                        size_t code, block;
-                        adam8bit_slot(o, i, l, per, &code, &block);
+                        size_t code, block, nb = adam8bit_blocks(per);
+                        optimizer_q8_slot(o, i, l, per, nb, &code, &block);
                         adam8bit_update_q8(W, o->q8_codes + code, o->q8_absmax + block, o->q8_codes + code + per,
-                                           o->q8_absmax + block + adam8bit_blocks(per), grads[i] + l * per, per,
+                                           o->q8_absmax + block + nb, grads[i] + l * per, per,
                                            o->step, lr, o->beta1, o->beta2, o->eps, o->weight_decay,
                                            (const float (*)[QUANT8_MAP_SIZE])o->q8_map, o->q8_scratch,
                                            o->q8_chunk);
@@ -6318,9 +6313,8 @@ void optimizer_step(Optimizer* o, Llama* model, float step_lr) {
                 adam_off += adam8bit_q8(&spec[i]) ? 0 : n;
             } else if (optimizer_adamw_q8(o, &spec[i])) {
                 // 8-bit moments, dequantized a chunk at a time (whole blocks)
-                size_t code, block;
-                optimizer_q8_slot(o, i, 0, n, &code, &block);
-                size_t nb = quant8_num_blocks(n);
+                size_t code, block, nb = quant8_num_blocks(n);
+                optimizer_q8_slot(o, i, 0, n, nb, &code, &block);
                 for (size_t off = 0; off < n; off += o->q8_chunk) {
                     size_t len = n - off < o->q8_chunk ? n - off : o->q8_chunk;
                     size_t b = off / QUANT8_BLOCK;
@@ -6362,7 +6356,7 @@ void optimizer_step(Optimizer* o, Llama* model, float step_lr) {
             size_t mn = (size_t)st->r * st->q, code = 0, block = 0, nb = quant8_num_blocks(mn);
             if (o->q8) {
                 // the step on dequantized moments (the rotation included), requantized after
-                optimizer_q8_slot(o, i, l, mn, &code, &block);
+                optimizer_q8_slot(o, i, l, mn, nb, &code, &block);
                 dequantize_blockwise(Mq, o->q8_codes + code, o->q8_absmax + block, mn, o->q8_map[0]);
                 dequantize_blockwise(Vq, o->q8_codes + code + mn, o->q8_absmax + block + nb, mn, o->q8_map[1]);
                 st->M = Mq;

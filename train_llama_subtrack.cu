@@ -6207,10 +6207,10 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
                 float* W = params[i] + (size_t)ll * per;
                 const float* Gl = G + (size_t)(ll - (l < 0 ? 0 : l)) * per;
                 if (cpu::adam8bit_q8(&spec[i])) {
-                    size_t code, block;
-                    cpu::adam8bit_slot(h, i, ll, per, &code, &block);
+                    size_t code, block, nb = cpu::adam8bit_blocks(per);
+                    cpu::optimizer_q8_slot(h, i, ll, per, nb, &code, &block);
                     adam8bit_update_q8(W, o->q8_codes + code, o->q8_absmax + block, o->q8_codes + code + per,
-                                       o->q8_absmax + block + cpu::adam8bit_blocks(per), Gl, per, h->step, lr,
+                                       o->q8_absmax + block + nb, Gl, per, h->step, lr,
                                        h->beta1, h->beta2, h->eps, h->weight_decay, o->q8_maps, o->q8_scratch,
                                        h->q8_chunk);
                 } else {
@@ -6225,9 +6225,8 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
         if (h->q8 && cpu::optimizer_adamw_q8(h, &spec[i])) {
             // 8-bit moments, a chunk of whole blocks at a time, as on the CPU;
             // a unit is a whole tensor or its layer l (per-layer updates)
-            size_t code, block, whole = cpu::tensor_numel(&spec[i]);
-            cpu::optimizer_q8_slot(h, i, 0, whole, &code, &block);
-            size_t nb = cpu::quant8_num_blocks(whole);
+            size_t code, block, whole = cpu::tensor_numel(&spec[i]), nb = cpu::quant8_num_blocks(whole);
+            cpu::optimizer_q8_slot(h, i, 0, whole, nb, &code, &block);
             float* Mq = o->q8_scratch;
             float* Vq = o->q8_scratch + h->q8_chunk;
             for (size_t off = 0; off < n; off += h->q8_chunk) {
@@ -6281,7 +6280,7 @@ static void optimizer_update_unit(Optimizer* o, Llama* model, int i, int l, cons
     size_t mn = (size_t)st->r * st->q, code = 0, block = 0, nb = cpu::quant8_num_blocks(mn);
     if (h->q8) {
         // the step on dequantized moments (the rotation included), requantized after
-        cpu::optimizer_q8_slot(h, i, l, mn, &code, &block);
+        cpu::optimizer_q8_slot(h, i, l, mn, nb, &code, &block);
         st->M = o->q8_scratch;
         st->V = o->q8_scratch + h->q8_chunk;
         dequantize_blockwise(st->M, o->q8_codes + code, o->q8_absmax + block, mn, o->q8_maps);
